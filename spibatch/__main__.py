@@ -1,0 +1,3 @@
+from spibatch.cli import main
+
+main()

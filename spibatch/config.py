@@ -1,0 +1,282 @@
+"""Pipeline configuration: YAML -> validated pydantic models, and its JSON schema.
+
+Unknown keys are refused.  A mistake is reported as one line with the file,
+the YAML line number, the key, what was expected and what was found.
+Physical quantities carry their unit in their name (``*_m``, ``*_ev``,
+``*_pixels``, ``*_per_m2``).  Relative paths are taken relative to the
+directory of the YAML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spibatch.errors import InputError
+
+PLANCK_EV_M = 1.239841984e-6  # h c in eV * m: wavelength_m = PLANCK_EV_M / photon_energy_ev
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Geometry(Section):
+    """A flat square detector at a given distance, behind a round beam stop."""
+
+    detector_pixels: int = Field(64, ge=2, description="pixels along each side of the square detector")
+    pixel_size_m: float = Field(0.512e-3, gt=0, description="pixel pitch in metres")
+    detector_distance_m: float = Field(0.3, gt=0, description="sample to detector distance in metres")
+    wavelength_m: float | None = Field(None, gt=0, description="X-ray wavelength in metres (or give photon_energy_ev)")
+    photon_energy_ev: float | None = Field(None, gt=0, description="photon energy in eV (or give wavelength_m)")
+    beamstop_radius_pixels: float = Field(6.0, ge=0, description="pixels closer than this to the beam are excluded (mask 2)")
+    polarization: Literal["x", "y", "none"] = Field("x", description="direction of the beam's linear polarization")
+
+    @model_validator(mode="after")
+    def _one_wavelength(self) -> "Geometry":
+        if (self.wavelength_m is None) == (self.photon_energy_ev is None):
+            raise ValueError("give exactly one of wavelength_m and photon_energy_ev")
+        return self
+
+    @property
+    def wavelength(self) -> float:
+        """Wavelength in metres, from whichever of wavelength_m / photon_energy_ev was given."""
+        if self.wavelength_m is not None:
+            return self.wavelength_m
+        return PLANCK_EV_M / self.photon_energy_ev
+
+
+class Simulation(Section):
+    """Simulated patterns of a PDB structure in random orientations."""
+
+    pdb: Path = Field(description="PDB or mmCIF file of the particle (relative to this YAML file)")
+    num_patterns: int = Field(1000, ge=1, description="number of diffraction patterns")
+    mean_photons_per_frame: float | None = Field(
+        1000.0, gt=0, description="scale the intensity so a frame holds this many photons on average "
+        "(set to null and give fluence_photons_per_m2 for an absolute scale)")
+    fluence_photons_per_m2: float | None = Field(None, gt=0, description="incident fluence per pulse, photons / m^2")
+    fluence_jitter: float = Field(0.0, ge=0, description="relative rms of a per-pattern fluence factor (gamma distributed, mean 1)")
+    use_b_factors: bool = Field(True, description="blur each atom by its PDB B-factor")
+    seed: int = Field(1, ge=0, description="random seed: the same seed gives byte-identical files")
+    chunk_frames: int = Field(1024, ge=1, description="frames simulated and written per block")
+
+    @model_validator(mode="after")
+    def _one_scale(self) -> "Simulation":
+        if (self.mean_photons_per_frame is None) == (self.fluence_photons_per_m2 is None):
+            raise ValueError("give exactly one of mean_photons_per_frame and fluence_photons_per_m2")
+        return self
+
+
+class BetaSchedule(Section):
+    factor: float = Field(2.0, gt=0, description="beta is multiplied by this ...")
+    period: int = Field(10, ge=1, description="... every this many iterations")
+
+
+class EMC(Section):
+    """EMC orientation recovery (used by the emc stage)."""
+
+    num_div: int = Field(4, ge=1, description="600-cell refinement: 10 (5 n^3 + n) rotations")
+    iterations: int = Field(30, ge=1)
+    beta: float = Field(1.0, gt=0, description="deterministic-annealing exponent at the first iteration")
+    beta_schedule: BetaSchedule | None = Field(default_factory=BetaSchedule)
+    need_scaling: bool = Field(True, description="fit a scale factor per frame")
+    seed: int = Field(1, ge=0, description="seed of the random start model")
+
+
+class Phasing(Section):
+    """Phase retrieval (used by the phase stage)."""
+
+    recipe: str = Field("(HIO(beta=0.9) ** 50 * ShrinkWrap(sigma=2, threshold=0.1)) ** 10 * ER() ** 100",
+                        description="operators applied right to left, as in PyNX")
+    num_starts: int = Field(16, ge=1)
+    keep_best: int = Field(8, ge=1)
+    seed: int = Field(1, ge=0)
+
+
+class Output(Section):
+    runs_dir: Path = Field(Path("runs"), description="results go to <runs_dir>/<name>-<UTC timestamp>/ unless --out is given")
+
+
+class Pipeline(Section):
+    """The whole pipeline file."""
+
+    name: str = Field("spibatch", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40,
+                      description="run name: lower-case letters, digits and '-'")
+    geometry: Geometry = Field(default_factory=lambda: Geometry(wavelength_m=6.2e-10))
+    simulation: Simulation | None = None
+    emc: EMC = Field(default_factory=EMC)
+    phasing: Phasing = Field(default_factory=Phasing)
+    output: Output = Field(default_factory=Output)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _strip(cls, v: Any) -> Any:
+        return v.strip() if isinstance(v, str) else v
+
+
+# ---------------------------------------------------------------- YAML loading
+
+def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML; return the data and a map from key path to 1-based line number."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        raise InputError(f"not valid YAML ({getattr(exc, 'problem', exc)})", path=path, field=where,
+                         fix="fix the YAML syntax (indentation, colons, quotes)") from None
+    lines: dict[tuple, int] = {}
+
+    def walk(node: Any, prefix: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    raise InputError(f"key '{key}' appears twice", path=path,
+                                     field=f"line {key_node.start_mark.line + 1}: {'.'.join(map(str, prefix + (key,)))}",
+                                     fix="keep one of them")
+                seen.add(key)
+                lines[prefix + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, prefix + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[prefix + (i,)] = item.start_mark.line + 1
+                walk(item, prefix + (i,))
+
+    if root is not None:
+        walk(root, ())
+    data = yaml.safe_load(text)
+    return data, lines
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: Path,
+                model: type[BaseModel]) -> InputError:
+    err = exc.errors()[0]
+    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    key = ".".join(str(x) for x in loc) or "(top level)"
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    where = f"line {line}: {key}" if line else key
+    more = len(exc.errors()) - 1
+    tail = f" ({more} more error{'s' if more > 1 else ''} after this one)" if more else ""
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        return InputError(f"unknown key (expected one of: {', '.join(allowed)}){tail}", path=path, field=where,
+                          fix="remove it or correct its spelling; `spibatch schema` lists every key")
+    if err["type"] == "missing":
+        return InputError(f"required key is missing{tail}", path=path, field=where,
+                          fix="add it; `spibatch schema` describes it")
+    found = f"; found {_describe(err['input'])}" if loc else ""
+    msg = err["msg"].removeprefix("Value error, ")
+    return InputError(f"expected: {msg}{found}{tail}", path=path, field=where,
+                      fix="correct the value; `spibatch schema` describes every key")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the section at ``loc`` accepts (best effort, for the error message)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return []
+        model = candidates[0]
+    return list(model.model_fields)
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and validate a pipeline YAML file; relative paths become absolute.
+
+    Raises InputError (one line: file, line, key, expected, found) on any mistake.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("file not found", path=path, fix="give the path of a pipeline YAML file "
+                         "(`spibatch init DIR` writes one)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read ({exc.__class__.__name__})", path=path,
+                         fix="give a readable UTF-8 YAML file") from None
+    data, lines = _load_yaml_with_lines(text, path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"expected a mapping of sections at the top level; found {type(data).__name__}",
+                         path=path, field="line 1", fix="start the file with keys such as `name:` and `geometry:`")
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as exc:
+        raise _error_line(exc, data, lines, path, Pipeline) from None
+    return resolve_paths(pipeline, path.parent)
+
+
+def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
+    """Make the file paths in ``pipeline`` absolute, relative to ``base``."""
+    base = base.resolve()
+    if pipeline.simulation is not None:
+        pipeline.simulation.pdb = (base / pipeline.simulation.pdb).resolve()
+    pipeline.output.runs_dir = (base / pipeline.output.runs_dir).resolve()
+    return pipeline
+
+
+def dump_pipeline(pipeline: Pipeline) -> str:
+    """The resolved pipeline as YAML text (every default written out)."""
+    import yaml
+
+    data = pipeline.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def json_schema() -> dict:
+    """The JSON schema of the pipeline file."""
+    return Pipeline.model_json_schema()
+
+
+def from_dragonfly_ini(path: str | Path) -> Geometry:
+    """Geometry from a Dragonfly ``config.ini`` (detd, pixsize in mm; lambda in Angstrom; stoprad in pixels)."""
+    import configparser
+
+    path = Path(path)
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
+    if not parser.read(path):
+        raise InputError("file not found or unreadable", path=path, fix="give Dragonfly's config.ini")
+    try:
+        p = parser["parameters"]
+        pol = p.get("polarization", "x").strip().lower()
+        return Geometry(
+            detector_pixels=int(p["detsize"]),
+            pixel_size_m=float(p["pixsize"]) * 1e-3,
+            detector_distance_m=float(p["detd"]) * 1e-3,
+            wavelength_m=float(p["lambda"]) * 1e-10,
+            beamstop_radius_pixels=float(p.get("stoprad", "0")),
+            polarization=pol if pol in ("x", "y") else "none",
+        )
+    except KeyError as exc:
+        raise InputError("missing key", path=path, field=f"[parameters] {exc.args[0]}",
+                         fix="Dragonfly's config.ini needs detd, lambda, detsize and pixsize") from None
+    except (ValueError, ValidationError) as exc:
+        raise InputError(f"bad value ({str(exc).splitlines()[0]})", path=path, field="[parameters]",
+                         fix="check detd, pixsize (mm), lambda (Angstrom), detsize, stoprad") from None
+
+
+def wavelength_from_energy(photon_energy_ev: float) -> float:
+    """Wavelength in metres of a photon of ``photon_energy_ev`` eV."""
+    return PLANCK_EV_M / photon_energy_ev
+
+
+__all__ = ["Pipeline", "Geometry", "Simulation", "EMC", "Phasing", "Output", "load_pipeline",
+           "dump_pipeline", "json_schema", "from_dragonfly_ini", "resolve_paths", "wavelength_from_energy"]
