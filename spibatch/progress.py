@@ -1,0 +1,63 @@
+"""Progress reporting: a Rich bar on a terminal, plain log lines otherwise.
+
+Long loops take a ``Progress``-like object with ``advance(n)``; callers get
+one from :func:`progress` and never need to know where the output goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from typing import Iterator
+
+log = logging.getLogger("spibatch")
+
+
+class _LogProgress:
+    """Plain log lines at most every ``interval_s`` seconds (and at the end)."""
+
+    def __init__(self, total: int, description: str, interval_s: float = 10.0):
+        self.total, self.description, self.interval_s = total, description, interval_s
+        self.done = 0
+        self._start = self._last = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.interval_s or self.done >= self.total:
+            self._last = now
+            rate = self.done / max(now - self._start, 1e-9)
+            log.info("%s: %d/%d (%.0f/s)", self.description, self.done, self.total, rate)
+
+
+class _RichProgress:
+    def __init__(self, bar, task):
+        self._bar, self._task = bar, task
+
+    def advance(self, n: int = 1) -> None:
+        self._bar.advance(self._task, n)
+
+
+class _Silent:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress(total: int, description: str, *, enabled: bool = True) -> Iterator[object]:
+    """Yield an object with ``advance(n)``: a Rich bar when stdout is a terminal, log lines otherwise."""
+    if not enabled:
+        yield _Silent()
+        return
+    if sys.stdout.isatty():
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(), transient=False) as bar:
+            yield _RichProgress(bar, bar.add_task(description, total=total))
+        return
+    tracker = _LogProgress(total, description)
+    yield tracker
