@@ -1,0 +1,188 @@
+"""The ``spibatch`` command.
+
+Every command that produces results writes into a new run directory
+(``runs/<name>-<UTC time>/`` or ``--out``).  Bad input stops with one line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from spibatch import __version__
+from spibatch.errors import InputError
+
+log = logging.getLogger("spibatch")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="X-ray single-particle imaging: simulate, reconstruct, phase and validate, "
+                       "locally, on Slurm or on Kubernetes.")
+
+OUT_HELP = "write results here instead of runs/<name>-<UTC time>/ (must not hold an earlier run)"
+
+
+def _data_file(name: str) -> Path:
+    return Path(str(resources.files("spibatch") / "data" / name))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"spibatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit"),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings and errors on the terminal")) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("spibatch")
+    logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, logging.StreamHandler)
+                          or isinstance(h, logging.FileHandler)]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+@app.command()
+def init(directory: Path = typer.Argument(..., help="folder to write pipeline.yaml (and the example PDB) into")) -> None:
+    """Write a commented pipeline.yaml (and the example structure 1EI7.pdb) into DIRECTORY."""
+    target = directory / "pipeline.yaml"
+    if target.exists():
+        raise InputError("already exists", path=target, fix="choose another directory or move the file away")
+    directory.mkdir(parents=True, exist_ok=True)
+    from spibatch.io.atomic import write_text
+
+    write_text(target, _data_file("pipeline.yaml").read_text(encoding="utf-8"))
+    pdb = directory / "1EI7.pdb"
+    if not pdb.exists():
+        shutil.copyfile(_data_file("1EI7.pdb"), pdb)
+    typer.echo(f"wrote {target}\nwrote {pdb}\nnext: spibatch simulate {target}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the pipeline file."""
+    from spibatch.config import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def _simulate(config: Path, out: Optional[Path]) -> Path:
+    from spibatch.config import dump_pipeline, load_pipeline
+    from spibatch.rundir import create_run_dir, run_in_dir
+    from spibatch.sim import simulate as run_simulation
+    from spibatch.sim.structure import read_structure
+
+    pipeline = load_pipeline(config)
+    if pipeline.simulation is None:
+        raise InputError("no `simulation` section", path=config, field="simulation",
+                         fix="add one (`spibatch init DIR` writes an example)")
+    read_structure(pipeline.simulation.pdb)  # a bad PDB stops here, before any run directory exists
+    run = create_run_dir(pipeline.name, pipeline.output.runs_dir, out,
+                         config_text=dump_pipeline(pipeline), command=sys.argv)
+    run.add_inputs(config, pipeline.simulation.pdb)
+    outputs = run_in_dir(run, run_simulation, pipeline, run.path)
+    typer.echo(f"\nsimulated {pipeline.simulation.num_patterns} patterns into {run.path}")
+    for label, path in outputs.items():
+        typer.echo(f"  {label:<12} {path}")
+    typer.echo(f"  {'config':<12} {run.file('config.yaml')}\n  {'provenance':<12} {run.file('provenance.json')}"
+               f"\n  {'log':<12} {run.file('log.txt')}")
+    return run.path
+
+
+@app.command()
+def simulate(config: Path = typer.Argument(..., help="pipeline YAML file with a `simulation` section"),
+             out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP)) -> None:
+    """Simulate sparse diffraction patterns of a PDB structure (Dragonfly photons + detector files)."""
+    _simulate(config, out)
+
+
+@app.command()
+def demo(out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP)) -> None:
+    """Run the built-in demo: simulate 1000 patterns of the protein 1EI7 on a 64 x 64 detector."""
+    _simulate(_data_file("demo.yaml"), out)
+
+
+@app.command()
+def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 result, Dragonfly output_NNN.h5 / .bin, or MRC"),
+             second: Path = typer.Argument(..., help="the volume to compare with (e.g. the truth)"),
+             voxel_size_m: Optional[float] = typer.Option(None, help="real-space voxel size in metres, "
+                                                          "when the files do not say"),
+             out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+             runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
+    """Fourier shell correlation of two volumes: a table, the 0.5 / 0.143 resolutions and a PNG plot."""
+    from spibatch.io.results import read_volume, write_result
+    from spibatch.rundir import create_run_dir, run_in_dir
+    from spibatch.validate import format_table, fsc, plot_fsc
+
+    a, a_voxel = _volume_and_voxel(read_volume, first)
+    b, b_voxel = _volume_and_voxel(read_volume, second)
+    voxel = voxel_size_m or a_voxel or b_voxel
+    result = fsc(a, b, voxel_size=voxel)  # shape mismatches stop here, before a run directory exists
+    run = create_run_dir("validate", runs_dir, out, command=sys.argv)
+    run.add_inputs(first, second)
+
+    def body() -> dict:
+        png = plot_fsc(result, run.file("fsc.png"))
+        h5 = run.file("fsc.h5")
+        write_result(h5, {k: v for k, v in result.arrays().items()}, {"voxel_size_m": voxel or 0.0}, None)
+        return {"fsc_plot": png, "fsc_table": h5}
+
+    outputs = run_in_dir(run, body)
+    typer.echo(format_table(result))
+    typer.echo(f"\nwrote {outputs['fsc_plot']}\nwrote {outputs['fsc_table']}")
+
+
+def _volume_and_voxel(read_volume, path: Path):
+    loaded = read_volume(path)
+    if isinstance(loaded, tuple):
+        return loaded
+    return loaded, None
+
+
+@app.command()
+def ingest(cxi: Path = typer.Argument(..., help="CXI file with a pattern stack"),
+           adu_per_photon: float = typer.Option(1.0, help="detector units per photon"),
+           clip_negative: bool = typer.Option(False, help="set negative values to 0 instead of stopping"),
+           data_path: str = typer.Option("/entry_1/data_1/data", help="dataset holding the stack"),
+           chunk_frames: int = typer.Option(256, min=1, help="frames read per block"),
+           out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+           runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
+    """Convert a CXI pattern stack (3-D or modular 4-D) to a sparse Dragonfly photons file, in chunks."""
+    from spibatch.io.cxi import cxi_to_photons
+    from spibatch.rundir import create_run_dir, run_in_dir
+
+    if not cxi.is_file():
+        raise InputError("file not found", path=cxi, fix="give the path of a CXI (HDF5) file")
+    run = create_run_dir("ingest", runs_dir, out, command=sys.argv)
+    run.add_inputs(cxi)
+
+    def body() -> dict:
+        frames, pixels = cxi_to_photons(cxi, run.file("photons.emc"), chunk_frames=chunk_frames,
+                                        adu_per_photon=adu_per_photon, clip_negative=clip_negative,
+                                        data_path=data_path)
+        log.info("%d frames of %d pixels", frames, pixels)
+        return {"photons": run.file("photons.emc")}
+
+    outputs = run_in_dir(run, body)
+    typer.echo(f"wrote {outputs['photons']}")
+
+
+def main() -> None:
+    """Console entry point: run the app; bad input -> one line on stderr, exit 2."""
+    try:
+        app()
+    except InputError as exc:
+        typer.echo(f"spibatch: error: {exc}", err=True)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,177 @@
+"""The run directory: where every command that produces results writes.
+
+``runs/<name>-<UTC timestamp>/`` (or ``--out``) holds the resolved config
+(``config.yaml``), ``provenance.json`` (versions, host, git revision, command
+line, SHA-256 of every input file, start/end time and status), ``log.txt``
+and the outputs.  Result files are written atomically (spibatch.io.atomic).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spibatch import __version__
+from spibatch.errors import InputError
+from spibatch.io.atomic import write_text
+
+log = logging.getLogger("spibatch")
+
+# Distributions whose versions go into provenance.json (absent ones are recorded as null).
+TRACKED_DISTRIBUTIONS = ("numpy", "scipy", "h5py", "pydantic", "PyYAML", "gemmi", "xraydb", "finufft",
+                         "mrcfile", "matplotlib", "typer", "rich", "mpi4py", "cupy", "parsl")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "spibatch": __version__}
+    for dist in TRACKED_DISTRIBUTIONS:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def git_revision(where: Path) -> str | None:
+    """``<sha>[-dirty]`` of the git checkout holding ``where``, or None outside one."""
+    try:
+        sha = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+@dataclass
+class RunDir:
+    """A run directory and its provenance record."""
+
+    path: Path
+    command: list[str]
+    inputs: dict[str, str] = field(default_factory=dict)   # path -> sha256
+    started: str = field(default_factory=utc_now)
+    _log_handler: logging.Handler | None = None
+
+    def file(self, name: str) -> Path:
+        """Path of an output called ``name`` inside the run directory."""
+        return self.path / name
+
+    def add_inputs(self, *paths: str | os.PathLike) -> None:
+        """Record the SHA-256 of input files (in provenance.json)."""
+        for p in paths:
+            p = Path(p).resolve()
+            self.inputs[str(p)] = sha256_file(p)
+        self.write_provenance("running")
+
+    def write_provenance(self, status: str, error: str | None = None, outputs: dict | None = None) -> None:
+        record = {
+            "status": status,
+            "command": self.command,
+            "started": self.started,
+            "finished": None if status == "running" else utc_now(),
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "cwd": os.getcwd(),
+            "git_revision": git_revision(Path(__file__).resolve().parent),
+            "versions": _versions(),
+            "inputs": self.inputs,
+        }
+        if outputs is not None:
+            record["outputs"] = {k: str(v) for k, v in outputs.items()}
+        if error:
+            record["error"] = error
+        write_text(self.file("provenance.json"), json.dumps(record, indent=2) + "\n")
+
+    def finish(self, status: str = "completed", error: str | None = None, outputs: dict | None = None) -> None:
+        """Write the final provenance and detach the log file."""
+        self.write_provenance(status, error, outputs)
+        if self._log_handler is not None:
+            logging.getLogger("spibatch").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+
+def new_run_path(name: str, runs_dir: Path) -> Path:
+    """``runs_dir/<name>-<YYYYmmddTHHMMSSZ>``, with ``-2``, ``-3``... if that exists already."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = runs_dir / f"{name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
+                   config_text: str | None = None, command: list[str] | None = None) -> RunDir:
+    """Create the run directory, write ``config.yaml`` and start ``provenance.json`` and ``log.txt``.
+
+    ``out`` (from ``--out``) is used as it is; it may exist but must not hold
+    an earlier run (a ``provenance.json``): nothing earlier is overwritten.
+    """
+    path = Path(out) if out is not None else new_run_path(name, Path(runs_dir))
+    if (path / "provenance.json").exists():
+        raise InputError("this directory already holds a run", path=path, field="--out",
+                         fix="choose a new --out directory, or leave --out out to get runs/<name>-<time>/")
+    if path.exists() and not path.is_dir():
+        raise InputError("exists and is not a directory", path=path, field="--out", fix="choose a directory path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the run directory ({exc.strerror})", path=path, field="--out",
+                         fix="choose a writable location") from None
+    run = RunDir(path=path.resolve(), command=list(command if command is not None else sys.argv))
+    if config_text is not None:
+        write_text(run.file("config.yaml"), config_text)
+    handler = logging.FileHandler(run.file("log.txt"), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logger = logging.getLogger("spibatch")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    run._log_handler = handler
+    run.write_provenance("running")
+    log.info("run directory %s", run.path)
+    return run
+
+
+def run_in_dir(run: RunDir, body, *args, **kwargs):
+    """Call ``body(*args, **kwargs)`` and record its outcome in provenance.json.
+
+    ``body`` returns a mapping of output names to paths; on an exception the
+    run is marked ``failed`` with the error's first line, and the exception
+    propagates.
+    """
+    try:
+        outputs = body(*args, **kwargs)
+    except BaseException as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        run.finish("failed", error=f"{exc.__class__.__name__}: {first}")
+        raise
+    run.finish("completed", outputs=outputs)
+    return outputs

@@ -1,0 +1,87 @@
+"""The `spibatch` command as a user runs it: a real process, its output and exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import spibatch
+
+
+def spibatch_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spibatch", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_version():
+    done = spibatch_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"spibatch {spibatch.__version__}"
+
+
+def test_import_stays_light():
+    code = ("import sys, spibatch, spibatch.cli; "
+            "print(sorted(m for m in ('parsl', 'h5py', 'cupy', 'scipy', 'matplotlib', 'gemmi') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_init_writes_valid_pipeline_and_refuses_to_overwrite(tmp_path):
+    done = spibatch_cli("init", str(tmp_path / "proj"))
+    assert done.returncode == 0, done.stderr
+    pipeline = tmp_path / "proj" / "pipeline.yaml"
+    assert pipeline.read_text().startswith("# spibatch pipeline file")
+    assert (tmp_path / "proj" / "1EI7.pdb").stat().st_size > 100_000
+    before = pipeline.read_text()
+    pipeline.write_text(before + "# my edit\n")
+    again = spibatch_cli("init", str(tmp_path / "proj"))
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert pipeline.read_text().endswith("# my edit\n")
+
+
+def test_schema_is_json():
+    done = spibatch_cli("schema")
+    assert done.returncode == 0
+    assert "geometry" in json.loads(done.stdout)["properties"]
+
+
+def test_bad_config_one_line_exit_2_no_run_dir(tmp_path):
+    bad = tmp_path / "pipeline.yaml"
+    bad.write_text("name: t\nsimulation:\n  pdb: x.pdb\n  seeed: 3\noutput:\n  runs_dir: runs\n")
+    done = spibatch_cli("simulate", str(bad), cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "line 4: simulation.seeed: unknown key" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreadable_pdb_stops_before_any_output(tmp_path):
+    (tmp_path / "broken.pdb").write_text("this is not a structure\n")
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text("name: t\ngeometry: {wavelength_m: 2.0e-10}\nsimulation: {pdb: broken.pdb}\n")
+    done = spibatch_cli("simulate", str(cfg), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "broken.pdb" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_out_holding_a_run_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "provenance.json").write_text('{"status": "completed"}')
+    done = spibatch_cli("simulate", str(Path(spibatch.__file__).parent / "data" / "demo.yaml"), "--out", str(out))
+    assert done.returncode == 2 and "already holds a run" in done.stderr
+    assert (out / "provenance.json").read_text() == '{"status": "completed"}'
+    assert sorted(p.name for p in out.iterdir()) == ["provenance.json"]
+
+
+@pytest.mark.parametrize("args", [["validate", "missing_a.h5", "missing_b.h5"], ["ingest", "missing.cxi"]])
+def test_missing_inputs(tmp_path, args):
+    done = spibatch_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2 and "missing" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
