@@ -1,0 +1,179 @@
+"""CXI pattern stacks -> Dragonfly sparse photons file, streamed in blocks of frames.
+
+A CXI file holds its frames at ``/entry_1/data_1/data`` as ``(frame, y, x)``
+or, for a modular detector, ``(frame, module, ss, fs)``; pixels are numbered
+in C order over the frame's shape.  Values are detector units (ADU); dividing
+by ``adu_per_photon`` and rounding to the nearest integer (``numpy.rint``:
+halves go to the even neighbour) gives photon counts.  A mask follows the CXI
+convention: nonzero = bad pixel, which then counts no photons.
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+from spibatch.errors import InputError
+from spibatch.io.dragonfly import PhotonsWriter
+from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
+from spibatch.photons import Photons
+
+DATA_PATH = "/entry_1/data_1/data"
+MASK_PATHS = ("/entry_1/data_1/mask", "/entry_1/instrument_1/detector_1/mask")
+INT32_MAX = np.iinfo(np.int32).max
+
+
+def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, chunk_frames: int = 256,
+                   adu_per_photon: float = 1.0, clip_negative: bool = False, data_path: str = DATA_PATH,
+                   mask_path: str | None = None) -> tuple[int, int]:
+    """Convert the CXI stack at ``data_path`` to a Dragonfly photons file at ``out_path``.
+
+    Reads ``chunk_frames`` frames at a time (never the whole stack) and writes
+    them with :class:`PhotonsWriter` (atomic: on any error ``out_path`` is left
+    as it was).  The mask is taken from ``mask_path``, else from the first of
+    ``/entry_1/data_1/mask`` and ``/entry_1/instrument_1/detector_1/mask``
+    that exists; it has the shape of one frame and applies to every frame.
+
+    Parameters
+    ----------
+    adu_per_photon : detector units per photon (> 0)
+    clip_negative : set counts that round below zero to 0 instead of raising InputError
+
+    Returns
+    -------
+    (num_frames, num_pix) of the file written.
+    """
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if not (np.isfinite(adu_per_photon) and adu_per_photon > 0):
+        raise InputError(f"must be a positive number, got {adu_per_photon}", field="adu_per_photon",
+                         fix="give the detector's signal per photon in ADU (1 for photon-counted data)")
+    fix = f"give a CXI file with frames (frame, y, x) or (frame, module, ss, fs) at {data_path} " \
+          "(or name their dataset with data_path)"
+    with open_hdf5(cxi_path, fix) as f:
+        data = require_dataset(f, data_path, cxi_path, fix)
+        if data.ndim not in (3, 4) or data.dtype.kind not in "biuf":
+            raise InputError(f"expected a 3-D or 4-D numeric stack, found shape {data.shape} dtype {data.dtype}",
+                             path=cxi_path, field=data_path, fix=fix)
+        num_frames, frame_shape = data.shape[0], data.shape[1:]
+        num_pix = int(np.prod(frame_shape))
+        bad = _read_mask(f, cxi_path, mask_path, frame_shape)
+        with PhotonsWriter(out_path, num_pix) as writer:
+            for start in range(0, num_frames, chunk_frames):
+                block = read_dataset(data, slice(start, min(start + chunk_frames, num_frames)), cxi_path)
+                counts = _to_counts(block.reshape(len(block), num_pix), start, bad, adu_per_photon,
+                                    clip_negative, cxi_path, data_path)
+                writer.append(Photons.from_dense(counts))
+    return num_frames, num_pix
+
+
+def _read_mask(f: h5py.File, path: str | os.PathLike, mask_path: str | None,
+               frame_shape: tuple[int, ...]) -> np.ndarray | None:
+    """(num_pix,) bool, True for bad pixels; None when the file has no mask."""
+    for name in (mask_path,) if mask_path else MASK_PATHS:
+        if name not in f and not mask_path:
+            continue
+        fix = f"give one mask of shape {frame_shape} (nonzero = bad pixel), or name it with mask_path"
+        ds = require_dataset(f, name, path, fix)
+        if ds.shape not in (frame_shape, (1,) + frame_shape) or ds.dtype.kind not in "biuf":
+            raise InputError(f"expected a mask of shape {frame_shape}, found shape {ds.shape} dtype {ds.dtype}",
+                             path=path, field=name, fix=fix)
+        return (read_dataset(ds, (), path) != 0).reshape(-1)
+    return None
+
+
+def _to_counts(block: np.ndarray, first: int, bad: np.ndarray | None, adu_per_photon: float,
+               clip_negative: bool, path: str | os.PathLike, field: str) -> np.ndarray:
+    """Dense (frames, num_pix) ADU -> int32 photon counts; ``first`` is the block's first frame number."""
+    counts = np.rint(block.astype(np.float64) / adu_per_photon)
+    if bad is not None:
+        counts[:, bad] = 0
+    nonfinite = ~np.isfinite(counts)
+    if nonfinite.any():
+        row = int(np.argmax(nonfinite.any(axis=1)))
+        raise InputError(f"frame {first + row}: {int(nonfinite[row].sum())} pixels are NaN or inf",
+                         path=path, field=field, fix="mask those pixels (a CXI mask, or mask_path=...)")
+    negative = counts < 0
+    if negative.any():
+        if not clip_negative:
+            row = int(np.argmax(negative.any(axis=1)))
+            raise InputError(f"frame {first + row}: {int(negative[row].sum())} pixels round to negative photon "
+                             f"counts (lowest {counts[row].min():g} at adu_per_photon={adu_per_photon:g})",
+                             path=path, field=field,
+                             fix="mask those pixels (a CXI mask, or mask_path=...) or pass clip_negative=True "
+                                 "to set them to 0")
+        counts[negative] = 0
+    if counts.size and counts.max() > INT32_MAX:
+        raise InputError(f"counts above {INT32_MAX} in frames {first}..{first + len(counts) - 1}", path=path,
+                         field=field, fix="check adu_per_photon")
+    return counts.astype(np.int32)
+
+
+GEOMETRY_PATHS = {"distance": "/entry_1/instrument_1/detector_1/distance",          # m
+                  "x_pixel_size": "/entry_1/instrument_1/detector_1/x_pixel_size",  # m
+                  "y_pixel_size": "/entry_1/instrument_1/detector_1/y_pixel_size",  # m
+                  "energy": "/entry_1/instrument_1/source_1/energy"}                # J per photon
+JOULE_PER_EV = 1.602176634e-19
+
+
+def cxi_detector(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mask_path: str | None = None,
+                 beamstop_radius_pixels: float = 0.0, polarization: str = "x"):
+    """The Detector of a CXI file's flat square detector, or None when the file holds no such geometry.
+
+    Needs 3-D frames (frame, y, x) with y = x pixels and the distance, pixel sizes
+    (m, equal) and photon energy (J) of the CXI geometry; the beam is taken to hit
+    the frame's centre.  Built with :func:`spibatch.sim.geometry.flat_detector`
+    (the simulator's formulas), its pixels put in the CXI frame's C order (y slow,
+    x fast) to match :func:`cxi_to_photons`; masked pixels get MASK_EXCLUDED.
+    Returns None for modular (4-D) data or when a geometry dataset is missing.
+    """
+    from pydantic import ValidationError
+
+    from spibatch.config import Geometry
+    from spibatch.detector import MASK_EXCLUDED
+    from spibatch.sim.geometry import flat_detector
+
+    fix = "give the CXI geometry (distance, x/y_pixel_size in m, source energy in J) or a Dragonfly detector file"
+    with open_hdf5(cxi_path, fix) as f:
+        data = require_dataset(f, data_path, cxi_path, fix)
+        if data.ndim != 3 or any(name not in f for name in GEOMETRY_PATHS.values()):
+            return None
+        values = {key: _one_value(f, name, cxi_path, fix) for key, name in GEOMETRY_PATHS.items()}
+        bad = _read_mask(f, cxi_path, mask_path, data.shape[1:])
+    n_y, n_x = data.shape[1:]
+    if n_y != n_x or not np.isclose(values["x_pixel_size"], values["y_pixel_size"], rtol=1e-6):
+        raise InputError(f"frames {n_y} x {n_x} with pixels {values['y_pixel_size']:g} x {values['x_pixel_size']:g} m "
+                         "are not a square detector of square pixels", path=cxi_path, field=data_path,
+                         fix="give a Dragonfly detector file for this geometry")
+    try:
+        geometry = Geometry(detector_pixels=n_x, pixel_size_m=values["x_pixel_size"],
+                            detector_distance_m=values["distance"],
+                            photon_energy_ev=values["energy"] / JOULE_PER_EV,
+                            beamstop_radius_pixels=beamstop_radius_pixels, polarization=polarization)
+    except ValidationError as exc:
+        raise InputError(f"unusable geometry ({exc.errors()[0]['msg']}): {values}", path=cxi_path,
+                         field="/entry_1/instrument_1", fix=fix) from None
+    det = flat_detector(geometry)  # pixel i * n + j: i along x, j along y
+    order = np.arange(n_x * n_y).reshape(n_x, n_y).T.ravel()  # CXI pixel y * n + x -> flat_detector pixel
+    mask = det.mask[order].copy()
+    if bad is not None:
+        mask[bad] = MASK_EXCLUDED
+    det.q_voxels, det.corr, det.mask = det.q_voxels[order], det.corr[order], mask
+    det.shape = (n_y, n_x)
+    return det
+
+
+def _one_value(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> float:
+    """A positive number stored at ``name`` (a scalar, or equal values per frame)."""
+    ds = require_dataset(f, name, path, fix)
+    values = np.asarray(read_dataset(ds, (), path), dtype=np.float64).ravel() if ds.dtype.kind in "iuf" else None
+    if values is None or values.size == 0 or not np.all(np.isfinite(values)) or values.min() <= 0 \
+            or values.max() - values.min() > 1e-6 * values.max():
+        raise InputError(f"expected one positive number (or equal ones per frame), found shape {ds.shape} "
+                         f"dtype {ds.dtype}", path=path, field=name, fix=fix)
+    return float(values.mean())
+
+
+__all__ = ["cxi_to_photons", "cxi_detector"]

@@ -1,0 +1,301 @@
+"""Dragonfly's sparse photons file and detector file: read, validate, write.
+
+Photons file (HDF5, written by Dragonfly's ``make_data``; often named ``*.emc``)::
+
+    num_pix      (1,) int32                 pixels per frame
+    place_ones   (num_frames,) vlen int32   per frame: pixels holding exactly one photon
+    place_multi  (num_frames,) vlen int32   per frame: pixels holding two or more photons
+    count_multi  (num_frames,) vlen int32   their photon counts (>= 2), row k as long as place_multi[k]
+
+Older binary ``.emc`` (read only; little-endian int32 throughout)::
+
+    header, 1024 bytes: num_data, num_pix, type (0 = sparse; dense types 1 and 2 are refused), zeros
+    ones (num_data,), multi (num_data,)      photons-per-frame row lengths
+    place_ones (sum ones,), place_multi (sum multi,), count_multi (sum multi,)
+
+Detector file (HDF5, written by Dragonfly's ``make_detector``)::
+
+    qx, qy, qz   (num_pix,) float64   scattering vector of each pixel in voxels of the model grid
+    corr         (num_pix,) float64   solid angle x polarization
+    mask         (num_pix,) uint8     0 used, 1 merged only, 2 excluded
+    detd         () float64           sample-detector distance in pixel sizes
+    ewald_rad    () float64           Ewald sphere radius in voxels
+    attributes voxel_size_per_m (1/m) and shape (ints): ours only, optional
+
+Every problem found on reading raises :class:`spibatch.errors.InputError`
+naming the file, the dataset and the fix.  Writers are atomic and
+deterministic (no timestamps: the same content gives the same bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from spibatch.detector import Detector
+from spibatch.errors import InputError
+from spibatch.io.atomic import atomic_path
+from spibatch.io.emcbin import FIX_PHOTONS, BinaryPhotons, checked_photons
+from spibatch.io.hdf5 import is_hdf5, open_hdf5, read_dataset, require_dataset
+from spibatch.photons import Photons
+
+PHOTON_ROWS = ("place_ones", "place_multi", "count_multi")
+DETECTOR_ARRAYS = ("qx", "qy", "qz", "corr", "mask")
+ROWS_CHUNK = 1024  # frames per HDF5 chunk of the vlen datasets we write
+
+FIX_DETECTOR = "give a detector file written by Dragonfly (make_detector) or spibatch"
+
+
+# ------------------------------------------------------------------ detector
+
+def read_detector(path: str | os.PathLike) -> Detector:
+    """Read a Dragonfly detector file (layout in the module docstring) into a :class:`Detector`."""
+    fix = FIX_DETECTOR
+    with open_hdf5(path, fix) as f:
+        arrays = {}
+        for name in DETECTOR_ARRAYS:
+            ds = require_dataset(f, name, path, fix)
+            kind, kinds = ("integer", "iu") if name == "mask" else ("float", "f")
+            if ds.ndim != 1 or ds.dtype.kind not in kinds:
+                raise InputError(f"expected a 1-D {kind} array, found shape {ds.shape} dtype {ds.dtype}",
+                                 path=path, field=name, fix=fix)
+            arrays[name] = read_dataset(ds, (), path)
+        num_pix = len(arrays["qx"])
+        for name in DETECTOR_ARRAYS[1:]:
+            if len(arrays[name]) != num_pix:
+                raise InputError(f"has {len(arrays[name])} entries but qx has {num_pix}", path=path,
+                                 field=name, fix="qx, qy, qz, corr and mask need one entry per pixel")
+        for name in ("qx", "qy", "qz", "corr"):
+            bad = ~np.isfinite(arrays[name])
+            if bad.any():
+                raise InputError(f"{int(bad.sum())} values are NaN or inf (first at pixel {int(np.argmax(bad))})",
+                                 path=path, field=name, fix="regenerate the detector file")
+        mask = arrays["mask"].astype(np.int64)
+        bad = (mask < 0) | (mask > 2)
+        if bad.any():
+            raise InputError(f"values must be 0, 1 or 2; found {int(mask[np.argmax(bad)])} at pixel "
+                             f"{int(np.argmax(bad))}", path=path, field="mask",
+                             fix="use 0 (used), 1 (merged only) or 2 (excluded)")
+        scalars = {}
+        for name in ("detd", "ewald_rad"):
+            ds = require_dataset(f, name, path, fix)
+            if ds.size != 1 or ds.dtype.kind not in "fiu":
+                raise InputError(f"expected one number, found shape {ds.shape} dtype {ds.dtype}",
+                                 path=path, field=name, fix=fix)
+            value = float(np.asarray(read_dataset(ds, (), path)).reshape(-1)[0])
+            if not np.isfinite(value) or value <= 0:
+                raise InputError(f"expected a positive number, found {value}", path=path, field=name, fix=fix)
+            scalars[name] = value
+        voxel = f.attrs.get("voxel_size_per_m")
+        shape = f.attrs.get("shape")
+    if shape is not None:
+        shape = tuple(int(x) for x in np.atleast_1d(shape))
+        if int(np.prod(shape)) != num_pix:
+            raise InputError(f"attribute shape {shape} does not hold {num_pix} pixels", path=path,
+                             field="shape", fix="fix or delete the attribute")
+    q = np.stack([arrays["qx"], arrays["qy"], arrays["qz"]], axis=1).astype(np.float64)
+    return Detector(q_voxels=q, corr=arrays["corr"].astype(np.float64), mask=mask.astype(np.uint8),
+                    detd_pixels=scalars["detd"], ewald_radius_voxels=scalars["ewald_rad"],
+                    voxel_size_per_m=None if voxel is None else float(voxel), shape=shape)
+
+
+def write_detector(path: str | os.PathLike, detector: Detector) -> None:
+    """Write ``detector`` atomically in Dragonfly's layout (readable by Dragonfly); same detector, same bytes."""
+    q = np.asarray(detector.q_voxels, np.float64)
+    num_pix = q.shape[0]
+    if q.shape != (num_pix, 3) or np.shape(detector.corr) != (num_pix,) or np.shape(detector.mask) != (num_pix,):
+        raise ValueError(f"q_voxels must be (N, 3) and corr, mask (N,); got {q.shape}, "
+                         f"{np.shape(detector.corr)}, {np.shape(detector.mask)}")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for axis, name in enumerate(("qx", "qy", "qz")):
+            f.create_dataset(name, data=np.ascontiguousarray(q[:, axis]), track_times=False)
+        f.create_dataset("corr", data=np.asarray(detector.corr, np.float64), track_times=False)
+        f.create_dataset("mask", data=np.asarray(detector.mask, np.uint8), track_times=False)
+        f.create_dataset("detd", data=np.float64(detector.detd_pixels), track_times=False)
+        f.create_dataset("ewald_rad", data=np.float64(detector.ewald_radius_voxels), track_times=False)
+        if detector.voxel_size_per_m is not None:
+            f.attrs["voxel_size_per_m"] = np.float64(detector.voxel_size_per_m)
+        if detector.shape is not None:
+            f.attrs["shape"] = np.asarray(detector.shape, np.int64)
+
+
+def check_match(detector: Detector, num_pix: int, detector_path: str | os.PathLike,
+                photons_path: str | os.PathLike) -> None:
+    """InputError when the detector's pixel count differs from the photons file's ``num_pix``."""
+    if detector.num_pix != int(num_pix):
+        raise InputError(f"the photons have num_pix = {int(num_pix)} but the detector {os.fspath(detector_path)} "
+                         f"has {detector.num_pix} pixels", path=photons_path, field="num_pix",
+                         fix="use the detector file that these photons were recorded or simulated with")
+
+
+# ------------------------------------------------------------------ photons: reading
+
+def photons_info(path: str | os.PathLike) -> tuple[int, int]:
+    """``(num_frames, num_pix)`` of a photons file (HDF5 or binary), reading only its header."""
+    with _photon_source(path) as source:
+        return source.num_frames, source.num_pix
+
+
+def read_photons(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Photons:
+    """Frames ``start:stop`` of a photons file (HDF5 or binary ``.emc``), validated."""
+    with _photon_source(path) as source:
+        stop = source.num_frames if stop is None else stop
+        if not 0 <= start <= stop <= source.num_frames:
+            raise ValueError(f"frames {start}:{stop} outside 0:{source.num_frames}")
+        return source.block(start, stop)
+
+
+def iter_photons(path: str | os.PathLike, chunk_frames: int = 1024) -> Iterator[Photons]:
+    """Yield the file's frames ``chunk_frames`` at a time (the last block may be shorter), validated."""
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    with _photon_source(path) as source:
+        for start in range(0, source.num_frames, chunk_frames):
+            yield source.block(start, min(start + chunk_frames, source.num_frames))
+
+
+@contextlib.contextmanager
+def _photon_source(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path, fix=FIX_PHOTONS)
+    if is_hdf5(path):
+        with open_hdf5(path, FIX_PHOTONS) as f:
+            yield _Hdf5Photons(f, path)
+    else:
+        yield BinaryPhotons(path)
+
+
+class _Hdf5Photons:
+    """Frames of Dragonfly's HDF5 photons file, read one block of rows at a time."""
+
+    def __init__(self, f: h5py.File, path: Path):
+        self.path = path
+        ds = require_dataset(f, "num_pix", path, FIX_PHOTONS)
+        if ds.size != 1 or ds.dtype.kind not in "iu":
+            raise InputError(f"expected one integer, found shape {ds.shape} dtype {ds.dtype}", path=path,
+                             field="num_pix", fix=FIX_PHOTONS)
+        self.num_pix = int(np.asarray(read_dataset(ds, (), path)).reshape(-1)[0])
+        if self.num_pix < 1:
+            raise InputError(f"expected a positive pixel count, found {self.num_pix}", path=path,
+                             field="num_pix", fix=FIX_PHOTONS)
+        self.rows = {}
+        for name in PHOTON_ROWS:
+            ds = require_dataset(f, name, path, FIX_PHOTONS)
+            base = h5py.check_vlen_dtype(ds.dtype)
+            if ds.ndim != 1 or base is None or base.kind not in "iu":
+                found = f"variable-length {base}" if base is not None else f"{ds.dtype}"
+                raise InputError(f"expected a 1-D dataset of variable-length int32 rows, found shape {ds.shape} "
+                                 f"of {found}", path=path, field=name, fix=FIX_PHOTONS)
+            self.rows[name] = ds
+        lengths = {name: ds.shape[0] for name, ds in self.rows.items()}
+        if len(set(lengths.values())) != 1:
+            odd = [n for n in PHOTON_ROWS[1:] if lengths[n] != lengths["place_ones"]]
+            raise InputError(f"row counts differ: {lengths}", path=path,
+                             field=odd[0] if len(odd) == 1 else "place_ones",
+                             fix="place_ones, place_multi and count_multi need one row per frame")
+        self.num_frames = lengths["place_ones"]
+
+    def block(self, start: int, stop: int) -> Photons:
+        flat, indptr = {}, {}
+        for name, ds in self.rows.items():
+            rows = read_dataset(ds, slice(start, stop), self.path)
+            lengths = np.fromiter((len(r) for r in rows), np.int64, count=len(rows))
+            indptr[name] = np.concatenate([[0], np.cumsum(lengths)])
+            flat[name] = np.concatenate(list(rows)) if lengths.sum() else np.zeros(0, np.int32)
+        place, count = np.diff(indptr["place_multi"]), np.diff(indptr["count_multi"])
+        if not np.array_equal(place, count):
+            k = int(np.argmax(place != count))
+            raise InputError(f"frame {start + k}: place_multi has {place[k]} entries but count_multi has {count[k]}",
+                             path=self.path, field="count_multi",
+                             fix="each count_multi row must be as long as its place_multi row")
+        return checked_photons(self.path, self.num_pix, start, indptr["place_ones"], flat["place_ones"],
+                      indptr["place_multi"], flat["place_multi"], flat["count_multi"])
+
+
+# ------------------------------------------------------------------ photons: writing
+
+class PhotonsWriter:
+    """Write Dragonfly's HDF5 photons file block by block; use as a context manager.
+
+    Frames go to a temporary file beside ``path`` that is renamed onto ``path``
+    on a clean exit and deleted on an exception, so ``path`` is never left
+    truncated and an older file of that name survives a failed write.  The
+    same appended blocks give a byte-identical file.
+    """
+
+    def __init__(self, path: str | os.PathLike, num_pix: int):
+        self.path = Path(path)
+        self.num_pix = int(num_pix)
+        if self.num_pix < 1:
+            raise ValueError(f"num_pix must be >= 1, got {num_pix}")
+        self.num_frames = 0
+        self._file: h5py.File | None = None
+        self._atomic = None
+
+    def __enter__(self) -> "PhotonsWriter":
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            self._file = h5py.File(tmp, "w")
+            self._file.create_dataset("num_pix", data=np.array([self.num_pix], np.int32), track_times=False)
+            for name in PHOTON_ROWS:
+                self._file.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(ROWS_CHUNK,),
+                                          dtype=h5py.vlen_dtype(np.int32), track_times=False)
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def append(self, photons: Photons) -> None:
+        """Append the frames of ``photons`` (same ``num_pix``; counts >= 2, indices in range)."""
+        if self._file is None:
+            raise RuntimeError("use PhotonsWriter in a with block: `with PhotonsWriter(path, num_pix) as w:`")
+        if photons.num_pix != self.num_pix:
+            raise ValueError(f"photons have num_pix {photons.num_pix}, the file has {self.num_pix}")
+        for index in (photons.ones_index, photons.multi_index):
+            if len(index) and (index.min() < 0 or index.max() >= self.num_pix):
+                raise ValueError(f"pixel index outside [0, {self.num_pix})")
+        if len(photons.multi_count) and photons.multi_count.min() < 2:
+            raise ValueError("multi_count holds counts below 2")
+        n = photons.num_frames
+        if n == 0:
+            return
+        rows = {"place_ones": (photons.ones_index, photons.ones_indptr),
+                "place_multi": (photons.multi_index, photons.multi_indptr),
+                "count_multi": (photons.multi_count, photons.multi_indptr)}
+        for name, (flat, indptr) in rows.items():
+            flat = np.ascontiguousarray(flat, np.int32)
+            out = np.empty(n, dtype=h5py.vlen_dtype(np.int32))
+            for k in range(n):
+                out[k] = flat[indptr[k]:indptr[k + 1]]
+            ds = self._file[name]
+            ds.resize((self.num_frames + n,))
+            # write_direct, not ds[a:b] = out: h5py turns equal-length rows into a 2-D array and fails
+            ds.write_direct(out, dest_sel=np.s_[self.num_frames:self.num_frames + n])
+        self.num_frames += n
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        f, self._file = self._file, None
+        close_error = None
+        if f is not None:
+            try:
+                f.close()
+            except BaseException as error:  # a failed flush must not leave a renamed, broken file
+                close_error = error
+        atomic, self._atomic = self._atomic, None
+        if exc_type is None and close_error is not None:
+            atomic.__exit__(type(close_error), close_error, close_error.__traceback__)
+            raise close_error
+        return bool(atomic.__exit__(exc_type, exc, tb))
+
+
+def write_photons(path: str | os.PathLike, photons: Photons) -> None:
+    """Write ``photons`` to a Dragonfly HDF5 photons file at ``path`` (atomic, deterministic)."""
+    with PhotonsWriter(path, photons.num_pix) as writer:
+        writer.append(photons)

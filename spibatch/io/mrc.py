@@ -1,0 +1,65 @@
+"""MRC volumes (CCP-EM MRC2014), for densities that ChimeraX, PyMOL or Coot can open.
+
+Volumes are (Z, Y, X) float32 (MRC's section, row, column order); the voxel
+size is in Angstrom, as MRC files store it.  ``mrcfile`` is imported inside
+the functions so that importing spibatch.io stays light.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from spibatch.errors import InputError
+from spibatch.io.atomic import atomic_path
+
+
+def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: float) -> None:
+    """Write ``volume`` (Z, Y, X), stored as float32, with an isotropic voxel size in Angstrom (atomic)."""
+    import mrcfile
+
+    volume = np.asarray(volume, np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be 3-D (Z, Y, X), got shape {volume.shape}")
+    if not (np.isfinite(voxel_size_angstrom) and voxel_size_angstrom > 0):
+        raise ValueError(f"voxel_size_angstrom must be positive, got {voxel_size_angstrom}")
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(volume)
+            mrc.voxel_size = float(voxel_size_angstrom)
+
+
+def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Read an MRC file: ``(volume (Z, Y, X) float32, voxel_size_angstrom)``.
+
+    Raises InputError when the file is missing, is not a valid MRC file, does
+    not hold one 3-D volume or has different voxel sizes along its axes.
+    """
+    import mrcfile
+
+    path = Path(path)
+    fix = "give an MRC2014 file holding one 3-D volume (e.g. written by `spibatch phase`)"
+    if not path.is_file():
+        raise InputError("file not found", path=path, fix=fix)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # mrcfile warns before it raises; the InputError says it once
+            with mrcfile.open(path, permissive=False) as mrc:
+                volume = np.array(mrc.data, dtype=np.float32)
+                size = mrc.voxel_size
+                voxel = (float(size.x), float(size.y), float(size.z))
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"not a valid MRC file ({' '.join(str(exc).split())[:120]})", path=path,
+                         fix=fix) from None
+    if volume.ndim != 3:
+        raise InputError(f"expected a 3-D volume, found shape {volume.shape}", path=path, field="data", fix=fix)
+    if not np.allclose(voxel, voxel[0], rtol=1e-5):
+        raise InputError(f"voxel size differs between axes {voxel} Angstrom", path=path, field="voxel_size",
+                         fix="resample the volume to cubic voxels")
+    return volume, voxel[0]
+
+
+__all__ = ["write_mrc", "read_mrc"]

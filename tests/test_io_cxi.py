@@ -1,0 +1,187 @@
+"""CXI stacks -> Dragonfly photons: dense rounding reference, masks, chunked reads, bad input, geometry."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from spibatch.errors import InputError
+from spibatch.io.cxi import cxi_detector, cxi_to_photons
+from spibatch.io.dragonfly import photons_info, read_photons, write_photons
+from spibatch.photons import Photons
+
+DATA = "/entry_1/data_1/data"
+
+
+def make_cxi(path, frame_shape=(6, 8), num_frames=11, adu=25.0, seed=0, mask=None, mask_at="/entry_1/data_1/mask",
+             dtype=np.float32, geometry=None):
+    """Poisson photons x adu plus Gaussian read noise, as float ADU; returns the stored stack."""
+    rng = np.random.default_rng(seed)
+    photons = rng.poisson(1.2, size=(num_frames, *frame_shape))
+    data = (photons * adu + rng.normal(0, 0.1 * adu, size=photons.shape)).astype(dtype)
+    with h5py.File(path, "w") as f:
+        f[DATA] = data
+        if mask is not None:
+            f[mask_at] = mask
+        for name, value in (geometry or {}).items():
+            f[name] = value
+    return data
+
+
+def expected_counts(data, adu, bad=None):
+    counts = np.rint(data.astype(np.float64) / adu).reshape(len(data), -1)
+    if bad is not None:
+        counts[:, np.asarray(bad).reshape(-1) != 0] = 0
+    return counts.astype(np.int32)
+
+
+def test_3d_float_adu_equals_dense_rounding(tmp_path):
+    data = make_cxi(tmp_path / "run.cxi", adu=25.0)
+    result = cxi_to_photons(tmp_path / "run.cxi", tmp_path / "photons.h5", adu_per_photon=25.0, chunk_frames=4)
+    assert result == (11, 48) == photons_info(tmp_path / "photons.h5")
+    photons = read_photons(tmp_path / "photons.h5")
+    expected = expected_counts(data, 25.0)
+    assert expected.max() >= 3  # the test data has multi-photon pixels
+    assert np.array_equal(photons.to_dense(), expected)
+    assert np.array_equal(photons.frame_counts(), expected.sum(axis=1))
+
+
+def test_4d_modular_with_detector_mask(tmp_path):
+    mask = np.zeros((2, 5, 6), np.uint16)
+    mask[0, 1, :] = 1
+    mask[1, 4, 5] = 8
+    data = make_cxi(tmp_path / "run.cxi", frame_shape=(2, 5, 6), num_frames=9, adu=10.0, mask=mask,
+                    mask_at="/entry_1/instrument_1/detector_1/mask")
+    data_max = data.max()
+    assert cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5", adu_per_photon=10.0, chunk_frames=2) == (9, 60)
+    dense = read_photons(tmp_path / "p.h5").to_dense()
+    assert np.array_equal(dense, expected_counts(data, 10.0, mask))
+    assert not dense[:, mask.reshape(-1) != 0].any() and data_max > 10.0
+
+
+def test_mask_hides_bad_pixels_and_mask_path(tmp_path):
+    rng = np.random.default_rng(5)
+    data = rng.poisson(1.0, size=(7, 4, 4)).astype(np.float64)
+    data[:, 0, 0] = -500.0      # a dead pixel reading negative
+    data[:, 3, 2] = np.nan      # a broken pixel
+    bad = np.zeros((4, 4), np.uint8)
+    bad[0, 0] = bad[3, 2] = 1
+    with h5py.File(tmp_path / "run.cxi", "w") as f:
+        f[DATA] = data
+        f["/my/mask"] = bad[None]  # (1, y, x) is accepted too
+    with pytest.raises(InputError, match="NaN"):  # no mask found at the CXI places
+        cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5")
+    cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5", mask_path="/my/mask")
+    dense = read_photons(tmp_path / "p.h5").to_dense()
+    assert np.array_equal(dense, expected_counts(np.nan_to_num(data), 1.0, bad))
+
+
+def test_integer_photon_counted_data(tmp_path):
+    counts = np.random.default_rng(2).poisson(0.7, size=(20, 3, 5)).astype(np.uint16)
+    with h5py.File(tmp_path / "run.cxi", "w") as f:
+        f[DATA] = counts
+    cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5")
+    assert np.array_equal(read_photons(tmp_path / "p.h5").to_dense(), counts.reshape(20, -1))
+
+
+def test_reads_in_chunks(tmp_path, monkeypatch):
+    make_cxi(tmp_path / "run.cxi", num_frames=10)
+    calls, original = [], h5py.Dataset.__getitem__
+
+    def recording(self, args):
+        out = original(self, args)
+        if self.name == DATA:
+            calls.append((args, out.shape))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", recording)
+    cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5", chunk_frames=4, adu_per_photon=25.0)
+    assert [shape[0] for _, shape in calls] == [4, 4, 2]
+    assert [args for args, _ in calls] == [slice(0, 4), slice(4, 8), slice(8, 10)]
+
+
+def test_negative_counts_name_the_frame(tmp_path):
+    data = make_cxi(tmp_path / "run.cxi", adu=25.0)
+    with h5py.File(tmp_path / "run.cxi", "r+") as f:
+        f[DATA][6, 2, 3] = -40.0  # rounds to -2 photons
+    write_photons(tmp_path / "p.h5", Photons.from_dense(np.ones((1, 48), np.int32)))
+    before = (tmp_path / "p.h5").read_bytes()
+    with pytest.raises(InputError, match="frame 6: 1 pixels round to negative") as excinfo:
+        cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5", adu_per_photon=25.0, chunk_frames=4)
+    text = str(excinfo.value)
+    assert str(tmp_path / "run.cxi") in text and DATA in text and "clip_negative=True" in text
+    assert (tmp_path / "p.h5").read_bytes() == before  # the older output survives
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.h5", "run.cxi"]
+    cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5", adu_per_photon=25.0, clip_negative=True)
+    data[6, 2, 3] = 0
+    assert np.array_equal(read_photons(tmp_path / "p.h5").to_dense(), expected_counts(data, 25.0))
+
+
+@pytest.mark.parametrize("case, field", [("missing file", None), ("no data", DATA), ("2-D data", DATA),
+                                         ("mask shape", "/entry_1/data_1/mask"), ("mask_path missing", "/nope"),
+                                         ("adu", "adu_per_photon")])
+def test_bad_input(tmp_path, case, field):
+    path = tmp_path / "run.cxi"
+    kwargs = {}
+    if case == "no data":
+        with h5py.File(path, "w") as f:
+            f["/entry_1/data_1/other"] = np.zeros((2, 3, 3))
+    elif case == "2-D data":
+        with h5py.File(path, "w") as f:
+            f[DATA] = np.zeros((3, 3))
+    elif case == "mask shape":
+        make_cxi(path, mask=np.zeros((8, 6), np.uint8))
+    elif case == "mask_path missing":
+        make_cxi(path)
+        kwargs["mask_path"] = "/nope"
+    elif case == "adu":
+        make_cxi(path)
+        kwargs["adu_per_photon"] = 0.0
+    with pytest.raises(InputError) as excinfo:
+        cxi_to_photons(path, tmp_path / "p.h5", **kwargs)
+    text = str(excinfo.value)
+    if case != "adu":
+        assert str(path) in text
+    if field:
+        assert field in text
+    assert not (tmp_path / "p.h5").exists()
+
+
+GEOMETRY = {"/entry_1/instrument_1/detector_1/distance": 0.3, "/entry_1/instrument_1/detector_1/x_pixel_size": 0.512e-3,
+            "/entry_1/instrument_1/detector_1/y_pixel_size": 0.512e-3,
+            "/entry_1/instrument_1/source_1/energy": 1.239841984e-6 / 6.2e-10 * 1.602176634e-19}
+
+
+def test_cxi_detector_matches_simulator_geometry(tmp_path):
+    from spibatch.config import Geometry
+    from spibatch.sim.geometry import flat_detector
+
+    bad = np.zeros((8, 8), np.uint8)
+    bad[0, 5] = 1
+    make_cxi(tmp_path / "run.cxi", frame_shape=(8, 8), mask=bad, geometry=GEOMETRY)
+    det = cxi_detector(tmp_path / "run.cxi", beamstop_radius_pixels=2)
+    ref = flat_detector(Geometry(detector_pixels=8, pixel_size_m=0.512e-3, detector_distance_m=0.3,
+                                 wavelength_m=6.2e-10, beamstop_radius_pixels=2))
+    assert det.num_pix == 64 and det.shape == (8, 8)
+    assert np.isclose(det.voxel_size_per_m, ref.voxel_size_per_m, rtol=1e-9)
+    assert det.ewald_radius_voxels == pytest.approx(ref.ewald_radius_voxels)
+    # CXI pixel (y=r, x=c) is the simulator's pixel (i along x = c, j along y = r)
+    q_ref = ref.q_voxels.reshape(8, 8, 3).transpose(1, 0, 2).reshape(64, 3)
+    assert np.allclose(det.q_voxels, q_ref)
+    assert np.allclose(det.q_voxels[0 * 8 + 5], ref.q_voxels[5 * 8 + 0])  # pixel (y=0, x=5) sits at lab x = +1.5 px
+    assert det.q_voxels[0 * 8 + 5, 0] > 0 and det.q_voxels[0 * 8 + 5, 1] < 0
+    assert det.mask[0 * 8 + 5] == 2 and (det.mask == 2).sum() == (ref.mask == 2).sum() + 1
+
+
+def test_cxi_detector_absent_or_unusable(tmp_path):
+    make_cxi(tmp_path / "plain.cxi")
+    assert cxi_detector(tmp_path / "plain.cxi") is None
+    make_cxi(tmp_path / "oblong.cxi", frame_shape=(6, 8), geometry=GEOMETRY)
+    with pytest.raises(InputError, match="not a square detector"):
+        cxi_detector(tmp_path / "oblong.cxi")
+    bad_geometry = dict(GEOMETRY, **{"/entry_1/instrument_1/detector_1/distance": -1.0})
+    make_cxi(tmp_path / "neg.cxi", frame_shape=(8, 8), geometry=bad_geometry)
+    with pytest.raises(InputError, match="positive") as excinfo:
+        cxi_detector(tmp_path / "neg.cxi")
+    assert "distance" in str(excinfo.value)
