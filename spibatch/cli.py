@@ -78,13 +78,15 @@ def schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
-def _simulate(config: Path, out: Optional[Path]) -> Path:
+def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None) -> Path:
     from spibatch.config import dump_pipeline, load_pipeline
     from spibatch.rundir import create_run_dir, run_in_dir
     from spibatch.sim import simulate as run_simulation
     from spibatch.sim.structure import read_structure
 
     pipeline = load_pipeline(config)
+    if runs_dir is not None:
+        pipeline.output.runs_dir = runs_dir.resolve()
     if pipeline.simulation is None:
         raise InputError("no `simulation` section", path=config, field="simulation",
                          fix="add one (`spibatch init DIR` writes an example)")
@@ -111,44 +113,58 @@ def simulate(config: Path = typer.Argument(..., help="pipeline YAML file with a 
 @app.command()
 def demo(out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP)) -> None:
     """Run the built-in demo: simulate 1000 patterns of the protein 1EI7 on a 64 x 64 detector."""
-    _simulate(_data_file("demo.yaml"), out)
+    _simulate(_data_file("demo.yaml"), out, runs_dir=Path("runs"))
 
 
 @app.command()
 def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 result, Dragonfly output_NNN.h5 / .bin, or MRC"),
              second: Path = typer.Argument(..., help="the volume to compare with (e.g. the truth)"),
+             dataset: Optional[str] = typer.Option(None, help="dataset to compare in HDF5 files "
+                                                   "(default: intensity, intens or density, the first present)"),
              voxel_size_m: Optional[float] = typer.Option(None, help="real-space voxel size in metres, "
                                                           "when the files do not say"),
              out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
              runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
     """Fourier shell correlation of two volumes: a table, the 0.5 / 0.143 resolutions and a PNG plot."""
-    from spibatch.io.results import read_volume, write_result
+    from spibatch.io.results import write_result
     from spibatch.rundir import create_run_dir, run_in_dir
     from spibatch.validate import format_table, fsc, plot_fsc
 
-    a, a_voxel = _volume_and_voxel(read_volume, first)
-    b, b_voxel = _volume_and_voxel(read_volume, second)
+    a, a_voxel = _volume_and_voxel(first, dataset)
+    b, b_voxel = _volume_and_voxel(second, dataset)
     voxel = voxel_size_m or a_voxel or b_voxel
     result = fsc(a, b, voxel_size=voxel)  # shape mismatches stop here, before a run directory exists
     run = create_run_dir("validate", runs_dir, out, command=sys.argv)
     run.add_inputs(first, second)
 
     def body() -> dict:
-        png = plot_fsc(result, run.file("fsc.png"))
-        h5 = run.file("fsc.h5")
-        write_result(h5, {k: v for k, v in result.arrays().items()}, {"voxel_size_m": voxel or 0.0}, None)
-        return {"fsc_plot": png, "fsc_table": h5}
+        plot_fsc(result, run.file("fsc.png"), title=f"{first.name} vs {second.name}")
+        arrays = {"radius": result.radius, "frequency": result.frequency, "fsc": result.fsc,
+                  "num_voxels": result.num_voxels}
+        write_result(run.file("fsc.h5"), arrays, {"voxel_size_m": voxel}, None)
+        return {"fsc_plot": run.file("fsc.png"), "fsc_table": run.file("fsc.h5")}
 
     outputs = run_in_dir(run, body)
     typer.echo(format_table(result))
     typer.echo(f"\nwrote {outputs['fsc_plot']}\nwrote {outputs['fsc_table']}")
 
 
-def _volume_and_voxel(read_volume, path: Path):
-    loaded = read_volume(path)
-    if isinstance(loaded, tuple):
-        return loaded
-    return loaded, None
+def _volume_and_voxel(path: Path, dataset: Optional[str]):
+    """A 3-D volume and its real-space voxel size in m (None when the file does not say)."""
+    from spibatch.io.mrc import read_mrc
+    from spibatch.io.results import MRC_SUFFIXES, read_result, read_volume
+
+    if path.suffix.lower() in MRC_SUFFIXES:
+        volume, voxel_angstrom = read_mrc(path)
+        return volume, (voxel_angstrom * 1e-10 if voxel_angstrom else None)
+    volume = read_volume(path, dataset)
+    voxel = None
+    if dataset == "density" and path.suffix.lower() in (".h5", ".hdf5"):
+        try:
+            voxel = read_result(path, attrs_only=True)[1].get("density_voxel_size_m")
+        except InputError:
+            voxel = None
+    return volume, voxel
 
 
 @app.command()

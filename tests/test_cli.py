@@ -85,3 +85,26 @@ def test_missing_inputs(tmp_path, args):
     assert done.returncode == 2 and "missing" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_demo_writes_a_complete_run(tmp_path):
+    from spibatch.io.dragonfly import check_match, photons_info, read_detector
+    from spibatch.io.results import read_result
+
+    done = spibatch_cli("demo", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("demo-")
+    run = runs[0]
+    for name in ("detector.h5", "photons.emc", "truth.h5", "density.mrc", "config.yaml", "provenance.json", "log.txt"):
+        assert (run / name).is_file(), name
+        assert str(run / name) in done.stdout  # it says where everything went
+    frames, pixels = photons_info(run / "photons.emc")
+    detector = read_detector(run / "detector.h5")
+    check_match(detector, pixels, run / "detector.h5", run / "photons.emc")
+    assert (frames, pixels) == (1000, 64 * 64)
+    datasets, attrs = read_result(run / "truth.h5")
+    assert datasets["quaternions"].shape == (1000, 4)
+    assert datasets["intensity"].shape[0] == detector.model_size()
+    assert json.loads((run / "provenance.json").read_text())["status"] == "completed"
+    assert not list(run.glob("*.part")) and not list(run.glob(".*"))

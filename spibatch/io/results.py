@@ -65,17 +65,18 @@ def write_result(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs
             f.attrs["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
 
 
-def read_result(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+def read_result(path: str | os.PathLike, *, attrs_only: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """``(datasets, attrs)`` of a result file: every dataset by its full name (no leading ``/``),
     the root attributes as Python scalars, strings or arrays, and ``attrs["provenance"]``
-    parsed from JSON when present."""
+    parsed from JSON when present.  ``attrs_only`` skips reading the datasets."""
     fix = "give a result file written by spibatch"
     datasets: dict[str, np.ndarray] = {}
     with open_hdf5(path, fix) as f:
         def visit(name: str, obj) -> None:
             if isinstance(obj, h5py.Dataset):
                 datasets[name] = read_dataset(obj, (), path)
-        f.visititems(visit)
+        if not attrs_only:
+            f.visititems(visit)
         attrs = {key: _plain(value) for key, value in f.attrs.items()}
     if "provenance" in attrs:
         try:
