@@ -170,20 +170,27 @@ def fsc(a, b, voxel_size: float | None = None) -> FSCResult:
     return FSCResult(radius, frequency, value, count, n, voxel_size)
 
 
+def _display(result: FSCResult) -> tuple[float, str]:
+    """(metres per display unit, unit name): Angstrom when the voxel size is known, else voxels."""
+    return (1e-10, "A") if result.unit == "m" else (1.0, "voxel")
+
+
 def format_table(result: FSCResult) -> str:
-    """Plain-text table: shell, frequency, resolution, voxels, FSC; then the 0.5 / 0.143 resolutions."""
-    unit = result.unit
-    freq_unit = "1/m" if unit == "m" else "1/voxel"
-    header = (f"{'shell':>5}  {'freq (' + freq_unit + ')':>14}  {'resolution (' + unit + ')':>17}"
-              f"  {'voxels':>8}  {'FSC':>7}")
-    lines = [header]
+    """Plain-text table: shell, frequency, resolution, voxels, FSC; then the 0.5 / 0.143 resolutions.
+
+    Lengths are shown in Angstrom when the voxel size is known, in voxels otherwise.
+    """
+    scale, unit = _display(result)
+    lines = [f"{'shell':>5}  {'freq (1/' + unit + ')':>14}  {'resolution (' + unit + ')':>16}"
+             f"  {'voxels':>8}  {'FSC':>7}"]
     for r, f, c, v in zip(result.radius, result.frequency, result.fsc, result.num_voxels):
-        res = f"{1.0 / f:17.4g}" if f > 0 else f"{'inf':>17}"
-        lines.append(f"{int(r):5d}  {f:14.4g}  {res}  {int(v):8d}  {c:7.4f}")
+        res = f"{1.0 / f / scale:16.4g}" if f > 0 else f"{'inf':>16}"
+        lines.append(f"{int(r):5d}  {f * scale:14.4g}  {res}  {int(v):8d}  {c:7.4f}")
     for t in THRESHOLDS:
         res = result.resolution(t)
-        text = f"never below {t} (better than {2.0 * (result.voxel_size or 1.0):.4g} {unit})" \
-            if res is None else f"{res:.4g} {unit}"
+        nyquist = 2.0 * (result.voxel_size or 1.0) / scale
+        text = f"never below {t} (at least {nyquist:.4g} {unit}, the Nyquist limit)" \
+            if res is None else f"{res / scale:.4g} {unit}"
         lines.append(f"resolution at FSC = {t}: {text}")
     return "\n".join(lines)
 
@@ -196,20 +203,20 @@ def plot_fsc(result: FSCResult, path: str | os.PathLike, title: str | None = Non
 
     from spibatch.io.atomic import atomic_path
 
-    unit = result.unit
+    scale, unit = _display(result)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(result.frequency, result.fsc, "o-", ms=3, color="C0", label="FSC")
+    ax.plot(result.frequency * scale, result.fsc, "o-", ms=3, color="C0", label="FSC")
     for t, color in zip(THRESHOLDS, ("C1", "C2")):
         ax.axhline(t, color=color, lw=1, ls="--")
         f, res = result.frequency_at(t), result.resolution(t)
-        label = f"{t}: never below" if res is None else f"{t}: {res:.3g} {unit}"
+        label = f"{t}: never below" if res is None else f"{t}: {res / scale:.3g} {unit}"
         if f is not None:
-            ax.axvline(f, color=color, lw=0.8, ls=":")
+            ax.axvline(f * scale, color=color, lw=0.8, ls=":")
         ax.plot([], [], color=color, ls="--", label=label)
-    ax.set_xlabel("spatial frequency (" + ("1/m" if unit == "m" else "1/voxel") + ")")
+    ax.set_xlabel(f"spatial frequency (1/{unit})")
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.2, 1.05)
-    ax.set_xlim(0, float(result.frequency[-1]))
+    ax.set_xlim(0, float(result.frequency[-1] * scale))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     if title:

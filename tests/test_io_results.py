@@ -160,3 +160,15 @@ def test_mrc_bad_input(tmp_path):
     with pytest.raises(ValueError):
         write_mrc(tmp_path / "flat.mrc", np.zeros((3, 3)), 1.0)
     assert not (tmp_path / "flat.mrc").exists()
+
+
+def test_mrc_axis_order_is_x_fastest_in_the_file(tmp_path):
+    import mrcfile
+
+    volume = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)  # [x, y, z]
+    write_mrc(tmp_path / "v.mrc", volume, 2.0)
+    with mrcfile.open(tmp_path / "v.mrc") as mrc:
+        assert (int(mrc.header.nx), int(mrc.header.ny), int(mrc.header.nz)) == (2, 3, 4)
+        assert mrc.data[3, 2, 1] == volume[1, 2, 3]
+    got, _ = read_mrc(tmp_path / "v.mrc")
+    assert np.array_equal(got, volume)

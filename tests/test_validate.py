@@ -151,7 +151,8 @@ def test_fsc_table_and_plot(tmp_path):
     table = format_table(result)
     lines = table.splitlines()
     assert lines[0].split()[0] == "shell" and len(lines) == 1 + 13 + 2
-    assert "resolution at FSC = 0.143:" in lines[-1] and " m" in lines[-1]
+    expected_angstrom = result.resolution(0.143) / 1e-10   # lengths are shown in Angstrom
+    assert lines[-1] == f"resolution at FSC = 0.143: {expected_angstrom:.4g} A"
     assert "never below" in format_table(fsc(signal, signal))
     png = tmp_path / "plots" / "fsc.png"
     plot_fsc(result, png, title="test")

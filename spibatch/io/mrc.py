@@ -1,7 +1,9 @@
 """MRC volumes (CCP-EM MRC2014), for densities that ChimeraX, PyMOL or Coot can open.
 
-Volumes are (Z, Y, X) float32 (MRC's section, row, column order); the voxel
-size is in Angstrom, as MRC files store it.  ``mrcfile`` is imported inside
+Volumes are indexed ``[x, y, z]`` everywhere in spibatch; these functions
+transpose to and from MRC's (section, row, column) = (z, y, x) storage order,
+so a volume read back equals the one written.  The voxel size is in Angstrom,
+as MRC files store it.  ``mrcfile`` is imported inside
 the functions so that importing spibatch.io stays light.
 """
 
@@ -18,22 +20,22 @@ from spibatch.io.atomic import atomic_path
 
 
 def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: float) -> None:
-    """Write ``volume`` (Z, Y, X), stored as float32, with an isotropic voxel size in Angstrom (atomic)."""
+    """Write ``volume`` [x, y, z], stored as float32, with an isotropic voxel size in Angstrom (atomic)."""
     import mrcfile
 
     volume = np.asarray(volume, np.float32)
     if volume.ndim != 3:
-        raise ValueError(f"volume must be 3-D (Z, Y, X), got shape {volume.shape}")
+        raise ValueError(f"volume must be 3-D [x, y, z], got shape {volume.shape}")
     if not (np.isfinite(voxel_size_angstrom) and voxel_size_angstrom > 0):
         raise ValueError(f"voxel_size_angstrom must be positive, got {voxel_size_angstrom}")
     with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(volume)
+            mrc.set_data(np.ascontiguousarray(volume.transpose(2, 1, 0)))
             mrc.voxel_size = float(voxel_size_angstrom)
 
 
 def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Read an MRC file: ``(volume (Z, Y, X) float32, voxel_size_angstrom)``.
+    """Read an MRC file: ``(volume [x, y, z] float32, voxel_size_angstrom)``.
 
     Raises InputError when the file is missing, is not a valid MRC file, does
     not hold one 3-D volume or has different voxel sizes along its axes.
@@ -48,7 +50,7 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mrcfile warns before it raises; the InputError says it once
             with mrcfile.open(path, permissive=False) as mrc:
-                volume = np.array(mrc.data, dtype=np.float32)
+                volume = np.array(mrc.data, dtype=np.float32).transpose(2, 1, 0)
                 size = mrc.voxel_size
                 voxel = (float(size.x), float(size.y), float(size.z))
     except (ValueError, OSError, EOFError) as exc:
