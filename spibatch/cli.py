@@ -90,7 +90,7 @@ def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None
     if pipeline.simulation is None:
         raise InputError("no `simulation` section", path=config, field="simulation",
                          fix="add one (`spibatch init DIR` writes an example)")
-    read_structure(pipeline.simulation.pdb)  # a bad PDB stops here, before any run directory exists
+    read_structure(pipeline.simulation.pdb, assembly=False)  # a bad PDB stops here, before any run directory
     run = create_run_dir(pipeline.name, pipeline.output.runs_dir, out,
                          config_text=dump_pipeline(pipeline), command=sys.argv)
     run.add_inputs(config, pipeline.simulation.pdb)

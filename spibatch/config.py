@@ -61,6 +61,9 @@ class Simulation(Section):
     fluence_photons_per_m2: float | None = Field(None, gt=0, description="incident fluence per pulse, photons / m^2")
     fluence_jitter: float = Field(0.0, ge=0, description="relative rms of a per-pattern fluence factor (gamma distributed, mean 1)")
     use_b_factors: bool = Field(True, description="blur each atom by its PDB B-factor")
+    assembly: bool = Field(True, description="build the file's first biological assembly (as Dragonfly's "
+                           "simulator does); false: the deposited atoms only")
+    keep_waters: bool = Field(False, description="keep water molecules")
     seed: int = Field(1, ge=0, description="random seed: the same seed gives byte-identical files")
     chunk_frames: int = Field(1024, ge=1, description="frames simulated and written per block")
 

@@ -1,0 +1,97 @@
+"""The simulator: PDB -> structure factor -> intensity -> detector -> sparse Poisson patterns.
+
+Modules: :mod:`.geometry` (flat detector, Dragonfly's conventions), :mod:`.structure`
+(atoms from PDB/mmCIF), :mod:`.scattering` (F, |F|^2 and density on the model grid),
+:mod:`.patterns` (random orientations, slicing, photons).  Heavy imports stay inside
+those modules, so ``import spibatch.sim`` is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("spibatch")
+
+OUTPUT_NAMES = {"detector": "detector.h5", "photons": "photons.emc", "truth": "truth.h5",
+                "density": "density.mrc"}
+
+
+def simulate(pipeline, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Path]:
+    """Run the whole simulation of ``pipeline.geometry`` and ``pipeline.simulation`` into ``out_dir``.
+
+    Writes ``detector.h5`` (Dragonfly detector file), ``photons.emc`` (Dragonfly HDF5
+    photons file), ``truth.h5`` (``intensity`` (M, M, M) float32 in electrons^2,
+    ``density`` (L, L, L) float32 electrons/voxel, ``quaternions`` (N, 4) (w, x, y, z),
+    ``fluence`` (N,), ``photons_per_frame`` (N,); attributes ``voxel_size_per_m``,
+    ``density_voxel_size_m``, ``photon_scale``) and ``density.mrc`` (Angstrom voxels).
+    The model grid edge is ``detector.model_size()``.  Returns ``{name: path}``.
+    """
+    import numpy as np
+
+    from spibatch.config import Pipeline
+    from spibatch.errors import InputError
+    from spibatch.io.dragonfly import PhotonsWriter, write_detector
+    from spibatch.io.mrc import write_mrc
+    from spibatch.io.results import write_result
+    from spibatch.progress import progress
+    from spibatch.sim.geometry import flat_detector, resolution_m
+    from spibatch.sim.patterns import fluence_scale, mean_photons_scale, simulate_patterns
+    from spibatch.sim.scattering import density, intensity, structure_factor
+    from spibatch.sim.structure import read_structure
+
+    pipeline: Pipeline
+    sim = pipeline.simulation
+    if sim is None:
+        raise InputError("no `simulation` section", field="simulation",
+                         fix="add a `simulation:` section with at least `pdb:`")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / file for name, file in OUTPUT_NAMES.items()}
+
+    detector = flat_detector(pipeline.geometry)
+    atoms = read_structure(sim.pdb, assembly=sim.assembly, keep_waters=sim.keep_waters)
+    log.info("read %d atoms (%.0f electrons, radius %.1f A) from %s", atoms.num_atoms, atoms.electrons(),
+             atoms.radius_m() * 1e10, sim.pdb)
+    size = detector.model_size()
+    dq = float(detector.voxel_size_per_m)
+    res = resolution_m(detector)
+    log.info("model grid %d^3, voxel %.4g 1/m in q, %.3g A in real space; resolution %.2f A at the "
+             "detector edge, %.2f A in the corner", size, dq, 1e10 / (size * dq), res["edge_m"] * 1e10,
+             res["corner_m"] * 1e10)
+    oversampling = 1.0 / (dq * 2.0 * atoms.radius_m())
+    if oversampling < 2.0:
+        log.warning("the particle (%.0f A across) spans more than half the real-space box (%.0f A): "
+                    "oversampling %.2f < 2, phasing will struggle; move the detector further or use "
+                    "smaller pixels", 2e10 * atoms.radius_m(), 1e10 / dq, oversampling)
+
+    factor = structure_factor(atoms, size, dq, use_b_factors=sim.use_b_factors)
+    volume = intensity(factor)
+    truth_density, density_voxel_m = density(factor, dq, atoms.radius_m())
+    del factor
+    if sim.mean_photons_per_frame is not None:
+        scale = mean_photons_scale(volume, detector, sim.mean_photons_per_frame)
+    else:
+        scale = fluence_scale(sim.fluence_photons_per_m2)
+    log.info("photon scale %.6g photons per (sr x electron^2)", scale)
+
+    write_detector(paths["detector"], detector)
+    with PhotonsWriter(paths["photons"], detector.num_pix) as writer, \
+            progress(sim.num_patterns, "simulating patterns", enabled=show_progress) as bar:
+        result = simulate_patterns(volume, detector, num_patterns=sim.num_patterns, scale=scale,
+                                   fluence_jitter=sim.fluence_jitter, seed=sim.seed,
+                                   chunk_frames=sim.chunk_frames, writer=writer, progress=bar)
+    log.info("%d patterns, %.1f photons per frame on average (requested %s)", sim.num_patterns,
+             result["mean_photons"], sim.mean_photons_per_frame if sim.mean_photons_per_frame else "absolute fluence")
+
+    write_result(paths["truth"],
+                 {"intensity": volume.astype(np.float32), "density": truth_density.astype(np.float32),
+                  "quaternions": result["quaternions"], "fluence": result["fluence"],
+                  "photons_per_frame": result["photons_per_frame"]},
+                 {"voxel_size_per_m": dq, "density_voxel_size_m": density_voxel_m,
+                  "intensity_unit": "electrons^2", "photon_scale": scale,
+                  "mean_photons_per_frame": result["mean_photons"]},
+                 provenance={"stage": "simulate", "simulation": sim.model_dump(mode="json"),
+                             "geometry": pipeline.geometry.model_dump(mode="json")})
+    write_mrc(paths["density"], truth_density, density_voxel_m * 1e10)   # [x, y, z]; write_mrc orders it for MRC
+    return paths
