@@ -2,9 +2,10 @@
 
 Result file layout (one HDF5 file per stage output; every dataset optional)::
 
-    intensity      (M, M, M) float32   3-D Fourier intensity, photons per voxel, centre at M // 2;
+    intensity      (M, M, M) float32   3-D Fourier intensity, centre at M // 2, indexed [qx, qy, qz]
+                                       (attribute intensity_unit: "electrons^2" for the simulated truth);
                                        one voxel is ``voxel_size_per_m`` in reciprocal space
-    density        (L, L, L) float32   real-space electron density, electrons per voxel;
+    density        (L, L, L) float32   real-space electron density, electrons per voxel, [x, y, z];
                                        one voxel is ``density_voxel_size_m`` on a side
     quaternions    (N, 4) float64      orientations as unit quaternions (w, x, y, z)
 
