@@ -108,3 +108,26 @@ def test_demo_writes_a_complete_run(tmp_path):
     assert datasets["intensity"].shape[0] == detector.model_size()
     assert json.loads((run / "provenance.json").read_text())["status"] == "completed"
     assert not list(run.glob("*.part")) and not list(run.glob(".*"))
+
+
+def test_truncated_hdf5_and_negative_counts_exit_2(tmp_path):
+    import h5py
+    import numpy as np
+
+    good = tmp_path / "volume.h5"
+    with h5py.File(good, "w") as f:
+        f["intensity"] = np.ones((9, 9, 9), np.float32)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    done = spibatch_cli("validate", str(good), str(cut), cwd=tmp_path)
+    assert done.returncode == 2 and "cut.h5" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+    cxi = tmp_path / "frames.cxi"
+    stack = np.zeros((3, 4, 4), np.float32)
+    stack[1, 2, 2] = -3.0
+    with h5py.File(cxi, "w") as f:
+        f["/entry_1/data_1/data"] = stack
+    done = spibatch_cli("ingest", str(cxi), "--out", str(tmp_path / "ingested"), cwd=tmp_path)
+    assert done.returncode == 2 and "frame 1" in done.stderr and "clip" in done.stderr
+    assert not (tmp_path / "ingested" / "photons.emc").exists()
+    assert not (tmp_path / "runs").exists()
