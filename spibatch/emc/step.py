@@ -1,0 +1,352 @@
+"""One EMC iteration, written once: ``shard_step`` per block of frames, then ``reduce`` and ``finish``.
+
+For the frames of one shard and every sampled rotation ``r`` (matrix ``R_r``,
+prior weight ``w_r``):
+
+* expand: the view ``W_rt = model(R_r q_t)`` on the used pixels (mask 0),
+  trilinear, and its sum ``u_r``;
+* likelihood: ``L_dr = sum_t K_dt log W_rt - phi_d u_r + log w_r`` from the
+  sparse photons ``K`` (ones and multi), ``phi_d`` the frame's scale;
+* probabilities: ``P_dr ~ exp(beta_d (L_dr - max_r L_dr))`` over the rotations
+  within ``PDIFF / beta_d`` of the best, normalised, then entries below
+  ``PROB_MIN`` dropped (Dragonfly's pruning) -- kept as sparse (frame,
+  rotation, P) triplets; no dense frames x rotations array outlives one
+  block of ``rotation_block`` rotations;
+* maximize: photons of all frames, weighted by ``P``, merged into 3-D with
+  the trilinear weights of their pixels (mask 0 and 1); the denominator
+  merges ``sum_d P_dr phi_d`` with the same weights.
+
+The partial sums of shards add up (``reduce``); ``finish`` divides, updates
+the scales and computes the metrics.  The MPI driver reduces with one
+Allreduce, the HTC driver by summing returned ``ShardSums``: both call this
+code, so both give the same model to rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spibatch.detector import MASK_EXCLUDED, MASK_USED, Detector
+from spibatch.photons import Photons
+
+PDIFF = 14.0        # keep rotations within PDIFF / beta of the best log-likelihood
+PROB_MIN = 1e-6     # then drop normalised probabilities below this
+TINY = 1e-300       # floor of the view before its log
+
+
+@dataclass
+class Rotations:
+    """Sampled rotations: quaternions (R, 4), matrices (R, 3, 3), prior weights (R,) summing to 1."""
+
+    quaternions: np.ndarray
+    matrices: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def refined_600_cell(cls, num_div: int) -> "Rotations":
+        from spibatch.emc.rotations import quaternions, rotation_matrices
+
+        quats, weights = quaternions(num_div)
+        return cls(quats, rotation_matrices(quats), weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+@dataclass
+class PixelSet:
+    """The detector's pixels as EMC uses them: used (mask 0) first, then merge-only (mask 1).
+
+    q (T, 3) float64 in voxels; ``num_used`` leading rows are mask 0;
+    ``index_of`` (num_pix,) int32 maps a detector pixel to its row, -1 for excluded.
+    """
+
+    q: np.ndarray
+    num_used: int
+    index_of: np.ndarray
+
+    @classmethod
+    def from_detector(cls, detector: Detector) -> "PixelSet":
+        used = np.flatnonzero(detector.mask == MASK_USED)
+        merge_only = np.flatnonzero((detector.mask != MASK_USED) & (detector.mask != MASK_EXCLUDED))
+        order = np.concatenate([used, merge_only])
+        index_of = np.full(detector.num_pix, -1, np.int32)
+        index_of[order] = np.arange(len(order), dtype=np.int32)
+        return cls(np.ascontiguousarray(detector.q_voxels[order], np.float64), len(used), index_of)
+
+
+@dataclass
+class Shard:
+    """Photons of frames ``first_frame ..`` remapped to PixelSet rows, in CSR form.
+
+    ``used_*``: photons on used pixels (for the likelihood); ``merge_*``: on
+    used and merge-only pixels (for the merge); ``pixel_*``: the merge
+    photons again by pixel (CSC: ``pixel_ptr`` (T + 1,), frame, count).  ``counts`` (D,) float64:
+    photons per frame on used pixels; ``log_factorial`` (D,): sum of log K!
+    over them (only for the reported log-likelihood).
+    """
+
+    first_frame: int
+    used_ptr: np.ndarray
+    used_pixel: np.ndarray
+    used_count: np.ndarray
+    merge_ptr: np.ndarray
+    merge_pixel: np.ndarray
+    merge_count: np.ndarray
+    pixel_ptr: np.ndarray
+    pixel_frame: np.ndarray
+    pixel_count: np.ndarray
+    counts: np.ndarray
+    log_factorial: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.counts)
+
+    @classmethod
+    def from_photons(cls, photons: Photons, pixels: PixelSet, first_frame: int = 0) -> "Shard":
+        from scipy.special import gammaln
+
+        nf = photons.num_frames
+        frame = np.concatenate([np.repeat(np.arange(nf), np.diff(photons.ones_indptr)),
+                                np.repeat(np.arange(nf), np.diff(photons.multi_indptr))])
+        pix = pixels.index_of[np.concatenate([photons.ones_index, photons.multi_index])]
+        cnt = np.concatenate([np.ones(len(photons.ones_index)), photons.multi_count.astype(np.float64)])
+        order = np.argsort(frame, kind="stable")
+        frame, pix, cnt = frame[order], pix[order], cnt[order]
+
+        def csr(keep: np.ndarray):
+            ptr = np.zeros(nf + 1, np.int64)
+            np.cumsum(np.bincount(frame[keep], minlength=nf), out=ptr[1:])
+            return ptr, pix[keep].astype(np.int32), cnt[keep]
+
+        merge_ptr, merge_pixel, merge_count = csr(pix >= 0)
+        used = (pix >= 0) & (pix < pixels.num_used)
+        used_ptr, used_pixel, used_count = csr(used)
+        counts = np.bincount(frame[used], weights=cnt[used], minlength=nf)
+        log_factorial = np.bincount(frame[used], weights=gammaln(cnt[used] + 1), minlength=nf)
+        merge = pix >= 0
+        by_pixel = np.argsort(pix[merge], kind="stable")
+        npix = len(pixels.q)
+        pixel_ptr = np.zeros(npix + 1, np.int64)
+        np.cumsum(np.bincount(pix[merge], minlength=npix), out=pixel_ptr[1:])
+        return cls(first_frame, used_ptr, used_pixel, used_count, merge_ptr, merge_pixel, merge_count,
+                   pixel_ptr, frame[merge][by_pixel].astype(np.int32), cnt[merge][by_pixel], counts, log_factorial)
+
+
+@dataclass
+class StepState:
+    """What every shard needs to know about the iteration.
+
+    beta: (D_total,) float64 per-frame annealing exponent; scales: (D_total,)
+    float64 per-frame scale factors (ones when not fitted).
+    """
+
+    iteration: int
+    beta: np.ndarray
+    scales: np.ndarray
+
+
+@dataclass
+class ShardSums:
+    """Partial sums of one or more shards; they add up across shards.
+
+    numerator, denominator: (M, M, M) float64 merge sums.  Per frame (D,),
+    in frame order from ``first_frame``: counts, scale_denominator
+    (sum_r P u_r), log_likelihood (sum_r P (L - log K!)), mutual_info
+    (sum_r P log(P / w_r)), best_rotation, best_probability, num_kept.
+    """
+
+    first_frame: int
+    numerator: np.ndarray
+    denominator: np.ndarray
+    frames: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+def rotation_block_size(num_used: int) -> int:
+    """Rotations per block: the block's log-views (T x block float64) stay about 8 MB."""
+    return int(np.clip(1_000_000 // max(num_used, 1), 32, 1024))
+
+
+def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard,
+               state: StepState, *, rotation_block: int | None = None) -> ShardSums:
+    """Expand, likelihood, probabilities and merge for one shard: its partial sums.
+
+    model (M, M, M) float64 (the current model, >= 0).
+    """
+    from spibatch.kernels.emc_cpu import log_views_t, photon_log_likelihood
+
+    model = np.ascontiguousarray(model, np.float64)
+    first, nf = shard.first_frame, shard.num_frames
+    beta = state.beta[first:first + nf]
+    scale = state.scales[first:first + nf]
+    window = PDIFF / beta
+    nrot = len(rotations)
+    block = rotation_block or rotation_block_size(pixels.num_used)
+    q_used = pixels.q[:pixels.num_used]
+    log_prior = np.log(rotations.weights)
+    slots = _threads()
+    u = np.empty(nrot)
+    best = np.full(nf, -np.inf)
+    best_rot = np.full(nf, -1, np.int32)
+    kept_frame, kept_rot, kept_value = [], [], []
+    logv = np.empty((pixels.num_used, block))
+    u_parts = np.empty((slots, block))
+    like = np.empty((nf, block))
+    for r0 in range(0, nrot, block):
+        r1 = min(r0 + block, nrot)
+        n = r1 - r0
+        log_views_t(model, rotations.matrices[r0:r1], q_used, TINY, logv[:, :n], u_parts[:, :n])
+        u[r0:r1] = u_parts[:, :n].sum(axis=0)
+        photon_log_likelihood(logv[:, :n], shard.used_ptr, shard.used_pixel, shard.used_count, like[:, :n])
+        block_like = like[:, :n]
+        block_like -= scale[:, None] * u[None, r0:r1]
+        block_like += log_prior[None, r0:r1]
+        arg = block_like.argmax(axis=1)
+        top = block_like[np.arange(nf), arg]
+        better = top > best
+        best[better] = top[better]
+        best_rot[better] = arg[better] + r0
+        d, r = np.nonzero(block_like > (best - window)[:, None])
+        kept_frame.append(d)
+        kept_rot.append(r + r0)
+        kept_value.append(block_like[d, r])
+    d = np.concatenate(kept_frame)
+    r = np.concatenate(kept_rot)
+    value = np.concatenate(kept_value)
+    keep = value > (best - window)[d]
+    d, r, value = d[keep], r[keep], value[keep]
+    prob = np.exp(beta[d] * (value - best[d]))
+    norm = np.bincount(d, weights=prob, minlength=nf)
+    prob /= norm[d]
+    keep = prob >= PROB_MIN
+    d, r, value, prob = d[keep], r[keep], value[keep], prob[keep]
+    frames = _frame_metrics(shard, rotations, u, d, r, value, prob)
+    frames["best_rotation"] = best_rot   # the most likely rotation: exp(0) / norm
+    frames["best_probability"] = np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0)
+    numerator, denominator = _merge(model.shape[0], rotations, pixels, shard, d, r, prob * scale[d], prob,
+                                    block, slots)
+    return ShardSums(first, numerator, denominator, frames)
+
+
+def _frame_metrics(shard: Shard, rotations: Rotations, u: np.ndarray, d: np.ndarray, r: np.ndarray,
+                   value: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame outputs from the kept (frame, rotation, log-likelihood, P) entries."""
+    nf = shard.num_frames
+    frames = {
+        "counts": shard.counts.copy(),
+        "scale_denominator": np.bincount(d, weights=prob * u[r], minlength=nf),
+        "log_likelihood": np.bincount(d, weights=prob * value, minlength=nf) - shard.log_factorial,
+        "mutual_info": np.bincount(d, weights=prob * np.log(prob / rotations.weights[r]), minlength=nf),
+        "num_kept": np.bincount(d, minlength=nf).astype(np.int32),
+    }
+    return frames
+
+
+def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
+           weight: np.ndarray, prob: np.ndarray, block: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Maximize: photons weighted by P and the weights P * scale, merged into 3-D per rotation block."""
+    from spibatch.kernels.emc_cpu import merge_views, weighted_photons_dense, weighted_photons_sparse
+
+    nrot, nf, npix = len(rotations), shard.num_frames, len(pixels.q)
+    by_rot = np.argsort(r, kind="stable")
+    d, r, prob = d[by_rot].astype(np.int64), r[by_rot], prob[by_rot]
+    rot_ptr = np.zeros(nrot + 1, np.int64)
+    np.cumsum(np.bincount(r, minlength=nrot), out=rot_ptr[1:])
+    weight_of_rot = np.bincount(r, weights=weight[by_rot], minlength=nrot)
+    photons_per_frame = np.diff(shard.merge_ptr)
+    numerator = np.zeros((slots, m, m, m))
+    denominator = np.zeros((slots, m, m, m))
+    views = np.empty((npix, block))
+    dense_prob = np.empty((nf, block))
+    for r0 in range(0, nrot, block):
+        r1 = min(r0 + block, nrot)
+        n = r1 - r0
+        e0, e1 = rot_ptr[r0], rot_ptr[r1]
+        if e0 == e1:
+            continue
+        sparse_cost = photons_per_frame[d[e0:e1]].sum()
+        dense_cost = (len(shard.pixel_frame) + nf) * n
+        if 8 * sparse_cost < dense_cost:   # the dense kernel's inner loop is SIMD; the sparse one scatters
+            weighted_photons_sparse(rot_ptr[r0:r1 + 1] - e0, d[e0:e1], prob[e0:e1], shard.merge_ptr,
+                                    shard.merge_pixel, shard.merge_count, views[:, :n])
+        else:
+            block_prob = dense_prob[:, :n]
+            block_prob[:] = 0.0
+            block_prob[d[e0:e1], r[e0:e1] - r0] = prob[e0:e1]
+            weighted_photons_dense(block_prob, shard.pixel_ptr, shard.pixel_frame, shard.pixel_count, views[:, :n])
+        merge_views(numerator, denominator, rotations.matrices[r0:r1], pixels.q, views[:, :n],
+                    weight_of_rot[r0:r1])
+    return numerator.sum(axis=0), denominator.sum(axis=0)
+
+
+def reduce(parts: list[ShardSums]) -> ShardSums:
+    """Sum the volumes and join the per-frame arrays of ``parts`` (any order) in frame order."""
+    parts = sorted(parts, key=lambda p: p.first_frame)
+    numerator = parts[0].numerator.copy()
+    denominator = parts[0].denominator.copy()
+    for p in parts[1:]:
+        numerator += p.numerator
+        denominator += p.denominator
+    frames = {k: np.concatenate([p.frames[k] for p in parts]) for k in parts[0].frames}
+    return ShardSums(parts[0].first_frame, numerator, denominator, frames)
+
+
+def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: bool = False
+           ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """New model, new per-frame scales and the iteration's metrics from the reduced sums.
+
+    Voxels no pixel reached keep weight 0 and become 0.  With ``need_scaling``
+    the scales become ``counts / sum_r P u_r`` and model and scales are
+    renormalised so that the mean scale is 1.
+    """
+    num, den = total.numerator, total.denominator
+    new = np.zeros_like(num)
+    np.divide(num, den, out=new, where=den > 0)
+    f = total.frames
+    scales = np.ones(len(f["counts"]))
+    if need_scaling:
+        ok = f["scale_denominator"] > 0
+        scales[ok] = f["counts"][ok] / f["scale_denominator"][ok]
+        mean = scales[ok].mean() if ok.any() else 1.0
+        scales /= mean
+        new *= mean
+    if friedel:
+        new = 0.5 * (new + new[::-1, ::-1, ::-1])
+    metrics = {
+        "rms_change": float(np.sqrt(np.mean((new - model) ** 2))),
+        "mutual_info": float(f["mutual_info"].mean()),
+        "log_likelihood": float(f["log_likelihood"].mean()),
+        "mean_kept_rotations": float(f["num_kept"].mean()),
+    }
+    return new, scales, metrics
+
+
+def auto_beta(counts: np.ndarray) -> np.ndarray:
+    """Dragonfly's empirical starting beta per frame: exp(-6.5 (counts / 1e5) ** 0.15)."""
+    return np.exp(-6.5 * np.power(np.maximum(counts, 1.0) * 1e-5, 0.15))
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def random_model(size: int, pixels: PixelSet, rotations: Rotations, mean_counts: float, seed: int) -> np.ndarray:
+    """Seeded uniform random start model (M, M, M) float64, scaled so a view holds ``mean_counts`` photons on average."""
+    from spibatch.kernels.emc_cpu import log_views_t
+
+    model = np.random.default_rng(seed).random((size, size, size))
+    sample = rotations.matrices[:: max(1, len(rotations) // 16)]
+    logv = np.empty((pixels.num_used, len(sample)))
+    u_parts = np.empty((1, len(sample)))
+    log_views_t(model, sample, pixels.q[:pixels.num_used], TINY, logv, u_parts)
+    return model * (mean_counts / u_parts.mean())

@@ -1,0 +1,153 @@
+"""CPU kernels of the EMC step (Numba, parallel).
+
+These are the loops that array expressions cannot do well: trilinear slicing
+of the model on rotated pixel q-vectors, the sparse photons x log-view
+products of the Poisson log-likelihood, the probability-weighted sums of
+photons per rotation, and the trilinear merge of those views back into 3-D.
+
+Conventions: the model is an (M, M, M) float64 volume indexed [qx, qy, qz]
+with q = 0 at index c = (M - 1) / 2; a pixel's model coordinate under the
+rotation matrix ``R`` is ``R @ q``.  Views are stored pixel-major
+(pixels x rotations), so the per-photon work is one contiguous row.
+Numba compiles on first use and caches to disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(inline="always")
+def _corner(m, c, a, qt0, qt1, qt2):
+    x = a[0, 0] * qt0 + a[0, 1] * qt1 + a[0, 2] * qt2 + c
+    y = a[1, 0] * qt0 + a[1, 1] * qt1 + a[1, 2] * qt2 + c
+    z = a[2, 0] * qt0 + a[2, 1] * qt1 + a[2, 2] * qt2 + c
+    ix, iy, iz = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
+    inside = not (ix < 0 or iy < 0 or iz < 0 or ix >= m - 1 or iy >= m - 1 or iz >= m - 1)
+    return inside, ix, iy, iz, x - ix, y - iy, z - iz
+
+
+@nb.njit(parallel=True, cache=True)
+def log_views_t(model, rotmats, q, tiny, out_t, u_parts):
+    """Log of the trilinear views, pixel-major, and the views' sums.
+
+    model (M, M, M) float64; rotmats (R, 3, 3); q (T, 3) in voxels.
+    out_t (T, R) float64 <- log(max(model(R_r q_t), tiny)); u_parts (S, R)
+    float64 <- partial sums over pixels of the views (sum over S = u_r).
+    Points outside the grid read 0.
+    """
+    m = model.shape[0]
+    c = (m - 1) / 2.0
+    npix, nrot = out_t.shape
+    slots = u_parts.shape[0]
+    chunk = (npix + slots - 1) // slots
+    for s in nb.prange(slots):
+        for r in range(nrot):
+            u_parts[s, r] = 0.0
+        for t in range(s * chunk, min(npix, (s + 1) * chunk)):
+            for r in range(nrot):
+                inside, ix, iy, iz, fx, fy, fz = _corner(m, c, rotmats[r], q[t, 0], q[t, 1], q[t, 2])
+                v = 0.0
+                if inside:
+                    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+                    v = (gx * (gy * (gz * model[ix, iy, iz] + fz * model[ix, iy, iz + 1])
+                               + fy * (gz * model[ix, iy + 1, iz] + fz * model[ix, iy + 1, iz + 1]))
+                         + fx * (gy * (gz * model[ix + 1, iy, iz] + fz * model[ix + 1, iy, iz + 1])
+                                 + fy * (gz * model[ix + 1, iy + 1, iz] + fz * model[ix + 1, iy + 1, iz + 1])))
+                u_parts[s, r] += v
+                out_t[t, r] = np.log(max(v, tiny))
+
+
+@nb.njit(parallel=True, cache=True)
+def photon_log_likelihood(log_views_t, frame_ptr, pixel, count, out):
+    """out[d, r] = sum over frame d's photons of count * log_views_t[pixel, r].
+
+    log_views_t (T, R) float64; frame_ptr (D + 1,) int64, pixel (n,) int32,
+    count (n,) float64: the frames' photons in CSR form; out (D, R), overwritten.
+    """
+    nrot = log_views_t.shape[1]
+    for d in nb.prange(out.shape[0]):
+        row = out[d]
+        for k in range(nrot):
+            row[k] = 0.0
+        for j in range(frame_ptr[d], frame_ptr[d + 1]):
+            src = log_views_t[pixel[j]]
+            cnt = count[j]
+            for k in range(nrot):
+                row[k] += cnt * src[k]
+
+
+@nb.njit(parallel=True, cache=True)
+def weighted_photons_dense(prob, pixel_ptr, frame, count, out_t):
+    """out_t[t, r] = sum over frames d with photons in pixel t of count * prob[d, r].
+
+    prob (D, R) float64 dense block of probabilities; pixel_ptr (T + 1,) int64,
+    frame (n,) int32, count (n,) float64: photons in CSC form (by pixel);
+    out_t (T, R), overwritten.
+    """
+    nrot = prob.shape[1]
+    for t in nb.prange(out_t.shape[0]):
+        row = out_t[t]
+        for k in range(nrot):
+            row[k] = 0.0
+        for j in range(pixel_ptr[t], pixel_ptr[t + 1]):
+            src = prob[frame[j]]
+            cnt = count[j]
+            for k in range(nrot):
+                row[k] += cnt * src[k]
+
+
+@nb.njit(parallel=True, cache=True)
+def weighted_photons_sparse(rot_ptr, frame_of, prob, frame_ptr, pixel, count, out_t):
+    """Same sums as weighted_photons_dense from sparse probabilities grouped by rotation.
+
+    rot_ptr (R + 1,) int64 into frame_of (n,) int64 / prob (n,) float64;
+    frame_ptr, pixel, count: photons in CSR form (by frame); out_t (T, R), overwritten.
+    """
+    npix, nrot = out_t.shape
+    for r in nb.prange(nrot):
+        for t in range(npix):
+            out_t[t, r] = 0.0
+        for k in range(rot_ptr[r], rot_ptr[r + 1]):
+            d = frame_of[k]
+            p = prob[k]
+            for j in range(frame_ptr[d], frame_ptr[d + 1]):
+                out_t[pixel[j], r] += p * count[j]
+
+
+@nb.njit(parallel=True, cache=True)
+def merge_views(numerator, denominator, rotmats, q, views_t, weight_of_rot):
+    """Trilinear merge of views into 3-D: numerator += splat(view_r), denominator += splat(w_r).
+
+    numerator, denominator (S, M, M, M) float64 per-slot accumulators
+    (rotation r goes to slot r % S); rotmats (R, 3, 3); q (T, 3); views_t
+    (T, R); weight_of_rot (R,): rotations with weight 0 are skipped.
+    """
+    slots = numerator.shape[0]
+    m = numerator.shape[1]
+    c = (m - 1) / 2.0
+    npix, nrot = views_t.shape
+    for s in nb.prange(slots):
+        num = numerator[s]
+        den = denominator[s]
+        for r in range(s, nrot, slots):
+            w_r = weight_of_rot[r]
+            if w_r <= 0.0:
+                continue
+            a = rotmats[r]
+            for t in range(npix):
+                inside, ix, iy, iz, fx, fy, fz = _corner(m, c, a, q[t, 0], q[t, 1], q[t, 2])
+                if not inside:
+                    continue
+                v = views_t[t, r]
+                for dx in range(2):
+                    wx = fx if dx else 1.0 - fx
+                    for dy in range(2):
+                        wxy = wx * (fy if dy else 1.0 - fy)
+                        w0 = wxy * (1.0 - fz)
+                        w1 = wxy * fz
+                        num[ix + dx, iy + dy, iz] += w0 * v
+                        num[ix + dx, iy + dy, iz + 1] += w1 * v
+                        den[ix + dx, iy + dy, iz] += w0 * w_r
+                        den[ix + dx, iy + dy, iz + 1] += w1 * w_r
