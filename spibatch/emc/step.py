@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from spibatch.photons import Photons
 PDIFF = 14.0        # keep rotations within PDIFF / beta of the best log-likelihood
 PROB_MIN = 1e-6     # then drop normalised probabilities below this
 TINY = 1e-300       # floor of the view before its log
+MERGE_BLOCK = 256   # rotations per merge block (long SIMD rows in the dense weighted-photon kernel)
 
 
 @dataclass
@@ -158,12 +160,14 @@ class ShardSums:
     in frame order from ``first_frame``: counts, scale_denominator
     (sum_r P u_r), log_likelihood (sum_r P (L - log K!)), mutual_info
     (sum_r P log(P / w_r)), best_rotation, best_probability, num_kept.
+    ``timings`` adds up the seconds spent in each phase.
     """
 
     first_frame: int
     numerator: np.ndarray
     denominator: np.ndarray
     frames: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)   # seconds: expand, likelihood, normalize, merge
 
 
 def _threads() -> int:
@@ -202,24 +206,29 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     logv = np.empty((pixels.num_used, block))
     u_parts = np.empty((slots, block))
     like = np.empty((nf, block))
+    clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0}
     for r0 in range(0, nrot, block):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
+        t0 = perf_counter()
         log_views_t(model, rotations.matrices[r0:r1], q_used, TINY, logv[:, :n], u_parts[:, :n])
         u[r0:r1] = u_parts[:, :n].sum(axis=0)
-        photon_log_likelihood(logv[:, :n], shard.used_ptr, shard.used_pixel, shard.used_count, like[:, :n])
+        t1 = perf_counter()
+        photon_log_likelihood(logv[:, :n], shard.used_ptr, shard.used_pixel, shard.used_count,
+                              log_prior[r0:r1], scale, u[r0:r1], like[:, :n])
         block_like = like[:, :n]
-        block_like -= scale[:, None] * u[None, r0:r1]
-        block_like += log_prior[None, r0:r1]
         arg = block_like.argmax(axis=1)
         top = block_like[np.arange(nf), arg]
         better = top > best
         best[better] = top[better]
         best_rot[better] = arg[better] + r0
         d, r = np.nonzero(block_like > (best - window)[:, None])
-        kept_frame.append(d)
-        kept_rot.append(r + r0)
+        kept_frame.append(d.astype(np.int32))
+        kept_rot.append((r + r0).astype(np.int32))
         kept_value.append(block_like[d, r])
+        clock["expand"] += t1 - t0
+        clock["likelihood"] += perf_counter() - t1
+    t0 = perf_counter()
     d = np.concatenate(kept_frame)
     r = np.concatenate(kept_rot)
     value = np.concatenate(kept_value)
@@ -233,9 +242,11 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     frames = _frame_metrics(shard, rotations, u, d, r, value, prob)
     frames["best_rotation"] = best_rot   # the most likely rotation: exp(0) / norm
     frames["best_probability"] = np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0)
-    numerator, denominator = _merge(model.shape[0], rotations, pixels, shard, d, r, prob * scale[d], prob,
-                                    block, slots)
-    return ShardSums(first, numerator, denominator, frames)
+    t1 = perf_counter()
+    numerator, denominator = _merge(model.shape[0], rotations, pixels, shard, d, r, prob * scale[d], prob, slots)
+    clock["normalize"] += t1 - t0
+    clock["merge"] += perf_counter() - t1
+    return ShardSums(first, numerator, denominator, frames, clock)
 
 
 def _frame_metrics(shard: Shard, rotations: Rotations, u: np.ndarray, d: np.ndarray, r: np.ndarray,
@@ -253,40 +264,48 @@ def _frame_metrics(shard: Shard, rotations: Rotations, u: np.ndarray, d: np.ndar
 
 
 def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
-           weight: np.ndarray, prob: np.ndarray, block: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Maximize: photons weighted by P and the weights P * scale, merged into 3-D per rotation block."""
+           weight: np.ndarray, prob: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Maximize: photons weighted by P and the weights P * scale, merged into 3-D per rotation block.
+
+    Each block's weighted photons come from a dense kernel (SIMD over
+    rotations) when many frames share its rotations, from a sparse one
+    (scatter per kept entry) when few do.
+    """
     from spibatch.kernels.emc_cpu import merge_views, weighted_photons_dense, weighted_photons_sparse
 
     nrot, nf, npix = len(rotations), shard.num_frames, len(pixels.q)
-    by_rot = np.argsort(r, kind="stable")
-    d, r, prob = d[by_rot].astype(np.int64), r[by_rot], prob[by_rot]
-    rot_ptr = np.zeros(nrot + 1, np.int64)
-    np.cumsum(np.bincount(r, minlength=nrot), out=rot_ptr[1:])
-    weight_of_rot = np.bincount(r, weights=weight[by_rot], minlength=nrot)
+    block = MERGE_BLOCK
+    weight_of_rot = np.bincount(r, weights=weight, minlength=nrot)
     photons_per_frame = np.diff(shard.merge_ptr)
-    numerator = np.zeros((slots, m, m, m))
-    denominator = np.zeros((slots, m, m, m))
+    block_of = r // block
+    order = np.argsort(block_of, kind="stable")          # group the entries by rotation block
+    starts = np.searchsorted(block_of[order], np.arange(0, (nrot + block - 1) // block + 1))
+    sums = np.zeros((slots, m, m, m, 2), np.float32)   # float32: half the cache footprint, 1.4x faster (measured)
     views = np.empty((npix, block))
     dense_prob = np.empty((nf, block))
-    for r0 in range(0, nrot, block):
+    for k, r0 in enumerate(range(0, nrot, block)):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
-        e0, e1 = rot_ptr[r0], rot_ptr[r1]
-        if e0 == e1:
+        sel = order[starts[k]:starts[k + 1]]
+        if len(sel) == 0:
             continue
-        sparse_cost = photons_per_frame[d[e0:e1]].sum()
+        bd, br, bp = d[sel], r[sel] - r0, prob[sel]
+        sparse_cost = photons_per_frame[bd].sum()
         dense_cost = (len(shard.pixel_frame) + nf) * n
         if 8 * sparse_cost < dense_cost:   # the dense kernel's inner loop is SIMD; the sparse one scatters
-            weighted_photons_sparse(rot_ptr[r0:r1 + 1] - e0, d[e0:e1], prob[e0:e1], shard.merge_ptr,
+            by_rot = np.argsort(br, kind="stable")
+            rot_ptr = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(br, minlength=n), out=rot_ptr[1:])
+            weighted_photons_sparse(rot_ptr, bd[by_rot].astype(np.int64), bp[by_rot], shard.merge_ptr,
                                     shard.merge_pixel, shard.merge_count, views[:, :n])
         else:
             block_prob = dense_prob[:, :n]
             block_prob[:] = 0.0
-            block_prob[d[e0:e1], r[e0:e1] - r0] = prob[e0:e1]
+            block_prob[bd, br] = bp
             weighted_photons_dense(block_prob, shard.pixel_ptr, shard.pixel_frame, shard.pixel_count, views[:, :n])
-        merge_views(numerator, denominator, rotations.matrices[r0:r1], pixels.q, views[:, :n],
-                    weight_of_rot[r0:r1])
-    return numerator.sum(axis=0), denominator.sum(axis=0)
+        merge_views(sums, rotations.matrices[r0:r1], pixels.q, views[:, :n], weight_of_rot[r0:r1])
+    total = sums.sum(axis=0, dtype=np.float64)
+    return np.ascontiguousarray(total[..., 0]), np.ascontiguousarray(total[..., 1])
 
 
 def reduce(parts: list[ShardSums]) -> ShardSums:
@@ -298,7 +317,8 @@ def reduce(parts: list[ShardSums]) -> ShardSums:
         numerator += p.numerator
         denominator += p.denominator
     frames = {k: np.concatenate([p.frames[k] for p in parts]) for k in parts[0].frames}
-    return ShardSums(parts[0].first_frame, numerator, denominator, frames)
+    timings = {k: sum(p.timings.get(k, 0.0) for p in parts) for k in parts[0].timings}
+    return ShardSums(parts[0].first_frame, numerator, denominator, frames, timings)
 
 
 def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: bool = False
@@ -350,3 +370,16 @@ def random_model(size: int, pixels: PixelSet, rotations: Rotations, mean_counts:
     u_parts = np.empty((1, len(sample)))
     log_views_t(model, sample, pixels.q[:pixels.num_used], TINY, logv, u_parts)
     return model * (mean_counts / u_parts.mean())
+
+
+def warm_up() -> None:
+    """Compile (or load from Numba's disk cache) every kernel on a tiny problem, so later timings exclude it."""
+    q = np.stack(np.meshgrid(np.arange(-3.0, 4.0), np.arange(-3.0, 4.0), [0.0], indexing="ij"), -1).reshape(-1, 3)
+    detector = Detector(q, np.ones(len(q)), np.where(np.arange(len(q)) % 7 == 0, 1, 0).astype(np.uint8), 100.0, 100.0)
+    pixels = PixelSet.from_detector(detector)
+    rotations = Rotations.refined_600_cell(1)
+    counts = np.random.default_rng(0).poisson(1.0, (3, len(q)))
+    shard = Shard.from_photons(Photons.from_dense(counts), pixels)
+    model = random_model(detector.model_size(), pixels, rotations, 10.0, 0)
+    for beta in (1e-3, 10.0):   # dense and sparse merge paths
+        shard_step(model, rotations, pixels, shard, StepState(1, np.full(3, beta), np.ones(3)))

@@ -60,17 +60,19 @@ def log_views_t(model, rotmats, q, tiny, out_t, u_parts):
 
 
 @nb.njit(parallel=True, cache=True)
-def photon_log_likelihood(log_views_t, frame_ptr, pixel, count, out):
-    """out[d, r] = sum over frame d's photons of count * log_views_t[pixel, r].
+def photon_log_likelihood(log_views_t, frame_ptr, pixel, count, log_prior, scale, view_sum, out):
+    """out[d, r] = log_prior[r] - scale[d] view_sum[r] + sum over frame d's photons of count * log_views_t[pixel, r].
 
     log_views_t (T, R) float64; frame_ptr (D + 1,) int64, pixel (n,) int32,
-    count (n,) float64: the frames' photons in CSR form; out (D, R), overwritten.
+    count (n,) float64: the frames' photons in CSR form; log_prior (R,),
+    scale (D,), view_sum (R,) float64; out (D, R), overwritten.
     """
     nrot = log_views_t.shape[1]
     for d in nb.prange(out.shape[0]):
         row = out[d]
+        s = scale[d]
         for k in range(nrot):
-            row[k] = 0.0
+            row[k] = log_prior[k] - s * view_sum[k]
         for j in range(frame_ptr[d], frame_ptr[d + 1]):
             src = log_views_t[pixel[j]]
             cnt = count[j]
@@ -117,20 +119,20 @@ def weighted_photons_sparse(rot_ptr, frame_of, prob, frame_ptr, pixel, count, ou
 
 
 @nb.njit(parallel=True, cache=True)
-def merge_views(numerator, denominator, rotmats, q, views_t, weight_of_rot):
-    """Trilinear merge of views into 3-D: numerator += splat(view_r), denominator += splat(w_r).
+def merge_views(sums, rotmats, q, views_t, weight_of_rot):
+    """Trilinear merge of views into 3-D: sums[..., 0] += splat(view_r), sums[..., 1] += splat(w_r).
 
-    numerator, denominator (S, M, M, M) float64 per-slot accumulators
-    (rotation r goes to slot r % S); rotmats (R, 3, 3); q (T, 3); views_t
-    (T, R); weight_of_rot (R,): rotations with weight 0 are skipped.
+    sums (S, M, M, M, 2) float64 per-slot accumulators, numerator and
+    denominator side by side so one cache line serves both (rotation r goes
+    to slot r % S); rotmats (R, 3, 3); q (T, 3); views_t (T, R);
+    weight_of_rot (R,): rotations with weight 0 are skipped.
     """
-    slots = numerator.shape[0]
-    m = numerator.shape[1]
+    slots = sums.shape[0]
+    m = sums.shape[1]
     c = (m - 1) / 2.0
     npix, nrot = views_t.shape
     for s in nb.prange(slots):
-        num = numerator[s]
-        den = denominator[s]
+        acc = sums[s]
         for r in range(s, nrot, slots):
             w_r = weight_of_rot[r]
             if w_r <= 0.0:
@@ -147,7 +149,8 @@ def merge_views(numerator, denominator, rotmats, q, views_t, weight_of_rot):
                         wxy = wx * (fy if dy else 1.0 - fy)
                         w0 = wxy * (1.0 - fz)
                         w1 = wxy * fz
-                        num[ix + dx, iy + dy, iz] += w0 * v
-                        num[ix + dx, iy + dy, iz + 1] += w1 * v
-                        den[ix + dx, iy + dy, iz] += w0 * w_r
-                        den[ix + dx, iy + dy, iz + 1] += w1 * w_r
+                        cell = acc[ix + dx, iy + dy]
+                        cell[iz, 0] += w0 * v
+                        cell[iz, 1] += w0 * w_r
+                        cell[iz + 1, 0] += w1 * v
+                        cell[iz + 1, 1] += w1 * w_r

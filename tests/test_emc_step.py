@@ -1,0 +1,84 @@
+"""The EMC step on a small synthetic problem with known orientations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spibatch.config import Geometry
+from spibatch.emc.step import (PixelSet, Rotations, Shard, StepState, finish, random_model, reduce,
+                               shard_step)
+from spibatch.photons import Photons
+from spibatch.sim.geometry import flat_detector
+from spibatch.sim.patterns import rotation_matrices
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """An anisotropic intensity, 120 frames of ~3000 photons at known sampled rotations (num_div 2)."""
+    detector = flat_detector(Geometry(detector_pixels=24, pixel_size_m=1e-3, detector_distance_m=0.1,
+                                      wavelength_m=1e-10, beamstop_radius_pixels=2))
+    m = detector.model_size()
+    x = np.arange(m) - (m - 1) / 2
+    gx, gy, gz = np.meshgrid(x, x, x, indexing="ij")
+    truth = np.exp(-(gx ** 2 / 30 + gy ** 2 / 8 + gz ** 2 / 60)) + 0.01
+    for centre, height in (((4, -3, 1), 0.5), ((-2, 5, -3), 0.4), ((1, 1, 5), 0.3)):   # no rotational symmetry
+        truth += height * np.exp(-((gx - centre[0]) ** 2 + (gy - centre[1]) ** 2 + (gz - centre[2]) ** 2) / 4)
+    rotations = Rotations.refined_600_cell(2)
+    rng = np.random.default_rng(3)
+    true_rot = rng.integers(0, len(rotations), 120)
+    pixels = PixelSet.from_detector(detector)
+    from spibatch.kernels.emc_cpu import log_views_t
+    logv = np.empty((len(pixels.q), len(rotations)))
+    log_views_t(truth, rotations.matrices, pixels.q, 1e-300, logv, np.empty((1, len(rotations))))
+    views = np.exp(logv)                              # (T, R) in PixelSet order
+    scale = 3000 / views[: pixels.num_used].sum(axis=0).mean()
+    dense = np.zeros((120, detector.num_pix), np.int64)
+    order = np.flatnonzero(pixels.index_of >= 0)
+    dense[:, order[np.argsort(pixels.index_of[order])]] = rng.poisson(scale * views[:, true_rot].T)
+    photons = Photons.from_dense(dense)
+    return detector, pixels, rotations, truth * scale, photons, true_rot
+
+
+def test_true_model_recovers_the_orientations(problem):
+    detector, pixels, rotations, truth, photons, true_rot = problem
+    shard = Shard.from_photons(photons, pixels)
+    sums = shard_step(truth, rotations, pixels, shard, StepState(1, np.full(120, 1.0), np.ones(120)))
+    best = sums.frames["best_rotation"]
+    angle = np.degrees(np.arccos(np.clip(np.abs(np.einsum("ij,ij->i", rotations.quaternions[best],
+                                                                   rotations.quaternions[true_rot])), -1, 1)) * 2)
+    assert np.mean(angle < 0.01) > 0.9   # the exact sampled rotation (angles in degrees)
+    assert np.all(sums.frames["best_probability"] <= 1.0 + 1e-12)
+    assert np.all(sums.frames["num_kept"] >= 1)
+    assert set(sums.timings) == {"expand", "likelihood", "normalize", "merge"}
+
+
+def test_shards_add_up_to_the_whole(problem):
+    detector, pixels, rotations, truth, photons, _ = problem
+    state = StepState(1, np.full(120, 0.05), np.linspace(0.8, 1.2, 120))
+    whole = shard_step(truth, rotations, pixels, Shard.from_photons(photons, pixels), state)
+    parts = [shard_step(truth, rotations, pixels, Shard.from_photons(photons.select(a, b), pixels, a), state)
+             for a, b in ((60, 120), (0, 60))]
+    joined = reduce(parts)
+    np.testing.assert_allclose(joined.numerator, whole.numerator, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(joined.denominator, whole.denominator, rtol=1e-5, atol=1e-9)
+    for key, value in whole.frames.items():
+        np.testing.assert_allclose(joined.frames[key], value, rtol=1e-9, err_msg=key)
+
+
+def test_iterations_from_random_start_approach_the_truth(problem):
+    detector, pixels, rotations, truth, photons, _ = problem
+    shard = Shard.from_photons(photons, pixels)
+    model = random_model(truth.shape[0], pixels, rotations, shard.counts.mean(), seed=5)
+    scales = np.ones(120)
+    info = []
+    for it in range(1, 9):
+        sums = shard_step(model, rotations, pixels, shard, StepState(it, np.full(120, 0.02 * 2 ** (it // 4)), scales))
+        model, scales, metrics = finish(reduce([sums]), model, need_scaling=True)
+        info.append((metrics["mutual_info"], metrics["log_likelihood"]))
+        assert np.isfinite(model).all() and (model >= 0).all()
+    assert info[-1][0] > info[0][0] + 1.0      # orientations became sharper
+    assert info[-1][1] > info[0][1]            # and the data more likely
+    assert abs(scales.mean() - 1.0) < 1e-12    # renormalised
+    from spibatch.align import align_intensity
+    assert align_intensity(model, truth, 2, (truth.shape[0] - 1) // 2 - 1).cc > 0.9
