@@ -177,8 +177,9 @@ def _threads() -> int:
 
 
 def rotation_block_size(num_used: int) -> int:
-    """Rotations per block: the block's log-views (T x block float64) stay about 8 MB."""
-    return int(np.clip(1_000_000 // max(num_used, 1), 32, 1024))
+    """Rotations per likelihood block: a power of two dividing MERGE_BLOCK, log-views (T x block float64) ~8 MB."""
+    target = int(np.clip(1_000_000 // max(num_used, 1), 32, MERGE_BLOCK))
+    return 1 << (target.bit_length() - 1)
 
 
 def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard,
@@ -187,7 +188,7 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
 
     model (M, M, M) float64 (the current model, >= 0).
     """
-    from spibatch.kernels.emc_cpu import log_views_t, photon_log_likelihood
+    from spibatch.kernels.emc_cpu import log_views_t, normalize_probabilities, photon_log_likelihood
 
     model = np.ascontiguousarray(model, np.float64)
     first, nf = shard.first_frame, shard.num_frames
@@ -203,7 +204,7 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     best = np.full(nf, -np.inf)
     best_rot = np.full(nf, -1, np.int32)
     kept_frame, kept_rot, kept_value = [], [], []
-    logv = np.empty((pixels.num_used, block))
+    logv = np.empty((pixels.num_used, block), np.float32)   # float32: half the cache traffic of the likelihood
     u_parts = np.empty((slots, block))
     like = np.empty((nf, block))
     clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0}
@@ -229,42 +230,38 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
         clock["expand"] += t1 - t0
         clock["likelihood"] += perf_counter() - t1
     t0 = perf_counter()
-    d = np.concatenate(kept_frame)
-    r = np.concatenate(kept_rot)
-    value = np.concatenate(kept_value)
-    keep = value > (best - window)[d]
-    d, r, value = d[keep], r[keep], value[keep]
-    prob = np.exp(beta[d] * (value - best[d]))
-    norm = np.bincount(d, weights=prob, minlength=nf)
-    prob /= norm[d]
-    keep = prob >= PROB_MIN
-    d, r, value, prob = d[keep], r[keep], value[keep], prob[keep]
-    frames = _frame_metrics(shard, rotations, u, d, r, value, prob)
-    frames["best_rotation"] = best_rot   # the most likely rotation: exp(0) / norm
-    frames["best_probability"] = np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0)
+    d, r, value = _joined(kept_frame), _joined(kept_rot), _joined(kept_value)
+    norm, scale_den, log_like, info = (np.empty(nf) for _ in range(4))
+    num_kept = np.empty(nf, np.int32)
+    weight_of_rot = np.empty(nrot)
+    n = normalize_probabilities(d, r, value, best, beta, window, PROB_MIN, u, log_prior, scale,
+                                norm, scale_den, log_like, info, num_kept, weight_of_rot)
+    d, r, prob = d[:n], r[:n], value[:n]
+    frames = {
+        "counts": shard.counts.copy(),
+        "scale_denominator": scale_den,
+        "log_likelihood": log_like - shard.log_factorial,
+        "mutual_info": info,
+        "num_kept": num_kept,
+        "best_rotation": best_rot,                                                # the most likely rotation,
+        "best_probability": np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0),   # exp(0) / norm
+    }
     t1 = perf_counter()
-    numerator, denominator = _merge(model.shape[0], rotations, pixels, shard, d, r, prob * scale[d], prob, slots)
+    numerator, denominator = _merge(model.shape[0], rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
     clock["normalize"] += t1 - t0
     clock["merge"] += perf_counter() - t1
     return ShardSums(first, numerator, denominator, frames, clock)
 
 
-def _frame_metrics(shard: Shard, rotations: Rotations, u: np.ndarray, d: np.ndarray, r: np.ndarray,
-                   value: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame outputs from the kept (frame, rotation, log-likelihood, P) entries."""
-    nf = shard.num_frames
-    frames = {
-        "counts": shard.counts.copy(),
-        "scale_denominator": np.bincount(d, weights=prob * u[r], minlength=nf),
-        "log_likelihood": np.bincount(d, weights=prob * value, minlength=nf) - shard.log_factorial,
-        "mutual_info": np.bincount(d, weights=prob * np.log(prob / rotations.weights[r]), minlength=nf),
-        "num_kept": np.bincount(d, minlength=nf).astype(np.int32),
-    }
-    return frames
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate and empty ``parts`` (so their memory goes as soon as possible)."""
+    out = np.concatenate(parts)
+    parts.clear()
+    return out
 
 
 def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
-           weight: np.ndarray, prob: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+           prob: np.ndarray, weight_of_rot: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
     """Maximize: photons weighted by P and the weights P * scale, merged into 3-D per rotation block.
 
     Each block's weighted photons come from a dense kernel (SIMD over
@@ -275,19 +272,17 @@ def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.n
 
     nrot, nf, npix = len(rotations), shard.num_frames, len(pixels.q)
     block = MERGE_BLOCK
-    weight_of_rot = np.bincount(r, weights=weight, minlength=nrot)
     photons_per_frame = np.diff(shard.merge_ptr)
-    block_of = r // block
-    order = np.argsort(block_of, kind="stable")          # group the entries by rotation block
-    starts = np.searchsorted(block_of[order], np.arange(0, (nrot + block - 1) // block + 1))
-    sums = np.zeros((slots, m, m, m, 2), np.float32)   # float32: half the cache footprint, 1.4x faster (measured)
-    views = np.empty((npix, block))
-    dense_prob = np.empty((nf, block))
+    # Entries come in likelihood-block order, and likelihood blocks divide merge blocks: r // block is sorted.
+    starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
+    sums = np.zeros((m, m, m, 2), np.float32)   # float32: half the cache footprint, 1.4x faster (measured)
+    views = np.empty((npix, block), np.float32)        # float32 like the accumulators: half the traffic
+    dense_prob = np.empty((nf, block), np.float32)
     for k, r0 in enumerate(range(0, nrot, block)):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
-        sel = order[starts[k]:starts[k + 1]]
-        if len(sel) == 0:
+        sel = slice(starts[k], starts[k + 1])
+        if starts[k] == starts[k + 1]:
             continue
         bd, br, bp = d[sel], r[sel] - r0, prob[sel]
         sparse_cost = photons_per_frame[bd].sum()
@@ -303,9 +298,8 @@ def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.n
             block_prob[:] = 0.0
             block_prob[bd, br] = bp
             weighted_photons_dense(block_prob, shard.pixel_ptr, shard.pixel_frame, shard.pixel_count, views[:, :n])
-        merge_views(sums, rotations.matrices[r0:r1], pixels.q, views[:, :n], weight_of_rot[r0:r1])
-    total = sums.sum(axis=0, dtype=np.float64)
-    return np.ascontiguousarray(total[..., 0]), np.ascontiguousarray(total[..., 1])
+        merge_views(sums, rotations.matrices[r0:r1], pixels.q, views[:, :n], weight_of_rot[r0:r1], slots)
+    return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64)
 
 
 def reduce(parts: list[ShardSums]) -> ShardSums:

@@ -56,7 +56,7 @@ def log_views_t(model, rotmats, q, tiny, out_t, u_parts):
                          + fx * (gy * (gz * model[ix + 1, iy, iz] + fz * model[ix + 1, iy, iz + 1])
                                  + fy * (gz * model[ix + 1, iy + 1, iz] + fz * model[ix + 1, iy + 1, iz + 1])))
                 u_parts[s, r] += v
-                out_t[t, r] = np.log(max(v, tiny))
+                out_t[t, r] = np.log(max(v, tiny))   # stored in out_t's dtype (float32 in the step)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -119,31 +119,39 @@ def weighted_photons_sparse(rot_ptr, frame_of, prob, frame_ptr, pixel, count, ou
 
 
 @nb.njit(parallel=True, cache=True)
-def merge_views(sums, rotmats, q, views_t, weight_of_rot):
-    """Trilinear merge of views into 3-D: sums[..., 0] += splat(view_r), sums[..., 1] += splat(w_r).
+def merge_views(acc, rotmats, q, views_t, weight_of_rot, parts):
+    """Trilinear merge of views into 3-D: acc[..., 0] += splat(view_r), acc[..., 1] += splat(w_r).
 
-    sums (S, M, M, M, 2) float64 per-slot accumulators, numerator and
-    denominator side by side so one cache line serves both (rotation r goes
-    to slot r % S); rotmats (R, 3, 3); q (T, 3); views_t (T, R);
-    weight_of_rot (R,): rotations with weight 0 are skipped.
+    acc (M, M, M, 2) float32, numerator and denominator side by side so one
+    cache line serves both; rotmats (R, 3, 3); q (T, 3); views_t (T, R);
+    weight_of_rot (R,): rotations with weight 0 are skipped.  The x-range is
+    split among ``parts`` threads: every thread walks all pixels of all rotations but writes only the voxels
+    of its own slab of x, so no two threads touch the same memory and no
+    per-thread copies of the volume are needed.
     """
-    slots = sums.shape[0]
-    m = sums.shape[1]
+    m = acc.shape[0]
     c = (m - 1) / 2.0
     npix, nrot = views_t.shape
-    for s in nb.prange(slots):
-        acc = sums[s]
-        for r in range(s, nrot, slots):
+    for p in nb.prange(parts):
+        lo = (m * p) // parts
+        hi = (m * (p + 1)) // parts
+        for r in range(nrot):
             w_r = weight_of_rot[r]
             if w_r <= 0.0:
                 continue
             a = rotmats[r]
             for t in range(npix):
+                x = a[0, 0] * q[t, 0] + a[0, 1] * q[t, 1] + a[0, 2] * q[t, 2] + c
+                ix = int(np.floor(x))
+                if ix + 1 < lo or ix >= hi:
+                    continue
                 inside, ix, iy, iz, fx, fy, fz = _corner(m, c, a, q[t, 0], q[t, 1], q[t, 2])
                 if not inside:
                     continue
                 v = views_t[t, r]
                 for dx in range(2):
+                    if ix + dx < lo or ix + dx >= hi:
+                        continue
                     wx = fx if dx else 1.0 - fx
                     for dy in range(2):
                         wxy = wx * (fy if dy else 1.0 - fy)
@@ -154,3 +162,49 @@ def merge_views(sums, rotmats, q, views_t, weight_of_rot):
                         cell[iz, 1] += w0 * w_r
                         cell[iz + 1, 0] += w1 * v
                         cell[iz + 1, 1] += w1 * w_r
+
+
+@nb.njit(cache=True)
+def normalize_probabilities(frame, rot, value, best, beta, window, prob_min, view_sum, log_prior, scale,
+                            norm, scale_den, log_like, info, kept, weight_of_rot):
+    """Turn kept (frame, rotation, log-likelihood) entries into pruned probabilities, in place.
+
+    P = exp(beta_d (L - best_d)) over entries with L > best_d - window_d,
+    normalised per frame; entries with P < prob_min are then dropped.
+    Returns n: the first n entries of ``frame``, ``rot`` and ``value`` now
+    hold the kept entries, ``value`` holding P.  Per frame (zeroed here):
+    norm, scale_den (sum P u_r), log_like (sum P L), info (sum P log(P/w_r)),
+    kept (count); per rotation: weight_of_rot (sum P scale_d).
+    """
+    norm[:] = 0.0
+    scale_den[:] = 0.0
+    log_like[:] = 0.0
+    info[:] = 0.0
+    kept[:] = 0
+    weight_of_rot[:] = 0.0
+    n = len(frame)
+    for i in range(n):
+        d = frame[i]
+        diff = value[i] - best[d]
+        if diff > -window[d]:
+            norm[d] += np.exp(beta[d] * diff)
+    out = 0
+    for i in range(n):
+        d = frame[i]
+        diff = value[i] - best[d]
+        if diff <= -window[d]:
+            continue
+        p = np.exp(beta[d] * diff) / norm[d]
+        if p < prob_min:
+            continue
+        r = rot[i]
+        scale_den[d] += p * view_sum[r]
+        log_like[d] += p * value[i]
+        info[d] += p * (np.log(p) - log_prior[r])
+        kept[d] += 1
+        weight_of_rot[r] += p * scale[d]
+        frame[out] = d
+        rot[out] = r
+        value[out] = p
+        out += 1
+    return out

@@ -1,0 +1,163 @@
+"""What an EMC run writes into its output folder, every file atomically.
+
+Per iteration ``N`` (written in this order, by rank 0 only)::
+
+    output_NNN.h5    intensity (M, M, M) float32, photons per pixel at scale 1, indexed [qx, qy, qz]
+                     orientations (D,) int32         most likely rotation of each frame (index into the
+                                                     refined 600-cell of num_div)
+                     quaternions (D, 4) float64      that rotation, (w, x, y, z), w >= 0: frame d samples
+                                                     intensity(R_d q_p), as in truth.h5
+                     best_probability (D,) float64   its probability
+                     scale (D,) float64              per-frame scale factors after this iteration (mean 1)
+                     log_likelihood (D,) float64     sum_r P_dr (log-likelihood of rotation r, log K! included)
+                     mutual_info (D,) float64        sum_r P_dr log(P_dr / w_r), nats
+                     attributes: iteration, beta (mean over frames), num_rot, mpi_ranks, metrics (JSON),
+                     intensity_unit, voxel_size_per_m (when the detector says)
+    EMC.log          Dragonfly-style: header, then a tab-separated table
+                     ``iter time rms_change info_rate log-likelihood num_rot beta``, rewritten whole
+    metrics.jsonl    one JSON object per iteration (the monitor reads it), rewritten whole
+    checkpoint.h5    model (M, M, M) float64, scales (D,) float64; attributes iteration, settings
+                     (JSON: what must not change on resume), history (JSON: every iteration's metrics)
+
+The checkpoint is written last, so whatever it names is complete on disk;
+resuming rewrites ``EMC.log`` and ``metrics.jsonl`` from its history, so
+lines of an iteration that was interrupted before its checkpoint disappear.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from spibatch.errors import InputError
+from spibatch.io.atomic import atomic_path, write_text
+from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
+from spibatch.io.results import write_result
+
+CHECKPOINT = "checkpoint.h5"
+EMC_LOG = "EMC.log"
+METRICS = "metrics.jsonl"
+LOG_COLUMNS = ("iter", "time", "rms_change", "info_rate", "log-likelihood", "num_rot", "beta")
+
+
+def output_name(iteration: int) -> str:
+    """``output_NNN.h5`` (three digits at least, as Dragonfly)."""
+    return f"output_{iteration:03d}.h5"
+
+
+def write_iteration(out_dir: Path, iteration: int, model: np.ndarray, frames: dict[str, np.ndarray],
+                    scales: np.ndarray, quaternions: np.ndarray, record: dict,
+                    voxel_size_per_m: float | None) -> Path:
+    """Write ``output_NNN.h5`` of one iteration (layout in the module docstring); returns its path."""
+    best = frames["best_rotation"].astype(np.int32)
+    datasets = {
+        "intensity": model.astype(np.float32),
+        "orientations": best,
+        "quaternions": quaternions[np.maximum(best, 0)],
+        "best_probability": frames["best_probability"],
+        "scale": scales,
+        "log_likelihood": frames["log_likelihood"],
+        "mutual_info": frames["mutual_info"],
+    }
+    attrs = {"iteration": iteration, "beta": record["beta_mean"], "num_rot": record["num_rot"],
+             "mpi_ranks": record["mpi_ranks"], "metrics": json.dumps(record, sort_keys=True),
+             "intensity_unit": "photons per pixel", "voxel_size_per_m": voxel_size_per_m}
+    path = out_dir / output_name(iteration)
+    write_result(path, datasets, attrs)
+    return path
+
+
+def log_header(info: dict) -> str:
+    """The header of ``EMC.log``: data, system and reconstruction parameters, then the table's column names."""
+    lines = ["spibatch EMC (Expand-Maximize-Compress), Dragonfly-style log", "",
+             "Data parameters:",
+             f"\tphotons = {info['photons']}",
+             f"\tnum_data = {info['num_data']}",
+             f"\tmean_count = {info['mean_count']:.6f}", "",
+             "System size:",
+             f"\tnum_rot = {info['num_rot']}",
+             f"\tnum_pix = {info['num_used']}/{info['num_pix']}",
+             f"\tsystem_volume = 1 X {info['size']} X {info['size']} X {info['size']}", "",
+             "Reconstruction parameters:",
+             f"\tnum_threads = {info['num_threads']}",
+             f"\tnum_proc = {info['mpi_ranks']}",
+             f"\tbeta = {info['beta']}",
+             f"\tbeta_factor = {info['beta_factor']}",
+             f"\tbeta_schedule = {info['beta_schedule']}",
+             f"\tneed_scaling = {'yes' if info['need_scaling'] else 'no'}",
+             f"\tfriedel_symmetry = {'yes' if info['friedel_symmetry'] else 'no'}",
+             f"\tstart_model = {info['start_model']}", "",
+             "\t".join(LOG_COLUMNS)]
+    return "\n".join(lines) + "\n"
+
+
+def log_row(record: dict) -> str:
+    """One line of the ``EMC.log`` table (no newline)."""
+    return (f"{record['iteration']}\t{record['time_s']:.2f}\t{record['rms_change']:.4e}\t"
+            f"{record['mutual_info']:.6f}\t{record['log_likelihood']:.6e}\t{record['num_rot']}\t"
+            f"{record['beta_mean']:.6f}")
+
+
+def write_logs(out_dir: Path, header: str, history: list[dict]) -> None:
+    """Rewrite ``EMC.log`` and ``metrics.jsonl`` (atomically) from the metrics of every iteration so far."""
+    write_text(out_dir / EMC_LOG, header + "".join(log_row(r) + "\n" for r in history))
+    write_text(out_dir / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+
+
+def read_log_table(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The table of an ``EMC.log`` (ours or Dragonfly's) as one dict per iteration, keyed by LOG_COLUMNS."""
+    rows, in_table = [], False
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        cells = line.split()
+        if cells[:2] in (["iter", "time"], ["Iter", "time"]):
+            in_table = True
+            continue
+        if in_table and len(cells) == len(LOG_COLUMNS):
+            rows.append({name: float(cell) for name, cell in zip(LOG_COLUMNS, cells)})
+    return rows
+
+
+def write_checkpoint(out_dir: Path, iteration: int, model: np.ndarray, scales: np.ndarray,
+                     settings: dict, history: list[dict]) -> Path:
+    """Write ``checkpoint.h5`` atomically (uncompressed: it is rewritten every iteration)."""
+    path = out_dir / CHECKPOINT
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("model", data=np.asarray(model, np.float64), track_times=False)
+        f.create_dataset("scales", data=np.asarray(scales, np.float64), track_times=False)
+        f.attrs["iteration"] = int(iteration)
+        f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+        f.attrs["history"] = json.dumps(history, sort_keys=True)
+    return path
+
+
+def read_checkpoint(out_dir: Path) -> dict | None:
+    """``{iteration, model, scales, settings, history}`` from ``out_dir/checkpoint.h5``, or None when absent."""
+    path = out_dir / CHECKPOINT
+    if not path.exists():
+        return None
+    fix = "delete it to start the EMC run again from iteration 1"
+    with open_hdf5(path, fix) as f:
+        model = read_dataset(require_dataset(f, "model", path, fix), (), path)
+        scales = read_dataset(require_dataset(f, "scales", path, fix), (), path)
+        try:
+            iteration = int(f.attrs["iteration"])
+            settings = json.loads(f.attrs["settings"])
+            history = json.loads(f.attrs["history"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError("attributes iteration, settings or history missing or unreadable", path=path,
+                             fix=fix) from None
+    return {"iteration": iteration, "model": model, "scales": scales, "settings": settings,
+            "history": history[:iteration]}
+
+
+def remove_partial_files(out_dir: Path) -> list[Path]:
+    """Delete temporary ``.NAME.*.part`` files a killed run left behind (atomic writes in progress)."""
+    removed = []
+    for part in Path(out_dir).glob(".*.part"):
+        part.unlink(missing_ok=True)
+        removed.append(part)
+    return removed
