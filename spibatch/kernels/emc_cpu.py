@@ -208,3 +208,26 @@ def normalize_probabilities(frame, rot, value, best, beta, window, prob_min, vie
         value[out] = p
         out += 1
     return out
+
+
+@nb.njit(parallel=True, cache=True)
+def rotation_average(model, rotmats, out):
+    """out[x] = mean over rotations R of model(R x) (trilinear, about the centre), for point-group symmetry.
+
+    model, out (M, M, M) float64; rotmats (G, 3, 3).  Points outside the grid read 0.
+    """
+    m = model.shape[0]
+    c = (m - 1) / 2.0
+    for i in nb.prange(m):
+        for j in range(m):
+            for k in range(m):
+                acc = 0.0
+                for g in range(rotmats.shape[0]):
+                    inside, ix, iy, iz, fx, fy, fz = _corner(m, c, rotmats[g], i - c, j - c, k - c)
+                    if inside:
+                        gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+                        acc += (gx * (gy * (gz * model[ix, iy, iz] + fz * model[ix, iy, iz + 1])
+                                      + fy * (gz * model[ix, iy + 1, iz] + fz * model[ix, iy + 1, iz + 1]))
+                                + fx * (gy * (gz * model[ix + 1, iy, iz] + fz * model[ix + 1, iy, iz + 1])
+                                        + fy * (gz * model[ix + 1, iy + 1, iz] + fz * model[ix + 1, iy + 1, iz + 1])))
+                out[i, j, k] = acc / rotmats.shape[0]
