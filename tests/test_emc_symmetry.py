@@ -39,7 +39,7 @@ def test_symmetrize_makes_the_model_invariant():
     friedel = symmetrize(model, friedel=True)
     assert np.array_equal(friedel, friedel[::-1, ::-1, ::-1])
     radial = np.exp(-(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2) / 20.0)
-    assert np.abs(symmetrize(radial, "I") - radial)[inner].max() < 0.01   # only the trilinear blur (peak 1)
+    assert np.abs(symmetrize(radial, "I") - radial)[inner].max() < 0.03   # only the trilinear blur (peak 1)
 
 
 def test_unknown_group():
