@@ -35,7 +35,7 @@ from spibatch.photons import Photons
 
 PDIFF = 14.0        # keep rotations within PDIFF / beta of the best log-likelihood
 PROB_MIN = 1e-6     # then drop normalised probabilities below this
-TINY = 1e-300       # floor of the view before its log
+TINY = 1e-30        # floor of the view before its (float32) log
 MERGE_BLOCK = 256   # rotations per merge block (long SIMD rows in the dense weighted-photon kernel)
 
 

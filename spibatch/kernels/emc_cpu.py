@@ -56,7 +56,7 @@ def log_views_t(model, rotmats, q, tiny, out_t, u_parts):
                          + fx * (gy * (gz * model[ix + 1, iy, iz] + fz * model[ix + 1, iy, iz + 1])
                                  + fy * (gz * model[ix + 1, iy + 1, iz] + fz * model[ix + 1, iy + 1, iz + 1])))
                 u_parts[s, r] += v
-                out_t[t, r] = np.log(max(v, tiny))   # stored in out_t's dtype (float32 in the step)
+                out_t[t, r] = np.log(np.float32(max(v, tiny)))   # logf: the views only need float32
 
 
 @nb.njit(parallel=True, cache=True)
