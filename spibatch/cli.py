@@ -78,7 +78,8 @@ def schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
-def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None) -> Path:
+def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None, then=None,
+              emc_iterations: Optional[int] = None) -> Path:
     from spibatch.config import dump_pipeline, load_pipeline
     from spibatch.rundir import create_run_dir, run_in_dir
     from spibatch.sim import simulate as run_simulation
@@ -87,6 +88,8 @@ def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None
     pipeline = load_pipeline(config)
     if runs_dir is not None:
         pipeline.output.runs_dir = runs_dir.resolve()
+    if emc_iterations is not None:
+        pipeline.emc.iterations = emc_iterations
     if pipeline.simulation is None:
         raise InputError("no `simulation` section", path=config, field="simulation",
                          fix="add one (`spibatch init DIR` writes an example)")
@@ -94,7 +97,14 @@ def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None
     run = create_run_dir(pipeline.name, pipeline.output.runs_dir, out,
                          config_text=dump_pipeline(pipeline), command=sys.argv)
     run.add_inputs(config, pipeline.simulation.pdb)
-    outputs = run_in_dir(run, run_simulation, pipeline, run.path)
+
+    def body() -> dict:
+        outputs = run_simulation(pipeline, run.path)
+        if then is not None:  # the demo goes on in the same run directory
+            outputs |= then(pipeline, run.path, outputs)
+        return outputs
+
+    outputs = run_in_dir(run, body)
     typer.echo(f"\nsimulated {pipeline.simulation.num_patterns} patterns into {run.path}")
     for label, path in outputs.items():
         typer.echo(f"  {label:<12} {path}")
@@ -111,9 +121,118 @@ def simulate(config: Path = typer.Argument(..., help="pipeline YAML file with a 
 
 
 @app.command()
-def demo(out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP)) -> None:
-    """Run the built-in demo: simulate 1000 patterns of the protein 1EI7 on a 64 x 64 detector."""
-    _simulate(_data_file("demo.yaml"), out, runs_dir=Path("runs"))
+def demo(out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+         iterations: Optional[int] = typer.Option(None, min=1, help="EMC iterations (default: demo.yaml's)")) -> None:
+    """Run the built-in demo: simulate 1000 patterns of the protein 1EI7 on a 64 x 64 detector,
+    reconstruct the 3-D intensity by EMC and print its correlation with the truth."""
+    run_path = _simulate(_data_file("demo.yaml"), out, runs_dir=Path("runs"), then=_demo_emc,
+                         emc_iterations=iterations)
+    result = json.loads((run_path / "emc" / "truth_comparison.json").read_text(encoding="utf-8"))
+    typer.echo(f"\nEMC: {result['iterations']} iterations in {result['emc_seconds']:.0f} s; correlation of the "
+               f"reconstructed intensity with the truth at the best orientation"
+               f"{' (inversion twin)' if result['inverted'] else ''}, shells {result['r_min']:g}-"
+               f"{result['r_max']:g} voxels: cc = {result['cc']:.4f}")
+
+
+def _demo_emc(pipeline, run_path: Path, simulated: dict) -> dict:
+    """EMC on the demo's simulated patterns into ``run_path/emc/``, then the aligned correlation with the truth."""
+    import time
+
+    from spibatch.emc.compare import compare_with_truth
+    from spibatch.emc.driver import run_emc
+
+    start = time.perf_counter()
+    outputs = run_emc(pipeline.emc, simulated["photons"], simulated["detector"], run_path / "emc")
+    seconds = time.perf_counter() - start
+    compare_with_truth(outputs["intensity"], simulated["truth"], simulated["detector"],
+                       run_path / "emc" / "truth_comparison.json",
+                       extra={"emc_seconds": seconds, "iterations": pipeline.emc.iterations})
+    return {"emc_intensity": outputs["intensity"], "emc_log": outputs["emc_log"],
+            "emc_vs_truth": run_path / "emc" / "truth_comparison.json"}
+
+
+def _emc_inputs(pipeline, config: Path) -> tuple[Path, Path]:
+    missing = [key for key in ("photons", "detector") if getattr(pipeline.emc, key) is None]
+    if missing:
+        if pipeline.simulation is not None:
+            fix = (f"run `spibatch simulate {config}` first, then set emc.photons and emc.detector to its "
+                   "photons.emc and detector.h5 (relative to this file)")
+        else:
+            fix = "set emc.photons and emc.detector to a Dragonfly photons file and its detector file"
+        raise InputError(f"no {' or '.join('emc.' + k for k in missing)} given", path=config,
+                         field=f"emc.{missing[0]}", fix=fix)
+    return pipeline.emc.photons, pipeline.emc.detector
+
+
+@app.command()
+def emc(config: Path = typer.Argument(..., help="pipeline YAML file whose `emc` section names photons and detector"),
+        out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="continue the EMC run in this run "
+                                              "directory from its last checkpoint")) -> None:
+    """Reconstruct the 3-D intensity from sparse photons by EMC; under `mpirun -n N` across N ranks."""
+    from spibatch.emc.mpi import world
+
+    comm = world()
+    rank = 0 if comm is None else comm.Get_rank()
+    if rank != 0:  # rank 0 speaks for all
+        for handler in logging.getLogger("spibatch").handlers:
+            handler.setLevel(logging.CRITICAL + 1)
+    try:
+        _emc(config, out, resume, comm)
+    except InputError:
+        if rank != 0:
+            raise typer.Exit(InputError.exit_code) from None
+        raise
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except BaseException:
+        if comm is None:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        comm.Abort(1)  # the other ranks would wait in the next collective call forever
+
+
+def _emc(config: Path, out: Optional[Path], resume: Optional[Path], comm) -> None:
+    from spibatch.config import dump_pipeline, load_pipeline
+    from spibatch.emc import mpi
+    from spibatch.emc.driver import check_inputs, run_emc
+    from spibatch.rundir import create_run_dir, reopen_run_dir, run_in_dir
+
+    rank, size = mpi.rank_and_size(comm)
+    if out is not None and resume is not None:
+        raise InputError("--out and --resume together", field="--resume",
+                         fix="give --resume RUN_DIR alone to continue a run, or --out DIR alone to start one")
+    pipeline = load_pipeline(config)
+    photons, detector = _emc_inputs(pipeline, config)
+    mpi.collective(comm, check_inputs, pipeline.emc, photons, detector, size)  # before any run directory
+    inputs = [config, photons, detector] + ([pipeline.emc.start_model] if pipeline.emc.start_model else [])
+
+    def open_run():
+        if rank != 0:
+            return None
+        if resume is None:
+            run = create_run_dir(pipeline.name, pipeline.output.runs_dir, out,
+                                 config_text=dump_pipeline(pipeline), command=sys.argv)
+        else:
+            run = reopen_run_dir(resume, command=sys.argv, unchanged=tuple(inputs[1:]))
+        run.extra["mpi_ranks"] = size
+        run.add_inputs(*inputs)
+        return run
+
+    run = mpi.collective(comm, open_run)
+    run_path = mpi.broadcast(comm, None if run is None else run.path)
+    if rank != 0:
+        run_emc(pipeline.emc, photons, detector, run_path, resume=resume is not None, comm=comm,
+                show_progress=False)
+        return
+    outputs = run_in_dir(run, run_emc, pipeline.emc, photons, detector, run.path, resume=resume is not None,
+                         comm=comm)
+    typer.echo(f"\nEMC: {pipeline.emc.iterations} iterations on {size} rank(s) into {run.path}")
+    for label, path in outputs.items():
+        typer.echo(f"  {label:<12} {path}")
+    typer.echo(f"  {'provenance':<12} {run.file('provenance.json')}\n  {'log':<12} {run.file('log.txt')}")
 
 
 @app.command()

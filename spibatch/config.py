@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator,
+                      model_validator)
 
 from spibatch.errors import InputError
 
@@ -75,19 +76,62 @@ class Simulation(Section):
 
 
 class BetaSchedule(Section):
+    """Deterministic annealing: beta is multiplied by ``factor`` every ``period`` iterations.
+
+    As Dragonfly's ``beta_schedule = 2.0 10``: iterations 1-10 use x1, 11-20 x2, 21-30 x4.
+    """
+
     factor: float = Field(2.0, gt=0, description="beta is multiplied by this ...")
     period: int = Field(10, ge=1, description="... every this many iterations")
 
 
 class EMC(Section):
-    """EMC orientation recovery (used by the emc stage)."""
+    """EMC orientation recovery (``spibatch emc`` and the emc stage).
 
-    num_div: int = Field(4, ge=1, description="600-cell refinement: 10 (5 n^3 + n) rotations")
-    iterations: int = Field(30, ge=1)
-    beta: float = Field(1.0, gt=0, description="deterministic-annealing exponent at the first iteration")
-    beta_schedule: BetaSchedule | None = Field(default_factory=BetaSchedule)
+    ``photons`` and ``detector`` are the inputs of ``spibatch emc CONFIG``
+    (relative to the YAML file); left out, ``spibatch emc`` asks for them (or,
+    with a ``simulation`` section, to run ``spibatch simulate`` first).
+    """
+
+    photons: Path | None = Field(None, description="Dragonfly photons file (HDF5 or binary .emc), relative to this YAML file")
+    detector: Path | None = Field(None, description="Dragonfly detector file matching the photons, relative to this YAML file")
+    start_model: Path | None = Field(None, description="optional start model (M, M, M) in photons per voxel (e.g. an "
+                                     "output_NNN.h5); default: a seeded random model")
+    num_div: int = Field(4, ge=1, description="600-cell refinement: 10 (5 n^3 + n) rotations (n = 4: 3240)")
+    iterations: int = Field(30, ge=1, description="EMC iterations")
+    beta: PositiveFloat | Literal["auto"] = Field(
+        "auto", description="deterministic-annealing exponent at the first iteration; 'auto': per frame "
+        "exp(-6.5 (photons / 1e5) ** 0.15), Dragonfly's empirical rule")
+    beta_factor: float = Field(1.0, gt=0, description="multiplies beta (auto or given), as Dragonfly's beta_factor")
+    beta_schedule: BetaSchedule | None = Field(default_factory=BetaSchedule,
+                                               description="multiply beta by factor every period iterations; null: constant")
     need_scaling: bool = Field(True, description="fit a scale factor per frame")
+    friedel_symmetry: bool = Field(False, description="average the model with its centrosymmetric copy every iteration")
+    point_group: str | None = Field(None, description="average the model over the particle's point group every "
+                                    "iteration: C<n>, D<n> (n-fold axis along z), T, O or I; null: none")
     seed: int = Field(1, ge=0, description="seed of the random start model")
+    frames_per_shard: int = Field(4096, ge=1, description="frames per shard step (bounds memory; MPI ranks and HTC "
+                                  "tasks get whole shards, so results do not depend on the number of ranks)")
+    model_size: int | None = Field(None, ge=3, description="edge of the cubic model grid in voxels; default: the "
+                                   "detector's 2 ceil(max |q|) + 1")
+
+    @field_validator("point_group")
+    @classmethod
+    def _point_group(cls, v: str | None) -> str | None:
+        if v is not None:
+            from spibatch.emc.symmetry import group_matrices
+
+            group_matrices(v)   # ValueError: unknown point group ...
+        return v
+
+    @field_validator("beta", mode="before")
+    @classmethod
+    def _beta(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
+            raise ValueError("a positive number or 'auto'")
+        return float(v)
 
 
 class Phasing(Section):
@@ -232,6 +276,10 @@ def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
     base = base.resolve()
     if pipeline.simulation is not None:
         pipeline.simulation.pdb = (base / pipeline.simulation.pdb).resolve()
+    for key in ("photons", "detector", "start_model"):
+        value = getattr(pipeline.emc, key)
+        if value is not None:
+            setattr(pipeline.emc, key, (base / value).resolve())
     pipeline.output.runs_dir = (base / pipeline.output.runs_dir).resolve()
     return pipeline
 

@@ -1,7 +1,9 @@
 """Progress reporting: a Rich bar on a terminal, plain log lines otherwise.
 
-Long loops take a ``Progress``-like object with ``advance(n)``; callers get
-one from :func:`progress` and never need to know where the output goes.
+Long loops take a ``Progress``-like object with ``advance(n)`` and
+``note(message)`` (a line for the user: above the bar on a terminal, a log
+line otherwise; log.txt gets it either way); callers get one from
+:func:`progress` and never need to know where the output goes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class _LogProgress:
             log.info("%s: %d/%d (%.0f/s)", self.description, self.done, self.total, rate)
 
 
+    def note(self, message: str) -> None:
+        log.info("%s", message)
+
+
 class _RichProgress:
     def __init__(self, bar, task):
         self._bar, self._task = bar, task
@@ -39,10 +45,21 @@ class _RichProgress:
     def advance(self, n: int = 1) -> None:
         self._bar.advance(self._task, n)
 
+    def note(self, message: str) -> None:
+        """Print above the bar; only the log files (not the terminal handler) get the log record."""
+        self._bar.console.print(message, markup=False, highlight=False)
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (message,), None)
+        for handler in log.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
 
 class _Silent:
     def advance(self, n: int = 1) -> None:
         pass
+
+    def note(self, message: str) -> None:
+        log.info("%s", message)
 
 
 @contextlib.contextmanager

@@ -76,6 +76,7 @@ class RunDir:
     command: list[str]
     inputs: dict[str, str] = field(default_factory=dict)   # path -> sha256
     started: str = field(default_factory=utc_now)
+    extra: dict = field(default_factory=dict)              # more provenance keys (mpi_ranks, resumed, ...)
     _log_handler: logging.Handler | None = None
 
     def file(self, name: str) -> Path:
@@ -101,6 +102,7 @@ class RunDir:
             "git_revision": git_revision(Path(__file__).resolve().parent),
             "versions": _versions(),
             "inputs": self.inputs,
+            **self.extra,
         }
         if outputs is not None:
             record["outputs"] = {k: str(v) for k, v in outputs.items()}
@@ -149,14 +151,57 @@ def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
     run = RunDir(path=path.resolve(), command=list(command if command is not None else sys.argv))
     if config_text is not None:
         write_text(run.file("config.yaml"), config_text)
-    handler = logging.FileHandler(run.file("log.txt"), encoding="utf-8")
+    _attach_log(run)
+    run.write_provenance("running")
+    log.info("run directory %s", run.path)
+    return run
+
+
+def _attach_log(run: RunDir) -> None:
+    handler = logging.FileHandler(run.file("log.txt"), encoding="utf-8")  # appends
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     logger = logging.getLogger("spibatch")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     run._log_handler = handler
+
+
+def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
+                   unchanged: tuple[str | os.PathLike, ...] = ()) -> RunDir:
+    """Reopen an earlier run directory to continue it (``--resume``).
+
+    The first start time and input checksums are kept; the resumption's time
+    and command line are appended to ``resumed`` in provenance.json, and
+    log.txt is appended to.  Nothing else is touched.  Files in ``unchanged``
+    that the run recorded as inputs must still have their recorded SHA-256
+    (InputError before anything is written otherwise).
+    """
+    path = Path(path)
+    fix = "give the run directory of an earlier run (it holds provenance.json)"
+    try:
+        record = json.loads((path / "provenance.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("no provenance.json here: not a run directory", path=path, field="--resume",
+                         fix=fix) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"provenance.json unreadable ({exc.__class__.__name__})", path=path, field="--resume",
+                         fix=fix) from None
+    for name in unchanged:
+        before = record.get("inputs", {}).get(str(Path(name).resolve()))
+        if before is not None and before != sha256_file(name):
+            raise InputError("changed since the run started (its SHA-256 differs from provenance.json)",
+                             path=name, field="--resume", fix="resume with the original file, or start a new run")
+    command = list(command if command is not None else sys.argv)
+    keep = {k: record[k] for k in record if k not in ("status", "command", "started", "finished", "host",
+                                                       "platform", "cwd", "git_revision", "versions",
+                                                       "inputs", "outputs", "error")}
+    resumed = list(keep.pop("resumed", [])) + [{"at": utc_now(), "command": command,
+                                                "previous_status": record.get("status")}]
+    run = RunDir(path=path.resolve(), command=record.get("command", command), inputs=dict(record.get("inputs", {})),
+                 started=record.get("started", utc_now()), extra=keep | {"resumed": resumed})
+    _attach_log(run)
     run.write_provenance("running")
-    log.info("run directory %s", run.path)
+    log.info("resuming in run directory %s", run.path)
     return run
 
 

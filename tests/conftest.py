@@ -28,3 +28,32 @@ def shared_datasets() -> Path:
 def small_dataset(shared_datasets: Path) -> Path:
     """The Dragonfly-written 'small' data set (64 x 64 detector, 1000 frames)."""
     return shared_datasets / "dragonfly-small"
+
+
+@pytest.fixture(scope="session")
+def emc_small(small_dataset: Path, tmp_path_factory) -> dict[str, Path]:
+    """240 frames of the small set and its detector, rewritten by our writers (EMC tests' input)."""
+    from spibatch.io.dragonfly import read_detector, read_photons, write_detector, write_photons
+
+    folder = tmp_path_factory.mktemp("emc_small")
+    paths = {"photons": folder / "photons.h5", "detector": folder / "detector.h5"}
+    write_photons(paths["photons"], read_photons(small_dataset / "photons.emc", 0, 240))
+    write_detector(paths["detector"], read_detector(small_dataset / "det_sim.h5"))
+    return paths
+
+
+@pytest.fixture
+def emc_config(emc_small: dict[str, Path]):
+    """``make(folder, **emc)``: write ``folder/pipeline.yaml`` for ``spibatch emc`` on ``emc_small``
+    (num_div 2, 3 iterations, shards of 60 frames unless overridden); returns its path."""
+
+    def make(folder: Path, **emc) -> Path:
+        settings = {"photons": emc_small["photons"], "detector": emc_small["detector"], "num_div": 2,
+                    "iterations": 3, "frames_per_shard": 60, **emc}
+        lines = ["name: emc-test", "emc:"] + [f"  {k}: {v}" for k, v in settings.items() if v is not None]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "pipeline.yaml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    return make

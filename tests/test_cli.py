@@ -91,7 +91,7 @@ def test_demo_writes_a_complete_run(tmp_path):
     from spibatch.io.dragonfly import check_match, photons_info, read_detector
     from spibatch.io.results import read_result
 
-    done = spibatch_cli("demo", cwd=tmp_path)
+    done = spibatch_cli("demo", "--iterations", "2", cwd=tmp_path)   # `spibatch demo` runs demo.yaml's 30
     assert done.returncode == 0, done.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("demo-")
@@ -108,6 +108,14 @@ def test_demo_writes_a_complete_run(tmp_path):
     assert datasets["intensity"].shape[0] == detector.model_size()
     assert json.loads((run / "provenance.json").read_text())["status"] == "completed"
     assert not list(run.glob("*.part")) and not list(run.glob(".*"))
+    # then EMC on those patterns, in emc/, and the correlation with the truth, printed and written
+    for name in ("output_001.h5", "output_002.h5", "EMC.log", "metrics.jsonl", "checkpoint.h5"):
+        assert (run / "emc" / name).is_file(), name
+    assert not (run / "emc" / "output_003.h5").exists() and not list((run / "emc").glob(".*"))
+    comparison = json.loads((run / "emc" / "truth_comparison.json").read_text())
+    assert 0.0 < comparison["cc"] <= 1.0 and comparison["iterations"] == 2
+    assert (comparison["r_min"], comparison["r_max"]) == (4.0, 31.0)     # beam stop 3 px, edge 32 px
+    assert f"cc = {comparison['cc']:.4f}" in done.stdout and str(run / "emc" / "EMC.log") in done.stdout
 
 
 def test_truncated_hdf5_and_negative_counts_exit_2(tmp_path):

@@ -103,3 +103,38 @@ def test_dragonfly_ini_units(small_dataset):
 
 def test_pipeline_defaults_are_valid():
     assert Pipeline().emc.num_div == 4
+
+
+def test_emc_section_paths_beta_and_defaults(tmp_path):
+    path = write(tmp_path, "emc:\n  photons: data/photons.emc\n  detector: ../det.h5\n  beta: 0.05\n"
+                           "  beta_schedule: null\n  point_group: D17\n")
+    emc = load_pipeline(path).emc
+    assert emc.photons == (tmp_path / "data" / "photons.emc").resolve()
+    assert emc.detector == (tmp_path.parent / "det.h5").resolve() and emc.start_model is None
+    assert emc.beta == 0.05 and emc.beta_schedule is None and emc.point_group == "D17"
+    default = Pipeline().emc
+    assert default.beta == "auto" and default.beta_factor == 1.0 and default.frames_per_shard == 4096
+    assert (default.beta_schedule.factor, default.beta_schedule.period) == (2.0, 10)
+    assert default.photons is None and default.model_size is None and default.friedel_symmetry is False
+    assert load_pipeline(write(tmp_path, "emc: {beta: auto}\n")).emc.beta == "auto"
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("num_div: 0", r"line 2: emc.num_div: expected: .*greater than or equal to 1; found 0"),
+    ("beta: -1", r"line 2: emc.beta: expected: a positive number or 'auto'; found -1"),
+    ("beta: automatic", r"line 2: emc.beta: expected: a positive number or 'auto'; found 'automatic'"),
+    ("frames_per_shard: 0", r"line 2: emc.frames_per_shard: expected: .*greater than or equal to 1"),
+    ("point_group: X5", r"line 2: emc.point_group: expected: unknown point group 'X5'"),
+    ("beta_schedule: {factor: 2, periode: 10}", r"line 2: emc.beta_schedule.periode: unknown key .*period"),
+])
+def test_emc_mistakes_are_one_line(tmp_path, line, expected):
+    with pytest.raises(InputError, match=expected) as err:
+        load_pipeline(write(tmp_path, f"emc:\n  {line}\n"))
+    assert "\n" not in str(err.value)
+
+
+def test_template_emc_section_is_commented_and_valid():
+    text = TEMPLATE.read_text()
+    assert "# photons:" in text and "beta: auto" in text and "frames_per_shard: 4096" in text
+    emc = load_pipeline(TEMPLATE).emc
+    assert emc.beta == "auto" and emc.photons is None and emc.num_div == 4

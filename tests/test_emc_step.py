@@ -10,7 +10,6 @@ from spibatch.emc.step import (PixelSet, Rotations, Shard, StepState, finish, ra
                                shard_step)
 from spibatch.photons import Photons
 from spibatch.sim.geometry import flat_detector
-from spibatch.sim.patterns import rotation_matrices
 
 
 @pytest.fixture(scope="module")

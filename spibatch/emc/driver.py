@@ -41,7 +41,8 @@ import numpy as np
 from spibatch.detector import Detector
 from spibatch.emc import mpi, records
 from spibatch.emc.step import (PixelSet, Rotations, Shard, ShardSums, StepState, auto_beta, default_threads,
-                               finish, random_model, shard_step)
+                               finish, random_model, shard_step, warm_up)
+from spibatch.emc.symmetry import symmetrize
 from spibatch.errors import InputError
 
 log = logging.getLogger("spibatch")
@@ -61,10 +62,11 @@ class Inputs:
     start_model: np.ndarray | None
 
 
-def check_inputs(cfg, photons_path, detector_path) -> Inputs:
+def check_inputs(cfg, photons_path, detector_path, ranks: int = 1) -> Inputs:
     """Read the detector, the photons file's header and the start model; InputError on anything wrong.
 
     Light (no frames are read): the CLI calls it before creating a run directory.
+    ``ranks``: MPI ranks to share the shards (each needs at least one).
     """
     from spibatch.io.dragonfly import check_match, photons_info, read_detector
 
@@ -78,6 +80,11 @@ def check_inputs(cfg, photons_path, detector_path) -> Inputs:
     if num_frames == 0:
         raise InputError("holds 0 frames", path=photons_path, field="place_ones",
                          fix="give a photons file with at least one frame")
+    shards = len(mpi.shard_bounds(num_frames, cfg.frames_per_shard))
+    if shards < ranks:
+        raise InputError(f"{num_frames} frames in shards of {cfg.frames_per_shard} make {shards} shard(s) for "
+                         f"{ranks} MPI ranks", field="emc.frames_per_shard",
+                         fix=f"set emc.frames_per_shard to at most {num_frames // ranks}, or use fewer ranks")
     smallest = detector.model_size()
     size = cfg.model_size or smallest
     if size < smallest:
@@ -134,6 +141,8 @@ def emc_iteration(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sha
         else:
             total.numerator += part.numerator
             total.denominator += part.denominator
+            for phase, seconds in part.timings.items():
+                total.timings[phase] = total.timings.get(phase, 0.0) + seconds
         frames.append(part.frames)
     if total is None:
         raise ValueError("emc_iteration needs at least one shard")
@@ -143,8 +152,8 @@ def emc_iteration(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sha
 
 def _settings(cfg, inputs: Inputs) -> dict:
     """What must not change between a run and its resumption."""
-    keep = ("num_div", "beta", "beta_factor", "beta_schedule", "need_scaling", "friedel_symmetry", "seed",
-            "frames_per_shard", "start_model")
+    keep = ("num_div", "beta", "beta_factor", "beta_schedule", "need_scaling", "friedel_symmetry", "point_group",
+            "seed", "frames_per_shard", "start_model")
     out = {k: v for k, v in cfg.model_dump(mode="json").items() if k in keep}
     out.update(num_frames=inputs.num_frames, num_pix=inputs.detector.num_pix, model_size=inputs.size)
     return out
@@ -189,12 +198,8 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
     comm = comm if comm is not None and comm.Get_size() > 1 else None
     rank, size = mpi.rank_and_size(comm)
     out_dir = Path(out_dir)
-    inputs = mpi.collective(comm, check_inputs, cfg, photons_path, detector_path)
+    inputs = mpi.collective(comm, check_inputs, cfg, photons_path, detector_path, size)
     bounds = mpi.shard_bounds(inputs.num_frames, cfg.frames_per_shard)
-    if len(bounds) < size:
-        raise InputError(f"{inputs.num_frames} frames in shards of {cfg.frames_per_shard} make {len(bounds)} "
-                         f"shard(s) for {size} MPI ranks", field="emc.frames_per_shard",
-                         fix=f"set emc.frames_per_shard to at most {inputs.num_frames // size}, or use fewer ranks")
     owned = [mpi.rank_shards(len(bounds), r, size) for r in range(size)]
     frames_per_rank = [sum(bounds[k][1] - bounds[k][0] for k in ks) for ks in owned]
     threads = _limit_threads()
@@ -234,6 +239,7 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
         "num_rot": len(rotations), "num_used": pixels.num_used, "num_pix": inputs.detector.num_pix,
         "size": inputs.size, "num_threads": threads, "mpi_ranks": size, "beta": cfg.beta,
         "beta_factor": cfg.beta_factor, "need_scaling": cfg.need_scaling, "friedel_symmetry": cfg.friedel_symmetry,
+        "point_group": cfg.point_group or "none",
         "beta_schedule": "none" if cfg.beta_schedule is None else
         f"{cfg.beta_schedule.factor} {cfg.beta_schedule.period}",
         "start_model": cfg.start_model or f"random (seed {cfg.seed})"})
@@ -243,6 +249,7 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
         log.info("EMC: %d frames in %d shard(s) on %d rank(s) x %d thread(s), %d rotations (num_div %d), "
                  "model %d^3\n%s", inputs.num_frames, len(bounds), size, threads, len(rotations), cfg.num_div,
                  inputs.size, "\t".join(records.LOG_COLUMNS))
+    warm_up()   # compile or load the kernels now, so that iteration 1's time is the iteration's
     hold = int(os.environ.get(HOLD_ENV, "0") or 0)
     bar_wanted = show_progress and comm is None and sys.stdout.isatty()  # else the per-iteration lines only
     with progress(max(cfg.iterations - first + 1, 0), "EMC iterations", enabled=bar_wanted) as bar:
@@ -253,13 +260,18 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
             stepped = time.perf_counter()
             total = mpi.combine(comm, local, frames_per_rank)
             combined = time.perf_counter()
-            new_model, scales, metrics = finish(total, model, cfg.need_scaling, cfg.friedel_symmetry)
+            group = cfg.point_group
+            new_model, scales, metrics = finish(total, model, cfg.need_scaling, cfg.friedel_symmetry and not group)
+            if group is not None:   # the point group first, then Friedel: both hold exactly in the result
+                new_model = symmetrize(new_model, group, cfg.friedel_symmetry)
+                metrics["rms_change"] = float(np.sqrt(np.mean((new_model - model) ** 2)))
             finished = time.perf_counter()
             _check_diverged(iteration, new_model, scales, MODEL_LIMIT * max(peak, 1.0), photons_path)
             model = new_model
+            phases = {f"{phase}_s": seconds for phase, seconds in local.timings.items()}  # rank 0's shards
             record = {"iteration": iteration, "num_rot": len(rotations), "beta_mean": float(beta.mean()),
                       "mpi_ranks": size, "num_frames": inputs.num_frames, **metrics,
-                      "timing": {"step_s": stepped - start, "combine_s": combined - stepped,
+                      "timing": {"step_s": stepped - start, **phases, "combine_s": combined - stepped,
                                  "finish_s": finished - combined}}
             record["time_s"] = finished - start
             if rank == 0:

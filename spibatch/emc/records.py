@@ -90,6 +90,7 @@ def log_header(info: dict) -> str:
              f"\tbeta_schedule = {info['beta_schedule']}",
              f"\tneed_scaling = {'yes' if info['need_scaling'] else 'no'}",
              f"\tfriedel_symmetry = {'yes' if info['friedel_symmetry'] else 'no'}",
+             f"\tpoint_group = {info['point_group']}",
              f"\tstart_model = {info['start_model']}", "",
              "\t".join(LOG_COLUMNS)]
     return "\n".join(lines) + "\n"

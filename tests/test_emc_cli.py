@@ -1,0 +1,151 @@
+"""`spibatch emc` as a user runs it: a run directory, resume after SIGKILL, bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from spibatch.io.results import write_result
+
+
+def spibatch_emc(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spibatch", "emc", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300, env=env)
+
+
+def checkpoint_iteration(run: Path) -> int:
+    try:
+        with h5py.File(run / "checkpoint.h5", "r") as f:
+            return int(f.attrs["iteration"])
+    except (OSError, KeyError):
+        return 0
+
+
+def test_run_dir_provenance_and_resume_after_sigkill_is_bit_identical(emc_config, emc_small, tmp_path):
+    config = emc_config(tmp_path, iterations=3)
+    whole = spibatch_emc(str(config), "--out", str(tmp_path / "whole"), cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    assert str(tmp_path / "whole" / "output_003.h5") in whole.stdout
+    record = json.loads((tmp_path / "whole" / "provenance.json").read_text())
+    assert record["status"] == "completed" and record["mpi_ranks"] == 1
+    assert str(emc_small["photons"]) in record["inputs"] and str(emc_small["detector"]) in record["inputs"]
+    assert "INFO 3\t" in (tmp_path / "whole" / "log.txt").read_text()   # the EMC.log lines are logged too
+
+    # the same run, killed (SIGKILL: no clean-up at all) once its 2nd iteration is checkpointed
+    run = tmp_path / "killed"
+    env = dict(os.environ, SPIBATCH_EMC_HOLD_AFTER="2")
+    proc = subprocess.Popen([sys.executable, "-m", "spibatch", "emc", str(config), "--out", str(run)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while checkpoint_iteration(run) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its checkpoint 2"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert checkpoint_iteration(run) == 2 and not (run / "output_003.h5").exists()
+    assert json.loads((run / "provenance.json").read_text())["status"] == "running"   # it never knew
+
+    resumed = spibatch_emc(str(config), "--resume", str(run), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after iteration 2" in resumed.stderr
+    with h5py.File(run / "output_003.h5") as a, h5py.File(tmp_path / "whole" / "output_003.h5") as b:
+        assert np.array_equal(a["intensity"][()], b["intensity"][()])
+        assert np.array_equal(a["orientations"][()], b["orientations"][()])
+        assert np.array_equal(a["scale"][()], b["scale"][()])
+    with h5py.File(run / "checkpoint.h5") as a, h5py.File(tmp_path / "whole" / "checkpoint.h5") as b:
+        assert np.array_equal(a["model"][()], b["model"][()])
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
+    record = json.loads((run / "provenance.json").read_text())
+    assert record["status"] == "completed" and len(record["resumed"]) == 1
+    assert not list(run.glob(".*"))
+
+
+def write_volume(path: Path, value: float, size: int = 91) -> Path:
+    volume = np.random.default_rng(0).random((size, size, size))
+    volume[3, 4, 5] = value
+    write_result(path, {"intensity": volume}, {})
+    return path
+
+
+def mismatched_detector(folder: Path, emc_small) -> Path:
+    from spibatch.io.dragonfly import read_detector, write_detector
+
+    det = read_detector(emc_small["detector"])
+    det.q_voxels, det.corr, det.mask = det.q_voxels[:-64], det.corr[:-64], det.mask[:-64]
+    write_detector(folder / "other_detector.h5", det)
+    return folder / "other_detector.h5"
+
+
+def empty_photons(folder: Path) -> Path:
+    from spibatch.io.dragonfly import write_photons
+    from spibatch.photons import Photons
+
+    write_photons(folder / "empty.h5", Photons.empty(4096))
+    return folder / "empty.h5"
+
+
+BAD_INPUTS = {
+    "detector mismatch": (lambda d, s: {"detector": mismatched_detector(d, s)},
+                          ["num_pix = 4096", "other_detector.h5", "4032 pixels"]),
+    "empty photons": (lambda d, s: {"photons": empty_photons(d)}, ["empty.h5", "0 frames"]),
+    "NaN start model": (lambda d, s: {"start_model": write_volume(d / "start.h5", np.nan)},
+                        ["start.h5", "emc.start_model", "NaN", "(3, 4, 5)"]),
+    "num_div 0": (lambda d, s: {"num_div": 0}, ["pipeline.yaml", "emc.num_div", "greater than or equal to 1"]),
+    "model too small": (lambda d, s: {"model_size": 51}, ["emc.model_size", "at least 91"]),
+    "more ranks than shards": (None, None),   # needs mpirun: tests/test_emc_mpi.py
+}
+
+
+@pytest.mark.parametrize("case", [k for k, v in BAD_INPUTS.items() if v[0] is not None])
+def test_bad_input_one_line_exit_2_no_run_dir(case, emc_config, emc_small, tmp_path):
+    make, words = BAD_INPUTS[case]
+    config = emc_config(tmp_path, **make(tmp_path, emc_small))
+    done = spibatch_emc(str(config), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spibatch: error: "), done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_inputs_say_simulate_first(tmp_path):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("name: t\nsimulation: {pdb: 1EI7.pdb}\nemc: {num_div: 2}\n")
+    done = spibatch_emc(str(config), cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "emc.photons" in done.stderr and "spibatch simulate" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_needs_a_run_dir_and_unchanged_inputs(emc_config, small_dataset, tmp_path):
+    from spibatch.io.dragonfly import read_photons, write_photons
+
+    photons = tmp_path / "photons.h5"
+    write_photons(photons, read_photons(small_dataset / "photons.emc", 0, 240))
+    config = emc_config(tmp_path, iterations=1, photons=photons)
+    done = spibatch_emc(str(config), "--resume", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert done.returncode == 2 and "not a run directory" in done.stderr
+    first = spibatch_emc(str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    provenance = (tmp_path / "run" / "provenance.json").read_text()
+
+    write_photons(photons, read_photons(small_dataset / "photons.emc", 240, 480))   # other frames, same shape
+    config = emc_config(tmp_path, iterations=2, photons=photons)
+    done = spibatch_emc(str(config), "--resume", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "photons.h5" in done.stderr and "changed since the run started" in done.stderr
+    assert not (tmp_path / "run" / "output_002.h5").exists()
+    assert (tmp_path / "run" / "provenance.json").read_text() == provenance

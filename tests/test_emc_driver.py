@@ -1,0 +1,149 @@
+"""The EMC driver in-process: outputs and their consistency, the HTC unit, beta, shards, divergence."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from spibatch.config import EMC, BetaSchedule
+from spibatch.emc import driver, mpi, records
+from spibatch.emc.step import PixelSet, Rotations, StepState, random_model, reduce, shard_step
+from spibatch.errors import InputError
+from spibatch.io.dragonfly import read_detector
+from spibatch.io.results import read_result
+
+
+def settings(**kw) -> EMC:
+    return EMC(**{"num_div": 2, "iterations": 3, "frames_per_shard": 60, **kw})
+
+
+def test_outputs_present_consistent_and_atomic(emc_small, tmp_path):
+    out = tmp_path / "emc"
+    paths = driver.run_emc(settings(), emc_small["photons"], emc_small["detector"], out, show_progress=False)
+    assert paths["intensity"] == out / "output_003.h5"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["EMC.log", "checkpoint.h5", "metrics.jsonl", "output_001.h5", "output_002.h5", "output_003.h5"]
+
+    rows = records.read_log_table(out / "EMC.log")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2, 3] and [m["iteration"] for m in metrics] == [1, 2, 3]
+    for row, m in zip(rows, metrics):
+        assert row["num_rot"] == m["num_rot"] == 420 and m["mpi_ranks"] == 1 and m["num_frames"] == 240
+        assert row["rms_change"] == pytest.approx(m["rms_change"], rel=1e-4)
+        assert row["info_rate"] == pytest.approx(m["mutual_info"], abs=1e-6)
+        assert row["beta"] == pytest.approx(m["beta_mean"], abs=1e-6)
+        assert {"step_s", "combine_s", "finish_s", "write_s"} <= set(m["timing"])
+        assert {"expand_s", "likelihood_s", "merge_s"} <= set(m["timing"])        # the step's phases
+        assert sum(v for k, v in m["timing"].items() if k not in ("step_s", "combine_s", "finish_s", "write_s")) \
+            <= m["timing"]["step_s"] * 1.01 + 1e-3
+    assert metrics[0]["rms_change"] > metrics[2]["rms_change"]                    # it settles
+    assert metrics[2]["log_likelihood"] > metrics[0]["log_likelihood"]            # and fits better
+
+    data, attrs = read_result(out / "output_003.h5")
+    rotations = Rotations.refined_600_cell(2)
+    assert data["intensity"].dtype == np.float32 and data["intensity"].shape == (91, 91, 91)
+    assert data["orientations"].dtype == np.int32 and data["orientations"].shape == (240,)
+    assert ((data["orientations"] >= 0) & (data["orientations"] < 420)).all()
+    assert np.array_equal(data["quaternions"], rotations.quaternions[data["orientations"]])
+    assert ((data["best_probability"] > 0) & (data["best_probability"] <= 1)).all()
+    assert data["scale"].mean() == pytest.approx(1.0) and (data["scale"] > 0).all()
+    assert data["log_likelihood"].shape == data["mutual_info"].shape == (240,)
+    assert attrs["iteration"] == 3 and attrs["beta"] == pytest.approx(metrics[2]["beta_mean"])
+    assert json.loads(attrs["metrics"])["rms_change"] == metrics[2]["rms_change"]
+
+    with h5py.File(out / "checkpoint.h5") as f:
+        assert f.attrs["iteration"] == 3
+        assert np.array_equal(f["model"][()].astype(np.float32), data["intensity"])
+        assert np.array_equal(f["scales"][()], data["scale"])
+    assert not list(out.glob(".*"))                                               # no temporary files left
+
+
+def test_emc_iteration_is_reduce_of_shard_steps(emc_small):
+    """The HTC contract: one task per shard, then reduce, gives the serial driver's sums bit for bit."""
+    detector = read_detector(emc_small["detector"])
+    pixels = PixelSet.from_detector(detector)
+    rotations = Rotations.refined_600_cell(1)
+    shards = driver.load_shards(emc_small["photons"], pixels, mpi.shard_bounds(240, 100))
+    assert [s.num_frames for s in shards] == [100, 100, 40]
+    counts = np.concatenate([s.counts for s in shards])
+    model = random_model(detector.model_size(), pixels, rotations, counts.mean(), 5)
+    state = StepState(1, driver.beta_for(settings(), 1, counts), np.ones(240))
+    ours = driver.emc_iteration(model, rotations, pixels, shards[::-1], state)   # order does not matter
+    tasks = reduce([shard_step(model, rotations, pixels, s, state) for s in shards])
+    assert np.array_equal(ours.numerator, tasks.numerator)
+    assert np.array_equal(ours.denominator, tasks.denominator)
+    assert set(ours.frames) == set(tasks.frames)
+    assert all(np.array_equal(ours.frames[k], tasks.frames[k]) for k in tasks.frames)
+
+
+def test_beta_auto_fixed_factor_and_schedule():
+    counts = np.array([100.0, 1000.0, 10000.0])
+    auto = driver.beta_for(settings(beta_schedule=None), 7, counts)
+    assert np.allclose(auto, np.exp(-6.5 * (counts / 1e5) ** 0.15))
+    assert auto[0] > auto[1] > auto[2]                          # brighter frames anneal more gently
+    cfg = settings(beta=0.5, beta_factor=2.0, beta_schedule=BetaSchedule(factor=2.0, period=10))
+    got = [driver.beta_for(cfg, it, counts)[0] for it in (1, 10, 11, 20, 21, 30)]
+    assert got == [1.0, 1.0, 2.0, 2.0, 4.0, 4.0]                # Dragonfly's `beta_schedule = 2.0 10`
+
+
+@pytest.mark.parametrize("num_shards,size", [(1, 1), (4, 2), (5, 2), (7, 3), (3, 3)])
+def test_ranks_own_contiguous_whole_shards(num_shards, size):
+    owned = [mpi.rank_shards(num_shards, r, size) for r in range(size)]
+    assert [k for ks in owned for k in ks] == list(range(num_shards))      # contiguous, in order, all
+    assert max(map(len, owned)) - min(map(len, owned)) <= 1 and len(owned[0]) >= 1
+    assert mpi.shard_bounds(250, 60) == [(0, 60), (60, 120), (120, 180), (180, 240), (240, 250)]
+
+
+def test_divergence_stops_naming_the_iteration_and_keeps_earlier_outputs(emc_small, tmp_path, monkeypatch):
+    real_finish = driver.finish
+
+    def diverging(total, model, need_scaling, friedel=False):
+        new, scales, metrics = real_finish(total, model, need_scaling, friedel)
+        if len(driver_calls) == 1:
+            scales = scales * 1e9
+        driver_calls.append(1)
+        return new, scales, metrics
+
+    driver_calls: list[int] = []
+    monkeypatch.setattr(driver, "finish", diverging)
+    out = tmp_path / "emc"
+    with pytest.raises(InputError, match=r"iteration 2: .*diverged.*scale factor.*need_scaling: false"):
+        driver.run_emc(settings(), emc_small["photons"], emc_small["detector"], out, show_progress=False)
+    assert (out / "output_001.h5").is_file() and not (out / "output_002.h5").exists()
+    assert [r["iter"] for r in records.read_log_table(out / "EMC.log")] == [1]
+    with h5py.File(out / "checkpoint.h5") as f:
+        assert f.attrs["iteration"] == 1
+
+
+def test_nan_model_is_divergence_too():
+    scales = np.ones(4)
+    model = np.ones((3, 3, 3))
+    driver._check_diverged(5, model, scales, 1e6, "p.h5")   # fine
+    model[1, 1, 1] = np.nan
+    with pytest.raises(InputError, match="iteration 5: .*1 model voxels are NaN"):
+        driver._check_diverged(5, model, scales, 1e6, "p.h5")
+    with pytest.raises(InputError, match="model voxel reached 2e"):
+        driver._check_diverged(5, np.full((3, 3, 3), 2e7), scales, 1e6, "p.h5")
+
+
+def test_resume_refuses_changed_settings(emc_small, tmp_path):
+    out = tmp_path / "emc"
+    driver.run_emc(settings(iterations=1), emc_small["photons"], emc_small["detector"], out, show_progress=False)
+    before = (out / "output_001.h5").read_bytes()
+    with pytest.raises(InputError, match="settings differ .*: need_scaling"):
+        driver.run_emc(settings(iterations=2, need_scaling=False), emc_small["photons"], emc_small["detector"],
+                       out, resume=True, show_progress=False)
+    assert (out / "output_001.h5").read_bytes() == before and not (out / "output_002.h5").exists()
+
+
+def test_friedel_and_point_group_symmetry_hold_in_the_model(emc_small, tmp_path):
+    out = tmp_path / "emc"
+    driver.run_emc(settings(iterations=1, friedel_symmetry=True, point_group="C2"), emc_small["photons"],
+                   emc_small["detector"], out, show_progress=False)
+    model = read_result(out / "output_001.h5")[0]["intensity"]
+    assert np.array_equal(model, model[::-1, ::-1, ::-1]) and model.max() > 0       # I(q) = I(-q)
+    assert np.allclose(model, model[::-1, ::-1, :], rtol=1e-5, atol=1e-6 * model.max())   # 2-fold axis along z
+    assert "point_group = C2" in (out / "EMC.log").read_text()
