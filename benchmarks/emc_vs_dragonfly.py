@@ -98,8 +98,9 @@ def run_spibatch(dataset: Path, work: Path, iterations: int, threads: int) -> di
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     phases = {}
     for line in lines:
-        for k, v in (line.get("timings") or {}).items():
-            phases[k] = phases.get(k, 0.0) + v
+        for k, v in (line.get("timing") or {}).items():
+            if k != "step_s":
+                phases[k.removesuffix("_s")] = phases.get(k.removesuffix("_s"), 0.0) + v
     return {"times": [x["time_s"] for x in lines], "wall_s": wall, "phases": phases,
             "model": out / f"output_{iterations:03d}.h5"}
 
