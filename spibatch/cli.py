@@ -236,6 +236,84 @@ def _emc(config: Path, out: Optional[Path], resume: Optional[Path], comm) -> Non
 
 
 @app.command()
+def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `phasing` section names the intensity"),
+          intensity: Optional[Path] = typer.Option(None, "--intensity", help="the 3-D intensity to phase "
+                                                   "(overrides phasing.intensity)"),
+          truth: Optional[Path] = typer.Option(None, "--truth", help="a true density (truth.h5, MRC, Dragonfly "
+                                               "densityMap.bin) to report the FSC against"),
+          truth_voxel_size_m: Optional[float] = typer.Option(None, help="the truth's voxel in metres, when its "
+                                                             "file does not say (Dragonfly's .bin)"),
+          out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP)) -> None:
+    """Phase a merged 3-D intensity: many random starts, aligned and averaged, with the PRTF."""
+    from spibatch.config import dump_pipeline, load_pipeline
+    from spibatch.phasing.stage import run_phasing
+    from spibatch.rundir import create_run_dir, run_in_dir
+
+    pipeline = load_pipeline(config)
+    source = intensity or pipeline.phasing.intensity
+    if source is None:
+        raise InputError("no intensity to phase", path=config, field="phasing.intensity",
+                         fix="set phasing.intensity (e.g. an EMC output_NNN.h5) or give --intensity")
+    if not Path(source).is_file():
+        raise InputError("file not found", path=source, field="phasing.intensity", fix="check the path")
+    if truth is not None and not truth.is_file():
+        raise InputError("file not found", path=truth, field="--truth", fix="check the path")
+    from spibatch.phasing.measurement import check_intensity
+    from spibatch.phasing.stage import load_intensity
+
+    loaded = load_intensity(Path(source), dataset=pipeline.phasing.dataset, crop_to=pipeline.phasing.crop_to,
+                            voxel_size_per_m=pipeline.phasing.voxel_size_per_m)
+    check_intensity(loaded[0], source=str(source))      # bad input stops before a run directory exists
+    run = create_run_dir(pipeline.name, pipeline.output.runs_dir, out, config_text=dump_pipeline(pipeline),
+                         command=sys.argv)
+    run.add_inputs(config, source, *([truth] if truth else []))
+
+    def body() -> dict:
+        outputs = run_phasing(pipeline.phasing, Path(source), run.path, loaded=loaded)
+        if truth is not None:
+            outputs.update(_phase_vs_truth(outputs["phasing"], truth, truth_voxel_size_m, run.path))
+        return outputs
+
+    outputs = run_in_dir(run, body)
+    _print_phasing(outputs)
+    typer.echo(f"\nphasing into {run.path}")
+    for label, path in outputs.items():
+        typer.echo(f"  {label:<14} {path}")
+
+
+def _phase_vs_truth(phasing_file: Path, truth: Path, truth_voxel_m: Optional[float], out_dir: Path) -> dict:
+    from spibatch.io.results import read_result
+    from spibatch.phasing.compare import compare_with_truth, load_truth, write_comparison
+
+    data, attrs = read_result(phasing_file)
+    true_density, true_voxel = load_truth(truth, truth_voxel_m)
+    summary = compare_with_truth(data["density"], attrs.get("voxel_size_m"), true_density, true_voxel,
+                                 truth_path=str(truth))
+    return write_comparison(summary, out_dir, f"phased density vs {truth.name}")
+
+
+def _print_phasing(outputs: dict) -> None:
+    from spibatch.io.results import read_result
+
+    attrs = read_result(outputs["phasing"], attrs_only=True)[1]
+    res = attrs.get("resolution_m")
+    line = (f"PRTF falls below 1/e at {res * 1e10:.3g} A" if res else
+            f"PRTF 1/e at shell {attrs['resolution_shell']:.1f}" if attrs.get("resolution_shell") else
+            "PRTF stays above 1/e to the edge of the data")
+    typer.echo(f"\nphasing: {attrs['keep_best']} of {attrs['num_starts']} starts kept; {line} "
+               f"(data reach shell {attrs['max_measured_shell']})")
+    if "fsc_vs_truth" in outputs:
+        cmp = json.loads(Path(outputs["fsc_vs_truth"]).read_text(encoding="utf-8"))
+        half, gold = cmp.get("resolution_0.5_m"), cmp.get("resolution_0.143_m")
+
+        def fmt(v):
+            return "beyond Nyquist" if v is None else f"{v * 1e10:.3g} A" if cmp.get("voxel_size_m") else f"{v:.3g} voxels"
+
+        typer.echo(f"FSC with the true density: 0.5 at {fmt(half)}, 0.143 at {fmt(gold)} "
+                   f"(cc {cmp['cc']:.3f}{', twin' if cmp['inverted'] else ''})")
+
+
+@app.command()
 def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 result, Dragonfly output_NNN.h5 / .bin, or MRC"),
              second: Path = typer.Argument(..., help="the volume to compare with (e.g. the truth)"),
              dataset: Optional[str] = typer.Option(None, help="dataset to compare in HDF5 files "

@@ -135,13 +135,50 @@ class EMC(Section):
 
 
 class Phasing(Section):
-    """Phase retrieval (used by the phase stage)."""
+    """Phase retrieval (``spibatch phase`` and the phase stage).
 
+    ``intensity`` is the input of ``spibatch phase CONFIG`` (relative to the YAML file):
+    our ``output_NNN.h5`` / ``intensity.h5``, Dragonfly's ``output_NNN.h5`` or ``.bin``, an
+    HDF5 or MRC volume, centred (q = 0 at index N // 2).  Voxels at 0 are taken as not measured.
+    """
+
+    intensity: Path | None = Field(None, description="3-D intensity to phase, relative to this YAML file")
+    dataset: str | None = Field(None, description="HDF5 dataset holding the intensity; default: the first of "
+                                "intensity, intens, density")
+    voxel_size_per_m: PositiveFloat | None = Field(None, description="Fourier voxel size dq in 1/m, when the file "
+                                                   "does not carry it (our EMC and simulator files do): the density "
+                                                   "voxel is 1 / (N dq)")
+    crop_to: int | None = Field(None, ge=8, description="phase the central crop_to^3 of the intensity (e.g. to match "
+                                "a truth's grid)")
     recipe: str = Field("(HIO(beta=0.9) ** 50 * ShrinkWrap(sigma=2, threshold=0.1)) ** 10 * ER() ** 100",
-                        description="operators applied right to left, as in PyNX")
-    num_starts: int = Field(16, ge=1)
-    keep_best: int = Field(8, ge=1)
-    seed: int = Field(1, ge=0)
+                        description="operators run in reading order: HIO, ER, RAAR, DM, ShrinkWrap; '*' then, "
+                        "'**' repeats")
+    num_starts: int = Field(16, ge=1, description="independent random starts")
+    keep_best: int = Field(8, ge=1, description="starts of lowest final Fourier error averaged")
+    seed: int = Field(1, ge=0, description="start k uses seed + k")
+    positivity: bool = Field(True, description="the density is >= 0 inside the support")
+    realness: bool = Field(True, description="the density is real (real-to-complex FFTs, Friedel-averaged data)")
+    initial_support_threshold: float = Field(0.04, gt=0, lt=1, description="first support: the smoothed "
+                                             "autocorrelation above this fraction of its maximum")
+    threads: int | None = Field(None, ge=1, description="threads per start (FFT and kernels); default: all cores")
+    fft: Literal["auto", "fftw", "scipy"] = Field("auto", description="FFT library: fftw (pyFFTW, the [fftw] "
+                                                  "extra), scipy, or auto (fftw when installed)")
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe(cls, v: str) -> str:
+        from spibatch.phasing.operators import parse_recipe
+
+        op = parse_recipe(v)     # RecipeError (a ValueError): reported with the line of the key
+        if op.iterations() == 0:
+            raise ValueError("the recipe has no iteration (HIO, ER, RAAR or DM)")
+        return v
+
+    @model_validator(mode="after")
+    def _keep(self) -> "Phasing":
+        if self.keep_best > self.num_starts:
+            raise ValueError(f"keep_best ({self.keep_best}) is more than num_starts ({self.num_starts})")
+        return self
 
 
 class Output(Section):
@@ -280,6 +317,8 @@ def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
         value = getattr(pipeline.emc, key)
         if value is not None:
             setattr(pipeline.emc, key, (base / value).resolve())
+    if pipeline.phasing.intensity is not None:
+        pipeline.phasing.intensity = (base / pipeline.phasing.intensity).resolve()
     pipeline.output.runs_dir = (base / pipeline.output.runs_dir).resolve()
     return pipeline
 

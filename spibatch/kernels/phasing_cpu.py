@@ -1,0 +1,202 @@
+"""CPU kernels of phase retrieval (Numba, parallel over the first axis).
+
+Each kernel is one pass over the arrays, done in place, so that one iteration
+of HIO costs two FFTs plus two sweeps of memory.
+
+Conventions: spectra are in FFT order (q = 0 at index 0).  A real iterate has a
+half spectrum (N, N, N // 2 + 1) complex64 from a real-to-complex FFT; a
+complex iterate a full one (N, N, N).  ``amplitude`` has the spectrum's shape,
+float32, the measured ``sqrt(I)``, and a negative value where the voxel is not
+measured (beam-stop hole, beyond the detector edge): those voxels are left free.
+Real-space arrays are (N, N, N) float32 (or complex64); ``support`` is bool.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(inline="always")
+def _half_weight(k, n, half):
+    """How many voxels of the full spectrum voxel k of the last axis stands for (1 or 2)."""
+    if not half or k == 0 or 2 * k == n:
+        return 1.0
+    return 2.0
+
+
+@nb.njit(cache=True)
+def _modulus_plane(plane, amplitude, scale, n, half):
+    """modulus_project on one (N, K) plane; returns its (error, norm) sums."""
+    e = 0.0
+    s = 0.0
+    for j in range(plane.shape[0]):
+        for k in range(plane.shape[1]):
+            a = amplitude[j, k]
+            f = plane[j, k]
+            if a >= 0.0:
+                m = np.sqrt(f.real * f.real + f.imag * f.imag)
+                w = _half_weight(k, n, half)
+                e += w * (m - a) * (m - a)
+                s += w * a * a
+                if m > 0.0:
+                    plane[j, k] = f * np.float32(a / m * scale)
+                else:
+                    plane[j, k] = np.complex64(a * scale)
+            else:
+                plane[j, k] = f * np.float32(scale)
+    return e, s
+
+
+@nb.njit(parallel=True, cache=True)
+def modulus_project(spectrum, amplitude, scale, n, half):
+    """Replace the modulus of every measured voxel by ``amplitude``; all voxels times ``scale``.
+
+    spectrum (N, N, K) complex64, in place; amplitude (N, N, K) float32 (< 0: free);
+    scale folds in the inverse FFT's 1/N^3; n = N (the full last-axis length);
+    half: the spectrum is a real FFT's half (voxels 1..K-2 of the last axis count twice).
+    Returns (sum over measured of (|F| - A)^2, sum over measured of A^2), both full-spectrum
+    sums in the units of |F|^2 before scaling.
+    """
+    n0 = spectrum.shape[0]
+    err = np.zeros(n0)
+    norm = np.zeros(n0)
+    for i in nb.prange(n0):
+        err[i], norm[i] = _modulus_plane(spectrum[i], amplitude[i], scale, n, half)
+    return err.sum(), norm.sum()
+
+
+@nb.njit(inline="always")
+def _keep(value, inside, positivity):
+    return inside and (not positivity or value.real > 0.0)
+
+
+@nb.njit(parallel=True, cache=True)
+def update_er(x, y, support, positivity):
+    """Error reduction: x <- P_S y (y inside the support, and positive with positivity; else 0)."""
+    for i in nb.prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            for k in range(x.shape[2]):
+                v = y[i, j, k]
+                x[i, j, k] = v if _keep(v, support[i, j, k], positivity) else 0.0
+
+
+@nb.njit(parallel=True, cache=True)
+def project_support(x, support, positivity, out):
+    """out <- P_S x: x inside the support (and positive with positivity), 0 elsewhere."""
+    for i in nb.prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            for k in range(x.shape[2]):
+                v = x[i, j, k]
+                out[i, j, k] = v if _keep(v, support[i, j, k], positivity) else 0.0
+
+
+@nb.njit(parallel=True, cache=True)
+def update_hio(x, y, support, positivity, beta):
+    """Hybrid input-output (Fienup): x <- y where kept, x - beta * y elsewhere; y = P_M x."""
+    for i in nb.prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            for k in range(x.shape[2]):
+                v = y[i, j, k]
+                if _keep(v, support[i, j, k], positivity):
+                    x[i, j, k] = v
+                else:
+                    x[i, j, k] = x[i, j, k] - beta * v
+
+
+@nb.njit(parallel=True, cache=True)
+def update_raar(x, y, support, positivity, beta):
+    """RAAR (Luke 2005): x <- beta/2 (R_S R_M + I) x + (1 - beta) P_M x, written pointwise.
+
+    With y = P_M x and z = 2y - x: where z is kept by the support (and positivity)
+    the update is y, elsewhere beta * x + (1 - 2 beta) * y.
+    """
+    for i in nb.prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            for k in range(x.shape[2]):
+                v = y[i, j, k]
+                u = x[i, j, k]
+                if _keep(2 * v - u, support[i, j, k], positivity):
+                    x[i, j, k] = v
+                else:
+                    x[i, j, k] = beta * u + (1.0 - 2.0 * beta) * v
+
+
+@nb.njit(parallel=True, cache=True)
+def dm_first(x, y, support, positivity, gamma_m, gamma_s, a, b):
+    """Difference map, first half: a <- P_S((1 + gamma_m) y - gamma_m x) and
+    b <- (1 + gamma_s) P_S x - gamma_s x (to be modulus-projected next); y = P_M x."""
+    for i in nb.prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            for k in range(x.shape[2]):
+                u = x[i, j, k]
+                inside = support[i, j, k]
+                f = (1.0 + gamma_m) * y[i, j, k] - gamma_m * u
+                a[i, j, k] = f if _keep(f, inside, positivity) else 0.0
+                ps = u if _keep(u, inside, positivity) else 0.0
+                b[i, j, k] = (1.0 + gamma_s) * ps - gamma_s * u
+
+
+@nb.njit(parallel=True, cache=True)
+def dm_second(x, a, pb, beta):
+    """Difference map, second half: x <- x + beta * (a - P_M b), with pb = P_M b."""
+    for i in nb.prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            for k in range(x.shape[2]):
+                x[i, j, k] = x[i, j, k] + beta * (a[i, j, k] - pb[i, j, k])
+
+
+@nb.njit(parallel=True, cache=True)
+def multiply_separable(spectrum, out, g0, g1, g2):
+    """out <- spectrum * g0[i] * g1[j] * g2[k] (a separable filter, e.g. a Gaussian blur)."""
+    for i in nb.prange(spectrum.shape[0]):
+        for j in range(spectrum.shape[1]):
+            gij = g0[i] * g1[j]
+            for k in range(spectrum.shape[2]):
+                out[i, j, k] = spectrum[i, j, k] * np.float32(gij * g2[k])
+
+
+@nb.njit(parallel=True, cache=True)
+def max_real(volume):
+    """The largest real part of a volume (float)."""
+    best = np.full(volume.shape[0], -np.inf)
+    for i in nb.prange(volume.shape[0]):
+        b = -np.inf
+        for j in range(volume.shape[1]):
+            for k in range(volume.shape[2]):
+                v = volume[i, j, k].real
+                if v > b:
+                    b = v
+        best[i] = b
+    return best.max()
+
+
+@nb.njit(parallel=True, cache=True)
+def histogram_real(volume, top, bins):
+    """Counts of the real part of the volume in ``bins`` equal bins of [0, top] (int64 (bins,));
+    values above ``top`` go to the last bin, values <= 0 are not counted."""
+    parts = np.zeros((volume.shape[0], bins), np.int64)
+    step = top / bins
+    for i in nb.prange(volume.shape[0]):
+        for j in range(volume.shape[1]):
+            for k in range(volume.shape[2]):
+                v = volume[i, j, k].real
+                if v > 0.0:
+                    b = int(v / step)
+                    parts[i, min(b, bins - 1)] += 1
+    return parts.sum(axis=0)
+
+
+@nb.njit(parallel=True, cache=True)
+def threshold_support(volume, level, support):
+    """support <- real(volume) > level; returns the number of voxels kept."""
+    count = np.zeros(volume.shape[0], np.int64)
+    for i in nb.prange(volume.shape[0]):
+        c = 0
+        for j in range(volume.shape[1]):
+            for k in range(volume.shape[2]):
+                keep = volume[i, j, k].real > level
+                support[i, j, k] = keep
+                c += keep
+        count[i] = c
+    return count.sum()

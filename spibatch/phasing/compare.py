@@ -1,0 +1,96 @@
+"""A phased density against a true one: both on one grid, aligned (translation, twin), FSC.
+
+The truth may be smaller than the reconstruction's box (our simulator's ``truth.h5``
+keeps the particle's cube, Dragonfly's ``densityMap.bin`` too): it is padded,
+centred, to the reconstruction's edge.  A truth on another voxel size is
+resampled (cubic spline) onto the reconstruction's voxel first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from spibatch.errors import InputError
+
+
+def pad_centre(volume: np.ndarray, edge: int) -> np.ndarray:
+    """``volume`` (L, L, L) centred (index L // 2) in an edge^3 box of zeros (centre edge // 2); or cropped."""
+    n = volume.shape[0]
+    out = np.zeros((edge,) * 3, volume.dtype)
+    if n <= edge:
+        lo = edge // 2 - n // 2
+        out[lo:lo + n, lo:lo + n, lo:lo + n] = volume
+        return out
+    lo = n // 2 - edge // 2
+    return np.ascontiguousarray(volume[lo:lo + edge, lo:lo + edge, lo:lo + edge])
+
+
+def resample(volume: np.ndarray, factor: float) -> np.ndarray:
+    """A centred cube resampled by ``factor`` (new voxels per old voxel; cubic spline), kept centred and odd."""
+    from scipy.ndimage import affine_transform
+
+    n = volume.shape[0]
+    m = int(np.ceil(n * factor / 2)) * 2 + 1
+    # output index o maps to input index c_in + (o - c_out) / factor
+    offset = n // 2 - (m // 2) / factor
+    return affine_transform(volume, np.full(3, 1.0 / factor), offset=offset, output_shape=(m,) * 3, order=3,
+                            mode="constant", cval=0.0)
+
+
+def load_truth(path: Path, voxel_size_m: float | None = None) -> tuple[np.ndarray, float | None]:
+    """(true density (L, L, L) float64, its voxel in m or None) from truth.h5, an MRC or a Dragonfly .bin."""
+    from spibatch.io.mrc import read_mrc
+    from spibatch.io.results import MRC_SUFFIXES, is_hdf5, read_result, read_volume
+
+    path = Path(path)
+    if path.suffix.lower() in MRC_SUFFIXES:
+        volume, voxel_a = read_mrc(path)
+        return np.asarray(volume, np.float64), voxel_size_m or (voxel_a * 1e-10 if voxel_a else None)
+    volume = np.asarray(read_volume(path, "density" if is_hdf5(path) else None), np.float64)
+    voxel = voxel_size_m
+    if voxel is None and is_hdf5(path):
+        attrs = read_result(path, attrs_only=True)[1]
+        voxel = attrs.get("density_voxel_size_m") or attrs.get("voxel_size_m")
+    return volume, (float(voxel) if voxel else None)
+
+
+def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.ndarray, truth_voxel_m: float | None,
+                       *, truth_path: str | None = None) -> dict:
+    """FSC of the aligned reconstruction with the truth; returns a JSON-able summary (and the curve)."""
+    from spibatch.phasing.alignment import align
+    from spibatch.validate import fsc
+
+    truth = np.asarray(truth, np.float64)
+    resampled = False
+    if voxel_m and truth_voxel_m and abs(truth_voxel_m / voxel_m - 1) > 1e-3:
+        truth = resample(truth, truth_voxel_m / voxel_m)
+        resampled = True
+    n = density.shape[0]
+    if truth.shape[0] > n:
+        raise InputError(f"the truth ({truth.shape[0]}^3 on the reconstruction's grid) is larger than the "
+                         f"reconstruction ({n}^3)", path=truth_path, fix="phase a larger box (no phasing.crop_to)")
+    reference = pad_centre(np.asarray(truth, np.float64), n)
+    aligned, how = align(np.asarray(density, np.float64), reference)
+    result = fsc(aligned, reference, voxel_size=voxel_m or truth_voxel_m)
+    half = result.resolution(0.5)
+    gold = result.resolution(0.143)
+    return {"cc": how.cc, "truth_resampled": resampled, "truth_voxel_size_m": truth_voxel_m, "inverted": how.inverted, "shift_voxels": [round(float(s), 3) for s in how.shift],
+            "fsc_0.5_radius": result.crossing_radius(0.5), "fsc_0.143_radius": result.crossing_radius(0.143),
+            "resolution_0.5_m": half, "resolution_0.143_m": gold, "voxel_size_m": result.voxel_size,
+            "radius": result.radius.tolist(), "fsc": [None if not np.isfinite(v) else float(v) for v in result.fsc],
+            "_result": result, "_aligned": aligned}
+
+
+def write_comparison(summary: dict, out_dir: Path, title: str) -> dict[str, Path]:
+    """fsc_vs_truth.json and fsc_vs_truth.png into ``out_dir``."""
+    from spibatch.io.atomic import write_text
+    from spibatch.validate import plot_fsc
+
+    out_dir = Path(out_dir)
+    plot_fsc(summary["_result"], out_dir / "fsc_vs_truth.png", title=title)
+    public = {k: v for k, v in summary.items() if not k.startswith("_")}
+    write_text(out_dir / "fsc_vs_truth.json", json.dumps(public, indent=1) + "\n")
+    return {"fsc_vs_truth": out_dir / "fsc_vs_truth.json", "fsc_plot": out_dir / "fsc_vs_truth.png"}

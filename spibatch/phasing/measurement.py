@@ -1,0 +1,152 @@
+"""The measured Fourier amplitudes a reconstruction is held to.
+
+An intensity volume (N, N, N), centred (q = 0 at index N // 2, as our EMC,
+Dragonfly and numpy's fftshift put it), becomes amplitudes ``sqrt(I)`` in FFT
+order with the unmeasured voxels marked free: the beam-stop hole and the
+corners beyond the detector edge, which EMC leaves at 0 (Dragonfly does the
+same), or an explicit ``measured`` mask.  A real density has a centrosymmetric
+intensity, so for a real iterate I(q) and I(-q) are averaged first (and a voxel
+measured on one side only is filled from the other).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spibatch.errors import InputError
+
+
+@dataclass
+class Measurement:
+    """Amplitudes in FFT order.
+
+    amplitude : (N, N, N // 2 + 1) float32 for a real iterate, (N, N, N) for a complex one;
+        sqrt of the intensity, -1 where not measured
+    n : edge N of the cube
+    real : whether the iterate is real (half spectrum)
+    voxel_size_m : real-space voxel edge in metres (1 / (N * dq)), or None when unknown
+    """
+
+    amplitude: np.ndarray
+    n: int
+    real: bool
+    voxel_size_m: float | None = None
+
+    @property
+    def measured_fraction(self) -> float:
+        return float(np.count_nonzero(self.amplitude >= 0) / self.amplitude.size)
+
+    def measured_full(self) -> np.ndarray:
+        """(N, N, N) bool in FFT order: which voxels carry a measured amplitude."""
+        return full_spectrum(self.amplitude >= 0, self.n) if self.real else self.amplitude >= 0
+
+    def amplitude_full(self) -> np.ndarray:
+        """(N, N, N) float32 in FFT order (-1 where not measured)."""
+        return full_spectrum(self.amplitude, self.n) if self.real else self.amplitude
+
+
+def full_spectrum(half: np.ndarray, n: int) -> np.ndarray:
+    """The full (N, N, N) array from its half (N, N, N // 2 + 1): a real FFT's spectrum (Hermitian,
+    F(-k) = conj F(k)) or a centrosymmetric real quantity (amplitudes, masks)."""
+    out = np.empty((n, n, n), half.dtype)
+    k = half.shape[2]
+    out[:, :, :k] = half
+    rest = np.arange(k, n)
+    mirrored = half[:, :, (n - rest) % n]                     # value at -q for the missing kz
+    out[:, :, k:] = np.roll(mirrored[::-1, ::-1], 1, axis=(0, 1))
+    if np.iscomplexobj(out):
+        out[:, :, k:] = np.conj(out[:, :, k:])
+    return out
+
+
+def inverted_index(n: int) -> np.ndarray:
+    """Index of -k for every k on one FFT-ordered axis of length n."""
+    return (-np.arange(n)) % n
+
+
+def check_intensity(intensity, *, source: str | None = None, field: str = "intensity") -> np.ndarray:
+    """The intensity as a float64 cube, or one clear InputError (shape, NaN, negative, empty)."""
+    arr = np.asarray(intensity)
+    if arr.ndim != 3 or len(set(arr.shape)) != 1:
+        raise InputError(f"phase retrieval needs a cubic 3-D intensity, found shape {arr.shape}",
+                         path=source, field=field, fix="give an (N, N, N) volume (crop or pad it to a cube)")
+    if arr.shape[0] < 8:
+        raise InputError(f"the intensity is {arr.shape[0]}^3; at least 8^3 is needed", path=source, field=field)
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"expected real numbers, found dtype {arr.dtype}", path=source, field=field,
+                         fix="give the merged intensity (not amplitudes or complex values)")
+    arr = arr.astype(np.float64, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {idx})", path=source, field=field,
+                         fix="mark unmeasured voxels with 0, not NaN")
+    if (arr < 0).any():
+        idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
+        raise InputError(f"{int((arr < 0).sum())} voxels are negative (first at {idx}, {arr[idx]:.3g})",
+                         path=source, field=field,
+                         fix="an intensity cannot be negative: clip background-subtracted data at 0")
+    if not (arr > 0).any():
+        raise InputError("the intensity is zero everywhere", path=source, field=field)
+    return arr
+
+
+def prepare(intensity, *, real: bool = True, measured=None, voxel_size_per_m: float | None = None,
+            source: str | None = None) -> Measurement:
+    """Amplitudes from a centred intensity (N, N, N) (any units; only ratios matter).
+
+    measured : optional (N, N, N) bool, centred like the intensity; default ``intensity > 0``.
+    voxel_size_per_m : the Fourier voxel dq in 1/m, giving the real-space voxel 1 / (N dq).
+    """
+    arr = check_intensity(intensity, source=source)
+    n = arr.shape[0]
+    if measured is None:
+        mask = arr > 0
+    else:
+        mask = np.asarray(measured, bool)
+        if mask.shape != arr.shape:
+            raise InputError(f"the measured mask has shape {mask.shape}, the intensity {arr.shape}",
+                             path=source, field="measured", fix="give a mask of the intensity's shape")
+    arr = np.fft.ifftshift(arr)
+    mask = np.fft.ifftshift(mask)
+    if real:
+        inv = inverted_index(n)
+        arr_m = arr[np.ix_(inv, inv, inv)]
+        mask_m = mask[np.ix_(inv, inv, inv)]
+        both = mask & mask_m
+        total = np.where(mask, arr, 0.0) + np.where(mask_m, arr_m, 0.0)
+        arr = np.where(both, total / 2, total)
+        mask = mask | mask_m
+    amplitude = np.where(mask, np.sqrt(arr), -1.0).astype(np.float32)
+    if real:
+        amplitude = np.ascontiguousarray(amplitude[:, :, :n // 2 + 1])
+    voxel = None if not voxel_size_per_m else 1.0 / (n * float(voxel_size_per_m))
+    return Measurement(amplitude=amplitude, n=n, real=real, voxel_size_m=voxel)
+
+
+def autocorrelation_support(measurement: Measurement, threshold: float = 0.1, sigma: float = 1.0) -> np.ndarray:
+    """Initial support (N, N, N) bool, FFT order: where the smoothed autocorrelation exceeds
+    ``threshold`` times its maximum.  The autocorrelation is the inverse FFT of the measured
+    intensity (unmeasured voxels count 0); it spans twice the object, a safe first support."""
+    import scipy.fft
+
+    n = measurement.n
+    intensity = np.where(measurement.amplitude >= 0, measurement.amplitude.astype(np.float64) ** 2, 0.0)
+    k = np.fft.fftfreq(n)
+    if measurement.real:
+        kz = np.fft.rfftfreq(n)
+    else:
+        kz = k
+    g = (np.exp(-2 * (np.pi * sigma * k) ** 2)[:, None, None] * np.exp(-2 * (np.pi * sigma * k) ** 2)[None, :, None]
+         * np.exp(-2 * (np.pi * sigma * kz) ** 2)[None, None, :])
+    if measurement.real:
+        auto = scipy.fft.irfftn(intensity * g, s=(n, n, n))
+    else:
+        auto = np.abs(scipy.fft.ifftn(intensity * g))
+    support = auto > threshold * auto.max()
+    if not support.any():
+        raise InputError(f"the autocorrelation support at threshold {threshold} is empty",
+                         field="phasing.initial_support_threshold", fix="lower it (0.01 .. 0.2)")
+    return support

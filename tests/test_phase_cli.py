@@ -1,0 +1,101 @@
+"""`spibatch phase` as a user runs it: files out, numbers in them, and bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_phasing_operators import _blob, _intensity
+
+from spibatch.io.mrc import read_mrc, write_mrc
+from spibatch.io.results import read_result, write_result
+
+N = 32
+DQ = 1.0e8           # 1/m: a 10 nm real-space box of N voxels -> voxel 1/(N dq) = 3.125 A
+
+
+def spibatch_phase(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spibatch", "phase", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture()
+def case(tmp_path: Path) -> dict:
+    rho = _blob(N, 5, seed=2)
+    intensity = _intensity(rho)
+    g = np.indices((N,) * 3) - N // 2
+    intensity[np.sqrt((g ** 2).sum(0)) < 1.5] = 0
+    write_result(tmp_path / "intensity.h5", {"intensity": intensity.astype(np.float32)}, {"voxel_size_per_m": DQ})
+    write_mrc(tmp_path / "truth.mrc", rho, 1e10 / (N * DQ))
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("name: phase-test\nphasing:\n  intensity: intensity.h5\n"
+                      "  recipe: (HIO(beta=0.9) ** 40 * ShrinkWrap(sigma=2, threshold=0.1)) ** 4 * ER() ** 60\n"
+                      "  num_starts: 3\n  keep_best: 2\n  threads: 2\n  fft: scipy\n")
+    return {"dir": tmp_path, "config": config, "rho": rho}
+
+
+def test_phase_writes_density_support_prtf_metrics_and_picture(case):
+    out = case["dir"] / "run"
+    done = spibatch_phase(str(case["config"]), "--out", str(out), "--truth", str(case["dir"] / "truth.mrc"),
+                          cwd=case["dir"])
+    assert done.returncode == 0, done.stderr
+    assert "2 of 3 starts kept" in done.stdout and "FSC with the true density" in done.stdout
+    data, attrs = read_result(out / "phasing.h5")
+    assert data["density"].shape == (N,) * 3 and data["support"].shape == (N,) * 3
+    assert data["errors"].shape == (3, 220) and np.all(np.isfinite(data["errors"]))
+    assert len(data["kept_seeds"]) == 2 and set(data["kept_seeds"]) <= set(data["seeds"])
+    assert attrs["voxel_size_m"] == pytest.approx(1 / (N * DQ))
+    assert attrs["recipe"].startswith("(HIO(beta=0.9) ** 40")
+    volume, voxel_a = read_mrc(out / "density.mrc")
+    assert voxel_a == pytest.approx(1e10 / (N * DQ), rel=1e-5)
+    assert np.allclose(volume, data["density"])
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["kind"] for x in lines] == ["start"] * 3 + ["merge"]
+    assert lines[0]["algorithms"] == [["HIO", 160], ["ER", 60]]
+    assert len(lines[0]["errors"]) == 220 and lines[-1]["kept_seeds"] == list(data["kept_seeds"])
+    assert (out / "phasing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    truth = json.loads((out / "fsc_vs_truth.json").read_text())
+    assert truth["cc"] > 0.9
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["status"] == "completed" and str(case["dir"] / "intensity.h5") in record["inputs"]
+
+
+@pytest.mark.parametrize("edit, words", [
+    ("  recipe: HIO() ** 10 * Magic()\n", "unknown operator 'Magic'"),
+    ("  recipe: (HIO() ** 10 * ShrinkWrap(threshold=1.2)) ** 2\n", "threshold must be in (0, 1)"),
+    ("  keep_best: 9\n", "keep_best (9) is more than num_starts (3)"),
+])
+def test_config_mistakes_name_the_line_and_the_key(case, edit, words):
+    text = case["config"].read_text().splitlines(keepends=True)
+    key = edit.split(":")[0]
+    text = [edit if line.startswith(key + ":") else line for line in text]
+    case["config"].write_text("".join(text))
+    done = spibatch_phase(str(case["config"]), "--out", str(case["dir"] / "run"), cwd=case["dir"])
+    assert done.returncode == 2
+    assert words in done.stderr and "pipeline.yaml" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (case["dir"] / "run").exists()
+
+
+@pytest.mark.parametrize("volume, words", [
+    (lambda: -np.ones((N,) * 3, np.float32), "negative"),
+    (lambda: np.full((N,) * 3, np.nan, np.float32), "NaN"),
+    (lambda: np.ones((N, N, N - 2), np.float32), "cubic"),
+])
+def test_bad_intensity_stops_before_a_run_directory(case, volume, words):
+    write_result(case["dir"] / "intensity.h5", {"intensity": volume()}, {})
+    done = spibatch_phase(str(case["config"]), "--out", str(case["dir"] / "run"), cwd=case["dir"])
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr and "intensity.h5" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (case["dir"] / "run").exists()
+
+
+def test_crop_parity_mismatch_is_refused(case):
+    case["config"].write_text(case["config"].read_text() + "  crop_to: 27\n")
+    done = spibatch_phase(str(case["config"]), "--out", str(case["dir"] / "run"), cwd=case["dir"])
+    assert done.returncode == 2 and "parity" in done.stderr and "use 26 or 28" in done.stderr

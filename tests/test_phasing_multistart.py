@@ -1,0 +1,144 @@
+"""Phasing: alignment (translation, twin, phase), many starts, PRTF, and the reconstruction of a known object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_phasing_operators import _blob, _intensity
+
+from spibatch.errors import InputError
+from spibatch.phasing.alignment import align, roll_to_centre, shift_spectrum
+from spibatch.phasing.compare import compare_with_truth, pad_centre, resample
+from spibatch.phasing.measurement import check_intensity, prepare
+from spibatch.phasing.multistart import (INV_E, Options, first_crossing, max_measured_shell, merge, prtf_shells,
+                                         run_one)
+from spibatch.phasing.stage import crop_centre
+
+
+def _shifted(volume: np.ndarray, shift) -> np.ndarray:
+    return np.fft.ifftn(shift_spectrum(np.fft.fftn(volume), shift)).real
+
+
+@pytest.mark.parametrize("twin", [False, True])
+def test_align_recovers_a_subvoxel_shift_and_the_twin(twin):
+    rho = _blob(32, 6)
+    moved = _shifted(rho, (2.3, -4.6, 0.4))
+    if twin:
+        inv = (-np.arange(32)) % 32
+        moved = moved[np.ix_(inv, inv, inv)]
+    aligned, how = align(moved, rho)
+    assert how.inverted is twin
+    assert how.cc > 0.995
+    assert np.abs(aligned - rho).max() < 0.05 * rho.max()
+    if not twin:
+        assert np.allclose(how.shift, (-2.3, 4.6, -0.4), atol=0.15)
+
+
+def test_align_finds_the_global_phase_of_a_complex_density():
+    rho = _blob(24, 5).astype(np.complex128)
+    aligned, how = align(rho * np.exp(1j * 1.1), rho)
+    assert how.phase == pytest.approx(1.1, abs=1e-6)
+    assert np.allclose(aligned, rho, atol=1e-6 * np.abs(rho).max())
+
+
+def test_roll_to_centre_handles_an_object_wrapped_around_the_edge():
+    rho = _blob(32, 5)
+    wrapped = np.roll(rho, (15, -14, 16), axis=(0, 1, 2))
+    centred, _ = roll_to_centre(wrapped)
+    assert np.allclose(centred, roll_to_centre(rho)[0])          # the same place, wherever it started
+    profile = centred.sum(axis=(1, 2))
+    assert abs((profile * np.arange(32)).sum() / profile.sum() - 16) < 1.0
+
+
+def test_prtf_is_one_for_identical_starts_and_the_crossing_interpolates():
+    n = 24
+    rho = _blob(n, 4)
+    m = prepare(_intensity(rho))
+    spectrum = np.fft.fftn(np.fft.ifftshift(rho))
+    prtf = prtf_shells(spectrum, m)
+    assert np.allclose(prtf[np.isfinite(prtf)], 1.0, atol=1e-5)
+    assert first_crossing(np.array([np.nan, 1.0, 0.8, 0.2, 0.1]), 0.5) == pytest.approx(2.5)
+    assert first_crossing(np.array([1.0, 0.9, 0.8]), INV_E) is None
+
+
+def test_merge_keeps_the_lowest_errors_and_averages_aligned_copies():
+    n = 24
+    rho = _blob(n, 4)
+    m = prepare(_intensity(rho), voxel_size_per_m=1e8)
+    from spibatch.phasing.multistart import StartResult
+
+    def start(seed, error, shift, twin):
+        d = _shifted(np.fft.ifftshift(rho), shift)
+        if twin:
+            inv = (-np.arange(n)) % n
+            d = d[np.ix_(inv, inv, inv)]
+        return StartResult(seed=seed, density=d.astype(np.float32), support=d > 0.05 * d.max(),
+                           errors=np.array([error]), algorithms=["ER"], final_error=error, seconds=0.0)
+
+    results = [start(1, 0.3, (0, 0, 0), False), start(2, 0.01, (3, 1, -2), True), start(3, 0.02, (-5, 2, 0), False)]
+    merged = merge(results, m, keep=2)
+    assert merged.kept_seeds == [2, 3]
+    assert merged.inverted == [False, True]
+    assert min(merged.alignment_cc) > 0.999
+    assert compare_with_truth(merged.density, 1 / (n * 1e8), rho, 1 / (n * 1e8))["cc"] > 0.999
+    assert np.nanmin(merged.prtf) > 0.99
+    assert merged.resolution_m is None                  # the PRTF never falls below 1/e
+    assert merged.support.max() == pytest.approx(1.0)
+
+
+def test_default_recipe_reconstructs_a_known_object_from_noisy_data_with_a_beam_stop():
+    """The real algorithm at a small size: 4 starts from an autocorrelation support, FSC against the truth."""
+    n = 40
+    rho = _blob(n, 6, seed=4)
+    intensity = _intensity(rho)
+    g = np.indices((n,) * 3) - n // 2
+    r = np.sqrt((g ** 2).sum(0))
+    intensity[r < 2] = 0                                              # beam stop (smaller than a speckle)
+    intensity[r > n // 2 - 1] = 0                                     # beyond the detector edge
+    scale = 1e9 / intensity.sum()                                     # 1e9 photons in all
+    intensity = np.random.default_rng(0).poisson(intensity * scale).astype(float)
+    m = prepare(intensity, voxel_size_per_m=1e8)
+    results = [run_one(seed, m, Options(threads=2, fft_backend="scipy")) for seed in range(4)]
+    merged = merge(results, m, keep=3)
+    summary = compare_with_truth(merged.density, m.voxel_size_m, rho, m.voxel_size_m)
+    fsc = np.array([v if v is not None else np.nan for v in summary["fsc"]])
+    limit = int(0.8 * max_measured_shell(m))
+    assert np.nanmin(fsc[1:limit + 1]) > 0.5, np.round(fsc, 2)
+    assert summary["cc"] > 0.95
+    assert max(r.final_error for r in results) < 0.1
+    assert merged.prtf[2:limit].min() > INV_E
+
+
+@pytest.mark.parametrize("volume, words", [
+    (np.ones((8, 8, 9)), "cubic"),
+    (np.full((8, 8, 8), np.nan), "NaN"),
+    (-np.ones((8, 8, 8)), "negative"),
+    (np.zeros((8, 8, 8)), "zero everywhere"),
+    (np.ones((4, 4, 4)), "at least 8^3"),
+])
+def test_bad_intensities_are_one_clear_line(volume, words):
+    with pytest.raises(InputError) as info:
+        check_intensity(volume, source="x.h5")
+    assert words in str(info.value) and str(info.value).startswith("x.h5")
+
+
+def test_crop_refuses_a_parity_change_and_keeps_the_centre():
+    v = np.zeros((11, 11, 11))
+    v[5, 5, 5] = 1
+    assert crop_centre(v, 9)[4, 4, 4] == 1
+    with pytest.raises(InputError, match="parity"):
+        crop_centre(v, 8)
+
+
+def test_truth_resampling_keeps_the_centre_and_the_mass():
+    rho = _blob(21, 4)
+    finer = resample(rho, 1.5)
+    assert finer.shape[0] % 2 == 1
+    c = finer.shape[0] // 2
+    com = [(finer.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(finer.shape[0])).sum() / finer.sum()
+           for ax in range(3)]
+    com_rho = [(rho.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(21)).sum() / rho.sum() for ax in range(3)]
+    assert np.allclose(np.array(com) - c, (np.array(com_rho) - 10) * 1.5, atol=0.05)
+    assert finer.sum() / 1.5 ** 3 == pytest.approx(rho.sum(), rel=0.02)
+    assert pad_centre(rho, 25)[12, 12, 12] == rho[10, 10, 10]
+
