@@ -32,6 +32,11 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=1)
     ap.add_argument("--num-div", type=int, default=6)
     ap.add_argument("--frames-per-shard", type=int, default=4096)
+    ap.add_argument("--start-model", type=Path, default=None,
+                    help="start from this model (e.g. the output_001.h5 of a first run) instead of a random one")
+    ap.add_argument("--beta", type=float, default=None,
+                    help="a fixed beta instead of Dragonfly's auto rule (1.0 with a start model: probabilities "
+                    "as sharp as in a late iteration, so the pruned-probability term is small)")
     args = ap.parse_args()
 
     from simulate_100k import pipeline
@@ -48,7 +53,9 @@ def main() -> None:
     config = data / "emc.yaml"
     config.write_text(json.dumps({"name": "emc-100k", "emc": {
         "photons": str(data / "photons.emc"), "detector": str(data / "detector.h5"), "num_div": args.num_div,
-        "iterations": args.iterations, "need_scaling": True, "frames_per_shard": args.frames_per_shard}}))
+        "iterations": args.iterations, "need_scaling": True, "frames_per_shard": args.frames_per_shard,
+        **({"start_model": str(args.start_model)} if args.start_model else {}),
+        **({"beta": args.beta, "beta_schedule": None} if args.beta else {})}}))
     out = data / f"run-{time.strftime('%Y%m%dT%H%M%S')}"
     start = time.time()
     subprocess.run([sys.executable, "-m", "spibatch", "emc", str(config), "--out", str(out)], check=True,
@@ -66,7 +73,7 @@ def main() -> None:
     kept = max(m["mean_kept_rotations"] for m in metrics) * frames
     probs = kept * 12
     reference = sparse + model + probs
-    print(json.dumps({"frames": frames, "pixels": pixels, "num_div": args.num_div, "model_size": size,
+    print(json.dumps({"frames": frames, "start_model": str(args.start_model), "beta": args.beta or "auto", "pixels": pixels, "num_div": args.num_div, "model_size": size,
                       "iterations": args.iterations, "wall_s": round(wall, 1),
                       "time_per_iteration_s": [round(m["time_s"], 1) for m in metrics],
                       "peak_rss_mb": round(peak / 2**20), "sparse_data_mb": round(sparse / 2**20),

@@ -124,7 +124,7 @@ def simulate(config: Path = typer.Argument(..., help="pipeline YAML file with a 
 def demo(out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
          iterations: Optional[int] = typer.Option(None, min=1, help="EMC iterations (default: demo.yaml's)")) -> None:
     """Run the built-in demo: simulate 1000 patterns of the protein 1EI7 on a 64 x 64 detector,
-    reconstruct the 3-D intensity by EMC and print its correlation with the truth."""
+    reconstruct the 3-D intensity by EMC, phase it, and compare both with the truth."""
     run_path = _simulate(_data_file("demo.yaml"), out, runs_dir=Path("runs"), then=_demo_emc,
                          emc_iterations=iterations)
     result = json.loads((run_path / "emc" / "truth_comparison.json").read_text(encoding="utf-8"))
@@ -132,10 +132,20 @@ def demo(out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
                f"reconstructed intensity with the truth at the best orientation"
                f"{' (inversion twin)' if result['inverted'] else ''}, shells {result['r_min']:g}-"
                f"{result['r_max']:g} voxels: cc = {result['cc']:.4f}")
+    phased = json.loads((run_path / "phase" / "fsc_vs_truth.json").read_text(encoding="utf-8"))
+    half, gold = phased["resolution_0.5_m"], phased["resolution_0.143_m"]
+    edge = phased["data_edge_resolution_m"]
+
+    def angstrom(v):
+        return f"beyond the data edge ({edge * 1e10:.1f} A)" if v is None else f"{v * 1e10:.1f} A"
+
+    typer.echo(f"phasing: {phased['starts']} starts in {phased['phasing_seconds']:.0f} s; FSC of the density with "
+               f"the true density: 0.5 at {angstrom(half)}, 0.143 at {angstrom(gold)}")
 
 
 def _demo_emc(pipeline, run_path: Path, simulated: dict) -> dict:
-    """EMC on the demo's simulated patterns into ``run_path/emc/``, then the aligned correlation with the truth."""
+    """EMC on the demo's simulated patterns into ``run_path/emc/``, then the aligned correlation with the truth;
+    then phasing of the EMC intensity into ``run_path/phase/`` and its FSC with the true density."""
     import time
 
     from spibatch.emc.compare import compare_with_truth
@@ -144,11 +154,40 @@ def _demo_emc(pipeline, run_path: Path, simulated: dict) -> dict:
     start = time.perf_counter()
     outputs = run_emc(pipeline.emc, simulated["photons"], simulated["detector"], run_path / "emc")
     seconds = time.perf_counter() - start
-    compare_with_truth(outputs["intensity"], simulated["truth"], simulated["detector"],
-                       run_path / "emc" / "truth_comparison.json",
-                       extra={"emc_seconds": seconds, "iterations": pipeline.emc.iterations})
+    comparison = compare_with_truth(outputs["intensity"], simulated["truth"], simulated["detector"],
+                                    run_path / "emc" / "truth_comparison.json",
+                                    extra={"emc_seconds": seconds, "iterations": pipeline.emc.iterations})
+    phased = _demo_phase(pipeline, outputs["intensity"], simulated["truth"], comparison["rotation"],
+                         run_path / "phase")
     return {"emc_intensity": outputs["intensity"], "emc_log": outputs["emc_log"],
-            "emc_vs_truth": run_path / "emc" / "truth_comparison.json"}
+            "emc_vs_truth": run_path / "emc" / "truth_comparison.json", **phased}
+
+
+def _demo_phase(pipeline, intensity: Path, truth: Path, rotation, out_dir: Path) -> dict:
+    """Phase the EMC intensity, turn the density into the truth's frame (the EMC intensity's best
+    rotation onto the true intensity), and compare it with the true density."""
+    import time
+
+    import numpy as np
+
+    from spibatch.align import rotate_intensity
+    from spibatch.io.results import read_result
+    from spibatch.phasing.compare import compare_with_truth, load_truth, write_comparison
+    from spibatch.phasing.stage import run_phasing
+
+    start = time.perf_counter()
+    paths = run_phasing(pipeline.phasing, intensity, out_dir)
+    seconds = time.perf_counter() - start
+    data, attrs = read_result(paths["phasing"])
+    rotated = rotate_intensity(data["density"], np.asarray(rotation), order=3)
+    true_density, true_voxel = load_truth(truth)
+    summary = compare_with_truth(rotated, attrs["voxel_size_m"], true_density, true_voxel, truth_path=str(truth))
+    n = data["density"].shape[0]
+    summary.update({"starts": pipeline.phasing.num_starts, "phasing_seconds": seconds,
+                    "data_edge_resolution_m": n * attrs["voxel_size_m"] / attrs["max_measured_shell"]})
+    written = write_comparison(summary, out_dir, "demo: phased density (EMC frame turned to the truth's) vs truth")
+    return {"phasing": paths["phasing"], "density_mrc": paths["density_mrc"], "phasing_png": paths["picture"],
+            "phase_vs_truth": written["fsc_vs_truth"]}
 
 
 def _emc_inputs(pipeline, config: Path) -> tuple[Path, Path]:
