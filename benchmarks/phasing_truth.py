@@ -1,12 +1,12 @@
 """Phasing against a known density: the two correctness bars of the phasing issue.
 
-    python benchmarks/phasing_truth.py 4bed       [--photons 1e8] [--starts 16] [--out DIR]
+    python benchmarks/phasing_truth.py 4bed       [--geometry small|medium] [--photons 1e8] [--starts 16] [--out DIR]
     python benchmarks/phasing_truth.py emc-small  [--starts 16] [--out DIR]
 
 4bed: the protein 4BED through our simulator on the geometry of the shared dragonfly-small set
 (64 x 64 pixels of 0.512 mm at 300 mm, 6.2 A, beam stop 6 pixels): the true intensity on the
 model grid, the beam-stop hole (|q| < 6 voxels) and everything beyond the detector's corner
-marked unmeasured, Poisson noise at --photons photons in all (1e8: 100 000 frames of 1 000
+marked unmeasured (--geometry medium: that set's 150 x 150 detector, beam stop 10), Poisson noise at --photons photons in all (1e8: 100 000 frames of 1 000
 photons), phased with the default recipe and --starts starts; FSC of the aligned average with
 the simulator's true density.  Bar: FSC >= 0.5 out to 80% of the data's maximum resolution
 (the largest shell with at least half its voxels measured).
@@ -76,7 +76,7 @@ def case_4bed(args) -> dict:
     from spibatch.sim.scattering import density, intensity, structure_factor
     from spibatch.sim.structure import read_structure
 
-    geometry = from_dragonfly_ini(SHARED / "dragonfly-small" / "config.ini")
+    geometry = from_dragonfly_ini(SHARED / f"dragonfly-{args.geometry}" / "config.ini")
     detector = flat_detector(geometry)
     n, dq = detector.model_size(), float(detector.voxel_size_per_m)
     atoms = read_structure(SHARED / "pdb" / "4BED.pdb")
@@ -94,7 +94,7 @@ def case_4bed(args) -> dict:
     data, attrs, seconds, recipe = phase(noisy, dq, args.starts, args.out)
     result = fsc_summary(data["density"], attrs["voxel_size_m"], true_density, density_voxel,
                          int(attrs["max_measured_shell"]))
-    result.update({"case": "4bed", "model_size": n, "photons": args.photons, "beamstop_voxels":
+    result.update({"case": "4bed", "geometry": args.geometry, "model_size": n, "photons": args.photons, "beamstop_voxels":
                    geometry.beamstop_radius_pixels, "corner_voxels": round(r_corner, 2), "starts": args.starts,
                    "recipe": recipe, "phasing_s": round(seconds, 1), "prtf_resolution_A": _a(attrs.get("resolution_m")),
                    "final_errors": [round(float(e), 4) for e in data["final_errors"]]})
@@ -139,6 +139,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("case", choices=["4bed", "emc-small"])
     ap.add_argument("--photons", type=float, default=1e8)
+    ap.add_argument("--geometry", choices=["small", "medium"], default="small",
+                    help="4bed: the detector of that shared data set (medium: 150 x 150 pixels, beam stop 10)")
     ap.add_argument("--starts", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)

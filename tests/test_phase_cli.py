@@ -50,6 +50,9 @@ def test_phase_writes_density_support_prtf_metrics_and_picture(case):
     assert len(data["kept_seeds"]) == 2 and set(data["kept_seeds"]) <= set(data["seeds"])
     assert attrs["voxel_size_m"] == pytest.approx(1 / (N * DQ))
     assert attrs["recipe"].startswith("(HIO(beta=0.9) ** 40")
+    provenance = json.loads(attrs["provenance"]) if isinstance(attrs["provenance"], str) else attrs["provenance"]
+    assert provenance["stage"] == "phase" and provenance["fft_backend"] == "scipy"
+    assert len(provenance["intensity_sha256"]) == 64
     volume, voxel_a = read_mrc(out / "density.mrc")
     assert voxel_a == pytest.approx(1e10 / (N * DQ), rel=1e-5)
     assert np.allclose(volume, data["density"])

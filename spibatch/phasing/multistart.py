@@ -44,6 +44,7 @@ class StartResult:
     final_error: float
     seconds: float
     support_sizes: list[tuple[int, int]] = field(default_factory=list)
+    fft_backend: str = ""
 
 
 def run_one(seed: int, measurement: Measurement, options: Options) -> StartResult:
@@ -62,7 +63,8 @@ def run_one(seed: int, measurement: Measurement, options: Options) -> StartResul
     return StartResult(seed=seed, density=density, support=rec.support.copy(),
                        errors=np.array([h["error"] for h in rec.history]),
                        algorithms=[h["algorithm"] for h in rec.history], final_error=final,
-                       seconds=time.perf_counter() - start, support_sizes=list(rec.support_size_history))
+                       seconds=time.perf_counter() - start, support_sizes=list(rec.support_size_history),
+                       fft_backend=rec.fft.backend)
 
 
 def _error_of(density: np.ndarray, rec) -> float:

@@ -174,7 +174,13 @@ def _write_outputs(paths, merged, results, measurement, cfg, intensity_path, dat
              "positivity": int(cfg.positivity), "realness": int(cfg.realness),
              "measured_fraction": measurement.measured_fraction, "density_unit": "arbitrary (sqrt of the intensity's "
              "unit per voxel)", "origin": "centre voxel N // 2"}
-    write_result(paths["phasing"], datasets, attrs)
+    from spibatch import __version__
+    from spibatch.rundir import sha256_file
+
+    provenance = {"stage": "phase", "spibatch": __version__, "phasing": cfg.model_dump(mode="json"),
+                  "intensity_file": str(intensity_path), "intensity_sha256": sha256_file(intensity_path),
+                  "fft_backend": results[0].fft_backend}
+    write_result(paths["phasing"], datasets, attrs, provenance=provenance)
     voxel_a = measurement.voxel_size_m * 1e10 if measurement.voxel_size_m else 1.0
     write_mrc(paths["density_mrc"], density, voxel_a)
     plot_phasing(paths["picture"], density, merged, results, measurement)
