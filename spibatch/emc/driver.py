@@ -207,7 +207,7 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
     rotations = Rotations.refined_600_cell(cfg.num_div)
     shards = mpi.collective(comm, load_shards, photons_path, pixels, [bounds[k] for k in owned[rank]])
     local_counts = np.concatenate([s.counts for s in shards])
-    local_peak = max((float(s.merge_count.max()) for s in shards if len(s.merge_count)), default=1.0)
+    local_peak = max((float(s.count.max()) for s in shards if len(s.count)), default=1.0)
     counts = np.concatenate(mpi.allgather(comm, local_counts))
     peak = max(mpi.allgather(comm, local_peak))
     settings = _settings(cfg, inputs)

@@ -60,11 +60,11 @@ def log_views_t(model, rotmats, q, tiny, out_t, u_parts):
 
 
 @nb.njit(parallel=True, cache=True)
-def photon_log_likelihood(log_views_t, frame_ptr, pixel, count, log_prior, scale, view_sum, out):
+def photon_log_likelihood(log_views_t, frame_ptr, frame_end, pixel, count, log_prior, scale, view_sum, out):
     """out[d, r] = log_prior[r] - scale[d] view_sum[r] + sum over frame d's photons of count * log_views_t[pixel, r].
 
-    log_views_t (T, R) float64; frame_ptr (D + 1,) int64, pixel (n,) int32,
-    count (n,) float64: the frames' photons in CSR form; log_prior (R,),
+    log_views_t (T, R) float64; frame d's photons are entries frame_ptr[d] .. frame_end[d]
+    (int64 (D + 1,) and (D,)) of pixel (n,) int32, count (n,) float64; log_prior (R,),
     scale (D,), view_sum (R,) float64; out (D, R), overwritten.
     """
     nrot = log_views_t.shape[1]
@@ -73,7 +73,7 @@ def photon_log_likelihood(log_views_t, frame_ptr, pixel, count, log_prior, scale
         s = scale[d]
         for k in range(nrot):
             row[k] = log_prior[k] - s * view_sum[k]
-        for j in range(frame_ptr[d], frame_ptr[d + 1]):
+        for j in range(frame_ptr[d], frame_end[d]):
             src = log_views_t[pixel[j]]
             cnt = count[j]
             for k in range(nrot):
