@@ -137,56 +137,51 @@ class Step(Operator):
         return float(beta)
 
 
-class ER(Step):
+class _Iteration(Step):
+    """One modulus projection y = P_M x, then the algorithm's pointwise real-space update."""
+
+    def apply(self, rec):
+        rec.algorithm = type(self).__name__
+        y = rec.modulus_projection()
+        self.update(rec, y)
+        rec.changed()
+        return rec
+
+    def update(self, rec, y) -> None:
+        raise NotImplementedError
+
+    def iterations(self) -> int:
+        return 1
+
+
+class ER(_Iteration):
     """Error reduction: x <- P_S P_M x."""
 
-    def apply(self, rec):
-        rec.algorithm = "ER"
-        y = rec.modulus_projection()
+    def update(self, rec, y):
         k.update_er(rec.x, y, rec.support, rec.positivity)
-        rec.changed()
-        return rec
-
-    def iterations(self) -> int:
-        return 1
 
 
-class HIO(Step):
+class _Relaxed(_Iteration):
+    """An iteration with a relaxation / feedback parameter ``beta`` in (0, 1]."""
+
+    defaults = {"beta": 0.9}
+
+    def check(self):
+        self._beta()
+
+
+class HIO(_Relaxed):
     """Hybrid input-output with feedback ``beta``."""
 
-    defaults = {"beta": 0.9}
-
-    def check(self):
-        self._beta()
-
-    def apply(self, rec):
-        rec.algorithm = "HIO"
-        y = rec.modulus_projection()
+    def update(self, rec, y):
         k.update_hio(rec.x, y, rec.support, rec.positivity, np.float32(self.params["beta"]))
-        rec.changed()
-        return rec
-
-    def iterations(self) -> int:
-        return 1
 
 
-class RAAR(Step):
+class RAAR(_Relaxed):
     """Relaxed averaged alternating reflections with relaxation ``beta``."""
 
-    defaults = {"beta": 0.9}
-
-    def check(self):
-        self._beta()
-
-    def apply(self, rec):
-        rec.algorithm = "RAAR"
-        y = rec.modulus_projection()
+    def update(self, rec, y):
         k.update_raar(rec.x, y, rec.support, rec.positivity, np.float32(self.params["beta"]))
-        rec.changed()
-        return rec
-
-    def iterations(self) -> int:
-        return 1
 
 
 class DM(Step):
