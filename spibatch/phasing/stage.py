@@ -196,17 +196,24 @@ def plot_phasing(path: Path, density: np.ndarray, merged, results, measurement) 
 
     n = density.shape[0]
     c = n // 2
+    # show the particle, not the empty box: crop to the support's extent (+ a margin), centred
+    inside = np.argwhere(merged.support > 0.5)
+    half = int(np.abs(inside - c).max()) + 4 if inside.size else c
+    lo, hi = max(c - half, 0), min(c + half + 1, n)
+    density = density[lo:hi, lo:hi, lo:hi]
+    support = merged.support[lo:hi, lo:hi, lo:hi]
+    c -= lo
     fig = plt.figure(figsize=(12, 7), dpi=100)
     grid = fig.add_gridspec(2, 3, height_ratios=(1, 0.9))
-    slices = [(density[c, :, :], merged.support[c, :, :], "x = centre (y, z)"),
-              (density[:, c, :], merged.support[:, c, :], "y = centre (x, z)"),
-              (density[:, :, c], merged.support[:, :, c], "z = centre (x, y)")]
+    slices = [(density[c, :, :], support[c, :, :], "x = centre (y, z)"),
+              (density[:, c, :], support[:, c, :], "y = centre (x, z)"),
+              (density[:, :, c], support[:, :, c], "z = centre (x, y)")]
     top = float(np.max(density)) or 1.0
     for i, (img, sup, title) in enumerate(slices):
         ax = fig.add_subplot(grid[0, i])
         ax.imshow(img.T, origin="lower", cmap="magma", vmin=min(0.0, float(img.min())), vmax=top)
         ax.contour(sup.T, levels=[0.5], colors="cyan", linewidths=0.7)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{title}, {hi - lo} of {n} voxels shown", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     ax = fig.add_subplot(grid[1, :2])
