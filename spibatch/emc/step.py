@@ -84,10 +84,10 @@ class PixelSet:
 class Shard:
     """Photons of frames ``first_frame ..`` remapped to PixelSet rows, in one CSR form.
 
-    ``ptr`` (D + 1,) int64, ``pixel`` (n,) int32, ``count`` (n,) float64: each frame's photons on
-    used and merge-only pixels, the used ones first (in file order), so the likelihood reads
-    ``ptr[d] .. used_end[d]`` and the merge ``ptr[d] .. ptr[d + 1]`` of the same arrays (12 bytes
-    per photon entry, one copy).  ``counts`` (D,) float64: photons per frame on used pixels;
+    ``ptr`` (D + 1,) int64, ``pixel`` (n,) int32, ``count`` (n,) float32 (exact integers; the
+    kernels multiply in float64): each frame's photons on used and merge-only pixels, the used
+    ones first (in file order), so the likelihood reads ``ptr[d] .. used_end[d]`` and the merge
+    ``ptr[d] .. ptr[d + 1]`` of the same arrays (8 bytes per photon entry, one copy).  ``counts`` (D,) float64: photons per frame on used pixels;
     ``log_factorial`` (D,): sum of log K! over them (only for the reported log-likelihood).
     The by-pixel (CSC) form the dense merge kernel wants is built per call by :meth:`by_pixel`.
     """
@@ -130,10 +130,13 @@ class Shard:
         used_per_frame = np.bincount(frame[used], minlength=nf)
         counts = np.bincount(frame[used], weights=cnt[used], minlength=nf)
         log_factorial = np.bincount(frame[used], weights=gammaln(cnt[used] + 1), minlength=nf)
-        return cls(first_frame, ptr, pix.astype(np.int32), cnt, ptr[:-1] + used_per_frame, counts, log_factorial)
+        if len(cnt) and cnt.max() >= 2 ** 24:
+            raise ValueError(f"a pixel holds {int(cnt.max())} photons: more than float32 counts hold exactly")
+        return cls(first_frame, ptr, pix.astype(np.int32), cnt.astype(np.float32), ptr[:-1] + used_per_frame,
+                   counts, log_factorial)
 
     def by_pixel(self, num_pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The photons by pixel (CSC): ``(pixel_ptr (T + 1,) int64, frame (n,) int32, count (n,) float64)``."""
+        """The photons by pixel (CSC): ``(pixel_ptr (T + 1,) int64, frame (n,) int32, count (n,) float32)``."""
         frame = np.repeat(np.arange(self.num_frames, dtype=np.int32), np.diff(self.ptr))
         order = np.argsort(self.pixel, kind="stable")
         pixel_ptr = np.zeros(num_pixels + 1, np.int64)

@@ -64,7 +64,7 @@ def photon_log_likelihood(log_views_t, frame_ptr, frame_end, pixel, count, log_p
     """out[d, r] = log_prior[r] - scale[d] view_sum[r] + sum over frame d's photons of count * log_views_t[pixel, r].
 
     log_views_t (T, R) float64; frame d's photons are entries frame_ptr[d] .. frame_end[d]
-    (int64 (D + 1,) and (D,)) of pixel (n,) int32, count (n,) float64; log_prior (R,),
+    (int64 (D + 1,) and (D,)) of pixel (n,) int32, count (n,) float32 (exact integers); log_prior (R,),
     scale (D,), view_sum (R,) float64; out (D, R), overwritten.
     """
     nrot = log_views_t.shape[1]
@@ -75,7 +75,7 @@ def photon_log_likelihood(log_views_t, frame_ptr, frame_end, pixel, count, log_p
             row[k] = log_prior[k] - s * view_sum[k]
         for j in range(frame_ptr[d], frame_end[d]):
             src = log_views_t[pixel[j]]
-            cnt = count[j]
+            cnt = np.float64(count[j])   # counts are stored as float32 (exact small integers)
             for k in range(nrot):
                 row[k] += cnt * src[k]
 
@@ -85,7 +85,7 @@ def weighted_photons_dense(prob, pixel_ptr, frame, count, out_t):
     """out_t[t, r] = sum over frames d with photons in pixel t of count * prob[d, r].
 
     prob (D, R) float64 dense block of probabilities; pixel_ptr (T + 1,) int64,
-    frame (n,) int32, count (n,) float64: photons in CSC form (by pixel);
+    frame (n,) int32, count (n,) float32: photons in CSC form (by pixel);
     out_t (T, R), overwritten.
     """
     nrot = prob.shape[1]
@@ -95,7 +95,7 @@ def weighted_photons_dense(prob, pixel_ptr, frame, count, out_t):
             row[k] = 0.0
         for j in range(pixel_ptr[t], pixel_ptr[t + 1]):
             src = prob[frame[j]]
-            cnt = count[j]
+            cnt = np.float64(count[j])   # counts are stored as float32 (exact small integers)
             for k in range(nrot):
                 row[k] += cnt * src[k]
 
@@ -115,7 +115,7 @@ def weighted_photons_sparse(rot_ptr, frame_of, prob, frame_ptr, pixel, count, ou
             d = frame_of[k]
             p = prob[k]
             for j in range(frame_ptr[d], frame_ptr[d + 1]):
-                out_t[pixel[j], r] += p * count[j]
+                out_t[pixel[j], r] += p * np.float64(count[j])
 
 
 @nb.njit(parallel=True, cache=True)
