@@ -81,3 +81,61 @@ def test_iterations_from_random_start_approach_the_truth(problem):
     assert abs(scales.mean() - 1.0) < 1e-12    # renormalised
     from spibatch.align import align_intensity
     assert align_intensity(model, truth, 2, (truth.shape[0] - 1) // 2 - 1).cc > 0.9
+
+
+def test_shard_holds_one_csr_with_used_pixels_first_and_its_by_pixel_form(problem):
+    detector, pixels, rotations, model, photons, _ = problem
+    shard = Shard.from_photons(photons, pixels)
+    assert shard.pixel.dtype == np.int32 and shard.count.dtype == np.float32
+    dense = np.zeros((photons.num_frames, detector.num_pix))
+    for d in range(photons.num_frames):                           # the file's photons, frame by frame
+        dense[d, photons.ones_index[photons.ones_indptr[d]:photons.ones_indptr[d + 1]]] = 1
+        sl = slice(photons.multi_indptr[d], photons.multi_indptr[d + 1])
+        dense[d, photons.multi_index[sl]] = photons.multi_count[sl]
+    rows = np.flatnonzero(pixels.index_of >= 0)
+    want = np.zeros((photons.num_frames, len(pixels.q)))
+    want[:, pixels.index_of[rows]] = dense[:, rows]                # in PixelSet row order
+    got = np.zeros_like(want)
+    for d in range(shard.num_frames):
+        entries = slice(shard.ptr[d], shard.ptr[d + 1])
+        got[d, shard.pixel[entries]] = shard.count[entries]
+        used = shard.pixel[shard.ptr[d]:shard.used_end[d]]
+        rest = shard.pixel[shard.used_end[d]:shard.ptr[d + 1]]
+        assert np.all(used < pixels.num_used) and np.all(rest >= pixels.num_used)
+    assert np.array_equal(got, want)
+    assert np.allclose(shard.counts, want[:, :pixels.num_used].sum(axis=1))
+    pixel_ptr, frame, count = shard.by_pixel(len(pixels.q))
+    by_pixel = np.zeros_like(want)
+    for t in range(len(pixels.q)):
+        by_pixel[frame[pixel_ptr[t]:pixel_ptr[t + 1]], t] = count[pixel_ptr[t]:pixel_ptr[t + 1]]
+    assert np.array_equal(by_pixel, want)
+
+
+def test_likelihood_and_weighted_photon_kernels_match_dense_numpy(problem):
+    from spibatch.kernels.emc_cpu import photon_log_likelihood, weighted_photons_dense, weighted_photons_sparse
+
+    detector, pixels, rotations, model, photons, _ = problem
+    shard = Shard.from_photons(photons, pixels)
+    nf, nrot, npix = shard.num_frames, 16, len(pixels.q)
+    rng = np.random.default_rng(0)
+    logv = rng.normal(size=(pixels.num_used, nrot)).astype(np.float32)
+    prior, scale, vsum = rng.normal(size=nrot), rng.random(nf) + 0.5, rng.random(nrot)
+    out = np.empty((nf, nrot))
+    photon_log_likelihood(logv, shard.ptr, shard.used_end, shard.pixel, shard.count, prior, scale, vsum, out)
+    counts = np.zeros((nf, npix))
+    for d in range(nf):
+        counts[d, shard.pixel[shard.ptr[d]:shard.ptr[d + 1]]] = shard.count[shard.ptr[d]:shard.ptr[d + 1]]
+    want = prior[None] - scale[:, None] * vsum[None] + counts[:, :pixels.num_used] @ logv.astype(np.float64)
+    assert np.allclose(out, want, rtol=1e-12, atol=1e-9)
+    prob = rng.random((nf, nrot)) * (rng.random((nf, nrot)) < 0.3)
+    dense_out = np.empty((npix, nrot))
+    weighted_photons_dense(prob, *shard.by_pixel(npix), dense_out)
+    assert np.allclose(dense_out, counts.T @ prob)
+    d, r = np.nonzero(prob)
+    order = np.argsort(r, kind="stable")
+    rot_ptr = np.zeros(nrot + 1, np.int64)
+    np.cumsum(np.bincount(r, minlength=nrot), out=rot_ptr[1:])
+    sparse_out = np.empty((npix, nrot))
+    weighted_photons_sparse(rot_ptr, d[order].astype(np.int64), prob[d, r][order], shard.ptr, shard.pixel,
+                            shard.count, sparse_out)
+    assert np.allclose(sparse_out, dense_out)
