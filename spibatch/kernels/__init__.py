@@ -1,4 +1,7 @@
-"""Kernels: the loops array expressions cannot do well (Numba on the CPU; CUDA sources later).
+"""Kernels: the loops array expressions cannot do well.
+
+``emc_cpu.py`` and ``phasing_cpu.py``: Numba on the CPU.  ``cuda/*.cu``: their CUDA twins
+(compiled for sm_90 in the tests; their CuPy / PyCUDA launchers and a GPU run are still to come).
 
 Numba's OpenMP workers spin for a while after each parallel kernel by default; in
 phasing they then steal the cores FFTW's own threads need between two kernels
