@@ -1,0 +1,88 @@
+"""GPU twins of :mod:`spibatch.kernels.emc_cpu`: the same sums on CuPy arrays, launched from
+``cuda/emc.cu`` through :class:`~spibatch.kernels.cuda_launch.Launcher` (CuPy or PyCUDA).
+
+Differences from the CPU path, by design: the model and views are float32 on the device,
+the likelihood of a shard is a dense (frames, rotation block) float32 array, and the
+probabilities are normalised per frame in one block each (pruned as on the CPU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spibatch.kernels.cuda_launch import BLOCK, Launcher, check
+
+
+class EMCKernels:
+    """Kernels on one device; ``xp`` is cupy (numpy only for argument tests with a recording runtime)."""
+
+    def __init__(self, runtime="cupy", xp=None):
+        if xp is None:
+            import cupy as xp
+        self.xp = xp
+        self.launch = Launcher("emc.cu", runtime)
+
+    @staticmethod
+    def _grid(nrot: int, rows: int) -> tuple[int, int]:
+        return ((nrot + BLOCK - 1) // BLOCK, rows)
+
+    def log_views(self, model, rotmats, q, tiny: float, out, view_sum) -> None:
+        """out (T, R) float32 <- log of the trilinear views; view_sum (R,) float64 += the views' sums."""
+        m = model.shape[0]
+        check("model", model, np.float32, (m, m, m))
+        nrot, npix = rotmats.shape[0], q.shape[0]
+        check("rotmats", rotmats, np.float32, (nrot, 3, 3))
+        check("q", q, np.float32, (npix, 3))
+        check("out", out, np.float32, (npix, nrot))
+        check("view_sum", view_sum, np.float64, (nrot,))
+        self.launch("log_views", self._grid(nrot, npix),
+                    (model, np.int32(m), rotmats, np.int32(nrot), q, np.int32(npix), np.float32(tiny), out, view_sum))
+
+    def photon_log_likelihood(self, log_views, frame_ptr, frame_end, pixel, count, log_prior, scale, view_sum,
+                              out) -> None:
+        npix, nrot = log_views.shape
+        nframes = frame_end.shape[0]
+        check("log_views", log_views, np.float32)
+        check("frame_ptr", frame_ptr, np.int64, (nframes + 1,))
+        check("frame_end", frame_end, np.int64, (nframes,))
+        check("pixel", pixel, np.int32)
+        check("count", count, np.float32, pixel.shape)
+        check("log_prior", log_prior, np.float64, (nrot,))
+        check("scale", scale, np.float64, (nframes,))
+        check("view_sum", view_sum, np.float64, (nrot,))
+        check("out", out, np.float32, (nframes, nrot))
+        self.launch("photon_log_likelihood", self._grid(nrot, nframes),
+                    (log_views, np.int32(nrot), frame_ptr, frame_end, pixel, count, log_prior, scale, view_sum,
+                     np.int32(nframes), out))
+
+    def normalize_probabilities(self, like, beta, window: float, prob_min: float, prob, best, norm) -> None:
+        nframes, nrot = like.shape
+        check("like", like, np.float32)
+        check("beta", beta, np.float64, (nframes,))
+        check("prob", prob, np.float32, like.shape)
+        check("best", best, np.float64, (nframes,))
+        check("norm", norm, np.float64, (nframes,))
+        self.launch("normalize_probabilities", (nframes,),
+                    (like, np.int32(nrot), beta, np.float64(window), np.float64(prob_min), prob, best, norm))
+
+    def weighted_photons(self, prob, pixel_ptr, frame, count, out) -> None:
+        nframes, nrot = prob.shape
+        npix = pixel_ptr.shape[0] - 1
+        check("prob", prob, np.float32)
+        check("pixel_ptr", pixel_ptr, np.int64)
+        check("frame", frame, np.int32)
+        check("count", count, np.float32, frame.shape)
+        check("out", out, np.float32, (npix, nrot))
+        self.launch("weighted_photons", self._grid(nrot, npix),
+                    (prob, np.int32(nrot), pixel_ptr, frame, count, np.int32(npix), out))
+
+    def merge_views(self, acc, rotmats, q, views, weight_of_rot) -> None:
+        m = acc.shape[0]
+        check("acc", acc, np.float32, (m, m, m, 2))
+        nrot, npix = rotmats.shape[0], q.shape[0]
+        check("rotmats", rotmats, np.float32, (nrot, 3, 3))
+        check("q", q, np.float32, (npix, 3))
+        check("views", views, np.float32, (npix, nrot))
+        check("weight_of_rot", weight_of_rot, np.float32, (nrot,))
+        self.launch("merge_views", self._grid(nrot, npix),
+                    (acc, np.int32(m), rotmats, np.int32(nrot), q, np.int32(npix), views, weight_of_rot))
