@@ -117,7 +117,7 @@ def run_pynx(case, args):
         from pynx.cdi import CDI, ER, HIO, RAAR, SupportUpdate
     except ImportError as e:
         raise SystemExit(f"PyNX not importable from {sys.executable} ({e}): use Debian's /usr/bin/python3 "
-                         f"after benchmarks/phasing_refs_env.sh")
+                         f"after benchmarks/phasing_refs_env.sh") from None
 
     if HIO.__module__ != "pynx.cdi.cpu_operator":
         raise SystemExit(f"PyNX picked {HIO.__module__}, not its CPU operators: set PYNX_PU=cpu")
@@ -167,7 +167,7 @@ def run_cuphaser(case, args, workdir):
         from cuphaser import phaser as cp
     except ImportError as e:
         raise SystemExit(f"cuphaser not importable from {sys.executable} ({e}): use /opt/cuphaser-venv/bin/python "
-                         f"after benchmarks/phasing_refs_env.sh")
+                         f"after benchmarks/phasing_refs_env.sh") from None
 
     if cp.CUDA:
         raise SystemExit("cuphaser found CuPy: this script times its NumPy path only")

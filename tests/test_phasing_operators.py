@@ -10,7 +10,7 @@ from scipy.ndimage import gaussian_filter
 from spibatch.kernels import phasing_cpu as k
 from spibatch.phasing.fft import FFTEngine, have_fftw
 from spibatch.phasing.measurement import full_spectrum, prepare
-from spibatch.phasing.operators import ER, HIO, RAAR, RecipeError, ShrinkWrap, parse_recipe
+from spibatch.phasing.operators import ER, HIO, RecipeError, ShrinkWrap, parse_recipe
 from spibatch.phasing.reconstruction import Reconstruction
 
 DEFAULT = "(HIO(beta=0.9) ** 50 * ShrinkWrap(sigma=2, threshold=0.1)) ** 10 * ER() ** 100"

@@ -21,10 +21,14 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from spibatch.errors import InputError
+
+if TYPE_CHECKING:
+    from spibatch.phasing.multistart import Options
 
 log = logging.getLogger("spibatch")
 
