@@ -185,7 +185,7 @@ def _demo_phase(pipeline, intensity: Path, truth: Path, rotation, out_dir: Path)
     n = data["density"].shape[0]
     summary.update({"starts": pipeline.phasing.num_starts, "phasing_seconds": seconds,
                     "data_edge_resolution_m": n * attrs["voxel_size_m"] / attrs["max_measured_shell"]})
-    written = write_comparison(summary, out_dir, "demo: phased density (EMC frame turned to the truth's) vs truth")
+    written = write_comparison(summary, out_dir, "demo: phased density vs the true density")
     return {"phasing": paths["phasing"], "density_mrc": paths["density_mrc"], "phasing_png": paths["picture"],
             "phase_vs_truth": written["fsc_vs_truth"]}
 

@@ -220,7 +220,7 @@ def plot_fsc(result: FSCResult, path: str | os.PathLike, title: str | None = Non
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
