@@ -79,7 +79,7 @@ def schema() -> None:
 
 
 def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None, then=None,
-              emc_iterations: Optional[int] = None) -> Path:
+              emc_iterations: Optional[int] = None, phasing_starts: Optional[int] = None) -> Path:
     from spibatch.config import dump_pipeline, load_pipeline
     from spibatch.rundir import create_run_dir, run_in_dir
     from spibatch.sim import simulate as run_simulation
@@ -90,6 +90,9 @@ def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None
         pipeline.output.runs_dir = runs_dir.resolve()
     if emc_iterations is not None:
         pipeline.emc.iterations = emc_iterations
+    if phasing_starts is not None:
+        pipeline.phasing.keep_best = min(pipeline.phasing.keep_best, phasing_starts)   # first: keep <= starts
+        pipeline.phasing.num_starts = phasing_starts
     if pipeline.simulation is None:
         raise InputError("no `simulation` section", path=config, field="simulation",
                          fix="add one (`spibatch init DIR` writes an example)")
@@ -122,11 +125,12 @@ def simulate(config: Path = typer.Argument(..., help="pipeline YAML file with a 
 
 @app.command()
 def demo(out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
-         iterations: Optional[int] = typer.Option(None, min=1, help="EMC iterations (default: demo.yaml's)")) -> None:
+         iterations: Optional[int] = typer.Option(None, min=1, help="EMC iterations (default: demo.yaml's)"),
+         starts: Optional[int] = typer.Option(None, min=1, help="phasing starts (default: demo.yaml's)")) -> None:
     """Run the built-in demo: simulate 1000 patterns of the protein 1EI7 on a 64 x 64 detector,
     reconstruct the 3-D intensity by EMC, phase it, and compare both with the truth."""
     run_path = _simulate(_data_file("demo.yaml"), out, runs_dir=Path("runs"), then=_demo_emc,
-                         emc_iterations=iterations)
+                         emc_iterations=iterations, phasing_starts=starts)
     result = json.loads((run_path / "emc" / "truth_comparison.json").read_text(encoding="utf-8"))
     typer.echo(f"\nEMC: {result['iterations']} iterations in {result['emc_seconds']:.0f} s; correlation of the "
                f"reconstructed intensity with the truth at the best orientation"

@@ -91,7 +91,7 @@ def test_demo_writes_a_complete_run(tmp_path):
     from spibatch.io.dragonfly import check_match, photons_info, read_detector
     from spibatch.io.results import read_result
 
-    done = spibatch_cli("demo", "--iterations", "2", cwd=tmp_path)   # `spibatch demo` runs demo.yaml's 30
+    done = spibatch_cli("demo", "--iterations", "2", "--starts", "2", cwd=tmp_path)   # demo.yaml: 20 and 8
     assert done.returncode == 0, done.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("demo-")
@@ -116,6 +116,12 @@ def test_demo_writes_a_complete_run(tmp_path):
     assert 0.0 < comparison["cc"] <= 1.0 and comparison["iterations"] == 2
     assert (comparison["r_min"], comparison["r_max"]) == (4.0, 31.0)     # beam stop 3 px, edge 32 px
     assert f"cc = {comparison['cc']:.4f}" in done.stdout and str(run / "emc" / "EMC.log") in done.stdout
+    # then phasing of the EMC intensity, in phase/, and the FSC with the true density
+    for name in ("phasing.h5", "density.mrc", "phasing.png", "metrics.jsonl", "fsc_vs_truth.json", "fsc_vs_truth.png"):
+        assert (run / "phase" / name).is_file(), name
+    phased = json.loads((run / "phase" / "fsc_vs_truth.json").read_text())
+    assert phased["starts"] == 2 and phased["fsc"][0] == pytest.approx(1.0, abs=0.05)
+    assert "phasing: 2 starts" in done.stdout and "FSC of the density with the true density" in done.stdout
 
 
 def test_truncated_hdf5_and_negative_counts_exit_2(tmp_path):
