@@ -150,6 +150,9 @@ class Phasing(Section):
                                                    "voxel is 1 / (N dq)")
     crop_to: int | None = Field(None, ge=8, description="phase the central crop_to^3 of the intensity (e.g. to match "
                                 "a truth's grid)")
+    fast_fft_size: bool = Field(True, description="pad the intensity with unmeasured voxels to the next edge of the "
+                                "same parity with prime factors <= 13 (211 -> 225): prime FFT lengths are several times "
+                                "slower; the density's voxel shrinks by the same factor")
     recipe: str = Field("(HIO(beta=0.9) ** 50 * ShrinkWrap(sigma=2, threshold=0.1)) ** 10 * ER() ** 100",
                         description="operators run in reading order: HIO, ER, RAAR, DM, ShrinkWrap; '*' then, "
                         "'**' repeats")

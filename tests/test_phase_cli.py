@@ -102,3 +102,16 @@ def test_crop_parity_mismatch_is_refused(case):
     case["config"].write_text(case["config"].read_text() + "  crop_to: 27\n")
     done = spibatch_phase(str(case["config"]), "--out", str(case["dir"] / "run"), cwd=case["dir"])
     assert done.returncode == 2 and "parity" in done.stderr and "use 26 or 28" in done.stderr
+
+
+def test_a_prime_edge_is_padded_to_a_fast_fft_size(tmp_path):
+    rho = _blob(17, 3, seed=1)
+    write_result(tmp_path / "intensity.h5", {"intensity": _intensity(rho).astype(np.float32)}, {"voxel_size_per_m": DQ})
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("name: pad\nphasing:\n  intensity: intensity.h5\n  recipe: HIO() ** 20 * ER() ** 20\n"
+                      "  num_starts: 1\n  keep_best: 1\n  fft: scipy\n")
+    done = spibatch_phase(str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    data, attrs = read_result(tmp_path / "run" / "phasing.h5")
+    assert data["density"].shape == (19 + 2,) * 3                 # 17 and 19 are prime; 21 = 3 x 7
+    assert attrs["voxel_size_m"] == pytest.approx(1 / (21 * DQ))

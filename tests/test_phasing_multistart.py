@@ -157,3 +157,13 @@ def test_complex_iterate_without_realness_reconstructs_too():
     merged = merge([result], m, keep=1)
     cc = compare_with_truth(merged.density.real, None, rho, None)["cc"]
     assert cc > 0.95
+
+
+def test_fast_fft_sizes_keep_parity_and_padding_keeps_the_centre():
+    from spibatch.phasing.measurement import fast_size, pad_to
+
+    assert [fast_size(n) for n in (91, 93, 128, 181, 211)] == [91, 99, 128, 189, 225]
+    v = np.zeros((17, 17, 17))
+    v[8, 8, 8] = 5.0
+    padded = pad_to(v, fast_size(17))
+    assert padded.shape == (21, 21, 21) and padded[10, 10, 10] == 5.0 and padded.sum() == 5.0
