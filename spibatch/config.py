@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, ValidationErr
                       model_validator)
 
 from spibatch.errors import InputError
+from spibatch.phasing import DEFAULT_RECIPE, DEFAULT_SUPPORT_THRESHOLD
 
 PLANCK_EV_M = 1.239841984e-6  # h c in eV * m: wavelength_m = PLANCK_EV_M / photon_energy_ev
 
@@ -153,7 +154,7 @@ class Phasing(Section):
     fast_fft_size: bool = Field(True, description="pad the intensity with unmeasured voxels to the next edge of the "
                                 "same parity with prime factors <= 13 (211 -> 225): prime FFT lengths are several times "
                                 "slower; the density's voxel shrinks by the same factor")
-    recipe: str = Field("(HIO(beta=0.9) ** 50 * ShrinkWrap(sigma=2, threshold=0.1)) ** 10 * ER() ** 100",
+    recipe: str = Field(DEFAULT_RECIPE,
                         description="operators run in reading order: HIO, ER, RAAR, DM, ShrinkWrap; '*' then, "
                         "'**' repeats")
     num_starts: int = Field(16, ge=1, description="independent random starts")
@@ -161,7 +162,7 @@ class Phasing(Section):
     seed: int = Field(1, ge=0, description="start k uses seed + k")
     positivity: bool = Field(True, description="the density is >= 0 inside the support")
     realness: bool = Field(True, description="the density is real (real-to-complex FFTs, Friedel-averaged data)")
-    initial_support_threshold: float = Field(0.04, gt=0, lt=1, description="first support: the smoothed "
+    initial_support_threshold: float = Field(DEFAULT_SUPPORT_THRESHOLD, gt=0, lt=1, description="first support: the smoothed "
                                              "autocorrelation above this fraction of its maximum")
     threads: int | None = Field(None, ge=1, description="threads per start (FFT and kernels); default: all cores")
     fft: Literal["auto", "fftw", "scipy"] = Field("auto", description="FFT library: fftw (pyFFTW, the [fftw] "

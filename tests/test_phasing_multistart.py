@@ -8,8 +8,8 @@ from test_phasing_operators import _blob, _intensity
 
 from spibatch.errors import InputError
 from spibatch.phasing.alignment import align, roll_to_centre, shift_spectrum
-from spibatch.phasing.compare import compare_with_truth, pad_centre, resample
-from spibatch.phasing.measurement import check_intensity, prepare
+from spibatch.phasing.compare import compare_with_truth, resample
+from spibatch.phasing.measurement import check_intensity, pad_centre, prepare
 from spibatch.phasing.multistart import (INV_E, Options, first_crossing, max_measured_shell, merge, prtf_shells,
                                          run_one)
 from spibatch.phasing.stage import crop_centre
@@ -160,10 +160,10 @@ def test_complex_iterate_without_realness_reconstructs_too():
 
 
 def test_fast_fft_sizes_keep_parity_and_padding_keeps_the_centre():
-    from spibatch.phasing.measurement import fast_size, pad_to
+    from spibatch.phasing.measurement import fast_size
 
     assert [fast_size(n) for n in (91, 93, 128, 181, 211)] == [91, 99, 128, 189, 225]
     v = np.zeros((17, 17, 17))
     v[8, 8, 8] = 5.0
-    padded = pad_to(v, fast_size(17))
+    padded = pad_centre(v, fast_size(17))
     assert padded.shape == (21, 21, 21) and padded[10, 10, 10] == 5.0 and padded.sum() == 5.0

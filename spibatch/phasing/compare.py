@@ -14,18 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from spibatch.errors import InputError
-
-
-def pad_centre(volume: np.ndarray, edge: int) -> np.ndarray:
-    """``volume`` (L, L, L) centred (index L // 2) in an edge^3 box of zeros (centre edge // 2); or cropped."""
-    n = volume.shape[0]
-    out = np.zeros((edge,) * 3, volume.dtype)
-    if n <= edge:
-        lo = edge // 2 - n // 2
-        out[lo:lo + n, lo:lo + n, lo:lo + n] = volume
-        return out
-    lo = n // 2 - edge // 2
-    return np.ascontiguousarray(volume[lo:lo + edge, lo:lo + edge, lo:lo + edge])
+from spibatch.phasing.measurement import pad_centre
 
 
 def resample(volume: np.ndarray, factor: float) -> np.ndarray:

@@ -83,15 +83,17 @@ def fast_size(n: int, primes: tuple[int, ...] = (2, 3, 5, 7, 11, 13)) -> int:
         m += 2
 
 
-def pad_to(intensity: np.ndarray, m: int) -> np.ndarray:
-    """A centred cube padded with zeros (unmeasured voxels) to edge m of the same parity."""
-    n = intensity.shape[0]
-    if (m - n) % 2:
-        raise ValueError(f"cannot pad {n} to {m}: the parity must stay")
-    lo = (m - n) // 2
-    out = np.zeros((m, m, m), intensity.dtype)
-    out[lo:lo + n, lo:lo + n, lo:lo + n] = intensity
-    return out
+def pad_centre(volume: np.ndarray, edge: int) -> np.ndarray:
+    """``volume`` (L, L, L) centred (index L // 2) in an edge^3 box of zeros (centre edge // 2), or its
+    central edge^3 when smaller.  Zeros added to an intensity are unmeasured voxels."""
+    n = volume.shape[0]
+    out = np.zeros((edge,) * 3, volume.dtype)
+    if n <= edge:
+        lo = edge // 2 - n // 2
+        out[lo:lo + n, lo:lo + n, lo:lo + n] = volume
+        return out
+    lo = n // 2 - edge // 2
+    return np.ascontiguousarray(volume[lo:lo + edge, lo:lo + edge, lo:lo + edge])
 
 
 def check_intensity(intensity, *, source: str | None = None, field: str = "intensity") -> np.ndarray:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spibatch.phasing import DEFAULT_RECIPE, DEFAULT_SUPPORT_THRESHOLD
 from spibatch.phasing.alignment import align, roll_to_centre
 from spibatch.phasing.measurement import Measurement, autocorrelation_support
 
@@ -24,9 +25,9 @@ INV_E = math.exp(-1.0)
 class Options:
     """How one start runs (the config's ``phasing`` section, minus the inputs)."""
 
-    recipe: str = "(HIO(beta=0.9) ** 50 * ShrinkWrap(sigma=2, threshold=0.1)) ** 10 * ER() ** 100"
+    recipe: str = DEFAULT_RECIPE
     positivity: bool = True
-    initial_support_threshold: float = 0.1
+    initial_support_threshold: float = DEFAULT_SUPPORT_THRESHOLD
     threads: int = 1
     fft_backend: str = "auto"
 

@@ -66,8 +66,9 @@ def crop_centre(volume: np.ndarray, edge: int, *, source=None) -> np.ndarray:
         raise InputError(f"crop_to {edge} and the volume's edge {n} differ in parity: the centre voxel would move "
                          "by half a voxel", path=source, field="phasing.crop_to",
                          fix=f"use {edge - 1} or {edge + 1}" if edge > 8 else f"use {edge + 1}")
-    lo = n // 2 - edge // 2
-    return np.ascontiguousarray(volume[lo:lo + edge, lo:lo + edge, lo:lo + edge])
+    from spibatch.phasing.measurement import pad_centre
+
+    return pad_centre(volume, edge)
 
 
 def options_of(cfg) -> "Options":
@@ -98,13 +99,13 @@ def run_phasing(cfg, intensity_path: Path, out_dir: Path, *, show_progress: bool
     out_dir.mkdir(parents=True, exist_ok=True)
     intensity, dq = loaded or load_intensity(intensity_path, dataset=cfg.dataset, crop_to=cfg.crop_to,
                                              voxel_size_per_m=cfg.voxel_size_per_m)
-    from spibatch.phasing.measurement import check_intensity, fast_size, pad_to
+    from spibatch.phasing.measurement import check_intensity, fast_size, pad_centre
 
     intensity = check_intensity(intensity, source=str(intensity_path))
     if cfg.fast_fft_size and fast_size(intensity.shape[0]) != intensity.shape[0]:
         log.info("padding the %d^3 intensity to %d^3 with unmeasured voxels (a fast FFT size)",
                  intensity.shape[0], fast_size(intensity.shape[0]))
-        intensity = pad_to(intensity, fast_size(intensity.shape[0]))
+        intensity = pad_centre(intensity, fast_size(intensity.shape[0]))
     measurement = prepare(intensity, real=cfg.realness, voxel_size_per_m=dq, source=str(intensity_path))
     options = options_of(cfg)
     recipe = parse_recipe(cfg.recipe)
