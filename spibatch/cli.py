@@ -107,7 +107,10 @@ def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None
             outputs |= then(pipeline, run.path, outputs)
         return outputs
 
-    outputs = run_in_dir(run, body)
+    try:
+        outputs = run_in_dir(run, body)
+    finally:
+        _write_report(run.path)
     typer.echo(f"\nsimulated {pipeline.simulation.num_patterns} patterns into {run.path}")
     for label, path in outputs.items():
         typer.echo(f"  {label:<12} {path}")
@@ -270,8 +273,11 @@ def _emc(config: Path, out: Optional[Path], resume: Optional[Path], comm) -> Non
         run_emc(pipeline.emc, photons, detector, run_path, resume=resume is not None, comm=comm,
                 show_progress=False)
         return
-    outputs = run_in_dir(run, run_emc, pipeline.emc, photons, detector, run.path, resume=resume is not None,
-                         comm=comm)
+    try:
+        outputs = run_in_dir(run, run_emc, pipeline.emc, photons, detector, run.path, resume=resume is not None,
+                             comm=comm)
+    finally:
+        _write_report(run.path)
     typer.echo(f"\nEMC: {pipeline.emc.iterations} iterations on {size} rank(s) into {run.path}")
     for label, path in outputs.items():
         typer.echo(f"  {label:<12} {path}")
@@ -317,7 +323,10 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
             outputs.update(_phase_vs_truth(outputs["phasing"], truth, truth_voxel_size_m, run.path))
         return outputs
 
-    outputs = run_in_dir(run, body)
+    try:
+        outputs = run_in_dir(run, body)
+    finally:
+        _write_report(run.path)
     _print_phasing(outputs)
     typer.echo(f"\nphasing into {run.path}")
     for label, path in outputs.items():
@@ -433,6 +442,40 @@ def ingest(cxi: Path = typer.Argument(..., help="CXI file with a pattern stack")
 
     outputs = run_in_dir(run, body)
     typer.echo(f"wrote {outputs['photons']}")
+
+
+@app.command()
+def monitor(path: Optional[Path] = typer.Argument(None, envvar="SPIBATCH_MONITOR_ROOT",
+                                                  help="a run folder, or a folder of runs (e.g. runs/)"),
+            host: str = typer.Option("127.0.0.1", envvar="SPIBATCH_MONITOR_HOST",
+                                     help="address to listen on (0.0.0.0: every interface; only on a trusted network)"),
+            port: int = typer.Option(8765, envvar="SPIBATCH_MONITOR_PORT", min=0, max=65535,
+                                     help="TCP port (0: any free one)"),
+            poll_ms: int = typer.Option(2000, min=200, help="how often the page asks for news, ms")) -> None:
+    """Serve a live, read-only web page of the runs under PATH (EMC, phasing, FSC, config, log)."""
+    from spibatch.monitor.launch import run_monitor
+
+    run_monitor(path, host, port, poll_ms)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
+    """(Re)write RUN_DIR/report.html and its PNGs (every run writes them at its end)."""
+    from spibatch.monitor.report import write_report
+
+    if not (run_dir.is_dir()):
+        raise InputError("not a folder", path=run_dir, fix="give a run folder (it holds provenance.json)")
+    typer.echo(f"wrote {write_report(run_dir)}")
+
+
+def _write_report(run_path: Path) -> None:
+    """report.html + PNGs into a finished (or failed) run; a failure here never fails the run."""
+    try:
+        from spibatch.monitor.report import write_report
+
+        log.info("report: %s", write_report(run_path))
+    except Exception as exc:  # noqa: BLE001 - the run's results are on disk; the report is a view of them
+        log.warning("could not write report.html into %s: %s: %s", run_path, exc.__class__.__name__, exc)
 
 
 def main() -> None:

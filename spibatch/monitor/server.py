@@ -1,0 +1,128 @@
+"""The monitor's read-only web server: Starlette app factory, JSON endpoints, the page and Plotly.js.
+
+Endpoints (GET only; ``run`` is a run's path relative to the monitored root, ``.`` for the root)::
+
+    /                         the page (static/index.html)
+    /static/...               app.js, style.css, plotly.min.js (vendored, no CDN)
+    /api/runs                 every run under the root: summaries, newest first
+    /api/run?run=R            one run's summary and its fingerprint
+    /api/fingerprint?run=R    a short string that changes when the run's files change (the page polls it)
+    /api/emc?run=R            EMC metrics per iteration, beta / rotation-count changes
+    /api/emc/frames?run=R&iteration=N   histograms over frames (most likely rotation's probability, scale)
+    /api/emc/slices?run=R&iteration=N   three central log10 slices of the intensity (N: latest when absent)
+    /api/phase?run=R          phasing errors per start, kept starts, PRTF
+    /api/phase/slices?run=R   central slices of the averaged density and its support
+    /api/fsc?run=R            FSC against the truth
+    /api/texts?run=R          config.yaml, provenance.json, the tails of log.txt and EMC.log
+
+Answers: 200 JSON; 400 bad parameter; 403 a path outside the root (``..``,
+absolute, symlink out); 404 no such run / not written yet; 503 a file still
+being written (Retry-After: 2); 405 for any method but GET/HEAD.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+STATIC = Path(__file__).resolve().parent / "static"
+ENV_ROOT, ENV_HOST, ENV_PORT = "SPIBATCH_MONITOR_ROOT", "SPIBATCH_MONITOR_HOST", "SPIBATCH_MONITOR_PORT"
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
+
+
+def create_app(root: str | os.PathLike, *, poll_ms: int = 2000):
+    """The Starlette application serving the runs under ``root`` (a run folder or a folder of runs)."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    from spibatch.monitor.paths import NotFound, OutsideRoot, find_runs, resolve_run
+    from spibatch.monitor.rundata import NotReady, RunData
+
+    root = Path(os.path.realpath(root))
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+    def answer(status: int, message: str, **extra) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers | extra)
+
+    def endpoint(read, *, with_iteration: bool = False):
+        def handle(request: Request):
+            params = request.query_params
+            try:
+                data = RunData(root, resolve_run(root, params.get("run")))
+                if with_iteration:
+                    raw = params.get("iteration")
+                    if raw not in (None, "", "latest") and not raw.isdigit():
+                        return answer(400, f"iteration must be a whole number or 'latest', not {raw!r}")
+                    return JSONResponse(read(data, int(raw) if raw and raw.isdigit() else None), headers=headers)
+                return JSONResponse(read(data), headers=headers)
+            except OutsideRoot as exc:
+                return answer(403, str(exc))
+            except NotFound as exc:
+                return answer(404, str(exc))
+            except NotReady as exc:
+                return answer(503, str(exc), **{"Retry-After": "2"})
+        return handle
+
+    def runs(request: Request):
+        found = []
+        for folder in dict.fromkeys(find_runs(root)):
+            try:
+                found.append(RunData(root, folder).summary())
+            except (OSError, ValueError):
+                continue
+        found.sort(key=lambda r: (r.get("started") or "", r.get("last_update") or 0), reverse=True)
+        return JSONResponse({"root": str(root), "runs": found, "poll_ms": poll_ms}, headers=headers)
+
+    def index(request: Request):
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers=headers)
+
+    async def http_error(request: Request, exc: HTTPException):
+        return answer(exc.status_code, exc.detail if isinstance(exc.detail, str) else "error",
+                      **(exc.headers or {}))
+
+    get = ["GET"]
+    routes = [
+        Route("/", index, methods=get),
+        Route("/api/runs", runs, methods=get),
+        Route("/api/run", endpoint(lambda d: d.summary() | {"fingerprint": d.fingerprint()}), methods=get),
+        Route("/api/fingerprint", endpoint(lambda d: {"fingerprint": d.fingerprint()}), methods=get),
+        Route("/api/emc", endpoint(lambda d: d.emc_series()), methods=get),
+        Route("/api/emc/frames", endpoint(lambda d, i: d.emc_frames(i), with_iteration=True), methods=get),
+        Route("/api/emc/slices", endpoint(lambda d, i: d.emc_slices(i), with_iteration=True), methods=get),
+        Route("/api/phase", endpoint(lambda d: d.phase_series()), methods=get),
+        Route("/api/phase/slices", endpoint(lambda d: d.phase_slices()), methods=get),
+        Route("/api/fsc", endpoint(lambda d: d.fsc()), methods=get),
+        Route("/api/texts", endpoint(lambda d: d.texts()), methods=get),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one), IPv4 or IPv6 by the host's form."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def serve(root: Path, sock: socket.socket, *, poll_ms: int = 2000) -> None:
+    """Serve the monitor on an already bound socket until interrupted (Ctrl-C / SIGTERM)."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(root, poll_ms=poll_ms), log_level="warning", access_log=False,
+                            lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,370 @@
+/* spibatch monitor page: polls the read-only JSON API (or reads the data embedded in report.html)
+   and draws the run with Plotly. No external resources. */
+"use strict";
+
+const REPORT = window.SPIBATCH_REPORT || null;   // set inside report.html: {generated, responses: {key: json}}
+const state = { runs: [], run: null, fingerprint: null, follow: true, iteration: null, outputs: [],
+                pollMs: 2000, busy: false, lastOk: null, rendered: {} };
+window.spibatchMonitor = state;                    // for tests and the curious
+
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                 "#bcbd22", "#7f7f7f"];
+const CONFIG = { displaylogo: false, responsive: true, displayModeBar: false };  // drag: zoom, double-click: reset
+
+/* a log axis with one labelled tick per decade when the values span more than ~1.5 decades */
+function logAxis(title, values, extra) {
+  const v = (values || []).flat().filter((x) => x > 0);
+  const span = v.length ? Math.log10(Math.max(...v) / Math.min(...v)) : 0;
+  return Object.assign({ type: "log", title: { text: title }, exponentformat: "power" }, span > 1.5 ? { dtick: 1 } : span > 0.8 ? { dtick: "D2" } : {}, extra || {});
+}
+
+function key(path, params) {
+  const entries = Object.entries(params || {}).filter(([, v]) => v !== null && v !== undefined)
+    .sort(([a], [b]) => (a < b ? -1 : 1));
+  return path + "?" + entries.map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join("&");
+}
+
+/* GET api/<path>; null when the server says 404 (not there yet), throws on 503 / network trouble */
+async function api(path, params) {
+  if (REPORT) {
+    const hit = REPORT.responses[key(path, params)];
+    return hit === undefined ? null : hit;
+  }
+  const response = await fetch("api/" + key(path, params), { cache: "no-store" });
+  if (response.status === 404) return null;
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+const $ = (id) => document.getElementById(id);
+const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
+const fmt = (v, digits = 4) => (v === null || v === undefined ? "–" : Math.abs(v) >= 1e5 || (Math.abs(v) < 1e-3 && v !== 0)
+  ? v.toExponential(digits - 1) : Number(v.toPrecision(digits)).toString());
+const nm = (m) => (m ? `${(m * 1e9).toFixed(2)} nm (${(m * 1e10).toFixed(1)} Å)` : null);
+
+function ago(seconds) {
+  if (seconds < 90) return `${Math.round(seconds)} s ago`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min ago`;
+  return `${(seconds / 3600).toFixed(1)} h ago`;
+}
+
+function layout(title, xTitle, yTitle, extra) {
+  return Object.assign({
+    title: { text: title, font: { size: 13 }, x: 0.02, xanchor: "left" },
+    margin: { l: 62, r: 16, t: 38, b: 46 }, font: { size: 11 }, showlegend: false,
+    xaxis: { title: { text: xTitle }, zeroline: false, automargin: true },
+    yaxis: { title: { text: yTitle }, zeroline: false, automargin: true },
+    paper_bgcolor: "#fff", plot_bgcolor: "#fff",
+  }, extra || {});
+}
+
+function draw(id, traces, lay) {
+  const el = $(id);
+  if (el.querySelector(".empty")) el.innerHTML = "";
+  Plotly.react(el, traces, lay, CONFIG);
+}
+
+function empty(id, message) {
+  const el = $(id);
+  if (el.data) Plotly.purge(el);
+  el.innerHTML = `<div class="empty">${esc(message)}</div>`;
+}
+
+/* ---------- the list of runs and the run header ---------- */
+
+function renderRuns() {
+  const nav = $("runs");
+  nav.innerHTML = state.runs.map((r) => `<a href="#${encodeURIComponent(r.run)}" data-run="${esc(r.run)}"
+      class="${r.run === state.run ? "current" : ""}"><div class="name">${esc(r.title)}
+      <span class="badge ${esc(status(r))}">${esc(status(r))}</span></div>
+      <div class="when">${esc(r.run === "." ? "(the monitored folder)" : r.run)}<br>${esc(r.started || "")}</div></a>`).join("")
+    || `<p class="muted" style="padding:10px">No runs here yet.</p>`;
+}
+
+function status(r) {
+  if (r.status === "running" && r.last_update && Date.now() / 1000 - r.last_update > 600) return "stalled";
+  return r.status || "unknown";
+}
+
+function renderHeader(s) {
+  const facts = [["run folder", s.run === "." ? "(the monitored folder)" : s.run], ["command", s.command],
+    ["host", s.host], ["started", s.started], ["finished", s.finished]];
+  if (s.last_update) facts.push(["last file change", `${new Date(s.last_update * 1000).toISOString().slice(0, 19)}Z`
+    + (REPORT ? "" : ` (${ago(Date.now() / 1000 - s.last_update)})`)]);
+  const heads = [];
+  if (s.has.emc) heads.push(["EMC iteration", `${s.emc_iterations_done}${s.emc_iterations_planned ? " / " + s.emc_iterations_planned : ""}`]);
+  if (s.emc_cc_with_truth != null) heads.push(["intensity cc with truth", fmt(s.emc_cc_with_truth, 3)]);
+  $("run-header").innerHTML = `<h1>${esc(s.title)} <span class="badge ${esc(status(s))}">${esc(status(s))}</span></h1>
+    ${s.error ? `<p class="error">${esc(s.error)}</p>` : ""}
+    <dl class="facts">${facts.filter(([, v]) => v).map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("")}</dl>
+    <div class="headline" id="headline">${heads.map(([k, v]) => `<div>${esc(k)}<b>${esc(v)}</b></div>`).join("")}</div>`;
+}
+
+function addHeadline(label, value) {
+  const box = $("headline");
+  if (box) box.insertAdjacentHTML("beforeend", `<div>${esc(label)}<b>${esc(value)}</b></div>`);
+}
+
+/* ---------- EMC ---------- */
+
+function markers(changes, extraShapes) {
+  const shapes = (changes || []).map((c) => ({ type: "line", xref: "x", yref: "paper", x0: c.iteration - 0.5,
+    x1: c.iteration - 0.5, y0: 0, y1: 1, line: { color: "#9a6700", width: 1, dash: "dot" } }));
+  const annotations = (changes || []).map((c) => ({ xref: "x", yref: "paper", x: c.iteration - 0.5, y: 1,
+    yanchor: "top", xanchor: "left", text: esc(c.label), showarrow: false, font: { size: 10, color: "#9a6700" } }));
+  return { shapes: shapes.concat(extraShapes || []), annotations };
+}
+
+function renderEmc(series) {
+  const it = series.iteration;
+  const last = it.length ? it[it.length - 1] : 0;
+  const xr = [0.5, Math.max(series.planned || 0, last, 1) + 0.5];
+  const mk = markers(series.changes);
+  $("emc-progress").textContent = it.length ? `— iteration ${last}${series.planned ? " of " + series.planned : ""}` : "— waiting for the first iteration";
+  const line = (y, name, color, extra) => Object.assign({ x: it, y, name, mode: "lines+markers", marker: { size: 5 },
+    line: { color, width: 2 } }, extra || {});
+  const xaxis = { title: { text: "iteration" }, range: xr, dtick: xr[1] > 30 ? undefined : 2, zeroline: false };
+  draw("plot-loglik", [line(series.log_likelihood, "log-likelihood", PALETTE[0])],
+    layout("Log-likelihood (mean per frame)", "iteration", "log-likelihood (nats)", { xaxis, ...mk }));
+  draw("plot-info", [line(series.mutual_info, "mutual information", PALETTE[2])],
+    layout("Mutual information (mean per frame)", "iteration", "nats", { xaxis, ...mk }));
+  draw("plot-rms", [line(series.rms_change, "rms change", PALETTE[3])],
+    layout("Model change (rms, relative)", "iteration", "rms change", { xaxis, ...mk, yaxis: logAxis("rms change", series.rms_change) }));
+  const kept = series.mean_kept_rotations.some((v) => v != null);
+  const traces = [line(series.beta_mean, "β (mean)", PALETTE[1])];
+  if (kept) traces.push(line(series.mean_kept_rotations, "kept rotations", PALETTE[4], { yaxis: "y2", line: { color: PALETTE[4], width: 2, dash: "dash" } }));
+  draw("plot-anneal", traces, layout("Annealing: β and rotations kept per frame", "iteration", "β", {
+    xaxis, ...mk, margin: { l: 62, r: 62, t: 38, b: 46 },
+    yaxis: logAxis("β (mean over frames)", series.beta_mean, { title: { text: "β (mean over frames)", font: { color: PALETTE[1] } } }),
+    yaxis2: logAxis("rotations kept (dashed)", series.mean_kept_rotations, { overlaying: "y", side: "right", showgrid: false,
+      title: { text: "rotations kept (dashed)", font: { color: PALETTE[4] } } }),
+  }));
+  state.rendered.emcIterations = it.length;
+}
+
+function setupSlider(outputs) {
+  state.outputs = outputs;
+  const slider = $("iteration");
+  slider.min = 0;
+  slider.max = Math.max(outputs.length - 1, 0);
+  slider.disabled = outputs.length < 2;
+  if (state.follow || state.iteration === null || !outputs.includes(state.iteration)) {
+    state.iteration = outputs.length ? outputs[outputs.length - 1] : null;
+  }
+  slider.value = Math.max(outputs.indexOf(state.iteration), 0);
+  $("iteration-label").textContent = state.iteration === null ? "none yet" : `${state.iteration} (of ${outputs[outputs.length - 1]} written)`;
+}
+
+async function renderIteration() {
+  const iteration = state.iteration;
+  if (iteration === null) {
+    ["plot-prob", "plot-slice-0", "plot-slice-1", "plot-slice-2"].forEach((id) => empty(id, "no output_NNN.h5 yet"));
+    return;
+  }
+  const [frames, slices] = await Promise.all([api("emc/frames", { run: state.run, iteration }),
+    api("emc/slices", { run: state.run, iteration })]);
+  if (frames) {
+    const h = frames.probability;
+    const centres = h.counts.map((_, i) => (h.edges[i] + h.edges[i + 1]) / 2);
+    draw("plot-prob", [{ type: "bar", x: centres, y: h.counts, width: h.edges[1] - h.edges[0],
+      marker: { color: PALETTE[0] }, hovertemplate: "P ≈ %{x:.2f}: %{y} frames<extra></extra>" }],
+    layout(`Orientation sharpness, iteration ${frames.iteration}`, "probability of the most likely rotation", "frames", {
+      yaxis: logAxis("frames", h.counts), xaxis: { title: { text: "probability of the most likely rotation" }, range: [0, 1] },
+      annotations: [{ xref: "paper", yref: "paper", x: 0.98, y: 0.98, xanchor: "right", showarrow: false,
+        text: `median ${frames.median_probability.toFixed(3)} of ${frames.num_frames} frames` }] }));
+  } else empty("plot-prob", "no per-frame data in this output");
+  if (slices) {
+    slices.slices.forEach((s, i) => {
+      const trace = { type: "heatmap", x: s.x, y: s.y, z: s.z, zmin: slices.zmin, zmax: slices.zmax,
+        colorscale: "Viridis", showscale: i === 2, hoverongaps: false,
+        colorbar: { title: { text: "log₁₀ photons<br>per voxel", side: "right" }, thickness: 12 },
+        hovertemplate: `${s.x_label.split(" ")[0]} %{x}<br>${s.y_label.split(" ")[0]} %{y}<br>log₁₀ I %{z:.2f}<extra></extra>` };
+      draw(`plot-slice-${i}`, [trace], layout(`Intensity, ${s.title.replace(/_(\w)/g, "<sub>$1</sub>")} (it. ${slices.iteration})`,
+        s.x_label.replace(/_(\w)/, "<sub>$1</sub>"), s.y_label.replace(/_(\w)/, "<sub>$1</sub>"),
+        { yaxis: { title: { text: s.y_label.replace(/_(\w)/, "<sub>$1</sub>") }, scaleanchor: "x", constrain: "domain" },
+          xaxis: { title: { text: s.x_label.replace(/_(\w)/, "<sub>$1</sub>") }, constrain: "domain" },
+          margin: { l: 56, r: i === 2 ? 8 : 12, t: 38, b: 46 } }));
+    });
+    state.rendered.sliceIteration = slices.iteration;
+  }
+}
+
+/* ---------- phasing and validation ---------- */
+
+function renderPhase(ph) {
+  const kept = new Set(ph.kept_seeds || []);
+  const merged = ph.kept_seeds !== null;
+  $("phase-progress").textContent = `— ${ph.starts.length}${ph.planned ? " of " + ph.planned : ""} starts done` + (merged ? `, ${kept.size} kept and averaged` : "");
+  const traces = ph.starts.map((s, i) => ({ x: s.errors.map((_, j) => j + 1), y: s.errors, mode: "lines",
+    name: `seed ${s.seed}${merged ? (kept.has(s.seed) ? " (kept)" : "") : ""}`,
+    line: { width: merged && !kept.has(s.seed) ? 1 : 1.6, color: merged ? (kept.has(s.seed) ? PALETTE[i % 10] : "#c4c8d0") : PALETTE[i % 10] } }));
+  const shapes = [];
+  let at = 0;
+  const algos = (ph.starts[0] && ph.starts[0].algorithms) || [];
+  const runs = algos.length > 12 ? [] : algos;
+  const annotations = runs.map(([name, n]) => { const x = at + n / 2; at += n;
+    shapes.push({ type: "line", xref: "x", yref: "paper", x0: at + 0.5, x1: at + 0.5, y0: 0, y1: 1, line: { color: "#aaa", width: 1, dash: "dot" } });
+    return { xref: "x", yref: "paper", x, y: 1, yanchor: "bottom", text: name, showarrow: false, font: { size: 10, color: "#687085" } }; });
+  draw("plot-errors", traces, layout(`Fourier error per iteration, each start${merged ? " (grey: not kept)" : ""}`, "iteration",
+    "relative Fourier error", { yaxis: logAxis("relative Fourier error", ph.starts.map((s) => s.errors)), shapes, annotations, showlegend: ph.starts.length <= 10,
+      legend: { font: { size: 10 } } }));
+  state.rendered.phaseStarts = ph.starts.length;
+  const prtf = ph.prtf;
+  if (!prtf || !prtf.prtf) { empty("plot-prtf", "The PRTF appears when every start has finished."); return; }
+  const perNm = prtf.frequency_per_m ? prtf.frequency_per_m.map((f) => f * 1e-9) : null;
+  const x = perNm || prtf.prtf.map((_, i) => i);
+  const xTitle = perNm ? "spatial frequency (1/nm)" : "shell (Fourier voxels)";
+  const shapes2 = [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: Math.exp(-1), y1: Math.exp(-1), line: { color: "#d62728", dash: "dash", width: 1 } }];
+  const notes = [{ xref: "paper", yref: "y", x: 0.99, y: Math.exp(-1), xanchor: "right", yanchor: "bottom", text: "1/e", showarrow: false, font: { color: "#d62728" } }];
+  let res = "PRTF stays above 1/e to the edge of the data";
+  if (prtf.resolution_shell != null) {
+    const xr = perNm ? perNm[1] * prtf.resolution_shell : prtf.resolution_shell;
+    shapes2.push({ type: "line", xref: "x", yref: "paper", x0: xr, x1: xr, y0: 0, y1: 1, line: { color: "#d62728", dash: "dot", width: 1 } });
+    res = `1/e at ${nm(prtf.resolution_m) || "shell " + prtf.resolution_shell.toFixed(1)}`;
+  }
+  notes.push({ xref: "paper", yref: "paper", x: 0.99, y: 0.99, xanchor: "right", showarrow: false, text: esc(res) });
+  draw("plot-prtf", [{ x, y: prtf.prtf, mode: "lines+markers", marker: { size: 4 }, line: { color: PALETTE[0] } }],
+    layout(`Phase retrieval transfer function (${kept.size} starts)`, xTitle, "PRTF", { yaxis: { range: [0, 1.15], title: { text: "PRTF" } }, shapes: shapes2, annotations: notes }));
+  addHeadline("PRTF resolution", prtf.resolution_m ? nm(prtf.resolution_m) : "beyond the data edge");
+}
+
+function renderDensity(d) {
+  if (!d) {
+    [0, 1, 2].forEach((i) => empty(`plot-density-${i}`, i === 1 ? "The averaged density appears when every start has finished." : ""));
+    $("density-note").textContent = "";
+    return;
+  }
+  d.slices.forEach((s, i) => {
+    const traces = [{ type: "heatmap", x: s.x, y: s.y, z: s.z, zmin: d.zmin, zmax: d.zmax, colorscale: "Greys",
+      showscale: i === 2, colorbar: { title: { text: "density<br>(arb. units)", side: "right" }, thickness: 12 },
+      hovertemplate: `${s.x_label.split(" ")[0]} %{x}<br>${s.y_label.split(" ")[0]} %{y}<br>ρ %{z:.3g}<extra></extra>` }];
+    if (s.support) traces.push({ type: "contour", x: s.x, y: s.y, z: s.support, showscale: false, hoverinfo: "skip",
+      contours: { coloring: "none", start: 0.5, end: 0.5, size: 1 }, line: { color: "#00b5d8", width: 1.5 } });
+    draw(`plot-density-${i}`, traces, layout(`Averaged density, ${s.title}`, s.x_label, s.y_label, {
+      yaxis: { title: { text: s.y_label }, scaleanchor: "x", constrain: "domain" }, xaxis: { title: { text: s.x_label }, constrain: "domain" } }));
+  });
+  $("density-note").textContent = `Central slices of the averaged density (${d.shown} of ${d.edge} voxels a side shown, `
+    + `cropped to the support); cyan line: the support (kept in at least half of the kept starts).`;
+}
+
+function renderFsc(f) {
+  const perNm = f.frequency_unit === "1/m";
+  const x = f.frequency.map((v) => (perNm ? v * 1e-9 : v));
+  const shapes = [0.5, 0.143].map((t, i) => ({ type: "line", xref: "paper", x0: 0, x1: 1, y0: t, y1: t,
+    line: { color: PALETTE[1 + i], dash: "dash", width: 1 } }));
+  const annotations = [0.5, 0.143].map((t, i) => ({ xref: "paper", yref: "y", x: 0.99, y: t, xanchor: "right", yanchor: "bottom",
+    showarrow: false, text: `${t}`, font: { color: PALETTE[1 + i] } }));
+  draw("plot-fsc", [{ x, y: f.fsc, mode: "lines+markers", marker: { size: 4 }, line: { color: PALETTE[0] } }],
+    layout("Fourier shell correlation with the true density", perNm ? "spatial frequency (1/nm)" : "spatial frequency (1/voxel)", "FSC",
+      { yaxis: { range: [-0.25, 1.05], title: { text: "FSC" } }, shapes, annotations }));
+  const rows = [["real-space cc", fmt(f.cc, 3) + (f.inverted ? " (inversion twin)" : "")],
+    ["FSC = 0.5 at", nm(f["resolution_0.5_m"]) || "never below (beyond Nyquist)"],
+    ["FSC = 0.143 at", nm(f["resolution_0.143_m"]) || "never below (beyond Nyquist)"]];
+  if (f.data_edge_resolution_m) rows.push(["data edge", nm(f.data_edge_resolution_m)]);
+  $("fsc-text").innerHTML = rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+  if (f["resolution_0.5_m"]) addHeadline("FSC 0.5 with truth", nm(f["resolution_0.5_m"]));
+  state.rendered.fsc = true;
+}
+
+/* ---------- refresh cycle ---------- */
+
+async function refreshRun() {
+  const run = state.run;
+  const s = await api("run", { run });
+  if (!s || run !== state.run) return;
+  state.fingerprint = s.fingerprint;
+  renderHeader(s);
+  $("emc").hidden = !s.has.emc;
+  $("phase").hidden = !s.has.phase;
+  $("fsc").hidden = !s.has.fsc;
+  if (s.has.emc) {
+    const series = await api("emc", { run });
+    if (series) {
+      renderEmc(series);
+      setupSlider(series.outputs || []);
+      await renderIteration();
+    }
+  }
+  if (s.has.phase) {
+    const ph = await api("phase", { run });
+    if (ph) renderPhase(ph);
+    renderDensity(await api("phase/slices", { run }));
+  }
+  if (s.has.fsc) { const f = await api("fsc", { run }); if (f) renderFsc(f); }
+  const texts = await api("texts", { run });
+  $("texts").hidden = !texts;
+  if (texts) for (const k of ["log", "emc_log", "config", "provenance"]) {
+    $(`text-${k}`).textContent = texts[k] || "(not in this run)";
+    $(`text-${k}`).closest("details").hidden = !texts[k];
+  }
+  state.rendered.fingerprint = s.fingerprint;
+  document.body.dataset.rendered = s.fingerprint;
+}
+
+async function guarded(fn) {
+  if (state.busy) return;
+  state.busy = true;
+  try { await fn(); markLive(true); } catch (err) { markLive(false, err); } finally { state.busy = false; }
+}
+
+function markLive(ok, err) {
+  const live = $("live");
+  if (REPORT) { live.textContent = `static report, written ${REPORT.generated}`; return; }
+  if (ok) state.lastOk = new Date();
+  live.className = "live " + (ok ? "ok" : "stale");
+  live.textContent = ok ? `live — checked ${state.lastOk.toLocaleTimeString()}` : `server not answering (${err && err.message}); retrying`;
+}
+
+async function loadRuns() {
+  const listing = await api("runs", {});
+  state.runs = listing.runs;
+  state.pollMs = Number(new URLSearchParams(location.search).get("poll")) || listing.poll_ms || 2000;
+  $("root").textContent = listing.root;
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  if (state.run === null || !state.runs.some((r) => r.run === state.run)) {
+    state.run = state.runs.some((r) => r.run === wanted) ? wanted : (state.runs[0] ? state.runs[0].run : null);
+  }
+  renderRuns();
+}
+
+async function poll() {
+  await guarded(async () => {
+    if (state.tick++ % 5 === 0) await loadRuns();
+    if (state.run === null) return;
+    const fp = await api("fingerprint", { run: state.run });
+    if (fp && fp.fingerprint !== state.rendered.fingerprint) await refreshRun();
+  });
+  setTimeout(poll, state.pollMs);
+}
+
+function selectRun(run) {
+  state.run = run; state.fingerprint = null; state.rendered = {}; state.follow = true; $("follow").checked = true;
+  renderRuns();
+  guarded(refreshRun);
+}
+
+$("runs").addEventListener("click", (ev) => {
+  const a = ev.target.closest("a[data-run]");
+  if (!a) return;
+  ev.preventDefault();
+  history.replaceState(null, "", "#" + encodeURIComponent(a.dataset.run));
+  selectRun(a.dataset.run);
+});
+$("iteration").addEventListener("input", (ev) => {
+  state.iteration = state.outputs[Number(ev.target.value)];
+  state.follow = state.iteration === state.outputs[state.outputs.length - 1];
+  $("follow").checked = state.follow;
+  $("iteration-label").textContent = `${state.iteration} (of ${state.outputs[state.outputs.length - 1]} written)`;
+  guarded(renderIteration);
+});
+$("follow").addEventListener("change", (ev) => {
+  state.follow = ev.target.checked;
+  if (state.follow) { setupSlider(state.outputs); guarded(renderIteration); }
+});
+
+state.tick = 0;
+if (REPORT) {
+  guarded(async () => { await loadRuns(); $("runs").hidden = true; await refreshRun(); });
+} else {
+  poll();
+}
