@@ -151,7 +151,8 @@ class RunData:
                "started": prov.get("started"), "finished": prov.get("finished"), "error": prov.get("error"),
                "command": " ".join(prov.get("command", [])) or None, "host": prov.get("host"),
                "last_update": max(mtimes) if mtimes else None,
-               "has": {"emc": emc is not None, "phase": bool(metrics or result), "fsc": self.fsc_file() is not None},
+               "has": {"emc": emc is not None, "phase": bool(metrics or result), "phase_result": result is not None,
+                       "fsc": self.fsc_file() is not None},
                "emc_iterations_done": len(iterations), "emc_iterations_planned": planned}
         truth = self._existing(("emc", "truth_comparison.json"), ("truth_comparison.json",))
         if truth:

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 MAX_EDGE = 160            # points per side sent to the browser (strided beyond that)
-LOG_DYNAMIC_RANGE = 6.0   # decades of intensity shown below the maximum on the log scale
+LOG_DYNAMIC_RANGE = 6.0   # at most this many decades below the maximum on the log scale (else: 1st percentile)
 
 
 def _stride(edge: int) -> int:
@@ -43,7 +43,8 @@ def intensity_slices(ds, voxel_size_per_m: float | None) -> dict:
     """Central slices q_z = 0, q_y = 0, q_x = 0 of an intensity, as log10 (voxels <= 0, not measured, as None).
 
     Axes in 1/nm (|q| = 2 sin(theta) / wavelength) when the voxel size is known, else in voxels.
-    ``zmin``/``zmax``: one colour range for all three, LOG_DYNAMIC_RANGE decades below the maximum.
+    ``zmin``/``zmax``: one colour range for all three, from the 1st percentile (at most
+    LOG_DYNAMIC_RANGE decades below the maximum) to the maximum.
     """
     planes, shape = _planes(ds)
     n = shape[0]
@@ -62,7 +63,9 @@ def intensity_slices(ds, voxel_size_per_m: float | None) -> dict:
                     "x": _axis(plane.shape[0], 0, n // 2, step, scale), "y": _axis(plane.shape[1], 0, n // 2, step, scale),
                     "z": np.round(logged.T, 3)})
     top = top if np.isfinite(top) else 0.0
-    return {"slices": out, "zmin": top - LOG_DYNAMIC_RANGE, "zmax": top, "edge": n, "stride": step,
+    finite = np.concatenate([np.asarray(s["z"], float)[np.isfinite(np.asarray(s["z"], float))] for s in out])
+    bottom = max(top - LOG_DYNAMIC_RANGE, float(np.percentile(finite, 1))) if finite.size else top - 1.0
+    return {"slices": out, "zmin": min(bottom, top - 0.5), "zmax": top, "edge": n, "stride": step,
             "colorbar": "log10 photons/voxel"}
 
 

@@ -15,7 +15,7 @@ const CONFIG = { displaylogo: false, responsive: true, displayModeBar: false }; 
 function logAxis(title, values, extra) {
   const v = (values || []).flat().filter((x) => x > 0);
   const span = v.length ? Math.log10(Math.max(...v) / Math.min(...v)) : 0;
-  return Object.assign({ type: "log", title: { text: title }, exponentformat: "power" }, span > 1.5 ? { dtick: 1 } : span > 0.8 ? { dtick: "D2" } : {}, extra || {});
+  return Object.assign({ type: "log", title: { text: title }, exponentformat: "power" }, span > 1.5 ? { dtick: 1 } : span > 0.5 ? { dtick: "D2", tickformat: ".3~g" } : { tickformat: ".3~g" }, extra || {});
 }
 
 function key(path, params) {
@@ -77,7 +77,7 @@ function renderRuns() {
   nav.innerHTML = state.runs.map((r) => `<a href="#${encodeURIComponent(r.run)}" data-run="${esc(r.run)}"
       class="${r.run === state.run ? "current" : ""}"><div class="name">${esc(r.title)}
       <span class="badge ${esc(status(r))}">${esc(status(r))}</span></div>
-      <div class="when">${esc(r.run === "." ? "(the monitored folder)" : r.run)}<br>${esc(r.started || "")}</div></a>`).join("")
+      <div class="when">${r.run === r.title ? "" : esc(r.run === "." ? "(the monitored folder)" : r.run) + "<br>"}${esc(r.started || "")}</div></a>`).join("")
     || `<p class="muted" style="padding:10px">No runs here yet.</p>`;
 }
 
@@ -90,14 +90,19 @@ function renderHeader(s) {
   const facts = [["run folder", s.run === "." ? "(the monitored folder)" : s.run], ["command", s.command],
     ["host", s.host], ["started", s.started], ["finished", s.finished]];
   if (s.last_update) facts.push(["last file change", `${new Date(s.last_update * 1000).toISOString().slice(0, 19)}Z`
-    + (REPORT ? "" : ` (${ago(Date.now() / 1000 - s.last_update)})`)]);
+    + (REPORT ? "" : ` (<span class="age" data-t="${s.last_update}"></span>)`)]);
   const heads = [];
   if (s.has.emc) heads.push(["EMC iteration", `${s.emc_iterations_done}${s.emc_iterations_planned ? " / " + s.emc_iterations_planned : ""}`]);
   if (s.emc_cc_with_truth != null) heads.push(["intensity cc with truth", fmt(s.emc_cc_with_truth, 3)]);
   $("run-header").innerHTML = `<h1>${esc(s.title)} <span class="badge ${esc(status(s))}">${esc(status(s))}</span></h1>
     ${s.error ? `<p class="error">${esc(s.error)}</p>` : ""}
-    <dl class="facts">${facts.filter(([, v]) => v).map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("")}</dl>
+    <dl class="facts">${facts.filter(([, v]) => v).map(([k, v]) => `<dt>${esc(k)}</dt><dd>${k === "last file change" ? v : esc(v)}</dd>`).join("")}</dl>
     <div class="headline" id="headline">${heads.map(([k, v]) => `<div>${esc(k)}<b>${esc(v)}</b></div>`).join("")}</div>`;
+}
+
+/* "12 s ago" next to the last file change, kept current between refreshes */
+function tickAges() {
+  document.querySelectorAll(".age").forEach((el) => { el.textContent = ago(Date.now() / 1000 - Number(el.dataset.t)); });
 }
 
 function addHeadline(label, value) {
@@ -202,8 +207,9 @@ function renderPhase(ph) {
   let at = 0;
   const algos = (ph.starts[0] && ph.starts[0].algorithms) || [];
   const runs = algos.length > 12 ? [] : algos;
+  const total = runs.reduce((sum, [, n]) => sum + n, 0);
   const annotations = runs.map(([name, n]) => { const x = at + n / 2; at += n;
-    shapes.push({ type: "line", xref: "x", yref: "paper", x0: at + 0.5, x1: at + 0.5, y0: 0, y1: 1, line: { color: "#aaa", width: 1, dash: "dot" } });
+    if (at < total) shapes.push({ type: "line", xref: "x", yref: "paper", x0: at + 0.5, x1: at + 0.5, y0: 0, y1: 1, line: { color: "#aaa", width: 1, dash: "dot" } });
     return { xref: "x", yref: "paper", x, y: 1, yanchor: "bottom", text: name, showarrow: false, font: { size: 10, color: "#687085" } }; });
   draw("plot-errors", traces, layout(`Fourier error per iteration, each start${merged ? " (grey: not kept)" : ""}`, "iteration",
     "relative Fourier error", { yaxis: logAxis("relative Fourier error", ph.starts.map((s) => s.errors)), shapes, annotations, showlegend: ph.starts.length <= 10,
@@ -274,6 +280,9 @@ async function refreshRun() {
   if (!s || run !== state.run) return;
   state.fingerprint = s.fingerprint;
   renderHeader(s);
+  tickAges();
+  const i = state.runs.findIndex((r) => r.run === run);
+  if (i >= 0 && status(state.runs[i]) !== status(s)) { state.runs[i] = s; renderRuns(); }
   $("emc").hidden = !s.has.emc;
   $("phase").hidden = !s.has.phase;
   $("fsc").hidden = !s.has.fsc;
@@ -288,7 +297,7 @@ async function refreshRun() {
   if (s.has.phase) {
     const ph = await api("phase", { run });
     if (ph) renderPhase(ph);
-    renderDensity(await api("phase/slices", { run }));
+    renderDensity(s.has.phase_result ? await api("phase/slices", { run }) : null);
   }
   if (s.has.fsc) { const f = await api("fsc", { run }); if (f) renderFsc(f); }
   const texts = await api("texts", { run });
@@ -331,6 +340,7 @@ async function poll() {
   await guarded(async () => {
     if (state.tick++ % 5 === 0) await loadRuns();
     if (state.run === null) return;
+    tickAges();
     const fp = await api("fingerprint", { run: state.run });
     if (fp && fp.fingerprint !== state.rendered.fingerprint) await refreshRun();
   });

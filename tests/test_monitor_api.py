@@ -1,0 +1,206 @@
+"""The monitor's JSON API through Starlette's TestClient: every endpoint, runs in progress, traversal attempts."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="the monitor needs starlette (pip install '.[monitor]' or '.[test]')")
+pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (in the [test] extra)")
+
+import warnings  # noqa: E402
+
+from monitor_runs import EDGE, FRAMES, RunWriter  # noqa: E402
+
+with warnings.catch_warnings():   # Starlette >= 1.x would rather have httpx2; httpx works the same here
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient  # noqa: E402
+
+from spibatch.monitor.server import create_app  # noqa: E402
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """runs/ holding a finished run ``done`` and a run ``live`` two iterations into EMC; a secret outside."""
+    root = tmp_path / "runs"
+    RunWriter(root / "done").complete()
+    live = RunWriter(root / "live", iterations=5)
+    live.emc(1)
+    live.emc(2)
+    secret = tmp_path / "secret"
+    RunWriter(secret).complete()
+    return {"root": root, "live": live, "secret": secret}
+
+
+@pytest.fixture
+def client(runs):
+    return TestClient(create_app(runs["root"]))
+
+
+def test_runs_lists_every_run_with_its_state(client, runs):
+    body = client.get("/api/runs").json()
+    by_name = {r["run"]: r for r in body["runs"]}
+    assert set(by_name) == {"done", "live"}
+    assert body["root"] == str(runs["root"].resolve())
+    assert by_name["done"]["status"] == "completed" and by_name["live"]["status"] == "running"
+    assert by_name["done"]["has"] == {"emc": True, "phase": True, "phase_result": True, "fsc": True}
+    assert by_name["live"]["has"] == {"emc": True, "phase": False, "phase_result": False, "fsc": False}
+    assert (by_name["live"]["emc_iterations_done"], by_name["live"]["emc_iterations_planned"]) == (2, 5)
+
+
+def test_root_that_is_itself_a_run_is_named_dot(runs):
+    client = TestClient(create_app(runs["root"] / "done"))
+    assert [r["run"] for r in client.get("/api/runs").json()["runs"]] == ["."]
+    assert client.get("/api/emc", params={"run": "."}).json()["iteration"] == [1, 2, 3, 4]
+
+
+def test_page_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "static/plotly.min.js" in page.text and "static/app.js" in page.text
+    js = client.get("/static/plotly.min.js")
+    assert js.status_code == 200 and "plotly.js v" in js.text[:200]
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_emc_series_with_change_markers(client):
+    series = client.get("/api/emc", params={"run": "done"}).json()
+    assert series["iteration"] == [1, 2, 3, 4]
+    assert series["log_likelihood"] == pytest.approx([-3000.0 / i for i in range(1, 5)])
+    assert series["changes"] == [{"iteration": 3, "label": "β ×2"}]
+    assert series["outputs"] == [1, 2, 3, 4] and series["planned"] == 4
+
+
+def test_emc_frames_histogram_counts_every_frame(client):
+    frames = client.get("/api/emc/frames", params={"run": "done", "iteration": 2}).json()
+    assert frames["iteration"] == 2 and frames["num_frames"] == FRAMES
+    assert sum(frames["probability"]["counts"]) == FRAMES
+    assert frames["probability"]["edges"][0] == 0 and frames["probability"]["edges"][-1] == 1
+
+
+def test_emc_slices_are_central_log_planes_of_the_file(client, runs):
+    body = client.get("/api/emc/slices", params={"run": "done", "iteration": 3}).json()
+    assert body["iteration"] == 3 and body["iterations"] == [1, 2, 3, 4]
+    assert [s["title"] for s in body["slices"]] == ["q_z = 0", "q_y = 0", "q_x = 0"]
+    with h5py.File(runs["root"] / "done" / "emc" / "output_003.h5") as f:
+        plane = f["intensity"][:, :, EDGE // 2]          # q_z = 0: indexed [q_x, q_y]
+    z = body["slices"][0]["z"]                             # rows q_y, columns q_x
+    assert len(z) == EDGE and len(z[0]) == EDGE
+    assert z[EDGE // 2 + 1][EDGE // 2 + 2] == pytest.approx(np.log10(plane[EDGE // 2 + 2, EDGE // 2 + 1]), abs=1e-3)
+    assert z[0][0] is None                                 # unmeasured corner (0): no colour, not log(0)
+    assert body["slices"][0]["x_label"] == "q_x (1/nm)"
+    assert body["slices"][0]["x"][EDGE // 2] == 0 and body["slices"][0]["x"][EDGE // 2 + 1] == pytest.approx(0.02)
+    latest = client.get("/api/emc/slices", params={"run": "done"}).json()
+    assert latest["iteration"] == 4
+
+
+def test_bad_or_missing_iteration(client):
+    assert client.get("/api/emc/slices", params={"run": "done", "iteration": "abc"}).status_code == 400
+    missing = client.get("/api/emc/slices", params={"run": "done", "iteration": 99})
+    assert missing.status_code == 404 and "iteration 99" in missing.json()["error"]
+
+
+def test_phase_fsc_and_texts(client):
+    phase = client.get("/api/phase", params={"run": "done"}).json()
+    assert [s["seed"] for s in phase["starts"]] == [1, 2, 3] and phase["kept_seeds"] == [1, 2]
+    assert phase["prtf"]["prtf"][0] is None and len(phase["prtf"]["frequency_per_m"]) == EDGE // 2 + 1
+    slices = client.get("/api/phase/slices", params={"run": "done"}).json()
+    assert slices["shown"] < EDGE and "support" in slices["slices"][0]   # cropped to the support + margin
+    fsc = client.get("/api/fsc", params={"run": "done"}).json()
+    assert fsc["frequency_unit"] == "1/m" and fsc["cc"] == 0.8
+    assert fsc["frequency"][1] == pytest.approx(2.0e7)    # one shell = one Fourier voxel
+    texts = client.get("/api/texts", params={"run": "done"}).json()
+    assert "iterations: 4" in texts["config"] and "completed" in texts["provenance"]
+    assert "run directory" in texts["log"] and "log-likelihood" in texts["emc_log"]
+
+
+def test_run_in_progress_has_no_phasing_yet(client):
+    assert client.get("/api/phase", params={"run": "live"}).status_code == 404
+    assert client.get("/api/phase/slices", params={"run": "live"}).status_code == 404
+    assert client.get("/api/fsc", params={"run": "live"}).status_code == 404
+    assert client.get("/api/emc", params={"run": "live"}).json()["iteration"] == [1, 2]
+
+
+def test_phasing_starts_show_before_the_merge(client, runs):
+    runs["live"].phasing(starts=2, merge=False)
+    phase = client.get("/api/phase", params={"run": "live"}).json()
+    assert len(phase["starts"]) == 2 and phase["kept_seeds"] is None and phase["prtf"] is None
+    assert client.get("/api/phase/slices", params={"run": "live"}).status_code == 404
+
+
+def test_files_being_written(client, runs):
+    emc = runs["root"] / "live" / "emc"
+    (emc / ".output_003.h5.abc123.part").write_bytes(b"\x89HDF half")          # an atomic write in progress
+    with open(emc / "metrics.jsonl", "a") as fh:                                 # a line cut short
+        fh.write('{"iteration": 3, "log_lik')
+    series = client.get("/api/emc", params={"run": "live"}).json()
+    assert series["iteration"] == [1, 2] and series["outputs"] == [1, 2]
+    (emc / "output_003.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)      # a non-atomic writer, mid-file
+    busy = client.get("/api/emc/slices", params={"run": "live", "iteration": 3})
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2" and "output_003.h5" in busy.json()["error"]
+    assert client.get("/api/emc/slices", params={"run": "live", "iteration": 2}).status_code == 200
+
+
+def test_fingerprint_changes_with_a_new_iteration(client, runs):
+    before = client.get("/api/fingerprint", params={"run": "live"}).json()["fingerprint"]
+    assert client.get("/api/fingerprint", params={"run": "live"}).json()["fingerprint"] == before
+    runs["live"].emc(3)
+    after = client.get("/api/run", params={"run": "live"}).json()
+    assert after["fingerprint"] != before and after["emc_iterations_done"] == 3
+
+
+@pytest.mark.parametrize("run", ["../secret", "..", "live/../../secret", "/etc", "%2e%2e/secret", "live/..%2fsecret"])
+def test_traversal_is_refused(client, runs, run):
+    for endpoint in ("/api/emc", "/api/texts", "/api/run"):
+        response = client.get(f"{endpoint}?run={run}")
+        assert response.status_code == 403, (endpoint, run, response.status_code)
+        assert set(response.json()) == {"error"}
+
+
+def test_dotdot_and_absolute_paths_are_forbidden(client, runs):
+    assert client.get("/api/emc", params={"run": "../secret"}).status_code == 403
+    assert client.get("/api/emc?run=%2e%2e%2fsecret").status_code == 403
+    assert client.get("/api/emc", params={"run": str(runs["secret"])}).status_code == 403
+
+
+def test_symlinks_out_of_the_root_are_refused(client, runs):
+    os.symlink(runs["secret"], runs["root"] / "link-out")
+    assert client.get("/api/emc", params={"run": "link-out"}).status_code == 403
+    assert "link-out" not in [r["run"] for r in client.get("/api/runs").json()["runs"]]
+    # a run whose emc/ is a symlink out: the EMC files are not read
+    (runs["root"] / "live" / "emc").rename(runs["root"] / "live" / "emc-moved")
+    os.symlink(runs["secret"] / "emc", runs["root"] / "live" / "emc")
+    assert client.get("/api/emc/slices", params={"run": "live"}).status_code in (403, 404)
+    assert client.get("/api/run", params={"run": "live"}).json()["has"]["emc"] is False
+
+
+def test_static_traversal_is_refused(client):
+    for url in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2fserver.py", "/static//etc/passwd"):
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert "create_app" not in response.text and "root:" not in response.text
+
+
+def test_unknown_run_and_route(client):
+    assert client.get("/api/emc", params={"run": "nope"}).status_code == 404
+    assert client.get("/api/nothing").status_code == 404
+
+
+@pytest.mark.parametrize("method", ["post", "put", "delete", "patch"])
+def test_only_get(client, method):
+    assert getattr(client, method)("/api/runs").status_code == 405
+    assert getattr(client, method)("/api/emc?run=done").status_code == 405
+
+
+def test_dragonfly_style_folder_reads_the_log_table(tmp_path):
+    writer = RunWriter(tmp_path / "df", emc_subdir="")
+    writer.emc(1)
+    writer.emc(2)
+    (tmp_path / "df" / "metrics.jsonl").unlink()
+    (tmp_path / "df" / "provenance.json").unlink()
+    client = TestClient(create_app(tmp_path))
+    assert [r["run"] for r in client.get("/api/runs").json()["runs"]] == ["df"]
+    series = client.get("/api/emc", params={"run": "df"}).json()
+    assert series["iteration"] == [1, 2] and series["mutual_info"] == pytest.approx([1.5, 2.0])

@@ -1,0 +1,159 @@
+"""The monitor in a real headless Chromium (Selenium + Debian's chromium / chromium-driver, which .ci/run installs).
+
+A writer fills a run folder iteration by iteration with the real EMC writers while `spibatch monitor` serves
+it; the test waits for the page's plots to show each new iteration, then the phasing and the FSC, and saves
+screenshots (under the test's tmp dir, and under $SPIBATCH_TEST_ARTIFACTS when set).  It also opens the run's
+report.html from disk, with no server, and checks that its plots are drawn.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from monitor_runs import RunWriter
+
+from spibatch.monitor.report import write_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.slow
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip("headless Chromium and ChromeDriver not found (apt-get install chromium chromium-driver; "
+                ".ci/run installs them)", allow_module_level=True)
+pytest.importorskip("selenium", reason="selenium is in the [test] extra")
+pytest.importorskip("uvicorn", reason="uvicorn is in the [monitor] and [test] extras")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                "--window-size=1500,1800"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def monitor(tmp_path):
+    """`spibatch monitor runs/ --port 0` in a subprocess; yields (runs folder, the address it printed)."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "spibatch", "monitor", str(root), "--port", "0",
+                             "--poll-ms", "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        address = None
+        deadline = time.monotonic() + 60
+        while address is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if "open http://" in line:
+                address = line.split("open ", 1)[1].split()[0]
+        assert address and address.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() else address
+        yield root, address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(driver, script: str, expected, timeout: float = 45.0):
+    """Poll ``return <script>`` in the page until it equals ``expected``; fail with the last value."""
+    value = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script("try { return " + script + "; } catch (e) { return null; }")
+        if value == expected:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{script} stayed {value!r}, expected {expected!r}")
+
+
+def screenshot(driver, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    assert driver.save_screenshot(str(path)) and path.stat().st_size > 10_000
+    artifacts = os.environ.get("SPIBATCH_TEST_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(artifacts) / name)
+    return path
+
+
+PLOT_POINTS = "document.getElementById('{id}').data[0].x.length"
+SLICE_TITLE = "document.getElementById('plot-slice-0').layout.title.text"
+
+
+def test_live_page_follows_a_run_iteration_by_iteration(browser, monitor, tmp_path):
+    root, address = monitor
+    run = RunWriter(root / "demo-live", iterations=5, starts=3)
+    run.emc(1)
+    browser.get(address + "#demo-live")
+    wait_for(browser, PLOT_POINTS.format(id="plot-loglik"), 1)
+    wait_for(browser, "document.getElementById('phase').hidden", True)
+    for i in (2, 3):
+        run.emc(i)
+        for plot in ("plot-loglik", "plot-info", "plot-rms", "plot-anneal"):
+            wait_for(browser, PLOT_POINTS.format(id=plot), i)
+        wait_for(browser, "window.spibatchMonitor.rendered.sliceIteration", i)
+    assert "(it. 3)" in browser.execute_script(f"return {SLICE_TITLE}")
+    # the beta change at iteration 3 is marked on the metric plots
+    assert browser.execute_script("return document.getElementById('plot-loglik').layout.annotations[0].text") == "β ×2"
+    assert "iteration 3 of 5" in browser.find_element("id", "emc-progress").text
+    screenshot(browser, tmp_path, "monitor-emc-iteration-3.png")
+
+    # the slider goes back to an earlier iteration, and stays there while new iterations arrive
+    browser.execute_script("const s = document.getElementById('iteration'); s.value = 0;"
+                           "s.dispatchEvent(new Event('input'));")
+    wait_for(browser, "window.spibatchMonitor.rendered.sliceIteration", 1)
+    run.emc(4)
+    wait_for(browser, PLOT_POINTS.format(id="plot-loglik"), 4)
+    assert browser.execute_script("return window.spibatchMonitor.rendered.sliceIteration") == 1
+
+    # phasing: starts appear one by one, then the merge brings the PRTF and the density
+    run.emc(5)
+    run.phasing(starts=2, merge=False)
+    wait_for(browser, "document.getElementById('plot-errors').data.length", 2)
+    run.phasing()
+    run.fsc()
+    run.provenance("completed")
+    wait_for(browser, "document.getElementById('plot-errors').data.length", 3)
+    wait_for(browser, PLOT_POINTS.format(id="plot-prtf"), 11)
+    wait_for(browser, "document.getElementById('plot-density-0').data.length", 2)    # density + support contour
+    wait_for(browser, PLOT_POINTS.format(id="plot-fsc"), 11)
+    wait_for(browser, "document.querySelector('#run-header .badge').textContent", "completed")
+    assert "FSC = 0.5 at\n11.90 nm" in browser.find_element("id", "fsc-text").text   # 1 / (2e7 /m * 4.2 shells)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+    screenshot(browser, tmp_path, "monitor-finished.png")
+
+
+def test_report_html_draws_from_disk_without_a_server(browser, tmp_path):
+    run = RunWriter(tmp_path / "run", iterations=4).complete()
+    report = write_report(run.folder)
+    browser.get(report.as_uri())
+    wait_for(browser, PLOT_POINTS.format(id="plot-loglik"), 4)
+    wait_for(browser, "window.spibatchMonitor.rendered.sliceIteration", 4)
+    wait_for(browser, "document.getElementById('plot-errors').data.length", 3)
+    wait_for(browser, PLOT_POINTS.format(id="plot-fsc"), 11)
+    assert "static report" in browser.find_element("id", "live").text
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+    screenshot(browser, tmp_path, "report.png")
