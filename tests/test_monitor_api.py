@@ -204,3 +204,15 @@ def test_dragonfly_style_folder_reads_the_log_table(tmp_path):
     assert [r["run"] for r in client.get("/api/runs").json()["runs"]] == ["df"]
     series = client.get("/api/emc", params={"run": "df"}).json()
     assert series["iteration"] == [1, 2] and series["mutual_info"] == pytest.approx([1.5, 2.0])
+
+
+def test_phase_only_run_has_no_emc_section(tmp_path):
+    """`spibatch phase` writes metrics.jsonl (phasing's) and phasing.h5 straight into its run folder."""
+    writer = RunWriter(tmp_path / "ph")
+    writer.phasing(out="")
+    writer.fsc(out="")
+    client = TestClient(create_app(tmp_path))
+    summary = client.get("/api/run", params={"run": "ph"}).json()
+    assert summary["has"] == {"emc": False, "phase": True, "phase_result": True, "fsc": True}
+    assert client.get("/api/emc", params={"run": "ph"}).status_code == 404
+    assert len(client.get("/api/phase", params={"run": "ph"}).json()["starts"]) == 3

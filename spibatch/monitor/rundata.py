@@ -91,8 +91,8 @@ class RunData:
                 folder = self.file(*parts)
             except OutsideRoot:
                 continue
-            if folder.is_dir() and ((folder / "metrics.jsonl").is_file() or (folder / "EMC.log").is_file()
-                                    or any(folder.glob("output_[0-9][0-9][0-9]*.h5"))):
+            if folder.is_dir() and ((folder / "EMC.log").is_file() or any(folder.glob("output_[0-9][0-9][0-9]*.h5"))
+                                    or _is_emc_metrics(folder / "metrics.jsonl")):
                 return folder
         return None
 
@@ -329,6 +329,14 @@ class RunData:
                       "resolution_0.143_m": data.get("resolution_0.143_m"), "cc": data.get("cc"),
                       "data_edge_resolution_m": data.get("data_edge_resolution_m"),
                       "inverted": data.get("inverted")})
+
+
+def _is_emc_metrics(path: Path) -> bool:
+    """True for EMC's metrics.jsonl (rows with an iteration), False for phasing's (rows with stage "phase")."""
+    if not path.is_file():
+        return False
+    rows = read_jsonl(path)[:1]
+    return bool(rows) and "iteration" in rows[0] and rows[0].get("stage") != "phase"
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
