@@ -84,3 +84,21 @@ def test_every_emc_run_writes_its_report(tmp_path, emc_config):
     data = embedded((out / "report.html").read_text(encoding="utf-8"))["responses"]
     assert data["emc?run=."]["iteration"] == [1, 2] and data["run?run=."]["status"] == "completed"
     assert (out / "report_emc.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+def test_every_phase_run_writes_its_report(tmp_path):
+    """A real (tiny) `spibatch phase` run ends with report.html (phasing, no EMC) and report_phasing.png."""
+    source = RunWriter(tmp_path / "src")
+    source.emc(1)
+    config = tmp_path / "phase.yaml"
+    config.write_text("name: ph\nphasing:\n  intensity: src/emc/output_001.h5\n  recipe: ER() ** 5\n"
+                      "  num_starts: 2\n  keep_best: 2\n")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "spibatch", "phase", str(config), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = embedded((out / "report.html").read_text(encoding="utf-8"))["responses"]
+    assert data["run?run=."]["has"]["emc"] is False and len(data["phase?run=."]["starts"]) == 2
+    assert data["phase/slices?run=."]["slices"][0]["title"] == "z = centre"
+    assert (out / "report_phasing.png").read_bytes()[:8] == PNG_MAGIC

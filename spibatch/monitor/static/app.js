@@ -87,7 +87,7 @@ function status(r) {
 }
 
 function renderHeader(s) {
-  const facts = [["run folder", s.run === "." ? "(the monitored folder)" : s.run], ["command", s.command],
+  const facts = [["run folder", s.run === "." ? $("root").textContent : s.run], ["command", s.command],
     ["host", s.host], ["started", s.started], ["finished", s.finished]];
   if (s.last_update) facts.push(["last file change", `${new Date(s.last_update * 1000).toISOString().slice(0, 19)}Z`
     + (REPORT ? "" : ` (<span class="age" data-t="${s.last_update}"></span>)`)]);
@@ -173,10 +173,9 @@ async function renderIteration() {
     const centres = h.counts.map((_, i) => (h.edges[i] + h.edges[i + 1]) / 2);
     draw("plot-prob", [{ type: "bar", x: centres, y: h.counts, width: h.edges[1] - h.edges[0],
       marker: { color: PALETTE[0] }, hovertemplate: "P ≈ %{x:.2f}: %{y} frames<extra></extra>" }],
-    layout(`Orientation sharpness, iteration ${frames.iteration}`, "probability of the most likely rotation", "frames", {
-      yaxis: logAxis("frames", h.counts), xaxis: { title: { text: "probability of the most likely rotation" }, range: [0, 1] },
-      annotations: [{ xref: "paper", yref: "paper", x: 0.98, y: 0.98, xanchor: "right", showarrow: false,
-        text: `median ${frames.median_probability.toFixed(3)} of ${frames.num_frames} frames` }] }));
+    layout(`Orientation sharpness, it. ${frames.iteration} (median ${frames.median_probability.toFixed(2)})`,
+      "probability of the most likely rotation", "frames", {
+      yaxis: logAxis("frames", h.counts), xaxis: { title: { text: "probability of the most likely rotation" }, range: [0, 1] } }));
   } else empty("plot-prob", "no per-frame data in this output");
   if (slices) {
     slices.slices.forEach((s, i) => {
