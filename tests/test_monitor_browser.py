@@ -103,10 +103,12 @@ SLICE_TITLE = "document.getElementById('plot-slice-0').layout.title.text"
 
 def test_live_page_follows_a_run_iteration_by_iteration(browser, monitor, tmp_path):
     root, address = monitor
+    browser.get(address)                     # before any run exists: the page says so, then finds the new run
+    wait_for(browser, "document.getElementById('run-header').textContent.includes('No runs under')", True)
     run = RunWriter(root / "demo-live", iterations=5, starts=3)
     run.emc(1)
-    browser.get(address + "#demo-live")
     wait_for(browser, PLOT_POINTS.format(id="plot-loglik"), 1)
+    assert browser.find_element("css selector", "#runs a.current .name").text.startswith("demo-live")
     wait_for(browser, "document.getElementById('phase').hidden", True)
     for i in (2, 3):
         run.emc(i)

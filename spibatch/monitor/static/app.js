@@ -338,7 +338,10 @@ async function loadRuns() {
 async function poll() {
   await guarded(async () => {
     if (state.tick++ % 5 === 0) await loadRuns();
-    if (state.run === null) return;
+    if (state.run === null) {
+      $("run-header").innerHTML = `<p class="muted">No runs under ${esc($("root").textContent)} yet; they appear here as they start.</p>`;
+      return;
+    }
     tickAges();
     const fp = await api("fingerprint", { run: state.run });
     if (fp && fp.fingerprint !== state.rendered.fingerprint) await refreshRun();
