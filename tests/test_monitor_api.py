@@ -216,3 +216,17 @@ def test_phase_only_run_has_no_emc_section(tmp_path):
     assert summary["has"] == {"emc": False, "phase": True, "phase_result": True, "fsc": True}
     assert client.get("/api/emc", params={"run": "ph"}).status_code == 404
     assert len(client.get("/api/phase", params={"run": "ph"}).json()["starts"]) == 3
+
+
+def test_a_real_dragonfly_run_folder(shared_datasets):
+    """Dragonfly's own EMC.log and output_030.h5 (intens (1, N, N, N), no best_probability), read-only."""
+    client = TestClient(create_app(shared_datasets / "dragonfly-small"))
+    runs = {r["run"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert runs["dragonfly-run"]["emc_iterations_done"] == 30 and runs["dragonfly-run"]["status"] == "unknown"
+    series = client.get("/api/emc", params={"run": "dragonfly-run"}).json()
+    assert series["iteration"] == list(range(1, 31)) and series["outputs"] == [30]
+    assert [c["iteration"] for c in series["changes"]] == [11, 21]          # Dragonfly's beta schedule
+    slices = client.get("/api/emc/slices", params={"run": "dragonfly-run"}).json()
+    assert slices["iteration"] == 30 and slices["edge"] == 93 and len(slices["slices"][0]["z"]) == 93
+    frames = client.get("/api/emc/frames", params={"run": "dragonfly-run"})
+    assert frames.status_code == 404 and "best_probability" in frames.json()["error"]

@@ -144,7 +144,9 @@ class RunData:
             except OSError:
                 pass
         emc = self.emc_dir()
-        iterations = self.emc_iterations() if emc else []
+        done = 0
+        if emc is not None:   # iterations in metrics.jsonl / EMC.log, or output files when there are more
+            done = max([0] + self.emc_series()["iteration"][-1:] + self.emc_iterations()[-1:])
         planned = (self.config_value("emc", "iterations") if emc else None)
         metrics, result = self.phase_files()
         out = {"run": self.name, "title": self.folder.name, "status": prov.get("status", "unknown"),
@@ -153,7 +155,7 @@ class RunData:
                "last_update": max(mtimes) if mtimes else None,
                "has": {"emc": emc is not None, "phase": bool(metrics or result), "phase_result": result is not None,
                        "fsc": self.fsc_file() is not None},
-               "emc_iterations_done": len(iterations), "emc_iterations_planned": planned}
+               "emc_iterations_done": done, "emc_iterations_planned": planned}
         truth = self._existing(("emc", "truth_comparison.json"), ("truth_comparison.json",))
         if truth:
             try:
@@ -381,8 +383,8 @@ def _read(f, names, path, required=True):
     for name in names:
         if name in f:
             return np.asarray(f[name][()])
-    if required:
-        raise NotReady(f"{path.name}: dataset {names[0]} missing")
+    if required:   # a readable file without it (Dragonfly's outputs have no best_probability): nothing to show
+        raise NotFound(f"{path.name}: no dataset {names[0]}")
     return None
 
 

@@ -32,6 +32,7 @@ async function api(path, params) {
   }
   const response = await fetch("api/" + key(path, params), { cache: "no-store" });
   if (response.status === 404) return null;
+  if (response.status === 503) throw new Error("a file is still being written");
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
 }
@@ -138,7 +139,7 @@ function renderEmc(series) {
   const kept = series.mean_kept_rotations.some((v) => v != null);
   const traces = [line(series.beta_mean, "β (mean)", PALETTE[1])];
   if (kept) traces.push(line(series.mean_kept_rotations, "kept rotations", PALETTE[4], { yaxis: "y2", line: { color: PALETTE[4], width: 2, dash: "dash" } }));
-  draw("plot-anneal", traces, layout("Annealing: β and rotations kept per frame", "iteration", "β", {
+  draw("plot-anneal", traces, layout(kept ? "Annealing: β and rotations kept per frame" : "Annealing: β", "iteration", "β", {
     xaxis, ...mk, margin: { l: 62, r: 62, t: 38, b: 46 },
     yaxis: logAxis("β (mean over frames)", series.beta_mean, { title: { text: "β (mean over frames)", font: { color: PALETTE[1] } } }),
     yaxis2: logAxis("rotations kept (dashed)", series.mean_kept_rotations, { overlaying: "y", side: "right", showgrid: false,
@@ -157,7 +158,13 @@ function setupSlider(outputs) {
     state.iteration = outputs.length ? outputs[outputs.length - 1] : null;
   }
   slider.value = Math.max(outputs.indexOf(state.iteration), 0);
-  $("iteration-label").textContent = state.iteration === null ? "none yet" : `${state.iteration} (of ${outputs[outputs.length - 1]} written)`;
+  sliderLabel();
+}
+
+function sliderLabel() {
+  const n = state.outputs.length;
+  $("iteration-label").textContent = state.iteration === null ? "none yet"
+    : `${state.iteration} (output file ${state.outputs.indexOf(state.iteration) + 1} of ${n})`;
 }
 
 async function renderIteration() {
@@ -176,7 +183,7 @@ async function renderIteration() {
     layout(`Orientation sharpness, it. ${frames.iteration} (median ${frames.median_probability.toFixed(2)})`,
       "probability of the most likely rotation", "frames", {
       yaxis: logAxis("frames", h.counts), xaxis: { title: { text: "probability of the most likely rotation" }, range: [0, 1] } }));
-  } else empty("plot-prob", "no per-frame data in this output");
+  } else empty("plot-prob", "no per-frame probabilities (best_probability) in this output file");
   if (slices) {
     slices.slices.forEach((s, i) => {
       const trace = { type: "heatmap", x: s.x, y: s.y, z: s.z, zmin: slices.zmin, zmax: slices.zmax,
@@ -320,7 +327,8 @@ function markLive(ok, err) {
   if (REPORT) { live.textContent = `static report, written ${REPORT.generated}`; return; }
   if (ok) state.lastOk = new Date();
   live.className = "live " + (ok ? "ok" : "stale");
-  live.textContent = ok ? `live — checked ${state.lastOk.toLocaleTimeString()}` : `server not answering (${err && err.message}); retrying`;
+  const why = err && err.message === "a file is still being written" ? err.message : `server not answering (${err && err.message})`;
+  live.textContent = ok ? `live — checked ${state.lastOk.toLocaleTimeString()}` : `${why}; retrying`;
 }
 
 async function loadRuns() {
@@ -366,7 +374,7 @@ $("iteration").addEventListener("input", (ev) => {
   state.iteration = state.outputs[Number(ev.target.value)];
   state.follow = state.iteration === state.outputs[state.outputs.length - 1];
   $("follow").checked = state.follow;
-  $("iteration-label").textContent = `${state.iteration} (of ${state.outputs[state.outputs.length - 1]} written)`;
+  sliderLabel();
   guarded(renderIteration);
 });
 $("follow").addEventListener("change", (ev) => {
