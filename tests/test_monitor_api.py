@@ -183,6 +183,10 @@ def test_static_traversal_is_refused(client):
         assert "create_app" not in response.text and "root:" not in response.text
 
 
+def test_health_probe(client, runs):
+    assert client.get("/healthz").json() == {"ok": True, "root": str(runs["root"].resolve())}
+
+
 def test_unknown_run_and_route(client):
     assert client.get("/api/emc", params={"run": "nope"}).status_code == 404
     assert client.get("/api/nothing").status_code == 404

@@ -14,6 +14,7 @@ Endpoints (GET only; ``run`` is a run's path relative to the monitored root, ``.
     /api/phase/slices?run=R   central slices of the averaged density and its support
     /api/fsc?run=R            FSC against the truth
     /api/texts?run=R          config.yaml, provenance.json, the tails of log.txt and EMC.log
+    /healthz                  {"ok": true, "root": ...} when the root is readable (a Kubernetes probe)
 
 Answers: 200 JSON; 400 bad parameter; 403 a path outside the root (``..``,
 absolute, symlink out); 404 no such run / not written yet; 503 a file still
@@ -81,6 +82,10 @@ def create_app(root: str | os.PathLike, *, poll_ms: int = 2000):
     def index(request: Request):
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers=headers)
 
+    def healthz(request: Request):
+        ok = os.access(root, os.R_OK | os.X_OK) and root.is_dir()
+        return JSONResponse({"ok": ok, "root": str(root)}, status_code=200 if ok else 503, headers=headers)
+
     async def http_error(request: Request, exc: HTTPException):
         return answer(exc.status_code, exc.detail if isinstance(exc.detail, str) else "error",
                       **(exc.headers or {}))
@@ -89,6 +94,7 @@ def create_app(root: str | os.PathLike, *, poll_ms: int = 2000):
     routes = [
         Route("/", index, methods=get),
         Route("/api/runs", runs, methods=get),
+        Route("/healthz", healthz, methods=get),
         Route("/api/run", endpoint(lambda d: d.summary() | {"fingerprint": d.fingerprint()}), methods=get),
         Route("/api/fingerprint", endpoint(lambda d: {"fingerprint": d.fingerprint()}), methods=get),
         Route("/api/emc", endpoint(lambda d: d.emc_series()), methods=get),
