@@ -189,8 +189,9 @@ class BatchedReconstruction(Reconstruction):
         spectrum = self.xp.asarray((amp * np.exp(1j * phases)).astype(np.complex64))
         fft = self.xp.fft
         n = self.n
-        y = (fft.irfftn(spectrum, s=(n, n, n), norm="forward") if self.measurement.real
-             else fft.ifftn(spectrum, norm="forward")).astype(self.fft.real_dtype, copy=False)
+        axes = (0, 1, 2)
+        y = (fft.irfftn(spectrum, s=(n, n, n), axes=axes, norm="forward") if self.measurement.real
+             else fft.ifftn(spectrum, axes=axes, norm="forward")).astype(self.fft.real_dtype, copy=False)
         keep = self.support[i] & (y.real > 0) if self.positivity else self.support[i]
         self.fft.x[i] = self.xp.where(keep, y * np.float32(self._scale), 0)
 
