@@ -81,7 +81,7 @@ def test_the_plan_fits_the_memory_budget():
     # the large case: 100 000 frames, 50 000 rotations, 50 000 pixels, 40 GB
     chunk, block = plan(100_000, 50_000, 50_000, 40 * 10 ** 9)
     assert 0 < chunk <= 100_000 and chunk * 50_000 * 8 <= 20 * 10 ** 9
-    assert block % 32 == 0 and block * (8 * 50_000 + 24 * chunk) <= 20 * 10 ** 9
+    assert block % 32 == 0 and block * (8 * 50_000 + 48 * chunk) <= 20 * 10 ** 9
     assert plan(500, 420, 1000, 10 ** 9) == (500, 420)              # small: everything at once
     assert plan(10, 10_000, 10 ** 6, 10 ** 6)[1] == 32               # at least a warp of rotations
 

@@ -31,18 +31,30 @@ def plan(num_frames: int, num_rot: int, num_pix: int, budget: int) -> tuple[int,
     """(frames per chunk, rotations per block) so that the working arrays fit in ``budget`` bytes.
 
     Half the budget for the chunk's likelihood and probabilities (8 bytes per frame and rotation),
-    half for a block's views (4 B per pixel and rotation, twice) and its (frames, block) temporaries
-    (~24 B each); the block is a multiple of 32 rotations (a warp) unless it holds them all.
+    half for a block's views (4 B per pixel and rotation, twice) and its (frames, block) float64
+    temporaries of the per-frame sums (~48 B each); the block is a multiple of 32 rotations (a warp)
+    unless it holds them all.
     """
     chunk = int(max(1, min(num_frames, (budget // 2) // (8 * num_rot))))
-    block = int((budget // 2) // (8 * num_pix + 24 * chunk))
+    block = int((budget // 2) // (8 * num_pix + 48 * chunk))
     if block >= num_rot:
         return chunk, num_rot
     return chunk, max(32, block // 32 * 32)
 
 
 def _by_pixel(shard: Shard, f0: int, f1: int, num_pix: int):
-    """Photons of frames f0..f1 by pixel (CSC): pixel_ptr (T + 1,) int64, frame (n,) int32 (from f0), count."""
+    """Photons of frames f0..f1 by pixel (CSC): pixel_ptr (T + 1,) int64, frame (n,) int32 (from f0), count.
+
+    Kept on the shard (an argsort of all its photons each iteration would cost more than the GPU step).
+    """
+    cache = shard.__dict__.setdefault("_by_pixel_chunks", {})
+    key = (f0, f1, num_pix)
+    if key not in cache:
+        cache[key] = _by_pixel_now(shard, f0, f1, num_pix)
+    return cache[key]
+
+
+def _by_pixel_now(shard: Shard, f0: int, f1: int, num_pix: int):
     a, b = int(shard.ptr[f0]), int(shard.ptr[f1])
     frame = np.repeat(np.arange(f1 - f0, dtype=np.int32), np.diff(shard.ptr[f0:f1 + 1]))
     pixel = shard.pixel[a:b]

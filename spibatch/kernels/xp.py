@@ -62,7 +62,7 @@ def require_gpu(runtime: str = "cupy", *, path=None) -> None:
     try:
         import cupy
     except ImportError:
-        raise InputError("device: gpu needs CuPy, which is not installed", path=path, field="device",
+        raise InputError("set to gpu, but CuPy is not installed", path=path, field="device",
                          fix="pip install cupy-cuda12x (or cupy-cuda13x, matching the CUDA driver), "
                          "or set device: cpu") from None
     try:
@@ -72,13 +72,13 @@ def require_gpu(runtime: str = "cupy", *, path=None) -> None:
     else:
         why = ""
     if count == 0:
-        raise InputError(f"device: gpu, but no CUDA GPU is usable here{why}", path=path, field="device",
+        raise InputError(f"set to gpu, but no CUDA GPU is usable here{why}", path=path, field="device",
                          fix="run on a machine with an NVIDIA GPU and driver, or set device: cpu")
     if runtime == "pycuda":
         try:
             import pycuda  # noqa: F401
         except ImportError:
-            raise InputError("gpu_runtime: pycuda, but PyCUDA is not installed", path=path, field="gpu_runtime",
+            raise InputError("set to pycuda, but PyCUDA is not installed", path=path, field="gpu_runtime",
                              fix="pip install pycuda (it builds against the local CUDA toolkit), or set "
                              "gpu_runtime: cupy") from None
 
