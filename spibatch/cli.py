@@ -196,9 +196,20 @@ def _demo_phase(pipeline, intensity: Path, truth: Path, rotation, out_dir: Path)
 
 
 def _device_args(pipeline, config: Optional[Path]) -> dict:
-    """``device`` / ``gpu_runtime`` for run_emc / run_phasing; InputError (one line) if a GPU is asked but absent."""
+    """``device`` / ``gpu_runtime`` for run_emc / run_phasing; InputError (one line) if a GPU is asked but absent.
+
+    Test aid: with SPIBATCH_GPU_TWIN=1 in the environment, ``device: gpu`` runs the GPU code path on the
+    numpy twins of the CUDA kernels (no GPU needed; ``kernels/cuda_twin.py``).
+    """
     if pipeline.device == "gpu":
-        from spibatch.kernels.xp import require_gpu
+        import os
+
+        from spibatch.kernels.xp import TWIN_ENV, require_gpu
+
+        if os.environ.get(TWIN_ENV) == "1":
+            from spibatch.kernels.cuda_twin import TwinRuntime
+
+            return {"device": "gpu", "gpu_runtime": TwinRuntime()}
 
         require_gpu(pipeline.gpu_runtime, path=config)
     return {"device": pipeline.device, "gpu_runtime": pipeline.gpu_runtime}

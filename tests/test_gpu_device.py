@@ -76,3 +76,38 @@ def test_device_gpu_without_a_gpu_stops_in_one_line_before_a_run_directory(tmp_p
     assert "pipeline.yaml" in lines[0] and "device: cpu" in lines[0]     # which file, and what to do
     assert not (tmp_path / "run").exists()
     assert time.perf_counter() - start < 60
+
+
+@pytest.mark.mpi
+def test_mpi_ranks_on_the_gpu_path_give_the_cpu_model(emc_config, tmp_path):
+    """`mpirun -n 2 spibatch emc` with device: gpu (each rank's GPU step on the kernels' numpy twins, or on the
+    GPU where one is present) against the 1-rank CPU run: the sums come back to the host, MPI is unchanged."""
+    import json
+    import os
+    import shutil
+
+    import h5py
+
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        pytest.skip("mpirun not found (apt-get install openmpi-bin libopenmpi-dev; .ci/run does)")
+    pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install '.[test]')")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    if not _has_gpu():
+        env["SPIBATCH_GPU_TWIN"] = "1"
+    cpu_config = emc_config(tmp_path / "cpu", iterations=2, frames_per_shard=60)
+    gpu_config = emc_config(tmp_path / "gpu", iterations=2, frames_per_shard=60)
+    gpu_config.write_text(gpu_config.read_text() + "device: gpu\n")
+    command = [sys.executable, "-m", "spibatch", "emc"]
+    two = subprocess.run([mpirun, "-n", "2", "--oversubscribe", *command, str(gpu_config), "--out",
+                          str(tmp_path / "two")], capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = subprocess.run([*command, str(cpu_config), "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr
+    metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["mpi_ranks"] for m in metrics] == [2, 2] and "transfer_s" in metrics[-1]["timing"]   # the GPU step ran
+    with h5py.File(tmp_path / "one" / "checkpoint.h5") as a, h5py.File(tmp_path / "two" / "checkpoint.h5") as b:
+        cpu, gpu = a["model"][()], b["model"][()]
+        assert np.abs(gpu - cpu).max() <= 1e-3 * np.abs(cpu).max()

@@ -69,3 +69,20 @@ def test_batch_sizes_fill_but_do_not_overflow_the_device():
     assert starts_per_batch(128, 16, 2 ** 28) == 2            # little free memory: fewer (64 MB a start)
     assert starts_per_batch(64, 3, 2 ** 40) == 3              # never more than asked
     assert batches(list(range(5)), 64, xp=np) == [[0, 1, 2, 3, 4]]
+
+
+def test_phase_stage_on_the_device_writes_the_cpu_result(tmp_path, xp):
+    from spibatch.config import Phasing
+    from spibatch.io.results import read_result, write_result
+    from spibatch.phasing.stage import run_phasing
+
+    path = tmp_path / "intensity.h5"
+    write_result(path, {"intensity": _intensity(_blob(32, 5, seed=2)).astype(np.float32)}, {"voxel_size_per_m": 1e8})
+    cfg = Phasing(intensity=path, recipe="HIO(beta=0.9) ** 10 * ShrinkWrap(sigma=2, threshold=0.1) * ER() ** 10",
+                  num_starts=3, keep_best=2, threads=1, fft="scipy")
+    run_phasing(cfg, path, tmp_path / "cpu", show_progress=False)
+    run_phasing(cfg, path, tmp_path / "gpu", show_progress=False, device="gpu", gpu_runtime=xp.runtime)
+    (cpu, _), (gpu, attrs) = read_result(tmp_path / "cpu" / "phasing.h5"), read_result(tmp_path / "gpu" / "phasing.h5")
+    assert list(gpu["seeds"]) == list(cpu["seeds"]) and list(gpu["kept_seeds"]) == list(cpu["kept_seeds"])
+    np.testing.assert_allclose(gpu["errors"], cpu["errors"], rtol=1e-4)
+    assert np.abs(gpu["density"] - cpu["density"]).max() <= 1e-4 * np.abs(cpu["density"]).max()

@@ -16,6 +16,7 @@ import numpy as np
 
 from spibatch.errors import InputError
 
+TWIN_ENV = "SPIBATCH_GPU_TWIN"   # test aid: "1" runs device: gpu on the kernels' numpy twins (cli._device_args)
 DEVICES = ("cpu", "gpu")
 GPU_RUNTIMES = ("cupy", "pycuda")
 # Node-local rank of the process, as launchers set it (OpenMPI, Slurm srun, MPICH/Hydra and Intel MPI, MVAPICH, PMIx)
