@@ -82,7 +82,7 @@ def test_phase_stage_on_the_device_writes_the_cpu_result(tmp_path, xp):
                   num_starts=3, keep_best=2, threads=1, fft="scipy")
     run_phasing(cfg, path, tmp_path / "cpu", show_progress=False)
     run_phasing(cfg, path, tmp_path / "gpu", show_progress=False, device="gpu", gpu_runtime=xp.runtime)
-    (cpu, _), (gpu, attrs) = read_result(tmp_path / "cpu" / "phasing.h5"), read_result(tmp_path / "gpu" / "phasing.h5")
+    (cpu, _), (gpu, _) = read_result(tmp_path / "cpu" / "phasing.h5"), read_result(tmp_path / "gpu" / "phasing.h5")
     assert list(gpu["seeds"]) == list(cpu["seeds"]) and list(gpu["kept_seeds"]) == list(cpu["kept_seeds"])
     np.testing.assert_allclose(gpu["errors"], cpu["errors"], rtol=1e-4)
     assert np.abs(gpu["density"] - cpu["density"]).max() <= 1e-4 * np.abs(cpu["density"]).max()
