@@ -51,6 +51,23 @@ def test_gpu_step_gives_the_cpu_sums(problem, xp, beta, chunks):  # noqa: F811
     assert {"expand", "likelihood", "normalize", "merge", "transfer"} == set(gpu.timings)
 
 
+def test_pixels_and_frames_beyond_the_grid_limit_go_in_pieces(problem, monkeypatch):  # noqa: F811
+    """More pixels (or frames) than CUDA's grid.y holds (65 535) are launched in row blocks: same sums."""
+    from spibatch.emc import gpu_step
+
+    detector, pixels, rotations, truth, photons, _ = problem
+    shard = Shard.from_photons(photons, pixels)
+    state = StepState(1, np.full(120, 0.2), np.ones(120))
+    whole = gpu_shard_step(truth, rotations, pixels, shard, state, runtime=TwinRuntime())
+    monkeypatch.setattr(gpu_step, "MAX_ROWS", 100)            # 396 used of 564 pixels, 120 frames: in pieces
+    runtime = TwinRuntime()
+    pieces = gpu_shard_step(truth, rotations, pixels, shard, state, runtime=runtime)
+    assert runtime.calls["normalize_probabilities"] == 2                           # 2 chunks of frames
+    assert runtime.calls["log_views"] == 2 * -(-pixels.num_used // 100)            # pixels in pieces, per chunk
+    assert runtime.calls["merge_views"] == 2 * -(-len(pixels.q) // 100)
+    assert_same_sums(whole, pieces)
+
+
 class SignatureCheckingTwin(TwinRuntime):
     """The numpy twins, after checking each launch against the kernel's parsed C signature."""
 

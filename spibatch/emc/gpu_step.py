@@ -26,6 +26,12 @@ import numpy as np
 from spibatch.emc.step import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
 from spibatch.kernels.xp import free_bytes, synchronize
 
+MAX_ROWS = 65535     # CUDA's limit on grid.y, where the kernels put pixels or frames: larger sets go in pieces
+
+
+def _row_blocks(total: int) -> list[tuple[int, int]]:
+    return [(a, min(a + MAX_ROWS, total)) for a in range(0, total, MAX_ROWS)]
+
 
 def plan(num_frames: int, num_rot: int, num_pix: int, budget: int) -> tuple[int, int]:
     """(frames per chunk, rotations per block) so that the working arrays fit in ``budget`` bytes.
@@ -33,9 +39,9 @@ def plan(num_frames: int, num_rot: int, num_pix: int, budget: int) -> tuple[int,
     Half the budget for the chunk's likelihood and probabilities (8 bytes per frame and rotation),
     half for a block's views (4 B per pixel and rotation, twice) and its (frames, block) float64
     temporaries of the per-frame sums (~48 B each); the block is a multiple of 32 rotations (a warp)
-    unless it holds them all.
+    unless it holds them all.  A chunk has at most MAX_ROWS frames.
     """
-    chunk = int(max(1, min(num_frames, (budget // 2) // (8 * num_rot))))
+    chunk = int(max(1, min(num_frames, MAX_ROWS, (budget // 2) // (8 * num_rot))))
     block = int((budget // 2) // (8 * num_pix + 48 * chunk))
     if block >= num_rot:
         return chunk, num_rot
@@ -121,7 +127,8 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
             t0 = perf_counter()
             logv = view_buf[:num_used * n].reshape(num_used, n)
             u_block = xp.zeros(n, np.float64)
-            kernels.log_views(d_model, rotmats[r0:r1], q_used, TINY, logv, u_block)
+            for a, b in _row_blocks(num_used):
+                kernels.log_views(d_model, rotmats[r0:r1], q_used[a:b], TINY, logv[a:b], u_block)
             u[r0:r1] = u_block
             synchronize(xp)
             t1 = perf_counter()
@@ -161,8 +168,9 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
             synchronize(xp)
             t1 = perf_counter()
             views = view_buf[:num_pix * n].reshape(num_pix, n)
-            kernels.weighted_photons(p, pixel_ptr, by_frame, by_count, views)
-            kernels.merge_views(acc, rotmats[r0:r1], q_all, views, weight_of_rot)
+            for a, b in _row_blocks(num_pix):
+                kernels.weighted_photons(p, pixel_ptr[a:b + 1], by_frame, by_count, views[a:b])
+                kernels.merge_views(acc, rotmats[r0:r1], q_all[a:b], views[a:b], weight_of_rot)
             synchronize(xp)
             clock["normalize"] += t1 - t0
             clock["merge"] += perf_counter() - t1

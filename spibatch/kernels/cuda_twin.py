@@ -123,9 +123,9 @@ def weighted_photons(grid, block, prob, nrot, pixel_ptr, frame, count, npix, out
     nrot, npix = int(nrot), int(npix)
     _covers("weighted_photons", grid, block, nrot, npix)
     nframes = prob.size // nrot
-    n = int(pixel_ptr[npix])
-    photons = scipy.sparse.csr_matrix((count[:n].astype(np.float64), frame[:n], pixel_ptr[:npix + 1]),
-                                      shape=(npix, nframes))
+    first, last = int(pixel_ptr[0]), int(pixel_ptr[npix])      # offsets into frame / count, as in the kernel
+    photons = scipy.sparse.csr_matrix((count[first:last].astype(np.float64), frame[first:last],
+                                       pixel_ptr[:npix + 1] - first), shape=(npix, nframes))
     out.reshape(npix, nrot)[...] = (photons @ prob.reshape(nframes, nrot).astype(np.float64)).astype(np.float32)
 
 
