@@ -251,9 +251,9 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
                  "model %d^3\n%s", inputs.num_frames, len(bounds), size, threads, len(rotations), cfg.num_div,
                  inputs.size, "\t".join(records.LOG_COLUMNS))
     if device == "gpu" and isinstance(gpu_runtime, str):
-        from spibatch.kernels.xp import use_device
+        from spibatch.kernels.xp import ensure_device
 
-        log.info("EMC on GPU %d (%s) of this node", use_device(), gpu_runtime)   # one GPU per rank
+        log.info("EMC on GPU %d (%s) of this node", ensure_device(), gpu_runtime)   # one GPU per rank
     warm_up()   # compile or load the kernels now, so that iteration 1's time is the iteration's
     hold = int(os.environ.get(HOLD_ENV, "0") or 0)
     bar_wanted = show_progress and comm is None and sys.stdout.isatty()  # else the per-iteration lines only

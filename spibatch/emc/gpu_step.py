@@ -83,6 +83,10 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
         xp = getattr(runtime, "xp", None)
     if xp is None:
         import cupy as xp
+
+        from spibatch.kernels.xp import ensure_device
+
+        ensure_device()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
     kernels = EMCKernels(runtime, xp)
     clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0, "transfer": 0.0}
     t0 = perf_counter()

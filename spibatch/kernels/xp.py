@@ -92,7 +92,19 @@ def use_device(env=None) -> int:
     ordinal = device_for_rank(local_rank(env), visible_devices(env), cupy.cuda.runtime.getDeviceCount())
     cupy.cuda.Device(ordinal).use()
     env.setdefault("CUDA_DEVICE", str(ordinal))   # pycuda.autoprimaryctx picks this device
+    _current[:] = [ordinal]
     return ordinal
+
+
+_current: list[int] = []
+
+
+def ensure_device() -> int:
+    """:func:`use_device` once per process (the GPU code calls it, so a Parsl task or an MPI rank that calls
+    ``shard_step(device="gpu")`` / ``run_one`` directly gets its own GPU too); returns the ordinal."""
+    if not _current:
+        _current.append(use_device())
+    return _current[0]
 
 
 def array_module(device: str = "cpu"):

@@ -34,6 +34,10 @@ def _array_module(runtime, xp):
         xp = getattr(runtime, "xp", None)
     if xp is None:
         import cupy as xp
+
+        from spibatch.kernels.xp import ensure_device
+
+        ensure_device()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
     return xp
 
 

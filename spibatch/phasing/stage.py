@@ -135,9 +135,9 @@ def run_phasing(cfg, intensity_path: Path, out_dir: Path, *, show_progress: bool
     lines, results = [], []
     start = time.perf_counter()
     if device == "gpu" and isinstance(gpu_runtime, str):
-        from spibatch.kernels.xp import use_device
+        from spibatch.kernels.xp import ensure_device
 
-        log.info("phasing on GPU %d (%s) of this node", use_device(), gpu_runtime)
+        log.info("phasing on GPU %d (%s) of this node", ensure_device(), gpu_runtime)
     starts = _starts([cfg.seed + i for i in range(cfg.num_starts)], measurement, options, device, gpu_runtime)
     with progress(cfg.num_starts, "phasing starts", enabled=show_progress) as bar:
         for index in range(cfg.num_starts):
