@@ -26,6 +26,23 @@ prepare() {
     du -sh "$CARRY"
 }
 
+build_pycuda() {
+    # PyCUDA from its sdist against this machine's CUDA: configure.py names the toolkit and the driver
+    # library (libcuda.so, linked through /tmp/cudadrv when only the driver's libcuda.so.1 is there).
+    local target=$1 src=/tmp/pycuda-src root
+    rm -rf "$src" && mkdir -p "$src" /tmp/cudadrv
+    tar xzf "$CARRY"/sdist/pycuda-*.tar.gz -C "$src" --strip-components=1
+    root=${CUDA_ROOT:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}
+    [ -x /usr/local/cuda/bin/nvcc ] && [ -z "${CUDA_ROOT:-}" ] && root=/usr/local/cuda
+    local driver
+    driver=$(ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
+    [ -n "$driver" ] && ln -sf "$driver" /tmp/cudadrv/libcuda.so
+    (cd "$src" && python3 configure.py --cuda-root="$root" \
+        --cudadrv-lib-dir="/tmp/cudadrv,$root/lib64,$root/lib64/stubs,$root/lib" >/dev/null &&
+     PATH=$root/bin:$PATH python3 -m pip install --no-index --no-deps --no-build-isolation --no-cache-dir \
+        --target "$target" .)
+}
+
 run() {
     : "${OUT:?run on the device, where \$OUT is set}"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -34,8 +51,7 @@ run() {
     command -v nvcc >/dev/null || export PATH=$PATH:/usr/local/cuda/bin
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
     nvcc --version | tail -2 | tee -a "$OUT/device.txt"
-    (python3 -m pip install --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/pycuda \
-        "$CARRY"/sdist/pycuda-*.tar.gz >"$OUT/pycuda_build.log" 2>&1; echo $? >/tmp/pycuda.rc) &
+    (build_pycuda /tmp/pycuda >"$OUT/pycuda_build.log" 2>&1; echo $? >/tmp/pycuda.rc) &
     local tests="tests/test_gpu_emc.py tests/test_gpu_phasing.py tests/test_gpu_device.py tests/test_cuda_launchers.py"
     python3 -m pytest -p no:cacheprovider -q -rs $tests -k "not pycuda" 2>&1 | tee "$OUT/tests_cupy.log"
     python3 benchmarks/gpu_bench.py --data "$CARRY/data" --out "$OUT/bench_cupy.json" --runtimes cupy \
@@ -55,5 +71,6 @@ run() {
 case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
-    *) echo "usage: bash benchmarks/gpu_device.sh prepare|run" >&2; exit 2 ;;
+    build-pycuda) build_pycuda "${2:?target folder}" ;;     # alone, e.g. to check the build on a CPU machine
+    *) echo "usage: bash benchmarks/gpu_device.sh prepare|run|build-pycuda TARGET" >&2; exit 2 ;;
 esac
