@@ -28,7 +28,8 @@ prepare() {
 
 build_pycuda() {
     # PyCUDA from its sdist against this machine's CUDA: configure.py names the toolkit and the driver
-    # library (libcuda.so, linked through /tmp/cudadrv when only the driver's libcuda.so.1 is there).
+    # library (libcuda.so, linked through /tmp/cudadrv when only the driver's libcuda.so.1 is there);
+    # without cuRAND (we use none; its headers are not in every toolkit).
     local target=$1 src=/tmp/pycuda-src root
     rm -rf "$src" && mkdir -p "$src" /tmp/cudadrv
     tar xzf "$CARRY"/sdist/pycuda-*.tar.gz -C "$src" --strip-components=1
@@ -36,8 +37,11 @@ build_pycuda() {
     [ -x /usr/local/cuda/bin/nvcc ] && [ -z "${CUDA_ROOT:-}" ] && root=/usr/local/cuda
     local driver
     driver=$(ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
+    for dir in ${LD_LIBRARY_PATH//:/ } /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
+        [ -z "$driver" ] && [ -e "$dir/libcuda.so.1" ] && driver=$dir/libcuda.so.1
+    done
     [ -n "$driver" ] && ln -sf "$driver" /tmp/cudadrv/libcuda.so
-    (cd "$src" && python3 configure.py --cuda-root="$root" \
+    (cd "$src" && python3 configure.py --cuda-root="$root" --no-cuda-enable-curand \
         --cudadrv-lib-dir="/tmp/cudadrv,$root/lib64,$root/lib64/stubs,$root/lib" >/dev/null &&
      PATH=$root/bin:$PATH python3 -m pip install --no-index --no-deps --no-build-isolation --no-cache-dir \
         --target "$target" .)
