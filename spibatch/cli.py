@@ -159,7 +159,8 @@ def _demo_emc(pipeline, run_path: Path, simulated: dict) -> dict:
     from spibatch.emc.driver import run_emc
 
     start = time.perf_counter()
-    outputs = run_emc(pipeline.emc, simulated["photons"], simulated["detector"], run_path / "emc")
+    outputs = run_emc(pipeline.emc, simulated["photons"], simulated["detector"], run_path / "emc",
+                      **_device_args(pipeline, None))
     seconds = time.perf_counter() - start
     comparison = compare_with_truth(outputs["intensity"], simulated["truth"], simulated["detector"],
                                     run_path / "emc" / "truth_comparison.json",
@@ -183,7 +184,7 @@ def _demo_phase(pipeline, intensity: Path, truth: Path, rotation, out_dir: Path)
     from spibatch.phasing.stage import run_phasing
 
     start = time.perf_counter()
-    paths = run_phasing(pipeline.phasing, intensity, out_dir)
+    paths = run_phasing(pipeline.phasing, intensity, out_dir, **_device_args(pipeline, None))
     seconds = time.perf_counter() - start
     data, attrs = read_result(paths["phasing"])
     rotated = rotate_intensity(data["density"], np.asarray(rotation), order=3)
@@ -195,6 +196,26 @@ def _demo_phase(pipeline, intensity: Path, truth: Path, rotation, out_dir: Path)
     written = write_comparison(summary, out_dir, "demo: phased density vs the true density")
     return {"phasing": paths["phasing"], "density_mrc": paths["density_mrc"], "phasing_png": paths["picture"],
             "phase_vs_truth": written["fsc_vs_truth"]}
+
+
+def _device_args(pipeline, config: Optional[Path]) -> dict:
+    """``device`` / ``gpu_runtime`` for run_emc / run_phasing; InputError (one line) if a GPU is asked but absent.
+
+    Test aid: with SPIBATCH_GPU_TWIN=1 in the environment, ``device: gpu`` runs the GPU code path on the
+    numpy twins of the CUDA kernels (no GPU needed; ``kernels/cuda_twin.py``).
+    """
+    if pipeline.device == "gpu":
+        import os
+
+        from spibatch.kernels.xp import TWIN_ENV, require_gpu
+
+        if os.environ.get(TWIN_ENV) == "1":
+            from spibatch.kernels.cuda_twin import TwinRuntime
+
+            return {"device": "gpu", "gpu_runtime": TwinRuntime()}
+
+        require_gpu(pipeline.gpu_runtime, path=config)
+    return {"device": pipeline.device, "gpu_runtime": pipeline.gpu_runtime}
 
 
 def _emc_inputs(pipeline, config: Path) -> tuple[Path, Path]:
@@ -251,6 +272,7 @@ def _emc(config: Path, out: Optional[Path], resume: Optional[Path], comm) -> Non
         raise InputError("--out and --resume together", field="--resume",
                          fix="give --resume RUN_DIR alone to continue a run, or --out DIR alone to start one")
     pipeline = load_pipeline(config)
+    device = mpi.collective(comm, _device_args, pipeline, config)    # device: gpu without a GPU stops here
     photons, detector = _emc_inputs(pipeline, config)
     mpi.collective(comm, check_inputs, pipeline.emc, photons, detector, size)  # before any run directory
     inputs = [config, photons, detector] + ([pipeline.emc.start_model] if pipeline.emc.start_model else [])
@@ -271,11 +293,11 @@ def _emc(config: Path, out: Optional[Path], resume: Optional[Path], comm) -> Non
     run_path = mpi.broadcast(comm, None if run is None else run.path)
     if rank != 0:
         run_emc(pipeline.emc, photons, detector, run_path, resume=resume is not None, comm=comm,
-                show_progress=False)
+                show_progress=False, **device)
         return
     try:
         outputs = run_in_dir(run, run_emc, pipeline.emc, photons, detector, run.path, resume=resume is not None,
-                             comm=comm)
+                             comm=comm, **device)
     finally:
         _write_report(run.path)
     typer.echo(f"\nEMC: {pipeline.emc.iterations} iterations on {size} rank(s) into {run.path}")
@@ -299,6 +321,7 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
     from spibatch.rundir import create_run_dir, run_in_dir
 
     pipeline = load_pipeline(config)
+    device = _device_args(pipeline, config)    # device: gpu without a GPU stops here
     source = intensity or pipeline.phasing.intensity
     if source is None:
         raise InputError("no intensity to phase", path=config, field="phasing.intensity",
@@ -318,7 +341,7 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
     run.add_inputs(config, source, *([truth] if truth else []))
 
     def body() -> dict:
-        outputs = run_phasing(pipeline.phasing, Path(source), run.path, loaded=loaded)
+        outputs = run_phasing(pipeline.phasing, Path(source), run.path, loaded=loaded, **device)
         if truth is not None:
             outputs.update(_phase_vs_truth(outputs["phasing"], truth, truth_voxel_size_m, run.path))
         return outputs

@@ -199,6 +199,11 @@ class Pipeline(Section):
     emc: EMC = Field(default_factory=EMC)
     phasing: Phasing = Field(default_factory=Phasing)
     output: Output = Field(default_factory=Output)
+    device: Literal["cpu", "gpu"] = Field("cpu", description="where EMC and phasing run: cpu (numpy, Numba) or gpu "
+                                          "(CuPy, the [gpu] extra; one NVIDIA GPU per MPI rank or Parsl worker)")
+    gpu_runtime: Literal["cupy", "pycuda"] = Field("cupy", description="with device: gpu, what compiles and "
+                                                   "launches the CUDA kernels: cupy (RawModule) or pycuda "
+                                                   "(SourceModule; needs PyCUDA and nvcc)")
 
     @field_validator("name", mode="before")
     @classmethod

@@ -57,3 +57,38 @@ def emc_config(emc_small: dict[str, Path]):
         return path
 
     return make
+
+
+# ---------------------------------------------------------------- GPU back-ends (issue 5)
+
+class GPUBackend:
+    """What a numeric GPU test runs on: ``name``, ``xp`` (numpy or cupy) and ``runtime`` (for the Launcher)."""
+
+    def __init__(self, name: str, xp, runtime):
+        self.name, self.xp, self.runtime = name, xp, runtime
+
+    def __repr__(self) -> str:
+        return f"GPUBackend({self.name})"
+
+
+@pytest.fixture(params=["numpy", "cupy", "pycuda"])
+def xp(request) -> GPUBackend:
+    """The GPU code path on: ``numpy`` (always: the numpy twins of the CUDA kernels, kernels/cuda_twin.py,
+    so the orchestration runs without a GPU), ``cupy`` and ``pycuda`` (the CUDA kernels; skipped with
+    the reason where CuPy, PyCUDA or a GPU is missing, as in CI)."""
+    import numpy
+
+    if request.param == "numpy":
+        from spibatch.kernels.cuda_twin import TwinRuntime
+
+        return GPUBackend("numpy", numpy, TwinRuntime())
+    from spibatch.errors import InputError
+    from spibatch.kernels.xp import require_gpu
+
+    try:
+        require_gpu(request.param)
+    except InputError as exc:
+        pytest.skip(f"{request.param}: no GPU here ({exc.problem})")
+    import cupy
+
+    return GPUBackend(request.param, cupy, request.param)

@@ -127,7 +127,7 @@ def beta_for(cfg, iteration: int, counts: np.ndarray) -> np.ndarray:
 
 
 def emc_iteration(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shards: list[Shard],
-                  state: StepState) -> ShardSums:
+                  state: StepState, *, device: str = "cpu", gpu_runtime="cupy") -> ShardSums:
     """``shard_step`` on each shard, summed in frame order: exactly ``reduce([shard_step(...) ...])``.
 
     model (M, M, M) float64; state.beta and state.scales (D_total,) float64 for all frames.
@@ -135,7 +135,7 @@ def emc_iteration(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sha
     """
     total, frames = None, []
     for shard in sorted(shards, key=lambda s: s.first_frame):
-        part = shard_step(model, rotations, pixels, shard, state)
+        part = shard_step(model, rotations, pixels, shard, state, device=device, gpu_runtime=gpu_runtime)
         if total is None:
             total = part
         else:
@@ -185,13 +185,14 @@ def _limit_threads() -> int:
 
 
 def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, comm=None,
-            show_progress: bool = True) -> dict[str, Path]:
+            show_progress: bool = True, device: str = "cpu", gpu_runtime="cupy") -> dict[str, Path]:
     """Run EMC with the settings ``cfg`` (:class:`spibatch.config.EMC`) and write into ``out_dir``.
 
     comm: an mpi4py communicator (frames sharded across its ranks; only rank 0
     writes) or None.  resume: continue from ``out_dir/checkpoint.h5`` when it
     exists.  Returns ``{name: path}`` of the outputs (on every rank).
     Raises InputError on bad input or a diverging fit (earlier iterations' files are kept).
+    device, gpu_runtime: the pipeline's ``device`` / ``gpu_runtime`` (each rank takes one GPU of its node).
     """
     from spibatch.progress import progress
 
@@ -249,6 +250,10 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
         log.info("EMC: %d frames in %d shard(s) on %d rank(s) x %d thread(s), %d rotations (num_div %d), "
                  "model %d^3\n%s", inputs.num_frames, len(bounds), size, threads, len(rotations), cfg.num_div,
                  inputs.size, "\t".join(records.LOG_COLUMNS))
+    if device == "gpu" and isinstance(gpu_runtime, str):
+        from spibatch.kernels.xp import ensure_device
+
+        log.info("EMC on GPU %d (%s) of this node", ensure_device(), gpu_runtime)   # one GPU per rank
     warm_up()   # compile or load the kernels now, so that iteration 1's time is the iteration's
     hold = int(os.environ.get(HOLD_ENV, "0") or 0)
     bar_wanted = show_progress and comm is None and sys.stdout.isatty()  # else the per-iteration lines only
@@ -256,7 +261,8 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
         for iteration in range(first, cfg.iterations + 1):
             start = time.perf_counter()
             beta = beta_for(cfg, iteration, counts)
-            local = emc_iteration(model, rotations, pixels, shards, StepState(iteration, beta, scales))
+            local = emc_iteration(model, rotations, pixels, shards, StepState(iteration, beta, scales),
+                                  device=device, gpu_runtime=gpu_runtime)
             stepped = time.perf_counter()
             total = mpi.combine(comm, local, frames_per_rank)
             combined = time.perf_counter()

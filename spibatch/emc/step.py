@@ -188,11 +188,18 @@ def rotation_block_size(num_used: int) -> int:
 
 
 def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard,
-               state: StepState, *, rotation_block: int | None = None) -> ShardSums:
+               state: StepState, *, rotation_block: int | None = None, device: str = "cpu",
+               gpu_runtime="cupy") -> ShardSums:
     """Expand, likelihood, probabilities and merge for one shard: its partial sums.
 
-    model (M, M, M) float64 (the current model, >= 0).
+    model (M, M, M) float64 (the current model, >= 0).  ``device="gpu"``: the same sums from
+    :func:`spibatch.emc.gpu_step.gpu_shard_step` with ``gpu_runtime`` (cupy, pycuda or a runtime object).
     """
+    if device == "gpu":
+        from spibatch.emc.gpu_step import gpu_shard_step
+
+        return gpu_shard_step(model, rotations, pixels, shard, state, runtime=gpu_runtime,
+                              rotation_block=rotation_block)
     from spibatch.kernels.emc_cpu import log_views_t, normalize_probabilities, photon_log_likelihood
 
     model = np.ascontiguousarray(model, np.float64)

@@ -1,7 +1,8 @@
 """Kernels: the loops array expressions cannot do well.
 
-``emc_cpu.py`` and ``phasing_cpu.py``: Numba on the CPU.  ``cuda/*.cu``: their CUDA twins
-(compiled for sm_90 in the tests; their CuPy / PyCUDA launchers and a GPU run are still to come).
+``emc_cpu.py`` and ``phasing_cpu.py``: Numba on the CPU.  ``cuda/*.cu``: their CUDA twins, launched
+through CuPy or PyCUDA (``cuda_launch.py``, ``emc_gpu.py``, ``phasing_gpu.py``); ``xp.py`` picks numpy or
+cupy and the process's GPU; ``cuda_twin.py`` runs the CUDA kernels' semantics in numpy for tests.
 
 Numba's OpenMP workers spin for a while after each parallel kernel by default; in
 phasing they then steal the cores FFTW's own threads need between two kernels

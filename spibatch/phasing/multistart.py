@@ -30,6 +30,8 @@ class Options:
     initial_support_threshold: float = DEFAULT_SUPPORT_THRESHOLD
     threads: int = 1
     fft_backend: str = "auto"
+    device: str = "cpu"             # gpu: the start runs on this process's GPU (spibatch.phasing.gpu)
+    gpu_runtime: str = "cupy"
 
 
 @dataclass
@@ -50,6 +52,10 @@ class StartResult:
 
 def run_one(seed: int, measurement: Measurement, options: Options) -> StartResult:
     """One reconstruction from random phases drawn with ``seed``; independent of every other start."""
+    if options.device == "gpu":                 # a Parsl worker's or MPI rank's own GPU (kernels.xp.use_device)
+        from spibatch.phasing.gpu import run_batch
+
+        return run_batch([seed], measurement, options, runtime=options.gpu_runtime)[0]
     from spibatch.phasing.operators import parse_recipe
     from spibatch.phasing.reconstruction import Reconstruction
 

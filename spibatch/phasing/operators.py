@@ -24,7 +24,6 @@ import math
 
 import numpy as np
 
-from spibatch.kernels import phasing_cpu as k
 from spibatch.phasing.reconstruction import Reconstruction
 
 
@@ -158,7 +157,7 @@ class ER(_Iteration):
     """Error reduction: x <- P_S P_M x."""
 
     def update(self, rec, y):
-        k.update_er(rec.x, y, rec.support, rec.positivity)
+        rec.kernels.update_er(rec.x, y, rec.support, rec.positivity)
 
 
 class _Relaxed(_Iteration):
@@ -174,14 +173,14 @@ class HIO(_Relaxed):
     """Hybrid input-output with feedback ``beta``."""
 
     def update(self, rec, y):
-        k.update_hio(rec.x, y, rec.support, rec.positivity, np.float32(self.params["beta"]))
+        rec.kernels.update_hio(rec.x, y, rec.support, rec.positivity, np.float32(self.params["beta"]))
 
 
 class RAAR(_Relaxed):
     """Relaxed averaged alternating reflections with relaxation ``beta``."""
 
     def update(self, rec, y):
-        k.update_raar(rec.x, y, rec.support, rec.positivity, np.float32(self.params["beta"]))
+        rec.kernels.update_raar(rec.x, y, rec.support, rec.positivity, np.float32(self.params["beta"]))
 
 
 class DM(Step):
@@ -197,12 +196,12 @@ class DM(Step):
         beta = self.params["beta"]
         gamma_m, gamma_s = 1.0 / beta, -1.0 / beta
         y = rec.modulus_projection()
-        a = np.empty_like(rec.x)
+        a = rec.xp.empty_like(rec.x)
         # b overwrites y in place (each element of y is read before it is written)
-        k.dm_first(rec.x, y, rec.support, rec.positivity, np.float32(gamma_m), np.float32(gamma_s), a, y)
+        rec.kernels.dm_first(rec.x, y, rec.support, rec.positivity, np.float32(gamma_m), np.float32(gamma_s), a, y)
         pb = rec.modulus_projection(src=y, record=False)
         rec.y_is_projection = False
-        k.dm_second(rec.x, a, pb, np.float32(beta))
+        rec.kernels.dm_second(rec.x, a, pb, np.float32(beta))
         rec.changed()
         return rec
 
@@ -235,31 +234,32 @@ class ShrinkWrap(Step):
         # blur the current estimate: P_S of the last modulus projection (P_S x if there was none);
         # the raw HIO/RAAR iterate outside the support is feedback, not density
         source = rec.fft.y if rec.y_is_projection else rec.x
-        k.project_support(source, rec.support, rec.positivity, rec.fft.y)
+        rec.kernels.project_support(source, rec.support, rec.positivity, rec.fft.y)
         rec.y_is_projection = False
         spectrum = rec.fft.forward(rec.fft.y)
         rec.changed()
         blurred_spectrum = rec.fft.spare_spectrum()
-        k.multiply_separable(spectrum, blurred_spectrum, (g / n ** 3).astype(np.float32), g.astype(np.float32),
+        rec.kernels.multiply_separable(spectrum, blurred_spectrum, (g / n ** 3).astype(np.float32), g.astype(np.float32),
                              gz.astype(np.float32))
         blurred = rec.fft.inverse(blurred_spectrum)
-        top = k.max_real(blurred)
-        if not top > 0:
-            raise RecipeError("ShrinkWrap: the blurred density has no positive value; the support would be empty")
-        if self.params["keep"] > 0:
-            level = _level_keeping(blurred, top, self.params["keep"])
-        else:
-            level = self.params["threshold"] * top
-        kept = k.threshold_support(blurred, np.float32(level), rec.support)
-        if kept == 0:
-            raise RecipeError(f"ShrinkWrap: threshold {self.params['threshold']} emptied the support; lower it")
-        rec.support_size_history.append((rec.iteration, int(kept)))
+        for start, (volume, support) in enumerate(rec.per_start(blurred)):   # one, or each start of a GPU batch
+            top = rec.kernels.max_real(volume)
+            if not top > 0:
+                raise RecipeError("ShrinkWrap: the blurred density has no positive value; the support would be empty")
+            if self.params["keep"] > 0:
+                level = _level_keeping(rec.kernels, volume, top, self.params["keep"])
+            else:
+                level = self.params["threshold"] * top
+            kept = rec.kernels.threshold_support(volume, np.float32(level), support)
+            if kept == 0:
+                raise RecipeError(f"ShrinkWrap: threshold {self.params['threshold']} emptied the support; lower it")
+            rec.record_support(start, int(kept))
         return rec
 
 
-def _level_keeping(blurred: np.ndarray, top: float, fraction: float, bins: int = 4096) -> float:
+def _level_keeping(kernels, blurred: np.ndarray, top: float, fraction: float, bins: int = 4096) -> float:
     """The value above which ``fraction`` of all voxels lie, to 1/bins of the maximum (a histogram, no sort)."""
-    counts = k.histogram_real(blurred, float(top), bins)
+    counts = kernels.histogram_real(blurred, float(top), bins)
     above = np.cumsum(counts[::-1])[::-1]           # voxels at or above each bin's lower edge
     want = fraction * blurred.size
     index = int(np.searchsorted(-above, -want, side="right")) - 1

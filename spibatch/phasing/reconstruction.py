@@ -22,7 +22,12 @@ class Reconstruction:
     support : (N, N, N) bool, FFT order
     history : one dict per modulus projection: iteration, algorithm, error (relative Fourier
         error sqrt(sum (|F| - A)^2 / sum A^2) over the measured voxels, before the projection)
+    kernels, xp : what the operators call (``kernels.phasing_cpu`` and numpy here; a device
+        twin in :mod:`spibatch.phasing.gpu`)
     """
+
+    kernels = k
+    xp = np
 
     def __init__(self, measurement: Measurement, support: np.ndarray, *, positivity: bool = True,
                  seed: int = 0, threads: int = 1, fft_backend: str = "auto", initial: np.ndarray | None = None):
@@ -45,6 +50,19 @@ class Reconstruction:
         else:
             self.fft.x[...] = initial
         self.support_size_history: list[tuple[int, int]] = [(0, int(self.support.sum()))]
+
+    @property
+    def amplitude(self) -> np.ndarray:
+        """The measured amplitudes, where the kernels read them."""
+        return self.measurement.amplitude
+
+    def per_start(self, volume):
+        """``(volume, support)`` of each start this reconstruction holds (one here; a batch on a GPU)."""
+        yield volume, self.support
+
+    def record_support(self, start: int, kept: int) -> None:
+        """Note the support size of start ``start`` after a shrink-wrap."""
+        self.support_size_history.append((self.iteration, kept))
 
     @property
     def x(self) -> np.ndarray:
@@ -82,8 +100,8 @@ class Reconstruction:
             spectrum = self.spectrum()
         else:
             spectrum = self.fft.forward(src)
-        err, norm = k.modulus_project(spectrum, self.measurement.amplitude, self._scale, self.n,
-                                      self.measurement.real)
+        err, norm = self.kernels.modulus_project(spectrum, self.amplitude, self._scale, self.n,
+                                                 self.measurement.real)
         self._spectrum = None                 # projected (and the inverse destroys it)
         self.y_is_projection = src is None      # y will hold P_M x until the next FFT into it
         if record:

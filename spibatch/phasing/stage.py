@@ -71,27 +71,45 @@ def crop_centre(volume: np.ndarray, edge: int, *, source=None) -> np.ndarray:
     return pad_centre(volume, edge)
 
 
-def options_of(cfg) -> "Options":
+def options_of(cfg, device: str = "cpu", gpu_runtime: str = "cupy") -> "Options":
     from spibatch.phasing.multistart import Options
 
     threads = cfg.threads
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return Options(recipe=cfg.recipe, positivity=cfg.positivity,
-                   initial_support_threshold=cfg.initial_support_threshold, threads=threads, fft_backend=cfg.fft)
+                   initial_support_threshold=cfg.initial_support_threshold, threads=threads, fft_backend=cfg.fft,
+                   device=device, gpu_runtime=gpu_runtime if isinstance(gpu_runtime, str) else "cupy")
+
+
+def _starts(seeds: list[int], measurement, options, device: str, gpu_runtime):
+    """(seed, StartResult) of every start: one after another on the CPU, in batches on a GPU."""
+    from spibatch.phasing.multistart import run_one
+
+    if device != "gpu":
+        for seed in seeds:
+            yield seed, run_one(seed, measurement, options)
+        return
+    from spibatch.phasing.gpu import batches, run_batch
+
+    for batch in batches(seeds, measurement.n, runtime=gpu_runtime):
+        log.info("starts %s together on the GPU", ", ".join(map(str, batch)))
+        yield from zip(batch, run_batch(batch, measurement, options, runtime=gpu_runtime))
 
 
 def run_phasing(cfg, intensity_path: Path, out_dir: Path, *, show_progress: bool = True,
-                loaded: tuple[np.ndarray, float | None] | None = None) -> dict[str, Path]:
+                loaded: tuple[np.ndarray, float | None] | None = None, device: str = "cpu",
+                gpu_runtime="cupy") -> dict[str, Path]:
     """Phase ``intensity_path`` with the ``phasing`` section ``cfg`` into ``out_dir``; returns {name: path}.
 
     ``loaded``: the (intensity, dq) :func:`load_intensity` already returned for this file and cfg.
+    device, gpu_runtime: the pipeline's (gpu: starts batched on this process's GPU, :mod:`.gpu`).
     """
     import time
 
     from spibatch.io.atomic import write_text
     from spibatch.phasing.measurement import prepare
-    from spibatch.phasing.multistart import max_measured_shell, merge, run_one
+    from spibatch.phasing.multistart import max_measured_shell, merge
     from spibatch.phasing.operators import RecipeError, parse_recipe
     from spibatch.progress import progress
 
@@ -116,11 +134,15 @@ def run_phasing(cfg, intensity_path: Path, out_dir: Path, *, show_progress: bool
              cfg.num_starts, recipe, recipe.iterations(), options.threads, options.fft_backend)
     lines, results = [], []
     start = time.perf_counter()
+    if device == "gpu" and isinstance(gpu_runtime, str):
+        from spibatch.kernels.xp import ensure_device
+
+        log.info("phasing on GPU %d (%s) of this node", ensure_device(), gpu_runtime)
+    starts = _starts([cfg.seed + i for i in range(cfg.num_starts)], measurement, options, device, gpu_runtime)
     with progress(cfg.num_starts, "phasing starts", enabled=show_progress) as bar:
         for index in range(cfg.num_starts):
-            seed = cfg.seed + index
             try:
-                result = run_one(seed, measurement, options)
+                seed, result = next(starts)
             except RecipeError as exc:
                 raise InputError(str(exc), path=intensity_path, field="phasing.recipe",
                                  fix="change the ShrinkWrap threshold or the recipe") from None

@@ -1,0 +1,204 @@
+"""The EMC shard step on a GPU: the same :class:`~spibatch.emc.step.ShardSums` as ``shard_step``.
+
+Per chunk of frames (all of a shard when the dense (frames, rotations) float32
+likelihood and probabilities fit the memory budget), per block of rotations:
+
+* ``log_views`` slices the model on the rotations (pixel-major (T, n) float32) and sums the views;
+* ``photon_log_likelihood`` fills the chunk's (frames, n) likelihood block;
+
+then ``normalize_probabilities`` (one CUDA block per frame, pruned as on the CPU:
+``PDIFF / beta`` window, ``PROB_MIN``), and per block of rotations again the per-frame sums
+(through ``xp``), ``weighted_photons`` (photons by pixel, CSC) and ``merge_views`` (atomicAdd
+into one (M, M, M, 2) float32 volume).  Model, views, likelihoods and probabilities are
+float32 on the device; the sums of views, per-frame sums and the normaliser are float64.
+The result comes back as numpy, so ``reduce``, ``finish``, MPI and Parsl are unchanged.
+
+``runtime``: "cupy", "pycuda", or a runtime object (``kernels.cuda_twin.TwinRuntime``: numpy
+twins of the kernels, so this orchestration runs and is compared with the CPU path without a GPU).
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+import numpy as np
+
+from spibatch.emc.step import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
+from spibatch.kernels.xp import free_bytes, synchronize
+
+MAX_ROWS = 65535     # CUDA's limit on grid.y, where the kernels put pixels or frames: larger sets go in pieces
+
+
+def _row_blocks(total: int) -> list[tuple[int, int]]:
+    return [(a, min(a + MAX_ROWS, total)) for a in range(0, total, MAX_ROWS)]
+
+
+def plan(num_frames: int, num_rot: int, num_pix: int, budget: int) -> tuple[int, int]:
+    """(frames per chunk, rotations per block) so that the working arrays fit in ``budget`` bytes.
+
+    Half the budget for the chunk's likelihood and probabilities (8 bytes per frame and rotation),
+    half for a block's views (4 B per pixel and rotation, twice) and its (frames, block) float64
+    temporaries of the per-frame sums (~48 B each); the block is a multiple of 32 rotations (a warp)
+    unless it holds them all.  A chunk has at most MAX_ROWS frames.
+    """
+    chunk = int(max(1, min(num_frames, MAX_ROWS, (budget // 2) // (8 * num_rot))))
+    block = int((budget // 2) // (8 * num_pix + 48 * chunk))
+    if block >= num_rot:
+        return chunk, num_rot
+    return chunk, max(32, block // 32 * 32)
+
+
+def _by_pixel(shard: Shard, f0: int, f1: int, num_pix: int):
+    """Photons of frames f0..f1 by pixel (CSC): pixel_ptr (T + 1,) int64, frame (n,) int32 (from f0), count.
+
+    Kept on the shard (an argsort of all its photons each iteration would cost more than the GPU step).
+    """
+    cache = shard.__dict__.setdefault("_by_pixel_chunks", {})
+    key = (f0, f1, num_pix)
+    if key not in cache:
+        cache[key] = _by_pixel_now(shard, f0, f1, num_pix)
+    return cache[key]
+
+
+def _by_pixel_now(shard: Shard, f0: int, f1: int, num_pix: int):
+    a, b = int(shard.ptr[f0]), int(shard.ptr[f1])
+    frame = np.repeat(np.arange(f1 - f0, dtype=np.int32), np.diff(shard.ptr[f0:f1 + 1]))
+    pixel = shard.pixel[a:b]
+    order = np.argsort(pixel, kind="stable")
+    pixel_ptr = np.zeros(num_pix + 1, np.int64)
+    np.cumsum(np.bincount(pixel, minlength=num_pix), out=pixel_ptr[1:])
+    return pixel_ptr, frame[order], np.ascontiguousarray(shard.count[a:b][order])
+
+
+def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, state: StepState, *,
+                   runtime="cupy", xp=None, frame_chunk: int | None = None, rotation_block: int | None = None,
+                   budget_bytes: int | None = None) -> ShardSums:
+    """Expand, likelihood, probabilities and merge for one shard on the device: its partial sums (numpy).
+
+    model (M, M, M) >= 0.  frame_chunk / rotation_block override :func:`plan` (tests use small ones).
+    """
+    from spibatch.kernels.emc_gpu import EMCKernels
+
+    if xp is None:
+        xp = getattr(runtime, "xp", None)
+    if xp is None:
+        import cupy as xp
+
+        from spibatch.kernels.xp import ensure_device
+
+        ensure_device()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
+    kernels = EMCKernels(runtime, xp)
+    clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0, "transfer": 0.0}
+    t0 = perf_counter()
+    m = model.shape[0]
+    first, nf, nrot = shard.first_frame, shard.num_frames, len(rotations)
+    num_used, num_pix = pixels.num_used, len(pixels.q)
+    d_model = xp.asarray(np.ascontiguousarray(model, np.float32))
+    rotmats = xp.asarray(np.ascontiguousarray(rotations.matrices, np.float32))
+    q_used = xp.asarray(np.ascontiguousarray(pixels.q[:num_used], np.float32))
+    q_all = xp.asarray(np.ascontiguousarray(pixels.q, np.float32))
+    log_prior = xp.asarray(np.log(rotations.weights))
+    pixel = xp.asarray(shard.pixel)
+    count = xp.asarray(shard.count)
+    acc = xp.zeros((m, m, m, 2), np.float32)
+    synchronize(xp)
+    clock["transfer"] += perf_counter() - t0
+    if budget_bytes is None:
+        budget_bytes = int(0.6 * free_bytes(xp, fallback=2 ** 28))
+    chunk, block = plan(nf, nrot, num_pix, budget_bytes)
+    chunk, block = frame_chunk or chunk, rotation_block or block
+    # flat buffers; a (rows, n) view of their first rows * n entries is C-contiguous for any n <= block
+    view_buf = xp.empty(num_pix * block, np.float32)
+    out_buf = xp.empty(chunk * block, np.float32) if block < nrot else None
+    u = xp.zeros(nrot, np.float64)
+    results = {k: [] for k in ("scale_denominator", "log_likelihood", "mutual_info", "num_kept", "best_rotation",
+                               "best_probability")}
+    for f0 in range(0, nf, chunk):
+        f1 = min(f0 + chunk, nf)
+        c = f1 - f0
+        t0 = perf_counter()
+        frame_ptr = xp.asarray(shard.ptr[f0:f1 + 1])
+        frame_end = xp.asarray(shard.used_end[f0:f1])
+        beta = xp.asarray(np.ascontiguousarray(state.beta[first + f0:first + f1], np.float64))
+        scale = xp.asarray(np.ascontiguousarray(state.scales[first + f0:first + f1], np.float64))
+        pixel_ptr, by_frame, by_count = (xp.asarray(a) for a in _by_pixel(shard, f0, f1, num_pix))
+        synchronize(xp)
+        clock["transfer"] += perf_counter() - t0
+        like = xp.empty((c, nrot), np.float32)
+        for r0 in range(0, nrot, block):
+            r1 = min(r0 + block, nrot)
+            n = r1 - r0
+            t0 = perf_counter()
+            logv = view_buf[:num_used * n].reshape(num_used, n)
+            u_block = xp.zeros(n, np.float64)
+            for a, b in _row_blocks(num_used):
+                kernels.log_views(d_model, rotmats[r0:r1], q_used[a:b], TINY, logv[a:b], u_block)
+            u[r0:r1] = u_block
+            synchronize(xp)
+            t1 = perf_counter()
+            target = like if n == nrot else out_buf[:c * n].reshape(c, n)
+            kernels.photon_log_likelihood(logv, frame_ptr, frame_end, pixel, count, log_prior[r0:r1], scale,
+                                          u_block, target)
+            if n != nrot:
+                like[:, r0:r1] = target
+            synchronize(xp)
+            clock["expand"] += t1 - t0
+            clock["likelihood"] += perf_counter() - t1
+        t0 = perf_counter()
+        prob = xp.empty_like(like)
+        best = xp.empty(c, np.float64)
+        norm = xp.empty(c, np.float64)
+        kernels.normalize_probabilities(like, beta, PDIFF, PROB_MIN, prob, best, norm)
+        scale_den, log_like, info = (xp.zeros(c, np.float64) for _ in range(3))
+        kept = xp.zeros(c, np.int64)
+        results["best_rotation"].append(xp.argmax(like, axis=1).astype(np.int32))
+        results["best_probability"].append(xp.where(norm > 0, 1.0 / xp.where(norm > 0, norm, 1.0), 0.0))
+        synchronize(xp)
+        clock["normalize"] += perf_counter() - t0
+        for r0 in range(0, nrot, block):
+            r1 = min(r0 + block, nrot)
+            n = r1 - r0
+            t0 = perf_counter()
+            p = prob if n == nrot else xp.ascontiguousarray(prob[:, r0:r1])
+            p64 = p.astype(np.float64)
+            scale_den += p64 @ u[r0:r1]
+            log_like += (p64 * like[:, r0:r1]).sum(axis=1)
+            positive = p64 > 0
+            info += xp.where(positive, p64 * (xp.log(xp.where(positive, p64, 1.0)) - log_prior[None, r0:r1]),
+                             0.0).sum(axis=1)
+            kept += positive.sum(axis=1)
+            weight_of_rot = (scale @ p64).astype(np.float32)
+            del p64, positive
+            synchronize(xp)
+            t1 = perf_counter()
+            views = view_buf[:num_pix * n].reshape(num_pix, n)
+            for a, b in _row_blocks(num_pix):
+                kernels.weighted_photons(p, pixel_ptr[a:b + 1], by_frame, by_count, views[a:b])
+                kernels.merge_views(acc, rotmats[r0:r1], q_all[a:b], views[a:b], weight_of_rot)
+            synchronize(xp)
+            clock["normalize"] += t1 - t0
+            clock["merge"] += perf_counter() - t1
+        for key, value in (("scale_denominator", scale_den), ("log_likelihood", log_like), ("mutual_info", info),
+                           ("num_kept", kept.astype(np.int32))):
+            results[key].append(value)
+        del like, prob
+    t0 = perf_counter()
+    host = {k: np.concatenate([_host(v) for v in parts]) for k, parts in results.items()}
+    acc_host = _host(acc)
+    clock["transfer"] += perf_counter() - t0
+    frames = {
+        "counts": shard.counts.copy(),
+        "scale_denominator": host["scale_denominator"],
+        "log_likelihood": host["log_likelihood"] - shard.log_factorial,
+        "mutual_info": host["mutual_info"],
+        "num_kept": host["num_kept"],
+        "best_rotation": host["best_rotation"],
+        "best_probability": host["best_probability"],
+    }
+    return ShardSums(first, acc_host[..., 0].astype(np.float64), acc_host[..., 1].astype(np.float64), frames, clock)
+
+
+def _host(array) -> np.ndarray:
+    from spibatch.kernels.xp import to_host
+
+    return to_host(array)
