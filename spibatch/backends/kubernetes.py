@@ -282,7 +282,7 @@ def _api():
     from kubernetes import client, config
 
     try:
-        config.load_kube_config()
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
     except config.config_exception.ConfigException:
         config.load_incluster_config()
     return client.CoreV1Api()

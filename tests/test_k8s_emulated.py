@@ -1,0 +1,129 @@
+"""The Kubernetes site end to end against an emulated API server (kmock) and a local pod runner.
+
+Parsl's real KubernetesProvider (our subclass only builds the pod) and the real ``kubernetes``
+client create, poll and delete pods on kmock; tests/k8s_emulator.py's PodRunner runs each pod's
+command as a local process.  See README "Running on a cluster" for what this does not test.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k8s_emulator import Cluster, PodRunner, host_env
+
+pytest.importorskip("kmock", reason="kmock (the Kubernetes API emulator) is in the [test] extra")
+pytest.importorskip("parsl", reason="parsl is in the [platform] extra")
+
+pytestmark = pytest.mark.emulated
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_site(tmp_path: Path, shared: Path, **kubernetes) -> Path:
+    options = {"namespace": "spibatch", "pvc": "shared", "mount_path": str(shared),
+               "interchange_address": "127.0.0.1", "strategy_period_s": 0.5, "max_idletime_s": 2,
+               "cpu_request": "500m", "cpu_limit": "1", "memory_request": "256Mi", "memory_limit": "1Gi",
+               "worker_init": f"export PYTHONPATH={REPO}:{REPO / 'tests'}"}
+    options.update(kubernetes)
+    site = {"name": "emulated", "provider": "kubernetes", "workers": 2,
+            "container": {"runtime": "docker", "image": "spibatch:test"}, "kubernetes": options}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    with Cluster({"spibatch": ["shared"]}) as emulated:
+        kubeconfig = str(emulated.write_kubeconfig(tmp_path / "kubeconfig"))
+        monkeypatch.setenv("KUBECONFIG", kubeconfig)
+        # the client reads $KUBECONFIG once, at import: point its default there too (Parsl's provider uses it)
+        monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
+        yield emulated
+
+
+def test_preflight_asks_the_api_server(cluster, tmp_path):
+    from spibatch.backends import load_site, preflight
+    from spibatch.errors import InputError
+
+    shared = tmp_path / "shared"
+    run_dir = shared / "runs" / "r1"
+    preflight(load_site(write_site(tmp_path, shared)), run_dir)        # namespace and claim exist: quiet
+    with pytest.raises(InputError) as missing_ns:
+        preflight(load_site(write_site(tmp_path, shared, namespace="nowhere")), run_dir)
+    line = str(missing_ns.value)
+    assert "\n" not in line and "kubernetes.namespace" in line and "namespace nowhere does not exist" in line
+    assert "kubectl create namespace nowhere" in line and str(tmp_path / "site.yaml") in line
+    with pytest.raises(InputError) as missing_pvc:
+        preflight(load_site(write_site(tmp_path, shared, pvc="elsewhere")), run_dir)
+    assert "kubernetes.pvc" in str(missing_pvc.value) and "elsewhere does not exist" in str(missing_pvc.value)
+
+
+def test_parsl_tasks_run_in_emulated_pods(cluster, tmp_path):
+    import parsl
+    from parsl import python_app
+
+    from k8s_tasks import where_am_i
+    from spibatch.backends import load_site, parsl_config, render
+
+    shared = tmp_path / "shared"
+    run_dir = shared / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    site = load_site(write_site(tmp_path, shared))
+    app = python_app(where_am_i, executors=["tasks"])
+    with PodRunner(cluster, "spibatch", host_env()) as runner:
+        with parsl.load(parsl_config(site, run_dir)):
+            results = [app(str(run_dir), i).result(timeout=120) for i in range(4)]
+        assert not runner.errors, runner.errors
+        assert [r["square"] for r in results] == [0, 1, 4, 9]
+        assert [(run_dir / f"task-{i}.txt").read_text() for i in range(4)] == ["0\n", "1\n", "4\n", "9\n"]
+        assert {r["run_dir"] for r in results} == {str(run_dir)}       # the pod's env, not ours
+        assert {r["home"] for r in results} == {"/tmp"}
+        assert {r["cwd"] for r in results} == {str(run_dir)}
+        assert os.getpid() not in {r["pid"] for r in results}
+        assert runner.started, "no pod was created"
+        for _ in range(100):                                          # Parsl deletes its pods at cleanup
+            if len(runner.deleted) == len(runner.started):
+                break
+            import time
+            time.sleep(0.1)
+        assert sorted(runner.deleted) == sorted(p["metadata"]["name"] for p in runner.started)
+    assert cluster.api().list_namespaced_pod("spibatch").items == []
+
+    # The dry run showed this very pod: equal but for the job id, the name and the ports in the command.
+    created = runner.started[0]
+    shown = yaml.safe_load(render(site, run_dir, ["spibatch", "run"])["worker-pod.yaml"])
+    job_id = created["metadata"]["labels"]["parsl-job-id"]
+    assert created["metadata"]["name"] == f"emulated-worker.{job_id}" or created["metadata"]["name"].endswith(job_id)
+    for pod in (created, shown):
+        pod["metadata"].pop("name"), pod["metadata"]["labels"].pop("parsl-job-id")
+        pod["spec"]["containers"][0].pop("args")
+        for key in ("status", "creationTimestamp", "uid", "resourceVersion"):
+            pod.pop(key, None), pod["metadata"].pop(key, None)
+    assert created == shown
+
+
+@pytest.mark.skipif(not os.environ.get("SPIBATCH_TEST_KUBECONFIG"),
+                    reason="set SPIBATCH_TEST_KUBECONFIG=<kubeconfig> (plus SPIBATCH_TEST_K8S_SITE=<site.yaml> whose "
+                    "image and PVC exist there, and SPIBATCH_TEST_K8S_RUN_DIR inside its mount path) to run on a "
+                    "real cluster")
+def test_real_cluster(monkeypatch):
+    """The same Parsl tasks on a real cluster (opt-in): needs the image pushed and the run directory
+    on a filesystem this machine and the pods share, and pods able to reach this machine."""
+    import parsl
+    from parsl import python_app
+
+    from k8s_tasks import where_am_i
+    from spibatch.backends import load_site, parsl_config, preflight
+
+    monkeypatch.setenv("KUBECONFIG", os.environ["SPIBATCH_TEST_KUBECONFIG"])
+    site = load_site(os.environ["SPIBATCH_TEST_K8S_SITE"])
+    run_dir = Path(os.environ["SPIBATCH_TEST_K8S_RUN_DIR"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    preflight(site, run_dir)
+    app = python_app(where_am_i, executors=["tasks"])
+    with parsl.load(parsl_config(site, run_dir)):
+        results = [app(str(run_dir), i).result(timeout=900) for i in range(4)]
+    assert [r["square"] for r in results] == [0, 1, 4, 9]
+    assert [(run_dir / f"task-{i}.txt").read_text() for i in range(4)] == ["0\n", "1\n", "4\n", "9\n"]
