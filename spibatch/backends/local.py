@@ -60,22 +60,23 @@ def _provider(site):
 
 def parsl_config(site, run_dir: Path):
     """One HTEX of ``workers`` workers on this machine, driver and workers on 127.0.0.1."""
-    from parsl.executors import HighThroughputExecutor
-
-    executor = common.htex(site, _provider(site), run_dir)
-    assert isinstance(executor, HighThroughputExecutor)
-    executor.address = "127.0.0.1"
-    executor.all_addresses = "127.0.0.1"
+    executor = common.htex(site, _provider(site), run_dir, address="127.0.0.1")
     return common.config([executor], run_dir, strategy_period=site.local.strategy_period_s, max_idletime=120.0)
 
 
-def emc_launch(site, run_dir: Path, command: list[str]) -> tuple[str, str, dict]:
-    """(executor label, shell command, resource spec) of the HPC-mode EMC job."""
+def emc_launch(site, run_dir: Path, command: list[str], ranks: int | None = None) -> tuple[str, str, dict]:
+    """(executor label, shell command, resource spec) of the HPC-mode EMC job of ``ranks`` (default workers)."""
+    ranks = site.workers if ranks is None else ranks
     inner = prefix(site.container, [run_dir]) + command
-    if uses_mpi(site):
-        inner = ["mpirun", "-n", str(site.workers), "--bind-to", "none",
-                 "-x", f"NUMBA_NUM_THREADS={max(1, cores(site) // site.workers)}"] + inner
+    if uses_mpi(site) and ranks > 1:
+        inner = ["mpirun", "-n", str(ranks), "--bind-to", "none",
+                 "-x", f"NUMBA_NUM_THREADS={max(1, cores(site) // ranks)}"] + inner
     return TASKS_LABEL, shlex.join(inner), {}
+
+
+def node_cores(site) -> int:
+    """Cores of one node of this site (threads are shared out of them)."""
+    return cores(site)
 
 
 def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:

@@ -58,11 +58,12 @@ def launch_cmd(site, run_dir: Path) -> str:
     return prefix_text(site.container, [run_dir], workdir=run_dir) + DEFAULT_LAUNCH_CMD
 
 
-def htex(site, provider, run_dir: Path, *, label: str = TASKS_LABEL, cores_per_worker: float = 1.0):
+def htex(site, provider, run_dir: Path, *, label: str = TASKS_LABEL, cores_per_worker: float = 1.0,
+         address: str | None = None):
     """The HighThroughputExecutor running stages and tasks: ``site.workers`` workers per block."""
     from parsl.executors import HighThroughputExecutor
 
-    return HighThroughputExecutor(label=label, provider=provider, max_workers_per_node=site.workers,
+    return HighThroughputExecutor(label=label, provider=provider, max_workers_per_node=site.workers, address=address,
                                   cores_per_worker=cores_per_worker, launch_cmd=launch_cmd(site, run_dir),
                                   worker_logdir_root=str(run_dir / "runinfo" / "workers"),
                                   heartbeat_period=5, heartbeat_threshold=60)

@@ -102,11 +102,18 @@ def parsl_config(site, run_dir: Path):
                          max_idletime=site.slurm.max_idletime_s)
 
 
-def emc_launch(site, run_dir: Path, command: list[str]) -> tuple[str, str, dict]:
+def emc_launch(site, run_dir: Path, command: list[str], ranks: int | None = None) -> tuple[str, str, dict]:
     """(executor label, shell command, resource spec) of the HPC-mode EMC job: srun's prefix, then each rank."""
+    ranks = site.workers if ranks is None else ranks
     inner = shlex.join(prefix(site.container, [run_dir]) + command)
-    spec = {"num_nodes": site.slurm.nodes, "num_ranks": site.workers, "launcher_options": site.slurm.mpi_options}
+    spec = {"num_nodes": min(site.slurm.nodes, ranks), "num_ranks": ranks,
+            "launcher_options": site.slurm.mpi_options}
     return MPI_LABEL, f"$PARSL_MPI_PREFIX {inner}", spec
+
+
+def node_cores(site) -> int:
+    """Cores of one node of this site (threads are shared out of them)."""
+    return site.slurm.cores_per_node or ranks_per_node(site)
 
 
 def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:
