@@ -99,6 +99,7 @@ class PodRunner:
         self.started: list[dict] = []        # every pod manifest started, as the API returned it
         self.deleted: list[str] = []         # names of pods whose process was killed on deletion
         self.errors: list[str] = []
+        self.most_at_once = 0                # the most pod processes alive at the same time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -186,6 +187,8 @@ class PodRunner:
                 elif process.poll() is not None and name not in finished:
                     self._phase(name, "Succeeded" if process.returncode == 0 else "Failed")
                     finished.add(name)
+            alive = sum(process.poll() is None for process in self.processes.values())
+            self.most_at_once = max(self.most_at_once, alive)
             time.sleep(self.poll_s)
 
 

@@ -127,3 +127,56 @@ def test_real_cluster(monkeypatch):
         results = [app(str(run_dir), i).result(timeout=900) for i in range(4)]
     assert [r["square"] for r in results] == [0, 1, 4, 9]
     assert [(run_dir / f"task-{i}.txt").read_text() for i in range(4)] == ["0\n", "1\n", "4\n", "9\n"]
+
+
+TINY_PIPELINE = """\
+name: tiny
+geometry: {detector_pixels: 24, pixel_size_m: 1.3e-3, detector_distance_m: 0.15, photon_energy_ev: 6000,
+           beamstop_radius_pixels: 2}
+simulation: {pdb: 1EI7.pdb, num_patterns: 100, mean_photons_per_frame: 500, seed: 1}
+emc: {num_div: 2, iterations: 2, frames_per_shard: 50, seed: 1}
+phasing: {recipe: "(HIO(beta=0.9) ** 10 * ShrinkWrap(sigma=2, threshold=0.1)) ** 2 * ER() ** 10",
+          num_starts: 2, keep_best: 2, seed: 1}
+"""
+
+
+def spibatch_cli(*args, env, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "spibatch", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=900)
+
+
+@pytest.mark.slow
+def test_pipeline_runs_in_emulated_pods(cluster, tmp_path):
+    """`spibatch run --dry-run`, then `spibatch run` of a small pipeline with the Kubernetes site:
+    every stage and every HTC EMC shard task runs in a worker pod."""
+    import shutil
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(REPO / "spibatch" / "data" / "1EI7.pdb", shared / "1EI7.pdb")
+    (shared / "tiny.yaml").write_text(TINY_PIPELINE)
+    site = write_site(tmp_path, shared, cpu_limit="1", max_idletime_s=30)
+    env = {**os.environ, "KUBECONFIG": os.environ["KUBECONFIG"]}
+    out = shared / "runs" / "tiny"
+
+    shown = spibatch_cli("run", "tiny.yaml", "--site", site, "--out", out, "--dry-run", env=env, cwd=shared)
+    assert shown.returncode == 0, shown.stderr
+    assert "kind: Pod" in shown.stdout and "kind: Job" in shown.stdout and not out.exists()
+    pods = [o for o in yaml.safe_load_all(shown.stdout.split("==> worker-pod.yaml <==")[1].split("==>")[0]) if o]
+    assert pods[0]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "shared"
+
+    with PodRunner(cluster, "spibatch", host_env()) as runner:
+        done = spibatch_cli("run", "tiny.yaml", "--site", site, "--out", out, env=env, cwd=shared)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert not runner.errors, runner.errors
+        assert runner.started and runner.most_at_once <= 2    # workers 2, one per pod: at most 2 pods at once
+    for stage in ("simulate", "emc", "phase", "validate", "report"):
+        assert (out / "stages" / f"{stage}.json").is_file(), stage
+    assert (out / "emc" / "output_002.h5").is_file()
+    site_used = yaml.safe_load((out / "site.yaml").read_text())
+    assert site_used["provider"] == "kubernetes" and site_used["emc_mode"] == "htc"
+    # the tasks ran in the pods' processes: the workers' logs are on the shared filesystem
+    assert list((out / "runinfo" / "workers").rglob("worker_*.log")) or list((out / "runinfo").rglob("manager.log"))

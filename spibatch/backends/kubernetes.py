@@ -91,6 +91,18 @@ def max_pods(site) -> int:
     return max(1, math.ceil(site.workers / site.kubernetes.workers_per_pod))
 
 
+def node_cores(site) -> int:
+    """CPUs one pod may use (its CPU limit, at least 1): the pipeline splits them among the pod's workers."""
+    from kubernetes.utils import parse_quantity
+
+    return max(1, int(parse_quantity(site.kubernetes.cpu_limit)))
+
+
+def ranks_per_node(site) -> int:
+    """Workers sharing one pod."""
+    return site.kubernetes.workers_per_pod
+
+
 def _run_dir_text(run_dir: Path) -> str:
     return str(PurePosixPath(os.path.abspath(run_dir)))
 
@@ -262,6 +274,10 @@ def _check_offline(site, run_dir: Path) -> None:
         raise InputError(f"Kubernetes runs OCI images, not {site.container.runtime}", path=site.source,
                          field="container.runtime", fix="set container.runtime: docker and container.image to an "
                          "image reference (registry/name:tag)")
+    if site.emc_mode != "htc":
+        raise InputError("EMC in hpc mode (one MPI job) is not supported on Kubernetes", path=site.source,
+                         field="emc_mode", fix="set emc_mode: htc (one task per shard per iteration), or run "
+                         "EMC in hpc mode on a Slurm site")
     for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
         problem = quantity_problem(getattr(opts, field))
         if problem:
