@@ -104,31 +104,6 @@ def test_parsl_tasks_run_in_emulated_pods(cluster, tmp_path):
     assert created == shown
 
 
-@pytest.mark.skipif(not os.environ.get("SPIBATCH_TEST_KUBECONFIG"),
-                    reason="set SPIBATCH_TEST_KUBECONFIG=<kubeconfig> (plus SPIBATCH_TEST_K8S_SITE=<site.yaml> whose "
-                    "image and PVC exist there, and SPIBATCH_TEST_K8S_RUN_DIR inside its mount path) to run on a "
-                    "real cluster")
-def test_real_cluster(monkeypatch):
-    """The same Parsl tasks on a real cluster (opt-in): needs the image pushed and the run directory
-    on a filesystem this machine and the pods share, and pods able to reach this machine."""
-    import parsl
-    from parsl import python_app
-
-    from k8s_tasks import where_am_i
-    from spibatch.backends import load_site, parsl_config, preflight
-
-    monkeypatch.setenv("KUBECONFIG", os.environ["SPIBATCH_TEST_KUBECONFIG"])
-    site = load_site(os.environ["SPIBATCH_TEST_K8S_SITE"])
-    run_dir = Path(os.environ["SPIBATCH_TEST_K8S_RUN_DIR"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    preflight(site, run_dir)
-    app = python_app(where_am_i, executors=["tasks"])
-    with parsl.load(parsl_config(site, run_dir)):
-        results = [app(str(run_dir), i).result(timeout=900) for i in range(4)]
-    assert [r["square"] for r in results] == [0, 1, 4, 9]
-    assert [(run_dir / f"task-{i}.txt").read_text() for i in range(4)] == ["0\n", "1\n", "4\n", "9\n"]
-
-
 TINY_PIPELINE = """\
 name: tiny
 geometry: {detector_pixels: 24, pixel_size_m: 1.3e-3, detector_distance_m: 0.15, photon_energy_ev: 6000,
@@ -180,3 +155,40 @@ def test_pipeline_runs_in_emulated_pods(cluster, tmp_path):
     assert site_used["provider"] == "kubernetes" and site_used["emc_mode"] == "htc"
     # the tasks ran in the pods' processes: the workers' logs are on the shared filesystem
     assert list((out / "runinfo" / "workers").rglob("worker_*.log")) or list((out / "runinfo").rglob("manager.log"))
+
+
+def test_cli_bad_namespace_is_one_line(cluster, tmp_path):
+    import shutil
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(REPO / "spibatch" / "data" / "1EI7.pdb", shared / "1EI7.pdb")
+    (shared / "tiny.yaml").write_text(TINY_PIPELINE)
+    site = write_site(tmp_path, shared, namespace="nowhere")
+    done = spibatch_cli("run", "tiny.yaml", "--site", site, "--out", shared / "runs" / "x", "--dry-run",
+                        env=dict(os.environ), cwd=shared)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "namespace nowhere does not exist" in lines[0] and str(site) in lines[0]
+    assert not (shared / "runs").exists()
+
+
+@pytest.mark.skipif(not os.environ.get("SPIBATCH_TEST_KUBECONFIG"),
+                    reason="opt-in: set SPIBATCH_TEST_KUBECONFIG=<kubeconfig>, SPIBATCH_TEST_K8S_SITE=<site.yaml> "
+                    "(its image pushed, its PVC bound, interchange_address reachable from the pods) and "
+                    "SPIBATCH_TEST_K8S_SHARED=<this machine's path of that shared filesystem, inside mount_path>")
+def test_real_cluster(tmp_path):
+    """The same small pipeline with `spibatch run` on a real cluster."""
+    import shutil
+
+    shared = Path(os.environ["SPIBATCH_TEST_K8S_SHARED"]) / f"spibatch-test-{os.getpid()}"
+    shared.mkdir(parents=True)
+    shutil.copy(REPO / "spibatch" / "data" / "1EI7.pdb", shared / "1EI7.pdb")
+    (shared / "tiny.yaml").write_text(TINY_PIPELINE)
+    env = {**os.environ, "KUBECONFIG": os.environ["SPIBATCH_TEST_KUBECONFIG"]}
+    out = shared / "runs" / "tiny"
+    done = spibatch_cli("run", "tiny.yaml", "--site", os.environ["SPIBATCH_TEST_K8S_SITE"], "--out", out,
+                        env=env, cwd=shared)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for stage in ("simulate", "emc", "phase", "validate", "report"):
+        assert (out / "stages" / f"{stage}.json").is_file(), stage
