@@ -123,6 +123,7 @@ def worker_pod(site, run_dir: Path, pod_name: str, job_id: str, cmd_string: str)
            {"name": "SPIBATCH_RUN_DIR", "value": _run_dir_text(run_dir)}]
     spec: dict = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,      # workers never call the API server
         "securityContext": {"runAsNonRoot": True, "runAsUser": opts.run_as_user, "runAsGroup": opts.run_as_group,
                             "fsGroup": opts.run_as_group, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
@@ -226,6 +227,7 @@ def driver_job(site, run_dir: Path, command: list[str]) -> dict:
     container.update(name="driver", command=list(command), workingDir=site.kubernetes.mount_path)
     del container["args"]
     pod["spec"]["serviceAccountName"] = site.kubernetes.driver_service_account
+    pod["spec"]["automountServiceAccountToken"] = True   # the driver creates and deletes the worker pods
     container["env"].append({"name": ADDRESS_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     labels = {**APP_LABELS, "app.kubernetes.io/component": "driver", "spibatch/site": site.name}
     pod["spec"]["restartPolicy"] = "Never"
