@@ -9,3 +9,8 @@ def where_am_i(out: str, index: int) -> dict:
     Path(out, f"task-{index}.txt").write_text(f"{index * index}\n", encoding="utf-8")
     return {"pid": os.getpid(), "cwd": os.getcwd(), "run_dir": os.environ.get("SPIBATCH_RUN_DIR"),
             "home": os.environ.get("HOME"), "square": index * index}
+
+
+def nothing() -> None:
+    """An empty task: what dispatch costs."""
+    return None
