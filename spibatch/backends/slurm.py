@@ -45,7 +45,8 @@ class Options(Section):
     exclusive: bool = Field(False, description="ask for whole nodes (--exclusive)")
     scheduler_options: str = Field("", description="more #SBATCH lines, verbatim")
     worker_init: str = Field("", description="shell lines run in the job before the workers (module load ...)")
-    mpi_options: str = Field("--mpi=pmi2 --overlap", description="srun options of the HPC-mode EMC job")
+    mpi_options: str = Field("--mpi=pmix --overlap", description="srun options of the HPC-mode EMC job: the PMI plugin "
+                             "your MPI was built for (Debian's OpenMPI: pmix; pmi2 needs an MPI built with Slurm's PMI-2)")
     max_idletime_s: float = Field(30.0, gt=0, description="an idle batch job is ended after this many seconds")
     strategy_period_s: float = Field(5.0, gt=0, description="how often Parsl looks at the queue (s)")
 
@@ -106,8 +107,9 @@ def emc_launch(site, run_dir: Path, command: list[str], ranks: int | None = None
     """(executor label, shell command, resource spec) of the HPC-mode EMC job: srun's prefix, then each rank."""
     ranks = site.workers if ranks is None else ranks
     inner = shlex.join(prefix(site.container, [run_dir]) + command)
-    spec = {"num_nodes": min(site.slurm.nodes, ranks), "num_ranks": ranks,
-            "launcher_options": site.slurm.mpi_options}
+    nodes = min(site.slurm.nodes, ranks)
+    spec = {"num_nodes": nodes, "num_ranks": ranks, "ranks_per_node": -(-ranks // nodes),   # given: Parsl would
+            "launcher_options": site.slurm.mpi_options}                                       # write "2.0"
     return MPI_LABEL, f"$PARSL_MPI_PREFIX {inner}", spec
 
 
