@@ -100,3 +100,16 @@ def test_checks_catch_a_bad_value():
     rendered = render("default", driver={"resources": {"requests": {"cpu": "lots"}, "limits": {"cpu": "1"}}})
     found = validate(rendered["Job/spi-spibatch-driver"])
     assert any("resources.requests.cpu" in line and "'lots' is not a quantity" in line for line in found), found
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"site": {"wokers": 3}}, "additional properties 'wokers' not allowed"),
+    ({"podSecurity": {"runAsUser": 0}}, "/podSecurity/runAsUser"),
+    ({"sharedStorage": {"mountPath": "shared"}}, "/sharedStorage/mountPath"),
+    ({"site": {"emcMode": "hpc"}}, "/site/emcMode"),
+])
+def test_values_schema_refuses_bad_values(values, words):
+    """values.schema.json: helm install/lint/template stop on a typo or an unsafe value, naming the key."""
+    with pytest.raises(helm.HelmValuesError) as err:
+        helm.Chart.load(str(CHART)).render(values, name="spi", namespace="xfel")
+    assert words in str(err.value)
