@@ -209,7 +209,11 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     argv = list(command if command is not None else sys.argv)
     if dry_run:
         preflight(site, target)
-        return target, render(site, target, argv)
+        files = render(site, target, argv)
+        check = getattr(provider_module(site.provider), "check_rendered", None)
+        if check is not None:
+            files["checks.txt"] = "\n".join(check(site, files)) + "\n"
+        return target, files
     preflight(site, target)
     run = create_run_dir(pipeline.name, pipeline.output.runs_dir, target, config_text=dump_pipeline(pipeline),
                          command=argv)

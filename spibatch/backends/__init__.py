@@ -170,7 +170,11 @@ def load_site(path: str | Path | None = None) -> Site:
     try:
         site = model.model_validate(data)
     except ValidationError as exc:
-        raise _error_line(exc, data, lines, path, model) from None
+        error = _error_line(exc, data, lines, path, model)
+        fix = (error.fix or "").replace("`spibatch schema` describes every key", "site_configs/*.yaml document "
+                                        "every key").replace("`spibatch schema` lists every key",
+                                                             "site_configs/*.yaml document every key")
+        raise InputError(error.problem, path=path, field=error.field, fix=fix) from None
     site.source = path.resolve()
     return site
 
