@@ -137,13 +137,18 @@ def _run_emc(run_dir: Path, site: Site, emc_app) -> None:
     stages.mark_done(run_dir, "emc", outputs, time.time() - began, emc_mode=site.emc_mode, workers=site.workers)
 
 
-def execute(run_dir: Path, site: Site, pipeline) -> dict[str, dict]:
-    """Run every unfinished stage on ``site``; returns ``{stage: marker}``."""
+def execute(run_dir: Path, site: Site, pipeline, until: str | None = None) -> dict[str, dict]:
+    """Run every unfinished stage on ``site`` (up to and including ``until``); returns ``{stage: marker}``."""
     import parsl
 
     from spibatch.backends import parsl_config
 
     names = stage_names(pipeline)
+    if until is not None:
+        if until not in names:
+            raise InputError(f"no stage '{until}' in this pipeline (stages: {', '.join(names)})", field="--until",
+                             fix="give one of the stages")
+        names = names[:names.index(until) + 1]
     todo = [n for n in names if stages.finished(run_dir, n) is None]
     if not todo:
         log.info("every stage has finished already")
@@ -168,7 +173,7 @@ def execute(run_dir: Path, site: Site, pipeline) -> dict[str, dict]:
             starts = [start_app(run, k, threads_per_worker(site)) for k in range(cfg.num_starts)]
             stage_app("phase", run, [f.result() for f in starts], since=since).result()
             log.info("phase: done (%d starts over %d workers)", cfg.num_starts, site.workers)
-        for name in ("validate", "report"):
+        for name in [n for n in ("validate", "report") if n in names]:
             if name in todo:
                 stage_app(name, run).result()
                 log.info("%s: done", name)
@@ -181,7 +186,7 @@ def execute(run_dir: Path, site: Site, pipeline) -> dict[str, dict]:
 # ------------------------------------------------------------------ the commands
 
 def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bool = False,
-          runs_dir: Path | None = None, adjust=None, command: list[str] | None = None):
+          runs_dir: Path | None = None, adjust=None, command: list[str] | None = None, until: str | None = None):
     """``spibatch run``: validate, preflight, create the run directory, run.  Returns (run_dir, markers).
 
     With ``dry_run`` nothing is created or submitted: returns (would-be run dir, {file: text}).
@@ -225,7 +230,7 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     inputs += [pipeline.simulation.pdb] if pipeline.simulation is not None else \
         [pipeline.emc.photons, pipeline.emc.detector]
     run.add_inputs(*inputs)
-    markers = run_in_dir(run, lambda: _outputs(execute(run.path, site, pipeline)))
+    markers = run_in_dir(run, lambda: _outputs(execute(run.path, site, pipeline, until)))
     return run.path, markers
 
 
