@@ -108,7 +108,7 @@ def _run_emc(run_dir: Path, site: Site, emc_app) -> None:
         config_text = (run_dir / stages.EMC_CONFIG).read_text(encoding="utf-8")
         run = reopen_run_dir(out) if resume else create_run_dir("emc", run_dir, out, config_text=config_text,
                                                                   command=sys.argv)
-        run.extra.update(emc_mode="htc", htc_tasks_per_iteration=None)
+        run.extra.update(emc_mode="htc", site=site.name, workers=site.workers)
         outputs = run_in_dir(run, run_emc_htc, pipeline.emc, pipeline.emc.photons, pipeline.emc.detector, out,
                              _Submit(), threads=threads_per_worker(site),
                              resume=resume and (out / "checkpoint.h5").exists())
@@ -119,10 +119,9 @@ def _run_emc(run_dir: Path, site: Site, emc_app) -> None:
         command = python_words(site) + ["-m", "spibatch", "emc", str(run_dir / stages.EMC_CONFIG)] + \
             (["--resume", str(out)] if resume else ["--out", str(out)])
         ranks = emc_ranks(site, run_dir / stages.EMC_CONFIG)
-        nodes = spec_nodes = 1
-        label, line, spec = module.emc_launch(site, run_dir, command, ranks)
-        spec_nodes = int(spec.get("num_nodes", nodes)) if spec else nodes
-        line = f"export NUMBA_NUM_THREADS={threads_per_worker(site, -(-ranks // spec_nodes))}\n{line}"
+        _, line, spec = module.emc_launch(site, run_dir, command, ranks)   # the label: _apps chose the executor
+        nodes = int(spec.get("num_nodes", 1)) if spec else 1
+        line = f"export NUMBA_NUM_THREADS={threads_per_worker(site, -(-ranks // nodes))}\n{line}"
         stdout, stderr = run_dir / "stages" / "emc.stdout", run_dir / "stages" / "emc.stderr"
         future = emc_app(line, parsl_resource_specification=spec or None, stdout=str(stdout), stderr=str(stderr))
         try:
@@ -203,6 +202,9 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
         adjust(pipeline)
     check_pipeline(pipeline, config)
     site = load_site(site_path)
+    if site.emc_mode == "hpc" and not hasattr(provider_module(site.provider), "emc_launch"):
+        raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
+                         fix="set emc_mode: htc (or leave it out)")
     if pipeline.simulation is not None:
         from spibatch.sim.structure import read_structure
 
