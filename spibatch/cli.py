@@ -172,11 +172,13 @@ def run(pipeline: Path = typer.Argument(..., help="pipeline YAML file"),
                                             "machine (Parsl workers on 127.0.0.1)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="validate, then print exactly what would be "
                                      "submitted; create and submit nothing"),
-        out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP)) -> None:
+        out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+        until: Optional[str] = typer.Option(None, "--until", help="stop after this stage (simulate|ingest, emc, "
+                                            "phase, validate); `spibatch resume` runs the rest")) -> None:
     """Run the whole pipeline (simulate or ingest, EMC, phasing, validation, report) on a site through Parsl."""
     from spibatch.pipeline import start
 
-    run_path, result = start(pipeline, site, out, dry_run=dry_run)
+    run_path, result = start(pipeline, site, out, dry_run=dry_run, until=until)
     if dry_run:
         for name, text in result.items():
             typer.echo(f"==> {name} <==\n{text}")

@@ -108,7 +108,7 @@ def _run_emc(run_dir: Path, site: Site, emc_app) -> None:
         config_text = (run_dir / stages.EMC_CONFIG).read_text(encoding="utf-8")
         run = reopen_run_dir(out) if resume else create_run_dir("emc", run_dir, out, config_text=config_text,
                                                                   command=sys.argv)
-        run.extra.update(emc_mode="htc", htc_tasks_per_iteration=None)
+        run.extra.update(emc_mode="htc", site=site.name, workers=site.workers)
         outputs = run_in_dir(run, run_emc_htc, pipeline.emc, pipeline.emc.photons, pipeline.emc.detector, out,
                              _Submit(), threads=threads_per_worker(site),
                              resume=resume and (out / "checkpoint.h5").exists())
@@ -119,10 +119,9 @@ def _run_emc(run_dir: Path, site: Site, emc_app) -> None:
         command = python_words(site) + ["-m", "spibatch", "emc", str(run_dir / stages.EMC_CONFIG)] + \
             (["--resume", str(out)] if resume else ["--out", str(out)])
         ranks = emc_ranks(site, run_dir / stages.EMC_CONFIG)
-        nodes = spec_nodes = 1
-        label, line, spec = module.emc_launch(site, run_dir, command, ranks)
-        spec_nodes = int(spec.get("num_nodes", nodes)) if spec else nodes
-        line = f"export NUMBA_NUM_THREADS={threads_per_worker(site, -(-ranks // spec_nodes))}\n{line}"
+        _, line, spec = module.emc_launch(site, run_dir, command, ranks)   # the label: _apps chose the executor
+        nodes = int(spec.get("num_nodes", 1)) if spec else 1
+        line = f"export NUMBA_NUM_THREADS={threads_per_worker(site, -(-ranks // nodes))}\n{line}"
         stdout, stderr = run_dir / "stages" / "emc.stdout", run_dir / "stages" / "emc.stderr"
         future = emc_app(line, parsl_resource_specification=spec or None, stdout=str(stdout), stderr=str(stderr))
         try:
@@ -137,13 +136,18 @@ def _run_emc(run_dir: Path, site: Site, emc_app) -> None:
     stages.mark_done(run_dir, "emc", outputs, time.time() - began, emc_mode=site.emc_mode, workers=site.workers)
 
 
-def execute(run_dir: Path, site: Site, pipeline) -> dict[str, dict]:
-    """Run every unfinished stage on ``site``; returns ``{stage: marker}``."""
+def execute(run_dir: Path, site: Site, pipeline, until: str | None = None) -> dict[str, dict]:
+    """Run every unfinished stage on ``site`` (up to and including ``until``); returns ``{stage: marker}``."""
     import parsl
 
     from spibatch.backends import parsl_config
 
     names = stage_names(pipeline)
+    if until is not None:
+        if until not in names:
+            raise InputError(f"no stage '{until}' in this pipeline (stages: {', '.join(names)})", field="--until",
+                             fix="give one of the stages")
+        names = names[:names.index(until) + 1]
     todo = [n for n in names if stages.finished(run_dir, n) is None]
     if not todo:
         log.info("every stage has finished already")
@@ -168,7 +172,7 @@ def execute(run_dir: Path, site: Site, pipeline) -> dict[str, dict]:
             starts = [start_app(run, k, threads_per_worker(site)) for k in range(cfg.num_starts)]
             stage_app("phase", run, [f.result() for f in starts], since=since).result()
             log.info("phase: done (%d starts over %d workers)", cfg.num_starts, site.workers)
-        for name in ("validate", "report"):
+        for name in [n for n in ("validate", "report") if n in names]:
             if name in todo:
                 stage_app(name, run).result()
                 log.info("%s: done", name)
@@ -181,7 +185,7 @@ def execute(run_dir: Path, site: Site, pipeline) -> dict[str, dict]:
 # ------------------------------------------------------------------ the commands
 
 def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bool = False,
-          runs_dir: Path | None = None, adjust=None, command: list[str] | None = None):
+          runs_dir: Path | None = None, adjust=None, command: list[str] | None = None, until: str | None = None):
     """``spibatch run``: validate, preflight, create the run directory, run.  Returns (run_dir, markers).
 
     With ``dry_run`` nothing is created or submitted: returns (would-be run dir, {file: text}).
@@ -198,6 +202,9 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
         adjust(pipeline)
     check_pipeline(pipeline, config)
     site = load_site(site_path)
+    if site.emc_mode == "hpc" and not hasattr(provider_module(site.provider), "emc_launch"):
+        raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
+                         fix="set emc_mode: htc (or leave it out)")
     if pipeline.simulation is not None:
         from spibatch.sim.structure import read_structure
 
@@ -209,7 +216,11 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     argv = list(command if command is not None else sys.argv)
     if dry_run:
         preflight(site, target)
-        return target, render(site, target, argv)
+        files = render(site, target, argv)
+        check = getattr(provider_module(site.provider), "check_rendered", None)
+        if check is not None:
+            files["checks.txt"] = "\n".join(check(site, files)) + "\n"
+        return target, files
     preflight(site, target)
     run = create_run_dir(pipeline.name, pipeline.output.runs_dir, target, config_text=dump_pipeline(pipeline),
                          command=argv)
@@ -221,7 +232,7 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     inputs += [pipeline.simulation.pdb] if pipeline.simulation is not None else \
         [pipeline.emc.photons, pipeline.emc.detector]
     run.add_inputs(*inputs)
-    markers = run_in_dir(run, lambda: _outputs(execute(run.path, site, pipeline)))
+    markers = run_in_dir(run, lambda: _outputs(execute(run.path, site, pipeline, until)))
     return run.path, markers
 
 

@@ -29,6 +29,16 @@ Every provider module (``PROVIDERS[name]``) exposes:
   before anything is submitted (a partition exists, an image exists, ...);
   raise :class:`~spibatch.errors.InputError` (one line) otherwise.
 
+Optional, where the provider has them:
+
+* ``emc_launch(site, run_dir, command: list[str], ranks: int) -> (executor label, shell line,
+  parsl_resource_specification)``: the HPC-mode EMC job (one MPI job of ``ranks`` ranks, each
+  rank inside the container); without it the provider supports ``emc_mode: htc`` only;
+* ``node_cores(site) -> int`` and ``ranks_per_node(site) -> int``: how threads are shared out
+  (default: 1 core, ``workers`` per node);
+* ``check_rendered(site, files) -> list[str]``: ask the scheduler about the rendered files
+  without submitting (``sbatch --test-only``); one note per file, InputError on a refusal.
+
 :func:`load_site` reads a site file; ``load_site(None)`` is the embedded
 local default (``spibatch/data/site_local.yaml``).  Parsl is imported only
 inside the provider functions, so this module is light.
@@ -170,7 +180,11 @@ def load_site(path: str | Path | None = None) -> Site:
     try:
         site = model.model_validate(data)
     except ValidationError as exc:
-        raise _error_line(exc, data, lines, path, model) from None
+        error = _error_line(exc, data, lines, path, model)
+        fix = (error.fix or "").replace("`spibatch schema` describes every key", "site_configs/*.yaml document "
+                                        "every key").replace("`spibatch schema` lists every key",
+                                                             "site_configs/*.yaml document every key")
+        raise InputError(error.problem, path=path, field=error.field, fix=fix) from None
     site.source = path.resolve()
     return site
 

@@ -95,17 +95,17 @@ def render_submit(provider, command: str, script_dir: Path, job_name: str) -> st
     """What ``provider.submit(command, 1, job_name)`` writes as its batch script, without submitting.
 
     The provider's own ``submit`` runs with its ``execute_wait`` replaced by a stand-in
-    that answers like the scheduler, so the text is Parsl's; the time stamp Parsl puts in
-    the job name is replaced by ``<time>``.
+    that answers like the scheduler and its ``script_dir`` in a temporary folder, so the
+    text is Parsl's; the temporary folder is shown as ``script_dir`` (where Parsl puts its
+    submit scripts in a real run) and the time stamp in the job name as ``<time>``.
     """
-    script_dir.mkdir(parents=True, exist_ok=True)
-    provider.script_dir = str(script_dir)
-    provider.execute_wait = lambda cmd, timeout=None: (0, "Submitted batch job 0\n", "")
-    provider.submit(command, 1, job_name)
-    written = sorted(script_dir.glob(f"{job_name}.*"), key=lambda p: p.stat().st_mtime)
-    script = [p for p in written if not p.name.endswith((".stdout", ".stderr", ".sh"))][-1]
-    stamp = script.name[len(job_name) + 1:]
-    text = script.read_text(encoding="utf-8").replace(stamp, "<time>")
-    for leftover in script_dir.glob(f"{job_name}.{stamp}*"):
-        leftover.unlink()
-    return text
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="spibatch-dry-run-") as scratch:
+        provider.script_dir = scratch
+        provider.execute_wait = lambda cmd, timeout=None: (0, "Submitted batch job 0\n", "")
+        provider.submit(command, 1, job_name)
+        written = [p for p in Path(scratch).glob(f"{job_name}.*") if not p.name.endswith((".stdout", ".stderr"))]
+        stamp = written[0].name[len(job_name) + 1:]
+        text = written[0].read_text(encoding="utf-8")
+    return text.replace(stamp, "<time>").replace(scratch, str(script_dir))

@@ -121,11 +121,11 @@ def node_cores(site) -> int:
 def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:
     """The dry run: each batch script exactly as Parsl's SlurmProvider writes it, and the EMC job's command."""
     files = {"driver.txt": shlex.join(command) + "\n"}
-    scratch = run_dir / "runinfo" / "dry-run"
+    scripts = run_dir / "runinfo" / "<NNN>" / "submit_scripts"   # Parsl's folder for them in a real run
     for executor in executors(site, run_dir):
         per_node = ranks_per_node(site) if executor.label == TASKS_LABEL else 1
         launch = common.format_launch(executor, per_node)
-        files[f"sbatch-{executor.label}.sh"] = common.render_submit(executor.provider, launch, scratch,
+        files[f"sbatch-{executor.label}.sh"] = common.render_submit(executor.provider, launch, scripts,
                                                                     f"parsl.{executor.label}.block-0")
     if site.emc_mode == "hpc":
         _, line, spec = emc_launch(site, run_dir, common.python_words(site) + [
@@ -134,7 +134,6 @@ def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:
         files["emc-hpc.sh"] = (f"# on the mpi block: PARSL_MPI_PREFIX = srun --ntasks {ranks} --ntasks-per-node "
                                f"{ranks_per_node(site)} --nodelist <block's nodes> --nodes {site.slurm.nodes} "
                                f"{spec['launcher_options']}\n{line}\n")
-    shutil.rmtree(scratch, ignore_errors=True)
     return files
 
 
@@ -159,3 +158,26 @@ def preflight(site, run_dir: Path) -> None:
         raise InputError(f"partition '{part}' does not exist (sinfo lists: {', '.join(names) or 'none'})",
                          path=site.source, field="slurm.partition", fix="use one that sinfo lists, or leave it out")
     check_container(site.container, site.source)
+
+
+def check_rendered(site, files: dict[str, str]) -> list[str]:
+    """Ask ``sbatch --test-only`` about each rendered batch script (nothing is queued); one line each.
+
+    InputError (one line, sbatch's words) when Slurm refuses one.
+    """
+    import tempfile
+
+    notes = []
+    with tempfile.TemporaryDirectory(prefix="spibatch-dry-run-") as scratch:
+        for name, text in files.items():
+            if not name.startswith("sbatch-"):
+                continue
+            path = Path(scratch) / name
+            path.write_text(text, encoding="utf-8")
+            done = subprocess.run(["sbatch", "--test-only", str(path)], capture_output=True, text=True, timeout=60)
+            said = " ".join((done.stderr or done.stdout).split())
+            if done.returncode != 0:
+                raise InputError(f"sbatch --test-only refuses {name}: {said}", path=site.source, field="slurm",
+                                 fix="correct the slurm section (partition, walltime, nodes, cores, scheduler_options)")
+            notes.append(f"sbatch --test-only: {name} accepted ({said})")
+    return notes
