@@ -4,7 +4,8 @@
 127.0.0.1; pods created, read, listed, patched and deleted through the real ``kubernetes``
 client) in a thread with its own event loop, and writes a kubeconfig for it.  kmock keeps
 objects but runs nothing, and cannot serve ``GET /api/v1/namespaces/NAME`` (it reads the
-path as a list), so existing namespaces are declared as fixed answers.
+path as a list), so existing namespaces are declared as fixed answers; and it stores objects
+created with ``?dryRun=All``, so the emulator here answers those without storing them.
 
 ``PodRunner`` stands in for the kubelet: it polls the pod list, starts each new pod's
 ``command + args`` as a local process (its env, its workingDir; ``status.podIP`` is
@@ -29,6 +30,25 @@ from pathlib import Path
 import yaml
 
 
+def _emulator_class():
+    """kmock's KubernetesEmulator that, like a real API server, stores nothing for ``?dryRun=All``."""
+    import aiohttp.web
+    import kmock
+
+    class DryRunEmulator(kmock.KubernetesEmulator):
+        async def _handle(self, request):
+            if request.action == kmock.action.CREATE and request.params.get("dryRun") == "All":
+                self.dry_runs.append(request.data)
+                if self.refuse:      # what an admission controller would answer (set by a test)
+                    return aiohttp.web.json_response(
+                        {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403,
+                         "reason": "Forbidden", "message": self.refuse}, status=403)
+                return aiohttp.web.json_response(request.data, status=201)
+            return await super()._handle(request)
+
+    return DryRunEmulator
+
+
 class Cluster:
     """kmock's Kubernetes emulator on 127.0.0.1 with the given namespaces and PVCs ({ns: [claim, ...]})."""
 
@@ -42,7 +62,8 @@ class Cluster:
     async def _serve(self) -> None:
         import kmock
 
-        async with kmock.KubernetesEmulator() as km, kmock.Server(km) as server:
+        async with _emulator_class()() as km, kmock.Server(km) as server:
+            km.dry_runs, km.refuse = [], None
             km.resources["v1/pods"] = {}
             for namespace, claims in self.namespaces.items():
                 km[f"get /api/v1/namespaces/{namespace}"] << {

@@ -60,6 +60,24 @@ def test_preflight_asks_the_api_server(cluster, tmp_path):
     assert "kubernetes.pvc" in str(missing_pvc.value) and "elsewhere does not exist" in str(missing_pvc.value)
 
 
+def test_dry_run_asks_the_api_server_to_admit_the_pod(cluster, tmp_path):
+    from spibatch.backends import load_site, render
+    from spibatch.backends.kubernetes import check_rendered
+    from spibatch.errors import InputError
+
+    shared = tmp_path / "shared"
+    site = load_site(write_site(tmp_path, shared))
+    files = render(site, shared / "runs" / "r1", ["spibatch", "run"])
+    assert "admitted by the API server" in check_rendered(site, files)[0]
+    assert cluster.kmock.dry_runs[-1] == yaml.safe_load(files["worker-pod.yaml"])
+    cluster.kmock.refuse = 'pods "x" is forbidden: violates PodSecurity "restricted:latest": seccompProfile'
+    with pytest.raises(InputError) as err:
+        check_rendered(site, files)
+    line = str(err.value)
+    assert "\n" not in line and "refuses the worker pod (403" in line and "violates PodSecurity" in line
+    assert cluster.api().list_namespaced_pod("spibatch").items == []
+
+
 def test_parsl_tasks_run_in_emulated_pods(cluster, tmp_path):
     import parsl
     from parsl import python_app
@@ -140,6 +158,9 @@ def test_pipeline_runs_in_emulated_pods(cluster, tmp_path):
     shown = spibatch_cli("run", "tiny.yaml", "--site", site, "--out", out, "--dry-run", env=env, cwd=shared)
     assert shown.returncode == 0, shown.stderr
     assert "kind: Pod" in shown.stdout and "kind: Job" in shown.stdout and not out.exists()
+    assert "admitted by the API server (dry run" in shown.stdout                 # check_rendered: dryRun=All
+    assert cluster.api().list_namespaced_pod("spibatch").items == []            # and nothing created
+    assert len(cluster.kmock.dry_runs) == 1 and cluster.kmock.dry_runs[0]["kind"] == "Pod"
     pods = [o for o in yaml.safe_load_all(shown.stdout.split("==> worker-pod.yaml <==")[1].split("==>")[0]) if o]
     assert pods[0]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "shared"
 

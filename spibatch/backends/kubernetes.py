@@ -338,3 +338,20 @@ def preflight(site, run_dir: Path) -> None:
                   "install the Helm chart (it creates the PVC) or name an existing claim")
         if exc.status != 403:
             _fail(site, "pvc", f"the API server answered {exc.status} {exc.reason}", "check the cluster")
+
+
+def check_rendered(site, files: dict[str, str]) -> list[str]:
+    """Ask the API server to admit the dry run's worker pod without creating it (``dryRun=All``:
+    schema, admission, pod security, quotas, RBAC).  One note; InputError when it refuses."""
+    from kubernetes.client.exceptions import ApiException
+
+    pod = yaml.safe_load(files["worker-pod.yaml"])
+    try:
+        _api().create_namespaced_pod(site.kubernetes.namespace, pod, dry_run="All")
+    except ApiException as exc:
+        reason = " ".join(str(getattr(exc, "body", "") or exc.reason).split())[:300]
+        raise InputError(f"the API server refuses the worker pod ({exc.status}: {reason})", path=site.source,
+                         field="kubernetes", fix="see the reason; fix the kubernetes section or the namespace's "
+                         "policy") from None
+    return [f"worker-pod.yaml: admitted by the API server (dry run, namespace {site.kubernetes.namespace}); "
+            "nothing created"]
