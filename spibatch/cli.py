@@ -129,11 +129,21 @@ def simulate(config: Path = typer.Argument(..., help="pipeline YAML file with a 
 @app.command()
 def demo(out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
          iterations: Optional[int] = typer.Option(None, min=1, help="EMC iterations (default: demo.yaml's)"),
-         starts: Optional[int] = typer.Option(None, min=1, help="phasing starts (default: demo.yaml's)")) -> None:
-    """Run the built-in demo: simulate 1000 patterns of the protein 1EI7 on a 64 x 64 detector,
-    reconstruct the 3-D intensity by EMC, phase it, and compare both with the truth."""
-    run_path = _simulate(_data_file("demo.yaml"), out, runs_dir=Path("runs"), then=_demo_emc,
-                         emc_iterations=iterations, phasing_starts=starts)
+         starts: Optional[int] = typer.Option(None, min=1, help="phasing starts (default: demo.yaml's)"),
+         site: Optional[Path] = typer.Option(None, "--site", help="site YAML file (default: this machine)")) -> None:
+    """Run the built-in demo as a pipeline on the local site: simulate 1000 patterns of the protein 1EI7 on a
+    64 x 64 detector, reconstruct the 3-D intensity by EMC, phase it, and compare both with the truth."""
+    from spibatch.pipeline import start
+
+    def adjust(pipeline) -> None:
+        if iterations is not None:
+            pipeline.emc.iterations = iterations
+        if starts is not None:
+            pipeline.phasing.keep_best = min(pipeline.phasing.keep_best, starts)   # first: keep <= starts
+            pipeline.phasing.num_starts = starts
+
+    run_path, outputs = start(_data_file("demo.yaml"), site, out, runs_dir=Path("runs"), adjust=adjust)
+    _print_outputs(run_path, outputs)
     result = json.loads((run_path / "emc" / "truth_comparison.json").read_text(encoding="utf-8"))
     typer.echo(f"\nEMC: {result['iterations']} iterations in {result['emc_seconds']:.0f} s; correlation of the "
                f"reconstructed intensity with the truth at the best orientation"
@@ -150,52 +160,43 @@ def demo(out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
                f"the true density: 0.5 at {angstrom(half)}, 0.143 at {angstrom(gold)}")
 
 
-def _demo_emc(pipeline, run_path: Path, simulated: dict) -> dict:
-    """EMC on the demo's simulated patterns into ``run_path/emc/``, then the aligned correlation with the truth;
-    then phasing of the EMC intensity into ``run_path/phase/`` and its FSC with the true density."""
-    import time
-
-    from spibatch.emc.compare import compare_with_truth
-    from spibatch.emc.driver import run_emc
-
-    start = time.perf_counter()
-    outputs = run_emc(pipeline.emc, simulated["photons"], simulated["detector"], run_path / "emc",
-                      **_device_args(pipeline, None))
-    seconds = time.perf_counter() - start
-    comparison = compare_with_truth(outputs["intensity"], simulated["truth"], simulated["detector"],
-                                    run_path / "emc" / "truth_comparison.json",
-                                    extra={"emc_seconds": seconds, "iterations": pipeline.emc.iterations})
-    phased = _demo_phase(pipeline, outputs["intensity"], simulated["truth"], comparison["rotation"],
-                         run_path / "phase")
-    return {"emc_intensity": outputs["intensity"], "emc_log": outputs["emc_log"],
-            "emc_vs_truth": run_path / "emc" / "truth_comparison.json", **phased}
+def _print_outputs(run_path: Path, outputs: dict) -> None:
+    typer.echo(f"\nrun directory {run_path}")
+    extra = {"emc_log": run_path / "emc" / "EMC.log", "config": run_path / "config.yaml",
+             "site": run_path / "site.yaml", "provenance": run_path / "provenance.json", "log": run_path / "log.txt"}
+    for label, path in {**outputs, **extra}.items():
+        if Path(path).exists():
+            typer.echo(f"  {label:<14} {path}")
 
 
-def _demo_phase(pipeline, intensity: Path, truth: Path, rotation, out_dir: Path) -> dict:
-    """Phase the EMC intensity, turn the density into the truth's frame (the EMC intensity's best
-    rotation onto the true intensity), and compare it with the true density."""
-    import time
+@app.command()
+def run(pipeline: Path = typer.Argument(..., help="pipeline YAML file"),
+        site: Optional[Path] = typer.Option(None, "--site", help="site YAML file (site_configs/); default: this "
+                                            "machine (Parsl workers on 127.0.0.1)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="validate, then print exactly what would be "
+                                     "submitted; create and submit nothing"),
+        out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
+        until: Optional[str] = typer.Option(None, "--until", help="stop after this stage (simulate|ingest, emc, "
+                                            "phase, validate); `spibatch resume` runs the rest")) -> None:
+    """Run the whole pipeline (simulate or ingest, EMC, phasing, validation, report) on a site through Parsl."""
+    from spibatch.pipeline import start
 
-    import numpy as np
+    run_path, result = start(pipeline, site, out, dry_run=dry_run, until=until)
+    if dry_run:
+        for name, text in result.items():
+            typer.echo(f"==> {name} <==\n{text}")
+        typer.echo(f"dry run: nothing submitted; the run would go to {run_path}")
+        return
+    _print_outputs(run_path, result)
 
-    from spibatch.align import rotate_intensity
-    from spibatch.io.results import read_result
-    from spibatch.phasing.compare import compare_with_truth, load_truth, write_comparison
-    from spibatch.phasing.stage import run_phasing
 
-    start = time.perf_counter()
-    paths = run_phasing(pipeline.phasing, intensity, out_dir, **_device_args(pipeline, None))
-    seconds = time.perf_counter() - start
-    data, attrs = read_result(paths["phasing"])
-    rotated = rotate_intensity(data["density"], np.asarray(rotation), order=3)
-    true_density, true_voxel = load_truth(truth)
-    summary = compare_with_truth(rotated, attrs["voxel_size_m"], true_density, true_voxel, truth_path=str(truth))
-    n = data["density"].shape[0]
-    summary.update({"starts": pipeline.phasing.num_starts, "phasing_seconds": seconds,
-                    "data_edge_resolution_m": n * attrs["voxel_size_m"] / attrs["max_measured_shell"]})
-    written = write_comparison(summary, out_dir, "demo: phased density vs the true density")
-    return {"phasing": paths["phasing"], "density_mrc": paths["density_mrc"], "phasing_png": paths["picture"],
-            "phase_vs_truth": written["fsc_vs_truth"]}
+@app.command()
+def resume(run_dir: Path = typer.Argument(..., help="run directory of an earlier `spibatch run`")) -> None:
+    """Continue a `spibatch run` on its own site: finished stages are not run again."""
+    from spibatch.pipeline import resume as resume_run
+
+    run_path, outputs = resume_run(run_dir)
+    _print_outputs(run_path, outputs)
 
 
 def _device_args(pipeline, config: Optional[Path]) -> dict:

@@ -185,12 +185,16 @@ def _limit_threads() -> int:
 
 
 def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, comm=None,
-            show_progress: bool = True, device: str = "cpu", gpu_runtime="cupy") -> dict[str, Path]:
+            show_progress: bool = True, device: str = "cpu", gpu_runtime="cupy", shard_runner=None
+            ) -> dict[str, Path]:
     """Run EMC with the settings ``cfg`` (:class:`spibatch.config.EMC`) and write into ``out_dir``.
 
     comm: an mpi4py communicator (frames sharded across its ranks; only rank 0
     writes) or None.  resume: continue from ``out_dir/checkpoint.h5`` when it
     exists.  Returns ``{name: path}`` of the outputs (on every rank).
+    shard_runner: run the shard steps elsewhere (the HTC driver, :mod:`spibatch.emc.htc`): an
+    object with ``prepare(bounds) -> (counts (D,), peak)`` and ``step(model, state) -> ShardSums``
+    (all shards, reduced); serial only; this process then holds no frames.
     Raises InputError on bad input or a diverging fit (earlier iterations' files are kept).
     device, gpu_runtime: the pipeline's ``device`` / ``gpu_runtime`` (each rank takes one GPU of its node).
     """
@@ -206,9 +210,12 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
     threads = _limit_threads()
     pixels = PixelSet.from_detector(inputs.detector)
     rotations = Rotations.refined_600_cell(cfg.num_div)
-    shards = mpi.collective(comm, load_shards, photons_path, pixels, [bounds[k] for k in owned[rank]])
-    local_counts = np.concatenate([s.counts for s in shards])
-    local_peak = max((float(s.count.max()) for s in shards if len(s.count)), default=1.0)
+    if shard_runner is None:
+        shards = mpi.collective(comm, load_shards, photons_path, pixels, [bounds[k] for k in owned[rank]])
+        local_counts = np.concatenate([s.counts for s in shards])
+        local_peak = max((float(s.count.max()) for s in shards if len(s.count)), default=1.0)
+    else:
+        local_counts, local_peak = shard_runner.prepare(bounds)
     counts = np.concatenate(mpi.allgather(comm, local_counts))
     peak = max(mpi.allgather(comm, local_peak))
     settings = _settings(cfg, inputs)
@@ -261,8 +268,9 @@ def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, 
         for iteration in range(first, cfg.iterations + 1):
             start = time.perf_counter()
             beta = beta_for(cfg, iteration, counts)
-            local = emc_iteration(model, rotations, pixels, shards, StepState(iteration, beta, scales),
-                                  device=device, gpu_runtime=gpu_runtime)
+            state = StepState(iteration, beta, scales)
+            local = emc_iteration(model, rotations, pixels, shards, state, device=device, gpu_runtime=gpu_runtime) \
+                if shard_runner is None else shard_runner.step(model, state)
             stepped = time.perf_counter()
             total = mpi.combine(comm, local, frames_per_rank)
             combined = time.perf_counter()

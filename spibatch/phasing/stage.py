@@ -97,34 +97,54 @@ def _starts(seeds: list[int], measurement, options, device: str, gpu_runtime):
         yield from zip(batch, run_batch(batch, measurement, options, runtime=gpu_runtime))
 
 
+def prepare_measurement(cfg, intensity_path: Path, loaded: tuple[np.ndarray, float | None] | None = None):
+    """The :class:`~spibatch.phasing.measurement.Measurement` that every start of ``cfg`` phases
+    (read, checked, padded to a fast FFT size); the same on every worker."""
+    from spibatch.phasing.measurement import check_intensity, fast_size, pad_centre, prepare
+
+    intensity, dq = loaded or load_intensity(intensity_path, dataset=cfg.dataset, crop_to=cfg.crop_to,
+                                             voxel_size_per_m=cfg.voxel_size_per_m)
+    intensity = check_intensity(intensity, source=str(intensity_path))
+    if cfg.fast_fft_size and fast_size(intensity.shape[0]) != intensity.shape[0]:
+        log.info("padding the %d^3 intensity to %d^3 with unmeasured voxels (a fast FFT size)",
+                 intensity.shape[0], fast_size(intensity.shape[0]))
+        intensity = pad_centre(intensity, fast_size(intensity.shape[0]))
+    return prepare(intensity, real=cfg.realness, voxel_size_per_m=dq, source=str(intensity_path))
+
+
+def run_start(cfg, intensity_path: Path, measurement, options, index: int):
+    """Start ``index`` (seed ``cfg.seed + index``): :func:`~spibatch.phasing.multistart.run_one`, a bad
+    recipe reported as InputError."""
+    from spibatch.phasing.multistart import run_one
+    from spibatch.phasing.operators import RecipeError
+
+    try:
+        return run_one(cfg.seed + index, measurement, options)
+    except RecipeError as exc:
+        raise InputError(str(exc), path=intensity_path, field="phasing.recipe",
+                         fix="change the ShrinkWrap threshold or the recipe") from None
+
+
 def run_phasing(cfg, intensity_path: Path, out_dir: Path, *, show_progress: bool = True,
-                loaded: tuple[np.ndarray, float | None] | None = None, device: str = "cpu",
-                gpu_runtime="cupy") -> dict[str, Path]:
+                loaded: tuple[np.ndarray, float | None] | None = None, results: list | None = None,
+                device: str = "cpu", gpu_runtime="cupy") -> dict[str, Path]:
     """Phase ``intensity_path`` with the ``phasing`` section ``cfg`` into ``out_dir``; returns {name: path}.
 
     ``loaded``: the (intensity, dq) :func:`load_intensity` already returned for this file and cfg.
+    ``results``: the starts' StartResults, run elsewhere (the pipeline maps :func:`run_start` over
+    workers); then only the merge and the outputs happen here.
     device, gpu_runtime: the pipeline's (gpu: starts batched on this process's GPU, :mod:`.gpu`).
     """
     import time
 
     from spibatch.io.atomic import write_text
-    from spibatch.phasing.measurement import prepare
     from spibatch.phasing.multistart import max_measured_shell, merge
     from spibatch.phasing.operators import RecipeError, parse_recipe
     from spibatch.progress import progress
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    intensity, dq = loaded or load_intensity(intensity_path, dataset=cfg.dataset, crop_to=cfg.crop_to,
-                                             voxel_size_per_m=cfg.voxel_size_per_m)
-    from spibatch.phasing.measurement import check_intensity, fast_size, pad_centre
-
-    intensity = check_intensity(intensity, source=str(intensity_path))
-    if cfg.fast_fft_size and fast_size(intensity.shape[0]) != intensity.shape[0]:
-        log.info("padding the %d^3 intensity to %d^3 with unmeasured voxels (a fast FFT size)",
-                 intensity.shape[0], fast_size(intensity.shape[0]))
-        intensity = pad_centre(intensity, fast_size(intensity.shape[0]))
-    measurement = prepare(intensity, real=cfg.realness, voxel_size_per_m=dq, source=str(intensity_path))
+    measurement = prepare_measurement(cfg, intensity_path, loaded)
     options = options_of(cfg)
     recipe = parse_recipe(cfg.recipe)
     n = measurement.n
@@ -132,14 +152,17 @@ def run_phasing(cfg, intensity_path: Path, out_dir: Path, *, show_progress: bool
              "%d threads, FFT %s", intensity_path, n, 100 * measurement.measured_fraction,
              f"{measurement.voxel_size_m * 1e10:.3g} A" if measurement.voxel_size_m else "unknown",
              cfg.num_starts, recipe, recipe.iterations(), options.threads, options.fft_backend)
-    lines, results = [], []
+    lines, given, results = [], results, []
     start = time.perf_counter()
-    if device == "gpu" and isinstance(gpu_runtime, str):
-        from spibatch.kernels.xp import ensure_device
+    if given is not None:
+        starts = iter(zip([cfg.seed + i for i in range(cfg.num_starts)], given))
+    else:
+        if device == "gpu" and isinstance(gpu_runtime, str):
+            from spibatch.kernels.xp import ensure_device
 
-        log.info("phasing on GPU %d (%s) of this node", ensure_device(), gpu_runtime)
-    starts = _starts([cfg.seed + i for i in range(cfg.num_starts)], measurement, options, device, gpu_runtime)
-    with progress(cfg.num_starts, "phasing starts", enabled=show_progress) as bar:
+            log.info("phasing on GPU %d (%s) of this node", ensure_device(), gpu_runtime)
+        starts = _starts([cfg.seed + i for i in range(cfg.num_starts)], measurement, options, device, gpu_runtime)
+    with progress(cfg.num_starts, "phasing starts", enabled=show_progress and given is None) as bar:
         for index in range(cfg.num_starts):
             try:
                 seed, result = next(starts)

@@ -1,0 +1,52 @@
+{{/* Names: <release>-spibatch, truncated to a DNS-1123 label. */}}
+{{- define "spibatch.fullname" -}}
+{{- printf "%s-spibatch" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "spibatch.labels" -}}
+app.kubernetes.io/name: spibatch
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
+{{- end -}}
+
+{{- define "spibatch.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end -}}
+
+{{- define "spibatch.claim" -}}
+{{- if .Values.sharedStorage.create -}}{{ include "spibatch.fullname" . }}-shared{{- else -}}{{ required "sharedStorage.existingClaim is required when sharedStorage.create is false" .Values.sharedStorage.existingClaim }}{{- end -}}
+{{- end -}}
+
+{{- define "spibatch.runsDir" -}}
+{{ trimSuffix "/" .Values.sharedStorage.mountPath }}/{{ .Values.sharedStorage.runsDir }}
+{{- end -}}
+
+{{/* The "restricted" Pod Security Standard: pod level ... */}}
+{{- define "spibatch.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podSecurity.runAsUser }}
+runAsGroup: {{ .Values.podSecurity.runAsGroup }}
+fsGroup: {{ .Values.podSecurity.runAsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* ... and container level (root filesystem read-only: /tmp is an emptyDir). */}}
+{{- define "spibatch.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{- define "spibatch.env" -}}
+- name: HOME
+  value: /tmp
+- name: MPLCONFIGDIR
+  value: /tmp/matplotlib
+- name: NUMBA_CACHE_DIR
+  value: /tmp/numba
+{{- end -}}

@@ -1,0 +1,217 @@
+"""Sites: where a pipeline's work runs.  The site contract.
+
+A *site* is one YAML file (``site_configs/*.yaml``), validated like the
+pipeline file (pydantic, unknown keys refused, one-line errors naming file,
+line and key).  Common fields:
+
+``name``       a label for the site (lower-case, digits, '-')
+``provider``   ``local`` | ``slurm`` | ``kubernetes``
+``workers``    how many workers (HTEX workers, MPI ranks, pods) run at once
+``emc_mode``   ``hpc`` (the MPI driver as one job of ``workers`` ranks) or
+               ``htc`` (one Parsl task per shard per iteration); default:
+               hpc for local and slurm, htc for kubernetes
+``container``  ``{runtime: none|apptainer|docker|charliecloud, image, binds: [...]}``
+               (:mod:`spibatch.backends.containers` turns it into a command prefix)
+
+plus at most one provider section, ``local:``, ``slurm:`` or ``kubernetes:``,
+named like the provider, whose schema is ``Options`` in the provider's module.
+
+Every provider module (``PROVIDERS[name]``) exposes:
+
+* ``class Options(pydantic.BaseModel)``: its section (``extra="forbid"``);
+* ``parsl_config(site, run_dir: Path) -> parsl.config.Config``: executors
+  labelled ``"tasks"`` (HTEX, every stage and HTC task) and, where the site
+  runs EMC in HPC mode through Parsl, ``"mpi"``; ``usage_tracking`` off,
+  ``run_dir`` = ``<run_dir>/runinfo``;
+* ``render(site, run_dir: Path, command: list[str]) -> dict[str, str]``: the
+  dry run, file name -> the exact text that would be submitted;
+* ``preflight(site, run_dir: Path) -> None``: check what can be checked
+  before anything is submitted (a partition exists, an image exists, ...);
+  raise :class:`~spibatch.errors.InputError` (one line) otherwise.
+
+Optional, where the provider has them:
+
+* ``emc_launch(site, run_dir, command: list[str], ranks: int) -> (executor label, shell line,
+  parsl_resource_specification)``: the HPC-mode EMC job (one MPI job of ``ranks`` ranks, each
+  rank inside the container); without it the provider supports ``emc_mode: htc`` only;
+* ``node_cores(site) -> int`` and ``ranks_per_node(site) -> int``: how threads are shared out
+  (default: 1 core, ``workers`` per node);
+* ``check_rendered(site, files) -> list[str]``: ask the scheduler about the rendered files
+  without submitting (``sbatch --test-only``); one note per file, InputError on a refusal.
+
+:func:`load_site` reads a site file; ``load_site(None)`` is the embedded
+local default (``spibatch/data/site_local.yaml``).  Parsl is imported only
+inside the provider functions, so this module is light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+
+from spibatch.config import Section, _error_line, _load_yaml_with_lines
+from spibatch.errors import InputError
+
+PROVIDERS: dict[str, str] = {
+    "local": "spibatch.backends.local",
+    "slurm": "spibatch.backends.slurm",
+    "kubernetes": "spibatch.backends.kubernetes",
+}
+DEFAULT_EMC_MODE = {"local": "hpc", "slurm": "hpc", "kubernetes": "htc"}
+TASKS_LABEL = "tasks"   # the HTEX executor: stages, phasing starts, HTC EMC shard tasks
+MPI_LABEL = "mpi"       # the MPIExecutor: the HPC EMC job (where the provider has one)
+
+
+class Container(Section):
+    """The image workers (or each MPI rank) run in."""
+
+    runtime: Literal["none", "apptainer", "docker", "charliecloud"] = Field(
+        "none", description="none: run on the host; apptainer: `apptainer exec IMAGE`; docker: `docker run IMAGE`; "
+        "charliecloud: `ch-run IMAGE --`")
+    image: str | None = Field(None, description="apptainer: a .sif file or docker:// / oras:// URI; docker: an image "
+                              "reference; charliecloud: an unpacked image directory")
+    binds: list[str] = Field(default_factory=list, description="host paths mounted at the same path inside "
+                             "(`a` or `a:b`); the run directory is always added")
+    gpu: bool = Field(False, description="expose NVIDIA GPUs (apptainer --nv, docker --gpus all)")
+    options: list[str] = Field(default_factory=list, description="extra arguments for the runtime, placed before "
+                               "the image")
+
+    @model_validator(mode="after")
+    def _image(self) -> "Container":
+        if self.runtime != "none" and not self.image:
+            raise ValueError(f"runtime {self.runtime} needs an image")
+        return self
+
+
+class Site(Section):
+    """The common part of a site file; the provider section is added by :func:`site_model`."""
+
+    name: str = Field("local", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40,
+                      description="label of the site: lower-case letters, digits and '-'")
+    provider: Literal["local", "slurm", "kubernetes"] = Field("local", description="where work goes")
+    workers: int = Field(2, ge=1, description="workers at once: HTEX workers, MPI ranks of the HPC EMC job, pods")
+    emc_mode: Literal["hpc", "htc"] | None = Field(None, description="hpc: EMC as one MPI job of `workers` ranks; "
+                                                   "htc: one task per shard per iteration; default: hpc for local "
+                                                   "and slurm, htc for kubernetes")
+    container: Container = Field(default_factory=Container)
+    source: Path | None = Field(None, exclude=True, description="(set by load_site) the file this came from")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "Site":
+        if self.emc_mode is None:
+            self.emc_mode = DEFAULT_EMC_MODE[self.provider]
+        return self
+
+    @property
+    def options(self) -> BaseModel:
+        """The provider section (the provider module's ``Options``)."""
+        return getattr(self, self.provider)
+
+
+def provider_module(provider: str) -> ModuleType:
+    """The module implementing ``provider`` (see the contract above)."""
+    try:
+        return importlib.import_module(PROVIDERS[provider])
+    except ModuleNotFoundError as exc:
+        if exc.name != PROVIDERS[provider]:
+            raise
+        raise InputError(f"provider '{provider}' is not part of this installation", field="provider",
+                         fix=f"use one of: {', '.join(p for p in PROVIDERS if _available(p))}") from None
+
+
+def _available(provider: str) -> bool:
+    return importlib.util.find_spec(PROVIDERS[provider]) is not None
+
+
+@lru_cache(maxsize=None)
+def site_model(provider: str) -> type[Site]:
+    """The Site model with the ``provider`` section typed by that provider's ``Options``."""
+    options = provider_module(provider).Options
+    return create_model(f"Site_{provider}", __base__=Site,
+                        **{provider: (options, Field(default_factory=options))})
+
+
+def default_site_path() -> Path:
+    """The embedded local site used when no --site is given."""
+    from importlib import resources
+
+    return Path(str(resources.files("spibatch") / "data" / "site_local.yaml"))
+
+
+def load_site(path: str | Path | None = None) -> Site:
+    """Read and validate a site YAML file (None: the embedded local default).
+
+    Raises InputError (one line: file, line, key, expected, found) on any mistake.
+    """
+    path = default_site_path() if path is None else Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("file not found", path=path, field="--site",
+                         fix="give the path of a site YAML file (examples in site_configs/)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read ({exc.__class__.__name__})", path=path, field="--site",
+                         fix="give a readable UTF-8 YAML file") from None
+    data, lines = _load_yaml_with_lines(text, path)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise InputError(f"expected a mapping at the top level; found {type(data).__name__}", path=path,
+                         field="line 1", fix="start the file with `provider:` and `workers:`")
+    provider = data.get("provider", "local")
+    if provider not in PROVIDERS:
+        where = f"line {lines.get(('provider',), 1)}: provider"
+        raise InputError(f"expected one of {', '.join(PROVIDERS)}; found {provider!r}", path=path, field=where,
+                         fix="set provider to local, slurm or kubernetes")
+    for other in PROVIDERS:
+        if other != provider and other in data:
+            raise InputError(f"a '{other}' section, but provider is {provider}", path=path,
+                             field=f"line {lines.get((other,), 1)}: {other}",
+                             fix=f"remove the section, or set provider: {other}")
+    try:
+        model = site_model(provider)
+    except InputError as exc:
+        raise InputError(exc.problem, path=path, field=f"line {lines.get(('provider',), 1)}: provider",
+                         fix=exc.fix) from None
+    try:
+        site = model.model_validate(data)
+    except ValidationError as exc:
+        error = _error_line(exc, data, lines, path, model)
+        fix = (error.fix or "").replace("`spibatch schema` describes every key", "site_configs/*.yaml document "
+                                        "every key").replace("`spibatch schema` lists every key",
+                                                             "site_configs/*.yaml document every key")
+        raise InputError(error.problem, path=path, field=error.field, fix=fix) from None
+    site.source = path.resolve()
+    return site
+
+
+def dump_site(site: Site) -> str:
+    """The resolved site as YAML (every default written out)."""
+    import yaml
+
+    data = site.model_dump(mode="json", exclude={"source"})
+    keep = {k: v for k, v in data.items() if k not in PROVIDERS or k == site.provider}
+    return yaml.safe_dump(keep, sort_keys=False)
+
+
+def parsl_config(site: Site, run_dir: Path) -> Any:
+    """The site's ``parsl.config.Config`` for a run in ``run_dir``."""
+    return provider_module(site.provider).parsl_config(site, Path(run_dir))
+
+
+def render(site: Site, run_dir: Path, command: list[str]) -> dict[str, str]:
+    """The dry run: file name -> exact text that would be submitted."""
+    return provider_module(site.provider).render(site, Path(run_dir), list(command))
+
+
+def preflight(site: Site, run_dir: Path) -> None:
+    """Check the site before anything is submitted (InputError, one line)."""
+    provider_module(site.provider).preflight(site, Path(run_dir))
+
+
+__all__ = ["PROVIDERS", "Site", "Container", "load_site", "dump_site", "site_model", "provider_module",
+           "parsl_config", "render", "preflight", "default_site_path", "TASKS_LABEL", "MPI_LABEL"]

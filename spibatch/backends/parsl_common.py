@@ -1,0 +1,111 @@
+"""Pieces every Parsl-based provider shares: the environment's bin/ on PATH, the HTEX worker
+launch command inside the container, the worker environment, and the dry-run rendering of a
+Parsl provider's submit script (the very text its ``submit`` writes)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from spibatch.backends import TASKS_LABEL
+from spibatch.backends.containers import prefix_text
+
+PLACEHOLDERS = {  # what the dry run shows where Parsl fills in values known only once the interchange runs
+    "debug": "", "max_workers_per_node": "--max_workers_per_node={workers}", "addresses": "<driver address>",
+    "prefetch_capacity": 0, "cores_per_worker": "{cores_per_worker}", "mem_per_worker": "None",
+    "poll_period": 10, "worker_port": "<port>", "cert_dir": "None", "logdir": "{logdir}",
+    "logconf": "<logconf>", "heartbeat_period": 30, "address_probe_timeout_string": "",
+    "heartbeat_threshold": 120, "drain_period": "None", "cpu_affinity": "none", "enable_mpi_mode": "",
+    "mpi_launcher": "mpiexec", "accelerators": "",
+}
+
+
+def env_bin() -> str:
+    """The bin/ folder of the Python running spibatch (Parsl's interchange.py and workers live there)."""
+    return str(Path(sys.executable).parent)
+
+
+def put_bin_on_path() -> None:
+    """Prepend :func:`env_bin` to PATH in this process (Parsl starts ``interchange.py`` by name)."""
+    path = os.environ.get("PATH", "")
+    if env_bin() not in path.split(os.pathsep):
+        os.environ["PATH"] = env_bin() + (os.pathsep + path if path else "")
+
+
+def python_words(site) -> list[str]:
+    """The Python a worker runs spibatch with: this one on the host, ``python3`` inside an image."""
+    return [sys.executable] if site.container.runtime == "none" else ["python3"]
+
+
+def worker_init(site, extra: str = "") -> str:
+    """Shell lines run before the workers start: bin/ on PATH, spibatch's import path, the user's lines."""
+    lines = []
+    if site.container.runtime == "none":
+        lines.append(f"export PATH={shlex.quote(env_bin())}:$PATH")
+        if os.environ.get("PYTHONPATH"):
+            lines.append(f"export PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])}")
+    if extra.strip():
+        lines.append(extra.strip())
+    return "\n".join(lines)
+
+
+def launch_cmd(site, run_dir: Path) -> str:
+    """HTEX's worker-pool command, run inside the site's container (run directory bound)."""
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+
+    return prefix_text(site.container, [run_dir], workdir=run_dir) + DEFAULT_LAUNCH_CMD
+
+
+def htex(site, provider, run_dir: Path, *, label: str = TASKS_LABEL, cores_per_worker: float = 1.0,
+         address: str | None = None):
+    """The HighThroughputExecutor running stages and tasks: ``site.workers`` workers per block."""
+    from parsl.executors import HighThroughputExecutor
+
+    return HighThroughputExecutor(label=label, provider=provider, max_workers_per_node=site.workers, address=address,
+                                  cores_per_worker=cores_per_worker, launch_cmd=launch_cmd(site, run_dir),
+                                  worker_logdir_root=str(run_dir / "runinfo" / "workers"),
+                                  heartbeat_period=5, heartbeat_threshold=60)
+
+
+def config(executors: list, run_dir: Path, *, strategy_period: float, max_idletime: float):
+    """``parsl.config.Config``: usage tracking off, runinfo inside the run directory."""
+    from parsl.config import Config
+
+    put_bin_on_path()
+    return Config(executors=executors, run_dir=str(run_dir / "runinfo"), usage_tracking=0,
+                  strategy_period=strategy_period, max_idletime=max_idletime, initialize_logging=True)
+
+
+def format_launch(executor, workers: int) -> str:
+    """The executor's launch command with placeholders where the real one has ports and addresses."""
+    values = dict(PLACEHOLDERS)
+    values["max_workers_per_node"] = f"--max_workers_per_node={workers}"
+    values["cores_per_worker"] = executor.cores_per_worker
+    values["logdir"] = executor.worker_logdir_root or "<runinfo>"
+    values["enable_mpi_mode"] = "--enable_mpi_mode " if getattr(executor, "enable_mpi_mode", False) else ""
+    values["mpi_launcher"] = getattr(executor, "mpi_launcher", "mpiexec")
+    values["heartbeat_period"] = executor.heartbeat_period
+    values["heartbeat_threshold"] = executor.heartbeat_threshold
+    return executor.launch_cmd.format(**values).replace("{block_id}", "0")
+
+
+def render_submit(provider, command: str, script_dir: Path, job_name: str) -> str:
+    """What ``provider.submit(command, 1, job_name)`` writes as its batch script, without submitting.
+
+    The provider's own ``submit`` runs with its ``execute_wait`` replaced by a stand-in
+    that answers like the scheduler and its ``script_dir`` in a temporary folder, so the
+    text is Parsl's; the temporary folder is shown as ``script_dir`` (where Parsl puts its
+    submit scripts in a real run) and the time stamp in the job name as ``<time>``.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="spibatch-dry-run-") as scratch:
+        provider.script_dir = scratch
+        provider.execute_wait = lambda cmd, timeout=None: (0, "Submitted batch job 0\n", "")
+        provider.submit(command, 1, job_name)
+        written = [p for p in Path(scratch).glob(f"{job_name}.*") if not p.name.endswith((".stdout", ".stderr"))]
+        stamp = written[0].name[len(job_name) + 1:]
+        text = written[0].read_text(encoding="utf-8")
+    return text.replace(stamp, "<time>").replace(scratch, str(script_dir))

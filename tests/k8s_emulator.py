@@ -1,0 +1,219 @@
+"""An emulated Kubernetes cluster for the tests: kmock's API server plus a local pod runner.
+
+``Cluster`` runs kmock's ``KubernetesEmulator`` (an in-memory Kubernetes API over HTTP on
+127.0.0.1; pods created, read, listed, patched and deleted through the real ``kubernetes``
+client) in a thread with its own event loop, and writes a kubeconfig for it.  kmock keeps
+objects but runs nothing, and cannot serve ``GET /api/v1/namespaces/NAME`` (it reads the
+path as a list), so existing namespaces are declared as fixed answers; and it stores objects
+created with ``?dryRun=All``, so the emulator here answers those without storing them.
+
+``PodRunner`` stands in for the kubelet: it polls the pod list, starts each new pod's
+``command + args`` as a local process (its env, its workingDir; ``status.podIP`` is
+127.0.0.1), reports phase Running / Succeeded / Failed through the status subresource,
+and kills the process when the pod is deleted.  Every persistentVolumeClaim mount path
+must exist on this machine: the local filesystem plays the shared filesystem.  What a
+real kubelet does and this does not: pull images (the "image" is this Python
+environment), enforce resources or the security context, network namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+
+def _emulator_class():
+    """kmock's KubernetesEmulator that, like a real API server, stores nothing for ``?dryRun=All``."""
+    import aiohttp.web
+    import kmock
+
+    class DryRunEmulator(kmock.KubernetesEmulator):
+        async def _handle(self, request):
+            if request.action == kmock.action.CREATE and request.params.get("dryRun") == "All":
+                self.dry_runs.append(request.data)
+                if self.refuse:      # what an admission controller would answer (set by a test)
+                    return aiohttp.web.json_response(
+                        {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403,
+                         "reason": "Forbidden", "message": self.refuse}, status=403)
+                return aiohttp.web.json_response(request.data, status=201)
+            return await super()._handle(request)
+
+    return DryRunEmulator
+
+
+class Cluster:
+    """kmock's Kubernetes emulator on 127.0.0.1 with the given namespaces and PVCs ({ns: [claim, ...]})."""
+
+    def __init__(self, namespaces: dict[str, list[str]]):
+        self.namespaces = namespaces
+        self.url = ""
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    async def _serve(self) -> None:
+        import kmock
+
+        async with _emulator_class()() as km, kmock.Server(km) as server:
+            km.dry_runs, km.refuse = [], None
+            km.resources["v1/pods"] = {}
+            for namespace, claims in self.namespaces.items():
+                km[f"get /api/v1/namespaces/{namespace}"] << {
+                    "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace},
+                    "status": {"phase": "Active"}}
+                for claim in claims:
+                    km.objects[kmock.resource("", "v1", "persistentvolumeclaims"), namespace, claim] = {
+                        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": claim, "namespace": namespace},
+                        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+                        "status": {"phase": "Bound"}}
+            self.url = str(server.url).rstrip("/")
+            self.kmock = km
+            self._ready.set()
+            while not self._stop.is_set():
+                await asyncio.sleep(0.05)
+
+    def __enter__(self) -> "Cluster":
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("kmock did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        """A kubeconfig whose current context is this emulator."""
+        config = {"apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+                  "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+                  "users": [{"name": "kmock", "user": {"token": "emulated"}}],
+                  "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock",
+                                                             "namespace": namespace}}]}
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        return path
+
+    def api(self):
+        """A CoreV1Api talking to this emulator (independent of the global kubernetes config)."""
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = self.url
+        return client.CoreV1Api(client.ApiClient(configuration))
+
+
+class PodRunner:
+    """Runs every pod created in ``namespace`` as local processes until the pod is deleted."""
+
+    def __init__(self, cluster: Cluster, namespace: str, base_env: dict[str, str], poll_s: float = 0.2):
+        self.api = cluster.api()
+        self.namespace, self.base_env, self.poll_s = namespace, base_env, poll_s
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.started: list[dict] = []        # every pod manifest started, as the API returned it
+        self.deleted: list[str] = []         # names of pods whose process was killed on deletion
+        self.errors: list[str] = []
+        self.most_at_once = 0                # the most pod processes alive at the same time
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "PodRunner":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for process in self.processes.values():
+            self._kill(process)
+
+    @staticmethod
+    def _kill(process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def _env(self, container: dict) -> dict[str, str]:
+        env = dict(self.base_env)
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+            elif (item.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
+                env[item["name"]] = "127.0.0.1"
+        return env
+
+    def _start(self, pod: dict) -> None:
+        name = pod["metadata"]["name"]
+        spec = pod["spec"]
+        container = spec["containers"][0]
+        claims = {v["name"] for v in spec.get("volumes") or [] if v.get("persistentVolumeClaim")}
+        for mount in container.get("volumeMounts") or []:
+            if mount["name"] in claims and not Path(mount["mountPath"]).is_dir():
+                self.errors.append(f"{name}: shared mount {mount['mountPath']} does not exist here")
+                self._phase(name, "Failed")
+                return
+        log = Path(container.get("workingDir") or "/tmp") / f"pod-{name}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(list(container.get("command") or []) + list(container.get("args") or []),
+                                       env=self._env(container), cwd=container.get("workingDir") or None,
+                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = process
+        self.started.append(pod)
+        self._phase(name, "Running")
+
+    def _phase(self, name: str, phase: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.api.patch_namespaced_pod_status(name, self.namespace,
+                                                 {"status": {"phase": phase, "podIP": "127.0.0.1"}})
+        except ApiException as exc:   # deleted meanwhile
+            if exc.status != 404:
+                self.errors.append(f"{name}: status patch answered {exc.status}")
+
+    def _loop(self) -> None:
+        from kubernetes import client
+
+        serialize = client.ApiClient().sanitize_for_serialization
+        finished: set[str] = set()
+        while not self._stop.is_set():
+            try:
+                pods = {p.metadata.name: serialize(p) for p in self.api.list_namespaced_pod(self.namespace).items}
+            except Exception as exc:  # noqa: BLE001 - keep the kubelet alive, report at the end
+                self.errors.append(f"list pods: {exc!r}")
+                time.sleep(self.poll_s)
+                continue
+            for name, pod in pods.items():
+                if name not in self.processes and name not in finished:
+                    self._start(pod)
+                    if name not in self.processes:
+                        finished.add(name)
+            for name, process in list(self.processes.items()):
+                if name not in pods:                      # deleted: stop its containers
+                    self._kill(process)
+                    del self.processes[name]
+                    self.deleted.append(name)
+                    finished.add(name)
+                elif process.poll() is not None and name not in finished:
+                    self._phase(name, "Succeeded" if process.returncode == 0 else "Failed")
+                    finished.add(name)
+            alive = sum(process.poll() is None for process in self.processes.values())
+            self.most_at_once = max(self.most_at_once, alive)
+            time.sleep(self.poll_s)
+
+
+def host_env(extra_path: str | None = None) -> dict[str, str]:
+    """The environment a pod starts from here: PATH with this Python's bin/ first (the "image")."""
+    path = os.pathsep.join(p for p in (str(Path(sys.executable).parent), extra_path, os.environ.get("PATH", "")) if p)
+    return {"PATH": path, "LANG": os.environ.get("LANG", "C.UTF-8")}

@@ -1,0 +1,57 @@
+"""Helpers of the platform tests: a tiny pipeline on the emc_small data, site files, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+# Tiny but whole: 240 frames in 4 shards of 60, 420 rotations, 3 iterations; phasing on a 41^3 crop.
+PIPELINE = """name: platform-test
+emc: {{photons: {photons}, detector: {detector}, num_div: 2, iterations: 3, frames_per_shard: 60}}
+phasing: {{num_starts: {starts}, keep_best: {starts}, crop_to: 41, recipe: "(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10"}}
+"""
+
+
+def write_pipeline(folder: Path, emc_small: dict, starts: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pipeline.yaml"
+    path.write_text(PIPELINE.format(photons=emc_small["photons"], detector=emc_small["detector"], starts=starts))
+    return path
+
+
+def write_site(folder: Path, name: str, text: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def env(**extra) -> dict:
+    repo = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, PYTHONPATH=repo + (os.pathsep + path if path else ""), OMPI_ALLOW_RUN_AS_ROOT="1",
+                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", **extra)
+
+
+def spibatch(*args, cwd: Path, timeout: float = 900, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spibatch", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=env(**extra))
+
+
+def markers(run: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((run / "stages").glob("*.json"))}
+
+
+def final_model(emc_dir: Path) -> np.ndarray:
+    """The last model of an EMC run folder (a pipeline run's emc/, or a `spibatch emc` run)."""
+    with h5py.File(emc_dir / "checkpoint.h5") as f:
+        return f["model"][()]
+
+
+def metrics(emc_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (emc_dir / "metrics.jsonl").read_text().splitlines()]

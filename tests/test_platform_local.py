@@ -1,0 +1,88 @@
+"""The pipeline through Parsl on the local site: end to end, resume, EMC in HTC mode.
+
+HTC-mode EMC (one Parsl task per shard per iteration, sums reduced in the driver) uses
+the same shards, the same kernel and the same frame-ordered reduction as the serial
+driver, so with one thread per task the model is bit for bit the serial one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from platform_helpers import final_model, markers, metrics, spibatch, write_pipeline, write_site
+
+pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
+
+LOCAL_HTC = """name: local-htc
+provider: local
+workers: 2
+emc_mode: htc
+local: {cores: 2, strategy_period_s: 0.5}
+"""
+
+
+def test_local_site_end_to_end_then_resume_skips_finished_stages(emc_small, tmp_path):
+    pipeline = write_pipeline(tmp_path, emc_small)
+    run = tmp_path / "run"
+    done = spibatch("run", pipeline, "--out", run, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = markers(run)
+    assert sorted(stages) == ["emc", "ingest", "phase", "report", "validate"]
+    assert all(s["status"] == "done" for s in stages.values())
+    assert stages["emc"]["emc_mode"] == "hpc"
+    assert (run / "emc" / "output_003.h5").is_file() and (run / "phase" / "phasing.h5").is_file()
+    assert len(list((run / "phase" / "starts").glob("start_*.pkl"))) == 2
+    assert (run / "runinfo").is_dir() and not (tmp_path / "runinfo").exists()   # Parsl's files stay in the run
+    assert json.loads((run / "provenance.json").read_text())["status"] == "completed"
+    assert str(run / "phase" / "phasing.h5") in done.stdout
+
+    # resume after "losing" the last two stages: ingest, emc and phase are not run again
+    before = {name: (run / "stages" / f"{name}.json").read_text() for name in ("ingest", "emc", "phase")}
+    emc_mtime = (run / "emc" / "checkpoint.h5").stat().st_mtime_ns
+    for name in ("validate", "report"):
+        (run / "stages" / f"{name}.json").unlink()
+    again = spibatch("resume", run, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stages to run: validate, report (finished: ingest, emc, phase)" in again.stderr
+    assert {name: (run / "stages" / f"{name}.json").read_text() for name in before} == before
+    assert (run / "emc" / "checkpoint.h5").stat().st_mtime_ns == emc_mtime
+    assert sorted(markers(run)) == ["emc", "ingest", "phase", "report", "validate"]
+    record = json.loads((run / "provenance.json").read_text())
+    assert record["status"] == "completed" and len(record["resumed"]) == 1
+
+    # and with everything finished, nothing runs
+    third = spibatch("resume", run, cwd=tmp_path)
+    assert third.returncode == 0 and "every stage has finished already" in third.stderr
+
+
+def test_htc_emc_through_parsl_equals_the_serial_driver(emc_small, emc_config, tmp_path):
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
+    site = write_site(tmp_path, "local-htc", LOCAL_HTC)
+    run = tmp_path / "htc"
+    done = spibatch("run", pipeline, "--site", site, "--out", run, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert markers(run)["emc"]["emc_mode"] == "htc"
+    timing = [json.loads(line) for line in (run / "emc" / "htc" / "timing.jsonl").read_text().splitlines()]
+    assert [t["tasks"] for t in timing] == [4, 4, 4]            # 240 frames, shards of 60
+    assert not list((run / "emc" / "htc").glob("model_*.npy"))   # each broadcast model removed after use
+
+    serial = spibatch("emc", emc_config(tmp_path / "serial"), "--out", tmp_path / "serial" / "run",
+                      cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert serial.returncode == 0, serial.stderr[-2000:]
+    serial_dir = tmp_path / "serial" / "run"
+    assert np.array_equal(final_model(run / "emc"), final_model(serial_dir))
+    assert [m["log_likelihood"] for m in metrics(run / "emc")] == [m["log_likelihood"] for m in metrics(serial_dir)]
+
+
+def test_dry_run_of_the_local_site_creates_nothing(emc_small, tmp_path):
+    pipeline = write_pipeline(tmp_path, emc_small)
+    done = spibatch("run", pipeline, "--dry-run", "--out", tmp_path / "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "==> workers.sh <==" in done.stdout and "process_worker_pool.py" in done.stdout
+    assert f"export PATH={sys.executable.rsplit('/', 1)[0]}:$PATH" in done.stdout   # the interchange's bin/
+    assert "nothing submitted" in done.stdout
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runinfo").exists()
