@@ -110,7 +110,8 @@ def _run_emc(run_dir: Path, site: Site, emc_app) -> None:
                                                                   command=sys.argv)
         run.extra.update(emc_mode="htc", site=site.name, workers=site.workers)
         outputs = run_in_dir(run, run_emc_htc, pipeline.emc, pipeline.emc.photons, pipeline.emc.detector, out,
-                             _Submit(), threads=threads_per_worker(site),
+                             _Submit(), threads=threads_per_worker(site), device=pipeline.device,
+                             gpu_runtime=pipeline.gpu_runtime,
                              resume=resume and (out / "checkpoint.h5").exists())
     else:
         module = provider_module(site.provider)

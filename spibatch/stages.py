@@ -138,11 +138,13 @@ def phase_start(run_dir: str, index: int, threads: int) -> str:
     path = Path(run_dir) / "phase" / "starts" / f"start_{index:03d}.pkl"
     if path.exists():
         return str(path)
-    cfg = load_config(run_dir, EMC_CONFIG).phasing
+    pipeline = load_config(run_dir, EMC_CONFIG)
+    cfg = pipeline.phasing
     cfg.threads = cfg.threads or threads
     with _StageLog(run_dir, "phase"):
         measurement = prepare_measurement(cfg, cfg.intensity)
-        result = run_start(cfg, cfg.intensity, measurement, options_of(cfg), index)
+        options = options_of(cfg, pipeline.device, pipeline.gpu_runtime)    # a GPU start: this worker's GPU
+        result = run_start(cfg, cfg.intensity, measurement, options, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         pickle.dump(result, fh, protocol=pickle.HIGHEST_PROTOCOL)

@@ -127,3 +127,17 @@ def test_slurm_dry_run_content():
     assert "srun --ntasks 1" in tasks and "--max_workers_per_node=8" in tasks
     assert "--enable_mpi_mode" in files["sbatch-mpi.sh"] and "--mpi-launcher=srun" in files["sbatch-mpi.sh"]
     assert "$PARSL_MPI_PREFIX apptainer exec" in files["emc-hpc.sh"] and "--mpi=pmix --overlap" in files["emc-hpc.sh"]
+
+
+def test_gpus_give_one_gpu_per_worker(tmp_path):
+    """With GPUs on a node or pod, Parsl pins each worker to one (available_accelerators -> its
+    CUDA_VISIBLE_DEVICES), so a `device: gpu` task uses the GPU it was given; none without."""
+    pytest.importorskip("parsl", reason="parsl is part of spibatch's dependencies; missing here")
+    from spibatch.backends import slurm
+
+    gpu = load_site(site_file(tmp_path, "provider: slurm\nworkers: 8\nslurm: {gpus_per_node: 4}\n"))
+    tasks = slurm.executors(gpu, tmp_path)[0]
+    assert tasks.available_accelerators == ["0", "1", "2", "3"] and tasks.max_workers_per_node == 4
+    cpu = load_site(site_file(tmp_path, "provider: slurm\nworkers: 8\n"))
+    tasks = slurm.executors(cpu, tmp_path)[0]
+    assert tasks.available_accelerators == [] and tasks.max_workers_per_node == 8

@@ -205,7 +205,10 @@ def _executor(site, provider, run_dir: Path, address: str):
     from parsl.executors import HighThroughputExecutor
     from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
+    from spibatch.backends.parsl_common import accelerators
+
     return HighThroughputExecutor(label=TASKS_LABEL, provider=provider, address=address,
+                                  available_accelerators=accelerators(site.kubernetes.gpus),
                                   max_workers_per_node=site.kubernetes.workers_per_pod, launch_cmd=DEFAULT_LAUNCH_CMD,
                                   worker_logdir_root=str(run_dir / "runinfo" / "workers"),
                                   heartbeat_period=5, heartbeat_threshold=60)

@@ -58,12 +58,20 @@ def launch_cmd(site, run_dir: Path) -> str:
     return prefix_text(site.container, [run_dir], workdir=run_dir) + DEFAULT_LAUNCH_CMD
 
 
+def accelerators(gpus: int | None) -> list[str]:
+    """Parsl's ``available_accelerators`` for ``gpus`` GPUs a node/pod: one GPU per worker (its
+    CUDA_VISIBLE_DEVICES), and so at most that many workers; [] (no pinning) without GPUs."""
+    return [str(i) for i in range(gpus or 0)]
+
+
 def htex(site, provider, run_dir: Path, *, label: str = TASKS_LABEL, cores_per_worker: float = 1.0,
-         address: str | None = None):
-    """The HighThroughputExecutor running stages and tasks: ``site.workers`` workers per block."""
+         address: str | None = None, gpus: int | None = None):
+    """The HighThroughputExecutor running stages and tasks: ``site.workers`` workers per block
+    (with ``gpus`` a node: one GPU each, see :func:`accelerators`)."""
     from parsl.executors import HighThroughputExecutor
 
     return HighThroughputExecutor(label=label, provider=provider, max_workers_per_node=site.workers, address=address,
+                                  available_accelerators=accelerators(gpus),
                                   cores_per_worker=cores_per_worker, launch_cmd=launch_cmd(site, run_dir),
                                   worker_logdir_root=str(run_dir / "runinfo" / "workers"),
                                   heartbeat_period=5, heartbeat_threshold=60)

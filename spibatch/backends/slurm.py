@@ -85,8 +85,8 @@ def executors(site, run_dir: Path) -> list:
     opts = site.slurm
     per_node = ranks_per_node(site)
     tasks = common.htex(site, _provider(site, SrunLauncher(debug=False), init_blocks=1, cores=opts.cores_per_node),
-                        run_dir)
-    tasks.max_workers_per_node = per_node
+                        run_dir, gpus=opts.gpus_per_node)
+    tasks.max_workers_per_node = per_node if not opts.gpus_per_node else min(per_node, opts.gpus_per_node)
     out = [tasks]
     if site.emc_mode == "hpc":
         mpi = MPIExecutor(label=MPI_LABEL, max_workers_per_block=1, mpi_launcher="srun",

@@ -69,7 +69,8 @@ def prepare_task(photons_path: str, detector_path: str, num_div: int, start: int
 
 
 def shard_task(photons_path: str, detector_path: str, num_div: int, start: int, stop: int,
-               model_path: str, state: StepState, threads: int) -> ShardSums:
+               model_path: str, state: StepState, threads: int, device: str = "cpu",
+               gpu_runtime: str = "cupy") -> ShardSums:
     """``shard_step`` of frames ``start:stop`` on the model in ``model_path`` (.npy, (M, M, M) float64)."""
     from spibatch.emc.step import shard_step
 
@@ -78,7 +79,8 @@ def shard_task(photons_path: str, detector_path: str, num_div: int, start: int, 
     model = np.load(model_path)
     loaded = time.perf_counter()
     pixels, rotations = _geometry(detector_path, num_div)
-    sums = shard_step(model, rotations, pixels, _shard(photons_path, detector_path, num_div, start, stop), state)
+    sums = shard_step(model, rotations, pixels, _shard(photons_path, detector_path, num_div, start, stop), state,
+                      device=device, gpu_runtime=gpu_runtime)
     sums.timings["load_model_s"] = loaded - began
     sums.timings["task_s"] = time.perf_counter() - began
     return sums
@@ -87,11 +89,14 @@ def shard_task(photons_path: str, detector_path: str, num_div: int, start: int, 
 class ShardRunner:
     """Runs the shard steps as tasks through ``submit(fn, *args) -> Future`` (see the module docstring).
 
-    threads: Numba threads per task (the cores one worker may use).
+    threads: Numba threads per task (the cores one worker may use); device, gpu_runtime: the pipeline's
+    (on a GPU each worker uses the one GPU Parsl gave it).
     """
 
-    def __init__(self, submit, photons_path, detector_path, num_div: int, out_dir, threads: int = 1):
+    def __init__(self, submit, photons_path, detector_path, num_div: int, out_dir, threads: int = 1,
+                 device: str = "cpu", gpu_runtime: str = "cupy"):
         self.submit = submit
+        self.device, self.gpu_runtime = device, gpu_runtime
         self.photons, self.detector = os.fspath(photons_path), os.fspath(detector_path)
         self.num_div, self.threads = num_div, threads
         self.dir = Path(out_dir) / "htc"
@@ -116,7 +121,7 @@ class ShardRunner:
             np.save(fh, np.ascontiguousarray(model, np.float64))
         written = time.perf_counter()
         futures = [self.submit(shard_task, self.photons, self.detector, self.num_div, a, b, str(model_path),
-                               state, self.threads) for a, b in self.bounds]
+                               state, self.threads, self.device, self.gpu_runtime) for a, b in self.bounds]
         parts = [f.result() for f in futures]
         waited = time.perf_counter()
         slowest = max(p.timings["task_s"] for p in parts)
@@ -135,10 +140,10 @@ class ShardRunner:
 
 
 def run_emc_htc(cfg, photons_path, detector_path, out_dir, submit, *, threads: int = 1, resume: bool = False,
-                show_progress: bool = False) -> dict[str, Path]:
+                show_progress: bool = False, device: str = "cpu", gpu_runtime: str = "cupy") -> dict[str, Path]:
     """EMC in HTC mode: :func:`~spibatch.emc.driver.run_emc` with its shard steps sent through ``submit``."""
     from spibatch.emc.driver import run_emc
 
-    runner = ShardRunner(submit, photons_path, detector_path, cfg.num_div, out_dir, threads)
+    runner = ShardRunner(submit, photons_path, detector_path, cfg.num_div, out_dir, threads, device, gpu_runtime)
     return run_emc(cfg, photons_path, detector_path, out_dir, resume=resume, show_progress=show_progress,
                    shard_runner=runner)
