@@ -1,6 +1,7 @@
 """The monitor in a real headless Chromium (Selenium + Debian's chromium / chromium-driver, which .ci/run installs).
 
-A writer fills a run folder iteration by iteration with the real EMC writers while `spibatch monitor` serves
+A writer fills a run folder iteration by iteration with the real EMC writers (and, in another test, a real
+`spibatch emc` run does) while `spibatch monitor` serves
 it; the test waits for the page's plots to show each new iteration, then the phasing and the FSC, and saves
 screenshots (under the test's tmp dir, and under $SPIBATCH_TEST_ARTIFACTS when set).  It also opens the run's
 report.html from disk, with no server, and checks that its plots are drawn.
@@ -159,3 +160,37 @@ def test_report_html_draws_from_disk_without_a_server(browser, tmp_path):
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
     screenshot(browser, tmp_path, "report.png")
+
+
+def test_live_page_follows_a_real_emc_run(browser, monitor, emc_config, tmp_path):
+    """A real `spibatch emc` (240 frames of the small set, 6 iterations) writes into the watched folder:
+    the page shows its iterations while it runs (at least one count between the first and the last),
+    then all 6, the slices of the last one and the completed badge."""
+    root, address = monitor
+    config = emc_config(tmp_path / "config", iterations=6)
+    browser.get(address)
+    wait_for(browser, "document.getElementById('run-header').textContent.includes('No runs under')", True)
+    proc = subprocess.Popen([sys.executable, "-m", "spibatch", "emc", str(config), "--out", str(root / "emc-live")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = set()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            count = browser.execute_script("try { return " + PLOT_POINTS.format(id="plot-loglik") + "; }"
+                                           " catch (e) { return null; }")
+            if count:
+                seen.add(count)
+            if count == 6:
+                break
+            time.sleep(0.1)
+        assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 6 in seen and any(0 < c < 6 for c in seen), f"iteration counts the page showed: {sorted(seen)}"
+    wait_for(browser, "window.spibatchMonitor.rendered.sliceIteration", 6)
+    wait_for(browser, "document.querySelector('#run-header .badge').textContent", "completed", timeout=90)
+    assert "iteration 6 of 6" in browser.find_element("id", "emc-progress").text
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+    screenshot(browser, tmp_path, "monitor-real-emc.png")
