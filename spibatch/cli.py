@@ -78,21 +78,13 @@ def schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
-def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None, then=None,
-              emc_iterations: Optional[int] = None, phasing_starts: Optional[int] = None) -> Path:
+def _simulate(config: Path, out: Optional[Path]) -> Path:
     from spibatch.config import dump_pipeline, load_pipeline
     from spibatch.rundir import create_run_dir, run_in_dir
     from spibatch.sim import simulate as run_simulation
     from spibatch.sim.structure import read_structure
 
     pipeline = load_pipeline(config)
-    if runs_dir is not None:
-        pipeline.output.runs_dir = runs_dir.resolve()
-    if emc_iterations is not None:
-        pipeline.emc.iterations = emc_iterations
-    if phasing_starts is not None:
-        pipeline.phasing.keep_best = min(pipeline.phasing.keep_best, phasing_starts)   # first: keep <= starts
-        pipeline.phasing.num_starts = phasing_starts
     if pipeline.simulation is None:
         raise InputError("no `simulation` section", path=config, field="simulation",
                          fix="add one (`spibatch init DIR` writes an example)")
@@ -101,14 +93,8 @@ def _simulate(config: Path, out: Optional[Path], runs_dir: Optional[Path] = None
                          config_text=dump_pipeline(pipeline), command=sys.argv)
     run.add_inputs(config, pipeline.simulation.pdb)
 
-    def body() -> dict:
-        outputs = run_simulation(pipeline, run.path)
-        if then is not None:  # the demo goes on in the same run directory
-            outputs |= then(pipeline, run.path, outputs)
-        return outputs
-
     try:
-        outputs = run_in_dir(run, body)
+        outputs = run_in_dir(run, run_simulation, pipeline, run.path)
     finally:
         _write_report(run.path)
     typer.echo(f"\nsimulated {pipeline.simulation.num_patterns} patterns into {run.path}")

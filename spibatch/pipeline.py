@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from spibatch import stages
-from spibatch.backends import MPI_LABEL, TASKS_LABEL, Site, dump_site, load_site, preflight, provider_module
+from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, preflight, provider_module
 from spibatch.errors import InputError
 
 log = logging.getLogger("spibatch")
@@ -71,13 +71,11 @@ def _emc_job(command: str, parsl_resource_specification: dict | None = None, std
     return command
 
 
-def _apps(site: Site):
-    from parsl import bash_app, python_app
+def _apps():
+    from parsl import python_app
 
-    mpi_label = MPI_LABEL if site.provider == "slurm" and site.emc_mode == "hpc" else TASKS_LABEL
     return (python_app(stages.run_stage, executors=[TASKS_LABEL]),
-            python_app(stages.phase_start, executors=[TASKS_LABEL]),
-            bash_app(_emc_job, executors=[mpi_label]))
+            python_app(stages.phase_start, executors=[TASKS_LABEL]))
 
 
 class _Submit:
@@ -94,7 +92,7 @@ class _Submit:
         return self.apps[fn](*args)
 
 
-def _run_emc(run_dir: Path, site: Site, emc_app) -> None:
+def _run_emc(run_dir: Path, site: Site) -> None:
     from spibatch.config import load_pipeline
 
     began = time.time()
@@ -120,11 +118,13 @@ def _run_emc(run_dir: Path, site: Site, emc_app) -> None:
         command = python_words(site) + ["-m", "spibatch", "emc", str(run_dir / stages.EMC_CONFIG)] + \
             (["--resume", str(out)] if resume else ["--out", str(out)])
         ranks = emc_ranks(site, run_dir / stages.EMC_CONFIG)
-        _, line, spec = module.emc_launch(site, run_dir, command, ranks)   # the label: _apps chose the executor
+        label, line, spec = module.emc_launch(site, run_dir, command, ranks)   # the provider names the executor
         nodes = int(spec.get("num_nodes", 1)) if spec else 1
         line = f"export NUMBA_NUM_THREADS={threads_per_worker(site, -(-ranks // nodes))}\n{line}"
         stdout, stderr = run_dir / "stages" / "emc.stdout", run_dir / "stages" / "emc.stderr"
-        future = emc_app(line, parsl_resource_specification=spec or None, stdout=str(stdout), stderr=str(stderr))
+        from parsl import bash_app
+
+        future = bash_app(_emc_job, executors=[label])(line, parsl_resource_specification=spec or None, stdout=str(stdout), stderr=str(stderr))
         try:
             future.result()
         except Exception as exc:
@@ -155,17 +155,17 @@ def execute(run_dir: Path, site: Site, pipeline, until: str | None = None) -> di
         return {n: stages.finished(run_dir, n) for n in names}
     log.info("stages to run: %s (finished: %s)", ", ".join(todo),
              ", ".join(n for n in names if n not in todo) or "none")
-    stage_app, start_app, emc_app = None, None, None
+    stage_app, start_app = None, None
     dfk = parsl.load(parsl_config(site, run_dir))
     try:
-        stage_app, start_app, emc_app = _apps(site)
+        stage_app, start_app = _apps()
         run = str(run_dir)
         first = names[0]
         if first in todo:
             stage_app(first, run).result()
             log.info("%s: done", first)
         if "emc" in todo:
-            _run_emc(run_dir, site, emc_app)
+            _run_emc(run_dir, site)
             log.info("emc: done (%s mode)", site.emc_mode)
         if "phase" in todo:
             since = time.time()

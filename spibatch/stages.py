@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from spibatch.io.atomic import atomic_path, write_text
+from spibatch.rundir import utc_now
 
 log = logging.getLogger("spibatch")
 
@@ -45,7 +46,7 @@ def finished(run_dir, name: str) -> dict | None:
 def mark_done(run_dir, name: str, outputs: dict, seconds: float, **extra) -> dict:
     record = {"stage": name, "status": "done", "outputs": {k: str(v) for k, v in outputs.items()},
               "seconds": round(seconds, 3), "host": socket.gethostname(), "pid": os.getpid(),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+              "finished": utc_now(), **extra}
     write_text(marker(run_dir, name), json.dumps(record, indent=2) + "\n")
     return record
 
@@ -145,7 +146,6 @@ def phase_start(run_dir: str, index: int, threads: int) -> str:
         measurement = prepare_measurement(cfg, cfg.intensity)
         options = options_of(cfg, pipeline.device, pipeline.gpu_runtime)    # a GPU start: this worker's GPU
         result = run_start(cfg, cfg.intensity, measurement, options, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         pickle.dump(result, fh, protocol=pickle.HIGHEST_PROTOCOL)
     return str(path)
@@ -193,13 +193,9 @@ def validate(run_dir: Path) -> dict:
 
 
 def report(run_dir: Path) -> dict:
-    """The monitor's report of the run (spibatch.monitor.report.write_report), when installed."""
-    try:
-        from spibatch.monitor.report import write_report
-    except ImportError:
-        log.warning("report: spibatch.monitor is not part of this installation; no report written "
-                    "(the run's files are complete without it)")
-        return {}
+    """The monitor's report of the run (spibatch.monitor.report.write_report: report.html + PNGs)."""
+    from spibatch.monitor.report import write_report
+
     return {"report": write_report(run_dir)}
 
 

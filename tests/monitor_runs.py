@@ -103,7 +103,8 @@ class RunWriter:
         radius = np.arange(n // 2 + 1, dtype=float)
         fsc = np.clip(1.2 - radius / 6.0, -0.1, 1.0)
         write_text(self.folder / out / "fsc_vs_truth.json", json.dumps(
-            {"cc": 0.8, "inverted": False, "voxel_size_m": voxel_m, "radius": radius.tolist(), "fsc": fsc.tolist(),
+            {"cc": 0.8, "inverted": False, "voxel_size_m": voxel_m, "radius": radius.tolist(),
+             "frequency": (radius / (n * voxel_m)).tolist(), "fsc": fsc.tolist(),
              "fsc_0.5_radius": 4.2, "fsc_0.143_radius": 6.34, "resolution_0.5_m": n * voxel_m / 4.2,
              "resolution_0.143_m": n * voxel_m / 6.34, "data_edge_resolution_m": n * voxel_m / (n // 2)}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import h5py
@@ -115,6 +116,15 @@ def test_phase_fsc_and_texts(client):
     assert "iterations: 4" in texts["config"] and "completed" in texts["provenance"]
     assert "run directory" in texts["log"] and "log-likelihood" in texts["emc_log"]
 
+
+def test_fsc_file_without_frequency_still_gets_its_axis(client, runs):
+    """fsc_vs_truth.json written before it carried "frequency": the axis comes from a crossing."""
+    path = runs["root"] / "done" / "phase" / "fsc_vs_truth.json"
+    data = json.loads(path.read_text())
+    del data["frequency"]
+    path.write_text(json.dumps(data))
+    fsc = client.get("/api/fsc", params={"run": "done"}).json()
+    assert fsc["frequency"][1] == pytest.approx(2.0e7)
 
 def test_run_in_progress_has_no_phasing_yet(client):
     assert client.get("/api/phase", params={"run": "live"}).status_code == 404

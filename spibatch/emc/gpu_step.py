@@ -24,7 +24,7 @@ from time import perf_counter
 import numpy as np
 
 from spibatch.emc.step import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
-from spibatch.kernels.xp import free_bytes, synchronize
+from spibatch.kernels.xp import free_bytes, synchronize, to_host
 
 MAX_ROWS = 65535     # CUDA's limit on grid.y, where the kernels put pixels or frames: larger sets go in pieces
 
@@ -49,25 +49,15 @@ def plan(num_frames: int, num_rot: int, num_pix: int, budget: int) -> tuple[int,
 
 
 def _by_pixel(shard: Shard, f0: int, f1: int, num_pix: int):
-    """Photons of frames f0..f1 by pixel (CSC): pixel_ptr (T + 1,) int64, frame (n,) int32 (from f0), count.
-
-    Kept on the shard (an argsort of all its photons each iteration would cost more than the GPU step).
-    """
+    """:meth:`Shard.by_pixel` of frames f0..f1, kept on the shard for the next iteration (an argsort of all
+    its photons each iteration would cost more than the GPU step); one chunking's worth is kept."""
     cache = shard.__dict__.setdefault("_by_pixel_chunks", {})
     key = (f0, f1, num_pix)
     if key not in cache:
-        cache[key] = _by_pixel_now(shard, f0, f1, num_pix)
+        if f0 == 0:           # a new pass over the shard: drop another chunking's chunks
+            cache.clear()
+        cache[key] = shard.by_pixel(num_pix, f0, f1)
     return cache[key]
-
-
-def _by_pixel_now(shard: Shard, f0: int, f1: int, num_pix: int):
-    a, b = int(shard.ptr[f0]), int(shard.ptr[f1])
-    frame = np.repeat(np.arange(f1 - f0, dtype=np.int32), np.diff(shard.ptr[f0:f1 + 1]))
-    pixel = shard.pixel[a:b]
-    order = np.argsort(pixel, kind="stable")
-    pixel_ptr = np.zeros(num_pix + 1, np.int64)
-    np.cumsum(np.bincount(pixel, minlength=num_pix), out=pixel_ptr[1:])
-    return pixel_ptr, frame[order], np.ascontiguousarray(shard.count[a:b][order])
 
 
 def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, state: StepState, *,
@@ -183,8 +173,8 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
             results[key].append(value)
         del like, prob
     t0 = perf_counter()
-    host = {k: np.concatenate([_host(v) for v in parts]) for k, parts in results.items()}
-    acc_host = _host(acc)
+    host = {k: np.concatenate([to_host(v) for v in parts]) for k, parts in results.items()}
+    acc_host = to_host(acc)
     clock["transfer"] += perf_counter() - t0
     frames = {
         "counts": shard.counts.copy(),
@@ -196,9 +186,3 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
         "best_probability": host["best_probability"],
     }
     return ShardSums(first, acc_host[..., 0].astype(np.float64), acc_host[..., 1].astype(np.float64), frames, clock)
-
-
-def _host(array) -> np.ndarray:
-    from spibatch.kernels.xp import to_host
-
-    return to_host(array)

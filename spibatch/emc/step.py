@@ -135,13 +135,18 @@ class Shard:
         return cls(first_frame, ptr, pix.astype(np.int32), cnt.astype(np.float32), ptr[:-1] + used_per_frame,
                    counts, log_factorial)
 
-    def by_pixel(self, num_pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The photons by pixel (CSC): ``(pixel_ptr (T + 1,) int64, frame (n,) int32, count (n,) float32)``."""
-        frame = np.repeat(np.arange(self.num_frames, dtype=np.int32), np.diff(self.ptr))
-        order = np.argsort(self.pixel, kind="stable")
+    def by_pixel(self, num_pixels: int, f0: int = 0, f1: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The photons of frames ``f0 .. f1`` (default: all) by pixel (CSC): ``(pixel_ptr (T + 1,) int64,
+        frame (n,) int32 counted from f0, count (n,) float32)``."""
+        f1 = self.num_frames if f1 is None else f1
+        a, b = int(self.ptr[f0]), int(self.ptr[f1])
+        frame = np.repeat(np.arange(f1 - f0, dtype=np.int32), np.diff(self.ptr[f0:f1 + 1]))
+        pixel = self.pixel[a:b]
+        order = np.argsort(pixel, kind="stable")
         pixel_ptr = np.zeros(num_pixels + 1, np.int64)
-        np.cumsum(np.bincount(self.pixel, minlength=num_pixels), out=pixel_ptr[1:])
-        return pixel_ptr, frame[order], self.count[order]
+        np.cumsum(np.bincount(pixel, minlength=num_pixels), out=pixel_ptr[1:])
+        return pixel_ptr, frame[order], self.count[a:b][order]
 
 
 @dataclass

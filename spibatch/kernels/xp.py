@@ -102,9 +102,7 @@ _current: list[int] = []
 def ensure_device() -> int:
     """:func:`use_device` once per process (the GPU code calls it, so a Parsl task or an MPI rank that calls
     ``shard_step(device="gpu")`` / ``run_one`` directly gets its own GPU too); returns the ordinal."""
-    if not _current:
-        _current.append(use_device())
-    return _current[0]
+    return _current[0] if _current else use_device()
 
 
 def array_module(device: str = "cpu"):

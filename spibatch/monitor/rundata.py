@@ -62,6 +62,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def first_row(path: Path) -> dict | None:
+    """The first JSON line of a file (only that line is read), or None when it is missing or incomplete."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            row = json.loads(fh.readline())
+    except (OSError, ValueError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
 class RunData:
     """One run folder under a monitored root (both already resolved by :func:`paths.resolve_run`)."""
 
@@ -101,7 +111,7 @@ class RunData:
         metrics = None
         for folder in (("phase",), ("phasing",), ()):
             candidate = self._existing((*folder, "metrics.jsonl"))
-            if candidate and any(r.get("stage") == "phase" for r in read_jsonl(candidate)[:1]):
+            if candidate and (first_row(candidate) or {}).get("stage") == "phase":
                 metrics = candidate
                 break
         result = self._existing(("phase", "phasing.h5"), ("phasing", "phasing.h5"), ("phasing.h5",))
@@ -248,7 +258,9 @@ class RunData:
         if iteration not in iterations:
             raise NotFound(f"no output for iteration {iteration} (have {iterations[0]}-{iterations[-1]})")
         emc = self.emc_dir()
-        return inside(self.root, emc / f"output_{iteration:03d}.h5")
+        from spibatch.emc.records import output_name
+
+        return inside(self.root, emc / output_name(iteration))
 
     def emc_frames(self, iteration: int | None = None) -> dict:
         """Histograms over frames of one iteration: the most likely rotation's probability, and the scale."""
@@ -320,13 +332,14 @@ class RunData:
             data = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             raise NotReady(f"{path.name}: not complete JSON yet") from None
-        radius = np.asarray(data.get("radius", []), float)
         voxel = data.get("voxel_size_m")
-        # the box edge N * voxel from a crossing (resolution = N * voxel / radius), else N = 2 (S - 1) + 1
-        box = next((data[f"resolution_{t}_m"] * data[f"fsc_{t}_radius"] for t in ("0.5", "0.143")
-                    if voxel and data.get(f"resolution_{t}_m") and data.get(f"fsc_{t}_radius")), None)
-        box = box or (2 * (radius.size - 1) + 1) * (voxel or 1.0)
-        return clean({"frequency": radius / box, "frequency_unit": "1/m" if voxel else "1/voxel",
+        frequency = data.get("frequency")
+        if frequency is None:     # a file from before "frequency" was written: the box edge from a crossing
+            radius = np.asarray(data.get("radius", []), float)
+            box = next((data[f"resolution_{t}_m"] * data[f"fsc_{t}_radius"] for t in ("0.5", "0.143")
+                        if voxel and data.get(f"resolution_{t}_m") and data.get(f"fsc_{t}_radius")), None)
+            frequency = radius / (box or (2 * (radius.size - 1) + 1) * (voxel or 1.0))
+        return clean({"frequency": np.asarray(frequency, float), "frequency_unit": "1/m" if voxel else "1/voxel",
                       "fsc": data.get("fsc"), "resolution_0.5_m": data.get("resolution_0.5_m"),
                       "resolution_0.143_m": data.get("resolution_0.143_m"), "cc": data.get("cc"),
                       "data_edge_resolution_m": data.get("data_edge_resolution_m"),
@@ -335,10 +348,8 @@ class RunData:
 
 def _is_emc_metrics(path: Path) -> bool:
     """True for EMC's metrics.jsonl (rows with an iteration), False for phasing's (rows with stage "phase")."""
-    if not path.is_file():
-        return False
-    rows = read_jsonl(path)[:1]
-    return bool(rows) and "iteration" in rows[0] and rows[0].get("stage") != "phase"
+    row = first_row(path) if path.is_file() else None
+    return row is not None and "iteration" in row and row.get("stage") != "phase"
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

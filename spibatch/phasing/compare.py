@@ -69,7 +69,7 @@ def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.nda
     return {"cc": how.cc, "truth_resampled": resampled, "truth_voxel_size_m": truth_voxel_m, "inverted": how.inverted, "shift_voxels": [round(float(s), 3) for s in how.shift],
             "fsc_0.5_radius": result.crossing_radius(0.5), "fsc_0.143_radius": result.crossing_radius(0.143),
             "resolution_0.5_m": half, "resolution_0.143_m": gold, "voxel_size_m": result.voxel_size,
-            "radius": result.radius.tolist(), "fsc": [None if not np.isfinite(v) else float(v) for v in result.fsc],
+            "radius": result.radius.tolist(), "frequency": result.frequency.tolist(), "fsc": [None if not np.isfinite(v) else float(v) for v in result.fsc],
             "_result": result, "_aligned": aligned}
 
 
