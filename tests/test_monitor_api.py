@@ -244,3 +244,21 @@ def test_a_real_dragonfly_run_folder(shared_datasets):
     assert slices["iteration"] == 30 and slices["edge"] == 93 and len(slices["slices"][0]["z"]) == 93
     frames = client.get("/api/emc/frames", params={"run": "dragonfly-run"})
     assert frames.status_code == 404 and "best_probability" in frames.json()["error"]
+
+
+def test_run_fingerprint_is_taken_before_the_summary(client, runs, monkeypatch):
+    """A run that finishes while /api/run reads its summary must look changed at the next poll
+    (else the page keeps showing 'running' with nothing left to change)."""
+    from spibatch.monitor import rundata
+
+    read_summary = rundata.RunData.summary
+
+    def summary_while_the_run_finishes(self):
+        out = read_summary(self)
+        runs["live"].provenance("completed")
+        return out
+
+    monkeypatch.setattr(rundata.RunData, "summary", summary_while_the_run_finishes)
+    seen = client.get("/api/run", params={"run": "live"}).json()["fingerprint"]
+    monkeypatch.undo()
+    assert client.get("/api/fingerprint", params={"run": "live"}).json()["fingerprint"] != seen

@@ -95,7 +95,8 @@ def create_app(root: str | os.PathLike, *, poll_ms: int = 2000):
         Route("/", index, methods=get),
         Route("/api/runs", runs, methods=get),
         Route("/healthz", healthz, methods=get),
-        Route("/api/run", endpoint(lambda d: d.summary() | {"fingerprint": d.fingerprint()}), methods=get),
+        # the fingerprint first: a file changed while the summary is read makes the next poll refresh again
+        Route("/api/run", endpoint(lambda d: {"fingerprint": d.fingerprint()} | d.summary()), methods=get),
         Route("/api/fingerprint", endpoint(lambda d: {"fingerprint": d.fingerprint()}), methods=get),
         Route("/api/emc", endpoint(lambda d: d.emc_series()), methods=get),
         Route("/api/emc/frames", endpoint(lambda d, i: d.emc_frames(i), with_iteration=True), methods=get),
