@@ -122,9 +122,13 @@ def test_live_page_follows_a_run_iteration_by_iteration(browser, monitor, tmp_pa
     assert "iteration 3 of 5" in browser.find_element("id", "emc-progress").text
     screenshot(browser, tmp_path, "monitor-emc-iteration-3.png")
 
-    # the slider goes back to an earlier iteration, and stays there while new iterations arrive
+    # the slider goes back to an earlier iteration, and stays there while new iterations arrive; it is moved
+    # while a poll is in flight (the page's requests slowed down to make sure), and the move is not lost
+    browser.execute_script("const f = window.fetch; window.slowFetch = true; window.fetch = (...a) => new Promise("
+                           "(r) => setTimeout(r, window.slowFetch ? 1500 : 0)).then(() => f(...a));")
+    wait_for(browser, "window.spibatchMonitor.busy", True)
     browser.execute_script("const s = document.getElementById('iteration'); s.value = 0;"
-                           "s.dispatchEvent(new Event('input'));")
+                           "s.dispatchEvent(new Event('input')); window.slowFetch = false;")
     wait_for(browser, "window.spibatchMonitor.rendered.sliceIteration", 1)
     run.emc(4)
     wait_for(browser, PLOT_POINTS.format(id="plot-loglik"), 4)

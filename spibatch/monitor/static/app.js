@@ -4,7 +4,7 @@
 
 const REPORT = window.SPIBATCH_REPORT || null;   // set inside report.html: {generated, responses: {key: json}}
 const state = { runs: [], run: null, fingerprint: null, follow: true, iteration: null, outputs: [],
-                pollMs: 2000, busy: false, lastOk: null, rendered: {} };
+                pollMs: 2000, busy: false, queued: [], lastOk: null, rendered: {} };
 window.spibatchMonitor = state;                    // for tests and the curious
 
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -316,10 +316,13 @@ async function refreshRun() {
   document.body.dataset.rendered = s.fingerprint;
 }
 
+/* One update at a time. A call that arrives while another runs (the user moves the slider during a
+   poll) is queued, once per function, and runs next: it is never dropped. */
 async function guarded(fn) {
-  if (state.busy) return;
+  if (state.busy) { if (!state.queued.includes(fn)) state.queued.push(fn); return; }
   state.busy = true;
   try { await fn(); markLive(true); } catch (err) { markLive(false, err); } finally { state.busy = false; }
+  if (state.queued.length) await guarded(state.queued.shift());
 }
 
 function markLive(ok, err) {
@@ -343,17 +346,19 @@ async function loadRuns() {
   renderRuns();
 }
 
+async function pollOnce() {
+  if (state.tick++ % 5 === 0) await loadRuns();
+  if (state.run === null) {
+    $("run-header").innerHTML = `<p class="muted">No runs under ${esc($("root").textContent)} yet; they appear here as they start.</p>`;
+    return;
+  }
+  tickAges();
+  const fp = await api("fingerprint", { run: state.run });
+  if (fp && fp.fingerprint !== state.rendered.fingerprint) await refreshRun();
+}
+
 async function poll() {
-  await guarded(async () => {
-    if (state.tick++ % 5 === 0) await loadRuns();
-    if (state.run === null) {
-      $("run-header").innerHTML = `<p class="muted">No runs under ${esc($("root").textContent)} yet; they appear here as they start.</p>`;
-      return;
-    }
-    tickAges();
-    const fp = await api("fingerprint", { run: state.run });
-    if (fp && fp.fingerprint !== state.rendered.fingerprint) await refreshRun();
-  });
+  await guarded(pollOnce);
   setTimeout(poll, state.pollMs);
 }
 
