@@ -120,6 +120,10 @@ def test_live_page_follows_a_run_iteration_by_iteration(browser, monitor, tmp_pa
     # the beta change at iteration 3 is marked on the metric plots
     assert browser.execute_script("return document.getElementById('plot-loglik').layout.annotations[0].text") == "β ×2"
     assert "iteration 3 of 5" in browser.find_element("id", "emc-progress").text
+    # the three slices are drawn the same size (the third one's colour bar takes no room from its picture)
+    sizes = browser.execute_script("return [0, 1, 2].map((i) => { const l = document.getElementById("
+                                   "`plot-slice-${i}`)._fullLayout; return [l.xaxis._length, l.yaxis._length]; })")
+    assert max(w for w, _ in sizes) - min(w for w, _ in sizes) <= 1 and sizes[0][0] > 100, sizes
     screenshot(browser, tmp_path, "monitor-emc-iteration-3.png")
 
     # the slider goes back to an earlier iteration, and stays there while new iterations arrive; it is moved

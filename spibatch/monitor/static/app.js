@@ -188,13 +188,13 @@ async function renderIteration() {
     slices.slices.forEach((s, i) => {
       const trace = { type: "heatmap", x: s.x, y: s.y, z: s.z, zmin: slices.zmin, zmax: slices.zmax,
         colorscale: "Viridis", showscale: i === 2, hoverongaps: false,
-        colorbar: { title: { text: "log₁₀ photons<br>per voxel", side: "right" }, thickness: 12 },
+        colorbar: { title: { text: "log₁₀ photons<br>per voxel", side: "right" }, thickness: 12, xpad: 4 },
         hovertemplate: `${s.x_label.split(" ")[0]} %{x}<br>${s.y_label.split(" ")[0]} %{y}<br>log₁₀ I %{z:.2f}<extra></extra>` };
       draw(`plot-slice-${i}`, [trace], layout(`Intensity, ${s.title.replace(/_(\w)/g, "<sub>$1</sub>")} (it. ${slices.iteration})`,
         s.x_label.replace(/_(\w)/, "<sub>$1</sub>"), s.y_label.replace(/_(\w)/, "<sub>$1</sub>"),
         { yaxis: { title: { text: s.y_label.replace(/_(\w)/, "<sub>$1</sub>") }, scaleanchor: "x", constrain: "domain" },
           xaxis: { title: { text: s.x_label.replace(/_(\w)/, "<sub>$1</sub>") }, constrain: "domain" },
-          margin: { l: 56, r: i === 2 ? 8 : 12, t: 38, b: 46 } }));
+          margin: SLICE_MARGIN }));
     });
     state.rendered.sliceIteration = slices.iteration;
   }
@@ -240,6 +240,10 @@ function renderPhase(ph) {
   addHeadline("PRTF resolution", prtf.resolution_m ? nm(prtf.resolution_m) : "beyond the data edge");
 }
 
+/* The same margins on the three slices of a row, wide enough on the right for the third one's colour bar:
+   the three pictures come out the same size. */
+const SLICE_MARGIN = { l: 56, r: 100, t: 38, b: 46 };
+
 function renderDensity(d) {
   if (!d) {
     [0, 1, 2].forEach((i) => empty(`plot-density-${i}`, i === 1 ? "The averaged density appears when every start has finished." : ""));
@@ -248,12 +252,13 @@ function renderDensity(d) {
   }
   d.slices.forEach((s, i) => {
     const traces = [{ type: "heatmap", x: s.x, y: s.y, z: s.z, zmin: d.zmin, zmax: d.zmax, colorscale: "Greys",
-      showscale: i === 2, colorbar: { title: { text: "density<br>(arb. units)", side: "right" }, thickness: 12 },
+      showscale: i === 2, colorbar: { title: { text: "density<br>(arb. units)", side: "right" }, thickness: 12, xpad: 4 },
       hovertemplate: `${s.x_label.split(" ")[0]} %{x}<br>${s.y_label.split(" ")[0]} %{y}<br>ρ %{z:.3g}<extra></extra>` }];
     if (s.support) traces.push({ type: "contour", x: s.x, y: s.y, z: s.support, showscale: false, hoverinfo: "skip",
       contours: { coloring: "none", start: 0.5, end: 0.5, size: 1 }, line: { color: "#00b5d8", width: 1.5 } });
     draw(`plot-density-${i}`, traces, layout(`Averaged density, ${s.title}`, s.x_label, s.y_label, {
-      yaxis: { title: { text: s.y_label }, scaleanchor: "x", constrain: "domain" }, xaxis: { title: { text: s.x_label }, constrain: "domain" } }));
+      yaxis: { title: { text: s.y_label }, scaleanchor: "x", constrain: "domain" }, xaxis: { title: { text: s.x_label }, constrain: "domain" },
+      margin: SLICE_MARGIN }));
   });
   $("density-note").textContent = `Central slices of the averaged density (${d.shown} of ${d.edge} voxels a side shown, `
     + `cropped to the support); cyan line: the support (kept in at least half of the kept starts).`;
