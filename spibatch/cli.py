@@ -211,6 +211,9 @@ def _emc_inputs(pipeline, config: Path) -> tuple[Path, Path]:
         if pipeline.simulation is not None:
             fix = (f"run `spibatch simulate {config}` first, then set emc.photons and emc.detector to its "
                    "photons.emc and detector.h5 (relative to this file)")
+        elif pipeline.ingest is not None:
+            fix = (f"`spibatch run {config}` ingests {pipeline.ingest.cxi.name} and runs EMC on it; or run "
+                   "`spibatch ingest` on it, then set emc.photons and emc.detector and remove the ingest section")
         else:
             fix = "set emc.photons and emc.detector to a Dragonfly photons file and its detector file"
         raise InputError(f"no {' or '.join('emc.' + k for k in missing)} given", path=config,
@@ -434,8 +437,10 @@ def ingest(cxi: Path = typer.Argument(..., help="CXI file with a pattern stack")
            chunk_frames: int = typer.Option(256, min=1, help="frames read per block"),
            out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
            runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
-    """Convert a CXI pattern stack (3-D or modular 4-D) to a sparse Dragonfly photons file, in chunks."""
-    from spibatch.io.cxi import cxi_to_photons
+    """Convert a CXI pattern stack (3-D or modular 4-D) to a sparse Dragonfly photons file, in chunks,
+    and write detector.h5 when the file holds a flat square detector's geometry."""
+    from spibatch.io.cxi import cxi_detector, cxi_to_photons
+    from spibatch.io.dragonfly import write_detector
     from spibatch.rundir import create_run_dir, run_in_dir
 
     if not cxi.is_file():
@@ -448,10 +453,16 @@ def ingest(cxi: Path = typer.Argument(..., help="CXI file with a pattern stack")
                                         adu_per_photon=adu_per_photon, clip_negative=clip_negative,
                                         data_path=data_path)
         log.info("%d frames of %d pixels", frames, pixels)
-        return {"photons": run.file("photons.emc")}
+        detector = cxi_detector(cxi, data_path=data_path)
+        if detector is None:
+            log.info("no flat square detector geometry in %s: no detector.h5 written", cxi)
+            return {"photons": run.file("photons.emc")}
+        write_detector(run.file("detector.h5"), detector)
+        return {"photons": run.file("photons.emc"), "detector": run.file("detector.h5")}
 
     outputs = run_in_dir(run, body)
-    typer.echo(f"wrote {outputs['photons']}")
+    for path in outputs.values():
+        typer.echo(f"wrote {path}")
 
 
 @app.command()

@@ -185,6 +185,25 @@ class Phasing(Section):
         return self
 
 
+class Ingest(Section):
+    """Measured frames: a CXI pattern stack converted to photons by the pipeline's ingest stage.
+
+    The detector comes from ``emc.detector`` when given, else from the CXI file's own
+    geometry (flat square detector: distance, pixel size, photon energy).
+    """
+
+    cxi: Path = Field(..., description="CXI (HDF5) file with frames (frame, y, x) or (frame, module, ss, fs), "
+                      "relative to this YAML file")
+    data_path: str = Field("/entry_1/data_1/data", description="dataset holding the frame stack")
+    mask_path: str | None = Field(None, description="bad-pixel mask (nonzero = bad) of one frame's shape; default: "
+                                  "/entry_1/data_1/mask or /entry_1/instrument_1/detector_1/mask when present")
+    adu_per_photon: PositiveFloat = Field(1.0, description="detector units per photon (1 for photon-counted data)")
+    clip_negative: bool = Field(False, description="count negative values as 0 photons instead of stopping")
+    chunk_frames: int = Field(256, ge=1, description="frames read at a time (bounds memory)")
+    beamstop_radius_pixels: float = Field(0.0, ge=0, description="with the CXI geometry: pixels within this radius "
+                                          "of the centre are excluded")
+
+
 class Output(Section):
     runs_dir: Path = Field(Path("runs"), description="results go to <runs_dir>/<name>-<UTC timestamp>/ unless --out is given")
 
@@ -196,6 +215,7 @@ class Pipeline(Section):
                       description="run name: lower-case letters, digits and '-'")
     geometry: Geometry = Field(default_factory=lambda: Geometry(wavelength_m=6.2e-10))
     simulation: Simulation | None = None
+    ingest: Ingest | None = Field(None, description="measured frames from a CXI file (instead of a simulation)")
     emc: EMC = Field(default_factory=EMC)
     phasing: Phasing = Field(default_factory=Phasing)
     output: Output = Field(default_factory=Output)
@@ -209,6 +229,14 @@ class Pipeline(Section):
     @classmethod
     def _strip(cls, v: Any) -> Any:
         return v.strip() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Pipeline":
+        if self.ingest is not None and self.simulation is not None:
+            raise ValueError("give either a simulation or an ingest section, not both")
+        if self.ingest is not None and self.emc.photons is not None:
+            raise ValueError("with an ingest section the ingest stage writes the photons: leave emc.photons out")
+        return self
 
 
 # ---------------------------------------------------------------- YAML loading
@@ -270,8 +298,10 @@ def _error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: 
     if err["type"] == "missing":
         return InputError(f"required key is missing{tail}", path=path, field=where,
                           fix="add it; `spibatch schema` describes it")
-    found = f"; found {_describe(err['input'])}" if loc else ""
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc:   # a rule across sections (Pipeline's own validator): its message says what to change
+        return InputError(f"{msg}{tail}", path=path, field=where, fix="`spibatch schema` describes every section")
+    found = f"; found {_describe(err['input'])}"
     return InputError(f"expected: {msg}{found}{tail}", path=path, field=where,
                       fix="correct the value; `spibatch schema` describes every key")
 
@@ -322,6 +352,8 @@ def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
     base = base.resolve()
     if pipeline.simulation is not None:
         pipeline.simulation.pdb = (base / pipeline.simulation.pdb).resolve()
+    if pipeline.ingest is not None:
+        pipeline.ingest.cxi = (base / pipeline.ingest.cxi).resolve()
     for key in ("photons", "detector", "start_model"):
         value = getattr(pipeline.emc, key)
         if value is not None:

@@ -1,6 +1,6 @@
 """The pipeline: its stages as Parsl apps on a site, in one run directory, resumable.
 
-``simulate`` (or ``ingest`` when the pipeline names its own photons) -> ``emc`` -> ``phase``
+``simulate`` (or ``ingest``: a CXI stack, or the pipeline's own photons) -> ``emc`` -> ``phase``
 (one task per start, then the merge) -> ``validate`` -> ``report``.  Stage bodies live in
 :mod:`spibatch.stages`; each writes ``stages/<name>.json`` when done, and a stage with
 that marker is never run again (``spibatch resume RUN_DIR``).  EMC runs as the site says:
@@ -36,10 +36,26 @@ def stage_names(pipeline) -> list[str]:
 
 
 def check_pipeline(pipeline, config: Path) -> None:
-    """The pipeline has data to work on (a simulation, or photons + detector); InputError otherwise."""
-    if pipeline.simulation is None and (pipeline.emc.photons is None or pipeline.emc.detector is None):
-        raise InputError("neither a `simulation` section nor emc.photons and emc.detector", path=config,
-                         field="simulation", fix="add a simulation section, or set emc.photons and emc.detector")
+    """The pipeline has data to work on (a simulation, a CXI ingest, or photons + detector); InputError otherwise.
+
+    Reads headers only (the PDB, the CXI stack's shape, mask and geometry, the photons' and detector's sizes).
+    """
+    if pipeline.simulation is not None:
+        from spibatch.sim.structure import read_structure
+
+        read_structure(pipeline.simulation.pdb, assembly=False)  # a bad PDB stops here, before any run directory
+    elif pipeline.ingest is not None:
+        from spibatch.io.cxi import check_ingest
+
+        check_ingest(pipeline.ingest, pipeline.emc.detector)
+    elif pipeline.emc.photons is None or pipeline.emc.detector is None:
+        raise InputError("none of a `simulation` section, an `ingest` section, or emc.photons and emc.detector",
+                         path=config, field="simulation", fix="add a simulation or an ingest (CXI) section, "
+                         "or set emc.photons and emc.detector")
+    else:
+        from spibatch.emc.driver import check_inputs
+
+        check_inputs(pipeline.emc, pipeline.emc.photons, pipeline.emc.detector)
 
 
 def threads_per_worker(site: Site, per_node: int | None = None) -> int:
@@ -206,10 +222,6 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     if site.emc_mode == "hpc" and not hasattr(provider_module(site.provider), "emc_launch"):
         raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
                          fix="set emc_mode: htc (or leave it out)")
-    if pipeline.simulation is not None:
-        from spibatch.sim.structure import read_structure
-
-        read_structure(pipeline.simulation.pdb, assembly=False)  # a bad PDB stops here, before any run directory
     target = (out if out is not None else new_run_path(pipeline.name, pipeline.output.runs_dir)).resolve()
     if (target / "provenance.json").exists():
         raise InputError("this directory already holds a run", path=target, field="--out",
@@ -230,8 +242,8 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     write_text(run.file(SITE_FILE), dump_site(site))
     run.extra.update(site=site.name, provider=site.provider, emc_mode=site.emc_mode, workers=site.workers)
     inputs = [config] + ([site.source] if site_path is not None else [])
-    inputs += [pipeline.simulation.pdb] if pipeline.simulation is not None else \
-        [pipeline.emc.photons, pipeline.emc.detector]
+    inputs += [p for p in (pipeline.simulation and pipeline.simulation.pdb, pipeline.ingest and pipeline.ingest.cxi,
+                           pipeline.emc.photons, pipeline.emc.detector) if p is not None]
     run.add_inputs(*inputs)
     markers = run_in_dir(run, lambda: _outputs(execute(run.path, site, pipeline, until)))
     return run.path, markers

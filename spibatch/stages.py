@@ -5,7 +5,8 @@ run directory, writes its own outputs there, and finally its marker ``stages/<na
 (``{"stage", "status": "done", "outputs": {name: path}, "seconds", "host", "finished"}``,
 atomic).  A stage with a marker is finished: ``spibatch resume`` never runs it again.
 
-Layout: the simulation's files at the top (``photons.emc``, ``detector.h5``, ``truth.h5``),
+Layout: the simulation's or the CXI ingest's files at the top (``photons.emc``, ``detector.h5``,
+``truth.h5`` for a simulation),
 ``emc/`` (``spibatch emc``'s run: ``output_NNN.h5``, ``EMC.log``, ...), ``phase/`` (with
 ``phase/starts/start_NNN.pkl``, one per start), ``emc/truth_comparison.json`` and
 ``phase/fsc_vs_truth.json`` from ``validate``, the report where the monitor writes it.
@@ -105,12 +106,27 @@ def simulate(run_dir: Path) -> dict:
 
 
 def ingest(run_dir: Path) -> dict:
-    """Check the pipeline's own photons + detector (emc.photons / emc.detector) and name them."""
+    """The measured data: an ``ingest`` section's CXI stack converted to ``photons.emc`` (and, without
+    emc.detector, ``detector.h5`` from the CXI geometry), or the pipeline's own emc.photons / emc.detector."""
     from spibatch.emc.driver import check_inputs
 
     pipeline = load_config(run_dir)
-    check_inputs(pipeline.emc, pipeline.emc.photons, pipeline.emc.detector)
-    outputs = {"photons": pipeline.emc.photons, "detector": pipeline.emc.detector}
+    cfg = pipeline.ingest
+    if cfg is None:
+        outputs = {"photons": pipeline.emc.photons, "detector": pipeline.emc.detector}
+    else:
+        from spibatch.io.cxi import check_ingest, cxi_to_photons
+        from spibatch.io.dragonfly import write_detector
+
+        detector = check_ingest(cfg, pipeline.emc.detector)
+        outputs = {"photons": run_dir / "photons.emc", "detector": pipeline.emc.detector or run_dir / "detector.h5"}
+        if pipeline.emc.detector is None:
+            write_detector(outputs["detector"], detector)
+        frames, pixels = cxi_to_photons(cfg.cxi, outputs["photons"], chunk_frames=cfg.chunk_frames,
+                                        adu_per_photon=cfg.adu_per_photon, clip_negative=cfg.clip_negative,
+                                        data_path=cfg.data_path, mask_path=cfg.mask_path)
+        log.info("ingest: %d frames of %d pixels from %s", frames, pixels, cfg.cxi)
+    check_inputs(pipeline.emc, outputs["photons"], outputs["detector"])
     write_emc_config(run_dir, outputs)
     return outputs
 
@@ -122,10 +138,12 @@ def emc_intensity(run_dir: Path) -> Path:
 
 
 def write_emc_config(run_dir: Path, inputs: dict) -> Path:
-    """``emc.yaml``: the run's pipeline with the EMC inputs and the phasing intensity filled in."""
+    """``emc.yaml``: the run's pipeline with the EMC inputs and the phasing intensity filled in
+    (and no ingest section: its photons are ``inputs["photons"]``)."""
     from spibatch.config import dump_pipeline
 
     pipeline = load_config(run_dir)
+    pipeline.ingest = None
     pipeline.emc.photons = Path(inputs["photons"])
     pipeline.emc.detector = Path(inputs["detector"])
     pipeline.phasing.intensity = emc_intensity(run_dir)

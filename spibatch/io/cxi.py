@@ -50,13 +50,8 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     if not (np.isfinite(adu_per_photon) and adu_per_photon > 0):
         raise InputError(f"must be a positive number, got {adu_per_photon}", field="adu_per_photon",
                          fix="give the detector's signal per photon in ADU (1 for photon-counted data)")
-    fix = f"give a CXI file with frames (frame, y, x) or (frame, module, ss, fs) at {data_path} " \
-          "(or name their dataset with data_path)"
-    with open_hdf5(cxi_path, fix) as f:
-        data = require_dataset(f, data_path, cxi_path, fix)
-        if data.ndim not in (3, 4) or data.dtype.kind not in "biuf":
-            raise InputError(f"expected a 3-D or 4-D numeric stack, found shape {data.shape} dtype {data.dtype}",
-                             path=cxi_path, field=data_path, fix=fix)
+    with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
+        data = _stack(f, cxi_path, data_path)
         num_frames, frame_shape = data.shape[0], data.shape[1:]
         num_pix = int(np.prod(frame_shape))
         bad = _read_mask(f, cxi_path, mask_path, frame_shape)
@@ -67,6 +62,49 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
                                     clip_negative, cxi_path, data_path)
                 writer.append(Photons.from_dense(counts))
     return num_frames, num_pix
+
+
+def _stack_fix(data_path: str) -> str:
+    return f"give a CXI file with frames (frame, y, x) or (frame, module, ss, fs) at {data_path} " \
+           "(or name their dataset with data_path)"
+
+
+def _stack(f: h5py.File, path: str | os.PathLike, data_path: str) -> h5py.Dataset:
+    """The frame stack at ``data_path``; InputError unless it is a 3-D or 4-D numeric dataset."""
+    data = require_dataset(f, data_path, path, _stack_fix(data_path))
+    if data.ndim not in (3, 4) or data.dtype.kind not in "biuf":
+        raise InputError(f"expected a 3-D or 4-D numeric stack, found shape {data.shape} dtype {data.dtype}",
+                         path=path, field=data_path, fix=_stack_fix(data_path))
+    return data
+
+
+def check_ingest(cfg, detector_path: str | os.PathLike | None):
+    """Before a run: the CXI stack of ``cfg`` (config.Ingest) and its detector are usable.
+
+    Reads headers, the mask and the geometry only, never the frames.  Returns the detector
+    that the ingest stage will use: ``detector_path``'s, else the one built from the CXI
+    geometry.  InputError (one line) when the stack is not there, holds no frames, or no
+    detector matches its pixels.
+    """
+    from spibatch.io.dragonfly import check_match, read_detector
+
+    with open_hdf5(cfg.cxi, _stack_fix(cfg.data_path)) as f:
+        data = _stack(f, cfg.cxi, cfg.data_path)
+        num_frames, num_pix = data.shape[0], int(np.prod(data.shape[1:]))
+        _read_mask(f, cfg.cxi, cfg.mask_path, data.shape[1:])
+    if num_frames == 0:
+        raise InputError("holds 0 frames", path=cfg.cxi, field=cfg.data_path, fix="give a CXI file with frames")
+    if detector_path is not None:
+        detector = read_detector(detector_path)
+        check_match(detector, num_pix, detector_path, cfg.cxi)
+        return detector
+    detector = cxi_detector(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
+                            beamstop_radius_pixels=cfg.beamstop_radius_pixels)
+    if detector is None:
+        raise InputError("holds no flat square detector geometry (3-D frames with distance, pixel size and "
+                         "photon energy)", path=cfg.cxi, field="/entry_1/instrument_1",
+                         fix="set emc.detector to a Dragonfly detector file for these frames")
+    return detector
 
 
 def _read_mask(f: h5py.File, path: str | os.PathLike, mask_path: str | None,
@@ -102,8 +140,8 @@ def _to_counts(block: np.ndarray, first: int, bad: np.ndarray | None, adu_per_ph
             raise InputError(f"frame {first + row}: {int(negative[row].sum())} pixels round to negative photon "
                              f"counts (lowest {counts[row].min():g} at adu_per_photon={adu_per_photon:g})",
                              path=path, field=field,
-                             fix="mask those pixels (a CXI mask, or mask_path=...) or pass clip_negative=True "
-                                 "to set them to 0")
+                             fix="mask those pixels (a CXI mask, or mask_path) or count them as 0 with "
+                                 "clip_negative=True (ingest.clip_negative: true in a pipeline, --clip-negative)")
         counts[negative] = 0
     if counts.size and counts.max() > INT32_MAX:
         raise InputError(f"counts above {INT32_MAX} in frames {first}..{first + len(counts) - 1}", path=path,
@@ -137,7 +175,7 @@ def cxi_detector(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
 
     fix = "give the CXI geometry (distance, x/y_pixel_size in m, source energy in J) or a Dragonfly detector file"
     with open_hdf5(cxi_path, fix) as f:
-        data = require_dataset(f, data_path, cxi_path, fix)
+        data = _stack(f, cxi_path, data_path)
         if data.ndim != 3 or any(name not in f for name in GEOMETRY_PATHS.values()):
             return None
         values = {key: _one_value(f, name, cxi_path, fix) for key, name in GEOMETRY_PATHS.items()}
@@ -176,4 +214,4 @@ def _one_value(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> fl
     return float(values.mean())
 
 
-__all__ = ["cxi_to_photons", "cxi_detector"]
+__all__ = ["cxi_to_photons", "cxi_detector", "check_ingest"]
