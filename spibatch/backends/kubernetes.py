@@ -23,7 +23,6 @@ from pathlib import Path, PurePosixPath
 import yaml
 from pydantic import Field, field_validator
 
-from spibatch.backends import TASKS_LABEL
 from spibatch.backends import parsl_common as common
 from spibatch.backends.k8s_checks import is_label, is_subdomain, problems, quantity_problem
 from spibatch.config import Section
@@ -202,16 +201,11 @@ def interchange_address(site) -> str:
 
 
 def _executor(site, provider, run_dir: Path, address: str):
-    from parsl.executors import HighThroughputExecutor
+    """The HTEX of worker pods: Parsl's own launch command (the pod is the container), workers_per_pod each."""
     from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
-    from spibatch.backends.parsl_common import accelerators
-
-    return HighThroughputExecutor(label=TASKS_LABEL, provider=provider, address=address,
-                                  available_accelerators=accelerators(site.kubernetes.gpus),
-                                  max_workers_per_node=site.kubernetes.workers_per_pod, launch_cmd=DEFAULT_LAUNCH_CMD,
-                                  worker_logdir_root=str(run_dir / "runinfo" / "workers"),
-                                  heartbeat_period=5, heartbeat_threshold=60)
+    return common.htex(site, provider, run_dir, address=address, gpus=site.kubernetes.gpus,
+                       workers=site.kubernetes.workers_per_pod, launch=DEFAULT_LAUNCH_CMD)
 
 
 def parsl_config(site, run_dir: Path):
@@ -256,8 +250,8 @@ def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:
     run_dir = Path(os.path.abspath(run_dir))
 
     class _Shown:   # what format_launch reads of an executor
-        cores_per_worker, heartbeat_period, heartbeat_threshold = 1.0, 5, 60
-        launch_cmd, worker_logdir_root = DEFAULT_LAUNCH_CMD, str(run_dir / "runinfo" / "workers")
+        cores_per_worker, launch_cmd, worker_logdir_root = 1.0, DEFAULT_LAUNCH_CMD, common.worker_logdir(run_dir)
+        heartbeat_period, heartbeat_threshold = common.HEARTBEAT.values()
 
     launch = common.format_launch(_Shown, site.kubernetes.workers_per_pod)
     cmd_string = template_string.format(command=launch, worker_init=worker_init(site))

@@ -64,17 +64,28 @@ def accelerators(gpus: int | None) -> list[str]:
     return [str(i) for i in range(gpus or 0)]
 
 
+# How often managers and interchange ping each other, and after how long without an answer a worker
+# block counts as lost (s): shorter than Parsl's defaults (30, 120), so a lost block shows in a minute.
+HEARTBEAT = {"heartbeat_period": 5, "heartbeat_threshold": 60}
+
+
 def htex(site, provider, run_dir: Path, *, label: str = TASKS_LABEL, cores_per_worker: float = 1.0,
-         address: str | None = None, gpus: int | None = None):
-    """The HighThroughputExecutor running stages and tasks: ``site.workers`` workers per block
-    (with ``gpus`` a node: one GPU each, see :func:`accelerators`)."""
+         address: str | None = None, gpus: int | None = None, workers: int | None = None,
+         launch: str | None = None):
+    """The HighThroughputExecutor running stages and tasks: ``workers`` (default ``site.workers``) workers
+    per block (with ``gpus`` a node: one GPU each, see :func:`accelerators`); ``launch``: the worker launch
+    command (default: Parsl's behind the site's container prefix)."""
     from parsl.executors import HighThroughputExecutor
 
-    return HighThroughputExecutor(label=label, provider=provider, max_workers_per_node=site.workers, address=address,
-                                  available_accelerators=accelerators(gpus),
-                                  cores_per_worker=cores_per_worker, launch_cmd=launch_cmd(site, run_dir),
-                                  worker_logdir_root=str(run_dir / "runinfo" / "workers"),
-                                  heartbeat_period=5, heartbeat_threshold=60)
+    return HighThroughputExecutor(label=label, provider=provider, address=address,
+                                  max_workers_per_node=site.workers if workers is None else workers,
+                                  available_accelerators=accelerators(gpus), cores_per_worker=cores_per_worker,
+                                  launch_cmd=launch_cmd(site, run_dir) if launch is None else launch,
+                                  worker_logdir_root=worker_logdir(run_dir), **HEARTBEAT)
+
+
+def worker_logdir(run_dir: Path) -> str:
+    return str(Path(run_dir) / "runinfo" / "workers")
 
 
 def config(executors: list, run_dir: Path, *, strategy_period: float, max_idletime: float):

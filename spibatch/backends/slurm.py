@@ -92,8 +92,7 @@ def executors(site, run_dir: Path) -> list:
         mpi = MPIExecutor(label=MPI_LABEL, max_workers_per_block=1, mpi_launcher="srun",
                           provider=_provider(site, SimpleLauncher(), init_blocks=0,
                                              cores=opts.cores_per_node or per_node),
-                          worker_logdir_root=str(run_dir / "runinfo" / "workers"),
-                          heartbeat_period=5, heartbeat_threshold=60)
+                          worker_logdir_root=common.worker_logdir(run_dir), **common.HEARTBEAT)
         out.append(mpi)
     return out
 
