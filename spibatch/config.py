@@ -282,8 +282,12 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: Path,
-                model: type[BaseModel]) -> InputError:
+def error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: Path,
+               model: type[BaseModel], reference: str = "`spibatch schema` describes every key") -> InputError:
+    """The first validation error as one InputError line: file, line, key, expected, found.
+
+    reference: where the user reads about every key (ends each fix).
+    """
     err = exc.errors()[0]
     loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
     key = ".".join(str(x) for x in loc) or "(top level)"
@@ -294,16 +298,14 @@ def _error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: 
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         return InputError(f"unknown key (expected one of: {', '.join(allowed)}){tail}", path=path, field=where,
-                          fix="remove it or correct its spelling; `spibatch schema` lists every key")
+                          fix=f"remove it or correct its spelling; {reference}")
     if err["type"] == "missing":
-        return InputError(f"required key is missing{tail}", path=path, field=where,
-                          fix="add it; `spibatch schema` describes it")
+        return InputError(f"required key is missing{tail}", path=path, field=where, fix=f"add it; {reference}")
     msg = err["msg"].removeprefix("Value error, ")
-    if not loc:   # a rule across sections (Pipeline's own validator): its message says what to change
-        return InputError(f"{msg}{tail}", path=path, field=where, fix="`spibatch schema` describes every section")
+    if not loc:   # a rule across sections (the model's own validator): its message says what to change
+        return InputError(f"{msg}{tail}", path=path, field=where, fix=reference)
     found = f"; found {_describe(err['input'])}"
-    return InputError(f"expected: {msg}{found}{tail}", path=path, field=where,
-                      fix="correct the value; `spibatch schema` describes every key")
+    return InputError(f"expected: {msg}{found}{tail}", path=path, field=where, fix=f"correct the value; {reference}")
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -320,30 +322,37 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def read_yaml_mapping(path: Path, *, field: str | None = None, missing_fix: str, top_fix: str,
+                      holds: str = "sections") -> tuple[dict, dict[tuple, int]]:
+    """A YAML file's top-level mapping and the line of every key path; InputError (one line) when the
+    file is missing or unreadable, not YAML, or not a mapping.  An empty file is an empty mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("file not found", path=path, field=field, fix=missing_fix) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read ({exc.__class__.__name__})", path=path, field=field,
+                         fix="give a readable UTF-8 YAML file") from None
+    data, lines = _load_yaml_with_lines(text, path)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise InputError(f"expected a mapping of {holds} at the top level; found {type(data).__name__}",
+                         path=path, field="line 1", fix=top_fix)
+    return data, lines
+
+
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline YAML file; relative paths become absolute.
 
     Raises InputError (one line: file, line, key, expected, found) on any mistake.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("file not found", path=path, fix="give the path of a pipeline YAML file "
-                         "(`spibatch init DIR` writes one)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read ({exc.__class__.__name__})", path=path,
-                         fix="give a readable UTF-8 YAML file") from None
-    data, lines = _load_yaml_with_lines(text, path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InputError(f"expected a mapping of sections at the top level; found {type(data).__name__}",
-                         path=path, field="line 1", fix="start the file with keys such as `name:` and `geometry:`")
+    data, lines = read_yaml_mapping(path, missing_fix="give the path of a pipeline YAML file (`spibatch init DIR` "
+                                    "writes one)", top_fix="start the file with keys such as `name:` and `geometry:`")
     try:
         pipeline = Pipeline.model_validate(data)
     except ValidationError as exc:
-        raise _error_line(exc, data, lines, path, Pipeline) from None
+        raise error_line(exc, data, lines, path, Pipeline) from None
     return resolve_paths(pipeline, path.parent)
 
 

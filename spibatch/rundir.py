@@ -114,8 +114,7 @@ class RunDir:
         """Write the final provenance and detach the log file."""
         self.write_provenance(status, error, outputs)
         if self._log_handler is not None:
-            logging.getLogger("spibatch").removeHandler(self._log_handler)
-            self._log_handler.close()
+            stop_logging(self._log_handler)
             self._log_handler = None
 
 
@@ -157,13 +156,23 @@ def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
     return run
 
 
-def _attach_log(run: RunDir) -> None:
-    handler = logging.FileHandler(run.file("log.txt"), encoding="utf-8")  # appends
+def log_to(path: str | os.PathLike) -> logging.Handler:
+    """Append the "spibatch" logger's INFO records to ``path`` (time, level, message); returns the handler."""
+    handler = logging.FileHandler(path, encoding="utf-8")  # appends
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     logger = logging.getLogger("spibatch")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    run._log_handler = handler
+    return handler
+
+
+def stop_logging(handler: logging.Handler) -> None:
+    logging.getLogger("spibatch").removeHandler(handler)
+    handler.close()
+
+
+def _attach_log(run: RunDir) -> None:
+    run._log_handler = log_to(run.file("log.txt"))
 
 
 def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,

@@ -20,10 +20,11 @@ import os
 import pickle
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from spibatch.io.atomic import atomic_path, write_text
-from spibatch.rundir import utc_now
+from spibatch.rundir import log_to, stop_logging, utc_now
 
 log = logging.getLogger("spibatch")
 
@@ -58,24 +59,16 @@ def load_config(run_dir, name: str = "config.yaml"):
     return load_pipeline(Path(run_dir) / name)
 
 
-class _StageLog:
+@contextmanager
+def _stage_log(run_dir, name: str):
     """Log records of one stage to ``stages/<name>.log`` (workers are separate processes)."""
-
-    def __init__(self, run_dir, name: str):
-        self.path = Path(run_dir) / STAGES_DIR / f"{name}.log"
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handler = logging.FileHandler(self.path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
-        logger = logging.getLogger("spibatch")
-        logger.addHandler(self.handler)
-        logger.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, *exc):
-        logging.getLogger("spibatch").removeHandler(self.handler)
-        self.handler.close()
+    path = Path(run_dir) / STAGES_DIR / f"{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = log_to(path)
+    try:
+        yield path
+    finally:
+        stop_logging(handler)
 
 
 def run_stage(name: str, run_dir: str, *args, since: float | None = None) -> dict:
@@ -87,7 +80,7 @@ def run_stage(name: str, run_dir: str, *args, since: float | None = None) -> dic
     if done is not None:
         return done
     body = STAGE_BODIES[name]
-    with _StageLog(run_dir, name):
+    with _stage_log(run_dir, name):
         began = time.perf_counter()
         outputs = body(Path(run_dir), *args)
         seconds = time.perf_counter() - began if since is None else time.time() - since
@@ -160,7 +153,7 @@ def phase_start(run_dir: str, index: int, threads: int) -> str:
     pipeline = load_config(run_dir, EMC_CONFIG)
     cfg = pipeline.phasing
     cfg.threads = cfg.threads or threads
-    with _StageLog(run_dir, "phase"):
+    with _stage_log(run_dir, "phase"):
         measurement = prepare_measurement(cfg, cfg.intensity)
         options = options_of(cfg, pipeline.device, pipeline.gpu_runtime)    # a GPU start: this worker's GPU
         result = run_start(cfg, cfg.intensity, measurement, options, index)

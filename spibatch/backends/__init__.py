@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from spibatch.config import Section, _error_line, _load_yaml_with_lines
+from spibatch.config import Section, error_line, read_yaml_mapping
 from spibatch.errors import InputError
 
 PROVIDERS: dict[str, str] = {
@@ -149,19 +149,8 @@ def load_site(path: str | Path | None = None) -> Site:
     Raises InputError (one line: file, line, key, expected, found) on any mistake.
     """
     path = default_site_path() if path is None else Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("file not found", path=path, field="--site",
-                         fix="give the path of a site YAML file (examples in site_configs/)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read ({exc.__class__.__name__})", path=path, field="--site",
-                         fix="give a readable UTF-8 YAML file") from None
-    data, lines = _load_yaml_with_lines(text, path)
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise InputError(f"expected a mapping at the top level; found {type(data).__name__}", path=path,
-                         field="line 1", fix="start the file with `provider:` and `workers:`")
+    data, lines = read_yaml_mapping(path, field="--site", missing_fix="give the path of a site YAML file (examples "
+                                    "in site_configs/)", top_fix="start the file with `provider:` and `workers:`", holds="keys")
     provider = data.get("provider", "local")
     if provider not in PROVIDERS:
         where = f"line {lines.get(('provider',), 1)}: provider"
@@ -180,11 +169,7 @@ def load_site(path: str | Path | None = None) -> Site:
     try:
         site = model.model_validate(data)
     except ValidationError as exc:
-        error = _error_line(exc, data, lines, path, model)
-        fix = (error.fix or "").replace("`spibatch schema` describes every key", "site_configs/*.yaml document "
-                                        "every key").replace("`spibatch schema` lists every key",
-                                                             "site_configs/*.yaml document every key")
-        raise InputError(error.problem, path=path, field=error.field, fix=fix) from None
+        raise error_line(exc, data, lines, path, model, reference="site_configs/*.yaml document every key") from None
     site.source = path.resolve()
     return site
 
