@@ -129,10 +129,9 @@ def _run_emc(run_dir: Path, site: Site) -> None:
                              resume=resume and (out / "checkpoint.h5").exists())
     else:
         module = provider_module(site.provider)
-        from spibatch.backends.parsl_common import python_words
+        from spibatch.backends.parsl_common import emc_command
 
-        command = python_words(site) + ["-m", "spibatch", "emc", str(run_dir / stages.EMC_CONFIG)] + \
-            (["--resume", str(out)] if resume else ["--out", str(out)])
+        command = emc_command(site, run_dir, resume)
         ranks = emc_ranks(site, run_dir / stages.EMC_CONFIG)
         label, line, spec = module.emc_launch(site, run_dir, command, ranks)   # the provider names the executor
         nodes = int(spec.get("num_nodes", 1)) if spec else 1

@@ -88,9 +88,7 @@ def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:
              + worker + "\n",
              "driver.txt": shlex.join(command) + "\n"}
     if site.emc_mode == "hpc":
-        files["emc-hpc.sh"] = "#!/bin/bash\n" + emc_launch(site, run_dir, common.python_words(site) + ["-m", "spibatch", "emc",
-                                                                          str(run_dir / "emc.yaml"), "--out",
-                                                                          str(run_dir / "emc")])[1] + "\n"
+        files["emc-hpc.sh"] = "#!/bin/bash\n" + emc_launch(site, run_dir, common.emc_command(site, run_dir))[1] + "\n"
     return files
 
 

@@ -39,6 +39,13 @@ def python_words(site) -> list[str]:
     return [sys.executable] if site.container.runtime == "none" else ["python3"]
 
 
+def emc_command(site, run_dir: Path, resume: bool = False) -> list[str]:
+    """The HPC-mode EMC job's words for each rank: ``spibatch emc <run>/emc.yaml --out|--resume <run>/emc``."""
+    out = str(Path(run_dir) / "emc")
+    return python_words(site) + ["-m", "spibatch", "emc", str(Path(run_dir) / "emc.yaml"),
+                                 "--resume" if resume else "--out", out]
+
+
 def worker_init(site, extra: str = "") -> str:
     """Shell lines run before the workers start: bin/ on PATH, spibatch's import path, the user's lines."""
     lines = []

@@ -127,8 +127,7 @@ def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:
         files[f"sbatch-{executor.label}.sh"] = common.render_submit(executor.provider, launch, scripts,
                                                                     f"parsl.{executor.label}.block-0")
     if site.emc_mode == "hpc":
-        _, line, spec = emc_launch(site, run_dir, common.python_words(site) + [
-            "-m", "spibatch", "emc", str(run_dir / "emc.yaml"), "--out", str(run_dir / "emc")])
+        _, line, spec = emc_launch(site, run_dir, common.emc_command(site, run_dir))
         ranks = spec["num_ranks"]
         files["emc-hpc.sh"] = (f"# on the mpi block: PARSL_MPI_PREFIX = srun --ntasks {ranks} --ntasks-per-node "
                                f"{ranks_per_node(site)} --nodelist <block's nodes> --nodes {site.slurm.nodes} "
