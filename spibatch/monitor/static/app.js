@@ -3,7 +3,7 @@
 "use strict";
 
 const REPORT = window.SPIBATCH_REPORT || null;   // set inside report.html: {generated, responses: {key: json}}
-const state = { runs: [], run: null, fingerprint: null, follow: true, iteration: null, outputs: [],
+const state = { runs: [], run: null, follow: true, iteration: null, outputs: [],
                 pollMs: 2000, busy: false, queued: [], lastOk: null, rendered: {} };
 window.spibatchMonitor = state;                    // for tests and the curious
 
@@ -289,7 +289,6 @@ async function refreshRun() {
   const run = state.run;
   const s = await api("run", { run });
   if (!s || run !== state.run) return;
-  state.fingerprint = s.fingerprint;
   renderHeader(s);
   tickAges();
   const i = state.runs.findIndex((r) => r.run === run);
@@ -368,7 +367,7 @@ async function poll() {
 }
 
 function selectRun(run) {
-  state.run = run; state.fingerprint = null; state.rendered = {}; state.follow = true; $("follow").checked = true;
+  state.run = run; state.rendered = {}; state.follow = true; $("follow").checked = true;
   renderRuns();
   guarded(refreshRun);
 }
