@@ -185,3 +185,45 @@ def test_cxi_detector_absent_or_unusable(tmp_path):
     with pytest.raises(InputError, match="positive") as excinfo:
         cxi_detector(tmp_path / "neg.cxi")
     assert "distance" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8", "<u2", "<i4"])
+def test_fused_kernel_equals_the_dense_reference(dtype):
+    """Halves round to even, masked NaN pixels are ignored, a negative count is flagged (or counts 0 with
+    clip_negative), whatever the stored dtype and byte order."""
+    from spibatch.io.cxi import _to_counts
+    from spibatch.kernels.photons_cpu import BAD_NEGATIVE, sparse_counts
+
+    rng = np.random.default_rng(7)
+    adu = 4.0
+    values = rng.poisson(0.8, size=(37, 91)) * adu + rng.choice([-2.0, -1.0, 0.0, 1.0, 2.0], size=(37, 91))
+    values = np.maximum(values, 0) if np.dtype(dtype).kind == "u" else values
+    values[3, :5] = [0.5 * adu, 1.5 * adu, 2.5 * adu, 3.5 * adu, 4.5 * adu]   # exact halves: 0, 2, 2, 4, 4
+    bad = np.zeros(91, bool)
+    bad[[4, 40, 90]] = True
+    if np.dtype(dtype).kind == "f":
+        values[5, 40] = np.nan
+    block = values.astype(dtype)
+    reference = _to_counts(block.copy(), 0, bad, adu, False, "x.cxi", DATA)
+    assert (reference[3, :4] == [0, 2, 2, 4]).all() and reference.max() >= 3
+    for clip in (False, True):
+        arrays, flags = sparse_counts(block, bad, adu, clip)
+        assert not flags.any() and np.array_equal(Photons(91, *arrays).to_dense(), reference)
+    if np.dtype(dtype).kind == "u":
+        return
+    block[6, 7] = -3 * adu
+    arrays, flags = sparse_counts(block, bad, adu, False)
+    assert arrays is None and flags[6] == BAD_NEGATIVE and not np.delete(flags, 6).any()
+    arrays, _ = sparse_counts(block, bad, adu, True)
+    assert np.array_equal(Photons(91, *arrays).to_dense(), _to_counts(block.copy(), 0, bad, adu, True, "x.cxi", DATA))
+
+
+def test_fused_kernel_flags_what_the_reference_refuses(tmp_path):
+    data = make_cxi(tmp_path / "run.cxi", frame_shape=(4, 4), num_frames=6, adu=10.0)
+    with h5py.File(tmp_path / "run.cxi", "r+") as f:
+        stack = f[DATA][()]
+        stack[4, 1, 1] = np.inf
+        f[DATA][...] = stack
+    with pytest.raises(InputError, match="frame 4: 1 pixels are NaN or inf"):
+        cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5", adu_per_photon=10.0, chunk_frames=4)
+    assert not (tmp_path / "p.h5").exists() and data.shape == (6, 4, 4)

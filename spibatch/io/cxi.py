@@ -18,6 +18,7 @@ import numpy as np
 from spibatch.errors import InputError
 from spibatch.io.dragonfly import PhotonsWriter
 from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
+from spibatch.kernels.photons_cpu import sparse_counts
 from spibatch.photons import Photons
 
 DATA_PATH = "/entry_1/data_1/data"
@@ -58,9 +59,12 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         with PhotonsWriter(out_path, num_pix) as writer:
             for start in range(0, num_frames, chunk_frames):
                 block = read_dataset(data, slice(start, min(start + chunk_frames, num_frames)), cxi_path)
-                counts = _to_counts(block.reshape(len(block), num_pix), start, bad, adu_per_photon,
-                                    clip_negative, cxi_path, data_path)
-                writer.append(Photons.from_dense(counts))
+                block = block.reshape(len(block), num_pix)
+                arrays, _ = sparse_counts(block, bad, adu_per_photon, clip_negative)
+                if arrays is None:   # a bad frame: the dense reference finds it and says what is wrong
+                    _to_counts(block, start, bad, adu_per_photon, clip_negative, cxi_path, data_path)
+                    raise AssertionError("the fused kernel flagged a frame that the dense reference accepts")
+                writer.append(Photons(num_pix, *arrays))
     return num_frames, num_pix
 
 
@@ -124,7 +128,10 @@ def _read_mask(f: h5py.File, path: str | os.PathLike, mask_path: str | None,
 
 def _to_counts(block: np.ndarray, first: int, bad: np.ndarray | None, adu_per_photon: float,
                clip_negative: bool, path: str | os.PathLike, field: str) -> np.ndarray:
-    """Dense (frames, num_pix) ADU -> int32 photon counts; ``first`` is the block's first frame number."""
+    """Dense (frames, num_pix) ADU -> int32 photon counts; ``first`` is the block's first frame number.
+
+    The dense reference of :func:`spibatch.kernels.photons_cpu.sparse_counts`: it names the first bad
+    frame and what is wrong with it (InputError), and the tests compare the kernel with it."""
     counts = np.rint(block.astype(np.float64) / adu_per_photon)
     if bad is not None:
         counts[:, bad] = 0
