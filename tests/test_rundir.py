@@ -55,3 +55,37 @@ def test_out_with_earlier_run_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="not a directory"):
         create_run_dir("exp", tmp_path, tmp_path / "file", command=["c"])
+
+
+def test_large_inputs_are_recorded_by_size_and_ends(tmp_path, monkeypatch):
+    """Above FULL_HASH_LIMIT an input is not read whole: its size and the SHA-256 of its two ends are
+    recorded; resume catches a change of size, start or end (not one in the middle, as documented)."""
+    import hashlib
+
+    from spibatch import rundir
+
+    monkeypatch.setattr(rundir, "FULL_HASH_LIMIT", 1000)
+    monkeypatch.setattr(rundir, "ENDS_BYTES", 100)
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(bytes(range(200)) * 5)                         # 1000 bytes: hashed whole
+    data = bytearray(bytes(range(256)) * 10)                          # 2560 bytes
+    big.write_bytes(data)
+    run = create_run_dir("exp", tmp_path / "runs", command=["spibatch"])
+    run.add_inputs(small, big)
+    run.finish()
+    inputs = json.loads(run.file("provenance.json").read_text())["inputs"]
+    assert inputs[str(small.resolve())] == sha256_file(small)
+    ends = hashlib.sha256(bytes(data[:100]) + bytes(data[-100:])).hexdigest()
+    assert inputs[str(big.resolve())] == f"size-and-ends:2560:{ends}"
+
+    data[1200] ^= 0xFF                                                # the middle: not seen
+    big.write_bytes(data)
+    rundir.reopen_run_dir(run.path, command=["spibatch"], unchanged=(small, big)).finish()
+    data[-1] ^= 0xFF                                                  # the end: refused
+    big.write_bytes(data)
+    with pytest.raises(InputError, match="changed since the run started"):
+        rundir.reopen_run_dir(run.path, command=["spibatch"], unchanged=(small, big))
+    data[-1] ^= 0xFF
+    big.write_bytes(data + b"x")                                      # the size: refused
+    with pytest.raises(InputError, match="changed since the run started"):
+        rundir.reopen_run_dir(run.path, command=["spibatch"], unchanged=(big,))
