@@ -17,6 +17,14 @@ emc: {{photons: {photons}, detector: {detector}, num_div: 2, iterations: 3, fram
 phasing: {{num_starts: {starts}, keep_best: {starts}, crop_to: 41, recipe: "(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10"}}
 """
 
+# The local site with EMC in HTC mode: 2 workers, one thread each (the serial driver's numbers, bit for bit).
+LOCAL_HTC = """name: local-htc
+provider: local
+workers: 2
+emc_mode: htc
+local: {cores: 2, strategy_period_s: 0.5}
+"""
+
 
 def write_pipeline(folder: Path, emc_small: dict, starts: int = 2) -> Path:
     folder.mkdir(parents=True, exist_ok=True)

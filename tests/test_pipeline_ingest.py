@@ -12,18 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
-from platform_helpers import final_model, markers, spibatch, write_site
+from platform_helpers import LOCAL_HTC, final_model, markers, spibatch, write_site
 from test_io_cxi import GEOMETRY, expected_counts, make_cxi
 
 ADU = 20.0
-
-LOCAL_HTC = """name: local-htc
-provider: local
-workers: 2
-emc_mode: htc
-local: {cores: 2, strategy_period_s: 0.5}
-"""
-
 
 def cxi_of(photons_path, path):
     """The photons file as a (frames, 64, 64) float32 ADU stack with read noise of up to 0.4 photon."""

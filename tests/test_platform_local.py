@@ -13,17 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from platform_helpers import final_model, markers, metrics, spibatch, write_pipeline, write_site
+from platform_helpers import LOCAL_HTC, final_model, markers, metrics, spibatch, write_pipeline, write_site
 
 pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
-
-LOCAL_HTC = """name: local-htc
-provider: local
-workers: 2
-emc_mode: htc
-local: {cores: 2, strategy_period_s: 0.5}
-"""
-
 
 def test_local_site_end_to_end_then_resume_skips_finished_stages(emc_small, tmp_path):
     pipeline = write_pipeline(tmp_path, emc_small)

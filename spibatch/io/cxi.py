@@ -18,12 +18,11 @@ import numpy as np
 from spibatch.errors import InputError
 from spibatch.io.dragonfly import PhotonsWriter
 from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
-from spibatch.kernels.photons_cpu import sparse_counts
+from spibatch.kernels.photons_cpu import INT32_MAX, sparse_counts
 from spibatch.photons import Photons
 
 DATA_PATH = "/entry_1/data_1/data"
 MASK_PATHS = ("/entry_1/data_1/mask", "/entry_1/instrument_1/detector_1/mask")
-INT32_MAX = np.iinfo(np.int32).max
 
 
 def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, chunk_frames: int = 256,

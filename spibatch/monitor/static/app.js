@@ -7,6 +7,10 @@ const state = { runs: [], run: null, follow: true, iteration: null, outputs: [],
                 pollMs: 2000, busy: false, queued: [], lastOk: null, rendered: {} };
 window.spibatchMonitor = state;                    // for tests and the curious
 
+/* The same margins on the three slices of a row, wide enough on the right for the third one's colour bar:
+   the three pictures come out the same size. */
+const SLICE_MARGIN = { l: 56, r: 100, t: 38, b: 46 };
+
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                  "#bcbd22", "#7f7f7f"];
 const CONFIG = { displaylogo: false, responsive: true, displayModeBar: false };  // drag: zoom, double-click: reset
@@ -239,10 +243,6 @@ function renderPhase(ph) {
     layout(`Phase retrieval transfer function (${kept.size} starts)`, xTitle, "PRTF", { yaxis: { range: [0, 1.15], title: { text: "PRTF" } }, shapes: shapes2, annotations: notes }));
   addHeadline("PRTF resolution", prtf.resolution_m ? nm(prtf.resolution_m) : "beyond the data edge");
 }
-
-/* The same margins on the three slices of a row, wide enough on the right for the third one's colour bar:
-   the three pictures come out the same size. */
-const SLICE_MARGIN = { l: 56, r: 100, t: 38, b: 46 };
 
 function renderDensity(d) {
   if (!d) {
