@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from spibatch.config import Section, error_line, read_yaml_mapping
+from spibatch.yaml_models import Section, error_line, read_yaml_mapping
 from spibatch.errors import InputError
 
 PROVIDERS: dict[str, str] = {

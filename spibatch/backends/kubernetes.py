@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 
 from spibatch.backends import parsl_common as common
 from spibatch.backends.k8s_checks import is_label, is_subdomain, problems, quantity_problem
-from spibatch.config import Section
+from spibatch.yaml_models import Section
 from spibatch.errors import InputError
 
 ADDRESS_ENV = "SPIBATCH_INTERCHANGE_ADDRESS"   # set by the chart's Job from the downward API (status.podIP)

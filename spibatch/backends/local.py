@@ -18,7 +18,7 @@ from spibatch.backends import TASKS_LABEL
 from spibatch.backends import parsl_common as common
 from spibatch.backends.containers import check as check_container
 from spibatch.backends.containers import prefix
-from spibatch.config import Section
+from spibatch.yaml_models import Section
 from spibatch.errors import InputError
 
 

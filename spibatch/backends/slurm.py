@@ -24,7 +24,7 @@ from spibatch.backends import MPI_LABEL, TASKS_LABEL
 from spibatch.backends import parsl_common as common
 from spibatch.backends.containers import check as check_container
 from spibatch.backends.containers import prefix
-from spibatch.config import Section
+from spibatch.yaml_models import Section
 from spibatch.errors import InputError
 
 WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")

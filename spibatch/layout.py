@@ -1,0 +1,226 @@
+"""Every file and folder name of a run folder, in one place.
+
+A run folder (``runs/<name>-<UTC time>/`` or ``--out``) holds the same layout whichever command
+made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipeline (``spibatch run``)::
+
+    config.yaml            the resolved pipeline (every default written out)
+    site.yaml              the resolved site (pipeline runs)
+    provenance.json        versions, host, command, input fingerprints, status, times
+    log.txt                the run's log
+    lock                   the owner's pid and host while a process writes here
+    report.html            the self-contained report, with report_emc.png, report_phasing.png, report_fsc.png
+    stages/<stage>.json    a finished stage's marker; stages/<stage>.log its log;
+                           stages/<stage>.result.json how a stage run in another process ended
+    simulate/              photons.emc, detector.h5, truth.h5, density.mrc
+    ingest/                photons.emc, detector.h5 (from a CXI stack)
+    emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch)
+    phase/                 phasing.h5, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl
+    validate/              emc_vs_truth.json, fsc_vs_truth.json (+ fsc.png, fsc.h5), fsc.h5 and fsc.png of two volumes
+    runinfo/               Parsl's own files (logs, submit scripts)
+
+Nothing else in spibatch spells these names: use :class:`RunLayout` (or the constants, for a
+bare folder such as Dragonfly's or an EMC folder given alone).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# ---- the run folder's own files
+CONFIG = "config.yaml"
+SITE = "site.yaml"
+PROVENANCE = "provenance.json"
+LOG = "log.txt"
+LOCK = "lock"
+REPORT = "report.html"
+REPORT_PNGS = {"emc": "report_emc.png", "phasing": "report_phasing.png", "fsc": "report_fsc.png"}
+STAGES_DIR = "stages"
+RUNINFO = "runinfo"
+
+# ---- stage folders
+STAGE_DIRS = {"simulate": "simulate", "ingest": "ingest", "emc": "emc", "phase": "phase", "validate": "validate"}
+
+# ---- data (simulate/, ingest/)
+PHOTONS = "photons.emc"
+DETECTOR = "detector.h5"
+TRUTH = "truth.h5"
+DENSITY_MRC = "density.mrc"
+
+# ---- EMC (emc/, or a bare EMC folder)
+EMC_LOG = "EMC.log"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.h5"
+HTC_DIR = "htc"
+OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
+
+# ---- phasing (phase/)
+PHASING = "phasing.h5"
+PHASING_PNG = "phasing.png"
+STARTS_DIR = "starts"
+
+# ---- validation (validate/)
+EMC_VS_TRUTH = "emc_vs_truth.json"
+FSC_VS_TRUTH = "fsc_vs_truth.json"
+FSC_PNG = "fsc.png"
+FSC_TABLE = "fsc.h5"
+
+
+def output_name(iteration: int) -> str:
+    """``output_NNN.h5`` of EMC iteration ``iteration`` (three digits at least, as Dragonfly)."""
+    return f"output_{iteration:03d}.h5"
+
+
+def output_iteration(path: str | Path) -> int | None:
+    """The iteration an ``output_NNN.h5`` name holds, or None for any other name."""
+    match = OUTPUT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def start_name(index: int) -> str:
+    """``start_NNN.pkl``: phasing start ``index``'s result, as a worker wrote it."""
+    return f"start_{index:03d}.pkl"
+
+
+class RunLayout:
+    """The paths of one run folder (nothing is created or checked here)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunLayout({str(self.path)!r})"
+
+    # -- the folder's own files
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def site(self) -> Path:
+        return self.path / SITE
+
+    @property
+    def provenance(self) -> Path:
+        return self.path / PROVENANCE
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT
+
+    def report_png(self, kind: str) -> Path:
+        return self.path / REPORT_PNGS[kind]
+
+    @property
+    def runinfo(self) -> Path:
+        return self.path / RUNINFO
+
+    # -- stages
+    def stage_dir(self, stage: str) -> Path:
+        """The folder a stage writes into (``emc/``, ``phase/``, ...)."""
+        return self.path / STAGE_DIRS[stage]
+
+    def marker(self, stage: str) -> Path:
+        return self.path / STAGES_DIR / f"{stage}.json"
+
+    def stage_log(self, stage: str) -> Path:
+        return self.path / STAGES_DIR / f"{stage}.log"
+
+    def stage_result(self, stage: str) -> Path:
+        return self.path / STAGES_DIR / f"{stage}.result.json"
+
+    def stage_stream(self, stage: str, which: str) -> Path:
+        """``stages/<stage>.stdout`` / ``.stderr`` of a stage run as a job."""
+        return self.path / STAGES_DIR / f"{stage}.{which}"
+
+    # -- data
+    def photons(self, stage: str) -> Path:
+        return self.stage_dir(stage) / PHOTONS
+
+    def detector(self, stage: str) -> Path:
+        return self.stage_dir(stage) / DETECTOR
+
+    @property
+    def truth(self) -> Path:
+        return self.stage_dir("simulate") / TRUTH
+
+    @property
+    def truth_density_mrc(self) -> Path:
+        return self.stage_dir("simulate") / DENSITY_MRC
+
+    # -- EMC
+    @property
+    def emc(self) -> Path:
+        return self.stage_dir("emc")
+
+    def emc_output(self, iteration: int) -> Path:
+        return self.emc / output_name(iteration)
+
+    @property
+    def emc_log(self) -> Path:
+        return self.emc / EMC_LOG
+
+    @property
+    def emc_metrics(self) -> Path:
+        return self.emc / METRICS
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.emc / CHECKPOINT
+
+    @property
+    def htc(self) -> Path:
+        return self.emc / HTC_DIR
+
+    # -- phasing
+    @property
+    def phase(self) -> Path:
+        return self.stage_dir("phase")
+
+    @property
+    def phasing(self) -> Path:
+        return self.phase / PHASING
+
+    @property
+    def phasing_metrics(self) -> Path:
+        return self.phase / METRICS
+
+    @property
+    def phased_density_mrc(self) -> Path:
+        return self.phase / DENSITY_MRC
+
+    @property
+    def phasing_png(self) -> Path:
+        return self.phase / PHASING_PNG
+
+    def start_file(self, index: int) -> Path:
+        return self.phase / STARTS_DIR / start_name(index)
+
+    # -- validation
+    @property
+    def validate(self) -> Path:
+        return self.stage_dir("validate")
+
+    @property
+    def emc_vs_truth(self) -> Path:
+        return self.validate / EMC_VS_TRUTH
+
+    @property
+    def fsc_vs_truth(self) -> Path:
+        return self.validate / FSC_VS_TRUTH
+
+    @property
+    def fsc_png(self) -> Path:
+        return self.validate / FSC_PNG
+
+    @property
+    def fsc_table(self) -> Path:
+        return self.validate / FSC_TABLE

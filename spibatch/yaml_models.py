@@ -1,0 +1,155 @@
+"""Generic YAML + pydantic helpers for every settings file (pipeline, site, bench).
+
+:class:`Section` is the base of every model (unknown keys refused, values checked on
+assignment, non-finite floats and booleans-for-numbers refused); :func:`read_yaml_mapping`
+reads a file's top-level mapping and the line of every key; :func:`error_line` turns the
+first pydantic error into one :class:`~spibatch.errors.InputError` line (file, line, key,
+expected, found, where every key is documented); :func:`load_model` does both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+
+from spibatch.errors import InputError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """A settings section: unknown keys are errors, values are checked on assignment, floats must be
+    finite, and a boolean is not a number (YAML's ``true`` is refused where a count is expected)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kinds = _plain_types(cls.model_fields[info.field_name].annotation)
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("a number, not true/false")
+        return value
+
+
+def _plain_types(annotation: Any) -> set:
+    """The classes an annotation admits, through Optional, Union and Annotated (``float | None`` -> {float, None})."""
+    args = get_args(annotation)
+    if not args:
+        return {annotation}
+    if get_origin(annotation) is Annotated:
+        return _plain_types(args[0])
+    return set().union(*(_plain_types(a) for a in args))
+
+
+def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML; return the data and a map from key path to 1-based line number."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        raise InputError(f"not valid YAML ({getattr(exc, 'problem', exc)})", path=path, field=where,
+                         fix="fix the YAML syntax (indentation, colons, quotes)") from None
+    lines: dict[tuple, int] = {}
+
+    def walk(node: Any, prefix: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    raise InputError(f"key '{key}' appears twice", path=path,
+                                     field=f"line {key_node.start_mark.line + 1}: {'.'.join(map(str, prefix + (key,)))}",
+                                     fix="keep one of them")
+                seen.add(key)
+                lines[prefix + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, prefix + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[prefix + (i,)] = item.start_mark.line + 1
+                walk(item, prefix + (i,))
+
+    if root is not None:
+        walk(root, ())
+    data = yaml.safe_load(text)
+    return data, lines
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: Path,
+               model: type[BaseModel], reference: str = "`spibatch schema` describes every key") -> InputError:
+    """The first validation error as one InputError line: file, line, key, expected, found.
+
+    reference: where the user reads about every key (ends each fix).
+    """
+    err = exc.errors()[0]
+    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    key = ".".join(str(x) for x in loc) or "(top level)"
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    where = f"line {line}: {key}" if line else key
+    more = len(exc.errors()) - 1
+    tail = f" ({more} more error{'s' if more > 1 else ''} after this one)" if more else ""
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        return InputError(f"unknown key (expected one of: {', '.join(allowed)}){tail}", path=path, field=where,
+                          fix=f"remove it or correct its spelling; {reference}")
+    if err["type"] == "missing":
+        return InputError(f"required key is missing{tail}", path=path, field=where, fix=f"add it; {reference}")
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:   # a rule across sections (the model's own validator): its message says what to change
+        return InputError(f"{msg}{tail}", path=path, field=where, fix=reference)
+    found = f"; found {_describe(err['input'])}"
+    return InputError(f"expected: {msg}{found}{tail}", path=path, field=where, fix=f"correct the value; {reference}")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the section at ``loc`` accepts (best effort, for the error message)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return []
+        model = candidates[0]
+    return list(model.model_fields)
+
+
+def read_yaml_mapping(path: Path, *, field: str | None = None, missing_fix: str, top_fix: str,
+                      holds: str = "sections") -> tuple[dict, dict[tuple, int]]:
+    """A YAML file's top-level mapping and the line of every key path; InputError (one line) when the
+    file is missing or unreadable, not YAML, or not a mapping.  An empty file is an empty mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("file not found", path=path, field=field, fix=missing_fix) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read ({exc.__class__.__name__})", path=path, field=field,
+                         fix="give a readable UTF-8 YAML file") from None
+    data, lines = _load_yaml_with_lines(text, path)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise InputError(f"expected a mapping of {holds} at the top level; found {type(data).__name__}",
+                         path=path, field="line 1", fix=top_fix)
+    return data, lines
+
+
+def load_model(path: Path, model: type[M], *, missing_fix: str, top_fix: str, field: str | None = None,
+               reference: str = "`spibatch schema` describes every key", holds: str = "sections") -> M:
+    """Read ``path`` and validate it as ``model``; InputError (one line) on any mistake."""
+    data, lines = read_yaml_mapping(path, field=field, missing_fix=missing_fix, top_fix=top_fix, holds=holds)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error_line(exc, data, lines, path, model, reference=reference) from None
