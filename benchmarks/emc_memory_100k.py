@@ -41,15 +41,16 @@ def main() -> None:
 
     from simulate_100k import pipeline
 
-    from spibatch.io.dragonfly import photons_info, read_detector
+    from spibatch.io.dragonfly import photons_info
+    from spibatch.detector import Detector
     data = args.data
     if not (data / "photons.emc").exists():
-        from spibatch.sim import simulate
+        from spibatch.stages.simulate import simulate_to
         start = time.time()
-        simulate(pipeline(args.frames), data, show_progress=False)
+        simulate_to(pipeline(args.frames), data, show_progress=False)
         print(f"simulated {args.frames} frames in {time.time() - start:.0f} s into {data}", flush=True)
     frames, pixels = photons_info(data / "photons.emc")
-    detector = read_detector(data / "detector.h5")
+    detector = Detector.read(data / "detector.h5")
     config = data / "emc.yaml"
     config.write_text(json.dumps({"name": "emc-100k", "emc": {
         "photons": str(data / "photons.emc"), "detector": str(data / "detector.h5"), "num_div": args.num_div,

@@ -145,9 +145,9 @@ def _threads() -> int:
 
 def medium(data: Path, runtimes, info, repeats) -> dict:
     from spibatch.emc.step import (PixelSet, Rotations, Shard, StepState, auto_beta, random_model)
-    from spibatch.io.dragonfly import read_detector, read_photons
-
-    detector = read_detector(data / "dragonfly-medium" / "det_sim.h5")
+    from spibatch.io.dragonfly import read_photons
+    from spibatch.detector import Detector
+    detector = Detector.read(data / "dragonfly-medium" / "det_sim.h5")
     pixels = PixelSet.from_detector(detector)
     shard = Shard.from_photons(read_photons(data / "dragonfly-medium" / "photons.emc"), pixels)
     rotations = Rotations.refined_600_cell(5)
@@ -159,10 +159,9 @@ def medium(data: Path, runtimes, info, repeats) -> dict:
 def large(runtimes, info, repeats, frames: int, photons: int, num_div: int = 10, side: int = 224) -> dict:
     from spibatch.config import Geometry
     from spibatch.emc.step import PixelSet, Rotations, Shard, StepState, random_model
-    from spibatch.sim.geometry import flat_detector
 
-    detector = flat_detector(Geometry(detector_pixels=side, pixel_size_m=0.512e-3, detector_distance_m=0.3,
-                                      wavelength_m=6.2e-10, beamstop_radius_pixels=10))
+    detector = (Geometry(detector_pixels=side, pixel_size_m=0.512e-3, detector_distance_m=0.3,
+                                      wavelength_m=6.2e-10, beamstop_radius_pixels=10)).detector()
     pixels = PixelSet.from_detector(detector)
     rng = np.random.default_rng(1)
     per_frame = rng.poisson(photons, frames)

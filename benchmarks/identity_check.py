@@ -112,7 +112,7 @@ def scenarios(work: Path) -> dict:
         provider: local
         workers: 2
         emc_mode: {mode}
-        local: {{mpi: {'mpirun' if mode == 'hpc' else 'off'}}}
+        local: {{mpi: "{'mpirun' if mode == 'hpc' else 'off'}"}}
         """)
         cfg = write(work / f"run-{name}.yaml", pipeline_text())
         spibatch("run", str(cfg), "--site", str(site), "--out", str(work / f"run-{name}"), cwd=work)
@@ -158,14 +158,36 @@ def fingerprint_tree(folder: Path) -> dict[str, str]:
     return out
 
 
+STAGE_OF_TOP_FILE = {"sim": "simulate", "emc": "emc", "emc-mpi": "emc", "phase": "phase", "validate": "validate",
+                     "ingest": "ingest", "run-htc": "simulate", "run-hpc": "simulate", "demo": "simulate"}
+
+
+def old_to_new(key: str) -> str:
+    """A fingerprint key of the old layout (files at the top of one-stage runs; the pipeline's data at the top,
+    its truth comparisons inside emc/ and phase/) as the one layout names it."""
+    scenario, _, rest = key.partition("/")
+    path, colon, dataset = rest.partition(":")
+    moves = {"emc/truth_comparison.json": "validate/emc_vs_truth.json",
+             "phase/fsc_vs_truth.json": "validate/fsc_vs_truth.json", "fsc_vs_truth.json": "validate/fsc_vs_truth.json"}
+    if path in moves:
+        path = moves[path]
+    elif "/" not in path:
+        path = f"{STAGE_OF_TOP_FILE[scenario]}/{path}"
+    return f"{scenario}/{path}{colon}{dataset}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", nargs="?", type=Path)
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--compare", nargs=2, type=Path)
+    parser.add_argument("--old-layout", action="store_true", help="the first file was written before the one "
+                        "run-folder layout (d4b5372 and earlier): map its paths to today's")
     args = parser.parse_args()
     if args.compare:
         a, b = (json.loads(p.read_text()) for p in args.compare)
+        if args.old_layout:
+            a = {old_to_new(k): v for k, v in a.items()}
         keys = sorted(set(a) | set(b))
         differ = [k for k in keys if a.get(k) != b.get(k)]
         for k in differ:
@@ -176,13 +198,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     table = scenarios(work)
     names = args.only or list(table)
-    result = {}
+    target = work / "fingerprints.json"
+    result = json.loads(target.read_text()) if target.exists() else {}   # other scenarios of earlier calls stay
     for name in names:
         print(name, flush=True)
         table[name]()
+        result = {k: v for k, v in result.items() if not k.startswith(name + "/")}
         result.update({f"{name}/{k}": v for k, v in fingerprint_tree(work / name).items()})
-    (work / "fingerprints.json").write_text(json.dumps(result, indent=1, sort_keys=True))
-    print(f"{len(result)} fingerprints in {work / 'fingerprints.json'}")
+    target.write_text(json.dumps(result, indent=1, sort_keys=True))
+    print(f"{len(result)} fingerprints in {target}")
 
 
 if __name__ == "__main__":

@@ -72,12 +72,11 @@ def phase(intensity, dq, starts: int, out: Path, threads: int = 2) -> tuple:
 
 def case_4bed(args) -> dict:
     from spibatch.config import from_dragonfly_ini
-    from spibatch.sim.geometry import flat_detector
     from spibatch.sim.scattering import density, intensity, structure_factor
     from spibatch.sim.structure import read_structure
 
     geometry = from_dragonfly_ini(SHARED / f"dragonfly-{args.geometry}" / "config.ini")
-    detector = flat_detector(geometry)
+    detector = geometry.detector()
     n, dq = detector.model_size(), float(detector.voxel_size_per_m)
     atoms = read_structure(SHARED / "pdb" / "4BED.pdb")
     factor = structure_factor(atoms, n, dq)
@@ -106,7 +105,7 @@ def case_emc_small(args) -> dict:
     from spibatch.config import EMC, BetaSchedule
     from spibatch.emc.compare import shell_range
     from spibatch.emc.driver import run_emc
-    from spibatch.io.dragonfly import read_detector
+    from spibatch.detector import Detector
     from spibatch.io.results import read_volume
     from spibatch.phasing.compare import load_truth
     from spibatch.phasing.stage import crop_centre
@@ -119,7 +118,7 @@ def case_emc_small(args) -> dict:
         run_emc(cfg, small / "photons.emc", small / "det_sim.h5", emc_dir, show_progress=False)
     model = np.asarray(read_volume(final), np.float64)
     truth_intensity = np.fromfile(small / "intensities.bin", "<f8").reshape((91,) * 3)
-    r_min, r_max = shell_range(read_detector(small / "det_sim.h5"))
+    r_min, r_max = shell_range(Detector.read(small / "det_sim.h5"))
     alignment = align_intensity(model, truth_intensity, r_min, r_max)
     # Dragonfly's voxel in q: one pixel at the detector centre, pixsize / (detd * lambda)
     dq = 0.512e-3 / (0.300 * 6.2e-10)

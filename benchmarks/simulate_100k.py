@@ -49,7 +49,7 @@ def pipeline(num: int):
 
 def child_simulate(num: int, out: Path) -> dict:
     """One end-to-end simulate() with RSS sampling; returns timings, memory and file sizes."""
-    from spibatch.sim import simulate
+    from spibatch.stages.simulate import simulate_to
 
     samples, marks, stop = [], [], threading.Event()
 
@@ -68,7 +68,7 @@ def child_simulate(num: int, out: Path) -> dict:
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
     t0 = time.monotonic()
-    paths = simulate(pipeline(num), out, show_progress=False)
+    paths = simulate_to(pipeline(num), out, show_progress=False)
     t1 = time.monotonic()
     stop.set()
     thread.join()
@@ -100,9 +100,8 @@ def child_breakdown(num: int, truth: Path) -> dict:
     from spibatch.io.dragonfly import PhotonsWriter
     from spibatch.io.results import read_result
     from spibatch.sim import patterns as P
-    from spibatch.sim.geometry import flat_detector
 
-    detector = flat_detector(Geometry(**GEOMETRY))
+    detector = (Geometry(**GEOMETRY)).detector()
     datasets, attrs = read_result(truth)
     volume = datasets["intensity"].astype(np.float64)
     rng = np.random.default_rng(1)

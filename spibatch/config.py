@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, ValidationError, field_validator, model_validator
 
+from spibatch.detector import Detector
 from spibatch.errors import InputError
 from spibatch.phasing import DEFAULT_RECIPE, DEFAULT_SUPPORT_THRESHOLD
 from spibatch.yaml_models import Section, load_model
@@ -44,6 +45,11 @@ class Geometry(Section):
         if self.wavelength_m is not None:
             return self.wavelength_m
         return PLANCK_EV_M / self.photon_energy_ev
+
+    def detector(self) -> Detector:
+        """The :class:`~spibatch.detector.Detector` this geometry describes (``Detector.flat``)."""
+        return Detector.flat(self.detector_pixels, self.pixel_size_m, self.detector_distance_m, self.wavelength,
+                             beamstop_radius_pixels=self.beamstop_radius_pixels, polarization=self.polarization)
 
 
 class Simulation(Section):
@@ -198,6 +204,26 @@ class Ingest(Section):
                                           "of the centre are excluded")
 
 
+class Validation(Section):
+    """Validation against a reference (``spibatch validate``, ``spibatch phase --truth`` and the validate stage).
+
+    Without ``volume`` the stage compares this run's EMC intensity (aligned by rotation) and phased
+    density (aligned by translation and inversion, resampled onto one voxel) with ``reference``; with
+    ``volume`` it compares that one file with ``reference``.
+    """
+
+    reference: Path | None = Field(None, description="the true volume (our truth.h5, MRC, Dragonfly .bin), relative "
+                                   "to this YAML file; default: the simulation's truth.h5")
+    reference_voxel_size_m: PositiveFloat | None = Field(None, description="the reference density's voxel in "
+                                                         "metres, when its file does not say (Dragonfly's .bin)")
+    volume: Path | None = Field(None, description="a volume to compare with the reference instead of this run's "
+                                "results")
+    dataset: str | None = Field(None, description="the dataset to compare in HDF5 files (default: intensity, intens "
+                                "or density, the first present)")
+    voxel_size_m: PositiveFloat | None = Field(None, description="real-space voxel in metres of both volumes, when "
+                                               "their files do not say")
+
+
 class Output(Section):
     runs_dir: Path = Field(Path("runs"), description="results go to <runs_dir>/<name>-<UTC timestamp>/ unless --out is given")
 
@@ -212,6 +238,7 @@ class Pipeline(Section):
     ingest: Ingest | None = Field(None, description="measured frames from a CXI file (instead of a simulation)")
     emc: EMC = Field(default_factory=EMC)
     phasing: Phasing = Field(default_factory=Phasing)
+    validation: Validation = Field(default_factory=Validation)
     output: Output = Field(default_factory=Output)
     device: Literal["cpu", "gpu"] = Field("cpu", description="where EMC and phasing run: cpu (numpy, Numba) or gpu "
                                           "(CuPy, the [gpu] extra; one NVIDIA GPU per MPI rank or Parsl worker)")
@@ -257,6 +284,10 @@ def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
             setattr(pipeline.emc, key, (base / value).resolve())
     if pipeline.phasing.intensity is not None:
         pipeline.phasing.intensity = (base / pipeline.phasing.intensity).resolve()
+    for key in ("reference", "volume"):
+        value = getattr(pipeline.validation, key)
+        if value is not None:
+            setattr(pipeline.validation, key, (base / value).resolve())
     pipeline.output.runs_dir = (base / pipeline.output.runs_dir).resolve()
     return pipeline
 
@@ -306,5 +337,5 @@ def wavelength_from_energy(photon_energy_ev: float) -> float:
     return PLANCK_EV_M / photon_energy_ev
 
 
-__all__ = ["Pipeline", "Geometry", "Simulation", "EMC", "Phasing", "Output", "load_pipeline",
+__all__ = ["Pipeline", "Geometry", "Simulation", "EMC", "Phasing", "Ingest", "Validation", "Output", "load_pipeline",
            "dump_pipeline", "json_schema", "from_dragonfly_ini", "resolve_paths", "wavelength_from_energy"]

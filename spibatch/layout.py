@@ -9,13 +9,14 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
     log.txt                the run's log
     lock                   the owner's pid and host while a process writes here
     report.html            the self-contained report, with report_emc.png, report_phasing.png, report_fsc.png
-    stages/<stage>.json    a finished stage's marker; stages/<stage>.log its log;
-                           stages/<stage>.result.json how a stage run in another process ended
+    stages/<stage>.json    a finished stage's marker; stages/<stage>.log its log
+    stages/jobs/           a stage run as a job of its own (the MPI EMC job): <stage>.json how it ended,
+                           <stage>.stdout, <stage>.stderr
     simulate/              photons.emc, detector.h5, truth.h5, density.mrc
     ingest/                photons.emc, detector.h5 (from a CXI stack)
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch)
     phase/                 phasing.h5, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl
-    validate/              emc_vs_truth.json, fsc_vs_truth.json (+ fsc.png, fsc.h5), fsc.h5 and fsc.png of two volumes
+    validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), or fsc.h5, fsc.png, fsc.txt of two volumes
     runinfo/               Parsl's own files (logs, submit scripts)
 
 Nothing else in spibatch spells these names: use :class:`RunLayout` (or the constants, for a
@@ -36,6 +37,7 @@ LOCK = "lock"
 REPORT = "report.html"
 REPORT_PNGS = {"emc": "report_emc.png", "phasing": "report_phasing.png", "fsc": "report_fsc.png"}
 STAGES_DIR = "stages"
+JOBS_DIR = "jobs"
 RUNINFO = "runinfo"
 
 # ---- stage folders
@@ -64,6 +66,7 @@ EMC_VS_TRUTH = "emc_vs_truth.json"
 FSC_VS_TRUTH = "fsc_vs_truth.json"
 FSC_PNG = "fsc.png"
 FSC_TABLE = "fsc.h5"
+FSC_TEXT = "fsc.txt"
 
 
 def output_name(iteration: int) -> str:
@@ -135,11 +138,12 @@ class RunLayout:
         return self.path / STAGES_DIR / f"{stage}.log"
 
     def stage_result(self, stage: str) -> Path:
-        return self.path / STAGES_DIR / f"{stage}.result.json"
+        """``stages/jobs/<stage>.json``: how the stage, run as a job of its own, ended."""
+        return self.path / STAGES_DIR / JOBS_DIR / f"{stage}.json"
 
     def stage_stream(self, stage: str, which: str) -> Path:
-        """``stages/<stage>.stdout`` / ``.stderr`` of a stage run as a job."""
-        return self.path / STAGES_DIR / f"{stage}.{which}"
+        """``stages/jobs/<stage>.stdout`` / ``.stderr`` of a stage run as a job of its own."""
+        return self.path / STAGES_DIR / JOBS_DIR / f"{stage}.{which}"
 
     # -- data
     def photons(self, stage: str) -> Path:
@@ -224,3 +228,7 @@ class RunLayout:
     @property
     def fsc_table(self) -> Path:
         return self.validate / FSC_TABLE
+
+    @property
+    def fsc_text(self) -> Path:
+        return self.validate / FSC_TEXT

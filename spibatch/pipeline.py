@@ -1,61 +1,26 @@
-"""The pipeline: its stages as Parsl apps on a site, in one run directory, resumable.
+"""``spibatch run`` / ``resume``: the stages chained on a site through Parsl, in one run folder, resumable.
 
-``simulate`` (or ``ingest``: a CXI stack, or the pipeline's own photons) -> ``emc`` -> ``phase``
-(one task per start, then the merge) -> ``validate`` -> ``report``.  Stage bodies live in
-:mod:`spibatch.stages`; each writes ``stages/<name>.json`` when done, and a stage with
-that marker is never run again (``spibatch resume RUN_DIR``).  EMC runs as the site says:
-
-* HPC: ``spibatch emc emc.yaml --out <run>/emc`` (``--resume`` when a previous attempt left
-  a checkpoint) as one MPI job: the provider's ``emc_launch`` (``$PARSL_MPI_PREFIX`` on
-  Slurm's MPIExecutor, ``mpirun -n`` locally) in a Parsl bash app;
-* HTC: :func:`spibatch.emc.htc.run_emc_htc` in this process, one python app per shard per
-  iteration on the ``tasks`` executor.
-
-Parsl's ``runinfo/`` (logs, submit scripts) is kept inside the run directory.
+The stages are :mod:`spibatch.stages` (the same functions the standalone commands run).  Here they
+get the site's :class:`ParslWorkers`: the data stage and validation run as one task each on a
+worker; EMC and phasing orchestrate from the driver -- EMC as one MPI job (HPC mode:
+``python -m spibatch.stages emc RUN_DIR`` under the provider's MPI launcher) or one task per shard
+per iteration (HTC mode), phasing as one task per start and one for the merge.  Every stage writes
+``stages/<name>.json`` when done; ``spibatch resume`` runs the rest.  Parsl's ``runinfo/`` stays
+inside the run folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 from spibatch import stages
 from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, preflight, provider_module
 from spibatch.errors import InputError
+from spibatch.layout import RunLayout
 
 log = logging.getLogger("spibatch")
-
-SITE_FILE = "site.yaml"
-
-
-def stage_names(pipeline) -> list[str]:
-    return ["simulate" if pipeline.simulation is not None else "ingest", "emc", "phase", "validate", "report"]
-
-
-def check_pipeline(pipeline, config: Path) -> None:
-    """The pipeline has data to work on (a simulation, a CXI ingest, or photons + detector); InputError otherwise.
-
-    Reads headers only (the PDB, the CXI stack's shape, mask and geometry, the photons' and detector's sizes).
-    """
-    if pipeline.simulation is not None:
-        from spibatch.sim.structure import read_structure
-
-        read_structure(pipeline.simulation.pdb, assembly=False)  # a bad PDB stops here, before any run directory
-    elif pipeline.ingest is not None:
-        from spibatch.io.cxi import check_ingest
-
-        check_ingest(pipeline.ingest, pipeline.emc.detector)
-    elif pipeline.emc.photons is None or pipeline.emc.detector is None:
-        raise InputError("none of a `simulation` section, an `ingest` section, or emc.photons and emc.detector",
-                         path=config, field="simulation", fix="add a simulation or an ingest (CXI) section, "
-                         "or set emc.photons and emc.detector")
-    else:
-        from spibatch.emc.driver import check_inputs
-
-        check_inputs(pipeline.emc, pipeline.emc.photons, pipeline.emc.detector)
 
 
 def threads_per_worker(site: Site, per_node: int | None = None) -> int:
@@ -67,185 +32,106 @@ def threads_per_worker(site: Site, per_node: int | None = None) -> int:
     return max(1, int(cores) // max(1, per_node))
 
 
-def emc_ranks(site: Site, emc_config: Path) -> int:
-    """MPI ranks of the HPC-mode EMC job: the site's workers, at most one per shard."""
-    from spibatch.config import load_pipeline
-    from spibatch.emc.mpi import shard_bounds
-    from spibatch.io.dragonfly import photons_info
-
-    cfg = load_pipeline(emc_config).emc
-    shards = len(shard_bounds(photons_info(cfg.photons)[0], cfg.frames_per_shard))
-    if shards < site.workers:
-        log.info("emc: %d shard(s) of %d frames: %d MPI rank(s), not %d", shards, cfg.frames_per_shard,
-                 shards, site.workers)
-    return max(1, min(site.workers, shards))
-
-
-# ------------------------------------------------------------------ Parsl apps (module level: importable)
-
-def _emc_job(command: str, parsl_resource_specification: dict | None = None, stdout=None, stderr=None) -> str:
+def _job(command: str, parsl_resource_specification: dict | None = None, stdout=None, stderr=None) -> str:
     return command
 
 
-def _apps():
-    from parsl import python_app
+class ParslWorkers(stages.Workers):
+    """The site's workers, through the loaded Parsl DataFlowKernel (:class:`spibatch.stages.Workers`)."""
 
-    return (python_app(stages.run_stage, executors=[TASKS_LABEL]),
-            python_app(stages.phase_start, executors=[TASKS_LABEL]))
+    def __init__(self, site: Site):
+        self.site = site
+        self.emc_mode = site.emc_mode
+        self.count = site.workers
+        self._apps = {}
 
-
-class _Submit:
-    """``submit(fn, *args)`` for the HTC EMC driver: a python app on the tasks executor."""
-
-    def __init__(self):
-        self.apps = {}
-
-    def __call__(self, fn, *args):
+    def submit(self, fn, *args):
         from parsl import python_app
 
-        if fn not in self.apps:
-            self.apps[fn] = python_app(fn, executors=[TASKS_LABEL])
-        return self.apps[fn](*args)
+        if fn not in self._apps:
+            self._apps[fn] = python_app(fn, executors=[TASKS_LABEL])
+        return self._apps[fn](*args)
 
+    def threads(self, per_node: int | None = None) -> int:
+        return threads_per_worker(self.site, per_node)
 
-def _run_emc(run_dir: Path, site: Site) -> None:
-    from spibatch.config import load_pipeline
-
-    began = time.time()
-    out = run_dir / "emc"
-    resume = (out / "provenance.json").exists()
-    if site.emc_mode == "htc":
-        from spibatch.emc.htc import run_emc_htc
-        from spibatch.rundir import create_run_dir, reopen_run_dir, run_in_dir
-
-        pipeline = load_pipeline(run_dir / stages.EMC_CONFIG)
-        config_text = (run_dir / stages.EMC_CONFIG).read_text(encoding="utf-8")
-        run = reopen_run_dir(out) if resume else create_run_dir("emc", run_dir, out, config_text=config_text,
-                                                                  command=sys.argv)
-        run.extra.update(emc_mode="htc", site=site.name, workers=site.workers)
-        outputs = run_in_dir(run, run_emc_htc, pipeline.emc, pipeline.emc.photons, pipeline.emc.detector, out,
-                             _Submit(), threads=threads_per_worker(site), device=pipeline.device,
-                             gpu_runtime=pipeline.gpu_runtime,
-                             resume=resume and (out / "checkpoint.h5").exists())
-    else:
-        module = provider_module(site.provider)
-        from spibatch.backends.parsl_common import emc_command
-
-        command = emc_command(site, run_dir, resume)
-        ranks = emc_ranks(site, run_dir / stages.EMC_CONFIG)
-        label, line, spec = module.emc_launch(site, run_dir, command, ranks)   # the provider names the executor
-        nodes = int(spec.get("num_nodes", 1)) if spec else 1
-        line = f"export NUMBA_NUM_THREADS={threads_per_worker(site, -(-ranks // nodes))}\n{line}"
-        stdout, stderr = run_dir / "stages" / "emc.stdout", run_dir / "stages" / "emc.stderr"
+    def run_job(self, stage: str, run: RunLayout, ranks: int) -> None:
+        """``python -m spibatch.stages STAGE RUN_DIR`` as one MPI job on the executor the provider names."""
         from parsl import bash_app
 
-        future = bash_app(_emc_job, executors=[label])(line, parsl_resource_specification=spec or None, stdout=str(stdout), stderr=str(stderr))
+        from spibatch.backends.parsl_common import python_words
+        from spibatch.stages.__main__ import read_result
+
+        module = provider_module(self.site.provider)
+        command = python_words(self.site) + ["-m", "spibatch.stages", stage, str(run.path)]
+        label, line, spec = module.emc_launch(self.site, run.path, command, ranks)
+        nodes = int(spec.get("num_nodes", 1)) if spec else 1
+        line = f"export NUMBA_NUM_THREADS={self.threads(-(-ranks // nodes))}\n{line}"
+        run.stage_result(stage).unlink(missing_ok=True)
+        run.stage_result(stage).parent.mkdir(parents=True, exist_ok=True)
+        stdout, stderr = run.stage_stream(stage, "stdout"), run.stage_stream(stage, "stderr")
+        future = bash_app(_job, executors=[label])(line, parsl_resource_specification=spec or None,
+                                                   stdout=str(stdout), stderr=str(stderr))
         try:
             future.result()
         except Exception as exc:
-            text = stderr.read_text(encoding="utf-8") if stderr.exists() else ""
-            said = [ln for ln in text.splitlines() if ln.startswith("spibatch: error:")]
-            if said:
-                raise InputError(said[-1].removeprefix("spibatch: error: "), field="emc") from None
-            raise RuntimeError(f"the EMC job failed ({exc.__class__.__name__}: {exc}); see {stderr}") from exc
-        outputs = {"intensity": stages.emc_intensity(run_dir)}
-    stages.mark_done(run_dir, "emc", outputs, time.time() - began, emc_mode=site.emc_mode, workers=site.workers)
+            result = read_result(run, stage) or {}
+            if result.get("exit_code") == InputError.exit_code:
+                raise InputError(result["error"], field=stage) from None
+            said = f": {result['error']}" if result.get("error") else ""
+            raise RuntimeError(f"the {stage} job failed{said} ({exc.__class__.__name__}); see {stderr}") from None
 
 
-def execute(run_dir: Path, site: Site, pipeline, until: str | None = None) -> dict[str, dict]:
+def check_pipeline(pipeline, config: Path) -> None:
+    """The pipeline has data to work on and its first stage's inputs are usable (headers only); InputError."""
+    data = [n for n in stages.order(pipeline) if n in ("simulate", "ingest")]
+    if data:
+        stages.module(data[0]).check(pipeline, config)
+    elif pipeline.emc.photons is None or pipeline.emc.detector is None:
+        raise InputError("none of a `simulation` section, an `ingest` section, or emc.photons and emc.detector",
+                         path=config, field="simulation", fix="add a simulation or an ingest (CXI) section, "
+                         "or set emc.photons and emc.detector")
+    else:
+        stages.module("emc").check(pipeline, config)
+    stages.module("validate").check(pipeline, config)
+
+
+def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> dict[str, dict]:
     """Run every unfinished stage on ``site`` (up to and including ``until``); returns ``{stage: marker}``."""
     import parsl
 
     from spibatch.backends import parsl_config
+    from spibatch.kernels.device import Device
 
-    names = stage_names(pipeline)
+    names = stages.order(pipeline)
     if until is not None:
-        if until not in names:
-            raise InputError(f"no stage '{until}' in this pipeline (stages: {', '.join(names)})", field="--until",
-                             fix="give one of the stages")
         names = names[:names.index(until) + 1]
-    todo = [n for n in names if stages.finished(run_dir, n) is None]
+    todo = [n for n in names if stages.finished(run, n) is None]
     if not todo:
         log.info("every stage has finished already")
-        return {n: stages.finished(run_dir, n) for n in names}
-    log.info("stages to run: %s (finished: %s)", ", ".join(todo),
-             ", ".join(n for n in names if n not in todo) or "none")
-    stage_app, start_app = None, None
-    dfk = parsl.load(parsl_config(site, run_dir))
+        return {n: stages.finished(run, n) for n in names}
+    log.info("stages to run: %s (finished: %s)", ", ".join(todo), ", ".join(n for n in names if n not in todo) or "none")
+    dfk = parsl.load(parsl_config(site, run.path))
     try:
-        stage_app, start_app = _apps()
-        run = str(run_dir)
-        first = names[0]
-        if first in todo:
-            stage_app(first, run).result()
-            log.info("%s: done", first)
-        if "emc" in todo:
-            _run_emc(run_dir, site)
-            log.info("emc: done (%s mode)", site.emc_mode)
-        if "phase" in todo:
-            since = time.time()
-            cfg = pipeline.phasing
-            starts = [start_app(run, k, threads_per_worker(site)) for k in range(cfg.num_starts)]
-            stage_app("phase", run, [f.result() for f in starts], since=since).result()
-            log.info("phase: done (%d starts over %d workers)", cfg.num_starts, site.workers)
-        for name in [n for n in ("validate", "report") if n in names]:
-            if name in todo:
-                stage_app(name, run).result()
-                log.info("%s: done", name)
+        workers = ParslWorkers(site)
+        device = Device()   # the driver's; each worker and MPI rank resolves its own from the run's config
+        for name in todo:
+            if name in stages.ORCHESTRATING:
+                stages.run_stage(name, run, pipeline, device, workers)
+            else:
+                workers.submit(stages.run_task, name, str(run.path)).result()
+            log.info("%s: done", name)
     finally:
         dfk.cleanup()
         parsl.clear()
-    return {n: stages.finished(run_dir, n) for n in names}
+    return {n: stages.finished(run, n) for n in names}
 
 
-# ------------------------------------------------------------------ the commands
-
-def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bool = False,
-          runs_dir: Path | None = None, adjust=None, command: list[str] | None = None, until: str | None = None):
-    """``spibatch run``: validate, preflight, create the run directory, run.  Returns (run_dir, markers).
-
-    With ``dry_run`` nothing is created or submitted: returns (would-be run dir, {file: text}).
-    ``adjust(pipeline)``: changes applied after loading (the demo's options).
-    """
-    from spibatch.backends import render
-    from spibatch.config import dump_pipeline, load_pipeline
-    from spibatch.rundir import create_run_dir, new_run_path, run_in_dir
-
-    pipeline = load_pipeline(config)
-    if runs_dir is not None:
-        pipeline.output.runs_dir = runs_dir.resolve()
-    if adjust is not None:
-        adjust(pipeline)
-    check_pipeline(pipeline, config)
-    site = load_site(site_path)
-    if site.emc_mode == "hpc" and not hasattr(provider_module(site.provider), "emc_launch"):
-        raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
-                         fix="set emc_mode: htc (or leave it out)")
-    target = (out if out is not None else new_run_path(pipeline.name, pipeline.output.runs_dir)).resolve()
-    if (target / "provenance.json").exists():
-        raise InputError("this directory already holds a run", path=target, field="--out",
-                         fix="choose a new --out directory, or `spibatch resume` it")
-    argv = list(command if command is not None else sys.argv)
-    if dry_run:
-        preflight(site, target)
-        files = render(site, target, argv)
-        check = getattr(provider_module(site.provider), "check_rendered", None)
-        if check is not None:
-            files["checks.txt"] = "\n".join(check(site, files)) + "\n"
-        return target, files
-    preflight(site, target)
-    run = create_run_dir(pipeline.name, pipeline.output.runs_dir, target, config_text=dump_pipeline(pipeline),
-                         command=argv)
-    from spibatch.io.atomic import write_text
-
-    write_text(run.file(SITE_FILE), dump_site(site))
-    run.extra.update(site=site.name, provider=site.provider, emc_mode=site.emc_mode, workers=site.workers)
-    inputs = [config] + ([site.source] if site_path is not None else [])
-    inputs += [p for p in (pipeline.simulation and pipeline.simulation.pdb, pipeline.ingest and pipeline.ingest.cxi,
-                           pipeline.emc.photons, pipeline.emc.detector) if p is not None]
-    run.add_inputs(*inputs)
-    markers = run_in_dir(run, lambda: _outputs(execute(run.path, site, pipeline, until)))
-    return run.path, markers
+def _check_until(pipeline, until: str | None) -> None:
+    names = stages.order(pipeline)
+    if until is not None and until not in names:
+        raise InputError(f"no stage '{until}' in this pipeline (stages: {', '.join(names)})", field="--until",
+                         fix="give one of the stages")
 
 
 def _outputs(markers: dict) -> dict:
@@ -255,21 +141,68 @@ def _outputs(markers: dict) -> dict:
     return out
 
 
+def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bool = False,
+          runs_dir: Path | None = None, adjust=None, command: list[str] | None = None, until: str | None = None):
+    """``spibatch run``: validate, preflight, create the run folder, run.  Returns (run_dir, outputs).
+
+    With ``dry_run`` nothing is created or submitted: returns (would-be run dir, {file: text}).
+    ``adjust(pipeline)``: changes applied after loading (the demo's options).
+    """
+    from spibatch.backends import render
+    from spibatch.config import dump_pipeline, load_pipeline
+    from spibatch.rundir import check_new_run_path, new_run_path, open_run
+
+    pipeline = load_pipeline(config)
+    if runs_dir is not None:
+        pipeline.output.runs_dir = runs_dir.resolve()
+    if adjust is not None:
+        adjust(pipeline)
+    _check_until(pipeline, until)
+    check_pipeline(pipeline, config)
+    site = load_site(site_path)
+    if site.emc_mode == "hpc" and not hasattr(provider_module(site.provider), "emc_launch"):
+        raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
+                         fix="set emc_mode: htc (or leave it out)")
+    target = check_new_run_path((out if out is not None else new_run_path(pipeline.name,
+                                                                         pipeline.output.runs_dir)).resolve())
+    argv = list(command if command is not None else sys.argv)
+    preflight(site, target)
+    if dry_run:
+        files = render(site, target, argv)
+        check = getattr(provider_module(site.provider), "check_rendered", None)
+        if check is not None:
+            files["checks.txt"] = "\n".join(check(site, files)) + "\n"
+        return target, files
+    inputs = [config] + ([site.source] if site_path is not None else [])
+    inputs += [p for p in (pipeline.simulation and pipeline.simulation.pdb, pipeline.ingest and pipeline.ingest.cxi,
+                           pipeline.emc.photons, pipeline.emc.detector) if p is not None]
+    with open_run(name=pipeline.name, runs_dir=pipeline.output.runs_dir, out=target, command=argv,
+                  config_text=dump_pipeline(pipeline), inputs=tuple(inputs), resume_hint=f"spibatch resume {target}",
+                  extra=dict(site=site.name, provider=site.provider, emc_mode=site.emc_mode,
+                             workers=site.workers)) as run:
+        from spibatch.io.atomic import write_text
+
+        write_text(run.layout.site, dump_site(site))
+        run.outputs.update(_outputs(execute(run.layout, site, pipeline, until)))
+    return run.path, run.outputs
+
+
 def resume(run_dir: Path, command: list[str] | None = None):
     """``spibatch resume``: run the stages of ``run_dir`` that have not finished, on its own site."""
     from spibatch.config import load_pipeline
-    from spibatch.rundir import reopen_run_dir, run_in_dir
+    from spibatch.rundir import open_run, read_provenance
 
-    run_dir = Path(run_dir).resolve()
-    for name in ("provenance.json", "config.yaml", SITE_FILE):
-        if not (run_dir / name).is_file():
-            raise InputError(f"no {name} here: not a run of `spibatch run`", path=run_dir, field="RUN_DIR",
+    run = RunLayout(Path(run_dir).resolve())
+    for path in (run.provenance, run.config, run.site):
+        if not path.is_file():
+            raise InputError(f"no {path.name} here: not a run of `spibatch run`", path=run.path, field="RUN_DIR",
                              fix="give the run directory `spibatch run` printed")
-    record = json.loads((run_dir / "provenance.json").read_text(encoding="utf-8"))
-    pipeline = load_pipeline(run_dir / "config.yaml")
-    site = load_site(run_dir / SITE_FILE)
-    preflight(site, run_dir)
-    run = reopen_run_dir(run_dir, command=command, unchanged=tuple(p for p in record.get("inputs", {})
-                                                                    if Path(p).exists()))
-    markers = run_in_dir(run, lambda: _outputs(execute(run.path, site, pipeline)))
-    return run.path, markers
+    record = read_provenance(run.path)
+    pipeline = load_pipeline(run.config)
+    site = load_site(run.site)
+    preflight(site, run.path)
+    recorded = tuple(p for p in record.get("inputs", {}) if Path(p).exists())
+    with open_run(resume=run.path, command=command, inputs=recorded,
+                  resume_hint=f"spibatch resume {run.path}") as opened:
+        opened.outputs.update(_outputs(execute(run, site, pipeline)))
+    return opened.path, opened.outputs

@@ -1,9 +1,12 @@
-"""The run directory: where every command that produces results writes.
+"""Run folders: creation, provenance, the one-owner lock, status, resume checks.
 
-``runs/<name>-<UTC timestamp>/`` (or ``--out``) holds the resolved config
-(``config.yaml``), ``provenance.json`` (versions, host, git revision, command
-line, SHA-256 of every input file, start/end time and status), ``log.txt``
-and the outputs.  Result files are written atomically (spibatch.io.atomic).
+``runs/<name>-<UTC timestamp>/`` (or ``--out``) holds the resolved config, ``provenance.json``
+(versions, host, git revision, command line, fingerprints of every input file, start/end time
+and status), ``log.txt`` and the stages' outputs (names: :mod:`spibatch.layout`).  Result files
+are written atomically (:mod:`spibatch.io.atomic`).  :func:`open_run` is the one context manager
+every command runs its stages in: it creates (or reopens) the folder, takes its lock, records the
+inputs, and on the way out marks the status (completed, failed, interrupted), writes the report
+and releases the lock.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import platform
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spibatch import __version__
+from spibatch import __version__, layout
 from spibatch.errors import InputError
 from spibatch.io.atomic import write_text
 
@@ -95,21 +99,26 @@ def git_revision(where: Path) -> str | None:
 
 @dataclass
 class RunDir:
-    """A run directory and its provenance record."""
+    """A run folder, its provenance record and (while a process writes into it) its lock."""
 
     path: Path
     command: list[str]
     inputs: dict[str, str] = field(default_factory=dict)   # path -> input_fingerprint (sha256)
     started: str = field(default_factory=utc_now)
     extra: dict = field(default_factory=dict)              # more provenance keys (mpi_ranks, resumed, ...)
+    outputs: dict = field(default_factory=dict)            # what the stages wrote (name -> path)
     _log_handler: logging.Handler | None = None
 
+    @property
+    def layout(self) -> layout.RunLayout:
+        return layout.RunLayout(self.path)
+
     def file(self, name: str) -> Path:
-        """Path of an output called ``name`` inside the run directory."""
+        """Path of a file called ``name`` at the top of the run folder."""
         return self.path / name
 
     def add_inputs(self, *paths: str | os.PathLike) -> None:
-        """Record the SHA-256 of input files (in provenance.json; see input_fingerprint for large ones)."""
+        """Record the fingerprint of input files (in provenance.json; see input_fingerprint for large ones)."""
         for p in paths:
             p = Path(p).resolve()
             self.inputs[str(p)] = input_fingerprint(p)
@@ -133,7 +142,7 @@ class RunDir:
             record["outputs"] = {k: str(v) for k, v in outputs.items()}
         if error:
             record["error"] = error
-        write_text(self.file("provenance.json"), json.dumps(record, indent=2) + "\n")
+        write_text(self.layout.provenance, json.dumps(record, indent=2) + "\n")
 
     def finish(self, status: str = "completed", error: str | None = None, outputs: dict | None = None) -> None:
         """Write the final provenance and detach the log file."""
@@ -142,6 +151,75 @@ class RunDir:
             stop_logging(self._log_handler)
             self._log_handler = None
 
+
+# ------------------------------------------------------------------ the lock: one writer at a time
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_lock(folder: Path) -> dict | None:
+    """The lock's record (pid, host, started, command), or None when the folder is not locked."""
+    try:
+        return json.loads((Path(folder) / layout.LOCK).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": None, "host": None, "started": None, "command": "(unreadable lock)"}
+
+
+def lock_is_stale(record: dict) -> bool:
+    """Whether a lock's owner is known to be gone (same host, its pid no longer runs)."""
+    pid = record.get("pid")
+    return record.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+
+
+def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, take_over_stale: bool = False) -> Path:
+    """Make this process the folder's one writer: create ``lock`` atomically (O_EXCL) with our pid and host.
+
+    InputError (one line, nothing written) when another process holds it, naming the owner.  A lock whose
+    owner is gone (same host, its pid no longer runs: it was killed) is refused with that said -- or, with
+    ``take_over_stale`` (a resume), taken over with a warning naming the old owner; never silently.
+    """
+    path = Path(folder) / layout.LOCK
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(), "command": list(command)}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        owner = read_lock(folder) or {}
+        who = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}"
+        if lock_is_stale(owner) and take_over_stale:
+            log.warning("taking over the lock of %s, which no longer runs (it was killed)", who)
+            path.unlink(missing_ok=True)
+            return take_lock(folder, command, field_name)
+        if lock_is_stale(owner):
+            raise InputError(f"locked by {who}, which no longer runs (a stale lock: that process was killed)",
+                             path=folder, field=field_name, fix=f"make sure nothing writes into it, then delete "
+                             f"{path} and try again") from None
+        raise InputError(f"another process writes into this run folder ({who})", path=folder, field=field_name,
+                         fix="wait for it to finish, or stop it first") from None
+    except OSError as exc:
+        raise InputError(f"cannot create its lock ({exc.strerror})", path=folder, field=field_name,
+                         fix="choose a writable location") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return path
+
+
+def release_lock(folder: Path) -> None:
+    """Remove the folder's lock if this process holds it."""
+    record = read_lock(folder)
+    if record is not None and record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
+        (Path(folder) / layout.LOCK).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ creating and reopening
 
 def new_run_path(name: str, runs_dir: Path) -> Path:
     """``runs_dir/<name>-<YYYYmmddTHHMMSSZ>``, with ``-2``, ``-3``... if that exists already."""
@@ -154,29 +232,43 @@ def new_run_path(name: str, runs_dir: Path) -> Path:
     return path
 
 
-def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
-                   config_text: str | None = None, command: list[str] | None = None) -> RunDir:
-    """Create the run directory, write ``config.yaml`` and start ``provenance.json`` and ``log.txt``.
-
-    ``out`` (from ``--out``) is used as it is; it may exist but must not hold
-    an earlier run (a ``provenance.json``): nothing earlier is overwritten.
-    """
-    path = Path(out) if out is not None else new_run_path(name, Path(runs_dir))
-    if (path / "provenance.json").exists():
+def check_new_run_path(path: Path) -> Path:
+    """``path`` may become a new run folder: InputError (nothing created) if it holds a run or is a file."""
+    if (path / layout.PROVENANCE).exists():
         raise InputError("this directory already holds a run", path=path, field="--out",
                          fix="choose a new --out directory, or leave --out out to get runs/<name>-<time>/")
     if path.exists() and not path.is_dir():
         raise InputError("exists and is not a directory", path=path, field="--out", fix="choose a directory path")
+    return path
+
+
+def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
+                   config_text: str | None = None, command: list[str] | None = None) -> RunDir:
+    """Create the run folder, take its lock, write ``config.yaml`` and start ``provenance.json`` and ``log.txt``.
+
+    ``out`` (from ``--out``) is used as it is; it may exist but must not hold an earlier run (a
+    ``provenance.json``): nothing earlier is overwritten.
+    """
+    path = check_new_run_path(Path(out) if out is not None else new_run_path(name, Path(runs_dir)))
+    command = list(command if command is not None else sys.argv)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the run directory ({exc.strerror})", path=path, field="--out",
                          fix="choose a writable location") from None
-    run = RunDir(path=path.resolve(), command=list(command if command is not None else sys.argv))
-    if config_text is not None:
-        write_text(run.file("config.yaml"), config_text)
-    _attach_log(run)
-    run.write_provenance("running")
+    take_lock(path, command)
+    if (path / layout.PROVENANCE).exists():   # another process made a run here between our check and our lock
+        release_lock(path)
+        check_new_run_path(path)
+    run = RunDir(path=path.resolve(), command=command)
+    try:
+        if config_text is not None:
+            write_text(run.layout.config, config_text)
+        _attach_log(run)
+        run.write_provenance("running")
+    except BaseException:
+        release_lock(path)
+        raise
     log.info("run directory %s", run.path)
     return run
 
@@ -197,63 +289,123 @@ def stop_logging(handler: logging.Handler) -> None:
 
 
 def _attach_log(run: RunDir) -> None:
-    run._log_handler = log_to(run.file("log.txt"))
+    run._log_handler = log_to(run.layout.log)
 
 
-def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
-                   unchanged: tuple[str | os.PathLike, ...] = ()) -> RunDir:
-    """Reopen an earlier run directory to continue it (``--resume``).
-
-    The first start time and input checksums are kept; the resumption's time
-    and command line are appended to ``resumed`` in provenance.json, and
-    log.txt is appended to.  Nothing else is touched.  Files in ``unchanged``
-    that the run recorded as inputs must still have their recorded SHA-256
-    (InputError before anything is written otherwise).
-    """
-    path = Path(path)
+def read_provenance(path: Path, field_name: str = "--resume") -> dict:
+    """A run folder's provenance record; InputError (one line) when it is missing or unreadable."""
     fix = "give the run directory of an earlier run (it holds provenance.json)"
     try:
-        record = json.loads((path / "provenance.json").read_text(encoding="utf-8"))
+        return json.loads((Path(path) / layout.PROVENANCE).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError("no provenance.json here: not a run directory", path=path, field="--resume",
+        raise InputError("no provenance.json here: not a run directory", path=path, field=field_name,
                          fix=fix) from None
     except (OSError, ValueError) as exc:
-        raise InputError(f"provenance.json unreadable ({exc.__class__.__name__})", path=path, field="--resume",
+        raise InputError(f"provenance.json unreadable ({exc.__class__.__name__})", path=path, field=field_name,
                          fix=fix) from None
-    for name in unchanged:
+
+
+def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...]) -> None:
+    """Every file in ``paths`` that the run recorded as an input still has its recorded fingerprint;
+    InputError naming the first that changed (or disappeared) otherwise."""
+    for name in paths:
         before = record.get("inputs", {}).get(str(Path(name).resolve()))
         if before is None:
             continue
+        if not Path(name).is_file():
+            raise InputError("this input of the run is gone", path=name, field="--resume",
+                             fix="put the original file back, or start a new run")
         now = input_fingerprint(name) if before.startswith("size-and-ends:") else sha256_file(name)  # old runs: whole
         if now != before:
             raise InputError("changed since the run started (its SHA-256 differs from provenance.json's)",
                              path=name, field="--resume", fix="resume with the original file, or start a new run")
+
+
+def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
+                   unchanged: tuple[str | os.PathLike, ...] = (), check=None) -> RunDir:
+    """Reopen an earlier run folder to continue it (``--resume``, ``spibatch resume``).
+
+    Order: read provenance.json, take the lock, check that the recorded inputs in ``unchanged``
+    are unchanged and run ``check()`` (e.g. the checkpoint's settings) -- any refusal raises
+    InputError with nothing written; only then are the resumption's time and command line
+    appended to ``resumed`` in provenance.json and log.txt reopened.
+    """
+    path = Path(path)
+    record = read_provenance(path)
     command = list(command if command is not None else sys.argv)
-    keep = {k: record[k] for k in record if k not in ("status", "command", "started", "finished", "host",
-                                                       "platform", "cwd", "git_revision", "versions",
-                                                       "inputs", "outputs", "error")}
-    resumed = list(keep.pop("resumed", [])) + [{"at": utc_now(), "command": command,
-                                                "previous_status": record.get("status")}]
-    run = RunDir(path=path.resolve(), command=record.get("command", command), inputs=dict(record.get("inputs", {})),
-                 started=record.get("started", utc_now()), extra=keep | {"resumed": resumed})
-    _attach_log(run)
-    run.write_provenance("running")
+    take_lock(path, command, field_name="--resume", take_over_stale=True)
+    try:
+        check_unchanged(record, tuple(unchanged))
+        if check is not None:
+            check()
+        keep = {k: record[k] for k in record if k not in ("status", "command", "started", "finished", "host",
+                                                           "platform", "cwd", "git_revision", "versions",
+                                                           "inputs", "outputs", "error")}
+        resumed = list(keep.pop("resumed", [])) + [{"at": utc_now(), "command": command,
+                                                    "previous_status": record.get("status")}]
+        run = RunDir(path=path.resolve(), command=record.get("command", command),
+                     inputs=dict(record.get("inputs", {})), started=record.get("started", utc_now()),
+                     extra=keep | {"resumed": resumed})
+        _attach_log(run)
+        run.write_provenance("running")
+    except BaseException:
+        release_lock(path)
+        raise
     log.info("resuming in run directory %s", run.path)
     return run
 
 
-def run_in_dir(run: RunDir, body, *args, **kwargs):
-    """Call ``body(*args, **kwargs)`` and record its outcome in provenance.json.
+# ------------------------------------------------------------------ the one context manager
 
-    ``body`` returns a mapping of output names to paths; on an exception the
-    run is marked ``failed`` with the error's first line, and the exception
-    propagates.
+@contextmanager
+def open_run(*, name: str = "spibatch", runs_dir: Path = Path("runs"), out: Path | None = None,
+             resume: Path | None = None, config_text: str | None = None, command: list[str] | None = None,
+             inputs: tuple = (), unchanged: tuple | None = None, check=None, extra: dict | None = None,
+             resume_hint: str | None = None, report: bool = True):
+    """Create (or, with ``resume``, reopen) a run folder, own it, record its inputs; yield the :class:`RunDir`.
+
+    The body fills ``run.outputs``.  On the way out the status is written -- ``completed``, ``failed`` (the
+    error's first line) or ``interrupted`` (Ctrl-C or SIGTERM; the log says how to resume: ``resume_hint``)
+    --, the report is written (a failure there never fails the run), and the lock is released.
+    ``unchanged``: the inputs a resume must find unchanged (default: ``inputs``); ``check``: called after the
+    lock is taken and before anything is written when resuming (see :func:`reopen_run_dir`).
     """
+    if resume is not None:
+        run = reopen_run_dir(resume, command=command, unchanged=tuple(inputs if unchanged is None else unchanged),
+                             check=check)
+    else:
+        run = create_run_dir(name, runs_dir, out, config_text=config_text, command=command)
     try:
-        outputs = body(*args, **kwargs)
-    except BaseException as exc:
-        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        run.finish("failed", error=f"{exc.__class__.__name__}: {first}")
-        raise
-    run.finish("completed", outputs=outputs)
-    return outputs
+        run.extra.update(extra or {})
+        try:
+            run.add_inputs(*inputs)
+            yield run
+        except KeyboardInterrupt:
+            run.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM)")
+            hint = resume_hint or f"spibatch resume {run.path}"
+            log.warning("interrupted; continue with: %s", hint)
+            raise
+        except BaseException as exc:
+            first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            run.finish("failed", error=f"{exc.__class__.__name__}: {first}")
+            raise
+        else:
+            run.finish("completed", outputs=run.outputs)
+        finally:
+            if report:
+                write_report_quietly(run.path)
+    finally:
+        release_lock(run.path)
+
+
+def write_report_quietly(run_path: Path) -> Path | None:
+    """report.html + PNGs into a run folder; a failure here is logged, never raised (the results are on disk)."""
+    try:
+        from spibatch.monitor.report import write_report
+
+        path = write_report(run_path)
+        log.info("report: %s", path)
+        return path
+    except Exception as exc:  # noqa: BLE001 - the report is a view of results already written
+        log.warning("could not write the report into %s: %s: %s", run_path, exc.__class__.__name__, exc)
+        return None

@@ -33,12 +33,12 @@ def small_dataset(shared_datasets: Path) -> Path:
 @pytest.fixture(scope="session")
 def emc_small(small_dataset: Path, tmp_path_factory) -> dict[str, Path]:
     """240 frames of the small set and its detector, rewritten by our writers (EMC tests' input)."""
-    from spibatch.io.dragonfly import read_detector, read_photons, write_detector, write_photons
-
+    from spibatch.io.dragonfly import read_photons, write_detector, write_photons
+    from spibatch.detector import Detector
     folder = tmp_path_factory.mktemp("emc_small")
     paths = {"photons": folder / "photons.h5", "detector": folder / "detector.h5"}
     write_photons(paths["photons"], read_photons(small_dataset / "photons.emc", 0, 240))
-    write_detector(paths["detector"], read_detector(small_dataset / "det_sim.h5"))
+    write_detector(paths["detector"], Detector.read(small_dataset / "det_sim.h5"))
     return paths
 
 

@@ -97,11 +97,12 @@ class RunWriter:
                          {"voxel_size_m": voxel_m, "resolution_m": n * voxel_m / 7.5, "resolution_shell": 7.5})
         write_text(folder / "metrics.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
 
-    def fsc(self, out: str = "phase") -> None:
+    def fsc(self, out: str = "validate") -> None:
         n = EDGE
         voxel_m = 1.0 / (n * DQ_PER_M)
         radius = np.arange(n // 2 + 1, dtype=float)
         fsc = np.clip(1.2 - radius / 6.0, -0.1, 1.0)
+        (self.folder / out).mkdir(parents=True, exist_ok=True)
         write_text(self.folder / out / "fsc_vs_truth.json", json.dumps(
             {"cc": 0.8, "inverted": False, "voxel_size_m": voxel_m, "radius": radius.tolist(),
              "frequency": (radius / (n * voxel_m)).tolist(), "fsc": fsc.tolist(),

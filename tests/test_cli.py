@@ -88,40 +88,47 @@ def test_missing_inputs(tmp_path, args):
 
 
 def test_demo_writes_a_complete_run(tmp_path):
-    from spibatch.io.dragonfly import check_match, photons_info, read_detector
+    from spibatch.detector import Detector
+    from spibatch.io.dragonfly import check_match, photons_info
     from spibatch.io.results import read_result
+    from spibatch.layout import RunLayout
 
     done = spibatch_cli("demo", "--iterations", "2", "--starts", "2", cwd=tmp_path)   # demo.yaml: 20 and 8
     assert done.returncode == 0, done.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("demo-")
-    run = runs[0]
-    for name in ("detector.h5", "photons.emc", "truth.h5", "density.mrc", "config.yaml", "provenance.json", "log.txt"):
-        assert (run / name).is_file(), name
-        assert str(run / name) in done.stdout  # it says where everything went
-    frames, pixels = photons_info(run / "photons.emc")
-    detector = read_detector(run / "detector.h5")
-    check_match(detector, pixels, run / "detector.h5", run / "photons.emc")
+    run = RunLayout(runs[0])
+    data = run.stage_dir("simulate")
+    for path in (data / "detector.h5", data / "photons.emc", run.truth, data / "density.mrc", run.config,
+                 run.provenance, run.log, run.report):
+        assert path.is_file(), path
+        assert str(path) in done.stdout  # it says where everything went
+    frames, pixels = photons_info(data / "photons.emc")
+    detector = Detector.read(data / "detector.h5")
+    check_match(detector, pixels, data / "detector.h5", data / "photons.emc")
     assert (frames, pixels) == (1000, 64 * 64)
-    datasets, attrs = read_result(run / "truth.h5")
+    datasets, attrs = read_result(run.truth)
     assert datasets["quaternions"].shape == (1000, 4)
     assert datasets["intensity"].shape[0] == detector.model_size()
-    assert json.loads((run / "provenance.json").read_text())["status"] == "completed"
-    assert not list(run.glob("*.part")) and not list(run.glob(".*"))
+    assert json.loads(run.provenance.read_text())["status"] == "completed"
+    assert "completed" in run.report.read_text()        # the report is written after the final status
+    assert not list(run.path.rglob("*.part")) and not list(run.path.glob(".*")) and not run.lock.exists()
     # then EMC on those patterns, in emc/, and the correlation with the truth, printed and written
     for name in ("output_001.h5", "output_002.h5", "EMC.log", "metrics.jsonl", "checkpoint.h5"):
-        assert (run / "emc" / name).is_file(), name
-    assert not (run / "emc" / "output_003.h5").exists() and not list((run / "emc").glob(".*"))
-    comparison = json.loads((run / "emc" / "truth_comparison.json").read_text())
+        assert (run.emc / name).is_file(), name
+    assert not run.emc_output(3).exists() and not list(run.emc.glob(".*"))
+    comparison = json.loads(run.emc_vs_truth.read_text())
     assert 0.0 < comparison["cc"] <= 1.0 and comparison["iterations"] == 2
     assert (comparison["r_min"], comparison["r_max"]) == (4.0, 31.0)     # beam stop 3 px, edge 32 px
-    assert f"cc = {comparison['cc']:.4f}" in done.stdout and str(run / "emc" / "EMC.log") in done.stdout
-    # then phasing of the EMC intensity, in phase/, and the FSC with the true density
-    for name in ("phasing.h5", "density.mrc", "phasing.png", "metrics.jsonl", "fsc_vs_truth.json", "fsc_vs_truth.png"):
-        assert (run / "phase" / name).is_file(), name
-    phased = json.loads((run / "phase" / "fsc_vs_truth.json").read_text())
+    assert f"cc = {comparison['cc']:.4f}" in done.stdout and str(run.emc_log) in done.stdout
+    # then phasing of the EMC intensity, in phase/, and the FSC with the true density in validate/
+    for path in (run.phasing, run.phased_density_mrc, run.phasing_png, run.phasing_metrics, run.fsc_vs_truth,
+                 run.validate / "fsc_vs_truth.png"):
+        assert path.is_file(), path
+    phased = json.loads(run.fsc_vs_truth.read_text())
     assert phased["starts"] == 2 and phased["fsc"][0] == pytest.approx(1.0, abs=0.05)
-    assert "phasing: 2 starts" in done.stdout and "FSC of the density with the true density" in done.stdout
+    assert "phasing: 2 of 2 starts kept" in done.stdout and "FSC of the density with the true density" in done.stdout
+    assert f"spibatch monitor {run.path}" in done.stdout and f"report: {run.report}" in done.stdout
 
 
 def test_truncated_hdf5_and_negative_counts_exit_2(tmp_path):

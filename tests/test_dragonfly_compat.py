@@ -87,14 +87,10 @@ def _check_output(out_dir: Path, log: str, iterations: int, num_frames: int, num
 
 
 def test_dragonfly_reads_our_rewrite_of_the_small_set(dragonfly_emc, small_dataset, tmp_path):
-    from spibatch.io.dragonfly import (
-        read_detector,
-        read_photons,
-        write_detector,
-        write_photons,
-    )
+    from spibatch.detector import Detector
+    from spibatch.io.dragonfly import read_photons, write_detector, write_photons
 
-    detector = read_detector(small_dataset / "det_sim.h5")
+    detector = Detector.read(small_dataset / "det_sim.h5")
     photons = read_photons(small_dataset / "photons.emc").select(0, 200)
     write_detector(tmp_path / "detector.h5", detector)
     write_photons(tmp_path / "photons.emc", photons)
@@ -106,16 +102,16 @@ def test_dragonfly_reads_our_rewrite_of_the_small_set(dragonfly_emc, small_datas
 def test_dragonfly_reconstructs_from_our_simulation(dragonfly_emc, tmp_path):
     try:
         from spibatch.config import Geometry, Pipeline, Simulation
-        from spibatch.sim import simulate
+        from spibatch.stages.simulate import simulate_to
     except ImportError as err:  # the simulator is not in this tree yet
         pytest.skip(f"spibatch.sim.simulate not available: {err}")
-    from spibatch.io.dragonfly import photons_info, read_detector
-
+    from spibatch.io.dragonfly import photons_info
+    from spibatch.detector import Detector
     pdb = resources.files("spibatch") / "data" / "1EI7.pdb"
     pipeline = Pipeline(name="dragonfly-compat", geometry=Geometry(wavelength_m=6.2e-10, detector_pixels=64),
                         simulation=Simulation(pdb=Path(str(pdb)), num_patterns=200, seed=3))
-    paths = simulate(pipeline, tmp_path / "sim", show_progress=False)
-    detector = read_detector(paths["detector"])
+    paths = simulate_to(pipeline, tmp_path / "sim", show_progress=False)
+    detector = Detector.read(paths["detector"])
     num_frames, num_pix = photons_info(paths["photons"])
     assert (num_frames, num_pix) == (200, 64 * 64)
     out_dir, log = _run_emc(dragonfly_emc, tmp_path / "sim", paths["photons"].name, paths["detector"].name)

@@ -24,7 +24,7 @@ def spibatch_emc(*args: str, cwd: Path, env: dict | None = None) -> subprocess.C
 
 def checkpoint_iteration(run: Path) -> int:
     try:
-        with h5py.File(run / "checkpoint.h5", "r") as f:
+        with h5py.File(run / "emc" / "checkpoint.h5", "r") as f:
             return int(f.attrs["iteration"])
     except (OSError, KeyError):
         return 0
@@ -34,7 +34,7 @@ def test_run_dir_provenance_and_resume_after_sigkill_is_bit_identical(emc_config
     config = emc_config(tmp_path, iterations=3)
     whole = spibatch_emc(str(config), "--out", str(tmp_path / "whole"), cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
-    assert str(tmp_path / "whole" / "output_003.h5") in whole.stdout
+    assert str(tmp_path / "whole" / "emc" / "output_003.h5") in whole.stdout
     record = json.loads((tmp_path / "whole" / "provenance.json").read_text())
     assert record["status"] == "completed" and record["mpi_ranks"] == 1
     assert str(emc_small["photons"]) in record["inputs"] and str(emc_small["detector"]) in record["inputs"]
@@ -53,23 +53,23 @@ def test_run_dir_provenance_and_resume_after_sigkill_is_bit_identical(emc_config
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert checkpoint_iteration(run) == 2 and not (run / "output_003.h5").exists()
+    assert checkpoint_iteration(run) == 2 and not (run / "emc" / "output_003.h5").exists()
     assert json.loads((run / "provenance.json").read_text())["status"] == "running"   # it never knew
 
     resumed = spibatch_emc(str(config), "--resume", str(run), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after iteration 2" in resumed.stderr
-    with h5py.File(run / "output_003.h5") as a, h5py.File(tmp_path / "whole" / "output_003.h5") as b:
+    with h5py.File(run / "emc" / "output_003.h5") as a, h5py.File(tmp_path / "whole" / "emc" / "output_003.h5") as b:
         assert np.array_equal(a["intensity"][()], b["intensity"][()])
         assert np.array_equal(a["orientations"][()], b["orientations"][()])
         assert np.array_equal(a["scale"][()], b["scale"][()])
-    with h5py.File(run / "checkpoint.h5") as a, h5py.File(tmp_path / "whole" / "checkpoint.h5") as b:
+    with h5py.File(run / "emc" / "checkpoint.h5") as a, h5py.File(tmp_path / "whole" / "emc" / "checkpoint.h5") as b:
         assert np.array_equal(a["model"][()], b["model"][()])
-    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines = (run / "emc" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
     record = json.loads((run / "provenance.json").read_text())
     assert record["status"] == "completed" and len(record["resumed"]) == 1
-    assert not list(run.glob(".*"))
+    assert not list(run.rglob(".*")) and not (run / "lock").exists()
 
 
 def write_volume(path: Path, value: float, size: int = 91) -> Path:
@@ -80,9 +80,9 @@ def write_volume(path: Path, value: float, size: int = 91) -> Path:
 
 
 def mismatched_detector(folder: Path, emc_small) -> Path:
-    from spibatch.io.dragonfly import read_detector, write_detector
-
-    det = read_detector(emc_small["detector"])
+    from spibatch.io.dragonfly import write_detector
+    from spibatch.detector import Detector
+    det = Detector.read(emc_small["detector"])
     det.q_voxels, det.corr, det.mask = det.q_voxels[:-64], det.corr[:-64], det.mask[:-64]
     write_detector(folder / "other_detector.h5", det)
     return folder / "other_detector.h5"
@@ -126,7 +126,7 @@ def test_missing_inputs_say_simulate_first(tmp_path):
     config.write_text("name: t\nsimulation: {pdb: 1EI7.pdb}\nemc: {num_div: 2}\n")
     done = spibatch_emc(str(config), cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert "emc.photons" in done.stderr and "spibatch simulate" in done.stderr
+    assert "emc.photons" in done.stderr and "spibatch run" in done.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -147,5 +147,5 @@ def test_resume_needs_a_run_dir_and_unchanged_inputs(emc_config, small_dataset, 
     done = spibatch_emc(str(config), "--resume", str(tmp_path / "run"), cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "photons.h5" in done.stderr and "changed since the run started" in done.stderr
-    assert not (tmp_path / "run" / "output_002.h5").exists()
+    assert not (tmp_path / "run" / "emc" / "output_002.h5").exists()
     assert (tmp_path / "run" / "provenance.json").read_text() == provenance

@@ -12,7 +12,7 @@ from spibatch.config import EMC, BetaSchedule
 from spibatch.emc import driver, mpi, records
 from spibatch.emc.step import PixelSet, Rotations, StepState, random_model, reduce, shard_step
 from spibatch.errors import InputError
-from spibatch.io.dragonfly import read_detector
+from spibatch.detector import Detector
 from spibatch.io.results import read_result
 
 
@@ -63,7 +63,7 @@ def test_outputs_present_consistent_and_atomic(emc_small, tmp_path):
 
 def test_emc_iteration_is_reduce_of_shard_steps(emc_small):
     """The HTC contract: one task per shard, then reduce, gives the serial driver's sums bit for bit."""
-    detector = read_detector(emc_small["detector"])
+    detector = Detector.read(emc_small["detector"])
     pixels = PixelSet.from_detector(detector)
     rotations = Rotations.refined_600_cell(1)
     shards = driver.load_shards(emc_small["photons"], pixels, mpi.shard_bounds(240, 100))

@@ -51,16 +51,16 @@ def test_two_ranks_give_the_one_rank_model(mpirun, emc_config, tmp_path):
 
     record = json.loads((tmp_path / "two" / "provenance.json").read_text())
     assert record["status"] == "completed" and record["mpi_ranks"] == 2
-    metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (tmp_path / "two" / "emc" / "metrics.jsonl").read_text().splitlines()]
     assert [m["mpi_ranks"] for m in metrics] == [2, 2, 2] and metrics[-1]["num_frames"] == 240
     assert "on 2 rank(s)" in two.stdout and two.stdout.count("EMC: 3 iterations") == 1   # rank 0 alone speaks
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["one", "two"]   # one run dir, not two
 
-    with h5py.File(tmp_path / "one" / "checkpoint.h5") as a, h5py.File(tmp_path / "two" / "checkpoint.h5") as b:
+    with h5py.File(tmp_path / "one" / "emc" / "checkpoint.h5") as a, h5py.File(tmp_path / "two" / "emc" / "checkpoint.h5") as b:
         model_1, model_2 = a["model"][()], b["model"][()]
         assert np.abs(model_2 - model_1).max() <= TOLERANCE * np.abs(model_1).max()
         assert np.allclose(a["scales"][()], b["scales"][()], rtol=TOLERANCE, atol=0)
-    with h5py.File(tmp_path / "one" / "output_003.h5") as a, h5py.File(tmp_path / "two" / "output_003.h5") as b:
+    with h5py.File(tmp_path / "one" / "emc" / "output_003.h5") as a, h5py.File(tmp_path / "two" / "emc" / "output_003.h5") as b:
         assert np.array_equal(a["orientations"][()], b["orientations"][()])
         assert b["intensity"].shape == (91, 91, 91) and b.attrs["mpi_ranks"] == 2
 

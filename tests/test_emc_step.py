@@ -9,14 +9,13 @@ from spibatch.config import Geometry
 from spibatch.emc.step import (PixelSet, Rotations, Shard, StepState, finish, random_model, reduce,
                                shard_step)
 from spibatch.photons import Photons
-from spibatch.sim.geometry import flat_detector
 
 
 @pytest.fixture(scope="module")
 def problem():
     """An anisotropic intensity, 120 frames of ~3000 photons at known sampled rotations (num_div 2)."""
-    detector = flat_detector(Geometry(detector_pixels=24, pixel_size_m=1e-3, detector_distance_m=0.1,
-                                      wavelength_m=1e-10, beamstop_radius_pixels=2))
+    detector = (Geometry(detector_pixels=24, pixel_size_m=1e-3, detector_distance_m=0.1,
+                                      wavelength_m=1e-10, beamstop_radius_pixels=2)).detector()
     m = detector.model_size()
     x = np.arange(m) - (m - 1) / 2
     gx, gy, gz = np.meshgrid(x, x, x, indexing="ij")

@@ -106,8 +106,8 @@ def test_mpi_ranks_on_the_gpu_path_give_the_cpu_model(emc_config, tmp_path):
     one = subprocess.run([*command, str(cpu_config), "--out", str(tmp_path / "one")], capture_output=True,
                          text=True, cwd=tmp_path, timeout=600, env=env)
     assert one.returncode == 0, one.stderr
-    metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (tmp_path / "two" / "emc" / "metrics.jsonl").read_text().splitlines()]
     assert [m["mpi_ranks"] for m in metrics] == [2, 2] and "transfer_s" in metrics[-1]["timing"]   # the GPU step ran
-    with h5py.File(tmp_path / "one" / "checkpoint.h5") as a, h5py.File(tmp_path / "two" / "checkpoint.h5") as b:
+    with h5py.File(tmp_path / "one" / "emc" / "checkpoint.h5") as a, h5py.File(tmp_path / "two" / "emc" / "checkpoint.h5") as b:
         cpu, gpu = a["model"][()], b["model"][()]
         assert np.abs(gpu - cpu).max() <= 1e-3 * np.abs(cpu).max()

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from spibatch.errors import InputError
-from spibatch.io.cxi import cxi_detector, cxi_to_photons
+from spibatch.detector import Detector
+from spibatch.io.cxi import cxi_to_photons
 from spibatch.io.dragonfly import photons_info, read_photons, write_photons
 from spibatch.photons import Photons
 
@@ -155,14 +156,13 @@ GEOMETRY = {"/entry_1/instrument_1/detector_1/distance": 0.3, "/entry_1/instrume
 
 def test_cxi_detector_matches_simulator_geometry(tmp_path):
     from spibatch.config import Geometry
-    from spibatch.sim.geometry import flat_detector
 
     bad = np.zeros((8, 8), np.uint8)
     bad[0, 5] = 1
     make_cxi(tmp_path / "run.cxi", frame_shape=(8, 8), mask=bad, geometry=GEOMETRY)
-    det = cxi_detector(tmp_path / "run.cxi", beamstop_radius_pixels=2)
-    ref = flat_detector(Geometry(detector_pixels=8, pixel_size_m=0.512e-3, detector_distance_m=0.3,
-                                 wavelength_m=6.2e-10, beamstop_radius_pixels=2))
+    det = Detector.from_cxi(tmp_path / "run.cxi", beamstop_radius_pixels=2)
+    ref = (Geometry(detector_pixels=8, pixel_size_m=0.512e-3, detector_distance_m=0.3,
+                                 wavelength_m=6.2e-10, beamstop_radius_pixels=2)).detector()
     assert det.num_pix == 64 and det.shape == (8, 8)
     assert np.isclose(det.voxel_size_per_m, ref.voxel_size_per_m, rtol=1e-9)
     assert det.ewald_radius_voxels == pytest.approx(ref.ewald_radius_voxels)
@@ -176,14 +176,14 @@ def test_cxi_detector_matches_simulator_geometry(tmp_path):
 
 def test_cxi_detector_absent_or_unusable(tmp_path):
     make_cxi(tmp_path / "plain.cxi")
-    assert cxi_detector(tmp_path / "plain.cxi") is None
+    assert Detector.from_cxi(tmp_path / "plain.cxi") is None
     make_cxi(tmp_path / "oblong.cxi", frame_shape=(6, 8), geometry=GEOMETRY)
     with pytest.raises(InputError, match="not a square detector"):
-        cxi_detector(tmp_path / "oblong.cxi")
+        Detector.from_cxi(tmp_path / "oblong.cxi")
     bad_geometry = dict(GEOMETRY, **{"/entry_1/instrument_1/detector_1/distance": -1.0})
     make_cxi(tmp_path / "neg.cxi", frame_shape=(8, 8), geometry=bad_geometry)
     with pytest.raises(InputError, match="positive") as excinfo:
-        cxi_detector(tmp_path / "neg.cxi")
+        Detector.from_cxi(tmp_path / "neg.cxi")
     assert "distance" in str(excinfo.value)
 
 

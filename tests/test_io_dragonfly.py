@@ -10,8 +10,8 @@ import pytest
 
 from spibatch.detector import Detector
 from spibatch.errors import InputError
-from spibatch.io.dragonfly import (PhotonsWriter, check_match, iter_photons, photons_info, read_detector,
-                                   read_photons, write_detector, write_photons)
+from spibatch.io.dragonfly import (PhotonsWriter, check_match, iter_photons, photons_info, read_photons,
+                                   write_detector, write_photons)
 from spibatch.photons import Photons
 
 CSR = ("ones_indptr", "ones_index", "multi_indptr", "multi_index", "multi_count")
@@ -82,7 +82,7 @@ def assert_input_error(excinfo, path, field):
 # ------------------------------------------------------------------ reference data
 
 def test_small_detector_matches_readme(small_dataset):
-    det = read_detector(small_dataset / "det_sim.h5")
+    det = Detector.read(small_dataset / "det_sim.h5")
     assert det.num_pix == 64 * 64 and det.q_voxels.shape == (4096, 3) and det.q_voxels.dtype == np.float64
     assert np.bincount(det.mask).tolist() == [2984, 1000, 112] and det.mask.dtype == np.uint8
     assert det.ewald_radius_voxels == 585.9375
@@ -101,9 +101,9 @@ def test_small_photons_match_readme(small_dataset):
 
 def test_detector_round_trip_matches_original(small_dataset, tmp_path):
     original = small_dataset / "det_sim.h5"
-    det = read_detector(original)
+    det = Detector.read(original)
     write_detector(tmp_path / "det.h5", det)
-    again = read_detector(tmp_path / "det.h5")
+    again = Detector.read(tmp_path / "det.h5")
     for key in ("q_voxels", "corr", "mask"):
         a, b = getattr(det, key), getattr(again, key)
         assert a.dtype == b.dtype and np.array_equal(a, b)
@@ -136,7 +136,7 @@ def test_photons_round_trip_matches_original(small_dataset, tmp_path):
 def test_detector_attributes_round_trip(tmp_path):
     det = some_detector()
     write_detector(tmp_path / "det.h5", det)
-    again = read_detector(tmp_path / "det.h5")
+    again = Detector.read(tmp_path / "det.h5")
     assert again.voxel_size_per_m == 1.5e7 and again.shape == (3, 4)
     assert np.array_equal(again.q_voxels, det.q_voxels) and np.array_equal(again.mask, det.mask)
 
@@ -251,14 +251,14 @@ def test_same_content_same_bytes(tmp_path):
 
 # ------------------------------------------------------------------ bad input
 
-@pytest.mark.parametrize("reader", [read_detector, read_photons, photons_info])
+@pytest.mark.parametrize("reader", [Detector.read, read_photons, photons_info])
 def test_missing_file(tmp_path, reader):
     with pytest.raises(InputError, match="not found") as excinfo:
         reader(tmp_path / "nothing.h5")
     assert_input_error(excinfo, tmp_path / "nothing.h5", None)
 
 
-@pytest.mark.parametrize("reader", [read_detector, read_photons])
+@pytest.mark.parametrize("reader", [Detector.read, read_photons])
 def test_not_hdf5(tmp_path, reader):
     path = tmp_path / "notes.h5"
     path.write_text("these are not photons\n" * 100)
@@ -277,7 +277,7 @@ def test_truncated_hdf5(tmp_path, kind):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="truncated or corrupt") as excinfo:
-        read_detector(path) if kind == "detector" else read_photons(path)
+        Detector.read(path) if kind == "detector" else read_photons(path)
     assert_input_error(excinfo, path, None)
 
 
@@ -285,7 +285,7 @@ def test_truncated_hdf5(tmp_path, kind):
 def test_detector_dataset_missing(tmp_path, name):
     path = make_detector_file(tmp_path / "det.h5", drop=name)
     with pytest.raises(InputError, match="missing") as excinfo:
-        read_detector(path)
+        Detector.read(path)
     assert_input_error(excinfo, path, name)
 
 
@@ -302,7 +302,7 @@ def test_detector_lengths_differ(tmp_path, name):
     value = np.zeros(5, np.uint8 if name == "mask" else np.float64)
     path = make_detector_file(tmp_path / "det.h5", **{name: value})
     with pytest.raises(InputError, match="5 entries but qx has 6") as excinfo:
-        read_detector(path)
+        Detector.read(path)
     assert_input_error(excinfo, path, name)
 
 
@@ -311,7 +311,7 @@ def test_detector_lengths_differ(tmp_path, name):
 def test_detector_wrong_dtype_or_shape(tmp_path, name, value):
     path = make_detector_file(tmp_path / "det.h5", **{name: value})
     with pytest.raises(InputError, match="expected") as excinfo:
-        read_detector(path)
+        Detector.read(path)
     assert_input_error(excinfo, path, name)
 
 
@@ -321,7 +321,7 @@ def test_detector_nan(tmp_path, name):
     value[4] = np.nan
     path = make_detector_file(tmp_path / "det.h5", **{name: value})
     with pytest.raises(InputError, match="NaN") as excinfo:
-        read_detector(path)
+        Detector.read(path)
     assert_input_error(excinfo, path, name)
     assert "pixel 4" in str(excinfo.value)
 
@@ -329,7 +329,7 @@ def test_detector_nan(tmp_path, name):
 def test_detector_mask_values(tmp_path):
     path = make_detector_file(tmp_path / "det.h5", mask=np.array([0, 1, 2, 3, 0, 0], np.uint8))
     with pytest.raises(InputError, match="0, 1 or 2; found 3 at pixel 3") as excinfo:
-        read_detector(path)
+        Detector.read(path)
     assert_input_error(excinfo, path, "mask")
 
 

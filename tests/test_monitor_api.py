@@ -119,7 +119,7 @@ def test_phase_fsc_and_texts(client):
 
 def test_fsc_file_without_frequency_still_gets_its_axis(client, runs):
     """fsc_vs_truth.json written before it carried "frequency": the axis comes from a crossing."""
-    path = runs["root"] / "done" / "phase" / "fsc_vs_truth.json"
+    path = runs["root"] / "done" / "validate" / "fsc_vs_truth.json"
     data = json.loads(path.read_text())
     del data["frequency"]
     path.write_text(json.dumps(data))
@@ -221,10 +221,10 @@ def test_dragonfly_style_folder_reads_the_log_table(tmp_path):
 
 
 def test_phase_only_run_has_no_emc_section(tmp_path):
-    """`spibatch phase` writes metrics.jsonl (phasing's) and phasing.h5 straight into its run folder."""
+    """`spibatch phase --truth` writes phase/ (metrics.jsonl, phasing.h5) and validate/, no emc/."""
     writer = RunWriter(tmp_path / "ph")
-    writer.phasing(out="")
-    writer.fsc(out="")
+    writer.phasing()
+    writer.fsc()
     client = TestClient(create_app(tmp_path))
     summary = client.get("/api/run", params={"run": "ph"}).json()
     assert summary["has"] == {"emc": False, "phase": True, "phase_result": True, "fsc": True}

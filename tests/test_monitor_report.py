@@ -70,7 +70,7 @@ def test_report_command_and_its_error_line(tmp_path):
     assert ok.returncode == 0 and "report.html" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "spibatch", "report", str(tmp_path / "nope")], capture_output=True,
                          text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope: not a folder" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope: RUN_DIR: not a folder" in bad.stderr
 
 
 @pytest.mark.slow

@@ -43,8 +43,8 @@ def test_phase_writes_density_support_prtf_metrics_and_picture(case):
     done = spibatch_phase(str(case["config"]), "--out", str(out), "--truth", str(case["dir"] / "truth.mrc"),
                           cwd=case["dir"])
     assert done.returncode == 0, done.stderr
-    assert "2 of 3 starts kept" in done.stdout and "FSC with the true density" in done.stdout
-    data, attrs = read_result(out / "phasing.h5")
+    assert "2 of 3 starts kept" in done.stdout and "FSC of the density with the true density" in done.stdout
+    data, attrs = read_result(out / "phase" / "phasing.h5")
     assert data["density"].shape == (N,) * 3 and data["support"].shape == (N,) * 3
     assert data["errors"].shape == (3, 220) and np.all(np.isfinite(data["errors"]))
     assert len(data["kept_seeds"]) == 2 and set(data["kept_seeds"]) <= set(data["seeds"])
@@ -53,15 +53,15 @@ def test_phase_writes_density_support_prtf_metrics_and_picture(case):
     provenance = json.loads(attrs["provenance"]) if isinstance(attrs["provenance"], str) else attrs["provenance"]
     assert provenance["stage"] == "phase" and provenance["fft_backend"] == "scipy"
     assert len(provenance["intensity_sha256"]) == 64
-    volume, voxel_a = read_mrc(out / "density.mrc")
+    volume, voxel_a = read_mrc(out / "phase" / "density.mrc")
     assert voxel_a == pytest.approx(1e10 / (N * DQ), rel=1e-5)
     assert np.allclose(volume, data["density"])
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / "phase" / "metrics.jsonl").read_text().splitlines()]
     assert [x["kind"] for x in lines] == ["start"] * 3 + ["merge"]
     assert lines[0]["algorithms"] == [["HIO", 160], ["ER", 60]]
     assert len(lines[0]["errors"]) == 220 and lines[-1]["kept_seeds"] == list(data["kept_seeds"])
-    assert (out / "phasing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    truth = json.loads((out / "fsc_vs_truth.json").read_text())
+    assert (out / "phase" / "phasing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    truth = json.loads((out / "validate" / "fsc_vs_truth.json").read_text())
     assert truth["cc"] > 0.9
     record = json.loads((out / "provenance.json").read_text())
     assert record["status"] == "completed" and str(case["dir"] / "intensity.h5") in record["inputs"]
@@ -112,6 +112,6 @@ def test_a_prime_edge_is_padded_to_a_fast_fft_size(tmp_path):
                       "  num_starts: 1\n  keep_best: 1\n  fft: scipy\n")
     done = spibatch_phase(str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    data, attrs = read_result(tmp_path / "run" / "phasing.h5")
+    data, attrs = read_result(tmp_path / "run" / "phase" / "phasing.h5")
     assert data["density"].shape == (19 + 2,) * 3                 # 17 and 19 are prime; 21 = 3 x 7
     assert attrs["voxel_size_m"] == pytest.approx(1 / (21 * DQ))

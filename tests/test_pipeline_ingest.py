@@ -48,24 +48,25 @@ def test_cxi_pipeline_gives_the_photons_and_the_model_of_the_photons_pipeline(em
     done = spibatch("run", pipeline, "--site", site, "--out", run, "--until", "emc", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(markers(run)) == ["emc", "ingest"]
-    assert markers(run)["ingest"]["outputs"] == {"photons": str(run / "photons.emc"),
-                                                 "detector": str(emc_small["detector"])}
+    assert markers(run)["ingest"]["outputs"] == {"photons": str(run / "ingest" / "photons.emc")}   # emc.detector given
     from spibatch.io.dragonfly import read_photons
 
-    assert np.array_equal(read_photons(run / "photons.emc").to_dense(), dense)
+    assert np.array_equal(read_photons(run / "ingest" / "photons.emc").to_dense(), dense)
     assert str(tmp_path / "frames.cxi") in json.loads((run / "provenance.json").read_text())["inputs"]
 
     serial = spibatch("emc", emc_config(tmp_path / "serial"), "--out", tmp_path / "serial" / "run",
                       cwd=tmp_path, NUMBA_NUM_THREADS="1")
     assert serial.returncode == 0, serial.stderr[-2000:]
-    assert np.array_equal(final_model(run / "emc"), final_model(tmp_path / "serial" / "run"))
+    assert np.array_equal(final_model(run / "emc"), final_model(tmp_path / "serial" / "run" / "emc"))
 
 
 def test_ingest_stage_builds_the_detector_from_the_cxi_geometry(tmp_path):
-    from spibatch import stages
-    from spibatch.config import dump_pipeline, load_pipeline
-    from spibatch.io.cxi import cxi_detector
-    from spibatch.io.dragonfly import read_detector, read_photons
+    from spibatch.config import load_pipeline
+    from spibatch.detector import Detector
+    from spibatch.io.dragonfly import read_photons
+    from spibatch.kernels.device import CPU
+    from spibatch.layout import RunLayout
+    from spibatch.stages import ingest, inputs
 
     bad = np.zeros((8, 8), np.uint8)
     bad[2, 3] = 1
@@ -73,27 +74,24 @@ def test_ingest_stage_builds_the_detector_from_the_cxi_geometry(tmp_path):
     pipeline = load_pipeline(ingest_pipeline(tmp_path, tmp_path / "run.cxi",
                                              extra="phasing: {crop_to: null}\n"))
     pipeline.ingest.beamstop_radius_pixels = 1.5
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(dump_pipeline(pipeline))
-    outputs = stages.ingest(run)
-    assert outputs == {"photons": run / "photons.emc", "detector": run / "detector.h5"}
-    assert np.array_equal(read_photons(run / "photons.emc").to_dense(), expected_counts(data, ADU, bad))
-    written, built = read_detector(run / "detector.h5"), cxi_detector(tmp_path / "run.cxi", beamstop_radius_pixels=1.5)
+    run = RunLayout(tmp_path / "run")
+    outputs = ingest.run(run, pipeline, CPU)
+    assert outputs == {"photons": run.photons("ingest"), "detector": run.detector("ingest")}
+    assert np.array_equal(read_photons(run.photons("ingest")).to_dense(), expected_counts(data, ADU, bad))
+    written = Detector.read(run.detector("ingest"))
+    built = Detector.from_cxi(tmp_path / "run.cxi", beamstop_radius_pixels=1.5)
     assert np.array_equal(written.q_voxels, built.q_voxels) and np.array_equal(written.mask, built.mask)
     assert written.mask[2 * 8 + 3] == 2 and (written.mask == 2).sum() > 1          # the CXI mask + the beam stop
-    emc_yaml = load_pipeline(run / stages.EMC_CONFIG)
-    assert (emc_yaml.emc.photons, emc_yaml.emc.detector) == (run / "photons.emc", run / "detector.h5")
+    assert inputs.photons_and_detector(run, pipeline) == (run.photons("ingest"), run.detector("ingest"))
 
 
 def test_cxi_without_geometry_or_detector_is_refused_with_one_line(tmp_path):
     make_cxi(tmp_path / "plain.cxi", frame_shape=(8, 8))
     other = tmp_path / "det64.h5"
     from spibatch.io.dragonfly import write_detector
-    from spibatch.sim.geometry import flat_detector
     from spibatch.config import Geometry
 
-    write_detector(other, flat_detector(Geometry(detector_pixels=6, wavelength_m=6.2e-10)))
+    write_detector(other, (Geometry(detector_pixels=6, wavelength_m=6.2e-10)).detector())
     cases = {
         "no geometry": (ingest_pipeline(tmp_path / "a", tmp_path / "plain.cxi"), "emc.detector"),
         "pixel count": (ingest_pipeline(tmp_path / "b", tmp_path / "plain.cxi", other), "num_pix = 64"),

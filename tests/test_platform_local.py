@@ -23,7 +23,7 @@ def test_local_site_end_to_end_then_resume_skips_finished_stages(emc_small, tmp_
     done = spibatch("run", pipeline, "--out", run, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     stages = markers(run)
-    assert sorted(stages) == ["emc", "ingest", "phase", "report", "validate"]
+    assert sorted(stages) == ["emc", "phase", "validate"]
     assert all(s["status"] == "done" for s in stages.values())
     assert stages["emc"]["emc_mode"] == "hpc"
     assert (run / "emc" / "output_003.h5").is_file() and (run / "phase" / "phasing.h5").is_file()
@@ -32,17 +32,19 @@ def test_local_site_end_to_end_then_resume_skips_finished_stages(emc_small, tmp_
     assert json.loads((run / "provenance.json").read_text())["status"] == "completed"
     assert str(run / "phase" / "phasing.h5") in done.stdout
 
-    # resume after "losing" the last two stages: ingest, emc and phase are not run again
-    before = {name: (run / "stages" / f"{name}.json").read_text() for name in ("ingest", "emc", "phase")}
+    assert (run / "report.html").is_file() and not (run / "lock").exists()
+
+    # resume after "losing" the last stage and the report: emc and phase are not run again
+    before = {name: (run / "stages" / f"{name}.json").read_text() for name in ("emc", "phase")}
     emc_mtime = (run / "emc" / "checkpoint.h5").stat().st_mtime_ns
-    for name in ("validate", "report"):
-        (run / "stages" / f"{name}.json").unlink()
+    (run / "stages" / "validate.json").unlink()
+    (run / "report.html").unlink()
     again = spibatch("resume", run, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "stages to run: validate, report (finished: ingest, emc, phase)" in again.stderr
+    assert "stages to run: validate (finished: emc, phase)" in again.stderr
     assert {name: (run / "stages" / f"{name}.json").read_text() for name in before} == before
     assert (run / "emc" / "checkpoint.h5").stat().st_mtime_ns == emc_mtime
-    assert sorted(markers(run)) == ["emc", "ingest", "phase", "report", "validate"]
+    assert sorted(markers(run)) == ["emc", "phase", "validate"] and (run / "report.html").is_file()
     record = json.loads((run / "provenance.json").read_text())
     assert record["status"] == "completed" and len(record["resumed"]) == 1
 
@@ -65,7 +67,7 @@ def test_htc_emc_through_parsl_equals_the_serial_driver(emc_small, emc_config, t
     serial = spibatch("emc", emc_config(tmp_path / "serial"), "--out", tmp_path / "serial" / "run",
                       cwd=tmp_path, NUMBA_NUM_THREADS="1")
     assert serial.returncode == 0, serial.stderr[-2000:]
-    serial_dir = tmp_path / "serial" / "run"
+    serial_dir = tmp_path / "serial" / "run" / "emc"
     assert np.array_equal(final_model(run / "emc"), final_model(serial_dir))
     assert [m["log_likelihood"] for m in metrics(run / "emc")] == [m["log_likelihood"] for m in metrics(serial_dir)]
 

@@ -1,60 +1,115 @@
-"""Run directories: naming, provenance, refusing to overwrite, failure records."""
+"""Run folders: naming, provenance, refusing to overwrite, failure records, the one-writer lock, resume checks."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
 from spibatch.errors import InputError
-from spibatch.rundir import create_run_dir, run_in_dir, sha256_file
+from spibatch.rundir import open_run, read_lock, sha256_file
 
 
 def test_new_run_dir_name_provenance_and_log(tmp_path):
     (tmp_path / "input.txt").write_text("abc")
-    run = create_run_dir("exp", tmp_path / "runs", config_text="name: exp\n", command=["spibatch", "x"])
-    again = create_run_dir("exp", tmp_path / "runs", command=["spibatch", "x"])  # same second: a new name
+    with open_run(name="exp", runs_dir=tmp_path / "runs", config_text="name: exp\n", command=["spibatch", "x"],
+                  inputs=(tmp_path / "input.txt",), report=False) as run:
+        with open_run(name="exp", runs_dir=tmp_path / "runs", command=["spibatch", "x"], report=False) as again:
+            assert again.path != run.path                          # same second: a new name
+        assert read_lock(run.path)["pid"] == os.getpid()           # held while the body runs
+        logging.getLogger("spibatch").info("hello from the test")
+        run.outputs["thing"] = run.file("thing.txt")
     assert run.path.parent == (tmp_path / "runs").resolve() and run.path.name.startswith("exp-")
-    assert run.path.name.endswith("Z") and again.path != run.path
-    run.add_inputs(tmp_path / "input.txt")
-    logging.getLogger("spibatch").info("hello from the test")
-    run_in_dir(run, lambda: {"thing": run.file("thing.txt")})
-    again.finish()
-    record = json.loads(run.file("provenance.json").read_text())
+    assert run.path.name.endswith("Z") and read_lock(run.path) is None   # released
+    record = json.loads(run.layout.provenance.read_text())
     assert record["status"] == "completed" and record["command"] == ["spibatch", "x"]
+    assert record["outputs"] == {"thing": str(run.file("thing.txt"))}
     assert record["inputs"] == {str((tmp_path / "input.txt").resolve()): sha256_file(tmp_path / "input.txt")}
     assert record["inputs"][str((tmp_path / "input.txt").resolve())] == \
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc")
     assert record["versions"]["numpy"] and record["versions"]["spibatch"]
     assert record["finished"] >= record["started"]
-    assert run.file("config.yaml").read_text() == "name: exp\n"
-    assert "hello from the test" in run.file("log.txt").read_text()
+    assert run.layout.config.read_text() == "name: exp\n"
+    assert "hello from the test" in run.layout.log.read_text()
 
 
-def test_failure_is_recorded_and_raised(tmp_path):
-    run = create_run_dir("exp", tmp_path, command=["spibatch"])
-
-    def broken():
-        raise ValueError("the model diverged\nsecond line")
-
+def test_failure_and_interruption_are_recorded_and_raised(tmp_path):
     with pytest.raises(ValueError):
-        run_in_dir(run, broken)
-    record = json.loads(run.file("provenance.json").read_text())
+        with open_run(runs_dir=tmp_path, command=["spibatch"], report=False) as run:
+            raise ValueError("the model diverged\nsecond line")
+    record = json.loads(run.layout.provenance.read_text())
     assert record["status"] == "failed" and record["error"] == "ValueError: the model diverged"
+    assert read_lock(run.path) is None
+    with pytest.raises(KeyboardInterrupt):
+        with open_run(runs_dir=tmp_path, command=["spibatch"], report=False, resume_hint="do this") as run:
+            raise KeyboardInterrupt
+    assert json.loads(run.layout.provenance.read_text())["status"] == "interrupted"
 
 
 def test_out_with_earlier_run_is_refused(tmp_path):
     out = tmp_path / "here"
-    first = create_run_dir("exp", tmp_path, out, command=["a"])
-    first.finish()
-    before = first.file("provenance.json").read_text()
+    with open_run(runs_dir=tmp_path, out=out, command=["a"], report=False):
+        pass
+    before = (out / "provenance.json").read_text()
     with pytest.raises(InputError, match="already holds a run"):
-        create_run_dir("exp", tmp_path, out, command=["b"])
-    assert first.file("provenance.json").read_text() == before
+        with open_run(runs_dir=tmp_path, out=out, command=["b"], report=False):
+            pass
+    assert (out / "provenance.json").read_text() == before
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="not a directory"):
-        create_run_dir("exp", tmp_path, tmp_path / "file", command=["c"])
+        with open_run(runs_dir=tmp_path, out=tmp_path / "file", command=["c"], report=False):
+            pass
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_reported(tmp_path, caplog):
+    """One owner at a time: a second writer gets one line naming the owner and writes nothing; a lock whose
+    process is gone is refused as stale for a new writer and taken over, with a warning, by a resume."""
+    out = tmp_path / "run"
+    with open_run(runs_dir=tmp_path, out=out, command=["first"], report=False) as run:
+        before = run.layout.provenance.read_text()
+        with pytest.raises(InputError, match=f"another process writes into this run folder \\(pid {os.getpid()}"):
+            with open_run(resume=out, command=["second"], report=False):
+                pass
+        assert run.layout.provenance.read_text() == before
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    (out / "lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                                          "started": "then", "command": ["killed"]}))
+    from spibatch.rundir import take_lock
+
+    with pytest.raises(InputError, match="stale lock"):
+        take_lock(out, ["third"])
+    assert read_lock(out)["command"] == ["killed"]
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        with open_run(resume=out, command=["fourth"], report=False):
+            assert read_lock(out)["pid"] == os.getpid()
+    assert f"taking over the lock of pid {int(dead.stdout)}" in caplog.text and read_lock(out) is None
+
+
+def test_a_refused_resume_touches_nothing(tmp_path):
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"original")
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], inputs=(data,), report=False) as run:
+        pass
+    files = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    data.write_bytes(b"other data, same purpose")
+    with pytest.raises(InputError, match="changed since the run started"):
+        with open_run(resume=run.path, command=["b"], inputs=(data,), report=False):
+            pass
+
+    def refuse():
+        raise InputError("settings differ")
+
+    data.write_bytes(b"original")
+    with pytest.raises(InputError, match="settings differ"):
+        with open_run(resume=run.path, command=["c"], inputs=(data,), check=refuse, report=False):
+            pass
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == files
 
 
 def test_large_inputs_are_recorded_by_size_and_ends(tmp_path, monkeypatch):
@@ -70,22 +125,24 @@ def test_large_inputs_are_recorded_by_size_and_ends(tmp_path, monkeypatch):
     small.write_bytes(bytes(range(200)) * 5)                         # 1000 bytes: hashed whole
     data = bytearray(bytes(range(256)) * 10)                          # 2560 bytes
     big.write_bytes(data)
-    run = create_run_dir("exp", tmp_path / "runs", command=["spibatch"])
-    run.add_inputs(small, big)
-    run.finish()
-    inputs = json.loads(run.file("provenance.json").read_text())["inputs"]
+    with open_run(runs_dir=tmp_path / "runs", command=["spibatch"], inputs=(small, big), report=False) as run:
+        pass
+    inputs = json.loads(run.layout.provenance.read_text())["inputs"]
     assert inputs[str(small.resolve())] == sha256_file(small)
     ends = hashlib.sha256(bytes(data[:100]) + bytes(data[-100:])).hexdigest()
     assert inputs[str(big.resolve())] == f"size-and-ends:2560:{ends}"
 
     data[1200] ^= 0xFF                                                # the middle: not seen
     big.write_bytes(data)
-    rundir.reopen_run_dir(run.path, command=["spibatch"], unchanged=(small, big)).finish()
+    with open_run(resume=run.path, command=["spibatch"], inputs=(small, big), report=False):
+        pass
     data[-1] ^= 0xFF                                                  # the end: refused
     big.write_bytes(data)
     with pytest.raises(InputError, match="changed since the run started"):
-        rundir.reopen_run_dir(run.path, command=["spibatch"], unchanged=(small, big))
+        with open_run(resume=run.path, command=["spibatch"], inputs=(small, big), report=False):
+            pass
     data[-1] ^= 0xFF
     big.write_bytes(data + b"x")                                      # the size: refused
     with pytest.raises(InputError, match="changed since the run started"):
-        rundir.reopen_run_dir(run.path, command=["spibatch"], unchanged=(big,))
+        with open_run(resume=run.path, command=["spibatch"], inputs=(big,), report=False):
+            pass

@@ -8,7 +8,7 @@ import pytest
 
 from spibatch.config import Geometry, from_dragonfly_ini
 from spibatch.detector import MASK_EXCLUDED, MASK_MERGE_ONLY, MASK_USED
-from spibatch.sim.geometry import flat_detector, resolution_m
+from spibatch.sim.geometry import resolution_m
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def dragonfly_pair(small_dataset):
     geometry = from_dragonfly_ini(small_dataset / "config.ini")
     with h5py.File(small_dataset / "det_sim.h5", "r") as f:
         reference = {name: f[name][()] for name in ("qx", "qy", "qz", "corr", "mask", "detd", "ewald_rad")}
-    return flat_detector(geometry), reference, geometry
+    return geometry.detector(), reference, geometry
 
 
 def test_q_vectors_match_dragonfly_in_pixel_order(dragonfly_pair):
@@ -48,8 +48,8 @@ def test_corr_mask_and_scalars_match_dragonfly(dragonfly_pair):
 def test_corr_is_solid_angle_in_steradians():
     # unpolarized: corr / ((1 + cos^2 2theta) / 2) summed over a square is its solid angle
     n, pixel, distance = 100, 1e-3, 0.05
-    detector = flat_detector(Geometry(detector_pixels=n, pixel_size_m=pixel, detector_distance_m=distance,
-                                      wavelength_m=1e-10, polarization="none", beamstop_radius_pixels=0))
+    detector = (Geometry(detector_pixels=n, pixel_size_m=pixel, detector_distance_m=distance,
+                                      wavelength_m=1e-10, polarization="none", beamstop_radius_pixels=0)).detector()
     cos_2theta = (detector.ewald_radius_voxels + detector.q_voxels[:, 2]) / detector.ewald_radius_voxels
     solid = detector.corr / (0.5 * (1 + cos_2theta ** 2))
     side = n * pixel
@@ -59,8 +59,8 @@ def test_corr_is_solid_angle_in_steradians():
 
 def test_polarization_direction():
     common = dict(detector_pixels=32, pixel_size_m=2e-3, detector_distance_m=0.05, wavelength_m=2e-10)
-    along_x = flat_detector(Geometry(polarization="x", **common)).corr.reshape(32, 32)
-    along_y = flat_detector(Geometry(polarization="y", **common)).corr.reshape(32, 32)
+    along_x = (Geometry(polarization="x", **common)).detector().corr.reshape(32, 32)
+    along_y = (Geometry(polarization="y", **common)).detector().corr.reshape(32, 32)
     np.testing.assert_allclose(along_y, along_x.T, rtol=1e-12)
     # polarized along x: pixels far along x (slow index) lose intensity, far along y do not
     assert along_x[0, 16] < along_x[16, 0]

@@ -14,8 +14,8 @@ from scipy.ndimage import map_coordinates
 from spibatch.config import Geometry, Pipeline, Simulation, from_dragonfly_ini
 from spibatch.detector import MASK_EXCLUDED
 from spibatch.photons import Photons
-from spibatch.sim import patterns, simulate
-from spibatch.sim.geometry import flat_detector
+from spibatch.sim import patterns
+from spibatch.stages.simulate import simulate_to
 from spibatch.sim.patterns import (Slicer, fluence_factors, fluence_scale, mean_photons_scale,
                                    random_quaternions, rotation_matrices, sample_counts,
                                    simulate_patterns, sparse_photons)
@@ -41,7 +41,7 @@ class CountingWriter:
 
 @pytest.fixture(scope="module")
 def tiny_detector():
-    return flat_detector(TINY)
+    return TINY.detector()
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +162,9 @@ def _tiny_pipeline(seed: int) -> Pipeline:
 
 
 def test_same_seed_gives_identical_files(tmp_path):
-    first = simulate(_tiny_pipeline(1), tmp_path / "a", show_progress=False)
-    second = simulate(_tiny_pipeline(1), tmp_path / "b", show_progress=False)
-    other = simulate(_tiny_pipeline(2), tmp_path / "c", show_progress=False)
+    first = simulate_to(_tiny_pipeline(1), tmp_path / "a", show_progress=False)
+    second = simulate_to(_tiny_pipeline(1), tmp_path / "b", show_progress=False)
+    other = simulate_to(_tiny_pipeline(2), tmp_path / "c", show_progress=False)
     for name in ("photons", "detector", "truth"):
         assert filecmp.cmp(first[name], second[name], shallow=False), name
     assert not filecmp.cmp(first["photons"], other["photons"], shallow=False)
@@ -178,11 +178,11 @@ def test_absolute_fluence_scale(tmp_path):
     pipeline = Pipeline(geometry=TINY, simulation=Simulation(
         pdb=REPO / "spibatch" / "data" / "1EI7.pdb", num_patterns=400, chunk_frames=400,
         mean_photons_per_frame=None, fluence_photons_per_m2=fluence))
-    paths = simulate(pipeline, tmp_path, show_progress=False)
+    paths = simulate_to(pipeline, tmp_path, show_progress=False)
     datasets, attrs = read_result(paths["truth"])
     assert attrs["photon_scale"] == pytest.approx(fluence * 2.8179403262e-15 ** 2, rel=1e-9)
     # expected photons per frame: scale * sum_p corr_p Ibar(|q_p|); the intensity is |F|^2 in electrons^2
-    per_unit_scale = 1.0 / mean_photons_scale(datasets["intensity"].astype(np.float64), flat_detector(TINY), 1.0)
+    per_unit_scale = 1.0 / mean_photons_scale(datasets["intensity"].astype(np.float64), TINY.detector(), 1.0)
     expected = attrs["photon_scale"] * per_unit_scale
     assert 5 < expected < 1e5
     assert datasets["photons_per_frame"].mean() == pytest.approx(expected, rel=0.1)
@@ -194,16 +194,16 @@ def simulated_4bed(small_dataset, shared_datasets, tmp_path_factory):
     pipeline = Pipeline(geometry=from_dragonfly_ini(small_dataset / "config.ini"),
                         simulation=Simulation(pdb=shared_datasets / "pdb" / "4BED.pdb", num_patterns=1000,
                                               mean_photons_per_frame=1000, chunk_frames=256, seed=1))
-    return simulate(pipeline, tmp_path_factory.mktemp("sim4bed"), show_progress=False)
+    return simulate_to(pipeline, tmp_path_factory.mktemp("sim4bed"), show_progress=False)
 
 
 def test_mean_photons_match_dragonfly(simulated_4bed):
-    from spibatch.io.dragonfly import read_detector, read_photons
-
+    from spibatch.io.dragonfly import read_photons
+    from spibatch.detector import Detector
     photons = read_photons(simulated_4bed["photons"])
     assert photons.num_frames == 1000 and photons.num_pix == 4096
     assert photons.frame_counts().mean() == pytest.approx(995.9, rel=0.02)       # Dragonfly's photons.emc
-    detector = read_detector(simulated_4bed["detector"])
+    detector = Detector.read(simulated_4bed["detector"])
     excluded = np.flatnonzero(detector.mask == MASK_EXCLUDED)
     assert not np.isin(np.concatenate([photons.ones_index, photons.multi_index]), excluded).any()
 

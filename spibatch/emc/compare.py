@@ -38,12 +38,12 @@ def compare_with_truth(intensity_path: str | os.PathLike, truth_path: str | os.P
     """
     from spibatch.align import align_intensity
     from spibatch.io.atomic import write_text
-    from spibatch.io.dragonfly import read_detector
+    from spibatch.detector import Detector
     from spibatch.io.results import read_volume
 
     model = np.asarray(read_volume(intensity_path), np.float64)
     truth = np.asarray(read_volume(truth_path, "intensity"), np.float64)
-    r_min, r_max = shell_range(read_detector(detector_path))
+    r_min, r_max = shell_range(Detector.read(detector_path))
     alignment = align_intensity(model, truth, r_min, r_max)
     result = {"cc": float(alignment.cc), "r_min": r_min, "r_max": r_max, "inverted": alignment.inverted,
               "rotation": alignment.rotation.tolist(), "intensity": os.fspath(intensity_path),

@@ -68,13 +68,13 @@ def check_inputs(cfg, photons_path, detector_path, ranks: int = 1) -> Inputs:
     Light (no frames are read): the CLI calls it before creating a run directory.
     ``ranks``: MPI ranks to share the shards (each needs at least one).
     """
-    from spibatch.io.dragonfly import check_match, photons_info, read_detector
-
+    from spibatch.io.dragonfly import check_match, photons_info
+    from spibatch.detector import Detector
     for name, path in (("photons", photons_path), ("detector", detector_path)):
         if path is None:
             raise InputError("no file given", field=f"emc.{name}",
                              fix=f"set emc.{name} in the pipeline file (relative to it)")
-    detector = read_detector(detector_path)
+    detector = Detector.read(detector_path)
     num_frames, num_pix = photons_info(photons_path)
     check_match(detector, num_pix, detector_path, photons_path)
     if num_frames == 0:

@@ -35,9 +35,8 @@ from spibatch.emc.step import ShardSums, StepState, reduce
 @lru_cache(maxsize=2)
 def _geometry(detector_path: str, num_div: int):
     from spibatch.emc.step import PixelSet, Rotations
-    from spibatch.io.dragonfly import read_detector
-
-    return PixelSet.from_detector(read_detector(detector_path)), Rotations.refined_600_cell(num_div)
+    from spibatch.detector import Detector
+    return PixelSet.from_detector(Detector.read(detector_path)), Rotations.refined_600_cell(num_div)
 
 
 @lru_cache(maxsize=4)

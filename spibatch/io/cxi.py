@@ -81,35 +81,6 @@ def _stack(f: h5py.File, path: str | os.PathLike, data_path: str) -> h5py.Datase
     return data
 
 
-def check_ingest(cfg, detector_path: str | os.PathLike | None):
-    """Before a run: the CXI stack of ``cfg`` (config.Ingest) and its detector are usable.
-
-    Reads headers, the mask and the geometry only, never the frames.  Returns the detector
-    that the ingest stage will use: ``detector_path``'s, else the one built from the CXI
-    geometry.  InputError (one line) when the stack is not there, holds no frames, or no
-    detector matches its pixels.
-    """
-    from spibatch.io.dragonfly import check_match, read_detector
-
-    with open_hdf5(cfg.cxi, _stack_fix(cfg.data_path)) as f:
-        data = _stack(f, cfg.cxi, cfg.data_path)
-        num_frames, num_pix = data.shape[0], int(np.prod(data.shape[1:]))
-        _read_mask(f, cfg.cxi, cfg.mask_path, data.shape[1:])
-    if num_frames == 0:
-        raise InputError("holds 0 frames", path=cfg.cxi, field=cfg.data_path, fix="give a CXI file with frames")
-    if detector_path is not None:
-        detector = read_detector(detector_path)
-        check_match(detector, num_pix, detector_path, cfg.cxi)
-        return detector
-    detector = cxi_detector(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
-                            beamstop_radius_pixels=cfg.beamstop_radius_pixels)
-    if detector is None:
-        raise InputError("holds no flat square detector geometry (3-D frames with distance, pixel size and "
-                         "photon energy)", path=cfg.cxi, field="/entry_1/instrument_1",
-                         fix="set emc.detector to a Dragonfly detector file for these frames")
-    return detector
-
-
 def _read_mask(f: h5py.File, path: str | os.PathLike, mask_path: str | None,
                frame_shape: tuple[int, ...]) -> np.ndarray | None:
     """(num_pix,) bool, True for bad pixels; None when the file has no mask."""
@@ -160,25 +131,19 @@ GEOMETRY_PATHS = {"distance": "/entry_1/instrument_1/detector_1/distance",      
                   "y_pixel_size": "/entry_1/instrument_1/detector_1/y_pixel_size",  # m
                   "energy": "/entry_1/instrument_1/source_1/energy"}                # J per photon
 JOULE_PER_EV = 1.602176634e-19
+PLANCK_EV_M = 1.239841984e-6   # h c in eV m
 
 
-def cxi_detector(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mask_path: str | None = None,
-                 beamstop_radius_pixels: float = 0.0, polarization: str = "x"):
-    """The Detector of a CXI file's flat square detector, or None when the file holds no such geometry.
+def read_flat_geometry(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH,
+                       mask_path: str | None = None) -> dict | None:
+    """A flat square detector's geometry from a CXI file, as plain values, or None when it holds none.
 
-    Needs 3-D frames (frame, y, x) with y = x pixels and the distance, pixel sizes
-    (m, equal) and photon energy (J) of the CXI geometry; the beam is taken to hit
-    the frame's centre.  Built with :func:`spibatch.sim.geometry.flat_detector`
-    (the simulator's formulas), its pixels put in the CXI frame's C order (y slow,
-    x fast) to match :func:`cxi_to_photons`; masked pixels get MASK_EXCLUDED.
-    Returns None for modular (4-D) data or when a geometry dataset is missing.
+    Needs 3-D frames (frame, y, x) with y = x pixels and the distance, pixel sizes (m, equal) and
+    photon energy (J) at :data:`GEOMETRY_PATHS`.  Returns ``{"pixels": n, "pixel_size_m", "distance_m",
+    "wavelength_m", "bad": (n*n,) bool or None}`` (``bad``: the CXI mask, pixels in the frame's C order);
+    None for modular (4-D) data or when a geometry dataset is missing.  ``Detector.from_cxi`` builds the
+    detector from it.
     """
-    from pydantic import ValidationError
-
-    from spibatch.config import Geometry
-    from spibatch.detector import MASK_EXCLUDED
-    from spibatch.sim.geometry import flat_detector
-
     fix = "give the CXI geometry (distance, x/y_pixel_size in m, source energy in J) or a Dragonfly detector file"
     with open_hdf5(cxi_path, fix) as f:
         data = _stack(f, cxi_path, data_path)
@@ -191,22 +156,17 @@ def cxi_detector(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
         raise InputError(f"frames {n_y} x {n_x} with pixels {values['y_pixel_size']:g} x {values['x_pixel_size']:g} m "
                          "are not a square detector of square pixels", path=cxi_path, field=data_path,
                          fix="give a Dragonfly detector file for this geometry")
-    try:
-        geometry = Geometry(detector_pixels=n_x, pixel_size_m=values["x_pixel_size"],
-                            detector_distance_m=values["distance"],
-                            photon_energy_ev=values["energy"] / JOULE_PER_EV,
-                            beamstop_radius_pixels=beamstop_radius_pixels, polarization=polarization)
-    except ValidationError as exc:
-        raise InputError(f"unusable geometry ({exc.errors()[0]['msg']}): {values}", path=cxi_path,
-                         field="/entry_1/instrument_1", fix=fix) from None
-    det = flat_detector(geometry)  # pixel i * n + j: i along x, j along y
-    order = np.arange(n_x * n_y).reshape(n_x, n_y).T.ravel()  # CXI pixel y * n + x -> flat_detector pixel
-    mask = det.mask[order].copy()
-    if bad is not None:
-        mask[bad] = MASK_EXCLUDED
-    det.q_voxels, det.corr, det.mask = det.q_voxels[order], det.corr[order], mask
-    det.shape = (n_y, n_x)
-    return det
+    return {"pixels": int(n_x), "pixel_size_m": values["x_pixel_size"], "distance_m": values["distance"],
+            "wavelength_m": PLANCK_EV_M / (values["energy"] / JOULE_PER_EV), "bad": bad}
+
+
+def stack_shape(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH,
+                mask_path: str | None = None) -> tuple[int, ...]:
+    """The shape of the frame stack (frames first), its mask checked; headers only, never the frames."""
+    with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
+        data = _stack(f, cxi_path, data_path)
+        _read_mask(f, cxi_path, mask_path, data.shape[1:])
+        return tuple(int(x) for x in data.shape)
 
 
 def _one_value(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> float:
@@ -220,4 +180,4 @@ def _one_value(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> fl
     return float(values.mean())
 
 
-__all__ = ["cxi_to_photons", "cxi_detector", "check_ingest"]
+__all__ = ["cxi_to_photons", "read_flat_geometry", "stack_shape"]

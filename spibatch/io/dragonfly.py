@@ -37,7 +37,6 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from spibatch.detector import Detector
 from spibatch.errors import InputError
 from spibatch.io.atomic import atomic_path
 from spibatch.io.emcbin import FIX_PHOTONS, BinaryPhotons, checked_photons
@@ -53,8 +52,9 @@ FIX_DETECTOR = "give a detector file written by Dragonfly (make_detector) or spi
 
 # ------------------------------------------------------------------ detector
 
-def read_detector(path: str | os.PathLike) -> Detector:
-    """Read a Dragonfly detector file (layout in the module docstring) into a :class:`Detector`."""
+def read_detector_arrays(path: str | os.PathLike) -> dict:
+    """A Dragonfly detector file (layout in the module docstring), checked, as the keyword arguments of
+    :class:`spibatch.detector.Detector` (use ``Detector.read(path)``)."""
     fix = FIX_DETECTOR
     with open_hdf5(path, fix) as f:
         arrays = {}
@@ -99,12 +99,12 @@ def read_detector(path: str | os.PathLike) -> Detector:
             raise InputError(f"attribute shape {shape} does not hold {num_pix} pixels", path=path,
                              field="shape", fix="fix or delete the attribute")
     q = np.stack([arrays["qx"], arrays["qy"], arrays["qz"]], axis=1).astype(np.float64)
-    return Detector(q_voxels=q, corr=arrays["corr"].astype(np.float64), mask=mask.astype(np.uint8),
-                    detd_pixels=scalars["detd"], ewald_radius_voxels=scalars["ewald_rad"],
-                    voxel_size_per_m=None if voxel is None else float(voxel), shape=shape)
+    return dict(q_voxels=q, corr=arrays["corr"].astype(np.float64), mask=mask.astype(np.uint8),
+                detd_pixels=scalars["detd"], ewald_radius_voxels=scalars["ewald_rad"],
+                voxel_size_per_m=None if voxel is None else float(voxel), shape=shape)
 
 
-def write_detector(path: str | os.PathLike, detector: Detector) -> None:
+def write_detector(path: str | os.PathLike, detector) -> None:
     """Write ``detector`` atomically in Dragonfly's layout (readable by Dragonfly); same detector, same bytes."""
     q = np.asarray(detector.q_voxels, np.float64)
     num_pix = q.shape[0]
@@ -124,7 +124,7 @@ def write_detector(path: str | os.PathLike, detector: Detector) -> None:
             f.attrs["shape"] = np.asarray(detector.shape, np.int64)
 
 
-def check_match(detector: Detector, num_pix: int, detector_path: str | os.PathLike,
+def check_match(detector, num_pix: int, detector_path: str | os.PathLike,
                 photons_path: str | os.PathLike) -> None:
     """InputError when the detector's pixel count differs from the photons file's ``num_pix``."""
     if detector.num_pix != int(num_pix):

@@ -149,3 +149,22 @@ def _bin_volume(path: Path) -> np.ndarray:
 
 
 __all__ = ["write_result", "read_result", "read_volume", "GZIP_MIN_VOXELS"]
+
+
+def read_volume_and_voxel(path: str | os.PathLike, dataset: str | None = None) -> tuple[np.ndarray, float | None]:
+    """A 3-D volume and its real-space voxel in m (None when the file does not say): an MRC's voxel, or an
+    HDF5 result's ``density_voxel_size_m`` when ``dataset`` is ``density``."""
+    from spibatch.io.mrc import read_mrc
+
+    path = Path(path)
+    if path.suffix.lower() in MRC_SUFFIXES:
+        volume, voxel_angstrom = read_mrc(path)
+        return volume, (voxel_angstrom * 1e-10 if voxel_angstrom else None)
+    volume = read_volume(path, dataset)
+    voxel = None
+    if dataset == "density" and path.suffix.lower() in (".h5", ".hdf5"):
+        try:
+            voxel = read_result(path, attrs_only=True)[1].get("density_voxel_size_m")
+        except InputError:
+            voxel = None
+    return volume, voxel

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from spibatch import layout
+
 # A folder is a run when it holds one of these (spibatch's own runs have provenance.json; a bare EMC
 # output folder, ours or Dragonfly's, has metrics.jsonl or EMC.log).
-RUN_MARKERS = ("provenance.json", "metrics.jsonl", "EMC.log")
+RUN_MARKERS = (layout.PROVENANCE, layout.METRICS, layout.EMC_LOG)
 SEARCH_DEPTH = 3          # how many folder levels below the root are searched for runs
 
 
@@ -50,7 +52,7 @@ def resolve_run(root: Path, run: str | None) -> Path:
 
 def is_run(folder: Path) -> bool:
     """True when ``folder`` holds a run (one of RUN_MARKERS, directly or in emc/)."""
-    return any((folder / m).is_file() for m in RUN_MARKERS) or (folder / "emc" / "metrics.jsonl").is_file()
+    return any((folder / m).is_file() for m in RUN_MARKERS) or (folder / layout.STAGE_DIRS["emc"] / layout.METRICS).is_file()
 
 
 def find_runs(root: Path) -> list[Path]:

@@ -15,7 +15,8 @@ import json
 import os
 from pathlib import Path
 
-REPORT_NAME = "report.html"
+from spibatch.layout import RunLayout
+
 REPORT_SLICE_ITERATIONS = 12
 
 
@@ -104,6 +105,6 @@ def write_report(run_dir: Path) -> Path:
 
     run_dir = Path(run_dir)
     responses = collect(run_dir)
-    path = write_text(run_dir / REPORT_NAME, render_html(responses, run_dir.resolve().name))
+    path = write_text(RunLayout(run_dir).report, render_html(responses, run_dir.resolve().name))
     write_pngs(responses, run_dir)
     return path

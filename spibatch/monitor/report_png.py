@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-PNG_NAMES = {"emc": "report_emc.png", "phase": "report_phasing.png", "fsc": "report_fsc.png"}
+from spibatch.layout import REPORT_PNGS
+
+PNG_NAMES = {"emc": REPORT_PNGS["emc"], "phase": REPORT_PNGS["phasing"], "fsc": REPORT_PNGS["fsc"]}
 
 
 def _markers(ax, changes) -> None:

@@ -8,24 +8,23 @@ read yet (being written by a program that does not write atomically, or
 truncated) gives :class:`NotReady`, which the server answers with 503 and the
 page retries.
 
-Layouts understood: ``spibatch demo`` (``emc/``, ``phase/``), ``spibatch emc``
-and ``spibatch phase`` (files directly in the run folder), a bare EMC output
-folder (``metrics.jsonl`` or Dragonfly's ``EMC.log`` + ``output_NNN.h5``).
+Layouts understood: a spibatch run folder (:mod:`spibatch.layout`: the same for every command),
+and a bare EMC output folder (``metrics.jsonl`` or Dragonfly's ``EMC.log`` + ``output_NNN.h5``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 
+from spibatch import layout
 from spibatch.monitor.paths import NotFound, OutsideRoot, inside, run_name
 from spibatch.monitor.volumes import density_slices, intensity_slices
 
-OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
+OUTPUT_RE = layout.OUTPUT_RE
 LOG_TAIL_LINES = 200
 HISTOGRAM_BINS = 25
 
@@ -78,55 +77,49 @@ class RunData:
     def __init__(self, root: Path, folder: Path):
         self.root, self.folder = root, folder
         self.name = run_name(root, folder)
+        self.run = layout.RunLayout(folder)
 
     # -- where things are -------------------------------------------------------------------------
     def file(self, *parts: str) -> Path:
         """A path inside the run; OutsideRoot if it resolves outside the monitored root."""
         return inside(self.root, self.folder.joinpath(*parts))
 
-    def _existing(self, *candidates: tuple[str, ...]) -> Path | None:
-        for parts in candidates:
-            try:
-                path = self.file(*parts)
-            except OutsideRoot:
-                continue
-            if path.is_file():
-                return path
-        return None
+    def _in_layout(self, path: Path) -> Path | None:
+        """``path`` (of the run's layout) when it is a file inside the root, else None."""
+        try:
+            path = self.file(str(path.relative_to(self.folder)))
+        except (OutsideRoot, ValueError):
+            return None
+        return path if path.is_file() else None
 
     def emc_dir(self) -> Path | None:
-        """``emc/`` (the demo's and the pipeline's) or the run folder itself (``spibatch emc``), if EMC is there."""
-        for parts in (("emc",), ()):
+        """``emc/`` of a run folder, or the folder itself when it is a bare EMC folder (Dragonfly's), if EMC is there."""
+        for parts in ((layout.STAGE_DIRS["emc"],), ()):
             try:
                 folder = self.file(*parts)
             except OutsideRoot:
                 continue
-            if folder.is_dir() and ((folder / "EMC.log").is_file() or any(folder.glob("output_[0-9][0-9][0-9]*.h5"))
-                                    or _is_emc_metrics(folder / "metrics.jsonl")):
+            if folder.is_dir() and ((folder / layout.EMC_LOG).is_file() or any(folder.glob("output_[0-9][0-9][0-9]*.h5"))
+                                    or _is_emc_metrics(folder / layout.METRICS)):
                 return folder
         return None
 
     def phase_files(self) -> tuple[Path | None, Path | None]:
         """(metrics.jsonl of phasing, phasing.h5), each None when absent."""
-        metrics = None
-        for folder in (("phase",), ("phasing",), ()):
-            candidate = self._existing((*folder, "metrics.jsonl"))
-            if candidate and (first_row(candidate) or {}).get("stage") == "phase":
-                metrics = candidate
-                break
-        result = self._existing(("phase", "phasing.h5"), ("phasing", "phasing.h5"), ("phasing.h5",))
-        return metrics, result
+        metrics = self._in_layout(self.run.phasing_metrics)
+        if metrics and (first_row(metrics) or {}).get("stage") != "phase":
+            metrics = None
+        return metrics, self._in_layout(self.run.phasing)
 
     def fsc_file(self) -> Path | None:
-        return self._existing(("phase", "fsc_vs_truth.json"), ("validate", "fsc_vs_truth.json"),
-                              ("fsc_vs_truth.json",))
+        return self._in_layout(self.run.fsc_vs_truth)
 
     def watched(self) -> list[Path]:
         """The files whose change means the page should refresh."""
-        paths = [self._existing((n,)) for n in ("provenance.json", "log.txt")]
+        paths = [self._in_layout(self.run.provenance), self._in_layout(self.run.log)]
         emc = self.emc_dir()
         if emc is not None:
-            paths += [emc / "metrics.jsonl", emc / "EMC.log"] + sorted(emc.glob("output_*.h5"))
+            paths += [emc / layout.METRICS, emc / layout.EMC_LOG] + sorted(emc.glob("output_*.h5"))
         paths += list(self.phase_files()) + [self.fsc_file()]
         return [p for p in paths if p is not None]
 
@@ -166,7 +159,7 @@ class RunData:
                "has": {"emc": emc is not None, "phase": bool(metrics or result), "phase_result": result is not None,
                        "fsc": self.fsc_file() is not None},
                "emc_iterations_done": done, "emc_iterations_planned": planned}
-        truth = self._existing(("emc", "truth_comparison.json"), ("truth_comparison.json",))
+        truth = self._in_layout(self.run.emc_vs_truth)
         if truth:
             try:
                 out["emc_cc_with_truth"] = json.loads(truth.read_text(encoding="utf-8")).get("cc")
@@ -175,7 +168,7 @@ class RunData:
         return clean(out)
 
     def provenance(self) -> dict:
-        path = self._existing(("provenance.json",))
+        path = self._in_layout(self.run.provenance)
         if path is None:
             return {}
         try:
@@ -185,7 +178,7 @@ class RunData:
         return record if isinstance(record, dict) else {}
 
     def config_value(self, section: str, key: str):
-        path = self._existing(("config.yaml",))
+        path = self._in_layout(self.run.config)
         if path is None:
             return None
         import yaml
@@ -199,12 +192,11 @@ class RunData:
     def texts(self) -> dict:
         """config.yaml, provenance.json (pretty), and the last LOG_TAIL_LINES of log.txt and EMC.log."""
         out = {}
-        for key, parts in (("config", ("config.yaml",)), ("provenance", ("provenance.json",)),
-                           ("log", ("log.txt",))):
-            path = self._existing(parts)
+        for key, path in (("config", self.run.config), ("provenance", self.run.provenance), ("log", self.run.log)):
+            path = self._in_layout(path)
             out[key] = _tail(path) if path else None
         emc = self.emc_dir()
-        out["emc_log"] = _tail(emc / "EMC.log") if emc and (emc / "EMC.log").is_file() else None
+        out["emc_log"] = _tail(emc / layout.EMC_LOG) if emc and (emc / layout.EMC_LOG).is_file() else None
         return out
 
     # -- EMC --------------------------------------------------------------------------------------
@@ -215,13 +207,13 @@ class RunData:
         emc = self.emc_dir()
         if emc is None:
             raise NotFound("this run has no EMC output")
-        rows = read_jsonl(emc / "metrics.jsonl") if (emc / "metrics.jsonl").is_file() else []
-        if not rows and (emc / "EMC.log").is_file():   # Dragonfly's folder: the log's table
+        rows = read_jsonl(emc / layout.METRICS) if (emc / layout.METRICS).is_file() else []
+        if not rows and (emc / layout.EMC_LOG).is_file():   # Dragonfly's folder: the log's table
             from spibatch.emc.records import read_log_table
 
             rows = [{"iteration": int(r["iter"]), "time_s": r["time"], "rms_change": r["rms_change"],
                      "mutual_info": r["info_rate"], "log_likelihood": r["log-likelihood"],
-                     "num_rot": int(r["num_rot"]), "beta_mean": r["beta"]} for r in read_log_table(emc / "EMC.log")]
+                     "num_rot": int(r["num_rot"]), "beta_mean": r["beta"]} for r in read_log_table(emc / layout.EMC_LOG)]
         rows = sorted({int(r["iteration"]): r for r in rows if "iteration" in r}.values(),
                       key=lambda r: r["iteration"])
         keys = ("iteration", "log_likelihood", "mutual_info", "rms_change", "beta_mean", "num_rot",
@@ -257,10 +249,7 @@ class RunData:
         iteration = iterations[-1] if iteration is None else int(iteration)
         if iteration not in iterations:
             raise NotFound(f"no output for iteration {iteration} (have {iterations[0]}-{iterations[-1]})")
-        emc = self.emc_dir()
-        from spibatch.emc.records import output_name
-
-        return inside(self.root, emc / output_name(iteration))
+        return inside(self.root, self.emc_dir() / layout.output_name(iteration))
 
     def emc_frames(self, iteration: int | None = None) -> dict:
         """Histograms over frames of one iteration: the most likely rotation's probability, and the scale."""

@@ -9,47 +9,66 @@ those modules, so ``import spibatch.sim`` is cheap.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from spibatch import layout
 
 log = logging.getLogger("spibatch")
 
-OUTPUT_NAMES = {"detector": "detector.h5", "photons": "photons.emc", "truth": "truth.h5",
-                "density": "density.mrc"}
+OUTPUT_NAMES = {"detector": layout.DETECTOR, "photons": layout.PHOTONS, "truth": layout.TRUTH,
+                "density": layout.DENSITY_MRC}
 
 
-def simulate(pipeline, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Path]:
-    """Run the whole simulation of ``pipeline.geometry`` and ``pipeline.simulation`` into ``out_dir``.
+@dataclass(frozen=True)
+class SimulationSettings:
+    """What to simulate (the pipeline's ``simulation`` section as plain values; units in the names)."""
+
+    pdb: Path
+    num_patterns: int = 1000
+    mean_photons_per_frame: float | None = 1000.0
+    fluence_photons_per_m2: float | None = None
+    fluence_jitter: float = 0.0
+    use_b_factors: bool = True
+    assembly: bool = True
+    keep_waters: bool = False
+    seed: int = 1
+    chunk_frames: int = 1024
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SimulationSettings":
+        """From a mapping with (at least) these keys, e.g. ``config.Simulation(...).model_dump()``."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (Path(v) if k == "pdb" else v) for k, v in values.items() if k in names})
+
+
+def simulate(detector, sim: SimulationSettings, out_dir: str | Path, *, show_progress: bool = True,
+             provenance: dict | None = None) -> dict[str, Path]:
+    """Simulate ``sim`` on ``detector`` (a :class:`~spibatch.detector.Detector` with a physical scale) into ``out_dir``.
 
     Writes ``detector.h5`` (Dragonfly detector file), ``photons.emc`` (Dragonfly HDF5
     photons file), ``truth.h5`` (``intensity`` (M, M, M) float32 in electrons^2,
     ``density`` (L, L, L) float32 electrons/voxel, ``quaternions`` (N, 4) (w, x, y, z),
     ``fluence`` (N,), ``photons_per_frame`` (N,); attributes ``voxel_size_per_m``,
     ``density_voxel_size_m``, ``photon_scale``) and ``density.mrc`` (Angstrom voxels).
-    The model grid edge is ``detector.model_size()``.  Returns ``{name: path}``.
+    The model grid edge is ``detector.model_size()``.  ``provenance``: recorded in truth.h5.
+    Returns ``{name: path}``.
     """
     import numpy as np
 
-    from spibatch.config import Pipeline
-    from spibatch.errors import InputError
     from spibatch.io.dragonfly import PhotonsWriter, write_detector
     from spibatch.io.mrc import write_mrc
     from spibatch.io.results import write_result
     from spibatch.progress import progress
-    from spibatch.sim.geometry import flat_detector, resolution_m
+    from spibatch.sim.geometry import resolution_m
     from spibatch.sim.patterns import fluence_scale, mean_photons_scale, simulate_patterns
     from spibatch.sim.scattering import density, intensity, structure_factor
     from spibatch.sim.structure import read_structure
 
-    pipeline: Pipeline
-    sim = pipeline.simulation
-    if sim is None:
-        raise InputError("no `simulation` section", field="simulation",
-                         fix="add a `simulation:` section with at least `pdb:`")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / file for name, file in OUTPUT_NAMES.items()}
 
-    detector = flat_detector(pipeline.geometry)
     atoms = read_structure(sim.pdb, assembly=sim.assembly, keep_waters=sim.keep_waters)
     log.info("read %d atoms (%.0f electrons, radius %.1f A) from %s", atoms.num_atoms, atoms.electrons(),
              atoms.radius_m() * 1e10, sim.pdb)
@@ -91,7 +110,6 @@ def simulate(pipeline, out_dir: str | Path, *, show_progress: bool = True) -> di
                  {"voxel_size_per_m": dq, "density_voxel_size_m": density_voxel_m,
                   "intensity_unit": "electrons^2", "photon_scale": scale,
                   "mean_photons_per_frame": result["mean_photons"]},
-                 provenance={"stage": "simulate", "simulation": sim.model_dump(mode="json"),
-                             "geometry": pipeline.geometry.model_dump(mode="json")})
+                 provenance=provenance)
     write_mrc(paths["density"], truth_density, density_voxel_m * 1e10)   # [x, y, z]; write_mrc orders it for MRC
     return paths

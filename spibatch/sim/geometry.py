@@ -1,4 +1,4 @@
-"""A flat square detector: pixel q-vectors, solid angle x polarization, mask.
+"""The flat square detector's conventions (built by :meth:`spibatch.detector.Detector.flat`) and its resolution.
 
 Frames and units (as Dragonfly's ``det_sim.h5``, checked against it in the tests)
 ---------------------------------------------------------------------------------
@@ -26,45 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spibatch.config import Geometry
-from spibatch.detector import MASK_EXCLUDED, MASK_MERGE_ONLY, MASK_USED, Detector
-
-
-def flat_detector(geometry: Geometry) -> Detector:
-    """The Detector of ``geometry``: ``n * n`` pixels in C order over (x, y), q in model voxels.
-
-    Returns a Detector with ``q_voxels`` (n*n, 3) float64, ``corr`` (n*n,) float64 (sr x
-    polarization), ``mask`` (n*n,) uint8, ``detd_pixels = ewald_radius_voxels = D / pixel``,
-    ``voxel_size_per_m = pixel / (wavelength * D)`` (1/m) and ``shape = (n, n)``.
-    """
-    n = int(geometry.detector_pixels)
-    pixel = float(geometry.pixel_size_m)
-    distance = float(geometry.detector_distance_m)
-    detd = distance / pixel                      # sample-detector distance in pixels
-    centre = (n - 1) / 2.0
-    i, j = np.meshgrid(np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64), indexing="ij")
-    x = (i - centre).ravel()                     # pixels, along lab x (slow index)
-    y = (j - centre).ravel()                     # pixels, along lab y (fast index)
-    length = np.sqrt(x * x + y * y + detd * detd)
-    ewald = detd                                 # 1/wavelength in voxels of pixel/(wavelength D)
-    q_voxels = np.stack([x * ewald / length, y * ewald / length, detd * ewald / length - ewald], axis=1)
-
-    solid_angle = detd / length ** 3             # sr: (pixel area 1) * cos / r^2 in pixel units
-    if geometry.polarization == "x":
-        polar = 1.0 - (x / length) ** 2
-    elif geometry.polarization == "y":
-        polar = 1.0 - (y / length) ** 2
-    else:
-        polar = 0.5 * (1.0 + (detd / length) ** 2)
-    corr = solid_angle * polar
-
-    radius = np.sqrt(x * x + y * y)              # in-plane distance from the beam, pixels
-    mask = np.full(n * n, MASK_USED, np.uint8)
-    mask[radius > centre] = MASK_MERGE_ONLY
-    mask[radius < float(geometry.beamstop_radius_pixels)] = MASK_EXCLUDED
-    return Detector(q_voxels=q_voxels, corr=corr, mask=mask, detd_pixels=float(detd),
-                    ewald_radius_voxels=float(ewald),
-                    voxel_size_per_m=pixel / (geometry.wavelength * distance), shape=(n, n))
+from spibatch.detector import Detector
 
 
 def resolution_m(detector: Detector) -> dict[str, float]:

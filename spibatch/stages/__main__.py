@@ -1,0 +1,81 @@
+"""``python -m spibatch.stages NAME RUN_DIR``: one stage of a run, in a process of its own.
+
+What ``spibatch run`` launches as the HPC-mode EMC job (every MPI rank runs this; rank 0 writes), and
+what anyone may run to (re)do a stage of a run folder.  It reads the run's own ``config.yaml``, resolves
+the device on this node, runs the stage through :func:`spibatch.stages.run_stage`, and reports how it
+ended in ``stages/jobs/<NAME>.json``: ``{"stage", "status": "done" | "failed", "exit_code", "error",
+"host", "finished"}`` -- the caller reads that file, not the process's stderr.  Exit status: 0 done,
+2 bad input (the one-line error), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from spibatch.errors import InputError
+from spibatch.io.atomic import write_text
+from spibatch.layout import RunLayout
+from spibatch.rundir import utc_now
+from spibatch.stages import MODULES, load_run, run_stage
+
+
+def write_result(run: RunLayout, name: str, exit_code: int, error: str | None = None) -> None:
+    record = {"stage": name, "status": "done" if exit_code == 0 else "failed", "exit_code": exit_code,
+              "error": error, "host": socket.gethostname(), "finished": utc_now()}
+    write_text(run.stage_result(name), json.dumps(record, indent=2) + "\n")
+
+
+def read_result(run: RunLayout, name: str) -> dict | None:
+    """How the last process-run of stage ``name`` ended (see the module docstring), or None."""
+    try:
+        return json.loads(run.stage_result(name).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spibatch.emc.mpi import world
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in MODULES:
+        print(f"usage: python -m spibatch.stages {{{','.join(MODULES)}}} RUN_DIR", file=sys.stderr)
+        return 2
+    name, run = args[0], RunLayout(Path(args[1]).resolve())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("spibatch")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    comm = None
+    try:
+        comm = world()
+        rank = 0 if comm is None else comm.Get_rank()
+        if rank:
+            handler.setLevel(logging.CRITICAL + 1)   # rank 0 speaks for all
+        layout, pipeline, device = load_run(run.path)
+        run_stage(name, layout, pipeline, device, writer=rank == 0)
+    except InputError as exc:
+        if comm is None or comm.Get_rank() == 0:
+            write_result(run, name, InputError.exit_code, str(exc))
+            print(f"spibatch: error: {exc}", file=sys.stderr)
+        return InputError.exit_code
+    except BaseException as exc:  # noqa: BLE001 - reported in the result file, then the job fails
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        write_result(run, name, 1, f"{exc.__class__.__name__}: {first}")
+        if comm is not None:
+            import traceback
+
+            traceback.print_exc()
+            comm.Abort(1)   # the other ranks would wait in the next collective call forever
+        raise
+    if comm is None or comm.Get_rank() == 0:
+        write_result(run, name, 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The ingest stage: measured frames of a CXI stack -> ``ingest/`` (sparse photons and, without emc.detector,
+the detector its own geometry describes)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from spibatch.detector import Detector
+from spibatch.errors import InputError
+from spibatch.layout import RunLayout
+
+log = logging.getLogger("spibatch")
+
+
+def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
+          need_detector: bool = True) -> Detector | None:
+    """Before a run: the CXI stack and its detector are usable (headers, mask and geometry only, never the
+    frames).  Returns the detector the stage will use: ``emc.detector``'s, else the one the CXI geometry
+    describes (None when there is none and ``need_detector`` is false: `spibatch ingest` converts frames
+    alone).  InputError (one line) when the stack is not there, holds no frames, or no detector fits."""
+    from spibatch.io.cxi import stack_shape
+    from spibatch.io.dragonfly import check_match
+
+    cfg = pipeline.ingest
+    if cfg is None:
+        raise InputError("no `ingest` section", path=config, field="ingest", fix="add one naming the CXI file")
+    shape = stack_shape(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
+    num_pix = 1
+    for n in shape[1:]:
+        num_pix *= n
+    if shape[0] == 0:
+        raise InputError("holds 0 frames", path=cfg.cxi, field=cfg.data_path, fix="give a CXI file with frames")
+    if pipeline.emc.detector is not None:
+        detector = Detector.read(pipeline.emc.detector)
+        check_match(detector, num_pix, pipeline.emc.detector, cfg.cxi)
+        return detector
+    detector = Detector.from_cxi(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
+                                 beamstop_radius_pixels=cfg.beamstop_radius_pixels)
+    if detector is None and need_detector:
+        raise InputError("holds no flat square detector geometry (3-D frames with distance, pixel size and "
+                         "photon energy)", path=cfg.cxi, field="/entry_1/instrument_1",
+                         fix="set emc.detector to a Dragonfly detector file for these frames")
+    return detector
+
+
+def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
+    from spibatch.io.cxi import cxi_to_photons
+    from spibatch.io.dragonfly import write_detector
+
+    cfg = pipeline.ingest
+    detector = check(pipeline, need_detector=False)
+    run.stage_dir("ingest").mkdir(parents=True, exist_ok=True)
+    outputs = {"photons": run.photons("ingest")}
+    if pipeline.emc.detector is None and detector is not None:
+        write_detector(run.detector("ingest"), detector)
+        outputs["detector"] = run.detector("ingest")
+    elif detector is None:
+        log.info("no flat square detector geometry in %s: no detector.h5 written", cfg.cxi)
+    frames, pixels = cxi_to_photons(cfg.cxi, outputs["photons"], chunk_frames=cfg.chunk_frames,
+                                    adu_per_photon=cfg.adu_per_photon, clip_negative=cfg.clip_negative,
+                                    data_path=cfg.data_path, mask_path=cfg.mask_path)
+    log.info("ingest: %d frames of %d pixels from %s", frames, pixels, cfg.cxi)
+    return outputs

@@ -1,0 +1,87 @@
+"""One-stage runs: what ``spibatch simulate``, ``ingest``, ``emc``, ``phase``, ``validate`` do.
+
+:func:`run_stages` checks the stages' inputs (before anything is created), opens a new run folder
+(or reopens one with ``resume``) through :func:`spibatch.rundir.open_run`, and runs the stages in
+this process -- the very functions ``spibatch run`` chains.  Started by an MPI launcher (``mpirun -n
+N spibatch emc ...``) every rank runs it: rank 0 owns the folder and writes, all ranks share EMC's
+shards, and an error on any rank stops all of them.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from contextlib import ExitStack
+from pathlib import Path
+
+from spibatch import stages
+from spibatch.errors import InputError
+from spibatch.layout import RunLayout
+
+
+def run_stages(names: list[str], pipeline, config: Path | None, *, out: Path | None = None,
+               resume: Path | None = None, command: list[str] | None = None, inputs: tuple = (),
+               name: str | None = None) -> tuple[Path, dict]:
+    """Run ``names`` (in order) as a new run of ``pipeline`` (or continue ``resume``); (run folder, outputs).
+
+    ``config``: the pipeline file (named in error lines); ``inputs``: files to fingerprint in provenance.json;
+    ``name``: the run's name (default: the pipeline's).
+    """
+    from spibatch.config import dump_pipeline
+    from spibatch.emc import mpi
+    from spibatch.kernels.device import resolve
+    from spibatch.rundir import open_run
+
+    if out is not None and resume is not None:
+        raise InputError("--out and --resume together", field="--resume",
+                         fix="give --resume RUN_DIR alone to continue a run, or --out DIR alone to start one")
+    comm = mpi.world() if "emc" in names else None
+    rank, size = mpi.rank_and_size(comm)
+    device = mpi.collective(comm, resolve, pipeline.device, pipeline.gpu_runtime, path=config)
+    existing = None if resume is None else RunLayout(Path(resume))
+    mpi.collective(comm, _check, names, pipeline, config, existing, size)
+    opening = dict(name=name or pipeline.name, runs_dir=pipeline.output.runs_dir, out=out, resume=resume,
+                   config_text=dump_pipeline(pipeline), command=list(command if command is not None else sys.argv),
+                   inputs=tuple(inputs), unchanged=tuple(p for p in inputs if p != config), extra={"mpi_ranks": size} if "emc" in names else None,
+                   resume_hint=_resume_hint(names, config, out, resume))
+    with ExitStack() as stack:
+        run = mpi.collective(comm, lambda: stack.enter_context(open_run(**opening)) if rank == 0 else None)
+        layout = RunLayout(mpi.broadcast(comm, None if run is None else run.path))
+        outputs = _run_all(names, layout, pipeline, device, comm, force=resume is not None)
+        if run is not None:
+            run.outputs.update(outputs)
+    return layout.path, outputs
+
+
+def _check(names, pipeline, config, existing, ranks) -> None:
+    for name in names:
+        extra = {"ranks": ranks} if name == "emc" else {"need_detector": False} if name == "ingest" else {}
+        stages.module(name).check(pipeline, config, existing, **extra)
+
+
+def _run_all(names, layout: RunLayout, pipeline, device, comm, *, force: bool) -> dict:
+    rank = 0 if comm is None else comm.Get_rank()
+    outputs = {}
+    try:
+        for name in names:
+            if force and rank == 0:
+                layout.marker(name).unlink(missing_ok=True)   # --resume: the stage continues where it stopped
+            marker = stages.run_stage(name, layout, pipeline, device, writer=rank == 0)
+            outputs.update(marker.get("outputs", {}))
+    except InputError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        if comm is None:
+            raise
+        traceback.print_exc()
+        comm.Abort(1)   # the other ranks would wait in the next collective call forever
+    return outputs
+
+
+def _resume_hint(names, config, out, resume) -> str | None:
+    if names != ["emc"]:
+        return None
+    folder = resume or out or "RUN_DIR"
+    return f"spibatch emc {config} --resume {folder}"

@@ -1,0 +1,102 @@
+"""What a command prints when its run ends: the outputs, the numbers that say how it went, where to look next.
+
+Read from the run folder only (:mod:`spibatch.layout`), so every command -- one stage or the whole
+pipeline -- says the same things the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spibatch.layout import RunLayout
+
+
+def outputs_lines(run_path: Path, outputs: dict) -> list[str]:
+    """``run directory ...`` then one line per output file and the run's own files."""
+    run = RunLayout(run_path)
+    lines = [f"run directory {run.path}"]
+    extra = {"config": run.config, "site": run.site, "provenance": run.provenance, "log": run.log,
+             "report": run.report}
+    for label, path in {**outputs, **extra}.items():
+        if Path(path).exists():
+            lines.append(f"  {label:<14} {path}")
+    return lines
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _angstrom(value, edge=None) -> str:
+    if value is None:
+        return "beyond the data edge" + (f" ({edge * 1e10:.1f} A)" if edge else "")
+    return f"{value * 1e10:.1f} A"
+
+
+def result_lines(run_path: Path) -> list[str]:
+    """The EMC, phasing and validation numbers the run folder holds (whichever stages ran)."""
+    run = RunLayout(run_path)
+    lines = []
+    emc_line = _emc_line(run)
+    if emc_line:
+        lines.append(emc_line)
+    if run.phasing.exists():
+        lines.append(_phasing_line(run))
+    fsc = _json(run.fsc_vs_truth)
+    if fsc is not None:
+        edge = fsc.get("data_edge_resolution_m")
+        if fsc.get("voxel_size_m"):
+            half, gold = _angstrom(fsc.get("resolution_0.5_m"), edge), _angstrom(fsc.get("resolution_0.143_m"), edge)
+        else:
+            half, gold = (f"{fsc.get(k):.3g} voxels" if fsc.get(k) else "beyond Nyquist"
+                          for k in ("fsc_0.5_radius", "fsc_0.143_radius"))
+        lines.append(f"FSC of the density with the true density: 0.5 at {half}, 0.143 at {gold} "
+                     f"(cc {fsc['cc']:.3f}{', twin' if fsc.get('inverted') else ''})")
+    return lines
+
+
+def _emc_line(run: RunLayout) -> str | None:
+    """``EMC: N iterations on R rank(s) in T s`` (+ the correlation with the truth when validated)."""
+    rows = []
+    if run.emc_metrics.exists():
+        for line in run.emc_metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    if not rows:
+        return None
+    seconds = sum(r.get("time_s", 0.0) for r in rows)
+    line = f"EMC: {rows[-1]['iteration']} iterations on {rows[-1].get('mpi_ranks', 1)} rank(s) in {seconds:.0f} s"
+    truth = _json(run.emc_vs_truth)
+    if truth is not None:
+        twin = " (inversion twin)" if truth.get("inverted") else ""
+        line += (f"; correlation of the reconstructed intensity with the truth at the best orientation{twin}, "
+                 f"shells {truth['r_min']:g}-{truth['r_max']:g} voxels: cc = {truth['cc']:.4f}")
+    return line
+
+
+def _phasing_line(run: RunLayout) -> str:
+    from spibatch.io.results import read_result
+
+    attrs = read_result(run.phasing, attrs_only=True)[1]
+    res = attrs.get("resolution_m")
+    line = (f"PRTF falls below 1/e at {res * 1e10:.3g} A" if res else
+            f"PRTF 1/e at shell {attrs['resolution_shell']:.1f}" if attrs.get("resolution_shell") else
+            "PRTF stays above 1/e to the edge of the data")
+    return (f"phasing: {attrs.get('keep_best')} of {attrs.get('num_starts')} starts kept; {line} "
+            f"(data reach shell {attrs.get('max_measured_shell')})")
+
+
+def next_lines(run_path: Path) -> list[str]:
+    """Where the report is, and how to watch the run live."""
+    run = RunLayout(run_path)
+    lines = []
+    if run.report.exists():
+        lines.append(f"report: {run.report}")
+    lines.append(f"watch it live: spibatch monitor {run.path}")
+    return lines
