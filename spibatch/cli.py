@@ -307,11 +307,16 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
           out: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP)) -> None:
     """Phase a merged 3-D intensity: many random starts, aligned and averaged, with the PRTF."""
     from spibatch.config import dump_pipeline, load_pipeline
-    from spibatch.phasing.stage import run_phasing
+    from spibatch.kernels.device import resolve
+    from spibatch.phasing.driver import run_phasing
+    from spibatch.phasing.inputs import load_intensity, prepare_measurement
+    from spibatch.phasing.measurement import initial_support
+    from spibatch.phasing.settings import PhasingSettings
     from spibatch.rundir import create_run_dir, run_in_dir
 
     pipeline = load_pipeline(config)
-    device = _device_args(pipeline, config)    # device: gpu without a GPU stops here
+    device = resolve(pipeline.device, pipeline.gpu_runtime, path=config)    # device: gpu without a GPU stops here
+    settings = PhasingSettings.from_dict(pipeline.phasing.model_dump())
     source = intensity or pipeline.phasing.intensity
     if source is None:
         raise InputError("no intensity to phase", path=config, field="phasing.intensity",
@@ -320,18 +325,18 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
         raise InputError("file not found", path=source, field="phasing.intensity", fix="check the path")
     if truth is not None and not truth.is_file():
         raise InputError("file not found", path=truth, field="--truth", fix="check the path")
-    from spibatch.phasing.measurement import check_intensity
-    from spibatch.phasing.stage import load_intensity
-
-    loaded = load_intensity(Path(source), dataset=pipeline.phasing.dataset, crop_to=pipeline.phasing.crop_to,
-                            voxel_size_per_m=pipeline.phasing.voxel_size_per_m)
-    check_intensity(loaded[0], source=str(source))      # bad input stops before a run directory exists
+    loaded = load_intensity(Path(source), dataset=settings.dataset, crop_to=settings.crop_to,
+                            voxel_size_per_m=settings.voxel_size_per_m)
+    # bad input (also too few measured voxels for the first support) stops before a run directory exists
+    measurement = prepare_measurement(*loaded, fast_fft_size=settings.fast_fft_size, realness=settings.realness,
+                                      source=str(source))
+    initial_support(measurement, settings.initial_support_threshold, source=str(source))
     run = create_run_dir(pipeline.name, pipeline.output.runs_dir, out, config_text=dump_pipeline(pipeline),
                          command=sys.argv)
     run.add_inputs(config, source, *([truth] if truth else []))
 
     def body() -> dict:
-        outputs = run_phasing(pipeline.phasing, Path(source), run.path, loaded=loaded, **device)
+        outputs = run_phasing(Path(source), run.path, settings, device=device, loaded=loaded)
         if truth is not None:
             outputs.update(_phase_vs_truth(outputs["phasing"], truth, truth_voxel_size_m, run.path))
         return outputs

@@ -145,18 +145,28 @@ def write_emc_config(run_dir: Path, inputs: dict) -> Path:
 
 def phase_start(run_dir: str, index: int, threads: int) -> str:
     """One phasing start into ``phase/starts/start_NNN.pkl`` (kept when it exists: resume); returns its path."""
-    from spibatch.phasing.stage import options_of, prepare_measurement, run_start
+    import dataclasses
+
+    from spibatch.kernels.device import resolve
+    from spibatch.phasing.algebra import RecipeError
+    from spibatch.phasing.driver import recipe_failed
+    from spibatch.phasing.inputs import load_measurement
+    from spibatch.phasing.settings import PhasingSettings
+    from spibatch.phasing.starts import run_starts
 
     path = Path(run_dir) / "phase" / "starts" / f"start_{index:03d}.pkl"
     if path.exists():
         return str(path)
     pipeline = load_config(run_dir, EMC_CONFIG)
-    cfg = pipeline.phasing
-    cfg.threads = cfg.threads or threads
+    settings = PhasingSettings.from_dict(pipeline.phasing.model_dump())
+    settings = dataclasses.replace(settings, threads=settings.threads or threads)
     with _stage_log(run_dir, "phase"):
-        measurement = prepare_measurement(cfg, cfg.intensity)
-        options = options_of(cfg, pipeline.device, pipeline.gpu_runtime)    # a GPU start: this worker's GPU
-        result = run_start(cfg, cfg.intensity, measurement, options, index)
+        measurement = load_measurement(pipeline.phasing.intensity, settings)
+        device = resolve(pipeline.device, pipeline.gpu_runtime)     # a GPU start: this worker's GPU
+        try:
+            result = run_starts([settings.seeds[index]], measurement, settings, device)[0]
+        except RecipeError as exc:
+            raise recipe_failed(exc, pipeline.phasing.intensity) from None
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         pickle.dump(result, fh, protocol=pickle.HIGHEST_PROTOCOL)
     return str(path)
@@ -164,14 +174,16 @@ def phase_start(run_dir: str, index: int, threads: int) -> str:
 
 def phase(run_dir: Path, start_files: list[str]) -> dict:
     """Merge the starts (aligned, averaged, PRTF) and write phase/ (run_phasing with the results given)."""
-    from spibatch.phasing.stage import run_phasing
+    from spibatch.phasing.driver import run_phasing
+    from spibatch.phasing.settings import PhasingSettings
 
     cfg = load_config(run_dir, EMC_CONFIG).phasing
     results = []
     for name in start_files:
         with open(name, "rb") as fh:
             results.append(pickle.load(fh))
-    return run_phasing(cfg, cfg.intensity, run_dir / "phase", show_progress=False, results=results)
+    return run_phasing(cfg.intensity, run_dir / "phase", PhasingSettings.from_dict(cfg.model_dump()),
+                       show_progress=False, results=results)
 
 
 def validate(run_dir: Path) -> dict:
