@@ -193,3 +193,71 @@ def test_er_never_increases_the_error():
     errors = np.array([h["error"] for h in rec.histories[0]])
     assert np.all(np.diff(errors) <= 1e-5 * errors[:-1])
     assert errors[-1] < 0.2 * errors[0]
+
+
+# ---------------------------------------------------------------- recipe limits (issue 12) and pickling
+
+@pytest.mark.parametrize("count", [5_000, 100_000])
+def test_a_recipe_of_many_chained_operators_is_refused_without_recursion(count):
+    for text in (" * ".join(["ER()"] * count), "*".join(["ER()"] * count)):
+        with pytest.raises(RecipeError) as info:
+            parse_recipe(text)
+        assert "characters long" in str(info.value) or "more than 500 operators" in str(info.value)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    with pytest.raises(RecipeError, match="more than 500 operators"):
+        parse_recipe("*".join(["ER()"] * 501))
+    assert parse_recipe("*".join(["ER()"] * 500)).iterations() == 500
+
+
+@pytest.mark.parametrize("text", ["(" * 5_000 + "ER()" + ")" * 5_000, "(" * 100_000, "ER() ** " + "-" * 9_000 + "1",
+                                  "HIO(beta=" + "(" * 5_000, "ER() ** " + "9" * 5_000])
+def test_deep_or_garbled_recipes_are_one_recipe_error(text):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_nesting_is_limited_but_a_real_nesting_depth_reads():
+    assert repr(parse_recipe("(" * 32 + "ER() ** 2" + ")" * 32)) == "ER() ** 2"
+    with pytest.raises(RecipeError, match="nests parentheses more than 32 deep"):
+        parse_recipe("(" * 33 + "ER()" + ")" * 33)
+
+
+@pytest.mark.parametrize("text, count", [("HIO() ** 10000000000", "10,000,000,000"),
+                                         ("(HIO() ** 1000 * ER()) ** 1000", "1,001,000"),
+                                         ("ER() ** " + "9" * 40, "more than 10^39")])
+def test_a_recipe_that_would_run_for_ever_is_refused_with_its_count(text, count):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text)
+    assert count in str(info.value) and "at most 1,000,000" in str(info.value)
+
+
+def test_a_built_recipe_over_the_budget_is_refused_by_the_settings():
+    from spibatch.phasing.settings import PhasingSettings
+
+    with pytest.raises(RecipeError, match="10,000,000,000 iterations"):
+        PhasingSettings(recipe=HIO() ** 10_000_000_000)
+    with pytest.raises(RecipeError, match="no iteration"):
+        PhasingSettings(recipe=ShrinkWrap() ** 3)
+
+
+@pytest.mark.parametrize("text", [DEFAULT, "RAAR(beta=0.75) ** 20 * DM() ** 5 * ER()",
+                                  "(HIO() ** 3 * (ER() ** 2 * ShrinkWrap(keep=0.1)) ** 2) ** 4"])
+def test_a_parsed_recipe_pickles_and_prints_back_as_its_text(text):
+    import pickle
+
+    recipe = parse_recipe(text)
+    again = pickle.loads(pickle.dumps(recipe))
+    assert again == recipe and repr(again) == text
+    assert again.iterations() == recipe.iterations() and again.steps() == recipe.steps()
+
+
+def test_shrinkwrap_refuses_an_empty_or_a_full_support():
+    n = 16
+    m = prepare(_intensity(_blob(n, 3)))
+    rec = Reconstruction(m, np.ones((n,) * 3, bool), initial=np.zeros((n,) * 3, np.float32), fft_backend="scipy")
+    with pytest.raises(RecipeError, match="no positive value"):
+        ShrinkWrap()(rec)
+    flat = Reconstruction(m, np.ones((n,) * 3, bool), initial=np.ones((n,) * 3, np.float32), fft_backend="scipy")
+    with pytest.raises(RecipeError, match="kept all 4096 voxels"):
+        ShrinkWrap(threshold=0.5)(flat)

@@ -150,6 +150,9 @@ class ShrinkWrap(Step):
             kept = rec.kernels.threshold_support(volume, np.float32(level), support)
             if kept == 0:
                 raise RecipeError(f"ShrinkWrap: threshold {self.params['threshold']} emptied the support; lower it")
+            if kept == volume.size:
+                raise RecipeError(f"{self!r} kept all {kept} voxels of the box: the support constrains nothing; raise "
+                                  "the threshold (or lower keep)")
             rec.record_support(start, int(kept))
         return rec
 
