@@ -309,8 +309,7 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
     from spibatch.config import dump_pipeline, load_pipeline
     from spibatch.kernels.device import resolve
     from spibatch.phasing.driver import run_phasing
-    from spibatch.phasing.inputs import load_intensity, prepare_measurement
-    from spibatch.phasing.measurement import initial_support
+    from spibatch.phasing.inputs import check_inputs
     from spibatch.phasing.settings import PhasingSettings
     from spibatch.rundir import create_run_dir, run_in_dir
 
@@ -325,12 +324,7 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
         raise InputError("file not found", path=source, field="phasing.intensity", fix="check the path")
     if truth is not None and not truth.is_file():
         raise InputError("file not found", path=truth, field="--truth", fix="check the path")
-    loaded = load_intensity(Path(source), dataset=settings.dataset, crop_to=settings.crop_to,
-                            voxel_size_per_m=settings.voxel_size_per_m)
-    # bad input (also too few measured voxels for the first support) stops before a run directory exists
-    measurement = prepare_measurement(*loaded, fast_fft_size=settings.fast_fft_size, realness=settings.realness,
-                                      source=str(source))
-    initial_support(measurement, settings.initial_support_threshold, source=str(source))
+    loaded = check_inputs(Path(source), settings)      # bad input stops before a run directory exists
     run = create_run_dir(pipeline.name, pipeline.output.runs_dir, out, config_text=dump_pipeline(pipeline),
                          command=sys.argv)
     run.add_inputs(config, source, *([truth] if truth else []))

@@ -119,3 +119,28 @@ def test_an_intensity_measured_at_too_few_voxels_is_refused_before_any_start():
     good = prepare(_intensity(_blob(24, 4)))
     support = initial_support(good, 0.04)
     assert independent_amplitudes(good) > support.sum()
+
+
+def test_merging_starts_run_elsewhere_writes_what_a_run_of_its_own_writes(tmp_path):
+    """The pipeline runs ``run_starts([seed], ...)`` per worker and pickles the results; run_phasing given them
+    writes the arrays ``spibatch phase`` writes when it runs the starts itself."""
+    from spibatch.io.results import read_result, write_result
+    from spibatch.phasing.driver import run_phasing
+    from spibatch.phasing.inputs import load_measurement
+
+    path = tmp_path / "intensity.h5"
+    write_result(path, {"intensity": _intensity(_blob(24, 4, seed=3)).astype(np.float32)}, {"voxel_size_per_m": 1e8})
+    settings = PhasingSettings(recipe=parse_recipe("(HIO() ** 8 * ShrinkWrap()) ** 2 * ER() ** 8"), num_starts=3,
+                               keep_best=2, threads=1, fft_backend="scipy")
+    here = run_phasing(path, tmp_path / "here", settings, show_progress=False)
+    measurement = load_measurement(path, settings)
+    shipped = [pickle.loads(pickle.dumps(run_starts([seed], measurement, pickle.loads(pickle.dumps(settings)))[0]))
+               for seed in settings.seeds]
+    merged = run_phasing(path, tmp_path / "merged", settings, show_progress=False, results=shipped)
+    assert sorted(here) == sorted(merged) == ["density_mrc", "metrics", "phasing", "picture"]
+    (a, attrs), (b, _) = read_result(here["phasing"]), read_result(merged["phasing"])
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+    assert attrs["recipe"] == "(HIO() ** 8 * ShrinkWrap()) ** 2 * ER() ** 8"
+    assert here["phasing"].name == "phasing.h5" and here["density_mrc"].name == "density.mrc"
+    with pytest.raises(ValueError, match="expected"):
+        run_phasing(path, tmp_path / "wrong", settings, show_progress=False, results=shipped[::-1])
