@@ -181,9 +181,10 @@ def large(runtimes, info, repeats, frames: int, photons: int, num_div: int = 10,
 def phasing(n: int, runtimes, info, iterations: int = 20) -> dict:
     cp = np if runtimes == ["twin"] else __import__("cupy")
 
-    from spibatch.phasing.gpu import BatchedReconstruction
+    from spibatch.kernels.device import Device
     from spibatch.phasing.measurement import Measurement
     from spibatch.phasing.operators import HIO
+    from spibatch.phasing.reconstruction import Reconstruction
 
     g = cp.arange(n, dtype=cp.float32) - n // 2
     r2 = g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2
@@ -200,7 +201,7 @@ def phasing(n: int, runtimes, info, iterations: int = 20) -> dict:
     result = {"n": n, "floor_s": floor}
     outputs = {}
     for runtime in runtimes:
-        rec = BatchedReconstruction(measurement, support, [1], runtime=backend(runtime))
+        rec = Reconstruction(measurement, support, [1], device=Device("gpu", runtime))
         hio = HIO(beta=0.9)
         for _ in range(3):
             hio(rec)

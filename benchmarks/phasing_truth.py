@@ -56,13 +56,14 @@ def _a(v):
 def phase(intensity, dq, starts: int, out: Path, threads: int = 2) -> tuple:
     from spibatch.config import Phasing
     from spibatch.io.results import write_result
-    from spibatch.phasing.stage import run_phasing
+    from spibatch.phasing.driver import run_phasing
+    from spibatch.phasing.settings import PhasingSettings
 
     out.mkdir(parents=True, exist_ok=True)
     write_result(out / "intensity.h5", {"intensity": intensity.astype(np.float32)}, {"voxel_size_per_m": dq})
     cfg = Phasing(num_starts=starts, keep_best=max(1, starts // 2), threads=threads)
     start = time.perf_counter()
-    paths = run_phasing(cfg, out / "intensity.h5", out, show_progress=False)
+    paths = run_phasing(out / "intensity.h5", out, PhasingSettings.from_dict(cfg.model_dump()), show_progress=False)
     seconds = time.perf_counter() - start
     from spibatch.io.results import read_result
 
@@ -108,7 +109,7 @@ def case_emc_small(args) -> dict:
     from spibatch.detector import Detector
     from spibatch.io.results import read_volume
     from spibatch.phasing.compare import load_truth
-    from spibatch.phasing.stage import crop_centre
+    from spibatch.phasing.inputs import crop_centre
 
     small = SHARED / "dragonfly-small"
     emc_dir = args.out / "emc"

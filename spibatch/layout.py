@@ -64,6 +64,7 @@ STARTS_DIR = "starts"
 # ---- validation (validate/)
 EMC_VS_TRUTH = "emc_vs_truth.json"
 FSC_VS_TRUTH = "fsc_vs_truth.json"
+FSC_VS_TRUTH_PNG = "fsc_vs_truth.png"
 FSC_PNG = "fsc.png"
 FSC_TABLE = "fsc.h5"
 FSC_TEXT = "fsc.txt"
@@ -224,6 +225,10 @@ class RunLayout:
     @property
     def fsc_png(self) -> Path:
         return self.validate / FSC_PNG
+
+    @property
+    def fsc_vs_truth_png(self) -> Path:
+        return self.validate / FSC_VS_TRUTH_PNG
 
     @property
     def fsc_table(self) -> Path:

@@ -11,11 +11,24 @@ import numpy as np
 import pytest
 from test_phasing_operators import _blob, _intensity
 
-from spibatch.phasing.gpu import BatchedReconstruction, batches, run_batch, starts_per_batch
+from spibatch.kernels.device import Device
+from spibatch.phasing.gpu import batches, starts_per_batch
 from spibatch.phasing.measurement import autocorrelation_support, prepare
-from spibatch.phasing.multistart import Options, run_one
+from spibatch.phasing.operators import parse_recipe
+from spibatch.phasing.reconstruction import Reconstruction
+from spibatch.phasing.settings import PhasingSettings
+from spibatch.phasing.starts import run_starts
 
 SEEDS = [3, 4, 5]
+
+
+def _device(xp) -> Device:
+    """The GPU Device of an ``xp`` back-end: the numpy twins of the kernels, or CuPy / PyCUDA on a GPU."""
+    return Device("gpu", "twin" if xp.name == "numpy" else xp.runtime)
+
+
+def _settings(recipe: str) -> PhasingSettings:
+    return PhasingSettings(recipe=parse_recipe(recipe), threads=1, fft_backend="scipy")
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +39,12 @@ def measurement():
 @pytest.mark.parametrize("recipe", ["HIO(beta=0.9) ** 5 * ShrinkWrap(sigma=2, threshold=0.1) * ER() ** 5",
                                     "RAAR(beta=0.8) ** 3 * DM() ** 2 * ShrinkWrap(keep=0.05) * ER() ** 3"])
 def test_batched_starts_give_each_seeds_cpu_answer(measurement, xp, recipe):
-    options = Options(recipe=recipe, threads=1, fft_backend="scipy")
-    gpu = run_batch(SEEDS, measurement, options, runtime=xp.runtime, xp=xp.xp)
+    settings, device = _settings(recipe), _device(xp)
+    assert batches(SEEDS, measurement.n, device) == [SEEDS]           # the three starts share one batch
+    gpu = run_starts(SEEDS, measurement, settings, device)
     assert [r.seed for r in gpu] == SEEDS
     for seed, result in zip(SEEDS, gpu):
-        cpu = run_one(seed, measurement, options)
+        [cpu] = run_starts([seed], measurement, settings)
         assert isinstance(result.density, np.ndarray) and result.density.dtype == np.float32
         assert np.abs(result.density - cpu.density).max() <= 1e-4 * np.abs(cpu.density).max()
         assert result.algorithms == cpu.algorithms
@@ -44,17 +58,17 @@ def test_batched_starts_give_each_seeds_cpu_answer(measurement, xp, recipe):
 
 def test_complex_iterates_without_realness(xp):
     m = prepare(_intensity(_blob(16, 3)), real=False)
-    options = Options(recipe="HIO() ** 4 * ShrinkWrap() * ER() ** 2", threads=1, fft_backend="scipy")
-    gpu = run_batch([7, 8], m, options, runtime=xp.runtime, xp=xp.xp)
+    settings = _settings("HIO() ** 4 * ShrinkWrap() * ER() ** 2")
+    gpu = run_starts([7, 8], m, settings, _device(xp))
     for result in gpu:
-        cpu = run_one(result.seed, m, options)
+        [cpu] = run_starts([result.seed], m, settings)
         assert result.density.dtype == np.complex64
         assert np.abs(result.density - cpu.density).max() <= 1e-4 * np.abs(cpu.density).max()
 
 
 def test_the_batch_holds_every_start_apart(measurement, xp):
     support = autocorrelation_support(measurement, 0.04)
-    rec = BatchedReconstruction(measurement, support, SEEDS, runtime=xp.runtime, xp=xp.xp)
+    rec = Reconstruction(measurement, support, SEEDS, device=_device(xp))
     assert rec.x.shape == (3, 32, 32, 32) and rec.support.shape == (3, 32, 32, 32)
     rec.algorithm = "ER"
     rec.modulus_projection()
@@ -68,20 +82,21 @@ def test_batch_sizes_fill_but_do_not_overflow_the_device():
     assert starts_per_batch(512, 16, 80 * 2 ** 30) == 1       # one 512^3 start fills it alone
     assert starts_per_batch(128, 16, 2 ** 28) == 2            # little free memory: fewer (64 MB a start)
     assert starts_per_batch(64, 3, 2 ** 40) == 3              # never more than asked
-    assert batches(list(range(5)), 64, xp=np) == [[0, 1, 2, 3, 4]]
+    assert batches(list(range(5)), 64, Device("gpu", "twin")) == [[0, 1, 2, 3, 4]]
 
 
 def test_phase_stage_on_the_device_writes_the_cpu_result(tmp_path, xp):
     from spibatch.config import Phasing
     from spibatch.io.results import read_result, write_result
-    from spibatch.phasing.stage import run_phasing
+    from spibatch.phasing.driver import run_phasing
 
     path = tmp_path / "intensity.h5"
     write_result(path, {"intensity": _intensity(_blob(32, 5, seed=2)).astype(np.float32)}, {"voxel_size_per_m": 1e8})
     cfg = Phasing(intensity=path, recipe="HIO(beta=0.9) ** 10 * ShrinkWrap(sigma=2, threshold=0.1) * ER() ** 10",
                   num_starts=3, keep_best=2, threads=1, fft="scipy")
-    run_phasing(cfg, path, tmp_path / "cpu", show_progress=False)
-    run_phasing(cfg, path, tmp_path / "gpu", show_progress=False, device="gpu", gpu_runtime=xp.runtime)
+    settings = PhasingSettings.from_dict(cfg.model_dump())
+    run_phasing(path, tmp_path / "cpu", settings, show_progress=False)
+    run_phasing(path, tmp_path / "gpu", settings, show_progress=False, device=_device(xp))
     (cpu, _), (gpu, _) = read_result(tmp_path / "cpu" / "phasing.h5"), read_result(tmp_path / "gpu" / "phasing.h5")
     assert list(gpu["seeds"]) == list(cpu["seeds"]) and list(gpu["kept_seeds"]) == list(cpu["kept_seeds"])
     np.testing.assert_allclose(gpu["errors"], cpu["errors"], rtol=1e-4)

@@ -71,6 +71,9 @@ def test_phase_writes_density_support_prtf_metrics_and_picture(case):
     ("  recipe: HIO() ** 10 * Magic()\n", "unknown operator 'Magic'"),
     ("  recipe: (HIO() ** 10 * ShrinkWrap(threshold=1.2)) ** 2\n", "threshold must be in (0, 1)"),
     ("  keep_best: 9\n", "keep_best (9) is more than num_starts (3)"),
+    ("  recipe: HIO() ** 10000000000\n", "10,000,000,000 iterations"),
+    ("  recipe: " + " * ".join(["ER()"] * 5000) + "\n", "characters long"),
+    ("  recipe: " + "(" * 40 + "ER()" + ")" * 40 + "\n", "nests parentheses more than 32 deep"),
 ])
 def test_config_mistakes_name_the_line_and_the_key(case, edit, words):
     text = case["config"].read_text().splitlines(keepends=True)
@@ -81,10 +84,18 @@ def test_config_mistakes_name_the_line_and_the_key(case, edit, words):
     assert done.returncode == 2
     assert words in done.stderr and "pipeline.yaml" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    assert len(done.stderr) < 600
     assert not (case["dir"] / "run").exists()
 
 
+def _two_voxels() -> np.ndarray:
+    volume = np.zeros((N,) * 3, np.float32)
+    volume[N // 2, N // 2, N // 2 + 1] = volume[N // 2, N // 2, N // 2 - 1] = 1.0    # one Friedel pair
+    return volume
+
+
 @pytest.mark.parametrize("volume, words", [
+    (_two_voxels, "only 1 independent measured amplitudes"),
     (lambda: -np.ones((N,) * 3, np.float32), "negative"),
     (lambda: np.full((N,) * 3, np.nan, np.float32), "NaN"),
     (lambda: np.ones((N, N, N - 2), np.float32), "cubic"),

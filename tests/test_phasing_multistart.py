@@ -10,9 +10,11 @@ from spibatch.errors import InputError
 from spibatch.phasing.alignment import align, roll_to_centre, shift_spectrum
 from spibatch.phasing.compare import compare_with_truth, resample
 from spibatch.phasing.measurement import check_intensity, pad_centre, prepare
-from spibatch.phasing.multistart import (INV_E, Options, first_crossing, max_measured_shell, merge, prtf_shells,
-                                         run_one)
-from spibatch.phasing.stage import crop_centre
+from spibatch.phasing.inputs import crop_centre
+from spibatch.phasing.multistart import INV_E, first_crossing, max_measured_shell, merge, prtf_shells
+from spibatch.phasing.operators import parse_recipe
+from spibatch.phasing.settings import PhasingSettings
+from spibatch.phasing.starts import StartResult, run_starts
 
 
 def _shifted(volume: np.ndarray, shift) -> np.ndarray:
@@ -65,7 +67,6 @@ def test_merge_keeps_the_lowest_errors_and_averages_aligned_copies():
     n = 24
     rho = _blob(n, 4)
     m = prepare(_intensity(rho), voxel_size_per_m=1e8)
-    from spibatch.phasing.multistart import StartResult
 
     def start(seed, error, shift, twin):
         d = _shifted(np.fft.ifftshift(rho), shift)
@@ -98,7 +99,7 @@ def test_default_recipe_reconstructs_a_known_object_from_noisy_data_with_a_beam_
     scale = 1e9 / intensity.sum()                                     # 1e9 photons in all
     intensity = np.random.default_rng(0).poisson(intensity * scale).astype(float)
     m = prepare(intensity, voxel_size_per_m=1e8)
-    results = [run_one(seed, m, Options(threads=2, fft_backend="scipy")) for seed in range(4)]
+    results = run_starts(list(range(4)), m, PhasingSettings(threads=2, fft_backend="scipy"))
     merged = merge(results, m, keep=3)
     summary = compare_with_truth(merged.density, m.voxel_size_m, rho, m.voxel_size_m)
     fsc = np.array([v if v is not None else np.nan for v in summary["fsc"]])
@@ -150,8 +151,8 @@ def test_complex_iterate_without_realness_reconstructs_too():
     rho = _blob(n, 4, seed=5)
     m = prepare(_intensity(rho), real=False)
     assert m.amplitude.shape == (n, n, n) and not m.real
-    result = run_one(2, m, Options(recipe="(HIO() ** 40 * ShrinkWrap(sigma=1.5, threshold=0.1)) ** 3 * ER() ** 60",
-                                   threads=1, fft_backend="scipy"))
+    recipe = parse_recipe("(HIO() ** 40 * ShrinkWrap(sigma=1.5, threshold=0.1)) ** 3 * ER() ** 60")
+    [result] = run_starts([2], m, PhasingSettings(recipe=recipe, threads=1, fft_backend="scipy"))
     assert result.density.dtype == np.complex64
     assert result.final_error < 0.05
     merged = merge([result], m, keep=1)

@@ -66,8 +66,8 @@ def test_recipe_runs_in_reading_order():
     m = prepare(_intensity(_blob(24, 4)))
     rec = Reconstruction(m, np.ones((24,) * 3, bool), threads=1, fft_backend="scipy")
     parse_recipe("HIO() ** 2 * (ER() * RAAR()) ** 2 * DM()")(rec)
-    assert [h["algorithm"] for h in rec.history] == ["HIO", "HIO", "ER", "RAAR", "ER", "RAAR", "DM"]
-    assert [h["iteration"] for h in rec.history] == list(range(1, 8))
+    assert [h["algorithm"] for h in rec.histories[0]] == ["HIO", "HIO", "ER", "RAAR", "ER", "RAAR", "DM"]
+    assert [h["iteration"] for h in rec.histories[0]] == list(range(1, 8))
 
 
 @pytest.mark.parametrize("n", [16, 17])
@@ -143,8 +143,9 @@ def test_shrinkwrap_blur_is_a_periodic_gaussian_and_keep_uses_the_histogram():
     rec = Reconstruction(m, np.ones((n,) * 3, bool), initial=np.fft.ifftshift(rho), fft_backend="scipy")
     ShrinkWrap(sigma=2, threshold=0.2)(rec)
     blurred = gaussian_filter(np.fft.ifftshift(rho).astype(np.float64), 2.0, mode="wrap", truncate=8)
-    assert np.array_equal(rec.support, blurred > 0.2 * blurred.max()) or \
-        np.count_nonzero(rec.support != (blurred > 0.2 * blurred.max())) <= 4    # ties at the edge
+    assert rec.support.shape == (1, n, n, n)                       # one start, on the CPU
+    assert np.array_equal(rec.support[0], blurred > 0.2 * blurred.max()) or \
+        np.count_nonzero(rec.support[0] != (blurred > 0.2 * blurred.max())) <= 4    # ties at the edge
     ShrinkWrap(sigma=2, keep=0.05)(rec)
     assert abs(rec.support.sum() - 0.05 * n ** 3) <= 0.01 * n ** 3
 
@@ -176,9 +177,9 @@ def test_each_algorithm_converges_with_the_true_support(algorithm):
     intensity[np.sqrt((g ** 2).sum(0)) < 1.5] = 0                          # beam stop
     m = prepare(intensity)
     support = np.fft.ifftshift(rho > 0.01 * rho.max())
-    rec = Reconstruction(m, support, seed=3, fft_backend="scipy")
+    rec = Reconstruction(m, support, seeds=[3], fft_backend="scipy")
     parse_recipe(algorithm)(rec)
-    errors = [h["error"] for h in rec.history]
+    errors = [h["error"] for h in rec.histories[0]]
     assert errors[-1] < 0.02 < errors[0], (errors[0], errors[-1])
 
 
@@ -187,8 +188,76 @@ def test_er_never_increases_the_error():
     n = 32
     rho = _blob(n, 5)
     m = prepare(_intensity(rho))
-    rec = Reconstruction(m, np.fft.ifftshift(rho > 0.01 * rho.max()), seed=3, fft_backend="scipy")
+    rec = Reconstruction(m, np.fft.ifftshift(rho > 0.01 * rho.max()), seeds=[3], fft_backend="scipy")
     (ER() ** 100)(rec)
-    errors = np.array([h["error"] for h in rec.history])
+    errors = np.array([h["error"] for h in rec.histories[0]])
     assert np.all(np.diff(errors) <= 1e-5 * errors[:-1])
     assert errors[-1] < 0.2 * errors[0]
+
+
+# ---------------------------------------------------------------- recipe limits (issue 12) and pickling
+
+@pytest.mark.parametrize("count", [5_000, 100_000])
+def test_a_recipe_of_many_chained_operators_is_refused_without_recursion(count):
+    for text in (" * ".join(["ER()"] * count), "*".join(["ER()"] * count)):
+        with pytest.raises(RecipeError) as info:
+            parse_recipe(text)
+        assert "characters long" in str(info.value) or "more than 500 operators" in str(info.value)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    with pytest.raises(RecipeError, match="more than 500 operators"):
+        parse_recipe("*".join(["ER()"] * 501))
+    assert parse_recipe("*".join(["ER()"] * 500)).iterations() == 500
+
+
+@pytest.mark.parametrize("text", ["(" * 5_000 + "ER()" + ")" * 5_000, "(" * 100_000, "ER() ** " + "-" * 9_000 + "1",
+                                  "HIO(beta=" + "(" * 5_000, "ER() ** " + "9" * 5_000])
+def test_deep_or_garbled_recipes_are_one_recipe_error(text):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_nesting_is_limited_but_a_real_nesting_depth_reads():
+    assert repr(parse_recipe("(" * 32 + "ER() ** 2" + ")" * 32)) == "ER() ** 2"
+    with pytest.raises(RecipeError, match="nests parentheses more than 32 deep"):
+        parse_recipe("(" * 33 + "ER()" + ")" * 33)
+
+
+@pytest.mark.parametrize("text, count", [("HIO() ** 10000000000", "10,000,000,000"),
+                                         ("(HIO() ** 1000 * ER()) ** 1000", "1,001,000"),
+                                         ("ER() ** " + "9" * 40, "more than 10^39")])
+def test_a_recipe_that_would_run_for_ever_is_refused_with_its_count(text, count):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text)
+    assert count in str(info.value) and "at most 1,000,000" in str(info.value)
+
+
+def test_a_built_recipe_over_the_budget_is_refused_by_the_settings():
+    from spibatch.phasing.settings import PhasingSettings
+
+    with pytest.raises(RecipeError, match="10,000,000,000 iterations"):
+        PhasingSettings(recipe=HIO() ** 10_000_000_000)
+    with pytest.raises(RecipeError, match="no iteration"):
+        PhasingSettings(recipe=ShrinkWrap() ** 3)
+
+
+@pytest.mark.parametrize("text", [DEFAULT, "RAAR(beta=0.75) ** 20 * DM() ** 5 * ER()",
+                                  "(HIO() ** 3 * (ER() ** 2 * ShrinkWrap(keep=0.1)) ** 2) ** 4"])
+def test_a_parsed_recipe_pickles_and_prints_back_as_its_text(text):
+    import pickle
+
+    recipe = parse_recipe(text)
+    again = pickle.loads(pickle.dumps(recipe))
+    assert again == recipe and repr(again) == text
+    assert again.iterations() == recipe.iterations() and again.steps() == recipe.steps()
+
+
+def test_shrinkwrap_refuses_an_empty_or_a_full_support():
+    n = 16
+    m = prepare(_intensity(_blob(n, 3)))
+    rec = Reconstruction(m, np.ones((n,) * 3, bool), initial=np.zeros((n,) * 3, np.float32), fft_backend="scipy")
+    with pytest.raises(RecipeError, match="no positive value"):
+        ShrinkWrap()(rec)
+    flat = Reconstruction(m, np.ones((n,) * 3, bool), initial=np.ones((n,) * 3, np.float32), fft_backend="scipy")
+    with pytest.raises(RecipeError, match="kept all 4096 voxels"):
+        ShrinkWrap(threshold=0.5)(flat)

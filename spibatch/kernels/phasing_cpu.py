@@ -9,6 +9,9 @@ complex iterate a full one (N, N, N).  ``amplitude`` has the spectrum's shape,
 float32, the measured ``sqrt(I)``, and a negative value where the voxel is not
 measured (beam-stop hole, beyond the detector edge): those voxels are left free.
 Real-space arrays are (N, N, N) float32 (or complex64); ``support`` is bool.
+The real-space updates and the separable filter also take a batch (B, N, N, N) /
+(B, N, N, K) of C-contiguous arrays (a :class:`~spibatch.phasing.reconstruction.Reconstruction`'s),
+run as one (B N, N, N) volume; the sums and thresholds run on one start's (N, N, N).
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def _keep(value, inside, positivity):
 
 
 @nb.njit(parallel=True, cache=True)
-def update_er(x, y, support, positivity):
+def _update_er(x, y, support, positivity):
     """Error reduction: x <- P_S y (y inside the support, and positive with positivity; else 0)."""
     for i in nb.prange(x.shape[0]):
         for j in range(x.shape[1]):
@@ -82,7 +85,7 @@ def update_er(x, y, support, positivity):
 
 
 @nb.njit(parallel=True, cache=True)
-def project_support(x, support, positivity, out):
+def _project_support(x, support, positivity, out):
     """out <- P_S x: x inside the support (and positive with positivity), 0 elsewhere."""
     for i in nb.prange(x.shape[0]):
         for j in range(x.shape[1]):
@@ -92,7 +95,7 @@ def project_support(x, support, positivity, out):
 
 
 @nb.njit(parallel=True, cache=True)
-def update_hio(x, y, support, positivity, beta):
+def _update_hio(x, y, support, positivity, beta):
     """Hybrid input-output (Fienup): x <- y where kept, x - beta * y elsewhere; y = P_M x."""
     for i in nb.prange(x.shape[0]):
         for j in range(x.shape[1]):
@@ -105,7 +108,7 @@ def update_hio(x, y, support, positivity, beta):
 
 
 @nb.njit(parallel=True, cache=True)
-def update_raar(x, y, support, positivity, beta):
+def _update_raar(x, y, support, positivity, beta):
     """RAAR (Luke 2005): x <- beta/2 (R_S R_M + I) x + (1 - beta) P_M x, written pointwise.
 
     With y = P_M x and z = 2y - x: where z is kept by the support (and positivity)
@@ -123,7 +126,7 @@ def update_raar(x, y, support, positivity, beta):
 
 
 @nb.njit(parallel=True, cache=True)
-def dm_first(x, y, support, positivity, gamma_m, gamma_s, a, b):
+def _dm_first(x, y, support, positivity, gamma_m, gamma_s, a, b):
     """Difference map, first half: a <- P_S((1 + gamma_m) y - gamma_m x) and
     b <- (1 + gamma_s) P_S x - gamma_s x (to be modulus-projected next); y = P_M x."""
     for i in nb.prange(x.shape[0]):
@@ -138,7 +141,7 @@ def dm_first(x, y, support, positivity, gamma_m, gamma_s, a, b):
 
 
 @nb.njit(parallel=True, cache=True)
-def dm_second(x, a, pb, beta):
+def _dm_second(x, a, pb, beta):
     """Difference map, second half: x <- x + beta * (a - P_M b), with pb = P_M b."""
     for i in nb.prange(x.shape[0]):
         for j in range(x.shape[1]):
@@ -147,7 +150,7 @@ def dm_second(x, a, pb, beta):
 
 
 @nb.njit(parallel=True, cache=True)
-def multiply_separable(spectrum, out, g0, g1, g2):
+def _multiply_separable(spectrum, out, g0, g1, g2):
     """out <- spectrum * g0[i] * g1[j] * g2[k] (a separable filter, e.g. a Gaussian blur)."""
     for i in nb.prange(spectrum.shape[0]):
         for j in range(spectrum.shape[1]):
@@ -200,3 +203,51 @@ def threshold_support(volume, level, support):
                 c += keep
         count[i] = c
     return count.sum()
+
+
+# ------------------------------------------------------------------ batch-shaped entry points
+
+def _flat(array):
+    """A (B, N, N, K) C-contiguous array as the (B N, N, K) view the kernels loop over; (N, N, K) as it is."""
+    if array.ndim == 3:
+        return array
+    if not array.flags.c_contiguous:
+        raise ValueError("phasing kernels need C-contiguous arrays")
+    return array.reshape((-1,) + array.shape[-2:])
+
+
+def update_er(x, y, support, positivity):
+    """Error reduction: x <- P_S y (y inside the support, and positive with positivity; else 0)."""
+    _update_er(_flat(x), _flat(y), _flat(support), positivity)
+
+
+def update_hio(x, y, support, positivity, beta):
+    """Hybrid input-output (Fienup): x <- y where kept, x - beta * y elsewhere; y = P_M x."""
+    _update_hio(_flat(x), _flat(y), _flat(support), positivity, beta)
+
+
+def update_raar(x, y, support, positivity, beta):
+    """RAAR (Luke 2005): x <- y where 2y - x is kept, beta * x + (1 - 2 beta) * y elsewhere; y = P_M x."""
+    _update_raar(_flat(x), _flat(y), _flat(support), positivity, beta)
+
+
+def project_support(x, support, positivity, out):
+    """out <- P_S x: x inside the support (and positive with positivity), 0 elsewhere."""
+    _project_support(_flat(x), _flat(support), positivity, _flat(out))
+
+
+def dm_first(x, y, support, positivity, gamma_m, gamma_s, a, b):
+    """Difference map, first half (see ``_dm_first``); b may be y (each element is read before it is written)."""
+    _dm_first(_flat(x), _flat(y), _flat(support), positivity, gamma_m, gamma_s, _flat(a), _flat(b))
+
+
+def dm_second(x, a, pb, beta):
+    """Difference map, second half: x <- x + beta * (a - P_M b), with pb = P_M b."""
+    _dm_second(_flat(x), _flat(a), _flat(pb), beta)
+
+
+def multiply_separable(spectrum, out, g0, g1, g2):
+    """out <- spectrum * g0[i] * g1[j] * g2[k] per start (a separable filter, e.g. a Gaussian blur)."""
+    if spectrum.ndim == 4:
+        g0 = np.tile(g0, spectrum.shape[0])
+    _multiply_separable(_flat(spectrum), _flat(out), g0, g1, g2)

@@ -101,7 +101,7 @@ _current: list[int] = []
 
 def ensure_device() -> int:
     """:func:`use_device` once per process (the GPU code calls it, so a Parsl task or an MPI rank that calls
-    ``shard_step(device="gpu")`` / ``run_one`` directly gets its own GPU too); returns the ordinal."""
+    a shard step or phasing start on the GPU directly gets its own GPU too); returns the ordinal."""
     return _current[0] if _current else use_device()
 
 

@@ -1,12 +1,15 @@
 """Phase retrieval: measured amplitudes -> real-space density.
 
-Modules: :mod:`.measurement` (intensity -> amplitudes in FFT order, the free
-voxels, the first support), :mod:`.fft` (planned FFTs), :mod:`.reconstruction`
-(one run's state), :mod:`.operators` (ER, HIO, RAAR, DM, ShrinkWrap and their
-algebra), :mod:`.multistart` (many seeded runs, alignment, averaging, PRTF) and
-:mod:`.stage` (the ``spibatch phase`` files and pictures).
+Modules: :mod:`.measurement` (intensity -> amplitudes in FFT order, the free voxels, the first
+support), :mod:`.inputs` (an intensity file -> a measurement), :mod:`.settings` (how phasing runs, as
+plain values), :mod:`.fft` (planned CPU FFTs), :mod:`.reconstruction` (the state of B starts, on the
+CPU or a GPU), :mod:`.gpu` (the GPU's kernels, FFTs and batch sizes), :mod:`.algebra` and
+:mod:`.operators` (ER, HIO, RAAR, DM, ShrinkWrap, their algebra and the recipe parser),
+:mod:`.starts` (``run_starts``: independent seeded starts), :mod:`.multistart` (alignment, averaging,
+PRTF), :mod:`.alignment`, :mod:`.compare` (against a true density), :mod:`.driver` (``run_phasing``:
+one run into a folder) and :mod:`.outputs` (its files and picture).
 """
 
-# the default recipe and first-support threshold (the config and multistart.Options share them)
+# the default recipe and first-support threshold (the config and PhasingSettings share them)
 DEFAULT_RECIPE = "(HIO(beta=0.9) ** 50 * ShrinkWrap(sigma=2, threshold=0.1)) ** 10 * ER() ** 100"
 DEFAULT_SUPPORT_THRESHOLD = 0.04

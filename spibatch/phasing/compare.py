@@ -73,13 +73,12 @@ def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.nda
             "_result": result, "_aligned": aligned}
 
 
-def write_comparison(summary: dict, out_dir: Path, title: str) -> dict[str, Path]:
-    """fsc_vs_truth.json and fsc_vs_truth.png into ``out_dir``."""
+def write_comparison(summary: dict, json_path: Path, png_path: Path, title: str) -> dict[str, Path]:
+    """The summary as JSON at ``json_path`` (without the private ``_`` keys) and its FSC plot at ``png_path``."""
     from spibatch.io.atomic import write_text
     from spibatch.validate import plot_fsc
 
-    out_dir = Path(out_dir)
-    plot_fsc(summary["_result"], out_dir / "fsc_vs_truth.png", title=title)
+    plot_fsc(summary["_result"], png_path, title=title)
     public = {k: v for k, v in summary.items() if not k.startswith("_")}
-    write_text(out_dir / "fsc_vs_truth.json", json.dumps(public, indent=1) + "\n")
-    return {"fsc_vs_truth": out_dir / "fsc_vs_truth.json", "fsc_plot": out_dir / "fsc_vs_truth.png"}
+    write_text(Path(json_path), json.dumps(public, indent=1) + "\n")
+    return {"fsc_vs_truth": Path(json_path), "fsc_plot": Path(png_path)}

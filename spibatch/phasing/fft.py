@@ -12,7 +12,9 @@ Two backends with one interface:
 ``auto`` takes fftw when pyFFTW imports.  Both transforms are unnormalised
 (the forward is a plain sum, the inverse too): callers fold the 1/N^3 in
 elsewhere (the modulus projection does it for free).  A real iterate uses a
-real-to-complex FFT with a (N, N, N // 2 + 1) half spectrum.
+real-to-complex FFT with a (N, N, N // 2 + 1) half spectrum.  Arrays carry a
+leading batch axis, (B, N, N, N), as a :class:`~spibatch.phasing.reconstruction.Reconstruction`
+holds them; on the CPU B is 1.
 """
 
 from __future__ import annotations
@@ -42,26 +44,33 @@ def have_fftw() -> bool:
     return True
 
 
-class FFTEngine:
-    """FFTs of one (N, N, N) iterate.
+def _address(array) -> int:
+    return array.__array_interface__["data"][0]
 
-    Attributes: ``x`` (the iterate) and ``y`` (scratch), real float32 or complex64;
-    ``spectrum_shape``.  ``forward(src)`` returns the spectrum of ``x`` or ``y``;
-    ``inverse(spectrum)`` returns the real-space array (it is ``y`` with fftw; the
-    spectrum may be destroyed).  Returned arrays are only valid until the next call.
+
+class FFTEngine:
+    """FFTs of B iterates (B, N, N, N) on the CPU, over the last three axes.
+
+    Attributes: ``x`` (the iterates) and ``y`` (scratch), real float32 or complex64, (B, N, N, N);
+    ``spectrum_shape`` (B, N, N, N // 2 + 1) or (B, N, N, N).  ``forward(src)`` returns the spectrum
+    of ``x`` or ``y``; ``inverse(spectrum)`` returns the real-space array (it is ``y`` with fftw; the
+    spectrum may be destroyed).  Returned arrays are only valid until the next call.  With B = 1
+    (a start on the CPU) every transform is the plain 3-D one of the (N, N, N) array.
     """
 
-    def __init__(self, n: int, *, real: bool = True, threads: int = 1, backend: str = "auto"):
+    def __init__(self, n: int, *, batch: int = 1, real: bool = True, threads: int = 1, backend: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown FFT backend {backend!r}: one of {', '.join(BACKENDS)}")
         if backend == "auto":
             backend = "fftw" if have_fftw() else "scipy"
         self.backend = backend
         self.n = int(n)
+        self.batch = int(batch)
         self.real = bool(real)
         self.threads = max(1, int(threads))
-        self.shape = (self.n,) * 3
-        self.spectrum_shape = (self.n, self.n, self.n // 2 + 1) if real else self.shape
+        self.volume = (self.n,) * 3
+        self.shape = (self.batch, *self.volume)
+        self.spectrum_shape = (self.batch, self.n, self.n, self.n // 2 + 1) if real else self.shape
         self.real_dtype = np.dtype(np.float32 if real else np.complex64)
         if backend == "fftw":
             self._setup_fftw()
@@ -83,10 +92,16 @@ class FFTEngine:
         self._spectrum = pyfftw.zeros_aligned(self.spectrum_shape, np.complex64)
         self._spectrum2 = pyfftw.zeros_aligned(self.spectrum_shape, np.complex64)
         flags = ("FFTW_MEASURE",)
-        kw = dict(axes=(0, 1, 2), threads=self.threads)
-        self._forward = {id(src): pyfftw.FFTW(src, self._spectrum, flags=flags, **kw) for src in (self.x, self.y)}
+        kw = dict(axes=(-3, -2, -1), threads=self.threads)
+
+        def planned(a):        # one start: the 3-D array itself (the plan and its wisdom are the 3-D transform's)
+            return a[0] if self.batch == 1 else a
+
+        self._forward = {_address(src): pyfftw.FFTW(planned(src), planned(self._spectrum), flags=flags, **kw)
+                         for src in (self.x, self.y)}
         inverse_flags = flags + ("FFTW_DESTROY_INPUT",)
-        self._inverse = {id(spec): pyfftw.FFTW(spec, self.y, direction="FFTW_BACKWARD", flags=inverse_flags, **kw)
+        self._inverse = {_address(spec): pyfftw.FFTW(planned(spec), planned(self.y), direction="FFTW_BACKWARD",
+                                                     flags=inverse_flags, **kw)
                          for spec in (self._spectrum, self._spectrum2)}
         try:
             from spibatch.io.atomic import write_bytes
@@ -108,29 +123,32 @@ class FFTEngine:
         """The unnormalised FFT of ``src`` (``x`` by default; with fftw it must be ``x`` or ``y``)."""
         src = self.x if src is None else src
         if self.backend == "fftw":
-            plan = self._forward[id(src)]
-            plan.execute()
+            self._forward[_address(src)].execute()
             return self._spectrum
         import scipy.fft
 
-        if self.real:
-            return scipy.fft.rfftn(src, workers=self.threads)
-        return scipy.fft.fftn(src, workers=self.threads)
+        transform = scipy.fft.rfftn if self.real else scipy.fft.fftn
+        if self.batch == 1:
+            return transform(src[0], workers=self.threads)[None]
+        return transform(src, axes=(-3, -2, -1), workers=self.threads)
 
     def inverse(self, spectrum: np.ndarray) -> np.ndarray:
         """The unnormalised inverse FFT of ``spectrum`` into ``y`` (returned); spectrum destroyed."""
         if self.backend == "fftw":
-            if id(spectrum) not in self._inverse:
+            plan = self._inverse.get(_address(spectrum))
+            if plan is None:
                 self._spectrum[...] = spectrum
-                spectrum = self._spectrum
-            self._inverse[id(spectrum)].execute()
+                plan = self._inverse[_address(self._spectrum)]
+            plan.execute()
             return self.y
         import scipy.fft
 
+        one = self.batch == 1
+        spectrum = spectrum[0] if one else spectrum
+        kw = dict(norm="forward", workers=self.threads, overwrite_x=True, axes=(-3, -2, -1))
         if self.real:
-            out = scipy.fft.irfftn(spectrum, s=self.shape, norm="forward", workers=self.threads,
-                                   overwrite_x=True)
+            out = scipy.fft.irfftn(spectrum, s=self.volume, **kw)
         else:
-            out = scipy.fft.ifftn(spectrum, norm="forward", workers=self.threads, overwrite_x=True)
-        self.y = out
-        return out
+            out = scipy.fft.ifftn(spectrum, **kw)
+        self.y = out[None] if one else out
+        return self.y

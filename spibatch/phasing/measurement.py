@@ -156,7 +156,8 @@ def prepare(intensity, *, real: bool = True, measured=None, voxel_size_per_m: fl
     return Measurement(amplitude=amplitude, n=n, real=real, voxel_size_m=voxel)
 
 
-def autocorrelation_support(measurement: Measurement, threshold: float = 0.1, sigma: float = 1.0) -> np.ndarray:
+def autocorrelation_support(measurement: Measurement, threshold: float = 0.1, sigma: float = 1.0, *,
+                            source: str | None = None) -> np.ndarray:
     """Initial support (N, N, N) bool, FFT order: where the smoothed autocorrelation exceeds
     ``threshold`` times its maximum.  The autocorrelation is the inverse FFT of the measured
     intensity (unmeasured voxels count 0); it spans twice the object, a safe first support."""
@@ -177,6 +178,35 @@ def autocorrelation_support(measurement: Measurement, threshold: float = 0.1, si
         auto = np.abs(scipy.fft.ifftn(intensity * g))
     support = auto > threshold * auto.max()
     if not support.any():
-        raise InputError(f"the autocorrelation support at threshold {threshold} is empty",
+        raise InputError(f"the autocorrelation support at threshold {threshold} is empty", path=source,
                          field="phasing.initial_support_threshold", fix="lower it (0.01 .. 0.2)")
+    return support
+
+
+def independent_amplitudes(measurement: Measurement) -> int:
+    """How many measured amplitudes are independent: every measured voxel of the full spectrum, or (for a
+    real density, whose intensity is centrosymmetric) one of each Friedel pair (q, -q)."""
+    measured = int(np.count_nonzero(measurement.measured_full()))
+    return (measured + 1) // 2 if measurement.real else measured
+
+
+def initial_support(measurement: Measurement, threshold: float, *, source: str | None = None) -> np.ndarray:
+    """The first support of every start (:func:`autocorrelation_support`), checked against the data.
+
+    Phase retrieval solves for the density inside the support: one unknown per voxel for a real
+    density, two (real and imaginary part) for a complex one.  It is determined only when there are
+    more independent measured amplitudes than unknowns (an oversampling ratio above 1 in Miao's
+    sense, counting each Friedel pair once); with fewer, many densities fit the data equally and
+    the starts return noise.  So an intensity that measures too few voxels for its own first support
+    is refused here, before any start runs, with one InputError.
+    """
+    support = autocorrelation_support(measurement, threshold, source=source)
+    unknowns = int(np.count_nonzero(support)) * (1 if measurement.real else 2)
+    known = independent_amplitudes(measurement)
+    if known <= unknowns:
+        raise InputError(f"only {known} independent measured amplitudes for the {unknowns} unknowns of the first "
+                         f"support ({'real' if measurement.real else 'complex'} density): phase retrieval needs more "
+                         "measurements than unknowns", path=source, field="phasing.intensity",
+                         fix="give an intensity measured over more of reciprocal space (a larger detector, more "
+                         "frames), or raise phasing.initial_support_threshold for a smaller first support")
     return support

@@ -1,84 +1,22 @@
-"""Many independent starts, the best kept, aligned, averaged, and the PRTF.
+"""The reduction of many independent starts: the best kept, aligned, averaged, and the PRTF.
 
-``run_one(seed, measurement, options)`` is one independent task (a Parsl app or
-an MPI rank calls it); ``merge(results, measurement, keep)`` reduces them.
-Densities travel in FFT order (origin at index 0) until :func:`merge`, which
-returns them centred (origin at N // 2, like the intensity).
+The starts (:func:`spibatch.phasing.starts.run_starts`) run anywhere; ``merge(results,
+measurement, keep)`` reduces them.  Densities travel in FFT order (origin at index 0) until
+:func:`merge`, which returns them centred (origin at N // 2, like the intensity).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from spibatch.phasing import DEFAULT_RECIPE, DEFAULT_SUPPORT_THRESHOLD
 from spibatch.phasing.alignment import align, roll_to_centre
-from spibatch.phasing.measurement import Measurement, autocorrelation_support
+from spibatch.phasing.measurement import Measurement
+from spibatch.phasing.starts import StartResult
 
 INV_E = math.exp(-1.0)
-
-
-@dataclass
-class Options:
-    """How one start runs (the config's ``phasing`` section, minus the inputs)."""
-
-    recipe: str = DEFAULT_RECIPE
-    positivity: bool = True
-    initial_support_threshold: float = DEFAULT_SUPPORT_THRESHOLD
-    threads: int = 1
-    fft_backend: str = "auto"
-    device: str = "cpu"             # gpu: the start runs on this process's GPU (spibatch.phasing.gpu)
-    gpu_runtime: str = "cupy"
-
-
-@dataclass
-class StartResult:
-    """One start: density and support (N, N, N) in FFT order, float32 / bool; errors (iterations,)
-    the relative Fourier error per modulus projection; algorithms: the name per iteration."""
-
-    seed: int
-    density: np.ndarray
-    support: np.ndarray
-    errors: np.ndarray
-    algorithms: list[str]
-    final_error: float
-    seconds: float
-    support_sizes: list[tuple[int, int]] = field(default_factory=list)
-    fft_backend: str = ""
-
-
-def run_one(seed: int, measurement: Measurement, options: Options) -> StartResult:
-    """One reconstruction from random phases drawn with ``seed``; independent of every other start."""
-    if options.device == "gpu":                 # a Parsl worker's or MPI rank's own GPU (kernels.xp.use_device)
-        from spibatch.phasing.gpu import run_batch
-
-        return run_batch([seed], measurement, options, runtime=options.gpu_runtime)[0]
-    from spibatch.phasing.operators import parse_recipe
-    from spibatch.phasing.reconstruction import Reconstruction
-
-    start = time.perf_counter()
-    recipe = parse_recipe(options.recipe)
-    support = autocorrelation_support(measurement, options.initial_support_threshold)
-    rec = Reconstruction(measurement, support, positivity=options.positivity, seed=seed, threads=options.threads,
-                         fft_backend=options.fft_backend)
-    recipe(rec)
-    density = rec.density()
-    final = _error_of(density, rec)
-    return StartResult(seed=seed, density=density, support=rec.support.copy(),
-                       errors=np.array([h["error"] for h in rec.history]),
-                       algorithms=[h["algorithm"] for h in rec.history], final_error=final,
-                       seconds=time.perf_counter() - start, support_sizes=list(rec.support_size_history),
-                       fft_backend=rec.fft.backend)
-
-
-def _error_of(density: np.ndarray, rec) -> float:
-    """Relative Fourier error of a final density (the measure the starts are ranked by)."""
-    rec.fft.x[...] = density
-    rec.changed()
-    return rec.fourier_error()
 
 
 @dataclass

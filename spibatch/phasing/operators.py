@@ -7,7 +7,10 @@ A recipe runs in reading order: ``A * B`` applies A, then B; ``A ** n`` applies 
 n times.  (PyNX composes right to left, ``B * A * cdi``; a recipe string here is a
 list of steps, so the default above ends with the ER polish.)
 ``repr`` prints the recipe back as written, and :func:`parse_recipe` reads it from
-a string (the config's ``phasing.recipe``) without ``eval``.
+a string (the config's ``phasing.recipe``) without ``eval``, refusing recipes too long,
+too deeply nested or too long-running to be meant (:data:`MAX_RECIPE_CHARS`,
+:data:`MAX_OPERATORS`, :data:`MAX_NESTING`, :data:`~spibatch.phasing.algebra.MAX_STEPS`).  A parsed recipe pickles
+(it travels to Parsl workers as it is).
 
 Algorithms (y = P_M x, the modulus projection; P_S the support, with positivity):
 ER (x <- P_S y), HIO (Fienup 1982), RAAR (Luke 2005), DM (Elser 2003, with
@@ -19,121 +22,15 @@ in Fourier space and keep what exceeds ``threshold`` times the maximum, or the
 
 from __future__ import annotations
 
-import ast
 import math
+import re
 
 import numpy as np
 
-from spibatch.phasing.reconstruction import Reconstruction
+from spibatch.phasing.algebra import (MAX_NESTING, MAX_OPERATORS, MAX_RECIPE_CHARS, Operator, Product,
+                                      RecipeError, Step, flat_terms, check_budget)
 
-
-class RecipeError(ValueError):
-    """A recipe that cannot be read or run; the message is one line."""
-
-
-def _number(v) -> str:
-    return repr(v) if isinstance(v, float) else str(v)
-
-
-class Operator:
-    """Base: ``apply(rec)``; ``*`` composes, ``**`` repeats, ``repr`` is the recipe."""
-
-    def apply(self, rec: Reconstruction) -> Reconstruction:
-        raise NotImplementedError
-
-    def __call__(self, rec: Reconstruction) -> Reconstruction:
-        return self.apply(rec)
-
-    def __mul__(self, other):
-        if not isinstance(other, Operator):
-            return NotImplemented
-        return Product([*_terms(self), *_terms(other)])
-
-    def __pow__(self, count: int) -> "Operator":
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise RecipeError(f"an operator can be repeated a whole number of times, not {count!r}")
-        return Power(self, count)
-
-    def iterations(self) -> int:
-        """Modulus projections this operator performs (for progress and budgets)."""
-        return 0
-
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other) and repr(self) == repr(other)
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
-
-
-def _terms(op: Operator) -> list[Operator]:
-    return list(op.terms) if isinstance(op, Product) else [op]
-
-
-class Product(Operator):
-    """``A * B * C``: A first, C last."""
-
-    def __init__(self, terms: list[Operator]):
-        self.terms = terms
-
-    def apply(self, rec):
-        for op in self.terms:
-            op.apply(rec)
-        return rec
-
-    def iterations(self) -> int:
-        return sum(t.iterations() for t in self.terms)
-
-    def __repr__(self) -> str:
-        return " * ".join(repr(t) for t in self.terms)
-
-
-class Power(Operator):
-    """``A ** n``."""
-
-    def __init__(self, base: Operator, count: int):
-        self.base, self.count = base, count
-
-    def apply(self, rec):
-        for _ in range(self.count):
-            self.base.apply(rec)
-        return rec
-
-    def iterations(self) -> int:
-        return self.count * self.base.iterations()
-
-    def __repr__(self) -> str:
-        base = repr(self.base)
-        if isinstance(self.base, (Product, Power)):
-            base = f"({base})"
-        return f"{base} ** {self.count}"
-
-
-class Step(Operator):
-    """An elementary operator with keyword parameters (``defaults`` names them)."""
-
-    defaults: dict[str, float] = {}
-
-    def __init__(self, **params):
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            known = ", ".join(self.defaults) or "none"
-            raise RecipeError(f"{type(self).__name__} has no parameter {unknown[0]!r} (parameters: {known})")
-        self.given = dict(params)
-        self.params = {**self.defaults, **params}
-        self.check()
-
-    def check(self) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{name}={_number(v)}" for name, v in self.given.items())
-        return f"{type(self).__name__}({args})"
-
-    def _beta(self, low: float = 0.0, high: float = 1.0) -> float:
-        beta = self.params["beta"]
-        if not isinstance(beta, (int, float)) or not low < beta <= high:
-            raise RecipeError(f"{type(self).__name__}: beta must be in ({low}, {high}], not {beta!r}")
-        return float(beta)
+__all__ = ["ER", "HIO", "RAAR", "DM", "ShrinkWrap", "OPERATORS", "Operator", "RecipeError", "parse_recipe"]
 
 
 class _Iteration(Step):
@@ -253,6 +150,9 @@ class ShrinkWrap(Step):
             kept = rec.kernels.threshold_support(volume, np.float32(level), support)
             if kept == 0:
                 raise RecipeError(f"ShrinkWrap: threshold {self.params['threshold']} emptied the support; lower it")
+            if kept == volume.size:
+                raise RecipeError(f"{self!r} kept all {kept} voxels of the box: the support constrains nothing; raise "
+                                  "the threshold (or lower keep)")
             rec.record_support(start, int(kept))
         return rec
 
@@ -269,45 +169,142 @@ def _level_keeping(kernels, blurred: np.ndarray, top: float, fraction: float, bi
 
 OPERATORS: dict[str, type[Step]] = {cls.__name__: cls for cls in (ER, HIO, RAAR, DM, ShrinkWrap)}
 
+_TOKEN = re.compile(r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_]\w*)|(?P<op>\*\*|\S))")
+
 
 def parse_recipe(text: str) -> Operator:
     """The operator a recipe string describes, e.g. ``"(HIO(beta=0.9) ** 50 * ShrinkWrap()) ** 10 * ER() ** 100"``.
 
-    Only operator names, keyword numbers, ``*``, ``**`` and parentheses are allowed.
-    Raises RecipeError with a one-line message.
+    Only operator names, keyword numbers, ``*``, ``**`` and parentheses are allowed.  The parser
+    keeps its own stack (no recursion): any text gives an operator or one RecipeError (a ValueError)
+    with a one-line message, also a text too long (> MAX_RECIPE_CHARS characters, > MAX_OPERATORS
+    operators), too deep (> MAX_NESTING parentheses) or too long-running (> MAX_STEPS per start).
     """
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise RecipeError(f"cannot read the recipe {text!r}: {exc.msg} at column {exc.offset}") from None
-    return _build(tree.body, text)
+    if not isinstance(text, str):
+        raise RecipeError(f"a recipe is a text such as 'HIO() ** 50 * ER() ** 10', not {type(text).__name__}")
+    if len(text) > MAX_RECIPE_CHARS:
+        raise RecipeError(f"the recipe is {len(text):,} characters long; at most {MAX_RECIPE_CHARS:,} are read: "
+                          "write repeats with **, e.g. (HIO() ** 50 * ShrinkWrap()) ** 10")
+    return check_budget(_Parser(text).recipe())
 
 
-def _constant(node) -> float | int:
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_constant(node.operand)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        return node.value
-    raise RecipeError(f"expected a number, found {ast.unparse(node)!r}")
+class _Parser:
+    """``recipe := product; product := factor ('*' factor)*; factor := (call | '(' product ')') ['**' count]``."""
 
+    def __init__(self, text: str):
+        self.text = text
+        self.tokens = _TOKEN.finditer(text.rstrip())
+        self.kind, self.value, self.column = "", "", 0
+        self.calls = 0
+        self.advance()
 
-def _build(node, text: str) -> Operator:
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
-        return _build(node.left, text) * _build(node.right, text)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-        count = _constant(node.right)
+    def advance(self) -> None:
+        match = next(self.tokens, None)
+        if match is None:
+            self.kind, self.value, self.column = "end", "", len(self.text.rstrip()) + 1
+            return
+        self.kind = match.lastgroup
+        self.value = match.group(self.kind)
+        self.column = match.start(self.kind) + 1
+
+    def fail(self, why: str) -> RecipeError:
+        shown = self.text if len(self.text) <= 80 else self.text[:77] + "..."
+        return RecipeError(f"cannot read the recipe {shown!r}: {why} at column {self.column}")
+
+    def found(self) -> str:
+        return "the end" if self.kind == "end" else repr(self.value)
+
+    def recipe(self) -> Operator:
+        stack: list[list[Operator]] = [[]]       # the terms of each open parenthesis (and of the whole)
+        while True:
+            if self.value == "(" and self.kind == "op":
+                if len(stack) > MAX_NESTING:
+                    raise RecipeError(f"the recipe nests parentheses more than {MAX_NESTING} deep")
+                stack.append([])
+                self.advance()
+                continue
+            operand = self.call()
+            while True:
+                operand = self.repeat(operand)
+                stack[-1].extend(flat_terms(operand))
+                if self.value == ")" and self.kind == "op" and len(stack) > 1:
+                    terms = stack.pop()
+                    operand = terms[0] if len(terms) == 1 else Product(terms)
+                    self.advance()
+                    continue
+                break
+            if self.value == "*" and self.kind == "op":
+                self.advance()
+                continue
+            if self.kind != "end":
+                if self.value in "+-/%@&|^<>=[]{}.,:;~" and self.kind == "op":
+                    raise RecipeError(f"cannot read {self.value!r} at column {self.column} of the recipe: use "
+                                      "operators, * and ** only")
+                raise self.fail(f"expected '*' or the end, found {self.found()}")
+            if len(stack) > 1:
+                raise self.fail("a '(' is not closed")
+            terms = stack[0]
+            return terms[0] if len(terms) == 1 else Product(terms)
+
+    def repeat(self, operand: Operator) -> Operator:
+        if not (self.value == "**" and self.kind == "op"):
+            return operand
+        self.advance()
+        count = self.number()
         if not isinstance(count, int) or count < 0:
-            raise RecipeError(f"a repeat count must be a whole number >= 0, found {ast.unparse(node.right)!r}")
-        return _build(node.left, text) ** count
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        name = node.func.id
+            raise RecipeError(f"a repeat count must be a whole number >= 0, found {count!r}")
+        if self.value == "**" and self.kind == "op":
+            raise self.fail("write (A ** n) ** m, not A ** n ** m")
+        return operand ** count
+
+    def call(self) -> Operator:
+        if self.kind != "name":
+            raise self.fail(f"expected an operator (one of {', '.join(OPERATORS)}) or '(', found {self.found()}")
+        name = self.value
+        known = ", ".join(OPERATORS)
         if name not in OPERATORS:
-            raise RecipeError(f"unknown operator {name!r} in the recipe (known: {', '.join(OPERATORS)})")
-        if node.args:
-            raise RecipeError(f"{name}: give parameters by name, e.g. {name}(beta=0.9)")
-        return OPERATORS[name](**{kw.arg: _constant(kw.value) for kw in node.keywords})
-    if isinstance(node, ast.Name):
-        hint = f"; write {node.id}()" if node.id in OPERATORS else f" (known: {', '.join(OPERATORS)})"
-        raise RecipeError(f"unknown operator {node.id!r} in the recipe{hint}" if node.id not in OPERATORS
-                          else f"{node.id} needs parentheses{hint}")
-    raise RecipeError(f"cannot read {ast.unparse(node)!r} in the recipe: use operators, * and ** only")
+            raise RecipeError(f"unknown operator {name!r} in the recipe (known: {known})")
+        self.advance()
+        if self.value != "(":
+            raise RecipeError(f"{name} needs parentheses; write {name}()")
+        self.calls += 1
+        if self.calls > MAX_OPERATORS:
+            raise RecipeError(f"the recipe writes out more than {MAX_OPERATORS} operators: write repeats with **")
+        self.advance()
+        params: dict[str, float | int] = {}
+        while not (self.value == ")" and self.kind == "op"):
+            if self.kind != "name":
+                if self.kind in ("number", "op") and self.value not in (",", ")"):
+                    raise RecipeError(f"{name}: give parameters by name, e.g. {name}(beta=0.9)")
+                raise self.fail(f"expected a parameter name, found {self.found()}")
+            key = self.value
+            self.advance()
+            if self.value != "=":
+                raise RecipeError(f"{name}: give parameters by name, e.g. {name}(beta=0.9)")
+            self.advance()
+            if key in params:
+                raise RecipeError(f"{name}: parameter {key!r} given twice")
+            params[key] = self.number()
+            if self.value == ",":
+                self.advance()
+            elif self.value != ")":
+                raise self.fail(f"expected ',' or ')', found {self.found()}")
+        self.advance()
+        return OPERATORS[name](**params)
+
+    def number(self) -> float | int:
+        sign = 1
+        if self.value == "-" and self.kind == "op":
+            sign = -1
+            self.advance()
+        if self.kind != "number":
+            raise self.fail(f"expected a number, found {self.found()}")
+        text = self.value
+        self.advance()
+        try:
+            value = int(text) if text.isdigit() else float(text)
+        except ValueError:        # more digits than Python converts
+            raise RecipeError(f"the number {text[:20]}... in the recipe is too long") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"expected a finite number in the recipe, found {text}")
+        return sign * value

@@ -1,123 +1,148 @@
-"""The state of one phase-retrieval run: the iterate, its support and its history.
+"""The state of B phase-retrieval starts of one measurement: the iterates, their supports and histories.
 
-Operators (:mod:`.operators`) act on a :class:`Reconstruction`; the only
-expensive primitive is :meth:`Reconstruction.modulus_projection`, one forward
-FFT (skipped when a shrink-wrap has just computed it), the in-place modulus
-replacement and one inverse FFT.
+Operators (:mod:`.operators`) act on a :class:`Reconstruction`; the only expensive primitive is
+:meth:`Reconstruction.modulus_projection`, one forward FFT (skipped when a shrink-wrap has just
+computed it), the in-place modulus replacement and one inverse FFT.  Every array carries a batch
+axis first, (B, N, N, N): on the CPU B = 1 (one start after another, each using every core), on a
+GPU B starts share the device.  The :class:`~spibatch.kernels.device.Device` chooses the array
+module, the kernels (:mod:`spibatch.kernels.phasing_cpu`, or the CUDA kernels through
+:mod:`spibatch.phasing.gpu`) and the FFTs (:class:`~spibatch.phasing.fft.FFTEngine` or the device's).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from spibatch.kernels import phasing_cpu as k
+from spibatch.kernels import phasing_cpu
+from spibatch.kernels.device import CPU, Device
 from spibatch.phasing.fft import FFTEngine
+from spibatch.phasing.gpu import DeviceFFT, DeviceKernels
 from spibatch.phasing.measurement import Measurement
 
 
 class Reconstruction:
-    """One run.
+    """B starts of one measurement, from random phases drawn with ``seeds`` (one seed per start).
 
-    x : (N, N, N) float32 (real) or complex64 iterate, FFT order (the origin at index 0)
-    support : (N, N, N) bool, FFT order
-    history : one dict per modulus projection: iteration, algorithm, error (relative Fourier
-        error sqrt(sum (|F| - A)^2 / sum A^2) over the measured voxels, before the projection)
-    kernels, xp : what the operators call (``kernels.phasing_cpu`` and numpy here; a device
-        twin in :mod:`spibatch.phasing.gpu`)
+    x : (B, N, N, N) float32 (real) or complex64 iterates, FFT order (the origin at index 0)
+    support : (B, N, N, N) bool, FFT order; every start begins with ``support`` (N, N, N)
+    histories[b] : one dict per modulus projection of start b: iteration, algorithm, error (relative
+        Fourier error sqrt(sum (|F| - A)^2 / sum A^2) over the measured voxels, before the projection)
+    support_sizes[b] : (iteration, voxels) after each shrink-wrap of start b, (0, first support's) first
+    kernels, xp, fft : what the operators call, chosen by ``device``
+    initial : (N, N, N) or (B, N, N, N) iterates to start from instead of random phases
+    threads, fft_backend : the CPU FFT's (a GPU uses its own)
     """
 
-    kernels = k
-    xp = np
-
-    def __init__(self, measurement: Measurement, support: np.ndarray, *, positivity: bool = True,
-                 seed: int = 0, threads: int = 1, fft_backend: str = "auto", initial: np.ndarray | None = None):
+    def __init__(self, measurement: Measurement, support: np.ndarray, seeds=(0,), *, positivity: bool = True,
+                 device: Device = CPU, threads: int = 1, fft_backend: str = "auto",
+                 initial: np.ndarray | None = None):
         n = measurement.n
         if support.shape != (n, n, n):
             raise ValueError(f"support shape {support.shape} != ({n}, {n}, {n})")
+        self.seeds = [int(s) for s in seeds]
+        b = len(self.seeds)
+        if b < 1:
+            raise ValueError("a reconstruction needs at least one seed")
+        self.device = device
+        if device.is_gpu:
+            device.activate()
+            self.xp = device.xp
+            self.kernels = DeviceKernels(device)
+            self.fft = DeviceFFT((b, n, n, n), measurement.real, self.xp)
+        else:
+            self.xp, self.kernels = np, phasing_cpu
+            self.fft = FFTEngine(n, batch=b, real=measurement.real, threads=threads, backend=fft_backend)
+        xp = self.xp
         self.measurement = measurement
         self.positivity = bool(positivity)
-        self.fft = FFTEngine(n, real=measurement.real, threads=threads, backend=fft_backend)
-        self.support = np.ascontiguousarray(support, dtype=bool)
-        self.history: list[dict] = []
+        self.amplitude = xp.asarray(np.ascontiguousarray(measurement.amplitude, np.float32))
+        self.support = xp.asarray(np.repeat(np.asarray(support, bool)[None], b, axis=0))
+        self.histories: list[list[dict]] = [[] for _ in range(b)]
+        self.support_sizes: list[list[tuple[int, int]]] = [[(0, int(support.sum()))] for _ in range(b)]
         self.iteration = 0
         self.algorithm = ""
-        self._spectrum = None     # the FFT of x, while x has not changed since
-        self.y_is_projection = False   # whether fft.y holds P_M x of the last iteration
+        self._spectrum = None            # the FFT of x, while x has not changed since
+        self.y_is_projection = False     # whether fft.y holds P_M x of the last iteration
         self._scale = 1.0 / n ** 3
-        self.seed = int(seed)
         if initial is None:
-            self._random_start(np.random.default_rng(seed))
+            self._random_start()
         else:
-            self.fft.x[...] = initial
-        self.support_size_history: list[tuple[int, int]] = [(0, int(self.support.sum()))]
+            self.fft.x[...] = xp.asarray(initial)
 
     @property
-    def amplitude(self) -> np.ndarray:
-        """The measured amplitudes, where the kernels read them."""
-        return self.measurement.amplitude
-
-    def per_start(self, volume):
-        """``(volume, support)`` of each start this reconstruction holds (one here; a batch on a GPU)."""
-        yield volume, self.support
-
-    def record_support(self, start: int, kept: int) -> None:
-        """Note the support size of start ``start`` after a shrink-wrap."""
-        self.support_size_history.append((self.iteration, kept))
-
-    @property
-    def x(self) -> np.ndarray:
+    def x(self):
         return self.fft.x
 
     @property
     def n(self) -> int:
         return self.measurement.n
 
-    def _random_start(self, rng: np.random.Generator) -> None:
-        """Measured amplitudes with uniformly random phases, back in real space, projected on the support
-        (and on positivity)."""
+    @property
+    def batch(self) -> int:
+        return len(self.seeds)
+
+    def per_start(self, volume):
+        """``(volume[b], support[b])`` of each start b: the (N, N, N) slices the per-start kernels take."""
+        for b in range(self.batch):
+            yield volume[b], self.support[b]
+
+    def record_support(self, start: int, kept: int) -> None:
+        """Note the support size of start ``start`` after a shrink-wrap."""
+        self.support_sizes[start].append((self.iteration, kept))
+
+    def _random_start(self) -> None:
+        """Measured amplitudes with uniformly random phases (start b's from ``seeds[b]``), back in real space,
+        projected on the support (and on positivity)."""
         amp = np.maximum(self.measurement.amplitude, 0.0)
-        phases = rng.uniform(0, 2 * np.pi, amp.shape).astype(np.float32)
-        spectrum = (amp * np.exp(1j * phases)).astype(np.complex64)
-        y = self.fft.inverse(spectrum)
+        spectra = np.empty((self.batch, *amp.shape), np.complex64)
+        for b, seed in enumerate(self.seeds):
+            phases = np.random.default_rng(seed).uniform(0, 2 * np.pi, amp.shape).astype(np.float32)
+            spectra[b] = (amp * np.exp(1j * phases)).astype(np.complex64)
+        y = self.fft.inverse(self.xp.asarray(spectra))
         keep = self.support & (y.real > 0) if self.positivity else self.support
-        self.fft.x[...] = np.where(keep, y * self._scale, 0)
+        self.fft.x[...] = self.xp.where(keep, y * np.float32(self._scale), 0)
         self._spectrum = None
 
     def changed(self) -> None:
         """Call after writing to ``x``: the cached spectrum is stale."""
         self._spectrum = None
 
-    def spectrum(self) -> np.ndarray:
-        """The unnormalised FFT of x (cached until x changes)."""
+    def spectrum(self):
+        """The unnormalised FFT of x (cached until x changes), (B, N, N, K)."""
         if self._spectrum is None:
             self._spectrum = self.fft.forward(self.fft.x)
         return self._spectrum
 
-    def modulus_projection(self, src: np.ndarray | None = None, record: bool = True) -> np.ndarray:
+    def _project(self, spectrum, scale: float) -> list[tuple[float, float]]:
+        """The modulus projection of each start's spectrum in place; (error sum, norm sum) per start."""
+        return [self.kernels.modulus_project(spectrum[b], self.amplitude, scale, self.n, self.measurement.real)
+                for b in range(self.batch)]
+
+    def modulus_projection(self, src=None, record: bool = True):
         """P_M applied to x (or to ``y`` of the engine when ``src`` is it): returns the projected
-        real-space array (the engine's ``y``; valid until the next FFT)."""
-        if src is None:
-            spectrum = self.spectrum()
-        else:
-            spectrum = self.fft.forward(src)
-        err, norm = self.kernels.modulus_project(spectrum, self.amplitude, self._scale, self.n,
-                                                 self.measurement.real)
-        self._spectrum = None                 # projected (and the inverse destroys it)
+        real-space arrays (the engine's ``y``; valid until the next FFT)."""
+        spectrum = self.spectrum() if src is None else self.fft.forward(src)
+        sums = self._project(spectrum, self._scale)
+        self._spectrum = None                  # projected (and the inverse destroys it)
         self.y_is_projection = src is None      # y will hold P_M x until the next FFT into it
         if record:
             self.iteration += 1
-            self.history.append({"iteration": self.iteration, "algorithm": self.algorithm,
-                                 "error": float(np.sqrt(err / norm)) if norm > 0 else float("nan")})
+            for history, (err, norm) in zip(self.histories, sums):
+                history.append({"iteration": self.iteration, "algorithm": self.algorithm, "error": _ratio(err, norm)})
         return self.fft.inverse(spectrum)
 
-    def fourier_error(self) -> float:
-        """The relative Fourier error of the current x (no projection kept)."""
+    def fourier_errors(self) -> list[float]:
+        """The relative Fourier error of each start's current x (no projection kept)."""
         spectrum = self.spectrum().copy()
-        err, norm = k.modulus_project(spectrum, self.measurement.amplitude, 1.0, self.n, self.measurement.real)
-        return float(np.sqrt(err / norm)) if norm > 0 else float("nan")
+        return [_ratio(err, norm) for err, norm in self._project(spectrum, 1.0)]
 
-    def density(self) -> np.ndarray:
-        """The current estimate P_S x (inside the support, positive with positivity), FFT order, a copy."""
+    def density(self):
+        """The current estimates P_S x (inside the support, positive with positivity), FFT order, a copy
+        (B, N, N, N) on the device."""
         x = self.fft.x
         keep = self.support & (x.real > 0) if self.positivity else self.support
-        return np.where(keep, x, 0).astype(x.dtype)
+        return self.xp.where(keep, x, 0).astype(x.dtype)
+
+
+def _ratio(err: float, norm: float) -> float:
+    return float(np.sqrt(err / norm)) if norm > 0 else float("nan")

@@ -99,7 +99,7 @@ def _density_vs_truth(run: RunLayout, pipeline, reference: Path, rotation) -> di
         n = data["density"].shape[0]
         summary.update({"starts": pipeline.phasing.num_starts, "phasing_seconds": phase_done.get("seconds"),
                         "data_edge_resolution_m": n * attrs["voxel_size_m"] / attrs["max_measured_shell"]})
-    written = write_comparison(summary, run.validate, f"phased density vs {reference.name}")
+    written = write_comparison(summary, run.fsc_vs_truth, run.fsc_vs_truth_png, f"phased density vs {reference.name}")
     return {"fsc_vs_truth": written["fsc_vs_truth"], "fsc_plot": written["fsc_plot"]}
 
 

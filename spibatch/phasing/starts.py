@@ -1,0 +1,83 @@
+"""Independent phasing starts: ``run_starts(seeds, measurement, settings, device)``.
+
+Each start runs the recipe from random phases drawn with its own seed, from the same first
+support, and is independent of every other: the pipeline maps ``run_starts([seed], ...)`` over
+Parsl workers or MPI ranks, ``spibatch phase`` runs them all here, and
+:func:`~spibatch.phasing.multistart.merge` reduces the results.  On the CPU the starts run one
+after another (B = 1, each using ``settings.threads`` FFT threads); on a GPU as many share the
+device as fill it (:func:`~spibatch.phasing.gpu.batches`).  Start ``seed`` gives the same answer
+either way, to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spibatch.kernels.device import CPU, Device
+from spibatch.kernels.xp import to_host
+from spibatch.phasing.gpu import batches
+from spibatch.phasing.measurement import Measurement, initial_support
+from spibatch.phasing.reconstruction import Reconstruction
+from spibatch.phasing.settings import PhasingSettings
+
+
+@dataclass
+class StartResult:
+    """One start: density and support (N, N, N) in FFT order, float32 (complex64 without realness) / bool;
+    errors (iterations,) the relative Fourier error per modulus projection; algorithms: the name per
+    iteration; final_error: the error of the final density (what starts are ranked by); seconds: its
+    share of the run time; support_sizes: (iteration, voxels) after each shrink-wrap."""
+
+    seed: int
+    density: np.ndarray
+    support: np.ndarray
+    errors: np.ndarray
+    algorithms: list[str]
+    final_error: float
+    seconds: float
+    support_sizes: list[tuple[int, int]] = field(default_factory=list)
+    fft_backend: str = ""
+
+
+def run_starts(seeds: list[int], measurement: Measurement, settings: PhasingSettings,
+               device: Device = CPU) -> list[StartResult]:
+    """The StartResult of every seed (in the order given), host arrays.
+
+    Raises InputError when the measurement cannot be phased (too few measured voxels for its first
+    support) and RecipeError when the recipe fails on these data (a shrink-wrap empties the support).
+    """
+    return list(iter_starts(seeds, measurement, settings, device))
+
+
+def iter_starts(seeds: list[int], measurement: Measurement, settings: PhasingSettings,
+                device: Device = CPU) -> Iterator[StartResult]:
+    """:func:`run_starts`, each result as soon as its batch (its own start, on the CPU) finishes."""
+    support = initial_support(measurement, settings.initial_support_threshold)
+    seeds = [int(s) for s in seeds]
+    groups = batches(seeds, measurement.n, device) if device.is_gpu else [[s] for s in seeds]
+    threads = settings.threads_here()
+    for group in groups:
+        yield from _run_group(group, measurement, support, settings, device, threads)
+
+
+def _run_group(seeds: list[int], measurement: Measurement, support: np.ndarray, settings: PhasingSettings,
+               device: Device, threads: int) -> list[StartResult]:
+    began = time.perf_counter()
+    rec = Reconstruction(measurement, support, seeds, positivity=settings.positivity, device=device,
+                         threads=threads, fft_backend=settings.fft_backend)
+    settings.recipe(rec)
+    density = rec.density()
+    rec.fft.x[...] = density                   # rank the starts by the error of what they return
+    rec.changed()
+    finals = rec.fourier_errors()
+    density, supports = to_host(density), to_host(rec.support)
+    seconds = (time.perf_counter() - began) / len(seeds)       # a batch's time, shared
+    return [StartResult(seed=seed, density=density[b].copy(), support=supports[b].copy(),
+                        errors=np.array([h["error"] for h in rec.histories[b]]),
+                        algorithms=[h["algorithm"] for h in rec.histories[b]], final_error=finals[b],
+                        seconds=seconds, support_sizes=list(rec.support_sizes[b]), fft_backend=rec.fft.backend)
+            for b, seed in enumerate(seeds)]
