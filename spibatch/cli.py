@@ -255,6 +255,10 @@ def _emc(config: Path, out: Optional[Path], resume: Optional[Path], comm) -> Non
     from spibatch.config import dump_pipeline, load_pipeline
     from spibatch.emc import mpi
     from spibatch.emc.driver import check_inputs, run_emc
+    from spibatch.emc.executors import InProcess, MPIRanks
+    from spibatch.emc.hooks import standard
+    from spibatch.emc.settings import EMCSettings
+    from spibatch.kernels.device import resolve
     from spibatch.rundir import create_run_dir, reopen_run_dir, run_in_dir
 
     rank, size = mpi.rank_and_size(comm)
@@ -262,9 +266,10 @@ def _emc(config: Path, out: Optional[Path], resume: Optional[Path], comm) -> Non
         raise InputError("--out and --resume together", field="--resume",
                          fix="give --resume RUN_DIR alone to continue a run, or --out DIR alone to start one")
     pipeline = load_pipeline(config)
-    device = mpi.collective(comm, _device_args, pipeline, config)    # device: gpu without a GPU stops here
+    device = mpi.collective(comm, resolve, pipeline.device, pipeline.gpu_runtime, path=config)   # no GPU: stops here
+    settings = EMCSettings.from_dict(pipeline.emc.model_dump())
     photons, detector = _emc_inputs(pipeline, config)
-    mpi.collective(comm, check_inputs, pipeline.emc, photons, detector, size)  # before any run directory
+    mpi.collective(comm, check_inputs, settings, photons, detector, size)  # before any run directory
     inputs = [config, photons, detector] + ([pipeline.emc.start_model] if pipeline.emc.start_model else [])
 
     def open_run():
@@ -281,15 +286,17 @@ def _emc(config: Path, out: Optional[Path], resume: Optional[Path], comm) -> Non
 
     run = mpi.collective(comm, open_run)
     run_path = mpi.broadcast(comm, None if run is None else run.path)
-    if rank != 0:
-        run_emc(pipeline.emc, photons, detector, run_path, resume=resume is not None, comm=comm,
-                show_progress=False, **device)
-        return
-    try:
-        outputs = run_in_dir(run, run_emc, pipeline.emc, photons, detector, run.path, resume=resume is not None,
-                             comm=comm, **device)
-    finally:
-        _write_report(run.path)
+    executor = InProcess(device) if comm is None else MPIRanks(comm, device)
+    with standard(settings.iterations, display=rank == 0, bar=comm is None) as hooks:
+        if rank != 0:
+            run_emc(settings, photons, detector, run_path, executor=executor, resume=resume is not None,
+                    on_iteration=hooks)
+            return
+        try:
+            outputs = run_in_dir(run, run_emc, settings, photons, detector, run.path, executor=executor,
+                                 resume=resume is not None, on_iteration=hooks)
+        finally:
+            _write_report(run.path)
     typer.echo(f"\nEMC: {pipeline.emc.iterations} iterations on {size} rank(s) into {run.path}")
     for label, path in outputs.items():
         typer.echo(f"  {label:<12} {path}")

@@ -8,8 +8,9 @@ that marker is never run again (``spibatch resume RUN_DIR``).  EMC runs as the s
 * HPC: ``spibatch emc emc.yaml --out <run>/emc`` (``--resume`` when a previous attempt left
   a checkpoint) as one MPI job: the provider's ``emc_launch`` (``$PARSL_MPI_PREFIX`` on
   Slurm's MPIExecutor, ``mpirun -n`` locally) in a Parsl bash app;
-* HTC: :func:`spibatch.emc.htc.run_emc_htc` in this process, one python app per shard per
-  iteration on the ``tasks`` executor.
+* HTC: :func:`spibatch.emc.driver.run_emc` in this process with a
+  :class:`spibatch.emc.executors.Tasks` executor: one python app per shard per iteration on the
+  ``tasks`` executor.
 
 Parsl's ``runinfo/`` (logs, submit scripts) is kept inside the run directory.
 """
@@ -54,8 +55,9 @@ def check_pipeline(pipeline, config: Path) -> None:
                          "or set emc.photons and emc.detector")
     else:
         from spibatch.emc.driver import check_inputs
+        from spibatch.emc.settings import EMCSettings
 
-        check_inputs(pipeline.emc, pipeline.emc.photons, pipeline.emc.detector)
+        check_inputs(EMCSettings.from_dict(pipeline.emc.model_dump()), pipeline.emc.photons, pipeline.emc.detector)
 
 
 def threads_per_worker(site: Site, per_node: int | None = None) -> int:
@@ -115,7 +117,12 @@ def _run_emc(run_dir: Path, site: Site) -> None:
     out = run_dir / "emc"
     resume = (out / "provenance.json").exists()
     if site.emc_mode == "htc":
-        from spibatch.emc.htc import run_emc_htc
+        from spibatch.emc.driver import run_emc
+        from spibatch.emc.executors import Tasks
+        from spibatch.emc.hooks import standard
+        from spibatch.emc.settings import EMCSettings
+        from spibatch.kernels.device import CPU, Device
+        from spibatch.layout import HTC_DIR
         from spibatch.rundir import create_run_dir, reopen_run_dir, run_in_dir
 
         pipeline = load_pipeline(run_dir / stages.EMC_CONFIG)
@@ -123,10 +130,13 @@ def _run_emc(run_dir: Path, site: Site) -> None:
         run = reopen_run_dir(out) if resume else create_run_dir("emc", run_dir, out, config_text=config_text,
                                                                   command=sys.argv)
         run.extra.update(emc_mode="htc", site=site.name, workers=site.workers)
-        outputs = run_in_dir(run, run_emc_htc, pipeline.emc, pipeline.emc.photons, pipeline.emc.detector, out,
-                             _Submit(), threads=threads_per_worker(site), device=pipeline.device,
-                             gpu_runtime=pipeline.gpu_runtime,
-                             resume=resume and (out / "checkpoint.h5").exists())
+        settings = EMCSettings.from_dict(pipeline.emc.model_dump())
+        device = Device("gpu", pipeline.gpu_runtime) if pipeline.device == "gpu" else CPU   # the workers' GPUs
+        executor = Tasks(_Submit(), out / HTC_DIR, threads_per_worker(site), device)
+        with standard(settings.iterations, bar=False) as hooks:
+            outputs = run_in_dir(run, run_emc, settings, pipeline.emc.photons, pipeline.emc.detector, out,
+                                 executor=executor, resume=resume and (out / "checkpoint.h5").exists(),
+                                 on_iteration=hooks)
     else:
         module = provider_module(site.provider)
         from spibatch.backends.parsl_common import emc_command

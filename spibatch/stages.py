@@ -102,6 +102,7 @@ def ingest(run_dir: Path) -> dict:
     """The measured data: an ``ingest`` section's CXI stack converted to ``photons.emc`` (and, without
     emc.detector, ``detector.h5`` from the CXI geometry), or the pipeline's own emc.photons / emc.detector."""
     from spibatch.emc.driver import check_inputs
+    from spibatch.emc.settings import EMCSettings
 
     pipeline = load_config(run_dir)
     cfg = pipeline.ingest
@@ -119,7 +120,7 @@ def ingest(run_dir: Path) -> dict:
                                         adu_per_photon=cfg.adu_per_photon, clip_negative=cfg.clip_negative,
                                         data_path=cfg.data_path, mask_path=cfg.mask_path)
         log.info("ingest: %d frames of %d pixels from %s", frames, pixels, cfg.cxi)
-    check_inputs(pipeline.emc, outputs["photons"], outputs["detector"])
+    check_inputs(EMCSettings.from_dict(pipeline.emc.model_dump()), outputs["photons"], outputs["detector"])
     write_emc_config(run_dir, outputs)
     return outputs
 

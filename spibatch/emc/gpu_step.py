@@ -1,4 +1,4 @@
-"""The EMC shard step on a GPU: the same :class:`~spibatch.emc.step.ShardSums` as ``shard_step``.
+"""The EMC shard step on a GPU: the same :class:`~spibatch.emc.types.ShardSums` as the CPU ``shard_step``.
 
 Per chunk of frames (all of a shard when the dense (frames, rotations) float32
 likelihood and probabilities fit the memory budget), per block of rotations:
@@ -13,7 +13,8 @@ into one (M, M, M, 2) float32 volume).  Model, views, likelihoods and probabilit
 float32 on the device; the sums of views, per-frame sums and the normaliser are float64.
 The result comes back as numpy, so ``reduce``, ``finish``, MPI and Parsl are unchanged.
 
-``runtime``: "cupy", "pycuda", or a runtime object (``kernels.cuda_twin.TwinRuntime``: numpy
+``device``: a :class:`~spibatch.kernels.device.Device` of kind "gpu": its ``xp`` holds the arrays and
+its ``launch_runtime`` launches the kernels (CuPy, PyCUDA, or ``Device("gpu", "twin")``: the numpy
 twins of the kernels, so this orchestration runs and is compared with the CPU path without a GPU).
 """
 
@@ -23,7 +24,7 @@ from time import perf_counter
 
 import numpy as np
 
-from spibatch.emc.step import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
+from spibatch.emc.types import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
 from spibatch.kernels.xp import free_bytes, synchronize, to_host
 
 MAX_ROWS = 65535     # CUDA's limit on grid.y, where the kernels put pixels or frames: larger sets go in pieces
@@ -61,23 +62,18 @@ def _by_pixel(shard: Shard, f0: int, f1: int, num_pix: int):
 
 
 def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, state: StepState, *,
-                   runtime="cupy", xp=None, frame_chunk: int | None = None, rotation_block: int | None = None,
+                   device, frame_chunk: int | None = None, rotation_block: int | None = None,
                    budget_bytes: int | None = None) -> ShardSums:
     """Expand, likelihood, probabilities and merge for one shard on the device: its partial sums (numpy).
 
-    model (M, M, M) >= 0.  frame_chunk / rotation_block override :func:`plan` (tests use small ones).
+    model (M, M, M) >= 0; device: a GPU :class:`~spibatch.kernels.device.Device` (this process takes its
+    GPU on the first call).  frame_chunk / rotation_block override :func:`plan` (tests use small ones).
     """
     from spibatch.kernels.emc_gpu import EMCKernels
 
-    if xp is None:
-        xp = getattr(runtime, "xp", None)
-    if xp is None:
-        import cupy as xp
-
-        from spibatch.kernels.xp import ensure_device
-
-        ensure_device()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
-    kernels = EMCKernels(runtime, xp)
+    device.activate()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
+    xp = device.xp
+    kernels = EMCKernels(device.launch_runtime, xp)
     clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0, "transfer": 0.0}
     t0 = perf_counter()
     m = model.shape[0]
