@@ -44,18 +44,50 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     model (M, M, M) float64 (the current model, >= 0); rotation_block: rotations per likelihood
     block (default :func:`rotation_block_size`).
     """
-    from spibatch.kernels.emc_cpu import log_views_t, normalize_probabilities, photon_log_likelihood
+    from spibatch.kernels.emc_cpu import normalize_probabilities
 
     model = np.ascontiguousarray(model, np.float64)
-    first, nf = shard.first_frame, shard.num_frames
+    first, nf, nrot = shard.first_frame, shard.num_frames, len(rotations)
     beta = state.beta[first:first + nf]
     scale = state.scales[first:first + nf]
     window = PDIFF / beta
-    nrot = len(rotations)
-    block = rotation_block or rotation_block_size(pixels.num_used)
-    q_used = pixels.q[:pixels.num_used]
     log_prior = np.log(rotations.weights)
     slots = _threads()
+    clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0}
+    u, best, best_rot, d, r, value = _kept_likelihoods(model, rotations, pixels, shard, scale, window, log_prior,
+                                                       rotation_block or rotation_block_size(pixels.num_used),
+                                                       slots, clock)
+    t0 = perf_counter()
+    norm, scale_den, log_like, info = (np.empty(nf) for _ in range(4))
+    num_kept = np.empty(nf, np.int32)
+    weight_of_rot = np.empty(nrot)
+    n = normalize_probabilities(d, r, value, best, beta, window, PROB_MIN, u, log_prior, scale,
+                                norm, scale_den, log_like, info, num_kept, weight_of_rot)
+    d, r, prob = d[:n], r[:n], value[:n]
+    frames = {
+        "counts": shard.counts.copy(),
+        "scale_denominator": scale_den,
+        "log_likelihood": log_like - shard.log_factorial,
+        "mutual_info": info,
+        "num_kept": num_kept,
+        "best_rotation": best_rot,                                                # the most likely rotation,
+        "best_probability": np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0),   # exp(0) / norm
+    }
+    t1 = perf_counter()
+    numerator, denominator = _merge(model.shape[0], rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
+    clock["normalize"] += t1 - t0
+    clock["merge"] += perf_counter() - t1
+    return ShardSums(first, numerator, denominator, frames, clock)
+
+
+def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, scale: np.ndarray,
+                      window: np.ndarray, log_prior: np.ndarray, block: int, slots: int, clock: dict):
+    """Expand and likelihood per block of ``block`` rotations, keeping what is within ``window`` of each frame's
+    running best: ``(u (R,) view sums, best (D,), best_rot (D,) int32, frame, rotation (n,) int32, value (n,))``."""
+    from spibatch.kernels.emc_cpu import log_views_t, photon_log_likelihood
+
+    nf, nrot = shard.num_frames, len(rotations)
+    q_used = pixels.q[:pixels.num_used]
     u = np.empty(nrot)
     best = np.full(nf, -np.inf)
     best_rot = np.full(nf, -1, np.int32)
@@ -63,7 +95,6 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     logv = np.empty((pixels.num_used, block), np.float32)   # float32: half the cache traffic of the likelihood
     u_parts = np.empty((slots, block))
     like = np.empty((nf, block))
-    clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0}
     for r0 in range(0, nrot, block):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
@@ -85,28 +116,7 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
         kept_value.append(block_like[d, r])
         clock["expand"] += t1 - t0
         clock["likelihood"] += perf_counter() - t1
-    t0 = perf_counter()
-    d, r, value = _joined(kept_frame), _joined(kept_rot), _joined(kept_value)
-    norm, scale_den, log_like, info = (np.empty(nf) for _ in range(4))
-    num_kept = np.empty(nf, np.int32)
-    weight_of_rot = np.empty(nrot)
-    n = normalize_probabilities(d, r, value, best, beta, window, PROB_MIN, u, log_prior, scale,
-                                norm, scale_den, log_like, info, num_kept, weight_of_rot)
-    d, r, prob = d[:n], r[:n], value[:n]
-    frames = {
-        "counts": shard.counts.copy(),
-        "scale_denominator": scale_den,
-        "log_likelihood": log_like - shard.log_factorial,
-        "mutual_info": info,
-        "num_kept": num_kept,
-        "best_rotation": best_rot,                                                # the most likely rotation,
-        "best_probability": np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0),   # exp(0) / norm
-    }
-    t1 = perf_counter()
-    numerator, denominator = _merge(model.shape[0], rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
-    clock["normalize"] += t1 - t0
-    clock["merge"] += perf_counter() - t1
-    return ShardSums(first, numerator, denominator, frames, clock)
+    return u, best, best_rot, _joined(kept_frame), _joined(kept_rot), _joined(kept_value)
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
