@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spibatch.config import EMC, BetaSchedule
-from spibatch.emc import driver, mpi, records
+from spibatch.emc import driver, hooks, mpi, records
 from spibatch.emc.executors import InProcess, run_shards
 from spibatch.emc.settings import EMCSettings
 from spibatch.emc.step import random_model, shard_step
@@ -154,3 +154,25 @@ def test_friedel_and_point_group_symmetry_hold_in_the_model(emc_small, tmp_path)
     assert np.array_equal(model, model[::-1, ::-1, ::-1]) and model.max() > 0       # I(q) = I(-q)
     assert np.allclose(model, model[::-1, ::-1, :], rtol=1e-5, atol=1e-6 * model.max())   # 2-fold axis along z
     assert "point_group = C2" in (out / "EMC.log").read_text()
+
+
+def test_hooks_hear_each_iteration_after_its_files(emc_small, tmp_path, caplog):
+    out = tmp_path / "emc"
+    heard = []
+
+    def hook(record):
+        with h5py.File(out / "checkpoint.h5") as f:                               # written before the hook
+            heard.append((record["iteration"], int(f.attrs["iteration"]), record["num_frames"]))
+
+    with caplog.at_level("INFO", logger="spibatch"), hooks.standard(3, bar=False) as standard:
+        run(settings(), emc_small, out, on_iteration=[hook, *standard])
+    assert heard == [(1, 1, 240), (2, 2, 240), (3, 3, 240)]
+    rows = [r.getMessage() for r in caplog.records if r.getMessage()[:2] in ("1\t", "2\t", "3\t")]
+    assert len(rows) == 3 and rows[2].startswith("3\t")                         # the EMC.log rows, as log lines
+
+
+def test_the_hold_hook_comes_from_the_environment():
+    assert hooks.hold_hooks({}) == [] and hooks.hold_hooks({hooks.HOLD_ENV: "0"}) == []
+    [hold] = hooks.hold_hooks({hooks.HOLD_ENV: "2"})
+    hold({"iteration": 1})                                                       # not the one: no sleep
+    assert len(hooks.hold_hooks({hooks.HOLD_ENV: "x"})) == 0
