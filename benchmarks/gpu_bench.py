@@ -105,6 +105,7 @@ def compare(a, b) -> float:
 def emc_case(name, model, rotations, pixels, shard, state, runtimes, info, repeats, cpu_shard=None) -> dict:
     from spibatch.emc.gpu_step import gpu_shard_step
     from spibatch.emc.step import shard_step, warm_up
+    from spibatch.kernels.device import Device
 
     result = {"case": name, "rotations": len(rotations), "frames": shard.num_frames, "pixels": len(pixels.q),
               "entries_per_frame": shard.num_entries / shard.num_frames}
@@ -112,7 +113,7 @@ def emc_case(name, model, rotations, pixels, shard, state, runtimes, info, repea
     sums = {}
     for runtime in runtimes:
         out, median, times = timed(lambda rt=runtime: gpu_shard_step(model, rotations, pixels, shard, state,
-                                                                     runtime=backend(rt)), repeats)
+                                                                     device=Device("gpu", rt)), repeats)
         sums[runtime] = out
         result[runtime] = {"median_s": median, "times_s": times, "breakdown_s": out.timings,
                            "over_floor": median / result["floor"]["floor_s"]}
@@ -126,7 +127,7 @@ def emc_case(name, model, rotations, pixels, shard, state, runtimes, info, repea
     gpu_same = {}
     for runtime in runtimes:
         g, m, _ = timed(lambda rt=runtime: gpu_shard_step(model, rotations, pixels, small, state,
-                                                          runtime=backend(rt)), 2) \
+                                                          device=Device("gpu", rt)), 2) \
             if cpu_shard is not None else (sums[runtime], result[runtime]["median_s"], None)
         gpu_same[runtime] = {"median_s": m, "cpu_over_gpu": cpu_median / m, "max_rel_diff_vs_cpu": compare(cpu, g)}
     result["cpu_same_work"] = {"frames": small.num_frames, "median_s": cpu_median, "breakdown_s": cpu.timings,
@@ -144,9 +145,12 @@ def _threads() -> int:
 
 
 def medium(data: Path, runtimes, info, repeats) -> dict:
-    from spibatch.emc.step import (PixelSet, Rotations, Shard, StepState, auto_beta, random_model)
-    from spibatch.io.dragonfly import read_photons
     from spibatch.detector import Detector
+    from spibatch.emc.settings import auto_beta
+    from spibatch.emc.step import random_model
+    from spibatch.emc.types import PixelSet, Rotations, Shard, StepState
+    from spibatch.io.dragonfly import read_photons
+
     detector = Detector.read(data / "dragonfly-medium" / "det_sim.h5")
     pixels = PixelSet.from_detector(detector)
     shard = Shard.from_photons(read_photons(data / "dragonfly-medium" / "photons.emc"), pixels)
@@ -158,7 +162,8 @@ def medium(data: Path, runtimes, info, repeats) -> dict:
 
 def large(runtimes, info, repeats, frames: int, photons: int, num_div: int = 10, side: int = 224) -> dict:
     from spibatch.config import Geometry
-    from spibatch.emc.step import PixelSet, Rotations, Shard, StepState, random_model
+    from spibatch.emc.step import random_model
+    from spibatch.emc.types import PixelSet, Rotations, Shard, StepState
 
     detector = (Geometry(detector_pixels=side, pixel_size_m=0.512e-3, detector_distance_m=0.3,
                                       wavelength_m=6.2e-10, beamstop_radius_pixels=10)).detector()

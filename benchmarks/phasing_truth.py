@@ -103,10 +103,11 @@ def case_4bed(args) -> dict:
 
 def case_emc_small(args) -> dict:
     from spibatch.align import align_intensity, rotate_intensity
-    from spibatch.config import EMC, BetaSchedule
     from spibatch.emc.compare import shell_range
     from spibatch.emc.driver import run_emc
     from spibatch.detector import Detector
+    from spibatch.emc.executors import InProcess
+    from spibatch.emc.settings import BetaSchedule, EMCSettings
     from spibatch.io.results import read_volume
     from spibatch.phasing.compare import load_truth
     from spibatch.phasing.inputs import crop_centre
@@ -115,8 +116,8 @@ def case_emc_small(args) -> dict:
     emc_dir = args.out / "emc"
     final = emc_dir / "output_030.h5"
     if not final.exists():
-        cfg = EMC(num_div=4, iterations=30, need_scaling=True, beta_schedule=BetaSchedule(factor=2.0, period=10))
-        run_emc(cfg, small / "photons.emc", small / "det_sim.h5", emc_dir, show_progress=False)
+        cfg = EMCSettings(num_div=4, iterations=30, need_scaling=True, beta_schedule=BetaSchedule(factor=2.0, period=10))
+        run_emc(cfg, small / "photons.emc", small / "det_sim.h5", emc_dir, executor=InProcess())
     model = np.asarray(read_volume(final), np.float64)
     truth_intensity = np.fromfile(small / "intensities.bin", "<f8").reshape((91,) * 3)
     r_min, r_max = shell_range(Detector.read(small / "det_sim.h5"))

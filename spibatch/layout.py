@@ -14,7 +14,8 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
                            <stage>.stdout, <stage>.stderr
     simulate/              photons.emc, detector.h5, truth.h5, density.mrc
     ingest/                photons.emc, detector.h5 (from a CXI stack)
-    emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch)
+    emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
+                           model_NNN.npy, timing.jsonl)
     phase/                 phasing.h5, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl
     validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), or fsc.h5, fsc.png, fsc.txt of two volumes
     runinfo/               Parsl's own files (logs, submit scripts)
@@ -54,6 +55,7 @@ EMC_LOG = "EMC.log"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.h5"
 HTC_DIR = "htc"
+HTC_TIMING = "timing.jsonl"      # in htc/: one line per HTC iteration (where the time went)
 OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
 
 # ---- phasing (phase/)
@@ -79,6 +81,11 @@ def output_iteration(path: str | Path) -> int | None:
     """The iteration an ``output_NNN.h5`` name holds, or None for any other name."""
     match = OUTPUT_RE.match(Path(path).name)
     return int(match.group(1)) if match else None
+
+
+def htc_model_name(iteration: int) -> str:
+    """``model_NNN.npy``: the model HTC mode hands its shard tasks for iteration ``iteration`` (in ``htc/``)."""
+    return f"model_{iteration:03d}.npy"
 
 
 def start_name(index: int) -> str:

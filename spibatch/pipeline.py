@@ -101,7 +101,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
     import parsl
 
     from spibatch.backends import parsl_config
-    from spibatch.kernels.device import Device
+    from spibatch.kernels.device import declared
 
     names = stages.order(pipeline)
     if until is not None:
@@ -114,7 +114,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
     dfk = parsl.load(parsl_config(site, run.path))
     try:
         workers = ParslWorkers(site)
-        device = Device()   # the driver's; each worker and MPI rank resolves its own from the run's config
+        device = declared(pipeline.device, pipeline.gpu_runtime)   # unchecked here: the tasks run where the GPUs are
         for name in todo:
             if name in stages.ORCHESTRATING:
                 stages.run_stage(name, run, pipeline, device, workers)

@@ -1,4 +1,4 @@
-"""The EMC driver in-process: outputs and their consistency, the HTC unit, beta, shards, divergence."""
+"""The EMC driver in-process: outputs and their consistency, the HTC unit, beta, shards, divergence, settings."""
 
 from __future__ import annotations
 
@@ -9,20 +9,28 @@ import numpy as np
 import pytest
 
 from spibatch.config import EMC, BetaSchedule
-from spibatch.emc import driver, mpi, records
-from spibatch.emc.step import PixelSet, Rotations, StepState, random_model, reduce, shard_step
+from spibatch.emc import driver, hooks, mpi, records
+from spibatch.emc.executors import InProcess, run_shards
+from spibatch.emc.settings import EMCSettings
+from spibatch.emc.step import random_model, shard_step
+from spibatch.emc.types import Geometry, Rotations, ShardSpec, StepState, reduce
 from spibatch.errors import InputError
 from spibatch.detector import Detector
 from spibatch.io.results import read_result
 
 
-def settings(**kw) -> EMC:
-    return EMC(**{"num_div": 2, "iterations": 3, "frames_per_shard": 60, **kw})
+def settings(**kw) -> EMCSettings:
+    """The pipeline file's emc section (validated) as the driver's settings."""
+    return EMCSettings.from_dict(EMC(**{"num_div": 2, "iterations": 3, "frames_per_shard": 60, **kw}).model_dump())
+
+
+def run(cfg: EMCSettings, emc_small, out, **kw) -> dict:
+    return driver.run_emc(cfg, emc_small["photons"], emc_small["detector"], out, executor=InProcess(), **kw)
 
 
 def test_outputs_present_consistent_and_atomic(emc_small, tmp_path):
     out = tmp_path / "emc"
-    paths = driver.run_emc(settings(), emc_small["photons"], emc_small["detector"], out, show_progress=False)
+    paths = run(settings(), emc_small, out)
     assert paths["intensity"] == out / "output_003.h5"
     names = sorted(p.name for p in out.iterdir())
     assert names == ["EMC.log", "checkpoint.h5", "metrics.jsonl", "output_001.h5", "output_002.h5", "output_003.h5"]
@@ -62,17 +70,18 @@ def test_outputs_present_consistent_and_atomic(emc_small, tmp_path):
 
 
 def test_emc_iteration_is_reduce_of_shard_steps(emc_small):
-    """The HTC contract: one task per shard, then reduce, gives the serial driver's sums bit for bit."""
-    detector = Detector.read(emc_small["detector"])
-    pixels = PixelSet.from_detector(detector)
-    rotations = Rotations.refined_600_cell(1)
-    shards = driver.load_shards(emc_small["photons"], pixels, mpi.shard_bounds(240, 100))
+    """The HTC contract: one task per shard, then reduce, gives the in-process sums bit for bit."""
+    geometry = Geometry.build(emc_small["detector"], 1)
+    specs = ShardSpec.cut(emc_small["photons"], 0, 240, 100)
+    assert [(s.start, s.stop, s.first_frame) for s in specs] == [(0, 100, 0), (100, 200, 100), (200, 240, 200)]
+    shards = [spec.load(geometry.pixels) for spec in specs]
     assert [s.num_frames for s in shards] == [100, 100, 40]
     counts = np.concatenate([s.counts for s in shards])
-    model = random_model(detector.model_size(), pixels, rotations, counts.mean(), 5)
-    state = StepState(1, driver.beta_for(settings(), 1, counts), np.ones(240))
-    ours = driver.emc_iteration(model, rotations, pixels, shards[::-1], state)   # order does not matter
-    tasks = reduce([shard_step(model, rotations, pixels, s, state) for s in shards])
+    size = Detector.read(emc_small["detector"]).model_size()
+    model = random_model(size, geometry.pixels, geometry.rotations, counts.mean(), 5)
+    state = StepState(1, settings().beta_for(1, counts), np.ones(240))
+    ours = run_shards(shard_step, model, geometry, shards[::-1], state)   # order does not matter
+    tasks = reduce([shard_step(model, geometry.rotations, geometry.pixels, s, state) for s in shards])
     assert np.array_equal(ours.numerator, tasks.numerator)
     assert np.array_equal(ours.denominator, tasks.denominator)
     assert set(ours.frames) == set(tasks.frames)
@@ -81,11 +90,11 @@ def test_emc_iteration_is_reduce_of_shard_steps(emc_small):
 
 def test_beta_auto_fixed_factor_and_schedule():
     counts = np.array([100.0, 1000.0, 10000.0])
-    auto = driver.beta_for(settings(beta_schedule=None), 7, counts)
+    auto = settings(beta_schedule=None).beta_for(7, counts)
     assert np.allclose(auto, np.exp(-6.5 * (counts / 1e5) ** 0.15))
     assert auto[0] > auto[1] > auto[2]                          # brighter frames anneal more gently
     cfg = settings(beta=0.5, beta_factor=2.0, beta_schedule=BetaSchedule(factor=2.0, period=10))
-    got = [driver.beta_for(cfg, it, counts)[0] for it in (1, 10, 11, 20, 21, 30)]
+    got = [cfg.beta_for(it, counts)[0] for it in (1, 10, 11, 20, 21, 30)]
     assert got == [1.0, 1.0, 2.0, 2.0, 4.0, 4.0]                # Dragonfly's `beta_schedule = 2.0 10`
 
 
@@ -111,7 +120,7 @@ def test_divergence_stops_naming_the_iteration_and_keeps_earlier_outputs(emc_sma
     monkeypatch.setattr(driver, "finish", diverging)
     out = tmp_path / "emc"
     with pytest.raises(InputError, match=r"iteration 2: .*diverged.*scale factor.*need_scaling: false"):
-        driver.run_emc(settings(), emc_small["photons"], emc_small["detector"], out, show_progress=False)
+        run(settings(), emc_small, out)
     assert (out / "output_001.h5").is_file() and not (out / "output_002.h5").exists()
     assert [r["iter"] for r in records.read_log_table(out / "EMC.log")] == [1]
     with h5py.File(out / "checkpoint.h5") as f:
@@ -131,19 +140,39 @@ def test_nan_model_is_divergence_too():
 
 def test_resume_refuses_changed_settings(emc_small, tmp_path):
     out = tmp_path / "emc"
-    driver.run_emc(settings(iterations=1), emc_small["photons"], emc_small["detector"], out, show_progress=False)
+    run(settings(iterations=1), emc_small, out)
     before = (out / "output_001.h5").read_bytes()
     with pytest.raises(InputError, match="settings differ .*: need_scaling"):
-        driver.run_emc(settings(iterations=2, need_scaling=False), emc_small["photons"], emc_small["detector"],
-                       out, resume=True, show_progress=False)
+        run(settings(iterations=2, need_scaling=False), emc_small, out, resume=True)
     assert (out / "output_001.h5").read_bytes() == before and not (out / "output_002.h5").exists()
 
 
 def test_friedel_and_point_group_symmetry_hold_in_the_model(emc_small, tmp_path):
     out = tmp_path / "emc"
-    driver.run_emc(settings(iterations=1, friedel_symmetry=True, point_group="C2"), emc_small["photons"],
-                   emc_small["detector"], out, show_progress=False)
+    run(settings(iterations=1, friedel_symmetry=True, point_group="C2"), emc_small, out)
     model = read_result(out / "output_001.h5")[0]["intensity"]
     assert np.array_equal(model, model[::-1, ::-1, ::-1]) and model.max() > 0       # I(q) = I(-q)
     assert np.allclose(model, model[::-1, ::-1, :], rtol=1e-5, atol=1e-6 * model.max())   # 2-fold axis along z
     assert "point_group = C2" in (out / "EMC.log").read_text()
+
+
+def test_hooks_hear_each_iteration_after_its_files(emc_small, tmp_path, caplog):
+    out = tmp_path / "emc"
+    heard = []
+
+    def hook(record):
+        with h5py.File(out / "checkpoint.h5") as f:                               # written before the hook
+            heard.append((record["iteration"], int(f.attrs["iteration"]), record["num_frames"]))
+
+    with caplog.at_level("INFO", logger="spibatch"), hooks.standard(3, bar=False) as standard:
+        run(settings(), emc_small, out, on_iteration=[hook, *standard])
+    assert heard == [(1, 1, 240), (2, 2, 240), (3, 3, 240)]
+    rows = [r.getMessage() for r in caplog.records if r.getMessage()[:2] in ("1\t", "2\t", "3\t")]
+    assert len(rows) == 3 and rows[2].startswith("3\t")                         # the EMC.log rows, as log lines
+
+
+def test_the_hold_hook_comes_from_the_environment():
+    assert hooks.hold_hooks({}) == [] and hooks.hold_hooks({hooks.HOLD_ENV: "0"}) == []
+    [hold] = hooks.hold_hooks({hooks.HOLD_ENV: "2"})
+    hold({"iteration": 1})                                                       # not the one: no sleep
+    assert len(hooks.hold_hooks({hooks.HOLD_ENV: "x"})) == 0

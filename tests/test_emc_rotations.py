@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spibatch.emc.rotations import num_rotations, quaternions, rotation_matrices
-from spibatch.emc.step import Rotations
+from spibatch.emc.types import Rotations
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 10])

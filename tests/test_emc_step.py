@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from spibatch.config import Geometry
-from spibatch.emc.step import (PixelSet, Rotations, Shard, StepState, finish, random_model, reduce,
-                               shard_step)
+from spibatch.emc.step import random_model, shard_step
+from spibatch.emc.types import PixelSet, Rotations, Shard, StepState, finish, reduce
 from spibatch.photons import Photons
 
 

@@ -12,12 +12,32 @@ import pytest
 from test_cuda_launchers import signatures
 from test_emc_step import problem  # noqa: F401  (the shared synthetic EMC problem, a fixture)
 
-from spibatch.config import EMC
 from spibatch.emc import driver
+from spibatch.emc.executors import InProcess
 from spibatch.emc.gpu_step import gpu_shard_step, plan
-from spibatch.emc.step import Shard, StepState, shard_step
+from spibatch.emc.settings import EMCSettings
+from spibatch.emc.step import shard_step
+from spibatch.emc.types import Shard, StepState
 from spibatch.io.results import read_volume
 from spibatch.kernels.cuda_twin import TwinRuntime
+from spibatch.kernels.device import CPU, Device
+
+
+def device_of(xp) -> Device:
+    """The Device of an ``xp`` fixture back-end: the numpy twins, or the GPU through cupy / pycuda."""
+    return Device("gpu", "twin" if xp.name == "numpy" else xp.name)
+
+
+class Recording:
+    """A stand-in for a GPU Device whose kernels launch on ``runtime`` (a twin that counts or checks launches)."""
+
+    xp = np
+
+    def __init__(self, runtime):
+        self.launch_runtime = runtime
+
+    def activate(self) -> None:
+        return None
 
 
 def assert_same_sums(cpu, gpu, kept_tolerance: int = 0):
@@ -43,7 +63,7 @@ def test_gpu_step_gives_the_cpu_sums(problem, xp, beta, chunks):  # noqa: F811
     state = StepState(1, np.full(120, beta), np.linspace(0.8, 1.2, 120))
     cpu = shard_step(truth, rotations, pixels, shard, state)
     frame_chunk, rotation_block = chunks or (None, None)
-    gpu = gpu_shard_step(truth, rotations, pixels, shard, state, runtime=xp.runtime, xp=xp.xp,
+    gpu = gpu_shard_step(truth, rotations, pixels, shard, state, device=device_of(xp),
                          frame_chunk=frame_chunk, rotation_block=rotation_block)
     assert gpu.first_frame == 10 and len(gpu.frames["counts"]) == 110
     assert isinstance(gpu.numerator, np.ndarray) and gpu.numerator.dtype == np.float64   # host arrays: reduce as is
@@ -58,10 +78,10 @@ def test_pixels_and_frames_beyond_the_grid_limit_go_in_pieces(problem, monkeypat
     detector, pixels, rotations, truth, photons, _ = problem
     shard = Shard.from_photons(photons, pixels)
     state = StepState(1, np.full(120, 0.2), np.ones(120))
-    whole = gpu_shard_step(truth, rotations, pixels, shard, state, runtime=TwinRuntime())
+    whole = gpu_shard_step(truth, rotations, pixels, shard, state, device=Device("gpu", "twin"))
     monkeypatch.setattr(gpu_step, "MAX_ROWS", 100)            # 396 used of 564 pixels, 120 frames: in pieces
     runtime = TwinRuntime()
-    pieces = gpu_shard_step(truth, rotations, pixels, shard, state, runtime=runtime)
+    pieces = gpu_shard_step(truth, rotations, pixels, shard, state, device=Recording(runtime))
     assert runtime.calls["normalize_probabilities"] == 2                           # 2 chunks of frames
     assert runtime.calls["log_views"] == 2 * -(-pixels.num_used // 100)            # pixels in pieces, per chunk
     assert runtime.calls["merge_views"] == 2 * -(-len(pixels.q) // 100)
@@ -87,7 +107,7 @@ def test_every_launch_of_a_chunked_step_matches_the_c_signatures(problem):  # no
     shard = Shard.from_photons(photons, pixels)
     runtime = SignatureCheckingTwin()
     gpu_shard_step(truth, rotations, pixels, shard, StepState(1, np.full(120, 0.1), np.ones(120)),
-                   runtime=runtime, frame_chunk=50, rotation_block=96)
+                   device=Recording(runtime), frame_chunk=50, rotation_block=96)
     blocks = -(-len(rotations) // 96)
     assert runtime.calls == {"log_views": 3 * blocks, "photon_log_likelihood": 3 * blocks,
                              "normalize_probabilities": 3, "weighted_photons": 3 * blocks,
@@ -104,12 +124,12 @@ def test_the_plan_fits_the_memory_budget():
 
 
 def test_emc_driver_on_the_device_matches_the_cpu_run(emc_small, tmp_path, xp):
-    cfg = EMC(num_div=2, iterations=2, frames_per_shard=120)
+    cfg = EMCSettings(num_div=2, iterations=2, frames_per_shard=120)
     outputs = {}
-    for device, runtime in (("cpu", "cupy"), ("gpu", xp.runtime)):
-        paths = driver.run_emc(cfg, emc_small["photons"], emc_small["detector"], tmp_path / device,
-                               show_progress=False, device=device, gpu_runtime=runtime)
-        outputs[device] = read_volume(paths["intensity"])
+    for name, device in (("cpu", CPU), ("gpu", device_of(xp))):
+        paths = driver.run_emc(cfg, emc_small["photons"], emc_small["detector"], tmp_path / name,
+                               executor=InProcess(device))
+        outputs[name] = read_volume(paths["intensity"])
     cpu, gpu = outputs["cpu"], outputs["gpu"]
     assert np.abs(gpu - cpu).max() <= 1e-3 * np.abs(cpu).max()
     assert (tmp_path / "gpu" / "output_002.h5").exists() and (tmp_path / "gpu" / "EMC.log").exists()

@@ -1,55 +1,48 @@
-"""The EMC driver: iterations of the shard step over a photons file, serial or across MPI ranks.
+"""The EMC driver: setup, then one loop of iterations over the shards an executor holds.
 
-:func:`run_emc` reads a Dragonfly photons + detector pair, cuts the frames
-into shards of ``frames_per_shard`` and iterates: build the
-:class:`~spibatch.emc.step.StepState` (per-frame beta with its schedule, the
-scales), run :func:`emc_iteration` on the local shards, combine across ranks
-(:mod:`spibatch.emc.mpi`: one Allreduce of the merge sums, one Allgatherv of
-the per-frame arrays), :func:`~spibatch.emc.step.finish`, and on rank 0
-write ``output_NNN.h5``, ``EMC.log``, ``metrics.jsonl`` and then
-``checkpoint.h5`` (:mod:`spibatch.emc.records`).  ``resume=True`` continues
-from the checkpoint and ends in the bit-identical model of an uninterrupted
-run (same machine, same number of ranks and threads).
+:func:`run_emc` reads a Dragonfly photons + detector pair, cuts the frames into shards of
+``frames_per_shard`` (:class:`~spibatch.emc.types.ShardSpec`) and hands them to the executor the
+caller chose (:mod:`spibatch.emc.executors`: in this process, across MPI ranks, or as HTC tasks).
+Each iteration: the per-frame beta (with its schedule) and the scales make the
+:class:`~spibatch.emc.types.StepState`; the executor returns the sums of every shard, reduced;
+:func:`~spibatch.emc.types.finish` (then the point group) makes the new model; the process that
+writes (rank 0) writes ``output_NNN.h5``, ``EMC.log``, ``metrics.jsonl`` and then ``checkpoint.h5``
+(:class:`~spibatch.emc.records.Recorder`); then the caller's ``on_iteration`` hooks
+(:mod:`spibatch.emc.hooks`: progress display, the test's hold) hear the record.
 
-For the HTC driver (one Parsl task per shard per iteration) the unit is
-:func:`emc_iteration` with a one-shard list, or ``shard_step`` itself::
+New shards may join between iterations: a ``source`` with ``poll() -> list[ShardSpec]`` (frames
+numbered on from the run's, in any photons files matching the detector) is polled before each
+iteration; their frames start at scale 1 and join the beta and scale arrays.  Without a source
+the frames are the photons file's, as always.
 
-    sums = [emc_iteration(model, rotations, pixels, [shard], state) for shard in shards]  # tasks
-    model, scales, metrics = finish(reduce(sums), model, need_scaling, friedel)           # gather
-
-``reduce`` adds the tasks' sums in frame order, as :func:`emc_iteration` does
-for the shards of one rank: with the same ``frames_per_shard`` the HTC model
-equals the serial one bit for bit, and the MPI one to rounding.  Build the
-inputs with :func:`load_shards` (any frame range), :func:`beta_for` and the
-scales returned by the previous ``finish``.
-
-Test aid: with ``SPIBATCH_EMC_HOLD_AFTER=N`` in the environment the driver
-sleeps after writing checkpoint N (so a test can kill it at a known point).
+``resume=True`` continues from the checkpoint and ends in the bit-identical model of an
+uninterrupted run (same machine, same number of ranks and threads).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
+from typing import Callable, Iterable
 
 import numpy as np
 
 from spibatch.detector import Detector
-from spibatch.emc import mpi, records
-from spibatch.emc.step import (PixelSet, Rotations, Shard, ShardSums, StepState, auto_beta, default_threads,
-                               finish, random_model, shard_step, warm_up)
+from spibatch.emc import records
+from spibatch.emc.settings import EMCSettings
+from spibatch.emc.step import default_threads, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
+from spibatch.emc.types import Geometry, ShardSpec, StepState, finish
 from spibatch.errors import InputError
+from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
 
 log = logging.getLogger("spibatch")
 
 SCALE_LIMIT = 1e6        # a scale factor above this (the mean is 1) means the fit diverged
 MODEL_LIMIT = 1e6        # ... as does a model voxel above this times the largest photon count in a pixel
-HOLD_ENV = "SPIBATCH_EMC_HOLD_AFTER"
 
 
 @dataclass
@@ -62,105 +55,249 @@ class Inputs:
     start_model: np.ndarray | None
 
 
-def check_inputs(cfg, photons_path, detector_path, ranks: int = 1) -> Inputs:
+def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> Inputs:
     """Read the detector, the photons file's header and the start model; InputError on anything wrong.
 
-    Light (no frames are read): the CLI calls it before creating a run directory.
+    Light (no frames are read): a command calls it before creating a run folder.
     ``ranks``: MPI ranks to share the shards (each needs at least one).
     """
     from spibatch.io.dragonfly import check_match, photons_info
-    from spibatch.detector import Detector
-    for name, path in (("photons", photons_path), ("detector", detector_path)):
+
+    for name, path in (("photons", photons), ("detector", detector)):
         if path is None:
             raise InputError("no file given", field=f"emc.{name}",
                              fix=f"set emc.{name} in the pipeline file (relative to it)")
-    detector = Detector.read(detector_path)
-    num_frames, num_pix = photons_info(photons_path)
-    check_match(detector, num_pix, detector_path, photons_path)
+    geometry = Detector.read(detector)
+    num_frames, num_pix = photons_info(photons)
+    check_match(geometry, num_pix, detector, photons)
     if num_frames == 0:
-        raise InputError("holds 0 frames", path=photons_path, field="place_ones",
+        raise InputError("holds 0 frames", path=photons, field="place_ones",
                          fix="give a photons file with at least one frame")
-    shards = len(mpi.shard_bounds(num_frames, cfg.frames_per_shard))
+    shards = -(-num_frames // settings.frames_per_shard)
     if shards < ranks:
-        raise InputError(f"{num_frames} frames in shards of {cfg.frames_per_shard} make {shards} shard(s) for "
+        raise InputError(f"{num_frames} frames in shards of {settings.frames_per_shard} make {shards} shard(s) for "
                          f"{ranks} MPI ranks", field="emc.frames_per_shard",
                          fix=f"set emc.frames_per_shard to at most {num_frames // ranks}, or use fewer ranks")
-    smallest = detector.model_size()
-    size = cfg.model_size or smallest
+    smallest = geometry.model_size()
+    size = settings.model_size or smallest
     if size < smallest:
         raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",
                          field="emc.model_size", fix=f"set it to at least {smallest}, or leave it out")
-    start = None
-    if cfg.start_model is not None:
-        from spibatch.io.results import read_volume
-
-        start = np.asarray(read_volume(cfg.start_model), np.float64)
-        fix = "give a finite, non-negative (M, M, M) intensity in photons per voxel (e.g. an output_NNN.h5)"
-        if start.shape != (size,) * 3:
-            raise InputError(f"shape {start.shape}, but the model grid is {(size,) * 3}", path=cfg.start_model,
-                             field="emc.start_model", fix=fix)
-        bad = ~np.isfinite(start)
-        if bad.any():
-            raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at "
-                             f"{tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), start.shape))})", path=cfg.start_model,
-                             field="emc.start_model", fix=fix)
-        if start.min() < 0:
-            raise InputError(f"{int((start < 0).sum())} voxels are negative", path=cfg.start_model,
-                             field="emc.start_model", fix=fix)
-    return Inputs(detector, num_frames, size, start)
+    start = None if settings.start_model is None else read_start_model(settings.start_model, size)
+    return Inputs(geometry, num_frames, size, start)
 
 
-def load_shards(photons_path, pixels: PixelSet, bounds: list[tuple[int, int]]) -> list[Shard]:
-    """The shards of frames ``[(start, stop), ...]``, each read on its own (a rank reads only its frames)."""
-    from spibatch.io.dragonfly import read_photons
+def read_start_model(path: Path, size: int) -> np.ndarray:
+    """The start model (size, size, size) float64 from ``path``; InputError unless finite and >= 0."""
+    from spibatch.io.results import read_volume
 
-    return [Shard.from_photons(read_photons(photons_path, a, b), pixels, a) for a, b in bounds]
+    start = np.asarray(read_volume(path), np.float64)
+    fix = "give a finite, non-negative (M, M, M) intensity in photons per voxel (e.g. an output_NNN.h5)"
+    if start.shape != (size,) * 3:
+        raise InputError(f"shape {start.shape}, but the model grid is {(size,) * 3}", path=path,
+                         field="emc.start_model", fix=fix)
+    bad = ~np.isfinite(start)
+    if bad.any():
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), start.shape))
+        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {first})", path=path,
+                         field="emc.start_model", fix=fix)
+    if start.min() < 0:
+        raise InputError(f"{int((start < 0).sum())} voxels are negative", path=path, field="emc.start_model", fix=fix)
+    return start
 
 
-def beta_for(cfg, iteration: int, counts: np.ndarray) -> np.ndarray:
-    """Per-frame beta (D,) float64 at ``iteration`` (1-based): auto or fixed, times beta_factor and the schedule."""
-    beta = auto_beta(counts) if cfg.beta == "auto" else np.full(len(counts), float(cfg.beta))
-    beta = beta * cfg.beta_factor
-    if cfg.beta_schedule is not None:
-        beta = beta * cfg.beta_schedule.factor ** ((iteration - 1) // cfg.beta_schedule.period)
-    return beta
+def check_shards(specs: list[ShardSpec], num_frames: int, detector: Detector, detector_path) -> list[ShardSpec]:
+    """New shards in frame order, checked: frames ``num_frames ..`` without gaps, inside their photons files,
+    which match the detector; InputError otherwise."""
+    from spibatch.io.dragonfly import check_match, photons_info
+
+    specs = sorted(specs, key=lambda s: s.first_frame)
+    info = {path: photons_info(path) for path in {s.photons for s in specs}}
+    expected = num_frames
+    for spec in specs:
+        total, num_pix = info[spec.photons]
+        check_match(detector, num_pix, detector_path, spec.photons)
+        if not 0 <= spec.start < spec.stop <= total:
+            raise InputError(f"a new shard asks for frames {spec.start}:{spec.stop} of {total}", path=spec.photons,
+                             field="place_ones", fix="give shards inside the photons file")
+        if spec.first_frame != expected:
+            raise InputError(f"a new shard starts at frame {spec.first_frame} of the run, not {expected}",
+                             path=spec.photons, fix="number new frames on from the run's last frame, without gaps")
+        expected += spec.num_frames
+    return specs
 
 
-def emc_iteration(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shards: list[Shard],
-                  state: StepState, *, device: str = "cpu", gpu_runtime="cupy") -> ShardSums:
-    """``shard_step`` on each shard, summed in frame order: exactly ``reduce([shard_step(...) ...])``.
+@dataclass
+class Run:
+    """The loop's state: what setup found and what each iteration changes.
 
-    model (M, M, M) float64; state.beta and state.scales (D_total,) float64 for all frames.
-    Keeps one shard's sums at a time beside the running total.
+    counts, scales (D,) float64: photons on used pixels and scale factor of every frame so far;
+    peak: the largest photon count in one pixel; first: the first iteration still to run.
     """
-    total, frames = None, []
-    for shard in sorted(shards, key=lambda s: s.first_frame):
-        part = shard_step(model, rotations, pixels, shard, state, device=device, gpu_runtime=gpu_runtime)
-        if total is None:
-            total = part
-        else:
-            total.numerator += part.numerator
-            total.denominator += part.denominator
-            for phase, seconds in part.timings.items():
-                total.timings[phase] = total.timings.get(phase, 0.0) + seconds
-        frames.append(part.frames)
-    if total is None:
-        raise ValueError("emc_iteration needs at least one shard")
-    total.frames = {k: np.concatenate([f[k] for f in frames]) for k in frames[0]}
-    return total
+
+    settings: EMCSettings
+    photons: Path
+    detector: Path
+    inputs: Inputs
+    geometry: Geometry
+    counts: np.ndarray
+    peak: float
+    model: np.ndarray
+    scales: np.ndarray
+    first: int
+    recorder: records.Recorder
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.counts)
 
 
-def _settings(cfg, inputs: Inputs) -> dict:
-    """What must not change between a run and its resumption."""
-    keep = ("num_div", "beta", "beta_factor", "beta_schedule", "need_scaling", "friedel_symmetry", "point_group",
-            "seed", "frames_per_shard", "start_model")
-    out = {k: v for k, v in cfg.model_dump(mode="json").items() if k in keep}
-    out.update(num_frames=inputs.num_frames, num_pix=inputs.detector.num_pix, model_size=inputs.size)
-    return out
+def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resume: bool = False, source=None,
+            on_iteration: Iterable[Callable[[dict], None]] = ()) -> dict[str, Path]:
+    """Run EMC with ``settings`` on ``photons`` + ``detector``, writing into ``out_dir``; the outputs' paths.
+
+    executor: where the shard steps run (:mod:`spibatch.emc.executors`; only the process whose
+    ``executor.writes`` writes).  resume: continue from ``out_dir/checkpoint.h5`` when it exists.
+    source: None, or an object whose ``poll() -> list[ShardSpec]`` gives new shards before each
+    iteration.  on_iteration: callables given each iteration's record once its files are written.
+    Returns ``{"intensity", "emc_log", "metrics", "checkpoint": path}`` (on every rank).
+    Raises InputError on bad input or a diverging fit (earlier iterations' files are kept).
+    """
+    out_dir = Path(out_dir)
+    run = setup(settings, photons, detector, out_dir, executor, resume)
+    poll = _poller(source, run, executor)
+    hooks = list(on_iteration)
+    for iteration in range(run.first, settings.iterations + 1):
+        _take_shards(run, executor, poll())
+        record = iterate(run, executor, iteration)
+        for hook in hooks:
+            hook(record)
+    last = max(settings.iterations, run.first - 1)
+    return {"intensity": out_dir / output_name(last), "emc_log": out_dir / EMC_LOG,
+            "metrics": out_dir / METRICS, "checkpoint": out_dir / CHECKPOINT}
 
 
-def _check_diverged(iteration: int, model: np.ndarray, scales: np.ndarray, model_limit: float,
-                    photons_path) -> None:
+def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, resume: bool) -> Run:
+    """Inputs checked, geometry, the shards handed to the executor, the start (model, scales, history) or the
+    checkpoint's, the records started (``EMC.log`` header) and the kernels compiled."""
+    inputs = executor.collective(check_inputs, settings, photons, detector, executor.size)
+    photons, detector = Path(photons), Path(detector)
+    threads = _limit_threads()
+    geometry = Geometry.build(detector, settings.num_div, inputs.detector)
+    specs = ShardSpec.cut(photons, 0, inputs.num_frames, settings.frames_per_shard)
+    counts, peak = executor.add_shards(specs, geometry)
+    recorded = {**settings.resume_record(), "num_frames": inputs.num_frames, "num_pix": inputs.detector.num_pix,
+                "model_size": inputs.size}
+    checkpoint = executor.broadcast(executor.collective(_read_checkpoint, out_dir, resume and executor.writes))
+    if checkpoint is not None:
+        model, scales, history = _resumed(checkpoint, recorded, len(counts), out_dir)
+    else:
+        model = inputs.start_model if inputs.start_model is not None else \
+            random_model(inputs.size, geometry.pixels, geometry.rotations, float(counts.mean()), settings.seed)
+        scales, history = np.ones(inputs.num_frames), []
+    header = records.log_header(_header_info(settings, photons, inputs, geometry, counts, threads, executor.size))
+    recorder = records.Recorder(out_dir if executor.writes else None, header, recorded,
+                                geometry.rotations.quaternions, inputs.detector.voxel_size_per_m, history)
+    recorder.start()
+    if executor.writes:
+        log.info("EMC: %d frames in %d shard(s) on %d rank(s) x %d thread(s), %d rotations (num_div %d), "
+                 "model %d^3\n%s", inputs.num_frames, len(specs), executor.size, threads, len(geometry.rotations),
+                 settings.num_div, inputs.size, "\t".join(records.LOG_COLUMNS))
+    warm_up()   # compile or load the kernels now, so that iteration 1's time is the iteration's
+    first = 1 if checkpoint is None else checkpoint["iteration"] + 1
+    return Run(settings, photons, detector, inputs, geometry, counts, peak, model, scales, first, recorder)
+
+
+def _read_checkpoint(out_dir: Path, wanted: bool) -> dict | None:
+    if not (wanted and out_dir.exists()):
+        return None
+    records.remove_partial_files(out_dir)
+    return records.read_checkpoint(out_dir)
+
+
+def _resumed(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path):
+    """(model, scales, history) of the checkpoint; InputError when the settings or the frames changed."""
+    changed = sorted(k for k in recorded.keys() | checkpoint["settings"].keys()
+                     if recorded.get(k) != checkpoint["settings"].get(k))
+    if changed:
+        raise InputError(f"settings differ from the run being resumed: {', '.join(changed)}",
+                         path=out_dir / CHECKPOINT, field="emc",
+                         fix="resume with the run's own config.yaml, or start a new run")
+    if len(checkpoint["scales"]) != num_frames:
+        raise InputError(f"the checkpoint holds the scales of {len(checkpoint['scales'])} frames, the photons file "
+                         f"{num_frames} (shards joined the run while it ran)", path=out_dir / CHECKPOINT,
+                         field="emc", fix="start a new run: resuming a run that took new shards is not supported")
+    log.info("resuming after iteration %d from %s", checkpoint["iteration"], out_dir / CHECKPOINT)
+    return checkpoint["model"], checkpoint["scales"], checkpoint["history"]
+
+
+def _header_info(settings: EMCSettings, photons: Path, inputs: Inputs, geometry: Geometry, counts: np.ndarray,
+                 threads: int, ranks: int) -> dict:
+    schedule = settings.beta_schedule
+    return {"photons": os.fspath(photons), "num_data": inputs.num_frames, "mean_count": float(counts.mean()),
+            "num_rot": len(geometry.rotations), "num_used": geometry.pixels.num_used,
+            "num_pix": inputs.detector.num_pix, "size": inputs.size, "num_threads": threads, "mpi_ranks": ranks,
+            "beta": settings.beta, "beta_factor": settings.beta_factor, "need_scaling": settings.need_scaling,
+            "friedel_symmetry": settings.friedel_symmetry, "point_group": settings.point_group or "none",
+            "beta_schedule": "none" if schedule is None else f"{schedule.factor} {schedule.period}",
+            "start_model": settings.start_model or f"random (seed {settings.seed})"}
+
+
+def _poller(source, run: Run, executor) -> Callable[[], list[ShardSpec]]:
+    """``poll()`` for the loop: no shards without a source; else the source's new shards, polled and checked
+    where the files are written (rank 0) and the same list on every rank."""
+    if source is None:
+        return list
+
+    def poll() -> list[ShardSpec]:
+        def checked():
+            if not executor.writes:
+                return None
+            return check_shards(list(source.poll()), run.num_frames, run.inputs.detector, run.detector)
+
+        return executor.broadcast(executor.collective(checked))
+
+    return poll
+
+
+def _take_shards(run: Run, executor, specs: list[ShardSpec]) -> None:
+    """Hand new shards to the executor; their frames join the counts and start at scale 1."""
+    if not specs:
+        return
+    counts, peak = executor.add_shards(specs, run.geometry)
+    run.counts = np.concatenate([run.counts, counts])
+    run.scales = np.concatenate([run.scales, np.ones(len(counts))])
+    run.peak = max(run.peak, peak)
+    log.info("EMC: %d new frame(s) in %d shard(s) joined: %d frames", len(counts), len(specs), run.num_frames)
+
+
+def iterate(run: Run, executor, iteration: int) -> dict:
+    """One iteration: step every shard, finish, check, write; the iteration's record."""
+    settings = run.settings
+    start = perf_counter()
+    beta = settings.beta_for(iteration, run.counts)
+    total = executor.step(run.model, run.geometry, StepState(iteration, beta, run.scales))
+    stepped = perf_counter()
+    combine_s = total.timings.pop("combine", 0.0)
+    group = settings.point_group
+    model, scales, metrics = finish(total, run.model, settings.need_scaling, settings.friedel_symmetry and not group)
+    if group is not None:   # the point group first, then Friedel: both hold exactly in the result
+        model = symmetrize(model, group, settings.friedel_symmetry)
+        metrics["rms_change"] = float(np.sqrt(np.mean((model - run.model) ** 2)))
+    finished = perf_counter()
+    _check_diverged(iteration, model, scales, MODEL_LIMIT * max(run.peak, 1.0), run.photons)
+    run.model, run.scales = model, scales
+    phases = {f"{phase}_s": seconds for phase, seconds in total.timings.items()}   # rank 0's shards
+    record = {"iteration": iteration, "num_rot": len(run.geometry.rotations), "beta_mean": float(beta.mean()),
+              "mpi_ranks": executor.size, "num_frames": run.num_frames, **metrics,
+              "timing": {"step_s": stepped - start - combine_s, **phases, "combine_s": combine_s,
+                         "finish_s": finished - stepped}}
+    record["time_s"] = finished - start
+    run.recorder.save(iteration, model, total.frames, scales, record)
+    return record
+
+
+def _check_diverged(iteration: int, model: np.ndarray, scales: np.ndarray, model_limit: float, photons) -> None:
     problem = None
     if not np.isfinite(scales).all():
         problem = f"{int((~np.isfinite(scales)).sum())} scale factors are NaN or infinite"
@@ -171,7 +308,7 @@ def _check_diverged(iteration: int, model: np.ndarray, scales: np.ndarray, model
     elif model.max() > model_limit:
         problem = f"a model voxel reached {model.max():.3g} photons, {MODEL_LIMIT:.0e} x the brightest pixel"
     if problem:
-        raise InputError(f"iteration {iteration}: the reconstruction diverged: {problem}", path=photons_path,
+        raise InputError(f"iteration {iteration}: the reconstruction diverged: {problem}", path=photons,
                          field="emc.need_scaling", fix="set emc.need_scaling: false or use frames with more "
                          f"photons; outputs up to iteration {iteration - 1} are kept")
 
@@ -182,124 +319,3 @@ def _limit_threads() -> int:
 
     numba.set_num_threads(max(1, min(numba.get_num_threads(), default_threads())))
     return numba.get_num_threads()
-
-
-def run_emc(cfg, photons_path, detector_path, out_dir, *, resume: bool = False, comm=None,
-            show_progress: bool = True, device: str = "cpu", gpu_runtime="cupy", shard_runner=None
-            ) -> dict[str, Path]:
-    """Run EMC with the settings ``cfg`` (:class:`spibatch.config.EMC`) and write into ``out_dir``.
-
-    comm: an mpi4py communicator (frames sharded across its ranks; only rank 0
-    writes) or None.  resume: continue from ``out_dir/checkpoint.h5`` when it
-    exists.  Returns ``{name: path}`` of the outputs (on every rank).
-    shard_runner: run the shard steps elsewhere (the HTC driver, :mod:`spibatch.emc.htc`): an
-    object with ``prepare(bounds) -> (counts (D,), peak)`` and ``step(model, state) -> ShardSums``
-    (all shards, reduced); serial only; this process then holds no frames.
-    Raises InputError on bad input or a diverging fit (earlier iterations' files are kept).
-    device, gpu_runtime: the pipeline's ``device`` / ``gpu_runtime`` (each rank takes one GPU of its node).
-    """
-    from spibatch.progress import progress
-
-    comm = comm if comm is not None and comm.Get_size() > 1 else None
-    rank, size = mpi.rank_and_size(comm)
-    out_dir = Path(out_dir)
-    inputs = mpi.collective(comm, check_inputs, cfg, photons_path, detector_path, size)
-    bounds = mpi.shard_bounds(inputs.num_frames, cfg.frames_per_shard)
-    owned = [mpi.rank_shards(len(bounds), r, size) for r in range(size)]
-    frames_per_rank = [sum(bounds[k][1] - bounds[k][0] for k in ks) for ks in owned]
-    threads = _limit_threads()
-    pixels = PixelSet.from_detector(inputs.detector)
-    rotations = Rotations.refined_600_cell(cfg.num_div)
-    if shard_runner is None:
-        shards = mpi.collective(comm, load_shards, photons_path, pixels, [bounds[k] for k in owned[rank]])
-        local_counts = np.concatenate([s.counts for s in shards])
-        local_peak = max((float(s.count.max()) for s in shards if len(s.count)), default=1.0)
-    else:
-        local_counts, local_peak = shard_runner.prepare(bounds)
-    counts = np.concatenate(mpi.allgather(comm, local_counts))
-    peak = max(mpi.allgather(comm, local_peak))
-    settings = _settings(cfg, inputs)
-
-    def read_checkpoint():
-        if not (resume and rank == 0 and out_dir.exists()):
-            return None
-        records.remove_partial_files(out_dir)
-        return records.read_checkpoint(out_dir)
-
-    checkpoint = mpi.broadcast(comm, mpi.collective(comm, read_checkpoint))
-    if checkpoint is not None:
-        changed = sorted(k for k in settings.keys() | checkpoint["settings"].keys()
-                         if settings.get(k) != checkpoint["settings"].get(k))
-        if changed:
-            raise InputError(f"settings differ from the run being resumed: {', '.join(changed)}",
-                             path=out_dir / records.CHECKPOINT, field="emc",
-                             fix="resume with the run's own config.yaml, or start a new run")
-        model, scales, history = checkpoint["model"], checkpoint["scales"], checkpoint["history"]
-        first = checkpoint["iteration"] + 1
-        log.info("resuming after iteration %d from %s", first - 1, out_dir / records.CHECKPOINT)
-    else:
-        model = inputs.start_model if inputs.start_model is not None else \
-            random_model(inputs.size, pixels, rotations, float(counts.mean()), cfg.seed)
-        scales, history, first = np.ones(inputs.num_frames), [], 1
-
-    header = records.log_header({
-        "photons": os.fspath(photons_path), "num_data": inputs.num_frames, "mean_count": float(counts.mean()),
-        "num_rot": len(rotations), "num_used": pixels.num_used, "num_pix": inputs.detector.num_pix,
-        "size": inputs.size, "num_threads": threads, "mpi_ranks": size, "beta": cfg.beta,
-        "beta_factor": cfg.beta_factor, "need_scaling": cfg.need_scaling, "friedel_symmetry": cfg.friedel_symmetry,
-        "point_group": cfg.point_group or "none",
-        "beta_schedule": "none" if cfg.beta_schedule is None else
-        f"{cfg.beta_schedule.factor} {cfg.beta_schedule.period}",
-        "start_model": cfg.start_model or f"random (seed {cfg.seed})"})
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        records.write_logs(out_dir, header, history)
-        log.info("EMC: %d frames in %d shard(s) on %d rank(s) x %d thread(s), %d rotations (num_div %d), "
-                 "model %d^3\n%s", inputs.num_frames, len(bounds), size, threads, len(rotations), cfg.num_div,
-                 inputs.size, "\t".join(records.LOG_COLUMNS))
-    if device == "gpu" and isinstance(gpu_runtime, str):
-        from spibatch.kernels.xp import ensure_device
-
-        log.info("EMC on GPU %d (%s) of this node", ensure_device(), gpu_runtime)   # one GPU per rank
-    warm_up()   # compile or load the kernels now, so that iteration 1's time is the iteration's
-    hold = int(os.environ.get(HOLD_ENV, "0") or 0)
-    bar_wanted = show_progress and comm is None and sys.stdout.isatty()  # else the per-iteration lines only
-    with progress(max(cfg.iterations - first + 1, 0), "EMC iterations", enabled=bar_wanted) as bar:
-        for iteration in range(first, cfg.iterations + 1):
-            start = time.perf_counter()
-            beta = beta_for(cfg, iteration, counts)
-            state = StepState(iteration, beta, scales)
-            local = emc_iteration(model, rotations, pixels, shards, state, device=device, gpu_runtime=gpu_runtime) \
-                if shard_runner is None else shard_runner.step(model, state)
-            stepped = time.perf_counter()
-            total = mpi.combine(comm, local, frames_per_rank)
-            combined = time.perf_counter()
-            group = cfg.point_group
-            new_model, scales, metrics = finish(total, model, cfg.need_scaling, cfg.friedel_symmetry and not group)
-            if group is not None:   # the point group first, then Friedel: both hold exactly in the result
-                new_model = symmetrize(new_model, group, cfg.friedel_symmetry)
-                metrics["rms_change"] = float(np.sqrt(np.mean((new_model - model) ** 2)))
-            finished = time.perf_counter()
-            _check_diverged(iteration, new_model, scales, MODEL_LIMIT * max(peak, 1.0), photons_path)
-            model = new_model
-            phases = {f"{phase}_s": seconds for phase, seconds in local.timings.items()}  # rank 0's shards
-            record = {"iteration": iteration, "num_rot": len(rotations), "beta_mean": float(beta.mean()),
-                      "mpi_ranks": size, "num_frames": inputs.num_frames, **metrics,
-                      "timing": {"step_s": stepped - start, **phases, "combine_s": combined - stepped,
-                                 "finish_s": finished - combined}}
-            record["time_s"] = finished - start
-            if rank == 0:
-                records.write_iteration(out_dir, iteration, model, total.frames, scales, rotations.quaternions,
-                                        record, inputs.detector.voxel_size_per_m)
-            record["timing"]["write_s"] = time.perf_counter() - finished
-            history.append(record)
-            if rank == 0:
-                records.write_logs(out_dir, header, history)
-                records.write_checkpoint(out_dir, iteration, model, scales, settings, history)
-                bar.note(records.log_row(record))
-            bar.advance(1)
-            if iteration == hold:
-                time.sleep(3600)
-    last = max(cfg.iterations, first - 1)
-    return {"intensity": out_dir / records.output_name(last), "emc_log": out_dir / records.EMC_LOG,
-            "metrics": out_dir / records.METRICS, "checkpoint": out_dir / records.CHECKPOINT}

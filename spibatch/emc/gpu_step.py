@@ -1,4 +1,4 @@
-"""The EMC shard step on a GPU: the same :class:`~spibatch.emc.step.ShardSums` as ``shard_step``.
+"""The EMC shard step on a GPU: the same :class:`~spibatch.emc.types.ShardSums` as the CPU ``shard_step``.
 
 Per chunk of frames (all of a shard when the dense (frames, rotations) float32
 likelihood and probabilities fit the memory budget), per block of rotations:
@@ -13,7 +13,8 @@ into one (M, M, M, 2) float32 volume).  Model, views, likelihoods and probabilit
 float32 on the device; the sums of views, per-frame sums and the normaliser are float64.
 The result comes back as numpy, so ``reduce``, ``finish``, MPI and Parsl are unchanged.
 
-``runtime``: "cupy", "pycuda", or a runtime object (``kernels.cuda_twin.TwinRuntime``: numpy
+``device``: a :class:`~spibatch.kernels.device.Device` of kind "gpu": its ``xp`` holds the arrays and
+its ``launch_runtime`` launches the kernels (CuPy, PyCUDA, or ``Device("gpu", "twin")``: the numpy
 twins of the kernels, so this orchestration runs and is compared with the CPU path without a GPU).
 """
 
@@ -23,7 +24,7 @@ from time import perf_counter
 
 import numpy as np
 
-from spibatch.emc.step import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
+from spibatch.emc.types import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
 from spibatch.kernels.xp import free_bytes, synchronize, to_host
 
 MAX_ROWS = 65535     # CUDA's limit on grid.y, where the kernels put pixels or frames: larger sets go in pieces
@@ -61,128 +62,158 @@ def _by_pixel(shard: Shard, f0: int, f1: int, num_pix: int):
 
 
 def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, state: StepState, *,
-                   runtime="cupy", xp=None, frame_chunk: int | None = None, rotation_block: int | None = None,
+                   device, frame_chunk: int | None = None, rotation_block: int | None = None,
                    budget_bytes: int | None = None) -> ShardSums:
     """Expand, likelihood, probabilities and merge for one shard on the device: its partial sums (numpy).
 
-    model (M, M, M) >= 0.  frame_chunk / rotation_block override :func:`plan` (tests use small ones).
+    model (M, M, M) >= 0; device: a GPU :class:`~spibatch.kernels.device.Device` (this process takes its
+    GPU on the first call).  frame_chunk / rotation_block override :func:`plan` (tests use small ones).
     """
     from spibatch.kernels.emc_gpu import EMCKernels
 
-    if xp is None:
-        xp = getattr(runtime, "xp", None)
-    if xp is None:
-        import cupy as xp
-
-        from spibatch.kernels.xp import ensure_device
-
-        ensure_device()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
-    kernels = EMCKernels(runtime, xp)
-    clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0, "transfer": 0.0}
-    t0 = perf_counter()
-    m = model.shape[0]
-    first, nf, nrot = shard.first_frame, shard.num_frames, len(rotations)
-    num_used, num_pix = pixels.num_used, len(pixels.q)
-    d_model = xp.asarray(np.ascontiguousarray(model, np.float32))
-    rotmats = xp.asarray(np.ascontiguousarray(rotations.matrices, np.float32))
-    q_used = xp.asarray(np.ascontiguousarray(pixels.q[:num_used], np.float32))
-    q_all = xp.asarray(np.ascontiguousarray(pixels.q, np.float32))
-    log_prior = xp.asarray(np.log(rotations.weights))
-    pixel = xp.asarray(shard.pixel)
-    count = xp.asarray(shard.count)
-    acc = xp.zeros((m, m, m, 2), np.float32)
-    synchronize(xp)
-    clock["transfer"] += perf_counter() - t0
+    device.activate()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
+    xp = device.xp
+    work = _OnDevice(EMCKernels(device.launch_runtime, xp), xp, model, rotations, pixels, shard)
     if budget_bytes is None:
         budget_bytes = int(0.6 * free_bytes(xp, fallback=2 ** 28))
-    chunk, block = plan(nf, nrot, num_pix, budget_bytes)
-    chunk, block = frame_chunk or chunk, rotation_block or block
-    # flat buffers; a (rows, n) view of their first rows * n entries is C-contiguous for any n <= block
-    view_buf = xp.empty(num_pix * block, np.float32)
-    out_buf = xp.empty(chunk * block, np.float32) if block < nrot else None
-    u = xp.zeros(nrot, np.float64)
+    chunk, block = plan(shard.num_frames, len(rotations), len(pixels.q), budget_bytes)
+    work.allocate(frame_chunk or chunk, rotation_block or block)
     results = {k: [] for k in ("scale_denominator", "log_likelihood", "mutual_info", "num_kept", "best_rotation",
                                "best_probability")}
-    for f0 in range(0, nf, chunk):
-        f1 = min(f0 + chunk, nf)
-        c = f1 - f0
+    for f0 in range(0, shard.num_frames, work.chunk):
+        for key, value in work.frames_step(f0, min(f0 + work.chunk, shard.num_frames), state).items():
+            results[key].append(value)
+    return work.sums(results)
+
+
+class _OnDevice:
+    """One shard step's arrays on the device, its buffers and its clock (seconds per phase)."""
+
+    def __init__(self, kernels, xp, model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard):
+        self.kernels, self.xp, self.shard = kernels, xp, shard
+        self.clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0, "transfer": 0.0}
+        t0 = perf_counter()
+        m = model.shape[0]
+        self.nrot, self.num_used, self.num_pix = len(rotations), pixels.num_used, len(pixels.q)
+        self.model = xp.asarray(np.ascontiguousarray(model, np.float32))
+        self.rotmats = xp.asarray(np.ascontiguousarray(rotations.matrices, np.float32))
+        self.q_used = xp.asarray(np.ascontiguousarray(pixels.q[:self.num_used], np.float32))
+        self.q_all = xp.asarray(np.ascontiguousarray(pixels.q, np.float32))
+        self.log_prior = xp.asarray(np.log(rotations.weights))
+        self.pixel = xp.asarray(shard.pixel)
+        self.count = xp.asarray(shard.count)
+        self.acc = xp.zeros((m, m, m, 2), np.float32)
+        synchronize(xp)
+        self.clock["transfer"] += perf_counter() - t0
+
+    def allocate(self, chunk: int, block: int) -> None:
+        """Buffers for ``chunk`` frames x ``block`` rotations at a time."""
+        xp = self.xp
+        self.chunk, self.block = chunk, block
+        # flat buffers; a (rows, n) view of their first rows * n entries is C-contiguous for any n <= block
+        self.view_buf = xp.empty(self.num_pix * block, np.float32)
+        self.out_buf = xp.empty(chunk * block, np.float32) if block < self.nrot else None
+        self.u = xp.zeros(self.nrot, np.float64)
+
+    def _blocks(self):
+        for r0 in range(0, self.nrot, self.block):
+            r1 = min(r0 + self.block, self.nrot)
+            yield r0, r1, r1 - r0
+
+    def frames_step(self, f0: int, f1: int, state: StepState) -> dict:
+        """Frames f0..f1 of the shard: likelihood, probabilities, their merge into ``acc``; per-frame sums."""
+        xp, shard = self.xp, self.shard
+        first, c = shard.first_frame, f1 - f0
         t0 = perf_counter()
         frame_ptr = xp.asarray(shard.ptr[f0:f1 + 1])
         frame_end = xp.asarray(shard.used_end[f0:f1])
         beta = xp.asarray(np.ascontiguousarray(state.beta[first + f0:first + f1], np.float64))
         scale = xp.asarray(np.ascontiguousarray(state.scales[first + f0:first + f1], np.float64))
-        pixel_ptr, by_frame, by_count = (xp.asarray(a) for a in _by_pixel(shard, f0, f1, num_pix))
+        by_pixel = [xp.asarray(a) for a in _by_pixel(shard, f0, f1, self.num_pix)]
         synchronize(xp)
-        clock["transfer"] += perf_counter() - t0
-        like = xp.empty((c, nrot), np.float32)
-        for r0 in range(0, nrot, block):
-            r1 = min(r0 + block, nrot)
-            n = r1 - r0
-            t0 = perf_counter()
-            logv = view_buf[:num_used * n].reshape(num_used, n)
-            u_block = xp.zeros(n, np.float64)
-            for a, b in _row_blocks(num_used):
-                kernels.log_views(d_model, rotmats[r0:r1], q_used[a:b], TINY, logv[a:b], u_block)
-            u[r0:r1] = u_block
-            synchronize(xp)
-            t1 = perf_counter()
-            target = like if n == nrot else out_buf[:c * n].reshape(c, n)
-            kernels.photon_log_likelihood(logv, frame_ptr, frame_end, pixel, count, log_prior[r0:r1], scale,
-                                          u_block, target)
-            if n != nrot:
-                like[:, r0:r1] = target
-            synchronize(xp)
-            clock["expand"] += t1 - t0
-            clock["likelihood"] += perf_counter() - t1
+        self.clock["transfer"] += perf_counter() - t0
+        like = self._likelihood(c, frame_ptr, frame_end, scale)
         t0 = perf_counter()
         prob = xp.empty_like(like)
         best = xp.empty(c, np.float64)
         norm = xp.empty(c, np.float64)
-        kernels.normalize_probabilities(like, beta, PDIFF, PROB_MIN, prob, best, norm)
+        self.kernels.normalize_probabilities(like, beta, PDIFF, PROB_MIN, prob, best, norm)
+        out = {"best_rotation": xp.argmax(like, axis=1).astype(np.int32),
+               "best_probability": xp.where(norm > 0, 1.0 / xp.where(norm > 0, norm, 1.0), 0.0)}
+        synchronize(xp)
+        self.clock["normalize"] += perf_counter() - t0
+        out.update(self._merge(like, prob, scale, by_pixel))
+        return out
+
+    def _likelihood(self, c: int, frame_ptr, frame_end, scale):
+        """The (c, R) float32 log-likelihoods of c frames, block of rotations by block."""
+        xp, kernels = self.xp, self.kernels
+        like = xp.empty((c, self.nrot), np.float32)
+        for r0, r1, n in self._blocks():
+            t0 = perf_counter()
+            logv = self.view_buf[:self.num_used * n].reshape(self.num_used, n)
+            u_block = xp.zeros(n, np.float64)
+            for a, b in _row_blocks(self.num_used):
+                kernels.log_views(self.model, self.rotmats[r0:r1], self.q_used[a:b], TINY, logv[a:b], u_block)
+            self.u[r0:r1] = u_block
+            synchronize(xp)
+            t1 = perf_counter()
+            target = like if n == self.nrot else self.out_buf[:c * n].reshape(c, n)
+            kernels.photon_log_likelihood(logv, frame_ptr, frame_end, self.pixel, self.count, self.log_prior[r0:r1],
+                                          scale, u_block, target)
+            if n != self.nrot:
+                like[:, r0:r1] = target
+            synchronize(xp)
+            self.clock["expand"] += t1 - t0
+            self.clock["likelihood"] += perf_counter() - t1
+        return like
+
+    def _merge(self, like, prob, scale, by_pixel) -> dict:
+        """Per block of rotations: the per-frame sums, then the weighted photons merged into ``acc``."""
+        xp, kernels = self.xp, self.kernels
+        pixel_ptr, by_frame, by_count = by_pixel
+        c = like.shape[0]
         scale_den, log_like, info = (xp.zeros(c, np.float64) for _ in range(3))
         kept = xp.zeros(c, np.int64)
-        results["best_rotation"].append(xp.argmax(like, axis=1).astype(np.int32))
-        results["best_probability"].append(xp.where(norm > 0, 1.0 / xp.where(norm > 0, norm, 1.0), 0.0))
-        synchronize(xp)
-        clock["normalize"] += perf_counter() - t0
-        for r0 in range(0, nrot, block):
-            r1 = min(r0 + block, nrot)
-            n = r1 - r0
+        for r0, r1, n in self._blocks():
             t0 = perf_counter()
-            p = prob if n == nrot else xp.ascontiguousarray(prob[:, r0:r1])
+            p = prob if n == self.nrot else xp.ascontiguousarray(prob[:, r0:r1])
             p64 = p.astype(np.float64)
-            scale_den += p64 @ u[r0:r1]
+            scale_den += p64 @ self.u[r0:r1]
             log_like += (p64 * like[:, r0:r1]).sum(axis=1)
             positive = p64 > 0
-            info += xp.where(positive, p64 * (xp.log(xp.where(positive, p64, 1.0)) - log_prior[None, r0:r1]),
+            info += xp.where(positive, p64 * (xp.log(xp.where(positive, p64, 1.0)) - self.log_prior[None, r0:r1]),
                              0.0).sum(axis=1)
             kept += positive.sum(axis=1)
             weight_of_rot = (scale @ p64).astype(np.float32)
             del p64, positive
             synchronize(xp)
             t1 = perf_counter()
-            views = view_buf[:num_pix * n].reshape(num_pix, n)
-            for a, b in _row_blocks(num_pix):
+            views = self.view_buf[:self.num_pix * n].reshape(self.num_pix, n)
+            for a, b in _row_blocks(self.num_pix):
                 kernels.weighted_photons(p, pixel_ptr[a:b + 1], by_frame, by_count, views[a:b])
-                kernels.merge_views(acc, rotmats[r0:r1], q_all[a:b], views[a:b], weight_of_rot)
+                kernels.merge_views(self.acc, self.rotmats[r0:r1], self.q_all[a:b], views[a:b], weight_of_rot)
             synchronize(xp)
-            clock["normalize"] += t1 - t0
-            clock["merge"] += perf_counter() - t1
-        for key, value in (("scale_denominator", scale_den), ("log_likelihood", log_like), ("mutual_info", info),
-                           ("num_kept", kept.astype(np.int32))):
-            results[key].append(value)
-        del like, prob
-    t0 = perf_counter()
-    host = {k: np.concatenate([to_host(v) for v in parts]) for k, parts in results.items()}
-    acc_host = to_host(acc)
-    clock["transfer"] += perf_counter() - t0
-    frames = {
-        "counts": shard.counts.copy(),
-        "scale_denominator": host["scale_denominator"],
-        "log_likelihood": host["log_likelihood"] - shard.log_factorial,
-        "mutual_info": host["mutual_info"],
-        "num_kept": host["num_kept"],
-        "best_rotation": host["best_rotation"],
-        "best_probability": host["best_probability"],
-    }
-    return ShardSums(first, acc_host[..., 0].astype(np.float64), acc_host[..., 1].astype(np.float64), frames, clock)
+            self.clock["normalize"] += t1 - t0
+            self.clock["merge"] += perf_counter() - t1
+        return {"scale_denominator": scale_den, "log_likelihood": log_like, "mutual_info": info,
+                "num_kept": kept.astype(np.int32)}
+
+    def sums(self, results: dict[str, list]) -> ShardSums:
+        """The shard's sums on the host, from the per-chunk ``results`` and ``acc``."""
+        shard = self.shard
+        t0 = perf_counter()
+        host = {k: np.concatenate([to_host(v) for v in parts]) for k, parts in results.items()}
+        acc = to_host(self.acc)
+        self.clock["transfer"] += perf_counter() - t0
+        frames = {
+            "counts": shard.counts.copy(),
+            "scale_denominator": host["scale_denominator"],
+            "log_likelihood": host["log_likelihood"] - shard.log_factorial,
+            "mutual_info": host["mutual_info"],
+            "num_kept": host["num_kept"],
+            "best_rotation": host["best_rotation"],
+            "best_probability": host["best_probability"],
+        }
+        return ShardSums(shard.first_frame, acc[..., 0].astype(np.float64), acc[..., 1].astype(np.float64), frames,
+                         self.clock)

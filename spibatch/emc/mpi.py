@@ -4,7 +4,7 @@ Frames are cut into shards of ``frames_per_shard`` (the same cut for any
 number of ranks); rank ``r`` of ``n`` owns a contiguous run of whole shards,
 the first ``K mod n`` ranks one more than the others, so rank 0 always has
 work.  Per iteration :func:`combine` makes every rank hold the same reduced
-:class:`~spibatch.emc.step.ShardSums`:
+:class:`~spibatch.emc.types.ShardSums`:
 
 * the merge sums (numerator and denominator, packed into one ``(2, M, M, M)``
   float64 buffer) with ONE ``Allreduce(SUM)``;
@@ -12,7 +12,7 @@ work.  Per iteration :func:`combine` makes every rank hold the same reduced
   rotations, ...; a few float64 per frame) with one ``Allgatherv``, packed
   frame-major so that each rank's block is contiguous.
 
-Every rank then runs :func:`~spibatch.emc.step.finish` on identical inputs,
+Every rank then runs :func:`~spibatch.emc.types.finish` on identical inputs,
 so every rank has the new model and all the scales (each needs only its own
 frames' scales, but ``finish`` normalises them by their global mean, and the
 per-frame gather costs ~60 bytes a frame, nothing beside the model).  Only
@@ -41,7 +41,7 @@ import os
 
 import numpy as np
 
-from spibatch.emc.step import ShardSums
+from spibatch.emc.types import ShardSums
 from spibatch.errors import InputError
 
 # Environment variables an MPI launcher sets (OpenMPI, PMIx/srun, MPICH/Hydra and Intel MPI, MVAPICH).
@@ -118,14 +118,14 @@ def allgather(comm, value) -> list:
     return [value] if comm is None else comm.allgather(value)
 
 
-def combine(comm, local: ShardSums, frames_per_rank: list[int]) -> ShardSums:
+def combine(comm, local: ShardSums, frames_per_rank: list[int], rows: np.ndarray | None = None) -> ShardSums:
     """The sums over all ranks of each rank's ``local`` sums, identical on every rank (see module docstring).
 
-    frames_per_rank: how many frames each rank holds (from the shard plan);
-    ``local.frames`` arrays have ``frames_per_rank[rank]`` entries.
+    frames_per_rank: how many frames each rank holds; ``local.frames`` arrays have
+    ``frames_per_rank[rank]`` entries.  rows: where in the run's frame order each gathered row
+    (rank 0's frames, then rank 1's, ...) belongs; None when that order is the frame order already
+    (each rank holds a contiguous run of frames, the ranks in order).
     """
-    if comm is None:
-        return local
     from mpi4py import MPI
 
     volumes = np.empty((2,) + local.numerator.shape)
@@ -142,6 +142,10 @@ def combine(comm, local: ShardSums, frames_per_rank: list[int]) -> ShardSums:
     counts = [n * len(keys) for n in frames_per_rank]
     displacements = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
     comm.Allgatherv(packed, [gathered, counts, displacements, MPI.DOUBLE])
+    if rows is not None:
+        ordered = np.empty_like(gathered)
+        ordered[rows] = gathered
+        gathered = ordered
     frames = {key: np.ascontiguousarray(gathered[:, j]).astype(dtype, copy=False)
               for j, (key, dtype) in enumerate(zip(keys, dtypes))}
     return ShardSums(0, volumes[0], volumes[1], frames, dict(local.timings))   # timings: this rank's

@@ -22,12 +22,14 @@ Per iteration ``N`` (written in this order, by rank 0 only)::
 The checkpoint is written last, so whatever it names is complete on disk;
 resuming rewrites ``EMC.log`` and ``metrics.jsonl`` from its history, so
 lines of an iteration that was interrupted before its checkpoint disappear.
+The names are :mod:`spibatch.layout`'s; :class:`Recorder` writes them all, iteration by iteration.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -37,16 +39,12 @@ from spibatch.errors import InputError
 from spibatch.io.atomic import atomic_path, write_text
 from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
 from spibatch.io.results import write_result
+from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
 
-CHECKPOINT = "checkpoint.h5"
-EMC_LOG = "EMC.log"
-METRICS = "metrics.jsonl"
+__all__ = ["CHECKPOINT", "EMC_LOG", "METRICS", "LOG_COLUMNS", "Recorder", "log_header", "log_row", "output_name",
+           "read_checkpoint", "read_log_table", "remove_partial_files", "write_checkpoint", "write_iteration",
+           "write_logs"]
 LOG_COLUMNS = ("iter", "time", "rms_change", "info_rate", "log-likelihood", "num_rot", "beta")
-
-
-def output_name(iteration: int) -> str:
-    """``output_NNN.h5`` (three digits at least, as Dragonfly)."""
-    return f"output_{iteration:03d}.h5"
 
 
 def write_iteration(out_dir: Path, iteration: int, model: np.ndarray, frames: dict[str, np.ndarray],
@@ -162,3 +160,37 @@ def remove_partial_files(out_dir: Path) -> list[Path]:
         part.unlink(missing_ok=True)
         removed.append(part)
     return removed
+
+
+class Recorder:
+    """Everything an EMC run writes, iteration by iteration, and the history of its records.
+
+    out_dir: the run's EMC folder, or None for a process that writes nothing (MPI ranks but 0);
+    header: the ``EMC.log`` header (:func:`log_header`); settings: what the checkpoint records as the
+    settings that must not change on resume; quaternions (R, 4) of the rotations; history: the records
+    of the iterations before (resumed from the checkpoint; empty for a new run).
+    """
+
+    def __init__(self, out_dir: Path | None, header: str, settings: dict, quaternions: np.ndarray,
+                 voxel_size_per_m: float | None, history: list[dict]):
+        self.out_dir, self.header, self.settings = out_dir, header, settings
+        self.quaternions, self.voxel_size_per_m, self.history = quaternions, voxel_size_per_m, list(history)
+
+    def start(self) -> None:
+        """Create the folder and (re)write ``EMC.log`` and ``metrics.jsonl`` from the history."""
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_logs(self.out_dir, self.header, self.history)
+
+    def save(self, iteration: int, model: np.ndarray, frames: dict[str, np.ndarray], scales: np.ndarray,
+             record: dict) -> None:
+        """``output_NNN.h5``, then the logs with ``record`` (its ``timing.write_s`` added), then the checkpoint."""
+        began = time.perf_counter()
+        if self.out_dir is not None:
+            write_iteration(self.out_dir, iteration, model, frames, scales, self.quaternions, record,
+                            self.voxel_size_per_m)
+        record["timing"]["write_s"] = time.perf_counter() - began
+        self.history.append(record)
+        if self.out_dir is not None:
+            write_logs(self.out_dir, self.header, self.history)
+            write_checkpoint(self.out_dir, iteration, model, scales, self.settings, self.history)

@@ -103,3 +103,12 @@ def resolve(kind: str = "cpu", runtime: str = "cupy", *, path=None, env=None) ->
 
     require_gpu(runtime, path=path)
     return Device("gpu", runtime)
+
+
+def declared(kind: str = "cpu", runtime: str = "cupy", *, env=None) -> Device:
+    """The Device a pipeline asks for, unchecked: what a driver without a GPU hands to tasks that will run where
+    there is one (each worker checks on arrival).  The twin when ``SPIBATCH_GPU_TWIN=1``, as :func:`resolve`."""
+    env = os.environ if env is None else env
+    if kind == "cpu":
+        return CPU
+    return Device("gpu", "twin" if env.get(TWIN_ENV) == "1" else runtime)

@@ -9,7 +9,6 @@ from ``emc/checkpoint.h5`` when a previous attempt left one.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from spibatch.layout import RunLayout
@@ -18,13 +17,20 @@ from spibatch.stages import inputs
 log = logging.getLogger("spibatch")
 
 
+def settings_of(pipeline):
+    """The pipeline's emc section as :class:`spibatch.emc.settings.EMCSettings` (plain values)."""
+    from spibatch.emc.settings import EMCSettings
+
+    return EMCSettings.from_dict(pipeline.emc.model_dump())
+
+
 def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ranks: int = 1):
     """Before anything is created: the photons and detector exist and match, the start model fits, every rank
     gets a shard (headers only).  Returns :class:`spibatch.emc.driver.Inputs`."""
     from spibatch.emc.driver import check_inputs
 
     photons, detector = inputs.photons_and_detector(run, pipeline, config)
-    return check_inputs(pipeline.emc, photons, detector, ranks)
+    return check_inputs(settings_of(pipeline), photons, detector, ranks)
 
 
 def ranks_for(pipeline, run: RunLayout, workers) -> int:
@@ -45,22 +51,29 @@ def outputs(run: RunLayout, pipeline) -> dict[str, Path]:
             "checkpoint": run.checkpoint}
 
 
-def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
-    from spibatch.emc.driver import run_emc
+def executor_for(run: RunLayout, device, workers):
+    """Where the shard steps run: the pipeline's workers (HTC: one task per shard per iteration), the ranks of
+    an MPI launch, or this process."""
+    from spibatch.emc.executors import InProcess, MPIRanks, Tasks
     from spibatch.emc.mpi import world
 
-    photons, detector = inputs.photons_and_detector(run, pipeline)
+    if workers is not None:
+        return Tasks(workers.submit, run.htc, workers.threads(), device)
+    comm = world()
+    return InProcess(device) if comm is None else MPIRanks(comm, device)
+
+
+def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
+    from spibatch.emc import hooks
+    from spibatch.emc.driver import run_emc
+
     if workers is not None and workers.emc_mode == "hpc":
         workers.run_job("emc", run, ranks_for(pipeline, run, workers))
         return outputs(run, pipeline)
-    runner = None
-    if workers is not None:
-        from spibatch.emc.htc import ShardRunner
-
-        runner = ShardRunner(workers.submit, photons, detector, pipeline.emc.num_div, run.emc, workers.threads(),
-                             device.kind, device.launch_runtime)
-    comm = world() if workers is None else None
-    resume = run.checkpoint.exists()
-    return run_emc(pipeline.emc, photons, detector, run.emc, resume=resume, comm=comm,
-                   show_progress=workers is None and sys.stdout.isatty(), device=device.kind,
-                   gpu_runtime=device.launch_runtime, shard_runner=runner)
+    settings = settings_of(pipeline)
+    photons, detector = inputs.photons_and_detector(run, pipeline)
+    executor = executor_for(run, device, workers)
+    bar = workers is None and executor.size == 1
+    with hooks.standard(settings.iterations, display=executor.writes, bar=bar) as on_iteration:
+        return run_emc(settings, photons, detector, run.emc, executor=executor, resume=run.checkpoint.exists(),
+                       on_iteration=on_iteration)

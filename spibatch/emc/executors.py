@@ -1,0 +1,267 @@
+"""Where the shard steps of an EMC iteration run: one executor, chosen once by the caller.
+
+The driver (:func:`spibatch.emc.driver.run_emc`) sees only this interface:
+
+* ``rank``, ``size``: this process among those running the loop together (MPI ranks; else 0 and 1);
+  ``writes``: whether it writes the run's files (rank 0 only);
+* ``collective(fn, *args)``: ``fn`` on every process, an InputError on any of them raised on all;
+  ``broadcast(value)``: rank 0's value on every process;
+* ``add_shards(specs, geometry) -> (counts (D_new,) float64, peak)``: take new shards
+  (:class:`~spibatch.emc.types.ShardSpec`, frames numbered on from those already held); their
+  frames' photon counts in frame order and the largest photon count in one pixel among them;
+* ``step(model, geometry, state) -> ShardSums``: one iteration over every shard, reduced over
+  shards, ranks and tasks; per-frame arrays in the run's frame order; ``timings`` the phases'
+  seconds (this rank's, or all tasks' summed) and ``combine``: the seconds spent reducing.
+
+:class:`InProcess` holds every shard in this process; :class:`MPIRanks` holds this rank's (whole
+shards: the first set cut contiguously across the ranks, later ones to the rank holding the fewest
+frames) and combines with one Allreduce and one Allgatherv per iteration (:mod:`spibatch.emc.mpi`);
+:class:`Tasks` (HTC mode) holds none: per iteration it writes the model to ``scratch_dir`` once (the
+*broadcast*), submits :func:`shard_task` once per shard through any ``submit(fn, *args) -> Future``
+(a Parsl python app, a ``concurrent.futures`` pool), and adds the returned sums in frame order
+(:func:`~spibatch.emc.types.reduce`).  Each shard's sums are added in frame order in every case, so
+with the same ``frames_per_shard`` and threads per step the three give the same model (MPI: to the
+order of the ranks' partial sums, measured identical).  Where a Tasks iteration's time goes is
+appended to ``scratch_dir/timing.jsonl``: ``broadcast_s`` (model written), ``wait_s`` (submit to last
+result), ``task_s`` (longest task, its own clock), ``load_model_s`` (longest model read), ``reduce_s``.
+
+CPU or GPU is chosen once too: :func:`step_function` of the executor's Device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from spibatch.emc import mpi
+from spibatch.emc.gpu_step import gpu_shard_step
+from spibatch.emc.step import shard_step, warm_up
+from spibatch.emc.types import Geometry, Shard, ShardSpec, ShardSums, StepState, reduce
+from spibatch.io.atomic import atomic_path
+from spibatch.kernels.device import CPU, Device
+from spibatch.layout import HTC_TIMING, htc_model_name
+
+log = logging.getLogger("spibatch")
+
+TIMING = HTC_TIMING               # in scratch_dir: one line per Tasks iteration
+
+
+def step_function(device: Device) -> Callable[..., ShardSums]:
+    """The shard step for ``device``: ``fn(model, rotations, pixels, shard, state) -> ShardSums``."""
+    return partial(gpu_shard_step, device=device) if device.is_gpu else shard_step
+
+
+def run_shards(step, model: np.ndarray, geometry: Geometry, shards: list[Shard], state: StepState) -> ShardSums:
+    """``step`` on each shard, summed in frame order: exactly ``reduce([step(...) for each shard])``.
+
+    Keeps one shard's sums at a time beside the running total.
+    """
+    total, frames = None, []
+    for shard in sorted(shards, key=lambda s: s.first_frame):
+        part = step(model, geometry.rotations, geometry.pixels, shard, state)
+        if total is None:
+            total = part
+        else:
+            total.numerator += part.numerator
+            total.denominator += part.denominator
+            for phase, seconds in part.timings.items():
+                total.timings[phase] = total.timings.get(phase, 0.0) + seconds
+        frames.append(part.frames)
+    if total is None:
+        raise ValueError("an iteration needs at least one shard")
+    total.frames = {k: np.concatenate([f[k] for f in frames]) for k in frames[0]}
+    return total
+
+
+def peak_count(shards: list[Shard]) -> float:
+    """The largest photon count in one pixel of ``shards`` (1 when they hold no photons)."""
+    return max((float(s.count.max()) for s in shards if len(s.count)), default=1.0)
+
+
+class _OneProcess:
+    """The loop runs in this one process: collective calls are plain calls."""
+
+    rank, size, writes = 0, 1, True
+
+    def collective(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def broadcast(self, value):
+        return value
+
+
+class InProcess(_OneProcess):
+    """Every shard in this process, stepped one after the other on ``device``."""
+
+    def __init__(self, device: Device = CPU):
+        self.device = device
+        self.shards: list[Shard] = []
+        self._step = step_function(device)
+
+    def add_shards(self, specs: list[ShardSpec], geometry: Geometry) -> tuple[np.ndarray, float]:
+        if not self.shards:
+            ordinal = self.device.activate()
+            if ordinal is not None:
+                log.info("EMC on GPU %d (%s) of this node", ordinal, self.device.runtime)   # one GPU per rank
+        new = [spec.load(geometry.pixels) for spec in sorted(specs, key=lambda s: s.first_frame)]
+        self.shards.extend(new)
+        return np.concatenate([s.counts for s in new]) if new else np.zeros(0), peak_count(new)
+
+    def step(self, model: np.ndarray, geometry: Geometry, state: StepState) -> ShardSums:
+        total = run_shards(self._step, model, geometry, self.shards, state)
+        total.timings["combine"] = 0.0
+        return total
+
+
+class MPIRanks(InProcess):
+    """This rank's whole shards; the sums of all ranks combined (one Allreduce, one Allgatherv)."""
+
+    def __init__(self, comm, device: Device = CPU):
+        super().__init__(device)
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.writes = self.rank == 0
+        self.held: list[list[ShardSpec]] = [[] for _ in range(self.size)]   # every rank's, known to all
+
+    def collective(self, fn, *args, **kwargs):
+        return mpi.collective(self.comm, fn, *args, **kwargs)
+
+    def broadcast(self, value):
+        return mpi.broadcast(self.comm, value)
+
+    def owners(self, specs: list[ShardSpec]) -> list[int]:
+        """The rank of each new shard: the first set contiguously (the first ranks one more), later ones
+        one by one to the rank holding the fewest frames (the lowest of equals)."""
+        if not any(self.held):
+            return [r for r in range(self.size) for _ in mpi.rank_shards(len(specs), r, self.size)]
+        load = [sum(s.num_frames for s in held) for held in self.held]
+        out = []
+        for spec in specs:
+            out.append(min(range(self.size), key=lambda r: (load[r], r)))
+            load[out[-1]] += spec.num_frames
+        return out
+
+    def add_shards(self, specs: list[ShardSpec], geometry: Geometry) -> tuple[np.ndarray, float]:
+        specs = sorted(specs, key=lambda s: s.first_frame)
+        owners = self.owners(specs)
+        mine = [s for s, r in zip(specs, owners) if r == self.rank]
+        counts, peak = self.collective(super().add_shards, mine, geometry)
+        gathered = self.comm.allgather(counts)
+        base = specs[0].first_frame if specs else 0
+        out = np.empty(sum(s.num_frames for s in specs))
+        for r in range(self.size):
+            out[_frame_rows([s for s, o in zip(specs, owners) if o == r], base)] = gathered[r]
+            self.held[r].extend(s for s, o in zip(specs, owners) if o == r)
+        return out, max(self.comm.allgather(peak))
+
+    def step(self, model: np.ndarray, geometry: Geometry, state: StepState) -> ShardSums:
+        local = super().step(model, geometry, state)
+        began = time.perf_counter()
+        rows = _frame_rows([s for held in self.held for s in sorted(held, key=lambda s: s.first_frame)])
+        in_order = np.array_equal(rows, np.arange(len(rows)))
+        total = mpi.combine(self.comm, local, [sum(s.num_frames for s in held) for held in self.held],
+                            None if in_order else rows)
+        total.timings["combine"] = time.perf_counter() - began
+        return total
+
+
+def _frame_rows(specs: list[ShardSpec], base: int = 0) -> np.ndarray:
+    """The run's frame indices (minus ``base``) of ``specs``' frames, in their order."""
+    parts = [np.arange(s.first_frame, s.first_frame + s.num_frames) - base for s in specs]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+class Tasks(_OneProcess):
+    """Each iteration one task per shard through ``submit(fn, *args) -> Future``; this process holds no frames.
+
+    scratch_dir: a folder every task can read (the model of each iteration, timing.jsonl); threads: Numba
+    threads per task (the cores one worker may use); device: the tasks' (each worker takes its own GPU).
+    """
+
+    def __init__(self, submit, scratch_dir: str | Path, threads: int = 1, device: Device = CPU):
+        self.submit, self.dir, self.threads, self.device = submit, Path(scratch_dir), threads, device
+        self.specs: list[ShardSpec] = []
+
+    def add_shards(self, specs: list[ShardSpec], geometry: Geometry) -> tuple[np.ndarray, float]:
+        """One task per new shard reads it (the worker keeps it) and returns its counts and peak."""
+        specs = sorted(specs, key=lambda s: s.first_frame)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        futures = [self.submit(prepare_task, spec, geometry.detector_path, geometry.num_div, self.threads)
+                   for spec in specs]
+        results = [f.result() for f in futures]
+        self.specs.extend(specs)
+        return (np.concatenate([c for c, _ in results]) if results else np.zeros(0),
+                max((p for _, p in results), default=1.0))
+
+    def step(self, model: np.ndarray, geometry: Geometry, state: StepState) -> ShardSums:
+        began = time.perf_counter()
+        model_path = self.dir / htc_model_name(state.iteration)
+        with atomic_path(model_path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(model, np.float64))
+        written = time.perf_counter()
+        futures = [self.submit(shard_task, spec, geometry.detector_path, geometry.num_div, str(model_path), state,
+                               self.threads, self.device) for spec in self.specs]
+        parts = [f.result() for f in futures]
+        waited = time.perf_counter()
+        slowest = max(p.timings.pop("task_s") for p in parts)
+        load = max(p.timings.pop("load_model_s") for p in parts)
+        total = reduce(parts)
+        reduced = time.perf_counter()
+        total.timings["combine"] = reduced - waited
+        model_path.unlink(missing_ok=True)
+        record = {"iteration": state.iteration, "tasks": len(parts), "broadcast_s": written - began,
+                  "wait_s": waited - written, "task_s": slowest, "load_model_s": load,
+                  "reduce_s": reduced - waited, "step_s": reduced - began}
+        with open(self.dir / TIMING, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return total
+
+
+# ------------------------------------------------------------------ what a Tasks worker runs
+
+@lru_cache(maxsize=2)
+def _geometry(detector_path: str, num_div: int) -> Geometry:
+    return Geometry.build(detector_path, num_div)
+
+
+@lru_cache(maxsize=4)
+def _shard(spec: ShardSpec, detector_path: str, num_div: int) -> Shard:
+    return spec.load(_geometry(detector_path, num_div).pixels)
+
+
+def _threads(threads: int) -> None:
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+def prepare_task(spec: ShardSpec, detector_path: str, num_div: int, threads: int) -> tuple[np.ndarray, float]:
+    """Read one shard (and keep it in this worker); return its frames' photon counts (D,) and peak count.
+
+    Also compiles / loads the kernels, so that the first iteration's time is the iteration's.
+    """
+    _threads(threads)
+    warm_up()
+    shard = _shard(spec, detector_path, num_div)
+    return shard.counts, peak_count([shard])
+
+
+def shard_task(spec: ShardSpec, detector_path: str, num_div: int, model_path: str, state: StepState,
+               threads: int, device: Device = CPU) -> ShardSums:
+    """The shard step of ``spec``'s frames on the model in ``model_path`` (.npy, (M, M, M) float64)."""
+    began = time.perf_counter()
+    _threads(threads)
+    model = np.load(model_path)
+    loaded = time.perf_counter()
+    geometry = _geometry(detector_path, num_div)
+    sums = step_function(device)(model, geometry.rotations, geometry.pixels, _shard(spec, detector_path, num_div),
+                                 state)
+    sums.timings["load_model_s"] = loaded - began
+    sums.timings["task_s"] = time.perf_counter() - began
+    return sums

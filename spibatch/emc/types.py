@@ -1,0 +1,268 @@
+"""The data types of an EMC iteration, shared by the CPU and GPU shard steps, the executors and the driver.
+
+An iteration, for the frames of one shard and every sampled rotation ``r`` (matrix ``R_r``,
+prior weight ``w_r``):
+
+* expand: the view ``W_rt = model(R_r q_t)`` on the used pixels (mask 0), trilinear, and its
+  sum ``u_r``;
+* likelihood: ``L_dr = sum_t K_dt log W_rt - phi_d u_r + log w_r`` from the sparse photons
+  ``K`` (ones and multi), ``phi_d`` the frame's scale;
+* probabilities: ``P_dr ~ exp(beta_d (L_dr - max_r L_dr))`` over the rotations within
+  ``PDIFF / beta_d`` of the best, normalised, then entries below ``PROB_MIN`` dropped
+  (Dragonfly's pruning);
+* maximize: photons of all frames, weighted by ``P``, merged into 3-D with the trilinear
+  weights of their pixels (mask 0 and 1); the denominator merges ``sum_d P_dr phi_d`` with
+  the same weights.
+
+A shard step (:func:`spibatch.emc.step.shard_step` on the CPU,
+:func:`spibatch.emc.gpu_step.gpu_shard_step` on a GPU) turns ``(model, Rotations, PixelSet,
+Shard, StepState)`` into :class:`ShardSums`; the sums of shards add up (:func:`reduce`, or
+one MPI Allreduce); :func:`finish` divides, updates the scales and computes the metrics.
+A :class:`ShardSpec` names a shard's frames in a photons file, so a shard can be read (or
+sent to a task) anywhere; :class:`Geometry` is the run's pixels and rotations with the
+recipe (detector file, num_div) to rebuild them in another process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from spibatch.detector import MASK_EXCLUDED, MASK_USED, Detector
+from spibatch.emc.rotations import quaternions, rotation_matrices
+from spibatch.photons import Photons
+
+PDIFF = 14.0        # keep rotations within PDIFF / beta of the best log-likelihood
+PROB_MIN = 1e-6     # then drop normalised probabilities below this
+TINY = 1e-30        # floor of the view before its (float32) log
+
+
+@dataclass
+class Rotations:
+    """Sampled rotations: quaternions (R, 4), matrices (R, 3, 3), prior weights (R,) summing to 1."""
+
+    quaternions: np.ndarray
+    matrices: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def refined_600_cell(cls, num_div: int) -> "Rotations":
+        quats, weights = quaternions(num_div)
+        return cls(quats, rotation_matrices(quats), weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+@dataclass
+class PixelSet:
+    """The detector's pixels as EMC uses them: used (mask 0) first, then merge-only (mask 1).
+
+    q (T, 3) float64 in voxels; ``num_used`` leading rows are mask 0;
+    ``index_of`` (num_pix,) int32 maps a detector pixel to its row, -1 for excluded.
+    """
+
+    q: np.ndarray
+    num_used: int
+    index_of: np.ndarray
+
+    @classmethod
+    def from_detector(cls, detector: Detector) -> "PixelSet":
+        used = np.flatnonzero(detector.mask == MASK_USED)
+        merge_only = np.flatnonzero((detector.mask != MASK_USED) & (detector.mask != MASK_EXCLUDED))
+        order = np.concatenate([used, merge_only])
+        index_of = np.full(detector.num_pix, -1, np.int32)
+        index_of[order] = np.arange(len(order), dtype=np.int32)
+        return cls(np.ascontiguousarray(detector.q_voxels[order], np.float64), len(used), index_of)
+
+
+@dataclass
+class Shard:
+    """Photons of frames ``first_frame ..`` remapped to PixelSet rows, in one CSR form.
+
+    ``ptr`` (D + 1,) int64, ``pixel`` (n,) int32, ``count`` (n,) float32 (exact integers; the
+    kernels multiply in float64): each frame's photons on used and merge-only pixels, the used
+    ones first (in file order), so the likelihood reads ``ptr[d] .. used_end[d]`` and the merge
+    ``ptr[d] .. ptr[d + 1]`` of the same arrays (8 bytes per photon entry, one copy).  ``counts`` (D,) float64: photons per frame on used pixels;
+    ``log_factorial`` (D,): sum of log K! over them (only for the reported log-likelihood).
+    The by-pixel (CSC) form the dense merge kernel wants is built per call by :meth:`by_pixel`.
+    """
+
+    first_frame: int
+    ptr: np.ndarray
+    pixel: np.ndarray
+    count: np.ndarray
+    used_end: np.ndarray
+    counts: np.ndarray
+    log_factorial: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.counts)
+
+    @property
+    def num_entries(self) -> int:
+        return len(self.pixel)
+
+    @classmethod
+    def from_photons(cls, photons: Photons, pixels: PixelSet, first_frame: int = 0) -> "Shard":
+        from scipy.special import gammaln
+
+        nf = photons.num_frames
+        frame = np.concatenate([np.repeat(np.arange(nf), np.diff(photons.ones_indptr)),
+                                np.repeat(np.arange(nf), np.diff(photons.multi_indptr))])
+        pix = pixels.index_of[np.concatenate([photons.ones_index, photons.multi_index])]
+        cnt = np.concatenate([np.ones(len(photons.ones_index)), photons.multi_count.astype(np.float64)])
+        keep = pix >= 0
+        frame, pix, cnt = frame[keep], pix[keep], cnt[keep]
+        merge_only = pix >= pixels.num_used
+        # by frame, used before merge-only, file order otherwise (stable): the likelihood sums run
+        # over the same photons in the same order as a separate used-only CSR would give
+        order = np.lexsort((merge_only, frame))
+        frame, pix, cnt, merge_only = frame[order], pix[order], cnt[order], merge_only[order]
+        ptr = np.zeros(nf + 1, np.int64)
+        np.cumsum(np.bincount(frame, minlength=nf), out=ptr[1:])
+        used = ~merge_only
+        used_per_frame = np.bincount(frame[used], minlength=nf)
+        counts = np.bincount(frame[used], weights=cnt[used], minlength=nf)
+        log_factorial = np.bincount(frame[used], weights=gammaln(cnt[used] + 1), minlength=nf)
+        if len(cnt) and cnt.max() >= 2 ** 24:
+            raise ValueError(f"a pixel holds {int(cnt.max())} photons: more than float32 counts hold exactly")
+        return cls(first_frame, ptr, pix.astype(np.int32), cnt.astype(np.float32), ptr[:-1] + used_per_frame,
+                   counts, log_factorial)
+
+    def by_pixel(self, num_pixels: int, f0: int = 0, f1: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The photons of frames ``f0 .. f1`` (default: all) by pixel (CSC): ``(pixel_ptr (T + 1,) int64,
+        frame (n,) int32 counted from f0, count (n,) float32)``."""
+        f1 = self.num_frames if f1 is None else f1
+        a, b = int(self.ptr[f0]), int(self.ptr[f1])
+        frame = np.repeat(np.arange(f1 - f0, dtype=np.int32), np.diff(self.ptr[f0:f1 + 1]))
+        pixel = self.pixel[a:b]
+        order = np.argsort(pixel, kind="stable")
+        pixel_ptr = np.zeros(num_pixels + 1, np.int64)
+        np.cumsum(np.bincount(pixel, minlength=num_pixels), out=pixel_ptr[1:])
+        return pixel_ptr, frame[order], self.count[a:b][order]
+
+
+@dataclass
+class StepState:
+    """What every shard needs to know about the iteration.
+
+    beta: (D_total,) float64 per-frame annealing exponent; scales: (D_total,)
+    float64 per-frame scale factors (ones when not fitted).
+    """
+
+    iteration: int
+    beta: np.ndarray
+    scales: np.ndarray
+
+
+@dataclass
+class ShardSums:
+    """Partial sums of one or more shards; they add up across shards.
+
+    numerator, denominator: (M, M, M) float64 merge sums.  Per frame (D,),
+    in frame order from ``first_frame``: counts, scale_denominator
+    (sum_r P u_r), log_likelihood (sum_r P (L - log K!)), mutual_info
+    (sum_r P log(P / w_r)), best_rotation, best_probability, num_kept.
+    ``timings`` adds up the seconds spent in each phase.
+    """
+
+    first_frame: int
+    numerator: np.ndarray
+    denominator: np.ndarray
+    frames: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)   # seconds: expand, likelihood, normalize, merge
+
+
+class ShardSpec(NamedTuple):
+    """Frames ``start .. stop`` of the photons file ``photons``, which are frames ``first_frame ..`` of the run."""
+
+    photons: str
+    start: int
+    stop: int
+    first_frame: int
+
+    @property
+    def num_frames(self) -> int:
+        return self.stop - self.start
+
+    @classmethod
+    def cut(cls, photons: str | os.PathLike, start: int, stop: int, frames_per_shard: int,
+            first_frame: int | None = None) -> list["ShardSpec"]:
+        """Frames ``start .. stop`` of ``photons`` in shards of ``frames_per_shard`` (the last may be shorter),
+        numbered in the run from ``first_frame`` (default: ``start``)."""
+        first = start if first_frame is None else first_frame
+        return [cls(os.fspath(photons), a, min(a + frames_per_shard, stop), first + a - start)
+                for a in range(start, stop, frames_per_shard)]
+
+    def load(self, pixels: PixelSet) -> Shard:
+        """Read the frames and remap them to ``pixels``."""
+        from spibatch.io.dragonfly import read_photons
+
+        return Shard.from_photons(read_photons(self.photons, self.start, self.stop), pixels, self.first_frame)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A run's pixels and rotations, with the recipe (detector file, num_div) that rebuilds them elsewhere."""
+
+    detector_path: str
+    num_div: int
+    pixels: PixelSet
+    rotations: Rotations
+
+    @classmethod
+    def build(cls, detector_path: str | os.PathLike, num_div: int, detector: Detector | None = None) -> "Geometry":
+        """From the detector file (or the ``detector`` already read from it) and the 600-cell refinement."""
+        if detector is None:
+            detector = Detector.read(detector_path)
+        return cls(os.fspath(detector_path), num_div, PixelSet.from_detector(detector),
+                   Rotations.refined_600_cell(num_div))
+
+
+def reduce(parts: list[ShardSums]) -> ShardSums:
+    """Sum the volumes and join the per-frame arrays of ``parts`` (any order) in frame order."""
+    parts = sorted(parts, key=lambda p: p.first_frame)
+    numerator = parts[0].numerator.copy()
+    denominator = parts[0].denominator.copy()
+    for p in parts[1:]:
+        numerator += p.numerator
+        denominator += p.denominator
+    frames = {k: np.concatenate([p.frames[k] for p in parts]) for k in parts[0].frames}
+    timings = {k: sum(p.timings.get(k, 0.0) for p in parts) for k in parts[0].timings}
+    return ShardSums(parts[0].first_frame, numerator, denominator, frames, timings)
+
+
+def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: bool = False
+           ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """New model, new per-frame scales and the iteration's metrics from the reduced sums.
+
+    Voxels no pixel reached keep weight 0 and become 0.  With ``need_scaling``
+    the scales become ``counts / sum_r P u_r`` and model and scales are
+    renormalised so that the mean scale is 1.
+    """
+    num, den = total.numerator, total.denominator
+    new = np.zeros_like(num)
+    np.divide(num, den, out=new, where=den > 0)
+    f = total.frames
+    scales = np.ones(len(f["counts"]))
+    if need_scaling:
+        ok = f["scale_denominator"] > 0
+        scales[ok] = f["counts"][ok] / f["scale_denominator"][ok]
+        mean = scales[ok].mean() if ok.any() else 1.0
+        scales /= mean
+        new *= mean
+    if friedel:
+        new = 0.5 * (new + new[::-1, ::-1, ::-1])
+    metrics = {
+        "rms_change": float(np.sqrt(np.mean((new - model) ** 2))),
+        "mutual_info": float(f["mutual_info"].mean()),
+        "log_likelihood": float(f["log_likelihood"].mean()),
+        "mean_kept_rotations": float(f["num_kept"].mean()),
+    }
+    return new, scales, metrics
