@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from spibatch import stages
-from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, preflight, provider_module
+from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, provider_for
 from spibatch.errors import InputError
 
 log = logging.getLogger("spibatch")
@@ -60,11 +60,7 @@ def check_pipeline(pipeline, config: Path) -> None:
 
 def threads_per_worker(site: Site, per_node: int | None = None) -> int:
     """Numba / FFT threads of one task when ``per_node`` of them (default: the site's workers per node) share a node."""
-    module = provider_module(site.provider)
-    cores = module.node_cores(site) if hasattr(module, "node_cores") else 1
-    if per_node is None:
-        per_node = module.ranks_per_node(site) if hasattr(module, "ranks_per_node") else site.workers
-    return max(1, int(cores) // max(1, per_node))
+    return provider_for(site).threads_per_worker(per_node)
 
 
 def emc_ranks(site: Site, emc_config: Path) -> int:
@@ -128,18 +124,16 @@ def _run_emc(run_dir: Path, site: Site) -> None:
                              gpu_runtime=pipeline.gpu_runtime,
                              resume=resume and (out / "checkpoint.h5").exists())
     else:
-        module = provider_module(site.provider)
         from spibatch.backends.parsl_common import emc_command
 
         command = emc_command(site, run_dir, resume)
         ranks = emc_ranks(site, run_dir / stages.EMC_CONFIG)
-        label, line, spec = module.emc_launch(site, run_dir, command, ranks)   # the provider names the executor
-        nodes = int(spec.get("num_nodes", 1)) if spec else 1
-        line = f"export NUMBA_NUM_THREADS={threads_per_worker(site, -(-ranks // nodes))}\n{line}"
+        launch = provider_for(site).emc_launch(run_dir, command, ranks)   # the provider names the executor
+        line = f"export NUMBA_NUM_THREADS={threads_per_worker(site, -(-ranks // launch.nodes))}\n{launch.command}"
         stdout, stderr = run_dir / "stages" / "emc.stdout", run_dir / "stages" / "emc.stderr"
         from parsl import bash_app
 
-        future = bash_app(_emc_job, executors=[label])(line, parsl_resource_specification=spec or None, stdout=str(stdout), stderr=str(stderr))
+        future = bash_app(_emc_job, executors=[launch.executor])(line, parsl_resource_specification=launch.resources or None, stdout=str(stdout), stderr=str(stderr))
         try:
             future.result()
         except Exception as exc:
@@ -156,8 +150,6 @@ def execute(run_dir: Path, site: Site, pipeline, until: str | None = None) -> di
     """Run every unfinished stage on ``site`` (up to and including ``until``); returns ``{stage: marker}``."""
     import parsl
 
-    from spibatch.backends import parsl_config
-
     names = stage_names(pipeline)
     if until is not None:
         if until not in names:
@@ -171,7 +163,7 @@ def execute(run_dir: Path, site: Site, pipeline, until: str | None = None) -> di
     log.info("stages to run: %s (finished: %s)", ", ".join(todo),
              ", ".join(n for n in names if n not in todo) or "none")
     stage_app, start_app = None, None
-    dfk = parsl.load(parsl_config(site, run_dir))
+    dfk = parsl.load(provider_for(site).parsl_config(run_dir))
     try:
         stage_app, start_app = _apps()
         run = str(run_dir)
@@ -204,10 +196,10 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
           runs_dir: Path | None = None, adjust=None, command: list[str] | None = None, until: str | None = None):
     """``spibatch run``: validate, preflight, create the run directory, run.  Returns (run_dir, markers).
 
-    With ``dry_run`` nothing is created or submitted: returns (would-be run dir, {file: text}).
+    With ``dry_run`` nothing is created or submitted: returns (would-be run dir, Rendered: the files that
+    would be submitted and the checks made; ``Rendered.text()`` is what ``--dry-run`` prints).
     ``adjust(pipeline)``: changes applied after loading (the demo's options).
     """
-    from spibatch.backends import render
     from spibatch.config import dump_pipeline, load_pipeline
     from spibatch.rundir import create_run_dir, new_run_path, run_in_dir
 
@@ -218,7 +210,8 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
         adjust(pipeline)
     check_pipeline(pipeline, config)
     site = load_site(site_path)
-    if site.emc_mode == "hpc" and not hasattr(provider_module(site.provider), "emc_launch"):
+    provider = provider_for(site)
+    if site.emc_mode == "hpc" and not provider.supports_hpc:
         raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
                          fix="set emc_mode: htc (or leave it out)")
     target = (out if out is not None else new_run_path(pipeline.name, pipeline.output.runs_dir)).resolve()
@@ -227,13 +220,8 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
                          fix="choose a new --out directory, or `spibatch resume` it")
     argv = list(command if command is not None else sys.argv)
     if dry_run:
-        preflight(site, target)
-        files = render(site, target, argv)
-        check = getattr(provider_module(site.provider), "check_rendered", None)
-        if check is not None:
-            files["checks.txt"] = "\n".join(check(site, files)) + "\n"
-        return target, files
-    preflight(site, target)
+        return target, provider.dry_run(target, argv)
+    provider.preflight(target)
     run = create_run_dir(pipeline.name, pipeline.output.runs_dir, target, config_text=dump_pipeline(pipeline),
                          command=argv)
     from spibatch.io.atomic import write_text
@@ -268,7 +256,7 @@ def resume(run_dir: Path, command: list[str] | None = None):
     record = json.loads((run_dir / "provenance.json").read_text(encoding="utf-8"))
     pipeline = load_pipeline(run_dir / "config.yaml")
     site = load_site(run_dir / SITE_FILE)
-    preflight(site, run_dir)
+    provider_for(site).preflight(run_dir)
     run = reopen_run_dir(run_dir, command=command, unchanged=tuple(p for p in record.get("inputs", {})
                                                                     if Path(p).exists()))
     markers = run_in_dir(run, lambda: _outputs(execute(run.path, site, pipeline)))

@@ -50,7 +50,7 @@ def test_every_rendered_object_is_valid(profile):
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_site_in_the_configmap_loads_and_its_pods_are_valid(profile, tmp_path):
-    from spibatch.backends import load_site, render as render_site
+    from spibatch.backends import load_site, provider_for
     from spibatch.config import Pipeline
 
     rendered = render(profile)
@@ -65,7 +65,8 @@ def test_site_in_the_configmap_loads_and_its_pods_are_valid(profile, tmp_path):
     claim = job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
     assert site.kubernetes.pvc == claim                                   # workers mount the driver's PVC
     assert site.kubernetes.driver_service_account == job["spec"]["template"]["spec"]["serviceAccountName"]
-    manifests = render_site(site, Path(mount) / "runs" / "spi", job["spec"]["template"]["spec"]["containers"][0]["command"])
+    manifests = provider_for(site).render(Path(mount) / "runs" / "spi",
+                                          job["spec"]["template"]["spec"]["containers"][0]["command"]).files
     for text in manifests.values():
         for obj in objects(text):
             assert validate(obj) == []

@@ -30,9 +30,9 @@ def site_file(tmp_path: Path, change=None) -> Path:
 
 def test_example_dry_run_matches_the_snapshots():
     """tests/snapshots/k8s-*.yaml hold the exact manifests; SPIBATCH_UPDATE_SNAPSHOTS=1 rewrites them."""
-    from spibatch.backends import load_site, render
+    from spibatch.backends import load_site, provider_for
 
-    rendered = render(load_site(EXAMPLE), RUN_DIR, COMMAND)
+    rendered = provider_for(load_site(EXAMPLE)).render(RUN_DIR, COMMAND).files
     assert set(rendered) == {"worker-pod.yaml", "driver-job.yaml"}
     for name, text in rendered.items():
         snapshot = SNAPSHOTS / f"k8s-{name}"
@@ -42,9 +42,9 @@ def test_example_dry_run_matches_the_snapshots():
 
 
 def test_dry_run_manifests_are_valid_and_restricted():
-    from spibatch.backends import load_site, render
+    from spibatch.backends import load_site, provider_for
 
-    rendered = render(load_site(EXAMPLE), RUN_DIR, COMMAND)
+    rendered = provider_for(load_site(EXAMPLE)).render(RUN_DIR, COMMAND).files
     pod = objects(rendered["worker-pod.yaml"])[0]
     job = objects(rendered["driver-job.yaml"])[0]
     for obj in (pod, job):
@@ -61,12 +61,12 @@ def test_dry_run_manifests_are_valid_and_restricted():
 
 
 def test_gpus_and_extras_reach_the_pod(tmp_path):
-    from spibatch.backends import load_site, render
+    from spibatch.backends import load_site, provider_for
 
     def change(d):
         d["kubernetes"].update(gpus=2, service_account="workers", image_pull_secret="regcred",
                                node_selector={"nvidia.com/gpu.present": "true"}, worker_init="module load cuda")
-    pod = objects(render(load_site(site_file(tmp_path, change)), RUN_DIR, COMMAND)["worker-pod.yaml"])[0]
+    pod = objects(provider_for(load_site(site_file(tmp_path, change))).render(RUN_DIR, COMMAND).files["worker-pod.yaml"])[0]
     resources = pod["spec"]["containers"][0]["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "2"
     assert pod["spec"]["serviceAccountName"] == "workers"
@@ -81,13 +81,13 @@ def test_parsl_config_uses_the_kubernetes_provider(tmp_path, monkeypatch):
     from parsl.providers import KubernetesProvider
 
     from k8s_emulator import Cluster
-    from spibatch.backends import load_site, parsl_config
+    from spibatch.backends import load_site, provider_for
 
     with Cluster({}) as cluster:                      # the provider loads a kubeconfig when built
         kubeconfig = str(cluster.write_kubeconfig(tmp_path / "kubeconfig"))
         monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
         monkeypatch.setenv("SPIBATCH_INTERCHANGE_ADDRESS", "10.1.2.3")
-        config = parsl_config(load_site(EXAMPLE), RUN_DIR)
+        config = provider_for(load_site(EXAMPLE)).parsl_config(RUN_DIR)
     assert config.usage_tracking == 0 and config.run_dir == str(RUN_DIR / "runinfo")
     (executor,) = config.executors
     provider = executor.provider
@@ -123,25 +123,25 @@ def test_bad_site_keys_are_one_line_at_load(tmp_path, change, field, words):
 ])
 def test_bad_input_is_one_line_before_any_cluster_call(tmp_path, monkeypatch, change, run_dir, field, words):
     """Offline problems are found first: no kubeconfig is needed to report them."""
-    from spibatch.backends import load_site, preflight
+    from spibatch.backends import load_site, provider_for
     from spibatch.errors import InputError
 
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "none"))
     with pytest.raises(InputError) as err:
-        preflight(load_site(site_file(tmp_path, change)), run_dir)
+        provider_for(load_site(site_file(tmp_path, change))).preflight(run_dir)
     line = str(err.value)
     assert "\n" not in line and str(tmp_path / "site.yaml") in line and field in line and words in line, line
 
 
 def test_no_cluster_is_one_line(tmp_path, monkeypatch):
-    from spibatch.backends import load_site, preflight
+    from spibatch.backends import load_site, provider_for
     from spibatch.errors import InputError
 
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "none"))
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(InputError) as err:
-        preflight(load_site(site_file(tmp_path)), RUN_DIR)
+        provider_for(load_site(site_file(tmp_path))).preflight(RUN_DIR)
     assert "no Kubernetes cluster configured" in str(err.value) and "KUBECONFIG" in str(err.value)
 
 

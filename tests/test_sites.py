@@ -64,15 +64,16 @@ def test_bad_site_is_one_line(tmp_path, text, where, words):
 
 
 def test_missing_local_image_is_refused_before_anything(tmp_path):
-    from spibatch.backends import preflight
+    from spibatch.backends import provider_for
 
     site = load_site(site_file(tmp_path, "provider: local\ncontainer: {runtime: charliecloud, image: /nowhere/img}\n"))
+    preflight = provider_for(site).preflight
     if os.system("command -v ch-run >/dev/null") != 0:
         with pytest.raises(InputError, match="ch-run is not on PATH"):
-            preflight(site, tmp_path / "run")
+            preflight(tmp_path / "run")
     else:
         with pytest.raises(InputError, match="image /nowhere/img not found"):
-            preflight(site, tmp_path / "run")
+            preflight(tmp_path / "run")
 
 
 @pytest.mark.parametrize("container, expected", [
@@ -102,10 +103,11 @@ def test_slurm_dry_run_snapshot(name):
     """The example site's batch scripts, exactly as Parsl's SlurmProvider writes them
     (regenerate with SPIBATCH_UPDATE_SNAPSHOTS=1 after a deliberate change)."""
     pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
-    from spibatch.backends import render
+    from spibatch.backends import provider_for
 
     site = load_site(REPO / "site_configs" / "slurm-example.yaml")
-    files = render(site, Path("/runs/example"), ["spibatch", "run", "pipeline.yaml", "--site", "slurm-example.yaml"])
+    files = provider_for(site).render(Path("/runs/example"),
+                                      ["spibatch", "run", "pipeline.yaml", "--site", "slurm-example.yaml"]).files
     snapshot = SNAPSHOTS / f"slurm-example.{name}"
     if os.environ.get("SPIBATCH_UPDATE_SNAPSHOTS"):
         snapshot.write_text(files[name])
@@ -115,10 +117,10 @@ def test_slurm_dry_run_snapshot(name):
 
 def test_slurm_dry_run_content():
     pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
-    from spibatch.backends import render
+    from spibatch.backends import provider_for
 
     site = load_site(REPO / "site_configs" / "slurm-example.yaml")
-    files = render(site, Path("/runs/example"), ["spibatch", "run"])
+    files = provider_for(site).render(Path("/runs/example"), ["spibatch", "run"]).files
     tasks = files["sbatch-tasks.sh"]
     assert "#SBATCH --partition=compute" in tasks and "#SBATCH --time=120" in tasks
     assert "#SBATCH --cpus-per-task=8" in tasks and "module load apptainer" in tasks
@@ -133,11 +135,11 @@ def test_gpus_give_one_gpu_per_worker(tmp_path):
     """With GPUs on a node or pod, Parsl pins each worker to one (available_accelerators -> its
     CUDA_VISIBLE_DEVICES), so a `device: gpu` task uses the GPU it was given; none without."""
     pytest.importorskip("parsl", reason="parsl is part of spibatch's dependencies; missing here")
-    from spibatch.backends import slurm
+    from spibatch.backends import provider_for
 
     gpu = load_site(site_file(tmp_path, "provider: slurm\nworkers: 8\nslurm: {gpus_per_node: 4}\n"))
-    tasks = slurm.executors(gpu, tmp_path)[0]
+    tasks = provider_for(gpu).executors(tmp_path)[0]
     assert tasks.available_accelerators == ["0", "1", "2", "3"] and tasks.max_workers_per_node == 4
     cpu = load_site(site_file(tmp_path, "provider: slurm\nworkers: 8\n"))
-    tasks = slurm.executors(cpu, tmp_path)[0]
+    tasks = provider_for(cpu).executors(tmp_path)[0]
     assert tasks.available_accelerators == [] and tasks.max_workers_per_node == 8
