@@ -56,7 +56,7 @@ def worker_pod(site, run_dir: Path, pod_name: str, job_id: str, cmd_string: str)
                                 "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
         }],
         "volumes": [{"name": "shared", "persistentVolumeClaim": {"claimName": opts.pvc}},
-                    {"name": "tmp", "emptyDir": {}}],
+                    {"name": "tmp", "emptyDir": {"sizeLimit": opts.tmp_size_limit}}],
     }
     if opts.service_account:
         spec["serviceAccountName"] = opts.service_account

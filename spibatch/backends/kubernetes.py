@@ -50,6 +50,8 @@ class KubernetesOptions(Section):
     cpu_limit: str = Field("2", description="CPU limit per pod")
     memory_request: str = Field("2Gi", description="memory request per pod (a quantity: 512Mi, 4Gi, ...)")
     memory_limit: str = Field("4Gi", description="memory limit per pod")
+    tmp_size_limit: str = Field("1Gi", description="size limit of each pod's /tmp (an emptyDir: HOME, the Numba "
+                                "and Matplotlib caches; the root filesystem is read-only)")
     gpus: int = Field(0, ge=0, description="nvidia.com/gpu per pod (request = limit); needs the NVIDIA device "
                       "plugin and a CUDA image")
     run_as_user: int = Field(1000, ge=1, description="UID of the pods (non-root; the image's user is 1000)")
@@ -59,6 +61,9 @@ class KubernetesOptions(Section):
     interchange_address: str | None = Field(None, description=f"address the pods reach the driver at; default: "
                                             f"${ADDRESS_ENV} (the chart sets it to the driver pod's IP), else "
                                             "this host's address")
+    worker_port: int | None = Field(None, ge=1024, le=65535, description="the port the driver's interchange "
+                                    "takes worker connections on (the chart's NetworkPolicy opens only this one); "
+                                    "default: one Parsl picks in 54000-55000")
     pod_name: str = Field("spibatch-worker", description="pod name prefix (Parsl appends .<job id>)")
     worker_init: str = Field("", description="shell lines run in each pod before the workers start")
     strategy_period_s: float = Field(5.0, gt=0, description="how often Parsl looks at the queue (s)")
@@ -166,7 +171,8 @@ class KubernetesProvider(Provider):
         run_dir = Path(os.path.abspath(run_dir))
         executor = common.htex(self.site, self._parsl_provider(run_dir), run_dir,
                                address=self.interchange_address(), gpus=self.options.gpus,
-                               workers=self.options.workers_per_pod, launch=DEFAULT_LAUNCH_CMD)
+                               workers=self.options.workers_per_pod, launch=DEFAULT_LAUNCH_CMD,
+                               worker_port=self.options.worker_port)
         return common.config([executor], run_dir, strategy_period=self.options.strategy_period_s,
                              max_idletime=self.options.max_idletime_s)
 
@@ -184,7 +190,7 @@ class KubernetesProvider(Provider):
 
         class _Shown:   # what format_launch reads of an executor (common.htex's settings)
             label, encrypted, cores_per_worker, launch_cmd = TASKS_LABEL, True, 1.0, DEFAULT_LAUNCH_CMD
-            worker_logdir_root = common.worker_logdir(run_dir)
+            worker_logdir_root, worker_port = common.worker_logdir(run_dir), self.options.worker_port
             heartbeat_period, heartbeat_threshold = common.HEARTBEAT.values()
 
         launch = common.format_launch(_Shown, self.options.workers_per_pod, run_dir)
@@ -210,7 +216,7 @@ class KubernetesProvider(Provider):
             raise self.fail("EMC in hpc mode (one MPI job) is not supported on Kubernetes", "emc_mode",
                             "set emc_mode: htc (one task per shard per iteration), or run EMC in hpc mode on a "
                             "Slurm site")
-        for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
+        for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "tmp_size_limit"):
             problem = quantity_problem(getattr(opts, field))
             if problem:
                 raise self.fail(problem, f"kubernetes.{field}", "write a Kubernetes quantity, e.g. 500m or 2 "

@@ -89,17 +89,18 @@ HEARTBEAT = {"heartbeat_period": 5, "heartbeat_threshold": 60}
 
 def htex(site, provider, run_dir: Path, *, label: str = TASKS_LABEL, cores_per_worker: float = 1.0,
          address: str | None = None, gpus: int | None = None, workers: int | None = None,
-         launch: str | None = None):
+         launch: str | None = None, worker_port: int | None = None):
     """The HighThroughputExecutor running stages and tasks: ``workers`` (default ``site.workers``) workers
     per block (with ``gpus`` a node: one GPU each, see :func:`accelerators`); ``launch``: the worker launch
-    command (default: Parsl's behind the site's container prefix).  Encrypted (see above)."""
+    command (default: Parsl's behind the site's container prefix); ``worker_port``: the one port the
+    interchange takes workers on (default: one Parsl picks in 54000-55000).  Encrypted (see above)."""
     from parsl.executors import HighThroughputExecutor
 
     return HighThroughputExecutor(label=label, provider=provider, address=address, encrypted=True,
                                   max_workers_per_node=site.workers if workers is None else workers,
                                   available_accelerators=accelerators(gpus), cores_per_worker=cores_per_worker,
                                   launch_cmd=launch_cmd(site, run_dir) if launch is None else launch,
-                                  worker_logdir_root=worker_logdir(run_dir), **HEARTBEAT)
+                                  worker_logdir_root=worker_logdir(run_dir), worker_port=worker_port, **HEARTBEAT)
 
 
 def worker_logdir(run_dir: Path) -> str:
@@ -123,7 +124,8 @@ def cert_dir(run_dir: Path, label: str) -> str:
 def format_launch(executor, workers: int, run_dir: Path) -> str:
     """The executor's launch command with placeholders where the real one has ports and addresses."""
     values = dict(PLACEHOLDERS)
-    values["cert_dir"] = "None"
+    values["cert_dir"] = cert_dir(run_dir, executor.label) if executor.encrypted else "None"
+    values["worker_port"] = executor.worker_port or PLACEHOLDERS["worker_port"]
     values["max_workers_per_node"] = f"--max_workers_per_node={workers}"
     values["cores_per_worker"] = executor.cores_per_worker
     values["logdir"] = executor.worker_logdir_root or "<runinfo>"

@@ -109,7 +109,7 @@ class SlurmProvider(Provider):
         tasks.max_workers_per_node = per_node if not opts.gpus_per_node else min(per_node, opts.gpus_per_node)
         out = [tasks]
         if self.site.emc_mode == "hpc":
-            mpi = MPIExecutor(label=MPI_LABEL, max_workers_per_block=1, mpi_launcher="srun",
+            mpi = MPIExecutor(label=MPI_LABEL, max_workers_per_block=1, mpi_launcher="srun", encrypted=True,
                               provider=self._parsl_provider(SimpleLauncher(), init_blocks=0,
                                                             cores=opts.cores_per_node or per_node),
                               worker_logdir_root=common.worker_logdir(run_dir), **common.HEARTBEAT)
