@@ -43,16 +43,16 @@ def measure(config, tasks: int) -> tuple[float, float]:
 
 
 def local(run_dir: Path, tasks: int):
-    from spibatch.backends import load_site, parsl_config
+    from spibatch.backends import load_site, provider_for
 
-    return measure(parsl_config(load_site(REPO / "site_configs" / "local.yaml"), run_dir), tasks)
+    return measure(provider_for(load_site(REPO / "site_configs" / "local.yaml")).parsl_config(run_dir), tasks)
 
 
 def kubernetes(run_dir: Path, tasks: int):
     import yaml
 
     from k8s_emulator import Cluster, PodRunner, host_env
-    from spibatch.backends import load_site, parsl_config
+    from spibatch.backends import load_site, provider_for
 
     site = {"name": "emulated", "provider": "kubernetes", "workers": 2,
             "container": {"runtime": "docker", "image": "spibatch:bench"},
@@ -66,7 +66,7 @@ def kubernetes(run_dir: Path, tasks: int):
 
         kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
         with PodRunner(cluster, "bench", host_env(), poll_s=0.1):
-            return measure(parsl_config(load_site(run_dir.parent / "site.yaml"), run_dir), tasks)
+            return measure(provider_for(load_site(run_dir.parent / "site.yaml")).parsl_config(run_dir), tasks)
 
 
 def main() -> None:

@@ -34,14 +34,14 @@ began = float(sys.argv[3])
 import parsl
 from parsl import python_app
 from pathlib import Path
-from spibatch.backends import TASKS_LABEL, load_site, parsl_config
+from spibatch.backends import TASKS_LABEL, load_site, provider_for
 
 def empty():
     return None
 
 site = load_site(sys.argv[1])
 run_dir = Path(sys.argv[2])
-dfk = parsl.load(parsl_config(site, run_dir))
+dfk = parsl.load(provider_for(site).parsl_config(run_dir))
 app = python_app(empty, executors=[TASKS_LABEL])
 app().result()
 first = time.time() - began

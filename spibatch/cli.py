@@ -230,8 +230,7 @@ def run(pipeline: Path = typer.Argument(..., help="pipeline YAML file"),
 
     run_path, result = start(pipeline, site, out, dry_run=dry_run, until=until)
     if dry_run:
-        for name, text in result.items():
-            typer.echo(f"==> {name} <==\n{text}")
+        typer.echo(result.text(), nl=False)
         typer.echo(f"dry run: nothing submitted; the run would go to {run_path}")
         return
     _finished(run_path, result)

@@ -16,20 +16,11 @@ import sys
 from pathlib import Path
 
 from spibatch import stages
-from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, preflight, provider_module
+from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, provider_for
 from spibatch.errors import InputError
 from spibatch.layout import RunLayout
 
 log = logging.getLogger("spibatch")
-
-
-def threads_per_worker(site: Site, per_node: int | None = None) -> int:
-    """Numba / FFT threads of one task when ``per_node`` of them (default: the site's workers per node) share a node."""
-    module = provider_module(site.provider)
-    cores = module.node_cores(site) if hasattr(module, "node_cores") else 1
-    if per_node is None:
-        per_node = module.ranks_per_node(site) if hasattr(module, "ranks_per_node") else site.workers
-    return max(1, int(cores) // max(1, per_node))
 
 
 def _job(command: str, parsl_resource_specification: dict | None = None, stdout=None, stderr=None) -> str:
@@ -41,6 +32,7 @@ class ParslWorkers(stages.Workers):
 
     def __init__(self, site: Site):
         self.site = site
+        self.provider = provider_for(site)
         self.emc_mode = site.emc_mode
         self.count = site.workers
         self._apps = {}
@@ -53,25 +45,23 @@ class ParslWorkers(stages.Workers):
         return self._apps[fn](*args)
 
     def threads(self, per_node: int | None = None) -> int:
-        return threads_per_worker(self.site, per_node)
+        return self.provider.threads_per_worker(per_node)
 
     def run_job(self, stage: str, run: RunLayout, ranks: int) -> None:
         """``python -m spibatch.stages STAGE RUN_DIR`` as one MPI job on the executor the provider names."""
         from parsl import bash_app
 
-        from spibatch.backends.parsl_common import python_words
+        from spibatch.backends.parsl_common import stage_command
         from spibatch.stages.__main__ import read_result
 
-        module = provider_module(self.site.provider)
-        command = python_words(self.site) + ["-m", "spibatch.stages", stage, str(run.path)]
-        label, line, spec = module.emc_launch(self.site, run.path, command, ranks)
-        nodes = int(spec.get("num_nodes", 1)) if spec else 1
-        line = f"export NUMBA_NUM_THREADS={self.threads(-(-ranks // nodes))}\n{line}"
+        command = stage_command(self.site, stage, run.path)
+        launch = self.provider.emc_launch(run.path, command, ranks)
+        line = f"export NUMBA_NUM_THREADS={self.threads(-(-ranks // launch.nodes))}\n{launch.command}"
         run.stage_result(stage).unlink(missing_ok=True)
         run.stage_result(stage).parent.mkdir(parents=True, exist_ok=True)
         stdout, stderr = run.stage_stream(stage, "stdout"), run.stage_stream(stage, "stderr")
-        future = bash_app(_job, executors=[label])(line, parsl_resource_specification=spec or None,
-                                                   stdout=str(stdout), stderr=str(stderr))
+        future = bash_app(_job, executors=[launch.executor])(line, parsl_resource_specification=launch.resources or None,
+                                                             stdout=str(stdout), stderr=str(stderr))
         try:
             future.result()
         except Exception as exc:
@@ -100,7 +90,6 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
     """Run every unfinished stage on ``site`` (up to and including ``until``); returns ``{stage: marker}``."""
     import parsl
 
-    from spibatch.backends import parsl_config
     from spibatch.kernels.device import declared
 
     names = stages.order(pipeline)
@@ -111,7 +100,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
         log.info("every stage has finished already")
         return {n: stages.finished(run, n) for n in names}
     log.info("stages to run: %s (finished: %s)", ", ".join(todo), ", ".join(n for n in names if n not in todo) or "none")
-    dfk = parsl.load(parsl_config(site, run.path))
+    dfk = parsl.load(provider_for(site).parsl_config(run.path))
     try:
         workers = ParslWorkers(site)
         device = declared(pipeline.device, pipeline.gpu_runtime)   # unchecked here: the tasks run where the GPUs are
@@ -145,10 +134,9 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
           runs_dir: Path | None = None, adjust=None, command: list[str] | None = None, until: str | None = None):
     """``spibatch run``: validate, preflight, create the run folder, run.  Returns (run_dir, outputs).
 
-    With ``dry_run`` nothing is created or submitted: returns (would-be run dir, {file: text}).
+    With ``dry_run`` nothing is created or submitted: returns (would-be run dir, :class:`~spibatch.backends.Rendered`).
     ``adjust(pipeline)``: changes applied after loading (the demo's options).
     """
-    from spibatch.backends import render
     from spibatch.config import dump_pipeline, load_pipeline
     from spibatch.rundir import check_new_run_path, new_run_path, open_run
 
@@ -160,19 +148,16 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     _check_until(pipeline, until)
     check_pipeline(pipeline, config)
     site = load_site(site_path)
-    if site.emc_mode == "hpc" and not hasattr(provider_module(site.provider), "emc_launch"):
+    provider = provider_for(site)
+    if site.emc_mode == "hpc" and not provider.supports_hpc:
         raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
                          fix="set emc_mode: htc (or leave it out)")
     target = check_new_run_path((out if out is not None else new_run_path(pipeline.name,
                                                                          pipeline.output.runs_dir)).resolve())
     argv = list(command if command is not None else sys.argv)
-    preflight(site, target)
     if dry_run:
-        files = render(site, target, argv)
-        check = getattr(provider_module(site.provider), "check_rendered", None)
-        if check is not None:
-            files["checks.txt"] = "\n".join(check(site, files)) + "\n"
-        return target, files
+        return target, provider.dry_run(target, argv)
+    provider.preflight(target)
     inputs = [config] + ([site.source] if site_path is not None else [])
     inputs += [p for p in (pipeline.simulation and pipeline.simulation.pdb, pipeline.ingest and pipeline.ingest.cxi,
                            pipeline.emc.photons, pipeline.emc.detector) if p is not None]
@@ -200,7 +185,7 @@ def resume(run_dir: Path, command: list[str] | None = None):
     record = read_provenance(run.path)
     pipeline = load_pipeline(run.config)
     site = load_site(run.site)
-    preflight(site, run.path)
+    provider_for(site).preflight(run.path)
     recorded = tuple(p for p in record.get("inputs", {}) if Path(p).exists())
     with open_run(resume=run.path, command=command, inputs=recorded,
                   resume_hint=f"spibatch resume {run.path}") as opened:

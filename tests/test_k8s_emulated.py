@@ -44,35 +44,34 @@ def cluster(tmp_path, monkeypatch):
 
 
 def test_preflight_asks_the_api_server(cluster, tmp_path):
-    from spibatch.backends import load_site, preflight
+    from spibatch.backends import load_site, provider_for
     from spibatch.errors import InputError
 
     shared = tmp_path / "shared"
     run_dir = shared / "runs" / "r1"
-    preflight(load_site(write_site(tmp_path, shared)), run_dir)        # namespace and claim exist: quiet
+    provider_for(load_site(write_site(tmp_path, shared))).preflight(run_dir)   # namespace and claim exist: quiet
     with pytest.raises(InputError) as missing_ns:
-        preflight(load_site(write_site(tmp_path, shared, namespace="nowhere")), run_dir)
+        provider_for(load_site(write_site(tmp_path, shared, namespace="nowhere"))).preflight(run_dir)
     line = str(missing_ns.value)
     assert "\n" not in line and "kubernetes.namespace" in line and "namespace nowhere does not exist" in line
     assert "kubectl create namespace nowhere" in line and str(tmp_path / "site.yaml") in line
     with pytest.raises(InputError) as missing_pvc:
-        preflight(load_site(write_site(tmp_path, shared, pvc="elsewhere")), run_dir)
+        provider_for(load_site(write_site(tmp_path, shared, pvc="elsewhere"))).preflight(run_dir)
     assert "kubernetes.pvc" in str(missing_pvc.value) and "elsewhere does not exist" in str(missing_pvc.value)
 
 
 def test_dry_run_asks_the_api_server_to_admit_the_pod(cluster, tmp_path):
-    from spibatch.backends import load_site, render
-    from spibatch.backends.kubernetes import check_rendered
+    from spibatch.backends import load_site, provider_for
     from spibatch.errors import InputError
 
     shared = tmp_path / "shared"
-    site = load_site(write_site(tmp_path, shared))
-    files = render(site, shared / "runs" / "r1", ["spibatch", "run"])
-    assert "admitted by the API server" in check_rendered(site, files)[0]
-    assert cluster.kmock.dry_runs[-1] == yaml.safe_load(files["worker-pod.yaml"])
+    provider = provider_for(load_site(write_site(tmp_path, shared)))
+    rendered = provider.render(shared / "runs" / "r1", ["spibatch", "run"])
+    assert "admitted by the API server" in provider.check_rendered(rendered)[0]
+    assert cluster.kmock.dry_runs[-1] == yaml.safe_load(rendered.files["worker-pod.yaml"])
     cluster.kmock.refuse = 'pods "x" is forbidden: violates PodSecurity "restricted:latest": seccompProfile'
     with pytest.raises(InputError) as err:
-        check_rendered(site, files)
+        provider.check_rendered(rendered)
     line = str(err.value)
     assert "\n" not in line and "refuses the worker pod (403" in line and "violates PodSecurity" in line
     assert cluster.api().list_namespaced_pod("spibatch").items == []
@@ -83,7 +82,7 @@ def test_parsl_tasks_run_in_emulated_pods(cluster, tmp_path):
     from parsl import python_app
 
     from k8s_tasks import where_am_i
-    from spibatch.backends import load_site, parsl_config, render
+    from spibatch.backends import load_site, provider_for
 
     shared = tmp_path / "shared"
     run_dir = shared / "runs" / "r1"
@@ -91,7 +90,7 @@ def test_parsl_tasks_run_in_emulated_pods(cluster, tmp_path):
     site = load_site(write_site(tmp_path, shared))
     app = python_app(where_am_i, executors=["tasks"])
     with PodRunner(cluster, "spibatch", host_env()) as runner:
-        with parsl.load(parsl_config(site, run_dir)):
+        with parsl.load(provider_for(site).parsl_config(run_dir)):
             results = [app(str(run_dir), i).result(timeout=120) for i in range(4)]
         assert not runner.errors, runner.errors
         assert [r["square"] for r in results] == [0, 1, 4, 9]
@@ -111,7 +110,7 @@ def test_parsl_tasks_run_in_emulated_pods(cluster, tmp_path):
 
     # The dry run showed this very pod: equal but for the job id, the name and the ports in the command.
     created = runner.started[0]
-    shown = yaml.safe_load(render(site, run_dir, ["spibatch", "run"])["worker-pod.yaml"])
+    shown = yaml.safe_load(provider_for(site).render(run_dir, ["spibatch", "run"]).files["worker-pod.yaml"])
     job_id = created["metadata"]["labels"]["parsl-job-id"]
     assert created["metadata"]["name"] == f"emulated-worker.{job_id}" or created["metadata"]["name"].endswith(job_id)
     for pod in (created, shown):

@@ -1,70 +1,48 @@
-"""Sites: where a pipeline's work runs.  The site contract.
+"""Sites: where a pipeline's work runs.
 
-A *site* is one YAML file (``site_configs/*.yaml``), validated like the
-pipeline file (pydantic, unknown keys refused, one-line errors naming file,
-line and key).  Common fields:
+A *site* is one YAML file (``site_configs/*.yaml``), validated like the pipeline file
+(pydantic, unknown keys refused, one-line errors naming file, line and key).  Common fields:
 
 ``name``       a label for the site (lower-case, digits, '-')
 ``provider``   ``local`` | ``slurm`` | ``kubernetes``
 ``workers``    how many workers (HTEX workers, MPI ranks, pods) run at once
 ``emc_mode``   ``hpc`` (the MPI driver as one job of ``workers`` ranks) or
-               ``htc`` (one Parsl task per shard per iteration); default:
-               hpc for local and slurm, htc for kubernetes
+               ``htc`` (one Parsl task per shard per iteration); default: the
+               provider's ``default_emc_mode`` (hpc for local and slurm, htc for kubernetes)
 ``container``  ``{runtime: none|apptainer|docker|charliecloud, image, binds: [...]}``
-               (:mod:`spibatch.backends.containers` turns it into a command prefix)
+               (:mod:`spibatch.backends.launchers` turns it into a command prefix)
 
-plus at most one provider section, ``local:``, ``slurm:`` or ``kubernetes:``,
-named like the provider, whose schema is ``Options`` in the provider's module.
+plus at most one provider section, ``local:``, ``slurm:`` or ``kubernetes:``, named like
+the provider, whose schema is the provider class's ``Options``.
 
-Every provider module (``PROVIDERS[name]``) exposes:
-
-* ``class Options(pydantic.BaseModel)``: its section (``extra="forbid"``);
-* ``parsl_config(site, run_dir: Path) -> parsl.config.Config``: executors
-  labelled ``"tasks"`` (HTEX, every stage and HTC task) and, where the site
-  runs EMC in HPC mode through Parsl, ``"mpi"``; ``usage_tracking`` off,
-  ``run_dir`` = ``<run_dir>/runinfo``;
-* ``render(site, run_dir: Path, command: list[str]) -> dict[str, str]``: the
-  dry run, file name -> the exact text that would be submitted;
-* ``preflight(site, run_dir: Path) -> None``: check what can be checked
-  before anything is submitted (a partition exists, an image exists, ...);
-  raise :class:`~spibatch.errors.InputError` (one line) otherwise.
-
-Optional, where the provider has them:
-
-* ``emc_launch(site, run_dir, command: list[str], ranks: int) -> (executor label, shell line,
-  parsl_resource_specification)``: the HPC-mode EMC job (one MPI job of ``ranks`` ranks, each
-  rank inside the container); without it the provider supports ``emc_mode: htc`` only;
-* ``node_cores(site) -> int`` and ``ranks_per_node(site) -> int``: how threads are shared out
-  (default: 1 core, ``workers`` per node);
-* ``check_rendered(site, files) -> list[str]``: ask the scheduler about the rendered files
-  without submitting (``sbatch --test-only``); one note per file, InputError on a refusal.
-
-:func:`load_site` reads a site file; ``load_site(None)`` is the embedded
-local default (``spibatch/data/site_local.yaml``).  Parsl is imported only
-inside the provider functions, so this module is light.
+:func:`load_site` reads a site file (``load_site(None)``: the embedded local default,
+``spibatch/data/site_local.yaml``); :func:`provider_for` gives the site's
+:class:`~spibatch.backends.base.Provider` (the contract: ``parsl_config``, ``render`` ->
+:class:`~spibatch.backends.base.Rendered`, ``preflight``, ``dry_run``, ``check_rendered``,
+``emc_launch`` -> :class:`~spibatch.backends.base.Launch`, ``supports_hpc``, ``node_cores``,
+``ranks_per_node``, ``threads_per_worker``).  Parsl and the kubernetes client are imported
+only inside the providers' methods, so this package is light.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from spibatch.yaml_models import Section, error_line, read_yaml_mapping
+from spibatch.backends.base import MPI_LABEL, TASKS_LABEL, Launch, Provider, Rendered, Unreachable
 from spibatch.errors import InputError
+from spibatch.yaml_models import Section, error_line, read_yaml_mapping
 
-PROVIDERS: dict[str, str] = {
-    "local": "spibatch.backends.local",
-    "slurm": "spibatch.backends.slurm",
-    "kubernetes": "spibatch.backends.kubernetes",
+PROVIDERS: dict[str, tuple[str, str]] = {   # provider name -> (module, class)
+    "local": ("spibatch.backends.local", "LocalProvider"),
+    "slurm": ("spibatch.backends.slurm", "SlurmProvider"),
+    "kubernetes": ("spibatch.backends.kubernetes", "KubernetesProvider"),
 }
-DEFAULT_EMC_MODE = {"local": "hpc", "slurm": "hpc", "kubernetes": "htc"}
-TASKS_LABEL = "tasks"   # the HTEX executor: stages, phasing starts, HTC EMC shard tasks
-MPI_LABEL = "mpi"       # the MPIExecutor: the HPC EMC job (where the provider has one)
 
 
 class Container(Section):
@@ -104,34 +82,41 @@ class Site(Section):
     @model_validator(mode="after")
     def _defaults(self) -> "Site":
         if self.emc_mode is None:
-            self.emc_mode = DEFAULT_EMC_MODE[self.provider]
+            self.emc_mode = provider_class(self.provider).default_emc_mode
         return self
 
     @property
     def options(self) -> BaseModel:
-        """The provider section (the provider module's ``Options``)."""
+        """The provider section (the provider class's ``Options``)."""
         return getattr(self, self.provider)
 
 
-def provider_module(provider: str) -> ModuleType:
-    """The module implementing ``provider`` (see the contract above)."""
+@lru_cache(maxsize=None)
+def provider_class(provider: str) -> type[Provider]:
+    """The :class:`~spibatch.backends.base.Provider` subclass of ``provider``."""
+    module, name = PROVIDERS[provider]
     try:
-        return importlib.import_module(PROVIDERS[provider])
+        return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as exc:
-        if exc.name != PROVIDERS[provider]:
+        if exc.name != module:
             raise
         raise InputError(f"provider '{provider}' is not part of this installation", field="provider",
                          fix=f"use one of: {', '.join(p for p in PROVIDERS if _available(p))}") from None
 
 
 def _available(provider: str) -> bool:
-    return importlib.util.find_spec(PROVIDERS[provider]) is not None
+    return importlib.util.find_spec(PROVIDERS[provider][0]) is not None
+
+
+def provider_for(site: Site) -> Provider:
+    """The provider of ``site`` (a validated :class:`Site`), ready to render, check and configure Parsl."""
+    return provider_class(site.provider)(site)
 
 
 @lru_cache(maxsize=None)
 def site_model(provider: str) -> type[Site]:
     """The Site model with the ``provider`` section typed by that provider's ``Options``."""
-    options = provider_module(provider).Options
+    options = provider_class(provider).Options
     return create_model(f"Site_{provider}", __base__=Site,
                         **{provider: (options, Field(default_factory=options))})
 
@@ -183,20 +168,6 @@ def dump_site(site: Site) -> str:
     return yaml.safe_dump(keep, sort_keys=False)
 
 
-def parsl_config(site: Site, run_dir: Path) -> Any:
-    """The site's ``parsl.config.Config`` for a run in ``run_dir``."""
-    return provider_module(site.provider).parsl_config(site, Path(run_dir))
-
-
-def render(site: Site, run_dir: Path, command: list[str]) -> dict[str, str]:
-    """The dry run: file name -> exact text that would be submitted."""
-    return provider_module(site.provider).render(site, Path(run_dir), list(command))
-
-
-def preflight(site: Site, run_dir: Path) -> None:
-    """Check the site before anything is submitted (InputError, one line)."""
-    provider_module(site.provider).preflight(site, Path(run_dir))
-
-
-__all__ = ["PROVIDERS", "Site", "Container", "load_site", "dump_site", "site_model", "provider_module",
-           "parsl_config", "render", "preflight", "default_site_path", "TASKS_LABEL", "MPI_LABEL"]
+__all__ = ["PROVIDERS", "Site", "Container", "load_site", "dump_site", "site_model", "provider_class",
+           "provider_for", "default_site_path", "Provider", "Rendered", "Launch", "Unreachable", "TASKS_LABEL",
+           "MPI_LABEL"]

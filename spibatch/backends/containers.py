@@ -1,15 +1,16 @@
-"""The container prefix: the words put before a worker's (or each MPI rank's) command.
+"""The container prefix: the words put before a worker's (or each MPI rank's) command,
+and the check that the runtime and image are there.
 
 ``prefix(container, binds)`` -> ``["apptainer", "exec", "--nv", "--bind", "/data:/data", IMAGE]``,
 ``["docker", "run", "--rm", ...]``, ``["ch-run", ..., IMAGE, "--"]`` or ``[]`` (runtime none).
 The site's binds come first, then ``extra_binds`` (the run directory, always
 mounted at its own path so that every file name means the same inside and out).
+:func:`spibatch.backends.launchers.container` makes it a launcher that composes with MPI's.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 from pathlib import Path
 
@@ -55,12 +56,6 @@ def prefix(container, extra_binds: list[str | os.PathLike] = (), workdir: str | 
             words += ["-b", f"{source}:{target}"]
         return words + list(container.options) + [container.image, "--"]
     raise ValueError(f"unknown container runtime {container.runtime!r}")
-
-
-def prefix_text(container, extra_binds=(), workdir=None) -> str:
-    """:func:`prefix` as one shell-quoted string ('' for none), ending in a space when not empty."""
-    words = prefix(container, extra_binds, workdir)
-    return (shlex.join(words) + " ") if words else ""
 
 
 def check(container, where: Path | None = None) -> None:

@@ -2,18 +2,21 @@
 
 ``problems(obj)`` -> a list of one-line problems (empty: fine) for one object
 (a dict as ``kubectl apply`` reads it): names that are not DNS-1123, resource
-quantities that ``kubernetes.utils.parse_quantity`` refuses, a request above
+quantities that :func:`parse_quantity` refuses, a request above
 its limit, a volumeMount naming no volume, a volume mounted nowhere, and the
 fields of the "restricted" Pod Security Standard (non-root, no privilege
 escalation, all capabilities dropped, seccomp RuntimeDefault, read-only root
 filesystem with something writable at /tmp).  Used by the dry run and
 preflight (:mod:`spibatch.backends.kubernetes`) and by the tests on every
-object the Helm chart renders.
+object the Helm chart renders.  Needs no ``kubernetes`` client: :func:`parse_quantity`
+is the client's ``kubernetes.utils.parse_quantity`` (Apache-2.0), which the tests
+compare it with.
 """
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal, DecimalException, InvalidOperation
 from typing import Any
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")          # <= 63 characters
@@ -34,10 +37,41 @@ def is_subdomain(name: str) -> bool:
     return isinstance(name, str) and len(name) <= 253 and bool(DNS1123_SUBDOMAIN.match(name))
 
 
-def quantity_problem(value: Any) -> str | None:
-    """Why ``value`` is not a Kubernetes quantity (None when ``parse_quantity`` takes it)."""
-    from kubernetes.utils import parse_quantity
+QUANTITY_EXPONENTS = {"n": -3, "u": -2, "m": -1, "K": 1, "k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+BINARY_PREFIXES = "KMGTPE"
 
+
+def parse_quantity(quantity: Any) -> Decimal:
+    """A Kubernetes quantity (``500m``, ``2``, ``4Gi``, ``1e3``) as a Decimal (cores, bytes, ...).
+
+    Suffixes: binary Ki Mi Gi Ti Pi Ei (powers of 1024), decimal n u m k M G T P E (powers of 1000).
+    ValueError for anything else, as ``kubernetes.utils.parse_quantity``.
+    """
+    if isinstance(quantity, (int, float, Decimal)):
+        return Decimal(quantity)
+    text = str(quantity)
+    number, suffix = text, ""
+    if len(text) >= 2 and text[-1] == "i" and text[-2] in QUANTITY_EXPONENTS:
+        number, suffix = text[:-2], text[-2:]
+    elif text[-1:] in QUANTITY_EXPONENTS:
+        number, suffix = text[:-1], text[-1:]
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        raise ValueError(f"Invalid number format: {number}") from None
+    if not suffix:
+        return value
+    if suffix.endswith("i") and suffix[0] not in BINARY_PREFIXES:
+        raise ValueError(f"{text} has unknown suffix")
+    base = 1024 if suffix.endswith("i") else 1000
+    try:
+        return value * (base ** Decimal(QUANTITY_EXPONENTS[suffix[0]]))
+    except DecimalException as exc:
+        raise ValueError(f"Invalid quantity: {text}") from exc
+
+
+def quantity_problem(value: Any) -> str | None:
+    """Why ``value`` is not a Kubernetes quantity (None when :func:`parse_quantity` takes it)."""
     try:
         parse_quantity(value)
     except (ValueError, TypeError, ArithmeticError) as exc:
@@ -57,8 +91,6 @@ def pod_spec(obj: dict) -> dict | None:
 
 
 def _resources(where: str, resources: dict) -> list[str]:
-    from kubernetes.utils import parse_quantity
-
     out = []
     for part in ("requests", "limits"):
         for key, value in (resources.get(part) or {}).items():

@@ -3,37 +3,38 @@
 The driver (``spibatch run``, usually the Helm chart's Job inside the cluster) runs
 Parsl's interchange; each worker pod runs ``process_worker_pool.py`` from the site's
 image and connects back to it (``interchange_address``: the driver pod's IP, which
-the chart passes in ``SPIBATCH_INTERCHANGE_ADDRESS``).  Pods see the run directory
-because the shared-filesystem PVC is mounted at ``mount_path``, which must contain
-it, so every file name means the same in every pod.  Pods meet the "restricted"
-Pod Security Standard (non-root, read-only root filesystem with an emptyDir at
-/tmp, no privilege escalation, no capabilities, seccomp RuntimeDefault): Parsl's
-provider builds pods without these fields, so :func:`worker_pod` builds the pod
-and the provider subclass only replaces ``_create_pod``; submit/status/cancel are
-Parsl's.  :func:`render` and the provider call the same :func:`worker_pod`, so the
-dry run shows the very pod that would be created.
+the chart passes in ``SPIBATCH_INTERCHANGE_ADDRESS``), encrypted (CurveZMQ; the keys
+are in the run directory's runinfo/, on the shared filesystem).  Pods see the run
+directory because the shared-filesystem PVC is mounted at ``mount_path``, which must
+contain it, so every file name means the same in every pod.  Pods meet the "restricted"
+Pod Security Standard (:mod:`spibatch.backends.k8s_manifests`): Parsl's provider builds
+pods without these fields, so our subclass of it only replaces ``_create_pod`` with
+:func:`~spibatch.backends.k8s_manifests.worker_pod`; submit/status/cancel are Parsl's.
+The dry run calls the same function, so it shows the very pod that would be created.
+
+The dry run needs neither a cluster nor the ``kubernetes`` client: it checks the site
+(quantities parsed by :mod:`spibatch.backends.k8s_checks`), prints the manifests, then
+asks the API server what only it can tell (namespace, PVC, admission of the pod) and
+says ``skipped:`` for each question when there is no client or no cluster.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import yaml
 from pydantic import Field, field_validator
 
 from spibatch.backends import parsl_common as common
-from spibatch.backends.k8s_checks import is_label, is_subdomain, problems, quantity_problem
+from spibatch.backends.base import TASKS_LABEL, Check, Provider, Rendered
+from spibatch.backends.k8s_checks import is_label, is_subdomain, parse_quantity, problems, quantity_problem
+from spibatch.backends.k8s_manifests import ADDRESS_ENV, RENDER_JOB_ID, driver_job, dump, run_dir_text, worker_pod
 from spibatch.yaml_models import Section
-from spibatch.errors import InputError
-
-ADDRESS_ENV = "SPIBATCH_INTERCHANGE_ADDRESS"   # set by the chart's Job from the downward API (status.podIP)
-RENDER_JOB_ID = "00000000"                      # the dry run's job id (Parsl draws 8 random hex digits)
-APP_LABELS = {"app.kubernetes.io/name": "spibatch", "app.kubernetes.io/component": "worker"}
 
 
-class Options(Section):
+class KubernetesOptions(Section):
     """The ``kubernetes:`` section (as Parsl's KubernetesProvider, plus the shared filesystem)."""
 
     namespace: str = Field("default", description="namespace the worker pods go to (must exist)")
@@ -49,6 +50,8 @@ class Options(Section):
     cpu_limit: str = Field("2", description="CPU limit per pod")
     memory_request: str = Field("2Gi", description="memory request per pod (a quantity: 512Mi, 4Gi, ...)")
     memory_limit: str = Field("4Gi", description="memory limit per pod")
+    tmp_size_limit: str = Field("1Gi", description="size limit of each pod's /tmp (an emptyDir: HOME, the Numba "
+                                "and Matplotlib caches; the root filesystem is read-only)")
     gpus: int = Field(0, ge=0, description="nvidia.com/gpu per pod (request = limit); needs the NVIDIA device "
                       "plugin and a CUDA image")
     run_as_user: int = Field(1000, ge=1, description="UID of the pods (non-root; the image's user is 1000)")
@@ -58,6 +61,9 @@ class Options(Section):
     interchange_address: str | None = Field(None, description=f"address the pods reach the driver at; default: "
                                             f"${ADDRESS_ENV} (the chart sets it to the driver pod's IP), else "
                                             "this host's address")
+    worker_port: int | None = Field(None, ge=1024, le=65535, description="the port the driver's interchange "
+                                    "takes worker connections on (the chart's NetworkPolicy opens only this one); "
+                                    "default: one Parsl picks in 54000-55000")
     pod_name: str = Field("spibatch-worker", description="pod name prefix (Parsl appends .<job id>)")
     worker_init: str = Field("", description="shell lines run in each pod before the workers start")
     strategy_period_s: float = Field(5.0, gt=0, description="how often Parsl looks at the queue (s)")
@@ -85,78 +91,11 @@ class Options(Section):
         return v
 
 
-def max_pods(site) -> int:
-    """Pods at once: enough for ``site.workers`` workers."""
-    return max(1, math.ceil(site.workers / site.kubernetes.workers_per_pod))
 
+def _parsl_provider_class():
+    from parsl.providers import KubernetesProvider as ParslKubernetesProvider
 
-def node_cores(site) -> int:
-    """CPUs one pod may use (its CPU limit, at least 1): the pipeline splits them among the pod's workers."""
-    from kubernetes.utils import parse_quantity
-
-    return max(1, int(parse_quantity(site.kubernetes.cpu_limit)))
-
-
-def ranks_per_node(site) -> int:
-    """Workers sharing one pod."""
-    return site.kubernetes.workers_per_pod
-
-
-def _run_dir_text(run_dir: Path) -> str:
-    return str(PurePosixPath(os.path.abspath(run_dir)))
-
-
-def worker_pod(site, run_dir: Path, pod_name: str, job_id: str, cmd_string: str) -> dict:
-    """The worker pod manifest (a dict as the API takes it): Parsl's pod plus pod security.
-
-    cmd_string: what Parsl runs in the pod (worker_init, then the worker pool command).
-    """
-    opts = site.kubernetes
-    requests = {"cpu": opts.cpu_request, "memory": opts.memory_request}
-    limits = {"cpu": opts.cpu_limit, "memory": opts.memory_limit}
-    if opts.gpus:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(opts.gpus)
-    env = [{"name": "HOME", "value": "/tmp"},
-           {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},
-           {"name": "NUMBA_CACHE_DIR", "value": "/tmp/numba"},
-           {"name": "SPIBATCH_RUN_DIR", "value": _run_dir_text(run_dir)}]
-    spec: dict = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,      # workers never call the API server
-        "securityContext": {"runAsNonRoot": True, "runAsUser": opts.run_as_user, "runAsGroup": opts.run_as_group,
-                            "fsGroup": opts.run_as_group, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "worker",
-            "image": site.container.image,
-            "command": ["/bin/bash"],
-            "args": ["-c", cmd_string],
-            "workingDir": _run_dir_text(run_dir),
-            "env": env,
-            "resources": {"requests": requests, "limits": limits},
-            "volumeMounts": [{"name": "shared", "mountPath": opts.mount_path},
-                             {"name": "tmp", "mountPath": "/tmp"}],
-            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
-        }],
-        "volumes": [{"name": "shared", "persistentVolumeClaim": {"claimName": opts.pvc}},
-                    {"name": "tmp", "emptyDir": {}}],
-    }
-    if opts.service_account:
-        spec["serviceAccountName"] = opts.service_account
-    if opts.image_pull_secret:
-        spec["imagePullSecrets"] = [{"name": opts.image_pull_secret}]
-    if opts.node_selector:
-        spec["nodeSelector"] = dict(opts.node_selector)
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod_name, "namespace": opts.namespace,
-                         "labels": {"parsl-job-id": job_id, **APP_LABELS, "spibatch/site": site.name}},
-            "spec": spec}
-
-
-def _provider_class():
-    from parsl.providers import KubernetesProvider
-
-    class SpibatchKubernetesProvider(KubernetesProvider):
+    class SpibatchKubernetesProvider(ParslKubernetesProvider):
         """Parsl's KubernetesProvider whose pods are :func:`worker_pod` (pod security, shared PVC, /tmp)."""
 
         def __init__(self, site, run_dir: Path, **kwargs):
@@ -171,184 +110,186 @@ def _provider_class():
     return SpibatchKubernetesProvider
 
 
-def _provider(site, run_dir: Path):
-    from kubernetes.utils import parse_quantity
-
-    opts = site.kubernetes
-    return _provider_class()(
-        site, run_dir, image=site.container.image or "", namespace=opts.namespace, init_blocks=1, min_blocks=0,
-        max_blocks=max_pods(site), max_cpu=float(parse_quantity(opts.cpu_limit)), max_mem=opts.memory_limit,
-        init_cpu=float(parse_quantity(opts.cpu_request)), init_mem=opts.memory_request,
-        worker_init=worker_init(site), pod_name=opts.pod_name, persistent_volumes=[(opts.pvc, opts.mount_path)],
-        service_account_name=opts.service_account, run_as_non_root=True, user_id=str(opts.run_as_user),
-        group_id=str(opts.run_as_group), secret=opts.image_pull_secret)
-
-
-def worker_init(site) -> str:
-    """Shell lines a pod runs before the worker pool (the user's ``worker_init``)."""
-    return site.kubernetes.worker_init.strip()
-
-
-def interchange_address(site) -> str:
-    """Where pods reach the driver: the option, else $SPIBATCH_INTERCHANGE_ADDRESS, else this host."""
-    if site.kubernetes.interchange_address:
-        return site.kubernetes.interchange_address
-    if os.environ.get(ADDRESS_ENV):
-        return os.environ[ADDRESS_ENV]
-    from parsl.addresses import address_by_hostname
-
-    return address_by_hostname()
-
-
-def _executor(site, provider, run_dir: Path, address: str):
-    """The HTEX of worker pods: Parsl's own launch command (the pod is the container), workers_per_pod each."""
-    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
-
-    return common.htex(site, provider, run_dir, address=address, gpus=site.kubernetes.gpus,
-                       workers=site.kubernetes.workers_per_pod, launch=DEFAULT_LAUNCH_CMD)
-
-
-def parsl_config(site, run_dir: Path):
-    """One HTEX whose blocks are worker pods (KubernetesProvider); needs a kubeconfig or in-cluster access."""
-    run_dir = Path(os.path.abspath(run_dir))
-    executor = _executor(site, _provider(site, run_dir), run_dir, interchange_address(site))
-    opts = site.kubernetes
-    return common.config([executor], run_dir, strategy_period=opts.strategy_period_s,
-                         max_idletime=opts.max_idletime_s)
-
-
-def driver_job(site, run_dir: Path, command: list[str]) -> dict:
-    """A Job that runs ``command`` (``spibatch run ...``) in the cluster as the Parsl driver."""
-    pod = worker_pod(site, run_dir, "driver", "driver", "")
-    container = pod["spec"]["containers"][0]
-    container.update(name="driver", command=list(command), workingDir=site.kubernetes.mount_path)
-    del container["args"]
-    pod["spec"]["serviceAccountName"] = site.kubernetes.driver_service_account
-    pod["spec"]["automountServiceAccountToken"] = True   # the driver creates and deletes the worker pods
-    container["env"].append({"name": ADDRESS_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
-    labels = {**APP_LABELS, "app.kubernetes.io/component": "driver", "spibatch/site": site.name}
-    pod["spec"]["restartPolicy"] = "Never"
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": f"{site.name}-driver", "namespace": site.kubernetes.namespace, "labels": labels},
-            "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": dict(labels)}, "spec": pod["spec"]}}}
-
-
-def _dump(obj: dict) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, width=1000)
-
-
-def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:
-    """The dry run: the worker pod the provider would create and the driver Job, as YAML.
-
-    The pod's job id is shown as 00000000 and the interchange's ports and address as
-    placeholders (Parsl knows them only once the interchange runs).
-    """
-    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
-    from parsl.providers.kubernetes.template import template_string
-    from parsl.utils import sanitize_dns_subdomain_rfc1123
-
-    run_dir = Path(os.path.abspath(run_dir))
-
-    class _Shown:   # what format_launch reads of an executor
-        cores_per_worker, launch_cmd, worker_logdir_root = 1.0, DEFAULT_LAUNCH_CMD, common.worker_logdir(run_dir)
-        heartbeat_period, heartbeat_threshold = common.HEARTBEAT.values()
-
-    launch = common.format_launch(_Shown, site.kubernetes.workers_per_pod)
-    cmd_string = template_string.format(command=launch, worker_init=worker_init(site))
-    pod_name = f"{sanitize_dns_subdomain_rfc1123(site.kubernetes.pod_name)}.{RENDER_JOB_ID}"
-    pod = worker_pod(site, run_dir, pod_name, RENDER_JOB_ID, cmd_string)
-    return {"worker-pod.yaml": _dump(pod), "driver-job.yaml": _dump(driver_job(site, run_dir, command))}
-
-
-def _fail(site, field: str, problem: str, fix: str):
-    raise InputError(problem, path=site.source, field=f"kubernetes.{field}" if field else None, fix=fix)
-
-
-def _check_offline(site, run_dir: Path) -> None:
-    opts = site.kubernetes
-    if not site.container.image:
-        raise InputError("no image for the worker pods", path=site.source, field="container.image",
-                         fix="set container.image to the spibatch image in your registry (see containers/)")
-    if site.container.runtime in ("apptainer", "charliecloud"):
-        raise InputError(f"Kubernetes runs OCI images, not {site.container.runtime}", path=site.source,
-                         field="container.runtime", fix="set container.runtime: docker and container.image to an "
-                         "image reference (registry/name:tag)")
-    if site.emc_mode != "htc":
-        raise InputError("EMC in hpc mode (one MPI job) is not supported on Kubernetes", path=site.source,
-                         field="emc_mode", fix="set emc_mode: htc (one task per shard per iteration), or run "
-                         "EMC in hpc mode on a Slurm site")
-    for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
-        problem = quantity_problem(getattr(opts, field))
-        if problem:
-            _fail(site, field, problem, "write a Kubernetes quantity, e.g. 500m or 2 (CPU), 512Mi or 4Gi (memory)")
-    run_text = _run_dir_text(run_dir)
-    mount = opts.mount_path.rstrip("/") or "/"
-    if not (run_text == mount or run_text.startswith(mount.rstrip("/") + "/")):
-        _fail(site, "mount_path", f"the run directory {run_text} is not inside the PVC mount path {opts.mount_path}",
-              "put the run directory on the shared filesystem (--runs-dir under mount_path), or set mount_path "
-              "to the shared filesystem's path")
-    pod = yaml.safe_load(render(site, run_dir, ["spibatch"])["worker-pod.yaml"])
-    found = problems(pod)
-    if found:
-        _fail(site, "", f"the worker pod would be invalid: {found[0]}", "fix the kubernetes section")
-
-
-def _api():
+def _client():
+    """The kubernetes client's modules (client, config, ApiException); Unreachable is raised by the caller."""
     from kubernetes import client, config
-
-    try:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-    except config.config_exception.ConfigException:
-        config.load_incluster_config()
-    return client.CoreV1Api()
-
-
-def preflight(site, run_dir: Path) -> None:
-    """Image, quantities, PVC mount path and the pod itself; then ask the API server that the
-    namespace and the PVC exist.  InputError (one line) on the first problem."""
-    _check_offline(site, run_dir)
-    opts = site.kubernetes
-    try:
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.config.config_exception import ConfigException
-    except ImportError:
-        raise InputError("the kubernetes client is not installed", path=site.source, field="provider",
-                         fix="pip install 'spibatch[k8s]'") from None
-    try:
-        api = _api()
-    except ConfigException:
-        raise InputError("no Kubernetes cluster configured (no kubeconfig, not inside a pod)", path=site.source,
-                         field="provider", fix="set KUBECONFIG or run where `kubectl get pods` works") from None
-    try:
-        api.read_namespace(opts.namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            _fail(site, "namespace", f"namespace {opts.namespace} does not exist on the cluster",
-                  f"create it (kubectl create namespace {opts.namespace}) or name an existing one")
-        if exc.status != 403:   # a namespaced service account may not read namespaces: the PVC check below tells
-            _fail(site, "namespace", f"the API server answered {exc.status} {exc.reason}", "check the cluster")
-    try:
-        api.read_namespaced_persistent_volume_claim(opts.pvc, opts.namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            _fail(site, "pvc", f"PersistentVolumeClaim {opts.pvc} does not exist in namespace {opts.namespace}",
-                  "install the Helm chart (it creates the PVC) or name an existing claim")
-        if exc.status != 403:
-            _fail(site, "pvc", f"the API server answered {exc.status} {exc.reason}", "check the cluster")
-
-
-def check_rendered(site, files: dict[str, str]) -> list[str]:
-    """Ask the API server to admit the dry run's worker pod without creating it (``dryRun=All``:
-    schema, admission, pod security, quotas, RBAC).  One note; InputError when it refuses."""
     from kubernetes.client.exceptions import ApiException
 
-    pod = yaml.safe_load(files["worker-pod.yaml"])
-    try:
-        _api().create_namespaced_pod(site.kubernetes.namespace, pod, dry_run="All")
-    except ApiException as exc:
-        reason = " ".join(str(getattr(exc, "body", "") or exc.reason).split())[:300]
-        raise InputError(f"the API server refuses the worker pod ({exc.status}: {reason})", path=site.source,
-                         field="kubernetes", fix="see the reason; fix the kubernetes section or the namespace's "
-                         "policy") from None
-    return [f"worker-pod.yaml: admitted by the API server (dry run, namespace {site.kubernetes.namespace}); "
-            "nothing created"]
+    return client, config, ApiException
+
+
+class KubernetesProvider(Provider):
+    """A Kubernetes namespace: one worker pod per Parsl block; EMC in htc mode only."""
+
+    name = "kubernetes"
+    Options = KubernetesOptions
+    default_emc_mode = "htc"
+    rendered_check = "the API server admits worker-pod.yaml (dryRun=All)"
+
+    def max_pods(self) -> int:
+        """Pods at once: enough for the site's workers."""
+        return max(1, math.ceil(self.site.workers / self.options.workers_per_pod))
+
+    def node_cores(self) -> int:
+        """CPUs one pod may use (its CPU limit, at least 1): the pipeline splits them among the pod's workers."""
+        return max(1, int(parse_quantity(self.options.cpu_limit)))
+
+    def ranks_per_node(self) -> int:
+        """Workers sharing one pod."""
+        return self.options.workers_per_pod
+
+    def worker_init(self) -> str:
+        """Shell lines a pod runs before the worker pool (the user's ``worker_init``)."""
+        return self.options.worker_init.strip()
+
+    def interchange_address(self) -> str:
+        """Where pods reach the driver: the option, else $SPIBATCH_INTERCHANGE_ADDRESS, else this host."""
+        if self.options.interchange_address:
+            return self.options.interchange_address
+        if os.environ.get(ADDRESS_ENV):
+            return os.environ[ADDRESS_ENV]
+        from parsl.addresses import address_by_hostname
+
+        return address_by_hostname()
+
+    def _parsl_provider(self, run_dir: Path):
+        opts = self.options
+        return _parsl_provider_class()(
+            self.site, run_dir, image=self.site.container.image or "", namespace=opts.namespace, init_blocks=1,
+            min_blocks=0, max_blocks=self.max_pods(), max_cpu=float(parse_quantity(opts.cpu_limit)),
+            max_mem=opts.memory_limit, init_cpu=float(parse_quantity(opts.cpu_request)),
+            init_mem=opts.memory_request, worker_init=self.worker_init(), pod_name=opts.pod_name,
+            persistent_volumes=[(opts.pvc, opts.mount_path)], service_account_name=opts.service_account,
+            run_as_non_root=True, user_id=str(opts.run_as_user), group_id=str(opts.run_as_group),
+            secret=opts.image_pull_secret)
+
+    def parsl_config(self, run_dir: Path):
+        """One HTEX whose blocks are worker pods (KubernetesProvider); needs a kubeconfig or in-cluster access.
+        Parsl's own launch command (the pod is the container), ``workers_per_pod`` workers each, encrypted."""
+        from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+
+        run_dir = Path(os.path.abspath(run_dir))
+        executor = common.htex(self.site, self._parsl_provider(run_dir), run_dir,
+                               address=self.interchange_address(), gpus=self.options.gpus,
+                               workers=self.options.workers_per_pod, launch=DEFAULT_LAUNCH_CMD,
+                               worker_port=self.options.worker_port)
+        return common.config([executor], run_dir, strategy_period=self.options.strategy_period_s,
+                             max_idletime=self.options.max_idletime_s)
+
+    def render(self, run_dir: Path, command: list[str]) -> Rendered:
+        """The worker pod the provider would create and the driver Job, as YAML.
+
+        The pod's job id is shown as 00000000 and the interchange's ports and address as
+        placeholders (Parsl knows them only once the interchange runs).
+        """
+        from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+        from parsl.providers.kubernetes.template import template_string
+        from parsl.utils import sanitize_dns_subdomain_rfc1123
+
+        run_dir = Path(os.path.abspath(run_dir))
+
+        class _Shown:   # what format_launch reads of an executor (common.htex's settings)
+            label, encrypted, cores_per_worker, launch_cmd = TASKS_LABEL, True, 1.0, DEFAULT_LAUNCH_CMD
+            worker_logdir_root, worker_port = common.worker_logdir(run_dir), self.options.worker_port
+            heartbeat_period, heartbeat_threshold = common.HEARTBEAT.values()
+
+        launch = common.format_launch(_Shown, self.options.workers_per_pod, run_dir)
+        cmd_string = template_string.format(command=launch, worker_init=self.worker_init())
+        pod_name = f"{sanitize_dns_subdomain_rfc1123(self.options.pod_name)}.{RENDER_JOB_ID}"
+        pod = worker_pod(self.site, run_dir, pod_name, RENDER_JOB_ID, cmd_string)
+        return Rendered({"worker-pod.yaml": dump(pod), "driver-job.yaml": dump(driver_job(self.site, run_dir, command))})
+
+    # ---------------------------------------------------------------- checks
+
+    def check_site(self, run_dir: Path) -> None:
+        """Image, runtime, mode, quantities, the run directory inside the PVC's mount path, and our checks of
+        the worker pod; no cluster and no client needed."""
+        opts, site = self.options, self.site
+        if not site.container.image:
+            raise self.fail("no image for the worker pods", "container.image",
+                            "set container.image to the spibatch image in your registry (see containers/)")
+        if site.container.runtime in ("apptainer", "charliecloud"):
+            raise self.fail(f"Kubernetes runs OCI images, not {site.container.runtime}", "container.runtime",
+                            "set container.runtime: docker and container.image to an image reference "
+                            "(registry/name:tag)")
+        if site.emc_mode != "htc":
+            raise self.fail("EMC in hpc mode (one MPI job) is not supported on Kubernetes", "emc_mode",
+                            "set emc_mode: htc (one task per shard per iteration), or run EMC in hpc mode on a "
+                            "Slurm site")
+        for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "tmp_size_limit"):
+            problem = quantity_problem(getattr(opts, field))
+            if problem:
+                raise self.fail(problem, f"kubernetes.{field}", "write a Kubernetes quantity, e.g. 500m or 2 "
+                                "(CPU), 512Mi or 4Gi (memory)")
+        run_text = run_dir_text(run_dir)
+        mount = opts.mount_path.rstrip("/") or "/"
+        if not (run_text == mount or run_text.startswith(mount.rstrip("/") + "/")):
+            raise self.fail(f"the run directory {run_text} is not inside the PVC mount path {opts.mount_path}",
+                            "kubernetes.mount_path", "put the run directory on the shared filesystem (`spibatch "
+                            "run --out` a folder under mount_path, or output.runs_dir in the pipeline file), or "
+                            "set mount_path to the shared filesystem's path")
+        pod = yaml.safe_load(self.render(run_dir, ["spibatch"]).files["worker-pod.yaml"])
+        found = problems(pod)
+        if found:
+            raise self.fail(f"the worker pod would be invalid: {found[0]}", "kubernetes", "fix the kubernetes section")
+
+    def api(self):
+        """The CoreV1Api of the configured cluster (kubeconfig, else in-cluster); Unreachable without the
+        client or a cluster."""
+        try:
+            client, config, _ = _client()
+        except ImportError:
+            raise self.fail("the kubernetes client is not installed", "provider", "pip install 'spibatch[k8s]'",
+                            unreachable=True) from None
+        try:
+            try:
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+            except config.config_exception.ConfigException:
+                config.load_incluster_config()
+        except config.config_exception.ConfigException:
+            raise self.fail("no Kubernetes cluster configured (no kubeconfig, not inside a pod)", "provider",
+                            "set KUBECONFIG or run where `kubectl get pods` works", unreachable=True) from None
+        return client.CoreV1Api()
+
+    def _read(self, field: str, read, missing: str, fix: str) -> list[str]:
+        """Ask the API server for one object: [] when it exists (or we may not read it: 403), InputError on 404."""
+        api = self.api()
+        _, _, ApiException = _client()
+        try:
+            read(api)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise self.fail(missing, field, fix) from None
+            if exc.status != 403:   # a namespaced service account may not read namespaces: the PVC check tells
+                raise self.fail(f"the API server answered {exc.status} {exc.reason}", field,
+                                "check the cluster") from None
+        return []
+
+    def cluster_checks(self, run_dir: Path) -> list[Check]:
+        """The namespace and the PVC exist (asks the API server)."""
+        ns, pvc = self.options.namespace, self.options.pvc
+        return [
+            Check(f"namespace {ns} exists", lambda: self._read(
+                "kubernetes.namespace", lambda api: api.read_namespace(ns),
+                f"namespace {ns} does not exist on the cluster",
+                f"create it (kubectl create namespace {ns}) or name an existing one")),
+            Check(f"PersistentVolumeClaim {pvc} exists in namespace {ns}", lambda: self._read(
+                "kubernetes.pvc", lambda api: api.read_namespaced_persistent_volume_claim(pvc, ns),
+                f"PersistentVolumeClaim {pvc} does not exist in namespace {ns}",
+                "install the Helm chart (it creates the PVC) or name an existing claim")),
+        ]
+
+    def check_rendered(self, rendered: Rendered) -> list[str]:
+        """Ask the API server to admit the dry run's worker pod without creating it (``dryRun=All``:
+        schema, admission, pod security, quotas, RBAC).  One note; InputError when it refuses."""
+        api = self.api()
+        _, _, ApiException = _client()
+        pod = yaml.safe_load(rendered.files["worker-pod.yaml"])
+        try:
+            api.create_namespaced_pod(self.options.namespace, pod, dry_run="All")
+        except ApiException as exc:
+            reason = " ".join(str(getattr(exc, "body", "") or exc.reason).split())[:300]
+            raise self.fail(f"the API server refuses the worker pod ({exc.status}: {reason})", "kubernetes",
+                            "see the reason; fix the kubernetes section or the namespace's policy") from None
+        return [f"worker-pod.yaml: admitted by the API server (dry run, namespace {self.options.namespace}); "
+                "nothing created"]

@@ -6,6 +6,7 @@ container, when one is set) as one task; in HTC mode one task per shard per iter
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
@@ -14,15 +15,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from spibatch.backends import TASKS_LABEL
+from spibatch.backends import launchers
 from spibatch.backends import parsl_common as common
+from spibatch.backends.base import TASKS_LABEL, Launch, Provider, Rendered
 from spibatch.backends.containers import check as check_container
-from spibatch.backends.containers import prefix
 from spibatch.yaml_models import Section
-from spibatch.errors import InputError
 
 
-class Options(Section):
+class LocalOptions(Section):
     """The ``local:`` section."""
 
     cores: int | None = Field(None, ge=1, description="cores the workers share; default: the cores this process "
@@ -34,71 +34,68 @@ class Options(Section):
     worker_init: str = Field("", description="shell lines run before the workers start")
 
 
-def cores(site) -> int:
-    if site.local.cores:
-        return site.local.cores
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def uses_mpi(site) -> bool:
-    """Whether HPC-mode EMC runs under mpirun on this site."""
-    if site.local.mpi == "off" or site.workers == 1:
-        return False
-    if site.local.mpi == "mpirun":
-        return True
-    import importlib.util
-
+def _has_mpi() -> bool:
     return shutil.which("mpirun") is not None and importlib.util.find_spec("mpi4py") is not None
 
 
-def _provider(site):
-    from parsl.providers import LocalProvider
+class LocalProvider(Provider):
+    """This machine: HTEX workers on 127.0.0.1; HPC-mode EMC under mpirun (or one process)."""
 
-    return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
-                         worker_init=common.worker_init(site, site.local.worker_init))
+    name = "local"
+    Options = LocalOptions
+    default_emc_mode = "hpc"
+    supports_hpc = True
 
+    def node_cores(self) -> int:
+        """The ``local.cores`` option, else the cores this process may use."""
+        if self.options.cores:
+            return self.options.cores
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:          # not on Linux
+            return os.cpu_count() or 1
 
-def parsl_config(site, run_dir: Path):
-    """One HTEX of ``workers`` workers on this machine, driver and workers on 127.0.0.1."""
-    executor = common.htex(site, _provider(site), run_dir, address="127.0.0.1")
-    return common.config([executor], run_dir, strategy_period=site.local.strategy_period_s, max_idletime=120.0)
+    def uses_mpi(self) -> bool:
+        """Whether HPC-mode EMC runs under mpirun on this site."""
+        if self.options.mpi == "off" or self.site.workers == 1:
+            return False
+        return self.options.mpi == "mpirun" or _has_mpi()
 
+    def _parsl_provider(self):
+        from parsl.providers import LocalProvider as ParslLocalProvider
 
-def emc_launch(site, run_dir: Path, command: list[str], ranks: int | None = None) -> tuple[str, str, dict]:
-    """(executor label, shell command, resource spec) of the HPC-mode EMC job of ``ranks`` (default workers)."""
-    ranks = site.workers if ranks is None else ranks
-    inner = prefix(site.container, [run_dir]) + command
-    if uses_mpi(site) and ranks > 1:
-        inner = ["mpirun", "-n", str(ranks), "--bind-to", "none",
-                 "-x", f"NUMBA_NUM_THREADS={max(1, cores(site) // ranks)}"] + inner
-    return TASKS_LABEL, shlex.join(inner), {}
+        return ParslLocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
+                                  worker_init=common.worker_init(self.site, self.options.worker_init))
 
+    def parsl_config(self, run_dir: Path):
+        """One HTEX of ``workers`` workers on this machine, driver and workers on 127.0.0.1."""
+        executor = common.htex(self.site, self._parsl_provider(), run_dir, address="127.0.0.1")
+        return common.config([executor], run_dir, strategy_period=self.options.strategy_period_s, max_idletime=120.0)
 
-def node_cores(site) -> int:
-    """Cores of one node of this site (threads are shared out of them)."""
-    return cores(site)
+    def emc_launch(self, run_dir: Path, command: list[str], ranks: int | None = None) -> Launch:
+        """On the tasks executor: ``mpirun -n ranks`` (when MPI is used and ranks > 1) of the container of the command."""
+        ranks = self.site.workers if ranks is None else ranks
+        line = launchers.container(self.site.container, [run_dir])(launchers.words(command))
+        if self.uses_mpi() and ranks > 1:
+            line = launchers.mpirun(ranks, max(1, self.node_cores() // ranks))(line)
+        return Launch(TASKS_LABEL, line)
 
+    def render(self, run_dir: Path, command: list[str]) -> Rendered:
+        """The worker command Parsl would start and the EMC job's command."""
+        executor = self.parsl_config(run_dir).executors[0]
+        provider = executor.provider
+        worker = common.format_launch(executor, self.site.workers, run_dir)
+        files = {"workers.sh": "#!/bin/bash\n" + (provider.worker_init + "\n" if provider.worker_init else "")
+                 + worker + "\n",
+                 "driver.txt": shlex.join(command) + "\n"}
+        if self.site.emc_mode == "hpc":
+            launch = self.emc_launch(run_dir, common.emc_command(self.site, run_dir))
+            files["emc-hpc.sh"] = "#!/bin/bash\n" + launch.command + "\n"
+        return Rendered(files)
 
-def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:
-    """The dry run: the worker command Parsl would start and the EMC job's command."""
-    executor = parsl_config(site, run_dir).executors[0]
-    provider = executor.provider
-    worker = common.format_launch(executor, site.workers)
-    files = {"workers.sh": "#!/bin/bash\n" + (provider.worker_init + "\n" if provider.worker_init else "")
-             + worker + "\n",
-             "driver.txt": shlex.join(command) + "\n"}
-    if site.emc_mode == "hpc":
-        files["emc-hpc.sh"] = "#!/bin/bash\n" + emc_launch(site, run_dir, common.emc_command(site, run_dir))[1] + "\n"
-    return files
-
-
-def preflight(site, run_dir: Path) -> None:
-    """Container runtime and image present; mpirun and mpi4py when ``local.mpi: mpirun``."""
-    check_container(site.container, site.source)
-    if site.local.mpi == "mpirun" and site.emc_mode == "hpc":
-        import importlib.util
-
-        if shutil.which("mpirun") is None or importlib.util.find_spec("mpi4py") is None:
-            raise InputError("local.mpi is mpirun, but mpirun or mpi4py is missing", path=site.source,
-                             field="local.mpi", fix="install an MPI and `pip install 'spibatch[mpi]'`, "
-                             "or set local.mpi: auto")
+    def check_site(self, run_dir: Path) -> None:
+        """Container runtime and image present; mpirun and mpi4py when ``local.mpi: mpirun``."""
+        check_container(self.site.container, self.site.source)
+        if self.options.mpi == "mpirun" and self.site.emc_mode == "hpc" and not _has_mpi():
+            raise self.fail("local.mpi is mpirun, but mpirun or mpi4py is missing", "local.mpi",
+                            "install an MPI and `pip install 'spibatch[mpi]'`, or set local.mpi: auto")

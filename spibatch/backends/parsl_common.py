@@ -1,6 +1,16 @@
 """Pieces every Parsl-based provider shares: the environment's bin/ on PATH, the HTEX worker
 launch command inside the container, the worker environment, and the dry-run rendering of a
-Parsl provider's submit script (the very text its ``submit`` writes)."""
+Parsl provider's submit script (the very text its ``submit`` writes).
+
+Encryption: every HighThroughputExecutor here is built with ``encrypted=True`` (Parsl's CurveZMQ:
+the interchange and each worker pool hold keys in ``runinfo/<NNN>/<label>/certificates``, a 0700
+folder, and the interchange accepts only workers with those keys).  It needs pyzmq built with
+CURVE (``zmq.has("curve")``; the pyzmq wheels are), no extra package.  On Slurm and Kubernetes the
+workers reach the driver over the network, where anyone on it could otherwise read the pickled
+tasks or answer as a worker.  On the local site too: 127.0.0.1 does not leave the host, but every
+user of a shared host (a login node) can connect to its loopback ports, and the driver unpickles
+what comes back, so a site never turns it off.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from spibatch.backends import TASKS_LABEL
-from spibatch.backends.containers import prefix_text
+from spibatch.backends import launchers
+from spibatch.backends.base import TASKS_LABEL
 
 PLACEHOLDERS = {  # what the dry run shows where Parsl fills in values known only once the interchange runs
     "debug": "", "max_workers_per_node": "--max_workers_per_node={workers}", "addresses": "<driver address>",
@@ -39,11 +49,15 @@ def python_words(site) -> list[str]:
     return [sys.executable] if site.container.runtime == "none" else ["python3"]
 
 
-def emc_command(site, run_dir: Path, resume: bool = False) -> list[str]:
-    """The HPC-mode EMC job's words for each rank: ``spibatch emc <run>/emc.yaml --out|--resume <run>/emc``."""
-    out = str(Path(run_dir) / "emc")
-    return python_words(site) + ["-m", "spibatch", "emc", str(Path(run_dir) / "emc.yaml"),
-                                 "--resume" if resume else "--out", out]
+def stage_command(site, stage: str, run_dir: Path) -> list[str]:
+    """The words that run one stage of a run folder as a process of its own (every rank of an MPI job runs
+    them): ``python -m spibatch.stages STAGE RUN_DIR`` (:mod:`spibatch.stages.__main__`)."""
+    return python_words(site) + ["-m", "spibatch.stages", stage, str(Path(run_dir))]
+
+
+def emc_command(site, run_dir: Path) -> list[str]:
+    """The HPC-mode EMC job's words for each rank: ``python -m spibatch.stages emc RUN_DIR``."""
+    return stage_command(site, "emc", run_dir)
 
 
 def worker_init(site, extra: str = "") -> str:
@@ -59,10 +73,11 @@ def worker_init(site, extra: str = "") -> str:
 
 
 def launch_cmd(site, run_dir: Path) -> str:
-    """HTEX's worker-pool command, run inside the site's container (run directory bound)."""
+    """HTEX's worker-pool command, run inside the site's container (run directory bound): Parsl's
+    template, its ``{placeholders}`` filled in when the interchange runs."""
     from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
-    return prefix_text(site.container, [run_dir], workdir=run_dir) + DEFAULT_LAUNCH_CMD
+    return launchers.container(site.container, [run_dir], workdir=run_dir)(DEFAULT_LAUNCH_CMD)
 
 
 def accelerators(gpus: int | None) -> list[str]:
@@ -78,17 +93,18 @@ HEARTBEAT = {"heartbeat_period": 5, "heartbeat_threshold": 60}
 
 def htex(site, provider, run_dir: Path, *, label: str = TASKS_LABEL, cores_per_worker: float = 1.0,
          address: str | None = None, gpus: int | None = None, workers: int | None = None,
-         launch: str | None = None):
+         launch: str | None = None, worker_port: int | None = None):
     """The HighThroughputExecutor running stages and tasks: ``workers`` (default ``site.workers``) workers
     per block (with ``gpus`` a node: one GPU each, see :func:`accelerators`); ``launch``: the worker launch
-    command (default: Parsl's behind the site's container prefix)."""
+    command (default: Parsl's behind the site's container prefix); ``worker_port``: the one port the
+    interchange takes workers on (default: one Parsl picks in 54000-55000).  Encrypted (see above)."""
     from parsl.executors import HighThroughputExecutor
 
-    return HighThroughputExecutor(label=label, provider=provider, address=address,
+    return HighThroughputExecutor(label=label, provider=provider, address=address, encrypted=True,
                                   max_workers_per_node=site.workers if workers is None else workers,
                                   available_accelerators=accelerators(gpus), cores_per_worker=cores_per_worker,
                                   launch_cmd=launch_cmd(site, run_dir) if launch is None else launch,
-                                  worker_logdir_root=worker_logdir(run_dir), **HEARTBEAT)
+                                  worker_logdir_root=worker_logdir(run_dir), worker_port=worker_port, **HEARTBEAT)
 
 
 def worker_logdir(run_dir: Path) -> str:
@@ -104,9 +120,16 @@ def config(executors: list, run_dir: Path, *, strategy_period: float, max_idleti
                   strategy_period=strategy_period, max_idletime=max_idletime, initialize_logging=True)
 
 
-def format_launch(executor, workers: int) -> str:
+def cert_dir(run_dir: Path, label: str) -> str:
+    """Where Parsl writes an encrypted executor's keys in a run (``<NNN>``: the run's number in runinfo/)."""
+    return f"{Path(run_dir) / 'runinfo'}/<NNN>/{label}/certificates"
+
+
+def format_launch(executor, workers: int, run_dir: Path) -> str:
     """The executor's launch command with placeholders where the real one has ports and addresses."""
     values = dict(PLACEHOLDERS)
+    values["cert_dir"] = cert_dir(run_dir, executor.label) if executor.encrypted else "None"
+    values["worker_port"] = executor.worker_port or PLACEHOLDERS["worker_port"]
     values["max_workers_per_node"] = f"--max_workers_per_node={workers}"
     values["cores_per_worker"] = executor.cores_per_worker
     values["logdir"] = executor.worker_logdir_root or "<runinfo>"

@@ -1,13 +1,14 @@
 """The Slurm site: Parsl's SlurmProvider.
 
-Executors (see :mod:`spibatch.backends`): ``tasks``, an HTEX whose worker pool is started
+Executors (see :mod:`spibatch.backends.base`): ``tasks``, an HTEX whose worker pool is started
 with ``srun`` in a batch job (inside the container, when one is set), for the stages,
 the phasing starts and the HTC-mode EMC tasks; and, in HPC mode, ``mpi``, Parsl's
-MPIExecutor in its own batch job, which runs ``spibatch emc`` as one MPI job of
-``workers`` ranks: ``$PARSL_MPI_PREFIX`` (``srun --ntasks N ...``) with ``--mpi=pmi2``
-(PMIx hangs with Debian's Slurm + OpenMPI) and ``--overlap`` (an srun inside the
+MPIExecutor in its own batch job, which runs the EMC job as one MPI job of ``workers``
+ranks: ``$PARSL_MPI_PREFIX`` (``srun --ntasks N ...``) with ``slurm.mpi_options`` (default
+``--mpi=pmix``: the PMI Debian's OpenMPI was built for, and ``--overlap``: an srun inside the
 worker's own step), each rank inside the container.  Idle blocks are given back after
-``max_idletime_s``, so the two jobs can take turns on the same nodes.
+``max_idletime_s``, so the two jobs can take turns on the same nodes.  Both executors are
+encrypted (the workers reach the driver over the network).
 """
 
 from __future__ import annotations
@@ -20,17 +21,16 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from spibatch.backends import MPI_LABEL, TASKS_LABEL
+from spibatch.backends import launchers
 from spibatch.backends import parsl_common as common
+from spibatch.backends.base import MPI_LABEL, TASKS_LABEL, Check, Launch, Provider, Rendered
 from spibatch.backends.containers import check as check_container
-from spibatch.backends.containers import prefix
 from spibatch.yaml_models import Section
-from spibatch.errors import InputError
 
 WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
 
 
-class Options(Section):
+class SlurmOptions(Section):
     """The ``slurm:`` section (as Parsl's SlurmProvider)."""
 
     partition: str | None = Field(None, description="partition (sinfo lists them); default: the cluster's default")
@@ -63,119 +63,151 @@ class Options(Section):
         return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
-def _provider(site, launcher, *, init_blocks: int, cores: int | None):
-    from parsl.providers import SlurmProvider
-
-    opts = site.slurm
-    return SlurmProvider(partition=opts.partition, account=opts.account, qos=opts.qos, walltime=opts.walltime,
-                         nodes_per_block=opts.nodes, cores_per_node=cores, mem_per_node=opts.mem_per_node_gb,
-                         gpus_per_node=opts.gpus_per_node, exclusive=opts.exclusive,
-                         scheduler_options=opts.scheduler_options, init_blocks=init_blocks, min_blocks=0,
-                         max_blocks=1, worker_init=common.worker_init(site, opts.worker_init), launcher=launcher)
+PROGRAMS = ("sbatch", "sinfo", "srun")   # what a Slurm login node has on PATH
 
 
-def ranks_per_node(site) -> int:
-    return max(1, -(-site.workers // site.slurm.nodes))
+class SlurmProvider(Provider):
+    """A Slurm cluster through Parsl's SlurmProvider: HTEX workers by srun in a batch job, the
+    HPC-mode EMC job on Parsl's MPIExecutor (``$PARSL_MPI_PREFIX``) in its own batch job."""
 
+    name = "slurm"
+    Options = SlurmOptions
+    default_emc_mode = "hpc"
+    supports_hpc = True
+    rendered_check = "sbatch --test-only of each batch script"
 
-def executors(site, run_dir: Path) -> list:
-    from parsl.executors import MPIExecutor
-    from parsl.launchers import SimpleLauncher, SrunLauncher
+    def _parsl_provider(self, launcher, *, init_blocks: int, cores: int | None):
+        from parsl.providers import SlurmProvider as ParslSlurmProvider
 
-    opts = site.slurm
-    per_node = ranks_per_node(site)
-    tasks = common.htex(site, _provider(site, SrunLauncher(debug=False), init_blocks=1, cores=opts.cores_per_node),
-                        run_dir, gpus=opts.gpus_per_node)
-    tasks.max_workers_per_node = per_node if not opts.gpus_per_node else min(per_node, opts.gpus_per_node)
-    out = [tasks]
-    if site.emc_mode == "hpc":
-        mpi = MPIExecutor(label=MPI_LABEL, max_workers_per_block=1, mpi_launcher="srun",
-                          provider=_provider(site, SimpleLauncher(), init_blocks=0,
-                                             cores=opts.cores_per_node or per_node),
-                          worker_logdir_root=common.worker_logdir(run_dir), **common.HEARTBEAT)
-        out.append(mpi)
-    return out
+        opts = self.options
+        return ParslSlurmProvider(partition=opts.partition, account=opts.account, qos=opts.qos,
+                                  walltime=opts.walltime, nodes_per_block=opts.nodes, cores_per_node=cores,
+                                  mem_per_node=opts.mem_per_node_gb, gpus_per_node=opts.gpus_per_node,
+                                  exclusive=opts.exclusive, scheduler_options=opts.scheduler_options,
+                                  init_blocks=init_blocks, min_blocks=0, max_blocks=1,
+                                  worker_init=common.worker_init(self.site, opts.worker_init), launcher=launcher)
 
+    def ranks_per_node(self) -> int:
+        """Workers (MPI ranks) per node: the site's workers spread over ``slurm.nodes``."""
+        return max(1, -(-self.site.workers // self.options.nodes))
 
-def parsl_config(site, run_dir: Path):
-    return common.config(executors(site, run_dir), run_dir, strategy_period=site.slurm.strategy_period_s,
-                         max_idletime=site.slurm.max_idletime_s)
+    def node_cores(self) -> int:
+        """Cores of one node: ``slurm.cores_per_node``, else one per rank."""
+        return self.options.cores_per_node or self.ranks_per_node()
 
+    def executors(self, run_dir: Path) -> list:
+        """``tasks`` (HTEX, srun-started worker pool, one GPU per worker where there are GPUs) and, in hpc
+        mode, ``mpi`` (MPIExecutor, one worker per block, which runs the EMC job's srun); both encrypted."""
+        from parsl.executors import MPIExecutor
+        from parsl.launchers import SimpleLauncher, SrunLauncher
 
-def emc_launch(site, run_dir: Path, command: list[str], ranks: int | None = None) -> tuple[str, str, dict]:
-    """(executor label, shell command, resource spec) of the HPC-mode EMC job: srun's prefix, then each rank."""
-    ranks = site.workers if ranks is None else ranks
-    inner = shlex.join(prefix(site.container, [run_dir]) + command)
-    nodes = min(site.slurm.nodes, ranks)
-    spec = {"num_nodes": nodes, "num_ranks": ranks, "ranks_per_node": -(-ranks // nodes),   # given: Parsl would
-            "launcher_options": site.slurm.mpi_options}                                       # write "2.0"
-    return MPI_LABEL, f"$PARSL_MPI_PREFIX {inner}", spec
+        opts = self.options
+        per_node = self.ranks_per_node()
+        tasks = common.htex(self.site, self._parsl_provider(SrunLauncher(debug=False), init_blocks=1,
+                                                            cores=opts.cores_per_node),
+                            run_dir, gpus=opts.gpus_per_node)
+        tasks.max_workers_per_node = per_node if not opts.gpus_per_node else min(per_node, opts.gpus_per_node)
+        out = [tasks]
+        if self.site.emc_mode == "hpc":
+            mpi = MPIExecutor(label=MPI_LABEL, max_workers_per_block=1, mpi_launcher="srun", encrypted=True,
+                              provider=self._parsl_provider(SimpleLauncher(), init_blocks=0,
+                                                            cores=opts.cores_per_node or per_node),
+                              worker_logdir_root=common.worker_logdir(run_dir), **common.HEARTBEAT)
+            out.append(mpi)
+        return out
 
+    def parsl_config(self, run_dir: Path):
+        return common.config(self.executors(run_dir), run_dir, strategy_period=self.options.strategy_period_s,
+                             max_idletime=self.options.max_idletime_s)
 
-def node_cores(site) -> int:
-    """Cores of one node of this site (threads are shared out of them)."""
-    return site.slurm.cores_per_node or ranks_per_node(site)
+    def emc_launch(self, run_dir: Path, command: list[str], ranks: int | None = None) -> Launch:
+        """On the mpi executor: ``$PARSL_MPI_PREFIX`` (srun) of the container of the command."""
+        ranks = self.site.workers if ranks is None else ranks
+        line = launchers.PARSL_MPI(launchers.container(self.site.container, [run_dir])(launchers.words(command)))
+        nodes = min(self.options.nodes, ranks)
+        spec = {"num_nodes": nodes, "num_ranks": ranks, "ranks_per_node": -(-ranks // nodes),   # given: Parsl
+                "launcher_options": self.options.mpi_options}                                     # would write "2.0"
+        return Launch(MPI_LABEL, line, spec)
 
+    def render(self, run_dir: Path, command: list[str]) -> Rendered:
+        """Each batch script exactly as Parsl's SlurmProvider writes it, and the EMC job's command."""
+        files = {"driver.txt": shlex.join(command) + "\n"}
+        scripts = run_dir / "runinfo" / "<NNN>" / "submit_scripts"   # Parsl's folder for them in a real run
+        for executor in self.executors(run_dir):
+            per_node = self.ranks_per_node() if executor.label == TASKS_LABEL else 1
+            launch = common.format_launch(executor, per_node, run_dir)
+            files[f"sbatch-{executor.label}.sh"] = common.render_submit(executor.provider, launch, scripts,
+                                                                        f"parsl.{executor.label}.block-0")
+        if self.site.emc_mode == "hpc":
+            launch = self.emc_launch(run_dir, common.emc_command(self.site, run_dir))
+            ranks = launch.resources["num_ranks"]
+            files["emc-hpc.sh"] = (f"# on the mpi block: PARSL_MPI_PREFIX = srun --ntasks {ranks} --ntasks-per-node "
+                                   f"{self.ranks_per_node()} --nodelist <block's nodes> --nodes {self.options.nodes} "
+                                   f"{launch.resources['launcher_options']}\n{launch.command}\n")
+        return Rendered(files)
 
-def render(site, run_dir: Path, command: list[str]) -> dict[str, str]:
-    """The dry run: each batch script exactly as Parsl's SlurmProvider writes it, and the EMC job's command."""
-    files = {"driver.txt": shlex.join(command) + "\n"}
-    scripts = run_dir / "runinfo" / "<NNN>" / "submit_scripts"   # Parsl's folder for them in a real run
-    for executor in executors(site, run_dir):
-        per_node = ranks_per_node(site) if executor.label == TASKS_LABEL else 1
-        launch = common.format_launch(executor, per_node)
-        files[f"sbatch-{executor.label}.sh"] = common.render_submit(executor.provider, launch, scripts,
-                                                                    f"parsl.{executor.label}.block-0")
-    if site.emc_mode == "hpc":
-        _, line, spec = emc_launch(site, run_dir, common.emc_command(site, run_dir))
-        ranks = spec["num_ranks"]
-        files["emc-hpc.sh"] = (f"# on the mpi block: PARSL_MPI_PREFIX = srun --ntasks {ranks} --ntasks-per-node "
-                               f"{ranks_per_node(site)} --nodelist <block's nodes> --nodes {site.slurm.nodes} "
-                               f"{spec['launcher_options']}\n{line}\n")
-    return files
+    # ---------------------------------------------------------------- checks
 
+    def _programs(self) -> list[str]:
+        missing = [p for p in PROGRAMS if shutil.which(p) is None]
+        if missing:
+            raise self.fail(f"{missing[0]} is not on PATH", "provider",
+                            "run on a Slurm login node (or load the Slurm module)", unreachable=True)
+        return []
 
-def partitions() -> list[str]:
-    """Partition names ``sinfo`` lists (the default one without its ``*``)."""
-    result = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise InputError(f"sinfo failed: {(result.stderr or result.stdout).strip().splitlines()[:1]}",
-                         field="slurm", fix="run on a Slurm login node whose slurmctld answers")
-    return [p.strip().rstrip("*") for p in result.stdout.split() if p.strip()]
+    def partitions(self) -> list[str]:
+        """Partition names ``sinfo`` lists (the default one without its ``*``); Unreachable when sinfo fails."""
+        try:
+            result = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise self.fail(f"sinfo failed: {exc}", "provider",
+                            "run on a Slurm login node whose slurmctld answers", unreachable=True) from None
+        if result.returncode != 0:
+            said = " ".join((result.stderr or result.stdout).split())[:200] or f"exit status {result.returncode}"
+            raise self.fail(f"sinfo failed: {said}", "provider",
+                            "run on a Slurm login node whose slurmctld answers", unreachable=True)
+        return [p.strip().rstrip("*") for p in result.stdout.split() if p.strip()]
 
+    def _partition(self) -> list[str]:
+        names, part = self.partitions(), self.options.partition
+        if part is not None and part not in names:
+            raise self.fail(f"partition '{part}' does not exist (sinfo lists: {', '.join(names) or 'none'})",
+                            "slurm.partition", "use one that sinfo lists, or leave it out")
+        return []
 
-def preflight(site, run_dir: Path) -> None:
-    """sbatch and sinfo present, the partition exists (asks sinfo), the container can run."""
-    for program in ("sbatch", "sinfo", "srun"):
-        if shutil.which(program) is None:
-            raise InputError(f"{program} is not on PATH", path=site.source, field="provider",
-                             fix="run on a Slurm login node (or load the Slurm module)")
-    names = partitions()
-    part = site.slurm.partition
-    if part is not None and part not in names:
-        raise InputError(f"partition '{part}' does not exist (sinfo lists: {', '.join(names) or 'none'})",
-                         path=site.source, field="slurm.partition", fix="use one that sinfo lists, or leave it out")
-    check_container(site.container, site.source)
+    def _container(self) -> list[str]:
+        check_container(self.site.container, self.site.source)
+        return []
 
+    def cluster_checks(self, run_dir: Path) -> list[Check]:
+        """sbatch, sinfo and srun on PATH; the partition exists (sinfo); the container runtime and image."""
+        part = self.options.partition
+        checks = [Check("sbatch, sinfo and srun on PATH", self._programs),
+                  Check(f"partition {part} exists (sinfo)" if part else "sinfo answers", self._partition)]
+        if self.site.container.runtime != "none":
+            checks.append(Check(f"{self.site.container.runtime} and the image present", self._container))
+        return checks
 
-def check_rendered(site, files: dict[str, str]) -> list[str]:
-    """Ask ``sbatch --test-only`` about each rendered batch script (nothing is queued); one line each.
+    def check_rendered(self, rendered: Rendered) -> list[str]:
+        """Ask ``sbatch --test-only`` about each rendered batch script (nothing is queued); one line each.
 
-    InputError (one line, sbatch's words) when Slurm refuses one.
-    """
-    import tempfile
+        InputError (one line, sbatch's words) when Slurm refuses one.
+        """
+        import tempfile
 
-    notes = []
-    with tempfile.TemporaryDirectory(prefix="spibatch-dry-run-") as scratch:
-        for name, text in files.items():
-            if not name.startswith("sbatch-"):
-                continue
-            path = Path(scratch) / name
-            path.write_text(text, encoding="utf-8")
-            done = subprocess.run(["sbatch", "--test-only", str(path)], capture_output=True, text=True, timeout=60)
-            said = " ".join((done.stderr or done.stdout).split())
-            if done.returncode != 0:
-                raise InputError(f"sbatch --test-only refuses {name}: {said}", path=site.source, field="slurm",
-                                 fix="correct the slurm section (partition, walltime, nodes, cores, scheduler_options)")
-            notes.append(f"sbatch --test-only: {name} accepted ({said})")
-    return notes
+        self._programs()
+        notes = []
+        with tempfile.TemporaryDirectory(prefix="spibatch-dry-run-") as scratch:
+            for name, text in rendered.files.items():
+                if not name.startswith("sbatch-"):
+                    continue
+                path = Path(scratch) / name
+                path.write_text(text, encoding="utf-8")
+                done = subprocess.run(["sbatch", "--test-only", str(path)], capture_output=True, text=True,
+                                      timeout=60)
+                said = " ".join((done.stderr or done.stdout).split())
+                if done.returncode != 0:
+                    raise self.fail(f"sbatch --test-only refuses {name}: {said}", "slurm",
+                                    "correct the slurm section (partition, walltime, nodes, cores, scheduler_options)")
+                notes.append(f"sbatch --test-only: {name} accepted ({said})")
+        return notes

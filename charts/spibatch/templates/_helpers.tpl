@@ -11,6 +11,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
 {{- end -}}
 
+{{/* The site's name in the ConfigMap: worker pods carry it as their spibatch/site label. */}}
+{{- define "spibatch.siteName" -}}
+{{ include "spibatch.fullname" . | trunc 40 | trimSuffix "-" }}
+{{- end -}}
+
 {{- define "spibatch.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag }}
 {{- end -}}
