@@ -1,6 +1,7 @@
 """EMC peak memory on 100 000 frames of 128 x 128 pixels at ~1000 photons, num_div 6.
 
     python benchmarks/emc_memory_100k.py [--data DIR] [--iterations 1] [--frames-per-shard 4096]
+    python benchmarks/emc_memory_100k.py --start-model RUN/emc/output_001.h5 --beta 1.0
 
 Simulates the data set once (the geometry of benchmarks/simulate_100k.py; kept in
 --data for later runs), then runs ``spibatch emc`` in a child process and reports
@@ -33,7 +34,7 @@ def main() -> None:
     ap.add_argument("--num-div", type=int, default=6)
     ap.add_argument("--frames-per-shard", type=int, default=4096)
     ap.add_argument("--start-model", type=Path, default=None,
-                    help="start from this model (e.g. the output_001.h5 of a first run) instead of a random one")
+                    help="start from this model (e.g. RUN/emc/output_001.h5 of a first run) instead of a random one")
     ap.add_argument("--beta", type=float, default=None,
                     help="a fixed beta instead of Dragonfly's auto rule (1.0 with a start model: probabilities "
                     "as sharp as in a late iteration, so the pruned-probability term is small)")
@@ -41,8 +42,9 @@ def main() -> None:
 
     from simulate_100k import pipeline
 
-    from spibatch.io.dragonfly import photons_info
     from spibatch.detector import Detector
+    from spibatch.io.dragonfly import photons_info
+    from spibatch.layout import RunLayout
     data = args.data
     if not (data / "photons.emc").exists():
         from spibatch.stages.simulate import simulate_to
@@ -63,7 +65,7 @@ def main() -> None:
                    env=dict(os.environ, NUMBA_NUM_THREADS=os.environ.get("NUMBA_NUM_THREADS", "2")))
     wall = time.time() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    metrics = [json.loads(x) for x in RunLayout(out).emc_metrics.read_text().splitlines() if x.strip()]
     from spibatch.io.dragonfly import iter_photons
     sparse = 0
     for block in iter_photons(data / "photons.emc", 8192):
@@ -74,6 +76,7 @@ def main() -> None:
     kept = max(m["mean_kept_rotations"] for m in metrics) * frames
     probs = kept * 12
     reference = sparse + model + probs
+    print(f"EMC run in {out} (model: {RunLayout(out).emc_output(args.iterations)})", file=sys.stderr)
     print(json.dumps({"frames": frames, "start_model": str(args.start_model), "beta": args.beta or "auto", "pixels": pixels, "num_div": args.num_div, "model_size": size,
                       "iterations": args.iterations, "wall_s": round(wall, 1),
                       "time_per_iteration_s": [round(m["time_s"], 1) for m in metrics],

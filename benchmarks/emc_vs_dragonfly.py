@@ -80,6 +80,8 @@ def run_dragonfly(dataset: Path, work: Path, iterations: int, threads: int) -> d
 
 
 def run_spibatch(dataset: Path, work: Path, iterations: int, threads: int) -> dict:
+    from spibatch.layout import RunLayout
+
     p = emc_params(dataset)
     work.mkdir(parents=True)
     config = work / "pipeline.yaml"
@@ -95,14 +97,15 @@ def run_spibatch(dataset: Path, work: Path, iterations: int, threads: int) -> di
     subprocess.run([sys.executable, "-m", "spibatch", "-q", "emc", str(config), "--out", str(out)], env=env,
                    check=True)
     wall = time.perf_counter() - start
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    run = RunLayout(out)
+    lines = [json.loads(x) for x in run.emc_metrics.read_text().splitlines() if x.strip()]
     phases = {}
     for line in lines:
         for k, v in (line.get("timing") or {}).items():
             if k != "step_s":
                 phases[k.removesuffix("_s")] = phases.get(k.removesuffix("_s"), 0.0) + v
     return {"times": [x["time_s"] for x in lines], "wall_s": wall, "phases": phases,
-            "model": out / f"output_{iterations:03d}.h5"}
+            "model": run.emc_output(iterations)}
 
 
 def summary(times: list[float]) -> dict:

@@ -83,15 +83,6 @@ def emc_floor(nrot, nframes, entries_per_frame, npix, info) -> dict:
             "floor_s": max(memory, compute or 0.0)}
 
 
-def backend(runtime: str):
-    """The runtime argument of the GPU code for a name: "cupy", "pycuda", or the numpy twins ("twin")."""
-    if runtime == "twin":
-        from spibatch.kernels.cuda_twin import TwinRuntime
-
-        return TwinRuntime()
-    return runtime
-
-
 def sync() -> None:
     if "cupy" in sys.modules:
         sys.modules["cupy"].cuda.Device().synchronize()
@@ -165,8 +156,8 @@ def large(runtimes, info, repeats, frames: int, photons: int, num_div: int = 10,
     from spibatch.emc.step import random_model
     from spibatch.emc.types import PixelSet, Rotations, Shard, StepState
 
-    detector = (Geometry(detector_pixels=side, pixel_size_m=0.512e-3, detector_distance_m=0.3,
-                                      wavelength_m=6.2e-10, beamstop_radius_pixels=10)).detector()
+    detector = Geometry(detector_pixels=side, pixel_size_m=0.512e-3, detector_distance_m=0.3,
+                        wavelength_m=6.2e-10, beamstop_radius_pixels=10).detector()
     pixels = PixelSet.from_detector(detector)
     rng = np.random.default_rng(1)
     per_frame = rng.poisson(photons, frames)

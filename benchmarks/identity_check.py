@@ -73,6 +73,11 @@ def scenarios(work: Path) -> dict:
                    threads: 2}}
         """)
 
+    def emc_output(iteration: int) -> Path:
+        """The emc scenario's output_NNN.h5 (in emc/emc/ since the one run-folder layout, in emc/ before)."""
+        name = f"output_{iteration:03d}.h5"
+        return next((p for p in (work / "emc" / "emc" / name, work / "emc" / name) if p.exists()), None)
+
     def emc():
         spibatch("emc", str(emc_cfg()), "--out", str(work / "emc"), cwd=work)
 
@@ -80,16 +85,15 @@ def scenarios(work: Path) -> dict:
         spibatch("emc", str(emc_cfg()), "--out", str(work / "emc-mpi"), cwd=work, mpi=2)
 
     def phase():
-        if not (work / "emc" / "output_004.h5").exists():
+        if emc_output(4) is None:
             emc()
-        spibatch("phase", str(emc_cfg()), "--truth", str(SMALL / "densityMap.bin"), "--truth-voxel-size-m", "41.5e-10",
-                 "--out", str(work / "phase"), cwd=work)
+        spibatch("phase", str(emc_cfg()), "--intensity", str(emc_output(4)), "--truth", str(SMALL / "densityMap.bin"),
+                 "--truth-voxel-size-m", "41.5e-10", "--out", str(work / "phase"), cwd=work)
 
     def validate():
-        if not (work / "emc" / "output_004.h5").exists():
+        if emc_output(4) is None:
             emc()
-        spibatch("validate", str(work / "emc" / "output_003.h5"), str(work / "emc" / "output_004.h5"),
-                 "--out", str(work / "validate"), cwd=work)
+        spibatch("validate", str(emc_output(3)), str(emc_output(4)), "--out", str(work / "validate"), cwd=work)
 
     def ingest():
         import h5py
@@ -150,10 +154,10 @@ def fingerprint_tree(folder: Path) -> dict[str, str]:
 
             with mrcfile.open(path, permissive=True) as m:
                 out[rel] = hashlib.sha256(m.data.tobytes()).hexdigest()
-        elif path.name in ("truth_comparison.json", "fsc_vs_truth.json"):
+        elif path.name in ("truth_comparison.json", "emc_vs_truth.json", "fsc_vs_truth.json"):
             data = json.loads(path.read_text())
             keep = {k: v for k, v in data.items() if not k.endswith(("_seconds", "_path")) and k not in
-                    ("emc_seconds", "phasing_seconds", "truth", "truth_path", "title")}
+                    ("emc_seconds", "phasing_seconds", "truth", "truth_path", "title", "intensity")}   # paths, times
             out[rel] = hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
     return out
 
@@ -180,6 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", nargs="?", type=Path)
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--rescan", action="store_true", help="fingerprint the scenarios' folders again without "
+                        "running anything (after a change to what is fingerprinted)")
     parser.add_argument("--compare", nargs=2, type=Path)
     parser.add_argument("--old-layout", action="store_true", help="the first file was written before the one "
                         "run-folder layout (d4b5372 and earlier): map its paths to today's")
@@ -202,7 +208,8 @@ def main() -> None:
     result = json.loads(target.read_text()) if target.exists() else {}   # other scenarios of earlier calls stay
     for name in names:
         print(name, flush=True)
-        table[name]()
+        if not args.rescan:
+            table[name]()
         result = {k: v for k, v in result.items() if not k.startswith(name + "/")}
         result.update({f"{name}/{k}": v for k, v in fingerprint_tree(work / name).items()})
     target.write_text(json.dumps(result, indent=1, sort_keys=True))

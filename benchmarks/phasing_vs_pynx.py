@@ -124,7 +124,10 @@ def reference(tool: str, n: int, threads: int, repeats: int) -> dict:
     env = dict(os.environ, PYNX_PU="cpu", OMP_NUM_THREADS=str(threads))
     cmd = [python, str(HERE / "phasing_refs.py"), "--tool", tool, "--size", str(n), "--repeats", str(repeats),
            "--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    except FileNotFoundError:
+        return {"tool": tool, "size": n, "error": f"no interpreter {python} (run benchmarks/phasing_refs_env.sh)"}
     if done.returncode != 0:
         return {"tool": tool, "size": n, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])

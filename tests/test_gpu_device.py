@@ -11,7 +11,8 @@ import pytest
 
 from spibatch.config import load_pipeline
 from spibatch.errors import InputError
-from spibatch.kernels.xp import array_module, device_for_rank, local_rank, module_of, require_gpu, visible_devices
+from spibatch.kernels.device import CPU, Device, declared, resolve
+from spibatch.kernels.xp import device_for_rank, local_rank, module_of, require_gpu, visible_devices
 
 
 def test_device_keys_default_to_the_cpu_and_refuse_other_values(tmp_path):
@@ -50,9 +51,18 @@ def test_each_rank_takes_one_visible_device():
 
 
 def test_the_array_module_follows_the_device_and_the_inputs():
-    assert array_module("cpu") is np and module_of(np.zeros(2)) is np
-    with pytest.raises(ValueError, match="unknown device"):
-        array_module("tpu")
+    import pickle
+
+    assert CPU.xp is np and module_of(np.zeros(2)) is np and resolve("cpu") is CPU
+    with pytest.raises(ValueError, match="unknown device kind"):
+        Device("tpu")
+    with pytest.raises(ValueError, match="does not run on gpu"):
+        Device("gpu", "numpy")
+    twin = resolve("gpu", "cupy", env={"SPIBATCH_GPU_TWIN": "1"})      # the test aid, registered by name
+    assert twin == Device("gpu", "twin") and twin.xp is np and twin.activate() is None
+    assert twin.launch_runtime is Device("gpu", "twin").launch_runtime   # one instance per process
+    assert pickle.loads(pickle.dumps(twin)) == twin                      # it travels to tasks and ranks
+    assert declared("gpu", "pycuda", env={}) == Device("gpu", "pycuda")  # unchecked: for a driver without a GPU
 
 
 def _has_gpu() -> bool:

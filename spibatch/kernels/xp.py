@@ -1,4 +1,4 @@
-"""The array module (numpy or cupy) and which GPU a process uses.
+"""Which GPU a process uses, and small helpers for numpy-or-cupy arrays (the Device is :mod:`.device`).
 
 ``device: cpu`` runs on numpy; ``device: gpu`` on cupy, with the CUDA kernels of
 ``kernels/cuda/`` launched through ``gpu_runtime`` (cupy or pycuda).  One GPU per
@@ -16,8 +16,6 @@ import numpy as np
 
 from spibatch.errors import InputError
 
-TWIN_ENV = "SPIBATCH_GPU_TWIN"   # test aid: "1" runs device: gpu on the kernels' numpy twins (cli._device_args)
-DEVICES = ("cpu", "gpu")
 GPU_RUNTIMES = ("cupy", "pycuda")
 # Node-local rank of the process, as launchers set it (OpenMPI, Slurm srun, MPICH/Hydra and Intel MPI, MVAPICH, PMIx)
 LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
@@ -103,17 +101,6 @@ def ensure_device() -> int:
     """:func:`use_device` once per process (the GPU code calls it, so a Parsl task or an MPI rank that calls
     a shard step or phasing start on the GPU directly gets its own GPU too); returns the ordinal."""
     return _current[0] if _current else use_device()
-
-
-def array_module(device: str = "cpu"):
-    """numpy for ``cpu``; cupy for ``gpu`` (call :func:`require_gpu` first for a one-line error)."""
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}: one of {', '.join(DEVICES)}")
-    if device == "cpu":
-        return np
-    import cupy
-
-    return cupy
 
 
 def module_of(array):
