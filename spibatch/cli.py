@@ -143,6 +143,20 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
     _one_stage_run(names, config, pipeline, out=out, inputs=(config, *sources))
 
 
+def _options_pipeline(**sections):
+    """A pipeline made from command-line options; a bad value is one line naming the option."""
+    from pydantic import ValidationError
+
+    from spibatch.config import Pipeline
+
+    try:
+        return Pipeline(**sections)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        option = "--" + str(err["loc"][-1]).replace("_", "-")
+        raise InputError(f"{err['msg']}; found {err['input']!r}", field=option, fix="correct the value") from None
+
+
 @app.command()
 def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 result, Dragonfly output_NNN.h5 / .bin, or MRC"),
              second: Path = typer.Argument(..., help="the volume to compare with (e.g. the truth)"),
@@ -150,15 +164,16 @@ def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 resu
                                                    "(default: intensity, intens or density, the first present)"),
              voxel_size_m: Optional[float] = typer.Option(None, help="real-space voxel size in metres, "
                                                           "when the files do not say"),
+             kind: str = typer.Option("auto", help="intensity, density, or auto (from the files)"),
              out: Optional[Path] = OUT,
              runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
-    """Fourier shell correlation of two volumes: a table, the 0.5 / 0.143 resolutions and a PNG plot."""
-    from spibatch.config import Pipeline
+    """Fourier shell correlation of two volumes, aligned first (intensities by rotation, densities by
+    translation after resampling onto one voxel): a table, the 0.5 / 0.143 resolutions and a PNG plot."""
     from spibatch.stages.standalone import run_stages
 
-    pipeline = Pipeline(name="validate", validation={"volume": first.resolve(), "reference": second.resolve(),
-                                                     "dataset": dataset, "voxel_size_m": voxel_size_m},
-                        output={"runs_dir": runs_dir.resolve()})
+    pipeline = _options_pipeline(name="validate", output={"runs_dir": runs_dir.resolve()}, validation={
+        "volume": first.resolve(), "reference": second.resolve(), "dataset": dataset, "voxel_size_m": voxel_size_m,
+        "kind": kind})
     run_path, outputs = run_stages(["validate"], pipeline, None, out=out, command=sys.argv, inputs=(first, second))
     typer.echo(Path(outputs["fsc_text"]).read_text(encoding="utf-8").rstrip())
     _echo([f"wrote {outputs['fsc_plot']}", f"wrote {outputs['fsc_table']}"])
@@ -178,19 +193,10 @@ def ingest(cxi: Path = typer.Argument(..., help="CXI file with a pattern stack")
            runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
     """Convert a CXI pattern stack (3-D or modular 4-D) to a sparse Dragonfly photons file, in chunks,
     and write detector.h5 when the file holds a flat square detector's geometry."""
-    from pydantic import ValidationError
-
-    from spibatch.config import Pipeline
-
-    try:
-        pipeline = Pipeline(name="ingest", output={"runs_dir": runs_dir.resolve()}, ingest={
-            "cxi": cxi.resolve(), "adu_per_photon": adu_per_photon, "clip_negative": clip_negative,
-            "data_path": data_path, "mask_path": mask_path, "beamstop_radius_pixels": beamstop_radius_pixels,
-            "chunk_frames": chunk_frames})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        option = "--" + str(err["loc"][-1]).replace("_", "-")
-        raise InputError(f"{err['msg']}; found {err['input']!r}", field=option, fix="correct the value") from None
+    pipeline = _options_pipeline(name="ingest", output={"runs_dir": runs_dir.resolve()}, ingest={
+        "cxi": cxi.resolve(), "adu_per_photon": adu_per_photon, "clip_negative": clip_negative,
+        "data_path": data_path, "mask_path": mask_path, "beamstop_radius_pixels": beamstop_radius_pixels,
+        "chunk_frames": chunk_frames})
     if not cxi.is_file():
         raise InputError("file not found", path=cxi, fix="give the path of a CXI (HDF5) file")
     _one_stage_run(["ingest"], None, pipeline, out=out, inputs=(cxi,))

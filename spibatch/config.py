@@ -220,6 +220,10 @@ class Validation(Section):
                                 "results")
     dataset: str | None = Field(None, description="the dataset to compare in HDF5 files (default: intensity, intens "
                                 "or density, the first present)")
+    kind: Literal["auto", "intensity", "density"] = Field(
+        "auto", description="what the volumes hold: intensities are aligned by rotation (and the inversion twin), "
+        "densities by translation and the twin after resampling onto one voxel; auto: from the files (MRC and "
+        "`density` datasets are densities, `intensity`/`intens` intensities)")
     voxel_size_m: PositiveFloat | None = Field(None, description="real-space voxel in metres of both volumes, when "
                                                "their files do not say")
 

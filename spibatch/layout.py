@@ -17,7 +17,8 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
                            model_NNN.npy, timing.jsonl)
     phase/                 phasing.h5, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl
-    validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), or fsc.h5, fsc.png, fsc.txt of two volumes
+    validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), or fsc.h5, fsc.png, fsc.txt,
+                           fsc.json of two volumes
     runinfo/               Parsl's own files (logs, submit scripts)
 
 Nothing else in spibatch spells these names: use :class:`RunLayout` (or the constants, for a
@@ -70,6 +71,7 @@ FSC_VS_TRUTH_PNG = "fsc_vs_truth.png"
 FSC_PNG = "fsc.png"
 FSC_TABLE = "fsc.h5"
 FSC_TEXT = "fsc.txt"
+FSC_JSON = "fsc.json"
 
 
 def output_name(iteration: int) -> str:
@@ -244,3 +246,7 @@ class RunLayout:
     @property
     def fsc_text(self) -> Path:
         return self.validate / FSC_TEXT
+
+    @property
+    def fsc_json(self) -> Path:
+        return self.validate / FSC_JSON

@@ -148,7 +148,6 @@ def _bin_volume(path: Path) -> np.ndarray:
     return np.fromfile(path, "<f8").reshape(edge, edge, edge)
 
 
-__all__ = ["write_result", "read_result", "read_volume", "GZIP_MIN_VOXELS"]
 
 
 def read_volume_and_voxel(path: str | os.PathLike, dataset: str | None = None) -> tuple[np.ndarray, float | None]:
@@ -168,3 +167,21 @@ def read_volume_and_voxel(path: str | os.PathLike, dataset: str | None = None) -
         except InputError:
             voxel = None
     return volume, voxel
+
+
+def volume_kind(path: str | os.PathLike, dataset: str | None = None) -> str | None:
+    """"intensity" or "density": what a volume file holds, from its format and dataset name; None when the
+    file does not say (Dragonfly's raw ``.bin`` cubes: intensities.bin and densityMap.bin look alike)."""
+    path = Path(path)
+    if path.suffix.lower() in MRC_SUFFIXES:
+        return "density"
+    if not is_hdf5(path):
+        return None
+    name = dataset
+    if name is None:
+        with open_hdf5(path, "give an HDF5 volume file") as f:
+            name = next((n for n in VOLUME_NAMES if isinstance(f.get(n), h5py.Dataset)), None)
+    return {"intensity": "intensity", "intens": "intensity", "density": "density"}.get(name or "")
+
+
+__all__ = ["write_result", "read_result", "read_volume", "read_volume_and_voxel", "volume_kind", "GZIP_MIN_VOXELS"]
