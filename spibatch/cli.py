@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import signal
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Optional
 
@@ -28,10 +26,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 OUT_HELP = "write results here instead of runs/<name>-<UTC time>/ (must not hold an earlier run)"
 OUT = typer.Option(None, "--out", help=OUT_HELP)
-
-
-def _data_file(name: str) -> Path:
-    return Path(str(resources.files("spibatch") / "data" / name))
 
 
 def _version(value: bool) -> None:
@@ -66,19 +60,16 @@ def _finished(run_path: Path, outputs: dict) -> None:
 
 
 @app.command()
-def init(directory: Path = typer.Argument(..., help="folder to write pipeline.yaml (and the example PDB) into")) -> None:
-    """Write a commented pipeline.yaml (and the example structure 1EI7.pdb) into DIRECTORY."""
-    target = directory / "pipeline.yaml"
-    if target.exists():
-        raise InputError("already exists", path=target, fix="choose another directory or move the file away")
-    directory.mkdir(parents=True, exist_ok=True)
-    from spibatch.io.atomic import write_text
+def init(directory: Path = typer.Argument(..., help="folder to write pipeline.yaml (and the example PDB) into"),
+         site: Optional[str] = typer.Option(None, "--site", help="also write a commented site.yaml to start from: "
+                                            "local, slurm or kubernetes")) -> None:
+    """Write a commented pipeline.yaml (and the example structure 1EI7.pdb) into DIRECTORY; --site adds a site file."""
+    from spibatch.starter import init as write_starter
 
-    write_text(target, _data_file("pipeline.yaml").read_text(encoding="utf-8"))
-    pdb = directory / "1EI7.pdb"
-    if not pdb.exists():
-        shutil.copyfile(_data_file("1EI7.pdb"), pdb)
-    typer.echo(f"wrote {target}\nwrote {pdb}\nnext: spibatch run {target}")
+    written = write_starter(directory, site)
+    typer.echo("\n".join(f"wrote {path}" for path in written))
+    site_arg = f" --site {directory / 'site.yaml'}" if site else ""
+    typer.echo(f"next: spibatch run {directory / 'pipeline.yaml'}{site_arg}" + (" --dry-run" if site else ""))
 
 
 @app.command()
@@ -218,7 +209,9 @@ def demo(out: Optional[Path] = OUT,
             pipeline.phasing.keep_best = min(pipeline.phasing.keep_best, starts)   # first: keep <= starts
             pipeline.phasing.num_starts = starts
 
-    run_path, outputs = start(_data_file("demo.yaml"), site, out, runs_dir=Path("runs"), adjust=adjust)
+    from spibatch.starter import data_file
+
+    run_path, outputs = start(data_file("demo.yaml"), site, out, runs_dir=Path("runs"), adjust=adjust)
     _finished(run_path, outputs)
 
 
