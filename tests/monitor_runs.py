@@ -8,6 +8,10 @@ Sizes are tiny (21^3 model, 60 frames) so a test can write many iterations in we
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +166,28 @@ def local_client(root: Path, **options):
         from starlette.testclient import TestClient
 
     return TestClient(create_app(root, **options), base_url="http://127.0.0.1:8765", raise_server_exceptions=False)
+
+
+def start_monitor(args: list[str], env: dict | None = None):
+    """`spibatch monitor ARGS` in a subprocess; (process, the address it printed, its stdout lines so far)."""
+    proc = subprocess.Popen([sys.executable, "-m", "spibatch", "monitor", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    deadline, lines = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "open http://" in line:
+            return proc, line.split("open ", 1)[1].split()[0], lines
+    proc.kill()
+    raise AssertionError(f"no address printed: {lines} {proc.stderr.read()}")
+
+
+def stop_monitor(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

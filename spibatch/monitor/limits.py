@@ -4,10 +4,12 @@ uvicorn bounds an idle kept-alive connection (``timeout_keep_alive``), the size 
 and headers (``h11_max_incomplete_event_size``) and the connections + requests in flight
 (``limit_concurrency``: beyond it, 503), but not the time a client takes to send a request: a
 connection that sends nothing, or one header byte a second, is held for ever (its keep-alive timer
-only starts after a response, and any byte received cancels it).  :func:`protocol` is uvicorn's h11
-protocol with that bound added: a timer starts when a connection is made and when the first byte of
-a request arrives on a kept-alive one, and stops when the whole request (line, headers, body) has
-arrived; if it fires first, the server writes ``408 Request Timeout`` and closes the connection.
+only starts after a response, and any byte received cancels it); and h11's size bound holds only for
+headers that arrive in pieces.  :func:`protocol` is uvicorn's h11 protocol with both bounds added: a
+timer starts when a connection is made and when the first byte of a request arrives on a kept-alive
+one, and stops when the whole request (line, headers, body) has arrived; if it fires first, the
+server writes ``408 Request Timeout`` and closes the connection.  More than MAX_HEADER_BYTES before
+a request's headers end: ``431`` and the connection is closed.
 The h11 implementation is chosen explicitly (never httptools, even where installed) so that this
 bound always holds; the monitor's requests are few and small.
 """
@@ -21,10 +23,12 @@ MAX_HEADER_BYTES = 16 << 10     # a request's line + headers; more: 400 (h11_max
 BACKLOG = 128               # connections waiting to be accepted (the listening socket's backlog)
 SHUTDOWN_S = 5              # Ctrl-C / SIGTERM: requests in flight get this long to finish
 TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+TOO_LARGE_RESPONSE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
-def protocol(timeout_s: float = REQUEST_TIMEOUT_S):
-    """uvicorn's H11Protocol, closing a connection whose request does not arrive within ``timeout_s``."""
+def protocol(timeout_s: float = REQUEST_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES):
+    """uvicorn's H11Protocol, closing a connection whose request does not arrive within ``timeout_s``
+    or whose request line and headers exceed ``max_header_bytes``."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -34,14 +38,23 @@ def protocol(timeout_s: float = REQUEST_TIMEOUT_S):
         request_timeout_s = timeout_s
 
         def connection_made(self, transport) -> None:
-            self._request_timer = None
+            self._request_timer, self._header_bytes = None, 0
             super().connection_made(transport)
             self._arm()                       # a connection that never sends a byte is closed too
 
         def data_received(self, data: bytes) -> None:
             if self.conn.their_state in receiving:
                 self._arm()                   # no-op when running: the bound counts from the first byte
+            if self.conn.their_state is h11.IDLE:
+                self._header_bytes += len(data)
+                if self._header_bytes > max_header_bytes:
+                    self._disarm()
+                    self.transport.write(TOO_LARGE_RESPONSE)
+                    self.transport.close()
+                    return
             super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._header_bytes = 0
             if self.conn.their_state not in receiving:
                 self._disarm()
 
