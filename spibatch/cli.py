@@ -251,11 +251,13 @@ def monitor(path: Optional[Path] = typer.Argument(None, envvar="SPIBATCH_MONITOR
                                      help="address to listen on (0.0.0.0: every interface; only on a trusted network)"),
             port: int = typer.Option(8765, envvar="SPIBATCH_MONITOR_PORT", min=0, max=65535,
                                      help="TCP port (0: any free one)"),
-            poll_ms: int = typer.Option(2000, min=200, help="how often the page asks for news, ms")) -> None:
+            poll_ms: int = typer.Option(2000, min=200, help="how often the page asks for news, ms"),
+            allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="a Host name to answer to "
+                "besides --host's (repeatable; '*' any; env SPIBATCH_MONITOR_ALLOWED_HOSTS=a,b); needed with 0.0.0.0")) -> None:
     """Serve a live, read-only web page of the runs under PATH (EMC, phasing, FSC, config, log)."""
     from spibatch.monitor.launch import run_monitor
 
-    run_monitor(path, host, port, poll_ms)
+    run_monitor(path, host, port, poll_ms, allowed_host)
 
 
 @app.command()
