@@ -122,6 +122,8 @@ class Follower:
                      done.frames_seen, done.hits)
             if hasattr(self.source, "skip_through"):
                 self.source.skip_through(done.last_train)
+        if hasattr(self.source, "check_shape"):
+            self.source.check_shape(self.frame_shape)
         last_new = time.monotonic()
         try:
             while True:
