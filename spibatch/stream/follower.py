@@ -104,6 +104,8 @@ class Follower:
         self.pending = _Pending()
         self.started = False
         self._bad_changed = False
+        self._old: list[int] = []          # already-ingested trains not yet reported
+        self._old_source = ""
 
     # ------------------------------------------------------------------ the loop
 
@@ -145,6 +147,7 @@ class Follower:
                         reason = f"no new train for {self.settings.idle_timeout_s:g} s"
                         break
                     time.sleep(self.settings.poll_s)
+            self._report_old()
             self._commit()
             self.store.end(reason)
             log.info("follow: ended (%s): %d frames, %d hits in %d chunks", reason, self.store.state.frames_seen,
@@ -200,25 +203,31 @@ class Follower:
         tids = block.train_ids.astype(np.int64)
         keep = np.zeros(len(tids), bool)
         edges = np.flatnonzero(np.diff(tids)) + 1
-        old, repeated = [], []
+        repeated = []
         for a, b in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(tids)]])):
             tid = int(tids[a])
             if tid > self.last_train:
+                self._report_old()
                 keep[a:b] = True
                 self.last_train = tid
                 self.pending.trains += 1
             elif tid <= self.resumed_through:
-                old.append(tid)
+                self._old.append(tid)
+                self._old_source = block.source
+                self._count_bad(ALREADY_INGESTED, 1)
             else:
                 repeated.append(tid)
-        if old:
-            spans = ", ".join(f"{a}..{b}" for a, b in train_ranges(np.array(old)))
-            log.info("follow: %s: trains %s already ingested: skipped", block.source, spans)
-            self._count_bad(ALREADY_INGESTED, len(old))
         if repeated:
             self._skipped(Skipped("repeated or non-monotonic train ID", block.source, "train_id",
                                   f"not above the last train taken ({self.last_train})", tuple(repeated)))
         return keep
+
+    def _report_old(self) -> None:
+        """One log line for the run of already-ingested trains just passed."""
+        if self._old:
+            spans = ", ".join(f"{a}..{b}" for a, b in train_ranges(np.array(self._old)))
+            log.info("follow: %s: trains %s already ingested (%d): skipped", self._old_source, spans, len(self._old))
+            self._old = []
 
     def _process(self, block: Block, keep: np.ndarray) -> None:
         data = block.data if keep.all() else block.data[keep]
