@@ -21,48 +21,7 @@ from spibatch.stream.kernel import FLAG_NONFINITE, FLAG_TOO_LARGE, Counter
 from spibatch.stream.replay import FrameSet
 from spibatch.stream.shards import ChunkShards
 from spibatch.stream.store import FRAME_STATS, read_frame_stats
-
-
-class ListSource:
-    """Hands out prepared items one per read, then says it ended."""
-
-    name = "memory"
-
-    def __init__(self, items):
-        self.items, self.ended = list(items), None
-
-    def read(self):
-        if not self.items:
-            self.ended = "all read"
-            return []
-        return [self.items.pop(0)]
-
-    def close(self):
-        pass
-
-
-def blocks_of(frames: FrameSet, trains=None) -> list[Block]:
-    out = []
-    for k in trains if trains is not None else range(frames.num_trains):
-        tid, data, pulses = frames.train(k)
-        out.append(Block(data, np.full(len(data), tid), pulses, "memory"))
-    return out
-
-
-def hit_ids(frames: FrameSet, trains=None) -> set[tuple[int, int]]:
-    p = frames.pulses_per_train
-    wanted = set(trains if trains is not None else range(frames.num_trains))
-    return {(frames.first_train + i // p, i % p) for i in np.flatnonzero(frames.is_hit) if i // p in wanted}
-
-
-def chunk_ids(folder) -> list[tuple[int, int]]:
-    import h5py
-
-    ids = []
-    for spec in ChunkShards(folder).poll():
-        with h5py.File(spec.photons) as f:
-            ids += list(zip(f["train_id"][spec.start:spec.stop].tolist(), f["pulse_id"][spec.start:spec.stop].tolist()))
-    return ids
+from stream_helpers import ListSource, blocks_of, chunk_ids, hit_ids
 
 
 DET = Detector.flat(32, 1e-3, 0.1, 1e-9)

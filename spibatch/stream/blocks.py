@@ -41,7 +41,9 @@ class Block:
 class Skipped:
     """Trains a source could not use: ``reason`` (a short key the statistics count, e.g. "module missing"),
     the ``source`` and ``field`` at fault and what was wrong (``problem``).  ``trains``: their train IDs
-    (empty when unknown, e.g. a file that cannot be opened); ``frames``: how many frames, where known."""
+    (empty when unknown, e.g. a file that cannot be opened); ``frames``: how many frames, where known;
+    ``counted``: False for a note whose trains are counted by another item (a module file that cannot be
+    read: its trains come again as "module missing", one count each)."""
 
     reason: str
     source: str
@@ -49,6 +51,7 @@ class Skipped:
     problem: str
     trains: tuple[int, ...] = ()
     frames: int = 0
+    counted: bool = True
 
     def describe(self) -> str:
         """One line: source, train(s), field, problem."""
@@ -58,7 +61,8 @@ class Skipped:
             which = f"train {self.trains[0]}"
         else:
             which = f"trains {min(self.trains)}..{max(self.trains)} ({len(self.trains)})"
-        return f"{self.source}: {which}: {self.field}: {self.problem} ({self.reason}: skipped)"
+        return f"{self.source}: {which}: {self.field}: {self.problem} ({self.reason}: skipped)" if self.counted \
+            else f"{self.source}: {which}: {self.field}: {self.problem} ({self.reason})"
 
 
 def train_ranges(train_ids: np.ndarray) -> list[tuple[int, int]]:

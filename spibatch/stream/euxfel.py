@@ -191,40 +191,46 @@ class RunFolderSource:
 
     def _sequence(self, seq: int, files: dict[int, Path]):
         """Yield lists of items (Skipped, then a Block) for sequence ``seq``, a group of trains at a time."""
-        modules, problems = {}, []
+        modules, causes, notes = {}, {}, []
         for number, path in sorted(files.items()):
             index = number - self.first_module
             source, keydata, pulse_ids = self._open(path, pulses=True)
             if keydata is None or isinstance(keydata, Exception):
+                causes[index] = f"{path.name} unreadable"
                 what = "no image data" if keydata is None else f"cannot be read ({keydata})"
-                problems.append(Skipped("unreadable file", source, "file", f"sequence {seq}: {what}"))
+                notes.append(Skipped("unreadable file", source, "file", f"sequence {seq}: {what}", counted=False))
                 continue
             per_entry = self._frames_per_entry(keydata.entry_shape)
             if per_entry is None or not 0 <= index < self.modules:
-                problem = (f"module data of shape {keydata.entry_shape}, expected {self.module_shape}"
+                problem = (f"module data of shape {tuple(keydata.entry_shape)}, expected {self.module_shape}"
                            if per_entry is None else f"module {number} beyond the geometry's {self.modules}")
+                causes[index] = f"{source} {problem}"
                 tids = tuple(int(t) for t in keydata.train_ids if t > self.skip)
-                problems.append(Skipped("wrong shape", source, self.key, problem, tids))
+                notes.append(Skipped("wrong shape", source, self.key, problem, tids, counted=False))
                 continue
             modules[index] = (source, keydata, per_entry, pulse_ids)
         counts = {i: dict(zip(np.asarray(kd.train_ids).tolist(), (kd.data_counts(labelled=False) * per).tolist()))
                   for i, (_, kd, per, _) in modules.items()}
         tids = sorted({t for c in counts.values() for t, n in c.items() if n > 0 and t > self.skip})
-        if problems:
-            yield problems
+        if notes:
+            if not modules:   # no module to learn the trains from: each note counts (trains unknown)
+                for note in notes:
+                    note.counted = True
+            yield notes
         group: list[int] = []
         frames = 0
         for tid in tids:
             group.append(tid)
             frames += max(c.get(tid, 0) for c in counts.values())
             if frames >= self.frames_per_block:
-                yield self._read_trains(group, modules, counts)
+                yield self._read_trains(group, modules, counts, causes)
                 group, frames = [], 0
         if group:
-            yield self._read_trains(group, modules, counts)
+            yield self._read_trains(group, modules, counts, causes)
 
-    def _read_trains(self, tids: list[int], modules: dict, counts: dict) -> list:
-        """Skipped items for the bad trains of ``tids``, then one Block of the good ones."""
+    def _read_trains(self, tids: list[int], modules: dict, counts: dict, causes: dict) -> list:
+        """Skipped items for the bad trains of ``tids``, then one Block of the good ones.  ``causes``: why a
+        module of this sequence has no data (file missing if none is known)."""
         from extra_data import by_id
 
         items, good = [], []
@@ -232,9 +238,11 @@ class RunFolderSource:
             have = {i: counts[i].get(tid, 0) for i in range(self.modules) if i in counts}
             missing = [i for i in range(self.modules) if have.get(i, 0) == 0]
             if missing:
-                names = [modules[i][0] for i in missing if i in modules] or [f"module {i}" for i in missing]
-                items.append(Skipped("module missing", ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""),
-                                     self.key, f"no data from module(s) {missing}", (tid,)))
+                why = "; ".join(causes.get(i, f"module {i}: " + ("no data for this train" if i in modules
+                                                                   else "no file in this sequence"))
+                                for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
+                items.append(Skipped("module missing", self.name, self.key, f"modules {missing} missing ({why})",
+                                     (tid,)))
             elif len(set(have.values())) != 1:
                 items.append(Skipped("modules disagree", self.name, self.key,
                                      f"frames per module differ: {sorted(set(have.values()))}", (tid,)))

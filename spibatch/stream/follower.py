@@ -173,6 +173,8 @@ class Follower:
             log.debug("follow: %s (before the resume point: not counted again)", item.describe())
             return
         log.warning("follow: %s", item.describe())
+        if not item.counted:
+            return
         self._count_bad(item.reason, max(len(item.trains), 1))
         if item.trains and self.started:   # a train found bad is taken (once), like a good one
             self.last_train = max(self.last_train, max(item.trains))
