@@ -53,7 +53,7 @@ class CxiFolderSource:
                 path = self._next_file()
                 if path is None:
                     return []
-                self._current = self._file(path, len(self.done))
+                self._current = self._file(path, len(self.done))   # its place in the name order, from 1
             items = next(self._current, None)
             if items is not None:
                 return items
@@ -98,7 +98,7 @@ class CxiFolderSource:
                 train_ids = f[TRAIN_IDS][:].astype(np.uint64)
                 pulse_ids = f[PULSE_IDS][:].astype(np.uint64) if PULSE_IDS in f else np.arange(n)
             else:
-                train_ids, pulse_ids = np.full(n, ordinal + 1, np.uint64), np.arange(n, dtype=np.uint64)
+                train_ids, pulse_ids = np.full(n, ordinal, np.uint64), np.arange(n, dtype=np.uint64)
             for start, stop in _train_blocks(train_ids, self.frames_per_block):
                 if int(train_ids[stop - 1]) <= self.skip:
                     continue
