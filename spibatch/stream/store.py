@@ -12,7 +12,8 @@ A *commit* makes the frames processed since the last one durable, in this order:
    and fsync'ed: **this line is the commit**;
 4. ``status.json`` -- the monitor's summary, rewritten atomically.
 
-A crash between 1 and 3 leaves a chunk without its line and records without their line: on
+Steps 1-3 are fsync'ed before the next begins, so even a power cut leaves no index line without its
+chunk and records.  A crash between 1 and 3 leaves a chunk without its line and records without their line: on
 resume (:meth:`Store.load`) the index is read up to its last whole line, chunks it does not
 name are deleted and ``frames.bin`` is cut back to the committed frames, so nothing is counted
 twice and nothing committed is lost.  The follow ends with an ``{"end": reason}`` line.
@@ -75,6 +76,15 @@ def read_index(path: str | os.PathLike) -> tuple[list[dict], int]:
             break
         good += len(raw)
     return lines, good
+
+
+def _fsync(path: Path) -> None:
+    """Flush a written file to the disk (before the index line that names it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class ChunkWriter(PhotonsWriter):
@@ -170,8 +180,12 @@ class Store:
             with ChunkWriter(self.chunks / chunk, hits.num_pix) as writer:
                 writer.append(hits)
                 writer.add_ids(hit_trains, hit_pulses)
+            _fsync(self.chunks / chunk)
+            _fsync(self.chunks)          # the rename too
         with open(self.frames, "ab") as f:
             f.write(np.ascontiguousarray(stats, FRAME_STATS).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
         if len(stats):
             self.first_received = self.first_received or float(stats["received"][0])
             self.last_received = float(stats["received"][-1])
