@@ -13,7 +13,8 @@ chunk files with their IDs, the per-frame statistics and the index, on a scratch
   second); the frame-rate limit is that bandwidth / 4 MiB per frame.  Prints the ratio and the cores
   the facility's peak (352 pulses x 10 Hz = 3520 frames/s) would need at the one-core rate.
 * ``rss``: one follower over ``--frames`` frames (all threads), its resident memory (/proc/self/statm)
-  sampled every 0.5 s against the frames and hits so far.
+  sampled every 0.5 s against the frames and hits so far (``--shape 64,64 --chunk-frames 16`` runs it
+  on small frames with many commits).
 
     python benchmarks/streaming_ingest.py [--part throughput|rss|all] [--frames 100000] [--repeats 3]
 """
@@ -41,13 +42,13 @@ PEAK_FRAMES_PER_S = 352 * 10
 
 def make_pool(args, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    num_pix = int(np.prod(SHAPE))
+    num_pix = int(np.prod(args.shape))
     pool = rng.normal(0.0, 0.1 * args.adu, (size, num_pix)).astype(np.float32)
     is_hit = np.arange(size) < round(args.hit_fraction * size)
     for i in range(size):
         n = rng.poisson(args.background) + (args.photons_per_hit if is_hit[i] else 0)
         np.add.at(pool[i], rng.integers(0, num_pix, n), np.float32(args.adu))
-    return pool.reshape((size,) + SHAPE), is_hit
+    return pool.reshape((size,) + args.shape), is_hit
 
 
 class PoolSource:
@@ -76,14 +77,15 @@ class PoolSource:
         pass
 
 
-def detector() -> Detector:
-    num_pix = int(np.prod(SHAPE))
+def detector(shape: tuple[int, ...]) -> Detector:
+    num_pix = int(np.prod(shape))
     return Detector(q_voxels=np.zeros((num_pix, 3)), corr=np.ones(num_pix), mask=np.zeros(num_pix, np.uint8),
-                    detd_pixels=1.0, ewald_radius_voxels=1.0, shape=SHAPE)
+                    detd_pixels=1.0, ewald_radius_voxels=1.0, shape=shape)
 
 
 def settings(args) -> FollowSettings:
-    return FollowSettings(adu_per_photon=args.adu, threshold=None, chunk_frames=1024, flush_s=2.0, idle_timeout_s=60)
+    return FollowSettings(adu_per_photon=args.adu, threshold=None, chunk_frames=args.chunk_frames, flush_s=2.0,
+                          idle_timeout_s=60)
 
 
 def copy_bandwidth(repeats: int = 5) -> float:
@@ -102,7 +104,7 @@ def copy_bandwidth(repeats: int = 5) -> float:
 def ingest(pool, args, frames: int, threads: int) -> tuple[float, dict]:
     numba.set_num_threads(threads)
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        follower = Follower(PoolSource(pool, args.pulses, frames), detector(), os.path.join(scratch, "follow"),
+        follower = Follower(PoolSource(pool, args.pulses, frames), detector(args.shape), os.path.join(scratch, "follow"),
                             settings(args))
         start = time.perf_counter()
         summary = follower.run()
@@ -140,7 +142,8 @@ def rss(pool, args) -> None:
     ingest(pool, args, 2 * args.pulses, numba.config.NUMBA_NUM_THREADS)
     samples = []
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        follower = Follower(PoolSource(pool, args.pulses, args.frames), detector(), os.path.join(scratch, "follow"),
+        follower = Follower(PoolSource(pool, args.pulses, args.frames), detector(args.shape),
+                            os.path.join(scratch, "follow"),
                             settings(args))
         done = threading.Event()
 
@@ -184,13 +187,16 @@ def main() -> None:
     parser.add_argument("--photons-per-hit", type=int, default=5000)
     parser.add_argument("--background", type=float, default=50.0)
     parser.add_argument("--adu", type=float, default=10.0)
+    parser.add_argument("--shape", default="16,512,128", help="frame shape (the throughput part assumes AGIPD 1M)")
+    parser.add_argument("--chunk-frames", type=int, default=1024)
     parser.add_argument("--scratch", default=None)
     args = parser.parse_args()
-    print(f"AGIPD 1M frames {SHAPE} float32; hit fraction {args.hit_fraction}, {args.photons_per_hit} photons per hit, "
+    args.shape = tuple(int(n) for n in args.shape.split(","))
+    print(f"frames {args.shape} float32; hit fraction {args.hit_fraction}, {args.photons_per_hit} photons per hit, "
           f"{args.background} background photons, noise 0.1 photon, {args.adu} ADU/photon; trains of {args.pulses}; "
           f"{numba.config.NUMBA_NUM_THREADS} Numba threads available; load average {os.getloadavg()[0]:.1f}", flush=True)
     pool, _ = make_pool(args)
-    if args.part in ("throughput", "all"):
+    if args.part in ("throughput", "all") and args.shape == SHAPE:
         throughput(pool, args)
     if args.part in ("rss", "all"):
         rss(pool, args)
