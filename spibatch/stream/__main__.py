@@ -16,25 +16,7 @@ import sys
 
 from spibatch.detector import Detector
 from spibatch.errors import InputError
-
-
-def open_source(kind: str, target: str, frame_shape: tuple[int, ...], *, detector_name: str = "AGIPD1M",
-                settle_s: float = 1.0, bridge_source: str | None = None):
-    """The source of ``kind`` ("euxfel-run", "karabo-bridge", "cxi-folder") at ``target``."""
-    if kind == "euxfel-run":
-        from spibatch.stream.euxfel import RunFolderSource
-
-        return RunFolderSource(target, frame_shape, detector_name, settle_s=settle_s)
-    if kind == "karabo-bridge":
-        from spibatch.stream.bridge import BridgeSource
-
-        return BridgeSource(target, frame_shape, source=bridge_source)
-    if kind == "cxi-folder":
-        from spibatch.stream.cxifolder import CxiFolderSource
-
-        return CxiFolderSource(target, frame_shape, settle_s=settle_s)
-    raise InputError(f"unknown source kind {kind!r}", field="kind",
-                     fix="use euxfel-run, karabo-bridge or cxi-folder")
+from spibatch.stream.sources import open_source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
         detector = Detector.read(args.detector)
+        side = int(round(detector.num_pix ** 0.5))
+        if detector.shape is None and side * side == detector.num_pix:   # Dragonfly's files hold no shape
+            detector.shape = (side, side)
         shape = tuple(detector.shape or (detector.num_pix,))
         if args.command == "follow":
             from spibatch.stream.follower import Follower, FollowSettings
@@ -77,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                                  settle_s=args.settle_s)
             print(json.dumps(Follower(source, detector, args.out, settings, stop_file=args.stop_file).run()))
         else:
-            from spibatch.stream.replay import FrameSet, replay
+            from spibatch.stream.replay import frames_from, replay
 
-            frames = FrameSet.from_photons(args.photons, shape, hit_fraction=args.hit_fraction,
-                                           pulses_per_train=args.pulses_per_train)
+            frames, _ = frames_from(args.photons, detector=args.detector, hit_fraction=args.hit_fraction,
+                                    pulses_per_train=args.pulses_per_train)
             print(replay(frames, args.rate, args.kind, args.target, trains_per_file=args.trains_per_file))
     except InputError as error:
         print(f"spibatch: error: {error}", file=sys.stderr)

@@ -135,6 +135,41 @@ def simulated(out_dir: str | os.PathLike, *, num_hits: int = 200, hit_fraction: 
     return frames, paths
 
 
+def frames_from(source: str | os.PathLike, *, detector: str | os.PathLike | None = None,
+                out_dir: str | os.PathLike | None = None, hit_fraction: float = 0.2, pulses_per_train: int = 10,
+                num_hits: int | None = None, adu_per_photon: float = 1.0, noise_adu: float = 0.0,
+                seed: int = 1) -> tuple[FrameSet, Path]:
+    """The FrameSet that ``spibatch replay SOURCE`` plays, and the detector file of its frames.
+
+    source : ``"simulated"`` (a simulated particle, written to ``out_dir``: :func:`simulated`, ``num_hits``
+        hits, default 200), or a photons file (ours or Dragonfly's, e.g. the shared sets' ``photons.emc``)
+        with its ``detector`` file (Dragonfly's ``det_sim.h5`` holds no frame shape: a square one is taken)
+    """
+    from spibatch.detector import Detector
+    from spibatch.errors import InputError
+
+    if os.fspath(source) == "simulated":
+        if out_dir is None:
+            raise InputError("a simulated source needs a folder for its files", field="out_dir",
+                             fix="give the folder to write simulate/ into")
+        frames, paths = simulated(out_dir, num_hits=num_hits or 200, hit_fraction=hit_fraction,
+                                  pulses_per_train=pulses_per_train, adu_per_photon=adu_per_photon,
+                                  noise_adu=noise_adu, seed=seed)
+        return frames, paths["detector"]
+    if detector is None:
+        raise InputError("a photons file needs its detector file", field="detector",
+                         fix="give the detector file the photons were recorded or simulated with")
+    shape = Detector.read(detector).shape
+    if shape is None:
+        from spibatch.io.dragonfly import photons_info
+
+        side = int(round(np.sqrt(photons_info(source)[1])))
+        shape = (side, side)
+    frames = FrameSet.from_photons(source, shape, hit_fraction=hit_fraction, pulses_per_train=pulses_per_train,
+                                   num_hits=num_hits, adu_per_photon=adu_per_photon, noise_adu=noise_adu, seed=seed)
+    return frames, Path(detector)
+
+
 def replay(frames: FrameSet, rate_hz: float, as_: str, target: str | os.PathLike, *, trains_per_file: int = 5,
            run_number: int = 1, detector: str = "AGIPD1M", close: bool = True, linger_s: float = 5.0,
            stop: threading.Event | None = None, start_train: int = 0, stop_train: int | None = None) -> int:
