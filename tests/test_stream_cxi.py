@@ -16,6 +16,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from spibatch import layout
 from spibatch.detector import Detector
@@ -149,3 +150,17 @@ def test_emc_takes_the_chunks_as_they_come(small_dataset, tmp_path):
     assert shards.finished()
     records = [json.loads(line) for line in open(tmp_path / "emc" / layout.METRICS)]
     assert records[0]["num_frames"] == 60
+
+
+def test_frames_from_a_shared_set_and_open_source(small_dataset, tmp_path):
+    from spibatch.stream.replay import frames_from
+    from spibatch.stream.sources import KINDS, open_source
+
+    frames, detector_path = frames_from(small_dataset / "photons.emc", detector=small_dataset / "det_sim.h5",
+                                        hit_fraction=0.25, pulses_per_train=8, num_hits=40)
+    assert frames.frame_shape == (64, 64) and frames.is_hit.sum() == 40 and frames.num_frames == 160
+    assert detector_path == small_dataset / "det_sim.h5"
+    assert set(KINDS) == {"euxfel-run", "karabo-bridge", "cxi-folder"}
+    assert isinstance(open_source("cxi-folder", str(tmp_path), (64, 64)), CxiFolderSource)
+    with pytest.raises(Exception, match="unknown source kind"):
+        open_source("hdf5-soup", str(tmp_path), (64, 64))

@@ -116,3 +116,18 @@ def test_bad_sequence_files_are_skipped_counted_and_named(tmp_path, caplog):
     good = [0, 1, 10, 11]   # (sequence 4 had trains 8, 9: its files were replaced)
     assert sorted(chunk_ids(out)) == sorted(hit_ids(frames, good))
     assert summary["trains"] == len(good) and summary["frames_seen"] == 2 * len(good)
+
+
+def test_raw_agipd_frames_are_refused_before_anything_is_written(tmp_path):
+    from extra_data.tests.mockdata import write_file
+    from extra_data.tests.mockdata.detectors import AGIPDModule
+
+    run = tmp_path / "raw"
+    run.mkdir()
+    for m in range(16):
+        write_file(str(run / f"RAW-R0001-AGIPD{m:02d}-S00000.h5"), [AGIPDModule(f"SPB_DET_AGIPD1M-1/DET/{m}CH0",
+                                                                                 frames_per_train=2)],
+                   ntrains=2, chunksize=2, format_version="1.0")
+    with pytest.raises(InputError, match="raw data: each frame is"):
+        Follower(RunFolderSource(run, AGIPD.shape, "AGIPD1M"), AGIPD, tmp_path / "follow").run()
+    assert not (tmp_path / "follow").exists()

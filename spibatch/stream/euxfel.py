@@ -118,6 +118,12 @@ class RunFolderSource:
                              path=files[seq][max(numbers)], field="geometry",
                              fix="give the geometry of the detector that recorded this run")
         source, keydata = self._open(files[seq][numbers[0]])
+        if isinstance(keydata, Exception):
+            return
+        if keydata is not None and self.key == "image.data" and tuple(keydata.entry_shape) == (2,) + self.module_shape:
+            raise InputError(f"raw data: each frame is (analog, gain) {tuple(keydata.entry_shape)}, not photons",
+                             path=files[seq][numbers[0]], field=f"{source}.{self.key}",
+                             fix="follow the calibrated run (proc/, CORR files) or the calibrated Karabo bridge")
         if keydata is not None and self._frames_per_entry(keydata.entry_shape) is None:
             raise InputError(f"module data of shape {keydata.entry_shape}, the geometry's modules are "
                              f"{self.module_shape}", path=files[seq][numbers[0]], field=f"{source}.{self.key}",
