@@ -6,8 +6,8 @@
 and commits them in chunks (:class:`~spibatch.stream.store.Store`).  It ends when
 
 * the source says so (``source.ended``: a run folder whose overview file marks it closed),
-* no new train arrived for ``idle_timeout_s`` (a Karabo bridge that stopped sending; a run
-  folder nobody writes to any more),
+* no train (good or bad) arrived for ``idle_timeout_s`` (a Karabo bridge that stopped sending; a
+  run folder nobody writes to any more),
 * the stop file exists (``RunLayout(run).stop``, which ``spibatch stop RUN_DIR`` creates),
 
 and writes everything it processed first.  Started again on the same folder it resumes from
@@ -136,15 +136,17 @@ class Follower:
                 for item in items:
                     if isinstance(item, Skipped):
                         self._skipped(item)
-                    elif self._block(item):
-                        last_new = time.monotonic()
+                    else:
+                        self._block(item)
+                if items:     # any train, good or bad, shows the source is alive
+                    last_new = time.monotonic()
                 self._maybe_commit()
                 if not items:
                     if self.source.ended:
                         reason = self.source.ended
                         break
                     if time.monotonic() - last_new > self.settings.idle_timeout_s:
-                        reason = f"no new train for {self.settings.idle_timeout_s:g} s"
+                        reason = f"no new train for {self.settings.idle_timeout_s:g} s"   # (good or bad)
                         break
                     time.sleep(self.settings.poll_s)
             self._report_old()
@@ -180,7 +182,7 @@ class Follower:
             self.last_train = max(self.last_train, max(item.trains))
 
     def _block(self, block: Block) -> bool:
-        """Process one block; True when it brought a new train."""
+        """Process one block; True when it brought a new train (False: refused or already taken)."""
         shape = tuple(block.data.shape[1:])
         if shape != self.frame_shape:
             trains = tuple(int(t) for t in np.unique(block.train_ids))
