@@ -131,3 +131,36 @@ def test_raw_agipd_frames_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(InputError, match="raw data: each frame is"):
         Follower(RunFolderSource(run, AGIPD.shape, "AGIPD1M"), AGIPD, tmp_path / "follow").run()
     assert not (tmp_path / "follow").exists()
+
+
+def test_a_module_short_of_some_trains(tmp_path, caplog):
+    """Inside one sequence: module 3 has no frames for one train, module 4 fewer frames than the rest for
+    another: those trains are skipped and named, the others kept."""
+    import h5py
+
+    frames = agipd_frames(3, seed=2)
+    run = tmp_path / "r0004"
+    run.mkdir()
+    write_sequence(frames, range(3), run, 0)
+    for module, train, count in ((3, 0, 0), (4, 2, 1)):
+        with h5py.File(run / f"CORR-R0001-AGIPD{module:02d}-S00000.h5", "r+") as f:
+            f[f"INDEX/SPB_DET_AGIPD1M-1/CORR/{module}CH0:output/image/count"][train] = count
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        summary = Follower(RunFolderSource(run, AGIPD.shape, "AGIPD1M", settle_s=0), AGIPD, tmp_path / "follow",
+                           FollowSettings(adu_per_photon=10.0, threshold=1000, idle_timeout_s=1)).run()
+    assert summary["bad_trains"] == {"module missing": 1, "modules disagree": 1}
+    assert "train 10000: image.data: modules [3] missing (module 3: no data for this train)" in caplog.text
+    assert "train 10002: image.data: frames per module differ: [1, 2]" in caplog.text
+    assert set(chunk_ids(tmp_path / "follow")) == hit_ids(frames, [1])
+
+
+def test_geometry_from_a_crystfel_file(tmp_path):
+    from spibatch.stream.geometry import geometry_from_file
+
+    GEOM.write_crystfel_geom(str(tmp_path / "agipd.geom"), photon_energy=6000, clen=0.0, adu_per_ev=1.0)
+    detector = detector_from_geometry(geometry_from_file(tmp_path / "agipd.geom", "AGIPD1M"), wavelength_m=2e-10,
+                                      distance_m=0.7)
+    assert detector.shape == AGIPD.shape and np.allclose(detector.q_voxels, AGIPD.q_voxels, atol=1e-6)
+    (tmp_path / "bad.geom").write_text("this is not a geometry\n")
+    with pytest.raises(InputError, match="bad.geom: geometry: EXtra-geom cannot read it"):
+        geometry_from_file(tmp_path / "bad.geom")
