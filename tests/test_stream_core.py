@@ -153,3 +153,14 @@ def test_the_stop_file_ends_the_follow_after_committing(tmp_path):
                        stop_file=stop).run()
     assert summary["end_reason"].startswith("stop file") and summary["trains"] == 3
     assert set(chunk_ids(out)) == hit_ids(frames, range(3))
+
+
+def test_resuming_with_another_detector_is_refused(tmp_path):
+    frames = FrameSet.synthetic(DET.shape, 2, 4, hit_fraction=0.5, photons_per_hit=300)
+    out = tmp_path / "follow"
+    Follower(ListSource(blocks_of(frames)), DET, out, FollowSettings(threshold=100, flush_s=0)).run()
+    (out / layout.FOLLOW_INDEX).write_text("".join(line for line in open(out / layout.FOLLOW_INDEX)
+                                                   if '"end"' not in line))
+    other = Detector.flat(32, 1e-3, 0.2, 1e-9)
+    with pytest.raises(InputError, match="started with another detector"):
+        Follower(ListSource(blocks_of(FrameSet.synthetic(DET.shape, 4, 4, first_train=20000))), other, out).run()

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from spibatch import layout
+from spibatch.errors import InputError
 from spibatch.io.atomic import write_text
 from spibatch.io.dragonfly import PhotonsWriter, write_detector
 from spibatch.photons import Photons
@@ -159,9 +160,19 @@ class Store:
 
     def start(self, detector) -> None:
         """Create the folder and write ``detector.h5`` (once; a resumed follow keeps its own)."""
+        path = self.folder / layout.DETECTOR
+        if path.exists():
+            from spibatch.detector import Detector
+
+            before = Detector.read(path)
+            if before.shape != detector.shape or not np.array_equal(before.mask, detector.mask) \
+                    or not np.allclose(before.q_voxels, detector.q_voxels):
+                raise InputError(f"this follow was started with another detector (shape {before.shape}), "
+                                 f"now {detector.shape}", path=path, field="detector",
+                                 fix="resume with the run's own geometry, or follow into a new run folder")
         self.chunks.mkdir(parents=True, exist_ok=True)
-        if not (self.folder / layout.DETECTOR).exists():
-            write_detector(self.folder / layout.DETECTOR, detector)
+        if not path.exists():
+            write_detector(path, detector)
 
     def recent_lit(self, count: int) -> np.ndarray:
         """The lit pixels of the last ``count`` committed frames (the hit finder's window on resume)."""
