@@ -164,3 +164,26 @@ def test_resuming_with_another_detector_is_refused(tmp_path):
     other = Detector.flat(32, 1e-3, 0.2, 1e-9)
     with pytest.raises(InputError, match="started with another detector"):
         Follower(ListSource(blocks_of(FrameSet.synthetic(DET.shape, 4, 4, first_train=20000))), other, out).run()
+
+
+def test_a_crash_mid_commit_is_cleaned_up_on_resume(tmp_path, caplog):
+    """What a kill between the chunk, the statistics and the index line leaves: an orphan chunk, records past
+    the last line, a torn last line; the resumed follower drops them and goes on with nothing doubled."""
+    frames = FrameSet.synthetic(DET.shape, 12, 4, hit_fraction=0.5, photons_per_hit=300)
+    out = tmp_path / "follow"
+    settings = FollowSettings(threshold=100, chunk_frames=2, flush_s=0)
+    Follower(ListSource(blocks_of(frames, range(6))), DET, out, settings).run()
+    index = out / layout.FOLLOW_INDEX
+    lines = [line for line in open(index) if '"end"' not in line]
+    index.write_text("".join(lines) + '{"commit": 99, "chunk": "chunk_0000')
+    (out / layout.CHUNKS_DIR / layout.chunk_name(999)).write_bytes(b"half a chunk")
+    with open(out / layout.FOLLOW_FRAMES, "ab") as f:
+        f.write(b"\0" * FRAME_STATS.itemsize * 3)
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        summary = Follower(ListSource(blocks_of(frames)), DET, out, settings).run()
+    assert "a torn last line" in caplog.text and "chunk_000999.emc: not in the index" in caplog.text
+    assert not (out / layout.CHUNKS_DIR / layout.chunk_name(999)).exists()
+    ids = chunk_ids(out)
+    assert len(ids) == len(set(ids)) and set(ids) == hit_ids(frames)
+    stats = read_frame_stats(out / layout.FOLLOW_FRAMES)
+    assert summary["frames_seen"] == len(stats) == frames.num_frames and stats["train_id"].min() == frames.first_train

@@ -100,25 +100,29 @@ def _follow_process(folder, detector_path, out, log_path):
 
 
 def test_a_killed_follower_resumes_with_nothing_lost_or_doubled(tmp_path):
+    """The first half of the files is there when the follower process starts; it is SIGKILLed once it has
+    committed twice (wherever it is then); the second half appears while a new follower process resumes."""
     detector = Detector.flat(16, 1e-3, 0.1, 1e-9)
     write_detector(tmp_path / "det.h5", detector)
-    frames = FrameSet.synthetic((16, 16), 60, 4, hit_fraction=0.4, photons_per_hit=60)
+    frames = FrameSet.synthetic((16, 16), 40, 4, hit_fraction=0.4, photons_per_hit=60)
     folder, out, log_path = tmp_path / "cxi", tmp_path / "follow", tmp_path / "follow.log"
-    writer = threading.Thread(target=replay, args=(frames, 60.0, "cxi-folder", folder), kwargs={"trains_per_file": 2})
-    writer.start()
+    replay(frames, 1e6, "cxi-folder", folder, trains_per_file=2, stop_train=20)
     first = _follow_process(folder, tmp_path / "det.h5", out, log_path)
     index = out / layout.FOLLOW_INDEX
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (index.exists() and sum(1 for _ in open(index)) >= 4):
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)                  # mid-run, wherever it was
+    while time.monotonic() < deadline and not (index.exists() and sum(1 for _ in open(index)) >= 2):
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
     first.wait()
     before = len(chunk_ids(out))
+    writer = threading.Thread(target=replay, args=(frames, 80.0, "cxi-folder", folder),
+                              kwargs={"trains_per_file": 2, "start_train": 20})
+    writer.start()
     second = _follow_process(folder, tmp_path / "det.h5", out, log_path)
     summary = json.loads(second.communicate(timeout=120)[0].strip().splitlines()[-1])
     writer.join()
     assert second.returncode == 0, log_path.read_text()
-    assert 0 < before < frames.is_hit.sum()
+    assert 0 < before <= len(hit_ids(frames, range(20)))
     ids = chunk_ids(out)
     assert len(ids) == len(set(ids)) and set(ids) == hit_ids(frames), "nothing lost, nothing doubled"
     assert summary["frames_seen"] == frames.num_frames and summary["hits"] == frames.is_hit.sum()
