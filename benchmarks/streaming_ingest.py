@@ -15,6 +15,8 @@ chunk files with their IDs, the per-frame statistics and the index, on a scratch
 * ``rss``: one follower over ``--frames`` frames (all threads), its resident memory (/proc/self/statm)
   sampled every 0.5 s against the frames and hits so far (``--shape 64,64 --chunk-frames 16`` runs it
   on small frames with many commits).
+* ``bridge-rss``: the same over a real Karabo bridge: ``replay(..., "karabo-bridge")`` of synthetic frames
+  of ``--shape`` in another process, asked for ``--rate`` frames/s (``--part bridge-rss --shape 64,64``).
 
     python benchmarks/streaming_ingest.py [--part throughput|rss|all] [--frames 100000] [--repeats 3]
 """
@@ -176,9 +178,69 @@ def rss(pool, args) -> None:
               f"({(last[3] - first[3]) / 1e6:+.1f} MB; max {max(s[3] for s in later) / 1e6:.1f} MB)")
 
 
+REPLAY_SCRIPT = """
+import sys
+from spibatch.stream.replay import FrameSet, replay
+shape = tuple(int(n) for n in sys.argv[2].split(","))
+frames = FrameSet.synthetic(shape, int(sys.argv[3]), int(sys.argv[4]), hit_fraction=0.1, photons_per_hit=500,
+                            background_photons=5, adu_per_photon=10.0)
+replay(frames, float(sys.argv[5]), "karabo-bridge", sys.argv[1], linger_s=2)
+"""
+
+
+def bridge_rss(args) -> None:
+    """The follower's RSS over a real Karabo-bridge replay served by another process (synthetic frames)."""
+    import socket
+    import subprocess
+    import sys
+
+    from spibatch.stream.bridge import BridgeSource
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    trains = args.frames // args.pulses
+    server = subprocess.Popen([sys.executable, "-c", REPLAY_SCRIPT, endpoint, ",".join(map(str, args.shape)),
+                               str(trains), str(args.pulses), str(args.rate)])
+    page = os.sysconf("SC_PAGE_SIZE")
+    samples = []
+    try:
+        with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+            follower = Follower(BridgeSource(endpoint, args.shape, timeout_s=1.0), detector(args.shape),
+                                os.path.join(scratch, "follow"),
+                                FollowSettings(adu_per_photon=10.0, chunk_frames=args.chunk_frames, idle_timeout_s=3))
+            done = threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    with open("/proc/self/statm") as f:
+                        samples.append((follower.store.state.frames_seen, int(f.read().split()[1]) * page))
+                    done.wait(0.5)
+
+            sampler = threading.Thread(target=sample)
+            start = time.perf_counter()
+            sampler.start()
+            summary = follower.run()
+            done.set()
+            sampler.join()
+            wall = time.perf_counter() - start
+    finally:
+        server.wait(timeout=60)
+    print(f"bridge replay: {summary['frames_seen']} frames of {args.shape} in {summary['trains']} trains, "
+          f"{summary['hits']} hits, {wall:.0f} s ({summary['frames_seen'] / wall:.0f} frames/s)")
+    step = max(1, len(samples) // 10)
+    print("frames seen | RSS MB")
+    for frames, resident in samples[::step] + samples[-1:]:
+        print(f"{frames:11d} | {resident / 1e6:7.1f}")
+    later = [s for s in samples if s[0] >= 0.1 * summary["frames_seen"]]
+    if later:
+        print(f"RSS from {later[0][0]} to {later[-1][0]} frames: {later[0][1] / 1e6:.1f} -> {later[-1][1] / 1e6:.1f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("throughput", "rss", "all"), default="all")
+    parser.add_argument("--part", choices=("throughput", "rss", "bridge-rss", "all"), default="all")
+    parser.add_argument("--rate", type=float, default=20000.0, help="frames/s the bridge replay is asked for")
     parser.add_argument("--frames", type=int, default=100_000, help="frames of the RSS run")
     parser.add_argument("--throughput-frames", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
@@ -195,11 +257,13 @@ def main() -> None:
     print(f"frames {args.shape} float32; hit fraction {args.hit_fraction}, {args.photons_per_hit} photons per hit, "
           f"{args.background} background photons, noise 0.1 photon, {args.adu} ADU/photon; trains of {args.pulses}; "
           f"{numba.config.NUMBA_NUM_THREADS} Numba threads available; load average {os.getloadavg()[0]:.1f}", flush=True)
-    pool, _ = make_pool(args)
+    pool = make_pool(args)[0] if args.part != "bridge-rss" else None
     if args.part in ("throughput", "all") and args.shape == SHAPE:
         throughput(pool, args)
     if args.part in ("rss", "all"):
         rss(pool, args)
+    if args.part == "bridge-rss":
+        bridge_rss(args)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
