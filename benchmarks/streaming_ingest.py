@@ -182,8 +182,10 @@ REPLAY_SCRIPT = """
 import sys
 from spibatch.stream.replay import FrameSet, replay
 shape = tuple(int(n) for n in sys.argv[2].split(","))
-frames = FrameSet.synthetic(shape, int(sys.argv[3]), int(sys.argv[4]), hit_fraction=0.1, photons_per_hit=500,
-                            background_photons=5, adu_per_photon=10.0)
+hit_fraction, photons, background, adu = (float(x) for x in sys.argv[6:10])
+frames = FrameSet.synthetic(shape, int(sys.argv[3]), int(sys.argv[4]), hit_fraction=hit_fraction,
+                            photons_per_hit=int(photons), background_photons=background, adu_per_photon=adu,
+                            noise_adu=0.1 * adu)
 replay(frames, float(sys.argv[5]), "karabo-bridge", sys.argv[1], linger_s=2)
 """
 
@@ -201,14 +203,16 @@ def bridge_rss(args) -> None:
         endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     trains = args.frames // args.pulses
     server = subprocess.Popen([sys.executable, "-c", REPLAY_SCRIPT, endpoint, ",".join(map(str, args.shape)),
-                               str(trains), str(args.pulses), str(args.rate)])
+                               str(trains), str(args.pulses), str(args.rate), str(args.hit_fraction),
+                               str(args.photons_per_hit), str(args.background), str(args.adu)])
     page = os.sysconf("SC_PAGE_SIZE")
     samples = []
     try:
         with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
             follower = Follower(BridgeSource(endpoint, args.shape, timeout_s=1.0), detector(args.shape),
                                 os.path.join(scratch, "follow"),
-                                FollowSettings(adu_per_photon=10.0, chunk_frames=args.chunk_frames, idle_timeout_s=3))
+                                FollowSettings(adu_per_photon=args.adu, chunk_frames=args.chunk_frames,
+                                               idle_timeout_s=15))
             done = threading.Event()
 
             def sample():
@@ -225,7 +229,10 @@ def bridge_rss(args) -> None:
             sampler.join()
             wall = time.perf_counter() - start
     finally:
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
     print(f"bridge replay: {summary['frames_seen']} frames of {args.shape} in {summary['trains']} trains, "
           f"{summary['hits']} hits, {wall:.0f} s ({summary['frames_seen'] / wall:.0f} frames/s)")
     step = max(1, len(samples) // 10)

@@ -105,11 +105,3 @@ def asic_edges(geom, shape: tuple[int, ...]) -> np.ndarray:
             tile[0, :] = tile[-1, :] = True
             tile[:, 0] = tile[:, -1] = True
     return edges
-
-
-def check_frames(detector: Detector, frame_shape: tuple[int, ...], source: str) -> None:
-    """InputError (nothing written yet) unless frames of ``frame_shape`` from ``source`` fit ``detector``."""
-    if tuple(frame_shape) != tuple(detector.shape or ()):
-        raise InputError(f"frames of shape {tuple(frame_shape)}, but the geometry describes {detector.shape}",
-                         path=source, field="geometry",
-                         fix="give the geometry of the detector that recorded this run (modules, ss, fs)")
