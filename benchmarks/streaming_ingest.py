@@ -212,7 +212,7 @@ def bridge_rss(args) -> None:
             follower = Follower(BridgeSource(endpoint, args.shape, timeout_s=1.0), detector(args.shape),
                                 os.path.join(scratch, "follow"),
                                 FollowSettings(adu_per_photon=args.adu, chunk_frames=args.chunk_frames,
-                                               idle_timeout_s=15))
+                                               idle_timeout_s=60))
             done = threading.Event()
 
             def sample():
@@ -247,7 +247,7 @@ def bridge_rss(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=("throughput", "rss", "bridge-rss", "all"), default="all")
-    parser.add_argument("--rate", type=float, default=20000.0, help="frames/s the bridge replay is asked for")
+    parser.add_argument("--rate", type=float, default=20000.0, help="frames/s the bridge replay is asked for; the follow ends 60 s after the last train")
     parser.add_argument("--frames", type=int, default=100_000, help="frames of the RSS run")
     parser.add_argument("--throughput-frames", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
