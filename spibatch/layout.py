@@ -14,6 +14,10 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
                            <stage>.stdout, <stage>.stderr
     simulate/              photons.emc, detector.h5, truth.h5, density.mrc
     ingest/                photons.emc, detector.h5 (from a CXI stack)
+    follow/                a live source's hits: detector.h5, chunks/chunk_NNNNNN.emc (photons + train/pulse
+                           IDs, each written atomically), index.jsonl (one line per commit: the EMC side polls
+                           it), frames.bin (per-frame statistics), status.json (the monitor's summary)
+    stop                   `spibatch stop RUN_DIR` creates it: the follower ends at its next block
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
                            model_NNN.npy, timing.jsonl)
     phase/                 phasing.h5, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl
@@ -43,13 +47,22 @@ JOBS_DIR = "jobs"
 RUNINFO = "runinfo"
 
 # ---- stage folders
-STAGE_DIRS = {"simulate": "simulate", "ingest": "ingest", "emc": "emc", "phase": "phase", "validate": "validate"}
+STAGE_DIRS = {"simulate": "simulate", "ingest": "ingest", "follow": "follow", "emc": "emc", "phase": "phase",
+              "validate": "validate"}
+STOP = "stop"                    # run root: a request to stop following (`spibatch stop RUN_DIR` writes it)
 
 # ---- data (simulate/, ingest/)
 PHOTONS = "photons.emc"
 DETECTOR = "detector.h5"
 TRUTH = "truth.h5"
 DENSITY_MRC = "density.mrc"
+
+# ---- following a live source (follow/)
+CHUNKS_DIR = "chunks"
+FOLLOW_INDEX = "index.jsonl"     # one JSON line per commit (chunk, frame range, counts), then an "end" line
+FOLLOW_FRAMES = "frames.bin"     # per-frame statistics: spibatch.stream.store.FRAME_STATS records, appended
+FOLLOW_STATUS = "status.json"    # hit rate, lit-pixel histogram, frames, hits, bad trains: rewritten per commit
+CHUNK_RE = re.compile(r"^chunk_(\d{6,})\.emc$")
 
 # ---- EMC (emc/, or a bare EMC folder)
 EMC_LOG = "EMC.log"
@@ -83,6 +96,11 @@ def output_iteration(path: str | Path) -> int | None:
     """The iteration an ``output_NNN.h5`` name holds, or None for any other name."""
     match = OUTPUT_RE.match(Path(path).name)
     return int(match.group(1)) if match else None
+
+
+def chunk_name(index: int) -> str:
+    """``chunk_NNNNNN.emc``: the follower's chunk ``index`` (from 1) of hits, a Dragonfly photons file."""
+    return f"chunk_{index:06d}.emc"
 
 
 def htc_model_name(iteration: int) -> str:
@@ -136,6 +154,11 @@ class RunLayout:
     def runinfo(self) -> Path:
         return self.path / RUNINFO
 
+    @property
+    def stop(self) -> Path:
+        """``stop``: its presence asks a follower (and whatever follows it) to end."""
+        return self.path / STOP
+
     # -- stages
     def stage_dir(self, stage: str) -> Path:
         """The folder a stage writes into (``emc/``, ``phase/``, ...)."""
@@ -169,6 +192,26 @@ class RunLayout:
     @property
     def truth_density_mrc(self) -> Path:
         return self.stage_dir("simulate") / DENSITY_MRC
+
+    # -- following a live source
+    @property
+    def follow(self) -> Path:
+        return self.stage_dir("follow")
+
+    @property
+    def follow_index(self) -> Path:
+        return self.follow / FOLLOW_INDEX
+
+    @property
+    def follow_frames(self) -> Path:
+        return self.follow / FOLLOW_FRAMES
+
+    @property
+    def follow_status(self) -> Path:
+        return self.follow / FOLLOW_STATUS
+
+    def chunk(self, index: int) -> Path:
+        return self.follow / CHUNKS_DIR / chunk_name(index)
 
     # -- EMC
     @property
