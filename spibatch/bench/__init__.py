@@ -66,6 +66,7 @@ def finish(out: Path, document: dict, *, rates: bool = True) -> str:
     """Kernel rates (once per bench folder), the model's calibration and check, the report; the summary text."""
     from spibatch.bench import model, report, runner
 
+    runner.fill_sizes(out, document)
     if rates and not document.get("rates"):
         from spibatch.bench.kernels import measure_rates
 

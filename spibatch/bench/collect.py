@@ -89,7 +89,11 @@ def phasing_run(run_dir: Path) -> dict:
         raise ValueError(f"no phasing start recorded in {run.phasing_metrics}")
     per_iteration = [r["seconds"] / max(1, len(r["errors"])) for r in starts]
     marker = _marker(run, "phase")
-    return {"starts": [{"seconds": r["seconds"], "iterations": len(r["errors"])} for r in starts],
+    import h5py
+
+    with h5py.File(run.phasing, "r") as f:
+        edge = int(f["density"].shape[0])
+    return {"edge": edge, "starts": [{"seconds": r["seconds"], "iterations": len(r["errors"])} for r in starts],
             "median_start_s": statistics.median(r["seconds"] for r in starts),
             "median_iteration_s": statistics.median(per_iteration), "stage_s": marker.get("seconds")}
 

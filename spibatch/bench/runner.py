@@ -142,6 +142,35 @@ def run_matrix(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Pa
     return document
 
 
+def point_sizes(record: dict, folder: Path) -> tuple[dict | None, int | None]:
+    """(sizes, threads per worker) of a point from its own pipeline and site files (what the model counts)."""
+    import yaml
+
+    from spibatch.backends import load_site, provider_for
+    from spibatch.bench import sizes
+
+    if not (folder / "site.yaml").is_file():
+        return None, None
+    threads = provider_for(load_site(folder / "site.yaml")).threads_per_worker()
+    if record["kind"] == "phasing":
+        runs = record.get("repeat_runs") or []
+        if not runs or "edge" not in runs[0]:
+            return None, threads
+        return {"edge": runs[0]["edge"], "starts": len(runs[0]["starts"]),
+                "iterations": runs[0]["starts"][0]["iterations"]}, threads
+    emc = yaml.safe_load((folder / "pipeline.yaml").read_text(encoding="utf-8"))["emc"]
+    return sizes.of_files(Path(emc["photons"]), Path(emc["detector"]), record["frames"], emc["num_div"],
+                          emc["frames_per_shard"], emc.get("model_size")), threads
+
+
+def fill_sizes(out: Path, document: dict) -> None:
+    """Sizes and threads of every measured point that lacks them (points measured by an older spibatch)."""
+    for record in document["points"]:
+        if record["status"] == "measured" and not record.get("sizes"):
+            record["sizes"], record["threads_per_worker"] = point_sizes(record, out / POINTS_DIR /
+                                                                        record["key"].replace("/", "_"))
+
+
 def measure_point(point: Point, bench: Bench, info: SiteInfo, out: Path) -> dict:
     """All repeats of one point, back to back, in ``out/points/<point>/`` (removed first if half done)."""
     folder = out / POINTS_DIR / point.folder
@@ -160,6 +189,8 @@ def measure_point(point: Point, bench: Bench, info: SiteInfo, out: Path) -> dict
         record.update(status="failed", error=" ".join(str(exc).split())[:1000])
         log.warning("bench: %s failed: %s", point.key, record["error"])
     record["finished"], record["load_end"] = machine.now(), machine.load()
+    if record["status"] == "measured":
+        record["sizes"], record["threads_per_worker"] = point_sizes(record, folder)
     record["summary"] = collect.summarize(point.kind, record["repeat_runs"]) if record["status"] == "measured" \
         else None
     return record

@@ -1,0 +1,215 @@
+"""The performance model of one EMC iteration and one phasing iteration, calibrated and checked on the matrix.
+
+EMC, per iteration, from the sizes (:mod:`spibatch.bench.sizes`) and this machine's kernel rates
+(:mod:`spibatch.bench.kernels`, seconds per unit on one thread):
+
+* one shard's kernels (one thread): expand ``R P_used a_x``; likelihood ``R (E_used l_e + D l_d)``;
+  normalize ``K a_n`` (K kept (frame, rotation) entries); merge ``R (P_merged m_p + E_merged m_e)`` --
+  per shard, since every shard expands and merges all R rotations;
+* a worker of t threads runs at ``t eff(t) share`` thread-speeds: eff from the rates on all cores,
+  ``share = min(1, cores / load)`` on a machine whose load average exceeds its cores (others' jobs), relative
+  to the share the microbenchmarks had (they ran under the load they recorded);
+* HPC (w ranks): compute = ceil(S / w) shards; reduce = one Allreduce of the sums (2 (w-1)/w x 16 M^3 bytes
+  over the link) + the finish (5 x 8 M^3 bytes through memory);
+* HTC (w workers, S tasks): compute = ceil(S / w) rounds of one shard; data movement = the model written once
+  and read by each task (8 M^3 bytes each); dispatch = a task latency per round + S x 16 M^3 bytes of sums
+  returned through the interchange; reduce = S x 24 M^3 bytes added in memory + the finish.
+
+Measured = ``k_compute`` x compute + ``k_overhead`` x (everything else): two numbers fitted (non-negative least
+squares on the relative error) on the calibration points (the smallest worker count: one HPC and one HTC point
+per site suffice), then the prediction is compared
+with points the fit never saw (the check).  Phasing: a start's iteration ``k_phasing x a_fft N^3 log2 N^3 /
+(t eff share)``; the phase stage ``ceil(starts / w)`` starts + ``b_phase_s``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MODES = ("hpc", "htc")
+GOAL = 0.25
+
+
+def _eff(rates: dict, kernel: str, threads: int) -> float:
+    """Parallel efficiency of ``kernel`` on ``threads`` threads, interpolated between 1 and all cores."""
+    cores = [int(c) for c in rates["emc"]]
+    most = max(cores)
+    if threads <= 1 or most <= 1:
+        return 1.0
+    one, all_ = rates["emc"]["1"], rates["emc"][str(most)]
+    key = {"expand": "expand_per_rot_pixel", "likelihood": "likelihood_per_rot_frame",
+           "normalize": "normalize_per_kept", "merge": "merge_per_rot_pixel"}[kernel]
+    eff_most = min(1.0, max(0.05, one[key] / max(all_[key], 1e-30) / most)) if all_[key] else 1.0
+    t = min(threads, most)
+    return 1.0 - (1.0 - eff_most) * (t - 1) / max(1, most - 1)
+
+
+def shard_kernels(sizes: dict, rates: dict, kept_per_frame: float | None = None) -> dict:
+    """One (average) shard's kernel seconds on one thread."""
+    one = rates["emc"]["1"]
+    s = sizes["shards"]
+    r, d = sizes["rotations"], sizes["frames"] / s
+    kept = d * (kept_per_frame if kept_per_frame is not None else r)
+    return {"expand": r * sizes["pixels_used"] * one["expand_per_rot_pixel"],
+            "likelihood": r * (sizes["entries_used"] / s * one["likelihood_per_rot_entry"]
+                               + d * one["likelihood_per_rot_frame"]),
+            "normalize": kept * one["normalize_per_kept"],
+            "merge": r * (sizes["pixels_merged"] * one["merge_per_rot_pixel"]
+                          + sizes["entries_merged"] / s * one["merge_per_rot_entry"])}
+
+
+def share(load: float | None, cores: int) -> float:
+    """The fraction of a thread-speed a thread gets when the load average exceeds the cores."""
+    return 1.0 if not load or load <= cores else cores / load
+
+
+def relative_share(load: float | None, rates: dict) -> float:
+    """A thread's speed at ``load`` relative to the microbenchmarks' (which ran at the load they recorded)."""
+    cores = rates.get("cores", 1)
+    during = [v[0] for v in (rates.get("load_start"), rates.get("load_end")) if v and v[0] is not None]
+    return share(load, cores) / share(sum(during) / len(during) if during else None, cores)
+
+
+def emc_terms(sizes: dict, mode: str, workers: int, threads: int, rates: dict, *, load: float | None = None,
+              kept_per_frame: float | None = None, link_bytes_per_s: float | None = None,
+              dispatch_s: float | None = None, result_bytes_per_s: float | None = None) -> dict:
+    """Uncalibrated seconds of one EMC iteration: ``compute``, ``reduce``, ``data_movement``, ``dispatch``.
+
+    link_bytes_per_s: the Allreduce link (default: this machine's memory add bandwidth / 3: one node);
+    dispatch_s, result_bytes_per_s: Parsl's per-task latency and result bandwidth (default: measured here).
+    """
+    kernels = shard_kernels(sizes, rates, kept_per_frame)
+    contention = relative_share(load, rates)
+    speed = {k: threads * _eff(rates, k, threads) * contention for k in kernels}
+    per_shard = sum(v / speed[k] for k, v in kernels.items())
+    m3 = sizes["model_edge"] ** 3
+    memory = rates["memory"]
+    add = memory["add_bytes_per_s"]
+    finish = 5 * 8 * m3 / add
+    shards = sizes["shards"]
+    rounds = math.ceil(shards / workers)
+    if mode == "hpc":
+        link = link_bytes_per_s or add / 3
+        allreduce = 0.0 if workers == 1 else 2 * (workers - 1) / workers * 16 * m3 / link
+        return {"compute": rounds * per_shard, "reduce": allreduce + finish, "data_movement": 0.0, "dispatch": 0.0}
+    parsl = rates.get("parsl") or {}
+    latency = dispatch_s if dispatch_s is not None else parsl.get("per_task_s", 0.003)
+    result = result_bytes_per_s or parsl.get("result_bytes_per_s", 5e8)
+    return {"compute": rounds * per_shard, "reduce": shards * 24 * m3 / add + finish,
+            "data_movement": 8 * m3 / memory["npy_write_bytes_per_s"] + 8 * m3 / memory["npy_read_bytes_per_s"],
+            "dispatch": rounds * latency + shards * 16 * m3 / result}
+
+
+def combine(terms: dict, params: dict) -> float:
+    """A calibrated prediction: k_compute x compute + k_overhead x the rest."""
+    rest = sum(v for k, v in terms.items() if k != "compute")
+    return params["k_compute"] * terms["compute"] + params["k_overhead"] * rest
+
+
+def fit(rows: list[tuple[dict, float]]) -> dict:
+    """(k_compute, k_overhead) >= 0 minimising the relative errors of ``rows`` (terms, measured)."""
+    from scipy.optimize import nnls
+
+    a = np.array([[t["compute"], sum(v for k, v in t.items() if k != "compute")] for t, _ in rows])
+    y = np.array([m for _, m in rows])
+    weights = 1.0 / y
+    solution, _ = nnls(a * weights[:, None], y * weights)
+    return {"k_compute": float(solution[0]), "k_overhead": float(solution[1])}
+
+
+def _load(record: dict) -> float | None:
+    values = [r[k][0] for r in record.get("repeat_runs", []) for k in ("load_start", "load_end")
+              if r.get(k) and r[k][0] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def calibration_workers(document: dict) -> list[int]:
+    """The worker counts the model is calibrated on: the bench file's ``model.calibrate_workers``... by default
+    the smallest worker count of the matrix (every larger count is then a check the fit never saw)."""
+    counts = sorted({p["workers"] for p in document["points"] if p["status"] == "measured"})
+    return counts[:1]
+
+
+def evaluate(document: dict) -> dict:
+    """Calibrate on the calibration points, predict every measured point; errors per point and the verdict."""
+    rates = document["rates"]
+    calibrate_on = calibration_workers(document)
+    emc = [p for p in document["points"] if p["status"] == "measured" and p["kind"] == "emc" and p.get("sizes")]
+    rows = []
+    for p in emc:
+        terms = emc_terms(p["sizes"], p["mode"], p["workers"], p.get("threads_per_worker") or 1, rates,
+                          load=_load(p), kept_per_frame=p["summary"].get("mean_kept_rotations"))
+        rows.append((p, terms, p["summary"]["iteration_s"]["median"]))
+    params = fit([(t, m) for p, t, m in rows if p["workers"] in calibrate_on]) if rows else None
+    out_points = []
+    for p, terms, measured in rows:
+        predicted = combine(terms, params)
+        scaled = {k: v * (params["k_compute"] if k == "compute" else params["k_overhead"]) for k, v in terms.items()}
+        out_points.append({"key": p["key"], "kind": "emc", "role": "calibration" if p["workers"] in calibrate_on
+                           else "check", "measured_s": measured, "predicted_s": predicted,
+                           "error": (predicted - measured) / measured, "predicted_phases_s": scaled,
+                           "measured_phases_s": p["summary"].get("phases_s"), "load": _load(p)})
+    phasing = evaluate_phasing(document, calibrate_on)
+    out_points += phasing["points"]
+    checks = [abs(p["error"]) for p in out_points if p["role"] == "check"]
+    cals = [abs(p["error"]) for p in out_points if p["role"] == "calibration"]
+    return {"calibrate_workers": calibrate_on, "parameters": {**(params or {}), **phasing["parameters"]},
+            "points": out_points, "goal": GOAL,
+            "calibration_max_abs_error": max(cals) if cals else None,
+            "check_max_abs_error": max(checks) if checks else None,
+            "check_median_abs_error": float(np.median(checks)) if checks else None,
+            "check_within_goal": bool(checks) and max(checks) <= GOAL}
+
+
+def phasing_terms(edge: int, threads: int, rates: dict, load: float | None = None) -> float:
+    """Uncalibrated seconds of one phasing iteration (one start) on ``threads`` threads."""
+    cores = [int(c) for c in rates["phasing"]]
+    one = rates["phasing"]["1"]["per_n3logn3"]
+    most = max(cores)
+    eff = 1.0
+    if threads > 1 and most > 1:
+        eff_most = min(1.0, one / rates["phasing"][str(most)]["per_n3logn3"] / most)
+        eff = 1.0 - (1.0 - eff_most) * (min(threads, most) - 1) / max(1, most - 1)
+    return one * edge ** 3 * math.log2(edge ** 3) / (threads * eff * relative_share(load, rates))
+
+
+def evaluate_phasing(document: dict, calibrate_on: list[int]) -> dict:
+    """k_phasing fitted on the calibration points' iteration times; the stage: ceil(starts / w) starts + b_phase_s."""
+    rates = document["rates"]
+    pts = [p for p in document["points"] if p["status"] == "measured" and p["kind"] == "phasing" and p.get("sizes")]
+    if not pts:
+        return {"parameters": {}, "points": []}
+    rows = []
+    for p in pts:
+        base = phasing_terms(p["sizes"]["edge"], p.get("threads_per_worker") or 1, rates, _load(p))
+        rows.append((p, base))
+    cal = [(p, b) for p, b in rows if p["workers"] in calibrate_on] or rows
+    k = float(np.median([p["summary"]["iteration_s"]["median"] / b for p, b in cal]))
+
+    def stage_work(p, b):
+        return math.ceil(p["sizes"]["starts"] / p["workers"]) * p["sizes"]["iterations"] * k * b
+
+    b_stage = float(np.median([max(0.0, p["summary"]["stage_s"]["median"] - stage_work(p, b)) for p, b in cal]))
+    out = []
+    for p, b in rows:
+        role = "calibration" if p["workers"] in calibrate_on else "check"
+        it_meas, it_pred = p["summary"]["iteration_s"]["median"], k * b
+        st_meas, st_pred = p["summary"]["stage_s"]["median"], stage_work(p, b) + b_stage
+        out.append({"key": p["key"], "kind": "phasing", "role": role, "measured_s": it_meas, "predicted_s": it_pred,
+                    "error": (it_pred - it_meas) / it_meas, "load": _load(p),
+                    "stage_measured_s": st_meas, "stage_predicted_s": st_pred,
+                    "stage_error": (st_pred - st_meas) / st_meas if st_meas else None})
+    return {"parameters": {"k_phasing": k, "b_phase_s": b_stage}, "points": out}
+
+
+def summary_line(model: dict) -> str:
+    """One line: the fit and how well it predicts the points it never saw."""
+    worst = model.get("check_max_abs_error")
+    if worst is None:
+        return "model: no check points (the matrix needs more than one worker count)"
+    verdict = "within" if model["check_within_goal"] else "NOT within"
+    return (f"model: calibrated on workers {model['calibrate_workers']}; on the points it never saw, errors up to "
+            f"{100 * worst:.0f}% (median {100 * model['check_median_abs_error']:.0f}%): {verdict} the "
+            f"{100 * model['goal']:.0f}% goal")
