@@ -40,13 +40,13 @@ def default_out(bench) -> Path:
 
 
 def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_run: bool,
-                  rates: bool = True) -> tuple[Path, str]:
+                  rates: bool | Path = True) -> tuple[Path, str]:
     """``spibatch bench BENCH.yaml [--site A.yaml ...] [--out DIR] [--dry-run]``.
 
     sites: site files replacing the bench file's ``matrix.sites`` (empty: the file's, else this machine);
     out: the bench folder (default ``bench-<name>/`` beside the bench file; an earlier, interrupted run there
     is resumed); dry_run: print what every point would submit, create nothing; rates: measure this machine's
-    kernel rates for the model (the tests turn it off).  Returns (the bench folder, the text to print).
+    kernel rates for the model (False: not; a path: take them from that earlier bench.json of this machine).  Returns (the bench folder, the text to print).
     Raises :class:`~spibatch.errors.InputError` (one line) on bad input, before anything is submitted.
     """
     from spibatch.bench import matrix, runner
@@ -62,12 +62,14 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     return out, finish(out, document, rates=rates)
 
 
-def finish(out: Path, document: dict, *, rates: bool = True) -> str:
+def finish(out: Path, document: dict, *, rates: bool | Path = True) -> str:
     """Kernel rates (once per bench folder), the model's calibration and check, the report; the summary text."""
     from spibatch.bench import model, report, runner
 
     runner.fill_sizes(out, document)
-    if rates and not document.get("rates"):
+    if isinstance(rates, (str, Path)) and not document.get("rates"):
+        document["rates"] = json.loads(Path(rates).read_text(encoding="utf-8"))["rates"]
+    elif rates and not document.get("rates"):
         from spibatch.bench.kernels import measure_rates
 
         log.info("bench: measuring this machine's kernel rates for the model")

@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", type=Path, action="append", default=[], help="a site file (repeat for more)")
     parser.add_argument("--out", type=Path, default=None, help="the bench folder (default: bench-<name>/)")
     parser.add_argument("--dry-run", action="store_true", help="print what every point would submit; create nothing")
+    parser.add_argument("--rates", type=Path, default=None, help="take the kernel rates from this bench.json "
+                        "(of the same machine) instead of measuring them")
+    parser.add_argument("--no-rates", action="store_true", help="no kernel rates, no model")
     parser.add_argument("--schema", action="store_true", help="print the JSON Schema of bench.json and exit")
     args = parser.parse_args(argv)
     if args.schema:
@@ -27,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the bench YAML file is required")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        _, text = bench_command(args.bench, args.site, out=args.out, dry_run=args.dry_run)
+        rates = False if args.no_rates else (args.rates or True)
+        _, text = bench_command(args.bench, args.site, out=args.out, dry_run=args.dry_run, rates=rates)
     except InputError as exc:
         print(f"spibatch: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,138 @@
+"""The model carried to facility scale on paper: the numbers of ``docs/scale.md``.
+
+    python -m spibatch.bench.scale BENCH_JSON [--markdown]
+
+CPU nodes: this machine's single-thread kernel rates (``bench.json`` ``rates``), brought to an unloaded core
+(times the share of a core the microbenchmarks had: cores / load), times the calibrated ``k_compute``, on nodes
+of ``NODE_CORES`` cores at ``NODE_EFFICIENCY`` parallel efficiency (an assumption: this machine has 2 cores).
+GPUs: no device number exists yet (BENCHMARKS.md "GPU: owed"): the roofline floor of the GPU kernels as
+``benchmarks/gpu_bench.py`` writes it -- flops = 4 R D M + 220 R P per shard step, bytes = 16 R D -- on an H200
+(67 TFLOP/s FP32, ~4 TB/s copy bandwidth), times ``GPU_FLOOR_FACTOR`` (issue 5's goal: within 3x the floor).
+Networks and filesystems: the assumptions in ``ASSUMED`` (vendor figures, not measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from spibatch.bench import model, sizes
+
+NODE_CORES = 64              # a CPU node of an HPC cluster (2 x 32-core sockets)
+NODE_EFFICIENCY = 0.7        # parallel efficiency of the Numba kernels on a whole node (assumed; 2 cores here)
+GPU_PEAK_FLOPS = 67e12       # H200 / H100 SXM FP32, vendor sheet (as gpu_bench.PEAK_FP32)
+GPU_BANDWIDTH = 4.0e12       # bytes / s, HBM3e copy bandwidth (4.8 TB/s peak; a copy reaches ~85%)
+GPU_FLOOR_FACTOR = 3.0       # issue 5's goal: the EMC step within 3x the roofline floor
+ASSUMED = {"link_bytes_per_s": 25e9,          # 200 Gb/s InfiniBand per node (Allreduce, ring)
+           "fs_client_bytes_per_s": 3e9,      # one client of a parallel filesystem (Lustre/GPFS), read or write
+           "fs_aggregate_bytes_per_s": 100e9,  # the filesystem as a whole
+           "interchange_bytes_per_s": 0.5e9,  # Parsl's interchange, one driver, pickle + ZeroMQ (quiet machine)
+           "task_latency_s": 0.003,           # Parsl per-task dispatch (2.4-3.2 ms measured here, quiet)
+           "first_result_s": 4.0,             # Parsl's start to the first result (3.7 s measured, quiet)
+           "cpu_node_hour": 2.0, "gpu_hour": 4.0}   # USD, cloud-like list prices (assumed)
+
+
+def unloaded_rates(rates: dict) -> dict:
+    """The rates of one unloaded core: the measured ones times the share of a core they ran with."""
+    during = [v[0] for v in (rates.get("load_start"), rates.get("load_end")) if v and v[0] is not None]
+    share = model.share(sum(during) / len(during) if during else None, rates.get("cores", 1))
+    out = json.loads(json.dumps(rates))
+    for emc in out["emc"].values():
+        for k, v in emc.items():
+            if isinstance(v, float):
+                emc[k] = v * share
+    for ph in out["phasing"].values():
+        ph["per_n3logn3"] *= share
+    out["load_start"] = out["load_end"] = None
+    return out
+
+
+def case(frames: float, num_div: int, edge: int, model_edge: int, photons: float, workers: int) -> dict:
+    """The sizes of one facility case, one shard per worker (the fewest expands and merges)."""
+    return sizes.on_paper(int(frames), num_div, edge, photons, model_edge, math.ceil(frames / workers))
+
+
+def cpu_iteration(sz: dict, nodes: int, rates: dict, k_compute: float, mode: str, kept: float | None) -> dict:
+    """Seconds of one EMC iteration on ``nodes`` CPU nodes (one worker of NODE_CORES threads each)."""
+    kernels = model.shard_kernels(sz, rates, kept)
+    compute = k_compute * sum(kernels.values()) / (NODE_CORES * NODE_EFFICIENCY)
+    return {"compute": compute, **_movement(sz, nodes, mode)}
+
+
+def gpu_iteration(sz: dict, gpus: int, mode: str) -> dict:
+    """Seconds of one EMC iteration on ``gpus`` GPUs (one shard each): GPU_FLOOR_FACTOR x the roofline floor."""
+    d = sz["frames"] / sz["shards"]
+    entries = sz["entries_used"] / sz["frames"]
+    flops = 4.0 * sz["rotations"] * d * entries + 220.0 * sz["rotations"] * sz["pixels_merged"]
+    floor = max(flops / GPU_PEAK_FLOPS, 16.0 * sz["rotations"] * d / GPU_BANDWIDTH)
+    return {"compute": GPU_FLOOR_FACTOR * floor, **_movement(sz, gpus, mode)}
+
+
+def _movement(sz: dict, workers: int, mode: str) -> dict:
+    """Reduce, data movement and dispatch of one iteration for ``workers`` workers (ASSUMED bandwidths)."""
+    sums = 16.0 * sz["model_edge"] ** 3                       # numerator + denominator, float64
+    if mode == "hpc":
+        return {"reduce": 2 * (workers - 1) / workers * sums / ASSUMED["link_bytes_per_s"], "data_movement": 0.0,
+                "dispatch": 0.0}
+    model_bytes = sums / 2
+    return {"reduce": workers * sums / ASSUMED["interchange_bytes_per_s"],   # every task's sums through the driver
+            "data_movement": model_bytes / ASSUMED["fs_client_bytes_per_s"]
+            + workers * model_bytes / ASSUMED["fs_aggregate_bytes_per_s"],
+            "dispatch": ASSUMED["task_latency_s"] * workers}
+
+
+def tree_reduce(sz: dict, workers: int) -> float:
+    """HTC with the sums written to the shared filesystem and added in a binary tree of tasks: log2(w) levels,
+    each a read of two sums and a write of one by a client, plus a task latency."""
+    sums = 16.0 * sz["model_edge"] ** 3
+    levels = math.ceil(math.log2(max(workers, 2)))
+    return levels * (3 * sums / ASSUMED["fs_client_bytes_per_s"] + ASSUMED["task_latency_s"]) \
+        + workers * sums / ASSUMED["fs_aggregate_bytes_per_s"]
+
+
+def table(document: dict) -> list[dict]:
+    """The docs/scale.md rows: 10^7 frames, num_div 15 and 20, 128^2-512^2 pixels, model 400^3, 1000 photons."""
+    rates = unloaded_rates(document["rates"])
+    k = (document.get("model") or {}).get("parameters", {}).get("k_compute", 1.0) or 1.0
+    rows = []
+    for num_div in (15, 20):
+        for edge in (128, 256, 512):
+            for kind, counts in (("cpu", (16, 64, 256)), ("gpu", (8, 16, 64))):
+                for n in counts:
+                    sz = case(1e7, num_div, edge, 400, 1000.0, n)
+                    for mode in ("hpc", "htc"):
+                        parts = cpu_iteration(sz, n, rates, k, mode, 400.0) if kind == "cpu" \
+                            else gpu_iteration(sz, n, mode)
+                        total = sum(parts.values())
+                        price = ASSUMED["cpu_node_hour"] if kind == "cpu" else ASSUMED["gpu_hour"]
+                        rows.append({"num_div": num_div, "rotations": sz["rotations"], "pixels": edge,
+                                     "kind": kind, "count": n, "mode": mode, "iteration_s": total,
+                                     "usd_per_iteration": total / 3600 * n * price,
+                                     "tree_reduce_s": tree_reduce(sz, n) if mode == "htc" else None, **parts})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| num_div (R) | pixels | hardware | mode | s / iteration | compute | reduce | data | dispatch | USD / iter |"
+    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        hw = f"{r['count']} {'nodes' if r['kind'] == 'cpu' else 'GPUs'}"
+        lines.append(f"| {r['num_div']} ({r['rotations']:,}) | {r['pixels']}^2 | {hw} | {r['mode']} | "
+                     f"{r['iteration_s']:.1f} | {r['compute']:.1f} | {r['reduce']:.1f} | {r['data_movement']:.1f} | "
+                     f"{r['dispatch']:.2f} | {r['usd_per_iteration']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m spibatch.bench.scale", description=__doc__)
+    parser.add_argument("bench_json", type=Path)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    rows = table(json.loads(args.bench_json.read_text()))
+    print(markdown(rows) if args.markdown else json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
