@@ -59,7 +59,12 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     if dry_run:
         return out, runner.dry_run(bench, infos, points, out)
     document = runner.run_matrix(bench, infos, points, out)
-    return out, finish(out, document, rates=rates)
+    if document.get("interrupted") and rates is True:
+        rates = False   # no minute of microbenchmarks after an interruption: the next run measures them
+    text = finish(out, document, rates=rates)
+    if document.get("interrupted"):
+        text += "interrupted: run the same command again to measure the remaining points\n"
+    return out, text
 
 
 def finish(out: Path, document: dict, *, rates: bool | Path = True) -> str:

@@ -194,3 +194,20 @@ def measure_rates(parsl: bool = True) -> dict:
     out["container_start_s"] = None      # no container runtime measured here (see docs/scale.md)
     out["load_end"], out["finished"] = machine.load(), machine.now()
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m spibatch.bench.kernels OUT.json``: the rates alone, as ``{"rates": ...}`` (``--rates`` reads it)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m spibatch.bench.kernels", description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--no-parsl", action="store_true", help="skip the Parsl latency measurement")
+    args = parser.parse_args(argv)
+    args.out.write_text(json.dumps({"rates": measure_rates(parsl=not args.no_parsl)}, indent=1, default=float) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -128,17 +128,24 @@ def run_matrix(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Pa
     document["points"] = [kept[p.key] for p in points if p.key in kept]
     save_document(out, document)
     by_name = {i.name: i for i in infos}
-    for n, point in enumerate(points, 1):
-        if point.key in kept:
-            log.info("bench: point %d/%d %s: measured already, kept", n, len(points), point.key)
-            continue
-        log.info("bench: point %d/%d %s (load %s)", n, len(points), point.key, machine.load()[0])
-        record = measure_point(point, bench, by_name[point.site], out)
-        document["points"] = [r for r in document["points"] if r["key"] != point.key] + [record]
-        document["points"].sort(key=lambda r: [p.key for p in points].index(r["key"]))
-        save_document(out, document)
-        if on_point is not None:
-            on_point(record)
+    document["interrupted"] = False
+    try:
+        for n, point in enumerate(points, 1):
+            if point.key in kept:
+                log.info("bench: point %d/%d %s: measured already, kept", n, len(points), point.key)
+                continue
+            log.info("bench: point %d/%d %s (load %s)", n, len(points), point.key, machine.load()[0])
+            record = measure_point(point, bench, by_name[point.site], out)
+            document["points"] = [r for r in document["points"] if r["key"] != point.key] + [record]
+            document["points"].sort(key=lambda r: [p.key for p in points].index(r["key"]))
+            save_document(out, document)
+            if on_point is not None:
+                on_point(record)
+    except KeyboardInterrupt:   # Ctrl-C, SIGTERM, a time limit: what was measured stays; the rest on the next run
+        document["interrupted"] = True
+        log.warning("bench: interrupted; %d point(s) measured; the same command continues with the rest",
+                    len(document["points"]))
+    save_document(out, document)
     return document
 
 
