@@ -84,7 +84,7 @@ SIZES = {"frames": 500, "rotations": 420, "pixels_used": 2984, "pixels_merged": 
          "entries_merged": 200000, "model_edge": 91, "shards": 4, "frames_per_shard": 125}
 
 
-def synthetic_document(truth: dict, noise: dict | None = None) -> dict:
+def synthetic_document(truth: dict, noise: dict | None = None, calibrate_workers=None) -> dict:
     """A bench document whose points' times are the model's own prediction with ``truth`` parameters (times
     1 + noise[key]): EMC on one site, both modes, 1, 2, 4 workers; phasing at 1, 2 workers."""
     from spibatch.bench import model
@@ -95,12 +95,13 @@ def synthetic_document(truth: dict, noise: dict | None = None) -> dict:
         for mode in ("hpc", "htc"):
             key = f"here/{mode}/w{workers}/tiny/strong"
             threads = max(1, 4 // workers)
-            terms = model.emc_terms(SIZES, mode, workers, threads, RATES, load=1.0, kept_per_frame=420.0)
+            terms = model.emc_terms(SIZES, mode, workers, threads, RATES, load=1.0, kept_per_frame=420.0,
+                                    beta=truth["beta"])
             t = model.combine(terms, truth) * (1 + noise.get(key, 0.0))
             points.append(_point(key, mode, workers, "emc", t, dict(SIZES), threads))
     for workers in (1, 2):
         key = f"here/tasks/w{workers}/starts/strong"
-        it = truth["k_phasing"] * model.phasing_terms(48, max(1, 2 // workers), RATES, 1.0)
+        it = truth["k_phasing"] * model.phasing_terms(48, max(1, 2 // workers), RATES, 1.0, truth["beta_phasing"])
         p = _point(key, "tasks", workers, "phasing", it * (1 + noise.get(key, 0.0)),
                    {"edge": 48, "starts": 4, "iterations": 60}, max(1, 2 // workers))
         p["summary"]["stage_s"] = _spread(-(-4 // workers) * 60 * it + 2.0)
@@ -110,7 +111,8 @@ def synthetic_document(truth: dict, noise: dict | None = None) -> dict:
             "machine": {"host": "h", "cpu_model": "cpu", "logical_cores": 2, "usable_cores": 2, "memory_bytes": 2 ** 34,
                         "os": "linux", "gpu": []},
             "versions": {"python": "3"}, "sites": [{"name": "here", "provider": "local", "capacity": 4}],
-            "matrix": {}, "workloads": {}, "points": points, "rates": RATES, "model": None}
+            "matrix": {}, "workloads": {}, "points": points, "rates": RATES, "model": None,
+            "model_settings": {"calibrate_workers": calibrate_workers, "calibrate_sites": None}}
 
 
 def _spread(v: float) -> dict:

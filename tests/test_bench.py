@@ -117,23 +117,30 @@ def test_runner_resumes_and_bench_json_follows_the_schema(tmp_path, emc_small, m
 
 
 def test_model_fits_synthetic_data_and_reports_check_errors():
-    truth = {"k_compute": 1.3, "k_overhead": 2.0, "k_phasing": 1.5}
-    result = model.evaluate(synthetic_document(truth))
-    for key in ("k_compute", "k_overhead", "k_phasing"):
+    truth = {"k_compute": 1.3, "k_overhead": 2.0, "beta": 0.8, "k_phasing": 1.5, "beta_phasing": 0.6}
+    result = model.evaluate(synthetic_document(truth, calibrate_workers=[1, 2]))   # two thread counts: beta fitted
+    for key in truth:
         assert result["parameters"][key] == pytest.approx(truth[key], rel=1e-3, abs=1e-6)
-    assert result["calibrate_workers"] == [1]
+    assert result["calibrate_workers"] == [1, 2]
     roles = {p["key"]: p["role"] for p in result["points"]}
-    assert roles["here/hpc/w1/tiny/strong"] == "calibration" and roles["here/htc/w4/tiny/strong"] == "check"
+    assert roles["here/hpc/w2/tiny/strong"] == "calibration" and roles["here/htc/w4/tiny/strong"] == "check"
     assert result["check_max_abs_error"] < 1e-6 and result["check_within_goal"]
-    off = model.evaluate(synthetic_document(truth, noise={"here/htc/w4/tiny/strong": 0.5}))
+    off = model.evaluate(synthetic_document(truth, noise={"here/htc/w4/tiny/strong": 0.5}, calibrate_workers=[1, 2]))
     bad = next(p for p in off["points"] if p["key"] == "here/htc/w4/tiny/strong")
     assert bad["error"] == pytest.approx(1 / 1.5 - 1, rel=1e-3)
     assert not off["check_within_goal"] and "NOT within the 25% goal" in model.summary_line(off)
+    rates = synthetic_document(truth)["rates"]                          # one thread count: the microbenchmarks'
+    micro = model.micro_beta(rates)
+    alone = model.evaluate(synthetic_document({**truth, "beta": micro, "beta_phasing": model.micro_beta(rates,
+                                                                                                       "phasing")}))
+    assert alone["calibrate_workers"] == [1] and alone["parameters"]["beta"] == pytest.approx(micro)
+    assert alone["check_max_abs_error"] < 1e-6
 
 
 def test_report_is_self_contained(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
-    document = synthetic_document({"k_compute": 1.0, "k_overhead": 1.0, "k_phasing": 1.0})
+    document = synthetic_document({"k_compute": 1.0, "k_overhead": 1.0, "beta": 1.0, "k_phasing": 1.0,
+                                   "beta_phasing": 1.0})
     document["model"] = model.evaluate(document)
     jsonschema.validate(dumped(document), bench_schema())
     written = report.write_all(tmp_path, document)
@@ -152,3 +159,18 @@ def test_schema_is_shipped_and_printed(capsys):
     assert json.loads(capsys.readouterr().out)["$id"] == "spibatch-bench/1"
     assert bench_schema()["properties"]["schema"]["const"] == runner.SCHEMA_ID
 
+
+
+def test_workers_max_and_weak_scaling(tmp_path, emc_small):
+    from spibatch.bench import matrix
+    from spibatch.bench.settings import load_bench
+
+    path = write_bench(tmp_path, emc_small, workers="1", modes="htc")
+    path.write_text(path.read_text().replace("workers: [1]", "workers: max\n  scaling: [strong, weak]"))
+    bench = load_bench(path)
+    points = matrix.build(bench, matrix.site_infos(bench.matrix.sites))
+    cells = {(p.scaling, p.workers): (p.frames, p.frames_per_shard) for p in points}
+    assert cells == {("strong", 1): (120, 60), ("strong", 2): (120, 60),       # the site offers 2 cores
+                     ("weak", 1): (120, 60), ("weak", 2): (240, 60)}          # 120 frames per worker
+    path.write_text(path.read_text().replace("frames: 120}", "frames: 200}"))
+    assert "needs 400 frames; the data set holds 240" in _error(path)

@@ -180,6 +180,11 @@ def build(bench: Bench, infos: list[SiteInfo]) -> list[Point]:
     (one line) on a point no site can run."""
     m = bench.matrix
     points: list[Point] = []
+    unknown = [s for s in bench.model.calibrate_sites or [] if s not in {i.name for i in infos}]
+    if unknown:
+        raise InputError(f"model.calibrate_sites names '{unknown[0]}', which is none of the matrix's sites "
+                         f"({', '.join(i.name for i in infos)})", path=bench.source, field="model.calibrate_sites",
+                         fix="name a site of the matrix (its `name:`)")
     for info in infos:
         counts = worker_counts(bench, info)
         if info.capacity is not None and max(counts) > info.capacity:

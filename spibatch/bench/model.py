@@ -6,20 +6,21 @@ EMC, per iteration, from the sizes (:mod:`spibatch.bench.sizes`) and this machin
 * one shard's kernels (one thread): expand ``R P_used a_x``; likelihood ``R (E_used l_e + D l_d)``;
   normalize ``K a_n`` (K kept (frame, rotation) entries); merge ``R (P_merged m_p + E_merged m_e)`` --
   per shard, since every shard expands and merges all R rotations;
-* a worker of t threads runs at ``t eff(t) share`` thread-speeds: eff from the rates on all cores,
-  ``share = min(1, cores / load)`` on a machine whose load average exceeds its cores (others' jobs), relative
-  to the share the microbenchmarks had (they ran under the load they recorded);
+* a worker of t threads runs at ``t^beta x share`` thread-speeds: ``beta`` the thread-scaling exponent (1: perfect),
+  ``share = min(1, cores / load)`` the part of a core a thread gets while the load average exceeds the cores
+  (others' jobs), relative to the share the microbenchmarks had (they ran under the load they recorded);
 * HPC (w ranks): compute = ceil(S / w) shards; reduce = one Allreduce of the sums (2 (w-1)/w x 16 M^3 bytes
   over the link) + the finish (5 x 8 M^3 bytes through memory);
 * HTC (w workers, S tasks): compute = ceil(S / w) rounds of one shard; data movement = the model written once
   and read by each task (8 M^3 bytes each); dispatch = a task latency per round + S x 16 M^3 bytes of sums
   returned through the interchange; reduce = S x 24 M^3 bytes added in memory + the finish.
 
-Measured = ``k_compute`` x compute + ``k_overhead`` x (everything else): two numbers fitted (non-negative least
-squares on the relative error) on the calibration points (the smallest worker count: one HPC and one HTC point
-per site suffice), then the prediction is compared
-with points the fit never saw (the check).  Phasing: a start's iteration ``k_phasing x a_fft N^3 log2 N^3 /
-(t eff share)``; the phase stage ``ceil(starts / w)`` starts + ``b_phase_s``.
+Measured = ``k_compute`` x compute + ``k_overhead`` x (everything else), fitted by non-negative least squares on the
+relative errors of the calibration points; ``beta`` too (a grid search around the fit) when they span two thread
+counts, else it is the microbenchmarks' (1 and all cores).  Which points calibrate is the bench file's ``model``
+section (``calibrate_workers``, ``calibrate_sites``; default: the smallest worker count); every other point is a
+check the fit never saw.  Phasing: a start's iteration ``k_phasing a_fft N^3 log2 N^3 / (t^beta_phasing share)``;
+the phase stage ``ceil(starts / w)`` starts + ``b_phase_s``.
 """
 
 from __future__ import annotations
@@ -28,22 +29,19 @@ import math
 
 import numpy as np
 
-MODES = ("hpc", "htc")
 GOAL = 0.25
+BETAS = np.round(np.arange(0.0, 2.001, 0.01), 2)   # thread-scaling exponents tried
 
 
-def _eff(rates: dict, kernel: str, threads: int) -> float:
-    """Parallel efficiency of ``kernel`` on ``threads`` threads, interpolated between 1 and all cores."""
-    cores = [int(c) for c in rates["emc"]]
-    most = max(cores)
-    if threads <= 1 or most <= 1:
+def micro_beta(rates: dict, part: str = "emc") -> float:
+    """The thread-scaling exponent the microbenchmarks saw: log(rate_1 / rate_N) / log N (median over kernels)."""
+    cores = sorted(int(c) for c in rates[part])
+    if cores[-1] <= 1:
         return 1.0
-    one, all_ = rates["emc"]["1"], rates["emc"][str(most)]
-    key = {"expand": "expand_per_rot_pixel", "likelihood": "likelihood_per_rot_frame",
-           "normalize": "normalize_per_kept", "merge": "merge_per_rot_pixel"}[kernel]
-    eff_most = min(1.0, max(0.05, one[key] / max(all_[key], 1e-30) / most)) if all_[key] else 1.0
-    t = min(threads, most)
-    return 1.0 - (1.0 - eff_most) * (t - 1) / max(1, most - 1)
+    one, most = rates[part]["1"], rates[part][str(cores[-1])]
+    keys = [k for k, v in one.items() if isinstance(v, float) and k.startswith(("expand", "merge", "per_n3"))]
+    values = [math.log(one[k] / most[k]) / math.log(cores[-1]) for k in keys if one[k] > 0 and most[k] > 0]
+    return float(np.clip(np.median(values), 0.0, 2.0)) if values else 1.0
 
 
 def shard_kernels(sizes: dict, rates: dict, kept_per_frame: float | None = None) -> dict:
@@ -61,7 +59,7 @@ def shard_kernels(sizes: dict, rates: dict, kept_per_frame: float | None = None)
 
 
 def share(load: float | None, cores: int) -> float:
-    """The fraction of a thread-speed a thread gets when the load average exceeds the cores."""
+    """The fraction of a core a thread gets when the load average exceeds the cores."""
     return 1.0 if not load or load <= cores else cores / load
 
 
@@ -72,18 +70,16 @@ def relative_share(load: float | None, rates: dict) -> float:
     return share(load, cores) / share(sum(during) / len(during) if during else None, cores)
 
 
-def emc_terms(sizes: dict, mode: str, workers: int, threads: int, rates: dict, *, load: float | None = None,
-              kept_per_frame: float | None = None, link_bytes_per_s: float | None = None,
+def emc_terms(sizes: dict, mode: str, workers: int, threads: int, rates: dict, *, beta: float = 1.0,
+              load: float | None = None, kept_per_frame: float | None = None, link_bytes_per_s: float | None = None,
               dispatch_s: float | None = None, result_bytes_per_s: float | None = None) -> dict:
     """Uncalibrated seconds of one EMC iteration: ``compute``, ``reduce``, ``data_movement``, ``dispatch``.
 
     link_bytes_per_s: the Allreduce link (default: this machine's memory add bandwidth / 3: one node);
     dispatch_s, result_bytes_per_s: Parsl's per-task latency and result bandwidth (default: measured here).
     """
-    kernels = shard_kernels(sizes, rates, kept_per_frame)
-    contention = relative_share(load, rates)
-    speed = {k: threads * _eff(rates, k, threads) * contention for k in kernels}
-    per_shard = sum(v / speed[k] for k, v in kernels.items())
+    per_shard = sum(shard_kernels(sizes, rates, kept_per_frame).values()) / (
+        max(threads, 1) ** beta * relative_share(load, rates))
     m3 = sizes["model_edge"] ** 3
     memory = rates["memory"]
     add = memory["add_bytes_per_s"]
@@ -108,15 +104,15 @@ def combine(terms: dict, params: dict) -> float:
     return params["k_compute"] * terms["compute"] + params["k_overhead"] * rest
 
 
-def fit(rows: list[tuple[dict, float]]) -> dict:
-    """(k_compute, k_overhead) >= 0 minimising the relative errors of ``rows`` (terms, measured)."""
+def fit(rows: list[tuple[dict, float]]) -> tuple[dict, float]:
+    """(k_compute, k_overhead) >= 0 minimising the relative errors of ``rows`` (terms, measured); and that sum of
+    squared relative errors."""
     from scipy.optimize import nnls
 
     a = np.array([[t["compute"], sum(v for k, v in t.items() if k != "compute")] for t, _ in rows])
     y = np.array([m for _, m in rows])
-    weights = 1.0 / y
-    solution, _ = nnls(a * weights[:, None], y * weights)
-    return {"k_compute": float(solution[0]), "k_overhead": float(solution[1])}
+    solution, residual = nnls(a / y[:, None], np.ones(len(y)))
+    return {"k_compute": float(solution[0]), "k_overhead": float(solution[1])}, float(residual ** 2)
 
 
 def _load(record: dict) -> float | None:
@@ -125,91 +121,119 @@ def _load(record: dict) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def calibration_workers(document: dict) -> list[int]:
-    """The worker counts the model is calibrated on: the bench file's ``model.calibrate_workers``... by default
-    the smallest worker count of the matrix (every larger count is then a check the fit never saw)."""
-    counts = sorted({p["workers"] for p in document["points"] if p["status"] == "measured"})
-    return counts[:1]
+def calibrates(document: dict):
+    """``role(point) -> "calibration" | "check"`` from the bench file's ``model`` section (default: the smallest
+    worker count calibrates), and a description of the split."""
+    settings = document.get("model_settings") or {}
+    workers, sites = settings.get("calibrate_workers"), settings.get("calibrate_sites")
+    if not workers and not sites:
+        counts = sorted({p["workers"] for p in document["points"] if p["status"] == "measured"})
+        workers = counts[:1]
+
+    def role(p: dict) -> str:
+        ok = (not workers or p["workers"] in workers) and (not sites or p["site"] in sites)
+        return "calibration" if ok else "check"
+
+    return role, {"calibrate_workers": workers or None, "calibrate_sites": sites or None}
+
+
+def _emc_rows(document: dict, beta: float) -> list[tuple[dict, dict, float]]:
+    rates, rows = document["rates"], []
+    for p in document["points"]:
+        if p["status"] == "measured" and p["kind"] == "emc" and p.get("sizes"):
+            terms = emc_terms(p["sizes"], p["mode"], p["workers"], p.get("threads_per_worker") or 1, rates, beta=beta,
+                              load=_load(p), kept_per_frame=p["summary"].get("mean_kept_rotations"))
+            rows.append((p, terms, p["summary"]["iteration_s"]["median"]))
+    return rows
 
 
 def evaluate(document: dict) -> dict:
     """Calibrate on the calibration points, predict every measured point; errors per point and the verdict."""
-    rates = document["rates"]
-    calibrate_on = calibration_workers(document)
-    emc = [p for p in document["points"] if p["status"] == "measured" and p["kind"] == "emc" and p.get("sizes")]
-    rows = []
-    for p in emc:
-        terms = emc_terms(p["sizes"], p["mode"], p["workers"], p.get("threads_per_worker") or 1, rates,
-                          load=_load(p), kept_per_frame=p["summary"].get("mean_kept_rotations"))
-        rows.append((p, terms, p["summary"]["iteration_s"]["median"]))
-    params = fit([(t, m) for p, t, m in rows if p["workers"] in calibrate_on]) if rows else None
-    out_points = []
-    for p, terms, measured in rows:
-        predicted = combine(terms, params)
-        scaled = {k: v * (params["k_compute"] if k == "compute" else params["k_overhead"]) for k, v in terms.items()}
-        out_points.append({"key": p["key"], "kind": "emc", "role": "calibration" if p["workers"] in calibrate_on
-                           else "check", "measured_s": measured, "predicted_s": predicted,
-                           "error": (predicted - measured) / measured, "predicted_phases_s": scaled,
-                           "measured_phases_s": p["summary"].get("phases_s"), "load": _load(p)})
-    phasing = evaluate_phasing(document, calibrate_on)
+    role, split = calibrates(document)
+    cal_threads = {p.get("threads_per_worker") for p in document["points"]
+                   if p["status"] == "measured" and p["kind"] == "emc" and role(p) == "calibration"}
+    betas = BETAS if len(cal_threads) > 1 else [micro_beta(document["rates"])]
+    best = None
+    for beta in betas:
+        rows = _emc_rows(document, float(beta))
+        cal = [(t, m) for p, t, m in rows if role(p) == "calibration"]
+        if not cal:
+            break
+        params, residual = fit(cal)
+        if best is None or residual < best[0] - 1e-12:
+            best = (residual, float(beta), params, rows)
+    out_points, params = [], {}
+    if best is not None:
+        _, beta, params, rows = best
+        params = {**params, "beta": beta}
+        for p, terms, measured in rows:
+            predicted = combine(terms, params)
+            scaled = {k: v * (params["k_compute"] if k == "compute" else params["k_overhead"])
+                      for k, v in terms.items()}
+            out_points.append({"key": p["key"], "kind": "emc", "role": role(p), "measured_s": measured,
+                               "predicted_s": predicted, "error": (predicted - measured) / measured,
+                               "predicted_phases_s": scaled, "measured_phases_s": p["summary"].get("phases_s"),
+                               "load": _load(p)})
+    phasing = evaluate_phasing(document, role)
     out_points += phasing["points"]
     checks = [abs(p["error"]) for p in out_points if p["role"] == "check"]
     cals = [abs(p["error"]) for p in out_points if p["role"] == "calibration"]
-    return {"calibrate_workers": calibrate_on, "parameters": {**(params or {}), **phasing["parameters"]},
-            "points": out_points, "goal": GOAL,
+    return {**split, "calibrate_workers": split["calibrate_workers"] or [], "parameters": {**params,
+            **phasing["parameters"]}, "points": out_points, "goal": GOAL,
             "calibration_max_abs_error": max(cals) if cals else None,
             "check_max_abs_error": max(checks) if checks else None,
             "check_median_abs_error": float(np.median(checks)) if checks else None,
             "check_within_goal": bool(checks) and max(checks) <= GOAL}
 
 
-def phasing_terms(edge: int, threads: int, rates: dict, load: float | None = None) -> float:
+def phasing_terms(edge: int, threads: int, rates: dict, load: float | None = None, beta: float = 1.0) -> float:
     """Uncalibrated seconds of one phasing iteration (one start) on ``threads`` threads."""
-    cores = [int(c) for c in rates["phasing"]]
     one = rates["phasing"]["1"]["per_n3logn3"]
-    most = max(cores)
-    eff = 1.0
-    if threads > 1 and most > 1:
-        eff_most = min(1.0, one / rates["phasing"][str(most)]["per_n3logn3"] / most)
-        eff = 1.0 - (1.0 - eff_most) * (min(threads, most) - 1) / max(1, most - 1)
-    return one * edge ** 3 * math.log2(edge ** 3) / (threads * eff * relative_share(load, rates))
+    return one * edge ** 3 * math.log2(edge ** 3) / (max(threads, 1) ** beta * relative_share(load, rates))
 
 
-def evaluate_phasing(document: dict, calibrate_on: list[int]) -> dict:
-    """k_phasing fitted on the calibration points' iteration times; the stage: ceil(starts / w) starts + b_phase_s."""
+def evaluate_phasing(document: dict, role) -> dict:
+    """k_phasing (and beta_phasing, when the calibration spans two thread counts) on the calibration points'
+    iteration times; the stage: ceil(starts / w) starts + b_phase_s."""
     rates = document["rates"]
     pts = [p for p in document["points"] if p["status"] == "measured" and p["kind"] == "phasing" and p.get("sizes")]
-    if not pts:
+    cal_pts = [p for p in pts if role(p) == "calibration"]
+    if not pts or not cal_pts:
         return {"parameters": {}, "points": []}
-    rows = []
-    for p in pts:
-        base = phasing_terms(p["sizes"]["edge"], p.get("threads_per_worker") or 1, rates, _load(p))
-        rows.append((p, base))
-    cal = [(p, b) for p, b in rows if p["workers"] in calibrate_on] or rows
-    k = float(np.median([p["summary"]["iteration_s"]["median"] / b for p, b in cal]))
+    spans = len({p.get("threads_per_worker") for p in cal_pts}) > 1
+    best = None
+    for beta in (BETAS if spans else [micro_beta(rates, "phasing")]):
+        base = {p["key"]: phasing_terms(p["sizes"]["edge"], p.get("threads_per_worker") or 1, rates, _load(p),
+                                        float(beta)) for p in pts}
+        ratios = [p["summary"]["iteration_s"]["median"] / base[p["key"]] for p in cal_pts]
+        k = float(np.exp(np.mean(np.log(ratios))))
+        residual = float(np.sum(np.log(np.array(ratios) / k) ** 2))
+        if best is None or residual < best[0] - 1e-12:
+            best = (residual, float(beta), k, base)
+    _, beta, k, base = best
 
-    def stage_work(p, b):
-        return math.ceil(p["sizes"]["starts"] / p["workers"]) * p["sizes"]["iterations"] * k * b
+    def stage_work(p):
+        return math.ceil(p["sizes"]["starts"] / p["workers"]) * p["sizes"]["iterations"] * k * base[p["key"]]
 
-    b_stage = float(np.median([max(0.0, p["summary"]["stage_s"]["median"] - stage_work(p, b)) for p, b in cal]))
+    b_stage = float(np.median([max(0.0, p["summary"]["stage_s"]["median"] - stage_work(p)) for p in cal_pts]))
     out = []
-    for p, b in rows:
-        role = "calibration" if p["workers"] in calibrate_on else "check"
-        it_meas, it_pred = p["summary"]["iteration_s"]["median"], k * b
-        st_meas, st_pred = p["summary"]["stage_s"]["median"], stage_work(p, b) + b_stage
-        out.append({"key": p["key"], "kind": "phasing", "role": role, "measured_s": it_meas, "predicted_s": it_pred,
+    for p in pts:
+        it_meas, it_pred = p["summary"]["iteration_s"]["median"], k * base[p["key"]]
+        st_meas, st_pred = p["summary"]["stage_s"]["median"], stage_work(p) + b_stage
+        out.append({"key": p["key"], "kind": "phasing", "role": role(p), "measured_s": it_meas, "predicted_s": it_pred,
                     "error": (it_pred - it_meas) / it_meas, "load": _load(p),
                     "stage_measured_s": st_meas, "stage_predicted_s": st_pred,
                     "stage_error": (st_pred - st_meas) / st_meas if st_meas else None})
-    return {"parameters": {"k_phasing": k, "b_phase_s": b_stage}, "points": out}
+    return {"parameters": {"k_phasing": k, "beta_phasing": beta, "b_phase_s": b_stage}, "points": out}
 
 
 def summary_line(model: dict) -> str:
     """One line: the fit and how well it predicts the points it never saw."""
     worst = model.get("check_max_abs_error")
+    split = ", ".join(f"{k.removeprefix('calibrate_')} {v}" for k, v in model.items()
+                      if k in ("calibrate_workers", "calibrate_sites") and v)
     if worst is None:
-        return "model: no check points (the matrix needs more than one worker count)"
+        return f"model: calibrated on {split or 'nothing'}; no check points (the matrix needs points outside it)"
     verdict = "within" if model["check_within_goal"] else "NOT within"
-    return (f"model: calibrated on workers {model['calibrate_workers']}; on the points it never saw, errors up to "
-            f"{100 * worst:.0f}% (median {100 * model['check_median_abs_error']:.0f}%): {verdict} the "
-            f"{100 * model['goal']:.0f}% goal")
+    return (f"model: calibrated on {split}; on the points it never saw, errors up to {100 * worst:.0f}% (median "
+            f"{100 * model['check_median_abs_error']:.0f}%): {verdict} the {100 * model['goal']:.0f}% goal")

@@ -99,6 +99,7 @@ def new_document(bench: Bench, infos: list[SiteInfo]) -> dict:
                       for i in infos],
             "matrix": bench.matrix.model_dump(mode="json"),
             "workloads": {k: v.model_dump(mode="json") for k, v in bench.workloads.items()},
+            "model_settings": bench.model.model_dump(mode="json"),
             "points": [], "rates": None, "model": None}
 
 

@@ -14,6 +14,7 @@ matrix:
   iterations: 3             # EMC iterations per run
   repeats: 3                # runs per point (medians and spread over them)
   device: cpu               # cpu | gpu (the pipeline's device)
+model: {calibrate_workers: [1]}  # or calibrate_sites: [local]; the other points check the model
 workloads:
   small: {dataset: dragonfly-small, num_div: 4, frames_per_shard: 250}
   sim: {simulate: {frames: 2000, pixels: 64, photons: 1000}, num_div: 3}
@@ -114,6 +115,15 @@ class Matrix(Section):
         return sorted(set(v)) if isinstance(v, list) else v
 
 
+class ModelSplit(Section):
+    """Which measured points calibrate the performance model; every other point checks it."""
+
+    calibrate_workers: list[int] | None = Field(None, description="worker counts that calibrate (default: the "
+                                                "smallest of the matrix)")
+    calibrate_sites: list[str] | None = Field(None, description="site names that calibrate (e.g. [local]: "
+                                              "checked on the other sites)")
+
+
 class Bench(Section):
     """The whole benchmark file."""
 
@@ -121,6 +131,7 @@ class Bench(Section):
                       description="label: lower-case letters, digits and '-'")
     matrix: Matrix
     workloads: dict[str, Workload] = Field(min_length=1, description="workload name -> definition")
+    model: ModelSplit = Field(default_factory=ModelSplit, description="the model's calibration and check split")
     source: Path | None = Field(None, exclude=True, description="(set by load_bench) the file")
 
     @model_validator(mode="after")
