@@ -174,3 +174,19 @@ def test_workers_max_and_weak_scaling(tmp_path, emc_small):
                      ("weak", 1): (120, 60), ("weak", 2): (240, 60)}          # 120 frames per worker
     path.write_text(path.read_text().replace("frames: 120}", "frames: 200}"))
     assert "needs 400 frames; the data set holds 240" in _error(path)
+
+
+def test_scale_projection_runs_on_a_document():
+    from spibatch.bench import scale
+
+    document = synthetic_document({"k_compute": 1.0, "k_overhead": 1.0, "beta": 1.0, "k_phasing": 1.0,
+                                   "beta_phasing": 1.0})
+    document["model"] = model.evaluate(document)
+    rows = {(r["num_div"], r["pixels"], r["kind"], r["count"], r["mode"]): r for r in scale.table(document)}
+    hpc16, hpc256 = rows[(15, 128, "cpu", 16, "hpc")], rows[(15, 128, "cpu", 256, "hpc")]
+    assert hpc256["compute"] < hpc16["compute"] / 8                      # the frames spread over 16x the nodes
+    htc16, htc256 = rows[(15, 128, "cpu", 16, "htc")], rows[(15, 128, "cpu", 256, "htc")]
+    assert htc256["reduce"] == pytest.approx(16 * htc16["reduce"])        # sums through one interchange: x workers
+    assert htc256["iteration_tree_s"] < htc256["iteration_s"]            # a filesystem tree keeps it flat
+    assert "| 15 (168,900) | 128^2 | 16 nodes | hpc |" in scale.markdown(scale.table(document))
+    assert scale.realtime(document)[0]["preview_s"] > scale.ASSUMED["first_result_s"]

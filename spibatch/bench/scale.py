@@ -54,6 +54,14 @@ def case(frames: float, num_div: int, edge: int, model_edge: int, photons: float
     return sizes.on_paper(int(frames), num_div, edge, photons, model_edge, math.ceil(frames / workers))
 
 
+def k_effective(document: dict) -> float:
+    """The calibrated compute factor at the thread count the rates were measured with (k_compute x t^(1 - beta)):
+    how much slower the product's shard steps run than the kernels' microbenchmarks predict, per thread."""
+    params = (document.get("model") or {}).get("parameters", {})
+    cores = document["rates"].get("cores", 1)
+    return params.get("k_compute", 1.0) * cores ** (1.0 - params.get("beta", 1.0))
+
+
 def cpu_iteration(sz: dict, nodes: int, rates: dict, k_compute: float, mode: str, kept: float | None) -> dict:
     """Seconds of one EMC iteration on ``nodes`` CPU nodes (one worker of NODE_CORES threads each)."""
     kernels = model.shard_kernels(sz, rates, kept)
@@ -95,7 +103,7 @@ def tree_reduce(sz: dict, workers: int) -> float:
 def table(document: dict) -> list[dict]:
     """The docs/scale.md rows: 10^7 frames, num_div 15 and 20, 128^2-512^2 pixels, model 400^3, 1000 photons."""
     rates = unloaded_rates(document["rates"])
-    k = (document.get("model") or {}).get("parameters", {}).get("k_compute", 1.0) or 1.0
+    k = k_effective(document)
     rows = []
     for num_div in (15, 20):
         for edge in (128, 256, 512):
@@ -107,21 +115,57 @@ def table(document: dict) -> list[dict]:
                             else gpu_iteration(sz, n, mode)
                         total = sum(parts.values())
                         price = ASSUMED["cpu_node_hour"] if kind == "cpu" else ASSUMED["gpu_hour"]
+                        tree = total - parts["reduce"] + tree_reduce(sz, n) if mode == "htc" else None
                         rows.append({"num_div": num_div, "rotations": sz["rotations"], "pixels": edge,
                                      "kind": kind, "count": n, "mode": mode, "iteration_s": total,
-                                     "usd_per_iteration": total / 3600 * n * price,
-                                     "tree_reduce_s": tree_reduce(sz, n) if mode == "htc" else None, **parts})
+                                     "usd_per_iteration": total / 3600 * n * price, "iteration_tree_s": tree,
+                                     **parts})
+    return rows
+
+
+def realtime(document: dict) -> list[dict]:
+    """Near-real-time previews (issue 13): 10^4 and 10^5 hits, num_div 6 and 10, 128^2 pixels, model 181^3, 20
+    iterations after Parsl's first result, on 1-4 GPUs or 4-16 CPU nodes; HTC with the sums through the
+    interchange and through a filesystem tree."""
+    rates, k = unloaded_rates(document["rates"]), k_effective(document)
+    rows = []
+    for frames in (1e4, 1e5):
+        for num_div in (6, 10):
+            for kind, counts in (("gpu", (1, 4)), ("cpu", (4, 16))):
+                for n in counts:
+                    sz = case(frames, num_div, 128, 181, 1000.0, n)
+                    for mode in ("hpc", "htc"):
+                        parts = cpu_iteration(sz, n, rates, k, mode, None) if kind == "cpu" \
+                            else gpu_iteration(sz, n, mode)
+                        total = sum(parts.values())
+                        tree = total - parts["reduce"] + tree_reduce(sz, n) if mode == "htc" else total
+                        rows.append({"frames": int(frames), "num_div": num_div, "rotations": sz["rotations"],
+                                     "kind": kind, "count": n, "mode": mode, "iteration_s": total,
+                                     "iteration_tree_s": tree,
+                                     "preview_s": ASSUMED["first_result_s"] + 20 * min(total, tree)})
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| num_div (R) | pixels | hardware | mode | s / iteration | compute | reduce | data | dispatch | USD / iter |"
-    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    head = ("| num_div (R) | pixels | hardware | mode | s / iteration | compute | reduce | data | dispatch | "
+            "HTC, tree reduce | USD / iter |")
+    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         hw = f"{r['count']} {'nodes' if r['kind'] == 'cpu' else 'GPUs'}"
+        tree = f"{r['iteration_tree_s']:.1f}" if r["iteration_tree_s"] is not None else ""
         lines.append(f"| {r['num_div']} ({r['rotations']:,}) | {r['pixels']}^2 | {hw} | {r['mode']} | "
                      f"{r['iteration_s']:.1f} | {r['compute']:.1f} | {r['reduce']:.1f} | {r['data_movement']:.1f} | "
-                     f"{r['dispatch']:.2f} | {r['usd_per_iteration']:.2f} |")
+                     f"{r['dispatch']:.2f} | {tree} | {r['usd_per_iteration']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def realtime_markdown(rows: list[dict]) -> str:
+    lines = ["| hits | num_div (R) | hardware | mode | s / iteration | HTC, tree reduce | first result + 20 it. |",
+             "|---:|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        hw = f"{r['count']} {'nodes' if r['kind'] == 'cpu' else 'GPUs'}"
+        lines.append(f"| {r['frames']:,} | {r['num_div']} ({r['rotations']:,}) | {hw} | {r['mode']} | "
+                     f"{r['iteration_s']:.2f} | {r['iteration_tree_s']:.2f} | {r['preview_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -130,8 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("bench_json", type=Path)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
-    rows = table(json.loads(args.bench_json.read_text()))
-    print(markdown(rows) if args.markdown else json.dumps(rows, indent=1))
+    document = json.loads(args.bench_json.read_text())
+    rows, live = table(document), realtime(document)
+    if args.markdown:
+        print(f"k_effective = {k_effective(document):.3g}\n\n{markdown(rows)}\n{realtime_markdown(live)}")
+    else:
+        print(json.dumps({"k_effective": k_effective(document), "facility": rows, "realtime": live}, indent=1))
 
 
 if __name__ == "__main__":
