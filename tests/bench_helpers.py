@@ -76,7 +76,7 @@ RATES = {"cores": 2, "load_start": [1.0, 1.0, 1.0], "load_end": [1.0, 1.0, 1.0],
                  "2": {"expand_per_rot_pixel": 0.6e-7, "likelihood_per_rot_entry": 1.2e-9,
                        "likelihood_per_rot_frame": 1.8e-7, "normalize_per_kept": 0.6e-7, "merge_per_rot_pixel": 1.2e-7,
                        "merge_per_rot_entry": 5e-9}},
-         "phasing": {"1": {"per_n3logn3": 4e-10}, "2": {"per_n3logn3": 2.4e-10}},
+         "phasing": {"1": {"per_n3logn3": 4e-10}, "2": {"per_n3logn3": 2.8e-10}},
          "memory": {"add_bytes_per_s": 6e9, "npy_write_bytes_per_s": 7e8, "npy_read_bytes_per_s": 7e8},
          "parsl": {"first_result_s": 10.0, "per_task_s": 0.005, "result_bytes_per_s": 2e8}, "container_start_s": None}
 
@@ -96,12 +96,13 @@ def synthetic_document(truth: dict, noise: dict | None = None, calibrate_workers
             key = f"here/{mode}/w{workers}/tiny/strong"
             threads = max(1, 4 // workers)
             terms = model.emc_terms(SIZES, mode, workers, threads, RATES, load=1.0, kept_per_frame=420.0,
-                                    beta=truth["beta"])
-            t = model.combine(terms, truth) * (1 + noise.get(key, 0.0))
+                                    beta=truth.get("beta", 1.0))
+            t = model.combine(terms, {"k_compute": 1.0, "k_overhead": 1.0, **truth}) * (1 + noise.get(key, 0.0))
             points.append(_point(key, mode, workers, "emc", t, dict(SIZES), threads))
     for workers in (1, 2):
         key = f"here/tasks/w{workers}/starts/strong"
-        it = truth["k_phasing"] * model.phasing_terms(48, max(1, 2 // workers), RATES, 1.0, truth["beta_phasing"])
+        it = truth.get("k_phasing", 1.0) * model.phasing_terms(48, max(1, 2 // workers), RATES, 1.0,
+                                                              truth.get("beta_phasing", 1.0))
         p = _point(key, "tasks", workers, "phasing", it * (1 + noise.get(key, 0.0)),
                    {"edge": 48, "starts": 4, "iterations": 60}, max(1, 2 // workers))
         p["summary"]["stage_s"] = _spread(-(-4 // workers) * 60 * it + 2.0)

@@ -16,8 +16,8 @@ EMC, per iteration, from the sizes (:mod:`spibatch.bench.sizes`) and this machin
   returned through the interchange; reduce = S x 24 M^3 bytes added in memory + the finish.
 
 Measured = ``k_compute`` x compute + ``k_overhead`` x (everything else), fitted by non-negative least squares on the
-relative errors of the calibration points; ``beta`` too (a grid search around the fit) when they span two thread
-counts, else it is the microbenchmarks' (1 and all cores).  Which points calibrate is the bench file's ``model``
+relative errors of the calibration points; ``beta`` is not fitted: it is the microbenchmarks' (1 and all cores) on
+a quiet machine, 1 on a loaded one (:func:`micro_beta`).  Which points calibrate is the bench file's ``model``
 section (``calibrate_workers``, ``calibrate_sites``; default: the smallest worker count); every other point is a
 check the fit never saw.  Phasing: a start's iteration ``k_phasing a_fft N^3 log2 N^3 / (t^beta_phasing share)``;
 the phase stage ``ceil(starts / w)`` starts + ``b_phase_s``.
@@ -30,18 +30,21 @@ import math
 import numpy as np
 
 GOAL = 0.25
-BETAS = np.round(np.arange(0.0, 2.001, 0.01), 2)   # thread-scaling exponents tried
 
 
 def micro_beta(rates: dict, part: str = "emc") -> float:
-    """The thread-scaling exponent the microbenchmarks saw: log(rate_1 / rate_N) / log N (median over kernels)."""
+    """The thread-scaling exponent: log(rate_1 / rate_N) / log N of the microbenchmarks (median over the expand and
+    merge kernels; phasing: the FFT-bound iteration) -- when they ran on a machine whose load average stayed within
+    its cores.  On a loaded machine a thread gets its share of a core whatever its process (the ``share`` term) and
+    1 vs N threads measures the others' jobs, not the kernels: 1 there."""
     cores = sorted(int(c) for c in rates[part])
-    if cores[-1] <= 1:
+    loads = [v[0] for v in (rates.get("load_start"), rates.get("load_end")) if v and v[0] is not None]
+    if cores[-1] <= 1 or (loads and max(loads) > rates.get("cores", cores[-1])):
         return 1.0
     one, most = rates[part]["1"], rates[part][str(cores[-1])]
     keys = [k for k, v in one.items() if isinstance(v, float) and k.startswith(("expand", "merge", "per_n3"))]
     values = [math.log(one[k] / most[k]) / math.log(cores[-1]) for k in keys if one[k] > 0 and most[k] > 0]
-    return float(np.clip(np.median(values), 0.0, 2.0)) if values else 1.0
+    return float(np.clip(np.median(values), 0.0, 1.0)) if values else 1.0
 
 
 def shard_kernels(sizes: dict, rates: dict, kept_per_frame: float | None = None) -> dict:
@@ -150,22 +153,12 @@ def _emc_rows(document: dict, beta: float) -> list[tuple[dict, dict, float]]:
 def evaluate(document: dict) -> dict:
     """Calibrate on the calibration points, predict every measured point; errors per point and the verdict."""
     role, split = calibrates(document)
-    cal_threads = {p.get("threads_per_worker") for p in document["points"]
-                   if p["status"] == "measured" and p["kind"] == "emc" and role(p) == "calibration"}
-    betas = BETAS if len(cal_threads) > 1 else [micro_beta(document["rates"])]
-    best = None
-    for beta in betas:
-        rows = _emc_rows(document, float(beta))
-        cal = [(t, m) for p, t, m in rows if role(p) == "calibration"]
-        if not cal:
-            break
-        params, residual = fit(cal)
-        if best is None or residual < best[0] - 1e-12:
-            best = (residual, float(beta), params, rows)
+    beta = micro_beta(document["rates"])
+    rows = _emc_rows(document, beta)
+    cal = [(t, m) for p, t, m in rows if role(p) == "calibration"]
     out_points, params = [], {}
-    if best is not None:
-        _, beta, params, rows = best
-        params = {**params, "beta": beta}
+    if cal:
+        params = {**fit(cal)[0], "beta": beta}
         for p, terms, measured in rows:
             predicted = combine(terms, params)
             scaled = {k: v * (params["k_compute"] if k == "compute" else params["k_overhead"])
@@ -193,24 +186,17 @@ def phasing_terms(edge: int, threads: int, rates: dict, load: float | None = Non
 
 
 def evaluate_phasing(document: dict, role) -> dict:
-    """k_phasing (and beta_phasing, when the calibration spans two thread counts) on the calibration points'
-    iteration times; the stage: ceil(starts / w) starts + b_phase_s."""
+    """k_phasing (the geometric mean of measured / predicted over the calibration points' iteration times); the
+    stage: ceil(starts / w) starts + b_phase_s."""
     rates = document["rates"]
     pts = [p for p in document["points"] if p["status"] == "measured" and p["kind"] == "phasing" and p.get("sizes")]
     cal_pts = [p for p in pts if role(p) == "calibration"]
     if not pts or not cal_pts:
         return {"parameters": {}, "points": []}
-    spans = len({p.get("threads_per_worker") for p in cal_pts}) > 1
-    best = None
-    for beta in (BETAS if spans else [micro_beta(rates, "phasing")]):
-        base = {p["key"]: phasing_terms(p["sizes"]["edge"], p.get("threads_per_worker") or 1, rates, _load(p),
-                                        float(beta)) for p in pts}
-        ratios = [p["summary"]["iteration_s"]["median"] / base[p["key"]] for p in cal_pts]
-        k = float(np.exp(np.mean(np.log(ratios))))
-        residual = float(np.sum(np.log(np.array(ratios) / k) ** 2))
-        if best is None or residual < best[0] - 1e-12:
-            best = (residual, float(beta), k, base)
-    _, beta, k, base = best
+    beta = micro_beta(rates, "phasing")
+    base = {p["key"]: phasing_terms(p["sizes"]["edge"], p.get("threads_per_worker") or 1, rates, _load(p), beta)
+            for p in pts}
+    k = float(np.exp(np.mean(np.log([p["summary"]["iteration_s"]["median"] / base[p["key"]] for p in cal_pts]))))
 
     def stage_work(p):
         return math.ceil(p["sizes"]["starts"] / p["workers"]) * p["sizes"]["iterations"] * k * base[p["key"]]
