@@ -194,3 +194,10 @@ def test_scale_projection_runs_on_a_document():
     assert htc256["iteration_tree_s"] < htc256["iteration_s"]            # a filesystem tree keeps it flat
     assert "| 15 (168,900) | 128^2 | 16 nodes | hpc |" in scale.markdown(scale.table(document))
     assert scale.realtime(document)[0]["preview_s"] > scale.ASSUMED["first_result_s"]
+
+
+def test_a_workload_its_stage_would_refuse_is_refused_first(tmp_path, emc_small, small_dataset):
+    path = write_bench(tmp_path, emc_small, workload="starts")
+    path.write_text(path.read_text() + f"  starts: {{kind: phasing, intensity: {small_dataset / 'intensities.bin'}, "
+                    "voxel_size_per_m: 2.0e+7, crop_to: 48, starts: 2}\n")
+    assert "workload 'starts'" in (text := _error(path)) and "crop_to 48 and the volume's edge 91 differ" in text

@@ -56,6 +56,7 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     infos = matrix.site_infos([Path(s).resolve() for s in sites] or bench.matrix.sites)
     points = matrix.build(bench, infos)
     out = Path(out).resolve() if out is not None else default_out(bench)
+    runner.preflight(bench, infos, points, out)
     if dry_run:
         return out, runner.dry_run(bench, infos, points, out)
     document = runner.run_matrix(bench, infos, points, out)

@@ -144,7 +144,8 @@ def plots(out: Path, document: dict) -> list[Path]:
         ax.set_xticks(sorted({p["workers"] for p in _measured(document)}) or [1])
         ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if series:
+            ax.legend(fontsize=7)
         written.append(_save(fig, out / PNGS[name]))
         plt.close(fig)
     if ratio:

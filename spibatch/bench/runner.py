@@ -73,6 +73,32 @@ def dry_run(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Path)
     return "".join(parts)
 
 
+def preflight(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Path) -> None:
+    """Each distinct pipeline of the matrix loaded and its measured stage's inputs checked, as `spibatch run`
+    would (EMC: photons and detector headers; phasing: the intensity read, cropped and phaseable); InputError (one
+    line, naming the workload) before anything is created or submitted.  Data not made yet (a subset, a
+    simulation) is checked on the data set it comes from."""
+    from spibatch import stages
+    from spibatch.config import load_pipeline
+    from spibatch.errors import InputError
+
+    by_name, seen = {i.name: i for i in infos}, set()
+    with tempfile.TemporaryDirectory(prefix="spibatch-bench-check-") as scratch:
+        for point in points:
+            work = bench.workloads[point.workload]
+            if (point.workload, point.kind) in seen or work.simulate is not None:
+                continue
+            seen.add((point.workload, point.kind))
+            photons, detector = workloads.data_files(work)
+            folder = Path(scratch) / point.folder
+            pipeline, _ = workloads.write_point_files(point, work, by_name[point.site], folder, photons, detector)
+            try:
+                stages.module(stage_of(point)).check(load_pipeline(pipeline), pipeline)
+            except InputError as exc:
+                raise InputError(f"workload '{point.workload}': {exc}", path=bench.source,
+                                 field=f"workloads.{point.workload}", fix="correct the workload") from None
+
+
 def load_document(out: Path) -> dict | None:
     path = out / BENCH_JSON
     if not path.is_file():
