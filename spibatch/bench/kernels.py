@@ -4,7 +4,8 @@
   densities, its own clock split into expand, likelihood, normalize and merge; solved for seconds per
   rotation x used pixel (expand), per rotation x photon entry and per rotation x frame (likelihood), per
   kept (frame, rotation) entry (normalize), per rotation x merged pixel and per rotation x photon entry
-  (merge).  On one thread, and on all usable cores (the thread efficiency).
+  (merge) with a 49^3 model (in cache), and the expand and merge per rotation x pixel and the merge per
+  voxel with a 211^3 one (not).  On one thread, and on all usable cores.
 * Phasing: one HIO iteration of the product's :class:`~spibatch.phasing.reconstruction.Reconstruction`
   at two edges; seconds per N^3 log2(N^3) (FFT-bound), one thread and all cores.
 * Memory: ``a += b`` of float64 volumes (the HTC reduce), bytes per second; ``.npy`` write and read of a
@@ -37,8 +38,12 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
-def _problem(frames: int, edge: int, photons: float, num_div: int, seed: int = 0):
-    """A synthetic EMC shard: a flat ``edge``^2 detector, a smooth random model, Poisson frames (sparse)."""
+SMALL_MODEL, LARGE_MODEL = 49, 211   # model edges: in cache (the small shared set's 91^3 is between), and not (medium's)
+
+
+def _problem(frames: int, edge: int, photons: float, num_div: int, model_edge: int, seed: int = 0):
+    """A synthetic EMC shard: a flat ``edge``^2 detector whose q-vectors are stretched to span a ``model_edge``^3
+    model (so the expand and merge touch as much of it as a real detector does), a random model, Poisson frames."""
     from spibatch.detector import Detector
     from spibatch.emc.step import random_model
     from spibatch.emc.types import PixelSet, Rotations, Shard
@@ -46,15 +51,18 @@ def _problem(frames: int, edge: int, photons: float, num_div: int, seed: int = 0
 
     detector = Detector.flat(edge, 0.512e-3 * 64 / edge, 0.3, 2.07e-10, beamstop_radius_pixels=3)
     pixels = PixelSet.from_detector(detector)
+    qmax = float(np.sqrt((pixels.q ** 2).sum(axis=1)).max())
+    pixels.q = np.ascontiguousarray(pixels.q * ((model_edge - 3) / 2 / qmax))
     rotations = Rotations.refined_600_cell(num_div)
     rng = np.random.default_rng(seed)
     counts = rng.poisson(photons / detector.num_pix, (frames, detector.num_pix))
     shard = Shard.from_photons(Photons.from_dense(counts), pixels)
-    model = random_model(detector.model_size(), pixels, rotations, photons, seed)
+    model = random_model(model_edge, pixels, rotations, photons, seed)
     return model, rotations, pixels, shard
 
 
-def emc_clock(frames: int, edge: int, photons: float, num_div: int, threads: int, repeats: int) -> dict:
+def emc_clock(frames: int, edge: int, photons: float, num_div: int, threads: int, repeats: int,
+              model_edge: int = SMALL_MODEL) -> dict:
     """The shard step's clock (median of ``repeats`` after a warm-up) and the problem's counts."""
     import numba
 
@@ -63,7 +71,7 @@ def emc_clock(frames: int, edge: int, photons: float, num_div: int, threads: int
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     warm_up()
-    model, rotations, pixels, shard = _problem(frames, edge, photons, num_div)
+    model, rotations, pixels, shard = _problem(frames, edge, photons, num_div, model_edge)
     state = StepState(1, np.full(frames, 1e-3), np.ones(frames))   # broad: every rotation kept, as iteration 1
     clocks = []
     for _ in range(repeats + 1):
@@ -73,13 +81,18 @@ def emc_clock(frames: int, edge: int, photons: float, num_div: int, threads: int
     return {"clock": {k: statistics.median(c[k] for c in clocks) for k in clocks[0]},
             "rotations": len(rotations), "frames": frames, "pixels_used": pixels.num_used,
             "pixels_merged": len(pixels.q), "entries_used": used, "entries_merged": shard.num_entries,
-            "kept": frames * len(rotations)}
+            "kept": frames * len(rotations), "model_edge": model_edge}
 
 
 def emc_rates(threads: int, repeats: int = 3) -> dict:
-    """Seconds per unit of each EMC kernel on ``threads`` threads, from two photon densities."""
+    """Seconds per unit of each EMC kernel on ``threads`` threads, from two photon densities (a model in cache);
+    the expand and merge per rotation x pixel again with a model that is not (``*_large``: the slopes between 60
+    and 420 rotations of a 211^3 model), and the merge's cost per model voxel and shard step (its accumulator
+    zeroed and converted: the intercept)."""
     low = emc_clock(200, 48, 100.0, 2, threads, repeats)
     high = emc_clock(200, 48, 1000.0, 2, threads, repeats)
+    few = emc_clock(100, 150, 100.0, 1, threads, repeats, LARGE_MODEL)       # 22 500 pixels over 211^3: as the
+    many = emc_clock(100, 150, 100.0, 2, threads, repeats, LARGE_MODEL)      # medium set; 60 and 420 rotations
     r = low["rotations"]
     # likelihood = R (E_used l1 + D l2); merge = R (P_merged m1 + E_merged m2): two densities, two unknowns
     dl = high["clock"]["likelihood"] - low["clock"]["likelihood"]
@@ -89,14 +102,20 @@ def emc_rates(threads: int, repeats: int = 3) -> dict:
     dm = high["clock"]["merge"] - low["clock"]["merge"]
     m2 = max(dm / (r * (high["entries_merged"] - low["entries_merged"])), 0.0)
     m1 = max((low["clock"]["merge"] - r * low["entries_merged"] * m2) / (r * low["pixels_merged"]), 0.0)
+    dr = many["rotations"] - few["rotations"]      # slopes in rotations: the per-step volume costs drop out
+    e_large = max((many["clock"]["expand"] - few["clock"]["expand"]) / (dr * many["pixels_used"]), 0.0)
+    m1_large = max((many["clock"]["merge"] - few["clock"]["merge"] - dr * many["entries_merged"] * m2)
+                   / (dr * many["pixels_merged"]), 0.0)
+    fixed = few["clock"]["merge"] - few["rotations"] * (few["pixels_merged"] * m1_large + few["entries_merged"] * m2)
     return {"threads": threads,
             "expand_per_rot_pixel": statistics.median(c["clock"]["expand"] / (r * c["pixels_used"])
                                                       for c in (low, high)),
             "likelihood_per_rot_entry": l1, "likelihood_per_rot_frame": l2,
             "normalize_per_kept": statistics.median(c["clock"]["normalize"] / c["kept"] for c in (low, high)),
             "merge_per_rot_pixel": m1, "merge_per_rot_entry": m2,
-            "problems": {"low": {k: v for k, v in low.items() if k != "clock"} | {"clock": low["clock"]},
-                         "high": {k: v for k, v in high.items() if k != "clock"} | {"clock": high["clock"]}}}
+            "expand_per_rot_pixel_large": e_large, "merge_per_rot_pixel_large": m1_large,
+            "merge_per_voxel": max(fixed, 0.0) / LARGE_MODEL ** 3, "model_edges": [SMALL_MODEL, LARGE_MODEL],
+            "problems": {name: dict(c) for name, c in (("low", low), ("high", high), ("few", few), ("many", many))}}
 
 
 def phasing_rate(threads: int, edges=(32, 48), iterations: int = 10) -> dict:

@@ -4,8 +4,9 @@ EMC, per iteration, from the sizes (:mod:`spibatch.bench.sizes`) and this machin
 (:mod:`spibatch.bench.kernels`, seconds per unit on one thread):
 
 * one shard's kernels (one thread): expand ``R P_used a_x``; likelihood ``R (E_used l_e + D l_d)``;
-  normalize ``K a_n`` (K kept (frame, rotation) entries); merge ``R (P_merged m_p + E_merged m_e)`` --
-  per shard, since every shard expands and merges all R rotations;
+  normalize ``K a_n`` (K kept (frame, rotation) entries); merge ``R (P_merged m_p + E_merged m_e) + M^3 m_v`` --
+  per shard, since every shard expands and merges all R rotations; a_x and m_p grow with the model edge M (cache:
+  measured at 49^3 and 211^3, log-linear between);
 * a worker of t threads runs at ``t^beta x share`` thread-speeds: ``beta`` the thread-scaling exponent (1: perfect),
   ``share = min(1, cores / load)`` the part of a core a thread gets while the load average exceeds the cores
   (others' jobs), relative to the share the microbenchmarks had (they ran under the load they recorded);
@@ -47,18 +48,31 @@ def micro_beta(rates: dict, part: str = "emc") -> float:
     return float(np.clip(np.median(values), 0.0, 1.0)) if values else 1.0
 
 
+def per_rot_pixel(one: dict, key: str, model_edge: int) -> float:
+    """An expand or merge rate per rotation x pixel for a ``model_edge``^3 model: the in-cache rate up to the small
+    microbenchmark model, the out-of-cache one from the large, log-linear in the edge between (and beyond: 1)."""
+    edges = one.get("model_edges")
+    if not edges or f"{key}_large" not in one:
+        return one[key]
+    small, large = edges
+    x = float(np.clip((math.log(model_edge) - math.log(small)) / (math.log(large) - math.log(small)), 0.0, 1.0))
+    return one[key] * (1 - x) + one[f"{key}_large"] * x
+
+
 def shard_kernels(sizes: dict, rates: dict, kept_per_frame: float | None = None) -> dict:
     """One (average) shard's kernel seconds on one thread."""
     one = rates["emc"]["1"]
     s = sizes["shards"]
     r, d = sizes["rotations"], sizes["frames"] / s
     kept = d * (kept_per_frame if kept_per_frame is not None else r)
-    return {"expand": r * sizes["pixels_used"] * one["expand_per_rot_pixel"],
+    m = sizes["model_edge"]
+    return {"expand": r * sizes["pixels_used"] * per_rot_pixel(one, "expand_per_rot_pixel", m),
             "likelihood": r * (sizes["entries_used"] / s * one["likelihood_per_rot_entry"]
                                + d * one["likelihood_per_rot_frame"]),
             "normalize": kept * one["normalize_per_kept"],
-            "merge": r * (sizes["pixels_merged"] * one["merge_per_rot_pixel"]
-                          + sizes["entries_merged"] / s * one["merge_per_rot_entry"])}
+            "merge": r * (sizes["pixels_merged"] * per_rot_pixel(one, "merge_per_rot_pixel", m)
+                          + sizes["entries_merged"] / s * one["merge_per_rot_entry"])
+            + m ** 3 * one.get("merge_per_voxel", 0.0)}
 
 
 def share(load: float | None, cores: int) -> float:
