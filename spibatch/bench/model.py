@@ -20,8 +20,9 @@ Measured = ``k_compute`` x compute + ``k_overhead`` x (everything else), fitted 
 relative errors of the calibration points; ``beta`` is not fitted: it is the microbenchmarks' (1 and all cores) on
 a quiet machine, 1 on a loaded one (:func:`micro_beta`).  Which points calibrate is the bench file's ``model``
 section (``calibrate_workers``, ``calibrate_sites``; default: the smallest worker count); every other point is a
-check the fit never saw.  Phasing: a start's iteration ``k_phasing a_fft N^3 log2 N^3 / (t^beta_phasing share)``;
-the phase stage ``ceil(starts / w)`` starts + ``b_phase_s``.
+check the fit never saw.  Phasing: a warm start's iteration ``k_phasing a_fft N^3 log2 N^3 / (t^beta_phasing
+share)``; the phase stage ``ceil(starts / w)`` warm starts + a worker's warm-up (its first start's extra seconds,
+measured) + ``b_phase_s`` (dispatch, merge).
 """
 
 from __future__ import annotations
@@ -212,8 +213,11 @@ def evaluate_phasing(document: dict, role) -> dict:
             for p in pts}
     k = float(np.exp(np.mean(np.log([p["summary"]["iteration_s"]["median"] / base[p["key"]] for p in cal_pts]))))
 
-    def stage_work(p):
-        return math.ceil(p["sizes"]["starts"] / p["workers"]) * p["sizes"]["iterations"] * k * base[p["key"]]
+    def stage_work(p):   # the starts one worker runs, warm, plus its first start's warm-up (measured)
+        warm = p["summary"]["start_s"]["median"]
+        first = (p["summary"].get("first_start_s") or {}).get("median") or warm
+        return math.ceil(p["sizes"]["starts"] / p["workers"]) * p["sizes"]["iterations"] * k * base[p["key"]] \
+            + max(0.0, first - warm)
 
     b_stage = float(np.median([max(0.0, p["summary"]["stage_s"]["median"] - stage_work(p)) for p in cal_pts]))
     out = []

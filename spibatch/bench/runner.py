@@ -245,7 +245,7 @@ def run_repeat(point: Point, pipeline: Path, site: Path, run_dir: Path, repeat: 
         said = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         raise RuntimeError(f"repeat {repeat}: `spibatch run` failed ({said}); see {run_dir}")
     if point.kind == "phasing":
-        entry.update(collect.phasing_run(run_dir))
+        entry.update(collect.phasing_run(run_dir, point.workers))
     else:
         entry.update(collect.emc_run(run_dir, point.mode, point.workers))
     return entry
