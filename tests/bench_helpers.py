@@ -105,7 +105,8 @@ def synthetic_document(truth: dict, noise: dict | None = None, calibrate_workers
                                                               truth.get("beta_phasing", 1.0))
         p = _point(key, "tasks", workers, "phasing", it * (1 + noise.get(key, 0.0)),
                    {"edge": 48, "starts": 4, "iterations": 60}, max(1, 2 // workers))
-        p["summary"]["stage_s"] = _spread(-(-4 // workers) * 60 * it + 2.0)
+        p["summary"].update(stage_s=_spread(-(-4 // workers) * 60 * it + 2.0), start_s=_spread(60 * it),
+                            first_start_s=_spread(60 * it))
         points.append(p)
     return {"schema": "spibatch-bench/1", "name": "synthetic", "created": "2026-01-01T00:00:00Z",
             "updated": "2026-01-01T00:00:00Z", "loaded_machine_note": None,
