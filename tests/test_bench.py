@@ -189,9 +189,10 @@ def test_scale_projection_runs_on_a_document():
     rows = {(r["num_div"], r["pixels"], r["kind"], r["count"], r["mode"]): r for r in scale.table(document)}
     hpc16, hpc256 = rows[(15, 128, "cpu", 16, "hpc")], rows[(15, 128, "cpu", 256, "hpc")]
     assert hpc256["compute"] < hpc16["compute"] / 8                      # the frames spread over 16x the nodes
-    htc16, htc256 = rows[(15, 128, "cpu", 16, "htc")], rows[(15, 128, "cpu", 256, "htc")]
-    assert htc256["reduce"] == pytest.approx(16 * htc16["reduce"])        # sums through one interchange: x workers
-    assert htc256["iteration_tree_s"] < htc256["iteration_s"]            # a filesystem tree keeps it flat
+    assert rows[(15, 128, "cpu", 16, "hpc")]["shards"] > 16                 # the kept entries cap a CPU shard
+    htc8, htc64 = rows[(15, 128, "gpu", 8, "htc")], rows[(15, 128, "gpu", 64, "htc")]
+    assert htc64["reduce"] == pytest.approx(8 * htc8["reduce"])          # sums through one interchange: x tasks
+    assert htc64["iteration_tree_s"] < htc64["iteration_s"] / 4          # a filesystem tree keeps it flat
     assert "| 15 (168,900) | 128^2 | 16 nodes | hpc |" in scale.markdown(scale.table(document))
     assert scale.realtime(document)[0]["preview_s"] > scale.ASSUMED["first_result_s"]
 

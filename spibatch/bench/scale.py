@@ -25,6 +25,8 @@ NODE_EFFICIENCY = 0.7        # parallel efficiency of the Numba kernels on a who
 GPU_PEAK_FLOPS = 67e12       # H200 / H100 SXM FP32, vendor sheet (as gpu_bench.PEAK_FP32)
 GPU_BANDWIDTH = 4.0e12       # bytes / s, HBM3e copy bandwidth (4.8 TB/s peak; a copy reaches ~85%)
 GPU_FLOOR_FACTOR = 3.0       # issue 5's goal: the EMC step within 3x the roofline floor
+GPU_CHUNK_BYTES = 60e9       # half of an H200's 141 GB for a chunk's dense likelihood + probabilities (8 B / entry);
+                             # each chunk slices and merges every rotation again (spibatch/emc/gpu_step.py)
 ASSUMED = {"link_bytes_per_s": 25e9,          # 200 Gb/s InfiniBand per node (Allreduce, ring)
            "fs_client_bytes_per_s": 3e9,      # one client of a parallel filesystem (Lustre/GPFS), read or write
            "fs_aggregate_bytes_per_s": 100e9,  # the filesystem as a whole
@@ -49,9 +51,19 @@ def unloaded_rates(rates: dict) -> dict:
     return out
 
 
-def case(frames: float, num_div: int, edge: int, model_edge: int, photons: float, workers: int) -> dict:
-    """The sizes of one facility case, one shard per worker (the fewest expands and merges)."""
-    return sizes.on_paper(int(frames), num_div, edge, photons, model_edge, math.ceil(frames / workers))
+KEPT_BYTES_PER_NODE = 64e9   # a CPU node's memory for one shard step's kept (frame, rotation) entries (of ~256 GB)
+KEPT_ENTRY_BYTES = 16        # frame, rotation, value (as BENCHMARKS.md "EMC peak memory": 16 B an entry)
+
+
+def case(frames: float, num_div: int, edge: int, model_edge: int, photons: float, workers: int,
+         kind: str = "gpu") -> dict:
+    """The sizes of one facility case: one shard per worker (the fewest expands and merges), on CPU nodes at most
+    the frames whose kept entries fit KEPT_BYTES_PER_NODE with every rotation kept (iteration 1); a GPU's step
+    cuts frames and rotations into chunks that fit its memory itself."""
+    per_shard = math.ceil(frames / workers)
+    if kind == "cpu":
+        per_shard = min(per_shard, int(KEPT_BYTES_PER_NODE / (sizes.rotations(num_div) * KEPT_ENTRY_BYTES)))
+    return sizes.on_paper(int(frames), num_div, edge, photons, model_edge, per_shard)
 
 
 def k_effective(document: dict) -> float:
@@ -65,15 +77,18 @@ def k_effective(document: dict) -> float:
 def cpu_iteration(sz: dict, nodes: int, rates: dict, k_compute: float, mode: str, kept: float | None) -> dict:
     """Seconds of one EMC iteration on ``nodes`` CPU nodes (one worker of NODE_CORES threads each)."""
     kernels = model.shard_kernels(sz, rates, kept)
-    compute = k_compute * sum(kernels.values()) / (NODE_CORES * NODE_EFFICIENCY)
+    rounds = math.ceil(sz["shards"] / nodes)
+    compute = rounds * k_compute * sum(kernels.values()) / (NODE_CORES * NODE_EFFICIENCY)
     return {"compute": compute, **_movement(sz, nodes, mode)}
 
 
 def gpu_iteration(sz: dict, gpus: int, mode: str) -> dict:
-    """Seconds of one EMC iteration on ``gpus`` GPUs (one shard each): GPU_FLOOR_FACTOR x the roofline floor."""
+    """Seconds of one EMC iteration on ``gpus`` GPUs (one shard each, in chunks that fit): GPU_FLOOR_FACTOR x the
+    roofline floor."""
     d = sz["frames"] / sz["shards"]
     entries = sz["entries_used"] / sz["frames"]
-    flops = 4.0 * sz["rotations"] * d * entries + 220.0 * sz["rotations"] * sz["pixels_merged"]
+    chunks = math.ceil(d * sz["rotations"] * 8 / GPU_CHUNK_BYTES)   # gpu_step.plan: dense likelihood + P per chunk
+    flops = 4.0 * sz["rotations"] * d * entries + chunks * 220.0 * sz["rotations"] * sz["pixels_merged"]
     floor = max(flops / GPU_PEAK_FLOPS, 16.0 * sz["rotations"] * d / GPU_BANDWIDTH)
     return {"compute": GPU_FLOOR_FACTOR * floor, **_movement(sz, gpus, mode)}
 
@@ -84,20 +99,21 @@ def _movement(sz: dict, workers: int, mode: str) -> dict:
     if mode == "hpc":
         return {"reduce": 2 * (workers - 1) / workers * sums / ASSUMED["link_bytes_per_s"], "data_movement": 0.0,
                 "dispatch": 0.0}
-    model_bytes = sums / 2
-    return {"reduce": workers * sums / ASSUMED["interchange_bytes_per_s"],   # every task's sums through the driver
+    model_bytes, tasks = sums / 2, sz["shards"]
+    return {"reduce": tasks * sums / ASSUMED["interchange_bytes_per_s"],   # every task's sums through the driver
             "data_movement": model_bytes / ASSUMED["fs_client_bytes_per_s"]
-            + workers * model_bytes / ASSUMED["fs_aggregate_bytes_per_s"],
-            "dispatch": ASSUMED["task_latency_s"] * workers}
+            + tasks * model_bytes / ASSUMED["fs_aggregate_bytes_per_s"],
+            "dispatch": ASSUMED["task_latency_s"] * tasks}
 
 
 def tree_reduce(sz: dict, workers: int) -> float:
-    """HTC with the sums written to the shared filesystem and added in a binary tree of tasks: log2(w) levels,
-    each a read of two sums and a write of one by a client, plus a task latency."""
-    sums = 16.0 * sz["model_edge"] ** 3
-    levels = math.ceil(math.log2(max(workers, 2)))
+    """HTC with each task's sums written to the shared filesystem and added in a binary tree of tasks: log2(tasks)
+    levels, each a read of two sums and a write of one by a client, plus a task latency; all of it through the
+    filesystem's aggregate bandwidth once."""
+    sums, tasks = 16.0 * sz["model_edge"] ** 3, sz["shards"]
+    levels = math.ceil(math.log2(max(tasks, 2)))
     return levels * (3 * sums / ASSUMED["fs_client_bytes_per_s"] + ASSUMED["task_latency_s"]) \
-        + workers * sums / ASSUMED["fs_aggregate_bytes_per_s"]
+        + 2 * tasks * sums / ASSUMED["fs_aggregate_bytes_per_s"]
 
 
 def table(document: dict) -> list[dict]:
@@ -109,7 +125,7 @@ def table(document: dict) -> list[dict]:
         for edge in (128, 256, 512):
             for kind, counts in (("cpu", (16, 64, 256)), ("gpu", (8, 16, 64))):
                 for n in counts:
-                    sz = case(1e7, num_div, edge, 400, 1000.0, n)
+                    sz = case(1e7, num_div, edge, 400, 1000.0, n, kind)
                     for mode in ("hpc", "htc"):
                         parts = cpu_iteration(sz, n, rates, k, mode, 400.0) if kind == "cpu" \
                             else gpu_iteration(sz, n, mode)
@@ -117,6 +133,7 @@ def table(document: dict) -> list[dict]:
                         price = ASSUMED["cpu_node_hour"] if kind == "cpu" else ASSUMED["gpu_hour"]
                         tree = total - parts["reduce"] + tree_reduce(sz, n) if mode == "htc" else None
                         rows.append({"num_div": num_div, "rotations": sz["rotations"], "pixels": edge,
+                                     "shards": sz["shards"],
                                      "kind": kind, "count": n, "mode": mode, "iteration_s": total,
                                      "usd_per_iteration": total / 3600 * n * price, "iteration_tree_s": tree,
                                      **parts})
@@ -133,7 +150,7 @@ def realtime(document: dict) -> list[dict]:
         for num_div in (6, 10):
             for kind, counts in (("gpu", (1, 4)), ("cpu", (4, 16))):
                 for n in counts:
-                    sz = case(frames, num_div, 128, 181, 1000.0, n)
+                    sz = case(frames, num_div, 128, 181, 1000.0, n, kind)
                     for mode in ("hpc", "htc"):
                         parts = cpu_iteration(sz, n, rates, k, mode, None) if kind == "cpu" \
                             else gpu_iteration(sz, n, mode)
@@ -147,13 +164,13 @@ def realtime(document: dict) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| num_div (R) | pixels | hardware | mode | s / iteration | compute | reduce | data | dispatch | "
+    head = ("| num_div (R) | pixels | hardware | shards | mode | s / iteration | compute | reduce | data | dispatch | "
             "HTC, tree reduce | USD / iter |")
-    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         hw = f"{r['count']} {'nodes' if r['kind'] == 'cpu' else 'GPUs'}"
         tree = f"{r['iteration_tree_s']:.1f}" if r["iteration_tree_s"] is not None else ""
-        lines.append(f"| {r['num_div']} ({r['rotations']:,}) | {r['pixels']}^2 | {hw} | {r['mode']} | "
+        lines.append(f"| {r['num_div']} ({r['rotations']:,}) | {r['pixels']}^2 | {hw} | {r['shards']} | {r['mode']} | "
                      f"{r['iteration_s']:.1f} | {r['compute']:.1f} | {r['reduce']:.1f} | {r['data_movement']:.1f} | "
                      f"{r['dispatch']:.2f} | {tree} | {r['usd_per_iteration']:.2f} |")
     return "\n".join(lines) + "\n"
