@@ -193,7 +193,7 @@ def test_scale_projection_runs_on_a_document():
     htc8, htc64 = rows[(15, 128, "gpu", 8, "htc")], rows[(15, 128, "gpu", 64, "htc")]
     assert htc64["reduce"] == pytest.approx(8 * htc8["reduce"])          # sums through one interchange: x tasks
     assert htc64["iteration_tree_s"] < htc64["iteration_s"] / 4          # a filesystem tree keeps it flat
-    assert "| 15 (168,900) | 128^2 | 16 nodes | hpc |" in scale.markdown(scale.table(document))
+    assert "| 15 (168,900) | 128^2 | 16 nodes | 423 | hpc |" in scale.markdown(scale.table(document))
     assert scale.realtime(document)[0]["preview_s"] > scale.ASSUMED["first_result_s"]
 
 
