@@ -77,9 +77,9 @@ def table(document: dict) -> str:
         it = s["iteration_s"]
         phases = s.get("phases_s") or {}
         m = model.get(p["key"])
-        pred = f"{m['predicted_s']:.2f} ({100 * m['error']:+.0f}%, {m['role']})" if m else ""
+        pred = f"{m['predicted_s']:.3g} ({100 * m['error']:+.0f}%, {m['role']})" if m else ""
         lines.append("| " + " | ".join([
-            p["key"], str(p.get("frames") or ""), f"{it['median']:.2f} [{it['min']:.2f}-{it['max']:.2f}]",
+            p["key"], str(p.get("frames") or ""), f"{it['median']:.3g} [{it['min']:.3g}-{it['max']:.3g}]",
             _fmt(ratio.get(p["key"])), _fmt(eff.get(p["key"]))] + [_fmt(phases.get(ph)) for ph in PHASES] + [
             _fmt((s.get("startup_s") or {}).get("median"), 1),
             f"{p['load_start'][0]} -> {p['load_end'][0]}", pred]) + " |")

@@ -212,7 +212,8 @@ def measure_point(point: Point, bench: Bench, info: SiteInfo, out: Path) -> dict
         shutil.rmtree(folder)
     work = bench.workloads[point.workload]
     record = {"key": point.key, **point.describe(), "status": "measured", "error": None, "started": machine.now(),
-              "load_start": machine.load(), "repeat_runs": []}
+              "load_start": machine.load(), "git_revision": machine.versions().get("git_revision"),
+              "repeat_runs": []}
     try:
         photons, detector = workloads.data_for(point, work, out)
         pipeline, site = workloads.write_point_files(point, work, info, folder, photons, detector)
