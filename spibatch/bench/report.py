@@ -181,12 +181,16 @@ def plots(out: Path, document: dict) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5.5, 5))
         for role, marker in (("calibration", "s"), ("check", "o")):
             pts = [p for p in model["points"] if p["role"] == role]
-            ax.scatter([p["measured_s"] for p in pts], [p["predicted_s"] for p in pts], marker=marker, label=role)
+            ax.scatter([p["measured_s"] for p in pts], [p["predicted_s"] for p in pts], marker=marker, label=role,
+                       zorder=3)
         values = [v for p in model["points"] for v in (p["measured_s"], p["predicted_s"]) if v > 0]
         lo, hi = min(values) / 1.5, max(values) * 1.5
-        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-        ax.fill_between([lo, hi], [lo * 0.75, hi * 0.75], [lo * 1.25, hi * 1.25], color="0.85", label="±25%")
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, zorder=2)
+        ax.fill_between([lo, hi], [lo * 0.75, hi * 0.75], [lo * 1.25, hi * 1.25], color="0.85", label="±25%", zorder=1)
         ax.set(xscale="log", yscale="log", xlabel="measured s", ylabel="predicted s", title="model vs measurement")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plt.matplotlib.ticker.FormatStrFormatter("%.3g"))
+            axis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=7)
         written.append(_save(fig, out / PNGS["model"]))
         plt.close(fig)
