@@ -31,12 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         rates = False if args.no_rates else (args.rates or True)
-        _, text = bench_command(args.bench, args.site, out=args.out, dry_run=args.dry_run, rates=rates)
+        out, text = bench_command(args.bench, args.site, out=args.out, dry_run=args.dry_run, rates=rates)
     except InputError as exc:
         print(f"spibatch: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(text, end="")
-    return 0
+    return 130 if not args.dry_run and interrupted(out) else 0
+
+
+def interrupted(out: Path) -> bool:
+    """Whether the last run of the matrix in ``out`` was interrupted (its bench.json says so)."""
+    from spibatch.bench.runner import load_document
+
+    return bool((load_document(out) or {}).get("interrupted"))
 
 
 if __name__ == "__main__":
