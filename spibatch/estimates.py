@@ -28,7 +28,7 @@ from spibatch.errors import InputError
 
 log = logging.getLogger("spibatch")
 
-KIB, MIB, GIB, TIB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+KIB, MIB, GIB, TIB, PIB, EIB = 1 << 10, 1 << 20, 1 << 30, 1 << 40, 1 << 50, 1 << 60
 YEAR_S = 365.0 * 86400.0
 TIME_LIMIT_S = YEAR_S            # a run whose time floor is longer than this is refused
 RUNTIME_BYTES = 100 * MIB        # Python, NumPy, Numba and spibatch loaded (measured ~200 MB)
@@ -62,8 +62,8 @@ PLAUSIBLE = {
 
 
 def human_bytes(n: float) -> str:
-    """``n`` bytes as B, KiB, MiB, GiB or TiB (3 significant digits)."""
-    for unit, size in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+    """``n`` bytes in binary units, B to EiB (3 significant digits)."""
+    for unit, size in (("EiB", EIB), ("PiB", PIB), ("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{int(n)} B"
@@ -164,26 +164,32 @@ class Estimate:
     seconds: float | None = None
     time_field: str = ""
     fixes: dict[str, str] = field(default_factory=dict)   # field -> what to change
+    gpu: bool = False
 
     @property
     def bytes(self) -> float:
         return RUNTIME_BYTES + sum(p.bytes for p in self.parts)
 
-    def check(self, path, budget: Budget | None = None) -> "Estimate":
-        """``self``, or one InputError when the memory or the time floor cannot fit ``budget`` (default: here)."""
+    def check(self, path, budget: Budget | None = None, paths: dict | None = None) -> "Estimate":
+        """``self``, or one InputError when the memory or the time floor cannot fit ``budget`` (default: here).
+
+        The line names ``path`` (the pipeline file), or ``paths[field]`` when the field that sets the size is a
+        data file's (``{"phasing.intensity": its path}``)."""
         budget = budget or Budget.here()
+        paths = paths or {}
         if self.bytes > budget.memory:
             top = max(self.parts, key=lambda p: p.bytes)
             held = ", ".join(f"{p.label} {human_bytes(p.bytes)}" for p in sorted(self.parts, key=lambda p: -p.bytes)
                              if p.bytes >= 0.01 * self.bytes)
             raise InputError(f"the {self.stage} stage needs at least {human_bytes(self.bytes)} ({self.bytes:.3g} "
                              f"bytes: {held}) but {budget.where} has {human_bytes(budget.memory)} of memory "
-                             f"({budget.memory_source})", path=path, field=top.field,
+                             f"({budget.memory_source})", path=paths.get(top.field, path), field=top.field,
                              fix=self.fixes.get(top.field, f"lower {top.field}"))
         if self.seconds is not None and self.seconds > TIME_LIMIT_S:
             raise InputError(f"the {self.stage} stage would take at least {human_seconds(self.seconds)} on "
-                             f"{budget.cores} cores of {budget.where} (a floor well below the measured speed; the "
-                             f"limit is {human_seconds(TIME_LIMIT_S)})", path=path, field=self.time_field,
+                             f"{budget.parallel(self.gpu)} {'GPUs' if self.gpu else 'cores'} of {budget.where} (a "
+                             "floor well below the measured speed; the limit is a year)",
+                             path=paths.get(self.time_field, path), field=self.time_field,
                              fix=self.fixes.get(self.time_field, f"lower {self.time_field}"))
         return self
 
@@ -317,7 +323,7 @@ def emc(model_size: int, num_rotations: int, num_frames: int, frames_per_shard: 
     rate = (EMC_GPU_S_PER_PIXEL_ROTATION if gpu else EMC_CORE_S_PER_PIXEL_ROTATION) / max(parallel, 1)
     per_iteration = rate * num_rotations * max(used_pixels, 1)
     field_ = "emc.num_div" if per_iteration * 100 > TIME_LIMIT_S else "emc.iterations"
-    return Estimate("emc", parts, seconds=per_iteration * iterations, time_field=field_,
+    return Estimate("emc", parts, seconds=per_iteration * iterations, time_field=field_, gpu=gpu,
                     fixes={"emc.num_div": f"use a smaller num_div ({num_rotations:,} rotations asked; num_div 10 "
                            "gives 50 100)", "emc.iterations": f"run fewer iterations ({iterations:,} asked)",
                            "emc.model_size": "leave emc.model_size out (the detector's own size) or lower it",
@@ -336,6 +342,7 @@ def phasing(edge: int, num_starts: int, iterations: int, *, edge_field: str = "p
         parts.append(Part("the intensity as read (float64)", 8 * read_voxels, "phasing.intensity"))
     rate = (PHASING_GPU_S_PER_VOXEL if gpu else PHASING_CORE_S_PER_VOXEL) / max(parallel, 1)
     return Estimate("phase", parts, seconds=rate * voxels * iterations * num_starts, time_field="phasing.num_starts",
+                    gpu=gpu,
                     fixes={"phasing.num_starts": f"use fewer starts ({num_starts:,} asked)",
                            "phasing.crop_to": "phase a smaller central crop (phasing.crop_to)",
                            "phasing.intensity": "phase a smaller volume (phasing.crop_to)"})

@@ -226,8 +226,10 @@ def _one_value(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> fl
     values = np.asarray(read_dataset(ds, (), path), dtype=np.float64).ravel() if ds.dtype.kind in "iuf" else None
     if values is None or values.size == 0 or not np.all(np.isfinite(values)) or values.min() <= 0 \
             or values.max() - values.min() > 1e-6 * values.max():
-        raise InputError(f"expected one positive number (or equal ones per frame), found shape {ds.shape} "
-                         f"dtype {ds.dtype}", path=path, field=name, fix=fix)
+        found = f"shape {ds.shape} dtype {ds.dtype}" if values is None or values.size == 0 else \
+            f"{values[0]:g}" if values.size == 1 else f"{values.size} values from {values.min():g} to {values.max():g}"
+        raise InputError(f"expected one positive finite number (or equal ones per frame), found {found}", path=path,
+                         field=name, fix=fix)
     return float(values.mean())
 
 

@@ -69,3 +69,14 @@ def naming(path):
         if exc.path is None and path is not None:
             raise InputError(exc.problem, path=path, field=exc.field, fix=exc.fix) from None
         raise
+
+
+@contextmanager
+def keyed(dataset: str | None, key: str):
+    """An InputError about the dataset ``dataset`` (a name the config gave) also names the config ``key``."""
+    try:
+        yield
+    except InputError as exc:
+        if dataset and exc.field and exc.field.strip("/") == dataset.strip("/"):
+            raise InputError(exc.problem, path=exc.path, field=f"{exc.field} ({key})", fix=exc.fix) from None
+        raise

@@ -50,7 +50,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     estimates.emc(found.size, num_rotations(settings.num_div), found.num_frames, settings.frames_per_shard,
                   int((found.detector.mask == 0).sum()), settings.iterations,
                   model_field="emc.model_size" if settings.model_size else "emc.detector", gpu=gpu,
-                  parallel=budget.parallel(gpu)).check(config, budget)
+                  parallel=budget.parallel(gpu)).check(config, budget, paths={"emc.photons": photons,
+                                                                               "emc.detector": detector})
     if settings.start_model is not None:
         found.start_model = check_start_model(settings.start_model, found.size)
     comm = world()

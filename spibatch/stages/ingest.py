@@ -9,7 +9,7 @@ from pathlib import Path
 from spibatch.detector import Detector
 from spibatch.errors import InputError
 from spibatch.layout import RunLayout
-from spibatch.stages.checks import require_file
+from spibatch.stages.checks import keyed, require_file
 
 log = logging.getLogger("spibatch")
 
@@ -35,7 +35,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
         return f"ingest.{name}" if config is not None else "--" + name.replace("_", "-")
 
     require_file(cfg.cxi, key("cxi") if config is not None else "CXI", fix="give the path of a CXI (HDF5) file")
-    shape, itemsize = stack_info(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
+    with keyed(cfg.data_path, key("data_path")), keyed(cfg.mask_path, key("mask_path")):
+        shape, itemsize = stack_info(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
     num_pix = 1
     for n in shape[1:]:
         num_pix *= n
@@ -49,10 +50,6 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
         check_match(detector, num_pix, pipeline.emc.detector, cfg.cxi)
     else:
         geometry = read_flat_geometry(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
-        if geometry is not None and frames:   # warned once, before the run (not again when it converts)
-            estimates.warn_implausible({"detector_distance_m": geometry["distance_m"], "pixel_size_m":
-                                        geometry["pixel_size_m"], "wavelength_m": geometry["wavelength_m"]},
-                                       cfg.cxi, key="CXI geometry")
         detector = Detector.from_cxi(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
                                      beamstop_radius_pixels=cfg.beamstop_radius_pixels)
         if detector is None and need_detector:
@@ -62,6 +59,10 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
     if frames:
         check_frames(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path, adu_per_photon=cfg.adu_per_photon,
                      clip_negative=cfg.clip_negative, chunk_frames=cfg.chunk_frames)
+        if pipeline.emc.detector is None and geometry is not None:   # after every refusal, once (not in the run)
+            estimates.warn_implausible({"detector_distance_m": geometry["distance_m"], "pixel_size_m":
+                                        geometry["pixel_size_m"], "wavelength_m": geometry["wavelength_m"]},
+                                       cfg.cxi, key="CXI geometry")
     return detector
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from spibatch.io.atomic import atomic_path
 from spibatch.layout import RunLayout
 from spibatch.stages import inputs, load_run, stage_log
-from spibatch.stages.checks import budget_for, naming, require_file
+from spibatch.stages.checks import budget_for, keyed, naming, require_file
 
 
 def settings_of(pipeline):
@@ -38,7 +38,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
     cfg = pipeline.phasing
     source = Path(inputs.phasing_intensity(run, pipeline, config))
     require_file(source, "phasing.intensity", fix="give a 3-D intensity (an EMC output_NNN.h5, HDF5 or MRC)")
-    shape = volume_shape(source, cfg.dataset, field="phasing.intensity")
+    with keyed(cfg.dataset, "phasing.dataset"):
+        shape = volume_shape(source, cfg.dataset, field="phasing.intensity")
     settings = settings_of(pipeline)
     edge = min(cfg.crop_to or shape[0], shape[0])
     edge = fast_size(edge) if cfg.fast_fft_size else edge
@@ -46,7 +47,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
     gpu = pipeline.device == "gpu"
     estimates.phasing(edge, settings.num_starts, settings.recipe.iterations(), gpu=gpu, parallel=budget.parallel(gpu),
                       edge_field="phasing.crop_to" if cfg.crop_to else "phasing.intensity",
-                      read_voxels=int(shape[0]) * int(shape[1]) * int(shape[2])).check(config or source, budget)
+                      read_voxels=int(shape[0]) * int(shape[1]) * int(shape[2])
+                      ).check(config or source, budget, paths={"phasing.intensity": source})
     if cfg.voxel_size_per_m is None and is_hdf5(source):
         import h5py
 

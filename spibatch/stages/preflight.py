@@ -39,11 +39,12 @@ def check_run(pipeline, config: Path, site=None) -> None:
     elif given:
         if "simulate" in names:
             simulate_stage.check(pipeline, config, budget=budget)
+        found = emc_stage.check(pipeline, config, budget=budget)
+        _phase(pipeline, config, budget, found.size)
+        if "simulate" in names:
             log.warning("spibatch: warning: %s: emc.photons and emc.detector are given: the emc stage reconstructs "
                         "%s, not the simulated patterns (remove both to reconstruct the simulation)", config,
                         emc.photons)
-        found = emc_stage.check(pipeline, config, budget=budget)
-        _phase(pipeline, config, budget, found.size)
         return
     elif "simulate" in names:
         flat = simulate_stage.check(pipeline, config, budget=budget)

@@ -22,12 +22,12 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
         raise InputError("no `simulation` section", path=config, field="simulation",
                          fix="add one (`spibatch init DIR` writes an example)")
     flat = estimates.check_flat(pipeline.geometry, config)
-    estimates.warn_implausible(estimates.geometry_values(pipeline.geometry), config)
     estimates.simulation(flat, sim.num_patterns, sim.mean_photons_per_frame, sim.chunk_frames).check(config, budget)
     estimates.check_disk(estimates.PHOTONS_FILE_BYTES_PER_FRAME * sim.num_patterns, pipeline.output.runs_dir,
                          config, "simulation.num_patterns", f"the photons file of {sim.num_patterns:,} patterns")
     require_file(sim.pdb, "simulation.pdb", fix="give a PDB or mmCIF file of the particle")
     read_structure(sim.pdb, assembly=False)
+    estimates.warn_implausible(estimates.geometry_values(pipeline.geometry), config)   # after every refusal
     return flat
 
 
