@@ -71,13 +71,18 @@ def init(directory: Path = typer.Argument(..., help="folder to write pipeline.ya
     target = directory / "pipeline.yaml"
     if target.exists():
         raise InputError("already exists", path=target, fix="choose another directory or move the file away")
-    directory.mkdir(parents=True, exist_ok=True)
     from spibatch.io.atomic import write_text
 
-    write_text(target, _data_file("pipeline.yaml").read_text(encoding="utf-8"))
     pdb = directory / "1EI7.pdb"
-    if not pdb.exists():
-        shutil.copyfile(_data_file("1EI7.pdb"), pdb)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_text(target, _data_file("pipeline.yaml").read_text(encoding="utf-8"))
+        if not pdb.exists():
+            shutil.copyfile(_data_file("1EI7.pdb"), pdb)
+    except OSError as exc:
+        why = "it is a file, not a folder" if directory.is_file() else exc.strerror or exc
+        raise InputError(f"cannot write here ({why})", path=directory, field="DIRECTORY",
+                         fix="choose a folder you may create and write to") from None
     typer.echo(f"wrote {target}\nwrote {pdb}\nnext: spibatch run {target}")
 
 

@@ -491,6 +491,8 @@ CASES: list[Case] = [
          {"p.yaml": b.yaml_file(merged(EMC, emc__photons="bad.h5")),
           "bad.h5": b.photons_variant(b.set_row("count_multi", PHOTONS_LAST, [-3]))}, ["bad.h5", "count_multi"]),
     Case("cli-resume-not-a-run", "run folders", ["resume", "{intensity}"], {}, ["RUN_DIR", "not a run"]),
+    Case("init-into-a-file", "paths", ["init", "afile"], {"afile": b.text("x\n")}, ["afile", "DIRECTORY"]),
+    Case("init-under-proc", "paths", ["init", "/proc/spibatch-no"], {}, ["/proc/spibatch-no", "DIRECTORY"]),
     Case("cli-report-missing", "run folders", ["report", "gone"], {}, ["gone"]),
     Case("runs-dir-is-file", "run folders", ["emc", "p.yaml"],
          {"p.yaml": b.yaml_file(merged(EMC, output={"runs_dir": "afile"})), "afile": b.text("x\n")}, ["afile"]),
