@@ -98,6 +98,8 @@ def run(ident: str, category: str, base: dict, expect: list[str], files: dict | 
 
 
 NOT_A_PDB = b.text("this is not a structure file\n")
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{x}: &{x} [" + ", ".join([f"*{p}"] * 9) + "]\n" for p, x in zip("abcdefgh", "bcdefghi"))
 PHOTONS_LAST = b.FRAMES - 1
 RECIPE_5000 = '"' + " * ".join(["ER()"] * 5000) + '"'
 NESTED = '"' + "(" * 40 + "ER()" + ")" * 40 + '"'
@@ -115,6 +117,12 @@ CASES: list[Case] = [
          unless_root=True),
     Case("yaml-syntax", "config: top level", ["emc", "p.yaml"], {"p.yaml": b.text("name: t\nemc: [1, 2\n")},
          ["p.yaml", "not valid YAML"]),
+    Case("yaml-billion-laughs", "config: top level", ["emc", "p.yaml"], {"p.yaml": b.raw_bytes(LAUGHS.encode())},
+         ["p.yaml", "line 1", "expands to more than"]),
+    Case("yaml-nested-20000", "config: top level", ["emc", "p.yaml"],
+         {"p.yaml": b.raw_bytes(b"name: t\nemc: " + b"[" * 20000 + b"]" * 20000 + b"\n")}, ["p.yaml", "nested"]),
+    Case("yaml-20-MB", "config: top level", ["emc", "p.yaml"], {"p.yaml": b.raw_bytes(b"#" * 20_000_000)},
+         ["p.yaml", "bytes; a settings file is at most"]),
     Case("yaml-top-list", "config: top level", ["emc", "p.yaml"], {"p.yaml": b.text("- name\n- emc\n")},
          ["p.yaml", "line 1", "expected a mapping"]),
     Case("yaml-duplicate-key", "config: top level", ["emc", "p.yaml"],
