@@ -44,6 +44,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
         raise InputError("holds 0 frames", path=cfg.cxi, field=cfg.data_path, fix="give a CXI file with frames")
     estimates.ingest(shape[0], num_pix, itemsize, cfg.chunk_frames, key("chunk_frames")).check(config or cfg.cxi,
                                                                                                budget)
+    geometry = None
     if pipeline.emc.detector is not None:
         require_file(pipeline.emc.detector, "emc.detector", fix="give the Dragonfly detector file of these frames")
         detector = Detector.read(pipeline.emc.detector)
