@@ -123,29 +123,20 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
                                                              "file does not say (Dragonfly's .bin)"),
           out: Optional[Path] = OUT) -> None:
     """Phase a merged 3-D intensity: many random starts, aligned and averaged, with the PRTF."""
+    from spibatch.options import positive_length
+
     pipeline = _load(config)
     if intensity is not None:
         pipeline.phasing.intensity = intensity.resolve()
+    if truth_voxel_size_m is not None and truth is None:
+        raise InputError("given without --truth", path=config, field="--truth-voxel-size-m",
+                         fix="give --truth TRUTH with it, or leave it out")
     if truth is not None:
         pipeline.validation.reference = truth.resolve()
-        pipeline.validation.reference_voxel_size_m = truth_voxel_size_m
+        pipeline.validation.reference_voxel_size_m = positive_length(truth_voxel_size_m, truth, "--truth-voxel-size-m")
     names = ["phase"] + (["validate"] if truth is not None else [])
     sources = [p for p in (pipeline.phasing.intensity, truth) if p is not None and p.is_file()]
     _one_stage_run(names, config, pipeline, out=out, inputs=(config, *sources))
-
-
-def _options_pipeline(**sections):
-    """A pipeline made from command-line options; a bad value is one line naming the option."""
-    from pydantic import ValidationError
-
-    from spibatch.config import Pipeline
-
-    try:
-        return Pipeline(**sections)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        option = "--" + str(err["loc"][-1]).replace("_", "-")
-        raise InputError(f"{err['msg']}; found {err['input']!r}", field=option, fix="correct the value") from None
 
 
 @app.command()
@@ -160,11 +151,13 @@ def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 resu
              runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
     """Fourier shell correlation of two volumes, aligned first (intensities by rotation, densities by
     translation after resampling onto one voxel): a table, the 0.5 / 0.143 resolutions and a PNG plot."""
+    from spibatch.config import Pipeline
+    from spibatch.options import from_options
     from spibatch.stages.standalone import run_stages
 
-    pipeline = _options_pipeline(name="validate", output={"runs_dir": runs_dir.resolve()}, validation={
+    pipeline = from_options(lambda: Pipeline(name="validate", output={"runs_dir": runs_dir.resolve()}, validation={
         "volume": first.resolve(), "reference": second.resolve(), "dataset": dataset, "voxel_size_m": voxel_size_m,
-        "kind": kind})
+        "kind": kind}), first, command="validate")
     run_path, outputs = run_stages(["validate"], pipeline, None, out=out, command=sys.argv, inputs=(first, second))
     typer.echo(Path(outputs["fsc_text"]).read_text(encoding="utf-8").rstrip())
     _echo([f"wrote {outputs['fsc_plot']}", f"wrote {outputs['fsc_table']}"])
@@ -184,12 +177,13 @@ def ingest(cxi: Path = typer.Argument(..., help="CXI file with a pattern stack")
            runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
     """Convert a CXI pattern stack (3-D or modular 4-D) to a sparse Dragonfly photons file, in chunks,
     and write detector.h5 when the file holds a flat square detector's geometry."""
-    pipeline = _options_pipeline(name="ingest", output={"runs_dir": runs_dir.resolve()}, ingest={
+    from spibatch.config import Pipeline
+    from spibatch.options import from_options
+
+    pipeline = from_options(lambda: Pipeline(name="ingest", output={"runs_dir": runs_dir.resolve()}, ingest={
         "cxi": cxi.resolve(), "adu_per_photon": adu_per_photon, "clip_negative": clip_negative,
         "data_path": data_path, "mask_path": mask_path, "beamstop_radius_pixels": beamstop_radius_pixels,
-        "chunk_frames": chunk_frames})
-    if not cxi.is_file():
-        raise InputError("file not found", path=cxi, fix="give the path of a CXI (HDF5) file")
+        "chunk_frames": chunk_frames}), cxi, command="ingest")
     _one_stage_run(["ingest"], None, pipeline, out=out, inputs=(cxi,))
 
 
@@ -283,9 +277,11 @@ def _mpi_rank() -> int:
 
 def main() -> None:
     """Console entry point: run the app; bad input -> one line on stderr, exit 2; SIGTERM as Ctrl-C (130)."""
+    from spibatch.options import run_app
+
     signal.signal(signal.SIGTERM, _interrupt)   # Slurm and Kubernetes stop jobs with SIGTERM
     try:
-        app()
+        run_app(app)   # usage errors as one line too
     except InputError as exc:
         if not _mpi_rank():   # under mpirun rank 0 speaks for all
             typer.echo(f"spibatch: error: {exc}", err=True)

@@ -276,24 +276,33 @@ def load_pipeline(path: str | Path) -> Pipeline:
 
 
 def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
-    """Make the file paths in ``pipeline`` absolute, relative to ``base``."""
+    """Make the file paths in ``pipeline`` absolute, relative to ``base``; InputError (naming the key) for a
+    path that cannot be resolved (a symbolic-link loop)."""
     base = base.resolve()
     if pipeline.simulation is not None:
-        pipeline.simulation.pdb = (base / pipeline.simulation.pdb).resolve()
+        pipeline.simulation.pdb = _absolute(base, pipeline.simulation.pdb, "simulation.pdb")
     if pipeline.ingest is not None:
-        pipeline.ingest.cxi = (base / pipeline.ingest.cxi).resolve()
+        pipeline.ingest.cxi = _absolute(base, pipeline.ingest.cxi, "ingest.cxi")
     for key in ("photons", "detector", "start_model"):
         value = getattr(pipeline.emc, key)
         if value is not None:
-            setattr(pipeline.emc, key, (base / value).resolve())
+            setattr(pipeline.emc, key, _absolute(base, value, f"emc.{key}"))
     if pipeline.phasing.intensity is not None:
-        pipeline.phasing.intensity = (base / pipeline.phasing.intensity).resolve()
+        pipeline.phasing.intensity = _absolute(base, pipeline.phasing.intensity, "phasing.intensity")
     for key in ("reference", "volume"):
         value = getattr(pipeline.validation, key)
         if value is not None:
-            setattr(pipeline.validation, key, (base / value).resolve())
-    pipeline.output.runs_dir = (base / pipeline.output.runs_dir).resolve()
+            setattr(pipeline.validation, key, _absolute(base, value, f"validation.{key}"))
+    pipeline.output.runs_dir = _absolute(base, pipeline.output.runs_dir, "output.runs_dir")
     return pipeline
+
+
+def _absolute(base: Path, value: Path, key: str) -> Path:
+    try:
+        return (base / value).resolve()
+    except (RuntimeError, OSError) as exc:   # a link loop: RuntimeError before Python 3.13, OSError (ELOOP) after
+        raise InputError(f"cannot resolve the path ({' '.join(str(exc).split())[:100]})", path=base / value,
+                         field=key, fix="check the path (a symbolic link that points to itself?)") from None
 
 
 def dump_pipeline(pipeline: Pipeline) -> str:

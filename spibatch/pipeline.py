@@ -72,17 +72,13 @@ class ParslWorkers(stages.Workers):
             raise RuntimeError(f"the {stage} job failed{said} ({exc.__class__.__name__}); see {stderr}") from None
 
 
-def check_pipeline(pipeline, config: Path) -> None:
-    """The pipeline has data to work on and its first stage's inputs are usable (headers only); InputError."""
-    data = [n for n in stages.order(pipeline) if n in ("simulate", "ingest")]
-    if data:
-        stages.module(data[0]).check(pipeline, config)
-    elif pipeline.emc.photons is None or pipeline.emc.detector is None:
-        raise InputError("none of a `simulation` section, an `ingest` section, or emc.photons and emc.detector",
-                         path=config, field="simulation", fix="add a simulation or an ingest (CXI) section, "
-                         "or set emc.photons and emc.detector")
-    else:
-        stages.module("emc").check(pipeline, config)
+def check_pipeline(pipeline, config: Path, site: Site | None = None) -> None:
+    """What can be checked before anything is created, on ``site``'s workers (None: this machine): every
+    input read in full and every stage's memory and time (:func:`spibatch.stages.preflight.check_run`), then
+    the validate stage's inputs; InputError (one line)."""
+    from spibatch.stages.preflight import check_run
+
+    check_run(pipeline, config, site)
     stages.module("validate").check(pipeline, config)
 
 
@@ -146,8 +142,8 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     if adjust is not None:
         adjust(pipeline)
     _check_until(pipeline, until)
-    check_pipeline(pipeline, config)
     site = load_site(site_path)
+    check_pipeline(pipeline, config, site)
     provider = provider_for(site)
     if site.emc_mode == "hpc" and not provider.supports_hpc:
         raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",

@@ -33,13 +33,18 @@ def init(directory: Path, site: str | None = None) -> list[Path]:
     for target in targets:
         if target.exists():
             raise InputError("already exists", path=target, fix="choose another directory or move the file away")
-    directory.mkdir(parents=True, exist_ok=True)
     written = []
-    if pipeline in targets:
-        written.append(write_text(pipeline, data_file("pipeline.yaml").read_text(encoding="utf-8")))
-        if not pdb.exists():
-            shutil.copyfile(data_file("1EI7.pdb"), pdb)
-            written.append(pdb)
-    if site is not None:
-        written.append(write_text(site_file, data_file("sites", f"{site}.yaml").read_text(encoding="utf-8")))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if pipeline in targets:
+            written.append(write_text(pipeline, data_file("pipeline.yaml").read_text(encoding="utf-8")))
+            if not pdb.exists():
+                shutil.copyfile(data_file("1EI7.pdb"), pdb)
+                written.append(pdb)
+        if site is not None:
+            written.append(write_text(site_file, data_file("sites", f"{site}.yaml").read_text(encoding="utf-8")))
+    except OSError as exc:
+        why = "it is a file, not a folder" if directory.is_file() else exc.strerror or exc
+        raise InputError(f"cannot write here ({why})", path=directory, field="DIRECTORY",
+                         fix="choose a folder you may create and write to") from None
     return written

@@ -97,12 +97,13 @@ class FSCResult:
 
 
 def _check_volume(name: str, v) -> np.ndarray:
+    """``v`` as an array, or InputError naming ``name`` (the volume's file, or 'a' / 'b')."""
     v = np.asarray(v)
     if v.ndim != 3:
-        raise InputError(f"expected a 3-D volume, found shape {v.shape}", field=name,
+        raise InputError(f"expected a 3-D volume, found shape {v.shape}", path=name, field="shape",
                          fix="pass a (N, N, N) array (squeeze leading axes, e.g. Dragonfly's intens[0])")
     if not np.all(np.isfinite(v)):
-        raise InputError(f"{int(np.size(v) - np.isfinite(v).sum())} non-finite values", field=name,
+        raise InputError(f"{int(np.size(v) - np.isfinite(v).sum())} non-finite values", path=name, field="values",
                          fix="replace NaN/inf (unmeasured voxels) with 0 or mask them before comparing")
     return v
 
@@ -114,13 +115,14 @@ def _frequency_radius(n: int, half: bool) -> np.ndarray:
     return np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k_last[None, None, :] ** 2)
 
 
-def fsc(a, b, voxel_size: float | None = None) -> FSCResult:
+def fsc(a, b, voxel_size: float | None = None, names: tuple[str, str] = ("a", "b")) -> FSCResult:
     """Fourier shell correlation of two volumes ``a``, ``b`` of the same cubic shape.
 
     Parameters
     ----------
     a, b : (N, N, N) real or complex arrays (densities, or any volumes on one grid)
     voxel_size : real-space voxel edge in m, or None to report frequencies in 1/voxel
+    names : what error lines call ``a`` and ``b`` (their files, e.g. ``(str(first), str(second))``)
 
     Returns
     -------
@@ -129,13 +131,13 @@ def fsc(a, b, voxel_size: float | None = None) -> FSCResult:
     ``FSC = sum Re(A conj B) / sqrt(sum |A|^2 sum |B|^2)`` over each shell.
     Real inputs use ``rfftn`` and weight the non-redundant half-space twice.
     """
-    a, b = _check_volume("a", a), _check_volume("b", b)
+    a, b = _check_volume(names[0], a), _check_volume(names[1], b)
     if a.shape != b.shape:
-        raise InputError(f"shapes differ: a {a.shape}, b {b.shape}", field="a, b",
-                         fix="resample or crop both volumes to one grid before the FSC")
+        raise InputError(f"shape {a.shape}, but {names[1]} is {b.shape}", path=names[0], field="shape",
+                         fix=f"resample or crop {names[0]} and {names[1]} to one grid before the FSC")
     n = a.shape[0]
     if a.shape != (n, n, n):
-        raise InputError(f"expected a cubic volume, found shape {a.shape}", field="a",
+        raise InputError(f"expected a cubic volume, found shape {a.shape}", path=names[0], field="shape",
                          fix="pad or crop to (N, N, N)")
     if voxel_size is not None and not (np.isfinite(voxel_size) and voxel_size > 0):
         raise InputError(f"voxel_size must be a positive length in m, got {voxel_size!r}",

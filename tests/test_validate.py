@@ -160,17 +160,27 @@ def test_fsc_table_and_plot(tmp_path):
     assert sorted(p.name for p in png.parent.iterdir()) == ["fsc.png"]  # no temporary left
 
 
-@pytest.mark.parametrize("a, b, field", [
-    (np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), "a, b"),
-    (np.zeros((8, 8)), np.zeros((8, 8)), "a"),
-    (np.zeros((8, 8, 9)), np.zeros((8, 8, 9)), "a"),
-    (np.zeros((8, 8, 8)), np.full((8, 8, 8), np.nan), "b"),
+@pytest.mark.parametrize("a, b, named, field", [
+    (np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), "first.mrc", "shape"),
+    (np.zeros((8, 8)), np.zeros((8, 8)), "first.mrc", "shape"),
+    (np.zeros((8, 8, 9)), np.zeros((8, 8, 9)), "first.mrc", "shape"),
+    (np.zeros((8, 8, 8)), np.full((8, 8, 8), np.nan), "truth.h5", "values"),
 ])
-def test_fsc_bad_input_is_one_line_naming_the_field(a, b, field):
+def test_fsc_bad_input_is_one_line_naming_the_file_and_field(a, b, named, field):
     with pytest.raises(InputError) as err:
-        fsc(a, b)
-    assert err.value.field == field and err.value.fix
+        fsc(a, b, names=("first.mrc", "truth.h5"))
+    assert err.value.path == named and err.value.field == field and err.value.fix
     assert "\n" not in str(err.value)
+    with pytest.raises(InputError) as err:   # without names: 'a' and 'b'
+        fsc(a, b)
+    assert err.value.path == named.replace("first.mrc", "a").replace("truth.h5", "b")
+
+
+def test_fsc_shape_mismatch_names_both_files():
+    with pytest.raises(InputError) as err:
+        fsc(np.zeros((8, 8, 8)), np.zeros((9, 9, 9)), names=("runs/x/phase/density.mrc", "truth.h5"))
+    message = str(err.value)
+    assert message.startswith("runs/x/phase/density.mrc: shape: shape (8, 8, 8), but truth.h5 is (9, 9, 9)")
 
 
 # ---- shell correlation ----------------------------------------------------------------------

@@ -72,7 +72,8 @@ class Site(Section):
     name: str = Field("local", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40,
                       description="label of the site: lower-case letters, digits and '-'")
     provider: Literal["local", "slurm", "kubernetes"] = Field("local", description="where work goes")
-    workers: int = Field(2, ge=1, description="workers at once: HTEX workers, MPI ranks of the HPC EMC job, pods")
+    workers: int = Field(2, ge=1, le=100_000, description="workers at once: HTEX workers, MPI ranks of the HPC EMC "
+                         "job, pods")
     emc_mode: Literal["hpc", "htc"] | None = Field(None, description="hpc: EMC as one MPI job of `workers` ranks; "
                                                    "htc: one task per shard per iteration; default: hpc for local "
                                                    "and slurm, htc for kubernetes")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from spibatch.errors import InputError
 from spibatch.layout import RunLayout
 from spibatch.stages import inputs
+from spibatch.stages.checks import budget_for, naming, require_file
 
 log = logging.getLogger("spibatch")
 
@@ -24,13 +26,51 @@ def settings_of(pipeline):
     return EMCSettings.from_dict(pipeline.emc.model_dump())
 
 
-def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ranks: int = 1):
-    """Before anything is created: the photons and detector exist and match, the start model fits, every rank
-    gets a shard (headers only).  Returns :class:`spibatch.emc.driver.Inputs`."""
+def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ranks: int = 1, *, budget=None):
+    """Before anything is created: the photons and detector exist and match, every rank gets a shard, the
+    model, the rotations and the iterations fit the memory and time of ``budget`` (default: this machine),
+    the start model fits the grid, and every frame of the photons is sound (one vectorised pass on rank 0:
+    pixel indices, counts, row lengths, readable to the end).  Returns :class:`spibatch.emc.driver.Inputs`."""
+    import dataclasses
+
+    from spibatch import estimates
     from spibatch.emc.driver import check_inputs
+    from spibatch.emc.mpi import world
+    from spibatch.emc.rotations import num_rotations
+    from spibatch.io.dragonfly import check_photons
 
     photons, detector = inputs.photons_and_detector(run, pipeline, config)
-    return check_inputs(settings_of(pipeline), photons, detector, ranks)
+    require_file(photons, "emc.photons", fix="give a Dragonfly photons file (HDF5 or binary .emc)")
+    require_file(detector, "emc.detector", fix="give the Dragonfly detector file of these photons")
+    settings = settings_of(pipeline)
+    with naming(config):
+        found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks)
+    budget = budget or budget_for()
+    gpu = pipeline.device == "gpu"
+    estimates.emc(found.size, num_rotations(settings.num_div), found.num_frames, settings.frames_per_shard,
+                  int((found.detector.mask == 0).sum()), settings.iterations,
+                  model_field="emc.model_size" if settings.model_size else "emc.detector", gpu=gpu,
+                  parallel=budget.parallel(gpu)).check(config, budget, paths={"emc.photons": photons,
+                                                                               "emc.detector": detector})
+    if settings.start_model is not None:
+        found.start_model = check_start_model(settings.start_model, found.size)
+    comm = world()
+    if comm is None or comm.Get_rank() == 0:
+        check_photons(photons)
+    return found
+
+
+def check_start_model(path: Path, size: int):
+    """The start model (size, size, size) float64, its shape checked from the header before it is read."""
+    from spibatch.emc.driver import read_start_model
+    from spibatch.io.results import volume_shape
+
+    require_file(path, "emc.start_model", fix="give an (M, M, M) intensity, e.g. an earlier run's output_NNN.h5")
+    shape = volume_shape(path, field="emc.start_model")
+    if shape != (size,) * 3:
+        raise InputError(f"shape {shape}, but the model grid is {(size,) * 3}", path=path, field="emc.start_model",
+                         fix=f"give an intensity on the {size}^3 grid (emc.model_size or the detector's)")
+    return read_start_model(path, size)
 
 
 def ranks_for(pipeline, run: RunLayout, workers) -> int:

@@ -23,7 +23,7 @@ log = logging.getLogger("spibatch")
 def check(pipeline, config: Path | None = None, run: RunLayout | None = None) -> None:
     """Before anything is created: the files named exist and read as volumes; two volumes compared alone say
     what they hold (or ``validation.kind`` does)."""
-    from spibatch.phasing.compare import load_truth
+    from spibatch.io.results import check_reference
 
     cfg = pipeline.validation
     for key in ("volume", "reference"):
@@ -34,11 +34,15 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None) ->
         if cfg.reference is None:
             raise InputError("a volume to compare but no reference", path=config, field="validation.reference",
                              fix="name the volume to compare it with")
+        from spibatch.io.results import volume_shape
+
+        for path, key in ((cfg.volume, "validation.volume"), (cfg.reference, "validation.reference")):
+            volume_shape(path, cfg.dataset, field=key)      # a missing dataset or a non-volume stops here
         kind = _kind(cfg)
         for path in (cfg.volume, cfg.reference):
             _read(path, cfg, kind)
-    elif cfg.reference is not None:
-        load_truth(cfg.reference, cfg.reference_voxel_size_m)    # a garbage truth stops here, not after phasing
+    elif cfg.reference is not None:    # a garbage truth stops here, not after the whole phasing
+        check_reference(cfg.reference, cfg.reference_voxel_size_m)
 
 
 def _kind(cfg) -> str:
