@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 
 from spibatch.errors import InputError
-from spibatch.io.atomic import atomic_path
+from spibatch.io.atomic import atomic_path, write_hdf5
 from spibatch.io.emcbin import FIX_PHOTONS, BinaryPhotons, checked_photons
 from spibatch.io.hdf5 import is_hdf5, open_hdf5, read_dataset, require_dataset
 from spibatch.photons import Photons
@@ -111,7 +111,8 @@ def write_detector(path: str | os.PathLike, detector) -> None:
     if q.shape != (num_pix, 3) or np.shape(detector.corr) != (num_pix,) or np.shape(detector.mask) != (num_pix,):
         raise ValueError(f"q_voxels must be (N, 3) and corr, mask (N,); got {q.shape}, "
                          f"{np.shape(detector.corr)}, {np.shape(detector.mask)}")
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+
+    def fill(f) -> None:
         for axis, name in enumerate(("qx", "qy", "qz")):
             f.create_dataset(name, data=np.ascontiguousarray(q[:, axis]), track_times=False)
         f.create_dataset("corr", data=np.asarray(detector.corr, np.float64), track_times=False)
@@ -122,6 +123,8 @@ def write_detector(path: str | os.PathLike, detector) -> None:
             f.attrs["voxel_size_per_m"] = np.float64(detector.voxel_size_per_m)
         if detector.shape is not None:
             f.attrs["shape"] = np.asarray(detector.shape, np.int64)
+
+    write_hdf5(path, fill)   # in memory, then written by Python (a full disk: one line)
 
 
 def check_match(detector, num_pix: int, detector_path: str | os.PathLike,
