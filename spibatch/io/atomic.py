@@ -32,8 +32,9 @@ class DiskFull(InputError):
     """A write failed for lack of room: the disk is full, a quota is reached, or the file-size limit."""
 
 
-def disk_full(exc: BaseException, path: str | os.PathLike) -> DiskFull | None:
-    """The :class:`DiskFull` error for ``exc`` while writing ``path``, or None when ``exc`` is something else.
+def disk_full(exc: BaseException, path: str | os.PathLike, need: int | None = None) -> DiskFull | None:
+    """The :class:`DiskFull` error for ``exc`` while writing ``path`` (``need``: the bytes that did not fit, when
+    known), or None when ``exc`` is something else.
 
     Knows OSError's errno and h5py's messages (which carry ``errno = 28`` in their text)."""
     if isinstance(exc, DiskFull):
@@ -43,11 +44,10 @@ def disk_full(exc: BaseException, path: str | os.PathLike) -> DiskFull | None:
     code = exc.errno if exc.errno in FULL else next((c for c in FULL if f"errno = {c}," in str(exc)), None)
     if code is None:
         return None
-    where = Path(path).parent
-    free = ""
+    free = f"needs about {need / 1e6:.1f} MB more" if need else ""
     with contextlib.suppress(OSError):
-        free = f"; {shutil.disk_usage(where).free / 1e6:.1f} MB free there"
-    return DiskFull(f"{FULL[code]} while writing it{free}", path=path,
+        free += (", " if free else "") + f"{shutil.disk_usage(Path(path).parent).free / 1e6:.1f} MB free there"
+    return DiskFull(f"{FULL[code]} while writing it" + (f" ({free})" if free else ""), path=path,
                     fix="free some space (or choose another --out), then resume or run again; "
                         "earlier results are intact")
 

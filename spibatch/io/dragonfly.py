@@ -30,7 +30,9 @@ deterministic (no timestamps: the same content gives the same bytes).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import resource
 from pathlib import Path
 from typing import Iterator
 
@@ -38,7 +40,7 @@ import h5py
 import numpy as np
 
 from spibatch.errors import InputError
-from spibatch.io.atomic import atomic_path, write_hdf5
+from spibatch.io.atomic import atomic_path, disk_full, write_hdf5
 from spibatch.io.emcbin import FIX_PHOTONS, BinaryPhotons, checked_photons
 from spibatch.io.hdf5 import is_hdf5, open_hdf5, read_dataset, require_dataset
 from spibatch.photons import Photons
@@ -243,7 +245,7 @@ class PhotonsWriter:
 
     def __enter__(self) -> "PhotonsWriter":
         self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
+        tmp = self._tmp = self._atomic.__enter__()
         try:
             self._file = h5py.File(tmp, "w")
             self._file.create_dataset("num_pix", data=np.array([self.num_pix], np.int32), track_times=False)
@@ -269,6 +271,7 @@ class PhotonsWriter:
         n = photons.num_frames
         if n == 0:
             return
+        self._check_room(4 * (len(photons.ones_index) + 2 * len(photons.multi_index)) + 3 * 48 * n)
         rows = {"place_ones": (photons.ones_index, photons.ones_indptr),
                 "place_multi": (photons.multi_index, photons.multi_indptr),
                 "count_multi": (photons.multi_count, photons.multi_indptr)}
@@ -282,6 +285,18 @@ class PhotonsWriter:
             # write_direct, not ds[a:b] = out: h5py turns equal-length rows into a 2-D array and fails
             ds.write_direct(out, dest_sel=np.s_[self.num_frames:self.num_frames + n])
         self.num_frames += n
+
+    def _check_room(self, size: int) -> None:
+        """DiskFull (one line, nothing written) unless ``size`` more bytes (rows of 4-byte values plus ~48 bytes of
+        HDF5 bookkeeping per row; with a margin) fit on the disk and under the file-size limit.  HDF5 crashes
+        (SIGSEGV, not an error) when a write of variable-length rows fails, so it must never meet a full disk."""
+        need = int(1.25 * size) + (1 << 20)
+        stat = os.statvfs(self._tmp.parent)
+        if stat.f_bavail * stat.f_frsize < need:
+            raise disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.path, need)
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and self._tmp.stat().st_size + need > limit:
+            raise disk_full(OSError(errno.EFBIG, os.strerror(errno.EFBIG)), self.path, need)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         f, self._file = self._file, None
