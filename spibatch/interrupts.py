@@ -31,8 +31,11 @@ _received: list[int] = []
 
 def install() -> None:
     """SIGTERM and SIGINT stop the command as described above (an ignored SIGINT, as in a background job
-    of a script, stays ignored); SIGXFSZ is ignored."""
-    _received.clear()
+    of a script, stays ignored); SIGXFSZ is ignored; a log record that cannot be written (a full disk) is
+    dropped without logging's traceback.  Installing twice changes nothing."""
+    if signal.getsignal(signal.SIGTERM) is _handler:
+        return
+    logging.raiseExceptions = False
     signal.signal(signal.SIGTERM, _handler)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _handler)

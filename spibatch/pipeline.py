@@ -11,16 +11,22 @@ inside the run folder.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
 from spibatch import stages
 from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, provider_for
 from spibatch.errors import InputError
+from spibatch.io.atomic import disk_full
 from spibatch.layout import RunLayout
 
 log = logging.getLogger("spibatch")
+
+FULL_BELOW = 1 << 20   # bytes free: a job that failed without a word on a disk this full failed for lack of room
 
 
 def _job(command: str, parsl_resource_specification: dict | None = None, stdout=None, stderr=None) -> str:
@@ -68,6 +74,8 @@ class ParslWorkers(stages.Workers):
             result = read_result(run, stage) or {}
             if result.get("exit_code") == InputError.exit_code:
                 raise InputError(result["error"], field=stage) from None
+            if not result and shutil.disk_usage(run.path).free < FULL_BELOW:   # it could not even say why
+                raise disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), run.stage_result(stage)) from None
             said = f": {result['error']}" if result.get("error") else ""
             raise RuntimeError(f"the {stage} job failed{said} ({exc.__class__.__name__}); see {stderr}") from None
 

@@ -161,7 +161,8 @@ def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
     except OSError as exc:
         raise InputError(f"cannot create the run directory ({exc.strerror})", path=path, field="--out",
                          fix="choose a writable location") from None
-    lock = take_lock(path, command)
+    # a stale lock in a folder without provenance.json is a new run's owner killed in its first moments: taken over
+    lock = take_lock(path, command, take_over_stale=not (path / layout.PROVENANCE).exists())
     if (path / layout.PROVENANCE).exists():   # another process made a run here between our check and our lock
         release_lock(path)
         check_new_run_path(path)
