@@ -45,6 +45,10 @@ def disk_full(exc: BaseException, path: str | os.PathLike, need: int | None = No
     if code is None:
         return None
     free = f"needs about {need / 1e6:.1f} MB more" if need else ""
+    if code == errno.EFBIG:
+        return DiskFull(f"{FULL[code]} while writing it" + (f" ({free})" if free else ""), path=path,
+                        fix="raise the file-size limit (ulimit -f), then resume or run again; earlier results "
+                            "are intact")
     with contextlib.suppress(OSError):
         free += (", " if free else "") + f"{shutil.disk_usage(Path(path).parent).free / 1e6:.1f} MB free there"
     return DiskFull(f"{FULL[code]} while writing it" + (f" ({free})" if free else ""), path=path,

@@ -284,13 +284,15 @@ class PhotonsWriter:
             ds.resize((self.num_frames + n,))
             # write_direct, not ds[a:b] = out: h5py turns equal-length rows into a 2-D array and fails
             ds.write_direct(out, dest_sel=np.s_[self.num_frames:self.num_frames + n])
+        self._file.flush()   # to the disk now: the next block's room is then measured against what is there
         self.num_frames += n
 
     def _check_room(self, size: int) -> None:
         """DiskFull (one line, nothing written) unless ``size`` more bytes (rows of 4-byte values plus ~48 bytes of
         HDF5 bookkeeping per row; with a margin) fit on the disk and under the file-size limit.  HDF5 crashes
-        (SIGSEGV, not an error) when a write of variable-length rows fails, so it must never meet a full disk."""
-        need = int(1.25 * size) + (1 << 20)
+        (SIGSEGV, not an error) when a write of variable-length rows fails, so it must never meet a full disk;
+        each block is flushed after it is written, so that the free space measured here is the real one."""
+        need = int(1.25 * size) + 3 * 16 * ROWS_CHUNK + (256 << 10)   # + a new chunk of row references each, + metadata
         stat = os.statvfs(self._tmp.parent)
         if stat.f_bavail * stat.f_frsize < need:
             raise disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.path, need)
