@@ -67,8 +67,8 @@ def lock_token(run: Path) -> str | None:
         return None
 
 
-def processes() -> dict[int, tuple[int, str, bytes]]:
-    """pid -> (process group, command line, environment) of every running process of this host."""
+def processes() -> dict[int, tuple[int, str, bytes, str]]:
+    """pid -> (process group, command line, environment, working folder) of every running process of this host."""
     out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -80,22 +80,26 @@ def processes() -> dict[int, tuple[int, str, bytes]]:
                 continue
             cmdline = Path("/proc", entry, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             environ = Path("/proc", entry, "environ").read_bytes()
+            cwd = os.readlink(Path("/proc", entry, "cwd"))
         except (OSError, IndexError, ValueError):
             continue
-        out[int(entry)] = (int(pgid), cmdline, environ)
+        out[int(entry)] = (int(pgid), cmdline, environ, cwd)
     return out
 
 
-def left_behind(*, group: int | None = None, token: str | None = None, path: Path | None = None) -> list[str]:
-    """The processes still running of a process group, with an owner token in their environment, or with
-    ``path`` in their command line (Parsl's worker pools name the run's runinfo/): ``pid command`` each."""
+def left_behind(*, group: int | None = None, token: str | None = None, path: Path | None = None,
+                cwd: Path | None = None) -> list[str]:
+    """The processes still running of a process group, with an owner token in their environment, with ``path``
+    in their command line (Parsl's worker pools name the run's runinfo/, the MPI job its run folder), or working
+    in ``cwd`` (Parsl's interchange, which renames itself, works where its driver was started: each test starts
+    its commands in its own tmp_path): ``pid command`` each."""
     wanted = None if token is None else f"SPIBATCH_RUN_OWNER={token}".encode()
     found = []
-    for pid, (pgid, cmdline, environ) in processes().items():
+    for pid, (pgid, cmdline, environ, where) in processes().items():
         if pid == os.getpid():
             continue
         if (group is not None and pgid == group) or (wanted is not None and wanted in environ.split(b"\0")) \
-                or (path is not None and str(path) in cmdline):
+                or (path is not None and str(path) in cmdline) or (cwd is not None and where == str(cwd)):
             found.append(f"{pid} {cmdline[:160]}")
     return found
 

@@ -238,14 +238,15 @@ def test_resume_after_a_driver_kill_stops_the_orphaned_mpi_job(whole_group, emc_
     else:
         os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    orphans = left_behind(token=token)
+    orphans = left_behind(path=run_dir, cwd=tmp_path)
     assert any("spibatch.stages emc" in line for line in orphans), orphans    # the MPI job outlived its driver
+    assert any("process_worker_pool" in line for line in orphans), orphans    # and so did Parsl's workers
 
     done = run("resume", run_dir, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "that the killed owner" in done.stderr and "left running" in done.stderr, done.stderr[-3000:]
     assert wait_left_behind(token=token) == []
-    assert left_behind(path=run_dir) == []
+    assert left_behind(path=run_dir, cwd=tmp_path) == []   # not one process of either attempt (interchanges too)
     table, metrics = iterations_logged(run_dir / "emc")
     assert table == list(range(1, 9)) and metrics == list(range(1, 9)), (table, metrics)
     record = json.loads((run_dir / "provenance.json").read_text())
@@ -272,7 +273,7 @@ def interrupted_as_promised(proc, log: Path, name: str, hint: str, run_dir: Path
     assert json.loads((run_dir / "provenance.json").read_text())["status"] == "interrupted"
     assert not (run_dir / "lock").exists()
     assert wait_left_behind(group=proc.pid) == [] and wait_left_behind(token=token) == []
-    assert wait_left_behind(path=run_dir) == []
+    assert wait_left_behind(path=run_dir, cwd=run_dir.parent) == []
     print(f"{name}: stopped in {time.monotonic() - began:.1f} s")
 
 
@@ -389,5 +390,5 @@ def test_fault_loop_kills_at_random_times_and_the_model_is_the_uninterrupted_one
     record = json.loads((run_dir / "provenance.json").read_text())
     assert record["status"] == "completed" and 1 <= len(record["resumed"]) <= LOOP_FAULTS
     assert not (run_dir / "lock").exists() and not list(run_dir.rglob(".*.part"))
-    assert left_behind(path=run_dir) == []
+    assert left_behind(path=run_dir, cwd=tmp_path) == []
     print(f"fault loop: {len(faults)} faults in {loop_s:.0f} s, all survived: {faults}")
