@@ -254,6 +254,53 @@ def test_resume_after_a_driver_kill_stops_the_orphaned_mpi_job(whole_group, emc_
     assert not (run_dir / "lock").exists()
 
 
+SLURM_HPC = """name: ci-slurm
+provider: slurm
+workers: 2
+emc_mode: hpc
+slurm: {partition: debug, walltime: "00:15:00", cores_per_node: 2, max_idletime_s: 2, strategy_period_s: 0.5}
+"""
+
+
+def slurm_jobs_of(run_dir: Path) -> list[str]:
+    """Slurm job ids whose batch script lies in the run's runinfo/ (Parsl's blocks)."""
+    listed = subprocess.run(["squeue", "-h", "-o", "%i %o"], capture_output=True, text=True, timeout=30).stdout
+    return [job for job, _, script in (line.strip().partition(" ") for line in listed.splitlines())
+            if script.startswith(f"{run_dir}/runinfo/")]
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_resume_on_slurm_after_a_driver_kill_leaves_no_job_of_the_first_attempt(emc_small, tmp_path):
+    """The same on the real single-node Slurm: the killed driver's batch jobs (its worker block, the EMC job's
+    block) are gone after the resume -- stopped where they run, or cancelled with scancel -- and every EMC
+    iteration is logged once."""
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout \
+        if shutil.which("sinfo") else ""
+    if not any(state in states for state in ("idle", "mixed", "allocated")):
+        pytest.skip("no Slurm cluster up here (.ci/slurm-up.sh starts one)")
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
+    pipeline.write_text(pipeline.read_text().replace("iterations: 3", "iterations: 6"))
+    site = tmp_path / "slurm.yaml"
+    site.write_text(SLURM_HPC)
+    run_dir = tmp_path / "run"
+    driver = start("run", pipeline, "--site", site, "--out", run_dir, cwd=tmp_path, log=tmp_path / "driver.log")
+    wait_for(lambda: checkpoint_iteration(run_dir / "emc") >= 1, 600, driver, "EMC's first checkpoint")
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    first = slurm_jobs_of(run_dir)
+    assert first, "the killed driver's jobs should still be in the queue"
+    done = run("resume", run_dir, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if "left running" in line or "cancelling" in line]
+    assert said, done.stderr[-3000:]
+    print("\n".join(said))
+    assert not set(first) & set(slurm_jobs_of(run_dir)), (first, slurm_jobs_of(run_dir))
+    table, metrics = iterations_logged(run_dir / "emc")
+    assert table == list(range(1, 7)) and metrics == list(range(1, 7)), (table, metrics)
+    assert json.loads((run_dir / "provenance.json").read_text())["status"] == "completed"
+
+
 # ------------------------------------------------------------------ signals
 
 def interrupted_as_promised(proc, log: Path, name: str, hint: str, run_dir: Path, token: str | None,
