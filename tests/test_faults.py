@@ -59,6 +59,7 @@ def refused(args, cwd: Path, folder: Path, *words: str) -> None:
 
 # ------------------------------------------------------------------ resume: other data, other settings
 
+@pytest.mark.slow
 def test_emc_resume_refuses_other_data_and_settings_and_touches_nothing(emc_config, emc_small, tmp_path):
     """A killed `spibatch emc` run (checkpoint of iteration 1, the stale lock of its killed owner): resuming it
     with the photons' frames reversed (same file, or another file of the same shape), with another seed, with
@@ -156,6 +157,7 @@ def test_pipeline_resume_refuses_changed_own_photons_settings_checkpoint_and_gon
 
 # ------------------------------------------------------------------ one writer
 
+@pytest.mark.slow
 def test_two_emc_commands_into_one_folder_one_wins(emc_config, tmp_path):
     """Two `spibatch emc --out SAME` started together, three times: one completes, the other stops with exit 2
     and one line naming the owner (its pid), and the folder holds the winner's run alone."""
@@ -367,13 +369,13 @@ def test_a_signal_stops_the_pipeline_without_hanging(command, name, whole_group,
 
 # ------------------------------------------------------------------ the fault loop
 
-LOOP_ITERATIONS = 10     # EMC iterations of the run the loop interrupts (240 frames, num_div 2: ~1-2 s each)
+LOOP_ITERATIONS = 12     # EMC iterations of the run the loop interrupts (240 frames, num_div 2: ~1-2 s each)
 LOOP_FAULTS = 21         # SIGKILL, SIGTERM and SIGINT in turn, some of them to the whole process group
 
 
 @pytest.mark.slow
 def test_fault_loop_kills_at_random_times_and_the_model_is_the_uninterrupted_one(emc_config, tmp_path):
-    """`spibatch emc` (240 frames, num_div 2, 10 iterations, one thread) is stopped LOOP_FAULTS times at seeded
+    """`spibatch emc` (240 frames, num_div 2, 12 iterations, one thread) is stopped LOOP_FAULTS times at seeded
     random times -- SIGKILL, SIGTERM, SIGINT in turn, to the process or its whole process group, during start-up,
     iterations or checkpoint writes -- and resumed after each: every attempt ends as the signal says (status
     interrupted or, for SIGKILL, still running), leaves no process, and the last resume ends in the model of the
@@ -395,11 +397,13 @@ def test_fault_loop_kills_at_random_times_and_the_model_is_the_uninterrupted_one
         proc = start(*args, cwd=tmp_path, log=log, NUMBA_NUM_THREADS="1")
         if attempt == 0:   # a new run killed before its provenance.json exists is no run to resume
             wait_for(lambda: (run_dir / "provenance.json").exists(), 120, proc, "the run folder")
-        if attempt % 3 == 1 and before < LOOP_ITERATIONS - 3:   # into an iteration (or its checkpoint write)
+        if attempt % 3 == 1 and before < LOOP_ITERATIONS - 4:   # into an iteration (or its checkpoint write)
             wait_for(lambda b=before: checkpoint_iteration(run_dir / "emc") > b, 120, proc, "a new checkpoint")
             delay = rng.uniform(0.0, 1.5)
-        else:                                                   # anywhere, start-up included
-            delay = rng.uniform(0.5, 4.0)   # (not in Python's own first moments, before any handler exists)
+        elif before < LOOP_ITERATIONS - 4:                      # anywhere, start-up included (not in Python's
+            delay = rng.uniform(0.5, 4.0)                       # own first moments, before any handler exists)
+        else:                                                   # near the end: in start-up, so that it never ends
+            delay = rng.uniform(0.5, 1.5)
         time.sleep(delay)
         sig, group = signals[attempt % 3], rng.random() < 0.3
         if group:

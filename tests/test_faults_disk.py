@@ -62,6 +62,7 @@ def out_of_room(done, folder: Path) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_emc_into_a_full_disk_stops_in_one_line_and_resumes_elsewhere(emc_config, tmp_path):
     """EMC fills a 16 MB disk after a few iterations (each: a 1 MB output and a 6 MB checkpoint): one line,
     the iterations before intact, and the run, copied to a disk with room, resumes to the end."""
