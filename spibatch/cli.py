@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -265,27 +264,24 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
     typer.echo(f"wrote {report_stage.run(run)['report']}")
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _mpi_rank() -> int:
-    import os
-
-    return int(next((os.environ[v] for v in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK") if os.environ.get(v)), 0))
-
-
 def main() -> None:
-    """Console entry point: run the app; bad input -> one line on stderr, exit 2; SIGTERM as Ctrl-C (130)."""
+    """Console entry point: run the app; bad input (or a full disk) -> one line on stderr, exit 2; SIGINT and
+    SIGTERM -> status interrupted, the line to resume, exit 130 / 143 (:mod:`spibatch.interrupts`)."""
+    from spibatch import interrupts
+    from spibatch.io.atomic import DiskFull
     from spibatch.options import run_app
 
-    signal.signal(signal.SIGTERM, _interrupt)   # Slurm and Kubernetes stop jobs with SIGTERM
+    interrupts.install()
     try:
         run_app(app)   # usage errors as one line too
     except InputError as exc:
-        if not _mpi_rank():   # under mpirun rank 0 speaks for all
+        if not interrupts.mpi_rank():   # under mpirun rank 0 speaks for all
             typer.echo(f"spibatch: error: {exc}", err=True)
+        if isinstance(exc, DiskFull):   # rank 0 alone writes: the other ranks would wait for it forever
+            interrupts.abort_mpi(exc.exit_code)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("spibatch: interrupted", err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, SystemExit) as exc:   # typer turns a KeyboardInterrupt into SystemExit(130)
+        interrupted = interrupts.interrupt_in(exc)
+        if interrupted is None:
+            raise
+        interrupts.exit_interrupted(interrupted)

@@ -37,6 +37,7 @@ from spibatch.emc.step import default_threads, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
 from spibatch.emc.types import Geometry, ShardSpec, StepState, finish
 from spibatch.errors import InputError
+from spibatch.io.fingerprint import input_fingerprint
 from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
 
 log = logging.getLogger("spibatch")
@@ -186,11 +187,13 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     geometry = Geometry.build(detector, settings.num_div, inputs.detector)
     specs = ShardSpec.cut(photons, 0, inputs.num_frames, settings.frames_per_shard)
     counts, peak = executor.add_shards(specs, geometry)
-    recorded = {**settings.resume_record(), "num_frames": inputs.num_frames, "num_pix": inputs.detector.num_pix,
-                "model_size": inputs.size}
+    recorded = executor.broadcast(executor.collective(   # the writer reads the files' fingerprints
+        lambda: resume_record(settings, inputs, photons, detector) if executor.writes else None))
     checkpoint = executor.broadcast(executor.collective(_read_checkpoint, out_dir, resume and executor.writes))
     if checkpoint is not None:
-        model, scales, history = _resumed(checkpoint, recorded, len(counts), out_dir)
+        check_checkpoint(checkpoint, recorded, len(counts), out_dir, photons, detector)
+        log.info("resuming after iteration %d from %s", checkpoint["iteration"], out_dir / CHECKPOINT)
+        model, scales, history = checkpoint["model"], checkpoint["scales"], checkpoint["history"]
     else:
         model = inputs.start_model if inputs.start_model is not None else \
             random_model(inputs.size, geometry.pixels, geometry.rotations, float(counts.mean()), settings.seed)
@@ -215,10 +218,31 @@ def _read_checkpoint(out_dir: Path, wanted: bool) -> dict | None:
     return records.read_checkpoint(out_dir)
 
 
-def _resumed(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path):
-    """(model, scales, history) of the checkpoint; InputError when the settings or the frames changed."""
-    changed = sorted(k for k in recorded.keys() | checkpoint["settings"].keys()
-                     if recorded.get(k) != checkpoint["settings"].get(k))
+def resume_record(settings: EMCSettings, inputs: Inputs, photons, detector) -> dict:
+    """What the checkpoint records and a resume must find again: the settings that must not change
+    (:meth:`EMCSettings.resume_record`), the data's sizes, and the fingerprints of the photons and detector
+    files the run reads (:func:`spibatch.io.fingerprint.input_fingerprint`)."""
+    return {**settings.resume_record(), "num_frames": inputs.num_frames, "num_pix": inputs.detector.num_pix,
+            "model_size": inputs.size, "photons_fingerprint": input_fingerprint(photons),
+            "detector_fingerprint": input_fingerprint(detector)}
+
+
+DATA_KEYS = {"photons_fingerprint": "photons", "detector_fingerprint": "detector"}
+
+
+def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path, photons, detector) -> None:
+    """InputError (one line) unless ``checkpoint`` (:func:`records.read_checkpoint`) was computed with the
+    settings and from the data of ``recorded`` (:func:`resume_record`) for ``num_frames`` frames.  A checkpoint
+    written before the fingerprints were recorded is not asked for them."""
+    saved = checkpoint["settings"]
+    for key, name in DATA_KEYS.items():
+        if key in saved and saved[key] != recorded.get(key):
+            path = photons if name == "photons" else detector
+            raise InputError(f"not the {name} file the checkpoint was computed from (its fingerprint differs from "
+                             f"the one {out_dir / CHECKPOINT} records)", path=path, field=f"emc.{name}",
+                             fix=f"resume with the run's own {name} file, or start a new run")
+    changed = sorted(k for k in recorded.keys() | saved.keys()
+                     if k not in DATA_KEYS and recorded.get(k) != saved.get(k))
     if changed:
         raise InputError(f"settings differ from the run being resumed: {', '.join(changed)}",
                          path=out_dir / CHECKPOINT, field="emc",
@@ -227,8 +251,19 @@ def _resumed(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path):
         raise InputError(f"the checkpoint holds the scales of {len(checkpoint['scales'])} frames, the photons file "
                          f"{num_frames} (shards joined the run while it ran)", path=out_dir / CHECKPOINT,
                          field="emc", fix="start a new run: resuming a run that took new shards is not supported")
-    log.info("resuming after iteration %d from %s", checkpoint["iteration"], out_dir / CHECKPOINT)
-    return checkpoint["model"], checkpoint["scales"], checkpoint["history"]
+
+
+def check_resume(settings: EMCSettings, photons, detector, out_dir: Path) -> int | None:
+    """Before a resume writes anything: the checkpoint in ``out_dir``, if there is one, reads and was computed
+    with these settings from these data (:func:`check_checkpoint`); the iteration it holds, None without one.
+    InputError otherwise (a corrupt checkpoint too).  Reads only."""
+    checkpoint = records.read_checkpoint(Path(out_dir))
+    if checkpoint is None:
+        return None
+    inputs = check_inputs(settings, photons, detector)
+    check_checkpoint(checkpoint, resume_record(settings, inputs, photons, detector), inputs.num_frames,
+                     Path(out_dir), photons, detector)
+    return checkpoint["iteration"]
 
 
 def _header_info(settings: EMCSettings, photons: Path, inputs: Inputs, geometry: Geometry, counts: np.ndarray,

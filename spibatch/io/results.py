@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from spibatch.errors import InputError
-from spibatch.io.atomic import atomic_path
+from spibatch.io.atomic import write_hdf5
 from spibatch.io.hdf5 import is_hdf5, open_hdf5, read_dataset
 
 GZIP_MIN_VOXELS = 64 ** 3   # float arrays with 3+ dimensions and this many values get gzip (level 4)
@@ -53,7 +53,8 @@ def write_result(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs
         if provenance is not None:
             raise ValueError("provenance given twice (in attrs and as provenance=)")
         provenance = attrs.pop("provenance")
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+
+    def fill(f) -> None:
         for name, value in sorted(datasets.items()):  # sorted: dict order does not change the bytes
             value = np.asarray(value)
             big_float = value.dtype.kind == "f" and value.ndim >= 3 and value.size >= GZIP_MIN_VOXELS
@@ -64,6 +65,8 @@ def write_result(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs
                 f.attrs[key] = value
         if provenance is not None:
             f.attrs["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
+
+    write_hdf5(path, fill)   # built in memory, written by Python: a full disk is one clean error (io.atomic)
 
 
 def read_result(path: str | os.PathLike, *, attrs_only: bool = False) -> tuple[dict[str, np.ndarray], dict]:

@@ -73,6 +73,18 @@ def check_start_model(path: Path, size: int):
     return read_start_model(path, size)
 
 
+def check_resume(run: RunLayout, pipeline, config: Path | None = None) -> None:
+    """Before a resume of ``run`` writes anything (``open_run(check=...)``): its EMC checkpoint, if there is one,
+    reads and was computed with this pipeline's EMC settings from the photons and detector files EMC would
+    read now (the pipeline's, or this run's own simulate/ingest stage's); InputError (one line) otherwise."""
+    from spibatch.emc.driver import check_resume as check_checkpoint
+
+    if not run.checkpoint.exists():
+        return
+    photons, detector = inputs.photons_and_detector(run, pipeline, config)
+    check_checkpoint(settings_of(pipeline), photons, detector, run.emc)
+
+
 def ranks_for(pipeline, run: RunLayout, workers) -> int:
     """MPI ranks of the HPC-mode job: the site's workers, at most one per shard."""
     from spibatch.emc.mpi import shard_bounds
