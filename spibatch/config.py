@@ -17,6 +17,7 @@ from pydantic import Field, PositiveFloat, ValidationError, field_validator, mod
 from spibatch.detector import Detector
 from spibatch.errors import InputError
 from spibatch.phasing import DEFAULT_RECIPE, DEFAULT_SUPPORT_THRESHOLD
+from spibatch.config_source import Source
 from spibatch.yaml_models import Section, load_model
 
 PLANCK_EV_M = 1.239841984e-6  # h c in eV * m: wavelength_m = PLANCK_EV_M / photon_energy_ev
@@ -240,6 +241,8 @@ class Pipeline(Section):
     geometry: Geometry = Field(default_factory=lambda: Geometry(wavelength_m=6.2e-10))
     simulation: Simulation | None = None
     ingest: Ingest | None = Field(None, description="measured frames from a CXI file (instead of a simulation)")
+    source: Source | None = Field(None, description="a live source followed while it records (instead of a "
+                                  "simulation or an ingest): EuXFEL run folder, Karabo bridge, CXI folder")
     emc: EMC = Field(default_factory=EMC)
     phasing: Phasing = Field(default_factory=Phasing)
     validation: Validation = Field(default_factory=Validation)
@@ -261,6 +264,9 @@ class Pipeline(Section):
             raise ValueError("give either a simulation or an ingest section, not both")
         if self.ingest is not None and self.emc.photons is not None:
             raise ValueError("with an ingest section the ingest stage writes the photons: leave emc.photons out")
+        if self.source is not None and (self.simulation or self.ingest or self.emc.photons or self.emc.detector):
+            raise ValueError("a source section brings its own frames and detector: leave simulation, ingest, "
+                             "emc.photons and emc.detector out")
         return self
 
 
@@ -289,6 +295,13 @@ def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
             setattr(pipeline.emc, key, _absolute(base, value, f"emc.{key}"))
     if pipeline.phasing.intensity is not None:
         pipeline.phasing.intensity = _absolute(base, pipeline.phasing.intensity, "phasing.intensity")
+    if pipeline.source is not None:
+        for key in ("detector", "geometry"):
+            value = getattr(pipeline.source, key)
+            if value is not None:
+                setattr(pipeline.source, key, _absolute(base, value, f"source.{key}"))
+        if pipeline.source.is_path:
+            pipeline.source.target = str(_absolute(base, Path(pipeline.source.target), "source.target"))
     for key in ("reference", "volume"):
         value = getattr(pipeline.validation, key)
         if value is not None:
@@ -350,5 +363,5 @@ def wavelength_from_energy(photon_energy_ev: float) -> float:
     return PLANCK_EV_M / photon_energy_ev
 
 
-__all__ = ["Pipeline", "Geometry", "Simulation", "EMC", "Phasing", "Ingest", "Validation", "Output", "load_pipeline",
+__all__ = ["Pipeline", "Geometry", "Simulation", "EMC", "Phasing", "Ingest", "Source", "Validation", "Output", "load_pipeline",
            "dump_pipeline", "json_schema", "from_dragonfly_ini", "resolve_paths", "wavelength_from_energy"]

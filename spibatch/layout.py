@@ -20,7 +20,9 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
     stop                   `spibatch stop RUN_DIR` creates it: the follower ends at its next block
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
                            model_NNN.npy, timing.jsonl)
-    phase/                 phasing.h5, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl
+    phase/                 phasing.h5, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl,
+                           previews/iteration_NNN/ (a following run's preview densities: phasing.h5,
+                           density.mrc, preview.json: iteration, frames, time stamps, latency)
     validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), or fsc.h5, fsc.png, fsc.txt,
                            fsc.json of two volumes
     runinfo/               Parsl's own files (logs, submit scripts)
@@ -75,6 +77,8 @@ OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
 # ---- phasing (phase/)
 PHASING = "phasing.h5"
 PHASING_PNG = "phasing.png"
+PREVIEWS_DIR = "previews"
+PREVIEW_JSON = "preview.json"
 STARTS_DIR = "starts"
 
 # ---- validation (validate/)
@@ -257,6 +261,15 @@ class RunLayout:
     @property
     def phasing_png(self) -> Path:
         return self.phase / PHASING_PNG
+
+    @property
+    def previews(self) -> Path:
+        """``phase/previews/``: the preview densities of a run that follows a live source."""
+        return self.phase / PREVIEWS_DIR
+
+    def preview(self, iteration: int) -> Path:
+        """``phase/previews/iteration_NNN/``: the preview phased from EMC iteration ``iteration``."""
+        return self.previews / f"iteration_{iteration:03d}"
 
     def start_file(self, index: int) -> Path:
         return self.phase / STARTS_DIR / start_name(index)

@@ -111,21 +111,79 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
         dfk = load(provider_for(site).parsl_config(run.path))
         workers = ParslWorkers(site)
         device = declared(pipeline.device, pipeline.gpu_runtime)   # unchecked here: the tasks run where the GPUs are
-        for name in todo:
-            if name in stages.ORCHESTRATING:
-                stages.run_stage(name, run, pipeline, device, workers)
-            else:
-                workers.submit(stages.run_task, name, str(run.path)).result()
-            log.info("%s: done", name)
+        with Follower(run, "follow" in todo) as follower:
+            for name in [n for n in todo if n != "follow"]:
+                if name == "emc" and pipeline.source is not None:
+                    _follow_emc(run, pipeline, device, workers, follower)
+                elif name in stages.ORCHESTRATING:
+                    stages.run_stage(name, run, pipeline, device, workers)
+                else:
+                    workers.submit(stages.run_task, name, str(run.path)).result()
+                log.info("%s: done", name)
     finally:
         shutdown(dfk)
     return {n: stages.finished(run, n) for n in names}
 
 
+class Follower:
+    """The follow stage as a process of its own beside the driver (``python -m spibatch.stages follow RUN``),
+    while EMC takes its chunks; stopped (SIGTERM) if the run fails before the source ended."""
+
+    def __init__(self, run: RunLayout, wanted: bool):
+        self.run, self.wanted, self.process = run, wanted, None
+
+    def __enter__(self) -> "Follower":
+        if self.wanted:
+            import subprocess
+
+            out = self.run.stage_stream("follow", "stdout")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "ab") as stdout, open(self.run.stage_stream("follow", "stderr"), "ab") as stderr:
+                self.process = subprocess.Popen([sys.executable, "-m", "spibatch.stages", "follow", str(self.run.path)],
+                                                stdout=stdout, stderr=stderr)
+            log.info("follow: following the source in process %d (spibatch stop %s ends it)", self.process.pid,
+                     self.run.path)
+        return self
+
+    def wait(self) -> None:
+        """Wait for the follower to end (the source has); InputError or RuntimeError when it failed."""
+        from spibatch.stages.__main__ import read_result
+
+        if self.process is None:
+            return
+        code, self.process = self.process.wait(), None
+        if code != 0:
+            result = read_result(self.run, "follow") or {}
+            if result.get("exit_code") == InputError.exit_code:
+                raise InputError(result["error"], field="source")
+            raise RuntimeError(f"the follower failed ({result.get('error') or f'exit {code}'}); see "
+                               f"{self.run.stage_stream('follow', 'stderr')}")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - it will not stop: the owner's sweep ends it
+                self.process.kill()
+
+
+def _follow_emc(run: RunLayout, pipeline, device, workers, follower: Follower) -> None:
+    """EMC on a live source, with previews on a spare worker, then the quick final density."""
+    from spibatch.stages.live import Previews
+
+    with Previews(run, workers.submit, pipeline.source.preview_every_iterations) as previews:
+        stages.run_stage("emc", run, pipeline, device, workers)
+        follower.wait()
+        final = previews.final()
+    log.info("the quick final density: %s", final)
+
+
 def external_inputs(pipeline) -> dict[str, list[Path]]:
     """The files each stage reads from outside the run folder (what provenance.json fingerprints)."""
-    emc, validation = pipeline.emc, pipeline.validation
+    emc, validation, source = pipeline.emc, pipeline.validation, pipeline.source
     files = {"simulate": [pipeline.simulation and pipeline.simulation.pdb], "ingest": [pipeline.ingest and pipeline.ingest.cxi],
+             "follow": [source and source.detector, source and source.geometry],   # not the live data: they grow
              "emc": [emc.photons, emc.detector, emc.start_model], "phase": [pipeline.phasing.intensity],
              "validate": [validation.reference, validation.volume]}
     return {stage: [Path(p) for p in paths if p] for stage, paths in files.items()}

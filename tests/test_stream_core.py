@@ -138,6 +138,8 @@ def test_bad_trains_are_logged_counted_and_skipped(tmp_path, caplog):
 
 
 def test_the_stop_file_ends_the_follow_after_committing(tmp_path):
+    """`spibatch stop` says the data have ended: what has arrived (here: three more trains waiting in the
+    source) is still read and committed, then the follow ends, naming the stop file."""
     frames = FrameSet.synthetic(DET.shape, 6, 4, hit_fraction=0.5, photons_per_hit=300)
     stop = tmp_path / layout.STOP
 
@@ -151,8 +153,8 @@ def test_the_stop_file_ends_the_follow_after_committing(tmp_path):
     out = tmp_path / "follow"
     summary = Follower(Stopping(blocks_of(frames)), DET, out, FollowSettings(threshold=100, flush_s=60),
                        stop_file=stop).run()
-    assert summary["end_reason"].startswith("stop file") and summary["trains"] == 3
-    assert set(chunk_ids(out)) == hit_ids(frames, range(3))
+    assert summary["end_reason"].startswith("stop file") and summary["trains"] == 6
+    assert set(chunk_ids(out)) == hit_ids(frames, range(6))
 
 
 def test_resuming_with_another_detector_is_refused(tmp_path):

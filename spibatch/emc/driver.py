@@ -154,13 +154,16 @@ class Run:
 
 
 def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resume: bool = False, source=None,
-            on_iteration: Iterable[Callable[[dict], None]] = ()) -> dict[str, Path]:
+            on_iteration: Iterable[Callable[[dict], None]] = (), until: Callable[[dict], bool] | None = None
+            ) -> dict[str, Path]:
     """Run EMC with ``settings`` on ``photons`` + ``detector``, writing into ``out_dir``; the outputs' paths.
 
     executor: where the shard steps run (:mod:`spibatch.emc.executors`; only the process whose
     ``executor.writes`` writes).  resume: continue from ``out_dir/checkpoint.h5`` when it exists.
     source: None, or an object whose ``poll() -> list[ShardSpec]`` gives new shards before each
     iteration.  on_iteration: callables given each iteration's record once its files are written.
+    until: a stopping rule, asked after each iteration's hooks on the writing process (the answer is
+    broadcast): True ends the loop before ``settings.iterations``, which is then the most it runs.
     Returns ``{"intensity", "emc_log", "metrics", "checkpoint": path}`` (on every rank).
     Raises InputError on bad input or a diverging fit (earlier iterations' files are kept).
     """
@@ -168,14 +171,22 @@ def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resu
     run = setup(settings, photons, detector, out_dir, executor, resume)
     poll = _poller(source, run, executor)
     hooks = list(on_iteration)
+    last = run.first - 1
     for iteration in range(run.first, settings.iterations + 1):
         _take_shards(run, executor, poll())
         record = iterate(run, executor, iteration)
+        last = iteration
         for hook in hooks:
             hook(record)
-    last = max(settings.iterations, run.first - 1)
-    return {"intensity": out_dir / output_name(last), "emc_log": out_dir / EMC_LOG,
+        if until is not None and _stop(until, record, executor):
+            break
+    return {"intensity": out_dir / output_name(max(last, 1)), "emc_log": out_dir / EMC_LOG,
             "metrics": out_dir / METRICS, "checkpoint": out_dir / CHECKPOINT}
+
+
+def _stop(until: Callable[[dict], bool], record: dict, executor) -> bool:
+    """The stopping rule's answer on the writing process, the same on every rank."""
+    return bool(executor.broadcast(executor.collective(lambda: bool(until(record)) if executor.writes else None)))
 
 
 def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, resume: bool) -> Run:

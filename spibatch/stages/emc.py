@@ -90,12 +90,19 @@ def ranks_for(pipeline, run: RunLayout, workers) -> int:
     from spibatch.emc.mpi import shard_bounds
     from spibatch.io.dragonfly import photons_info
 
-    photons, _ = inputs.photons_and_detector(run, pipeline)
-    shards = len(shard_bounds(photons_info(photons)[0], pipeline.emc.frames_per_shard))
-    if shards < workers.count:
+    following = getattr(pipeline, "source", None) is not None
+    if following:          # EMC starts on the first chunk (the MPI job waits for the same one); a worker is kept free
+        from spibatch.stages.live import first_photons   # for the previews
+
+        frames = first_photons(run, pipeline.source.emc_start_hits)[1]
+    else:
+        frames = photons_info(inputs.photons_and_detector(run, pipeline)[0])[0]
+    shards = len(shard_bounds(frames, pipeline.emc.frames_per_shard))
+    most = max(1, workers.count - 1) if following else workers.count
+    if shards < most:
         log.info("emc: %d shard(s) of %d frames: %d MPI rank(s), not %d", shards, pipeline.emc.frames_per_shard,
-                 shards, workers.count)
-    return max(1, min(workers.count, shards))
+                 shards, most)
+    return max(1, min(most, shards))
 
 
 def outputs(run: RunLayout, pipeline) -> dict[str, Path]:
@@ -122,6 +129,10 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     if workers is not None and workers.emc_mode == "hpc":
         workers.run_job("emc", run, ranks_for(pipeline, run, workers))
         return outputs(run, pipeline)
+    if getattr(pipeline, "source", None) is not None:   # frames still arriving: spibatch.stages.live
+        from spibatch.stages.live import run_emc_following
+
+        return run_emc_following(run, pipeline, device, workers)
     settings = settings_of(pipeline)
     photons, detector = inputs.photons_and_detector(run, pipeline)
     executor = executor_for(run, device, workers)

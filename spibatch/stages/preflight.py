@@ -27,7 +27,14 @@ def check_run(pipeline, config: Path, site=None) -> None:
     names = stages.order(pipeline)
     emc = pipeline.emc
     given = [key for key in ("photons", "detector") if getattr(emc, key) is not None]
-    if "ingest" in names:
+    if "follow" in names:
+        from spibatch.stages import follow as follow_stage
+
+        follow_stage.check(pipeline, config)
+        detector = follow_stage.detector_of(pipeline)
+        size, frames, used = detector.model_size(), pipeline.source.emc_start_hits, int((detector.mask == 0).sum())
+        frames_field = "source.emc_start_hits"
+    elif "ingest" in names:
         detector = ingest_stage.check(pipeline, config, budget=budget)
         size, frames, used = detector.model_size(), _stack_frames(pipeline), int((detector.mask == 0).sum())
         frames_field = "ingest.cxi"

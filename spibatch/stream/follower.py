@@ -127,11 +127,13 @@ class Follower:
         if hasattr(self.source, "check_shape"):
             self.source.check_shape(self.frame_shape)
         last_new = time.monotonic()
+        stopping = None     # when the stop file was seen: what has arrived is still read, then the follow ends
+        drain_s = getattr(self.source, "settle_s", 0.0) + 1.0    # a file still settling, a train in flight
         try:
             while True:
-                if self.stop_file is not None and self.stop_file.exists():
-                    reason = f"stop file {self.stop_file}"
-                    break
+                if stopping is None and self.stop_file is not None and self.stop_file.exists():
+                    stopping = time.monotonic()
+                    log.info("follow: stop requested (%s): reading what has arrived", self.stop_file)
                 items = self.source.read()
                 for item in items:
                     if isinstance(item, Skipped):
@@ -142,6 +144,9 @@ class Follower:
                     last_new = time.monotonic()
                 self._maybe_commit()
                 if not items:
+                    if stopping is not None and (self.source.ended or time.monotonic() - max(last_new, stopping) > drain_s):
+                        reason = f"stop file {self.stop_file}"
+                        break
                     if self.source.ended:
                         reason = self.source.ended
                         break

@@ -119,14 +119,14 @@ def _noise(shape: tuple[int, ...], noise_adu: float, seed: int, k: int) -> np.nd
 def simulated(out_dir: str | os.PathLike, *, num_hits: int = 200, hit_fraction: float = 0.2, pixels: int = 64,
               mean_photons: float = 1000.0, pulses_per_train: int = 10, adu_per_photon: float = 1.0,
               noise_adu: float = 0.0, seed: int = 1) -> tuple[FrameSet, dict[str, Path]]:
-    """A simulated particle (the shipped 1EI7 on the demo's 64 x 64 detector at 6 keV, 0.15 m) with
+    """A simulated particle (the shipped 1EI7 on the demo's 64 x 64 detector at 6 keV, 0.3 m) with
     ``num_hits`` hits among empty frames: ``simulate/`` files in ``out_dir`` (photons, detector, truth) and
     the FrameSet that replays them."""
     from spibatch.detector import Detector
     from spibatch.sim import SimulationSettings, simulate
 
     wavelength = 1.239841984e-6 / 6000.0
-    detector = Detector.flat(pixels, 0.5e-3 * 64 / pixels, 0.15, wavelength, beamstop_radius_pixels=3 * pixels / 64)
+    detector = Detector.flat(pixels, 0.5e-3 * 64 / pixels, 0.3, wavelength, beamstop_radius_pixels=3 * pixels / 64)
     sim = SimulationSettings(pdb=PDB, num_patterns=num_hits, mean_photons_per_frame=mean_photons, seed=seed)
     paths = simulate(detector, sim, out_dir, show_progress=False)
     frames = FrameSet.from_photons(paths["photons"], (pixels, pixels), hit_fraction=hit_fraction,
