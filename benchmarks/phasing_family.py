@@ -350,9 +350,10 @@ def main() -> None:
         tools = ["limit", "before", "auto", "pynx-default", "pynx-tuned", "cuphaser"]
         print(table(results, [t for t in tools if any(t in r for r in results.values())]))
         return
-    specs = [s for s in FAMILY if (args.objects is None or s.name in args.objects) and (args.held_out or
-                                                                                         not s.held_out
-                                                                                         or args.objects)]
+    if args.objects:                     # in the order given
+        specs = [next(s for s in FAMILY if s.name == name) for name in args.objects]
+    else:
+        specs = [s for s in FAMILY if args.held_out or not s.held_out]
     for spec in specs:
         if args.scale != 1.0:
             spec.n = max(16, int(round(spec.n * args.scale / 2)) * 2)

@@ -42,10 +42,11 @@ class Merged:
 
 
 def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Merged:
-    """Keep the ``keep`` starts of lowest final error, align them to the best, average, PRTF."""
+    """Keep the ``keep`` starts of lowest free error (when every start has one: recipe ``auto``), else of lowest
+    final error, align them to the best, average, PRTF."""
     if not results:
         raise ValueError("no reconstructions to merge")
-    ranked = sorted(results, key=lambda r: (r.final_error, r.seed))[:max(1, keep)]
+    ranked = sorted(results, key=rank_key(results))[:max(1, keep)]
     reference = ranked[0].density.astype(np.float64 if measurement.real else np.complex128)
     n = measurement.n
     spectrum_sum = np.zeros((n, n, n), np.complex128)
@@ -78,6 +79,13 @@ def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Me
                   support=support.astype(np.float32), prtf=prtf, shell_frequency_per_m=frequency,
                   resolution_m=resolution, resolution_shell=crossing, kept_seeds=[r.seed for r in ranked],
                   final_errors=[r.final_error for r in ranked], alignment_cc=ccs, inverted=inverted)
+
+
+def rank_key(results: list[StartResult]):
+    """How starts are ranked: (free error, seed) when every start has a finite one, else (final error, seed)."""
+    if all(r.free_error is not None and np.isfinite(r.free_error) for r in results):
+        return lambda r: (r.free_error, r.seed)
+    return lambda r: (r.final_error, r.seed)
 
 
 def shell_radius(n: int) -> np.ndarray:

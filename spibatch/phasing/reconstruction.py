@@ -64,6 +64,8 @@ class Reconstruction:
         self._spectrum = None            # the FFT of x, while x has not changed since
         self.y_is_projection = False     # whether fft.y holds P_M x of the last iteration
         self._scale = 1.0 / n ** 3
+        self.free = None                 # held-out voxels (the amplitude's shape), see hold_out
+        self._free_amplitude = None
         if initial is None:
             self._random_start()
         else:
@@ -135,6 +137,42 @@ class Reconstruction:
         """The relative Fourier error of each start's current x (no projection kept)."""
         spectrum = self.spectrum().copy()
         return [_ratio(err, norm) for err, norm in self._project(spectrum, 1.0)]
+
+    def hold_out(self, free: np.ndarray) -> None:
+        """Leave the ``free`` voxels (bool, the amplitude's shape) out of the modulus constraint; their measured
+        amplitudes are kept for :meth:`free_errors`."""
+        xp = self.xp
+        free = xp.asarray(np.asarray(free, bool))
+        self.free = free & (self.amplitude >= 0)
+        self._free_amplitude = xp.where(self.free, self.amplitude, 0).astype(np.float32)
+        self.amplitude = xp.where(self.free, np.float32(-1), self.amplitude).astype(np.float32)
+        n, k = self.n, self.amplitude.shape[-1]
+        weight = np.ones(k, np.float32)
+        if self.measurement.real:         # a half spectrum: voxels 1 .. K-2 of the last axis stand for two
+            weight[1:k - (1 if n % 2 == 0 else 0)] = 2
+        self._free_weight = xp.asarray(weight)
+
+    def free_errors(self, volumes=None) -> list[float]:
+        """Each start's relative Fourier error on the held-out voxels: sqrt(sum (|F| - A)^2 / sum A^2), F the
+        spectrum of ``volumes`` (B, N, N, N) (the current x when None); NaN without a free set."""
+        if self.free is None:
+            return [float("nan")] * self.batch
+        xp = self.xp
+        if volumes is None:
+            spectrum = self.spectrum()
+        else:
+            self.fft.y[...] = volumes
+            spectrum = self.fft.forward(self.fft.y)
+            self.y_is_projection = False
+        out = []
+        for b in range(self.batch):
+            diff = xp.where(self.free, xp.abs(spectrum[b]) - self._free_amplitude, 0) * self._free_weight
+            err = float(xp.sum(diff * (xp.abs(spectrum[b]) - self._free_amplitude)))
+            norm = float(xp.sum(self._free_amplitude ** 2 * self._free_weight))
+            out.append(_ratio(err, norm))
+        if volumes is not None:
+            self._spectrum = None        # fftw: the forward above wrote into the cached spectrum's buffer
+        return out
 
     def density(self):
         """The current estimates P_S x (inside the support, positive with positivity), FFT order, a copy
