@@ -167,6 +167,10 @@ class Phasing(Section):
     threads: int | None = Field(None, ge=1, description="threads per start (FFT and kernels); default: all cores")
     fft: Literal["auto", "fftw", "scipy"] = Field("auto", description="FFT library: fftw (pyFFTW, the [fftw] "
                                                   "extra), scipy, or auto (fftw when installed)")
+    fft_planning: Literal["estimate", "measure"] = Field("estimate", description="fftw's plans: estimate (the same "
+                                                         "seed gives the same bits in every run) or measure (timed "
+                                                         "plans kept as wisdom: ~1.2x faster FFTs, but the first "
+                                                         "run on a machine may differ in rounding from later ones)")
 
     @field_validator("recipe")
     @classmethod

@@ -30,12 +30,12 @@ class Reconstruction:
     support_sizes[b] : (iteration, voxels) after each shrink-wrap of start b, (0, first support's) first
     kernels, xp, fft : what the operators call, chosen by ``device``
     initial : (N, N, N) or (B, N, N, N) iterates to start from instead of random phases
-    threads, fft_backend : the CPU FFT's (a GPU uses its own)
+    threads, fft_backend, fft_planning : the CPU FFT's (a GPU uses its own)
     """
 
     def __init__(self, measurement: Measurement, support: np.ndarray, seeds=(0,), *, positivity: bool = True,
                  device: Device = CPU, threads: int = 1, fft_backend: str = "auto",
-                 initial: np.ndarray | None = None):
+                 fft_planning: str = "estimate", initial: np.ndarray | None = None):
         n = measurement.n
         if support.shape != (n, n, n):
             raise ValueError(f"support shape {support.shape} != ({n}, {n}, {n})")
@@ -51,7 +51,8 @@ class Reconstruction:
             self.fft = DeviceFFT((b, n, n, n), measurement.real, self.xp)
         else:
             self.xp, self.kernels = np, phasing_cpu
-            self.fft = FFTEngine(n, batch=b, real=measurement.real, threads=threads, backend=fft_backend)
+            self.fft = FFTEngine(n, batch=b, real=measurement.real, threads=threads, backend=fft_backend,
+                                   planning=fft_planning)
         xp = self.xp
         self.measurement = measurement
         self.positivity = bool(positivity)

@@ -73,7 +73,7 @@ def _run_group(seeds: list[int], measurement: Measurement, support: np.ndarray, 
                device: Device, threads: int) -> list[StartResult]:
     began = time.perf_counter()
     rec = Reconstruction(measurement, support, seeds, positivity=settings.positivity, device=device,
-                         threads=threads, fft_backend=settings.fft_backend)
+                         threads=threads, fft_backend=settings.fft_backend, fft_planning=settings.fft_planning)
     settings.recipe(rec)
     density = rec.density()
     rec.fft.x[...] = density                   # rank the starts by the error of what they return
