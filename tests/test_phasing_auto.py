@@ -111,23 +111,45 @@ def test_hand_written_recipes_have_no_free_set():
 
 
 @pytest.mark.parametrize("size, words", [(0.6, "exploded"), (3, "collapsed")])
-def test_a_support_that_explodes_or_collapses_stops_auto_with_one_line(size, words):
+def test_a_support_that_explodes_or_collapses_is_named_in_one_line(size, words):
     m = _measurement()
     rec = Reconstruction(m, initial_support(m, 0.04), [7], threads=1, fft_backend="scipy")
     voxels = int(size * m.n ** 3) if size < 1 else int(size)
-    with pytest.raises(RecipeError) as info:
-        Auto._guard(rec, [voxels])
-    assert words in str(info.value) and "start 7" in str(info.value) and "\n" not in str(info.value)
+    why = Auto._runaways(rec, [voxels])[0]
+    assert words in why and "start 7" in why and "\n" not in why
+    assert Auto._runaways(rec, [1000]) == {}
 
 
-def test_auto_checks_every_shrink_wrap_and_stops_at_the_first_runaway(monkeypatch):
-    """Wired into the run: with a ceiling below any real support the first shrink-wrap (iteration 10) stops it."""
+def test_a_start_that_runs_away_stops_at_once_and_is_not_merged(monkeypatch, tmp_path):
+    """Wired into the run: with a ceiling below any real support every start stops at its first shrink-wrap
+    (iteration 10 of 60), none is merged, and the run ends with one line."""
     import spibatch.phasing.auto as auto
+    from spibatch.io.results import write_result
+    from spibatch.phasing.driver import run_phasing
 
     monkeypatch.setattr(auto, "MAX_SUPPORT_FRACTION", 1e-4)
-    settings = PhasingSettings(recipe=parse_recipe(SHORT), threads=1, fft_backend="scipy")
-    with pytest.raises(RecipeError, match="exploded to .* at iteration 10:"):
-        run_starts([0], _measurement(), settings)
+    m = _measurement()
+    settings = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=2, keep_best=1, threads=1, fft_backend="scipy")
+    results = run_starts(settings.seeds, m, settings)
+    for r in results:
+        assert "exploded" in r.failure and "at iteration 10:" in r.failure and len(r.errors) == 10
+        assert r.free_error == float("inf")
+    with pytest.raises(RecipeError, match="exploded .* every other of the 2 starts"):
+        merge(results, m, 1)
+    path = tmp_path / "intensity.h5"
+    intensity = _intensity(_blob(24, 4, seed=3))
+    write_result(path, {"intensity": intensity.astype(np.float32)}, {})
+    with pytest.raises(InputError) as info:
+        run_phasing(path, tmp_path / "out", settings, show_progress=False)
+    assert "exploded" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_failed_start_is_left_out_of_the_merge():
+    m = _measurement()
+    settings = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=3, keep_best=3, threads=1, fft_backend="scipy")
+    results = run_starts(settings.seeds, m, settings)
+    results[0].failure = "auto: the support of start 1 exploded"
+    assert merge(results, m, 3).kept_seeds == sorted([2, 3], key=lambda s: results[s - 1].free_error)
 
 
 def _run_start_in_a_fresh_process(cache: Path, planning: str) -> bytes:
@@ -152,3 +174,27 @@ def test_fftw_estimate_plans_give_the_same_bits_in_every_run(tmp_path):
     _run_start_in_a_fresh_process(tmp_path, "measure")
     assert list(tmp_path.glob("spibatch/fftw-wisdom-*"))
     assert _run_start_in_a_fresh_process(tmp_path, "estimate") == first
+
+
+def test_the_fused_threshold_finds_the_maximum_and_keeps_what_the_two_passes_kept():
+    from spibatch.kernels import phasing_cpu
+
+    rng = np.random.default_rng(5)
+    volume = np.zeros((20, 20, 20), np.float32)
+    volume[5:12, 3:15, 4:9] = rng.random((7, 12, 5)).astype(np.float32)       # planes 0-4 and 12-19 are empty
+    for fraction in (0.05, 0.3, 0.9):
+        a, b = np.ones(volume.shape, bool), np.zeros(volume.shape, bool)
+        kept, top = phasing_cpu.threshold_relative(volume, np.float32(fraction), a)
+        expected = phasing_cpu.threshold_support(volume, np.float32(fraction * phasing_cpu.max_real(volume)), b)
+        assert top == phasing_cpu.max_real(volume) and kept == expected and np.array_equal(a, b)
+
+
+def test_auto_can_shrink_wrap_on_the_blur_of_its_own_projection(monkeypatch):
+    import spibatch.phasing.auto as auto
+
+    monkeypatch.setattr(auto, "BLUR_PROJECTION", True)
+    m = _measurement()
+    settings = PhasingSettings(recipe=parse_recipe(SHORT), threads=1, fft_backend="scipy")
+    r = run_starts([3], m, settings)[0]
+    assert r.failure is None and [s[0] for s in r.support_sizes] == [0, 10, 20, 30, 40, 50]
+    assert 0 < r.free_error < 1 and len(r.errors) == 60

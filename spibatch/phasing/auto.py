@@ -17,8 +17,10 @@ What an expert does by hand with PyNX or cuphaser, done by the program:
 - **RAAR** (beta 0.9; more robust than HIO to noise and to a loose support), then **ER**, whose
   iterate is kept where the free error is lowest (it stops improving, the iterate that predicted
   best is returned).
-- **Guards**: a support that explodes (above ``MAX_SUPPORT_FRACTION`` of the box) or collapses
-  (below ``MIN_SUPPORT_VOXELS``) stops the start with one RecipeError line.
+- **Guards**: a start whose support explodes (above ``MAX_SUPPORT_FRACTION`` of the box) or collapses
+  (below ``MIN_SUPPORT_VOXELS``) stops there (on the CPU at once; in a GPU batch it is carried to the
+  end) and is not merged; when every start did, the merge stops the run with that one line
+  (:func:`spibatch.phasing.multistart.merge` raises RecipeError).
 
 Hand-written recipes are untouched by all this: ``auto`` is the :class:`Auto` operator, written
 ``auto`` or ``Auto()`` in a recipe (optionally ``Auto(iterations=600, polish=200, period=20)``).
@@ -33,13 +35,15 @@ import numpy as np
 from spibatch.errors import InputError
 from spibatch.phasing.algebra import RecipeError, Step
 from spibatch.phasing.measurement import Measurement, full_spectrum, independent_amplitudes
-from spibatch.phasing.support import shrink_wrap
+from spibatch.phasing.support import gaussian_filter_1d, shrink_wrap, threshold_blurred
 
 THRESHOLDS = (0.10, 0.05, 0.025)     # shrink-wrap thresholds (fraction of the blurred maximum), by seed % 3
 FREE_FRACTION = 0.05                 # measured voxels held out
 MIN_FREE_VOXELS = 200                # fewer and the free error is too noisy to rank by
 MAX_SUPPORT_FRACTION = 0.5           # a support above half the box constrains nothing: exploded
 MIN_SUPPORT_VOXELS = 8               # fewer: collapsed
+BLUR_PROJECTION = False              # True: shrink-wrap on the blur of P_M x from the iteration's own spectrum
+                                     # (0.6 iteration instead of 1; supports run away early: BENCHMARKS.md)
 
 
 def shell_radius_full(n: int) -> np.ndarray:
@@ -108,15 +112,21 @@ def _full(half: np.ndarray, n: int) -> np.ndarray:
     return full_spectrum(half, n)
 
 
-def _iterate(rec, beta) -> None:
-    """One RAAR iteration with relaxation ``beta`` (ER when None), as the RAAR and ER operators run it."""
+def _iterate(rec, beta, blur=None):
+    """One RAAR iteration with relaxation ``beta`` (ER when None), as the RAAR and ER operators run it.  With
+    ``blur`` (a separable filter), also the blur of this iteration's P_M x, from the projected spectrum it
+    computed anyway: returned in real space (the engine's ``y``), else None."""
     rec.algorithm = "ER" if beta is None else "RAAR"
-    y = rec.modulus_projection()
+    y = rec.modulus_projection(filtered=blur)
     if beta is None:
         rec.kernels.update_er(rec.x, y, rec.support, rec.positivity)
     else:
         rec.kernels.update_raar(rec.x, y, rec.support, rec.positivity, beta)
     rec.changed()
+    if blur is None:
+        return None
+    rec.y_is_projection = False
+    return rec.fft.inverse(rec.filtered_spectrum)
 
 
 def check_data(recipe, measurement: Measurement, support: np.ndarray, source: str | None = None) -> None:
@@ -183,12 +193,25 @@ class Auto(Step):
         best = [math.inf] * rec.batch
         kept = rec.xp.zeros_like(rec.x)
         kept_support = rec.support.copy()
+        failed = rec.failures
         for done in range(main + polish):
-            _iterate(rec, beta if done < main else None)
             last = done + 1 == main + polish
-            if (done + 1) % period == 0 and not last:
-                sizes = shrink_wrap(rec, sigma_at(done + 1, main, p["sigma"], p["sigma_end"]), thresholds)
-                Auto._guard(rec, sizes)
+            update = (done + 1) % period == 0 and not last
+            relax = beta if done < main else None
+            sigma = sigma_at(done + 1, main, p["sigma"], p["sigma_end"])
+            before = rec.support.copy() if update else None
+            if update and BLUR_PROJECTION:
+                blurred = _iterate(rec, relax, gaussian_filter_1d(rec.n, sigma, rec.measurement.real))
+                sizes = threshold_blurred(rec, blurred, thresholds)
+            else:
+                _iterate(rec, relax)
+                sizes = shrink_wrap(rec, sigma, thresholds) if update else []
+            for b, why in Auto._runaways(rec, sizes).items():
+                if b not in failed:
+                    failed[b] = why
+                rec.support[b] = before[b]            # a failed start keeps its last support; it is not merged
+            if len(failed) == rec.batch:
+                break                                  # every start here ran away: stop now, not in an hour
             if done >= main and ((done + 1 - main) % period == 0 or last):
                 density = rec.density()
                 for b, err in enumerate(rec.free_errors(density)):
@@ -196,7 +219,7 @@ class Auto(Step):
                         best[b] = err
                         kept[b] = density[b]
                         kept_support[b] = rec.support[b]
-        if polish:
+        if polish and all(math.isfinite(v) for v in best):
             rec.x[...] = kept
             rec.support[...] = kept_support
             rec.changed()
@@ -204,13 +227,15 @@ class Auto(Step):
         return rec
 
     @staticmethod
-    def _guard(rec, sizes: list[int]) -> None:
-        box = rec.n ** 3
+    def _runaways(rec, sizes: list[int]) -> dict[int, str]:
+        """{start index: one line} for each start whose new support exploded or collapsed."""
+        box, out = rec.n ** 3, {}
         for b, size in enumerate(sizes):
             if size > MAX_SUPPORT_FRACTION * box:
-                raise RecipeError(f"auto: the support of start {rec.seeds[b]} exploded to {size} voxels "
-                                  f"({size / box:.0%} of the box) at iteration {rec.iteration}: the data do not "
-                                  "confine the object (too few measured voxels at low q?)")
-            if size < MIN_SUPPORT_VOXELS:
-                raise RecipeError(f"auto: the support of start {rec.seeds[b]} collapsed to {size} voxels at iteration "
-                                  f"{rec.iteration}: the data hold no object the shrink-wrap can follow")
+                out[b] = (f"auto: the support of start {rec.seeds[b]} exploded to {size} voxels ({size / box:.0%} of "
+                          f"the box) at iteration {rec.iteration}: the data do not confine the object (too few "
+                          "measured voxels at low q?)")
+            elif size < MIN_SUPPORT_VOXELS:
+                out[b] = (f"auto: the support of start {rec.seeds[b]} collapsed to {size} voxels at iteration "
+                          f"{rec.iteration}: the data hold no object the shrink-wrap can follow")
+        return out

@@ -82,7 +82,10 @@ def run_phasing(intensity_path: Path, out_dir: Path, settings: PhasingSettings, 
             log.info("start %d (seed %d): final error %.4g, support %d voxels, %.1f s", index, result.seed,
                      result.final_error, result.support_sizes[-1][1], result.seconds)
             bar.advance(1)
-    merged = merge(done, measurement, settings.keep_best)
+    try:
+        merged = merge(done, measurement, settings.keep_best)
+    except RecipeError as exc:
+        raise recipe_failed(exc, intensity_path) from None
     data_shell = max_measured_shell(measurement)
     lines.append(json.dumps(merge_record(merged, data_shell, time.perf_counter() - began)))
     write_outputs(paths, merged, done, measurement, settings, intensity_path, data_shell)

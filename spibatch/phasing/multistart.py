@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spibatch.phasing.algebra import RecipeError
 from spibatch.phasing.alignment import align, roll_to_centre
 from spibatch.phasing.measurement import Measurement
 from spibatch.phasing.starts import StartResult
@@ -43,9 +44,15 @@ class Merged:
 
 def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Merged:
     """Keep the ``keep`` starts of lowest free error (when every start has one: recipe ``auto``), else of lowest
-    final error, align them to the best, average, PRTF."""
+    final error, align them to the best, average, PRTF.  Starts that stopped early (``failure``) are left
+    out; RecipeError (one line) when every start did."""
     if not results:
         raise ValueError("no reconstructions to merge")
+    usable = [r for r in results if r.failure is None]
+    if not usable:
+        raise RecipeError(f"{results[0].failure} (and so did every other of the {len(results)} starts)"
+                          if len(results) > 1 else results[0].failure)
+    results = usable
     ranked = sorted(results, key=rank_key(results))[:max(1, keep)]
     reference = ranked[0].density.astype(np.float64 if measurement.real else np.complex128)
     n = measurement.n

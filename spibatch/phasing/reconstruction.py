@@ -65,6 +65,7 @@ class Reconstruction:
         self._spectrum = None            # the FFT of x, while x has not changed since
         self.y_is_projection = False     # whether fft.y holds P_M x of the last iteration
         self._scale = 1.0 / n ** 3
+        self.failures: dict[int, str] = {}   # start index -> why it stopped (recipe auto's guards)
         self.free = None                 # held-out voxels (the amplitude's shape), see hold_out
         self._free_amplitude = None
         if initial is None:
@@ -121,11 +122,18 @@ class Reconstruction:
         return [self.kernels.modulus_project(spectrum[b], self.amplitude, scale, self.n, self.measurement.real)
                 for b in range(self.batch)]
 
-    def modulus_projection(self, src=None, record: bool = True):
+    def modulus_projection(self, src=None, record: bool = True, filtered=None):
         """P_M applied to x (or to ``y`` of the engine when ``src`` is it): returns the projected
-        real-space arrays (the engine's ``y``; valid until the next FFT)."""
+        real-space arrays (the engine's ``y``; valid until the next FFT).
+
+        filtered : (g0, g1, g2) float32, a separable filter: the projected spectrum times it is also kept,
+            in the engine's spare spectrum, as ``self.filtered_spectrum`` (a blur of P_M x at the cost of one
+            pass, for :func:`~spibatch.phasing.support.shrink_wrap_projection`)."""
         spectrum = self.spectrum() if src is None else self.fft.forward(src)
         sums = self._project(spectrum, self._scale)
+        if filtered is not None:
+            self.filtered_spectrum = self.fft.spare_spectrum()
+            self.kernels.multiply_separable(spectrum, self.filtered_spectrum, *filtered)
         self._spectrum = None                  # projected (and the inverse destroys it)
         self.y_is_projection = src is None      # y will hold P_M x until the next FFT into it
         if record:

@@ -11,6 +11,7 @@ either way, to float32 rounding.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ class StartResult:
     iteration; final_error: the error of the final density (what starts are ranked by, without a free set);
     seconds: its share of the run time; support_sizes: (iteration, voxels) after each shrink-wrap;
     free_error: the final density's error on the held-out voxels (recipe ``auto``; None otherwise): what
-    starts are ranked by when every start has one."""
+    starts are ranked by when every start has one; failure: why the start stopped early (its support
+    exploded or collapsed), None when it ran to the end: a failed start is not merged."""
 
     seed: int
     density: np.ndarray
@@ -45,6 +47,7 @@ class StartResult:
     support_sizes: list[tuple[int, int]] = field(default_factory=list)
     fft_backend: str = ""
     free_error: float | None = None
+    failure: str | None = None
 
 
 def run_starts(seeds: list[int], measurement: Measurement, settings: PhasingSettings,
@@ -86,5 +89,5 @@ def _run_group(seeds: list[int], measurement: Measurement, support: np.ndarray, 
                         errors=np.array([h["error"] for h in rec.histories[b]]),
                         algorithms=[h["algorithm"] for h in rec.histories[b]], final_error=finals[b],
                         seconds=seconds, support_sizes=list(rec.support_sizes[b]), fft_backend=rec.fft.backend,
-                        free_error=frees[b])
+                        free_error=math.inf if b in rec.failures else frees[b], failure=rec.failures.get(b))
             for b, seed in enumerate(seeds)]

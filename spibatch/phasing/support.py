@@ -61,3 +61,25 @@ def _level_keeping(kernels, blurred: np.ndarray, top: float, fraction: float, bi
     index = int(np.searchsorted(-above, -want, side="right")) - 1
     index = max(index, 0)
     return top * index / bins
+
+
+def gaussian_filter_1d(n: int, sigma: float, real: bool, scale: float = 1.0):
+    """The separable Gaussian blur of ``sigma`` voxels in Fourier space, (g0 * scale, g1, g2) float32."""
+    g = np.exp(-2 * (math.pi * sigma * np.fft.fftfreq(n)) ** 2)
+    gz = np.exp(-2 * (math.pi * sigma * (np.fft.rfftfreq(n) if real else np.fft.fftfreq(n))) ** 2)
+    return (g * scale).astype(np.float32), g.astype(np.float32), gz.astype(np.float32)
+
+
+def threshold_blurred(rec, blurred, thresholds: list[float], *, name: str = "auto") -> list[int]:
+    """Each start's support <- its blurred volume above ``thresholds[b]`` of its maximum, the maximum found in
+    the same pass (:func:`spibatch.kernels.phasing_cpu.threshold_relative`); returns the support sizes."""
+    sizes = []
+    for start, (volume, support) in enumerate(rec.per_start(blurred)):
+        kept, top = rec.kernels.threshold_relative(volume, np.float32(thresholds[start]), support)
+        if not top > 0:
+            raise RecipeError(f"{name}: the blurred density has no positive value; the support would be empty")
+        if kept == 0:
+            raise RecipeError(f"{name}: threshold {thresholds[start]} emptied the support")
+        rec.record_support(start, int(kept))
+        sizes.append(int(kept))
+    return sizes
