@@ -184,7 +184,7 @@ def test_the_fused_threshold_finds_the_maximum_and_keeps_what_the_two_passes_kep
     volume[5:12, 3:15, 4:9] = rng.random((7, 12, 5)).astype(np.float32)       # planes 0-4 and 12-19 are empty
     for fraction in (0.05, 0.3, 0.9):
         a, b = np.ones(volume.shape, bool), np.zeros(volume.shape, bool)
-        kept, top = phasing_cpu.threshold_relative(volume, np.float32(fraction), a)
+        kept, top = phasing_cpu.threshold_relative(volume, fraction, a)
         expected = phasing_cpu.threshold_support(volume, np.float32(fraction * phasing_cpu.max_real(volume)), b)
         assert top == phasing_cpu.max_real(volume) and kept == expected and np.array_equal(a, b)
 

@@ -244,9 +244,9 @@ def threshold_relative(volume, fraction, support):
     ``threshold_support(volume, fraction * max_real(volume), support)``.
     """
     plane_max = _plane_max(volume)
-    top = plane_max.max()
-    level = np.float32(fraction * top)
-    return int(_threshold_planes(volume, level, support, plane_max)), float(top)
+    top = float(plane_max.max())
+    level = np.float32(float(fraction) * top)        # as ShrinkWrap always computed it: float64, then float32
+    return int(_threshold_planes(volume, level, support, plane_max)), top
 
 
 # ------------------------------------------------------------------ batch-shaped entry points

@@ -107,7 +107,7 @@ class DeviceKernels:
     def threshold_relative(self, volume, fraction, support) -> tuple[int, float]:
         """support <- real(volume) > fraction * its maximum; (voxels kept, maximum)."""
         top = self.max_real(volume)
-        return self.threshold_support(volume, np.float32(fraction * top), support), top
+        return self.threshold_support(volume, np.float32(float(fraction) * top), support), top
 
     def threshold_support(self, volume, level, support) -> int:
         if volume.dtype != np.float32:

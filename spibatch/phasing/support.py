@@ -35,14 +35,16 @@ def shrink_wrap(rec, sigma: float, thresholds: list[float], keep: float = 0.0, *
     blurred = rec.fft.inverse(blurred_spectrum)
     sizes = []
     for start, (volume, support) in enumerate(rec.per_start(blurred)):   # one, or each start of a GPU batch
-        top = rec.kernels.max_real(volume)
-        if not top > 0:
-            raise RecipeError(f"{label}: the blurred density has no positive value; the support would be empty")
         if keep > 0:
-            level = _level_keeping(rec.kernels, volume, top, keep)
-        else:
-            level = thresholds[start] * top
-        kept = rec.kernels.threshold_support(volume, np.float32(level), support)
+            top = rec.kernels.max_real(volume)
+            if not top > 0:
+                raise RecipeError(f"{label}: the blurred density has no positive value; the support would be empty")
+            kept = rec.kernels.threshold_support(volume, np.float32(_level_keeping(rec.kernels, volume, top, keep)),
+                                                 support)
+        else:       # the maximum found in the threshold's own pass (the same support as max, then threshold)
+            kept, top = rec.kernels.threshold_relative(volume, float(thresholds[start]), support)
+            if not top > 0:
+                raise RecipeError(f"{label}: the blurred density has no positive value; the support would be empty")
         if kept == 0:
             raise RecipeError(f"{label}: threshold {thresholds[start]} emptied the support; lower it")
         if kept == volume.size:
@@ -75,7 +77,7 @@ def threshold_blurred(rec, blurred, thresholds: list[float], *, name: str = "aut
     the same pass (:func:`spibatch.kernels.phasing_cpu.threshold_relative`); returns the support sizes."""
     sizes = []
     for start, (volume, support) in enumerate(rec.per_start(blurred)):
-        kept, top = rec.kernels.threshold_relative(volume, np.float32(thresholds[start]), support)
+        kept, top = rec.kernels.threshold_relative(volume, float(thresholds[start]), support)
         if not top > 0:
             raise RecipeError(f"{name}: the blurred density has no positive value; the support would be empty")
         if kept == 0:
