@@ -155,8 +155,9 @@ class Phasing(Section):
                                 "same parity with prime factors <= 13 (211 -> 225): prime FFT lengths are several times "
                                 "slower; the density's voxel shrinks by the same factor")
     recipe: str = Field(DEFAULT_RECIPE,
-                        description="operators run in reading order: HIO, ER, RAAR, DM, ShrinkWrap; '*' then, "
-                        "'**' repeats")
+                        description="'auto' (self-tuning: a free set of 5% of the measured voxels ranks the "
+                        "starts and chooses among support schedules), or operators run in reading order: HIO, ER, "
+                        "RAAR, DM, ShrinkWrap, Auto; '*' then, '**' repeats")
     num_starts: int = Field(16, ge=1, description="independent random starts")
     keep_best: int = Field(8, ge=1, description="starts of lowest final Fourier error averaged")
     seed: int = Field(1, ge=0, description="start k uses seed + k")
