@@ -269,7 +269,9 @@ def run_spibatch(case: Case, recipe: str, starts: int, threads: int) -> tuple[np
     m = prepare(case.intensity, measured=case.measured)
     results = run_starts(settings.seeds, m, settings)
     merged = merge(results, m, settings.keep_best)
-    return merged.density, {"final_errors": [round(e, 4) for e in merged.final_errors]}
+    return merged.density, {"final_errors": [round(e, 4) for e in merged.final_errors],
+                            "free_errors": [None if r.free_error is None else round(r.free_error, 4) for r in results],
+                            "failed_starts": sum(r.failure is not None for r in results)}
 
 
 def run_reference(tool: str, case: Case, starts: int, workdir: Path) -> tuple[np.ndarray, dict]:

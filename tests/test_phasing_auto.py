@@ -121,8 +121,8 @@ def test_a_support_that_explodes_or_collapses_is_named_in_one_line(size, words):
 
 
 def test_a_start_that_runs_away_stops_at_once_and_is_not_merged(monkeypatch, tmp_path):
-    """Wired into the run: with a ceiling below any real support every start stops at its first shrink-wrap
-    (iteration 10 of 60), none is merged, and the run ends with one line."""
+    """Wired into the run: with a ceiling below any real support every update is refused, and after the third
+    in a row (iteration 30 of 60) every start stops; none is merged, and the run ends with one line."""
     import spibatch.phasing.auto as auto
     from spibatch.io.results import write_result
     from spibatch.phasing.driver import run_phasing
@@ -132,7 +132,8 @@ def test_a_start_that_runs_away_stops_at_once_and_is_not_merged(monkeypatch, tmp
     settings = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=2, keep_best=1, threads=1, fft_backend="scipy")
     results = run_starts(settings.seeds, m, settings)
     for r in results:
-        assert "exploded" in r.failure and "at iteration 10:" in r.failure and len(r.errors) == 10
+        assert "exploded" in r.failure and "at iteration 30:" in r.failure and len(r.errors) == 30
+        assert [s[0] for s in r.support_sizes] == [0, 10, 20, 30]        # recorded, each one refused
         assert r.free_error == float("inf")
     with pytest.raises(RecipeError, match="exploded .* every other of the 2 starts"):
         merge(results, m, 1)

@@ -17,10 +17,11 @@ What an expert does by hand with PyNX or cuphaser, done by the program:
 - **RAAR** (beta 0.9; more robust than HIO to noise and to a loose support), then **ER**, whose
   iterate is kept where the free error is lowest (it stops improving, the iterate that predicted
   best is returned).
-- **Guards**: a start whose support explodes (above ``MAX_SUPPORT_FRACTION`` of the box) or collapses
-  (below ``MIN_SUPPORT_VOXELS``) stops there (on the CPU at once; in a GPU batch it is carried to the
-  end) and is not merged; when every start did, the merge stops the run with that one line
-  (:func:`spibatch.phasing.multistart.merge` raises RecipeError).
+- **Guards**: a support update that explodes (above ``MAX_SUPPORT_FRACTION`` of the box) or collapses
+  (below ``MIN_SUPPORT_VOXELS``) is refused (the start keeps its support: early, noisy iterates of a
+  small box do that once); ``RUNAWAY_STRIKES`` in a row and the start stops there (on the CPU at once;
+  in a GPU batch it is carried to the end) and is not merged; when every start did, the merge stops
+  the run with that one line (:func:`spibatch.phasing.multistart.merge` raises RecipeError).
 
 Hand-written recipes are untouched by all this: ``auto`` is the :class:`Auto` operator, written
 ``auto`` or ``Auto()`` in a recipe (optionally ``Auto(iterations=600, polish=200, period=20)``).
@@ -42,6 +43,7 @@ FREE_FRACTION = 0.05                 # measured voxels held out
 MIN_FREE_VOXELS = 200                # fewer and the free error is too noisy to rank by
 MAX_SUPPORT_FRACTION = 0.5           # a support above half the box constrains nothing: exploded
 MIN_SUPPORT_VOXELS = 8               # fewer: collapsed
+RUNAWAY_STRIKES = 3                  # support updates in a row that explode or collapse before a start stops
 BLUR_PROJECTION = False              # True: shrink-wrap on the blur of P_M x from the iteration's own spectrum
                                      # (0.6 iteration instead of 1; supports run away early: BENCHMARKS.md)
 
@@ -194,6 +196,7 @@ class Auto(Step):
         kept = rec.xp.zeros_like(rec.x)
         kept_support = rec.support.copy()
         failed = rec.failures
+        strikes = [0] * rec.batch
         for done in range(main + polish):
             last = done + 1 == main + polish
             update = (done + 1) % period == 0 and not last
@@ -206,10 +209,13 @@ class Auto(Step):
             else:
                 _iterate(rec, relax)
                 sizes = shrink_wrap(rec, sigma, thresholds) if update else []
-            for b, why in Auto._runaways(rec, sizes).items():
-                if b not in failed:
-                    failed[b] = why
-                rec.support[b] = before[b]            # a failed start keeps its last support; it is not merged
+            runaways = Auto._runaways(rec, sizes) if update else {}
+            for b in range(rec.batch if update else 0):
+                strikes[b] = strikes[b] + 1 if b in runaways else 0
+                if b in runaways:
+                    rec.support[b] = before[b]         # the update is refused: the start keeps its last support
+                if strikes[b] >= RUNAWAY_STRIKES and b not in failed:
+                    failed[b] = runaways[b]            # and after RUNAWAY_STRIKES in a row it stops, not merged
             if len(failed) == rec.batch:
                 break                                  # every start here ran away: stop now, not in an hour
             if done >= main and ((done + 1 - main) % period == 0 or last):

@@ -149,7 +149,9 @@ class Reconstruction:
 
     def hold_out(self, free: np.ndarray) -> None:
         """Leave the ``free`` voxels (bool, the amplitude's shape) out of the modulus constraint; their measured
-        amplitudes are kept for :meth:`free_errors`."""
+        amplitudes are kept for :meth:`free_errors`.  Held out once: a second call (``Auto() ** 2``) keeps the first."""
+        if self.free is not None:
+            return
         xp = self.xp
         free = xp.asarray(np.asarray(free, bool))
         self.free = free & (self.amplitude >= 0)
