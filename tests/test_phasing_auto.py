@@ -94,7 +94,10 @@ def test_auto_holds_out_the_free_voxels_and_ranks_starts_by_their_error():
         assert r.algorithms == ["RAAR"] * 40 + ["ER"] * 20
         assert [s[0] for s in r.support_sizes] == [0, 10, 20, 30, 40, 50]
     merged = merge(results, m, 2)
-    assert merged.kept_seeds == [r.seed for r in sorted(results, key=lambda r: r.free_error)[:2]]
+    best = min(r.free_error for r in results)
+    near = [r for r in results if r.free_error <= 2 * best]
+    expected = sorted(near, key=lambda r: r.free_error * np.count_nonzero(r.support))[:2]
+    assert merged.kept_seeds == [r.seed for r in expected] and merged.kept_seeds[0] in [r.seed for r in near]
     # the modulus constraint never sees a free voxel: its amplitude is -1 (free) in the reconstruction
     rec = Reconstruction(m, initial_support(m, 0.04), [1], threads=1, fft_backend="scipy")
     free = draw_free_set(m)
@@ -150,7 +153,7 @@ def test_a_failed_start_is_left_out_of_the_merge():
     settings = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=3, keep_best=3, threads=1, fft_backend="scipy")
     results = run_starts(settings.seeds, m, settings)
     results[0].failure = "auto: the support of start 1 exploded"
-    assert merge(results, m, 3).kept_seeds == sorted([2, 3], key=lambda s: results[s - 1].free_error)
+    assert 1 not in merge(results, m, 3).kept_seeds
 
 
 def _run_start_in_a_fresh_process(cache: Path, planning: str) -> bytes:
@@ -199,3 +202,20 @@ def test_auto_can_shrink_wrap_on_the_blur_of_its_own_projection(monkeypatch):
     r = run_starts([3], m, settings)[0]
     assert r.failure is None and [s[0] for s in r.support_sizes] == [0, 10, 20, 30, 40, 50]
     assert 0 < r.free_error < 1 and len(r.errors) == 60
+
+
+def test_the_kept_starts_predict_the_free_set_within_a_factor_two_and_the_compact_one_leads():
+    """A start filled in by unmeasured modes predicts the free set a little better but is larger: the compact one
+    leads; a collapsed start (small support, poor prediction) is not kept at all."""
+    from spibatch.phasing.multistart import select
+    from spibatch.phasing.starts import StartResult
+
+    def start(seed, free, voxels):
+        support = np.zeros(10_000, bool)
+        support[:voxels] = True
+        return StartResult(seed=seed, density=np.zeros(1), support=support, errors=np.zeros(1), algorithms=[],
+                           final_error=0.0, seconds=0.0, free_error=free)
+
+    filled, compact, collapsed, poor = start(1, 0.065, 3900), start(2, 0.082, 2500), start(3, 0.45, 40), start(4, 0.2, 900)
+    assert [r.seed for r in select([filled, compact, collapsed, poor], 3)] == [2, 1]
+    assert [r.seed for r in select([filled, compact], 1)] == [2]

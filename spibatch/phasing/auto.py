@@ -10,8 +10,16 @@ What an expert does by hand with PyNX or cuphaser, done by the program:
   it and the best are averaged (:func:`spibatch.phasing.multistart.merge`).
 - **A few support schedules**: start ``k`` (seed ``s``) shrink-wraps with the threshold
   ``THRESHOLDS[s % 3]`` (0.10, 0.05, 0.025 of the blurred maximum): tight supports suit objects
-  with sharp edges and protein densities with their ringing, loose ones soft objects.  The free error
-  chooses among them: the kept starts are those that predict the held-out voxels best.
+  with sharp edges and protein densities with their ringing, loose ones soft objects; and when
+  ``(s // 3)`` is odd it begins in a tight first support (the autocorrelation above
+  ``TIGHT_FIRST_SUPPORT`` of its maximum, smaller than the object), from which the support grows
+  instead of shrinking from twice the object: a hollow object stays hollow where a beam stop hides
+  the modes that could fill it.  Six schedules, by ``seed % 6``.
+- **Ranking** (:func:`spibatch.phasing.multistart.select`): the starts within 2x of the lowest free
+  error, by free error times support voxels: of two densities that predict the free set about as
+  well, the more compact one -- the compactness prior phase retrieval rests on, needed because a
+  density filled in by the beam stop's unmeasured modes predicts the free set (all outside the beam
+  stop) as well as the true one.
 - **Shrink-wrap** every ``period`` iterations with a blur that decreases exponentially from
   ``sigma`` to ``sigma_end`` voxels over the RAAR iterations (PyNX's ``smooth_width`` schedule).
 - **RAAR** (beta 0.9; more robust than HIO to noise and to a loose support), then **ER**, whose
@@ -43,6 +51,7 @@ FREE_FRACTION = 0.05                 # measured voxels held out
 MIN_FREE_VOXELS = 200                # fewer and the free error is too noisy to rank by
 MAX_SUPPORT_FRACTION = 0.5           # a support above half the box constrains nothing: exploded
 MIN_SUPPORT_VOXELS = 8               # fewer: collapsed
+TIGHT_FIRST_SUPPORT = 0.15           # odd (seed // 3) starts begin in the autocorrelation above this fraction
 RUNAWAY_STRIKES = 3                  # support updates in a row that explode or collapse before a start stops
 BLUR_PROJECTION = False              # True: shrink-wrap on the blur of P_M x from the iteration's own spectrum
                                      # (0.6 iteration instead of 1; supports run away early: BENCHMARKS.md)
@@ -147,6 +156,30 @@ def _walk(op):
         yield from _walk(op.base)
 
 
+def _tight_first_supports(rec, tight: list[bool]) -> None:
+    """Starts marked ``tight`` begin inside the autocorrelation above ``TIGHT_FIRST_SUPPORT`` of its maximum
+    (within the given first support): smaller than the object, so the shrink-wrap grows the support where the
+    data ask for density instead of carving it out of twice the object -- a hollow object whose inside only
+    the beam-stop hole's free modes could fill stays hollow."""
+    if not any(tight):
+        return
+    from spibatch.phasing.measurement import autocorrelation_support
+
+    xp = rec.xp
+    small = xp.asarray(autocorrelation_support(rec.measurement, TIGHT_FIRST_SUPPORT))
+    for b, flag in enumerate(tight):
+        if not flag:
+            continue
+        support = rec.support[b] & small
+        if int(support.sum()) < MIN_SUPPORT_VOXELS:
+            continue
+        rec.support[b] = support
+        rec.x[b] = xp.where(support, rec.x[b], 0)
+        rec.support_sizes[b][0] = (0, int(support.sum()))
+    rec.changed()
+    rec.y_is_projection = False
+
+
 def sigma_at(iteration: int, main: int, sigma: float, sigma_end: float) -> float:
     """The blur after ``iteration`` of ``main`` RAAR iterations: sigma -> sigma_end exponentially, then held."""
     t = min(1.0, iteration / max(main, 1))
@@ -190,6 +223,7 @@ class Auto(Step):
         p = self.params
         rec.hold_out(check_free_set(rec.measurement, int(rec.support_sizes[0][0][1])))
         thresholds = [THRESHOLDS[seed % len(THRESHOLDS)] for seed in rec.seeds]
+        _tight_first_supports(rec, [(seed // len(THRESHOLDS)) % 2 == 1 for seed in rec.seeds])
         beta = np.float32(p["beta"])
         main, polish, period = p["iterations"], p["polish"], p["period"]
         best = [math.inf] * rec.batch
