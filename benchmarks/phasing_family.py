@@ -349,7 +349,7 @@ def main() -> None:
         obj, tool = path.stem.split("--")
         results.setdefault(obj, {})[tool] = json.loads(path.read_text())
     if args.table:
-        tools = ["limit", "before", "auto", "pynx-default", "pynx-tuned", "cuphaser"]
+        tools = ["limit", "before", "auto_v1", "auto", "pynx-default", "pynx-tuned", "cuphaser"]
         print(table(results, [t for t in tools if any(t in r for r in results.values())]))
         return
     if args.objects:                     # in the order given
