@@ -291,12 +291,13 @@ def run_reference(tool: str, case: Case, starts: int, workdir: Path) -> tuple[np
         raise RuntimeError(f"{tool} failed: {done.stderr.strip().splitlines()[-3:]}")
     z = np.load(out)
     densities, metric = z["densities"], z["metric"]
-    order = np.argsort(metric)[:max(1, starts // 2)]
+    failed = [str(f) for f in z["failed"]] if "failed" in z.files else []
+    order = np.argsort(metric)[:max(1, len(metric) // 2)]
     ref = densities[order[0]].astype(np.float64)
     total = np.zeros_like(ref)
     for i in order:
         total += align(densities[i].astype(np.float64), ref)[0]
-    return total / len(order), {"metric": [round(float(metric[i]), 5) for i in order]}
+    return total / len(order), {"metric": [round(float(metric[i]), 5) for i in order], "failed_starts": failed}
 
 
 def run_tool(tool: str, case: Case, args) -> dict:

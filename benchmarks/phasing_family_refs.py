@@ -114,17 +114,25 @@ def main() -> None:
     args = ap.parse_args()
     z = np.load(args.inp)
     intensity, measured = z["intensity"], z["measured"].astype(bool)
-    densities, metrics = [], []
+    densities, metrics, failed = [], [], []
     with contextlib.redirect_stdout(sys.stderr):
         for k in range(args.starts):
             if args.tool == "cuphaser":
                 with tempfile.TemporaryDirectory(prefix="family_cuphaser_") as workdir:
                     d, m = run_cuphaser(intensity, measured, 1 + k, args.numvox, workdir)
             else:
-                d, m = run_pynx(intensity, measured, 1 + k, args.tool == "pynx-tuned")
+                try:
+                    d, m = run_pynx(intensity, measured, 1 + k, args.tool == "pynx-tuned")
+                except Exception as exc:      # SupportTooLarge / SupportTooSmall: PyNX's runner drops the run too
+                    if type(exc).__name__ not in ("SupportTooLarge", "SupportTooSmall"):
+                        raise
+                    failed.append(f"start {k}: {type(exc).__name__}")
+                    continue
             densities.append(d)
             metrics.append(m)
-    np.savez(args.out, densities=np.array(densities), metric=np.array(metrics))
+    if not densities:
+        raise SystemExit(f"{args.tool}: every start failed ({'; '.join(failed)})")
+    np.savez(args.out, densities=np.array(densities), metric=np.array(metrics), failed=np.array(failed, dtype=str))
 
 
 if __name__ == "__main__":
