@@ -21,7 +21,8 @@ most N/2), 1.0 if it never does; ``reach_0143`` the same at 0.143.
 
 Tools: ``limit`` the measured amplitudes with the true phases (the true values in unmeasured
 voxels): what the data allow; ``before`` spibatch's recipe before issue 15 (:data:`BEFORE`);
-``auto`` spibatch's ``recipe: auto``; ``default`` spibatch's current default; ``pynx-default``,
+``auto`` spibatch's ``recipe: auto``; ``auto16`` the same with 16 starts (best 8), the config's default
+counts, whatever ``--starts`` says; ``default`` spibatch's current default; ``pynx-default``,
 ``pynx-tuned``, ``cuphaser`` run by benchmarks/phasing_family_refs.py in the reference tools'
 interpreters (see there how each is set up).  Every tool runs ``--starts`` starts and averages the
 best half by its own metric (spibatch: final / free error; PyNX: its free log-likelihood; cuphaser:
@@ -304,11 +305,12 @@ def run_tool(tool: str, case: Case, args) -> dict:
     began = time.perf_counter()
     if tool == "limit":
         density, extra = true_phase_density(case), {}
-    elif tool in ("before", "auto", "default"):
+    elif tool in ("before", "auto", "default", "auto16"):
         from spibatch.phasing import DEFAULT_RECIPE
 
-        recipe = {"before": BEFORE, "auto": "auto", "default": DEFAULT_RECIPE}[tool]
-        density, extra = run_spibatch(case, recipe, args.starts, args.threads)
+        recipe = {"before": BEFORE, "auto": "auto", "default": DEFAULT_RECIPE, "auto16": "auto"}[tool]
+        starts = 16 if tool == "auto16" else args.starts        # auto16: the config's default num_starts
+        density, extra = run_spibatch(case, recipe, starts, args.threads)
     else:
         density, extra = run_reference(tool, case, args.starts, args.out / "refs")
     return {**score(density, case), **extra, "seconds": round(time.perf_counter() - began, 1)}
@@ -350,7 +352,7 @@ def main() -> None:
         obj, tool = path.stem.split("--")
         results.setdefault(obj, {})[tool] = json.loads(path.read_text())
     if args.table:
-        tools = ["limit", "before", "auto_v1", "auto", "pynx-default", "pynx-tuned", "cuphaser"]
+        tools = ["limit", "before", "auto_v1", "auto", "auto16", "pynx-default", "pynx-tuned", "cuphaser"]
         print(table(results, [t for t in tools if any(t in r for r in results.values())]))
         return
     if args.objects:                     # in the order given
