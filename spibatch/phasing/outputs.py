@@ -37,9 +37,14 @@ def output_paths(out_dir: Path) -> dict[str, Path]:
 def start_record(index: int, result: StartResult) -> dict:
     """The metrics.jsonl line of start ``index``."""
     return {"stage": "phase", "kind": "start", "start": index, "seed": result.seed,
-            "final_error": result.final_error, "free_error": result.free_error, "failure": result.failure, "seconds": round(result.seconds, 3),
+            "final_error": result.final_error, "free_error": _finite(result.free_error), "failure": result.failure, "seconds": round(result.seconds, 3),
             "support_voxels": result.support_sizes[-1][1], "algorithms": runs(result.algorithms),
             "errors": [round(float(e), 6) for e in result.errors]}
+
+
+def _finite(value):
+    """A float for JSON, None where it is missing or not finite (a failed start's free error is inf)."""
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def merge_record(merged: Merged, data_shell: int, seconds: float) -> dict:
