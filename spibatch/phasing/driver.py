@@ -79,8 +79,10 @@ def run_phasing(intensity_path: Path, out_dir: Path, settings: PhasingSettings, 
             done.append(result)
             lines.append(json.dumps(start_record(index, result)))
             write_text(paths["metrics"], "\n".join(lines) + "\n")
-            log.info("start %d (seed %d): final error %.4g, support %d voxels, %.1f s", index, result.seed,
-                     result.final_error, result.support_sizes[-1][1], result.seconds)
+            log.info("start %d (seed %d): final error %.4g%s, support %d voxels, %.1f s%s", index, result.seed,
+                     result.final_error, "" if result.free_error is None else f", free error {result.free_error:.4g}",
+                     result.support_sizes[-1][1], result.seconds,
+                     "" if result.failure is None else f"; stopped, not merged: {result.failure}")
             bar.advance(1)
     try:
         merged = merge(done, measurement, settings.keep_best)
