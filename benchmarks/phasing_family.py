@@ -312,7 +312,11 @@ def run_tool(tool: str, case: Case, args) -> dict:
         starts = 16 if tool == "auto16" else args.starts        # auto16: the config's default num_starts
         density, extra = run_spibatch(case, recipe, starts, args.threads)
     else:
-        density, extra = run_reference(tool, case, args.starts, args.out / "refs")
+        try:
+            density, extra = run_reference(tool, case, args.starts, args.out / "refs")
+        except RuntimeError as exc:           # every start failed (PyNX: SupportTooLarge): scored as reaching 0
+            return {"reach": 0.0, "reach_0143": 0.0, "failed": str(exc)[-300:],
+                    "seconds": round(time.perf_counter() - began, 1)}
     return {**score(density, case), **extra, "seconds": round(time.perf_counter() - began, 1)}
 
 
@@ -326,7 +330,8 @@ def table(results: dict, tools: list[str]) -> str:
         cells = []
         for t in tools:
             r = row.get(t)
-            cells.append("" if r is None else f"{r['reach']:.3f} / {r['reach_0143']:.3f}")
+            cells.append("" if r is None else "all starts failed" if r.get("failed") else
+                         f"{r['reach']:.3f} / {r['reach_0143']:.3f}")
         name = spec.name + (" (held out)" if spec.held_out else "")
         lines.append(f"| {name} | {spec.n} | {spec.photons:.0e} | {spec.beamstop:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
