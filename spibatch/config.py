@@ -156,8 +156,9 @@ class Phasing(Section):
                                 "same parity with prime factors <= 13 (211 -> 225): prime FFT lengths are several times "
                                 "slower; the density's voxel shrinks by the same factor")
     recipe: str = Field(DEFAULT_RECIPE,
-                        description="operators run in reading order: HIO, ER, RAAR, DM, ShrinkWrap; '*' then, "
-                        "'**' repeats")
+                        description="'auto' (self-tuning: a free set of 5% of the measured voxels ranks the "
+                        "starts and chooses among support schedules), or operators run in reading order: HIO, ER, "
+                        "RAAR, DM, ShrinkWrap, Auto; '*' then, '**' repeats")
     num_starts: int = Field(16, ge=1, description="independent random starts")
     keep_best: int = Field(8, ge=1, description="starts of lowest final Fourier error averaged")
     seed: int = Field(1, ge=0, description="start k uses seed + k")
@@ -168,6 +169,10 @@ class Phasing(Section):
     threads: int | None = Field(None, ge=1, description="threads per start (FFT and kernels); default: all cores")
     fft: Literal["auto", "fftw", "scipy"] = Field("auto", description="FFT library: fftw (pyFFTW, the [fftw] "
                                                   "extra), scipy, or auto (fftw when installed)")
+    fft_planning: Literal["estimate", "measure"] = Field("estimate", description="fftw's plans: estimate (the same "
+                                                         "seed gives the same bits in every run) or measure (timed "
+                                                         "plans kept as wisdom: ~1.2x faster FFTs, but the first "
+                                                         "run on a machine may differ in rounding from later ones)")
 
     @field_validator("recipe")
     @classmethod

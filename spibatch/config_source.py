@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from spibatch.yaml_models import Section
 
@@ -49,6 +49,17 @@ class Source(Section):
     preview_every_iterations: int = Field(5, ge=1, description="a preview density is phased every this many EMC "
                                           "iterations")
     preview_starts: int = Field(2, ge=1, description="phasing starts of a preview (and of the quick final density)")
+    preview_recipe: str = Field("(HIO(beta=0.9) ** 30 * ShrinkWrap(sigma=2, threshold=0.1)) ** 4 * ER() ** 40",
+                                description="the phasing recipe of a preview (and of the quick final density): short, "
+                                "so a preview follows EMC closely; the full phase stage uses phasing.recipe")
+
+    @field_validator("preview_recipe")
+    @classmethod
+    def _recipe(cls, v: str) -> str:
+        from spibatch.phasing.operators import parse_recipe
+
+        parse_recipe(v)     # RecipeError (a ValueError): one line with the YAML line
+        return v
 
     @model_validator(mode="after")
     def _geometry(self) -> "Source":

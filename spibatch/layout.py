@@ -20,10 +20,10 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
     stop                   `spibatch stop RUN_DIR` creates it: the follower ends at its next block
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
                            model_NNN.npy, timing.jsonl)
-    phase/                 phasing.h5, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl,
+    phase/                 phasing.h5, phasing.cxi, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl,
                            previews/iteration_NNN/ (a following run's preview densities: phasing.h5,
                            density.mrc, preview.json: iteration, frames, time stamps, latency)
-    validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), or fsc.h5, fsc.png, fsc.txt,
+    validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), density_in_truth_frame.mrc, or fsc.h5, fsc.png, fsc.txt,
                            fsc.json of two volumes
     runinfo/               Parsl's own files (logs, submit scripts)
 
@@ -77,6 +77,8 @@ OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
 # ---- phasing (phase/)
 PHASING = "phasing.h5"
 PHASING_PNG = "phasing.png"
+PHASING_CXI = "phasing.cxi"
+DENSITY_TRUTH_FRAME = "density_in_truth_frame.mrc"
 PREVIEWS_DIR = "previews"
 PREVIEW_JSON = "preview.json"
 STARTS_DIR = "starts"
@@ -290,6 +292,11 @@ class RunLayout:
     @property
     def fsc_png(self) -> Path:
         return self.validate / FSC_PNG
+
+    @property
+    def density_in_truth_frame(self) -> Path:
+        """The phased density turned, resampled and shifted onto the truth's grid (an MRC ChimeraX overlays)."""
+        return self.validate / DENSITY_TRUTH_FRAME
 
     @property
     def fsc_vs_truth_png(self) -> Path:

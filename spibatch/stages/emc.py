@@ -130,8 +130,6 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
         workers.run_job("emc", run, ranks_for(pipeline, run, workers))
         return outputs(run, pipeline)
     if getattr(pipeline, "source", None) is not None:   # frames still arriving: spibatch.stages.live
-        from spibatch.stages.live import run_emc_following
-
         return run_emc_following(run, pipeline, device, workers)
     settings = settings_of(pipeline)
     photons, detector = inputs.photons_and_detector(run, pipeline)
@@ -140,3 +138,25 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     with hooks.standard(settings.iterations, display=executor.writes, bar=bar) as on_iteration:
         return run_emc(settings, photons, detector, run.emc, executor=executor, resume=run.checkpoint.exists(),
                        on_iteration=on_iteration)
+
+
+def run_emc_following(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
+    """The emc stage of a following pipeline (in this process, across MPI ranks, or HTC tasks)."""
+    import dataclasses
+
+    from spibatch.emc import hooks
+    from spibatch.emc.driver import run_emc
+    from spibatch.stages.live import MAX_ITERATIONS, FollowStop, first_photons
+    from spibatch.stream.shards import ChunkShards
+
+    src = pipeline.source
+    settings = dataclasses.replace(settings_of(pipeline), iterations=MAX_ITERATIONS)
+    executor = executor_for(run, device, workers)
+    start = executor.broadcast(executor.collective(
+        lambda: first_photons(run, src.emc_start_hits) if executor.writes else None))
+    photons, frames = start
+    source = ChunkShards(run.follow, start_frame=frames, frames_per_shard=settings.frames_per_shard)
+    with hooks.standard(settings.iterations, display=executor.writes, bar=False) as on_iteration:
+        return run_emc(settings, photons, run.detector("follow"), run.emc, executor=executor,
+                       resume=run.checkpoint.exists(), source=source, on_iteration=on_iteration,
+                       until=FollowStop(source, src.iterations_after_end))

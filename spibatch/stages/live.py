@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
@@ -86,37 +85,18 @@ class FollowStop:
         return done >= self.after_end or (done >= 2 and self.level >= 2)
 
 
-def run_emc_following(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
-    """The emc stage of a following pipeline (in this process, across MPI ranks, or HTC tasks)."""
-    from spibatch.emc import hooks
-    from spibatch.emc.driver import run_emc
-    from spibatch.stages.emc import executor_for, settings_of
-    from spibatch.stream.shards import ChunkShards
-
-    src = pipeline.source
-    settings = dataclasses.replace(settings_of(pipeline), iterations=MAX_ITERATIONS)
-    executor = executor_for(run, device, workers)
-    start = executor.broadcast(executor.collective(
-        lambda: first_photons(run, src.emc_start_hits) if executor.writes else None))
-    photons, frames = start
-    source = ChunkShards(run.follow, start_frame=frames, frames_per_shard=settings.frames_per_shard)
-    with hooks.standard(settings.iterations, display=executor.writes, bar=False) as on_iteration:
-        return run_emc(settings, photons, run.detector("follow"), run.emc, executor=executor,
-                       resume=run.checkpoint.exists(), source=source, on_iteration=on_iteration,
-                       until=FollowStop(source, src.iterations_after_end))
-
-
 # ------------------------------------------------------------------ previews (the driver's side)
 
 def preview_task(run_dir: str, iteration: int, newest_frame: float | None, frames: int, final: bool = False) -> str:
     """Phase EMC iteration ``iteration`` of a following run quickly into ``phase/previews/iteration_NNN/``."""
     from spibatch.phasing.driver import run_phasing
+    from spibatch.phasing.settings import PhasingSettings
     from spibatch.stages import load_run
-    from spibatch.stages.phase import settings_of
 
     run, pipeline, device = load_run(run_dir)
     starts = pipeline.source.preview_starts
-    settings = dataclasses.replace(settings_of(pipeline), num_starts=starts, keep_best=starts)
+    settings = PhasingSettings.from_dict({**pipeline.phasing.model_dump(), "recipe": pipeline.source.preview_recipe,
+                                          "num_starts": starts, "keep_best": starts})
     out = run.preview(iteration)
     began = time.time()
     run_phasing(run.emc_output(iteration), out, settings, device=device, show_progress=False)

@@ -132,7 +132,13 @@ def _density_vs_truth(run: RunLayout, pipeline, reference: Path, rotation) -> di
         summary.update({"starts": pipeline.phasing.num_starts, "phasing_seconds": phase_done.get("seconds"),
                         "data_edge_resolution_m": n * attrs["voxel_size_m"] / attrs["max_measured_shell"]})
     written = write_comparison(summary, run.fsc_vs_truth, run.fsc_vs_truth_png, f"phased density vs {reference.name}")
-    return {"fsc_vs_truth": written["fsc_vs_truth"], "fsc_plot": written["fsc_plot"]}
+    from spibatch.phasing.export import write_density_in_truth_frame
+
+    if true_voxel and attrs.get("voxel_size_m"):     # for ChimeraX: the density where the truth is
+        write_density_in_truth_frame(run.density_in_truth_frame, data["density"], attrs["voxel_size_m"], true_density,
+                                     true_voxel, rotation=rotation)
+    return {"fsc_vs_truth": written["fsc_vs_truth"], "fsc_plot": written["fsc_plot"],
+            **({"density_in_truth_frame": run.density_in_truth_frame} if run.density_in_truth_frame.exists() else {})}
 
 
 def _fourier_voxel(path: Path) -> float | None:
