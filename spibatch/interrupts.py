@@ -27,6 +27,7 @@ from spibatch import owners
 
 WATCHDOG_S = 120.0
 _received: list[int] = []
+_raised: list[KeyboardInterrupt] = []   # the one raised, so its resume hint survives typer's Exit(130)
 
 
 def install() -> None:
@@ -50,7 +51,8 @@ def _handler(signum: int, frame) -> None:
         return
     _received.append(signum)
     threading.Thread(target=_watchdog, args=(128 + signum,), name="spibatch-watchdog", daemon=True).start()
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _raised.append(KeyboardInterrupt(signal.Signals(signum).name))
+    raise _raised[0]
 
 
 def _watchdog(code: int) -> None:
@@ -90,8 +92,10 @@ def _flush() -> None:
 
 
 def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt ``exc`` is or was raised while handling (typer turns one into ``SystemExit(130)``),
-    or None."""
+    """The KeyboardInterrupt ``exc`` is or was raised while handling, or the one our signal handler raised
+    (typer turns it into ``Exit(130)``, which click returns as a plain exit code: the chain is lost), or None."""
+    if _raised:
+        return _raised[0]
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):

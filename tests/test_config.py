@@ -86,7 +86,7 @@ def test_resolved_config_round_trips(tmp_path):
 def test_schema_lists_sections_and_units():
     schema = json_schema()
     json.dumps(schema)
-    assert set(schema["properties"]) == {"name", "geometry", "simulation", "ingest", "emc", "phasing", "validation", "output",
+    assert set(schema["properties"]) == {"name", "geometry", "simulation", "ingest", "emc", "phasing", "validation", "output", "source",
                                          "device", "gpu_runtime"}
     geometry = schema["$defs"]["Geometry"]["properties"]
     assert {"detector_distance_m", "pixel_size_m", "wavelength_m", "photon_energy_ev"} <= set(geometry)
