@@ -94,7 +94,9 @@ def test_the_simulator_shipped_with_karabo_bridge(tmp_path):
     finally:
         stop.touch()
         watcher.join()
-        server.stop()
+        stopper = threading.Thread(target=server.stop, daemon=True)   # its stop() joins a thread that can wait in
+        stopper.start()                                               # a blocking queue get(): never hold the suite
+        stopper.join(10)
     assert source.source == "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
     assert summary["end_reason"].startswith("stop file") and summary["trains"] >= 3
     assert summary["frames_seen"] == 64 * summary["trains"] and summary["hits"] == 0
