@@ -19,7 +19,8 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
                            it), frames.bin (per-frame statistics), status.json (the monitor's summary)
     stop                   `spibatch stop RUN_DIR` creates it: the follower ends at its next block
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
-                           model_NNN.npy, timing.jsonl)
+                           model_NNN.npy, each task's sums_NNN_FFFFFFFFF.npy, the reduced slabs
+                           total_NNN_KKK.npy -- all removed once read --, timing.jsonl)
     phase/                 phasing.h5, phasing.cxi, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl,
                            previews/iteration_NNN/ (a following run's preview densities: phasing.h5,
                            density.mrc, preview.json: iteration, frames, time stamps, latency)
@@ -72,6 +73,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.h5"
 HTC_DIR = "htc"
 HTC_TIMING = "timing.jsonl"      # in htc/: one line per HTC iteration (where the time went)
+HTC_SCRATCH_RE = re.compile(r"^(?:model_\d{3,}|sums_\d{3,}_\d{9,}|total_\d{3,}_\d{3,})\.npy$")   # htc/'s scratch
 OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
 
 # ---- phasing (phase/)
@@ -112,6 +114,17 @@ def chunk_name(index: int) -> str:
 def htc_model_name(iteration: int) -> str:
     """``model_NNN.npy``: the model HTC mode hands its shard tasks for iteration ``iteration`` (in ``htc/``)."""
     return f"model_{iteration:03d}.npy"
+
+
+def htc_sums_name(iteration: int, first_frame: int) -> str:
+    """``sums_NNN_FFFFFFFFF.npy``: the partial sums an HTC task wrote for iteration ``iteration``, its shard's
+    frames starting at run frame ``first_frame`` (in ``htc/``)."""
+    return f"sums_{iteration:03d}_{first_frame:09d}.npy"
+
+
+def htc_total_name(iteration: int, slab: int) -> str:
+    """``total_NNN_KKK.npy``: slab ``slab`` of iteration ``iteration``'s reduced sums (in ``htc/``)."""
+    return f"total_{iteration:03d}_{slab:03d}.npy"
 
 
 def start_name(index: int) -> str:

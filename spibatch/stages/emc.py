@@ -117,7 +117,7 @@ def executor_for(run: RunLayout, device, workers):
     from spibatch.emc.mpi import world
 
     if workers is not None:
-        return Tasks(workers.submit, run.htc, workers.threads(), device)
+        return Tasks(workers.submit, run.htc, workers.threads(), device, reducers=workers.count)
     comm = world()
     return InProcess(device) if comm is None else MPIRanks(comm, device)
 
