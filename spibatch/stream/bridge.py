@@ -33,6 +33,8 @@ class BridgeSource:
     timeout_s : how long one read waits for a train before returning nothing
     """
 
+    endless = True   # a bridge streams on after `spibatch stop`: the follower reads for a moment more, then ends
+
     def __init__(self, endpoint: str, frame_shape: tuple[int, ...], *, source: str | None = None,
                  key: str = "image.data", sock: str = "REQ", timeout_s: float = 0.5):
         from karabo_bridge import Client

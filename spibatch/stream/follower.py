@@ -127,7 +127,8 @@ class Follower:
         if hasattr(self.source, "check_shape"):
             self.source.check_shape(self.frame_shape)
         last_new = time.monotonic()
-        stopping = None     # when the stop file was seen: what has arrived is still read, then the follow ends
+        stopping = None     # when the stop file was seen: what has arrived is still read (files until none is left;
+                            # a stream for drain_s more), then the follow ends
         drain_s = getattr(self.source, "settle_s", 0.0) + 1.0    # a file still settling, a train in flight
         try:
             while True:
@@ -143,6 +144,10 @@ class Follower:
                 if items:     # any train, good or bad, shows the source is alive
                     last_new = time.monotonic()
                 self._maybe_commit()
+                if stopping is not None and getattr(self.source, "endless", False) and \
+                        time.monotonic() - stopping > drain_s:   # a live stream never runs dry: what came, came
+                    reason = f"stop file {self.stop_file}"
+                    break
                 if not items:
                     if stopping is not None and (self.source.ended or time.monotonic() - max(last_new, stopping) > drain_s):
                         reason = f"stop file {self.stop_file}"
