@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from monitor_runs import RunWriter
+from monitor_runs import RunWriter, stop_monitor
 
 from spibatch.monitor.report import write_report
 
@@ -68,12 +68,7 @@ def monitor(tmp_path):
         assert address and address.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() else address
         yield root, address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_monitor(proc)
 
 
 def wait_for(driver, script: str, expected, timeout: float = 45.0):

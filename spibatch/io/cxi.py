@@ -47,9 +47,7 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     """
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
-    if not (np.isfinite(adu_per_photon) and adu_per_photon > 0):
-        raise InputError(f"must be a positive number, got {adu_per_photon}", field="adu_per_photon",
-                         fix="give the detector's signal per photon in ADU (1 for photon-counted data)")
+    _check_adu(adu_per_photon)
     with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
         data = _stack(f, cxi_path, data_path)
         num_frames, frame_shape = data.shape[0], data.shape[1:]
@@ -184,9 +182,7 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
     Vectorised: the smallest and largest unmasked value of each block (a bad block is then converted by the
     dense reference, which names the frame), about half the time of the conversion itself.
     """
-    if not (np.isfinite(adu_per_photon) and adu_per_photon > 0):
-        raise InputError(f"must be a positive number, got {adu_per_photon}", path=cxi_path, field="adu_per_photon",
-                         fix="give the detector's signal per photon in ADU (1 for photon-counted data)")
+    _check_adu(adu_per_photon, cxi_path)
     with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
         data = _stack(f, cxi_path, data_path)
         num_frames, frame_shape = data.shape[0], data.shape[1:]
@@ -234,3 +230,10 @@ def _one_value(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> fl
 
 
 __all__ = ["cxi_to_photons", "read_flat_geometry", "stack_shape", "stack_info", "check_frames"]
+
+
+def _check_adu(adu_per_photon: float, path=None) -> None:
+    """InputError unless the detector units per photon are a positive finite number."""
+    if not (np.isfinite(adu_per_photon) and adu_per_photon > 0):
+        raise InputError(f"must be a positive number, got {adu_per_photon}", path=path, field="adu_per_photon",
+                         fix="give the detector's signal per photon in ADU (1 for photon-counted data)")
