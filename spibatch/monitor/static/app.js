@@ -253,7 +253,8 @@ function renderFollow(f) {
   if (lit && lit.counts.some((c) => c > 0)) {
     const upto = lit.counts.reduce((last, c, i) => (c > 0 ? i + 1 : last), 0);   // empty bins above the last used: left off
     const counts = lit.counts.slice(0, upto);
-    const labels = counts.map((_, i) => (i + 1 < lit.edges.length ? `${lit.edges[i]}–${lit.edges[i + 1] - 1}` : `≥${lit.edges[i]}`));
+    const labels = counts.map((_, i) => (i + 1 >= lit.edges.length ? `≥${lit.edges[i]}`
+      : lit.edges[i + 1] - 1 === lit.edges[i] ? `${lit.edges[i]}` : `${lit.edges[i]}–${lit.edges[i + 1] - 1}`));
     draw("plot-lit", [{ type: "bar", x: labels, y: counts, marker: { color: PALETTE[2] } }],
       layout(`Lit pixels per frame (threshold ${f.threshold != null ? fmt(f.threshold, 3) : "?"})`, "lit pixels", "frames",
         { yaxis: logAxis("frames", counts), xaxis: { type: "category", title: { text: "lit pixels" } } }));
