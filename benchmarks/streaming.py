@@ -15,7 +15,7 @@
 Prints (and writes WORK/streaming.json): the time from the first frame to the first preview density, from the
 last frame to the quick final density and to the full final density with its FSC, the EMC model's CC with
 the truth; with ``--batch`` also a batch ``spibatch emc`` on the very hits the follower kept (the same EMC
-settings) and its CC, side by side.
+settings, as many iterations as the follow's EMC ran unless ``--iterations``) and its CC, side by side.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ def follow(args, work: Path, env: dict) -> dict:
     config.write_text(rehearsal.source_section(args.as_, endpoint, paths["detector"], paths["truth"],
                                                chunk_frames=args.chunk_frames, start_hits=args.start_hits,
                                                preview_every=args.preview_every, after_end=args.after_end,
-                                               iterations=args.iterations))
+                                               iterations=args.iterations or 20))
     followed = rehearsal.follow_replay(frames, args.as_, endpoint, config, work / "live", rate_hz=args.rate, env=env,
                                        site=args.site, log_dir=work)
     return rehearsal.summarize(followed)
 
 
-def batch(work: Path, env: dict, args) -> dict:
+def batch(work: Path, env: dict, args, followed: dict) -> dict:
     """A batch spibatch emc on the hits the follower kept (all chunks in one photons file), same settings."""
     from spibatch.emc.compare import compare_with_truth
     from spibatch.layout import RunLayout
@@ -55,14 +55,15 @@ def batch(work: Path, env: dict, args) -> dict:
     run = RunLayout(work / "live")
     photons = rehearsal.hits_photons(run, work / "hits.emc")
     config = work / "batch.yaml"
-    config.write_text(rehearsal.batch_config(photons, run.detector("follow"), iterations=args.iterations,
+    iterations = args.iterations or followed["emc_iterations"]
+    config.write_text(rehearsal.batch_config(photons, run.detector("follow"), iterations=iterations,
                                              frames_per_shard=args.chunk_frames))
     began = time.time()
     rehearsal.spibatch("emc", config, "--out", work / "batch", cwd=work, env=env)
     seconds = time.time() - began
     cc = compare_with_truth(rehearsal.last_output(work / "batch"), work / "sim" / "truth.h5",
                             run.detector("follow"))["cc"]
-    return {"batch_emc_cc_with_truth": cc, "batch_iterations": args.iterations, "batch_emc_s": seconds}
+    return {"batch_emc_cc_with_truth": cc, "batch_iterations": iterations, "batch_emc_s": seconds}
 
 
 def main() -> None:
@@ -77,7 +78,8 @@ def main() -> None:
     parser.add_argument("--start-hits", type=int, default=200)
     parser.add_argument("--preview-every", type=int, default=4)
     parser.add_argument("--after-end", type=int, default=6)
-    parser.add_argument("--iterations", type=int, default=20, help="the batch run's iterations")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="the batch run's iterations (default: as many as the follow's EMC ran)")
     parser.add_argument("--batch", action="store_true")
     args = parser.parse_args()
     work = args.work.resolve()
@@ -88,7 +90,7 @@ def main() -> None:
     try:
         result = {"load_before": os.getloadavg()[0], **follow(args, work, env)}
         if args.batch:
-            result.update(batch(work, env, args))
+            result.update(batch(work, env, args, result))
     except rehearsal.RehearsalFailed as exc:
         raise SystemExit(str(exc)) from None
     result["load_after"] = os.getloadavg()[0]
