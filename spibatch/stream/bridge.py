@@ -40,6 +40,7 @@ class BridgeSource:
         self.endpoint, self.frame_shape, self.source, self.key = endpoint, tuple(frame_shape), source, key
         self.client = Client(endpoint, sock=sock, timeout=timeout_s)
         self.name = f"karabo bridge {endpoint}"
+        self.streams = True     # it sends as long as the facility runs: a stop does not wait for it to fall silent
         self.ended: str | None = None
         self.unknown: set[str] = set()
 
