@@ -15,7 +15,7 @@
 Prints (and writes WORK/streaming.json): the time from the first frame to the first preview density, from the
 last frame to the quick final density and to the full final density with its FSC, the EMC model's CC with
 the truth; with ``--batch`` also a batch ``spibatch emc`` on the very hits the follower kept (the same EMC
-settings) and its CC, side by side.
+settings, as many iterations as the follow's EMC ran unless ``--iterations``) and its CC, side by side.
 """
 
 from __future__ import annotations
@@ -23,46 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
-
-def spibatch(*args, cwd: Path, env: dict, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "spibatch", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, **kwargs)
-    if check and done.returncode != 0:
-        raise SystemExit(f"spibatch {' '.join(map(str, args))} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return done
-
-
-def pipeline_text(args, target: str, detector: Path, truth: Path) -> str:
-    return textwrap.dedent(f"""
-        name: live
-        source:
-          kind: {args.as_}
-          target: {target}
-          detector: {detector}
-          chunk_frames: {args.chunk_frames}
-          flush_s: 1.0
-          idle_timeout_s: 120
-          settle_s: 0.2
-          emc_start_hits: {args.start_hits}
-          preview_every_iterations: {args.preview_every}
-          preview_starts: 2
-          iterations_after_end: {args.after_end}
-        emc: {{num_div: 4, iterations: {args.iterations}, beta_schedule: {{factor: 2.0, period: 10}}, need_scaling: true,
-              frames_per_shard: {args.chunk_frames}}}
-        phasing: {{num_starts: 4, keep_best: 2}}
-        validation: {{reference: {truth}}}
-        """).lstrip()
+from spibatch.stream import rehearsal
 
 
 def follow(args, work: Path, env: dict) -> dict:
-    from spibatch.layout import RunLayout
-    from spibatch.stream.replay import replay, simulated
+    from spibatch.stream.replay import simulated
 
     frames, paths = simulated(work / "sim", num_hits=args.hits, hit_fraction=args.hit_fraction)
     target = work / "cxi" if args.as_ != "karabo-bridge" else None
@@ -70,74 +38,32 @@ def follow(args, work: Path, env: dict) -> dict:
     if target is not None:
         target.mkdir(parents=True, exist_ok=True)
     config = work / "live.yaml"
-    config.write_text(pipeline_text(args, endpoint, paths["detector"], paths["truth"]))
-    site = ["--site", str(args.site)] if args.site else []
-    run = RunLayout(work / "live")
-    began = time.time()
-    driver = subprocess.Popen([sys.executable, "-m", "spibatch", "run", str(config), "--out", str(run.path), *site],
-                              cwd=work, env=env, stdout=open(work / "run.stdout", "w"), stderr=open(work / "run.stderr", "w"))
-    follower = run.stage_stream("follow", "stderr")            # the driver starts the follower first
-    while not follower.exists() and driver.poll() is None:
-        time.sleep(0.2)
-    if driver.poll() is not None:
-        raise SystemExit(f"spibatch run ended early ({driver.returncode}): {(work / 'run.stderr').read_text()[-4000:]}")
-    played_from = time.time()
-    replay(frames, args.rate, args.as_, endpoint)
-    played_to = time.time()
-    spibatch("stop", run.path, cwd=work, env=env)              # the operator: the data have ended
-    code = driver.wait()
-    if code != 0:
-        raise SystemExit(f"spibatch run failed ({code}): {(work / 'run.stderr').read_text()[-4000:]}")
-    return summarize(run, began, played_from, played_to, frames.num_frames)
+    config.write_text(rehearsal.source_section(args.as_, endpoint, paths["detector"], paths["truth"],
+                                               chunk_frames=args.chunk_frames, start_hits=args.start_hits,
+                                               preview_every=args.preview_every, after_end=args.after_end,
+                                               iterations=args.iterations or 20))
+    followed = rehearsal.follow_replay(frames, args.as_, endpoint, config, work / "live", rate_hz=args.rate, env=env,
+                                       site=args.site, log_dir=work)
+    return rehearsal.summarize(followed)
 
 
-def summarize(run, began: float, played_from: float, played_to: float, frames: int) -> dict:
-    status = json.loads(run.follow_status.read_text())
-    previews = sorted((json.loads(p.read_text()) for p in run.previews.glob("*/preview.json")),
-                      key=lambda p: p["written"])
-    quick = next(p for p in previews if p["final"])
-    fsc = json.loads(run.fsc_vs_truth.read_text())
-    emc = json.loads(run.emc_vs_truth.read_text())
-    first, last = status["first_received"], status["last_received"]
-    metrics = [json.loads(line) for line in run.emc_metrics.read_text().splitlines()]
-    return {"frames_played": frames, "replay_s": played_to - played_from, "frames_seen": status["frames_seen"],
-            "hits": status["hits"], "hit_rate": status["hit_rate"], "threshold": status["threshold"],
-            "emc_iterations": metrics[-1]["iteration"], "previews": len(previews) - 1,
-            "first_frame_to_first_preview_s": previews[0]["written"] - first,
-            "last_frame_to_quick_final_s": quick["written"] - last,
-            "last_frame_to_full_final_s": run.phasing.stat().st_mtime - last,
-            "last_frame_to_validated_s": run.fsc_vs_truth.stat().st_mtime - last,
-            "startup_s": first - began, "emc_cc_with_truth": emc["cc"],
-            "fsc_0.5_m": fsc.get("resolution_0.5_m"), "fsc_0.143_m": fsc.get("resolution_0.143_m"),
-            "data_edge_m": fsc.get("data_edge_resolution_m")}
-
-
-def batch(work: Path, env: dict, args) -> dict:
+def batch(work: Path, env: dict, args, followed: dict) -> dict:
     """A batch spibatch emc on the hits the follower kept (all chunks in one photons file), same settings."""
     from spibatch.emc.compare import compare_with_truth
-    from spibatch.io.dragonfly import PhotonsWriter, read_photons
     from spibatch.layout import RunLayout
 
     run = RunLayout(work / "live")
-    chunks = sorted((run.follow / "chunks").glob("chunk_*.emc"))
-    first = read_photons(chunks[0])
-    photons = work / "hits.emc"
-    with PhotonsWriter(photons, first.num_pix) as writer:
-        for chunk in chunks:
-            writer.append(read_photons(chunk))
+    photons = rehearsal.hits_photons(run, work / "hits.emc")
     config = work / "batch.yaml"
-    config.write_text(textwrap.dedent(f"""
-        name: batch
-        emc: {{photons: {photons}, detector: {run.detector('follow')}, num_div: 4, iterations: {args.iterations},
-              beta_schedule: {{factor: 2.0, period: 10}}, need_scaling: true, frames_per_shard: {args.chunk_frames}}}
-        """).lstrip())
+    iterations = args.iterations or followed["emc_iterations"]
+    config.write_text(rehearsal.batch_config(photons, run.detector("follow"), iterations=iterations,
+                                             frames_per_shard=args.chunk_frames))
     began = time.time()
-    spibatch("emc", config, "--out", work / "batch", cwd=work, env=env)
+    rehearsal.spibatch("emc", config, "--out", work / "batch", cwd=work, env=env)
     seconds = time.time() - began
-    out = RunLayout(work / "batch")
-    last = max(out.emc.glob("output_*.h5"))
-    cc = compare_with_truth(last, work / "sim" / "truth.h5", run.detector("follow"))["cc"]
-    return {"batch_emc_cc_with_truth": cc, "batch_iterations": args.iterations, "batch_emc_s": seconds}
+    cc = compare_with_truth(rehearsal.last_output(work / "batch"), work / "sim" / "truth.h5",
+                            run.detector("follow"))["cc"]
+    return {"batch_emc_cc_with_truth": cc, "batch_iterations": iterations, "batch_emc_s": seconds}
 
 
 def main() -> None:
@@ -152,17 +78,21 @@ def main() -> None:
     parser.add_argument("--start-hits", type=int, default=200)
     parser.add_argument("--preview-every", type=int, default=4)
     parser.add_argument("--after-end", type=int, default=6)
-    parser.add_argument("--iterations", type=int, default=20, help="the batch run's iterations")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="the batch run's iterations (default: as many as the follow's EMC ran)")
     parser.add_argument("--batch", action="store_true")
     args = parser.parse_args()
     work = args.work.resolve()
     if (work / "live").exists():
         raise SystemExit(f"{work / 'live'} exists: give a new WORK folder")
     work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    result = {"load_before": os.getloadavg()[0], **follow(args, work, env)}
-    if args.batch:
-        result.update(batch(work, env, args))
+    env = rehearsal.environment()
+    try:
+        result = {"load_before": os.getloadavg()[0], **follow(args, work, env)}
+        if args.batch:
+            result.update(batch(work, env, args, result))
+    except rehearsal.RehearsalFailed as exc:
+        raise SystemExit(str(exc)) from None
     result["load_after"] = os.getloadavg()[0]
     (work / "streaming.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -144,6 +144,55 @@ class RunWriter:
              "fsc_0.5_radius": 4.2, "fsc_0.143_radius": 6.34, "resolution_0.5_m": n * voxel_m / 4.2,
              "resolution_0.143_m": n * voxel_m / 6.34, "data_edge_resolution_m": n * voxel_m / (n // 2)}))
 
+    def follow(self, frames: int, hits: int, *, lit_hit: int = 300, received: float = 1.0e9, end: str | None = None):
+        """One commit of the live-source follower through its real store (follow/: a chunk of ``hits`` hits,
+        ``frames`` frames' statistics -- hits with ``lit_hit`` lit pixels, the rest with 2 --, the index line,
+        status.json), frames received from ``received`` on at 1 ms apart; ``end``: then end the follow."""
+        from spibatch.detector import Detector
+        from spibatch.photons import Photons
+        from spibatch.stream.store import FRAME_STATS, Store
+
+        if not hasattr(self, "store"):
+            self.store = Store(self.layout.follow, "CXI folder /beamline/cxi", "median + 5 x 1.4826 MAD")
+            self.store.load()
+            self.store.start(Detector.flat(8, 1e-3, 0.1, 1e-9))
+            self.next_train = 10_000
+        if not frames:
+            if end:
+                self.store.end(end)
+            return
+        stats = np.zeros(frames, FRAME_STATS)
+        stats["train_id"] = self.next_train + np.arange(frames) // 10
+        stats["pulse_id"] = np.arange(frames) % 10
+        stats["received"] = received + 1e-3 * np.arange(frames)
+        stats["hit"][:hits] = 1
+        stats["lit"] = np.where(stats["hit"] == 1, lit_hit, 2)
+        stats["frame"] = -1
+        stats["frame"][:hits] = self.store.state.hits + np.arange(hits)
+        dense = np.zeros((hits, 64), np.int32)
+        dense[:, :4] = 1
+        photons = Photons.from_dense(dense) if hits else None
+        trains = len(np.unique(stats["train_id"]))
+        self.store.commit(photons, stats["train_id"][:hits], stats["pulse_id"][:hits], stats, trains,
+                          int(stats["train_id"][-1]), {}, 20.0)
+        self.next_train = int(stats["train_id"][-1]) + 1
+        if end:
+            self.store.end(end)
+
+    def preview(self, iteration: int, frames: int, *, newest_frame: float, written: float, final: bool = False):
+        """A preview density of EMC iteration ``iteration`` as the previews thread leaves it: phasing.h5, then
+        preview.json."""
+        folder = self.layout.preview(iteration)
+        folder.mkdir(parents=True, exist_ok=True)
+        n = EDGE
+        x, y, z = np.mgrid[:n, :n, :n] - n // 2
+        density = np.exp(-(x ** 2 + y ** 2 + z ** 2) / (4.0 + iteration)).astype(np.float32)
+        write_result(folder / "phasing.h5", {"density": density, "support": (density > 0.1).astype(np.float32)},
+                     {"voxel_size_m": 1.0 / (n * DQ_PER_M)})
+        write_text(folder / "preview.json", json.dumps(
+            {"iteration": iteration, "frames": frames, "final": final, "started": written - 5.0, "written": written,
+             "newest_frame_received": newest_frame, "latency_s": written - newest_frame, "starts": 2}))
+
     def complete(self) -> "RunWriter":
         """Every iteration, the phasing, the FSC, status completed."""
         for i in range(len(self.history) + 1, self.iterations + 1):

@@ -13,6 +13,7 @@ pytest.importorskip("starlette", reason="the monitor needs starlette (pip instal
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (in the [test] extra)")
 
 from monitor_runs import EDGE, FRAMES, RunWriter, local_client  # noqa: E402
+from spibatch.io.atomic import write_text  # noqa: E402
 
 
 @pytest.fixture
@@ -39,8 +40,10 @@ def test_runs_lists_every_run_with_its_state(client, runs):
     assert set(by_name) == {"done", "live"}
     assert body["root"] == str(runs["root"].resolve())
     assert by_name["done"]["status"] == "completed" and by_name["live"]["status"] == "running"
-    assert by_name["done"]["has"] == {"emc": True, "phase": True, "phase_result": True, "fsc": True}
-    assert by_name["live"]["has"] == {"emc": True, "phase": False, "phase_result": False, "fsc": False}
+    assert by_name["done"]["has"] == {"emc": True, "phase": True, "phase_result": True, "fsc": True,
+                                     "follow": False}
+    assert by_name["live"]["has"] == {"emc": True, "phase": False, "phase_result": False, "fsc": False,
+                                      "follow": False}
     assert (by_name["live"]["emc_iterations_done"], by_name["live"]["emc_iterations_planned"]) == (2, 5)
 
 
@@ -219,7 +222,7 @@ def test_phase_only_run_has_no_emc_section(tmp_path):
     writer.fsc()
     client = local_client(tmp_path)
     summary = client.get("/api/run", params={"run": "ph"}).json()
-    assert summary["has"] == {"emc": False, "phase": True, "phase_result": True, "fsc": True}
+    assert summary["has"] == {"emc": False, "phase": True, "phase_result": True, "fsc": True, "follow": False}
     assert client.get("/api/emc", params={"run": "ph"}).status_code == 404
     assert len(client.get("/api/phase", params={"run": "ph"}).json()["starts"]) == 3
 
@@ -254,3 +257,54 @@ def test_run_fingerprint_is_taken_before_the_summary(client, runs, monkeypatch):
     seen = client.get("/api/run", params={"run": "live"}).json()["fingerprint"]
     monkeypatch.undo()
     assert client.get("/api/fingerprint", params={"run": "live"}).json()["fingerprint"] != seen
+
+
+def test_follow_shows_the_live_source_its_previews_and_the_latency(tmp_path):
+    """A run following a live source, written through the follower's real store: counts, hit rate per commit,
+    lit-pixel histogram, the newest preview and the time from the newest frame to the newest density."""
+    root = tmp_path / "runs"
+    live = RunWriter(root / "live", iterations=5)
+    client = local_client(root)
+    assert client.get("/api/follow", params={"run": "live"}).status_code == 404
+    assert client.get("/api/runs").json()["runs"][0]["has"]["follow"] is False
+
+    live.follow(100, 10, received=1000.0)
+    write_text(live.layout.config, "name: beamtime\nsource: {kind: cxi-folder, target: cxi}\nemc: {iterations: 5}\n")
+    write_text(live.layout.site, "name: local\nprovider: local\n")
+    live.stage_log("follow")
+    live.stage_log("emc")      # EMC takes the chunks while the follow runs: both running, phase waiting
+    stages = {s["stage"]: s["state"] for s in client.get("/api/run", params={"run": "live"}).json()["stages"]}
+    assert stages == {"follow": "running", "emc": "running", "phase": "waiting", "validate": "waiting"}
+    before = client.get("/api/fingerprint", params={"run": "live"}).json()["fingerprint"]
+    live.follow(200, 50, received=1010.0)
+    assert client.get("/api/fingerprint", params={"run": "live"}).json()["fingerprint"] != before
+    summary = client.get("/api/run", params={"run": "live"}).json()
+    assert summary["has"]["follow"] is True
+    f = client.get("/api/follow", params={"run": "live"}).json()
+    assert (f["state"], f["frames_seen"], f["hits"], f["chunks"]) == ("following", 300, 60, 2)
+    assert f["hit_rate"] == pytest.approx(0.2) and f["last_batch_hit_rate"] == pytest.approx(0.25)
+    assert f["history"]["frames_seen"] == [100, 300] and f["history"]["hits"] == [10, 60]
+    assert f["history"]["hit_rate"] == pytest.approx([0.1, 0.25])
+    lit = f["lit_histogram"]
+    assert sum(lit["counts"]) == 300 and len(lit["edges"]) == len(lit["counts"])
+    assert lit["counts"][lit["edges"].index(256)] == 60 and lit["counts"][lit["edges"].index(2)] == 240
+    assert f["first_received"] == pytest.approx(1000.0) and f["last_received"] == pytest.approx(1010.199)
+    assert f["latest_preview"] is None and f["newest_density"] is None
+    assert client.get("/api/follow/preview", params={"run": "live"}).status_code == 404
+
+    live.preview(2, 60, newest_frame=1010.199, written=1030.0)
+    live.preview(4, 60, newest_frame=1010.199, written=1050.0, final=True)
+    f = client.get("/api/follow", params={"run": "live"}).json()
+    assert [p["iteration"] for p in f["previews"]] == [2, 4]
+    assert f["latest_preview"]["iteration"] == 4 and f["latest_preview"]["final"] is True
+    assert f["newest_density"]["kind"] == "quick final"
+    assert f["newest_density"]["latency_s"] == pytest.approx(1050.0 - 1010.199)
+    shown = client.get("/api/follow/preview", params={"run": "live"}).json()
+    assert shown["preview"]["iteration"] == 4 and len(shown["slices"]) == 3
+    older = client.get("/api/follow/preview", params={"run": "live", "iteration": 2}).json()
+    assert older["preview"]["iteration"] == 2 and older["slices"][0]["z"] != shown["slices"][0]["z"]
+    assert client.get("/api/follow/preview", params={"run": "live", "iteration": 3}).status_code == 404
+
+    live.follow(0, 0, end="stop file")
+    ended = client.get("/api/follow", params={"run": "live"}).json()
+    assert (ended["state"], ended["end_reason"], ended["frames_seen"]) == ("ended", "stop file", 300)

@@ -245,3 +245,32 @@ def test_live_page_shows_a_pipelines_stages_and_its_phasing_as_it_runs(browser, 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
     screenshot(browser, tmp_path, "monitor-pipeline-done.png")
+
+
+def test_live_page_shows_a_following_runs_source_and_previews(browser, monitor, tmp_path):
+    """A run that follows a live source (the follower's real store): the Live source card fills commit by
+    commit -- counts, hit rate, lit-pixel histogram --, then the newest preview density and the latency."""
+    root, address = monitor
+    run = RunWriter(root / "beamtime", iterations=5)
+    run.follow(100, 10, received=1000.0)
+    browser.get(address)
+    wait_for(browser, "window.spibatchMonitor.rendered.follow", 100)
+    assert not browser.find_element("id", "live-source").get_attribute("hidden")
+    wait_for(browser, PLOT_POINTS.format(id="plot-hitrate"), 1)
+    run.follow(200, 50, received=1010.0)
+    wait_for(browser, "window.spibatchMonitor.rendered.follow", 300)
+    wait_for(browser, PLOT_POINTS.format(id="plot-hitrate"), 2)
+    assert browser.execute_script("return document.getElementById('plot-lit').data[0].y.reduce((a, b) => a + b)") == 300
+    facts = browser.find_element("id", "follow-facts").text
+    assert "frames so far\n300" in facts and "hits so far\n60" in facts and "20.0%" in facts
+    run.emc(1)
+    run.emc(2)
+    run.preview(2, 60, newest_frame=1010.199, written=1030.0)
+    wait_for(browser, "window.spibatchMonitor.rendered.preview", 2)
+    wait_for(browser, "document.getElementById('plot-preview-0').data.length", 1)
+    facts = browser.find_element("id", "follow-facts").text
+    assert "iteration 2, 60 frames" in facts and "newest frame → newest density\n19.8 s (preview)" in facts
+    assert "iteration 2 (60 frames" in browser.find_element("id", "preview-note").text
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+    screenshot(browser, tmp_path, "monitor-live-source.png")

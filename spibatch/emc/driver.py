@@ -168,7 +168,7 @@ def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resu
     Raises InputError on bad input or a diverging fit (earlier iterations' files are kept).
     """
     out_dir = Path(out_dir)
-    run = setup(settings, photons, detector, out_dir, executor, resume)
+    run = setup(settings, photons, detector, out_dir, executor, resume, source)
     poll = _poller(source, run, executor)
     hooks = list(on_iteration)
     last = run.first - 1
@@ -189,9 +189,13 @@ def _stop(until: Callable[[dict], bool], record: dict, executor) -> bool:
     return bool(executor.broadcast(executor.collective(lambda: bool(until(record)) if executor.writes else None)))
 
 
-def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, resume: bool) -> Run:
+def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, resume: bool, source=None) -> Run:
     """Inputs checked, geometry, the shards handed to the executor, the start (model, scales, history) or the
-    checkpoint's, the records started (``EMC.log`` header) and the kernels compiled."""
+    checkpoint's, the records started (``EMC.log`` header) and the kernels compiled.
+
+    Resuming a run whose checkpoint holds more frames than the photons file (shards of ``source`` joined it
+    while it ran: a following run), the source's shards join first -- the checkpoint's frames are the first
+    of them, numbered without gaps as the source numbers them -- and frames committed since start at scale 1."""
     inputs = executor.collective(check_inputs, settings, photons, detector, executor.size)
     photons, detector = Path(photons), Path(detector)
     threads = _limit_threads()
@@ -202,9 +206,16 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
         lambda: resume_record(settings, inputs, photons, detector) if executor.writes else None))
     checkpoint = executor.broadcast(executor.collective(_read_checkpoint, out_dir, resume and executor.writes))
     if checkpoint is not None:
-        check_checkpoint(checkpoint, recorded, len(counts), out_dir, photons, detector)
-        log.info("resuming after iteration %d from %s", checkpoint["iteration"], out_dir / CHECKPOINT)
-        model, scales, history = checkpoint["model"], checkpoint["scales"], checkpoint["history"]
+        if source is not None and len(checkpoint["scales"]) > len(counts):
+            joined = _polled(source, len(counts), inputs, detector, executor)
+            if joined:
+                more, more_peak = executor.add_shards(joined, geometry)
+                counts, peak, specs = np.concatenate([counts, more]), max(peak, more_peak), specs + joined
+        check_checkpoint(checkpoint, recorded, len(counts), out_dir, photons, detector, growing=source is not None)
+        log.info("resuming after iteration %d from %s (%d frames)", checkpoint["iteration"], out_dir / CHECKPOINT,
+                 len(checkpoint["scales"]))
+        model, history = checkpoint["model"], checkpoint["history"]
+        scales = np.concatenate([checkpoint["scales"], np.ones(len(counts) - len(checkpoint["scales"]))])
     else:
         model = inputs.start_model if inputs.start_model is not None else \
             random_model(inputs.size, geometry.pixels, geometry.rotations, float(counts.mean()), settings.seed)
@@ -215,7 +226,7 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     recorder.start()
     if executor.writes:
         log.info("EMC: %d frames in %d shard(s) on %d rank(s) x %d thread(s), %d rotations (num_div %d), "
-                 "model %d^3\n%s", inputs.num_frames, len(specs), executor.size, threads, len(geometry.rotations),
+                 "model %d^3\n%s", len(counts), len(specs), executor.size, threads, len(geometry.rotations),
                  settings.num_div, inputs.size, "\t".join(records.LOG_COLUMNS))
     warm_up()   # compile or load the kernels now, so that iteration 1's time is the iteration's
     first = 1 if checkpoint is None else checkpoint["iteration"] + 1
@@ -241,10 +252,12 @@ def resume_record(settings: EMCSettings, inputs: Inputs, photons, detector) -> d
 DATA_KEYS = {"photons_fingerprint": "photons", "detector_fingerprint": "detector"}
 
 
-def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path, photons, detector) -> None:
+def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path, photons, detector, *,
+                     growing: bool = False) -> None:
     """InputError (one line) unless ``checkpoint`` (:func:`records.read_checkpoint`) was computed with the
-    settings and from the data of ``recorded`` (:func:`resume_record`) for ``num_frames`` frames.  A checkpoint
-    written before the fingerprints were recorded is not asked for them."""
+    settings and from the data of ``recorded`` (:func:`resume_record`) for ``num_frames`` frames (``growing``:
+    a run that takes shards as they come, e.g. a follow's chunks: for at most ``num_frames``, the frames there
+    are now).  A checkpoint written before the fingerprints were recorded is not asked for them."""
     saved = checkpoint["settings"]
     for key, name in DATA_KEYS.items():
         if key in saved and saved[key] != recorded.get(key):
@@ -258,22 +271,29 @@ def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir:
         raise InputError(f"settings differ from the run being resumed: {', '.join(changed)}",
                          path=out_dir / CHECKPOINT, field="emc",
                          fix="resume with the run's own config.yaml, or start a new run")
-    if len(checkpoint["scales"]) != num_frames:
+    if growing and len(checkpoint["scales"]) > num_frames:
+        raise InputError(f"the checkpoint holds the scales of {len(checkpoint['scales'])} frames, the photons file "
+                         f"and the shards that joined it only {num_frames}", path=out_dir / CHECKPOINT, field="emc",
+                         fix="resume with the run's own follow/ folder, or start a new run")
+    if not growing and len(checkpoint["scales"]) != num_frames:
         raise InputError(f"the checkpoint holds the scales of {len(checkpoint['scales'])} frames, the photons file "
                          f"{num_frames} (shards joined the run while it ran)", path=out_dir / CHECKPOINT,
                          field="emc", fix="start a new run: resuming a run that took new shards is not supported")
 
 
-def check_resume(settings: EMCSettings, photons, detector, out_dir: Path) -> int | None:
+def check_resume(settings: EMCSettings, photons, detector, out_dir: Path, available: int | None = None) -> int | None:
     """Before a resume writes anything: the checkpoint in ``out_dir``, if there is one, reads and was computed
     with these settings from these data (:func:`check_checkpoint`); the iteration it holds, None without one.
-    InputError otherwise (a corrupt checkpoint too).  Reads only."""
+    ``available``: a run taking shards as they come has this many frames now (the photons file's and the
+    shards'), at least as many as the checkpoint holds.  InputError otherwise (a corrupt checkpoint too).
+    Reads only."""
     checkpoint = records.read_checkpoint(Path(out_dir))
     if checkpoint is None:
         return None
     inputs = check_inputs(settings, photons, detector)
-    check_checkpoint(checkpoint, resume_record(settings, inputs, photons, detector), inputs.num_frames,
-                     Path(out_dir), photons, detector)
+    check_checkpoint(checkpoint, resume_record(settings, inputs, photons, detector),
+                     inputs.num_frames if available is None else available, Path(out_dir), photons, detector,
+                     growing=available is not None)
     return checkpoint["iteration"]
 
 
@@ -294,16 +314,18 @@ def _poller(source, run: Run, executor) -> Callable[[], list[ShardSpec]]:
     where the files are written (rank 0) and the same list on every rank."""
     if source is None:
         return list
+    return lambda: _polled(source, run.num_frames, run.inputs, run.detector, executor)
 
-    def poll() -> list[ShardSpec]:
-        def checked():
-            if not executor.writes:
-                return None
-            return check_shards(list(source.poll()), run.num_frames, run.inputs.detector, run.detector)
 
-        return executor.broadcast(executor.collective(checked))
+def _polled(source, num_frames: int, inputs: Inputs, detector, executor) -> list[ShardSpec]:
+    """The source's new shards, polled and checked (frames on from ``num_frames``) on the writing process, the
+    same list on every rank."""
+    def checked():
+        if not executor.writes:
+            return None
+        return check_shards(list(source.poll()), num_frames, inputs.detector, detector)
 
-    return poll
+    return executor.broadcast(executor.collective(checked))
 
 
 def _take_shards(run: Run, executor, specs: list[ShardSpec]) -> None:

@@ -38,7 +38,8 @@ def planned(data) -> list[str]:
     config, run = data.config(), data.run
     if data.exists(run.site):
         first = ["simulate"] if isinstance(config.get("simulation"), dict) else \
-            ["ingest"] if isinstance(config.get("ingest"), dict) else []
+            ["ingest"] if isinstance(config.get("ingest"), dict) else \
+            ["follow"] if isinstance(config.get("source"), dict) else []
         return first + ["emc", "phase", "validate"]
     command = data.provenance().get("command")
     if not isinstance(command, list) or len(command) < 2 or command[1] not in STAGES:
@@ -80,9 +81,9 @@ def stages(data, status: str) -> list[dict]:
         marker, last_log = _marker(data, name), data.mtime(run.stage_log(name))
         if marker is not None:
             state = "done"
-        elif status == "running":
-            state = "waiting" if open_seen else "running"
-            open_seen = True
+        elif status == "running":   # EMC takes a live source's chunks while the follow runs: both are running
+            state = "running" if not open_seen or (open_seen == "follow" and last_log is not None) else "waiting"
+            open_seen = open_seen or name
         elif last_log is not None:
             state = status if status in ("failed", "interrupted") else "stopped"
         else:

@@ -60,6 +60,9 @@ def collect(run_dir: str | os.PathLike) -> dict:
         put("phase/slices?run=.", data.phase_slices)
     if summary["has"]["fsc"]:
         put("fsc?run=.", data.fsc)
+    if summary["has"]["follow"]:
+        put("follow?run=.", data.follow)
+        put("follow/preview?run=.", data.preview_slices)
     put("texts?run=.", data.texts)
     return responses
 

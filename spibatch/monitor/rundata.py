@@ -24,7 +24,7 @@ import numpy as np
 
 from spibatch import layout
 from spibatch.emc.records import LOG_COLUMNS
-from spibatch.monitor import progress
+from spibatch.monitor import follow, progress
 from spibatch.monitor.files import (BadFile, NotReady, attr_int, attr_number, dataset, first_line_json, is_file_inside,
                                     open_h5, read_json, read_jsonl, read_text, stat_inside, tail, volume)
 from spibatch.monitor.paths import NotFound, OutsideRoot, inside, run_name
@@ -98,7 +98,7 @@ class RunData:
         if emc is not None:
             paths += [emc / layout.METRICS, emc / layout.EMC_LOG] + [emc / layout.output_name(i) for i in
                                                                       self._outputs_in(emc)]
-        paths += list(self.phase_files()) + [self.fsc_file()] + progress.watched(self)
+        paths += list(self.phase_files()) + [self.fsc_file()] + progress.watched(self) + follow.watched(self)
         return [p for p in paths if p is not None and self.exists(p)]
 
     def fingerprint(self) -> str:
@@ -127,7 +127,7 @@ class RunData:
                "error": text(prov.get("error")), "command": command or None, "host": text(prov.get("host")),
                "last_update": max(mtimes) if mtimes else None,
                "has": {"emc": emc is not None, "phase": bool(metrics or result), "phase_result": result is not None,
-                       "fsc": self.fsc_file() is not None},
+                       "fsc": self.fsc_file() is not None, "follow": follow.has_follow(self)},
                "emc_iterations_done": done, "emc_iterations_planned": self.config_int("emc", "iterations") if emc else None}
         out.update(progress.of(self, out))
         truth = self.read_json(self.run.emc_vs_truth)
@@ -256,6 +256,15 @@ class RunData:
         out["iterations"] = self.emc_iterations()
         return clean(out)
 
+    # -- a live source -------------------------------------------------------------------------------
+    def follow(self) -> dict:
+        """The live source of a following run: counts, hit rate, lit-pixel histogram, previews, latency."""
+        return follow.of(self)
+
+    def preview_slices(self, iteration: int | None = None) -> dict:
+        """Central slices of a preview density (the newest when ``iteration`` is None) and its record."""
+        return follow.preview_slices(self, iteration)
+
     # -- phasing and validation -------------------------------------------------------------------
     def phase_series(self) -> dict:
         """Per start: seed, errors per iteration, final error, kept or not; the PRTF and its resolution."""
@@ -286,6 +295,10 @@ class RunData:
         _, result = self.phase_files()
         if result is None:
             raise NotFound("no phasing.h5 yet (written when every start has finished)")
+        return self.density_slices(result)
+
+    def density_slices(self, result: Path) -> dict:
+        """Three central slices of the density in a ``phasing.h5`` with its support, cropped to the particle."""
         with open_h5(self.root, result) as f:
             if "density" not in f:
                 raise NotReady(f"{result.name}: no density dataset")

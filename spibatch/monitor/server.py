@@ -13,6 +13,9 @@ Endpoints (GET only; ``run`` is a run's path relative to the monitored root, ``.
     /api/phase?run=R          phasing errors per start, kept starts, PRTF
     /api/phase/slices?run=R   central slices of the averaged density and its support
     /api/fsc?run=R            FSC against the truth
+    /api/follow?run=R         a following run's live source: frames, hits, hit rate (per commit), lit-pixel
+                              histogram, bad trains, previews, latency from the newest frame to the newest density
+    /api/follow/preview?run=R&iteration=N   central slices of a preview density and its record (N: newest)
     /api/texts?run=R          config.yaml, provenance.json, the tails of log.txt and EMC.log
     /healthz                  {"ok": true, "root": ...} when the root is readable (a Kubernetes probe)
 
@@ -128,6 +131,8 @@ def create_app(root: str | os.PathLike, *, poll_ms: int = 2000, allowed_hosts=No
         Route("/api/phase", endpoint(lambda d: d.phase_series()), methods=get),
         Route("/api/phase/slices", endpoint(lambda d: d.phase_slices()), methods=get),
         Route("/api/fsc", endpoint(lambda d: d.fsc()), methods=get),
+        Route("/api/follow", endpoint(lambda d: d.follow()), methods=get),
+        Route("/api/follow/preview", endpoint(lambda d, i: d.preview_slices(i), with_iteration=True), methods=get),
         Route("/api/texts", endpoint(lambda d: d.texts()), methods=get),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]

@@ -82,7 +82,14 @@ def check_resume(run: RunLayout, pipeline, config: Path | None = None) -> None:
     if not run.checkpoint.exists():
         return
     photons, detector = inputs.photons_and_detector(run, pipeline, config)
-    check_checkpoint(settings_of(pipeline), photons, detector, run.emc)
+    available = None
+    if getattr(pipeline, "source", None) is not None:    # the chunks joined while it ran: all committed hits count
+        from spibatch.stream.shards import ChunkShards
+
+        shards = ChunkShards(run.follow)
+        shards.poll()
+        available = shards.hits
+    check_checkpoint(settings_of(pipeline), photons, detector, run.emc, available)
 
 
 def ranks_for(pipeline, run: RunLayout, workers) -> int:

@@ -33,8 +33,6 @@ class BridgeSource:
     timeout_s : how long one read waits for a train before returning nothing
     """
 
-    endless = True   # a bridge streams on after `spibatch stop`: the follower reads for a moment more, then ends
-
     def __init__(self, endpoint: str, frame_shape: tuple[int, ...], *, source: str | None = None,
                  key: str = "image.data", sock: str = "REQ", timeout_s: float = 0.5):
         from karabo_bridge import Client
@@ -42,6 +40,7 @@ class BridgeSource:
         self.endpoint, self.frame_shape, self.source, self.key = endpoint, tuple(frame_shape), source, key
         self.client = Client(endpoint, sock=sock, timeout=timeout_s)
         self.name = f"karabo bridge {endpoint}"
+        self.streams = True     # it sends as long as the facility runs: a stop does not wait for it to fall silent
         self.ended: str | None = None
         self.unknown: set[str] = set()
 

@@ -60,24 +60,30 @@ class CxiFolderSource:
             self._current = None
 
     def _next_file(self) -> Path | None:
-        names = sorted(p.name for p in self.folder.glob(self.pattern) if not p.name.startswith("."))
+        taken = set(self.done)
+        names = [name for name in sorted(p.name for p in self.folder.glob(self.pattern) if not p.name.startswith("."))
+                 if name not in taken]
+        now = time.monotonic()
+        for name in names:   # every file settles from when it was first seen unchanged, all at once (not one per
+            try:             # poll: a resumed follow walking many files already ingested would take settle_s each)
+                stat = (self.folder / name).stat()
+            except FileNotFoundError:
+                continue
+            stamp = (stat.st_size, stat.st_mtime_ns)
+            if self._seen.get(name, (None,))[0] != stamp:
+                self._seen[name] = (stamp, now)
         for name in names:
-            if name in self.done:
+            if name not in self._seen:
                 continue
             if self.done and name < self.done[-1]:
                 self.done.append(name)
                 log.warning("follow: %s: %s appeared after %s, out of name order: skipped", self.name, name,
                             self.done[-2])
                 continue
-            path = self.folder / name
-            stat = path.stat()
-            stamp = (stat.st_size, stat.st_mtime_ns)
-            if self._seen.get(name, (None,))[0] != stamp:
-                self._seen[name] = (stamp, time.monotonic())
-            if time.monotonic() - self._seen[name][1] < self.settle_s:
+            if now - self._seen[name][1] < self.settle_s:
                 return None
             self.done.append(name)
-            return path
+            return self.folder / name
         return None
 
     def _file(self, path: Path, ordinal: int):

@@ -8,7 +8,10 @@ and commits them in chunks (:class:`~spibatch.stream.store.Store`).  It ends whe
 * the source says so (``source.ended``: a run folder whose overview file marks it closed),
 * no train (good or bad) arrived for ``idle_timeout_s`` (a Karabo bridge that stopped sending; a
   run folder nobody writes to any more),
-* the stop file exists (``RunLayout(run).stop``, which ``spibatch stop RUN_DIR`` creates),
+* the stop file exists (``RunLayout(run).stop``, which ``spibatch stop RUN_DIR`` creates): what has
+  arrived is still read -- the files already there, until the source falls silent; a source that
+  ``streams`` (the Karabo bridge, which sends as long as the facility runs) is read for the drain
+  time only,
 
 and writes everything it processed first.  Started again on the same folder it resumes from
 the index: trains up to the last committed one are skipped as already ingested (a restarted
@@ -144,10 +147,10 @@ class Follower:
                 if items:     # any train, good or bad, shows the source is alive
                     last_new = time.monotonic()
                 self._maybe_commit()
-                if stopping is not None and getattr(self.source, "endless", False) and \
-                        time.monotonic() - stopping > drain_s:   # a live stream never runs dry: what came, came
-                    reason = f"stop file {self.stop_file}"
-                    break
+                if stopping is not None and getattr(self.source, "streams", False) \
+                        and time.monotonic() - stopping > drain_s:
+                    reason = f"stop file {self.stop_file}"     # a stream never falls silent: what was in flight
+                    break                                      # at the stop has been read by now
                 if not items:
                     if stopping is not None and (self.source.ended or time.monotonic() - max(last_new, stopping) > drain_s):
                         reason = f"stop file {self.stop_file}"

@@ -210,7 +210,10 @@ def replay(frames: FrameSet, rate_hz: float, as_: str, target: str | os.PathLike
     played = 0
     folder = Path(target)
     folder.mkdir(parents=True, exist_ok=True)
-    for number, first in enumerate(range(trains.start, trains.stop, trains_per_file), start=start_train // trains_per_file):
+    # files numbered as if the whole set were played from train 0, a partial first file after the one an earlier
+    # replay that stopped there left (stop_train=k, then start_train=k: no file name is used twice)
+    for number, first in enumerate(range(trains.start, trains.stop, trains_per_file),
+                                   start=-(-trains.start // trains_per_file)):
         group = range(first, min(first + trains_per_file, trains.stop))
         if not wait_until(group.stop - 1):
             break

@@ -224,6 +224,63 @@ async function renderIteration() {
   }
 }
 
+/* ---------- a live source (a run that follows one) ---------- */
+
+const clock = (t) => (t ? `${new Date(t * 1000).toISOString().slice(11, 19)}Z` : "–");
+const pct = (v) => (v == null ? "–" : `${(100 * v).toFixed(1)}%`);
+
+function renderFollow(f) {
+  const p = f.latest_preview, d = f.newest_density;
+  $("follow-progress").textContent = `— ${f.state || "?"}${f.end_reason ? " (" + f.end_reason + ")" : ""}`;
+  const bad = Object.entries(f.bad_trains || {}).map(([k, v]) => `${v} ${k}`).join(", ");
+  const rows = [["source", f.source], ["frames so far", f.frames_seen], ["hits so far", f.hits],
+    ["hit rate", `${pct(f.hit_rate)}${f.last_batch_hit_rate != null ? " (last commit " + pct(f.last_batch_hit_rate) + ")" : ""}`],
+    ["hit threshold", f.threshold != null ? `${fmt(f.threshold, 3)} lit pixels${f.threshold_rule ? " (" + f.threshold_rule + ")" : ""}` : null],
+    ["trains skipped", bad || "none"], ["newest frame", clock(f.last_received)],
+    ["latest preview", p ? `iteration ${p.iteration}, ${p.frames} frames, written ${clock(p.written)}${p.final ? " (quick final)" : ""}` : "none yet"],
+    ["newest frame → newest density", d && d.latency_s != null ? `${seconds(d.latency_s)} (${d.kind})` : "–"]];
+  $("follow-facts").innerHTML = rows.filter(([, v]) => v !== null && v !== undefined)
+    .map(([k, v]) => `<dt>${esc(k)}</dt><dd data-key="${esc(k)}">${esc(v)}</dd>`).join("");
+  const h = f.history || { time: [] };
+  if (h.time.length) {
+    const t0 = h.time[0];
+    draw("plot-hitrate", [{ x: h.time.map((t) => t - t0), y: h.hit_rate.map((r) => (r == null ? null : 100 * r)), mode: "lines+markers",
+      marker: { size: 4 }, line: { color: PALETTE[0] }, customdata: h.frames_seen,
+      hovertemplate: "%{x:.1f} s: %{y:.1f}% of the frames<br>%{customdata} frames so far<extra></extra>" }],
+      layout("Hit rate, commit by commit", "time since the first commit (s)", "hits (% of frames)", { yaxis: { rangemode: "tozero", title: { text: "hits (% of frames)" } } }));
+  } else empty("plot-hitrate", "The hit rate appears with the first commit.");
+  const lit = f.lit_histogram;
+  if (lit && lit.counts.some((c) => c > 0)) {
+    const upto = lit.counts.reduce((last, c, i) => (c > 0 ? i + 1 : last), 0);   // empty bins above the last used: left off
+    const counts = lit.counts.slice(0, upto);
+    const labels = counts.map((_, i) => (i + 1 >= lit.edges.length ? `≥${lit.edges[i]}`
+      : lit.edges[i + 1] - 1 === lit.edges[i] ? `${lit.edges[i]}` : `${lit.edges[i]}–${lit.edges[i + 1] - 1}`));
+    draw("plot-lit", [{ type: "bar", x: labels, y: counts, marker: { color: PALETTE[2] } }],
+      layout(`Lit pixels per frame (threshold ${f.threshold != null ? fmt(f.threshold, 3) : "?"})`, "lit pixels", "frames",
+        { yaxis: logAxis("frames", counts), xaxis: { type: "category", title: { text: "lit pixels" } } }));
+  } else empty("plot-lit", "The lit-pixel histogram appears with the first frames.");
+  state.rendered.follow = f.frames_seen;
+}
+
+function renderPreview(pv) {
+  if (!pv) {
+    [0, 1, 2].forEach((i) => empty(`plot-preview-${i}`, i === 1 ? "A preview density appears every few EMC iterations." : ""));
+    $("preview-note").textContent = "";
+    return;
+  }
+  const r = pv.preview;
+  pv.slices.forEach((s, i) => {
+    draw(`plot-preview-${i}`, [{ type: "heatmap", x: s.x, y: s.y, z: s.z, zmin: pv.zmin, zmax: pv.zmax, colorscale: "Greys",
+      showscale: i === 2, colorbar: { thickness: 12, xpad: 4 } }],
+      layout(`Preview, iteration ${r.iteration}, ${s.title}`, s.x_label, s.y_label, {
+        yaxis: { title: { text: s.y_label }, scaleanchor: "x", constrain: "domain" }, xaxis: { title: { text: s.x_label }, constrain: "domain" },
+        margin: SLICE_MARGIN }));
+  });
+  $("preview-note").textContent = `Preview density of EMC iteration ${r.iteration} (${r.frames} frames, ${r.starts} starts${r.final ? ", the quick final density" : ""}),`
+    + ` written ${clock(r.written)}${r.latency_s != null ? ", " + seconds(r.latency_s) + " after the newest frame it could include" : ""}.`;
+  state.rendered.preview = r.iteration;
+}
+
 /* ---------- phasing and validation ---------- */
 
 function renderPhase(ph) {
@@ -323,6 +380,14 @@ async function refreshRun() {
   const i = state.runs.findIndex((r) => r.run === run);
   if (i >= 0 && status(state.runs[i]) !== status(s)) { state.runs[i] = s; renderRuns(); }
   $("emc").hidden = !s.has.emc;
+  $("live-source").hidden = !s.has.follow;
+  if (s.has.follow) {
+    const f = await api("follow", { run });
+    if (f) {
+      renderFollow(f);
+      renderPreview(f.latest_preview ? await api("follow/preview", { run }) : null);
+    }
+  }
   const phasing = s.phasing;
   const phasingShown = s.has.phase || !!(phasing && (phasing.starts_done > 0 || phasing.state === "running"));
   $("phase").hidden = !phasingShown;
