@@ -168,7 +168,8 @@ class Phasing(Section):
                                              "autocorrelation above this fraction of its maximum")
     threads: int | None = Field(None, ge=1, description="threads per start (FFT and kernels); default: all cores")
     fft: Literal["auto", "fftw", "scipy"] = Field("auto", description="FFT library: fftw (pyFFTW, the [fftw] "
-                                                  "extra), scipy, or auto (fftw when installed)")
+                                                  "extra), scipy, or auto (fftw when installed and fft_planning is measure; "
+                                                  "FFTW's estimated plans are erratic on odd edges)")
     fft_planning: Literal["estimate", "measure"] = Field("estimate", description="fftw's plans: estimate (the same "
                                                          "seed gives the same bits in every run) or measure (timed "
                                                          "plans kept as wisdom: ~1.2x faster FFTs, but the first "

@@ -16,7 +16,10 @@ Two backends with one interface:
 - ``scipy``: ``scipy.fft`` (pocketfft) with ``workers`` threads; it allocates its
   outputs, so it is slower on large volumes.
 
-``auto`` takes fftw when pyFFTW imports.  Both transforms are unnormalised
+``auto`` takes fftw when pyFFTW imports and the planning is ``measure``, scipy otherwise: FFTW_ESTIMATE
+plans of the odd edges EMC models have are erratic -- measured at 2 threads (BENCHMARKS.md, "Phasing
+speed"), forward + inverse 75^3 397 ms against scipy's 8.4, 125^3 2.5 s against 33 ms, 91^3 34-87 ms against
+11-14 --, and scipy.fft is reproducible bit for bit too.  Both transforms are unnormalised
 (the forward is a plain sum, the inverse too): callers fold the 1/N^3 in
 elsewhere (the modulus projection does it for free).  A real iterate uses a
 real-to-complex FFT with a (N, N, N // 2 + 1) half spectrum.  Arrays carry a
@@ -74,7 +77,7 @@ class FFTEngine:
             raise ValueError(f"unknown FFT planning {planning!r}: one of {', '.join(PLANNING)}")
         self.planning = planning
         if backend == "auto":
-            backend = "fftw" if have_fftw() else "scipy"
+            backend = "fftw" if planning == "measure" and have_fftw() else "scipy"
         self.backend = backend
         self.n = int(n)
         self.batch = int(batch)
