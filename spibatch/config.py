@@ -115,6 +115,8 @@ class EMC(Section):
                                   "tasks get whole shards, so results do not depend on the number of ranks)")
     model_size: int | None = Field(None, ge=3, description="edge of the cubic model grid in voxels; default: the "
                                    "detector's 2 ceil(max |q|) + 1")
+    detector_corr: bool = Field(True, description="expected photons = scale x corr x model, corr the detector's "
+                                "solid angle x polarization (mean 1), as in Dragonfly; false: the model absorbs it")
 
     @field_validator("point_group")
     @classmethod

@@ -91,7 +91,7 @@ def test_emc_wrappers_pass_the_c_types_and_grids():
     rot = np.tile(np.eye(3, dtype=np.float32), (nrot, 1, 1))
     q = np.zeros((npix, 3), np.float32)
     logv = np.zeros((npix, nrot), np.float32)
-    k.log_views(model, rot, q, 1e-30, logv, np.zeros(nrot))
+    k.log_views(model, rot, q, np.ones(npix, np.float32), 1e-30, logv, np.zeros(nrot))
     ptr = np.linspace(0, entries, nframes + 1).astype(np.int64)
     like = np.zeros((nframes, nrot), np.float32)
     k.photon_log_likelihood(logv, ptr, ptr[1:].copy(), np.zeros(entries, np.int32), np.ones(entries, np.float32),

@@ -183,7 +183,7 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     inputs = executor.collective(check_inputs, settings, photons, detector, executor.size)
     photons, detector = Path(photons), Path(detector)
     threads = _limit_threads()
-    geometry = Geometry.build(detector, settings.num_div, inputs.detector)
+    geometry = Geometry.build(detector, settings.num_div, inputs.detector, settings.detector_corr)
     specs = ShardSpec.cut(photons, 0, inputs.num_frames, settings.frames_per_shard)
     counts, peak = executor.add_shards(specs, geometry)
     recorded = {**settings.resume_record(), "num_frames": inputs.num_frames, "num_pix": inputs.detector.num_pix,

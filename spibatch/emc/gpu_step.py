@@ -99,6 +99,8 @@ class _OnDevice:
         self.rotmats = xp.asarray(np.ascontiguousarray(rotations.matrices, np.float32))
         self.q_used = xp.asarray(np.ascontiguousarray(pixels.q[:self.num_used], np.float32))
         self.q_all = xp.asarray(np.ascontiguousarray(pixels.q, np.float32))
+        self.corr_used = xp.asarray(np.ascontiguousarray(pixels.corr[:self.num_used], np.float32))
+        self.inv_corr = None if np.all(pixels.corr == 1.0) else xp.asarray((1.0 / pixels.corr).astype(np.float32))
         self.log_prior = xp.asarray(np.log(rotations.weights))
         self.pixel = xp.asarray(shard.pixel)
         self.count = xp.asarray(shard.count)
@@ -154,7 +156,8 @@ class _OnDevice:
             logv = self.view_buf[:self.num_used * n].reshape(self.num_used, n)
             u_block = xp.zeros(n, np.float64)
             for a, b in _row_blocks(self.num_used):
-                kernels.log_views(self.model, self.rotmats[r0:r1], self.q_used[a:b], TINY, logv[a:b], u_block)
+                kernels.log_views(self.model, self.rotmats[r0:r1], self.q_used[a:b], self.corr_used[a:b], TINY,
+                                  logv[a:b], u_block)
             self.u[r0:r1] = u_block
             synchronize(xp)
             t1 = perf_counter()
@@ -192,6 +195,8 @@ class _OnDevice:
             views = self.view_buf[:self.num_pix * n].reshape(self.num_pix, n)
             for a, b in _row_blocks(self.num_pix):
                 kernels.weighted_photons(p, pixel_ptr[a:b + 1], by_frame, by_count, views[a:b])
+                if self.inv_corr is not None:          # photons / corr: the model is free of the detector
+                    views[a:b] *= self.inv_corr[a:b, None]
                 kernels.merge_views(self.acc, self.rotmats[r0:r1], self.q_all[a:b], views[a:b], weight_of_rot)
             synchronize(xp)
             self.clock["normalize"] += t1 - t0

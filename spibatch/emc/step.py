@@ -84,36 +84,35 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
                       window: np.ndarray, log_prior: np.ndarray, block: int, slots: int, clock: dict):
     """Expand and likelihood per block of ``block`` rotations, keeping what is within ``window`` of each frame's
     running best: ``(u (R,) view sums, best (D,), best_rot (D,) int32, frame, rotation (n,) int32, value (n,))``."""
-    from spibatch.kernels.emc_cpu import log_views_t, photon_log_likelihood
+    from spibatch.kernels.emc_cpu import keep_within_window, photon_log_likelihood, views_by_rotation
 
-    nf, nrot = shard.num_frames, len(rotations)
-    q_used = pixels.q[:pixels.num_used]
+    nf, nrot, m = shard.num_frames, len(rotations), model.shape[0]
+    flat = np.ascontiguousarray(model, np.float32).reshape(-1)
+    q_t = np.ascontiguousarray(pixels.q[:pixels.num_used].T, np.float32)
+    corr = pixels.corr[:pixels.num_used].astype(np.float32)
     u = np.empty(nrot)
     best = np.full(nf, -np.inf)
     best_rot = np.full(nf, -1, np.int32)
     kept_frame, kept_rot, kept_value = [], [], []
+    views = np.empty((block, pixels.num_used), np.float32)
     logv = np.empty((pixels.num_used, block), np.float32)   # float32: half the cache traffic of the likelihood
-    u_parts = np.empty((slots, block))
+    sums = np.empty((nf, block), np.float32)
     like = np.empty((nf, block))
     for r0 in range(0, nrot, block):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
         t0 = perf_counter()
-        log_views_t(model, rotations.matrices[r0:r1], q_used, TINY, logv[:, :n], u_parts[:, :n])
-        u[r0:r1] = u_parts[:, :n].sum(axis=0)
+        views_by_rotation(flat, m, rotations.matrices[r0:r1], q_t, corr, views[:n], u[r0:r1])
+        np.maximum(views[:n], np.float32(TINY), out=views[:n])
+        np.log(views[:n], out=views[:n])                 # numpy's SIMD logf
+        logv[:, :n] = views[:n].T                        # pixel-major for the likelihood's rows
         t1 = perf_counter()
-        photon_log_likelihood(logv[:, :n], shard.ptr, shard.used_end, shard.pixel, shard.count,
-                              log_prior[r0:r1], scale, u[r0:r1], like[:, :n])
-        block_like = like[:, :n]
-        arg = block_like.argmax(axis=1)
-        top = block_like[np.arange(nf), arg]
-        better = top > best
-        best[better] = top[better]
-        best_rot[better] = arg[better] + r0
-        d, r = np.nonzero(block_like > (best - window)[:, None])
-        kept_frame.append(d.astype(np.int32))
-        kept_rot.append((r + r0).astype(np.int32))
-        kept_value.append(block_like[d, r])
+        photon_log_likelihood(logv[:, :n], shard.ptr, shard.used_end, shard.pixel, shard.count, sums[:, :n])
+        d, r, value = keep_within_window(sums[:, :n], log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot,
+                                         like[:, :n])
+        kept_frame.append(d)
+        kept_rot.append(r)
+        kept_value.append(value)
         clock["expand"] += t1 - t0
         clock["likelihood"] += perf_counter() - t1
     return u, best, best_rot, _joined(kept_frame), _joined(kept_rot), _joined(kept_value)
@@ -128,7 +127,8 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
 
 def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
            prob: np.ndarray, weight_of_rot: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Maximize: photons weighted by P and the weights P * scale, merged into 3-D per rotation block.
+    """Maximize: photons weighted by P (divided by the pixel's corr) and the weights P * scale, merged into 3-D
+    per rotation block.
 
     Each block's weighted photons come from a dense kernel (SIMD over
     rotations) when many frames share its rotations, from a sparse one
@@ -139,11 +139,13 @@ def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.n
     nrot, nf, npix = len(rotations), shard.num_frames, len(pixels.q)
     block = MERGE_BLOCK
     photons_per_frame = np.diff(shard.ptr)
+    inv_corr = (1.0 / pixels.corr).astype(np.float32)
+    q_t = np.ascontiguousarray(pixels.q.T, np.float32)
     csc = None                                          # the by-pixel form, built when a dense block needs it
     # Entries come in likelihood-block order, and likelihood blocks divide merge blocks: r // block is sorted.
     starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
-    sums = np.zeros((m, m, m, 2), np.float32)   # float32: half the cache footprint, 1.4x faster (measured)
-    views = np.empty((npix, block), np.float32)        # float32 like the accumulators: half the traffic
+    sums = np.zeros(m * m * m * 2, np.float32)   # float32: half the cache footprint, 1.4x faster (measured)
+    views = np.empty((block, npix), np.float32)         # rotation-major, float32 like the accumulators
     dense_prob = np.empty((nf, block), np.float32)
     for k, r0 in enumerate(range(0, nrot, block)):
         r1 = min(r0 + block, nrot)
@@ -159,15 +161,16 @@ def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.n
             rot_ptr = np.zeros(n + 1, np.int64)
             np.cumsum(np.bincount(br, minlength=n), out=rot_ptr[1:])
             weighted_photons_sparse(rot_ptr, bd[by_rot].astype(np.int64), bp[by_rot], shard.ptr,
-                                    shard.pixel, shard.count, views[:, :n])
+                                    shard.pixel, shard.count, inv_corr, views[:n])
         else:
             block_prob = dense_prob[:, :n]
             block_prob[:] = 0.0
             block_prob[bd, br] = bp
             if csc is None:
                 csc = shard.by_pixel(npix)
-            weighted_photons_dense(block_prob, *csc, views[:, :n])
-        merge_views(sums, rotations.matrices[r0:r1], pixels.q, views[:, :n], weight_of_rot[r0:r1], slots)
+            weighted_photons_dense(block_prob, *csc, inv_corr, views[:n])
+        merge_views(sums, m, rotations.matrices[r0:r1], q_t, views[:n], weight_of_rot[r0:r1], slots)
+    sums = sums.reshape(m, m, m, 2)
     return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64)
 
 
@@ -178,14 +181,15 @@ def default_threads() -> int:
 
 def random_model(size: int, pixels: PixelSet, rotations: Rotations, mean_counts: float, seed: int) -> np.ndarray:
     """Seeded uniform random start model (M, M, M) float64, scaled so a view holds ``mean_counts`` photons on average."""
-    from spibatch.kernels.emc_cpu import log_views_t
+    from spibatch.kernels.emc_cpu import views_by_rotation
 
     model = np.random.default_rng(seed).random((size, size, size))
     sample = rotations.matrices[:: max(1, len(rotations) // 16)]
-    logv = np.empty((pixels.num_used, len(sample)))
-    u_parts = np.empty((1, len(sample)))
-    log_views_t(model, sample, pixels.q[:pixels.num_used], TINY, logv, u_parts)
-    return model * (mean_counts / u_parts.mean())
+    views, u = np.empty((len(sample), pixels.num_used), np.float32), np.empty(len(sample))
+    views_by_rotation(model.astype(np.float32).reshape(-1), size, sample,
+                      np.ascontiguousarray(pixels.q[:pixels.num_used].T, np.float32),
+                      pixels.corr[:pixels.num_used].astype(np.float32), views, u)
+    return model * (mean_counts / u.mean())
 
 
 def warm_up() -> None:

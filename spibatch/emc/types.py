@@ -62,21 +62,28 @@ class PixelSet:
     """The detector's pixels as EMC uses them: used (mask 0) first, then merge-only (mask 1).
 
     q (T, 3) float64 in voxels; ``num_used`` leading rows are mask 0;
-    ``index_of`` (num_pix,) int32 maps a detector pixel to its row, -1 for excluded.
+    ``index_of`` (num_pix,) int32 maps a detector pixel to its row, -1 for excluded;
+    ``corr`` (T,) float64: the expected photons of a pixel are ``scale x corr x model(R q)`` --
+    the detector's solid angle x polarization normalised to mean 1 over all its pixels (Dragonfly's
+    ``corr``), or ones (``detector_corr=False``).
     """
 
     q: np.ndarray
     num_used: int
     index_of: np.ndarray
+    corr: np.ndarray
 
     @classmethod
-    def from_detector(cls, detector: Detector) -> "PixelSet":
+    def from_detector(cls, detector: Detector, detector_corr: bool = True) -> "PixelSet":
         used = np.flatnonzero(detector.mask == MASK_USED)
         merge_only = np.flatnonzero((detector.mask != MASK_USED) & (detector.mask != MASK_EXCLUDED))
         order = np.concatenate([used, merge_only])
         index_of = np.full(detector.num_pix, -1, np.int32)
         index_of[order] = np.arange(len(order), dtype=np.int32)
-        return cls(np.ascontiguousarray(detector.q_voxels[order], np.float64), len(used), index_of)
+        corr = np.ones(len(order))
+        if detector_corr and detector.corr.mean() > 0:
+            corr = np.ascontiguousarray(detector.corr[order] / detector.corr.mean(), np.float64)
+        return cls(np.ascontiguousarray(detector.q_voxels[order], np.float64), len(used), index_of, corr)
 
 
 @dataclass
@@ -207,22 +214,35 @@ class ShardSpec(NamedTuple):
         return Shard.from_photons(read_photons(self.photons, self.start, self.stop), pixels, self.first_frame)
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """A run's pixels and rotations, with the recipe (detector file, num_div) that rebuilds them elsewhere."""
+class GeometrySpec(NamedTuple):
+    """The recipe of a run's :class:`Geometry`, small enough to send to a task: the detector file, the
+    600-cell refinement and whether the detector's corr enters the views."""
 
     detector_path: str
     num_div: int
+    detector_corr: bool = True
+
+    def build(self, detector: Detector | None = None) -> "Geometry":
+        """The geometry (``detector``: the one already read from ``detector_path``, if any)."""
+        if detector is None:
+            detector = Detector.read(self.detector_path)
+        return Geometry(self, PixelSet.from_detector(detector, self.detector_corr),
+                        Rotations.refined_600_cell(self.num_div))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A run's pixels and rotations, with the recipe (:class:`GeometrySpec`) that rebuilds them elsewhere."""
+
+    spec: GeometrySpec
     pixels: PixelSet
     rotations: Rotations
 
     @classmethod
-    def build(cls, detector_path: str | os.PathLike, num_div: int, detector: Detector | None = None) -> "Geometry":
+    def build(cls, detector_path: str | os.PathLike, num_div: int, detector: Detector | None = None,
+              detector_corr: bool = True) -> "Geometry":
         """From the detector file (or the ``detector`` already read from it) and the 600-cell refinement."""
-        if detector is None:
-            detector = Detector.read(detector_path)
-        return cls(os.fspath(detector_path), num_div, PixelSet.from_detector(detector),
-                   Rotations.refined_600_cell(num_div))
+        return GeometrySpec(os.fspath(detector_path), num_div, detector_corr).build(detector)
 
 
 def reduce(parts: list[ShardSums]) -> ShardSums:
@@ -244,9 +264,12 @@ def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: boo
 
     Voxels no pixel reached keep weight 0 and become 0.  With ``need_scaling``
     the scales become ``counts / sum_r P u_r`` and model and scales are
-    renormalised so that the mean scale is 1.
+    renormalised so that the mean scale is 1.  With ``friedel`` the sums of ``q`` and ``-q`` are added
+    before the division (as Dragonfly does): the weighted mean of both sides, exactly centrosymmetric.
     """
     num, den = total.numerator, total.denominator
+    if friedel:
+        num, den = num + num[::-1, ::-1, ::-1], den + den[::-1, ::-1, ::-1]
     new = np.zeros_like(num)
     np.divide(num, den, out=new, where=den > 0)
     f = total.frames
@@ -257,8 +280,6 @@ def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: boo
         mean = scales[ok].mean() if ok.any() else 1.0
         scales /= mean
         new *= mean
-    if friedel:
-        new = 0.5 * (new + new[::-1, ::-1, ::-1])
     metrics = {
         "rms_change": float(np.sqrt(np.mean((new - model) ** 2))),
         "mutual_info": float(f["mutual_info"].mean()),

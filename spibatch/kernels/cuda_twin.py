@@ -68,7 +68,7 @@ def _corners(index, frac):
 
 # ------------------------------------------------------------------ emc.cu
 
-def log_views(grid, block, model, m, rotmats, nrot, q, npix, tiny, out, view_sum):
+def log_views(grid, block, model, m, rotmats, nrot, q, pixel_factor, npix, tiny, out, view_sum):
     _covers("log_views", grid, block, nrot, npix)
     m = int(m)
     index, frac, inside = _trilinear(m, rotmats, int(nrot), q, int(npix))
@@ -78,6 +78,7 @@ def log_views(grid, block, model, m, rotmats, nrot, q, npix, tiny, out, view_sum
     for (a, b, e), w in _corners(index, frac):
         v += w * flat[((safe[..., 0] + a) * m + safe[..., 1] + b) * m + safe[..., 2] + e]
     v[~inside] = 0.0
+    v *= pixel_factor[:npix, None]
     view_sum[:nrot] += v.sum(axis=0, dtype=np.float64)
     out.reshape(npix, nrot)[...] = np.log(np.maximum(v, np.float32(tiny)))
 

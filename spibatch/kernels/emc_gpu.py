@@ -26,17 +26,20 @@ class EMCKernels:
     def _grid(nrot: int, rows: int) -> tuple[int, int]:
         return ((nrot + BLOCK - 1) // BLOCK, rows)
 
-    def log_views(self, model, rotmats, q, tiny: float, out, view_sum) -> None:
-        """out (T, R) float32 <- log of the trilinear views; view_sum (R,) float64 += the views' sums."""
+    def log_views(self, model, rotmats, q, pixel_factor, tiny: float, out, view_sum) -> None:
+        """out (T, R) float32 <- log of the trilinear views times pixel_factor (T,) float32; view_sum (R,)
+        float64 += the views' sums."""
         m = model.shape[0]
         check("model", model, np.float32, (m, m, m))
         nrot, npix = rotmats.shape[0], q.shape[0]
         check("rotmats", rotmats, np.float32, (nrot, 3, 3))
         check("q", q, np.float32, (npix, 3))
+        check("pixel_factor", pixel_factor, np.float32, (npix,))
         check("out", out, np.float32, (npix, nrot))
         check("view_sum", view_sum, np.float64, (nrot,))
         self.launch("log_views", self._grid(nrot, npix),
-                    (model, np.int32(m), rotmats, np.int32(nrot), q, np.int32(npix), np.float32(tiny), out, view_sum))
+                    (model, np.int32(m), rotmats, np.int32(nrot), q, pixel_factor, np.int32(npix), np.float32(tiny),
+                     out, view_sum))
 
     def photon_log_likelihood(self, log_views, frame_ptr, frame_end, pixel, count, log_prior, scale, view_sum,
                               out) -> None:

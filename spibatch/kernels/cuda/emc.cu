@@ -21,10 +21,10 @@ __device__ __forceinline__ bool corner(const float *rot, float qx, float qy, flo
     return !(*ix < 0 || *iy < 0 || *iz < 0 || *ix >= m - 1 || *iy >= m - 1 || *iz >= m - 1);
 }
 
-// out[t, r] <- log(max(model(R_r q_t), tiny)) (trilinear; outside reads 0); view_sum[r] += model(R_r q_t)
-// grid: x over rotations, y over pixels
-__global__ void log_views(const float *model, int m, const float *rotmats, int nrot, const float *q, int npix,
-                          float tiny, float *out, double *view_sum) {
+// out[t, r] <- log(max(c_t model(R_r q_t), tiny)) (trilinear; outside reads 0); view_sum[r] += c_t model(R_r q_t)
+// c = pixel_factor (the detector's corr, or ones); grid: x over rotations, y over pixels
+__global__ void log_views(const float *model, int m, const float *rotmats, int nrot, const float *q,
+                          const float *pixel_factor, int npix, float tiny, float *out, double *view_sum) {
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
     const int t = blockIdx.y;
     if (r >= nrot || t >= npix) return;
