@@ -28,7 +28,8 @@ def problem():
     pixels = PixelSet.from_detector(detector)
     from spibatch.kernels.emc_cpu import views_by_rotation
     views = np.empty((len(rotations), len(pixels.q)), np.float32)
-    views_by_rotation(truth.astype(np.float32).ravel(), m, rotations.matrices, pixels.q.T.astype(np.float32),
+    views_by_rotation(truth.astype(np.float32).ravel(), m, rotations.matrices, rotations.mode,
+                      pixels.q.T.astype(np.float32),
                       pixels.corr.astype(np.float32), views, np.empty(len(rotations)))
     views = views.T.astype(np.float64)                 # (T, R) in PixelSet order
     scale = 3000 / views[: pixels.num_used].sum(axis=0).mean()

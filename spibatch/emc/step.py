@@ -41,8 +41,9 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
                state: StepState, *, rotation_block: int | None = None) -> ShardSums:
     """Expand, likelihood, probabilities and merge for one shard on the CPU: its partial sums.
 
-    model (M, M, M) float64 (the current model, >= 0); rotation_block: rotations per likelihood
-    block (default :func:`rotation_block_size`).
+    model (M, M, M) float64 (the current model, >= 0), or (V, M, M, M) with modes (``rotations.mode`` says
+    which volume each orientation slices; the frames' ``mode_probabilities`` (D, V) are then summed too);
+    rotation_block: rotations per likelihood block (default :func:`rotation_block_size`).
     """
     from spibatch.kernels.emc_cpu import normalize_probabilities
 
@@ -73,8 +74,12 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
         "best_rotation": best_rot,                                                # the most likely rotation,
         "best_probability": np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0),   # exp(0) / norm
     }
+    if rotations.num_volumes > 1:
+        volumes = rotations.num_volumes
+        frames["mode_probabilities"] = np.bincount(d.astype(np.int64) * volumes + rotations.mode[r], prob,
+                                                   nf * volumes).reshape(nf, volumes)
     t1 = perf_counter()
-    numerator, denominator = _merge(model.shape[0], rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
+    numerator, denominator = _merge(model.shape, rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
     clock["normalize"] += t1 - t0
     clock["merge"] += perf_counter() - t1
     return ShardSums(first, numerator, denominator, frames, clock)
@@ -86,7 +91,7 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
     running best: ``(u (R,) view sums, best (D,), best_rot (D,) int32, frame, rotation (n,) int32, value (n,))``."""
     from spibatch.kernels.emc_cpu import keep_within_window, photon_log_likelihood, views_by_rotation
 
-    nf, nrot, m = shard.num_frames, len(rotations), model.shape[0]
+    nf, nrot, m = shard.num_frames, len(rotations), model.shape[-1]
     flat = np.ascontiguousarray(model, np.float32).reshape(-1)
     q_t = np.ascontiguousarray(pixels.q[:pixels.num_used].T, np.float32)
     corr = pixels.corr[:pixels.num_used].astype(np.float32)
@@ -102,7 +107,7 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
         r1 = min(r0 + block, nrot)
         n = r1 - r0
         t0 = perf_counter()
-        views_by_rotation(flat, m, rotations.matrices[r0:r1], q_t, corr, views[:n], u[r0:r1])
+        views_by_rotation(flat, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, corr, views[:n], u[r0:r1])
         np.maximum(views[:n], np.float32(TINY), out=views[:n])
         np.log(views[:n], out=views[:n])                 # numpy's SIMD logf
         logv[:, :n] = views[:n].T                        # pixel-major for the likelihood's rows
@@ -125,7 +130,7 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
+def _merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
            prob: np.ndarray, weight_of_rot: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
     """Maximize: photons weighted by P (divided by the pixel's corr) and the weights P * scale, merged into 3-D
     per rotation block.
@@ -136,7 +141,7 @@ def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.n
     """
     from spibatch.kernels.emc_cpu import merge_views, weighted_photons_dense, weighted_photons_sparse
 
-    nrot, nf, npix = len(rotations), shard.num_frames, len(pixels.q)
+    nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
     block = MERGE_BLOCK
     photons_per_frame = np.diff(shard.ptr)
     inv_corr = (1.0 / pixels.corr).astype(np.float32)
@@ -144,7 +149,7 @@ def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.n
     csc = None                                          # the by-pixel form, built when a dense block needs it
     # Entries come in likelihood-block order, and likelihood blocks divide merge blocks: r // block is sorted.
     starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
-    sums = np.zeros(m * m * m * 2, np.float32)   # float32: half the cache footprint, 1.4x faster (measured)
+    sums = np.zeros(int(np.prod(shape)) * 2, np.float32)   # float32: half the cache footprint, 1.4x faster
     views = np.empty((block, npix), np.float32)         # rotation-major, float32 like the accumulators
     dense_prob = np.empty((nf, block), np.float32)
     for k, r0 in enumerate(range(0, nrot, block)):
@@ -169,8 +174,9 @@ def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.n
             if csc is None:
                 csc = shard.by_pixel(npix)
             weighted_photons_dense(block_prob, *csc, inv_corr, views[:n])
-        merge_views(sums, m, rotations.matrices[r0:r1], q_t, views[:n], weight_of_rot[r0:r1], slots)
-    sums = sums.reshape(m, m, m, 2)
+        merge_views(sums, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, views[:n], weight_of_rot[r0:r1],
+                    slots)
+    sums = sums.reshape(shape + (2,))
     return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64)
 
 
@@ -180,14 +186,16 @@ def default_threads() -> int:
 
 
 def random_model(size: int, pixels: PixelSet, rotations: Rotations, mean_counts: float, seed: int) -> np.ndarray:
-    """Seeded uniform random start model (M, M, M) float64, scaled so a view holds ``mean_counts`` photons on average."""
+    """Seeded uniform random start model (M, M, M) float64 -- (V, M, M, M) with modes, each volume its own
+    draw -- scaled so a view holds ``mean_counts`` photons on average."""
     from spibatch.kernels.emc_cpu import views_by_rotation
 
-    model = np.random.default_rng(seed).random((size, size, size))
-    sample = rotations.matrices[:: max(1, len(rotations) // 16)]
-    views, u = np.empty((len(sample), pixels.num_used), np.float32), np.empty(len(sample))
-    views_by_rotation(model.astype(np.float32).reshape(-1), size, sample,
-                      np.ascontiguousarray(pixels.q[:pixels.num_used].T, np.float32),
+    volumes = rotations.num_volumes
+    model = np.random.default_rng(seed).random((volumes, size, size, size) if volumes > 1 else (size,) * 3)
+    pick = np.arange(0, rotations.per_mode, max(1, rotations.per_mode // 16))   # rotations of volume 0
+    views, u = np.empty((len(pick), pixels.num_used), np.float32), np.empty(len(pick))
+    views_by_rotation(model.astype(np.float32).reshape(-1)[:size ** 3], size, rotations.matrices[pick],
+                      np.zeros(len(pick), np.int32), np.ascontiguousarray(pixels.q[:pixels.num_used].T, np.float32),
                       pixels.corr[:pixels.num_used].astype(np.float32), views, u)
     return model * (mean_counts / u.mean())
 

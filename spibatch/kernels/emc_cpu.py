@@ -54,16 +54,18 @@ def _cells(m, rot, r, q_t, cell, fx, fy, fz):
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
-def views_by_rotation(model, m, rotmats, q_t, pixel_factor, out, view_sum):
+def views_by_rotation(model, m, rotmats, mode, q_t, pixel_factor, out, view_sum):
     """The trilinear views times a per-pixel factor, rotation-major, and their sums.
 
-    model (M^3,) float32 (the flat model); rotmats (R, 3, 3); q_t (3, T) float32 in voxels;
-    pixel_factor (T,) float32 (the detector's corr, or ones); out (R, T) float32 <- c_t model(R_r q_t)
-    (points outside the grid read 0); view_sum (R,) float64 <- the sum of each row.
+    model (V M^3,) float32 (the flat model: V volumes of M^3); rotmats (R, 3, 3); mode (R,) int32: the
+    volume each rotation slices; q_t (3, T) float32 in voxels; pixel_factor (T,) float32 (the detector's
+    corr, or ones); out (R, T) float32 <- c_t model_mode(R_r q_t) (points outside the grid read 0);
+    view_sum (R,) float64 <- the sum of each row.
     """
     nrot, npix = out.shape
     mm = m * m
     for r in nb.prange(nrot):
+        volume = model[mode[r] * mm * m:(mode[r] + 1) * mm * m]
         cell = np.empty(npix, np.int64)
         fx, fy, fz = np.empty(npix, np.float32), np.empty(npix, np.float32), np.empty(npix, np.float32)
         _cells(m, rotmats, r, q_t, cell, fx, fy, fz)
@@ -75,9 +77,9 @@ def views_by_rotation(model, m, rotmats, q_t, pixel_factor, out, view_sum):
             if b >= 0:
                 x, y, z = fx[t], fy[t], fz[t]
                 gx, gy, gz = 1 - x, 1 - y, 1 - z
-                v = (gx * (gy * (gz * model[b] + z * model[b + 1]) + y * (gz * model[b + m] + z * model[b + m + 1]))
-                     + x * (gy * (gz * model[b + mm] + z * model[b + mm + 1])
-                            + y * (gz * model[b + mm + m] + z * model[b + mm + m + 1]))) * pixel_factor[t]
+                v = (gx * (gy * (gz * volume[b] + z * volume[b + 1]) + y * (gz * volume[b + m] + z * volume[b + m + 1]))
+                     + x * (gy * (gz * volume[b + mm] + z * volume[b + mm + 1])
+                            + y * (gz * volume[b + mm + m] + z * volume[b + mm + m + 1]))) * pixel_factor[t]
             row[t] = v
             total += v
         view_sum[r] = total
@@ -153,11 +155,12 @@ def weighted_photons_sparse(rot_ptr, frame_of, prob, frame_ptr, pixel, count, pi
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
-def merge_views(acc, m, rotmats, q_t, views_rt, weight_of_rot, parts):
+def merge_views(acc, m, rotmats, mode, q_t, views_rt, weight_of_rot, parts):
     """Trilinear merge of views into 3-D: numerator += splat(view_r), denominator += splat(w_r).
 
-    acc (M^3 * 2,) float32: the flat (M, M, M, 2) volume, numerator and denominator side by side
-    so one cache line serves both; rotmats (R, 3, 3); q_t (3, T) float32; views_rt (R, T) float32;
+    acc (V M^3 * 2,) float32: the flat (V, M, M, M, 2) volumes, numerator and denominator side by side
+    so one cache line serves both; rotmats (R, 3, 3); mode (R,) int32: the volume of each rotation;
+    q_t (3, T) float32; views_rt (R, T) float32;
     weight_of_rot (R,): rotations with weight 0 are skipped.  The x-range is split among ``parts``
     threads: every thread walks all pixels of all rotations but writes only the voxels of its own slab
     of x, so no two threads touch the same memory and no per-thread copies of the volume are needed.
@@ -176,6 +179,7 @@ def merge_views(acc, m, rotmats, q_t, views_rt, weight_of_rot, parts):
                 continue
             _cells(m, rotmats, r, q_t, cell, fx, fy, fz)
             row = views_rt[r]
+            offset = mode[r] * step_x * m
             for t in range(npix):
                 b = cell[t]
                 if b < 0 or b + plane < lo or b >= hi:      # outside the grid, or no corner in the slab
@@ -184,7 +188,7 @@ def merge_views(acc, m, rotmats, q_t, views_rt, weight_of_rot, parts):
                 x, y, z = fx[t], fy[t], fz[t]
                 gx, gy, gz = 1 - x, 1 - y, 1 - z
                 low_in, high_in = b >= lo, b + plane < hi   # the corners at x and at x + 1
-                b *= 2
+                b = 2 * b + offset
                 if low_in:
                     f = gx * gy
                     acc[b] += f * gz * v
