@@ -1,6 +1,6 @@
 """EMC on the medium shared data set through the real Slurm cluster: HPC mode vs HTC mode, 2 workers.
 
-    python3 benchmarks/platform_emc.py [--iterations 3] [--frames-per-shard 1000] [--out DIR]
+    python3 benchmarks/platform_emc.py [--iterations 3] [--frames-per-shard 1000] [--out DIR] [--data DIR]
 
 Runs ``spibatch run PIPELINE --site SITE --until emc`` twice on the single-node cluster
 (.ci/slurm-up.sh; 2 CPUs): emc_mode hpc (``spibatch emc`` as one MPI job of 2 ranks x 1
@@ -11,7 +11,9 @@ per iteration from ``emc/metrics.jsonl`` (``time_s``: step + combine/reduce + fi
 writes are excluded in both modes), the EMC stage's wall time (with the batch jobs' start),
 and for HTC where the time beyond the tasks' own work goes (``emc/htc/timing.jsonl``):
 model broadcast (write of the .npy), load of the model in the task, wait (submit -> last
-result, includes dispatch and the return of the sums through Parsl), reduce.
+result, includes dispatch and the return of the sums through Parsl), reduce.  ``--data`` names
+another Dragonfly data set (photons.emc, det_sim.h5), e.g. dragonfly-small with
+``--frames-per-shard 250`` for a quick check of this script.
 """
 
 from __future__ import annotations
@@ -45,10 +47,14 @@ def main() -> None:
     parser.add_argument("--frames-per-shard", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("bench-platform-emc"))
     parser.add_argument("--modes", default="hpc,htc")
+    parser.add_argument("--data", type=Path, default=MEDIUM, help="the data set's folder (photons.emc, det_sim.h5)")
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from spibatch.layout import HTC_TIMING, RunLayout
+
     args.out.mkdir(parents=True, exist_ok=True)
     pipeline = args.out / "pipeline.yaml"
-    pipeline.write_text(PIPELINE.format(photons=MEDIUM / "photons.emc", detector=MEDIUM / "det_sim.h5",
+    pipeline.write_text(PIPELINE.format(photons=args.data / "photons.emc", detector=args.data / "det_sim.h5",
                                         iterations=args.iterations, fps=args.frames_per_shard))
     env = dict(os.environ, PYTHONPATH=str(REPO), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     result = {}
@@ -62,8 +68,9 @@ def main() -> None:
         if done.returncode != 0:
             sys.exit(f"{mode}: {done.stderr[-3000:]}")
         wall = time.perf_counter() - began
-        rows = [json.loads(line) for line in (run / "emc" / "metrics.jsonl").read_text().splitlines()]
-        marker = json.loads((run / "stages" / "emc.json").read_text())
+        layout = RunLayout(run)
+        rows = [json.loads(line) for line in layout.emc_metrics.read_text().splitlines()]
+        marker = json.loads(layout.marker("emc").read_text())
         entry = {"iteration_s": [round(r["time_s"], 2) for r in rows],
                  "median_iteration_s": round(statistics.median(r["time_s"] for r in rows), 2),
                  "emc_stage_s": marker["seconds"], "run_wall_s": round(wall, 1),
@@ -71,7 +78,7 @@ def main() -> None:
                                                       if k in ("expand_s", "likelihood_s", "normalize_s",
                                                                "merge_s")), 2) for r in rows]}
         if mode == "htc":
-            entry["htc"] = [json.loads(line) for line in (run / "emc" / "htc" / "timing.jsonl").read_text().splitlines()]
+            entry["htc"] = [json.loads(line) for line in (layout.htc / HTC_TIMING).read_text().splitlines()]
         result[mode] = entry
         print(json.dumps({mode: entry}), flush=True)
     if "hpc" in result and "htc" in result:

@@ -278,5 +278,40 @@ def aligned_shell_correlation(model, reference, alignment: Alignment, r_min: flo
     return shell_correlation(rotated, ref_c, r_min, r_max, mask=mask)
 
 
-__all__ = ["Alignment", "align_intensity", "aligned_shell_correlation", "rotate_intensity",
-           "rotation_grid"]
+def measured_shells(model: np.ndarray, reference: np.ndarray, fraction: float = 0.5) -> tuple[float, float]:
+    """``(r_min, r_max)`` in voxels where both (cubic, common-grid) intensities are measured: the shells from
+    the first to the last in which at least ``fraction`` of the voxels are non-zero in both (a beam-stop hole
+    and the corners beyond a detector are zeros in EMC's models and in a truth cut to the same grid)."""
+    m = model.shape[0]
+    radius = np.rint(radial_index(m)).astype(np.int64).ravel()
+    both = ((np.asarray(model) > 0) & (np.asarray(reference) > 0)).ravel()
+    total = np.bincount(radius, minlength=m)
+    hit = np.bincount(radius, both, minlength=m)
+    ok = np.flatnonzero((total > 0) & (hit >= fraction * np.maximum(total, 1)))
+    ok = ok[(ok >= 1) & (ok <= (m - 1) // 2 - 1)]
+    if ok.size < 3:
+        raise ValueError("the two intensities share fewer than 3 measured shells")
+    return float(ok.min()), float(ok.max())
+
+
+def compare_intensities(model, reference, voxel_size: float | None = None) -> dict:
+    """Two 3-D intensities on one grid (the larger cropped about its centre), the model turned onto the
+    reference (:func:`align_intensity` over the shells both measure), and their correlation in every shell
+    of |q| (:func:`spibatch.validate.shell_correlation_curve`).  Returns a JSON-able summary, with the curve
+    as ``_result`` (an :class:`spibatch.validate.FSCResult`) and the rotation."""
+    from spibatch.validate import shell_correlation_curve
+
+    model, reference = (np.asarray(v, np.float64) for v in (model, reference))
+    model = model[0] if model.ndim == 4 and model.shape[0] == 1 else model
+    model_c, ref_c = crop_to_common(model, reference)
+    r_min, r_max = measured_shells(model_c, ref_c)
+    alignment = align_intensity(model_c, ref_c, r_min, r_max)
+    rotated = rotate_intensity(model_c, alignment.rotation)
+    result = shell_correlation_curve(np.where(ref_c != 0, rotated, 0.0), ref_c, voxel_size)
+    return {"kind": "intensity", "cc": float(alignment.cc), "inverted": alignment.inverted,
+            "rotation": alignment.rotation.tolist(), "r_min": r_min, "r_max": r_max, "grid": model_c.shape[0],
+            "_result": result}
+
+
+__all__ = ["Alignment", "align_intensity", "aligned_shell_correlation", "compare_intensities", "measured_shells",
+           "rotate_intensity", "rotation_grid"]

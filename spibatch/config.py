@@ -17,6 +17,7 @@ from pydantic import Field, PositiveFloat, ValidationError, field_validator, mod
 from spibatch.detector import Detector
 from spibatch.errors import InputError
 from spibatch.phasing import DEFAULT_RECIPE, DEFAULT_SUPPORT_THRESHOLD
+from spibatch.config_source import Source
 from spibatch.yaml_models import Section, load_model
 
 PLANCK_EV_M = 1.239841984e-6  # h c in eV * m: wavelength_m = PLANCK_EV_M / photon_energy_ev
@@ -162,8 +163,9 @@ class Phasing(Section):
                                 "same parity with prime factors <= 13 (211 -> 225): prime FFT lengths are several times "
                                 "slower; the density's voxel shrinks by the same factor")
     recipe: str = Field(DEFAULT_RECIPE,
-                        description="operators run in reading order: HIO, ER, RAAR, DM, ShrinkWrap; '*' then, "
-                        "'**' repeats")
+                        description="'auto' (self-tuning: a free set of 5% of the measured voxels ranks the "
+                        "starts and chooses among support schedules), or operators run in reading order: HIO, ER, "
+                        "RAAR, DM, ShrinkWrap, Auto; '*' then, '**' repeats")
     num_starts: int = Field(16, ge=1, description="independent random starts")
     keep_best: int = Field(8, ge=1, description="starts of lowest final Fourier error averaged")
     seed: int = Field(1, ge=0, description="start k uses seed + k")
@@ -174,6 +176,10 @@ class Phasing(Section):
     threads: int | None = Field(None, ge=1, description="threads per start (FFT and kernels); default: all cores")
     fft: Literal["auto", "fftw", "scipy"] = Field("auto", description="FFT library: fftw (pyFFTW, the [fftw] "
                                                   "extra), scipy, or auto (fftw when installed)")
+    fft_planning: Literal["estimate", "measure"] = Field("estimate", description="fftw's plans: estimate (the same "
+                                                         "seed gives the same bits in every run) or measure (timed "
+                                                         "plans kept as wisdom: ~1.2x faster FFTs, but the first "
+                                                         "run on a machine may differ in rounding from later ones)")
 
     @field_validator("recipe")
     @classmethod
@@ -227,6 +233,10 @@ class Validation(Section):
                                 "results")
     dataset: str | None = Field(None, description="the dataset to compare in HDF5 files (default: intensity, intens "
                                 "or density, the first present)")
+    kind: Literal["auto", "intensity", "density"] = Field(
+        "auto", description="what the volumes hold: intensities are aligned by rotation (and the inversion twin), "
+        "densities by translation and the twin after resampling onto one voxel; auto: from the files (MRC and "
+        "`density` datasets are densities, `intensity`/`intens` intensities)")
     voxel_size_m: PositiveFloat | None = Field(None, description="real-space voxel in metres of both volumes, when "
                                                "their files do not say")
 
@@ -243,6 +253,8 @@ class Pipeline(Section):
     geometry: Geometry = Field(default_factory=lambda: Geometry(wavelength_m=6.2e-10))
     simulation: Simulation | None = None
     ingest: Ingest | None = Field(None, description="measured frames from a CXI file (instead of a simulation)")
+    source: Source | None = Field(None, description="a live source followed while it records (instead of a "
+                                  "simulation or an ingest): EuXFEL run folder, Karabo bridge, CXI folder")
     emc: EMC = Field(default_factory=EMC)
     phasing: Phasing = Field(default_factory=Phasing)
     validation: Validation = Field(default_factory=Validation)
@@ -264,6 +276,9 @@ class Pipeline(Section):
             raise ValueError("give either a simulation or an ingest section, not both")
         if self.ingest is not None and self.emc.photons is not None:
             raise ValueError("with an ingest section the ingest stage writes the photons: leave emc.photons out")
+        if self.source is not None and (self.simulation or self.ingest or self.emc.photons or self.emc.detector):
+            raise ValueError("a source section brings its own frames and detector: leave simulation, ingest, "
+                             "emc.photons and emc.detector out")
         return self
 
 
@@ -279,24 +294,40 @@ def load_pipeline(path: str | Path) -> Pipeline:
 
 
 def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
-    """Make the file paths in ``pipeline`` absolute, relative to ``base``."""
+    """Make the file paths in ``pipeline`` absolute, relative to ``base``; InputError (naming the key) for a
+    path that cannot be resolved (a symbolic-link loop)."""
     base = base.resolve()
     if pipeline.simulation is not None:
-        pipeline.simulation.pdb = (base / pipeline.simulation.pdb).resolve()
+        pipeline.simulation.pdb = _absolute(base, pipeline.simulation.pdb, "simulation.pdb")
     if pipeline.ingest is not None:
-        pipeline.ingest.cxi = (base / pipeline.ingest.cxi).resolve()
+        pipeline.ingest.cxi = _absolute(base, pipeline.ingest.cxi, "ingest.cxi")
     for key in ("photons", "detector", "start_model"):
         value = getattr(pipeline.emc, key)
         if value is not None:
-            setattr(pipeline.emc, key, (base / value).resolve())
+            setattr(pipeline.emc, key, _absolute(base, value, f"emc.{key}"))
     if pipeline.phasing.intensity is not None:
-        pipeline.phasing.intensity = (base / pipeline.phasing.intensity).resolve()
+        pipeline.phasing.intensity = _absolute(base, pipeline.phasing.intensity, "phasing.intensity")
+    if pipeline.source is not None:
+        for key in ("detector", "geometry"):
+            value = getattr(pipeline.source, key)
+            if value is not None:
+                setattr(pipeline.source, key, _absolute(base, value, f"source.{key}"))
+        if pipeline.source.is_path:
+            pipeline.source.target = str(_absolute(base, Path(pipeline.source.target), "source.target"))
     for key in ("reference", "volume"):
         value = getattr(pipeline.validation, key)
         if value is not None:
-            setattr(pipeline.validation, key, (base / value).resolve())
-    pipeline.output.runs_dir = (base / pipeline.output.runs_dir).resolve()
+            setattr(pipeline.validation, key, _absolute(base, value, f"validation.{key}"))
+    pipeline.output.runs_dir = _absolute(base, pipeline.output.runs_dir, "output.runs_dir")
     return pipeline
+
+
+def _absolute(base: Path, value: Path, key: str) -> Path:
+    try:
+        return (base / value).resolve()
+    except (RuntimeError, OSError) as exc:   # a link loop: RuntimeError before Python 3.13, OSError (ELOOP) after
+        raise InputError(f"cannot resolve the path ({' '.join(str(exc).split())[:100]})", path=base / value,
+                         field=key, fix="check the path (a symbolic link that points to itself?)") from None
 
 
 def dump_pipeline(pipeline: Pipeline) -> str:
@@ -344,5 +375,5 @@ def wavelength_from_energy(photon_energy_ev: float) -> float:
     return PLANCK_EV_M / photon_energy_ev
 
 
-__all__ = ["Pipeline", "Geometry", "Simulation", "EMC", "Phasing", "Ingest", "Validation", "Output", "load_pipeline",
+__all__ = ["Pipeline", "Geometry", "Simulation", "EMC", "Phasing", "Ingest", "Source", "Validation", "Output", "load_pipeline",
            "dump_pipeline", "json_schema", "from_dragonfly_ini", "resolve_paths", "wavelength_from_energy"]

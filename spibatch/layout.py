@@ -14,10 +14,18 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
                            <stage>.stdout, <stage>.stderr
     simulate/              photons.emc, detector.h5, truth.h5, density.mrc
     ingest/                photons.emc, detector.h5 (from a CXI stack)
+    follow/                a live source's hits: detector.h5, chunks/chunk_NNNNNN.emc (photons + train/pulse
+                           IDs, each written atomically), index.jsonl (one line per commit: the EMC side polls
+                           it), frames.bin (per-frame statistics), status.json (the monitor's summary)
+    stop                   `spibatch stop RUN_DIR` creates it: the follower ends at its next block
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
-                           model_NNN.npy, timing.jsonl)
-    phase/                 phasing.h5, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl
-    validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), or fsc.h5, fsc.png, fsc.txt of two volumes
+                           model_NNN.npy, each task's sums_NNN_FFFFFFFFF.npy, the reduced slabs
+                           total_NNN_KKK.npy -- all removed once read --, timing.jsonl)
+    phase/                 phasing.h5, phasing.cxi, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl,
+                           previews/iteration_NNN/ (a following run's preview densities: phasing.h5,
+                           density.mrc, preview.json: iteration, frames, time stamps, latency)
+    validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), density_in_truth_frame.mrc, or fsc.h5, fsc.png, fsc.txt,
+                           fsc.json of two volumes
     runinfo/               Parsl's own files (logs, submit scripts)
 
 Nothing else in spibatch spells these names: use :class:`RunLayout` (or the constants, for a
@@ -42,7 +50,9 @@ JOBS_DIR = "jobs"
 RUNINFO = "runinfo"
 
 # ---- stage folders
-STAGE_DIRS = {"simulate": "simulate", "ingest": "ingest", "emc": "emc", "phase": "phase", "validate": "validate"}
+STAGE_DIRS = {"simulate": "simulate", "ingest": "ingest", "follow": "follow", "emc": "emc", "phase": "phase",
+              "validate": "validate"}
+STOP = "stop"                    # run root: a request to stop following (`spibatch stop RUN_DIR` writes it)
 
 # ---- data (simulate/, ingest/)
 PHOTONS = "photons.emc"
@@ -50,17 +60,29 @@ DETECTOR = "detector.h5"
 TRUTH = "truth.h5"
 DENSITY_MRC = "density.mrc"
 
+# ---- following a live source (follow/)
+CHUNKS_DIR = "chunks"
+FOLLOW_INDEX = "index.jsonl"     # one JSON line per commit (chunk, frame range, counts), then an "end" line
+FOLLOW_FRAMES = "frames.bin"     # per-frame statistics: spibatch.stream.store.FRAME_STATS records, appended
+FOLLOW_STATUS = "status.json"    # hit rate, lit-pixel histogram, frames, hits, bad trains: rewritten per commit
+CHUNK_RE = re.compile(r"^chunk_(\d{6,})\.emc$")
+
 # ---- EMC (emc/, or a bare EMC folder)
 EMC_LOG = "EMC.log"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.h5"
 HTC_DIR = "htc"
 HTC_TIMING = "timing.jsonl"      # in htc/: one line per HTC iteration (where the time went)
+HTC_SCRATCH_RE = re.compile(r"^(?:model_\d{3,}|sums_\d{3,}_\d{9,}|total_\d{3,}_\d{3,})\.npy$")   # htc/'s scratch
 OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
 
 # ---- phasing (phase/)
 PHASING = "phasing.h5"
 PHASING_PNG = "phasing.png"
+PHASING_CXI = "phasing.cxi"
+DENSITY_TRUTH_FRAME = "density_in_truth_frame.mrc"
+PREVIEWS_DIR = "previews"
+PREVIEW_JSON = "preview.json"
 STARTS_DIR = "starts"
 
 # ---- validation (validate/)
@@ -70,6 +92,7 @@ FSC_VS_TRUTH_PNG = "fsc_vs_truth.png"
 FSC_PNG = "fsc.png"
 FSC_TABLE = "fsc.h5"
 FSC_TEXT = "fsc.txt"
+FSC_JSON = "fsc.json"
 
 
 def output_name(iteration: int) -> str:
@@ -83,9 +106,25 @@ def output_iteration(path: str | Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def chunk_name(index: int) -> str:
+    """``chunk_NNNNNN.emc``: the follower's chunk ``index`` (from 1) of hits, a Dragonfly photons file."""
+    return f"chunk_{index:06d}.emc"
+
+
 def htc_model_name(iteration: int) -> str:
     """``model_NNN.npy``: the model HTC mode hands its shard tasks for iteration ``iteration`` (in ``htc/``)."""
     return f"model_{iteration:03d}.npy"
+
+
+def htc_sums_name(iteration: int, first_frame: int) -> str:
+    """``sums_NNN_FFFFFFFFF.npy``: the partial sums an HTC task wrote for iteration ``iteration``, its shard's
+    frames starting at run frame ``first_frame`` (in ``htc/``)."""
+    return f"sums_{iteration:03d}_{first_frame:09d}.npy"
+
+
+def htc_total_name(iteration: int, slab: int) -> str:
+    """``total_NNN_KKK.npy``: slab ``slab`` of iteration ``iteration``'s reduced sums (in ``htc/``)."""
+    return f"total_{iteration:03d}_{slab:03d}.npy"
 
 
 def start_name(index: int) -> str:
@@ -134,6 +173,11 @@ class RunLayout:
     def runinfo(self) -> Path:
         return self.path / RUNINFO
 
+    @property
+    def stop(self) -> Path:
+        """``stop``: its presence asks a follower (and whatever follows it) to end."""
+        return self.path / STOP
+
     # -- stages
     def stage_dir(self, stage: str) -> Path:
         """The folder a stage writes into (``emc/``, ``phase/``, ...)."""
@@ -167,6 +211,26 @@ class RunLayout:
     @property
     def truth_density_mrc(self) -> Path:
         return self.stage_dir("simulate") / DENSITY_MRC
+
+    # -- following a live source
+    @property
+    def follow(self) -> Path:
+        return self.stage_dir("follow")
+
+    @property
+    def follow_index(self) -> Path:
+        return self.follow / FOLLOW_INDEX
+
+    @property
+    def follow_frames(self) -> Path:
+        return self.follow / FOLLOW_FRAMES
+
+    @property
+    def follow_status(self) -> Path:
+        return self.follow / FOLLOW_STATUS
+
+    def chunk(self, index: int) -> Path:
+        return self.follow / CHUNKS_DIR / chunk_name(index)
 
     # -- EMC
     @property
@@ -213,6 +277,15 @@ class RunLayout:
     def phasing_png(self) -> Path:
         return self.phase / PHASING_PNG
 
+    @property
+    def previews(self) -> Path:
+        """``phase/previews/``: the preview densities of a run that follows a live source."""
+        return self.phase / PREVIEWS_DIR
+
+    def preview(self, iteration: int) -> Path:
+        """``phase/previews/iteration_NNN/``: the preview phased from EMC iteration ``iteration``."""
+        return self.previews / f"iteration_{iteration:03d}"
+
     def start_file(self, index: int) -> Path:
         return self.phase / STARTS_DIR / start_name(index)
 
@@ -234,6 +307,11 @@ class RunLayout:
         return self.validate / FSC_PNG
 
     @property
+    def density_in_truth_frame(self) -> Path:
+        """The phased density turned, resampled and shifted onto the truth's grid (an MRC ChimeraX overlays)."""
+        return self.validate / DENSITY_TRUTH_FRAME
+
+    @property
     def fsc_vs_truth_png(self) -> Path:
         return self.validate / FSC_VS_TRUTH_PNG
 
@@ -244,3 +322,7 @@ class RunLayout:
     @property
     def fsc_text(self) -> Path:
         return self.validate / FSC_TEXT
+
+    @property
+    def fsc_json(self) -> Path:
+        return self.validate / FSC_JSON

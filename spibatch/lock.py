@@ -1,20 +1,24 @@
-"""The one-writer lock of a run folder: ``lock`` holds the owner's pid, host, start time and command.
+"""The one-writer lock of a run folder: ``lock`` holds the owner's pid, host, start time, command and token.
 
 Taken atomically (``O_CREAT | O_EXCL``) before anything is written into a folder and released when the
 owner is done.  A second writer is refused with one line naming the owner.  A lock whose owner is gone
 (same host, its pid no longer runs: it was killed) is stale: reported, and taken over only by a resume,
-with a warning -- never silently broken.
+with a warning -- never silently broken; two resumes taking over at once are serialised (``flock`` on the
+folder) and only one of them wins.  Before the new owner writes anything, what the killed owner left
+running (its MPI job, Parsl's processes: found by the token they inherited, :mod:`spibatch.owners`) is
+stopped (:func:`stop_left_running`), so that no second writer ever writes beside the new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 from pathlib import Path
 
-from spibatch import layout
+from spibatch import layout, owners
 from spibatch.errors import InputError
 
 log = logging.getLogger("spibatch")
@@ -28,17 +32,11 @@ def utc_now() -> str:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return owners.alive(pid)
 
 
 def read_lock(folder: Path) -> dict | None:
-    """The lock's record (pid, host, started, command), or None when the folder is not locked."""
+    """The lock's record (pid, host, started, command, token), or None when the folder is not locked."""
     try:
         return json.loads((Path(folder) / layout.LOCK).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -53,40 +51,91 @@ def lock_is_stale(record: dict) -> bool:
     return record.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
 
 
-def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, take_over_stale: bool = False) -> Path:
-    """Make this process the folder's one writer: create ``lock`` atomically (O_EXCL) with our pid and host.
+def _owner(record: dict) -> str:
+    return f"pid {record.get('pid')} on {record.get('host')} since {record.get('started')}"
+
+
+@contextlib.contextmanager
+def _serialised(folder: Path):
+    """Hold an exclusive ``flock`` on the folder while the body runs (best effort: where the file system
+    has no flock on folders, the body runs unserialised)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # releases the flock
+
+
+def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, take_over_stale: bool = False) -> dict:
+    """Make this process the folder's one writer: create ``lock`` atomically (O_EXCL); returns its record.
 
     InputError (one line, nothing written) when another process holds it, naming the owner.  A lock whose
     owner is gone (same host, its pid no longer runs: it was killed) is refused with that said -- or, with
-    ``take_over_stale`` (a resume), taken over with a warning naming the old owner; never silently.
+    ``take_over_stale`` (a resume), taken over with a warning naming the old owner; the record returned then
+    holds the old one under ``took_over`` (for :func:`stop_left_running`, and for :func:`release_lock` to put
+    it back when the resume is refused).
     """
     path = Path(folder) / layout.LOCK
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(), "command": list(command)}
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(), "command": list(command),
+              "token": owners.new_token()}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         owner = read_lock(folder) or {}
-        who = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}"
         if lock_is_stale(owner) and take_over_stale:
-            log.warning("taking over the lock of %s, which no longer runs (it was killed)", who)
-            path.unlink(missing_ok=True)
-            return take_lock(folder, command, field_name)
+            return _take_over(Path(folder), owner, command, field_name)
         if lock_is_stale(owner):
-            raise InputError(f"locked by {who}, which no longer runs (a stale lock: that process was killed)",
-                             path=folder, field=field_name, fix=f"make sure nothing writes into it, then delete "
-                             f"{path} and try again") from None
-        raise InputError(f"another process writes into this run folder ({who})", path=folder, field=field_name,
-                         fix="wait for it to finish, or stop it first") from None
+            raise InputError(f"locked by {_owner(owner)}, which no longer runs (a stale lock: that process was "
+                             "killed)", path=folder, field=field_name, fix=f"make sure nothing writes into it, then "
+                             f"delete {path} and try again (or resume the run: that takes the lock over)") from None
+        raise InputError(f"another process writes into this run folder ({_owner(owner)})", path=folder,
+                         field=field_name, fix="wait for it to finish, or stop it first") from None
     except OSError as exc:
         raise InputError(f"cannot create its lock ({exc.strerror})", path=folder, field=field_name,
                          fix="choose a writable location") from None
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
-    return path
+    return record
 
 
-def release_lock(folder: Path) -> None:
-    """Remove the folder's lock if this process holds it."""
+def _take_over(folder: Path, owner: dict, command: list[str], field_name: str) -> dict:
+    """Replace the stale lock of ``owner`` by ours (see :func:`take_lock`), one taker at a time."""
+    with _serialised(folder):
+        if read_lock(folder) != owner:   # another resume took it over first, or its owner released it
+            return take_lock(folder, command, field_name)
+        log.warning("taking over the lock of %s, which no longer runs (it was killed)", _owner(owner))
+        (folder / layout.LOCK).unlink(missing_ok=True)
+        record = take_lock(folder, command, field_name)
+    record["took_over"] = owner
+    return record
+
+
+def stop_left_running(folder: Path, owner: dict, field_name: str = "--resume") -> None:
+    """Stop what the killed ``owner`` of a stale lock started and left running on this host (its MPI job,
+    Parsl's interchange and workers: :mod:`spibatch.owners`); InputError when some cannot be stopped."""
+    left = owners.stop_tagged(owner.get("token"), f"that the killed owner ({_owner(owner)}) left running")
+    if left:
+        raise InputError(f"processes started by the killed owner ({_owner(owner)}) still run and could not be "
+                         f"stopped: pids {' '.join(map(str, left))}", path=folder, field=field_name,
+                         fix=f"stop them (kill -9 {' '.join(map(str, left))}), then try again")
+
+
+def release_lock(folder: Path, restore: dict | None = None) -> None:
+    """Remove the folder's lock if this process holds it; with ``restore`` (a stale lock this process took
+    over, for a resume that was then refused), put that record back, so the folder is as it was."""
     record = read_lock(folder)
     if record is not None and record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
         (Path(folder) / layout.LOCK).unlink(missing_ok=True)
+        if restore is not None:
+            with contextlib.suppress(OSError):
+                fd = os.open(Path(folder) / layout.LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(json.dumps(restore) + "\n")

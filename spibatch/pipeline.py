@@ -11,16 +11,22 @@ inside the run folder.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
 from spibatch import stages
 from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, provider_for
 from spibatch.errors import InputError
+from spibatch.io.atomic import disk_full
 from spibatch.layout import RunLayout
 
 log = logging.getLogger("spibatch")
+
+FULL_BELOW = 1 << 20   # bytes free: a job that failed without a word on a disk this full failed for lack of room
 
 
 def _job(command: str, parsl_resource_specification: dict | None = None, stdout=None, stderr=None) -> str:
@@ -68,29 +74,29 @@ class ParslWorkers(stages.Workers):
             result = read_result(run, stage) or {}
             if result.get("exit_code") == InputError.exit_code:
                 raise InputError(result["error"], field=stage) from None
+            if not result and shutil.disk_usage(run.path).free < FULL_BELOW:   # it could not even say why
+                raise disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), run.stage_result(stage)) from None
             said = f": {result['error']}" if result.get("error") else ""
             raise RuntimeError(f"the {stage} job failed{said} ({exc.__class__.__name__}); see {stderr}") from None
 
 
-def check_pipeline(pipeline, config: Path) -> None:
-    """The pipeline has data to work on and its first stage's inputs are usable (headers only); InputError."""
-    data = [n for n in stages.order(pipeline) if n in ("simulate", "ingest")]
-    if data:
-        stages.module(data[0]).check(pipeline, config)
-    elif pipeline.emc.photons is None or pipeline.emc.detector is None:
-        raise InputError("none of a `simulation` section, an `ingest` section, or emc.photons and emc.detector",
-                         path=config, field="simulation", fix="add a simulation or an ingest (CXI) section, "
-                         "or set emc.photons and emc.detector")
-    else:
-        stages.module("emc").check(pipeline, config)
+def check_pipeline(pipeline, config: Path, site: Site | None = None) -> None:
+    """What can be checked before anything is created, on ``site``'s workers (None: this machine): every
+    input read in full and every stage's memory and time (:func:`spibatch.stages.preflight.check_run`), then
+    the validate stage's inputs; InputError (one line)."""
+    from spibatch.stages.preflight import check_run
+
+    check_run(pipeline, config, site)
     stages.module("validate").check(pipeline, config)
 
 
 def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> dict[str, dict]:
-    """Run every unfinished stage on ``site`` (up to and including ``until``); returns ``{stage: marker}``."""
-    import parsl
+    """Run every unfinished stage on ``site`` (up to and including ``until``); returns ``{stage: marker}``.
 
+    However it ends -- done, failed, Ctrl-C or SIGTERM --, Parsl is shut down within a deadline and what it
+    started is stopped (:mod:`spibatch.parsl_shutdown`)."""
     from spibatch.kernels.device import declared
+    from spibatch.parsl_shutdown import load, shutdown
 
     names = stages.order(pipeline)
     if until is not None:
@@ -100,20 +106,99 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
         log.info("every stage has finished already")
         return {n: stages.finished(run, n) for n in names}
     log.info("stages to run: %s (finished: %s)", ", ".join(todo), ", ".join(n for n in names if n not in todo) or "none")
-    dfk = parsl.load(provider_for(site).parsl_config(run.path))
+    dfk = None
     try:
+        dfk = load(provider_for(site).parsl_config(run.path))
         workers = ParslWorkers(site)
         device = declared(pipeline.device, pipeline.gpu_runtime)   # unchecked here: the tasks run where the GPUs are
-        for name in todo:
-            if name in stages.ORCHESTRATING:
-                stages.run_stage(name, run, pipeline, device, workers)
-            else:
-                workers.submit(stages.run_task, name, str(run.path)).result()
-            log.info("%s: done", name)
+        with Follower(run, "follow" in todo) as follower:
+            for name in [n for n in todo if n != "follow"]:
+                if name == "emc" and pipeline.source is not None:
+                    _follow_emc(run, pipeline, device, workers, follower)
+                elif name in stages.ORCHESTRATING:
+                    stages.run_stage(name, run, pipeline, device, workers)
+                else:
+                    workers.submit(stages.run_task, name, str(run.path)).result()
+                log.info("%s: done", name)
     finally:
-        dfk.cleanup()
-        parsl.clear()
+        shutdown(dfk)
     return {n: stages.finished(run, n) for n in names}
+
+
+class Follower:
+    """The follow stage as a process of its own beside the driver (``python -m spibatch.stages follow RUN``),
+    while EMC takes its chunks; stopped (SIGTERM) if the run fails before the source ended."""
+
+    def __init__(self, run: RunLayout, wanted: bool):
+        self.run, self.wanted, self.process = run, wanted, None
+
+    def __enter__(self) -> "Follower":
+        if self.wanted:
+            import subprocess
+
+            out = self.run.stage_stream("follow", "stdout")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "ab") as stdout, open(self.run.stage_stream("follow", "stderr"), "ab") as stderr:
+                self.process = subprocess.Popen([sys.executable, "-m", "spibatch.stages", "follow", str(self.run.path)],
+                                                stdout=stdout, stderr=stderr)
+            log.info("follow: following the source in process %d (spibatch stop %s ends it)", self.process.pid,
+                     self.run.path)
+        return self
+
+    def wait(self) -> None:
+        """Wait for the follower to end (the source has); InputError or RuntimeError when it failed."""
+        from spibatch.stages.__main__ import read_result
+
+        if self.process is None:
+            return
+        code, self.process = self.process.wait(), None
+        if code != 0:
+            result = read_result(self.run, "follow") or {}
+            if result.get("exit_code") == InputError.exit_code:
+                raise InputError(result["error"], field="source")
+            raise RuntimeError(f"the follower failed ({result.get('error') or f'exit {code}'}); see "
+                               f"{self.run.stage_stream('follow', 'stderr')}")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - it will not stop: the owner's sweep ends it
+                self.process.kill()
+
+
+def _follow_emc(run: RunLayout, pipeline, device, workers, follower: Follower) -> None:
+    """EMC on a live source, with previews on a spare worker, then the quick final density."""
+    from spibatch.stages.live import Previews
+
+    with Previews(run, workers.submit, pipeline.source.preview_every_iterations) as previews:
+        stages.run_stage("emc", run, pipeline, device, workers)
+        follower.wait()
+        final = previews.final()
+    log.info("the quick final density: %s", final)
+
+
+def external_inputs(pipeline) -> dict[str, list[Path]]:
+    """The files each stage reads from outside the run folder (what provenance.json fingerprints)."""
+    emc, validation, source = pipeline.emc, pipeline.validation, pipeline.source
+    files = {"simulate": [pipeline.simulation and pipeline.simulation.pdb], "ingest": [pipeline.ingest and pipeline.ingest.cxi],
+             "follow": [source and source.detector, source and source.geometry],   # not the live data: they grow
+             "emc": [emc.photons, emc.detector, emc.start_model], "phase": [pipeline.phasing.intensity],
+             "validate": [validation.reference, validation.volume]}
+    return {stage: [Path(p) for p in paths if p] for stage, paths in files.items()}
+
+
+def needed_inputs(run: RunLayout, pipeline) -> list[Path]:
+    """The outside files the stages of ``run`` that have not finished still read; InputError (one line) when one
+    of them is gone."""
+    files = external_inputs(pipeline)
+    needed = [p for name in stages.order(pipeline) if stages.finished(run, name) is None for p in files[name]]
+    for path in needed:
+        if not path.is_file():
+            raise InputError("this input of the run is gone, and a stage still to run reads it", path=path,
+                             field="RUN_DIR", fix="put the original file back, or start a new run")
+    return list(dict.fromkeys(needed))
 
 
 def _check_until(pipeline, until: str | None) -> None:
@@ -146,8 +231,8 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     if adjust is not None:
         adjust(pipeline)
     _check_until(pipeline, until)
-    check_pipeline(pipeline, config)
     site = load_site(site_path)
+    check_pipeline(pipeline, config, site)
     provider = provider_for(site)
     if site.emc_mode == "hpc" and not provider.supports_hpc:
         raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
@@ -159,8 +244,7 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
         return target, provider.dry_run(target, argv)
     provider.preflight(target)
     inputs = [config] + ([site.source] if site_path is not None else [])
-    inputs += [p for p in (pipeline.simulation and pipeline.simulation.pdb, pipeline.ingest and pipeline.ingest.cxi,
-                           pipeline.emc.photons, pipeline.emc.detector) if p is not None]
+    inputs += list(dict.fromkeys(p for name in stages.order(pipeline) for p in external_inputs(pipeline)[name]))
     with open_run(name=pipeline.name, runs_dir=pipeline.output.runs_dir, out=target, command=argv,
                   config_text=dump_pipeline(pipeline), inputs=tuple(inputs), resume_hint=f"spibatch resume {target}",
                   extra=dict(site=site.name, provider=site.provider, emc_mode=site.emc_mode,
@@ -175,6 +259,7 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
 def resume(run_dir: Path, command: list[str] | None = None):
     """``spibatch resume``: run the stages of ``run_dir`` that have not finished, on its own site."""
     from spibatch.config import load_pipeline
+    from spibatch.parsl_shutdown import cancel_left_jobs
     from spibatch.rundir import open_run, read_provenance
 
     run = RunLayout(Path(run_dir).resolve())
@@ -182,12 +267,17 @@ def resume(run_dir: Path, command: list[str] | None = None):
         if not path.is_file():
             raise InputError(f"no {path.name} here: not a run of `spibatch run`", path=run.path, field="RUN_DIR",
                              fix="give the run directory `spibatch run` printed")
-    record = read_provenance(run.path)
+    read_provenance(run.path)
     pipeline = load_pipeline(run.config)
     site = load_site(run.site)
     provider_for(site).preflight(run.path)
-    recorded = tuple(p for p in record.get("inputs", {}) if Path(p).exists())
-    with open_run(resume=run.path, command=command, inputs=recorded,
-                  resume_hint=f"spibatch resume {run.path}") as opened:
+    needed = tuple(needed_inputs(run, pipeline))
+
+    def check() -> None:   # under the lock, before anything is written: EMC's checkpoint fits settings and data
+        if stages.finished(run, "emc") is None:
+            stages.module("emc").check_resume(run, pipeline, run.config)
+
+    with open_run(resume=run.path, command=command, inputs=needed, check=check,
+                  stop_old=lambda: cancel_left_jobs(run, site), resume_hint=f"spibatch resume {run.path}") as opened:
         opened.outputs.update(_outputs(execute(run, site, pipeline)))
     return opened.path, opened.outputs

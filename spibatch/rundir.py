@@ -12,7 +12,6 @@ and releases the lock.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -24,50 +23,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spibatch import __version__, layout
+from spibatch import __version__, layout, owners
 from spibatch.errors import InputError
-from spibatch.io.atomic import write_text
-from spibatch.lock import read_lock, release_lock, take_lock, utc_now  # noqa: F401  (re-exported)
+from spibatch.io.atomic import DiskFull, write_text
+from spibatch.io.fingerprint import (ENDS_BYTES, FULL_HASH_LIMIT, input_fingerprint,  # noqa: F401  (re-exported)
+                                     same_fingerprint, sha256_file)
+from spibatch.lock import read_lock, release_lock, stop_left_running, take_lock, utc_now  # noqa: F401
 
 log = logging.getLogger("spibatch")
 
 # Distributions whose versions go into provenance.json (absent ones are recorded as null).
 TRACKED_DISTRIBUTIONS = ("numpy", "scipy", "h5py", "pydantic", "PyYAML", "gemmi", "xraydb", "finufft",
                          "mrcfile", "matplotlib", "typer", "rich", "mpi4py", "cupy", "parsl")
-
-
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# Inputs up to this size are hashed whole.  A larger one (a beamtime's CXI file: hundreds of GB, which
-# at ~1 GB/s would hold `spibatch run` on the login node for minutes, and `resume` again) is recorded as
-# "size-and-ends:<bytes>:<sha256 of its first and last ENDS_BYTES>": a changed size, start or end is
-# caught, a change only in its middle is not.
-FULL_HASH_LIMIT = 2 << 30
-ENDS_BYTES = 64 << 20
-
-
-def input_fingerprint(path: str | os.PathLike) -> str:
-    """What provenance.json records of an input file: its SHA-256, or for a file above
-    FULL_HASH_LIMIT bytes its size and the SHA-256 of its two ends (see above)."""
-    size = os.path.getsize(path)
-    if size <= FULL_HASH_LIMIT:
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for offset in (0, size - ENDS_BYTES):
-            fh.seek(offset)
-            remaining = ENDS_BYTES
-            while remaining and (chunk := fh.read(min(1 << 20, remaining))):
-                digest.update(chunk)
-                remaining -= len(chunk)
-    return f"size-and-ends:{size}:{digest.hexdigest()}"
 
 
 def _versions() -> dict[str, str | None]:
@@ -104,6 +71,7 @@ class RunDir:
     started: str = field(default_factory=utc_now)
     extra: dict = field(default_factory=dict)              # more provenance keys (mpi_ranks, resumed, ...)
     outputs: dict = field(default_factory=dict)            # what the stages wrote (name -> path)
+    lock: dict = field(default_factory=dict)               # the lock's record while this process owns the folder
     _log_handler: logging.Handler | None = None
 
     @property
@@ -142,11 +110,18 @@ class RunDir:
         write_text(self.layout.provenance, json.dumps(record, indent=2) + "\n")
 
     def finish(self, status: str = "completed", error: str | None = None, outputs: dict | None = None) -> None:
-        """Write the final provenance and detach the log file."""
-        self.write_provenance(status, error, outputs)
-        if self._log_handler is not None:
-            stop_logging(self._log_handler)
-            self._log_handler = None
+        """Write the final provenance and detach the log file.  A run that failed or was interrupted on a full
+        disk may find no room for its status: logged, not raised (the error that ended it is the news)."""
+        try:
+            self.write_provenance(status, error, outputs)
+        except DiskFull as exc:
+            if status == "completed":
+                raise
+            log.warning("could not record status %s in %s: %s", status, exc.path, exc.problem)
+        finally:
+            if self._log_handler is not None:
+                stop_logging(self._log_handler)
+                self._log_handler = None
 
 
 # ------------------------------------------------------------------ creating and reopening
@@ -186,11 +161,12 @@ def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
     except OSError as exc:
         raise InputError(f"cannot create the run directory ({exc.strerror})", path=path, field="--out",
                          fix="choose a writable location") from None
-    take_lock(path, command)
+    # a stale lock in a folder without provenance.json is a new run's owner killed in its first moments: taken over
+    lock = take_lock(path, command, take_over_stale=not (path / layout.PROVENANCE).exists())
     if (path / layout.PROVENANCE).exists():   # another process made a run here between our check and our lock
         release_lock(path)
         check_new_run_path(path)
-    run = RunDir(path=path.resolve(), command=command)
+    run = RunDir(path=path.resolve(), command=command, lock=lock)
     try:
         if config_text is not None:
             write_text(run.layout.config, config_text)
@@ -203,9 +179,17 @@ def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
     return run
 
 
+class _LogFile(logging.FileHandler):
+    """A log file that never prints logging's "--- Logging error ---" traceback: when the disk is full the
+    record is lost (the run's error line says what happened)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def log_to(path: str | os.PathLike) -> logging.Handler:
     """Append the "spibatch" logger's INFO records to ``path`` (time, level, message); returns the handler."""
-    handler = logging.FileHandler(path, encoding="utf-8")  # appends
+    handler = _LogFile(path, encoding="utf-8")  # appends
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     logger = logging.getLogger("spibatch")
     logger.addHandler(handler)
@@ -215,7 +199,10 @@ def log_to(path: str | os.PathLike) -> logging.Handler:
 
 def stop_logging(handler: logging.Handler) -> None:
     logging.getLogger("spibatch").removeHandler(handler)
-    handler.close()
+    try:
+        handler.close()
+    except OSError:   # its last flush found the disk full: those records are lost
+        pass
 
 
 def _attach_log(run: RunDir) -> None:
@@ -236,8 +223,9 @@ def read_provenance(path: Path, field_name: str = "--resume") -> dict:
 
 
 def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...]) -> None:
-    """Every file in ``paths`` that the run recorded as an input still has its recorded fingerprint;
-    InputError naming the first that changed (or disappeared) otherwise."""
+    """Every file in ``paths`` that the run recorded as an input is still there with its recorded fingerprint;
+    InputError naming the first that changed or disappeared otherwise.  (Files the run did not record are
+    not checked here; EMC's checkpoint records the fingerprints of the data it was computed from.)"""
     for name in paths:
         before = record.get("inputs", {}).get(str(Path(name).resolve()))
         if before is None:
@@ -245,29 +233,38 @@ def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...]) -> None:
         if not Path(name).is_file():
             raise InputError("this input of the run is gone", path=name, field="--resume",
                              fix="put the original file back, or start a new run")
-        now = input_fingerprint(name) if before.startswith("size-and-ends:") else sha256_file(name)  # old runs: whole
-        if now != before:
+        if not same_fingerprint(name, before):
             raise InputError("changed since the run started (its SHA-256 differs from provenance.json's)",
                              path=name, field="--resume", fix="resume with the original file, or start a new run")
 
 
 def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
-                   unchanged: tuple[str | os.PathLike, ...] = (), check=None) -> RunDir:
+                   unchanged: tuple[str | os.PathLike, ...] = (), check=None, stop_old=None) -> RunDir:
     """Reopen an earlier run folder to continue it (``--resume``, ``spibatch resume``).
 
-    Order: read provenance.json, take the lock, check that the recorded inputs in ``unchanged``
-    are unchanged and run ``check()`` (e.g. the checkpoint's settings) -- any refusal raises
-    InputError with nothing written; only then are the resumption's time and command line
-    appended to ``resumed`` in provenance.json and log.txt reopened.
+    Order: read provenance.json, take the lock (a killed owner's stale lock is taken over), check that the
+    recorded inputs in ``unchanged`` are unchanged and run ``check()`` (e.g. the checkpoint's settings and
+    data) -- any refusal raises InputError with nothing written and nothing stopped (a stale lock taken over
+    is put back); then, when the lock was a killed owner's, stop what that owner left running on this host
+    and call ``stop_old()`` (the pipeline: cancel its scheduler jobs); only then are the resumption's time and
+    command line appended to ``resumed`` in provenance.json and log.txt reopened.
     """
     path = Path(path)
     record = read_provenance(path)
     command = list(command if command is not None else sys.argv)
-    take_lock(path, command, field_name="--resume", take_over_stale=True)
+    lock = take_lock(path, command, field_name="--resume", take_over_stale=True)
     try:
         check_unchanged(record, tuple(unchanged))
         if check is not None:
             check()
+        if lock.get("took_over"):   # its owner was killed: stop what it left running before we write
+            stop_left_running(path, lock["took_over"])
+            if stop_old is not None:
+                stop_old()
+    except BaseException:
+        release_lock(path, restore=lock.get("took_over"))
+        raise
+    try:
         keep = {k: record[k] for k in record if k not in ("status", "command", "started", "finished", "host",
                                                            "platform", "cwd", "git_revision", "versions",
                                                            "inputs", "outputs", "error")}
@@ -275,7 +272,7 @@ def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
                                                     "previous_status": record.get("status")}]
         run = RunDir(path=path.resolve(), command=record.get("command", command),
                      inputs=dict(record.get("inputs", {})), started=record.get("started", utc_now()),
-                     extra=keep | {"resumed": resumed})
+                     extra=keep | {"resumed": resumed}, lock=lock)
         _attach_log(run)
         run.write_provenance("running")
     except BaseException:
@@ -290,42 +287,57 @@ def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
 @contextmanager
 def open_run(*, name: str = "spibatch", runs_dir: Path = Path("runs"), out: Path | None = None,
              resume: Path | None = None, config_text: str | None = None, command: list[str] | None = None,
-             inputs: tuple = (), unchanged: tuple | None = None, check=None, extra: dict | None = None,
-             resume_hint: str | None = None, report: bool = True):
+             inputs: tuple = (), unchanged: tuple | None = None, check=None, stop_old=None,
+             extra: dict | None = None, resume_hint: str | None = None, report: bool = True):
     """Create (or, with ``resume``, reopen) a run folder, own it, record its inputs; yield the :class:`RunDir`.
 
     The body fills ``run.outputs``.  On the way out the status is written -- ``completed``, ``failed`` (the
-    error's first line) or ``interrupted`` (Ctrl-C or SIGTERM; the log says how to resume: ``resume_hint``)
-    --, the report is written (a failure there never fails the run), and the lock is released.
+    error's first line) or ``interrupted`` (Ctrl-C or SIGTERM; the KeyboardInterrupt carries how to resume,
+    ``resume_hint``, as ``resume_hint``) --, the report is written (a failure there never fails the run; not
+    on a full disk), and the lock is released.
     ``unchanged``: the inputs a resume must find unchanged (default: ``inputs``); ``check``: called after the
-    lock is taken and before anything is written when resuming (see :func:`reopen_run_dir`).
+    lock is taken and before anything is written when resuming; ``stop_old``: called then too, when the lock
+    was a killed owner's (see :func:`reopen_run_dir`).  While the body runs, the processes it starts inherit
+    this owner's token; what still runs at the end is stopped (:mod:`spibatch.owners`).
     """
     if resume is not None:
         run = reopen_run_dir(resume, command=command, unchanged=tuple(inputs if unchanged is None else unchanged),
-                             check=check)
+                             check=check, stop_old=stop_old)
     else:
         run = create_run_dir(name, runs_dir, out, config_text=config_text, command=command)
     try:
-        run.extra.update(extra or {})
-        try:
-            run.add_inputs(*inputs)
-            yield run
-        except KeyboardInterrupt:
-            run.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM)")
-            hint = resume_hint or f"spibatch resume {run.path}"
-            log.warning("interrupted; continue with: %s", hint)
-            raise
-        except BaseException as exc:
-            first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-            run.finish("failed", error=f"{exc.__class__.__name__}: {first}")
-            raise
-        else:
-            run.finish("completed", outputs=run.outputs)
-        finally:
-            if report:
-                write_report_quietly(run.path)
+        with owners.Tagging(run.lock.get("token") or owners.new_token()):   # what we start, we stop (owners)
+            yield from _body(run, inputs, extra, resume_hint, report)
     finally:
         release_lock(run.path)
+
+
+def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | None, report: bool):
+    """open_run's body: record the inputs, yield the run, mark the status, write the report."""
+    report_now = report
+    try:
+        run.extra.update(extra or {})
+        run.add_inputs(*inputs)
+        yield run
+    except KeyboardInterrupt as exc:
+        how = f"interrupted ({exc.args[0]})" if exc.args else "interrupted (Ctrl-C)"
+        hint = resume_hint or f"spibatch resume {run.path}"
+        exc.resume_hint = hint   # the command's last line says it (spibatch.interrupts)
+        if run._log_handler is not None:   # log.txt says it too (the terminal hears it once, from the command)
+            run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,
+                                                   "%s; continue with: %s", (how, hint), None))
+        run.finish("interrupted", error=how)
+        raise
+    except BaseException as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        run.finish("failed", error=f"{exc.__class__.__name__}: {first}")
+        report_now = report and not isinstance(exc, DiskFull)   # no room for it: not another error line
+        raise
+    else:
+        run.finish("completed", outputs=run.outputs)
+    finally:
+        if report_now:
+            write_report_quietly(run.path)
 
 
 def write_report_quietly(run_path: Path) -> Path | None:

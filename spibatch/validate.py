@@ -97,12 +97,13 @@ class FSCResult:
 
 
 def _check_volume(name: str, v) -> np.ndarray:
+    """``v`` as an array, or InputError naming ``name`` (the volume's file, or 'a' / 'b')."""
     v = np.asarray(v)
     if v.ndim != 3:
-        raise InputError(f"expected a 3-D volume, found shape {v.shape}", field=name,
+        raise InputError(f"expected a 3-D volume, found shape {v.shape}", path=name, field="shape",
                          fix="pass a (N, N, N) array (squeeze leading axes, e.g. Dragonfly's intens[0])")
     if not np.all(np.isfinite(v)):
-        raise InputError(f"{int(np.size(v) - np.isfinite(v).sum())} non-finite values", field=name,
+        raise InputError(f"{int(np.size(v) - np.isfinite(v).sum())} non-finite values", path=name, field="values",
                          fix="replace NaN/inf (unmeasured voxels) with 0 or mask them before comparing")
     return v
 
@@ -114,13 +115,14 @@ def _frequency_radius(n: int, half: bool) -> np.ndarray:
     return np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k_last[None, None, :] ** 2)
 
 
-def fsc(a, b, voxel_size: float | None = None) -> FSCResult:
+def fsc(a, b, voxel_size: float | None = None, names: tuple[str, str] = ("a", "b")) -> FSCResult:
     """Fourier shell correlation of two volumes ``a``, ``b`` of the same cubic shape.
 
     Parameters
     ----------
     a, b : (N, N, N) real or complex arrays (densities, or any volumes on one grid)
     voxel_size : real-space voxel edge in m, or None to report frequencies in 1/voxel
+    names : what error lines call ``a`` and ``b`` (their files, e.g. ``(str(first), str(second))``)
 
     Returns
     -------
@@ -129,13 +131,13 @@ def fsc(a, b, voxel_size: float | None = None) -> FSCResult:
     ``FSC = sum Re(A conj B) / sqrt(sum |A|^2 sum |B|^2)`` over each shell.
     Real inputs use ``rfftn`` and weight the non-redundant half-space twice.
     """
-    a, b = _check_volume("a", a), _check_volume("b", b)
+    a, b = _check_volume(names[0], a), _check_volume(names[1], b)
     if a.shape != b.shape:
-        raise InputError(f"shapes differ: a {a.shape}, b {b.shape}", field="a, b",
-                         fix="resample or crop both volumes to one grid before the FSC")
+        raise InputError(f"shape {a.shape}, but {names[1]} is {b.shape}", path=names[0], field="shape",
+                         fix=f"resample or crop {names[0]} and {names[1]} to one grid before the FSC")
     n = a.shape[0]
     if a.shape != (n, n, n):
-        raise InputError(f"expected a cubic volume, found shape {a.shape}", field="a",
+        raise InputError(f"expected a cubic volume, found shape {a.shape}", path=names[0], field="shape",
                          fix="pad or crop to (N, N, N)")
     if voxel_size is not None and not (np.isfinite(voxel_size) and voxel_size > 0):
         raise InputError(f"voxel_size must be a positive length in m, got {voxel_size!r}",
@@ -352,3 +354,28 @@ def shell_correlation(intensity, reference, r_min: float, r_max: float,
     model, ref, select, _ = prepare_shells(intensity, reference, r_min, r_max,
                                         remove_radial_average_=remove_radial_average, mask=mask)
     return pearson(model[select], ref[select])
+
+
+def shell_correlation_curve(intensity: np.ndarray, reference: np.ndarray, voxel_size: float | None = None,
+                            measured_only: bool = True) -> FSCResult:
+    """Pearson correlation of two centred (M, M, M) intensities in every one-voxel shell of |q| (radius
+    ``round(|r - (M-1)//2|)``), as an :class:`FSCResult` (``fsc`` holds the per-shell correlation, so the
+    0.5 / 0.143 crossings read as resolutions).  ``voxel_size``: the real-space voxel ``1 / (M dq)`` in m,
+    when the Fourier voxel ``dq`` is known.  With ``measured_only`` voxels that are 0 in either volume (not
+    measured: a beam-stop hole, the corners beyond a detector) are left out."""
+    a, b = np.asarray(intensity, np.float64), np.asarray(reference, np.float64)
+    m = a.shape[0]
+    shell = np.rint(radial_index(m)).astype(np.int64).ravel()
+    keep = ((a != 0) & (b != 0)).ravel() if measured_only else np.ones(shell.size, bool)
+    radius = np.arange(m // 2 + 1)
+    values = np.full(radius.size, np.nan)
+    counts = np.zeros(radius.size, np.int64)
+    av, bv = a.ravel(), b.ravel()
+    for k in radius:
+        sel = keep & (shell == k)
+        counts[k] = int(sel.sum())
+        if counts[k] > 2:
+            values[k] = pearson(av[sel], bv[sel])
+    frequency = radius / (m * voxel_size) if voxel_size else radius / m
+    return FSCResult(radius=radius.astype(np.float64), frequency=frequency, fsc=values, num_voxels=counts, size=m,
+                     voxel_size=voxel_size)

@@ -45,8 +45,14 @@ def _plain_types(annotation: Any) -> set:
     return set().union(*(_plain_types(a) for a in args))
 
 
+MAX_YAML_VALUES = 100_000       # a settings file holds a few hundred; more means aliases expanding (billion laughs)
+MAX_YAML_DEPTH = 100
+MAX_YAML_BYTES = 16 * 2 ** 20
+
+
 def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
-    """Parse YAML; return the data and a map from key path to 1-based line number."""
+    """Parse YAML; return the data and a map from key path to 1-based line number.  InputError for text
+    that is not YAML, nests deeper than MAX_YAML_DEPTH or expands (through aliases) past MAX_YAML_VALUES."""
     import yaml
 
     try:
@@ -56,9 +62,19 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
         where = f"line {mark.line + 1}" if mark else "YAML"
         raise InputError(f"not valid YAML ({getattr(exc, 'problem', exc)})", path=path, field=where,
                          fix="fix the YAML syntax (indentation, colons, quotes)") from None
+    except RecursionError:
+        raise InputError(f"nested more than {MAX_YAML_DEPTH} levels deep", path=path, field="YAML",
+                         fix="a settings file is a few levels of keys: check the brackets") from None
     lines: dict[tuple, int] = {}
+    seen_values = [0]
 
     def walk(node: Any, prefix: tuple) -> None:
+        seen_values[0] += 1
+        if seen_values[0] > MAX_YAML_VALUES or len(prefix) > MAX_YAML_DEPTH:
+            too = "expands to more than {:,} values (YAML aliases?)".format(MAX_YAML_VALUES) \
+                if seen_values[0] > MAX_YAML_VALUES else f"nests more than {MAX_YAML_DEPTH} levels deep"
+            raise InputError(too, path=path, field=f"line {node.start_mark.line + 1}",
+                             fix="write the values out; a settings file holds a few hundred at most")
         if isinstance(node, yaml.MappingNode):
             seen: set = set()
             for key_node, value_node in node.value:
@@ -131,6 +147,9 @@ def read_yaml_mapping(path: Path, *, field: str | None = None, missing_fix: str,
     """A YAML file's top-level mapping and the line of every key path; InputError (one line) when the
     file is missing or unreadable, not YAML, or not a mapping.  An empty file is an empty mapping."""
     try:
+        if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
+            raise InputError(f"{path.stat().st_size:,} bytes; a settings file is at most {MAX_YAML_BYTES:,}",
+                             path=path, field=field, fix="give the pipeline or site YAML file, not a data file")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError("file not found", path=path, field=field, fix=missing_fix) from None

@@ -8,6 +8,10 @@ Sizes are tiny (21^3 model, 60 frames) so a test can write many iterations in we
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ import numpy as np
 from spibatch.emc import records
 from spibatch.io.atomic import write_text
 from spibatch.io.results import write_result
+from spibatch.layout import RunLayout
 
 EDGE = 21
 FRAMES = 60
@@ -24,24 +29,54 @@ BETA_DOUBLES_AT = 3       # the iteration whose beta is twice the one before (a 
 
 
 class RunWriter:
-    """``RunWriter(folder, iterations=4, starts=3)``; then ``emc(i)``, ``phasing()``, ``fsc()``, ``finish()``."""
+    """``RunWriter(folder, iterations=4, starts=3)``; then ``emc(i)``, ``phasing()``, ``fsc()``, ``finish()``.
 
-    def __init__(self, folder: Path, *, iterations: int = 4, starts: int = 3, emc_subdir: str = "emc"):
+    ``pipeline=True``: a `spibatch run` folder (site.yaml, a simulation section), whose stages are marked
+    with ``stage_log(name)`` (the stage runs) and ``stage_done(name)``; ``start_done(k)`` writes a phasing
+    start's file as a worker does.  ``command``: provenance's command (a one-stage run: ["spibatch", "emc"]).
+    """
+
+    def __init__(self, folder: Path, *, iterations: int = 4, starts: int = 3, emc_subdir: str = "emc",
+                 pipeline: bool = False, command: list[str] | None = None):
         self.folder = Path(folder)
+        self.layout = RunLayout(self.folder)
         self.emc_dir = self.folder / emc_subdir if emc_subdir else self.folder
         self.iterations, self.starts = iterations, starts
+        self.command = command or ["spibatch", "run" if pipeline else "demo"]
         self.history: list[dict] = []
         self.rng = np.random.default_rng(7)
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_text(self.folder / "config.yaml", f"name: monitor-test\nemc:\n  iterations: {iterations}\n"
-                                                 f"phasing:\n  num_starts: {starts}\n")
+        simulation = "simulation:\n  pdb: 1EI7.pdb\n" if pipeline else ""
+        write_text(self.layout.config, f"name: monitor-test\n{simulation}emc:\n  iterations: {iterations}\n"
+                                       f"phasing:\n  num_starts: {starts}\n")
+        if pipeline:
+            write_text(self.layout.site, "name: local\nprovider: local\n")
         self.provenance("running")
-        write_text(self.folder / "log.txt", "2026-01-01T00:00:00 INFO run directory here\n")
+        write_text(self.layout.log, "2026-01-01T00:00:00 INFO run directory here\n")
 
     def provenance(self, status: str) -> None:
-        write_text(self.folder / "provenance.json", json.dumps(
-            {"status": status, "command": ["spibatch", "demo"], "started": "2026-01-01T00:00:00Z",
+        write_text(self.layout.provenance, json.dumps(
+            {"status": status, "command": self.command, "started": "2026-01-01T00:00:00Z",
              "finished": None if status == "running" else "2026-01-01T00:05:00Z", "host": "testhost"}))
+
+    def stage_log(self, stage: str) -> None:
+        """A line in ``stages/<stage>.log``, as a running stage writes."""
+        path = self.layout.stage_log(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"2026-01-01T00:01:00 INFO {stage}: working\n")
+
+    def stage_done(self, stage: str, seconds: float = 12.5) -> None:
+        """The stage's marker ``stages/<stage>.json`` (what spibatch.stages.mark_done writes)."""
+        self.stage_log(stage)
+        write_text(self.layout.marker(stage), json.dumps({"stage": stage, "status": "done", "outputs": {},
+                                                          "seconds": seconds, "finished": "2026-01-01T00:02:00Z"}))
+
+    def start_done(self, index: int) -> None:
+        """``phase/starts/start_NNN.pkl`` of one finished start (the file a pipeline's worker writes)."""
+        path = self.layout.start_file(index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, "a pickled StartResult\n")
 
     def model(self, iteration: int) -> np.ndarray:
         """A centred blob with rings that sharpen with the iteration; 0 (not measured) beyond the corners."""
@@ -117,3 +152,42 @@ class RunWriter:
         self.fsc()
         self.provenance("completed")
         return self
+
+
+def local_client(root: Path, **options):
+    """Starlette's TestClient for the monitor app of ``root``, asking as a browser on this machine does
+    (Host 127.0.0.1: the app answers only to the names it is told, the loopback ones by default)."""
+    import warnings
+
+    from spibatch.monitor.server import create_app
+
+    with warnings.catch_warnings():   # Starlette >= 1.x would rather have httpx2; httpx works the same here
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    return TestClient(create_app(root, **options), base_url="http://127.0.0.1:8765", raise_server_exceptions=False)
+
+
+def start_monitor(args: list[str], env: dict | None = None):
+    """`spibatch monitor ARGS` in a subprocess; (process, the address it printed, its stdout lines so far)."""
+    proc = subprocess.Popen([sys.executable, "-m", "spibatch", "monitor", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    deadline, lines = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "open http://" in line:
+            return proc, line.split("open ", 1)[1].split()[0], lines
+    proc.kill()
+    raise AssertionError(f"no address printed: {lines} {proc.stderr.read()}")
+
+
+def stop_monitor(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

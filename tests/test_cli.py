@@ -43,6 +43,23 @@ def test_init_writes_valid_pipeline_and_refuses_to_overwrite(tmp_path):
     assert pipeline.read_text().endswith("# my edit\n")
 
 
+@pytest.mark.parametrize("kind", ["slurm", "kubernetes", "local"])
+def test_init_site_writes_a_site_file_the_installed_package_ships(tmp_path, kind):
+    """`spibatch init DIR --site KIND`: the commented example site file, from the package itself (so a wheel
+    carries it), valid as it stands, next to the pipeline; a second init with a site refuses to overwrite."""
+    from spibatch.backends import load_site
+
+    done = spibatch_cli("init", str(tmp_path / "proj"), "--site", kind)
+    assert done.returncode == 0, done.stderr
+    site = load_site(tmp_path / "proj" / "site.yaml")
+    assert site.provider == kind and (tmp_path / "proj" / "pipeline.yaml").is_file()
+    assert f"--site {tmp_path / 'proj' / 'site.yaml'}" in done.stdout
+    again = spibatch_cli("init", str(tmp_path / "proj"), "--site", kind)
+    assert again.returncode == 2 and "site.yaml: already exists" in again.stderr
+    bad = spibatch_cli("init", str(tmp_path / "other"), "--site", "lsf")
+    assert bad.returncode == 2 and "--site" in bad.stderr and not (tmp_path / "other").exists()
+
+
 def test_schema_is_json():
     done = spibatch_cli("schema")
     assert done.returncode == 0

@@ -86,7 +86,7 @@ def test_resolved_config_round_trips(tmp_path):
 def test_schema_lists_sections_and_units():
     schema = json_schema()
     json.dumps(schema)
-    assert set(schema["properties"]) == {"name", "geometry", "simulation", "ingest", "emc", "phasing", "validation", "output",
+    assert set(schema["properties"]) == {"name", "geometry", "simulation", "ingest", "emc", "phasing", "validation", "output", "source",
                                          "device", "gpu_runtime"}
     geometry = schema["$defs"]["Geometry"]["properties"]
     assert {"detector_distance_m", "pixel_size_m", "wavelength_m", "photon_energy_ev"} <= set(geometry)
@@ -139,3 +139,70 @@ def test_template_emc_section_is_commented_and_valid():
     assert "# photons:" in text and "beta: auto" in text and "frames_per_shard: 4096" in text
     emc = load_pipeline(TEMPLATE).emc
     assert emc.beta == "auto" and emc.photons is None and emc.num_div == 4
+
+
+# ---- strict numbers in every section of every settings file (issue 12) -------------------------
+
+def _numbers(model, prefix: str):
+    """(key path, is_float) of every numeric field of ``model`` and of its sub-sections."""
+    from pydantic import BaseModel
+
+    from spibatch.yaml_models import _plain_types
+
+    for name, info in model.model_fields.items():
+        kinds = _plain_types(info.annotation)
+        sub = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
+        if sub:
+            yield from _numbers(sub[0], f"{prefix}{name}.")
+        elif bool not in kinds and kinds & {int, float}:
+            yield f"{prefix}{name}", float in kinds
+
+
+def _nested(key: str, value: str) -> str:
+    parts = key.split(".")
+    return "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parts[:-1])) + f"{'  ' * (len(parts) - 1)}{parts[-1]}: {value}\n"
+
+
+PIPELINE_NUMBERS = [key for section in ("geometry", "simulation", "emc", "phasing", "ingest", "validation")
+                    for key in _numbers(getattr(Pipeline.model_fields[section].annotation, "__args__",
+                                                (Pipeline.model_fields[section].annotation,))[0], f"{section}.")]
+
+
+@pytest.mark.parametrize("key, is_float", PIPELINE_NUMBERS, ids=[k for k, _ in PIPELINE_NUMBERS])
+def test_every_pipeline_number_refuses_booleans_and_non_finite_values(tmp_path, key, is_float):
+    """``iterations: true`` ran one iteration and ``beta_factor: .inf`` "completed": both are refused, in
+    every numeric key of every section, with the key named."""
+    needs = {"simulation": "simulation:\n  pdb: x.pdb\n", "ingest": "ingest:\n  cxi: x.cxi\n"}
+    for bad in (("true", "false", ".inf", "-.inf", ".nan") if is_float else ("true", "false", "2.5")):
+        section = key.split(".")[0]
+        text = _nested(key, bad)
+        if section in needs:   # the section's required key first
+            text = needs[section] + text.split("\n", 1)[1]
+        with pytest.raises(InputError) as err:
+            load_pipeline(write(tmp_path, text))
+        assert f": {key}: " in str(err.value), (bad, str(err.value))
+
+
+def test_site_numbers_refuse_booleans_and_non_finite_values(tmp_path):
+    from spibatch.backends import Site, load_site, site_model
+
+    checked = 0
+    for provider in ("local", "slurm", "kubernetes"):
+        model = site_model(provider)
+        for key, is_float in _numbers(model, ""):
+            if key.split(".")[0] in {"local", "slurm", "kubernetes"} - {provider}:
+                continue
+            for bad in (("true", ".inf", ".nan") if is_float else ("true", "2.5")):
+                path = tmp_path / "site.yaml"
+                path.write_text(f"provider: {provider}\n" + _nested(key, bad))
+                with pytest.raises(InputError) as err:
+                    load_site(path)
+                assert f": {key}: " in str(err.value), (provider, key, bad, str(err.value))
+                checked += 1
+    assert checked >= 20 and Site.model_fields["workers"].metadata   # workers has bounds (1..100 000)
+
+
+def test_paths_that_loop_name_the_key(tmp_path):
+    (tmp_path / "loop.pdb").symlink_to(tmp_path / "loop.pdb")
+    with pytest.raises(InputError, match=r"loop.pdb: simulation.pdb: cannot resolve the path"):
+        load_pipeline(write(tmp_path, "simulation: {pdb: loop.pdb}\n"))

@@ -101,3 +101,18 @@ def test_phase_stage_on_the_device_writes_the_cpu_result(tmp_path, xp):
     assert list(gpu["seeds"]) == list(cpu["seeds"]) and list(gpu["kept_seeds"]) == list(cpu["kept_seeds"])
     np.testing.assert_allclose(gpu["errors"], cpu["errors"], rtol=1e-4)
     assert np.abs(gpu["density"] - cpu["density"]).max() <= 1e-4 * np.abs(cpu["density"]).max()
+
+
+def test_auto_in_a_batch_gives_each_seeds_cpu_answer(measurement, xp):
+    """recipe auto on a GPU: the three starts of one batch shrink-wrap with their own thresholds (seed % 3),
+    hold out the same free set, and each returns its CPU answer with its free error."""
+    settings, device = _settings("Auto(iterations=10, polish=10, period=5)"), _device(xp)
+    gpu = run_starts(SEEDS, measurement, settings, device)
+    for seed, result in zip(SEEDS, gpu):
+        [cpu] = run_starts([seed], measurement, settings)
+        assert result.failure is None and cpu.failure is None
+        assert result.free_error == pytest.approx(cpu.free_error, rel=1e-3)
+        assert result.algorithms == cpu.algorithms == ["RAAR"] * 10 + ["ER"] * 10
+        assert all(abs(a[1] - b[1]) <= 2 for a, b in zip(result.support_sizes, cpu.support_sizes))
+        assert np.abs(result.density - cpu.density).max() <= 1e-3 * np.abs(cpu.density).max()
+    assert len({r.support_sizes[1][1] for r in gpu}) == 3         # three thresholds, three supports

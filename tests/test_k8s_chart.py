@@ -113,6 +113,9 @@ def test_checks_catch_a_bad_value():
     ({"driver": {"activeDeadlineSeconds": 0}}, "/driver/activeDeadlineSeconds"),
     ({"monitor": {"allowFrom": [{"namespace": "x"}]}}, "/monitor/allowFrom/0"),
     ({"networkPolicy": {"enabeld": False}}, "additional properties 'enabeld' not allowed"),
+    ({"monitor": {"allowedHosts": ["a b"]}}, "/monitor/allowedHosts/0"),
+    ({"monitor": {"allowedHosts": "spi.example.org"}}, "/monitor/allowedHosts"),
+    ({"monitor": {"clusterDomain": "Cluster Local"}}, "/monitor/clusterDomain"),
 ])
 def test_values_schema_refuses_bad_values(values, words):
     """values.schema.json: helm install/lint/template stop on a typo or an unsafe value, naming the key."""
@@ -220,3 +223,45 @@ def test_notes_say_how_to_enforce_restricted_pod_security():
     assert ("kubectl label namespace xfel pod-security.kubernetes.io/enforce=restricted "
             "pod-security.kubernetes.io/enforce-version=latest") in notes
     assert not [n for n in text if "namespace" in n.lower()]
+
+
+def monitor_env(rendered: dict) -> list[dict]:
+    return rendered["Deployment/spi-spibatch-monitor"]["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
+@pytest.mark.parametrize("pod_ip, probe_host", [("10.42.0.17", "10.42.0.17:8765"), ("fd00::17", "[fd00::17]:8765")])
+def test_monitor_answers_to_its_probes_service_and_port_forward_only(monkeypatch, tmp_path, pod_ip, probe_host):
+    """The monitor listens on 0.0.0.0 and refuses unknown Host headers: the chart hands it the names it is
+    reached by.  The env as Kubernetes would expand it ($(POD_IP) from the downward API) goes through
+    `spibatch monitor`'s own reading, into the real app: the probes' Host (the pod IP) and port-forwarded
+    browsers pass, a foreign name does not."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("httpx")
+    from monitor_runs import local_client
+
+    from spibatch.monitor.guards import allowed_hosts
+    from spibatch.monitor.launch import hosts_from
+
+    env = monitor_env(render("default"))
+    names = [e["name"] for e in env]
+    assert names.index("POD_IP") < names.index("SPIBATCH_MONITOR_ALLOWED_HOSTS")     # $(POD_IP) expands
+    assert env[names.index("POD_IP")]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    value = env[names.index("SPIBATCH_MONITOR_ALLOWED_HOSTS")]["value"]
+    assert value.split(",") == ["spi-spibatch-monitor", "spi-spibatch-monitor.xfel", "spi-spibatch-monitor.xfel.svc",
+                                "spi-spibatch-monitor.xfel.svc.cluster.local", "$(POD_IP)", "127.0.0.1", "localhost"]
+    monkeypatch.setenv("SPIBATCH_MONITOR_ALLOWED_HOSTS", value.replace("$(POD_IP)", pod_ip))
+    client = local_client(tmp_path, allowed_hosts=allowed_hosts("0.0.0.0", hosts_from(None)))
+    for host in (probe_host, "spi-spibatch-monitor:8765", "spi-spibatch-monitor.xfel.svc.cluster.local:8765",
+                 "127.0.0.1:8765", "localhost:8765"):
+        assert client.get("/healthz", headers={"host": host}).status_code == 200, host
+    for host in ("evil.example.com", "10.42.0.18:8765", ""):
+        assert client.get("/healthz", headers={"host": host}).status_code == 400, host
+
+
+def test_monitor_allowed_hosts_from_values():
+    rendered = render("default", monitor={"allowedHosts": ["spi-monitor.example.org", "*.beamline.example"],
+                                          "clusterDomain": "k8s.example"})
+    value = {e["name"]: e.get("value") for e in monitor_env(rendered)}["SPIBATCH_MONITOR_ALLOWED_HOSTS"]
+    assert value.endswith(",spi-monitor.example.org,*.beamline.example")
+    assert "spi-spibatch-monitor.xfel.svc.k8s.example" in value.split(",")
+    assert validate(rendered["Deployment/spi-spibatch-monitor"]) == []

@@ -12,15 +12,7 @@ import pytest
 pytest.importorskip("starlette", reason="the monitor needs starlette (pip install '.[monitor]' or '.[test]')")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (in the [test] extra)")
 
-import warnings  # noqa: E402
-
-from monitor_runs import EDGE, FRAMES, RunWriter  # noqa: E402
-
-with warnings.catch_warnings():   # Starlette >= 1.x would rather have httpx2; httpx works the same here
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient  # noqa: E402
-
-from spibatch.monitor.server import create_app  # noqa: E402
+from monitor_runs import EDGE, FRAMES, RunWriter, local_client  # noqa: E402
 
 
 @pytest.fixture
@@ -38,7 +30,7 @@ def runs(tmp_path):
 
 @pytest.fixture
 def client(runs):
-    return TestClient(create_app(runs["root"]))
+    return local_client(runs["root"])
 
 
 def test_runs_lists_every_run_with_its_state(client, runs):
@@ -53,7 +45,7 @@ def test_runs_lists_every_run_with_its_state(client, runs):
 
 
 def test_root_that_is_itself_a_run_is_named_dot(runs):
-    client = TestClient(create_app(runs["root"] / "done"))
+    client = local_client(runs["root"] / "done")
     assert [r["run"] for r in client.get("/api/runs").json()["runs"]] == ["."]
     assert client.get("/api/emc", params={"run": "."}).json()["iteration"] == [1, 2, 3, 4]
 
@@ -214,7 +206,7 @@ def test_dragonfly_style_folder_reads_the_log_table(tmp_path):
     writer.emc(2)
     (tmp_path / "df" / "metrics.jsonl").unlink()
     (tmp_path / "df" / "provenance.json").unlink()
-    client = TestClient(create_app(tmp_path))
+    client = local_client(tmp_path)
     assert [r["run"] for r in client.get("/api/runs").json()["runs"]] == ["df"]
     series = client.get("/api/emc", params={"run": "df"}).json()
     assert series["iteration"] == [1, 2] and series["mutual_info"] == pytest.approx([1.5, 2.0])
@@ -225,7 +217,7 @@ def test_phase_only_run_has_no_emc_section(tmp_path):
     writer = RunWriter(tmp_path / "ph")
     writer.phasing()
     writer.fsc()
-    client = TestClient(create_app(tmp_path))
+    client = local_client(tmp_path)
     summary = client.get("/api/run", params={"run": "ph"}).json()
     assert summary["has"] == {"emc": False, "phase": True, "phase_result": True, "fsc": True}
     assert client.get("/api/emc", params={"run": "ph"}).status_code == 404
@@ -234,7 +226,7 @@ def test_phase_only_run_has_no_emc_section(tmp_path):
 
 def test_a_real_dragonfly_run_folder(shared_datasets):
     """Dragonfly's own EMC.log and output_030.h5 (intens (1, N, N, N), no best_probability), read-only."""
-    client = TestClient(create_app(shared_datasets / "dragonfly-small"))
+    client = local_client(shared_datasets / "dragonfly-small")
     runs = {r["run"]: r for r in client.get("/api/runs").json()["runs"]}
     assert runs["dragonfly-run"]["emc_iterations_done"] == 30 and runs["dragonfly-run"]["status"] == "unknown"
     series = client.get("/api/emc", params={"run": "dragonfly-run"}).json()

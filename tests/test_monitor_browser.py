@@ -202,3 +202,51 @@ def test_live_page_follows_a_real_emc_run(browser, monitor, emc_config, tmp_path
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
     screenshot(browser, tmp_path, "monitor-real-emc.png")
+
+
+STAGE = "document.querySelector('#stages [data-stage={stage}]').{what}"
+
+
+def test_live_page_shows_a_pipelines_stages_and_its_phasing_as_it_runs(browser, monitor, tmp_path):
+    """A `spibatch run` folder filled stage by stage: the header lists the stages (done / running / waiting)
+    and the phasing card counts the workers' finished starts before phasing.h5 exists."""
+    root, address = monitor
+    run = RunWriter(root / "pipeline-live", iterations=3, starts=3, pipeline=True)
+    run.stage_done("simulate", seconds=4.5)
+    run.stage_log("emc")
+    run.emc(1)
+    browser.get(address)
+    wait_for(browser, STAGE.format(stage="emc", what="dataset.state"), "running")
+    assert [browser.execute_script(f"return {STAGE.format(stage=s, what='dataset.state')}")
+            for s in ("simulate", "phase", "validate")] == ["done", "waiting", "waiting"]
+    assert "iteration 1 of 3" in browser.execute_script(f"return {STAGE.format(stage='emc', what='textContent')}")
+    assert "4.5 s" in browser.execute_script(f"return {STAGE.format(stage='simulate', what='textContent')}")
+    wait_for(browser, "document.getElementById('phase').hidden", True)
+    screenshot(browser, tmp_path, "monitor-pipeline-emc.png")
+
+    run.emc(2)
+    run.emc(3)
+    run.stage_done("emc")
+    run.stage_log("phase")
+    run.start_done(0)
+    wait_for(browser, STAGE.format(stage="phase", what="dataset.state"), "running")
+    wait_for(browser, "document.getElementById('phase').hidden", False)
+    wait_for(browser, "document.getElementById('phase-progress').textContent", "— 1 of 3 starts done")
+    assert "1 of 3 starts" in browser.execute_script(f"return {STAGE.format(stage='phase', what='textContent')}")
+    run.start_done(1)
+    wait_for(browser, "document.getElementById('phase-progress').textContent", "— 2 of 3 starts done")
+    screenshot(browser, tmp_path, "monitor-pipeline-phasing.png")
+
+    run.start_done(2)
+    run.phasing()
+    run.stage_done("phase")
+    run.fsc()
+    run.stage_done("validate")
+    run.provenance("completed")
+    wait_for(browser, "document.getElementById('plot-errors').data.length", 3)
+    wait_for(browser, "document.querySelector('#run-header .badge').textContent", "completed")
+    wait_for(browser, "[...document.querySelectorAll('#stages li')].map((li) => li.dataset.state).join()",
+             "done,done,done,done")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+    screenshot(browser, tmp_path, "monitor-pipeline-done.png")

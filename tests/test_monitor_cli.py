@@ -7,33 +7,19 @@ import os
 import socket
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
-from monitor_runs import RunWriter
+from monitor_runs import RunWriter, start_monitor, stop_monitor
 
 pytest.importorskip("uvicorn", reason="the monitor needs uvicorn (pip install '.[monitor]' or '.[test]')")
 
 
-def start(args, env=None):
-    proc = subprocess.Popen([sys.executable, "-m", "spibatch", "monitor", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
-    deadline, lines = time.monotonic() + 60, []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "open http://" in line:
-            return proc, line.split("open ", 1)[1].split()[0], lines
-    proc.kill()
-    raise AssertionError(f"no address printed: {lines} {proc.stderr.read()}")
-
-
 def test_configured_by_environment_variables(tmp_path):
     RunWriter(tmp_path / "runs" / "one").complete()
-    proc, address, lines = start([], {"SPIBATCH_MONITOR_ROOT": str(tmp_path / "runs"), "SPIBATCH_MONITOR_PORT": "0"})
+    proc, address, lines = start_monitor([], {"SPIBATCH_MONITOR_ROOT": str(tmp_path / "runs"), "SPIBATCH_MONITOR_PORT": "0"})
     try:
         assert address.startswith("http://127.0.0.1:")           # the safe default host
         assert "1 run(s) under" in lines[0]
@@ -42,8 +28,7 @@ def test_configured_by_environment_variables(tmp_path):
         with urllib.request.urlopen(address, timeout=30) as response:
             assert "<title>spibatch monitor</title>" in response.read().decode()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_monitor(proc)
 
 
 def test_missing_folder_is_one_line_and_exit_2(tmp_path):
@@ -62,3 +47,86 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path):
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert f"--port: cannot listen on 127.0.0.1:{port}" in done.stderr and "choose another --port" in done.stderr
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _without_starlette(tmp_path) -> dict:
+    """An environment in which `import starlette` fails as it does where the [monitor] extra is missing."""
+    blocker = tmp_path / "blocker" / "starlette"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'starlette'\", name='starlette')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), str(REPO)])}
+
+
+@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
+def test_install_hint_names_the_checkouts_extra(tmp_path, where):
+    """From a checkout, `pip install 'spibatch[monitor]'` fails (spibatch is on no package index): the hint
+    is the checkout's own extra, which the README names too."""
+    cwd = REPO if where == "checkout" else tmp_path
+    done = subprocess.run([sys.executable, "-m", "spibatch", "monitor", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60, env=_without_starlette(tmp_path), cwd=cwd)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    expected = "pip install '.[monitor]'" if where == "checkout" else f"pip install '{REPO}[monitor]'"
+    assert "the monitor needs starlette, which is not installed" in done.stderr and expected in done.stderr
+
+
+def test_install_hint_of_an_installed_wheel(monkeypatch, tmp_path):
+    """Installed (site-packages, no pyproject.toml beside it): pip takes the installed spibatch and fetches
+    only the extra's packages, so the hint is `spibatch[monitor]`; nothing installed: the packages."""
+    import importlib.metadata
+    import tomllib
+
+    from spibatch.monitor import launch
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {r.split(">")[0] for r in extras["monitor"]} == {"starlette", "uvicorn"}
+    monkeypatch.setattr(launch, "__file__", str(tmp_path / "site-packages" / "spibatch" / "monitor" / "launch.py"))
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: object())
+    assert launch.install_hint() == "pip install 'spibatch[monitor]'"
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    assert launch.install_hint() == "pip install starlette uvicorn"
+
+
+def test_every_interface_needs_the_allowed_host_names(tmp_path):
+    try:
+        done = subprocess.run([sys.executable, "-m", "spibatch", "monitor", str(tmp_path), "--host", "0.0.0.0",
+                               "--port", "0"], capture_output=True, text=True, timeout=60,
+                              env={k: v for k, v in os.environ.items() if k != "SPIBATCH_MONITOR_ALLOWED_HOSTS"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the monitor started on 0.0.0.0 without --allowed-host")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--allowed-host: --host 0.0.0.0 takes connections from other machines" in done.stderr
+    assert "--allowed-host '*' to answer to any" in done.stderr
+
+
+def get(address: str, host: str) -> int:
+    request = urllib.request.Request(address + "api/runs", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_allowed_hosts_from_the_environment_and_any(tmp_path):
+    RunWriter(tmp_path / "runs" / "one").complete()
+    proc, address, _ = start_monitor([str(tmp_path / "runs"), "--port", "0"],
+                                     {"SPIBATCH_MONITOR_ALLOWED_HOSTS": "spi.example.org, *.cluster.example"})
+    try:
+        assert [get(address, h) for h in ("spi.example.org", "m.cluster.example:80", "localhost", "evil.example")] \
+            == [200, 200, 200, 400]
+    finally:
+        stop_monitor(proc)
+    assert "answers to Host spi.example.org, *.cluster.example, 127.0.0.1, localhost, [::1]" in proc.stderr.read()
+    proc, address, _ = start_monitor([str(tmp_path / "runs"), "--port", "0", "--allowed-host", "*"])
+    try:
+        assert get(address, "evil.example") == 200
+    finally:
+        stop_monitor(proc)
+    assert "every Host header is accepted" in proc.stderr.read()

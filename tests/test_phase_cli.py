@@ -126,3 +126,19 @@ def test_a_prime_edge_is_padded_to_a_fast_fft_size(tmp_path):
     data, attrs = read_result(tmp_path / "run" / "phase" / "phasing.h5")
     assert data["density"].shape == (19 + 2,) * 3                 # 17 and 19 are prime; 21 = 3 x 7
     assert attrs["voxel_size_m"] == pytest.approx(1 / (21 * DQ))
+
+
+def test_recipe_auto_on_data_too_small_for_a_free_set_stops_before_a_run_directory(case):
+    """Measured only within 8 voxels of q = 0 (~2 100 voxels): enough for the first support, too few for the
+    200 free voxels recipe auto holds out; one line, nothing created."""
+    g = np.indices((N,) * 3) - N // 2
+    volume = np.where(np.sqrt((g ** 2).sum(0)) <= 8, _intensity(case["rho"]), 0).astype(np.float32)
+    write_result(case["dir"] / "intensity.h5", {"intensity": volume}, {})
+    text = [("  recipe: auto\n" if line.startswith("  recipe:") else line)
+            for line in case["config"].read_text().splitlines(keepends=True)]
+    case["config"].write_text("".join(text) + "  initial_support_threshold: 0.5\n")
+    done = spibatch_phase(str(case["config"]), "--out", str(case["dir"] / "run"), cwd=case["dir"])
+    assert done.returncode == 2, done.stderr
+    assert "cannot draw a free set" in done.stderr and "intensity.h5" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (case["dir"] / "run").exists()

@@ -137,7 +137,8 @@ def test_merging_starts_run_elsewhere_writes_what_a_run_of_its_own_writes(tmp_pa
     shipped = [pickle.loads(pickle.dumps(run_starts([seed], measurement, pickle.loads(pickle.dumps(settings)))[0]))
                for seed in settings.seeds]
     merged = run_phasing(path, tmp_path / "merged", settings, show_progress=False, results=shipped)
-    assert sorted(here) == sorted(merged) == ["density_mrc", "metrics", "phasing", "picture"]
+    assert sorted(here) == sorted(merged) == ["cxi", "density_mrc", "metrics", "phasing", "picture"]
+    assert here["cxi"].name == "phasing.cxi" and here["cxi"].is_file()
     (a, attrs), (b, _) = read_result(here["phasing"]), read_result(merged["phasing"])
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
     assert attrs["recipe"] == "(HIO() ** 8 * ShrinkWrap()) ** 2 * ER() ** 8"

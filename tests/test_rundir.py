@@ -117,10 +117,10 @@ def test_large_inputs_are_recorded_by_size_and_ends(tmp_path, monkeypatch):
     recorded; resume catches a change of size, start or end (not one in the middle, as documented)."""
     import hashlib
 
-    from spibatch import rundir
+    from spibatch.io import fingerprint
 
-    monkeypatch.setattr(rundir, "FULL_HASH_LIMIT", 1000)
-    monkeypatch.setattr(rundir, "ENDS_BYTES", 100)
+    monkeypatch.setattr(fingerprint, "FULL_HASH_LIMIT", 1000)
+    monkeypatch.setattr(fingerprint, "ENDS_BYTES", 100)
     small, big = tmp_path / "small.bin", tmp_path / "big.bin"
     small.write_bytes(bytes(range(200)) * 5)                         # 1000 bytes: hashed whole
     data = bytearray(bytes(range(256)) * 10)                          # 2560 bytes

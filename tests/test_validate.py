@@ -160,17 +160,27 @@ def test_fsc_table_and_plot(tmp_path):
     assert sorted(p.name for p in png.parent.iterdir()) == ["fsc.png"]  # no temporary left
 
 
-@pytest.mark.parametrize("a, b, field", [
-    (np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), "a, b"),
-    (np.zeros((8, 8)), np.zeros((8, 8)), "a"),
-    (np.zeros((8, 8, 9)), np.zeros((8, 8, 9)), "a"),
-    (np.zeros((8, 8, 8)), np.full((8, 8, 8), np.nan), "b"),
+@pytest.mark.parametrize("a, b, named, field", [
+    (np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), "first.mrc", "shape"),
+    (np.zeros((8, 8)), np.zeros((8, 8)), "first.mrc", "shape"),
+    (np.zeros((8, 8, 9)), np.zeros((8, 8, 9)), "first.mrc", "shape"),
+    (np.zeros((8, 8, 8)), np.full((8, 8, 8), np.nan), "truth.h5", "values"),
 ])
-def test_fsc_bad_input_is_one_line_naming_the_field(a, b, field):
+def test_fsc_bad_input_is_one_line_naming_the_file_and_field(a, b, named, field):
     with pytest.raises(InputError) as err:
-        fsc(a, b)
-    assert err.value.field == field and err.value.fix
+        fsc(a, b, names=("first.mrc", "truth.h5"))
+    assert err.value.path == named and err.value.field == field and err.value.fix
     assert "\n" not in str(err.value)
+    with pytest.raises(InputError) as err:   # without names: 'a' and 'b'
+        fsc(a, b)
+    assert err.value.path == named.replace("first.mrc", "a").replace("truth.h5", "b")
+
+
+def test_fsc_shape_mismatch_names_both_files():
+    with pytest.raises(InputError) as err:
+        fsc(np.zeros((8, 8, 8)), np.zeros((9, 9, 9)), names=("runs/x/phase/density.mrc", "truth.h5"))
+    message = str(err.value)
+    assert message.startswith("runs/x/phase/density.mrc: shape: shape (8, 8, 8), but truth.h5 is (9, 9, 9)")
 
 
 # ---- shell correlation ----------------------------------------------------------------------
@@ -273,3 +283,82 @@ def test_align_dragonfly_model_to_truth(small_truth_and_model):
     result = align_intensity(model, truth, 6, 31)
     assert result.cc > 0.98
     assert aligned_shell_correlation(model, truth, result, 6, 31) == pytest.approx(result.cc, abs=0.005)
+
+
+# ---- `spibatch validate A B`: the validate stage on two volumes, aligned first ------------------------------
+
+def _cli(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "spibatch", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_validate_turns_an_intensity_onto_its_truth(tmp_path):
+    """Two intensities, one a rotated copy of the other: validate aligns them first (an FSC of the raw pair
+    would be meaningless), so the shells correlate near 1 and the rotation is reported."""
+    import json
+
+    from scipy.spatial.transform import Rotation
+
+    from spibatch.io.results import write_result
+
+    truth = np.abs(_smooth_random(31, seed=3, sigma=1.2)) + 0.05
+    turned = rotate_intensity(truth, Rotation.from_euler("zyx", [30, 50, -15], degrees=True).as_matrix(), order=3)
+    turned[turned <= 0] = 1e-6
+    write_result(tmp_path / "model.h5", {"intensity": turned.astype(np.float32)}, {})
+    write_result(tmp_path / "truth.h5", {"intensity": truth.astype(np.float32)}, {})
+    from spibatch.validate import shell_correlation_curve
+
+    raw = shell_correlation_curve(turned, truth)
+    done = _cli("validate", "model.h5", "truth.h5", "--out", "v", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "v" / "validate" / "fsc.json").read_text())
+    assert summary["kind"] == "intensity" and summary["cc"] > 0.95 and not summary["inverted"]
+    aligned = np.asarray(_fsc_of(tmp_path / "v" / "validate" / "fsc.h5"))
+    assert np.nanmean(aligned[2:12]) > 0.9 > np.nanmean(raw.fsc[2:12]) + 0.2     # aligned, not raw
+    assert "turned onto truth.h5" in done.stdout and "cc 0.9" in done.stdout
+
+
+def _fsc_of(path):
+    from spibatch.io.results import read_result
+
+    return read_result(path)[0]["fsc"]
+
+
+def test_validate_compares_densities_of_different_boxes_and_voxels(tmp_path):
+    """A density phased in a 40^3 box against a truth in a 21^3 box on a twice finer voxel: resampled, both in
+    one box, aligned by translation; was refused for the different box sizes."""
+    import json
+
+    from spibatch.io.mrc import write_mrc
+
+    x = np.arange(21) - 10
+    blob = np.exp(-((x[:, None, None] / 3.0) ** 2 + (x[None, :, None] / 2.0) ** 2 + (x[None, None, :] / 4.0) ** 2))
+    blob += 0.5 * np.exp(-(((x[:, None, None] - 4) / 2.0) ** 2 + (x[None, :, None] / 2.0) ** 2
+                           + ((x[None, None, :] + 3) / 2.0) ** 2))
+    write_mrc(tmp_path / "truth.mrc", blob.astype(np.float32), 1.0)            # 1 A voxels
+    from spibatch.phasing.compare import resample
+
+    coarse = resample(blob, 0.5)                                                # the same object on 2 A voxels
+    box = np.zeros((40, 40, 40))
+    c = coarse.shape[0]
+    box[7:7 + c, 9:9 + c, 12:12 + c] = coarse                                  # off centre
+    write_mrc(tmp_path / "phased.mrc", box.astype(np.float32), 2.0)
+    done = _cli("validate", "phased.mrc", "truth.mrc", "--out", "v", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "v" / "validate" / "fsc.json").read_text())
+    assert summary["kind"] == "density" and summary["truth_resampled"] and summary["cc"] > 0.9
+
+
+def test_validate_asks_what_an_ambiguous_volume_holds(tmp_path):
+    """A Dragonfly .bin says nothing about what it holds: one line asking for --kind, nothing created."""
+    np.zeros((9, 9, 9)).tofile(tmp_path / "map.bin")
+    from spibatch.io.results import write_result
+
+    write_result(tmp_path / "truth.h5", {"density": np.ones((9, 9, 9), np.float32)}, {})
+    done = _cli("validate", "map.bin", "truth.h5", "--out", "v", cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "map.bin" in lines[0] and "--kind" in lines[0], done.stderr
+    assert not (tmp_path / "v").exists() and not (tmp_path / "runs").exists()

@@ -16,7 +16,7 @@ plus at most one provider section, ``local:``, ``slurm:`` or ``kubernetes:``, na
 the provider, whose schema is the provider class's ``Options``.
 
 :func:`load_site` reads a site file (``load_site(None)``: the embedded local default,
-``spibatch/data/site_local.yaml``); :func:`provider_for` gives the site's
+``spibatch/data/sites/local.yaml``); :func:`provider_for` gives the site's
 :class:`~spibatch.backends.base.Provider` (the contract: ``parsl_config``, ``render`` ->
 :class:`~spibatch.backends.base.Rendered`, ``preflight``, ``dry_run``, ``check_rendered``,
 ``emc_launch`` -> :class:`~spibatch.backends.base.Launch`, ``supports_hpc``, ``node_cores``,
@@ -72,7 +72,8 @@ class Site(Section):
     name: str = Field("local", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40,
                       description="label of the site: lower-case letters, digits and '-'")
     provider: Literal["local", "slurm", "kubernetes"] = Field("local", description="where work goes")
-    workers: int = Field(2, ge=1, description="workers at once: HTEX workers, MPI ranks of the HPC EMC job, pods")
+    workers: int = Field(2, ge=1, le=100_000, description="workers at once: HTEX workers, MPI ranks of the HPC EMC "
+                         "job, pods")
     emc_mode: Literal["hpc", "htc"] | None = Field(None, description="hpc: EMC as one MPI job of `workers` ranks; "
                                                    "htc: one task per shard per iteration; default: hpc for local "
                                                    "and slurm, htc for kubernetes")
@@ -125,7 +126,7 @@ def default_site_path() -> Path:
     """The embedded local site used when no --site is given."""
     from importlib import resources
 
-    return Path(str(resources.files("spibatch") / "data" / "site_local.yaml"))
+    return Path(str(resources.files("spibatch") / "data" / "sites" / "local.yaml"))
 
 
 def load_site(path: str | Path | None = None) -> Site:

@@ -37,6 +37,7 @@ from spibatch.emc.step import default_threads, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
 from spibatch.emc.types import Geometry, ShardSpec, StepState, finish
 from spibatch.errors import InputError
+from spibatch.io.fingerprint import input_fingerprint
 from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
 
 log = logging.getLogger("spibatch")
@@ -71,13 +72,16 @@ class Run:
 
 
 def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resume: bool = False, source=None,
-            on_iteration: Iterable[Callable[[dict], None]] = ()) -> dict[str, Path]:
+            on_iteration: Iterable[Callable[[dict], None]] = (), until: Callable[[dict], bool] | None = None
+            ) -> dict[str, Path]:
     """Run EMC with ``settings`` on ``photons`` + ``detector``, writing into ``out_dir``; the outputs' paths.
 
     executor: where the shard steps run (:mod:`spibatch.emc.executors`; only the process whose
     ``executor.writes`` writes).  resume: continue from ``out_dir/checkpoint.h5`` when it exists.
     source: None, or an object whose ``poll() -> list[ShardSpec]`` gives new shards before each
     iteration.  on_iteration: callables given each iteration's record once its files are written.
+    until: a stopping rule, asked after each iteration's hooks on the writing process (the answer is
+    broadcast): True ends the loop before ``settings.iterations``, which is then the most it runs.
     Returns ``{"intensity", "emc_log", "metrics", "checkpoint": path}`` (on every rank).
     Raises InputError on bad input or a diverging fit (earlier iterations' files are kept).
     """
@@ -85,14 +89,22 @@ def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resu
     run = setup(settings, photons, detector, out_dir, executor, resume)
     poll = _poller(source, run, executor)
     hooks = list(on_iteration)
+    last = run.first - 1
     for iteration in range(run.first, settings.iterations + 1):
         _take_shards(run, executor, poll())
         record = iterate(run, executor, iteration)
+        last = iteration
         for hook in hooks:
             hook(record)
-    last = max(settings.iterations, run.first - 1)
-    return {"intensity": out_dir / output_name(last), "emc_log": out_dir / EMC_LOG,
+        if until is not None and _stop(until, record, executor):
+            break
+    return {"intensity": out_dir / output_name(max(last, 1)), "emc_log": out_dir / EMC_LOG,
             "metrics": out_dir / METRICS, "checkpoint": out_dir / CHECKPOINT}
+
+
+def _stop(until: Callable[[dict], bool], record: dict, executor) -> bool:
+    """The stopping rule's answer on the writing process, the same on every rank."""
+    return bool(executor.broadcast(executor.collective(lambda: bool(until(record)) if executor.writes else None)))
 
 
 def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, resume: bool) -> Run:
@@ -105,11 +117,13 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
                               settings.num_modes, settings.nonrot_modes)
     specs = ShardSpec.cut(photons, 0, inputs.num_frames, settings.frames_per_shard)
     counts, peak = executor.add_shards(specs, geometry)
-    recorded = {**settings.resume_record(), "num_frames": inputs.num_frames, "num_pix": inputs.detector.num_pix,
-                "model_size": inputs.size}
+    recorded = executor.broadcast(executor.collective(   # the writer reads the files' fingerprints
+        lambda: resume_record(settings, inputs, photons, detector) if executor.writes else None))
     checkpoint = executor.broadcast(executor.collective(_read_checkpoint, out_dir, resume and executor.writes))
     if checkpoint is not None:
-        model, scales, history = _resumed(checkpoint, recorded, len(counts), out_dir)
+        check_checkpoint(checkpoint, recorded, len(counts), out_dir, photons, detector)
+        log.info("resuming after iteration %d from %s", checkpoint["iteration"], out_dir / CHECKPOINT)
+        model, scales, history = checkpoint["model"], checkpoint["scales"], checkpoint["history"]
     else:
         model = inputs.start_model if inputs.start_model is not None else \
             random_model(inputs.size, geometry.pixels, geometry.rotations, float(counts.mean()), settings.seed)
@@ -134,10 +148,31 @@ def _read_checkpoint(out_dir: Path, wanted: bool) -> dict | None:
     return records.read_checkpoint(out_dir)
 
 
-def _resumed(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path):
-    """(model, scales, history) of the checkpoint; InputError when the settings or the frames changed."""
-    changed = sorted(k for k in recorded.keys() | checkpoint["settings"].keys()
-                     if recorded.get(k) != checkpoint["settings"].get(k))
+def resume_record(settings: EMCSettings, inputs: Inputs, photons, detector) -> dict:
+    """What the checkpoint records and a resume must find again: the settings that must not change
+    (:meth:`EMCSettings.resume_record`), the data's sizes, and the fingerprints of the photons and detector
+    files the run reads (:func:`spibatch.io.fingerprint.input_fingerprint`)."""
+    return {**settings.resume_record(), "num_frames": inputs.num_frames, "num_pix": inputs.detector.num_pix,
+            "model_size": inputs.size, "photons_fingerprint": input_fingerprint(photons),
+            "detector_fingerprint": input_fingerprint(detector)}
+
+
+DATA_KEYS = {"photons_fingerprint": "photons", "detector_fingerprint": "detector"}
+
+
+def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path, photons, detector) -> None:
+    """InputError (one line) unless ``checkpoint`` (:func:`records.read_checkpoint`) was computed with the
+    settings and from the data of ``recorded`` (:func:`resume_record`) for ``num_frames`` frames.  A checkpoint
+    written before the fingerprints were recorded is not asked for them."""
+    saved = checkpoint["settings"]
+    for key, name in DATA_KEYS.items():
+        if key in saved and saved[key] != recorded.get(key):
+            path = photons if name == "photons" else detector
+            raise InputError(f"not the {name} file the checkpoint was computed from (its fingerprint differs from "
+                             f"the one {out_dir / CHECKPOINT} records)", path=path, field=f"emc.{name}",
+                             fix=f"resume with the run's own {name} file, or start a new run")
+    changed = sorted(k for k in recorded.keys() | saved.keys()
+                     if k not in DATA_KEYS and recorded.get(k) != saved.get(k))
     if changed:
         raise InputError(f"settings differ from the run being resumed: {', '.join(changed)}",
                          path=out_dir / CHECKPOINT, field="emc",
@@ -146,8 +181,19 @@ def _resumed(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path):
         raise InputError(f"the checkpoint holds the scales of {len(checkpoint['scales'])} frames, the photons file "
                          f"{num_frames} (shards joined the run while it ran)", path=out_dir / CHECKPOINT,
                          field="emc", fix="start a new run: resuming a run that took new shards is not supported")
-    log.info("resuming after iteration %d from %s", checkpoint["iteration"], out_dir / CHECKPOINT)
-    return checkpoint["model"], checkpoint["scales"], checkpoint["history"]
+
+
+def check_resume(settings: EMCSettings, photons, detector, out_dir: Path) -> int | None:
+    """Before a resume writes anything: the checkpoint in ``out_dir``, if there is one, reads and was computed
+    with these settings from these data (:func:`check_checkpoint`); the iteration it holds, None without one.
+    InputError otherwise (a corrupt checkpoint too).  Reads only."""
+    checkpoint = records.read_checkpoint(Path(out_dir))
+    if checkpoint is None:
+        return None
+    inputs = check_inputs(settings, photons, detector)
+    check_checkpoint(checkpoint, resume_record(settings, inputs, photons, detector), inputs.num_frames,
+                     Path(out_dir), photons, detector)
+    return checkpoint["iteration"]
 
 
 def _header_info(settings: EMCSettings, photons: Path, inputs: Inputs, geometry: Geometry, counts: np.ndarray,

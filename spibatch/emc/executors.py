@@ -18,12 +18,16 @@ shards: the first set cut contiguously across the ranks, later ones to the rank 
 frames) and combines with one Allreduce and one Allgatherv per iteration (:mod:`spibatch.emc.mpi`);
 :class:`Tasks` (HTC mode) holds none: per iteration it writes the model to ``scratch_dir`` once (the
 *broadcast*), submits :func:`shard_task` once per shard through any ``submit(fn, *args) -> Future``
-(a Parsl python app, a ``concurrent.futures`` pool), and adds the returned sums in frame order
-(:func:`~spibatch.emc.types.reduce`).  Each shard's sums are added in frame order in every case, so
-with the same ``frames_per_shard`` and threads per step the three give the same model (MPI: to the
-order of the ranks' partial sums, measured identical).  Where a Tasks iteration's time goes is
-appended to ``scratch_dir/timing.jsonl``: ``broadcast_s`` (model written), ``wait_s`` (submit to last
-result), ``task_s`` (longest task, its own clock), ``load_model_s`` (longest model read), ``reduce_s``.
+(a Parsl python app, a ``concurrent.futures`` pool); each task writes its sums to ``scratch_dir`` and
+returns a small record, and reduce tasks add them in frame order, slab by slab of voxels
+(:mod:`spibatch.emc.htc_sums`: the additions of :func:`~spibatch.emc.types.reduce`).  Each shard's sums
+are added in frame order in every case, so with the same ``frames_per_shard`` and threads per step the
+three give the same model (MPI: to the order of the ranks' partial sums, measured identical).  Where a
+Tasks iteration's time goes is appended to ``scratch_dir/timing.jsonl``: ``broadcast_s`` (model written),
+``wait_s`` (submit to last result), ``task_s`` (longest task, its own clock), ``load_model_s`` (longest model
+read), ``write_sums_s`` (longest sums write), ``result_s`` (last task's end to its record here), ``reduce_s``
+(last record to the total: ``reduce_tasks`` slab tasks, the longest ``reduce_task_s``, ``gather_s`` reading
+the total here), ``sums_bytes``.
 
 CPU or GPU is chosen once too: :func:`step_function` of the executor's Device.
 """
@@ -39,10 +43,10 @@ from typing import Callable
 
 import numpy as np
 
-from spibatch.emc import mpi
+from spibatch.emc import htc_sums, mpi
 from spibatch.emc.gpu_step import gpu_shard_step
 from spibatch.emc.step import shard_step, warm_up
-from spibatch.emc.types import Geometry, GeometrySpec, Shard, ShardSpec, ShardSums, StepState, reduce
+from spibatch.emc.types import Geometry, GeometrySpec, Shard, ShardSpec, ShardSums, StepState
 from spibatch.io.atomic import atomic_path
 from spibatch.kernels.device import CPU, Device
 from spibatch.layout import HTC_TIMING, htc_model_name
@@ -180,18 +184,25 @@ def _frame_rows(specs: list[ShardSpec], base: int = 0) -> np.ndarray:
 class Tasks(_OneProcess):
     """Each iteration one task per shard through ``submit(fn, *args) -> Future``; this process holds no frames.
 
-    scratch_dir: a folder every task can read (the model of each iteration, timing.jsonl); threads: Numba
-    threads per task (the cores one worker may use); device: the tasks' (each worker takes its own GPU).
+    scratch_dir: a folder every task can read and write (the model of each iteration, the tasks' sums, the
+    reduced slabs, timing.jsonl); threads: Numba threads per task (the cores one worker may use); device: the
+    tasks' (each worker takes its own GPU); reducers: reduce tasks per iteration (the voxels cut into that many
+    slabs, :mod:`spibatch.emc.htc_sums`; the site's workers; 1: this process adds the parts itself).
     """
 
-    def __init__(self, submit, scratch_dir: str | Path, threads: int = 1, device: Device = CPU):
+    def __init__(self, submit, scratch_dir: str | Path, threads: int = 1, device: Device = CPU, reducers: int = 1):
         self.submit, self.dir, self.threads, self.device = submit, Path(scratch_dir), threads, device
+        self.reducers = max(1, int(reducers))
         self.specs: list[ShardSpec] = []
 
     def add_shards(self, specs: list[ShardSpec], geometry: Geometry) -> tuple[np.ndarray, float]:
         """One task per new shard reads it (the worker keeps it) and returns its counts and peak."""
         specs = sorted(specs, key=lambda s: s.first_frame)
         self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.specs:
+            left = htc_sums.remove_scratch(self.dir)
+            if left:
+                log.info("HTC: removed %d file(s) an interrupted iteration left in %s", len(left), self.dir)
         futures = [self.submit(prepare_task, spec, geometry.spec, self.threads) for spec in specs]
         results = [f.result() for f in futures]
         self.specs.extend(specs)
@@ -206,17 +217,24 @@ class Tasks(_OneProcess):
         written = time.perf_counter()
         futures = [self.submit(shard_task, spec, geometry.spec, str(model_path), state, self.threads, self.device)
                    for spec in self.specs]
-        parts = [f.result() for f in futures]
-        waited = time.perf_counter()
-        slowest = max(p.timings.pop("task_s") for p in parts)
-        load = max(p.timings.pop("load_model_s") for p in parts)
-        total = reduce(parts)
+        parts = []
+        try:
+            parts = [f.result() for f in futures]
+            waited, arrived = time.perf_counter(), time.time()
+            last_end = max(p.timings.pop("ended_at") for p in parts)
+            slowest = max(p.timings.pop("task_s") for p in parts)
+            load = max(p.timings.pop("load_model_s") for p in parts)
+            write = max(p.timings.pop("write_sums_s") for p in parts)
+            total, cost = htc_sums.reduce_parts(parts, self.submit, self.dir, state.iteration, self.reducers)
+        finally:
+            htc_sums.remove_parts(parts)
+            model_path.unlink(missing_ok=True)
         reduced = time.perf_counter()
         total.timings["combine"] = reduced - waited
-        model_path.unlink(missing_ok=True)
         record = {"iteration": state.iteration, "tasks": len(parts), "broadcast_s": written - began,
-                  "wait_s": waited - written, "task_s": slowest, "load_model_s": load,
-                  "reduce_s": reduced - waited, "step_s": reduced - began}
+                  "wait_s": waited - written, "task_s": slowest, "load_model_s": load, "write_sums_s": write,
+                  "result_s": max(0.0, arrived - last_end),
+                  "reduce_s": reduced - waited, **cost, "step_s": reduced - began}
         with open(self.dir / TIMING, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         return total
@@ -252,14 +270,22 @@ def prepare_task(spec: ShardSpec, recipe: GeometrySpec, threads: int) -> tuple[n
 
 
 def shard_task(spec: ShardSpec, recipe: GeometrySpec, model_path: str, state: StepState, threads: int,
-               device: Device = CPU) -> ShardSums:
-    """The shard step of ``spec``'s frames on the model in ``model_path`` (.npy, (M, M, M) float64)."""
+               device: Device = CPU) -> htc_sums.Part:
+    """The shard step of ``spec``'s frames on the model in ``model_path`` (.npy, (M, M, M) float64, or
+    (V, M, M, M) with modes); its sums written beside the model (:func:`spibatch.emc.htc_sums.write_part`),
+    the small record returned.
+
+    ``timings`` also holds ``load_model_s``, ``write_sums_s``, ``task_s`` (this task's own seconds) and
+    ``ended_at`` (its end, seconds since the epoch: how long the record took to reach the driver)."""
     began = time.perf_counter()
     _threads(threads)
     model = np.load(model_path)
     loaded = time.perf_counter()
     geometry = _geometry(recipe)
     sums = step_function(device)(model, geometry.rotations, geometry.pixels, _shard(spec, recipe), state)
+    del model
     sums.timings["load_model_s"] = loaded - began
-    sums.timings["task_s"] = time.perf_counter() - began
-    return sums
+    part = htc_sums.write_part(Path(model_path).parent, state.iteration, sums)
+    part.timings["task_s"] = time.perf_counter() - began
+    part.timings["ended_at"] = time.time()
+    return part

@@ -36,11 +36,10 @@ import os
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from spibatch.errors import InputError
-from spibatch.io.atomic import atomic_path, write_text
+from spibatch.io.atomic import write_hdf5, write_text
 from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
 from spibatch.io.results import write_result
 from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
@@ -130,14 +129,14 @@ def read_log_table(path: str | os.PathLike) -> list[dict[str, float]]:
 def write_checkpoint(out_dir: Path, iteration: int, model: np.ndarray, scales: np.ndarray,
                      settings: dict, history: list[dict]) -> Path:
     """Write ``checkpoint.h5`` atomically (uncompressed: it is rewritten every iteration)."""
-    path = out_dir / CHECKPOINT
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    def fill(f) -> None:
         f.create_dataset("model", data=np.asarray(model, np.float64), track_times=False)
         f.create_dataset("scales", data=np.asarray(scales, np.float64), track_times=False)
         f.attrs["iteration"] = int(iteration)
         f.attrs["settings"] = json.dumps(settings, sort_keys=True)
         f.attrs["history"] = json.dumps(history, sort_keys=True)
-    return path
+
+    return write_hdf5(out_dir / CHECKPOINT, fill)   # in memory, then written by Python (a full disk: one line)
 
 
 def read_checkpoint(out_dir: Path) -> dict | None:

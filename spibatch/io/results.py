@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from spibatch.errors import InputError
-from spibatch.io.atomic import atomic_path
+from spibatch.io.atomic import write_hdf5
 from spibatch.io.hdf5 import is_hdf5, open_hdf5, read_dataset
 
 GZIP_MIN_VOXELS = 64 ** 3   # float arrays with 3+ dimensions and this many values get gzip (level 4)
@@ -53,7 +53,8 @@ def write_result(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs
         if provenance is not None:
             raise ValueError("provenance given twice (in attrs and as provenance=)")
         provenance = attrs.pop("provenance")
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+
+    def fill(f) -> None:
         for name, value in sorted(datasets.items()):  # sorted: dict order does not change the bytes
             value = np.asarray(value)
             big_float = value.dtype.kind == "f" and value.ndim >= 3 and value.size >= GZIP_MIN_VOXELS
@@ -64,6 +65,8 @@ def write_result(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs
                 f.attrs[key] = value
         if provenance is not None:
             f.attrs["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
+
+    write_hdf5(path, fill)   # built in memory, written by Python: a full disk is one clean error (io.atomic)
 
 
 def read_result(path: str | os.PathLike, *, attrs_only: bool = False) -> tuple[dict[str, np.ndarray], dict]:
@@ -120,22 +123,30 @@ def read_volume(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
 
 
 def _hdf5_volume(path: Path, name: str | None) -> np.ndarray:
-    fix = "name the dataset that holds the volume (read_volume(path, name=...))"
-    with open_hdf5(path, fix) as f:
-        names = [name] if name else [n for n in VOLUME_NAMES if isinstance(f.get(n), h5py.Dataset)][:1]
-        if not names:
-            found = []
-            f.visititems(lambda n, obj: found.append(n) if isinstance(obj, h5py.Dataset) else None)
-            raise InputError(f"no volume dataset ({', '.join(VOLUME_NAMES)}); found: {', '.join(found) or 'none'}",
-                             path=path, fix=fix)
-        ds = f.get(names[0])
-        if not isinstance(ds, h5py.Dataset):
-            raise InputError("dataset missing", path=path, field=names[0], fix=fix)
-        shape = ds.shape[1:] if ds.ndim == 4 and ds.shape[0] == 1 else ds.shape
-        if len(shape) != 3 or ds.dtype.kind not in "iuf":
-            raise InputError(f"expected a 3-D volume (or (1, N, N, N)), found shape {ds.shape} dtype {ds.dtype}",
-                             path=path, field=names[0], fix=fix)
+    with open_hdf5(path, VOLUME_FIX) as f:
+        ds, shape = _volume_dataset(f, path, name)
         return read_dataset(ds, (), path).reshape(shape)
+
+
+VOLUME_FIX = "name the dataset that holds the volume (read_volume(path, name=...))"
+
+
+def _volume_dataset(f: h5py.File, path: Path, name: str | None) -> tuple[h5py.Dataset, tuple[int, ...]]:
+    """The dataset holding the volume (``name``, else the first of :data:`VOLUME_NAMES`) and its 3-D shape."""
+    names = [name] if name else [n for n in VOLUME_NAMES if isinstance(f.get(n), h5py.Dataset)][:1]
+    if not names:
+        found = []
+        f.visititems(lambda n, obj: found.append(n) if isinstance(obj, h5py.Dataset) else None)
+        raise InputError(f"no volume dataset ({', '.join(VOLUME_NAMES)}); found: {', '.join(found) or 'none'}",
+                         path=path, field="dataset", fix=VOLUME_FIX)
+    ds = f.get(names[0])
+    if not isinstance(ds, h5py.Dataset):
+        raise InputError("dataset missing", path=path, field=names[0], fix=VOLUME_FIX)
+    shape = ds.shape[1:] if ds.ndim == 4 and ds.shape[0] == 1 else ds.shape
+    if len(shape) != 3 or ds.dtype.kind not in "iuf":
+        raise InputError(f"expected a 3-D volume (or (1, N, N, N)), found shape {ds.shape} dtype {ds.dtype}",
+                         path=path, field=names[0], fix=VOLUME_FIX)
+    return ds, tuple(int(x) for x in shape)
 
 
 def _bin_volume(path: Path) -> np.ndarray:
@@ -148,7 +159,6 @@ def _bin_volume(path: Path) -> np.ndarray:
     return np.fromfile(path, "<f8").reshape(edge, edge, edge)
 
 
-__all__ = ["write_result", "read_result", "read_volume", "GZIP_MIN_VOXELS"]
 
 
 def read_volume_and_voxel(path: str | os.PathLike, dataset: str | None = None) -> tuple[np.ndarray, float | None]:
@@ -168,3 +178,150 @@ def read_volume_and_voxel(path: str | os.PathLike, dataset: str | None = None) -
         except InputError:
             voxel = None
     return volume, voxel
+
+
+def volume_kind(path: str | os.PathLike, dataset: str | None = None) -> str | None:
+    """"intensity" or "density": what a volume file holds, from its format and dataset name; None when the
+    file does not say (Dragonfly's raw ``.bin`` cubes: intensities.bin and densityMap.bin look alike)."""
+    path = Path(path)
+    if path.suffix.lower() in MRC_SUFFIXES:
+        return "density"
+    if not is_hdf5(path):
+        return None
+    name = dataset
+    if name is None:
+        with open_hdf5(path, "give an HDF5 volume file") as f:
+            name = next((n for n in VOLUME_NAMES if isinstance(f.get(n), h5py.Dataset)), None)
+    return {"intensity": "intensity", "intens": "intensity", "density": "density"}.get(name or "")
+
+
+
+def positive_attribute(value, path: str | os.PathLike, name: str) -> float | None:
+    """An attribute that must be one positive finite number (a voxel size), as a float; None when absent.
+    InputError naming the file and the attribute for anything else (NaN, inf, 0, negative, text, arrays)."""
+    if value is None:
+        return None
+    arr = np.asarray(value).reshape(-1)
+    if arr.size != 1 or arr.dtype.kind not in "iuf" or not np.isfinite(arr[0]) or arr[0] <= 0:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise InputError(f"expected one positive number, found {shown}", path=path, field=name,
+                         fix="correct or delete the attribute (or give the size in the pipeline file)")
+    return float(arr[0])
+
+
+def volume_shape(path: str | os.PathLike, name: str | None = None, *, field: str | None = None) -> tuple[int, ...]:
+    """The shape ``read_volume(path, name)`` would return, from the file's header alone (nothing big is read):
+    InputError for what :func:`read_volume` refuses (missing file, unknown format, no 3-D dataset)."""
+    path = Path(path)
+    fix = "give an HDF5 result file, a Dragonfly output_NNN.h5 or .bin cube, or an MRC file"
+    if not path.exists():
+        raise InputError("file not found", path=path, field=field, fix=fix)
+    if not path.is_file():
+        raise InputError("is a directory, not a file" if path.is_dir() else "not a regular file", path=path,
+                         field=field, fix=fix)
+    if is_hdf5(path):
+        with open_hdf5(path, VOLUME_FIX) as f:
+            return _volume_dataset(f, path, name)[1]
+    if path.suffix.lower() in MRC_SUFFIXES:
+        import warnings
+
+        import mrcfile
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with mrcfile.open(path, permissive=False, header_only=True) as mrc:
+                    header = mrc.header
+                    return int(header.nx), int(header.ny), int(header.nz)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"not a valid MRC file ({' '.join(str(exc).split())[:120]})", path=path, field=field,
+                             fix=fix) from None
+    if path.suffix.lower() == ".bin":
+        size = path.stat().st_size
+        edge = round((size / 8) ** (1 / 3)) if size else 0
+        if size == 0 or size != 8 * edge ** 3:
+            raise InputError(f"{size} bytes is not a float64 cube (8 * edge^3 bytes)", path=path, field=field,
+                             fix="give Dragonfly's raw intensity or density .bin file")
+        return edge, edge, edge
+    raise InputError(f"unknown volume format (suffix {path.suffix or 'none'!r}, not HDF5)", path=path, field=field,
+                     fix=fix)
+
+
+REFERENCE_FIX = "give the true density: a truth.h5 of `spibatch simulate`, an MRC file, or Dragonfly's .bin"
+
+
+def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, *,
+                    field: str = "validation.reference", voxel_field: str = "validation.reference_voxel_size_m",
+                    grid: tuple[int, float | None] | None = None,
+                    max_voxels: int = 1024 ** 3) -> tuple[np.ndarray, float | None]:
+    """A true density read once and checked, before anything is created: ``(volume (L, L, L) float64, its voxel
+    in m or None)``, what :func:`spibatch.phasing.compare.load_truth` returns for a good file.
+
+    Reads HDF5 (dataset ``density``; voxel from ``density_voxel_size_m`` or ``voxel_size_m``), MRC (its voxel;
+    0 means not known) or Dragonfly's raw ``.bin`` cube.  ``voxel_size_m`` (the caller's option) wins over the
+    file's.  One InputError naming the file and ``field`` (or the dataset / attribute) for: a missing path or
+    a directory, an unknown or corrupt format, no or a non-3-D or non-cubic volume, more than ``max_voxels``
+    voxels (checked from the header, before reading), NaN or inf voxels, a volume zero everywhere, a voxel
+    size that is not a positive finite length (given or stored), and -- with ``grid`` = (edge, voxel in m or
+    None) of the reconstruction it will be compared with -- a truth that does not fit in that box.
+    """
+    path = Path(path)
+    if voxel_size_m is not None and not (isinstance(voxel_size_m, (int, float)) and not isinstance(voxel_size_m, bool)
+                                         and np.isfinite(voxel_size_m) and voxel_size_m > 0):
+        raise InputError(f"expected a positive length in metres, found {voxel_size_m!r}", path=path,
+                         field=voxel_field, fix="give the truth's voxel edge in metres (e.g. 1.756e-9)")
+    shape = volume_shape(path, "density" if path.is_file() and is_hdf5(path) else None, field=field)
+    if len(shape) != 3 or len(set(shape)) != 1 or shape[0] < 2:
+        raise InputError(f"expected a cubic 3-D density (L, L, L), found shape {shape}", path=path, field=field,
+                         fix=REFERENCE_FIX)
+    if int(np.prod(shape, dtype=np.float64)) > max_voxels:
+        raise InputError(f"a {shape[0]}^3 density ({8 * float(np.prod(shape, dtype=np.float64)):.3g} bytes as float64) "
+                         f"is larger than any truth this compares with (at most {max_voxels:,} voxels)", path=path,
+                         field=field, fix=REFERENCE_FIX)
+    stored = None
+    if is_hdf5(path):
+        with open_hdf5(path, REFERENCE_FIX) as f:
+            ds, shape = _volume_dataset(f, path, "density")
+            volume = read_dataset(ds, (), path).reshape(shape)
+            for key in ("density_voxel_size_m", "voxel_size_m"):
+                stored = positive_attribute(f.attrs.get(key), path, key)
+                if stored is not None:
+                    break
+    elif path.suffix.lower() in MRC_SUFFIXES:
+        from spibatch.io.mrc import read_mrc
+
+        try:
+            volume, voxel_angstrom = read_mrc(path)
+        except InputError as exc:
+            raise InputError(exc.problem, path=path, field=exc.field or field, fix=exc.fix) from None
+        if voxel_angstrom:
+            stored = positive_attribute(voxel_angstrom, path, "voxel_size") * 1e-10
+    else:
+        volume = _bin_volume(path)
+    volume = np.asarray(volume, np.float64)
+    if volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise InputError(f"expected a cubic 3-D density (L, L, L), found shape {volume.shape}", path=path,
+                         field=field, fix=REFERENCE_FIX)
+    bad = ~np.isfinite(volume)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {first})", path=path, field=field,
+                         fix=REFERENCE_FIX)
+    if not volume.any():
+        raise InputError("the density is zero everywhere: nothing to compare with", path=path, field=field,
+                         fix=REFERENCE_FIX)
+    voxel = voxel_size_m if voxel_size_m is not None else stored
+    if grid is not None:
+        edge, grid_voxel = grid
+        fits = volume.shape[0]   # as compare_with_truth: resampled when the voxels differ by more than 0.1%
+        if voxel and grid_voxel and abs(voxel / grid_voxel - 1) > 1e-3:
+            fits = int(np.ceil(volume.shape[0] * (voxel / grid_voxel) / 2)) * 2 + 1
+        if fits > edge:
+            raise InputError(f"the truth ({volume.shape[0]}^3{f' of {voxel:.3g} m' if voxel else ''}) spans {fits} "
+                             f"voxels of the reconstruction, whose box is {edge}^3", path=path, field=field,
+                             fix="phase a larger box (no phasing.crop_to), or check the voxel sizes")
+    return volume, (float(voxel) if voxel else None)
+
+
+__all__ = ["write_result", "read_result", "read_volume", "read_volume_and_voxel", "volume_kind", "volume_shape",
+           "positive_attribute", "check_reference", "GZIP_MIN_VOXELS"]

@@ -205,6 +205,50 @@ def threshold_support(volume, level, support):
     return count.sum()
 
 
+@nb.njit(parallel=True, cache=True)
+def _plane_max(volume):
+    best = np.full(volume.shape[0], -np.inf)
+    for i in nb.prange(volume.shape[0]):
+        b = -np.inf
+        for j in range(volume.shape[1]):
+            for k in range(volume.shape[2]):
+                v = volume[i, j, k].real
+                if v > b:
+                    b = v
+        best[i] = b
+    return best
+
+
+@nb.njit(parallel=True, cache=True)
+def _threshold_planes(volume, level, support, plane_max):
+    count = np.zeros(volume.shape[0], np.int64)
+    for i in nb.prange(volume.shape[0]):
+        if plane_max[i] <= level:            # nothing in this plane can pass: no need to read it again
+            support[i] = False
+            continue
+        c = 0
+        for j in range(volume.shape[1]):
+            for k in range(volume.shape[2]):
+                keep = volume[i, j, k].real > level
+                support[i, j, k] = keep
+                c += keep
+        count[i] = c
+    return count.sum()
+
+
+def threshold_relative(volume, fraction, support):
+    """support <- real(volume) > fraction * max(real(volume)); returns (voxels kept, the maximum).
+
+    One pass finds the maximum of every plane; the threshold pass then reads only the planes whose
+    maximum exceeds the level (the object's), and clears the others without reading them.  Exactly
+    ``threshold_support(volume, fraction * max_real(volume), support)``.
+    """
+    plane_max = _plane_max(volume)
+    top = float(plane_max.max())
+    level = np.float32(float(fraction) * top)        # as ShrinkWrap always computed it: float64, then float32
+    return int(_threshold_planes(volume, level, support, plane_max)), top
+
+
 # ------------------------------------------------------------------ batch-shaped entry points
 
 def _flat(array):

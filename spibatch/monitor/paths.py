@@ -27,11 +27,23 @@ class NotFound(Exception):
     """A requested run or file does not exist (yet)."""
 
 
+MAX_RUN_NAME = 1024       # characters in a run's name (its path under the root); longer: 400
+
+
+class BadName(ValueError):
+    """A run name that cannot name anything (too long, control characters): the server answers 400."""
+
+
+def within(root: Path, real: Path) -> bool:
+    """True when ``real`` (already resolved) is ``root`` or lies under it."""
+    return real == root or root in real.parents
+
+
 def inside(root: Path, path: Path) -> Path:
     """``path`` with symlinks resolved, if it lies under ``root`` (already resolved); OutsideRoot otherwise."""
     real = Path(os.path.realpath(path))
-    if real != root and root not in real.parents:
-        raise OutsideRoot(f"{path} is outside the monitored folder")
+    if not within(root, real):
+        raise OutsideRoot(f"{path.name} is outside the monitored folder")
     return real
 
 
@@ -39,20 +51,36 @@ def resolve_run(root: Path, run: str | None) -> Path:
     """The folder of the run named ``run`` (relative to ``root``, POSIX separators), checked to be inside."""
     if run is None or run == "":
         run = "."
+    if len(run) > MAX_RUN_NAME:
+        raise BadName(f"a run name has at most {MAX_RUN_NAME} characters, not {len(run)}")
     if "\x00" in run or "\\" in run:
         raise OutsideRoot("run names use forward slashes and no NUL")
+    if any(ord(c) < 32 or ord(c) == 127 for c in run):
+        raise BadName("a run name has no control characters")
     rel = PurePosixPath(run)
     if rel.is_absolute() or ".." in rel.parts:
-        raise OutsideRoot(f"{run!r}: absolute paths and '..' are refused")
-    folder = inside(root, root.joinpath(*rel.parts))
-    if not folder.is_dir() or not is_run(folder):
-        raise NotFound(f"no run {run!r} under the monitored folder")
+        raise OutsideRoot(f"{run[:80]!r}: absolute paths and '..' are refused")
+    try:
+        folder = inside(root, root.joinpath(*rel.parts))
+        found = folder.is_dir() and is_run(folder, root)
+    except (OSError, ValueError):      # a name the filesystem refuses (a part over 255 bytes, ...)
+        found = False
+    if not found:
+        raise NotFound(f"no run {run[:80]!r} under the monitored folder")
     return folder
 
 
-def is_run(folder: Path) -> bool:
-    """True when ``folder`` holds a run (one of RUN_MARKERS, directly or in emc/)."""
-    return any((folder / m).is_file() for m in RUN_MARKERS) or (folder / layout.STAGE_DIRS["emc"] / layout.METRICS).is_file()
+def is_run(folder: Path, root: Path | None = None) -> bool:
+    """True when ``folder`` holds a run (one of RUN_MARKERS, directly or in emc/); with ``root``, only
+    markers that are files under the root count (a marker symlinked out of it does not)."""
+    candidates = [folder / m for m in RUN_MARKERS] + [folder / layout.STAGE_DIRS["emc"] / layout.METRICS]
+    for path in candidates:
+        try:
+            if path.is_file() and (root is None or within(root, Path(os.path.realpath(path)))):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -64,7 +92,7 @@ def find_runs(root: Path) -> list[Path]:
     found: list[Path] = []
 
     def walk(folder: Path, depth: int) -> None:
-        if is_run(folder):
+        if is_run(folder, root):
             found.append(folder)
             return
         if depth >= SEARCH_DEPTH:

@@ -30,8 +30,9 @@ def _spaced(values: list[int], count: int) -> list[int]:
 
 def collect(run_dir: str | os.PathLike) -> dict:
     """Every API answer the page needs for this run, keyed as app.js keys them (``path?param=value&...``)."""
+    from spibatch.monitor.files import BadFile, NotReady
     from spibatch.monitor.paths import NotFound, OutsideRoot
-    from spibatch.monitor.rundata import NotReady, RunData
+    from spibatch.monitor.rundata import RunData
 
     root = Path(os.path.realpath(run_dir))
     data = RunData(root, root)
@@ -40,7 +41,7 @@ def collect(run_dir: str | os.PathLike) -> dict:
     def put(key: str, read) -> object:
         try:
             responses[key] = read()
-        except (NotFound, NotReady, OutsideRoot, OSError, ValueError, KeyError):
+        except (NotFound, NotReady, BadFile, OutsideRoot, OSError, ValueError, KeyError):
             responses[key] = None
         return responses[key]
 

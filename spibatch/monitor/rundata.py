@@ -1,12 +1,14 @@
 """Read one run folder for the monitor and the report, safely and while it is still being written.
 
-Every reader returns plain JSON-able dicts (lists, numbers, strings; NaN and
-infinities become None).  Files are opened only through :meth:`RunData.file`,
-which refuses anything that resolves outside the monitored root.  A file that
-is missing gives :class:`~spibatch.monitor.paths.NotFound`; one that cannot be
-read yet (being written by a program that does not write atomically, or
-truncated) gives :class:`NotReady`, which the server answers with 503 and the
-page retries.
+Every reader returns plain JSON-able dicts (lists, numbers, strings; NaN and infinities become
+None).  Files are read only through :mod:`spibatch.monitor.files`, which refuses anything that
+resolves outside the monitored root; paths come from :class:`spibatch.layout.RunLayout`.  A file
+that is missing gives :class:`~spibatch.monitor.paths.NotFound`; one that cannot be read yet (being
+written by a program that does not write atomically, or truncated) gives :class:`NotReady`, which
+the server answers with 503 and the page retries; one whose contents are not what they should be
+(wrong types or shapes) gives :class:`BadFile` (422).  Values read from a results file are checked
+one by one (:func:`number`, :func:`integer`): a string or an infinity where a number belongs shows
+as a gap, never as an error page.
 
 Layouts understood: a spibatch run folder (:mod:`spibatch.layout`: the same for every command),
 and a bare EMC output folder (``metrics.jsonl`` or Dragonfly's ``EMC.log`` + ``output_NNN.h5``).
@@ -14,61 +16,25 @@ and a bare EMC output folder (``metrics.jsonl`` or Dragonfly's ``EMC.log`` + ``o
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
 
 from spibatch import layout
+from spibatch.emc.records import LOG_COLUMNS
+from spibatch.monitor import progress
+from spibatch.monitor.files import (BadFile, NotReady, attr_int, attr_number, dataset, first_line_json, is_file_inside,
+                                    open_h5, read_json, read_jsonl, read_text, stat_inside, tail, volume)
 from spibatch.monitor.paths import NotFound, OutsideRoot, inside, run_name
+from spibatch.monitor.values import clean, integer, number, numbers, text
 from spibatch.monitor.volumes import density_slices, intensity_slices
 
 OUTPUT_RE = layout.OUTPUT_RE
 LOG_TAIL_LINES = 200
 HISTOGRAM_BINS = 25
-
-
-class NotReady(Exception):
-    """A file exists but cannot be read yet (being written, or truncated); retry later."""
-
-
-def clean(value):
-    """``value`` with numpy types turned into Python ones and non-finite floats into None (JSON-safe)."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return clean(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The complete JSON lines of a file; a last line still being written (no newline, bad JSON) is skipped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def first_row(path: Path) -> dict | None:
-    """The first JSON line of a file (only that line is read), or None when it is missing or incomplete."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            row = json.loads(fh.readline())
-    except (OSError, ValueError):
-        return None
-    return row if isinstance(row, dict) else None
+EMC_KEYS = ("log_likelihood", "mutual_info", "rms_change", "beta_mean", "mean_kept_rotations", "time_s")
 
 
 class RunData:
@@ -78,6 +44,7 @@ class RunData:
         self.root, self.folder = root, folder
         self.name = run_name(root, folder)
         self.run = layout.RunLayout(folder)
+        self._config: dict | None = None
 
     # -- where things are -------------------------------------------------------------------------
     def file(self, *parts: str) -> Path:
@@ -86,11 +53,21 @@ class RunData:
 
     def _in_layout(self, path: Path) -> Path | None:
         """``path`` (of the run's layout) when it is a file inside the root, else None."""
+        return path if is_file_inside(self.root, path) else None
+
+    def exists(self, path: Path) -> bool:
+        return is_file_inside(self.root, path)
+
+    def mtime(self, path: Path) -> float | None:
+        st = stat_inside(self.root, path)
+        return st.st_mtime if st is not None else None
+
+    def read_json(self, path: Path):
+        """The JSON value of a file of the run, None when it is missing, refused, or not complete JSON."""
         try:
-            path = self.file(str(path.relative_to(self.folder)))
-        except (OutsideRoot, ValueError):
+            return read_json(self.root, path)
+        except (NotFound, OutsideRoot, NotReady, BadFile):
             return None
-        return path if path.is_file() else None
 
     def emc_dir(self) -> Path | None:
         """``emc/`` of a run folder, or the folder itself when it is a bare EMC folder (Dragonfly's), if EMC is there."""
@@ -99,15 +76,15 @@ class RunData:
                 folder = self.file(*parts)
             except OutsideRoot:
                 continue
-            if folder.is_dir() and ((folder / layout.EMC_LOG).is_file() or any(folder.glob("output_[0-9][0-9][0-9]*.h5"))
-                                    or _is_emc_metrics(folder / layout.METRICS)):
+            if folder.is_dir() and (self.exists(folder / layout.EMC_LOG) or self._outputs_in(folder)
+                                    or _is_emc_metrics(self.root, folder / layout.METRICS)):
                 return folder
         return None
 
     def phase_files(self) -> tuple[Path | None, Path | None]:
         """(metrics.jsonl of phasing, phasing.h5), each None when absent."""
         metrics = self._in_layout(self.run.phasing_metrics)
-        if metrics and (first_row(metrics) or {}).get("stage") != "phase":
+        if metrics and (first_line_json(self.root, metrics) or {}).get("stage") != "phase":
             metrics = None
         return metrics, self._in_layout(self.run.phasing)
 
@@ -115,88 +92,81 @@ class RunData:
         return self._in_layout(self.run.fsc_vs_truth)
 
     def watched(self) -> list[Path]:
-        """The files whose change means the page should refresh."""
-        paths = [self._in_layout(self.run.provenance), self._in_layout(self.run.log)]
+        """The files whose change means the page should refresh (each under the root)."""
+        paths = [self.run.provenance, self.run.log]
         emc = self.emc_dir()
         if emc is not None:
-            paths += [emc / layout.METRICS, emc / layout.EMC_LOG] + sorted(emc.glob("output_*.h5"))
-        paths += list(self.phase_files()) + [self.fsc_file()]
-        return [p for p in paths if p is not None]
+            paths += [emc / layout.METRICS, emc / layout.EMC_LOG] + [emc / layout.output_name(i) for i in
+                                                                      self._outputs_in(emc)]
+        paths += list(self.phase_files()) + [self.fsc_file()] + progress.watched(self)
+        return [p for p in paths if p is not None and self.exists(p)]
 
     def fingerprint(self) -> str:
         """A short string that changes whenever a watched file is added, removed or rewritten."""
         parts = []
         for path in self.watched():
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
-        import hashlib
-
+            st = stat_inside(self.root, path)
+            if st is not None:
+                parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
         return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
     # -- summary ----------------------------------------------------------------------------------
     def summary(self) -> dict:
-        """Name, status, times, command, what the run holds, and the headline numbers."""
+        """Name, status, times, command, what the run holds, the stages and the headline numbers."""
         prov = self.provenance()
-        mtimes = []
-        for path in self.watched():
-            try:
-                mtimes.append(path.stat().st_mtime)
-            except OSError:
-                pass
+        mtimes = [m for m in (self.mtime(p) for p in self.watched()) if m is not None]
         emc = self.emc_dir()
         done = 0
         if emc is not None:   # iterations in metrics.jsonl / EMC.log, or output files when there are more
             done = max([0] + self.emc_series()["iteration"][-1:] + self.emc_iterations()[-1:])
-        planned = (self.config_value("emc", "iterations") if emc else None)
         metrics, result = self.phase_files()
-        out = {"run": self.name, "title": self.folder.name, "status": prov.get("status", "unknown"),
-               "started": prov.get("started"), "finished": prov.get("finished"), "error": prov.get("error"),
-               "command": " ".join(prov.get("command", [])) or None, "host": prov.get("host"),
+        command = prov.get("command")
+        command = " ".join(command) if isinstance(command, list) and all(isinstance(c, str) for c in command) else None
+        out = {"run": self.name, "title": self.folder.name, "status": text(prov.get("status")) or "unknown",
+               "started": text(prov.get("started")), "finished": text(prov.get("finished")),
+               "error": text(prov.get("error")), "command": command or None, "host": text(prov.get("host")),
                "last_update": max(mtimes) if mtimes else None,
                "has": {"emc": emc is not None, "phase": bool(metrics or result), "phase_result": result is not None,
                        "fsc": self.fsc_file() is not None},
-               "emc_iterations_done": done, "emc_iterations_planned": planned}
-        truth = self._in_layout(self.run.emc_vs_truth)
-        if truth:
-            try:
-                out["emc_cc_with_truth"] = json.loads(truth.read_text(encoding="utf-8")).get("cc")
-            except ValueError:
-                pass
+               "emc_iterations_done": done, "emc_iterations_planned": self.config_int("emc", "iterations") if emc else None}
+        out.update(progress.of(self, out))
+        truth = self.read_json(self.run.emc_vs_truth)
+        if isinstance(truth, dict) and number(truth.get("cc")) is not None:
+            out["emc_cc_with_truth"] = number(truth.get("cc"))
         return clean(out)
 
     def provenance(self) -> dict:
-        path = self._in_layout(self.run.provenance)
-        if path is None:
-            return {}
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            return {}
+        record = self.read_json(self.run.provenance)
         return record if isinstance(record, dict) else {}
 
-    def config_value(self, section: str, key: str):
-        path = self._in_layout(self.run.config)
-        if path is None:
-            return None
-        import yaml
+    def config(self) -> dict:
+        """The run's config.yaml as a dict ({} when missing or unreadable); read once per RunData."""
+        if self._config is None:
+            import yaml
 
-        try:
-            cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            return (cfg.get(section) or {}).get(key)
-        except (yaml.YAMLError, AttributeError):
-            return None
+            try:
+                cfg = yaml.safe_load(read_text(self.root, self.run.config))
+            except (NotFound, OutsideRoot, BadFile, yaml.YAMLError, RecursionError, ValueError):
+                cfg = None
+            self._config = cfg if isinstance(cfg, dict) else {}
+        return self._config
+
+    def config_int(self, section: str, key: str) -> int | None:
+        """A positive whole number from the config (``emc.iterations``, ``phasing.num_starts``), else None."""
+        part = self.config().get(section)
+        value = integer(part.get(key)) if isinstance(part, dict) else None
+        return value if value is not None and value > 0 else None
 
     def texts(self) -> dict:
         """config.yaml, provenance.json (pretty), and the last LOG_TAIL_LINES of log.txt and EMC.log."""
-        out = {}
-        for key, path in (("config", self.run.config), ("provenance", self.run.provenance), ("log", self.run.log)):
-            path = self._in_layout(path)
-            out[key] = _tail(path) if path else None
         emc = self.emc_dir()
-        out["emc_log"] = _tail(emc / layout.EMC_LOG) if emc and (emc / layout.EMC_LOG).is_file() else None
+        out = {}
+        for key, path in (("config", self.run.config), ("provenance", self.run.provenance), ("log", self.run.log),
+                          ("emc_log", emc / layout.EMC_LOG if emc else None)):
+            try:
+                out[key] = tail(self.root, path, LOG_TAIL_LINES) if path is not None else None
+            except (NotFound, OutsideRoot, BadFile):
+                out[key] = None
         return out
 
     # -- EMC --------------------------------------------------------------------------------------
@@ -207,40 +177,46 @@ class RunData:
         emc = self.emc_dir()
         if emc is None:
             raise NotFound("this run has no EMC output")
-        rows = read_jsonl(emc / layout.METRICS) if (emc / layout.METRICS).is_file() else []
-        if not rows and (emc / layout.EMC_LOG).is_file():   # Dragonfly's folder: the log's table
-            from spibatch.emc.records import read_log_table
-
-            rows = [{"iteration": int(r["iter"]), "time_s": r["time"], "rms_change": r["rms_change"],
+        rows = read_jsonl(self.root, emc / layout.METRICS) if self.exists(emc / layout.METRICS) else []
+        if not rows and self.exists(emc / layout.EMC_LOG):   # Dragonfly's folder: the log's table
+            rows = [{"iteration": r["iter"], "time_s": r["time"], "rms_change": r["rms_change"],
                      "mutual_info": r["info_rate"], "log_likelihood": r["log-likelihood"],
-                     "num_rot": int(r["num_rot"]), "beta_mean": r["beta"]} for r in read_log_table(emc / layout.EMC_LOG)]
-        rows = sorted({int(r["iteration"]): r for r in rows if "iteration" in r}.values(),
-                      key=lambda r: r["iteration"])
+                     "num_rot": r["num_rot"], "beta_mean": r["beta"]}
+                    for r in _log_table(read_text(self.root, emc / layout.EMC_LOG))]
+        by_iteration = {}
+        for r in rows:
+            iteration = integer(r.get("iteration"))
+            if iteration is not None and iteration >= 0:
+                by_iteration[iteration] = {"iteration": iteration, "num_rot": integer(r.get("num_rot")),
+                                           **{k: number(r.get(k)) for k in EMC_KEYS}}
+        rows = [by_iteration[i] for i in sorted(by_iteration)]
         keys = ("iteration", "log_likelihood", "mutual_info", "rms_change", "beta_mean", "num_rot",
                 "mean_kept_rotations", "time_s")
         series = {k: [r.get(k) for r in rows] for k in keys}
         changes = []
         for prev, row in zip(rows, rows[1:]):
             labels = []
-            b0, b1 = prev.get("beta_mean"), row.get("beta_mean")
-            if b0 and b1 and abs(b1 / b0 - 1) > 1e-6:
-                labels.append(f"β ×{b1 / b0:.3g}")
-            if prev.get("num_rot") != row.get("num_rot"):
-                labels.append(f"rotations {prev.get('num_rot')} → {row.get('num_rot')}")
+            b0, b1 = prev["beta_mean"], row["beta_mean"]
+            ratio = b1 / b0 if b0 and b1 is not None else None
+            if ratio is not None and math.isfinite(ratio) and abs(ratio - 1) > 1e-6:
+                labels.append(f"β ×{ratio:.3g}")
+            if prev["num_rot"] != row["num_rot"]:
+                labels.append(f"rotations {prev['num_rot']} → {row['num_rot']}")
             if labels:
                 changes.append({"iteration": row["iteration"], "label": ", ".join(labels)})
         series["changes"] = changes
-        series["planned"] = self.config_value("emc", "iterations")
+        series["planned"] = self.config_int("emc", "iterations")
         series["outputs"] = self.emc_iterations()
         return clean(series)
+
+    def _outputs_in(self, folder: Path) -> list[int]:
+        found = (OUTPUT_RE.match(p.name) for p in folder.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
 
     def emc_iterations(self) -> list[int]:
         """Iterations with a complete ``output_NNN.h5`` (atomic writes: temporary ``.part`` names are skipped)."""
         emc = self.emc_dir()
-        if emc is None:
-            return []
-        found = (OUTPUT_RE.match(p.name) for p in emc.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
+        return [] if emc is None else self._outputs_in(emc)
 
     def _output(self, iteration: int | None) -> Path:
         iterations = self.emc_iterations()
@@ -254,26 +230,29 @@ class RunData:
     def emc_frames(self, iteration: int | None = None) -> dict:
         """Histograms over frames of one iteration: the most likely rotation's probability, and the scale."""
         path = self._output(iteration)
-        with _open_h5(path) as f:
-            iteration_read = int(f.attrs.get("iteration", _iteration_of(path)))
-            prob = _read(f, ("best_probability",), path)
-            scale = _read(f, ("scale", "scale_factors"), path, required=False)
-        out = {"iteration": iteration_read, "num_frames": int(prob.size),
-               "probability": _histogram(prob, (0.0, 1.0)), "median_probability": float(np.median(prob))}
-        if scale is not None and scale.size:
-            out["scale"] = _histogram(scale, (0.0, float(np.max(scale)) or 1.0))
+        with open_h5(self.root, path) as f:
+            iteration_read = attr_int(f, "iteration", _iteration_of(path))
+            prob = dataset(f, ("best_probability",), path).ravel()
+            scale = dataset(f, ("scale", "scale_factors"), path, required=False)
+            finite = prob[np.isfinite(prob)]
+            out = {"iteration": iteration_read, "num_frames": int(prob.size),
+                   "probability": _histogram(prob, (0.0, 1.0)),
+                   "median_probability": float(np.median(finite)) if finite.size else None}
+            scale = scale[np.isfinite(scale)] if scale is not None else None
+            if scale is not None and scale.size:
+                out["scale"] = _histogram(scale, (0.0, max(float(np.max(scale)), 0.0) or 1.0))
         return clean(out)
 
     def emc_slices(self, iteration: int | None = None) -> dict:
         """Three central slices of one iteration's intensity, log10, reduced on the server (see volumes.py)."""
         path = self._output(iteration)
-        with _open_h5(path) as f:
+        with open_h5(self.root, path) as f:
             name = "intensity" if "intensity" in f else "intens"
             if name not in f:
                 raise NotReady(f"{path.name}: no intensity dataset (yet)")
-            dq = f.attrs.get("voxel_size_per_m")
-            out = intensity_slices(f[name], float(dq) if dq else None)
-            out["iteration"] = int(f.attrs.get("iteration", _iteration_of(path)))
+            dq = attr_number(f, "voxel_size_per_m")
+            out = intensity_slices(volume(f, name, path), dq if dq and dq > 0 else None)
+            out["iteration"] = attr_int(f, "iteration", _iteration_of(path))
         out["iterations"] = self.emc_iterations()
         return clean(out)
 
@@ -283,21 +262,23 @@ class RunData:
         metrics, result = self.phase_files()
         if metrics is None and result is None:
             raise NotFound("this run has no phasing output")
-        rows = read_jsonl(metrics) if metrics else []
+        rows = read_jsonl(self.root, metrics) if metrics else []
         starts = [r for r in rows if r.get("kind") == "start"]
         merge = next((r for r in rows if r.get("kind") == "merge"), None)
-        out = {"starts": [{"seed": r.get("seed"), "errors": r.get("errors", []), "final_error": r.get("final_error"),
-                           "algorithms": r.get("algorithms")} for r in starts],
-               "planned": self.config_value("phasing", "num_starts"), "kept_seeds": None, "prtf": None}
+        out = {"starts": [{"seed": integer(r.get("seed")), "errors": numbers(r.get("errors")),
+                           "final_error": number(r.get("final_error")), "algorithms": _algorithms(r.get("algorithms"))}
+                          for r in starts],
+               "planned": self.config_int("phasing", "num_starts"), "kept_seeds": None, "prtf": None}
         if merge:
-            out["kept_seeds"] = merge.get("kept_seeds")
-            out["prtf"] = {"prtf": merge.get("prtf"), "resolution_m": merge.get("resolution_m"),
-                           "resolution_shell": merge.get("resolution_shell"), "frequency_per_m": None,
-                           "max_measured_shell": merge.get("max_measured_shell")}
+            kept = merge.get("kept_seeds")
+            out["kept_seeds"] = [integer(s) for s in kept] if isinstance(kept, list) else []
+            out["prtf"] = {"prtf": numbers(merge.get("prtf")), "resolution_m": number(merge.get("resolution_m")),
+                           "resolution_shell": number(merge.get("resolution_shell")), "frequency_per_m": None,
+                           "max_measured_shell": number(merge.get("max_measured_shell"))}
         if result is not None and out["prtf"] is not None:
-            with _open_h5(result) as f:
-                if "prtf_frequency_per_m" in f and f.attrs.get("voxel_size_m"):
-                    out["prtf"]["frequency_per_m"] = _read(f, ("prtf_frequency_per_m",), result)
+            with open_h5(self.root, result) as f:
+                if "prtf_frequency_per_m" in f and attr_number(f, "voxel_size_m"):
+                    out["prtf"]["frequency_per_m"] = dataset(f, ("prtf_frequency_per_m",), result).ravel()
         return clean(out)
 
     def phase_slices(self) -> dict:
@@ -305,87 +286,74 @@ class RunData:
         _, result = self.phase_files()
         if result is None:
             raise NotFound("no phasing.h5 yet (written when every start has finished)")
-        with _open_h5(result) as f:
+        with open_h5(self.root, result) as f:
             if "density" not in f:
                 raise NotReady(f"{result.name}: no density dataset")
-            voxel = f.attrs.get("voxel_size_m")
-            support = f["support"] if "support" in f else None
-            return clean(density_slices(f["density"], support, float(voxel) if voxel else None))
+            density = volume(f, "density", result)
+            support = volume(f, "support", result) if "support" in f else None
+            if support is not None and support.shape != density.shape:
+                raise BadFile(f"{result.name}: support {support.shape} and density {density.shape} differ")
+            voxel = attr_number(f, "voxel_size_m")
+            return clean(density_slices(density, support, voxel if voxel and voxel > 0 else None))
 
     def fsc(self) -> dict:
         """The FSC with the truth: frequency (1/m, or 1/voxel), FSC, the 0.5 / 0.143 resolutions, cc."""
         path = self.fsc_file()
         if path is None:
             raise NotFound("no FSC against a truth in this run")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            raise NotReady(f"{path.name}: not complete JSON yet") from None
-        voxel = data.get("voxel_size_m")
-        frequency = data.get("frequency")
+        data = read_json(self.root, path)
+        if not isinstance(data, dict):
+            raise BadFile(f"{path.name}: not a JSON object")
+        voxel = number(data.get("voxel_size_m"))
+        voxel = voxel if voxel and voxel > 0 else None
+        frequency = numbers(data.get("frequency")) if "frequency" in data else None
         if frequency is None:     # a file from before "frequency" was written: the box edge from a crossing
-            radius = np.asarray(data.get("radius", []), float)
-            box = next((data[f"resolution_{t}_m"] * data[f"fsc_{t}_radius"] for t in ("0.5", "0.143")
-                        if voxel and data.get(f"resolution_{t}_m") and data.get(f"fsc_{t}_radius")), None)
-            frequency = radius / (box or (2 * (radius.size - 1) + 1) * (voxel or 1.0))
-        return clean({"frequency": np.asarray(frequency, float), "frequency_unit": "1/m" if voxel else "1/voxel",
-                      "fsc": data.get("fsc"), "resolution_0.5_m": data.get("resolution_0.5_m"),
-                      "resolution_0.143_m": data.get("resolution_0.143_m"), "cc": data.get("cc"),
-                      "data_edge_resolution_m": data.get("data_edge_resolution_m"),
-                      "inverted": data.get("inverted")})
+            radius = np.array([np.nan if r is None else r for r in numbers(data.get("radius"))], float)
+            box = next((number(data.get(f"resolution_{t}_m")) * number(data.get(f"fsc_{t}_radius"))
+                        for t in ("0.5", "0.143")
+                        if voxel and number(data.get(f"resolution_{t}_m")) and number(data.get(f"fsc_{t}_radius"))), None)
+            with np.errstate(all="ignore"):
+                frequency = radius / (box or (2 * (radius.size - 1) + 1) * (voxel or 1.0))
+        return clean({"frequency": frequency, "frequency_unit": "1/m" if voxel else "1/voxel",
+                      "fsc": numbers(data.get("fsc")), "resolution_0.5_m": number(data.get("resolution_0.5_m")),
+                      "resolution_0.143_m": number(data.get("resolution_0.143_m")), "cc": number(data.get("cc")),
+                      "data_edge_resolution_m": number(data.get("data_edge_resolution_m")),
+                      "inverted": data.get("inverted") if isinstance(data.get("inverted"), bool) else None})
 
 
-def _is_emc_metrics(path: Path) -> bool:
+def _is_emc_metrics(root: Path, path: Path) -> bool:
     """True for EMC's metrics.jsonl (rows with an iteration), False for phasing's (rows with stage "phase")."""
-    row = first_row(path) if path.is_file() else None
+    row = first_line_json(root, path)
     return row is not None and "iteration" in row and row.get("stage") != "phase"
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    with open(path, "rb") as fh:
-        fh.seek(0, 2)
-        size = fh.tell()
-        fh.seek(max(0, size - 256 * 1024))
-        text = fh.read().decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+def _log_table(log_text: str) -> list[dict[str, float]]:
+    """The table of an ``EMC.log`` (ours or Dragonfly's), as :func:`spibatch.emc.records.read_log_table`
+    reads it, from text already read safely; a row that is not all numbers is skipped."""
+    rows, in_table = [], False
+    for line in log_text.splitlines():
+        cells = line.split()
+        if cells[:2] in (["iter", "time"], ["Iter", "time"]):
+            in_table = True
+        elif in_table and len(cells) == len(LOG_COLUMNS):
+            try:
+                rows.append({name: float(cell) for name, cell in zip(LOG_COLUMNS, cells)})
+            except ValueError:
+                continue
+    return rows
+
+
+def _algorithms(value) -> list | None:
+    """A start's recipe as [[name, iterations], ...], or None when the record holds something else."""
+    if not isinstance(value, list):
+        return None
+    pairs = [[a[0], integer(a[1])] for a in value if isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)]
+    return pairs if len(pairs) == len(value) and all(n is not None for _, n in pairs) else None
 
 
 def _iteration_of(path: Path) -> int:
     m = OUTPUT_RE.match(path.name)
     return int(m.group(1)) if m else -1
-
-
-class _open_h5:
-    """``with _open_h5(path) as f``: h5py.File, with unreadable files (truncated, being written) as NotReady."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        import h5py
-
-        try:
-            self.f = h5py.File(self.path, "r")
-        except FileNotFoundError:
-            raise NotFound(f"{self.path.name} has gone") from None
-        except OSError as exc:
-            raise NotReady(f"{self.path.name} cannot be read yet ({str(exc).splitlines()[0][:120]})") from None
-        return self.f
-
-    def __exit__(self, *exc):
-        self.f.close()
-        if exc[0] is not None and issubclass(exc[0], (OSError, KeyError)) and not issubclass(exc[0], NotFound):
-            raise NotReady(f"{self.path.name} cannot be read yet ({exc[1]})") from None
-        return False
-
-
-def _read(f, names, path, required=True):
-    for name in names:
-        if name in f:
-            return np.asarray(f[name][()])
-    if required:   # a readable file without it (Dragonfly's outputs have no best_probability): nothing to show
-        raise NotFound(f"{path.name}: no dataset {names[0]}")
-    return None
 
 
 def _histogram(values: np.ndarray, span: tuple[float, float]) -> dict:
@@ -395,4 +363,4 @@ def _histogram(values: np.ndarray, span: tuple[float, float]) -> dict:
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
-__all__ = ["RunData", "NotReady", "NotFound", "OutsideRoot", "clean", "read_jsonl"]
+__all__ = ["RunData", "NotReady", "NotFound", "OutsideRoot", "BadFile", "clean", "number", "integer"]

@@ -16,36 +16,64 @@ Endpoints (GET only; ``run`` is a run's path relative to the monitored root, ``.
     /api/texts?run=R          config.yaml, provenance.json, the tails of log.txt and EMC.log
     /healthz                  {"ok": true, "root": ...} when the root is readable (a Kubernetes probe)
 
-Answers: 200 JSON; 400 bad parameter; 403 a path outside the root (``..``,
-absolute, symlink out); 404 no such run / not written yet; 503 a file still
-being written (Retry-After: 2); 405 for any method but GET/HEAD.
+Answers: 200 JSON; 400 a bad parameter (an iteration that is not 0-999999999 in ASCII digits, a run
+name over 1024 characters or with control characters) or a Host this monitor does not answer to
+(:mod:`spibatch.monitor.guards`); 403 a path outside the root (``..``, absolute, a folder or file
+symlinked out); 404 no such run / not written yet; 422 a file that reads but holds what cannot be
+shown; 503 a file still being written (Retry-After: 2); 405 for any method but GET/HEAD; 500 (one
+JSON line, logged once) for anything unexpected.  Every error body is ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
+
+from spibatch.monitor.limits import BACKLOG
 
 STATIC = Path(__file__).resolve().parent / "static"
 ENV_ROOT, ENV_HOST, ENV_PORT = "SPIBATCH_MONITOR_ROOT", "SPIBATCH_MONITOR_HOST", "SPIBATCH_MONITOR_PORT"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
+ITERATION_RE = re.compile(r"[0-9]{1,9}")
 
 
-def create_app(root: str | os.PathLike, *, poll_ms: int = 2000):
-    """The Starlette application serving the runs under ``root`` (a run folder or a folder of runs)."""
+class BadParameter(ValueError):
+    """A query parameter the endpoint cannot take: 400."""
+
+
+def iteration_param(raw: str | None) -> int | None:
+    """``iteration=N`` (ASCII digits, at most 9 of them) as an int; None for absent, empty or ``latest``."""
+    if raw in (None, "", "latest"):
+        return None
+    if not ITERATION_RE.fullmatch(raw):
+        raise BadParameter(f"iteration must be a whole number (0-999999999) or 'latest', not {raw[:40]!r}")
+    return int(raw)
+
+
+def create_app(root: str | os.PathLike, *, poll_ms: int = 2000, allowed_hosts=None):
+    """The Starlette application serving the runs under ``root`` (a run folder or a folder of runs).
+
+    allowed_hosts: the Host names it answers to (default: the loopback names; ``["*"]``: any).
+    """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
-    from spibatch.monitor.paths import NotFound, OutsideRoot, find_runs, resolve_run
-    from spibatch.monitor.rundata import NotReady, RunData
+    from spibatch.monitor.files import BadFile, NotReady
+    from spibatch.monitor.guards import HEADERS, LOOPBACK_NAMES, CatchAll, HostCheck, log
+    from spibatch.monitor.paths import BadName, NotFound, OutsideRoot, find_runs, resolve_run
+    from spibatch.monitor.rundata import RunData
 
     root = Path(os.path.realpath(root))
-    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    headers = HEADERS
+    statuses = ((BadParameter, 400), (BadName, 400), (OutsideRoot, 403), (NotFound, 404), (BadFile, 422),
+                (NotReady, 503))
 
     def answer(status: int, message: str, **extra) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers | extra)
@@ -56,17 +84,11 @@ def create_app(root: str | os.PathLike, *, poll_ms: int = 2000):
             try:
                 data = RunData(root, resolve_run(root, params.get("run")))
                 if with_iteration:
-                    raw = params.get("iteration")
-                    if raw not in (None, "", "latest") and not raw.isdigit():
-                        return answer(400, f"iteration must be a whole number or 'latest', not {raw!r}")
-                    return JSONResponse(read(data, int(raw) if raw and raw.isdigit() else None), headers=headers)
+                    return JSONResponse(read(data, iteration_param(params.get("iteration"))), headers=headers)
                 return JSONResponse(read(data), headers=headers)
-            except OutsideRoot as exc:
-                return answer(403, str(exc))
-            except NotFound as exc:
-                return answer(404, str(exc))
-            except NotReady as exc:
-                return answer(503, str(exc), **{"Retry-After": "2"})
+            except tuple(kind for kind, _ in statuses) as exc:
+                status = next(code for kind, code in statuses if isinstance(exc, kind))
+                return answer(status, str(exc), **({"Retry-After": "2"} if status == 503 else {}))
         return handle
 
     def runs(request: Request):
@@ -74,8 +96,10 @@ def create_app(root: str | os.PathLike, *, poll_ms: int = 2000):
         for folder in dict.fromkeys(find_runs(root)):
             try:
                 found.append(RunData(root, folder).summary())
-            except (OSError, ValueError):
+            except (OSError, ValueError, NotFound, NotReady, BadFile, OutsideRoot):
                 continue
+            except Exception as exc:   # one unreadable run does not hide the others
+                log.error("spibatch monitor: run %s skipped (%s: %s)", folder, type(exc).__name__, exc)
         found.sort(key=lambda r: (r.get("started") or "", r.get("last_update") or 0), reverse=True)
         return JSONResponse({"root": str(root), "runs": found, "poll_ms": poll_ms}, headers=headers)
 
@@ -107,7 +131,8 @@ def create_app(root: str | os.PathLike, *, poll_ms: int = 2000):
         Route("/api/texts", endpoint(lambda d: d.texts()), methods=get),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    middleware = [Middleware(HostCheck, allowed_hosts=list(allowed_hosts or LOOPBACK_NAMES)), Middleware(CatchAll)]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -116,7 +141,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(128)
+    sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -126,10 +151,13 @@ def address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def serve(root: Path, sock: socket.socket, *, poll_ms: int = 2000) -> None:
-    """Serve the monitor on an already bound socket until interrupted (Ctrl-C / SIGTERM)."""
+def serve(root: Path, sock: socket.socket, *, poll_ms: int = 2000, allowed_hosts=None) -> None:
+    """Serve the monitor on an already bound socket until interrupted (Ctrl-C / SIGTERM), within the
+    limits of :mod:`spibatch.monitor.limits` (time to send a request, connections, header size)."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(root, poll_ms=poll_ms), log_level="warning", access_log=False,
-                            lifespan="off")
+    from spibatch.monitor.limits import uvicorn_settings
+
+    config = uvicorn.Config(create_app(root, poll_ms=poll_ms, allowed_hosts=allowed_hosts), log_level="warning",
+                            access_log=False, lifespan="off", **uvicorn_settings())
     uvicorn.Server(config).run(sockets=[sock])

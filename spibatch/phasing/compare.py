@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from spibatch.errors import InputError
 from spibatch.phasing.measurement import pad_centre
 
 
@@ -48,7 +47,11 @@ def load_truth(path: Path, voxel_size_m: float | None = None) -> tuple[np.ndarra
 
 def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.ndarray, truth_voxel_m: float | None,
                        *, truth_path: str | None = None) -> dict:
-    """FSC of the aligned reconstruction with the truth; returns a JSON-able summary (and the curve)."""
+    """FSC of the aligned reconstruction with the truth; returns a JSON-able summary (and the curve).
+
+    The truth is resampled onto the reconstruction's voxel when both are known and differ, then both are put
+    in the larger of their boxes (centred, zeros around) and the reconstruction is aligned onto the truth
+    (sub-voxel translation and the inversion twin)."""
     from spibatch.phasing.alignment import align
     from spibatch.validate import fsc
 
@@ -57,12 +60,9 @@ def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.nda
     if voxel_m and truth_voxel_m and abs(truth_voxel_m / voxel_m - 1) > 1e-3:
         truth = resample(truth, truth_voxel_m / voxel_m)
         resampled = True
-    n = density.shape[0]
-    if truth.shape[0] > n:
-        raise InputError(f"the truth ({truth.shape[0]}^3 on the reconstruction's grid) is larger than the "
-                         f"reconstruction ({n}^3)", path=truth_path, fix="phase a larger box (no phasing.crop_to)")
+    n = max(density.shape[0], truth.shape[0])   # both in the larger box: a density is zero outside its own
     reference = pad_centre(np.asarray(truth, np.float64), n)
-    aligned, how = align(np.asarray(density, np.float64), reference)
+    aligned, how = align(pad_centre(np.asarray(density, np.float64), n), reference)
     result = fsc(aligned, reference, voxel_size=voxel_m or truth_voxel_m)
     half = result.resolution(0.5)
     gold = result.resolution(0.143)

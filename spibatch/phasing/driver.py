@@ -79,10 +79,15 @@ def run_phasing(intensity_path: Path, out_dir: Path, settings: PhasingSettings, 
             done.append(result)
             lines.append(json.dumps(start_record(index, result)))
             write_text(paths["metrics"], "\n".join(lines) + "\n")
-            log.info("start %d (seed %d): final error %.4g, support %d voxels, %.1f s", index, result.seed,
-                     result.final_error, result.support_sizes[-1][1], result.seconds)
+            log.info("start %d (seed %d): final error %.4g%s, support %d voxels, %.1f s%s", index, result.seed,
+                     result.final_error, "" if result.free_error is None else f", free error {result.free_error:.4g}",
+                     result.support_sizes[-1][1], result.seconds,
+                     "" if result.failure is None else f"; stopped, not merged: {result.failure}")
             bar.advance(1)
-    merged = merge(done, measurement, settings.keep_best)
+    try:
+        merged = merge(done, measurement, settings.keep_best)
+    except RecipeError as exc:
+        raise recipe_failed(exc, intensity_path) from None
     data_shell = max_measured_shell(measurement)
     lines.append(json.dumps(merge_record(merged, data_shell, time.perf_counter() - began)))
     write_outputs(paths, merged, done, measurement, settings, intensity_path, data_shell)

@@ -3,9 +3,16 @@
 Two backends with one interface:
 
 - ``fftw``: pyFFTW (the ``[fftw]`` extra; FFTW itself is GPL, so it stays
-  optional) with FFTW_MEASURE plans on aligned buffers, executed in place of
-  allocation; plans are remembered across runs as FFTW wisdom in
-  ``$XDG_CACHE_HOME/spibatch/`` (planning 256^3 takes seconds once).
+  optional) with plans on aligned buffers, executed in place of allocation.
+  ``planning="estimate"`` (the default) plans with FFTW_ESTIMATE from no wisdom:
+  the plan depends only on the size, the threads and the library, so the same
+  seed gives the same result bit for bit in every run on one machine.
+  ``planning="measure"`` times candidate algorithms (FFTW_MEASURE) and keeps them
+  as wisdom in ``$XDG_CACHE_HOME/spibatch/`` (planning 256^3 takes seconds once):
+  faster (BENCHMARKS.md: 1.2x at 128^3), but which algorithm wins a timing race
+  differs from run to run, and with it the float32 rounding -- the first run on a
+  machine and the later ones (which read the wisdom) may return different
+  densities from the same seed.
 - ``scipy``: ``scipy.fft`` (pocketfft) with ``workers`` threads; it allocates its
   outputs, so it is slower on large volumes.
 
@@ -29,6 +36,7 @@ import numpy as np
 log = logging.getLogger("spibatch")
 
 BACKENDS = ("auto", "fftw", "scipy")
+PLANNING = ("estimate", "measure")
 
 
 def _wisdom_path(threads: int) -> Path:
@@ -58,9 +66,13 @@ class FFTEngine:
     (a start on the CPU) every transform is the plain 3-D one of the (N, N, N) array.
     """
 
-    def __init__(self, n: int, *, batch: int = 1, real: bool = True, threads: int = 1, backend: str = "auto"):
+    def __init__(self, n: int, *, batch: int = 1, real: bool = True, threads: int = 1, backend: str = "auto",
+                 planning: str = "estimate"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown FFT backend {backend!r}: one of {', '.join(BACKENDS)}")
+        if planning not in PLANNING:
+            raise ValueError(f"unknown FFT planning {planning!r}: one of {', '.join(PLANNING)}")
+        self.planning = planning
         if backend == "auto":
             backend = "fftw" if have_fftw() else "scipy"
         self.backend = backend
@@ -82,16 +94,20 @@ class FFTEngine:
     def _setup_fftw(self) -> None:
         import pyfftw
 
+        measure = self.planning == "measure"
         path = _wisdom_path(self.threads)
-        try:
-            pyfftw.import_wisdom(pickle.loads(path.read_bytes()))
-        except (OSError, ValueError, pickle.UnpicklingError, EOFError, TypeError):
-            pass
+        if measure:
+            try:
+                pyfftw.import_wisdom(pickle.loads(path.read_bytes()))
+            except (OSError, ValueError, pickle.UnpicklingError, EOFError, TypeError):
+                pass
+        else:               # FFTW_ESTIMATE would still take a timed plan from wisdom in memory
+            pyfftw.forget_wisdom()
         self.x = pyfftw.zeros_aligned(self.shape, self.real_dtype)
         self.y = pyfftw.zeros_aligned(self.shape, self.real_dtype)
         self._spectrum = pyfftw.zeros_aligned(self.spectrum_shape, np.complex64)
         self._spectrum2 = pyfftw.zeros_aligned(self.spectrum_shape, np.complex64)
-        flags = ("FFTW_MEASURE",)
+        flags = ("FFTW_MEASURE",) if measure else ("FFTW_ESTIMATE",)
         kw = dict(axes=(-3, -2, -1), threads=self.threads)
 
         def planned(a):        # one start: the 3-D array itself (the plan and its wisdom are the 3-D transform's)
@@ -103,12 +119,13 @@ class FFTEngine:
         self._inverse = {_address(spec): pyfftw.FFTW(planned(spec), planned(self.y), direction="FFTW_BACKWARD",
                                                      flags=inverse_flags, **kw)
                          for spec in (self._spectrum, self._spectrum2)}
-        try:
-            from spibatch.io.atomic import write_bytes
+        if measure:
+            try:
+                from spibatch.io.atomic import write_bytes
 
-            write_bytes(path, pickle.dumps(pyfftw.export_wisdom()))
-        except OSError as exc:
-            log.debug("could not keep FFTW wisdom in %s: %s", path, exc)
+                write_bytes(path, pickle.dumps(pyfftw.export_wisdom()))
+            except OSError as exc:
+                log.debug("could not keep FFTW wisdom in %s: %s", path, exc)
         # the planner overwrote the buffers while measuring
         for a in (self.x, self.y, self._spectrum, self._spectrum2):
             a[...] = 0

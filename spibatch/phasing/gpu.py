@@ -104,6 +104,11 @@ class DeviceKernels:
         index = xp.minimum((values / (top / bins)).astype(np.int64), bins - 1)
         return to_host(xp.bincount(index, minlength=bins)).astype(np.int64)
 
+    def threshold_relative(self, volume, fraction, support) -> tuple[int, float]:
+        """support <- real(volume) > fraction * its maximum; (voxels kept, maximum)."""
+        top = self.max_real(volume)
+        return self.threshold_support(volume, np.float32(float(fraction) * top), support), top
+
     def threshold_support(self, volume, level, support) -> int:
         if volume.dtype != np.float32:
             volume = self.xp.ascontiguousarray(volume.real)

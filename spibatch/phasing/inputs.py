@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from spibatch.errors import InputError
+from spibatch.phasing.auto import check_data
 from spibatch.phasing.measurement import (Measurement, check_intensity, fast_size, initial_support, pad_centre,
                                           prepare)
 from spibatch.phasing.settings import PhasingSettings
@@ -79,10 +80,12 @@ def load_measurement(intensity_path: Path, settings: PhasingSettings, *,
 
 def check_inputs(intensity_path: Path, settings: PhasingSettings) -> tuple[np.ndarray, float | None]:
     """Every check a phasing run makes of its intensity, before anything is created: read, cropped, checked,
-    padded, measured at enough voxels for the first support (one InputError naming the file otherwise).
+    padded, measured at enough voxels for the first support (and, for recipe ``auto``, for its free set): one
+    InputError naming the file otherwise.
     Returns what :func:`load_intensity` read (give it to ``run_phasing(..., loaded=)``)."""
     loaded = load_intensity(intensity_path, dataset=settings.dataset, crop_to=settings.crop_to,
                             voxel_size_per_m=settings.voxel_size_per_m)
     measurement = load_measurement(intensity_path, settings, loaded=loaded)
-    initial_support(measurement, settings.initial_support_threshold, source=str(intensity_path))
+    support = initial_support(measurement, settings.initial_support_threshold, source=str(intensity_path))
+    check_data(settings.recipe, measurement, support, source=str(intensity_path))     # auto: its free set
     return loaded

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spibatch.phasing.algebra import RecipeError
 from spibatch.phasing.alignment import align, roll_to_centre
 from spibatch.phasing.measurement import Measurement
 from spibatch.phasing.starts import StartResult
@@ -42,10 +43,17 @@ class Merged:
 
 
 def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Merged:
-    """Keep the ``keep`` starts of lowest final error, align them to the best, average, PRTF."""
+    """Keep the ``keep`` best starts (:func:`select`: by free error and support size with recipe ``auto``, else
+    by final error), align them to the best, average, PRTF.  Starts that stopped early (``failure``) are left
+    out; RecipeError (one line) when every start did."""
     if not results:
         raise ValueError("no reconstructions to merge")
-    ranked = sorted(results, key=lambda r: (r.final_error, r.seed))[:max(1, keep)]
+    usable = [r for r in results if r.failure is None]
+    if not usable:
+        raise RecipeError(f"{results[0].failure} (and so did every other of the {len(results)} starts)"
+                          if len(results) > 1 else results[0].failure)
+    results = usable
+    ranked = select(results, keep)
     reference = ranked[0].density.astype(np.float64 if measurement.real else np.complex128)
     n = measurement.n
     spectrum_sum = np.zeros((n, n, n), np.complex128)
@@ -78,6 +86,22 @@ def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Me
                   support=support.astype(np.float32), prtf=prtf, shell_frequency_per_m=frequency,
                   resolution_m=resolution, resolution_shell=crossing, kept_seeds=[r.seed for r in ranked],
                   final_errors=[r.final_error for r in ranked], alignment_cc=ccs, inverted=inverted)
+
+
+FREE_ERROR_FACTOR = 2.0      # recipe auto: starts whose free error is within this factor of the best are kept
+
+
+def select(results: list[StartResult], keep: int) -> list[StartResult]:
+    """The starts to average, best first.  Without free errors: the ``keep`` of lowest final error.  With them
+    (recipe auto): those whose free error is within FREE_ERROR_FACTOR of the lowest, ranked by free error x
+    support voxels -- of two that predict the held-out voxels about as well, the more compact (a density
+    filled in by the beam stop's unmeasured modes predicts the free set, all outside the beam stop, as well
+    as the true one) -- at most ``keep`` of them."""
+    if not all(r.free_error is not None and np.isfinite(r.free_error) for r in results):
+        return sorted(results, key=lambda r: (r.final_error, r.seed))[:max(1, keep)]
+    best = min(r.free_error for r in results)
+    near = [r for r in results if r.free_error <= FREE_ERROR_FACTOR * best]
+    return sorted(near, key=lambda r: (r.free_error * max(1, int(np.count_nonzero(r.support))), r.seed))[:max(1, keep)]
 
 
 def shell_radius(n: int) -> np.ndarray:

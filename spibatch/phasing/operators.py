@@ -29,8 +29,10 @@ import numpy as np
 
 from spibatch.phasing.algebra import (MAX_NESTING, MAX_OPERATORS, MAX_RECIPE_CHARS, Operator, Product,
                                       RecipeError, Step, flat_terms, check_budget)
+from spibatch.phasing.auto import Auto
+from spibatch.phasing.support import shrink_wrap
 
-__all__ = ["ER", "HIO", "RAAR", "DM", "ShrinkWrap", "OPERATORS", "Operator", "RecipeError", "parse_recipe"]
+__all__ = ["ER", "HIO", "RAAR", "DM", "ShrinkWrap", "Auto", "OPERATORS", "Operator", "RecipeError", "parse_recipe"]
 
 
 class _Iteration(Step):
@@ -124,50 +126,12 @@ class ShrinkWrap(Step):
             raise RecipeError(f"ShrinkWrap: keep must be a fraction in (0, 1), not {self.params['keep']!r}")
 
     def apply(self, rec):
-        n = rec.n
-        sigma = float(self.params["sigma"])
-        g = np.exp(-2 * (math.pi * sigma * np.fft.fftfreq(n)) ** 2)
-        gz = np.exp(-2 * (math.pi * sigma * (np.fft.rfftfreq(n) if rec.measurement.real else np.fft.fftfreq(n))) ** 2)
-        # blur the current estimate: P_S of the last modulus projection (P_S x if there was none);
-        # the raw HIO/RAAR iterate outside the support is feedback, not density
-        source = rec.fft.y if rec.y_is_projection else rec.x
-        rec.kernels.project_support(source, rec.support, rec.positivity, rec.fft.y)
-        rec.y_is_projection = False
-        spectrum = rec.fft.forward(rec.fft.y)
-        rec.changed()
-        blurred_spectrum = rec.fft.spare_spectrum()
-        rec.kernels.multiply_separable(spectrum, blurred_spectrum, (g / n ** 3).astype(np.float32), g.astype(np.float32),
-                             gz.astype(np.float32))
-        blurred = rec.fft.inverse(blurred_spectrum)
-        for start, (volume, support) in enumerate(rec.per_start(blurred)):   # one, or each start of a GPU batch
-            top = rec.kernels.max_real(volume)
-            if not top > 0:
-                raise RecipeError("ShrinkWrap: the blurred density has no positive value; the support would be empty")
-            if self.params["keep"] > 0:
-                level = _level_keeping(rec.kernels, volume, top, self.params["keep"])
-            else:
-                level = self.params["threshold"] * top
-            kept = rec.kernels.threshold_support(volume, np.float32(level), support)
-            if kept == 0:
-                raise RecipeError(f"ShrinkWrap: threshold {self.params['threshold']} emptied the support; lower it")
-            if kept == volume.size:
-                raise RecipeError(f"{self!r} kept all {kept} voxels of the box: the support constrains nothing; raise "
-                                  "the threshold (or lower keep)")
-            rec.record_support(start, int(kept))
+        shrink_wrap(rec, float(self.params["sigma"]), [self.params["threshold"]] * rec.batch, self.params["keep"],
+                    name=repr(self))
         return rec
 
 
-def _level_keeping(kernels, blurred: np.ndarray, top: float, fraction: float, bins: int = 4096) -> float:
-    """The value above which ``fraction`` of all voxels lie, to 1/bins of the maximum (a histogram, no sort)."""
-    counts = kernels.histogram_real(blurred, float(top), bins)
-    above = np.cumsum(counts[::-1])[::-1]           # voxels at or above each bin's lower edge
-    want = fraction * blurred.size
-    index = int(np.searchsorted(-above, -want, side="right")) - 1
-    index = max(index, 0)
-    return top * index / bins
-
-
-OPERATORS: dict[str, type[Step]] = {cls.__name__: cls for cls in (ER, HIO, RAAR, DM, ShrinkWrap)}
+OPERATORS: dict[str, type[Step]] = {cls.__name__: cls for cls in (ER, HIO, RAAR, DM, ShrinkWrap, Auto)}
 
 _TOKEN = re.compile(r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_]\w*)|(?P<op>\*\*|\S))")
 
@@ -185,6 +149,8 @@ def parse_recipe(text: str) -> Operator:
     if len(text) > MAX_RECIPE_CHARS:
         raise RecipeError(f"the recipe is {len(text):,} characters long; at most {MAX_RECIPE_CHARS:,} are read: "
                           "write repeats with **, e.g. (HIO() ** 50 * ShrinkWrap()) ** 10")
+    if text.strip().lower() == "auto":
+        return Auto()
     return check_budget(_Parser(text).recipe())
 
 

@@ -1,9 +1,10 @@
-"""What a phasing run writes: ``metrics.jsonl`` records, ``phasing.h5``, ``density.mrc`` and the picture.
+"""What a phasing run writes: ``metrics.jsonl`` records, ``phasing.h5``, ``phasing.cxi``, ``density.mrc``, the picture.
 
 ``phasing.h5``: density (N, N, N) float32 electrons-ish units (arbitrary scale), centred, indexed
 [x, y, z] like the intensity; support (N, N, N) float32 (fraction of kept starts); prtf (S,),
 prtf_frequency_per_m (S,); errors (starts, iterations) float32; final_errors, seeds (starts,);
-kept_seeds; attrs: recipe, voxel_size_m, resolution_m (PRTF 1/e), intensity_file, ...
+kept_seeds; free_errors (recipe auto); attrs: recipe, voxel_size_m, resolution_m (PRTF 1/e), intensity_file, ...
+``phasing.cxi``: the same density, support and PRTF as a CXI file (:func:`spibatch.phasing.export.write_cxi`).
 ``density.mrc``: the density with its voxel size in Angstrom (1 A when unknown).
 ``phasing.png``: three central slices of density and support, the PRTF, the error curves.
 ``metrics.jsonl``: one line per start (errors per iteration), then one for the merge.
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from spibatch import __version__, layout
+from spibatch.phasing.export import write_cxi
 from spibatch.phasing.measurement import Measurement
 from spibatch.phasing.multistart import Merged
 from spibatch.phasing.settings import PhasingSettings
@@ -28,15 +30,21 @@ def output_paths(out_dir: Path) -> dict[str, Path]:
     """{name: path} of the files a phasing run writes into ``out_dir``."""
     out_dir = Path(out_dir)
     return {"phasing": out_dir / layout.PHASING, "density_mrc": out_dir / layout.DENSITY_MRC,
-            "picture": out_dir / layout.PHASING_PNG, "metrics": out_dir / layout.METRICS}
+            "picture": out_dir / layout.PHASING_PNG, "metrics": out_dir / layout.METRICS,
+            "cxi": out_dir / layout.PHASING_CXI}
 
 
 def start_record(index: int, result: StartResult) -> dict:
     """The metrics.jsonl line of start ``index``."""
     return {"stage": "phase", "kind": "start", "start": index, "seed": result.seed,
-            "final_error": result.final_error, "seconds": round(result.seconds, 3),
+            "final_error": result.final_error, "free_error": _finite(result.free_error), "failure": result.failure, "seconds": round(result.seconds, 3),
             "support_voxels": result.support_sizes[-1][1], "algorithms": runs(result.algorithms),
             "errors": [round(float(e), 6) for e in result.errors]}
+
+
+def _finite(value):
+    """A float for JSON, None where it is missing or not finite (a failed start's free error is inf)."""
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def merge_record(merged: Merged, data_shell: int, seconds: float) -> dict:
@@ -61,8 +69,9 @@ def runs(names: list[str]) -> list[list]:
 
 def write_outputs(paths: dict[str, Path], merged: Merged, results: list[StartResult], measurement: Measurement,
                   settings: PhasingSettings, intensity_path: Path, data_shell: int) -> None:
-    """``phasing.h5`` (the merged density, support, PRTF; every start's errors), ``density.mrc`` and the
-    picture, at ``paths["phasing"]``, ``paths["density_mrc"]``, ``paths["picture"]`` (atomic writes)."""
+    """``phasing.h5`` (the merged density, support, PRTF; every start's errors), ``phasing.cxi``, ``density.mrc``
+    and the picture, at ``paths["phasing"]``, ``paths["cxi"]``, ``paths["density_mrc"]``, ``paths["picture"]``
+    (atomic writes)."""
     from spibatch.io.mrc import write_mrc
     from spibatch.io.results import write_result
 
@@ -86,7 +95,12 @@ def write_outputs(paths: dict[str, Path], merged: Merged, results: list[StartRes
     provenance = {"stage": "phase", "spibatch": __version__, "phasing": settings.as_dict(),
                   "intensity_file": str(intensity_path), "intensity_sha256": sha256_file(intensity_path),
                   "fft_backend": results[0].fft_backend}
+    if any(r.free_error is not None for r in results):
+        datasets["free_errors"] = np.array([np.nan if r.free_error is None else r.free_error for r in results])
     write_result(paths["phasing"], datasets, attrs, provenance=provenance)
+    write_cxi(paths["cxi"], merged.density, merged.support, measurement.voxel_size_m, prtf=merged.prtf,
+              prtf_frequency_per_m=merged.shell_frequency_per_m, configuration=provenance,
+              note=f"{len(merged.kept_seeds)} of {len(results)} starts averaged; recipe {settings.recipe!r}")
     voxel_a = measurement.voxel_size_m * 1e10 if measurement.voxel_size_m else 1.0
     write_mrc(paths["density_mrc"], density, voxel_a)
     plot_phasing(paths["picture"], density, merged, results, measurement)

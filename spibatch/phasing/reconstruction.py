@@ -30,12 +30,12 @@ class Reconstruction:
     support_sizes[b] : (iteration, voxels) after each shrink-wrap of start b, (0, first support's) first
     kernels, xp, fft : what the operators call, chosen by ``device``
     initial : (N, N, N) or (B, N, N, N) iterates to start from instead of random phases
-    threads, fft_backend : the CPU FFT's (a GPU uses its own)
+    threads, fft_backend, fft_planning : the CPU FFT's (a GPU uses its own)
     """
 
     def __init__(self, measurement: Measurement, support: np.ndarray, seeds=(0,), *, positivity: bool = True,
                  device: Device = CPU, threads: int = 1, fft_backend: str = "auto",
-                 initial: np.ndarray | None = None):
+                 fft_planning: str = "estimate", initial: np.ndarray | None = None):
         n = measurement.n
         if support.shape != (n, n, n):
             raise ValueError(f"support shape {support.shape} != ({n}, {n}, {n})")
@@ -51,7 +51,8 @@ class Reconstruction:
             self.fft = DeviceFFT((b, n, n, n), measurement.real, self.xp)
         else:
             self.xp, self.kernels = np, phasing_cpu
-            self.fft = FFTEngine(n, batch=b, real=measurement.real, threads=threads, backend=fft_backend)
+            self.fft = FFTEngine(n, batch=b, real=measurement.real, threads=threads, backend=fft_backend,
+                                   planning=fft_planning)
         xp = self.xp
         self.measurement = measurement
         self.positivity = bool(positivity)
@@ -64,6 +65,9 @@ class Reconstruction:
         self._spectrum = None            # the FFT of x, while x has not changed since
         self.y_is_projection = False     # whether fft.y holds P_M x of the last iteration
         self._scale = 1.0 / n ** 3
+        self.failures: dict[int, str] = {}   # start index -> why it stopped (recipe auto's guards)
+        self.free = None                 # held-out voxels (the amplitude's shape), see hold_out
+        self._free_amplitude = None
         if initial is None:
             self._random_start()
         else:
@@ -118,11 +122,18 @@ class Reconstruction:
         return [self.kernels.modulus_project(spectrum[b], self.amplitude, scale, self.n, self.measurement.real)
                 for b in range(self.batch)]
 
-    def modulus_projection(self, src=None, record: bool = True):
+    def modulus_projection(self, src=None, record: bool = True, filtered=None):
         """P_M applied to x (or to ``y`` of the engine when ``src`` is it): returns the projected
-        real-space arrays (the engine's ``y``; valid until the next FFT)."""
+        real-space arrays (the engine's ``y``; valid until the next FFT).
+
+        filtered : (g0, g1, g2) float32, a separable filter: the projected spectrum times it is also kept,
+            in the engine's spare spectrum, as ``self.filtered_spectrum`` (a blur of P_M x at the cost of one
+            pass, for :func:`~spibatch.phasing.support.shrink_wrap_projection`)."""
         spectrum = self.spectrum() if src is None else self.fft.forward(src)
         sums = self._project(spectrum, self._scale)
+        if filtered is not None:
+            self.filtered_spectrum = self.fft.spare_spectrum()
+            self.kernels.multiply_separable(spectrum, self.filtered_spectrum, *filtered)
         self._spectrum = None                  # projected (and the inverse destroys it)
         self.y_is_projection = src is None      # y will hold P_M x until the next FFT into it
         if record:
@@ -135,6 +146,44 @@ class Reconstruction:
         """The relative Fourier error of each start's current x (no projection kept)."""
         spectrum = self.spectrum().copy()
         return [_ratio(err, norm) for err, norm in self._project(spectrum, 1.0)]
+
+    def hold_out(self, free: np.ndarray) -> None:
+        """Leave the ``free`` voxels (bool, the amplitude's shape) out of the modulus constraint; their measured
+        amplitudes are kept for :meth:`free_errors`.  Held out once: a second call (``Auto() ** 2``) keeps the first."""
+        if self.free is not None:
+            return
+        xp = self.xp
+        free = xp.asarray(np.asarray(free, bool))
+        self.free = free & (self.amplitude >= 0)
+        self._free_amplitude = xp.where(self.free, self.amplitude, 0).astype(np.float32)
+        self.amplitude = xp.where(self.free, np.float32(-1), self.amplitude).astype(np.float32)
+        n, k = self.n, self.amplitude.shape[-1]
+        weight = np.ones(k, np.float32)
+        if self.measurement.real:         # a half spectrum: voxels 1 .. K-2 of the last axis stand for two
+            weight[1:k - (1 if n % 2 == 0 else 0)] = 2
+        self._free_weight = xp.asarray(weight)
+
+    def free_errors(self, volumes=None) -> list[float]:
+        """Each start's relative Fourier error on the held-out voxels: sqrt(sum (|F| - A)^2 / sum A^2), F the
+        spectrum of ``volumes`` (B, N, N, N) (the current x when None); NaN without a free set."""
+        if self.free is None:
+            return [float("nan")] * self.batch
+        xp = self.xp
+        if volumes is None:
+            spectrum = self.spectrum()
+        else:
+            self.fft.y[...] = volumes
+            spectrum = self.fft.forward(self.fft.y)
+            self.y_is_projection = False
+        out = []
+        for b in range(self.batch):
+            diff = xp.where(self.free, xp.abs(spectrum[b]) - self._free_amplitude, 0) * self._free_weight
+            err = float(xp.sum(diff * (xp.abs(spectrum[b]) - self._free_amplitude)))
+            norm = float(xp.sum(self._free_amplitude ** 2 * self._free_weight))
+            out.append(_ratio(err, norm))
+        if volumes is not None:
+            self._spectrum = None        # fftw: the forward above wrote into the cached spectrum's buffer
+        return out
 
     def density(self):
         """The current estimates P_S x (inside the support, positive with positivity), FFT order, a copy

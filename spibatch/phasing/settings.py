@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from spibatch.phasing import DEFAULT_RECIPE, DEFAULT_SUPPORT_THRESHOLD
 from spibatch.phasing.algebra import Operator, check_budget
-from spibatch.phasing.fft import BACKENDS
+from spibatch.phasing.fft import BACKENDS, PLANNING
 from spibatch.phasing.operators import parse_recipe
 
 # config key -> field, for the keys whose names differ
@@ -32,6 +32,8 @@ class PhasingSettings:
     initial_support_threshold : the first support (autocorrelation above this fraction of its maximum)
     threads : FFT threads per start; None: every core the process running the start may use
     fft_backend : "auto", "fftw" or "scipy" (the config's ``fft``; a GPU uses its own)
+    fft_planning : fftw's plans: "estimate" (reproducible: same seed, same bits in every run) or "measure"
+        (timed plans kept as wisdom: faster, but the first run and later ones may differ in rounding)
     dataset, crop_to, fast_fft_size, voxel_size_per_m : how the intensity file is read and padded
         (dq in 1/m, or None to take it from the file)
     """
@@ -45,6 +47,7 @@ class PhasingSettings:
     initial_support_threshold: float = DEFAULT_SUPPORT_THRESHOLD
     threads: int | None = None
     fft_backend: str = "auto"
+    fft_planning: str = "estimate"
     dataset: str | None = None
     crop_to: int | None = None
     fast_fft_size: bool = True
@@ -60,6 +63,8 @@ class PhasingSettings:
             raise ValueError(f"threads must be >= 1 (or None: every core), not {self.threads}")
         if self.fft_backend not in BACKENDS:
             raise ValueError(f"unknown FFT backend {self.fft_backend!r}: one of {', '.join(BACKENDS)}")
+        if self.fft_planning not in PLANNING:
+            raise ValueError(f"unknown FFT planning {self.fft_planning!r}: one of {', '.join(PLANNING)}")
         if not 0 < self.initial_support_threshold < 1:
             raise ValueError(f"initial_support_threshold must be in (0, 1), not {self.initial_support_threshold}")
 

@@ -11,6 +11,7 @@ either way, to float32 rounding.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 
 from spibatch.kernels.device import CPU, Device
 from spibatch.kernels.xp import to_host
+from spibatch.phasing.auto import check_data
 from spibatch.phasing.gpu import batches
 from spibatch.phasing.measurement import Measurement, initial_support
 from spibatch.phasing.reconstruction import Reconstruction
@@ -29,8 +31,11 @@ from spibatch.phasing.settings import PhasingSettings
 class StartResult:
     """One start: density and support (N, N, N) in FFT order, float32 (complex64 without realness) / bool;
     errors (iterations,) the relative Fourier error per modulus projection; algorithms: the name per
-    iteration; final_error: the error of the final density (what starts are ranked by); seconds: its
-    share of the run time; support_sizes: (iteration, voxels) after each shrink-wrap."""
+    iteration; final_error: the error of the final density (what starts are ranked by, without a free set);
+    seconds: its share of the run time; support_sizes: (iteration, voxels) after each shrink-wrap;
+    free_error: the final density's error on the held-out voxels (recipe ``auto``; None otherwise): what
+    starts are ranked by when every start has one; failure: why the start stopped early (its support
+    exploded or collapsed), None when it ran to the end: a failed start is not merged."""
 
     seed: int
     density: np.ndarray
@@ -41,6 +46,8 @@ class StartResult:
     seconds: float
     support_sizes: list[tuple[int, int]] = field(default_factory=list)
     fft_backend: str = ""
+    free_error: float | None = None
+    failure: str | None = None
 
 
 def run_starts(seeds: list[int], measurement: Measurement, settings: PhasingSettings,
@@ -57,6 +64,7 @@ def iter_starts(seeds: list[int], measurement: Measurement, settings: PhasingSet
                 device: Device = CPU) -> Iterator[StartResult]:
     """:func:`run_starts`, each result as soon as its batch (its own start, on the CPU) finishes."""
     support = initial_support(measurement, settings.initial_support_threshold)
+    check_data(settings.recipe, measurement, support)
     seeds = [int(s) for s in seeds]
     groups = batches(seeds, measurement.n, device) if device.is_gpu else [[s] for s in seeds]
     threads = settings.threads_here()
@@ -68,16 +76,18 @@ def _run_group(seeds: list[int], measurement: Measurement, support: np.ndarray, 
                device: Device, threads: int) -> list[StartResult]:
     began = time.perf_counter()
     rec = Reconstruction(measurement, support, seeds, positivity=settings.positivity, device=device,
-                         threads=threads, fft_backend=settings.fft_backend)
+                         threads=threads, fft_backend=settings.fft_backend, fft_planning=settings.fft_planning)
     settings.recipe(rec)
     density = rec.density()
     rec.fft.x[...] = density                   # rank the starts by the error of what they return
     rec.changed()
     finals = rec.fourier_errors()
+    frees = rec.free_errors() if rec.free is not None else [None] * len(seeds)
     density, supports = to_host(density), to_host(rec.support)
     seconds = (time.perf_counter() - began) / len(seeds)       # a batch's time, shared
     return [StartResult(seed=seed, density=density[b].copy(), support=supports[b].copy(),
                         errors=np.array([h["error"] for h in rec.histories[b]]),
                         algorithms=[h["algorithm"] for h in rec.histories[b]], final_error=finals[b],
-                        seconds=seconds, support_sizes=list(rec.support_sizes[b]), fft_backend=rec.fft.backend)
+                        seconds=seconds, support_sizes=list(rec.support_sizes[b]), fft_backend=rec.fft.backend,
+                        free_error=math.inf if b in rec.failures else frees[b], failure=rec.failures.get(b))
             for b, seed in enumerate(seeds)]

@@ -5,6 +5,8 @@ stage     reads                                              writes (:mod:`spiba
 ========  =================================================  ==================================
 simulate  the PDB, the geometry                              simulate/: photons, detector, truth
 ingest    a CXI stack (+ emc.detector)                       ingest/: photons, detector
+follow    a live source (EuXFEL run, Karabo bridge, CXI      follow/: hits in chunks, statistics,
+          folder) until it ends                              status, detector
 emc       emc.photons + emc.detector, or the data stage's    emc/: output_NNN.h5, EMC.log, ...
 phase     phasing.intensity, or EMC's last output             phase/: phasing.h5, density.mrc, ...
 validate  validation.reference (default: the simulation's      validate/: emc_vs_truth.json,
@@ -41,7 +43,8 @@ from spibatch.rundir import log_to, stop_logging, utc_now
 log = logging.getLogger("spibatch")
 
 # name -> the module holding its ``run`` (and ``check``): imported when used, so `import spibatch.stages` is light
-MODULES = {name: f"spibatch.stages.{name}" for name in ("simulate", "ingest", "emc", "phase", "validate", "report")}
+MODULES = {name: f"spibatch.stages.{name}" for name in ("simulate", "ingest", "follow", "emc", "phase", "validate",
+                                                         "report")}
 ORCHESTRATING = ("emc", "phase")   # in a pipeline these run in the driver and send their own tasks out
 
 
@@ -75,7 +78,8 @@ def module(name: str):
 
 def order(pipeline) -> list[str]:
     """The stages ``spibatch run`` chains for this pipeline (the report is written when the run ends)."""
-    data = ["simulate"] if pipeline.simulation is not None else ["ingest"] if pipeline.ingest is not None else []
+    data = ["simulate"] if pipeline.simulation is not None else ["ingest"] if pipeline.ingest is not None else \
+        ["follow"] if getattr(pipeline, "source", None) is not None else []
     return data + ["emc", "phase", "validate"]
 
 

@@ -14,19 +14,24 @@ import json
 import logging
 import socket
 import sys
+import time
 from pathlib import Path
 
 from spibatch.errors import InputError
-from spibatch.io.atomic import write_text
+from spibatch.io.atomic import DiskFull, write_text
 from spibatch.layout import RunLayout
 from spibatch.rundir import utc_now
 from spibatch.stages import MODULES, load_run, run_stage
 
 
 def write_result(run: RunLayout, name: str, exit_code: int, error: str | None = None) -> None:
+    """``stages/jobs/<name>.json``; on a full disk (which may be why the stage failed) only a line on stderr."""
     record = {"stage": name, "status": "done" if exit_code == 0 else "failed", "exit_code": exit_code,
               "error": error, "host": socket.gethostname(), "finished": utc_now()}
-    write_text(run.stage_result(name), json.dumps(record, indent=2) + "\n")
+    try:
+        write_text(run.stage_result(name), json.dumps(record, indent=2) + "\n")
+    except DiskFull as exc:
+        print(f"spibatch: could not write {exc.path}: {exc.problem}", file=sys.stderr)
 
 
 def read_result(run: RunLayout, name: str) -> dict | None:
@@ -62,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         if comm is None or comm.Get_rank() == 0:
             write_result(run, name, InputError.exit_code, str(exc))
             print(f"spibatch: error: {exc}", file=sys.stderr)
+            sys.stderr.flush()
+        if comm is not None:   # one rank's error (a full disk: rank 0 alone writes) must not leave the others
+            if comm.Get_rank():   # waiting in their next collective call; rank 0 first writes what happened
+                time.sleep(5)
+            comm.Abort(InputError.exit_code)
         return InputError.exit_code
     except BaseException as exc:  # noqa: BLE001 - reported in the result file, then the job fails
         first = str(exc).splitlines()[0] if str(exc) else ""

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from spibatch.errors import InputError
 from spibatch.layout import RunLayout
 from spibatch.stages import inputs
+from spibatch.stages.checks import budget_for, naming, require_file
 
 log = logging.getLogger("spibatch")
 
@@ -24,13 +26,63 @@ def settings_of(pipeline):
     return EMCSettings.from_dict(pipeline.emc.model_dump())
 
 
-def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ranks: int = 1):
-    """Before anything is created: the photons and detector exist and match, the start model fits, every rank
-    gets a shard (headers only).  Returns :class:`spibatch.emc.driver.Inputs`."""
+def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ranks: int = 1, *, budget=None):
+    """Before anything is created: the photons and detector exist and match, every rank gets a shard, the
+    model, the rotations and the iterations fit the memory and time of ``budget`` (default: this machine),
+    the start model fits the grid, and every frame of the photons is sound (one vectorised pass on rank 0:
+    pixel indices, counts, row lengths, readable to the end).  Returns :class:`spibatch.emc.driver.Inputs`."""
+    import dataclasses
+
+    from spibatch import estimates
     from spibatch.emc.driver import check_inputs
+    from spibatch.emc.mpi import world
+    from spibatch.emc.rotations import num_rotations
+    from spibatch.io.dragonfly import check_photons
 
     photons, detector = inputs.photons_and_detector(run, pipeline, config)
-    return check_inputs(settings_of(pipeline), photons, detector, ranks)
+    require_file(photons, "emc.photons", fix="give a Dragonfly photons file (HDF5 or binary .emc)")
+    require_file(detector, "emc.detector", fix="give the Dragonfly detector file of these photons")
+    settings = settings_of(pipeline)
+    with naming(config):
+        found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks)
+    budget = budget or budget_for()
+    gpu = pipeline.device == "gpu"
+    estimates.emc(found.size, num_rotations(settings.num_div), found.num_frames, settings.frames_per_shard,
+                  int((found.detector.mask == 0).sum()), settings.iterations,
+                  model_field="emc.model_size" if settings.model_size else "emc.detector", gpu=gpu,
+                  parallel=budget.parallel(gpu)).check(config, budget, paths={"emc.photons": photons,
+                                                                               "emc.detector": detector})
+    if settings.start_model is not None:
+        found.start_model = check_start_model(settings.start_model, found.size)
+    comm = world()
+    if comm is None or comm.Get_rank() == 0:
+        check_photons(photons)
+    return found
+
+
+def check_start_model(path: Path, size: int):
+    """The start model (size, size, size) float64, its shape checked from the header before it is read."""
+    from spibatch.emc.driver import read_start_model
+    from spibatch.io.results import volume_shape
+
+    require_file(path, "emc.start_model", fix="give an (M, M, M) intensity, e.g. an earlier run's output_NNN.h5")
+    shape = volume_shape(path, field="emc.start_model")
+    if shape != (size,) * 3:
+        raise InputError(f"shape {shape}, but the model grid is {(size,) * 3}", path=path, field="emc.start_model",
+                         fix=f"give an intensity on the {size}^3 grid (emc.model_size or the detector's)")
+    return read_start_model(path, size)
+
+
+def check_resume(run: RunLayout, pipeline, config: Path | None = None) -> None:
+    """Before a resume of ``run`` writes anything (``open_run(check=...)``): its EMC checkpoint, if there is one,
+    reads and was computed with this pipeline's EMC settings from the photons and detector files EMC would
+    read now (the pipeline's, or this run's own simulate/ingest stage's); InputError (one line) otherwise."""
+    from spibatch.emc.driver import check_resume as check_checkpoint
+
+    if not run.checkpoint.exists():
+        return
+    photons, detector = inputs.photons_and_detector(run, pipeline, config)
+    check_checkpoint(settings_of(pipeline), photons, detector, run.emc)
 
 
 def ranks_for(pipeline, run: RunLayout, workers) -> int:
@@ -38,12 +90,19 @@ def ranks_for(pipeline, run: RunLayout, workers) -> int:
     from spibatch.emc.mpi import shard_bounds
     from spibatch.io.dragonfly import photons_info
 
-    photons, _ = inputs.photons_and_detector(run, pipeline)
-    shards = len(shard_bounds(photons_info(photons)[0], pipeline.emc.frames_per_shard))
-    if shards < workers.count:
+    following = getattr(pipeline, "source", None) is not None
+    if following:          # EMC starts on the first chunk (the MPI job waits for the same one); a worker is kept free
+        from spibatch.stages.live import first_photons   # for the previews
+
+        frames = first_photons(run, pipeline.source.emc_start_hits)[1]
+    else:
+        frames = photons_info(inputs.photons_and_detector(run, pipeline)[0])[0]
+    shards = len(shard_bounds(frames, pipeline.emc.frames_per_shard))
+    most = max(1, workers.count - 1) if following else workers.count
+    if shards < most:
         log.info("emc: %d shard(s) of %d frames: %d MPI rank(s), not %d", shards, pipeline.emc.frames_per_shard,
-                 shards, workers.count)
-    return max(1, min(workers.count, shards))
+                 shards, most)
+    return max(1, min(most, shards))
 
 
 def outputs(run: RunLayout, pipeline) -> dict[str, Path]:
@@ -58,7 +117,7 @@ def executor_for(run: RunLayout, device, workers):
     from spibatch.emc.mpi import world
 
     if workers is not None:
-        return Tasks(workers.submit, run.htc, workers.threads(), device)
+        return Tasks(workers.submit, run.htc, workers.threads(), device, reducers=workers.count)
     comm = world()
     return InProcess(device) if comm is None else MPIRanks(comm, device)
 
@@ -70,6 +129,8 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     if workers is not None and workers.emc_mode == "hpc":
         workers.run_job("emc", run, ranks_for(pipeline, run, workers))
         return outputs(run, pipeline)
+    if getattr(pipeline, "source", None) is not None:   # frames still arriving: spibatch.stages.live
+        return run_emc_following(run, pipeline, device, workers)
     settings = settings_of(pipeline)
     photons, detector = inputs.photons_and_detector(run, pipeline)
     executor = executor_for(run, device, workers)
@@ -77,3 +138,25 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     with hooks.standard(settings.iterations, display=executor.writes, bar=bar) as on_iteration:
         return run_emc(settings, photons, detector, run.emc, executor=executor, resume=run.checkpoint.exists(),
                        on_iteration=on_iteration)
+
+
+def run_emc_following(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
+    """The emc stage of a following pipeline (in this process, across MPI ranks, or HTC tasks)."""
+    import dataclasses
+
+    from spibatch.emc import hooks
+    from spibatch.emc.driver import run_emc
+    from spibatch.stages.live import MAX_ITERATIONS, FollowStop, first_photons
+    from spibatch.stream.shards import ChunkShards
+
+    src = pipeline.source
+    settings = dataclasses.replace(settings_of(pipeline), iterations=MAX_ITERATIONS)
+    executor = executor_for(run, device, workers)
+    start = executor.broadcast(executor.collective(
+        lambda: first_photons(run, src.emc_start_hits) if executor.writes else None))
+    photons, frames = start
+    source = ChunkShards(run.follow, start_frame=frames, frames_per_shard=settings.frames_per_shard)
+    with hooks.standard(settings.iterations, display=executor.writes, bar=False) as on_iteration:
+        return run_emc(settings, photons, run.detector("follow"), run.emc, executor=executor,
+                       resume=run.checkpoint.exists(), source=source, on_iteration=on_iteration,
+                       until=FollowStop(source, src.iterations_after_end))

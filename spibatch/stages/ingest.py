@@ -9,38 +9,61 @@ from pathlib import Path
 from spibatch.detector import Detector
 from spibatch.errors import InputError
 from spibatch.layout import RunLayout
+from spibatch.stages.checks import keyed, require_file
 
 log = logging.getLogger("spibatch")
 
 
 def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
-          need_detector: bool = True) -> Detector | None:
-    """Before a run: the CXI stack and its detector are usable (headers, mask and geometry only, never the
-    frames).  Returns the detector the stage will use: ``emc.detector``'s, else the one the CXI geometry
-    describes (None when there is none and ``need_detector`` is false: `spibatch ingest` converts frames
-    alone).  InputError (one line) when the stack is not there, holds no frames, or no detector fits."""
-    from spibatch.io.cxi import stack_shape
+          need_detector: bool = True, frames: bool = True, budget=None) -> Detector | None:
+    """Before a run: the CXI stack and its detector are usable.  Returns the detector the stage will use:
+    ``emc.detector``'s, else the one the CXI geometry describes (None when there is none and ``need_detector``
+    is false: `spibatch ingest` converts frames alone).  InputError (one line) when the stack is not there,
+    holds no frames, does not fit in memory one block at a time (``budget``, default: this machine), or no
+    detector fits; with ``frames``, every frame is read once and checked as the conversion would (a NaN or a
+    negative value in the last frame stops it here, before anything is created).  Keys are named as the
+    pipeline file spells them, or as `spibatch ingest`'s options when there is no pipeline file."""
+    from spibatch import estimates
+    from spibatch.io.cxi import check_frames, read_flat_geometry, stack_info
     from spibatch.io.dragonfly import check_match
 
     cfg = pipeline.ingest
     if cfg is None:
         raise InputError("no `ingest` section", path=config, field="ingest", fix="add one naming the CXI file")
-    shape = stack_shape(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
+
+    def key(name: str) -> str:
+        return f"ingest.{name}" if config is not None else "--" + name.replace("_", "-")
+
+    require_file(cfg.cxi, key("cxi") if config is not None else "CXI", fix="give the path of a CXI (HDF5) file")
+    with keyed(cfg.data_path, key("data_path")), keyed(cfg.mask_path, key("mask_path")):
+        shape, itemsize = stack_info(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
     num_pix = 1
     for n in shape[1:]:
         num_pix *= n
     if shape[0] == 0:
         raise InputError("holds 0 frames", path=cfg.cxi, field=cfg.data_path, fix="give a CXI file with frames")
+    estimates.ingest(shape[0], num_pix, itemsize, cfg.chunk_frames, key("chunk_frames")).check(config or cfg.cxi,
+                                                                                               budget)
+    geometry = None
     if pipeline.emc.detector is not None:
+        require_file(pipeline.emc.detector, "emc.detector", fix="give the Dragonfly detector file of these frames")
         detector = Detector.read(pipeline.emc.detector)
         check_match(detector, num_pix, pipeline.emc.detector, cfg.cxi)
-        return detector
-    detector = Detector.from_cxi(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
-                                 beamstop_radius_pixels=cfg.beamstop_radius_pixels)
-    if detector is None and need_detector:
-        raise InputError("holds no flat square detector geometry (3-D frames with distance, pixel size and "
-                         "photon energy)", path=cfg.cxi, field="/entry_1/instrument_1",
-                         fix="set emc.detector to a Dragonfly detector file for these frames")
+    else:
+        geometry = read_flat_geometry(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
+        detector = Detector.from_cxi(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
+                                     beamstop_radius_pixels=cfg.beamstop_radius_pixels)
+        if detector is None and need_detector:
+            raise InputError("holds no flat square detector geometry (3-D frames with distance, pixel size and "
+                             "photon energy)", path=cfg.cxi, field="/entry_1/instrument_1",
+                             fix="set emc.detector to a Dragonfly detector file for these frames")
+    if frames:
+        check_frames(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path, adu_per_photon=cfg.adu_per_photon,
+                     clip_negative=cfg.clip_negative, chunk_frames=cfg.chunk_frames)
+        if pipeline.emc.detector is None and geometry is not None:   # after every refusal, once (not in the run)
+            estimates.warn_implausible({"detector_distance_m": geometry["distance_m"], "pixel_size_m":
+                                        geometry["pixel_size_m"], "wavelength_m": geometry["wavelength_m"]},
+                                       cfg.cxi, key="CXI geometry")
     return detector
 
 
@@ -49,7 +72,7 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     from spibatch.io.dragonfly import write_detector
 
     cfg = pipeline.ingest
-    detector = check(pipeline, need_detector=False)
+    detector = check(pipeline, need_detector=False, frames=False)   # the conversion checks every frame itself
     run.stage_dir("ingest").mkdir(parents=True, exist_ok=True)
     outputs = {"photons": run.photons("ingest")}
     if pipeline.emc.detector is None and detector is not None:

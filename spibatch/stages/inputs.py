@@ -14,7 +14,9 @@ from spibatch.layout import RunLayout
 
 
 def data_stage(pipeline) -> str | None:
-    """"simulate", "ingest" or None (the pipeline names its photons itself)."""
+    """"simulate", "ingest", "follow" or None (the pipeline names its photons itself)."""
+    if getattr(pipeline, "source", None) is not None:
+        return "follow"
     return "simulate" if pipeline.simulation is not None else "ingest" if pipeline.ingest is not None else None
 
 
@@ -25,6 +27,8 @@ def photons_and_detector(run: RunLayout | None, pipeline, config: Path | None = 
     if emc.photons is not None and emc.detector is not None:
         return emc.photons, emc.detector
     stage = data_stage(pipeline)
+    if stage == "follow" and run is not None:      # the follower's chunks: the first one stands for them all
+        return run.chunk(1), run.detector("follow")
     if run is not None and stage == "simulate" and run.photons("simulate").exists():
         return run.photons("simulate"), run.detector("simulate")
     if run is not None and stage == "ingest" and run.photons("ingest").exists():
@@ -43,7 +47,14 @@ def photons_and_detector(run: RunLayout | None, pipeline, config: Path | None = 
 
 
 def emc_intensity(run: RunLayout, pipeline) -> Path:
-    """EMC's last output in this run (``emc/output_NNN.h5`` of the last iteration)."""
+    """EMC's last output in this run (``emc/output_NNN.h5`` of the last iteration; while following a live source
+    the last one written, as EMC stops by its own rule)."""
+    if data_stage(pipeline) == "follow":
+        from spibatch.layout import output_iteration
+
+        done = [i for i in (output_iteration(p) for p in run.emc.glob("output_*.h5")) if i is not None]
+        if done:
+            return run.emc_output(max(done))
     return run.emc_output(pipeline.emc.iterations)
 
 

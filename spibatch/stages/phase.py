@@ -12,10 +12,10 @@ import pickle
 import sys
 from pathlib import Path
 
-from spibatch.errors import InputError
 from spibatch.io.atomic import atomic_path
 from spibatch.layout import RunLayout
 from spibatch.stages import inputs, load_run, stage_log
+from spibatch.stages.checks import budget_for, keyed, naming, require_file
 
 
 def settings_of(pipeline):
@@ -25,15 +25,37 @@ def settings_of(pipeline):
     return PhasingSettings.from_dict(pipeline.phasing.model_dump())
 
 
-def check(pipeline, config: Path | None = None, run: RunLayout | None = None):
-    """Before anything is created: the intensity exists, reads, and can be phased (every input check of
+def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *, budget=None):
+    """Before anything is created: the intensity exists, its header shows a volume whose phasing fits the
+    memory and time of ``budget`` (default: this machine), its voxel-size attribute (when used) is a positive
+    number, and it reads and can be phased (every input check of
     :func:`spibatch.phasing.inputs.check_inputs`).  Returns what it read: (intensity, dq)."""
+    from spibatch import estimates
+    from spibatch.io.results import is_hdf5, positive_attribute, volume_shape
     from spibatch.phasing.inputs import check_inputs
+    from spibatch.phasing.measurement import fast_size
 
-    source = inputs.phasing_intensity(run, pipeline, config)
-    if not Path(source).is_file():
-        raise InputError("file not found", path=source, field="phasing.intensity", fix="check the path")
-    return check_inputs(Path(source), settings_of(pipeline))
+    cfg = pipeline.phasing
+    source = Path(inputs.phasing_intensity(run, pipeline, config))
+    require_file(source, "phasing.intensity", fix="give a 3-D intensity (an EMC output_NNN.h5, HDF5 or MRC)")
+    with keyed(cfg.dataset, "phasing.dataset"):
+        shape = volume_shape(source, cfg.dataset, field="phasing.intensity")
+    settings = settings_of(pipeline)
+    edge = min(cfg.crop_to or shape[0], shape[0])
+    edge = fast_size(edge) if cfg.fast_fft_size else edge
+    budget = budget or budget_for()
+    gpu = pipeline.device == "gpu"
+    estimates.phasing(edge, settings.num_starts, settings.recipe.iterations(), gpu=gpu, parallel=budget.parallel(gpu),
+                      edge_field="phasing.crop_to" if cfg.crop_to else "phasing.intensity",
+                      read_voxels=int(shape[0]) * int(shape[1]) * int(shape[2])
+                      ).check(config or source, budget, paths={"phasing.intensity": source})
+    if cfg.voxel_size_per_m is None and is_hdf5(source):
+        import h5py
+
+        with h5py.File(source, "r") as f:
+            positive_attribute(f.attrs.get("voxel_size_per_m"), source, "voxel_size_per_m")
+    with naming(config):
+        return check_inputs(source, settings)
 
 
 def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:

@@ -7,16 +7,28 @@ from pathlib import Path
 
 from spibatch.errors import InputError
 from spibatch.layout import RunLayout
+from spibatch.stages.checks import require_file
 
 
-def check(pipeline, config: Path | None = None, run: RunLayout | None = None) -> None:
-    """Before anything is created: a simulation section whose PDB parses."""
+def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *, budget=None):
+    """Before anything is created: a simulation section whose PDB parses; a geometry EMC and phasing can use
+    (a warning for each implausible value); the memory, time and disk it needs within ``budget`` (default:
+    this machine).  Returns the :class:`~spibatch.estimates.FlatGeometry` (model grid, pixels)."""
+    from spibatch import estimates
     from spibatch.sim.structure import read_structure
 
-    if pipeline.simulation is None:
+    sim = pipeline.simulation
+    if sim is None:
         raise InputError("no `simulation` section", path=config, field="simulation",
                          fix="add one (`spibatch init DIR` writes an example)")
-    read_structure(pipeline.simulation.pdb, assembly=False)
+    flat = estimates.check_flat(pipeline.geometry, config)
+    estimates.simulation(flat, sim.num_patterns, sim.mean_photons_per_frame, sim.chunk_frames).check(config, budget)
+    estimates.check_disk(estimates.PHOTONS_FILE_BYTES_PER_FRAME * sim.num_patterns, pipeline.output.runs_dir,
+                         config, "simulation.num_patterns", f"the photons file of {sim.num_patterns:,} patterns")
+    require_file(sim.pdb, "simulation.pdb", fix="give a PDB or mmCIF file of the particle")
+    read_structure(sim.pdb, assembly=False)
+    estimates.warn_implausible(estimates.geometry_values(pipeline.geometry), config)   # after every refusal
+    return flat
 
 
 def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:

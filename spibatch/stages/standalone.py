@@ -42,7 +42,9 @@ def run_stages(names: list[str], pipeline, config: Path | None, *, out: Path | N
     mpi.collective(comm, _check, names, pipeline, config, existing, size)
     opening = dict(name=name or pipeline.name, runs_dir=pipeline.output.runs_dir, out=out, resume=resume,
                    config_text=dump_pipeline(pipeline), command=list(command if command is not None else sys.argv),
-                   inputs=tuple(inputs), unchanged=tuple(p for p in inputs if p != config), extra={"mpi_ranks": size} if "emc" in names else None,
+                   inputs=tuple(inputs), unchanged=tuple(p for p in inputs if p != config),
+                   check=None if existing is None else lambda: _check_resume(names, pipeline, config, existing),
+                   extra={"mpi_ranks": size} if "emc" in names else None,
                    resume_hint=_resume_hint(names, config, out, resume))
     with ExitStack() as stack:
         run = mpi.collective(comm, lambda: stack.enter_context(open_run(**opening)) if rank == 0 else None)
@@ -57,6 +59,13 @@ def _check(names, pipeline, config, existing, ranks) -> None:
     for name in names:
         extra = {"ranks": ranks} if name == "emc" else {"need_detector": False} if name == "ingest" else {}
         stages.module(name).check(pipeline, config, existing, **extra)
+
+
+def _check_resume(names, pipeline, config, existing: RunLayout) -> None:
+    """Under the lock, before a resume writes anything: what it would continue from was made with these
+    settings from these data (EMC's checkpoint); InputError otherwise."""
+    if "emc" in names:
+        stages.module("emc").check_resume(existing, pipeline, config)
 
 
 def _run_all(names, layout: RunLayout, pipeline, device, comm, *, force: bool) -> dict:

@@ -21,8 +21,9 @@ log = logging.getLogger("spibatch")
 
 
 def check(pipeline, config: Path | None = None, run: RunLayout | None = None) -> None:
-    """Before anything is created: the files named exist; two volumes compared alone read and share a shape."""
-    from spibatch.io.results import read_volume_and_voxel
+    """Before anything is created: the files named exist and read as volumes; two volumes compared alone say
+    what they hold (or ``validation.kind`` does)."""
+    from spibatch.io.results import check_reference
 
     cfg = pipeline.validation
     for key in ("volume", "reference"):
@@ -33,11 +34,42 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None) ->
         if cfg.reference is None:
             raise InputError("a volume to compare but no reference", path=config, field="validation.reference",
                              fix="name the volume to compare it with")
-        a = read_volume_and_voxel(cfg.volume, cfg.dataset)[0]
-        b = read_volume_and_voxel(cfg.reference, cfg.dataset)[0]
-        if a.shape != b.shape:
-            raise InputError(f"shape {a.shape}, but {Path(cfg.reference).name} is {b.shape}", path=cfg.volume,
-                             field="validation.volume", fix="compare volumes on the same grid")
+        from spibatch.io.results import volume_shape
+
+        for path, key in ((cfg.volume, "validation.volume"), (cfg.reference, "validation.reference")):
+            volume_shape(path, cfg.dataset, field=key)      # a missing dataset or a non-volume stops here
+        kind = _kind(cfg)
+        for path in (cfg.volume, cfg.reference):
+            _read(path, cfg, kind)
+    elif cfg.reference is not None:    # a garbage truth stops here, not after the whole phasing
+        check_reference(cfg.reference, cfg.reference_voxel_size_m)
+
+
+def _kind(cfg) -> str:
+    from spibatch.io.results import volume_kind
+
+    if cfg.kind != "auto":
+        return cfg.kind
+    kinds = [volume_kind(path, cfg.dataset) for path in (cfg.volume, cfg.reference)]
+    if None in kinds or kinds[0] != kinds[1]:
+        unknown = [Path(p).name for p, k in zip((cfg.volume, cfg.reference), kinds) if k is None]
+        what = (f"{' and '.join(unknown)} does not say whether it holds an intensity or a density" if unknown else
+                f"{Path(cfg.volume).name} holds an {kinds[0]}, {Path(cfg.reference).name} a {kinds[1]}")
+        raise InputError(what, path=cfg.volume, field="validation.kind",
+                         fix="say which they are: --kind intensity or --kind density (validation.kind), and "
+                         "--dataset when an HDF5 file holds both")
+    return kinds[0]
+
+
+def _read(path: Path, cfg, kind: str):
+    """(volume, real-space voxel in m or None) of one side of a two-volume comparison."""
+    from spibatch.io.results import read_volume
+    from spibatch.phasing.compare import load_truth
+
+    if kind == "density":
+        voxel = cfg.reference_voxel_size_m if Path(path) == Path(cfg.reference) else None
+        return load_truth(path, voxel or cfg.voxel_size_m)
+    return read_volume(path, cfg.dataset), None
 
 
 def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
@@ -100,23 +132,60 @@ def _density_vs_truth(run: RunLayout, pipeline, reference: Path, rotation) -> di
         summary.update({"starts": pipeline.phasing.num_starts, "phasing_seconds": phase_done.get("seconds"),
                         "data_edge_resolution_m": n * attrs["voxel_size_m"] / attrs["max_measured_shell"]})
     written = write_comparison(summary, run.fsc_vs_truth, run.fsc_vs_truth_png, f"phased density vs {reference.name}")
-    return {"fsc_vs_truth": written["fsc_vs_truth"], "fsc_plot": written["fsc_plot"]}
+    from spibatch.phasing.export import write_density_in_truth_frame
+
+    if true_voxel and attrs.get("voxel_size_m"):     # for ChimeraX: the density where the truth is
+        write_density_in_truth_frame(run.density_in_truth_frame, data["density"], attrs["voxel_size_m"], true_density,
+                                     true_voxel, rotation=rotation)
+    return {"fsc_vs_truth": written["fsc_vs_truth"], "fsc_plot": written["fsc_plot"],
+            **({"density_in_truth_frame": run.density_in_truth_frame} if run.density_in_truth_frame.exists() else {})}
+
+
+def _fourier_voxel(path: Path) -> float | None:
+    """The Fourier voxel dq (1/m) an HDF5 intensity file records (our EMC outputs and truth.h5 do)."""
+    from spibatch.io.results import is_hdf5, read_result
+
+    if not is_hdf5(path):
+        return None
+    try:
+        value = read_result(path, attrs_only=True)[1].get("voxel_size_per_m")
+    except InputError:
+        return None
+    return float(value) if value else None
 
 
 def _two_volumes(run: RunLayout, cfg) -> dict[str, Path]:
+    """Two volumes compared alone: aligned (rotation for intensities; resampled, translation for densities), FSC."""
+    import json
+
+    from spibatch.align import compare_intensities
     from spibatch.io.atomic import write_text
     from spibatch.io.results import write_result
-    from spibatch.io.results import read_volume_and_voxel
-    from spibatch.validate import format_table, fsc, plot_fsc
+    from spibatch.phasing.compare import compare_with_truth
+    from spibatch.validate import format_table, plot_fsc
 
     first, second = Path(cfg.volume), Path(cfg.reference)
-    a, a_voxel = read_volume_and_voxel(first, cfg.dataset)
-    b, b_voxel = read_volume_and_voxel(second, cfg.dataset)
-    voxel = cfg.voxel_size_m or a_voxel or b_voxel
-    result = fsc(a, b, voxel_size=voxel)
-    plot_fsc(result, run.fsc_png, title=f"{first.name} vs {second.name}")
+    kind = _kind(cfg)
+    (a, a_voxel), (b, b_voxel) = _read(first, cfg, kind), _read(second, cfg, kind)
+    if kind == "intensity":
+        dq = _fourier_voxel(first) or _fourier_voxel(second)
+        edge = min(a.shape[-1], b.shape[-1])
+        summary = compare_intensities(a, b, 1.0 / (edge * dq) if dq else None)
+        how = (f"intensities on a {summary['grid']}^3 grid, {first.name} turned onto {second.name} (best rotation"
+               f"{', inversion twin' if summary['inverted'] else ''}; shells {summary['r_min']:g}-{summary['r_max']:g}):"
+               f" cc {summary['cc']:.4f}")
+    else:
+        summary = compare_with_truth(a, a_voxel, b, b_voxel, truth_path=str(second))
+        summary["kind"] = "density"
+        how = (f"densities{' (the reference resampled onto the first voxel)' if summary['truth_resampled'] else ''},"
+               f" aligned by translation {summary['shift_voxels']}{' and the inversion twin' if summary['inverted'] else ''}"
+               f": cc {summary['cc']:.4f}")
+    result = summary["_result"]
+    plot_fsc(result, run.fsc_png, title=f"{first.name} vs {second.name} ({kind}, aligned)")
     arrays = {"radius": result.radius, "frequency": result.frequency, "fsc": result.fsc,
               "num_voxels": result.num_voxels}
-    write_result(run.fsc_table, arrays, {"voxel_size_m": voxel}, None)
-    write_text(run.fsc_text, format_table(result) + "\n")
-    return {"fsc_plot": run.fsc_png, "fsc_table": run.fsc_table, "fsc_text": run.fsc_text}
+    write_result(run.fsc_table, arrays, {"voxel_size_m": result.voxel_size, "kind": kind}, None)
+    write_text(run.fsc_text, how + "\n" + format_table(result) + "\n")
+    public = {k: v for k, v in summary.items() if not k.startswith("_")}
+    write_text(run.fsc_json, json.dumps(public, indent=1) + "\n")
+    return {"fsc_plot": run.fsc_png, "fsc_table": run.fsc_table, "fsc_text": run.fsc_text, "fsc_json": run.fsc_json}

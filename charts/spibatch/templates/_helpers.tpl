@@ -55,3 +55,12 @@ capabilities:
 - name: NUMBA_CACHE_DIR
   value: /tmp/numba
 {{- end -}}
+
+{{/* The monitor's allowed Host names (comma-separated): the Service's DNS names, the pod's IP (the
+     kubelet's probes; $(POD_IP) is expanded by Kubernetes), the port-forward names, monitor.allowedHosts. */}}
+{{- define "spibatch.monitorHosts" -}}
+{{- $svc := printf "%s-monitor" (include "spibatch.fullname" .) -}}
+{{- $ns := .Release.Namespace -}}
+{{- $own := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.monitor.clusterDomain) "$(POD_IP)" "127.0.0.1" "localhost" -}}
+{{- concat $own .Values.monitor.allowedHosts | join "," -}}
+{{- end -}}

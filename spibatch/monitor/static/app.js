@@ -28,14 +28,15 @@ function key(path, params) {
   return path + "?" + entries.map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join("&");
 }
 
-/* GET api/<path>; null when the server says 404 (not there yet), throws on 503 / network trouble */
+/* GET api/<path>; null when there is nothing to show (404 not there yet, 403 refused, 422 unreadable),
+   throws on 503 / network trouble */
 async function api(path, params) {
   if (REPORT) {
     const hit = REPORT.responses[key(path, params)];
     return hit === undefined ? null : hit;
   }
   const response = await fetch("api/" + key(path, params), { cache: "no-store" });
-  if (response.status === 404) return null;
+  if ([403, 404, 422].includes(response.status)) return null;
   if (response.status === 503) throw new Error("a file is still being written");
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
@@ -102,7 +103,26 @@ function renderHeader(s) {
   $("run-header").innerHTML = `<h1>${esc(s.title)} <span class="badge ${esc(status(s))}">${esc(status(s))}</span></h1>
     ${s.error ? `<p class="error">${esc(s.error)}</p>` : ""}
     <dl class="facts">${facts.filter(([, v]) => v).map(([k, v]) => `<dt>${esc(k)}</dt><dd>${k === "last file change" ? v : esc(v)}</dd>`).join("")}</dl>
+    ${renderStages(s)}
     <div class="headline" id="headline">${heads.map(([k, v]) => `<div>${esc(k)}<b>${esc(v)}</b></div>`).join("")}</div>`;
+}
+
+/* the run's stages (a pipeline's, or a one-stage run's): done / running / waiting, with what each has done */
+const STAGE_MARKS = { done: "✓", running: "●", waiting: "○", failed: "✗", interrupted: "✗", stopped: "■", "not run": "–" };
+const seconds = (t) => (t < 90 ? `${t.toFixed(1)} s` : t < 5400 ? `${(t / 60).toFixed(1)} min` : `${(t / 3600).toFixed(1)} h`);
+function renderStages(s) {
+  if (!s.stages || !s.stages.length) return "";
+  const items = s.stages.map((st) => {
+    const started = !["waiting", "not run"].includes(st.state);
+    const bits = [esc(st.state)];
+    if (st.stage === "emc" && started && s.has.emc) bits.push(`iteration ${s.emc_iterations_done}${s.emc_iterations_planned ? " of " + s.emc_iterations_planned : ""}`);
+    if (st.stage === "phase" && started && s.phasing) bits.push(`${s.phasing.starts_done}${s.phasing.starts_planned ? " of " + s.phasing.starts_planned : ""} starts${s.phasing.merged ? ", merged" : ""}`);
+    if (st.state === "done" && st.seconds != null) bits.push(seconds(st.seconds));
+    if (st.state === "running" && st.last_log && !REPORT) bits.push(`log <span class="age" data-t="${st.last_log}"></span>`);
+    return `<li class="stage ${esc(st.state.replace(" ", "-"))}" data-stage="${esc(st.stage)}" data-state="${esc(st.state)}">`
+      + `<b>${STAGE_MARKS[st.state] || ""} ${esc(st.stage)}</b> <span class="muted">${bits.join(" · ")}</span></li>`;
+  });
+  return `<ol id="stages" class="stages" aria-label="stages">${items.join("")}</ol>`;
 }
 
 /* "12 s ago" next to the last file change, kept current between refreshes */
@@ -244,6 +264,15 @@ function renderPhase(ph) {
   addHeadline("PRTF resolution", prtf.resolution_m ? nm(prtf.resolution_m) : "beyond the data edge");
 }
 
+/* phasing under way on workers: only the count of finished starts exists until they are merged */
+function renderPhaseProgress(p) {
+  $("phase-progress").textContent = `— ${p.starts_done}${p.starts_planned ? " of " + p.starts_planned : ""} starts done`;
+  empty("plot-errors", "Each start's error curve appears when the starts are merged (they run on the workers).");
+  empty("plot-prtf", "The PRTF appears when every start has finished.");
+  renderDensity(null);
+  state.rendered.phaseStarts = p.starts_done;
+}
+
 function renderDensity(d) {
   if (!d) {
     [0, 1, 2].forEach((i) => empty(`plot-density-${i}`, i === 1 ? "The averaged density appears when every start has finished." : ""));
@@ -294,7 +323,9 @@ async function refreshRun() {
   const i = state.runs.findIndex((r) => r.run === run);
   if (i >= 0 && status(state.runs[i]) !== status(s)) { state.runs[i] = s; renderRuns(); }
   $("emc").hidden = !s.has.emc;
-  $("phase").hidden = !s.has.phase;
+  const phasing = s.phasing;
+  const phasingShown = s.has.phase || !!(phasing && (phasing.starts_done > 0 || phasing.state === "running"));
+  $("phase").hidden = !phasingShown;
   $("fsc").hidden = !s.has.fsc;
   if (s.has.emc) {
     const series = await api("emc", { run });
@@ -308,6 +339,8 @@ async function refreshRun() {
     const ph = await api("phase", { run });
     if (ph) renderPhase(ph);
     renderDensity(s.has.phase_result ? await api("phase/slices", { run }) : null);
+  } else if (phasingShown) {
+    renderPhaseProgress(phasing);
   }
   if (s.has.fsc) { const f = await api("fsc", { run }); if (f) renderFsc(f); }
   const texts = await api("texts", { run });

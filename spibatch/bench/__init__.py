@@ -1,0 +1,98 @@
+"""``spibatch bench``: the cross-platform scaling benchmark and the performance model.
+
+:func:`bench_command` is the command: it validates a bench file (:mod:`spibatch.bench.settings`) and its sites,
+builds the matrix (:mod:`spibatch.bench.matrix`: every refusal is one line before anything is submitted), and
+either prints what every point would submit (``dry_run``) or measures the points that are not measured yet
+(:mod:`spibatch.bench.runner`: each repeat a real ``spibatch run ... --until emc`` on the site), then the kernel
+rates of this machine (:mod:`spibatch.bench.kernels`), the model calibrated and checked on the matrix
+(:mod:`spibatch.bench.model`) and the report (:mod:`spibatch.bench.report`: ``bench.md``, PNGs, ``report.html``).
+``bench.json`` follows the JSON Schema :func:`bench_schema` returns (``spibatch/bench/bench.schema.json``).
+
+Also ``python -m spibatch.bench BENCH.yaml [--site A.yaml ...] [--out DIR] [--dry-run] [--schema]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("spibatch")
+
+SCHEMA_FILE = "bench.schema.json"
+
+
+def bench_schema() -> dict:
+    """The JSON Schema of ``bench.json`` (shipped as ``spibatch/bench/bench.schema.json``)."""
+    from importlib import resources
+
+    return json.loads(resources.files("spibatch.bench").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+
+
+def print_schema() -> None:
+    """Print :func:`bench_schema` as JSON (what ``spibatch bench --schema`` shows)."""
+    print(json.dumps(bench_schema(), indent=2))
+
+
+def default_out(bench) -> Path:
+    """``bench-<name>/`` beside the bench file: the same command resumes into the same folder."""
+    return Path(bench.source).parent / f"bench-{bench.name}"
+
+
+def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_run: bool,
+                  rates: bool | Path = True) -> tuple[Path, str]:
+    """``spibatch bench BENCH.yaml [--site A.yaml ...] [--out DIR] [--dry-run]``.
+
+    sites: site files replacing the bench file's ``matrix.sites`` (empty: the file's, else this machine);
+    out: the bench folder (default ``bench-<name>/`` beside the bench file; an earlier, interrupted run there
+    is resumed); dry_run: print what every point would submit, create nothing; rates: measure this machine's
+    kernel rates for the model (False: not; a path: take them from that earlier bench.json of this machine).  Returns (the bench folder, the text to print).
+    Raises :class:`~spibatch.errors.InputError` (one line) on bad input, before anything is submitted.
+    """
+    from spibatch.bench import matrix, runner
+    from spibatch.bench.settings import load_bench
+
+    bench = load_bench(bench_yaml)
+    infos = matrix.site_infos([Path(s).resolve() for s in sites] or bench.matrix.sites)
+    points = matrix.build(bench, infos)
+    out = Path(out).resolve() if out is not None else default_out(bench)
+    runner.preflight(bench, infos, points, out)
+    if dry_run:
+        return out, runner.dry_run(bench, infos, points, out)
+    document = runner.run_matrix(bench, infos, points, out)
+    if document.get("interrupted") and rates is True:
+        rates = False   # no minute of microbenchmarks after an interruption: the next run measures them
+    text = finish(out, document, rates=rates)
+    if document.get("interrupted"):
+        text += "interrupted: run the same command again to measure the remaining points\n"
+    return out, text
+
+
+def finish(out: Path, document: dict, *, rates: bool | Path = True) -> str:
+    """Kernel rates (once per bench folder), the model's calibration and check, the report; the summary text."""
+    from spibatch.bench import model, report, runner
+
+    runner.fill_sizes(out, document)
+    if isinstance(rates, (str, Path)) and not document.get("rates"):
+        document["rates"] = json.loads(Path(rates).read_text(encoding="utf-8"))["rates"]
+    elif rates and not document.get("rates"):
+        from spibatch.bench.kernels import measure_rates
+
+        log.info("bench: measuring this machine's kernel rates for the model")
+        document["rates"] = measure_rates()
+        runner.save_document(out, document)
+    if document.get("rates"):
+        document["model"] = model.evaluate(document)
+    runner.save_document(out, document)
+    written = report.write_all(out, document)
+    measured = sum(p["status"] == "measured" for p in document["points"])
+    failed = [p["key"] for p in document["points"] if p["status"] == "failed"]
+    lines = [f"bench '{document['name']}': {measured} point(s) measured"
+             + (f", {len(failed)} failed: {', '.join(failed)} (run the command again to retry them)" if failed else ""),
+             f"results: {out / runner.BENCH_JSON}"] + [f"wrote {p}" for p in written]
+    if document.get("model"):
+        lines.append(model.summary_line(document["model"]))
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["bench_command", "bench_schema", "print_schema", "finish", "default_out"]

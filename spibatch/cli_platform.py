@@ -1,0 +1,152 @@
+"""The pipeline and platform commands: ``demo``, ``run``, ``resume``, ``monitor``, ``report`` (``cli.py``
+registers them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from spibatch.cli_common import OUT, finished
+
+
+def demo(out: Optional[Path] = OUT,
+         iterations: Optional[int] = typer.Option(None, min=1, help="EMC iterations (default: demo.yaml's)"),
+         starts: Optional[int] = typer.Option(None, min=1, help="phasing starts (default: demo.yaml's)"),
+         site: Optional[Path] = typer.Option(None, "--site", help="site YAML file (default: this machine)")) -> None:
+    """Run the built-in demo as a pipeline on the local site: simulate 1000 patterns of the protein 1EI7 on a
+    64 x 64 detector, reconstruct the 3-D intensity by EMC, phase it, and compare both with the truth."""
+    from spibatch.pipeline import start
+
+    def adjust(pipeline) -> None:
+        if iterations is not None:
+            pipeline.emc.iterations = iterations
+        if starts is not None:
+            pipeline.phasing.keep_best = min(pipeline.phasing.keep_best, starts)   # first: keep <= starts
+            pipeline.phasing.num_starts = starts
+
+    from spibatch.starter import data_file
+
+    run_path, outputs = start(data_file("demo.yaml"), site, out, runs_dir=Path("runs"), adjust=adjust)
+    finished(run_path, outputs)
+
+
+def run(pipeline: Path = typer.Argument(..., help="pipeline YAML file"),
+        site: Optional[Path] = typer.Option(None, "--site", help="site YAML file (site_configs/); default: this "
+                                            "machine (Parsl workers on 127.0.0.1)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="validate, then print exactly what would be "
+                                     "submitted; create and submit nothing"),
+        out: Optional[Path] = OUT,
+        until: Optional[str] = typer.Option(None, "--until", help="stop after this stage (simulate|ingest, emc, "
+                                            "phase, validate); `spibatch resume` runs the rest")) -> None:
+    """Run the whole pipeline (simulate or ingest, EMC, phasing, validation, report) on a site through Parsl."""
+    from spibatch.pipeline import start
+
+    run_path, result = start(pipeline, site, out, dry_run=dry_run, until=until)
+    if dry_run:
+        typer.echo(result.text(), nl=False)
+        typer.echo(f"dry run: nothing submitted; the run would go to {run_path}")
+        return
+    finished(run_path, result)
+
+
+def resume(run_dir: Path = typer.Argument(..., help="run directory of an earlier `spibatch run`")) -> None:
+    """Continue a `spibatch run` on its own site: finished stages are not run again."""
+    from spibatch.pipeline import resume as resume_run
+
+    run_path, outputs = resume_run(run_dir)
+    finished(run_path, outputs)
+
+
+def monitor(path: Optional[Path] = typer.Argument(None, envvar="SPIBATCH_MONITOR_ROOT",
+                                                  help="a run folder, or a folder of runs (e.g. runs/)"),
+            host: str = typer.Option("127.0.0.1", envvar="SPIBATCH_MONITOR_HOST",
+                                     help="address to listen on (0.0.0.0: every interface; only on a trusted network)"),
+            port: int = typer.Option(8765, envvar="SPIBATCH_MONITOR_PORT", min=0, max=65535,
+                                     help="TCP port (0: any free one)"),
+            poll_ms: int = typer.Option(2000, min=200, help="how often the page asks for news, ms"),
+            allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="a Host name to answer to "
+                "besides --host's (repeatable; '*' any; env SPIBATCH_MONITOR_ALLOWED_HOSTS=a,b); needed with 0.0.0.0")) -> None:
+    """Serve a live, read-only web page of the runs under PATH (EMC, phasing, FSC, config, log)."""
+    from spibatch.monitor.launch import run_monitor
+
+    run_monitor(path, host, port, poll_ms, allowed_host)
+
+
+def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
+    """(Re)write RUN_DIR/report.html and its PNGs (every run writes them at its end)."""
+    from spibatch.layout import RunLayout
+    from spibatch.stages import report as report_stage
+
+    run = RunLayout(run_dir)
+    report_stage.check(run=run)
+    typer.echo(f"wrote {report_stage.run(run)['report']}")
+
+
+def bench(bench_file: Path = typer.Argument(..., help="benchmark file (BENCH.yaml: the matrix of sites, modes, "
+                                            "workers and workloads; benchmarks/bench/ has examples)"),
+          site: list[Path] = typer.Option([], "--site", help="site file(s) to run the matrix on, replacing the "
+                                          "bench file's matrix.sites (repeat the option)"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="print what every point would submit; create "
+                                       "and submit nothing"),
+          out: Optional[Path] = typer.Option(None, "--out", help="the bench folder (default: bench-<name>/ beside "
+                                             "the bench file; an interrupted matrix there is resumed)")) -> None:
+    """Cross-platform scaling benchmark: every point of the matrix a real pipeline run; bench.json, a table,
+    plots, report.html, and the performance model checked on points it was not calibrated on."""
+    from spibatch.bench import bench_command
+
+    _, text = bench_command(bench_file, list(site), out=out, dry_run=dry_run)
+    typer.echo(text, nl=not text.endswith("\n"))
+
+
+def replay(source: str = typer.Argument(..., help="'simulated' (a simulated particle among empty frames), or a "
+                                        "photons file (e.g. a shared Dragonfly set's photons.emc) with --detector"),
+           rate: float = typer.Option(..., "--rate", help="frames per second"),
+           as_: str = typer.Option(..., "--as", help="euxfel-run (sequence files written by EXtra-data's own "
+                                   "writer), karabo-bridge (a bridge server), or cxi-folder"),
+           target: str = typer.Option(..., "--target", help="the run folder, the bridge's ZeroMQ endpoint "
+                                      "(tcp://127.0.0.1:4545) or the CXI folder"),
+           detector: Optional[Path] = typer.Option(None, "--detector", help="the photons file's detector file"),
+           hit_fraction: float = typer.Option(0.2, help="hits among the frames played (the rest are empty)"),
+           num_hits: Optional[int] = typer.Option(None, help="hits of a simulated source (default 200)"),
+           out: Path = typer.Option(Path("replay"), "--out", help="where a simulated source's files go")) -> None:
+    """Play a data set as a live source at a rate -- an EuXFEL run being written, a Karabo bridge or a folder
+    of CXI files -- to rehearse a beamtime (spibatch run with a `source:` section follows it)."""
+    import math
+
+    from spibatch.errors import InputError
+    from spibatch.stream.replay import KINDS, frames_from
+    from spibatch.stream.replay import replay as play
+
+    if as_ not in KINDS:
+        raise InputError(f"unknown kind {as_!r}", field="--as", fix=f"give one of: {', '.join(KINDS)}")
+    if not (math.isfinite(rate) and rate > 0):
+        raise InputError(f"expected a positive number of frames per second, found {rate!r}", field="--rate",
+                         fix="e.g. --rate 100")
+    if not 0 < hit_fraction <= 1:
+        raise InputError(f"expected a fraction in (0, 1], found {hit_fraction}", field="--hit-fraction",
+                         fix="e.g. 0.2: one frame in five is a hit")
+    frames, detector_path = frames_from(source, detector=detector, out_dir=out, hit_fraction=hit_fraction,
+                                        num_hits=num_hits)
+    typer.echo(f"replaying {frames.num_frames} frames ({frames.num_trains} trains) at {rate:g} frames/s as {as_} "
+               f"to {target}; the detector file: {detector_path}", err=True)
+    trains = play(frames, rate, as_, target)
+    typer.echo(f"played {trains} trains to {target}")
+
+
+def stop(run_dir: Path = typer.Argument(..., help="a run folder that follows a live source")) -> None:
+    """Tell a run that follows a live source that the data have ended: it ingests what has arrived, finishes
+    EMC by its stopping rule, and phases and validates the result."""
+    from spibatch.errors import InputError
+    from spibatch.io.atomic import write_text
+    from spibatch.layout import RunLayout
+    from spibatch.rundir import read_provenance, utc_now
+
+    run = RunLayout(run_dir)
+    read_provenance(run.path, field_name="RUN_DIR")     # a run folder, or one line saying it is not
+    if not run.follow.exists():
+        raise InputError("this run does not follow a live source (no follow/ folder)", path=run.path,
+                         field="RUN_DIR", fix="give the run folder of a `spibatch run` whose pipeline has a source")
+    write_text(run.stop, f"stop requested {utc_now()}\n")
+    typer.echo(f"asked {run.path} to stop: it finishes what has arrived ({run.stop})")

@@ -1,0 +1,124 @@
+"""The one-stage commands: ``init``, ``schema``, ``simulate``, ``emc``, ``phase``, ``validate``, ``ingest``.
+
+Each is a run of the stage functions of :mod:`spibatch.stages` in a new run folder (``cli.py`` registers them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from spibatch.cli_common import OUT, echo, load, one_stage_run
+from spibatch.errors import InputError
+
+
+def init(directory: Path = typer.Argument(..., help="folder to write pipeline.yaml (and the example PDB) into"),
+         site: Optional[str] = typer.Option(None, "--site", help="also write a commented site.yaml to start from: "
+                                            "local, slurm or kubernetes")) -> None:
+    """Write a commented pipeline.yaml (and the example structure 1EI7.pdb) into DIRECTORY; --site adds a site file."""
+    from spibatch.starter import init as write_starter
+
+    written = write_starter(directory, site)
+    typer.echo("\n".join(f"wrote {path}" for path in written))
+    site_arg = f" --site {directory / 'site.yaml'}" if site else ""
+    typer.echo(f"next: spibatch run {directory / 'pipeline.yaml'}{site_arg}" + (" --dry-run" if site else ""))
+
+
+def schema() -> None:
+    """Print the JSON schema of the pipeline file."""
+    from spibatch.config import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def simulate(config: Path = typer.Argument(..., help="pipeline YAML file with a `simulation` section"),
+             out: Optional[Path] = OUT) -> None:
+    """Simulate sparse diffraction patterns of a PDB structure (Dragonfly photons + detector files)."""
+    pipeline = load(config)
+    inputs = (config, pipeline.simulation.pdb) if pipeline.simulation is not None else (config,)
+    one_stage_run(["simulate"], config, pipeline, out=out, inputs=inputs)
+
+
+def emc(config: Path = typer.Argument(..., help="pipeline YAML file whose `emc` section names photons and detector"),
+        out: Optional[Path] = OUT,
+        resume: Optional[Path] = typer.Option(None, "--resume", help="continue the EMC run in this run "
+                                              "directory from its last checkpoint")) -> None:
+    """Reconstruct the 3-D intensity from sparse photons by EMC; under `mpirun -n N` across N ranks."""
+    pipeline = load(config)
+    inputs = [config] + [p for p in (pipeline.emc.photons, pipeline.emc.detector, pipeline.emc.start_model) if p]
+    one_stage_run(["emc"], config, pipeline, out=out, resume=resume, inputs=tuple(inputs))
+
+
+def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `phasing` section names the intensity"),
+          intensity: Optional[Path] = typer.Option(None, "--intensity", help="the 3-D intensity to phase "
+                                                   "(overrides phasing.intensity)"),
+          truth: Optional[Path] = typer.Option(None, "--truth", help="a true density (truth.h5, MRC, Dragonfly "
+                                               "densityMap.bin) to report the FSC against"),
+          truth_voxel_size_m: Optional[float] = typer.Option(None, help="the truth's voxel in metres, when its "
+                                                             "file does not say (Dragonfly's .bin)"),
+          out: Optional[Path] = OUT) -> None:
+    """Phase a merged 3-D intensity: many random starts, aligned and averaged, with the PRTF."""
+    from spibatch.options import positive_length
+
+    pipeline = load(config)
+    if intensity is not None:
+        pipeline.phasing.intensity = intensity.resolve()
+    if truth_voxel_size_m is not None and truth is None:
+        raise InputError("given without --truth", path=config, field="--truth-voxel-size-m",
+                         fix="give --truth TRUTH with it, or leave it out")
+    if truth is not None:
+        pipeline.validation.reference = truth.resolve()
+        pipeline.validation.reference_voxel_size_m = positive_length(truth_voxel_size_m, truth, "--truth-voxel-size-m")
+    names = ["phase"] + (["validate"] if truth is not None else [])
+    sources = [p for p in (pipeline.phasing.intensity, truth) if p is not None and p.is_file()]
+    one_stage_run(names, config, pipeline, out=out, inputs=(config, *sources))
+
+
+def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 result, Dragonfly output_NNN.h5 / .bin, or MRC"),
+             second: Path = typer.Argument(..., help="the volume to compare with (e.g. the truth)"),
+             dataset: Optional[str] = typer.Option(None, help="dataset to compare in HDF5 files "
+                                                   "(default: intensity, intens or density, the first present)"),
+             voxel_size_m: Optional[float] = typer.Option(None, help="real-space voxel size in metres, "
+                                                          "when the files do not say"),
+             kind: str = typer.Option("auto", help="intensity, density, or auto (from the files)"),
+             out: Optional[Path] = OUT,
+             runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
+    """Fourier shell correlation of two volumes, aligned first (intensities by rotation, densities by
+    translation after resampling onto one voxel): a table, the 0.5 / 0.143 resolutions and a PNG plot."""
+    from spibatch.config import Pipeline
+    from spibatch.options import from_options
+    from spibatch.stages.standalone import run_stages
+
+    pipeline = from_options(lambda: Pipeline(name="validate", output={"runs_dir": runs_dir.resolve()}, validation={
+        "volume": first.resolve(), "reference": second.resolve(), "dataset": dataset, "voxel_size_m": voxel_size_m,
+        "kind": kind}), first, command="validate")
+    run_path, outputs = run_stages(["validate"], pipeline, None, out=out, command=sys.argv, inputs=(first, second))
+    typer.echo(Path(outputs["fsc_text"]).read_text(encoding="utf-8").rstrip())
+    echo([f"wrote {outputs['fsc_plot']}", f"wrote {outputs['fsc_table']}"])
+
+
+def ingest(cxi: Path = typer.Argument(..., help="CXI file with a pattern stack"),
+           adu_per_photon: float = typer.Option(1.0, help="detector units per photon"),
+           clip_negative: bool = typer.Option(False, help="set negative values to 0 instead of stopping"),
+           data_path: str = typer.Option("/entry_1/data_1/data", help="dataset holding the stack"),
+           mask_path: Optional[str] = typer.Option(None, help="dataset of the bad-pixel mask (nonzero = bad); "
+                                                   "default: the CXI file's own when present"),
+           beamstop_radius_pixels: float = typer.Option(0.0, help="with the CXI geometry: exclude pixels this close "
+                                                        "to the centre"),
+           chunk_frames: int = typer.Option(256, help="frames read per block"),
+           out: Optional[Path] = OUT,
+           runs_dir: Path = typer.Option(Path("runs"), help="parent of new run directories")) -> None:
+    """Convert a CXI pattern stack (3-D or modular 4-D) to a sparse Dragonfly photons file, in chunks,
+    and write detector.h5 when the file holds a flat square detector's geometry."""
+    from spibatch.config import Pipeline
+    from spibatch.options import from_options
+
+    pipeline = from_options(lambda: Pipeline(name="ingest", output={"runs_dir": runs_dir.resolve()}, ingest={
+        "cxi": cxi.resolve(), "adu_per_photon": adu_per_photon, "clip_negative": clip_negative,
+        "data_path": data_path, "mask_path": mask_path, "beamstop_radius_pixels": beamstop_radius_pixels,
+        "chunk_frames": chunk_frames}), cxi, command="ingest")
+    one_stage_run(["ingest"], None, pipeline, out=out, inputs=(cxi,))

@@ -1,0 +1,115 @@
+"""How a ``spibatch`` command stops when it is asked to: SIGINT (Ctrl-C) and SIGTERM (what Slurm and
+Kubernetes send) alike, promptly, without a traceback, and leaving nothing running.
+
+* The first SIGINT or SIGTERM raises KeyboardInterrupt in the main thread: the run folder is marked
+  ``interrupted`` (:func:`spibatch.rundir.open_run`), Parsl is shut down with a deadline and what it
+  started is stopped (:mod:`spibatch.pipeline`, :mod:`spibatch.owners`).  Later signals are noted, not
+  raised again, so the clean-up itself is not cut short.
+* A watchdog makes sure the process ends: :data:`WATCHDOG_S` seconds after the first signal it stops
+  what this process started and exits, whatever the clean-up is waiting for.
+* The command's last line says how to go on -- ``spibatch: interrupted (SIGTERM); continue with:
+  spibatch resume RUN`` (or ``spibatch emc CONFIG --resume RUN``) -- and the exit status is
+  128 + the signal: 130 for SIGINT, 143 for SIGTERM.  The process exits at once (``os._exit``, after
+  flushing), so no thread left behind by a library can hold it.
+* SIGXFSZ is ignored: a write beyond the shell's file-size limit (``ulimit -f``) then fails with EFBIG,
+  which ends the command with one line (:class:`spibatch.io.atomic.DiskFull`), not a core dump.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from spibatch import owners
+
+WATCHDOG_S = 120.0
+_received: list[int] = []
+_raised: list[KeyboardInterrupt] = []   # the one raised, so its resume hint survives typer's Exit(130)
+
+
+def install() -> None:
+    """SIGTERM and SIGINT stop the command as described above (an ignored SIGINT, as in a background job
+    of a script, stays ignored); SIGXFSZ is ignored; a log record that cannot be written (a full disk) is
+    dropped without logging's traceback.  Installing twice changes nothing."""
+    if signal.getsignal(signal.SIGTERM) is _handler:
+        return
+    logging.raiseExceptions = False
+    signal.signal(signal.SIGTERM, _handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _handler)
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _handler(signum: int, frame) -> None:
+    if _received:
+        os.write(2, f"spibatch: {signal.Signals(signum).name} again: already stopping (at most "
+                    f"{WATCHDOG_S:.0f} s)\n".encode())
+        return
+    _received.append(signum)
+    threading.Thread(target=_watchdog, args=(128 + signum,), name="spibatch-watchdog", daemon=True).start()
+    _raised.append(KeyboardInterrupt(signal.Signals(signum).name))
+    raise _raised[0]
+
+
+def _watchdog(code: int) -> None:
+    threading.Event().wait(WATCHDOG_S)
+    os.write(2, f"spibatch: still stopping after {WATCHDOG_S:.0f} s: exiting now\n".encode())
+    owners.stop_tagged(owners.own_token(), "this run started that still run", grace_s=2.0)
+    os._exit(code)
+
+
+def exit_code() -> int:
+    """128 + the signal received (130 for Ctrl-C, the default)."""
+    return 128 + (_received[0] if _received else signal.SIGINT)
+
+
+def mpi_rank() -> int:
+    """This process's MPI rank (from the launcher's environment; 0 outside MPI)."""
+    names = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+    return int(next((os.environ[v] for v in names if os.environ.get(v)), 0))
+
+
+def abort_mpi(code: int) -> None:
+    """Under MPI with several ranks, end every rank now (the others would wait in their next collective call
+    for this one forever); nothing outside MPI."""
+    comm_module = sys.modules.get("mpi4py.MPI")
+    if comm_module is not None and comm_module.Is_initialized() and comm_module.COMM_WORLD.Get_size() > 1:
+        _flush()
+        comm_module.COMM_WORLD.Abort(code)
+
+
+def _flush() -> None:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt ``exc`` is or was raised while handling, or the one our signal handler raised
+    (typer turns it into ``Exit(130)``, which click returns as a plain exit code: the chain is lost), or None."""
+    if _raised:
+        return _raised[0]
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def exit_interrupted(exc: KeyboardInterrupt) -> None:
+    """The command's last line (see the module docstring), then exit with :func:`exit_code` at once."""
+    how = f" ({exc.args[0]})" if exc.args else ""
+    hint = getattr(exc, "resume_hint", None)
+    if not mpi_rank():   # under mpirun rank 0 speaks for all
+        print(f"spibatch: interrupted{how}" + (f"; continue with: {hint}" if hint else ""), file=sys.stderr)
+    _flush()
+    os._exit(exit_code())

@@ -1,0 +1,71 @@
+"""The command line's own checks: options turned into config values with one-line errors that name the file
+and the option, and click's usage errors (a missing argument, an unknown option, a value out of range)
+as one line too, instead of a usage box."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Callable
+
+from spibatch.errors import InputError
+
+
+def from_options(make: Callable[[], Any], path, options: dict[str, str] | None = None, command: str = "") -> Any:
+    """``make()`` (a config model built from options); its pydantic ValidationError as one InputError naming
+    ``path`` (the file the options are about) and the option (``options``: config key -> option name)."""
+    from pydantic import ValidationError
+
+    try:
+        return make()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        option = (options or {}).get(key, "--" + key.replace("_", "-"))
+        message = err["msg"].removeprefix("Value error, ")
+        raise InputError(f"expected: {message}; found {err.get('input')!r}", path=path, field=option,
+                         fix=f"correct the value (`spibatch {command} --help`)".replace("  ", " ")) from None
+
+
+def positive_length(value: float | None, path, option: str) -> float | None:
+    """``value`` (metres), or one InputError unless None or a positive finite number."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise InputError(f"expected a positive length in metres, found {value!r}", path=path, field=option,
+                         fix="give the voxel edge in metres, e.g. 1.76e-9")
+    return value
+
+
+def _click_exceptions(name: str) -> tuple[type, ...]:
+    """Click's exception class ``name``, from typer's vendored copy (typer >= 0.20) and from click itself."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
+def run_app(app) -> None:
+    """Run the typer ``app``; a usage error (click's) becomes one InputError line (exit 2) naming the option."""
+    try:
+        code = app(standalone_mode=False)
+    except _click_exceptions("NoArgsIsHelpError") as exc:   # `spibatch` alone: the help, as before
+        exc.show()
+        sys.exit(exc.exit_code)
+    except _click_exceptions("UsageError") as exc:
+        command = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent is not None else ""
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        raise InputError(message, field=f"spibatch {command}".strip(),
+                         fix=f"see `spibatch {command} --help`".replace("  ", " ")) from None
+    except _click_exceptions("ClickException") as exc:
+        raise InputError(" ".join(exc.format_message().split()), fix="see `spibatch --help`") from None
+    except _click_exceptions("Abort"):
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -1,0 +1,148 @@
+"""The processes a run folder's owner started, wherever they went: found by the token they inherit.
+
+The process that owns a run folder (it holds its lock, :mod:`spibatch.lock`) puts a token into its
+environment, ``SPIBATCH_RUN_OWNER=<token>``; every process it starts inherits it, and their children
+too: Parsl's interchange and worker pools, ``mpirun`` and the ranks of the MPI EMC job, whatever
+process group or session they put themselves in, and after their parent died (re-parented to init).
+The lock records the token, so that
+
+* a resume that takes over the lock of a killed owner finds what that owner left running (the
+  orphaned MPI job still writing into ``emc/``, Parsl's interchange and workers) and stops it before
+  it writes anything itself (:func:`stop`: SIGTERM, then SIGKILL after a grace time);
+* an owner that ends -- done, failed or interrupted -- stops whatever it started that still runs
+  before it lets go of the lock (:func:`stop_own`), so a run leaves no process behind.
+
+Only this host's processes can be seen (``/proc/<pid>/environ``, Linux); jobs a scheduler runs on
+other nodes are cancelled through the scheduler (:mod:`spibatch.pipeline`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+
+log = logging.getLogger("spibatch")
+
+OWNER_ENV = "SPIBATCH_RUN_OWNER"
+# setproctitle (Parsl names its interchange "parsl: HTEX interchange" with it) overwrites the environment's memory,
+# and with it the token in /proc/<pid>/environ, unless this is set: the interchange of a killed driver went unseen
+KEEP_ENVIRON = "SPT_NOENV"
+GRACE_S = 10.0        # SIGTERM, then this long for the processes to end, then SIGKILL
+KILL_WAIT_S = 10.0    # after SIGKILL, this long for them to disappear
+SETTLE_S = 3.0        # an owner that ends waits this long for its children to end by themselves
+
+
+def new_token() -> str:
+    """A token no other owner has: ``<pid>-<16 random hex digits>``."""
+    return f"{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def tagged(token: str | None) -> list[int]:
+    """This host's processes (not this one) whose environment holds ``SPIBATCH_RUN_OWNER=<token>``; zombies
+    (ended, not yet reaped) are left out.  [] without a token or without ``/proc``."""
+    if not token:
+        return []
+    wanted = f"{OWNER_ENV}={token}".encode()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path("/proc", entry, "environ").read_bytes()
+        except OSError:   # gone meanwhile, or not ours to read
+            continue
+        if wanted in environ.split(b"\0") and alive(int(entry)):
+            found.append(int(entry))
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie -- ended, its parent not told yet -- does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while True:
+        left = [p for p in pids if alive(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+def stop(pids: list[int], grace_s: float = GRACE_S) -> list[int]:
+    """SIGTERM ``pids``, SIGKILL those still running ``grace_s`` later; returns those that still run after that
+    (not ours to signal, or stuck in the kernel)."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        pids = _wait_gone(pids, wait)
+        if not pids:
+            return []
+    return pids
+
+
+def stop_tagged(token: str | None, what: str, grace_s: float = GRACE_S) -> list[int]:
+    """Stop every process tagged with ``token``, saying so in one log line (``what``: whose they are);
+    returns those that could not be stopped."""
+    pids = tagged(token)
+    if not pids:
+        return []
+    log.warning("stopping %d process(es) %s (pids %s): SIGTERM, then SIGKILL after %.0f s",
+                len(pids), what, " ".join(map(str, pids)), grace_s)
+    return stop(pids, grace_s)
+
+
+def own_token() -> str | None:
+    """The token this process gives its children (set while it owns a run folder), or None."""
+    return os.environ.get(OWNER_ENV)
+
+
+class Tagging:
+    """While it is entered, this process's children inherit ``SPIBATCH_RUN_OWNER=<token>`` (and
+    ``SPT_NOENV=1``, which keeps it readable); on the way out what they left running is stopped
+    (:func:`stop_tagged`) and the variables are restored."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self._before: str | None = None
+        self._spt: str | None = None
+
+    def __enter__(self) -> "Tagging":
+        self._before = os.environ.get(OWNER_ENV)
+        self._spt = os.environ.get(KEEP_ENVIRON)
+        os.environ[OWNER_ENV] = self.token
+        os.environ[KEEP_ENVIRON] = "1"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            _wait_gone(tagged(self.token), SETTLE_S)   # what was told to stop (Parsl's workers) may still be going
+            stop_tagged(self.token, "this run started that still run")
+        finally:
+            for name, value in ((OWNER_ENV, self._before), (KEEP_ENVIRON, self._spt)):
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

@@ -1,0 +1,122 @@
+"""Starting and stopping Parsl so that ``spibatch run`` / ``resume`` never hang and leave nothing behind.
+
+Parsl's own clean-up (``dfk.cleanup()``) asks the interchange which workers it has and waits for the
+answer without a timeout; an interchange that died first -- a Ctrl-C at the terminal reaches the whole
+foreground process group, the interchange's included -- leaves it waiting forever (Parsl issue 2755:
+the driver printed the interchange's traceback and hung for more than 9 minutes).  So:
+
+* :func:`load` starts Parsl with SIGINT ignored, which the interchange (and the first worker pool)
+  inherit: a Ctrl-C reaches our driver alone, which then shuts Parsl down in order;
+* :func:`shutdown` runs ``dfk.cleanup()`` in a thread with a deadline (:data:`SHUTDOWN_S`); past it, or
+  when an interchange is dead already, it cancels the executors' blocks through their providers
+  (local worker pools: their process group; Slurm: ``scancel``) and kills the interchanges itself.
+  What still runs after that is stopped by the run's owner on its way out (:mod:`spibatch.owners`);
+* :func:`cancel_left_jobs`: a resume after the driver was killed (SIGKILL: no clean-up at all) cancels
+  the batch jobs it had submitted (Slurm: the jobs whose script lies in the run's ``runinfo/``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+log = logging.getLogger("spibatch")
+
+SHUTDOWN_S = 30.0   # the most dfk.cleanup() may take before we stop Parsl's processes ourselves
+CANCEL_S = 30.0     # the most one provider's cancel may take
+INTERCHANGE_S = 2.0  # after a signal, how long to look whether it killed an interchange too
+
+
+def load(config):
+    """``parsl.load(config)``, the processes it starts ignoring SIGINT (see the module docstring)."""
+    import parsl
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if main:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return parsl.load(config)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _wait(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _within(fn, seconds: float) -> bool:
+    """Run ``fn()`` in a daemon thread; whether it finished within ``seconds``.  Its errors are logged."""
+    def run() -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - a shutdown step that fails is logged, the next one runs
+            log.debug("Parsl shutdown: %s: %s", exc.__class__.__name__, exc)
+
+    thread = threading.Thread(target=run, name="spibatch-parsl-shutdown", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
+
+
+def _interchange_dead(executor) -> bool:
+    proc = getattr(executor, "interchange_proc", None)
+    return proc is not None and proc.poll() is not None
+
+
+def shutdown(dfk, deadline_s: float = SHUTDOWN_S) -> None:
+    """Shut Parsl down within about ``deadline_s`` seconds, whatever state it is in; never raises."""
+    import parsl
+
+    if dfk is None:   # interrupted while Parsl started: the owner stops what it started (spibatch.owners)
+        parsl.clear()
+        return
+    executors = [e for e in dfk.executors.values() if not e.label.startswith("_parsl")]
+
+    def dead() -> list[str]:   # an interchange that died leaves dfk.cleanup() waiting for it forever
+        return [e.label for e in executors if _interchange_dead(e)]
+
+    if isinstance(sys.exc_info()[1], KeyboardInterrupt):   # a signal to the whole process group reached the
+        _wait(dead, INTERCHANGE_S)                          # interchange too: give it a moment to show it
+    if not dead() and _within(dfk.cleanup, deadline_s):
+        return
+    gone = dead()
+    why = f"its interchange ({', '.join(gone)}) died" if gone else f"it did not shut down within {deadline_s:.0f} s"
+    log.warning("Parsl: %s; cancelling its workers and jobs", why)
+    for executor in executors:
+        provider = getattr(executor, "provider", None)
+        jobs = list(getattr(provider, "resources", {}) or {})
+        if jobs:
+            _within(lambda p=provider, j=jobs: p.cancel(j), CANCEL_S)
+        proc = getattr(executor, "interchange_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+    parsl.clear()
+
+
+def cancel_left_jobs(run, site) -> None:
+    """Cancel the batch jobs a killed driver of ``run`` left in the scheduler's queue (Slurm: the jobs whose
+    script lies in the run's ``runinfo/``: Parsl's worker blocks and the EMC job's block), with one log line."""
+    if site.provider != "slurm" or shutil.which("squeue") is None or shutil.which("scancel") is None:
+        return
+    try:
+        listed = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i %o"], capture_output=True,
+                                text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not ask Slurm for the jobs the killed driver left (%s); check squeue", exc)
+        return
+    prefix = str(run.runinfo) + "/"
+    jobs = [job for job, _, command in (line.strip().partition(" ") for line in listed.splitlines())
+            if command.startswith(prefix)]
+    if jobs:
+        log.warning("cancelling %d Slurm job(s) the killed driver left: %s", len(jobs), " ".join(jobs))
+        subprocess.run(["scancel", *jobs], capture_output=True, timeout=60)

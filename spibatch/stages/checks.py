@@ -1,0 +1,82 @@
+"""Helpers of the stages' ``check`` functions: an input path that must be a readable file, and what the
+work may use (:class:`spibatch.estimates.Budget`) on this machine or on a site's workers."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from spibatch.errors import InputError
+from spibatch.estimates import Budget
+
+
+def require_file(path, field: str, fix: str = "check the path") -> Path:
+    """``path`` as a Path, or one InputError naming it and ``field``: missing (a dangling link, a link loop),
+    a directory, not a regular file, or not readable."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError("file not found" + (" (a dangling symbolic link)" if path.is_symlink() else ""), path=path,
+                         field=field, fix=fix) from None
+    except OSError as exc:   # ELOOP, ENOTDIR, EACCES on a parent
+        raise InputError(f"cannot be opened ({os.strerror(exc.errno) if exc.errno else exc.__class__.__name__})",
+                         path=path, field=field, fix=fix) from None
+    import stat
+
+    if stat.S_ISDIR(mode):
+        raise InputError("is a directory, not a file", path=path, field=field, fix=fix)
+    if not stat.S_ISREG(mode):
+        raise InputError("not a regular file (a device, socket or pipe)", path=path, field=field, fix=fix)
+    if not os.access(path, os.R_OK):
+        raise InputError("not readable (permission denied)", path=path, field=field,
+                         fix="make it readable (chmod) or copy it somewhere readable")
+    return path
+
+
+def budget_for(site=None) -> Budget:
+    """What one worker of ``site`` (None or local: this machine) may use: the memory a site file declares
+    per node or pod (``slurm.mem_per_node_gb``, ``kubernetes.memory_limit``), else this machine's; cores and
+    devices: this machine's, or for a remote site ``workers`` nodes of up to 128 cores (an upper bound, so a
+    time floor stays a floor)."""
+    here = Budget.here()
+    if site is None or site.provider == "local":
+        cores = getattr(getattr(site, "local", None), "cores", None) if site is not None else None
+        return Budget(here.memory, here.memory_source, cores or here.cores, 1)
+    memory, source = here.memory, f"{here.memory_source}; the site does not declare its nodes' memory"
+    options = site.options
+    if site.provider == "slurm" and getattr(options, "mem_per_node_gb", None):
+        memory, source = options.mem_per_node_gb * 10 ** 9, f"{site.source}: slurm.mem_per_node_gb"
+    elif site.provider == "kubernetes":
+        from spibatch.backends.k8s_checks import parse_quantity
+
+        try:
+            memory = int(parse_quantity(options.memory_limit))
+            source = f"{site.source}: kubernetes.memory_limit"
+        except ValueError:
+            pass   # the provider's own checks name a bad quantity
+    return Budget(memory, source, max(here.cores, 128 * site.workers), site.workers,
+                  where=f"a worker of site {site.name}")
+
+
+@contextmanager
+def naming(path):
+    """Give an InputError raised inside (by code that knows no file) the file ``path`` (the pipeline file)."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.path is None and path is not None:
+            raise InputError(exc.problem, path=path, field=exc.field, fix=exc.fix) from None
+        raise
+
+
+@contextmanager
+def keyed(dataset: str | None, key: str):
+    """An InputError about the dataset ``dataset`` (a name the config gave) also names the config ``key``."""
+    try:
+        yield
+    except InputError as exc:
+        if dataset and exc.field and exc.field.strip("/") == dataset.strip("/"):
+            raise InputError(exc.problem, path=exc.path, field=f"{exc.field} ({key})", fix=exc.fix) from None
+        raise

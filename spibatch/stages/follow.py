@@ -1,0 +1,81 @@
+"""The follow stage: a live source -> ``follow/`` (hits in chunks with their train/pulse IDs, per-frame
+statistics, ``status.json``, the detector).
+
+It runs until the source ends -- an EuXFEL run closed by its overview file, no train for
+``source.idle_timeout_s``, or ``spibatch stop RUN_DIR`` -- and a second call continues from what was
+committed (``spibatch resume``).  ``spibatch run`` starts it as a process of its own on the driver's node
+(the bridge and the run folder are reachable there) while EMC takes the chunks as they come.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from spibatch.config import PLANCK_EV_M
+from spibatch.errors import InputError
+from spibatch.layout import RunLayout
+
+log = logging.getLogger("spibatch")
+
+
+def detector_of(pipeline):
+    """The :class:`~spibatch.detector.Detector` of the source's frames: its detector file (a square frame when
+    the file holds no shape, as Dragonfly's), or its CrystFEL geometry through EXtra-geom."""
+    from spibatch.detector import Detector
+
+    src = pipeline.source
+    if src.detector is not None:
+        detector = Detector.read(src.detector)
+        side = int(round(detector.num_pix ** 0.5))
+        if detector.shape is None and side * side == detector.num_pix:
+            detector.shape = (side, side)
+        if detector.shape is None:
+            raise InputError("the detector file holds no frame shape, and its pixels are no square", path=src.detector,
+                             field="source.detector", fix="give a detector file written by spibatch for these "
+                             "frames, or source.geometry")
+        return detector
+    from spibatch.stream.geometry import detector_from_geometry, geometry_from_file
+
+    wavelength = src.wavelength_m or PLANCK_EV_M / src.photon_energy_ev
+    return detector_from_geometry(geometry_from_file(src.geometry, src.detector_name), wavelength_m=wavelength,
+                                  distance_m=src.distance_m, beamstop_radius_m=src.beamstop_radius_m)
+
+
+def settings_of(pipeline):
+    """The source section as :class:`spibatch.stream.follower.FollowSettings` (plain values)."""
+    from spibatch.stream.follower import FollowSettings
+
+    src = pipeline.source
+    return FollowSettings(adu_per_photon=src.adu_per_photon,
+                          threshold=None if src.hit_threshold == "auto" else float(src.hit_threshold),
+                          chunk_frames=src.chunk_frames, flush_s=src.flush_s, idle_timeout_s=src.idle_timeout_s)
+
+
+def check(pipeline, config: Path | None = None, run: RunLayout | None = None) -> None:
+    """Before anything is created: a source section, its folder (run folder, CXI folder) or endpoint in the
+    right form, and a detector that builds."""
+    src = pipeline.source
+    if src is None:
+        raise InputError("no `source` section", path=config, field="source", fix="add one naming the live source")
+    if src.is_path and not Path(src.target).is_dir():
+        raise InputError("no such folder", path=src.target, field="source.target",
+                         fix="give the run folder or CXI folder the data are written to (it must exist)")
+    if not src.is_path and not src.target.startswith(("tcp://", "ipc://")):
+        raise InputError(f"expected a ZeroMQ endpoint such as tcp://host:port; found {src.target!r}", path=config,
+                         field="source.target", fix="give the bridge's address, e.g. tcp://exflonc05:45000")
+    detector_of(pipeline)
+
+
+def run(run: RunLayout, pipeline, device=None, workers=None) -> dict[str, Path]:
+    from spibatch.stream.follower import Follower
+    from spibatch.stream.sources import open_source
+
+    src = pipeline.source
+    detector = detector_of(pipeline)
+    source = open_source(src.kind, src.target, tuple(detector.shape), detector_name=src.detector_name,
+                         settle_s=src.settle_s, bridge_source=src.bridge_source, bridge_key=src.bridge_key)
+    summary = Follower(source, detector, run.follow, settings_of(pipeline), stop_file=run.stop).run()
+    log.info("follow: %s: %d frames, %d hits in %d chunks (%s)", src.target, summary["frames_seen"], summary["hits"],
+             summary["chunks"], summary["end_reason"])
+    return {"follow_index": run.follow_index, "follow_status": run.follow_status}

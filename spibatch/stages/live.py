@@ -1,0 +1,172 @@
+"""EMC and phasing while a live source still records (a pipeline with a ``source:`` section).
+
+* EMC starts once ``source.emc_start_hits`` hits are committed (:func:`first_photons`), takes the chunks
+  that arrive after at each iteration boundary (:class:`spibatch.stream.shards.ChunkShards`), and after
+  the source ends stops by :class:`FollowStop`.
+* Annealing with growing data: the beta schedule counts EMC's iterations from its start, as in a batch
+  run, and frames that join later take the current beta (each frame's own from its photon count, times
+  the schedule).  A late frame meets a model that the earlier frames have already sharpened, so a sharp
+  beta suits it; holding beta back until the data are complete would only delay the answer (the time
+  from the last frame to the final density is what a beamtime waits for).  ``benchmarks/streaming.py``
+  measures the final model against a batch run on the same hits.
+* Previews (:class:`Previews`, in the driver): every ``source.preview_every_iterations`` iterations the
+  newest EMC intensity is phased with ``source.preview_starts`` starts on a spare worker into
+  ``phase/previews/iteration_NNN/`` with ``preview.json`` (iteration, frames, when the newest frame had
+  arrived, when the density was written); when EMC ends the last iteration is phased the same way: the
+  quick final density, before the full phase stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from spibatch.errors import InputError
+from spibatch.layout import PREVIEW_JSON, RunLayout
+
+log = logging.getLogger("spibatch")
+
+MAX_ITERATIONS = 100_000      # while following, EMC ends by FollowStop, not by emc.iterations
+PLATEAU = {"mutual_info": 2e-3, "log_likelihood": 2e-4}    # relative change per iteration that counts as level
+POLL_S = 0.5
+
+
+def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None) -> tuple[Path, int]:
+    """Wait until ``min_hits`` hits are committed (or the follow ended with some); the first chunk file and its
+    frame count (EMC starts on it and polls for the rest).  InputError when the follow ended without a hit."""
+    from spibatch.io.dragonfly import photons_info
+    from spibatch.stream.shards import ChunkShards
+
+    shards, began = ChunkShards(run.follow), time.monotonic()
+    while True:
+        first = shards.first_chunks(min_hits)
+        if first:
+            photons = Path(first[0].photons)
+            return photons, photons_info(photons)[0]
+        if shards.end is not None and shards.hits == 0:
+            raise InputError(f"the source ended ({shards.end.get('end', 'ended')}) before a single hit was found "
+                             f"in {shards.frames_seen} frames", path=run.follow, field="source",
+                             fix="check the source, adu_per_photon and hit_threshold")
+        if run.stop.exists() and shards.end is None and timeout_s is None:
+            timeout_s = 60.0          # stopped: the follower commits what it has within its next block
+        if timeout_s is not None and time.monotonic() - began > timeout_s:
+            raise InputError(f"no hit committed within {timeout_s:.0f} s", path=run.follow, field="source",
+                             fix="is the follower running? see stages/follow.log")
+        time.sleep(POLL_S)
+
+
+class FollowStop:
+    """EMC's stopping rule while following: never before the source ended and every chunk was taken; then
+    when mutual information and log-likelihood have levelled off (relative change below :data:`PLATEAU` in two
+    iterations running), and at the latest ``after_end`` iterations after the end."""
+
+    def __init__(self, source, after_end: int):
+        self.source, self.after_end = source, after_end
+        self.ended_at: int | None = None
+        self.previous: dict | None = None
+        self.level = 0
+
+    def __call__(self, record: dict) -> bool:
+        if self.ended_at is None:
+            if not self.source.finished():
+                self.previous = record
+                return False
+            self.ended_at = record["iteration"]
+            log.info("emc: the source has ended and every frame is in (%d): iterating to a plateau, at most %d more",
+                     record["num_frames"], self.after_end)
+        done = record["iteration"] - self.ended_at + 1
+        level = self.previous is not None and all(
+            abs(record[k] - self.previous[k]) <= tol * max(abs(self.previous[k]), 1e-12) for k, tol in PLATEAU.items())
+        self.level = self.level + 1 if level else 0
+        self.previous = record
+        return done >= self.after_end or (done >= 2 and self.level >= 2)
+
+
+# ------------------------------------------------------------------ previews (the driver's side)
+
+def preview_task(run_dir: str, iteration: int, newest_frame: float | None, frames: int, final: bool = False) -> str:
+    """Phase EMC iteration ``iteration`` of a following run quickly into ``phase/previews/iteration_NNN/``."""
+    from spibatch.phasing.driver import run_phasing
+    from spibatch.phasing.settings import PhasingSettings
+    from spibatch.stages import load_run
+
+    run, pipeline, device = load_run(run_dir)
+    starts = pipeline.source.preview_starts
+    settings = PhasingSettings.from_dict({**pipeline.phasing.model_dump(), "recipe": pipeline.source.preview_recipe,
+                                          "num_starts": starts, "keep_best": starts})
+    out = run.preview(iteration)
+    began = time.time()
+    run_phasing(run.emc_output(iteration), out, settings, device=device, show_progress=False)
+    written = time.time()
+    record = {"iteration": iteration, "frames": frames, "final": final, "started": began, "written": written,
+              "newest_frame_received": newest_frame,
+              "latency_s": None if newest_frame is None else written - newest_frame, "starts": starts}
+    from spibatch.io.atomic import write_text
+
+    write_text(out / PREVIEW_JSON, json.dumps(record, indent=1) + "\n")
+    log.info("preview of iteration %d (%d frames) written %.1f s after the newest frame", iteration, frames,
+             record["latency_s"] or float("nan"))
+    return str(out)
+
+
+class Previews:
+    """A thread in the driver: watches ``emc/metrics.jsonl`` and phases every ``every``-th iteration on a worker
+    (one preview at a time; a newer iteration replaces a waiting one); :meth:`final` phases the last one."""
+
+    def __init__(self, run: RunLayout, submit, every: int):
+        self.run, self.submit, self.every = run, submit, every
+        self.done: set[int] = set()
+        self.future = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="spibatch-previews", daemon=True)
+
+    def __enter__(self) -> "Previews":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+
+    def _newest(self) -> dict | None:
+        try:
+            lines = self.run.emc_metrics.read_text(encoding="utf-8").splitlines()
+            return json.loads(lines[-1]) if lines else None
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+    def _status(self) -> dict:
+        try:
+            return json.loads(self.run.follow_status.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _launch(self, record: dict, final: bool = False):
+        iteration = record["iteration"]
+        self.done.add(iteration)
+        newest = self._status().get("last_received")
+        return self.submit(preview_task, str(self.run.path), iteration, newest, record.get("num_frames", 0), final)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(POLL_S):
+            record = self._newest()
+            busy = self.future is not None and not self.future.done()
+            if record and not busy and record["iteration"] % self.every == 0 and record["iteration"] not in self.done:
+                self.future = self._launch(record)
+
+    def final(self) -> str | None:
+        """Phase EMC's last iteration (the quick final density) and wait for it; its folder."""
+        self._stop.set()
+        self.thread.join(timeout=5)
+        record = self._newest()
+        if record is None:
+            return None
+        if self.future is not None:
+            try:
+                self.future.result()
+            except Exception as exc:  # noqa: BLE001 - a preview that failed does not stop the run
+                log.warning("a preview failed: %s", exc)
+        return self._launch(record, final=True).result()

@@ -1,0 +1,112 @@
+"""The live Karabo bridge (ZeroMQ + msgpack, EuXFEL's online stream), read with ``karabo_bridge.Client``.
+
+Each message is one train: ``data, meta = client.next()``, ``data[source][key]`` the detector's
+frames and ``meta[source]["timestamp.tid"]`` its train ID.  The calibrated AGIPD/DSSC/LPD pipeline
+sends the modules stacked, either as files hold them, ``(pulses, modules, ss, fs)``, or in the
+"online" order ``(modules, fs, ss, pulses)``; both are taken (single-module detectors without the
+modules axis), anything else goes to the follower as it is, to be refused as the wrong shape.
+Pulse IDs come from ``image.pulseId`` (else the frame within the train).
+
+Skipped, with one log line each: a train without our source (the sources it had are named), a
+train without the key, a train whose pulse IDs do not match its frames (a train cut short), a
+train that reports modules missing (``modulesPresent``).  A source we do not read is logged once
+by name and ignored.  The bridge never says it has ended: the follower's idle time-out ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from spibatch.stream.blocks import Block, Skipped
+
+log = logging.getLogger("spibatch")
+
+
+class BridgeSource:
+    """Follow a Karabo bridge at ``endpoint`` (e.g. ``tcp://host:4545``) for frames of ``frame_shape``.
+
+    source : the detector source name to read; None takes the first source that has ``key`` (logged)
+    sock : "REQ" (the bridge's default, REP on the server), "SUB" or "PULL"
+    timeout_s : how long one read waits for a train before returning nothing
+    """
+
+    def __init__(self, endpoint: str, frame_shape: tuple[int, ...], *, source: str | None = None,
+                 key: str = "image.data", sock: str = "REQ", timeout_s: float = 0.5):
+        from karabo_bridge import Client
+
+        self.endpoint, self.frame_shape, self.source, self.key = endpoint, tuple(frame_shape), source, key
+        self.client = Client(endpoint, sock=sock, timeout=timeout_s)
+        self.name = f"karabo bridge {endpoint}"
+        self.ended: str | None = None
+        self.unknown: set[str] = set()
+
+    def read(self) -> list:
+        try:
+            data, meta = self.client.next()
+        except TimeoutError:
+            return []
+        return [self._train(data, meta, time.time())]
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+
+    # ------------------------------------------------------------------ one train
+
+    def _train_id(self, data: dict, meta: dict) -> int | None:
+        for name in ([self.source] if self.source in meta else []) + list(meta):
+            info = meta.get(name) or {}
+            if "timestamp.tid" in info:
+                return int(info["timestamp.tid"])
+        for values in data.values():     # protocol 1.0: the metadata travel inside data
+            tid = (values.get("metadata") or {}).get("timestamp", {}).get("tid")
+            if tid is not None:
+                return int(tid)
+        return None
+
+    def _train(self, data: dict, meta: dict, received: float):
+        tid = self._train_id(data, meta)
+        trains = () if tid is None else (tid,)
+        if self.source is None:
+            having = [name for name, values in data.items() if self.key in values]
+            if having:
+                self.source = having[0]
+                log.info("bridge %s: reading %s %s", self.endpoint, self.source, self.key)
+        for name in data:
+            if name != self.source and name not in self.unknown:
+                self.unknown.add(name)
+                log.warning("bridge %s: train %s: source %s is not one we read: ignored", self.endpoint, tid, name)
+        if self.source not in data:
+            return Skipped("source missing", self.source or self.endpoint, self.key,
+                           f"the train has only sources {sorted(data)}", trains)
+        values = data[self.source]
+        if tid is None:
+            return Skipped("no train ID", self.source, "timestamp.tid", "the train carries no train ID")
+        if self.key not in values:
+            return Skipped("key missing", self.source, self.key, f"the train has keys {sorted(values)[:8]}", trains)
+        present = values.get("modulesPresent")
+        if present is not None and not all(present):
+            missing = [i for i, ok in enumerate(present) if not ok]
+            return Skipped("module missing", self.source, "modulesPresent", f"modules {missing} missing", trains)
+        frames = self._frames(np.asarray(values[self.key]))
+        pulses = values.get("image.pulseId")
+        pulses = np.arange(len(frames)) if pulses is None else np.asarray(pulses).reshape(-1)
+        if len(pulses) != len(frames):
+            return Skipped("train cut short", self.source, "image.pulseId",
+                           f"{len(pulses)} pulse IDs for {len(frames)} frames", trains)
+        return Block(frames, np.full(len(frames), tid), pulses, self.source, received)
+
+    def _frames(self, array: np.ndarray) -> np.ndarray:
+        """(pulses, *frame_shape) from the file or online order; else the array with a frames axis added."""
+        shape = self.frame_shape
+        if array.shape[1:] == shape:
+            return array
+        if array.shape == shape:
+            return array[None]
+        online = tuple(reversed(shape[-2:])) if len(shape) == 2 else (shape[0], shape[2], shape[1])
+        if array.ndim == len(shape) + 1 and array.shape[:-1] == online:
+            axes = (2, 1, 0) if len(shape) == 2 else (3, 0, 2, 1)
+            return np.ascontiguousarray(array.transpose(axes))
+        return array[None] if array.ndim == len(shape) else array

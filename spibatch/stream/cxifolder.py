@@ -1,0 +1,121 @@
+"""A folder where CXI files appear (what other facilities write), taken in name order.
+
+A file is read once it has not changed for ``settle_s`` and opens as HDF5 (a writer that renames
+a finished file into the folder is read at once).  Frames are at ``/entry_1/data_1/data`` (CXI),
+``(frames, y, x)`` or ``(frames, modules, ss, fs)``.  Train and pulse IDs come from
+``/entry_1/trainId`` and ``/entry_1/pulseId`` where the file has them (EXtra-data's CXI export
+writes these); otherwise the file is one "train" numbered by its place in the name order (from 1)
+and the pulse ID is the frame within the file, so a follower restarted on the same folder
+numbers them the same way.  A file that cannot be read is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spibatch.stream.blocks import Block, Skipped
+
+log = logging.getLogger("spibatch")
+
+DATA = "/entry_1/data_1/data"
+TRAIN_IDS, PULSE_IDS = "/entry_1/trainId", "/entry_1/pulseId"
+
+
+class CxiFolderSource:
+    """Follow ``folder`` for CXI files matching ``pattern``; frames of ``frame_shape``, ``frames_per_block``
+    at a time (whole trains)."""
+
+    def __init__(self, folder: str | os.PathLike, frame_shape: tuple[int, ...], *, pattern: str = "*.cxi",
+                 data_path: str = DATA, settle_s: float = 1.0, frames_per_block: int = 256):
+        self.folder, self.pattern, self.data_path = Path(folder), pattern, data_path
+        self.frame_shape, self.settle_s, self.frames_per_block = tuple(frame_shape), settle_s, frames_per_block
+        self.name = f"CXI folder {self.folder}"
+        self.ended: str | None = None
+        self.done: list[str] = []          # file names taken, in order
+        self.skip = -1
+        self._seen: dict[str, tuple] = {}
+        self._current = None
+
+    def skip_through(self, train_id: int) -> None:
+        self.skip = int(train_id)
+
+    def close(self) -> None:
+        self._current = None
+
+    def read(self) -> list:
+        while True:
+            if self._current is None:
+                path = self._next_file()
+                if path is None:
+                    return []
+                self._current = self._file(path, len(self.done))   # its place in the name order, from 1
+            items = next(self._current, None)
+            if items is not None:
+                return items
+            self._current = None
+
+    def _next_file(self) -> Path | None:
+        names = sorted(p.name for p in self.folder.glob(self.pattern) if not p.name.startswith("."))
+        for name in names:
+            if name in self.done:
+                continue
+            if self.done and name < self.done[-1]:
+                self.done.append(name)
+                log.warning("follow: %s: %s appeared after %s, out of name order: skipped", self.name, name,
+                            self.done[-2])
+                continue
+            path = self.folder / name
+            stat = path.stat()
+            stamp = (stat.st_size, stat.st_mtime_ns)
+            if self._seen.get(name, (None,))[0] != stamp:
+                self._seen[name] = (stamp, time.monotonic())
+            if time.monotonic() - self._seen[name][1] < self.settle_s:
+                return None
+            self.done.append(name)
+            return path
+        return None
+
+    def _file(self, path: Path, ordinal: int):
+        import h5py
+
+        try:
+            f = h5py.File(path, "r")
+        except OSError as error:
+            yield [Skipped("unreadable file", path.name, "file", f"cannot be opened ({error})")]
+            return
+        with f:
+            if self.data_path not in f or f[self.data_path].ndim < 2:
+                yield [Skipped("unreadable file", path.name, self.data_path, "no frame stack here")]
+                return
+            data = f[self.data_path]
+            n = data.shape[0]
+            if TRAIN_IDS in f and f[TRAIN_IDS].shape == (n,):
+                train_ids = f[TRAIN_IDS][:].astype(np.uint64)
+                pulse_ids = f[PULSE_IDS][:].astype(np.uint64) if PULSE_IDS in f else np.arange(n)
+            else:
+                train_ids, pulse_ids = np.full(n, ordinal, np.uint64), np.arange(n, dtype=np.uint64)
+            for start, stop in _train_blocks(train_ids, self.frames_per_block):
+                if int(train_ids[stop - 1]) <= self.skip:
+                    continue
+                try:
+                    frames = np.asarray(data[start:stop], np.float32)
+                except OSError as error:     # a truncated file fails when the data are read
+                    trains = tuple(int(t) for t in np.unique(train_ids[start:stop]))
+                    yield [Skipped("unreadable data", path.name, self.data_path, f"reading failed ({error})", trains)]
+                    return
+                yield [Block(frames, train_ids[start:stop], pulse_ids[start:stop], path.name)]
+
+
+def _train_blocks(train_ids: np.ndarray, frames_per_block: int):
+    """(start, stop) ranges of whole trains holding about ``frames_per_block`` frames each."""
+    edges = np.concatenate([[0], np.flatnonzero(np.diff(train_ids)) + 1, [len(train_ids)]])
+    start = 0
+    for edge in edges[1:]:
+        if edge - start >= frames_per_block or edge == len(train_ids):
+            yield start, int(edge)
+            start = int(edge)

@@ -1,0 +1,275 @@
+"""An EuXFEL run folder being written (``raw/`` or ``proc/`` sequence files), read with EXtra-data.
+
+The DAQ writes one file per detector module (aggregator) and sequence, ``CORR-R0042-AGIPD07-S00003.h5``;
+a sequence holds the same trains in every module's file.  :class:`RunFolderSource` takes the
+sequences in order, each once it is complete:
+
+* all its module files exist, and
+* a later sequence has begun, or the run is closed, or its files have not changed for ``settle_s``
+  (the DAQ writes a sequence file in place: one that still grows is not read).
+
+Each module file is opened with ``extra_data.H5File`` and read per train through its ``KeyData``
+(``select_trains(by_id[...])``), trains in order, the modules stacked into ``(frames, modules, ss,
+fs)`` -- never an assembled image.  A train that some module lacks (a file missing or unreadable,
+an empty count), whose modules disagree on its frames, or whose module data has the wrong shape is
+reported (:class:`~spibatch.stream.blocks.Skipped`) and skipped.
+
+When is a run over?  EXtra-data keeps no "run closed" flag; what it has is the *virtual overview*
+file (``overview.h5``, ``extra_data.voview``), written once a run is complete (EuXFEL makes one for
+finished runs; ``python -m extra_data.voview RUN_DIR`` makes one) and valid only while it lists
+exactly the run's files: a valid overview file means closed (``ended``).  Otherwise the follower's
+idle time-out ends the follow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spibatch.errors import InputError
+from spibatch.stream.blocks import Block, Skipped
+
+log = logging.getLogger("spibatch")
+
+# detector -> (file-name pattern of its module files with groups module and sequence, image key, first module)
+DETECTORS = {
+    "AGIPD1M": (r"-AGIPD(\d+)-S(\d+)\.h5$", "image.data", 0),
+    "AGIPD500K": (r"-AGIPD(\d+)-S(\d+)\.h5$", "image.data", 0),
+    "DSSC1M": (r"-DSSC(\d+)-S(\d+)\.h5$", "image.data", 0),
+    "LPD1M": (r"-LPD(\d+)-S(\d+)\.h5$", "image.data", 0),
+    "JUNGFRAU": (r"-JNGFR(\d+)-S(\d+)\.h5$", "data.adc", 1),
+    "PNCCD": (r"-PNCCD(\d+)-S(\d+)\.h5$", "data.image", 0),
+}
+
+
+def load_extra_data() -> None:
+    """Import EXtra-data with the modules it imports lazily (pandas, xarray) in the calling thread: a first
+    import of xarray in two threads at once fails ("partially initialized module")."""
+    import extra_data  # noqa: F401
+    import pandas  # noqa: F401
+    import xarray  # noqa: F401
+
+
+class RunFolderSource:
+    """Follow the run folder ``run_dir`` of ``detector`` (a key of :data:`DETECTORS`) with frames of
+    ``frame_shape`` ((modules, ss, fs), as :attr:`Detector.shape`).
+
+    key : the image dataset (default per detector); settle_s : see the module docstring
+    frames_per_block : whole trains are gathered into a block until it holds at least this many frames
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, frame_shape: tuple[int, ...], detector: str = "AGIPD1M", *,
+                 key: str | None = None, settle_s: float = 5.0, frames_per_block: int = 64):
+        load_extra_data()
+
+        if detector not in DETECTORS:
+            raise InputError(f"unknown detector {detector!r}", field="detector", fix=f"use one of {', '.join(DETECTORS)}")
+        pattern, default_key, self.first_module = DETECTORS[detector]
+        self.run_dir, self.pattern, self.key = Path(run_dir), re.compile(pattern), key or default_key
+        self.frame_shape = tuple(frame_shape)
+        self.modules = self.frame_shape[0] if len(self.frame_shape) == 3 else 1
+        self.module_shape = self.frame_shape[-2:]
+        self.settle_s, self.frames_per_block = float(settle_s), int(frames_per_block)
+        self.name = f"{self.run_dir} ({detector})"
+        self.done: set[int] = set()
+        self.skip = -1
+        self.ended: str | None = None
+        self._current = None
+        self._seen: dict[int, tuple] = {}       # sequence -> (files' sizes and times, when they last changed)
+
+    # ------------------------------------------------------------------ the source protocol
+
+    def skip_through(self, train_id: int) -> None:
+        """Trains up to ``train_id`` were ingested before: do not hand them out again."""
+        self.skip = int(train_id)
+
+    def read(self) -> list:
+        """The next block of trains (with the skipped trains before it), or [] when nothing is ready."""
+        while True:
+            if self._current is None:
+                seq = self._next_sequence()
+                if seq is None:
+                    return []
+                self._current = self._sequence(*seq)
+            items = next(self._current, None)
+            if items is None:
+                self._current = None
+                continue
+            return items
+
+    def close(self) -> None:
+        self._current = None
+
+    def check_shape(self, frame_shape: tuple[int, ...]) -> None:
+        """InputError (before anything is written) when the run's module files do not hold frames of
+        ``frame_shape``: too many modules, or module data of another shape."""
+        files = self._scan()
+        if not files:
+            return
+        seq = min(files)
+        numbers = sorted(files[seq])
+        if numbers and max(numbers) - self.first_module >= self.modules:
+            raise InputError(f"the run has module {max(numbers)}, the geometry {self.modules} modules",
+                             path=files[seq][max(numbers)], field="geometry",
+                             fix="give the geometry of the detector that recorded this run")
+        source, keydata = self._open(files[seq][numbers[0]])
+        if isinstance(keydata, Exception):
+            return
+        if keydata is not None and self.key == "image.data" and tuple(keydata.entry_shape) == (2,) + self.module_shape:
+            raise InputError(f"raw data: each frame is (analog, gain) {tuple(keydata.entry_shape)}, not photons",
+                             path=files[seq][numbers[0]], field=f"{source}.{self.key}",
+                             fix="follow the calibrated run (proc/, CORR files) or the calibrated Karabo bridge")
+        if keydata is not None and self._frames_per_entry(keydata.entry_shape) is None:
+            raise InputError(f"module data of shape {keydata.entry_shape}, the geometry's modules are "
+                             f"{self.module_shape}", path=files[seq][numbers[0]], field=f"{source}.{self.key}",
+                             fix="give the geometry of the detector that recorded this run")
+
+    # ------------------------------------------------------------------ sequences
+
+    def _scan(self) -> dict[int, dict[int, Path]]:
+        files: dict[int, dict[int, Path]] = {}
+        for path in self.run_dir.glob("*.h5"):
+            match = self.pattern.search(path.name)
+            if match:
+                files.setdefault(int(match.group(2)), {})[int(match.group(1))] = path
+        return files
+
+    def _closed(self) -> bool:
+        from extra_data import voview
+
+        try:
+            return voview.find_file_valid(os.fspath(self.run_dir)) is not None
+        except (OSError, KeyError):
+            return False
+
+    def _next_sequence(self):
+        files = self._scan()
+        waiting = sorted(s for s in files if s not in self.done)
+        if not waiting:
+            if self._closed():
+                self.ended = f"run closed (a valid overview file in {self.run_dir})"
+            return None
+        seq = waiting[0]
+        stamp = tuple(sorted((n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in files[seq].items()))
+        before = self._seen.get(seq)
+        if before is None or before[0] != stamp:
+            self._seen[seq] = (stamp, time.monotonic())
+        settled = time.monotonic() - self._seen[seq][1] >= self.settle_s
+        complete = len(files[seq]) >= self.modules
+        later = len(waiting) > 1 or any(s > seq for s in self.done)
+        if not ((complete and (later or settled)) or (later and settled) or self._closed()):
+            return None
+        self.done.add(seq)
+        return seq, files[seq]
+
+    def _open(self, path: Path, pulses: bool = False):
+        """(source name, KeyData of the image key) of one module file, with the KeyData of its pulse IDs
+        (``image.pulseId``, or None) when ``pulses``; the KeyData is None (no image data) or the
+        exception when the file cannot be read."""
+        import extra_data
+
+        try:
+            data = extra_data.H5File(os.fspath(path))
+            sources = [s for s in sorted(data.instrument_sources) if self.key in data[s].keys()]
+            if not sources:
+                return (path.name, None, None) if pulses else (path.name, None)
+            keydata = data[sources[0], self.key]
+            if not pulses:
+                return sources[0], keydata
+            pulse_key = "image.pulseId" if "image.pulseId" in data[sources[0]].keys() else None
+            return sources[0], keydata, pulse_key and data[sources[0], pulse_key]
+        except Exception as error:   # h5py and extra-data raise many kinds on a bad file
+            log.debug("cannot open %s: %s", path, error)
+            return (path.name, error, None) if pulses else (path.name, error)
+
+    def _frames_per_entry(self, entry_shape) -> int | None:
+        entry_shape = tuple(entry_shape)
+        if entry_shape == self.module_shape:
+            return 1
+        if len(entry_shape) == 3 and entry_shape[1:] == self.module_shape:
+            return entry_shape[0]
+        return None
+
+    def _sequence(self, seq: int, files: dict[int, Path]):
+        """Yield lists of items (Skipped, then a Block) for sequence ``seq``, a group of trains at a time."""
+        modules, causes, notes = {}, {}, []
+        for number, path in sorted(files.items()):
+            index = number - self.first_module
+            source, keydata, pulse_ids = self._open(path, pulses=True)
+            if keydata is None or isinstance(keydata, Exception):
+                causes[index] = f"{path.name} unreadable"
+                what = "no image data" if keydata is None else f"cannot be read ({keydata})"
+                notes.append(Skipped("unreadable file", source, "file", f"sequence {seq}: {what}", counted=False))
+                continue
+            per_entry = self._frames_per_entry(keydata.entry_shape)
+            if per_entry is None or not 0 <= index < self.modules:
+                problem = (f"module data of shape {tuple(keydata.entry_shape)}, expected {self.module_shape}"
+                           if per_entry is None else f"module {number} beyond the geometry's {self.modules}")
+                causes[index] = f"{source} {problem}"
+                tids = tuple(int(t) for t in keydata.train_ids if t > self.skip)
+                notes.append(Skipped("wrong shape", source, self.key, problem, tids, counted=False))
+                continue
+            modules[index] = (source, keydata, per_entry, pulse_ids)
+        counts = {i: dict(zip(np.asarray(kd.train_ids).tolist(), (kd.data_counts(labelled=False) * per).tolist()))
+                  for i, (_, kd, per, _) in modules.items()}
+        tids = sorted({t for c in counts.values() for t, n in c.items() if n > 0 and t > self.skip})
+        if notes:
+            if not modules:   # no module to learn the trains from: each note counts (trains unknown)
+                for note in notes:
+                    note.counted = True
+            yield notes
+        group: list[int] = []
+        frames = 0
+        for tid in tids:
+            group.append(tid)
+            frames += max(c.get(tid, 0) for c in counts.values())
+            if frames >= self.frames_per_block:
+                yield self._read_trains(group, modules, counts, causes)
+                group, frames = [], 0
+        if group:
+            yield self._read_trains(group, modules, counts, causes)
+
+    def _read_trains(self, tids: list[int], modules: dict, counts: dict, causes: dict) -> list:
+        """Skipped items for the bad trains of ``tids``, then one Block of the good ones.  ``causes``: why a
+        module of this sequence has no data (file missing if none is known)."""
+        from extra_data import by_id
+
+        items, good = [], []
+        for tid in tids:
+            have = {i: counts[i].get(tid, 0) for i in range(self.modules) if i in counts}
+            missing = [i for i in range(self.modules) if have.get(i, 0) == 0]
+            if missing:
+                why = "; ".join(causes.get(i, f"module {i}: " + ("no data for this train" if i in modules
+                                                                   else "no file in this sequence"))
+                                for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
+                items.append(Skipped("module missing", self.name, self.key, f"modules {missing} missing ({why})",
+                                     (tid,)))
+            elif len(set(have.values())) != 1:
+                items.append(Skipped("modules disagree", self.name, self.key,
+                                     f"frames per module differ: {sorted(set(have.values()))}", (tid,)))
+            else:
+                good.append(tid)
+        if not good:
+            return items
+        per_train = [next(iter(counts.values()))[t] for t in good]
+        n = sum(per_train)
+        data = np.empty((n, self.modules) + self.module_shape, np.float32)
+        pulses = None
+        for i, (source, keydata, _, pulse_ids) in modules.items():
+            try:
+                data[:, i] = keydata.select_trains(by_id[good]).ndarray().reshape((n,) + self.module_shape)
+                if pulses is None and pulse_ids is not None:
+                    pulses = pulse_ids.select_trains(by_id[good]).ndarray().reshape(-1)
+            except Exception as error:   # a truncated file fails only when its data are read
+                items.append(Skipped("unreadable data", source, self.key, f"reading failed ({error})", tuple(good)))
+                return items
+        if pulses is None or len(pulses) != n:   # no pulse IDs (JUNGFRAU, pnCCD): the frame within the train
+            pulses = np.concatenate([np.arange(c) for c in per_train])
+        train_ids = np.repeat(good, per_train)
+        items.append(Block(data.reshape((n,) + self.frame_shape), train_ids, pulses, self.name))
+        return items

@@ -1,0 +1,204 @@
+"""spibatch bench: the bench file's refusals (one line, before anything runs), the dry run (creates nothing),
+the runner (resume keeps measured points, redoes a half-done one; bench.json validates against the shipped
+schema), the model (fits synthetic data, reports its check errors) and the self-contained report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench_helpers import calls, dumped, fake_command, synthetic_document, write_bench
+from spibatch.bench import bench_command, bench_schema, model, report, runner
+from spibatch.errors import InputError
+
+
+def _error(path: Path, *sites) -> str:
+    with pytest.raises(InputError) as caught:
+        bench_command(path, list(sites), out=path.parent / "out", dry_run=True)
+    text = str(caught.value)
+    assert "\n" not in text and not (path.parent / "out").exists()
+    return text
+
+
+def test_unknown_key_and_bad_value_name_the_line(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small, extra="colour: red\n")
+    assert "line 11: colour: unknown key" in _error(path)
+    path = write_bench(tmp_path, emc_small, workers="0, 2")
+    assert "line 5: matrix.workers" in _error(path)
+
+
+def test_unknown_workload_names_its_line(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small, workload="tiny, huge")
+    assert "line 6: matrix.workloads.1: unknown workload 'huge'" in _error(path)
+
+
+def test_unknown_data_set(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small)
+    path.write_text(path.read_text().replace("photons: ", "dataset: no-such-set, photons_: "))
+    assert "unknown key" in _error(path)
+    path.write_text(path.read_text().replace(", photons_: ", ", ignore: ").split("  tiny:")[0]
+                    + "  tiny: {dataset: no-such-set}\n")
+    assert "unknown data set 'no-such-set'" in _error(path)
+
+
+def test_more_workers_than_the_site_has(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small, workers="1, 4")
+    assert "asks for 4 workers, but site 'here' offers 2" in _error(path)
+
+
+def test_a_site_without_hpc_mode(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small, sites="k8s.yaml")
+    (tmp_path / "k8s.yaml").write_text("name: kube\nprovider: kubernetes\nworkers: 2\ncontainer: {runtime: docker, "
+                                       "image: spibatch:1}\n")
+    assert "site 'kube' (provider kubernetes) cannot run EMC in HPC mode" in _error(path)
+
+
+def test_data_set_not_on_the_workers_filesystem(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small, sites="k8s.yaml", modes="htc")
+    (tmp_path / "k8s.yaml").write_text("name: kube\nprovider: kubernetes\nworkers: 2\ncontainer: {runtime: docker, "
+                                       "image: spibatch:1}\nkubernetes: {mount_path: /shared}\n")
+    assert "outside the shared filesystem the pods of site 'kube' mount at /shared" in _error(path)
+    path = write_bench(tmp_path, emc_small)
+    path.write_text(path.read_text().replace(str(emc_small["photons"]), str(tmp_path / "gone.h5")))
+    assert "gone.h5" in _error(path)
+
+
+def test_dry_run_prints_every_point_and_creates_nothing(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out, text = bench_command(path, [], out=tmp_path / "out", dry_run=True)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
+    for key in ("here/hpc/w1/tiny/strong", "here/htc/w1/tiny/strong", "here/hpc/w2/tiny/strong",
+                "here/htc/w2/tiny/strong"):
+        assert key in text
+    assert text.count("==> workers.sh <==") == 4 and text.count("==> emc-hpc.sh <==") == 2
+    assert "mpirun -n 2" in text or "spibatch.stages emc" in text
+    assert "dry run: nothing created or submitted" in text
+
+
+def test_runner_resumes_and_bench_json_follows_the_schema(tmp_path, emc_small, monkeypatch):
+    jsonschema = pytest.importorskip("jsonschema")
+    path = write_bench(tmp_path, emc_small)
+    out = tmp_path / "out"
+    monkeypatch.setattr(runner, "run_command", fake_command)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(record):
+        if len(calls(out)) >= 4:
+            raise Stop
+
+    from spibatch.bench import matrix
+    from spibatch.bench.settings import load_bench
+
+    bench = load_bench(path)
+    infos = matrix.site_infos(bench.matrix.sites)
+    points = matrix.build(bench, infos)
+    with pytest.raises(Stop):
+        runner.run_matrix(bench, infos, points, out, on_point=stop_after_two)
+    assert len(calls(out)) == 4                          # two points x two repeats
+    half = out / "points" / points[2].folder / "rep-1"   # a third point, half done when interrupted
+    half.mkdir(parents=True)
+    (half / "leftover").write_text("x")
+    _, text = bench_command(path, [], out=out, dry_run=False, rates=False)
+    assert len(calls(out)) == 8                          # only the two points not measured, both repeats
+    assert not (half / "leftover").exists()
+    assert "4 point(s) measured" in text
+    document = json.loads((out / "bench.json").read_text())
+    jsonschema.validate(document, bench_schema())
+    htc = next(p for p in document["points"] if p["key"] == "here/htc/w2/tiny/strong")
+    assert htc["summary"]["iteration_s"]["median"] == 1.0 and htc["summary"]["phases_s"]["data_movement"] > 0
+    assert htc["sizes"]["frames"] == 120 and htc["sizes"]["shards"] == 2 and htc["threads_per_worker"] == 1
+    _, again = bench_command(path, [], out=out, dry_run=False, rates=False)
+    assert len(calls(out)) == 8 and "4 point(s) measured" in again
+
+
+def test_model_fits_synthetic_data_and_reports_check_errors():
+    rates = synthetic_document({})["rates"]
+    truth = {"k_compute": 1.3, "k_overhead": 2.0, "beta": model.micro_beta(rates), "k_phasing": 1.5,
+             "beta_phasing": model.micro_beta(rates, "phasing")}
+    assert 0.5 < truth["beta"] < 1 and truth["beta"] != truth["beta_phasing"]   # the microbenchmarks' scaling
+    result = model.evaluate(synthetic_document(truth))
+    for key in truth:
+        assert result["parameters"][key] == pytest.approx(truth[key], rel=1e-3, abs=1e-6)
+    assert result["calibrate_workers"] == [1]
+    roles = {p["key"]: p["role"] for p in result["points"]}
+    assert roles["here/hpc/w1/tiny/strong"] == "calibration" and roles["here/htc/w4/tiny/strong"] == "check"
+    assert result["check_max_abs_error"] < 1e-6 and result["check_within_goal"]
+    off = model.evaluate(synthetic_document(truth, noise={"here/htc/w4/tiny/strong": 0.5}, calibrate_workers=[1, 2]))
+    bad = next(p for p in off["points"] if p["key"] == "here/htc/w4/tiny/strong")
+    assert bad["error"] == pytest.approx(1 / 1.5 - 1, rel=1e-3) and bad["role"] == "check"
+    assert not off["check_within_goal"] and "NOT within the 25% goal" in model.summary_line(off)
+
+
+def test_thread_scaling_is_not_measured_on_a_loaded_machine():
+    rates = synthetic_document({})["rates"]
+    assert model.micro_beta(rates) < 1
+    loaded = {**rates, "load_start": [9.0, 9.0, 9.0]}
+    assert model.micro_beta(loaded) == 1.0 and model.micro_beta(loaded, "phasing") == 1.0
+
+
+def test_report_is_self_contained(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    document = synthetic_document({"k_compute": 1.0, "k_overhead": 1.0, "beta": 1.0, "k_phasing": 1.0,
+                                   "beta_phasing": 1.0})
+    document["model"] = model.evaluate(document)
+    jsonschema.validate(dumped(document), bench_schema())
+    written = report.write_all(tmp_path, document)
+    assert {p.name for p in written} >= {"bench.md", "report.html", *report.PNGS.values()}
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    table = (tmp_path / "bench.md").read_text()
+    assert "| here/htc/w2/tiny/strong | 500 |" in table and "check)" in table
+
+
+def test_schema_is_shipped_and_printed(capsys):
+    from spibatch.bench import print_schema
+
+    print_schema()
+    assert json.loads(capsys.readouterr().out)["$id"] == "spibatch-bench/1"
+    assert bench_schema()["properties"]["schema"]["const"] == runner.SCHEMA_ID
+
+
+
+def test_workers_max_and_weak_scaling(tmp_path, emc_small):
+    from spibatch.bench import matrix
+    from spibatch.bench.settings import load_bench
+
+    path = write_bench(tmp_path, emc_small, workers="1", modes="htc")
+    path.write_text(path.read_text().replace("workers: [1]", "workers: max\n  scaling: [strong, weak]"))
+    bench = load_bench(path)
+    points = matrix.build(bench, matrix.site_infos(bench.matrix.sites))
+    cells = {(p.scaling, p.workers): (p.frames, p.frames_per_shard) for p in points}
+    assert cells == {("strong", 1): (120, 60), ("strong", 2): (120, 60),       # the site offers 2 cores
+                     ("weak", 1): (120, 60), ("weak", 2): (240, 60)}          # 120 frames per worker
+    path.write_text(path.read_text().replace("frames: 120}", "frames: 200}"))
+    assert "needs 400 frames; the data set holds 240" in _error(path)
+
+
+def test_scale_projection_runs_on_a_document():
+    from spibatch.bench import scale
+
+    document = synthetic_document({"k_compute": 1.0, "k_overhead": 1.0, "beta": 1.0, "k_phasing": 1.0,
+                                   "beta_phasing": 1.0})
+    document["model"] = model.evaluate(document)
+    rows = {(r["num_div"], r["pixels"], r["kind"], r["count"], r["mode"]): r for r in scale.table(document)}
+    hpc16, hpc256 = rows[(15, 128, "cpu", 16, "hpc")], rows[(15, 128, "cpu", 256, "hpc")]
+    assert hpc256["compute"] < hpc16["compute"] / 8                      # the frames spread over 16x the nodes
+    assert rows[(15, 128, "cpu", 16, "hpc")]["shards"] > 16                 # the kept entries cap a CPU shard
+    htc8, htc64 = rows[(15, 128, "gpu", 8, "htc")], rows[(15, 128, "gpu", 64, "htc")]
+    assert htc64["reduce"] == pytest.approx(8 * htc8["reduce"])          # sums through one interchange: x tasks
+    assert htc64["iteration_tree_s"] < htc64["iteration_s"] / 4          # a filesystem tree keeps it flat
+    assert "| 15 (168,900) | 128^2 | 16 nodes | 423 | hpc |" in scale.markdown(scale.table(document))
+    assert scale.realtime(document)[0]["preview_s"] > scale.ASSUMED["first_result_s"]
+
+
+def test_a_workload_its_stage_would_refuse_is_refused_first(tmp_path, emc_small, small_dataset):
+    path = write_bench(tmp_path, emc_small, workload="starts")
+    path.write_text(path.read_text() + f"  starts: {{kind: phasing, intensity: {small_dataset / 'intensities.bin'}, "
+                    "voxel_size_per_m: 2.0e+7, crop_to: 48, starts: 2}\n")
+    assert "workload 'starts'" in (text := _error(path)) and "crop_to 48 and the volume's edge 91 differ" in text

@@ -1,0 +1,445 @@
+"""Faults, as issue 12 lists them: resume with other data or settings (refused, the run untouched), two
+writers of one run folder, the orphaned MPI job of a killed driver, SIGTERM and SIGINT of every
+long command, and a loop of kills at random times that must still end in the uninterrupted run's model.
+
+Every command runs as a real process (``python -m spibatch``) in a process group of its own; what it
+leaves running is looked for by process group, by the owner token in the environment
+(:mod:`spibatch.owners`) and by the run folder in command lines.  A full disk: test_faults_disk.py.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fault_helpers import (checkpoint_iteration, error_lines, folder_bytes, iterations_logged, kill_group,
+                           left_behind, lock_token, models_equal, reverse_frames, run, start, wait_for,
+                           wait_left_behind)
+from platform_helpers import write_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def killed_emc_run(config: Path, run_dir: Path, cwd: Path, after: int = 1) -> None:
+    """``spibatch emc CONFIG --out RUN_DIR``, SIGKILLed (its whole process group) once iteration ``after`` is
+    checkpointed: a run folder with a checkpoint, status running and the stale lock of a killed owner."""
+    proc = start("emc", config, "--out", run_dir, cwd=cwd, log=cwd / "killed.log", SPIBATCH_EMC_HOLD_AFTER=str(after))
+    try:
+        wait_for(lambda: checkpoint_iteration(run_dir / "emc") >= after, 240, proc, f"checkpoint {after}")
+    finally:
+        kill_group(proc.pid)
+        proc.wait()
+
+
+def refused(args, cwd: Path, folder: Path, *words: str) -> None:
+    """``spibatch ARGS`` stops with exit 2, one error line holding ``words``, no traceback, and every byte of
+    ``folder`` as it was."""
+    before = folder_bytes(folder)
+    done = run(*args, cwd=cwd)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert folder_bytes(folder) == before, "a refused resume changed the run folder"
+
+
+# ------------------------------------------------------------------ resume: other data, other settings
+
+@pytest.mark.slow
+def test_emc_resume_refuses_other_data_and_settings_and_touches_nothing(emc_config, emc_small, tmp_path):
+    """A killed `spibatch emc` run (checkpoint of iteration 1, the stale lock of its killed owner): resuming it
+    with the photons' frames reversed (same file, or another file of the same shape), with another seed, with
+    a corrupt checkpoint or with the photons gone is refused in one line, and leaves every byte of the folder
+    (the stale lock included) as it was; then the real resume goes on to the end."""
+    photons = tmp_path / "photons.h5"
+    shutil.copy(emc_small["photons"], photons)
+    config = emc_config(tmp_path, photons=photons, iterations=2)
+    run_dir = tmp_path / "run"
+    killed_emc_run(config, run_dir, tmp_path)
+    assert (run_dir / "lock").exists() and checkpoint_iteration(run_dir / "emc") == 1
+
+    original = photons.read_bytes()
+    reverse_frames(emc_small["photons"], photons)                         # same file, frames reversed
+    refused(("emc", config, "--resume", run_dir), tmp_path, run_dir, str(photons), "changed since the run started")
+    photons.write_bytes(original)
+
+    other = tmp_path / "other" / "photons.h5"                               # another file: not in provenance.json
+    other.parent.mkdir()
+    reverse_frames(emc_small["photons"], other)
+    refused(("emc", emc_config(tmp_path / "other", photons=other, iterations=2), "--resume", run_dir), tmp_path,
+            run_dir, str(other), "not the photons file the checkpoint was computed from")
+
+    seeded = emc_config(tmp_path / "seeded", photons=photons, iterations=2, seed=2)   # changed settings
+    refused(("emc", seeded, "--resume", run_dir), tmp_path, run_dir, "checkpoint.h5", "settings differ", "seed")
+
+    checkpoint = run_dir / "emc" / "checkpoint.h5"                          # a corrupt checkpoint
+    good = checkpoint.read_bytes()
+    checkpoint.write_bytes(good[:len(good) // 2])
+    refused(("emc", config, "--resume", run_dir), tmp_path, run_dir, "checkpoint.h5")
+    checkpoint.write_bytes(good)
+
+    photons.rename(tmp_path / "away.h5")                                    # the photons gone
+    refused(("emc", config, "--resume", run_dir), tmp_path, run_dir, str(photons))
+    (tmp_path / "away.h5").rename(photons)
+
+    done = run("emc", config, "--resume", run_dir, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming after iteration 1" in done.stderr and "taking over the lock" in done.stderr
+    assert iterations_logged(run_dir / "emc") == ([1, 2], [1, 2])
+    assert json.loads((run_dir / "provenance.json").read_text())["status"] == "completed"
+
+
+TINY_SIMULATION = """\
+name: tiny
+geometry: {{detector_pixels: 24, pixel_size_m: 1.3e-3, detector_distance_m: 0.15, photon_energy_ev: 6000,
+           beamstop_radius_pixels: 2}}
+simulation: {{pdb: {pdb}, num_patterns: 100, mean_photons_per_frame: 500, seed: 1}}
+emc: {{num_div: 2, iterations: 2, frames_per_shard: 50, seed: 1}}
+phasing: {{recipe: "(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10", num_starts: 1, keep_best: 1, seed: 1}}
+validation: {{reference: {reference}}}
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_resume_refuses_changed_own_photons_settings_checkpoint_and_gone_inputs(tmp_path):
+    """A pipeline whose photons come from its own simulate stage, EMC not finished (its marker removed, its
+    checkpoint there): `spibatch resume` refuses, in one line and before writing anything, simulated photons
+    with their frames reversed, changed EMC settings in config.yaml, a corrupt checkpoint, and a recorded
+    input that a stage still to run needs but that is gone (validation.reference)."""
+    from spibatch.io.results import write_result
+
+    reference = tmp_path / "reference.h5"
+    write_result(reference, {"density": np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)}, {})
+    pipeline = tmp_path / "tiny.yaml"
+    pipeline.write_text(TINY_SIMULATION.format(pdb=REPO / "spibatch" / "data" / "1EI7.pdb", reference=reference))
+    run_dir = tmp_path / "run"
+    done = run("run", pipeline, "--out", run_dir, "--until", "emc", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir / "stages" / "emc.json").unlink()        # EMC "interrupted": its checkpoint stays
+    assert str(reference) in json.loads((run_dir / "provenance.json").read_text())["inputs"]
+
+    photons = run_dir / "simulate" / "photons.emc"
+    original = photons.read_bytes()
+    reverse_frames(tmp_path / "run" / "simulate" / "photons.emc", tmp_path / "reversed.emc")
+    photons.write_bytes((tmp_path / "reversed.emc").read_bytes())
+    refused(("resume", run_dir), tmp_path, run_dir, str(photons), "not the photons file the checkpoint")
+    photons.write_bytes(original)
+
+    config = run_dir / "config.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("num_div: 2", "num_div: 3"))
+    refused(("resume", run_dir), tmp_path, run_dir, "checkpoint.h5", "settings differ", "num_div")
+    config.write_text(text)
+
+    checkpoint = run_dir / "emc" / "checkpoint.h5"
+    good = checkpoint.read_bytes()
+    checkpoint.write_bytes(good[:100])
+    refused(("resume", run_dir), tmp_path, run_dir, "checkpoint.h5")
+    checkpoint.write_bytes(good)
+
+    reference.rename(tmp_path / "away.h5")
+    refused(("resume", run_dir), tmp_path, run_dir, str(reference), "gone")
+
+
+# ------------------------------------------------------------------ one writer
+
+@pytest.mark.slow
+def test_two_emc_commands_into_one_folder_one_wins(emc_config, tmp_path):
+    """Two `spibatch emc --out SAME` started together, three times: one completes, the other stops with exit 2
+    and one line naming the owner (its pid), and the folder holds the winner's run alone."""
+    config = emc_config(tmp_path, iterations=1)
+    for attempt in range(3):
+        out = tmp_path / f"same-{attempt}"
+        procs = [start("emc", config, "--out", out, cwd=tmp_path, log=tmp_path / f"w{attempt}-{k}.log")
+                 for k in range(2)]
+        codes = [p.wait(timeout=300) for p in procs]
+        logs = [(tmp_path / f"w{attempt}-{k}.log").read_text() for k in range(2)]
+        assert sorted(codes) == [0, 2], (codes, logs)
+        winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+        lines = error_lines(logs[loser])
+        assert len(lines) == 1 and "Traceback" not in logs[loser], logs[loser]
+        assert f"another process writes into this run folder (pid {procs[winner].pid} " in lines[0] or \
+            "already holds a run" in lines[0], lines[0]
+        record = json.loads((out / "provenance.json").read_text())
+        assert record["status"] == "completed" and "resumed" not in record and not (out / "lock").exists()
+
+
+def _take_over(folder: str, barrier, results) -> None:
+    from spibatch.errors import InputError
+    from spibatch.lock import take_lock
+
+    barrier.wait()
+    try:
+        take_lock(Path(folder), ["resume"], take_over_stale=True)
+        results.put(os.getpid())
+    except InputError:
+        results.put(None)
+
+
+def test_a_stale_lock_is_taken_over_by_one_resume_only(tmp_path):
+    """Four processes take over the same stale lock at the same moment, twenty times: one of them wins each
+    time (without the flock on the folder, one could delete the lock another had just taken)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then",
+                        "command": ["killed"], "token": "gone"}) + "\n"
+    context = multiprocessing.get_context("fork")
+    for _ in range(20):
+        (tmp_path / "lock").write_text(stale)
+        barrier, results = context.Barrier(4), context.Queue()
+        procs = [context.Process(target=_take_over, args=(str(tmp_path), barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        won = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join()
+        assert len([w for w in won if w is not None]) == 1, won
+        assert json.loads((tmp_path / "lock").read_text())["pid"] in won
+        (tmp_path / "lock").unlink()
+
+
+LOCAL_HPC = """name: local-hpc
+provider: local
+workers: 2
+emc_mode: hpc
+local: {cores: 2, strategy_period_s: 0.5}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("whole_group", [False, True], ids=["driver", "process-group"])
+def test_resume_after_a_driver_kill_stops_the_orphaned_mpi_job(whole_group, emc_small, tmp_path):
+    """`spibatch run` on the local site, EMC in HPC mode (mpirun, 2 ranks): the driver (or its whole process
+    group, Parsl's interchange with it) is SIGKILLed after EMC's first checkpoint.  The MPI job and Parsl's worker
+    pool (a process group of their own) live on and write; `spibatch resume` stops every one of them (one log
+    line) before it writes, EMC continues from a checkpoint, and at the end no process of the first attempt is
+    left, EMC.log and metrics.jsonl hold every iteration once and the run is completed."""
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
+    pipeline.write_text(pipeline.read_text().replace("iterations: 3", "iterations: 8"))
+    site = tmp_path / "local-hpc.yaml"
+    site.write_text(LOCAL_HPC)
+    run_dir = tmp_path / "run"
+    driver = start("run", pipeline, "--site", site, "--out", run_dir, cwd=tmp_path, log=tmp_path / "driver.log")
+    wait_for(lambda: checkpoint_iteration(run_dir / "emc") >= 1, 300, driver, "EMC's first checkpoint")
+    token = lock_token(run_dir)
+    if whole_group:
+        kill_group(driver.pid)
+    else:
+        os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    orphans = left_behind(path=run_dir, cwd=tmp_path)
+    assert any("spibatch.stages emc" in line for line in orphans), orphans    # the MPI job outlived its driver
+    assert any("process_worker_pool" in line for line in orphans), orphans    # and so did Parsl's workers
+
+    done = run("resume", run_dir, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "that the killed owner" in done.stderr and "left running" in done.stderr, done.stderr[-3000:]
+    assert wait_left_behind(token=token) == []
+    assert left_behind(path=run_dir, cwd=tmp_path) == []   # not one process of either attempt (interchanges too)
+    table, metrics = iterations_logged(run_dir / "emc")
+    assert table == list(range(1, 9)) and metrics == list(range(1, 9)), (table, metrics)
+    record = json.loads((run_dir / "provenance.json").read_text())
+    assert record["status"] == "completed" and len(record["resumed"]) == 1
+    assert not (run_dir / "lock").exists()
+
+
+SLURM_HPC = """name: ci-slurm
+provider: slurm
+workers: 2
+emc_mode: hpc
+slurm: {partition: debug, walltime: "00:15:00", cores_per_node: 2, max_idletime_s: 2, strategy_period_s: 0.5}
+"""
+
+
+def slurm_jobs_of(run_dir: Path) -> list[str]:
+    """Slurm job ids whose batch script lies in the run's runinfo/ (Parsl's blocks)."""
+    listed = subprocess.run(["squeue", "-h", "-o", "%i %o"], capture_output=True, text=True, timeout=30).stdout
+    return [job for job, _, script in (line.strip().partition(" ") for line in listed.splitlines())
+            if script.startswith(f"{run_dir}/runinfo/")]
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_resume_on_slurm_after_a_driver_kill_leaves_no_job_of_the_first_attempt(emc_small, tmp_path):
+    """The same on the real single-node Slurm: the killed driver's batch jobs (its worker block, the EMC job's
+    block) are gone after the resume -- stopped where they run, or cancelled with scancel -- and every EMC
+    iteration is logged once."""
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout \
+        if shutil.which("sinfo") else ""
+    if not any(state in states for state in ("idle", "mixed", "allocated")):
+        pytest.skip("no Slurm cluster up here (.ci/slurm-up.sh starts one)")
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
+    pipeline.write_text(pipeline.read_text().replace("iterations: 3", "iterations: 6"))
+    site = tmp_path / "slurm.yaml"
+    site.write_text(SLURM_HPC)
+    run_dir = tmp_path / "run"
+    driver = start("run", pipeline, "--site", site, "--out", run_dir, cwd=tmp_path, log=tmp_path / "driver.log")
+    wait_for(lambda: checkpoint_iteration(run_dir / "emc") >= 1, 600, driver, "EMC's first checkpoint")
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    first = slurm_jobs_of(run_dir)
+    assert first, "the killed driver's jobs should still be in the queue"
+    done = run("resume", run_dir, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if "left running" in line or "cancelling" in line]
+    assert said, done.stderr[-3000:]
+    print("\n".join(said))
+    assert not set(first) & set(slurm_jobs_of(run_dir)), (first, slurm_jobs_of(run_dir))
+    table, metrics = iterations_logged(run_dir / "emc")
+    assert table == list(range(1, 7)) and metrics == list(range(1, 7)), (table, metrics)
+    assert json.loads((run_dir / "provenance.json").read_text())["status"] == "completed"
+
+
+# ------------------------------------------------------------------ signals
+
+def interrupted_as_promised(proc, log: Path, name: str, hint: str, run_dir: Path, token: str | None,
+                            within: float) -> None:
+    """The command signalled ``name`` ends within ``within`` s with 128 + the signal, prints no traceback and as
+    its last line the resume line ``hint``, marks the run interrupted and leaves no process behind."""
+    began = time.monotonic()
+    try:
+        code = proc.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        pytest.fail(f"still running {within} s after {name} (a hang)")
+    text = log.read_text()
+    assert code == 128 + getattr(signal, name), (code, text[-3000:])
+    assert "Traceback" not in text and "Logging error" not in text, text[-5000:]
+    assert text.strip().splitlines()[-1] == f"spibatch: interrupted ({name}); continue with: {hint}", text[-2000:]
+    assert json.loads((run_dir / "provenance.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / "lock").exists()
+    assert wait_left_behind(group=proc.pid) == [] and wait_left_behind(token=token) == []
+    assert wait_left_behind(path=run_dir, cwd=run_dir.parent) == []
+    print(f"{name}: stopped in {time.monotonic() - began:.1f} s")
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_emc_with_its_resume_line(name, emc_config, tmp_path):
+    """SIGTERM (what Slurm and Kubernetes send) or SIGINT of `spibatch emc` at a random time during its run:
+    status interrupted, the exact `spibatch emc CONFIG --resume RUN` line last, exit 143 / 130, no process left."""
+    config = emc_config(tmp_path, iterations=30)
+    run_dir = tmp_path / "run"
+    log = tmp_path / "emc.log"
+    proc = start("emc", config, "--out", run_dir, cwd=tmp_path, log=log)
+    wait_for(lambda: (run_dir / "provenance.json").exists(), 120, proc, "the run folder")
+    time.sleep(random.Random(f"emc-{name}").uniform(0.0, 4.0))
+    os.kill(proc.pid, getattr(signal, name))
+    interrupted_as_promised(proc, log, name, f"spibatch emc {config} --resume {run_dir}", run_dir,
+                            None, within=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command,name,whole_group", [("run", "SIGINT", True), ("run", "SIGTERM", False),
+                                                      ("demo", "SIGTERM", True)],
+                         ids=["run-ctrl-c", "run-sigterm-driver", "demo-sigterm-group"])
+def test_a_signal_stops_the_pipeline_without_hanging(command, name, whole_group, emc_small, tmp_path):
+    """`spibatch run` / `spibatch demo` signalled at a random time while EMC runs (SIGINT to the whole process
+    group is a Ctrl-C at the terminal, which made Parsl's interchange die first and the driver hang for more
+    than 9 minutes): within 90 s it ends with the `spibatch resume RUN` line, exit 130 / 143, status interrupted,
+    and no process of the run left -- not in its process group, not Parsl's worker pool, not the MPI job."""
+    run_dir = tmp_path / "run"
+    log = tmp_path / f"{command}.log"
+    if command == "run":
+        proc = start("run", write_pipeline(tmp_path, emc_small, starts=1), "--out", run_dir, cwd=tmp_path, log=log)
+        wait_for(lambda: checkpoint_iteration(run_dir / "emc") >= 1, 300, proc, "EMC's first checkpoint")
+    else:
+        proc = start("demo", "--out", run_dir, "--iterations", "2", "--starts", "1", cwd=tmp_path, log=log)
+        wait_for(lambda: (run_dir / "stages").is_dir(), 300, proc, "the first stage")
+    token = lock_token(run_dir)
+    time.sleep(random.Random(f"{command}-{name}").uniform(0.0, 3.0))
+    if whole_group:
+        kill_group(proc.pid, getattr(signal, name))
+    else:
+        os.kill(proc.pid, getattr(signal, name))
+    interrupted_as_promised(proc, log, name, f"spibatch resume {run_dir}", run_dir, token, within=90)
+
+
+# ------------------------------------------------------------------ the fault loop
+
+LOOP_ITERATIONS = 12     # EMC iterations of the run the loop interrupts (240 frames, num_div 2: ~1-2 s each)
+LOOP_FAULTS = 21         # SIGKILL, SIGTERM and SIGINT in turn, some of them to the whole process group
+
+
+@pytest.mark.slow
+def test_fault_loop_kills_at_random_times_and_the_model_is_the_uninterrupted_one(emc_config, tmp_path):
+    """`spibatch emc` (240 frames, num_div 2, 12 iterations, one thread) is stopped LOOP_FAULTS times at seeded
+    random times -- SIGKILL, SIGTERM, SIGINT in turn, to the process or its whole process group, during start-up,
+    iterations or checkpoint writes -- and resumed after each: every attempt ends as the signal says (status
+    interrupted or, for SIGKILL, still running), leaves no process, and the last resume ends in the model of the
+    uninterrupted run, bit for bit, with every iteration logged once."""
+    config = emc_config(tmp_path, iterations=LOOP_ITERATIONS)
+    whole = run("emc", config, "--out", tmp_path / "whole", cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    rng = random.Random(12)
+    run_dir = tmp_path / "run"
+    signals = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
+    faults, began = [], time.monotonic()
+    while len(faults) < LOOP_FAULTS:
+        attempt = len(faults)
+        args = ("emc", config, "--out", run_dir) if attempt == 0 else ("emc", config, "--resume", run_dir)
+        log = tmp_path / f"attempt-{attempt:02d}.log"
+        before = checkpoint_iteration(run_dir / "emc")
+        status_before = json.loads((run_dir / "provenance.json").read_text())["status"] if attempt else None
+        proc = start(*args, cwd=tmp_path, log=log, NUMBA_NUM_THREADS="1")
+        if attempt == 0:   # a new run killed before its provenance.json exists is no run to resume
+            wait_for(lambda: (run_dir / "provenance.json").exists(), 120, proc, "the run folder")
+        if attempt % 3 == 1 and before < LOOP_ITERATIONS - 4:   # into an iteration (or its checkpoint write)
+            wait_for(lambda b=before: checkpoint_iteration(run_dir / "emc") > b, 120, proc, "a new checkpoint")
+            delay = rng.uniform(0.0, 1.5)
+        elif before < LOOP_ITERATIONS - 4:                      # anywhere, start-up included (not in Python's
+            delay = rng.uniform(0.5, 4.0)                       # own first moments, before any handler exists)
+        else:                                                   # near the end: in start-up, so that it never ends
+            delay = rng.uniform(0.5, 1.5)
+        time.sleep(delay)
+        sig, group = signals[attempt % 3], rng.random() < 0.3
+        if group:
+            kill_group(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        code = proc.wait(timeout=90)
+        text = log.read_text()
+        faults.append((sig.name, group, round(delay, 2), code, checkpoint_iteration(run_dir / "emc")))
+        assert code in (-sig, 128 + sig), (faults[-1], text[-3000:])   # not 0: the run must not end early
+        assert "Traceback" not in text, text[-3000:]
+        assert wait_left_behind(group=proc.pid) == [], faults[-1]
+        status = json.loads((run_dir / "provenance.json").read_text())["status"]
+        if sig == signal.SIGKILL:
+            assert status in ("running", "interrupted"), (faults[-1], status)   # it never knew
+            continue
+        last = text.strip().splitlines()[-1]
+        assert last.startswith(f"spibatch: interrupted ({sig.name})"), text[-2000:]
+        if "; continue with: " in last:   # it had the run open: it says so, and how to go on
+            assert last.endswith(f"continue with: spibatch emc {config} --resume {run_dir}"), last
+            assert status == "interrupted", (faults[-1], status, text[-2000:])
+        else:                             # stopped while it started: the folder is as it was
+            assert status == status_before, (faults[-1], status, text[-2000:])
+    loop_s = time.monotonic() - began
+
+    done = run("emc", config, "--resume", run_dir, cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert models_equal(run_dir / "emc", tmp_path / "whole" / "emc"), faults
+    with h5py.File(run_dir / "emc" / f"output_{LOOP_ITERATIONS:03d}.h5") as a, \
+            h5py.File(tmp_path / "whole" / "emc" / f"output_{LOOP_ITERATIONS:03d}.h5") as b:
+        assert np.array_equal(a["intensity"][()], b["intensity"][()])
+        assert np.array_equal(a["orientations"][()], b["orientations"][()])
+    expected = list(range(1, LOOP_ITERATIONS + 1))
+    assert iterations_logged(run_dir / "emc") == (expected, expected)
+    record = json.loads((run_dir / "provenance.json").read_text())
+    assert record["status"] == "completed" and 1 <= len(record["resumed"]) <= LOOP_FAULTS
+    assert not (run_dir / "lock").exists() and not list(run_dir.rglob(".*.part"))
+    assert left_behind(path=run_dir, cwd=tmp_path) == []
+    print(f"fault loop: {len(faults)} faults in {loop_s:.0f} s, all survived: {faults}")

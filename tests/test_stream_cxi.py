@@ -1,0 +1,170 @@
+"""Following a folder where CXI files appear: the shared Dragonfly set and a simulated particle replayed as
+frames, bad files, a follower process killed mid-run and resumed, EMC taking the chunks as they come
+(issue 13)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from spibatch import layout
+from spibatch.detector import Detector
+from spibatch.io.dragonfly import read_photons, write_detector
+from spibatch.photons import Photons
+from spibatch.stream.cxifolder import CxiFolderSource
+from spibatch.stream.follower import Follower, FollowSettings
+from spibatch.stream.replay import FrameSet, replay, simulated
+from spibatch.stream.shards import ChunkShards
+from stream_helpers import chunk_ids, hit_ids
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dragonfly_frames(small_dataset, num_hits=120, **kw) -> tuple[FrameSet, Detector]:
+    detector = Detector.read(small_dataset / "det_sim.h5")
+    detector.shape = (64, 64)
+    return FrameSet.from_photons(small_dataset / "photons.emc", (64, 64), num_hits=num_hits, **kw), detector
+
+
+def followed_photons(out) -> Photons:
+    return Photons.concatenate([read_photons(s.photons, s.start, s.stop) for s in ChunkShards(out).poll()])
+
+
+def test_replayed_dragonfly_set_comes_back_photon_for_photon(small_dataset, tmp_path):
+    """Hits of the shared set, 20% among empty frames, with 0.08 photons (2 ADU) of noise, as CXI files written while
+    followed: the follower keeps exactly those hits (automatic threshold) and their photons unchanged."""
+    frames, detector = dragonfly_frames(small_dataset, hit_fraction=0.2, adu_per_photon=25.0, noise_adu=2.0)
+    folder, out = tmp_path / "cxi", tmp_path / "follow"
+    writer = threading.Thread(target=replay, args=(frames, 300.0, "cxi-folder", folder), kwargs={"trains_per_file": 6})
+    writer.start()
+    summary = Follower(CxiFolderSource(folder, (64, 64), settle_s=0.2), detector, out,
+                       FollowSettings(adu_per_photon=25.0, flush_s=0.2, idle_timeout_s=2.0)).run()
+    writer.join()
+    assert summary["frames_seen"] == frames.num_frames and summary["hits"] == 120
+    assert sorted(chunk_ids(out)) == sorted(hit_ids(frames))
+    original = read_photons(small_dataset / "photons.emc", 0, 120)
+    assert np.array_equal(followed_photons(out).to_dense(), original.to_dense() * (detector.mask != 2))
+    assert "median" in json.loads((out / layout.FOLLOW_STATUS).read_text())["threshold_rule"]
+
+
+def test_a_simulated_particle_replayed_with_empty_frames(tmp_path):
+    frames, paths = simulated(tmp_path / "simulate", num_hits=60, hit_fraction=0.25, pixels=32, mean_photons=500)
+    detector = Detector.read(paths["detector"])
+    replay(frames, 1e6, "cxi-folder", tmp_path / "cxi", trains_per_file=4)
+    summary = Follower(CxiFolderSource(tmp_path / "cxi", (32, 32), settle_s=0), detector, tmp_path / "follow",
+                       FollowSettings(flush_s=0, idle_timeout_s=0.5)).run()
+    assert summary["hits"] == 60 and summary["frames_seen"] == 240
+    assert np.array_equal(followed_photons(tmp_path / "follow").to_dense(),
+                          read_photons(paths["photons"]).to_dense() * (detector.mask != 2))
+
+
+def test_bad_cxi_files_are_skipped(tmp_path, caplog):
+    detector = Detector.flat(16, 1e-3, 0.1, 1e-9)
+    folder = tmp_path / "cxi"
+    folder.mkdir()
+    frames = FrameSet.synthetic((16, 16), 9, 4, hit_fraction=0.5, photons_per_hit=60)
+    for k in range(3):
+        replay(frames, 1e6, "cxi-folder", folder, trains_per_file=3, start_train=3 * k, stop_train=3 * k + 3)
+    truncated = folder / "frames_00001.cxi"
+    os.truncate(truncated, truncated.stat().st_size // 2)
+    with h5py.File(folder / "frames_00001b.cxi", "w") as f:       # no train IDs: numbered by its place
+        f["entry_1/data_1/data"] = np.zeros((2, 16, 16), np.float32)
+    (folder / "frames_00001c.cxi").write_bytes(b"not HDF5 at all")
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        summary = Follower(CxiFolderSource(folder, (16, 16), settle_s=0), detector, tmp_path / "follow",
+                           FollowSettings(threshold=30, flush_s=0, idle_timeout_s=0.5)).run()
+    assert summary["bad_trains"] == {"unreadable file": 2, "repeated or non-monotonic train ID": 1}
+    assert "frames_00001.cxi: train unknown: file: cannot be opened" in caplog.text
+    assert "frames_00001c.cxi: train unknown: file: cannot be opened" in caplog.text
+    assert "frames_00001b.cxi: train 3: train_id: not above the last train taken (10002)" in caplog.text
+    assert set(chunk_ids(tmp_path / "follow")) == hit_ids(frames, [0, 1, 2, 6, 7, 8])
+
+
+def _follow_process(folder, detector_path, out, log_path):
+    command = [sys.executable, "-m", "spibatch.stream", "follow", str(out), "--kind", "cxi-folder",
+               "--target", str(folder), "--detector", str(detector_path), "--threshold", "30", "--chunk-frames", "3",
+               "--flush-s", "0", "--idle-timeout-s", "2", "--settle-s", "0.1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(log_path, "a"), env=env, text=True)
+
+
+def test_a_killed_follower_resumes_with_nothing_lost_or_doubled(tmp_path):
+    """The first half of the files is there when the follower process starts; it is SIGKILLed once it has
+    committed twice (wherever it is then); the second half appears while a new follower process resumes."""
+    detector = Detector.flat(16, 1e-3, 0.1, 1e-9)
+    write_detector(tmp_path / "det.h5", detector)
+    frames = FrameSet.synthetic((16, 16), 40, 4, hit_fraction=0.4, photons_per_hit=60)
+    folder, out, log_path = tmp_path / "cxi", tmp_path / "follow", tmp_path / "follow.log"
+    replay(frames, 1e6, "cxi-folder", folder, trains_per_file=2, stop_train=20)
+    first = _follow_process(folder, tmp_path / "det.h5", out, log_path)
+    index = out / layout.FOLLOW_INDEX
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (index.exists() and sum(1 for _ in open(index)) >= 2):
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = len(chunk_ids(out))
+    writer = threading.Thread(target=replay, args=(frames, 80.0, "cxi-folder", folder),
+                              kwargs={"trains_per_file": 2, "start_train": 20})
+    writer.start()
+    second = _follow_process(folder, tmp_path / "det.h5", out, log_path)
+    summary = json.loads(second.communicate(timeout=120)[0].strip().splitlines()[-1])
+    writer.join()
+    assert second.returncode == 0, log_path.read_text()
+    assert 0 < before <= len(hit_ids(frames, range(20)))
+    ids = chunk_ids(out)
+    assert len(ids) == len(set(ids)) and set(ids) == hit_ids(frames), "nothing lost, nothing doubled"
+    assert summary["frames_seen"] == frames.num_frames and summary["hits"] == frames.is_hit.sum()
+    assert "resuming after train" in log_path.read_text()
+    stats = np.fromfile(out / layout.FOLLOW_FRAMES, dtype=[("train_id", "<u8"), ("pulse_id", "<u8"),
+                                                           ("rest", "V30")])
+    assert len(stats) == frames.num_frames and len(set(zip(stats["train_id"], stats["pulse_id"]))) == len(stats)
+
+
+def test_emc_takes_the_chunks_as_they_come(small_dataset, tmp_path):
+    """run_emc(source=ChunkShards): EMC starts on the first chunk and takes the later ones between iterations."""
+    from spibatch.config import EMC
+    from spibatch.emc import driver
+    from spibatch.emc.executors import InProcess
+    from spibatch.emc.settings import EMCSettings
+
+    frames, detector = dragonfly_frames(small_dataset, num_hits=60, hit_fraction=0.5)
+    replay(frames, 1e6, "cxi-folder", tmp_path / "cxi", trains_per_file=2)
+    out = tmp_path / "follow"
+    Follower(CxiFolderSource(tmp_path / "cxi", (64, 64), settle_s=0), detector, out,
+             FollowSettings(threshold=50, chunk_frames=20, flush_s=60, idle_timeout_s=0.3)).run()
+    shards = ChunkShards(out)
+    first = shards.first_chunks(20)
+    assert first[0].start == 0 and first[0].first_frame == 0
+    shards = ChunkShards(out, start_frame=first[0].stop, frames_per_shard=20)
+    settings = EMCSettings.from_dict(EMC(num_div=1, iterations=2, frames_per_shard=20).model_dump())
+    driver.run_emc(settings, first[0].photons, out / layout.DETECTOR, tmp_path / "emc", executor=InProcess(),
+                   source=shards)
+    assert shards.finished()
+    records = [json.loads(line) for line in open(tmp_path / "emc" / layout.METRICS)]
+    assert records[0]["num_frames"] == 60
+
+
+def test_frames_from_a_shared_set_and_open_source(small_dataset, tmp_path):
+    from spibatch.stream.replay import frames_from
+    from spibatch.stream.sources import KINDS, open_source
+
+    frames, detector_path = frames_from(small_dataset / "photons.emc", detector=small_dataset / "det_sim.h5",
+                                        hit_fraction=0.25, pulses_per_train=8, num_hits=40)
+    assert frames.frame_shape == (64, 64) and frames.is_hit.sum() == 40 and frames.num_frames == 160
+    assert detector_path == small_dataset / "det_sim.h5"
+    assert set(KINDS) == {"euxfel-run", "karabo-bridge", "cxi-folder"}
+    assert isinstance(open_source("cxi-folder", str(tmp_path), (64, 64)), CxiFolderSource)
+    with pytest.raises(Exception, match="unknown source kind"):
+        open_source("hdf5-soup", str(tmp_path), (64, 64))
