@@ -59,7 +59,8 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> In
     if size < smallest:
         raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",
                          field="emc.model_size", fix=f"set it to at least {smallest}, or leave it out")
-    check_modes(settings, size)
+    if settings.num_volumes > 1:     # one volume: the stage's estimate (spibatch.estimates) judges the grid
+        check_modes(settings, size)
     shape = (settings.num_volumes,) * (settings.num_volumes > 1) + (size,) * 3
     start = None if settings.start_model is None else read_start_model(settings.start_model, shape)
     return Inputs(geometry, num_frames, size, start)
