@@ -109,8 +109,11 @@ def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, ta
 def _take_over(folder: Path, owner: dict, command: list[str], field_name: str) -> dict:
     """Replace the stale lock of ``owner`` by ours (see :func:`take_lock`), one taker at a time."""
     with _serialised(folder):
-        if read_lock(folder) != owner:   # another resume took it over first, or its owner released it
-            return take_lock(folder, command, field_name)
+        current = read_lock(folder)
+        if current != owner and current is not None and lock_is_stale(current):
+            owner = current              # the lock changed hands to one that is gone too: take that one over
+        elif current != owner:           # another resume took it over first, or its owner released it
+            return take_lock(folder, command, field_name)   # (never back here: no second flock of our own)
         log.warning("taking over the lock of %s, which no longer runs (it was killed)", _owner(owner))
         (folder / layout.LOCK).unlink(missing_ok=True)
         record = take_lock(folder, command, field_name)

@@ -97,6 +97,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
     started is stopped (:mod:`spibatch.parsl_shutdown`)."""
     from spibatch.kernels.device import declared
     from spibatch.parsl_shutdown import load, shutdown
+    from spibatch.progress import progress
 
     names = stages.order(pipeline)
     if until is not None:
@@ -111,15 +112,18 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
         dfk = load(provider_for(site).parsl_config(run.path))
         workers = ParslWorkers(site)
         device = declared(pipeline.device, pipeline.gpu_runtime)   # unchecked here: the tasks run where the GPUs are
-        with Follower(run, "follow" in todo) as follower:
-            for name in [n for n in todo if n != "follow"]:
+        driven = [n for n in todo if n != "follow"]
+        with Follower(run, "follow" in todo) as follower, progress(len(driven), "stages") as bar:
+            for name in driven:
+                bar.describe(f"stage {name}: running ({driven.index(name) + 1} of {len(driven)})")
                 if name == "emc" and pipeline.source is not None:
                     _follow_emc(run, pipeline, device, workers, follower)
                 elif name in stages.ORCHESTRATING:
                     stages.run_stage(name, run, pipeline, device, workers)
                 else:
                     workers.submit(stages.run_task, name, str(run.path)).result()
-                log.info("%s: done", name)
+                bar.advance(1)
+                bar.note(f"{name}: done")
     finally:
         shutdown(dfk)
     return {n: stages.finished(run, n) for n in names}

@@ -33,6 +33,9 @@ class _LogProgress:
             rate = self.done / max(now - self._start, 1e-9)
             log.info("%s: %d/%d (%.0f/s)", self.description, self.done, self.total, rate)
 
+    def describe(self, text: str) -> None:
+        """What is being done now (a log line here; the bar's label on a terminal)."""
+        log.info("%s", text)
 
     def note(self, message: str) -> None:
         log.info("%s", message)
@@ -44,6 +47,14 @@ class _RichProgress:
 
     def advance(self, n: int = 1) -> None:
         self._bar.advance(self._task, n)
+
+    def describe(self, text: str) -> None:
+        """The bar's label becomes ``text``; the log files get it as a line."""
+        self._bar.update(self._task, description=text)
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (text,), None)
+        for handler in log.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
 
     def note(self, message: str) -> None:
         """Print above the bar; only the log files (not the terminal handler) get the log record."""
@@ -58,13 +69,17 @@ class _Silent:
     def advance(self, n: int = 1) -> None:
         pass
 
+    def describe(self, text: str) -> None:
+        log.info("%s", text)
+
     def note(self, message: str) -> None:
         log.info("%s", message)
 
 
 @contextlib.contextmanager
 def progress(total: int, description: str, *, enabled: bool = True) -> Iterator[object]:
-    """Yield an object with ``advance(n)``: a Rich bar when stdout is a terminal, log lines otherwise."""
+    """Yield an object with ``advance(n)``, ``note(message)`` and ``describe(text)`` (what runs now): a Rich
+    bar when stdout is a terminal, log lines otherwise."""
     if not enabled:
         yield _Silent()
         return

@@ -109,7 +109,8 @@ def error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: P
     reference: where the user reads about every key (ends each fix).
     """
     err = exc.errors()[0]
-    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and (x.startswith("function-") or x in _UNION_TAGS
+                                                                      or x.startswith(("literal[", "constrained-")))))
     key = ".".join(str(x) for x in loc) or "(top level)"
     line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
     where = f"line {line}: {key}" if line else key
@@ -126,6 +127,9 @@ def error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: P
         return InputError(f"{msg}{tail}", path=path, field=where, fix=reference)
     found = f"; found {_describe(err['input'])}"
     return InputError(f"expected: {msg}{found}{tail}", path=path, field=where, fix=f"correct the value; {reference}")
+
+
+_UNION_TAGS = {"float", "int", "str", "bool", "path", "none", "list", "dict"}   # pydantic's names of a union's members
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -178,7 +178,8 @@ def test_two_emc_commands_into_one_folder_one_wins(emc_config, tmp_path):
         assert record["status"] == "completed" and "resumed" not in record and not (out / "lock").exists()
 
 
-def _take_over(folder: str, barrier, results) -> None:
+def _take_over(folder: str, barrier, results, answered) -> None:
+    """One resume taking over the stale lock; the winner holds it (stays alive) until all four answered."""
     from spibatch.errors import InputError
     from spibatch.lock import take_lock
 
@@ -188,6 +189,7 @@ def _take_over(folder: str, barrier, results) -> None:
         results.put(os.getpid())
     except InputError:
         results.put(None)
+    answered.wait(60)
 
 
 def test_a_stale_lock_is_taken_over_by_one_resume_only(tmp_path):
@@ -199,11 +201,13 @@ def test_a_stale_lock_is_taken_over_by_one_resume_only(tmp_path):
     context = multiprocessing.get_context("fork")
     for _ in range(20):
         (tmp_path / "lock").write_text(stale)
-        barrier, results = context.Barrier(4), context.Queue()
-        procs = [context.Process(target=_take_over, args=(str(tmp_path), barrier, results)) for _ in range(4)]
+        barrier, results, answered = context.Barrier(4), context.Queue(), context.Event()
+        procs = [context.Process(target=_take_over, args=(str(tmp_path), barrier, results, answered))
+                 for _ in range(4)]
         for p in procs:
             p.start()
         won = [results.get(timeout=60) for _ in procs]
+        answered.set()   # a winner that had exited would leave a stale lock a late taker may rightly take over
         for p in procs:
             p.join()
         assert len([w for w in won if w is not None]) == 1, won

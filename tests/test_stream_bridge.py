@@ -77,13 +77,14 @@ def test_the_simulator_shipped_with_karabo_bridge(tmp_path):
     module = Detector(q_voxels=np.zeros((512 * 128, 3)), corr=np.ones(512 * 128), mask=np.zeros(512 * 128, np.uint8),
                       detd_pixels=1.0, ewald_radius_voxels=1.0, shape=(512, 128))
 
-    def stop_after_three_trains():
+    def stop_after_three_trains():   # or after 60 s whatever came (the asserts below then say what): never a hang
         deadline = time.monotonic() + 60
+        index = tmp_path / "follow" / layout.FOLLOW_INDEX
         while time.monotonic() < deadline and not stop.exists():
-            index = tmp_path / "follow" / layout.FOLLOW_INDEX
             if index.exists() and sum(1 for _ in open(index)) >= 3:
-                stop.touch()
+                break
             time.sleep(0.05)
+        stop.touch()
 
     watcher = threading.Thread(target=stop_after_three_trains)
     watcher.start()

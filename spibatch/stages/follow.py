@@ -61,10 +61,18 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None) ->
     if src.is_path and not Path(src.target).is_dir():
         raise InputError("no such folder", path=src.target, field="source.target",
                          fix="give the run folder or CXI folder the data are written to (it must exist)")
+    if src.detector is not None and not Path(src.detector).is_file():
+        raise InputError("file not found", path=src.detector, field="source.detector",
+                         fix="give the detector file of the frames (ours or Dragonfly's), or source.geometry")
     if not src.is_path and not src.target.startswith(("tcp://", "ipc://")):
         raise InputError(f"expected a ZeroMQ endpoint such as tcp://host:port; found {src.target!r}", path=config,
                          field="source.target", fix="give the bridge's address, e.g. tcp://exflonc05:45000")
-    detector_of(pipeline)
+    try:
+        detector_of(pipeline)
+    except InputError as exc:   # the geometry reader names its own fields: say which section they are in
+        if exc.field and not exc.field.startswith("source."):
+            exc.field = f"source.{exc.field}"
+        raise
 
 
 def run(run: RunLayout, pipeline, device=None, workers=None) -> dict[str, Path]:

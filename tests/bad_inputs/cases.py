@@ -17,6 +17,8 @@ from bad_inputs import builders as b
 GEOMETRY = {"detector_pixels": 64, "pixel_size_m": 0.5e-3, "detector_distance_m": 0.15, "photon_energy_ev": 6000}
 SIM = {"name": "t", "geometry": GEOMETRY, "simulation": {"pdb": "{pdb}", "num_patterns": 10}}
 EMC = {"name": "t", "emc": {"photons": "{photons}", "detector": "{detector}", "num_div": 1, "iterations": 1}}
+FOLLOW = {"name": "t", "source": {"kind": "cxi-folder", "target": "frames", "detector": "{detector}"},
+          "emc": {"num_div": 1, "iterations": 1}}
 PHASE = {"name": "t", "phasing": {"intensity": "{intensity}", "num_starts": 1, "keep_best": 1}}
 INGEST = {"name": "t", "ingest": {"cxi": "{cxi}"}}
 SITE = {"provider": "local", "workers": 1}
@@ -66,6 +68,13 @@ def emc(ident: str, expect: list[str], **changes) -> Case:
 
 def phase(ident: str, expect: list[str], **changes) -> Case:
     return pipe("config: phasing", ident, "phase", PHASE, expect, **changes)
+
+
+def follow(ident: str, expect: list[str], files: dict | None = None, **changes) -> Case:
+    """``spibatch run p.yaml`` following a CXI folder (``frames/``, made empty), its source section changed."""
+    return pipe("config: source (near real time)", ident, "run", FOLLOW, expect,
+                files={"frames": b.directory, **(files or {})},
+                **{f"source__{key}": value for key, value in changes.items()})
 
 
 def emc_file(ident: str, category: str, key: str, builder: Callable, expect: list[str], name: str = "bad.h5",
@@ -322,6 +331,37 @@ CASES: list[Case] = [
     phase("phase-crop-larger", ["intensity.h5", "phasing.crop_to", "larger"], phasing__crop_to=99),
     phase("phase-crop-parity", ["intensity.h5", "phasing.crop_to", "parity"], phasing__crop_to=20),
     phase("phase-fast-fft-text", ["p.yaml", "phasing.fast_fft_size"], phasing__fast_fft_size="perhaps"),
+    phase("phase-fft-planning-bogus", ["p.yaml", "phasing.fft_planning"], phasing__fft_planning="patient"),
+    # ---------------------------------------------------------------- the source section (spibatch run following)
+    follow("source-kind-ftp", ["p.yaml", "source.kind"], kind="ftp"),
+    follow("source-target-missing", ["nowhere", "source.target", "no such folder"], target="nowhere"),
+    follow("source-bridge-no-endpoint", ["p.yaml", "source.target", "tcp://"], kind="karabo-bridge", target="exflonc05"),
+    follow("source-detector-missing", ["gone.h5", "source.detector", "file not found"], detector="gone.h5"),
+    follow("source-detector-and-geometry", ["p.yaml", "source", "exactly one of detector"], geometry="x.geom"),
+    follow("source-geometry-no-distance", ["p.yaml", "source", "distance_m"], geometry="x.geom", detector=DELETE),
+    follow("source-detector-name", ["p.yaml", "source.detector_name"], detector_name="XYZ"),
+    follow("source-geometry-missing", ["gone.geom", "source.geometry"], geometry="gone.geom", detector=DELETE,
+           distance_m=0.3, photon_energy_ev=6000),
+    follow("source-geometry-garbage", ["bad.geom", "source.geometry", "EXtra-geom"], geometry="bad.geom",
+           detector=DELETE, distance_m=0.3, photon_energy_ev=6000, files={"bad.geom": b.text("garbage = 1\n")}),
+    follow("source-distance-negative", ["p.yaml", "source.distance_m"], distance_m=-1),
+    follow("source-energy-zero", ["p.yaml", "source.photon_energy_ev"], photon_energy_ev=0),
+    follow("source-wavelength-negative", ["p.yaml", "source.wavelength_m"], wavelength_m=-1),
+    follow("source-beamstop-negative", ["p.yaml", "source.beamstop_radius_m"], beamstop_radius_m=-1),
+    follow("source-adu-zero", ["p.yaml", "source.adu_per_photon"], adu_per_photon=0),
+    follow("source-threshold-text", ["p.yaml", "source.hit_threshold", "valid number"], hit_threshold="sometimes"),
+    follow("source-chunk-zero", ["p.yaml", "source.chunk_frames"], chunk_frames=0),
+    follow("source-flush-negative", ["p.yaml", "source.flush_s"], flush_s=-1),
+    follow("source-idle-zero", ["p.yaml", "source.idle_timeout_s"], idle_timeout_s=0),
+    follow("source-settle-negative", ["p.yaml", "source.settle_s"], settle_s=-1),
+    follow("source-bridge-source-number", ["p.yaml", "source.bridge_source"], bridge_source=5),
+    follow("source-bridge-key-list", ["p.yaml", "source.bridge_key"], bridge_key=[1]),
+    follow("source-start-hits-zero", ["p.yaml", "source.emc_start_hits"], emc_start_hits=0),
+    follow("source-after-end-zero", ["p.yaml", "source.iterations_after_end"], iterations_after_end=0),
+    follow("source-preview-every-zero", ["p.yaml", "source.preview_every_iterations"], preview_every_iterations=0),
+    follow("source-preview-starts-zero", ["p.yaml", "source.preview_starts"], preview_starts=0),
+    follow("source-preview-recipe", ["p.yaml", "source.preview_recipe"], preview_recipe="HIO(beta=0.9"),
+    follow("source-unknown-key", ["p.yaml", "source.colour"], colour="red"),
     phase("recipe-syntax", ["p.yaml", "phasing.recipe"], phasing__recipe='"HIO(beta=0.9"'),
     phase("recipe-import", ["p.yaml", "phasing.recipe"], phasing__recipe='"__import__(\'os\').system(\'true\')"'),
     phase("recipe-5000-operators", ["p.yaml", "phasing.recipe"], phasing__recipe=RECIPE_5000),
