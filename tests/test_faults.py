@@ -373,18 +373,19 @@ def test_a_signal_stops_the_pipeline_without_hanging(command, name, whole_group,
 
 # ------------------------------------------------------------------ the fault loop
 
-LOOP_ITERATIONS = 12     # EMC iterations of the run the loop interrupts (240 frames, num_div 2: ~1-2 s each)
+LOOP_ITERATIONS = 12     # EMC iterations of the run the loop interrupts (240 frames, num_div 3: ~1 s each;
+LOOP_NUM_DIV = 3         # at num_div 2 the faster kernels do one in ~0.2 s and a resume could end the run)
 LOOP_FAULTS = 21         # SIGKILL, SIGTERM and SIGINT in turn, some of them to the whole process group
 
 
 @pytest.mark.slow
 def test_fault_loop_kills_at_random_times_and_the_model_is_the_uninterrupted_one(emc_config, tmp_path):
-    """`spibatch emc` (240 frames, num_div 2, 12 iterations, one thread) is stopped LOOP_FAULTS times at seeded
+    """`spibatch emc` (240 frames, num_div 3, 12 iterations, one thread) is stopped LOOP_FAULTS times at seeded
     random times -- SIGKILL, SIGTERM, SIGINT in turn, to the process or its whole process group, during start-up,
     iterations or checkpoint writes -- and resumed after each: every attempt ends as the signal says (status
     interrupted or, for SIGKILL, still running), leaves no process, and the last resume ends in the model of the
     uninterrupted run, bit for bit, with every iteration logged once."""
-    config = emc_config(tmp_path, iterations=LOOP_ITERATIONS)
+    config = emc_config(tmp_path, iterations=LOOP_ITERATIONS, num_div=LOOP_NUM_DIV)
     whole = run("emc", config, "--out", tmp_path / "whole", cwd=tmp_path, NUMBA_NUM_THREADS="1")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
