@@ -330,6 +330,32 @@ def interrupted_as_promised(proc, log: Path, name: str, hint: str, run_dir: Path
     print(f"{name}: stopped in {time.monotonic() - began:.1f} s")
 
 
+def test_a_signal_python_drops_is_raised_again(tmp_path):
+    """A SIGTERM whose KeyboardInterrupt is raised inside a weakref callback (Python prints "Exception ignored"
+    and goes on: seen once in `spibatch emc`, which then ran to the end and exited 0) is raised again in the
+    main thread, without the ignored traceback."""
+    script = tmp_path / "dropped.py"
+    script.write_text("""
+import signal, time, weakref
+from spibatch import interrupts
+interrupts.install()
+class A:
+    pass
+a = A()
+r = weakref.ref(a, lambda _: signal.raise_signal(signal.SIGTERM))
+try:
+    del a
+    time.sleep(10)
+    print("dropped")
+except KeyboardInterrupt as exc:
+    print("raised", exc.args[0], exc is interrupts._raised[0])
+""")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.stdout.strip() == "raised SIGTERM True", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_emc_with_its_resume_line(name, emc_config, tmp_path):
     """SIGTERM (what Slurm and Kubernetes send) or SIGINT of `spibatch emc` at a random time during its run:
