@@ -98,7 +98,8 @@ class EMC(Section):
     photons: Path | None = Field(None, description="Dragonfly photons file (HDF5 or binary .emc), relative to this YAML file")
     detector: Path | None = Field(None, description="Dragonfly detector file matching the photons, relative to this YAML file")
     start_model: Path | None = Field(None, description="optional start model (M, M, M) in photons per voxel (e.g. an "
-                                     "output_NNN.h5); default: a seeded random model")
+                                     "output_NNN.h5; with modes its (V, M, M, M) intensities); default: a seeded "
+                                     "random model")
     num_div: int = Field(4, ge=1, description="600-cell refinement: 10 (5 n^3 + n) rotations (n = 4: 3240)")
     iterations: int = Field(30, ge=1, description="EMC iterations")
     beta: PositiveFloat | Literal["auto"] = Field(
@@ -116,6 +117,12 @@ class EMC(Section):
                                   "tasks get whole shards, so results do not depend on the number of ranks)")
     model_size: int | None = Field(None, ge=3, description="edge of the cubic model grid in voxels; default: the "
                                    "detector's 2 ceil(max |q|) + 1")
+    detector_corr: bool = Field(True, description="expected photons = scale x corr x model, corr the detector's "
+                                "solid angle x polarization (mean 1), as in Dragonfly; false: the model absorbs it")
+    num_modes: int = Field(1, ge=1, description="rotating modes: model volumes (conformations) each frame may be "
+                           "one of, in any orientation (Dragonfly's num_modes)")
+    nonrot_modes: int = Field(0, ge=0, description="non-rotating 'junk' modes: volumes seen only at the identity "
+                              "orientation, for hits that fit no conformation (Dragonfly's num_nonrot_modes)")
 
     @field_validator("point_group")
     @classmethod

@@ -5,6 +5,9 @@ Kubernetes send) alike, promptly, without a traceback, and leaving nothing runni
   ``interrupted`` (:func:`spibatch.rundir.open_run`), Parsl is shut down with a deadline and what it
   started is stopped (:mod:`spibatch.pipeline`, :mod:`spibatch.owners`).  Later signals are noted, not
   raised again, so the clean-up itself is not cut short.
+* Python drops an exception raised where it cannot propagate (a weakref callback, a ``__del__``, the
+  garbage collector: "Exception ignored in ..."), so a signal arriving there would be lost and the run
+  go on; :func:`_unraisable` notices our KeyboardInterrupt there and raises it again in the main thread.
 * A watchdog makes sure the process ends: :data:`WATCHDOG_S` seconds after the first signal it stops
   what this process started and exits, whatever the clean-up is waiting for.
 * The command's last line says how to go on -- ``spibatch: interrupted (SIGTERM); continue with:
@@ -26,8 +29,11 @@ import threading
 from spibatch import owners
 
 WATCHDOG_S = 120.0
+REDELIVER_S = 0.05     # after a dropped KeyboardInterrupt (see _unraisable)
 _received: list[int] = []
 _raised: list[KeyboardInterrupt] = []   # the one raised, so its resume hint survives typer's Exit(130)
+_again: list[bool] = []                 # set when Python dropped it (see _unraisable): raise it once more
+_previous_hook = sys.unraisablehook
 
 
 def install() -> None:
@@ -42,9 +48,26 @@ def install() -> None:
         signal.signal(signal.SIGINT, _handler)
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    sys.unraisablehook = _unraisable
+
+
+def _unraisable(info) -> None:
+    """Our KeyboardInterrupt dropped by Python (raised inside a weakref callback, a ``__del__``, ...): deliver
+    it to the main thread again a moment later, once that code has returned (the same signal, sent to the
+    main thread: :func:`_handler` runs there once more and raises it); dropped again, it is sent again."""
+    if _raised and info.exc_value is _raised[0]:
+        _again[:] = [True]
+        timer = threading.Timer(REDELIVER_S, signal.pthread_kill, args=(threading.main_thread().ident, _received[0]))
+        timer.daemon = True
+        timer.start()
+        return
+    _previous_hook(info)
 
 
 def _handler(signum: int, frame) -> None:
+    if _again and _again[0]:              # the first one was dropped where it was raised: raise it here
+        _again[0] = False
+        raise _raised[0]
     if _received:
         os.write(2, f"spibatch: {signal.Signals(signum).name} again: already stopping (at most "
                     f"{WATCHDOG_S:.0f} s)\n".encode())

@@ -91,7 +91,8 @@ def test_emc_wrappers_pass_the_c_types_and_grids():
     rot = np.tile(np.eye(3, dtype=np.float32), (nrot, 1, 1))
     q = np.zeros((npix, 3), np.float32)
     logv = np.zeros((npix, nrot), np.float32)
-    k.log_views(model, rot, q, 1e-30, logv, np.zeros(nrot))
+    mode = np.zeros(nrot, np.int32)
+    k.log_views(model, rot, mode, q, np.ones(npix, np.float32), 1e-30, logv, np.zeros(nrot))
     ptr = np.linspace(0, entries, nframes + 1).astype(np.int64)
     like = np.zeros((nframes, nrot), np.float32)
     k.photon_log_likelihood(logv, ptr, ptr[1:].copy(), np.zeros(entries, np.int32), np.ones(entries, np.float32),
@@ -99,7 +100,7 @@ def test_emc_wrappers_pass_the_c_types_and_grids():
     k.normalize_probabilities(like, np.ones(nframes), 14.0, 1e-6, like.copy(), np.zeros(nframes), np.zeros(nframes))
     k.weighted_photons(like, np.zeros(npix + 1, np.int64), np.zeros(entries, np.int32), np.ones(entries, np.float32),
                        logv)
-    k.merge_views(np.zeros((m, m, m, 2), np.float32), rot, q, logv, np.ones(nrot, np.float32))
+    k.merge_views(np.zeros((m, m, m, 2), np.float32), rot, mode, q, logv, np.ones(nrot, np.float32))
     grids = {name: grid for name, grid, _ in rec.calls}
     assert grids["log_views"] == (2, npix, 1)                       # rotations along x, pixels along y
     assert grids["photon_log_likelihood"] == (2, nframes, 1)

@@ -105,7 +105,29 @@ BAD_INPUTS = {
     "num_div 0": (lambda d, s: {"num_div": 0}, ["pipeline.yaml", "emc.num_div", "greater than or equal to 1"]),
     "model too small": (lambda d, s: {"model_size": 51}, ["emc.model_size", "at least 91"]),
     "more ranks than shards": (None, None),   # needs mpirun: tests/test_emc_mpi.py
+    "modes that do not fit memory": (lambda d, s: {"num_modes": 100_000},
+                                     ["emc.num_modes", "num_modes 100000 + nonrot_modes 0 volumes of 91^3"]),
+    "start model of other modes": (lambda d, s: {"num_modes": 3, "start_model": write_modes(d / "two.h5", 2)},
+                                   ["two.h5", "emc.start_model", "(2, 9, 9, 9)", "(3, 91, 91, 91)"]),
 }
+
+
+def write_modes(path: Path, volumes: int, size: int = 9) -> Path:
+    """An output-like file holding ``intensities`` (volumes, size, size, size) float32."""
+    write_result(path, {"intensities": np.ones((volumes,) + (size,) * 3, np.float32)}, {})
+    return path
+
+
+def test_emc_with_modes_from_a_modes_start_model(emc_config, tmp_path):
+    """The stage's own checks (memory estimate, start model) take the modes; the outputs hold every volume."""
+    start = write_modes(tmp_path / "start.h5", 3, 91)
+    config = emc_config(tmp_path, iterations=1, num_modes=2, nonrot_modes=1, start_model=start)
+    done = spibatch_emc(str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "run" / "emc" / "output_001.h5") as f:
+        assert f["intensities"].shape == (3, 91, 91, 91) and f["mode_probabilities"].shape == (240, 3)
+        assert np.isfinite(f["intensities"][()]).all() and f["intensities"][()].max() > 0
+    assert "system_volume = 3 X 91 X 91 X 91" in (tmp_path / "run" / "emc" / "EMC.log").read_text()
 
 
 @pytest.mark.parametrize("case", [k for k, v in BAD_INPUTS.items() if v[0] is not None])

@@ -194,7 +194,8 @@ def test_settings_are_the_config_section_as_plain_values(tmp_path):
 @pytest.mark.mpi
 def test_two_mpi_ranks_take_joining_shards_as_one_process_does(halves, tmp_path):
     """New shards go to the rank with the fewest frames, so a rank's frames are no longer contiguous: the
-    gathered per-frame arrays are put back in frame order (here rank 0 holds frames 0..100 and 200..240)."""
+    gathered per-frame arrays are put back in frame order (here rank 0 holds frames 0..100 and 200..240).
+    With a junk mode, so the (D, 2) mode probabilities are gathered too."""
     mpirun = shutil.which("mpirun")
     if mpirun is None:
         pytest.skip("mpirun not found (apt-get install openmpi-bin libopenmpi-dev; .ci/run does)")
@@ -216,7 +217,7 @@ class Later:
         # 3 shards of 50 at first (rank 0: 2, rank 1: 1); then 150..200 to rank 1, 200..240 to rank 0
         return ShardSpec.cut({os.fspath(halves['whole'])!r}, 150, 240, 50, 150) if self.polls == 3 else []
 
-cfg = EMCSettings(num_div=2, iterations=4, frames_per_shard=50)
+cfg = EMCSettings(num_div=2, iterations=4, frames_per_shard=50, nonrot_modes=1)
 comm = MPI.COMM_WORLD
 executor = MPIRanks(comm) if comm.Get_size() > 1 else InProcess()
 driver.run_emc(cfg, sys.argv[1], {os.fspath(halves['detector'])!r}, sys.argv[2], executor=executor, source=Later())
@@ -238,6 +239,9 @@ driver.run_emc(cfg, sys.argv[1], {os.fspath(halves['detector'])!r}, sys.argv[2],
     assert np.array_equal(a["output_004.h5:orientations"], b["output_004.h5:orientations"])
     np.testing.assert_allclose(b["output_004.h5:log_likelihood"], a["output_004.h5:log_likelihood"], rtol=1e-10)
     np.testing.assert_allclose(b["scales"], a["scales"], rtol=1e-10)
+    assert a["output_004.h5:mode_probabilities"].shape == (240, 2)
+    np.testing.assert_allclose(b["output_004.h5:mode_probabilities"], a["output_004.h5:mode_probabilities"],
+                               rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------- the arrows between modules

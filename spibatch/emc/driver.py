@@ -30,8 +30,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from spibatch.detector import Detector
 from spibatch.emc import records
+from spibatch.emc.checks import Inputs, check_inputs, check_shards, read_start_model  # noqa: F401 (the stage's entry)
 from spibatch.emc.settings import EMCSettings
 from spibatch.emc.step import default_threads, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
@@ -44,88 +44,6 @@ log = logging.getLogger("spibatch")
 
 SCALE_LIMIT = 1e6        # a scale factor above this (the mean is 1) means the fit diverged
 MODEL_LIMIT = 1e6        # ... as does a model voxel above this times the largest photon count in a pixel
-
-
-@dataclass
-class Inputs:
-    """What :func:`check_inputs` found: the detector, the frame count and the model grid."""
-
-    detector: Detector
-    num_frames: int
-    size: int
-    start_model: np.ndarray | None
-
-
-def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> Inputs:
-    """Read the detector, the photons file's header and the start model; InputError on anything wrong.
-
-    Light (no frames are read): a command calls it before creating a run folder.
-    ``ranks``: MPI ranks to share the shards (each needs at least one).
-    """
-    from spibatch.io.dragonfly import check_match, photons_info
-
-    for name, path in (("photons", photons), ("detector", detector)):
-        if path is None:
-            raise InputError("no file given", field=f"emc.{name}",
-                             fix=f"set emc.{name} in the pipeline file (relative to it)")
-    geometry = Detector.read(detector)
-    num_frames, num_pix = photons_info(photons)
-    check_match(geometry, num_pix, detector, photons)
-    if num_frames == 0:
-        raise InputError("holds 0 frames", path=photons, field="place_ones",
-                         fix="give a photons file with at least one frame")
-    shards = -(-num_frames // settings.frames_per_shard)
-    if shards < ranks:
-        raise InputError(f"{num_frames} frames in shards of {settings.frames_per_shard} make {shards} shard(s) for "
-                         f"{ranks} MPI ranks", field="emc.frames_per_shard",
-                         fix=f"set emc.frames_per_shard to at most {num_frames // ranks}, or use fewer ranks")
-    smallest = geometry.model_size()
-    size = settings.model_size or smallest
-    if size < smallest:
-        raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",
-                         field="emc.model_size", fix=f"set it to at least {smallest}, or leave it out")
-    start = None if settings.start_model is None else read_start_model(settings.start_model, size)
-    return Inputs(geometry, num_frames, size, start)
-
-
-def read_start_model(path: Path, size: int) -> np.ndarray:
-    """The start model (size, size, size) float64 from ``path``; InputError unless finite and >= 0."""
-    from spibatch.io.results import read_volume
-
-    start = np.asarray(read_volume(path), np.float64)
-    fix = "give a finite, non-negative (M, M, M) intensity in photons per voxel (e.g. an output_NNN.h5)"
-    if start.shape != (size,) * 3:
-        raise InputError(f"shape {start.shape}, but the model grid is {(size,) * 3}", path=path,
-                         field="emc.start_model", fix=fix)
-    bad = ~np.isfinite(start)
-    if bad.any():
-        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), start.shape))
-        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {first})", path=path,
-                         field="emc.start_model", fix=fix)
-    if start.min() < 0:
-        raise InputError(f"{int((start < 0).sum())} voxels are negative", path=path, field="emc.start_model", fix=fix)
-    return start
-
-
-def check_shards(specs: list[ShardSpec], num_frames: int, detector: Detector, detector_path) -> list[ShardSpec]:
-    """New shards in frame order, checked: frames ``num_frames ..`` without gaps, inside their photons files,
-    which match the detector; InputError otherwise."""
-    from spibatch.io.dragonfly import check_match, photons_info
-
-    specs = sorted(specs, key=lambda s: s.first_frame)
-    info = {path: photons_info(path) for path in {s.photons for s in specs}}
-    expected = num_frames
-    for spec in specs:
-        total, num_pix = info[spec.photons]
-        check_match(detector, num_pix, detector_path, spec.photons)
-        if not 0 <= spec.start < spec.stop <= total:
-            raise InputError(f"a new shard asks for frames {spec.start}:{spec.stop} of {total}", path=spec.photons,
-                             field="place_ones", fix="give shards inside the photons file")
-        if spec.first_frame != expected:
-            raise InputError(f"a new shard starts at frame {spec.first_frame} of the run, not {expected}",
-                             path=spec.photons, fix="number new frames on from the run's last frame, without gaps")
-        expected += spec.num_frames
-    return specs
 
 
 @dataclass
@@ -199,7 +117,8 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     inputs = executor.collective(check_inputs, settings, photons, detector, executor.size)
     photons, detector = Path(photons), Path(detector)
     threads = _limit_threads()
-    geometry = Geometry.build(detector, settings.num_div, inputs.detector)
+    geometry = Geometry.build(detector, settings.num_div, inputs.detector, settings.detector_corr,
+                              settings.num_modes, settings.nonrot_modes)
     specs = ShardSpec.cut(photons, 0, inputs.num_frames, settings.frames_per_shard)
     counts, peak = executor.add_shards(specs, geometry)
     recorded = executor.broadcast(executor.collective(   # the writer reads the files' fingerprints
@@ -302,7 +221,8 @@ def _header_info(settings: EMCSettings, photons: Path, inputs: Inputs, geometry:
     schedule = settings.beta_schedule
     return {"photons": os.fspath(photons), "num_data": inputs.num_frames, "mean_count": float(counts.mean()),
             "num_rot": len(geometry.rotations), "num_used": geometry.pixels.num_used,
-            "num_pix": inputs.detector.num_pix, "size": inputs.size, "num_threads": threads, "mpi_ranks": ranks,
+            "num_pix": inputs.detector.num_pix, "size": inputs.size, "volumes": settings.num_volumes,
+            "num_threads": threads, "mpi_ranks": ranks,
             "beta": settings.beta, "beta_factor": settings.beta_factor, "need_scaling": settings.need_scaling,
             "friedel_symmetry": settings.friedel_symmetry, "point_group": settings.point_group or "none",
             "beta_schedule": "none" if schedule is None else f"{schedule.factor} {schedule.period}",
@@ -350,7 +270,8 @@ def iterate(run: Run, executor, iteration: int) -> dict:
     group = settings.point_group
     model, scales, metrics = finish(total, run.model, settings.need_scaling, settings.friedel_symmetry and not group)
     if group is not None:   # the point group first, then Friedel: both hold exactly in the result
-        model = symmetrize(model, group, settings.friedel_symmetry)
+        model = (np.stack([symmetrize(v, group, settings.friedel_symmetry) for v in model]) if model.ndim == 4
+                 else symmetrize(model, group, settings.friedel_symmetry))
         metrics["rms_change"] = float(np.sqrt(np.mean((model - run.model) ** 2)))
     finished = perf_counter()
     _check_diverged(iteration, model, scales, MODEL_LIMIT * max(run.peak, 1.0), run.photons)

@@ -46,7 +46,7 @@ import numpy as np
 from spibatch.emc import htc_sums, mpi
 from spibatch.emc.gpu_step import gpu_shard_step
 from spibatch.emc.step import shard_step, warm_up
-from spibatch.emc.types import Geometry, Shard, ShardSpec, ShardSums, StepState
+from spibatch.emc.types import Geometry, GeometrySpec, Shard, ShardSpec, ShardSums, StepState
 from spibatch.io.atomic import atomic_path
 from spibatch.kernels.device import CPU, Device
 from spibatch.layout import HTC_TIMING, htc_model_name
@@ -203,8 +203,7 @@ class Tasks(_OneProcess):
             left = htc_sums.remove_scratch(self.dir)
             if left:
                 log.info("HTC: removed %d file(s) an interrupted iteration left in %s", len(left), self.dir)
-        futures = [self.submit(prepare_task, spec, geometry.detector_path, geometry.num_div, self.threads)
-                   for spec in specs]
+        futures = [self.submit(prepare_task, spec, geometry.spec, self.threads) for spec in specs]
         results = [f.result() for f in futures]
         self.specs.extend(specs)
         return (np.concatenate([c for c, _ in results]) if results else np.zeros(0),
@@ -216,8 +215,8 @@ class Tasks(_OneProcess):
         with atomic_path(model_path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(model, np.float64))
         written = time.perf_counter()
-        futures = [self.submit(shard_task, spec, geometry.detector_path, geometry.num_div, str(model_path), state,
-                               self.threads, self.device) for spec in self.specs]
+        futures = [self.submit(shard_task, spec, geometry.spec, str(model_path), state, self.threads, self.device)
+                   for spec in self.specs]
         parts = []
         try:
             parts = [f.result() for f in futures]
@@ -244,13 +243,13 @@ class Tasks(_OneProcess):
 # ------------------------------------------------------------------ what a Tasks worker runs
 
 @lru_cache(maxsize=2)
-def _geometry(detector_path: str, num_div: int) -> Geometry:
-    return Geometry.build(detector_path, num_div)
+def _geometry(recipe: GeometrySpec) -> Geometry:
+    return recipe.build()
 
 
 @lru_cache(maxsize=4)
-def _shard(spec: ShardSpec, detector_path: str, num_div: int) -> Shard:
-    return spec.load(_geometry(detector_path, num_div).pixels)
+def _shard(spec: ShardSpec, recipe: GeometrySpec) -> Shard:
+    return spec.load(_geometry(recipe).pixels)
 
 
 def _threads(threads: int) -> None:
@@ -259,21 +258,22 @@ def _threads(threads: int) -> None:
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
-def prepare_task(spec: ShardSpec, detector_path: str, num_div: int, threads: int) -> tuple[np.ndarray, float]:
+def prepare_task(spec: ShardSpec, recipe: GeometrySpec, threads: int) -> tuple[np.ndarray, float]:
     """Read one shard (and keep it in this worker); return its frames' photon counts (D,) and peak count.
 
     Also compiles / loads the kernels, so that the first iteration's time is the iteration's.
     """
     _threads(threads)
     warm_up()
-    shard = _shard(spec, detector_path, num_div)
+    shard = _shard(spec, recipe)
     return shard.counts, peak_count([shard])
 
 
-def shard_task(spec: ShardSpec, detector_path: str, num_div: int, model_path: str, state: StepState,
-               threads: int, device: Device = CPU) -> htc_sums.Part:
-    """The shard step of ``spec``'s frames on the model in ``model_path`` (.npy, (M, M, M) float64); its sums
-    written beside the model (:func:`spibatch.emc.htc_sums.write_part`), the small record returned.
+def shard_task(spec: ShardSpec, recipe: GeometrySpec, model_path: str, state: StepState, threads: int,
+               device: Device = CPU) -> htc_sums.Part:
+    """The shard step of ``spec``'s frames on the model in ``model_path`` (.npy, (M, M, M) float64, or
+    (V, M, M, M) with modes); its sums written beside the model (:func:`spibatch.emc.htc_sums.write_part`),
+    the small record returned.
 
     ``timings`` also holds ``load_model_s``, ``write_sums_s``, ``task_s`` (this task's own seconds) and
     ``ended_at`` (its end, seconds since the epoch: how long the record took to reach the driver)."""
@@ -281,9 +281,8 @@ def shard_task(spec: ShardSpec, detector_path: str, num_div: int, model_path: st
     _threads(threads)
     model = np.load(model_path)
     loaded = time.perf_counter()
-    geometry = _geometry(detector_path, num_div)
-    sums = step_function(device)(model, geometry.rotations, geometry.pixels, _shard(spec, detector_path, num_div),
-                                 state)
+    geometry = _geometry(recipe)
+    sums = step_function(device)(model, geometry.rotations, geometry.pixels, _shard(spec, recipe), state)
     del model
     sums.timings["load_model_s"] = loaded - began
     part = htc_sums.write_part(Path(model_path).parent, state.iteration, sums)

@@ -79,7 +79,7 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
     chunk, block = plan(shard.num_frames, len(rotations), len(pixels.q), budget_bytes)
     work.allocate(frame_chunk or chunk, rotation_block or block)
     results = {k: [] for k in ("scale_denominator", "log_likelihood", "mutual_info", "num_kept", "best_rotation",
-                               "best_probability")}
+                               "best_probability") + (("mode_probabilities",) if rotations.num_volumes > 1 else ())}
     for f0 in range(0, shard.num_frames, work.chunk):
         for key, value in work.frames_step(f0, min(f0 + work.chunk, shard.num_frames), state).items():
             results[key].append(value)
@@ -93,16 +93,19 @@ class _OnDevice:
         self.kernels, self.xp, self.shard = kernels, xp, shard
         self.clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0, "transfer": 0.0}
         t0 = perf_counter()
-        m = model.shape[0]
+        self.rotations = rotations
         self.nrot, self.num_used, self.num_pix = len(rotations), pixels.num_used, len(pixels.q)
         self.model = xp.asarray(np.ascontiguousarray(model, np.float32))
         self.rotmats = xp.asarray(np.ascontiguousarray(rotations.matrices, np.float32))
         self.q_used = xp.asarray(np.ascontiguousarray(pixels.q[:self.num_used], np.float32))
         self.q_all = xp.asarray(np.ascontiguousarray(pixels.q, np.float32))
+        self.corr_used = xp.asarray(np.ascontiguousarray(pixels.corr[:self.num_used], np.float32))
+        self.inv_corr = None if np.all(pixels.corr == 1.0) else xp.asarray((1.0 / pixels.corr).astype(np.float32))
         self.log_prior = xp.asarray(np.log(rotations.weights))
         self.pixel = xp.asarray(shard.pixel)
         self.count = xp.asarray(shard.count)
-        self.acc = xp.zeros((m, m, m, 2), np.float32)
+        self.acc = xp.zeros(model.shape + (2,), np.float32)      # (M, M, M, 2), or (V, M, M, M, 2) with modes
+        self.mode = xp.asarray(np.ascontiguousarray(rotations.mode, np.int32))
         synchronize(xp)
         self.clock["transfer"] += perf_counter() - t0
 
@@ -154,7 +157,8 @@ class _OnDevice:
             logv = self.view_buf[:self.num_used * n].reshape(self.num_used, n)
             u_block = xp.zeros(n, np.float64)
             for a, b in _row_blocks(self.num_used):
-                kernels.log_views(self.model, self.rotmats[r0:r1], self.q_used[a:b], TINY, logv[a:b], u_block)
+                kernels.log_views(self.model, self.rotmats[r0:r1], self.mode[r0:r1], self.q_used[a:b],
+                                  self.corr_used[a:b], TINY, logv[a:b], u_block)
             self.u[r0:r1] = u_block
             synchronize(xp)
             t1 = perf_counter()
@@ -175,6 +179,8 @@ class _OnDevice:
         c = like.shape[0]
         scale_den, log_like, info = (xp.zeros(c, np.float64) for _ in range(3))
         kept = xp.zeros(c, np.int64)
+        volumes = self.rotations.num_volumes
+        mode_prob = xp.zeros((c, volumes), np.float64)
         for r0, r1, n in self._blocks():
             t0 = perf_counter()
             p = prob if n == self.nrot else xp.ascontiguousarray(prob[:, r0:r1])
@@ -185,6 +191,10 @@ class _OnDevice:
             info += xp.where(positive, p64 * (xp.log(xp.where(positive, p64, 1.0)) - self.log_prior[None, r0:r1]),
                              0.0).sum(axis=1)
             kept += positive.sum(axis=1)
+            if volumes > 1:
+                block_mode = self.rotations.mode[r0:r1]
+                for k in np.unique(block_mode):
+                    mode_prob[:, k] += p64[:, xp.asarray(np.flatnonzero(block_mode == k))].sum(axis=1)
             weight_of_rot = (scale @ p64).astype(np.float32)
             del p64, positive
             synchronize(xp)
@@ -192,12 +202,18 @@ class _OnDevice:
             views = self.view_buf[:self.num_pix * n].reshape(self.num_pix, n)
             for a, b in _row_blocks(self.num_pix):
                 kernels.weighted_photons(p, pixel_ptr[a:b + 1], by_frame, by_count, views[a:b])
-                kernels.merge_views(self.acc, self.rotmats[r0:r1], self.q_all[a:b], views[a:b], weight_of_rot)
+                if self.inv_corr is not None:          # photons / corr: the model is free of the detector
+                    views[a:b] *= self.inv_corr[a:b, None]
+                kernels.merge_views(self.acc, self.rotmats[r0:r1], self.mode[r0:r1], self.q_all[a:b], views[a:b],
+                                    weight_of_rot)
             synchronize(xp)
             self.clock["normalize"] += t1 - t0
             self.clock["merge"] += perf_counter() - t1
-        return {"scale_denominator": scale_den, "log_likelihood": log_like, "mutual_info": info,
-                "num_kept": kept.astype(np.int32)}
+        out = {"scale_denominator": scale_den, "log_likelihood": log_like, "mutual_info": info,
+               "num_kept": kept.astype(np.int32)}
+        if volumes > 1:
+            out["mode_probabilities"] = mode_prob
+        return out
 
     def sums(self, results: dict[str, list]) -> ShardSums:
         """The shard's sums on the host, from the per-chunk ``results`` and ``acc``."""
@@ -215,5 +231,7 @@ class _OnDevice:
             "best_rotation": host["best_rotation"],
             "best_probability": host["best_probability"],
         }
+        if "mode_probabilities" in host:
+            frames["mode_probabilities"] = host["mode_probabilities"]
         return ShardSums(shard.first_frame, acc[..., 0].astype(np.float64), acc[..., 1].astype(np.float64), frames,
                          self.clock)

@@ -128,24 +128,27 @@ def combine(comm, local: ShardSums, frames_per_rank: list[int], rows: np.ndarray
     """
     from mpi4py import MPI
 
-    volumes = np.empty((2,) + local.numerator.shape)
+    volumes = np.empty((2,) + local.numerator.shape)     # (2, M, M, M), or (2, V, M, M, M) with modes
     volumes[0] = local.numerator
     volumes[1] = local.denominator
     comm.Allreduce(MPI.IN_PLACE, volumes, op=MPI.SUM)
 
     keys = sorted(local.frames)
     dtypes = [local.frames[k].dtype for k in keys]
-    packed = np.empty((frames_per_rank[comm.Get_rank()], len(keys)))
+    widths = [int(np.prod(local.frames[k].shape[1:])) for k in keys]      # 2-D per-frame arrays: several columns
+    columns = np.concatenate([[0], np.cumsum(widths)])
+    packed = np.empty((frames_per_rank[comm.Get_rank()], int(columns[-1])))
     for j, key in enumerate(keys):
-        packed[:, j] = local.frames[key]
-    gathered = np.empty((sum(frames_per_rank), len(keys)))
-    counts = [n * len(keys) for n in frames_per_rank]
+        packed[:, columns[j]:columns[j + 1]] = local.frames[key].reshape(len(packed), -1)
+    gathered = np.empty((sum(frames_per_rank), int(columns[-1])))
+    counts = [n * int(columns[-1]) for n in frames_per_rank]
     displacements = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
     comm.Allgatherv(packed, [gathered, counts, displacements, MPI.DOUBLE])
     if rows is not None:
         ordered = np.empty_like(gathered)
         ordered[rows] = gathered
         gathered = ordered
-    frames = {key: np.ascontiguousarray(gathered[:, j]).astype(dtype, copy=False)
+    frames = {key: np.ascontiguousarray(gathered[:, columns[j]:columns[j + 1]]).reshape(
+              (len(gathered),) + local.frames[key].shape[1:]).astype(dtype, copy=False)
               for j, (key, dtype) in enumerate(zip(keys, dtypes))}
     return ShardSums(0, volumes[0], volumes[1], frames, dict(local.timings))   # timings: this rank's

@@ -11,12 +11,16 @@ Per iteration ``N`` (written in this order, by rank 0 only)::
                      scale (D,) float64              per-frame scale factors after this iteration (mean 1)
                      log_likelihood (D,) float64     sum_r P_dr (log-likelihood of rotation r, log K! included)
                      mutual_info (D,) float64        sum_r P_dr log(P_dr / w_r), nats
+                     with modes (num_modes + nonrot_modes = V > 1): intensity is volume 0, and
+                     intensities (V, M, M, M) float32  every volume (rotating modes, then non-rotating)
+                     mode_probabilities (D, V) float64 each frame's probability of each volume (sum 1;
+                                                     orientations then index the modes' list: k R + r)
                      attributes: iteration, beta (mean over frames), num_rot, mpi_ranks, metrics (JSON),
                      intensity_unit, voxel_size_per_m (when the detector says)
     EMC.log          Dragonfly-style: header, then a tab-separated table
                      ``iter time rms_change info_rate log-likelihood num_rot beta``, rewritten whole
     metrics.jsonl    one JSON object per iteration (the monitor reads it), rewritten whole
-    checkpoint.h5    model (M, M, M) float64, scales (D,) float64; attributes iteration, settings
+    checkpoint.h5    model (M, M, M) or (V, M, M, M) float64, scales (D,) float64; attributes iteration, settings
                      (JSON: what must not change on resume), history (JSON: every iteration's metrics)
 
 The checkpoint is written last, so whatever it names is complete on disk;
@@ -52,7 +56,7 @@ def write_iteration(out_dir: Path, iteration: int, model: np.ndarray, frames: di
     """Write ``output_NNN.h5`` of one iteration (layout in the module docstring); returns its path."""
     best = frames["best_rotation"].astype(np.int32)
     datasets = {
-        "intensity": model.astype(np.float32),
+        "intensity": (model[0] if model.ndim == 4 else model).astype(np.float32),
         "orientations": best,
         "quaternions": quaternions[np.maximum(best, 0)],
         "best_probability": frames["best_probability"],
@@ -60,6 +64,9 @@ def write_iteration(out_dir: Path, iteration: int, model: np.ndarray, frames: di
         "log_likelihood": frames["log_likelihood"],
         "mutual_info": frames["mutual_info"],
     }
+    if model.ndim == 4:                                   # modes: every volume, and each frame's share of each
+        datasets["intensities"] = model.astype(np.float32)
+        datasets["mode_probabilities"] = frames["mode_probabilities"]
     attrs = {"iteration": iteration, "beta": record["beta_mean"], "num_rot": record["num_rot"],
              "mpi_ranks": record["mpi_ranks"], "metrics": json.dumps(record, sort_keys=True),
              "intensity_unit": "photons per pixel", "voxel_size_per_m": voxel_size_per_m}
@@ -78,7 +85,7 @@ def log_header(info: dict) -> str:
              "System size:",
              f"\tnum_rot = {info['num_rot']}",
              f"\tnum_pix = {info['num_used']}/{info['num_pix']}",
-             f"\tsystem_volume = 1 X {info['size']} X {info['size']} X {info['size']}", "",
+             f"\tsystem_volume = {info.get('volumes', 1)} X {info['size']} X {info['size']} X {info['size']}", "",
              "Reconstruction parameters:",
              f"\tnum_threads = {info['num_threads']}",
              f"\tnum_proc = {info['mpi_ranks']}",

@@ -14,7 +14,7 @@ import numpy as np
 
 # what must not change between a run and its resumption, as the checkpoint records it (with the data's sizes)
 RESUME_KEYS = ("num_div", "beta", "beta_factor", "beta_schedule", "need_scaling", "friedel_symmetry", "point_group",
-               "seed", "frames_per_shard", "start_model")
+               "seed", "frames_per_shard", "start_model", "detector_corr", "num_modes", "nonrot_modes")
 INPUT_KEYS = ("photons", "detector")   # in the config's section, not in the settings
 
 
@@ -34,7 +34,10 @@ class EMCSettings:
     annealing exponent); beta_factor; beta_schedule: a :class:`BetaSchedule` or None (constant);
     need_scaling: fit a scale per frame; friedel_symmetry; point_group ("C2", ... or None); seed of the
     random start model; frames_per_shard; model_size (voxels, None: the detector's); start_model (a
-    volume file or None).
+    volume file or None); detector_corr: the detector's corr (solid angle x polarization) multiplies the
+    views and divides the merged photons, as in Dragonfly (False: the model absorbs it); num_modes: rotating
+    model volumes (conformations), nonrot_modes: non-rotating "junk" volumes (Dragonfly's num_modes and
+    num_nonrot_modes; see :class:`spibatch.emc.types.Rotations`).
     """
 
     num_div: int = 4
@@ -49,6 +52,14 @@ class EMCSettings:
     frames_per_shard: int = 4096
     model_size: int | None = None
     start_model: Path | None = None
+    detector_corr: bool = True
+    num_modes: int = 1
+    nonrot_modes: int = 0
+
+    @property
+    def num_volumes(self) -> int:
+        """Model volumes: rotating modes plus non-rotating ones."""
+        return self.num_modes + self.nonrot_modes
 
     @classmethod
     def from_dict(cls, values: dict) -> "EMCSettings":

@@ -41,8 +41,9 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
                state: StepState, *, rotation_block: int | None = None) -> ShardSums:
     """Expand, likelihood, probabilities and merge for one shard on the CPU: its partial sums.
 
-    model (M, M, M) float64 (the current model, >= 0); rotation_block: rotations per likelihood
-    block (default :func:`rotation_block_size`).
+    model (M, M, M) float64 (the current model, >= 0), or (V, M, M, M) with modes (``rotations.mode`` says
+    which volume each orientation slices; the frames' ``mode_probabilities`` (D, V) are then summed too);
+    rotation_block: rotations per likelihood block (default :func:`rotation_block_size`).
     """
     from spibatch.kernels.emc_cpu import normalize_probabilities
 
@@ -73,8 +74,12 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
         "best_rotation": best_rot,                                                # the most likely rotation,
         "best_probability": np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0),   # exp(0) / norm
     }
+    if rotations.num_volumes > 1:
+        volumes = rotations.num_volumes
+        frames["mode_probabilities"] = np.bincount(d.astype(np.int64) * volumes + rotations.mode[r], prob,
+                                                   nf * volumes).reshape(nf, volumes)
     t1 = perf_counter()
-    numerator, denominator = _merge(model.shape[0], rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
+    numerator, denominator = _merge(model.shape, rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
     clock["normalize"] += t1 - t0
     clock["merge"] += perf_counter() - t1
     return ShardSums(first, numerator, denominator, frames, clock)
@@ -84,36 +89,35 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
                       window: np.ndarray, log_prior: np.ndarray, block: int, slots: int, clock: dict):
     """Expand and likelihood per block of ``block`` rotations, keeping what is within ``window`` of each frame's
     running best: ``(u (R,) view sums, best (D,), best_rot (D,) int32, frame, rotation (n,) int32, value (n,))``."""
-    from spibatch.kernels.emc_cpu import log_views_t, photon_log_likelihood
+    from spibatch.kernels.emc_cpu import keep_within_window, photon_log_likelihood, views_by_rotation
 
-    nf, nrot = shard.num_frames, len(rotations)
-    q_used = pixels.q[:pixels.num_used]
+    nf, nrot, m = shard.num_frames, len(rotations), model.shape[-1]
+    flat = np.ascontiguousarray(model, np.float32).reshape(-1)
+    q_t = np.ascontiguousarray(pixels.q[:pixels.num_used].T, np.float32)
+    corr = pixels.corr[:pixels.num_used].astype(np.float32)
     u = np.empty(nrot)
     best = np.full(nf, -np.inf)
     best_rot = np.full(nf, -1, np.int32)
     kept_frame, kept_rot, kept_value = [], [], []
+    views = np.empty((block, pixels.num_used), np.float32)
     logv = np.empty((pixels.num_used, block), np.float32)   # float32: half the cache traffic of the likelihood
-    u_parts = np.empty((slots, block))
+    sums = np.empty((nf, block), np.float32)
     like = np.empty((nf, block))
     for r0 in range(0, nrot, block):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
         t0 = perf_counter()
-        log_views_t(model, rotations.matrices[r0:r1], q_used, TINY, logv[:, :n], u_parts[:, :n])
-        u[r0:r1] = u_parts[:, :n].sum(axis=0)
+        views_by_rotation(flat, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, corr, views[:n], u[r0:r1])
+        np.maximum(views[:n], np.float32(TINY), out=views[:n])
+        np.log(views[:n], out=views[:n])                 # numpy's SIMD logf
+        logv[:, :n] = views[:n].T                        # pixel-major for the likelihood's rows
         t1 = perf_counter()
-        photon_log_likelihood(logv[:, :n], shard.ptr, shard.used_end, shard.pixel, shard.count,
-                              log_prior[r0:r1], scale, u[r0:r1], like[:, :n])
-        block_like = like[:, :n]
-        arg = block_like.argmax(axis=1)
-        top = block_like[np.arange(nf), arg]
-        better = top > best
-        best[better] = top[better]
-        best_rot[better] = arg[better] + r0
-        d, r = np.nonzero(block_like > (best - window)[:, None])
-        kept_frame.append(d.astype(np.int32))
-        kept_rot.append((r + r0).astype(np.int32))
-        kept_value.append(block_like[d, r])
+        photon_log_likelihood(logv[:, :n], shard.ptr, shard.used_end, shard.pixel, shard.count, sums[:, :n])
+        d, r, value = keep_within_window(sums[:, :n], log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot,
+                                         like[:, :n])
+        kept_frame.append(d)
+        kept_rot.append(r)
+        kept_value.append(value)
         clock["expand"] += t1 - t0
         clock["likelihood"] += perf_counter() - t1
     return u, best, best_rot, _joined(kept_frame), _joined(kept_rot), _joined(kept_value)
@@ -126,9 +130,10 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
+def _merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
            prob: np.ndarray, weight_of_rot: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Maximize: photons weighted by P and the weights P * scale, merged into 3-D per rotation block.
+    """Maximize: photons weighted by P (divided by the pixel's corr) and the weights P * scale, merged into 3-D
+    per rotation block.
 
     Each block's weighted photons come from a dense kernel (SIMD over
     rotations) when many frames share its rotations, from a sparse one
@@ -136,14 +141,16 @@ def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.n
     """
     from spibatch.kernels.emc_cpu import merge_views, weighted_photons_dense, weighted_photons_sparse
 
-    nrot, nf, npix = len(rotations), shard.num_frames, len(pixels.q)
+    nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
     block = MERGE_BLOCK
     photons_per_frame = np.diff(shard.ptr)
+    inv_corr = (1.0 / pixels.corr).astype(np.float32)
+    q_t = np.ascontiguousarray(pixels.q.T, np.float32)
     csc = None                                          # the by-pixel form, built when a dense block needs it
     # Entries come in likelihood-block order, and likelihood blocks divide merge blocks: r // block is sorted.
     starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
-    sums = np.zeros((m, m, m, 2), np.float32)   # float32: half the cache footprint, 1.4x faster (measured)
-    views = np.empty((npix, block), np.float32)        # float32 like the accumulators: half the traffic
+    sums = np.zeros(int(np.prod(shape)) * 2, np.float32)   # float32: half the cache footprint, 1.4x faster
+    views = np.empty((block, npix), np.float32)         # rotation-major, float32 like the accumulators
     dense_prob = np.empty((nf, block), np.float32)
     for k, r0 in enumerate(range(0, nrot, block)):
         r1 = min(r0 + block, nrot)
@@ -159,15 +166,17 @@ def _merge(m: int, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.n
             rot_ptr = np.zeros(n + 1, np.int64)
             np.cumsum(np.bincount(br, minlength=n), out=rot_ptr[1:])
             weighted_photons_sparse(rot_ptr, bd[by_rot].astype(np.int64), bp[by_rot], shard.ptr,
-                                    shard.pixel, shard.count, views[:, :n])
+                                    shard.pixel, shard.count, inv_corr, views[:n])
         else:
             block_prob = dense_prob[:, :n]
             block_prob[:] = 0.0
             block_prob[bd, br] = bp
             if csc is None:
                 csc = shard.by_pixel(npix)
-            weighted_photons_dense(block_prob, *csc, views[:, :n])
-        merge_views(sums, rotations.matrices[r0:r1], pixels.q, views[:, :n], weight_of_rot[r0:r1], slots)
+            weighted_photons_dense(block_prob, *csc, inv_corr, views[:n])
+        merge_views(sums, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, views[:n], weight_of_rot[r0:r1],
+                    slots)
+    sums = sums.reshape(shape + (2,))
     return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64)
 
 
@@ -177,15 +186,18 @@ def default_threads() -> int:
 
 
 def random_model(size: int, pixels: PixelSet, rotations: Rotations, mean_counts: float, seed: int) -> np.ndarray:
-    """Seeded uniform random start model (M, M, M) float64, scaled so a view holds ``mean_counts`` photons on average."""
-    from spibatch.kernels.emc_cpu import log_views_t
+    """Seeded uniform random start model (M, M, M) float64 -- (V, M, M, M) with modes, each volume its own
+    draw -- scaled so a view holds ``mean_counts`` photons on average."""
+    from spibatch.kernels.emc_cpu import views_by_rotation
 
-    model = np.random.default_rng(seed).random((size, size, size))
-    sample = rotations.matrices[:: max(1, len(rotations) // 16)]
-    logv = np.empty((pixels.num_used, len(sample)))
-    u_parts = np.empty((1, len(sample)))
-    log_views_t(model, sample, pixels.q[:pixels.num_used], TINY, logv, u_parts)
-    return model * (mean_counts / u_parts.mean())
+    volumes = rotations.num_volumes
+    model = np.random.default_rng(seed).random((volumes, size, size, size) if volumes > 1 else (size,) * 3)
+    pick = np.arange(0, rotations.per_mode, max(1, rotations.per_mode // 16))   # rotations of volume 0
+    views, u = np.empty((len(pick), pixels.num_used), np.float32), np.empty(len(pick))
+    views_by_rotation(model.astype(np.float32).reshape(-1)[:size ** 3], size, rotations.matrices[pick],
+                      np.zeros(len(pick), np.int32), np.ascontiguousarray(pixels.q[:pixels.num_used].T, np.float32),
+                      pixels.corr[:pixels.num_used].astype(np.float32), views, u)
+    return model * (mean_counts / u.mean())
 
 
 def warm_up() -> None:

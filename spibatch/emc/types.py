@@ -42,16 +42,40 @@ TINY = 1e-30        # floor of the view before its (float32) log
 
 @dataclass
 class Rotations:
-    """Sampled rotations: quaternions (R, 4), matrices (R, 3, 3), prior weights (R,) summing to 1."""
+    """The orientations EMC samples: quaternions (R, 4), matrices (R, 3, 3), prior weights (R,) summing to 1,
+    and the model volume each one slices: ``mode`` (R,) int32.
+
+    One mode: the refined 600-cell (``per_mode`` = R rotations, all of volume 0).  With modes (Dragonfly's
+    ``num_modes`` and ``num_nonrot_modes``): each of ``rotating`` volumes is seen at every rotation of the
+    600-cell (orientation ``k per_mode + r`` is rotation r of volume k), then each of ``nonrot`` "junk"
+    volumes at the identity only (orientation ``rotating per_mode + j``): a frame is one conformation in
+    some orientation, or a pattern that fits none (its prior is that of one rotation, 1 / per_mode).
+    """
 
     quaternions: np.ndarray
     matrices: np.ndarray
     weights: np.ndarray
+    mode: np.ndarray = None
+    per_mode: int = 0
+    num_volumes: int = 1
+
+    def __post_init__(self):
+        if self.mode is None:
+            self.mode = np.zeros(len(self.weights), np.int32)
+        self.per_mode = self.per_mode or len(self.weights)
 
     @classmethod
-    def refined_600_cell(cls, num_div: int) -> "Rotations":
+    def refined_600_cell(cls, num_div: int, num_modes: int = 1, nonrot_modes: int = 0) -> "Rotations":
         quats, weights = quaternions(num_div)
-        return cls(quats, rotation_matrices(quats), weights)
+        if num_modes == 1 and nonrot_modes == 0:
+            return cls(quats, rotation_matrices(quats), weights)
+        r = len(weights)
+        identity = np.tile([1.0, 0.0, 0.0, 0.0], (nonrot_modes, 1))
+        quats = np.concatenate([np.tile(quats, (num_modes, 1)), identity])
+        weights = np.concatenate([np.tile(weights, num_modes), np.full(nonrot_modes, 1.0 / r)])
+        mode = np.concatenate([np.repeat(np.arange(num_modes), r), num_modes + np.arange(nonrot_modes)])
+        return cls(quats, rotation_matrices(quats), weights / weights.sum(), mode.astype(np.int32), r,
+                   num_modes + nonrot_modes)
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -62,21 +86,28 @@ class PixelSet:
     """The detector's pixels as EMC uses them: used (mask 0) first, then merge-only (mask 1).
 
     q (T, 3) float64 in voxels; ``num_used`` leading rows are mask 0;
-    ``index_of`` (num_pix,) int32 maps a detector pixel to its row, -1 for excluded.
+    ``index_of`` (num_pix,) int32 maps a detector pixel to its row, -1 for excluded;
+    ``corr`` (T,) float64: the expected photons of a pixel are ``scale x corr x model(R q)`` --
+    the detector's solid angle x polarization normalised to mean 1 over all its pixels (Dragonfly's
+    ``corr``), or ones (``detector_corr=False``).
     """
 
     q: np.ndarray
     num_used: int
     index_of: np.ndarray
+    corr: np.ndarray
 
     @classmethod
-    def from_detector(cls, detector: Detector) -> "PixelSet":
+    def from_detector(cls, detector: Detector, detector_corr: bool = True) -> "PixelSet":
         used = np.flatnonzero(detector.mask == MASK_USED)
         merge_only = np.flatnonzero((detector.mask != MASK_USED) & (detector.mask != MASK_EXCLUDED))
         order = np.concatenate([used, merge_only])
         index_of = np.full(detector.num_pix, -1, np.int32)
         index_of[order] = np.arange(len(order), dtype=np.int32)
-        return cls(np.ascontiguousarray(detector.q_voxels[order], np.float64), len(used), index_of)
+        corr = np.ones(len(order))
+        if detector_corr and detector.corr.mean() > 0:
+            corr = np.ascontiguousarray(detector.corr[order] / detector.corr.mean(), np.float64)
+        return cls(np.ascontiguousarray(detector.q_voxels[order], np.float64), len(used), index_of, corr)
 
 
 @dataclass
@@ -207,22 +238,37 @@ class ShardSpec(NamedTuple):
         return Shard.from_photons(read_photons(self.photons, self.start, self.stop), pixels, self.first_frame)
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """A run's pixels and rotations, with the recipe (detector file, num_div) that rebuilds them elsewhere."""
+class GeometrySpec(NamedTuple):
+    """The recipe of a run's :class:`Geometry`, small enough to send to a task: the detector file, the
+    600-cell refinement, whether the detector's corr enters the views, and the modes."""
 
     detector_path: str
     num_div: int
+    detector_corr: bool = True
+    num_modes: int = 1
+    nonrot_modes: int = 0
+
+    def build(self, detector: Detector | None = None) -> "Geometry":
+        """The geometry (``detector``: the one already read from ``detector_path``, if any)."""
+        if detector is None:
+            detector = Detector.read(self.detector_path)
+        return Geometry(self, PixelSet.from_detector(detector, self.detector_corr),
+                        Rotations.refined_600_cell(self.num_div, self.num_modes, self.nonrot_modes))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A run's pixels and rotations, with the recipe (:class:`GeometrySpec`) that rebuilds them elsewhere."""
+
+    spec: GeometrySpec
     pixels: PixelSet
     rotations: Rotations
 
     @classmethod
-    def build(cls, detector_path: str | os.PathLike, num_div: int, detector: Detector | None = None) -> "Geometry":
+    def build(cls, detector_path: str | os.PathLike, num_div: int, detector: Detector | None = None,
+              detector_corr: bool = True, num_modes: int = 1, nonrot_modes: int = 0) -> "Geometry":
         """From the detector file (or the ``detector`` already read from it) and the 600-cell refinement."""
-        if detector is None:
-            detector = Detector.read(detector_path)
-        return cls(os.fspath(detector_path), num_div, PixelSet.from_detector(detector),
-                   Rotations.refined_600_cell(num_div))
+        return GeometrySpec(os.fspath(detector_path), num_div, detector_corr, num_modes, nonrot_modes).build(detector)
 
 
 def reduce(parts: list[ShardSums]) -> ShardSums:
@@ -244,9 +290,13 @@ def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: boo
 
     Voxels no pixel reached keep weight 0 and become 0.  With ``need_scaling``
     the scales become ``counts / sum_r P u_r`` and model and scales are
-    renormalised so that the mean scale is 1.
+    renormalised so that the mean scale is 1.  With ``friedel`` the sums of ``q`` and ``-q`` are added
+    before the division (as Dragonfly does): the weighted mean of both sides, exactly centrosymmetric.
     """
-    num, den = total.numerator, total.denominator
+    num, den = total.numerator, total.denominator      # (M, M, M), or (V, M, M, M) with modes
+    if friedel:
+        flip = (Ellipsis, slice(None, None, -1), slice(None, None, -1), slice(None, None, -1))
+        num, den = num + num[flip], den + den[flip]
     new = np.zeros_like(num)
     np.divide(num, den, out=new, where=den > 0)
     f = total.frames
@@ -257,8 +307,6 @@ def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: boo
         mean = scales[ok].mean() if ok.any() else 1.0
         scales /= mean
         new *= mean
-    if friedel:
-        new = 0.5 * (new + new[::-1, ::-1, ::-1])
     metrics = {
         "rms_change": float(np.sqrt(np.mean((new - model) ** 2))),
         "mutual_info": float(f["mutual_info"].mean()),

@@ -68,16 +68,18 @@ def _corners(index, frac):
 
 # ------------------------------------------------------------------ emc.cu
 
-def log_views(grid, block, model, m, rotmats, nrot, q, npix, tiny, out, view_sum):
+def log_views(grid, block, model, m, rotmats, mode, nrot, q, pixel_factor, npix, tiny, out, view_sum):
     _covers("log_views", grid, block, nrot, npix)
     m = int(m)
     index, frac, inside = _trilinear(m, rotmats, int(nrot), q, int(npix))
     flat = model.reshape(-1)
+    base = mode[:nrot].astype(np.int64)[None, :] * m ** 3                 # each rotation's volume
     v = np.zeros(inside.shape, np.float32)
     safe = np.where(inside[..., None], index, 0)
     for (a, b, e), w in _corners(index, frac):
-        v += w * flat[((safe[..., 0] + a) * m + safe[..., 1] + b) * m + safe[..., 2] + e]
+        v += w * flat[base + ((safe[..., 0] + a) * m + safe[..., 1] + b) * m + safe[..., 2] + e]
     v[~inside] = 0.0
+    v *= pixel_factor[:npix, None]
     view_sum[:nrot] += v.sum(axis=0, dtype=np.float64)
     out.reshape(npix, nrot)[...] = np.log(np.maximum(v, np.float32(tiny)))
 
@@ -129,7 +131,7 @@ def weighted_photons(grid, block, prob, nrot, pixel_ptr, frame, count, npix, out
     out.reshape(npix, nrot)[...] = (photons @ prob.reshape(nframes, nrot).astype(np.float64)).astype(np.float32)
 
 
-def merge_views(grid, block, acc, m, rotmats, nrot, q, npix, views, weight_of_rot):
+def merge_views(grid, block, acc, m, rotmats, mode, nrot, q, npix, views, weight_of_rot):
     m, nrot, npix = int(m), int(nrot), int(npix)
     _covers("merge_views", grid, block, nrot, npix)
     index, frac, inside = _trilinear(m, rotmats, nrot, q, npix)
@@ -139,9 +141,9 @@ def merge_views(grid, block, acc, m, rotmats, nrot, q, npix, views, weight_of_ro
     index, frac = index[t, r], frac[t, r]
     v = views.reshape(npix, nrot)[t, r]
     flat = acc.reshape(-1)
-    size = m ** 3
+    size = flat.size // 2
     for (a, b, e), w in _corners(index, frac):
-        voxel = ((index[:, 0] + a) * m + index[:, 1] + b) * m + index[:, 2] + e
+        voxel = mode[r].astype(np.int64) * m ** 3 + ((index[:, 0] + a) * m + index[:, 1] + b) * m + index[:, 2] + e
         flat[0::2] += np.bincount(voxel, w * v, minlength=size).astype(np.float32)
         flat[1::2] += np.bincount(voxel, w * w_rot[r], minlength=size).astype(np.float32)
 

@@ -26,17 +26,21 @@ class EMCKernels:
     def _grid(nrot: int, rows: int) -> tuple[int, int]:
         return ((nrot + BLOCK - 1) // BLOCK, rows)
 
-    def log_views(self, model, rotmats, q, tiny: float, out, view_sum) -> None:
-        """out (T, R) float32 <- log of the trilinear views; view_sum (R,) float64 += the views' sums."""
-        m = model.shape[0]
-        check("model", model, np.float32, (m, m, m))
+    def log_views(self, model, rotmats, mode, q, pixel_factor, tiny: float, out, view_sum) -> None:
+        """out (T, R) float32 <- log of the trilinear views of model (V, M, M, M) float32 (volume mode[r] (R,)
+        int32 for rotation r) times pixel_factor (T,) float32; view_sum (R,) float64 += the views' sums."""
+        m = model.shape[-1]
+        check("model", model, np.float32, model.shape[:-3] + (m, m, m))
         nrot, npix = rotmats.shape[0], q.shape[0]
         check("rotmats", rotmats, np.float32, (nrot, 3, 3))
+        check("mode", mode, np.int32, (nrot,))
         check("q", q, np.float32, (npix, 3))
+        check("pixel_factor", pixel_factor, np.float32, (npix,))
         check("out", out, np.float32, (npix, nrot))
         check("view_sum", view_sum, np.float64, (nrot,))
         self.launch("log_views", self._grid(nrot, npix),
-                    (model, np.int32(m), rotmats, np.int32(nrot), q, np.int32(npix), np.float32(tiny), out, view_sum))
+                    (model, np.int32(m), rotmats, mode, np.int32(nrot), q, pixel_factor, np.int32(npix),
+                     np.float32(tiny), out, view_sum))
 
     def photon_log_likelihood(self, log_views, frame_ptr, frame_end, pixel, count, log_prior, scale, view_sum,
                               out) -> None:
@@ -76,13 +80,15 @@ class EMCKernels:
         self.launch("weighted_photons", self._grid(nrot, npix),
                     (prob, np.int32(nrot), pixel_ptr, frame, count, np.int32(npix), out))
 
-    def merge_views(self, acc, rotmats, q, views, weight_of_rot) -> None:
-        m = acc.shape[0]
-        check("acc", acc, np.float32, (m, m, m, 2))
+    def merge_views(self, acc, rotmats, mode, q, views, weight_of_rot) -> None:
+        """acc (V, M, M, M, 2) float32 += the splats of views (T, R) into volume mode[r] (R,) int32."""
+        m = acc.shape[-2]
+        check("acc", acc, np.float32, acc.shape[:-4] + (m, m, m, 2))
         nrot, npix = rotmats.shape[0], q.shape[0]
         check("rotmats", rotmats, np.float32, (nrot, 3, 3))
+        check("mode", mode, np.int32, (nrot,))
         check("q", q, np.float32, (npix, 3))
         check("views", views, np.float32, (npix, nrot))
         check("weight_of_rot", weight_of_rot, np.float32, (nrot,))
         self.launch("merge_views", self._grid(nrot, npix),
-                    (acc, np.int32(m), rotmats, np.int32(nrot), q, np.int32(npix), views, weight_of_rot))
+                    (acc, np.int32(m), rotmats, mode, np.int32(nrot), q, np.int32(npix), views, weight_of_rot))

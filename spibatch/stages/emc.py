@@ -36,7 +36,6 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     from spibatch import estimates
     from spibatch.emc.driver import check_inputs
     from spibatch.emc.mpi import world
-    from spibatch.emc.rotations import num_rotations
     from spibatch.io.dragonfly import check_photons
 
     photons, detector = inputs.photons_and_detector(run, pipeline, config)
@@ -47,25 +46,35 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
         found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks)
     budget = budget or budget_for()
     gpu = pipeline.device == "gpu"
-    estimates.emc(found.size, num_rotations(settings.num_div), found.num_frames, settings.frames_per_shard,
-                  int((found.detector.mask == 0).sum()), settings.iterations,
-                  model_field="emc.model_size" if settings.model_size else "emc.detector", gpu=gpu,
-                  parallel=budget.parallel(gpu)).check(config, budget, paths={"emc.photons": photons,
-                                                                               "emc.detector": detector})
+    estimates.emc(found.size, orientations(settings.num_div, settings.num_modes, settings.nonrot_modes),
+                  found.num_frames, settings.frames_per_shard, int((found.detector.mask == 0).sum()),
+                  settings.iterations, model_field="emc.model_size" if settings.model_size else "emc.detector",
+                  gpu=gpu, parallel=budget.parallel(gpu), volumes=settings.num_volumes,
+                  ).check(config, budget, paths={"emc.photons": photons, "emc.detector": detector})
     if settings.start_model is not None:
-        found.start_model = check_start_model(settings.start_model, found.size)
+        found.start_model = check_start_model(settings.start_model, found.size, settings.num_volumes)
     comm = world()
     if comm is None or comm.Get_rank() == 0:
         check_photons(photons)
     return found
 
 
-def check_start_model(path: Path, size: int):
-    """The start model (size, size, size) float64, its shape checked from the header before it is read."""
+def orientations(num_div: int, num_modes: int = 1, nonrot_modes: int = 0) -> int:
+    """The orientations EMC samples: the 600-cell's rotations for each rotating mode, one per junk mode."""
+    from spibatch.emc.rotations import num_rotations
+
+    return num_rotations(num_div) * num_modes + nonrot_modes
+
+
+def check_start_model(path: Path, size: int, volumes: int = 1):
+    """The start model (size, size, size) float64 -- (volumes, size, size, size) with modes -- its shape
+    checked from the header before it is read (with modes, as it is read)."""
     from spibatch.emc.driver import read_start_model
     from spibatch.io.results import volume_shape
 
     require_file(path, "emc.start_model", fix="give an (M, M, M) intensity, e.g. an earlier run's output_NNN.h5")
+    if volumes > 1:
+        return read_start_model(path, (volumes,) + (size,) * 3)
     shape = volume_shape(path, field="emc.start_model")
     if shape != (size,) * 3:
         raise InputError(f"shape {shape}, but the model grid is {(size,) * 3}", path=path, field="emc.start_model",

@@ -74,19 +74,19 @@ def _stack_frames(pipeline) -> int:
 
 def _emc(pipeline, config: Path, budget, smallest: int, frames: int, used: int, frames_field: str) -> None:
     """The emc stage on data a stage will make: the model grid, the estimate, the start model."""
-    from spibatch.emc.rotations import num_rotations
-
     emc = pipeline.emc
     size = emc.model_size or smallest
     if size < smallest:
         raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",
                          path=config, field="emc.model_size", fix=f"set it to at least {smallest}, or leave it out")
     gpu = pipeline.device == "gpu"
-    estimates.emc(size, num_rotations(emc.num_div), frames, emc.frames_per_shard, used, emc.iterations,
+    estimates.emc(size, emc_stage.orientations(emc.num_div, emc.num_modes, emc.nonrot_modes), frames,
+                  emc.frames_per_shard, used, emc.iterations,
                   model_field="emc.model_size" if emc.model_size else "geometry.detector_pixels",
-                  frames_field=frames_field, gpu=gpu, parallel=budget.parallel(gpu)).check(config, budget)
+                  frames_field=frames_field, gpu=gpu, parallel=budget.parallel(gpu),
+                  volumes=emc.num_modes + emc.nonrot_modes).check(config, budget)
     if emc.start_model is not None:
-        emc_stage.check_start_model(emc.start_model, size)
+        emc_stage.check_start_model(emc.start_model, size, emc.num_modes + emc.nonrot_modes)
 
 
 def _phase(pipeline, config: Path, budget, model_size: int) -> None:

@@ -21,13 +21,16 @@ __device__ __forceinline__ bool corner(const float *rot, float qx, float qy, flo
     return !(*ix < 0 || *iy < 0 || *iz < 0 || *ix >= m - 1 || *iy >= m - 1 || *iz >= m - 1);
 }
 
-// out[t, r] <- log(max(model(R_r q_t), tiny)) (trilinear; outside reads 0); view_sum[r] += model(R_r q_t)
+// out[t, r] <- log(max(c_t model_mode[r](R_r q_t), tiny)) (trilinear; outside reads 0); view_sum[r] += the view
+// model: V volumes of M^3, mode[r] the one rotation r slices; c = pixel_factor (the detector's corr, or ones)
 // grid: x over rotations, y over pixels
-__global__ void log_views(const float *model, int m, const float *rotmats, int nrot, const float *q, int npix,
-                          float tiny, float *out, double *view_sum) {
+__global__ void log_views(const float *model_all, int m, const float *rotmats, const int *mode, int nrot,
+                          const float *q, const float *pixel_factor, int npix, float tiny, float *out,
+                          double *view_sum) {
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
     const int t = blockIdx.y;
     if (r >= nrot || t >= npix) return;
+    const float *model = model_all + (long long)mode[r] * m * m * m;
     const float c = 0.5f * (m - 1);
     int ix, iy, iz;
     float fx, fy, fz, v = 0.0f;
@@ -115,12 +118,14 @@ __global__ void weighted_photons(const float *prob, int nrot, const long long *p
 }
 
 // Trilinear splat: acc[v, 0] += w_corner * views[t, r], acc[v, 1] += w_corner * weight_of_rot[r];
-// acc (M, M, M, 2) float32; rotations of weight 0 are skipped. grid: x over rotations, y over pixels
-__global__ void merge_views(float *acc, int m, const float *rotmats, int nrot, const float *q, int npix,
-                            const float *views, const float *weight_of_rot) {
+// acc (V, M, M, M, 2) float32, into volume mode[r]; rotations of weight 0 are skipped.
+// grid: x over rotations, y over pixels
+__global__ void merge_views(float *acc_all, int m, const float *rotmats, const int *mode, int nrot, const float *q,
+                            int npix, const float *views, const float *weight_of_rot) {
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
     const int t = blockIdx.y;
     if (r >= nrot || t >= npix) return;
+    float *acc = acc_all + 2LL * mode[r] * m * m * m;
     const float w = weight_of_rot[r];
     if (w == 0.0f) return;
     const float c = 0.5f * (m - 1);

@@ -1,0 +1,149 @@
+"""What an EMC run checks before any work starts: one line (InputError naming the key) on bad input.
+
+:func:`check_inputs` reads only headers (the detector, the photons file's frame count, the start model,
+the background): a command calls it before creating a run folder.  :func:`check_shards` checks shards
+that join a running loop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spibatch.detector import Detector
+from spibatch.emc.settings import EMCSettings
+from spibatch.emc.types import ShardSpec
+from spibatch.errors import InputError
+
+BYTES_PER_VOXEL = 80     # per model volume: model, previous model, float64 sums, float32 accumulators, temporaries
+
+
+@dataclass
+class Inputs:
+    """What :func:`check_inputs` found: the detector, the frame count and the model grid."""
+
+    detector: Detector
+    num_frames: int
+    size: int
+    start_model: np.ndarray | None
+
+
+def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> Inputs:
+    """Read the detector, the photons file's header and the start model; InputError on anything wrong.
+
+    Light (no frames are read): a command calls it before creating a run folder.
+    ``ranks``: MPI ranks to share the shards (each needs at least one).
+    """
+    from spibatch.io.dragonfly import check_match, photons_info
+
+    for name, path in (("photons", photons), ("detector", detector)):
+        if path is None:
+            raise InputError("no file given", field=f"emc.{name}",
+                             fix=f"set emc.{name} in the pipeline file (relative to it)")
+    geometry = Detector.read(detector)
+    num_frames, num_pix = photons_info(photons)
+    check_match(geometry, num_pix, detector, photons)
+    if num_frames == 0:
+        raise InputError("holds 0 frames", path=photons, field="place_ones",
+                         fix="give a photons file with at least one frame")
+    shards = -(-num_frames // settings.frames_per_shard)
+    if shards < ranks:
+        raise InputError(f"{num_frames} frames in shards of {settings.frames_per_shard} make {shards} shard(s) for "
+                         f"{ranks} MPI ranks", field="emc.frames_per_shard",
+                         fix=f"set emc.frames_per_shard to at most {num_frames // ranks}, or use fewer ranks")
+    smallest = geometry.model_size()
+    size = settings.model_size or smallest
+    if size < smallest:
+        raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",
+                         field="emc.model_size", fix=f"set it to at least {smallest}, or leave it out")
+    if settings.num_volumes > 1:     # one volume: the stage's estimate (spibatch.estimates) judges the grid
+        check_modes(settings, size)
+    shape = (settings.num_volumes,) * (settings.num_volumes > 1) + (size,) * 3
+    start = None if settings.start_model is None else read_start_model(settings.start_model, shape)
+    return Inputs(geometry, num_frames, size, start)
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (MemAvailable, or the physical memory where /proc is missing)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_modes(settings: EMCSettings, size: int, memory: int | None = None) -> None:
+    """InputError when the modes' volumes (``BYTES_PER_VOXEL`` x M^3 each) do not fit in ``memory`` (default:
+    what the machine has available)."""
+    memory = available_memory() if memory is None else memory
+    need = settings.num_volumes * size ** 3 * BYTES_PER_VOXEL
+    if need > 0.8 * memory:
+        raise InputError(f"num_modes {settings.num_modes} + nonrot_modes {settings.nonrot_modes} volumes of {size}^3 "
+                         f"need ~{need / 2 ** 30:.1f} GiB ({BYTES_PER_VOXEL} B a voxel each), but "
+                         f"{memory / 2 ** 30:.1f} GiB are available", field="emc.num_modes",
+                         fix=f"use at most {max(1, int(0.8 * memory // (size ** 3 * BYTES_PER_VOXEL)))} volumes, "
+                         "a smaller emc.model_size, or a machine with more memory")
+
+
+def read_start_model(path: Path, shape: int | tuple) -> np.ndarray:
+    """The start model of ``shape`` ((M, M, M), or (V, M, M, M) with modes: an output's ``intensities``)
+    float64 from ``path``; InputError unless finite and >= 0."""
+    from spibatch.io.results import read_volume
+
+    shape = (shape,) * 3 if isinstance(shape, int) else tuple(shape)
+    start = np.asarray(_read_volumes(path) if len(shape) == 4 else read_volume(path), np.float64)
+    fix = (f"give a finite, non-negative {'(V, M, M, M)' if len(shape) == 4 else '(M, M, M)'} intensity in photons "
+           "per voxel (e.g. an output_NNN.h5 of a run with the same modes)")
+    if start.shape != shape:
+        raise InputError(f"shape {start.shape}, but the model is {shape}", path=path,
+                         field="emc.start_model", fix=fix)
+    bad = ~np.isfinite(start)
+    if bad.any():
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), start.shape))
+        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {first})", path=path,
+                         field="emc.start_model", fix=fix)
+    if start.min() < 0:
+        raise InputError(f"{int((start < 0).sum())} voxels are negative", path=path, field="emc.start_model", fix=fix)
+    return start
+
+
+def _read_volumes(path: Path) -> np.ndarray:
+    """The (V, M, M, M) volumes of a modes run: our output's ``intensities`` or Dragonfly's ``intens``."""
+    from spibatch.io.hdf5 import open_hdf5, read_dataset
+
+    fix = "give an output_NNN.h5 of a run with the same modes (its intensities), or Dragonfly's (its intens)"
+    with open_hdf5(path, fix) as f:
+        for name in ("intensities", "intens"):
+            if name in f and f[name].ndim == 4:
+                return read_dataset(f[name], (), path)
+    raise InputError("no (V, M, M, M) dataset 'intensities' or 'intens'", path=path, field="emc.start_model",
+                     fix=fix)
+
+
+def check_shards(specs: list[ShardSpec], num_frames: int, detector: Detector, detector_path) -> list[ShardSpec]:
+    """New shards in frame order, checked: frames ``num_frames ..`` without gaps, inside their photons files,
+    which match the detector; InputError otherwise."""
+    from spibatch.io.dragonfly import check_match, photons_info
+
+    specs = sorted(specs, key=lambda s: s.first_frame)
+    info = {path: photons_info(path) for path in {s.photons for s in specs}}
+    expected = num_frames
+    for spec in specs:
+        total, num_pix = info[spec.photons]
+        check_match(detector, num_pix, detector_path, spec.photons)
+        if not 0 <= spec.start < spec.stop <= total:
+            raise InputError(f"a new shard asks for frames {spec.start}:{spec.stop} of {total}", path=spec.photons,
+                             field="place_ones", fix="give shards inside the photons file")
+        if spec.first_frame != expected:
+            raise InputError(f"a new shard starts at frame {spec.first_frame} of the run, not {expected}",
+                             path=spec.photons, fix="number new frames on from the run's last frame, without gaps")
+        expected += spec.num_frames
+    return specs
+
+
