@@ -34,11 +34,14 @@ PHASING = {"num_starts": 2, "keep_best": 2, "recipe": RECIPE}
 # (three runs on 2 cores shared with other work, load 5-9):
 # - correlated voxel by voxel, no alignment (both start from the same seeded model, so they come out in the same
 #   orientation): 0.999998 (3 and 4 iterations: EMC started as the replay ended), 0.999991 (17 iterations, the
-#   chunks joining from iteration 1 to 16);
+#   chunks joining from iteration 1 to 16); 0.9969-0.9977 with the EMC of issue 16 (detector corr in the views)
+#   when the machine was quiet enough for 39 iterations (the two histories differ: frames join at different
+#   iterations and beta rises with the iteration count, so late, sharp iterations keep the difference) --
+#   hence 0.99, while the models' CCs with the truth stay within the tolerance below (0.9417 / 0.9398 there);
 # - each one's CC with the truth after its own alignment: 0.6061 / 0.6009 (3 iterations), 0.7274 / 0.7241 (4),
 #   0.9656 / 0.9651 (17): the alignment search turns the tiny difference of an unconverged model into up to
 #   0.005, the issue's goal; twice that is the tolerance here, so a search landing a step away does not fail.
-DIRECT_CC = 0.999
+DIRECT_CC = 0.99
 CC_TOLERANCE = 0.01
 
 
