@@ -13,7 +13,7 @@ import numpy as np
 
 # Tiny but whole: 240 frames in 4 shards of 60, 420 rotations, 3 iterations; phasing on a 41^3 crop.
 PIPELINE = """name: platform-test
-emc: {{photons: {photons}, detector: {detector}, num_div: 2, iterations: 3, frames_per_shard: 60}}
+emc: {{photons: {photons}, detector: {detector}, num_div: 2, iterations: {iterations}, frames_per_shard: 60}}
 phasing: {{num_starts: {starts}, keep_best: {starts}, crop_to: 41, recipe: "(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10"}}
 """
 
@@ -26,10 +26,11 @@ local: {cores: 2, strategy_period_s: 0.5}
 """
 
 
-def write_pipeline(folder: Path, emc_small: dict, starts: int = 2) -> Path:
+def write_pipeline(folder: Path, emc_small: dict, starts: int = 2, iterations: int = 3) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pipeline.yaml"
-    path.write_text(PIPELINE.format(photons=emc_small["photons"], detector=emc_small["detector"], starts=starts))
+    path.write_text(PIPELINE.format(photons=emc_small["photons"], detector=emc_small["detector"], starts=starts,
+                                    iterations=iterations))
     return path
 
 

@@ -383,7 +383,10 @@ def test_a_signal_stops_the_pipeline_without_hanging(command, name, whole_group,
     run_dir = tmp_path / "run"
     log = tmp_path / f"{command}.log"
     if command == "run":
-        proc = start("run", write_pipeline(tmp_path, emc_small, starts=1), "--out", run_dir, cwd=tmp_path, log=log)
+        # 30 iterations: with issue 16's kernels (~0.2 s an iteration here) a 3-iteration run could end, phasing
+        # and all, within the 3 s the signal may wait after the first checkpoint
+        proc = start("run", write_pipeline(tmp_path, emc_small, starts=1, iterations=30), "--out", run_dir,
+                     cwd=tmp_path, log=log)
         wait_for(lambda: checkpoint_iteration(run_dir / "emc") >= 1, 300, proc, "EMC's first checkpoint")
     else:
         proc = start("demo", "--out", run_dir, "--iterations", "2", "--starts", "1", cwd=tmp_path, log=log)
