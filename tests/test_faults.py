@@ -231,8 +231,7 @@ def test_resume_after_a_driver_kill_stops_the_orphaned_mpi_job(whole_group, emc_
     pool (a process group of their own) live on and write; `spibatch resume` stops every one of them (one log
     line) before it writes, EMC continues from a checkpoint, and at the end no process of the first attempt is
     left, EMC.log and metrics.jsonl hold every iteration once and the run is completed."""
-    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
-    pipeline.write_text(pipeline.read_text().replace("iterations: 3", "iterations: 8"))
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1, iterations=8)
     site = tmp_path / "local-hpc.yaml"
     site.write_text(LOCAL_HPC)
     run_dir = tmp_path / "run"
@@ -285,8 +284,7 @@ def test_resume_on_slurm_after_a_driver_kill_leaves_no_job_of_the_first_attempt(
         if shutil.which("sinfo") else ""
     if not any(state in states for state in ("idle", "mixed", "allocated")):
         pytest.skip("no Slurm cluster up here (.ci/slurm-up.sh starts one)")
-    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
-    pipeline.write_text(pipeline.read_text().replace("iterations: 3", "iterations: 6"))
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1, iterations=6)
     site = tmp_path / "slurm.yaml"
     site.write_text(SLURM_HPC)
     run_dir = tmp_path / "run"

@@ -169,8 +169,7 @@ def test_run_into_a_full_disk_stops_in_one_line(emc_small, tmp_path):
     Parsl's logs fill it; the driver ends with one line naming the file, exit 2."""
     from platform_helpers import write_pipeline
 
-    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
-    pipeline.write_text(pipeline.read_text().replace("iterations: 3", "iterations: 8"))
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1, iterations=8)
     with small_disk(tmp_path, 14 << 20) as (disk, fsize):
         done = run("run", pipeline, "--out", disk / "run", cwd=tmp_path, fsize=fsize)
         out_of_room(done, disk / "run")

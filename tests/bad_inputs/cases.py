@@ -32,7 +32,6 @@ class Case:
     argv: list[str]
     files: dict[str, Callable] = field(default_factory=dict)
     expect: list[str] = field(default_factory=list)
-    xfail: str | None = None        # a known gap owned elsewhere (the reason names it)
     unless_root: bool = False       # permissions do not stop root
 
 
@@ -51,11 +50,10 @@ def merged(base: dict, **changes) -> dict:
 
 
 def pipe(category: str, ident: str, command: str, base: dict, expect: list[str], *, extra: list[str] | None = None,
-         files: dict | None = None, xfail: str | None = None, **changes) -> Case:
+         files: dict | None = None, **changes) -> Case:
     """A case: ``spibatch COMMAND p.yaml`` on ``base`` changed by ``changes``."""
     text = b.yaml_file(merged(base, **changes))
-    return Case(ident, category, [command, "p.yaml", *(extra or [])], {"p.yaml": text, **(files or {})}, expect,
-                xfail=xfail)
+    return Case(ident, category, [command, "p.yaml", *(extra or [])], {"p.yaml": text, **(files or {})}, expect)
 
 
 def sim(ident: str, expect: list[str], **changes) -> Case:
