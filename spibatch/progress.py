@@ -51,18 +51,20 @@ class _RichProgress:
     def describe(self, text: str) -> None:
         """The bar's label becomes ``text``; the log files get it as a line."""
         self._bar.update(self._task, description=text)
-        record = log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (text,), None)
-        for handler in log.handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
+        _to_log_files(text)
 
     def note(self, message: str) -> None:
         """Print above the bar; only the log files (not the terminal handler) get the log record."""
         self._bar.console.print(message, markup=False, highlight=False)
-        record = log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (message,), None)
-        for handler in log.handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
+        _to_log_files(message)
+
+
+def _to_log_files(message: str) -> None:
+    """``message`` as an INFO record to the log files only (the terminal shows it on the bar)."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (message,), None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 class _Silent:
