@@ -128,7 +128,7 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
         if source is not None and len(checkpoint["scales"]) > len(counts):
             joined = _polled(source, len(counts), inputs, detector, executor)
             if joined:
-                more, more_peak = executor.add_shards(joined, geometry)
+                more, more_peak = executor.add_shards(joined, geometry, join=settings.frames_per_shard)
                 counts, peak, specs = np.concatenate([counts, more]), max(peak, more_peak), specs + joined
         check_checkpoint(checkpoint, recorded, len(counts), out_dir, photons, detector, growing=source is not None)
         log.info("resuming after iteration %d from %s (%d frames)", checkpoint["iteration"], out_dir / CHECKPOINT,
@@ -249,10 +249,11 @@ def _polled(source, num_frames: int, inputs: Inputs, detector, executor) -> list
 
 
 def _take_shards(run: Run, executor, specs: list[ShardSpec]) -> None:
-    """Hand new shards to the executor; their frames join the counts and start at scale 1."""
+    """Hand new shards to the executor (small ones joining the last it holds, up to ``frames_per_shard``); their
+    frames join the counts and start at scale 1."""
     if not specs:
         return
-    counts, peak = executor.add_shards(specs, run.geometry)
+    counts, peak = executor.add_shards(specs, run.geometry, join=run.settings.frames_per_shard)
     run.counts = np.concatenate([run.counts, counts])
     run.scales = np.concatenate([run.scales, np.ones(len(counts))])
     run.peak = max(run.peak, peak)
@@ -273,6 +274,7 @@ def iterate(run: Run, executor, iteration: int) -> dict:
         model = (np.stack([symmetrize(v, group, settings.friedel_symmetry) for v in model]) if model.ndim == 4
                  else symmetrize(model, group, settings.friedel_symmetry))
         metrics["rms_change"] = float(np.sqrt(np.mean((model - run.model) ** 2)))
+        metrics["model_rms"] = float(np.sqrt(np.mean(model ** 2)))
     finished = perf_counter()
     _check_diverged(iteration, model, scales, MODEL_LIMIT * max(run.peak, 1.0), run.photons)
     run.model, run.scales = model, scales

@@ -37,7 +37,9 @@ class EMCSettings:
     volume file or None); detector_corr: the detector's corr (solid angle x polarization) multiplies the
     views and divides the merged photons, as in Dragonfly (False: the model absorbs it); num_modes: rotating
     model volumes (conformations), nonrot_modes: non-rotating "junk" volumes (Dragonfly's num_modes and
-    num_nonrot_modes; see :class:`spibatch.emc.types.Rotations`).
+    num_nonrot_modes; see :class:`spibatch.emc.types.Rotations`); anneal_until: the beta schedule's last
+    iteration, beta stays as it is there after it (None: it grows as long as the run; a following run, whose
+    iterations have no set end, anneals as a batch run of ``emc.iterations`` would and then holds beta).
     """
 
     num_div: int = 4
@@ -55,6 +57,7 @@ class EMCSettings:
     detector_corr: bool = True
     num_modes: int = 1
     nonrot_modes: int = 0
+    anneal_until: int | None = None
 
     @property
     def num_volumes(self) -> int:
@@ -86,6 +89,8 @@ class EMCSettings:
             out["beta_schedule"] = {"factor": self.beta_schedule.factor, "period": self.beta_schedule.period}
         if self.start_model is not None:
             out["start_model"] = str(self.start_model)
+        if self.anneal_until is not None:       # a following run's (not a config key)
+            out["anneal_until"] = self.anneal_until
         return out
 
     def beta_for(self, iteration: int, counts: np.ndarray) -> np.ndarray:
@@ -95,7 +100,8 @@ class EMCSettings:
         beta = auto_beta(counts) if self.beta == "auto" else np.full(len(counts), float(self.beta))
         beta = beta * self.beta_factor
         if self.beta_schedule is not None:
-            beta = beta * self.beta_schedule.factor ** ((iteration - 1) // self.beta_schedule.period)
+            steps = iteration if self.anneal_until is None else min(iteration, self.anneal_until)
+            beta = beta * self.beta_schedule.factor ** ((steps - 1) // self.beta_schedule.period)
         return beta
 
 

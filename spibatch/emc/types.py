@@ -165,6 +165,19 @@ class Shard:
         return cls(first_frame, ptr, pix.astype(np.int32), cnt.astype(np.float32), ptr[:-1] + used_per_frame,
                    counts, log_factorial)
 
+    @classmethod
+    def joined(cls, shards: list["Shard"]) -> "Shard":
+        """One shard of ``shards`` whose frames follow each other (frames ``shards[0].first_frame ..``)."""
+        for a, b in zip(shards, shards[1:]):
+            if b.first_frame != a.first_frame + a.num_frames:
+                raise ValueError(f"shards at frames {a.first_frame} and {b.first_frame} do not follow each other")
+        offsets = np.cumsum([0] + [s.num_entries for s in shards])
+        ptr = np.concatenate([shards[0].ptr[:1]] + [s.ptr[1:] + o for s, o in zip(shards, offsets)])
+        return cls(shards[0].first_frame, ptr, np.concatenate([s.pixel for s in shards]),
+                   np.concatenate([s.count for s in shards]),
+                   np.concatenate([s.used_end + o for s, o in zip(shards, offsets)]),
+                   np.concatenate([s.counts for s in shards]), np.concatenate([s.log_factorial for s in shards]))
+
     def by_pixel(self, num_pixels: int, f0: int = 0, f1: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The photons of frames ``f0 .. f1`` (default: all) by pixel (CSC): ``(pixel_ptr (T + 1,) int64,
@@ -309,6 +322,7 @@ def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: boo
         new *= mean
     metrics = {
         "rms_change": float(np.sqrt(np.mean((new - model) ** 2))),
+        "model_rms": float(np.sqrt(np.mean(new ** 2))),
         "mutual_info": float(f["mutual_info"].mean()),
         "log_likelihood": float(f["log_likelihood"].mean()),
         "mean_kept_rotations": float(f["num_kept"].mean()),

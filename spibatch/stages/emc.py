@@ -26,6 +26,17 @@ def settings_of(pipeline):
     return EMCSettings.from_dict(pipeline.emc.model_dump())
 
 
+def following_settings(pipeline):
+    """The settings of a following run's EMC: iterations without a set end (the stopping rule of
+    :class:`spibatch.stages.live.FollowStop` ends it), annealing held after ``emc.iterations``."""
+    import dataclasses
+
+    from spibatch.stages.live import MAX_ITERATIONS
+
+    batch = settings_of(pipeline)
+    return dataclasses.replace(batch, iterations=MAX_ITERATIONS, anneal_until=batch.iterations)
+
+
 def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ranks: int = 1, *, budget=None):
     """Before anything is created: the photons and detector exist and match, every rank gets a shard, the
     model, the rotations and the iterations fit the memory and time of ``budget`` (default: this machine),
@@ -98,7 +109,8 @@ def check_resume(run: RunLayout, pipeline, config: Path | None = None) -> None:
         shards = ChunkShards(run.follow)
         shards.poll()
         available = shards.hits
-    check_checkpoint(settings_of(pipeline), photons, detector, run.emc, available)
+    settings = settings_of(pipeline) if available is None else following_settings(pipeline)
+    check_checkpoint(settings, photons, detector, run.emc, available)
 
 
 def ranks_for(pipeline, run: RunLayout, workers) -> int:
@@ -158,15 +170,13 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
 
 def run_emc_following(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     """The emc stage of a following pipeline (in this process, across MPI ranks, or HTC tasks)."""
-    import dataclasses
-
     from spibatch.emc import hooks
     from spibatch.emc.driver import run_emc
-    from spibatch.stages.live import MAX_ITERATIONS, FollowStop, first_photons
+    from spibatch.stages.live import FollowStop, first_photons
     from spibatch.stream.shards import ChunkShards
 
     src = pipeline.source
-    settings = dataclasses.replace(settings_of(pipeline), iterations=MAX_ITERATIONS)
+    settings = following_settings(pipeline)
     executor = executor_for(run, device, workers)
     start = executor.broadcast(executor.collective(
         lambda: first_photons(run, src.emc_start_hits) if executor.writes else None))

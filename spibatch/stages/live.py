@@ -9,9 +9,12 @@
   beta suits it; holding beta back until the data are complete would only delay the answer (the time
   from the last frame to the final density is what a beamtime waits for).  ``benchmarks/streaming.py``
   measures the final model against a batch run on the same hits.
-* Previews (:class:`Previews`, in the driver): every ``source.preview_every_iterations`` iterations the
-  newest EMC intensity is phased with ``source.preview_starts`` starts on a spare worker into
-  ``phase/previews/iteration_NNN/`` with ``preview.json`` (iteration, frames, when the newest frame had
+* Annealing stops with the batch run's: beta grows by the schedule until ``emc.iterations`` and then
+  holds (a beamtime's EMC may run hundreds of iterations; beta doubling on through them would harden every
+  frame's orientation to one rotation).
+* Previews (:class:`Previews`, in the driver): while the source records, every
+  ``source.preview_every_iterations`` iterations the newest EMC intensity is phased with
+  ``source.preview_starts`` starts on a spare worker into ``phase/previews/iteration_NNN/`` with ``preview.json`` (iteration, frames, when the newest frame had
   arrived, when the density was written); when EMC ends the last iteration is phased the same way: the
   quick final density, before the full phase stage.
 """
@@ -31,6 +34,7 @@ log = logging.getLogger("spibatch")
 
 MAX_ITERATIONS = 100_000      # while following, EMC ends by FollowStop, not by emc.iterations
 PLATEAU = {"mutual_info": 2e-3, "log_likelihood": 2e-4}    # relative change per iteration that counts as level
+MODEL_LEVEL = 0.01           # a model that moved by less than this fraction of its rms in an iteration has settled
 POLL_S = 0.5
 
 
@@ -59,30 +63,44 @@ def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None)
 
 
 class FollowStop:
-    """EMC's stopping rule while following: never before the source ended and every chunk was taken; then
-    when mutual information and log-likelihood have levelled off (relative change below :data:`PLATEAU` in two
-    iterations running), and at the latest ``after_end`` iterations after the end."""
+    """EMC's stopping rule while following: never before the source ended and every chunk was taken; then at
+    the first iteration with every frame in which the model moved by less than :data:`MODEL_LEVEL` of its
+    rms (``rms_change / model_rms``), or whose mutual information and log-likelihood (both per frame) are
+    level with the iteration before (relative change below :data:`PLATEAU`); at the latest ``after_end``
+    iterations after the end.
+
+    The first iteration with every frame may be the last: by the end of a beamtime the model has been
+    refined through many iterations on most of the frames, and the last chunks move it little; each
+    further iteration costs the time a beamtime waits for its final density.  ``benchmarks/streaming.py``
+    measures the CC with the truth this gives against a batch run on the same hits (BENCHMARKS.md)."""
 
     def __init__(self, source, after_end: int):
         self.source, self.after_end = source, after_end
         self.ended_at: int | None = None
         self.previous: dict | None = None
-        self.level = 0
 
     def __call__(self, record: dict) -> bool:
+        previous, self.previous = self.previous, record
         if self.ended_at is None:
             if not self.source.finished():
-                self.previous = record
                 return False
             self.ended_at = record["iteration"]
             log.info("emc: the source has ended and every frame is in (%d): iterating to a plateau, at most %d more",
                      record["num_frames"], self.after_end)
         done = record["iteration"] - self.ended_at + 1
-        level = self.previous is not None and all(
-            abs(record[k] - self.previous[k]) <= tol * max(abs(self.previous[k]), 1e-12) for k, tol in PLATEAU.items())
-        self.level = self.level + 1 if level else 0
-        self.previous = record
-        return done >= self.after_end or (done >= 2 and self.level >= 2)
+        settled = record.get("model_rms", 0.0) > 0 and record["rms_change"] <= MODEL_LEVEL * record["model_rms"]
+        return done >= self.after_end or settled or (previous is not None and level(previous, record))
+
+    @property
+    def ended(self) -> bool:
+        """The source has ended and every frame is in EMC."""
+        return self.ended_at is not None
+
+
+def level(before: dict, after: dict) -> bool:
+    """Mutual information and log-likelihood changed by less than :data:`PLATEAU` (relative) from one
+    iteration's record to the next."""
+    return all(abs(after[k] - before[k]) <= tol * max(abs(before[k]), 1e-12) for k, tol in PLATEAU.items())
 
 
 # ------------------------------------------------------------------ previews (the driver's side)
@@ -114,7 +132,9 @@ def preview_task(run_dir: str, iteration: int, newest_frame: float | None, frame
 
 class Previews:
     """A thread in the driver: watches ``emc/metrics.jsonl`` and phases every ``every``-th iteration on a worker
-    (one preview at a time; a newer iteration replaces a waiting one); :meth:`final` phases the last one."""
+    (one preview at a time; a newer iteration replaces a waiting one) while the source records; :meth:`final`
+    phases the last one.  Once the follow has ended no preview starts: EMC's last iterations have the cores
+    to themselves, and the quick final density comes sooner."""
 
     def __init__(self, run: RunLayout, submit, every: int):
         self.run, self.submit, self.every = run, submit, every
@@ -154,7 +174,8 @@ class Previews:
         while not self._stop.wait(POLL_S):
             record = self._newest()
             busy = self.future is not None and not self.future.done()
-            if record and not busy and record["iteration"] % self.every == 0 and record["iteration"] not in self.done:
+            if record and not busy and record["iteration"] % self.every == 0 and record["iteration"] not in self.done \
+                    and self._status().get("state") != "ended":
                 self.future = self._launch(record)
 
     def final(self) -> str | None:
