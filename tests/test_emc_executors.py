@@ -127,6 +127,35 @@ def test_shards_joining_after_iteration_2_are_used(halves, tmp_path, one_thread)
     assert_same_run(out, tmp_path / "tasks")
 
 
+def test_small_shards_that_follow_each_other_join_up_to_frames_per_shard(halves, tmp_path, one_thread):
+    """A live source's chunks are small; each shard costs an expand and a merge of every rotation per iteration,
+    so the new ones join the last shard held while it holds at most ``frames_per_shard`` frames: the same
+    photons as one shard read whole, and tasks group them the same way, bit for bit."""
+    from spibatch.emc.types import Geometry, Shard
+
+    geometry = Geometry.build(halves["detector"], 2)
+    pieces = [spec.load(geometry.pixels) for spec in ShardSpec.cut(halves["whole"], 120, 240, 25)]
+    whole = ShardSpec(os.fspath(halves["whole"]), 120, 240, 120).load(geometry.pixels)
+    joined = Shard.joined(pieces)
+    for field_ in ("first_frame", "ptr", "pixel", "count", "used_end", "counts", "log_factorial"):
+        assert np.array_equal(getattr(joined, field_), getattr(whole, field_)), field_
+    with pytest.raises(ValueError, match="do not follow each other"):
+        Shard.joined([pieces[0], pieces[2]])
+
+    cfg = settings(iterations=3, frames_per_shard=60)
+    in_process = InProcess()
+    driver.run_emc(cfg, halves["first"], halves["detector"], tmp_path / "joined", executor=in_process,
+                   source=Later(ShardSpec.cut(halves["whole"], 120, 240, 25), after=1))
+    # 120 frames in 2 shards of 60 at the start; then chunks of 25 join while the shard stays within 60: 50, 50, 20
+    assert [s.num_frames for s in in_process.shards] == [60, 60, 50, 50, 20]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tasks = Tasks(pool.submit, tmp_path / "tasks" / "htc", threads=1)
+        driver.run_emc(cfg, halves["first"], halves["detector"], tmp_path / "tasks", executor=tasks,
+                       source=Later(ShardSpec.cut(halves["whole"], 120, 240, 25), after=1))
+    assert [sum(s.num_frames for s in group) for group in tasks.specs] == [60, 60, 50, 50, 20]
+    assert_same_run(tmp_path / "joined", tmp_path / "tasks")
+
+
 def test_new_shards_are_checked(halves, tmp_path):
     detector = Detector.read(halves["detector"])
     whole = os.fspath(halves["whole"])

@@ -6,9 +6,11 @@ The driver (:func:`spibatch.emc.driver.run_emc`) sees only this interface:
   ``writes``: whether it writes the run's files (rank 0 only);
 * ``collective(fn, *args)``: ``fn`` on every process, an InputError on any of them raised on all;
   ``broadcast(value)``: rank 0's value on every process;
-* ``add_shards(specs, geometry) -> (counts (D_new,) float64, peak)``: take new shards
+* ``add_shards(specs, geometry, join=0) -> (counts (D_new,) float64, peak)``: take new shards
   (:class:`~spibatch.emc.types.ShardSpec`, frames numbered on from those already held); their
-  frames' photon counts in frame order and the largest photon count in one pixel among them;
+  frames' photon counts in frame order and the largest photon count in one pixel among them.  ``join``:
+  a held shard may take in new ones that continue it up to this many frames (a live source's chunks are
+  small, and every shard costs an expand and a merge of all rotations per iteration);
 * ``step(model, geometry, state) -> ShardSums``: one iteration over every shard, reduced over
   shards, ranks and tasks; per-frame arrays in the run's frame order; ``timings`` the phases'
   seconds (this rank's, or all tasks' summed) and ``combine``: the seconds spent reducing.
@@ -108,14 +110,22 @@ class InProcess(_OneProcess):
         self.shards: list[Shard] = []
         self._step = step_function(device)
 
-    def add_shards(self, specs: list[ShardSpec], geometry: Geometry) -> tuple[np.ndarray, float]:
+    def add_shards(self, specs: list[ShardSpec], geometry: Geometry, join: int = 0) -> tuple[np.ndarray, float]:
         if not self.shards:
             ordinal = self.device.activate()
             if ordinal is not None:
                 log.info("EMC on GPU %d (%s) of this node", ordinal, self.device.runtime)   # one GPU per rank
         new = [spec.load(geometry.pixels) for spec in sorted(specs, key=lambda s: s.first_frame)]
-        self.shards.extend(new)
-        return np.concatenate([s.counts for s in new]) if new else np.zeros(0), peak_count(new)
+        counts = np.concatenate([s.counts for s in new]) if new else np.zeros(0)
+        peak = peak_count(new)
+        for shard in new:
+            last = self.shards[-1] if self.shards else None
+            if last is not None and last.first_frame + last.num_frames == shard.first_frame \
+                    and last.num_frames + shard.num_frames <= join:
+                self.shards[-1] = Shard.joined([last, shard])
+            else:
+                self.shards.append(shard)
+        return counts, peak
 
     def step(self, model: np.ndarray, geometry: Geometry, state: StepState) -> ShardSums:
         total = run_shards(self._step, model, geometry, self.shards, state)
@@ -151,11 +161,11 @@ class MPIRanks(InProcess):
             load[out[-1]] += spec.num_frames
         return out
 
-    def add_shards(self, specs: list[ShardSpec], geometry: Geometry) -> tuple[np.ndarray, float]:
+    def add_shards(self, specs: list[ShardSpec], geometry: Geometry, join: int = 0) -> tuple[np.ndarray, float]:
         specs = sorted(specs, key=lambda s: s.first_frame)
         owners = self.owners(specs)
         mine = [s for s, r in zip(specs, owners) if r == self.rank]
-        counts, peak = self.collective(super().add_shards, mine, geometry)
+        counts, peak = self.collective(super().add_shards, mine, geometry, join)
         gathered = self.comm.allgather(counts)
         base = specs[0].first_frame if specs else 0
         out = np.empty(sum(s.num_frames for s in specs))
@@ -193,10 +203,11 @@ class Tasks(_OneProcess):
     def __init__(self, submit, scratch_dir: str | Path, threads: int = 1, device: Device = CPU, reducers: int = 1):
         self.submit, self.dir, self.threads, self.device = submit, Path(scratch_dir), threads, device
         self.reducers = max(1, int(reducers))
-        self.specs: list[ShardSpec] = []
+        self.specs: list[tuple[ShardSpec, ...]] = []     # the shards of each task: one, or several that follow
 
-    def add_shards(self, specs: list[ShardSpec], geometry: Geometry) -> tuple[np.ndarray, float]:
-        """One task per new shard reads it (the worker keeps it) and returns its counts and peak."""
+    def add_shards(self, specs: list[ShardSpec], geometry: Geometry, join: int = 0) -> tuple[np.ndarray, float]:
+        """One task per new shard reads it (a worker keeps it) and returns its counts and peak; a new shard that
+        continues the last task's frames joins that task while it holds at most ``join`` frames."""
         specs = sorted(specs, key=lambda s: s.first_frame)
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.specs:
@@ -205,7 +216,13 @@ class Tasks(_OneProcess):
                 log.info("HTC: removed %d file(s) an interrupted iteration left in %s", len(left), self.dir)
         futures = [self.submit(prepare_task, spec, geometry.spec, self.threads) for spec in specs]
         results = [f.result() for f in futures]
-        self.specs.extend(specs)
+        for spec in specs:
+            last = self.specs[-1] if self.specs else None
+            if last is not None and last[-1].first_frame + last[-1].num_frames == spec.first_frame \
+                    and sum(s.num_frames for s in last) + spec.num_frames <= join:
+                self.specs[-1] = (*last, spec)
+            else:
+                self.specs.append((spec,))
         return (np.concatenate([c for c, _ in results]) if results else np.zeros(0),
                 max((p for _, p in results), default=1.0))
 
@@ -252,6 +269,12 @@ def _shard(spec: ShardSpec, recipe: GeometrySpec) -> Shard:
     return spec.load(_geometry(recipe).pixels)
 
 
+@lru_cache(maxsize=4)
+def _shards(specs: tuple[ShardSpec, ...], recipe: GeometrySpec) -> Shard:
+    """The frames of ``specs`` (shards that follow each other) as one shard."""
+    return _shard(specs[0], recipe) if len(specs) == 1 else Shard.joined([_shard(s, recipe) for s in specs])
+
+
 def _threads(threads: int) -> None:
     import numba
 
@@ -269,9 +292,9 @@ def prepare_task(spec: ShardSpec, recipe: GeometrySpec, threads: int) -> tuple[n
     return shard.counts, peak_count([shard])
 
 
-def shard_task(spec: ShardSpec, recipe: GeometrySpec, model_path: str, state: StepState, threads: int,
-               device: Device = CPU) -> htc_sums.Part:
-    """The shard step of ``spec``'s frames on the model in ``model_path`` (.npy, (M, M, M) float64, or
+def shard_task(spec: ShardSpec | tuple[ShardSpec, ...], recipe: GeometrySpec, model_path: str, state: StepState,
+               threads: int, device: Device = CPU) -> htc_sums.Part:
+    """The shard step of ``spec``'s frames (a shard, or shards that follow each other) on the model in ``model_path`` (.npy, (M, M, M) float64, or
     (V, M, M, M) with modes); its sums written beside the model (:func:`spibatch.emc.htc_sums.write_part`),
     the small record returned.
 
@@ -282,7 +305,8 @@ def shard_task(spec: ShardSpec, recipe: GeometrySpec, model_path: str, state: St
     model = np.load(model_path)
     loaded = time.perf_counter()
     geometry = _geometry(recipe)
-    sums = step_function(device)(model, geometry.rotations, geometry.pixels, _shard(spec, recipe), state)
+    shard = _shard(spec, recipe) if isinstance(spec, ShardSpec) else _shards(tuple(spec), recipe)
+    sums = step_function(device)(model, geometry.rotations, geometry.pixels, shard, state)
     del model
     sums.timings["load_model_s"] = loaded - began
     part = htc_sums.write_part(Path(model_path).parent, state.iteration, sums)
