@@ -15,7 +15,7 @@
 Prints (and writes WORK/streaming.json): the time from the first frame to the first preview density, from the
 last frame to the quick final density and to the full final density with its FSC, the EMC model's CC with
 the truth; with ``--batch`` also a batch ``spibatch emc`` on the very hits the follower kept (the same EMC
-settings, as many iterations as the follow's EMC ran unless ``--iterations``) and its CC, side by side.
+settings and ``emc.iterations``, the iteration the follow's annealing ends at) and its CC, side by side.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def follow(args, work: Path, env: dict) -> dict:
     config.write_text(rehearsal.source_section(args.as_, endpoint, paths["detector"], paths["truth"],
                                                chunk_frames=args.chunk_frames, start_hits=args.start_hits,
                                                preview_every=args.preview_every, after_end=args.after_end,
-                                               iterations=args.iterations or 20))
+                                               iterations=args.iterations))
     followed = rehearsal.follow_replay(frames, args.as_, endpoint, config, work / "live", rate_hz=args.rate, env=env,
                                        site=args.site, log_dir=work)
     return rehearsal.summarize(followed)
@@ -55,7 +55,7 @@ def batch(work: Path, env: dict, args, followed: dict) -> dict:
     run = RunLayout(work / "live")
     photons = rehearsal.hits_photons(run, work / "hits.emc")
     config = work / "batch.yaml"
-    iterations = args.iterations or followed["emc_iterations"]
+    iterations = args.iterations     # the config's emc.iterations: the follow anneals as this run does, then holds
     config.write_text(rehearsal.batch_config(photons, run.detector("follow"), iterations=iterations,
                                              frames_per_shard=args.chunk_frames))
     began = time.time()
@@ -78,8 +78,9 @@ def main() -> None:
     parser.add_argument("--start-hits", type=int, default=200)
     parser.add_argument("--preview-every", type=int, default=4)
     parser.add_argument("--after-end", type=int, default=6)
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="the batch run's iterations (default: as many as the follow's EMC ran)")
+    parser.add_argument("--iterations", type=int, default=20,
+                        help="emc.iterations of both runs: the batch run's iterations, and the iteration after "
+                             "which the follow's annealing holds")
     parser.add_argument("--batch", action="store_true")
     args = parser.parse_args()
     work = args.work.resolve()
