@@ -55,6 +55,7 @@ class EMCSettings:
     detector_corr: bool = True
     num_modes: int = 1
     nonrot_modes: int = 0
+    halves: bool = False
 
     @property
     def num_volumes(self) -> int:
