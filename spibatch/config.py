@@ -123,6 +123,9 @@ class EMC(Section):
                            "one of, in any orientation (Dragonfly's num_modes)")
     nonrot_modes: int = Field(0, ge=0, description="non-rotating 'junk' modes: volumes seen only at the identity "
                               "orientation, for hits that fit no conformation (Dragonfly's num_nonrot_modes)")
+    halves: bool = Field(False, description="gold standard: also reconstruct the even and the odd frames apart "
+                         "(emc/half_1, emc/half_2; independent random starts), align them and report their FSC "
+                         "as the resolution estimate without a truth (emc/halves.json); about one more full run")
 
     @field_validator("point_group")
     @classmethod

@@ -20,7 +20,9 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
     stop                   `spibatch stop RUN_DIR` creates it: the follower ends at its next block
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
                            model_NNN.npy, each task's sums_NNN_FFFFFFFFF.npy, the reduced slabs
-                           total_NNN_KKK.npy -- all removed once read --, timing.jsonl)
+                           total_NNN_KKK.npy -- all removed once read --, timing.jsonl);
+                           with emc.halves: half_1/, half_2/ (each an EMC folder of its own, with photons.h5:
+                           the even / odd frames) and halves.json (the split, the alignment, the half-set FSC)
     phase/                 phasing.h5, phasing.cxi, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl,
                            previews/iteration_NNN/ (a following run's preview densities: phasing.h5,
                            density.mrc, preview.json: iteration, frames, time stamps, latency)
@@ -75,6 +77,9 @@ HTC_DIR = "htc"
 HTC_TIMING = "timing.jsonl"      # in htc/: one line per HTC iteration (where the time went)
 HTC_SCRATCH_RE = re.compile(r"^(?:model_\d{3,}|sums_\d{3,}_\d{9,}|total_\d{3,}_\d{3,})\.npy$")   # htc/'s scratch
 OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
+HALF_DIRS = ("half_1", "half_2")  # gold-standard half sets: frames 0, 2, 4, ... and 1, 3, 5, ...
+HALF_PHOTONS = "photons.h5"      # in each half's folder: its frames, a Dragonfly photons file
+HALVES_JSON = "halves.json"      # the split, each half's result, their alignment and FSC
 
 # ---- phasing (phase/)
 PHASING = "phasing.h5"
@@ -255,6 +260,14 @@ class RunLayout:
     @property
     def htc(self) -> Path:
         return self.emc / HTC_DIR
+
+    def half(self, index: int) -> Path:
+        """``emc/half_1/`` or ``emc/half_2/`` (``index`` 0 or 1): one gold-standard half set's EMC folder."""
+        return self.emc / HALF_DIRS[index]
+
+    @property
+    def halves_json(self) -> Path:
+        return self.emc / HALVES_JSON
 
     # -- phasing
     @property

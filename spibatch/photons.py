@@ -86,6 +86,21 @@ class Photons:
                        self.multi_indptr[start:stop + 1] - m0, self.multi_index[m0:m1].copy(),
                        self.multi_count[m0:m1].copy())
 
+    def take(self, frames) -> "Photons":
+        """Frames ``frames`` (indices, in the order given) as a new Photons."""
+        frames = np.asarray(frames, np.int64)
+
+        def rows(indptr: np.ndarray, *flat: np.ndarray) -> tuple:
+            lengths = indptr[frames + 1] - indptr[frames]
+            out_ptr = np.zeros(len(frames) + 1, np.int64)
+            np.cumsum(lengths, out=out_ptr[1:])
+            where = np.repeat(indptr[frames] - out_ptr[:-1], lengths) + np.arange(out_ptr[-1])
+            return (out_ptr,) + tuple(a[where] for a in flat)
+
+        ones_ptr, ones = rows(self.ones_indptr, self.ones_index)
+        multi_ptr, multi, count = rows(self.multi_indptr, self.multi_index, self.multi_count)
+        return Photons(self.num_pix, ones_ptr, ones, multi_ptr, multi, count)
+
     @staticmethod
     def concatenate(parts: "list[Photons]") -> "Photons":
         """Frames of ``parts`` one after another; all must share ``num_pix``."""

@@ -57,6 +57,7 @@ class EMCSettings:
     detector_corr: bool = True
     num_modes: int = 1
     nonrot_modes: int = 0
+    halves: bool = False
     anneal_until: int | None = None
 
     @property

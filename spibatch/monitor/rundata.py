@@ -98,6 +98,7 @@ class RunData:
         if emc is not None:
             paths += [emc / layout.METRICS, emc / layout.EMC_LOG] + [emc / layout.output_name(i) for i in
                                                                       self._outputs_in(emc)]
+            paths.append(emc / layout.HALVES_JSON)
         paths += list(self.phase_files()) + [self.fsc_file()] + progress.watched(self) + follow.watched(self)
         return [p for p in paths if p is not None and self.exists(p)]
 
@@ -133,6 +134,11 @@ class RunData:
         truth = self.read_json(self.run.emc_vs_truth)
         if isinstance(truth, dict) and number(truth.get("cc")) is not None:
             out["emc_cc_with_truth"] = number(truth.get("cc"))
+        halves = self.read_json(emc / layout.HALVES_JSON) if emc is not None else None
+        if isinstance(halves, dict) and number(halves.get("cc")) is not None:   # the gold-standard half sets
+            out["emc_halves"] = {key: number(halves.get(key)) for key in
+                                 ("cc", "r_max", "fsc_0.143_radius", "fsc_0.5_radius", "resolution_0.143_m",
+                                  "resolution_0.5_m")}
         return clean(out)
 
     def provenance(self) -> dict:

@@ -44,6 +44,12 @@ def result_lines(run_path: Path) -> list[str]:
     emc_line = _emc_line(run)
     if emc_line:
         lines.append(emc_line)
+    halves = _json(run.halves_json)
+    if halves is not None and halves.get("cc") is not None:
+        from spibatch.emc.halves import describe
+
+        lines.append(f"EMC gold standard ({' + '.join(str(n) for n in halves.get('frames', []))} frames): "
+                     f"{describe(halves)}")
     if run.phasing.exists():
         lines.append(_phasing_line(run))
     fsc = _json(run.fsc_vs_truth)

@@ -113,7 +113,45 @@ def _emc_vs_truth(run: RunLayout, pipeline, intensity: Path, reference: Path):
                                            "iterations": pipeline.emc.iterations})
     log.info("EMC intensity vs %s: cc %.4f%s", reference.name, comparison["cc"],
              " (inversion twin)" if comparison["inverted"] else "")
+    _resolutions_vs_truth(run, intensity, reference, detector, comparison)
     return np.asarray(comparison["rotation"])
+
+
+def _resolutions_vs_truth(run: RunLayout, intensity: Path, reference: Path, detector: Path, comparison: dict) -> None:
+    """``emc_vs_truth.json`` gains ``truth_fsc``: where the per-shell correlation of the aligned model with the
+    truth crosses 0.5 and 0.143 -- and, with gold-standard half sets (``emc/halves.json``), ``half_sets``: theirs,
+    so that the estimate without a truth can be judged (half sets at 0.143 against the truth at 0.5)."""
+    import json
+
+    import numpy as np
+
+    from spibatch.detector import Detector
+    from spibatch.emc.compare import shell_range
+    from spibatch.emc.halves import THRESHOLDS, resolutions, shell_fsc, volume_and_voxel
+    from spibatch.io.atomic import write_text
+    from spibatch.io.results import read_volume
+    from spibatch.validate import crop_to_common
+
+    model, voxel = volume_and_voxel(intensity)
+    truth = np.asarray(read_volume(reference, "intensity"), np.float64)
+    model, truth = crop_to_common(model, truth)
+    r_min, r_max = shell_range(Detector.read(detector))
+    r_max = min(r_max, (model.shape[0] - 1) // 2 - 1)
+    if voxel is not None:
+        voxel = voxel * (volume_and_voxel(intensity)[0].shape[0] / model.shape[0])   # the same dq, the cropped grid
+    comparison["truth_fsc"] = resolutions(shell_fsc(model, truth, np.asarray(comparison["rotation"]), r_min, r_max,
+                                                    voxel))
+    try:
+        halves = json.loads(run.halves_json.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        halves = None
+    if isinstance(halves, dict):
+        comparison["half_sets"] = {k: halves.get(k) for k in ("cc", "r_max", "frames") +
+                                   tuple(f"{w}_{t}_{u}" for t in THRESHOLDS for w, u in
+                                         (("fsc", "radius"), ("resolution", "m")))}
+        log.info("EMC gold standard: half sets cross 0.143 at shell %s; the model and the truth cross 0.5 at "
+                 "shell %s", halves.get("fsc_0.143_radius"), comparison["truth_fsc"]["fsc_0.5_radius"])
+    write_text(run.emc_vs_truth, json.dumps(comparison, indent=2) + "\n")
 
 
 def _density_vs_truth(run: RunLayout, pipeline, reference: Path, rotation) -> dict[str, Path]:

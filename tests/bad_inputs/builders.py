@@ -131,6 +131,14 @@ def drop_rows(name: str, count: int) -> Callable[[dict], None]:
     return edit
 
 
+def keep_rows(count: int) -> Callable[[dict], None]:
+    """Only the first ``count`` frames."""
+    def edit(rows: dict) -> None:
+        for name in rows:
+            del rows[name][count:]
+    return edit
+
+
 def truncated(source_attr: str, fraction: float = 0.6) -> Callable:
     """A copy of a good base file cut to ``fraction`` of its bytes."""
     def build(path: Path, base: Base) -> None:

@@ -234,6 +234,8 @@ CASES: list[Case] = [
     emc("emc-friedel-number", ["p.yaml", "emc.friedel_symmetry"], emc__friedel_symmetry=2),
     emc("emc-point-group", ["p.yaml", "emc.point_group"], emc__point_group="X7"),
     emc("emc-seed-fraction", ["p.yaml", "emc.seed"], emc__seed=1.5),
+    emc_file("emc-halves-too-few-frames", "config: emc", "photons", b.photons_variant(b.keep_rows(150)),
+             ["emc.halves", "half sets of 75 and 75 frames", "too few to reconstruct"], emc__halves=True),
     emc("emc-frames-per-shard-zero", ["p.yaml", "emc.frames_per_shard"], emc__frames_per_shard=0),
     emc("emc-model-size-2", ["p.yaml", "emc.model_size"], emc__model_size=2),
     emc("emc-model-size-small", ["p.yaml", "emc.model_size", "smaller than the detector needs"], emc__model_size=5),

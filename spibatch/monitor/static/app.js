@@ -87,6 +87,13 @@ function renderRuns() {
     || `<p class="muted" style="padding:10px">No runs here yet.</p>`;
 }
 
+/* where the gold-standard half sets' FSC crosses a threshold: a length when the voxel is known, else a shell */
+function halfCrossing(h, t) {
+  const radius = h[`fsc_${t}_radius`];
+  if (radius == null) return `never below${h.r_max != null ? " (beyond shell " + h.r_max + ")" : ""}`;
+  return nm(h[`resolution_${t}_m`]) || `shell ${radius.toFixed(1)}`;
+}
+
 function status(r) {
   if (r.status === "running" && r.last_update && Date.now() / 1000 - r.last_update > 600) return "stalled";
   return r.status || "unknown";
@@ -100,6 +107,8 @@ function renderHeader(s) {
   const heads = [];
   if (s.has.emc) heads.push(["EMC iteration", `${s.emc_iterations_done}${s.emc_iterations_planned ? " / " + s.emc_iterations_planned : ""}`]);
   if (s.emc_cc_with_truth != null) heads.push(["intensity cc with truth", fmt(s.emc_cc_with_truth, 3)]);
+  if (s.emc_halves) heads.push(["half-set FSC 0.143 (no truth)", halfCrossing(s.emc_halves, "0.143")],
+    ["half-set FSC 0.5", halfCrossing(s.emc_halves, "0.5")]);
   $("run-header").innerHTML = `<h1>${esc(s.title)} <span class="badge ${esc(status(s))}">${esc(status(s))}</span></h1>
     ${s.error ? `<p class="error">${esc(s.error)}</p>` : ""}
     <dl class="facts">${facts.filter(([, v]) => v).map(([k, v]) => `<dt>${esc(k)}</dt><dd>${k === "last file change" ? v : esc(v)}</dd>`).join("")}</dl>
