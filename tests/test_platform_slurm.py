@@ -141,3 +141,38 @@ def test_dry_run_is_checked_by_sbatch_and_submits_nothing(slurm_cluster, emc_sma
     assert "sbatch --test-only: sbatch-mpi.sh accepted" in done.stdout
     assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == jobs_before
     assert not (tmp_path / "run").exists()
+
+
+def test_a_live_source_followed_with_emc_as_an_mpi_job_on_slurm(slurm_cluster, tmp_path):
+    """Near real time on Slurm (HPC mode): the follower beside the driver (the login node's part), EMC as an MPI
+    job taking the chunks as they come, previews and phasing as tasks on the Slurm workers; a CXI folder is
+    replayed into while it runs (spibatch.stream.rehearsal, as tests/test_follow_pipeline.py on the local site)."""
+    from platform_helpers import env
+    from spibatch.stream import rehearsal
+    from spibatch.stream.replay import simulated
+
+    hits, recipe = 120, "(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10"
+    frames, paths = simulated(tmp_path / "sim", num_hits=hits, hit_fraction=0.25, pixels=32)
+    target = tmp_path / "cxi"
+    target.mkdir()
+    config = tmp_path / "live.yaml"
+    config.write_text(rehearsal.source_section("cxi-folder", str(target), paths["detector"], paths["truth"],
+                                               chunk_frames=40, start_hits=40, preview_every=2, after_end=3,
+                                               num_div=3, flush_s=0.5, idle_timeout_s=120,
+                                               phasing={"num_starts": 2, "keep_best": 2, "recipe": recipe},
+                                               preview_recipe=recipe))
+    site = write_site(tmp_path, "site", SITE.format(mode="hpc"))
+    done = rehearsal.follow_replay(frames, "cxi-folder", str(target), config, tmp_path / "live", rate_hz=40.0,
+                                   env=env(), site=site, log_dir=tmp_path, timeout_s=900)
+    run, summary = done.run, rehearsal.summarize(done)
+    assert (summary["frames_seen"], summary["hits"]) == (frames.num_frames, hits)
+    stages = markers(run.path)
+    assert {n: s["status"] for n, s in stages.items()} == {n: "done" for n in ("follow", "emc", "phase", "validate")}
+    assert stages["emc"]["emc_mode"] == "hpc"
+    job = json.loads((run.path / "stages" / "jobs" / "emc.json").read_text())    # EMC ran as the MPI job
+    assert (job["status"], job["exit_code"]) == ("done", 0)
+    scripts = [p.name for p in run.path.glob("runinfo/*/submit_scripts/parsl.*.block-*")]
+    assert any(n.startswith("parsl.mpi.block-") for n in scripts) and any(n.startswith("parsl.tasks.") for n in scripts)
+    records = rehearsal.previews(run)
+    assert records[-1]["final"] and records[-1]["frames"] == hits
+    assert summary["emc_cc_with_truth"] > 0.8
