@@ -45,7 +45,8 @@ class Source(Section):
     emc_start_hits: int = Field(500, ge=1, description="EMC starts once this many hits are in")
     iterations_after_end: int = Field(8, ge=1, description="after the source ends and every hit is in, EMC stops at "
                                       "the first iteration whose mutual information and log-likelihood per frame "
-                                      "are level with the iteration before, at most this many iterations after")
+                                      "are level with the iteration before, at most this many iterations after (and "
+                                      "not before emc.iterations in all)")
     preview_every_iterations: int = Field(5, ge=1, description="a preview density is phased every this many EMC "
                                           "iterations")
     preview_starts: int = Field(2, ge=1, description="phasing starts of a preview (and of the quick final density)")

@@ -83,3 +83,14 @@ def test_anneal_until_holds_beta_after_the_batch_runs_last_iteration():
     assert np.allclose(held.beta_for(500, counts), 2 * first)
     assert np.allclose(free.beta_for(21, counts), 4 * first), "without the cap it doubles on"
     assert np.allclose(held.beta_for(11, counts), free.beta_for(11, counts))
+
+
+def test_an_emc_that_started_on_data_all_in_runs_as_a_batch_run_would_unless_it_settled():
+    """EMC started late (the workers came up after the last frame): after_end does not cut it below
+    emc.iterations; a settled model still ends it."""
+    source = Source()
+    source.ended = True
+    stop = FollowStop(source, after_end=3, at_least=6)
+    answers = [stop(record(i, 1.0 + 0.2 * i, -900.0 + 10 * i, change=0.04)) for i in range(1, 8)]
+    assert answers == [False, False, False, False, False, True, True]
+    assert FollowStop(source, after_end=3, at_least=6)(record(1, 1.0, -900.0, change=0.005)), "settled at once"

@@ -214,3 +214,42 @@ def test_real_cluster(tmp_path):
     for stage in ("simulate", "emc", "phase", "validate"):
         assert (out / "stages" / f"{stage}.json").is_file(), stage
     assert (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_a_live_source_followed_with_emc_tasks_in_emulated_pods(cluster, tmp_path):
+    """Near real time on the Kubernetes site (emulated: kmock and local pod processes): the follower beside the
+    driver, EMC in HTC mode as shard tasks in the worker pods taking the chunks as they come, previews and the
+    phasing as tasks too; a CXI folder on the shared volume is replayed into while it runs."""
+    from spibatch.stream import rehearsal
+    from spibatch.stream.replay import simulated
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    hits, recipe = 120, "(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10"
+    frames, paths = simulated(shared / "sim", num_hits=hits, hit_fraction=0.25, pixels=32)
+    target = shared / "cxi"
+    target.mkdir()
+    config = shared / "live.yaml"
+    config.write_text(rehearsal.source_section("cxi-folder", str(target), paths["detector"], paths["truth"],
+                                               chunk_frames=40, start_hits=40, preview_every=2, after_end=3,
+                                               num_div=3, flush_s=0.5, idle_timeout_s=120,
+                                               phasing={"num_starts": 2, "keep_best": 2, "recipe": recipe},
+                                               preview_recipe=recipe))
+    site = write_site(tmp_path, shared, cpu_limit="1", max_idletime_s=30)
+    env = {**os.environ, "KUBECONFIG": os.environ["KUBECONFIG"]}
+    with PodRunner(cluster, "spibatch", host_env()) as runner:
+        done = rehearsal.follow_replay(frames, "cxi-folder", str(target), config, shared / "live", rate_hz=40.0,
+                                       env=env, site=site, log_dir=shared, timeout_s=900)
+        assert not runner.errors, runner.errors
+        assert runner.started and runner.most_at_once <= 2
+    run, summary = done.run, rehearsal.summarize(done)
+    assert (summary["frames_seen"], summary["hits"]) == (frames.num_frames, hits)
+    stages = {p.stem: yaml.safe_load(p.read_text()) for p in (run.path / "stages").glob("*.json")}
+    assert {n: s["status"] for n, s in stages.items()} == {n: "done" for n in ("follow", "emc", "phase", "validate")}
+    assert stages["emc"]["emc_mode"] == "htc"
+    timing = (run.emc / "htc" / "timing.jsonl").read_text().splitlines()
+    assert len(timing) == summary["emc_iterations"]                    # every iteration's shards ran as pod tasks
+    records = rehearsal.previews(run)
+    assert records[-1]["final"] and records[-1]["frames"] == hits
+    assert summary["emc_cc_with_truth"] > 0.8

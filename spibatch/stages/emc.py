@@ -210,4 +210,4 @@ def run_emc_following(run: RunLayout, pipeline, device, workers=None) -> dict[st
     with hooks.standard(settings.iterations, display=executor.writes, bar=False) as on_iteration:
         return run_emc(settings, photons, run.detector("follow"), run.emc, executor=executor,
                        resume=run.checkpoint.exists(), source=source, on_iteration=on_iteration,
-                       until=FollowStop(source, src.iterations_after_end))
+                       until=FollowStop(source, src.iterations_after_end, pipeline.emc.iterations))

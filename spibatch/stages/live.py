@@ -67,15 +67,16 @@ class FollowStop:
     the first iteration with every frame in which the model moved by less than :data:`MODEL_LEVEL` of its
     rms (``rms_change / model_rms``), or whose mutual information and log-likelihood (both per frame) are
     level with the iteration before (relative change below :data:`PLATEAU`); at the latest ``after_end``
-    iterations after the end.
+    iterations after the end, but not before ``at_least`` iterations in all (``emc.iterations``: a follow
+    whose EMC started late, on data that had all arrived, is not cut short of what a batch run would do).
 
     The first iteration with every frame may be the last: by the end of a beamtime the model has been
     refined through many iterations on most of the frames, and the last chunks move it little; each
     further iteration costs the time a beamtime waits for its final density.  ``benchmarks/streaming.py``
     measures the CC with the truth this gives against a batch run on the same hits (BENCHMARKS.md)."""
 
-    def __init__(self, source, after_end: int):
-        self.source, self.after_end = source, after_end
+    def __init__(self, source, after_end: int, at_least: int = 1):
+        self.source, self.after_end, self.at_least = source, after_end, at_least
         self.ended_at: int | None = None
         self.previous: dict | None = None
 
@@ -89,7 +90,8 @@ class FollowStop:
                      record["num_frames"], self.after_end)
         done = record["iteration"] - self.ended_at + 1
         settled = record.get("model_rms", 0.0) > 0 and record["rms_change"] <= MODEL_LEVEL * record["model_rms"]
-        return done >= self.after_end or settled or (previous is not None and level(previous, record))
+        enough = done >= self.after_end and record["iteration"] >= self.at_least
+        return enough or settled or (previous is not None and level(previous, record))
 
     @property
     def ended(self) -> bool:
