@@ -193,6 +193,10 @@ def test_resume_after_the_driver_was_killed_continues_the_follow(tmp_path):
     finally:
         if driver.poll() is None:
             driver.kill()
+    gone = time.monotonic() + 20         # the orphaned follower notices, says so, and follows on
+    while f"the driver (process {driver.pid}) is gone" not in follow_log.read_text() and time.monotonic() < gone:
+        time.sleep(0.2)
+    assert f"the driver (process {driver.pid}) is gone; following on" in follow_log.read_text()
     before = json.loads(run.follow_status.read_text())
     assert 0 < before["hits"] < HITS and before["frames_seen"] <= half * frames.pulses_per_train
     logged = follow_log.read_text().count("resuming after train")

@@ -10,6 +10,7 @@ committed (``spibatch resume``).  ``spibatch run`` starts it as a process of its
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from spibatch.config import PLANCK_EV_M
@@ -83,7 +84,31 @@ def run(run: RunLayout, pipeline, device=None, workers=None) -> dict[str, Path]:
     detector = detector_of(pipeline)
     source = open_source(src.kind, src.target, tuple(detector.shape), detector_name=src.detector_name,
                          settle_s=src.settle_s, bridge_source=src.bridge_source, bridge_key=src.bridge_key)
-    summary = Follower(source, detector, run.follow, settings_of(pipeline), stop_file=run.stop).run()
+    follower = Follower(source, detector, run.follow, settings_of(pipeline), stop_file=run.stop)
+    watch_driver(follower.store, run)
+    summary = follower.run()
     log.info("follow: %s: %d frames, %d hits in %d chunks (%s)", src.target, summary["frames_seen"], summary["hits"],
              summary["chunks"], summary["end_reason"])
     return {"follow_index": run.follow_index, "follow_status": run.follow_status}
+
+
+def watch_driver(store, run: RunLayout, period_s: float = 2.0) -> None:
+    """A daemon thread: when the driver that started this follower dies (this process is handed to another
+    parent), say so once in the log and in ``follow/status.json`` (``driver_gone``).  The follower goes on:
+    frames of a beamtime that is still recording are not lost while the operator runs ``spibatch resume``
+    (which stops this follower and starts its own from what was committed) or ``spibatch stop``."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(period_s)
+        store.driver_gone = True
+        log.warning("follow: the driver (process %d) is gone; following on, nothing is lost: `spibatch resume %s` "
+                    "takes over (EMC from its checkpoint), `spibatch stop %s` ends the follow", parent, run.path,
+                    run.path)
+
+    threading.Thread(target=watch, name="spibatch-driver-watch", daemon=True).start()
+

@@ -125,6 +125,7 @@ class Store:
         self.state = Committed()
         self.first_received: float | None = None
         self.last_received: float | None = None
+        self.driver_gone = False      # the pipeline's driver that started this follower died (stages.follow)
 
     def load(self) -> Committed:
         """Read what an earlier follower committed (nothing is created); clean up after a crash."""
@@ -240,5 +241,5 @@ class Store:
                   "threshold": s.threshold, "threshold_rule": self.rule,
                   "lit_histogram": {"edges": LIT_EDGES, "counts": s.histogram.tolist()},
                   "first_received": self.first_received, "last_received": self.last_received,
-                  "updated": time.time()}
+                  "driver_gone": self.driver_gone, "updated": time.time()}
         write_text(self.status, json.dumps(status, indent=1) + "\n")
