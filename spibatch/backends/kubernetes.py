@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, field_validator
 
+from spibatch import parsl_lean
 from spibatch.backends import parsl_common as common
 from spibatch.backends.base import TASKS_LABEL, Check, Provider, Rendered
 from spibatch.backends.k8s_checks import is_label, is_subdomain, parse_quantity, problems, quantity_problem
@@ -166,6 +167,7 @@ class KubernetesProvider(Provider):
     def parsl_config(self, run_dir: Path):
         """One HTEX whose blocks are worker pods (KubernetesProvider); needs a kubeconfig or in-cluster access.
         Parsl's own launch command (the pod is the container), ``workers_per_pod`` workers each, encrypted."""
+        parsl_lean.import_parsl()
         from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
         run_dir = Path(os.path.abspath(run_dir))

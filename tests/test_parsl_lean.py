@@ -1,0 +1,76 @@
+"""spibatch.parsl_lean: Parsl's processes start without the optional packages they never use, and a task still
+gets the real package when it imports one."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
+
+from spibatch import parsl_lean  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def run(code: str, *, stand_ins: bool) -> str:
+    """``code`` in a fresh Python; with the stand-ins first on its path (as Parsl's processes have them)."""
+    env = dict(ENV)
+    if stand_ins:
+        env["PYTHONPATH"] = os.pathsep.join([parsl_lean.STAND_INS, env["PYTHONPATH"]])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def installed(name: str) -> bool:
+    return run(f"import importlib.util; print(importlib.util.find_spec({name!r}) is not None)",
+               stand_ins=False) == "True"
+
+
+@pytest.mark.parametrize("name", parsl_lean.HIDE)
+def test_a_stand_in_is_missing_while_parsl_imports_and_real_afterwards(name):
+    if not installed(name):
+        pytest.skip(f"{name} is not installed")
+    out = run(f"import parsl, sys; print({name!r} in sys.modules); import {name}; print({name}.__file__)",
+              stand_ins=True).splitlines()
+    assert out[0] == "False"                                   # parsl came up without it
+    assert parsl_lean.STAND_INS not in out[1] and "site-packages" in out[1]   # a task gets the real package
+
+
+def test_parsl_turns_the_left_out_features_off_and_still_works():
+    out = run("import parsl.providers.kubernetes.kube as k, parsl.providers.aws.aws as a; "
+              "from parsl.serialize import serialize, deserialize; "
+              "print(k._kubernetes_enabled, a._boto_enabled, deserialize(serialize(41)) + 1)", stand_ins=True)
+    assert out == "False False 42"
+
+
+def test_the_driver_leaves_out_only_what_it_never_needs():
+    if not installed("boto3") or not installed("kubernetes"):
+        pytest.skip("boto3 or kubernetes is not installed")
+    out = run("import sys; from spibatch import parsl_lean; parsl_lean.import_parsl(); "
+              "print('boto3' in sys.modules, 'kubernetes' in sys.modules); import boto3; print(boto3.__name__)",
+              stand_ins=False).splitlines()
+    assert out == ["False True", "boto3"]
+
+
+def test_the_launch_commands_start_parsl_scripts_through_parsl_lean(tmp_path):
+    from spibatch.backends import load_site, provider_for
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: t\nprovider: local\nworkers: 2\n")
+    executor = provider_for(load_site(site)).parsl_config(tmp_path).executors[0]
+    assert executor.interchange_launch_cmd == [sys.executable, "-m", "spibatch.parsl_lean", "interchange.py"]
+    assert executor.launch_cmd.startswith(f"{sys.executable} -m spibatch.parsl_lean process_worker_pool.py ")
+
+
+def test_main_runs_the_script_with_the_stand_ins_on_the_path_of_its_children(tmp_path):
+    script = tmp_path / "show.py"
+    script.write_text("import os, sys\nprint(os.environ['PYTHONPATH'].split(os.pathsep)[0], sys.argv[1:])\n")
+    done = subprocess.run([sys.executable, "-m", "spibatch.parsl_lean", str(script), "--x", "1"], capture_output=True,
+                          text=True, env=ENV, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [parsl_lean.STAND_INS, "['--x',", "'1']"]
