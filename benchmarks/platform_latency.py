@@ -149,7 +149,8 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 began = time.time()
                 done = subprocess.run([sys.executable, "-c", CHILD, str(site), str(run_dir), repr(began),
-                                       str(args.tasks)], capture_output=True, text=True, timeout=900,
+                                       str(args.tasks)], capture_output=True, text=True, timeout=900, cwd=scratch,   # not ''
+                                      # on sys.path: --repo's tree, not the current folder's
                                       env={**os.environ, "PYTHONPATH": str(args.repo.resolve())})
                 if done.returncode != 0:
                     sys.exit(f"{name}: {done.stderr[-2000:]}")
