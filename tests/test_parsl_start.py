@@ -1,5 +1,6 @@
-"""spibatch.parsl_lean: Parsl's processes start without the optional packages they never use, and a task still
-gets the real package when it imports one."""
+"""Parsl's start, the floor of every first task result: spibatch.parsl_lean (Parsl's processes start without
+the optional packages they never use, and a task still gets the real package when it imports one), and the
+first block submitted as soon as the executors are up (spibatch.parsl_shutdown.load)."""
 
 import os
 import subprocess
@@ -74,3 +75,38 @@ def test_main_runs_the_script_with_the_stand_ins_on_the_path_of_its_children(tmp
                           text=True, env=ENV, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [parsl_lean.STAND_INS, "['--x',", "'1']"]
+
+
+def test_the_first_block_starts_at_load_not_at_the_strategys_next_tick(tmp_path):
+    """A strategy period of 60 s: Parsl alone submits the first block at its first tick after the interchange is
+    up, a minute after the start; here the block is submitted when load() returns, the timer back at 60 s, and an
+    app's result comes in seconds (2 workers, a sqlalchemy import in the task: the real package in a worker)."""
+    import time
+
+    from parsl import python_app
+
+    from spibatch.backends import TASKS_LABEL, load_site, provider_for
+    from spibatch.parsl_shutdown import load, shutdown
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: t\nprovider: local\nworkers: 2\nlocal: {strategy_period_s: 60}\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    began = time.monotonic()
+    dfk = load(provider_for(load_site(site)).parsl_config(run_dir))
+    try:
+        executor = dfk.executors[TASKS_LABEL]
+        assert executor.blocks_to_job_id and dfk.job_status_poller.interval == 60
+        assert dfk.config.strategy_period == 60
+
+        code = ("def where_is(name):\n    import importlib.util, sys\n"
+                "    if importlib.util.find_spec(name) is None:\n        return 'not installed'\n"
+                "    __import__(name)\n    return sys.modules[name].__file__\n")
+        namespace = {"__name__": "__main__"}   # sent by value: the workers cannot import this test module
+        exec(code, namespace)
+        where_is = namespace["where_is"]
+        path = python_app(where_is, executors=[TASKS_LABEL])("sqlalchemy").result(timeout=50)
+        assert time.monotonic() - began < 50
+        assert path == "not installed" or ("site-packages" in path and "stand_ins" not in path)
+    finally:
+        shutdown(dfk)
