@@ -25,7 +25,9 @@ in the run's ``runinfo/`` (one clock: one machine):
                  (interchange log) happens meanwhile
   task           -> the result back in the driver (dispatch, run, return)
 
-Prints one JSON line per run and the medians.
+"cpu_s_to_first": the CPU seconds the driver and the run's Parsl processes (interchange, pools, their workers
+and multiprocessing manager; on Slurm those on this node) had used when the first result came, and how many
+processes.  Prints one JSON line per run and the medians.
 """
 
 from __future__ import annotations
@@ -72,6 +74,26 @@ loaded_at = time.time()
 app = python_app(empty, executors=[TASKS_LABEL])
 app().result()
 first_at = time.time()
+import psutil   # Parsl's dependency
+def cpu_s():    # CPU seconds of this process and of every Parsl process of this run (interchange, pools, workers)
+    found = {psutil.Process()}
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(run_dir) in " ".join(proc.info["cmdline"] or []):
+            found.add(proc)
+    for proc in list(found):
+        try:
+            found.update(proc.children(recursive=True))
+        except psutil.Error:
+            pass
+    total = 0.0
+    for proc in found:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total, len(found)
+cpu, processes = cpu_s()
 n = int(sys.argv[4])
 start = time.perf_counter()
 futures = [app() for _ in range(n)]
@@ -79,6 +101,7 @@ futures = [app() for _ in range(n)]
 batch = time.perf_counter() - start
 dfk.cleanup()
 print(json.dumps({"first_result_s": first_at - began, "tasks": n, "batch_s": batch, "per_task_ms": 1000 * batch / n,
+                  "cpu_s_to_first": cpu, "processes": processes,
                   "began": began, "load_at": load_at, "loaded_at": loaded_at, "first_at": first_at}))
 """
 
@@ -161,7 +184,8 @@ def main() -> None:
                     row.pop(key)
                 print(json.dumps({"site": name, **row}), flush=True)
                 rows.append(row)
-            summary[name] = {key: statistics.median(r[key] for r in rows) for key in ("first_result_s", "per_task_ms")}
+            summary[name] = {key: statistics.median(r[key] for r in rows) for key in ("first_result_s", "per_task_ms",
+                                                                           "cpu_s_to_first")}
             names = [p for p in rows[0]["phases_s"] if all(p in r["phases_s"] for r in rows)]
             summary[name]["phases_s (medians)"] = {p: statistics.median(r["phases_s"][p] for r in rows) for p in names}
     print(json.dumps({"medians": summary, "load_after": os.getloadavg()}, indent=2))
