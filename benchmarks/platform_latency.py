@@ -151,13 +151,13 @@ def phases(run_dir: Path, row: dict) -> dict:
     return out
 
 
-def idle_node(scratch: Path, seconds: float = 120.0) -> None:
-    """Wait until no job of an earlier run here is left in Slurm's queue (a cancelled job holds the node's CPUs
-    while it completes: the next block would wait for them, which is not what is measured)."""
+def idle_node(seconds: float = 120.0) -> None:
+    """Wait until no job of an earlier run of this benchmark is left in Slurm's queue (a cancelled job holds the
+    node's CPUs while it completes: the next block would wait for them, which is not what is measured)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         listed = subprocess.run(["squeue", "-h", "-o", "%o"], capture_output=True, text=True).stdout
-        if str(scratch) not in listed:
+        if str(Path(tempfile.gettempdir()) / "spibatch-bench-") not in listed:
             return
         time.sleep(0.5)
 
@@ -181,7 +181,7 @@ def main() -> None:
                 run_dir = Path(scratch) / f"{name}-{k}"
                 run_dir.mkdir()
                 if name == "slurm":
-                    idle_node(run_dir.parent)
+                    idle_node()
                 load = os.getloadavg()[0]
                 began = time.time()
                 done = subprocess.run([sys.executable, "-c", CHILD, str(site), str(run_dir), repr(began),
