@@ -63,13 +63,13 @@ def _first_blocks_now(dfk, period: float) -> None:
     whole ``strategy_period`` later (the Slurm site's default: 5 s).  :func:`load` starts it with a tick of
     :data:`FIRST_TICK_S`; here, once every executor that starts blocks has submitted them (at most
     :data:`FIRST_BLOCKS_S`), the timer goes back to the site's ``period`` (it reads its ``interval`` before each
-    wait)."""
+    wait).  A block whose submission failed counts as submitted: Parsl's error handler takes it from there."""
     poller = getattr(dfk, "job_status_poller", None)
     if poller is None or not hasattr(poller, "interval"):
         return
     starting = [e for e in getattr(poller, "_executors", [])
                 if getattr(getattr(e, "provider", None), "init_blocks", 0) > 0]
-    _wait(lambda: all(getattr(e, "blocks_to_job_id", True) for e in starting), FIRST_BLOCKS_S, step=FIRST_TICK_S)
+    _wait(lambda: all(e.status_facade for e in starting), FIRST_BLOCKS_S, step=FIRST_TICK_S)   # submitted or failed
     poller.interval = period
 
 

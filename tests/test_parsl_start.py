@@ -110,3 +110,34 @@ def test_the_first_block_starts_at_load_not_at_the_strategys_next_tick(tmp_path)
         assert path == "not installed" or ("site-packages" in path and "stand_ins" not in path)
     finally:
         shutdown(dfk)
+
+
+def test_a_block_that_cannot_be_submitted_does_not_hold_load_up(tmp_path):
+    """The provider refuses the block (as a scheduler that refuses a batch script): load() returns at once, and
+    Parsl's own error handling fails the executor as it did before."""
+    import time
+
+    from spibatch.backends import TASKS_LABEL, load_site, provider_for
+    from spibatch.parsl_shutdown import FIRST_BLOCKS_S, load, shutdown
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: t\nprovider: local\nworkers: 1\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = provider_for(load_site(site)).parsl_config(run_dir)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("sbatch: error: refused (test)")
+
+    config.executors[0].provider.submit = refuse
+    began = time.monotonic()
+    dfk = load(config)
+    try:
+        assert time.monotonic() - began < FIRST_BLOCKS_S
+        executor = dfk.executors[TASKS_LABEL]
+        deadline = time.monotonic() + 30
+        while not executor.bad_state_is_set and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert executor.bad_state_is_set
+    finally:
+        shutdown(dfk)
