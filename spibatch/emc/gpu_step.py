@@ -71,6 +71,8 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
     """
     from spibatch.kernels.emc_gpu import EMCKernels
 
+    if pixels.background is not None:      # the stage's check says so in one line before any work
+        raise NotImplementedError("a background (emc.background_file) runs on the CPU step only, not yet on a GPU")
     device.activate()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
     xp = device.xp
     work = _OnDevice(EMCKernels(device.launch_runtime, xp), xp, model, rotations, pixels, shard)

@@ -37,7 +37,9 @@ class EMCSettings:
     volume file or None); detector_corr: the detector's corr (solid angle x polarization) multiplies the
     views and divides the merged photons, as in Dragonfly (False: the model absorbs it); num_modes: rotating
     model volumes (conformations), nonrot_modes: non-rotating "junk" volumes (Dragonfly's num_modes and
-    num_nonrot_modes; see :class:`spibatch.emc.types.Rotations`).
+    num_nonrot_modes; see :class:`spibatch.emc.types.Rotations`); background_file: the detector's known
+    background in photons per pixel per frame (Dragonfly's ``background_file``) or None;
+    fit_background_scale: fit each frame's background scale (else it stays 1).
     """
 
     num_div: int = 4
@@ -55,6 +57,8 @@ class EMCSettings:
     detector_corr: bool = True
     num_modes: int = 1
     nonrot_modes: int = 0
+    background_file: Path | None = None
+    fit_background_scale: bool = True
 
     @property
     def num_volumes(self) -> int:
@@ -74,9 +78,11 @@ class EMCSettings:
         if isinstance(schedule, dict):
             schedule = BetaSchedule(float(schedule["factor"]), int(schedule["period"]))
         start = values.get("start_model")
+        background = values.get("background_file")
         beta = values.get("beta", "auto")
         return cls(**{**values, "beta": beta if beta == "auto" else float(beta), "beta_schedule": schedule,
-                      "start_model": None if start is None else Path(start)})
+                      "start_model": None if start is None else Path(start),
+                      "background_file": None if background is None else Path(background)})
 
     def resume_record(self) -> dict:
         """What must not change on resume, JSON-ready, in the checkpoint's shape (the config's JSON dump of
@@ -86,6 +92,9 @@ class EMCSettings:
             out["beta_schedule"] = {"factor": self.beta_schedule.factor, "period": self.beta_schedule.period}
         if self.start_model is not None:
             out["start_model"] = str(self.start_model)
+        if self.background_file is not None:    # only with a background: checkpoints from before still resume
+            out["background_file"] = str(self.background_file)
+            out["fit_background_scale"] = self.fit_background_scale
         return out
 
     def beta_for(self, iteration: int, counts: np.ndarray) -> np.ndarray:

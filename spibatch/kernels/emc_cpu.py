@@ -154,6 +154,131 @@ def weighted_photons_sparse(rot_ptr, frame_of, prob, frame_ptr, pixel, count, pi
             row[t] *= pixel_factor[t]
 
 
+# ------------------------------------------------------------------ with a known background
+# Expected photons of frame d at pixel t in rotation r: s_d V_rt + b_d B_t (V: the view, corr included;
+# s: the frame's scale, b: its background scale, B: the background per frame).  These kernels replace the
+# likelihood's and the merge's photon loops only when a background is given; the others serve both.
+
+
+@nb.njit(parallel=True, cache=True, fastmath=True)
+def photon_log_likelihood_bg(views_t, frame_ptr, frame_end, pixel, count, scale, background_scale, background,
+                             tiny, out):
+    """out[d, r] = sum over frame d's photons of count * log(max(s_d V[pixel, r] + b_d B[pixel], tiny)).
+
+    views_t (T, R) float32 (the views, not their logs, pixel-major); frame_ptr, frame_end, pixel, count as
+    :func:`photon_log_likelihood`; scale, background_scale (D,) float64; background (T,) float32;
+    out (D, R) float32, overwritten (summed in float32).
+    """
+    nrot = views_t.shape[1]
+    for d in nb.prange(out.shape[0]):
+        row = out[d]
+        for k in range(nrot):
+            row[k] = 0.0
+        s = np.float32(scale[d])
+        b = np.float32(background_scale[d])
+        for j in range(frame_ptr[d], frame_end[d]):
+            t = pixel[j]
+            src = views_t[t]
+            cnt = count[j]
+            bt = b * background[t]
+            for k in range(nrot):
+                row[k] += cnt * np.log(max(s * src[k] + bt, tiny))
+
+
+@nb.njit(parallel=True, cache=True, fastmath=True)
+def weighted_photons_dense_bg(prob, pixel_ptr, frame, count, pixel_factor, views_t, scale, background_scale,
+                              background, tiny, out_rt):
+    """out_rt[r, t] = pixel_factor[t] x sum over frames d with photons in pixel t of
+    count * prob[d, r] * s_d V[t, r] / (s_d V[t, r] + b_d B[t]): the photons' expected particle share.
+
+    As :func:`weighted_photons_dense`, with views_t (T, R) float32 the views of all pixels (pixel-major),
+    scale, background_scale (D,) float32 and background (T,) float32.
+    """
+    nrot, npix = out_rt.shape
+    tile = 32
+    for s_ in nb.prange((npix + tile - 1) // tile):
+        buf = np.zeros((tile, nrot), np.float32)
+        t0 = s_ * tile
+        t1 = min(npix, t0 + tile)
+        for t in range(t0, t1):
+            row = buf[t - t0]
+            view = views_t[t]
+            bt = background[t]
+            for j in range(pixel_ptr[t], pixel_ptr[t + 1]):
+                d = frame[j]
+                src = prob[d]
+                cnt = count[j]
+                s = scale[d]
+                b = background_scale[d] * bt
+                for k in range(nrot):
+                    w = s * view[k]
+                    row[k] += cnt * src[k] * w / max(w + b, tiny)
+        for k in range(nrot):
+            for t in range(t0, t1):
+                out_rt[k, t] = buf[t - t0, k] * pixel_factor[t]
+
+
+@nb.njit(parallel=True, cache=True, fastmath=True)
+def particle_photons_dense(prob, frame_ptr, frame_end, pixel, count, views_t, scale, background_scale, background,
+                           tiny, out):
+    """out[d] += sum_r prob[d, r] sum over frame d's photons (entries frame_ptr[d] .. frame_end[d]) of
+    count * s_d V[pixel, r] / (s_d V[pixel, r] + b_d B[pixel]): the frame's expected particle photons.
+
+    prob (D, R) float32; views_t (T, R) float32; scale, background_scale (D,) float32; background (T,)
+    float32; out (D,) float64.
+    """
+    nrot = prob.shape[1]
+    for d in nb.prange(prob.shape[0]):
+        p = prob[d]
+        s = scale[d]
+        b = background_scale[d]
+        acc = 0.0
+        for j in range(frame_ptr[d], frame_end[d]):
+            t = pixel[j]
+            view = views_t[t]
+            bt = b * background[t]
+            part = np.float32(0.0)
+            for k in range(nrot):
+                w = s * view[k]
+                part += p[k] * w / max(w + bt, tiny)
+            acc += np.float64(count[j]) * part
+        out[d] += acc
+
+
+@nb.njit(parallel=True, cache=True)
+def weighted_photons_sparse_bg(rot_ptr, frame_of, prob, frame_ptr, frame_end, pixel, count, pixel_factor, views_rt,
+                               scale, background_scale, background, tiny, out_rt, entry_particle):
+    """:func:`weighted_photons_sparse` with each photon's expected particle share (as
+    :func:`weighted_photons_dense_bg`), and entry_particle[k] (n,) float64 <- prob[k] x the share summed over
+    the used photons of frame frame_of[k] (entries frame_ptr[d] .. frame_end[d]) in rotation r.
+
+    views_rt (R, T) float32: the views of all pixels, rotation-major; scale, background_scale (D,) float64;
+    background (T,) float32.
+    """
+    nrot, npix = out_rt.shape
+    for r in nb.prange(nrot):
+        row = out_rt[r]
+        view = views_rt[r]
+        for t in range(npix):
+            row[t] = 0.0
+        for k in range(rot_ptr[r], rot_ptr[r + 1]):
+            d = frame_of[k]
+            p = prob[k]
+            s = scale[d]
+            b = background_scale[d]
+            used = 0.0
+            for j in range(frame_ptr[d], frame_ptr[d + 1]):
+                t = pixel[j]
+                w = s * view[t]
+                share = np.float64(count[j]) * w / max(w + b * background[t], tiny)
+                row[t] += p * share
+                if j < frame_end[d]:
+                    used += share
+            entry_particle[k] = p * used
+        for t in range(npix):
+            row[t] *= pixel_factor[t]
+
+
 @nb.njit(parallel=True, cache=True, fastmath=True)
 def merge_views(acc, m, rotmats, mode, q_t, views_rt, weight_of_rot, parts):
     """Trilinear merge of views into 3-D: numerator += splat(view_r), denominator += splat(w_r).
