@@ -204,3 +204,62 @@ def test_two_mpi_ranks_give_the_one_rank_model_with_a_background(emc_small, emc_
     with h5py.File(tmp_path / "one" / "emc" / "checkpoint.h5") as a, h5py.File(tmp_path / "two" / "emc" / "checkpoint.h5") as b:
         assert np.abs(b["model"][()] - a["model"][()]).max() <= TOLERANCE * np.abs(a["model"][()]).max()
         np.testing.assert_allclose(a["background_scales"][()], b["background_scales"][()], rtol=TOLERANCE)
+
+
+@pytest.mark.parametrize("beta", [0.05, 1.0])            # many rotations kept per frame / a few
+@pytest.mark.parametrize("chunks", [None, (150, 96)])     # all at once / 3 chunks of frames x 5 blocks of rotations
+def test_the_gpu_step_gives_the_cpu_sums_with_a_background(with_background, xp, beta, chunks):
+    """The GPU path with a background (kernels views, photon_log_likelihood_bg, weighted_photons_bg,
+    particle_photons; on numpy their twins) gives the CPU step's sums, particle_counts included, to float32
+    rounding; every launch matches the kernels' C signatures."""
+    from test_gpu_emc import SignatureCheckingTwin, assert_same_sums, device_of
+
+    from spibatch.emc.gpu_step import gpu_shard_step
+
+    case = with_background
+    pixels = PixelSet.from_detector(case["detector"], background=case["background"])
+    shard = Shard.from_photons(case["photons"].select(20, 400), pixels, 20)     # a shard not starting at frame 0
+    rng = np.random.default_rng(7)
+    state = StepState(2, np.full(400, beta), rng.uniform(0.8, 1.2, 400), rng.uniform(0.5, 1.5, 400))
+    cpu = shard_step(case["truth"], case["rotations"], pixels, shard, state)
+    frame_chunk, rotation_block = chunks or (None, None)
+    device = device_of(xp)
+    if xp.name == "numpy":
+        class Checked:             # the twins, each launch checked against the parsed C signature
+            xp = np
+            launch_runtime = SignatureCheckingTwin()
+
+            def activate(self):
+                return None
+        device = Checked()
+    gpu = gpu_shard_step(case["truth"], case["rotations"], pixels, shard, state, device=device,
+                         frame_chunk=frame_chunk, rotation_block=rotation_block)
+    assert_same_sums(cpu, gpu, kept_tolerance=0 if xp.name == "numpy" else 1)
+    np.testing.assert_allclose(gpu.frames["particle_counts"], cpu.frames["particle_counts"], rtol=2e-5)
+    assert np.all(gpu.frames["particle_counts"] < gpu.frames["counts"])
+    if xp.name == "numpy":
+        calls = device.launch_runtime.calls
+        assert calls["views"] > 0 and calls["photon_log_likelihood_bg"] > 0 and calls["particle_photons"] > 0
+        assert "log_views" not in calls and "weighted_photons" not in calls
+    model, scales, _ = finish(gpu, case["truth"], True, False, pixels.background_sum)
+    reference, ref_scales, _ = finish(cpu, case["truth"], True, False, pixels.background_sum)
+    np.testing.assert_allclose(gpu.frames["background_scale"], cpu.frames["background_scale"], rtol=1e-4)
+    assert np.abs(model - reference).max() <= 1e-4 * reference.max()
+
+
+def test_an_emc_run_on_the_gpu_twin_with_a_background_matches_the_cpu_run(emc_small, tmp_path):
+    """The driver on a GPU device (the numpy twins) with emc.background_file: the CPU run's model and fitted
+    background levels (the stage no longer refuses a GPU with a background)."""
+    from spibatch.io.results import read_volume
+    from spibatch.kernels.device import CPU, Device
+
+    cfg = settings(iterations=2, frames_per_shard=240, background_file=small_background(emc_small, tmp_path))
+    out = {}
+    for name, device in (("cpu", CPU), ("gpu", Device("gpu", "twin"))):
+        paths = driver.run_emc(cfg, emc_small["photons"], emc_small["detector"], tmp_path / name,
+                               executor=InProcess(device))
+        with h5py.File(tmp_path / name / "output_002.h5") as f:
+            out[name] = read_volume(paths["intensity"]), f["background_scale"][()]
+    (cpu, cpu_levels), (gpu, gpu_levels) = out["cpu"], out["gpu"]
+    assert np.abs(gpu - cpu).max() <= 1e-3 * np.abs(cpu).max()
+    np.testing.assert_allclose(gpu_levels, cpu_levels, rtol=1e-3)

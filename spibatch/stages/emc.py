@@ -46,10 +46,6 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
         found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks)
     budget = budget or budget_for()
     gpu = pipeline.device == "gpu"
-    if gpu and settings.background_file is not None:
-        raise InputError("a background runs on the CPU only, not yet on a GPU", path=config,
-                         field="emc.background_file", fix="set device: cpu for a run with a background, or leave "
-                         "emc.background_file out")
     estimates.emc(found.size, orientations(settings.num_div, settings.num_modes, settings.nonrot_modes),
                   found.num_frames, settings.frames_per_shard, int((found.detector.mask == 0).sum()),
                   settings.iterations, model_field="emc.model_size" if settings.model_size else "emc.detector",
