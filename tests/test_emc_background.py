@@ -263,3 +263,15 @@ def test_an_emc_run_on_the_gpu_twin_with_a_background_matches_the_cpu_run(emc_sm
     (cpu, cpu_levels), (gpu, gpu_levels) = out["cpu"], out["gpu"]
     assert np.abs(gpu - cpu).max() <= 1e-3 * np.abs(cpu).max()
     np.testing.assert_allclose(gpu_levels, cpu_levels, rtol=1e-3)
+
+
+def test_the_vectorised_float32_log_is_logf_to_an_ulp():
+    """add_log (the background likelihood's log from the float's bits) against float64 log, 1e-30 .. 1e13."""
+    from spibatch.kernels.emc_cpu import add_log
+
+    x = np.exp(np.random.default_rng(0).uniform(np.log(1e-30), np.log(1e13), 100_000)).astype(np.float32)
+    x[:4] = (1.0, 2.0, np.sqrt(2, dtype=np.float32), 1e-30)
+    out = np.zeros_like(x)
+    add_log(x.copy(), np.empty_like(x), out, np.float32(3.0))
+    exact = 3.0 * np.log(x.astype(np.float64))
+    assert np.all(np.abs(out - exact) <= 2.5e-7 * np.maximum(np.abs(exact), 1.0))

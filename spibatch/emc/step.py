@@ -208,8 +208,10 @@ def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: 
     """:func:`_merge` with a background: each photon weighted by its expected particle share
     ``s V / (s V + b B)`` (the block's views of all pixels recomputed); also the frames' particle photons
     on used pixels (D,) float64 (``particle_counts``)."""
-    from spibatch.kernels.emc_cpu import (merge_views, particle_photons_dense, views_by_rotation,
-                                          weighted_photons_dense_bg, weighted_photons_sparse_bg)
+    import numba
+
+    from spibatch.kernels.emc_cpu import (merge_views, views_by_rotation, weighted_photons_dense_bg,
+                                          weighted_photons_sparse_bg)
 
     shape = model.shape
     nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
@@ -231,6 +233,7 @@ def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: 
     view_sum = np.empty(block)
     dense_prob = np.empty((nf, block), np.float32)
     particle = np.zeros(nf)
+    particle_rows = np.zeros((numba.config.NUMBA_NUM_THREADS, nf))    # the dense kernel's, one row per thread
     for k, r0 in enumerate(range(0, nrot, block)):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
@@ -260,13 +263,11 @@ def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: 
                 csc = shard.by_pixel(npix)
             model_views_t[:, :n] = model_views[:n].T
             weighted_photons_dense_bg(block_prob, *csc, inv_corr, model_views_t[:, :n], scale32, bgs32, bg_rows,
-                                      tiny, views[:n])
-            particle_photons_dense(block_prob, shard.ptr, shard.used_end, shard.pixel, shard.count,
-                                   model_views_t[:, :n], scale32, bgs32, bg_rows, tiny, particle)
+                                      tiny, pixels.num_used, views[:n], particle_rows)
         merge_views(sums, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, views[:n], weight_of_rot[r0:r1],
                     slots)
     sums = sums.reshape(shape + (2,))
-    return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64), particle
+    return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64), particle + particle_rows.sum(axis=0)
 
 
 def default_threads() -> int:
