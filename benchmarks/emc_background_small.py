@@ -1,7 +1,7 @@
 """Background-aware EMC on the shared small Dragonfly set: time per iteration with and without the background.
 
     python benchmarks/emc_background_small.py [--iterations 6] [--first 1] [--fraction 0.1] [--threads 2]
-                                              [--out DIR] [--profile]
+                                              [--out DIR] [--profile] [--dragonfly N]
 
 The small set's frames (1000, ~996 photons each, num_div 4: 3240 rotations) plus Poisson background photons:
 a radial profile (spibatch.sim.background.radial_background) holding ``fraction`` of all photons on average,
@@ -11,7 +11,10 @@ without a background (the photons taken as they are), one given the background f
 config (Dragonfly's automatic beta, x2 every 10 iterations; ``--first 21`` starts at the x4 regime).
 Prints per iteration the seconds of each and their ratio, the medians and the phases' medians
 (expand, likelihood, normalize, merge); ``--out`` keeps the data (photons.h5, bg.h5, levels.npy) for
-benchmarks/emc_background_dragonfly.py.
+``--dragonfly N``: Dragonfly (GPL, run as a program, a reference only) on the same frames, the same
+parameters (num_div 4, need_scaling 1, automatic beta x2 every 10 iterations, fixed_seed 1, N iterations),
+once without and once with ``background_file`` (and ``bgscale_file``: the true levels, as Dragonfly reads and
+does not fit them); its median seconds per iteration from its EMC.log.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="keep photons.h5, bg.h5, levels.npy here")
     ap.add_argument("--profile", action="store_true", help="cProfile one background step at the end")
+    ap.add_argument("--dragonfly", type=int, default=0, metavar="N",
+                    help="then N iterations of Dragonfly on the same frames, without and with the background (its "
+                    "background path took 339 s for iteration 1 here: keep N small)")
     args = ap.parse_args()
     import numba
 
@@ -122,6 +128,46 @@ def main() -> None:
                         "settings.beta_for(it, counts), s['scales'], s['levels']))", globals(), locals(),
                         "/tmp/bt_bg2_profile")
         pstats.Stats("/tmp/bt_bg2_profile").sort_stats("cumulative").print_stats(18)
+
+
+    if args.dragonfly:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="emc_bg_small_dragonfly_") as tmp:
+            theirs = {k: dragonfly(Path(tmp) / k, photons, background if k == "aware" else None, levels,
+                                   args.dragonfly, args.threads) for k in ("plain", "aware")}
+        print(f"Dragonfly median s/iteration (its log, iterations 1-{args.dragonfly}): no background "
+              f"{theirs['plain']:.3f}, background {theirs['aware']:.3f}, ratio {theirs['aware'] / theirs['plain']:.2f};"
+              f" load {os.getloadavg()[0]:.2f}")
+
+
+def dragonfly(work: Path, photons, background, levels, iterations: int, threads: int) -> float:
+    """Dragonfly's median seconds per iteration on ``photons`` (with ``background`` and the true ``levels``)."""
+    import subprocess
+
+    import h5py
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from emc_vs_dragonfly import dragonfly_exe
+    from spibatch.io.background import write_background
+    from spibatch.io.dragonfly import write_photons
+
+    work.mkdir(parents=True)
+    (work / "output").mkdir()
+    write_photons(work / "photons.h5", photons)
+    lines = ["[emc]", "in_photons_file = photons.h5", f"in_detector_file = {SHARED / 'dragonfly-small' / 'det_sim.h5'}",
+             "output_folder = output/", "log_file = EMC.log", "num_div = 4", "need_scaling = 1",
+             "beta_factor = 1.0", "beta_schedule = 2.0 10", "fixed_seed = 1"]
+    if background is not None:
+        write_background(work / "bg.h5", background)
+        with h5py.File(work / "bgscale.h5", "w") as f:
+            f["scale"] = np.asarray(levels, np.float64)
+        lines += ["background_file = bg.h5", "bgscale_file = bgscale.h5"]
+    (work / "config.ini").write_text("\n".join(lines) + "\n")
+    subprocess.run([str(dragonfly_exe()), "-c", "config.ini", "-t", str(threads), str(iterations)], cwd=work,
+                   check=True, capture_output=True, text=True)
+    rows = [line.split() for line in (work / "EMC.log").read_text().splitlines()]
+    return statistics.median(float(r[1]) for r in rows if len(r) >= 7 and r[0].isdigit())
 
 
 if __name__ == "__main__":
