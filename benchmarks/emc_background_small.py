@@ -9,7 +9,7 @@ times a per-frame level uniform in 0.5-1.5.  Two EMC runs on these same frames f
 model, their steps interleaved in one process (so that the load of a shared machine hits both alike): one
 without a background (the photons taken as they are), one given the background file.  Beta as the set's
 config (Dragonfly's automatic beta, x2 every 10 iterations; ``--first 21`` starts at the x4 regime).
-Prints per iteration the seconds of each and their ratio, the medians and the phases' medians
+Prints per iteration the seconds of each and their ratio, the medians (wall and CPU seconds) and the phases' medians
 (expand, likelihood, normalize, merge); ``--out`` keeps the data (photons.h5, bg.h5, levels.npy) for
 ``--dragonfly N``: Dragonfly (GPL, run as a program, a reference only) on the same frames, the same
 parameters (num_div 4, need_scaling 1, automatic beta x2 every 10 iterations, fixed_seed 1, N iterations),
@@ -92,6 +92,7 @@ def main() -> None:
     state = {k: {"model": start.copy(), "scales": np.ones(nf), "levels": np.ones(nf) if k == "aware" else None}
              for k in shards}
     seconds = {k: [] for k in shards}
+    cpu = {k: [] for k in shards}      # CPU seconds of this process (all its threads): less moved by others' load
     phases = {k: {} for k in shards}
     print(f"{nf} frames, {counts.mean():.0f} photons per frame on used pixels ({background[detector.mask == 0].sum():.0f}"
           f" background), {len(rotations)} rotations, {args.threads} threads; load {os.getloadavg()[0]:.2f}")
@@ -99,13 +100,14 @@ def main() -> None:
         beta = settings.beta_for(it, counts)
         for k in ("plain", "aware"):
             s = state[k]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             total = shard_step(s["model"], rotations, pixels[k], shards[k], StepState(it, beta, s["scales"],
                                                                                         s["levels"]))
             s["model"], s["scales"], _ = finish(total, s["model"], True, False, pixels[k].background_sum)
             if k == "aware":
                 s["levels"] = total.frames["background_scale"]
             seconds[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
             for phase, value in total.timings.items():
                 phases[k].setdefault(phase, []).append(value)
         print(f"iteration {it}: no background {seconds['plain'][-1]:.2f} s, background {seconds['aware'][-1]:.2f} s,"
@@ -114,6 +116,9 @@ def main() -> None:
     print(f"median s/iteration: no background {med['plain']:.3f}, background {med['aware']:.3f}, "
           f"ratio {med['aware'] / med['plain']:.2f} (median of per-iteration ratios "
           f"{statistics.median(a / b for a, b in zip(seconds['aware'], seconds['plain'])):.2f})")
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"median CPU s/iteration: no background {cpu_med['plain']:.3f}, background {cpu_med['aware']:.3f}, "
+          f"ratio {cpu_med['aware'] / cpu_med['plain']:.2f}")
     for k in shards:
         print(f"  {k} phases (median s): " + ", ".join(f"{p} {statistics.median(v):.3f}" for p, v in phases[k].items()))
     print(f"fitted levels vs true: CC {np.corrcoef(state['aware']['levels'], levels)[0, 1]:.3f}; "

@@ -117,26 +117,30 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
     best_rot = np.full(nf, -1, np.int32)
     kept_frame, kept_rot, kept_value = [], [], []
     views = np.empty((block, pixels.num_used), np.float32)
-    logv = np.empty((pixels.num_used, block), np.float32)   # float32: half the cache traffic of the likelihood
-    sums = np.empty((nf, block), np.float32)
-    like = np.empty((nf, block))
+    # flat buffers: a (rows, n) view of their first rows * n entries is C-contiguous for any n <= block, so the
+    # last, shorter block runs the kernels' contiguous (vectorised) code too, not the strided one ('A' layout)
+    logv_buf = np.empty(pixels.num_used * block, np.float32)   # float32: half the cache traffic of the likelihood
+    sums_buf = np.empty(nf * block, np.float32)
+    like_buf = np.empty(nf * block)
     for r0 in range(0, nrot, block):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
+        logv = logv_buf[:pixels.num_used * n].reshape(pixels.num_used, n)
+        sums = sums_buf[:nf * n].reshape(nf, n)
+        like = like_buf[:nf * n].reshape(nf, n)
         t0 = perf_counter()
         views_by_rotation(flat, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, corr, views[:n], u[r0:r1])
         if background is None:
             np.maximum(views[:n], np.float32(TINY), out=views[:n])
             np.log(views[:n], out=views[:n])             # numpy's SIMD logf
-        logv[:, :n] = views[:n].T                        # pixel-major for the likelihood's rows
+        logv[...] = views[:n].T                          # pixel-major for the likelihood's rows
         t1 = perf_counter()
         if background is None:
-            photon_log_likelihood(logv[:, :n], shard.ptr, shard.used_end, shard.pixel, shard.count, sums[:, :n])
+            photon_log_likelihood(logv, shard.ptr, shard.used_end, shard.pixel, shard.count, sums)
         else:
-            photon_log_likelihood_bg(logv[:, :n], shard.ptr, shard.used_end, shard.pixel, shard.count, scale,
-                                     background[0], background[1], np.float32(TINY), sums[:, :n])
-        d, r, value = keep_within_window(sums[:, :n], log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot,
-                                         like[:, :n])
+            photon_log_likelihood_bg(logv, shard.ptr, shard.used_end, shard.pixel, shard.count, scale,
+                                     background[0], background[1], np.float32(TINY), sums)
+        d, r, value = keep_within_window(sums, log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot, like)
         kept_frame.append(d)
         kept_rot.append(r)
         kept_value.append(value)
@@ -229,9 +233,9 @@ def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: 
     sums = np.zeros(int(np.prod(shape)) * 2, np.float32)
     views = np.empty((block, npix), np.float32)
     model_views = np.empty((block, npix), np.float32)
-    model_views_t = np.empty((npix, block), np.float32)
+    model_views_t_buf = np.empty(npix * block, np.float32)     # flat: C-contiguous (npix, n) views, as above
     view_sum = np.empty(block)
-    dense_prob = np.empty((nf, block), np.float32)
+    dense_prob_buf = np.empty(nf * block, np.float32)
     particle = np.zeros(nf)
     particle_rows = np.zeros((numba.config.NUMBA_NUM_THREADS, nf))    # the dense kernel's, one row per thread
     for k, r0 in enumerate(range(0, nrot, block)):
@@ -256,14 +260,15 @@ def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: 
                                        entry_particle)
             particle += np.bincount(frame_of, entry_particle, nf)
         else:
-            block_prob = dense_prob[:, :n]
+            block_prob = dense_prob_buf[:nf * n].reshape(nf, n)
             block_prob[:] = 0.0
             block_prob[bd, br] = bp
             if csc is None:
                 csc = shard.by_pixel(npix)
-            model_views_t[:, :n] = model_views[:n].T
-            weighted_photons_dense_bg(block_prob, *csc, inv_corr, model_views_t[:, :n], scale32, bgs32, bg_rows,
-                                      tiny, pixels.num_used, views[:n], particle_rows)
+            model_views_t = model_views_t_buf[:npix * n].reshape(npix, n)
+            model_views_t[...] = model_views[:n].T
+            weighted_photons_dense_bg(block_prob, *csc, inv_corr, model_views_t, scale32, bgs32, bg_rows, tiny,
+                                      pixels.num_used, views[:n], particle_rows)
         merge_views(sums, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, views[:n], weight_of_rot[r0:r1],
                     slots)
     sums = sums.reshape(shape + (2,))
