@@ -51,6 +51,7 @@ class Run:
     """The loop's state: what setup found and what each iteration changes.
 
     counts, scales (D,) float64: photons on used pixels and scale factor of every frame so far;
+    background_scales (D,) float64: each frame's background scale (None without a background);
     peak: the largest photon count in one pixel; first: the first iteration still to run.
     """
 
@@ -65,6 +66,7 @@ class Run:
     scales: np.ndarray
     first: int
     recorder: records.Recorder
+    background_scales: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -118,7 +120,7 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     photons, detector = Path(photons), Path(detector)
     threads = _limit_threads()
     geometry = Geometry.build(detector, settings.num_div, inputs.detector, settings.detector_corr,
-                              settings.num_modes, settings.nonrot_modes)
+                              settings.num_modes, settings.nonrot_modes, settings.background_file, inputs.background)
     specs = ShardSpec.cut(photons, 0, inputs.num_frames, settings.frames_per_shard)
     counts, peak = executor.add_shards(specs, geometry)
     recorded = executor.broadcast(executor.collective(   # the writer reads the files' fingerprints
@@ -135,10 +137,16 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
                  len(checkpoint["scales"]))
         model, history = checkpoint["model"], checkpoint["history"]
         scales = np.concatenate([checkpoint["scales"], np.ones(len(counts) - len(checkpoint["scales"]))])
+        background_scales = checkpoint.get("background_scales")
+        if background_scales is not None:
+            background_scales = np.concatenate([background_scales, np.ones(len(counts) - len(background_scales))])
     else:
         model = inputs.start_model if inputs.start_model is not None else \
             random_model(inputs.size, geometry.pixels, geometry.rotations, float(counts.mean()), settings.seed)
         scales, history = np.ones(inputs.num_frames), []
+        background_scales = None
+    if geometry.pixels.background is not None and background_scales is None:
+        background_scales = np.ones(len(counts))   # the background file's level to start with
     header = records.log_header(_header_info(settings, photons, inputs, geometry, counts, threads, executor.size))
     recorder = records.Recorder(out_dir if executor.writes else None, header, recorded,
                                 geometry.rotations.quaternions, inputs.detector.voxel_size_per_m, history)
@@ -147,9 +155,11 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
         log.info("EMC: %d frames in %d shard(s) on %d rank(s) x %d thread(s), %d rotations (num_div %d), "
                  "model %d^3\n%s", len(counts), len(specs), executor.size, threads, len(geometry.rotations),
                  settings.num_div, inputs.size, "\t".join(records.LOG_COLUMNS))
-    warm_up()   # compile or load the kernels now, so that iteration 1's time is the iteration's
+    # compile or load the kernels now, so that iteration 1's time is the iteration's
+    warm_up(background=geometry.pixels.background is not None)
     first = 1 if checkpoint is None else checkpoint["iteration"] + 1
-    return Run(settings, photons, detector, inputs, geometry, counts, peak, model, scales, first, recorder)
+    return Run(settings, photons, detector, inputs, geometry, counts, peak, model, scales, first, recorder,
+               background_scales)
 
 
 def _read_checkpoint(out_dir: Path, wanted: bool) -> dict | None:
@@ -256,6 +266,8 @@ def _take_shards(run: Run, executor, specs: list[ShardSpec]) -> None:
     counts, peak = executor.add_shards(specs, run.geometry, join=run.settings.frames_per_shard)
     run.counts = np.concatenate([run.counts, counts])
     run.scales = np.concatenate([run.scales, np.ones(len(counts))])
+    if run.background_scales is not None:
+        run.background_scales = np.concatenate([run.background_scales, np.ones(len(counts))])
     run.peak = max(run.peak, peak)
     log.info("EMC: %d new frame(s) in %d shard(s) joined: %d frames", len(counts), len(specs), run.num_frames)
 
@@ -265,11 +277,12 @@ def iterate(run: Run, executor, iteration: int) -> dict:
     settings = run.settings
     start = perf_counter()
     beta = settings.beta_for(iteration, run.counts)
-    total = executor.step(run.model, run.geometry, StepState(iteration, beta, run.scales))
+    total = executor.step(run.model, run.geometry, StepState(iteration, beta, run.scales, run.background_scales))
     stepped = perf_counter()
     combine_s = total.timings.pop("combine", 0.0)
     group = settings.point_group
-    model, scales, metrics = finish(total, run.model, settings.need_scaling, settings.friedel_symmetry and not group)
+    model, scales, metrics = finish(total, run.model, settings.need_scaling, settings.friedel_symmetry and not group,
+                                    run.geometry.pixels.background_sum, settings.fit_background_scale)
     if group is not None:   # the point group first, then Friedel: both hold exactly in the result
         model = (np.stack([symmetrize(v, group, settings.friedel_symmetry) for v in model]) if model.ndim == 4
                  else symmetrize(model, group, settings.friedel_symmetry))
@@ -278,6 +291,9 @@ def iterate(run: Run, executor, iteration: int) -> dict:
     finished = perf_counter()
     _check_diverged(iteration, model, scales, MODEL_LIMIT * max(run.peak, 1.0), run.photons)
     run.model, run.scales = model, scales
+    if run.background_scales is not None:
+        run.background_scales = total.frames.get("background_scale", run.background_scales)
+        metrics["background_scale_mean"] = float(run.background_scales.mean())
     phases = {f"{phase}_s": seconds for phase, seconds in total.timings.items()}   # rank 0's shards
     record = {"iteration": iteration, "num_rot": len(run.geometry.rotations), "beta_mean": float(beta.mean()),
               "mpi_ranks": executor.size, "num_frames": run.num_frames, **metrics,
