@@ -269,7 +269,7 @@ def test_the_vectorised_float32_log_is_logf_to_an_ulp():
     """log32 (the background likelihood's log from the float's bits) against float64 log, 1e-30 .. 1e13."""
     import numba
 
-    from spibatch.kernels.emc_cpu import log32
+    from spibatch.kernels.emc_cpu_bg import log32
 
     @numba.njit(fastmath=True)
     def logs(x, out):

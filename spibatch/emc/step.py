@@ -105,8 +105,8 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
     """Expand and likelihood per block of ``block`` rotations, keeping what is within ``window`` of each frame's
     running best: ``(u (R,) view sums, best (D,), best_rot (D,) int32, frame, rotation (n,) int32, value (n,))``.
     background: None, or (the frames' background scales (D,) float64, the rows' background (T,) float32)."""
-    from spibatch.kernels.emc_cpu import (keep_within_window, photon_log_likelihood, photon_log_likelihood_bg,
-                                          views_by_rotation)
+    from spibatch.kernels.emc_cpu import keep_within_window, photon_log_likelihood, views_by_rotation
+    from spibatch.kernels.emc_cpu_bg import photon_log_likelihood_bg
 
     nf, nrot, m = shard.num_frames, len(rotations), model.shape[-1]
     flat = np.ascontiguousarray(model, np.float32).reshape(-1)
@@ -214,8 +214,8 @@ def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: 
     on used pixels (D,) float64 (``particle_counts``)."""
     import numba
 
-    from spibatch.kernels.emc_cpu import (merge_views, views_by_rotation, weighted_photons_dense_bg,
-                                          weighted_photons_sparse_bg)
+    from spibatch.kernels.emc_cpu import merge_views, views_by_rotation
+    from spibatch.kernels.emc_cpu_bg import weighted_photons_dense_bg, weighted_photons_sparse_bg
 
     shape = model.shape
     nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
