@@ -14,7 +14,7 @@ import numpy as np
 
 # what must not change between a run and its resumption, as the checkpoint records it (with the data's sizes)
 RESUME_KEYS = ("num_div", "beta", "beta_factor", "beta_schedule", "need_scaling", "friedel_symmetry", "point_group",
-               "seed", "frames_per_shard", "start_model", "detector_corr", "num_modes", "nonrot_modes")
+               "seed", "frames_per_shard", "start_model", "detector_corr", "num_modes", "nonrot_modes", "refine")
 INPUT_KEYS = ("photons", "detector")   # in the config's section, not in the settings
 
 
@@ -24,6 +24,21 @@ class BetaSchedule:
 
     factor: float = 2.0
     period: int = 10
+
+
+@dataclass(frozen=True)
+class Refine:
+    """Coarse-to-fine orientation search (Dragonfly's ``num_div = FINE COARSE``).
+
+    The first ``after`` iterations search the whole coarse grid (``EMCSettings.num_div``); then each frame
+    keeps its ``top`` most probable coarse rotations, and every later iteration searches, for that frame,
+    only the rotations of the fine grid (``num_div``) within ``radius`` coarse grid spacings of one of them.
+    """
+
+    num_div: int
+    after: int = 10
+    top: int = 4
+    radius: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,8 @@ class EMCSettings:
     model volumes (conformations), nonrot_modes: non-rotating "junk" volumes (Dragonfly's num_modes and
     num_nonrot_modes; see :class:`spibatch.emc.types.Rotations`); anneal_until: the beta schedule's last
     iteration, beta stays as it is there after it (None: it grows as long as the run; a following run, whose
-    iterations have no set end, anneals as a batch run of ``emc.iterations`` would and then holds beta).
+    iterations have no set end, anneals as a batch run of ``emc.iterations`` would and then holds beta);
+    refine: a :class:`Refine` (coarse-to-fine orientation search) or None.
     """
 
     num_div: int = 4
@@ -59,6 +75,7 @@ class EMCSettings:
     nonrot_modes: int = 0
     halves: bool = False
     anneal_until: int | None = None
+    refine: Refine | None = None
 
     @property
     def num_volumes(self) -> int:
@@ -79,8 +96,12 @@ class EMCSettings:
             schedule = BetaSchedule(float(schedule["factor"]), int(schedule["period"]))
         start = values.get("start_model")
         beta = values.get("beta", "auto")
+        refine = values.get("refine")
+        if isinstance(refine, dict):
+            refine = Refine(int(refine["num_div"]), int(refine.get("after", 10)), int(refine.get("top", 4)),
+                            float(refine.get("radius", 1.0)))
         return cls(**{**values, "beta": beta if beta == "auto" else float(beta), "beta_schedule": schedule,
-                      "start_model": None if start is None else Path(start)})
+                      "start_model": None if start is None else Path(start), "refine": refine})
 
     def resume_record(self) -> dict:
         """What must not change on resume, JSON-ready, in the checkpoint's shape (the config's JSON dump of
@@ -90,6 +111,9 @@ class EMCSettings:
             out["beta_schedule"] = {"factor": self.beta_schedule.factor, "period": self.beta_schedule.period}
         if self.start_model is not None:
             out["start_model"] = str(self.start_model)
+        if self.refine is not None:
+            out["refine"] = {"num_div": self.refine.num_div, "after": self.refine.after, "top": self.refine.top,
+                             "radius": self.refine.radius}
         if self.anneal_until is not None:       # a following run's (not a config key)
             out["anneal_until"] = self.anneal_until
         return out
