@@ -48,7 +48,7 @@ def candidates(top: np.ndarray, coarse: np.ndarray, fine: np.ndarray, radius: fl
     position = np.empty(len(fine), np.int32)
     position[order] = np.arange(len(fine), dtype=np.int32)
     angle = radius * grid_spacing(coarse)
-    chord = 2 * np.sin(min(angle, np.pi) / 4)
+    chord = 2 * np.sin(min(angle, np.pi) / 4) * (1 + 1e-9)   # rotations right at the radius (ties) count
     tree = cKDTree(np.concatenate([fine, -fine]))
     used = np.unique(top[top >= 0])
     near = {int(c): np.unique(position[np.asarray(hits, np.int64) % len(fine)])
