@@ -49,7 +49,8 @@ def emc(config: Path = typer.Argument(..., help="pipeline YAML file whose `emc` 
                                               "directory from its last checkpoint")) -> None:
     """Reconstruct the 3-D intensity from sparse photons by EMC; under `mpirun -n N` across N ranks."""
     pipeline = load(config)
-    inputs = [config] + [p for p in (pipeline.emc.photons, pipeline.emc.detector, pipeline.emc.start_model) if p]
+    inputs = [config] + [p for p in (pipeline.emc.photons, pipeline.emc.detector, pipeline.emc.start_model,
+                                       pipeline.emc.background_file) if p]
     one_stage_run(["emc"], config, pipeline, out=out, resume=resume, inputs=tuple(inputs))
 
 
@@ -122,3 +123,18 @@ def ingest(cxi: Path = typer.Argument(..., help="CXI file with a pattern stack")
         "data_path": data_path, "mask_path": mask_path, "beamstop_radius_pixels": beamstop_radius_pixels,
         "chunk_frames": chunk_frames}), cxi, command="ingest")
     one_stage_run(["ingest"], None, pipeline, out=out, inputs=(cxi,))
+
+
+def background(photons: Path = typer.Argument(..., help="Dragonfly photons file (HDF5 or .emc) of empty (non-hit) "
+                                              "frames"),
+               out: Path = typer.Option(..., "-o", "--out", help="background file to write (HDF5, dataset "
+                                        "'background': mean photons per pixel per frame, as Dragonfly reads it)"),
+               ) -> None:
+    """Mean photons per pixel per frame over empty frames: the background file emc.background_file names."""
+    from spibatch.io.background import background_from_photons, write_background
+    from spibatch.stages.checks import require_file
+
+    require_file(photons, "photons", fix="give a Dragonfly photons file of empty frames")
+    values = background_from_photons(photons)
+    write_background(out, values)
+    typer.echo(f"{out}: {values.size} pixels, {values.sum():.4g} background photons per frame")

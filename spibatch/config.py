@@ -138,6 +138,13 @@ class EMC(Section):
     halves: bool = Field(False, description="gold standard: also reconstruct the even and the odd frames apart "
                          "(emc/half_1, emc/half_2; independent random starts), align them and report their FSC "
                          "as the resolution estimate without a truth (emc/halves.json); about one more full run")
+    background_file: Path | None = Field(None, description="the detector's known background in photons per pixel "
+                                         "per frame (HDF5 dataset 'background' or .npy, one value per detector "
+                                         "pixel; e.g. from `spibatch background` on empty frames), relative to this "
+                                         "YAML file, as Dragonfly's background_file: expected photons = scale x "
+                                         "model view + background_scale x background; null: none")
+    fit_background_scale: bool = Field(True, description="with a background_file: fit each frame's background "
+                                       "scale (dimensionless, starts at 1) every iteration; false: keep 1")
     refine: Refine | None = Field(None, description="coarse-to-fine orientation search: num_div (the fine grid), "
                                   "after (coarse iterations first), top, radius; null: the emc.num_div grid throughout")
 
@@ -338,7 +345,7 @@ def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
         pipeline.simulation.pdb = _absolute(base, pipeline.simulation.pdb, "simulation.pdb")
     if pipeline.ingest is not None:
         pipeline.ingest.cxi = _absolute(base, pipeline.ingest.cxi, "ingest.cxi")
-    for key in ("photons", "detector", "start_model"):
+    for key in ("photons", "detector", "start_model", "background_file"):
         value = getattr(pipeline.emc, key)
         if value is not None:
             setattr(pipeline.emc, key, _absolute(base, value, f"emc.{key}"))

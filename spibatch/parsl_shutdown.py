@@ -6,7 +6,8 @@ foreground process group, the interchange's included -- leaves it waiting foreve
 the driver printed the interchange's traceback and hung for more than 9 minutes).  So:
 
 * :func:`load` starts Parsl with SIGINT ignored, which the interchange (and the first worker pool)
-  inherit: a Ctrl-C reaches our driver alone, which then shuts Parsl down in order;
+  inherit: a Ctrl-C reaches our driver alone, which then shuts Parsl down in order; and it has the first
+  blocks submitted as soon as the executors are up, not at the strategy's next tick;
 * :func:`shutdown` runs ``dfk.cleanup()`` in a thread with a deadline (:data:`SHUTDOWN_S`); past it, or
   when an interchange is dead already, it cancels the executors' blocks through their providers
   (local worker pools: their process group; Slurm: ``scancel``) and kills the interchanges itself.
@@ -31,27 +32,51 @@ log = logging.getLogger("spibatch")
 SHUTDOWN_S = 30.0   # the most dfk.cleanup() may take before we stop Parsl's processes ourselves
 CANCEL_S = 30.0     # the most one provider's cancel may take
 INTERCHANGE_S = 2.0  # after a signal, how long to look whether it killed an interchange too
+FIRST_TICK_S = 0.05  # Parsl's strategy period while it starts (s): the first blocks are submitted this soon
+FIRST_BLOCKS_S = 10.0  # the most load() waits for them (LocalProvider: bash; Slurm: sbatch) before going on
 
 
 def load(config):
-    """``parsl.load(config)``, the processes it starts ignoring SIGINT (see the module docstring)."""
+    """``parsl.load(config)``, the processes it starts ignoring SIGINT (see the module docstring), the first
+    blocks submitted as soon as the executors are up (:func:`_first_blocks_now`)."""
     import parsl
 
+    period = config.strategy_period
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     if main:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return parsl.load(config)
+        config.strategy_period = min(period, FIRST_TICK_S)
+        dfk = parsl.load(config)
     finally:
+        config.strategy_period = period
         if main:
             signal.signal(signal.SIGINT, previous)
+    _first_blocks_now(dfk, period)
+    return dfk
 
 
-def _wait(condition, seconds: float) -> None:
+def _first_blocks_now(dfk, period: float) -> None:
+    """Parsl's strategy timer starts with the DataFlowKernel, before the executors (whose start takes a second or
+    more: the interchange's process), and submits the first blocks at its first tick after they are up: up to a
+    whole ``strategy_period`` later (the Slurm site's default: 5 s).  :func:`load` starts it with a tick of
+    :data:`FIRST_TICK_S`; here, once every executor that starts blocks has submitted them (at most
+    :data:`FIRST_BLOCKS_S`), the timer goes back to the site's ``period`` (it reads its ``interval`` before each
+    wait).  A block whose submission failed counts as submitted: Parsl's error handler takes it from there."""
+    poller = getattr(dfk, "job_status_poller", None)
+    if poller is None or not hasattr(poller, "interval"):
+        return
+    starting = [e for e in getattr(poller, "_executors", [])
+                if getattr(getattr(e, "provider", None), "init_blocks", 0) > 0]
+    _wait(lambda: all(e.status_facade for e in starting), FIRST_BLOCKS_S, step=FIRST_TICK_S)   # submitted or failed
+    poller.interval = period
+
+
+def _wait(condition, seconds: float, step: float = 0.1) -> None:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(step)
 
 
 def _within(fn, seconds: float) -> bool:

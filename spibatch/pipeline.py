@@ -188,7 +188,7 @@ def external_inputs(pipeline) -> dict[str, list[Path]]:
     emc, validation, source = pipeline.emc, pipeline.validation, pipeline.source
     files = {"simulate": [pipeline.simulation and pipeline.simulation.pdb], "ingest": [pipeline.ingest and pipeline.ingest.cxi],
              "follow": [source and source.detector, source and source.geometry],   # not the live data: they grow
-             "emc": [emc.photons, emc.detector, emc.start_model], "phase": [pipeline.phasing.intensity],
+             "emc": [emc.photons, emc.detector, emc.start_model, emc.background_file], "phase": [pipeline.phasing.intensity],
              "validate": [validation.reference, validation.volume]}
     return {stage: [Path(p) for p in paths if p] for stage, paths in files.items()}
 

@@ -64,3 +64,24 @@ def final_model(emc_dir: Path) -> np.ndarray:
 
 def metrics(emc_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (emc_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def write_live_source(folder: Path, hits: int = 120):
+    """A simulated beamtime to follow on a platform: ``hits`` hits among 4x as many 32 x 32 frames, a CXI folder
+    to replay them into and a pipeline file following it (num_div 3, chunks of 40, a preview every 2
+    iterations, a short phasing recipe).  ``(frames, target, config)``."""
+    from spibatch.stream import rehearsal
+    from spibatch.stream.replay import simulated
+
+    recipe = "(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10"
+    frames, paths = simulated(folder / "sim", num_hits=hits, hit_fraction=0.25, pixels=32)
+    target = folder / "cxi"
+    target.mkdir(parents=True)
+    config = folder / "live.yaml"
+    config.write_text(rehearsal.source_section("cxi-folder", str(target), paths["detector"], paths["truth"],
+                                               chunk_frames=40, start_hits=40, preview_every=2, after_end=3,
+                                               num_div=3, flush_s=0.5, idle_timeout_s=120,
+                                               phasing={"num_starts": 2, "keep_best": 2, "recipe": recipe},
+                                               preview_recipe=recipe))
+    return frames, target, config
+

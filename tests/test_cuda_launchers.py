@@ -58,8 +58,9 @@ class Recorder:
 def test_every_kernel_in_the_sources_has_a_parsed_signature():
     assert set(signatures("phasing.cu")) == {"modulus_project", "update_real", "project_support",
                                              "multiply_separable", "threshold_support"}
-    assert set(signatures("emc.cu")) == {"log_views", "photon_log_likelihood", "normalize_probabilities",
-                                         "weighted_photons", "merge_views"}
+    assert set(signatures("emc.cu")) == {"log_views", "views", "photon_log_likelihood", "normalize_probabilities",
+                                         "weighted_photons", "merge_views", "photon_log_likelihood_bg",
+                                         "weighted_photons_bg", "particle_photons"}
 
 
 def test_phasing_wrappers_pass_the_c_types():

@@ -12,7 +12,8 @@ from importlib import resources
 import pytest
 
 KERNELS = {
-    "emc.cu": ["log_views", "photon_log_likelihood", "normalize_probabilities", "weighted_photons", "merge_views"],
+    "emc.cu": ["log_views", "views", "photon_log_likelihood", "normalize_probabilities", "weighted_photons",
+               "merge_views", "photon_log_likelihood_bg", "weighted_photons_bg", "particle_photons"],
     "phasing.cu": ["modulus_project", "update_real", "project_support", "multiply_separable", "threshold_support"],
 }
 

@@ -221,21 +221,12 @@ def test_a_live_source_followed_with_emc_tasks_in_emulated_pods(cluster, tmp_pat
     """Near real time on the Kubernetes site (emulated: kmock and local pod processes): the follower beside the
     driver, EMC in HTC mode as shard tasks in the worker pods taking the chunks as they come, previews and the
     phasing as tasks too; a CXI folder on the shared volume is replayed into while it runs."""
+    from platform_helpers import write_live_source
     from spibatch.stream import rehearsal
-    from spibatch.stream.replay import simulated
 
     shared = tmp_path / "shared"
-    shared.mkdir()
-    hits, recipe = 120, "(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10"
-    frames, paths = simulated(shared / "sim", num_hits=hits, hit_fraction=0.25, pixels=32)
-    target = shared / "cxi"
-    target.mkdir()
-    config = shared / "live.yaml"
-    config.write_text(rehearsal.source_section("cxi-folder", str(target), paths["detector"], paths["truth"],
-                                               chunk_frames=40, start_hits=40, preview_every=2, after_end=3,
-                                               num_div=3, flush_s=0.5, idle_timeout_s=120,
-                                               phasing={"num_starts": 2, "keep_best": 2, "recipe": recipe},
-                                               preview_recipe=recipe))
+    hits = 120
+    frames, target, config = write_live_source(shared, hits)
     site = write_site(tmp_path, shared, cpu_limit="1", max_idletime_s=30)
     env = {**os.environ, "KUBECONFIG": os.environ["KUBECONFIG"]}
     with PodRunner(cluster, "spibatch", host_env()) as runner:

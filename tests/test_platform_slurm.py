@@ -147,20 +147,11 @@ def test_a_live_source_followed_with_emc_as_an_mpi_job_on_slurm(slurm_cluster, t
     """Near real time on Slurm (HPC mode): the follower beside the driver (the login node's part), EMC as an MPI
     job taking the chunks as they come, previews and phasing as tasks on the Slurm workers; a CXI folder is
     replayed into while it runs (spibatch.stream.rehearsal, as tests/test_follow_pipeline.py on the local site)."""
-    from platform_helpers import env
+    from platform_helpers import env, write_live_source
     from spibatch.stream import rehearsal
-    from spibatch.stream.replay import simulated
 
-    hits, recipe = 120, "(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10"
-    frames, paths = simulated(tmp_path / "sim", num_hits=hits, hit_fraction=0.25, pixels=32)
-    target = tmp_path / "cxi"
-    target.mkdir()
-    config = tmp_path / "live.yaml"
-    config.write_text(rehearsal.source_section("cxi-folder", str(target), paths["detector"], paths["truth"],
-                                               chunk_frames=40, start_hits=40, preview_every=2, after_end=3,
-                                               num_div=3, flush_s=0.5, idle_timeout_s=120,
-                                               phasing={"num_starts": 2, "keep_best": 2, "recipe": recipe},
-                                               preview_recipe=recipe))
+    hits = 120
+    frames, target, config = write_live_source(tmp_path, hits)
     site = write_site(tmp_path, "site", SITE.format(mode="hpc"))
     done = rehearsal.follow_replay(frames, "cxi-folder", str(target), config, tmp_path / "live", rate_hz=40.0,
                                    env=env(), site=site, log_dir=tmp_path, timeout_s=900)

@@ -125,7 +125,7 @@ def test_slurm_dry_run_content():
     assert "#SBATCH --partition=compute" in tasks and "#SBATCH --time=120" in tasks
     assert "#SBATCH --cpus-per-task=8" in tasks and "module load apptainer" in tasks
     assert ("apptainer exec --bind /shared/data:/shared/data --bind /runs/example:/runs/example "
-            "/shared/images/spibatch.sif process_worker_pool.py") in tasks
+            "/shared/images/spibatch.sif python3 -m spibatch.parsl_lean process_worker_pool.py") in tasks
     assert "srun --ntasks 1" in tasks and "--max_workers_per_node=8" in tasks
     assert "--enable_mpi_mode" in files["sbatch-mpi.sh"] and "--mpi-launcher=srun" in files["sbatch-mpi.sh"]
     assert "$PARSL_MPI_PREFIX apptainer exec" in files["emc-hpc.sh"] and "--mpi=pmix --overlap" in files["emc-hpc.sh"]

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, field_validator
 
+from spibatch import parsl_lean
 from spibatch.backends import parsl_common as common
 from spibatch.backends.base import TASKS_LABEL, Check, Provider, Rendered
 from spibatch.backends.k8s_checks import is_label, is_subdomain, parse_quantity, problems, quantity_problem
@@ -165,13 +166,13 @@ class KubernetesProvider(Provider):
 
     def parsl_config(self, run_dir: Path):
         """One HTEX whose blocks are worker pods (KubernetesProvider); needs a kubeconfig or in-cluster access.
-        Parsl's own launch command (the pod is the container), ``workers_per_pod`` workers each, encrypted."""
-        from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
-
+        Parsl's own launch command (the pod is the container; ``python3 -m spibatch.parsl_lean process_worker_pool.py``,
+        see :func:`~spibatch.backends.parsl_common.lean_launch_cmd`), ``workers_per_pod`` workers each, encrypted."""
+        parsl_lean.import_parsl()
         run_dir = Path(os.path.abspath(run_dir))
         executor = common.htex(self.site, self._parsl_provider(run_dir), run_dir,
                                address=self.interchange_address(), gpus=self.options.gpus,
-                               workers=self.options.workers_per_pod, launch=DEFAULT_LAUNCH_CMD,
+                               workers=self.options.workers_per_pod, launch=common.lean_launch_cmd(["python3"]),
                                worker_port=self.options.worker_port)
         return common.config([executor], run_dir, strategy_period=self.options.strategy_period_s,
                              max_idletime=self.options.max_idletime_s)
@@ -182,14 +183,13 @@ class KubernetesProvider(Provider):
         The pod's job id is shown as 00000000 and the interchange's ports and address as
         placeholders (Parsl knows them only once the interchange runs).
         """
-        from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
         from parsl.providers.kubernetes.template import template_string
         from parsl.utils import sanitize_dns_subdomain_rfc1123
 
         run_dir = Path(os.path.abspath(run_dir))
 
         class _Shown:   # what format_launch reads of an executor (common.htex's settings)
-            label, encrypted, cores_per_worker, launch_cmd = TASKS_LABEL, True, 1.0, DEFAULT_LAUNCH_CMD
+            label, encrypted, cores_per_worker, launch_cmd = TASKS_LABEL, True, 1.0, common.lean_launch_cmd(["python3"])
             worker_logdir_root, worker_port = common.worker_logdir(run_dir), self.options.worker_port
             heartbeat_period, heartbeat_threshold = common.HEARTBEAT.values()
 

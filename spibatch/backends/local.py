@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from spibatch import parsl_lean
 from spibatch.backends import launchers
 from spibatch.backends import parsl_common as common
 from spibatch.backends.base import TASKS_LABEL, Launch, Provider, Rendered
@@ -69,6 +70,7 @@ class LocalProvider(Provider):
 
     def parsl_config(self, run_dir: Path):
         """One HTEX of ``workers`` workers on this machine, driver and workers on 127.0.0.1."""
+        parsl_lean.import_parsl()
         executor = common.htex(self.site, self._parsl_provider(), run_dir, address="127.0.0.1")
         return common.config([executor], run_dir, strategy_period=self.options.strategy_period_s, max_idletime=120.0)
 

@@ -19,6 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from spibatch import parsl_lean
 from spibatch.backends import launchers
 from spibatch.backends.base import TASKS_LABEL
 
@@ -72,12 +73,25 @@ def worker_init(site, extra: str = "") -> str:
     return "\n".join(lines)
 
 
-def launch_cmd(site, run_dir: Path) -> str:
-    """HTEX's worker-pool command, run inside the site's container (run directory bound): Parsl's
-    template, its ``{placeholders}`` filled in when the interchange runs."""
+def lean_launch_cmd(python: list[str]) -> str:
+    """Parsl's worker-pool command template, its ``process_worker_pool.py`` started by ``python`` through
+    :mod:`spibatch.parsl_lean` (Parsl's processes without the optional packages they never use)."""
     from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
-    return launchers.container(site.container, [run_dir], workdir=run_dir)(DEFAULT_LAUNCH_CMD)
+    script = "process_worker_pool.py "
+    assert DEFAULT_LAUNCH_CMD.startswith(script), DEFAULT_LAUNCH_CMD
+    return shlex.join(parsl_lean.command(python, script.strip())) + " " + DEFAULT_LAUNCH_CMD[len(script):]
+
+
+def launch_cmd(site, run_dir: Path) -> str:
+    """HTEX's worker-pool command, run inside the site's container (run directory bound): Parsl's
+    template (:func:`lean_launch_cmd`), its ``{placeholders}`` filled in when the interchange runs."""
+    return launchers.container(site.container, [run_dir], workdir=run_dir)(lean_launch_cmd(python_words(site)))
+
+
+def interchange_cmd() -> list[str]:
+    """How the driver starts Parsl's interchange: ``interchange.py`` through :mod:`spibatch.parsl_lean`."""
+    return parsl_lean.command([sys.executable], "interchange.py")
 
 
 def accelerators(gpus: int | None) -> list[str]:
@@ -104,6 +118,7 @@ def htex(site, provider, run_dir: Path, *, label: str = TASKS_LABEL, cores_per_w
                                   max_workers_per_node=site.workers if workers is None else workers,
                                   available_accelerators=accelerators(gpus), cores_per_worker=cores_per_worker,
                                   launch_cmd=launch_cmd(site, run_dir) if launch is None else launch,
+                                  interchange_launch_cmd=interchange_cmd(),
                                   worker_logdir_root=worker_logdir(run_dir), worker_port=worker_port, **HEARTBEAT)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from spibatch import parsl_lean
 from spibatch.backends import launchers
 from spibatch.backends import parsl_common as common
 from spibatch.backends.base import MPI_LABEL, TASKS_LABEL, Check, Launch, Provider, Rendered
@@ -113,10 +114,12 @@ class SlurmProvider(Provider):
                               provider=self._parsl_provider(SimpleLauncher(), init_blocks=0,
                                                             cores=opts.cores_per_node or per_node),
                               worker_logdir_root=common.worker_logdir(run_dir), **common.HEARTBEAT)
-            out.append(mpi)
+            mpi.interchange_launch_cmd = common.interchange_cmd()   # MPIExecutor types it ``str`` (Parsl
+            out.append(mpi)                                          # passes it on to Popen as a list)
         return out
 
     def parsl_config(self, run_dir: Path):
+        parsl_lean.import_parsl()
         return common.config(self.executors(run_dir), run_dir, strategy_period=self.options.strategy_period_s,
                              max_idletime=self.options.max_idletime_s)
 

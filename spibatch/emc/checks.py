@@ -23,12 +23,14 @@ BYTES_PER_VOXEL = 80     # per model volume: model, previous model, float64 sums
 
 @dataclass
 class Inputs:
-    """What :func:`check_inputs` found: the detector, the frame count and the model grid."""
+    """What :func:`check_inputs` found: the detector, the frame count, the model grid, the start model and the
+    background (num_pix,) photons per pixel per frame (None without one)."""
 
     detector: Detector
     num_frames: int
     size: int
     start_model: np.ndarray | None
+    background: np.ndarray | None = None
 
 
 def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> Inputs:
@@ -63,7 +65,12 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> In
         check_modes(settings, size)
     shape = (settings.num_volumes,) * (settings.num_volumes > 1) + (size,) * 3
     start = None if settings.start_model is None else read_start_model(settings.start_model, shape)
-    return Inputs(geometry, num_frames, size, start)
+    background = None
+    if settings.background_file is not None:
+        from spibatch.io.background import read_background
+
+        background = read_background(settings.background_file, geometry.num_pix)
+    return Inputs(geometry, num_frames, size, start, background)
 
 
 def available_memory() -> int:

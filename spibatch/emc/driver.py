@@ -52,6 +52,7 @@ class Run:
     """The loop's state: what setup found and what each iteration changes.
 
     counts, scales (D,) float64: photons on used pixels and scale factor of every frame so far;
+    background_scales (D,) float64: each frame's background scale (None without a background);
     peak: the largest photon count in one pixel; first: the first iteration still to run.
     """
 
@@ -66,6 +67,7 @@ class Run:
     scales: np.ndarray
     first: int
     recorder: records.Recorder
+    background_scales: np.ndarray | None = None
     fine: Geometry | None = None            # emc.refine: the fine grid's geometry
     candidates: Candidates | None = None    # ... and each frame's fine rotations, once the coarse iterations end
 
@@ -121,14 +123,15 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     photons, detector = Path(photons), Path(detector)
     threads = _limit_threads()
     geometry = Geometry.build(detector, settings.num_div, inputs.detector, settings.detector_corr,
-                              settings.num_modes, settings.nonrot_modes)
+                              settings.num_modes, settings.nonrot_modes, settings.background_file, inputs.background)
     fine = None
     if settings.refine is not None:
         if source is not None:
             raise InputError("the coarse-to-fine search is not supported while following a live source (frames "
                              "that join after the coarse iterations have no candidates)", path=photons,
                              field="emc.refine", fix="remove emc.refine, or run EMC on the data once they are in")
-        fine = Geometry.build(detector, settings.refine.num_div, inputs.detector, settings.detector_corr)
+        fine = Geometry.build(detector, settings.refine.num_div, inputs.detector, settings.detector_corr, 1, 0,
+                              settings.background_file, inputs.background)
     specs = ShardSpec.cut(photons, 0, inputs.num_frames, settings.frames_per_shard)
     counts, peak = executor.add_shards(specs, geometry)
     recorded = executor.broadcast(executor.collective(   # the writer reads the files' fingerprints
@@ -145,10 +148,16 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
                  len(checkpoint["scales"]))
         model, history = checkpoint["model"], checkpoint["history"]
         scales = np.concatenate([checkpoint["scales"], np.ones(len(counts) - len(checkpoint["scales"]))])
+        background_scales = checkpoint.get("background_scales")
+        if background_scales is not None:
+            background_scales = np.concatenate([background_scales, np.ones(len(counts) - len(background_scales))])
     else:
         model = inputs.start_model if inputs.start_model is not None else \
             random_model(inputs.size, geometry.pixels, geometry.rotations, float(counts.mean()), settings.seed)
         scales, history = np.ones(inputs.num_frames), []
+        background_scales = None
+    if geometry.pixels.background is not None and background_scales is None:
+        background_scales = np.ones(len(counts))   # the background file's level to start with
     header = records.log_header(_header_info(settings, photons, inputs, geometry, counts, threads, executor.size))
     recorder = records.Recorder(out_dir if executor.writes else None, header, recorded,
                                 geometry.rotations.quaternions, inputs.detector.voxel_size_per_m, history)
@@ -157,9 +166,11 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
         log.info("EMC: %d frames in %d shard(s) on %d rank(s) x %d thread(s), %d rotations (num_div %d), "
                  "model %d^3\n%s", len(counts), len(specs), executor.size, threads, len(geometry.rotations),
                  settings.num_div, inputs.size, "\t".join(records.LOG_COLUMNS))
-    warm_up()   # compile or load the kernels now, so that iteration 1's time is the iteration's
+    # compile or load the kernels now, so that iteration 1's time is the iteration's
+    warm_up(background=geometry.pixels.background is not None)
     first = 1 if checkpoint is None else checkpoint["iteration"] + 1
-    run = Run(settings, photons, detector, inputs, geometry, counts, peak, model, scales, first, recorder, fine)
+    run = Run(settings, photons, detector, inputs, geometry, counts, peak, model, scales, first, recorder,
+              background_scales, fine)
     if fine is not None and first > settings.refine.after:   # resuming after the coarse iterations
         top = executor.broadcast(executor.collective(
             lambda: records.read_top_rotations(out_dir, settings.refine.after) if executor.writes else None))
@@ -285,6 +296,8 @@ def _take_shards(run: Run, executor, specs: list[ShardSpec]) -> None:
     counts, peak = executor.add_shards(specs, run.geometry, join=run.settings.frames_per_shard)
     run.counts = np.concatenate([run.counts, counts])
     run.scales = np.concatenate([run.scales, np.ones(len(counts))])
+    if run.background_scales is not None:
+        run.background_scales = np.concatenate([run.background_scales, np.ones(len(counts))])
     run.peak = max(run.peak, peak)
     log.info("EMC: %d new frame(s) in %d shard(s) joined: %d frames", len(counts), len(specs), run.num_frames)
 
@@ -297,13 +310,14 @@ def iterate(run: Run, executor, iteration: int) -> dict:
     refine = settings.refine
     fine = refine is not None and iteration > refine.after
     geometry = run.fine if fine else run.geometry
-    state = StepState(iteration, beta, run.scales, run.candidates if fine else None,
+    state = StepState(iteration, beta, run.scales, run.background_scales, run.candidates if fine else None,
                       refine.top if refine is not None and iteration == refine.after else 0)
     total = executor.step(run.model, geometry, state)
     stepped = perf_counter()
     combine_s = total.timings.pop("combine", 0.0)
     group = settings.point_group
-    model, scales, metrics = finish(total, run.model, settings.need_scaling, settings.friedel_symmetry and not group)
+    model, scales, metrics = finish(total, run.model, settings.need_scaling, settings.friedel_symmetry and not group,
+                                    run.geometry.pixels.background_sum, settings.fit_background_scale)
     if group is not None:   # the point group first, then Friedel: both hold exactly in the result
         model = (np.stack([symmetrize(v, group, settings.friedel_symmetry) for v in model]) if model.ndim == 4
                  else symmetrize(model, group, settings.friedel_symmetry))
@@ -312,6 +326,9 @@ def iterate(run: Run, executor, iteration: int) -> dict:
     finished = perf_counter()
     _check_diverged(iteration, model, scales, MODEL_LIMIT * max(run.peak, 1.0), run.photons)
     run.model, run.scales = model, scales
+    if run.background_scales is not None:
+        run.background_scales = total.frames.get("background_scale", run.background_scales)
+        metrics["background_scale_mean"] = float(run.background_scales.mean())
     phases = {f"{phase}_s": seconds for phase, seconds in total.timings.items()}   # rank 0's shards
     record = {"iteration": iteration, "num_rot": len(geometry.rotations), "beta_mean": float(beta.mean()),
               "mpi_ranks": executor.size, "num_frames": run.num_frames, **metrics,

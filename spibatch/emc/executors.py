@@ -287,7 +287,7 @@ def prepare_task(spec: ShardSpec, recipe: GeometrySpec, threads: int) -> tuple[n
     Also compiles / loads the kernels, so that the first iteration's time is the iteration's.
     """
     _threads(threads)
-    warm_up()
+    warm_up(background=recipe.background_file is not None)
     shard = _shard(spec, recipe)
     return shard.counts, peak_count([shard])
 

@@ -9,7 +9,12 @@ likelihood and probabilities fit the memory budget), per block of rotations:
 then ``normalize_probabilities`` (one CUDA block per frame, pruned as on the CPU:
 ``PDIFF / beta`` window, ``PROB_MIN``), and per block of rotations again the per-frame sums
 (through ``xp``), ``weighted_photons`` (photons by pixel, CSC) and ``merge_views`` (atomicAdd
-into one (M, M, M, 2) float32 volume).  Model, views, likelihoods and probabilities are
+into one (M, M, M, 2) float32 volume).
+
+With a background (``pixels.background``: expected photons ``s_d V + b_d B``) ``views`` replaces
+``log_views`` and ``photon_log_likelihood_bg`` reads the views themselves; the merge slices the
+model on all pixels (``views``), ``weighted_photons_bg`` gives each photon its expected particle
+share and ``particle_photons`` sums each frame's (the frames' ``particle_counts``), as the CPU step.  Model, views, likelihoods and probabilities are
 float32 on the device; the sums of views, per-frame sums and the normaliser are float64.
 The result comes back as numpy, so ``reduce``, ``finish``, MPI and Parsl are unchanged.
 
@@ -81,7 +86,8 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
     chunk, block = plan(shard.num_frames, len(rotations), len(pixels.q), budget_bytes)
     work.allocate(frame_chunk or chunk, rotation_block or block)
     results = {k: [] for k in ("scale_denominator", "log_likelihood", "mutual_info", "num_kept", "best_rotation",
-                               "best_probability") + (("mode_probabilities",) if rotations.num_volumes > 1 else ())}
+                               "best_probability") + (("mode_probabilities",) if rotations.num_volumes > 1 else ())
+               + (("particle_counts",) if pixels.background is not None else ())}
     for f0 in range(0, shard.num_frames, work.chunk):
         for key, value in work.frames_step(f0, min(f0 + work.chunk, shard.num_frames), state).items():
             results[key].append(value)
@@ -108,6 +114,10 @@ class _OnDevice:
         self.count = xp.asarray(shard.count)
         self.acc = xp.zeros(model.shape + (2,), np.float32)      # (M, M, M, 2), or (V, M, M, M, 2) with modes
         self.mode = xp.asarray(np.ascontiguousarray(rotations.mode, np.int32))
+        self.background = None
+        if pixels.background is not None:
+            self.background = xp.asarray(np.ascontiguousarray(pixels.background, np.float32))
+            self.corr_all = xp.asarray(np.ascontiguousarray(pixels.corr, np.float32))
         synchronize(xp)
         self.clock["transfer"] += perf_counter() - t0
 
@@ -118,6 +128,8 @@ class _OnDevice:
         # flat buffers; a (rows, n) view of their first rows * n entries is C-contiguous for any n <= block
         self.view_buf = xp.empty(self.num_pix * block, np.float32)
         self.out_buf = xp.empty(chunk * block, np.float32) if block < self.nrot else None
+        # with a background, the merge's views of all pixels (the plan's second 4 B per pixel and rotation)
+        self.model_view_buf = None if self.background is None else xp.empty(self.num_pix * block, np.float32)
         self.u = xp.zeros(self.nrot, np.float64)
 
     def _blocks(self):
@@ -134,10 +146,15 @@ class _OnDevice:
         frame_end = xp.asarray(shard.used_end[f0:f1])
         beta = xp.asarray(np.ascontiguousarray(state.beta[first + f0:first + f1], np.float64))
         scale = xp.asarray(np.ascontiguousarray(state.scales[first + f0:first + f1], np.float64))
+        background_scale = None
+        if self.background is not None:
+            levels = state.background_scales
+            background_scale = xp.asarray(np.ones(c) if levels is None else
+                                          np.ascontiguousarray(levels[first + f0:first + f1], np.float64))
         by_pixel = [xp.asarray(a) for a in _by_pixel(shard, f0, f1, self.num_pix)]
         synchronize(xp)
         self.clock["transfer"] += perf_counter() - t0
-        like = self._likelihood(c, frame_ptr, frame_end, scale)
+        like = self._likelihood(c, frame_ptr, frame_end, scale, background_scale)
         t0 = perf_counter()
         prob = xp.empty_like(like)
         best = xp.empty(c, np.float64)
@@ -147,11 +164,12 @@ class _OnDevice:
                "best_probability": xp.where(norm > 0, 1.0 / xp.where(norm > 0, norm, 1.0), 0.0)}
         synchronize(xp)
         self.clock["normalize"] += perf_counter() - t0
-        out.update(self._merge(like, prob, scale, by_pixel))
+        out.update(self._merge(like, prob, scale, by_pixel, frame_ptr, frame_end, background_scale))
         return out
 
-    def _likelihood(self, c: int, frame_ptr, frame_end, scale):
-        """The (c, R) float32 log-likelihoods of c frames, block of rotations by block."""
+    def _likelihood(self, c: int, frame_ptr, frame_end, scale, background_scale=None):
+        """The (c, R) float32 log-likelihoods of c frames, block of rotations by block (``background_scale``
+        (c,) float64: with the pixels' background)."""
         xp, kernels = self.xp, self.kernels
         like = xp.empty((c, self.nrot), np.float32)
         for r0, r1, n in self._blocks():
@@ -159,14 +177,23 @@ class _OnDevice:
             logv = self.view_buf[:self.num_used * n].reshape(self.num_used, n)
             u_block = xp.zeros(n, np.float64)
             for a, b in _row_blocks(self.num_used):
-                kernels.log_views(self.model, self.rotmats[r0:r1], self.mode[r0:r1], self.q_used[a:b],
-                                  self.corr_used[a:b], TINY, logv[a:b], u_block)
+                if self.background is None:
+                    kernels.log_views(self.model, self.rotmats[r0:r1], self.mode[r0:r1], self.q_used[a:b],
+                                      self.corr_used[a:b], TINY, logv[a:b], u_block)
+                else:           # the views themselves: log(s V + b B) depends on the frame
+                    kernels.views(self.model, self.rotmats[r0:r1], self.mode[r0:r1], self.q_used[a:b],
+                                  self.corr_used[a:b], logv[a:b], u_block)
             self.u[r0:r1] = u_block
             synchronize(xp)
             t1 = perf_counter()
             target = like if n == self.nrot else self.out_buf[:c * n].reshape(c, n)
-            kernels.photon_log_likelihood(logv, frame_ptr, frame_end, self.pixel, self.count, self.log_prior[r0:r1],
-                                          scale, u_block, target)
+            if self.background is None:
+                kernels.photon_log_likelihood(logv, frame_ptr, frame_end, self.pixel, self.count,
+                                              self.log_prior[r0:r1], scale, u_block, target)
+            else:
+                kernels.photon_log_likelihood_bg(logv, frame_ptr, frame_end, self.pixel, self.count,
+                                                 self.log_prior[r0:r1], scale, background_scale,
+                                                 self.background[:self.num_used], u_block, TINY, target)
             if n != self.nrot:
                 like[:, r0:r1] = target
             synchronize(xp)
@@ -174,8 +201,9 @@ class _OnDevice:
             self.clock["likelihood"] += perf_counter() - t1
         return like
 
-    def _merge(self, like, prob, scale, by_pixel) -> dict:
-        """Per block of rotations: the per-frame sums, then the weighted photons merged into ``acc``."""
+    def _merge(self, like, prob, scale, by_pixel, frame_ptr, frame_end, background_scale=None) -> dict:
+        """Per block of rotations: the per-frame sums, then the weighted photons merged into ``acc`` (with a
+        background: each photon's expected particle share, and the frames' ``particle_counts``)."""
         xp, kernels = self.xp, self.kernels
         pixel_ptr, by_frame, by_count = by_pixel
         c = like.shape[0]
@@ -183,6 +211,7 @@ class _OnDevice:
         kept = xp.zeros(c, np.int64)
         volumes = self.rotations.num_volumes
         mode_prob = xp.zeros((c, volumes), np.float64)
+        particle = None if self.background is None else xp.zeros(c, np.float64)
         for r0, r1, n in self._blocks():
             t0 = perf_counter()
             p = prob if n == self.nrot else xp.ascontiguousarray(prob[:, r0:r1])
@@ -202,8 +231,20 @@ class _OnDevice:
             synchronize(xp)
             t1 = perf_counter()
             views = self.view_buf[:self.num_pix * n].reshape(self.num_pix, n)
+            if self.background is not None:
+                model_views = self.model_view_buf[:self.num_pix * n].reshape(self.num_pix, n)
+                u_all = xp.zeros(n, np.float64)        # not used: the likelihood's sums are of the used pixels
+                for a, b in _row_blocks(self.num_pix):
+                    kernels.views(self.model, self.rotmats[r0:r1], self.mode[r0:r1], self.q_all[a:b],
+                                  self.corr_all[a:b], model_views[a:b], u_all)
+                kernels.particle_photons(p, frame_ptr, frame_end, self.pixel, self.count, model_views, scale,
+                                         background_scale, self.background, TINY, particle)
             for a, b in _row_blocks(self.num_pix):
-                kernels.weighted_photons(p, pixel_ptr[a:b + 1], by_frame, by_count, views[a:b])
+                if self.background is None:
+                    kernels.weighted_photons(p, pixel_ptr[a:b + 1], by_frame, by_count, views[a:b])
+                else:
+                    kernels.weighted_photons_bg(p, pixel_ptr[a:b + 1], by_frame, by_count, model_views[a:b], scale,
+                                                background_scale, self.background[a:b], TINY, views[a:b])
                 if self.inv_corr is not None:          # photons / corr: the model is free of the detector
                     views[a:b] *= self.inv_corr[a:b, None]
                 kernels.merge_views(self.acc, self.rotmats[r0:r1], self.mode[r0:r1], self.q_all[a:b], views[a:b],
@@ -215,6 +256,8 @@ class _OnDevice:
                "num_kept": kept.astype(np.int32)}
         if volumes > 1:
             out["mode_probabilities"] = mode_prob
+        if particle is not None:
+            out["particle_counts"] = particle
         return out
 
     def sums(self, results: dict[str, list]) -> ShardSums:
@@ -233,7 +276,8 @@ class _OnDevice:
             "best_rotation": host["best_rotation"],
             "best_probability": host["best_probability"],
         }
-        if "mode_probabilities" in host:
-            frames["mode_probabilities"] = host["mode_probabilities"]
+        for key in ("mode_probabilities", "particle_counts"):
+            if key in host:
+                frames[key] = host[key]
         return ShardSums(shard.first_frame, acc[..., 0].astype(np.float64), acc[..., 1].astype(np.float64), frames,
                          self.clock)

@@ -69,6 +69,8 @@ def write_iteration(out_dir: Path, iteration: int, model: np.ndarray, frames: di
     if model.ndim == 4:                                   # modes: every volume, and each frame's share of each
         datasets["intensities"] = model.astype(np.float32)
         datasets["mode_probabilities"] = frames["mode_probabilities"]
+    if "background_scale" in frames:                      # a background: each frame's fitted background scale
+        datasets["background_scale"] = frames["background_scale"]
     attrs = {"iteration": iteration, "beta": record["beta_mean"], "num_rot": record["num_rot"],
              "mpi_ranks": record["mpi_ranks"], "metrics": json.dumps(record, sort_keys=True),
              "intensity_unit": "photons per pixel", "voxel_size_per_m": voxel_size_per_m}
@@ -138,11 +140,13 @@ def read_log_table(path: str | os.PathLike) -> list[dict[str, float]]:
 
 
 def write_checkpoint(out_dir: Path, iteration: int, model: np.ndarray, scales: np.ndarray,
-                     settings: dict, history: list[dict]) -> Path:
+                     settings: dict, history: list[dict], background_scales: np.ndarray | None = None) -> Path:
     """Write ``checkpoint.h5`` atomically (uncompressed: it is rewritten every iteration)."""
     def fill(f) -> None:
         f.create_dataset("model", data=np.asarray(model, np.float64), track_times=False)
         f.create_dataset("scales", data=np.asarray(scales, np.float64), track_times=False)
+        if background_scales is not None:
+            f.create_dataset("background_scales", data=np.asarray(background_scales, np.float64), track_times=False)
         f.attrs["iteration"] = int(iteration)
         f.attrs["settings"] = json.dumps(settings, sort_keys=True)
         f.attrs["history"] = json.dumps(history, sort_keys=True)
@@ -159,6 +163,7 @@ def read_checkpoint(out_dir: Path) -> dict | None:
     with open_hdf5(path, fix) as f:
         model = read_dataset(require_dataset(f, "model", path, fix), (), path)
         scales = read_dataset(require_dataset(f, "scales", path, fix), (), path)
+        background_scales = (read_dataset(f["background_scales"], (), path) if "background_scales" in f else None)
         try:
             iteration = int(f.attrs["iteration"])
             settings = json.loads(f.attrs["settings"])
@@ -166,7 +171,8 @@ def read_checkpoint(out_dir: Path) -> dict | None:
         except (KeyError, TypeError, ValueError):
             raise InputError("attributes iteration, settings or history missing or unreadable", path=path,
                              fix=fix) from None
-    return {"iteration": iteration, "model": model, "scales": scales, "settings": settings,
+    return {"iteration": iteration, "model": model, "scales": scales, "background_scales": background_scales,
+            "settings": settings,
             "history": history[:iteration]}
 
 
@@ -210,4 +216,5 @@ class Recorder:
         self.history.append(record)
         if self.out_dir is not None:
             write_logs(self.out_dir, self.header, self.history)
-            write_checkpoint(self.out_dir, iteration, model, scales, self.settings, self.history)
+            write_checkpoint(self.out_dir, iteration, model, scales, self.settings, self.history,
+                             frames.get("background_scale"))

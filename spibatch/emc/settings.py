@@ -52,9 +52,12 @@ class EMCSettings:
     volume file or None); detector_corr: the detector's corr (solid angle x polarization) multiplies the
     views and divides the merged photons, as in Dragonfly (False: the model absorbs it); num_modes: rotating
     model volumes (conformations), nonrot_modes: non-rotating "junk" volumes (Dragonfly's num_modes and
-    num_nonrot_modes; see :class:`spibatch.emc.types.Rotations`); anneal_until: the beta schedule's last
-    iteration, beta stays as it is there after it (None: it grows as long as the run; a following run, whose
-    iterations have no set end, anneals as a batch run of ``emc.iterations`` would and then holds beta);
+    num_nonrot_modes; see :class:`spibatch.emc.types.Rotations`); background_file: the detector's known
+    background in photons per pixel per frame (Dragonfly's ``background_file``) or None;
+    fit_background_scale: fit each frame's background scale (else it stays 1); anneal_until: the beta
+    schedule's last iteration, beta stays as it is there after it (None: it grows as long as the run; a
+    following run, whose iterations have no set end, anneals as a batch run of ``emc.iterations`` would and
+    then holds beta);
     refine: a :class:`Refine` (coarse-to-fine orientation search) or None.
     """
 
@@ -74,6 +77,8 @@ class EMCSettings:
     num_modes: int = 1
     nonrot_modes: int = 0
     halves: bool = False
+    background_file: Path | None = None
+    fit_background_scale: bool = True
     anneal_until: int | None = None
     refine: Refine | None = None
 
@@ -95,13 +100,15 @@ class EMCSettings:
         if isinstance(schedule, dict):
             schedule = BetaSchedule(float(schedule["factor"]), int(schedule["period"]))
         start = values.get("start_model")
+        background = values.get("background_file")
         beta = values.get("beta", "auto")
         refine = values.get("refine")
         if isinstance(refine, dict):
             refine = Refine(int(refine["num_div"]), int(refine.get("after", 10)), int(refine.get("top", 4)),
                             float(refine.get("radius", 1.0)))
         return cls(**{**values, "beta": beta if beta == "auto" else float(beta), "beta_schedule": schedule,
-                      "start_model": None if start is None else Path(start), "refine": refine})
+                      "start_model": None if start is None else Path(start),
+                      "background_file": None if background is None else Path(background), "refine": refine})
 
     def resume_record(self) -> dict:
         """What must not change on resume, JSON-ready, in the checkpoint's shape (the config's JSON dump of
@@ -116,6 +123,9 @@ class EMCSettings:
                              "radius": self.refine.radius}
         if self.anneal_until is not None:       # a following run's (not a config key)
             out["anneal_until"] = self.anneal_until
+        if self.background_file is not None:    # only with a background: checkpoints from before still resume
+            out["background_file"] = str(self.background_file)
+            out["fit_background_scale"] = self.fit_background_scale
         return out
 
     def beta_for(self, iteration: int, counts: np.ndarray) -> np.ndarray:

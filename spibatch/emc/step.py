@@ -9,6 +9,11 @@ are merged into 3-D per block of ``MERGE_BLOCK`` rotations (a dense SIMD kernel 
 frames share a block's rotations, a sparse scatter where few do).  The GPU twin of this
 function is :func:`spibatch.emc.gpu_step.gpu_shard_step`; which of the two runs is chosen once,
 by :func:`spibatch.emc.executors.step_function`.
+
+With a background (``pixels.background``) the likelihood reads the views themselves (the log of
+``s_d V + b_d B`` depends on the frame) and the merge recomputes each block's views of all pixels
+to give the model only each photon's expected particle share; both branch once per block, so the
+path without a background runs the same kernels as before.
 """
 
 from __future__ import annotations
@@ -57,13 +62,18 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     nrot = len(rotations)
     beta = state.beta[first:first + nf]
     scale = state.scales[first:first + nf]
+    background = None
+    if pixels.background is not None:
+        bgs = state.background_scales
+        background = (np.ascontiguousarray(np.ones(nf) if bgs is None else bgs[first:first + nf], np.float64),
+                      pixels.background.astype(np.float32))
     window = PDIFF / beta
     log_prior = np.log(rotations.weights)
     slots = _threads()
     clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0}
     u, best, best_rot, d, r, value = _kept_likelihoods(model, rotations, pixels, shard, scale, window, log_prior,
                                                        rotation_block or _block(pixels.num_used, wanted),
-                                                       slots, clock, wanted)
+                                                       slots, clock, background, wanted)
     t0 = perf_counter()
     norm, scale_den, log_like, info = (np.empty(nf) for _ in range(4))
     num_kept = np.empty(nf, np.int32)
@@ -92,7 +102,11 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
         frames["mode_probabilities"] = np.bincount(d.astype(np.int64) * volumes + rotations.mode[r], prob,
                                                    nf * volumes).reshape(nf, volumes)
     t1 = perf_counter()
-    numerator, denominator = _merge(model.shape, rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
+    if background is None:
+        numerator, denominator = _merge(model.shape, rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
+    else:
+        numerator, denominator, frames["particle_counts"] = _merge_bg(model, rotations, pixels, shard, d, r, prob,
+                                                                     weight_of_rot, slots, scale, background)
     clock["normalize"] += t1 - t0
     clock["merge"] += perf_counter() - t1
     return ShardSums(first, numerator, denominator, frames, clock)
@@ -120,14 +134,16 @@ def _block(num_used: int, wanted) -> int:
 
 def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, scale: np.ndarray,
                       window: np.ndarray, log_prior: np.ndarray, block: int, slots: int, clock: dict,
-                      wanted: list[np.ndarray] | None = None):
+                      background: tuple | None = None, wanted: list[np.ndarray] | None = None):
     """Expand and likelihood per block of ``block`` rotations, keeping what is within ``window`` of each frame's
     running best: ``(u (R,) view sums, best (D,), best_rot (D,) int32, frame, rotation (n,) int32, value (n,))``.
 
+    background: None, or (the frames' background scales (D,) float64, the rows' background (T,) float32).
     wanted: None (every frame, every rotation), or ``[frame (n,), rotation (n,)]``, the only pairs to
     evaluate (coarse-to-fine): a block's likelihood is then computed for the frames that want one of its
     rotations only, and its other pairs are left out."""
     from spibatch.kernels.emc_cpu import keep_within_window, photon_log_likelihood, views_by_rotation
+    from spibatch.kernels.emc_cpu_bg import photon_log_likelihood_bg
 
     nf, nrot, m = shard.num_frames, len(rotations), model.shape[-1]
     flat = np.ascontiguousarray(model, np.float32).reshape(-1)
@@ -138,9 +154,12 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
     best_rot = np.full(nf, -1, np.int32)
     kept_frame, kept_rot, kept_value = [], [], []
     views = np.empty((block, pixels.num_used), np.float32)
-    logv = np.empty((pixels.num_used, block), np.float32)   # float32: half the cache traffic of the likelihood
-    sums = np.empty((nf, block), np.float32)
-    like = np.empty((nf, block))
+    # flat buffers: a (rows, n) view of their first rows * n entries is C-contiguous for any n <= block, so the
+    # last, shorter block runs the kernels' contiguous (vectorised) code too, not the strided one ('A' layout)
+    logv_buf = np.empty(pixels.num_used * block, np.float32)   # float32: half the cache traffic of the likelihood
+    sums_buf = np.empty(nf * block, np.float32)
+    like_buf = np.empty(nf * block)
+    frames = np.arange(nf)
     if wanted is not None:             # the wanted pairs by block, then by frame
         w_frame, w_rot = wanted
         by_block = np.lexsort((w_frame, w_rot // block))
@@ -149,34 +168,40 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
     for r0 in range(0, nrot, block):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
+        logv = logv_buf[:pixels.num_used * n].reshape(pixels.num_used, n)
         t0 = perf_counter()
         views_by_rotation(flat, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, corr, views[:n], u[r0:r1])
-        np.maximum(views[:n], np.float32(TINY), out=views[:n])
-        np.log(views[:n], out=views[:n])                 # numpy's SIMD logf
-        logv[:, :n] = views[:n].T                        # pixel-major for the likelihood's rows
+        if background is None:
+            np.maximum(views[:n], np.float32(TINY), out=views[:n])
+            np.log(views[:n], out=views[:n])             # numpy's SIMD logf
+        logv[...] = views[:n].T                          # pixel-major for the likelihood's rows
         t1 = perf_counter()
-        if wanted is not None:
+        if wanted is not None:         # only the frames that want one of this block's rotations
             sel = slice(w_starts[r0 // block], w_starts[r0 // block + 1])
             frames, row = np.unique(w_frame[sel], return_inverse=True)
-            k = len(frames)
-            photon_log_likelihood(logv[:, :n], shard.ptr[frames], shard.used_end[frames], shard.pixel, shard.count,
-                                  sums[:k, :n])
-            allowed = np.zeros((k, n), bool)
+            allowed = np.zeros((len(frames), n), bool)
             allowed[row, w_rot[sel] - r0] = True
-            sums[:k, :n][~allowed] = -np.inf
+        k = len(frames)
+        sums = sums_buf[:k * n].reshape(k, n)
+        like = like_buf[:k * n].reshape(k, n)
+        ptr, end, sub_scale = (shard.ptr, shard.used_end, scale) if wanted is None else \
+            (shard.ptr[frames], shard.used_end[frames], scale[frames])
+        if background is None:
+            photon_log_likelihood(logv, ptr, end, shard.pixel, shard.count, sums)
+        else:
+            bgs = background[0] if wanted is None else background[0][frames]
+            photon_log_likelihood_bg(logv, ptr, end, shard.pixel, shard.count, sub_scale, bgs, background[1],
+                                     np.float32(TINY), sums)
+        if wanted is None:
+            d, r, value = keep_within_window(sums, log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot,
+                                             like)
+        else:
+            sums[~allowed] = -np.inf
             sub_best, sub_rot = best[frames], best_rot[frames]
-            d, r, value = keep_within_window(sums[:k, :n], log_prior[r0:r1], scale[frames], u[r0:r1], r0,
-                                             window[frames], sub_best, sub_rot, like[:k, :n])
+            d, r, value = keep_within_window(sums, log_prior[r0:r1], sub_scale, u[r0:r1], r0, window[frames],
+                                             sub_best, sub_rot, like)
             best[frames], best_rot[frames] = sub_best, sub_rot
-            kept_frame.append(frames[d].astype(np.int32))
-            kept_rot.append(r)
-            kept_value.append(value)
-            clock["expand"] += t1 - t0
-            clock["likelihood"] += perf_counter() - t1
-            continue
-        photon_log_likelihood(logv[:, :n], shard.ptr, shard.used_end, shard.pixel, shard.count, sums[:, :n])
-        d, r, value = keep_within_window(sums[:, :n], log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot,
-                                         like[:, :n])
+            d = frames[d].astype(np.int32)
         kept_frame.append(d)
         kept_rot.append(r)
         kept_value.append(value)
@@ -242,6 +267,75 @@ def _merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d
     return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64)
 
 
+def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
+              prob: np.ndarray, weight_of_rot: np.ndarray, slots: int, scale: np.ndarray, background: tuple
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_merge` with a background: each photon weighted by its expected particle share
+    ``s V / (s V + b B)`` (the block's views of all pixels recomputed); also the frames' particle photons
+    on used pixels (D,) float64 (``particle_counts``)."""
+    import numba
+
+    from spibatch.kernels.emc_cpu import merge_views, views_by_rotation
+    from spibatch.kernels.emc_cpu_bg import weighted_photons_dense_bg, weighted_photons_sparse_bg
+
+    shape = model.shape
+    nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
+    bgs, bg_rows = background
+    scale32, bgs32 = scale.astype(np.float32), bgs.astype(np.float32)
+    tiny = np.float32(TINY)
+    flat = np.ascontiguousarray(model, np.float32).reshape(-1)
+    corr = pixels.corr.astype(np.float32)
+    block = MERGE_BLOCK
+    photons_per_frame = np.diff(shard.ptr)
+    inv_corr = (1.0 / pixels.corr).astype(np.float32)
+    q_t = np.ascontiguousarray(pixels.q.T, np.float32)
+    csc = None
+    starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
+    sums = np.zeros(int(np.prod(shape)) * 2, np.float32)
+    views = np.empty((block, npix), np.float32)
+    model_views = np.empty((block, npix), np.float32)
+    model_views_t_buf = np.empty(npix * block, np.float32)     # flat: C-contiguous (npix, n) views, as above
+    view_sum = np.empty(block)
+    dense_prob_buf = np.empty(nf * block, np.float32)
+    particle = np.zeros(nf)
+    particle_rows = np.zeros((numba.config.NUMBA_NUM_THREADS, nf))    # the dense kernel's, one row per thread
+    for k, r0 in enumerate(range(0, nrot, block)):
+        r1 = min(r0 + block, nrot)
+        n = r1 - r0
+        sel = slice(starts[k], starts[k + 1])
+        if starts[k] == starts[k + 1]:
+            continue
+        views_by_rotation(flat, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, corr, model_views[:n],
+                          view_sum[:n])
+        bd, br, bp = d[sel], r[sel] - r0, prob[sel]
+        sparse_cost = photons_per_frame[bd].sum()
+        dense_cost = (shard.num_entries + nf) * n
+        if 8 * sparse_cost < dense_cost:
+            by_rot = np.argsort(br, kind="stable")
+            rot_ptr = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(br, minlength=n), out=rot_ptr[1:])
+            frame_of = bd[by_rot].astype(np.int64)
+            entry_particle = np.empty(len(frame_of))
+            weighted_photons_sparse_bg(rot_ptr, frame_of, bp[by_rot], shard.ptr, shard.used_end, shard.pixel,
+                                       shard.count, inv_corr, model_views[:n], scale, bgs, bg_rows, tiny, views[:n],
+                                       entry_particle)
+            particle += np.bincount(frame_of, entry_particle, nf)
+        else:
+            block_prob = dense_prob_buf[:nf * n].reshape(nf, n)
+            block_prob[:] = 0.0
+            block_prob[bd, br] = bp
+            if csc is None:
+                csc = shard.by_pixel(npix)
+            model_views_t = model_views_t_buf[:npix * n].reshape(npix, n)
+            model_views_t[...] = model_views[:n].T
+            weighted_photons_dense_bg(block_prob, *csc, inv_corr, model_views_t, scale32, bgs32, bg_rows, tiny,
+                                      pixels.num_used, views[:n], particle_rows)
+        merge_views(sums, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, views[:n], weight_of_rot[r0:r1],
+                    slots)
+    sums = sums.reshape(shape + (2,))
+    return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64), particle + particle_rows.sum(axis=0)
+
+
 def default_threads() -> int:
     """The cores this process may run on (mpirun binds a rank to one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -262,14 +356,16 @@ def random_model(size: int, pixels: PixelSet, rotations: Rotations, mean_counts:
     return model * (mean_counts / u.mean())
 
 
-def warm_up() -> None:
-    """Compile (or load from Numba's disk cache) every kernel on a tiny problem, so later timings exclude it."""
+def warm_up(background: bool = False) -> None:
+    """Compile (or load from Numba's disk cache) every kernel on a tiny problem, so later timings exclude it
+    (``background``: the background kernels too)."""
     q = np.stack(np.meshgrid(np.arange(-3.0, 4.0), np.arange(-3.0, 4.0), [0.0], indexing="ij"), -1).reshape(-1, 3)
     detector = Detector(q, np.ones(len(q)), np.where(np.arange(len(q)) % 7 == 0, 1, 0).astype(np.uint8), 100.0, 100.0)
-    pixels = PixelSet.from_detector(detector)
+    pixels = PixelSet.from_detector(detector, background=np.full(len(q), 0.01) if background else None)
     rotations = Rotations.refined_600_cell(1)
     counts = np.random.default_rng(0).poisson(1.0, (3, len(q)))
     shard = Shard.from_photons(Photons.from_dense(counts), pixels)
     model = random_model(detector.model_size(), pixels, rotations, 10.0, 0)
     for beta in (1e-3, 10.0):   # dense and sparse merge paths
-        shard_step(model, rotations, pixels, shard, StepState(1, np.full(3, beta), np.ones(3)))
+        shard_step(model, rotations, pixels, shard, StepState(1, np.full(3, beta), np.ones(3),
+                                                              np.ones(3) if background else None))

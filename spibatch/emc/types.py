@@ -14,6 +14,15 @@ prior weight ``w_r``):
   weights of their pixels (mask 0 and 1); the denominator merges ``sum_d P_dr phi_d`` with
   the same weights.
 
+With a known background ``B_t`` (photons per frame, Dragonfly's ``background_file``) and a
+per-frame background scale ``b_d``, a frame's expected photons are ``phi_d W_rt + b_d B_t``:
+the likelihood is ``L_dr = sum_t K_dt log(phi_d W_rt + b_d B_t) - phi_d u_r + log w_r`` (the
+``b_d sum_t B_t`` term is the same for every rotation), and the merge gives the model only each
+photon's expected particle share ``K_dt phi_d W_rt / (phi_d W_rt + b_d B_t)`` -- what removes the
+background's bias.  The per-frame ``particle_counts`` (that share summed over rotations, with ``P``,
+on used pixels) then give the scales by one EM step each iteration: ``phi_d = particle_counts /
+sum_r P u_r`` and ``b_d = (counts - particle_counts) / sum_t B_t``.
+
 A shard step (:func:`spibatch.emc.step.shard_step` on the CPU,
 :func:`spibatch.emc.gpu_step.gpu_shard_step` on a GPU) turns ``(model, Rotations, PixelSet,
 Shard, StepState)`` into :class:`ShardSums`; the sums of shards add up (:func:`reduce`, or
@@ -94,16 +103,25 @@ class PixelSet:
     ``index_of`` (num_pix,) int32 maps a detector pixel to its row, -1 for excluded;
     ``corr`` (T,) float64: the expected photons of a pixel are ``scale x corr x model(R q)`` --
     the detector's solid angle x polarization normalised to mean 1 over all its pixels (Dragonfly's
-    ``corr``), or ones (``detector_corr=False``).
+    ``corr``), or ones (``detector_corr=False``);
+    ``background`` (T,) float64 photons per frame of each row (a detector's known background), or None.
     """
 
     q: np.ndarray
     num_used: int
     index_of: np.ndarray
     corr: np.ndarray
+    background: np.ndarray | None = None
+
+    @property
+    def background_sum(self) -> float:
+        """The background's photons per frame on the used pixels (0 without one)."""
+        return 0.0 if self.background is None else float(self.background[:self.num_used].sum())
 
     @classmethod
-    def from_detector(cls, detector: Detector, detector_corr: bool = True) -> "PixelSet":
+    def from_detector(cls, detector: Detector, detector_corr: bool = True,
+                      background: np.ndarray | None = None) -> "PixelSet":
+        """``background``: (num_pix,) photons per pixel per frame in the detector's pixel order, or None."""
         used = np.flatnonzero(detector.mask == MASK_USED)
         merge_only = np.flatnonzero((detector.mask != MASK_USED) & (detector.mask != MASK_EXCLUDED))
         order = np.concatenate([used, merge_only])
@@ -112,7 +130,8 @@ class PixelSet:
         corr = np.ones(len(order))
         if detector_corr and detector.corr.mean() > 0:
             corr = np.ascontiguousarray(detector.corr[order] / detector.corr.mean(), np.float64)
-        return cls(np.ascontiguousarray(detector.q_voxels[order], np.float64), len(used), index_of, corr)
+        rows = None if background is None else np.ascontiguousarray(np.asarray(background, np.float64)[order])
+        return cls(np.ascontiguousarray(detector.q_voxels[order], np.float64), len(used), index_of, corr, rows)
 
 
 @dataclass
@@ -225,14 +244,16 @@ class StepState:
     """What every shard needs to know about the iteration.
 
     beta: (D_total,) float64 per-frame annealing exponent; scales: (D_total,)
-    float64 per-frame scale factors (ones when not fitted); candidates: None (every frame searches every
-    rotation) or each frame's own (:class:`Candidates`, coarse-to-fine refinement); top: > 0 asks the step
+    float64 per-frame scale factors (ones when not fitted); background_scales: (D_total,) float64
+    per-frame background scales ``b_d`` when the pixels carry a background, else None; candidates: None
+    (every frame searches every rotation) or each frame's own (:class:`Candidates`, coarse-to-fine refinement); top: > 0 asks the step
     for each frame's ``top`` most probable rotations (``frames["top_rotations"]`` (D, top) int32, -1 padded).
     """
 
     iteration: int
     beta: np.ndarray
     scales: np.ndarray
+    background_scales: np.ndarray | None = None
     candidates: Candidates | None = None
     top: int = 0
 
@@ -244,7 +265,8 @@ class ShardSums:
     numerator, denominator: (M, M, M) float64 merge sums.  Per frame (D,),
     in frame order from ``first_frame``: counts, scale_denominator
     (sum_r P u_r), log_likelihood (sum_r P (L - log K!)), mutual_info
-    (sum_r P log(P / w_r)), best_rotation, best_probability, num_kept.
+    (sum_r P log(P / w_r)), best_rotation, best_probability, num_kept; with a background also
+    particle_counts (sum_r P sum_t K_dt phi W_rt / (phi W_rt + b B_t) on used pixels).
     ``timings`` adds up the seconds spent in each phase.
     """
 
@@ -285,19 +307,25 @@ class ShardSpec(NamedTuple):
 
 class GeometrySpec(NamedTuple):
     """The recipe of a run's :class:`Geometry`, small enough to send to a task: the detector file, the
-    600-cell refinement, whether the detector's corr enters the views, and the modes."""
+    600-cell refinement, whether the detector's corr enters the views, the modes, and the background file
+    (photons per pixel per frame; None: no background)."""
 
     detector_path: str
     num_div: int
     detector_corr: bool = True
     num_modes: int = 1
     nonrot_modes: int = 0
+    background_file: str | None = None
 
-    def build(self, detector: Detector | None = None) -> "Geometry":
-        """The geometry (``detector``: the one already read from ``detector_path``, if any)."""
+    def build(self, detector: Detector | None = None, background: np.ndarray | None = None) -> "Geometry":
+        """The geometry (``detector``, ``background``: those already read from the spec's files, if any)."""
         if detector is None:
             detector = Detector.read(self.detector_path)
-        return Geometry(self, PixelSet.from_detector(detector, self.detector_corr),
+        if background is None and self.background_file is not None:
+            from spibatch.io.background import read_background
+
+            background = read_background(self.background_file, detector.num_pix)
+        return Geometry(self, PixelSet.from_detector(detector, self.detector_corr, background),
                         Rotations.refined_600_cell(self.num_div, self.num_modes, self.nonrot_modes))
 
 
@@ -311,9 +339,13 @@ class Geometry:
 
     @classmethod
     def build(cls, detector_path: str | os.PathLike, num_div: int, detector: Detector | None = None,
-              detector_corr: bool = True, num_modes: int = 1, nonrot_modes: int = 0) -> "Geometry":
-        """From the detector file (or the ``detector`` already read from it) and the 600-cell refinement."""
-        return GeometrySpec(os.fspath(detector_path), num_div, detector_corr, num_modes, nonrot_modes).build(detector)
+              detector_corr: bool = True, num_modes: int = 1, nonrot_modes: int = 0,
+              background_file: str | os.PathLike | None = None, background: np.ndarray | None = None) -> "Geometry":
+        """From the detector file (or the ``detector`` already read from it), the 600-cell refinement and the
+        background file (or the ``background`` already read from it)."""
+        bg = None if background_file is None else os.fspath(background_file)
+        return GeometrySpec(os.fspath(detector_path), num_div, detector_corr, num_modes, nonrot_modes,
+                            bg).build(detector, background)
 
 
 def reduce(parts: list[ShardSums]) -> ShardSums:
@@ -329,14 +361,17 @@ def reduce(parts: list[ShardSums]) -> ShardSums:
     return ShardSums(parts[0].first_frame, numerator, denominator, frames, timings)
 
 
-def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: bool = False
-           ) -> tuple[np.ndarray, np.ndarray, dict]:
+def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: bool = False,
+           background_sum: float = 0.0, fit_background: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
     """New model, new per-frame scales and the iteration's metrics from the reduced sums.
 
     Voxels no pixel reached keep weight 0 and become 0.  With ``need_scaling``
     the scales become ``counts / sum_r P u_r`` and model and scales are
     renormalised so that the mean scale is 1.  With ``friedel`` the sums of ``q`` and ``-q`` are added
     before the division (as Dragonfly does): the weighted mean of both sides, exactly centrosymmetric.
+    With a background (``particle_counts`` among the frames' sums; ``background_sum``: its photons per frame on
+    used pixels) the scales come from each frame's particle photons, and (``fit_background``) the background
+    scales ``(counts - particle_counts) / background_sum`` join the frames' sums as ``background_scale``.
     """
     num, den = total.numerator, total.denominator      # (M, M, M), or (V, M, M, M) with modes
     if friedel:
@@ -346,9 +381,16 @@ def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: boo
     np.divide(num, den, out=new, where=den > 0)
     f = total.frames
     scales = np.ones(len(f["counts"]))
+    particle = f.get("particle_counts")
+    if particle is not None and fit_background and background_sum > 0:
+        # the file's level is the frames' mean: a model component shaped like the background in every view
+        # would otherwise trade places with the scales' common part
+        background_scale = np.maximum(f["counts"] - particle, 0.0) / background_sum
+        level = background_scale.mean() if len(background_scale) else 1.0
+        f["background_scale"] = background_scale / level if level > 0 else np.ones_like(background_scale)
     if need_scaling:
         ok = f["scale_denominator"] > 0
-        scales[ok] = f["counts"][ok] / f["scale_denominator"][ok]
+        scales[ok] = (f["counts"] if particle is None else particle)[ok] / f["scale_denominator"][ok]
         mean = scales[ok].mean() if ok.any() else 1.0
         scales /= mean
         new *= mean

@@ -68,8 +68,9 @@ def _corners(index, frac):
 
 # ------------------------------------------------------------------ emc.cu
 
-def log_views(grid, block, model, m, rotmats, mode, nrot, q, pixel_factor, npix, tiny, out, view_sum):
-    _covers("log_views", grid, block, nrot, npix)
+def _views(name, grid, block, model, m, rotmats, mode, nrot, q, pixel_factor, npix, view_sum):
+    """(T, R) float32 trilinear views times pixel_factor, as ``view_at()`` in emc.cu; view_sum += their sums."""
+    _covers(name, grid, block, nrot, npix)
     m = int(m)
     index, frac, inside = _trilinear(m, rotmats, int(nrot), q, int(npix))
     flat = model.reshape(-1)
@@ -81,7 +82,19 @@ def log_views(grid, block, model, m, rotmats, mode, nrot, q, pixel_factor, npix,
     v[~inside] = 0.0
     v *= pixel_factor[:npix, None]
     view_sum[:nrot] += v.sum(axis=0, dtype=np.float64)
+    return v
+
+
+def log_views(grid, block, model, m, rotmats, mode, nrot, q, pixel_factor, npix, tiny, out, view_sum):
+    nrot, npix = int(nrot), int(npix)
+    v = _views("log_views", grid, block, model, m, rotmats, mode, nrot, q, pixel_factor, npix, view_sum)
     out.reshape(npix, nrot)[...] = np.log(np.maximum(v, np.float32(tiny)))
+
+
+def views(grid, block, model, m, rotmats, mode, nrot, q, pixel_factor, npix, out, view_sum):
+    nrot, npix = int(nrot), int(npix)
+    out.reshape(npix, nrot)[...] = _views("views", grid, block, model, m, rotmats, mode, nrot, q, pixel_factor, npix,
+                                          view_sum)
 
 
 def photon_log_likelihood(grid, block, log_views, nrot, frame_ptr, frame_end, pixel, count, log_prior, scale,
@@ -148,6 +161,69 @@ def merge_views(grid, block, acc, m, rotmats, mode, nrot, q, npix, views, weight
         flat[1::2] += np.bincount(voxel, w * w_rot[r], minlength=size).astype(np.float32)
 
 
+# ------------------------------------------------------------------ emc.cu, with a known background
+
+def _frame_entries(frame_ptr, frame_end, nframes: int):
+    """(frame of each entry, entry index) over entries frame_ptr[d] .. frame_end[d] of frames 0 .. nframes."""
+    lengths = (frame_end[:nframes] - frame_ptr[:nframes]).astype(np.int64)
+    rows = np.repeat(np.arange(nframes), lengths)
+    entries = np.concatenate([np.arange(a, b) for a, b in zip(frame_ptr[:nframes], frame_end[:nframes])] or [[]])
+    return rows, entries.astype(np.int64)
+
+
+def _sum_rows(rows, terms, nrows: int) -> np.ndarray:
+    """(nrows, R) float64: the rows of ``terms`` (n, R) added up by ``rows`` (n,)."""
+    import scipy.sparse
+
+    n = len(rows)
+    group = scipy.sparse.csr_matrix((np.ones(n), (rows, np.arange(n))), shape=(nrows, n))
+    return np.asarray(group @ terms.astype(np.float64))
+
+
+def _particle_share(v, scale, background_scale, background, tiny):
+    """Per entry (n,) and rotation (R,): s V / max(s V + b B, tiny) and the expected photons (float32)."""
+    w = scale.astype(np.float32)[:, None] * v
+    expected = np.maximum(w + (background_scale.astype(np.float32) * background)[:, None], np.float32(tiny))
+    return w, expected
+
+
+def photon_log_likelihood_bg(grid, block, views, nrot, frame_ptr, frame_end, pixel, count, log_prior, scale,
+                             background_scale, background, view_sum, nframes, tiny, out):
+    nrot, nframes = int(nrot), int(nframes)
+    _covers("photon_log_likelihood_bg", grid, block, nrot, nframes)
+    rows, entries = _frame_entries(frame_ptr, frame_end, nframes)
+    t = pixel[entries]
+    _, expected = _particle_share(views.reshape(-1, nrot)[t], scale[rows], background_scale[rows], background[t],
+                                  tiny)
+    terms = count[entries].astype(np.float64)[:, None] * np.log(expected).astype(np.float64)
+    acc = log_prior[None, :nrot] - scale[:nframes, None] * view_sum[None, :nrot] + _sum_rows(rows, terms, nframes)
+    out.reshape(nframes, nrot)[...] = acc.astype(np.float32)
+
+
+def weighted_photons_bg(grid, block, prob, nrot, pixel_ptr, frame, count, views, scale, background_scale, background,
+                        npix, tiny, out):
+    nrot, npix = int(nrot), int(npix)
+    _covers("weighted_photons_bg", grid, block, nrot, npix)
+    first, last = int(pixel_ptr[0]), int(pixel_ptr[npix])      # offsets into frame / count, as in the kernel
+    t = np.repeat(np.arange(npix), np.diff(pixel_ptr[:npix + 1]))
+    d = frame[first:last]
+    w, expected = _particle_share(views.reshape(npix, nrot)[t], scale[d], background_scale[d], background[t], tiny)
+    terms = count[first:last, None] * prob.reshape(-1, nrot)[d] * w / expected
+    out.reshape(npix, nrot)[...] = _sum_rows(t, terms, npix).astype(np.float32)
+
+
+def particle_photons(grid, block, prob, nrot, frame_ptr, frame_end, pixel, count, views, scale, background_scale,
+                     background, nframes, tiny, out):
+    nrot, nframes = int(nrot), int(nframes)
+    _covers("particle_photons", grid, block, nrot, nframes)
+    rows, entries = _frame_entries(frame_ptr, frame_end, nframes)
+    t = pixel[entries]
+    w, expected = _particle_share(views.reshape(-1, nrot)[t], scale[rows], background_scale[rows], background[t],
+                                  tiny)
+    share = _sum_rows(rows, count[entries, None] * w / expected, nframes)
+    out[:nframes] += (prob.reshape(nframes, nrot).astype(np.float64) * share).sum(axis=1)
+
+
 # ------------------------------------------------------------------ phasing.cu
 
 def modulus_project(grid, block, spectrum, amplitude, scale, size, k_len, n, half, sums):
@@ -202,6 +278,7 @@ def threshold_support(grid, block, volume, level, support, size, count):
     count[0] += np.uint64(kept.sum())
 
 
-KERNELS = {fn.__name__: fn for fn in (log_views, photon_log_likelihood, normalize_probabilities, weighted_photons,
-                                      merge_views, modulus_project, update_real, project_support,
+KERNELS = {fn.__name__: fn for fn in (log_views, views, photon_log_likelihood, normalize_probabilities,
+                                      weighted_photons, merge_views, photon_log_likelihood_bg, weighted_photons_bg,
+                                      particle_photons, modulus_project, update_real, project_support,
                                       multiply_separable, threshold_support)}

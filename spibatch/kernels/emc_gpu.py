@@ -42,6 +42,21 @@ class EMCKernels:
                     (model, np.int32(m), rotmats, mode, np.int32(nrot), q, pixel_factor, np.int32(npix),
                      np.float32(tiny), out, view_sum))
 
+    def views(self, model, rotmats, mode, q, pixel_factor, out, view_sum) -> None:
+        """As :meth:`log_views`, the views themselves (a background's likelihood and merge read them)."""
+        m = model.shape[-1]
+        check("model", model, np.float32, model.shape[:-3] + (m, m, m))
+        nrot, npix = rotmats.shape[0], q.shape[0]
+        check("rotmats", rotmats, np.float32, (nrot, 3, 3))
+        check("mode", mode, np.int32, (nrot,))
+        check("q", q, np.float32, (npix, 3))
+        check("pixel_factor", pixel_factor, np.float32, (npix,))
+        check("out", out, np.float32, (npix, nrot))
+        check("view_sum", view_sum, np.float64, (nrot,))
+        self.launch("views", self._grid(nrot, npix),
+                    (model, np.int32(m), rotmats, mode, np.int32(nrot), q, pixel_factor, np.int32(npix), out,
+                     view_sum))
+
     def photon_log_likelihood(self, log_views, frame_ptr, frame_end, pixel, count, log_prior, scale, view_sum,
                               out) -> None:
         npix, nrot = log_views.shape
@@ -92,3 +107,64 @@ class EMCKernels:
         check("weight_of_rot", weight_of_rot, np.float32, (nrot,))
         self.launch("merge_views", self._grid(nrot, npix),
                     (acc, np.int32(m), rotmats, mode, np.int32(nrot), q, np.int32(npix), views, weight_of_rot))
+
+    # ---------------------------------------------------------------- with a known background
+    # scale, background_scale (D,) float64 of the chunk's frames; background (T,) float32 of the pixel rows
+
+    def photon_log_likelihood_bg(self, views, frame_ptr, frame_end, pixel, count, log_prior, scale,
+                                 background_scale, background, view_sum, tiny: float, out) -> None:
+        """out (D, R) float32 <- log_prior - scale x view_sum + sum of count x log(max(s V + b B, tiny)) over each
+        frame's used photons; views (T_used, R) float32 (not their logs)."""
+        npix, nrot = views.shape
+        nframes = frame_end.shape[0]
+        check("views", views, np.float32)
+        check("frame_ptr", frame_ptr, np.int64, (nframes + 1,))
+        check("frame_end", frame_end, np.int64, (nframes,))
+        check("pixel", pixel, np.int32)
+        check("count", count, np.float32, pixel.shape)
+        check("log_prior", log_prior, np.float64, (nrot,))
+        check("scale", scale, np.float64, (nframes,))
+        check("background_scale", background_scale, np.float64, (nframes,))
+        check("background", background, np.float32, (npix,))
+        check("view_sum", view_sum, np.float64, (nrot,))
+        check("out", out, np.float32, (nframes, nrot))
+        self.launch("photon_log_likelihood_bg", self._grid(nrot, nframes),
+                    (views, np.int32(nrot), frame_ptr, frame_end, pixel, count, log_prior, scale, background_scale,
+                     background, view_sum, np.int32(nframes), np.float32(tiny), out))
+
+    def weighted_photons_bg(self, prob, pixel_ptr, frame, count, views, scale, background_scale, background,
+                            tiny: float, out) -> None:
+        """out (T, R) float32 <- the photons by pixel weighted by prob and their expected particle share
+        s V / (s V + b B); views (T, R) float32 of the same pixel rows, background (T,) float32 of them."""
+        nframes, nrot = prob.shape
+        npix = pixel_ptr.shape[0] - 1
+        check("prob", prob, np.float32)
+        check("pixel_ptr", pixel_ptr, np.int64)
+        check("frame", frame, np.int32)
+        check("count", count, np.float32, frame.shape)
+        check("views", views, np.float32, (npix, nrot))
+        check("scale", scale, np.float64, (nframes,))
+        check("background_scale", background_scale, np.float64, (nframes,))
+        check("background", background, np.float32, (npix,))
+        check("out", out, np.float32, (npix, nrot))
+        self.launch("weighted_photons_bg", self._grid(nrot, npix),
+                    (prob, np.int32(nrot), pixel_ptr, frame, count, views, scale, background_scale, background,
+                     np.int32(npix), np.float32(tiny), out))
+
+    def particle_photons(self, prob, frame_ptr, frame_end, pixel, count, views, scale, background_scale, background,
+                         tiny: float, out) -> None:
+        """out (D,) float64 += sum_r prob x the particle share of each frame's used photons; views (T_used, R)."""
+        nframes, nrot = prob.shape
+        check("prob", prob, np.float32)
+        check("frame_ptr", frame_ptr, np.int64, (nframes + 1,))
+        check("frame_end", frame_end, np.int64, (nframes,))
+        check("pixel", pixel, np.int32)
+        check("count", count, np.float32, pixel.shape)
+        check("views", views, np.float32)
+        check("scale", scale, np.float64, (nframes,))
+        check("background_scale", background_scale, np.float64, (nframes,))
+        check("background", background, np.float32, (views.shape[0],))
+        check("out", out, np.float64, (nframes,))
+        self.launch("particle_photons", self._grid(nrot, nframes),
+                    (prob, np.int32(nrot), frame_ptr, frame_end, pixel, count, views, scale, background_scale,
+                     background, np.int32(nframes), np.float32(tiny), out))

@@ -87,6 +87,10 @@ def _emc(pipeline, config: Path, budget, smallest: int, frames: int, used: int, 
                   volumes=emc.num_modes + emc.nonrot_modes).check(config, budget)
     if emc.start_model is not None:
         emc_stage.check_start_model(emc.start_model, size, emc.num_modes + emc.nonrot_modes)
+    if emc.background_file is not None:     # its size is checked against the detector once a stage made it
+        from spibatch.io.background import read_background
+
+        read_background(emc.background_file, None)
 
 
 def _phase(pipeline, config: Path, budget, model_size: int) -> None:

@@ -340,3 +340,22 @@ def yaml_text(sections: dict, indent: str = "") -> str:
 
 def yaml_file(sections: dict) -> Callable:
     return text(yaml_text(sections))
+
+
+def background_with(index=None, value=None, size_change: int = 0, dataset: str = "background",
+                    suffix_npy: bool = False) -> Callable:
+    """A background file for the base detector (0.01 photons per pixel per frame), ``value`` at ``index``,
+    ``size_change`` values more (or fewer), in dataset ``dataset`` (or a .npy array)."""
+    def build(path: Path, base: Base) -> None:
+        from spibatch.detector import Detector
+
+        values = np.full(Detector.read(base.detector).num_pix + size_change, 0.01)
+        if index is not None:
+            values[index] = value
+        if suffix_npy:
+            with open(path, "wb") as fh:
+                np.save(fh, values)
+            return
+        with h5py.File(path, "w") as f:
+            f.create_dataset(dataset, data=values)
+    return build

@@ -27,7 +27,7 @@ SCRIPT_DIR="/runs/example/runinfo/<NNN>/submit_scripts"
 [[ -d $SCRIPT_DIR ]] || SCRIPT_DIR=""
 
 cat << SLURM_EOF > ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
-apptainer exec --bind /shared/data:/shared/data --bind /runs/example:/runs/example /shared/images/spibatch.sif process_worker_pool.py  --max_workers_per_node=8 -a <driver address> -p 0 -c 1.0 -m None --poll 10 --port=<port> --cert_dir /runs/example/runinfo/<NNN>/tasks/certificates --logdir=/runs/example/runinfo/workers --logconf=<logconf> --block_id=0 --hb_period=5  --hb_threshold=60 --drain_period=None --cpu-affinity none  --mpi-launcher=mpiexec --available-accelerators 
+apptainer exec --bind /shared/data:/shared/data --bind /runs/example:/runs/example /shared/images/spibatch.sif python3 -m spibatch.parsl_lean process_worker_pool.py  --max_workers_per_node=8 -a <driver address> -p 0 -c 1.0 -m None --poll 10 --port=<port> --cert_dir /runs/example/runinfo/<NNN>/tasks/certificates --logdir=/runs/example/runinfo/workers --logconf=<logconf> --block_id=0 --hb_period=5  --hb_threshold=60 --drain_period=None --cpu-affinity none  --mpi-launcher=mpiexec --available-accelerators 
 SLURM_EOF
 chmod a+x ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
 

@@ -21,15 +21,9 @@ __device__ __forceinline__ bool corner(const float *rot, float qx, float qy, flo
     return !(*ix < 0 || *iy < 0 || *iz < 0 || *ix >= m - 1 || *iy >= m - 1 || *iz >= m - 1);
 }
 
-// out[t, r] <- log(max(c_t model_mode[r](R_r q_t), tiny)) (trilinear; outside reads 0); view_sum[r] += the view
-// model: V volumes of M^3, mode[r] the one rotation r slices; c = pixel_factor (the detector's corr, or ones)
-// grid: x over rotations, y over pixels
-__global__ void log_views(const float *model_all, int m, const float *rotmats, const int *mode, int nrot,
-                          const float *q, const float *pixel_factor, int npix, float tiny, float *out,
-                          double *view_sum) {
-    const int r = blockIdx.x * blockDim.x + threadIdx.x;
-    const int t = blockIdx.y;
-    if (r >= nrot || t >= npix) return;
+// c_t model_mode[r](R_r q_t): the trilinear view of pixel t in rotation r (outside the grid: 0)
+__device__ __forceinline__ float view_at(const float *model_all, int m, const float *rotmats, const int *mode, int r,
+                                         const float *q, const float *pixel_factor, int t) {
     const float *model = model_all + (long long)mode[r] * m * m * m;
     const float c = 0.5f * (m - 1);
     int ix, iy, iz;
@@ -41,8 +35,33 @@ __global__ void log_views(const float *model_all, int m, const float *rotmats, c
           + fx * (gy * (gz * model[b + mm * mm] + fz * model[b + mm * mm + 1])
                   + fy * (gz * model[b + mm * mm + mm] + fz * model[b + mm * mm + mm + 1]));
     }
+    return v * pixel_factor[t];
+}
+
+// out[t, r] <- log(max(c_t model_mode[r](R_r q_t), tiny)) (trilinear; outside reads 0); view_sum[r] += the view
+// model: V volumes of M^3, mode[r] the one rotation r slices; c = pixel_factor (the detector's corr, or ones)
+// grid: x over rotations, y over pixels
+__global__ void log_views(const float *model_all, int m, const float *rotmats, const int *mode, int nrot,
+                          const float *q, const float *pixel_factor, int npix, float tiny, float *out,
+                          double *view_sum) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = blockIdx.y;
+    if (r >= nrot || t >= npix) return;
+    const float v = view_at(model_all, m, rotmats, mode, r, q, pixel_factor, t);
     atomicAdd(view_sum + r, (double)v);
     out[(long long)t * nrot + r] = logf(fmaxf(v, tiny));
+}
+
+// out[t, r] <- c_t model_mode[r](R_r q_t), the views themselves (a background's likelihood and merge need them);
+// view_sum[r] += the view.  grid: x over rotations, y over pixels
+__global__ void views(const float *model_all, int m, const float *rotmats, const int *mode, int nrot,
+                      const float *q, const float *pixel_factor, int npix, float *out, double *view_sum) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = blockIdx.y;
+    if (r >= nrot || t >= npix) return;
+    const float v = view_at(model_all, m, rotmats, mode, r, q, pixel_factor, t);
+    atomicAdd(view_sum + r, (double)v);
+    out[(long long)t * nrot + r] = v;
 }
 
 // out[d, r] <- log_prior[r] - scale[d] view_sum[r] + sum over frame d's photons of count * log_views[pixel, r]
@@ -142,6 +161,78 @@ __global__ void merge_views(float *acc_all, int m, const float *rotmats, const i
                 atomicAdd(acc + i, f * v);
                 atomicAdd(acc + i + 1, f * w);
             }
+}
+
+
+// ------------------------------------------------------------------ with a known background
+// Expected photons of frame d at pixel t in rotation r: s_d V[t, r] + b_d B[t] (V: the views, corr included;
+// s = scale, b = background_scale (D,) float64, B = background (T,) float32).
+
+// out[d, r] <- log_prior[r] - scale[d] view_sum[r] + sum over frame d's photons of
+//              count * log(max(s_d V[pixel, r] + b_d B[pixel], tiny))       grid: x over rotations, y over frames
+__global__ void photon_log_likelihood_bg(const float *views, int nrot, const long long *frame_ptr,
+                                         const long long *frame_end, const int *pixel, const float *count,
+                                         const double *log_prior, const double *scale,
+                                         const double *background_scale, const float *background,
+                                         const double *view_sum, int nframes, float tiny, float *out) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    const int d = blockIdx.y;
+    if (r >= nrot || d >= nframes) return;
+    const float s = (float)scale[d], b = (float)background_scale[d];
+    double acc = log_prior[r] - scale[d] * view_sum[r];
+    for (long long j = frame_ptr[d]; j < frame_end[d]; ++j) {
+        const int t = pixel[j];
+        acc += (double)count[j] * (double)logf(fmaxf(s * views[(long long)t * nrot + r] + b * background[t], tiny));
+    }
+    out[(long long)d * nrot + r] = (float)acc;
+}
+
+// out[t, r] <- sum over frames d with photons in pixel t (photons by pixel, CSC) of
+//              count * prob[d, r] * s_d V[t, r] / max(s_d V[t, r] + b_d B[t], tiny): the expected particle share
+// grid: x over rotations, y over pixels
+__global__ void weighted_photons_bg(const float *prob, int nrot, const long long *pixel_ptr, const int *frame,
+                                    const float *count, const float *views, const double *scale,
+                                    const double *background_scale, const float *background, int npix, float tiny,
+                                    float *out) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = blockIdx.y;
+    if (r >= nrot || t >= npix) return;
+    const float v = views[(long long)t * nrot + r], bt = background[t];
+    float acc = 0.0f;
+    for (long long j = pixel_ptr[t]; j < pixel_ptr[t + 1]; ++j) {
+        const int d = frame[j];
+        const float p = prob[(long long)d * nrot + r];
+        if (p == 0.0f) continue;
+        const float w = (float)scale[d] * v;
+        acc += count[j] * p * w / fmaxf(w + (float)background_scale[d] * bt, tiny);
+    }
+    out[(long long)t * nrot + r] = acc;
+}
+
+// out[d] += sum_r prob[d, r] sum over frame d's photons (entries frame_ptr[d] .. frame_end[d]) of
+//           count * s_d V[pixel, r] / max(s_d V[pixel, r] + b_d B[pixel], tiny): the frame's particle photons
+// grid: x over rotations, y over frames; a warp's partial sums are added once (double atomicAdd)
+__global__ void particle_photons(const float *prob, int nrot, const long long *frame_ptr, const long long *frame_end,
+                                 const int *pixel, const float *count, const float *views, const double *scale,
+                                 const double *background_scale, const float *background, int nframes, float tiny,
+                                 double *out) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    const int d = blockIdx.y;
+    if (d >= nframes) return;      // whole warps leave together: the shuffle below needs every lane
+    const float p = r < nrot ? prob[(long long)d * nrot + r] : 0.0f;
+    double part = 0.0;
+    if (p != 0.0f) {
+        const float s = (float)scale[d], b = (float)background_scale[d];
+        float acc = 0.0f;
+        for (long long j = frame_ptr[d]; j < frame_end[d]; ++j) {
+            const int t = pixel[j];
+            const float w = s * views[(long long)t * nrot + r];
+            acc += count[j] * w / fmaxf(w + b * background[t], tiny);
+        }
+        part = (double)p * (double)acc;
+    }
+    for (int o = 16; o > 0; o >>= 1) part += __shfl_down_sync(0xffffffffu, part, o);
+    if ((threadIdx.x & 31) == 0 && part != 0.0) atomicAdd(out + d, part);
 }
 
 }  // extern "C"

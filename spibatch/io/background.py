@@ -1,0 +1,93 @@
+"""A detector's known background: mean photons per pixel per frame, as Dragonfly's ``background_file``.
+
+The file is HDF5 with a dataset ``background`` (Dragonfly's name; any shape holding the detector's
+``num_pix`` values, raveled in the detector file's pixel order) or a ``.npy`` array of the same.
+:func:`background_from_photons` makes one from empty (non-hit) frames: the mean photons of every
+pixel over those frames.  EMC then models a frame's expected photons as
+``scale_d x corr_t x model(R q_t) + background_scale_d x background_t`` (see :mod:`spibatch.emc.types`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from spibatch.errors import InputError
+from spibatch.io.atomic import write_hdf5
+
+DATASET = "background"     # Dragonfly's dataset name in its background_file
+FIX = ("give the detector's mean photons per pixel per frame (>= 0, finite, one value per detector pixel) as an "
+       "HDF5 dataset 'background' or a .npy array, e.g. from `spibatch background EMPTY_FRAMES -o bg.h5`")
+
+
+def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "emc.background_file"
+                    ) -> np.ndarray:
+    """The background (num_pix,) float64 photons per pixel per frame from ``path``; InputError (naming the file,
+    ``field`` and the fix) when missing, unreadable, of another size (``num_pix`` None: any), negative or not
+    finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path=path, field=field, fix=FIX)
+    if path.suffix == ".npy":
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"not a readable .npy array ({exc})", path=path, field=field, fix=FIX) from None
+    else:
+        from spibatch.io.hdf5 import open_hdf5, read_dataset
+
+        with open_hdf5(path, FIX) as f:
+            if DATASET not in f or not hasattr(f[DATASET], "shape"):
+                raise InputError(f"no dataset '{DATASET}'", path=path, field=field, fix=FIX)
+            values = read_dataset(f[DATASET], (), path)
+    values = np.asarray(values)
+    if values.dtype.kind not in "iuf":
+        raise InputError(f"holds {values.dtype} values, not numbers", path=path, field=field, fix=FIX)
+    values = values.astype(np.float64).ravel()
+    if num_pix is not None and values.size != num_pix:
+        raise InputError(f"{values.size} values, but the detector has {num_pix} pixels", path=path, field=field,
+                         fix=FIX)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise InputError(f"{int(bad.sum())} values are NaN or infinite (first at pixel {int(np.argmax(bad))})",
+                         path=path, field=field, fix=FIX)
+    if values.min() < 0:
+        raise InputError(f"{int((values < 0).sum())} values are negative (first at pixel "
+                         f"{int(np.argmax(values < 0))})", path=path, field=field, fix=FIX)
+    return values
+
+
+def write_background(path: str | os.PathLike, background: np.ndarray) -> None:
+    """Write ``background`` (num_pix,) photons per pixel per frame as Dragonfly reads it (HDF5 ``background``,
+    float64), atomically."""
+    values = np.asarray(background, np.float64).ravel()
+    write_hdf5(path, lambda f: f.create_dataset(DATASET, data=values, track_times=False))
+
+
+def background_from_photons(path: str | os.PathLike, frames: np.ndarray | None = None,
+                            chunk_frames: int = 4096) -> np.ndarray:
+    """Mean photons per pixel per frame (num_pix,) float64 over the frames of a photons file (Dragonfly
+    HDF5 or .emc; ``frames``: a boolean mask or indices of the empty frames to use, default all)."""
+    from spibatch.io.dragonfly import iter_photons, photons_info
+
+    num_frames, num_pix = photons_info(path)
+    use = np.ones(num_frames, bool)
+    if frames is not None:
+        frames = np.asarray(frames)
+        use = frames.astype(bool) if frames.dtype == bool else np.isin(np.arange(num_frames), frames)
+    total = np.zeros(num_pix)
+    start = 0
+    for chunk in iter_photons(path, chunk_frames):
+        sel = use[start:start + chunk.num_frames]
+        n1 = np.diff(chunk.ones_indptr)
+        nm = np.diff(chunk.multi_indptr)
+        total += np.bincount(chunk.ones_index, weights=np.repeat(sel, n1).astype(np.float64), minlength=num_pix)
+        total += np.bincount(chunk.multi_index, weights=np.repeat(sel, nm) * chunk.multi_count.astype(np.float64),
+                             minlength=num_pix)
+        start += chunk.num_frames
+    if not use.any():
+        raise InputError("no frames selected to average", path=path, field="frames",
+                         fix="give at least one empty frame")
+    return total / use.sum()

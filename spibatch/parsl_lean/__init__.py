@@ -1,0 +1,111 @@
+"""Parsl's processes started without the optional packages Parsl imports and spibatch never uses there.
+
+``import parsl`` imports every provider and the monitoring database, and with them whatever optional package
+is installed: Kubernetes' client (``parsl.providers.kubernetes``), boto3 (the AWS provider) and SQLAlchemy
+(the monitoring database; xraydb brings it).  Parsl imports each inside ``try: ... except ImportError`` and
+turns that feature off when it is missing.  They are about 60 % of ``import parsl`` (0.8 -> 0.35 CPU s here),
+and every process on the way to the first task result imports Parsl afresh, one after the other: the
+driver, the interchange, the worker pool, its multiprocessing manager and each worker (spawned, not forked).
+
+* :func:`main` (``python -m spibatch.parsl_lean SCRIPT ARGS...``): runs Parsl's ``interchange.py`` or
+  ``process_worker_pool.py`` (found on PATH) as ``__main__`` with :data:`STAND_INS` first on ``sys.path`` and
+  on ``PYTHONPATH``, so that the processes the pool spawns have them too;
+* a stand-in (``stand_ins/<package>/__init__.py``) calls :func:`stand_in`: while the ``parsl`` package is
+  being imported (its ``__init__`` has not finished), the package is not found; at any other time (a task
+  importing xraydb, hence SQLAlchemy) the real package is imported and replaces the stand-in in
+  ``sys.modules``;
+* :func:`import_parsl` (the driver, from :func:`spibatch.backends.parsl_common.config`): the same during this
+  process's first ``import parsl``, through a finder on ``sys.meta_path``, for :data:`DRIVER_HIDE` only: one
+  driver process (a test session, too) may use the Kubernetes provider, which needs Kubernetes' client.
+
+What a Parsl process started this way loses: Parsl's KubernetesProvider, AWSProvider and its monitoring
+database, none of which spibatch uses inside the interchange or a worker.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+STAND_INS = str(Path(__file__).resolve().parent / "stand_ins")
+HIDE = ("kubernetes", "boto3", "sqlalchemy")   # Parsl imports them if present; its own processes never use them
+DRIVER_HIDE = ("boto3", "sqlalchemy")          # the driver keeps kubernetes (the Kubernetes provider)
+
+
+def parsl_initializing() -> bool:
+    """Whether the ``parsl`` package is being imported right now (its ``__init__`` has not finished)."""
+    parsl = sys.modules.get("parsl")
+    return bool(getattr(getattr(parsl, "__spec__", None), "_initializing", False))
+
+
+def _hidden(name: str) -> ModuleNotFoundError:
+    return ModuleNotFoundError(f"No module named {name!r} (left out while Parsl starts: spibatch.parsl_lean)",
+                               name=name)
+
+
+def stand_in(name: str) -> None:
+    """The body of the stand-in of package ``name``: not found while Parsl is being imported, else the real
+    package (imported from the rest of ``sys.path``, put in ``sys.modules`` in the stand-in's place)."""
+    sys.modules.pop(name, None)
+    if parsl_initializing():
+        raise _hidden(name)
+    path = [p for p in sys.path if os.path.realpath(p or ".") != STAND_INS]
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    if spec is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+
+
+class _Hide(importlib.abc.MetaPathFinder):
+    """While Parsl is being imported: the packages ``hide`` are not found; else no opinion."""
+
+    def __init__(self, hide: tuple[str, ...]):
+        self.hide = hide
+
+    def find_spec(self, name, path=None, target=None):
+        if "." not in name and name in self.hide and parsl_initializing():
+            raise _hidden(name)
+        return None
+
+
+def import_parsl(hide: tuple[str, ...] = DRIVER_HIDE):
+    """``import parsl`` in this process, the first time without ``hide``; the ``parsl`` module."""
+    if "parsl" not in sys.modules:
+        finder = _Hide(hide)
+        sys.meta_path.insert(0, finder)
+        try:
+            import parsl   # noqa: F401
+        finally:
+            sys.meta_path.remove(finder)
+    return sys.modules["parsl"]
+
+
+def command(python: list[str], script: str) -> list[str]:
+    """The words that start Parsl's ``script`` (``interchange.py``, ``process_worker_pool.py``) this lean way."""
+    return list(python) + ["-m", "spibatch.parsl_lean", script]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m spibatch.parsl_lean SCRIPT ARGS...``: Parsl's SCRIPT (on PATH, or a path) as ``__main__``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        sys.exit("usage: python -m spibatch.parsl_lean SCRIPT [ARGS...]  (SCRIPT: interchange.py, "
+                 "process_worker_pool.py)")
+    script = shutil.which(argv[0]) or argv[0]
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [STAND_INS] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != STAND_INS])
+    sys.path.insert(0, STAND_INS)
+    sys.argv = [script] + argv[1:]
+    runpy.run_path(script, run_name="__main__")

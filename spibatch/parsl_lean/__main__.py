@@ -1,0 +1,3 @@
+from spibatch.parsl_lean import main
+
+main()

@@ -1,0 +1,143 @@
+"""Parsl's start, the floor of every first task result: spibatch.parsl_lean (Parsl's processes start without
+the optional packages they never use, and a task still gets the real package when it imports one), and the
+first block submitted as soon as the executors are up (spibatch.parsl_shutdown.load)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
+
+from spibatch import parsl_lean  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def run(code: str, *, stand_ins: bool) -> str:
+    """``code`` in a fresh Python; with the stand-ins first on its path (as Parsl's processes have them)."""
+    env = dict(ENV)
+    if stand_ins:
+        env["PYTHONPATH"] = os.pathsep.join([parsl_lean.STAND_INS, env["PYTHONPATH"]])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def installed(name: str) -> bool:
+    return run(f"import importlib.util; print(importlib.util.find_spec({name!r}) is not None)",
+               stand_ins=False) == "True"
+
+
+@pytest.mark.parametrize("name", parsl_lean.HIDE)
+def test_a_stand_in_is_missing_while_parsl_imports_and_real_afterwards(name):
+    if not installed(name):
+        pytest.skip(f"{name} is not installed")
+    out = run(f"import parsl, sys; print({name!r} in sys.modules); import {name}; print({name}.__file__)",
+              stand_ins=True).splitlines()
+    assert out[0] == "False"                                   # parsl came up without it
+    assert parsl_lean.STAND_INS not in out[1] and "site-packages" in out[1]   # a task gets the real package
+
+
+def test_parsl_turns_the_left_out_features_off_and_still_works():
+    out = run("import parsl.providers.kubernetes.kube as k, parsl.providers.aws.aws as a; "
+              "from parsl.serialize import serialize, deserialize; "
+              "print(k._kubernetes_enabled, a._boto_enabled, deserialize(serialize(41)) + 1)", stand_ins=True)
+    assert out == "False False 42"
+
+
+def test_the_driver_leaves_out_only_what_it_never_needs():
+    if not installed("boto3") or not installed("kubernetes"):
+        pytest.skip("boto3 or kubernetes is not installed")
+    out = run("import sys; from spibatch import parsl_lean; parsl_lean.import_parsl(); "
+              "print('boto3' in sys.modules, 'kubernetes' in sys.modules); import boto3; print(boto3.__name__)",
+              stand_ins=False).splitlines()
+    assert out == ["False True", "boto3"]
+
+
+def test_the_launch_commands_start_parsl_scripts_through_parsl_lean(tmp_path):
+    from spibatch.backends import load_site, provider_for
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: t\nprovider: local\nworkers: 2\n")
+    executor = provider_for(load_site(site)).parsl_config(tmp_path).executors[0]
+    assert executor.interchange_launch_cmd == [sys.executable, "-m", "spibatch.parsl_lean", "interchange.py"]
+    assert executor.launch_cmd.startswith(f"{sys.executable} -m spibatch.parsl_lean process_worker_pool.py ")
+
+
+def test_main_runs_the_script_with_the_stand_ins_on_the_path_of_its_children(tmp_path):
+    script = tmp_path / "show.py"
+    script.write_text("import os, sys\nprint(os.environ['PYTHONPATH'].split(os.pathsep)[0], sys.argv[1:])\n")
+    done = subprocess.run([sys.executable, "-m", "spibatch.parsl_lean", str(script), "--x", "1"], capture_output=True,
+                          text=True, env=ENV, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [parsl_lean.STAND_INS, "['--x',", "'1']"]
+
+
+def test_the_first_block_starts_at_load_not_at_the_strategys_next_tick(tmp_path):
+    """A strategy period of 60 s: Parsl alone submits the first block at its first tick after the interchange is
+    up, a minute after the start; here the block is submitted when load() returns, the timer back at 60 s, and an
+    app's result comes in seconds (2 workers, a sqlalchemy import in the task: the real package in a worker)."""
+    import time
+
+    from parsl import python_app
+
+    from spibatch.backends import TASKS_LABEL, load_site, provider_for
+    from spibatch.parsl_shutdown import load, shutdown
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: t\nprovider: local\nworkers: 2\nlocal: {strategy_period_s: 60}\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    began = time.monotonic()
+    dfk = load(provider_for(load_site(site)).parsl_config(run_dir))
+    try:
+        executor = dfk.executors[TASKS_LABEL]
+        assert executor.blocks_to_job_id and dfk.job_status_poller.interval == 60
+        assert dfk.config.strategy_period == 60
+
+        code = ("def where_is(name):\n    import importlib.util, sys\n"
+                "    if importlib.util.find_spec(name) is None:\n        return 'not installed'\n"
+                "    __import__(name)\n    return sys.modules[name].__file__\n")
+        namespace = {"__name__": "__main__"}   # sent by value: the workers cannot import this test module
+        exec(code, namespace)
+        where_is = namespace["where_is"]
+        path = python_app(where_is, executors=[TASKS_LABEL])("sqlalchemy").result(timeout=50)
+        assert time.monotonic() - began < 50
+        assert path == "not installed" or ("site-packages" in path and "stand_ins" not in path)
+    finally:
+        shutdown(dfk)
+
+
+def test_a_block_that_cannot_be_submitted_does_not_hold_load_up(tmp_path):
+    """The provider refuses the block (as a scheduler that refuses a batch script): load() returns at once, and
+    Parsl's own error handling fails the executor as it did before."""
+    import time
+
+    from spibatch.backends import TASKS_LABEL, load_site, provider_for
+    from spibatch.parsl_shutdown import FIRST_BLOCKS_S, load, shutdown
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: t\nprovider: local\nworkers: 1\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = provider_for(load_site(site)).parsl_config(run_dir)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("sbatch: error: refused (test)")
+
+    config.executors[0].provider.submit = refuse
+    began = time.monotonic()
+    dfk = load(config)
+    try:
+        assert time.monotonic() - began < FIRST_BLOCKS_S
+        executor = dfk.executors[TASKS_LABEL]
+        deadline = time.monotonic() + 30
+        while not executor.bad_state_is_set and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert executor.bad_state_is_set
+    finally:
+        shutdown(dfk)
