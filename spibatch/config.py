@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveFloat, ValidationError, ValidationInfo, field_validator, model_validator
 
 from spibatch.detector import Detector
 from spibatch.errors import InputError
@@ -87,6 +87,18 @@ class BetaSchedule(Section):
     period: int = Field(10, ge=1, description="... every this many iterations")
 
 
+class Refine(Section):
+    """Coarse-to-fine orientation search (Dragonfly's ``num_div = FINE COARSE``): ``after`` iterations on the
+    whole ``emc.num_div`` grid, then each frame searches only the ``num_div`` grid near its best coarse rotations."""
+
+    num_div: int | None = Field(None, ge=2, description="the fine grid's 600-cell refinement, more than emc.num_div "
+                                "(Dragonfly's num_div = FINE COARSE); default: twice emc.num_div")
+    after: int = Field(10, ge=1, description="iterations on the whole coarse grid before the local fine search")
+    top: int = Field(4, ge=1, description="each frame's most probable coarse rotations its fine search is around")
+    radius: PositiveFloat = Field(1.0, description="the fine search's radius around each of them, in coarse grid "
+                                  "spacings (the median angle between neighbouring coarse rotations)")
+
+
 class EMC(Section):
     """EMC orientation recovery (``spibatch emc`` and the emc stage).
 
@@ -133,6 +145,8 @@ class EMC(Section):
                                          "model view + background_scale x background; null: none")
     fit_background_scale: bool = Field(True, description="with a background_file: fit each frame's background "
                                        "scale (dimensionless, starts at 1) every iteration; false: keep 1")
+    refine: Refine | None = Field(None, description="coarse-to-fine orientation search: num_div (the fine grid), "
+                                  "after (coarse iterations first), top, radius; null: the emc.num_div grid throughout")
 
     @field_validator("point_group")
     @classmethod
@@ -151,6 +165,25 @@ class EMC(Section):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
             raise ValueError("a positive number or 'auto'")
         return float(v)
+
+    @field_validator("refine")
+    @classmethod
+    def _refine(cls, refine: "Refine | None", info: ValidationInfo) -> "Refine | None":
+        """The fine grid finer than the coarse one, some iterations left for it, one mode (told at refine's line)."""
+        if refine is None or not {"num_div", "iterations", "num_modes", "nonrot_modes"} <= info.data.keys():
+            return refine
+        num_div = info.data["num_div"]
+        if refine.num_div is None:
+            refine = refine.model_copy(update={"num_div": 2 * num_div})
+        if refine.num_div <= num_div:
+            raise ValueError(f"emc.refine.num_div ({refine.num_div}) more than emc.num_div ({num_div}): the "
+                             "refinement grid must be finer than the coarse one")
+        if refine.after >= info.data["iterations"]:
+            raise ValueError(f"emc.refine.after ({refine.after}) less than emc.iterations ({info.data['iterations']}), "
+                             "or no iteration searches the fine grid")
+        if info.data["num_modes"] > 1 or info.data["nonrot_modes"] > 0:
+            raise ValueError("no emc.refine with emc.num_modes > 1 or emc.nonrot_modes > 0 (not supported)")
+        return refine
 
 
 class Phasing(Section):

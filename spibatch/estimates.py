@@ -311,25 +311,27 @@ def simulation(flat: FlatGeometry, num_patterns: int, mean_photons_per_frame: fl
 
 def emc(model_size: int, num_rotations: int, num_frames: int, frames_per_shard: int, used_pixels: int,
         iterations: int, *, model_field: str = "emc.model_size", frames_field: str = "emc.photons",
-        gpu: bool = False, parallel: int = 1, volumes: int = 1) -> Estimate:
+        gpu: bool = False, parallel: int = 1, volumes: int = 1, rotations_field: str = "emc.num_div") -> Estimate:
     """The emc stage, per process (every MPI rank and HTC task holds the model): the model and its merge
     sums, the rotations, the per-frame numbers, one shard's likelihoods; time: every used pixel of every
     rotation in every iteration (the expand step alone).  With modes, ``volumes`` model volumes (num_modes +
-    nonrot_modes) and ``num_rotations`` the orientations of all modes."""
+    nonrot_modes) and ``num_rotations`` the orientations of all modes.  rotations_field: the key that sets
+    them (``emc.refine.num_div`` for a coarse-to-fine search's fine grid, sized as a whole)."""
     m, shard = model_size, min(frames_per_shard, num_frames)
     model = (Part(f"the {m}^3 model and merge sums", EMC_MODEL_BYTES_PER_VOXEL * m ** 3, model_field) if volumes == 1
              else Part(f"{volumes} model volumes of {m}^3 and their merge sums",
                        EMC_MODEL_BYTES_PER_VOXEL * volumes * m ** 3, "emc.num_modes"))
     parts = [model,
-             Part(f"{num_rotations:,} rotations", ROTATION_BYTES * num_rotations, "emc.num_div"),
+             Part(f"{num_rotations:,} rotations", ROTATION_BYTES * num_rotations, rotations_field),
              Part(f"{num_frames:,} frames' scales and counts", EMC_FRAME_BYTES * num_frames, frames_field),
              Part(f"one shard of {shard:,} frames", EMC_SHARD_BYTES_PER_FRAME * shard, "emc.frames_per_shard")]
     rate = (EMC_GPU_S_PER_PIXEL_ROTATION if gpu else EMC_CORE_S_PER_PIXEL_ROTATION) / max(parallel, 1)
     per_iteration = rate * num_rotations * max(used_pixels, 1)
-    field_ = "emc.num_div" if per_iteration * 100 > TIME_LIMIT_S else "emc.iterations"
+    field_ = rotations_field if per_iteration * 100 > TIME_LIMIT_S else "emc.iterations"
     return Estimate("emc", parts, seconds=per_iteration * iterations, time_field=field_, gpu=gpu,
                     fixes={"emc.num_div": f"use a smaller num_div ({num_rotations:,} rotations asked; num_div 10 "
-                           "gives 50 100)", "emc.iterations": f"run fewer iterations ({iterations:,} asked)",
+                           "gives 50 100)", "emc.refine.num_div": f"use a smaller refine.num_div "
+                           f"({num_rotations:,} rotations asked; num_div 10 gives 50 100)", "emc.iterations": f"run fewer iterations ({iterations:,} asked)",
                            "emc.model_size": "leave emc.model_size out (the detector's own size) or lower it",
                            "emc.num_modes": f"use fewer modes ({volumes} volumes asked: num_modes + nonrot_modes)",
                            "emc.frames_per_shard": "use the default frames_per_shard (4096)"})

@@ -161,7 +161,7 @@ def test_corpus_size_and_coverage():
     assert len(CASES) >= 120, len(CASES)
     named = " ".join(" ".join(c.expect) for c in CASES)
     sections = {"geometry": config.Geometry, "simulation": config.Simulation, "emc": config.EMC,
-                "emc.beta_schedule": config.BetaSchedule, "phasing": config.Phasing, "ingest": config.Ingest,
+                "emc.beta_schedule": config.BetaSchedule, "emc.refine": config.Refine, "phasing": config.Phasing, "ingest": config.Ingest,
                 "validation": config.Validation, "output": config.Output, "source": config.Source}
     missing = [f"{section}.{name}" for section, model in sections.items() for name in model.model_fields
                if f"{section}.{name}" not in named and not (section == "phasing" and name == "keep_best")]

@@ -35,7 +35,8 @@ from spibatch.emc.checks import Inputs, check_inputs, check_shards, read_start_m
 from spibatch.emc.settings import EMCSettings
 from spibatch.emc.step import default_threads, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
-from spibatch.emc.types import Geometry, ShardSpec, StepState, finish
+from spibatch.emc.refine import candidates as refine_candidates
+from spibatch.emc.types import Candidates, Geometry, ShardSpec, StepState, finish
 from spibatch.errors import InputError
 from spibatch.io.fingerprint import input_fingerprint
 from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
@@ -67,6 +68,8 @@ class Run:
     first: int
     recorder: records.Recorder
     background_scales: np.ndarray | None = None
+    fine: Geometry | None = None            # emc.refine: the fine grid's geometry
+    candidates: Candidates | None = None    # ... and each frame's fine rotations, once the coarse iterations end
 
     @property
     def num_frames(self) -> int:
@@ -121,6 +124,14 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     threads = _limit_threads()
     geometry = Geometry.build(detector, settings.num_div, inputs.detector, settings.detector_corr,
                               settings.num_modes, settings.nonrot_modes, settings.background_file, inputs.background)
+    fine = None
+    if settings.refine is not None:
+        if source is not None:
+            raise InputError("the coarse-to-fine search is not supported while following a live source (frames "
+                             "that join after the coarse iterations have no candidates)", path=photons,
+                             field="emc.refine", fix="remove emc.refine, or run EMC on the data once they are in")
+        fine = Geometry.build(detector, settings.refine.num_div, inputs.detector, settings.detector_corr, 1, 0,
+                              settings.background_file, inputs.background)
     specs = ShardSpec.cut(photons, 0, inputs.num_frames, settings.frames_per_shard)
     counts, peak = executor.add_shards(specs, geometry)
     recorded = executor.broadcast(executor.collective(   # the writer reads the files' fingerprints
@@ -158,8 +169,27 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     # compile or load the kernels now, so that iteration 1's time is the iteration's
     warm_up(background=geometry.pixels.background is not None)
     first = 1 if checkpoint is None else checkpoint["iteration"] + 1
-    return Run(settings, photons, detector, inputs, geometry, counts, peak, model, scales, first, recorder,
-               background_scales)
+    run = Run(settings, photons, detector, inputs, geometry, counts, peak, model, scales, first, recorder,
+              background_scales, fine)
+    if fine is not None and first > settings.refine.after:   # resuming after the coarse iterations
+        top = executor.broadcast(executor.collective(
+            lambda: records.read_top_rotations(out_dir, settings.refine.after) if executor.writes else None))
+        _start_fine(run, top)
+    return run
+
+
+def _start_fine(run: Run, top: np.ndarray) -> None:
+    """The coarse iterations are over: each frame's fine candidates from its ``top`` (D, k) coarse rotations;
+    the records name fine rotations from now on."""
+    refine = run.settings.refine
+    began = perf_counter()
+    run.candidates = refine_candidates(top, run.geometry.rotations.quaternions, run.fine.rotations.quaternions,
+                                       refine.radius)
+    run.recorder.quaternions = run.fine.rotations.quaternions
+    per_frame = np.diff(run.candidates.ptr)
+    log.info("EMC: coarse-to-fine: %d fine rotations (num_div %d), %.0f per frame on average (%.1f %%), "
+             "chosen in %.2f s", len(run.fine.rotations), refine.num_div, per_frame.mean(),
+             100 * per_frame.mean() / len(run.fine.rotations), perf_counter() - began)
 
 
 def _read_checkpoint(out_dir: Path, wanted: bool) -> dict | None:
@@ -277,7 +307,12 @@ def iterate(run: Run, executor, iteration: int) -> dict:
     settings = run.settings
     start = perf_counter()
     beta = settings.beta_for(iteration, run.counts)
-    total = executor.step(run.model, run.geometry, StepState(iteration, beta, run.scales, run.background_scales))
+    refine = settings.refine
+    fine = refine is not None and iteration > refine.after
+    geometry = run.fine if fine else run.geometry
+    state = StepState(iteration, beta, run.scales, run.background_scales, run.candidates if fine else None,
+                      refine.top if refine is not None and iteration == refine.after else 0)
+    total = executor.step(run.model, geometry, state)
     stepped = perf_counter()
     combine_s = total.timings.pop("combine", 0.0)
     group = settings.point_group
@@ -295,12 +330,16 @@ def iterate(run: Run, executor, iteration: int) -> dict:
         run.background_scales = total.frames.get("background_scale", run.background_scales)
         metrics["background_scale_mean"] = float(run.background_scales.mean())
     phases = {f"{phase}_s": seconds for phase, seconds in total.timings.items()}   # rank 0's shards
-    record = {"iteration": iteration, "num_rot": len(run.geometry.rotations), "beta_mean": float(beta.mean()),
+    record = {"iteration": iteration, "num_rot": len(geometry.rotations), "beta_mean": float(beta.mean()),
               "mpi_ranks": executor.size, "num_frames": run.num_frames, **metrics,
               "timing": {"step_s": stepped - start - combine_s, **phases, "combine_s": combine_s,
                          "finish_s": finished - stepped}}
+    if fine:
+        record["mean_candidates"] = float(np.diff(run.candidates.ptr).mean())
     record["time_s"] = finished - start
     run.recorder.save(iteration, model, total.frames, scales, record)
+    if state.top:   # the last coarse iteration (written with its own rotations): the fine search starts from it
+        _start_fine(run, total.frames["top_rotations"])
     return record
 
 

@@ -76,6 +76,8 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
     """
     from spibatch.kernels.emc_gpu import EMCKernels
 
+    if state.candidates is not None or state.top > 0:
+        raise NotImplementedError("emc.refine (coarse-to-fine search) runs in the CPU step only, not on a GPU yet")
     device.activate()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
     xp = device.xp
     work = _OnDevice(EMCKernels(device.launch_runtime, xp), xp, model, rotations, pixels, shard)

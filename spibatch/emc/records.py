@@ -45,7 +45,7 @@ from spibatch.io.results import write_result
 from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
 
 __all__ = ["CHECKPOINT", "EMC_LOG", "METRICS", "LOG_COLUMNS", "Recorder", "log_header", "log_row", "output_name",
-           "read_checkpoint", "read_log_table", "remove_partial_files", "write_checkpoint", "write_iteration",
+           "read_checkpoint", "read_log_table", "read_top_rotations", "remove_partial_files", "write_checkpoint", "write_iteration",
            "write_logs"]
 LOG_COLUMNS = ("iter", "time", "rms_change", "info_rate", "log-likelihood", "num_rot", "beta")
 
@@ -64,6 +64,8 @@ def write_iteration(out_dir: Path, iteration: int, model: np.ndarray, frames: di
         "log_likelihood": frames["log_likelihood"],
         "mutual_info": frames["mutual_info"],
     }
+    if "top_rotations" in frames:                         # emc.refine's last coarse iteration: where the fine starts
+        datasets["top_rotations"] = frames["top_rotations"].astype(np.int32)
     if model.ndim == 4:                                   # modes: every volume, and each frame's share of each
         datasets["intensities"] = model.astype(np.float32)
         datasets["mode_probabilities"] = frames["mode_probabilities"]
@@ -75,6 +77,15 @@ def write_iteration(out_dir: Path, iteration: int, model: np.ndarray, frames: di
     path = out_dir / output_name(iteration)
     write_result(path, datasets, attrs)
     return path
+
+
+def read_top_rotations(out_dir: Path, iteration: int) -> np.ndarray:
+    """(D, k) int32: each frame's most probable coarse rotations, as ``output_NNN.h5`` of emc.refine's last
+    coarse iteration holds them (a resume after it starts the fine search from them again)."""
+    path = out_dir / output_name(iteration)
+    fix = "resume needs the outputs of the coarse iterations; start a new run"
+    with open_hdf5(path, fix) as f:
+        return require_dataset(f, "top_rotations", path, fix)[()].astype(np.int32)
 
 
 def log_header(info: dict) -> str:

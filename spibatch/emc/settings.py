@@ -14,7 +14,7 @@ import numpy as np
 
 # what must not change between a run and its resumption, as the checkpoint records it (with the data's sizes)
 RESUME_KEYS = ("num_div", "beta", "beta_factor", "beta_schedule", "need_scaling", "friedel_symmetry", "point_group",
-               "seed", "frames_per_shard", "start_model", "detector_corr", "num_modes", "nonrot_modes")
+               "seed", "frames_per_shard", "start_model", "detector_corr", "num_modes", "nonrot_modes", "refine")
 INPUT_KEYS = ("photons", "detector")   # in the config's section, not in the settings
 
 
@@ -24,6 +24,21 @@ class BetaSchedule:
 
     factor: float = 2.0
     period: int = 10
+
+
+@dataclass(frozen=True)
+class Refine:
+    """Coarse-to-fine orientation search (Dragonfly's ``num_div = FINE COARSE``).
+
+    The first ``after`` iterations search the whole coarse grid (``EMCSettings.num_div``); then each frame
+    keeps its ``top`` most probable coarse rotations, and every later iteration searches, for that frame,
+    only the rotations of the fine grid (``num_div``) within ``radius`` coarse grid spacings of one of them.
+    """
+
+    num_div: int
+    after: int = 10
+    top: int = 4
+    radius: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,8 @@ class EMCSettings:
     fit_background_scale: fit each frame's background scale (else it stays 1); anneal_until: the beta
     schedule's last iteration, beta stays as it is there after it (None: it grows as long as the run; a
     following run, whose iterations have no set end, anneals as a batch run of ``emc.iterations`` would and
-    then holds beta).
+    then holds beta);
+    refine: a :class:`Refine` (coarse-to-fine orientation search) or None.
     """
 
     num_div: int = 4
@@ -64,6 +80,7 @@ class EMCSettings:
     background_file: Path | None = None
     fit_background_scale: bool = True
     anneal_until: int | None = None
+    refine: Refine | None = None
 
     @property
     def num_volumes(self) -> int:
@@ -85,9 +102,13 @@ class EMCSettings:
         start = values.get("start_model")
         background = values.get("background_file")
         beta = values.get("beta", "auto")
+        refine = values.get("refine")
+        if isinstance(refine, dict):
+            refine = Refine(int(refine["num_div"]), int(refine.get("after", 10)), int(refine.get("top", 4)),
+                            float(refine.get("radius", 1.0)))
         return cls(**{**values, "beta": beta if beta == "auto" else float(beta), "beta_schedule": schedule,
                       "start_model": None if start is None else Path(start),
-                      "background_file": None if background is None else Path(background)})
+                      "background_file": None if background is None else Path(background), "refine": refine})
 
     def resume_record(self) -> dict:
         """What must not change on resume, JSON-ready, in the checkpoint's shape (the config's JSON dump of
@@ -97,6 +118,9 @@ class EMCSettings:
             out["beta_schedule"] = {"factor": self.beta_schedule.factor, "period": self.beta_schedule.period}
         if self.start_model is not None:
             out["start_model"] = str(self.start_model)
+        if self.refine is not None:
+            out["refine"] = {"num_div": self.refine.num_div, "after": self.refine.after, "top": self.refine.top,
+                             "radius": self.refine.radius}
         if self.anneal_until is not None:       # a following run's (not a config key)
             out["anneal_until"] = self.anneal_until
         if self.background_file is not None:    # only with a background: checkpoints from before still resume

@@ -28,6 +28,7 @@ from spibatch.emc.types import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard
 from spibatch.photons import Photons
 
 MERGE_BLOCK = 256   # rotations per merge block (long SIMD rows in the dense weighted-photon kernel)
+REFINE_BLOCK = int(os.environ.get("SPIBATCH_REFINE_BLOCK", 32))   # likelihood block of a coarse-to-fine search
 
 
 def _threads() -> int:
@@ -53,7 +54,12 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     from spibatch.kernels.emc_cpu import normalize_probabilities
 
     model = np.ascontiguousarray(model, np.float64)
-    first, nf, nrot = shard.first_frame, shard.num_frames, len(rotations)
+    first, nf = shard.first_frame, shard.num_frames
+    searched, wanted = None, None
+    if state.candidates is not None:   # coarse-to-fine: only the union of this shard's frames' candidates
+        searched, *wanted = state.candidates.for_shard(first, nf)
+        rotations = rotations.subset(searched)
+    nrot = len(rotations)
     beta = state.beta[first:first + nf]
     scale = state.scales[first:first + nf]
     background = None
@@ -66,8 +72,8 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     slots = _threads()
     clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0}
     u, best, best_rot, d, r, value = _kept_likelihoods(model, rotations, pixels, shard, scale, window, log_prior,
-                                                       rotation_block or rotation_block_size(pixels.num_used),
-                                                       slots, clock, background)
+                                                       rotation_block or _block(pixels.num_used, wanted),
+                                                       slots, clock, background, wanted)
     t0 = perf_counter()
     norm, scale_den, log_like, info = (np.empty(nf) for _ in range(4))
     num_kept = np.empty(nf, np.int32)
@@ -84,6 +90,13 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
         "best_rotation": best_rot,                                                # the most likely rotation,
         "best_probability": np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0),   # exp(0) / norm
     }
+    if state.top > 0:
+        frames["top_rotations"] = top_rotations(d, r, prob, nf, state.top)
+    if searched is not None:           # back to the grid's numbering
+        frames["best_rotation"] = np.where(best_rot >= 0, searched[np.maximum(best_rot, 0)], -1).astype(np.int32)
+        if state.top > 0:
+            top = frames["top_rotations"]
+            frames["top_rotations"] = np.where(top >= 0, searched[np.maximum(top, 0)], -1).astype(np.int32)
     if rotations.num_volumes > 1:
         volumes = rotations.num_volumes
         frames["mode_probabilities"] = np.bincount(d.astype(np.int64) * volumes + rotations.mode[r], prob,
@@ -99,12 +112,36 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     return ShardSums(first, numerator, denominator, frames, clock)
 
 
+def top_rotations(frame: np.ndarray, rot: np.ndarray, prob: np.ndarray, num_frames: int, top: int) -> np.ndarray:
+    """(num_frames, top) int32: each frame's ``top`` most probable rotations of the kept (frame, rot, prob)
+    entries, most probable first, -1 where a frame kept fewer."""
+    order = np.lexsort((-prob, frame))
+    frame, rot = frame[order].astype(np.int64), rot[order]
+    starts = np.searchsorted(frame, np.arange(num_frames))
+    rank = np.arange(len(frame)) - starts[frame]
+    keep = rank < top
+    out = np.full((num_frames, top), -1, np.int32)
+    out[frame[keep], rank[keep]] = rot[keep]
+    return out
+
+
+def _block(num_used: int, wanted) -> int:
+    """The likelihood block: :func:`rotation_block_size`, or smaller in a coarse-to-fine search (a block is
+    evaluated for every frame that wants one of its rotations: the fewer it holds, the less is wasted)."""
+    size = rotation_block_size(num_used)
+    return size if wanted is None else min(size, REFINE_BLOCK)
+
+
 def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, scale: np.ndarray,
                       window: np.ndarray, log_prior: np.ndarray, block: int, slots: int, clock: dict,
-                      background: tuple | None = None):
+                      background: tuple | None = None, wanted: list[np.ndarray] | None = None):
     """Expand and likelihood per block of ``block`` rotations, keeping what is within ``window`` of each frame's
     running best: ``(u (R,) view sums, best (D,), best_rot (D,) int32, frame, rotation (n,) int32, value (n,))``.
-    background: None, or (the frames' background scales (D,) float64, the rows' background (T,) float32)."""
+
+    background: None, or (the frames' background scales (D,) float64, the rows' background (T,) float32).
+    wanted: None (every frame, every rotation), or ``[frame (n,), rotation (n,)]``, the only pairs to
+    evaluate (coarse-to-fine): a block's likelihood is then computed for the frames that want one of its
+    rotations only, and its other pairs are left out."""
     from spibatch.kernels.emc_cpu import keep_within_window, photon_log_likelihood, views_by_rotation
     from spibatch.kernels.emc_cpu_bg import photon_log_likelihood_bg
 
@@ -122,12 +159,16 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
     logv_buf = np.empty(pixels.num_used * block, np.float32)   # float32: half the cache traffic of the likelihood
     sums_buf = np.empty(nf * block, np.float32)
     like_buf = np.empty(nf * block)
+    frames = np.arange(nf)
+    if wanted is not None:             # the wanted pairs by block, then by frame
+        w_frame, w_rot = wanted
+        by_block = np.lexsort((w_frame, w_rot // block))
+        w_frame, w_rot = w_frame[by_block], w_rot[by_block]
+        w_starts = np.searchsorted(w_rot // block, np.arange(0, (nrot + block - 1) // block + 1))
     for r0 in range(0, nrot, block):
         r1 = min(r0 + block, nrot)
         n = r1 - r0
         logv = logv_buf[:pixels.num_used * n].reshape(pixels.num_used, n)
-        sums = sums_buf[:nf * n].reshape(nf, n)
-        like = like_buf[:nf * n].reshape(nf, n)
         t0 = perf_counter()
         views_by_rotation(flat, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, corr, views[:n], u[r0:r1])
         if background is None:
@@ -135,12 +176,32 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
             np.log(views[:n], out=views[:n])             # numpy's SIMD logf
         logv[...] = views[:n].T                          # pixel-major for the likelihood's rows
         t1 = perf_counter()
+        if wanted is not None:         # only the frames that want one of this block's rotations
+            sel = slice(w_starts[r0 // block], w_starts[r0 // block + 1])
+            frames, row = np.unique(w_frame[sel], return_inverse=True)
+            allowed = np.zeros((len(frames), n), bool)
+            allowed[row, w_rot[sel] - r0] = True
+        k = len(frames)
+        sums = sums_buf[:k * n].reshape(k, n)
+        like = like_buf[:k * n].reshape(k, n)
+        ptr, end, sub_scale = (shard.ptr, shard.used_end, scale) if wanted is None else \
+            (shard.ptr[frames], shard.used_end[frames], scale[frames])
         if background is None:
-            photon_log_likelihood(logv, shard.ptr, shard.used_end, shard.pixel, shard.count, sums)
+            photon_log_likelihood(logv, ptr, end, shard.pixel, shard.count, sums)
         else:
-            photon_log_likelihood_bg(logv, shard.ptr, shard.used_end, shard.pixel, shard.count, scale,
-                                     background[0], background[1], np.float32(TINY), sums)
-        d, r, value = keep_within_window(sums, log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot, like)
+            bgs = background[0] if wanted is None else background[0][frames]
+            photon_log_likelihood_bg(logv, ptr, end, shard.pixel, shard.count, sub_scale, bgs, background[1],
+                                     np.float32(TINY), sums)
+        if wanted is None:
+            d, r, value = keep_within_window(sums, log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot,
+                                             like)
+        else:
+            sums[~allowed] = -np.inf
+            sub_best, sub_rot = best[frames], best_rot[frames]
+            d, r, value = keep_within_window(sums, log_prior[r0:r1], sub_scale, u[r0:r1], r0, window[frames],
+                                             sub_best, sub_rot, like)
+            best[frames], best_rot[frames] = sub_best, sub_rot
+            d = frames[d].astype(np.int32)
         kept_frame.append(d)
         kept_rot.append(r)
         kept_value.append(value)

@@ -89,6 +89,11 @@ class Rotations:
     def __len__(self) -> int:
         return len(self.weights)
 
+    def subset(self, index: np.ndarray) -> "Rotations":
+        """Rotations ``index`` (R',) of these (one mode only), with their prior weights as they are (not
+        renormalised: a frame's probabilities are normalised over what it searches)."""
+        return Rotations(self.quaternions[index], self.matrices[index], self.weights[index], self.mode[index])
+
 
 @dataclass
 class PixelSet:
@@ -212,18 +217,45 @@ class Shard:
 
 
 @dataclass
+class Candidates:
+    """Each frame's rotations to search (coarse-to-fine refinement), for all frames of the run.
+
+    ptr (D_total + 1,) int64 into pos (n,) int32: frame d searches the rotations ``order[pos[ptr[d]:ptr[d + 1]]]``
+    (pos ascending per frame); order (R,) int32: the grid's rotations sorted by their nearest coarse rotation,
+    so that a run of positions is one neighbourhood (a block of them is needed by few frames).
+    """
+
+    ptr: np.ndarray
+    pos: np.ndarray
+    order: np.ndarray
+
+    def for_shard(self, first: int, num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frames ``first .. first + num_frames``: ``(rotations (R',) int64: the union of their candidates, in
+        position order; frame (n,) int64 counted from first, local (n,) int64 into rotations)``, by frame."""
+        ptr = self.ptr[first:first + num_frames + 1]
+        pos = self.pos[ptr[0]:ptr[-1]]
+        union = np.unique(pos)
+        frame = np.repeat(np.arange(num_frames), np.diff(ptr))
+        return self.order[union].astype(np.int64), frame, np.searchsorted(union, pos).astype(np.int64)
+
+
+@dataclass
 class StepState:
     """What every shard needs to know about the iteration.
 
     beta: (D_total,) float64 per-frame annealing exponent; scales: (D_total,)
     float64 per-frame scale factors (ones when not fitted); background_scales: (D_total,) float64
-    per-frame background scales ``b_d`` when the pixels carry a background, else None.
+    per-frame background scales ``b_d`` when the pixels carry a background, else None; candidates: None
+    (every frame searches every rotation) or each frame's own (:class:`Candidates`, coarse-to-fine refinement); top: > 0 asks the step
+    for each frame's ``top`` most probable rotations (``frames["top_rotations"]`` (D, top) int32, -1 padded).
     """
 
     iteration: int
     beta: np.ndarray
     scales: np.ndarray
     background_scales: np.ndarray | None = None
+    candidates: Candidates | None = None
+    top: int = 0
 
 
 @dataclass

@@ -57,10 +57,17 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
         found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks)
     budget = budget or budget_for()
     gpu = pipeline.device == "gpu"
-    estimates.emc(found.size, orientations(settings.num_div, settings.num_modes, settings.nonrot_modes),
+    refine = settings.refine
+    if refine is not None and gpu:
+        raise InputError("the coarse-to-fine search runs on the CPU only (the GPU step has no candidates yet)",
+                         path=config, field="emc.refine", fix="remove emc.refine, or set device: cpu")
+    rotations = orientations(settings.num_div if refine is None else refine.num_div, settings.num_modes,
+                             settings.nonrot_modes)
+    estimates.emc(found.size, rotations,
                   found.num_frames, settings.frames_per_shard, int((found.detector.mask == 0).sum()),
                   settings.iterations, model_field="emc.model_size" if settings.model_size else "emc.detector",
                   gpu=gpu, parallel=budget.parallel(gpu), volumes=settings.num_volumes,
+                  rotations_field="emc.num_div" if refine is None else "emc.refine.num_div",
                   ).check(config, budget, paths={"emc.photons": photons, "emc.detector": detector})
     if settings.start_model is not None:
         found.start_model = check_start_model(settings.start_model, found.size, settings.num_volumes)

@@ -1,0 +1,64 @@
+"""Coarse-to-fine orientation search: each frame's fine-grid candidates from its best coarse rotations.
+
+After ``refine.after`` iterations on the coarse grid (``emc.num_div``), the step reports each frame's
+``refine.top`` most probable coarse rotations (``frames["top_rotations"]``); :func:`candidates` turns them
+into the rotations of the fine grid (``refine.num_div``) within ``refine.radius`` coarse grid spacings of
+any of them: the only ones that frame searches from then on (:class:`~spibatch.emc.types.Candidates`).
+Dragonfly does the same with ``num_div = FINE COARSE`` (a fine rotation belongs to a frame when its
+nearest coarse rotation is one of the frame's relevant ones); the radius here covers that Voronoi cell
+(radius 1 spacing: a little more than the cell) and lets the search reach past it.
+
+Angles: the rotation between unit quaternions p and q is ``2 arccos |p . q|``; the chord ``|p - q|`` of
+the doubled set {q, -q} is ``2 sin(angle / 4)``, so a ball query of the doubled fine grid finds them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spibatch.emc.types import Candidates
+
+
+def grid_spacing(quaternions: np.ndarray) -> float:
+    """The median angle (radians) between a rotation of the grid and its nearest neighbour."""
+    from scipy.spatial import cKDTree
+
+    doubled = np.concatenate([quaternions, -quaternions])
+    dist, _ = cKDTree(doubled).query(quaternions, k=2)      # the nearest is the point itself
+    return float(np.median(4 * np.arcsin(np.minimum(dist[:, 1] / 2, 1.0))))
+
+
+def voronoi_order(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    """(R_fine,) int32: the fine rotations sorted by their nearest coarse rotation (then by index)."""
+    from scipy.spatial import cKDTree
+
+    _, nearest = cKDTree(np.concatenate([coarse, -coarse])).query(fine)
+    return np.lexsort((np.arange(len(fine)), nearest % len(coarse))).astype(np.int32)
+
+
+def candidates(top: np.ndarray, coarse: np.ndarray, fine: np.ndarray, radius: float) -> Candidates:
+    """Each frame's fine rotations within ``radius`` coarse grid spacings of one of its ``top`` coarse rotations.
+
+    top (D, k) int: coarse rotation indices (-1: none); coarse (R_c, 4), fine (R_f, 4) unit quaternions.
+    A frame with no coarse rotation at all (every entry -1) searches the whole fine grid.
+    """
+    from scipy.spatial import cKDTree
+
+    order = voronoi_order(coarse, fine)
+    position = np.empty(len(fine), np.int32)
+    position[order] = np.arange(len(fine), dtype=np.int32)
+    angle = radius * grid_spacing(coarse)
+    chord = 2 * np.sin(min(angle, np.pi) / 4) * (1 + 1e-9)   # rotations right at the radius (ties) count
+    tree = cKDTree(np.concatenate([fine, -fine]))
+    used = np.unique(top[top >= 0])
+    near = {int(c): np.unique(position[np.asarray(hits, np.int64) % len(fine)])
+            for c, hits in zip(used, tree.query_ball_point(coarse[used], chord))}
+    everything = np.arange(len(fine), dtype=np.int32)
+    parts = []
+    for row in top:
+        found = [near[int(c)] for c in row if c >= 0]
+        parts.append(np.unique(np.concatenate(found)) if found else everything)
+    ptr = np.zeros(len(top) + 1, np.int64)
+    np.cumsum([len(p) for p in parts], out=ptr[1:])
+    pos = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+    return Candidates(ptr, pos, order)
