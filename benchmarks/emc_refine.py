@@ -1,7 +1,8 @@
 """Coarse-to-fine orientation search (emc.refine) against the whole fine grid: same answer, less time?
 
     python benchmarks/emc_refine.py [--case arm4] [--seed 1] [--coarse 4] [--fine 8] [--after 10]
-                                    [--iterations 20] [--frames-per-shard 250] [--threads 2] [--out DIR]
+                                    [--iterations 20] [--frames-per-shard 250] [--top 4] [--radius 1]
+                                    [--runs fine refine] [--threads 2] [--out DIR]
 
 One held-out case of benchmarks/emc_cases.py (simulated by our simulator, with the truth's intensity and
 every frame's true rotation), reconstructed twice by ``spibatch emc`` with the same parameters
@@ -39,15 +40,21 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--frames-per-shard", type=int, default=250, help="both runs (a shard searches the union "
                     "of its frames' candidates: smaller shards, smaller unions)")
+    ap.add_argument("--top", type=int, default=4, help="emc.refine.top")
+    ap.add_argument("--radius", type=float, default=1.0, help="emc.refine.radius (coarse grid spacings)")
+    ap.add_argument("--runs", nargs="+", default=["fine", "refine"], choices=["fine", "refine"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("/tmp/emc-refine"))
     args = ap.parse_args()
     case = make_case(args.case, args.seed, args.out / "data" / f"{args.case}-{args.seed}")
     shards = {"frames_per_shard": args.frames_per_shard}
     runs = {"fine": (args.fine, shards),
-            "refine": (args.coarse, {**shards, "refine": {"num_div": args.fine, "after": args.after}})}
+            "refine": (args.coarse, {**shards, "refine": {"num_div": args.fine, "after": args.after, "top": args.top,
+                                                          "radius": args.radius}})}
     results = []
     for name, (num_div, overrides) in runs.items():
+        if name not in args.runs:
+            continue
         work = args.out / f"{args.case}-{args.seed}" / name
         run = run_spibatch(case, work, args.iterations, args.threads, num_div, overrides)
         metrics = [json.loads(x) for x in (work / "run" / "emc" / "metrics.jsonl").read_text().splitlines() if x]

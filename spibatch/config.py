@@ -89,14 +89,19 @@ class BetaSchedule(Section):
 
 class Refine(Section):
     """Coarse-to-fine orientation search (Dragonfly's ``num_div = FINE COARSE``): ``after`` iterations on the
-    whole ``emc.num_div`` grid, then each frame searches only the ``num_div`` grid near its best coarse rotations."""
+    whole ``emc.num_div`` grid, then each frame searches only the ``num_div`` grid near its most probable
+    rotations of the iteration before (chosen again every iteration)."""
 
     num_div: int | None = Field(None, ge=2, description="the fine grid's 600-cell refinement, more than emc.num_div "
                                 "(Dragonfly's num_div = FINE COARSE); default: twice emc.num_div")
     after: int = Field(10, ge=1, description="iterations on the whole coarse grid before the local fine search")
-    top: int = Field(4, ge=1, description="each frame's most probable coarse rotations its fine search is around")
-    radius: PositiveFloat = Field(1.0, description="the fine search's radius around each of them, in coarse grid "
-                                  "spacings (the median angle between neighbouring coarse rotations)")
+    top: int = Field(4, ge=1, description="each frame's most probable rotations of the iteration before that its "
+                     "search is around")
+    radius: PositiveFloat = Field(1.0, description="the search's radius around each of them, in coarse grid "
+                                  "spacings (the median angle between neighbouring emc.num_div rotations)")
+    min_info: float = Field(0.5, ge=0, description="a frame whose mutual information (nats, as metrics.jsonl's "
+                            "mutual_info; 0: every rotation as likely) was below this in the iteration before, its "
+                            "orientation not yet known, searches the whole fine grid")
 
 
 class EMC(Section):

@@ -48,7 +48,7 @@ def shard_and_geometry(emc_small, num_div: int = 3):
     return geometry, shard, model
 
 
-def test_all_candidates_is_the_plain_step_and_fewer_stay_within_them(emc_small):
+def test_all_candidates_is_the_plain_step_and_fewer_stay_within_them(emc_small, monkeypatch):
     geometry, shard, model = shard_and_geometry(emc_small)
     nf, nrot = shard.num_frames, len(geometry.rotations)
     state = StepState(1, np.full(nf, 0.5), np.ones(nf))
@@ -56,6 +56,8 @@ def test_all_candidates_is_the_plain_step_and_fewer_stay_within_them(emc_small):
     everything = Candidates(np.arange(nf + 1, dtype=np.int64) * nrot, np.tile(np.arange(nrot, dtype=np.int32), nf),
                             np.random.default_rng(0).permutation(nrot).astype(np.int32))   # any order of the grid
     state_all = StepState(1, state.beta, state.scales, candidates=everything)
+    assert everything.everything(0, nf, nrot)      # the step takes the plain path then: here the candidates' own
+    monkeypatch.setattr(Candidates, "everything", lambda *args: False)
     full = shard_step(model, geometry.rotations, geometry.pixels, shard, state_all)
     assert np.array_equal(full.frames["best_rotation"], plain.frames["best_rotation"])
     assert np.array_equal(full.frames["num_kept"], plain.frames["num_kept"])
@@ -172,7 +174,23 @@ def test_refinement_grid_not_finer_is_one_line_before_any_work(emc_config, tmp_p
     assert not (tmp_path / "run").exists()
 
 
-def test_with_a_background_all_candidates_is_the_plain_step(emc_small):
+def test_frames_without_information_search_the_whole_fine_grid(emc_small, tmp_path):
+    """At a beta so low that every rotation is as likely (mutual information ~0: star5's case, where the
+    coarse iterations learnt nothing), the frames' top rotations mean nothing: every frame searches the whole
+    fine grid; at the usual beta, frames that know their orientation search near it."""
+    flat = settings(num_div=2, iterations=3, beta=1e-7, refine={"num_div": 3, "after": 1})
+    driver.run_emc(flat, emc_small["photons"], emc_small["detector"], tmp_path / "flat", executor=InProcess())
+    lines = [json.loads(x) for x in (tmp_path / "flat" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["mutual_info"] < 0.01
+    assert [m.get("frames_whole_grid") for m in lines] == [None, 240, 240]
+    assert lines[1]["mean_candidates"] == 1380
+    usual = settings(num_div=2, iterations=3, refine={"num_div": 3, "after": 1, "min_info": 0.0})
+    driver.run_emc(usual, emc_small["photons"], emc_small["detector"], tmp_path / "usual", executor=InProcess())
+    lines = [json.loads(x) for x in (tmp_path / "usual" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[1]["frames_whole_grid"] == 0 and lines[1]["mean_candidates"] < 1380 / 2
+
+
+def test_with_a_background_all_candidates_is_the_plain_step(emc_small, monkeypatch):
     """The coarse-to-fine path takes the background likelihood too: every candidate gives the plain step's sums."""
     from spibatch.emc.types import PixelSet
 
@@ -187,6 +205,7 @@ def test_with_a_background_all_candidates_is_the_plain_step(emc_small):
     everything = Candidates(np.arange(nf + 1, dtype=np.int64) * nrot, np.tile(np.arange(nrot, dtype=np.int32), nf),
                             np.arange(nrot, dtype=np.int32)[::-1].copy())
     plain = shard_step(model, rotations, pixels, shard, StepState(1, np.full(nf, 0.5), np.ones(nf), levels))
+    monkeypatch.setattr(Candidates, "everything", lambda *args: False)   # the candidates' own path, not the plain
     full = shard_step(model, rotations, pixels, shard,
                       StepState(1, np.full(nf, 0.5), np.ones(nf), levels, candidates=everything))
     assert "particle_counts" in full.frames

@@ -70,6 +70,7 @@ class Run:
     background_scales: np.ndarray | None = None
     fine: Geometry | None = None            # emc.refine: the fine grid's geometry
     candidates: Candidates | None = None    # ... and each frame's fine rotations, once the coarse iterations end
+    whole_grid: int = 0                     # ... the frames among them that search the whole fine grid
 
     @property
     def num_frames(self) -> int:
@@ -172,24 +173,29 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     run = Run(settings, photons, detector, inputs, geometry, counts, peak, model, scales, first, recorder,
               background_scales, fine)
     if fine is not None and first > settings.refine.after:   # resuming after the coarse iterations
-        top = executor.broadcast(executor.collective(
-            lambda: records.read_top_rotations(out_dir, settings.refine.after) if executor.writes else None))
-        _start_fine(run, top)
+        top, info = executor.broadcast(executor.collective(
+            lambda: records.read_top_rotations(out_dir, first - 1) if executor.writes else None))
+        _next_candidates(run, top, info, first - 1)
     return run
 
 
-def _start_fine(run: Run, top: np.ndarray) -> None:
-    """The coarse iterations are over: each frame's fine candidates from its ``top`` (D, k) coarse rotations;
-    the records name fine rotations from now on."""
+def _next_candidates(run: Run, top: np.ndarray, info: np.ndarray, iteration: int) -> None:
+    """Each frame's fine rotations for the next iteration, from its ``top`` (D, k) rotations of ``iteration``
+    (on the coarse grid if that was the last coarse one, else on the fine grid) and its mutual information
+    ``info`` (D,) nats: near them, or the whole fine grid where ``info`` was below ``refine.min_info``."""
     refine = run.settings.refine
     began = perf_counter()
+    centres = run.geometry if iteration == refine.after else run.fine
+    top = np.where((info >= refine.min_info)[:, None], top, -1)
     run.candidates = refine_candidates(top, run.geometry.rotations.quaternions, run.fine.rotations.quaternions,
-                                       refine.radius)
-    run.recorder.quaternions = run.fine.rotations.quaternions
+                                       refine.radius, centres.rotations.quaternions)
+    run.recorder.quaternions = run.fine.rotations.quaternions   # the records name fine rotations from now on
     per_frame = np.diff(run.candidates.ptr)
-    log.info("EMC: coarse-to-fine: %d fine rotations (num_div %d), %.0f per frame on average (%.1f %%), "
-             "chosen in %.2f s", len(run.fine.rotations), refine.num_div, per_frame.mean(),
-             100 * per_frame.mean() / len(run.fine.rotations), perf_counter() - began)
+    run.whole_grid = int((top[:, 0] < 0).sum())
+    log.info("EMC: coarse-to-fine after iteration %d: %d fine rotations (num_div %d), %.0f per frame on average "
+             "(%.1f %%; %d frame(s) not yet oriented search them all), chosen in %.2f s", iteration,
+             len(run.fine.rotations), refine.num_div, per_frame.mean(), 100 * per_frame.mean() /
+             len(run.fine.rotations), run.whole_grid, perf_counter() - began)
 
 
 def _read_checkpoint(out_dir: Path, wanted: bool) -> dict | None:
@@ -311,7 +317,7 @@ def iterate(run: Run, executor, iteration: int) -> dict:
     fine = refine is not None and iteration > refine.after
     geometry = run.fine if fine else run.geometry
     state = StepState(iteration, beta, run.scales, run.background_scales, run.candidates if fine else None,
-                      refine.top if refine is not None and iteration == refine.after else 0)
+                      refine.top if refine is not None and iteration >= refine.after else 0)
     total = executor.step(run.model, geometry, state)
     stepped = perf_counter()
     combine_s = total.timings.pop("combine", 0.0)
@@ -336,10 +342,11 @@ def iterate(run: Run, executor, iteration: int) -> dict:
                          "finish_s": finished - stepped}}
     if fine:
         record["mean_candidates"] = float(np.diff(run.candidates.ptr).mean())
+        record["frames_whole_grid"] = run.whole_grid
     record["time_s"] = finished - start
     run.recorder.save(iteration, model, total.frames, scales, record)
-    if state.top:   # the last coarse iteration (written with its own rotations): the fine search starts from it
-        _start_fine(run, total.frames["top_rotations"])
+    if state.top:   # the last coarse iteration or a fine one: the next fine search is around its top rotations
+        _next_candidates(run, total.frames["top_rotations"], total.frames["mutual_info"], iteration)
     return record
 
 

@@ -64,7 +64,7 @@ def write_iteration(out_dir: Path, iteration: int, model: np.ndarray, frames: di
         "log_likelihood": frames["log_likelihood"],
         "mutual_info": frames["mutual_info"],
     }
-    if "top_rotations" in frames:                         # emc.refine's last coarse iteration: where the fine starts
+    if "top_rotations" in frames:                         # emc.refine: where the next fine search is
         datasets["top_rotations"] = frames["top_rotations"].astype(np.int32)
     if model.ndim == 4:                                   # modes: every volume, and each frame's share of each
         datasets["intensities"] = model.astype(np.float32)
@@ -79,13 +79,14 @@ def write_iteration(out_dir: Path, iteration: int, model: np.ndarray, frames: di
     return path
 
 
-def read_top_rotations(out_dir: Path, iteration: int) -> np.ndarray:
-    """(D, k) int32: each frame's most probable coarse rotations, as ``output_NNN.h5`` of emc.refine's last
-    coarse iteration holds them (a resume after it starts the fine search from them again)."""
+def read_top_rotations(out_dir: Path, iteration: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's most probable rotations (D, k) int32 and its mutual information (D,) float64 (nats), as
+    ``output_NNN.h5`` of an emc.refine iteration holds them (a resume chooses the next fine search from them)."""
     path = out_dir / output_name(iteration)
-    fix = "resume needs the outputs of the coarse iterations; start a new run"
+    fix = "resume needs the last iteration's output_NNN.h5; start a new run"
     with open_hdf5(path, fix) as f:
-        return require_dataset(f, "top_rotations", path, fix)[()].astype(np.int32)
+        return (require_dataset(f, "top_rotations", path, fix)[()].astype(np.int32),
+                require_dataset(f, "mutual_info", path, fix)[()].astype(np.float64))
 
 
 def log_header(info: dict) -> str:

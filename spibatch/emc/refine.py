@@ -1,9 +1,11 @@
 """Coarse-to-fine orientation search: each frame's fine-grid candidates from its best coarse rotations.
 
-After ``refine.after`` iterations on the coarse grid (``emc.num_div``), the step reports each frame's
-``refine.top`` most probable coarse rotations (``frames["top_rotations"]``); :func:`candidates` turns them
-into the rotations of the fine grid (``refine.num_div``) within ``refine.radius`` coarse grid spacings of
-any of them: the only ones that frame searches from then on (:class:`~spibatch.emc.types.Candidates`).
+From the last of ``refine.after`` iterations on the coarse grid (``emc.num_div``) on, the step reports each
+frame's ``refine.top`` most probable rotations (``frames["top_rotations"]``); :func:`candidates` turns
+them into the rotations of the fine grid
+(``refine.num_div``) within ``refine.radius`` coarse grid spacings of any of them: the only ones that frame
+searches in the next iteration (:class:`~spibatch.emc.types.Candidates`). A frame whose mutual information
+was below ``refine.min_info`` (its orientation not known yet) searches the whole fine grid.
 Dragonfly does the same with ``num_div = FINE COARSE`` (a fine rotation belongs to a frame when its
 nearest coarse rotation is one of the frame's relevant ones); the radius here covers that Voronoi cell
 (radius 1 spacing: a little more than the cell) and lets the search reach past it.
@@ -36,11 +38,13 @@ def voronoi_order(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(fine)), nearest % len(coarse))).astype(np.int32)
 
 
-def candidates(top: np.ndarray, coarse: np.ndarray, fine: np.ndarray, radius: float) -> Candidates:
-    """Each frame's fine rotations within ``radius`` coarse grid spacings of one of its ``top`` coarse rotations.
+def candidates(top: np.ndarray, coarse: np.ndarray, fine: np.ndarray, radius: float,
+               centres: np.ndarray | None = None) -> Candidates:
+    """Each frame's fine rotations within ``radius`` coarse grid spacings of one of its ``top`` rotations.
 
-    top (D, k) int: coarse rotation indices (-1: none); coarse (R_c, 4), fine (R_f, 4) unit quaternions.
-    A frame with no coarse rotation at all (every entry -1) searches the whole fine grid.
+    top (D, k) int: indices into ``centres`` (default: the coarse grid; the fine grid after the first fine
+    iteration), -1: none; coarse (R_c, 4), fine (R_f, 4), centres unit quaternions. A frame with no rotation
+    at all (every entry -1) searches the whole fine grid.
     """
     from scipy.spatial import cKDTree
 
@@ -51,8 +55,9 @@ def candidates(top: np.ndarray, coarse: np.ndarray, fine: np.ndarray, radius: fl
     chord = 2 * np.sin(min(angle, np.pi) / 4) * (1 + 1e-9)   # rotations right at the radius (ties) count
     tree = cKDTree(np.concatenate([fine, -fine]))
     used = np.unique(top[top >= 0])
+    centres = coarse if centres is None else centres
     near = {int(c): np.unique(position[np.asarray(hits, np.int64) % len(fine)])
-            for c, hits in zip(used, tree.query_ball_point(coarse[used], chord))}
+            for c, hits in zip(used, tree.query_ball_point(centres[used], chord))}
     everything = np.arange(len(fine), dtype=np.int32)
     parts = []
     for row in top:

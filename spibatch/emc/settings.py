@@ -30,15 +30,17 @@ class BetaSchedule:
 class Refine:
     """Coarse-to-fine orientation search (Dragonfly's ``num_div = FINE COARSE``).
 
-    The first ``after`` iterations search the whole coarse grid (``EMCSettings.num_div``); then each frame
-    keeps its ``top`` most probable coarse rotations, and every later iteration searches, for that frame,
-    only the rotations of the fine grid (``num_div``) within ``radius`` coarse grid spacings of one of them.
+    The first ``after`` iterations search the whole coarse grid (``EMCSettings.num_div``); from then on each
+    iteration searches, for each frame, only the rotations of the fine grid (``num_div``) within ``radius``
+    coarse grid spacings of one of its ``top`` most probable rotations of the iteration before -- or the
+    whole fine grid where the frame's mutual information was below ``min_info`` (nats).
     """
 
     num_div: int
     after: int = 10
     top: int = 4
     radius: float = 1.0
+    min_info: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class EMCSettings:
         refine = values.get("refine")
         if isinstance(refine, dict):
             refine = Refine(int(refine["num_div"]), int(refine.get("after", 10)), int(refine.get("top", 4)),
-                            float(refine.get("radius", 1.0)))
+                            float(refine.get("radius", 1.0)), float(refine.get("min_info", 0.5)))
         return cls(**{**values, "beta": beta if beta == "auto" else float(beta), "beta_schedule": schedule,
                       "start_model": None if start is None else Path(start),
                       "background_file": None if background is None else Path(background), "refine": refine})
@@ -120,7 +122,7 @@ class EMCSettings:
             out["start_model"] = str(self.start_model)
         if self.refine is not None:
             out["refine"] = {"num_div": self.refine.num_div, "after": self.refine.after, "top": self.refine.top,
-                             "radius": self.refine.radius}
+                             "radius": self.refine.radius, "min_info": self.refine.min_info}
         if self.anneal_until is not None:       # a following run's (not a config key)
             out["anneal_until"] = self.anneal_until
         if self.background_file is not None:    # only with a background: checkpoints from before still resume

@@ -56,7 +56,8 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
     model = np.ascontiguousarray(model, np.float64)
     first, nf = shard.first_frame, shard.num_frames
     searched, wanted = None, None
-    if state.candidates is not None:   # coarse-to-fine: only the union of this shard's frames' candidates
+    if state.candidates is not None and not state.candidates.everything(first, nf, len(rotations)):
+        # coarse-to-fine: only the union of this shard's frames' candidates (the plain step where all want all)
         searched, *wanted = state.candidates.for_shard(first, nf)
         rotations = rotations.subset(searched)
     nrot = len(rotations)

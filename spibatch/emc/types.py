@@ -229,6 +229,10 @@ class Candidates:
     pos: np.ndarray
     order: np.ndarray
 
+    def everything(self, first: int, num_frames: int, num_rotations: int) -> bool:
+        """Whether each of frames ``first .. first + num_frames`` searches all ``num_rotations`` rotations."""
+        return bool(np.all(np.diff(self.ptr[first:first + num_frames + 1]) == num_rotations))
+
     def for_shard(self, first: int, num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Frames ``first .. first + num_frames``: ``(rotations (R',) int64: the union of their candidates, in
         position order; frame (n,) int64 counted from first, local (n,) int64 into rotations)``, by frame."""

@@ -244,6 +244,8 @@ CASES: list[Case] = [
     emc("emc-refine-top-zero", ["p.yaml", "emc.refine.top"], emc__iterations=3, emc__refine={"after": 1, "top": 0}),
     emc("emc-refine-radius-negative", ["p.yaml", "emc.refine.radius"], emc__iterations=3,
         emc__refine={"after": 1, "radius": -1}),
+    emc("emc-refine-min-info-negative", ["p.yaml", "emc.refine.min_info"], emc__iterations=3,
+        emc__refine={"after": 1, "min_info": -0.5}),
     emc("emc-model-size-2", ["p.yaml", "emc.model_size"], emc__model_size=2),
     emc("emc-model-size-small", ["p.yaml", "emc.model_size", "smaller than the detector needs"], emc__model_size=5),
     emc("emc-model-size-5000", ["p.yaml", "emc.model_size", "TiB", "of memory"], emc__model_size=5000),
