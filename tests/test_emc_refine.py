@@ -261,3 +261,21 @@ driver.run_emc(cfg, {os.fspath(inputs[0])!r}, {os.fspath(inputs[1])!r}, {os.fspa
         assert np.array_equal(other["orientations"], one["orientations"]), name
         lines = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
         assert [m["num_rot"] for m in lines] == [420, 420, 1380, 1380] and "mean_candidates" in lines[-1], name
+
+
+def test_a_task_gets_only_its_frames_candidates():
+    """HTC: each task's state carries its own frames' candidates, and its step sees what the run's would give."""
+    from spibatch.emc.executors import _task_state
+
+    rng = np.random.default_rng(4)
+    counts = rng.integers(0, 7, 50)
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    whole = Candidates(ptr, rng.integers(0, 30, ptr[-1]).astype(np.int32), rng.permutation(30).astype(np.int32))
+    state = StepState(1, np.ones(50), np.ones(50), candidates=whole)
+    spec = (ShardSpec("p.h5", 0, 10, 20), ShardSpec("p.h5", 10, 15, 30))      # run frames 20..35
+    mine = _task_state(state, spec).candidates
+    assert len(mine.pos) == ptr[35] - ptr[20]
+    for a, b in ((20, 15), (25, 5), (30, 5)):
+        for x, y in zip(mine.for_shard(a, b), whole.for_shard(a, b)):
+            assert np.array_equal(x, y)
+    assert _task_state(StepState(1, np.ones(50), np.ones(50)), spec).candidates is None

@@ -36,6 +36,7 @@ CPU or GPU is chosen once too: :func:`step_function` of the executor's Device.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -185,6 +186,16 @@ class MPIRanks(InProcess):
         return total
 
 
+def _task_state(state: StepState, spec: ShardSpec | tuple[ShardSpec, ...]) -> StepState:
+    """``state`` for one task: with coarse-to-fine candidates, only its frames' (not the run's) travel."""
+    if state.candidates is None:
+        return state
+    specs = (spec,) if isinstance(spec, ShardSpec) else spec
+    first = min(s.first_frame for s in specs)
+    stop = max(s.first_frame + s.num_frames for s in specs)
+    return dataclasses.replace(state, candidates=state.candidates.restricted(first, stop))
+
+
 def _frame_rows(specs: list[ShardSpec], base: int = 0) -> np.ndarray:
     """The run's frame indices (minus ``base``) of ``specs``' frames, in their order."""
     parts = [np.arange(s.first_frame, s.first_frame + s.num_frames) - base for s in specs]
@@ -232,8 +243,8 @@ class Tasks(_OneProcess):
         with atomic_path(model_path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(model, np.float64))
         written = time.perf_counter()
-        futures = [self.submit(shard_task, spec, geometry.spec, str(model_path), state, self.threads, self.device)
-                   for spec in self.specs]
+        futures = [self.submit(shard_task, spec, geometry.spec, str(model_path), _task_state(state, spec),
+                               self.threads, self.device) for spec in self.specs]
         parts = []
         try:
             parts = [f.result() for f in futures]

@@ -229,6 +229,12 @@ class Candidates:
     pos: np.ndarray
     order: np.ndarray
 
+    def restricted(self, first: int, stop: int) -> "Candidates":
+        """Only frames ``first .. stop`` keep their candidates (the others none): what one HTC task needs, a
+        slice of ``pos`` instead of the whole run's."""
+        a, b = self.ptr[first], self.ptr[stop]
+        return Candidates(np.clip(self.ptr, a, b) - a, self.pos[a:b], self.order)
+
     def everything(self, first: int, num_frames: int, num_rotations: int) -> bool:
         """Whether each of frames ``first .. first + num_frames`` searches all ``num_rotations`` rotations."""
         return bool(np.all(np.diff(self.ptr[first:first + num_frames + 1]) == num_rotations))
