@@ -133,3 +133,31 @@ def test_emc_driver_on_the_device_matches_the_cpu_run(emc_small, tmp_path, xp):
     cpu, gpu = outputs["cpu"], outputs["gpu"]
     assert np.abs(gpu - cpu).max() <= 1e-3 * np.abs(cpu).max()
     assert (tmp_path / "gpu" / "output_002.h5").exists() and (tmp_path / "gpu" / "EMC.log").exists()
+
+
+@pytest.mark.parametrize("chunks", [None, (37, 64)])
+def test_gpu_step_searches_each_frames_candidates_as_the_cpu_does(problem, xp, chunks):  # noqa: F811
+    """Coarse-to-fine (emc.refine) on the GPU path: the union of the shard's candidates, the other pairs of each
+    frame left out; the same sums, best and top rotations as the CPU step with the same candidates."""
+    from spibatch.emc.refine import candidates
+    from spibatch.emc.types import Rotations
+
+    detector, pixels, rotations, truth, photons, true_rot = problem
+    shard = Shard.from_photons(photons.select(10, 120), pixels, 10)
+    coarse = Rotations.refined_600_cell(1)
+    rng = np.random.default_rng(5)
+    top = rng.integers(0, len(coarse), (120, 2))
+    found = candidates(top, coarse.quaternions, rotations.quaternions, 1.0)
+    assert np.diff(found.ptr).mean() < len(rotations) / 3
+    state = StepState(1, np.full(120, 0.3), np.linspace(0.8, 1.2, 120), candidates=found, top=3)
+    cpu = shard_step(truth, rotations, pixels, shard, state)
+    frame_chunk, rotation_block = chunks or (None, None)
+    gpu = gpu_shard_step(truth, rotations, pixels, shard, state, device=device_of(xp),
+                         frame_chunk=frame_chunk, rotation_block=rotation_block)
+    for d in range(110):                   # every frame's best and top rotations are among its own candidates
+        mine = set(found.order[found.pos[found.ptr[10 + d]:found.ptr[11 + d]]])
+        assert gpu.frames["best_rotation"][d] in mine
+        assert set(gpu.frames["top_rotations"][d][gpu.frames["top_rotations"][d] >= 0]) <= mine
+    assert np.mean(gpu.frames["top_rotations"][:, 0] == cpu.frames["top_rotations"][:, 0]) >= 0.99
+    cpu.frames.pop("top_rotations"), gpu.frames.pop("top_rotations")
+    assert_same_sums(cpu, gpu, kept_tolerance=0 if xp.name == "numpy" else 1)

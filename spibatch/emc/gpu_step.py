@@ -76,22 +76,36 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
     """
     from spibatch.kernels.emc_gpu import EMCKernels
 
-    if state.candidates is not None or state.top > 0:
-        raise NotImplementedError("emc.refine (coarse-to-fine search) runs in the CPU step only, not on a GPU yet")
+    searched = allowed = None
+    if state.candidates is not None and not state.candidates.everything(shard.first_frame, shard.num_frames,
+                                                                         len(rotations)):
+        # coarse-to-fine: the union of the frames' candidates, each frame's other pairs at -inf (dense on the GPU)
+        searched, w_frame, w_rot = state.candidates.for_shard(shard.first_frame, shard.num_frames)
+        rotations = rotations.subset(searched)
+        allowed = np.zeros((shard.num_frames, len(searched)), bool)
+        allowed[w_frame, w_rot] = True
     device.activate()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
     xp = device.xp
     work = _OnDevice(EMCKernels(device.launch_runtime, xp), xp, model, rotations, pixels, shard)
+    work.allowed, work.top = allowed, state.top
     if budget_bytes is None:
         budget_bytes = int(0.6 * free_bytes(xp, fallback=2 ** 28))
     chunk, block = plan(shard.num_frames, len(rotations), len(pixels.q), budget_bytes)
     work.allocate(frame_chunk or chunk, rotation_block or block)
     results = {k: [] for k in ("scale_denominator", "log_likelihood", "mutual_info", "num_kept", "best_rotation",
                                "best_probability") + (("mode_probabilities",) if rotations.num_volumes > 1 else ())
-               + (("particle_counts",) if pixels.background is not None else ())}
+               + (("particle_counts",) if pixels.background is not None else ())
+               + (("top_rotations",) if state.top > 0 else ())}
     for f0 in range(0, shard.num_frames, work.chunk):
         for key, value in work.frames_step(f0, min(f0 + work.chunk, shard.num_frames), state).items():
             results[key].append(value)
-    return work.sums(results)
+    out = work.sums(results)
+    if searched is not None:           # back to the grid's numbering
+        for key in ("best_rotation", "top_rotations"):
+            if key in out.frames:
+                found = out.frames[key]
+                out.frames[key] = np.where(found >= 0, searched[np.maximum(found, 0)], -1).astype(np.int32)
+    return out
 
 
 class _OnDevice:
@@ -115,6 +129,7 @@ class _OnDevice:
         self.acc = xp.zeros(model.shape + (2,), np.float32)      # (M, M, M, 2), or (V, M, M, M, 2) with modes
         self.mode = xp.asarray(np.ascontiguousarray(rotations.mode, np.int32))
         self.background = None
+        self.allowed, self.top = None, 0    # coarse-to-fine: (D, R) the frames' pairs to keep; top rotations wanted
         if pixels.background is not None:
             self.background = xp.asarray(np.ascontiguousarray(pixels.background, np.float32))
             self.corr_all = xp.asarray(np.ascontiguousarray(pixels.corr, np.float32))
@@ -155,6 +170,8 @@ class _OnDevice:
         synchronize(xp)
         self.clock["transfer"] += perf_counter() - t0
         like = self._likelihood(c, frame_ptr, frame_end, scale, background_scale)
+        if self.allowed is not None:   # the pairs no frame's candidates hold: out of the probabilities
+            like[~xp.asarray(self.allowed[f0:f1])] = -np.inf
         t0 = perf_counter()
         prob = xp.empty_like(like)
         best = xp.empty(c, np.float64)
@@ -162,6 +179,9 @@ class _OnDevice:
         self.kernels.normalize_probabilities(like, beta, PDIFF, PROB_MIN, prob, best, norm)
         out = {"best_rotation": xp.argmax(like, axis=1).astype(np.int32),
                "best_probability": xp.where(norm > 0, 1.0 / xp.where(norm > 0, norm, 1.0), 0.0)}
+        if self.top > 0:               # each frame's most probable rotations, -1 past the ones it kept
+            order = xp.argsort(-prob, axis=1)[:, :self.top]
+            out["top_rotations"] = xp.where(xp.take_along_axis(prob, order, axis=1) > 0, order, -1).astype(np.int32)
         synchronize(xp)
         self.clock["normalize"] += perf_counter() - t0
         out.update(self._merge(like, prob, scale, by_pixel, frame_ptr, frame_end, background_scale))
@@ -217,7 +237,8 @@ class _OnDevice:
             p = prob if n == self.nrot else xp.ascontiguousarray(prob[:, r0:r1])
             p64 = p.astype(np.float64)
             scale_den += p64 @ self.u[r0:r1]
-            log_like += (p64 * like[:, r0:r1]).sum(axis=1)
+            block_like = like[:, r0:r1] if self.allowed is None else xp.where(p64 > 0, like[:, r0:r1], 0.0)
+            log_like += (p64 * block_like).sum(axis=1)
             positive = p64 > 0
             info += xp.where(positive, p64 * (xp.log(xp.where(positive, p64, 1.0)) - self.log_prior[None, r0:r1]),
                              0.0).sum(axis=1)
@@ -276,7 +297,7 @@ class _OnDevice:
             "best_rotation": host["best_rotation"],
             "best_probability": host["best_probability"],
         }
-        for key in ("mode_probabilities", "particle_counts"):
+        for key in ("mode_probabilities", "particle_counts", "top_rotations"):
             if key in host:
                 frames[key] = host[key]
         return ShardSums(shard.first_frame, acc[..., 0].astype(np.float64), acc[..., 1].astype(np.float64), frames,

@@ -58,9 +58,6 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     budget = budget or budget_for()
     gpu = pipeline.device == "gpu"
     refine = settings.refine
-    if refine is not None and gpu:
-        raise InputError("the coarse-to-fine search runs on the CPU only (the GPU step has no candidates yet)",
-                         path=config, field="emc.refine", fix="remove emc.refine, or set device: cpu")
     rotations = orientations(settings.num_div if refine is None else refine.num_div, settings.num_modes,
                              settings.nonrot_modes)
     estimates.emc(found.size, rotations,
