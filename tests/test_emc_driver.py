@@ -109,8 +109,8 @@ def test_ranks_own_contiguous_whole_shards(num_shards, size):
 def test_divergence_stops_naming_the_iteration_and_keeps_earlier_outputs(emc_small, tmp_path, monkeypatch):
     real_finish = driver.finish
 
-    def diverging(total, model, need_scaling, friedel=False):
-        new, scales, metrics = real_finish(total, model, need_scaling, friedel)
+    def diverging(total, model, need_scaling, friedel=False, *background):
+        new, scales, metrics = real_finish(total, model, need_scaling, friedel, *background)
         if len(driver_calls) == 1:
             scales = scales * 1e9
         driver_calls.append(1)
