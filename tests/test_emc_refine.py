@@ -25,10 +25,10 @@ from spibatch.config import EMC
 from spibatch.detector import Detector
 from spibatch.emc import driver
 from spibatch.emc.executors import InProcess
-from spibatch.emc.refine import candidates, grid_spacing
+from spibatch.emc.refine import Candidates, candidates, grid_spacing
 from spibatch.emc.settings import EMCSettings
 from spibatch.emc.step import random_model, shard_step
-from spibatch.emc.types import Candidates, Geometry, ShardSpec, StepState
+from spibatch.emc.types import Geometry, ShardSpec, StepState
 from spibatch.io.results import read_result
 
 

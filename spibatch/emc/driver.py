@@ -35,8 +35,9 @@ from spibatch.emc.checks import Inputs, check_inputs, check_shards, read_start_m
 from spibatch.emc.settings import EMCSettings
 from spibatch.emc.step import default_threads, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
+from spibatch.emc.refine import Candidates
 from spibatch.emc.refine import candidates as refine_candidates
-from spibatch.emc.types import Candidates, Geometry, ShardSpec, StepState, finish
+from spibatch.emc.types import Geometry, ShardSpec, StepState, finish
 from spibatch.errors import InputError
 from spibatch.io.fingerprint import input_fingerprint
 from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name

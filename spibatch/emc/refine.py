@@ -4,7 +4,7 @@ From the last of ``refine.after`` iterations on the coarse grid (``emc.num_div``
 frame's ``refine.top`` most probable rotations (``frames["top_rotations"]``); :func:`candidates` turns
 them into the rotations of the fine grid
 (``refine.num_div``) within ``refine.radius`` coarse grid spacings of any of them: the only ones that frame
-searches in the next iteration (:class:`~spibatch.emc.types.Candidates`). A frame whose mutual information
+searches in the next iteration (:class:`Candidates`). A frame whose mutual information
 was below ``refine.min_info`` (its orientation not known yet) searches the whole fine grid.
 Dragonfly does the same with ``num_div = FINE COARSE`` (a fine rotation belongs to a frame when its
 nearest coarse rotation is one of the frame's relevant ones); the radius here covers that Voronoi cell
@@ -16,9 +16,10 @@ the doubled set {q, -q} is ``2 sin(angle / 4)``, so a ball query of the doubled 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from spibatch.emc.types import Candidates
 
 
 def grid_spacing(quaternions: np.ndarray) -> float:
@@ -67,3 +68,36 @@ def candidates(top: np.ndarray, coarse: np.ndarray, fine: np.ndarray, radius: fl
     np.cumsum([len(p) for p in parts], out=ptr[1:])
     pos = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
     return Candidates(ptr, pos, order)
+
+
+@dataclass
+class Candidates:
+    """Each frame's rotations to search (coarse-to-fine refinement), for all frames of the run.
+
+    ptr (D_total + 1,) int64 into pos (n,) int32: frame d searches the rotations ``order[pos[ptr[d]:ptr[d + 1]]]``
+    (pos ascending per frame); order (R,) int32: the grid's rotations sorted by their nearest coarse rotation,
+    so that a run of positions is one neighbourhood (a block of them is needed by few frames).
+    """
+
+    ptr: np.ndarray
+    pos: np.ndarray
+    order: np.ndarray
+
+    def restricted(self, first: int, stop: int) -> "Candidates":
+        """Only frames ``first .. stop`` keep their candidates (the others none): what one HTC task needs, a
+        slice of ``pos`` instead of the whole run's."""
+        a, b = self.ptr[first], self.ptr[stop]
+        return Candidates(np.clip(self.ptr, a, b) - a, self.pos[a:b], self.order)
+
+    def everything(self, first: int, num_frames: int, num_rotations: int) -> bool:
+        """Whether each of frames ``first .. first + num_frames`` searches all ``num_rotations`` rotations."""
+        return bool(np.all(np.diff(self.ptr[first:first + num_frames + 1]) == num_rotations))
+
+    def for_shard(self, first: int, num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frames ``first .. first + num_frames``: ``(rotations (R',) int64: the union of their candidates, in
+        position order; frame (n,) int64 counted from first, local (n,) int64 into rotations)``, by frame."""
+        ptr = self.ptr[first:first + num_frames + 1]
+        pos = self.pos[ptr[0]:ptr[-1]]
+        union = np.unique(pos)
+        frame = np.repeat(np.arange(num_frames), np.diff(ptr))
+        return self.order[union].astype(np.int64), frame, np.searchsorted(union, pos).astype(np.int64)

@@ -36,13 +36,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from spibatch.detector import MASK_EXCLUDED, MASK_USED, Detector
 from spibatch.emc.rotations import quaternions, rotation_matrices
 from spibatch.photons import Photons
+
+if TYPE_CHECKING:
+    from spibatch.emc.refine import Candidates
 
 PDIFF = 14.0        # keep rotations within PDIFF / beta of the best log-likelihood
 PROB_MIN = 1e-6     # then drop normalised probabilities below this
@@ -214,39 +217,6 @@ class Shard:
         pixel_ptr = np.zeros(num_pixels + 1, np.int64)
         np.cumsum(np.bincount(pixel, minlength=num_pixels), out=pixel_ptr[1:])
         return pixel_ptr, frame[order], self.count[a:b][order]
-
-
-@dataclass
-class Candidates:
-    """Each frame's rotations to search (coarse-to-fine refinement), for all frames of the run.
-
-    ptr (D_total + 1,) int64 into pos (n,) int32: frame d searches the rotations ``order[pos[ptr[d]:ptr[d + 1]]]``
-    (pos ascending per frame); order (R,) int32: the grid's rotations sorted by their nearest coarse rotation,
-    so that a run of positions is one neighbourhood (a block of them is needed by few frames).
-    """
-
-    ptr: np.ndarray
-    pos: np.ndarray
-    order: np.ndarray
-
-    def restricted(self, first: int, stop: int) -> "Candidates":
-        """Only frames ``first .. stop`` keep their candidates (the others none): what one HTC task needs, a
-        slice of ``pos`` instead of the whole run's."""
-        a, b = self.ptr[first], self.ptr[stop]
-        return Candidates(np.clip(self.ptr, a, b) - a, self.pos[a:b], self.order)
-
-    def everything(self, first: int, num_frames: int, num_rotations: int) -> bool:
-        """Whether each of frames ``first .. first + num_frames`` searches all ``num_rotations`` rotations."""
-        return bool(np.all(np.diff(self.ptr[first:first + num_frames + 1]) == num_rotations))
-
-    def for_shard(self, first: int, num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Frames ``first .. first + num_frames``: ``(rotations (R',) int64: the union of their candidates, in
-        position order; frame (n,) int64 counted from first, local (n,) int64 into rotations)``, by frame."""
-        ptr = self.ptr[first:first + num_frames + 1]
-        pos = self.pos[ptr[0]:ptr[-1]]
-        union = np.unique(pos)
-        frame = np.repeat(np.arange(num_frames), np.diff(ptr))
-        return self.order[union].astype(np.int64), frame, np.searchsorted(union, pos).astype(np.int64)
 
 
 @dataclass
