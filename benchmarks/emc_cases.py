@@ -169,8 +169,9 @@ def run_spibatch(case: dict, work: Path, iterations: int, threads: int, num_div:
     start = time.perf_counter()
     if not run.emc_output(iterations).exists():   # kept from an earlier run of this script
         shutil.rmtree(run.path, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "spibatch", "-q", "emc", str(config), "--out", str(work / "run")],
-                       env=env, check=True)
+        # cwd: ``python -m`` puts the working folder first on sys.path, ahead of PYTHONPATH (SPIBATCH_CODE)
+        subprocess.run([sys.executable, "-m", "spibatch", "-q", "emc", str(config.resolve()), "--out",
+                        str((work / "run").resolve())], env=env, check=True, cwd=code)
     lines = [json.loads(x) for x in run.emc_metrics.read_text().splitlines() if x.strip()]
     return {"output": run.emc_output(iterations), "wall_s": time.perf_counter() - start,
             "times": [x["time_s"] for x in lines]}
