@@ -35,8 +35,7 @@ from spibatch.emc.checks import Inputs, check_inputs, check_shards, read_start_m
 from spibatch.emc.settings import EMCSettings
 from spibatch.emc.step import default_threads, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
-from spibatch.emc.refine import Candidates
-from spibatch.emc.refine import candidates as refine_candidates
+from spibatch.emc.refine import Candidates, CandidateSearch
 from spibatch.emc.types import Geometry, ShardSpec, StepState, finish
 from spibatch.errors import InputError
 from spibatch.io.fingerprint import input_fingerprint
@@ -72,6 +71,7 @@ class Run:
     fine: Geometry | None = None            # emc.refine: the fine grid's geometry
     candidates: Candidates | None = None    # ... and each frame's fine rotations, once the coarse iterations end
     whole_grid: int = 0                     # ... the frames among them that search the whole fine grid
+    search: CandidateSearch | None = None   # ... and what choosing them shares from iteration to iteration
 
     @property
     def num_frames(self) -> int:
@@ -188,8 +188,10 @@ def _next_candidates(run: Run, top: np.ndarray, info: np.ndarray, iteration: int
     began = perf_counter()
     centres = run.geometry if iteration == refine.after else run.fine
     top = np.where((info >= refine.min_info)[:, None], top, -1)
-    run.candidates = refine_candidates(top, run.geometry.rotations.quaternions, run.fine.rotations.quaternions,
-                                       refine.radius, centres.rotations.quaternions)
+    if run.search is None:
+        run.search = CandidateSearch(run.geometry.rotations.quaternions, run.fine.rotations.quaternions,
+                                     refine.radius)
+    run.candidates = run.search.choose(top, centres.rotations.quaternions)
     run.recorder.quaternions = run.fine.rotations.quaternions   # the records name fine rotations from now on
     per_frame = np.diff(run.candidates.ptr)
     run.whole_grid = int((top[:, 0] < 0).sum())

@@ -86,8 +86,7 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
         allowed[w_frame, w_rot] = True
     device.activate()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
     xp = device.xp
-    work = _OnDevice(EMCKernels(device.launch_runtime, xp), xp, model, rotations, pixels, shard)
-    work.allowed, work.top = allowed, state.top
+    work = _OnDevice(EMCKernels(device.launch_runtime, xp), xp, model, rotations, pixels, shard, allowed, state.top)
     if budget_bytes is None:
         budget_bytes = int(0.6 * free_bytes(xp, fallback=2 ** 28))
     chunk, block = plan(shard.num_frames, len(rotations), len(pixels.q), budget_bytes)
@@ -111,7 +110,8 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
 class _OnDevice:
     """One shard step's arrays on the device, its buffers and its clock (seconds per phase)."""
 
-    def __init__(self, kernels, xp, model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard):
+    def __init__(self, kernels, xp, model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard,
+                 allowed: np.ndarray | None = None, top: int = 0):
         self.kernels, self.xp, self.shard = kernels, xp, shard
         self.clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0, "transfer": 0.0}
         t0 = perf_counter()
@@ -129,7 +129,7 @@ class _OnDevice:
         self.acc = xp.zeros(model.shape + (2,), np.float32)      # (M, M, M, 2), or (V, M, M, M, 2) with modes
         self.mode = xp.asarray(np.ascontiguousarray(rotations.mode, np.int32))
         self.background = None
-        self.allowed, self.top = None, 0    # coarse-to-fine: (D, R) the frames' pairs to keep; top rotations wanted
+        self.allowed, self.top = allowed, top   # coarse-to-fine: (D, R) bool, the pairs to keep; top rotations wanted
         if pixels.background is not None:
             self.background = xp.asarray(np.ascontiguousarray(pixels.background, np.float32))
             self.corr_all = xp.asarray(np.ascontiguousarray(pixels.corr, np.float32))

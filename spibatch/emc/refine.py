@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-
 def grid_spacing(quaternions: np.ndarray) -> float:
     """The median angle (radians) between a rotation of the grid and its nearest neighbour."""
     from scipy.spatial import cKDTree
@@ -39,35 +38,45 @@ def voronoi_order(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(fine)), nearest % len(coarse))).astype(np.int32)
 
 
+class CandidateSearch:
+    """What every iteration's :meth:`choose` shares, built once a run: the fine grid sorted by its nearest
+    coarse rotation, a ball tree of the fine grid and the search radius (``radius`` coarse grid spacings)."""
+
+    def __init__(self, coarse: np.ndarray, fine: np.ndarray, radius: float):
+        from scipy.spatial import cKDTree
+
+        self.coarse, self.num_fine = coarse, len(fine)
+        self.order = voronoi_order(coarse, fine)
+        self.position = np.empty(len(fine), np.int32)
+        self.position[self.order] = np.arange(len(fine), dtype=np.int32)
+        angle = radius * grid_spacing(coarse)
+        self.chord = 2 * np.sin(min(angle, np.pi) / 4) * (1 + 1e-9)   # rotations right at the radius count
+        self.tree = cKDTree(np.concatenate([fine, -fine]))
+
+    def choose(self, top: np.ndarray, centres: np.ndarray | None = None) -> "Candidates":
+        """Each frame's fine rotations within the radius of one of its ``top`` (D, k) rotations: indices into
+        ``centres`` (unit quaternions; default the coarse grid, the fine grid after the first fine iteration),
+        -1: none; a frame with none at all searches the whole fine grid."""
+        used = np.unique(top[top >= 0])
+        centres = self.coarse if centres is None else centres
+        near = {int(c): np.unique(self.position[np.asarray(hits, np.int64) % self.num_fine])
+                for c, hits in zip(used, self.tree.query_ball_point(centres[used], self.chord))}
+        everything = np.arange(self.num_fine, dtype=np.int32)
+        parts = []
+        for row in top:
+            found = [near[int(c)] for c in row if c >= 0]
+            parts.append(np.unique(np.concatenate(found)) if found else everything)
+        ptr = np.zeros(len(top) + 1, np.int64)
+        np.cumsum([len(p) for p in parts], out=ptr[1:])
+        pos = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+        return Candidates(ptr, pos, self.order)
+
+
 def candidates(top: np.ndarray, coarse: np.ndarray, fine: np.ndarray, radius: float,
-               centres: np.ndarray | None = None) -> Candidates:
-    """Each frame's fine rotations within ``radius`` coarse grid spacings of one of its ``top`` rotations.
-
-    top (D, k) int: indices into ``centres`` (default: the coarse grid; the fine grid after the first fine
-    iteration), -1: none; coarse (R_c, 4), fine (R_f, 4), centres unit quaternions. A frame with no rotation
-    at all (every entry -1) searches the whole fine grid.
-    """
-    from scipy.spatial import cKDTree
-
-    order = voronoi_order(coarse, fine)
-    position = np.empty(len(fine), np.int32)
-    position[order] = np.arange(len(fine), dtype=np.int32)
-    angle = radius * grid_spacing(coarse)
-    chord = 2 * np.sin(min(angle, np.pi) / 4) * (1 + 1e-9)   # rotations right at the radius (ties) count
-    tree = cKDTree(np.concatenate([fine, -fine]))
-    used = np.unique(top[top >= 0])
-    centres = coarse if centres is None else centres
-    near = {int(c): np.unique(position[np.asarray(hits, np.int64) % len(fine)])
-            for c, hits in zip(used, tree.query_ball_point(centres[used], chord))}
-    everything = np.arange(len(fine), dtype=np.int32)
-    parts = []
-    for row in top:
-        found = [near[int(c)] for c in row if c >= 0]
-        parts.append(np.unique(np.concatenate(found)) if found else everything)
-    ptr = np.zeros(len(top) + 1, np.int64)
-    np.cumsum([len(p) for p in parts], out=ptr[1:])
-    pos = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
-    return Candidates(ptr, pos, order)
+               centres: np.ndarray | None = None) -> "Candidates":
+    """One :meth:`CandidateSearch.choose`: top (D, k) int, coarse (R_c, 4), fine (R_f, 4) unit quaternions,
+    radius in coarse grid spacings."""
+    return CandidateSearch(coarse, fine, radius).choose(top, centres)
 
 
 @dataclass

@@ -231,30 +231,16 @@ def _merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d
 
     nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
     block = MERGE_BLOCK
-    photons_per_frame = np.diff(shard.ptr)
     inv_corr = (1.0 / pixels.corr).astype(np.float32)
     q_t = np.ascontiguousarray(pixels.q.T, np.float32)
     csc = None                                          # the by-pixel form, built when a dense block needs it
-    # Entries come in likelihood-block order, and likelihood blocks divide merge blocks: r // block is sorted.
-    starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
     sums = np.zeros(int(np.prod(shape)) * 2, np.float32)   # float32: half the cache footprint, 1.4x faster
     views = np.empty((block, npix), np.float32)         # rotation-major, float32 like the accumulators
     dense_prob = np.empty((nf, block), np.float32)
-    for k, r0 in enumerate(range(0, nrot, block)):
-        r1 = min(r0 + block, nrot)
+    for r0, r1, bd, br, bp, sparse in _merge_blocks(nrot, d, r, prob, shard):
         n = r1 - r0
-        sel = slice(starts[k], starts[k + 1])
-        if starts[k] == starts[k + 1]:
-            continue
-        bd, br, bp = d[sel], r[sel] - r0, prob[sel]
-        sparse_cost = photons_per_frame[bd].sum()
-        dense_cost = (shard.num_entries + nf) * n
-        if 8 * sparse_cost < dense_cost:   # the dense kernel's inner loop is SIMD; the sparse one scatters
-            by_rot = np.argsort(br, kind="stable")
-            rot_ptr = np.zeros(n + 1, np.int64)
-            np.cumsum(np.bincount(br, minlength=n), out=rot_ptr[1:])
-            weighted_photons_sparse(rot_ptr, bd[by_rot].astype(np.int64), bp[by_rot], shard.ptr,
-                                    shard.pixel, shard.count, inv_corr, views[:n])
+        if sparse is not None:
+            weighted_photons_sparse(*sparse, shard.ptr, shard.pixel, shard.count, inv_corr, views[:n])
         else:
             block_prob = dense_prob[:, :n]
             block_prob[:] = 0.0
@@ -266,6 +252,30 @@ def _merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d
                     slots)
     sums = sums.reshape(shape + (2,))
     return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64)
+
+
+def _merge_blocks(nrot: int, d: np.ndarray, r: np.ndarray, prob: np.ndarray, shard: Shard):
+    """The merge's blocks of MERGE_BLOCK rotations that hold kept entries: ``(r0, r1, frame, rotation - r0,
+    prob, sparse)``, ``sparse`` None where the dense kernel is cheaper (many frames share the block's
+    rotations: its inner loop is SIMD), else the entries by rotation ``(rot_ptr (n + 1,) int64, frame (k,)
+    int64, prob (k,))`` for the scattering kernel.  Entries come in likelihood-block order, and likelihood
+    blocks divide merge blocks: ``r // MERGE_BLOCK`` is sorted."""
+    block, nf = MERGE_BLOCK, shard.num_frames
+    photons_per_frame = np.diff(shard.ptr)
+    starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
+    for k, r0 in enumerate(range(0, nrot, block)):
+        if starts[k] == starts[k + 1]:
+            continue
+        r1 = min(r0 + block, nrot)
+        sel = slice(starts[k], starts[k + 1])
+        bd, br, bp = d[sel], r[sel] - r0, prob[sel]
+        sparse = None
+        if 8 * photons_per_frame[bd].sum() < (shard.num_entries + nf) * (r1 - r0):
+            by_rot = np.argsort(br, kind="stable")
+            rot_ptr = np.zeros(r1 - r0 + 1, np.int64)
+            np.cumsum(np.bincount(br, minlength=r1 - r0), out=rot_ptr[1:])
+            sparse = (rot_ptr, bd[by_rot].astype(np.int64), bp[by_rot])
+        yield r0, r1, bd, br, bp, sparse
 
 
 def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
@@ -287,11 +297,9 @@ def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: 
     flat = np.ascontiguousarray(model, np.float32).reshape(-1)
     corr = pixels.corr.astype(np.float32)
     block = MERGE_BLOCK
-    photons_per_frame = np.diff(shard.ptr)
     inv_corr = (1.0 / pixels.corr).astype(np.float32)
     q_t = np.ascontiguousarray(pixels.q.T, np.float32)
     csc = None
-    starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
     sums = np.zeros(int(np.prod(shape)) * 2, np.float32)
     views = np.empty((block, npix), np.float32)
     model_views = np.empty((block, npix), np.float32)
@@ -300,24 +308,14 @@ def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: 
     dense_prob_buf = np.empty(nf * block, np.float32)
     particle = np.zeros(nf)
     particle_rows = np.zeros((numba.config.NUMBA_NUM_THREADS, nf))    # the dense kernel's, one row per thread
-    for k, r0 in enumerate(range(0, nrot, block)):
-        r1 = min(r0 + block, nrot)
+    for r0, r1, bd, br, bp, sparse in _merge_blocks(nrot, d, r, prob, shard):
         n = r1 - r0
-        sel = slice(starts[k], starts[k + 1])
-        if starts[k] == starts[k + 1]:
-            continue
         views_by_rotation(flat, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, corr, model_views[:n],
                           view_sum[:n])
-        bd, br, bp = d[sel], r[sel] - r0, prob[sel]
-        sparse_cost = photons_per_frame[bd].sum()
-        dense_cost = (shard.num_entries + nf) * n
-        if 8 * sparse_cost < dense_cost:
-            by_rot = np.argsort(br, kind="stable")
-            rot_ptr = np.zeros(n + 1, np.int64)
-            np.cumsum(np.bincount(br, minlength=n), out=rot_ptr[1:])
-            frame_of = bd[by_rot].astype(np.int64)
+        if sparse is not None:
+            rot_ptr, frame_of, prob_of = sparse
             entry_particle = np.empty(len(frame_of))
-            weighted_photons_sparse_bg(rot_ptr, frame_of, bp[by_rot], shard.ptr, shard.used_end, shard.pixel,
+            weighted_photons_sparse_bg(rot_ptr, frame_of, prob_of, shard.ptr, shard.used_end, shard.pixel,
                                        shard.count, inv_corr, model_views[:n], scale, bgs, bg_rows, tiny, views[:n],
                                        entry_particle)
             particle += np.bincount(frame_of, entry_particle, nf)

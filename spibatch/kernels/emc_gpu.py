@@ -13,6 +13,14 @@ import numpy as np
 from spibatch.kernels.cuda_launch import BLOCK, Launcher, check
 
 
+def _check_photons(frame_ptr, frame_end, pixel, count, nframes: int) -> None:
+    """The sparse photons of ``nframes`` frames, as every by-frame kernel takes them (CSR by frame)."""
+    check("frame_ptr", frame_ptr, np.int64, (nframes + 1,))
+    check("frame_end", frame_end, np.int64, (nframes,))
+    check("pixel", pixel, np.int32)
+    check("count", count, np.float32, pixel.shape)
+
+
 class EMCKernels:
     """Kernels on one device; ``xp`` is cupy (numpy only for argument tests with a recording runtime)."""
 
@@ -62,10 +70,7 @@ class EMCKernels:
         npix, nrot = log_views.shape
         nframes = frame_end.shape[0]
         check("log_views", log_views, np.float32)
-        check("frame_ptr", frame_ptr, np.int64, (nframes + 1,))
-        check("frame_end", frame_end, np.int64, (nframes,))
-        check("pixel", pixel, np.int32)
-        check("count", count, np.float32, pixel.shape)
+        _check_photons(frame_ptr, frame_end, pixel, count, nframes)
         check("log_prior", log_prior, np.float64, (nrot,))
         check("scale", scale, np.float64, (nframes,))
         check("view_sum", view_sum, np.float64, (nrot,))
@@ -118,10 +123,7 @@ class EMCKernels:
         npix, nrot = views.shape
         nframes = frame_end.shape[0]
         check("views", views, np.float32)
-        check("frame_ptr", frame_ptr, np.int64, (nframes + 1,))
-        check("frame_end", frame_end, np.int64, (nframes,))
-        check("pixel", pixel, np.int32)
-        check("count", count, np.float32, pixel.shape)
+        _check_photons(frame_ptr, frame_end, pixel, count, nframes)
         check("log_prior", log_prior, np.float64, (nrot,))
         check("scale", scale, np.float64, (nframes,))
         check("background_scale", background_scale, np.float64, (nframes,))
@@ -156,10 +158,7 @@ class EMCKernels:
         """out (D,) float64 += sum_r prob x the particle share of each frame's used photons; views (T_used, R)."""
         nframes, nrot = prob.shape
         check("prob", prob, np.float32)
-        check("frame_ptr", frame_ptr, np.int64, (nframes + 1,))
-        check("frame_end", frame_end, np.int64, (nframes,))
-        check("pixel", pixel, np.int32)
-        check("count", count, np.float32, pixel.shape)
+        _check_photons(frame_ptr, frame_end, pixel, count, nframes)
         check("views", views, np.float32)
         check("scale", scale, np.float64, (nframes,))
         check("background_scale", background_scale, np.float64, (nframes,))
