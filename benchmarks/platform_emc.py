@@ -1,6 +1,7 @@
 """EMC on the medium shared data set through the real Slurm cluster: HPC mode vs HTC mode, 2 workers.
 
     python3 benchmarks/platform_emc.py [--iterations 3] [--frames-per-shard 1000] [--out DIR] [--data DIR]
+                                       [--modes hpc,htc] [--merge per_rotation|pooled]
 
 Runs ``spibatch run PIPELINE --site SITE --until emc`` twice on the single-node cluster
 (.ci/slurm-up.sh; 2 CPUs): emc_mode hpc (``spibatch emc`` as one MPI job of 2 ranks x 1
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 MEDIUM = REPO.parent / "shared" / "datasets" / "dragonfly-medium"
 PIPELINE = """name: bench-medium
 emc: {{photons: {photons}, detector: {detector}, num_div: 5, iterations: {iterations}, frames_per_shard: {fps},
-       beta_schedule: {{factor: 2.0, period: 10}}, need_scaling: true}}
+       beta_schedule: {{factor: 2.0, period: 10}}, need_scaling: true, merge: {merge}}}
 """
 SITE = """name: bench-slurm
 provider: slurm
@@ -46,7 +47,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--frames-per-shard", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("bench-platform-emc"))
-    parser.add_argument("--modes", default="hpc,htc")
+    parser.add_argument("--modes", default="hpc,htc", help="hpc, htc, or both (comma-separated)")
+    parser.add_argument("--merge", default="per_rotation", choices=["per_rotation", "pooled"],
+                        help="emc.merge (per_rotation: HTC mode runs two rounds of tasks per iteration)")
     parser.add_argument("--data", type=Path, default=MEDIUM, help="the data set's folder (photons.emc, det_sim.h5)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -55,7 +58,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     pipeline = args.out / "pipeline.yaml"
     pipeline.write_text(PIPELINE.format(photons=args.data / "photons.emc", detector=args.data / "det_sim.h5",
-                                        iterations=args.iterations, fps=args.frames_per_shard))
+                                        iterations=args.iterations, fps=args.frames_per_shard,
+                                        merge=args.merge))
     env = dict(os.environ, PYTHONPATH=str(REPO), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     result = {}
     for mode in args.modes.split(","):

@@ -126,7 +126,9 @@ class EMC(Section):
     beta_schedule: BetaSchedule | None = Field(default_factory=BetaSchedule,
                                                description="multiply beta by factor every period iterations; null: constant")
     need_scaling: bool = Field(True, description="fit a scale factor per frame")
-    friedel_symmetry: bool = Field(False, description="average the model with its centrosymmetric copy every iteration")
+    friedel_symmetry: bool = Field(True, description="average the model with its centrosymmetric copy every "
+                                   "iteration (Friedel's law, I(q) = I(-q): no anomalous scattering); Dragonfly always "
+                                   "does in 3-D; false: leave the model as merged")
     point_group: str | None = Field(None, description="average the model over the particle's point group every "
                                     "iteration: C<n>, D<n> (n-fold axis along z), T, O or I; null: none")
     seed: int = Field(1, ge=0, description="seed of the random start model")
@@ -152,6 +154,13 @@ class EMC(Section):
                                        "scale (dimensionless, starts at 1) every iteration; false: keep 1")
     refine: Refine | None = Field(None, description="coarse-to-fine orientation search: num_div (the fine grid), "
                                   "after (coarse iterations first), top, radius; null: the emc.num_div grid throughout")
+    merge: Literal["per_rotation", "pooled"] = Field(
+        "per_rotation", description="how the frames' photons become the model: 'per_rotation' (Dragonfly's: each "
+        "rotation's mean view, its photons over its summed weight, then the rotations' views averaged with equal "
+        "weights) or 'pooled' (each voxel: all views' photons over all their weights, the EM update)")
+    merge_floor: float = Field(0.0, ge=0, description="per_rotation: a rotation's mean view counts W / (W + "
+                               "merge_floor), W its weight (about the frames that saw it, at mean scale 1): 0 "
+                               "(Dragonfly's) counts every rotation any frame kept fully")
 
     @field_validator("point_group")
     @classmethod

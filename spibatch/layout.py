@@ -75,7 +75,8 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.h5"
 HTC_DIR = "htc"
 HTC_TIMING = "timing.jsonl"      # in htc/: one line per HTC iteration (where the time went)
-HTC_SCRATCH_RE = re.compile(r"^(?:model_\d{3,}|sums_\d{3,}_\d{9,}|total_\d{3,}_\d{3,})\.npy$")   # htc/'s scratch
+HTC_SCRATCH_RE = re.compile(r"^(?:(?:model_\d{3,}|sums_\d{3,}_\d{9,}|total_\d{3,}_\d{3,})\.npy"
+                            r"|expect_\d{3,}_\d{9,}\.npz)$")   # htc/'s scratch
 OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
 HALF_DIRS = ("half_1", "half_2")  # gold-standard half sets: frames 0, 2, 4, ... and 1, 3, 5, ...
 HALF_PHOTONS = "photons.h5"      # in each half's folder: its frames, a Dragonfly photons file
@@ -125,6 +126,12 @@ def htc_sums_name(iteration: int, first_frame: int) -> str:
     """``sums_NNN_FFFFFFFFF.npy``: the partial sums an HTC task wrote for iteration ``iteration``, its shard's
     frames starting at run frame ``first_frame`` (in ``htc/``)."""
     return f"sums_{iteration:03d}_{first_frame:09d}.npy"
+
+
+def htc_expectation_name(iteration: int, first_frame: int) -> str:
+    """``expect_NNN_FFFFFFFFF.npz``: an HTC task's kept probabilities for iteration ``iteration`` (the per-rotation
+    merge's first half; its second half merges them), its frames starting at run frame ``first_frame``."""
+    return f"expect_{iteration:03d}_{first_frame:09d}.npz"
 
 
 def htc_total_name(iteration: int, slab: int) -> str:

@@ -220,13 +220,16 @@ def resume_record(settings: EMCSettings, inputs: Inputs, photons, detector) -> d
 DATA_KEYS = {"photons_fingerprint": "photons", "detector_fingerprint": "detector"}
 
 
+PRE_MERGE = {"merge": "pooled", "merge_floor": 0.0}   # what a checkpoint from before emc.merge was computed with
+
+
 def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path, photons, detector, *,
                      growing: bool = False) -> None:
     """InputError (one line) unless ``checkpoint`` (:func:`records.read_checkpoint`) was computed with the
     settings and from the data of ``recorded`` (:func:`resume_record`) for ``num_frames`` frames (``growing``:
     a run that takes shards as they come, e.g. a follow's chunks: for at most ``num_frames``, the frames there
     are now).  A checkpoint written before the fingerprints were recorded is not asked for them."""
-    saved = checkpoint["settings"]
+    saved = {**PRE_MERGE, **checkpoint["settings"]}
     for key, name in DATA_KEYS.items():
         if key in saved and saved[key] != recorded.get(key):
             path = photons if name == "photons" else detector
@@ -320,7 +323,8 @@ def iterate(run: Run, executor, iteration: int) -> dict:
     fine = refine is not None and iteration > refine.after
     geometry = run.fine if fine else run.geometry
     state = StepState(iteration, beta, run.scales, run.background_scales, run.candidates if fine else None,
-                      refine.top if refine is not None and iteration >= refine.after else 0)
+                      refine.top if refine is not None and iteration >= refine.after else 0, settings.merge,
+                      settings.merge_floor)
     total = executor.step(run.model, geometry, state)
     stepped = perf_counter()
     combine_s = total.timings.pop("combine", 0.0)

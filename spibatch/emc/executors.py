@@ -26,7 +26,8 @@ returns a small record, and reduce tasks add them in frame order, slab by slab o
 are added in frame order in every case, so with the same ``frames_per_shard`` and threads per step the
 three give the same model (MPI: to the order of the ranks' partial sums, measured identical).  Where a
 Tasks iteration's time goes is appended to ``scratch_dir/timing.jsonl``: ``broadcast_s`` (model written),
-``wait_s`` (submit to last result), ``task_s`` (longest task, its own clock), ``load_model_s`` (longest model
+``wait_s`` (submit to last result; with the per-rotation merge ``weights_s`` of it, the
+first round of tasks: every shard's rotation weights, summed here before the merging round), ``task_s`` (longest task, its own clock), ``load_model_s`` (longest model
 read), ``write_sums_s`` (longest sums write), ``result_s`` (last task's end to its record here), ``reduce_s``
 (last record to the total: ``reduce_tasks`` slab tasks, the longest ``reduce_task_s``, ``gather_s`` reading
 the total here), ``sums_bytes``.
@@ -39,29 +40,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import time
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from spibatch.emc import htc_sums, mpi
-from spibatch.emc.gpu_step import gpu_shard_step
-from spibatch.emc.step import shard_step, warm_up
-from spibatch.emc.types import Geometry, GeometrySpec, Shard, ShardSpec, ShardSums, StepState
+from spibatch.emc.htc_tasks import (_first, peak_count, prepare_task, shard_task, step_function, weights_function,
+                                    weights_task)
+from spibatch.emc.step import expectation_from, rotation_factor
+from spibatch.emc.types import Geometry, Shard, ShardSpec, ShardSums, StepState
 from spibatch.io.atomic import atomic_path
 from spibatch.kernels.device import CPU, Device
-from spibatch.layout import HTC_TIMING, htc_model_name
+from spibatch.layout import HTC_TIMING, htc_expectation_name, htc_model_name
 
 log = logging.getLogger("spibatch")
 
 TIMING = HTC_TIMING               # in scratch_dir: one line per Tasks iteration
-
-
-def step_function(device: Device) -> Callable[..., ShardSums]:
-    """The shard step for ``device``: ``fn(model, rotations, pixels, shard, state) -> ShardSums``."""
-    return partial(gpu_shard_step, device=device) if device.is_gpu else shard_step
 
 
 def run_shards(step, model: np.ndarray, geometry: Geometry, shards: list[Shard], state: StepState) -> ShardSums:
@@ -86,9 +83,21 @@ def run_shards(step, model: np.ndarray, geometry: Geometry, shards: list[Shard],
     return total
 
 
-def peak_count(shards: list[Shard]) -> float:
-    """The largest photon count in one pixel of ``shards`` (1 when they hold no photons)."""
-    return max((float(s.count.max()) for s in shards if len(s.count)), default=1.0)
+def _spill(shard: Shard, folder: Path) -> None:
+    """Move the expectation kept on ``shard`` into ``folder`` (one .npz per shard)."""
+    expected = shard.__dict__.pop("_expectation")
+    with open(folder / f"{shard.first_frame:09d}.npz", "wb") as fh:
+        np.savez(fh, **expected.arrays())
+
+
+def _unspilled(step, folder: Path, model, rotations, pixels, shard: Shard, state: StepState) -> ShardSums:
+    """``step`` on ``shard`` with its expectation back from ``folder`` where :func:`_spill` put it."""
+    path = folder / f"{shard.first_frame:09d}.npz"
+    if path.exists():
+        with np.load(path) as arrays:
+            shard.__dict__["_expectation"] = expectation_from(arrays)
+        path.unlink()
+    return step(model, rotations, pixels, shard, state)
 
 
 class _OneProcess:
@@ -110,6 +119,7 @@ class InProcess(_OneProcess):
         self.device = device
         self.shards: list[Shard] = []
         self._step = step_function(device)
+        self._weights = weights_function(device)
 
     def add_shards(self, specs: list[ShardSpec], geometry: Geometry, join: int = 0) -> tuple[np.ndarray, float]:
         if not self.shards:
@@ -129,9 +139,30 @@ class InProcess(_OneProcess):
         return counts, peak
 
     def step(self, model: np.ndarray, geometry: Geometry, state: StepState) -> ShardSums:
-        total = run_shards(self._step, model, geometry, self.shards, state)
-        total.timings["combine"] = 0.0
+        if state.merge != "per_rotation" or state.rotation_factor is not None:
+            total = run_shards(self._step, model, geometry, self.shards, state)
+            total.timings["combine"] = 0.0
+            return total
+        # the per-rotation merge: every shard's rotation weights first; the kept probabilities of all but the
+        # last shard wait on disk (all of them in memory would outgrow data + model + one shard's at scale)
+        shards = sorted(self.shards, key=lambda s: s.first_frame)
+        local = np.zeros(len(geometry.rotations))
+        with tempfile.TemporaryDirectory(prefix="spibatch-expect-") as spill:
+            for k, shard in enumerate(shards):
+                local += self._weights(model, geometry.rotations, geometry.pixels, shard, state)
+                if k < len(shards) - 1 and "_expectation" in shard.__dict__:
+                    _spill(shard, Path(spill))
+            began = time.perf_counter()
+            state = dataclasses.replace(state, rotation_factor=rotation_factor(self._all_weights(local),
+                                                                                        state.merge_floor))
+            combine = time.perf_counter() - began
+            total = run_shards(partial(_unspilled, self._step, Path(spill)), model, geometry, shards, state)
+        total.timings["combine"] = combine
         return total
+
+    def _all_weights(self, local: np.ndarray) -> np.ndarray:
+        """The rotations' weights over every frame of the run from this process's (R,)."""
+        return local
 
 
 class MPIRanks(InProcess):
@@ -175,9 +206,14 @@ class MPIRanks(InProcess):
             self.held[r].extend(s for s, o in zip(specs, owners) if o == r)
         return out, max(self.comm.allgather(peak))
 
+    def _all_weights(self, local: np.ndarray) -> np.ndarray:
+        total = np.empty_like(local)
+        self.comm.Allreduce(local, total)
+        return total
+
     def step(self, model: np.ndarray, geometry: Geometry, state: StepState) -> ShardSums:
         local = super().step(model, geometry, state)
-        began = time.perf_counter()
+        began = time.perf_counter() - local.timings.pop("combine", 0.0)
         rows = _frame_rows([s for held in self.held for s in sorted(held, key=lambda s: s.first_frame)])
         in_order = np.array_equal(rows, np.arange(len(rows)))
         total = mpi.combine(self.comm, local, [sum(s.num_frames for s in held) for held in self.held],
@@ -243,10 +279,19 @@ class Tasks(_OneProcess):
         with atomic_path(model_path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(model, np.float64))
         written = time.perf_counter()
-        futures = [self.submit(shard_task, spec, geometry.spec, str(model_path), _task_state(state, spec),
-                               self.threads, self.device) for spec in self.specs]
-        parts = []
+        parts, weighed = [], 0.0
         try:
+            if state.merge == "per_rotation" and state.rotation_factor is None:
+                weighed = time.perf_counter()       # first half: every task's rotation weights, summed here
+                futures = [self.submit(weights_task, spec, geometry.spec, str(model_path), _task_state(state, spec),
+                                       self.threads, self.device) for spec in self.specs]
+                weights = np.zeros(len(geometry.rotations))
+                for f in futures:
+                    weights += f.result()
+                state = dataclasses.replace(state, rotation_factor=rotation_factor(weights, state.merge_floor))
+                weighed = time.perf_counter() - weighed
+            futures = [self.submit(shard_task, spec, geometry.spec, str(model_path), _task_state(state, spec),
+                                   self.threads, self.device) for spec in self.specs]
             parts = [f.result() for f in futures]
             waited, arrived = time.perf_counter(), time.time()
             last_end = max(p.timings.pop("ended_at") for p in parts)
@@ -257,70 +302,15 @@ class Tasks(_OneProcess):
         finally:
             htc_sums.remove_parts(parts)
             model_path.unlink(missing_ok=True)
+            for spec in self.specs:            # the per-rotation merge's, where a task failed before its merge
+                (self.dir / htc_expectation_name(state.iteration, _first(spec))).unlink(missing_ok=True)
         reduced = time.perf_counter()
         total.timings["combine"] = reduced - waited
         record = {"iteration": state.iteration, "tasks": len(parts), "broadcast_s": written - began,
-                  "wait_s": waited - written, "task_s": slowest, "load_model_s": load, "write_sums_s": write,
+                  "wait_s": waited - written, "weights_s": weighed, "task_s": slowest, "load_model_s": load,
+                  "write_sums_s": write,
                   "result_s": max(0.0, arrived - last_end),
                   "reduce_s": reduced - waited, **cost, "step_s": reduced - began}
         with open(self.dir / TIMING, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         return total
-
-
-# ------------------------------------------------------------------ what a Tasks worker runs
-
-@lru_cache(maxsize=2)
-def _geometry(recipe: GeometrySpec) -> Geometry:
-    return recipe.build()
-
-
-@lru_cache(maxsize=4)
-def _shard(spec: ShardSpec, recipe: GeometrySpec) -> Shard:
-    return spec.load(_geometry(recipe).pixels)
-
-
-@lru_cache(maxsize=4)
-def _shards(specs: tuple[ShardSpec, ...], recipe: GeometrySpec) -> Shard:
-    """The frames of ``specs`` (shards that follow each other) as one shard."""
-    return _shard(specs[0], recipe) if len(specs) == 1 else Shard.joined([_shard(s, recipe) for s in specs])
-
-
-def _threads(threads: int) -> None:
-    import numba
-
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-
-
-def prepare_task(spec: ShardSpec, recipe: GeometrySpec, threads: int) -> tuple[np.ndarray, float]:
-    """Read one shard (and keep it in this worker); return its frames' photon counts (D,) and peak count.
-
-    Also compiles / loads the kernels, so that the first iteration's time is the iteration's.
-    """
-    _threads(threads)
-    warm_up(background=recipe.background_file is not None)
-    shard = _shard(spec, recipe)
-    return shard.counts, peak_count([shard])
-
-
-def shard_task(spec: ShardSpec | tuple[ShardSpec, ...], recipe: GeometrySpec, model_path: str, state: StepState,
-               threads: int, device: Device = CPU) -> htc_sums.Part:
-    """The shard step of ``spec``'s frames (a shard, or shards that follow each other) on the model in ``model_path`` (.npy, (M, M, M) float64, or
-    (V, M, M, M) with modes); its sums written beside the model (:func:`spibatch.emc.htc_sums.write_part`),
-    the small record returned.
-
-    ``timings`` also holds ``load_model_s``, ``write_sums_s``, ``task_s`` (this task's own seconds) and
-    ``ended_at`` (its end, seconds since the epoch: how long the record took to reach the driver)."""
-    began = time.perf_counter()
-    _threads(threads)
-    model = np.load(model_path)
-    loaded = time.perf_counter()
-    geometry = _geometry(recipe)
-    shard = _shard(spec, recipe) if isinstance(spec, ShardSpec) else _shards(tuple(spec), recipe)
-    sums = step_function(device)(model, geometry.rotations, geometry.pixels, shard, state)
-    del model
-    sums.timings["load_model_s"] = loaded - began
-    part = htc_sums.write_part(Path(model_path).parent, state.iteration, sums)
-    part.timings["task_s"] = time.perf_counter() - began
-    part.timings["ended_at"] = time.time()
-    return part

@@ -66,17 +66,29 @@ def _by_pixel(shard: Shard, f0: int, f1: int, num_pix: int):
     return cache[key]
 
 
+def gpu_shard_weights(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, state: StepState,
+                      *, device, **sizes) -> np.ndarray:
+    """The per-rotation merge's first half on the device: the shard's rotations' weights sum_d P_dr scale_d (R,)
+    float64 in the grid's numbering.  Nothing is kept: the second half (:func:`gpu_shard_step` with
+    ``state.rotation_factor``) computes the likelihood again (a (frames, rotations) array per chunk would not
+    stay on the device at scale)."""
+    return gpu_shard_step(model, rotations, pixels, shard, state, device=device, weights_only=True, **sizes)
+
+
 def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, state: StepState, *,
                    device, frame_chunk: int | None = None, rotation_block: int | None = None,
-                   budget_bytes: int | None = None) -> ShardSums:
+                   budget_bytes: int | None = None, weights_only: bool = False):
     """Expand, likelihood, probabilities and merge for one shard on the device: its partial sums (numpy).
 
     model (M, M, M) >= 0; device: a GPU :class:`~spibatch.kernels.device.Device` (this process takes its
     GPU on the first call).  frame_chunk / rotation_block override :func:`plan` (tests use small ones).
+    With ``state.rotation_factor`` (the per-rotation merge) each rotation's weighted photons and weight are
+    multiplied by its factor; ``weights_only``: no merge, the rotations' weights (R,) returned instead.
     """
     from spibatch.kernels.emc_gpu import EMCKernels
 
     searched = allowed = None
+    num_grid = len(rotations)
     if state.candidates is not None and not state.candidates.everything(shard.first_frame, shard.num_frames,
                                                                          len(rotations)):
         # coarse-to-fine: the union of the frames' candidates, each frame's other pairs at -inf (dense on the GPU)
@@ -87,6 +99,11 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
     device.activate()          # this process's GPU (local rank / CUDA_VISIBLE_DEVICES), chosen once
     xp = device.xp
     work = _OnDevice(EMCKernels(device.launch_runtime, xp), xp, model, rotations, pixels, shard, allowed, state.top)
+    factor = state.rotation_factor
+    if factor is not None and not weights_only:
+        work.factor = xp.asarray(factor if searched is None else factor[searched])
+    if weights_only:
+        work.weights = xp.zeros(len(rotations), np.float64)
     if budget_bytes is None:
         budget_bytes = int(0.6 * free_bytes(xp, fallback=2 ** 28))
     chunk, block = plan(shard.num_frames, len(rotations), len(pixels.q), budget_bytes)
@@ -98,6 +115,13 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
     for f0 in range(0, shard.num_frames, work.chunk):
         for key, value in work.frames_step(f0, min(f0 + work.chunk, shard.num_frames), state).items():
             results[key].append(value)
+    if weights_only:
+        found = to_host(work.weights)
+        if searched is None:
+            return found
+        weights = np.zeros(num_grid)
+        weights[searched] = found
+        return weights
     out = work.sums(results)
     if searched is not None:           # back to the grid's numbering
         for key in ("best_rotation", "top_rotations"):
@@ -130,6 +154,8 @@ class _OnDevice:
         self.mode = xp.asarray(np.ascontiguousarray(rotations.mode, np.int32))
         self.background = None
         self.allowed, self.top = allowed, top   # coarse-to-fine: (D, R) bool, the pairs to keep; top rotations wanted
+        self.factor = None       # the per-rotation merge: (R,) each rotation's factor (views and weight)
+        self.weights = None      # weights only: (R,) float64, the rotations' weights summed here, nothing merged
         if pixels.background is not None:
             self.background = xp.asarray(np.ascontiguousarray(pixels.background, np.float32))
             self.corr_all = xp.asarray(np.ascontiguousarray(pixels.corr, np.float32))
@@ -247,8 +273,16 @@ class _OnDevice:
                 block_mode = self.rotations.mode[r0:r1]
                 for k in np.unique(block_mode):
                     mode_prob[:, k] += p64[:, xp.asarray(np.flatnonzero(block_mode == k))].sum(axis=1)
-            weight_of_rot = (scale @ p64).astype(np.float32)
+            weight_of_rot = scale @ p64
             del p64, positive
+            if self.weights is not None:
+                self.weights[r0:r1] += weight_of_rot
+                synchronize(xp)
+                self.clock["normalize"] += perf_counter() - t0
+                continue
+            if self.factor is not None:
+                weight_of_rot *= self.factor[r0:r1]
+            weight_of_rot = weight_of_rot.astype(np.float32)
             synchronize(xp)
             t1 = perf_counter()
             views = self.view_buf[:self.num_pix * n].reshape(self.num_pix, n)
@@ -268,6 +302,8 @@ class _OnDevice:
                                                 background_scale, self.background[a:b], TINY, views[a:b])
                 if self.inv_corr is not None:          # photons / corr: the model is free of the detector
                     views[a:b] *= self.inv_corr[a:b, None]
+                if self.factor is not None:
+                    views[a:b] *= self.factor[None, r0:r1].astype(np.float32)
                 kernels.merge_views(self.acc, self.rotmats[r0:r1], self.mode[r0:r1], self.q_all[a:b], views[a:b],
                                     weight_of_rot)
             synchronize(xp)

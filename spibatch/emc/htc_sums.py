@@ -191,8 +191,7 @@ def remove_scratch(folder: str | os.PathLike) -> list[str]:
     gone = []
     for path in Path(folder).glob("*"):
         name = path.name
-        temporary = name.startswith(".") and name.endswith(".part") and HTC_SCRATCH_RE.match(name[1:].split(".npy")[0]
-                                                                                              + ".npy")
+        temporary = name.startswith(".") and name.endswith(".part") and HTC_SCRATCH_RE.match(name[1:].rsplit(".", 2)[0])
         if path.is_file() and (HTC_SCRATCH_RE.match(name) or temporary):
             path.unlink(missing_ok=True)
             gone.append(name)

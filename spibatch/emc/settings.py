@@ -14,7 +14,8 @@ import numpy as np
 
 # what must not change between a run and its resumption, as the checkpoint records it (with the data's sizes)
 RESUME_KEYS = ("num_div", "beta", "beta_factor", "beta_schedule", "need_scaling", "friedel_symmetry", "point_group",
-               "seed", "frames_per_shard", "start_model", "detector_corr", "num_modes", "nonrot_modes", "refine")
+               "seed", "frames_per_shard", "start_model", "detector_corr", "num_modes", "nonrot_modes", "refine",
+               "merge", "merge_floor")
 INPUT_KEYS = ("photons", "detector")   # in the config's section, not in the settings
 
 
@@ -60,7 +61,8 @@ class EMCSettings:
     schedule's last iteration, beta stays as it is there after it (None: it grows as long as the run; a
     following run, whose iterations have no set end, anneals as a batch run of ``emc.iterations`` would and
     then holds beta);
-    refine: a :class:`Refine` (coarse-to-fine orientation search) or None.
+    refine: a :class:`Refine` (coarse-to-fine orientation search) or None; merge: "per_rotation" or "pooled"
+    (:class:`spibatch.emc.types.StepState`).
     """
 
     num_div: int = 4
@@ -69,7 +71,7 @@ class EMCSettings:
     beta_factor: float = 1.0
     beta_schedule: BetaSchedule | None = BetaSchedule()
     need_scaling: bool = True
-    friedel_symmetry: bool = False
+    friedel_symmetry: bool = True
     point_group: str | None = None
     seed: int = 1
     frames_per_shard: int = 4096
@@ -83,6 +85,8 @@ class EMCSettings:
     fit_background_scale: bool = True
     anneal_until: int | None = None
     refine: Refine | None = None
+    merge: str = "per_rotation"
+    merge_floor: float = 0.0
 
     @property
     def num_volumes(self) -> int:

@@ -4,9 +4,11 @@ What it computes is in :mod:`spibatch.emc.types`.  Here, per block of ``rotation
 rotations: the views' logs (float32, pixel-major), the likelihood of every frame of the shard,
 the running best per frame and the entries within ``PDIFF / beta`` of it, kept as sparse
 (frame, rotation, value) triplets -- no dense frames x rotations array outlives one block;
-then the probabilities are normalised and pruned in one pass, and the photons weighted by them
-are merged into 3-D per block of ``MERGE_BLOCK`` rotations (a dense SIMD kernel where many
-frames share a block's rotations, a sparse scatter where few do).  The GPU twin of this
+then the probabilities are normalised and pruned in one pass (an :class:`Expectation`), and the
+photons weighted by them are merged into 3-D (:mod:`spibatch.emc.merge`).  The per-rotation merge
+needs every frame's rotation weights first: :func:`shard_weights` computes a shard's and keeps its
+expectation on the shard, and the executor's next :func:`shard_step` with ``state.rotation_factor``
+only merges it.  The GPU twin of this
 function is :func:`spibatch.emc.gpu_step.gpu_shard_step`; which of the two runs is chosen once,
 by :func:`spibatch.emc.executors.step_function`.
 
@@ -19,15 +21,16 @@ path without a background runs the same kernels as before.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from time import perf_counter
 
 import numpy as np
 
 from spibatch.detector import Detector
+from spibatch.emc.merge import MERGE_BLOCK, merge, merge_with_background
 from spibatch.emc.types import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
 from spibatch.photons import Photons
 
-MERGE_BLOCK = 256   # rotations per merge block (long SIMD rows in the dense weighted-photon kernel)
 REFINE_BLOCK = int(os.environ.get("SPIBATCH_REFINE_BLOCK", 32))   # likelihood block of a coarse-to-fine search
 
 
@@ -49,32 +52,127 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
 
     model (M, M, M) float64 (the current model, >= 0), or (V, M, M, M) with modes (``rotations.mode`` says
     which volume each orientation slices; the frames' ``mode_probabilities`` (D, V) are then summed too);
-    rotation_block: rotations per likelihood block (default :func:`rotation_block_size`).
+    rotation_block: rotations per likelihood block (default :func:`rotation_block_size`).  With
+    ``state.rotation_factor`` (the per-rotation merge, :func:`shard_weights` first) the expectation
+    :func:`shard_weights` kept on the shard is merged, if it is this iteration's; else it is computed.
     """
+    model = np.ascontiguousarray(model, np.float64)
+    expected = kept_expectation(shard, state) or _expect(model, rotations, pixels, shard, state, rotation_block)
+    return _maximize(model, rotations, pixels, shard, state, expected)
+
+
+def shard_weights(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard,
+                  state: StepState, *, rotation_block: int | None = None, keep: bool = True) -> np.ndarray:
+    """The per-rotation merge's first half for one shard: its rotations' weights sum_d P_dr scale_d, (R,)
+    float64 in the grid's numbering (0 for rotations no frame of the shard kept).  ``keep``: the expectation
+    stays on the shard for this iteration's :func:`shard_step` (which then only merges)."""
+    model = np.ascontiguousarray(model, np.float64)
+    expected = _expect(model, rotations, pixels, shard, state, rotation_block)
+    if keep:
+        shard.__dict__["_expectation"] = expected
+    return expected.grid_weights(len(rotations))
+
+
+def rotation_factor(weights: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """The per-rotation merge's factors from the rotations' weights summed over all frames (R,):
+    1 / (weight + floor), 0 where a rotation has none (a rotation's view then counts weight / (weight + floor))."""
+    weights = np.asarray(weights, np.float64)
+    out = np.zeros_like(weights)
+    np.divide(1.0, weights + floor, out=out, where=weights > 0)
+    return out
+
+
+@dataclass
+class Expectation:
+    """One shard's E step: kept (frame, rotation, P) entries (rotation numbered in ``searched``, the grid's
+    rotations the shard searched, None: all), the per-rotation weights sum_d P scale_d (n_searched,), the frames'
+    sums and the phases' seconds so far; ``iteration``: the step it belongs to."""
+
+    iteration: int
+    searched: np.ndarray | None
+    frame: np.ndarray
+    rotation: np.ndarray
+    prob: np.ndarray
+    weight_of_rot: np.ndarray
+    frames: dict
+    clock: dict
+
+    def grid_weights(self, num_rot: int) -> np.ndarray:
+        """weight_of_rot in the grid's numbering: (num_rot,) float64."""
+        if self.searched is None:
+            return self.weight_of_rot.astype(np.float64, copy=True)
+        out = np.zeros(num_rot)
+        out[self.searched] = self.weight_of_rot
+        return out
+
+    def arrays(self) -> dict:
+        """Everything as named arrays (an HTC task's file, :func:`expectation_from`)."""
+        out = {"iteration": np.int64(self.iteration), "frame": self.frame, "rotation": self.rotation,
+               "prob": self.prob, "weight_of_rot": self.weight_of_rot,
+               "clock": np.array([self.clock.get(k, 0.0) for k in CLOCK])}
+        if self.searched is not None:
+            out["searched"] = self.searched
+        out.update({f"frames/{k}": v for k, v in self.frames.items()})
+        return out
+
+
+CLOCK = ("expand", "likelihood", "normalize", "merge")
+
+
+def expectation_from(arrays) -> Expectation:
+    """The inverse of :meth:`Expectation.arrays` (a mapping of arrays, e.g. an opened .npz)."""
+    return Expectation(int(arrays["iteration"]), arrays["searched"] if "searched" in arrays else None,
+                       arrays["frame"], arrays["rotation"], arrays["prob"], arrays["weight_of_rot"],
+                       {k[len("frames/"):]: arrays[k] for k in arrays if k.startswith("frames/")},
+                       dict(zip(CLOCK, (float(x) for x in arrays["clock"]))))
+
+
+def kept_expectation(shard: Shard, state: StepState) -> Expectation | None:
+    """The expectation :func:`shard_weights` left on ``shard`` for this iteration (taken off), else None."""
+    expected = shard.__dict__.pop("_expectation", None)
+    if expected is None or state.rotation_factor is None or expected.iteration != state.iteration:
+        return None
+    return expected
+
+
+def _searched(rotations: Rotations, shard: Shard, state: StepState):
+    """Coarse-to-fine: (the grid's rotations this shard searches, [frame, rotation] wanted pairs), or (None, None)
+    where every frame wants every rotation (the plain step)."""
+    if state.candidates is None or state.candidates.everything(shard.first_frame, shard.num_frames,
+                                                               len(rotations)):
+        return None, None
+    searched, *wanted = state.candidates.for_shard(shard.first_frame, shard.num_frames)
+    return searched, wanted
+
+
+def _background(pixels: PixelSet, state: StepState, first: int, nf: int) -> tuple | None:
+    """(the frames' background scales (D,) float64, the pixels' background (T,) float32), or None."""
+    if pixels.background is None:
+        return None
+    bgs = state.background_scales
+    return (np.ascontiguousarray(np.ones(nf) if bgs is None else bgs[first:first + nf], np.float64),
+            pixels.background.astype(np.float32))
+
+
+def _expect(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, state: StepState,
+            rotation_block: int | None) -> Expectation:
+    """Expand, likelihood and probabilities of one shard: its :class:`Expectation`."""
     from spibatch.kernels.emc_cpu import normalize_probabilities
 
-    model = np.ascontiguousarray(model, np.float64)
     first, nf = shard.first_frame, shard.num_frames
-    searched, wanted = None, None
-    if state.candidates is not None and not state.candidates.everything(first, nf, len(rotations)):
-        # coarse-to-fine: only the union of this shard's frames' candidates (the plain step where all want all)
-        searched, *wanted = state.candidates.for_shard(first, nf)
+    searched, wanted = _searched(rotations, shard, state)
+    if searched is not None:
         rotations = rotations.subset(searched)
     nrot = len(rotations)
     beta = state.beta[first:first + nf]
     scale = state.scales[first:first + nf]
-    background = None
-    if pixels.background is not None:
-        bgs = state.background_scales
-        background = (np.ascontiguousarray(np.ones(nf) if bgs is None else bgs[first:first + nf], np.float64),
-                      pixels.background.astype(np.float32))
     window = PDIFF / beta
     log_prior = np.log(rotations.weights)
-    slots = _threads()
     clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0}
     u, best, best_rot, d, r, value = _kept_likelihoods(model, rotations, pixels, shard, scale, window, log_prior,
                                                        rotation_block or _block(pixels.num_used, wanted),
-                                                       slots, clock, background, wanted)
+                                                       _threads(), clock, _background(pixels, state, first, nf),
+                                                       wanted)
     t0 = perf_counter()
     norm, scale_den, log_like, info = (np.empty(nf) for _ in range(4))
     num_kept = np.empty(nf, np.int32)
@@ -102,15 +200,33 @@ def shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard:
         volumes = rotations.num_volumes
         frames["mode_probabilities"] = np.bincount(d.astype(np.int64) * volumes + rotations.mode[r], prob,
                                                    nf * volumes).reshape(nf, volumes)
+    clock["normalize"] += perf_counter() - t0
+    return Expectation(state.iteration, searched, d, r, prob, weight_of_rot, frames, clock)
+
+
+def _maximize(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, state: StepState,
+              expected: Expectation) -> ShardSums:
+    """Merge one shard's expectation: its :class:`ShardSums`.  With ``state.rotation_factor`` (R,) (the
+    per-rotation merge: 1 / each rotation's weight summed over all frames, 0 where none) each rotation's
+    weighted photons and weight are multiplied by its factor."""
+    searched, frames, clock = expected.searched, dict(expected.frames), dict(expected.clock)
+    factor = state.rotation_factor
+    if searched is not None:
+        rotations = rotations.subset(searched)
+        factor = None if factor is None else factor[searched]
+    d, r, prob = expected.frame, expected.rotation, expected.prob
+    background = _background(pixels, state, shard.first_frame, shard.num_frames)
     t1 = perf_counter()
     if background is None:
-        numerator, denominator = _merge(model.shape, rotations, pixels, shard, d, r, prob, weight_of_rot, slots)
+        numerator, denominator = merge(model.shape, rotations, pixels, shard, d, r, prob, expected.weight_of_rot,
+                                        _threads(), factor)
     else:
-        numerator, denominator, frames["particle_counts"] = _merge_bg(model, rotations, pixels, shard, d, r, prob,
-                                                                     weight_of_rot, slots, scale, background)
-    clock["normalize"] += t1 - t0
+        scale = state.scales[shard.first_frame:shard.first_frame + shard.num_frames]
+        numerator, denominator, frames["particle_counts"] = merge_with_background(model, rotations, pixels, shard, d, r, prob,
+                                                                     expected.weight_of_rot, _threads(), scale,
+                                                                     background, factor)
     clock["merge"] += perf_counter() - t1
-    return ShardSums(first, numerator, denominator, frames, clock)
+    return ShardSums(shard.first_frame, numerator, denominator, frames, clock)
 
 
 def top_rotations(frame: np.ndarray, rot: np.ndarray, prob: np.ndarray, num_frames: int, top: int) -> np.ndarray:
@@ -216,123 +332,6 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
     out = np.concatenate(parts)
     parts.clear()
     return out
-
-
-def _merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
-           prob: np.ndarray, weight_of_rot: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Maximize: photons weighted by P (divided by the pixel's corr) and the weights P * scale, merged into 3-D
-    per rotation block.
-
-    Each block's weighted photons come from a dense kernel (SIMD over
-    rotations) when many frames share its rotations, from a sparse one
-    (scatter per kept entry) when few do.
-    """
-    from spibatch.kernels.emc_cpu import merge_views, weighted_photons_dense, weighted_photons_sparse
-
-    nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
-    block = MERGE_BLOCK
-    inv_corr = (1.0 / pixels.corr).astype(np.float32)
-    q_t = np.ascontiguousarray(pixels.q.T, np.float32)
-    csc = None                                          # the by-pixel form, built when a dense block needs it
-    sums = np.zeros(int(np.prod(shape)) * 2, np.float32)   # float32: half the cache footprint, 1.4x faster
-    views = np.empty((block, npix), np.float32)         # rotation-major, float32 like the accumulators
-    dense_prob = np.empty((nf, block), np.float32)
-    for r0, r1, bd, br, bp, sparse in _merge_blocks(nrot, d, r, prob, shard):
-        n = r1 - r0
-        if sparse is not None:
-            weighted_photons_sparse(*sparse, shard.ptr, shard.pixel, shard.count, inv_corr, views[:n])
-        else:
-            block_prob = dense_prob[:, :n]
-            block_prob[:] = 0.0
-            block_prob[bd, br] = bp
-            if csc is None:
-                csc = shard.by_pixel(npix)
-            weighted_photons_dense(block_prob, *csc, inv_corr, views[:n])
-        merge_views(sums, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, views[:n], weight_of_rot[r0:r1],
-                    slots)
-    sums = sums.reshape(shape + (2,))
-    return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64)
-
-
-def _merge_blocks(nrot: int, d: np.ndarray, r: np.ndarray, prob: np.ndarray, shard: Shard):
-    """The merge's blocks of MERGE_BLOCK rotations that hold kept entries: ``(r0, r1, frame, rotation - r0,
-    prob, sparse)``, ``sparse`` None where the dense kernel is cheaper (many frames share the block's
-    rotations: its inner loop is SIMD), else the entries by rotation ``(rot_ptr (n + 1,) int64, frame (k,)
-    int64, prob (k,))`` for the scattering kernel.  Entries come in likelihood-block order, and likelihood
-    blocks divide merge blocks: ``r // MERGE_BLOCK`` is sorted."""
-    block, nf = MERGE_BLOCK, shard.num_frames
-    photons_per_frame = np.diff(shard.ptr)
-    starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
-    for k, r0 in enumerate(range(0, nrot, block)):
-        if starts[k] == starts[k + 1]:
-            continue
-        r1 = min(r0 + block, nrot)
-        sel = slice(starts[k], starts[k + 1])
-        bd, br, bp = d[sel], r[sel] - r0, prob[sel]
-        sparse = None
-        if 8 * photons_per_frame[bd].sum() < (shard.num_entries + nf) * (r1 - r0):
-            by_rot = np.argsort(br, kind="stable")
-            rot_ptr = np.zeros(r1 - r0 + 1, np.int64)
-            np.cumsum(np.bincount(br, minlength=r1 - r0), out=rot_ptr[1:])
-            sparse = (rot_ptr, bd[by_rot].astype(np.int64), bp[by_rot])
-        yield r0, r1, bd, br, bp, sparse
-
-
-def _merge_bg(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
-              prob: np.ndarray, weight_of_rot: np.ndarray, slots: int, scale: np.ndarray, background: tuple
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_merge` with a background: each photon weighted by its expected particle share
-    ``s V / (s V + b B)`` (the block's views of all pixels recomputed); also the frames' particle photons
-    on used pixels (D,) float64 (``particle_counts``)."""
-    import numba
-
-    from spibatch.kernels.emc_cpu import merge_views, views_by_rotation
-    from spibatch.kernels.emc_cpu_bg import weighted_photons_dense_bg, weighted_photons_sparse_bg
-
-    shape = model.shape
-    nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
-    bgs, bg_rows = background
-    scale32, bgs32 = scale.astype(np.float32), bgs.astype(np.float32)
-    tiny = np.float32(TINY)
-    flat = np.ascontiguousarray(model, np.float32).reshape(-1)
-    corr = pixels.corr.astype(np.float32)
-    block = MERGE_BLOCK
-    inv_corr = (1.0 / pixels.corr).astype(np.float32)
-    q_t = np.ascontiguousarray(pixels.q.T, np.float32)
-    csc = None
-    sums = np.zeros(int(np.prod(shape)) * 2, np.float32)
-    views = np.empty((block, npix), np.float32)
-    model_views = np.empty((block, npix), np.float32)
-    model_views_t_buf = np.empty(npix * block, np.float32)     # flat: C-contiguous (npix, n) views, as above
-    view_sum = np.empty(block)
-    dense_prob_buf = np.empty(nf * block, np.float32)
-    particle = np.zeros(nf)
-    particle_rows = np.zeros((numba.config.NUMBA_NUM_THREADS, nf))    # the dense kernel's, one row per thread
-    for r0, r1, bd, br, bp, sparse in _merge_blocks(nrot, d, r, prob, shard):
-        n = r1 - r0
-        views_by_rotation(flat, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, corr, model_views[:n],
-                          view_sum[:n])
-        if sparse is not None:
-            rot_ptr, frame_of, prob_of = sparse
-            entry_particle = np.empty(len(frame_of))
-            weighted_photons_sparse_bg(rot_ptr, frame_of, prob_of, shard.ptr, shard.used_end, shard.pixel,
-                                       shard.count, inv_corr, model_views[:n], scale, bgs, bg_rows, tiny, views[:n],
-                                       entry_particle)
-            particle += np.bincount(frame_of, entry_particle, nf)
-        else:
-            block_prob = dense_prob_buf[:nf * n].reshape(nf, n)
-            block_prob[:] = 0.0
-            block_prob[bd, br] = bp
-            if csc is None:
-                csc = shard.by_pixel(npix)
-            model_views_t = model_views_t_buf[:npix * n].reshape(npix, n)
-            model_views_t[...] = model_views[:n].T
-            weighted_photons_dense_bg(block_prob, *csc, inv_corr, model_views_t, scale32, bgs32, bg_rows, tiny,
-                                      pixels.num_used, views[:n], particle_rows)
-        merge_views(sums, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, views[:n], weight_of_rot[r0:r1],
-                    slots)
-    sums = sums.reshape(shape + (2,))
-    return sums[..., 0].astype(np.float64), sums[..., 1].astype(np.float64), particle + particle_rows.sum(axis=0)
 
 
 def default_threads() -> int:

@@ -228,6 +228,12 @@ class StepState:
     per-frame background scales ``b_d`` when the pixels carry a background, else None; candidates: None
     (every frame searches every rotation) or each frame's own (:class:`Candidates`, coarse-to-fine refinement); top: > 0 asks the step
     for each frame's ``top`` most probable rotations (``frames["top_rotations"]`` (D, top) int32, -1 padded).
+    merge: "pooled" (each voxel: all views' weighted photons over all their weights, the EM update) or
+    "per_rotation" (Dragonfly's: each rotation's mean view -- its photons over its weight summed over all
+    frames -- then the rotations' views averaged with equal weights); rotation_factor: (R,) float64, the
+    per-rotation merge's 1 / each rotation's weight over all frames (0 where none), which the executor sums
+    by the executor from every shard's :func:`~spibatch.emc.step.shard_weights` before the merge (None: not
+    yet, or pooled).
     """
 
     iteration: int
@@ -236,6 +242,9 @@ class StepState:
     background_scales: np.ndarray | None = None
     candidates: Candidates | None = None
     top: int = 0
+    merge: str = "pooled"
+    merge_floor: float = 0.0
+    rotation_factor: np.ndarray | None = None
 
 
 @dataclass
