@@ -59,6 +59,21 @@ def _shards(specs: tuple[ShardSpec, ...], recipe: GeometrySpec) -> Shard:
     return _shard(specs[0], recipe) if len(specs) == 1 else Shard.joined([_shard(s, recipe) for s in specs])
 
 
+_last_model: list = [None, None]     # (path, size, mtime) and the array this worker read last
+
+
+def _model(path: str) -> np.ndarray:
+    """The model in ``path`` (.npy); the one this worker read last again if the file is the same (the
+    per-rotation merge's two rounds of tasks read one model per iteration: a worker that runs both reads it
+    once)."""
+    stat = Path(path).stat()
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if _last_model[0] != key:
+        _last_model[:] = [None, None]       # the old one goes before the new one is read
+        _last_model[:] = [key, np.load(path)]
+    return _last_model[1]
+
+
 def _threads(threads: int) -> None:
     import numba
 
@@ -86,7 +101,7 @@ def shard_task(spec: ShardSpec | tuple[ShardSpec, ...], recipe: GeometrySpec, mo
     ``ended_at`` (its end, seconds since the epoch: how long the record took to reach the driver)."""
     began = time.perf_counter()
     _threads(threads)
-    model = np.load(model_path)
+    model = _model(model_path)
     loaded = time.perf_counter()
     geometry = _geometry(recipe)
     shard = _shard(spec, recipe) if isinstance(spec, ShardSpec) else _shards(tuple(spec), recipe)
@@ -96,7 +111,6 @@ def shard_task(spec: ShardSpec | tuple[ShardSpec, ...], recipe: GeometrySpec, mo
             shard.__dict__["_expectation"] = expectation_from(arrays)
         kept.unlink()
     sums = step_function(device)(model, geometry.rotations, geometry.pixels, shard, state)
-    del model
     sums.timings["load_model_s"] = loaded - began
     part = htc_sums.write_part(Path(model_path).parent, state.iteration, sums)
     part.timings["task_s"] = time.perf_counter() - began
@@ -110,7 +124,7 @@ def weights_task(spec: ShardSpec | tuple[ShardSpec, ...], recipe: GeometrySpec, 
     CPU the kept probabilities are written beside the model for this iteration's :func:`shard_task` to merge
     (a task may run on another worker)."""
     _threads(threads)
-    model = np.load(model_path)
+    model = _model(model_path)
     geometry = _geometry(recipe)
     shard = _shard(spec, recipe) if isinstance(spec, ShardSpec) else _shards(tuple(spec), recipe)
     weights = weights_function(device)(model, geometry.rotations, geometry.pixels, shard, state)
