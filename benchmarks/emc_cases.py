@@ -10,7 +10,9 @@ the case's frames, mean photons, fluence jitter and beam stop (or, "wide", 10x l
 at the edge, where solid angle x polarization vary by 30 %); the seed changes the particle,
 the orientations and the photons.  Both tools then run with the same parameters (num_div,
 need_scaling, Dragonfly's automatic beta, beta x2 every 10 iterations, 30 iterations); each
-``--variant NAME='{"key": value}'`` adds a spibatch run with those EMC settings changed.
+``--variant NAME='{"key": value}'`` adds a spibatch run with those EMC settings changed.  Dragonfly adds
+the merge sums at q and -q in every 3-D reconstruction (its update_model); spibatch's default
+(``friedel_symmetry: true``) does too since 2026-12-05, so rows before that compared unlike settings.
 
 Measured per run against the truth the simulator kept:
 

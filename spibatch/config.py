@@ -154,13 +154,10 @@ class EMC(Section):
                                        "scale (dimensionless, starts at 1) every iteration; false: keep 1")
     refine: Refine | None = Field(None, description="coarse-to-fine orientation search: num_div (the fine grid), "
                                   "after (coarse iterations first), top, radius; null: the emc.num_div grid throughout")
-    merge: Literal["per_rotation", "pooled"] = Field(
-        "per_rotation", description="how the frames' photons become the model: 'per_rotation' (Dragonfly's: each "
-        "rotation's mean view, its photons over its summed weight, then the rotations' views averaged with equal "
-        "weights) or 'pooled' (each voxel: all views' photons over all their weights, the EM update)")
-    merge_floor: float = Field(0.0, ge=0, description="per_rotation: a rotation's mean view counts W / (W + "
-                               "merge_floor), W its weight (about the frames that saw it, at mean scale 1): 0 "
-                               "(Dragonfly's) counts every rotation any frame kept fully")
+    merge: Literal["pooled", "per_rotation"] = Field(
+        "pooled", description="how the frames' photons become the model: 'pooled' (each voxel: all views' photons "
+        "over all their weights, the EM update) or 'per_rotation' (Dragonfly's: each rotation's mean view, its "
+        "photons over its weight summed over all frames, then the rotations' views averaged with equal weights)")
 
     @field_validator("point_group")
     @classmethod

@@ -116,7 +116,8 @@ def test_emc_section_paths_beta_and_defaults(tmp_path):
     default = Pipeline().emc
     assert default.beta == "auto" and default.beta_factor == 1.0 and default.frames_per_shard == 4096
     assert (default.beta_schedule.factor, default.beta_schedule.period) == (2.0, 10)
-    assert default.photons is None and default.model_size is None and default.friedel_symmetry is False
+    assert default.photons is None and default.model_size is None
+    assert default.friedel_symmetry is True and default.merge == "pooled"     # as Dragonfly in 3-D; the EM update
     assert load_pipeline(write(tmp_path, "emc: {beta: auto}\n")).emc.beta == "auto"
 
 

@@ -220,7 +220,7 @@ def resume_record(settings: EMCSettings, inputs: Inputs, photons, detector) -> d
 DATA_KEYS = {"photons_fingerprint": "photons", "detector_fingerprint": "detector"}
 
 
-PRE_MERGE = {"merge": "pooled", "merge_floor": 0.0}   # what a checkpoint from before emc.merge was computed with
+PRE_MERGE = {"merge": "pooled"}   # what a checkpoint from before emc.merge was computed with
 
 
 def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path, photons, detector, *,
@@ -323,8 +323,7 @@ def iterate(run: Run, executor, iteration: int) -> dict:
     fine = refine is not None and iteration > refine.after
     geometry = run.fine if fine else run.geometry
     state = StepState(iteration, beta, run.scales, run.background_scales, run.candidates if fine else None,
-                      refine.top if refine is not None and iteration >= refine.after else 0, settings.merge,
-                      settings.merge_floor)
+                      refine.top if refine is not None and iteration >= refine.after else 0, settings.merge)
     total = executor.step(run.model, geometry, state)
     stepped = perf_counter()
     combine_s = total.timings.pop("combine", 0.0)

@@ -153,8 +153,7 @@ class InProcess(_OneProcess):
                 if k < len(shards) - 1 and "_expectation" in shard.__dict__:
                     _spill(shard, Path(spill))
             began = time.perf_counter()
-            state = dataclasses.replace(state, rotation_factor=rotation_factor(self._all_weights(local),
-                                                                                        state.merge_floor))
+            state = dataclasses.replace(state, rotation_factor=rotation_factor(self._all_weights(local)))
             combine = time.perf_counter() - began
             total = run_shards(partial(_unspilled, self._step, Path(spill)), model, geometry, shards, state)
         total.timings["combine"] = combine
@@ -288,7 +287,7 @@ class Tasks(_OneProcess):
                 weights = np.zeros(len(geometry.rotations))
                 for f in futures:
                     weights += f.result()
-                state = dataclasses.replace(state, rotation_factor=rotation_factor(weights, state.merge_floor))
+                state = dataclasses.replace(state, rotation_factor=rotation_factor(weights))
                 weighed = time.perf_counter() - weighed
             futures = [self.submit(shard_task, spec, geometry.spec, str(model_path), _task_state(state, spec),
                                    self.threads, self.device) for spec in self.specs]

@@ -15,7 +15,7 @@ import numpy as np
 # what must not change between a run and its resumption, as the checkpoint records it (with the data's sizes)
 RESUME_KEYS = ("num_div", "beta", "beta_factor", "beta_schedule", "need_scaling", "friedel_symmetry", "point_group",
                "seed", "frames_per_shard", "start_model", "detector_corr", "num_modes", "nonrot_modes", "refine",
-               "merge", "merge_floor")
+               "merge")
 INPUT_KEYS = ("photons", "detector")   # in the config's section, not in the settings
 
 
@@ -85,8 +85,7 @@ class EMCSettings:
     fit_background_scale: bool = True
     anneal_until: int | None = None
     refine: Refine | None = None
-    merge: str = "per_rotation"
-    merge_floor: float = 0.0
+    merge: str = "pooled"
 
     @property
     def num_volumes(self) -> int:

@@ -73,12 +73,12 @@ def shard_weights(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sha
     return expected.grid_weights(len(rotations))
 
 
-def rotation_factor(weights: np.ndarray, floor: float = 0.0) -> np.ndarray:
-    """The per-rotation merge's factors from the rotations' weights summed over all frames (R,):
-    1 / (weight + floor), 0 where a rotation has none (a rotation's view then counts weight / (weight + floor))."""
+def rotation_factor(weights: np.ndarray) -> np.ndarray:
+    """The per-rotation merge's factors from the rotations' weights summed over all frames (R,): 1 / weight,
+    0 where a rotation has none."""
     weights = np.asarray(weights, np.float64)
     out = np.zeros_like(weights)
-    np.divide(1.0, weights + floor, out=out, where=weights > 0)
+    np.divide(1.0, weights, out=out, where=weights > 0)
     return out
 
 

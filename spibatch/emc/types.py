@@ -231,9 +231,8 @@ class StepState:
     merge: "pooled" (each voxel: all views' weighted photons over all their weights, the EM update) or
     "per_rotation" (Dragonfly's: each rotation's mean view -- its photons over its weight summed over all
     frames -- then the rotations' views averaged with equal weights); rotation_factor: (R,) float64, the
-    per-rotation merge's 1 / each rotation's weight over all frames (0 where none), which the executor sums
-    by the executor from every shard's :func:`~spibatch.emc.step.shard_weights` before the merge (None: not
-    yet, or pooled).
+    per-rotation merge's 1 / each rotation's weight over all frames (0 where none), summed by the executor
+    from every shard's :func:`~spibatch.emc.step.shard_weights` before the merge (None: not yet, or pooled).
     """
 
     iteration: int
@@ -243,7 +242,6 @@ class StepState:
     candidates: Candidates | None = None
     top: int = 0
     merge: str = "pooled"
-    merge_floor: float = 0.0
     rotation_factor: np.ndarray | None = None
 
 

@@ -247,7 +247,7 @@ CASES: list[Case] = [
     emc("emc-refine-min-info-negative", ["p.yaml", "emc.refine.min_info"], emc__iterations=3,
         emc__refine={"after": 1, "min_info": -0.5}),
     emc("emc-merge-unknown", ["p.yaml", "emc.merge", "per_rotation"], emc__iterations=3, emc__merge="tomogram"),
-    emc("emc-merge-floor-negative", ["p.yaml", "emc.merge_floor"], emc__iterations=3, emc__merge_floor=-1),
+    emc("emc-merge-not-a-string", ["p.yaml", "emc.merge"], emc__iterations=3, emc__merge=1),
     emc("emc-model-size-2", ["p.yaml", "emc.model_size"], emc__model_size=2),
     emc("emc-model-size-small", ["p.yaml", "emc.model_size", "smaller than the detector needs"], emc__model_size=5),
     emc("emc-model-size-5000", ["p.yaml", "emc.model_size", "TiB", "of memory"], emc__model_size=5000),
