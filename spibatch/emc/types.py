@@ -350,7 +350,8 @@ def reduce(parts: list[ShardSums]) -> ShardSums:
 
 def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: bool = False,
            background_sum: float = 0.0, fit_background: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
-    """New model, new per-frame scales and the iteration's metrics from the reduced sums.
+    """New model, new per-frame scales and the iteration's metrics from the reduced sums (whose volumes it
+    overwrites: the new model is the numerator's array).
 
     Voxels no pixel reached keep weight 0 and become 0.  With ``need_scaling``
     the scales become ``counts / sum_r P u_r`` and model and scales are
@@ -360,12 +361,18 @@ def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: boo
     used pixels) the scales come from each frame's particle photons, and (``fit_background``) the background
     scales ``(counts - particle_counts) / background_sum`` join the frames' sums as ``background_scale``.
     """
-    num, den = total.numerator, total.denominator      # (M, M, M), or (V, M, M, M) with modes
+    from spibatch.kernels.emc_cpu import add_friedel_mates, change_and_power, divide_where_weighted
+
+    # in place in total's volumes, no temporary volume: a fresh 211^3 float64 array costs ~0.2 s of page faults
+    num = np.ascontiguousarray(total.numerator, np.float64)  # (M, M, M), or (V, M, M, M) with modes
+    den = np.ascontiguousarray(total.denominator, np.float64)
+    m3 = num.shape[-1] ** 3
     if friedel:
-        flip = (Ellipsis, slice(None, None, -1), slice(None, None, -1), slice(None, None, -1))
-        num, den = num + num[flip], den + den[flip]
-    new = np.zeros_like(num)
-    np.divide(num, den, out=new, where=den > 0)
+        for flat in (num.reshape(-1, m3), den.reshape(-1, m3)):
+            for volume in flat:
+                add_friedel_mates(volume)
+    new = num                                           # num / den where den > 0, 0 where no pixel reached
+    divide_where_weighted(new.reshape(-1), den.reshape(-1))
     f = total.frames
     scales = np.ones(len(f["counts"]))
     particle = f.get("particle_counts")
@@ -381,9 +388,10 @@ def finish(total: ShardSums, model: np.ndarray, need_scaling: bool, friedel: boo
         mean = scales[ok].mean() if ok.any() else 1.0
         scales /= mean
         new *= mean
+    change, power = change_and_power(new.reshape(-1), np.ascontiguousarray(model, np.float64).reshape(-1))
     metrics = {
-        "rms_change": float(np.sqrt(np.mean((new - model) ** 2))),
-        "model_rms": float(np.sqrt(np.mean(new ** 2))),
+        "rms_change": float(np.sqrt(change / new.size)),
+        "model_rms": float(np.sqrt(power / new.size)),
         "mutual_info": float(f["mutual_info"].mean()),
         "log_likelihood": float(f["log_likelihood"].mean()),
         "mean_kept_rotations": float(f["num_kept"].mean()),

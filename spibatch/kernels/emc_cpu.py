@@ -328,3 +328,35 @@ def rotation_average(model, rotmats, out):
                                 + fx * (gy * (gz * model[ix + 1, iy, iz] + fz * model[ix + 1, iy, iz + 1])
                                         + fy * (gz * model[ix + 1, iy + 1, iz] + fz * model[ix + 1, iy + 1, iz + 1])))
                 out[i, j, k] = acc / rotmats.shape[0]
+
+
+@nb.njit(parallel=True, cache=True)
+def add_friedel_mates(flat):
+    """In place: each value of a C-ordered cube (flattened, (M^3,) float64) plus its mirror through the centre,
+    which is the flat array reversed (Friedel's I(q) + I(-q)); no temporary volume."""
+    n = flat.shape[0]
+    for i in nb.prange(n // 2):
+        s = flat[i] + flat[n - 1 - i]
+        flat[i] = s
+        flat[n - 1 - i] = s
+    if n % 2:
+        flat[n // 2] *= 2.0
+
+
+@nb.njit(parallel=True, cache=True)
+def divide_where_weighted(num, den):
+    """In place: num <- num / den where den > 0, else 0 (flat (N,) float64; no temporary volume)."""
+    for i in nb.prange(num.shape[0]):
+        num[i] = num[i] / den[i] if den[i] > 0 else 0.0
+
+
+@nb.njit(parallel=True, cache=True)
+def change_and_power(new, old):
+    """(sum (new - old)^2, sum new^2) over flat (N,) float64 volumes, in one pass."""
+    change = 0.0
+    power = 0.0
+    for i in nb.prange(new.shape[0]):
+        d = new[i] - old[i]
+        change += d * d
+        power += new[i] * new[i]
+    return change, power
