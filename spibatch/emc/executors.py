@@ -26,11 +26,11 @@ returns a small record, and reduce tasks add them in frame order, slab by slab o
 are added in frame order in every case, so with the same ``frames_per_shard`` and threads per step the
 three give the same model (MPI: to the order of the ranks' partial sums, measured identical).  Where a
 Tasks iteration's time goes is appended to ``scratch_dir/timing.jsonl``: ``broadcast_s`` (model written),
-``wait_s`` (submit to last result; with the per-rotation merge ``weights_s`` of it, the
-first round of tasks: every shard's rotation weights, summed here before the merging round), ``task_s`` (longest task, its own clock), ``load_model_s`` (longest model
-read), ``write_sums_s`` (longest sums write), ``result_s`` (last task's end to its record here), ``reduce_s``
-(last record to the total: ``reduce_tasks`` slab tasks, the longest ``reduce_task_s``, ``gather_s`` reading
-the total here), ``sums_bytes``.
+``wait_s`` (submit to last result; with the per-rotation merge ``weights_s`` of it, the first round of
+tasks: every shard's rotation weights, summed here before the merging round), ``task_s`` (longest task,
+its own clock), ``load_model_s`` (longest model read), ``write_sums_s`` (longest sums write), ``result_s``
+(last task's end to its record here), ``reduce_s`` (last record to the total: ``reduce_tasks`` slab tasks,
+the longest ``reduce_task_s``, ``gather_s`` reading the total here), ``sums_bytes``.
 
 CPU or GPU is chosen once too: :func:`step_function` of the executor's Device.
 """
@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from spibatch.emc import htc_sums, mpi
-from spibatch.emc.htc_tasks import (_first, peak_count, prepare_task, shard_task, step_function, weights_function,
-                                    weights_task)
+from spibatch.emc.htc_tasks import (peak_count, prepare_task, shard_task, step_function, task_first_frame,
+                                    weights_function, weights_task)
 from spibatch.emc.step import expectation_from, rotation_factor
 from spibatch.emc.types import Geometry, Shard, ShardSpec, ShardSums, StepState
 from spibatch.io.atomic import atomic_path
@@ -302,7 +302,7 @@ class Tasks(_OneProcess):
             htc_sums.remove_parts(parts)
             model_path.unlink(missing_ok=True)
             for spec in self.specs:            # the per-rotation merge's, where a task failed before its merge
-                (self.dir / htc_expectation_name(state.iteration, _first(spec))).unlink(missing_ok=True)
+                (self.dir / htc_expectation_name(state.iteration, task_first_frame(spec))).unlink(missing_ok=True)
         reduced = time.perf_counter()
         total.timings["combine"] = reduced - waited
         record = {"iteration": state.iteration, "tasks": len(parts), "broadcast_s": written - began,

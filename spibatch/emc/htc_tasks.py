@@ -37,7 +37,7 @@ def peak_count(shards: list[Shard]) -> float:
     return max((float(s.count.max()) for s in shards if len(s.count)), default=1.0)
 
 
-def _first(spec: ShardSpec | tuple[ShardSpec, ...]) -> int:
+def task_first_frame(spec: ShardSpec | tuple[ShardSpec, ...]) -> int:
     """The first run frame of a task's shard(s)."""
     return spec.first_frame if isinstance(spec, ShardSpec) else min(s.first_frame for s in spec)
 
@@ -105,7 +105,7 @@ def shard_task(spec: ShardSpec | tuple[ShardSpec, ...], recipe: GeometrySpec, mo
     loaded = time.perf_counter()
     geometry = _geometry(recipe)
     shard = _shard(spec, recipe) if isinstance(spec, ShardSpec) else _shards(tuple(spec), recipe)
-    kept = Path(model_path).parent / htc_expectation_name(state.iteration, _first(spec))
+    kept = Path(model_path).parent / htc_expectation_name(state.iteration, task_first_frame(spec))
     if state.rotation_factor is not None and kept.exists():      # the per-rotation merge: weights_task's
         with np.load(kept) as arrays:
             shard.__dict__["_expectation"] = expectation_from(arrays)
@@ -130,7 +130,8 @@ def weights_task(spec: ShardSpec | tuple[ShardSpec, ...], recipe: GeometrySpec, 
     weights = weights_function(device)(model, geometry.rotations, geometry.pixels, shard, state)
     if not device.is_gpu:
         expected = shard.__dict__.pop("_expectation")
-        with atomic_path(Path(model_path).parent / htc_expectation_name(state.iteration, _first(spec))) as tmp:
+        kept = Path(model_path).parent / htc_expectation_name(state.iteration, task_first_frame(spec))
+        with atomic_path(kept) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **expected.arrays())
     return weights
