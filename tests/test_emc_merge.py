@@ -210,3 +210,26 @@ def test_resume_with_the_other_merge_is_refused(emc_small, tmp_path):
     with pytest.raises(InputError, match="settings differ .*merge"):
         run(settings(iterations=2, merge="pooled"), emc_small, out, resume=True)
     assert (out / "output_001.h5").read_bytes() == before and not (out / "output_002.h5").exists()
+
+
+def test_a_full_spill_folder_is_one_line(emc_small, tmp_path, monkeypatch):
+    """In process, the kept probabilities of all but the last shard wait on disk: no room there stops the run in
+    one line naming the folder and what to do, with the iterations before it on disk."""
+    import errno
+
+    import spibatch.emc.executors as executors
+
+    calls = []
+
+    def full(fh, **arrays):
+        calls.append(1)
+        if len(calls) > 3:                  # iteration 1's three spills go through, iteration 2's first does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        np.savez_compressed(fh, **arrays)
+
+    monkeypatch.setattr(executors.np, "savez", full)
+    out = tmp_path / "emc"
+    with pytest.raises(InputError, match="spibatch-expect-.*emc.merge: cannot keep the per-rotation merge's "
+                                         "probabilities here: No space left on device; free space there"):
+        run(settings(iterations=2), emc_small, out)
+    assert (out / "output_001.h5").exists() and not (out / "output_002.h5").exists()

@@ -52,6 +52,7 @@ from spibatch.emc.htc_tasks import (peak_count, prepare_task, shard_task, step_f
                                     weights_function, weights_task)
 from spibatch.emc.step import expectation_from, rotation_factor
 from spibatch.emc.types import Geometry, Shard, ShardSpec, ShardSums, StepState
+from spibatch.errors import InputError
 from spibatch.io.atomic import atomic_path
 from spibatch.kernels.device import CPU, Device
 from spibatch.layout import HTC_TIMING, htc_expectation_name, htc_model_name
@@ -84,10 +85,16 @@ def run_shards(step, model: np.ndarray, geometry: Geometry, shards: list[Shard],
 
 
 def _spill(shard: Shard, folder: Path) -> None:
-    """Move the expectation kept on ``shard`` into ``folder`` (one .npz per shard)."""
+    """Move the expectation kept on ``shard`` into ``folder`` (one .npz per shard); a full or unwritable folder
+    is one line (InputError) naming it."""
     expected = shard.__dict__.pop("_expectation")
-    with open(folder / f"{shard.first_frame:09d}.npz", "wb") as fh:
-        np.savez(fh, **expected.arrays())
+    try:
+        with open(folder / f"{shard.first_frame:09d}.npz", "wb") as fh:
+            np.savez(fh, **expected.arrays())
+    except OSError as exc:
+        raise InputError(f"cannot keep the per-rotation merge's probabilities here: {exc.strerror or exc}",
+                         path=folder, field="emc.merge",
+                         fix="free space there or set TMPDIR to a larger folder, or use emc.merge: pooled") from exc
 
 
 def _unspilled(step, folder: Path, model, rotations, pixels, shard: Shard, state: StepState) -> ShardSums:
