@@ -434,8 +434,11 @@ def test_fault_loop_kills_at_random_times_and_the_model_is_the_uninterrupted_one
             delay = rng.uniform(0.0, 1.5)
         elif before < LOOP_ITERATIONS - 4:                      # anywhere, start-up included (not in Python's
             delay = rng.uniform(0.5, 4.0)                       # own first moments, before any handler exists)
-        else:                                                   # near the end: in start-up, so that it never ends
-            delay = rng.uniform(0.5, 1.5)
+        else:   # near the end: just after the run folder is open (a fixed delay from the start could outlast a
+            # fast start-up and the one or two iterations left: the run would end, not be interrupted)
+            wait_for(lambda p=log: p.exists() and "resuming in run directory" in p.read_text(), 120, proc,
+                     "the run folder reopened")
+            delay = rng.uniform(0.0, 0.2)
         time.sleep(delay)
         sig, group = signals[attempt % 3], rng.random() < 0.3
         if group:
