@@ -128,6 +128,19 @@ def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+def chained_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt ``exc`` is, or was caused by / raised while handling, else None: a signal that
+    lands inside a compiled call (a Numba kernel) can surface as that library's error with our
+    KeyboardInterrupt as its cause ("SystemError: ... returned a result with an exception set")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def exit_interrupted(exc: KeyboardInterrupt) -> None:
     """The command's last line (see the module docstring), then exit with :func:`exit_code` at once."""
     how = f" ({exc.args[0]})" if exc.args else ""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from spibatch import __version__, layout, owners
 from spibatch.errors import InputError
+from spibatch.interrupts import chained_interrupt
 from spibatch.io.atomic import DiskFull, write_text
 from spibatch.io.fingerprint import (ENDS_BYTES, FULL_HASH_LIMIT, input_fingerprint,  # noqa: F401  (re-exported)
                                      same_fingerprint, sha256_file)
@@ -319,16 +320,19 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
         run.extra.update(extra or {})
         run.add_inputs(*inputs)
         yield run
-    except KeyboardInterrupt as exc:
-        how = f"interrupted ({exc.args[0]})" if exc.args else "interrupted (Ctrl-C)"
-        hint = resume_hint or f"spibatch resume {run.path}"
-        exc.resume_hint = hint   # the command's last line says it (spibatch.interrupts)
-        if run._log_handler is not None:   # log.txt says it too (the terminal hears it once, from the command)
-            run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,
-                                                   "%s; continue with: %s", (how, hint), None))
-        run.finish("interrupted", error=how)
-        raise
     except BaseException as exc:
+        stop = None if isinstance(exc, SystemExit) else chained_interrupt(exc)
+        if stop is not None:   # a signal (also one a library wrapped in its own error)
+            how = f"interrupted ({stop.args[0]})" if stop.args else "interrupted (Ctrl-C)"
+            hint = resume_hint or f"spibatch resume {run.path}"
+            stop.resume_hint = hint   # the command's last line says it (spibatch.interrupts)
+            if run._log_handler is not None:   # log.txt says it too (the terminal hears it once, from the command)
+                run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,
+                                                       "%s; continue with: %s", (how, hint), None))
+            run.finish("interrupted", error=how)
+            if stop is exc:
+                raise
+            raise stop from None   # (its chain already holds the library's error)
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         run.finish("failed", error=f"{exc.__class__.__name__}: {first}")
         report_now = report and not isinstance(exc, DiskFull)   # no room for it: not another error line

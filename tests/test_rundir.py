@@ -146,3 +146,30 @@ def test_large_inputs_are_recorded_by_size_and_ends(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="changed since the run started"):
         with open_run(resume=run.path, command=["spibatch"], inputs=(big,), report=False):
             pass
+
+
+def test_a_signal_a_library_wrapped_in_its_own_error_still_marks_the_run_interrupted(tmp_path):
+    """A signal landing inside a compiled call (a Numba kernel) can surface as "SystemError: ... returned a result
+    with an exception set" caused by our KeyboardInterrupt: the run is marked interrupted, not failed, and the
+    KeyboardInterrupt (with its resume hint) is what leaves, so the command exits 128 + the signal."""
+    import json
+
+    import pytest
+
+    from spibatch.rundir import open_run
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with open_run(out=tmp_path / "run", command=["spibatch", "emc"], resume_hint="spibatch emc c.yaml --resume r",
+                      report=False):
+            try:
+                raise KeyboardInterrupt("SIGTERM")
+            except KeyboardInterrupt as stop:
+                raise SystemError("CPUDispatcher(<function kernel>) returned a result with an exception set") from stop
+    assert caught.value.args == ("SIGTERM",) and caught.value.resume_hint == "spibatch emc c.yaml --resume r"
+    record = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == "interrupted (SIGTERM)"
+
+    with pytest.raises(SystemError):     # the same error without a signal behind it is a failure
+        with open_run(out=tmp_path / "other", command=["spibatch", "emc"], report=False):
+            raise SystemError("returned a result with an exception set")
+    assert json.loads((tmp_path / "other" / "provenance.json").read_text())["status"] == "failed"
