@@ -117,15 +117,7 @@ def _flush() -> None:
 def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
     """The KeyboardInterrupt ``exc`` is or was raised while handling, or the one our signal handler raised
     (typer turns it into ``Exit(130)``, which click returns as a plain exit code: the chain is lost), or None."""
-    if _raised:
-        return _raised[0]
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return _raised[0] if _raised else chained_interrupt(exc)
 
 
 def chained_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
