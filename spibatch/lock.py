@@ -1,6 +1,7 @@
 """The one-writer lock of a run folder: ``lock`` holds the owner's pid, host, start time, command and token.
 
-Taken atomically (``O_CREAT | O_EXCL``) before anything is written into a folder and released when the
+Taken atomically before anything is written into a folder (the record is written to a file of its own, then
+hard-linked as ``lock``: a second writer sees no lock or a whole one, never an empty one) and released when the
 owner is done.  A second writer is refused with one line naming the owner.  A lock whose owner is gone
 (same host, its pid no longer runs: it was killed) is stale: reported, and taken over only by a resume,
 with a warning -- never silently broken; two resumes taking over at once are serialised (``flock`` on the
@@ -74,6 +75,29 @@ def _serialised(folder: Path):
         os.close(fd)   # releases the flock
 
 
+def _create_lock(path: Path, record: dict) -> None:
+    """Create ``path`` holding ``record`` (JSON) atomically, whole or not at all: FileExistsError when it exists.
+
+    The record goes to a file of its own first, hard-linked under the final name (``link`` fails when the name
+    exists); where the file system has no hard links, ``O_EXCL`` and a write (a reader may then see it empty)."""
+    text = json.dumps(record) + "\n"
+    part = path.with_name(f".{path.name}.{os.getpid()}.{record.get('token', '')}.part")
+    try:
+        part.write_text(text, encoding="utf-8")
+        try:
+            os.link(part, path)
+            return
+        except FileExistsError:
+            raise
+        except OSError:
+            pass   # no hard links here
+    finally:
+        part.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, take_over_stale: bool = False) -> dict:
     """Make this process the folder's one writer: create ``lock`` atomically (O_EXCL); returns its record.
 
@@ -87,7 +111,7 @@ def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, ta
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(), "command": list(command),
               "token": owners.new_token()}
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        _create_lock(path, record)
     except FileExistsError:
         owner = read_lock(folder) or {}
         if lock_is_stale(owner) and take_over_stale:
@@ -101,8 +125,6 @@ def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, ta
     except OSError as exc:
         raise InputError(f"cannot create its lock ({exc.strerror})", path=folder, field=field_name,
                          fix="choose a writable location") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
     return record
 
 
@@ -139,6 +161,4 @@ def release_lock(folder: Path, restore: dict | None = None) -> None:
         (Path(folder) / layout.LOCK).unlink(missing_ok=True)
         if restore is not None:
             with contextlib.suppress(OSError):
-                fd = os.open(Path(folder) / layout.LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(json.dumps(restore) + "\n")
+                _create_lock(Path(folder) / layout.LOCK, restore)

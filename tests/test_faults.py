@@ -215,6 +215,42 @@ def test_a_stale_lock_is_taken_over_by_one_resume_only(tmp_path):
         (tmp_path / "lock").unlink()
 
 
+def _take(folder: str, barrier, results, answered) -> None:
+    """One writer taking a fresh lock; puts its pid (and stays alive until all answered), or the refusal."""
+    from spibatch.errors import InputError
+    from spibatch.lock import take_lock
+
+    barrier.wait()
+    try:
+        take_lock(Path(folder), ["emc"])
+        results.put(os.getpid())
+        answered.wait(60)
+    except InputError as exc:
+        results.put(str(exc))
+
+
+def test_writers_racing_for_a_new_lock_are_refused_naming_the_winner(tmp_path):
+    """Four processes take the same new lock at the same moment, forty times: one wins, and each refusal names
+    the winner's pid -- never an empty lock read between its creation and its record (once 'pid None')."""
+    context = multiprocessing.get_context("fork")
+    for _ in range(40):
+        barrier, results, answered = context.Barrier(4), context.Queue(), context.Event()
+        procs = [context.Process(target=_take, args=(str(tmp_path), barrier, results, answered)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        answers = [results.get(timeout=60) for _ in procs]
+        answered.set()
+        for p in procs:
+            p.join()
+        winners = [a for a in answers if isinstance(a, int)]
+        assert len(winners) == 1, answers
+        for refusal in (a for a in answers if isinstance(a, str)):
+            assert f"(pid {winners[0]} on {socket.gethostname()} since " in refusal, refusal
+        assert json.loads((tmp_path / "lock").read_text())["pid"] == winners[0]
+        assert sorted(tmp_path.iterdir()) == [tmp_path / "lock"]     # no record file left beside it
+        (tmp_path / "lock").unlink()
+
+
 LOCAL_HPC = """name: local-hpc
 provider: local
 workers: 2
