@@ -141,3 +141,38 @@ def test_a_block_that_cannot_be_submitted_does_not_hold_load_up(tmp_path):
         assert executor.bad_state_is_set
     finally:
         shutdown(dfk)
+
+
+def test_the_pools_children_are_forks_of_a_server_that_has_parsl_already(tmp_path):
+    """A script named like Parsl's pool runs with parsl.multiprocessing.SpawnContext replaced by a forkserver
+    context whose server preloaded the pool's module: a child it starts finds that module (and Parsl) already
+    imported, finds the stand-ins on its path, its parent is the server (not the pool), and it gets a
+    function of the script (as Parsl's workers get ``worker``) by reference."""
+    fake = tmp_path / parsl_lean.POOL_SCRIPT
+    fake.write_text(
+        "import os, sys\n"
+        "from parsl.multiprocessing import SpawnContext\n\n"
+        "def child(queue):\n"
+        f"    queue.put(({parsl_lean.POOL_MODULE!r} in sys.modules, 'parsl' in sys.modules, os.getppid(),\n"
+        f"               {parsl_lean.STAND_INS!r} in sys.path))\n\n"
+        "if __name__ == '__main__':\n"
+        "    queue = SpawnContext.Queue()\n"
+        "    p = SpawnContext.Process(target=child, args=(queue,))\n"
+        "    p.start()\n"
+        "    preloaded, has_parsl, parent, stand_ins = queue.get(timeout=60)\n"
+        "    p.join(60)\n"
+        "    print(SpawnContext.get_start_method(), preloaded, has_parsl, parent != os.getpid(), stand_ins,\n"
+        "          p.exitcode)\n")
+    done = subprocess.run([sys.executable, "-m", "spibatch.parsl_lean", str(fake)], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["forkserver", "True", "True", "True", "True", "0"]
+
+
+def test_other_scripts_keep_parsls_spawn_context(tmp_path):
+    script = tmp_path / "interchange.py"
+    script.write_text("import sys\nprint('parsl.multiprocessing' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-m", "spibatch.parsl_lean", str(script)], capture_output=True, text=True,
+                          env=ENV, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -14,6 +14,10 @@ driver, the interchange, the worker pool, its multiprocessing manager and each w
   being imported (its ``__init__`` has not finished), the package is not found; at any other time (a task
   importing xraydb, hence SQLAlchemy) the real package is imported and replaces the stand-in in
   ``sys.modules``;
+* the worker pool's multiprocessing manager and workers are forked from a forkserver started before the pool
+  imports Parsl (:func:`warm_forkserver`), which imports the pool's module meanwhile, on another core: each of
+  them is then a fork of a process that has Parsl already, not a fresh interpreter importing it again (Parsl
+  uses the spawn context for them: no fork of the pool itself, which runs threads);
 * :func:`import_parsl` (the driver, from :func:`spibatch.backends.parsl_common.config`): the same during this
   process's first ``import parsl``, through a finder on ``sys.meta_path``, for :data:`DRIVER_HIDE` only: one
   driver process (a test session, too) may use the Kubernetes provider, which needs Kubernetes' client.
@@ -97,6 +101,22 @@ def command(python: list[str], script: str) -> list[str]:
     return list(python) + ["-m", "spibatch.parsl_lean", script]
 
 
+POOL_SCRIPT = "process_worker_pool.py"
+POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
+
+
+def warm_forkserver():
+    """Start this process's multiprocessing forkserver now, preloading Parsl's worker pool module (it imports
+    it in its own process while this one goes on); the forkserver context, whose processes are forks of it."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([POOL_MODULE])
+    forkserver.ensure_running()
+    return context
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m spibatch.parsl_lean SCRIPT ARGS...``: Parsl's SCRIPT (on PATH, or a path) as ``__main__``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -108,4 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         [STAND_INS] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != STAND_INS])
     sys.path.insert(0, STAND_INS)
     sys.argv = [script] + argv[1:]
+    if os.path.basename(script) == POOL_SCRIPT:
+        context = warm_forkserver()
+        import parsl.multiprocessing   # the pool takes its context from here: the forkserver's instead of spawn
+        parsl.multiprocessing.SpawnContext = context
     runpy.run_path(script, run_name="__main__")
