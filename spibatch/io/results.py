@@ -19,7 +19,8 @@ Other datasets and attributes may be added by a stage; readers ignore what
 they do not need.  Files are written atomically (temporary file + rename)
 with no timestamps and in sorted order, so the same content gives
 byte-identical files; float arrays of 3+ dimensions and at least
-``GZIP_MIN_VOXELS`` values are stored with gzip.
+``GZIP_MIN_VOXELS`` values are stored with shuffle + gzip, their chunks compressed in parallel
+(:mod:`spibatch.io.gzip_chunks`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ import numpy as np
 
 from spibatch.errors import InputError
 from spibatch.io.atomic import write_hdf5
+from spibatch.io.gzip_chunks import create_gzip_dataset
 from spibatch.io.hdf5 import is_hdf5, open_hdf5, read_dataset
 
-GZIP_MIN_VOXELS = 64 ** 3   # float arrays with 3+ dimensions and this many values get gzip (level 4)
+GZIP_MIN_VOXELS = 64 ** 3   # float arrays with 3+ dimensions and this many values get gzip
+GZIP_LEVEL = 4
 VOLUME_NAMES = ("intensity", "intens", "density")  # read_volume's search order in HDF5 files
 MRC_SUFFIXES = (".mrc", ".map", ".mrcs", ".rec")
 
@@ -57,9 +60,10 @@ def write_result(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs
     def fill(f) -> None:
         for name, value in sorted(datasets.items()):  # sorted: dict order does not change the bytes
             value = np.asarray(value)
-            big_float = value.dtype.kind == "f" and value.ndim >= 3 and value.size >= GZIP_MIN_VOXELS
-            options = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if big_float else {}
-            f.create_dataset(name, data=value, track_times=False, **options)
+            if value.dtype.kind == "f" and value.ndim >= 3 and value.size >= GZIP_MIN_VOXELS:
+                create_gzip_dataset(f, name, value, GZIP_LEVEL)
+            else:
+                f.create_dataset(name, data=value, track_times=False)
         for key, value in sorted(attrs.items()):
             if value is not None:  # None means "not known": the attribute is left out
                 f.attrs[key] = value
