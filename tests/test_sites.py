@@ -208,8 +208,7 @@ def test_launchers_compose_mpi_around_the_container():
 
 @pytest.mark.parametrize("text, command", [
     ("provider: local\nworkers: 4\nlocal: {mpi: mpirun, cores: 8}\ncontainer: {runtime: docker, image: 'sp:1'}\n",
-     "mpirun -n 4 --bind-to none -x NUMBA_NUM_THREADS=2 docker run --rm --network=host --ipc=host -v /runs/r:/runs/r "
-     "sp:1 python3 -m spibatch.stages emc /runs/r"),
+     "mpirun -n 4 --bind-to none -x NUMBA_NUM_THREADS=2 python3 -m spibatch.stages emc /runs/r"),  # in the worker's
     ("provider: local\nworkers: 4\nlocal: {mpi: 'off'}\n",
      "{python} -m spibatch.stages emc /runs/r"),
     ("provider: slurm\nworkers: 4\nslurm: {nodes: 2}\ncontainer: {runtime: charliecloud, image: /img}\n",
@@ -400,3 +399,25 @@ def test_cli_names_the_site_file_when_sinfo_fails(tmp_path):
     assert done.returncode == 2 and not (tmp_path / "run").exists()
     assert done.stderr.strip() == (f"spibatch: error: {site}: provider: sinfo failed: Unable to contact slurm "
                                    "controller; run on a Slurm login node whose slurmctld answers")
+
+
+def test_a_charliecloud_bind_without_a_mount_point_in_the_image_is_one_line(tmp_path, monkeypatch):
+    """ch-run mounts only onto paths a read-only image has ('can't mkdir ... Read-only file system' in the
+    worker's log, and a failed block, otherwise): refused before anything, naming the bind and the mkdir."""
+    from spibatch.backends import containers
+
+    monkeypatch.setattr(containers.shutil, "which", lambda program: f"/usr/bin/{program}")
+    image = tmp_path / "img"
+    (image / "data").mkdir(parents=True)
+    ok = Container(runtime="charliecloud", image=str(image), binds=["/data", "/somewhere/x:/data"])
+    containers.check(ok, tmp_path / "site.yaml", ["/tmp/run-1"])       # /tmp: the host's, bound by ch-run
+    bad = Container(runtime="charliecloud", image=str(image), binds=["/data", "/work/shared/sets"])
+    with pytest.raises(InputError) as info:
+        containers.check(bad, tmp_path / "site.yaml", ["/tmp/run-1"])
+    message = str(info.value)
+    assert "container.binds" in message and "/work/shared/sets has no mount point" in message
+    assert f"mkdir -p {image}/work/shared/sets" in message and "\n" not in message
+    private = Container(runtime="charliecloud", image=str(image), options=["--private-tmp"])
+    with pytest.raises(InputError, match="/tmp/run-1 has no mount point"):
+        containers.check(private, tmp_path / "site.yaml", ["/tmp/run-1"])
+    containers.check(Container(runtime="charliecloud", image=str(image), binds=["/work/x"], options=["-w"]))

@@ -58,8 +58,9 @@ def prefix(container, extra_binds: list[str | os.PathLike] = (), workdir: str | 
     raise ValueError(f"unknown container runtime {container.runtime!r}")
 
 
-def check(container, where: Path | None = None) -> None:
-    """InputError (one line) when the runtime is not installed or a local image is missing."""
+def check(container, where: Path | None = None, extra_binds: list[str | os.PathLike] = ()) -> None:
+    """InputError (one line) when the runtime is not installed or a local image is missing; for Charliecloud
+    also when a bind (the site's, then ``extra_binds``: the run directory) has no mount point in the image."""
     if container.runtime == "none":
         return
     program = {"apptainer": "apptainer", "docker": "docker", "charliecloud": "ch-run"}[container.runtime]
@@ -74,3 +75,22 @@ def check(container, where: Path | None = None) -> None:
         raise InputError(f"image {image} not found", path=where, field="container.image",
                          fix="build or pull the image first (see containers/ and the README), "
                          "or give its full path")
+    if container.runtime == "charliecloud":
+        _check_mount_points(container, where, extra_binds)
+
+
+def _check_mount_points(container, where: Path | None, extra_binds) -> None:
+    """ch-run mounts a bind only onto a path the image already has (it makes one only in an image mounted
+    read-write: ``-w``); under /tmp the host's /tmp is there, unless the options ask for a private one."""
+    if any(o in ("-w", "--write") for o in container.options):
+        return
+    private_tmp = any(o in ("-t", "--private-tmp") for o in container.options)
+    for _, target in _bind_pairs(list(container.binds) + [os.fspath(p) for p in extra_binds]):
+        inside = Path(os.path.abspath(target))
+        if not private_tmp and inside.parts[1:2] == ("tmp",):
+            continue
+        if not os.path.lexists(Path(container.image, *inside.parts[1:])):
+            raise InputError(f"{target} has no mount point in the image {container.image} (ch-run mounts onto "
+                             "paths the image has)", path=where, field="container.binds",
+                             fix=f"create it once: mkdir -p {Path(container.image, *inside.parts[1:])} (or bind "
+                                 "a path the image has)")

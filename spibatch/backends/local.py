@@ -75,9 +75,12 @@ class LocalProvider(Provider):
         return common.config([executor], run_dir, strategy_period=self.options.strategy_period_s, max_idletime=120.0)
 
     def emc_launch(self, run_dir: Path, command: list[str], ranks: int | None = None) -> Launch:
-        """On the tasks executor: ``mpirun -n ranks`` (when MPI is used and ranks > 1) of the container of the command."""
+        """On the tasks executor: ``mpirun -n ranks`` (when MPI is used and ranks > 1) of the command.  No
+        container prefix: the worker that runs the line is in the site's container already, and so are the
+        ranks its ``mpirun`` (the image's) starts (found with ch-run for real: a ``ch-run`` inside the image
+        was no executable, and a rank per container would have a user namespace each)."""
         ranks = self.site.workers if ranks is None else ranks
-        line = launchers.container(self.site.container, [run_dir])(launchers.words(command))
+        line = launchers.words(command)
         if self.uses_mpi() and ranks > 1:
             line = launchers.mpirun(ranks, max(1, self.node_cores() // ranks))(line)
         return Launch(TASKS_LABEL, line)
@@ -97,7 +100,7 @@ class LocalProvider(Provider):
 
     def check_site(self, run_dir: Path) -> None:
         """Container runtime and image present; mpirun and mpi4py when ``local.mpi: mpirun``."""
-        check_container(self.site.container, self.site.source)
+        check_container(self.site.container, self.site.source, [run_dir])
         if self.options.mpi == "mpirun" and self.site.emc_mode == "hpc" and not _has_mpi():
             raise self.fail("local.mpi is mpirun, but mpirun or mpi4py is missing", "local.mpi",
                             "install an MPI and `pip install 'spibatch[mpi]'`, or set local.mpi: auto")
