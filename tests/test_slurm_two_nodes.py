@@ -1,0 +1,92 @@
+"""EMC in HTC mode on a REAL two-node Slurm cluster (.ci/slurm-two-nodes.sh: two slurmd daemons, n1 and n2, on
+this machine, beside the CI's single-node cluster): one batch job of two nodes, Parsl's worker pool started on
+each node by srun, the EMC tasks spread over both, and the model bit for bit the serial driver's.  And an MPI
+job across the two nodes (mpirun in the allocation: its orted on each node through srun).  What this cannot
+test: `srun --mpi=pmix` across the nodes (the two slurmstepd of a step share this host's /tmp, where PMIx's
+directory of the step collides) -- the HPC-mode EMC job's launch on a multi-node Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from platform_helpers import final_model, markers, metrics, spibatch, write_pipeline, write_site
+
+pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = "/etc/slurm-two-nodes/slurm.conf"
+LOGS = Path("/var/spool/slurm-two-nodes/log")   # each slurmd's log (the script's STATE/log)
+SITE = """name: two-nodes
+provider: slurm
+workers: 2
+emc_mode: htc
+slurm: {partition: two, nodes: 2, cores_per_node: 1, walltime: "00:15:00", max_idletime_s: 2, strategy_period_s: 0.5}
+"""
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    if shutil.which("slurmctld") is None or shutil.which("munged") is None or os.geteuid() != 0:
+        pytest.skip("needs root and Slurm + munge (apt-get install slurm-wlm slurmctld slurmd slurm-client munge; "
+                    ".ci/run does)")
+    script = REPO / ".ci" / "slurm-two-nodes.sh"
+    up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield CONF
+    finally:
+        subprocess.run(["bash", str(script), "down"], timeout=60)
+
+
+def test_htc_emc_on_two_nodes_equals_the_serial_driver(two_nodes, emc_small, emc_config, tmp_path):
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
+    site = write_site(tmp_path, "two-nodes", SITE)
+    run = tmp_path / "htc"
+    done = spibatch("run", pipeline, "--site", site, "--out", run, "--until", "emc", cwd=tmp_path,
+                    SLURM_CONF=two_nodes)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert markers(run)["emc"]["emc_mode"] == "htc"
+    script = next(p for p in run.glob("runinfo/*/submit_scripts/parsl.tasks.block-*")
+                  if p.suffix not in (".stdout", ".stderr"))
+    assert "#SBATCH --nodes=2" in script.read_text()
+    # one worker pool per node: both slurmd launched the job's srun step, and two pools registered
+    job = re.search(r"JOB (\d+) ON n1", Path(f"{script}.stderr").read_text()).group(1)
+    for node in ("n1", "n2"):
+        log = (LOGS / f"slurmd-{node}.log").read_text()
+        assert f"launch task StepId={job}.0 request" in log, node
+    managers = [p for p in run.glob("runinfo/workers/tasks/block-0/*") if p.is_dir()]
+    assert len(managers) == 2, managers
+    timing = [json.loads(line) for line in (run / "emc" / "htc" / "timing.jsonl").read_text().splitlines()]
+    assert [t["tasks"] for t in timing] == [4, 4, 4]
+
+    serial = spibatch("emc", emc_config(tmp_path / "serial"), "--out", tmp_path / "serial" / "run",
+                      cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert serial.returncode == 0, serial.stderr[-2000:]
+    serial_dir = tmp_path / "serial" / "run" / "emc"
+    assert np.array_equal(final_model(run / "emc"), final_model(serial_dir))
+    assert [m["log_likelihood"] for m in metrics(run / "emc")] == [m["log_likelihood"] for m in metrics(serial_dir)]
+
+
+def test_an_mpi_job_across_the_two_nodes(two_nodes, tmp_path):
+    pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install '.[test]')")
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun not installed (apt-get install openmpi-bin libopenmpi-dev; .ci/run does)")
+    code = ("from mpi4py import MPI; import os; c = MPI.COMM_WORLD; "
+            "print(c.Get_rank(), c.Get_size(), os.environ['SLURMD_NODENAME'], c.allreduce(c.Get_rank() + 1), "
+            "flush=True)")
+    env = dict(os.environ, SLURM_CONF=two_nodes, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    done = subprocess.run(["salloc", "-N", "2", "-n", "2", "mpirun", "-n", "2", "--map-by", "node",
+                           shutil.which("python3") or "python3", "-c", code],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = sorted(re.findall(r"(\d) (\d) (n\d) (\d)", done.stdout))   # (ranks' lines may arrive unseparated)
+    assert rows == [("0", "2", "n1", "3"), ("1", "2", "n2", "3")], done.stdout
