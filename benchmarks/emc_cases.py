@@ -136,13 +136,15 @@ def dragonfly_exe() -> Path:
     return path / "dragonfly.emc" if path.is_dir() else path
 
 
-def run_dragonfly(case: dict, work: Path, iterations: int, threads: int, num_div: int, extra: str = "") -> dict:
-    """``dragonfly.emc`` on the case: its last output, per-iteration times and wall time."""
+def run_dragonfly(case: dict, work: Path, iterations: int, threads: int, num_div: int, extra: str = "",
+                  fixed_seed: bool = True) -> dict:
+    """``dragonfly.emc`` on the case: its last output, per-iteration times and wall time (``fixed_seed``: its
+    one fixed random start, else a random start of its own)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.ini").write_text(
         f"[emc]\nin_photons_file = {case['photons']}\nin_detector_file = {case['detector']}\n"
         f"num_div = {num_div}\noutput_folder = output/\nlog_file = EMC.log\nneed_scaling = 1\n"
-        f"beta_factor = 1.0\nbeta_schedule = 2.0 10\nfixed_seed = 1\n{extra}")
+        f"beta_factor = 1.0\nbeta_schedule = 2.0 10\nfixed_seed = {int(fixed_seed)}\n{extra}")
     output = work / "output" / f"output_{iterations:03d}.h5"
     start = time.perf_counter()
     if not output.exists():   # kept from an earlier run of this script
@@ -293,6 +295,9 @@ def main() -> None:
                     help='a spibatch run with EMC settings changed, e.g. legacy=\'{"merge": "weighted"}\'')
     ap.add_argument("--no-dragonfly", action="store_true")
     ap.add_argument("--no-default", action="store_true", help="only the --variant runs of spibatch")
+    ap.add_argument("--dragonfly-starts", type=int, default=0, metavar="N",
+                    help="also N Dragonfly runs from random starts (fixed_seed = 0: each run its own), named "
+                         "dragonfly-r1 ...: Dragonfly's spread over starts beside spibatch's over --variant seeds")
     args = ap.parse_args()
     variants = {} if args.no_default else {"spibatch": {}}
     for item in args.variant:
@@ -306,11 +311,13 @@ def main() -> None:
             case = make_case(name, seed, data / f"{name}-s{seed}")
             row = results.setdefault(f"{name}-s{seed}", {"case": case["info"]})
             runs = [("dragonfly", None)] if not args.no_dragonfly else []
+            runs += [(f"dragonfly-r{k}", None) for k in range(1, args.dragonfly_starts + 1)]
             runs += list(variants.items())
             for tool, overrides in runs:
                 work = args.out / "runs" / f"{name}-s{seed}" / tool
-                if tool == "dragonfly":
-                    out = run_dragonfly(case, work, args.iterations, args.threads, args.num_div)
+                if tool.startswith("dragonfly"):
+                    out = run_dragonfly(case, work, args.iterations, args.threads, args.num_div,
+                                        fixed_seed=tool == "dragonfly")
                 else:
                     out = run_spibatch(case, work, args.iterations, args.threads, args.num_div, overrides)
                 row[tool] = {**measure(out["output"], case), "wall_s": round(out["wall_s"], 1),

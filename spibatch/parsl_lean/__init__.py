@@ -129,7 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, STAND_INS)
     sys.argv = [script] + argv[1:]
     if os.path.basename(script) == POOL_SCRIPT:
-        context = warm_forkserver()
-        import parsl.multiprocessing   # the pool takes its context from here: the forkserver's instead of spawn
-        parsl.multiprocessing.SpawnContext = context
+        try:
+            context = warm_forkserver()
+        except (OSError, ValueError) as exc:   # no forkserver here (e.g. no room for its socket): Parsl's spawn
+            print(f"spibatch.parsl_lean: no forkserver ({exc}); the pool spawns its processes", file=sys.stderr)
+        else:
+            import parsl.multiprocessing   # the pool takes its context from here: the forkserver's, not spawn
+            parsl.multiprocessing.SpawnContext = context
     runpy.run_path(script, run_name="__main__")
