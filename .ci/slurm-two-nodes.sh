@@ -7,6 +7,7 @@
 # the one host, and the second fails ("File exists"); real nodes each have their own /tmp.
 #   .ci/slurm-two-nodes.sh up | down        (root; Debian's slurm-wlm + munge)
 set -euo pipefail
+source "$(dirname "$0")/slurm-common.sh"
 DIR=/etc/slurm-two-nodes
 CONF=$DIR/slurm.conf
 STATE=/var/spool/slurm-two-nodes
@@ -29,46 +30,30 @@ fi
 [[ ${1:-} == up ]] || { echo "usage: $0 up|down" >&2; exit 2; }
 
 mkdir -p "$DIR" "$STATE"/ctld "$STATE"/n1 "$STATE"/n2 "$STATE"/log
-cat > "$CONF" <<CONF_EOF
+{
+    cat <<CONF_EOF
 # written by spibatch .ci/slurm-two-nodes.sh
 ClusterName=spibatch-two-nodes
-SlurmctldHost=localhost
-SlurmUser=root
 SlurmctldPort=6917
 SlurmdPort=6918
-AuthType=auth/munge
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-SlurmdTimeout=30
-InactiveLimit=0
-KillWait=5
+CONF_EOF
+    slurm_common_conf
+    cat <<CONF_EOF
 NodeName=n1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001 CPUs=1
 NodeName=n2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17002 CPUs=1
 PartitionName=two Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 CONF_EOF
+} > "$CONF"
 
-# munge, as .ci/slurm-up.sh starts it
-if ! { [[ -f /run/munge/munged.pid ]] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; }; then
-    mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
-    [[ -f /etc/munge/munge.key ]] || { mungekey --create 2>/dev/null || /usr/sbin/create-munge-key -f; }
-    chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
-    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
-fi
+start_munge
 
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 alive "$STATE"/slurmctld.pid || /usr/sbin/slurmctld -f "$CONF"
 for node in n1 n2; do
     alive "$STATE/slurmd-$node.pid" || /usr/sbin/slurmd -f "$CONF" -N "$node"

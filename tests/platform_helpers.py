@@ -66,6 +66,17 @@ def metrics(emc_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (emc_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_the_serial_model(emc_dir: Path, emc_config, folder: Path) -> None:
+    """``emc_dir`` (an HTC run's emc/, one thread per task) holds the serial driver's model bit for bit, and its
+    log-likelihoods: `spibatch emc` of ``emc_config(folder / "serial")`` with one Numba thread."""
+    serial = spibatch("emc", emc_config(folder / "serial"), "--out", folder / "serial" / "run", cwd=folder,
+                      NUMBA_NUM_THREADS="1")
+    assert serial.returncode == 0, serial.stderr[-2000:]
+    serial_dir = folder / "serial" / "run" / "emc"
+    assert np.array_equal(final_model(emc_dir), final_model(serial_dir))
+    assert [m["log_likelihood"] for m in metrics(emc_dir)] == [m["log_likelihood"] for m in metrics(serial_dir)]
+
+
 def write_live_source(folder: Path, hits: int = 120):
     """A simulated beamtime to follow on a platform: ``hits`` hits among 4x as many 32 x 32 frames, a CXI folder
     to replay them into and a pipeline file following it (num_div 3, chunks of 40, a preview every 2

@@ -202,3 +202,21 @@ def test_a_workload_its_stage_would_refuse_is_refused_first(tmp_path, emc_small,
     path.write_text(path.read_text() + f"  starts: {{kind: phasing, intensity: {small_dataset / 'intensities.bin'}, "
                     "voxel_size_per_m: 2.0e+7, crop_to: 48, starts: 2}\n")
     assert "workload 'starts'" in (text := _error(path)) and "crop_to 48 and the volume's edge 91 differ" in text
+
+
+def test_the_console_shows_bench_lines_and_parsls_warnings_not_its_info(capsys):
+    """`spibatch bench`'s console: its own lines, and Parsl's warnings; Parsl's INFO (1 400 lines of its config
+    and shutdown, from the kernel-rate probe) stays in Parsl's own log."""
+    import logging
+    import sys
+
+    from spibatch.bench.__main__ import _not_parsl_info
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_not_parsl_info)
+    for name, level, text in (("spibatch.bench", logging.INFO, "bench: point 1/8"),
+                              ("parsl.dataflow.dflow", logging.INFO, "Starting DataFlowKernel with config"),
+                              ("parsl.executors", logging.WARNING, "a block failed")):
+        handler.handle(logging.LogRecord(name, level, __file__, 1, text, None, None))
+    err = capsys.readouterr().err
+    assert "bench: point 1/8" in err and "a block failed" in err and "DataFlowKernel" not in err

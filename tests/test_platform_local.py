@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 import pytest
 
-from platform_helpers import LOCAL_HTC, final_model, markers, metrics, spibatch, write_pipeline, write_site
+from platform_helpers import assert_the_serial_model, LOCAL_HTC, markers, spibatch, write_pipeline, write_site
 
 pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
 
@@ -64,12 +63,7 @@ def test_htc_emc_through_parsl_equals_the_serial_driver(emc_small, emc_config, t
     assert [t["tasks"] for t in timing] == [4, 4, 4]            # 240 frames, shards of 60
     assert not list((run / "emc" / "htc").glob("model_*.npy"))   # each broadcast model removed after use
 
-    serial = spibatch("emc", emc_config(tmp_path / "serial"), "--out", tmp_path / "serial" / "run",
-                      cwd=tmp_path, NUMBA_NUM_THREADS="1")
-    assert serial.returncode == 0, serial.stderr[-2000:]
-    serial_dir = tmp_path / "serial" / "run" / "emc"
-    assert np.array_equal(final_model(run / "emc"), final_model(serial_dir))
-    assert [m["log_likelihood"] for m in metrics(run / "emc")] == [m["log_likelihood"] for m in metrics(serial_dir)]
+    assert_the_serial_model(run / "emc", emc_config, tmp_path)
 
 
 def test_dry_run_of_the_local_site_creates_nothing(emc_small, tmp_path):

@@ -14,10 +14,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from platform_helpers import final_model, markers, metrics, spibatch, write_pipeline, write_site
+from platform_helpers import assert_the_serial_model, markers, spibatch, write_pipeline, write_site
 
 pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
 pytestmark = pytest.mark.slurm
@@ -68,12 +67,7 @@ def test_htc_emc_on_two_nodes_equals_the_serial_driver(two_nodes, emc_small, emc
     timing = [json.loads(line) for line in (run / "emc" / "htc" / "timing.jsonl").read_text().splitlines()]
     assert [t["tasks"] for t in timing] == [4, 4, 4]
 
-    serial = spibatch("emc", emc_config(tmp_path / "serial"), "--out", tmp_path / "serial" / "run",
-                      cwd=tmp_path, NUMBA_NUM_THREADS="1")
-    assert serial.returncode == 0, serial.stderr[-2000:]
-    serial_dir = tmp_path / "serial" / "run" / "emc"
-    assert np.array_equal(final_model(run / "emc"), final_model(serial_dir))
-    assert [m["log_likelihood"] for m in metrics(run / "emc")] == [m["log_likelihood"] for m in metrics(serial_dir)]
+    assert_the_serial_model(run / "emc", emc_config, tmp_path)
 
 
 def test_an_mpi_job_across_the_two_nodes(two_nodes, tmp_path):

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench is None:
         parser.error("the bench YAML file is required")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:   # Parsl's own INFO lines (its kernel-rate probe) stay in its log
+        handler.addFilter(_not_parsl_info)
     try:
         rates = False if args.no_rates else (args.rates or True)
         out, text = bench_command(args.bench, args.site, out=args.out, dry_run=args.dry_run, rates=rates)
@@ -44,6 +46,11 @@ def interrupted(out: Path) -> bool:
     from spibatch.bench.runner import load_document
 
     return bool((load_document(out) or {}).get("interrupted"))
+
+
+def _not_parsl_info(record: logging.LogRecord) -> bool:
+    """Whether the console shows ``record``: Parsl's below WARNING, no (Parsl writes them to its own log)."""
+    return not (record.name.split(".")[0] == "parsl" and record.levelno < logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -163,21 +164,26 @@ def _payload(nbytes: int):
 
 
 def parsl_rates(tasks: int = 50, payload_bytes: int = 16 * 2 ** 20, payloads: int = 4) -> dict:
-    """Parsl's time to the first result, per-task latency and result bandwidth on a local HTEX of 2 workers."""
+    """Parsl's time to the first result, per-task latency and result bandwidth on a local HTEX of 2 workers,
+    started as spibatch starts Parsl's interchange and pool (:mod:`spibatch.parsl_lean`)."""
     began = time.perf_counter()
-    import parsl
+    from spibatch import parsl_lean
+
+    parsl = parsl_lean.import_parsl()
     from parsl import python_app
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
-    from spibatch.backends.parsl_common import put_bin_on_path
+    from spibatch.backends.parsl_common import interchange_cmd, lean_launch_cmd, put_bin_on_path
 
     put_bin_on_path()
     with tempfile.TemporaryDirectory(prefix="spibatch-bench-parsl-") as scratch:
-        config = Config(executors=[HighThroughputExecutor(label="bench", max_workers_per_node=2, address="127.0.0.1",
-                                                          encrypted=True, provider=LocalProvider(init_blocks=1,
-                                                                                                 max_blocks=1))],
+        executor = HighThroughputExecutor(label="bench", max_workers_per_node=2, address="127.0.0.1", encrypted=True,
+                                          provider=LocalProvider(init_blocks=1, max_blocks=1),
+                                          launch_cmd=lean_launch_cmd([sys.executable]),
+                                          interchange_launch_cmd=interchange_cmd())
+        config = Config(executors=[executor],
                         run_dir=scratch, usage_tracking=0, strategy_period=0.5)
         dfk = parsl.load(config)
         try:

@@ -1,0 +1,33 @@
+# Sourced by .ci/slurm-up.sh and .ci/slurm-two-nodes.sh: what their clusters share.
+
+# slurm.conf settings both clusters use (each adds its names, ports, paths, nodes and MpiDefault)
+slurm_common_conf() {
+    cat <<'CONF_EOF'
+SlurmctldHost=localhost
+SlurmUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=5
+CONF_EOF
+}
+
+# munge, as the munge user, unless it runs already
+start_munge() {
+    if ! { [[ -f /run/munge/munged.pid ]] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; }; then
+        mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
+        [[ -f /etc/munge/munge.key ]] || { mungekey --create 2>/dev/null || /usr/sbin/create-munge-key -f; }
+        chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+        runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+    fi
+}
+
+alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
