@@ -26,7 +26,7 @@ from pathlib import Path
 from spibatch import __version__, layout, owners
 from spibatch.errors import InputError
 from spibatch.interrupts import chained_interrupt
-from spibatch.io.atomic import DiskFull, write_text
+from spibatch.io.atomic import DiskFull, remove_partial_files, write_text
 from spibatch.io.fingerprint import (ENDS_BYTES, FULL_HASH_LIMIT, input_fingerprint,  # noqa: F401  (re-exported)
                                      same_fingerprint, sha256_file)
 from spibatch.lock import read_lock, release_lock, stop_left_running, take_lock, utc_now  # noqa: F401
@@ -275,6 +275,8 @@ def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
                      inputs=dict(record.get("inputs", {})), started=record.get("started", utc_now()),
                      extra=keep | {"resumed": resumed}, lock=lock)
         _attach_log(run)
+        for part in remove_partial_files(path):   # a killed writer's temporary files (provenance.json's, ...)
+            log.info("removed %s, which a killed run was writing", part)
         run.write_provenance("running")
     except BaseException:
         release_lock(path)

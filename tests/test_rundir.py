@@ -173,3 +173,29 @@ def test_a_signal_a_library_wrapped_in_its_own_error_still_marks_the_run_interru
         with open_run(out=tmp_path / "other", command=["spibatch", "emc"], report=False):
             raise SystemError("returned a result with an exception set")
     assert json.loads((tmp_path / "other" / "provenance.json").read_text())["status"] == "failed"
+
+
+def test_a_resume_removes_what_killed_writers_left_half_written(tmp_path):
+    """SIGKILL during an atomic write leaves its temporary ``.NAME.*.part`` (found by the fault loop: one of
+    provenance.json): a resume, once its checks pass and it holds the lock, deletes them wherever they are in the
+    folder -- but not another process's lock record being linked right now, and nothing when it is refused."""
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
+        pass
+    left = [run.path / ".provenance.json.hmxq.part", run.path / "emc" / ".output_003.h5.ab12.part",
+            run.path / "stages" / ".emc.json.zz9.part"]
+    for part in left:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(b"half")
+    linking = run.path / ".lock.4242.token.part"
+    linking.write_text("{}")
+
+    def refuse():
+        raise InputError("settings differ")
+
+    with pytest.raises(InputError):
+        with open_run(resume=run.path, command=["b"], check=refuse, report=False):
+            pass
+    assert all(p.exists() for p in left)                      # a refused resume touches nothing
+    with open_run(resume=run.path, command=["c"], report=False):
+        assert not any(p.exists() for p in left) and linking.exists()
+    assert "which a killed run was writing" in (run.path / "log.txt").read_text()

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from spibatch.errors import InputError
+from spibatch.io import atomic
 from spibatch.io.atomic import write_hdf5, write_text
 from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
 from spibatch.io.results import write_result
@@ -179,11 +180,7 @@ def read_checkpoint(out_dir: Path) -> dict | None:
 
 def remove_partial_files(out_dir: Path) -> list[Path]:
     """Delete temporary ``.NAME.*.part`` files a killed run left behind (atomic writes in progress)."""
-    removed = []
-    for part in Path(out_dir).glob(".*.part"):
-        part.unlink(missing_ok=True)
-        removed.append(part)
-    return removed
+    return atomic.remove_partial_files(out_dir)
 
 
 class Recorder:

@@ -85,6 +85,18 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_partial_files(folder: str | os.PathLike, keep_prefix: str = ".lock.") -> list[Path]:
+    """Delete the temporary ``.NAME.*.part`` files that writers killed mid-write left anywhere under
+    ``folder`` (call it holding the folder's lock: nothing else writes there); those whose name starts with
+    ``keep_prefix`` (a lock being taken by another process right now) stay.  Returns what was deleted."""
+    removed = []
+    for part in Path(folder).rglob(".*.part"):
+        if part.is_file() and not part.name.startswith(keep_prefix):
+            part.unlink(missing_ok=True)
+            removed.append(part)
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
