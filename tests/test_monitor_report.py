@@ -102,3 +102,25 @@ def test_every_phase_run_writes_its_report(tmp_path):
     assert data["run?run=."]["has"]["emc"] is False and len(data["phase?run=."]["starts"]) == 2
     assert data["phase/slices?run=."]["slices"][0]["title"] == "z = centre"
     assert (out / "report_phasing.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_log_axis_within_one_decade_keeps_its_numbers(tmp_path):
+    """The report's PNGs drop the labels of minor log ticks (clutter, slow mathtext) -- except on a log axis that
+    spans less than a decade, which has no major tick: beta doubling once (0.04 -> 0.08) had no numbers at all."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    from spibatch.monitor.report_png import _save
+
+    fig, (narrow, wide) = plt.subplots(1, 2)
+    narrow.plot([1, 2, 3], [0.04, 0.04, 0.08])
+    narrow.set_yscale("log")
+    wide.plot([1, 2, 3], [1e-3, 1e-2, 1.0])
+    wide.set_yscale("log")
+    _save(fig, tmp_path / "f.png")
+    plt.close(fig)
+    assert not isinstance(narrow.yaxis.get_minor_formatter(), NullFormatter)
+    assert isinstance(wide.yaxis.get_minor_formatter(), NullFormatter)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

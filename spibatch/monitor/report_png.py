@@ -28,9 +28,10 @@ def _save(fig, path: Path) -> None:
 
     from spibatch.io.atomic import atomic_path
 
-    for ax in fig.axes:   # no labels on minor log ticks: clearer, and mathtext for each is slow
-        for axis in (ax.xaxis, ax.yaxis):
-            if axis.get_scale() == "log":
+    for ax in fig.axes:   # no labels on minor log ticks: clearer, and mathtext for each is slow -- unless the
+        for axis in (ax.xaxis, ax.yaxis):   # axis spans less than a decade (no major tick: it had no numbers)
+            lo, hi = sorted(axis.get_view_interval())
+            if axis.get_scale() == "log" and not (0 < lo and hi < 10 * lo):
                 axis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     with atomic_path(path) as tmp:
