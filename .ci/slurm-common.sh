@@ -31,3 +31,15 @@ start_munge() {
 }
 
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# stop the daemons of these pid files, each within 5 s, and remove the files
+stop_pidfiles() {
+    local pidfile pid
+    for pidfile in "$@"; do
+        if [[ -f $pidfile ]]; then
+            pid=$(cat "$pidfile")
+            kill "$pid" 2>/dev/null && for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            rm -f "$pidfile"
+        fi
+    done
+}

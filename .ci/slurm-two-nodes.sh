@@ -13,18 +13,8 @@ CONF=$DIR/slurm.conf
 STATE=/var/spool/slurm-two-nodes
 export SLURM_CONF=$CONF
 
-down() {
-    for pidfile in "$STATE"/slurmd-n1.pid "$STATE"/slurmd-n2.pid "$STATE"/slurmctld.pid; do
-        if [[ -f $pidfile ]]; then
-            pid=$(cat "$pidfile")
-            kill "$pid" 2>/dev/null && for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            rm -f "$pidfile"
-        fi
-    done
-}
-
 if [[ ${1:-} == down ]]; then
-    down
+    stop_pidfiles "$STATE"/slurmd-n1.pid "$STATE"/slurmd-n2.pid "$STATE"/slurmctld.pid
     exit 0
 fi
 [[ ${1:-} == up ]] || { echo "usage: $0 up|down" >&2; exit 2; }

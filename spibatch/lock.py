@@ -81,7 +81,8 @@ def _create_lock(path: Path, record: dict) -> None:
     The record goes to a file of its own first, hard-linked under the final name (``link`` fails when the name
     exists); where the file system has no hard links, ``O_EXCL`` and a write (a reader may then see it empty)."""
     text = json.dumps(record) + "\n"
-    part = path.with_name(f".{path.name}.{os.getpid()}.{record.get('token', '')}.part")
+    # not ``.part``: a resume's cleanup of killed writers' files must not take another process's record
+    part = path.with_name(f".{path.name}.{os.getpid()}.{record.get('token', '')}.new")
     try:
         part.write_text(text, encoding="utf-8")
         try:

@@ -178,7 +178,8 @@ def test_a_signal_a_library_wrapped_in_its_own_error_still_marks_the_run_interru
 def test_a_resume_removes_what_killed_writers_left_half_written(tmp_path):
     """SIGKILL during an atomic write leaves its temporary ``.NAME.*.part`` (found by the fault loop: one of
     provenance.json): a resume, once its checks pass and it holds the lock, deletes them wherever they are in the
-    folder -- but not another process's lock record being linked right now, and nothing when it is refused."""
+    folder -- but not another process's lock record being linked right now (``.lock.*.new``), and nothing when it
+    is refused."""
     with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
         pass
     left = [run.path / ".provenance.json.hmxq.part", run.path / "emc" / ".output_003.h5.ab12.part",
@@ -186,7 +187,7 @@ def test_a_resume_removes_what_killed_writers_left_half_written(tmp_path):
     for part in left:
         part.parent.mkdir(parents=True, exist_ok=True)
         part.write_bytes(b"half")
-    linking = run.path / ".lock.4242.token.part"
+    linking = run.path / ".lock.4242.token.new"
     linking.write_text("{}")
 
     def refuse():

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 

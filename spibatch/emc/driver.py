@@ -38,6 +38,7 @@ from spibatch.emc.symmetry import symmetrize
 from spibatch.emc.refine import Candidates, CandidateSearch
 from spibatch.emc.types import Geometry, ShardSpec, StepState, finish
 from spibatch.errors import InputError
+from spibatch.io.atomic import remove_partial_files
 from spibatch.io.fingerprint import input_fingerprint
 from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
 
@@ -204,7 +205,7 @@ def _next_candidates(run: Run, top: np.ndarray, info: np.ndarray, iteration: int
 def _read_checkpoint(out_dir: Path, wanted: bool) -> dict | None:
     if not (wanted and out_dir.exists()):
         return None
-    records.remove_partial_files(out_dir)
+    remove_partial_files(out_dir)
     return records.read_checkpoint(out_dir)
 
 

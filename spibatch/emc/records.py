@@ -39,14 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from spibatch.errors import InputError
-from spibatch.io import atomic
 from spibatch.io.atomic import write_hdf5, write_text
 from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
 from spibatch.io.results import write_result
 from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
 
 __all__ = ["CHECKPOINT", "EMC_LOG", "METRICS", "LOG_COLUMNS", "Recorder", "log_header", "log_row", "output_name",
-           "read_checkpoint", "read_log_table", "read_top_rotations", "remove_partial_files", "write_checkpoint", "write_iteration",
+           "read_checkpoint", "read_log_table", "read_top_rotations", "write_checkpoint", "write_iteration",
            "write_logs"]
 LOG_COLUMNS = ("iter", "time", "rms_change", "info_rate", "log-likelihood", "num_rot", "beta")
 
@@ -176,11 +175,6 @@ def read_checkpoint(out_dir: Path) -> dict | None:
     return {"iteration": iteration, "model": model, "scales": scales, "background_scales": background_scales,
             "settings": settings,
             "history": history[:iteration]}
-
-
-def remove_partial_files(out_dir: Path) -> list[Path]:
-    """Delete temporary ``.NAME.*.part`` files a killed run left behind (atomic writes in progress)."""
-    return atomic.remove_partial_files(out_dir)
 
 
 class Recorder:

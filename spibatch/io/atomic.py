@@ -85,13 +85,12 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def remove_partial_files(folder: str | os.PathLike, keep_prefix: str = ".lock.") -> list[Path]:
-    """Delete the temporary ``.NAME.*.part`` files that writers killed mid-write left anywhere under
-    ``folder`` (call it holding the folder's lock: nothing else writes there); those whose name starts with
-    ``keep_prefix`` (a lock being taken by another process right now) stay.  Returns what was deleted."""
+def remove_partial_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary ``.NAME.*.part`` files (:func:`atomic_path`'s) that writers killed mid-write left
+    anywhere under ``folder``; call it holding the folder's lock (nothing else writes there).  Returns them."""
     removed = []
     for part in Path(folder).rglob(".*.part"):
-        if part.is_file() and not part.name.startswith(keep_prefix):
+        if part.is_file():
             part.unlink(missing_ok=True)
             removed.append(part)
     return removed
