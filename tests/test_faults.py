@@ -484,6 +484,11 @@ def test_fault_loop_kills_at_random_times_and_the_model_is_the_uninterrupted_one
         code = proc.wait(timeout=90)
         text = log.read_text()
         faults.append((sig.name, group, round(delay, 2), code, checkpoint_iteration(run_dir / "emc")))
+        if code == 0 and before >= LOOP_ITERATIONS:   # a SIGKILL had come after the last checkpoint: the resume
+            # had only the run's end left and may end before the signal (Popen sends none to an ended process)
+            assert json.loads((run_dir / "provenance.json").read_text())["status"] == "completed", text[-3000:]
+            assert "Traceback" not in text and wait_left_behind(group=proc.pid) == [], text[-3000:]
+            break
         assert code in (-sig, 128 + sig), (faults[-1], text[-3000:])   # not 0: the run must not end early
         assert "Traceback" not in text, text[-3000:]
         assert wait_left_behind(group=proc.pid) == [], faults[-1]
