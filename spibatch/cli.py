@@ -12,7 +12,7 @@ import sys
 import typer
 
 from spibatch import __version__, cli_platform, cli_stages
-from spibatch.errors import InputError
+from spibatch.errors import InputError, StageFailed
 
 log = logging.getLogger("spibatch")
 
@@ -50,7 +50,8 @@ for command in COMMANDS:
 
 
 def main() -> None:
-    """Console entry point: run the app; bad input (or a full disk) -> one line on stderr, exit 2; SIGINT and
+    """Console entry point: run the app; bad input (or a full disk) -> one line on stderr, exit 2; a failed stage
+    of a run -> one line, exit 1; SIGINT and
     SIGTERM -> status interrupted, the line to resume, exit 130 / 143 (:mod:`spibatch.interrupts`)."""
     from spibatch import interrupts
     from spibatch.io.atomic import DiskFull
@@ -64,6 +65,10 @@ def main() -> None:
             typer.echo(f"spibatch: error: {exc}", err=True)
         if isinstance(exc, DiskFull):   # rank 0 alone writes: the other ranks would wait for it forever
             interrupts.abort_mpi(exc.exit_code)
+        sys.exit(exc.exit_code)
+    except StageFailed as exc:   # a job or task failed: the stage, the cause, where the traceback is, how to go on
+        if not interrupts.mpi_rank():
+            typer.echo(f"spibatch: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, SystemExit) as exc:   # typer turns a KeyboardInterrupt into SystemExit(130)
         interrupted = interrupts.interrupt_in(exc)

@@ -1,9 +1,12 @@
-"""The one exception type for bad user input.
+"""The exceptions the CLI prints as one line: bad user input, and a stage that failed.
 
 Every mistake a user can make (a missing file, a wrong dataset shape, an
 unknown config key, negative photon counts, ...) is raised as
 :class:`InputError`; the CLI prints it as a single line and exits with
-status 2.  The message names the file, the field and the fix.
+status 2.  The message names the file, the field and the fix.  A stage of
+``spibatch run`` that fails for another reason (its job exits non-zero, a
+task raises) is :class:`StageFailed`: one line naming the stage, the cause,
+where the details are and how to continue; exit status 1.
 """
 
 from __future__ import annotations
@@ -37,3 +40,9 @@ class InputError(Exception):
         head = ": ".join(parts + [self.problem])
         line = f"{head}; {self.fix}" if self.fix else head
         return " ".join(line.split())  # one line, whatever the pieces held
+
+
+class StageFailed(Exception):
+    """A stage of a run failed, not for bad input: ``the <stage> ... failed: <cause>; <where>; <how to go on>``."""
+
+    exit_code = 1

@@ -16,11 +16,13 @@ import logging
 import os
 import shutil
 import sys
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from spibatch import stages
 from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, provider_for
-from spibatch.errors import InputError
+from spibatch.errors import InputError, StageFailed
 from spibatch.io.atomic import disk_full
 from spibatch.layout import RunLayout
 
@@ -76,8 +78,8 @@ class ParslWorkers(stages.Workers):
                 raise InputError(result["error"], field=stage) from None
             if not result and shutil.disk_usage(run.path).free < FULL_BELOW:   # it could not even say why
                 raise disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), run.stage_result(stage)) from None
-            said = f": {result['error']}" if result.get("error") else ""
-            raise RuntimeError(f"the {stage} job failed{said} ({exc.__class__.__name__}); see {stderr}") from None
+            said = f": {result['error'].rstrip('.')}" if result.get("error") else f" ({exc.__class__.__name__})"
+            raise StageFailed(f"the {stage} job failed{said}; its output: {stderr}; {_go_on(run)}") from None
 
 
 def check_pipeline(pipeline, config: Path, site: Site | None = None) -> None:
@@ -116,17 +118,48 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
         with Follower(run, "follow" in todo) as follower, progress(len(driven), "stages") as bar:
             for name in driven:
                 bar.describe(f"stage {name}: running ({driven.index(name) + 1} of {len(driven)})")
-                if name == "emc" and pipeline.source is not None:
-                    _follow_emc(run, pipeline, device, workers, follower)
-                elif name in stages.ORCHESTRATING:
-                    stages.run_stage(name, run, pipeline, device, workers)
-                else:
-                    workers.submit(stages.run_task, name, str(run.path)).result()
+                with failures_as_one_line(run, name):
+                    if name == "emc" and pipeline.source is not None:
+                        _follow_emc(run, pipeline, device, workers, follower)
+                    elif name in stages.ORCHESTRATING:
+                        stages.run_stage(name, run, pipeline, device, workers)
+                    else:
+                        workers.submit(stages.run_task, name, str(run.path)).result()
                 bar.advance(1)
                 bar.note(f"{name}: done")
     finally:
         shutdown(dfk)
     return {n: stages.finished(run, n) for n in names}
+
+
+def _go_on(run: RunLayout) -> str:
+    return f"once its cause is fixed, continue with: spibatch resume {run.path}"
+
+
+@contextmanager
+def failures_as_one_line(run: RunLayout, stage: str):
+    """A stage that raises anything but bad input, a StageFailed or a signal raises StageFailed instead: one line
+    with the cause and where its traceback was written (``stages/<stage>.traceback``), not a traceback."""
+    from spibatch.interrupts import chained_interrupt
+
+    try:
+        yield
+    except (InputError, StageFailed):
+        raise
+    except Exception as exc:
+        if chained_interrupt(exc) is not None:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+        cause = f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
+        path = run.stage_log(stage).with_suffix(".traceback")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(traceback.format_exception(exc)))
+            where = f"its traceback: {path}"
+        except OSError:
+            where = "its traceback could not be written"
+        log.debug("stage %s failed", stage, exc_info=exc)
+        raise StageFailed(f"the {stage} stage failed: {cause}; {where}; {_go_on(run)}") from exc
 
 
 class Follower:
@@ -160,8 +193,8 @@ class Follower:
             result = read_result(self.run, "follow") or {}
             if result.get("exit_code") == InputError.exit_code:
                 raise InputError(result["error"], field="source")
-            raise RuntimeError(f"the follower failed ({result.get('error') or f'exit {code}'}); see "
-                               f"{self.run.stage_stream('follow', 'stderr')}")
+            raise StageFailed(f"the follower failed: {result.get('error') or f'exit status {code}'}; its output: "
+                              f"{self.run.stage_stream('follow', 'stderr')}; {_go_on(self.run)}")
 
     def __exit__(self, *exc) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -74,3 +74,35 @@ def test_dry_run_of_the_local_site_creates_nothing(emc_small, tmp_path):
     assert f"export PATH={sys.executable.rsplit('/', 1)[0]}:$PATH" in done.stdout   # the interchange's bin/
     assert "nothing submitted" in done.stdout
     assert not (tmp_path / "run").exists() and not (tmp_path / "runinfo").exists()
+
+
+@pytest.mark.parametrize("mode", ["hpc", "htc"])
+def test_a_stage_that_fails_on_the_workers_ends_in_one_line_and_a_failed_run(emc_small, tmp_path, mode):
+    """A worker environment that breaks EMC (an unknown Numba threading layer, set by the site's worker_init):
+    `spibatch run` ends with one line -- the stage, the cause, where the details are, how to continue -- and exit
+    status 1, not a traceback; the run is marked failed; a resume of it says the same line."""
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
+    site = write_site(tmp_path, f"broken-{mode}", f"""name: broken-{mode}
+provider: local
+workers: 2
+emc_mode: {mode}
+local: {{cores: 2, strategy_period_s: 0.5, worker_init: "export NUMBA_THREADING_LAYER=nonexistent"}}
+""")
+    run = tmp_path / "run"
+    done = spibatch("run", pipeline, "--site", site, "--out", run, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    details = run / "stages" / ("jobs/emc.stderr" if mode == "hpc" else "emc.traceback")
+    assert last.startswith(f"spibatch: error: the emc {'job' if mode == 'hpc' else 'stage'} failed: ValueError: "
+                           "The threading layer requested 'nonexistent' is unknown to Numba;"), last
+    assert f"; {details};" in last.replace("its output: ", "").replace("its traceback: ", ""), last
+    assert last.endswith(f"continue with: spibatch resume {run}"), last
+    assert "threading layer requested 'nonexistent'" in details.read_text()
+    record = json.loads((run / "provenance.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("StageFailed: the emc"), record
+    assert not (run / "stages" / "emc.json").exists() and not (run / "lock").exists()
+
+    again = spibatch("resume", run, cwd=tmp_path)
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert again.stderr.strip().splitlines()[-1] == last
