@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench_helpers import calls, dumped, fake_command, synthetic_document, write_bench
@@ -220,3 +221,18 @@ def test_the_console_shows_bench_lines_and_parsls_warnings_not_its_info(capsys):
         handler.handle(logging.LogRecord(name, level, __file__, 1, text, None, None))
     err = capsys.readouterr().err
     assert "bench: point 1/8" in err and "a block failed" in err and "DataFlowKernel" not in err
+
+
+def test_the_phasing_model_takes_the_rate_timed_at_the_workloads_edge_and_thread_count():
+    """An FFT's rate depends on the edge's factors and on whether a second thread pays at that size: where the
+    microbenchmarks timed the workload's edge on t threads, the model uses that rate, not a median over other
+    edges scaled by t^beta; elsewhere it falls back to the one-thread rate (at the edge when timed) / t^beta."""
+    rates = {"cores": 2, "phasing": {
+        "1": {"per_n3logn3": 4e-10, "edges": {"32": {"per_n3logn3": 4e-10}, "91": {"per_n3logn3": 9e-10}}},
+        "2": {"per_n3logn3": 2e-10, "edges": {"32": {"per_n3logn3": 2e-10}, "91": {"per_n3logn3": 7e-10}}}}}
+    assert model.phasing_rate_at(rates, 91, 2) == 7e-10            # timed there, on 2 threads
+    assert model.phasing_rate_at(rates, 91, 1) == 9e-10
+    assert model.phasing_rate_at(rates, 91, 4, beta=0.5) == 9e-10 / 2   # 4 threads not timed: one thread's / 4^0.5
+    assert model.phasing_rate_at(rates, 64, 2, beta=1.0) == 4e-10 / 2   # edge not timed: the median rate
+    n3 = 91 ** 3 * np.log2(91 ** 3)
+    assert model.phasing_terms(91, 2, rates, None) == pytest.approx(7e-10 * n3)

@@ -79,7 +79,8 @@ def finish(out: Path, document: dict, *, rates: bool | Path = True) -> str:
         from spibatch.bench.kernels import measure_rates
 
         log.info("bench: measuring this machine's kernel rates for the model")
-        document["rates"] = measure_rates()
+        edges = sorted({p["sizes"]["edge"] for p in document["points"] if p.get("kind") == "phasing" and p.get("sizes")})
+        document["rates"] = measure_rates(phasing_edges=edges)
         runner.save_document(out, document)
     if document.get("rates"):
         document["model"] = model.evaluate(document)

@@ -119,14 +119,19 @@ def emc_rates(threads: int, repeats: int = 3) -> dict:
             "problems": {name: dict(c) for name, c in (("low", low), ("high", high), ("few", few), ("many", many))}}
 
 
-def phasing_rate(threads: int, edges=(32, 48), iterations: int = 10) -> dict:
-    """Seconds per N^3 log2(N^3) of one HIO iteration (FFT, modulus, inverse, update), median over edges."""
+def phasing_rate(threads: int, edges=(32, 48), iterations: int = 30, extra_edges=()) -> dict:
+    """Seconds per N^3 log2(N^3) of one HIO iteration (FFT, modulus, inverse, update), median over ``edges``;
+    ``extra_edges`` (the matrix's phasing edges) are timed too and kept under ``edges`` only: an FFT's rate
+    depends on the edge's prime factors and, at small edges, on whether a second thread pays."""
     from spibatch.phasing.measurement import Measurement
     from spibatch.phasing.operators import HIO
     from spibatch.phasing.reconstruction import Reconstruction
 
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))   # the modulus and update passes
     per = {}
-    for n in edges:
+    for n in dict.fromkeys([*edges, *extra_edges]):
         k = np.fft.fftfreq(n) * n
         r2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
         rho = np.where(r2 < (n / 8) ** 2, 1.0, 0.0).astype(np.float32)
@@ -135,8 +140,8 @@ def phasing_rate(threads: int, edges=(32, 48), iterations: int = 10) -> dict:
         hio = HIO(beta=0.9)
         hio(rec)
         median, best = _timed(lambda hio=hio, rec=rec: hio(rec), iterations)
-        per[n] = {"iteration_s": median, "min_s": best, "per_n3logn3": median / (n ** 3 * np.log2(n ** 3))}
-    return {"threads": threads, "per_n3logn3": statistics.median(v["per_n3logn3"] for v in per.values()),
+        per[str(n)] = {"iteration_s": median, "min_s": best, "per_n3logn3": median / (n ** 3 * np.log2(n ** 3))}
+    return {"threads": threads, "per_n3logn3": statistics.median(per[str(n)]["per_n3logn3"] for n in edges),
             "edges": per}
 
 
@@ -205,16 +210,18 @@ def parsl_rates(tasks: int = 50, payload_bytes: int = 16 * 2 ** 20, payloads: in
             "result_bytes_per_s": payloads * payload_bytes / moved, "payload_bytes": payload_bytes}
 
 
-def measure_rates(parsl: bool = True) -> dict:
-    """Every rate above (EMC and phasing on 1 thread and on all usable cores), with the load at start and end."""
+def measure_rates(parsl: bool = True, phasing_edges=()) -> dict:
+    """Every rate above (EMC and phasing on 1 thread and on all usable cores; phasing also at ``phasing_edges``),
+    with the load at start and end."""
     from spibatch.bench import machine
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     out = {"load_start": machine.load(), "started": machine.now(), "cores": cores,
-           "emc": {"1": emc_rates(1)}, "phasing": {"1": phasing_rate(1)}, "memory": memory_rates()}
+           "emc": {"1": emc_rates(1)}, "phasing": {"1": phasing_rate(1, extra_edges=phasing_edges)},
+           "memory": memory_rates()}
     if cores > 1:
         out["emc"][str(cores)] = emc_rates(cores)
-        out["phasing"][str(cores)] = phasing_rate(cores)
+        out["phasing"][str(cores)] = phasing_rate(cores, extra_edges=phasing_edges)
     out["parsl"] = parsl_rates() if parsl else None
     out["container_start_s"] = None      # no container runtime measured here (see docs/scale.md)
     out["load_end"], out["finished"] = machine.load(), machine.now()

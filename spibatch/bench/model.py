@@ -20,8 +20,10 @@ Measured = ``k_compute`` x compute + ``k_overhead`` x (everything else), fitted 
 relative errors of the calibration points; ``beta`` is not fitted: it is the microbenchmarks' (1 and all cores) on
 a quiet machine, 1 on a loaded one (:func:`micro_beta`).  Which points calibrate is the bench file's ``model``
 section (``calibrate_workers``, ``calibrate_sites``; default: the smallest worker count); every other point is a
-check the fit never saw.  Phasing: a warm start's iteration ``k_phasing a_fft N^3 log2 N^3 / (t^beta_phasing
-share)``; the phase stage ``ceil(starts / w)`` warm starts + a worker's warm-up (its first start's extra seconds,
+check the fit never saw.  Phasing: a warm start's iteration ``k_phasing a_fft(N, t) N^3 log2 N^3 / share``, with
+``a_fft(N, t)`` the microbenchmark's HIO rate at the workload's edge N on t threads (an FFT's rate depends on N's
+prime factors, and a second thread does not pay at small N), or a_fft / t^beta_phasing where none was timed; the
+phase stage ``ceil(starts / w)`` warm starts + a worker's warm-up (its first start's extra seconds,
 measured) + ``b_phase_s`` (dispatch, merge).
 """
 
@@ -194,10 +196,23 @@ def evaluate(document: dict) -> dict:
             "check_within_goal": bool(checks) and max(checks) <= GOAL}
 
 
+def phasing_rate_at(rates: dict, edge: int, threads: int, beta: float = 1.0) -> float:
+    """Seconds per N^3 log2 N^3 of an HIO iteration of ``edge`` on ``threads`` threads: the microbenchmark's at
+    this edge and thread count when it ran them (the matrix's edges are timed), else the one-thread rate (at
+    this edge, or the median over the standard edges) over threads^beta."""
+    table = rates["phasing"]
+    measured = (table.get(str(threads)) or {}).get("edges", {}).get(str(edge))
+    if measured:
+        return measured["per_n3logn3"]
+    one = table["1"]
+    at_edge = one.get("edges", {}).get(str(edge))
+    return (at_edge or one)["per_n3logn3"] / max(threads, 1) ** beta
+
+
 def phasing_terms(edge: int, threads: int, rates: dict, load: float | None = None, beta: float = 1.0) -> float:
     """Uncalibrated seconds of one phasing iteration (one start) on ``threads`` threads."""
-    one = rates["phasing"]["1"]["per_n3logn3"]
-    return one * edge ** 3 * math.log2(edge ** 3) / (max(threads, 1) ** beta * relative_share(load, rates))
+    rate = phasing_rate_at(rates, edge, threads, beta)
+    return rate * edge ** 3 * math.log2(edge ** 3) / relative_share(load, rates)
 
 
 def evaluate_phasing(document: dict, role) -> dict:
