@@ -221,7 +221,7 @@ class Phasing(Section):
                         "starts and chooses among support schedules), or operators run in reading order: HIO, ER, "
                         "RAAR, DM, ShrinkWrap, Auto; '*' then, '**' repeats")
     num_starts: int = Field(16, ge=1, description="independent random starts")
-    keep_best: int = Field(8, ge=1, description="starts of lowest final Fourier error averaged")
+    keep_best: int = Field(8, ge=1, description="the best starts averaged (default: half of num_starts, at least 1)")
     seed: int = Field(1, ge=0, description="start k uses seed + k")
     positivity: bool = Field(True, description="the density is >= 0 inside the support")
     realness: bool = Field(True, description="the density is real (real-to-complex FFTs, Friedel-averaged data)")
@@ -245,6 +245,16 @@ class Phasing(Section):
         if op.iterations() == 0:
             raise ValueError("the recipe has no iteration (HIO, ER, RAAR or DM)")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_keep(cls, data):
+        """keep_best not given: half of num_starts (16 -> 8, 2 -> 1), so that any num_starts works alone."""
+        if isinstance(data, dict) and "keep_best" not in data:
+            starts = data.get("num_starts", 16)
+            if isinstance(starts, int) and not isinstance(starts, bool) and starts >= 1:
+                data = {**data, "keep_best": max(1, starts // 2)}
+        return data
 
     @model_validator(mode="after")
     def _keep(self) -> "Phasing":

@@ -207,3 +207,18 @@ def test_paths_that_loop_name_the_key(tmp_path):
     (tmp_path / "loop.pdb").symlink_to(tmp_path / "loop.pdb")
     with pytest.raises(InputError, match=r"loop.pdb: simulation.pdb: cannot resolve the path"):
         load_pipeline(write(tmp_path, "simulation: {pdb: loop.pdb}\n"))
+
+
+@pytest.mark.parametrize("starts, kept", [(None, 8), (16, 8), (2, 1), (3, 1), (1, 1), (40, 20)])
+def test_keep_best_defaults_to_half_the_starts(tmp_path, starts, kept):
+    """`num_starts: 2` alone is a valid phasing section: keep_best, not given, is half the starts (at least one)."""
+    path = tmp_path / "p.yaml"
+    path.write_text("name: t\nphasing: {intensity: i.h5" + ("" if starts is None else f", num_starts: {starts}") + "}\n")
+    assert load_pipeline(path).phasing.keep_best == kept
+
+
+def test_a_keep_best_above_num_starts_is_still_refused(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: t\nphasing: {intensity: i.h5, num_starts: 2, keep_best: 3}\n")
+    with pytest.raises(InputError, match=r"keep_best \(3\) is more than num_starts \(2\)"):
+        load_pipeline(path)

@@ -96,6 +96,9 @@ def pad_centre(volume: np.ndarray, edge: int) -> np.ndarray:
     return np.ascontiguousarray(volume[lo:lo + edge, lo:lo + edge, lo:lo + edge])
 
 
+MAX_INTENSITY = 1e30     # sqrt: 1e15 per amplitude, and sums of N^3 of them stay far inside float32
+
+
 def check_intensity(intensity, *, source: str | None = None, field: str = "intensity") -> np.ndarray:
     """The intensity as a float64 cube, or one clear InputError (shape, NaN, negative, empty)."""
     arr = np.asarray(intensity)
@@ -120,6 +123,11 @@ def check_intensity(intensity, *, source: str | None = None, field: str = "inten
                          fix="an intensity cannot be negative: clip background-subtracted data at 0")
     if not (arr > 0).any():
         raise InputError("the intensity is zero everywhere", path=source, field=field)
+    if arr.max() > MAX_INTENSITY:   # amplitudes and their FFT sums are float32
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(arr)), arr.shape))
+        raise InputError(f"the largest voxel is {arr[idx]:.3g} (at {idx}): above {MAX_INTENSITY:.0e}, past what the "
+                         "float32 amplitudes and their transforms hold", path=source, field=field,
+                         fix="divide the intensity by a constant (phasing uses only its ratios)")
     return arr
 
 

@@ -69,7 +69,17 @@ def _read(path: Path, cfg, kind: str):
     if kind == "density":
         voxel = cfg.reference_voxel_size_m if Path(path) == Path(cfg.reference) else None
         return load_truth(path, voxel or cfg.voxel_size_m)
-    return read_volume(path, cfg.dataset), None
+    import numpy as np
+
+    volume = read_volume(path, cfg.dataset)
+    bad = ~np.isfinite(volume)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {first})", path=path,
+                         field=cfg.dataset or "intensity",
+                         fix="mark unmeasured voxels with 0 (the comparison leaves voxels that are 0 in the second "
+                         "volume out)")
+    return volume, None
 
 
 def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
