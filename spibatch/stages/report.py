@@ -12,6 +12,12 @@ def check(pipeline=None, config: Path | None = None, run: RunLayout | None = Non
     if run is None or not run.path.is_dir():
         raise InputError("not a folder", path=None if run is None else run.path, field="RUN_DIR",
                          fix="give a run folder (it holds provenance.json)")
+    from spibatch.monitor.paths import RUN_MARKERS, is_run
+
+    if not is_run(run.path):    # nothing to report: no report.html written into an arbitrary folder
+        raise InputError(f"not a run folder (none of {', '.join(RUN_MARKERS)} here, nor emc/metrics.jsonl)",
+                         path=run.path, field="RUN_DIR", fix="give the folder a spibatch command printed as its run "
+                         "directory (or a Dragonfly run's)")
 
 
 def run(run: RunLayout, pipeline=None, device=None, workers=None) -> dict[str, Path]:

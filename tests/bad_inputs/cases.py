@@ -580,6 +580,8 @@ CASES: list[Case] = [
     Case("init-into-a-file", "paths", ["init", "afile"], {"afile": b.text("x\n")}, ["afile", "DIRECTORY"]),
     Case("init-under-proc", "paths", ["init", "/proc/spibatch-no"], {}, ["/proc/spibatch-no", "DIRECTORY"]),
     Case("cli-report-missing", "run folders", ["report", "gone"], {}, ["gone"]),
+    Case("cli-report-not-a-run", "run folders", ["report", "plain"], {"plain": b.directory},
+         ["plain", "RUN_DIR", "not a run folder"]),
     Case("runs-dir-is-file", "run folders", ["emc", "p.yaml"],
          {"p.yaml": b.yaml_file(merged(EMC, output={"runs_dir": "afile"})), "afile": b.text("x\n")}, ["afile"]),
 ]
