@@ -42,6 +42,35 @@ def test_a_stand_in_is_missing_while_parsl_imports_and_real_afterwards(name):
     assert parsl_lean.STAND_INS not in out[1] and "site-packages" in out[1]   # a task gets the real package
 
 
+DEFERRED_THEN_REAL = """
+import sys
+import parsl.executors.high_throughput.interchange, parsl.addresses
+print(*(type(sys.modules[n]).__name__ for n in ("requests", "typeguard")))
+import requests.adapters                       # a submodule: the real package under it
+from typeguard import typechecked, check_type, TypeCheckError
+try:
+    check_type("a", int)
+    print("unchecked")
+except TypeCheckError:
+    print("checked" if typechecked.__module__.startswith("typeguard") else typechecked.__module__)
+print(parsl.addresses.requests.get.__module__, type(sys.modules["requests"]).__name__, requests.__file__)
+"""
+
+
+@pytest.mark.parametrize("stand_ins", [True, False])
+def test_requests_and_typeguard_wait_until_parsl_has_loaded_then_are_the_real_ones(stand_ins):
+    """Parsl's processes (the stand-ins on their path) and the driver (import_parsl) import Parsl with requests
+    and typeguard deferred; what is imported or looked up after Parsl has loaded is the real package: a task's
+    typeguard checks (and its typechecked is typeguard's), Parsl's own requests.get is requests'."""
+    code = DEFERRED_THEN_REAL if stand_ins else \
+        "from spibatch import parsl_lean; parsl_lean.import_parsl()\n" + DEFERRED_THEN_REAL
+    out = run(code, stand_ins=stand_ins).splitlines()
+    assert out[0] == "Deferred Deferred" or (not stand_ins and out[0] == "module Deferred"), out  # the driver's
+    assert out[1] == "checked", out                                       # kubernetes client imports requests
+    get_module, kind, path = out[2].split()
+    assert get_module == "requests.api" and kind == "module" and "site-packages" in path, out
+
+
 def test_parsl_turns_the_left_out_features_off_and_still_works():
     out = run("import parsl.providers.kubernetes.kube as k, parsl.providers.aws.aws as a; "
               "from parsl.serialize import serialize, deserialize; "

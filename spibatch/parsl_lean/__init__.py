@@ -22,8 +22,12 @@ driver, the interchange, the worker pool, its multiprocessing manager and each w
   process's first ``import parsl``, through a finder on ``sys.meta_path``, for :data:`DRIVER_HIDE` only: one
   driver process (a test session, too) may use the Kubernetes provider, which needs Kubernetes' client.
 
+* ``requests`` and ``typeguard``, which Parsl imports unconditionally, are deferred in all these processes
+  (:mod:`spibatch.parsl_lean.deferred`): a stand-in until Parsl has loaded, then the real package on first use.
+
 What a Parsl process started this way loses: Parsl's KubernetesProvider, AWSProvider and its monitoring
-database, none of which spibatch uses inside the interchange or a worker.
+database, none of which spibatch uses inside the interchange or a worker; and the run-time type checks of
+Parsl's own classes (typeguard's decorator is the identity while Parsl loads).
 """
 
 from __future__ import annotations
@@ -87,12 +91,15 @@ class _Hide(importlib.abc.MetaPathFinder):
 def import_parsl(hide: tuple[str, ...] = DRIVER_HIDE):
     """``import parsl`` in this process, the first time without ``hide``; the ``parsl`` module."""
     if "parsl" not in sys.modules:
-        finder = _Hide(hide)
-        sys.meta_path.insert(0, finder)
+        from spibatch.parsl_lean.deferred import DeferFinder
+
+        finders = [_Hide(hide), DeferFinder()]
+        sys.meta_path[:0] = finders
         try:
             import parsl   # noqa: F401
         finally:
-            sys.meta_path.remove(finder)
+            for finder in finders:
+                sys.meta_path.remove(finder)
     return sys.modules["parsl"]
 
 
