@@ -2,6 +2,7 @@
 
     python benchmarks/emc_memory_100k.py [--data DIR] [--iterations 1] [--frames-per-shard 4096]
     python benchmarks/emc_memory_100k.py --start-model RUN/emc/output_001.h5 --beta 1.0
+    python benchmarks/emc_memory_100k.py --start-model RUN/emc/output_001.h5 --beta 1.0 --num-modes 2
 
 Simulates the data set once (the geometry of benchmarks/simulate_100k.py; kept in
 --data for later runs), then runs ``spibatch emc`` in a child process and reports
@@ -35,6 +36,9 @@ def main() -> None:
     ap.add_argument("--frames-per-shard", type=int, default=4096)
     ap.add_argument("--start-model", type=Path, default=None,
                     help="start from this model (e.g. RUN/emc/output_001.h5 of a first run) instead of a random one")
+    ap.add_argument("--num-modes", type=int, default=1,
+                    help="rotating modes; with a one-mode --start-model, each mode starts from it, mode k scaled "
+                    "by 1 + 0.05 k (the reference counts the model V times)")
     ap.add_argument("--beta", type=float, default=None,
                     help="a fixed beta instead of Dragonfly's auto rule (1.0 with a start model: probabilities "
                     "as sharp as in a late iteration, so the pruned-probability term is small)")
@@ -53,11 +57,22 @@ def main() -> None:
         print(f"simulated {args.frames} frames in {time.time() - start:.0f} s into {data}", flush=True)
     frames, pixels = photons_info(data / "photons.emc")
     detector = Detector.read(data / "detector.h5")
+    start_model = args.start_model
+    if start_model is not None and args.num_modes > 1:      # a (V, M, M, M) start from a one-mode output
+        import h5py
+        import numpy as np
+
+        from spibatch.io.results import read_volume
+        one = np.asarray(read_volume(start_model), np.float64)
+        start_model = data / f"start-{args.num_modes}-modes.h5"
+        with h5py.File(start_model, "w") as f:
+            f["intensities"] = np.stack([one * (1 + 0.05 * k) for k in range(args.num_modes)])
     config = data / "emc.yaml"
     config.write_text(json.dumps({"name": "emc-100k", "emc": {
         "photons": str(data / "photons.emc"), "detector": str(data / "detector.h5"), "num_div": args.num_div,
         "iterations": args.iterations, "need_scaling": True, "frames_per_shard": args.frames_per_shard,
-        **({"start_model": str(args.start_model)} if args.start_model else {}),
+        **({"start_model": str(start_model)} if start_model else {}),
+        **({"num_modes": args.num_modes} if args.num_modes > 1 else {}),
         **({"beta": args.beta, "beta_schedule": None} if args.beta else {})}}))
     out = data / f"run-{time.strftime('%Y%m%dT%H%M%S')}"
     start = time.time()
@@ -72,12 +87,12 @@ def main() -> None:
         sparse += sum(a.nbytes for a in (block.ones_indptr, block.ones_index, block.multi_indptr,
                                          block.multi_index, block.multi_count))
     size = detector.model_size()
-    model = size ** 3 * 8
+    model = size ** 3 * 8 * args.num_modes
     kept = max(m["mean_kept_rotations"] for m in metrics) * frames
     probs = kept * 12
     reference = sparse + model + probs
     print(f"EMC run in {out} (model: {RunLayout(out).emc_output(args.iterations)})", file=sys.stderr)
-    print(json.dumps({"frames": frames, "start_model": str(args.start_model), "beta": args.beta or "auto", "pixels": pixels, "num_div": args.num_div, "model_size": size,
+    print(json.dumps({"frames": frames, "start_model": str(args.start_model), "beta": args.beta or "auto", "num_modes": args.num_modes, "pixels": pixels, "num_div": args.num_div, "model_size": size,
                       "iterations": args.iterations, "wall_s": round(wall, 1),
                       "time_per_iteration_s": [round(m["time_s"], 1) for m in metrics],
                       "peak_rss_mb": round(peak / 2**20), "sparse_data_mb": round(sparse / 2**20),

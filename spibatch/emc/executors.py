@@ -70,8 +70,9 @@ def run_shards(step, model: np.ndarray, geometry: Geometry, shards: list[Shard],
     total, frames = None, []
     for shard in sorted(shards, key=lambda s: s.first_frame):
         part = step(model, geometry.rotations, geometry.pixels, shard, state)
-        if total is None:
-            total = part
+        if total is None:    # float64 from here on (a CPU merge's sums are float32 views)
+            total = ShardSums(part.first_frame, np.array(part.numerator, np.float64),
+                              np.array(part.denominator, np.float64), part.frames, dict(part.timings))
         else:
             total.numerator += part.numerator
             total.denominator += part.denominator

@@ -249,7 +249,8 @@ class StepState:
 class ShardSums:
     """Partial sums of one or more shards; they add up across shards.
 
-    numerator, denominator: (M, M, M) float64 merge sums.  Per frame (D,),
+    numerator, denominator: (M, M, M) merge sums: float64, or float32 views straight from a CPU merge (every
+    sum of several converts them as it adds).  Per frame (D,),
     in frame order from ``first_frame``: counts, scale_denominator
     (sum_r P u_r), log_likelihood (sum_r P (L - log K!)), mutual_info
     (sum_r P log(P / w_r)), best_rotation, best_probability, num_kept; with a background also
@@ -338,8 +339,8 @@ class Geometry:
 def reduce(parts: list[ShardSums]) -> ShardSums:
     """Sum the volumes and join the per-frame arrays of ``parts`` (any order) in frame order."""
     parts = sorted(parts, key=lambda p: p.first_frame)
-    numerator = parts[0].numerator.copy()
-    denominator = parts[0].denominator.copy()
+    numerator = np.array(parts[0].numerator, np.float64)      # a copy, float64 (a CPU merge's are float32)
+    denominator = np.array(parts[0].denominator, np.float64)
     for p in parts[1:]:
         numerator += p.numerator
         denominator += p.denominator
