@@ -32,7 +32,7 @@ ASSUMED = {"link_bytes_per_s": 25e9,          # 200 Gb/s InfiniBand per node (Al
            "fs_aggregate_bytes_per_s": 100e9,  # the filesystem as a whole
            "interchange_bytes_per_s": 0.5e9,  # Parsl's interchange, one driver, pickle + ZeroMQ (quiet machine)
            "task_latency_s": 0.003,           # Parsl per-task dispatch (2.4-3.2 ms measured here, quiet)
-           "first_result_s": 4.0,             # Parsl's start to the first result (3.7 s measured, quiet)
+           "first_result_s": 4.0,             # Parsl's start to the first result (0.8-2.6 s measured here; a cluster adds its job start)
            "cpu_node_hour": 2.0, "gpu_hour": 4.0}   # USD, cloud-like list prices (assumed)
 
 
