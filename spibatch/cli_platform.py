@@ -51,11 +51,14 @@ def run(pipeline: Path = typer.Argument(..., help="pipeline YAML file"),
     finished(run_path, result)
 
 
-def resume(run_dir: Path = typer.Argument(..., help="run directory of an earlier `spibatch run`")) -> None:
-    """Continue a `spibatch run` on its own site: finished stages are not run again."""
+def resume(run_dir: Path = typer.Argument(..., help="run directory of an earlier `spibatch run`"),
+           site: Optional[Path] = typer.Option(None, "--site", help="a site file that replaces the run's own "
+                                               "(e.g. the worker environment or partition that made a stage "
+                                               "fail, fixed); its copy in the run folder is updated")) -> None:
+    """Continue a `spibatch run` on its own site (or on --site): finished stages are not run again."""
     from spibatch.pipeline import resume as resume_run
 
-    run_path, outputs = resume_run(run_dir)
+    run_path, outputs = resume_run(run_dir, site_path=site)
     finished(run_path, outputs)
 
 

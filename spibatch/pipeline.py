@@ -133,7 +133,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
 
 
 def _go_on(run: RunLayout) -> str:
-    return f"once its cause is fixed, continue with: spibatch resume {run.path}"
+    return f"once its cause is fixed, continue with: spibatch resume {run.path} (--site FILE: with a fixed site)"
 
 
 @contextmanager
@@ -293,8 +293,9 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     return run.path, run.outputs
 
 
-def resume(run_dir: Path, command: list[str] | None = None):
-    """``spibatch resume``: run the stages of ``run_dir`` that have not finished, on its own site."""
+def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | None = None):
+    """``spibatch resume``: run the stages of ``run_dir`` that have not finished, on its own site, or on the site
+    file ``site_path``, which then replaces the run's copy (checked before anything is touched)."""
     from spibatch.config import load_pipeline
     from spibatch.parsl_shutdown import cancel_left_jobs
     from spibatch.rundir import open_run, read_provenance
@@ -306,15 +307,26 @@ def resume(run_dir: Path, command: list[str] | None = None):
                              fix="give the run directory `spibatch run` printed")
     read_provenance(run.path)
     pipeline = load_pipeline(run.config)
-    site = load_site(run.site)
+    own = load_site(run.site)
+    site = own if site_path is None else load_site(site_path)
+    if site_path is not None:
+        check_pipeline(pipeline, run.config, site)      # the stages still fit the new site's workers
+        if site.emc_mode == "hpc" and not provider_for(site).supports_hpc:
+            raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source,
+                             field="emc_mode", fix="set emc_mode: htc (or leave it out)")
     provider_for(site).preflight(run.path)
     needed = tuple(needed_inputs(run, pipeline))
 
     def check() -> None:   # under the lock, before anything is written: EMC's checkpoint fits settings and data
         if stages.finished(run, "emc") is None:
             stages.module("emc").check_resume(run, pipeline, run.config)
+        if site_path is not None:
+            from spibatch.io.atomic import write_text
+
+            write_text(run.site, dump_site(site))
+            log.info("site: %s (was %s), from %s", site.name, own.name, site_path)
 
     with open_run(resume=run.path, command=command, inputs=needed, check=check,
-                  stop_old=lambda: cancel_left_jobs(run, site), resume_hint=f"spibatch resume {run.path}") as opened:
+                  stop_old=lambda: cancel_left_jobs(run, own), resume_hint=f"spibatch resume {run.path}") as opened:
         opened.outputs.update(_outputs(execute(run, site, pipeline)))
     return opened.path, opened.outputs

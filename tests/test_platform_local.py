@@ -80,7 +80,8 @@ def test_dry_run_of_the_local_site_creates_nothing(emc_small, tmp_path):
 def test_a_stage_that_fails_on_the_workers_ends_in_one_line_and_a_failed_run(emc_small, tmp_path, mode):
     """A worker environment that breaks EMC (an unknown Numba threading layer, set by the site's worker_init):
     `spibatch run` ends with one line -- the stage, the cause, where the details are, how to continue -- and exit
-    status 1, not a traceback; the run is marked failed; a resume of it says the same line."""
+    status 1, not a traceback; the run is marked failed; a resume of it says the same line, and a resume with the
+    fixed site file (--site) finishes the run."""
     pipeline = write_pipeline(tmp_path, emc_small, starts=1)
     site = write_site(tmp_path, f"broken-{mode}", f"""name: broken-{mode}
 provider: local
@@ -97,7 +98,7 @@ local: {{cores: 2, strategy_period_s: 0.5, worker_init: "export NUMBA_THREADING_
     assert last.startswith(f"spibatch: error: the emc {'job' if mode == 'hpc' else 'stage'} failed: ValueError: "
                            "The threading layer requested 'nonexistent' is unknown to Numba;"), last
     assert f"; {details};" in last.replace("its output: ", "").replace("its traceback: ", ""), last
-    assert last.endswith(f"continue with: spibatch resume {run}"), last
+    assert last.endswith(f"continue with: spibatch resume {run} (--site FILE: with a fixed site)"), last
     assert "threading layer requested 'nonexistent'" in details.read_text()
     record = json.loads((run / "provenance.json").read_text())
     assert record["status"] == "failed" and record["error"].startswith("StageFailed: the emc"), record
@@ -106,3 +107,17 @@ local: {{cores: 2, strategy_period_s: 0.5, worker_init: "export NUMBA_THREADING_
     again = spibatch("resume", run, cwd=tmp_path)
     assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-3000:]
     assert again.stderr.strip().splitlines()[-1] == last
+
+    before = (run / "site.yaml").read_text()
+    gone = spibatch("resume", run, "--site", tmp_path / "gone.yaml", cwd=tmp_path)
+    assert gone.returncode == 2 and "gone.yaml" in gone.stderr.strip().splitlines()[-1], gone.stderr[-2000:]
+    assert (run / "site.yaml").read_text() == before
+
+    # the cause was the site: resumed on the fixed one, the run ends, and its copy of the site is the new one
+    fixed = write_site(tmp_path, f"fixed-{mode}", site.read_text().replace(
+        ', worker_init: "export NUMBA_THREADING_LAYER=nonexistent"', ""))
+    done = spibatch("resume", run, "--site", fixed, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "nonexistent" not in (run / "site.yaml").read_text() and f"fixed-{mode}" in done.stderr
+    record = json.loads((run / "provenance.json").read_text())
+    assert record["status"] == "completed" and markers(run)["emc"]["emc_mode"] == mode
