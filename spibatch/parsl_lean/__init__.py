@@ -63,6 +63,13 @@ def stand_in(name: str) -> None:
     sys.modules.pop(name, None)
     if parsl_initializing():
         raise _hidden(name)
+    import_real(name)
+
+
+def import_real(name: str):
+    """The real package ``name`` (found on ``sys.path`` without the stand-ins), put in ``sys.modules`` in the
+    place of whatever stood in for it."""
+    sys.modules.pop(name, None)
     path = [p for p in sys.path if os.path.realpath(p or ".") != STAND_INS]
     spec = importlib.machinery.PathFinder.find_spec(name, path)
     if spec is None:
@@ -74,6 +81,7 @@ def stand_in(name: str) -> None:
     except BaseException:
         sys.modules.pop(name, None)
         raise
+    return module
 
 
 class _Hide(importlib.abc.MetaPathFinder):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import importlib.util
-import os
 import sys
 import types
 
@@ -35,22 +33,10 @@ def parsl_loading() -> bool:
 
 
 def load_real(name: str):
-    """The real package ``name`` (found on ``sys.path`` without the stand-ins), in ``sys.modules``."""
-    from spibatch.parsl_lean import STAND_INS
+    """The real package ``name``, in ``sys.modules`` (:func:`spibatch.parsl_lean.import_real`)."""
+    from spibatch.parsl_lean import import_real
 
-    sys.modules.pop(name, None)
-    path = [p for p in sys.path if os.path.realpath(p or ".") != STAND_INS]
-    spec = importlib.machinery.PathFinder.find_spec(name, path)
-    if spec is None:
-        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
+    return import_real(name)
 
 
 def typechecked(func=None, **options):
