@@ -117,6 +117,7 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
     """Play a data set as a live source at a rate -- an EuXFEL run being written, a Karabo bridge or a folder
     of CXI files -- to rehearse a beamtime (spibatch run with a `source:` section follows it)."""
     import math
+    import re
 
     from spibatch.errors import InputError
     from spibatch.stream.replay import KINDS, frames_from
@@ -130,12 +131,45 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
     if not 0 < hit_fraction <= 1:
         raise InputError(f"expected a fraction in (0, 1], found {hit_fraction}", field="--hit-fraction",
                          fix="e.g. 0.2: one frame in five is a hit")
+    if num_hits is not None and num_hits < 1:
+        raise InputError(f"expected a positive number of hits, found {num_hits}", field="--num-hits",
+                         fix="e.g. --num-hits 200")
+    if as_ == "karabo-bridge" and not re.fullmatch(r"(tcp://[^:/\s]+:\d+|ipc://\S+|inproc://\S+)", target):
+        raise InputError(f"not a ZeroMQ endpoint: {target!r}", field="--target",
+                         fix="e.g. --target tcp://127.0.0.1:4545")
+    for folder, field in ((target, "--target") if as_ != "karabo-bridge" else (None, None),
+                          (out, "--out") if source == "simulated" else (None, None)):
+        if folder is not None:       # the folders it writes: one line now, not a traceback after the simulation
+            _check_writable_folder(Path(folder), field)
     frames, detector_path = frames_from(source, detector=detector, out_dir=out, hit_fraction=hit_fraction,
                                         num_hits=num_hits)
     typer.echo(f"replaying {frames.num_frames} frames ({frames.num_trains} trains) at {rate:g} frames/s as {as_} "
                f"to {target}; the detector file: {detector_path}", err=True)
     trains = play(frames, rate, as_, target)
     typer.echo(f"played {trains} trains to {target}")
+
+
+def _check_writable_folder(folder: Path, field: str) -> None:
+    """A folder that is, or can be made, writable (nothing created here); InputError (one line) otherwise."""
+    import os
+
+    from spibatch.errors import InputError
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = ("a file is there, not a folder" if existing.exists() and not existing.is_dir() else
+               f"{existing} is not writable" if not os.access(existing, os.W_OK | os.X_OK) else None)
+    if problem is None:      # root passes os.access everywhere: try (a temporary folder, removed at once)
+        import tempfile
+
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".spibatch-check-"))
+        except OSError as exc:
+            problem = f"{existing}: {exc.strerror or exc}"
+    if problem:
+        raise InputError(f"cannot write this folder: {problem}", path=folder, field=field,
+                         fix="give a folder you can write")
 
 
 def stop(run_dir: Path = typer.Argument(..., help="a run folder that follows a live source")) -> None:

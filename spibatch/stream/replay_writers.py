@@ -107,8 +107,16 @@ def serve_bridge(frames, trains: range, endpoint: str, wait_until, linger_s: flo
     ``karabo_bridge.ServerInThread`` (REP, queue of 2), then keep serving nothing for ``linger_s``."""
     from karabo_bridge import ServerInThread
 
+    import zmq
+
+    from spibatch.errors import InputError
+
     played = 0
-    server = ServerInThread(endpoint, sock="REP", maxlen=2)
+    try:
+        server = ServerInThread(endpoint, sock="REP", maxlen=2)     # binds here
+    except zmq.error.ZMQError as exc:
+        raise InputError(f"cannot serve a Karabo bridge at {endpoint!r}: {exc}", field="--target",
+                         fix="give a free endpoint such as tcp://127.0.0.1:4545") from None
     server.start()
     try:
         for k in trains:
