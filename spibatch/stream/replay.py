@@ -159,11 +159,14 @@ def frames_from(source: str | os.PathLike, *, detector: str | os.PathLike | None
     if detector is None:
         raise InputError("a photons file needs its detector file", field="detector",
                          fix="give the detector file the photons were recorded or simulated with")
-    shape = Detector.read(detector).shape
-    if shape is None:
-        from spibatch.io.dragonfly import photons_info
+    from spibatch.io.dragonfly import check_match, photons_info
 
-        side = int(round(np.sqrt(photons_info(source)[1])))
+    geometry = Detector.read(detector)
+    num_pix = photons_info(source)[1]
+    check_match(geometry, num_pix, detector, source)    # one line, before a frame is made
+    shape = geometry.shape
+    if shape is None:
+        side = int(round(np.sqrt(num_pix)))
         shape = (side, side)
     frames = FrameSet.from_photons(source, shape, hit_fraction=hit_fraction, pulses_per_train=pulses_per_train,
                                    num_hits=num_hits, adu_per_photon=adu_per_photon, noise_adu=noise_adu, seed=seed)

@@ -593,6 +593,9 @@ CASES: list[Case] = [
     Case("replay-out-unwritable", "CLI options", ["replay", "simulated", "--rate", "10", "--as", "cxi-folder",
                                                   "--target", "f", "--out", "/proc/spibatch-replay"], {},
          ["/proc/spibatch-replay", "--out"]),
+    Case("replay-detector-mismatch", "CLI options", ["replay", "ph.h5", "--detector", "{detector}", "--rate", "10",
+                                                     "--as", "cxi-folder", "--target", "f"],
+         {"ph.h5": b.photons_variant(num_pix=4000)}, ["ph.h5", "num_pix", "detector"]),
     Case("runs-dir-is-file", "run folders", ["emc", "p.yaml"],
          {"p.yaml": b.yaml_file(merged(EMC, output={"runs_dir": "afile"})), "afile": b.text("x\n")}, ["afile"]),
 ]
