@@ -137,10 +137,10 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
     if as_ == "karabo-bridge" and not re.fullmatch(r"(tcp://[^:/\s]+:\d+|ipc://\S+|inproc://\S+)", target):
         raise InputError(f"not a ZeroMQ endpoint: {target!r}", field="--target",
                          fix="e.g. --target tcp://127.0.0.1:4545")
-    for folder, field in ((target, "--target") if as_ != "karabo-bridge" else (None, None),
-                          (out, "--out") if source == "simulated" else (None, None)):
-        if folder is not None:       # the folders it writes: one line now, not a traceback after the simulation
-            _check_writable_folder(Path(folder), field)
+    if as_ != "karabo-bridge":      # the folders it writes: one line now, not a traceback after the simulation
+        _check_writable_folder(Path(target), "--target")
+    if source == "simulated":
+        _check_writable_folder(out, "--out")
     frames, detector_path = frames_from(source, detector=detector, out_dir=out, hit_fraction=hit_fraction,
                                         num_hits=num_hits)
     typer.echo(f"replaying {frames.num_frames} frames ({frames.num_trains} trains) at {rate:g} frames/s as {as_} "
@@ -150,19 +150,18 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
 
 
 def _check_writable_folder(folder: Path, field: str) -> None:
-    """A folder that is, or can be made, writable (nothing created here); InputError (one line) otherwise."""
+    """A folder that is, or can be made, writable: its nearest existing ancestor takes a temporary folder (removed
+    at once; permission bits say nothing to root); InputError (one line) otherwise."""
     import os
+    import tempfile
 
     from spibatch.errors import InputError
 
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    problem = ("a file is there, not a folder" if existing.exists() and not existing.is_dir() else
-               f"{existing} is not writable" if not os.access(existing, os.W_OK | os.X_OK) else None)
-    if problem is None:      # root passes os.access everywhere: try (a temporary folder, removed at once)
-        import tempfile
-
+    problem = "a file is there, not a folder" if not existing.is_dir() else None
+    if problem is None:
         try:
             os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".spibatch-check-"))
         except OSError as exc:

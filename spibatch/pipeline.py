@@ -84,12 +84,15 @@ class ParslWorkers(stages.Workers):
 
 def check_pipeline(pipeline, config: Path, site: Site | None = None) -> None:
     """What can be checked before anything is created, on ``site``'s workers (None: this machine): every
-    input read in full and every stage's memory and time (:func:`spibatch.stages.preflight.check_run`), then
-    the validate stage's inputs; InputError (one line)."""
+    input read in full and every stage's memory and time (:func:`spibatch.stages.preflight.check_run`), the
+    validate stage's inputs, and that the site can run its EMC mode; InputError (one line)."""
     from spibatch.stages.preflight import check_run
 
     check_run(pipeline, config, site)
     stages.module("validate").check(pipeline, config)
+    if site is not None and site.emc_mode == "hpc" and not provider_for(site).supports_hpc:
+        raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
+                         fix="set emc_mode: htc (or leave it out)")
 
 
 def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> dict[str, dict]:
@@ -271,9 +274,6 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     site = load_site(site_path)
     check_pipeline(pipeline, config, site)
     provider = provider_for(site)
-    if site.emc_mode == "hpc" and not provider.supports_hpc:
-        raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
-                         fix="set emc_mode: htc (or leave it out)")
     target = check_new_run_path((out if out is not None else new_run_path(pipeline.name,
                                                                          pipeline.output.runs_dir)).resolve())
     argv = list(command if command is not None else sys.argv)
@@ -311,9 +311,6 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
     site = own if site_path is None else load_site(site_path)
     if site_path is not None:
         check_pipeline(pipeline, run.config, site)      # the stages still fit the new site's workers
-        if site.emc_mode == "hpc" and not provider_for(site).supports_hpc:
-            raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source,
-                             field="emc_mode", fix="set emc_mode: htc (or leave it out)")
     provider_for(site).preflight(run.path)
     needed = tuple(needed_inputs(run, pipeline))
 

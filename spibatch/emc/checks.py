@@ -101,7 +101,7 @@ def check_modes(settings: EMCSettings, size: int, memory: int | None = None) -> 
 def read_start_model(path: Path, shape: int | tuple) -> np.ndarray:
     """The start model of ``shape`` ((M, M, M), or (V, M, M, M) with modes: an output's ``intensities``)
     float64 from ``path``; InputError unless finite and >= 0."""
-    from spibatch.io.results import read_volume
+    from spibatch.io.results import check_finite, read_volume
 
     shape = (shape,) * 3 if isinstance(shape, int) else tuple(shape)
     start = np.asarray(_read_volumes(path) if len(shape) == 4 else read_volume(path), np.float64)
@@ -110,11 +110,7 @@ def read_start_model(path: Path, shape: int | tuple) -> np.ndarray:
     if start.shape != shape:
         raise InputError(f"shape {start.shape}, but the model is {shape}", path=path,
                          field="emc.start_model", fix=fix)
-    bad = ~np.isfinite(start)
-    if bad.any():
-        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), start.shape))
-        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {first})", path=path,
-                         field="emc.start_model", fix=fix)
+    check_finite(start, path=path, field="emc.start_model", fix=fix)
     if start.min() < 0:
         raise InputError(f"{int((start < 0).sum())} voxels are negative", path=path, field="emc.start_model", fix=fix)
     return start

@@ -254,6 +254,15 @@ def volume_shape(path: str | os.PathLike, name: str | None = None, *, field: str
 REFERENCE_FIX = "give the true density: a truth.h5 of `spibatch simulate`, an MRC file, or Dragonfly's .bin"
 
 
+def check_finite(volume: np.ndarray, *, path=None, field: str | None = None, fix: str | None = None) -> None:
+    """InputError (one line: how many voxels, the first) when ``volume`` holds NaN or infinite values."""
+    bad = ~np.isfinite(volume)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {first})", path=path, field=field,
+                         fix=fix)
+
+
 def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, *,
                     field: str = "validation.reference", voxel_field: str = "validation.reference_voxel_size_m",
                     grid: tuple[int, float | None] | None = None,
@@ -306,11 +315,7 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
     if volume.ndim != 3 or len(set(volume.shape)) != 1:
         raise InputError(f"expected a cubic 3-D density (L, L, L), found shape {volume.shape}", path=path,
                          field=field, fix=REFERENCE_FIX)
-    bad = ~np.isfinite(volume)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {first})", path=path, field=field,
-                         fix=REFERENCE_FIX)
+    check_finite(volume, path=path, field=field, fix=REFERENCE_FIX)
     if not volume.any():
         raise InputError("the density is zero everywhere: nothing to compare with", path=path, field=field,
                          fix=REFERENCE_FIX)

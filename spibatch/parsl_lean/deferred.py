@@ -20,6 +20,8 @@ import importlib.machinery
 import sys
 import types
 
+from spibatch.parsl_lean import import_real
+
 DEFER = ("requests", "typeguard")
 
 
@@ -32,19 +34,12 @@ def parsl_loading() -> bool:
     return False
 
 
-def load_real(name: str):
-    """The real package ``name``, in ``sys.modules`` (:func:`spibatch.parsl_lean.import_real`)."""
-    from spibatch.parsl_lean import import_real
-
-    return import_real(name)
-
-
 def typechecked(func=None, **options):
     """typeguard's decorator: the identity while Parsl loads, else the real one."""
     if parsl_loading():
         return func if func is not None else (lambda f: f)
     real = sys.modules.get("typeguard")
-    real = load_real("typeguard") if real is None or isinstance(real, Deferred) else real
+    real = import_real("typeguard") if real is None or isinstance(real, Deferred) else real
     return real.typechecked(func, **options) if func is not None else real.typechecked(**options)
 
 
@@ -64,7 +59,7 @@ class Deferred(types.ModuleType):
                 not sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
             raise AttributeError(attr)   # the probe of `from typeguard import typechecked` (made from C, in the
             #                              importing frame); a submodule's import asks from importlib: the real one
-        self.__dict__["_real"] = load_real(self.__name__)
+        self.__dict__["_real"] = import_real(self.__name__)
         return getattr(self._real, attr)
 
 
@@ -76,7 +71,7 @@ def defer(name: str) -> None:
     if parsl_loading():
         sys.modules[name] = Deferred(name)
     else:
-        load_real(name)
+        import_real(name)
 
 
 class _Loader(importlib.abc.Loader):

@@ -101,6 +101,8 @@ MAX_INTENSITY = 1e30     # sqrt: 1e15 per amplitude, and sums of N^3 of them sta
 
 def check_intensity(intensity, *, source: str | None = None, field: str = "intensity") -> np.ndarray:
     """The intensity as a float64 cube, or one clear InputError (shape, NaN, negative, empty)."""
+    from spibatch.io.results import check_finite
+
     arr = np.asarray(intensity)
     if arr.ndim != 3 or len(set(arr.shape)) != 1:
         raise InputError(f"phase retrieval needs a cubic 3-D intensity, found shape {arr.shape}",
@@ -111,11 +113,7 @@ def check_intensity(intensity, *, source: str | None = None, field: str = "inten
         raise InputError(f"expected real numbers, found dtype {arr.dtype}", path=source, field=field,
                          fix="give the merged intensity (not amplitudes or complex values)")
     arr = arr.astype(np.float64, copy=False)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {idx})", path=source, field=field,
-                         fix="mark unmeasured voxels with 0, not NaN")
+    check_finite(arr, path=source, field=field, fix="mark unmeasured voxels with 0, not NaN")
     if (arr < 0).any():
         idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
         raise InputError(f"{int((arr < 0).sum())} voxels are negative (first at {idx}, {arr[idx]:.3g})",

@@ -63,22 +63,15 @@ def _kind(cfg) -> str:
 
 def _read(path: Path, cfg, kind: str):
     """(volume, real-space voxel in m or None) of one side of a two-volume comparison."""
-    from spibatch.io.results import read_volume
+    from spibatch.io.results import check_finite, read_volume
     from spibatch.phasing.compare import load_truth
 
     if kind == "density":
         voxel = cfg.reference_voxel_size_m if Path(path) == Path(cfg.reference) else None
         return load_truth(path, voxel or cfg.voxel_size_m)
-    import numpy as np
-
     volume = read_volume(path, cfg.dataset)
-    bad = ~np.isfinite(volume)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"{int(bad.sum())} voxels are NaN or infinite (first at {first})", path=path,
-                         field=cfg.dataset or "intensity",
-                         fix="mark unmeasured voxels with 0 (the comparison leaves voxels that are 0 in the second "
-                         "volume out)")
+    check_finite(volume, path=path, field=cfg.dataset or "intensity", fix="mark unmeasured voxels with 0 (the "
+                 "comparison leaves voxels that are 0 in the second volume out)")
     return volume, None
 
 
