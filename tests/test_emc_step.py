@@ -115,7 +115,7 @@ def test_shard_holds_one_csr_with_used_pixels_first_and_its_by_pixel_form(proble
 
 def test_likelihood_and_weighted_photon_kernels_match_dense_numpy(problem):
     from spibatch.kernels.emc_cpu import (keep_within_window, photon_log_likelihood, weighted_photons_dense,
-                                          weighted_photons_sparse)
+                                          weighted_photons_sparse, write_kept)
 
     detector, pixels, rotations, model, photons, _ = problem
     shard = Shard.from_photons(photons, pixels)
@@ -126,7 +126,12 @@ def test_likelihood_and_weighted_photon_kernels_match_dense_numpy(problem):
     photon_sums, out = np.empty((nf, nrot), np.float32), np.empty((nf, nrot))
     photon_log_likelihood(logv, shard.ptr, shard.used_end, shard.pixel, shard.count, photon_sums)
     best, best_rot, window = np.full(nf, -np.inf), np.full(nf, -1, np.int32), np.full(nf, 3.0)
-    kd, kr, value = keep_within_window(photon_sums, prior, scale, vsum, 100, window, best, best_rot, out)
+    offsets = np.empty(nf + 1, np.int64)
+    count = keep_within_window(photon_sums, prior, scale, vsum, 100, window, best, best_rot, out, offsets)
+    kd, kr, value = np.full(count + 3, -7, np.int32), np.full(count + 3, -7, np.int32), np.full(count + 3, -7.0)
+    write_kept(out, best, window, 100, offsets, np.arange(nf) * 10, 2, kd, kr, value)   # at 2, frames x 10
+    assert np.all(kd[:2] == -7) and kd[-1] == -7 and value[-1] == -7.0                 # nothing outside
+    kd, kr, value = kd[2:-1] // 10, kr[2:-1], value[2:-1]
     counts = np.zeros((nf, npix))
     for d in range(nf):
         counts[d, shard.pixel[shard.ptr[d]:shard.ptr[d + 1]]] = shard.count[shard.ptr[d]:shard.ptr[d + 1]]
@@ -149,3 +154,61 @@ def test_likelihood_and_weighted_photon_kernels_match_dense_numpy(problem):
     weighted_photons_sparse(rot_ptr, d[order].astype(np.int64), prob[d, r][order].astype(np.float64), shard.ptr,
                             shard.pixel, shard.count, factor, sparse_out)
     assert np.allclose(sparse_out, dense_out, rtol=1e-5)
+
+
+def test_normalize_probabilities_matches_numpy_over_blocks_of_entries():
+    """Entries in blocks of rotations, by frame within a block (as the E step keeps them): the probabilities,
+    the pruning, every per-frame and per-rotation sum and the kept order are those of a direct numpy reading."""
+    from spibatch.kernels.emc_cpu import normalize_probabilities
+
+    rng = np.random.default_rng(5)
+    nf, nrot, block = 150, 40, 16
+    like = rng.normal(0.0, 4.0, (nf, nrot))
+    best = like.max(axis=1)
+    window = np.full(nf, 9.0)
+    keep = like > (best - window)[:, None]
+    keep[7] = False                                          # a frame with no entries at all
+    frame, rot, value, ptr = [], [], [], [0]
+    for r0 in range(0, nrot, block):                         # block-major, frame order, rotations ascending
+        d, r = np.nonzero(keep[:, r0:r0 + block])
+        frame.append(d.astype(np.int32)), rot.append((r + r0).astype(np.int32)), value.append(like[d, r + r0])
+        ptr.append(ptr[-1] + len(d))
+    frame, rot, value = np.concatenate(frame), np.concatenate(rot), np.concatenate(value)
+    beta, u, log_prior, scale = rng.random(nf) + 0.2, rng.random(nrot) + 1, np.log(rng.random(nrot) + 0.1), rng.random(nf) + 0.5
+    outs = [np.full(nf, 5.0) for _ in range(4)] + [np.full(nf, 5, np.int32), np.full(nrot, 5.0)]
+    n = normalize_probabilities(frame, rot, value, np.array(ptr, np.int64), best, beta, window, 1e-3, u, log_prior,
+                                scale, *outs)
+    e = np.where(keep, np.exp(beta[:, None] * (like - best[:, None])), 0.0)
+    norm = e.sum(axis=1)
+    p = np.divide(e, norm[:, None], out=np.zeros_like(e), where=norm[:, None] > 0)
+    kept = keep & (p >= 1e-3)
+    order = np.lexsort((np.nonzero(kept)[1], np.nonzero(kept)[0], np.nonzero(kept)[1] // block))
+    assert n == kept.sum() < keep.sum()                      # some were pruned
+    assert np.array_equal(frame[:n], np.nonzero(kept)[0][order]) and np.array_equal(rot[:n], np.nonzero(kept)[1][order])
+    assert np.allclose(value[:n], p[kept][order], rtol=1e-12)
+    pk = np.where(kept, p, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        info = np.where(kept, pk * (np.log(pk) - log_prior[None]), 0.0).sum(axis=1)
+    for got, want in zip(outs, (norm, pk @ u, (pk * like).sum(axis=1), info, kept.sum(axis=1),
+                                (pk * scale[:, None]).sum(axis=0))):
+        assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_group_by_key_is_a_stable_counting_sort_and_kept_entries_grow_without_loss():
+    from spibatch.emc.kept import KeptEntries
+    from spibatch.kernels.emc_cpu import group_by_key
+
+    keys = np.random.default_rng(2).integers(0, 50, 5000).astype(np.int32)
+    ptr, order = group_by_key(keys, 60)                      # keys 50..59 empty
+    assert np.array_equal(order, np.argsort(keys, kind="stable"))
+    assert np.array_equal(ptr, np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=60))]))
+    kept = KeptEntries(4)
+    sizes = (3, 2, 40, 7)                                    # the first block sizes for 4 x 3: the third grows it
+    for b, size in enumerate(sizes):
+        start = kept.reserve(size)
+        assert start == sum(sizes[:b])
+        for a in kept.arrays:
+            a[start:start + size] = b
+    frame, rot, value = kept.result()
+    assert kept.block_ptr == [0, 3, 5, 45, 52] and len(frame) == 52
+    assert np.array_equal(value, np.repeat(np.arange(4.0), sizes)) and np.array_equal(frame, rot)

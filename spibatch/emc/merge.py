@@ -61,6 +61,8 @@ def _merge_blocks(nrot: int, d: np.ndarray, r: np.ndarray, prob: np.ndarray, sha
     rotations: its inner loop is SIMD), else the entries by rotation ``(rot_ptr (n + 1,) int64, frame (k,)
     int64, prob (k,))`` for the scattering kernel.  Entries come in likelihood-block order, and likelihood
     blocks divide merge blocks: ``r // MERGE_BLOCK`` is sorted."""
+    from spibatch.kernels.emc_cpu import group_by_key
+
     block, nf = MERGE_BLOCK, shard.num_frames
     photons_per_frame = np.diff(shard.ptr)
     starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
@@ -72,9 +74,7 @@ def _merge_blocks(nrot: int, d: np.ndarray, r: np.ndarray, prob: np.ndarray, sha
         bd, br, bp = d[sel], r[sel] - r0, prob[sel]
         sparse = None
         if 8 * photons_per_frame[bd].sum() < (shard.num_entries + nf) * (r1 - r0):
-            by_rot = np.argsort(br, kind="stable")
-            rot_ptr = np.zeros(r1 - r0 + 1, np.int64)
-            np.cumsum(np.bincount(br, minlength=r1 - r0), out=rot_ptr[1:])
+            rot_ptr, by_rot = group_by_key(br, r1 - r0)
             sparse = (rot_ptr, bd[by_rot].astype(np.int64), bp[by_rot])
         yield r0, r1, bd, br, bp, sparse
 

@@ -27,6 +27,7 @@ from time import perf_counter
 import numpy as np
 
 from spibatch.detector import Detector
+from spibatch.emc.kept import KeptEntries
 from spibatch.emc.merge import MERGE_BLOCK, merge, merge_with_background
 from spibatch.emc.types import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
 from spibatch.photons import Photons
@@ -169,15 +170,14 @@ def _expect(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Sh
     window = PDIFF / beta
     log_prior = np.log(rotations.weights)
     clock = {"expand": 0.0, "likelihood": 0.0, "normalize": 0.0, "merge": 0.0}
-    u, best, best_rot, d, r, value = _kept_likelihoods(model, rotations, pixels, shard, scale, window, log_prior,
-                                                       rotation_block or _block(pixels.num_used, wanted),
-                                                       _threads(), clock, _background(pixels, state, first, nf),
-                                                       wanted)
+    u, best, best_rot, d, r, value, block_ptr = _kept_likelihoods(
+        model, rotations, pixels, shard, scale, window, log_prior, rotation_block or _block(pixels.num_used, wanted),
+        _threads(), clock, _background(pixels, state, first, nf), wanted)
     t0 = perf_counter()
     norm, scale_den, log_like, info = (np.empty(nf) for _ in range(4))
     num_kept = np.empty(nf, np.int32)
     weight_of_rot = np.empty(nrot)
-    n = normalize_probabilities(d, r, value, best, beta, window, PROB_MIN, u, log_prior, scale,
+    n = normalize_probabilities(d, r, value, block_ptr, best, beta, window, PROB_MIN, u, log_prior, scale,
                                 norm, scale_den, log_like, info, num_kept, weight_of_rot)
     d, r, prob = d[:n], r[:n], value[:n]
     frames = {
@@ -253,13 +253,14 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
                       window: np.ndarray, log_prior: np.ndarray, block: int, slots: int, clock: dict,
                       background: tuple | None = None, wanted: list[np.ndarray] | None = None):
     """Expand and likelihood per block of ``block`` rotations, keeping what is within ``window`` of each frame's
-    running best: ``(u (R,) view sums, best (D,), best_rot (D,) int32, frame, rotation (n,) int32, value (n,))``.
+    running best: ``(u (R,) view sums, best (D,), best_rot (D,) int32, frame, rotation (n,) int32, value (n,),
+    block_ptr (blocks + 1,) int64)``: block b's entries are ``block_ptr[b] .. block_ptr[b + 1]``, by frame.
 
     background: None, or (the frames' background scales (D,) float64, the rows' background (T,) float32).
     wanted: None (every frame, every rotation), or ``[frame (n,), rotation (n,)]``, the only pairs to
     evaluate (coarse-to-fine): a block's likelihood is then computed for the frames that want one of its
     rotations only, and its other pairs are left out."""
-    from spibatch.kernels.emc_cpu import keep_within_window, photon_log_likelihood, views_by_rotation
+    from spibatch.kernels.emc_cpu import keep_within_window, photon_log_likelihood, views_by_rotation, write_kept
     from spibatch.kernels.emc_cpu_bg import photon_log_likelihood_bg
 
     nf, nrot, m = shard.num_frames, len(rotations), model.shape[-1]
@@ -269,7 +270,8 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
     u = np.empty(nrot)
     best = np.full(nf, -np.inf)
     best_rot = np.full(nf, -1, np.int32)
-    kept_frame, kept_rot, kept_value = [], [], []
+    kept = KeptEntries((nrot + block - 1) // block)
+    offsets = np.empty(nf + 1, np.int64)
     views = np.empty((block, pixels.num_used), np.float32)
     # flat buffers: a (rows, n) view of their first rows * n entries is C-contiguous for any n <= block, so the
     # last, shorter block runs the kernels' contiguous (vectorised) code too, not the strided one ('A' layout)
@@ -310,28 +312,22 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
             photon_log_likelihood_bg(logv, ptr, end, shard.pixel, shard.count, sub_scale, bgs, background[1],
                                      np.float32(TINY), sums)
         if wanted is None:
-            d, r, value = keep_within_window(sums, log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot,
-                                             like)
+            count = keep_within_window(sums, log_prior[r0:r1], scale, u[r0:r1], r0, window, best, best_rot, like,
+                                       offsets)
+            write_kept(like, best, window, r0, offsets, frames, kept.reserve(count), *kept.arrays)
         else:
             sums[~allowed] = -np.inf
-            sub_best, sub_rot = best[frames], best_rot[frames]
-            d, r, value = keep_within_window(sums, log_prior[r0:r1], sub_scale, u[r0:r1], r0, window[frames],
-                                             sub_best, sub_rot, like)
+            sub_best, sub_rot, sub_window = best[frames], best_rot[frames], window[frames]
+            offsets_k = offsets[:k + 1]
+            count = keep_within_window(sums, log_prior[r0:r1], sub_scale, u[r0:r1], r0, sub_window, sub_best,
+                                       sub_rot, like, offsets_k)
+            write_kept(like, sub_best, sub_window, r0, offsets_k, frames, kept.reserve(count), *kept.arrays)
             best[frames], best_rot[frames] = sub_best, sub_rot
-            d = frames[d].astype(np.int32)
-        kept_frame.append(d)
-        kept_rot.append(r)
-        kept_value.append(value)
         clock["expand"] += t1 - t0
         clock["likelihood"] += perf_counter() - t1
-    return u, best, best_rot, _joined(kept_frame), _joined(kept_rot), _joined(kept_value)
+    return (u, best, best_rot, *kept.result(), np.asarray(kept.block_ptr, np.int64))
 
 
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenate and empty ``parts`` (so their memory goes as soon as possible)."""
-    out = np.concatenate(parts)
-    parts.clear()
-    return out
 
 
 def default_threads() -> int:

@@ -209,13 +209,12 @@ class Shard:
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The photons of frames ``f0 .. f1`` (default: all) by pixel (CSC): ``(pixel_ptr (T + 1,) int64,
         frame (n,) int32 counted from f0, count (n,) float32)``."""
+        from spibatch.kernels.emc_cpu import group_by_key
+
         f1 = self.num_frames if f1 is None else f1
         a, b = int(self.ptr[f0]), int(self.ptr[f1])
         frame = np.repeat(np.arange(f1 - f0, dtype=np.int32), np.diff(self.ptr[f0:f1 + 1]))
-        pixel = self.pixel[a:b]
-        order = np.argsort(pixel, kind="stable")
-        pixel_ptr = np.zeros(num_pixels + 1, np.int64)
-        np.cumsum(np.bincount(pixel, minlength=num_pixels), out=pixel_ptr[1:])
+        pixel_ptr, order = group_by_key(self.pixel[a:b], num_pixels)
         return pixel_ptr, frame[order], self.count[a:b][order]
 
 

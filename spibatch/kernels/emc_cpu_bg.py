@@ -68,7 +68,7 @@ def log32(value):
     return f + (f * z * p + e * LN2_LO - np.float32(0.5) * z) + e * LN2_HI
 
 
-@nb.njit(parallel=True, cache=True, fastmath=True)
+@nb.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def photon_log_likelihood_bg(views_t, frame_ptr, frame_end, pixel, count, scale, background_scale, background,
                              tiny, out):
     """out[d, r] = sum over frame d's photons of count * log(max(s_d V[pixel, r] + b_d B[pixel], tiny)).
@@ -93,7 +93,7 @@ def photon_log_likelihood_bg(views_t, frame_ptr, frame_end, pixel, count, scale,
                 row[k] += cnt * log32(max(s * src[k] + bt, tiny))
 
 
-@nb.njit(parallel=True, cache=True, fastmath=True)
+@nb.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def weighted_photons_dense_bg(prob, pixel_ptr, frame, count, pixel_factor, views_t, scale, background_scale,
                               background, tiny, num_used, out_rt, particle):
     """out_rt[r, t] = pixel_factor[t] x sum over frames d with photons in pixel t of
@@ -134,7 +134,7 @@ def weighted_photons_dense_bg(prob, pixel_ptr, frame, count, pixel_factor, views
                 out_rt[k, t] = buf[t - t0, k] * pixel_factor[t]
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def weighted_photons_sparse_bg(rot_ptr, frame_of, prob, frame_ptr, frame_end, pixel, count, pixel_factor, views_rt,
                                scale, background_scale, background, tiny, out_rt, entry_particle):
     """:func:`weighted_photons_sparse` with each photon's expected particle share (as
