@@ -171,6 +171,41 @@ def test_hooks_hear_each_iteration_after_its_files(emc_small, tmp_path, caplog):
     assert len(rows) == 3 and rows[2].startswith("3\t")                         # the EMC.log rows, as log lines
 
 
+def test_files_are_written_while_the_next_iteration_computes_and_a_failed_write_stops_the_run(emc_small, tmp_path,
+                                                                                              monkeypatch):
+    """A hook that needs no files hears an iteration while its files are still being written; the files are
+    all on disk when run_emc returns; a write that fails (a full disk) ends the run with its error, the earlier
+    iterations' files kept."""
+    import time
+
+    from spibatch.io.atomic import DiskFull
+
+    real_write = records.write_iteration
+
+    def slow_write(out_dir, iteration, *args):
+        time.sleep(0.5)
+        if iteration == 3 and fail:
+            raise DiskFull("no space left on device", path=out_dir / "output_003.h5")
+        return real_write(out_dir, iteration, *args)
+
+    monkeypatch.setattr(records, "write_iteration", slow_write)
+    out, heard, fail = tmp_path / "emc", [], False
+
+    def early(record):
+        heard.append((record["iteration"], (out / records.output_name(record["iteration"])).exists()))
+
+    early.needs_files = False
+    paths = run(settings(), emc_small, out, on_iteration=[early])
+    assert heard == [(1, False), (2, False), (3, False)]                 # heard before its file was written
+    assert paths["intensity"].is_file() and len(records.read_log_table(out / "EMC.log")) == 3
+    fail, out = True, tmp_path / "full"
+    with pytest.raises(DiskFull, match="no space"):
+        run(settings(iterations=5), emc_small, out, on_iteration=[early])
+    assert (out / "output_002.h5").is_file() and not (out / "output_003.h5").exists()
+    with h5py.File(out / "checkpoint.h5") as f:
+        assert f.attrs["iteration"] == 2
+
+
 def test_the_hold_hook_comes_from_the_environment():
     assert hooks.hold_hooks({}) == [] and hooks.hold_hooks({hooks.HOLD_ENV: "0"}) == []
     [hold] = hooks.hold_hooks({hooks.HOLD_ENV: "2"})

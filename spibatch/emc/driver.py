@@ -87,7 +87,8 @@ def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resu
     executor: where the shard steps run (:mod:`spibatch.emc.executors`; only the process whose
     ``executor.writes`` writes).  resume: continue from ``out_dir/checkpoint.h5`` when it exists.
     source: None, or an object whose ``poll() -> list[ShardSpec]`` gives new shards before each
-    iteration.  on_iteration: callables given each iteration's record once its files are written.
+    iteration.  on_iteration: callables given each iteration's record once its files are written (a hook
+    whose ``needs_files`` is False may be called while they are being written).
     until: a stopping rule, asked after each iteration's hooks on the writing process (the answer is
     broadcast): True ends the loop before ``settings.iterations``, which is then the most it runs.
     Returns ``{"intensity", "emc_log", "metrics", "checkpoint": path}`` (on every rank).
@@ -97,15 +98,21 @@ def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resu
     run = setup(settings, photons, detector, out_dir, executor, resume, source)
     poll = _poller(source, run, executor)
     hooks = list(on_iteration)
+    on_disk = any(getattr(hook, "needs_files", True) for hook in hooks)   # else the files lag one iteration
     last = run.first - 1
-    for iteration in range(run.first, settings.iterations + 1):
-        _take_shards(run, executor, poll())
-        record = iterate(run, executor, iteration)
-        last = iteration
-        for hook in hooks:
-            hook(record)
-        if until is not None and _stop(until, record, executor):
-            break
+    try:
+        for iteration in range(run.first, settings.iterations + 1):
+            _take_shards(run, executor, poll())
+            record = iterate(run, executor, iteration)
+            last = iteration
+            if on_disk:
+                run.recorder.flush()
+            for hook in hooks:
+                hook(record)
+            if until is not None and _stop(until, record, executor):
+                break
+    finally:
+        run.recorder.close()     # every iteration's files on disk (an error, an interrupt: the ones begun)
     return {"intensity": out_dir / output_name(max(last, 1)), "emc_log": out_dir / EMC_LOG,
             "metrics": out_dir / METRICS, "checkpoint": out_dir / CHECKPOINT}
 

@@ -1,7 +1,8 @@
 """What a caller of :func:`spibatch.emc.driver.run_emc` may install to hear of each iteration.
 
 ``run_emc(..., on_iteration=[...])`` calls each hook with the iteration's record (the dict
-written to ``metrics.jsonl``) once the iteration's files, checkpoint included, are on disk.
+written to ``metrics.jsonl``) once the iteration's files, checkpoint included, are on disk -- or, for a
+hook whose ``needs_files`` attribute is False, while they are being written.
 
 * :class:`ProgressDisplay`: each iteration's ``EMC.log`` row as a log line, above a progress bar
   on a terminal (a context manager: the bar closes with it);
@@ -27,6 +28,8 @@ Hook = Callable[[dict], None]
 
 class ProgressDisplay:
     """Note each record's ``EMC.log`` row; with ``bar`` (and a terminal) above a bar up to ``iterations``."""
+
+    needs_files = False   # it reads the record only: the run need not wait for the iteration's files
 
     def __init__(self, iterations: int, bar: bool = True):
         self.iterations, self.bar = iterations, bar
