@@ -23,7 +23,9 @@ def _arr(values) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], float)
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, tight: bool = True) -> None:
+    """Write ``fig`` as a PNG at ``path`` (atomic); ``tight``: fit the margins to the labels first (0.3 s for the
+    EMC figure, whose margins are fixed instead)."""
     from matplotlib.ticker import NullFormatter
 
     from spibatch.io.atomic import atomic_path
@@ -33,7 +35,8 @@ def _save(fig, path: Path) -> None:
             lo, hi = sorted(axis.get_view_interval())
             if axis.get_scale() == "log" and not (0 < lo and hi < 10 * lo):
                 axis.set_minor_formatter(NullFormatter())
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
@@ -47,6 +50,7 @@ def _emc(plt, responses: dict, path: Path) -> bool:
     frames = responses.get(f"emc/frames?iteration={last}&run=.")
     slices = responses.get(f"emc/slices?iteration={last}&run=.")
     fig, axes = plt.subplots(2, 4, figsize=(17, 8), dpi=90)
+    fig.subplots_adjust(left=0.05, right=0.955, bottom=0.07, top=0.955, wspace=0.42, hspace=0.3)
     panels = [("log_likelihood", "Log-likelihood (mean per frame)", "nats", "linear", "C0"),
               ("mutual_info", "Mutual information (mean per frame)", "nats", "linear", "C2"),
               ("rms_change", "Model change (rms, relative)", "rms change", "log", "C3"),
@@ -80,7 +84,7 @@ def _emc(plt, responses: dict, path: Path) -> bool:
     else:
         for ax in axes[1][1:]:
             ax.axis("off")
-    _save(fig, path)
+    _save(fig, path, tight=False)
     return True
 
 

@@ -19,6 +19,11 @@ def clean(value):
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
     if isinstance(value, np.ndarray):
+        if value.dtype.kind in "biu":
+            return value.tolist()
+        if value.dtype.kind == "f":     # a volume's slices: 10^5 values, one pass instead of one call each
+            finite = np.isfinite(value)
+            return value.tolist() if finite.all() else np.where(finite, value.astype(object), None).tolist()
         return clean(value.tolist())
     if isinstance(value, np.generic):
         value = value.item()
