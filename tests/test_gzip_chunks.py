@@ -46,7 +46,7 @@ def test_write_result_compresses_volumes_in_parallel_and_reads_back(tmp_path, mo
     real = gzip_chunks.ThreadPoolExecutor
     monkeypatch.setattr(gzip_chunks, "compression_threads", lambda: 3)
     monkeypatch.setattr(gzip_chunks, "ThreadPoolExecutor", lambda n: used.append(n) or real(n))
-    value = volume((66, 66, 66), np.float32, seed=1)
+    value = volume((130, 129, 128), np.float32, seed=1)   # over GZIP_MIN_VOXELS
     write_result(tmp_path / "r.h5", {"intensity": value, "small": np.ones((4, 4, 4), np.float32)}, {"a": 1})
     datasets, attrs = read_result(tmp_path / "r.h5")
     np.testing.assert_array_equal(datasets["intensity"], value)
