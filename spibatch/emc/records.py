@@ -202,10 +202,11 @@ class Recorder:
     def save(self, iteration: int, model: np.ndarray, frames: dict[str, np.ndarray], scales: np.ndarray,
              record: dict) -> None:
         """Write the iteration's files -- ``output_NNN.h5``, then the logs with ``record`` (its ``timing.write_s``
-        added), then the checkpoint -- in a writing thread, while the next iteration computes (the small set's
-        30 iterations wrote for 1.2 s).  One iteration at a time: this waits for the iteration before's files
-        first, and raises its error (a full disk) here, or at :meth:`flush`.  The arrays are read, not copied:
-        the caller does not change them afterwards (every iteration makes new ones)."""
+        added), then the checkpoint -- in a writing thread, while the next iteration computes: a write that waits
+        (a parallel filesystem) does not hold the iterations up; where every core computes, the writes' CPU is
+        taken from the iterations instead (BENCHMARKS.md).  One iteration at a time: this waits for the
+        iteration before's files first, and raises its error (a full disk) here, or at :meth:`flush`.  The arrays
+        are read, not copied: the caller does not change them afterwards (every iteration makes new ones)."""
         self.flush()
         record = dict(record, timing=dict(record["timing"]))
         if self.out_dir is None:
