@@ -210,4 +210,9 @@ def test_the_hold_hook_comes_from_the_environment():
     assert hooks.hold_hooks({}) == [] and hooks.hold_hooks({hooks.HOLD_ENV: "0"}) == []
     [hold] = hooks.hold_hooks({hooks.HOLD_ENV: "2"})
     hold({"iteration": 1})                                                       # not the one: no sleep
-    assert len(hooks.hold_hooks({hooks.HOLD_ENV: "x"})) == 0
+    assert len(hooks.hold_hooks({hooks.HOLD_ENV: "x"})) == 0 and hooks.hold_hooks({hooks.HOLD_ENV: "2:x"}) == []
+    [short] = hooks.hold_hooks({hooks.HOLD_ENV: "2:0.3"})
+    import time
+    began = time.monotonic()
+    short({"iteration": 2})
+    assert 0.3 <= time.monotonic() - began < 30                                 # a hold of 0.3 s, not an hour

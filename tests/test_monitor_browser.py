@@ -167,14 +167,16 @@ def test_report_html_draws_from_disk_without_a_server(browser, tmp_path):
 
 def test_live_page_follows_a_real_emc_run(browser, monitor, emc_config, tmp_path):
     """A real `spibatch emc` (240 frames of the small set, 6 iterations) writes into the watched folder:
-    the page shows its iterations while it runs (at least one count between the first and the last),
+    the page shows its iterations while it runs (at least one count between the first and the last: the run
+    waits 2 s after iteration 3, whose six iterations alone can end between two polls of the page),
     then all 6, the slices of the last one and the completed badge."""
     root, address = monitor
     config = emc_config(tmp_path / "config", iterations=6)
     browser.get(address)
     wait_for(browser, "document.getElementById('run-header').textContent.includes('No runs under')", True)
     proc = subprocess.Popen([sys.executable, "-m", "spibatch", "emc", str(config), "--out", str(root / "emc-live")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, SPIBATCH_EMC_HOLD_AFTER="3:2"))
     seen = set()
     try:
         deadline = time.monotonic() + 240

@@ -7,7 +7,8 @@ hook whose ``needs_files`` attribute is False, while they are being written.
 * :class:`ProgressDisplay`: each iteration's ``EMC.log`` row as a log line, above a progress bar
   on a terminal (a context manager: the bar closes with it);
 * :func:`hold_after`: the test aid behind ``SPIBATCH_EMC_HOLD_AFTER=N`` -- sleep after
-  iteration N's checkpoint, so that a test can kill the run at a known point;
+  iteration N's checkpoint, so that a test can kill the run at a known point (``N:S``: S seconds, so that a
+  test can watch a run part-way);
 * :func:`standard`: both, as the commands install them.
 """
 
@@ -62,9 +63,16 @@ def hold_after(iteration: int, seconds: float = 3600.0) -> Hook:
 
 
 def hold_hooks(env=None) -> list[Hook]:
-    """``[hold_after(N)]`` when ``SPIBATCH_EMC_HOLD_AFTER=N`` is in the environment, else none."""
-    value = (os.environ if env is None else env).get(HOLD_ENV, "")
-    return [hold_after(int(value))] if value.strip().isdigit() and int(value) > 0 else []
+    """``[hold_after(N)]`` when ``SPIBATCH_EMC_HOLD_AFTER=N`` is in the environment (``N:S``: for S seconds, then
+    on), else none."""
+    value = (os.environ if env is None else env).get(HOLD_ENV, "").strip()
+    iteration, _, seconds = value.partition(":")
+    if not iteration.isdigit() or int(iteration) <= 0:
+        return []
+    try:
+        return [hold_after(int(iteration), float(seconds) if seconds else 3600.0)]
+    except ValueError:
+        return []
 
 
 @contextlib.contextmanager
