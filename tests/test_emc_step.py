@@ -209,6 +209,6 @@ def test_group_by_key_is_a_stable_counting_sort_and_kept_entries_grow_without_lo
         assert start == sum(sizes[:b])
         for a in kept.arrays:
             a[start:start + size] = b
-    frame, rot, value = kept.result()
-    assert kept.block_ptr == [0, 3, 5, 45, 52] and len(frame) == 52
+    frame, rot, value, block_ptr = kept.result()
+    assert block_ptr.tolist() == [0, 3, 5, 45, 52] and len(frame) == 52
     assert np.array_equal(value, np.repeat(np.arange(4.0), sizes)) and np.array_equal(frame, rot)

@@ -24,12 +24,13 @@ class KeptEntries:
     is written are never touched, so an estimate too large costs no memory (up to a quarter of the machine's)."""
 
     def __init__(self, num_blocks: int):
-        self.num_blocks, self.n, self.block_ptr = num_blocks, 0, [0]
+        self.num_blocks, self.block_ptr = num_blocks, [0]     # block b's entries: block_ptr[b] .. block_ptr[b + 1]
         self.arrays = (np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0))
 
     def reserve(self, count: int) -> int:
         """Room for ``count`` more entries (the next block's); returns where they start."""
-        start, need = self.n, self.n + count
+        start = self.block_ptr[-1]
+        need = start + count
         if need > len(self.arrays[0]):
             left = self.num_blocks - len(self.block_ptr) + 1           # blocks still to come, this one included
             estimate = min(need + count * (left - 1) + count // 4, _ram_bytes() // 4 // ENTRY_BYTES)
@@ -38,9 +39,10 @@ class KeptEntries:
             for new, old in zip(grown, self.arrays):
                 new[:start] = old[:start]
             self.arrays = grown
-        self.n = need
         self.block_ptr.append(need)
         return start
 
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(a[:self.n] for a in self.arrays)
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(frame (n,) int32, rotation (n,) int32, value (n,) float64, block_ptr (blocks + 1,) int64)``."""
+        n = self.block_ptr[-1]
+        return (*(a[:n] for a in self.arrays), np.asarray(self.block_ptr, np.int64))

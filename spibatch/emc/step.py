@@ -325,7 +325,7 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
             best[frames], best_rot[frames] = sub_best, sub_rot
         clock["expand"] += t1 - t0
         clock["likelihood"] += perf_counter() - t1
-    return (u, best, best_rot, *kept.result(), np.asarray(kept.block_ptr, np.int64))
+    return (u, best, best_rot, *kept.result())
 
 
 
