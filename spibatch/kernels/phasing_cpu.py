@@ -159,19 +159,9 @@ def _multiply_separable(spectrum, out, g0, g1, g2):
                 out[i, j, k] = spectrum[i, j, k] * np.float32(gij * g2[k])
 
 
-@nb.njit(parallel=True, cache=True)
 def max_real(volume):
-    """The largest real part of a volume (float)."""
-    best = np.full(volume.shape[0], -np.inf)
-    for i in nb.prange(volume.shape[0]):
-        b = -np.inf
-        for j in range(volume.shape[1]):
-            for k in range(volume.shape[2]):
-                v = volume[i, j, k].real
-                if v > b:
-                    b = v
-        best[i] = b
-    return best.max()
+    """The largest real part of a volume (float; NaN values are left out, as by ``np.fmax``)."""
+    return float(np.fmax.reduce(_plane_max(volume)))
 
 
 @nb.njit(parallel=True, cache=True)
@@ -205,18 +195,10 @@ def threshold_support(volume, level, support):
     return count.sum()
 
 
-@nb.njit(parallel=True, cache=True)
 def _plane_max(volume):
-    best = np.full(volume.shape[0], -np.inf)
-    for i in nb.prange(volume.shape[0]):
-        b = -np.inf
-        for j in range(volume.shape[1]):
-            for k in range(volume.shape[2]):
-                v = volume[i, j, k].real
-                if v > b:
-                    b = v
-        best[i] = b
-    return best
+    """The largest real part of each plane volume[i] (NaN left out): numpy's SIMD reduction on one thread
+    reads memory 4x faster than a two-thread Numba loop whose compare-and-keep does not vectorise."""
+    return np.fmax.reduce(volume.real, axis=(1, 2))
 
 
 @nb.njit(parallel=True, cache=True)
@@ -244,9 +226,32 @@ def threshold_relative(volume, fraction, support):
     ``threshold_support(volume, fraction * max_real(volume), support)``.
     """
     plane_max = _plane_max(volume)
-    top = float(plane_max.max())
+    top = float(np.fmax.reduce(plane_max))
     level = np.float32(float(fraction) * top)        # as ShrinkWrap always computed it: float64, then float32
     return int(_threshold_planes(volume, level, support, plane_max)), top
+
+
+@nb.njit(parallel=True, cache=True)
+def _occupied_rows(bits):
+    rows = np.zeros(bits.shape[:2], np.bool_)
+    for i in nb.prange(bits.shape[0]):
+        for j in range(bits.shape[1]):
+            if bits[i, j, 0] != 0:           # most occupied rows show it at once
+                rows[i, j] = True
+                continue
+            acc = bits.dtype.type(0)
+            for k in range(bits.shape[2]):   # an or-reduction (vectorised), no early exit
+                acc |= bits[i, j, k]
+            rows[i, j] = acc != 0
+    return rows
+
+
+def occupied_rows(volume: np.ndarray) -> np.ndarray:
+    """(N0, N1) bool: whether row (i, j, :) of a C-contiguous volume holds any value but +0.0 (-0.0 and NaN
+    count), read as raw bits, 8 bytes at a time where the rows allow."""
+    row_bytes = volume.shape[2] * volume.itemsize
+    word = np.uint64 if row_bytes % 8 == 0 else {4: np.uint32, 2: np.uint16}.get(volume.itemsize, np.uint8)
+    return _occupied_rows(volume.view(np.uint8).reshape(volume.shape[:2] + (row_bytes,)).view(word))
 
 
 # ------------------------------------------------------------------ batch-shaped entry points

@@ -149,6 +149,12 @@ class FFTEngine:
 
         transform = scipy.fft.rfftn if self.real else scipy.fft.fftn
         if self.batch == 1:
+            if self.real:        # P_S x (ER, shrink-wrap) is zero outside its support: skip those rows
+                from spibatch.phasing.fft_pruned import rfftn_skipping_zeros
+
+                spectrum = rfftn_skipping_zeros(src[0], self.threads)
+                if spectrum is not None:
+                    return spectrum[None]
             return transform(src[0], workers=self.threads)[None]
         return transform(src, axes=(-3, -2, -1), workers=self.threads)
 
