@@ -137,7 +137,9 @@ class FFTEngine:
         """A second spectrum buffer (for a filtered copy); fftw: the engine's own."""
         if self.backend == "fftw":
             return self._spectrum2
-        return np.empty(self.spectrum_shape, np.complex64)
+        if getattr(self, "_spare", None) is None:    # kept: a fresh 8 MB array each call cost its page faults
+            self._spare = np.empty(self.spectrum_shape, np.complex64)
+        return self._spare
 
     def forward(self, src: np.ndarray | None = None) -> np.ndarray:
         """The unnormalised FFT of ``src`` (``x`` by default; with fftw it must be ``x`` or ``y``)."""

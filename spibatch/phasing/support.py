@@ -29,10 +29,10 @@ def shrink_wrap(rec, sigma: float, thresholds: list[float], keep: float = 0.0, *
     rec.y_is_projection = False
     spectrum = rec.fft.forward(rec.fft.y)
     rec.changed()
-    blurred_spectrum = rec.fft.spare_spectrum()
-    rec.kernels.multiply_separable(spectrum, blurred_spectrum, (g / n ** 3).astype(np.float32), g.astype(np.float32),
+    # blurred in place: the spectrum of P_S x is not needed again (a spare buffer cost its page faults)
+    rec.kernels.multiply_separable(spectrum, spectrum, (g / n ** 3).astype(np.float32), g.astype(np.float32),
                                    gz.astype(np.float32))
-    blurred = rec.fft.inverse(blurred_spectrum)
+    blurred = rec.fft.inverse(spectrum)
     sizes = []
     for start, (volume, support) in enumerate(rec.per_start(blurred)):   # one, or each start of a GPU batch
         if keep > 0:
