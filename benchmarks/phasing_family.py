@@ -199,7 +199,7 @@ class Case:
 
 def make_case(spec: Spec, cache: Path | None = None, seed: int = 0) -> Case:
     """The object, its intensity |FFT|^2 scaled to ``spec.photons`` over the measured voxels, Poisson."""
-    path = cache / f"{spec.name}-{spec.n}.npz" if cache else None
+    path = cache / (f"{spec.name}-{spec.n}.npz" if seed == 0 else f"{spec.name}-{spec.n}-seed{seed}.npz") if cache else None
     if path and path.exists():
         z = np.load(path)
         return Case(spec, z["truth"], z["intensity"], z["measured"], float(z["scale"]))
@@ -270,9 +270,19 @@ def run_spibatch(case: Case, recipe: str, starts: int, threads: int) -> tuple[np
     m = prepare(case.intensity, measured=case.measured)
     results = run_starts(settings.seeds, m, settings)
     merged = merge(results, m, settings.keep_best)
+    extra = {}
+    if merged.dissenting:       # what averaging them in would have given (the merge before MERGE_MIN_CC)
+        from spibatch.phasing import multistart
+
+        kept, multistart.MERGE_MIN_CC = multistart.MERGE_MIN_CC, -1.0
+        try:
+            extra["reach_if_averaged_in"] = score(merge(results, m, settings.keep_best).density, case)["reach"]
+        finally:
+            multistart.MERGE_MIN_CC = kept
     return merged.density, {"final_errors": [round(e, 4) for e in merged.final_errors],
                             "free_errors": [None if r.free_error is None else round(r.free_error, 4) for r in results],
-                            "failed_starts": sum(r.failure is not None for r in results)}
+                            "failed_starts": sum(r.failure is not None for r in results),
+                            "kept_seeds": merged.kept_seeds, "dissenting": merged.dissenting, **extra}
 
 
 def run_reference(tool: str, case: Case, starts: int, workdir: Path) -> tuple[np.ndarray, dict]:
@@ -311,6 +321,8 @@ def run_tool(tool: str, case: Case, args) -> dict:
         recipe = {"before": BEFORE, "auto": "auto", "default": DEFAULT_RECIPE, "auto16": "auto"}[tool]
         starts = 16 if tool == "auto16" else args.starts        # auto16: the config's default num_starts
         density, extra = run_spibatch(case, recipe, starts, args.threads)
+    elif tool.startswith("recipe="):               # an experiment: any recipe, e.g. recipe=Auto(late=200)
+        density, extra = run_spibatch(case, tool.split("=", 1)[1], args.starts, args.threads)
     else:
         try:
             density, extra = run_reference(tool, case, args.starts, args.out / "refs")
@@ -347,10 +359,12 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every box edge (even edges kept)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/spibatch-family"))
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="another instance of every object, its noise and holes "
+                    "(results kept apart: OUT/results-seedS)")
     ap.add_argument("--table", action="store_true", help="print the table of OUT/results.json and stop")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    store = args.out / "results"            # one file per object and tool: several runs may add at once
+    store = args.out / ("results" if args.seed == 0 else f"results-seed{args.seed}")   # one file per object and tool
     store.mkdir(exist_ok=True)
     results: dict = {}
     for path in sorted(store.glob("*.json")):
@@ -367,7 +381,7 @@ def main() -> None:
     for spec in specs:
         if args.scale != 1.0:
             spec.n = max(16, int(round(spec.n * args.scale / 2)) * 2)
-        case = make_case(spec, args.out / "cases")
+        case = make_case(spec, args.out / "cases", seed=args.seed)
         for tool in args.tools:
             if tool in results.get(spec.name, {}) and not args.force:
                 continue

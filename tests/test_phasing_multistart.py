@@ -168,3 +168,32 @@ def test_fast_fft_sizes_keep_parity_and_padding_keeps_the_centre():
     v[8, 8, 8] = 5.0
     padded = pad_centre(v, fast_size(17))
     assert padded.shape == (21, 21, 21) and padded[10, 10, 10] == 5.0 and padded.sum() == 5.0
+
+
+def test_auto_merge_leaves_out_a_start_that_found_another_solution_and_says_so():
+    """With free errors (recipe auto), a selected start whose aligned density correlates below MERGE_MIN_CC with
+    the best one is not averaged in (4bed-128: one right start among filled-in ones); without them (hand-written
+    recipes) the best ``keep`` are averaged as before."""
+    from spibatch.phasing.multistart import MERGE_MIN_CC
+    from spibatch.phasing.outputs import merge_record
+
+    n = 24
+    rho = np.fft.ifftshift(_blob(n, 4, seed=1))
+    other = rho + np.roll(rho, (8, 0, 0), axis=(0, 1, 2))               # filled in: another solution (CC 0.72)
+    m = prepare(_intensity(_blob(n, 4, seed=1)), voxel_size_per_m=1e8)
+
+    def start(seed, density, free):
+        d = density.astype(np.float32)
+        return StartResult(seed=seed, density=d, support=d > 0.05 * d.max(), errors=np.array([free]),
+                           algorithms=["ER"], final_error=free, seconds=0.0, free_error=free)
+
+    shifted = _shifted(rho, (2, -1, 3))
+    results = [start(1, rho, 0.010), start(2, other, 0.011), start(3, shifted, 0.012)]
+    assert align(other, rho)[1].cc < MERGE_MIN_CC < align(shifted, rho)[1].cc
+    merged = merge(results, m, keep=3)
+    assert merged.kept_seeds == [1, 3] and list(merged.dissenting) == [2]
+    assert merged.dissenting[2] < MERGE_MIN_CC and min(merged.alignment_cc) > 0.99
+    assert merge_record(merged, 10, 1.0)["dissenting"] == [[2, merged.dissenting[2]]]
+    for r in results:                                                    # a hand-written recipe: no free errors
+        r.free_error = None
+    assert merge(results, m, keep=3).kept_seeds == [1, 2, 3]
