@@ -269,20 +269,27 @@ def run_spibatch(case: Case, recipe: str, starts: int, threads: int) -> tuple[np
                                           "threads": threads, "seed": 1})
     m = prepare(case.intensity, measured=case.measured)
     results = run_starts(settings.seeds, m, settings)
+    if os.environ.get("SPIBATCH_FAMILY_STARTS"):    # the starts themselves, to try merge rules on them later
+        import pickle
+
+        keep = Path(os.environ["SPIBATCH_FAMILY_STARTS"])
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / f"{case.spec.name}-{recipe}.pkl").write_bytes(pickle.dumps(results))
     merged = merge(results, m, settings.keep_best)
     extra = {}
-    if merged.dissenting:       # what averaging them in would have given (the merge before MERGE_MIN_CC)
-        from spibatch.phasing import multistart
+    from spibatch.phasing import multistart
 
-        kept, multistart.MERGE_MIN_CC = multistart.MERGE_MIN_CC, -1.0
-        try:
-            extra["reach_if_averaged_in"] = score(merge(results, m, settings.keep_best).density, case)["reach"]
-        finally:
-            multistart.MERGE_MIN_CC = kept
+    kept, multistart.RANK_FACTOR = multistart.RANK_FACTOR, float("inf")
+    try:                        # what the merge before RANK_FACTOR averaged, where it differs
+        before = merge(results, m, settings.keep_best)
+        if before.kept_seeds != merged.kept_seeds:
+            extra["reach_without_rank_factor"] = score(before.density, case)["reach"]
+    finally:
+        multistart.RANK_FACTOR = kept
     return merged.density, {"final_errors": [round(e, 4) for e in merged.final_errors],
                             "free_errors": [None if r.free_error is None else round(r.free_error, 4) for r in results],
                             "failed_starts": sum(r.failure is not None for r in results),
-                            "kept_seeds": merged.kept_seeds, "dissenting": merged.dissenting, **extra}
+                            "kept_seeds": merged.kept_seeds, **extra}
 
 
 def run_reference(tool: str, case: Case, starts: int, workdir: Path) -> tuple[np.ndarray, dict]:

@@ -18,7 +18,7 @@ from spibatch.errors import InputError
 from spibatch.kernels.device import CPU, Device
 from spibatch.phasing.algebra import RecipeError
 from spibatch.phasing.inputs import load_measurement
-from spibatch.phasing.multistart import MERGE_MIN_CC, max_measured_shell, merge
+from spibatch.phasing.multistart import max_measured_shell, merge
 from spibatch.phasing.outputs import merge_record, output_paths, start_record, write_outputs
 from spibatch.phasing.settings import PhasingSettings
 from spibatch.phasing.starts import StartResult, iter_starts
@@ -88,9 +88,6 @@ def run_phasing(intensity_path: Path, out_dir: Path, settings: PhasingSettings, 
         merged = merge(done, measurement, settings.keep_best)
     except RecipeError as exc:
         raise recipe_failed(exc, intensity_path) from None
-    if merged.dissenting:
-        log.info("left out of the average, another solution than the best start's (aligned CC < %.2f): %s",
-                 MERGE_MIN_CC, ", ".join(f"seed {seed} (CC {cc:.3f})" for seed, cc in merged.dissenting.items()))
     data_shell = max_measured_shell(measurement)
     lines.append(json.dumps(merge_record(merged, data_shell, time.perf_counter() - began)))
     write_outputs(paths, merged, done, measurement, settings, intensity_path, data_shell)

@@ -8,7 +8,7 @@ measurement, keep)`` reduces them.  Densities travel in FFT order (origin at ind
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,15 +40,12 @@ class Merged:
     final_errors: list[float]
     alignment_cc: list[float]
     inverted: list[bool]
-    dissenting: dict[int, float] = field(default_factory=dict)
 
 
 def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Merged:
     """Keep the ``keep`` best starts (:func:`select`: by free error and support size with recipe ``auto``, else
     by final error), align them to the best, average, PRTF.  Starts that stopped early (``failure``) are left
-    out; RecipeError (one line) when every start did.  With recipe ``auto``, a selected start whose aligned
-    density correlates less than :data:`MERGE_MIN_CC` with the best one's found another solution: it is left
-    out of the average too (``Merged.dissenting``), not blurred into it."""
+    out; RecipeError (one line) when every start did."""
     if not results:
         raise ValueError("no reconstructions to merge")
     usable = [r for r in results if r.failure is None]
@@ -62,14 +59,9 @@ def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Me
     spectrum_sum = np.zeros((n, n, n), np.complex128)
     density_sum = np.zeros((n, n, n), reference.dtype)
     support_sum = np.zeros((n, n, n), np.float64)
-    ccs, inverted, kept, dissenting = [], [], [], {}
-    by_free_error = _has_free_errors(results)
+    ccs, inverted = [], []
     for result in ranked:
         aligned, how = align(result.density.astype(reference.dtype), reference)
-        if by_free_error and how.cc < MERGE_MIN_CC:
-            dissenting[result.seed] = round(float(how.cc), 4)
-            continue
-        kept.append(result)
         support = result.support.astype(np.float64)
         if how.inverted:
             inv = (-np.arange(n)) % n
@@ -80,7 +72,7 @@ def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Me
         spectrum_sum += np.fft.fftn(aligned)
         ccs.append(how.cc)
         inverted.append(how.inverted)
-    count = len(kept)
+    count = len(ranked)
     prtf = prtf_shells(spectrum_sum / count, measurement)
     density = density_sum / count
     density, shift = roll_to_centre(density)
@@ -92,20 +84,15 @@ def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Me
     resolution = (n * voxel / crossing) if (crossing and voxel) else None
     return Merged(density=density.astype(np.float32 if measurement.real else np.complex64),
                   support=support.astype(np.float32), prtf=prtf, shell_frequency_per_m=frequency,
-                  resolution_m=resolution, resolution_shell=crossing, kept_seeds=[r.seed for r in kept],
-                  final_errors=[r.final_error for r in kept], alignment_cc=ccs, inverted=inverted,
-                  dissenting=dissenting)
+                  resolution_m=resolution, resolution_shell=crossing, kept_seeds=[r.seed for r in ranked],
+                  final_errors=[r.final_error for r in ranked], alignment_cc=ccs, inverted=inverted)
 
 
 FREE_ERROR_FACTOR = 2.0      # recipe auto: starts whose free error is within this factor of the best are kept
-# recipe auto: a selected start whose aligned density correlates less than this with the best start's is another
-# solution and is not averaged in.  BENCHMARKS.md ("One solution averaged"): on 4bed-128 the best start (reach 1.0)
-# and two filled-in ones (0.08) correlate 0.62-0.79; starts of one solution correlate 0.95-0.98 (blobs-*).
-MERGE_MIN_CC = 0.9
-
-
-def _has_free_errors(results: list[StartResult]) -> bool:
-    return all(r.free_error is not None and np.isfinite(r.free_error) for r in results)
+# recipe auto: and whose free error x support voxels is within this factor of the best start's.  BENCHMARKS.md
+# ("Averaging only what ranks near the best"): on 4bed-128 a start that found the hollow capsid (reach 1.0) was
+# averaged with filled-in ones ranked 1.56x and 2.1x worse, and the average reached 0.08.
+RANK_FACTOR = 1.5
 
 
 def select(results: list[StartResult], keep: int) -> list[StartResult]:
@@ -113,12 +100,16 @@ def select(results: list[StartResult], keep: int) -> list[StartResult]:
     (recipe auto): those whose free error is within FREE_ERROR_FACTOR of the lowest, ranked by free error x
     support voxels -- of two that predict the held-out voxels about as well, the more compact (a density
     filled in by the beam stop's unmeasured modes predicts the free set, all outside the beam stop, as well
-    as the true one) -- at most ``keep`` of them."""
-    if not _has_free_errors(results):
+    as the true one) --, those ranked within RANK_FACTOR of the best, at most ``keep`` of them."""
+    if not all(r.free_error is not None and np.isfinite(r.free_error) for r in results):
         return sorted(results, key=lambda r: (r.final_error, r.seed))[:max(1, keep)]
     best = min(r.free_error for r in results)
-    near = [r for r in results if r.free_error <= FREE_ERROR_FACTOR * best]
-    return sorted(near, key=lambda r: (r.free_error * max(1, int(np.count_nonzero(r.support))), r.seed))[:max(1, keep)]
+
+    def rank(r: StartResult) -> float:
+        return r.free_error * max(1, int(np.count_nonzero(r.support)))
+
+    near = sorted((r for r in results if r.free_error <= FREE_ERROR_FACTOR * best), key=lambda r: (rank(r), r.seed))
+    return [r for r in near if rank(r) <= RANK_FACTOR * rank(near[0])][:max(1, keep)]
 
 
 def shell_radius(n: int) -> np.ndarray:

@@ -51,7 +51,6 @@ def merge_record(merged: Merged, data_shell: int, seconds: float) -> dict:
     """The metrics.jsonl line of the merge."""
     return {"stage": "phase", "kind": "merge", "kept_seeds": merged.kept_seeds,
             "final_errors": merged.final_errors, "alignment_cc": [round(c, 4) for c in merged.alignment_cc],
-            "dissenting": [[seed, cc] for seed, cc in merged.dissenting.items()],
             "resolution_m": merged.resolution_m, "resolution_shell": merged.resolution_shell,
             "max_measured_shell": data_shell, "seconds": round(seconds, 2),
             "prtf": [None if not np.isfinite(v) else round(float(v), 4) for v in merged.prtf]}
