@@ -221,7 +221,8 @@ class Phasing(Section):
                         "starts and chooses among support schedules), or operators run in reading order: HIO, ER, "
                         "RAAR, DM, ShrinkWrap, Auto; '*' then, '**' repeats")
     num_starts: int = Field(16, ge=1, description="independent random starts")
-    keep_best: int = Field(8, ge=1, description="the best starts averaged (default: half of num_starts, at least 1)")
+    keep_best: int = Field(8, ge=1, description="at most this many of the best starts averaged (auto: those ranked "
+                                                 "within 1.5x of the best; default: half of num_starts, at least 1)")
     seed: int = Field(1, ge=0, description="start k uses seed + k")
     positivity: bool = Field(True, description="the density is >= 0 inside the support")
     realness: bool = Field(True, description="the density is real (real-to-complex FFTs, Friedel-averaged data)")
