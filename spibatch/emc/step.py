@@ -328,8 +328,6 @@ def _kept_likelihoods(model: np.ndarray, rotations: Rotations, pixels: PixelSet,
     return (u, best, best_rot, *kept.result())
 
 
-
-
 def default_threads() -> int:
     """The cores this process may run on (mpirun binds a rank to one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -92,6 +92,7 @@ class FFTEngine:
         else:
             self.x = np.zeros(self.shape, self.real_dtype)
             self.y = np.zeros(self.shape, self.real_dtype)
+            self._spare = None      # spare_spectrum's, made at its first call
 
     # -- fftw -------------------------------------------------------------------
     def _setup_fftw(self) -> None:
@@ -137,7 +138,7 @@ class FFTEngine:
         """A second spectrum buffer (for a filtered copy); fftw: the engine's own."""
         if self.backend == "fftw":
             return self._spectrum2
-        if getattr(self, "_spare", None) is None:    # kept: a fresh 8 MB array each call cost its page faults
+        if self._spare is None:    # kept: a fresh 8 MB array each call cost its page faults
             self._spare = np.empty(self.spectrum_shape, np.complex64)
         return self._spare
 

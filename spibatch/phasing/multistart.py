@@ -104,12 +104,10 @@ def select(results: list[StartResult], keep: int) -> list[StartResult]:
     if not all(r.free_error is not None and np.isfinite(r.free_error) for r in results):
         return sorted(results, key=lambda r: (r.final_error, r.seed))[:max(1, keep)]
     best = min(r.free_error for r in results)
-
-    def rank(r: StartResult) -> float:
-        return r.free_error * max(1, int(np.count_nonzero(r.support)))
-
-    near = sorted((r for r in results if r.free_error <= FREE_ERROR_FACTOR * best), key=lambda r: (rank(r), r.seed))
-    return [r for r in near if rank(r) <= RANK_FACTOR * rank(near[0])][:max(1, keep)]
+    rank = {id(r): r.free_error * max(1, int(np.count_nonzero(r.support))) for r in results
+            if r.free_error <= FREE_ERROR_FACTOR * best}
+    near = sorted((r for r in results if id(r) in rank), key=lambda r: (rank[id(r)], r.seed))
+    return [r for r in near if rank[id(r)] <= RANK_FACTOR * rank[id(near[0])]][:max(1, keep)]
 
 
 def shell_radius(n: int) -> np.ndarray:
