@@ -14,6 +14,7 @@ what comes back, so a site never turns it off.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -126,13 +127,38 @@ def worker_logdir(run_dir: Path) -> str:
     return str(Path(run_dir) / "runinfo" / "workers")
 
 
+# How many times a task is sent again after the process or the worker block it ran in was lost (a worker
+# killed, a batch job cancelled by a scale-in at the moment it received the task, a node gone).  Every task
+# spibatch sends may run twice: a start, a shard's sums, a stage or an EMC job (which resumes from its
+# checkpoint) write their files whole, under names only they write.  A task that failed by itself is not
+# sent again.
+LOST_RETRIES = 1
+
+
+def retry_lost(exception: BaseException, task_record: dict) -> float:
+    """Parsl's ``retry_handler``: a try lost with its worker or manager costs 1 (so it is tried again up to
+    :data:`LOST_RETRIES` times); any other failure costs more than every retry (not tried again)."""
+    from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
+
+    if not isinstance(exception, (ManagerLost, WorkerLost)):
+        return LOST_RETRIES + 1.0
+    if task_record.get("fail_cost", 0) + 1 <= LOST_RETRIES:
+        logging.getLogger("spibatch").warning(
+            "task %s (%s) was lost with its %s; sending it again (try %d of %d)", task_record.get("id"),
+            task_record.get("func_name"), "worker" if isinstance(exception, WorkerLost) else "worker block",
+            task_record.get("fail_count", 0) + 1, LOST_RETRIES + 1)
+    return 1.0
+
+
 def config(executors: list, run_dir: Path, *, strategy_period: float, max_idletime: float):
-    """``parsl.config.Config``: usage tracking off, runinfo inside the run directory."""
+    """``parsl.config.Config``: usage tracking off, runinfo inside the run directory, tasks lost with their
+    worker or block sent again once (:func:`retry_lost`)."""
     from parsl.config import Config
 
     put_bin_on_path()
     return Config(executors=executors, run_dir=str(run_dir / "runinfo"), usage_tracking=0,
-                  strategy_period=strategy_period, max_idletime=max_idletime, initialize_logging=True)
+                  strategy_period=strategy_period, max_idletime=max_idletime, initialize_logging=True,
+                  retries=LOST_RETRIES, retry_handler=retry_lost)
 
 
 def cert_dir(run_dir: Path, label: str) -> str:
