@@ -65,6 +65,7 @@ def views_by_rotation(model, m, rotmats, mode, q_t, pixel_factor, out, view_sum)
     """
     nrot, npix = out.shape
     mm = m * m
+    one = np.float32(1.0)
     for r in nb.prange(nrot):
         volume = model[mode[r] * mm * m:(mode[r] + 1) * mm * m]
         cell = np.empty(npix, np.int64)
@@ -75,12 +76,13 @@ def views_by_rotation(model, m, rotmats, mode, q_t, pixel_factor, out, view_sum)
         for t in range(npix):
             b = cell[t]
             v = np.float32(0.0)
-            if b >= 0:
+            if b >= 0:                  # float32 weights, unsigned indices: as merge_views (1.27x)
+                u = np.uint64(b)
                 x, y, z = fx[t], fy[t], fz[t]
-                gx, gy, gz = 1 - x, 1 - y, 1 - z
-                v = (gx * (gy * (gz * volume[b] + z * volume[b + 1]) + y * (gz * volume[b + m] + z * volume[b + m + 1]))
-                     + x * (gy * (gz * volume[b + mm] + z * volume[b + mm + 1])
-                            + y * (gz * volume[b + mm + m] + z * volume[b + mm + m + 1]))) * pixel_factor[t]
+                gx, gy, gz = one - x, one - y, one - z
+                v = (gx * (gy * (gz * volume[u] + z * volume[u + 1]) + y * (gz * volume[u + m] + z * volume[u + m + 1]))
+                     + x * (gy * (gz * volume[u + mm] + z * volume[u + mm + 1])
+                            + y * (gz * volume[u + mm + m] + z * volume[u + mm + m + 1]))) * pixel_factor[t]
             row[t] = v
             total += v
         view_sum[r] = total
@@ -140,6 +142,8 @@ def weighted_photons_sparse(rot_ptr, frame_of, prob, frame_ptr, pixel, count, pi
 
     rot_ptr (R + 1,) int64 into frame_of (n,) int64 / prob (n,) float64; frame_ptr, pixel, count:
     photons in CSR form (by frame); out_rt (R, T) float32, overwritten (each rotation its own row).
+    Summed in float32 like the dense kernel, with unsigned pixel indices (1.8x faster than float64 products
+    converted at every add).
     """
     nrot, npix = out_rt.shape
     for r in nb.prange(nrot):
@@ -148,11 +152,20 @@ def weighted_photons_sparse(rot_ptr, frame_of, prob, frame_ptr, pixel, count, pi
             row[t] = 0.0
         for k in range(rot_ptr[r], rot_ptr[r + 1]):
             d = frame_of[k]
-            p = prob[k]
+            p = np.float32(prob[k])
             for j in range(frame_ptr[d], frame_ptr[d + 1]):
-                row[pixel[j]] += p * np.float64(count[j])
+                row[np.uint64(pixel[j])] += p * count[j]
         for t in range(npix):
             row[t] *= pixel_factor[t]
+
+
+@nb.njit(inline="always")
+def _add_corners(acc, u, f, gzv, gzw, zv, zw):
+    """acc[u .. u + 3] += f x (gz v, gz w, z v, z w): one cell's two z corners, numerator and denominator."""
+    acc[u] += f * gzv
+    acc[u + np.uint64(1)] += f * gzw
+    acc[u + np.uint64(2)] += f * zv
+    acc[u + np.uint64(3)] += f * zw
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True, nogil=True)
@@ -165,10 +178,13 @@ def merge_views(acc, m, rotmats, mode, q_t, views_rt, weight_of_rot, parts):
     weight_of_rot (R,): rotations with weight 0 are skipped.  The x-range is split among ``parts``
     threads: every thread walks all pixels of all rotations but writes only the voxels of its own slab
     of x, so no two threads touch the same memory and no per-thread copies of the volume are needed.
+    The splat is float32 throughout (``1 - x`` of a float32 would be float64 in Numba, and every add a
+    conversion there and back: 1.6x slower) with unsigned indices (no negative-index wrap-around per add).
     """
     nrot, npix = views_rt.shape
     plane = m * m
-    step_y, step_x = 2 * m, 2 * plane
+    step_y, step_x = np.uint64(2 * m), np.uint64(2 * plane)
+    one = np.float32(1.0)
     for p in nb.prange(parts):
         lo = (m * p) // parts * plane           # the slab's first cell, and the cell after it
         hi = (m * (p + 1)) // parts * plane
@@ -180,39 +196,23 @@ def merge_views(acc, m, rotmats, mode, q_t, views_rt, weight_of_rot, parts):
                 continue
             _cells(m, rotmats, r, q_t, cell, fx, fy, fz)
             row = views_rt[r]
-            offset = mode[r] * step_x * m
+            offset = np.uint64(mode[r]) * step_x * np.uint64(m)
             for t in range(npix):
                 b = cell[t]
                 if b < 0 or b + plane < lo or b >= hi:      # outside the grid, or no corner in the slab
                     continue
                 v = row[t]
                 x, y, z = fx[t], fy[t], fz[t]
-                gx, gy, gz = 1 - x, 1 - y, 1 - z
-                low_in, high_in = b >= lo, b + plane < hi   # the corners at x and at x + 1
-                b = 2 * b + offset
-                if low_in:
-                    f = gx * gy
-                    acc[b] += f * gz * v
-                    acc[b + 1] += f * gz * w
-                    acc[b + 2] += f * z * v
-                    acc[b + 3] += f * z * w
-                    f = gx * y
-                    acc[b + step_y] += f * gz * v
-                    acc[b + step_y + 1] += f * gz * w
-                    acc[b + step_y + 2] += f * z * v
-                    acc[b + step_y + 3] += f * z * w
-                if high_in:
-                    b += step_x
-                    f = x * gy
-                    acc[b] += f * gz * v
-                    acc[b + 1] += f * gz * w
-                    acc[b + 2] += f * z * v
-                    acc[b + 3] += f * z * w
-                    f = x * y
-                    acc[b + step_y] += f * gz * v
-                    acc[b + step_y + 1] += f * gz * w
-                    acc[b + step_y + 2] += f * z * v
-                    acc[b + step_y + 3] += f * z * w
+                gx, gy, gz = one - x, one - y, one - z
+                gzv, gzw, zv, zw = gz * v, gz * w, z * v, z * w
+                u = np.uint64(2 * b) + offset
+                if b >= lo:                                 # the corners at x
+                    _add_corners(acc, u, gx * gy, gzv, gzw, zv, zw)
+                    _add_corners(acc, u + step_y, gx * y, gzv, gzw, zv, zw)
+                if b + plane < hi:                          # the corners at x + 1
+                    u += step_x
+                    _add_corners(acc, u, x * gy, gzv, gzw, zv, zw)
+                    _add_corners(acc, u + step_y, x * y, gzv, gzw, zv, zw)
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
