@@ -194,6 +194,35 @@ def test_normalize_probabilities_matches_numpy_over_blocks_of_entries():
         assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_merge_block_bounds_and_dense_fill_match_numpy():
+    """Entries in likelihood-block order (rotation // 8 sorted, rotations unsorted inside): each merge block's
+    entries, the photons of their frames, and the dense block filled from them -- against numpy; rotation
+    block 2 holds no entry, the last block is short."""
+    from spibatch.kernels.emc_cpu import fill_dense_block, merge_block_bounds
+
+    rng = np.random.default_rng(5)
+    nf, nrot, block = 37, 45, 8                                 # 6 blocks, the last of 5 rotations
+    pairs = [(d, r) for r in range(nrot) if r // block != 2 for d in range(nf) if rng.random() < 0.3]
+    rng.shuffle(pairs)
+    pairs.sort(key=lambda p: (p[1] // block, p[0]))              # by block, by frame within a block
+    frame = np.array([p[0] for p in pairs], np.int32)
+    rot = np.array([p[1] for p in pairs], np.int32)
+    prob = rng.random(len(pairs))
+    per_frame = rng.integers(0, 900, nf)
+    starts, photons = merge_block_bounds(rot, block, 6, frame, per_frame)
+    want = np.searchsorted(rot // block, np.arange(7))
+    assert np.array_equal(starts, want) and starts[2] == starts[3]
+    assert np.array_equal(photons, [per_frame[frame[a:b]].sum() for a, b in zip(want[:-1], want[1:])])
+    for k in (0, 5):
+        out = np.full((nf, block), 9.0, np.float32)
+        lo, hi, r0 = starts[k], starts[k + 1], k * block
+        n = min(block, nrot - r0)
+        fill_dense_block(frame, rot, prob, lo, hi, r0, out[:, :n])
+        dense = np.zeros((nf, n), np.float32)
+        dense[frame[lo:hi], rot[lo:hi] - r0] = prob[lo:hi]
+        assert np.array_equal(out[:, :n], dense) and (n == block or np.all(out[:, n:] == 9.0))
+
+
 def test_group_by_key_is_a_stable_counting_sort_and_kept_entries_grow_without_loss():
     from spibatch.emc.kept import KeptEntries
     from spibatch.kernels.emc_cpu import group_by_key

@@ -28,7 +28,8 @@ def merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d:
     rotations) when many frames share its rotations, from a sparse one
     (scatter per kept entry) when few do.
     """
-    from spibatch.kernels.emc_cpu import merge_views, weighted_photons_dense, weighted_photons_sparse
+    from spibatch.kernels.emc_cpu import (fill_dense_block, merge_views, weighted_photons_dense,
+                                          weighted_photons_sparse)
 
     nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
     block = MERGE_BLOCK
@@ -38,14 +39,13 @@ def merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d:
     sums = np.zeros(int(np.prod(shape)) * 2, np.float32)   # float32: half the cache footprint, 1.4x faster
     views = np.empty((block, npix), np.float32)         # rotation-major, float32 like the accumulators
     dense_prob = np.empty((nf, block), np.float32)
-    for r0, r1, bd, br, bp, sparse in _merge_blocks(nrot, d, r, prob, shard):
+    for r0, r1, lo, hi, sparse in _merge_blocks(nrot, d, r, prob, shard):
         n = r1 - r0
         if sparse is not None:
             weighted_photons_sparse(*sparse, shard.ptr, shard.pixel, shard.count, inv_corr, views[:n])
         else:
             block_prob = dense_prob[:, :n]
-            block_prob[:] = 0.0
-            block_prob[bd, br] = bp
+            fill_dense_block(d, r, prob, lo, hi, r0, block_prob)
             if csc is None:
                 csc = shard.by_pixel(npix)
             weighted_photons_dense(block_prob, *csc, inv_corr, views[:n])
@@ -56,27 +56,26 @@ def merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d:
 
 
 def _merge_blocks(nrot: int, d: np.ndarray, r: np.ndarray, prob: np.ndarray, shard: Shard):
-    """The merge's blocks of MERGE_BLOCK rotations that hold kept entries: ``(r0, r1, frame, rotation - r0,
-    prob, sparse)``, ``sparse`` None where the dense kernel is cheaper (many frames share the block's
-    rotations: its inner loop is SIMD), else the entries by rotation ``(rot_ptr (n + 1,) int64, frame (k,)
-    int64, prob (k,))`` for the scattering kernel.  Entries come in likelihood-block order, and likelihood
-    blocks divide merge blocks: ``r // MERGE_BLOCK`` is sorted."""
-    from spibatch.kernels.emc_cpu import group_by_key
+    """The merge's blocks of MERGE_BLOCK rotations that hold kept entries: ``(r0, r1, lo, hi, sparse)``, the
+    block's entries ``lo .. hi`` of ``d``, ``r``, ``prob``; ``sparse`` None where the dense kernel is cheaper
+    (many frames share the block's rotations: its inner loop is SIMD), else the entries by rotation
+    ``(rot_ptr (n + 1,) int64, frame (k,) int64, prob (k,))`` for the scattering kernel.  Entries come in
+    likelihood-block order, and likelihood blocks divide merge blocks: ``r // MERGE_BLOCK`` is sorted."""
+    from spibatch.kernels.emc_cpu import group_by_key, merge_block_bounds
 
     block, nf = MERGE_BLOCK, shard.num_frames
-    photons_per_frame = np.diff(shard.ptr)
-    starts = np.searchsorted(r // block, np.arange(0, (nrot + block - 1) // block + 1))
+    num_blocks = (nrot + block - 1) // block
+    starts, photons = merge_block_bounds(r, block, num_blocks, d, np.diff(shard.ptr))
     for k, r0 in enumerate(range(0, nrot, block)):
-        if starts[k] == starts[k + 1]:
+        lo, hi = int(starts[k]), int(starts[k + 1])
+        if lo == hi:
             continue
         r1 = min(r0 + block, nrot)
-        sel = slice(starts[k], starts[k + 1])
-        bd, br, bp = d[sel], r[sel] - r0, prob[sel]
         sparse = None
-        if 8 * photons_per_frame[bd].sum() < (shard.num_entries + nf) * (r1 - r0):
-            rot_ptr, by_rot = group_by_key(br, r1 - r0)
-            sparse = (rot_ptr, bd[by_rot].astype(np.int64), bp[by_rot])
-        yield r0, r1, bd, br, bp, sparse
+        if 8 * photons[k] < (shard.num_entries + nf) * (r1 - r0):
+            rot_ptr, by_rot = group_by_key(r[lo:hi] - r0, r1 - r0)
+            sparse = (rot_ptr, d[lo:hi][by_rot].astype(np.int64), prob[lo:hi][by_rot])
+        yield r0, r1, lo, hi, sparse
 
 
 def merge_with_background(model: np.ndarray, rotations: Rotations, pixels: PixelSet, shard: Shard, d: np.ndarray, r: np.ndarray,
@@ -87,7 +86,7 @@ def merge_with_background(model: np.ndarray, rotations: Rotations, pixels: Pixel
     on used pixels (D,) float64 (``particle_counts``)."""
     import numba
 
-    from spibatch.kernels.emc_cpu import merge_views, views_by_rotation
+    from spibatch.kernels.emc_cpu import fill_dense_block, merge_views, views_by_rotation
     from spibatch.kernels.emc_cpu_bg import weighted_photons_dense_bg, weighted_photons_sparse_bg
 
     shape = model.shape
@@ -109,7 +108,7 @@ def merge_with_background(model: np.ndarray, rotations: Rotations, pixels: Pixel
     dense_prob_buf = np.empty(nf * block, np.float32)
     particle = np.zeros(nf)
     particle_rows = np.zeros((numba.config.NUMBA_NUM_THREADS, nf))    # the dense kernel's, one row per thread
-    for r0, r1, bd, br, bp, sparse in _merge_blocks(nrot, d, r, prob, shard):
+    for r0, r1, lo, hi, sparse in _merge_blocks(nrot, d, r, prob, shard):
         n = r1 - r0
         views_by_rotation(flat, m, rotations.matrices[r0:r1], rotations.mode[r0:r1], q_t, corr, model_views[:n],
                           view_sum[:n])
@@ -122,8 +121,7 @@ def merge_with_background(model: np.ndarray, rotations: Rotations, pixels: Pixel
             particle += np.bincount(frame_of, entry_particle, nf)
         else:
             block_prob = dense_prob_buf[:nf * n].reshape(nf, n)
-            block_prob[:] = 0.0
-            block_prob[bd, br] = bp
+            fill_dense_block(d, r, prob, lo, hi, r0, block_prob)
             if csc is None:
                 csc = shard.by_pixel(npix)
             model_views_t = model_views_t_buf[:npix * n].reshape(npix, n)
