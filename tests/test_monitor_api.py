@@ -308,3 +308,25 @@ def test_follow_shows_the_live_source_its_previews_and_the_latency(tmp_path):
     live.follow(0, 0, end="stop file")
     ended = client.get("/api/follow", params={"run": "live"}).json()
     assert (ended["state"], ended["end_reason"], ended["frames_seen"]) == ("ended", "stop file", 300)
+
+
+@pytest.mark.parametrize("chunks", [None, (8, 8, 8)])
+def test_central_planes_through_a_file_object_are_the_volumes(tmp_path, chunks):
+    """The planes the monitor reads (a file opened through a Python file object, as open_h5 opens it), from an
+    unchunked dataset (read whole, then sliced) and a chunked one (read plane by plane), cropped or not, are
+    the volume's own central planes."""
+    from spibatch.monitor.volumes import _planes
+
+    vol = np.random.default_rng(3).random((21, 21, 21)).astype(np.float32)
+    path = tmp_path / "v.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", data=vol, chunks=chunks)
+    with open(path, "rb") as fh, h5py.File(fh, "r") as f:
+        assert f["v"].chunks == chunks
+        for lo, hi in ((0, None), (4, 17)):
+            planes, shape = _planes(f["v"], lo, hi)
+            end = 21 if hi is None else hi
+            assert shape == (21, 21, 21)
+            assert np.array_equal(planes[0], vol[lo:end, lo:end, 10])
+            assert np.array_equal(planes[1], vol[lo:end, 10, lo:end])
+            assert np.array_equal(planes[2], vol[10, lo:end, lo:end])
