@@ -198,7 +198,7 @@ def test_merge_block_bounds_and_dense_fill_match_numpy():
     """Entries in likelihood-block order (rotation // 8 sorted, rotations unsorted inside): each merge block's
     entries, the photons of their frames, and the dense block filled from them -- against numpy; rotation
     block 2 holds no entry, the last block is short."""
-    from spibatch.kernels.emc_cpu import fill_dense_block, merge_block_bounds
+    from spibatch.kernels.emc_merge_blocks import fill_dense_block, merge_block_bounds
 
     rng = np.random.default_rng(5)
     nf, nrot, block = 37, 45, 8                                 # 6 blocks, the last of 5 rotations

@@ -28,8 +28,8 @@ def merge(shape: tuple, rotations: Rotations, pixels: PixelSet, shard: Shard, d:
     rotations) when many frames share its rotations, from a sparse one
     (scatter per kept entry) when few do.
     """
-    from spibatch.kernels.emc_cpu import (fill_dense_block, merge_views, weighted_photons_dense,
-                                          weighted_photons_sparse)
+    from spibatch.kernels.emc_cpu import merge_views, weighted_photons_dense, weighted_photons_sparse
+    from spibatch.kernels.emc_merge_blocks import fill_dense_block
 
     nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]
     block = MERGE_BLOCK
@@ -61,7 +61,8 @@ def _merge_blocks(nrot: int, d: np.ndarray, r: np.ndarray, prob: np.ndarray, sha
     (many frames share the block's rotations: its inner loop is SIMD), else the entries by rotation
     ``(rot_ptr (n + 1,) int64, frame (k,) int64, prob (k,))`` for the scattering kernel.  Entries come in
     likelihood-block order, and likelihood blocks divide merge blocks: ``r // MERGE_BLOCK`` is sorted."""
-    from spibatch.kernels.emc_cpu import group_by_key, merge_block_bounds
+    from spibatch.kernels.emc_cpu import group_by_key
+    from spibatch.kernels.emc_merge_blocks import merge_block_bounds
 
     block, nf = MERGE_BLOCK, shard.num_frames
     num_blocks = (nrot + block - 1) // block
@@ -86,7 +87,8 @@ def merge_with_background(model: np.ndarray, rotations: Rotations, pixels: Pixel
     on used pixels (D,) float64 (``particle_counts``)."""
     import numba
 
-    from spibatch.kernels.emc_cpu import fill_dense_block, merge_views, views_by_rotation
+    from spibatch.kernels.emc_cpu import merge_views, views_by_rotation
+    from spibatch.kernels.emc_merge_blocks import fill_dense_block
     from spibatch.kernels.emc_cpu_bg import weighted_photons_dense_bg, weighted_photons_sparse_bg
 
     shape = model.shape
