@@ -33,6 +33,7 @@ REDELIVER_S = 0.05     # after a dropped KeyboardInterrupt (see _unraisable)
 _received: list[int] = []
 _raised: list[KeyboardInterrupt] = []   # the one raised, so its resume hint survives typer's Exit(130)
 _again: list[bool] = []                 # set when Python dropped it (see _unraisable): raise it once more
+_where: list[str] = []                  # file:line of the code the signal interrupted
 _previous_hook = sys.unraisablehook
 
 
@@ -73,9 +74,20 @@ def _handler(signum: int, frame) -> None:
                     f"{WATCHDOG_S:.0f} s)\n".encode())
         return
     _received.append(signum)
+    _where[:] = [f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"]
     threading.Thread(target=_watchdog, args=(128 + signum,), name="spibatch-watchdog", daemon=True).start()
     _raised.append(KeyboardInterrupt(signal.Signals(signum).name))
     raise _raised[0]
+
+
+def raise_if_swallowed() -> None:
+    """Between units of work (an EMC iteration): a signal already received, whose KeyboardInterrupt is not
+    propagating any more, was caught by code that went on (a library's broad ``except``); raise it again here,
+    so the command still stops (and say where it had landed, for the bug report)."""
+    if _raised and sys.exc_info()[1] is None:
+        logging.getLogger("spibatch").warning("%s had not stopped the run (it arrived at %s and was caught "
+                                              "there); stopping now", _raised[0].args[0], _where[0])
+        raise _raised[0]
 
 
 def _watchdog(code: int) -> None:

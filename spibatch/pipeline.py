@@ -20,7 +20,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from spibatch import stages
+from spibatch import interrupts, stages
 from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, provider_for
 from spibatch.errors import InputError, StageFailed
 from spibatch.io.atomic import disk_full
@@ -120,6 +120,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
         driven = [n for n in todo if n != "follow"]
         with Follower(run, "follow" in todo) as follower, progress(len(driven), "stages") as bar:
             for name in driven:
+                interrupts.raise_if_swallowed()
                 bar.describe(f"stage {name}: running ({driven.index(name) + 1} of {len(driven)})")
                 with failures_as_one_line(run, name):
                     if name == "emc" and pipeline.source is not None:

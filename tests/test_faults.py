@@ -390,6 +390,40 @@ except KeyboardInterrupt as exc:
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
 
 
+def test_a_signal_caught_by_other_code_still_stops_emc_before_its_next_iteration(emc_config, tmp_path):
+    """A SIGTERM whose KeyboardInterrupt some code catches and ignores (a library's broad ``except``; once in
+    CI a resumed `spibatch emc` ran to its end and exited 0 after one) still stops the run: at the next
+    iteration it is raised again, the log says where it had landed, and the command ends as a SIGTERM does
+    (status interrupted, the resume line last, exit 143) with no iteration run."""
+    config = emc_config(tmp_path, iterations=3)
+    run_dir = tmp_path / "run"
+    script = tmp_path / "swallowed.py"
+    script.write_text(f"""
+import os, signal, sys, time
+from spibatch import interrupts
+interrupts.install()
+def library_call():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+    except BaseException:   # what a library might do
+        pass
+library_call()
+sys.argv = ["spibatch", "emc", {str(config)!r}, "--out", {str(run_dir)!r}]
+from spibatch.cli import main
+main()
+""")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    assert "SIGTERM had not stopped the run (it arrived at " in done.stderr and "swallowed.py:" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"spibatch: interrupted (SIGTERM); continue with: spibatch emc {config} --resume {run_dir}"
+    assert json.loads((run_dir / "provenance.json").read_text())["status"] == "interrupted"
+    assert not list((run_dir / "emc").glob("output_*.h5")) and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_emc_with_its_resume_line(name, emc_config, tmp_path):
     """SIGTERM (what Slurm and Kubernetes send) or SIGINT of `spibatch emc` at a random time during its run:

@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from spibatch import interrupts
 from spibatch.emc import records
 from spibatch.emc.checks import Inputs, check_inputs, check_shards, read_start_model  # noqa: F401 (the stage's entry)
 from spibatch.emc.settings import EMCSettings
@@ -102,6 +103,7 @@ def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resu
     last = run.first - 1
     try:
         for iteration in range(run.first, settings.iterations + 1):
+            interrupts.raise_if_swallowed()
             _take_shards(run, executor, poll())
             record = iterate(run, executor, iteration)
             last = iteration
@@ -111,6 +113,7 @@ def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resu
                 hook(record)
             if until is not None and _stop(until, record, executor):
                 break
+        interrupts.raise_if_swallowed()
     finally:
         run.recorder.close()     # every iteration's files on disk (an error, an interrupt: the ones begun)
     return {"intensity": out_dir / output_name(max(last, 1)), "emc_log": out_dir / EMC_LOG,
