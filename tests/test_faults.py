@@ -427,8 +427,10 @@ main()
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_emc_with_its_resume_line(name, emc_config, tmp_path):
     """SIGTERM (what Slurm and Kubernetes send) or SIGINT of `spibatch emc` at a random time during its run:
-    status interrupted, the exact `spibatch emc CONFIG --resume RUN` line last, exit 143 / 130, no process left."""
-    config = emc_config(tmp_path, iterations=30)
+    status interrupted, the exact `spibatch emc CONFIG --resume RUN` line last, exit 143 / 130, no process left.
+    400 iterations: the signal waits up to 4 s, and 30 iterations of this set take less than that since the
+    float32 splat (the test then saw a completed run); the signal ends the run long before the 400th."""
+    config = emc_config(tmp_path, iterations=400)
     run_dir = tmp_path / "run"
     log = tmp_path / "emc.log"
     proc = start("emc", config, "--out", run_dir, cwd=tmp_path, log=log)
@@ -470,8 +472,9 @@ def test_a_signal_stops_the_pipeline_without_hanging(command, name, whole_group,
 
 # ------------------------------------------------------------------ the fault loop
 
-LOOP_ITERATIONS = 12     # EMC iterations of the run the loop interrupts (240 frames, num_div 3: ~1 s each;
-LOOP_NUM_DIV = 3         # at num_div 2 the faster kernels do one in ~0.2 s and a resume could end the run)
+LOOP_ITERATIONS = 12     # EMC iterations of the run the loop interrupts (240 frames, num_div 4, one thread:
+LOOP_NUM_DIV = 4         # ~0.8 s each; num_div 3 took 0.38 s since the float32 splat, and five iterations
+#                          after a 2-s start-up ended before a signal sent up to 4 s after the start)
 LOOP_FAULTS = 21         # SIGKILL, SIGTERM and SIGINT in turn, some of them to the whole process group
 
 
