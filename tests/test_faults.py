@@ -453,9 +453,9 @@ def test_a_signal_stops_the_pipeline_without_hanging(command, name, whole_group,
     run_dir = tmp_path / "run"
     log = tmp_path / f"{command}.log"
     if command == "run":
-        # 30 iterations: with issue 16's kernels (~0.2 s an iteration here) a 3-iteration run could end, phasing
-        # and all, within the 3 s the signal may wait after the first checkpoint
-        proc = start("run", write_pipeline(tmp_path, emc_small, starts=1, iterations=30), "--out", run_dir,
+        # 100 iterations: with issue 16's kernels (~0.1 s an iteration here) a short run could end, phasing
+        # and all, within the 3 s the signal may wait after the first checkpoint; the signal ends it long before
+        proc = start("run", write_pipeline(tmp_path, emc_small, starts=1, iterations=100), "--out", run_dir,
                      cwd=tmp_path, log=log)
         wait_for(lambda: checkpoint_iteration(run_dir / "emc") >= 1, 300, proc, "EMC's first checkpoint")
     else:
