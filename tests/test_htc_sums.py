@@ -72,9 +72,29 @@ def test_a_truncated_or_foreign_file_is_refused(tmp_path):
     open(parts[1].path, "wb").write(data[:-8])
     with pytest.raises(ValueError, match="ends early"):
         htc_sums.reduce_parts(parts)
-    np.save(parts[1].path, np.zeros((2, 7, 5, 6), np.float32))
-    with pytest.raises(ValueError, match="not C-order float64"):
+    np.save(parts[1].path, np.zeros((2, 7, 5, 6), np.float16))
+    with pytest.raises(ValueError, match="not C-order float32 or float64"):
         htc_sums.reduce_parts(parts)
+
+
+@pytest.mark.parametrize("slabs", [1, 3])
+def test_float32_sums_are_written_as_float32_and_reduce_to_the_same_bits(tmp_path, slabs):
+    """The CPU merge's sums are float32 views of one interleaved buffer: their files hold float32 (half the
+    bytes), and the reduce adds them in float64 exactly as types.reduce adds the float32 sums in memory."""
+    rng = np.random.default_rng(9)
+    sums = []
+    for s in parts_of(rng, shards=4):
+        both = np.stack([s.numerator, s.denominator], axis=-1).astype(np.float32)   # (7, 5, 6, 2)
+        sums.append(ShardSums(s.first_frame, both[..., 0], both[..., 1], s.frames, s.timings))
+    expected = reduce(sums)
+    assert expected.numerator.dtype == np.float64
+    written = [htc_sums.write_part(tmp_path, 2, s) for s in sums]
+    assert all(np.load(p.path).dtype == np.float32 and p.nbytes == 2 * 7 * 5 * 6 * 4 for p in written)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        total, cost = htc_sums.reduce_parts(written, pool.submit, tmp_path, 2, slabs)
+    assert total.numerator.dtype == np.float64 and cost["sums_bytes"] == 4 * 2 * 7 * 5 * 6 * 4
+    assert np.array_equal(total.numerator, expected.numerator)
+    assert np.array_equal(total.denominator, expected.denominator)
 
 
 def test_what_an_interrupted_iteration_left_is_removed_and_the_timing_log_kept(tmp_path):

@@ -6,7 +6,9 @@ all of them at once and added them: the driver's time and memory per iteration g
 size.  Here the volumes never pass through Parsl or the driver one shard at a time:
 
 * :func:`write_part` (in the shard task): the two volumes go to ``htc/sums_NNN_FFFFFFFFF.npy`` (one
-  ``(2, M, M, M)`` float64 ``.npy``, written atomically: a temporary name, then a rename) and the task
+  ``(2, M, M, M)`` ``.npy``, float32 when both are -- the CPU merge's sums are: half the bytes to write and
+  read, and nothing lost, since the reduce adds them in float64 as :func:`~spibatch.emc.types.reduce` does --
+  else float64; written atomically: a temporary name, then a rename) and the task
   returns a :class:`Part` -- the file, the shard's first frame, its per-frame arrays (D values each) and
   its timings: kilobytes through the interchange;
 * :func:`reduce_slab` (a task): voxels ``lo .. hi`` of every part, added in frame order -- for each voxel
@@ -34,15 +36,15 @@ from spibatch.emc.types import ShardSums
 from spibatch.io.atomic import atomic_path
 from spibatch.layout import HTC_SCRATCH_RE, htc_sums_name, htc_total_name
 
-DTYPE = np.dtype("<f8")
+DTYPE = np.dtype("<f8")   # the sums as they are added, and the slabs' totals
+PART_DTYPES = (np.dtype("<f4"), DTYPE)   # what a part file may hold
 VOLUMES = 2              # numerator, denominator
-ITEM = DTYPE.itemsize
 
 
 @dataclass
 class Part:
     """One shard's sums as a task left them: ``path`` holds numerator and denominator ((2,) + ``shape``
-    float64); ``frames`` the per-frame arrays (D,) and ``timings`` the seconds of its phases, as in
+    float32 or float64); ``frames`` the per-frame arrays (D,) and ``timings`` the seconds of its phases, as in
     :class:`~spibatch.emc.types.ShardSums`."""
 
     first_frame: int
@@ -50,13 +52,16 @@ class Part:
     shape: tuple[int, ...]
     frames: dict[str, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    nbytes: int = 0          # the volumes' bytes in the file
 
 
 def write_volumes(path: str | os.PathLike, volumes: list[np.ndarray]) -> int:
-    """``volumes`` (each the same shape) as one ``(len(volumes),) + shape`` float64 ``.npy``, atomically,
-    without stacking them in memory first; returns the bytes of data written."""
+    """``volumes`` (each the same shape) as one ``(len(volumes),) + shape`` ``.npy``, atomically, without
+    stacking them in memory first: float32 when every volume is, else float64; returns the bytes of data
+    written."""
     shape = volumes[0].shape
-    header = {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False,
+    dtype = PART_DTYPES[0] if all(v.dtype == np.float32 for v in volumes) else DTYPE
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
               "shape": (len(volumes),) + tuple(shape)}
     written = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -64,38 +69,44 @@ def write_volumes(path: str | os.PathLike, volumes: list[np.ndarray]) -> int:
         for volume in volumes:
             if volume.shape != shape:
                 raise ValueError(f"volumes of shapes {shape} and {volume.shape} in one file")
-            data = np.ascontiguousarray(volume, DTYPE)
+            data = np.ascontiguousarray(volume, dtype)
             fh.write(data.data)
             written += data.nbytes
     return written
 
 
-def _header(fh, path) -> tuple[tuple[int, ...], int]:
-    """The shape of the ``.npy`` open in ``fh`` and where its data starts; ValueError unless C-order float64."""
+def _header(fh, path) -> tuple[tuple[int, ...], int, np.dtype]:
+    """The shape, data offset and dtype of the ``.npy`` open in ``fh``; ValueError unless C-order float32 or
+    float64 (little-endian)."""
     version = np.lib.format.read_magic(fh)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read(fh)
-    if dtype != DTYPE or fortran:
-        raise ValueError(f"{path}: {dtype}{' (Fortran order)' if fortran else ''}, not C-order float64 sums")
-    return tuple(shape), fh.tell()
+    if dtype not in PART_DTYPES or fortran:
+        raise ValueError(f"{path}: {dtype}{' (Fortran order)' if fortran else ''}, not C-order float32 or float64 "
+                         "sums")
+    return tuple(shape), fh.tell(), dtype
 
 
 def read_rows(path: str | os.PathLike, rows: list[np.ndarray], lo: int = 0) -> None:
     """Fill ``rows[i]`` (contiguous float64, n values each) with values ``lo .. lo + n`` of volume ``i`` of the
-    ``.npy`` at ``path`` (a ``(volumes,) + shape`` float64 array, volume i flattened in C order)."""
+    ``.npy`` at ``path`` (a ``(volumes,) + shape`` float32 or float64 array, volume i flattened in C order;
+    float32 values are converted, exactly)."""
     with open(path, "rb", buffering=0) as fh:
-        shape, start = _header(fh, path)
+        shape, start, dtype = _header(fh, path)
         voxels = int(np.prod(shape[1:]))
         if shape[0] < len(rows) or any(lo + len(r) > voxels for r in rows):
             raise ValueError(f"{path}: shape {shape}, too small for {len(rows)} rows from voxel {lo}")
         for i, row in enumerate(rows):
-            fh.seek(start + (i * voxels + lo) * ITEM)
-            view, done = memoryview(row).cast("B"), 0
+            fh.seek(start + (i * voxels + lo) * dtype.itemsize)
+            target = row if dtype == row.dtype else np.empty(len(row), dtype)
+            view, done = memoryview(target).cast("B"), 0
             while done < len(view):
                 got = fh.readinto(view[done:])
                 if not got:
                     raise ValueError(f"{path}: ends early (truncated?)")
                 done += got
+            if target is not row:
+                row[:] = target
 
 
 def write_part(folder: str | os.PathLike, iteration: int, sums: ShardSums) -> Part:
@@ -104,9 +115,9 @@ def write_part(folder: str | os.PathLike, iteration: int, sums: ShardSums) -> Pa
     ``timings`` gains ``write_sums_s`` (seconds writing the file)."""
     began = time.perf_counter()
     path = Path(folder) / htc_sums_name(iteration, sums.first_frame)
-    write_volumes(path, [sums.numerator, sums.denominator])
+    nbytes = write_volumes(path, [sums.numerator, sums.denominator])
     timings = dict(sums.timings, write_sums_s=time.perf_counter() - began)
-    return Part(sums.first_frame, str(path), tuple(sums.numerator.shape), sums.frames, timings)
+    return Part(sums.first_frame, str(path), tuple(sums.numerator.shape), sums.frames, timings, nbytes)
 
 
 def add_in_order(paths: list[str], lo: int, hi: int) -> np.ndarray:
@@ -159,7 +170,7 @@ def reduce_parts(parts: list[Part], submit=None, folder: str | os.PathLike | Non
     paths = [p.path for p in parts]
     bounds = slab_bounds(voxels, slabs) if len(parts) > 1 and submit is not None else [(0, voxels)]
     cost = {"reduce_tasks": 0, "reduce_task_s": 0.0, "gather_s": 0.0,
-            "sums_bytes": float(len(parts) * VOLUMES * voxels * ITEM)}
+            "sums_bytes": float(sum(p.nbytes for p in parts))}
     if len(bounds) == 1:
         began = time.perf_counter()
         total = add_in_order(paths, 0, voxels)
