@@ -277,15 +277,9 @@ def run_spibatch(case: Case, recipe: str, starts: int, threads: int) -> tuple[np
         (keep / f"{case.spec.name}-{recipe}.pkl").write_bytes(pickle.dumps(results))
     merged = merge(results, m, settings.keep_best)
     extra = {}
-    from spibatch.phasing import multistart
-
-    kept, multistart.RANK_FACTOR = multistart.RANK_FACTOR, float("inf")
-    try:                        # what the merge before RANK_FACTOR averaged, where it differs
-        before = merge(results, m, settings.keep_best)
-        if before.kept_seeds != merged.kept_seeds:
-            extra["reach_without_rank_factor"] = score(before.density, case)["reach"]
-    finally:
-        multistart.RANK_FACTOR = kept
+    before = merge(results, m, settings.keep_best, rank_factor=float("inf"))   # the merge before RANK_FACTOR
+    if before.kept_seeds != merged.kept_seeds:
+        extra["reach_without_rank_factor"] = score(before.density, case)["reach"]
     return merged.density, {"final_errors": [round(e, 4) for e in merged.final_errors],
                             "free_errors": [None if r.free_error is None else round(r.free_error, 4) for r in results],
                             "failed_starts": sum(r.failure is not None for r in results),

@@ -189,6 +189,7 @@ def test_auto_averages_only_the_starts_ranked_near_the_best():
                start(5, 0.50, 10)]
     assert 0.067 * 383 > RANK_FACTOR * 0.066 * 250 > 0.070 * 260        # 1.56x the best ranks out; 1.10x stays
     assert [r.seed for r in select(results, 3)] == [2, 4]               # 5: free error beyond 2x the lowest
+    assert [r.seed for r in select(results, 3, rank_factor=float("inf"))] == [2, 4, 1]   # no rank cut: by rank
     for r in results:
         r.free_error = None
     assert [r.seed for r in select(results, 3)] == [2, 1, 4]            # by final error, as before

@@ -88,8 +88,8 @@ def merge_with_background(model: np.ndarray, rotations: Rotations, pixels: Pixel
     import numba
 
     from spibatch.kernels.emc_cpu import merge_views, views_by_rotation
-    from spibatch.kernels.emc_merge_blocks import fill_dense_block
     from spibatch.kernels.emc_cpu_bg import weighted_photons_dense_bg, weighted_photons_sparse_bg
+    from spibatch.kernels.emc_merge_blocks import fill_dense_block
 
     shape = model.shape
     nrot, nf, npix, m = len(rotations), shard.num_frames, len(pixels.q), shape[-1]

@@ -30,7 +30,7 @@ def _planes(ds, lo: int = 0, hi: int | None = None):
     An unchunked dataset of at most WHOLE_READ_BYTES is read whole first: its last-axis plane is one value of
     every row, which h5py reads as N^2 small reads -- each a Python call when the file was opened through a
     file object, as the monitor opens them (14 ms against 1 ms a 91^3 volume)."""
-    if getattr(ds, "chunks", False) is None and ds.size * ds.dtype.itemsize <= WHOLE_READ_BYTES:
+    if getattr(ds, "chunks", False) is None and ds.nbytes <= WHOLE_READ_BYTES:
         ds = ds[()]
     shape = ds.shape[-3:]
     squeeze = (0,) if len(ds.shape) == 4 else ()   # Dragonfly's intens is (1, N, N, N)

@@ -42,10 +42,11 @@ class Merged:
     inverted: list[bool]
 
 
-def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Merged:
+def merge(results: list[StartResult], measurement: Measurement, keep: int, rank_factor: float | None = None
+          ) -> Merged:
     """Keep the ``keep`` best starts (:func:`select`: by free error and support size with recipe ``auto``, else
     by final error), align them to the best, average, PRTF.  Starts that stopped early (``failure``) are left
-    out; RecipeError (one line) when every start did."""
+    out; RecipeError (one line) when every start did.  ``rank_factor``: :func:`select`'s (default RANK_FACTOR)."""
     if not results:
         raise ValueError("no reconstructions to merge")
     usable = [r for r in results if r.failure is None]
@@ -53,7 +54,7 @@ def merge(results: list[StartResult], measurement: Measurement, keep: int) -> Me
         raise RecipeError(f"{results[0].failure} (and so did every other of the {len(results)} starts)"
                           if len(results) > 1 else results[0].failure)
     results = usable
-    ranked = select(results, keep)
+    ranked = select(results, keep, rank_factor)
     reference = ranked[0].density.astype(np.float64 if measurement.real else np.complex128)
     n = measurement.n
     spectrum_sum = np.zeros((n, n, n), np.complex128)
@@ -95,19 +96,21 @@ FREE_ERROR_FACTOR = 2.0      # recipe auto: starts whose free error is within th
 RANK_FACTOR = 1.5
 
 
-def select(results: list[StartResult], keep: int) -> list[StartResult]:
+def select(results: list[StartResult], keep: int, rank_factor: float | None = None) -> list[StartResult]:
     """The starts to average, best first.  Without free errors: the ``keep`` of lowest final error.  With them
     (recipe auto): those whose free error is within FREE_ERROR_FACTOR of the lowest, ranked by free error x
     support voxels -- of two that predict the held-out voxels about as well, the more compact (a density
     filled in by the beam stop's unmeasured modes predicts the free set, all outside the beam stop, as well
-    as the true one) --, those ranked within RANK_FACTOR of the best, at most ``keep`` of them."""
+    as the true one) --, those ranked within ``rank_factor`` (default RANK_FACTOR) of the best, at most ``keep``
+    of them."""
     if not all(r.free_error is not None and np.isfinite(r.free_error) for r in results):
         return sorted(results, key=lambda r: (r.final_error, r.seed))[:max(1, keep)]
     best = min(r.free_error for r in results)
     rank = {id(r): r.free_error * max(1, int(np.count_nonzero(r.support))) for r in results
             if r.free_error <= FREE_ERROR_FACTOR * best}
     near = sorted((r for r in results if id(r) in rank), key=lambda r: (rank[id(r)], r.seed))
-    return [r for r in near if rank[id(r)] <= RANK_FACTOR * rank[id(near[0])]][:max(1, keep)]
+    factor = RANK_FACTOR if rank_factor is None else rank_factor
+    return [r for r in near if rank[id(r)] <= factor * rank[id(near[0])]][:max(1, keep)]
 
 
 def shell_radius(n: int) -> np.ndarray:
