@@ -2,9 +2,10 @@
 # A second Slurm cluster on this machine with two nodes, n1 and n2: two slurmd daemons (`slurmd -N`), one
 # CPU each, on their own ports, beside the single-node CI cluster (.ci/slurm-up.sh: other ports, other state).
 # Commands reach it with SLURM_CONF=/etc/slurm-two-nodes/slurm.conf.  For multi-node batch jobs and MPI
-# started by mpirun across the two "nodes" (its orted on each by srun).  Not for `srun --mpi=pmix` across
-# them: both slurmstepd of one step create the same PMIx directory /tmp/spmix_appdir_<uid>_<job>.<step> on
-# the one host, and the second fails ("File exists"); real nodes each have their own /tmp.
+# started by mpirun across the two "nodes" (its orted on each by srun), and `srun --mpi=pmix` across them (the
+# HPC-mode EMC job's launch): each node's TmpFS is a folder of its own (TmpFS=...-%n), where its slurmstepd
+# makes the step's PMIx directory spmix_appdir_<uid>_<job>.<step>; with the one /tmp of this host the second
+# node's would collide with the first's ("File exists"), as real nodes' own /tmp never do.
 #   .ci/slurm-two-nodes.sh up | down        (root; Debian's slurm-wlm + munge)
 set -euo pipefail
 source "$(dirname "$0")/slurm-common.sh"
@@ -19,7 +20,7 @@ if [[ ${1:-} == down ]]; then
 fi
 [[ ${1:-} == up ]] || { echo "usage: $0 up|down" >&2; exit 2; }
 
-mkdir -p "$DIR" "$STATE"/ctld "$STATE"/n1 "$STATE"/n2 "$STATE"/log
+mkdir -p "$DIR" "$STATE"/ctld "$STATE"/n1 "$STATE"/n2 "$STATE"/log "$STATE"/tmp-n1 "$STATE"/tmp-n2
 {
     cat <<CONF_EOF
 # written by spibatch .ci/slurm-two-nodes.sh
@@ -33,6 +34,7 @@ SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd-%n.log
 MpiDefault=none
+TmpFS=$STATE/tmp-%n
 CONF_EOF
     slurm_common_conf
     cat <<CONF_EOF

@@ -1,9 +1,9 @@
 """EMC in HTC mode on a REAL two-node Slurm cluster (.ci/slurm-two-nodes.sh: two slurmd daemons, n1 and n2, on
 this machine, beside the CI's single-node cluster): one batch job of two nodes, Parsl's worker pool started on
-each node by srun, the EMC tasks spread over both, and the model bit for bit the serial driver's.  And an MPI
-job across the two nodes (mpirun in the allocation: its orted on each node through srun).  What this cannot
-test: `srun --mpi=pmix` across the nodes (the two slurmstepd of a step share this host's /tmp, where PMIx's
-directory of the step collides) -- the HPC-mode EMC job's launch on a multi-node Slurm."""
+each node by srun, the EMC tasks spread over both, and the model bit for bit the serial driver's.  EMC in HPC
+mode as one MPI job across the two nodes: the site's ``srun --mpi=pmix`` of two ranks, one on each node (each
+node's slurmd has a TmpFS of its own, where PMIx makes the step's directory).  And an MPI job started by mpirun
+in the allocation (its orted on each node through srun)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from platform_helpers import assert_the_serial_model, markers, spibatch, write_pipeline, write_site
+from platform_helpers import (assert_the_serial_model, final_model, markers, metrics, spibatch, write_pipeline,
+                              write_site)
 
 pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
 pytestmark = pytest.mark.slurm
@@ -68,6 +70,39 @@ def test_htc_emc_on_two_nodes_equals_the_serial_driver(two_nodes, emc_small, emc
     assert [t["tasks"] for t in timing] == [4, 4, 4]
 
     assert_the_serial_model(run / "emc", emc_config, tmp_path)
+
+
+def test_hpc_emc_is_one_mpi_job_across_the_two_nodes(two_nodes, emc_small, emc_config, tmp_path):
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1)
+    site = write_site(tmp_path, "two-nodes-hpc", SITE.replace("emc_mode: htc", "emc_mode: hpc"))
+    run = tmp_path / "hpc"
+    done = spibatch("run", pipeline, "--site", site, "--out", run, "--until", "emc", cwd=tmp_path,
+                    SLURM_CONF=two_nodes)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert markers(run)["emc"]["emc_mode"] == "hpc"
+    assert [m["mpi_ranks"] for m in metrics(run / "emc")] == [2, 2, 2]     # the EMC driver's comm.Get_size()
+    script = next(p for p in run.glob("runinfo/*/submit_scripts/parsl.mpi.block-*")
+                  if p.suffix not in (".stdout", ".stderr"))
+    assert "#SBATCH --nodes=2" in script.read_text()
+    # the EMC job's srun (the block's first step: its worker pool runs in the batch script itself) put a rank
+    # on each node: both slurmd launched a task of step <job>.0
+    job = _job_of(script)
+    for node in ("n1", "n2"):
+        assert f"launch task StepId={job}.0 request" in (LOGS / f"slurmd-{node}.log").read_text(), (node, job)
+    serial = spibatch("emc", emc_config(tmp_path / "serial"), "--out", tmp_path / "serial" / "run", cwd=tmp_path)
+    assert serial.returncode == 0, serial.stderr[-2000:]
+    a, b = final_model(run / "emc"), final_model(tmp_path / "serial" / "run" / "emc")
+    assert np.max(np.abs(a - b)) <= 1e-10 * np.max(np.abs(b))      # two ranks' sums vs one process's
+
+
+def _job_of(script: Path) -> str:
+    """The Slurm job id of the block of Parsl's batch ``script`` (parsl.<executor>.block-<n>...): Parsl's log
+    says "[Scaling executor <executor>] Launched block <n> with job ID <id>"."""
+    executor, block = re.match(r"parsl\.(\w+)\.block-(\d+)\.", script.name).groups()
+    log = (script.parents[1] / "parsl.log").read_text()
+    found = re.search(rf"\[Scaling executor {executor}\] Launched block {block} with job ID (\d+)", log)
+    assert found, script
+    return found.group(1)
 
 
 def test_an_mpi_job_across_the_two_nodes(two_nodes, tmp_path):
