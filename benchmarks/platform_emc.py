@@ -18,6 +18,8 @@ another Dragonfly data set (photons.emc, det_sim.h5), e.g. dragonfly-small with
 ``--frames-per-shard 250`` for a quick check of this script.
 
 ``--provider local``: the same on the local site (mpirun for HPC mode, LocalProvider workers for HTC).
+``--provider slurm-two-nodes``: on the two-node cluster of .ci/slurm-two-nodes.sh (one rank or worker per node;
+both slurmd on this host, so Open MPI's ranks still meet in shared memory: no network is crossed).
 ``--container IMAGE_DIR``: each mode twice, interleaved ``--repeats`` times: on the host and inside a real
 Charliecloud container (``ch-run --set-env IMAGE_DIR``; containers/charliecloud.sh builds one) -- the
 workers, or every MPI rank, run in it; the driver stays on the host -- and the ratio of the medians of
@@ -49,7 +51,12 @@ emc_mode: {mode}
 {container}"""
 SECTIONS = {"slurm": 'slurm: {partition: debug, walltime: "01:00:00", cores_per_node: 2, max_idletime_s: 2, '
                      'strategy_period_s: 0.5}',
-            "local": "local: {cores: 2, strategy_period_s: 0.5}"}
+            "local": "local: {cores: 2, strategy_period_s: 0.5}",
+            # .ci/slurm-two-nodes.sh: two slurmd of this host, one CPU each; one block of both nodes
+            "slurm-two-nodes": 'slurm: {partition: two, nodes: 2, cores_per_node: 1, walltime: "01:00:00", '
+                               'max_idletime_s: 2, strategy_period_s: 0.5}'}
+PROVIDER = {"slurm-two-nodes": "slurm"}
+PROVIDER_ENV = {"slurm-two-nodes": {"SLURM_CONF": "/etc/slurm-two-nodes/slurm.conf"}}
 # each MPI rank is in a user namespace of its own, where Open MPI's cross-memory attach is refused
 CONTAINER_ENV = {"OMPI_MCA_btl_vader_single_copy_mechanism": "none"}
 CONTAINER = "container: {{runtime: charliecloud, image: {image}, binds: [{data}], options: [--set-env]}}\n"
@@ -75,7 +82,7 @@ def main() -> None:
                                         iterations=args.iterations, fps=args.frames_per_shard,
                                         merge=args.merge))
     env = dict(os.environ, PYTHONPATH=str(REPO), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               USER=os.environ.get("USER", "root"))   # ch-run needs $USER
+               USER=os.environ.get("USER", "root"), **PROVIDER_ENV.get(args.provider, {}))   # ch-run needs $USER
     places = [""] if args.container is None else ["bare", "container"] * args.repeats
     if args.container is not None:   # ch-run binds only onto paths the image has: the data's, made once
         (args.container / str(args.data.resolve()).lstrip("/")).mkdir(parents=True, exist_ok=True)
@@ -84,7 +91,7 @@ def main() -> None:
         for k, place in enumerate(places):
             name = f"{mode}-{place}-{k // 2}" if place else mode
             container = CONTAINER.format(image=args.container, data=args.data.resolve()) if place == "container" else ""
-            site = SITE.format(provider=args.provider, mode=mode, container=container, section=SECTIONS[args.provider])
+            site = SITE.format(provider=PROVIDER.get(args.provider, args.provider), mode=mode, container=container, section=SECTIONS[args.provider])
             result[name] = measure(args, mode, name, site, pipeline, {**env, **(CONTAINER_ENV if container else {})})
     if "hpc" in result and "htc" in result:
         result["htc_over_hpc"] = round(result["htc"]["median_iteration_s"] / result["hpc"]["median_iteration_s"], 3)
