@@ -17,6 +17,13 @@ from typing import Iterator
 log = logging.getLogger("spibatch")
 
 
+def pace(done: int, seconds: float) -> str:
+    """How fast: "120/s" at one item a second or more, else "42.0 s each" (a slow count read as "0/s")."""
+    if done > 0 and seconds >= done:
+        return f"{seconds / done:.1f} s each"
+    return f"{done / max(seconds, 1e-9):.0f}/s"
+
+
 class _LogProgress:
     """Plain log lines at most every ``interval_s`` seconds (and at the end)."""
 
@@ -30,8 +37,7 @@ class _LogProgress:
         now = time.monotonic()
         if now - self._last >= self.interval_s or self.done >= self.total:
             self._last = now
-            rate = self.done / max(now - self._start, 1e-9)
-            log.info("%s: %d/%d (%.0f/s)", self.description, self.done, self.total, rate)
+            log.info("%s: %d/%d (%s)", self.description, self.done, self.total, pace(self.done, now - self._start))
 
     def describe(self, text: str) -> None:
         """What is being done now (a log line here; the bar's label on a terminal)."""

@@ -7,7 +7,7 @@ import io
 import logging
 import sys
 
-from spibatch.progress import progress
+from spibatch.progress import pace, progress
 
 
 class Terminal(io.StringIO):
@@ -41,3 +41,9 @@ def test_off_a_terminal_each_stage_is_a_log_line(monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert "stage emc: running (1 of 2)" in lines and "stage phase: running (2 of 2)" in lines, lines
     assert "stages: 2/2" in " ".join(lines), lines
+
+
+def test_a_slow_count_says_seconds_each_not_zero_per_second():
+    assert pace(2, 90.0) == "45.0 s each"          # two stages in 90 s: not "0/s"
+    assert pace(3000, 1.5) == "2000/s"
+    assert pace(0, 5.0) == "0/s"
