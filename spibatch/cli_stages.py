@@ -135,6 +135,10 @@ def background(photons: Path = typer.Argument(..., help="Dragonfly photons file 
     from spibatch.stages.checks import require_file
 
     require_file(photons, "photons", fix="give a Dragonfly photons file of empty frames")
+    if out.exists() or out.is_symlink():
+        what = ("is the photons file it would read" if out.resolve() == photons.resolve() else
+                "is a directory" if out.is_dir() else "exists: nothing is overwritten")
+        raise InputError(what, path=out, field="--out", fix="name a new file for the background")
     values = background_from_photons(photons)
     write_background(out, values)
     typer.echo(f"{out}: {values.size} pixels, {values.sum():.4g} background photons per frame")

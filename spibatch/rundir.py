@@ -138,13 +138,27 @@ def new_run_path(name: str, runs_dir: Path) -> Path:
     return path
 
 
+# what a new run writes first (before provenance.json): a folder holding only these and its lock is a new run's
+# owner killed in its first moments, taken over
+STARTUP_FILES = {layout.LOCK, layout.CONFIG, layout.LOG}
+
+
 def check_new_run_path(path: Path) -> Path:
-    """``path`` may become a new run folder: InputError (nothing created) if it holds a run or is a file."""
+    """``path`` may become a new run folder: InputError (nothing created) if it holds a run, is a file, or is a
+    folder holding anything else."""
     if (path / layout.PROVENANCE).exists():
         raise InputError("this directory already holds a run", path=path, field="--out",
                          fix="choose a new --out directory, or leave --out out to get runs/<name>-<time>/")
     if path.exists() and not path.is_dir():
         raise InputError("exists and is not a directory", path=path, field="--out", fix="choose a directory path")
+    if path.is_dir():
+        held = sorted(p.name for p in path.iterdir())
+        started = layout.LOCK in held and all(n in STARTUP_FILES or (n.startswith(".") and n.endswith(".part"))
+                                              for n in held)              # a new run killed at its start
+        if held and not started:
+            shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+            raise InputError(f"is not empty ({shown}): a new run would overwrite or mix with what is there",
+                             path=path, field="--out", fix="choose a new or empty --out directory")
     return path
 
 

@@ -66,6 +66,23 @@ def test_data_set_not_on_the_workers_filesystem(tmp_path, emc_small):
     assert "gone.h5" in _error(path)
 
 
+def test_the_bench_folder_is_not_a_file_nor_a_run(tmp_path, emc_small):
+    """--out naming a file, or a spibatch run's folder (whose report.html the bench's would replace): one line,
+    dry run or not, and the folder left as it was."""
+    path = write_bench(tmp_path, emc_small)
+    (tmp_path / "afile").write_text("x")
+    run = tmp_path / "a-run"
+    run.mkdir()
+    (run / "provenance.json").write_text("{}")
+    (run / "report.html").write_text("the run's")
+    for out, words in ((tmp_path / "afile", "exists and is not a directory"), (run, "holds a spibatch run")):
+        for dry in (True, False):
+            with pytest.raises(InputError, match=words):
+                bench_command(path, [], out=out, dry_run=dry)
+    assert sorted(p.name for p in run.iterdir()) == ["provenance.json", "report.html"]
+    assert (run / "report.html").read_text() == "the run's"
+
+
 def test_dry_run_prints_every_point_and_creates_nothing(tmp_path, emc_small):
     path = write_bench(tmp_path, emc_small)
     before = sorted(p.name for p in tmp_path.iterdir())

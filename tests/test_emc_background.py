@@ -140,6 +140,29 @@ def test_background_from_empty_frames(with_background, tmp_path):
     np.testing.assert_array_equal(read_background(tmp_path / "bg.h5", case["detector"].num_pix), mean)
 
 
+def test_the_background_command_overwrites_nothing(tmp_path):
+    """`spibatch background IN -o OUT`: OUT its own input, an existing file or a folder is refused with one line
+    (exit 2) and left as it was -- once it wrote over the photons file it was reading."""
+    from spibatch.io.dragonfly import write_photons
+
+    photons = tmp_path / "empty.h5"
+    write_photons(photons, Photons.from_dense(np.ones((20, 16), np.int64)))
+    earlier = tmp_path / "earlier.h5"
+    earlier.write_bytes(b"an earlier result")
+    (tmp_path / "folder").mkdir()
+    before = photons.read_bytes()
+    for out, words in ((photons, "is the photons file it would read"), (earlier, "exists: nothing is overwritten"),
+                       (tmp_path / "folder", "is a directory")):
+        done = subprocess.run([sys.executable, "-m", "spibatch", "background", str(photons), "-o", str(out)],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert photons.read_bytes() == before and earlier.read_bytes() == b"an earlier result"
+    done = subprocess.run([sys.executable, "-m", "spibatch", "background", str(photons), "-o", str(tmp_path / "bg.h5")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(read_background(tmp_path / "bg.h5", 16), np.ones(16))
+
+
 @pytest.mark.parametrize("values, words", [
     (np.ones(10), "10 values, but the detector has"),
     (-1.0, "negative"),

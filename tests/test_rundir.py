@@ -66,6 +66,26 @@ def test_out_with_earlier_run_is_refused(tmp_path):
             pass
 
 
+def test_out_that_holds_other_files_is_refused_and_left_alone(tmp_path):
+    """--out into a folder that is not a run but holds files (a user's own) would overwrite config.yaml,
+    report.html, emc/...: refused, nothing touched; an empty folder, or one a killed start left (its lock and
+    config), is used."""
+    out = tmp_path / "mine"
+    (out / "emc").mkdir(parents=True)
+    (out / "config.yaml").write_text("mine")
+    (out / "report.html").write_text("mine")
+    with pytest.raises(InputError, match=r"not empty \(config.yaml, emc, report.html\)"):
+        with open_run(runs_dir=tmp_path, out=out, command=["a"], report=False):
+            pass
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "emc", "report.html"]
+    assert (out / "config.yaml").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with open_run(runs_dir=tmp_path, out=empty, command=["b"], report=False):
+        pass
+    assert (empty / "provenance.json").is_file()
+
+
 def test_a_second_writer_is_refused_and_a_stale_lock_reported(tmp_path, caplog):
     """One owner at a time: a second writer gets one line naming the owner and writes nothing; a lock whose
     process is gone is refused as stale for a new writer and taken over, with a warning, by a resume."""

@@ -39,6 +39,18 @@ def default_out(bench) -> Path:
     return Path(bench.source).parent / f"bench-{bench.name}"
 
 
+def check_out(out: Path) -> None:
+    """The bench folder may be new, or an earlier bench's (resumed): not a file, not a spibatch run's folder."""
+    from spibatch import layout
+    from spibatch.errors import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a directory", path=out, field="--out", fix="choose a folder for the bench")
+    if (out / layout.PROVENANCE).exists():
+        raise InputError("this folder holds a spibatch run, not a bench", path=out, field="--out",
+                         fix="choose a new folder, or an earlier bench's to resume it")
+
+
 def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_run: bool,
                   rates: bool | Path = True) -> tuple[Path, str]:
     """``spibatch bench BENCH.yaml [--site A.yaml ...] [--out DIR] [--dry-run]``.
@@ -56,6 +68,7 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     infos = matrix.site_infos([Path(s).resolve() for s in sites] or bench.matrix.sites)
     points = matrix.build(bench, infos)
     out = Path(out).resolve() if out is not None else default_out(bench)
+    check_out(out)
     runner.preflight(bench, infos, points, out)
     if dry_run:
         return out, runner.dry_run(bench, infos, points, out)
