@@ -127,6 +127,7 @@ def test_emc_section_paths_beta_and_defaults(tmp_path):
     ("beta: automatic", r"line 2: emc.beta: expected: a positive number or 'auto'; found 'automatic'"),
     ("frames_per_shard: 0", r"line 2: emc.frames_per_shard: expected: .*greater than or equal to 1"),
     ("point_group: X5", r"line 2: emc.point_group: expected: unknown point group 'X5'"),
+    ("point_group: D100000", r"line 2: emc.point_group: expected: point group 'D100000': n must be 1 to 120"),
     ("beta_schedule: {factor: 2, periode: 10}", r"line 2: emc.beta_schedule.periode: unknown key .*period"),
 ])
 def test_emc_mistakes_are_one_line(tmp_path, line, expected):
