@@ -148,6 +148,30 @@ def test_demo_writes_a_complete_run(tmp_path):
     assert f"spibatch monitor {run.path}" in done.stdout and f"report: {run.report}" in done.stdout
 
 
+@pytest.mark.parametrize("second, words", [
+    (("intensity", (5, 5, 5), 1.0), "shares fewer than 3 measured shells with b.h5 (edges 41 and 5)"),
+    (("intensity", (41, 41, 30), 1.0), "the intensity is not a cube (shape (41, 41, 30))"),
+    (("intensity", (41, 41, 41), 0.0), "the intensity has no positive voxel"),
+    (("density", (12, 12, 12), 0.0), "the density has no positive voxel"),
+    (("density", (12, 12, 7), 1.0), "the density is not a cube (shape (12, 12, 7))"),
+])
+def test_volumes_validate_cannot_compare_are_one_line_before_any_run_folder(tmp_path, second, words):
+    import h5py
+    import numpy as np
+
+    name, shape, value = second
+    first = tmp_path / "a.h5"
+    with h5py.File(first, "w") as f:
+        f[name] = np.random.default_rng(0).random((41,) * 3 if name == "intensity" else (12,) * 3) + 0.5
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f[name] = np.full(shape, value)
+    args = ("validate", "b.h5", "a.h5") if "not a cube" in words or "no positive" in words else ("validate", "a.h5",
+                                                                                                "b.h5")
+    done = spibatch_cli(*args, "--voxel-size-m", "1e-9", cwd=tmp_path)
+    assert done.returncode == 2 and words in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
 def test_truncated_hdf5_and_negative_counts_exit_2(tmp_path):
     import h5py
     import numpy as np

@@ -39,10 +39,35 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None) ->
         for path, key in ((cfg.volume, "validation.volume"), (cfg.reference, "validation.reference")):
             volume_shape(path, cfg.dataset, field=key)      # a missing dataset or a non-volume stops here
         kind = _kind(cfg)
-        for path in (cfg.volume, cfg.reference):
-            _read(path, cfg, kind)
+        _comparable(cfg, kind, [(path, _read(path, cfg, kind)[0]) for path in (cfg.volume, cfg.reference)])
     elif cfg.reference is not None:    # a garbage truth stops here, not after the whole phasing
         check_reference(cfg.reference, cfg.reference_voxel_size_m)
+
+
+def _comparable(cfg, kind: str, volumes: list) -> None:
+    """Each volume a cube holding something, and two intensities sharing at least 3 measured shells: else one
+    InputError naming the file, before the run folder is made."""
+    import numpy as np
+
+    from spibatch.align import measured_shells
+    from spibatch.validate import crop_to_common
+
+    for (path, volume), key in zip(volumes, ("validation.volume", "validation.reference")):
+        shape = np.shape(volume)[-3:]
+        if len(shape) != 3 or len(set(shape)) != 1:
+            raise InputError(f"the {kind} is not a cube (shape {tuple(np.shape(volume))})", path=path, field=key,
+                             fix="give an N x N x N volume")
+        if not np.any(np.asarray(volume) > 0):
+            raise InputError(f"the {kind} has no positive voxel: nothing to compare", path=path, field=key,
+                             fix="give the volume itself (dataset: --dataset)")
+    if kind == "intensity":
+        try:
+            measured_shells(*crop_to_common(*(np.asarray(v, np.float64).reshape(np.shape(v)[-3:])
+                                              for _, v in volumes)))
+        except ValueError:
+            raise InputError(f"shares fewer than 3 measured shells with {Path(cfg.reference).name} (edges "
+                             f"{np.shape(volumes[0][1])[-1]} and {np.shape(volumes[1][1])[-1]})", path=cfg.volume,
+                             field="validation.volume", fix="compare intensities on grids of similar size") from None
 
 
 def _kind(cfg) -> str:
