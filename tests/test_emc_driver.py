@@ -147,6 +147,24 @@ def test_resume_refuses_changed_settings(emc_small, tmp_path):
     assert (out / "output_001.h5").read_bytes() == before and not (out / "output_002.h5").exists()
 
 
+@pytest.mark.parametrize("damage, words", [
+    (lambda m: m.reshape(-1)[: m.size // 2], "the checkpoint's model holds"),
+    (lambda m: np.full_like(m, np.nan), "NaN or infinite"),
+])
+def test_resume_refuses_a_damaged_checkpoint_model(emc_small, tmp_path, damage, words):
+    """A checkpoint whose model was cut short or holds NaN: one line before iteration 2 (was a reshape traceback,
+    or a run of NaN models that exited 0)."""
+    out = tmp_path / "emc"
+    run(settings(iterations=1), emc_small, out)
+    with h5py.File(out / "checkpoint.h5", "r+") as f:
+        model = f["model"][()]
+        del f["model"]
+        f["model"] = damage(model)
+    with pytest.raises(InputError, match=words):
+        run(settings(iterations=2), emc_small, out, resume=True)
+    assert not (out / "output_002.h5").exists()
+
+
 def test_friedel_and_point_group_symmetry_hold_in_the_model(emc_small, tmp_path):
     out = tmp_path / "emc"
     run(settings(iterations=1, friedel_symmetry=True, point_group="C2"), emc_small, out)

@@ -156,7 +156,8 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
             if joined:
                 more, more_peak = executor.add_shards(joined, geometry, join=settings.frames_per_shard)
                 counts, peak, specs = np.concatenate([counts, more]), max(peak, more_peak), specs + joined
-        check_checkpoint(checkpoint, recorded, len(counts), out_dir, photons, detector, growing=source is not None)
+        check_checkpoint(checkpoint, recorded, len(counts), out_dir, photons, detector, growing=source is not None,
+                         voxels=settings.num_volumes * inputs.size ** 3)
         log.info("resuming after iteration %d from %s (%d frames)", checkpoint["iteration"], out_dir / CHECKPOINT,
                  len(checkpoint["scales"]))
         model, history = checkpoint["model"], checkpoint["history"]
@@ -235,7 +236,7 @@ PRE_MERGE = {"merge": "pooled"}   # what a checkpoint from before emc.merge was 
 
 
 def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path, photons, detector, *,
-                     growing: bool = False) -> None:
+                     growing: bool = False, voxels: int | None = None) -> None:
     """InputError (one line) unless ``checkpoint`` (:func:`records.read_checkpoint`) was computed with the
     settings and from the data of ``recorded`` (:func:`resume_record`) for ``num_frames`` frames (``growing``:
     a run that takes shards as they come, e.g. a follow's chunks: for at most ``num_frames``, the frames there
@@ -253,6 +254,14 @@ def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir:
         raise InputError(f"settings differ from the run being resumed: {', '.join(changed)}",
                          path=out_dir / CHECKPOINT, field="emc",
                          fix="resume with the run's own config.yaml, or start a new run")
+    model = np.asarray(checkpoint["model"])
+    if voxels is not None and model.size != voxels:
+        raise InputError(f"the checkpoint's model holds {model.size} values, these settings' model {voxels}",
+                         path=out_dir / CHECKPOINT, field="model", fix="delete it to start the EMC run again from "
+                         "iteration 1, or start a new run")
+    if not np.all(np.isfinite(model)) or not np.all(np.isfinite(checkpoint["scales"])):
+        raise InputError("the checkpoint's model or scales hold NaN or infinite values", path=out_dir / CHECKPOINT,
+                         field="model", fix="delete it to start the EMC run again from iteration 1")
     if growing and len(checkpoint["scales"]) > num_frames:
         raise InputError(f"the checkpoint holds the scales of {len(checkpoint['scales'])} frames, the photons file "
                          f"and the shards that joined it only {num_frames}", path=out_dir / CHECKPOINT, field="emc",
@@ -275,7 +284,7 @@ def check_resume(settings: EMCSettings, photons, detector, out_dir: Path, availa
     inputs = check_inputs(settings, photons, detector)
     check_checkpoint(checkpoint, resume_record(settings, inputs, photons, detector),
                      inputs.num_frames if available is None else available, Path(out_dir), photons, detector,
-                     growing=available is not None)
+                     growing=available is not None, voxels=settings.num_volumes * inputs.size ** 3)
     return checkpoint["iteration"]
 
 
