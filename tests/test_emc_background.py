@@ -157,10 +157,12 @@ def test_the_background_command_overwrites_nothing(tmp_path):
                               capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert photons.read_bytes() == before and earlier.read_bytes() == b"an earlier result"
-    done = subprocess.run([sys.executable, "-m", "spibatch", "background", str(photons), "-o", str(tmp_path / "bg.h5")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    np.testing.assert_array_equal(read_background(tmp_path / "bg.h5", 16), np.ones(16))
+    for name in ("bg.h5", "bg.npy"):        # a .npy name gets a .npy file (it was HDF5 that emc then refused)
+        done = subprocess.run([sys.executable, "-m", "spibatch", "background", str(photons), "-o",
+                               str(tmp_path / name)], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        np.testing.assert_array_equal(read_background(tmp_path / name, 16), np.ones(16))
+    assert np.load(tmp_path / "bg.npy").shape == (16,)
 
 
 @pytest.mark.parametrize("values, words", [

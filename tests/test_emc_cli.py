@@ -171,3 +171,24 @@ def test_resume_needs_a_run_dir_and_unchanged_inputs(emc_config, small_dataset, 
     assert "photons.h5" in done.stderr and "changed since the run started" in done.stderr
     assert not (tmp_path / "run" / "emc" / "output_002.h5").exists()
     assert (tmp_path / "run" / "provenance.json").read_text() == provenance
+
+
+def test_resume_without_the_checkpoint_or_of_a_phase_run_is_refused(emc_config, tmp_path):
+    """`emc --resume RUN` whose checkpoint was removed after two iterations would start again from iteration 1
+    over the outputs; a phase run holds no EMC run: one line each, nothing written."""
+    config = emc_config(tmp_path, iterations=2)
+    first = spibatch_emc(str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "run" / "emc" / "checkpoint.h5").unlink()
+    before = (tmp_path / "run" / "emc" / "output_001.h5").read_bytes()
+    done = spibatch_emc(str(config), "--resume", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 2 and "2 EMC output file(s) here but no checkpoint.h5" in done.stderr, done.stderr
+    assert (tmp_path / "run" / "emc" / "output_001.h5").read_bytes() == before
+
+    phased = tmp_path / "phased"
+    (phased / "stages").mkdir(parents=True)
+    (phased / "provenance.json").write_text(json.dumps({"status": "completed", "command": ["spibatch", "phase"]}))
+    (phased / "stages" / "phase.json").write_text("{}")
+    done = spibatch_emc(str(config), "--resume", str(phased), cwd=tmp_path)
+    assert done.returncode == 2 and "holds no EMC run to continue" in done.stderr, done.stderr
+    assert not (phased / "emc").exists()

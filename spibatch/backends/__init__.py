@@ -137,6 +137,10 @@ def load_site(path: str | Path | None = None) -> Site:
     path = default_site_path() if path is None else Path(path)
     data, lines = read_yaml_mapping(path, field="--site", missing_fix="give the path of a site YAML file (examples "
                                     "in site_configs/)", top_fix="start the file with `provider:` and `workers:`", holds="keys")
+    if not data:
+        raise InputError("the site file is empty", path=path, field="--site",
+                         fix="start it with `provider:` and `workers:` (examples in site_configs/), or leave --site out "
+                         "for the local default")
     provider = data.get("provider", "local")
     if provider not in PROVIDERS:
         where = f"line {lines.get(('provider',), 1)}: provider"

@@ -61,8 +61,14 @@ def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "
 
 def write_background(path: str | os.PathLike, background: np.ndarray) -> None:
     """Write ``background`` (num_pix,) photons per pixel per frame as Dragonfly reads it (HDF5 ``background``,
-    float64), atomically."""
+    float64), atomically; a ``.npy`` path gets the array as a ``.npy`` file (which emc.background_file reads too)."""
     values = np.asarray(background, np.float64).ravel()
+    if Path(path).suffix == ".npy":
+        from spibatch.io.atomic import atomic_path
+
+        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, values, allow_pickle=False)
+        return
     write_hdf5(path, lambda f: f.create_dataset(DATASET, data=values, track_times=False))
 
 

@@ -83,6 +83,20 @@ def read_detector_arrays(path: str | os.PathLike) -> dict:
             raise InputError(f"values must be 0, 1 or 2; found {int(mask[np.argmax(bad)])} at pixel "
                              f"{int(np.argmax(bad))}", path=path, field="mask",
                              fix="use 0 (used), 1 (merged only) or 2 (excluded)")
+        if not (mask != 2).any():
+            raise InputError(f"every one of the {num_pix} pixels is excluded (2): nothing to reconstruct from",
+                             path=path, field="mask", fix="mark the pixels to use 0 (or 1: merged only)")
+        kept = mask != 2
+        if (arrays["corr"][kept] < 0).any():
+            first = int(np.flatnonzero(kept & (arrays["corr"] < 0))[0])
+            raise InputError(f"{int((arrays['corr'][kept] < 0).sum())} pixels in use have a negative correction "
+                             f"(first: pixel {first}, {float(arrays['corr'][first]):g})", path=path, field="corr",
+                             fix="corr is the solid angle x polarization of each pixel (> 0); regenerate the file")
+        reach = float(np.sqrt(arrays["qx"][kept] ** 2 + arrays["qy"][kept] ** 2 + arrays["qz"][kept] ** 2).max())
+        if reach < 1.0:
+            raise InputError(f"every pixel in use lies within one voxel of q = 0 (largest |q| {reach:g} voxels): "
+                             "the model would be 1 voxel across", path=path, field="qx",
+                             fix="qx, qy, qz are in voxels of the model grid (Dragonfly's units); regenerate the file")
         scalars = {}
         for name in ("detd", "ewald_rad"):
             ds = require_dataset(f, name, path, fix)

@@ -87,9 +87,13 @@ def finished(run: RunLayout, name: str) -> dict | None:
     """The stage's marker, or None when it has not finished."""
     try:
         record = json.loads(run.marker(name).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
         return None
-    return record if record.get("status") == "done" else None
+    except (OSError, ValueError) as exc:
+        log.warning("stage %s: its marker %s is unreadable (%s): the stage counts as not finished and runs again",
+                    name, run.marker(name), exc.__class__.__name__)
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "done" else None
 
 
 def mark_done(run: RunLayout, name: str, outputs: dict, seconds: float, **extra) -> dict:

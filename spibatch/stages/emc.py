@@ -116,6 +116,14 @@ def check_resume(run: RunLayout, pipeline, config: Path | None = None) -> None:
     from spibatch.emc.driver import check_resume as check_checkpoint
 
     if not run.checkpoint.exists():
+        outputs = sorted(run.emc.glob("output_*.h5")) if run.emc.is_dir() else []
+        if len(outputs) > 1:   # the checkpoint follows each iteration's output: one output alone may be a run
+                               # killed before its first checkpoint (started again, it writes output_001 anew)
+            raise InputError(f"{len(outputs)} EMC output file(s) here but no checkpoint.h5 to continue from",
+                             path=run.emc, field="--resume", fix="put checkpoint.h5 back, or start a new run")
+        if not run.emc.exists() and run.marker("phase").exists():
+            raise InputError("this run phased a given intensity: it holds no EMC run to continue", path=run.path,
+                             field="--resume", fix="give the run folder of an EMC run, or start a new one")
         return
     photons, detector = inputs.photons_and_detector(run, pipeline, config)
     available = None
