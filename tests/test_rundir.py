@@ -220,3 +220,21 @@ def test_a_resume_removes_what_killed_writers_left_half_written(tmp_path):
     with open_run(resume=run.path, command=["c"], report=False):
         assert not any(p.exists() for p in left) and linking.exists()
     assert "which a killed run was writing" in (run.path / "log.txt").read_text()
+
+
+def test_an_unreadable_stage_marker_is_said_and_the_stage_counts_as_not_finished(tmp_path, caplog):
+    from spibatch import stages
+    from spibatch.layout import RunLayout
+
+    run = RunLayout(tmp_path)
+    run.marker("emc").parent.mkdir(parents=True)
+    run.marker("emc").write_text("{bad")
+    run.marker("phase").write_text('{"status": "done"}')
+    logger = logging.getLogger("spibatch")
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        logger.propagate, before = True, logger.propagate
+        try:
+            assert stages.finished(run, "emc") is None and stages.finished(run, "phase") == {"status": "done"}
+        finally:
+            logger.propagate = before
+    assert any("marker" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
