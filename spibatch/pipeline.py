@@ -90,6 +90,10 @@ def check_pipeline(pipeline, config: Path, site: Site | None = None) -> None:
 
     check_run(pipeline, config, site)
     stages.module("validate").check(pipeline, config)
+    if pipeline.device == "gpu" and (site is None or site.provider == "local"):   # the GPU is this machine's
+        from spibatch.kernels.device import resolve
+
+        resolve(pipeline.device, pipeline.gpu_runtime, path=config)
     if site is not None and site.emc_mode == "hpc" and not provider_for(site).supports_hpc:
         raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
                          fix="set emc_mode: htc (or leave it out)")

@@ -193,3 +193,18 @@ def test_truncated_hdf5_and_negative_counts_exit_2(tmp_path):
     assert done.returncode == 2 and "frame 1" in done.stderr and "clip" in done.stderr
     assert not (tmp_path / "ingested" / "photons.emc").exists()
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_with_device_gpu_on_this_machine_without_a_gpu_stops_before_the_run_folder(tmp_path):
+    """`spibatch run` on the local site with device: gpu where CuPy or a GPU is missing: one line naming
+    `device`, before anything is created (the run used to create its folder and fail in the EMC stage)."""
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed here: a GPU may be usable, so the refusal cannot be asserted")
+    config = tmp_path / "p.yaml"
+    pdb = Path(spibatch.__file__).parent / "data" / "1EI7.pdb"
+    config.write_text(f"name: t\ndevice: gpu\nsimulation: {{pdb: {pdb}, num_patterns: 10}}\n")
+    done = spibatch_cli("run", str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 2 and "device" in done.stderr and "set to gpu" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
