@@ -134,15 +134,26 @@ _UNION_TAGS = {"float", "int", "str", "bool", "path", "none", "list", "dict"}   
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """The keys the section at ``loc`` accepts (best effort, for the error message)."""
-    for part in loc:
-        field = model.model_fields.get(str(part))
+    import typing
+
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         if field is None:
             return []
-        ann = field.annotation
-        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        args, keyed = list(typing.get_args(field.annotation) or (field.annotation,)), False
+        for a in list(args):             # a mapping of names to sections (bench workloads: {name: {...}})
+            if typing.get_origin(a) is dict:
+                args += list(typing.get_args(a))
+                keyed = True
+        if typing.get_origin(field.annotation) is dict:
+            keyed = True
+        candidates = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         if not candidates:
             return []
         model = candidates[0]
+        if keyed and parts:
+            parts.pop(0)                 # the name, not a key of the section
     return list(model.model_fields)
 
 

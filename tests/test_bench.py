@@ -66,6 +66,13 @@ def test_data_set_not_on_the_workers_filesystem(tmp_path, emc_small):
     assert "gone.h5" in _error(path)
 
 
+def test_an_unknown_key_of_a_workload_lists_the_workload_keys(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small)
+    path.write_text(path.read_text().replace("frames: 120", "framez: 120"))
+    text = _error(path)
+    assert "workloads.tiny.framez: unknown key (expected one of: kind, dataset," in text and "frames," in text, text
+
+
 def test_the_bench_folder_is_not_a_file_nor_a_run(tmp_path, emc_small):
     """--out naming a file, or a spibatch run's folder (whose report.html the bench's would replace): one line,
     dry run or not, and the folder left as it was."""

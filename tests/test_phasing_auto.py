@@ -72,6 +72,7 @@ def test_a_free_set_that_cannot_be_drawn_is_one_line():
     text = str(info.value)
     assert text.startswith("small.h5: phasing.recipe: cannot draw a free set") and "\n" not in text
     assert str(MIN_FREE_VOXELS) in text
+    assert "5% of the 125 measured voxels is 6, fewer than the 200" in text and "at least 4000 measured" in text
     with pytest.raises(InputError, match="cannot draw a free set"):
         run_starts([0], m, PhasingSettings(recipe=parse_recipe("auto"), initial_support_threshold=0.5, threads=1,
                                            fft_backend="scipy"))

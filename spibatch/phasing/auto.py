@@ -79,9 +79,13 @@ def draw_free_set(measurement: Measurement, fraction: float = FREE_FRACTION, *, 
     available = int(np.count_nonzero(candidates))
     want = int(round(fraction * np.count_nonzero(measured)))
     if want < MIN_FREE_VOXELS or available < 2 * want:
-        raise InputError(f"cannot draw a free set: {available} measured voxels outside the beam-stop region for "
-                         f"the {max(want, MIN_FREE_VOXELS)} free ones recipe 'auto' holds out ({fraction:.0%}, at "
-                         f"least {MIN_FREE_VOXELS})", path=source, field="phasing.recipe",
+        measured_count = int(np.count_nonzero(measured))
+        why = (f"{fraction:.0%} of the {measured_count} measured voxels is {want}, fewer than the {MIN_FREE_VOXELS} "
+               f"its free error needs (at least {int(np.ceil(MIN_FREE_VOXELS / fraction))} measured voxels)"
+               if want < MIN_FREE_VOXELS else
+               f"only {available} measured voxels lie outside the beam-stop region, fewer than twice the {want} "
+               "it holds out")
+        raise InputError(f"cannot draw a free set for recipe 'auto': {why}", path=source, field="phasing.recipe",
                          fix="give an intensity measured over more voxels, or write a recipe (e.g. "
                          "(HIO() ** 50 * ShrinkWrap()) ** 10 * ER() ** 100), which needs no free set")
     rng = np.random.default_rng(seed)

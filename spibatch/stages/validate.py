@@ -79,11 +79,15 @@ def _kind(cfg) -> str:
     if None in kinds or kinds[0] != kinds[1]:
         unknown = [Path(p).name for p, k in zip((cfg.volume, cfg.reference), kinds) if k is None]
         what = (f"{' and '.join(unknown)} does not say whether it holds an intensity or a density" if unknown else
-                f"{Path(cfg.volume).name} holds an {kinds[0]}, {Path(cfg.reference).name} a {kinds[1]}")
+                f"{Path(cfg.volume).name} holds {_a(kinds[0])}, {Path(cfg.reference).name} {_a(kinds[1])}")
         raise InputError(what, path=cfg.volume, field="validation.kind",
                          fix="say which they are: --kind intensity or --kind density (validation.kind), and "
                          "--dataset when an HDF5 file holds both")
     return kinds[0]
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _read(path: Path, cfg, kind: str):
