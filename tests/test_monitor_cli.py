@@ -49,6 +49,15 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path):
     assert f"--port: cannot listen on 127.0.0.1:{port}" in done.stderr and "choose another --port" in done.stderr
 
 
+
+@pytest.mark.parametrize("host", ["not_a_host", "192.0.2.77"])   # no such name / an address not on this machine
+def test_a_host_that_is_not_here_blames_the_host_not_the_port(tmp_path, host):
+    done = subprocess.run([sys.executable, "-m", "spibatch", "monitor", str(tmp_path), "--host", host, "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"--host: cannot listen on {host}:0" in done.stderr and "an address of this machine" in done.stderr
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -91,7 +91,7 @@ def test_cxi_without_geometry_or_detector_is_refused_with_one_line(tmp_path):
     from spibatch.io.dragonfly import write_detector
     from spibatch.config import Geometry
 
-    write_detector(other, (Geometry(detector_pixels=6, wavelength_m=6.2e-10)).detector())
+    write_detector(other, (Geometry(detector_pixels=16, wavelength_m=6.2e-10)).detector())
     cases = {
         "no geometry": (ingest_pipeline(tmp_path / "a", tmp_path / "plain.cxi"), "emc.detector"),
         "pixel count": (ingest_pipeline(tmp_path / "b", tmp_path / "plain.cxi", other), "num_pix = 64"),

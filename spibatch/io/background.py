@@ -29,7 +29,8 @@ def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "
     finite."""
     path = Path(path)
     if not path.is_file():
-        raise InputError("no such file", path=path, field=field, fix=FIX)
+        raise InputError("is a directory, not a file" if path.is_dir() else "no such file", path=path, field=field,
+                         fix=FIX)
     if path.suffix == ".npy":
         try:
             values = np.load(path, allow_pickle=False)

@@ -134,7 +134,8 @@ def _hdf5_volume(path: Path, name: str | None) -> np.ndarray:
         return read_dataset(ds, (), path).reshape(shape)
 
 
-VOLUME_FIX = "name the dataset that holds the volume (read_volume(path, name=...))"
+VOLUME_FIX = ("name the dataset that holds the volume: --dataset on the command line, phasing.dataset or "
+              "validation.dataset in a pipeline file")
 
 
 def _volume_dataset(f: h5py.File, path: Path, name: str | None) -> tuple[h5py.Dataset, tuple[int, ...]]:
@@ -151,7 +152,7 @@ def _volume_dataset(f: h5py.File, path: Path, name: str | None) -> tuple[h5py.Da
     shape = ds.shape[1:] if ds.ndim == 4 and ds.shape[0] == 1 else ds.shape
     if len(shape) != 3 or ds.dtype.kind not in "iuf":
         raise InputError(f"expected a 3-D volume (or (1, N, N, N)), found shape {ds.shape} dtype {ds.dtype}",
-                         path=path, field=names[0], fix=VOLUME_FIX)
+                         path=path, field=names[0], fix="give an N x N x N array of numbers in this dataset")
     return ds, tuple(int(x) for x in shape)
 
 

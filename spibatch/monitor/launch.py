@@ -84,6 +84,13 @@ def run_monitor(path: Path | None, host: str, port: int, poll_ms: int = 2000,
     try:
         sock = bind(host, port)
     except OSError as exc:
+        import errno
+        import socket
+
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:   # the host, not the port
+            raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): no such address here",
+                             field="--host", fix="give an address of this machine (127.0.0.1, 0.0.0.0 or a host "
+                             "name that resolves to one)") from None
         raise InputError(f"cannot listen on {host}:{port} ({exc.strerror})", field="--port",
                          fix="choose another --port (0: any free one) or --host") from None
     runs = find_runs(path.resolve())
