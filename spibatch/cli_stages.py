@@ -76,7 +76,9 @@ def phase(config: Path = typer.Argument(..., help="pipeline YAML file whose `pha
         pipeline.validation.reference_voxel_size_m = positive_length(truth_voxel_size_m, truth, "--truth-voxel-size-m")
     names = ["phase"] + (["validate"] if truth is not None else [])
     sources = [p for p in (pipeline.phasing.intensity, truth) if p is not None and p.is_file()]
-    one_stage_run(names, config, pipeline, out=out, inputs=(config, *sources))
+    one_stage_run(names, config, pipeline, out=out, inputs=(config, *sources),
+                  options={"validation.reference": "--truth"} | ({"phasing.intensity": "--intensity"} if intensity
+                                                                   else {}))
 
 
 def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 result, Dragonfly output_NNN.h5 / .bin, or MRC"),
@@ -97,7 +99,9 @@ def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 resu
     pipeline = from_options(lambda: Pipeline(name="validate", output={"runs_dir": runs_dir.resolve()}, validation={
         "volume": first.resolve(), "reference": second.resolve(), "dataset": dataset, "voxel_size_m": voxel_size_m,
         "kind": kind}), first, command="validate")
-    run_path, outputs = run_stages(["validate"], pipeline, None, out=out, command=sys.argv, inputs=(first, second))
+    run_path, outputs = run_stages(["validate"], pipeline, None, out=out, command=sys.argv, inputs=(first, second),
+                                   options={"validation.volume": "FIRST", "validation.reference": "SECOND",
+                                            "validation.kind": "--kind", "validation.dataset": "--dataset"})
     typer.echo(Path(outputs["fsc_text"]).read_text(encoding="utf-8").rstrip())
     echo([f"wrote {outputs['fsc_plot']}", f"wrote {outputs['fsc_table']}"])
 

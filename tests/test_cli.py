@@ -208,3 +208,17 @@ def test_run_with_device_gpu_on_this_machine_without_a_gpu_stops_before_the_run_
     done = spibatch_cli("run", str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert done.returncode == 2 and "device" in done.stderr and "set to gpu" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_standalone_command_names_the_argument_the_user_gave_not_the_pipeline_key(tmp_path):
+    import h5py
+    import numpy as np
+
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["intensity"] = np.ones((9, 9, 9))
+    done = spibatch_cli("validate", "a.h5", "nope.h5", cwd=tmp_path)
+    assert done.returncode == 2 and "nope.h5: SECOND: file not found" in done.stderr, done.stderr
+    config = tmp_path / "p.yaml"
+    config.write_text(f"name: t\nphasing: {{intensity: {tmp_path / 'a.h5'}, recipe: 'ER() ** 5'}}\n")
+    done = spibatch_cli("phase", "p.yaml", "--truth", "nope.mrc", cwd=tmp_path)
+    assert done.returncode == 2 and "nope.mrc: --truth:" in done.stderr, done.stderr

@@ -21,11 +21,12 @@ from spibatch.layout import RunLayout
 
 def run_stages(names: list[str], pipeline, config: Path | None, *, out: Path | None = None,
                resume: Path | None = None, command: list[str] | None = None, inputs: tuple = (),
-               name: str | None = None) -> tuple[Path, dict]:
+               name: str | None = None, options: dict[str, str] | None = None) -> tuple[Path, dict]:
     """Run ``names`` (in order) as a new run of ``pipeline`` (or continue ``resume``); (run folder, outputs).
 
     ``config``: the pipeline file (named in error lines); ``inputs``: files to fingerprint in provenance.json;
-    ``name``: the run's name (default: the pipeline's).
+    ``name``: the run's name (default: the pipeline's); ``options``: config key -> the command-line argument that
+    set it, named instead in the checks' error lines (``validation.reference`` -> ``--truth``).
     """
     from spibatch.config import dump_pipeline
     from spibatch.emc import mpi
@@ -39,7 +40,11 @@ def run_stages(names: list[str], pipeline, config: Path | None, *, out: Path | N
     rank, size = mpi.rank_and_size(comm)
     device = mpi.collective(comm, resolve, pipeline.device, pipeline.gpu_runtime, path=config)
     existing = None if resume is None else RunLayout(Path(resume))
-    mpi.collective(comm, _check, names, pipeline, config, existing, size)
+    try:
+        mpi.collective(comm, _check, names, pipeline, config, existing, size)
+    except InputError as exc:
+        exc.field = (options or {}).get(exc.field, exc.field)
+        raise
     opening = dict(name=name or pipeline.name, runs_dir=pipeline.output.runs_dir, out=out, resume=resume,
                    config_text=dump_pipeline(pipeline), command=list(command if command is not None else sys.argv),
                    inputs=tuple(inputs), unchanged=tuple(p for p in inputs if p != config),
