@@ -333,6 +333,8 @@ def emc(model_size: int, num_rotations: int, num_frames: int, frames_per_shard: 
                            "gives 50 100)", "emc.refine.num_div": f"use a smaller refine.num_div "
                            f"({num_rotations:,} rotations asked; num_div 10 gives 50 100)", "emc.iterations": f"run fewer iterations ({iterations:,} asked)",
                            "emc.model_size": "leave emc.model_size out (the detector's own size) or lower it",
+                           "emc.detector": f"check the detector file's qx, qy, qz (in voxels of the model grid: the "
+                           f"largest |q| sets the {m}^3 model), or set emc.model_size",
                            "emc.num_modes": f"use fewer modes ({volumes} volumes asked: num_modes + nonrot_modes)",
                            "emc.frames_per_shard": "use the default frames_per_shard (4096)"})
 
