@@ -90,7 +90,9 @@ def test_whole_pipeline_through_slurm_in_hpc_mode(slurm_runs):
         ours = [p for p in scripts if p.name.startswith(f"parsl.{label}.block-")]
         assert ours, [p.name for p in scripts]
         assert all("#SBATCH --partition=debug" in p.read_text() for p in ours)
-        assert all(Path(f"{p}.stdout").exists() for p in ours)   # Slurm ran the job (it wrote its output file)
+        # Slurm ran a job of each (it wrote its output file); not every block: one that waited for the node's CPUs
+        # while the other executor's job held them may be scaled in by Parsl (idle) before it starts (seen in CI)
+        assert any(Path(f"{p}.stdout").exists() for p in ours), [p.name for p in ours]
     assert (run / "phase" / "phasing.h5").is_file() and (run / "emc" / "output_003.h5").is_file()
 
 
