@@ -141,13 +141,10 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         field = model.model_fields.get(str(parts.pop(0)))
         if field is None:
             return []
-        args, keyed = list(typing.get_args(field.annotation) or (field.annotation,)), False
-        for a in list(args):             # a mapping of names to sections (bench workloads: {name: {...}})
-            if typing.get_origin(a) is dict:
-                args += list(typing.get_args(a))
-                keyed = True
-        if typing.get_origin(field.annotation) is dict:
-            keyed = True
+        anns = [field.annotation, *typing.get_args(field.annotation)]
+        mappings = [a for a in anns if typing.get_origin(a) is dict]   # names to sections (bench workloads)
+        args = anns + [x for a in mappings for x in typing.get_args(a)]
+        keyed = bool(mappings)
         candidates = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         if not candidates:
             return []

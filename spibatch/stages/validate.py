@@ -52,21 +52,23 @@ def _comparable(cfg, kind: str, volumes: list) -> None:
     from spibatch.align import measured_shells
     from spibatch.validate import crop_to_common
 
+    cubes = []
     for (path, volume), key in zip(volumes, ("validation.volume", "validation.reference")):
-        shape = np.shape(volume)[-3:]
-        if len(shape) != 3 or len(set(shape)) != 1:
-            raise InputError(f"the {kind} is not a cube (shape {tuple(np.shape(volume))})", path=path, field=key,
+        volume = np.asarray(volume)
+        cube = volume[0] if volume.ndim == 4 and volume.shape[0] == 1 else volume     # (1, N, N, N) as read
+        if cube.ndim != 3 or len(set(cube.shape)) != 1:
+            raise InputError(f"the {kind} is not a cube (shape {volume.shape})", path=path, field=key,
                              fix="give an N x N x N volume")
-        if not np.any(np.asarray(volume) > 0):
+        if not np.any(cube > 0):
             raise InputError(f"the {kind} has no positive voxel: nothing to compare", path=path, field=key,
                              fix="give the volume itself (dataset: --dataset)")
+        cubes.append(cube)
     if kind == "intensity":
         try:
-            measured_shells(*crop_to_common(*(np.asarray(v, np.float64).reshape(np.shape(v)[-3:])
-                                              for _, v in volumes)))
+            measured_shells(*crop_to_common(*(c.astype(np.float64) for c in cubes)))
         except ValueError:
             raise InputError(f"shares fewer than 3 measured shells with {Path(cfg.reference).name} (edges "
-                             f"{np.shape(volumes[0][1])[-1]} and {np.shape(volumes[1][1])[-1]})", path=cfg.volume,
+                             f"{cubes[0].shape[0]} and {cubes[1].shape[0]})", path=cfg.volume,
                              field="validation.volume", fix="compare intensities on grids of similar size") from None
 
 
