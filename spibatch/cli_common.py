@@ -18,8 +18,13 @@ def echo(lines: list[str]) -> None:
 
 
 def finished(run_path: Path, outputs: dict) -> None:
+    """Print a finished run's closing lines; under ``mpirun`` rank 0 alone (it wrote the run, and the others
+    would print it again, read before rank 0's last metrics line)."""
+    from spibatch.interrupts import mpi_rank
     from spibatch.stages.summary import next_lines, outputs_lines, result_lines
 
+    if mpi_rank():
+        return
     echo(outputs_lines(run_path, outputs) + [""] + result_lines(run_path) + next_lines(run_path))
 
 

@@ -4,8 +4,11 @@ Both runs use one Numba thread per rank (mpirun binds each rank to a core
 anyway): the merge kernels keep one partial sum per thread, so the thread
 count alone changes the last bits, and EMC's pruning (P < 1e-6 dropped)
 can turn those into ~1e-7 relative differences.  With equal thread counts
-the only difference is the order in which the ranks' partial sums are added,
-measured at 0 (identical) on the shared small set.
+the only difference is the order in which the ranks' partial sums are added:
+identical on most runs, but once (CI, the background variant) a probability
+at the pruning threshold turned that order's last bit into a 1e-7 relative
+difference.  The tolerance is therefore 1e-6: a shard lost or counted twice
+moves the model by more than 1e-3.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import h5py
 import numpy as np
 import pytest
 
-TOLERANCE = 1e-10   # max |model_2 - model_1| / max |model_1|
+TOLERANCE = 1e-6   # max |model_2 - model_1| / max |model_1|: pruning-amplified rounding (above)
 
 pytestmark = pytest.mark.mpi
 
@@ -53,7 +56,8 @@ def test_two_ranks_give_the_one_rank_model(mpirun, emc_config, tmp_path):
     assert record["status"] == "completed" and record["mpi_ranks"] == 2
     metrics = [json.loads(line) for line in (tmp_path / "two" / "emc" / "metrics.jsonl").read_text().splitlines()]
     assert [m["mpi_ranks"] for m in metrics] == [2, 2, 2] and metrics[-1]["num_frames"] == 240
-    assert "on 2 rank(s)" in two.stdout and two.stdout.count("EMC: 3 iterations") == 1   # rank 0 alone speaks
+    assert "on 2 rank(s)" in two.stdout   # rank 0 alone speaks: its summary once, and no other rank's
+    assert two.stdout.count("EMC: ") == 1 and two.stdout.count("run directory") == 1, two.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["one", "two"]   # one run dir, not two
 
     with h5py.File(tmp_path / "one" / "emc" / "checkpoint.h5") as a, h5py.File(tmp_path / "two" / "emc" / "checkpoint.h5") as b:
