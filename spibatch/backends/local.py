@@ -39,6 +39,9 @@ def _has_mpi() -> bool:
     return shutil.which("mpirun") is not None and importlib.util.find_spec("mpi4py") is not None
 
 
+WORKERS_PER_CORE = 8   # local workers allowed per core: oversubscribed for tests, not a typo's 100 000 processes
+
+
 class LocalProvider(Provider):
     """This machine: HTEX workers on 127.0.0.1; HPC-mode EMC under mpirun (or one process)."""
 
@@ -99,7 +102,14 @@ class LocalProvider(Provider):
         return Rendered(files)
 
     def check_site(self, run_dir: Path) -> None:
-        """Container runtime and image present; mpirun and mpi4py when ``local.mpi: mpirun``."""
+        """Not more than WORKERS_PER_CORE workers a core; container runtime and image present; mpirun and mpi4py
+        when ``local.mpi: mpirun``."""
+        cores = self.node_cores()
+        if self.site.workers > WORKERS_PER_CORE * cores:
+            raise self.fail(f"{self.site.workers} on the local site, which starts that many worker processes at "
+                            f"once on this machine's {cores} core(s)", "workers",
+                            f"set workers to at most {WORKERS_PER_CORE * cores} ({WORKERS_PER_CORE} a core), or "
+                            "local.cores to the cores the machine has")
         check_container(self.site.container, self.site.source, [run_dir])
         if self.options.mpi == "mpirun" and self.site.emc_mode == "hpc" and not _has_mpi():
             raise self.fail("local.mpi is mpirun, but mpirun or mpi4py is missing", "local.mpi",

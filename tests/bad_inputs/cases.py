@@ -560,6 +560,7 @@ CASES: list[Case] = [
     site("site-workers-zero", ["workers"], workers=0),
     site("site-workers-fraction", ["workers"], workers=1.5),
     site("site-workers-1e12", ["workers", "100000"], workers=1000000000000),
+    site("site-workers-beyond-cores", ["workers: 5000", "core", "local.cores"], workers=5000),
     site("site-provider-pbs", ["provider", "pbs"], provider="pbs"),
     site("site-container-no-image", ["container", "needs an image"], container={"runtime": "apptainer"}),
     site("site-container-binds-text", ["container.binds"], container={"binds": "/data"}),
