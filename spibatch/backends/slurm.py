@@ -29,6 +29,7 @@ from spibatch.backends.containers import check as check_container
 from spibatch.yaml_models import Section
 
 WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
+SLURM_NAMES = re.compile(r"^[A-Za-z0-9_.+:-]{1,64}(,[A-Za-z0-9_.+:-]{1,64}){0,15}$")   # a name, or a list by commas
 
 
 class SlurmOptions(Section):
@@ -50,6 +51,16 @@ class SlurmOptions(Section):
                              "your MPI was built for (Debian's OpenMPI: pmix; pmi2 needs an MPI built with Slurm's PMI-2)")
     max_idletime_s: float = Field(30.0, gt=0, description="an idle batch job is ended after this many seconds")
     strategy_period_s: float = Field(5.0, gt=0, description="how often Parsl looks at the queue (s)")
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _names(cls, v):
+        """Written into ``#SBATCH`` lines: a name (letters, digits, ``_.+:-``) or names by commas, nothing that
+        could end the line or start another (a space, a newline, ``;``)."""
+        if v is not None and not SLURM_NAMES.match(v):
+            raise ValueError("a Slurm name: letters, digits and _ . + : - (several separated by commas), no "
+                             "spaces or newlines")
+        return v
 
     @field_validator("walltime", mode="before")
     @classmethod

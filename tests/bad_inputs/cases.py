@@ -569,6 +569,10 @@ CASES: list[Case] = [
     site("site-local-mpi-always", ["local.mpi"], local={"mpi": "always"}),
     site("site-slurm-walltime", ["slurm.walltime"], provider="slurm", slurm={"walltime": "90 minutes"}),
     site("site-slurm-nodes-zero", ["slurm.nodes"], provider="slurm", slurm={"nodes": 0}),
+    site("site-slurm-partition-newline", ["slurm.partition", "Slurm name"],
+         text='provider: slurm\nworkers: 2\nslurm:\n  partition: "debug\\nrm -rf ~"\n'),
+    site("site-slurm-qos-semicolon", ["slurm.qos", "Slurm name"], provider="slurm", slurm={"qos": "normal;reboot"}),
+    site("site-slurm-account-spaces", ["slurm.account", "no spaces"], provider="slurm", slurm={"account": "my project"}),
     site("site-wrong-section", ["slurm", "provider is local"], slurm={"partition": "x"}),
     site("site-k8s-hpc", ["emc_mode", "HTC mode only"], provider="kubernetes", emc_mode="hpc"),
 
