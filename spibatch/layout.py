@@ -23,7 +23,7 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
                            total_NNN_KKK.npy -- all removed once read --, timing.jsonl);
                            with emc.halves: half_1/, half_2/ (each an EMC folder of its own, with photons.h5:
                            the even / odd frames) and halves.json (the split, the alignment, the half-set FSC)
-    phase/                 phasing.h5, phasing.cxi, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.pkl,
+    phase/                 phasing.h5, phasing.cxi, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.npz,
                            previews/iteration_NNN/ (a following run's preview densities: phasing.h5,
                            density.mrc, preview.json: iteration, frames, time stamps, latency)
     validate/              emc_vs_truth.json, fsc_vs_truth.json (+ .png), density_in_truth_frame.mrc, or fsc.h5, fsc.png, fsc.txt,
@@ -140,8 +140,8 @@ def htc_total_name(iteration: int, slab: int) -> str:
 
 
 def start_name(index: int) -> str:
-    """``start_NNN.pkl``: phasing start ``index``'s result, as a worker wrote it."""
-    return f"start_{index:03d}.pkl"
+    """``start_NNN.npz``: phasing start ``index``'s result, as a worker wrote it (:mod:`spibatch.io.start_files`)."""
+    return f"start_{index:03d}.npz"
 
 
 class RunLayout:

@@ -73,10 +73,10 @@ class RunWriter:
                                                           "seconds": seconds, "finished": "2026-01-01T00:02:00Z"}))
 
     def start_done(self, index: int) -> None:
-        """``phase/starts/start_NNN.pkl`` of one finished start (the file a pipeline's worker writes)."""
+        """``phase/starts/start_NNN.npz`` of one finished start (the file a pipeline's worker writes)."""
         path = self.layout.start_file(index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, "a pickled StartResult\n")
+        write_text(path, "a phasing start file\n")
 
     def model(self, iteration: int) -> np.ndarray:
         """A centred blob with rings that sharpen with the iteration; 0 (not measured) beyond the corners."""

@@ -26,7 +26,7 @@ def test_local_site_end_to_end_then_resume_skips_finished_stages(emc_small, tmp_
     assert all(s["status"] == "done" for s in stages.values())
     assert stages["emc"]["emc_mode"] == "hpc"
     assert (run / "emc" / "output_003.h5").is_file() and (run / "phase" / "phasing.h5").is_file()
-    assert len(list((run / "phase" / "starts").glob("start_*.pkl"))) == 2
+    assert len(list((run / "phase" / "starts").glob("start_*.npz"))) == 2
     assert (run / "runinfo").is_dir() and not (tmp_path / "runinfo").exists()   # Parsl's files stay in the run
     assert json.loads((run / "provenance.json").read_text())["status"] == "completed"
     assert str(run / "phase" / "phasing.h5") in done.stdout

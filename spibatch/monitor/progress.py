@@ -10,7 +10,7 @@ Read from the run folder only (:class:`spibatch.layout.RunLayout` names every fi
   :func:`spibatch.stages.order` runs (not imported: the stages import the monitor for the report);
   a one-stage run (``spibatch emc``, ...) has the stage its command names (and validate for
   ``spibatch phase --truth``), plus any other stage that left a marker or a log;
-- ``phase/starts/start_NNN.pkl`` (one per start finished by a worker, in a pipeline) and the start
+- ``phase/starts/start_NNN.npz`` (one per start finished by a worker, in a pipeline) and the start
   lines of ``phase/metrics.jsonl`` (one per start, in one process), of ``phasing.num_starts`` in
   ``config.yaml``; ``phase/phasing.h5`` once the starts are merged.
 
@@ -55,7 +55,7 @@ def watched(data) -> list[Path]:
 
 
 def start_files(data) -> list[Path]:
-    """The ``phase/starts/start_NNN.pkl`` files written so far (each under the monitored root)."""
+    """The ``phase/starts/start_NNN.npz`` files written so far (each under the monitored root)."""
     folder = data.run.start_file(0).parent
     try:
         names = set(os.listdir(folder))

@@ -1,18 +1,17 @@
 """The phase stage: a 3-D intensity -> ``phase/`` (density, support, PRTF, per-start errors).
 
 In this process the starts run one after another on the CPU (batched on a GPU); given the
-pipeline's workers, each start is a task (``phase/starts/start_NNN.pkl``, kept for a resume) and
+pipeline's workers, each start is a task (``phase/starts/start_NNN.npz``, kept for a resume) and
 the merge -- alignment, average, PRTF, files -- one more task.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import sys
 from pathlib import Path
 
-from spibatch.io.atomic import atomic_path
+from spibatch.io.start_files import read_start, write_start
 from spibatch.layout import RunLayout
 from spibatch.stages import inputs, load_run, stage_log
 from spibatch.stages.checks import budget_for, keyed, naming, require_file
@@ -71,7 +70,7 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
 
 
 def start_task(run_dir: str, index: int, threads: int) -> str:
-    """Start ``index`` of the run's phasing into ``phase/starts/start_NNN.pkl`` (kept when it exists)."""
+    """Start ``index`` of the run's phasing into ``phase/starts/start_NNN.npz`` (kept when it exists)."""
     from spibatch.phasing.algebra import RecipeError
     from spibatch.phasing.driver import recipe_failed
     from spibatch.phasing.inputs import load_measurement
@@ -91,8 +90,7 @@ def start_task(run_dir: str, index: int, threads: int) -> str:
         except RecipeError as exc:
             raise recipe_failed(exc, intensity) from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        pickle.dump(result, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    write_start(path, result)
     return str(path)
 
 
@@ -101,10 +99,7 @@ def merge_task(run_dir: str, start_files: list[str]) -> dict[str, Path]:
     from spibatch.phasing.driver import run_phasing
 
     run, pipeline, _ = load_run(run_dir)
-    results = []
-    for name in start_files:
-        with open(name, "rb") as fh:
-            results.append(pickle.load(fh))
+    results = [read_start(name) for name in start_files]
     with stage_log(run, "phase"):
         return run_phasing(inputs.phasing_intensity(run, pipeline), run.phase, settings_of(pipeline),
                            show_progress=False, results=results)
