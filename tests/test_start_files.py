@@ -1,5 +1,5 @@
 """Phasing start files (``phase/starts/start_NNN.npz``): what a worker writes is what the merge reads, and
-reading one never runs code from it (it was a pickle)."""
+reading one never runs code from it (it was a pickle); the same for the FFTW wisdom cache."""
 
 from __future__ import annotations
 
@@ -59,3 +59,21 @@ def test_a_start_file_holding_code_is_refused_and_not_run(form, tmp_path):
     with pytest.raises(ValueError, match="not a phasing start file"):
         read_start(path)
     assert not marker.exists() and not os.path.exists(marker)
+
+
+def test_fftw_wisdom_is_kept_without_pickle_and_a_foreign_file_is_planned_over(tmp_path, monkeypatch):
+    """The FFTW wisdom cache (``~/.cache/spibatch/fftw-wisdom-*.json``) is read without running anything: the
+    wisdom a 'measure' plan exported comes back byte for byte, and a pickle where it should be is ignored (the
+    engine plans afresh, the payload never runs)."""
+    pyfftw = pytest.importorskip("pyfftw")
+    from spibatch.phasing import fft
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fft.FFTEngine(16, threads=1, backend="fftw", planning="measure")
+    path = fft._wisdom_path(1)
+    assert path.exists() and fft._read_wisdom(path) == pyfftw.export_wisdom()
+    marker = tmp_path / "payload-ran"
+    path.write_bytes(pickle.dumps(Payload(str(marker))))
+    engine = fft.FFTEngine(16, threads=1, backend="fftw", planning="measure")
+    assert not marker.exists() and engine.forward(engine.x).shape == (1, 16, 16, 9)
+    assert fft._read_wisdom(path) == pyfftw.export_wisdom()      # written anew, in the safe form

@@ -29,9 +29,11 @@ holds them; on the CPU B is 1.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,16 @@ PLANNING = ("estimate", "measure")
 
 def _wisdom_path(threads: int) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "spibatch" / f"fftw-wisdom-{threads}threads.pickle"
+    return base / "spibatch" / f"fftw-wisdom-{threads}threads.json"
+
+
+def _read_wisdom(path: Path) -> tuple[bytes, ...]:
+    """FFTW's wisdom kept by :func:`_wisdom_bytes` (JSON of base64 strings: nothing in it runs when read)."""
+    return tuple(base64.b64decode(item, validate=True) for item in json.loads(path.read_text("ascii")))
+
+
+def _wisdom_bytes(wisdom: tuple[bytes, ...]) -> bytes:
+    return json.dumps([base64.b64encode(item).decode("ascii") for item in wisdom]).encode("ascii")
 
 
 def have_fftw() -> bool:
@@ -102,8 +113,8 @@ class FFTEngine:
         path = _wisdom_path(self.threads)
         if measure:
             try:
-                pyfftw.import_wisdom(pickle.loads(path.read_bytes()))
-            except (OSError, ValueError, pickle.UnpicklingError, EOFError, TypeError):
+                pyfftw.import_wisdom(_read_wisdom(path))
+            except (OSError, ValueError, TypeError, binascii.Error):   # none kept yet, or not ours: plan afresh
                 pass
         else:               # FFTW_ESTIMATE would still take a timed plan from wisdom in memory
             pyfftw.forget_wisdom()
@@ -127,7 +138,7 @@ class FFTEngine:
             try:
                 from spibatch.io.atomic import write_bytes
 
-                write_bytes(path, pickle.dumps(pyfftw.export_wisdom()))
+                write_bytes(path, _wisdom_bytes(pyfftw.export_wisdom()))
             except OSError as exc:
                 log.debug("could not keep FFTW wisdom in %s: %s", path, exc)
         # the planner overwrote the buffers while measuring
