@@ -134,6 +134,55 @@ def test_a_fifo_in_a_run_does_not_hang_the_server(tmp_path):
     assert response.status_code == 200 and response.json()["log"] is None
 
 
+def _data_elsewhere(path, name, how, outside):
+    """Rewrite dataset ``name`` of the HDF5 file ``path`` so that its data live outside the file: ``external``
+    raw storage in a file of SECRET bytes, ``fifo`` external storage on a FIFO, ``virtual`` a virtual dataset
+    whose source is an HDF5 file holding SECRET."""
+    with h5py.File(path, "r+") as f:
+        shape, dtype = f[name].shape, f[name].dtype
+        del f[name]
+        if how == "virtual":
+            source = outside / "source.h5"
+            with h5py.File(source, "w") as g:
+                g[name] = np.full(shape, float(SECRET), dtype)
+            layout = h5py.VirtualLayout(shape, dtype)
+            layout[...] = h5py.VirtualSource(str(source), name, shape)
+            f.create_virtual_dataset(name, layout)
+            return
+        size = int(np.prod(shape)) * dtype.itemsize
+        if how == "fifo":
+            target = outside / "fifo"
+            os.mkfifo(target)
+        else:
+            target = outside / "secret.bin"
+            target.write_bytes((SECRET.encode() * (size // len(SECRET) + 1))[:size])
+        f.create_dataset(name, shape, dtype, external=[(str(target), 0, size)])
+
+
+@pytest.mark.parametrize("how", ["external", "virtual", "fifo"])
+@pytest.mark.parametrize("rel, name", [("emc/output_002.h5", "intensity"), ("emc/output_002.h5", "best_probability"),
+                                       ("phase/phasing.h5", "density")])
+def test_data_kept_in_another_file_are_never_read(tmp_path, how, rel, name):
+    """An HDF5 dataset inside the root whose bytes are elsewhere (external storage, a virtual dataset, a FIFO
+    behind external storage) is 422: never served (the bytes of any readable file), never a crash (a virtual
+    source through the file-object driver), never a hung thread (a FIFO)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    run = RunWriter(tmp_path / "runs" / "done").complete()
+    _data_elsewhere(run.folder / rel, name, how, outside)
+    client = local_client(tmp_path / "runs")
+    urls = (["/api/phase?run=done", "/api/phase/slices?run=done"] if rel.startswith("phase") else
+            ["/api/emc/slices?run=done&iteration=2", "/api/emc/frames?run=done&iteration=2"])
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code == 422 and "keeps its data in another file" in response.json()["error"], \
+            (url, response.status_code, response.text[:300])
+    for url in endpoints():
+        response = client.get(url)
+        assert response.status_code < 500 and SECRET not in response.text, (url, response.text[:300])
+    assert SECRET not in json.dumps(collect(run.folder))
+
+
 # ---------------------------------------------------------------- the Host header
 
 @pytest.fixture

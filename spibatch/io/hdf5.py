@@ -41,7 +41,45 @@ def open_hdf5(path: str | os.PathLike, fix: str) -> Iterator[h5py.File]:
     except OSError as exc:
         raise InputError(f"HDF5 file truncated or corrupt ({short_reason(exc)})", path=path, fix=fix) from None
     with f:
+        check_other_files(f, path)
         yield f
+
+
+def other_files(f: h5py.File) -> list[tuple[str, str, str]]:
+    """``(dataset, how, file)`` for every dataset of ``f`` whose data live in another file: external storage
+    (raw bytes of any file) or a virtual dataset's sources (``"."``, the file itself, left out).  Nothing is read."""
+    found = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return
+        plist = obj.id.get_create_plist()
+        for i in range(plist.get_external_count()):
+            found.append((name, "external storage", plist.get_external(i)[0].decode(errors="replace")))
+        if plist.get_layout() == h5py.h5d.VIRTUAL:
+            for i in range(plist.get_virtual_count()):
+                source = plist.get_virtual_filename(i)
+                if source != ".":
+                    found.append((name, "a virtual dataset", source))
+
+    f.visititems(visit)
+    return found
+
+
+def check_other_files(f: h5py.File, path: str | os.PathLike) -> None:
+    """InputError when a dataset of ``f`` keeps its data in a file that is not a regular file (a FIFO or a device
+    would hang or never end the read).  Data in other regular files (a virtual CXI file over a run's files)
+    are read as HDF5 reads them; a file that is missing fails at the read, as a corrupt one does."""
+    base = Path(path).resolve().parent
+    for name, how, other in other_files(f):
+        if "%" in other:          # a virtual source's printf pattern: HDF5 expands it at the read
+            continue
+        for candidate in ([Path(other)] if os.path.isabs(other) else [base / other, Path.cwd() / other]):
+            if os.path.lexists(candidate):
+                if not candidate.is_file():
+                    raise InputError(f"its data are {how} in {candidate}, which is not a regular file", path=path,
+                                     field=name, fix="copy the data into a regular file (h5repack) and give that")
+                break
 
 
 def require_dataset(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> h5py.Dataset:

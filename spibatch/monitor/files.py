@@ -152,12 +152,24 @@ class open_h5:
     def __enter__(self):
         import h5py
 
+        from spibatch.io.hdf5 import other_files
+
         self.fh = open_inside(self.root, self.path)
         try:
             self.f = h5py.File(self.fh, "r")
         except Exception as exc:
             self.fh.close()
             raise NotReady(f"{self.path.name} cannot be read yet ({_first_line(exc)})") from None
+        try:
+            others = other_files(self.f)
+        except Exception as exc:
+            self.__exit__(None, None, None)
+            raise BadFile(f"{self.path.name} cannot be shown ({_first_line(exc)})") from None
+        if others:   # spibatch writes none: bytes of any file (or a FIFO) outside the root would be served
+            self.__exit__(None, None, None)
+            name, how, other = others[0]
+            raise BadFile(f"{self.path.name}: {name} keeps its data in another file ({how}: {other}); the monitor "
+                          "shows only data inside the run's files")
         return self.f
 
     def __exit__(self, kind, exc, tb):

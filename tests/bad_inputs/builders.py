@@ -231,6 +231,17 @@ def intensity_with(index, value) -> Callable:
     return build
 
 
+def external_on_fifo(name: str) -> Callable:
+    """A volume dataset whose bytes are HDF5 external storage on a FIFO beside the file (a read would wait
+    forever for a writer)."""
+    def build(path: Path, base: Base) -> None:
+        fifo = path.parent / "fifo"
+        os.mkfifo(fifo)
+        with h5py.File(path, "w") as f:
+            f.create_dataset(name, (11, 11, 11), "f4", external=[(str(fifo), 0, 11 ** 3 * 4)])
+    return build
+
+
 def declared_volume(name: str, shape: tuple[int, ...]) -> Callable:
     """An HDF5 dataset of a huge declared shape that holds no data (a tiny file: chunks are never written)."""
     def build(path: Path, base: Base) -> None:

@@ -418,6 +418,8 @@ CASES: list[Case] = [
     phase("phase-seed-negative", ["p.yaml", "phasing.seed"], phasing__seed=-1),
     phase_file("intensity-directory", b.directory, ["phasing.intensity", "directory"], name="vol.h5"),
     phase_file("intensity-no-volume", b.volume_variant("other", np.ones((9, 9, 9))), ["no volume dataset"]),
+    phase_file("intensity-external-fifo", b.external_on_fifo("intensity"), ["intensity", "external storage",
+                                                                             "not a regular file"]),
     phase_file("intensity-2d", b.volume_variant("intensity", np.ones((9, 9))), ["intensity", "3-D"]),
     phase_file("intensity-nan", b.intensity_with((3, 4, 5), np.nan), ["intensity", "NaN"]),
     phase_file("intensity-negative", b.intensity_with((3, 4, 5), -2.0), ["intensity", "negative"]),
