@@ -147,7 +147,13 @@ def _take_over(folder: Path, owner: dict, command: list[str], field_name: str) -
 def stop_left_running(folder: Path, owner: dict, field_name: str = "--resume") -> None:
     """Stop what the killed ``owner`` of a stale lock started and left running on this host (its MPI job,
     Parsl's interchange and workers: :mod:`spibatch.owners`); InputError when some cannot be stopped."""
-    left = owners.stop_tagged(owner.get("token"), f"that the killed owner ({_owner(owner)}) left running")
+    token = owner.get("token")
+    if token is not None and not owners.token_of(token, owner.get("pid")):
+        raise InputError(f"the lock's token {str(token)[:40]!r} is not one its owner ({_owner(owner)}) made: not "
+                         "stopping anything by it", path=folder, field=field_name,
+                         fix=f"the lock file was changed: check {Path(folder) / layout.LOCK}, delete it if nothing "
+                             "writes into the run, and try again")
+    left = owners.stop_tagged(token, f"that the killed owner ({_owner(owner)}) left running")
     if left:
         raise InputError(f"processes started by the killed owner ({_owner(owner)}) still run and could not be "
                          f"stopped: pids {' '.join(map(str, left))}", path=folder, field=field_name,

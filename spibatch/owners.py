@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import signal
 import time
@@ -39,6 +40,14 @@ SETTLE_S = 3.0        # an owner that ends waits this long for its children to e
 def new_token() -> str:
     """A token no other owner has: ``<pid>-<16 random hex digits>``."""
     return f"{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def token_of(token: str, pid) -> bool:
+    """Whether ``token`` has the form :func:`new_token` gives the process ``pid`` (``<pid>-<16 hex digits>``): a
+    lock whose token names another process's pid was changed by hand, and must not stop that one's processes."""
+    if not isinstance(token, str) or not isinstance(pid, int):
+        return False
+    return re.fullmatch(rf"{pid}-[0-9a-f]{{16}}", token) is not None
 
 
 def tagged(token: str | None) -> list[int]:

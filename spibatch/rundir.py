@@ -201,6 +201,11 @@ class _LogFile(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         pass
 
+    def _open(self):
+        """Append, never through a symbolic link (one put in a run folder would take the log lines elsewhere)."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        return os.fdopen(os.open(self.baseFilename, flags, 0o666), "a", encoding=self.encoding, errors=self.errors)
+
 
 def log_to(path: str | os.PathLike) -> logging.Handler:
     """Append the "spibatch" logger's INFO records to ``path`` (time, level, message); returns the handler."""
@@ -253,6 +258,21 @@ def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...]) -> None:
                              path=name, field="--resume", fix="resume with the original file, or start a new run")
 
 
+def check_no_links(path: Path) -> None:
+    """InputError when an entry of the run folder ``path`` is a symbolic link: spibatch makes none, and a
+    resume writes through its own files and folders (log.txt, emc/, phase/, ...), which a link would take
+    elsewhere."""
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return   # read_provenance has said what is wrong with the folder
+    for entry in entries:
+        if entry.is_symlink():
+            raise InputError(f"{entry.name} is a symbolic link (to {os.readlink(entry.path)}); a run's own files "
+                             "and folders are never links", path=path, field="--resume",
+                             fix=f"remove the link {entry.path} (copy the file in its place if it is the run's own)")
+
+
 def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
                    unchanged: tuple[str | os.PathLike, ...] = (), check=None, stop_old=None) -> RunDir:
     """Reopen an earlier run folder to continue it (``--resume``, ``spibatch resume``).
@@ -266,6 +286,7 @@ def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
     """
     path = Path(path)
     record = read_provenance(path)
+    check_no_links(path)
     command = list(command if command is not None else sys.argv)
     lock = take_lock(path, command, field_name="--resume", take_over_stale=True)
     try:

@@ -111,6 +111,53 @@ def test_a_second_writer_is_refused_and_a_stale_lock_reported(tmp_path, caplog):
     assert f"taking over the lock of pid {int(dead.stdout)}" in caplog.text and read_lock(out) is None
 
 
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+def test_a_resume_refuses_a_run_folder_holding_links_and_the_log_never_follows_one(tmp_path):
+    """A link put into a run folder (log.txt -> a file elsewhere) would take the resume's writes out of it:
+    refused in one line, the file it points at untouched; log.txt is opened without following a link."""
+    from spibatch.rundir import log_to
+
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
+        pass
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious line\n")
+    (run.path / "log.txt").unlink()
+    os.symlink(victim, run.path / "log.txt")
+    with pytest.raises(InputError, match="log.txt is a symbolic link"):
+        with open_run(resume=run.path, command=["b"], report=False):
+            pass
+    assert victim.read_text() == "precious line\n" and read_lock(run.path) is None
+    with pytest.raises(OSError):
+        log_to(run.path / "log.txt")
+    assert victim.read_text() == "precious line\n"
+
+
+def test_a_lock_whose_token_names_another_process_stops_nothing(tmp_path):
+    """Taking over a killed owner's lock stops what that owner left running, found by the lock's token; a token
+    that is not the form the owner's pid makes (a lock changed by hand to another run's token) stops nothing."""
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
+        pass
+    other = f"{os.getpid()}-0123456789abcdef"   # a live run's token (this process's pid), not the dead owner's
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 env=dict(os.environ, SPIBATCH_RUN_OWNER=other))
+    try:
+        (run.path / "lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
+                                                   "started": "then", "command": ["killed"], "token": other}))
+        with pytest.raises(InputError, match="is not one its owner .* made: not stopping anything"):
+            with open_run(resume=run.path, command=["b"], report=False):
+                pass
+        assert bystander.poll() is None                     # still running
+        assert read_lock(run.path)["token"] == other        # the lock as it was
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
 def test_a_refused_resume_touches_nothing(tmp_path):
     data = tmp_path / "data.bin"
     data.write_bytes(b"original")
