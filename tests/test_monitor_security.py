@@ -183,6 +183,29 @@ def test_data_kept_in_another_file_are_never_read(tmp_path, how, rel, name):
     assert SECRET not in json.dumps(collect(run.folder))
 
 
+def test_declared_sizes_bound_what_the_monitor_reads(tmp_path):
+    """A file of a few kB may declare a volume of 8000^3 or 10^8 frames (chunks never written): refused from
+    the declared shape (422), not read (a plane of it was 2 GB of memory); a config.yaml past 256 kB is not
+    parsed (YAML in Python takes ~1 s a MB, and /api/runs parses every run's)."""
+    run = RunWriter(tmp_path / "runs" / "done").complete()
+    for name, shape, chunks in (("intensity", (8000, 8000, 8000), (8, 256, 256)),
+                                ("best_probability", (60_000_000,), (1_000_000,))):
+        with h5py.File(run.emc_dir / "output_002.h5", "r+") as f:
+            del f[name]
+            f.create_dataset(name, shape, "f4", chunks=chunks, compression="gzip")
+    (run.folder / "config.yaml").write_text("emc: {iterations: 3}\nx: [" + ",".join(["1"] * 200_000) + "]\n")
+    client = local_client(tmp_path / "runs")
+    slices = client.get("/api/emc/slices?run=done&iteration=2")
+    frames = client.get("/api/emc/frames?run=done&iteration=2")
+    assert slices.status_code == 422 and "8000^3" in slices.json()["error"]
+    assert frames.status_code == 422 and "60,000,000 values" in frames.json()["error"]
+    assert client.get("/api/runs").status_code == 200
+    series = client.get("/api/emc?run=done")
+    assert series.status_code == 200 and series.json()["planned"] is None      # the config was not parsed
+    (run.folder / "config.yaml").write_text("emc: {iterations: 3}\n")
+    assert local_client(tmp_path / "runs").get("/api/emc?run=done").json()["planned"] == 3
+
+
 # ---------------------------------------------------------------- the Host header
 
 @pytest.fixture

@@ -27,6 +27,9 @@ from spibatch.monitor.paths import NotFound, OutsideRoot, inside, within
 from spibatch.monitor.values import integer, number
 
 MAX_READ_BYTES = 64 << 20     # a JSON / YAML / JSON-lines file larger than this is not read whole (422)
+MAX_CONFIG_BYTES = 256 << 10  # config.yaml (spibatch writes a few kB; YAML is parsed at ~1 s a MB in Python)
+MAX_VOLUME_EDGE = 1024        # a volume's edge the monitor reads planes of (its chunks crossing a plane are read)
+MAX_SERIES = 50_000_000       # values of a 1-D dataset read whole (one per frame: 10^7 frames is the scale docs)
 TAIL_BYTES = 256 << 10        # the tail of a log shown on the page comes from this many last bytes
 _PROC_FD = Path("/proc/self/fd")
 
@@ -210,12 +213,17 @@ def volume(f, name: str, path: Path):
     if shape is None or len(shape) not in (3, 4) or (len(shape) == 4 and shape[0] != 1) \
             or len(set(shape[-3:])) != 1 or shape[-1] == 0 or ds.dtype.kind not in "fiub":
         raise BadFile(f"{path.name}: {name} is not a 3-D volume of numbers ({shape})")
+    if shape[-1] > MAX_VOLUME_EDGE:
+        raise BadFile(f"{path.name}: {name} is {shape[-1]}^3; the monitor shows volumes up to {MAX_VOLUME_EDGE}^3")
     return ds
 
 
 def dataset(f, names, path, required=True):
     for name in names:
         if name in f:
+            size = getattr(f[name], "size", 0) or 0
+            if size > MAX_SERIES:
+                raise BadFile(f"{path.name}: {name} holds {size:,} values; the monitor reads up to {MAX_SERIES:,}")
             return np.asarray(f[name][()], dtype=float)
     if required:   # a readable file without it (Dragonfly's outputs have no best_probability): nothing to show
         raise NotFound(f"{path.name}: no dataset {names[0]}")
