@@ -54,24 +54,31 @@ FIX_DETECTOR = "give a detector file written by Dragonfly (make_detector) or spi
 
 # ------------------------------------------------------------------ detector
 
+MAX_PIXELS = 100_000_000   # a detector file's pixels (AGIPD 1M: 10^6; the largest planned: ~10^7)
+
+
 def read_detector_arrays(path: str | os.PathLike) -> dict:
     """A Dragonfly detector file (layout in the module docstring), checked, as the keyword arguments of
     :class:`spibatch.detector.Detector` (use ``Detector.read(path)``)."""
     fix = FIX_DETECTOR
     with open_hdf5(path, fix) as f:
-        arrays = {}
+        datasets = {}
         for name in DETECTOR_ARRAYS:
             ds = require_dataset(f, name, path, fix)
             kind, kinds = ("integer", "iu") if name == "mask" else ("float", "f")
             if ds.ndim != 1 or ds.dtype.kind not in kinds:
                 raise InputError(f"expected a 1-D {kind} array, found shape {ds.shape} dtype {ds.dtype}",
                                  path=path, field=name, fix=fix)
-            arrays[name] = read_dataset(ds, (), path)
-        num_pix = len(arrays["qx"])
+            datasets[name] = ds
+        num_pix = datasets["qx"].shape[0]     # sizes from the declared shapes, before anything is read
+        if num_pix > MAX_PIXELS:
+            raise InputError(f"declares {num_pix:,} pixels; detectors of up to {MAX_PIXELS:,} are read", path=path,
+                             field="qx", fix="check the file: one entry per detector pixel")
         for name in DETECTOR_ARRAYS[1:]:
-            if len(arrays[name]) != num_pix:
-                raise InputError(f"has {len(arrays[name])} entries but qx has {num_pix}", path=path,
+            if datasets[name].shape[0] != num_pix:
+                raise InputError(f"has {datasets[name].shape[0]} entries but qx has {num_pix}", path=path,
                                  field=name, fix="qx, qy, qz, corr and mask need one entry per pixel")
+        arrays = {name: read_dataset(ds, (), path) for name, ds in datasets.items()}
         for name in ("qx", "qy", "qz", "corr"):
             bad = ~np.isfinite(arrays[name])
             if bad.any():

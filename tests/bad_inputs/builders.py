@@ -169,6 +169,14 @@ def detector_variant(edit: Callable[[h5py.File], None]) -> Callable:
     return build
 
 
+def declared_pixels(count: int) -> Callable[[h5py.File], None]:
+    """qx declared with ``count`` entries, none written (a file of a few kB that would be GBs when read)."""
+    def edit(f: h5py.File) -> None:
+        del f["qx"]
+        f.create_dataset("qx", (count,), "f8", chunks=(65536,), compression="gzip")
+    return edit
+
+
 def replace_dataset(name: str, value) -> Callable[[h5py.File], None]:
     def edit(f: h5py.File) -> None:
         del f[name]

@@ -331,6 +331,8 @@ CASES: list[Case] = [
              ["qx", "dataset missing"]),
     emc_file("detector-nan-qy", "file: detector", "detector", b.detector_variant(b.with_value("qy", 100, np.nan)),
              ["qy", "NaN"]),
+    emc_file("detector-declares-1e9-pixels", "file: detector", "detector",
+             b.detector_variant(b.declared_pixels(1_500_000_000)), ["qx", "1,500,000,000 pixels"]),
     emc_file("detector-mask-3", "file: detector", "detector", b.detector_variant(b.with_value("mask", 7, 3)),
              ["mask", "0, 1 or 2"]),
     emc_file("detector-all-excluded", "file: detector", "detector",
