@@ -242,6 +242,11 @@ class _Hdf5Photons:
                              field=odd[0] if len(odd) == 1 else "place_ones",
                              fix="place_ones, place_multi and count_multi need one row per frame")
         self.num_frames = lengths["place_ones"]
+        for name, ds in self.rows.items():   # each row written is at least a heap reference in the dataset
+            stored = ds.id.get_storage_size()
+            if stored < self.num_frames:
+                raise InputError(f"declares {self.num_frames:,} frames but its rows hold {stored:,} bytes: rows "
+                                 "never written", path=path, field=name, fix=FIX_PHOTONS)
 
     def block(self, start: int, stop: int) -> Photons:
         flat, indptr = {}, {}

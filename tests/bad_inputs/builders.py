@@ -88,6 +88,16 @@ def write_photons_h5(path: Path, rows: dict, num_pix=NUM_PIX, num_pix_dtype=np.i
                 ds.write_direct(out)
 
 
+def declared_photons(frames: int) -> Callable:
+    """A photons file of a few kB declaring ``frames`` frames whose rows were never written."""
+    def build(path: Path, base: Base) -> None:
+        with h5py.File(path, "w") as f:
+            f["num_pix"] = np.array([NUM_PIX], np.int32)
+            for name in ("place_ones", "place_multi", "count_multi"):
+                f.create_dataset(name, (frames,), h5py.vlen_dtype(np.int32), chunks=(1024,))
+    return build
+
+
 def write_photons_bin(path: Path, rows: dict, num_pix=NUM_PIX, kind=0, lengths=None) -> None:
     """Dragonfly's older binary .emc (1024-byte header, row lengths, then the flat arrays)."""
     ones, multi, count = rows["place_ones"], rows["place_multi"], rows["count_multi"]

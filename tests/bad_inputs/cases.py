@@ -289,6 +289,8 @@ CASES: list[Case] = [
              ["num_pix", "expected one integer"]),
     emc_file("photons-num-pix-zero", "file: photons", "photons", b.photons_variant(num_pix=0),
              ["num_pix", "positive pixel count"]),
+    emc_file("photons-declared-never-written", "file: photons", "photons", b.declared_photons(20_000_000),
+             ["place_ones", "20,000,000 frames", "never written"]),
     emc_file("photons-row-counts-differ", "file: photons", "photons", b.photons_variant(b.drop_rows("count_multi", 1)),
              ["count_multi", "row counts differ"]),
     emc_file("photons-ragged-late-row", "file: photons", "photons",
