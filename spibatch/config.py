@@ -389,6 +389,9 @@ def resolve_paths(pipeline: Pipeline, base: Path) -> Pipeline:
 
 
 def _absolute(base: Path, value: Path, key: str) -> Path:
+    if "\0" in str(value):
+        raise InputError("the path holds a NUL character", path=repr(str(value))[1:-1], field=key,
+                         fix="write the path without control characters")
     try:
         return (base / value).resolve()
     except (RuntimeError, OSError) as exc:   # a link loop: RuntimeError before Python 3.13, OSError (ELOOP) after

@@ -93,7 +93,13 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
 
     if root is not None:
         walk(root, ())
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:   # composed, but not constructible: a tag such as !!python/object (never run)
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        raise InputError(f"{getattr(exc, 'problem', None) or exc}".splitlines()[0], path=path, field=where,
+                         fix="settings are plain values: remove the !!tag") from None
     return data, lines
 
 

@@ -20,6 +20,7 @@ path without a background runs the same kernels as before.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from time import perf_counter
@@ -32,7 +33,18 @@ from spibatch.emc.merge import MERGE_BLOCK, merge, merge_with_background
 from spibatch.emc.types import PDIFF, PROB_MIN, TINY, PixelSet, Rotations, Shard, ShardSums, StepState
 from spibatch.photons import Photons
 
-REFINE_BLOCK = int(os.environ.get("SPIBATCH_REFINE_BLOCK", 32))   # likelihood block of a coarse-to-fine search
+def _positive_env(name: str, default: int) -> int:
+    """A tuning knob from the environment: a whole number >= 1, else ``default`` (said once in the log)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    if text.strip().isdigit() and int(text) >= 1:
+        return int(text)
+    logging.getLogger("spibatch").warning("%s=%r is not a whole number >= 1: %d is used", name, text[:40], default)
+    return default
+
+
+REFINE_BLOCK = _positive_env("SPIBATCH_REFINE_BLOCK", 32)   # likelihood block of a coarse-to-fine search
 
 
 def _threads() -> int:

@@ -34,6 +34,21 @@ def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: 
             mrc.voxel_size = float(voxel_size_angstrom)
 
 
+def check_extended_header(path: Path, field: str | None = None, fix: str = "") -> None:
+    """InputError when the header's extended-header length (NSYMBT, bytes 92-95) is negative or runs past the
+    end of the file: mrcfile would allocate it (2 GB for a 38 kB file) before finding the file too short."""
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+    if len(head) < 1024:
+        return                      # too short for a header: mrcfile says so
+    order = ">" if head[212] == 0x11 else "<"    # the machine stamp: big-endian 0x11, else little-endian
+    nsymbt = int(np.frombuffer(head[92:96], f"{order}i4")[0])
+    size = path.stat().st_size
+    if nsymbt < 0 or 1024 + nsymbt > size:
+        raise InputError(f"not a valid MRC file (its extended header of {nsymbt} bytes does not fit the file's "
+                         f"{size} bytes)", path=path, field=field, fix=fix)
+
+
 def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Read an MRC file: ``(volume [x, y, z] float32, voxel_size_angstrom)``.
 
@@ -46,6 +61,7 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     fix = "give an MRC2014 file holding one 3-D volume (e.g. written by `spibatch phase`)"
     if not path.is_file():
         raise InputError("file not found", path=path, fix=fix)
+    check_extended_header(path, fix=fix)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mrcfile warns before it raises; the InputError says it once
@@ -64,4 +80,4 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return volume, voxel[0]
 
 
-__all__ = ["write_mrc", "read_mrc"]
+__all__ = ["write_mrc", "read_mrc", "check_extended_header"]

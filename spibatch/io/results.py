@@ -234,6 +234,9 @@ def volume_shape(path: str | os.PathLike, name: str | None = None, *, field: str
 
         import mrcfile
 
+        from spibatch.io.mrc import check_extended_header
+
+        check_extended_header(path, field, fix)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -269,6 +269,16 @@ def declared_volume(name: str, shape: tuple[int, ...]) -> Callable:
     return build
 
 
+def mrc_extended_header(nsymbt: int) -> Callable:
+    """A valid 9^3 MRC file whose header then claims an extended header of ``nsymbt`` bytes."""
+    def build(path: Path, base: Base) -> None:
+        mrc_variant(np.ones((9, 9, 9)))(path, base)
+        data = bytearray(path.read_bytes())
+        data[92:96] = np.array([nsymbt], "<i4").tobytes()
+        path.write_bytes(bytes(data))
+    return build
+
+
 def mrc_variant(volume: np.ndarray, voxel=(2.0, 2.0, 2.0)) -> Callable:
     def build(path: Path, base: Base) -> None:
         import mrcfile
