@@ -81,10 +81,14 @@ def test_bad_cxi_files_are_skipped(tmp_path, caplog):
     with h5py.File(folder / "frames_00001b.cxi", "w") as f:       # no train IDs: numbered by its place
         f["entry_1/data_1/data"] = np.zeros((2, 16, 16), np.float32)
     (folder / "frames_00001c.cxi").write_bytes(b"not HDF5 at all")
+    os.mkfifo(tmp_path / "fifo")                                   # its frames on a FIFO: reading would hang
+    with h5py.File(folder / "frames_00001d.cxi", "w") as f:
+        f.create_dataset("entry_1/data_1/data", (2, 16, 16), "f4", external=[(str(tmp_path / "fifo"), 0, 2048)])
     with caplog.at_level(logging.WARNING, logger="spibatch"):
         summary = Follower(CxiFolderSource(folder, (16, 16), settle_s=0), detector, tmp_path / "follow",
                            FollowSettings(threshold=30, flush_s=0, idle_timeout_s=0.5)).run()
-    assert summary["bad_trains"] == {"unreadable file": 2, "repeated or non-monotonic train ID": 1}
+    assert summary["bad_trains"] == {"unreadable file": 3, "repeated or non-monotonic train ID": 1}
+    assert "frames_00001d.cxi: train unknown: entry_1/data_1/data: its data are external storage in" in caplog.text
     assert "frames_00001.cxi: train unknown: file: cannot be opened" in caplog.text
     assert "frames_00001c.cxi: train unknown: file: cannot be opened" in caplog.text
     assert "frames_00001b.cxi: train 3: train_id: not above the last train taken (10002)" in caplog.text

@@ -95,6 +95,14 @@ class CxiFolderSource:
             yield [Skipped("unreadable file", path.name, "file", f"cannot be opened ({error})")]
             return
         with f:
+            from spibatch.errors import InputError
+            from spibatch.io.hdf5 import check_other_files
+
+            try:
+                check_other_files(f, path)     # a FIFO behind external storage would hang the follower
+            except InputError as error:
+                yield [Skipped("unreadable file", path.name, error.field or "file", error.problem)]
+                return
             if self.data_path not in f or f[self.data_path].ndim < 2:
                 yield [Skipped("unreadable file", path.name, self.data_path, "no frame stack here")]
                 return
