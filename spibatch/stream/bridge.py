@@ -35,8 +35,10 @@ class BridgeSource:
 
     def __init__(self, endpoint: str, frame_shape: tuple[int, ...], *, source: str | None = None,
                  key: str = "image.data", sock: str = "REQ", timeout_s: float = 0.5):
+        import karabo_bridge.client
         from karabo_bridge import Client
 
+        karabo_bridge.client.deserialize = deserialize   # what Client.next decodes with: ours refuses pickles
         self.endpoint, self.frame_shape, self.source, self.key = endpoint, tuple(frame_shape), source, key
         self.client = Client(endpoint, sock=sock, timeout=timeout_s)
         self.name = f"karabo bridge {endpoint}"
@@ -47,9 +49,12 @@ class BridgeSource:
     def read(self) -> list:
         try:
             data, meta = self.client.next()
+            return [self._train(data, meta, time.time())]
         except TimeoutError:
             return []
-        return [self._train(data, meta, time.time())]
+        except Exception as exc:  # noqa: BLE001 - whatever a message holds, it costs one train, not the follow
+            text = " ".join(str(exc).split())[:160]
+            return [Skipped("malformed message", self.endpoint, "message", f"{exc.__class__.__name__}: {text}")]
 
     def close(self) -> None:
         self.client.__exit__(None, None, None)
@@ -111,3 +116,27 @@ class BridgeSource:
             axes = (2, 1, 0) if len(shape) == 2 else (3, 0, 2, 1)
             return np.ascontiguousarray(array.transpose(axes))
         return array[None] if array.ndim == len(shape) else array
+
+
+def deserialize(msg):
+    """``karabo_bridge.serializer.deserialize`` without its one unsafe path: protocol 1.0 decodes arrays with
+    msgpack_numpy, which unpickles an array of kind ``O`` -- code from whoever sends to the endpoint.  Such an
+    array is refused (ValueError: the train is skipped); every other message is decoded as the library does."""
+    import msgpack
+    import msgpack_numpy
+    import zmq
+    from karabo_bridge import serializer
+
+    frames = [m if isinstance(m, zmq.Frame) else zmq.Frame(m) for m in msg]
+    if len(frames) >= 2:
+        return serializer.deserialize(frames)
+
+    def decode(obj):
+        if isinstance(obj, dict) and obj.get(b"nd") is not None and obj.get(b"kind") == b"O":
+            raise ValueError("an array of Python objects (pickled): refused")
+        return msgpack_numpy.decode(obj)
+
+    data = msgpack.loads(frames[-1].bytes, raw=False, max_bin_len=0x7FFFFFFF, object_hook=decode)
+    if not isinstance(data, dict):
+        raise ValueError(f"a message of {type(data).__name__}, not a mapping of sources")
+    return data, {key: (value.get("metadata", {}) if isinstance(value, dict) else {}) for key, value in data.items()}

@@ -1,0 +1,63 @@
+"""A Karabo bridge endpoint is whoever answers on it: a message must never run code here (protocol 1.0's
+msgpack-numpy unpickles arrays of Python objects) and a malformed one costs one train, not the follow."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+msgpack = pytest.importorskip("msgpack", reason="the bridge needs msgpack (pip install '.[test]')")
+pytest.importorskip("karabo_bridge", reason="karabo-bridge is in the [test] extra")
+msgpack_numpy = pytest.importorskip("msgpack_numpy")
+
+from spibatch.stream.bridge import deserialize  # noqa: E402
+
+SOURCE = "SPB_DET_AGIPD1M-1/CAL/APPEND_CORRECTED"
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def message_1_0(array_field) -> list[bytes]:
+    return [msgpack.packb({SOURCE: {"image.data": array_field, "metadata": {"timestamp": {"tid": 5}}}},
+                          use_bin_type=True)]
+
+
+def test_a_pickled_object_array_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "payload-ran"
+    evil = {b"nd": True, b"kind": b"O", b"type": "|O", b"shape": [1], b"data": pickle.dumps(Payload(str(marker)))}
+    with pytest.raises(ValueError, match="pickled"):
+        deserialize(message_1_0(evil))
+    assert not marker.exists() and not os.path.exists(marker)
+
+
+def test_numeric_arrays_of_both_protocols_decode_as_the_library_does():
+    from karabo_bridge.serializer import serialize
+
+    frames = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    data, meta = deserialize(message_1_0(msgpack_numpy.encode(frames)))
+    assert np.array_equal(data[SOURCE]["image.data"], frames) and meta[SOURCE]["timestamp"]["tid"] == 5
+    data, meta = deserialize(serialize({SOURCE: {"image.data": frames}}, {SOURCE: {"timestamp.tid": 7}}))
+    assert np.array_equal(data[SOURCE]["image.data"], frames) and meta[SOURCE]["timestamp.tid"] == 7
+
+
+def test_a_malformed_message_is_one_skipped_train(monkeypatch):
+    from spibatch.stream.blocks import Skipped
+    from spibatch.stream.bridge import BridgeSource
+
+    source = BridgeSource("tcp://127.0.0.1:1", (4, 4), timeout_s=0.01)
+    try:
+        for bad in ([b"\xc1\xc1not msgpack"], message_1_0("a string, not frames")):
+            monkeypatch.setattr(source.client, "next", lambda bad=bad: deserialize(bad))
+            (item,) = source.read()
+            assert isinstance(item, Skipped) and item.reason == "malformed message"
+    finally:
+        source.close()
