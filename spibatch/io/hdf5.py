@@ -46,13 +46,12 @@ def open_hdf5(path: str | os.PathLike, fix: str) -> Iterator[h5py.File]:
 
 
 def other_files(f: h5py.File) -> list[tuple[str, str, str]]:
-    """``(dataset, how, file)`` for every dataset of ``f`` whose data live in another file: external storage
-    (raw bytes of any file) or a virtual dataset's sources (``"."``, the file itself, left out).  Nothing is read."""
-    found = []
+    """``(object, how, file)`` for every object of ``f`` whose data live in another file: external storage
+    (raw bytes of any file), a virtual dataset's sources (``"."``, the file itself, left out) and external
+    links (not followed).  Nothing is read; soft links are not followed (their targets are reached by name)."""
+    found, seen = [], set()
 
-    def visit(name, obj):
-        if not isinstance(obj, h5py.Dataset):
-            return
+    def dataset(name, obj):
         plist = obj.id.get_create_plist()
         for i in range(plist.get_external_count()):
             found.append((name, "external storage", plist.get_external(i)[0].decode(errors="replace")))
@@ -62,24 +61,56 @@ def other_files(f: h5py.File) -> list[tuple[str, str, str]]:
                 if source != ".":
                     found.append((name, "a virtual dataset", source))
 
-    f.visititems(visit)
+    def walk(group, prefix):
+        for key in group:
+            name = f"{prefix}{key}"
+            link = group.get(key, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                found.append((name, "an external link", link.filename))
+            elif isinstance(link, h5py.HardLink):
+                obj = group.get(key)
+                if obj is None or obj.id in seen or len(seen) > MAX_OBJECTS:
+                    continue
+                seen.add(obj.id)
+                if isinstance(obj, h5py.Dataset):
+                    dataset(name, obj)
+                elif isinstance(obj, h5py.Group):
+                    walk(obj, name + "/")
+
+    walk(f, "")
     return found
 
 
-def check_other_files(f: h5py.File, path: str | os.PathLike) -> None:
-    """InputError when a dataset of ``f`` keeps its data in a file that is not a regular file (a FIFO or a device
-    would hang or never end the read).  Data in other regular files (a virtual CXI file over a run's files)
-    are read as HDF5 reads them; a file that is missing fails at the read, as a corrupt one does."""
+MAX_OBJECTS = 100_000   # objects of one file looked at by other_files (a file of ours holds a few dozen)
+
+
+def check_other_files(f: h5py.File, path: str | os.PathLike, depth: int = 0) -> None:
+    """InputError when an object of ``f`` keeps its data in a file that is not a regular file (a FIFO or a
+    device would hang or never end the read), also behind an external link to a regular HDF5 file (checked
+    the same way, three links deep at most).  Data in other regular files (a virtual CXI file over a run's
+    files) are read as HDF5 reads them; a file that is missing fails at the read, as a corrupt one does."""
     base = Path(path).resolve().parent
     for name, how, other in other_files(f):
         if "%" in other:          # a virtual source's printf pattern: HDF5 expands it at the read
             continue
         for candidate in ([Path(other)] if os.path.isabs(other) else [base / other, Path.cwd() / other]):
-            if os.path.lexists(candidate):
-                if not candidate.is_file():
-                    raise InputError(f"its data are {how} in {candidate}, which is not a regular file", path=path,
-                                     field=name, fix="copy the data into a regular file (h5repack) and give that")
-                break
+            if not os.path.lexists(candidate):
+                continue
+            if not candidate.is_file():
+                raise InputError(f"its data are {how} in {candidate}, which is not a regular file", path=path,
+                                 field=name, fix="copy the data into a regular file (h5repack) and give that")
+            if how == "an external link":
+                if depth >= 3:
+                    raise InputError(f"{how} to {candidate} leads through more than 3 files", path=path,
+                                     field=name, fix="copy the data into the file (h5repack)")
+                if is_hdf5(candidate):
+                    try:
+                        with h5py.File(candidate, "r") as linked:
+                            check_other_files(linked, candidate, depth + 1)
+                    except InputError as inner:   # named from the file the user gave
+                        raise InputError(f"{how} to {candidate}, whose {inner.field}: {inner.problem}", path=path,
+                                         field=name, fix=inner.fix) from None
+            break
 
 
 def require_dataset(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> h5py.Dataset:

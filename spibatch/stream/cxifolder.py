@@ -89,6 +89,9 @@ class CxiFolderSource:
     def _file(self, path: Path, ordinal: int):
         import h5py
 
+        if not path.is_file():          # a FIFO named *.cxi would hang the open
+            yield [Skipped("unreadable file", path.name, "file", "not a regular file")]
+            return
         try:
             f = h5py.File(path, "r")
         except OSError as error:

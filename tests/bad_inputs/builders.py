@@ -260,6 +260,19 @@ def external_on_fifo(name: str) -> Callable:
     return build
 
 
+def external_link_to_fifo_storage(name: str) -> Callable:
+    """``name`` an external link to a second (regular) HDF5 file whose dataset is external storage on a FIFO:
+    a hang two files away."""
+    def build(path: Path, base: Base) -> None:
+        fifo, inner = path.parent / "fifo2", path.parent / "inner.h5"
+        os.mkfifo(fifo)
+        with h5py.File(inner, "w") as f:
+            f.create_dataset("x", (4, 16, 16), "f4", external=[(str(fifo), 0, 4096)])
+        with h5py.File(path, "w") as f:
+            f[name] = h5py.ExternalLink(str(inner), "/x")
+    return build
+
+
 def declared_volume(name: str, shape: tuple[int, ...]) -> Callable:
     """An HDF5 dataset of a huge declared shape that holds no data (a tiny file: chunks are never written)."""
     def build(path: Path, base: Base) -> None:

@@ -455,6 +455,8 @@ CASES: list[Case] = [
     Case("cxi-missing", "file: CXI (spibatch ingest)", ["ingest", "gone.cxi"], {}, ["gone.cxi", "file not found"]),
     ingest_cli("cxi-directory", b.directory, ["directory"]),
     ingest_cli("cxi-not-hdf5", NOT_A_PDB, ["not an HDF5 file"]),
+    ingest_cli("cxi-external-link-to-fifo-storage", b.external_link_to_fifo_storage("entry_1/data_1/data"),
+               ["inner.h5", "external storage", "not a regular file"]),
     ingest_cli("cxi-rank-2", b.cxi_variant(lambda: np.ones((30, 16), np.float32), geometry=False),
                ["/entry_1/data_1/data", "3-D or 4-D"]),
     ingest_cli("cxi-strings", b.cxi_variant(lambda: np.full((3, 4, 4), b"ab"), geometry=False),
