@@ -260,3 +260,32 @@ def test_the_phasing_model_takes_the_rate_timed_at_the_workloads_edge_and_thread
     assert model.phasing_rate_at(rates, 64, 2, beta=1.0) == 4e-10 / 2   # edge not timed: the median rate
     n3 = 91 ** 3 * np.log2(91 ** 3)
     assert model.phasing_terms(91, 2, rates, None) == pytest.approx(7e-10 * n3)
+
+
+def test_the_bench_folder_is_new_empty_or_a_bench_and_holds_no_links(tmp_path):
+    """A resumed bench removes half-done points (``points/<point>``): through a link that removed another
+    folder's files; a folder of other files (a report.html of one's own) would be written over."""
+    from spibatch.bench import check_out
+    from spibatch.errors import InputError
+
+    check_out(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    check_out(tmp_path / "empty")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "report.html").write_text("mine")
+    with pytest.raises(InputError, match="holds no bench.json"):
+        check_out(other)
+    victim = tmp_path / "victim"
+    (victim / "local_htc_w1").mkdir(parents=True)
+    (victim / "local_htc_w1" / "keep.txt").write_text("precious")
+    for link_at in ("points", "points/local_htc_w1"):
+        bench = tmp_path / f"bench-{link_at.count('/')}"
+        (bench / "points").mkdir(parents=True)
+        (bench / "bench.json").write_text("{}")
+        if link_at == "points":
+            (bench / "points").rmdir()
+        (bench / link_at).symlink_to(victim if link_at == "points" else victim / "local_htc_w1")
+        with pytest.raises(InputError, match="is a symbolic link"):
+            check_out(bench)
+    assert (victim / "local_htc_w1" / "keep.txt").read_text() == "precious"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger("spibatch")
@@ -49,6 +50,15 @@ def check_out(out: Path) -> None:
     if (out / layout.PROVENANCE).exists():
         raise InputError("this folder holds a spibatch run, not a bench", path=out, field="--out",
                          fix="choose a new folder, or an earlier bench's to resume it")
+    if out.is_dir() and any(out.iterdir()) and not (out / "bench.json").is_file():
+        raise InputError("is not empty and holds no bench.json (not an earlier bench's folder)", path=out,
+                         field="--out", fix="choose a new or empty folder, or an earlier bench's to resume it")
+    for folder in (out, out / "points"):   # a resumed bench removes half-done points: never through a link
+        entries = list(os.scandir(folder)) if folder.is_dir() and not folder.is_symlink() else []
+        for entry in entries:
+            if entry.is_symlink():
+                raise InputError(f"{entry.name} is a symbolic link (to {os.readlink(entry.path)}); a bench folder "
+                                 "holds none", path=folder, field="--out", fix=f"remove the link {entry.path}")
 
 
 def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_run: bool,
