@@ -60,8 +60,9 @@ class Atoms:
 
 
 def read_structure(path: str | os.PathLike, *, assembly: bool = True,
-                   keep_waters: bool = False) -> Atoms:
-    """Read the atoms of ``path`` (PDB or mmCIF, optionally gzipped); see the module notes.
+                   keep_waters: bool = False, expand: bool = True) -> Atoms:
+    """Read the atoms of ``path`` (PDB or mmCIF, optionally gzipped); see the module notes.  ``expand``
+    False: the assembly's size is checked but the atoms are returned as the file holds them (a quick check).
 
     Raises InputError (naming the file) when it is missing, unreadable, not a
     structure file, holds no atoms, or holds atoms of unknown element.
@@ -107,16 +108,45 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
     if (z <= 0).any():
         raise InputError(f"{int((z <= 0).sum())} atoms of unknown element", path=path,
                          field="element column", fix="fill the element symbols (columns 77-78 of ATOM records)")
+    for name, values, ok in (("coordinates", xyz, np.isfinite(xyz).all(axis=1)),
+                             ("occupancy", occ, np.isfinite(occ) & (occ >= 0)),
+                             ("B-factor", b, np.isfinite(b))):
+        if not ok.all():
+            first = int(np.argmin(ok))
+            raise InputError(f"atom {first + 1}: {name} {values[first]} is not a finite number"
+                             + (" >= 0" if name == "occupancy" else ""), path=path, field=name,
+                             fix="correct the file (the ATOM record's columns)")
 
     if assembly and len(structure.assemblies) > 0:
-        xyz, z, occ, b = _expand_assembly(structure.assemblies[0], xyz, z, occ, b,
-                                          np.asarray(chain_of), np.asarray(subchain_of))
+        made = _assembly_atoms(structure.assemblies[0], np.asarray(chain_of), np.asarray(subchain_of))
+        if made > MAX_ATOMS:
+            raise InputError(f"its biological assembly makes {made:,} atoms; at most {MAX_ATOMS:,} are simulated",
+                             path=path, field="assembly", fix="set simulation.assembly: false (the file's atoms as "
+                             "they are), or give a file of the assembly you want")
+        if expand:
+            xyz, z, occ, b = _expand_assembly(structure.assemblies[0], xyz, z, occ, b,
+                                              np.asarray(chain_of), np.asarray(subchain_of))
 
     weights = z * occ
     if weights.sum() <= 0:
         raise InputError("all atoms have zero occupancy", path=path, field="occupancy", fix=fix)
     centre = (xyz * weights[:, None]).sum(axis=0) / weights.sum()
+    if not np.abs(xyz - centre).max() > 0:
+        raise InputError(f"all {len(xyz)} atoms lie at one point: the particle has no extent", path=path,
+                         field="coordinates", fix=fix)
     return Atoms(positions_m=(xyz - centre) * ANGSTROM, atomic_numbers=z, occupancy=occ, b_factor_a2=b)
+
+
+MAX_ATOMS = 20_000_000   # atoms simulated (2e6 took 14 s and 1 GB to read; the assembly's copies cost the same)
+
+
+def _assembly_atoms(assembly, chains, subchains) -> int:
+    """How many atoms :func:`_expand_assembly` would make (counted, nothing copied)."""
+    total = 0
+    for gen in assembly.generators:
+        names = list(gen.subchains) if len(gen.subchains) > 0 else list(gen.chains)
+        total += int(np.isin(subchains if len(gen.subchains) > 0 else chains, names).sum()) * len(gen.operators)
+    return total
 
 
 def _expand_assembly(assembly, xyz, z, occ, b, chains, subchains):

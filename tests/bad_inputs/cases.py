@@ -105,6 +105,11 @@ def run(ident: str, category: str, base: dict, expect: list[str], files: dict | 
 
 
 NOT_A_PDB = b.text("this is not a structure file\n")
+
+
+def atom_line(x: str, y: str, z: str) -> str:
+    """One carbon ATOM record of a PDB file at (x, y, z) Angstrom (text, so "nan" can be written)."""
+    return f"ATOM      1  CA  ALA A   1    {x:>8}{y:>8}{z:>8}  1.00 20.00           C\n"
 LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{x}: &{x} [" + ", ".join([f"*{p}"] * 9) + "]\n" for p, x in zip("abcdefgh", "bcdefghi"))
 PHOTONS_LAST = b.FRAMES - 1
@@ -190,6 +195,11 @@ CASES: list[Case] = [
          files={"pdbdir": b.directory}, simulation__pdb="pdbdir"),
     pipe("file: PDB/mmCIF", "pdb-symlink-loop", "simulate", SIM, ["loop.pdb", "simulation.pdb"],
          files={"loop.pdb": b.symlink("loop.pdb")}, simulation__pdb="loop.pdb"),
+    pipe("file: PDB/mmCIF", "pdb-coordinates-nan", "simulate", SIM, ["nan.pdb", "coordinates", "not a finite"],
+         files={"nan.pdb": b.text(atom_line("nan", "nan", "nan") + atom_line("5.0", "2.0", "3.0") + "END\n")},
+         simulation__pdb="nan.pdb"),
+    pipe("file: PDB/mmCIF", "pdb-one-atom", "simulate", SIM, ["one.pdb", "no extent"],
+         files={"one.pdb": b.text(atom_line("1.0", "2.0", "3.0") + "END\n")}, simulation__pdb="one.pdb"),
     pipe("file: PDB/mmCIF", "pdb-garbage", "simulate", SIM, ["junk.pdb", "simulation.pdb"],
          files={"junk.pdb": NOT_A_PDB}, simulation__pdb="junk.pdb"),
     pipe("file: PDB/mmCIF", "pdb-no-atoms", "simulate", SIM, ["empty.pdb", "simulation.pdb", "no atoms"],
