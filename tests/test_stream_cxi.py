@@ -22,7 +22,7 @@ from spibatch import layout
 from spibatch.detector import Detector
 from spibatch.io.dragonfly import read_photons, write_detector
 from spibatch.photons import Photons
-from spibatch.stream.cxifolder import CxiFolderSource
+from spibatch.stream.cxifolder import TRAIN_IDS, CxiFolderSource
 from spibatch.stream.follower import Follower, FollowSettings
 from spibatch.stream.replay import FrameSet, replay, simulated
 from spibatch.stream.shards import ChunkShards
@@ -85,11 +85,15 @@ def test_bad_cxi_files_are_skipped(tmp_path, caplog):
     with h5py.File(folder / "frames_00001d.cxi", "w") as f:
         f.create_dataset("entry_1/data_1/data", (2, 16, 16), "f4", external=[(str(tmp_path / "fifo"), 0, 2048)])
     os.mkfifo(folder / "frames_00001e.cxi")                        # a FIFO by the name of a file
+    with h5py.File(folder / "frames_00001f.cxi", "w") as f:         # train IDs that are text
+        f["entry_1/data_1/data"] = np.zeros((2, 16, 16), np.float32)
+        f[TRAIN_IDS] = np.array([b"a", b"b"])
     with caplog.at_level(logging.WARNING, logger="spibatch"):
         summary = Follower(CxiFolderSource(folder, (16, 16), settle_s=0), detector, tmp_path / "follow",
                            FollowSettings(threshold=30, flush_s=0, idle_timeout_s=0.5)).run()
-    assert summary["bad_trains"] == {"unreadable file": 4, "repeated or non-monotonic train ID": 1}
+    assert summary["bad_trains"] == {"unreadable file": 5, "repeated or non-monotonic train ID": 1}
     assert "frames_00001e.cxi: train unknown: file: not a regular file" in caplog.text
+    assert "frames_00001f.cxi: train unknown: file: ValueError" in caplog.text
     assert "frames_00001d.cxi: train unknown: entry_1/data_1/data: its data are external storage in" in caplog.text
     assert "frames_00001.cxi: train unknown: file: cannot be opened" in caplog.text
     assert "frames_00001c.cxi: train unknown: file: cannot be opened" in caplog.text

@@ -90,7 +90,15 @@ def _read_mask(f: h5py.File, path: str | os.PathLike, mask_path: str | None,
         if ds.shape not in (frame_shape, (1,) + frame_shape) or ds.dtype.kind not in "biuf":
             raise InputError(f"expected a mask of shape {frame_shape}, found shape {ds.shape} dtype {ds.dtype}",
                              path=path, field=name, fix=fix)
-        return (read_dataset(ds, (), path) != 0).reshape(-1)
+        values = read_dataset(ds, (), path)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise InputError(f"{int((~np.isfinite(values)).sum())} values are NaN or inf", path=path, field=name,
+                             fix=fix)
+        bad = (values != 0).reshape(-1)
+        if bad.all():
+            raise InputError(f"marks every one of the {bad.size} pixels bad: nothing to ingest", path=path,
+                             field=name, fix=fix)
+        return bad
     return None
 
 

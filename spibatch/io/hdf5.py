@@ -114,8 +114,12 @@ def check_other_files(f: h5py.File, path: str | os.PathLike, depth: int = 0) -> 
 
 
 def require_dataset(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> h5py.Dataset:
-    """The dataset ``name`` of ``f``; InputError when it is missing or is a group."""
-    obj = f.get(name)
+    """The dataset ``name`` of ``f``; InputError when it is missing, is a group, or its links loop."""
+    try:
+        obj = f.get(name)
+    except (RuntimeError, KeyError, OSError) as exc:   # "Special link traversal failed (too many links)"
+        raise InputError(f"cannot follow the path ({short_reason(exc)}): a soft link loop?", path=path, field=name,
+                         fix=fix) from None
     if not isinstance(obj, h5py.Dataset):
         problem = "dataset missing" if obj is None else "expected a dataset, found a group"
         raise InputError(problem, path=path, field=name, fix=fix)

@@ -87,6 +87,15 @@ class CxiFolderSource:
         return None
 
     def _file(self, path: Path, ordinal: int):
+        """The file's blocks; whatever is wrong with it (beyond what :meth:`_blocks` says itself) skips the rest of
+        the file with one line, never the follow."""
+        try:
+            yield from self._blocks(path, ordinal)
+        except Exception as exc:  # noqa: BLE001 - a file of the folder is anybody's: it costs its trains only
+            text = " ".join(str(exc).split())[:160]
+            yield [Skipped("unreadable file", path.name, "file", f"{exc.__class__.__name__}: {text}")]
+
+    def _blocks(self, path: Path, ordinal: int):
         import h5py
 
         if not path.is_file():          # a FIFO named *.cxi would hang the open
