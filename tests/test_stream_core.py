@@ -137,6 +137,18 @@ def test_bad_trains_are_logged_counted_and_skipped(tmp_path, caplog):
     assert status["bad_trains_total"] == 2
 
 
+def test_a_bogus_train_id_far_ahead_is_not_taken_and_does_not_block_the_rest(tmp_path):
+    """One train ID 2^62 among real ones (a bad message): skipped as a jump; the trains after it are taken."""
+    frames = FrameSet.synthetic(DET.shape, 8, 4, hit_fraction=0.5, photons_per_hit=300)
+    good = blocks_of(frames)
+    bogus = Block(good[3].data, [2 ** 62] * 4, range(4), "bridge")
+    out = tmp_path / "follow"
+    summary = Follower(ListSource(good[:3] + [bogus] + good[3:]), DET, out,
+                       FollowSettings(threshold=100, flush_s=0)).run()
+    assert summary["bad_trains"] == {"train ID jump": 1}
+    assert set(chunk_ids(out)) == hit_ids(frames)
+
+
 def test_the_stop_file_ends_the_follow_after_committing(tmp_path):
     """`spibatch stop` says the data have ended: what has arrived (here: three more trains waiting in the
     source) is still read and committed, then the follow ends, naming the stop file."""

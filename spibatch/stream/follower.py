@@ -40,6 +40,7 @@ from spibatch.stream.kernel import FLAG_TOO_LARGE, Counter
 from spibatch.stream.store import ALREADY_INGESTED, FRAME_STATS, Store
 
 log = logging.getLogger("spibatch")
+MAX_TRAIN_JUMP = 10 ** 8   # train IDs (10 a second at EuXFEL): 115 days; a bigger step up is a bogus ID
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,13 @@ class Follower:
             return
         self._count_bad(item.reason, max(len(item.trains), 1))
         if item.trains and self.started:   # a train found bad is taken (once), like a good one
-            self.last_train = max(self.last_train, max(item.trains))
+            plausible = [t for t in item.trains if not self._jumps(t)]
+            self.last_train = max([self.last_train, *plausible])
+
+    def _jumps(self, tid: int) -> bool:
+        """A train ID more than MAX_TRAIN_JUMP above the last one taken: a bogus one, which taken would make every
+        real train after it look repeated (for good: the last train is committed)."""
+        return self.last_train >= 0 and tid - self.last_train > MAX_TRAIN_JUMP
 
     def _block(self, block: Block) -> bool:
         """Process one block; True when it brought a new train (False: refused or already taken)."""
@@ -220,10 +227,12 @@ class Follower:
         tids = block.train_ids.astype(np.int64)
         keep = np.zeros(len(tids), bool)
         edges = np.flatnonzero(np.diff(tids)) + 1
-        repeated = []
+        repeated, jumped = [], []
         for a, b in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(tids)]])):
             tid = int(tids[a])
-            if tid > self.last_train:
+            if tid > self.last_train and self._jumps(tid):
+                jumped.append(tid)
+            elif tid > self.last_train:
                 self._report_old()
                 keep[a:b] = True
                 self.last_train = tid
@@ -237,6 +246,9 @@ class Follower:
         if repeated:
             self._skipped(Skipped("repeated or non-monotonic train ID", block.source, "train_id",
                                   f"not above the last train taken ({self.last_train})", tuple(repeated)))
+        if jumped:
+            self._skipped(Skipped("train ID jump", block.source, "train_id", f"more than {MAX_TRAIN_JUMP:,} above "
+                                  f"the last train taken ({self.last_train}): not taken", tuple(jumped)))
         return keep
 
     def _report_old(self) -> None:
