@@ -24,6 +24,7 @@ log = logging.getLogger("spibatch")
 
 DATA = "/entry_1/data_1/data"
 TRAIN_IDS, PULSE_IDS = "/entry_1/trainId", "/entry_1/pulseId"
+MAX_BLOCK_BYTES = 2 << 30   # frames read at once (as float32): a file without train IDs is one train
 
 
 class CxiFolderSource:
@@ -125,8 +126,16 @@ class CxiFolderSource:
                 pulse_ids = f[PULSE_IDS][:].astype(np.uint64) if PULSE_IDS in f else np.arange(n)
             else:
                 train_ids, pulse_ids = np.full(n, ordinal, np.uint64), np.arange(n, dtype=np.uint64)
+            frame_bytes = 4 * int(np.prod(data.shape[1:]))
             for start, stop in _train_blocks(train_ids, self.frames_per_block):
                 if int(train_ids[stop - 1]) <= self.skip:
+                    continue
+                if (stop - start) * frame_bytes > MAX_BLOCK_BYTES:   # one train is one block: never cut
+                    trains = tuple(int(t) for t in np.unique(train_ids[start:stop]))
+                    yield [Skipped("unreadable data", path.name, self.data_path,
+                                   f"{stop - start:,} frames in one train ({(stop - start) * frame_bytes / 2**30:.1f} "
+                                   f"GiB) exceed the {MAX_BLOCK_BYTES >> 30} GiB a block may hold (write "
+                                   f"{TRAIN_IDS} so that it is read by train)", trains)]
                     continue
                 try:
                     frames = np.asarray(data[start:stop], np.float32)
