@@ -258,18 +258,18 @@ def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...]) -> None:
                              path=name, field="--resume", fix="resume with the original file, or start a new run")
 
 
-def check_no_links(path: Path) -> None:
-    """InputError when an entry of the run folder ``path`` is a symbolic link: spibatch makes none, and a
-    resume writes through its own files and folders (log.txt, emc/, phase/, ...), which a link would take
-    elsewhere."""
+def check_no_links(path: Path, field: str = "--resume") -> None:
+    """InputError when an entry of the folder ``path`` (a run's, a bench's) is a symbolic link: spibatch makes
+    none, and a resume writes through (and removes half-done parts of) its own files and folders -- log.txt,
+    emc/, points/ --, which a link would take elsewhere."""
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError:
         return   # read_provenance has said what is wrong with the folder
     for entry in entries:
         if entry.is_symlink():
-            raise InputError(f"{entry.name} is a symbolic link (to {os.readlink(entry.path)}); a run's own files "
-                             "and folders are never links", path=path, field="--resume",
+            raise InputError(f"{entry.name} is a symbolic link (to {os.readlink(entry.path)}); spibatch's own files "
+                             "and folders are never links", path=path, field=field,
                              fix=f"remove the link {entry.path} (copy the file in its place if it is the run's own)")
 
 

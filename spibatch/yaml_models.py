@@ -58,10 +58,8 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "YAML"
-        raise InputError(f"not valid YAML ({getattr(exc, 'problem', exc)})", path=path, field=where,
-                         fix="fix the YAML syntax (indentation, colons, quotes)") from None
+        raise _yaml_error(exc, path, f"not valid YAML ({getattr(exc, 'problem', exc)})",
+                          "fix the YAML syntax (indentation, colons, quotes)") from None
     except RecursionError:
         raise InputError(f"nested more than {MAX_YAML_DEPTH} levels deep", path=path, field="YAML",
                          fix="a settings file is a few levels of keys: check the brackets") from None
@@ -96,11 +94,15 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:   # composed, but not constructible: a tag such as !!python/object (never run)
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "YAML"
-        raise InputError(f"{getattr(exc, 'problem', None) or exc}".splitlines()[0], path=path, field=where,
-                         fix="settings are plain values: remove the !!tag") from None
+        raise _yaml_error(exc, path, f"{getattr(exc, 'problem', None) or exc}".splitlines()[0],
+                          "settings are plain values: remove the !!tag") from None
     return data, lines
+
+
+def _yaml_error(exc, path: Path, problem: str, fix: str) -> InputError:
+    """The one line for a YAML parser's error, at the line it marks."""
+    mark = getattr(exc, "problem_mark", None)
+    return InputError(problem, path=path, field=f"line {mark.line + 1}" if mark else "YAML", fix=fix)
 
 
 def _describe(value: Any) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 log = logging.getLogger("spibatch")
@@ -44,6 +43,7 @@ def check_out(out: Path) -> None:
     """The bench folder may be new, or an earlier bench's (resumed): not a file, not a spibatch run's folder."""
     from spibatch import layout
     from spibatch.errors import InputError
+    from spibatch.rundir import check_no_links
 
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory", path=out, field="--out", fix="choose a folder for the bench")
@@ -54,11 +54,8 @@ def check_out(out: Path) -> None:
         raise InputError("is not empty and holds no bench.json (not an earlier bench's folder)", path=out,
                          field="--out", fix="choose a new or empty folder, or an earlier bench's to resume it")
     for folder in (out, out / "points"):   # a resumed bench removes half-done points: never through a link
-        entries = list(os.scandir(folder)) if folder.is_dir() and not folder.is_symlink() else []
-        for entry in entries:
-            if entry.is_symlink():
-                raise InputError(f"{entry.name} is a symbolic link (to {os.readlink(entry.path)}); a bench folder "
-                                 "holds none", path=folder, field="--out", fix=f"remove the link {entry.path}")
+        if folder.is_dir():
+            check_no_links(folder, field="--out")
 
 
 def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_run: bool,

@@ -165,14 +165,14 @@ class open_h5:
             raise NotReady(f"{self.path.name} cannot be read yet ({_first_line(exc)})") from None
         try:
             others = other_files(self.f)
+            problem = None if not others else (   # spibatch writes none: bytes of any file (or a FIFO) outside
+                f"{others[0][0]} keeps its data in another file ({others[0][1]}: {others[0][2]}); the monitor shows "
+                "only data inside the run's files")   # the root would be served
         except Exception as exc:
+            problem = f"cannot be shown ({_first_line(exc)})"
+        if problem:
             self.__exit__(None, None, None)
-            raise BadFile(f"{self.path.name} cannot be shown ({_first_line(exc)})") from None
-        if others:   # spibatch writes none: bytes of any file (or a FIFO) outside the root would be served
-            self.__exit__(None, None, None)
-            name, how, other = others[0]
-            raise BadFile(f"{self.path.name}: {name} keeps its data in another file ({how}: {other}); the monitor "
-                          "shows only data inside the run's files")
+            raise BadFile(f"{self.path.name}: {problem}")
         return self.f
 
     def __exit__(self, kind, exc, tb):

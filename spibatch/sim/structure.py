@@ -140,23 +140,25 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
 MAX_ATOMS = 20_000_000   # atoms simulated (2e6 took 14 s and 1 GB to read; the assembly's copies cost the same)
 
 
+def _generators(assembly, chains, subchains):
+    """``(atoms selected (N,) bool, generator)`` for each of the assembly's generators: the subchains it names,
+    else its chains."""
+    for gen in assembly.generators:
+        if len(gen.subchains) > 0:
+            yield np.isin(subchains, list(gen.subchains)), gen
+        else:
+            yield np.isin(chains, list(gen.chains)), gen
+
+
 def _assembly_atoms(assembly, chains, subchains) -> int:
     """How many atoms :func:`_expand_assembly` would make (counted, nothing copied)."""
-    total = 0
-    for gen in assembly.generators:
-        names = list(gen.subchains) if len(gen.subchains) > 0 else list(gen.chains)
-        total += int(np.isin(subchains if len(gen.subchains) > 0 else chains, names).sum()) * len(gen.operators)
-    return total
+    return sum(int(select.sum()) * len(gen.operators) for select, gen in _generators(assembly, chains, subchains))
 
 
 def _expand_assembly(assembly, xyz, z, occ, b, chains, subchains):
     """Apply the assembly's operators to the chains each generator names (Angstrom in, out)."""
     parts = []
-    for gen in assembly.generators:
-        if len(gen.subchains) > 0:
-            select = np.isin(subchains, list(gen.subchains))
-        else:
-            select = np.isin(chains, list(gen.chains))
+    for select, gen in _generators(assembly, chains, subchains):
         if not select.any():
             continue
         for op in gen.operators:

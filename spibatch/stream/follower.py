@@ -230,7 +230,7 @@ class Follower:
         repeated, jumped = [], []
         for a, b in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(tids)]])):
             tid = int(tids[a])
-            if tid > self.last_train and self._jumps(tid):
+            if self._jumps(tid):
                 jumped.append(tid)
             elif tid > self.last_train:
                 self._report_old()
