@@ -149,6 +149,18 @@ def test_a_bogus_train_id_far_ahead_is_not_taken_and_does_not_block_the_rest(tmp
     assert set(chunk_ids(out)) == hit_ids(frames)
 
 
+def test_a_bogus_first_train_id_is_not_taken(tmp_path):
+    """The first train ever has no last train to jump from: an ID outside 0..2^40 is still refused, else every
+    real train after it would be 'repeated'."""
+    frames = FrameSet.synthetic(DET.shape, 6, 4, hit_fraction=0.5, photons_per_hit=300)
+    good = blocks_of(frames)
+    items = [Block(good[0].data, [2 ** 62] * 4, range(4), "bridge"), Block(good[0].data, [2 ** 41] * 4, range(4), "bridge")]
+    out = tmp_path / "follow"
+    summary = Follower(ListSource(items + good), DET, out, FollowSettings(threshold=100, flush_s=0)).run()
+    assert summary["bad_trains"] == {"train ID jump": 2}
+    assert set(chunk_ids(out)) == hit_ids(frames)
+
+
 def test_the_stop_file_ends_the_follow_after_committing(tmp_path):
     """`spibatch stop` says the data have ended: what has arrived (here: three more trains waiting in the
     source) is still read and committed, then the follow ends, naming the stop file."""

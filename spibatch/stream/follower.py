@@ -41,6 +41,7 @@ from spibatch.stream.store import ALREADY_INGESTED, FRAME_STATS, Store
 
 log = logging.getLogger("spibatch")
 MAX_TRAIN_JUMP = 10 ** 8   # train IDs (10 a second at EuXFEL): 115 days; a bigger step up is a bogus ID
+MAX_TRAIN_ID = 2 ** 40     # 1.1e12 trains: 3 500 years at 10 a second; a bigger (or negative) ID is bogus, even the first
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,11 @@ class Follower:
             self.last_train = max([self.last_train, *plausible])
 
     def _jumps(self, tid: int) -> bool:
-        """A train ID more than MAX_TRAIN_JUMP above the last one taken: a bogus one, which taken would make every
-        real train after it look repeated (for good: the last train is committed)."""
+        """A train ID more than MAX_TRAIN_JUMP above the last one taken, or outside 0..MAX_TRAIN_ID (which guards
+        the first train too): a bogus one, which taken would make every real train after it look repeated (for
+        good: the last train is committed)."""
+        if tid < 0 or tid > MAX_TRAIN_ID:
+            return True
         return self.last_train >= 0 and tid - self.last_train > MAX_TRAIN_JUMP
 
     def _block(self, block: Block) -> bool:
@@ -248,7 +252,8 @@ class Follower:
                                   f"not above the last train taken ({self.last_train})", tuple(repeated)))
         if jumped:
             self._skipped(Skipped("train ID jump", block.source, "train_id", f"more than {MAX_TRAIN_JUMP:,} above "
-                                  f"the last train taken ({self.last_train}): not taken", tuple(jumped)))
+                                  f"the last train taken ({self.last_train}) or outside 0..2^40: not taken",
+                                  tuple(jumped)))
         return keep
 
     def _report_old(self) -> None:
