@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import h5py
@@ -85,19 +86,27 @@ def test_bad_cxi_files_are_skipped(tmp_path, caplog):
     with h5py.File(folder / "frames_00001d.cxi", "w") as f:
         f.create_dataset("entry_1/data_1/data", (2, 16, 16), "f4", external=[(str(tmp_path / "fifo"), 0, 2048)])
     os.mkfifo(folder / "frames_00001e.cxi")                        # a FIFO by the name of a file
-    with h5py.File(folder / "frames_00001g.cxi", "w") as f:         # 1e7 frames declared, no train IDs: 1 train
-        f.create_dataset("entry_1/data_1/data", (10_000_000, 16, 16), "f4", chunks=(1024, 16, 16))
+    with h5py.File(folder / "frames_00001g.cxi", "w") as f:         # 1e7 frames (10 MB deflated), no train IDs: 1 train
+        data = f.create_dataset("entry_1/data_1/data", (10_000_000, 16, 16), "f4", chunks=(1024, 16, 16),
+                                compression="gzip")
+        zeros = zlib.compress(bytes(1024 * 16 * 16 * 4))
+        for start in range(0, 10_000_000, 1024):
+            data.id.write_direct_chunk((start, 0, 0), zeros)
+    with h5py.File(folder / "frames_00001h.cxi", "w") as f:         # 1e9 frames declared, never written (3 kB)
+        f.create_dataset("entry_1/data_1/data", (10 ** 9, 16, 16), "f4", chunks=(1024, 16, 16), compression="gzip")
     with h5py.File(folder / "frames_00001f.cxi", "w") as f:         # train IDs that are text
         f["entry_1/data_1/data"] = np.zeros((2, 16, 16), np.float32)
         f[TRAIN_IDS] = np.array([b"a", b"b"])
     with caplog.at_level(logging.WARNING, logger="spibatch"):
         summary = Follower(CxiFolderSource(folder, (16, 16), settle_s=0), detector, tmp_path / "follow",
                            FollowSettings(threshold=30, flush_s=0, idle_timeout_s=0.5)).run()
-    assert summary["bad_trains"] == {"unreadable file": 5, "repeated or non-monotonic train ID": 1,
+    assert summary["bad_trains"] == {"unreadable file": 6, "repeated or non-monotonic train ID": 1,
                                      "unreadable data": 1}
     assert "frames_00001e.cxi: train unknown: file: not a regular file" in caplog.text
     assert "frames_00001f.cxi: train unknown: file: ValueError" in caplog.text
     assert "10,000,000 frames in one train (9.5 GiB) exceed the 2 GiB" in caplog.text
+    assert "frames_00001h.cxi: train unknown: entry_1/data_1/data: declares 1,000,000,000 frames but holds chunks " \
+           "for at most 0" in caplog.text
     assert "frames_00001d.cxi: train unknown: entry_1/data_1/data: its data are external storage in" in caplog.text
     assert "frames_00001.cxi: train unknown: file: cannot be opened" in caplog.text
     assert "frames_00001c.cxi: train unknown: file: cannot be opened" in caplog.text

@@ -17,7 +17,7 @@ import numpy as np
 
 from spibatch.errors import InputError
 from spibatch.io.dragonfly import PhotonsWriter
-from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
+from spibatch.io.hdf5 import check_written, open_hdf5, read_dataset, require_dataset
 from spibatch.kernels.photons_cpu import INT32_MAX, sparse_counts
 from spibatch.photons import Photons
 
@@ -50,6 +50,7 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     _check_adu(adu_per_photon)
     with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
         data = _stack(f, cxi_path, data_path)
+        check_written(data, cxi_path, _stack_fix(data_path))   # before reading: frames never written are fill
         num_frames, frame_shape = data.shape[0], data.shape[1:]
         num_pix = int(np.prod(frame_shape))
         bad = _read_mask(f, cxi_path, mask_path, frame_shape)
@@ -193,6 +194,7 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
     _check_adu(adu_per_photon, cxi_path)
     with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
         data = _stack(f, cxi_path, data_path)
+        check_written(data, cxi_path, _stack_fix(data_path))   # before reading: frames never written are fill
         num_frames, frame_shape = data.shape[0], data.shape[1:]
         num_pix = int(np.prod(frame_shape))
         bad = _read_mask(f, cxi_path, mask_path, frame_shape)

@@ -126,6 +126,26 @@ def require_dataset(f: h5py.File, name: str, path: str | os.PathLike, fix: str) 
     return obj
 
 
+def check_written(ds: h5py.Dataset, path: str | os.PathLike, fix: str) -> None:
+    """InputError when a (frames, ...) dataset declares frames its storage never received (HDF5 would read them
+    as fill values: a 3 kB file can declare 1e9 frames). Chunked: one chunk per chunk position must exist;
+    contiguous: storage allocated. Virtual and external layouts are left to their sources."""
+    if ds.size == 0 or ds.is_virtual or ds.external:
+        return
+    if ds.chunks is None:
+        if ds.id.get_storage_size() == 0:
+            raise InputError(f"declares {ds.shape[0]:,} frames but none was ever written", path=path,
+                             field=ds.name.lstrip("/"), fix=fix)
+        return
+    per_slab = int(np.prod([-(-n // c) for n, c in zip(ds.shape[1:], ds.chunks[1:])]))
+    slabs = -(-ds.shape[0] // ds.chunks[0])
+    written = ds.id.get_num_chunks()
+    if written < slabs * per_slab:
+        frames = min(written // per_slab * ds.chunks[0], ds.shape[0])
+        raise InputError(f"declares {ds.shape[0]:,} frames but holds chunks for at most {frames:,} (the rest were "
+                         "never written)", path=path, field=ds.name.lstrip("/"), fix=fix)
+
+
 def read_dataset(ds: h5py.Dataset, selection, path: str | os.PathLike) -> np.ndarray:
     """``ds[selection]``; an HDF5 read failure (corrupt chunk, truncated file) becomes InputError."""
     try:

@@ -109,7 +109,7 @@ class CxiFolderSource:
             return
         with f:
             from spibatch.errors import InputError
-            from spibatch.io.hdf5 import check_other_files
+            from spibatch.io.hdf5 import check_other_files, check_written
 
             try:
                 check_other_files(f, path)     # a FIFO behind external storage would hang the follower
@@ -118,6 +118,13 @@ class CxiFolderSource:
                 return
             if self.data_path not in f or f[self.data_path].ndim < 2:
                 yield [Skipped("unreadable file", path.name, self.data_path, "no frame stack here")]
+                return
+            try:
+                for name in (self.data_path, TRAIN_IDS):   # a 3 kB file can declare 1e9 frames never written
+                    if isinstance(f.get(name), h5py.Dataset):
+                        check_written(f[name], path, "write the frames, or give the file its real size")
+            except InputError as error:
+                yield [Skipped("unreadable file", path.name, error.field or "file", error.problem)]
                 return
             data = f[self.data_path]
             n = data.shape[0]

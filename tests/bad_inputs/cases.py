@@ -491,6 +491,8 @@ CASES: list[Case] = [
     ingest_cli("cxi-not-square", b.cxi_variant(lambda: np.ones((4, 16, 12), np.float32)), ["square"]),
     ingest_cli("cxi-declared-huge-chunk", b.declared_cxi((100000, 1000, 1000)), ["--chunk-frames", "of memory"],
                ["--chunk-frames", "1000000000"]),
+    ingest_cli("cxi-declared-1e9-frames", b.declared_cxi((10 ** 9, 64, 64)),
+               ["1,000,000,000 frames", "never written"]),
     ingest_cli("opt-adu-zero", None, ["--adu-per-photon"], ["--adu-per-photon", "0"]),
     ingest_cli("opt-adu-nan", None, ["--adu-per-photon", "finite"], ["--adu-per-photon", "nan"]),
     ingest_cli("opt-chunk-zero", None, ["--chunk-frames"], ["--chunk-frames", "0"]),
