@@ -51,6 +51,7 @@ EMC_FRAME_BYTES = 24               # per frame: photon count, scale, beta (float
 EMC_SHARD_BYTES_PER_FRAME = 32 * 12    # likelihoods (float64) and probabilities (float32) of >= 32 rotations
 PHASING_BYTES_PER_VOXEL = 20       # the intensity read (float64), the iterate, its spectrum and the amplitudes
 PHASING_START_BYTES_PER_VOXEL = 5  # every start's density (float32) and support (bool), kept for the merge
+VALIDATE_BYTES_PER_VOXEL = 96      # per volume: as read, float64 copies, the aligned copy, its transform (105-131 seen)
 
 # (low, high, unit, what SPI uses): a value outside gives a warning, not an error
 PLAUSIBLE = {
@@ -364,6 +365,14 @@ def ingest(num_frames: int, frame_pixels: int, itemsize: int, chunk_frames: int,
     return Estimate("ingest", [Part(f"a block of {block:,} frames of {frame_pixels:,} pixels",
                                     (itemsize + 4) * block * frame_pixels, chunk_field)],
                     fixes={chunk_field: "read fewer frames at a time (the default is 256)"})
+
+
+def validate(volumes: list[tuple[tuple[int, ...], str]]) -> Estimate:
+    """The validate stage comparing two volumes ((shape, config key) each): their copies, alignment and FFTs."""
+    parts = [Part(f"a {' x '.join(map(str, shape))} volume", VALIDATE_BYTES_PER_VOXEL * float(np.prod(shape)),
+                  field) for shape, field in volumes]
+    return Estimate("validate", parts, fixes={field: "compare smaller volumes (crop or bin them first)"
+                                              for _, field in volumes})
 
 
 def free_disk(path: Path) -> int | None:

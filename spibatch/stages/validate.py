@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from spibatch import estimates
 from spibatch.errors import InputError
 from spibatch.layout import RunLayout
 from spibatch.stages import finished, inputs
@@ -36,8 +37,10 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None) ->
                              fix="name the volume to compare it with")
         from spibatch.io.results import volume_shape
 
-        for path, key in ((cfg.volume, "validation.volume"), (cfg.reference, "validation.reference")):
-            volume_shape(path, cfg.dataset, field=key)      # a missing dataset or a non-volume stops here
+        keys = {"validation.volume": cfg.volume, "validation.reference": cfg.reference}
+        shapes = [(volume_shape(path, cfg.dataset, field=key), key)   # a missing dataset or a non-volume stops here
+                  for key, path in keys.items()]
+        estimates.validate(shapes).check(config or cfg.volume, paths=keys)   # before reading a declared 4096^3
         kind = _kind(cfg)
         _comparable(cfg, kind, [(path, _read(path, cfg, kind)[0]) for path in (cfg.volume, cfg.reference)])
     elif cfg.reference is not None:    # a garbage truth stops here, not after the whole phasing
@@ -62,6 +65,9 @@ def _comparable(cfg, kind: str, volumes: list) -> None:
         if not np.any(cube > 0):
             raise InputError(f"the {kind} has no positive voxel: nothing to compare", path=path, field=key,
                              fix="give the volume itself (dataset: --dataset)")
+        if cube.min() == cube.max():
+            raise InputError(f"the {kind} is constant: no structure to compare",
+                             path=path, field=key, fix="give the volume itself (dataset: --dataset)")
         cubes.append(cube)
     if kind == "intensity":
         try:
@@ -99,11 +105,22 @@ def _read(path: Path, cfg, kind: str):
 
     if kind == "density":
         voxel = cfg.reference_voxel_size_m if Path(path) == Path(cfg.reference) else None
-        return load_truth(path, voxel or cfg.voxel_size_m)
+        volume, voxel = load_truth(path, voxel or cfg.voxel_size_m)
+        return _unit_peak(volume), voxel
     volume = read_volume(path, cfg.dataset)
     check_finite(volume, path=path, field=cfg.dataset or "intensity", fix="mark unmeasured voxels with 0 (the "
                  "comparison leaves voxels that are 0 in the second volume out)")
-    return volume, None
+    return _unit_peak(volume), None
+
+
+def _unit_peak(volume):
+    """``volume`` (float64) divided by its largest |value|: every comparison is scale-free, and values near the
+    float range (1e308) would overflow the sums and FFTs into NaN."""
+    import numpy as np
+
+    volume = np.asarray(volume, np.float64)
+    peak = float(np.max(np.abs(volume))) if volume.size else 0.0
+    return volume / peak if peak > 0 else volume
 
 
 def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
