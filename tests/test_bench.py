@@ -289,3 +289,38 @@ def test_the_bench_folder_is_new_empty_or_a_bench_and_holds_no_links(tmp_path):
         with pytest.raises(InputError, match="is a symbolic link"):
             check_out(bench)
     assert (victim / "local_htc_w1" / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (lambda text: text.replace('"median": 1.0', '"median": "abc"', 1), "is not of type"),
+    (lambda text: text.replace('"median": 1.0', '"median": NaN', 1), "NaN is not a number JSON allows"),
+    (lambda text: text[: len(text) // 2], "is not a bench's document"),
+    (lambda text: text.replace('"status": "measured"', '"status": "done"', 1), "is not one of"),
+])
+def test_an_edited_bench_json_is_refused_not_resumed_over(tmp_path, emc_small, monkeypatch, edit, expect):
+    """A resumed bench reads the earlier bench.json: an edited or damaged one is one line naming it (it was a
+    traceback, or -- not JSON -- silently replaced by a fresh document), and the file is left as it was."""
+    path = write_bench(tmp_path, emc_small, workers="1", modes="hpc")
+    out = tmp_path / "out"
+    monkeypatch.setattr(runner, "run_command", fake_command)
+    bench_command(path, [], out=out, dry_run=False, rates=False)
+    damaged = edit((out / "bench.json").read_text())
+    (out / "bench.json").write_text(damaged)
+    with pytest.raises(InputError, match=expect) as caught:
+        bench_command(path, [], out=out, dry_run=False, rates=False)
+    assert str(caught.value).count("\n") == 0 and "bench.json" in str(caught.value)
+    assert (out / "bench.json").read_text() == damaged
+
+
+def test_rates_taken_from_a_file_are_checked(tmp_path):
+    """--rates FILE: the rates are checked against the schema (text in a kernel rate was a traceback in the model)."""
+    good = synthetic_document({})
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(dumped(good)))
+    assert runner.read_document(path, "--rates")["rates"] == dumped(good)["rates"]
+    good["rates"]["emc"]["1"]["merge_per_rot_pixel"] = "fast"
+    path.write_text(json.dumps(dumped(good)))
+    with pytest.raises(InputError, match=r"rates\.emc\.1\.merge_per_rot_pixel: 'fast' is not of type 'number'"):
+        runner.read_document(path, "--rates")
+    with pytest.raises(InputError, match="file not found"):
+        runner.read_document(tmp_path / "gone.json", "--rates")

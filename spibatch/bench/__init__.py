@@ -94,7 +94,7 @@ def finish(out: Path, document: dict, *, rates: bool | Path = True) -> str:
 
     runner.fill_sizes(out, document)
     if isinstance(rates, (str, Path)) and not document.get("rates"):
-        document["rates"] = json.loads(Path(rates).read_text(encoding="utf-8"))["rates"]
+        document["rates"] = runner.read_document(Path(rates), "--rates")["rates"]
     elif rates and not document.get("rates"):
         from spibatch.bench.kernels import measure_rates
 

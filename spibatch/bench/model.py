@@ -193,7 +193,7 @@ def evaluate(document: dict) -> dict:
             "calibration_max_abs_error": max(cals) if cals else None,
             "check_max_abs_error": max(checks) if checks else None,
             "check_median_abs_error": float(np.median(checks)) if checks else None,
-            "check_within_goal": bool(checks) and max(checks) <= GOAL}
+            "check_within_goal": bool(checks and max(checks) <= GOAL)}
 
 
 def phasing_rate_at(rates: dict, edge: int, threads: int, beta: float = 1.0) -> float:

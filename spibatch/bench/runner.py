@@ -100,20 +100,50 @@ def preflight(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Pat
 
 
 def load_document(out: Path) -> dict | None:
+    """``out/bench.json`` (None when there is none), checked: see :func:`read_document`."""
     path = out / BENCH_JSON
+    return read_document(path, "--out") if path.is_file() else None
+
+
+def read_document(path: Path, field: str) -> dict:
+    """A bench.json as written by a bench: InputError (one line, never overwritten) when it is not JSON, holds
+    NaN or Infinity, or breaks the shipped schema (an edited or damaged file: a resume would trip over it)."""
+    import jsonschema
+
+    from spibatch.bench import bench_schema
+    from spibatch.errors import InputError
+
+    fix = "restore it, or move it away to start the bench afresh (or delete the damaged point: it is measured again)"
+
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not a number JSON allows")
+
     if not path.is_file():
-        return None
+        raise InputError("file not found", path=path, field=field, fix="name an earlier bench's bench.json")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return None
+        document = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"bench.json is not a bench's document ({' '.join(str(exc).split())[:120]})", path=path,
+                         field=field, fix=fix) from None
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(bench_schema()).iter_errors(document))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        raise InputError(f"bench.json: {where or 'the document'}: {error.message[:160]}", path=path, field=field,
+                         fix=fix)
+    return document
 
 
 def save_document(out: Path, document: dict) -> Path:
     from spibatch.io.atomic import write_text
 
     document["updated"] = machine.now()
-    return write_text(out / BENCH_JSON, json.dumps(document, indent=1, default=str) + "\n")
+    return write_text(out / BENCH_JSON, json.dumps(document, indent=1, default=_plain) + "\n")
+
+
+def _plain(value):
+    """JSON for what json cannot write: a NumPy scalar as its Python value (a bool_ written as 'True' broke the
+    schema), anything else as text."""
+    return value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else str(value)
 
 
 def new_document(bench: Bench, infos: list[SiteInfo]) -> dict:
