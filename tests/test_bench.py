@@ -229,6 +229,29 @@ def test_a_workload_its_stage_would_refuse_is_refused_first(tmp_path, emc_small,
     assert "workload 'starts'" in (text := _error(path)) and "crop_to 48 and the volume's edge 91 differ" in text
 
 
+@pytest.mark.parametrize("simulate, expect", [
+    ("{frames: 10000000000, pixels: 64}", ["workloads.sim.simulate.frames"]),
+    ("{frames: 1000, pixels: 60000}", ["workloads.sim.simulate.pixels", "of memory"]),
+])
+def test_a_simulated_workload_too_big_for_the_site_is_refused_first(tmp_path, emc_small, simulate, expect):
+    """A simulated workload is sized before any point starts, the dry run included (an absurd size passed the
+    dry run and failed its first point with a traceback)."""
+    path = write_bench(tmp_path, emc_small, workload="sim")
+    path.write_text(path.read_text() + f"  sim: {{simulate: {simulate}, num_div: 2}}\n")
+    with pytest.raises(InputError) as caught:
+        bench_command(path, [], out=tmp_path / "out", dry_run=True)
+    text = str(caught.value)
+    assert "workload 'sim'" in text and all(e in text for e in expect), text
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_simulated_workload_of_a_sane_size_passes_the_dry_run(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small, workload="sim")
+    path.write_text(path.read_text() + "  sim: {simulate: {frames: 200, pixels: 32}, num_div: 2}\n")
+    out, text = bench_command(path, [], out=tmp_path / "out", dry_run=True)
+    assert "here/hpc/w2/sim/strong" in text and not out.exists()
+
+
 def test_the_console_shows_bench_lines_and_parsls_warnings_not_its_info(capsys):
     """`spibatch bench`'s console: its own lines, and Parsl's warnings; Parsl's INFO (1 400 lines of its config
     and shutdown, from the kernel-rate probe) stays in Parsl's own log."""

@@ -81,22 +81,45 @@ def preflight(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Pat
     from spibatch import stages
     from spibatch.config import load_pipeline
     from spibatch.errors import InputError
+    from spibatch.stages.preflight import check_run
 
     by_name, seen = {i.name: i for i in infos}, set()
     with tempfile.TemporaryDirectory(prefix="spibatch-bench-check-") as scratch:
         for point in points:
             work = bench.workloads[point.workload]
-            if (point.workload, point.kind) in seen or work.simulate is not None:
+            simulated = work.simulate is not None
+            if simulated and point.kind != "emc":
                 continue
-            seen.add((point.workload, point.kind))
-            photons, detector = workloads.data_files(work)
+            what = (point.workload, point.kind, point.frames if simulated else None, point.site)
+            if what in seen:
+                continue
+            seen.add(what)
             folder = Path(scratch) / point.folder
-            pipeline, _ = workloads.write_point_files(point, work, by_name[point.site], folder, photons, detector)
             try:
+                if simulated:    # the simulation and the EMC on it, sized before anything is made
+                    pipeline = folder / "pipeline.yaml"
+                    folder.mkdir(parents=True)
+                    pipeline.write_text(workloads.simulated_point_text(point, work), encoding="utf-8")
+                    check_run(load_pipeline(pipeline), pipeline, by_name[point.site].site)
+                    continue
+                photons, detector = workloads.data_files(work)
+                pipeline, _ = workloads.write_point_files(point, work, by_name[point.site], folder, photons, detector)
                 stages.module(stage_of(point)).check(load_pipeline(pipeline), pipeline)
             except InputError as exc:
+                if simulated:   # the scratch pipeline's keys, as the workload names them
+                    key = SIMULATED_KEYS.get(exc.field or "", (exc.field or "").removeprefix("emc."))
+                    raise InputError(f"workload '{point.workload}' ({point.frames:,} frames on site "
+                                     f"'{point.site}'): {exc.problem}", path=bench.source,
+                                     field=f"workloads.{point.workload}.{key}", fix=exc.fix) from None
                 raise InputError(f"workload '{point.workload}': {exc}", path=bench.source,
                                  field=f"workloads.{point.workload}", fix="correct the workload") from None
+
+
+SIMULATED_KEYS = {"geometry.detector_pixels": "simulate.pixels", "simulation.num_patterns": "simulate.frames",
+                  "simulation.mean_photons_per_frame": "simulate.photons", "simulation.pdb": "simulate.pdb",
+                  "geometry.photon_energy_ev": "simulate.photon_energy_ev",
+                  "geometry.detector_distance_m": "simulate.detector_distance_m",
+                  "geometry.pixel_size_m": "simulate.pixel_size_m"}
 
 
 def load_document(out: Path) -> dict | None:

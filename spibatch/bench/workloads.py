@@ -49,14 +49,7 @@ def data_for(point: Point, work: Workload, root: Path, *, create: bool = True) -
 
 def simulate(work: Workload, frames: int, folder: Path) -> None:
     """``spibatch simulate`` of the workload's size into ``folder`` (a one-stage run, its own process)."""
-    from spibatch.starter import data_file
-
-    sim = work.simulate
-    config = {"name": "bench-data",
-              "geometry": {"detector_pixels": sim.pixels, "pixel_size_m": sim.pixel_size_m,
-                           "detector_distance_m": sim.detector_distance_m, "photon_energy_ev": sim.photon_energy_ev},
-              "simulation": {"pdb": str(sim.pdb or data_file("1EI7.pdb")), "num_patterns": frames,
-                             "mean_photons_per_frame": sim.photons, "seed": sim.seed}}
+    config = simulation_config(work, frames)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.with_name(folder.name + ".partial")
     if staging.exists():
@@ -72,6 +65,28 @@ def simulate(work: Workload, frames: int, folder: Path) -> None:
     (staging / "run").rename(staging / "simulate-run")
     staging.rename(folder)
     (folder / "simulate").symlink_to("simulate-run/simulate", target_is_directory=True)
+
+
+def simulation_config(work: Workload, frames: int) -> dict:
+    """The pipeline (name, geometry, simulation) that simulates ``frames`` frames of the workload's size."""
+    from spibatch.starter import data_file
+
+    sim = work.simulate
+    return {"name": "bench-data",
+            "geometry": {"detector_pixels": sim.pixels, "pixel_size_m": sim.pixel_size_m,
+                         "detector_distance_m": sim.detector_distance_m, "photon_energy_ev": sim.photon_energy_ev},
+            "simulation": {"pdb": str(sim.pdb or data_file("1EI7.pdb")), "num_patterns": frames,
+                           "mean_photons_per_frame": sim.photons, "seed": sim.seed}}
+
+
+def simulated_point_text(point: Point, work: Workload) -> str:
+    """What preflight checks for a point on simulated data: the simulation and the point's EMC in one pipeline
+    (as `spibatch run` would chain them), so that the simulation's and the EMC's sizes are checked before any
+    point starts."""
+    emc = yaml.safe_load(pipeline_text(point, work, Path("-"), Path("-")))["emc"]
+    del emc["photons"], emc["detector"]
+    return yaml.safe_dump({**simulation_config(work, point.frames), "emc": emc, "device": point.device},
+                          sort_keys=False)
 
 
 def pipeline_text(point: Point, work: Workload, photons: Path, detector: Path) -> str:
