@@ -50,7 +50,7 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     _check_adu(adu_per_photon)
     with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
         data = _stack(f, cxi_path, data_path)
-        check_written(data, cxi_path, _stack_fix(data_path))   # before reading: frames never written are fill
+        check_written(data, cxi_path, UNWRITTEN_FIX)   # before reading: frames never written read as fill values
         num_frames, frame_shape = data.shape[0], data.shape[1:]
         num_pix = int(np.prod(frame_shape))
         bad = _read_mask(f, cxi_path, mask_path, frame_shape)
@@ -64,6 +64,10 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
                     raise AssertionError("the fused kernel flagged a frame that the dense reference accepts")
                 writer.append(Photons(num_pix, *arrays))
     return num_frames, num_pix
+
+
+UNWRITTEN_FIX = ("a writer stopped early or the size was declared ahead: resize the dataset to the frames "
+                 "written (h5py: dataset.resize) or write the rest")
 
 
 def _stack_fix(data_path: str) -> str:
@@ -194,7 +198,7 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
     _check_adu(adu_per_photon, cxi_path)
     with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
         data = _stack(f, cxi_path, data_path)
-        check_written(data, cxi_path, _stack_fix(data_path))   # before reading: frames never written are fill
+        check_written(data, cxi_path, UNWRITTEN_FIX)   # before reading: frames never written read as fill values
         num_frames, frame_shape = data.shape[0], data.shape[1:]
         num_pix = int(np.prod(frame_shape))
         bad = _read_mask(f, cxi_path, mask_path, frame_shape)
