@@ -229,3 +229,26 @@ def test_resume_after_the_driver_was_killed_continues_the_follow(tmp_path):
     assert "resuming after iteration" in run.stage_log("emc").read_text()
     metrics = [json.loads(line) for line in run.emc_metrics.read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == list(range(1, len(metrics) + 1)) and metrics[-1]["num_frames"] == HITS
+
+
+def test_a_source_that_never_sends_a_train_ends_the_run_in_one_line(tmp_path):
+    """A followed folder that stays empty: the follower ends at its idle timeout without a train (so without a
+    follow/ folder or end line); the EMC stage waiting for its first hits said nothing and waited for good."""
+    import shutil
+    import subprocess
+    import sys
+
+    from spibatch.detector import Detector
+    from spibatch.io.dragonfly import write_detector
+
+    write_detector(tmp_path / "det.h5", Detector.flat(16, 1e-3, 0.1, 1e-9))
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "p.yaml").write_text("name: t\nsource: {kind: cxi-folder, target: frames, detector: det.h5, "
+                                     "idle_timeout_s: 2}\nemc: {num_div: 1, iterations: 1}\n")
+    done = subprocess.run([sys.executable, "-m", "spibatch", "run", "p.yaml", "--out", "run"], cwd=tmp_path,
+                          env=env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("spibatch: error:")]
+    assert len(errors) == 1 and "the source ended before a single hit was committed" in errors[0]
+    assert "Traceback" not in done.stderr
+    shutil.rmtree(tmp_path / "run")

@@ -54,12 +54,25 @@ def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None)
             raise InputError(f"the source ended ({shards.end.get('end', 'ended')}) before a single hit was found "
                              f"in {shards.frames_seen} frames", path=run.follow, field="source",
                              fix="check the source, adu_per_photon and hit_threshold")
+        if shards.end is None and follow_over(run):   # ended before its first train: no follow/ folder, no end line
+            shards = ChunkShards(run.follow)          # (its end line, if any, came before the stage's record)
+            if not shards.first_chunks(min_hits) and (shards.end is None or shards.hits == 0):
+                raise InputError("the source ended before a single hit was committed (no train arrived: see "
+                                 "stages/follow.log)", path=run.follow, field="source",
+                                 fix="check the source's target and that data are flowing (source.idle_timeout_s "
+                                 "ends a follow that waited that long for its first train)")
+            continue
         if run.stop.exists() and shards.end is None and timeout_s is None:
             timeout_s = 60.0          # stopped: the follower commits what it has within its next block
         if timeout_s is not None and time.monotonic() - began > timeout_s:
             raise InputError(f"no hit committed within {timeout_s:.0f} s", path=run.follow, field="source",
                              fix="is the follower running? see stages/follow.log")
         time.sleep(POLL_S)
+
+
+def follow_over(run: RunLayout) -> bool:
+    """Whether the follow stage has ended, done or failed (its marker, or its job's record)."""
+    return run.marker("follow").exists() or run.stage_result("follow").exists()
 
 
 class FollowStop:
