@@ -94,12 +94,16 @@ def bench(bench_file: Path = typer.Argument(..., help="benchmark file (BENCH.yam
           dry_run: bool = typer.Option(False, "--dry-run", help="print what every point would submit; create "
                                        "and submit nothing"),
           out: Optional[Path] = typer.Option(None, "--out", help="the bench folder (default: bench-<name>/ beside "
-                                             "the bench file; an interrupted matrix there is resumed)")) -> None:
+                                             "the bench file; an interrupted matrix there is resumed)"),
+          rates: Optional[Path] = typer.Option(None, "--rates", help="take the kernel rates from this bench.json "
+                                               "(of the same machine) instead of measuring them"),
+          no_rates: bool = typer.Option(False, "--no-rates", help="no kernel rates, no model")) -> None:
     """Cross-platform scaling benchmark: every point of the matrix a real pipeline run; bench.json, a table,
     plots, report.html, and the performance model checked on points it was not calibrated on."""
     from spibatch.bench import bench_command
 
-    _, text = bench_command(bench_file, list(site), out=out, dry_run=dry_run)
+    _, text = bench_command(bench_file, list(site), out=out, dry_run=dry_run,
+                            rates=False if no_rates else (rates or True))
     typer.echo(text, nl=not text.endswith("\n"))
 
 

@@ -6,6 +6,7 @@ Each is a run of the stage functions of :mod:`spibatch.stages` in a new run fold
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -143,6 +144,14 @@ def background(photons: Path = typer.Argument(..., help="Dragonfly photons file 
         what = ("is the photons file it would read" if out.resolve() == photons.resolve() else
                 "is a directory" if out.is_dir() else "exists: nothing is overwritten")
         raise InputError(what, path=out, field="--out", fix="name a new file for the background")
+    folder = out.absolute().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError("its folder does not exist" if not folder.is_dir() else "its folder is not writable",
+                         path=out, field="--out", fix="name a file in a folder you can write")
     values = background_from_photons(photons)
-    write_background(out, values)
+    try:
+        write_background(out, values)
+    except OSError as exc:   # /proc, a read-only mount: nothing was written
+        raise InputError(f"cannot be written ({exc.strerror or exc})", path=out, field="--out",
+                         fix="name a file in a folder you can write") from None
     typer.echo(f"{out}: {values.size} pixels, {values.sum():.4g} background photons per frame")

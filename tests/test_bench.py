@@ -347,3 +347,30 @@ def test_rates_taken_from_a_file_are_checked(tmp_path):
         runner.read_document(path, "--rates")
     with pytest.raises(InputError, match="file not found"):
         runner.read_document(tmp_path / "gone.json", "--rates")
+
+
+def test_bench_settings_no_point_can_honour_are_refused_first(tmp_path, emc_small, monkeypatch):
+    """calibrate_workers naming a count the matrix does not run, a --rates file that is not a bench's (checked
+    before the matrix, the dry run too), a GPU matrix on a local site without one: one line, nothing created."""
+    path = write_bench(tmp_path, emc_small, workers="1")
+    path.write_text(path.read_text() + "model: {calibrate_workers: [64]}\n")
+    with pytest.raises(InputError, match="model.calibrate_workers: model.calibrate_workers names 64 workers"):
+        bench_command(path, [], out=tmp_path / "out", dry_run=True)
+    path = write_bench(tmp_path, emc_small, workers="1")
+    (tmp_path / "rates.json").write_text("garbage")
+    for rates, expect in ((tmp_path / "rates.json", "not a bench's document"), (tmp_path, "is a directory"),
+                          (tmp_path / "gone.json", "file not found")):
+        for dry_run in (True, False):
+            with pytest.raises(InputError, match=expect):
+                bench_command(path, [], out=tmp_path / "out", dry_run=dry_run, rates=rates)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("SPIBATCH_GPU_TWIN", "0")
+    path.write_text(path.read_text().replace("  repeats:", "  device: gpu\n  repeats:"))
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+        pytest.skip("this machine has a GPU: a GPU matrix on it is sound")
+    except Exception:   # noqa: BLE001 - no CuPy, or no device: what the check must say
+        pass
+    with pytest.raises(InputError, match="matrix.device: matrix.device gpu on a local site: set to gpu, but"):
+        bench_command(path, [], out=tmp_path / "out", dry_run=True)

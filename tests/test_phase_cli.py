@@ -69,7 +69,7 @@ def test_phase_writes_density_support_prtf_metrics_and_picture(case):
 
 @pytest.mark.parametrize("edit, words", [
     ("  recipe: HIO() ** 10 * Magic()\n", "unknown operator 'Magic'"),
-    ("  recipe: (HIO() ** 10 * ShrinkWrap(threshold=1.2)) ** 2\n", "threshold must be in (0, 1)"),
+    ("  recipe: (HIO() ** 10 * ShrinkWrap(threshold=1.2)) ** 2\n", "threshold must be in [0.001, 0.95]"),
     ("  keep_best: 9\n", "keep_best (9) is more than num_starts (3)"),
     ("  recipe: HIO() ** 10000000000\n", "10,000,000,000 iterations"),
     ("  recipe: " + " * ".join(["ER()"] * 5000) + "\n", "characters long"),

@@ -35,7 +35,14 @@ def test_python_algebra_equals_parsed_recipe():
     ("HIO(gamma=1) ** 10", "no parameter 'gamma'"),
     ("HIO(beta=1.5)", "beta must be in"),
     ("ER() ** 2.5", "whole number"),
-    ("ShrinkWrap(threshold=1.5) * ER()", "threshold must be in (0, 1)"),
+    ("ShrinkWrap(threshold=1.5) * ER()", "threshold must be in [0.001, 0.95]"),
+    ("ShrinkWrap(threshold=1e-300) * ER()", "threshold must be in [0.001, 0.95]"),
+    ("ShrinkWrap(threshold=0.999999) * ER()", "threshold must be in [0.001, 0.95]"),
+    ("ShrinkWrap(sigma=1e300) * ER()", "sigma must be in (0, 100.0]"),
+    ("ShrinkWrap(keep=0.99999) * ER()", "keep must be 0 (off) or a fraction"),
+    ("ShrinkWrap(keep=1e-9) * ER()", "keep must be 0 (off) or a fraction"),
+    ("DM(beta=1e-300) ** 10", "DM: beta must be in [0.01, 1.0]"),
+    ("Auto(sigma=1e300, sigma_end=1e300)", "sigma <= 100 voxels"),
     ("ER() + HIO()", "use operators, * and ** only"),
     ("__import__('os')", "unknown operator '__import__'"),
     ("HIO(0.9)", "give parameters by name"),
@@ -261,3 +268,15 @@ def test_shrinkwrap_refuses_an_empty_or_a_full_support():
     flat = Reconstruction(m, np.ones((n,) * 3, bool), initial=np.ones((n,) * 3, np.float32), fft_backend="scipy")
     with pytest.raises(RecipeError, match="kept all 4096 voxels"):
         ShrinkWrap(threshold=0.5)(flat)
+
+
+def test_shrinkwrap_refuses_a_support_that_collapses():
+    """A single bright voxel and a high threshold: a support of a voxel or two holds no object (it ran on to
+    'support 1 voxels, final error 0.99' and a density of one spike)."""
+    n = 16
+    m = prepare(_intensity(_blob(n, 3)))
+    spike = np.zeros((n,) * 3, np.float32)
+    spike[8, 8, 8] = 1.0
+    rec = Reconstruction(m, np.ones((n,) * 3, bool), initial=spike, fft_backend="scipy")
+    with pytest.raises(RecipeError, match=r"the support collapsed to \d voxel\(s\) \(fewer than 8\)"):
+        ShrinkWrap(sigma=0.5, threshold=0.9)(rec)

@@ -72,6 +72,11 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     from spibatch.bench.settings import load_bench
 
     bench = load_bench(bench_yaml)
+    if isinstance(rates, (str, Path)) and not runner.read_document(Path(rates), "--rates")["rates"]:
+        from spibatch.errors import InputError   # checked before hours of matrix, not after
+
+        raise InputError("holds no kernel rates (its bench measured none)", path=rates, field="--rates",
+                         fix="name a bench.json whose bench measured them, or leave --rates out to measure them")
     infos = matrix.site_infos([Path(s).resolve() for s in sites] or bench.matrix.sites)
     points = matrix.build(bench, infos)
     out = Path(out).resolve() if out is not None else default_out(bench)

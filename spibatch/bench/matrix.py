@@ -209,6 +209,11 @@ def build(bench: Bench, infos: list[SiteInfo]) -> list[Point]:
                                       workload_spec=work.model_dump(mode="json"))
                         point.fingerprint = fingerprint(point, info)
                         points.append(point)
+    absent = sorted(set(bench.model.calibrate_workers or []) - {p.workers for p in points})
+    if absent:
+        raise InputError(f"model.calibrate_workers names {absent[0]} workers, a count no point of the matrix has "
+                         f"({', '.join(map(str, sorted({p.workers for p in points})))})", path=bench.source,
+                         field="model.calibrate_workers", fix="name worker counts of matrix.workers")
     return points
 
 

@@ -83,6 +83,14 @@ def preflight(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Pat
     from spibatch.errors import InputError
     from spibatch.stages.preflight import check_run
 
+    if bench.matrix.device == "gpu" and any(i.provider == "local" for i in infos):   # the GPU is this machine's
+        from spibatch.kernels.device import resolve
+
+        try:
+            resolve("gpu")
+        except InputError as exc:
+            raise InputError(f"matrix.device gpu on a local site: {exc.problem}", path=bench.source,
+                             field="matrix.device", fix=exc.fix) from None
     by_name, seen = {i.name: i for i in infos}, set()
     with tempfile.TemporaryDirectory(prefix="spibatch-bench-check-") as scratch:
         for point in points:
@@ -142,7 +150,8 @@ def read_document(path: Path, field: str) -> dict:
         raise ValueError(f"{name} is not a number JSON allows")
 
     if not path.is_file():
-        raise InputError("file not found", path=path, field=field, fix="name an earlier bench's bench.json")
+        raise InputError("is a directory, not a file" if path.is_dir() else "file not found", path=path,
+                         field=field, fix="name an earlier bench's bench.json")
     try:
         document = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -41,6 +41,7 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> In
     """
     from spibatch.io.dragonfly import check_match, photons_info
 
+    check_values(settings)
     for name, path in (("photons", photons), ("detector", detector)):
         if path is None:
             raise InputError("no file given", field=f"emc.{name}",
@@ -73,6 +74,38 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> In
     return Inputs(geometry, num_frames, size, start, background)
 
 
+MAX_BETA = 1e100   # far sharper than any EMC needs; near 1e300 beta x log-likelihood overflows (an all-zero model)
+
+
+def check_values(settings: EMCSettings) -> None:
+    """Settings that no data can make sound: the beta the schedule reaches (an overflow made every probability,
+    hence the model, zero), a refinement searching around more rotations than the coarse grid has."""
+    import math
+
+    from spibatch.emc.rotations import num_rotations
+
+    first = 1.0 if settings.beta == "auto" else float(settings.beta)   # auto is at most 1 per frame
+    steps = 0
+    if settings.beta_schedule is not None:
+        last = settings.iterations if settings.anneal_until is None else min(settings.iterations,
+                                                                              settings.anneal_until)
+        steps = (last - 1) // settings.beta_schedule.period
+    log_beta = math.log10(first) + math.log10(settings.beta_factor) + (
+        steps * math.log10(settings.beta_schedule.factor) if steps else 0.0)
+    if log_beta > math.log10(MAX_BETA):
+        field = ("emc.beta_schedule.factor" if steps and settings.beta_schedule.factor > 1 else
+                 "emc.beta_factor" if settings.beta_factor > 1 else "emc.beta")
+        raise InputError(f"beta reaches 1e{log_beta:.0f} by iteration {settings.iterations} (beta x beta_factor x "
+                         f"schedule factor^{steps}): above {MAX_BETA:.0e} the probabilities overflow", field=field,
+                         fix="anneal less (beta_schedule.factor 2 every 10 iterations is Dragonfly's), or run "
+                         "fewer iterations")
+    refine = settings.refine
+    if refine is not None and refine.top > num_rotations(settings.num_div):
+        raise InputError(f"{refine.top:,} most probable rotations, but the coarse grid (num_div {settings.num_div}) "
+                         f"has {num_rotations(settings.num_div):,}", field="emc.refine.top",
+                         fix="search around a few (the default is 4)")
+
+
 def available_memory() -> int:
     """Bytes this machine can still give (MemAvailable, or the physical memory where /proc is missing)."""
     try:
@@ -93,7 +126,8 @@ def check_modes(settings: EMCSettings, size: int, memory: int | None = None) -> 
     if need > 0.8 * memory:
         raise InputError(f"num_modes {settings.num_modes} + nonrot_modes {settings.nonrot_modes} volumes of {size}^3 "
                          f"need ~{need / 2 ** 30:.1f} GiB ({BYTES_PER_VOXEL} B a voxel each), but "
-                         f"{memory / 2 ** 30:.1f} GiB are available", field="emc.num_modes",
+                         f"{memory / 2 ** 30:.1f} GiB are available",
+                         field="emc.nonrot_modes" if settings.nonrot_modes > settings.num_modes else "emc.num_modes",
                          fix=f"use at most {max(1, int(0.8 * memory // (size ** 3 * BYTES_PER_VOXEL)))} volumes, "
                          "a smaller emc.model_size, or a machine with more memory")
 
@@ -104,26 +138,37 @@ def read_start_model(path: Path, shape: int | tuple) -> np.ndarray:
     from spibatch.io.results import check_finite, read_volume
 
     shape = (shape,) * 3 if isinstance(shape, int) else tuple(shape)
-    start = np.asarray(_read_volumes(path) if len(shape) == 4 else read_volume(path), np.float64)
     fix = (f"give a finite, non-negative {'(V, M, M, M)' if len(shape) == 4 else '(M, M, M)'} intensity in photons "
            "per voxel (e.g. an output_NNN.h5 of a run with the same modes)")
+    start = np.asarray(_read_volumes(path, shape, fix) if len(shape) == 4 else read_volume(path), np.float64)
     if start.shape != shape:
         raise InputError(f"shape {start.shape}, but the model is {shape}", path=path,
                          field="emc.start_model", fix=fix)
     check_finite(start, path=path, field="emc.start_model", fix=fix)
     if start.min() < 0:
         raise InputError(f"{int((start < 0).sum())} voxels are negative", path=path, field="emc.start_model", fix=fix)
+    if start.max() > MAX_START_VALUE:
+        raise InputError(f"values up to {start.max():.3g} photons per voxel: above {MAX_START_VALUE:.0e} the "
+                         "likelihood overflows (the model would come out all zero)", path=path,
+                         field="emc.start_model", fix=fix)
     return start
 
 
-def _read_volumes(path: Path) -> np.ndarray:
-    """The (V, M, M, M) volumes of a modes run: our output's ``intensities`` or Dragonfly's ``intens``."""
+MAX_START_VALUE = 1e15    # photons per voxel a frame; real models hold up to ~1e6
+
+
+def _read_volumes(path: Path, shape: tuple, fix_shape: str) -> np.ndarray:
+    """The (V, M, M, M) volumes of a modes run: our output's ``intensities`` or Dragonfly's ``intens``; their
+    declared shape must be ``shape`` (checked before reading)."""
     from spibatch.io.hdf5 import open_hdf5, read_dataset
 
     fix = "give an output_NNN.h5 of a run with the same modes (its intensities), or Dragonfly's (its intens)"
     with open_hdf5(path, fix) as f:
         for name in ("intensities", "intens"):
             if name in f and f[name].ndim == 4:
+                if f[name].shape != shape:
+                    raise InputError(f"shape {f[name].shape}, but the model is {shape}", path=path,
+                                     field="emc.start_model", fix=fix_shape)
                 return read_dataset(f[name], (), path)
     raise InputError("no (V, M, M, M) dataset 'intensities' or 'intens'", path=path, field="emc.start_model",
                      fix=fix)

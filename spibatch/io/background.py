@@ -9,6 +9,7 @@ pixel over those frames.  EMC then models a frame's expected photons as
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -32,24 +33,28 @@ def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "
         raise InputError("is a directory, not a file" if path.is_dir() else "no such file", path=path, field=field,
                          fix=FIX)
     if path.suffix == ".npy":
-        try:
+        try:   # the header first: a 64-byte file can declare 1e12 values
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                               np.lib.format.read_array_header_2_0)
+                _check_size(read_header(fh)[0], num_pix, path, field)
             values = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"not a readable .npy array ({exc})", path=path, field=field, fix=FIX) from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"not a readable .npy array ({' '.join(str(exc).split())[:120] or 'empty'})",
+                             path=path, field=field, fix=FIX) from None
     else:
         from spibatch.io.hdf5 import open_hdf5, read_dataset
 
         with open_hdf5(path, FIX) as f:
             if DATASET not in f or not hasattr(f[DATASET], "shape"):
                 raise InputError(f"no dataset '{DATASET}'", path=path, field=field, fix=FIX)
+            _check_size(f[DATASET].shape, num_pix, path, field)
             values = read_dataset(f[DATASET], (), path)
     values = np.asarray(values)
     if values.dtype.kind not in "iuf":
         raise InputError(f"holds {values.dtype} values, not numbers", path=path, field=field, fix=FIX)
     values = values.astype(np.float64).ravel()
-    if num_pix is not None and values.size != num_pix:
-        raise InputError(f"{values.size} values, but the detector has {num_pix} pixels", path=path, field=field,
-                         fix=FIX)
     bad = ~np.isfinite(values)
     if bad.any():
         raise InputError(f"{int(bad.sum())} values are NaN or infinite (first at pixel {int(np.argmax(bad))})",
@@ -57,7 +62,27 @@ def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "
     if values.min() < 0:
         raise InputError(f"{int((values < 0).sum())} values are negative (first at pixel "
                          f"{int(np.argmax(values < 0))})", path=path, field=field, fix=FIX)
+    odd = ((values > 0) & (values < MIN_VALUE)) | (values > MAX_VALUE)
+    if odd.any():
+        first = int(np.argmax(odd))
+        raise InputError(f"{int(odd.sum())} values are outside {MIN_VALUE:.0e}..{MAX_VALUE:.0e} photons per pixel "
+                         f"a frame (first at pixel {first}: {values[first]:.3g}); the fits of the frames' scales "
+                         "would overflow", path=path, field=field, fix=FIX + " (0 where there is none)")
     return values
+
+
+MIN_VALUE, MAX_VALUE = 1e-30, 1e6   # a mean over N frames is 0 or at least 1/N; no pixel counts 1e6 photons a frame
+MAX_VALUES = 10 ** 8                # as a detector's pixels
+
+
+def _check_size(shape: tuple, num_pix: int | None, path: Path, field: str) -> None:
+    """The declared shape's size against the detector's pixels (or the bound on any detector), before reading."""
+    size = math.prod(int(n) for n in shape)
+    if num_pix is not None and size != num_pix:
+        raise InputError(f"{size} values, but the detector has {num_pix} pixels", path=path, field=field, fix=FIX)
+    if size > MAX_VALUES:
+        raise InputError(f"declares {size:,} values, more than any detector's {MAX_VALUES:,} pixels", path=path,
+                         field=field, fix=FIX)
 
 
 def write_background(path: str | os.PathLike, background: np.ndarray) -> None:

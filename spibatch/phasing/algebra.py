@@ -132,10 +132,11 @@ class Step(Operator):
         args = ", ".join(f"{name}={_number(v)}" for name, v in self.given.items())
         return f"{type(self).__name__}({args})"
 
-    def _beta(self, low: float = 0.0, high: float = 1.0) -> float:
+    def _beta(self, low: float = 0.01, high: float = 1.0) -> float:
+        """beta in [low, high] (below 0.01 an update is the plain projection, and DM's 1 / beta overflows)."""
         beta = self.params["beta"]
-        if not isinstance(beta, (int, float)) or not low < beta <= high:
-            raise RecipeError(f"{type(self).__name__}: beta must be in ({low}, {high}], not {beta!r}")
+        if not isinstance(beta, (int, float)) or not low <= beta <= high:
+            raise RecipeError(f"{type(self).__name__}: beta must be in [{low}, {high}], not {beta!r}")
         return float(beta)
 
 

@@ -44,13 +44,12 @@ import numpy as np
 from spibatch.errors import InputError
 from spibatch.phasing.algebra import RecipeError, Step
 from spibatch.phasing.measurement import Measurement, full_spectrum, independent_amplitudes
-from spibatch.phasing.support import gaussian_filter_1d, shrink_wrap, threshold_blurred
+from spibatch.phasing.support import MIN_SUPPORT_VOXELS, gaussian_filter_1d, shrink_wrap, threshold_blurred
 
 THRESHOLDS = (0.10, 0.05, 0.025)     # shrink-wrap thresholds (fraction of the blurred maximum), by seed % 3
 FREE_FRACTION = 0.05                 # measured voxels held out
 MIN_FREE_VOXELS = 200                # fewer and the free error is too noisy to rank by
 MAX_SUPPORT_FRACTION = 0.5           # a support above half the box constrains nothing: exploded
-MIN_SUPPORT_VOXELS = 8               # fewer: collapsed
 TIGHT_FIRST_SUPPORT = 0.15           # odd (seed // 3) starts begin in the autocorrelation above this fraction
 RUNAWAY_STRIKES = 3                  # support updates in a row that explode or collapse before a start stops
 BLUR_PROJECTION = False              # True: shrink-wrap on the blur of P_M x from the iteration's own spectrum
@@ -206,8 +205,8 @@ class Auto(Step):
         if self.params["iterations"] + self.params["polish"] == 0:
             raise RecipeError("Auto: iterations + polish must be > 0")
         self._beta()
-        if not 0 < self.params["sigma_end"] <= self.params["sigma"]:
-            raise RecipeError("Auto: need 0 < sigma_end <= sigma")
+        if not 0 < self.params["sigma_end"] <= self.params["sigma"] <= 100:
+            raise RecipeError("Auto: need 0 < sigma_end <= sigma <= 100 voxels")
 
     def __repr__(self) -> str:
         return "auto" if not self.given else super().__repr__()

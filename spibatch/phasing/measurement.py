@@ -183,10 +183,14 @@ def autocorrelation_support(measurement: Measurement, threshold: float = 0.1, si
     else:
         auto = np.abs(scipy.fft.ifftn(intensity * g))
     support = auto > threshold * auto.max()
-    if not support.any():
-        raise InputError(f"the autocorrelation support at threshold {threshold} is empty", path=source,
+    if np.count_nonzero(support) < MIN_FIRST_SUPPORT:
+        raise InputError(f"the autocorrelation support at threshold {threshold} holds "
+                         f"{np.count_nonzero(support)} voxel(s): no object fits", path=source,
                          field="phasing.initial_support_threshold", fix="lower it (0.01 .. 0.2)")
     return support
+
+
+MIN_FIRST_SUPPORT = 8   # voxels (a shrink-wrap's support below this has collapsed: spibatch.phasing.support)
 
 
 def independent_amplitudes(measurement: Measurement) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 from spibatch.phasing.algebra import (MAX_NESTING, MAX_OPERATORS, MAX_RECIPE_CHARS, Operator, Product,
                                       RecipeError, Step, flat_terms, check_budget)
 from spibatch.phasing.auto import Auto
-from spibatch.phasing.support import shrink_wrap
+from spibatch.phasing.support import MIN_SUPPORT_VOXELS, shrink_wrap
 
 __all__ = ["ER", "HIO", "RAAR", "DM", "ShrinkWrap", "Auto", "OPERATORS", "Operator", "RecipeError", "parse_recipe"]
 
@@ -118,17 +118,24 @@ class ShrinkWrap(Step):
     defaults = {"sigma": 2.0, "threshold": 0.1, "keep": 0.0}
 
     def check(self):
-        if not self.params["sigma"] > 0:
-            raise RecipeError(f"ShrinkWrap: sigma must be > 0 voxels, not {self.params['sigma']!r}")
-        if not 0 < self.params["threshold"] < 1:
-            raise RecipeError(f"ShrinkWrap: threshold must be in (0, 1), not {self.params['threshold']!r}")
-        if not 0 <= self.params["keep"] < 1:
-            raise RecipeError(f"ShrinkWrap: keep must be a fraction in (0, 1), not {self.params['keep']!r}")
+        if not 0 < self.params["sigma"] <= MAX_SIGMA:
+            raise RecipeError(f"ShrinkWrap: sigma must be in (0, {MAX_SIGMA}] voxels, not {self.params['sigma']!r}")
+        if not MIN_THRESHOLD <= self.params["threshold"] <= MAX_THRESHOLD:
+            raise RecipeError(f"ShrinkWrap: threshold must be in [{MIN_THRESHOLD}, {MAX_THRESHOLD}] (of the blurred "
+                              f"maximum), not {self.params['threshold']!r}")
+        if not (self.params["keep"] == 0 or MIN_KEEP <= self.params["keep"] <= MAX_KEEP):
+            raise RecipeError(f"ShrinkWrap: keep must be 0 (off) or a fraction of the box in [{MIN_KEEP}, {MAX_KEEP}] "
+                              f"(an object oversampled twice fills at most 1/8 of it), not {self.params['keep']!r}")
 
     def apply(self, rec):
         shrink_wrap(rec, float(self.params["sigma"]), [self.params["threshold"]] * rec.batch, self.params["keep"],
-                    name=repr(self))
+                    name=repr(self), min_voxels=MIN_SUPPORT_VOXELS)
         return rec
+
+
+MAX_SIGMA = 100.0                          # voxels: a wider blur is wider than any box phased
+MIN_THRESHOLD, MAX_THRESHOLD = 1e-3, 0.95  # below: every voxel of the box; above: a voxel or two
+MIN_KEEP, MAX_KEEP = 1e-6, 0.5
 
 
 OPERATORS: dict[str, type[Step]] = {cls.__name__: cls for cls in (ER, HIO, RAAR, DM, ShrinkWrap, Auto)}

@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from spibatch.errors import InputError
 from spibatch.io.start_files import read_start, write_start
 from spibatch.layout import RunLayout
 from spibatch.stages import inputs, load_run, stage_log
@@ -48,13 +49,33 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
                       edge_field="phasing.crop_to" if cfg.crop_to else "phasing.intensity",
                       read_voxels=int(shape[0]) * int(shape[1]) * int(shape[2])
                       ).check(config or source, budget, paths={"phasing.intensity": source})
-    if cfg.voxel_size_per_m is None and is_hdf5(source):
+    dq, where = cfg.voxel_size_per_m, (config or source, "phasing.voxel_size_per_m")
+    if dq is None and is_hdf5(source):
         import h5py
 
         with h5py.File(source, "r") as f:
-            positive_attribute(f.attrs.get("voxel_size_per_m"), source, "voxel_size_per_m")
+            dq, where = positive_attribute(f.attrs.get("voxel_size_per_m"), source, "voxel_size_per_m"), \
+                (source, "voxel_size_per_m")
+    check_voxel(dq, edge, *where)
     with naming(config):
         return check_inputs(source, settings)
+
+
+DENSITY_VOXEL_M = (1e-13, 1e-2)   # 0.001 A .. 1 cm: every density voxel SPI can make, and MRC can write
+
+
+def check_voxel(dq: float | None, edge: int, path, field: str) -> None:
+    """The density voxel 1 / (edge dq) within DENSITY_VOXEL_M (dq = 1e-300 1/m made an infinite voxel, a
+    traceback in the MRC writer after the whole phasing)."""
+    if dq is None:
+        return
+    voxel = 1.0 / (edge * float(dq))
+    low, high = DENSITY_VOXEL_M
+    if not low <= voxel <= high:
+        raise InputError(f"a Fourier voxel of {float(dq):g} 1/m makes a density voxel of {voxel:g} m on the "
+                         f"{edge}^3 grid, outside {low:g} .. {high:g} m", path=path, field=field,
+                         fix="give dq in 1/m (1 / (N x the density voxel); EMC and simulator files carry it, "
+                         "typically 1e6 .. 1e9)")
 
 
 def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:

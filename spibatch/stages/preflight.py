@@ -73,8 +73,15 @@ def _stack_frames(pipeline) -> int:
 
 
 def _emc(pipeline, config: Path, budget, smallest: int, frames: int, used: int, frames_field: str) -> None:
-    """The emc stage on data a stage will make: the model grid, the estimate, the start model."""
+    """The emc stage on data a stage will make: the settings' values, the model grid, the estimate, the start
+    model, the half sets."""
+    from spibatch.emc.checks import check_values
+
     emc = pipeline.emc
+    with emc_stage.naming(config):
+        check_values(emc_stage.settings_of(pipeline))
+    if emc.halves:
+        emc_stage.check_halves(pipeline, frames, 1, None, config)
     size = emc.model_size or smallest
     if size < smallest:
         raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",

@@ -308,6 +308,25 @@ def raw_bytes(data: bytes) -> Callable:
     return build
 
 
+def npy_declaring(shape: tuple[int, ...]) -> Callable:
+    """A .npy file whose header declares ``shape`` (float64) but that holds 64 bytes of data."""
+    def build(path: Path, base: Base) -> None:
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False, "shape": shape})
+            fh.write(bytes(64))
+    return build
+
+
+def background_filled(value: float) -> Callable:
+    """A background of the base detector's size, every value ``value`` (HDF5 'background')."""
+    def build(path: Path, base: Base) -> None:
+        from spibatch.detector import Detector
+
+        with h5py.File(path, "w") as f:
+            f.create_dataset("background", data=np.full(Detector.read(base.detector).num_pix, value))
+    return build
+
+
 def text(content: str) -> Callable:
     def build(path: Path, base: Base) -> None:
         path.write_text(content.format(**base.fmt()))
