@@ -421,3 +421,33 @@ def test_a_charliecloud_bind_without_a_mount_point_in_the_image_is_one_line(tmp_
     with pytest.raises(InputError, match="/tmp/run-1 has no mount point"):
         containers.check(private, tmp_path / "site.yaml", ["/tmp/run-1"])
     containers.check(Container(runtime="charliecloud", image=str(image), binds=["/work/x"], options=["-w"]))
+
+
+def test_hpc_mode_as_root_under_open_mpi_without_its_permission_is_one_line(tmp_path, monkeypatch):
+    """As root, Open MPI's mpirun refuses to start unless both OMPI_ALLOW_RUN_AS_ROOT variables are set: the
+    local site's HPC mode said so only as 'the emc job failed (BashExitFailure)' after the run folder existed.
+    Now `local.mpi: auto` runs one process there, and `local.mpi: mpirun` is refused in one line."""
+    import shutil
+    import subprocess
+
+    from spibatch.backends import local, provider_for
+
+    if shutil.which("mpirun") is None or "Open MPI" not in subprocess.run(["mpirun", "--version"],
+                                                                         capture_output=True, text=True).stdout:
+        pytest.skip("needs Open MPI's mpirun (the check is about its refusal to run as root)")
+    site = load_site(site_file(tmp_path, "provider: local\nworkers: 2\nlocal: {cores: 2, mpi: mpirun}\n"))
+    monkeypatch.setattr(local.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(local, "_has_mpi", lambda: True)
+    for name in ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(InputError, match="local.mpi: local.mpi is mpirun, but this is root"):
+        provider_for(site).check_site(tmp_path / "run")
+    auto = load_site(site_file(tmp_path, "provider: local\nworkers: 2\nlocal: {cores: 2, mpi: auto}\n"))
+    assert not provider_for(auto).uses_mpi()              # auto: one process, which does start
+    provider_for(auto).check_site(tmp_path / "run")
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    provider_for(site).check_site(tmp_path / "run")      # allowed: no line
+    assert not local._root_refused() and provider_for(auto).uses_mpi()
+    monkeypatch.setattr(local.os, "geteuid", lambda: 1000)
+    assert not local._root_refused({})

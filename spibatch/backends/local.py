@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +31,8 @@ class LocalOptions(Section):
                               "may use")
     mpi: Literal["auto", "mpirun", "off"] = Field(
         "auto", description="HPC-mode EMC: mpirun (workers ranks; needs mpirun and mpi4py), off (one process, all "
-        "cores), auto (mpirun when both are present and workers > 1)")
+        "cores), auto (mpirun when both are present, workers > 1 and mpirun will start: as root, Open MPI needs "
+        "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)")
     strategy_period_s: float = Field(1.0, gt=0, description="how often Parsl looks at the queue (s)")
     worker_init: str = Field("", description="shell lines run before the workers start")
 
@@ -60,10 +62,11 @@ class LocalProvider(Provider):
             return os.cpu_count() or 1
 
     def uses_mpi(self) -> bool:
-        """Whether HPC-mode EMC runs under mpirun on this site."""
+        """Whether HPC-mode EMC runs under mpirun on this site (auto: when mpirun and mpi4py are here and
+        mpirun will start: Open MPI refuses root without its two allow-as-root variables)."""
         if self.options.mpi == "off" or self.site.workers == 1:
             return False
-        return self.options.mpi == "mpirun" or _has_mpi()
+        return self.options.mpi == "mpirun" or (_has_mpi() and not _root_refused())
 
     def _parsl_provider(self):
         from parsl.providers import LocalProvider as ParslLocalProvider
@@ -114,3 +117,30 @@ class LocalProvider(Provider):
         if self.options.mpi == "mpirun" and self.site.emc_mode == "hpc" and not _has_mpi():
             raise self.fail("local.mpi is mpirun, but mpirun or mpi4py is missing", "local.mpi",
                             "install an MPI and `pip install 'spibatch[mpi]'`, or set local.mpi: auto")
+        bare = self.site.container.runtime == "none"
+        if self.site.emc_mode == "hpc" and bare and self.options.mpi == "mpirun" and _root_refused():
+            raise self.fail("local.mpi is mpirun, but this is root and Open MPI refuses to run as root", "local.mpi",
+                            "as root in a container: export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; "
+                            "else run as a user, or set local.mpi: auto (one process)")
+
+
+_OPEN_MPI: dict[str, bool] = {}    # mpirun's path -> whether it is Open MPI's (asked once a process)
+
+
+def _root_refused(env=None) -> bool:
+    """Whether Open MPI's mpirun would refuse to start here: root, without its two allow-as-root variables."""
+    env = os.environ if env is None else env
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    if env.get("OMPI_ALLOW_RUN_AS_ROOT") == "1" and env.get("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM") == "1":
+        return False
+    path = shutil.which("mpirun")
+    if path is None:
+        return False
+    if path not in _OPEN_MPI:
+        try:
+            done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20)
+            _OPEN_MPI[path] = "Open MPI" in done.stdout + done.stderr
+        except (OSError, subprocess.SubprocessError):
+            _OPEN_MPI[path] = False
+    return _OPEN_MPI[path]
