@@ -42,6 +42,7 @@ def test_symmetrize_makes_the_model_invariant():
     assert np.abs(symmetrize(radial, "I") - radial)[inner].max() < 0.03   # only the trilinear blur (peak 1)
 
 
-def test_unknown_group():
+@pytest.mark.parametrize("name", ["X7", "D2 ", " I ", "C\u0663"])   # spaces, and non-ASCII digits, read alike
+def test_unknown_group(name):
     with pytest.raises(ValueError, match="unknown point group"):
-        group_matrices("X7")
+        group_matrices(name)

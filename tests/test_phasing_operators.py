@@ -43,6 +43,7 @@ def test_python_algebra_equals_parsed_recipe():
     ("ShrinkWrap(keep=1e-9) * ER()", "keep must be 0 (off) or a fraction"),
     ("DM(beta=1e-300) ** 10", "DM: beta must be in [0.01, 1.0]"),
     ("Auto(sigma=1e300, sigma_end=1e300)", "sigma <= 100 voxels"),
+    ("HIO() ** \u0663", "expected a number, found '\u0663'"),      # an Arabic-Indic 3 is not a repeat count
     ("ER() + HIO()", "use operators, * and ** only"),
     ("__import__('os')", "unknown operator '__import__'"),
     ("HIO(0.9)", "give parameters by name"),

@@ -90,15 +90,22 @@ def check_values(settings: EMCSettings) -> None:
         last = settings.iterations if settings.anneal_until is None else min(settings.iterations,
                                                                               settings.anneal_until)
         steps = (last - 1) // settings.beta_schedule.period
-    log_beta = math.log10(first) + math.log10(settings.beta_factor) + (
-        steps * math.log10(settings.beta_schedule.factor) if steps else 0.0)
-    if log_beta > math.log10(MAX_BETA):
-        field = ("emc.beta_schedule.factor" if steps and settings.beta_schedule.factor > 1 else
-                 "emc.beta_factor" if settings.beta_factor > 1 else "emc.beta")
+    start = math.log10(first) + math.log10(settings.beta_factor)
+    ramp = steps * math.log10(settings.beta_schedule.factor) if steps else 0.0
+    limit = math.log10(MAX_BETA)
+    for log_beta in (start + max(ramp, 0.0), start + min(ramp, 0.0)):
+        if -limit <= log_beta <= limit:
+            continue
+        high = log_beta > limit
+        if not -limit <= start <= limit:    # the first iteration's beta already
+            field = "emc.beta" if abs(math.log10(first)) >= abs(math.log10(settings.beta_factor)) else "emc.beta_factor"
+        else:
+            field = "emc.beta_schedule.factor"
+        what = "overflow" if high else "are all equal (beta x log-likelihood underflows)"
         raise InputError(f"beta reaches 1e{log_beta:.0f} by iteration {settings.iterations} (beta x beta_factor x "
-                         f"schedule factor^{steps}): above {MAX_BETA:.0e} the probabilities overflow", field=field,
-                         fix="anneal less (beta_schedule.factor 2 every 10 iterations is Dragonfly's), or run "
-                         "fewer iterations")
+                         f"schedule factor^{steps}): outside 1e-100..1e100 the probabilities {what}", field=field,
+                         fix="anneal less (beta_schedule.factor 2 every 10 iterations is Dragonfly's), or run fewer "
+                         "iterations")
     refine = settings.refine
     if refine is not None and refine.top > num_rotations(settings.num_div):
         raise InputError(f"{refine.top:,} most probable rotations, but the coarse grid (num_div {settings.num_div}) "
@@ -147,6 +154,9 @@ def read_start_model(path: Path, shape: int | tuple) -> np.ndarray:
     check_finite(start, path=path, field="emc.start_model", fix=fix)
     if start.min() < 0:
         raise InputError(f"{int((start < 0).sum())} voxels are negative", path=path, field="emc.start_model", fix=fix)
+    if not start.any():
+        raise InputError("every voxel is 0: EMC cannot orient frames against an empty model", path=path,
+                         field="emc.start_model", fix=fix + "; or leave it out for a seeded random model")
     if start.max() > MAX_START_VALUE:
         raise InputError(f"values up to {start.max():.3g} photons per voxel: above {MAX_START_VALUE:.0e} the "
                          "likelihood overflows (the model would come out all zero)", path=path,

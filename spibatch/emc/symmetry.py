@@ -24,7 +24,7 @@ def group_matrices(name: str) -> np.ndarray:
     """Rotation matrices (G, 3, 3) of point group ``name``: "C<n>", "D<n>", "T", "O" or "I"."""
     from scipy.spatial.transform import Rotation
 
-    match = re.fullmatch(r"([CD])(\d+)", name.strip())
+    match = re.fullmatch(r"([CD])([0-9]+)", name)   # ASCII digits, no spaces (as T, O and I)
     if match:
         n = int(match.group(2))
         if not 1 <= n <= MAX_AXIS_ORDER:
