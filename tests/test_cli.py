@@ -154,6 +154,7 @@ def test_demo_writes_a_complete_run(tmp_path):
     (("intensity", (41, 41, 41), 0.0), "the intensity has no positive voxel"),
     (("density", (12, 12, 12), 0.0), "the density has no positive voxel"),
     (("density", (12, 12, 7), 1.0), "the density is not a cube (shape (12, 12, 7))"),
+    (("intensity", (41, 41, 41), -1e308), "SECOND: the intensity is constant: no structure to compare"),
 ])
 def test_volumes_validate_cannot_compare_are_one_line_before_any_run_folder(tmp_path, second, words):
     import h5py
@@ -163,8 +164,8 @@ def test_volumes_validate_cannot_compare_are_one_line_before_any_run_folder(tmp_
     first = tmp_path / "a.h5"
     with h5py.File(first, "w") as f:
         f[name] = np.random.default_rng(0).random((41,) * 3 if name == "intensity" else (12,) * 3) + 0.5
-    with h5py.File(tmp_path / "b.h5", "w") as f:
-        f[name] = np.full(shape, value)
+    with h5py.File(tmp_path / "b.h5", "w") as f:    # value and 2 value alternating; a negative value: |value| throughout
+        f[name] = np.full(shape, abs(value)) * (1 + (value > 0) * (np.indices(shape).sum(0) % 2))
     args = ("validate", "b.h5", "a.h5") if "not a cube" in words or "no positive" in words else ("validate", "a.h5",
                                                                                                 "b.h5")
     done = spibatch_cli(*args, "--voxel-size-m", "1e-9", cwd=tmp_path)
