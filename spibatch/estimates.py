@@ -51,7 +51,8 @@ EMC_FRAME_BYTES = 24               # per frame: photon count, scale, beta (float
 EMC_SHARD_BYTES_PER_FRAME = 32 * 12    # likelihoods (float64) and probabilities (float32) of >= 32 rotations
 PHASING_BYTES_PER_VOXEL = 20       # the intensity read (float64), the iterate, its spectrum and the amplitudes
 PHASING_START_BYTES_PER_VOXEL = 5  # every start's density (float32) and support (bool), kept for the merge
-VALIDATE_BYTES_PER_VOXEL = 96      # per volume: as read, float64 copies, the aligned copy, its transform (105-131 seen)
+VALIDATE_BYTES_PER_VOXEL = 96      # per volume, a floor: as read, float64 copies, the aligned copy, its transform
+                                   # (105-131 measured at 64^3-128^3, peak RSS, the process's own ~150 MB left out)
 
 # (low, high, unit, what SPI uses): a value outside gives a warning, not an error
 PLAUSIBLE = {

@@ -183,6 +183,7 @@ class Follower:
 
             out = self.run.stage_stream("follow", "stdout")
             out.parent.mkdir(parents=True, exist_ok=True)
+            self.run.stage_result("follow").unlink(missing_ok=True)   # an earlier follower's end, not this one's
             with open(out, "ab") as stdout, open(self.run.stage_stream("follow", "stderr"), "ab") as stderr:
                 self.process = subprocess.Popen([sys.executable, "-m", "spibatch.stages", "follow", str(self.run.path)],
                                                 stdout=stdout, stderr=stderr)

@@ -317,7 +317,7 @@ def test_the_bench_folder_is_new_empty_or_a_bench_and_holds_no_links(tmp_path):
 @pytest.mark.parametrize("edit, expect", [
     (lambda text: text.replace('"median": 1.0', '"median": "abc"', 1), "is not of type"),
     (lambda text: text.replace('"median": 1.0', '"median": NaN', 1), "NaN is not a number JSON allows"),
-    (lambda text: text[: len(text) // 2], "is not a bench's document"),
+    (lambda text: text[: len(text) // 2], "not a bench's document"),
     (lambda text: text.replace('"status": "measured"', '"status": "done"', 1), "is not one of"),
 ])
 def test_an_edited_bench_json_is_refused_not_resumed_over(tmp_path, emc_small, monkeypatch, edit, expect):
@@ -336,17 +336,31 @@ def test_an_edited_bench_json_is_refused_not_resumed_over(tmp_path, emc_small, m
 
 
 def test_rates_taken_from_a_file_are_checked(tmp_path):
-    """--rates FILE: the rates are checked against the schema (text in a kernel rate was a traceback in the model)."""
-    good = synthetic_document({})
+    """--rates FILE: a bench.json or the kernels' own {"rates": ...} file; the rates are checked against the
+    schema (text in a kernel rate was a traceback in the model)."""
+    good = dumped(synthetic_document({}))     # a copy: the helpers' rates are shared
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(dumped(good)))
-    assert runner.read_document(path, "--rates")["rates"] == dumped(good)["rates"]
+    assert runner.read_document(path, "--rates", rates_only=True)["rates"] == dumped(good)["rates"]
+    alone = tmp_path / "rates.json"           # what `python -m spibatch.bench.kernels OUT.json` writes
+    alone.write_text(json.dumps({"rates": dumped(good)["rates"]}))
+    assert runner.read_document(alone, "--rates", rates_only=True)["rates"] == dumped(good)["rates"]
     good["rates"]["emc"]["1"]["merge_per_rot_pixel"] = "fast"
     path.write_text(json.dumps(dumped(good)))
     with pytest.raises(InputError, match=r"rates\.emc\.1\.merge_per_rot_pixel: 'fast' is not of type 'number'"):
-        runner.read_document(path, "--rates")
+        runner.read_document(path, "--rates", rates_only=True)
     with pytest.raises(InputError, match="file not found"):
-        runner.read_document(tmp_path / "gone.json", "--rates")
+        runner.read_document(tmp_path / "gone.json", "--rates", rates_only=True)
+
+
+def test_a_bench_json_of_an_earlier_version_is_resumed(tmp_path):
+    """Earlier versions wrote the model's verdict as the text 'True' / 'False' (a NumPy bool through str): the
+    model is computed again on a resume, so that part of the file is not held against it."""
+    document = dumped(synthetic_document({"k_compute": 1.0, "k_overhead": 1.0, "beta": 1.0, "k_phasing": 1.0,
+                                          "beta_phasing": 1.0}))
+    document["model"] = {"check_within_goal": "False"}
+    (tmp_path / "bench.json").write_text(json.dumps(document))
+    assert runner.load_document(tmp_path)["model"] == {"check_within_goal": "False"}
 
 
 def test_bench_settings_no_point_can_honour_are_refused_first(tmp_path, emc_small, monkeypatch):
@@ -358,7 +372,7 @@ def test_bench_settings_no_point_can_honour_are_refused_first(tmp_path, emc_smal
         bench_command(path, [], out=tmp_path / "out", dry_run=True)
     path = write_bench(tmp_path, emc_small, workers="1")
     (tmp_path / "rates.json").write_text("garbage")
-    for rates, expect in ((tmp_path / "rates.json", "not a bench's document"), (tmp_path, "is a directory"),
+    for rates, expect in ((tmp_path / "rates.json", "not a bench's rates file"), (tmp_path, "is a directory"),
                           (tmp_path / "gone.json", "file not found")):
         for dry_run in (True, False):
             with pytest.raises(InputError, match=expect):

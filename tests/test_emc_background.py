@@ -169,6 +169,7 @@ def test_the_background_command_overwrites_nothing(tmp_path):
     (np.ones(10), "10 values, but the detector has"),
     (-1.0, "negative"),
     (np.nan, "NaN or infinite"),
+    (1e300, "above 1e\\+06 photons per pixel"),
 ])
 def test_a_bad_background_is_one_line_before_any_work(emc_small, tmp_path, values, words):
     from spibatch.detector import Detector
@@ -182,6 +183,19 @@ def test_a_bad_background_is_one_line_before_any_work(emc_small, tmp_path, value
                             emc_small["detector"])
     assert caught.value.field == "emc.background_file" and "bg.npy" in str(caught.value)
     assert "\n" not in str(caught.value) and not (tmp_path / "out").exists()
+
+
+def test_a_backgrounds_far_tails_are_taken_as_zero(tmp_path, caplog):
+    """Values below 1e-30 photons a frame (a modelled background's tails; 5e-324 everywhere made every frame's
+    background scale NaN) are read as 0, with one warning."""
+    import logging
+
+    values = np.array([0.5, 5e-324, 1e-40, 0.0, 2e-30])
+    np.save(tmp_path / "bg.npy", values)
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        read = read_background(tmp_path / "bg.npy", 5)
+    np.testing.assert_array_equal(read, [0.5, 0.0, 0.0, 0.0, 2e-30])
+    assert "2 values below 1e-30 photons per pixel a frame taken as 0" in caplog.text
 
 
 def small_background(emc_small, folder) -> str:

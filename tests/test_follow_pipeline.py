@@ -252,3 +252,27 @@ def test_a_source_that_never_sends_a_train_ends_the_run_in_one_line(tmp_path):
     assert len(errors) == 1 and "the source ended before a single hit was committed" in errors[0]
     assert "Traceback" not in done.stderr
     shutil.rmtree(tmp_path / "run")
+
+
+def test_an_earlier_followers_record_does_not_end_a_resumed_wait(tmp_path, monkeypatch):
+    """A follower stopped before its first train leaves its job record (status failed) and no follow/ folder; a
+    follower started again removes it, so the resumed EMC waits for the new one's hits instead of ending at once."""
+    import subprocess
+
+    from spibatch.pipeline import Follower
+    from spibatch.stages.live import first_photons
+
+    run = RunLayout(tmp_path / "run")
+    run.stage_result("follow").parent.mkdir(parents=True)
+    run.stage_result("follow").write_text('{"status": "failed"}')
+    with pytest.raises(Exception, match="before a single hit was committed"):
+        first_photons(run, 10, timeout_s=5)
+
+    class Started:
+        pid = 12345
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: Started())
+    Follower(run, wanted=True).__enter__()
+    assert not run.stage_result("follow").exists()
+    with pytest.raises(Exception, match="no hit committed within 1 s"):    # waits for the new follower's hits
+        first_photons(run, 10, timeout_s=1)

@@ -445,6 +445,9 @@ def test_hpc_mode_as_root_under_open_mpi_without_its_permission_is_one_line(tmp_
     auto = load_site(site_file(tmp_path, "provider: local\nworkers: 2\nlocal: {cores: 2, mpi: auto}\n"))
     assert not provider_for(auto).uses_mpi()              # auto: one process, which does start
     provider_for(auto).check_site(tmp_path / "run")
+    exported = load_site(site_file(tmp_path, "provider: local\nworkers: 2\nlocal: {cores: 2, mpi: mpirun, worker_init: "
+                                   "'export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1'}\n"))
+    provider_for(exported).check_site(tmp_path / "run")  # the workers' own environment allows it: no line
     monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
     monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     provider_for(site).check_site(tmp_path / "run")      # allowed: no line

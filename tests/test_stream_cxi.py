@@ -23,7 +23,7 @@ from spibatch import layout
 from spibatch.detector import Detector
 from spibatch.io.dragonfly import read_photons, write_detector
 from spibatch.photons import Photons
-from spibatch.stream.cxifolder import TRAIN_IDS, CxiFolderSource
+from spibatch.stream.cxifolder import PULSE_IDS, TRAIN_IDS, CxiFolderSource
 from spibatch.stream.follower import Follower, FollowSettings
 from spibatch.stream.replay import FrameSet, replay, simulated
 from spibatch.stream.shards import ChunkShards
@@ -100,13 +100,13 @@ def test_bad_cxi_files_are_skipped(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="spibatch"):
         summary = Follower(CxiFolderSource(folder, (16, 16), settle_s=0), detector, tmp_path / "follow",
                            FollowSettings(threshold=30, flush_s=0, idle_timeout_s=0.5)).run()
-    assert summary["bad_trains"] == {"unreadable file": 6, "repeated or non-monotonic train ID": 1,
-                                     "unreadable data": 1}
+    assert summary["bad_trains"] == {"unreadable file": 5, "repeated or non-monotonic train ID": 1,
+                                     "unreadable data": 2}
     assert "frames_00001e.cxi: train unknown: file: not a regular file" in caplog.text
     assert "frames_00001f.cxi: train unknown: file: ValueError" in caplog.text
     assert "10,000,000 frames in one train (9.5 GiB) exceed the 2 GiB" in caplog.text
-    assert "frames_00001h.cxi: train unknown: entry_1/data_1/data: declares 1,000,000,000 frames but holds chunks " \
-           "for at most 0" in caplog.text
+    assert "frames_00001h.cxi: train unknown: /entry_1/data_1/data: declares 1,000,000,000 frames but only the " \
+           "first 0 were written whole" in caplog.text
     assert "frames_00001d.cxi: train unknown: entry_1/data_1/data: its data are external storage in" in caplog.text
     assert "frames_00001.cxi: train unknown: file: cannot be opened" in caplog.text
     assert "frames_00001c.cxi: train unknown: file: cannot be opened" in caplog.text
@@ -191,3 +191,23 @@ def test_frames_from_a_shared_set_and_open_source(small_dataset, tmp_path):
     assert isinstance(open_source("cxi-folder", str(tmp_path), (64, 64)), CxiFolderSource)
     with pytest.raises(Exception, match="unknown source kind"):
         open_source("hdf5-soup", str(tmp_path), (64, 64))
+
+
+def test_a_file_whose_writer_stopped_early_gives_its_whole_frames(tmp_path):
+    """A CXI file declared for 64 frames whose writer stopped after 20 (chunks of 4 frames, the last one half
+    filled is still whole as HDF5 sees it): the follower takes the written frames' trains and skips the rest in
+    one line, instead of reading fill values (or, as briefly, skipping the whole file)."""
+    detector = Detector.flat(16, 1e-3, 0.1, 1e-9)
+    folder = tmp_path / "cxi"
+    folder.mkdir()
+    frames = FrameSet.synthetic((16, 16), 5, 4, hit_fraction=0.5, photons_per_hit=60)   # 5 trains of 4 frames
+    with h5py.File(folder / "frames_00000.cxi", "w") as f:
+        data = f.create_dataset("entry_1/data_1/data", (64, 16, 16), "f4", chunks=(4, 16, 16))
+        ids = f.create_dataset(TRAIN_IDS, (64,), "u8", chunks=(4,))
+        data[:20] = np.concatenate([frames.train(k)[1] for k in range(5)])
+        ids[:20] = np.repeat(np.arange(10000, 10005), 4)
+        f[PULSE_IDS] = np.tile(np.arange(4), 16)
+    summary = Follower(CxiFolderSource(folder, (16, 16), settle_s=0), detector, tmp_path / "follow",
+                       FollowSettings(threshold=30, flush_s=0, idle_timeout_s=0.5)).run()
+    assert summary["bad_trains"] == {"unreadable data": 1}
+    assert set(chunk_ids(tmp_path / "follow")) == hit_ids(frames)

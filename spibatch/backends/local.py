@@ -7,7 +7,9 @@ container, when one is set) as one task; in HTC mode one task per shard per iter
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -22,6 +24,8 @@ from spibatch.backends import parsl_common as common
 from spibatch.backends.base import TASKS_LABEL, Launch, Provider, Rendered
 from spibatch.backends.containers import check as check_container
 from spibatch.yaml_models import Section
+
+log = logging.getLogger("spibatch")
 
 
 class LocalOptions(Section):
@@ -66,7 +70,15 @@ class LocalProvider(Provider):
         mpirun will start: Open MPI refuses root without its two allow-as-root variables)."""
         if self.options.mpi == "off" or self.site.workers == 1:
             return False
-        return self.options.mpi == "mpirun" or (_has_mpi() and not _root_refused())
+        return self.options.mpi == "mpirun" or (_has_mpi() and not self._root_refused())
+
+    def _root_refused(self) -> bool:
+        """Open MPI would refuse root where the HPC job runs: bare on this machine (a container's image decides
+        for itself), with the driver's environment plus what ``local.worker_init`` exports."""
+        if self.site.container.runtime != "none":
+            return False
+        exported = dict(re.findall(r"\b(OMPI_ALLOW_RUN_AS_ROOT(?:_CONFIRM)?)=[\"']?(\w+)", self.options.worker_init))
+        return _root_refused({**os.environ, **exported})
 
     def _parsl_provider(self):
         from parsl.providers import LocalProvider as ParslLocalProvider
@@ -117,11 +129,16 @@ class LocalProvider(Provider):
         if self.options.mpi == "mpirun" and self.site.emc_mode == "hpc" and not _has_mpi():
             raise self.fail("local.mpi is mpirun, but mpirun or mpi4py is missing", "local.mpi",
                             "install an MPI and `pip install 'spibatch[mpi]'`, or set local.mpi: auto")
-        bare = self.site.container.runtime == "none"
-        if self.site.emc_mode == "hpc" and bare and self.options.mpi == "mpirun" and _root_refused():
-            raise self.fail("local.mpi is mpirun, but this is root and Open MPI refuses to run as root", "local.mpi",
-                            "as root in a container: export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; "
-                            "else run as a user, or set local.mpi: auto (one process)")
+        if self.site.emc_mode == "hpc" and self.site.workers > 1 and self._root_refused():
+            if self.options.mpi == "mpirun":
+                raise self.fail("local.mpi is mpirun, but this is root and Open MPI refuses to run as root",
+                                "local.mpi", "as root in a container: export OMPI_ALLOW_RUN_AS_ROOT=1 "
+                                "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 (or in local.worker_init); else run as a user, or "
+                                "set local.mpi: auto (one process)")
+            if self.options.mpi == "auto" and _has_mpi():
+                log.warning("%s: HPC-mode EMC runs as one process: this is root, and Open MPI refuses root unless "
+                            "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 are exported",
+                            self.site.source)
 
 
 _OPEN_MPI: dict[str, bool] = {}    # mpirun's path -> whether it is Open MPI's (asked once a process)

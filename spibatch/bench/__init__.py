@@ -72,7 +72,7 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     from spibatch.bench.settings import load_bench
 
     bench = load_bench(bench_yaml)
-    if isinstance(rates, (str, Path)) and not runner.read_document(Path(rates), "--rates")["rates"]:
+    if isinstance(rates, (str, Path)) and not runner.read_document(Path(rates), "--rates", rates_only=True)["rates"]:
         from spibatch.errors import InputError   # checked before hours of matrix, not after
 
         raise InputError("holds no kernel rates (its bench measured none)", path=rates, field="--rates",
@@ -99,7 +99,7 @@ def finish(out: Path, document: dict, *, rates: bool | Path = True) -> str:
 
     runner.fill_sizes(out, document)
     if isinstance(rates, (str, Path)) and not document.get("rates"):
-        document["rates"] = runner.read_document(Path(rates), "--rates")["rates"]
+        document["rates"] = runner.read_document(Path(rates), "--rates", rates_only=True)["rates"]
     elif rates and not document.get("rates"):
         from spibatch.bench.kernels import measure_rates
 

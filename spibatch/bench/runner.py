@@ -136,31 +136,41 @@ def load_document(out: Path) -> dict | None:
     return read_document(path, "--out") if path.is_file() else None
 
 
-def read_document(path: Path, field: str) -> dict:
-    """A bench.json as written by a bench: InputError (one line, never overwritten) when it is not JSON, holds
-    NaN or Infinity, or breaks the shipped schema (an edited or damaged file: a resume would trip over it)."""
+def read_document(path: Path, field: str, *, rates_only: bool = False) -> dict:
+    """A bench.json as written by a bench (``rates_only``: any JSON object whose ``rates`` are a bench's, as
+    ``python -m spibatch.bench.kernels`` writes them): InputError (one line, the file never overwritten) when it
+    is not JSON, holds NaN or Infinity, or breaks the shipped schema (an edited or damaged file: a resume would
+    trip over it).  The ``model`` part is not checked: a resume computes it again (and files of earlier
+    versions wrote its verdict as the text 'True' / 'False')."""
     import jsonschema
 
     from spibatch.bench import bench_schema
     from spibatch.errors import InputError
 
-    fix = "restore it, or move it away to start the bench afresh (or delete the damaged point: it is measured again)"
+    what = "a bench's rates file" if rates_only else "a bench's document"
+    fix = ("name a bench.json, or a rates file of `python -m spibatch.bench.kernels`" if rates_only else
+           "restore it, or move it away to start the bench afresh (or delete the damaged point: it is measured again)")
 
     def no_constant(name: str):
         raise ValueError(f"{name} is not a number JSON allows")
 
     if not path.is_file():
         raise InputError("is a directory, not a file" if path.is_dir() else "file not found", path=path,
-                         field=field, fix="name an earlier bench's bench.json")
+                         field=field, fix=fix)
     try:
         document = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"bench.json is not a bench's document ({' '.join(str(exc).split())[:120]})", path=path,
-                         field=field, fix=fix) from None
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(bench_schema()).iter_errors(document))
+        raise InputError(f"not {what} ({' '.join(str(exc).split())[:120]})", path=path, field=field,
+                         fix=fix) from None
+    schema = bench_schema()
+    if rates_only:
+        schema = {"type": "object", "required": ["rates"], "properties": {"rates": schema["properties"]["rates"]}}
+    else:
+        schema = {**schema, "properties": {**schema["properties"], "model": {}}}
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(document))
     if error is not None:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
-        raise InputError(f"bench.json: {where or 'the document'}: {error.message[:160]}", path=path, field=field,
+        raise InputError(f"not {what}: {where or 'the document'}: {error.message[:160]}", path=path, field=field,
                          fix=fix)
     return document
 

@@ -85,7 +85,7 @@ def check_values(settings: EMCSettings) -> None:
     from spibatch.emc.rotations import num_rotations
 
     first = 1.0 if settings.beta == "auto" else float(settings.beta)   # auto is at most 1 per frame
-    steps = 0
+    steps, last = 0, settings.iterations
     if settings.beta_schedule is not None:
         last = settings.iterations if settings.anneal_until is None else min(settings.iterations,
                                                                               settings.anneal_until)
@@ -102,7 +102,7 @@ def check_values(settings: EMCSettings) -> None:
         else:
             field = "emc.beta_schedule.factor"
         what = "overflow" if high else "are all equal (beta x log-likelihood underflows)"
-        raise InputError(f"beta reaches 1e{log_beta:.0f} by iteration {settings.iterations} (beta x beta_factor x "
+        raise InputError(f"beta reaches 1e{log_beta:.0f} by iteration {last} (beta x beta_factor x "
                          f"schedule factor^{steps}): outside 1e-100..1e100 the probabilities {what}", field=field,
                          fix="anneal less (beta_schedule.factor 2 every 10 iterations is Dragonfly's), or run fewer "
                          "iterations")

@@ -21,7 +21,8 @@ def shrink_wrap(rec, sigma: float, thresholds: list[float], keep: float = 0.0, *
                 min_voxels: int = 1) -> list[int]:
     """Blur P_S of the current estimate by a Gaussian of ``sigma`` voxels, keep what exceeds ``thresholds[b]``
     times the blurred maximum of start b (or the ``keep`` fraction of the box); returns each start's support
-    size.  RecipeError when a support would hold fewer than ``min_voxels`` voxels or the whole box."""
+    size.  RecipeError when a support would be empty or the whole box; a start whose support holds fewer than
+    ``min_voxels`` voxels has collapsed: it is marked failed (``rec.failures``: not merged) and runs on."""
     label = name.split("(")[0]
     n = rec.n
     g = np.exp(-2 * (math.pi * sigma * np.fft.fftfreq(n)) ** 2)
@@ -52,8 +53,8 @@ def shrink_wrap(rec, sigma: float, thresholds: list[float], keep: float = 0.0, *
         if kept == 0:
             raise RecipeError(f"{label}: threshold {thresholds[start]} emptied the support; lower it")
         if kept < min_voxels:
-            raise RecipeError(f"{name}: the support collapsed to {kept} voxel(s) (fewer than {min_voxels}): it "
-                              "holds no object; lower the threshold (or raise keep)")
+            rec.failures.setdefault(start, f"{name}: the support collapsed to {kept} voxel(s) (fewer than "
+                                    f"{min_voxels}): it holds no object; lower the threshold (or raise keep)")
         if kept == volume.size:
             raise RecipeError(f"{name} kept all {kept} voxels of the box: the support constrains nothing; raise "
                               "the threshold (or lower keep)")

@@ -54,11 +54,14 @@ def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None)
             raise InputError(f"the source ended ({shards.end.get('end', 'ended')}) before a single hit was found "
                              f"in {shards.frames_seen} frames", path=run.follow, field="source",
                              fix="check the source, adu_per_photon and hit_threshold")
-        if shards.end is None and follow_over(run):   # ended before its first train: no follow/ folder, no end line
-            shards = ChunkShards(run.follow)          # (its end line, if any, came before the stage's record)
+        if shards.end is None and follow_over(run):   # ended without an end line: before its first
+            shards = ChunkShards(run.follow)          # train, or stopped (an end line comes before the record)
             if not shards.first_chunks(min_hits) and (shards.end is None or shards.hits == 0):
-                raise InputError("the source ended before a single hit was committed (no train arrived: see "
-                                 "stages/follow.log)", path=run.follow, field="source",
+                problem = (f"the follow stopped after {shards.hits} hit(s), fewer than source.emc_start_hits "
+                           f"({min_hits}), without an end line (see stages/follow.log)" if shards.hits else
+                           "the source ended before a single hit was committed (no train arrived: see "
+                           "stages/follow.log)")
+                raise InputError(problem, path=run.follow, field="source",
                                  fix="check the source's target and that data are flowing (source.idle_timeout_s "
                                  "ends a follow that waited that long for its first train)")
             continue
@@ -71,7 +74,8 @@ def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None)
 
 
 def follow_over(run: RunLayout) -> bool:
-    """Whether the follow stage has ended, done or failed (its marker, or its job's record)."""
+    """Whether the follow stage has ended, done or failed (its marker, or its job's record: a follower started
+    again removes an earlier one's, :class:`spibatch.pipeline.Follower`)."""
     return run.marker("follow").exists() or run.stage_result("follow").exists()
 
 

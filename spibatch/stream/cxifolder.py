@@ -109,7 +109,7 @@ class CxiFolderSource:
             return
         with f:
             from spibatch.errors import InputError
-            from spibatch.io.hdf5 import check_other_files, check_written
+            from spibatch.io.hdf5 import check_other_files, written_frames
 
             try:
                 check_other_files(f, path)     # a FIFO behind external storage would hang the follower
@@ -119,18 +119,19 @@ class CxiFolderSource:
             if self.data_path not in f or f[self.data_path].ndim < 2:
                 yield [Skipped("unreadable file", path.name, self.data_path, "no frame stack here")]
                 return
-            try:
-                for name in (self.data_path, TRAIN_IDS):   # a 3 kB file can declare 1e9 frames never written
-                    if isinstance(f.get(name), h5py.Dataset):
-                        check_written(f[name], path, "write the frames, or give the file its real size")
-            except InputError as error:
-                yield [Skipped("unreadable file", path.name, error.field or "file", error.problem)]
-                return
             data = f[self.data_path]
-            n = data.shape[0]
-            if TRAIN_IDS in f and f[TRAIN_IDS].shape == (n,):
-                train_ids = f[TRAIN_IDS][:].astype(np.uint64)
-                pulse_ids = f[PULSE_IDS][:].astype(np.uint64) if PULSE_IDS in f else np.arange(n)
+            declared = n = data.shape[0]
+            with_ids = TRAIN_IDS in f and f[TRAIN_IDS].shape == (n,)
+            for ds in (data, f[TRAIN_IDS]) if with_ids else (data,):  # a writer stopped early, or a 3 kB file
+                n = min(n, written_frames(ds))                         # declaring 1e9 frames: the whole ones
+            if n < declared:
+                yield [Skipped("unreadable data", path.name, self.data_path, f"declares {declared:,} frames but only "
+                               f"the first {n:,} were written whole: the rest skipped")]
+            if n == 0:
+                return
+            if with_ids:
+                train_ids = f[TRAIN_IDS][:n].astype(np.uint64)
+                pulse_ids = f[PULSE_IDS][:n].astype(np.uint64) if PULSE_IDS in f else np.arange(n)
             else:
                 train_ids, pulse_ids = np.full(n, ordinal, np.uint64), np.arange(n, dtype=np.uint64)
             frame_bytes = 4 * int(np.prod(data.shape[1:]))
