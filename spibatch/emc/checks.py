@@ -41,7 +41,6 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> In
     """
     from spibatch.io.dragonfly import check_match, photons_info
 
-    check_values(settings)
     for name, path in (("photons", photons), ("detector", detector)):
         if path is None:
             raise InputError("no file given", field=f"emc.{name}",

@@ -45,6 +45,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     import dataclasses
 
     from spibatch import estimates
+    from spibatch.emc.checks import check_values
     from spibatch.emc.driver import check_inputs
     from spibatch.emc.mpi import world
     from spibatch.io.dragonfly import check_photons
@@ -66,6 +67,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
                   gpu=gpu, parallel=budget.parallel(gpu), volumes=settings.num_volumes,
                   rotations_field="emc.num_div" if refine is None else "emc.refine.num_div",
                   ).check(config, budget, paths={"emc.photons": photons, "emc.detector": detector})
+    with naming(config):     # after the estimate: 1e12 iterations are too many before they anneal too far
+        check_values(settings)
     if settings.start_model is not None:
         found.start_model = check_start_model(settings.start_model, found.size, settings.num_volumes)
     if settings.halves:

@@ -78,8 +78,6 @@ def _emc(pipeline, config: Path, budget, smallest: int, frames: int, used: int, 
     from spibatch.emc.checks import check_values
 
     emc = pipeline.emc
-    with emc_stage.naming(config):
-        check_values(emc_stage.settings_of(pipeline))
     if emc.halves:
         emc_stage.check_halves(pipeline, frames, 1, None, config)
     size = emc.model_size or smallest
@@ -92,6 +90,8 @@ def _emc(pipeline, config: Path, budget, smallest: int, frames: int, used: int, 
                   model_field="emc.model_size" if emc.model_size else "geometry.detector_pixels",
                   frames_field=frames_field, gpu=gpu, parallel=budget.parallel(gpu),
                   volumes=emc.num_modes + emc.nonrot_modes).check(config, budget)
+    with emc_stage.naming(config):
+        check_values(emc_stage.settings_of(pipeline))
     if emc.start_model is not None:
         emc_stage.check_start_model(emc.start_model, size, emc.num_modes + emc.nonrot_modes)
     if emc.background_file is not None:     # its size is checked against the detector once a stage made it
