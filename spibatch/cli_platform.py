@@ -175,6 +175,17 @@ def _check_writable_folder(folder: Path, field: str) -> None:
                          fix="give a folder you can write")
 
 
+def _follows(run) -> bool:
+    """Whether the run's own config.yaml has a ``source`` section (a live run before its first train)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and bool(config.get("source"))
+
+
 def stop(run_dir: Path = typer.Argument(..., help="a run folder that follows a live source")) -> None:
     """Tell a run that follows a live source that the data have ended: it ingests what has arrived, finishes
     EMC by its stopping rule, and phases and validates the result."""
@@ -185,8 +196,9 @@ def stop(run_dir: Path = typer.Argument(..., help="a run folder that follows a l
 
     run = RunLayout(run_dir)
     read_provenance(run.path, field_name="RUN_DIR")     # a run folder, or one line saying it is not
-    if not run.follow.exists():
-        raise InputError("this run does not follow a live source (no follow/ folder)", path=run.path,
-                         field="RUN_DIR", fix="give the run folder of a `spibatch run` whose pipeline has a source")
+    if not run.follow.exists() and not _follows(run):    # (a follow makes its folder with its first train)
+        raise InputError("this run does not follow a live source (no follow/ folder, no source in its "
+                         "config.yaml)", path=run.path, field="RUN_DIR",
+                         fix="give the run folder of a `spibatch run` whose pipeline has a source")
     write_text(run.stop, f"stop requested {utc_now()}\n")
     typer.echo(f"asked {run.path} to stop: it finishes what has arrived ({run.stop})")

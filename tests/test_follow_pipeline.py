@@ -276,3 +276,22 @@ def test_an_earlier_followers_record_does_not_end_a_resumed_wait(tmp_path, monke
     assert not run.stage_result("follow").exists()
     with pytest.raises(Exception, match="no hit committed within 1 s"):    # waits for the new follower's hits
         first_photons(run, 10, timeout_s=1)
+
+
+def test_stop_reaches_a_live_run_before_its_first_train(tmp_path):
+    """A live run makes follow/ with its first train: `spibatch stop` before that was refused ("this run does
+    not follow a live source"); the run's own config.yaml says it does.  An EMC run is still refused."""
+    import subprocess
+    import sys
+
+    from spibatch import layout
+
+    for name, config in (("live", "name: t\nsource: {kind: cxi-folder, target: frames}\n"),
+                         ("batch", "name: t\nemc: {num_div: 1}\n")):
+        run = RunLayout(tmp_path / name)
+        run.path.mkdir()
+        (run.path / layout.PROVENANCE).write_text('{"status": "running"}')
+        run.config.write_text(config)
+        done = subprocess.run([sys.executable, "-m", "spibatch", "stop", str(run.path)], capture_output=True,
+                              text=True, env=env(), timeout=120)
+        assert (done.returncode, run.stop.exists()) == ((0, True) if name == "live" else (2, False)), done.stderr
