@@ -33,13 +33,17 @@ class Inputs:
     background: np.ndarray | None = None
 
 
-def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1) -> Inputs:
+def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, values: bool = True) -> Inputs:
     """Read the detector, the photons file's header and the start model; InputError on anything wrong.
 
     Light (no frames are read): a command calls it before creating a run folder.
-    ``ranks``: MPI ranks to share the shards (each needs at least one).
+    ``ranks``: MPI ranks to share the shards (each needs at least one); ``values``: :func:`check_values` too (the
+    stage checks them after its memory and time estimate).
     """
     from spibatch.io.dragonfly import check_match, photons_info
+
+    if values:
+        check_values(settings)
 
     for name, path in (("photons", photons), ("detector", detector)):
         if path is None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from spibatch import interrupts
 from spibatch.emc import records
-from spibatch.emc.checks import Inputs, check_inputs, check_shards, check_values, read_start_model  # noqa: F401
+from spibatch.emc.checks import Inputs, check_inputs, check_shards, read_start_model  # noqa: F401 (the stage's entry)
 from spibatch.emc.settings import EMCSettings
 from spibatch.emc.step import default_threads, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
@@ -132,7 +132,6 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     Resuming a run whose checkpoint holds more frames than the photons file (shards of ``source`` joined it
     while it ran: a following run), the source's shards join first -- the checkpoint's frames are the first
     of them, numbered without gaps as the source numbers them -- and frames committed since start at scale 1."""
-    check_values(settings)
     inputs = executor.collective(check_inputs, settings, photons, detector, executor.size)
     photons, detector = Path(photons), Path(detector)
     threads = _limit_threads()

@@ -55,7 +55,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     require_file(detector, "emc.detector", fix="give the Dragonfly detector file of these photons")
     settings = settings_of(pipeline)
     with naming(config):
-        found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks)
+        found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks, values=False)
     budget = budget or budget_for()
     gpu = pipeline.device == "gpu"
     refine = settings.refine
