@@ -180,8 +180,10 @@ def _follows(run) -> bool:
     import yaml
 
     try:
+        if not run.config.is_file() or run.config.stat().st_size > 1 << 20:   # not /dev/zero, a FIFO, a data file
+            return False
         config = yaml.safe_load(run.config.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
         return False
     return isinstance(config, dict) and bool(config.get("source"))
 

@@ -76,6 +76,9 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
         if isinstance(node, yaml.MappingNode):
             seen: set = set()
             for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise InputError("a key that is a list or a mapping", path=path,
+                                     field=f"line {key_node.start_mark.line + 1}", fix="keys are plain names")
                 key = key_node.value
                 if key in seen:
                     raise InputError(f"key '{key}' appears twice", path=path,
@@ -96,7 +99,26 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
     except yaml.YAMLError as exc:   # composed, but not constructible: a tag such as !!python/object (never run)
         raise _yaml_error(exc, path, f"{getattr(exc, 'problem', None) or exc}".splitlines()[0],
                           "settings are plain values: remove the !!tag") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:   # !!int "abc", 5000-digit integers
+        raise InputError(f"a value cannot be read ({' '.join(str(exc).split())[:100]})", path=path, field="YAML",
+                         fix="settings are plain values: numbers of at most 19 digits, no !!tags") from None
+    _check_numbers(data, path, lines, ())
     return data, lines
+
+
+MAX_INTEGER = 2 ** 64    # a larger integer is no count, size or seed (1e309 overflows every float estimate)
+
+
+def _check_numbers(node: Any, path: Path, lines: dict, prefix: tuple) -> None:
+    """InputError at the first integer beyond MAX_INTEGER (values already bounded by MAX_YAML_VALUES)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            where = prefix + (key,)
+            raise InputError(f"{len(str(abs(value)))}-digit integer", path=path,
+                             field=f"line {lines.get(where, '?')}: {'.'.join(map(str, where))}",
+                             fix="give a number of at most 19 digits")
+        _check_numbers(value, path, lines, prefix + (key,))
 
 
 def _yaml_error(exc, path: Path, problem: str, fix: str) -> InputError:
@@ -167,6 +189,9 @@ def read_yaml_mapping(path: Path, *, field: str | None = None, missing_fix: str,
     """A YAML file's top-level mapping and the line of every key path; InputError (one line) when the
     file is missing or unreadable, not YAML, or not a mapping.  An empty file is an empty mapping."""
     try:
+        if path.exists() and not path.is_file():    # /dev/zero (read for ever), a FIFO (blocks), a folder
+            raise InputError("is a directory" if path.is_dir() else "not a regular file", path=path, field=field,
+                             fix="give the pipeline or site YAML file")
         if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
             raise InputError(f"{path.stat().st_size:,} bytes; a settings file is at most {MAX_YAML_BYTES:,}",
                              path=path, field=field, fix="give the pipeline or site YAML file, not a data file")

@@ -119,7 +119,19 @@ NESTED = '"' + "(" * 40 + "ER()" + ")" * 40 + '"'
 CASES: list[Case] = [
     # ---------------------------------------------------------------- the pipeline file itself (paths, YAML)
     Case("yaml-missing", "paths", ["emc", "nope.yaml"], {}, ["nope.yaml", "file not found"]),
-    Case("yaml-directory", "paths", ["emc", "p.yaml"], {"p.yaml": b.directory}, ["p.yaml", "IsADirectoryError"]),
+    Case("yaml-directory", "paths", ["emc", "p.yaml"], {"p.yaml": b.directory}, ["p.yaml", "is a directory"]),
+    Case("yaml-dev-zero", "paths", ["emc", "p.yaml"], {"p.yaml": b.symlink("/dev/zero")},
+         ["p.yaml", "not a regular file"]),
+    Case("site-dev-zero", "site files", ["run", "p.yaml", "--site", "site.yaml"],
+         {"p.yaml": b.yaml_file(SIM), "site.yaml": b.symlink("/dev/zero")}, ["site.yaml", "not a regular file"]),
+    Case("yaml-list-key", "paths", ["emc", "p.yaml"], {"p.yaml": b.text("name: t\n? [a, b]\n: 1\n")},
+         ["p.yaml", "line 2", "a key that is a list or a mapping"]),
+    Case("yaml-5000-digits", "paths", ["emc", "p.yaml"], {"p.yaml": b.text("name: t\nemc: {{num_div: 1" + "0" * 5000 + "}}\n")},
+         ["p.yaml", "a value cannot be read"]),
+    Case("yaml-400-digits", "paths", ["emc", "p.yaml"], {"p.yaml": b.text("name: t\nemc: {{num_div: 1" + "0" * 400 + "}}\n")},
+         ["p.yaml", "emc.num_div", "401-digit integer"]),
+    Case("yaml-int-tag-text", "paths", ["emc", "p.yaml"], {"p.yaml": b.text('name: t\nemc: {{num_div: !!int "abc"}}\n')},
+         ["p.yaml", "a value cannot be read"]),
     Case("yaml-symlink-loop", "paths", ["emc", "p.yaml"], {"p.yaml": b.symlink("p.yaml")}, ["p.yaml", "cannot read"]),
     Case("yaml-dangling-symlink", "paths", ["simulate", "p.yaml"], {"p.yaml": b.symlink("gone.yaml")},
          ["p.yaml", "file not found"]),
@@ -614,7 +626,7 @@ CASES: list[Case] = [
 
     # ---------------------------------------------------------------- site files
     site("site-missing", ["file not found"], builder=lambda path, base: None),
-    site("site-directory", ["IsADirectoryError"], builder=b.directory),
+    site("site-directory", ["is a directory"], builder=b.directory),
     site("site-not-utf8", ["UnicodeDecodeError"], builder=b.raw_bytes(b"provider: \xff\n")),
     site("site-bad-yaml", ["not valid YAML"], text="provider: [local\n"),
     site("site-empty", ["--site", "the site file is empty"], text=""),
