@@ -269,7 +269,7 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     ``adjust(pipeline)``: changes applied after loading (the demo's options).
     """
     from spibatch.config import dump_pipeline, load_pipeline
-    from spibatch.rundir import check_new_run_path, new_run_path, open_run
+    from spibatch.rundir import check_new_run_path, check_shell_safe, new_run_path, open_run
 
     pipeline = load_pipeline(config)
     if runs_dir is not None:
@@ -282,6 +282,7 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     provider = provider_for(site)
     target = check_new_run_path((out if out is not None else new_run_path(pipeline.name,
                                                                          pipeline.output.runs_dir)).resolve())
+    check_shell_safe(target, "--out" if out is not None else "output.runs_dir")
     argv = list(command if command is not None else sys.argv)
     if dry_run:
         return target, provider.dry_run(target, argv)
@@ -304,9 +305,10 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
     file ``site_path``, which then replaces the run's copy (checked before anything is touched)."""
     from spibatch.config import load_pipeline
     from spibatch.parsl_shutdown import cancel_left_jobs
-    from spibatch.rundir import open_run, read_provenance
+    from spibatch.rundir import check_shell_safe, open_run, read_provenance
 
     run = RunLayout(Path(run_dir).resolve())
+    check_shell_safe(run.path, "RUN_DIR")
     for path in (run.provenance, run.config, run.site):
         if not path.is_file():
             raise InputError(f"no {path.name} here: not a run of `spibatch run`", path=run.path, field="RUN_DIR",

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -141,6 +142,21 @@ def new_run_path(name: str, runs_dir: Path) -> Path:
 # what a new run writes first (before provenance.json): a folder holding only these and its lock is a new run's
 # owner killed in its first moments, taken over
 STARTUP_FILES = {layout.LOCK, layout.CONFIG, layout.LOG}
+
+
+SHELL_UNSAFE = re.compile(r"[\s$`\"'\\;|&<>(){}*?!\[\]]")
+
+
+def check_shell_safe(path: Path, field: str) -> Path:
+    """``path`` may hold a run that Parsl's workers and the sites' batch scripts run in: no whitespace or shell
+    character (Parsl does not quote its submit scripts' paths: a space hung the run; a ``$(...)`` in a Slurm
+    script's heredoc would run)."""
+    found = SHELL_UNSAFE.search(str(path))
+    if found:
+        raise InputError(f"its path holds {found.group()!r}, which Parsl's workers and batch scripts do not quote",
+                         path=path, field=field, fix="choose a folder whose path has no spaces, quotes or shell "
+                         "characters ($ ` ; | & < > ( ) * ? ! [ ] { })")
+    return path
 
 
 def check_new_run_path(path: Path) -> Path:

@@ -120,6 +120,14 @@ CASES: list[Case] = [
     # ---------------------------------------------------------------- the pipeline file itself (paths, YAML)
     Case("yaml-missing", "paths", ["emc", "nope.yaml"], {}, ["nope.yaml", "file not found"]),
     Case("yaml-directory", "paths", ["emc", "p.yaml"], {"p.yaml": b.directory}, ["p.yaml", "is a directory"]),
+    Case("run-out-with-space", "paths", ["run", "p.yaml", "--out", "my run"], {"p.yaml": b.yaml_file(SIM)},
+         ["my run", "--out", "its path holds ' '"]),
+    Case("run-out-with-dollar", "paths", ["run", "p.yaml", "--out", "o$(touch ran)"], {"p.yaml": b.yaml_file(SIM)},
+         ["--out", "its path holds '$'"]),
+    Case("site-image-command", "site files", ["run", "p.yaml", "--site", "site.yaml", "--dry-run"],
+         {"p.yaml": b.yaml_file(SIM), "site.yaml": b.text("provider: local\ncontainer: {{runtime: docker, image: "
+                                                           "'img:$(touch ran)x'}}\n")},
+         ["site.yaml", "container", "holds a space or a shell character"]),
     Case("yaml-dev-zero", "paths", ["emc", "p.yaml"], {"p.yaml": b.symlink("/dev/zero")},
          ["p.yaml", "not a regular file"]),
     Case("site-dev-zero", "site files", ["run", "p.yaml", "--site", "site.yaml"],
