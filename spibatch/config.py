@@ -59,10 +59,10 @@ class Simulation(Section):
     pdb: Path = Field(description="PDB or mmCIF file of the particle (relative to this YAML file)")
     num_patterns: int = Field(1000, ge=1, description="number of diffraction patterns")
     mean_photons_per_frame: float | None = Field(
-        1000.0, gt=0, description="scale the intensity so a frame holds this many photons on average "
+        1000.0, ge=1e-3, le=1e12, description="scale the intensity so a frame holds this many photons on average "
         "(set to null and give fluence_photons_per_m2 for an absolute scale)")
-    fluence_photons_per_m2: float | None = Field(None, gt=0, description="incident fluence per pulse, photons / m^2")
-    fluence_jitter: float = Field(0.0, ge=0, description="relative rms of a per-pattern fluence factor (gamma distributed, mean 1)")
+    fluence_photons_per_m2: float | None = Field(None, ge=1e6, le=1e40, description="incident fluence per pulse, photons / m^2")
+    fluence_jitter: float = Field(0.0, ge=0, le=10, description="relative rms of a per-pattern fluence factor (gamma distributed, mean 1)")
     use_b_factors: bool = Field(True, description="blur each atom by its PDB B-factor")
     assembly: bool = Field(True, description="build the file's first biological assembly (as Dragonfly's "
                            "simulator does); false: the deposited atoms only")

@@ -63,6 +63,15 @@ PLAUSIBLE = {
 }
 
 
+# (low, high, unit): outside, a value is refused (a unit mistake by orders of magnitude, or no X-ray at all)
+POSSIBLE = {
+    "photon_energy_ev": (10.0, 1e7, "eV"),
+    "wavelength_m": (1.2e-13, 1.3e-7, "m"),
+    "detector_distance_m": (1e-4, 1e4, "m"),
+    "pixel_size_m": (1e-8, 1.0, "m"),
+}
+
+
 def human_bytes(n: float) -> str:
     """``n`` bytes in binary units, B to EiB (3 significant digits)."""
     for unit, size in (("EiB", EIB), ("PiB", PIB), ("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
@@ -231,6 +240,16 @@ def check_flat(geometry, path, *, key: str = "geometry") -> FlatGeometry:
     """A flat detector's geometry (``config.Geometry`` or anything with its fields) that EMC and phasing can
     use, or one InputError: the detector nearer than one pixel, a model grid too small to phase, no pixel
     left outside the beam stop."""
+    for name, (low, high, unit) in POSSIBLE.items():     # beyond them the scattering tables index out of range
+        value = getattr(geometry, name, None)
+        if value is not None and not low <= value <= high:
+            raise InputError(f"{value:g} {unit} is outside {low:g}-{high:g} {unit}, beyond any X-ray imaging "
+                             f"(SPI: {PLAUSIBLE[name][3]})", path=path, field=f"{key}.{name}",
+                             fix=f"give it in {unit}")
+    if not geometry.beamstop_radius_pixels <= geometry.detector_pixels:
+        raise InputError(f"a beam stop of radius {geometry.beamstop_radius_pixels:g} pixels on a "
+                         f"{geometry.detector_pixels}-pixel detector", path=path, field=f"{key}.beamstop_radius_pixels",
+                         fix="give the beam stop's radius in pixels")
     flat = flat_geometry(geometry.detector_pixels, geometry.pixel_size_m, geometry.detector_distance_m,
                          geometry.beamstop_radius_pixels)
     if flat.detd_pixels < 1.0:

@@ -74,3 +74,25 @@ def test_resolution_at_edge_and_corner(dragonfly_pair):
     two_theta = np.arctan(np.hypot(31.5, 0.5) / detector.detd_pixels)
     assert res["edge_m"] == pytest.approx(geometry.wavelength / (2 * np.sin(two_theta / 2)), rel=1e-9)
     assert res["corner_m"] < res["edge_m"]
+
+
+def test_the_simulate_check_keeps_waters_when_asked(tmp_path):
+    """keep_waters: true on a water-only structure: the check before the run read it without the waters and
+    refused it ("no atoms left after dropping water"), although the simulation would have kept them."""
+    from spibatch.config import load_pipeline
+    from spibatch.errors import InputError
+    from spibatch.stages import simulate
+
+    (tmp_path / "w.pdb").write_text("".join(
+        f"HETATM{k:5d}  O   HOH W{k:4d}    {x:8.3f}{y:8.3f}{0.0:8.3f}  1.00 20.00           O\n"
+        for k, (x, y) in enumerate([(0.0, 0.0), (3.0, 0.0), (0.0, 3.0), (3.0, 3.0)], 1)) + "END\n")
+    for keep in (True, False):
+        (tmp_path / "p.yaml").write_text("name: t\ngeometry: {detector_pixels: 64, pixel_size_m: 0.5e-3, "
+                                         "detector_distance_m: 0.15, photon_energy_ev: 6000}\n"
+                                         f"simulation: {{pdb: w.pdb, num_patterns: 10, keep_waters: {str(keep).lower()}}}\n")
+        pipeline = load_pipeline(tmp_path / "p.yaml")
+        if keep:
+            simulate.check(pipeline, tmp_path / "p.yaml")
+        else:
+            with pytest.raises(InputError, match="no atoms left after dropping water"):
+                simulate.check(pipeline, tmp_path / "p.yaml")

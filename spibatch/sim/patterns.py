@@ -129,8 +129,9 @@ def rotation_matrices(quaternions: np.ndarray) -> np.ndarray:
 
 
 def fluence_factors(num: int, jitter: float, rng: np.random.Generator) -> np.ndarray:
-    """(num,) float64 gamma-distributed factors, mean 1, relative rms ``jitter`` (all 1 when 0)."""
-    if jitter <= 0:
+    """(num,) float64 gamma-distributed factors, mean 1, relative rms ``jitter`` (all 1 below 1e-6: a gamma of
+    shape 1 / 1e-300^2 overflows)."""
+    if jitter < 1e-6:
         return np.ones(num)
     shape = 1.0 / jitter ** 2
     return rng.gamma(shape, 1.0 / shape, size=num)

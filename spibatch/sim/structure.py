@@ -108,14 +108,13 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
     if (z <= 0).any():
         raise InputError(f"{int((z <= 0).sum())} atoms of unknown element", path=path,
                          field="element column", fix="fill the element symbols (columns 77-78 of ATOM records)")
-    for name, values, ok in (("coordinates", xyz, np.isfinite(xyz).all(axis=1)),
-                             ("occupancy", occ, np.isfinite(occ) & (occ >= 0)),
-                             ("B-factor", b, np.isfinite(b))):
-        if not ok.all():
+    for name, values, ok, within in (("coordinates", xyz, (np.abs(xyz) <= 1e7).all(axis=1), "within +-1e7 A"),
+                                     ("occupancy", occ, (occ >= 0) & (occ <= 1e3), "within 0-1000"),
+                                     ("B-factor", b, np.abs(b) <= 1e5, "within +-1e5 A^2")):
+        if not ok.all():   # NaN fails too; beyond the bounds the form factors and photon counts overflow
             first = int(np.argmin(ok))
-            raise InputError(f"atom {first + 1}: {name} {values[first]} is not a finite number"
-                             + (" >= 0" if name == "occupancy" else ""), path=path, field=name,
-                             fix="correct the file (the ATOM record's columns)")
+            raise InputError(f"atom {first + 1}: {name} {values[first]} is not a finite number {within}",
+                             path=path, field=name, fix="correct the file (the ATOM record's columns)")
 
     if assembly and len(structure.assemblies) > 0:
         made = _assembly_atoms(structure.assemblies[0], np.asarray(chain_of), np.asarray(subchain_of))

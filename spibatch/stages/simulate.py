@@ -26,7 +26,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
     estimates.check_disk(estimates.PHOTONS_FILE_BYTES_PER_FRAME * sim.num_patterns, pipeline.output.runs_dir,
                          config, "simulation.num_patterns", f"the photons file of {sim.num_patterns:,} patterns")
     require_file(sim.pdb, "simulation.pdb", fix="give a PDB or mmCIF file of the particle")
-    read_structure(sim.pdb, assembly=sim.assembly, expand=False)
+    read_structure(sim.pdb, assembly=sim.assembly, keep_waters=sim.keep_waters, expand=False)
     estimates.warn_implausible(estimates.geometry_values(pipeline.geometry), config)   # after every refusal
     return flat
 
