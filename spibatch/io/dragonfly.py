@@ -47,6 +47,7 @@ from spibatch.photons import Photons
 
 PHOTON_ROWS = ("place_ones", "place_multi", "count_multi")
 DETECTOR_ARRAYS = ("qx", "qy", "qz", "corr", "mask")
+MAX_CORR = 1e6    # solid angle x polarization, Dragonfly's scale: ~1e-3-1; 1e308 made every probability 0
 ROWS_CHUNK = 1024  # frames per HDF5 chunk of the vlen datasets we write
 
 FIX_DETECTOR = "give a detector file written by Dragonfly (make_detector) or spibatch"
@@ -90,13 +91,15 @@ def read_detector_arrays(path: str | os.PathLike) -> dict:
             raise InputError(f"values must be 0, 1 or 2; found {int(mask[np.argmax(bad)])} at pixel "
                              f"{int(np.argmax(bad))}", path=path, field="mask",
                              fix="use 0 (used), 1 (merged only) or 2 (excluded)")
-        if not (mask != 2).any():
-            raise InputError(f"every one of the {num_pix} pixels is excluded (2): nothing to reconstruct from",
-                             path=path, field="mask", fix="mark the pixels to use 0 (or 1: merged only)")
+        if not (mask == 0).any():   # 1 is merged only: no pixel would orient a frame (NaN rms change, info 0)
+            raise InputError(f"none of the {num_pix} pixels is used (0) for orientation: nothing to orient frames "
+                             "with", path=path, field="mask", fix="mark the pixels to use 0 (1: merged only, 2: "
+                             "excluded)")
         kept = mask != 2
-        if (arrays["corr"][kept] < 0).any():
-            first = int(np.flatnonzero(kept & (arrays["corr"] < 0))[0])
-            raise InputError(f"{int((arrays['corr'][kept] < 0).sum())} pixels in use have a negative correction "
+        odd = kept & ((arrays["corr"] < 0) | (arrays["corr"] > MAX_CORR))
+        if odd.any():
+            first = int(np.flatnonzero(odd)[0])
+            raise InputError(f"{int(odd.sum())} pixels in use have a correction outside 0-{MAX_CORR:g} "
                              f"(first: pixel {first}, {float(arrays['corr'][first]):g})", path=path, field="corr",
                              fix="corr is the solid angle x polarization of each pixel (> 0); regenerate the file")
         reach = float(np.sqrt(arrays["qx"][kept] ** 2 + arrays["qy"][kept] ** 2 + arrays["qz"][kept] ** 2).max())
@@ -177,9 +180,14 @@ def check_photons(path: str | os.PathLike, chunk_frames: int = 4096) -> tuple[in
     make (pixel indices in [0, num_pix), counts >= 2, each count_multi row as long as its place_multi row,
     the file readable to its last byte); ``(num_frames, num_pix)``, or InputError naming the file, the
     dataset and the first bad frame.  A fraction of one EMC iteration's time (the medium set: ~0.1 s)."""
+    seen = False
     with _photon_source(path) as source:
         for start in range(0, source.num_frames, chunk_frames):
-            source.block(start, min(start + chunk_frames, source.num_frames))
+            block = source.block(start, min(start + chunk_frames, source.num_frames))
+            seen = seen or block.ones_index.size > 0 or block.multi_index.size > 0
+        if source.num_frames and not seen:   # EMC on it ran to an all-zero model, exit 0
+            raise InputError(f"every one of its {source.num_frames:,} frames is empty (0 photons): nothing to "
+                             "reconstruct", path=path, field="place_ones", fix=FIX_PHOTONS)
         return source.num_frames, source.num_pix
 
 

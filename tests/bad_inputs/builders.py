@@ -141,6 +141,12 @@ def drop_rows(name: str, count: int) -> Callable[[dict], None]:
     return edit
 
 
+def empty_frames(rows: dict) -> None:
+    """Every frame without a photon (its rows kept, emptied)."""
+    for name in rows:
+        rows[name] = [np.zeros(0, np.int32) for _ in rows[name]]
+
+
 def keep_rows(count: int) -> Callable[[dict], None]:
     """Only the first ``count`` frames."""
     def edit(rows: dict) -> None:
