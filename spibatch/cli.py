@@ -6,6 +6,8 @@ Every command that produces results is a run of one or more stages in a new run 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gc
 import logging
 import sys
@@ -67,6 +69,13 @@ def main() -> None:
         if isinstance(exc, DiskFull):   # rank 0 alone writes: the other ranks would wait for it forever
             interrupts.abort_mpi(exc.exit_code)
         sys.exit(exc.exit_code)
+    except OSError as exc:       # a path too long, unwritable, or stdout on a full device or a closed pipe
+        if exc.errno not in (errno.ENAMETOOLONG, errno.ENOSPC, errno.EPIPE, errno.EACCES, errno.EROFS):
+            raise
+        with contextlib.suppress(OSError):
+            print(f"spibatch: error: {exc.filename or 'standard output'}: {exc.strerror}; give a writable, "
+                  "shorter path (or another output)", file=sys.stderr)
+        sys.exit(2)
     except StageFailed as exc:   # a job or task failed: the stage, the cause, where the traceback is, how to go on
         if not interrupts.mpi_rank():
             typer.echo(f"spibatch: error: {exc}", err=True)

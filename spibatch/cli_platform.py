@@ -68,7 +68,7 @@ def monitor(path: Optional[Path] = typer.Argument(None, envvar="SPIBATCH_MONITOR
                                      help="address to listen on (0.0.0.0: every interface; only on a trusted network)"),
             port: int = typer.Option(8765, envvar="SPIBATCH_MONITOR_PORT", min=0, max=65535,
                                      help="TCP port (0: any free one)"),
-            poll_ms: int = typer.Option(2000, min=200, help="how often the page asks for news, ms"),
+            poll_ms: int = typer.Option(2000, min=200, max=3_600_000, help="how often the page asks for news, ms"),
             allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="a Host name to answer to "
                 "besides --host's (repeatable; '*' any; env SPIBATCH_MONITOR_ALLOWED_HOSTS=a,b); needed with 0.0.0.0")) -> None:
     """Serve a live, read-only web page of the runs under PATH (EMC, phasing, FSC, config, log)."""
@@ -129,15 +129,18 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
 
     if as_ not in KINDS:
         raise InputError(f"unknown kind {as_!r}", field="--as", fix=f"give one of: {', '.join(KINDS)}")
-    if not (math.isfinite(rate) and rate > 0):
-        raise InputError(f"expected a positive number of frames per second, found {rate!r}", field="--rate",
+    if not (math.isfinite(rate) and 1e-3 <= rate <= 1e9):
+        raise InputError(f"expected 0.001 to 1e9 frames per second, found {rate!r}", field="--rate",
                          fix="e.g. --rate 100")
-    if not 0 < hit_fraction <= 1:
-        raise InputError(f"expected a fraction in (0, 1], found {hit_fraction}", field="--hit-fraction",
+    if not 1e-6 <= hit_fraction <= 1:
+        raise InputError(f"expected a fraction in [1e-6, 1], found {hit_fraction}", field="--hit-fraction",
                          fix="e.g. 0.2: one frame in five is a hit")
-    if num_hits is not None and num_hits < 1:
-        raise InputError(f"expected a positive number of hits, found {num_hits}", field="--num-hits",
+    if num_hits is not None and not 1 <= num_hits <= 10 ** 7:
+        raise InputError(f"expected 1 to 10,000,000 hits, found {num_hits}", field="--num-hits",
                          fix="e.g. --num-hits 200")
+    if source == "simulated" and (num_hits or 200) / hit_fraction > 10 ** 8:
+        raise InputError(f"{num_hits or 200:,} hits at a hit fraction of {hit_fraction:g} make more than 1e8 "
+                         "frames", field="--hit-fraction", fix="play fewer hits, or a larger hit fraction")
     if as_ == "karabo-bridge" and not re.fullmatch(r"(tcp://[^:/\s]+:\d+|ipc://\S+|inproc://\S+)", target):
         raise InputError(f"not a ZeroMQ endpoint: {target!r}", field="--target",
                          fix="e.g. --target tcp://127.0.0.1:4545")

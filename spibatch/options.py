@@ -29,9 +29,9 @@ def from_options(make: Callable[[], Any], path, options: dict[str, str] | None =
 
 def positive_length(value: float | None, path, option: str) -> float | None:
     """``value`` (metres), or one InputError unless None or a positive finite number."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise InputError(f"expected a positive length in metres, found {value!r}", path=path, field=option,
-                         fix="give the voxel edge in metres, e.g. 1.76e-9")
+    if value is not None and not (math.isfinite(value) and 1e-13 <= value <= 1e-2):   # a density voxel's range
+        raise InputError(f"expected a length in metres within 1e-13 .. 1e-2, found {value!r}", path=path,
+                         field=option, fix="give the voxel edge in metres, e.g. 1.76e-9")
     return value
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import resource
 from pathlib import Path
@@ -125,8 +126,13 @@ def read_detector_arrays(path: str | os.PathLike) -> dict:
             raise InputError(f"expected one positive number (1/m), found {voxel!r}", path=path,
                              field="voxel_size_per_m", fix="fix or delete the attribute (it is optional)")
     if shape is not None:
-        shape = tuple(int(x) for x in np.atleast_1d(shape))
-        if int(np.prod(shape)) != num_pix:
+        values = np.atleast_1d(shape)
+        if values.dtype.kind not in "iuf" or values.ndim != 1 or not np.all(np.isfinite(values)) \
+                or (values <= 0).any() or (values != np.round(values)).any():
+            raise InputError(f"attribute shape {shape!r} is not a list of positive whole numbers", path=path,
+                             field="shape", fix="fix or delete the attribute")
+        shape = tuple(int(x) for x in values)
+        if math.prod(shape) != num_pix:
             raise InputError(f"attribute shape {shape} does not hold {num_pix} pixels", path=path,
                              field="shape", fix="fix or delete the attribute")
     q = np.stack([arrays["qx"], arrays["qy"], arrays["qz"]], axis=1).astype(np.float64)

@@ -74,12 +74,14 @@ def checked_photons(path: Path, num_pix: int, first: int, ones_indptr: np.ndarra
             raise InputError(f"frame {first + frame_of(indptr, i)}: pixel index {int(index[i])} outside "
                              f"[0, {num_pix})", path=path, field=name,
                              fix="pixel indices must be below num_pix; check that the file was not damaged")
-    for problem, bad in (("negative photon count", count_multi < 0), ("photon count below 2", count_multi < 2)):
+    for problem, bad in (("negative photon count", count_multi < 0), ("photon count below 2", count_multi < 2),
+                         ("photon count of 2^24 or more (EMC counts in float32)", count_multi >= 2 ** 24)):
         if bad.any():
             i = int(np.argmax(bad))
             raise InputError(f"frame {first + frame_of(multi_indptr, i)}: {problem} ({int(count_multi[i])})",
                              path=path, field="count_multi",
-                             fix="counts must be >= 2 (single photons belong in place_ones); recreate the file")
+                             fix="counts must be 2 to 16,777,215 (single photons belong in place_ones); recreate "
+                             "the file")
     return Photons(int(num_pix), np.asarray(ones_indptr, np.int64), ones.astype(np.int32, copy=False),
                    np.asarray(multi_indptr, np.int64), place_multi.astype(np.int32, copy=False),
                    count_multi.astype(np.int32, copy=False))
