@@ -70,13 +70,14 @@ def parse_quantity(quantity: Any) -> Decimal:
         raise ValueError(f"Invalid quantity: {text}") from exc
 
 
-def quantity_problem(value: Any) -> str | None:
-    """Why ``value`` is not a Kubernetes quantity (None when :func:`parse_quantity` takes it)."""
+def quantity_problem(value: Any, positive: bool = False) -> str | None:
+    """Why ``value`` is not a Kubernetes quantity (None when :func:`parse_quantity` takes it; ``positive``:
+    and above 0, as a pod's requests, limits and size limits must be)."""
     try:
-        parse_quantity(value)
+        amount = parse_quantity(value)
     except (ValueError, TypeError, ArithmeticError) as exc:
         return f"{value!r} is not a quantity ({exc})"
-    return None
+    return f"{value!r} is not above 0" if positive and not amount > 0 else None
 
 
 def pod_spec(obj: dict) -> dict | None:

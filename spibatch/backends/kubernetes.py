@@ -46,20 +46,20 @@ class KubernetesOptions(Section):
     pvc: str = Field("spibatch-shared", description="PersistentVolumeClaim of the shared filesystem (ReadWriteMany)")
     mount_path: str = Field("/shared", description="where the PVC is mounted in every pod; must contain the run "
                             "directory, which has the same path in the driver and the workers")
-    workers_per_pod: int = Field(1, ge=1, description="Parsl workers per pod; pods at most = ceil(workers / this)")
+    workers_per_pod: int = Field(1, ge=1, le=1024, description="Parsl workers per pod; pods at most = ceil(workers / this)")
     cpu_request: str = Field("1", description="CPU request per pod (a Kubernetes quantity: 1, 500m, ...)")
     cpu_limit: str = Field("2", description="CPU limit per pod")
     memory_request: str = Field("2Gi", description="memory request per pod (a quantity: 512Mi, 4Gi, ...)")
     memory_limit: str = Field("4Gi", description="memory limit per pod")
     tmp_size_limit: str = Field("1Gi", description="size limit of each pod's /tmp (an emptyDir: HOME, the Numba "
                                 "and Matplotlib caches; the root filesystem is read-only)")
-    gpus: int = Field(0, ge=0, description="nvidia.com/gpu per pod (request = limit); needs the NVIDIA device "
+    gpus: int = Field(0, ge=0, le=64, description="nvidia.com/gpu per pod (request = limit); needs the NVIDIA device "
                       "plugin and a CUDA image")
-    run_as_user: int = Field(1000, ge=1, description="UID of the pods (non-root; the image's user is 1000)")
-    run_as_group: int = Field(1000, ge=1, description="GID of the pods, also their fsGroup")
+    run_as_user: int = Field(1000, ge=1, le=2 ** 31 - 1, description="UID of the pods (non-root; the image's user is 1000)")
+    run_as_group: int = Field(1000, ge=1, le=2 ** 31 - 1, description="GID of the pods, also their fsGroup")
     image_pull_secret: str | None = Field(None, description="secret for a private registry")
     node_selector: dict[str, str] = Field(default_factory=dict, description="node labels the pods must match")
-    interchange_address: str | None = Field(None, description=f"address the pods reach the driver at; default: "
+    interchange_address: str | None = Field(None, pattern=r"^[A-Za-z0-9.:_-]+$", description=f"address the pods reach the driver at; default: "
                                             f"${ADDRESS_ENV} (the chart sets it to the driver pod's IP), else "
                                             "this host's address")
     worker_port: int | None = Field(None, ge=1024, le=65535, description="the port the driver's interchange "
@@ -67,8 +67,8 @@ class KubernetesOptions(Section):
                                     "default: one Parsl picks in 54000-55000")
     pod_name: str = Field("spibatch-worker", description="pod name prefix (Parsl appends .<job id>)")
     worker_init: str = Field("", description="shell lines run in each pod before the workers start")
-    strategy_period_s: float = Field(5.0, gt=0, description="how often Parsl looks at the queue (s)")
-    max_idletime_s: float = Field(60.0, gt=0, description="an idle pod is deleted after this many seconds")
+    strategy_period_s: float = Field(5.0, ge=0.05, le=3600, description="how often Parsl looks at the queue (s)")
+    max_idletime_s: float = Field(60.0, gt=0, le=1e6, description="an idle pod is deleted after this many seconds")
 
     @field_validator("namespace", "pvc", "service_account", "driver_service_account", "image_pull_secret")
     @classmethod
@@ -216,8 +216,11 @@ class KubernetesProvider(Provider):
             raise self.fail("EMC in hpc mode (one MPI job) is not supported on Kubernetes", "emc_mode",
                             "set emc_mode: htc (one task per shard per iteration), or run EMC in hpc mode on a "
                             "Slurm site")
+        if opts.mount_path.rstrip("/") == "":
+            raise self.fail("the PVC cannot be mounted over the pod's root", "kubernetes.mount_path",
+                            "mount it at a folder of its own, e.g. /shared")
         for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "tmp_size_limit"):
-            problem = quantity_problem(getattr(opts, field))
+            problem = quantity_problem(getattr(opts, field), positive=True)
             if problem:
                 raise self.fail(problem, f"kubernetes.{field}", "write a Kubernetes quantity, e.g. 500m or 2 "
                                 "(CPU), 512Mi or 4Gi (memory)")

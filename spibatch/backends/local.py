@@ -37,7 +37,7 @@ class LocalOptions(Section):
         "auto", description="HPC-mode EMC: mpirun (workers ranks; needs mpirun and mpi4py), off (one process, all "
         "cores), auto (mpirun when both are present, workers > 1 and mpirun will start: as root, Open MPI needs "
         "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)")
-    strategy_period_s: float = Field(1.0, gt=0, description="how often Parsl looks at the queue (s)")
+    strategy_period_s: float = Field(1.0, ge=0.05, le=3600, description="how often Parsl looks at the queue (s)")
     worker_init: str = Field("", description="shell lines run before the workers start")
 
 

@@ -50,7 +50,7 @@ class SlurmOptions(Section):
     mpi_options: str = Field("--mpi=pmix --overlap", description="srun options of the HPC-mode EMC job: the PMI plugin "
                              "your MPI was built for (Debian's OpenMPI: pmix; pmi2 needs an MPI built with Slurm's PMI-2)")
     max_idletime_s: float = Field(30.0, gt=0, description="an idle batch job is ended after this many seconds")
-    strategy_period_s: float = Field(5.0, gt=0, description="how often Parsl looks at the queue (s)")
+    strategy_period_s: float = Field(5.0, ge=0.05, le=3600, description="how often Parsl looks at the queue (s)")
 
     @field_validator("partition", "account", "qos")
     @classmethod

@@ -689,6 +689,12 @@ CASES: list[Case] = [
     site("site-slurm-account-spaces", ["slurm.account", "no spaces"], provider="slurm", slurm={"account": "my project"}),
     site("site-wrong-section", ["slurm", "provider is local"], slurm={"partition": "x"}),
     site("site-k8s-hpc", ["emc_mode", "HTC mode only"], provider="kubernetes", emc_mode="hpc"),
+    site("site-slurm-period-tiny", ["slurm.strategy_period_s"], provider="slurm",
+         slurm={"strategy_period_s": "1.0e-300"}),
+    site("site-k8s-interchange-address", ["kubernetes.interchange_address"], provider="kubernetes", emc_mode="htc",
+         container={"runtime": "docker", "image": "reg/spibatch:1"}, kubernetes={"interchange_address": "bad host;x"}),
+    site("site-k8s-gpus-huge", ["kubernetes.gpus"], provider="kubernetes", emc_mode="htc",
+         container={"runtime": "docker", "image": "reg/spibatch:1"}, kubernetes={"gpus": 1000000000}),
 
     # ---------------------------------------------------------------- command line, run folders
     Case("cli-missing-argument", "CLI options", ["ingest"], {}, ["spibatch ingest", "Missing argument"]),
