@@ -72,9 +72,11 @@ def main() -> None:
     except OSError as exc:       # a path too long, unwritable, or stdout on a full device or a closed pipe
         if exc.errno not in (errno.ENAMETOOLONG, errno.ENOSPC, errno.EPIPE, errno.EACCES, errno.EROFS):
             raise
-        with contextlib.suppress(OSError):
-            print(f"spibatch: error: {exc.filename or 'standard output'}: {exc.strerror}; give a writable, "
-                  "shorter path (or another output)", file=sys.stderr)
+        where = exc.filename or ("standard output" if exc.errno in (errno.EPIPE, errno.ENOSPC) else None)
+        if not interrupts.mpi_rank():
+            with contextlib.suppress(OSError):
+                print(f"spibatch: error: {where + ': ' if where else ''}{exc.strerror or exc}; give a writable, "
+                      "shorter path (or another output)", file=sys.stderr)
         sys.exit(2)
     except StageFailed as exc:   # a job or task failed: the stage, the cause, where the traceback is, how to go on
         if not interrupts.mpi_rank():

@@ -236,27 +236,31 @@ def flat_geometry(pixels: int, pixel_size_m: float, distance_m: float, beamstop_
     return FlatGeometry(n, 2 * int(np.ceil(qmax)) + 1, n * n, int(0.9 * used), detd)
 
 
+def _check_possible(geometry, path, key: str, names: tuple[str, ...]) -> None:
+    """InputError for a value of ``names`` outside :data:`POSSIBLE` (with :func:`implausible`'s unit hint)."""
+    for name in names:
+        low, high, unit = POSSIBLE[name]
+        value = getattr(geometry, name, None)
+        if value is not None and not low <= value <= high:
+            hint = implausible({name: value}, key)[0].split("?")[0].rpartition("; ")[2]
+            raise InputError(f"{value:g} {unit} is outside {low:g}-{high:g} {unit}, beyond any X-ray imaging "
+                             f"(SPI: {PLAUSIBLE[name][3]})", path=path, field=f"{key}.{name}",
+                             fix=(hint + "?" if hint.startswith("did you mean") else f"give it in {unit}"))
+
+
 def check_flat(geometry, path, *, key: str = "geometry") -> FlatGeometry:
     """A flat detector's geometry (``config.Geometry`` or anything with its fields) that EMC and phasing can
     use, or one InputError: the detector nearer than one pixel, a model grid too small to phase, no pixel
     left outside the beam stop."""
-    for name, (low, high, unit) in POSSIBLE.items():     # beyond them the scattering tables index out of range
-        value = getattr(geometry, name, None)
-        if value is not None and not low <= value <= high:
-            raise InputError(f"{value:g} {unit} is outside {low:g}-{high:g} {unit}, beyond any X-ray imaging "
-                             f"(SPI: {PLAUSIBLE[name][3]})", path=path, field=f"{key}.{name}",
-                             fix=f"give it in {unit}")
-    if not geometry.beamstop_radius_pixels <= geometry.detector_pixels:
-        raise InputError(f"a beam stop of radius {geometry.beamstop_radius_pixels:g} pixels on a "
-                         f"{geometry.detector_pixels}-pixel detector", path=path, field=f"{key}.beamstop_radius_pixels",
-                         fix="give the beam stop's radius in pixels")
+    _check_possible(geometry, path, key, ("photon_energy_ev", "wavelength_m", "pixel_size_m"))
     flat = flat_geometry(geometry.detector_pixels, geometry.pixel_size_m, geometry.detector_distance_m,
-                         geometry.beamstop_radius_pixels)
+                         min(geometry.beamstop_radius_pixels, geometry.detector_pixels))   # (1e300 squared overflows)
     if flat.detd_pixels < 1.0:
         raise InputError(f"{geometry.detector_distance_m:g} m is {flat.detd_pixels:.3g} pixels of "
                          f"{geometry.pixel_size_m:g} m: the detector would touch the sample", path=path,
                          field=f"{key}.detector_distance_m",
                          fix="give the distance in metres (SPI: ~0.1-10 m) and the pixel pitch in metres")
+    _check_possible(geometry, path, key, ("detector_distance_m",))    # too near: the line above says why
     centre = (flat.pixels - 1) / 2.0
     if flat.model_size < 9:
         near = flat.detd_pixels < centre

@@ -101,23 +101,23 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
                           "settings are plain values: remove the !!tag") from None
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:   # !!int "abc", 5000-digit integers
         raise InputError(f"a value cannot be read ({' '.join(str(exc).split())[:100]})", path=path, field="YAML",
-                         fix="settings are plain values: numbers of at most 19 digits, no !!tags") from None
+                         fix="settings are plain values: numbers of at most 20 digits (2^64), no !!tags") from None
     _check_numbers(data, path, lines, ())
     return data, lines
 
 
-MAX_INTEGER = 2 ** 64    # a larger integer is no count, size or seed (1e309 overflows every float estimate)
+MAX_INTEGER = 2 ** 64    # a larger integer is no count or size (1e309 overflows every float estimate); seeds may be
 
 
 def _check_numbers(node: Any, path: Path, lines: dict, prefix: tuple) -> None:
     """InputError at the first integer beyond MAX_INTEGER (values already bounded by MAX_YAML_VALUES)."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in items:
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER and key != "seed":
             where = prefix + (key,)
             raise InputError(f"{len(str(abs(value)))}-digit integer", path=path,
                              field=f"line {lines.get(where, '?')}: {'.'.join(map(str, where))}",
-                             fix="give a number of at most 19 digits")
+                             fix="give a number of at most 20 digits (2^64)")
         _check_numbers(value, path, lines, prefix + (key,))
 
 
@@ -189,13 +189,15 @@ def read_yaml_mapping(path: Path, *, field: str | None = None, missing_fix: str,
     """A YAML file's top-level mapping and the line of every key path; InputError (one line) when the
     file is missing or unreadable, not YAML, or not a mapping.  An empty file is an empty mapping."""
     try:
-        if path.exists() and not path.is_file():    # /dev/zero (read for ever), a FIFO (blocks), a folder
-            raise InputError("is a directory" if path.is_dir() else "not a regular file", path=path, field=field,
+        if path.is_dir() or path.is_char_device() or path.is_block_device():   # /dev/zero: read until OOM
+            raise InputError("is a directory" if path.is_dir() else "a device, not a file", path=path, field=field,
                              fix="give the pipeline or site YAML file")
-        if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
-            raise InputError(f"{path.stat().st_size:,} bytes; a settings file is at most {MAX_YAML_BYTES:,}",
+        with open(path, "rb") as fh:     # a pipe (`--site <(envsubst < t.yaml)`) is read too, never past the cap
+            raw = fh.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise InputError(f"more than {MAX_YAML_BYTES:,} bytes; a settings file is at most that",
                              path=path, field=field, fix="give the pipeline or site YAML file, not a data file")
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise InputError("file not found", path=path, field=field, fix=missing_fix) from None
     except (OSError, UnicodeDecodeError) as exc:

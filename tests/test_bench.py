@@ -388,3 +388,11 @@ def test_bench_settings_no_point_can_honour_are_refused_first(tmp_path, emc_smal
         pass
     with pytest.raises(InputError, match="matrix.device: matrix.device gpu on a local site: set to gpu, but"):
         bench_command(path, [], out=tmp_path / "out", dry_run=True)
+
+
+def test_a_workload_name_that_would_put_a_space_in_the_point_folders_is_refused(tmp_path, emc_small):
+    """Workload names are part of every point's folder, where `spibatch run` works (which refuses spaces)."""
+    path = write_bench(tmp_path, emc_small, workload="'starts (49)'")
+    path.write_text(path.read_text().replace("  tiny:", "  'starts (49)':"))
+    with pytest.raises(InputError, match="workload name 'starts \\(49\\)'"):
+        bench_command(path, [], out=tmp_path / "out", dry_run=True)

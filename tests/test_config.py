@@ -223,3 +223,23 @@ def test_a_keep_best_above_num_starts_is_still_refused(tmp_path):
     path.write_text("name: t\nphasing: {intensity: i.h5, num_starts: 2, keep_best: 3}\n")
     with pytest.raises(InputError, match=r"keep_best \(3\) is more than num_starts \(2\)"):
         load_pipeline(path)
+
+
+def test_a_settings_file_from_a_pipe_and_a_128_bit_seed_are_read(tmp_path):
+    """`--site <(envsubst < t.yaml)` hands a pipe, not a regular file: it is read (a device such as /dev/zero is
+    not: the corpus); NumPy's own reproducible seeds (SeedSequence().entropy) have ~39 digits: a seed may."""
+    import os
+    import threading
+
+    from spibatch.backends import load_site
+    from spibatch.config import load_pipeline
+
+    fifo = tmp_path / "site.yaml"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("provider: local\nworkers: 1\n"))
+    writer.start()
+    assert load_site(fifo).workers == 1
+    writer.join(timeout=10)
+    seed = 302695553528826236108093402917612497233
+    (tmp_path / "p.yaml").write_text(f"name: t\nemc: {{num_div: 1, seed: {seed}}}\n")
+    assert load_pipeline(tmp_path / "p.yaml").emc.seed == seed

@@ -118,7 +118,7 @@ def test_bad_site_keys_are_one_line_at_load(tmp_path, change, field, words):
     (lambda d: d["kubernetes"].update(memory_limit="4 GB"), RUN_DIR, "kubernetes.memory_limit", "'4 GB' is not a quantity"),
     (lambda d: d["kubernetes"].update(cpu_request="two"), RUN_DIR, "kubernetes.cpu_request", "'two' is not a quantity"),
     (lambda d: d["kubernetes"].update(cpu_request="4", cpu_limit="2"), RUN_DIR, "kubernetes", "above its limit"),
-    (lambda d: d["kubernetes"].update(memory_request="-4Gi"), RUN_DIR, "kubernetes.memory_request", "not above 0"),
+    (lambda d: d["kubernetes"].update(memory_request="-4Gi"), RUN_DIR, "kubernetes.memory_request", "is negative"),
     (lambda d: d["kubernetes"].update(tmp_size_limit="0"), RUN_DIR, "kubernetes.tmp_size_limit", "not above 0"),
     (lambda d: d["kubernetes"].update(mount_path="/"), RUN_DIR, "kubernetes.mount_path", "over the pod's root"),
     (None, Path("/scratch/runs/r1"), "kubernetes.mount_path", "is not inside the PVC mount path /shared"),

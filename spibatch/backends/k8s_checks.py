@@ -71,13 +71,15 @@ def parse_quantity(quantity: Any) -> Decimal:
 
 
 def quantity_problem(value: Any, positive: bool = False) -> str | None:
-    """Why ``value`` is not a Kubernetes quantity (None when :func:`parse_quantity` takes it; ``positive``:
-    and above 0, as a pod's requests, limits and size limits must be)."""
+    """Why ``value`` is not a Kubernetes quantity (None when :func:`parse_quantity` takes it): never negative;
+    with ``positive`` above 0 too (a pod's limits and size limits; its requests may be 0)."""
     try:
         amount = parse_quantity(value)
     except (ValueError, TypeError, ArithmeticError) as exc:
         return f"{value!r} is not a quantity ({exc})"
-    return f"{value!r} is not above 0" if positive and not amount > 0 else None
+    if amount < 0 or (positive and not amount > 0):
+        return f"{value!r} is not above 0" if positive else f"{value!r} is negative"
+    return None
 
 
 def pod_spec(obj: dict) -> dict | None:

@@ -220,7 +220,7 @@ class KubernetesProvider(Provider):
             raise self.fail("the PVC cannot be mounted over the pod's root", "kubernetes.mount_path",
                             "mount it at a folder of its own, e.g. /shared")
         for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "tmp_size_limit"):
-            problem = quantity_problem(getattr(opts, field), positive=True)
+            problem = quantity_problem(getattr(opts, field), positive=not field.endswith("_request"))
             if problem:
                 raise self.fail(problem, f"kubernetes.{field}", "write a Kubernetes quantity, e.g. 500m or 2 "
                                 "(CPU), 512Mi or 4Gi (memory)")

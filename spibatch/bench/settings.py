@@ -25,6 +25,7 @@ workloads:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -136,6 +137,9 @@ class Bench(Section):
 
     @model_validator(mode="after")
     def _known(self) -> "Bench":
+        for name in self.workloads:    # a part of every point's folder, where `spibatch run` works
+            if not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9_.]*", name):
+                raise ValueError(f"workload name '{name}': letters, digits, '-', '_' and '.' only")
         for name in self.matrix.workloads:
             if name not in self.workloads:
                 raise ValueError(f"unknown workload '{name}' in matrix.workloads (defined: "
