@@ -1,5 +1,6 @@
-"""What the ``spibatch`` commands share: the ``--out`` option, loading a pipeline file, a one-stage run, and
-the lines every run prints at its end (its outputs, its numbers, the report, how to watch it)."""
+"""What the ``spibatch`` commands share: the ``--out`` option, loading a pipeline file, a one-stage run, the
+lines every run prints at its end (its outputs, its numbers, the report, how to watch it), and the check that a
+folder can be written."""
 
 from __future__ import annotations
 
@@ -39,3 +40,25 @@ def load(config: Path):
     from spibatch.config import load_pipeline
 
     return load_pipeline(config)
+
+
+def check_writable_folder(folder: Path, field: str) -> None:
+    """A folder that is, or can be made, writable: its nearest existing ancestor takes a temporary folder (removed
+    at once; permission bits say nothing to root); InputError (one line) otherwise."""
+    import os
+    import tempfile
+
+    from spibatch.errors import InputError
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = "a file is there, not a folder" if not existing.is_dir() else None
+    if problem is None:
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".spibatch-check-"))
+        except OSError as exc:
+            problem = f"{existing}: {exc.strerror or exc}"
+    if problem:
+        raise InputError(f"cannot write this folder: {problem}", path=folder, field=field,
+                         fix="give a folder you can write")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from spibatch.cli_common import OUT, finished
+from spibatch.cli_common import OUT, check_writable_folder, finished
 
 
 def demo(out: Optional[Path] = OUT,
@@ -145,9 +145,9 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
         raise InputError(f"not a ZeroMQ endpoint: {target!r}", field="--target",
                          fix="e.g. --target tcp://127.0.0.1:4545")
     if as_ != "karabo-bridge":      # the folders it writes: one line now, not a traceback after the simulation
-        _check_writable_folder(Path(target), "--target")
+        check_writable_folder(Path(target), "--target")
     if source == "simulated":
-        _check_writable_folder(out, "--out")
+        check_writable_folder(out, "--out")
     frames, detector_path = frames_from(source, detector=detector, out_dir=out, hit_fraction=hit_fraction,
                                         num_hits=num_hits)
     typer.echo(f"replaying {frames.num_frames} frames ({frames.num_trains} trains) at {rate:g} frames/s as {as_} "
@@ -156,39 +156,18 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
     typer.echo(f"played {trains} trains to {target}")
 
 
-def _check_writable_folder(folder: Path, field: str) -> None:
-    """A folder that is, or can be made, writable: its nearest existing ancestor takes a temporary folder (removed
-    at once; permission bits say nothing to root); InputError (one line) otherwise."""
-    import os
-    import tempfile
-
-    from spibatch.errors import InputError
-
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    problem = "a file is there, not a folder" if not existing.is_dir() else None
-    if problem is None:
-        try:
-            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".spibatch-check-"))
-        except OSError as exc:
-            problem = f"{existing}: {exc.strerror or exc}"
-    if problem:
-        raise InputError(f"cannot write this folder: {problem}", path=folder, field=field,
-                         fix="give a folder you can write")
-
-
 def _follows(run) -> bool:
     """Whether the run's own config.yaml has a ``source`` section (a live run before its first train)."""
-    import yaml
+    from spibatch.errors import InputError
+    from spibatch.yaml_models import read_yaml_mapping
 
-    try:
-        if not run.config.is_file() or run.config.stat().st_size > 1 << 20:   # not /dev/zero, a FIFO, a data file
-            return False
-        config = yaml.safe_load(run.config.read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+    if not run.config.is_file():    # (a pipe would block: the settings reader takes those)
         return False
-    return isinstance(config, dict) and bool(config.get("source"))
+    try:
+        config, _ = read_yaml_mapping(run.config, missing_fix="", top_fix="")
+    except InputError:
+        return False
+    return bool(config.get("source"))
 
 
 def stop(run_dir: Path = typer.Argument(..., help="a run folder that follows a live source")) -> None:

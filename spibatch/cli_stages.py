@@ -6,14 +6,13 @@ Each is a run of the stage functions of :mod:`spibatch.stages` in a new run fold
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from spibatch.cli_common import OUT, echo, load, one_stage_run
+from spibatch.cli_common import OUT, check_writable_folder, echo, load, one_stage_run
 from spibatch.errors import InputError
 
 
@@ -144,14 +143,7 @@ def background(photons: Path = typer.Argument(..., help="Dragonfly photons file 
         what = ("is the photons file it would read" if out.resolve() == photons.resolve() else
                 "is a directory" if out.is_dir() else "exists: nothing is overwritten")
         raise InputError(what, path=out, field="--out", fix="name a new file for the background")
-    folder = out.absolute().parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise InputError("its folder does not exist" if not folder.is_dir() else "its folder is not writable",
-                         path=out, field="--out", fix="name a file in a folder you can write")
+    check_writable_folder(out.absolute().parent, "--out")    # before the pass over the frames
     values = background_from_photons(photons)
-    try:
-        write_background(out, values)
-    except OSError as exc:   # /proc, a read-only mount: nothing was written
-        raise InputError(f"cannot be written ({exc.strerror or exc})", path=out, field="--out",
-                         fix="name a file in a folder you can write") from None
+    write_background(out, values)
     typer.echo(f"{out}: {values.size} pixels, {values.sum():.4g} background photons per frame")

@@ -63,6 +63,8 @@ PLAUSIBLE = {
 }
 
 
+DENSITY_VOXEL_M = (1e-13, 1e-2)   # a density voxel: 0.001 A .. 1 cm, every one SPI can make and MRC can write
+
 # (low, high, unit): outside, a value is refused (a unit mistake by orders of magnitude, or no X-ray at all)
 POSSIBLE = {
     "photon_energy_ev": (10.0, 1e7, "eV"),

@@ -28,9 +28,12 @@ def from_options(make: Callable[[], Any], path, options: dict[str, str] | None =
 
 
 def positive_length(value: float | None, path, option: str) -> float | None:
-    """``value`` (metres), or one InputError unless None or a positive finite number."""
-    if value is not None and not (math.isfinite(value) and 1e-13 <= value <= 1e-2):   # a density voxel's range
-        raise InputError(f"expected a length in metres within 1e-13 .. 1e-2, found {value!r}", path=path,
+    """``value`` (metres), or one InputError unless None or a density voxel's length (``DENSITY_VOXEL_M``)."""
+    from spibatch.estimates import DENSITY_VOXEL_M
+
+    low, high = DENSITY_VOXEL_M
+    if value is not None and not (math.isfinite(value) and low <= value <= high):
+        raise InputError(f"expected a length in metres within {low:g} .. {high:g}, found {value!r}", path=path,
                          field=option, fix="give the voxel edge in metres, e.g. 1.76e-9")
     return value
 

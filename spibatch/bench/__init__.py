@@ -73,11 +73,8 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     from spibatch.bench.settings import load_bench
 
     bench = load_bench(bench_yaml)
-    if isinstance(rates, (str, Path)) and not runner.read_document(Path(rates), "--rates", rates_only=True)["rates"]:
-        from spibatch.errors import InputError   # checked before hours of matrix, not after
-
-        raise InputError("holds no kernel rates (its bench measured none)", path=rates, field="--rates",
-                         fix="name a bench.json whose bench measured them, or leave --rates out to measure them")
+    if isinstance(rates, (str, Path)):     # read and checked before hours of matrix, not after
+        rates = taken_rates(Path(rates))
     infos = matrix.site_infos([Path(s).resolve() for s in sites] or bench.matrix.sites)
     points = matrix.build(bench, infos)
     out = Path(out).resolve() if out is not None else default_out(bench)
@@ -94,13 +91,29 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     return out, text
 
 
-def finish(out: Path, document: dict, *, rates: bool | Path = True) -> str:
-    """Kernel rates (once per bench folder), the model's calibration and check, the report; the summary text."""
+def taken_rates(path: Path) -> dict:
+    """The kernel rates of an earlier bench.json or of ``python -m spibatch.bench.kernels``; InputError when the
+    file is not one, or its bench measured none."""
+    from spibatch.bench import runner
+    from spibatch.errors import InputError
+
+    rates = runner.read_document(path, "--rates", rates_only=True)["rates"]
+    if not rates:
+        raise InputError("holds no kernel rates (its bench measured none)", path=path, field="--rates",
+                         fix="name a bench.json whose bench measured them, or leave --rates out to measure them")
+    return rates
+
+
+def finish(out: Path, document: dict, *, rates: bool | Path | dict = True) -> str:
+    """Kernel rates (once per bench folder; ``rates``: True measure them, False not, a dict or a path: these), the
+    model's calibration and check, the report; the summary text."""
     from spibatch.bench import model, report, runner
 
     runner.fill_sizes(out, document)
-    if isinstance(rates, (str, Path)) and not document.get("rates"):
-        document["rates"] = runner.read_document(Path(rates), "--rates", rates_only=True)["rates"]
+    if isinstance(rates, (str, Path)):
+        rates = taken_rates(Path(rates))
+    if isinstance(rates, dict) and not document.get("rates"):
+        document["rates"] = rates
     elif rates and not document.get("rates"):
         from spibatch.bench.kernels import measure_rates
 

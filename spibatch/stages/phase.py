@@ -61,12 +61,11 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
         return check_inputs(source, settings)
 
 
-DENSITY_VOXEL_M = (1e-13, 1e-2)   # 0.001 A .. 1 cm: every density voxel SPI can make, and MRC can write
-
-
 def check_voxel(dq: float | None, edge: int, path, field: str) -> None:
-    """The density voxel 1 / (edge dq) within DENSITY_VOXEL_M (dq = 1e-300 1/m made an infinite voxel, a
-    traceback in the MRC writer after the whole phasing)."""
+    """The density voxel 1 / (edge dq) within ``estimates.DENSITY_VOXEL_M`` (dq = 1e-300 1/m made an infinite
+    voxel, a traceback in the MRC writer after the whole phasing)."""
+    from spibatch.estimates import DENSITY_VOXEL_M
+
     if dq is None:
         return
     voxel = 1.0 / (edge * float(dq))
