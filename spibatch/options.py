@@ -55,6 +55,10 @@ def _click_exceptions(name: str) -> tuple[type, ...]:
 
 def run_app(app) -> None:
     """Run the typer ``app``; a usage error (click's) becomes one InputError line (exit 2) naming the option."""
+    empty = [i for i, arg in enumerate(sys.argv[1:], 1) if not arg.strip()]
+    if empty:   # `spibatch init "$DIR"` with DIR unset would write into the working folder
+        raise InputError(f"argument {empty[0]} of the command line is empty",
+                         fix="give a value there (an unset shell variable?)")
     try:
         code = app(standalone_mode=False)
     except _click_exceptions("NoArgsIsHelpError") as exc:   # `spibatch` alone: the help, as before

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spibatch.io.files import require_file
 from spibatch.errors import InputError
 from spibatch.io.atomic import write_hdf5
 
@@ -32,9 +33,7 @@ def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "
     ``field`` and the fix) when missing, unreadable, of another size (``num_pix`` None: any), negative or not
     finite."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("is a directory, not a file" if path.is_dir() else "no such file", path=path, field=field,
-                         fix=FIX)
+    require_file(path, field, FIX)
     if path.suffix == ".npy":
         try:   # the header first: a 64-byte file can declare 1e12 values
             with open(path, "rb") as fh:

@@ -40,6 +40,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from spibatch.io.files import require_file
 from spibatch.errors import InputError
 from spibatch.io.atomic import atomic_path, disk_full, write_hdf5
 from spibatch.io.emcbin import FIX_PHOTONS, BinaryPhotons, checked_photons
@@ -218,8 +219,7 @@ def iter_photons(path: str | os.PathLike, chunk_frames: int = 1024) -> Iterator[
 @contextlib.contextmanager
 def _photon_source(path: str | os.PathLike):
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path=path, fix=FIX_PHOTONS)
+    require_file(path, fix=FIX_PHOTONS)
     if is_hdf5(path):
         with open_hdf5(path, FIX_PHOTONS) as f:
             yield _Hdf5Photons(f, path)

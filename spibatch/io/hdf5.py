@@ -12,6 +12,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from spibatch.io.files import require_file
 from spibatch.errors import InputError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -34,8 +35,7 @@ def is_hdf5(path: str | os.PathLike) -> bool:
 def open_hdf5(path: str | os.PathLike, fix: str) -> Iterator[h5py.File]:
     """Open ``path`` read-only; a missing, truncated or corrupt file raises InputError with ``fix``."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path=path, fix=fix)
+    require_file(path, fix=fix)
     if not is_hdf5(path):
         raise InputError("not an HDF5 file (no HDF5 signature)", path=path, fix=fix)
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spibatch.io.files import require_file
 from spibatch.errors import InputError
 from spibatch.io.atomic import atomic_path
 
@@ -59,8 +60,7 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
     path = Path(path)
     fix = "give an MRC2014 file holding one 3-D volume (e.g. written by `spibatch phase`)"
-    if not path.is_file():
-        raise InputError("file not found", path=path, fix=fix)
+    require_file(path, fix=fix)
     check_extended_header(path, fix=fix)
     try:
         with warnings.catch_warnings():

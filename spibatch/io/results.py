@@ -32,6 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from spibatch.io.files import require_file
 from spibatch.errors import InputError
 from spibatch.io.atomic import write_hdf5
 from spibatch.io.gzip_chunks import create_gzip_dataset
@@ -115,8 +116,7 @@ def read_volume(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
     """
     path = Path(path)
     fix = "give an HDF5 result file, a Dragonfly output_NNN.h5 or .bin cube, or an MRC file"
-    if not path.is_file():
-        raise InputError("file not found", path=path, fix=fix)
+    require_file(path, fix=fix)
     if is_hdf5(path):
         return _hdf5_volume(path, name)
     if path.suffix.lower() in MRC_SUFFIXES:
@@ -221,11 +221,7 @@ def volume_shape(path: str | os.PathLike, name: str | None = None, *, field: str
     InputError for what :func:`read_volume` refuses (missing file, unknown format, no 3-D dataset)."""
     path = Path(path)
     fix = "give an HDF5 result file, a Dragonfly output_NNN.h5 or .bin cube, or an MRC file"
-    if not path.exists():
-        raise InputError("file not found", path=path, field=field, fix=fix)
-    if not path.is_file():
-        raise InputError("is a directory, not a file" if path.is_dir() else "not a regular file", path=path,
-                         field=field, fix=fix)
+    require_file(path, field, fix)
     if is_hdf5(path):
         with open_hdf5(path, VOLUME_FIX) as f:
             return _volume_dataset(f, path, name)[1]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spibatch.io.files import require_file
 from spibatch.errors import InputError
 
 ANGSTROM = 1e-10  # m
@@ -71,10 +72,7 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
 
     path = Path(path)
     fix = "give a PDB or mmCIF file of the particle (e.g. from https://www.rcsb.org)"
-    if not path.exists():
-        raise InputError("file not found", path=path, field="simulation.pdb", fix=fix)
-    if not path.is_file():
-        raise InputError("not a regular file", path=path, field="simulation.pdb", fix=fix)
+    require_file(path, "simulation.pdb", fix)
     try:
         structure = gemmi.read_structure(str(path))
     except (RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:

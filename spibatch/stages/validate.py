@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from spibatch.io.files import require_file
 from spibatch import estimates
 from spibatch.errors import InputError
 from spibatch.layout import RunLayout
@@ -29,8 +30,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None) ->
     cfg = pipeline.validation
     for key in ("volume", "reference"):
         value = getattr(cfg, key)
-        if value is not None and not Path(value).is_file():
-            raise InputError("file not found", path=value, field=f"validation.{key}", fix="check the path")
+        if value is not None:
+            require_file(value, f"validation.{key}")
     if cfg.volume is not None:
         if cfg.reference is None:
             raise InputError("a volume to compare but no reference", path=config, field="validation.reference",

@@ -1,0 +1,32 @@
+"""An input path that must be a readable regular file: one InputError saying which of missing, a dangling link,
+a directory, a device or pipe, unreadable it is (a device named as a volume said "file not found")."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from spibatch.errors import InputError
+
+
+def require_file(path, field: str | None = None, fix: str = "check the path") -> Path:
+    """``path`` as a Path, or one InputError naming it and ``field``: missing (a dangling link, a link loop),
+    a directory, not a regular file, or not readable."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError("file not found" + (" (a dangling symbolic link)" if path.is_symlink() else ""), path=path,
+                         field=field, fix=fix) from None
+    except OSError as exc:   # ELOOP, ENOTDIR, EACCES on a parent
+        raise InputError(f"cannot be opened ({os.strerror(exc.errno) if exc.errno else exc.__class__.__name__})",
+                         path=path, field=field, fix=fix) from None
+    if stat.S_ISDIR(mode):
+        raise InputError("is a directory, not a file", path=path, field=field, fix=fix)
+    if not stat.S_ISREG(mode):
+        raise InputError("not a regular file (a device, socket or pipe)", path=path, field=field, fix=fix)
+    if not os.access(path, os.R_OK):
+        raise InputError("not readable (permission denied)", path=path, field=field,
+                         fix="make it readable (chmod) or copy it somewhere readable")
+    return path
