@@ -160,11 +160,15 @@ def check_shell_safe(path: Path, field: str) -> Path:
 
 
 def check_new_run_path(path: Path) -> Path:
-    """``path`` may become a new run folder: InputError (nothing created) if it holds a run, is a file, or is a
-    folder holding anything else."""
+    """``path`` may become a new run folder: InputError (nothing created) if it holds a run, lies inside one, is a
+    file, or is a folder holding anything else."""
     if (path / layout.PROVENANCE).exists():
         raise InputError("this directory already holds a run", path=path, field="--out",
                          fix="choose a new --out directory, or leave --out out to get runs/<name>-<time>/")
+    inside = next((p for p in path.resolve().parents if (p / layout.PROVENANCE).is_file()), None)
+    if inside is not None:   # a run inside a run: its outputs would be taken for the earlier run's (report, resume)
+        raise InputError(f"lies inside the earlier run folder {inside}", path=path, field="--out",
+                         fix="choose a folder outside every run folder")
     if path.exists() and not path.is_dir():
         raise InputError("exists and is not a directory", path=path, field="--out", fix="choose a directory path")
     if path.is_dir():

@@ -711,6 +711,8 @@ CASES: list[Case] = [
          {"p.yaml": b.yaml_file(EMC)}, ["--resume", "--out"]),
     Case("cli-out-holds-run", "run folders", ["emc", "p.yaml", "--out", "{earlier}"], {"p.yaml": b.yaml_file(EMC)},
          ["--out", "already holds a run"]),
+    Case("cli-out-inside-run", "run folders", ["emc", "p.yaml", "--out", "{earlier}/emc/again"],
+         {"p.yaml": b.yaml_file(EMC)}, ["--out", "lies inside the earlier run folder"]),
     Case("cli-out-is-file", "run folders", ["emc", "p.yaml", "--out", "afile"],
          {"p.yaml": b.yaml_file(EMC), "afile": b.text("x\n")}, ["afile", "--out"]),
     Case("cli-resume-bad-photons", "run folders", ["emc", "p.yaml", "--resume", "{earlier}"],
