@@ -105,8 +105,10 @@ BAD_INPUTS = {
     "num_div 0": (lambda d, s: {"num_div": 0}, ["pipeline.yaml", "emc.num_div", "greater than or equal to 1"]),
     "model too small": (lambda d, s: {"model_size": 51}, ["emc.model_size", "at least 91"]),
     "more ranks than shards": (None, None),   # needs mpirun: tests/test_emc_mpi.py
-    "modes that do not fit memory": (lambda d, s: {"num_modes": 100_000},
-                                     ["emc.num_modes", "num_modes 100000 + nonrot_modes 0 volumes of 91^3"]),
+    "modes that do not fit memory": (lambda d, s: {"num_modes": 200, "model_size": 301},
+                                     ["emc.num_modes", "num_modes 200 + nonrot_modes 0 volumes of 301^3"]),
+    "more modes than frames": (lambda d, s: {"num_modes": 241}, ["emc.num_modes", "241 rotating + 0 non-rotating "
+                               "modes for 240 frames", "empty volume"]),
     "start model of other modes": (lambda d, s: {"num_modes": 3, "start_model": write_modes(d / "two.h5", 2)},
                                    ["two.h5", "emc.start_model", "(2, 9, 9, 9)", "(3, 91, 91, 91)"]),
 }

@@ -48,12 +48,14 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     from spibatch.emc.checks import check_values
     from spibatch.emc.driver import check_inputs
     from spibatch.emc.mpi import world
-    from spibatch.io.dragonfly import check_photons
+    from spibatch.io.dragonfly import check_photons, photons_info
 
     photons, detector = inputs.photons_and_detector(run, pipeline, config)
     require_file(photons, "emc.photons", fix="give a Dragonfly photons file (HDF5 or binary .emc)")
     require_file(detector, "emc.detector", fix="give the Dragonfly detector file of these photons")
     settings = settings_of(pipeline)
+    if settings.num_volumes > 1 and getattr(pipeline, "source", None) is None:   # before the modes' memory
+        check_modes_frames(settings, photons_info(photons)[0], config)
     with naming(config):
         found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks, values=False)
     budget = budget or budget_for()
@@ -77,6 +79,15 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     if comm is None or comm.Get_rank() == 0:
         check_photons(photons)
     return found
+
+
+def check_modes_frames(settings, frames: int, config: Path | None = None) -> None:
+    """Every mode (rotating and non-rotating) needs frames: more modes than frames is refused."""
+    if settings.num_volumes > frames:
+        raise InputError(f"{settings.num_modes} rotating + {settings.nonrot_modes} non-rotating modes for {frames} "
+                         "frames: a mode without frames is an empty volume", path=config,
+                         field="emc.nonrot_modes" if settings.nonrot_modes > settings.num_modes else "emc.num_modes",
+                         fix=f"use at most {frames} modes in all, or more frames")
 
 
 def check_halves(pipeline, frames: int, ranks: int = 1, photons=None, config: Path | None = None) -> None:
