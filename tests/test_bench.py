@@ -30,6 +30,17 @@ def test_unknown_key_and_bad_value_name_the_line(tmp_path, emc_small):
     assert "line 5: matrix.workers" in _error(path)
 
 
+def test_absurd_repeats_iterations_and_timeout_name_the_line(tmp_path, emc_small):
+    """repeats 1e9 or iterations 1e6 passed the dry run (each run was within its limit): bounded."""
+    path = write_bench(tmp_path, emc_small, repeats=1_000_000_000)
+    assert "matrix.repeats: expected: Input should be less than or equal to 100" in _error(path)
+    text = path.read_text().replace("  repeats: 1000000000", "  repeats: 1")
+    path.write_text(text.replace("  iterations: 2", "  iterations: 1000000"))
+    assert "matrix.iterations: expected: Input should be less than or equal to 10000" in _error(path)
+    path.write_text(text.replace("  iterations: 2", "  timeout_s: 1e300"))
+    assert "matrix.timeout_s: expected: Input should be less than or equal to 604800" in _error(path)
+
+
 def test_unknown_workload_names_its_line(tmp_path, emc_small):
     path = write_bench(tmp_path, emc_small, workload="tiny, huge")
     assert "line 6: matrix.workloads.1: unknown workload 'huge'" in _error(path)

@@ -103,10 +103,12 @@ class Matrix(Section):
                                                 "what each site offers")
     scaling: list[Literal["strong", "weak"]] = Field(["strong"], min_length=1, description="strong and/or weak")
     workloads: list[str] = Field(min_length=1, description="names of the workloads to run")
-    iterations: int = Field(3, ge=1, description="EMC iterations per run")
-    repeats: int = Field(3, ge=1, description="runs per point")
+    iterations: int = Field(3, ge=1, le=10_000, description="EMC iterations per run (a bench times iterations: "
+                            "more than a few tens add nothing but hours)")
+    repeats: int = Field(3, ge=1, le=100, description="runs per point")
     device: Literal["cpu", "gpu"] = Field("cpu", description="the pipeline's device")
-    timeout_s: float = Field(3600.0, gt=0, description="one run's limit; a run past it fails its point")
+    timeout_s: float = Field(3600.0, gt=0, le=7 * 86400, description="one run's limit (at most a week); a run past "
+                             "it fails its point")
 
     @field_validator("workers")
     @classmethod
