@@ -50,13 +50,51 @@ MAX_YAML_DEPTH = 100
 MAX_YAML_BYTES = 16 * 2 ** 20
 
 
+_LOADER = None
+
+
+def settings_loader():
+    """PyYAML's safe loader with YAML 1.2's numbers: ``010`` is ten (YAML 1.1: octal 8), ``0o10`` eight, ``0x10``
+    sixteen, ``1:30`` and ``1:30:00`` text (YAML 1.1: the sexagesimal 90 and 5400, which turned a Slurm walltime
+    into seconds and ``iterations: 010`` into 8 without a word); booleans and the rest as YAML 1.1."""
+    global _LOADER
+    if _LOADER is None:
+        import re
+
+        import yaml
+
+        int_tag, float_tag = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+        class SettingsLoader(yaml.SafeLoader):
+            pass
+
+        SettingsLoader.yaml_implicit_resolvers = {
+            first: [(tag, rx) for tag, rx in resolvers if tag not in (int_tag, float_tag)]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        SettingsLoader.add_implicit_resolver(int_tag, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                             list("-+0123456789"))
+        SettingsLoader.add_implicit_resolver(float_tag, re.compile(
+            r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+        def integer(loader, node):
+            text = loader.construct_scalar(node).replace("_", "")
+            sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+            base = {"0o": 8, "0x": 16}.get(digits[:2], 10)
+            return sign * int(digits[2:] if base != 10 else digits, base)
+
+        SettingsLoader.add_constructor(int_tag, integer)
+        _LOADER = SettingsLoader
+    return _LOADER
+
+
 def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML; return the data and a map from key path to 1-based line number.  InputError for text
     that is not YAML, nests deeper than MAX_YAML_DEPTH or expands (through aliases) past MAX_YAML_VALUES."""
     import yaml
 
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=settings_loader())
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, path, f"not valid YAML ({getattr(exc, 'problem', exc)})",
                           "fix the YAML syntax (indentation, colons, quotes)") from None
@@ -95,7 +133,7 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
     if root is not None:
         walk(root, ())
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=settings_loader())
     except yaml.YAMLError as exc:   # composed, but not constructible: a tag such as !!python/object (never run)
         raise _yaml_error(exc, path, f"{getattr(exc, 'problem', None) or exc}".splitlines()[0],
                           "settings are plain values: remove the !!tag") from None

@@ -83,6 +83,18 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_pipeline(again) == pipeline
 
 
+def test_numbers_are_read_as_yaml_1_2(tmp_path):
+    """YAML 1.1 read `iterations: 010` as 8 and `1:30` as 90 without a word: YAML 1.2's numbers instead (010 is
+    ten, 0o10 eight, 0x10 sixteen, 1:30 text), and the resolved file round-trips."""
+    path = write(tmp_path, "emc:\n  iterations: 010\n  num_div: 0o4\n  frames_per_shard: 0x100\n  seed: 007\n")
+    emc = load_pipeline(path).emc
+    assert (emc.iterations, emc.num_div, emc.frames_per_shard, emc.seed) == (10, 4, 256, 7)
+    again = load_pipeline(write(tmp_path, dump_pipeline(load_pipeline(path)))).emc
+    assert (again.iterations, again.num_div) == (10, 4)
+    with pytest.raises(InputError, match=r"emc.iterations.*found '1:30'"):
+        load_pipeline(write(tmp_path, "emc:\n  iterations: 1:30\n"))
+
+
 def test_schema_lists_sections_and_units():
     schema = json_schema()
     json.dumps(schema)

@@ -62,6 +62,20 @@ class SlurmOptions(Section):
                              "spaces or newlines")
         return v
 
+    @field_validator("mpi_options")
+    @classmethod
+    def _srun_options(cls, v):
+        """Written into the job's ``srun`` line: whole shell words on one line (an unbalanced quote broke it)."""
+        import shlex
+
+        try:
+            shlex.split(v)
+        except ValueError as exc:
+            raise ValueError(f"srun options as shell words ({exc})") from None
+        if "\n" in v or "\r" in v:
+            raise ValueError("srun options on one line")
+        return v
+
     @field_validator("walltime", mode="before")
     @classmethod
     def _walltime(cls, v):
@@ -72,6 +86,8 @@ class SlurmOptions(Section):
         hours += 24 * days
         if hours * 60 + minutes < 1:
             raise ValueError("a walltime of at least one minute (e.g. 00:10:00)")
+        if hours > 366 * 24:   # Slurm takes it, then no partition's limit does: the job pends for good
+            raise ValueError("a walltime of at most a year (e.g. 7-00:00:00)")
         return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
