@@ -305,7 +305,8 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
     file ``site_path``, which then replaces the run's copy (checked before anything is touched)."""
     from spibatch.config import load_pipeline
     from spibatch.parsl_shutdown import cancel_left_jobs
-    from spibatch.rundir import check_shell_safe, open_run, read_provenance
+    from spibatch.rundir import check_shell_safe, open_run
+    from spibatch.run_checks import check_config_unchanged, read_provenance
 
     run = RunLayout(Path(run_dir).resolve())
     check_shell_safe(run.path, "RUN_DIR")
@@ -313,7 +314,7 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
         if not path.is_file():
             raise InputError(f"no {path.name} here: not a run of `spibatch run`", path=run.path, field="RUN_DIR",
                              fix="give the run directory `spibatch run` printed")
-    read_provenance(run.path)
+    check_config_unchanged(read_provenance(run.path), run.config)
     pipeline = load_pipeline(run.config)
     own = load_site(run.site)
     site = own if site_path is None else load_site(site_path)

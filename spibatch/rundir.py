@@ -31,6 +31,8 @@ from spibatch.io.atomic import DiskFull, remove_partial_files, write_text
 from spibatch.io.fingerprint import (ENDS_BYTES, FULL_HASH_LIMIT, input_fingerprint,  # noqa: F401  (re-exported)
                                      same_fingerprint, sha256_file)
 from spibatch.lock import read_lock, release_lock, stop_left_running, take_lock, utc_now  # noqa: F401
+from spibatch.run_checks import (check_config_unchanged, check_no_links, check_unchanged,  # noqa: F401  (re-exported)
+                                 config_digest, read_provenance)
 
 log = logging.getLogger("spibatch")
 
@@ -205,6 +207,7 @@ def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
     try:
         if config_text is not None:
             write_text(run.layout.config, config_text)
+            run.extra["config_sha256"] = config_digest(config_text)
         _attach_log(run)
         run.write_provenance("running")
     except BaseException:
@@ -249,50 +252,6 @@ def _attach_log(run: RunDir) -> None:
     run._log_handler = log_to(run.layout.log)
 
 
-def read_provenance(path: Path, field_name: str = "--resume") -> dict:
-    """A run folder's provenance record; InputError (one line) when it is missing or unreadable."""
-    fix = "give the run directory of an earlier run (it holds provenance.json)"
-    try:
-        return json.loads((Path(path) / layout.PROVENANCE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no provenance.json here: not a run directory", path=path, field=field_name,
-                         fix=fix) from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"provenance.json unreadable ({exc.__class__.__name__})", path=path, field=field_name,
-                         fix=fix) from None
-
-
-def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...]) -> None:
-    """Every file in ``paths`` that the run recorded as an input is still there with its recorded fingerprint;
-    InputError naming the first that changed or disappeared otherwise.  (Files the run did not record are
-    not checked here; EMC's checkpoint records the fingerprints of the data it was computed from.)"""
-    for name in paths:
-        before = record.get("inputs", {}).get(str(Path(name).resolve()))
-        if before is None:
-            continue
-        if not Path(name).is_file():
-            raise InputError("this input of the run is gone", path=name, field="--resume",
-                             fix="put the original file back, or start a new run")
-        if not same_fingerprint(name, before):
-            raise InputError("changed since the run started (its SHA-256 differs from provenance.json's)",
-                             path=name, field="--resume", fix="resume with the original file, or start a new run")
-
-
-def check_no_links(path: Path, field: str = "--resume") -> None:
-    """InputError when an entry of the folder ``path`` (a run's, a bench's) is a symbolic link: spibatch makes
-    none, and a resume writes through (and removes half-done parts of) its own files and folders -- log.txt,
-    emc/, points/ --, which a link would take elsewhere."""
-    try:
-        entries = sorted(os.scandir(path), key=lambda e: e.name)
-    except OSError:
-        return   # read_provenance has said what is wrong with the folder
-    for entry in entries:
-        if entry.is_symlink():
-            raise InputError(f"{entry.name} is a symbolic link (to {os.readlink(entry.path)}); spibatch's own files "
-                             "and folders are never links", path=path, field=field,
-                             fix=f"remove the link {entry.path} (copy the file in its place if it is the run's own)")
-
-
 def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
                    unchanged: tuple[str | os.PathLike, ...] = (), check=None, stop_old=None) -> RunDir:
     """Reopen an earlier run folder to continue it (``--resume``, ``spibatch resume``).
@@ -305,8 +264,7 @@ def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
     command line appended to ``resumed`` in provenance.json and log.txt reopened.
     """
     path = Path(path)
-    record = read_provenance(path)
-    check_no_links(path)
+    record = read_provenance(path)     # the folder's own files too: no links, no pipes
     command = list(command if command is not None else sys.argv)
     lock = take_lock(path, command, field_name="--resume", take_over_stale=True)
     try:

@@ -137,6 +137,60 @@ def test_a_resume_refuses_a_run_folder_holding_links_and_the_log_never_follows_o
     assert victim.read_text() == "precious line\n"
 
 
+@pytest.mark.parametrize("where", ["lock", "provenance.json", "stages/emc.json", "emc/checkpoint.h5"])
+def test_a_resume_refuses_a_pipe_or_a_deep_link_in_the_run_folder(tmp_path, where):
+    """A FIFO named lock, provenance.json or a stage's record blocked a resume (and `spibatch stop`) for good; a
+    link below the top of the folder took a resume's writes elsewhere: one line, before anything is read."""
+    from spibatch.run_checks import read_provenance
+
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
+        pass
+    target = run.path / where
+    target.parent.mkdir(exist_ok=True)
+    target.unlink(missing_ok=True)
+    os.mkfifo(target)
+    with pytest.raises(InputError, match=f"{where} is not a regular file .a FIFO"):
+        with open_run(resume=run.path, command=["b"], report=False):
+            pass
+    target.unlink()
+    os.symlink(tmp_path / "elsewhere", target)
+    with pytest.raises(InputError, match=f"{where} is a symbolic link"):
+        read_provenance(run.path, "RUN_DIR")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda r: [], "provenance.json holds a list, not a run's record"),
+    (lambda r: r | {"inputs": []}, "inputs holds a list, not a dict"),
+    (lambda r: r | {"inputs": {"/x": 5}}, "inputs or resumed hold values of the wrong kind"),
+    (lambda r: r | {"resumed": 5}, "resumed holds a int, not a list")])
+def test_an_edited_provenance_record_is_one_line(tmp_path, edit, words):
+    """provenance.json of the wrong shape (valid JSON) gave AttributeError / TypeError tracebacks on a resume."""
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
+        pass
+    record = json.loads(run.layout.provenance.read_text())
+    run.layout.provenance.write_text(json.dumps(edit(record)))
+    before = run.layout.provenance.read_bytes()
+    with pytest.raises(InputError, match=words):
+        with open_run(resume=run.path, command=["b"], report=False):
+            pass
+    assert run.layout.provenance.read_bytes() == before and read_lock(run.path) is None
+
+
+def test_the_config_a_run_started_with_is_recorded_and_checked(tmp_path):
+    """`spibatch resume` ran the remaining stages with a config.yaml edited after the run started."""
+    from spibatch.run_checks import check_config_unchanged, read_provenance
+
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", config_text="name: a\n", command=["a"],
+                  report=False) as run:
+        pass
+    record = read_provenance(run.path)
+    check_config_unchanged(record, run.layout.config)                    # as written: accepted
+    run.layout.config.write_text("name: b\n")
+    with pytest.raises(InputError, match="config.yaml: RUN_DIR: changed since the run started"):
+        check_config_unchanged(record, run.layout.config)
+    check_config_unchanged({k: v for k, v in record.items() if k != "config_sha256"}, run.layout.config)  # older runs
+
+
 def test_a_lock_whose_token_names_another_process_stops_nothing(tmp_path):
     """Taking over a killed owner's lock stops what that owner left running, found by the lock's token; a token
     that is not the form the owner's pid makes (a lock changed by hand to another run's token) stops nothing."""

@@ -43,7 +43,8 @@ def check_out(out: Path) -> None:
     """The bench folder may be new, or an earlier bench's (resumed): not a file, not a spibatch run's folder."""
     from spibatch import layout
     from spibatch.errors import InputError
-    from spibatch.rundir import check_no_links, check_shell_safe
+    from spibatch.rundir import check_shell_safe
+    from spibatch.run_checks import check_no_links
 
     check_shell_safe(out, "--out")     # every point is a `spibatch run` in it
     if out.exists() and not out.is_dir():

@@ -1,0 +1,126 @@
+"""What an earlier run folder must be before anything reopens it (``--resume``, ``spibatch resume``, ``stop``):
+its provenance.json a readable record of the expected shape, none of its own files and folders a symbolic link
+or a pipe (a FIFO hung the read; a link took the writes elsewhere), its recorded inputs and its config.yaml as
+they were when the run started.  Every refusal is one InputError; nothing here writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+from spibatch import layout
+from spibatch.errors import InputError
+from spibatch.io.fingerprint import same_fingerprint
+
+PROVENANCE_FIX = "give the run directory of an earlier run (it holds provenance.json)"
+# key -> the JSON types it may hold in provenance.json (a hand-edited record gave AttributeError tracebacks)
+PROVENANCE_TYPES = {"status": str, "command": list, "inputs": dict, "resumed": list, "outputs": dict,
+                    "config_sha256": str}
+
+
+def config_digest(text: str) -> str:
+    """The SHA-256 of a run's config.yaml text, as provenance.json's ``config_sha256`` records it."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_provenance(path: Path, field_name: str = "--resume") -> dict:
+    """A run folder's provenance record; InputError (one line) when it is missing, not a regular file,
+    unreadable, or not a record of the expected shape.  The folder's own files are checked first
+    (:func:`check_run_files`)."""
+    check_run_files(Path(path), field_name)
+    file = Path(path) / layout.PROVENANCE
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("no provenance.json here: not a run directory", path=path, field=field_name,
+                         fix=PROVENANCE_FIX) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"provenance.json unreadable ({exc.__class__.__name__})", path=path, field=field_name,
+                         fix=PROVENANCE_FIX) from None
+    if not isinstance(record, dict):
+        raise InputError(f"provenance.json holds a {type(record).__name__}, not a run's record", path=path,
+                         field=field_name, fix=PROVENANCE_FIX + "; it was edited or overwritten")
+    for key, kind in PROVENANCE_TYPES.items():
+        if key in record and record[key] is not None and not isinstance(record[key], kind):
+            raise InputError(f"provenance.json: {key} holds a {type(record[key]).__name__}, not a {kind.__name__}",
+                             path=path, field=field_name, fix="the record was edited: put the original back")
+    inputs = record.get("inputs") or {}
+    if not all(isinstance(v, str) for v in inputs.values()) or not all(isinstance(r, dict)
+                                                                       for r in record.get("resumed") or []):
+        raise InputError("provenance.json: inputs or resumed hold values of the wrong kind", path=path,
+                         field=field_name, fix="the record was edited: put the original back")
+    return record
+
+
+def check_run_files(path: Path, field: str = "--resume") -> None:
+    """InputError at the first entry in the run folder ``path``, at any depth, that is a symbolic link or neither
+    a regular file nor a folder (a FIFO, a socket, a device): spibatch makes none, a resume reads and writes
+    through its own files (a FIFO named lock or provenance.json blocked it for good)."""
+    if not path.is_dir():
+        return   # read_provenance says what is wrong
+    for folder, dirs, files in os.walk(path):    # a link to a folder is listed in dirs, never followed
+        for name in sorted(dirs + files):
+            entry = Path(folder) / name
+            try:
+                mode = entry.lstat().st_mode
+            except OSError:
+                continue   # removed meanwhile
+            if stat.S_ISLNK(mode):
+                problem = f"is a symbolic link (to {os.readlink(entry)})"
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                problem = "is not a regular file (a FIFO, socket or device)"
+            else:
+                continue
+            raise InputError(f"{entry.relative_to(path)} {problem}; spibatch's own files and folders are never "
+                             "links or pipes", path=path, field=field,
+                             fix=f"remove {entry} (copy the file in its place if it is the run's own)")
+
+
+def check_no_links(path: Path, field: str = "--resume") -> None:
+    """InputError when an entry at the top of the folder ``path`` (a bench's) is a symbolic link: a resume writes
+    through (and removes half-done parts of) its own files and folders, which a link would take elsewhere."""
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_symlink():
+            raise InputError(f"{entry.name} is a symbolic link (to {os.readlink(entry.path)}); spibatch's own files "
+                             "and folders are never links", path=path, field=field,
+                             fix=f"remove the link {entry.path} (copy the file in its place if it is the run's own)")
+
+
+def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...]) -> None:
+    """Every file in ``paths`` that the run recorded as an input is still there with its recorded fingerprint;
+    InputError naming the first that changed or disappeared otherwise.  (Files the run did not record are
+    not checked here; EMC's checkpoint records the fingerprints of the data it was computed from.)"""
+    for name in paths:
+        before = record.get("inputs", {}).get(str(Path(name).resolve()))
+        if before is None:
+            continue
+        if not Path(name).is_file():
+            raise InputError("this input of the run is gone", path=name, field="--resume",
+                             fix="put the original file back, or start a new run")
+        if not same_fingerprint(name, before):
+            raise InputError("changed since the run started (its SHA-256 differs from provenance.json's)",
+                             path=name, field="--resume", fix="resume with the original file, or start a new run")
+
+
+def check_config_unchanged(record: dict, config: Path) -> None:
+    """The run's config.yaml is the one it started with (``config_sha256``; runs before it was recorded: not
+    checked): an edited one would run the remaining stages with other settings than the finished ones."""
+    before = record.get("config_sha256")
+    if before is None:
+        return
+    try:
+        now = config_digest(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"unreadable ({exc.__class__.__name__})", path=config, field="RUN_DIR",
+                         fix="put the run's original config.yaml back") from None
+    if now != before:
+        raise InputError("changed since the run started (its SHA-256 differs from provenance.json's "
+                         "config_sha256)", path=config, field="RUN_DIR",
+                         fix="put the original back, or start a new run with the new settings (spibatch run)")
