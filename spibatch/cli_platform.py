@@ -145,15 +145,39 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
         raise InputError(f"not a ZeroMQ endpoint: {target!r}", field="--target",
                          fix="e.g. --target tcp://127.0.0.1:4545")
     if as_ != "karabo-bridge":      # the folders it writes: one line now, not a traceback after the simulation
+        check_replay_folder(Path(target), "--target", "its numbered files from the first")
         check_writable_folder(Path(target), "--target")
     if source == "simulated":
+        check_replay_folder(out, "--out", "photons.emc, detector.h5, truth.h5 and density.mrc", REPLAY_MARK)
         check_writable_folder(out, "--out")
     frames, detector_path = frames_from(source, detector=detector, out_dir=out, hit_fraction=hit_fraction,
                                         num_hits=num_hits)
+    if source == "simulated":
+        (out / REPLAY_MARK).write_text("written by spibatch replay: its simulated source's files may be replaced\n")
     typer.echo(f"replaying {frames.num_frames} frames ({frames.num_trains} trains) at {rate:g} frames/s as {as_} "
                f"to {target}; the detector file: {detector_path}", err=True)
     trains = play(frames, rate, as_, target)
     typer.echo(f"played {trains} trains to {target}")
+
+
+REPLAY_MARK = ".spibatch-replay"
+
+
+def check_replay_folder(folder: Path, field: str, writes: str, mark: str | None = None) -> None:
+    """A folder replay writes into: new, empty, or (``mark``) an earlier replay's own; never inside a run folder.
+    Replay overwrote what was there (a run's simulate/ outputs, another beamtime's files) without a word."""
+    from spibatch.errors import InputError
+
+    inside = next((p for p in (folder.resolve(), *folder.resolve().parents) if (p / "provenance.json").is_file()),
+                  None)
+    if inside is not None:
+        raise InputError(f"lies in the run folder {inside}", path=folder, field=field,
+                         fix="give a folder outside every run folder")
+    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if held and not (mark and mark in held):
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise InputError(f"is not empty ({shown}): replay writes {writes} there and would overwrite them",
+                         path=folder, field=field, fix="give a new or empty folder")
 
 
 def _follows(run) -> bool:

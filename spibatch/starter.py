@@ -6,6 +6,7 @@ repository's ``site_configs/`` link to), so an installed spibatch can write them
 
 from __future__ import annotations
 
+import os
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -31,8 +32,11 @@ def init(directory: Path, site: str | None = None) -> list[Path]:
     pipeline, pdb, site_file = directory / "pipeline.yaml", directory / "1EI7.pdb", directory / "site.yaml"
     targets = [site_file] if site is not None and pipeline.exists() else [pipeline] + ([site_file] if site else [])
     for target in targets:
-        if target.exists():
+        if os.path.lexists(target):
             raise InputError("already exists", path=target, fix="choose another directory or move the file away")
+    if pipeline in targets and pdb.is_symlink() and not pdb.exists():   # a copy would go where the link points
+        raise InputError(f"is a dangling symbolic link (to {os.readlink(pdb)})", path=pdb,
+                         fix="remove the link, or point it at an existing structure file")
     written = []
     try:
         directory.mkdir(parents=True, exist_ok=True)

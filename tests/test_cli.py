@@ -223,3 +223,25 @@ def test_a_standalone_command_names_the_argument_the_user_gave_not_the_pipeline_
     config.write_text(f"name: t\nphasing: {{intensity: {tmp_path / 'a.h5'}, recipe: 'ER() ** 5'}}\n")
     done = spibatch_cli("phase", "p.yaml", "--truth", "nope.mrc", cwd=tmp_path)
     assert done.returncode == 2 and "nope.mrc: --truth:" in done.stderr, done.stderr
+
+
+def test_replay_folders_new_empty_or_an_earlier_replays(tmp_path):
+    """replay overwrote what --out / --target held (a run's simulate/ outputs, other files): only a new or empty
+    folder, or for --out an earlier replay's own (its mark), is written into."""
+    from spibatch.cli_platform import REPLAY_MARK, check_replay_folder
+    from spibatch.errors import InputError
+
+    out = tmp_path / "out"
+    check_replay_folder(out, "--out", "files", REPLAY_MARK)            # new
+    out.mkdir()
+    check_replay_folder(out, "--out", "files", REPLAY_MARK)            # empty
+    (out / "photons.emc").write_text("x")
+    with pytest.raises(InputError, match="--out: is not empty .photons.emc.: replay writes files"):
+        check_replay_folder(out, "--out", "files", REPLAY_MARK)
+    (out / REPLAY_MARK).write_text("")
+    check_replay_folder(out, "--out", "files", REPLAY_MARK)            # an earlier replay's
+    with pytest.raises(InputError, match="is not empty"):
+        check_replay_folder(out, "--target", "files")                   # a target is never reused
+    (tmp_path / "provenance.json").write_text("{}")
+    with pytest.raises(InputError, match="lies in the run folder"):
+        check_replay_folder(tmp_path / "new", "--out", "files", REPLAY_MARK)
