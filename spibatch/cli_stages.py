@@ -101,7 +101,8 @@ def validate(first: Path = typer.Argument(..., help="a 3-D volume: our HDF5 resu
         "kind": kind}), first, command="validate")
     run_path, outputs = run_stages(["validate"], pipeline, None, out=out, command=sys.argv, inputs=(first, second),
                                    options={"validation.volume": "FIRST", "validation.reference": "SECOND",
-                                            "validation.kind": "--kind", "validation.dataset": "--dataset"})
+                                            "validation.kind": "--kind", "validation.dataset": "--dataset",
+                                            "validation.voxel_size_m": "--voxel-size-m"})
     typer.echo(Path(outputs["fsc_text"]).read_text(encoding="utf-8").rstrip())
     echo([f"wrote {outputs['fsc_plot']}", f"wrote {outputs['fsc_table']}"])
 

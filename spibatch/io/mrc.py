@@ -66,6 +66,10 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mrcfile warns before it raises; the InputError says it once
             with mrcfile.open(path, permissive=False) as mrc:
+                if mrc.data is not None and mrc.data.dtype.kind not in "iuf":   # mode 3/4: complex
+                    raise InputError(f"holds {mrc.data.dtype} values (MRC mode {int(mrc.header.mode)}): the "
+                                     "imaginary part would be dropped", path=path, field="mode",
+                                     fix="give a real-valued volume (MRC mode 0, 1, 2, 6 or 12)")
                 volume = np.array(mrc.data, dtype=np.float32).transpose(2, 1, 0)
                 size = mrc.voxel_size
                 voxel = (float(size.x), float(size.y), float(size.z))
@@ -74,6 +78,9 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
                          fix=fix) from None
     if volume.ndim != 3:
         raise InputError(f"expected a 3-D volume, found shape {volume.shape}", path=path, field="data", fix=fix)
+    if not all(np.isfinite(voxel)) or min(voxel) < 0:
+        raise InputError(f"voxel size {voxel} Angstrom is not a length (NaN, infinite or negative)", path=path,
+                         field="voxel_size", fix="correct the header's cell (or set it to 0: not known)")
     if not np.allclose(voxel, voxel[0], rtol=1e-5):
         raise InputError(f"voxel size differs between axes {voxel} Angstrom", path=path, field="voxel_size",
                          fix="resample the volume to cubic voxels")

@@ -138,17 +138,25 @@ VOLUME_FIX = ("name the dataset that holds the volume: --dataset on the command 
               "validation.dataset in a pipeline file")
 
 
-def _volume_dataset(f: h5py.File, path: Path, name: str | None) -> tuple[h5py.Dataset, tuple[int, ...]]:
-    """The dataset holding the volume (``name``, else the first of :data:`VOLUME_NAMES`) and its 3-D shape."""
-    names = [name] if name else [n for n in VOLUME_NAMES if isinstance(f.get(n), h5py.Dataset)][:1]
+def _volume_dataset(f: h5py.File, path: Path, name: str | None,
+                    fix: str = VOLUME_FIX) -> tuple[h5py.Dataset, tuple[int, ...]]:
+    """The dataset holding the volume (``name``, else the first of :data:`VOLUME_NAMES`) and its 3-D shape;
+    InputError with ``fix`` when there is none (a soft link loop too)."""
+    from spibatch.io.hdf5 import require_dataset
+
+    def present(n: str) -> bool:
+        try:
+            return isinstance(f.get(n), h5py.Dataset)
+        except (RuntimeError, KeyError, OSError):   # a soft link loop: require_dataset names it
+            return True
+
+    names = [name] if name else [n for n in VOLUME_NAMES if present(n)][:1]
     if not names:
         found = []
         f.visititems(lambda n, obj: found.append(n) if isinstance(obj, h5py.Dataset) else None)
         raise InputError(f"no volume dataset ({', '.join(VOLUME_NAMES)}); found: {', '.join(found) or 'none'}",
-                         path=path, field="dataset", fix=VOLUME_FIX)
-    ds = f.get(names[0])
-    if not isinstance(ds, h5py.Dataset):
-        raise InputError("dataset missing", path=path, field=names[0], fix=VOLUME_FIX)
+                         path=path, field="dataset", fix=fix)
+    ds = require_dataset(f, names[0], path, fix)
     shape = ds.shape[1:] if ds.ndim == 4 and ds.shape[0] == 1 else ds.shape
     if len(shape) != 3 or ds.dtype.kind not in "iuf":
         raise InputError(f"expected a 3-D volume (or (1, N, N, N)), found shape {ds.shape} dtype {ds.dtype}",
@@ -198,7 +206,7 @@ def volume_kind(path: str | os.PathLike, dataset: str | None = None) -> str | No
     name = dataset
     if name is None:
         with open_hdf5(path, "give an HDF5 volume file") as f:
-            name = next((n for n in VOLUME_NAMES if isinstance(f.get(n), h5py.Dataset)), None)
+            name = _volume_dataset(f, path, None)[0].name.lstrip("/") if any(n in f for n in VOLUME_NAMES) else None
     return {"intensity": "intensity", "intens": "intensity", "density": "density"}.get(name or "")
 
 
@@ -216,7 +224,8 @@ def positive_attribute(value, path: str | os.PathLike, name: str) -> float | Non
     return float(arr[0])
 
 
-def volume_shape(path: str | os.PathLike, name: str | None = None, *, field: str | None = None) -> tuple[int, ...]:
+def volume_shape(path: str | os.PathLike, name: str | None = None, *, field: str | None = None,
+                 dataset_fix: str = VOLUME_FIX) -> tuple[int, ...]:
     """The shape ``read_volume(path, name)`` would return, from the file's header alone (nothing big is read):
     InputError for what :func:`read_volume` refuses (missing file, unknown format, no 3-D dataset)."""
     path = Path(path)
@@ -224,7 +233,7 @@ def volume_shape(path: str | os.PathLike, name: str | None = None, *, field: str
     require_file(path, field, fix)
     if is_hdf5(path):
         with open_hdf5(path, VOLUME_FIX) as f:
-            return _volume_dataset(f, path, name)[1]
+            return _volume_dataset(f, path, name, dataset_fix)[1]
     if path.suffix.lower() in MRC_SUFFIXES:
         import warnings
 
@@ -285,7 +294,8 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
                                          and np.isfinite(voxel_size_m) and voxel_size_m > 0):
         raise InputError(f"expected a positive length in metres, found {voxel_size_m!r}", path=path,
                          field=voxel_field, fix="give the truth's voxel edge in metres (e.g. 1.756e-9)")
-    shape = volume_shape(path, "density" if path.is_file() and is_hdf5(path) else None, field=field)
+    shape = volume_shape(path, "density" if path.is_file() and is_hdf5(path) else None, field=field,
+                         dataset_fix=REFERENCE_FIX + " (its dataset: density)")
     if len(shape) != 3 or len(set(shape)) != 1 or shape[0] < 2:
         raise InputError(f"expected a cubic 3-D density (L, L, L), found shape {shape}", path=path, field=field,
                          fix=REFERENCE_FIX)
@@ -296,7 +306,7 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
     stored = None
     if is_hdf5(path):
         with open_hdf5(path, REFERENCE_FIX) as f:
-            ds, shape = _volume_dataset(f, path, "density")
+            ds, shape = _volume_dataset(f, path, "density", REFERENCE_FIX + " (its dataset: density)")
             volume = read_dataset(ds, (), path).reshape(shape)
             for key in ("density_voxel_size_m", "voxel_size_m"):
                 stored = positive_attribute(f.attrs.get(key), path, key)
@@ -322,6 +332,14 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
         raise InputError("the density is zero everywhere: nothing to compare with", path=path, field=field,
                          fix=REFERENCE_FIX)
     voxel = voxel_size_m if voxel_size_m is not None else stored
+    if voxel is not None:
+        from spibatch.estimates import DENSITY_VOXEL_M
+
+        low, high = DENSITY_VOXEL_M
+        if not low <= voxel <= high:   # 1e-30 and 1e30 gave tracebacks in the resampling, after the work
+            raise InputError(f"a density voxel of {voxel:g} m is outside {low:g} .. {high:g} m", path=path,
+                             field=voxel_field if voxel_size_m is not None else field,
+                             fix="give the voxel edge in metres (e.g. 1.756e-9)")
     if grid is not None:
         edge, grid_voxel = grid
         fits = volume.shape[0]   # as compare_with_truth: resampled when the voxels differ by more than 0.1%

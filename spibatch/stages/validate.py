@@ -71,12 +71,28 @@ def _comparable(cfg, kind: str, volumes: list) -> None:
                              path=path, field=key, fix="give the volume itself (dataset: --dataset)")
         cubes.append(cube)
     if kind == "intensity":
+        _same_q_voxel([path for path, _ in volumes])
         try:
             measured_shells(*crop_to_common(*(c.astype(np.float64) for c in cubes)))
         except ValueError:
             raise InputError(f"shares fewer than 3 measured shells with {Path(cfg.reference).name} (edges "
                              f"{cubes[0].shape[0]} and {cubes[1].shape[0]})", path=cfg.volume,
                              field="validation.volume", fix="compare intensities on grids of similar size") from None
+
+
+def _same_q_voxel(paths: list) -> None:
+    """Two intensities whose files both give their Fourier voxel (``voxel_size_per_m``) sample q alike: compared
+    voxel by voxel on different grids they gave a high CC and a resolution on the first file's scale alone."""
+    from spibatch.io.results import is_hdf5, positive_attribute, read_result
+
+    voxels = []
+    for path in paths:
+        value = read_result(path, attrs_only=True)[1].get("voxel_size_per_m") if is_hdf5(path) else None
+        voxels.append(positive_attribute(value, path, "voxel_size_per_m"))
+    if None not in voxels and abs(voxels[0] / voxels[1] - 1) > 1e-3:
+        raise InputError(f"its Fourier voxel is {voxels[0]:.6g} 1/m, {Path(paths[1]).name}'s {voxels[1]:.6g} 1/m: "
+                         "the intensities sample q differently", path=paths[0], field="voxel_size_per_m",
+                         fix="compare intensities of the same geometry and model grid")
 
 
 def _kind(cfg) -> str:
@@ -101,12 +117,15 @@ def _a(kind: str) -> str:
 
 def _read(path: Path, cfg, kind: str):
     """(volume, real-space voxel in m or None) of one side of a two-volume comparison."""
-    from spibatch.io.results import check_finite, read_volume
-    from spibatch.phasing.compare import load_truth
+    from spibatch.io.results import check_finite, check_reference, read_volume
 
-    if kind == "density":
-        voxel = cfg.reference_voxel_size_m if Path(path) == Path(cfg.reference) else None
-        volume, voxel = load_truth(path, voxel or cfg.voxel_size_m)
+    if kind == "density":    # read and checked as a truth is: NaN, zero everywhere, the voxel's range
+        second = Path(path) == Path(cfg.reference)
+        voxel = cfg.reference_voxel_size_m if second else None
+        volume, voxel = check_reference(path, voxel or cfg.voxel_size_m,
+                                        field="validation.reference" if second else "validation.volume",
+                                        voxel_field="validation.reference_voxel_size_m"
+                                        if second and cfg.reference_voxel_size_m else "validation.voxel_size_m")
         return _unit_peak(volume), voxel
     volume = read_volume(path, cfg.dataset)
     check_finite(volume, path=path, field=cfg.dataset or "intensity", fix="mark unmeasured voxels with 0 (the "

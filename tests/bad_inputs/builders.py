@@ -308,6 +308,24 @@ def mrc_variant(volume: np.ndarray, voxel=(2.0, 2.0, 2.0)) -> Callable:
     return build
 
 
+def mrc_complex(volume: np.ndarray) -> Callable:
+    """An MRC file of complex values (mode 4): a cast to float drops the imaginary part."""
+    def build(path: Path, base: Base) -> None:
+        import mrcfile
+
+        with mrcfile.new(path, overwrite=True) as mrc:
+            mrc.set_data(np.asarray(volume, np.complex64))
+    return build
+
+
+def soft_link_loop(name: str) -> Callable:
+    """An HDF5 file whose ``name`` is a soft link to itself."""
+    def build(path: Path, base: Base) -> None:
+        with h5py.File(path, "w") as f:
+            f[name] = h5py.SoftLink(f"/{name}")
+    return build
+
+
 def raw_bytes(data: bytes) -> Callable:
     def build(path: Path, base: Base) -> None:
         path.write_bytes(data)
