@@ -54,6 +54,7 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         num_frames, frame_shape = data.shape[0], data.shape[1:]
         num_pix = int(np.prod(frame_shape))
         bad = _read_mask(f, cxi_path, mask_path, frame_shape)
+        lit = 0   # pixels holding a photon, over all frames
         with PhotonsWriter(out_path, num_pix) as writer:
             for start in range(0, num_frames, chunk_frames):
                 block = read_dataset(data, slice(start, min(start + chunk_frames, num_frames)), cxi_path)
@@ -62,7 +63,11 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
                 if arrays is None:   # a bad frame: the dense reference finds it and says what is wrong
                     _to_counts(block, start, bad, adu_per_photon, clip_negative, cxi_path, data_path)
                     raise AssertionError("the fused kernel flagged a frame that the dense reference accepts")
-                writer.append(Photons(num_pix, *arrays))
+                photons = Photons(num_pix, *arrays)
+                lit += len(photons.ones_index) + len(photons.multi_index)
+                writer.append(photons)
+    if not lit:   # check_frames says so before a run folder; here for callers that convert without it
+        raise no_photons(num_frames, adu_per_photon, cxi_path)
     return num_frames, num_pix
 
 
@@ -203,19 +208,38 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
         num_pix = int(np.prod(frame_shape))
         bad = _read_mask(f, cxi_path, mask_path, frame_shape)
         good = None if bad is None else ~bad
+        highest = 0.0
         for start in range(0, num_frames, chunk_frames):
             block = read_dataset(data, slice(start, min(start + chunk_frames, num_frames)), cxi_path)
             block = block.reshape(len(block), num_pix)
-            if not _block_ok(block, good, adu_per_photon, clip_negative):
+            high = _block_highest(block, good, adu_per_photon, clip_negative)
+            if high is None:
                 _to_counts(block, start, bad, adu_per_photon, clip_negative, cxi_path, data_path)
+            highest = max(highest, high or 0.0)
+        if highest < 1:
+            raise no_photons(num_frames, adu_per_photon, cxi_path)
         return tuple(int(x) for x in data.shape)
+
+
+def no_photons(num_frames: int, adu_per_photon: float, cxi_path) -> InputError:
+    """The line for a stack in which no pixel rounds to a photon (a gain in the wrong unit: 1e6 ADU per photon)."""
+    return InputError(f"not one photon in {num_frames} frames at {adu_per_photon:g} ADU per photon", path=cxi_path,
+                      field="--adu-per-photon (ingest.adu_per_photon)",
+                      fix="give the detector's ADU per photon (e.g. ~25 for AGIPD at 9 keV), or check the frames")
 
 
 def _block_ok(block: np.ndarray, good: np.ndarray | None, adu_per_photon: float, clip_negative: bool) -> bool:
     """Whether every unmasked value of a (frames, num_pix) block converts to a count in [0, INT32_MAX] (below
     0 allowed with ``clip_negative``): min and max suffice (x -> rint(x / adu) is monotone)."""
+    return _block_highest(block, good, adu_per_photon, clip_negative) is not None
+
+
+def _block_highest(block: np.ndarray, good: np.ndarray | None, adu_per_photon: float,
+                   clip_negative: bool) -> float | None:
+    """The largest count of an unmasked pixel of the block when every one converts (:func:`_block_ok`), else
+    None."""
     if good is not None and not good.any():
-        return True
+        return 0.0
     if block.dtype.kind == "b":
         block = block.view(np.uint8)
     if good is None:
@@ -225,9 +249,9 @@ def _block_ok(block: np.ndarray, good: np.ndarray | None, adu_per_photon: float,
         hi = block.max(where=good[None, :], initial=-np.inf if block.dtype.kind == "f" else np.iinfo(block.dtype).min)
     lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        return False
+        return None
     low, high = np.rint(np.float64(lo) / adu_per_photon), np.rint(np.float64(hi) / adu_per_photon)
-    return (clip_negative or low >= 0) and high <= INT32_MAX
+    return float(high) if (clip_negative or low >= 0) and high <= INT32_MAX else None
 
 
 def _one_value(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> float:

@@ -573,6 +573,8 @@ CASES: list[Case] = [
     ingest_cli("cxi-declared-1e9-frames", b.declared_cxi((10 ** 9, 64, 64)),
                ["1,000,000,000 frames", "only the first 0 were written whole"]),
     ingest_cli("opt-adu-zero", None, ["--adu-per-photon"], ["--adu-per-photon", "0"]),
+    ingest_cli("opt-adu-empties-every-frame", None, ["--adu-per-photon", "not one photon in 300 frames"],
+               ["--adu-per-photon", "1e6"]),
     ingest_cli("opt-adu-nan", None, ["--adu-per-photon", "finite"], ["--adu-per-photon", "nan"]),
     ingest_cli("opt-chunk-zero", None, ["--chunk-frames"], ["--chunk-frames", "0"]),
     ingest_cli("opt-beamstop-negative", None, ["--beamstop-radius-pixels"], ["--beamstop-radius-pixels", "-1"]),
