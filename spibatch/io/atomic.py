@@ -65,6 +65,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     is left as it was; a full disk is raised as :class:`DiskFull` (one line).
     """
     final = Path(final)
+    if final.is_dir():   # os.replace would fail with IsADirectoryError after the whole file was written
+        raise InputError("is a folder, where spibatch writes a file of that name", path=final,
+                         fix="move the folder away (or rename it)")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
