@@ -53,12 +53,41 @@ def _click_exceptions(name: str) -> tuple[type, ...]:
     return tuple(found)
 
 
+def repeated_option(app, argv: list[str]) -> tuple[str, str, str] | None:
+    """(first spelling, second spelling, command) of the first option of ``argv``'s command given twice that
+    takes one value (an option that may repeat, such as bench's --site, is not counted); None otherwise."""
+    import typer.main
+
+    at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    command = commands.get(argv[at]) if at is not None else None
+    if command is None:
+        return None
+    single = {name: param.name for param in command.params if getattr(param, "param_type_name", "") == "option"
+              and not getattr(param, "multiple", False) and not getattr(param, "count", False)
+              for name in (*param.opts, *param.secondary_opts)}
+    seen: dict[str, str] = {}
+    for arg in argv[at + 1:]:
+        if arg == "--":
+            break
+        spelled = arg.split("=", 1)[0]
+        if spelled in single:
+            if single[spelled] in seen:
+                return seen[single[spelled]], spelled, argv[at]
+            seen[single[spelled]] = spelled
+    return None
+
+
 def run_app(app) -> None:
     """Run the typer ``app``; a usage error (click's) becomes one InputError line (exit 2) naming the option."""
     empty = [i for i, arg in enumerate(sys.argv[1:], 1) if not arg.strip()]
     if empty:   # `spibatch init "$DIR"` with DIR unset would write into the working folder
         raise InputError(f"argument {empty[0]} of the command line is empty",
                          fix="give a value there (an unset shell variable?)")
+    twice = repeated_option(app, sys.argv[1:])
+    if twice:   # click keeps the last: `--out a --out b` wrote b alone, `--adu-per-photon 25 --adu-per-photon 1` used 1
+        raise InputError(f"{twice[1]} given twice (as {twice[0]} earlier)", field=f"spibatch {twice[2]}",
+                         fix="give each option once")
     try:
         code = app(standalone_mode=False)
     except _click_exceptions("NoArgsIsHelpError") as exc:   # `spibatch` alone: the help, as before

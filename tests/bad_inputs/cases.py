@@ -423,6 +423,8 @@ CASES: list[Case] = [
     emc_file("detector-shape-attribute-text", "file: detector", "detector",
              b.detector_variant(lambda f: f.attrs.__setitem__("shape", "abc")), ["shape", "positive whole numbers"]),
     Case("init-name-too-long", "CLI options", ["init", "a" * 300], {}, ["a" * 300, "File name too long"]),
+    Case("validate-out-twice", "CLI options", ["validate", "{truth}", "{truth}", "--out", "a", "--out=b"], {},
+         ["spibatch validate", "--out given twice"]),
     Case("init-empty-folder", "CLI options", ["init", ""], {}, ["argument 2", "empty", "unset shell variable"]),
     pipe("CLI options", "emc-out-blank", "emc", EMC, ["argument 4", "empty"], extra=["--out", " "]),
     Case("validate-device", "file: volumes (spibatch validate)", ["validate", "/dev/urandom", "{truth}"], {},
