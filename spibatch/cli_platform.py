@@ -203,7 +203,10 @@ def stop(run_dir: Path = typer.Argument(..., help="a run folder that follows a l
     from spibatch.rundir import read_provenance, utc_now
 
     run = RunLayout(run_dir)
-    read_provenance(run.path, field_name="RUN_DIR")     # a run folder, or one line saying it is not
+    record = read_provenance(run.path, field_name="RUN_DIR")     # a run folder, or one line saying it is not
+    if record.get("status") == "completed":
+        raise InputError("this run has completed: there is nothing to stop", path=run.path, field="RUN_DIR",
+                         fix="give the folder of a live run that is still following its source")
     if not run.follow.exists() and not _follows(run):    # (a follow makes its folder with its first train)
         raise InputError("this run does not follow a live source (no follow/ folder, no source in its "
                          "config.yaml)", path=run.path, field="RUN_DIR",

@@ -73,6 +73,11 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
     path = Path(path)
     fix = "give a PDB or mmCIF file of the particle (e.g. from https://www.rcsb.org)"
     require_file(path, "simulation.pdb", fix)
+    with open(path, "rb") as fh:   # gemmi reads a CR-only file (classic Mac OS) as one line: "all 1 atoms at a point"
+        head = fh.read(1 << 16)
+    if b"\r" in head and b"\n" not in head and not head.startswith(b"\x1f\x8b"):
+        raise InputError("its lines end in CR alone (classic Mac OS), which PDB/mmCIF readers take for one line",
+                         path=path, field="simulation.pdb", fix="convert the line endings to LF (e.g. tr '\\r' '\\n')")
     try:
         structure = gemmi.read_structure(str(path))
     except (RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:

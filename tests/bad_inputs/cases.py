@@ -218,6 +218,9 @@ CASES: list[Case] = [
     pipe("file: PDB/mmCIF", "pdb-coordinates-nan", "simulate", SIM, ["nan.pdb", "coordinates", "not a finite"],
          files={"nan.pdb": b.text(atom_line("nan", "nan", "nan") + atom_line("5.0", "2.0", "3.0") + "END\n")},
          simulation__pdb="nan.pdb"),
+    pipe("file: PDB/mmCIF", "pdb-cr-line-endings", "simulate", SIM, ["cr.pdb", "CR alone", "convert the line endings"],
+         files={"cr.pdb": b.text((atom_line("1.0", "2.0", "3.0") + atom_line("5.0", "2.0", "3.0") + "END\n")
+                                 .replace("\n", "\r"))}, simulation__pdb="cr.pdb"),
     pipe("file: PDB/mmCIF", "pdb-one-atom", "simulate", SIM, ["one.pdb", "no extent"],
          files={"one.pdb": b.text(atom_line("1.0", "2.0", "3.0") + "END\n")}, simulation__pdb="one.pdb"),
     pipe("file: PDB/mmCIF", "pdb-garbage", "simulate", SIM, ["junk.pdb", "simulation.pdb"],
@@ -747,6 +750,7 @@ CASES: list[Case] = [
          ["--out", "already holds a run"]),
     Case("cli-out-inside-run", "run folders", ["emc", "p.yaml", "--out", "{earlier}/emc/again"],
          {"p.yaml": b.yaml_file(EMC)}, ["--out", "lies inside the earlier run folder"]),
+    Case("stop-a-completed-run", "run folders", ["stop", "{earlier}"], {}, ["RUN_DIR", "has completed"]),
     Case("cli-out-is-file", "run folders", ["emc", "p.yaml", "--out", "afile"],
          {"p.yaml": b.yaml_file(EMC), "afile": b.text("x\n")}, ["afile", "--out"]),
     Case("cli-resume-bad-photons", "run folders", ["emc", "p.yaml", "--resume", "{earlier}"],
