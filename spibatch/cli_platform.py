@@ -182,15 +182,11 @@ def check_replay_folder(folder: Path, field: str, writes: str, mark: str | None 
 
 def _follows(run) -> bool:
     """Whether the run's own config.yaml has a ``source`` section (a live run before its first train)."""
-    from spibatch.errors import InputError
     from spibatch.yaml_models import read_yaml_mapping
 
     if not run.config.is_file():    # (a pipe would block: the settings reader takes those)
         return False
-    try:
-        config, _ = read_yaml_mapping(run.config, missing_fix="", top_fix="")
-    except InputError:
-        return False
+    config, _ = read_yaml_mapping(run.config, missing_fix="", top_fix="")   # unreadable: that line, not "no source"
     return bool(config.get("source"))
 
 

@@ -126,8 +126,12 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
                              path=path, field="assembly", fix="set simulation.assembly: false (the file's atoms as "
                              "they are), or give a file of the assembly you want")
         if expand:
-            xyz, z, occ, b = _expand_assembly(structure.assemblies[0], xyz, z, occ, b,
-                                              np.asarray(chain_of), np.asarray(subchain_of))
+            try:
+                xyz, z, occ, b = _expand_assembly(structure.assemblies[0], xyz, z, occ, b,
+                                                  np.asarray(chain_of), np.asarray(subchain_of))
+            except ValueError as exc:
+                raise InputError(str(exc), path=path, field="assembly (REMARK 350 BIOMT / _pdbx_struct_oper_list)",
+                                 fix="correct the operator, or set simulation.assembly: false") from None
 
     weights = z * occ
     if weights.sum() <= 0:
@@ -166,6 +170,9 @@ def _expand_assembly(assembly, xyz, z, occ, b, chains, subchains):
         for op in gen.operators:
             mat = np.asarray(op.transform.mat.tolist(), np.float64)
             vec = np.asarray(op.transform.vec.tolist(), np.float64)
+            if not (np.isfinite(mat).all() and np.isfinite(vec).all()):   # NaN atoms read as "all at one point"
+                raise ValueError(f"operator {op.name or '?'} of assembly {assembly.name or '?'} holds a number that "
+                                 "is not finite")
             parts.append((xyz[select] @ mat.T + vec, z[select], occ[select], b[select]))
     if not parts:                                 # an assembly that names nothing we read
         return xyz, z, occ, b

@@ -73,6 +73,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
         check_values(settings)
     if settings.start_model is not None:
         found.start_model = check_start_model(settings.start_model, found.size, settings.num_volumes)
+        check_start_voxel(settings.start_model, found.detector.voxel_size_per_m)
     if settings.halves:
         check_halves(pipeline, found.num_frames, ranks, photons, config)
     comm = world()
@@ -121,6 +122,22 @@ def check_start_model(path: Path, size: int, volumes: int = 1):
         raise InputError(f"shape {shape}, but the model grid is {(size,) * 3}", path=path, field="emc.start_model",
                          fix=f"give an intensity on the {size}^3 grid (emc.model_size or the detector's)")
     return read_start_model(path, size)
+
+
+def check_start_voxel(path: Path, dq: float | None) -> None:
+    """A start model whose file gives its Fourier voxel (``voxel_size_per_m``) samples q as the detector does
+    (one of another geometry, on a grid of the same size, was taken silently)."""
+    from spibatch.io.results import is_hdf5, positive_attribute, read_result
+
+    if dq is None or not is_hdf5(path):
+        return
+    given = positive_attribute(read_result(path, attrs_only=True)[1].get("voxel_size_per_m"), path,
+                               "voxel_size_per_m")
+    if given is not None and abs(given / dq - 1) > 1e-3:
+        raise InputError(f"its Fourier voxel is {given:.6g} 1/m, the detector's {dq:.6g} 1/m: a model of another "
+                         "geometry", path=path, field="emc.start_model",
+                         fix="start from an intensity of this geometry (an output_NNN.h5 of these data), or leave "
+                         "emc.start_model out")
 
 
 def check_resume(run: RunLayout, pipeline, config: Path | None = None) -> None:

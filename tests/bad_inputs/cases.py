@@ -221,6 +221,15 @@ CASES: list[Case] = [
     pipe("file: PDB/mmCIF", "pdb-cr-line-endings", "simulate", SIM, ["cr.pdb", "CR alone", "convert the line endings"],
          files={"cr.pdb": b.text((atom_line("1.0", "2.0", "3.0") + atom_line("5.0", "2.0", "3.0") + "END\n")
                                  .replace("\n", "\r"))}, simulation__pdb="cr.pdb"),
+    pipe("file: PDB/mmCIF", "pdb-biomt-nan", "simulate", SIM, ["bm.pdb", "operator 2 of assembly 1", "not finite"],
+         files={"bm.pdb": b.text("".join(f"REMARK 350   BIOMT{i}   {k}  {row}        0.00000\n" for k, first in
+                                         ((1, "1.000000"), (2, "     nan")) for i, row in
+                                         ((1, f"{first}  0.000000  0.000000"), (2, "0.000000  1.000000  0.000000"),
+                                          (3, "0.000000  0.000000  1.000000")))
+                                 .replace("REMARK 350   BIOMT1   1", "REMARK 350 BIOMOLECULE: 1\nREMARK 350 APPLY THE "
+                                          "FOLLOWING TO CHAINS: A\nREMARK 350   BIOMT1   1")
+                                 + atom_line("1.0", "2.0", "3.0") + atom_line("5.0", "2.0", "3.0") + "END\n")},
+         simulation__pdb="bm.pdb"),
     pipe("file: PDB/mmCIF", "pdb-one-atom", "simulate", SIM, ["one.pdb", "no extent"],
          files={"one.pdb": b.text(atom_line("1.0", "2.0", "3.0") + "END\n")}, simulation__pdb="one.pdb"),
     pipe("file: PDB/mmCIF", "pdb-garbage", "simulate", SIM, ["junk.pdb", "simulation.pdb"],
@@ -340,6 +349,11 @@ CASES: list[Case] = [
     emc("emc-beta-schedule-overflow", ["p.yaml", "emc.beta_schedule.factor", "the probabilities overflow"],
         emc__beta_schedule={"factor": "1.0e+300", "period": 1}, emc__iterations=3),
     emc("emc-beta-factor-tiny", ["p.yaml", "emc.beta_factor", "underflows"], emc__beta_factor="1.0e-300"),
+    pipe("file: start model", "start-model-other-geometry", "emc", EMC,
+         ["s.h5", "emc.start_model", "its Fourier voxel is 3.2e+07 1/m, the detector's 1.6e+07 1/m"],
+         files={"d.h5": b.detector_variant(b.set_attr("voxel_size_per_m", 1.6e7)),
+                "s.h5": b.volume_variant("intensity", lambda: np.ones((91, 91, 91), np.float32), voxel_size_per_m=3.2e7)},
+         emc__detector="d.h5", emc__start_model="s.h5"),
     emc_file("start-model-zero", "file: start model", "start_model",
              b.volume_variant("intensity", lambda: np.zeros((91, 91, 91), np.float32)),
              ["emc.start_model", "every voxel is 0"]),
