@@ -70,7 +70,8 @@ def main() -> None:
             interrupts.abort_mpi(exc.exit_code)
         sys.exit(exc.exit_code)
     except OSError as exc:       # a path too long, unwritable, or stdout on a full device or a closed pipe
-        if exc.errno not in (errno.ENAMETOOLONG, errno.ENOSPC, errno.EPIPE, errno.EACCES, errno.EROFS):
+        if exc.errno not in (errno.ENAMETOOLONG, errno.ENOSPC, errno.EPIPE, errno.EACCES, errno.EROFS,
+                             errno.ENOTDIR, errno.EEXIST):   # (the last two: a file where a folder goes)
             raise
         where = exc.filename or ("standard output" if exc.errno in (errno.EPIPE, errno.ENOSPC) else None)
         if not interrupts.mpi_rank():

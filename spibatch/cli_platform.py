@@ -150,10 +150,10 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
     if source == "simulated":
         check_replay_folder(out, "--out", "photons.emc, detector.h5, truth.h5 and density.mrc", REPLAY_MARK)
         check_writable_folder(out, "--out")
+        out.mkdir(parents=True, exist_ok=True)   # the mark first: a replay stopped mid-simulation may be redone
+        (out / REPLAY_MARK).write_text("written by spibatch replay: its simulated source's files may be replaced\n")
     frames, detector_path = frames_from(source, detector=detector, out_dir=out, hit_fraction=hit_fraction,
                                         num_hits=num_hits)
-    if source == "simulated":
-        (out / REPLAY_MARK).write_text("written by spibatch replay: its simulated source's files may be replaced\n")
     typer.echo(f"replaying {frames.num_frames} frames ({frames.num_trains} trains) at {rate:g} frames/s as {as_} "
                f"to {target}; the detector file: {detector_path}", err=True)
     trains = play(frames, rate, as_, target)
@@ -167,9 +167,9 @@ def check_replay_folder(folder: Path, field: str, writes: str, mark: str | None 
     """A folder replay writes into: new, empty, or (``mark``) an earlier replay's own; never inside a run folder.
     Replay overwrote what was there (a run's simulate/ outputs, another beamtime's files) without a word."""
     from spibatch.errors import InputError
+    from spibatch.run_checks import enclosing_run
 
-    inside = next((p for p in (folder.resolve(), *folder.resolve().parents) if (p / "provenance.json").is_file()),
-                  None)
+    inside = enclosing_run(folder)
     if inside is not None:
         raise InputError(f"lies in the run folder {inside}", path=folder, field=field,
                          fix="give a folder outside every run folder")
@@ -199,7 +199,8 @@ def stop(run_dir: Path = typer.Argument(..., help="a run folder that follows a l
     from spibatch.rundir import read_provenance, utc_now
 
     run = RunLayout(run_dir)
-    record = read_provenance(run.path, field_name="RUN_DIR")     # a run folder, or one line saying it is not
+    record = read_provenance(run.path, field_name="RUN_DIR", deep=False)   # a run folder (its top: a live run's
+    # chunks may number thousands), or one line saying it is not
     if record.get("status") == "completed":
         raise InputError("this run has completed: there is nothing to stop", path=run.path, field="RUN_DIR",
                          fix="give the folder of a live run that is still following its source")

@@ -401,10 +401,9 @@ def _absolute(base: Path, value: Path, key: str) -> Path:
 
 def dump_pipeline(pipeline: Pipeline) -> str:
     """The resolved pipeline as YAML text (every default written out)."""
-    import yaml
+    from spibatch.yaml_models import dump_settings
 
-    data = pipeline.model_dump(mode="json")
-    return yaml.safe_dump(data, sort_keys=False)
+    return dump_settings(pipeline.model_dump(mode="json"))
 
 
 def json_schema() -> dict:

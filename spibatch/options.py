@@ -54,8 +54,9 @@ def _click_exceptions(name: str) -> tuple[type, ...]:
 
 
 def repeated_option(app, argv: list[str]) -> tuple[str, str, str] | None:
-    """(first spelling, second spelling, command) of the first option of ``argv``'s command given twice that
-    takes one value (an option that may repeat, such as bench's --site, is not counted); None otherwise."""
+    """(first spelling, second spelling, command) of the first option of ``argv``'s command given twice that is
+    not a list (bench's --site may repeat; a flag and its --no- twin count as one option; ``-ovalue`` as ``-o``);
+    None otherwise."""
     import typer.main
 
     at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
@@ -70,7 +71,7 @@ def repeated_option(app, argv: list[str]) -> tuple[str, str, str] | None:
     for arg in argv[at + 1:]:
         if arg == "--":
             break
-        spelled = arg.split("=", 1)[0]
+        spelled = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
         if spelled in single:
             if single[spelled] in seen:
                 return seen[single[spelled]], spelled, argv[at]
@@ -84,6 +85,11 @@ def run_app(app) -> None:
     if empty:   # `spibatch init "$DIR"` with DIR unset would write into the working folder
         raise InputError(f"argument {empty[0]} of the command line is empty",
                          fix="give a value there (an unset shell variable?)")
+    bare = next((arg for arg in sys.argv[1:] if arg.startswith("--") and "=" in arg
+                 and not arg.split("=", 1)[1].strip()), None)
+    if bare:    # --out="$OUT" with OUT unset: click reads the working folder
+        raise InputError(f"{bare.split('=', 1)[0]} is given an empty value", fix="give a value there (an unset "
+                         "shell variable?)")
     twice = repeated_option(app, sys.argv[1:])
     if twice:   # click keeps the last: `--out a --out b` wrote b alone, `--adu-per-photon 25 --adu-per-photon 1` used 1
         raise InputError(f"{twice[1]} given twice (as {twice[0]} earlier)", field=f"spibatch {twice[2]}",

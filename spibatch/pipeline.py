@@ -314,7 +314,7 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
         if not path.is_file():
             raise InputError(f"no {path.name} here: not a run of `spibatch run`", path=run.path, field="RUN_DIR",
                              fix="give the run directory `spibatch run` printed")
-    check_config_unchanged(read_provenance(run.path), run.config)
+    check_config_unchanged(read_provenance(run.path, "RUN_DIR", deep=False), run.config)   # (open_run looks deeper)
     pipeline = load_pipeline(run.config)
     own = load_site(run.site)
     site = own if site_path is None else load_site(site_path)
@@ -332,7 +332,7 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
             write_text(run.site, dump_site(site))
             log.info("site: %s (was %s), from %s", site.name, own.name, site_path)
 
-    with open_run(resume=run.path, command=command, inputs=needed, check=check,
+    with open_run(resume=run.path, command=command, inputs=needed, check=check, field="RUN_DIR",
                   stop_old=lambda: cancel_left_jobs(run, own), resume_hint=f"spibatch resume {run.path}") as opened:
         opened.outputs.update(_outputs(execute(run, site, pipeline)))
     return opened.path, opened.outputs

@@ -26,11 +26,11 @@ def config_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_provenance(path: Path, field_name: str = "--resume") -> dict:
+def read_provenance(path: Path, field_name: str = "--resume", *, deep: bool = True) -> dict:
     """A run folder's provenance record; InputError (one line) when it is missing, not a regular file,
     unreadable, or not a record of the expected shape.  The folder's own files are checked first
-    (:func:`check_run_files`)."""
-    check_run_files(Path(path), field_name)
+    (:func:`check_run_files`; ``deep`` false: its top level only, for a look that writes nothing below it)."""
+    check_run_files(Path(path), field_name, deep=deep)
     file = Path(path) / layout.PROVENANCE
     try:
         record = json.loads(file.read_text(encoding="utf-8"))
@@ -55,14 +55,24 @@ def read_provenance(path: Path, field_name: str = "--resume") -> dict:
     return record
 
 
-def check_run_files(path: Path, field: str = "--resume") -> None:
-    """InputError at the first entry in the run folder ``path``, at any depth, that is a symbolic link or neither
-    a regular file nor a folder (a FIFO, a socket, a device): spibatch makes none, a resume reads and writes
-    through its own files (a FIFO named lock or provenance.json blocked it for good)."""
+def enclosing_run(path: Path, *, itself: bool = True) -> Path | None:
+    """The run folder that holds ``path`` (``path`` itself too unless ``itself`` is false), or None."""
+    path = Path(path).resolve()
+    return next((p for p in ((path,) if itself else ()) + tuple(path.parents) if (p / layout.PROVENANCE).is_file()),
+                None)
+
+
+def check_run_files(path: Path, field: str = "--resume", *, deep: bool = True) -> None:
+    """InputError at the first entry in the run folder ``path``, at any depth (``deep``; else at its top), that
+    is a symbolic link or neither a regular file nor a folder (a FIFO, a socket, a device): spibatch makes none,
+    a resume reads and writes through its own files (a FIFO named lock or provenance.json blocked it for good)."""
     if not path.is_dir():
         return   # read_provenance says what is wrong
     for folder, dirs, files in os.walk(path):    # a link to a folder is listed in dirs, never followed
-        for name in sorted(dirs + files):
+        entries = sorted(dirs + files)
+        if not deep:
+            dirs.clear()   # the top level only
+        for name in entries:
             entry = Path(folder) / name
             try:
                 mode = entry.lstat().st_mode
@@ -93,7 +103,7 @@ def check_no_links(path: Path, field: str = "--resume") -> None:
                              fix=f"remove the link {entry.path} (copy the file in its place if it is the run's own)")
 
 
-def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...]) -> None:
+def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...], field: str = "--resume") -> None:
     """Every file in ``paths`` that the run recorded as an input is still there with its recorded fingerprint;
     InputError naming the first that changed or disappeared otherwise.  (Files the run did not record are
     not checked here; EMC's checkpoint records the fingerprints of the data it was computed from.)"""
@@ -102,11 +112,11 @@ def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...]) -> None:
         if before is None:
             continue
         if not Path(name).is_file():
-            raise InputError("this input of the run is gone", path=name, field="--resume",
+            raise InputError("this input of the run is gone", path=name, field=field,
                              fix="put the original file back, or start a new run")
         if not same_fingerprint(name, before):
             raise InputError("changed since the run started (its SHA-256 differs from provenance.json's)",
-                             path=name, field="--resume", fix="resume with the original file, or start a new run")
+                             path=name, field=field, fix="resume with the original file, or start a new run")
 
 
 def check_config_unchanged(record: dict, config: Path) -> None:
@@ -123,4 +133,5 @@ def check_config_unchanged(record: dict, config: Path) -> None:
     if now != before:
         raise InputError("changed since the run started (its SHA-256 differs from provenance.json's "
                          "config_sha256)", path=config, field="RUN_DIR",
-                         fix="put the original back, or start a new run with the new settings (spibatch run)")
+                         fix="put the original back; for other settings start a new run, giving it what this one "
+                         "made (e.g. spibatch phase NEW.yaml --intensity RUN/emc/output_NNN.h5)")

@@ -31,8 +31,8 @@ from spibatch.io.atomic import DiskFull, remove_partial_files, write_text
 from spibatch.io.fingerprint import (ENDS_BYTES, FULL_HASH_LIMIT, input_fingerprint,  # noqa: F401  (re-exported)
                                      same_fingerprint, sha256_file)
 from spibatch.lock import read_lock, release_lock, stop_left_running, take_lock, utc_now  # noqa: F401
-from spibatch.run_checks import (check_config_unchanged, check_no_links, check_unchanged,  # noqa: F401  (re-exported)
-                                 config_digest, read_provenance)
+from spibatch.run_checks import (check_unchanged, config_digest, enclosing_run,  # noqa: F401  (re-exported)
+                                 read_provenance)
 
 log = logging.getLogger("spibatch")
 
@@ -161,18 +161,18 @@ def check_shell_safe(path: Path, field: str) -> Path:
     return path
 
 
-def check_new_run_path(path: Path) -> Path:
+def check_new_run_path(path: Path, field: str = "--out") -> Path:
     """``path`` may become a new run folder: InputError (nothing created) if it holds a run, lies inside one, is a
     file, or is a folder holding anything else."""
     if (path / layout.PROVENANCE).exists():
-        raise InputError("this directory already holds a run", path=path, field="--out",
+        raise InputError("this directory already holds a run", path=path, field=field,
                          fix="choose a new --out directory, or leave --out out to get runs/<name>-<time>/")
-    inside = next((p for p in path.resolve().parents if (p / layout.PROVENANCE).is_file()), None)
+    inside = enclosing_run(path, itself=False)
     if inside is not None:   # a run inside a run: its outputs would be taken for the earlier run's (report, resume)
-        raise InputError(f"lies inside the earlier run folder {inside}", path=path, field="--out",
+        raise InputError(f"lies inside the earlier run folder {inside}", path=path, field=field,
                          fix="choose a folder outside every run folder")
     if path.exists() and not path.is_dir():
-        raise InputError("exists and is not a directory", path=path, field="--out", fix="choose a directory path")
+        raise InputError("exists and is not a directory", path=path, field=field, fix="choose a directory path")
     if path.is_dir():
         held = sorted(p.name for p in path.iterdir())
         started = layout.LOCK in held and all(n in STARTUP_FILES or (n.startswith(".") and n.endswith(".part"))
@@ -180,7 +180,7 @@ def check_new_run_path(path: Path) -> Path:
         if held and not started:
             shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
             raise InputError(f"is not empty ({shown}): a new run would overwrite or mix with what is there",
-                             path=path, field="--out", fix="choose a new or empty --out directory")
+                             path=path, field=field, fix="choose a new or empty --out directory")
     return path
 
 
@@ -191,7 +191,8 @@ def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
     ``out`` (from ``--out``) is used as it is; it may exist but must not hold an earlier run (a
     ``provenance.json``): nothing earlier is overwritten.
     """
-    path = check_new_run_path(Path(out) if out is not None else new_run_path(name, Path(runs_dir)))
+    path = check_new_run_path(Path(out) if out is not None else new_run_path(name, Path(runs_dir)),
+                              "--out" if out is not None else "output.runs_dir (--runs-dir)")
     command = list(command if command is not None else sys.argv)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -253,7 +254,8 @@ def _attach_log(run: RunDir) -> None:
 
 
 def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
-                   unchanged: tuple[str | os.PathLike, ...] = (), check=None, stop_old=None) -> RunDir:
+                   unchanged: tuple[str | os.PathLike, ...] = (), check=None, stop_old=None,
+                   field: str = "--resume") -> RunDir:
     """Reopen an earlier run folder to continue it (``--resume``, ``spibatch resume``).
 
     Order: read provenance.json, take the lock (a killed owner's stale lock is taken over), check that the
@@ -261,14 +263,15 @@ def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
     data) -- any refusal raises InputError with nothing written and nothing stopped (a stale lock taken over
     is put back); then, when the lock was a killed owner's, stop what that owner left running on this host
     and call ``stop_old()`` (the pipeline: cancel its scheduler jobs); only then are the resumption's time and
-    command line appended to ``resumed`` in provenance.json and log.txt reopened.
+    command line appended to ``resumed`` in provenance.json and log.txt reopened.  ``field``: how the command
+    named the folder (``--resume``, ``RUN_DIR``), in every refusal.
     """
     path = Path(path)
-    record = read_provenance(path)     # the folder's own files too: no links, no pipes
+    record = read_provenance(path, field)     # the folder's own files too: no links, no pipes
     command = list(command if command is not None else sys.argv)
-    lock = take_lock(path, command, field_name="--resume", take_over_stale=True)
+    lock = take_lock(path, command, field_name=field, take_over_stale=True)
     try:
-        check_unchanged(record, tuple(unchanged))
+        check_unchanged(record, tuple(unchanged), field)
         if check is not None:
             check()
         if lock.get("took_over"):   # its owner was killed: stop what it left running before we write
@@ -304,7 +307,8 @@ def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
 def open_run(*, name: str = "spibatch", runs_dir: Path = Path("runs"), out: Path | None = None,
              resume: Path | None = None, config_text: str | None = None, command: list[str] | None = None,
              inputs: tuple = (), unchanged: tuple | None = None, check=None, stop_old=None,
-             extra: dict | None = None, resume_hint: str | None = None, report: bool = True):
+             extra: dict | None = None, resume_hint: str | None = None, report: bool = True,
+             field: str = "--resume"):
     """Create (or, with ``resume``, reopen) a run folder, own it, record its inputs; yield the :class:`RunDir`.
 
     The body fills ``run.outputs``.  On the way out the status is written -- ``completed``, ``failed`` (the
@@ -314,11 +318,12 @@ def open_run(*, name: str = "spibatch", runs_dir: Path = Path("runs"), out: Path
     ``unchanged``: the inputs a resume must find unchanged (default: ``inputs``); ``check``: called after the
     lock is taken and before anything is written when resuming; ``stop_old``: called then too, when the lock
     was a killed owner's (see :func:`reopen_run_dir`).  While the body runs, the processes it starts inherit
-    this owner's token; what still runs at the end is stopped (:mod:`spibatch.owners`).
+    this owner's token; what still runs at the end is stopped (:mod:`spibatch.owners`).  ``field``: how a
+    refusal names the folder (``--out`` or ``output.runs_dir`` for a new one; ``--resume`` or ``RUN_DIR``).
     """
     if resume is not None:
         run = reopen_run_dir(resume, command=command, unchanged=tuple(inputs if unchanged is None else unchanged),
-                             check=check, stop_old=stop_old)
+                             check=check, stop_old=stop_old, field=field)
     else:
         run = create_run_dir(name, runs_dir, out, config_text=config_text, command=command)
     try:

@@ -51,12 +51,15 @@ MAX_YAML_BYTES = 16 * 2 ** 20
 
 
 _LOADER = None
+_DUMPER = None
 
 
 def settings_loader():
-    """PyYAML's safe loader with YAML 1.2's numbers: ``010`` is ten (YAML 1.1: octal 8), ``0o10`` eight, ``0x10``
-    sixteen, ``1:30`` and ``1:30:00`` text (YAML 1.1: the sexagesimal 90 and 5400, which turned a Slurm walltime
-    into seconds and ``iterations: 010`` into 8 without a word); booleans and the rest as YAML 1.1."""
+    """PyYAML's safe loader with YAML 1.2's numbers: ``0o10`` eight, ``0x10`` sixteen, ``1:30`` and ``1:30:00``
+    text (YAML 1.1: the sexagesimal 90 and 5400, which turned a Slurm walltime into seconds); a leading zero
+    (``010``, ``0189``) makes text too, which a count reads as ten (YAML 1.1: octal 8, which made
+    ``iterations: 010`` eight without a word) and a name keeps as written; ``0b11`` is text; booleans and the rest
+    as YAML 1.1."""
     global _LOADER
     if _LOADER is None:
         import re
@@ -71,7 +74,7 @@ def settings_loader():
         SettingsLoader.yaml_implicit_resolvers = {
             first: [(tag, rx) for tag, rx in resolvers if tag not in (int_tag, float_tag)]
             for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-        SettingsLoader.add_implicit_resolver(int_tag, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+        SettingsLoader.add_implicit_resolver(int_tag, re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0o[0-7]+|0x[0-9a-fA-F]+)$"),
                                              list("-+0123456789"))
         SettingsLoader.add_implicit_resolver(float_tag, re.compile(
             r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
@@ -86,6 +89,32 @@ def settings_loader():
         SettingsLoader.add_constructor(int_tag, integer)
         _LOADER = SettingsLoader
     return _LOADER
+
+
+def settings_dumper():
+    """PyYAML's safe dumper that quotes every text that YAML 1.1 or :func:`settings_loader` would read as anything
+    but text (``0o17``, ``1:30:00``), so a resolved file (a run's config.yaml, site.yaml) reads back the same with
+    either."""
+    global _DUMPER
+    if _DUMPER is None:
+        import yaml
+
+        class SettingsDumper(yaml.SafeDumper):
+            pass
+
+        resolvers = {first: list(found) for first, found in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+        for first, found in settings_loader().yaml_implicit_resolvers.items():
+            resolvers.setdefault(first, []).extend(found)
+        SettingsDumper.yaml_implicit_resolvers = resolvers
+        _DUMPER = SettingsDumper
+    return _DUMPER
+
+
+def dump_settings(data: dict) -> str:
+    """``data`` as YAML text, keys in their order, read back the same by :func:`settings_loader` and YAML 1.1."""
+    import yaml
+
+    return yaml.dump(data, Dumper=settings_dumper(), sort_keys=False)
 
 
 def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:

@@ -95,6 +95,17 @@ def test_numbers_are_read_as_yaml_1_2(tmp_path):
         load_pipeline(write(tmp_path, "emc:\n  iterations: 1:30\n"))
 
 
+@pytest.mark.parametrize("name", ["0189", "08", "0o17", "010"])
+def test_names_that_look_like_numbers_round_trip(tmp_path, name):
+    """A run's config.yaml is dumped and read back on every worker and by a resume: a name of digits with a
+    leading zero (`"0189"`, plain text to YAML 1.1's dumper) came back as the number 189 and the run could not
+    be resumed."""
+    first = load_pipeline(write(tmp_path, f"name: '{name}'\n"))
+    assert first.name == name
+    again = load_pipeline(write(tmp_path, dump_pipeline(first)))
+    assert again.name == name and again == first
+
+
 def test_schema_lists_sections_and_units():
     schema = json_schema()
     json.dumps(schema)

@@ -142,7 +142,11 @@ def test_pipeline_resume_refuses_changed_own_photons_settings_checkpoint_and_gon
     config = run_dir / "config.yaml"
     text = config.read_text()
     config.write_text(text.replace("num_div: 2", "num_div: 3"))
-    refused(("resume", run_dir), tmp_path, run_dir, "checkpoint.h5", "settings differ", "num_div")
+    refused(("resume", run_dir), tmp_path, run_dir, "config.yaml", "RUN_DIR", "changed since the run started")
+    record = json.loads((run_dir / "provenance.json").read_text())     # a run of a version that kept no digest:
+    (run_dir / "provenance.json").write_text(json.dumps({k: v for k, v in record.items() if k != "config_sha256"}))
+    refused(("resume", run_dir), tmp_path, run_dir, "checkpoint.h5", "settings differ", "num_div")   # the checkpoint
+    (run_dir / "provenance.json").write_text(json.dumps(record))
     config.write_text(text)
 
     checkpoint = run_dir / "emc" / "checkpoint.h5"

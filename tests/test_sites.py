@@ -454,3 +454,16 @@ def test_hpc_mode_as_root_under_open_mpi_without_its_permission_is_one_line(tmp_
     assert not local._root_refused() and provider_for(auto).uses_mpi()
     monkeypatch.setattr(local.os, "geteuid", lambda: 1000)
     assert not local._root_refused({})
+
+
+@pytest.mark.parametrize("value", ["08", "0189", "1:30", "0x1_0", "0o17"])
+def test_a_site_round_trips_names_that_look_like_numbers(tmp_path, value):
+    """A run's site.yaml is dumped and read back by its workers and resumes: `partition: "08"` came back as 8."""
+    from spibatch.backends import dump_site
+
+    path = tmp_path / "site.yaml"
+    path.write_text(f"name: s\nprovider: slurm\nworkers: 1\nslurm: {{partition: '{value}', account: '{value}'}}\n")
+    site = load_site(path)
+    assert site.slurm.partition == value
+    path.write_text(dump_site(site))
+    assert load_site(path).slurm.partition == value and load_site(path).slurm.account == value

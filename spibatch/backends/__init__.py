@@ -172,11 +172,10 @@ def load_site(path: str | Path | None = None) -> Site:
 
 def dump_site(site: Site) -> str:
     """The resolved site as YAML (every default written out)."""
-    import yaml
+    from spibatch.yaml_models import dump_settings
 
     data = site.model_dump(mode="json", exclude={"source"})
-    keep = {k: v for k, v in data.items() if k not in PROVIDERS or k == site.provider}
-    return yaml.safe_dump(keep, sort_keys=False)
+    return dump_settings({k: v for k, v in data.items() if k not in PROVIDERS or k == site.provider})
 
 
 __all__ = ["PROVIDERS", "Site", "Container", "load_site", "dump_site", "site_model", "provider_class",

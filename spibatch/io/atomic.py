@@ -62,7 +62,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
     The caller writes the whole file to the yielded path (h5py, mrcfile,
     numpy, ...).  On an exception the temporary file is removed and ``final``
-    is left as it was; a full disk is raised as :class:`DiskFull` (one line).
+    is left as it was; a full disk is raised as :class:`DiskFull` (one line), a folder standing at ``final``
+    as InputError before anything is written.
     """
     final = Path(final)
     if final.is_dir():   # os.replace would fail with IsADirectoryError after the whole file was written

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spibatch.io.files import require_file
 from spibatch.errors import InputError
 from spibatch.io.atomic import write_hdf5
+from spibatch.io.files import require_file
 
 log = logging.getLogger("spibatch")
 

@@ -195,7 +195,8 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
                  adu_per_photon: float = 1.0, clip_negative: bool = False, chunk_frames: int = 256) -> tuple[int, ...]:
     """Read every frame once, ``chunk_frames`` at a time, and check it as :func:`cxi_to_photons` would convert
     it (no NaN or inf, no negative count without ``clip_negative``, no count above int32, the file readable to
-    its end); the stack's shape, or InputError naming the file, the dataset and the first bad frame.
+    its end, at least one pixel holding a photon); the stack's shape, or InputError naming the file, the dataset
+    and the first bad frame (or the gain, when no pixel rounds to a photon).
 
     Vectorised: the smallest and largest unmasked value of each block (a bad block is then converted by the
     dense reference, which names the frame), about half the time of the conversion itself.

@@ -40,10 +40,10 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from spibatch.io.files import require_file
 from spibatch.errors import InputError
 from spibatch.io.atomic import atomic_path, disk_full, write_hdf5
 from spibatch.io.emcbin import FIX_PHOTONS, BinaryPhotons, checked_photons
+from spibatch.io.files import require_file
 from spibatch.io.hdf5 import is_hdf5, open_hdf5, read_dataset, require_dataset
 from spibatch.photons import Photons
 

@@ -12,8 +12,8 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from spibatch.io.files import require_file
 from spibatch.errors import InputError
+from spibatch.io.files import require_file
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spibatch.io.files import require_file
 from spibatch.errors import InputError
 from spibatch.io.atomic import atomic_path
+from spibatch.io.files import require_file
 
 
 def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: float) -> None:

@@ -32,9 +32,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from spibatch.io.files import require_file
 from spibatch.errors import InputError
 from spibatch.io.atomic import write_hdf5
+from spibatch.io.files import require_file
 from spibatch.io.gzip_chunks import create_gzip_dataset
 from spibatch.io.hdf5 import is_hdf5, open_hdf5, read_dataset
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spibatch.io.files import require_file
 from spibatch.errors import InputError
+from spibatch.io.files import require_file
 
 ANGSTROM = 1e-10  # m
 
@@ -125,13 +125,16 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
             raise InputError(f"its biological assembly makes {made:,} atoms; at most {MAX_ATOMS:,} are simulated",
                              path=path, field="assembly", fix="set simulation.assembly: false (the file's atoms as "
                              "they are), or give a file of the assembly you want")
+        bad = next(((gen, op) for gen in structure.assemblies[0].generators for op in gen.operators
+                    if not np.isfinite(op.transform.mat.tolist() + [op.transform.vec.tolist()]).all()), None)
+        if bad is not None:   # NaN atoms read as "all atoms lie at one point"
+            raise InputError(f"operator {bad[1].name or '?'} of assembly {structure.assemblies[0].name or '?'} holds "
+                             "a number that is not finite", path=path,
+                             field="assembly (REMARK 350 BIOMT / _pdbx_struct_oper_list)",
+                             fix="correct the operator, or set simulation.assembly: false")
         if expand:
-            try:
-                xyz, z, occ, b = _expand_assembly(structure.assemblies[0], xyz, z, occ, b,
-                                                  np.asarray(chain_of), np.asarray(subchain_of))
-            except ValueError as exc:
-                raise InputError(str(exc), path=path, field="assembly (REMARK 350 BIOMT / _pdbx_struct_oper_list)",
-                                 fix="correct the operator, or set simulation.assembly: false") from None
+            xyz, z, occ, b = _expand_assembly(structure.assemblies[0], xyz, z, occ, b,
+                                              np.asarray(chain_of), np.asarray(subchain_of))
 
     weights = z * occ
     if weights.sum() <= 0:
@@ -170,9 +173,6 @@ def _expand_assembly(assembly, xyz, z, occ, b, chains, subchains):
         for op in gen.operators:
             mat = np.asarray(op.transform.mat.tolist(), np.float64)
             vec = np.asarray(op.transform.vec.tolist(), np.float64)
-            if not (np.isfinite(mat).all() and np.isfinite(vec).all()):   # NaN atoms read as "all at one point"
-                raise ValueError(f"operator {op.name or '?'} of assembly {assembly.name or '?'} holds a number that "
-                                 "is not finite")
             parts.append((xyz[select] @ mat.T + vec, z[select], occ[select], b[select]))
     if not parts:                                 # an assembly that names nothing we read
         return xyz, z, occ, b

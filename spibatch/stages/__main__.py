@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m spibatch.stages {{{','.join(MODULES)}}} RUN_DIR", file=sys.stderr)
         return 2
     name, run = args[0], RunLayout(Path(args[1]).resolve())
-    if not (run.provenance.is_file() and run.config.is_file()):   # it would write stages/jobs/ into any folder
-        print(f"spibatch: error: {args[1]}: RUN_DIR: not a run folder (no provenance.json and config.yaml); give "
-              "the folder of a `spibatch run`", file=sys.stderr)
+    missing = [p.name for p in (run.provenance, run.config) if not p.is_file()]
+    if missing:   # it would write stages/jobs/ into any folder
+        print(f"spibatch: error: {args[1]}: RUN_DIR: not a run folder (no {' and no '.join(missing)}); give the "
+              "folder of a `spibatch run`", file=sys.stderr)
         return 2
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

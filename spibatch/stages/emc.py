@@ -83,12 +83,15 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
 
 
 def check_modes_frames(settings, frames: int, config: Path | None = None) -> None:
-    """Every mode (rotating and non-rotating) needs frames: more modes than frames is refused."""
-    if settings.num_volumes > frames:
-        raise InputError(f"{settings.num_modes} rotating + {settings.nonrot_modes} non-rotating modes for {frames} "
-                         "frames: a mode without frames is an empty volume", path=config,
+    """Every mode (rotating and non-rotating) needs frames: more modes than frames (than a half set's, with
+    ``halves``) is refused."""
+    each = frames // 2 if settings.halves else frames
+    if settings.num_volumes > each:
+        what = f"{each} frames a half set" if settings.halves else f"{frames} frames"
+        raise InputError(f"{settings.num_modes} rotating + {settings.nonrot_modes} non-rotating modes for {what}: "
+                         "a mode without frames is an empty volume", path=config,
                          field="emc.nonrot_modes" if settings.nonrot_modes > settings.num_modes else "emc.num_modes",
-                         fix=f"use at most {frames} modes in all, or more frames")
+                         fix=f"use at most {each} modes in all, or more frames")
 
 
 def check_halves(pipeline, frames: int, ranks: int = 1, photons=None, config: Path | None = None) -> None:

@@ -80,6 +80,8 @@ def _emc(pipeline, config: Path, budget, smallest: int, frames: int, used: int, 
     emc = pipeline.emc
     if emc.halves:
         emc_stage.check_halves(pipeline, frames, 1, None, config)
+    if getattr(pipeline, "source", None) is None:   # a live run's frames are not all there at its start
+        emc_stage.check_modes_frames(emc_stage.settings_of(pipeline), frames, config)
     size = emc.model_size or smallest
     if size < smallest:
         raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from spibatch.io.files import require_file
 from spibatch import estimates
 from spibatch.errors import InputError
+from spibatch.io.files import require_file
 from spibatch.layout import RunLayout
 from spibatch.stages import finished, inputs
 
@@ -83,12 +83,7 @@ def _comparable(cfg, kind: str, volumes: list) -> None:
 def _same_q_voxel(paths: list) -> None:
     """Two intensities whose files both give their Fourier voxel (``voxel_size_per_m``) sample q alike: compared
     voxel by voxel on different grids they gave a high CC and a resolution on the first file's scale alone."""
-    from spibatch.io.results import is_hdf5, positive_attribute, read_result
-
-    voxels = []
-    for path in paths:
-        value = read_result(path, attrs_only=True)[1].get("voxel_size_per_m") if is_hdf5(path) else None
-        voxels.append(positive_attribute(value, path, "voxel_size_per_m"))
+    voxels = [_fourier_voxel(Path(path)) for path in paths]
     if None not in voxels and abs(voxels[0] / voxels[1] - 1) > 1e-3:
         raise InputError(f"its Fourier voxel is {voxels[0]:.6g} 1/m, {Path(paths[1]).name}'s {voxels[1]:.6g} 1/m: "
                          "the intensities sample q differently", path=paths[0], field="voxel_size_per_m",
@@ -251,16 +246,16 @@ def _density_vs_truth(run: RunLayout, pipeline, reference: Path, rotation) -> di
 
 
 def _fourier_voxel(path: Path) -> float | None:
-    """The Fourier voxel dq (1/m) an HDF5 intensity file records (our EMC outputs and truth.h5 do)."""
-    from spibatch.io.results import is_hdf5, read_result
+    """The Fourier voxel dq (1/m) an HDF5 intensity file records (our EMC outputs and truth.h5 do); None when it
+    records none; InputError when the attribute is not one positive number."""
+    from spibatch.io.hdf5 import open_hdf5
+    from spibatch.io.results import is_hdf5, positive_attribute
 
     if not is_hdf5(path):
         return None
-    try:
-        value = read_result(path, attrs_only=True)[1].get("voxel_size_per_m")
-    except InputError:
-        return None
-    return float(value) if value else None
+    with open_hdf5(path, "give an HDF5 intensity file") as f:
+        value = f.attrs.get("voxel_size_per_m")
+    return positive_attribute(value, path, "voxel_size_per_m")
 
 
 def _two_volumes(run: RunLayout, cfg) -> dict[str, Path]:

@@ -317,6 +317,8 @@ CASES: list[Case] = [
     emc("emc-num-modes-zero", ["p.yaml", "emc.num_modes", "greater than or equal to 1"], emc__num_modes=0),
     emc("emc-modes-over-frames", ["p.yaml", "emc.nonrot_modes", "for 5000 frames", "empty volume"],
         emc__nonrot_modes=5000),
+    run("run-modes-over-simulated-frames", "config: emc", SIM, ["p.yaml", "emc.num_modes", "11 rotating + 0 "
+        "non-rotating modes for 10 frames"], emc__num_modes=11, emc__num_div=1, emc__iterations=1),
     emc("emc-num-modes-huge", ["p.yaml", "emc.num_modes", "GiB", "available"], emc__num_modes=4000),
     emc("emc-nonrot-modes-negative", ["p.yaml", "emc.nonrot_modes"], emc__nonrot_modes=-1),
     emc("emc-detector-corr-text", ["p.yaml", "emc.detector_corr"], emc__detector_corr="maybe"),
@@ -440,6 +442,8 @@ CASES: list[Case] = [
     emc_file("detector-shape-attribute-text", "file: detector", "detector",
              b.detector_variant(lambda f: f.attrs.__setitem__("shape", "abc")), ["shape", "positive whole numbers"]),
     Case("init-name-too-long", "CLI options", ["init", "a" * 300], {}, ["a" * 300, "File name too long"]),
+    Case("run-out-equals-empty", "CLI options", ["run", "{truth}", "--out=", "--dry-run"], {},
+         ["--out is given an empty value", "unset shell variable"]),
     Case("validate-out-twice", "CLI options", ["validate", "{truth}", "{truth}", "--out", "a", "--out=b"], {},
          ["spibatch validate", "--out given twice"]),
     Case("init-empty-folder", "CLI options", ["init", ""], {}, ["argument 2", "empty", "unset shell variable"]),
