@@ -138,9 +138,14 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
     if num_hits is not None and not 1 <= num_hits <= 10 ** 7:
         raise InputError(f"expected 1 to 10,000,000 hits, found {num_hits}", field="--num-hits",
                          fix="e.g. --num-hits 200")
-    if source == "simulated" and (num_hits or 200) / hit_fraction > 10 ** 8:
-        raise InputError(f"{num_hits or 200:,} hits at a hit fraction of {hit_fraction:g} make more than 1e8 "
-                         "frames", field="--hit-fraction", fix="play fewer hits, or a larger hit fraction")
+    hits = num_hits or 200
+    if source != "simulated" and num_hits is None and Path(source).is_file():   # every frame of the file is a hit
+        from spibatch.io.dragonfly import photons_info
+
+        hits = photons_info(source)[0]
+    if hits / hit_fraction > 10 ** 8:   # (a photons file's frames were made in memory: 37 GiB, a traceback)
+        raise InputError(f"{hits:,} hits at a hit fraction of {hit_fraction:g} make more than 1e8 frames",
+                         field="--hit-fraction", fix="play fewer hits, or a larger hit fraction")
     if as_ == "karabo-bridge" and not re.fullmatch(r"(tcp://[^:/\s]+:\d+|ipc://\S+|inproc://\S+)", target):
         raise InputError(f"not a ZeroMQ endpoint: {target!r}", field="--target",
                          fix="e.g. --target tcp://127.0.0.1:4545")

@@ -60,11 +60,7 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, va
         raise InputError(f"{num_frames} frames in shards of {settings.frames_per_shard} make {shards} shard(s) for "
                          f"{ranks} MPI ranks", field="emc.frames_per_shard",
                          fix=f"set emc.frames_per_shard to at most {num_frames // ranks}, or use fewer ranks")
-    smallest = geometry.model_size()
-    size = settings.model_size or smallest
-    if size < smallest:
-        raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",
-                         field="emc.model_size", fix=f"set it to at least {smallest}, or leave it out")
+    size = check_model_size(settings.model_size, geometry.model_size())
     if settings.num_volumes > 1:     # one volume: the stage's estimate (spibatch.estimates) judges the grid
         check_modes(settings, size)
     shape = (settings.num_volumes,) * (settings.num_volumes > 1) + (size,) * 3
@@ -75,6 +71,19 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, va
 
         background = read_background(settings.background_file, geometry.num_pix)
     return Inputs(geometry, num_frames, size, start, background)
+
+
+def check_model_size(model_size: int | None, smallest: int, path=None) -> int:
+    """The model grid's edge: ``model_size`` or the detector's ``smallest``; InputError when smaller than that,
+    or even (EMC centres the grid at (M - 1) / 2, phasing and the FFT at M // 2: an even grid phased off centre)."""
+    size = model_size or smallest
+    if size < smallest:
+        raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",
+                         path=path, field="emc.model_size", fix=f"set it to at least {smallest}, or leave it out")
+    if size % 2 == 0:
+        raise InputError(f"{size} is even: the model grid is odd, its centre voxel at q = 0", path=path,
+                         field="emc.model_size", fix=f"use {size + 1}")
+    return size
 
 
 MAX_BETA = 1e100   # far sharper than any EMC needs; near 1e300 beta x log-likelihood overflows (an all-zero model)

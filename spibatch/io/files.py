@@ -11,9 +11,14 @@ from spibatch.errors import InputError
 
 
 def require_file(path, field: str | None = None, fix: str = "check the path") -> Path:
-    """``path`` as a Path, or one InputError naming it and ``field``: missing (a dangling link, a link loop),
-    a directory, not a regular file, or not readable."""
+    """``path`` as a Path, or one InputError naming it and ``field``: a name that is not UTF-8, missing (a dangling
+    link, a link loop), a directory, not a regular file, or not readable."""
     path = Path(path)
+    try:
+        os.fsdecode(os.fsencode(path)).encode("utf-8")
+    except UnicodeError:   # (a byte that is not UTF-8): the results, the plots and the report could not name it
+        raise InputError("the file name is not valid UTF-8: the results could not record it", path=ascii(str(path)),
+                         field=field, fix="rename the file (or link it under a UTF-8 name)") from None
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:

@@ -50,6 +50,19 @@ def check_extended_header(path: Path, field: str | None = None, fix: str = "") -
                          f"{size} bytes)", path=path, field=field, fix=fix)
 
 
+def xyz_order(header, path) -> tuple[int, int, int]:
+    """The transpose that takes an MRC's data array (sections, rows, columns) to (x, y, z): from the header's
+    mapc / mapr / maps (the axis of the columns, rows and sections: 1, 2, 3 = x, y, z; MRC2014 allows any
+    order, and a map of order 3, 2, 1 read as 1, 2, 3 was compared transposed without a word); InputError when
+    they are not an order of 1, 2, 3."""
+    data_axes = [int(header.maps), int(header.mapr), int(header.mapc)]   # what each data axis is
+    if sorted(data_axes) != [1, 2, 3]:
+        raise InputError(f"axis order mapc, mapr, maps = {data_axes[2]}, {data_axes[1]}, {data_axes[0]} is not an "
+                         "order of 1, 2, 3", path=path, field="mapc/mapr/maps",
+                         fix="correct the header (1, 2, 3 for columns x, rows y, sections z)")
+    return tuple(data_axes.index(axis) for axis in (1, 2, 3))
+
+
 def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Read an MRC file: ``(volume [x, y, z] float32, voxel_size_angstrom)``.
 
@@ -70,7 +83,9 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
                     raise InputError(f"holds {mrc.data.dtype} values (MRC mode {int(mrc.header.mode)}): the "
                                      "imaginary part would be dropped", path=path, field="mode",
                                      fix="give a real-valued volume (MRC mode 0, 1, 2, 6 or 12)")
-                volume = np.array(mrc.data, dtype=np.float32).transpose(2, 1, 0)
+                order = xyz_order(mrc.header, path)
+                volume = np.array(mrc.data, dtype=np.float32)
+                volume = volume.transpose(order) if volume.ndim == 3 else volume
                 size = mrc.voxel_size
                 voxel = (float(size.x), float(size.y), float(size.z))
     except (ValueError, OSError, EOFError) as exc:
@@ -87,4 +102,4 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return volume, voxel[0]
 
 
-__all__ = ["write_mrc", "read_mrc", "check_extended_header"]
+__all__ = ["write_mrc", "read_mrc", "check_extended_header", "xyz_order"]

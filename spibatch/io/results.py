@@ -195,6 +195,15 @@ def read_volume_and_voxel(path: str | os.PathLike, dataset: str | None = None) -
     return volume, voxel
 
 
+def check_not_density(path: str | os.PathLike, dataset: str | None, field: str) -> None:
+    """InputError when ``path`` is an HDF5 file whose volume, found without a ``dataset`` named, is a density
+    (a truth.h5 or a phasing result given where an intensity goes was phased or started from without a word)."""
+    if dataset is None and Path(path).is_file() and is_hdf5(path) and volume_kind(path) == "density":
+        raise InputError("holds a density (dataset 'density'), not an intensity", path=path, field=field,
+                         fix="give an intensity (an EMC output_NNN.h5, intensities.h5); name the dataset "
+                         "(phasing.dataset) only if that density is really meant")
+
+
 def volume_kind(path: str | os.PathLike, dataset: str | None = None) -> str | None:
     """"intensity" or "density": what a volume file holds, from its format and dataset name; None when the
     file does not say (Dragonfly's raw ``.bin`` cubes: intensities.bin and densityMap.bin look alike)."""
@@ -239,7 +248,7 @@ def volume_shape(path: str | os.PathLike, name: str | None = None, *, field: str
 
         import mrcfile
 
-        from spibatch.io.mrc import check_extended_header
+        from spibatch.io.mrc import check_extended_header, xyz_order
 
         check_extended_header(path, field, fix)
         try:
@@ -247,7 +256,8 @@ def volume_shape(path: str | os.PathLike, name: str | None = None, *, field: str
                 warnings.simplefilter("ignore")
                 with mrcfile.open(path, permissive=False, header_only=True) as mrc:
                     header = mrc.header
-                    return int(header.nx), int(header.ny), int(header.nz)
+                    counts = (int(header.nz), int(header.ny), int(header.nx))   # sections, rows, columns
+                    return tuple(counts[axis] for axis in xyz_order(header, path))
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"not a valid MRC file ({' '.join(str(exc).split())[:120]})", path=path, field=field,
                              fix=fix) from None
@@ -353,4 +363,4 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
 
 
 __all__ = ["write_result", "read_result", "read_volume", "read_volume_and_voxel", "volume_kind", "volume_shape",
-           "positive_attribute", "check_reference", "GZIP_MIN_VOXELS"]
+           "check_not_density", "positive_attribute", "check_reference", "GZIP_MIN_VOXELS"]

@@ -115,11 +115,12 @@ def check_start_model(path: Path, size: int, volumes: int = 1):
     """The start model (size, size, size) float64 -- (volumes, size, size, size) with modes -- its shape
     checked from the header before it is read (with modes, as it is read)."""
     from spibatch.emc.driver import read_start_model
-    from spibatch.io.results import volume_shape
+    from spibatch.io.results import check_not_density, volume_shape
 
     require_file(path, "emc.start_model", fix="give an (M, M, M) intensity, e.g. an earlier run's output_NNN.h5")
     if volumes > 1:
         return read_start_model(path, (volumes,) + (size,) * 3)
+    check_not_density(path, None, "emc.start_model")
     shape = volume_shape(path, field="emc.start_model")
     if shape != (size,) * 3:
         raise InputError(f"shape {shape}, but the model grid is {(size,) * 3}", path=path, field="emc.start_model",

@@ -31,7 +31,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
     number, and it reads and can be phased (every input check of
     :func:`spibatch.phasing.inputs.check_inputs`).  Returns what it read: (intensity, dq)."""
     from spibatch import estimates
-    from spibatch.io.results import is_hdf5, positive_attribute, volume_shape
+    from spibatch.io.results import check_not_density, is_hdf5, positive_attribute, volume_shape
     from spibatch.phasing.inputs import check_inputs
     from spibatch.phasing.measurement import fast_size
 
@@ -39,6 +39,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
     source = Path(inputs.phasing_intensity(run, pipeline, config))
     require_file(source, "phasing.intensity", fix="give a 3-D intensity (an EMC output_NNN.h5, HDF5 or MRC)")
     with keyed(cfg.dataset, "phasing.dataset"):
+        check_not_density(source, cfg.dataset, "phasing.intensity")
         shape = volume_shape(source, cfg.dataset, field="phasing.intensity")
     settings = settings_of(pipeline)
     edge = min(cfg.crop_to or shape[0], shape[0])

@@ -75,17 +75,14 @@ def _stack_frames(pipeline) -> int:
 def _emc(pipeline, config: Path, budget, smallest: int, frames: int, used: int, frames_field: str) -> None:
     """The emc stage on data a stage will make: the settings' values, the model grid, the estimate, the start
     model, the half sets."""
-    from spibatch.emc.checks import check_values
+    from spibatch.emc.checks import check_model_size, check_values
 
     emc = pipeline.emc
     if emc.halves:
         emc_stage.check_halves(pipeline, frames, 1, None, config)
     if getattr(pipeline, "source", None) is None:   # a live run's frames are not all there at its start
         emc_stage.check_modes_frames(emc_stage.settings_of(pipeline), frames, config)
-    size = emc.model_size or smallest
-    if size < smallest:
-        raise InputError(f"{size} voxels is smaller than the detector needs ({smallest} = 2 ceil(max |q|) + 1)",
-                         path=config, field="emc.model_size", fix=f"set it to at least {smallest}, or leave it out")
+    size = check_model_size(emc.model_size, smallest, config)
     gpu = pipeline.device == "gpu"
     estimates.emc(size, emc_stage.orientations(emc.num_div, emc.num_modes, emc.nonrot_modes), frames,
                   emc.frames_per_shard, used, emc.iterations,
