@@ -102,16 +102,26 @@ def test_install_hint_of_an_installed_wheel(monkeypatch, tmp_path):
     assert launch.install_hint() == "pip install starlette uvicorn"
 
 
-def test_every_interface_needs_the_allowed_host_names(tmp_path):
+@pytest.mark.parametrize("host", ["0.0.0.0", "0", "0x0", "::ffff:0.0.0.0"])
+def test_every_interface_needs_the_allowed_host_names(tmp_path, host):
+    """Every spelling of every interface (`--host 0` listened on 0.0.0.0 unguarded) needs --allowed-host."""
     try:
-        done = subprocess.run([sys.executable, "-m", "spibatch", "monitor", str(tmp_path), "--host", "0.0.0.0",
+        done = subprocess.run([sys.executable, "-m", "spibatch", "monitor", str(tmp_path), "--host", host,
                                "--port", "0"], capture_output=True, text=True, timeout=60,
                               env={k: v for k, v in os.environ.items() if k != "SPIBATCH_MONITOR_ALLOWED_HOSTS"})
     except subprocess.TimeoutExpired:
-        pytest.fail("the monitor started on 0.0.0.0 without --allowed-host")
+        pytest.fail(f"the monitor started on {host} without --allowed-host")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "--allowed-host: --host 0.0.0.0 takes connections from other machines" in done.stderr
     assert "--allowed-host '*' to answer to any" in done.stderr
+
+
+def test_odd_spellings_of_an_address_are_taken_as_the_address_bound():
+    from spibatch.monitor.guards import allowed_hosts, canonical_host
+
+    assert [canonical_host(h) for h in ("127.1", "[::1]", "::", "node7", "localhost")] == \
+        ["127.0.0.1", "::1", "::", "node7", "localhost"]
+    assert "127.0.0.1" in allowed_hosts(canonical_host("127.1"))    # the printed URL's Host is answered
 
 
 def get(address: str, host: str) -> int:

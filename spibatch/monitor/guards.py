@@ -45,6 +45,23 @@ def host_name(name: str) -> str:
     return name
 
 
+def canonical_host(host: str) -> str:
+    """An IP literal in any spelling the socket layer takes (``0``, ``127.1``, ``0x7f.1``, ``::ffff:0.0.0.0``) as
+    its canonical form, so that the every-interface rule and the Host names apply to the address really bound
+    (``--host 0`` listened on every interface unguarded); a name is returned as given."""
+    import socket
+
+    bare = host.strip().strip("[]")
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        try:
+            return socket.inet_ntoa(socket.inet_aton(bare)) if bare else host
+        except OSError:
+            return host
+    return str(address.ipv4_mapped or address) if address.version == 6 else str(address)
+
+
 def is_loopback(host: str) -> bool:
     if host_name(host) == "localhost":
         return True

@@ -62,10 +62,11 @@ def run_monitor(path: Path | None, host: str, port: int, poll_ms: int = 2000,
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise InputError(f"the monitor needs {exc.name}, which is not installed", fix=install_hint()) from None
-    from spibatch.monitor.guards import allowed_hosts, is_wildcard
+    from spibatch.monitor.guards import allowed_hosts, canonical_host, is_wildcard
     from spibatch.monitor.paths import find_runs
     from spibatch.monitor.server import address, bind, serve
 
+    host = canonical_host(host)
     extra = hosts_from(allowed)
     if is_wildcard(host) and not extra:
         raise InputError(f"--host {host} takes connections from other machines, whose browsers name this one by "

@@ -71,6 +71,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
                   ).check(config, budget, paths={"emc.photons": photons, "emc.detector": detector})
     with naming(config):     # after the estimate: 1e12 iterations are too many before they anneal too far
         check_values(settings)
+    check_output_disk(pipeline, found.size, found.num_frames, config, run)
     if settings.start_model is not None:
         found.start_model = check_start_model(settings.start_model, found.size, settings.num_volumes)
         check_start_voxel(settings.start_model, found.detector.voxel_size_per_m)
@@ -80,6 +81,20 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     if comm is None or comm.Get_rank() == 0:
         check_photons(photons)
     return found
+
+
+def check_output_disk(pipeline, size: int, frames: int, config: Path | None = None, run: RunLayout | None = None):
+    """EMC writes an output_NNN.h5 an iteration (the model as float32, gzip above 128^3, ~68 B a frame): all of
+    them must fit where the run goes (``iterations: 1000000000`` wrote 70 MB/s until the disk was full)."""
+    from spibatch import estimates
+    from spibatch.io.results import GZIP_MIN_VOXELS
+
+    settings = settings_of(pipeline)
+    volumes = settings.num_volumes + (settings.num_volumes > 1)      # with modes: the first again as `intensity`
+    each = volumes * size ** 3 * 4 * (0.25 if size ** 3 >= GZIP_MIN_VOXELS else 1) + 68 * frames
+    estimates.check_disk(each * settings.iterations * (1 + settings.halves), run.emc if run is not None
+                         else pipeline.output.runs_dir, config, "emc.iterations",
+                         f"{settings.iterations:,} iterations' output_NNN.h5 ({estimates.human_bytes(each)} each)")
 
 
 def check_modes_frames(settings, frames: int, config: Path | None = None) -> None:

@@ -313,6 +313,8 @@ CASES: list[Case] = [
     emc("emc-merge-not-a-string", ["p.yaml", "emc.merge"], emc__iterations=3, emc__merge=1),
     emc("emc-model-size-2", ["p.yaml", "emc.model_size"], emc__model_size=2),
     emc("emc-model-size-small", ["p.yaml", "emc.model_size", "smaller than the detector needs"], emc__model_size=5),
+    emc("emc-iterations-fill-the-disk", ["p.yaml", "emc.iterations", "iterations' output_NNN.h5", "on disk"],
+        emc__iterations=100_000_000, emc__beta_schedule={"factor": 1.0, "period": 10}),
     emc("emc-model-size-even", ["p.yaml", "emc.model_size", "92 is even", "use 93"], emc__model_size=92),
     emc("emc-model-size-5000", ["p.yaml", "emc.model_size", "TiB", "of memory"], emc__model_size=5001),
     emc("emc-num-modes-zero", ["p.yaml", "emc.num_modes", "greater than or equal to 1"], emc__num_modes=0),
