@@ -76,8 +76,9 @@ def main() -> None:
         where = exc.filename or ("standard output" if exc.errno in (errno.EPIPE, errno.ENOSPC) else None)
         if not interrupts.mpi_rank():
             with contextlib.suppress(OSError):
-                print(f"spibatch: error: {where + ': ' if where else ''}{exc.strerror or exc}; give a writable, "
-                      "shorter path (or another output)", file=sys.stderr)
+                fix = ("give a shorter path" if exc.errno == errno.ENAMETOOLONG else
+                       "give a writable path (or another output)")
+                print(f"spibatch: error: {where + ': ' if where else ''}{exc.strerror or exc}; {fix}", file=sys.stderr)
         sys.exit(2)
     except StageFailed as exc:   # a job or task failed: the stage, the cause, where the traceback is, how to go on
         if not interrupts.mpi_rank():

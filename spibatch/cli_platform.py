@@ -26,9 +26,18 @@ def demo(out: Optional[Path] = OUT,
             pipeline.phasing.keep_best = min(pipeline.phasing.keep_best, starts)   # first: keep <= starts
             pipeline.phasing.num_starts = starts
 
+    from spibatch.errors import InputError
     from spibatch.starter import data_file
 
-    run_path, outputs = start(data_file("demo.yaml"), site, out, runs_dir=Path("runs"), adjust=adjust)
+    try:
+        run_path, outputs = start(data_file("demo.yaml"), site, out, runs_dir=Path("runs"), adjust=adjust)
+    except InputError as exc:   # a refusal of the demo's own file names the option that led to it
+        key = exc.field or ""
+        option = ("--starts" if starts is not None and key.startswith("phasing.") else
+                  "--iterations" if iterations is not None and key.startswith("emc.") else None)
+        if exc.path is None or Path(exc.path).name != "demo.yaml" or option is None:
+            raise
+        raise InputError(exc.problem, field=option, fix=f"give a smaller {option}") from None
     finished(run_path, outputs)
 
 

@@ -136,7 +136,7 @@ def background(photons: Path = typer.Argument(..., help="Dragonfly photons file 
                                         "'background': mean photons per pixel per frame, as Dragonfly reads it)"),
                ) -> None:
     """Mean photons per pixel per frame over empty frames: the background file emc.background_file names."""
-    from spibatch.io.background import background_from_photons, write_background
+    from spibatch.io.background import MAX_VALUE, background_from_photons, write_background
     from spibatch.stages.checks import require_file
 
     require_file(photons, "photons", fix="give a Dragonfly photons file of empty frames")
@@ -146,5 +146,9 @@ def background(photons: Path = typer.Argument(..., help="Dragonfly photons file 
         raise InputError(what, path=out, field="--out", fix="name a new file for the background")
     check_writable_folder(out.absolute().parent, "--out")    # before the pass over the frames
     values = background_from_photons(photons)
+    if values.max(initial=0.0) > MAX_VALUE:   # emc.background_file would refuse what this wrote
+        raise InputError(f"{int((values > MAX_VALUE).sum())} pixels average above {MAX_VALUE:.0e} photons a frame: "
+                         "these are not empty frames", path=photons, field="photons",
+                         fix="give the photons file of empty (non-hit) frames")
     write_background(out, values)
     typer.echo(f"{out}: {values.size} pixels, {values.sum():.4g} background photons per frame")

@@ -676,6 +676,9 @@ CASES: list[Case] = [
           phasing__recipe="DM(beta=1e-300) ** 10"),
     run("run-sim-halves-too-few", "config: emc", SIM, ["emc.halves", "too few to reconstruct"],
         emc={"halves": True, "num_div": 1, "iterations": 1}),
+    Case("background-not-empty-frames", "CLI options", ["background", "p.h5", "-o", "bg.h5"],
+         {"p.h5": b.photons_variant(lambda rows: (b.keep_rows(1)(rows), b.set_row("count_multi", 0, [16_777_215])(rows)))},
+         ["p.h5", "photons", "1 pixels average above 1e+06", "not empty frames"]),
     Case("background-out-proc", "CLI options", ["background", "{photons}", "-o", "/proc/bg.h5"], {},
          ["/proc", "--out", "cannot write this folder"]),
     Case("validate-declared-4096", "file: volumes (spibatch validate)", ["validate", "big.h5", "{intensity}"],
@@ -770,6 +773,8 @@ CASES: list[Case] = [
     # ---------------------------------------------------------------- command line, run folders
     Case("cli-missing-argument", "CLI options", ["ingest"], {}, ["spibatch ingest", "Missing argument"]),
     Case("cli-unknown-option", "CLI options", ["emc", "p.yaml", "--frobnicate"], {}, ["spibatch emc", "--frobnicate"]),
+    Case("demo-iterations-overflow-beta", "CLI options", ["demo", "--iterations", "5000", "--out", "d"], {},
+         ["--iterations", "beta reaches", "give a smaller --iterations"]),
     Case("cli-demo-iterations-zero", "CLI options", ["demo", "--iterations", "0"], {}, ["spibatch demo", "--iterations"]),
     Case("cli-unknown-command", "CLI options", ["simulat", "p.yaml"], {}, ["spibatch", "simulat"]),
     Case("cli-out-and-resume", "run folders", ["emc", "p.yaml", "--out", "x", "--resume", "{earlier}"],
