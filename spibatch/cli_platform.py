@@ -33,8 +33,9 @@ def demo(out: Optional[Path] = OUT,
         run_path, outputs = start(data_file("demo.yaml"), site, out, runs_dir=Path("runs"), adjust=adjust)
     except InputError as exc:   # a refusal of the demo's own file names the option that led to it
         key = exc.field or ""
-        option = ("--starts" if starts is not None and key.startswith("phasing.") else
-                  "--iterations" if iterations is not None and key.startswith("emc.") else None)
+        option = ("--starts" if starts is not None and key in ("phasing.num_starts", "phasing.keep_best") else
+                  "--iterations" if iterations is not None and key.startswith(("emc.beta_schedule", "emc.iterations"))
+                  and "on disk" not in exc.problem else None)
         if exc.path is None or Path(exc.path).name != "demo.yaml" or option is None:
             raise
         raise InputError(exc.problem, field=option, fix=f"give a smaller {option}") from None
@@ -148,10 +149,14 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
         raise InputError(f"expected 1 to 10,000,000 hits, found {num_hits}", field="--num-hits",
                          fix="e.g. --num-hits 200")
     hits = num_hits or 200
-    if source != "simulated" and num_hits is None and Path(source).is_file():   # every frame of the file is a hit
+    if source != "simulated" and Path(source).is_file():   # every frame of the file is a hit
         from spibatch.io.dragonfly import photons_info
 
-        hits = photons_info(source)[0]
+        held = photons_info(source)[0]
+        if num_hits is not None and num_hits > held:
+            raise InputError(f"{num_hits:,} hits asked, but {source} holds {held:,} frames", field="--num-hits",
+                             fix=f"give at most {held:,} (or leave --num-hits out: every frame)")
+        hits = num_hits or held
     if hits / hit_fraction > 10 ** 8:   # (a photons file's frames were made in memory: 37 GiB, a traceback)
         raise InputError(f"{hits:,} hits at a hit fraction of {hit_fraction:g} make more than 1e8 frames",
                          field="--hit-fraction", fix="play fewer hits, or a larger hit fraction")

@@ -194,3 +194,16 @@ def test_resume_without_the_checkpoint_or_of_a_phase_run_is_refused(emc_config, 
     done = spibatch_emc(str(config), "--resume", str(phased), cwd=tmp_path)
     assert done.returncode == 2 and "holds no EMC run to continue" in done.stderr, done.stderr
     assert not (phased / "emc").exists()
+
+
+def test_iterations_whose_outputs_cannot_fit_stop_before_the_first(emc_config, tmp_path):
+    """iterations: 1e9 wrote an output_NNN.h5 a iteration (70 MB/s) until the disk was full: at the stage's start,
+    where the run folder is known (--out may be on another disk than runs_dir), the iterations still to run must
+    fit there; one line, exit 2, nothing written into emc/."""
+    config = emc_config(tmp_path, num_div=1, iterations=100_000_000, beta_schedule="{factor: 1.0, period: 10}")
+    done = spibatch_emc(str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = [x for x in done.stderr.splitlines() if x.startswith("spibatch: error:")]
+    assert len(line) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "emc.iterations: 100,000,000 more iterations' output_NNN.h5" in line[0] and "on disk" in line[0], line
+    assert f"{tmp_path / 'run' / 'emc'} has" in line[0] and not list((tmp_path / "run" / "emc").glob("output_*"))

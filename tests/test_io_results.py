@@ -191,6 +191,9 @@ def test_mrc_axis_order_is_honoured_and_a_bad_one_refused(tmp_path):
         read, voxel = read_mrc(tmp_path / name)
         assert np.array_equal(read, volume) and voxel == pytest.approx(2.0), name
         assert volume_shape(tmp_path / name) == (4, 5, 6), name
+    with mrcfile.open(tmp_path / "standard.mrc", mode="r+") as mrc:     # left unset by older writers: 1, 2, 3
+        mrc.header.mapc = mrc.header.mapr = mrc.header.maps = 0
+    assert np.array_equal(read_mrc(tmp_path / "standard.mrc")[0], volume)
     with mrcfile.open(tmp_path / "permuted.mrc", mode="r+") as mrc:
         mrc.header.mapc = mrc.header.mapr = mrc.header.maps = 1
     with pytest.raises(InputError, match=r"mapc/mapr/maps: axis order mapc, mapr, maps = 1, 1, 1 is not an order"):

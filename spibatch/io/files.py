@@ -10,19 +10,21 @@ from pathlib import Path
 from spibatch.errors import InputError
 
 
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"   # what str.splitlines() splits at
+
+
 def require_file(path, field: str | None = None, fix: str = "check the path") -> Path:
-    """``path`` as a Path, or one InputError naming it and ``field``: a name that is not UTF-8 or holds a control
-    character, missing (a dangling link, a link loop), a directory, not a regular file, or not readable."""
+    """``path`` as a Path, or one InputError naming it and ``field``: a name that is not UTF-8 or holds a line break, missing (a dangling link, a link loop), a directory, not a regular file, or not readable."""
     path = Path(path)
     try:
         os.fsdecode(os.fsencode(path)).encode("utf-8")
     except UnicodeError:   # (a byte that is not UTF-8): the results, the plots and the report could not name it
         raise InputError("the file name is not valid UTF-8: the results could not record it", path=ascii(str(path)),
                          field=field, fix="rename the file (or link it under a UTF-8 name)") from None
-    control = next((c for c in str(path) if ord(c) < 32 or ord(c) == 127), None)
+    control = next((c for c in str(path) if c in LINE_BREAKS), None)
     if control is not None:   # a newline in a photons file's name split EMC.log's header, which readers parse
-        raise InputError(f"the file name holds the control character {control!r}", path=ascii(str(path)),
-                         field=field, fix="rename the file (letters, digits, spaces and punctuation)")
+        raise InputError(f"the file name holds the line break {control!r}", path=ascii(str(path)),
+                         field=field, fix="rename the file (one line: letters, digits, spaces and punctuation)")
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:

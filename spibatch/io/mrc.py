@@ -53,9 +53,11 @@ def check_extended_header(path: Path, field: str | None = None, fix: str = "") -
 def xyz_order(header, path) -> tuple[int, int, int]:
     """The transpose that takes an MRC's data array (sections, rows, columns) to (x, y, z): from the header's
     mapc / mapr / maps (the axis of the columns, rows and sections: 1, 2, 3 = x, y, z; MRC2014 allows any
-    order, and a map of order 3, 2, 1 read as 1, 2, 3 was compared transposed without a word); InputError when
-    they are not an order of 1, 2, 3."""
+    order, and a map of order 3, 2, 1 read as 1, 2, 3 was compared transposed without a word; all 0, as some
+    older writers leave them: 1, 2, 3); InputError when they are not an order of 1, 2, 3."""
     data_axes = [int(header.maps), int(header.mapr), int(header.mapc)]   # what each data axis is
+    if data_axes == [0, 0, 0]:   # left unset by some older writers: the usual order
+        data_axes = [3, 2, 1]
     if sorted(data_axes) != [1, 2, 3]:
         raise InputError(f"axis order mapc, mapr, maps = {data_axes[2]}, {data_axes[1]}, {data_axes[0]} is not an "
                          "order of 1, 2, 3", path=path, field="mapc/mapr/maps",

@@ -200,8 +200,9 @@ def check_not_density(path: str | os.PathLike, dataset: str | None, field: str) 
     (a truth.h5 or a phasing result given where an intensity goes was phased or started from without a word)."""
     if dataset is None and Path(path).is_file() and is_hdf5(path) and volume_kind(path) == "density":
         raise InputError("holds a density (dataset 'density'), not an intensity", path=path, field=field,
-                         fix="give an intensity (an EMC output_NNN.h5, intensities.h5); name the dataset "
-                         "(phasing.dataset) only if that density is really meant")
+                         fix="give an intensity (an EMC output_NNN.h5, intensities.h5)" + (
+                             "; name the dataset (phasing.dataset) only if that density is really meant"
+                             if field.startswith(("phasing", "--intensity")) else ""))
 
 
 def volume_kind(path: str | os.PathLike, dataset: str | None = None) -> str | None:

@@ -71,7 +71,6 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
                   ).check(config, budget, paths={"emc.photons": photons, "emc.detector": detector})
     with naming(config):     # after the estimate: 1e12 iterations are too many before they anneal too far
         check_values(settings)
-    check_output_disk(pipeline, found.size, found.num_frames, config, run)
     if settings.start_model is not None:
         found.start_model = check_start_model(settings.start_model, found.size, settings.num_volumes)
         check_start_voxel(settings.start_model, found.detector.voxel_size_per_m)
@@ -83,18 +82,25 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     return found
 
 
-def check_output_disk(pipeline, size: int, frames: int, config: Path | None = None, run: RunLayout | None = None):
-    """EMC writes an output_NNN.h5 an iteration (the model as float32, gzip above 128^3, ~68 B a frame): all of
-    them must fit where the run goes (``iterations: 1000000000`` wrote 70 MB/s until the disk was full)."""
+def check_output_disk(run: RunLayout, pipeline, photons, detector) -> None:
+    """EMC writes an output_NNN.h5 an iteration (the model as float32, gzip above 128^3, ~68 B a frame): the
+    iterations still to run (a resume: after the last output there) must fit on the disk of ``run.emc``
+    (``iterations: 1000000000`` wrote 70 MB/s until the disk was full).  At the stage's start, where the run
+    folder is known (``--out`` may be on another disk than ``output.runs_dir``).  A lower bound: halves write a
+    little more."""
     from spibatch import estimates
+    from spibatch.detector import Detector
+    from spibatch.io.dragonfly import photons_info
     from spibatch.io.results import GZIP_MIN_VOXELS
 
     settings = settings_of(pipeline)
+    size = settings.model_size or Detector.read(detector).model_size()
+    done = max((int(p.stem[7:]) for p in run.emc.glob("output_*.h5") if p.stem[7:].isdigit()), default=0)
+    left = max(settings.iterations - done, 0) * (1 + settings.halves)
     volumes = settings.num_volumes + (settings.num_volumes > 1)      # with modes: the first again as `intensity`
-    each = volumes * size ** 3 * 4 * (0.25 if size ** 3 >= GZIP_MIN_VOXELS else 1) + 68 * frames
-    estimates.check_disk(each * settings.iterations * (1 + settings.halves), run.emc if run is not None
-                         else pipeline.output.runs_dir, config, "emc.iterations",
-                         f"{settings.iterations:,} iterations' output_NNN.h5 ({estimates.human_bytes(each)} each)")
+    each = volumes * size ** 3 * 4 * (0.25 if size ** 3 >= GZIP_MIN_VOXELS else 1) + 68 * photons_info(photons)[0]
+    estimates.check_disk(each * left, run.emc, run.config, "emc.iterations",
+                         f"{left:,} more iterations' output_NNN.h5 ({estimates.human_bytes(each)} each)")
 
 
 def check_modes_frames(settings, frames: int, config: Path | None = None) -> None:
@@ -243,6 +249,8 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
         return run_emc_following(run, pipeline, device, workers)
     settings = settings_of(pipeline)
     photons, detector = inputs.photons_and_detector(run, pipeline)
+    run.emc.mkdir(parents=True, exist_ok=True)
+    check_output_disk(run, pipeline, photons, detector)
     executor = executor_for(run, device, workers)
     bar = workers is None and executor.size == 1
     with hooks.standard(settings.iterations, display=executor.writes, bar=bar) as on_iteration:

@@ -91,7 +91,6 @@ def _emc(pipeline, config: Path, budget, smallest: int, frames: int, used: int, 
                   volumes=emc.num_modes + emc.nonrot_modes).check(config, budget)
     with emc_stage.naming(config):
         check_values(emc_stage.settings_of(pipeline))
-    emc_stage.check_output_disk(pipeline, size, frames, config)
     if emc.start_model is not None:
         emc_stage.check_start_model(emc.start_model, size, emc.num_modes + emc.nonrot_modes)
     if emc.background_file is not None:     # its size is checked against the detector once a stage made it
