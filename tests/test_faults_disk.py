@@ -64,9 +64,11 @@ def out_of_room(done, folder: Path) -> str:
 
 @pytest.mark.slow
 def test_emc_into_a_full_disk_stops_in_one_line_and_resumes_elsewhere(emc_config, tmp_path):
-    """EMC fills a 16 MB disk after a few iterations (each: a 1 MB output and a 6 MB checkpoint): one line,
-    the iterations before intact, and the run, copied to a disk with room, resumes to the end."""
-    config = emc_config(tmp_path, iterations=8)
+    """EMC fills a 16 MB disk after a few iterations (each: a 3 MB output and a 6 MB checkpoint, written beside
+    the last one before it replaces it): one line, the iterations before intact, and the run, copied to a disk
+    with room, resumes to the end.  (5 iterations: their outputs alone, 14.5 MB, pass the stage's up-front
+    check; the checkpoints then fill the disk, as a disk filled by others would.)"""
+    config = emc_config(tmp_path, iterations=5)
     with small_disk(tmp_path, 16 << 20) as (disk, fsize):
         done = run("emc", config, "--out", disk / "run", cwd=tmp_path, fsize=fsize)
         out_of_room(done, disk / "run")
@@ -75,10 +77,10 @@ def test_emc_into_a_full_disk_stops_in_one_line_and_resumes_elsewhere(emc_config
     moved = tmp_path / "moved"
     (moved / "lock").unlink(missing_ok=True)
     outputs = sorted(p.name for p in (moved / "emc").glob("output_*.h5"))
-    assert outputs and "output_008.h5" not in outputs, outputs
+    assert outputs and "output_005.h5" not in outputs, outputs
     done = run("emc", config, "--resume", moved, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert iterations_logged(moved / "emc") == (list(range(1, 9)), list(range(1, 9)))
+    assert iterations_logged(moved / "emc") == (list(range(1, 6)), list(range(1, 6)))
 
 
 def test_phase_into_a_full_disk_stops_in_one_line(tmp_path, emc_small, emc_config):
@@ -169,7 +171,7 @@ def test_run_into_a_full_disk_stops_in_one_line(emc_small, tmp_path):
     Parsl's logs fill it; the driver ends with one line naming the file, exit 2."""
     from platform_helpers import write_pipeline
 
-    pipeline = write_pipeline(tmp_path, emc_small, starts=1, iterations=8)
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1, iterations=4)   # outputs 11.6 MB: past the check
     with small_disk(tmp_path, 14 << 20) as (disk, fsize):
         done = run("run", pipeline, "--out", disk / "run", cwd=tmp_path, fsize=fsize)
         out_of_room(done, disk / "run")
