@@ -362,3 +362,21 @@ def test_validate_asks_what_an_ambiguous_volume_holds(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "map.bin" in lines[0] and "--kind" in lines[0], done.stderr
     assert not (tmp_path / "v").exists() and not (tmp_path / "runs").exists()
+
+
+def test_densities_are_compared_in_the_dataset_named(tmp_path):
+    """`spibatch validate A B --dataset mine --kind density`: the densities are read from `mine` (the density side
+    read `density` whatever --dataset said: a file without one failed after its shape had passed)."""
+    import subprocess
+    import sys
+
+    blob = np.exp(-((np.indices((11, 11, 11)) - 5) ** 2).sum(0) / 6.0).astype(np.float32)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["mine"], f["density"] = blob, np.ones_like(blob)     # `density` would compare a constant
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f["mine"] = blob
+    done = subprocess.run([sys.executable, "-m", "spibatch", "validate", "a.h5", "b.h5", "--dataset", "mine",
+                           "--kind", "density", "--out", "v"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cc 1.0000" in done.stdout and "never below 0.5" in done.stdout, done.stdout

@@ -287,12 +287,12 @@ def check_finite(volume: np.ndarray, *, path=None, field: str | None = None, fix
 
 def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, *,
                     field: str = "validation.reference", voxel_field: str = "validation.reference_voxel_size_m",
-                    grid: tuple[int, float | None] | None = None,
-                    max_voxels: int = 1024 ** 3) -> tuple[np.ndarray, float | None]:
+                    grid: tuple[int, float | None] | None = None, max_voxels: int = 1024 ** 3,
+                    dataset: str = "density") -> tuple[np.ndarray, float | None]:
     """A true density read once and checked, before anything is created: ``(volume (L, L, L) float64, its voxel
     in m or None)``, what :func:`spibatch.phasing.compare.load_truth` returns for a good file.
 
-    Reads HDF5 (dataset ``density``; voxel from ``density_voxel_size_m`` or ``voxel_size_m``), MRC (its voxel;
+    Reads HDF5 (``dataset``, by default ``density``; voxel from ``density_voxel_size_m`` or ``voxel_size_m``), MRC (its voxel;
     0 means not known) or Dragonfly's raw ``.bin`` cube.  ``voxel_size_m`` (the caller's option) wins over the
     file's.  One InputError naming the file and ``field`` (or the dataset / attribute) for: a missing path or
     a directory, an unknown or corrupt format, no or a non-3-D or non-cubic volume, more than ``max_voxels``
@@ -305,8 +305,8 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
                                          and np.isfinite(voxel_size_m) and voxel_size_m > 0):
         raise InputError(f"expected a positive length in metres, found {voxel_size_m!r}", path=path,
                          field=voxel_field, fix="give the truth's voxel edge in metres (e.g. 1.756e-9)")
-    shape = volume_shape(path, "density" if path.is_file() and is_hdf5(path) else None, field=field,
-                         dataset_fix=REFERENCE_FIX + " (its dataset: density)")
+    shape = volume_shape(path, dataset if path.is_file() and is_hdf5(path) else None, field=field,
+                         dataset_fix=REFERENCE_FIX + f" (its dataset: {dataset})")
     if len(shape) != 3 or len(set(shape)) != 1 or shape[0] < 2:
         raise InputError(f"expected a cubic 3-D density (L, L, L), found shape {shape}", path=path, field=field,
                          fix=REFERENCE_FIX)
@@ -317,7 +317,7 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
     stored = None
     if is_hdf5(path):
         with open_hdf5(path, REFERENCE_FIX) as f:
-            ds, shape = _volume_dataset(f, path, "density", REFERENCE_FIX + " (its dataset: density)")
+            ds, shape = _volume_dataset(f, path, dataset, REFERENCE_FIX + f" (its dataset: {dataset})")
             volume = read_dataset(ds, (), path).reshape(shape)
             for key in ("density_voxel_size_m", "voxel_size_m"):
                 stored = positive_attribute(f.attrs.get(key), path, key)

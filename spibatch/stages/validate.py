@@ -120,7 +120,8 @@ def _read(path: Path, cfg, kind: str):
         volume, voxel = check_reference(path, voxel or cfg.voxel_size_m,
                                         field="validation.reference" if second else "validation.volume",
                                         voxel_field="validation.reference_voxel_size_m"
-                                        if second and cfg.reference_voxel_size_m else "validation.voxel_size_m")
+                                        if second and cfg.reference_voxel_size_m else "validation.voxel_size_m",
+                                        dataset=cfg.dataset or "density")
         return _unit_peak(volume), voxel
     volume = read_volume(path, cfg.dataset)
     check_finite(volume, path=path, field=cfg.dataset or "intensity", fix="mark unmeasured voxels with 0 (the "
