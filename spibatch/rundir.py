@@ -164,19 +164,22 @@ def check_shell_safe(path: Path, field: str) -> Path:
 def check_new_run_path(path: Path, field: str = "--out") -> Path:
     """``path`` may become a new run folder: InputError (nothing created) if it holds a run, lies inside one, is a
     file, or is a folder holding anything else."""
-    if (path / layout.PROVENANCE).exists():
-        raise InputError("this directory already holds a run", path=path, field=field,
-                         fix="choose a new --out directory, or leave --out out to get runs/<name>-<time>/")
     inside = enclosing_run(path, itself=False)
     if inside is not None:   # a run inside a run: its outputs would be taken for the earlier run's (report, resume)
         raise InputError(f"lies inside the earlier run folder {inside}", path=path, field=field,
                          fix="choose a folder outside every run folder")
+    if (path / layout.PROVENANCE).exists():
+        raise InputError("this directory already holds a run", path=path, field=field,
+                         fix="choose a new --out directory, or leave --out out to get runs/<name>-<time>/")
     if path.exists() and not path.is_dir():
         raise InputError("exists and is not a directory", path=path, field=field, fix="choose a directory path")
     if path.is_dir():
         held = sorted(p.name for p in path.iterdir())
         started = layout.LOCK in held and all(n in STARTUP_FILES or (n.startswith(".") and n.endswith(".part"))
                                               for n in held)              # a new run killed at its start
+        if layout.PROVENANCE in held:   # another process made its run here a moment ago
+            raise InputError("this directory already holds a run", path=path, field=field,
+                             fix="choose a new --out directory, or leave --out out to get runs/<name>-<time>/")
         if held and not started:
             shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
             raise InputError(f"is not empty ({shown}): a new run would overwrite or mix with what is there",
