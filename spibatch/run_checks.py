@@ -89,20 +89,6 @@ def check_run_files(path: Path, field: str = "--resume", *, deep: bool = True) -
                              fix=f"remove {entry} (copy the file in its place if it is the run's own)")
 
 
-def check_no_links(path: Path, field: str = "--resume") -> None:
-    """InputError when an entry at the top of the folder ``path`` (a bench's) is a symbolic link: a resume writes
-    through (and removes half-done parts of) its own files and folders, which a link would take elsewhere."""
-    try:
-        entries = sorted(os.scandir(path), key=lambda e: e.name)
-    except OSError:
-        return
-    for entry in entries:
-        if entry.is_symlink():
-            raise InputError(f"{entry.name} is a symbolic link (to {os.readlink(entry.path)}); spibatch's own files "
-                             "and folders are never links", path=path, field=field,
-                             fix=f"remove the link {entry.path} (copy the file in its place if it is the run's own)")
-
-
 def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...], field: str = "--resume") -> None:
     """Every file in ``paths`` that the run recorded as an input is still there with its recorded fingerprint;
     InputError naming the first that changed or disappeared otherwise.  (Files the run did not record are

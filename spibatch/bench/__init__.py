@@ -44,7 +44,7 @@ def check_out(out: Path) -> None:
     from spibatch import layout
     from spibatch.errors import InputError
     from spibatch.rundir import check_shell_safe
-    from spibatch.run_checks import check_no_links
+    from spibatch.run_checks import check_run_files
 
     check_shell_safe(out, "--out")     # every point is a `spibatch run` in it
     if out.exists() and not out.is_dir():
@@ -57,7 +57,7 @@ def check_out(out: Path) -> None:
                          field="--out", fix="choose a new or empty folder, or an earlier bench's to resume it")
     for folder in (out, out / "points"):   # a resumed bench removes half-done points: never through a link
         if folder.is_dir():
-            check_no_links(folder, field="--out")
+            check_run_files(folder, "--out", deep=False)   # its top: no link, no pipe
 
 
 def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_run: bool,
