@@ -82,13 +82,13 @@ class ParslWorkers(stages.Workers):
             raise StageFailed(f"the {stage} job failed{said}; its output: {stderr}; {_go_on(run)}") from None
 
 
-def check_pipeline(pipeline, config: Path, site: Site | None = None) -> None:
+def check_pipeline(pipeline, config: Path, site: Site | None = None, folder: Path | None = None) -> None:
     """What can be checked before anything is created, on ``site``'s workers (None: this machine): every
     input read in full and every stage's memory and time (:func:`spibatch.stages.preflight.check_run`), the
     validate stage's inputs, and that the site can run its EMC mode; InputError (one line)."""
     from spibatch.stages.preflight import check_run
 
-    check_run(pipeline, config, site)
+    check_run(pipeline, config, site, folder)
     stages.module("validate").check(pipeline, config)
     if pipeline.device == "gpu" and (site is None or site.provider == "local"):   # the GPU is this machine's
         from spibatch.kernels.device import resolve
@@ -278,7 +278,7 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
         adjust(pipeline)
     _check_until(pipeline, until)
     site = load_site(site_path)
-    check_pipeline(pipeline, config, site)
+    check_pipeline(pipeline, config, site, out)
     provider = provider_for(site)
     target = check_new_run_path((out if out is not None else new_run_path(pipeline.name,
                                                                          pipeline.output.runs_dir)).resolve())
@@ -319,7 +319,7 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
     own = load_site(run.site)
     site = own if site_path is None else load_site(site_path)
     if site_path is not None:
-        check_pipeline(pipeline, run.config, site)      # the stages still fit the new site's workers
+        check_pipeline(pipeline, run.config, site, run.path)   # the stages still fit the new site's workers
     provider_for(site).preflight(run.path)
     needed = tuple(needed_inputs(run, pipeline))
 

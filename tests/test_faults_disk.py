@@ -113,6 +113,23 @@ def test_simulate_into_a_full_disk_stops_in_one_line(tmp_path):
         out_of_room(run("simulate", config, "--out", disk / "run", cwd=tmp_path, fsize=fsize), disk / "run")
 
 
+def test_simulate_judges_the_disk_of_out_not_of_runs_dir(tmp_path):
+    """50 000 patterns' photons file (at least 2.4 MB) refused up front for an `--out` on a 800 KB disk, though
+    `output.runs_dir` (the working folder's disk) has room: the check judged runs_dir's disk before."""
+    config = tmp_path / "sim.yaml"
+    config.write_text(TINY_SIMULATION.format(pdb=REPO / "spibatch" / "data" / "1EI7.pdb")
+                      .replace("num_patterns: 400", "num_patterns: 50000"))
+    with small_disk(tmp_path, 800 << 10) as (disk, fsize):
+        if fsize is not None:
+            pytest.skip("mounting a small tmpfs is not allowed here: the up-front check reads the real free space")
+        done = run("simulate", config, "--out", disk / "run", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr[-2000:]
+        lines = error_lines(done.stderr)
+        assert len(lines) == 1 and "simulation.num_patterns" in lines[0] and "on disk but" in lines[0], lines
+        assert str(disk) in lines[0], lines[0]
+        assert not (disk / "run").exists()
+
+
 def test_ingest_into_a_full_disk_stops_in_one_line(tmp_path):
     """A CXI stack of 600 frames (32 x 32) whose photons take 2.6 MB, streamed onto a 2 MB disk."""
     from test_io_cxi import GEOMETRY, make_cxi

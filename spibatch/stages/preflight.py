@@ -20,9 +20,10 @@ from spibatch.stages.checks import budget_for
 log = logging.getLogger("spibatch")
 
 
-def check_run(pipeline, config: Path, site=None) -> None:
+def check_run(pipeline, config: Path, site=None, folder: Path | None = None) -> None:
     """Every check of :mod:`spibatch.stages`' ``check`` functions that can run before the first stage, for
-    the stages ``spibatch run`` chains, on ``site``'s workers (None: this machine); InputError (one line)."""
+    the stages ``spibatch run`` chains, on ``site``'s workers (None: this machine), the run written into
+    ``folder`` (``--out``; None: under ``output.runs_dir``); InputError (one line)."""
     budget = budget_for(site)
     names = stages.order(pipeline)
     emc = pipeline.emc
@@ -45,7 +46,7 @@ def check_run(pipeline, config: Path, site=None) -> None:
                          field=f"emc.{other}", fix=f"set emc.{other} too, or remove emc.{given[0]}")
     elif given:
         if "simulate" in names:
-            simulate_stage.check(pipeline, config, budget=budget)
+            simulate_stage.check(pipeline, config, budget=budget, folder=folder)
         found = emc_stage.check(pipeline, config, budget=budget)
         _phase(pipeline, config, budget, found.size)
         if "simulate" in names:
@@ -54,7 +55,7 @@ def check_run(pipeline, config: Path, site=None) -> None:
                         emc.photons)
         return
     elif "simulate" in names:
-        flat = simulate_stage.check(pipeline, config, budget=budget)
+        flat = simulate_stage.check(pipeline, config, budget=budget, folder=folder)
         size, frames, used, frames_field = flat.model_size, pipeline.simulation.num_patterns, flat.used_pixels, \
             "simulation.num_patterns"
     else:

@@ -10,10 +10,12 @@ from spibatch.layout import RunLayout
 from spibatch.stages.checks import require_file
 
 
-def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *, budget=None):
+def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *, budget=None,
+          folder: Path | None = None):
     """Before anything is created: a simulation section whose PDB parses; a geometry EMC and phasing can use
     (a warning for each implausible value); the memory, time and disk it needs within ``budget`` (default:
-    this machine).  Returns the :class:`~spibatch.estimates.FlatGeometry` (model grid, pixels)."""
+    this machine), the photons file on the disk of ``folder`` (the run's ``--out``; default: ``run``'s folder,
+    else ``output.runs_dir``).  Returns the :class:`~spibatch.estimates.FlatGeometry` (model grid, pixels)."""
     from spibatch import estimates
     from spibatch.sim.structure import read_structure
 
@@ -23,7 +25,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
                          fix="add one (`spibatch init DIR` writes an example)")
     flat = estimates.check_flat(pipeline.geometry, config)
     estimates.simulation(flat, sim.num_patterns, sim.mean_photons_per_frame, sim.chunk_frames).check(config, budget)
-    estimates.check_disk(estimates.PHOTONS_FILE_BYTES_PER_FRAME * sim.num_patterns, pipeline.output.runs_dir,
+    where = folder if folder is not None else run.path if run is not None else pipeline.output.runs_dir
+    estimates.check_disk(estimates.PHOTONS_FILE_BYTES_PER_FRAME * sim.num_patterns, where,
                          config, "simulation.num_patterns", f"the photons file of {sim.num_patterns:,} patterns")
     require_file(sim.pdb, "simulation.pdb", fix="give a PDB or mmCIF file of the particle")
     read_structure(sim.pdb, assembly=sim.assembly, keep_waters=sim.keep_waters, expand=False)

@@ -41,7 +41,7 @@ def run_stages(names: list[str], pipeline, config: Path | None, *, out: Path | N
     device = mpi.collective(comm, resolve, pipeline.device, pipeline.gpu_runtime, path=config)
     existing = None if resume is None else RunLayout(Path(resume))
     try:
-        mpi.collective(comm, _check, names, pipeline, config, existing, size)
+        mpi.collective(comm, _check, names, pipeline, config, existing, size, out)
     except InputError as exc:
         exc.field = (options or {}).get(exc.field, exc.field)
         raise
@@ -60,9 +60,10 @@ def run_stages(names: list[str], pipeline, config: Path | None, *, out: Path | N
     return layout.path, outputs
 
 
-def _check(names, pipeline, config, existing, ranks) -> None:
+def _check(names, pipeline, config, existing, ranks, out) -> None:
     for name in names:
-        extra = {"ranks": ranks} if name == "emc" else {"need_detector": False} if name == "ingest" else {}
+        extra = {"ranks": ranks} if name == "emc" else {"need_detector": False} if name == "ingest" else \
+            {"folder": out} if name == "simulate" else {}
         stages.module(name).check(pipeline, config, existing, **extra)
 
 
