@@ -117,6 +117,17 @@ def dump_settings(data: dict) -> str:
     return yaml.dump(data, Dumper=settings_dumper(), sort_keys=False)
 
 
+def _key_value(node, loader) -> Any:
+    """A mapping key's value as ``loader`` (:func:`settings_loader`'s) builds it (``0x1`` -> 1, ``~`` -> None;
+    text if it cannot be built), for telling two spellings of one key apart."""
+    try:
+        value = loader.construct_object(node)
+        hash(value)
+        return value
+    except Exception:   # noqa: BLE001 -- a tag that cannot be built is refused when the file is loaded
+        return node.value
+
+
 def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML; return the data and a map from key path to 1-based line number.  InputError for text
     that is not YAML, nests deeper than MAX_YAML_DEPTH or expands (through aliases) past MAX_YAML_VALUES."""
@@ -132,6 +143,7 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
                          fix="a settings file is a few levels of keys: check the brackets") from None
     lines: dict[tuple, int] = {}
     seen_values = [0]
+    builder = settings_loader()("")
 
     def walk(node: Any, prefix: tuple) -> None:
         seen_values[0] += 1
@@ -147,11 +159,12 @@ def _load_yaml_with_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]
                     raise InputError("a key that is a list or a mapping", path=path,
                                      field=f"line {key_node.start_mark.line + 1}", fix="keys are plain names")
                 key = key_node.value
-                if key in seen:
+                same = {key, _key_value(key_node, builder)}   # `1` and `'1'` (one name to us), `0x1` and `1`, `~` and `null`
+                if same & seen:
                     raise InputError(f"key '{key}' appears twice", path=path,
                                      field=f"line {key_node.start_mark.line + 1}: {'.'.join(map(str, prefix + (key,)))}",
                                      fix="keep one of them")
-                seen.add(key)
+                seen |= same
                 lines[prefix + (key,)] = key_node.start_mark.line + 1
                 walk(value_node, prefix + (key,))
         elif isinstance(node, yaml.SequenceNode):

@@ -64,6 +64,10 @@ def test_exactly_one_wavelength(tmp_path):
 def test_duplicate_key_and_bad_yaml(tmp_path):
     with pytest.raises(InputError, match=r"line 2: name: key 'name' appears twice"):
         load_pipeline(write(tmp_path, "name: a\nname: b\n"))
+    # two spellings of one key that a Python dict (and the settings' models) would fold into one, the last winning
+    for first, second in (("1", "'1'"), ("0x1", "1"), ("1.0", "1"), ("~", "null"), ("true", "1")):
+        with pytest.raises(InputError, match=r"line 3: .*appears twice"):
+            load_pipeline(write(tmp_path, f"name: a\n{first}: x\n{second}: y\n"))
     with pytest.raises(InputError, match=r"line \d+.*not valid YAML"):
         load_pipeline(write(tmp_path, "geometry:\n  wavelength_m: [1,\n"))
     with pytest.raises(InputError, match="mapping of sections"):
