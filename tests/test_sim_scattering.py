@@ -113,6 +113,37 @@ def test_read_structure_mmcif_equals_pdb(tmp_path):
         np.testing.assert_array_equal(from_cif.atomic_numbers, from_pdb.atomic_numbers)
 
 
+def test_a_file_of_too_many_models_is_refused_before_gemmi_builds_them(tmp_path):
+    """gemmi builds models in time quadratic in their number (500 000 one-atom models: 41 s, twice a run);
+    beyond MAX_MODELS one line, counted from the PDB's MODEL records or the mmCIF's model column; the
+    mmCIF -- even named .pdb, and gzipped -- is otherwise read as gemmi.read_structure reads it."""
+    import gzip
+
+    import gemmi
+
+    from spibatch.sim.structure import MAX_MODELS
+
+    atom = "ATOM      1  CA  ALA A   1       1.000   2.000   3.000  1.00 20.00           C\n"
+    pdb = tmp_path / "many.pdb"
+    pdb.write_text("".join(f"MODEL {i:8d}\n{atom}ENDMDL\n" for i in range(1, MAX_MODELS + 2)) + "END\n")
+    with pytest.raises(InputError, match=f"holds {MAX_MODELS + 1:,} models") as info:
+        read_structure(pdb)
+    assert str(pdb) in str(info.value)
+    structure = gemmi.read_structure(str(PDB_1EI7))
+    structure.setup_entities()
+    cif = tmp_path / "1EI7-as-cif.pdb.gz"
+    cif.write_bytes(gzip.compress(structure.make_mmcif_document().as_string().encode()))
+    np.testing.assert_allclose(read_structure(cif).positions_m, read_structure(PDB_1EI7).positions_m, atol=1e-15)
+    text = structure.make_mmcif_document().as_string()
+    rows = [line for line in text.splitlines() if line.startswith(("ATOM", "HETATM"))]
+    first = rows[0].split()
+    many = "\n".join(" ".join(first[:-1] + [str(i)]) for i in range(2, MAX_MODELS + 2))
+    big = tmp_path / "many.cif"
+    big.write_text(text.replace(rows[-1], rows[-1] + "\n" + many, 1))
+    with pytest.raises(InputError, match=f"holds {MAX_MODELS + 1:,} models"):
+        read_structure(big)
+
+
 @pytest.mark.parametrize("content", [b"", b"this is not a structure file\n", bytes(range(256)) * 4])
 def test_unreadable_pdb_raises_input_error_naming_the_file(tmp_path, content):
     bad = tmp_path / "broken.pdb"
