@@ -279,9 +279,10 @@ def aligned_shell_correlation(model, reference, alignment: Alignment, r_min: flo
 
 
 def measured_shells(model: np.ndarray, reference: np.ndarray, fraction: float = 0.5) -> tuple[float, float]:
-    """``(r_min, r_max)`` in voxels where both (cubic, common-grid) intensities are measured: the shells from
-    the first to the last in which at least ``fraction`` of the voxels are non-zero in both (a beam-stop hole
-    and the corners beyond a detector are zeros in EMC's models and in a truth cut to the same grid)."""
+    """``(r_min, r_max)`` in voxels where both (cubic, common-grid) intensities are measured: up to the last
+    shell in which at least ``fraction`` of the voxels are non-zero in both (the corners beyond a detector are
+    zeros in EMC's models and in a truth cut to the same grid), from the first shell that is whole in both --
+    one shell further when shells below it are not (a beam-stop hole)."""
     m = model.shape[0]
     radius = np.rint(radial_index(m)).astype(np.int64).ravel()
     both = ((np.asarray(model) > 0) & (np.asarray(reference) > 0)).ravel()
@@ -289,16 +290,25 @@ def measured_shells(model: np.ndarray, reference: np.ndarray, fraction: float = 
     hit = np.bincount(radius, both, minlength=m)
     ok = np.flatnonzero((total > 0) & (hit >= fraction * np.maximum(total, 1)))
     ok = ok[(ok >= 1) & (ok <= (m - 1) // 2 - 1)]
-    if ok.size < 3:
+    full = np.flatnonzero((total > 0) & (hit >= 0.95 * np.maximum(total, 1)))
+    full = full[(full >= 1) & (full <= (ok.max() if ok.size else 0))]
+    if ok.size < 3 or full.size == 0:
         raise ValueError("the two intensities share fewer than 3 measured shells")
-    return float(ok.min()), float(ok.max())
+    # from one shell outside a hole (as emc.compare.shell_range, one voxel outside the beam stop): the voxels
+    # at a hole's edge are poorly determined (EMC's rim next to the beam stop correlated -0.2 with the truth)
+    r_min = int(full.min()) + (1 if full.min() > 1 else 0)
+    if ok.max() - r_min < 2:
+        raise ValueError("the two intensities share fewer than 3 measured shells")
+    return float(r_min), float(ok.max())
 
 
 def compare_intensities(model, reference, voxel_size: float | None = None) -> dict:
     """Two 3-D intensities on one grid (the larger cropped about its centre), the model turned onto the
-    reference (:func:`align_intensity` over the shells both measure), and their correlation in every shell
-    of |q| (:func:`spibatch.validate.shell_correlation_curve`).  Returns a JSON-able summary, with the curve
+    reference (:func:`align_intensity` over the shells both measure), and their correlation in each of those
+    shells of |q| (:func:`spibatch.validate.shell_correlation_curve`; NaN in the others).  Returns a JSON-able summary, with the curve
     as ``_result`` (an :class:`spibatch.validate.FSCResult`) and the rotation."""
+    from dataclasses import replace
+
     from spibatch.validate import shell_correlation_curve
 
     model, reference = (np.asarray(v, np.float64) for v in (model, reference))
@@ -308,6 +318,9 @@ def compare_intensities(model, reference, voxel_size: float | None = None) -> di
     alignment = align_intensity(model_c, ref_c, r_min, r_max)
     rotated = rotate_intensity(model_c, alignment.rotation)
     result = shell_correlation_curve(np.where(ref_c != 0, rotated, 0.0), ref_c, voxel_size)
+    # only the shells the alignment used: a beam stop's partly hidden shells correlate at random (often below
+    # zero), and read as the resolution they made the first crossing at shell 4 of 45
+    result = replace(result, fsc=np.where((result.radius >= r_min) & (result.radius <= r_max), result.fsc, np.nan))
     return {"kind": "intensity", "cc": float(alignment.cc), "inverted": alignment.inverted,
             "rotation": alignment.rotation.tolist(), "r_min": r_min, "r_max": r_max, "grid": model_c.shape[0],
             "_result": result}

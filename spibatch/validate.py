@@ -188,11 +188,13 @@ def format_table(result: FSCResult) -> str:
     for r, f, c, v in zip(result.radius, result.frequency, result.fsc, result.num_voxels):
         res = f"{1.0 / f / scale:16.4g}" if f > 0 else f"{'inf':>16}"
         lines.append(f"{int(r):5d}  {f * scale:14.4g}  {res}  {int(v):8d}  {c:7.4f}")
+    finite = result.radius[np.isfinite(result.fsc) & (result.radius > 0)]
+    last = float(finite.max()) if finite.size else float(result.size // 2)
+    edge = result.size * (result.voxel_size or 1.0) / last / scale     # the finest shell compared
+    limit = "the Nyquist limit" if last >= result.size // 2 else f"shell {int(last)}'s, the last compared"
     for t in THRESHOLDS:
         res = result.resolution(t)
-        nyquist = 2.0 * (result.voxel_size or 1.0) / scale
-        text = f"never below {t} (at least {nyquist:.4g} {unit}, the Nyquist limit)" \
-            if res is None else f"{res / scale:.4g} {unit}"
+        text = f"never below {t} (at least {edge:.4g} {unit}, {limit})" if res is None else f"{res / scale:.4g} {unit}"
         lines.append(f"resolution at FSC = {t}: {text}")
     return "\n".join(lines)
 

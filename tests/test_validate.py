@@ -285,6 +285,25 @@ def test_align_dragonfly_model_to_truth(small_truth_and_model):
     assert aligned_shell_correlation(model, truth, result, 6, 31) == pytest.approx(result.cc, abs=0.005)
 
 
+def test_two_intensities_are_compared_only_in_the_shells_both_measure_whole(small_truth_and_model):
+    """Dragonfly's model against its truth: the shells at the beam stop's rim correlate below zero (-0.41, -0.20
+    at shells 4, 5) and were read as a resolution of 22.75 voxels; from one shell outside the hole (as the
+    detector's shell_range) every shell to the data's edge stays above 0.95 -- the resolution is "never below"."""
+    from spibatch.align import compare_intensities, measured_shells
+    from spibatch.validate import crop_to_common
+
+    truth, model = small_truth_and_model
+    r_min, r_max = measured_shells(*crop_to_common(model, truth))
+    assert r_min >= 6 and r_max >= 38
+    summary = compare_intensities(model, truth)
+    curve = summary["_result"]
+    inside = (curve.radius >= r_min) & (curve.radius <= r_max)
+    assert np.isnan(curve.fsc[~inside]).all() and np.nanmin(curve.fsc[inside]) > 0.5
+    assert curve.resolution(0.5) is None and summary["cc"] > 0.99
+    text = format_table(curve)
+    assert f"shell {int(r_max)}'s, the last compared" in text and "Nyquist" not in text
+
+
 # ---- `spibatch validate A B`: the validate stage on two volumes, aligned first ------------------------------
 
 def _cli(*args, cwd):
