@@ -371,6 +371,29 @@ def test_validate_compares_densities_of_different_boxes_and_voxels(tmp_path):
     assert summary["kind"] == "density" and summary["truth_resampled"] and summary["cc"] > 0.9
 
 
+def test_voxel_size_option_is_for_the_file_that_does_not_say(tmp_path):
+    """An MRC of 2 A voxels against a Dragonfly .bin (no voxel) of the same object on 1 A voxels, `--voxel-size-m
+    1e-10` for the .bin: the MRC keeps its own 2 A (the option overrode it: no resampling, cc 0.25, a resolution
+    of 17 A), with a warning that the option does not apply to it."""
+    import json
+
+    from spibatch.io.mrc import write_mrc
+    from spibatch.phasing.compare import resample
+
+    x = np.arange(41) - 20
+    fine = np.exp(-((x[:, None, None] / 4.0) ** 2 + (x[None, :, None] / 3.0) ** 2 + (x[None, None, :] / 5.0) ** 2))
+    fine += 0.7 * np.exp(-(((x[:, None, None] - 6) / 2.5) ** 2 + (x[None, :, None] / 2.5) ** 2
+                           + ((x[None, None, :] + 5) / 2.5) ** 2))
+    fine.tofile(tmp_path / "fine.bin")                                          # float64, 1 A, no voxel
+    write_mrc(tmp_path / "coarse.mrc", resample(fine, 0.5).astype(np.float32), 2.0)
+    done = _cli("validate", "coarse.mrc", "fine.bin", "--kind", "density", "--voxel-size-m", "1e-10", "--out", "v",
+                cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "v" / "validate" / "fsc.json").read_text())
+    assert summary["truth_resampled"] and summary["cc"] > 0.95, summary
+    assert done.stderr.count("coarse.mrc records its voxel") == 1, done.stderr
+
+
 def test_validate_asks_what_an_ambiguous_volume_holds(tmp_path):
     """A Dragonfly .bin says nothing about what it holds: one line asking for --kind, nothing created."""
     np.zeros((9, 9, 9)).tofile(tmp_path / "map.bin")

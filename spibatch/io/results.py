@@ -288,13 +288,13 @@ def check_finite(volume: np.ndarray, *, path=None, field: str | None = None, fix
 def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, *,
                     field: str = "validation.reference", voxel_field: str = "validation.reference_voxel_size_m",
                     grid: tuple[int, float | None] | None = None, max_voxels: int = 1024 ** 3,
-                    dataset: str = "density") -> tuple[np.ndarray, float | None]:
+                    dataset: str = "density", warn: bool = True) -> tuple[np.ndarray, float | None]:
     """A true density read once and checked, before anything is created: ``(volume (L, L, L) float64, its voxel
     in m or None)``, what :func:`spibatch.phasing.compare.load_truth` returns for a good file.
 
     Reads HDF5 (``dataset``, by default ``density``; voxel from ``density_voxel_size_m`` or ``voxel_size_m``), MRC (its voxel;
-    0 means not known) or Dragonfly's raw ``.bin`` cube.  ``voxel_size_m`` (the caller's option) wins over the
-    file's.  One InputError naming the file and ``field`` (or the dataset / attribute) for: a missing path or
+    0 means not known) or Dragonfly's raw ``.bin`` cube.  ``voxel_size_m`` (the caller's option) is the voxel
+    of a file that does not record one (a warning when it differs from one the file records).  One InputError naming the file and ``field`` (or the dataset / attribute) for: a missing path or
     a directory, an unknown or corrupt format, no or a non-3-D or non-cubic volume, more than ``max_voxels``
     voxels (checked from the header, before reading), NaN or inf voxels, a volume zero everywhere, a voxel
     size that is not a positive finite length (given or stored), and -- with ``grid`` = (edge, voxel in m or
@@ -342,14 +342,20 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
     if not volume.any():
         raise InputError("the density is zero everywhere: nothing to compare with", path=path, field=field,
                          fix=REFERENCE_FIX)
-    voxel = voxel_size_m if voxel_size_m is not None else stored
+    voxel = stored if stored is not None else voxel_size_m     # the option is for files that do not say
+    if warn and stored is not None and voxel_size_m is not None and abs(voxel_size_m / stored - 1) > 1e-6:
+        import logging
+
+        logging.getLogger("spibatch").warning(
+            "spibatch: warning: %s records its voxel (%.4g m): %s (%.4g m) is used only for files that do not",
+            path, stored, voxel_field, voxel_size_m)
     if voxel is not None:
         from spibatch.estimates import DENSITY_VOXEL_M
 
         low, high = DENSITY_VOXEL_M
         if not low <= voxel <= high:   # 1e-30 and 1e30 gave tracebacks in the resampling, after the work
             raise InputError(f"a density voxel of {voxel:g} m is outside {low:g} .. {high:g} m", path=path,
-                             field=voxel_field if voxel_size_m is not None else field,
+                             field=voxel_field if stored is None else field,
                              fix="give the voxel edge in metres (e.g. 1.756e-9)")
     if grid is not None:
         edge, grid_voxel = grid

@@ -29,19 +29,21 @@ def resample(volume: np.ndarray, factor: float) -> np.ndarray:
 
 
 def load_truth(path: Path, voxel_size_m: float | None = None) -> tuple[np.ndarray, float | None]:
-    """(true density (L, L, L) float64, its voxel in m or None) from truth.h5, an MRC or a Dragonfly .bin."""
+    """(true density (L, L, L) float64, its voxel in m or None) from truth.h5, an MRC or a Dragonfly .bin;
+    ``voxel_size_m``: the voxel when the file does not record one."""
     from spibatch.io.mrc import read_mrc
     from spibatch.io.results import MRC_SUFFIXES, is_hdf5, read_result, read_volume
 
     path = Path(path)
     if path.suffix.lower() in MRC_SUFFIXES:
         volume, voxel_a = read_mrc(path)
-        return np.asarray(volume, np.float64), voxel_size_m or (voxel_a * 1e-10 if voxel_a else None)
+        return np.asarray(volume, np.float64), (voxel_a * 1e-10 if voxel_a else voxel_size_m)
     volume = np.asarray(read_volume(path, "density" if is_hdf5(path) else None), np.float64)
-    voxel = voxel_size_m
-    if voxel is None and is_hdf5(path):
+    voxel = None
+    if is_hdf5(path):
         attrs = read_result(path, attrs_only=True)[1]
         voxel = attrs.get("density_voxel_size_m") or attrs.get("voxel_size_m")
+    voxel = voxel or voxel_size_m
     return volume, (float(voxel) if voxel else None)
 
 

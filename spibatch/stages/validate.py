@@ -110,8 +110,9 @@ def _a(kind: str) -> str:
     return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
-def _read(path: Path, cfg, kind: str):
-    """(volume, real-space voxel in m or None) of one side of a two-volume comparison."""
+def _read(path: Path, cfg, kind: str, warn: bool = True):
+    """(volume, real-space voxel in m or None) of one side of a two-volume comparison (``warn``: of an option's
+    voxel a file overrides; said once, at the check)."""
     from spibatch.io.results import check_finite, check_reference, read_volume
 
     if kind == "density":    # read and checked as a truth is: NaN, zero everywhere, the voxel's range
@@ -121,7 +122,7 @@ def _read(path: Path, cfg, kind: str):
                                         field="validation.reference" if second else "validation.volume",
                                         voxel_field="validation.reference_voxel_size_m"
                                         if second and cfg.reference_voxel_size_m else "validation.voxel_size_m",
-                                        dataset=cfg.dataset or "density")
+                                        dataset=cfg.dataset or "density", warn=warn)
         return _unit_peak(volume), voxel
     volume = read_volume(path, cfg.dataset)
     check_finite(volume, path=path, field=cfg.dataset or "intensity", fix="mark unmeasured voxels with 0 (the "
@@ -271,7 +272,7 @@ def _two_volumes(run: RunLayout, cfg) -> dict[str, Path]:
 
     first, second = Path(cfg.volume), Path(cfg.reference)
     kind = _kind(cfg)
-    (a, a_voxel), (b, b_voxel) = _read(first, cfg, kind), _read(second, cfg, kind)
+    (a, a_voxel), (b, b_voxel) = _read(first, cfg, kind, False), _read(second, cfg, kind, False)
     if kind == "intensity":
         dq = _fourier_voxel(first) or _fourier_voxel(second)
         edge = min(a.shape[-1], b.shape[-1])
