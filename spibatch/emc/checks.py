@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spibatch.detector import Detector
+from spibatch.detector import MASK_EXCLUDED, Detector
 from spibatch.emc.settings import EMCSettings
 from spibatch.emc.types import ShardSpec
 from spibatch.errors import InputError
@@ -52,6 +52,7 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, va
     geometry = Detector.read(detector)
     num_frames, num_pix = photons_info(photons)
     check_match(geometry, num_pix, detector, photons)
+    check_corr(geometry, settings.detector_corr, detector)
     if num_frames == 0:
         raise InputError("holds 0 frames", path=photons, field="place_ones",
                          fix="give a photons file with at least one frame")
@@ -71,6 +72,25 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, va
 
         background = read_background(settings.background_file, geometry.num_pix)
     return Inputs(geometry, num_frames, size, start, background)
+
+
+def check_corr(detector: Detector, use: bool, path=None) -> None:
+    """With ``emc.detector_corr`` the detector's ``corr`` scales the model's view of each pixel: a pixel in use
+    whose corr is 0 (or below 1e-6 of the median) predicts no photon where frames have some -- EMC diverged and
+    blamed the photons --, and a corr of 0 everywhere was taken for no correction at all, silently."""
+    if not use:
+        return
+    corr = np.asarray(detector.corr, np.float64)[detector.mask != MASK_EXCLUDED]
+    off = "; or set emc.detector_corr: false to leave the correction out"
+    if not corr.any():
+        raise InputError("corr is 0 for every pixel in use", path=path, field="corr",
+                         fix="corr is each pixel's solid angle x polarization: regenerate the file" + off)
+    median = float(np.median(corr[corr > 0]))
+    low = corr < 1e-6 * median
+    if low.any():
+        raise InputError(f"{int(low.sum())} pixels in use have a correction of {float(corr[low].min()):g}, below 1e-6 "
+                         f"of the median {median:g}: they would predict no photon", path=path, field="corr",
+                         fix="mask them (2) or regenerate the file" + off)
 
 
 def check_model_size(model_size: int | None, smallest: int, path=None) -> int:
