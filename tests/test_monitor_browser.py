@@ -152,8 +152,13 @@ def test_live_page_follows_a_run_iteration_by_iteration(browser, monitor, tmp_pa
 
 
 def test_report_html_draws_from_disk_without_a_server(browser, tmp_path):
+    """... also when a run's text holds `<!--<script` (a log line, a file name): inlined as it was, it made the
+    data's script element swallow app.js, and the page stayed blank."""
     run = RunWriter(tmp_path / "run", iterations=4).complete()
+    log = run.folder / "log.txt"
+    log.write_text((log.read_text() if log.exists() else "") + "spibatch emc 'e<!--<script>.yaml'\n")
     report = write_report(run.folder)
+    assert "<!--<script" not in report.read_text()
     browser.get(report.as_uri())
     wait_for(browser, PLOT_POINTS.format(id="plot-loglik"), 4)
     wait_for(browser, "window.spibatchMonitor.rendered.sliceIteration", 4)

@@ -77,7 +77,9 @@ def render_html(responses: dict, title: str) -> str:
 
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     payload = json.dumps({"generated": generated, "responses": responses}, separators=(",", ":"), allow_nan=False)
-    payload = payload.replace("</", "<\\/")   # never close the script element early
+    # no "<" at all: "</" would close the script element early, and "<!--<script" (a run's command line, log or
+    # file name may hold it) switched the parser to a state where the element swallowed app.js (a blank page)
+    payload = payload.replace("<", "\\u003c")
     html = (STATIC / "index.html").read_text(encoding="utf-8")
     pieces = {
         '<link rel="stylesheet" href="static/style.css">':
