@@ -155,6 +155,49 @@ def test_a_killed_follower_resumes_with_nothing_lost_or_doubled(tmp_path):
     assert len(stats) == frames.num_frames and len(set(zip(stats["train_id"], stats["pulse_id"]))) == len(stats)
 
 
+def _numbered_by_place(folder: Path, name: str) -> None:
+    """A CXI file of 5 frames without train IDs (the follower numbers it by its place), renamed in whole."""
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(sum(map(ord, name)))
+    with h5py.File(folder / f".{name}", "w") as f:
+        f["/entry_1/data_1/data"] = rng.poisson(0.5, (5, 16, 16)).astype(np.float32)
+    os.rename(folder / f".{name}", folder / name)
+
+
+def _follow_and_crash(folder: Path, out: Path) -> dict:
+    """Follow until idle, then remove the end line: the index as a follower killed after its last commit leaves it."""
+    summary = Follower(CxiFolderSource(folder, (16, 16), settle_s=0), Detector.flat(16, 1e-3, 0.1, 1e-9), out,
+                       FollowSettings(threshold=5, flush_s=0, idle_timeout_s=0.5)).run()
+    index = out / layout.FOLLOW_INDEX
+    index.write_text("".join(line for line in index.read_text().splitlines(True) if '"end"' not in line))
+    return summary
+
+
+def test_a_resume_numbers_files_as_before_when_the_folder_changed(tmp_path):
+    """Files without train IDs are numbered by their place in the order taken; a resumed follower used the place
+    in the folder's listing at its restart: a file archived meanwhile made the next new file look ingested
+    (dropped), a file that had arrived out of name order shifted an ingested one up (ingested twice)."""
+    folder, out = tmp_path / "cxi", tmp_path / "follow"
+    for name in ("a.cxi", "b.cxi", "c.cxi"):
+        _numbered_by_place(folder, name)
+    assert _follow_and_crash(folder, out)["frames_seen"] == 15
+    (folder / "a.cxi").rename(tmp_path / "a.cxi")             # archived
+    _numbered_by_place(folder, "d.cxi")
+    summary = _follow_and_crash(folder, out)
+    assert summary["frames_seen"] == 20, summary               # d.cxi taken, as train 4
+    assert sorted(chunk_ids(out)) == [(t, p) for t in range(1, 5) for p in range(5)]
+
+    folder, out = tmp_path / "cxi2", tmp_path / "follow2"
+    for name in ("a.cxi", "c.cxi"):
+        _numbered_by_place(folder, name)
+    assert _follow_and_crash(folder, out)["frames_seen"] == 10
+    for name in ("b.cxi", "d.cxi"):                            # b.cxi out of name order: skipped, not a shift
+        _numbered_by_place(folder, name)
+    summary = _follow_and_crash(folder, out)
+    ids = chunk_ids(out)
+    assert summary["frames_seen"] == 15 and len(ids) == len(set(ids)) == 15, (summary, ids)
+
+
 def test_emc_takes_the_chunks_as_they_come(small_dataset, tmp_path):
     """run_emc(source=ChunkShards): EMC starts on the first chunk and takes the later ones between iterations."""
     from spibatch.config import EMC

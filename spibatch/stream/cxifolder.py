@@ -5,8 +5,10 @@ a finished file into the folder is read at once).  Frames are at ``/entry_1/data
 ``(frames, y, x)`` or ``(frames, modules, ss, fs)``.  Train and pulse IDs come from
 ``/entry_1/trainId`` and ``/entry_1/pulseId`` where the file has them (EXtra-data's CXI export
 writes these); otherwise the file is one "train" numbered by its place in the name order (from 1)
-and the pulse ID is the frame within the file, so a follower restarted on the same folder
-numbers them the same way.  A file that cannot be read is reported and skipped.
+and the pulse ID is the frame within the file.  The follower records the names of the files whose
+trains it committed (:attr:`CxiFolderSource.finished`) and a restarted follower gives them back
+(:meth:`CxiFolderSource.restore`), so the numbers go on where they were even when files were moved
+away or arrived out of name order meanwhile.  A file that cannot be read is reported and skipped.
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ class CxiFolderSource:
         self.name = f"CXI folder {self.folder}"
         self.ended: str | None = None
         self.done: list[str] = []          # file names taken, in order
+        self.finished: list[tuple[str, int]] = []   # (name, its last train, -1: none) of files read to the end
         self.skip = -1
         self._seen: dict[str, tuple] = {}
         self._current = None
 
     def skip_through(self, train_id: int) -> None:
         self.skip = int(train_id)
+
+    def restore(self, names: list[str]) -> None:
+        """A restarted follow: ``names`` (in the order taken) were read to the end and committed before."""
+        self.done = list(names)
 
     def close(self) -> None:
         self._current = None
@@ -78,6 +85,7 @@ class CxiFolderSource:
                 continue
             if self.done and name < self.done[-1]:
                 self.done.append(name)
+                self.finished.append((name, -1))
                 log.warning("follow: %s: %s appeared after %s, out of name order: skipped", self.name, name,
                             self.done[-2])
                 continue
@@ -90,21 +98,33 @@ class CxiFolderSource:
     def _file(self, path: Path, ordinal: int):
         """The file's blocks; whatever is wrong with it (beyond what :meth:`_blocks` says itself) skips the rest of
         the file with one line, never the follow."""
+        self._last, self._ended = -1, False
         try:
             yield from self._blocks(path, ordinal)
         except Exception as exc:  # noqa: BLE001 - a file of the folder is anybody's: it costs its trains only
             text = " ".join(str(exc).split())[:160]
+            self._end(path)
             yield [Skipped("unreadable file", path.name, "file", f"{exc.__class__.__name__}: {text}")]
+        self._end(path)
+
+    def _end(self, path: Path) -> None:
+        """The file is read to its end (said before its last item is handed out: a follower that commits that
+        item and is then killed while it waits for the next file must have recorded the file)."""
+        if not self._ended:
+            self._ended = True
+            self.finished.append((path.name, self._last))
 
     def _blocks(self, path: Path, ordinal: int):
         import h5py
 
         if not path.is_file():          # a FIFO named *.cxi would hang the open
+            self._end(path)
             yield [Skipped("unreadable file", path.name, "file", "not a regular file")]
             return
         try:
             f = h5py.File(path, "r")
         except OSError as error:
+            self._end(path)
             yield [Skipped("unreadable file", path.name, "file", f"cannot be opened ({error})")]
             return
         with f:
@@ -114,9 +134,11 @@ class CxiFolderSource:
             try:
                 check_other_files(f, path)     # a FIFO behind external storage would hang the follower
             except InputError as error:
+                self._end(path)
                 yield [Skipped("unreadable file", path.name, error.field or "file", error.problem)]
                 return
             if self.data_path not in f or f[self.data_path].ndim < 2:
+                self._end(path)
                 yield [Skipped("unreadable file", path.name, self.data_path, "no frame stack here")]
                 return
             data = f[self.data_path]
@@ -125,6 +147,8 @@ class CxiFolderSource:
             for ds in (data, f[TRAIN_IDS]) if with_ids else (data,):  # a writer stopped early, or a 3 kB file
                 n = min(n, written_frames(ds))                         # declaring 1e9 frames: the whole ones
             if n < declared:
+                if n == 0:
+                    self._end(path)
                 yield [Skipped("unreadable data", path.name, self.data_path, f"declares {declared:,} frames but only "
                                f"the first {n:,} were written whole: the rest skipped")]
             if n == 0:
@@ -134,10 +158,14 @@ class CxiFolderSource:
                 pulse_ids = f[PULSE_IDS][:n].astype(np.uint64) if PULSE_IDS in f else np.arange(n)
             else:
                 train_ids, pulse_ids = np.full(n, ordinal, np.uint64), np.arange(n, dtype=np.uint64)
+            self._last = int(train_ids.max())
             frame_bytes = 4 * int(np.prod(data.shape[1:]))
-            for start, stop in _train_blocks(train_ids, self.frames_per_block):
+            ranges = list(_train_blocks(train_ids, self.frames_per_block))
+            for start, stop in ranges:
                 if int(train_ids[stop - 1]) <= self.skip:
                     continue
+                if stop == ranges[-1][1]:
+                    self._end(path)
                 if (stop - start) * frame_bytes > MAX_BLOCK_BYTES:   # one train is one block: never cut
                     trains = tuple(int(t) for t in np.unique(train_ids[start:stop]))
                     yield [Skipped("unreadable data", path.name, self.data_path,
@@ -149,6 +177,7 @@ class CxiFolderSource:
                     frames = np.asarray(data[start:stop], np.float32)
                 except OSError as error:     # a truncated file fails when the data are read
                     trains = tuple(int(t) for t in np.unique(train_ids[start:stop]))
+                    self._end(path)
                     yield [Skipped("unreadable data", path.name, self.data_path, f"reading failed ({error})", trains)]
                     return
                 yield [Block(frames, train_ids[start:stop], pulse_ids[start:stop], path.name)]

@@ -110,6 +110,7 @@ class Follower:
         self.started = False
         self._bad_changed = False
         self._old: list[int] = []          # already-ingested trains not yet reported
+        self._files = 0                    # the source's finished files recorded in the index so far
         self._old_source = ""
 
     # ------------------------------------------------------------------ the loop
@@ -129,6 +130,8 @@ class Follower:
                      done.frames_seen, done.hits)
             if hasattr(self.source, "skip_through"):
                 self.source.skip_through(done.last_train)
+            if hasattr(self.source, "restore"):
+                self.source.restore(done.files)
         if hasattr(self.source, "check_shape"):
             self.source.check_shape(self.frame_shape)
         last_new = time.monotonic()
@@ -302,6 +305,18 @@ class Follower:
         hits = Photons.concatenate(p.photons) if p.photons else None
         ids = (np.concatenate(p.hit_trains), np.concatenate(p.hit_pulses)) if p.photons else (None, None)
         stats = np.concatenate(p.stats) if p.stats else np.zeros(0, FRAME_STATS)
-        self.store.commit(hits, *ids, stats, p.trains, self.last_train, self.store.state.bad, self.finder.threshold)
+        self.store.commit(hits, *ids, stats, p.trains, self.last_train, self.store.state.bad, self.finder.threshold,
+                          self._finished_files())
         self.pending = _Pending()
         self._bad_changed = False
+
+    def _finished_files(self) -> list[str]:
+        """The source's files read to the end whose trains are all committed by this commit, not yet recorded (a
+        folder source numbers files without train IDs by their place in the order taken: a restart must know it)."""
+        names = []
+        for name, last in getattr(self.source, "finished", [])[self._files:]:
+            if last > self.last_train:
+                break
+            names.append(name)
+        self._files += len(names)
+        return names

@@ -110,6 +110,7 @@ class Committed:
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(len(LIT_EDGES), np.int64))
     threshold: float | None = None
     ended: str | None = None
+    files: list = field(default_factory=list)    # a folder source's files read and committed, in order
 
 
 class Store:
@@ -141,6 +142,7 @@ class Store:
                 setattr(state, key, line[key])
             state.histogram = np.asarray(line["lit_histogram"], np.int64)
             state.threshold = line["threshold"]
+            state.files += line.get("files") or []
             self.first_received = self.first_received or line.get("first_received")
             self.last_received = line.get("last_received")
         if self.index.exists() and good < self.index.stat().st_size:
@@ -183,7 +185,7 @@ class Store:
         return read_frame_stats(self.frames, max(seen - count, 0), seen)["lit"].astype(np.int64)
 
     def commit(self, hits: Photons | None, hit_trains: np.ndarray, hit_pulses: np.ndarray, stats: np.ndarray,
-               trains: int, last_train: int, bad: dict, threshold: float) -> dict:
+               trains: int, last_train: int, bad: dict, threshold: float, files: list[str] = ()) -> dict:
         """Make one batch durable (steps 1-4 of the module docstring); the index line written."""
         state = self.state
         chunk = None
@@ -207,7 +209,7 @@ class Store:
                 "trains": state.trains + trains, "last_train": int(last_train), "bad": dict(bad),
                 "lit_histogram": (state.histogram + lit_histogram(stats["lit"])).tolist(),
                 "threshold": float(threshold), "first_received": self.first_received,
-                "last_received": self.last_received, "time": time.time()}
+                "last_received": self.last_received, "time": time.time(), **({"files": list(files)} if files else {})}
         self._append(line)
         state.commits, state.chunks = line["commit"], state.chunks + (chunk is not None)
         state.frames_seen, state.hits, state.trains = line["frames_seen"], line["hits"], line["trains"]
