@@ -143,9 +143,22 @@ def test_allowed_hosts_from_the_environment_and_any(tmp_path):
     finally:
         stop_monitor(proc)
     assert "answers to Host spi.example.org, *.cluster.example, 127.0.0.1, localhost, [::1]" in proc.stderr.read()
+    proc, address, _ = start_monitor([str(tmp_path / "runs"), "--port", "0", "--allowed-host", "Node7:8765"])
+    try:    # with a port, as a browser's address bar shows it: the port was kept and the name never matched
+        assert [get(address, h) for h in ("node7:8765", "node7", "node8:8765")] == [200, 200, 400]
+    finally:
+        stop_monitor(proc)
     proc, address, _ = start_monitor([str(tmp_path / "runs"), "--port", "0", "--allowed-host", "*"])
     try:
         assert get(address, "evil.example") == 200
     finally:
         stop_monitor(proc)
     assert "every Host header is accepted" in proc.stderr.read()
+
+
+@pytest.mark.parametrize("name", ["http://node7", "node7/monitor", "my host", "ev*l.org", "node7:http"])
+def test_an_allowed_host_that_is_no_host_name_is_one_line(tmp_path, name):
+    done = subprocess.run([sys.executable, "-m", "spibatch", "monitor", str(tmp_path), "--port", "0",
+                           "--allowed-host", name], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"--allowed-host: {name!r} is not a host name" in done.stderr and "no scheme, port or path" in done.stderr

@@ -62,6 +62,28 @@ def canonical_host(host: str) -> str:
     return str(address.ipv4_mapped or address) if address.version == 6 else str(address)
 
 
+def allowed_name(name: str) -> str:
+    """An ``--allowed-host`` value as a Host header names it: a port dropped (browsers send it, the check strips
+    it: ``myhost:8765`` never matched); a scheme, a path, a space or any other character a host name cannot hold
+    refused (ValueError: the monitor started and answered nobody by that name)."""
+    import re
+
+    text = name.strip()
+    if text == "*":
+        return text
+    bracketed = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::\d{1,5})?", text)
+    bare = bracketed.group(1) if bracketed else text
+    try:
+        if ipaddress.ip_address(bare).version == 6:
+            return f"[{bare}]"
+    except ValueError:
+        pass
+    host, _, port = text.partition(":") if text.count(":") == 1 else (text, "", "")
+    if (port and not port.isdigit()) or not re.fullmatch(r"(\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?", host):
+        raise ValueError(f"{name!r} is not a host name")
+    return host.lower()
+
+
 def is_loopback(host: str) -> bool:
     if host_name(host) == "localhost":
         return True

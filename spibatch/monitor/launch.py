@@ -62,12 +62,16 @@ def run_monitor(path: Path | None, host: str, port: int, poll_ms: int = 2000,
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise InputError(f"the monitor needs {exc.name}, which is not installed", fix=install_hint()) from None
-    from spibatch.monitor.guards import allowed_hosts, canonical_host, is_wildcard
+    from spibatch.monitor.guards import allowed_hosts, allowed_name, canonical_host, is_wildcard
     from spibatch.monitor.paths import find_runs
     from spibatch.monitor.server import address, bind, serve
 
     host = canonical_host(host)
-    extra = hosts_from(allowed)
+    try:
+        extra = [allowed_name(n) for n in hosts_from(allowed)]
+    except ValueError as exc:
+        raise InputError(str(exc), field="--allowed-host", fix="give the name people open, alone (myhost.example.org, "
+                         "10.0.0.5, [::1], *.example.org): no scheme, port or path") from None
     if is_wildcard(host) and not extra:
         raise InputError(f"--host {host} takes connections from other machines, whose browsers name this one by "
                          f"a name the monitor must know (it refuses other Host headers: DNS rebinding)",
