@@ -67,7 +67,7 @@ CHUNKS_DIR = "chunks"
 FOLLOW_INDEX = "index.jsonl"     # one JSON line per commit (chunk, frame range, counts), then an "end" line
 FOLLOW_FRAMES = "frames.bin"     # per-frame statistics: spibatch.stream.store.FRAME_STATS records, appended
 FOLLOW_STATUS = "status.json"    # hit rate, lit-pixel histogram, frames, hits, bad trains: rewritten per commit
-CHUNK_RE = re.compile(r"^chunk_(\d{6,})\.emc$")
+CHUNK_RE = re.compile(r"^chunk_(\d{6,})\.emc\Z")
 
 # ---- EMC (emc/, or a bare EMC folder)
 EMC_LOG = "EMC.log"
@@ -76,8 +76,8 @@ CHECKPOINT = "checkpoint.h5"
 HTC_DIR = "htc"
 HTC_TIMING = "timing.jsonl"      # in htc/: one line per HTC iteration (where the time went)
 HTC_SCRATCH_RE = re.compile(r"^(?:(?:model_\d{3,}|sums_\d{3,}_\d{9,}|total_\d{3,}_\d{3,})\.npy"
-                            r"|expect_\d{3,}_\d{9,}\.npz)$")   # htc/'s scratch
-OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5$")
+                            r"|expect_\d{3,}_\d{9,}\.npz)\Z")   # htc/'s scratch
+OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5\Z")
 HALF_DIRS = ("half_1", "half_2")  # gold-standard half sets: frames 0, 2, 4, ... and 1, 3, 5, ...
 HALF_PHOTONS = "photons.h5"      # in each half's folder: its frames, a Dragonfly photons file
 HALVES_JSON = "halves.json"      # the split, each half's result, their alignment and FSC

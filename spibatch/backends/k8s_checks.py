@@ -19,8 +19,8 @@ import re
 from decimal import Decimal, DecimalException, InvalidOperation
 from typing import Any
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")          # <= 63 characters
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")  # <= 253
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")          # <= 63 characters
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")  # <= 253
 LABEL_NAMED = {"Service", "Namespace", "ServiceAccount"}   # kinds whose names must be DNS-1123 labels
 WORKLOADS = {"Job": ("spec", "template", "spec"), "Deployment": ("spec", "template", "spec"),
              "StatefulSet": ("spec", "template", "spec"), "DaemonSet": ("spec", "template", "spec"),

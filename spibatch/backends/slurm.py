@@ -28,8 +28,8 @@ from spibatch.backends.base import MPI_LABEL, TASKS_LABEL, Check, Launch, Provid
 from spibatch.backends.containers import check as check_container
 from spibatch.yaml_models import Section
 
-WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
-SLURM_NAMES = re.compile(r"^[A-Za-z0-9_.+:-]{1,64}(,[A-Za-z0-9_.+:-]{1,64}){0,15}$")   # a name, or a list by commas
+WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)\Z")
+SLURM_NAMES = re.compile(r"[A-Za-z0-9_.+:-]{1,64}(,[A-Za-z0-9_.+:-]{1,64}){0,15}")   # a name, or a list by commas
 
 
 class SlurmOptions(Section):
@@ -57,7 +57,7 @@ class SlurmOptions(Section):
     def _names(cls, v):
         """Written into ``#SBATCH`` lines: a name (letters, digits, ``_.+:-``) or names by commas, nothing that
         could end the line or start another (a space, a newline, ``;``)."""
-        if v is not None and not SLURM_NAMES.match(v):
+        if v is not None and not SLURM_NAMES.fullmatch(v):   # (match with `$`: "debug\n" passed)
             raise ValueError("a Slurm name: letters, digits and _ . + : - (several separated by commas), no "
                              "spaces or newlines")
         return v
@@ -74,6 +74,8 @@ class SlurmOptions(Section):
             raise ValueError(f"srun options as shell words ({exc})") from None
         if "\n" in v or "\r" in v:
             raise ValueError("srun options on one line")
+        if re.search(r"[$`\\]", v):   # as a container's options: the job's scripts would expand them
+            raise ValueError("srun options without $, ` or \\ (the job's scripts would expand them)")
         return v
 
     @field_validator("walltime", mode="before")
