@@ -110,6 +110,15 @@ def test_default_recipe_reconstructs_a_known_object_from_noisy_data_with_a_beam_
     assert merged.prtf[2:limit].min() > INV_E
 
 
+def test_the_data_edge_is_at_most_half_the_box():
+    """A box measured to its corners (a truth's intensity): whole shells reach N // 2 only (it said shell 38 of a
+    45^3 box, and the resolution of the data edge followed); a detector's round edge is found below that."""
+    full = np.random.default_rng(1).random((45, 45, 45)) + 0.1
+    assert max_measured_shell(prepare(full, voxel_size_per_m=1e8)) == 22
+    r = np.sqrt(((np.indices(full.shape) - 22) ** 2).sum(0))
+    assert max_measured_shell(prepare(np.where(r <= 15.4, full, 0), voxel_size_per_m=1e8)) == 15
+
+
 @pytest.mark.parametrize("volume, words", [
     (np.ones((8, 8, 9)), "cubic"),
     (np.full((8, 8, 8), np.nan), "NaN"),

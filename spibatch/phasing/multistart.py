@@ -157,12 +157,13 @@ def first_crossing(curve: np.ndarray, level: float) -> float | None:
 
 
 def max_measured_shell(measurement: Measurement, fraction: float = 0.5) -> int:
-    """The largest shell radius (voxels) in which at least ``fraction`` of the voxels are measured:
-    the data's maximum resolution (the detector edge, not its corners)."""
+    """The largest shell radius (voxels), at most N // 2, in which at least ``fraction`` of the voxels are
+    measured: the data's maximum resolution (the detector edge, not its corners; a box measured to its corners,
+    a truth's intensity, has whole shells to N // 2 only: it read "data reach shell 38" of a 45^3 box)."""
     n = measurement.n
     radius = shell_radius(n)
     measured = measurement.measured_full()
     total = np.bincount(radius.ravel(), minlength=n)
     hit = np.bincount(radius.ravel(), measured.ravel(), minlength=n)
     ok = np.flatnonzero((total > 0) & (hit >= fraction * np.maximum(total, 1)))
-    return int(ok.max()) if ok.size else 0
+    return min(int(ok.max()), n // 2) if ok.size else 0
