@@ -119,6 +119,24 @@ def test_the_data_edge_is_at_most_half_the_box():
     assert max_measured_shell(prepare(np.where(r <= 15.4, full, 0), voxel_size_per_m=1e8)) == 15
 
 
+def test_a_coarser_truth_limits_the_fsc_to_its_own_nyquist():
+    """A 1 A reconstruction against a 2 A truth of the same object: the truth, resampled, has nothing beyond
+    1 / (4 A); its interpolated shells there read a resolution of 3.05 A, finer than the truth can tell."""
+    x = np.arange(48) - 24
+    rng = np.random.default_rng(3)
+    fine = np.zeros((48, 48, 48))
+    for c in rng.normal(0, 6, (12, 3)):
+        fine += np.exp(-(((x[:, None, None] - c[0]) ** 2 + (x[None, :, None] - c[1]) ** 2
+                          + (x[None, None, :] - c[2]) ** 2) / (2 * 1.3 ** 2)))
+    coarse = resample(fine, 0.5)
+    summary = compare_with_truth(fine, 1e-10, coarse, 2e-10)
+    assert summary["truth_resampled"]
+    fsc = np.array([np.nan if v is None else v for v in summary["fsc"]])
+    beyond = np.asarray(summary["radius"]) > 48 * 1e-10 / (2 * 2e-10)
+    assert np.isnan(fsc[beyond]).all() and np.isfinite(fsc[1:13]).all()
+    assert summary["resolution_0.5_m"] is None or summary["resolution_0.5_m"] >= 4e-10
+
+
 @pytest.mark.parametrize("volume, words", [
     (np.ones((8, 8, 9)), "cubic"),
     (np.full((8, 8, 8), np.nan), "NaN"),

@@ -66,6 +66,11 @@ def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.nda
     reference = pad_centre(np.asarray(truth, np.float64), n)
     aligned, how = align(pad_centre(np.asarray(density, np.float64), n), reference)
     result = fsc(aligned, reference, voxel_size=voxel_m or truth_voxel_m)
+    if resampled and truth_voxel_m > voxel_m:    # a coarser truth says nothing beyond its own Nyquist frequency
+        from dataclasses import replace          # (interpolated onto the finer voxel it read 3.05 A against 4 A)
+
+        beyond = result.radius > n * voxel_m / (2 * truth_voxel_m) + 1e-9
+        result = replace(result, fsc=np.where(beyond, np.nan, result.fsc))
     half = result.resolution(0.5)
     gold = result.resolution(0.143)
     return {"cc": how.cc, "truth_resampled": resampled, "truth_voxel_size_m": truth_voxel_m, "inverted": how.inverted, "shift_voxels": [round(float(s), 3) for s in how.shift],
