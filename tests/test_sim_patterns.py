@@ -227,3 +227,28 @@ def test_truth_matches_dragonfly_intensity_radially(simulated_4bed, small_datase
     volume, voxel_a = read_mrc(simulated_4bed["density"])
     assert voxel_a == pytest.approx(attrs["density_voxel_size_m"] * 1e10, rel=1e-6)
     np.testing.assert_array_equal(volume, datasets["density"])          # both [x, y, z]
+
+
+def test_density_mrc_overlays_the_structure_it_was_made_from(tmp_path):
+    """density.mrc (and truth.h5's density_origin_m) place the map where the PDB's atoms are, as ChimeraX
+    opens both (the origin was 0: the map sat at the corner, centred on the centre of mass's offset)."""
+    import mrcfile
+
+    from spibatch.io.mrc import density_origin
+
+    atoms = [(40.0, -25.0, 70.0), (52.0, -18.0, 61.0), (45.0, -35.0, 75.0)]
+    pdb = tmp_path / "gold.pdb"
+    pdb.write_text("".join(f"HETATM{i + 1:5d} AU    AU A{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00          AU\n"
+                           for i, (x, y, z) in enumerate(atoms)) + "END\n")
+    pipeline = Pipeline(geometry=Geometry(detector_pixels=32, pixel_size_m=0.5e-3, detector_distance_m=0.1,
+                                          photon_energy_ev=8000, beamstop_radius_pixels=1),
+                        simulation=Simulation(pdb=pdb, num_patterns=2, mean_photons_per_frame=100, seed=1))
+    paths = simulate_to(pipeline, tmp_path / "sim", show_progress=False)
+    with mrcfile.open(paths["density"]) as mrc:
+        voxel = float(mrc.voxel_size.x)
+        origin = np.array([float(mrc.header.origin[k]) for k in "xyz"])
+        volume = np.asarray(mrc.data).transpose(2, 1, 0)            # [x, y, z]
+    peak = np.array(np.unravel_index(np.argmax(volume), volume.shape))
+    where = origin + peak * voxel
+    assert min(np.linalg.norm(where - np.array(a)) for a in atoms) < 1.5 * voxel, (where, voxel)
+    assert np.allclose(density_origin(paths["truth"]), origin, atol=1e-3)

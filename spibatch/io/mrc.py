@@ -20,8 +20,10 @@ from spibatch.io.atomic import atomic_path
 from spibatch.io.files import require_file
 
 
-def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: float) -> None:
-    """Write ``volume`` [x, y, z], stored as float32, with an isotropic voxel size in Angstrom (atomic)."""
+def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: float,
+              origin_angstrom: tuple[float, float, float] | None = None) -> None:
+    """Write ``volume`` [x, y, z], stored as float32, with an isotropic voxel size in Angstrom (atomic);
+    ``origin_angstrom``: where voxel (0, 0, 0) lies (the header's origin, as ChimeraX places the map)."""
     import mrcfile
 
     volume = np.asarray(volume, np.float32)
@@ -33,6 +35,8 @@ def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: 
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(volume.transpose(2, 1, 0)))
             mrc.voxel_size = float(voxel_size_angstrom)
+            if origin_angstrom is not None:
+                mrc.header.origin = tuple(float(v) for v in origin_angstrom)
 
 
 def check_extended_header(path: Path, field: str | None = None, fix: str = "") -> None:
@@ -105,3 +109,27 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
 
 __all__ = ["write_mrc", "read_mrc", "check_extended_header", "xyz_order"]
+
+
+def density_origin(path: str | os.PathLike) -> tuple[float, float, float] | None:
+    """Where a density file's voxel (0, 0, 0) lies, in Angstrom: an MRC's header origin, or the
+    ``density_origin_m`` attribute of our truth.h5; None when the file does not say (or says 0, 0, 0)."""
+    from spibatch.io.results import MRC_SUFFIXES, is_hdf5, read_result
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() in MRC_SUFFIXES:
+            import mrcfile
+
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                origin = tuple(float(mrc.header.origin[k]) for k in ("x", "y", "z"))
+        elif is_hdf5(path):
+            value = read_result(path, attrs_only=True)[1].get("density_origin_m")
+            origin = None if value is None else tuple(float(v) * 1e10 for v in np.ravel(value))
+        else:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if origin is None or len(origin) != 3 or not np.isfinite(origin).all() or not any(origin):
+        return None
+    return origin

@@ -108,14 +108,15 @@ def density_in_truth_frame(density: np.ndarray, voxel_size_m: float | None, trut
 
 def write_density_in_truth_frame(path: str | os.PathLike, density: np.ndarray, voxel_size_m: float | None,
                                  truth: np.ndarray, truth_voxel_size_m: float | None, *,
-                                 rotation: np.ndarray | None = None) -> dict:
+                                 rotation: np.ndarray | None = None, origin_angstrom=None) -> dict:
     """:func:`density_in_truth_frame` written as an MRC at ``path`` with the truth's voxel size (1 A when
-    unknown); returns {path, voxel_size_m, edge, shift_voxels, inverted, cc}."""
+    unknown) and origin (``origin_angstrom``: the truth's, so that ChimeraX overlays both, and the structure the
+    truth was made from); returns {path, voxel_size_m, edge, shift_voxels, inverted, cc}."""
     from spibatch.io.mrc import write_mrc
 
     volume, how = density_in_truth_frame(density, voxel_size_m, truth, truth_voxel_size_m, rotation=rotation)
     voxel = truth_voxel_size_m or voxel_size_m
-    write_mrc(path, volume, voxel * 1e10 if voxel else 1.0)
+    write_mrc(path, volume, voxel * 1e10 if voxel else 1.0, origin_angstrom=origin_angstrom)
     return {"path": str(path), "voxel_size_m": voxel, "edge": int(volume.shape[0]),
             "shift_voxels": [round(float(s), 3) for s in how.shift], "inverted": bool(how.inverted),
             "cc": round(float(how.cc), 4)}

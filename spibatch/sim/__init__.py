@@ -108,8 +108,10 @@ def simulate(detector, sim: SimulationSettings, out_dir: str | Path, *, show_pro
                   "quaternions": result["quaternions"], "fluence": result["fluence"],
                   "photons_per_frame": result["photons_per_frame"]},
                  {"voxel_size_per_m": dq, "density_voxel_size_m": density_voxel_m,
+                  "density_origin_m": atoms.centre_m - (truth_density.shape[0] - 1) // 2 * density_voxel_m,
                   "intensity_unit": "electrons^2", "photon_scale": scale,
                   "mean_photons_per_frame": result["mean_photons"]},
                  provenance=provenance)
-    write_mrc(paths["density"], truth_density, density_voxel_m * 1e10)   # [x, y, z]; write_mrc orders it for MRC
+    corner = (atoms.centre_m - (truth_density.shape[0] - 1) // 2 * density_voxel_m) * 1e10   # the PDB's frame:
+    write_mrc(paths["density"], truth_density, density_voxel_m * 1e10, origin_angstrom=tuple(corner))  # overlays it
     return paths

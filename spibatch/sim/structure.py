@@ -18,7 +18,7 @@ What is read
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +40,15 @@ class Atoms:
     atomic_numbers : (N,) int32, Z of each atom
     occupancy : (N,) float64, in [0, 1]
     b_factor_a2 : (N,) float64, isotropic B-factor in Angstrom^2
+    centre_m : (3,) float64, where the centre (the origin of ``positions_m``) lies in the file's frame, in
+        metres (zeros for atoms made in code)
     """
 
     positions_m: np.ndarray
     atomic_numbers: np.ndarray
     occupancy: np.ndarray
     b_factor_a2: np.ndarray
+    centre_m: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     @property
     def num_atoms(self) -> int:
@@ -142,7 +145,8 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
     if not np.abs(xyz - centre).max() > 0:
         raise InputError(f"all {len(xyz)} atoms lie at one point: the particle has no extent", path=path,
                          field="coordinates", fix=fix)
-    return Atoms(positions_m=(xyz - centre) * ANGSTROM, atomic_numbers=z, occupancy=occ, b_factor_a2=b)
+    return Atoms(positions_m=(xyz - centre) * ANGSTROM, atomic_numbers=z, occupancy=occ, b_factor_a2=b,
+                 centre_m=centre * ANGSTROM)
 
 
 MAX_MODELS = 10_000   # gemmi's readers take time quadratic in the models: 500 000 took 41 s (the first one is used)

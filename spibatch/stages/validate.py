@@ -275,8 +275,10 @@ def _density_vs_truth(run: RunLayout, pipeline, reference: Path, rotation, turne
     from spibatch.phasing.export import write_density_in_truth_frame
 
     if true_voxel and attrs.get("voxel_size_m"):     # for ChimeraX: the density where the truth is
+        from spibatch.io.mrc import density_origin
+
         write_density_in_truth_frame(run.density_in_truth_frame, data["density"], attrs["voxel_size_m"], true_density,
-                                     true_voxel, rotation=rotation)
+                                     true_voxel, rotation=rotation, origin_angstrom=density_origin(reference))
     return {"fsc_vs_truth": written["fsc_vs_truth"], "fsc_plot": written["fsc_plot"],
             **({"density_in_truth_frame": run.density_in_truth_frame} if run.density_in_truth_frame.exists() else {})}
 
