@@ -292,11 +292,12 @@ def measured_shells(model: np.ndarray, reference: np.ndarray, fraction: float = 
     ok = ok[(ok >= 1) & (ok <= (m - 1) // 2 - 1)]
     full = np.flatnonzero((total > 0) & (hit >= 0.95 * np.maximum(total, 1)))
     full = full[(full >= 1) & (full <= (ok.max() if ok.size else 0))]
-    if ok.size < 3 or full.size == 0:
+    if ok.size < 3:
         raise ValueError("the two intensities share fewer than 3 measured shells")
     # from one shell outside a hole (as emc.compare.shell_range, one voxel outside the beam stop): the voxels
-    # at a hole's edge are poorly determined (EMC's rim next to the beam stop correlated -0.2 with the truth)
-    r_min = int(full.min()) + (1 if full.min() > 1 else 0)
+    # at a hole's edge are poorly determined (EMC's rim next to the beam stop correlated -0.2 with the truth);
+    # volumes with no whole shell (sparsely measured everywhere): from the first shell half measured
+    r_min = (int(full.min()) + (1 if full.min() > 1 else 0)) if full.size else int(ok.min())
     if ok.max() - r_min < 2:
         raise ValueError("the two intensities share fewer than 3 measured shells")
     return float(r_min), float(ok.max())

@@ -309,7 +309,7 @@ def test_check_reference(tmp_path):
     builders.write_volume(good, "density", builders.good_density(), density_voxel_size_m=1e-9)
     volume, voxel = check_reference(good)
     assert volume.shape == (11, 11, 11) and volume.dtype == np.float64 and voxel == 1e-9
-    assert check_reference(good, 2e-9)[1] == 2e-9
+    assert check_reference(good, 2e-9)[1] == 1e-9      # the option is for files that do not record a voxel
     assert check_reference(good, grid=(11, 1e-9))[0].shape == (11, 11, 11)
 
     def refused(path, *words, **kwargs):

@@ -80,11 +80,12 @@ def test_phase_truth_turns_an_emc_intensity_onto_the_truth_first(case):
     turn = Rotation.from_euler("zyx", [40, 65, -20], degrees=True).as_matrix()
     turned = rotate_intensity(intensity, turn, order=3).clip(0)
     turned[intensity == 0] = 0                                  # the beam-stop hole stays where the detector was
-    write_result(folder / "turned.h5", {"intensity": turned.astype(np.float32)}, {"voxel_size_per_m": DQ})
+    write_result(folder / "turned.h5", {"merged": turned.astype(np.float32), "density": np.ones((N,) * 3, np.float32)},
+                 {"voxel_size_per_m": DQ})         # read by phasing.dataset, as the phase stage reads it
     write_result(folder / "truth.h5", {"intensity": intensity.astype(np.float32), "density": rho.astype(np.float32)},
                  {"voxel_size_per_m": DQ, "density_voxel_size_m": 1 / (N * DQ)})
     config = folder / "turned.yaml"
-    config.write_text(case["config"].read_text().replace("intensity: intensity.h5", "intensity: turned.h5"))
+    config.write_text(case["config"].read_text().replace("intensity: intensity.h5", "intensity: turned.h5\n  dataset: merged"))
     done = spibatch_phase(str(config), "--out", "run", "--truth", "truth.h5", cwd=folder)
     assert done.returncode == 0, done.stderr
     truth = json.loads((folder / "run" / "validate" / "fsc_vs_truth.json").read_text())

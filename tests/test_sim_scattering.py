@@ -142,6 +142,31 @@ def test_a_file_of_too_many_models_is_refused_before_gemmi_builds_them(tmp_path)
     big.write_text(text.replace(rows[-1], rows[-1] + "\n" + many, 1))
     with pytest.raises(InputError, match=f"holds {MAX_MODELS + 1:,} models"):
         read_structure(big)
+    two = tmp_path / "two.cif"                  # coordinates in two data blocks: which is the particle?
+    two.write_text(text + "\n" + text.replace("data_", "data_second", 1))
+    with pytest.raises(InputError, match="coordinates in 2 data blocks"):
+        read_structure(two)
+
+
+def test_an_mmcif_with_chain_parts_reads_as_gemmi_reads_it(tmp_path):
+    """RCSB's mmCIF lists ligands after all polymer chains: gemmi.read_structure merges a chain's parts (the
+    atoms' order); the model-counting reader builds from the block and must merge them too."""
+    import gemmi
+
+    structure = gemmi.read_structure(str(PDB_1EI7), merge_chain_parts=False)
+    structure.setup_entities()
+    for chain in structure[0]:
+        for residue in chain:
+            if residue.is_water():
+                residue.name = "CU"            # kept (not water), split from its chain as a ligand part
+                for atom in residue:
+                    atom.element = gemmi.Element("Cu")
+    parts = tmp_path / "parts.cif"
+    structure.make_mmcif_document().write_file(str(parts))
+    expected = gemmi.read_structure(str(parts))
+    positions = np.array([a.pos.tolist() for ch in expected[0] for r in ch for a in r])
+    atoms = read_structure(parts, assembly=False)
+    np.testing.assert_allclose(atoms.positions_m + atoms.centre_m, positions * 1e-10, atol=1e-15)
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not a structure file\n", bytes(range(256)) * 4])

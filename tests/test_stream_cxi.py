@@ -155,12 +155,15 @@ def test_a_killed_follower_resumes_with_nothing_lost_or_doubled(tmp_path):
     assert len(stats) == frames.num_frames and len(set(zip(stats["train_id"], stats["pulse_id"]))) == len(stats)
 
 
-def _numbered_by_place(folder: Path, name: str) -> None:
-    """A CXI file of 5 frames without train IDs (the follower numbers it by its place), renamed in whole."""
+def _numbered_by_place(folder: Path, name: str, train_ids=None) -> None:
+    """A CXI file of 5 frames without train IDs (the follower numbers it by its place), renamed in whole; or with
+    ``train_ids``."""
     folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(sum(map(ord, name)))
     with h5py.File(folder / f".{name}", "w") as f:
         f["/entry_1/data_1/data"] = rng.poisson(0.5, (5, 16, 16)).astype(np.float32)
+        if train_ids is not None:
+            f[TRAIN_IDS] = np.asarray(train_ids, np.uint64)
     os.rename(folder / f".{name}", folder / name)
 
 
@@ -196,6 +199,17 @@ def test_a_resume_numbers_files_as_before_when_the_folder_changed(tmp_path):
     summary = _follow_and_crash(folder, out)
     ids = chunk_ids(out)
     assert summary["frames_seen"] == 15 and len(ids) == len(set(ids)) == 15, (summary, ids)
+
+    # files with train IDs, one of them ending in a bogus jump (refused): every file is still recorded as read
+    folder, out = tmp_path / "cxi3", tmp_path / "follow3"
+    _numbered_by_place(folder, "a.cxi", [10, 10, 11, 11, 10 ** 11])
+    _numbered_by_place(folder, "b.cxi", [12, 12, 13, 13, 14])
+    _follow_and_crash(folder, out)
+    lines = [json.loads(line) for line in (out / layout.FOLLOW_INDEX).read_text().splitlines()]
+    assert [n for line in lines for n in line.get("files", [])] == ["a.cxi", "b.cxi"]
+    _numbered_by_place(folder, "c.cxi", [15, 15, 16, 16, 17])
+    summary = _follow_and_crash(folder, out)
+    assert summary["frames_seen"] == 14 and "already ingested" not in summary["bad_trains"], summary
 
 
 def test_emc_takes_the_chunks_as_they_come(small_dataset, tmp_path):

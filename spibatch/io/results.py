@@ -342,6 +342,13 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
     if not volume.any():
         raise InputError("the density is zero everywhere: nothing to compare with", path=path, field=field,
                          fix=REFERENCE_FIX)
+    from spibatch.estimates import DENSITY_VOXEL_M
+
+    low, high = DENSITY_VOXEL_M
+    for value, named in ((voxel_size_m, voxel_field), (stored, field)):   # a given one even where the file's is used
+        if value is not None and not low <= value <= high:   # 1e-30 and 1e30 gave tracebacks in the resampling
+            raise InputError(f"a density voxel of {value:g} m is outside {low:g} .. {high:g} m", path=path,
+                             field=named, fix="give the voxel edge in metres (e.g. 1.756e-9)")
     voxel = stored if stored is not None else voxel_size_m     # the option is for files that do not say
     if warn and stored is not None and voxel_size_m is not None and abs(voxel_size_m / stored - 1) > 1e-6:
         import logging
@@ -349,14 +356,6 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
         logging.getLogger("spibatch").warning(
             "spibatch: warning: %s records its voxel (%.4g m): %s (%.4g m) is used only for files that do not",
             path, stored, voxel_field, voxel_size_m)
-    if voxel is not None:
-        from spibatch.estimates import DENSITY_VOXEL_M
-
-        low, high = DENSITY_VOXEL_M
-        if not low <= voxel <= high:   # 1e-30 and 1e30 gave tracebacks in the resampling, after the work
-            raise InputError(f"a density voxel of {voxel:g} m is outside {low:g} .. {high:g} m", path=path,
-                             field=voxel_field if stored is None else field,
-                             fix="give the voxel edge in metres (e.g. 1.756e-9)")
     if grid is not None:
         edge, grid_voxel = grid
         fits = volume.shape[0]   # as compare_with_truth: resampled when the voxels differ by more than 0.1%

@@ -79,7 +79,7 @@ def allowed_name(name: str) -> str:
     except ValueError:
         pass
     host, _, port = text.partition(":") if text.count(":") == 1 else (text, "", "")
-    if (port and not port.isdigit()) or not re.fullmatch(r"(\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?", host):
+    if (port and not port.isdigit()) or not re.fullmatch(r"(\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?", host):
         raise ValueError(f"{name!r} is not a host name")
     return host.lower()
 

@@ -165,10 +165,17 @@ def _read_first_models(path: Path, head: bytes):
             head = fh.read(1 << 16)
     first = next((line.strip() for line in head.splitlines() if line.strip() and not line.startswith(b"#")), b"")
     if first[:5].lower() == b"data_":   # what gemmi's readers take for (mm)CIF, whatever the file's name
-        block = gemmi.cif.read(str(path))[0]   # as gemmi.read_structure: the first block
-        models = len(set(block.find_values("_atom_site.pdbx_PDB_model_num")))
-        _check_models(models, path)
-        return gemmi.make_structure_from_block(block)
+        document = gemmi.cif.read(str(path))
+        coordinates = [b.name for b in document if len(b.find_values("_atom_site.Cartn_x")) > 0]
+        if len(coordinates) > 1:   # as gemmi.read_structure: which of them would be the particle?
+            raise InputError(f"holds coordinates in {len(coordinates)} data blocks ({', '.join(coordinates[:3])}"
+                             f"{', ...' if len(coordinates) > 3 else ''})", path=path, field="simulation.pdb",
+                             fix="give a file of one structure (one data block with _atom_site)")
+        block = document[0]
+        _check_models(len(set(block.find_values("_atom_site.pdbx_PDB_model_num"))), path)
+        structure = gemmi.make_structure_from_block(block)
+        structure.merge_chain_parts()   # as gemmi.read_structure does (the atoms' order, ligands after chains)
+        return structure
     with opener(path, "rb") as fh:
         data = fh.read()
     _check_models(data.count(b"\nMODEL") + data.startswith(b"MODEL"), path)

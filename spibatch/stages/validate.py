@@ -156,12 +156,12 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     if run.phasing.exists():
         phased = inputs.phasing_intensity(run, pipeline)
         if Path(phased) != emc_last and _has_intensity(reference):   # `phase --truth` of an EMC output elsewhere
-            rotation, turned = _intensity_vs_truth(Path(phased), reference)
+            rotation, turned = _intensity_vs_truth(Path(phased), reference, pipeline.phasing.dataset)
         outputs.update(_density_vs_truth(run, pipeline, reference, rotation, turned))
     return outputs
 
 
-def _intensity_vs_truth(intensity: Path, reference: Path):
+def _intensity_vs_truth(intensity: Path, reference: Path, dataset: str | None = None):
     """(rotation (3, 3), summary) turning the intensity that was phased onto the truth's intensity, over the
     shells both measure: an EMC model comes out in an arbitrary orientation, and so does its phased density
     (``spibatch phase --truth`` of an EMC output compared it unturned: cc 0.66 and 158 A for 0.93 and 39 A)."""
@@ -173,14 +173,14 @@ def _intensity_vs_truth(intensity: Path, reference: Path):
 
     if intensity.resolve() == reference.resolve():
         return None, None
-    model = np.asarray(read_volume(intensity), np.float64)
-    model = model[0] if model.ndim == 4 and model.shape[0] == 1 else model
-    model, truth = crop_to_common(model, np.asarray(read_volume(reference, "intensity"), np.float64))
-    try:
+    try:     # the dataset the phase stage read (phasing.dataset); the truth's own intensity
+        model = np.asarray(read_volume(intensity, dataset), np.float64)
+        model = model[0] if model.ndim == 4 and model.shape[0] == 1 else model
+        model, truth = crop_to_common(model, np.asarray(read_volume(reference, "intensity"), np.float64))
         r_min, r_max = measured_shells(model, truth)
-    except ValueError:
-        log.warning("spibatch: warning: %s shares fewer than 3 measured shells with %s's intensity: the phased "
-                    "density is compared unturned", intensity, reference)
+    except (InputError, ValueError, OSError) as exc:
+        log.warning("spibatch: warning: %s cannot be aligned onto %s's intensity (%s): the phased density is "
+                    "compared unturned", intensity, reference, str(exc).split(";")[0])
         return None, None
     alignment = align_intensity(model, truth, r_min, r_max)
     log.info("phased intensity %s vs %s: cc %.4f%s", intensity.name, reference.name, alignment.cc,

@@ -40,7 +40,7 @@ class CxiFolderSource:
         self.name = f"CXI folder {self.folder}"
         self.ended: str | None = None
         self.done: list[str] = []          # file names taken, in order
-        self.finished: list[tuple[str, int]] = []   # (name, its last train, -1: none) of files read to the end
+        self.finished: list[str] = []      # files read to the end (their last item handed out), in order
         self.skip = -1
         self._seen: dict[str, tuple] = {}
         self._current = None
@@ -85,7 +85,7 @@ class CxiFolderSource:
                 continue
             if self.done and name < self.done[-1]:
                 self.done.append(name)
-                self.finished.append((name, -1))
+                self.finished.append(name)
                 log.warning("follow: %s: %s appeared after %s, out of name order: skipped", self.name, name,
                             self.done[-2])
                 continue
@@ -98,7 +98,7 @@ class CxiFolderSource:
     def _file(self, path: Path, ordinal: int):
         """The file's blocks; whatever is wrong with it (beyond what :meth:`_blocks` says itself) skips the rest of
         the file with one line, never the follow."""
-        self._last, self._ended = -1, False
+        self._ended = False
         try:
             yield from self._blocks(path, ordinal)
         except Exception as exc:  # noqa: BLE001 - a file of the folder is anybody's: it costs its trains only
@@ -112,7 +112,7 @@ class CxiFolderSource:
         item and is then killed while it waits for the next file must have recorded the file)."""
         if not self._ended:
             self._ended = True
-            self.finished.append((path.name, self._last))
+            self.finished.append(path.name)
 
     def _blocks(self, path: Path, ordinal: int):
         import h5py
@@ -158,7 +158,6 @@ class CxiFolderSource:
                 pulse_ids = f[PULSE_IDS][:n].astype(np.uint64) if PULSE_IDS in f else np.arange(n)
             else:
                 train_ids, pulse_ids = np.full(n, ordinal, np.uint64), np.arange(n, dtype=np.uint64)
-            self._last = int(train_ids.max())
             frame_bytes = 4 * int(np.prod(data.shape[1:]))
             ranges = list(_train_blocks(train_ids, self.frames_per_block))
             for start, stop in ranges:

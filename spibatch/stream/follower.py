@@ -311,12 +311,9 @@ class Follower:
         self._bad_changed = False
 
     def _finished_files(self) -> list[str]:
-        """The source's files read to the end whose trains are all committed by this commit, not yet recorded (a
-        folder source numbers files without train IDs by their place in the order taken: a restart must know it)."""
-        names = []
-        for name, last in getattr(self.source, "finished", [])[self._files:]:
-            if last > self.last_train:
-                break
-            names.append(name)
+        """The source's files read to the end since the last commit (every item of theirs has been processed when
+        a commit runs, so this commit makes them durable): a folder source numbers files without train IDs by their
+        place in the order taken, which a restart must know."""
+        names = list(getattr(self.source, "finished", [])[self._files:])
         self._files += len(names)
         return names
