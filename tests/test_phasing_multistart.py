@@ -33,7 +33,7 @@ def test_align_recovers_a_subvoxel_shift_and_the_twin(twin):
     assert how.cc > 0.995
     assert np.abs(aligned - rho).max() < 0.05 * rho.max()
     if not twin:
-        assert np.allclose(how.shift, (-2.3, 4.6, -0.4), atol=0.15)
+        assert np.allclose(how.shift, (-2.3, 4.6, -0.4), atol=0.005)   # the parabola alone: ~0.06 off
 
 
 def test_align_finds_the_global_phase_of_a_complex_density():
