@@ -234,3 +234,21 @@ def test_the_hold_hook_comes_from_the_environment():
     began = time.monotonic()
     short({"iteration": 2})
     assert 0.3 <= time.monotonic() - began < 30                                 # a hold of 0.3 s, not an hour
+
+
+def test_a_start_model_at_another_level_is_brought_to_the_data(emc_small, tmp_path):
+    """A start model 100x too bright (a truth in other units): with per-frame scaling the level error flipped to
+    its inverse every iteration (model sums 373 -> 301 678 -> 1 526 -> 246 300 ...); brought to the frames'
+    photons first, the run from it is the run from the same model at its own level."""
+    from spibatch.io.results import write_result
+
+    first = run(settings(iterations=2), emc_small, tmp_path / "first")["intensity"]
+    model = read_result(first)[0]["intensity"].astype(np.float64)
+    sums = {}
+    for factor in (1.0, 100.0, 1e-3):
+        write_result(tmp_path / f"start{factor:g}.h5", {"intensity": (model * factor).astype(np.float32)}, {})
+        out = tmp_path / f"from{factor:g}"
+        run(settings(iterations=3, start_model=tmp_path / f"start{factor:g}.h5"), emc_small, out)
+        sums[factor] = [float(read_result(out / f"output_00{i}.h5")[0]["intensity"].sum()) for i in (1, 2, 3)]
+    for factor in (100.0, 1e-3):
+        np.testing.assert_allclose(sums[factor], sums[1.0], rtol=1e-3)

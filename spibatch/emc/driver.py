@@ -34,7 +34,7 @@ from spibatch import interrupts
 from spibatch.emc import records
 from spibatch.emc.checks import Inputs, check_inputs, check_shards, read_start_model  # noqa: F401 (the stage's entry)
 from spibatch.emc.settings import EMCSettings
-from spibatch.emc.step import default_threads, random_model, warm_up
+from spibatch.emc.step import default_threads, leveled, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
 from spibatch.emc.refine import Candidates, CandidateSearch
 from spibatch.emc.types import Geometry, ShardSpec, StepState, finish
@@ -166,8 +166,8 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
         if background_scales is not None:
             background_scales = np.concatenate([background_scales, np.ones(len(counts) - len(background_scales))])
     else:
-        model = inputs.start_model if inputs.start_model is not None else \
-            random_model(inputs.size, geometry.pixels, geometry.rotations, float(counts.mean()), settings.seed)
+        model = random_model(inputs.size, geometry.pixels, geometry.rotations, float(counts.mean()), settings.seed) \
+            if inputs.start_model is None else leveled(inputs.start_model, geometry, float(counts.mean()), executor.writes)
         scales, history = np.ones(inputs.num_frames), []
         background_scales = None
     if geometry.pixels.background is not None and background_scales is None:

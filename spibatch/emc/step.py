@@ -348,16 +348,34 @@ def default_threads() -> int:
 def random_model(size: int, pixels: PixelSet, rotations: Rotations, mean_counts: float, seed: int) -> np.ndarray:
     """Seeded uniform random start model (M, M, M) float64 -- (V, M, M, M) with modes, each volume its own
     draw -- scaled so a view holds ``mean_counts`` photons on average."""
-    from spibatch.kernels.emc_cpu import views_by_rotation
-
     volumes = rotations.num_volumes
     model = np.random.default_rng(seed).random((volumes, size, size, size) if volumes > 1 else (size,) * 3)
+    return model * view_level(model, pixels, rotations, mean_counts)
+
+
+def leveled(model: np.ndarray, geometry, mean_counts: float, say: bool = True) -> np.ndarray:
+    """A start model brought to the data's level (:func:`view_level`), said in the log when it changed."""
+    factor = view_level(model, geometry.pixels, geometry.rotations, mean_counts)
+    if say and abs(np.log10(factor)) > 0.05:
+        logging.getLogger("spibatch").info("start model scaled by %.4g: its views now hold the frames' %.4g photons "
+                                           "on average", factor, mean_counts)
+    return model * factor
+
+
+def view_level(model: np.ndarray, pixels: PixelSet, rotations: Rotations, mean_counts: float) -> float:
+    """The factor that makes a view of ``model`` (its first volume, at 16 rotations spread over the grid) hold
+    ``mean_counts`` photons on average: a start model's level (a truth in other units was 1e5 too bright, and
+    with per-frame scaling the level error flipped to its inverse each iteration for ten of them)."""
+    from spibatch.kernels.emc_cpu import views_by_rotation
+
+    size = model.shape[-1]
     pick = np.arange(0, rotations.per_mode, max(1, rotations.per_mode // 16))   # rotations of volume 0
     views, u = np.empty((len(pick), pixels.num_used), np.float32), np.empty(len(pick))
-    views_by_rotation(model.astype(np.float32).reshape(-1)[:size ** 3], size, rotations.matrices[pick],
+    views_by_rotation(np.ascontiguousarray(model, np.float32).reshape(-1)[:size ** 3], size, rotations.matrices[pick],
                       np.zeros(len(pick), np.int32), np.ascontiguousarray(pixels.q[:pixels.num_used].T, np.float32),
                       pixels.corr[:pixels.num_used].astype(np.float32), views, u)
-    return model * (mean_counts / u.mean())
+    level = float(u.mean())
+    return mean_counts / level if level > 0 else 1.0
 
 
 def warm_up(background: bool = False) -> None:
