@@ -168,6 +168,12 @@ def test_template_emc_section_is_commented_and_valid():
     assert "# photons:" in text and "beta: auto" in text and "frames_per_shard: 4096" in text
     emc = load_pipeline(TEMPLATE).emc
     assert emc.beta == "auto" and emc.photons is None and emc.num_div == 4
+    from spibatch.config import EMC
+
+    for name, field in EMC.model_fields.items():     # every key shown (written or commented), at its default
+        assert f"  {name}:" in text or f"  # {name}:" in text, name
+        if getattr(emc, name) is not None and f"  {name}:" in text:
+            assert getattr(emc, name) == field.get_default(call_default_factory=True), name
 
 
 # ---- strict numbers in every section of every settings file (issue 12) -------------------------

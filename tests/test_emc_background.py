@@ -185,6 +185,20 @@ def test_a_bad_background_is_one_line_before_any_work(emc_small, tmp_path, value
     assert "\n" not in str(caught.value) and not (tmp_path / "out").exists()
 
 
+def test_a_background_image_must_have_the_detectors_shape(tmp_path):
+    """A detector of 32 x 32 pixels: a (16, 64) or (4, 16, 16) background was raveled silently; a flat array (in
+    pixel order) and the detector's own shape (also with a leading 1) are read."""
+    values = np.arange(1024, dtype=np.float64) * 1e-3
+    for shape in ((1024,), (32, 32), (1, 32, 32)):
+        np.save(tmp_path / "ok.npy", values.reshape(shape))
+        np.testing.assert_array_equal(read_background(tmp_path / "ok.npy", 1024, shape=(32, 32)), values)
+    for shape in ((16, 64), (4, 16, 16)):
+        np.save(tmp_path / "bad.npy", values.reshape(shape))
+        with pytest.raises(InputError, match=f"a {' x '.join(map(str, shape))} array, but the detector's pixels "
+                                             "form 32 x 32"):
+            read_background(tmp_path / "bad.npy", 1024, shape=(32, 32))
+
+
 def test_a_backgrounds_far_tails_are_taken_as_zero(tmp_path, caplog):
     """Values below 1e-30 photons a frame (a modelled background's tails; 5e-324 everywhere made every frame's
     background scale NaN) are read as 0, with one warning."""

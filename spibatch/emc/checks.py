@@ -70,7 +70,7 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, va
     if settings.background_file is not None:
         from spibatch.io.background import read_background
 
-        background = read_background(settings.background_file, geometry.num_pix)
+        background = read_background(settings.background_file, geometry.num_pix, shape=geometry.shape)
     return Inputs(geometry, num_frames, size, start, background)
 
 

@@ -311,7 +311,7 @@ class GeometrySpec(NamedTuple):
         if background is None and self.background_file is not None:
             from spibatch.io.background import read_background
 
-            background = read_background(self.background_file, detector.num_pix)
+            background = read_background(self.background_file, detector.num_pix, shape=detector.shape)
         return Geometry(self, PixelSet.from_detector(detector, self.detector_corr, background),
                         Rotations.refined_600_cell(self.num_div, self.num_modes, self.nonrot_modes))
 

@@ -27,11 +27,11 @@ FIX = ("give the detector's mean photons per pixel per frame (>= 0, finite, one 
        "HDF5 dataset 'background' or a .npy array, e.g. from `spibatch background EMPTY_FRAMES -o bg.h5`")
 
 
-def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "emc.background_file"
-                    ) -> np.ndarray:
+def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "emc.background_file",
+                    shape: tuple | None = None) -> np.ndarray:
     """The background (num_pix,) float64 photons per pixel per frame from ``path``; InputError (naming the file,
-    ``field`` and the fix) when missing, unreadable, of another size (``num_pix`` None: any), negative or not
-    finite."""
+    ``field`` and the fix) when missing, unreadable, of another size (``num_pix`` None: any), an image of another
+    shape than the detector's ``shape`` (a flat array is taken in pixel order), negative or not finite."""
     path = Path(path)
     require_file(path, field, FIX)
     if path.suffix == ".npy":
@@ -40,7 +40,7 @@ def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "
                 version = np.lib.format.read_magic(fh)
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
                                np.lib.format.read_array_header_2_0)
-                _check_size(read_header(fh)[0], num_pix, path, field)
+                _check_size(read_header(fh)[0], num_pix, path, field, shape)
             values = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"not a readable .npy array ({' '.join(str(exc).split())[:120] or 'empty'})",
@@ -51,7 +51,7 @@ def read_background(path: str | os.PathLike, num_pix: int | None, field: str = "
         with open_hdf5(path, FIX) as f:
             if DATASET not in f or not hasattr(f[DATASET], "shape"):
                 raise InputError(f"no dataset '{DATASET}'", path=path, field=field, fix=FIX)
-            _check_size(f[DATASET].shape, num_pix, path, field)
+            _check_size(f[DATASET].shape, num_pix, path, field, shape)
             values = read_dataset(f[DATASET], (), path)
     values = np.asarray(values)
     if values.dtype.kind not in "iuf":
@@ -81,11 +81,18 @@ MIN_VALUE, MAX_VALUE = 1e-30, 1e6   # a mean over N frames is 0 or at least 1/N;
 MAX_VALUES = 10 ** 8                # as a detector's pixels
 
 
-def _check_size(shape: tuple, num_pix: int | None, path: Path, field: str) -> None:
-    """The declared shape's size against the detector's pixels (or the bound on any detector), before reading."""
+def _check_size(shape: tuple, num_pix: int | None, path: Path, field: str, image: tuple | None = None) -> None:
+    """The declared shape's size against the detector's pixels (or the bound on any detector), and an image's
+    shape against the detector's (``image``; a (16, 64) array on a 32 x 32 detector was raveled silently), before
+    reading."""
     size = math.prod(int(n) for n in shape)
     if num_pix is not None and size != num_pix:
         raise InputError(f"{size} values, but the detector has {num_pix} pixels", path=path, field=field, fix=FIX)
+    dims = tuple(int(n) for n in shape)
+    if image is not None and len(dims) > 1 and tuple(d for d in dims if d != 1) != tuple(int(n) for n in image):
+        raise InputError(f"a {' x '.join(map(str, dims))} array, but the detector's pixels form "
+                         f"{' x '.join(map(str, image))}", path=path, field=field,
+                         fix="give the background in the detector's shape, or flat in its pixel order")
     if size > MAX_VALUES:
         raise InputError(f"declares {size:,} values, more than any detector's {MAX_VALUES:,} pixels", path=path,
                          field=field, fix=FIX)
