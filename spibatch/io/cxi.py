@@ -86,6 +86,9 @@ def _stack(f: h5py.File, path: str | os.PathLike, data_path: str) -> h5py.Datase
     if data.ndim not in (3, 4) or data.dtype.kind not in "biuf":
         raise InputError(f"expected a 3-D or 4-D numeric stack, found shape {data.shape} dtype {data.dtype}",
                          path=path, field=data_path, fix=_stack_fix(data_path))
+    if 0 in data.shape[1:]:
+        raise InputError(f"frames of shape {data.shape[1:]} hold no pixels", path=path, field=data_path,
+                         fix=_stack_fix(data_path))
     return data
 
 

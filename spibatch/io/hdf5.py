@@ -90,12 +90,18 @@ def check_other_files(f: h5py.File, path: str | os.PathLike, depth: int = 0) -> 
     """InputError when an object of ``f`` keeps its data in a file that is not a regular file (a FIFO or a
     device would hang or never end the read), also behind an external link to a regular HDF5 file (checked
     the same way, three links deep at most).  Data in other regular files (a virtual CXI file over a run's
-    files) are read as HDF5 reads them; a file that is missing fails at the read, as a corrupt one does."""
+    files) are read as HDF5 reads them; a virtual dataset's source that is missing is refused too (HDF5 reads
+    its frames as fill values: empty frames ingested as patterns), another missing file fails at the read."""
     base = Path(path).resolve().parent
     for name, how, other in other_files(f):
         if "%" in other:          # a virtual source's printf pattern: HDF5 expands it at the read
             continue
-        for candidate in ([Path(other)] if os.path.isabs(other) else [base / other, Path.cwd() / other]):
+        candidates = [Path(other)] if os.path.isabs(other) else [base / other, Path.cwd() / other]
+        if how == "a virtual dataset" and not any(os.path.lexists(c) for c in candidates):
+            raise InputError(f"its data are {how} over {other}, which is missing (its frames would read as fill "
+                             "values)", path=path, field=name, fix="put the source files beside it, or give a file "
+                             "that holds the frames (h5repack)")
+        for candidate in candidates:
             if not os.path.lexists(candidate):
                 continue
             if not candidate.is_file():

@@ -279,6 +279,21 @@ def external_link_to_fifo_storage(name: str) -> Callable:
     return build
 
 
+def virtual_over_missing(name: str) -> Callable:
+    """``name`` a virtual dataset of 10 frames (16 x 16) whose second half comes from a file that is not there
+    (HDF5 reads those frames as fill values)."""
+    def build(path: Path, base: Base) -> None:
+        source = path.parent / "src.h5"
+        with h5py.File(source, "w") as f:
+            f["d"] = np.random.default_rng(0).poisson(2, (5, 16, 16)).astype("f4")
+        layout = h5py.VirtualLayout((10, 16, 16), "f4")
+        layout[0:5] = h5py.VirtualSource(source.name, "d", shape=(5, 16, 16))
+        layout[5:10] = h5py.VirtualSource("missing.h5", "d", shape=(5, 16, 16))
+        with h5py.File(path, "w") as f:
+            f.create_virtual_dataset(name, layout, fillvalue=0)
+    return build
+
+
 def declared_volume(name: str, shape: tuple[int, ...]) -> Callable:
     """An HDF5 dataset of a huge declared shape that holds no data (a tiny file: chunks are never written)."""
     def build(path: Path, base: Base) -> None:
