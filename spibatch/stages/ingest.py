@@ -51,6 +51,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
         check_match(detector, num_pix, pipeline.emc.detector, cfg.cxi)
     else:
         geometry = read_flat_geometry(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
+        if geometry is not None:
+            _check_possible_geometry(geometry, cfg.cxi)
         detector = Detector.from_cxi(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
                                      beamstop_radius_pixels=cfg.beamstop_radius_pixels)
         if detector is None and need_detector:
@@ -65,6 +67,28 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
                                         geometry["pixel_size_m"], "wavelength_m": geometry["wavelength_m"]},
                                        cfg.cxi, key="CXI geometry")
     return detector
+
+
+def _check_possible_geometry(geometry: dict, path) -> None:
+    """A CXI file's geometry beyond any X-ray imaging (a unit slip: eV or keV stored where joules belong made a
+    detector.h5 of 5e25 voxels per metre, with a warning only): InputError naming the dataset."""
+    from spibatch import estimates
+    from spibatch.io.cxi import GEOMETRY_PATHS, JOULE_PER_EV, PLANCK_EV_M
+
+    low, high, _ = estimates.POSSIBLE["wavelength_m"]
+    if not low <= geometry["wavelength_m"] <= high:
+        joules = PLANCK_EV_M / geometry["wavelength_m"] * JOULE_PER_EV
+        hint = (f"did you mean {joules:g} eV ({joules * JOULE_PER_EV:.4g} J)?" if 10 <= joules <= 1e7 else
+                f"did you mean {joules:g} keV ({joules * 1e3 * JOULE_PER_EV:.4g} J)?" if 0.01 <= joules < 10 else
+                "the photon energy is in joules per photon (6 keV: 9.61e-16 J)")
+        raise InputError(f"{joules:g} J per photon (a wavelength of {geometry['wavelength_m']:g} m) is beyond any "
+                         "X-ray imaging", path=path, field=GEOMETRY_PATHS["energy"], fix=hint)
+    for key, name, dataset in (("distance_m", "detector_distance_m", "distance"),
+                               ("pixel_size_m", "pixel_size_m", "x_pixel_size")):
+        low, high, unit = estimates.POSSIBLE[name]
+        if not low <= geometry[key] <= high:
+            raise InputError(f"{geometry[key]:g} {unit} is outside {low:g}-{high:g} {unit}, beyond any X-ray "
+                             "imaging", path=path, field=GEOMETRY_PATHS[dataset], fix="it is in metres")
 
 
 def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
