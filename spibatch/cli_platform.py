@@ -110,11 +110,13 @@ def bench(bench_file: Path = typer.Argument(..., help="benchmark file (BENCH.yam
           no_rates: bool = typer.Option(False, "--no-rates", help="no kernel rates, no model")) -> None:
     """Cross-platform scaling benchmark: every point of the matrix a real pipeline run; bench.json, a table,
     plots, report.html, and the performance model checked on points it was not calibrated on."""
-    from spibatch.bench import bench_command
+    from spibatch.bench import bench_command, failed_points
 
-    _, text = bench_command(bench_file, list(site), out=out, dry_run=dry_run,
-                            rates=False if no_rates else (rates or True))
+    folder, text = bench_command(bench_file, list(site), out=out, dry_run=dry_run,
+                                 rates=False if no_rates else (rates or True))
     typer.echo(text, nl=not text.endswith("\n"))
+    if not dry_run and failed_points(folder):
+        raise typer.Exit(1)     # a script or CI must not take a failed point for a result
 
 
 def replay(source: str = typer.Argument(..., help="'simulated' (a simulated particle among empty frames), or a "

@@ -101,6 +101,69 @@ def test_the_bench_folder_is_not_a_file_nor_a_run(tmp_path, emc_small):
     assert (run / "report.html").read_text() == "the run's"
 
 
+def test_repeated_matrix_values_another_benchs_folder_and_a_run_folder_above(tmp_path, emc_small):
+    """A mode listed twice (the same point measured twice, the second replacing the first), a folder holding
+    another bench (its measured points were dropped from bench.json), a folder inside a run (its points' runs
+    were each refused after the folder was made): one line, before anything."""
+    path = write_bench(tmp_path, emc_small, modes="htc, htc")
+    assert "matrix.modes" in _error(path) and "htc listed twice" in _error(path)
+    path = write_bench(tmp_path, emc_small)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bench.json").write_text(json.dumps({"name": "someone-else", "points": []}))
+    with pytest.raises(InputError, match="holds the bench 'someone-else'"):
+        bench_command(path, [], out=other, dry_run=True)
+    run = tmp_path / "a-run"
+    run.mkdir()
+    (run / "provenance.json").write_text("{}")
+    with pytest.raises(InputError, match="lies inside the earlier run folder"):
+        bench_command(path, [], out=run / "bench", dry_run=False)
+    assert sorted(p.name for p in run.iterdir()) == ["provenance.json"]
+
+
+def test_weak_scaling_on_fewer_frames_than_workers_is_one_line(tmp_path, emc_small):
+    """A one-frame data set, weak scaling on 1 and 2 workers: a ZeroDivisionError traceback before."""
+    from spibatch.io.dragonfly import read_photons, write_photons
+
+    write_photons(tmp_path / "one.h5", read_photons(emc_small["photons"], 0, 1))
+    path = write_bench(tmp_path, {**emc_small, "photons": tmp_path / "one.h5"})
+    path.write_text(path.read_text().replace("frames_per_shard: 60, frames: 120", "")
+                    .replace("  iterations: 2", "  scaling: [weak]\n  iterations: 2"))
+    text = _error(path)
+    assert "matrix.workers" in text and "1 frame(s) cannot give each of 2 workers a frame" in text, text
+
+
+def test_a_bench_whose_points_failed_exits_1(tmp_path, emc_small, monkeypatch):
+    """Every point failing printed "0 point(s) measured, 4 failed" and exited 0: a script took it for results."""
+    import sys
+
+    from spibatch.bench.__main__ import main
+
+    path = write_bench(tmp_path, emc_small, repeats=1)
+    monkeypatch.setattr(runner, "run_command", lambda *a: [sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert main([str(path), "--out", str(tmp_path / "out"), "--no-rates"]) == 1
+    document = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert {p["status"] for p in document["points"]} == {"failed"}
+
+
+def test_a_second_bench_into_the_same_folder_is_refused(tmp_path, emc_small):
+    """Two benches into one folder removed each other's points (no lock): the second is one line, naming the
+    first; the folder's lock is the bench's while it runs and gone after."""
+    import os
+    import socket
+
+    from spibatch import layout
+
+    path = write_bench(tmp_path, emc_small)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / layout.LOCK).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+                                                "started": "now", "command": ["spibatch", "bench"]}))
+    with pytest.raises(InputError, match="another process writes into"):
+        bench_command(path, [], out=out, dry_run=False, rates=False)
+    assert sorted(p.name for p in out.iterdir()) == [layout.LOCK]
+
+
 def test_dry_run_prints_every_point_and_creates_nothing(tmp_path, emc_small):
     path = write_bench(tmp_path, emc_small)
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -168,6 +231,11 @@ def test_model_fits_synthetic_data_and_reports_check_errors():
     bad = next(p for p in off["points"] if p["key"] == "here/htc/w4/tiny/strong")
     assert bad["error"] == pytest.approx(1 / 1.5 - 1, rel=1e-3) and bad["role"] == "check"
     assert not off["check_within_goal"] and "NOT within the 25% goal" in model.summary_line(off)
+    assert not result["underdetermined"]                  # two EMC calibration points (hpc and htc at 1 worker)
+    one = synthetic_document(truth)
+    alone = model.evaluate({**one, "points": [p for p in one["points"] if p["key"] == "here/hpc/w1/tiny/strong"]})
+    assert alone["underdetermined"] and alone["check_within_goal"] is None      # was False: judged with no check
+    assert "one EMC point for two parameters" in model.summary_line(alone)
 
 
 def test_thread_scaling_is_not_measured_on_a_loaded_machine():

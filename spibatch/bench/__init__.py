@@ -39,12 +39,13 @@ def default_out(bench) -> Path:
     return Path(bench.source).parent / f"bench-{bench.name}"
 
 
-def check_out(out: Path) -> None:
-    """The bench folder may be new, or an earlier bench's (resumed): not a file, not a spibatch run's folder."""
+def check_out(out: Path, name: str | None = None) -> None:
+    """The bench folder may be new, or an earlier bench's of the same ``name`` (resumed): not a file, not in or
+    a spibatch run's folder, not another bench's (its measured points would be dropped from bench.json)."""
     from spibatch import layout
     from spibatch.errors import InputError
     from spibatch.rundir import check_shell_safe
-    from spibatch.run_checks import check_run_files
+    from spibatch.run_checks import check_run_files, enclosing_run
 
     check_shell_safe(out, "--out")     # every point is a `spibatch run` in it
     if out.exists() and not out.is_dir():
@@ -52,9 +53,22 @@ def check_out(out: Path) -> None:
     if (out / layout.PROVENANCE).exists():
         raise InputError("this folder holds a spibatch run, not a bench", path=out, field="--out",
                          fix="choose a new folder, or an earlier bench's to resume it")
-    if out.is_dir() and any(out.iterdir()) and not (out / "bench.json").is_file():
+    run = enclosing_run(out, itself=False)
+    if run is not None:    # its points' runs would be refused there one by one, after the folder was made
+        raise InputError(f"lies inside the earlier run folder {run}", path=out, field="--out",
+                         fix="choose a folder outside any run folder")
+    if out.is_dir() and any(p.name != layout.LOCK for p in out.iterdir()) and not (out / "bench.json").is_file():
         raise InputError("is not empty and holds no bench.json (not an earlier bench's folder)", path=out,
                          field="--out", fix="choose a new or empty folder, or an earlier bench's to resume it")
+    if name is not None and (out / "bench.json").is_file():
+        try:
+            earlier = json.loads((out / "bench.json").read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            earlier = None    # read and judged by the runner
+        if earlier is not None and earlier != name:
+            raise InputError(f"holds the bench '{earlier}', not '{name}' (its measured points would be dropped)",
+                             path=out, field="--out", fix="choose another folder for this bench, or resume that "
+                             "one with its own bench file")
     for folder in (out, out / "points"):   # a resumed bench removes half-done points: never through a link
         if folder.is_dir():
             check_run_files(folder, "--out", deep=False)   # its top: no link, no pipe
@@ -79,17 +93,35 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     infos = matrix.site_infos([Path(s).resolve() for s in sites] or bench.matrix.sites)
     points = matrix.build(bench, infos)
     out = Path(out).resolve() if out is not None else default_out(bench)
-    check_out(out)
+    check_out(out, bench.name)
     runner.preflight(bench, infos, points, out)
     if dry_run:
         return out, runner.dry_run(bench, infos, points, out)
-    document = runner.run_matrix(bench, infos, points, out)
-    if document.get("interrupted") and rates is True:
-        rates = False   # no minute of microbenchmarks after an interruption: the next run measures them
-    text = finish(out, document, rates=rates)
+    import sys
+
+    from spibatch.lock import release_lock, take_lock
+
+    out.mkdir(parents=True, exist_ok=True)
+    take_lock(out, sys.argv, "--out", take_over_stale=True)   # one bench at a time: a second removed the first's points
+    try:
+        document = runner.run_matrix(bench, infos, points, out)
+        if document.get("interrupted") and rates is True:
+            rates = False   # no minute of microbenchmarks after an interruption: the next run measures them
+        text = finish(out, document, rates=rates)
+    finally:
+        release_lock(out)
     if document.get("interrupted"):
         text += "interrupted: run the same command again to measure the remaining points\n"
     return out, text
+
+
+def failed_points(out: Path) -> list[str]:
+    """The points of the bench folder ``out`` whose last measurement failed (the command then exits 1)."""
+    try:
+        points = json.loads((Path(out) / "bench.json").read_text(encoding="utf-8")).get("points", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [p.get("key", "?") for p in points if isinstance(p, dict) and p.get("status") == "failed"]
 
 
 def taken_rates(path: Path) -> dict:

@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spibatch: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(text, end="")
-    return 130 if not args.dry_run and interrupted(out) else 0
+    if args.dry_run:
+        return 0
+    from spibatch.bench import failed_points
+
+    return 130 if interrupted(out) else 1 if failed_points(out) else 0
 
 
 def interrupted(out: Path) -> bool:

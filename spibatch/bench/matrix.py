@@ -228,12 +228,18 @@ def _frames(bench: Bench, name: str, work: Workload, scaling: str, workers: int,
         per_shard = work.frames_per_shard or math.ceil(frames / most)
     else:
         per_worker = work.frames or (work.simulate.frames if work.simulate else total // most)
+        if per_worker < 1:   # (a ZeroDivisionError below)
+            raise InputError(f"workload '{name}' (weak scaling): the data set's {total} frame(s) cannot give each "
+                             f"of {most} workers a frame", path=bench.source, field="matrix.workers",
+                             fix=f"use at most {total} workers for it, or a larger data set")
         frames = per_worker * workers
         per_shard = work.frames_per_shard or per_worker
     if available is not None and frames > available:
         raise InputError(f"workload '{name}' ({scaling} scaling, {workers} workers) needs {frames} frames; the data "
                          f"set holds {available}", path=bench.source, field=f"workloads.{name}.frames",
-                         fix=f"ask for at most {available // (workers if scaling == 'weak' else 1)} frames")
+                         fix=f"ask for at most {available // (workers if scaling == 'weak' else 1)} frames"
+                         if available // (workers if scaling == "weak" else 1) >= 1 else
+                         f"use at most {available} workers for it, or a larger data set")
     shards = math.ceil(frames / per_shard)
     if shards < workers:
         raise InputError(f"workload '{name}' ({scaling}, {workers} workers): {frames} frames in shards of "

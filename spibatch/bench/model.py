@@ -193,7 +193,8 @@ def evaluate(document: dict) -> dict:
             "calibration_max_abs_error": max(cals) if cals else None,
             "check_max_abs_error": max(checks) if checks else None,
             "check_median_abs_error": float(np.median(checks)) if checks else None,
-            "check_within_goal": bool(checks and max(checks) <= GOAL)}
+            "check_within_goal": (max(checks) <= GOAL) if checks else None,
+            "underdetermined": 0 < len(cal) < 2}   # two parameters from one point: k_compute 0 "fits" it
 
 
 def phasing_rate_at(rates: dict, edge: int, threads: int, beta: float = 1.0) -> float:
@@ -251,6 +252,8 @@ def summary_line(model: dict) -> str:
     worst = model.get("check_max_abs_error")
     split = ", ".join(f"{k.removeprefix('calibrate_')} {v}" for k, v in model.items()
                       if k in ("calibrate_workers", "calibrate_sites") and v)
+    if model.get("underdetermined"):
+        split += " (one EMC point for two parameters: the fit is not determined)"
     if worst is None:
         return f"model: calibrated on {split or 'nothing'}; no check points (the matrix needs points outside it)"
     verdict = "within" if model["check_within_goal"] else "NOT within"

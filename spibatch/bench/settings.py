@@ -110,6 +110,15 @@ class Matrix(Section):
     timeout_s: float = Field(3600.0, gt=0, le=7 * 86400, description="one run's limit (at most a week); a run past "
                              "it fails its point")
 
+    @field_validator("modes", "scaling", "workloads")
+    @classmethod
+    def _once(cls, v):
+        """Each value once: a repeated one made the same point twice, the second measurement replacing the first."""
+        twice = sorted({x for x in v if v.count(x) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(map(str, twice))} listed twice")
+        return v
+
     @field_validator("workers")
     @classmethod
     def _workers(cls, v):
