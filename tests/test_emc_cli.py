@@ -130,6 +130,10 @@ def test_emc_with_modes_from_a_modes_start_model(emc_config, tmp_path):
         assert f["intensities"].shape == (3, 91, 91, 91) and f["mode_probabilities"].shape == (240, 3)
         assert np.isfinite(f["intensities"][()]).all() and f["intensities"][()].max() > 0
     assert "system_volume = 3 X 91 X 91 X 91" in (tmp_path / "run" / "emc" / "EMC.log").read_text()
+    # the closing line gives the stage's own time (it summed the iterations': "in 0 s" for a 2-second run)
+    seconds = json.loads((tmp_path / "run" / "stages" / "emc.json").read_text())["seconds"]
+    shown = f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
+    assert f"EMC: 1 iterations on 1 rank(s) in {shown} s" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("case", [k for k, v in BAD_INPUTS.items() if v[0] is not None])
