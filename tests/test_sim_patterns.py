@@ -234,7 +234,7 @@ def test_density_mrc_overlays_the_structure_it_was_made_from(tmp_path):
     opens both (the origin was 0: the map sat at the corner, centred on the centre of mass's offset)."""
     import mrcfile
 
-    from spibatch.io.mrc import density_origin
+    from spibatch.phasing.compare import density_origin
 
     atoms = [(40.0, -25.0, 70.0), (52.0, -18.0, 61.0), (45.0, -35.0, 75.0)]
     pdb = tmp_path / "gold.pdb"

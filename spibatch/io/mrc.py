@@ -109,27 +109,3 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
 
 __all__ = ["write_mrc", "read_mrc", "check_extended_header", "xyz_order"]
-
-
-def density_origin(path: str | os.PathLike) -> tuple[float, float, float] | None:
-    """Where a density file's voxel (0, 0, 0) lies, in Angstrom: an MRC's header origin, or the
-    ``density_origin_m`` attribute of our truth.h5; None when the file does not say (or says 0, 0, 0)."""
-    from spibatch.io.results import MRC_SUFFIXES, is_hdf5, read_result
-
-    path = Path(path)
-    try:
-        if path.suffix.lower() in MRC_SUFFIXES:
-            import mrcfile
-
-            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-                origin = tuple(float(mrc.header.origin[k]) for k in ("x", "y", "z"))
-        elif is_hdf5(path):
-            value = read_result(path, attrs_only=True)[1].get("density_origin_m")
-            origin = None if value is None else tuple(float(v) * 1e10 for v in np.ravel(value))
-        else:
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if origin is None or len(origin) != 3 or not np.isfinite(origin).all() or not any(origin):
-        return None
-    return origin

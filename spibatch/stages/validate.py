@@ -275,7 +275,7 @@ def _density_vs_truth(run: RunLayout, pipeline, reference: Path, rotation, turne
     from spibatch.phasing.export import write_density_in_truth_frame
 
     if true_voxel and attrs.get("voxel_size_m"):     # for ChimeraX: the density where the truth is
-        from spibatch.io.mrc import density_origin
+        from spibatch.phasing.compare import density_origin
 
         write_density_in_truth_frame(run.density_in_truth_frame, data["density"], attrs["voxel_size_m"], true_density,
                                      true_voxel, rotation=rotation, origin_angstrom=density_origin(reference))
