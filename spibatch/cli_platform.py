@@ -115,8 +115,13 @@ def bench(bench_file: Path = typer.Argument(..., help="benchmark file (BENCH.yam
     folder, text = bench_command(bench_file, list(site), out=out, dry_run=dry_run,
                                  rates=False if no_rates else (rates or True))
     typer.echo(text, nl=not text.endswith("\n"))
-    if not dry_run and failed_points(folder):
-        raise typer.Exit(1)     # a script or CI must not take a failed point for a result
+    if not dry_run:    # a script or CI must not take a partial or failed matrix for a result
+        from spibatch.bench.__main__ import interrupted
+
+        if interrupted(folder):
+            raise typer.Exit(130)
+        if failed_points(folder):
+            raise typer.Exit(1)
 
 
 def replay(source: str = typer.Argument(..., help="'simulated' (a simulated particle among empty frames), or a "

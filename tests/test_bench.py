@@ -146,6 +146,37 @@ def test_a_bench_whose_points_failed_exits_1(tmp_path, emc_small, monkeypatch):
     assert {p["status"] for p in document["points"]} == {"failed"}
 
 
+def test_spibatch_bench_exits_130_when_interrupted_and_1_when_a_point_failed(tmp_path, emc_small, monkeypatch):
+    """`spibatch bench` (the typer command) as `python -m spibatch.bench`: an interrupted matrix is not a result
+    (it exited 0), a failed point neither."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from spibatch.cli import app
+
+    import logging
+
+    path = write_bench(tmp_path, emc_small, repeats=1)
+    real = runner.measure_point
+    for name in ("", "spibatch"):     # the command sets up logging for a process: put it back for the next tests
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+        monkeypatch.setattr(logger, "level", logger.level)
+
+    def interrupt(point, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "measure_point", interrupt)
+    done = CliRunner().invoke(app, ["bench", str(path), "--out", str(tmp_path / "out"), "--no-rates"])
+    assert done.exit_code == 130, done.output
+    monkeypatch.setattr(runner, "measure_point", real)
+    monkeypatch.setattr(runner, "run_command", lambda *a: [sys.executable, "-c", "import sys; sys.exit(3)"])
+    done = CliRunner().invoke(app, ["bench", str(path), "--out", str(tmp_path / "out"), "--no-rates"])
+    assert done.exit_code == 1, done.output
+
+
 def test_a_second_bench_into_the_same_folder_is_refused(tmp_path, emc_small):
     """Two benches into one folder removed each other's points (no lock): the second is one line, naming the
     first; the folder's lock is the bench's while it runs and gone after."""

@@ -197,6 +197,25 @@ def test_a_background_image_must_have_the_detectors_shape(tmp_path):
         with pytest.raises(InputError, match=f"a {' x '.join(map(str, shape))} array, but the detector's pixels "
                                              "form 32 x 32"):
             read_background(tmp_path / "bad.npy", 1024, shape=(32, 32))
+    for shape in ((1, 32, 32), (32, 32)):     # a one-module detector's (modules, ss, fs) = (1, 32, 32)
+        np.save(tmp_path / "one.npy", values.reshape(shape))
+        np.testing.assert_array_equal(read_background(tmp_path / "one.npy", 1024, shape=(1, 32, 32)), values)
+
+
+def test_a_start_model_is_leveled_to_the_particles_photons(with_background):
+    """With a known background the frames' photons hold the background's too: the truth (1500 particle photons a
+    view) leveled to all of them was made ~1.25x too bright, and oscillated; to the particle's it stays itself."""
+    from types import SimpleNamespace
+
+    from spibatch.emc.step import leveled
+
+    case = with_background
+    pixels = PixelSet.from_detector(case["detector"], background=case["background"])
+    used = (pixels.index_of >= 0) & (pixels.index_of < pixels.num_used)      # as EMC counts a frame's photons
+    counts = case["photons"].to_dense()[:, used].sum(axis=1).mean()
+    assert counts > 1.2 * 1500
+    start = leveled(case["truth"], SimpleNamespace(pixels=pixels, rotations=case["rotations"]), counts, say=False)
+    assert start.sum() / case["truth"].sum() == pytest.approx(1.0, abs=0.05)
 
 
 def test_a_backgrounds_far_tails_are_taken_as_zero(tmp_path, caplog):

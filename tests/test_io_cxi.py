@@ -227,3 +227,40 @@ def test_fused_kernel_flags_what_the_reference_refuses(tmp_path):
     with pytest.raises(InputError, match="frame 4: 1 pixels are NaN or inf"):
         cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5", adu_per_photon=10.0, chunk_frames=4)
     assert not (tmp_path / "p.h5").exists() and data.shape == (6, 4, 4)
+
+
+def test_a_virtual_stack_is_read_where_hdf5_finds_its_sources(tmp_path, monkeypatch):
+    """A virtual stack over a missing file is refused (its frames read as fill values: empty patterns ingested);
+    one whose absolute source paths moved with it (HDF5 then looks beside the file), or whose relative sources
+    lie in HDF5_VDS_PREFIX, is read as HDF5 reads it (the first version refused both)."""
+    from spibatch.io.hdf5 import check_other_files
+
+    made = tmp_path / "made"
+    made.mkdir()
+    frames = np.random.default_rng(0).poisson(2, (5, 8, 8)).astype("f4")
+    with h5py.File(made / "src.h5", "w") as f:
+        f["d"] = frames
+    layout = h5py.VirtualLayout((5, 8, 8), "f4")
+    layout[:] = h5py.VirtualSource(str(made / "src.h5"), "d", shape=(5, 8, 8))       # an absolute path
+    with h5py.File(made / "stack.cxi", "w") as f:
+        f.create_virtual_dataset("/entry_1/data_1/data", layout, fillvalue=0)
+    moved = tmp_path / "moved"
+    made.rename(moved)                                                                # the old folder gone
+    with h5py.File(moved / "stack.cxi", "r") as f:
+        assert f["/entry_1/data_1/data"][()].sum() == frames.sum()                   # HDF5 finds it
+        check_other_files(f, moved / "stack.cxi")
+    (moved / "src.h5").rename(tmp_path / "elsewhere.h5")
+    with h5py.File(moved / "stack.cxi", "r") as f, pytest.raises(InputError, match="which is missing"):
+        check_other_files(f, moved / "stack.cxi")
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    layout = h5py.VirtualLayout((5, 8, 8), "f4")
+    layout[:] = h5py.VirtualSource("src2.h5", "d", shape=(5, 8, 8))
+    with h5py.File(tmp_path / "rel.cxi", "w") as f:
+        f.create_virtual_dataset("/entry_1/data_1/data", layout, fillvalue=0)
+    with h5py.File(prefix / "src2.h5", "w") as f:
+        f["d"] = frames
+    monkeypatch.setenv("HDF5_VDS_PREFIX", str(prefix))
+    monkeypatch.chdir(tmp_path / "moved")
+    with h5py.File(tmp_path / "rel.cxi", "r") as f:
+        check_other_files(f, tmp_path / "rel.cxi")

@@ -89,7 +89,8 @@ def _check_size(shape: tuple, num_pix: int | None, path: Path, field: str, image
     if num_pix is not None and size != num_pix:
         raise InputError(f"{size} values, but the detector has {num_pix} pixels", path=path, field=field, fix=FIX)
     dims = tuple(int(n) for n in shape)
-    if image is not None and len(dims) > 1 and tuple(d for d in dims if d != 1) != tuple(int(n) for n in image):
+    if image is not None and len(dims) > 1 and \
+            tuple(d for d in dims if d != 1) != tuple(int(n) for n in image if int(n) != 1):
         raise InputError(f"a {' x '.join(map(str, dims))} array, but the detector's pixels form "
                          f"{' x '.join(map(str, image))}", path=path, field=field,
                          fix="give the background in the detector's shape, or flat in its pixel order")

@@ -97,7 +97,7 @@ def check_other_files(f: h5py.File, path: str | os.PathLike, depth: int = 0) -> 
         if "%" in other:          # a virtual source's printf pattern: HDF5 expands it at the read
             continue
         candidates = [Path(other)] if os.path.isabs(other) else [base / other, Path.cwd() / other]
-        if how == "a virtual dataset" and not any(os.path.lexists(c) for c in candidates):
+        if how == "a virtual dataset" and not any(os.path.lexists(c) for c in candidates + _vds_fallbacks(other, base)):
             raise InputError(f"its data are {how} over {other}, which is missing (its frames would read as fill "
                              "values)", path=path, field=name, fix="put the source files beside it, or give a file "
                              "that holds the frames (h5repack)")
@@ -119,6 +119,14 @@ def check_other_files(f: h5py.File, path: str | os.PathLike, depth: int = 0) -> 
                         raise InputError(f"{how} to {candidate}, whose {inner.field}: {inner.problem}", path=path,
                                          field=name, fix=inner.fix) from None
             break
+
+
+def _vds_fallbacks(source: str, base: Path) -> list[Path]:
+    """Where else HDF5 looks for a virtual dataset's source file: the ``HDF5_VDS_PREFIX`` folders, and for an
+    absolute path its name beside the virtual file and in the working folder (a copied run's files)."""
+    names = [source] + ([os.path.basename(source)] if os.path.isabs(source) else [])
+    folders = [Path(p) for p in os.environ.get("HDF5_VDS_PREFIX", "").split(os.pathsep) if p] + [base, Path.cwd()]
+    return [folder / name for folder in folders for name in names if not os.path.isabs(name)]
 
 
 def require_dataset(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> h5py.Dataset:

@@ -78,8 +78,8 @@ def _check_possible_geometry(geometry: dict, path) -> None:
     low, high, _ = estimates.POSSIBLE["wavelength_m"]
     if not low <= geometry["wavelength_m"] <= high:
         joules = PLANCK_EV_M / geometry["wavelength_m"] * JOULE_PER_EV
-        hint = (f"did you mean {joules:g} eV ({joules * JOULE_PER_EV:.4g} J)?" if 10 <= joules <= 1e7 else
-                f"did you mean {joules:g} keV ({joules * 1e3 * JOULE_PER_EV:.4g} J)?" if 0.01 <= joules < 10 else
+        hint = (f"did you mean {joules:g} eV ({joules * JOULE_PER_EV:.4g} J)?" if 500 <= joules <= 1e6 else
+                f"did you mean {joules:g} keV ({joules * 1e3 * JOULE_PER_EV:.4g} J)?" if 0.5 <= joules < 500 else
                 "the photon energy is in joules per photon (6 keV: 9.61e-16 J)")
         raise InputError(f"{joules:g} J per photon (a wavelength of {geometry['wavelength_m']:g} m) is beyond any "
                          "X-ray imaging", path=path, field=GEOMETRY_PATHS["energy"], fix=hint)

@@ -78,8 +78,9 @@ def _emc_line(run: RunLayout) -> str | None:
         return None
     from spibatch.stages import finished
 
-    stage = (finished(run, "emc") or {}).get("seconds")    # the stage's own time: setup and writes included
-    seconds = stage if isinstance(stage, (int, float)) else sum(r.get("time_s", 0.0) for r in rows)
+    stage = (finished(run, "emc") or {}).get("seconds")    # the stage's own time: setup and writes included,
+    iterations = sum(r.get("time_s", 0.0) for r in rows)   # but of its last session only (a resume)
+    seconds = max(stage, iterations) if isinstance(stage, (int, float)) else iterations
     shown = f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"     # ("in 0 s" for a 2-second run)
     line = f"EMC: {rows[-1]['iteration']} iterations on {rows[-1].get('mpi_ranks', 1)} rank(s) in {shown} s"
     truth = _json(run.emc_vs_truth)
