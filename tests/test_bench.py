@@ -177,6 +177,34 @@ def test_spibatch_bench_exits_130_when_interrupted_and_1_when_a_point_failed(tmp
     assert done.exit_code == 1, done.output
 
 
+def test_a_point_whose_run_still_runs_is_not_removed_under_it(tmp_path, emc_small, monkeypatch):
+    """A bench killed with -9 leaves its point's `spibatch run` going; the next bench took the stale lock over
+    and removed that point's folder under the live run: now one line naming it, and the folder kept."""
+    import os
+    import socket
+
+    from spibatch import layout
+    from spibatch.bench import matrix
+    from spibatch.bench.settings import load_bench
+
+    path = write_bench(tmp_path, emc_small, repeats=1)
+    bench = load_bench(path)
+    points = matrix.build(bench, matrix.site_infos(bench.matrix.sites))
+    monkeypatch.setattr(runner, "run_command", fake_command)
+    bench_command(path, [], out=tmp_path / "out", dry_run=False, rates=False)
+    document = json.loads((tmp_path / "out" / "bench.json").read_text())
+    first = next(p for p in document["points"] if p["key"] == points[0].key)
+    first["status"], first["error"] = "failed", "killed"            # to be measured again
+    (tmp_path / "out" / "bench.json").write_text(json.dumps(document))
+    rep = tmp_path / "out" / "points" / points[0].folder / "rep-1"
+    rep.mkdir(parents=True, exist_ok=True)
+    (rep / layout.LOCK).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+                                               "started": "now", "command": ["spibatch", "run"]}))
+    with pytest.raises(InputError, match="a run of this point from an earlier bench still runs"):
+        bench_command(path, [], out=tmp_path / "out", dry_run=False, rates=False)
+    assert (rep / layout.LOCK).exists() and not (tmp_path / "out" / layout.LOCK).exists()
+
+
 def test_a_second_bench_into_the_same_folder_is_refused(tmp_path, emc_small):
     """Two benches into one folder removed each other's points (no lock): the second is one line, naming the
     first; the folder's lock is the bench's while it runs and gone after."""

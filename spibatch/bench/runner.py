@@ -277,10 +277,26 @@ def fill_sizes(out: Path, document: dict) -> None:
                                                                         record["key"].replace("/", "_"))
 
 
+def _check_no_run_left(folder: Path) -> None:
+    """InputError when a run of a half-done point still runs (a bench killed with -9 leaves its `spibatch run`
+    child going): removing its folder under it raced it, and it loaded the machine during the new measurement."""
+    from spibatch import layout
+    from spibatch.errors import InputError
+    from spibatch.lock import lock_is_stale, read_lock
+
+    for lock in folder.glob(f"rep-*/{layout.LOCK}"):
+        owner = read_lock(lock.parent)
+        if owner and not lock_is_stale(owner):
+            raise InputError(f"a run of this point from an earlier bench still runs (pid {owner.get('pid')} on "
+                             f"{owner.get('host')})", path=lock.parent, field="--out",
+                             fix=f"wait for it to end (or kill {owner.get('pid')}), then run the bench again")
+
+
 def measure_point(point: Point, bench: Bench, info: SiteInfo, out: Path) -> dict:
     """All repeats of one point, back to back, in ``out/points/<point>/`` (removed first if half done)."""
     folder = out / POINTS_DIR / point.folder
     if folder.exists():
+        _check_no_run_left(folder)
         shutil.rmtree(folder)
     work = bench.workloads[point.workload]
     record = {"key": point.key, **point.describe(), "status": "measured", "error": None, "started": machine.now(),
