@@ -107,6 +107,8 @@ def test_repeated_matrix_values_another_benchs_folder_and_a_run_folder_above(tmp
     were each refused after the folder was made): one line, before anything."""
     path = write_bench(tmp_path, emc_small, modes="htc, htc")
     assert "matrix.modes" in _error(path) and "htc listed twice" in _error(path)
+    path = write_bench(tmp_path, emc_small, workers="2, 1, 2")        # merged silently before: now as the others
+    assert "matrix.workers" in _error(path) and "2 listed twice" in _error(path)
     path = write_bench(tmp_path, emc_small)
     other = tmp_path / "other"
     other.mkdir()

@@ -34,6 +34,8 @@ def test_align_recovers_a_subvoxel_shift_and_the_twin(twin):
     assert np.abs(aligned - rho).max() < 0.05 * rho.max()
     if not twin:
         assert np.allclose(how.shift, (-2.3, 4.6, -0.4), atol=0.005)   # the parabola alone: ~0.06 off
+    _, edge = align(_shifted(rho, (15.97, -15.98, 0.0)), rho)           # near the wrap: reported in (-N/2, N/2]
+    assert np.all(np.abs(edge.shift) <= 16) and edge.cc > 0.99
 
 
 def test_align_finds_the_global_phase_of_a_complex_density():

@@ -124,7 +124,10 @@ class Matrix(Section):
     def _workers(cls, v):
         if isinstance(v, list) and (not v or any(w < 1 for w in v)):
             raise ValueError("a list of positive worker counts, or max")
-        return sorted(set(v)) if isinstance(v, list) else v
+        twice = sorted({w for w in v if v.count(w) > 1}) if isinstance(v, list) else []
+        if twice:      # as modes, scaling and workloads: a value once
+            raise ValueError(f"{', '.join(map(str, twice))} listed twice")
+        return sorted(v) if isinstance(v, list) else v
 
 
 class ModelSplit(Section):

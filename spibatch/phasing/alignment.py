@@ -139,7 +139,8 @@ def align(volume: np.ndarray, reference: np.ndarray, *, allow_twin: bool = True)
             best = (inverted, spec, pos, top, cross)
     inverted, spec, pos, top, cross = best
     if real:
-        pos = _refine_peak(np.conj(r) * spec, pos)
+        n = np.array(volume.shape)
+        pos = (_refine_peak(np.conj(r) * spec, pos) + n / 2) % n - n / 2   # wrapped as the parabola's was
     moved = shift_spectrum(spec, -pos)
     aligned = _ifft(moved)
     if real:
