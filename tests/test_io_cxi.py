@@ -264,3 +264,23 @@ def test_a_virtual_stack_is_read_where_hdf5_finds_its_sources(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path / "moved")
     with h5py.File(tmp_path / "rel.cxi", "r") as f:
         check_other_files(f, tmp_path / "rel.cxi")
+
+
+def test_saturated_integer_pixels_are_said(tmp_path, caplog):
+    """A raw uint16 stack whose unmasked pixels reach 65535: taken as 65535 photons a pixel without a word before
+    (EMC fits them as the brightest speckles); now a warning naming the dataset, and none for a stack below it."""
+    import logging
+
+    from spibatch.io.cxi import check_frames
+
+    frames = np.random.default_rng(0).poisson(0.5, (4, 8, 8)).astype(np.uint16)
+    with h5py.File(tmp_path / "ok.cxi", "w") as f:
+        f["/entry_1/data_1/data"] = frames
+    frames[2, 3, 3] = 65535
+    with h5py.File(tmp_path / "sat.cxi", "w") as f:
+        f["/entry_1/data_1/data"] = frames
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        check_frames(tmp_path / "ok.cxi")
+        assert "saturated" not in caplog.text
+        check_frames(tmp_path / "sat.cxi")
+    assert "sat.cxi: entry_1/data_1/data: unmasked pixels reach uint16's largest value (65535)" in caplog.text

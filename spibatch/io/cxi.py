@@ -222,6 +222,13 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
             highest = max(highest, high or 0.0)
         if highest < 1:
             raise no_photons(num_frames, adu_per_photon, cxi_path)
+        if data.dtype.kind in "iu" and highest * adu_per_photon >= np.iinfo(data.dtype).max - adu_per_photon / 2:
+            import logging     # a raw detector's saturated pixels: each a huge count EMC takes for photons
+
+            logging.getLogger("spibatch").warning(
+                "spibatch: warning: %s: %s: unmasked pixels reach %s's largest value (%d), %d photons each at %g ADU "
+                "per photon: saturated? mask them (a mask dataset, --mask-path) or check the calibration", cxi_path,
+                data_path.lstrip("/"), data.dtype, np.iinfo(data.dtype).max, int(highest), adu_per_photon)
         return tuple(int(x) for x in data.shape)
 
 
