@@ -110,18 +110,14 @@ def bench(bench_file: Path = typer.Argument(..., help="benchmark file (BENCH.yam
           no_rates: bool = typer.Option(False, "--no-rates", help="no kernel rates, no model")) -> None:
     """Cross-platform scaling benchmark: every point of the matrix a real pipeline run; bench.json, a table,
     plots, report.html, and the performance model checked on points it was not calibrated on."""
-    from spibatch.bench import bench_command, failed_points
+    from spibatch.bench import bench_command, exit_status
 
     folder, text = bench_command(bench_file, list(site), out=out, dry_run=dry_run,
                                  rates=False if no_rates else (rates or True))
     typer.echo(text, nl=not text.endswith("\n"))
-    if not dry_run:    # a script or CI must not take a partial or failed matrix for a result
-        from spibatch.bench.__main__ import interrupted
-
-        if interrupted(folder):
-            raise typer.Exit(130)
-        if failed_points(folder):
-            raise typer.Exit(1)
+    status = 0 if dry_run else exit_status(folder)
+    if status:
+        raise typer.Exit(status)
 
 
 def replay(source: str = typer.Argument(..., help="'simulated' (a simulated particle among empty frames), or a "

@@ -115,13 +115,15 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     return out, text
 
 
-def failed_points(out: Path) -> list[str]:
-    """The points of the bench folder ``out`` whose last measurement failed (the command then exits 1)."""
-    try:
-        points = json.loads((Path(out) / "bench.json").read_text(encoding="utf-8")).get("points", [])
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [p.get("key", "?") for p in points if isinstance(p, dict) and p.get("status") == "failed"]
+def exit_status(out: Path) -> int:
+    """What a bench that measured into ``out`` exits with: 130 when its matrix was interrupted, 1 when a point's
+    last measurement failed, else 0 (a script or CI must not take a partial or failed matrix for a result)."""
+    from spibatch.bench.runner import load_document
+
+    document = load_document(Path(out)) or {}
+    if document.get("interrupted"):
+        return 130
+    return 1 if any(p.get("status") == "failed" for p in document.get("points", [])) else 0
 
 
 def taken_rates(path: Path) -> dict:
@@ -168,4 +170,4 @@ def finish(out: Path, document: dict, *, rates: bool | Path | dict = True) -> st
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["bench_command", "bench_schema", "print_schema", "finish", "default_out"]
+__all__ = ["bench_command", "bench_schema", "print_schema", "finish", "default_out", "exit_status"]

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from spibatch.bench import bench_command, print_schema
+from spibatch.bench import bench_command, exit_status, print_schema
 from spibatch.errors import InputError
 
 
@@ -38,18 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spibatch: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(text, end="")
-    if args.dry_run:
-        return 0
-    from spibatch.bench import failed_points
-
-    return 130 if interrupted(out) else 1 if failed_points(out) else 0
-
-
-def interrupted(out: Path) -> bool:
-    """Whether the last run of the matrix in ``out`` was interrupted (its bench.json says so)."""
-    from spibatch.bench.runner import load_document
-
-    return bool((load_document(out) or {}).get("interrupted"))
+    return 0 if args.dry_run else exit_status(out)
 
 
 def _not_parsl_info(record: logging.LogRecord) -> bool:

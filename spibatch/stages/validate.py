@@ -167,27 +167,21 @@ def _intensity_vs_truth(intensity: Path, reference: Path, dataset: str | None = 
     (``spibatch phase --truth`` of an EMC output compared it unturned: cc 0.66 and 158 A for 0.93 and 39 A)."""
     import numpy as np
 
-    from spibatch.align import align_intensity, measured_shells
+    from spibatch.align import compare_intensities
     from spibatch.io.results import read_volume
-    from spibatch.validate import crop_to_common
 
     if intensity.resolve() == reference.resolve():
         return None, None
     try:     # the dataset the phase stage read (phasing.dataset); the truth's own intensity
-        model = np.asarray(read_volume(intensity, dataset), np.float64)
-        model = model[0] if model.ndim == 4 and model.shape[0] == 1 else model
-        model, truth = crop_to_common(model, np.asarray(read_volume(reference, "intensity"), np.float64))
-        r_min, r_max = measured_shells(model, truth)
+        summary = compare_intensities(read_volume(intensity, dataset), read_volume(reference, "intensity"))
     except (InputError, ValueError, OSError) as exc:
         log.warning("spibatch: warning: %s cannot be aligned onto %s's intensity (%s): the phased density is "
                     "compared unturned", intensity, reference, str(exc).split(";")[0])
         return None, None
-    alignment = align_intensity(model, truth, r_min, r_max)
-    log.info("phased intensity %s vs %s: cc %.4f%s", intensity.name, reference.name, alignment.cc,
-             " (inversion twin)" if alignment.inverted else "")
-    return alignment.rotation, {"intensity": str(intensity), "cc": float(alignment.cc), "r_min": r_min,
-                                "r_max": r_max, "inverted": alignment.inverted,
-                                "rotation": alignment.rotation.tolist()}
+    log.info("phased intensity %s vs %s: cc %.4f%s", intensity.name, reference.name, summary["cc"],
+             " (inversion twin)" if summary["inverted"] else "")
+    return np.asarray(summary["rotation"]), {"intensity": str(intensity), **{k: summary[k] for k in
+                                             ("cc", "r_min", "r_max", "inverted", "rotation")}}
 
 
 def _has_intensity(path: Path) -> bool:
