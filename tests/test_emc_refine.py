@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -149,11 +150,15 @@ def test_coarse_to_fine_gives_the_full_grid_answer(both_runs, case):
     assert read_result(both_runs["refine"] / "output_010.h5")[0]["orientations"].max() < 3240
 
 
-def test_resume_after_the_switch_gives_the_same_model(both_runs, case, tmp_path):
-    # stopped after iteration 8 (past the switch), resumed for 9 and 10: the candidates come back from output_006.h5
+def test_resume_after_the_switch_gives_the_same_model(both_runs, case, tmp_path, caplog):
+    # stopped after iteration 8 (past the switch), resumed for 9 and 10: the candidates come back from output_008.h5
+    # (the last iteration chooses none: no search follows it)
     eight = tmp_path / "eight"
-    driver.run_emc(settings(num_div=2, iterations=8, refine={"num_div": 4, "after": 6}), case["photons"],
-                   case["detector"], eight, executor=InProcess())
+    with caplog.at_level(logging.INFO, logger="spibatch"):
+        driver.run_emc(settings(num_div=2, iterations=8, refine={"num_div": 4, "after": 6}), case["photons"],
+                       case["detector"], eight, executor=InProcess())
+    chosen = [r.getMessage() for r in caplog.records if "coarse-to-fine after" in r.getMessage()]
+    assert [m.split(":")[1].split()[3] for m in chosen] == ["6", "7"]
     driver.run_emc(settings(num_div=2, iterations=10, refine={"num_div": 4, "after": 6}), case["photons"],
                    case["detector"], eight, executor=InProcess(), resume=True)
     a = read_result(eight / "output_010.h5")[0]["intensity"]

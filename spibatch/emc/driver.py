@@ -371,7 +371,7 @@ def iterate(run: Run, executor, iteration: int) -> dict:
         record["frames_whole_grid"] = run.whole_grid
     record["time_s"] = finished - start
     run.recorder.save(iteration, model, total.frames, scales, record)
-    if state.top:   # the last coarse iteration or a fine one: the next fine search is around its top rotations
+    if state.top and iteration < settings.iterations:   # the next fine search is around its top rotations
         _next_candidates(run, total.frames["top_rotations"], total.frames["mutual_info"], iteration)
     return record
 
