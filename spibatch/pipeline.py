@@ -86,10 +86,11 @@ def check_pipeline(pipeline, config: Path, site: Site | None = None, folder: Pat
     """What can be checked before anything is created, on ``site``'s workers (None: this machine): every
     input read in full and every stage's memory and time (:func:`spibatch.stages.preflight.check_run`), the
     validate stage's inputs, and that the site can run its EMC mode; InputError (one line)."""
+    from spibatch.stages.checks import budget_for
     from spibatch.stages.preflight import check_run
 
     check_run(pipeline, config, site, folder)
-    stages.module("validate").check(pipeline, config)
+    stages.module("validate").check(pipeline, config, budget=budget_for(site))   # on the site's workers
     if pipeline.device == "gpu" and (site is None or site.provider == "local"):   # the GPU is this machine's
         from spibatch.kernels.device import resolve
 

@@ -251,6 +251,32 @@ def test_site_budget_uses_the_declared_memory(tmp_path):
     assert budget_for(None).memory == estimates.machine_memory()[0]
 
 
+def test_validate_memory_is_judged_on_the_sites_workers(emc_small, tmp_path):
+    """Two 256^3 volumes to compare (3.2 GB by the estimate, their files a few kB: chunks never written) fit this
+    machine but not a Slurm node of 2 GB: ``spibatch run --site`` refuses before anything is created, naming the
+    site's memory (it was judged against this machine)."""
+    import h5py
+
+    from platform_helpers import write_pipeline
+    from spibatch.backends import load_site
+    from spibatch.config import load_pipeline
+    from spibatch.pipeline import check_pipeline
+
+    for name in ("a.h5", "b.h5"):
+        with h5py.File(tmp_path / name, "w") as f:
+            f.create_dataset("intensity", shape=(256, 256, 256), dtype="f4", chunks=(32, 32, 32))
+    config = write_pipeline(tmp_path, emc_small)
+    config.write_text(config.read_text() + f"validation: {{volume: {tmp_path / 'a.h5'}, reference: "
+                      f"{tmp_path / 'b.h5'}, dataset: intensity, kind: intensity}}\n")
+    (tmp_path / "slurm.yaml").write_text("provider: slurm\nworkers: 1\nslurm: {mem_per_node_gb: 2}\n")
+    pipeline = load_pipeline(config)
+    estimates.validate([((256,) * 3, "validation.volume")] * 2).check(config)   # this machine: fits
+    with pytest.raises(InputError) as info:
+        check_pipeline(pipeline, config, load_site(tmp_path / "slurm.yaml"))
+    message = str(info.value)
+    assert "validate stage" in message and "mem_per_node_gb" in message and "\n" not in message, message
+
+
 @pytest.mark.parametrize("values, words", [
     ({"photon_energy_ev": 6.0}, ["photon_energy_ev", "1000-25000 eV", "did you mean 6000"]),
     ({"detector_distance_m": 300.0}, ["detector_distance_m", "did you mean 0.3"]),

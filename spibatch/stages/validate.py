@@ -22,9 +22,10 @@ from spibatch.stages import finished, inputs
 log = logging.getLogger("spibatch")
 
 
-def check(pipeline, config: Path | None = None, run: RunLayout | None = None) -> None:
-    """Before anything is created: the files named exist and read as volumes; two volumes compared alone say
-    what they hold (or ``validation.kind`` does)."""
+def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *, budget=None) -> None:
+    """Before anything is created: the files named exist and read as volumes, and their comparison fits the
+    memory of ``budget`` (default: this machine); two volumes compared alone say what they hold (or
+    ``validation.kind`` does)."""
     from spibatch.io.results import check_reference
 
     cfg = pipeline.validation
@@ -41,7 +42,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None) ->
         keys = {"validation.volume": cfg.volume, "validation.reference": cfg.reference}
         shapes = [(volume_shape(path, cfg.dataset, field=key), key)   # a missing dataset or a non-volume stops here
                   for key, path in keys.items()]
-        estimates.validate(shapes).check(config or cfg.volume, paths=keys)   # before reading a declared 4096^3
+        estimates.validate(shapes).check(config or cfg.volume, budget, paths=keys)   # before reading a 4096^3
         kind = _kind(cfg)
         _comparable(cfg, kind, [(path, _read(path, cfg, kind)[0]) for path in (cfg.volume, cfg.reference)])
     elif cfg.reference is not None:    # a garbage truth stops here, not after the whole phasing
