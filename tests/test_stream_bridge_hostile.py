@@ -55,9 +55,10 @@ def test_a_malformed_message_is_one_skipped_train(monkeypatch):
 
     source = BridgeSource("tcp://127.0.0.1:1", (4, 4), timeout_s=0.01)
     try:
-        for bad in ([b"\xc1\xc1not msgpack"], message_1_0("a string, not frames")):
+        for bad, reason in (([b"\xc1\xc1not msgpack"], "malformed message"),
+                            (message_1_0("a string, not frames"), "not numbers")):
             monkeypatch.setattr(source.client, "next", lambda bad=bad: deserialize(bad))
             (item,) = source.read()
-            assert isinstance(item, Skipped) and item.reason == "malformed message"
+            assert isinstance(item, Skipped) and item.reason == reason, item
     finally:
         source.close()

@@ -52,11 +52,12 @@ def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None)
             return photons, photons_info(photons)[0]
         if shards.end is not None and shards.hits == 0:
             raise InputError(f"the source ended ({shards.end.get('end', 'ended')}) before a single hit was found "
-                             f"in {shards.frames_seen} frames", path=run.follow, field="source",
+                             f"in {shards.frames_seen} frames{_skipped_trains(run)}", path=run.follow, field="source",
                              fix="check the source, adu_per_photon and hit_threshold")
         if shards.end is None and follow_over(run):   # ended without an end line: before its first
             shards = ChunkShards(run.follow)          # train, or stopped (an end line comes before the record)
             if not shards.first_chunks(min_hits) and (shards.end is None or shards.hits == 0):
+                _raise_if_follow_failed(run)
                 problem = (f"the follow stopped after {shards.hits} hit(s), fewer than source.emc_start_hits "
                            f"({min_hits}), without an end line (see stages/follow.log)" if shards.hits else
                            "the source ended before a single hit was committed (no train arrived: see "
@@ -71,6 +72,30 @@ def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None)
             raise InputError(f"no hit committed within {timeout_s:.0f} s", path=run.follow, field="source",
                              fix="is the follower running? see stages/follow.log")
         time.sleep(POLL_S)
+
+
+def _skipped_trains(run: RunLayout) -> str:
+    """``"; N trains skipped (reason: count, ...; see stages/follow.log)"`` from the follow's status, or ""."""
+    try:
+        bad = json.loads(run.follow_status.read_text(encoding="utf-8")).get("bad_trains") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    bad = {k: v for k, v in bad.items() if k != "already ingested" and isinstance(v, int)}
+    if not bad:
+        return ""
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
+    return f"; {sum(bad.values())} train(s) arrived and were skipped ({reasons}; see stages/follow.log)"
+
+
+def _raise_if_follow_failed(run: RunLayout) -> None:
+    """InputError with the follow job's own error when it failed (a crash is not "no train arrived")."""
+    from spibatch.stages.__main__ import read_result
+
+    result = read_result(run, "follow")
+    if result and result.get("status") == "failed":
+        error = " ".join(str(result.get("error") or "no error recorded").split())[:300]
+        raise InputError(f"the follow stage failed before a single hit was committed: {error}", path=run.follow,
+                         field="source", fix=f"see {run.stage_stream('follow', 'stderr')} and stages/follow.log")
 
 
 def follow_over(run: RunLayout) -> bool:

@@ -9,8 +9,10 @@ Pulse IDs come from ``image.pulseId`` (else the frame within the train).
 
 Skipped, with one log line each: a train without our source (the sources it had are named), a
 train without the key, a train whose pulse IDs do not match its frames (a train cut short), a
-train that reports modules missing (``modulesPresent``).  A source we do not read is logged once
-by name and ignored.  The bridge never says it has ended: the follower's idle time-out ends it.
+train that reports modules missing (``modulesPresent``), a train of no frames or of frames that are not
+numbers, a train whose ID is 0 (EuXFEL's "no train").  A source we do not read is logged once by name and
+ignored.  The bridge never says it has ended: the follower's idle time-out ends it.  A REQ client whose
+connection drops connects again, so a bridge that restarted is read again.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ class BridgeSource:
     def __init__(self, endpoint: str, frame_shape: tuple[int, ...], *, source: str | None = None,
                  key: str = "image.data", sock: str = "REQ", timeout_s: float = 0.5):
         import karabo_bridge.client
-        from karabo_bridge import Client
 
         karabo_bridge.client.deserialize = deserialize   # what Client.next decodes with: ours refuses pickles
         self.endpoint, self.frame_shape, self.source, self.key = endpoint, tuple(frame_shape), source, key
-        self.client = Client(endpoint, sock=sock, timeout=timeout_s)
+        self.sock, self.timeout_s = sock, timeout_s
+        self.client = self.monitor = None
+        self._connect()
         self.name = f"karabo bridge {endpoint}"
         self.streams = True     # it sends as long as the facility runs: a stop does not wait for it to fall silent
         self.ended: str | None = None
@@ -49,8 +52,11 @@ class BridgeSource:
     def read(self) -> list:
         try:
             data, meta = self.client.next()
+            self._lost_peer()          # a reply came: a drop before it is an old one
             return [self._train(data, meta, time.time())]
         except TimeoutError:
+            if self._lost_peer():
+                self._connect()
             return []
         except Exception as exc:  # noqa: BLE001 - whatever a message holds, it costs one train, not the follow
             text = " ".join(str(exc).split())[:160]
@@ -59,17 +65,47 @@ class BridgeSource:
     def close(self) -> None:
         self.client.__exit__(None, None, None)
 
+    def _connect(self) -> None:
+        """A (new) client, and for a REQ socket a monitor of its connection: a REQ socket sends its next request
+        only after the reply to the last one, which a bridge that restarted never sends (ZeroMQ reconnects, but
+        the request stays unanswered), so a lost connection means a new client.  A bridge that only pauses keeps
+        the connection and the request (no train is lost)."""
+        import zmq
+        from karabo_bridge import Client
+
+        if self.client is not None:
+            log.info("bridge %s: the connection was lost: connecting again", self.endpoint)
+            self.client.__exit__(None, None, None)      # the monitor's socket with its context
+        self.client = Client(self.endpoint, sock=self.sock, timeout=self.timeout_s)
+        self.monitor = (self.client._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED) if self.sock == "REQ"
+                        else None)
+
+    def _lost_peer(self) -> bool:
+        """Whether the REQ socket's connection to the bridge dropped since the last look."""
+        import zmq
+
+        lost = False
+        while self.monitor is not None:
+            try:
+                self.monitor.recv_multipart(zmq.NOBLOCK)
+                lost = True
+            except zmq.Again:
+                break
+        return lost
+
     # ------------------------------------------------------------------ one train
 
     def _train_id(self, data: dict, meta: dict) -> int | None:
+        """The train's ID, or None (none sent, or 0: EuXFEL's "no train", which taken would make every real
+        train look like a jump)."""
         for name in ([self.source] if self.source in meta else []) + list(meta):
             info = meta.get(name) or {}
             if "timestamp.tid" in info:
-                return int(info["timestamp.tid"])
+                return int(info["timestamp.tid"]) or None
         for values in data.values():     # protocol 1.0: the metadata travel inside data
             tid = (values.get("metadata") or {}).get("timestamp", {}).get("tid")
             if tid is not None:
-                return int(tid)
+                return int(tid) or None
         return None
 
     def _train(self, data: dict, meta: dict, received: float):
@@ -89,7 +125,7 @@ class BridgeSource:
                            f"the train has only sources {sorted(data)}", trains)
         values = data[self.source]
         if tid is None:
-            return Skipped("no train ID", self.source, "timestamp.tid", "the train carries no train ID")
+            return Skipped("no train ID", self.source, "timestamp.tid", "the train carries no train ID (or 0)")
         if self.key not in values:
             return Skipped("key missing", self.source, self.key, f"the train has keys {sorted(values)[:8]}", trains)
         present = values.get("modulesPresent")
@@ -97,6 +133,11 @@ class BridgeSource:
             missing = [i for i, ok in enumerate(present) if not ok]
             return Skipped("module missing", self.source, "modulesPresent", f"modules {missing} missing", trains)
         frames = self._frames(np.asarray(values[self.key]))
+        if frames.dtype.kind not in "biuf":
+            return Skipped("not numbers", self.source, self.key, f"frames of type {frames.dtype}, not numbers",
+                           trains)
+        if not len(frames):
+            return Skipped("empty train", self.source, self.key, f"no frame (shape {frames.shape})", trains)
         pulses = values.get("image.pulseId")
         pulses = np.arange(len(frames)) if pulses is None else np.asarray(pulses).reshape(-1)
         if len(pulses) != len(frames):

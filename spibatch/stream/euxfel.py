@@ -35,6 +35,7 @@ from spibatch.errors import InputError
 from spibatch.stream.blocks import Block, Skipped
 
 log = logging.getLogger("spibatch")
+GAP_WAIT = 6    # x settle_s: how long a sequence waits for a missing lower one before the follow goes on without it
 
 # detector -> (file-name pattern of its module files with groups module and sequence, image key, first module)
 DETECTORS = {
@@ -132,11 +133,20 @@ class RunFolderSource:
     # ------------------------------------------------------------------ sequences
 
     def _scan(self) -> dict[int, dict[int, Path]]:
+        """sequence -> module -> its file.  A name that is not a file (a dangling link) is left out, so its module
+        counts as missing; two files for one module and sequence (two runs' files, RAW and CORR files in one
+        folder) are one InputError naming both."""
         files: dict[int, dict[int, Path]] = {}
-        for path in self.run_dir.glob("*.h5"):
+        for path in sorted(self.run_dir.glob("*.h5")):
             match = self.pattern.search(path.name)
-            if match:
-                files.setdefault(int(match.group(2)), {})[int(match.group(1))] = path
+            if not match or not path.is_file():
+                continue
+            sequence, module = int(match.group(2)), int(match.group(1))
+            other = files.setdefault(sequence, {}).setdefault(module, path)
+            if other != path:
+                raise InputError(f"two files for module {module}, sequence {sequence}: {other.name} and {path.name}",
+                                 path=self.run_dir, field="source.target",
+                                 fix="give a folder holding one run's files of one kind (raw or proc)")
         return files
 
     def _closed(self) -> bool:
@@ -148,6 +158,9 @@ class RunFolderSource:
             return False
 
     def _next_sequence(self):
+        """(sequence, its files) once the next one is ready (module docstring), else None.  Sequences go in
+        order: one missing below a later one is waited for (per-sequence correction jobs may write them out of
+        order) until the run is closed or the later one has settled for :data:`GAP_WAIT` x ``settle_s``."""
         files = self._scan()
         waiting = sorted(s for s in files if s not in self.done)
         if not waiting:
@@ -155,15 +168,30 @@ class RunFolderSource:
                 self.ended = f"run closed (a valid overview file in {self.run_dir})"
             return None
         seq = waiting[0]
-        stamp = tuple(sorted((n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in files[seq].items()))
+        try:
+            stamp = tuple(sorted((n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in files[seq].items()))
+        except OSError:        # a file removed (or replaced) since the scan: look again at the next poll
+            return None
         before = self._seen.get(seq)
         if before is None or before[0] != stamp:
             self._seen[seq] = (stamp, time.monotonic())
-        settled = time.monotonic() - self._seen[seq][1] >= self.settle_s
+        quiet = time.monotonic() - self._seen[seq][1]
+        settled = quiet >= self.settle_s
         complete = len(files[seq]) >= self.modules
         later = len(waiting) > 1 or any(s > seq for s in self.done)
-        if not ((complete and (later or settled)) or (later and settled) or self._closed()):
+        # each module's file is finished once that module has begun a later sequence (modules write on their own)
+        finished = all(any(n in files[s] for s in waiting[1:]) for n in files[seq])
+        closed = self._closed()
+        if not ((complete and (finished or settled)) or (later and settled) or closed):
             return None
+        expected = max(self.done) + 1 if self.done else seq
+        if seq > expected and not closed and quiet < GAP_WAIT * max(self.settle_s, 1.0):
+            return None         # a lower sequence may still come
+        if seq > expected:
+            log.warning("follow: %s: sequence %d missing: going on with sequence %d", self.run_dir, expected, seq)
+        if self.done and seq < max(self.done):
+            log.warning("follow: %s: sequence %d came after sequence %d was read: its trains come too late (trains "
+                        "are taken in order)", self.run_dir, seq, max(self.done))
         self.done.add(seq)
         return seq, files[seq]
 
@@ -214,6 +242,12 @@ class RunFolderSource:
                 tids = tuple(int(t) for t in keydata.train_ids if t > self.skip)
                 notes.append(Skipped("wrong shape", source, self.key, problem, tids, counted=False))
                 continue
+            claimed, held = _index_and_data(keydata)
+            if claimed > held:
+                problem = f"its index claims {claimed:,} entries, the data hold {held:,} (a damaged or cut file)"
+                causes[index] = f"{path.name}: {problem}"
+                notes.append(Skipped("damaged index", source, self.key, f"sequence {seq}: {problem}", counted=False))
+                continue
             modules[index] = (source, keydata, per_entry, pulse_ids)
         counts = {i: dict(zip(np.asarray(kd.train_ids).tolist(), (kd.data_counts(labelled=False) * per).tolist()))
                   for i, (_, kd, per, _) in modules.items()}
@@ -259,17 +293,37 @@ class RunFolderSource:
         per_train = [next(iter(counts.values()))[t] for t in good]
         n = sum(per_train)
         data = np.empty((n, self.modules) + self.module_shape, np.float32)
-        pulses = None
-        for i, (source, keydata, _, pulse_ids) in modules.items():
+        pulses = train_ids = None
+        for i, (source, keydata, per, pulse_ids) in modules.items():
             try:
-                data[:, i] = keydata.select_trains(by_id[good]).ndarray().reshape((n,) + self.module_shape)
+                chosen = keydata.select_trains(by_id[good])
+                data[:, i] = chosen.ndarray().reshape((n,) + self.module_shape)
+                # each frame's train as the file gives it (a file may list its trains in any order)
+                ids = np.repeat(np.asarray(chosen.train_id_coordinates(), np.int64), per)
+                if train_ids is None:
+                    train_ids = ids
+                elif not np.array_equal(ids, train_ids):
+                    items.append(Skipped("modules disagree", source, self.key, "its frames are in another train "
+                                         "order than the other modules'", tuple(good)))
+                    return items
                 if pulses is None and pulse_ids is not None:
                     pulses = pulse_ids.select_trains(by_id[good]).ndarray().reshape(-1)
             except Exception as error:   # a truncated file fails only when its data are read
                 items.append(Skipped("unreadable data", source, self.key, f"reading failed ({error})", tuple(good)))
                 return items
         if pulses is None or len(pulses) != n:   # no pulse IDs (JUNGFRAU, pnCCD): the frame within the train
-            pulses = np.concatenate([np.arange(c) for c in per_train])
-        train_ids = np.repeat(good, per_train)
-        items.append(Block(data.reshape((n,) + self.frame_shape), train_ids, pulses, self.name))
+            pulses = np.concatenate([np.arange(np.count_nonzero(train_ids == t)) for t in dict.fromkeys(train_ids)])
+        order = np.argsort(train_ids, kind="stable")      # trains in order, each train's frames as they were
+        data = data.reshape((n,) + self.frame_shape)
+        if not np.array_equal(order, np.arange(n)):
+            data, train_ids, pulses = data[order], train_ids[order], np.asarray(pulses)[order]
+        items.append(Block(data, train_ids, pulses, self.name))
         return items
+
+
+def _index_and_data(keydata) -> tuple[int, int]:
+    """(entries the file's index gives ``keydata``, entries its dataset holds): a damaged index claims more than
+    the data hold, which reading would allocate for (a count of 10^9 frames: terabytes) before failing."""
+    claimed = int(np.asarray(keydata.data_counts(labelled=False)).astype(np.uint64).sum(dtype=np.uint64))
+    dataset = keydata.files[0].file[keydata.hdf5_data_path]
+    return claimed, int(dataset.shape[0]) if dataset.shape else 0

@@ -18,7 +18,9 @@ the index: trains up to the last committed one are skipped as already ingested (
 bridge or a re-read run folder sends them again), so nothing is lost or doubled.
 
 Trains are taken in increasing train-ID order: a train ID not above the last one taken is a
-repeat (or went back) and is skipped and counted, as is every train a source reports bad.
+repeat (or went back) and is skipped and counted, as is every train a source reports bad.  A train ID
+far above the last one (:data:`MAX_TRAIN_JUMP`) is taken as bogus and skipped -- unless
+:data:`JUMP_ACCEPT` such trains come in a row, in order: then the last train taken was the bogus one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from spibatch.stream.store import ALREADY_INGESTED, FRAME_STATS, Store
 log = logging.getLogger("spibatch")
 MAX_TRAIN_JUMP = 10 ** 8   # train IDs (10 a second at EuXFEL): 115 days; a bigger step up is a bogus ID
 MAX_TRAIN_ID = 2 ** 40     # 1.1e12 trains: 3 500 years at 10 a second; a bigger (or negative) ID is bogus, even the first
+JUMP_ACCEPT = 20           # this many trains in a row, in order, all a jump above the last train taken: the last one was bogus
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class Follower:
         self._bad_changed = False
         self._old: list[int] = []          # already-ingested trains not yet reported
         self._files = 0                    # the source's finished files recorded in the index so far
+        self._jumped: list[int] = []       # the trains just refused as a jump, in a row and in order
         self._old_source = ""
 
     # ------------------------------------------------------------------ the loop
@@ -168,6 +172,9 @@ class Follower:
                         break
                     time.sleep(self.settings.poll_s)
             self._report_old()
+            if not self.started and any(k != ALREADY_INGESTED for k in self.store.state.bad):
+                self.store.start(self.detector)     # every train was bad: the end line and its counts say so
+                self.started = True
             self._commit()
             self.store.end(reason)
             log.info("follow: ended (%s): %d frames, %d hits in %d chunks", reason, self.store.state.frames_seen,
@@ -210,6 +217,13 @@ class Follower:
 
     def _block(self, block: Block) -> bool:
         """Process one block; True when it brought a new train (False: refused or already taken)."""
+        if not block.num_frames:
+            return False
+        if block.data.dtype.kind not in "biuf":
+            trains = tuple(int(t) for t in np.unique(block.train_ids))
+            self._skipped(Skipped("not numbers", block.source, "data", f"frames of type {block.data.dtype}",
+                                  trains, block.num_frames))
+            return False
         shape = tuple(block.data.shape[1:])
         if shape != self.frame_shape:
             trains = tuple(int(t) for t in np.unique(block.train_ids))
@@ -237,10 +251,11 @@ class Follower:
         repeated, jumped = [], []
         for a, b in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(tids)]])):
             tid = int(tids[a])
-            if self._jumps(tid):
+            if self._jumps(tid) and not self._jumped_for_good(tid):
                 jumped.append(tid)
             elif tid > self.last_train:
                 self._report_old()
+                self._jumped = []
                 keep[a:b] = True
                 self.last_train = tid
                 self.pending.trains += 1
@@ -258,6 +273,23 @@ class Follower:
                                   f"the last train taken ({self.last_train}) or outside 0..2^40: not taken",
                                   tuple(jumped)))
         return keep
+
+    def _jumped_for_good(self, tid: int) -> bool:
+        """Whether ``tid`` (a jump) makes :data:`JUMP_ACCEPT` jumps in a row, each above the one before by at most
+        MAX_TRAIN_JUMP: then the train taken last was the bogus one (a first train of ID 1, then the facility's
+        real IDs), and the jumps are taken from here on (with one warning); else the jump is refused."""
+        if not 0 <= tid <= MAX_TRAIN_ID:
+            return False
+        if self._jumped and not 0 < tid - self._jumped[-1] <= MAX_TRAIN_JUMP:
+            self._jumped = []
+        self._jumped.append(tid)
+        if len(self._jumped) < JUMP_ACCEPT:
+            return False
+        log.warning("follow: %d trains in a row jumped from train %d to %d..%d: taking them from now on (the "
+                    "train taken before them was bogus, or the train count was reset)", len(self._jumped),
+                    self.last_train, self._jumped[0], tid)
+        self._jumped = []
+        return True
 
     def _report_old(self) -> None:
         """One log line for the run of already-ingested trains just passed."""
