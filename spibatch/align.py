@@ -11,8 +11,8 @@ so it is covered too).  The coarse pass correlates Gaussian-smoothed
 volumes on a sparse lattice of shell voxels; the best few distinct peaks
 are refined by Nelder-Mead on the full-resolution shell.
 
-Coordinates are array indices ``(i, j, k)`` relative to the centre
-``(M - 1) // 2``; rotations act on them as ``(3, 3)`` matrices.
+Coordinates are array indices ``(i, j, k)`` relative to the centre ``M // 2`` (q = 0 where the phasing and
+numpy's ``fftshift`` put it; ``(M - 1) / 2`` on EMC's odd grids); rotations act on them as ``(3, 3)`` matrices.
 
 The model is rotated *before* its radial average is removed.  Removing it
 first leaves steps at every shell boundary (the intensity falls by orders
@@ -74,7 +74,7 @@ def rotation_grid(n: int) -> np.ndarray:
 
 
 def rotate_intensity(volume: np.ndarray, rotation: np.ndarray, order: int = 1) -> np.ndarray:
-    """Resample ``volume`` (M, M, M) at ``rotation @ x`` about the centre ``(M - 1) // 2``.
+    """Resample ``volume`` (M, M, M) at ``rotation @ x`` about the centre ``M // 2``.
 
     Returns the (M, M, M) float64 volume ``out(x) = volume(rotation @ x)``
     (spline ``order``; outside the grid reads 0).
@@ -82,7 +82,7 @@ def rotate_intensity(volume: np.ndarray, rotation: np.ndarray, order: int = 1) -
     from scipy import ndimage
 
     m = volume.shape[0]
-    c = (m - 1) // 2
+    c = m // 2
     grid = np.indices(volume.shape, dtype=np.float64).reshape(3, -1) - c
     coords = np.asarray(rotation, dtype=np.float64) @ grid + c
     return ndimage.map_coordinates(np.asarray(volume, dtype=np.float64), coords, order=order,
@@ -147,14 +147,15 @@ def _flatten(volume: np.ndarray, valid: np.ndarray | None, sigma: float) -> np.n
 
 
 def _distinct_peaks(mats: np.ndarray, scores: np.ndarray, count: int, min_angle: float) -> list[int]:
-    """Indices of the ``count`` best scores whose matrices differ pairwise by more than ``min_angle`` rad."""
+    """Indices of the ``count`` best scores whose matrices differ pairwise by more than ``min_angle`` rad, a matrix
+    and its inversion counting as one (an intensity is centrosymmetric: ``M`` and ``-M`` score alike, and taken as
+    two peaks they left half the refinements to twins -- an exactly centred 32^3 case aligned to cc 0.89, not 0.99)."""
     chosen: list[int] = []
     for i in np.argsort(scores)[::-1]:
         ok = True
         for j in chosen:
-            if np.linalg.det(mats[i]) * np.linalg.det(mats[j]) < 0:
-                continue
-            cos = (np.trace(mats[i].T @ mats[j]) - 1.0) / 2.0
+            other = mats[j] if np.linalg.det(mats[i]) * np.linalg.det(mats[j]) > 0 else -mats[j]
+            cos = (np.trace(mats[i].T @ other) - 1.0) / 2.0
             if np.arccos(np.clip(cos, -1.0, 1.0)) < min_angle:
                 ok = False
                 break
@@ -173,7 +174,7 @@ def align_intensity(model, reference, r_min: float, r_max: float, *, mask=None,
 
     Parameters
     ----------
-    model, reference : (M, M, M) and (L, L, L) float intensities, centre ``(M - 1) // 2``
+    model, reference : (M, M, M) and (L, L, L) float intensities, centre ``M // 2``
         (a leading axis of 1 is dropped); the larger is cropped about its centre
     r_min, r_max : shell range in voxels, as in :func:`spibatch.validate.shell_correlation`
     mask : None, ``"valid"`` or a boolean array on ``model``'s grid, applied on the
@@ -204,7 +205,7 @@ def align_intensity(model, reference, r_min: float, r_max: float, *, mask=None,
         model_c = np.nan_to_num(model_c)
         model_c = np.where(valid, model_c, radial_profile(model_c, valid)[shell])
         ref_c = np.nan_to_num(ref_c)
-    centre = (m - 1) // 2
+    centre = m // 2
     offsets = np.indices(model_c.shape, dtype=np.float64).reshape(3, -1) - centre
     shell = shell.ravel()
     workers = workers or min(2, os.cpu_count() or 1)

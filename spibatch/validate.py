@@ -6,7 +6,7 @@ Two measures, for two kinds of comparison:
   or any volumes) on the same cubic grid, per one-voxel shell of the
   Fourier transform, with the resolution where it drops below 0.5 / 0.143.
 * :func:`shell_correlation` — the Pearson correlation of two 3-D
-  *intensities* (already in reciprocal space, centre at ``(M - 1) // 2``)
+  *intensities* (already in reciprocal space, centre at ``M // 2``, as the phasing's)
   over the voxels between two radii, after removing each one's radial
   average: the measure the reference data sets quote.  Orientation search
   for it lives in :mod:`spibatch.align`.
@@ -234,13 +234,13 @@ def plot_fsc(result: FSCResult, path: str | os.PathLike, title: str | None = Non
 # ---- shell correlation of intensities -------------------------------------------------------
 
 def crop_to_common(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop the larger of two cubic volumes about its centre ``(M - 1) // 2`` to the smaller's shape.
+    """Crop the larger of two cubic volumes about its centre ``M // 2`` to the smaller's shape.
 
     E.g. Dragonfly's 93^3 model (centre 46) against a 91^3 truth (centre 45):
     the model loses one plane on each side, and both centres land on index 45.
     """
     def crop(v: np.ndarray, m: int) -> np.ndarray:
-        o = (v.shape[0] - 1) // 2 - (m - 1) // 2
+        o = v.shape[0] // 2 - m // 2
         return v[o:o + m, o:o + m, o:o + m]
 
     m = min(x.shape[0], y.shape[0])
@@ -248,8 +248,8 @@ def crop_to_common(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def radial_index(size: int) -> np.ndarray:
-    """(size, size, size) float64 distance of each voxel from the centre ``(size - 1) // 2``."""
-    c = np.arange(size, dtype=np.float64) - (size - 1) // 2
+    """(size, size, size) float64 distance of each voxel from the centre ``size // 2``."""
+    c = np.arange(size, dtype=np.float64) - size // 2
     return np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
 
 
@@ -340,7 +340,7 @@ def shell_correlation(intensity, reference, r_min: float, r_max: float,
 
     Parameters
     ----------
-    intensity, reference : (M, M, M) and (L, L, L) float, centre at ``(M - 1) // 2``,
+    intensity, reference : (M, M, M) and (L, L, L) float, centre at ``M // 2``,
         radii in voxels; a leading axis of 1 (Dragonfly's ``intens``) is dropped.
         When sizes differ the larger is cropped about its centre (see
         :func:`crop_to_common`), so a 93^3 model compares with a 91^3 truth.
@@ -361,7 +361,7 @@ def shell_correlation(intensity, reference, r_min: float, r_max: float,
 def shell_correlation_curve(intensity: np.ndarray, reference: np.ndarray, voxel_size: float | None = None,
                             measured_only: bool = True) -> FSCResult:
     """Pearson correlation of two centred (M, M, M) intensities in every one-voxel shell of |q| (radius
-    ``round(|r - (M-1)//2|)``), as an :class:`FSCResult` (``fsc`` holds the per-shell correlation, so the
+    ``round(|r - M // 2|)``), as an :class:`FSCResult` (``fsc`` holds the per-shell correlation, so the
     0.5 / 0.143 crossings read as resolutions).  ``voxel_size``: the real-space voxel ``1 / (M dq)`` in m,
     when the Fourier voxel ``dq`` is known.  With ``measured_only`` voxels that are 0 in either volume (not
     measured: a beam-stop hole, the corners beyond a detector) are left out."""
