@@ -304,7 +304,8 @@ class Validation(Section):
         "densities by translation and the twin after resampling onto one voxel; auto: from the files (MRC and "
         "`density` datasets are densities, `intensity`/`intens` intensities)")
     voxel_size_m: PositiveFloat | None = Field(None, description="real-space voxel in metres of both volumes, when "
-                                               "their files do not say")
+                                               "their files do not say (two intensities: 1 / (N dq) of the first's "
+                                               "edge N)")
 
 
 class Output(Section):

@@ -20,21 +20,22 @@ from spibatch.io.atomic import atomic_path
 from spibatch.io.files import require_file
 
 
-def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: float,
+def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: float | None,
               origin_angstrom: tuple[float, float, float] | None = None) -> None:
-    """Write ``volume`` [x, y, z], stored as float32, with an isotropic voxel size in Angstrom (atomic);
-    ``origin_angstrom``: where voxel (0, 0, 0) lies (the header's origin, as ChimeraX places the map)."""
+    """Write ``volume`` [x, y, z], stored as float32, with an isotropic voxel size in Angstrom (atomic; None: not
+    known, a cell of 0, which readers -- ours too -- take as no voxel); ``origin_angstrom``: where voxel (0, 0, 0)
+    lies (the header's origin, as ChimeraX places the map)."""
     import mrcfile
 
     volume = np.asarray(volume, np.float32)
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3-D [x, y, z], got shape {volume.shape}")
-    if not (np.isfinite(voxel_size_angstrom) and voxel_size_angstrom > 0):
+    if voxel_size_angstrom is not None and not (np.isfinite(voxel_size_angstrom) and voxel_size_angstrom > 0):
         raise ValueError(f"voxel_size_angstrom must be positive, got {voxel_size_angstrom}")
     with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(volume.transpose(2, 1, 0)))
-            mrc.voxel_size = float(voxel_size_angstrom)
+            mrc.voxel_size = float(voxel_size_angstrom or 0.0)
             if origin_angstrom is not None:
                 mrc.header.origin = tuple(float(v) for v in origin_angstrom)
 

@@ -171,7 +171,21 @@ def _bin_volume(path: Path) -> np.ndarray:
     if size == 0 or size != 8 * edge ** 3:
         raise InputError(f"{size} bytes is not a float64 cube (8 * edge^3 bytes)", path=path,
                          fix="give Dragonfly's raw intensity or density .bin file")
-    return np.fromfile(path, "<f8").reshape(edge, edge, edge)
+    volume = np.fromfile(path, "<f8").reshape(edge, edge, edge)
+    if not _plausible(volume) and _plausible(volume.byteswap()):
+        raise InputError("its values read as little-endian float64 are NaN or absurd, byte-swapped they are not: a "
+                         "big-endian file", path=path, fix="write it little-endian (numpy: "
+                         "volume.astype('<f8').tofile(path)), as Dragonfly does")
+    return volume
+
+
+def _plausible(volume: np.ndarray) -> bool:
+    """All finite and within 1e-100 .. 1e100 in magnitude where not 0 (a byte-swapped float64 reads as NaN,
+    infinities or values like 1e-300 and 1e+250)."""
+    with np.errstate(all="ignore"):
+        magnitude = np.abs(volume[volume != 0])
+        return bool(np.isfinite(volume).all() and (magnitude.size == 0 or (magnitude.min() > 1e-100
+                                                                             and magnitude.max() < 1e100)))
 
 
 

@@ -11,11 +11,14 @@ measured on one side only is filled from the other).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from spibatch.errors import InputError
+
+log = logging.getLogger("spibatch")
 
 
 @dataclass
@@ -126,7 +129,41 @@ def check_intensity(intensity, *, source: str | None = None, field: str = "inten
         raise InputError(f"the largest voxel is {arr[idx]:.3g} (at {idx}): above {MAX_INTENSITY:.0e}, past what the "
                          "float32 amplitudes and their transforms hold", path=source, field=field,
                          fix="divide the intensity by a constant (phasing uses only its ratios)")
+    _check_centred(arr, source, field)
     return arr
+
+
+def symmetry_centre(intensity: np.ndarray) -> tuple[float, ...]:
+    """The index (half-integers allowed) about which each axis of a centrosymmetric intensity (N, N, N) is
+    symmetric: per axis the peak of the self-convolution of the projected amplitudes, which for a profile
+    symmetric about c peaks at 2c (Cauchy-Schwarz)."""
+    amplitude = np.sqrt(np.clip(intensity, 0.0, None))
+    lit = amplitude[amplitude > 0]
+    if lit.size:           # a few hot voxels (zingers) must not pull the profiles: capped at the 99.9th percentile
+        amplitude = np.minimum(amplitude, np.percentile(lit, 99.9))
+    centres = []
+    for axis in range(3):
+        profile = amplitude.sum(axis=tuple(a for a in range(3) if a != axis))
+        centres.append(float(np.argmax(np.convolve(profile, profile))) / 2)
+    return tuple(centres)
+
+
+def _check_centred(arr: np.ndarray, source, field: str) -> None:
+    """InputError when the intensity's centre of symmetry is a voxel or more from N // 2 (phasing puts q = 0
+    there: an intensity centred elsewhere phases to a silently worse density); a warning at half a voxel (an even
+    edge centred at (N - 1) / 2)."""
+    n = arr.shape[0]
+    found = symmetry_centre(arr)
+    off = max(abs(c - n // 2) for c in found)
+    if off < 0.5:
+        return
+    where = "(" + ", ".join(f"{c:g}" for c in found) + ")"
+    problem = (f"the intensity is symmetric about index {where}, not about N // 2 = {n // 2} where phasing puts "
+               "q = 0")
+    fix = "shift it so that q = 0 sits at index N // 2 on every axis (numpy's fftshift convention)"
+    if off >= 1:
+        raise InputError(problem, path=source, field=field, fix=fix)
+    log.warning("spibatch: warning: %s: %s: %s; %s", source or field, field, problem, fix)
 
 
 def prepare(intensity, *, real: bool = True, measured=None, voxel_size_per_m: float | None = None,

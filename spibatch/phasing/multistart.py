@@ -81,7 +81,8 @@ def merge(results: list[StartResult], measurement: Measurement, keep: int, rank_
     shells = np.arange(prtf.size, dtype=float)
     voxel = measurement.voxel_size_m
     frequency = shells / (n * voxel) if voxel else np.full(prtf.size, np.nan)
-    crossing = first_crossing(prtf, INV_E)
+    # one start's PRTF is 1 wherever it has amplitude, by construction: no resolution to read from it
+    crossing = first_crossing(prtf, INV_E) if count > 1 else None
     resolution = (n * voxel / crossing) if (crossing and voxel) else None
     return Merged(density=density.astype(np.float32 if measurement.real else np.complex64),
                   support=support.astype(np.float32), prtf=prtf, shell_frequency_per_m=frequency,

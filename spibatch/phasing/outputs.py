@@ -5,7 +5,7 @@
 prtf_frequency_per_m (S,); errors (starts, iterations) float32; final_errors, seeds (starts,);
 kept_seeds; free_errors (recipe auto); attrs: recipe, voxel_size_m, resolution_m (PRTF 1/e), intensity_file, ...
 ``phasing.cxi``: the same density, support and PRTF as a CXI file (:func:`spibatch.phasing.export.write_cxi`).
-``density.mrc``: the density with its voxel size in Angstrom (1 A when unknown).
+``density.mrc``: the density with its voxel size in Angstrom (a cell of 0 when unknown: no voxel invented).
 ``phasing.png``: three central slices of density and support, the PRTF, the error curves.
 ``metrics.jsonl``: one line per start (errors per iteration), then one for the merge.
 File names come from :mod:`spibatch.layout`.
@@ -101,8 +101,7 @@ def write_outputs(paths: dict[str, Path], merged: Merged, results: list[StartRes
     write_cxi(paths["cxi"], merged.density, merged.support, measurement.voxel_size_m, prtf=merged.prtf,
               prtf_frequency_per_m=merged.shell_frequency_per_m, configuration=provenance,
               note=f"{len(merged.kept_seeds)} of {len(results)} starts averaged; recipe {settings.recipe!r}")
-    voxel_a = measurement.voxel_size_m * 1e10 if measurement.voxel_size_m else 1.0
-    write_mrc(paths["density_mrc"], density, voxel_a)
+    write_mrc(paths["density_mrc"], density, measurement.voxel_size_m * 1e10 if measurement.voxel_size_m else None)
     plot_phasing(paths["picture"], density, merged, results, measurement)
 
 

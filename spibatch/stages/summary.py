@@ -96,7 +96,9 @@ def _phasing_line(run: RunLayout) -> str:
 
     attrs = read_result(run.phasing, attrs_only=True)[1]
     res = attrs.get("resolution_m")
-    line = (f"PRTF falls below 1/e at {res * 1e10:.3g} A" if res else
+    line = ("no PRTF resolution from one kept start (its PRTF is 1 by construction: keep 2 or more)"
+            if (attrs.get("keep_best") or 0) < 2 else
+            f"PRTF falls below 1/e at {res * 1e10:.3g} A" if res else
             f"PRTF 1/e at shell {attrs['resolution_shell']:.1f}" if attrs.get("resolution_shell") else
             "PRTF stays above 1/e to the edge of the data")
     return (f"phasing: {attrs.get('keep_best')} of {attrs.get('num_starts')} starts kept; {line} "

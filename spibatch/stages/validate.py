@@ -44,9 +44,47 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
                   for key, path in keys.items()]
         estimates.validate(shapes).check(config or cfg.volume, budget, paths=keys)   # before reading a 4096^3
         kind = _kind(cfg)
-        _comparable(cfg, kind, [(path, _read(path, cfg, kind)[0]) for path in (cfg.volume, cfg.reference)])
+        read = [(path, *_read(path, cfg, kind)) for path in (cfg.volume, cfg.reference)]
+        _comparable(cfg, kind, [(path, volume) for path, volume, _ in read])
+        if kind == "density":
+            _both_voxels_or_neither([(path, voxel) for path, _, voxel in read],
+                                    "validation.voxel_size_m", "--voxel-size-m (validation.voxel_size_m)")
     elif cfg.reference is not None:    # a garbage truth stops here, not after the whole phasing
-        check_reference(cfg.reference, cfg.reference_voxel_size_m)
+        truth, truth_voxel = check_reference(cfg.reference, cfg.reference_voxel_size_m)
+        if truth.min() == truth.max():
+            raise InputError("the truth is constant: no structure to compare", path=cfg.reference,
+                             field="validation.reference", fix="give the true density itself")
+        if pipeline.phasing.intensity is not None:       # `phase --truth` of an intensity file
+            _check_phasing_against(pipeline, config, run, Path(cfg.reference), truth_voxel)
+
+
+def _check_phasing_against(pipeline, config, run, reference: Path, truth_voxel) -> None:
+    """The phased density and the truth on one scale: both voxels known or neither (one taken for the other gave
+    cc 0.66 and 114 A for 0.98), and the phased intensity and the truth's own on one q grid (the density is turned
+    by their alignment)."""
+    source = Path(inputs.phasing_intensity(run, pipeline, config))
+    dq = pipeline.phasing.voxel_size_per_m or _fourier_voxel(source)
+    if truth_voxel is not None and dq is None:
+        raise InputError(f"the truth's voxel is known ({truth_voxel:.4g} m) but the intensity records no Fourier "
+                         "voxel (voxel_size_per_m): the phased density cannot be put on the truth's grid",
+                         path=source, field="phasing.voxel_size_per_m",
+                         fix="set phasing.voxel_size_per_m (1 / (N x the density voxel), in 1/m)")
+    if truth_voxel is None and dq is not None:
+        raise InputError("the truth records no voxel, the phased density's is known: the two cannot be put on one "
+                         "grid", path=reference, field="validation.reference_voxel_size_m",
+                         fix="give the truth's voxel (--truth-voxel-size-m)")
+    if dq is not None and _has_intensity(reference):
+        _same_q_voxel([source, reference])
+
+
+def _both_voxels_or_neither(volumes: list, field: str, option: str) -> None:
+    """Two densities of which one records its voxel and the other not: refused (compared as if their voxels were
+    equal, a 2 nm truth against a voxel-less volume read cc 0.65 for 0.999)."""
+    known = [(path, voxel) for path, voxel in volumes if voxel is not None]
+    if len(known) == 1:
+        missing = next(path for path, voxel in volumes if voxel is None)
+        raise InputError(f"records no voxel while {Path(known[0][0]).name}'s is {known[0][1]:.4g} m: the two cannot "
+                         "be put on one grid", path=missing, field=field, fix=f"give its voxel with {option}")
 
 
 def _comparable(cfg, kind: str, volumes: list) -> None:
@@ -264,8 +302,9 @@ def _density_vs_truth(run: RunLayout, pipeline, reference: Path, rotation, turne
     if rotation is not None:
         phase_done = finished(run, "phase") or {}
         n = data["density"].shape[0]
-        summary.update({"starts": pipeline.phasing.num_starts, "phasing_seconds": phase_done.get("seconds"),
-                        "data_edge_resolution_m": n * attrs["voxel_size_m"] / attrs["max_measured_shell"]})
+        summary.update({"starts": pipeline.phasing.num_starts, "phasing_seconds": phase_done.get("seconds")})
+        if attrs.get("voxel_size_m") and attrs.get("max_measured_shell"):     # unknown without a Fourier voxel
+            summary["data_edge_resolution_m"] = n * attrs["voxel_size_m"] / attrs["max_measured_shell"]
     written = write_comparison(summary, run.fsc_vs_truth, run.fsc_vs_truth_png, f"phased density vs {reference.name}")
     from spibatch.phasing.export import write_density_in_truth_frame
 
@@ -306,6 +345,8 @@ def _two_volumes(run: RunLayout, cfg) -> dict[str, Path]:
     (a, a_voxel), (b, b_voxel) = _read(first, cfg, kind, False), _read(second, cfg, kind, False)
     if kind == "intensity":
         dq = _fourier_voxel(first) or _fourier_voxel(second)
+        if dq is None and cfg.voxel_size_m:      # the real-space voxel 1 / (N dq) of the first file's N
+            dq = 1.0 / (a.shape[-1] * cfg.voxel_size_m)
         edge = min(a.shape[-1], b.shape[-1])
         summary = compare_intensities(a, b, 1.0 / (edge * dq) if dq else None)
         how = (f"intensities on a {summary['grid']}^3 grid, {first.name} turned onto {second.name} (best rotation"

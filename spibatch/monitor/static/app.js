@@ -318,7 +318,8 @@ function renderPhase(ph) {
   const xTitle = perNm ? "spatial frequency (1/nm)" : "shell (Fourier voxels)";
   const shapes2 = [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: Math.exp(-1), y1: Math.exp(-1), line: { color: "#d62728", dash: "dash", width: 1 } }];
   const notes = [{ xref: "paper", yref: "y", x: 0.99, y: Math.exp(-1), xanchor: "right", yanchor: "bottom", text: "1/e", showarrow: false, font: { color: "#d62728" } }];
-  let res = "PRTF stays above 1/e to the edge of the data";
+  let res = kept.size < 2 ? "one start kept: its PRTF is 1 by construction (no resolution)"
+    : "PRTF stays above 1/e to the edge of the data";
   if (prtf.resolution_shell != null) {
     const xr = perNm ? perNm[1] * prtf.resolution_shell : prtf.resolution_shell;
     shapes2.push({ type: "line", xref: "x", yref: "paper", x0: xr, x1: xr, y0: 0, y1: 1, line: { color: "#d62728", dash: "dot", width: 1 } });
@@ -327,7 +328,8 @@ function renderPhase(ph) {
   notes.push({ xref: "paper", yref: "paper", x: 0.99, y: 0.99, xanchor: "right", showarrow: false, text: esc(res) });
   draw("plot-prtf", [{ x, y: prtf.prtf, mode: "lines+markers", marker: { size: 4 }, line: { color: PALETTE[0] } }],
     layout(`Phase retrieval transfer function (${kept.size} starts)`, xTitle, "PRTF", { yaxis: { range: [0, 1.15], title: { text: "PRTF" } }, shapes: shapes2, annotations: notes }));
-  addHeadline("PRTF resolution", prtf.resolution_m ? nm(prtf.resolution_m) : "beyond the data edge");
+  addHeadline("PRTF resolution", kept.size < 2 ? "none (one start)" : prtf.resolution_m ? nm(prtf.resolution_m)
+    : "beyond the data edge");
 }
 
 /* phasing under way on workers: only the count of finished starts exists until they are merged */
