@@ -89,12 +89,23 @@ def monitor(path: Optional[Path] = typer.Argument(None, envvar="SPIBATCH_MONITOR
 
 def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
     """(Re)write RUN_DIR/report.html and its PNGs (every run writes them at its end)."""
+    import sys
+
+    from spibatch import lock
     from spibatch.layout import RunLayout
     from spibatch.stages import report as report_stage
 
     run = RunLayout(run_dir)
     report_stage.check(run=run)
-    typer.echo(f"wrote {report_stage.run(run)['report']}")
+    owner = lock.read_lock(run.path)
+    if owner is not None and lock.lock_is_stale(owner):      # its writer was killed: nobody writes into it
+        typer.echo(f"wrote {report_stage.run(run)['report']}")
+        return
+    lock.take_lock(run.path, ["spibatch", *sys.argv[1:]], "RUN_DIR")   # one writer: a live run's is refused
+    try:
+        typer.echo(f"wrote {report_stage.run(run)['report']}")
+    finally:
+        lock.release_lock(run.path)
 
 
 def bench(bench_file: Path = typer.Argument(..., help="benchmark file (BENCH.yaml: the matrix of sites, modes, "

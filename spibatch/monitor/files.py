@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from spibatch.monitor.lookup import Lookup
 from spibatch.monitor.paths import NotFound, OutsideRoot, inside, within
 from spibatch.monitor.values import integer, number
 
@@ -42,13 +43,13 @@ class BadFile(Exception):
     """A file that reads but holds something the monitor cannot show (wrong types, shapes, too large)."""
 
 
-def open_inside(root: Path, path: Path) -> BinaryIO:
+def open_inside(root: Path, path: Path, lookup: Lookup | None = None) -> BinaryIO:
     """``path`` opened for reading (binary) when it is a regular file under ``root`` (resolved).
 
     OutsideRoot when it (or what was opened) leaves the root, NotFound when it is missing or not a
-    regular file, BadFile when it cannot be read (permissions).
+    regular file, BadFile when it cannot be read (permissions).  ``lookup``: resolve through it.
     """
-    real = inside(root, path)
+    real = lookup.inside(path) if lookup is not None else inside(root, path)
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(real, flags)
@@ -61,8 +62,11 @@ def open_inside(root: Path, path: Path) -> BinaryIO:
             raise NotFound(f"{path.name} is not there") from None
         raise BadFile(f"{path.name} cannot be read ({exc.strerror})") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise NotFound(f"{path.name} is not a regular file")
+        if lookup is not None:
+            lookup.depends(os.fspath(real), st)
         if _PROC_FD.is_dir():
             held = Path(os.readlink(_PROC_FD / str(fd)))
             if not within(root, held):
@@ -74,32 +78,32 @@ def open_inside(root: Path, path: Path) -> BinaryIO:
         raise
 
 
-def read_bytes(root: Path, path: Path, limit: int = MAX_READ_BYTES) -> bytes:
+def read_bytes(root: Path, path: Path, limit: int = MAX_READ_BYTES, lookup: Lookup | None = None) -> bytes:
     """The whole file, when it is at most ``limit`` bytes (BadFile otherwise)."""
-    with open_inside(root, path) as fh:
+    with open_inside(root, path, lookup) as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise BadFile(f"{path.name} is larger than {limit >> 20} MiB: not shown")
     return data
 
 
-def read_text(root: Path, path: Path, limit: int = MAX_READ_BYTES) -> str:
-    return read_bytes(root, path, limit).decode("utf-8", errors="replace")
+def read_text(root: Path, path: Path, limit: int = MAX_READ_BYTES, lookup: Lookup | None = None) -> str:
+    return read_bytes(root, path, limit, lookup).decode("utf-8", errors="replace")
 
 
-def read_json(root: Path, path: Path):
+def read_json(root: Path, path: Path, lookup: Lookup | None = None):
     """The file's JSON value (NaN and infinities allowed in the file; callers clean them); NotReady when
     it is not complete JSON (being written, or cut short)."""
     try:
-        return json.loads(read_text(root, path))
+        return json.loads(read_text(root, path, lookup=lookup))
     except (ValueError, RecursionError):
         raise NotReady(f"{path.name}: not complete JSON yet") from None
 
 
-def read_jsonl(root: Path, path: Path) -> list[dict]:
+def read_jsonl(root: Path, path: Path, lookup: Lookup | None = None) -> list[dict]:
     """The complete JSON lines of a file that are objects; a last line still being written is skipped."""
     rows = []
-    for line in read_text(root, path).splitlines():
+    for line in read_text(root, path, lookup=lookup).splitlines():
         try:
             row = json.loads(line)
         except (ValueError, RecursionError):
@@ -109,10 +113,10 @@ def read_jsonl(root: Path, path: Path) -> list[dict]:
     return rows
 
 
-def first_line_json(root: Path, path: Path) -> dict | None:
+def first_line_json(root: Path, path: Path, lookup: Lookup | None = None) -> dict | None:
     """The first JSON line of a file (only that line is read), or None when missing, refused or incomplete."""
     try:
-        with open_inside(root, path) as fh:
+        with open_inside(root, path, lookup) as fh:
             row = json.loads(fh.readline(1 << 20).decode("utf-8", errors="replace"))
     except (NotFound, OutsideRoot, BadFile, OSError, ValueError, RecursionError):
         return None

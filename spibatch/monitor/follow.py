@@ -19,7 +19,6 @@ the moment it was written.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def has_follow(data) -> bool:
 def preview_iterations(data) -> list[int]:
     """EMC iterations with a preview (its ``preview.json`` written: the density is complete), in order."""
     try:
-        names = os.listdir(data.run.previews)
+        names = data.lookup.names(data.run.previews)
     except OSError:
         return []
     found = sorted(int(m.group(1)) for m in map(PREVIEW_RE.fullmatch, names) if m)[-MAX_PREVIEWS:]

@@ -63,7 +63,7 @@ def run_monitor(path: Path | None, host: str, port: int, poll_ms: int = 2000,
     except ImportError as exc:
         raise InputError(f"the monitor needs {exc.name}, which is not installed", fix=install_hint()) from None
     from spibatch.monitor.guards import allowed_hosts, allowed_name, canonical_host, is_wildcard
-    from spibatch.monitor.paths import find_runs
+    from spibatch.monitor.lookup import find_runs
     from spibatch.monitor.server import address, bind, serve
 
     host = canonical_host(host)

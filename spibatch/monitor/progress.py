@@ -21,11 +21,10 @@ status) or ``stopped``, and one that never started is ``not run``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from spibatch import layout
-from spibatch.monitor.files import BadFile, read_jsonl
+from spibatch.monitor.files import BadFile
 from spibatch.monitor.paths import NotFound, OutsideRoot
 from spibatch.monitor.values import number, text
 
@@ -58,7 +57,7 @@ def start_files(data) -> list[Path]:
     """The ``phase/starts/start_NNN.npz`` files written so far (each under the monitored root)."""
     folder = data.run.start_file(0).parent
     try:
-        names = set(os.listdir(folder))
+        names = set(data.lookup.names(folder))
     except OSError:
         return []
     count = min(max(data.config_int("phasing", "num_starts") or 0, len(names)), MAX_STARTS_LISTED)
@@ -104,7 +103,7 @@ def phasing(data, stage_list: list[dict]) -> dict | None:
     lines = 0
     if metrics is not None:
         try:
-            lines = sum(1 for r in read_jsonl(data.root, metrics) if r.get("kind") == "start")
+            lines = sum(1 for r in data.read_jsonl(metrics) if r.get("kind") == "start")
         except (NotFound, OutsideRoot, BadFile):
             lines = 0
     return {"state": state or ("done" if result is not None else "running"), "starts_done": max(len(files), lines),

@@ -70,13 +70,15 @@ def collect(run_dir: str | os.PathLike) -> dict:
 def render_html(responses: dict, title: str) -> str:
     """The self-contained HTML: the monitor page with CSS, Plotly.js, app.js and the data inlined."""
     from spibatch.monitor.server import STATIC
+    from spibatch.monitor.values import clean, utf8
 
     def inline_js(name: str) -> str:
         return "<script>\n" + (STATIC / name).read_text(encoding="utf-8").replace("</script", "<\\/script") + \
             "\n</script>"
 
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    payload = json.dumps({"generated": generated, "responses": responses}, separators=(",", ":"), allow_nan=False)
+    payload = json.dumps(clean({"generated": generated, "responses": responses}), separators=(",", ":"),
+                         allow_nan=False)
     # no "<" at all: "</" would close the script element early, and "<!--<script" (a run's command line, log or
     # file name may hold it) switched the parser to a state where the element swallowed app.js (a blank page)
     payload = payload.replace("<", "\\u003c")
@@ -87,7 +89,7 @@ def render_html(responses: dict, title: str) -> str:
         '<script src="static/plotly.min.js"></script>': inline_js("plotly.min.js"),
         '<script src="static/app.js"></script>': inline_js("app.js"),
         "<!--SPIBATCH-REPORT-DATA-->": f"<script>window.SPIBATCH_REPORT = {payload};</script>",
-        "<title>spibatch monitor</title>": f"<title>spibatch report: {_escape(title)}</title>",
+        "<title>spibatch monitor</title>": f"<title>spibatch report: {_escape(utf8(title))}</title>",
         '<span class="brand">spibatch monitor</span>': '<span class="brand">spibatch report</span>',
     }
     for old, new in pieces.items():

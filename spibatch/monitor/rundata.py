@@ -25,8 +25,10 @@ import numpy as np
 from spibatch import layout
 from spibatch.emc.records import LOG_COLUMNS
 from spibatch.monitor import follow, progress
-from spibatch.monitor.files import (MAX_CONFIG_BYTES, BadFile, NotReady, attr_int, attr_number, dataset, first_line_json,
-                                    is_file_inside, open_h5, read_json, read_jsonl, read_text, stat_inside, tail, volume)
+from spibatch.monitor.files import (MAX_CONFIG_BYTES, BadFile, NotReady, attr_int, attr_number, dataset,
+                                    first_line_json, open_h5, read_json, read_jsonl, read_text, stat_inside, tail,
+                                    volume)
+from spibatch.monitor.lookup import Lookup
 from spibatch.monitor.paths import NotFound, OutsideRoot, inside, run_name
 from spibatch.monitor.values import clean, integer, number, numbers, text
 from spibatch.monitor.volumes import density_slices, intensity_slices
@@ -38,55 +40,75 @@ EMC_KEYS = ("log_likelihood", "mutual_info", "rms_change", "beta_mean", "mean_ke
 
 
 class RunData:
-    """One run folder under a monitored root (both already resolved by :func:`paths.resolve_run`)."""
+    """One run folder under a monitored root (both already resolved by :func:`paths.resolve_run`).
+
+    Made anew for every request: what it has found (folder listings, stats, emc_dir, phase_files,
+    provenance, config) is kept for its life only (:class:`~spibatch.monitor.lookup.Lookup`)."""
+
+    _UNSET = object()
 
     def __init__(self, root: Path, folder: Path):
         self.root, self.folder = root, folder
         self.name = run_name(root, folder)
         self.run = layout.RunLayout(folder)
         self._config: dict | None = None
+        self.lookup = Lookup(root)
+        self.lookup.known(folder)
+        self._emc_dir = self._phase_files = self._provenance = self._UNSET
 
     # -- where things are -------------------------------------------------------------------------
     def file(self, *parts: str) -> Path:
         """A path inside the run; OutsideRoot if it resolves outside the monitored root."""
-        return inside(self.root, self.folder.joinpath(*parts))
+        return Path(self.lookup.inside(self.folder.joinpath(*parts)))
 
     def _in_layout(self, path: Path) -> Path | None:
         """``path`` (of the run's layout) when it is a file inside the root, else None."""
-        return path if is_file_inside(self.root, path) else None
+        return path if self.lookup.is_file(path) else None
 
     def exists(self, path: Path) -> bool:
-        return is_file_inside(self.root, path)
+        return self.lookup.is_file(path)
 
     def mtime(self, path: Path) -> float | None:
-        st = stat_inside(self.root, path)
+        st = self.lookup.stat(path)
         return st.st_mtime if st is not None else None
 
     def read_json(self, path: Path):
         """The JSON value of a file of the run, None when it is missing, refused, or not complete JSON."""
+        if not self.exists(path):        # what read_json would say (NotFound / OutsideRoot), without asking
+            return None
         try:
-            return read_json(self.root, path)
+            return read_json(self.root, path, self.lookup)
         except (NotFound, OutsideRoot, NotReady, BadFile):
             return None
 
+    def read_jsonl(self, path: Path) -> list[dict]:
+        return read_jsonl(self.root, path, self.lookup)
+
     def emc_dir(self) -> Path | None:
         """``emc/`` of a run folder, or the folder itself when it is a bare EMC folder (Dragonfly's), if EMC is there."""
+        if self._emc_dir is self._UNSET:
+            self._emc_dir = self._find_emc_dir()
+        return self._emc_dir
+
+    def _find_emc_dir(self) -> Path | None:
         for parts in ((layout.STAGE_DIRS["emc"],), ()):
             try:
                 folder = self.file(*parts)
             except OutsideRoot:
                 continue
-            if folder.is_dir() and (self.exists(folder / layout.EMC_LOG) or self._outputs_in(folder)
-                                    or _is_emc_metrics(self.root, folder / layout.METRICS)):
+            if self.lookup.is_dir(folder) and (self.exists(folder / layout.EMC_LOG) or self._outputs_in(folder)
+                                               or _is_emc_metrics(self.root, folder / layout.METRICS, self.lookup)):
                 return folder
         return None
 
     def phase_files(self) -> tuple[Path | None, Path | None]:
         """(metrics.jsonl of phasing, phasing.h5), each None when absent."""
-        metrics = self._in_layout(self.run.phasing_metrics)
-        if metrics and (first_line_json(self.root, metrics) or {}).get("stage") != "phase":
-            metrics = None
-        return metrics, self._in_layout(self.run.phasing)
+        if self._phase_files is self._UNSET:
+            metrics = self._in_layout(self.run.phasing_metrics)
+            if metrics and (first_line_json(self.root, metrics, self.lookup) or {}).get("stage") != "phase":
+                metrics = None
+            self._phase_files = metrics, self._in_layout(self.run.phasing)
+        return self._phase_files
 
     def fsc_file(self) -> Path | None:
         return self._in_layout(self.run.fsc_vs_truth)
@@ -106,7 +128,7 @@ class RunData:
         """A short string that changes whenever a watched file is added, removed or rewritten."""
         parts = []
         for path in self.watched():
-            st = stat_inside(self.root, path)
+            st = stat_inside(self.root, path)    # not the lookup's: the fingerprint is of the files as they are now
             if st is not None:
                 parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
         return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
@@ -117,15 +139,19 @@ class RunData:
         prov = self.provenance()
         mtimes = [m for m in (self.mtime(p) for p in self.watched()) if m is not None]
         emc = self.emc_dir()
-        done = 0
+        done, problem = 0, None
         if emc is not None:   # iterations in metrics.jsonl / EMC.log, or output files when there are more
-            done = max([0] + self.emc_series()["iteration"][-1:] + self.emc_iterations()[-1:])
+            try:
+                logged = self.emc_series()["iteration"][-1:]
+            except BadFile as exc:   # (a metrics file over the read limit): the run is listed, with the line
+                logged, problem = [], str(exc)
+            done = max([0] + logged + self.emc_iterations()[-1:])
         metrics, result = self.phase_files()
         command = prov.get("command")
         command = " ".join(command) if isinstance(command, list) and all(isinstance(c, str) for c in command) else None
         out = {"run": self.name, "title": self.folder.name, "status": text(prov.get("status")) or "unknown",
                "started": text(prov.get("started")), "finished": text(prov.get("finished")),
-               "error": text(prov.get("error")), "command": command or None, "host": text(prov.get("host")),
+               "error": text(prov.get("error")) or problem, "command": command or None, "host": text(prov.get("host")),
                "last_update": max(mtimes) if mtimes else None,
                "has": {"emc": emc is not None, "phase": bool(metrics or result), "phase_result": result is not None,
                        "fsc": self.fsc_file() is not None, "follow": follow.has_follow(self)},
@@ -142,8 +168,10 @@ class RunData:
         return clean(out)
 
     def provenance(self) -> dict:
-        record = self.read_json(self.run.provenance)
-        return record if isinstance(record, dict) else {}
+        if self._provenance is self._UNSET:
+            record = self.read_json(self.run.provenance)
+            self._provenance = record if isinstance(record, dict) else {}
+        return self._provenance
 
     def config(self) -> dict:
         """The run's config.yaml as a dict ({} when missing or unreadable); read once per RunData."""
@@ -152,7 +180,8 @@ class RunData:
 
             loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml's, ~10x faster, where built
             try:
-                cfg = yaml.load(read_text(self.root, self.run.config, limit=MAX_CONFIG_BYTES), Loader=loader)
+                cfg = yaml.load(read_text(self.root, self.run.config, limit=MAX_CONFIG_BYTES, lookup=self.lookup),
+                                Loader=loader)
             except (NotFound, OutsideRoot, BadFile, yaml.YAMLError, RecursionError, ValueError):
                 cfg = None
             self._config = cfg if isinstance(cfg, dict) else {}
@@ -184,12 +213,12 @@ class RunData:
         emc = self.emc_dir()
         if emc is None:
             raise NotFound("this run has no EMC output")
-        rows = read_jsonl(self.root, emc / layout.METRICS) if self.exists(emc / layout.METRICS) else []
+        rows = self.read_jsonl(emc / layout.METRICS) if self.exists(emc / layout.METRICS) else []
         if not rows and self.exists(emc / layout.EMC_LOG):   # Dragonfly's folder: the log's table
             rows = [{"iteration": r["iter"], "time_s": r["time"], "rms_change": r["rms_change"],
                      "mutual_info": r["info_rate"], "log_likelihood": r["log-likelihood"],
                      "num_rot": r["num_rot"], "beta_mean": r["beta"]}
-                    for r in _log_table(read_text(self.root, emc / layout.EMC_LOG))]
+                    for r in _log_table(read_text(self.root, emc / layout.EMC_LOG, lookup=self.lookup))]
         by_iteration = {}
         for r in rows:
             iteration = integer(r.get("iteration"))
@@ -217,7 +246,11 @@ class RunData:
         return clean(series)
 
     def _outputs_in(self, folder: Path) -> list[int]:
-        found = (OUTPUT_RE.match(p.name) for p in folder.iterdir())
+        try:
+            names = self.lookup.names(folder)
+        except OSError:                    # as folder.iterdir() did
+            names = [p.name for p in folder.iterdir()]
+        found = (OUTPUT_RE.match(name) for name in names)
         return sorted(int(m.group(1)) for m in found if m)
 
     def emc_iterations(self) -> list[int]:
@@ -341,9 +374,9 @@ class RunData:
                       "inverted": data.get("inverted") if isinstance(data.get("inverted"), bool) else None})
 
 
-def _is_emc_metrics(root: Path, path: Path) -> bool:
+def _is_emc_metrics(root: Path, path: Path, lookup: Lookup | None = None) -> bool:
     """True for EMC's metrics.jsonl (rows with an iteration), False for phasing's (rows with stage "phase")."""
-    row = first_line_json(root, path)
+    row = first_line_json(root, path, lookup)
     return row is not None and "iteration" in row and row.get("stage") != "phase"
 
 

@@ -69,8 +69,9 @@ def create_app(root: str | os.PathLike, *, poll_ms: int = 2000, allowed_hosts=No
     from starlette.staticfiles import StaticFiles
 
     from spibatch.monitor.files import BadFile, NotReady
+    from spibatch.monitor.lookup import find_runs, unchanged
     from spibatch.monitor.guards import HEADERS, LOOPBACK_NAMES, CatchAll, HostCheck, log
-    from spibatch.monitor.paths import BadName, NotFound, OutsideRoot, find_runs, resolve_run
+    from spibatch.monitor.paths import BadName, NotFound, OutsideRoot, resolve_run
     from spibatch.monitor.rundata import RunData
 
     root = Path(os.path.realpath(root))
@@ -92,17 +93,39 @@ def create_app(root: str | os.PathLike, *, poll_ms: int = 2000, allowed_hosts=No
             except tuple(kind for kind, _ in statuses) as exc:
                 status = next(code for kind, code in statuses if isinstance(exc, kind))
                 return answer(status, str(exc), **({"Retry-After": "2"} if status == 503 else {}))
+            except (FileNotFoundError, NotADirectoryError) as exc:   # the run (or a file) removed while read
+                return answer(404, f"{Path(exc.filename or '').name or 'a file'} is no longer there")
         return handle
 
+    # A run's summary, kept between requests with what it was read from (Lookup.deps: every folder listed,
+    # every file found or opened) and reused while a stat of each says they are unchanged: a folder of 2000
+    # runs is then ~25 stats a run instead of ~10 files read and parsed (8 s -> well under 1 s).
+    summaries: dict[Path, tuple[dict, dict]] = {}
+    skipped: set[Path] = set()
+
     def runs(request: Request):
-        found = []
+        found, kept = [], {}
         for folder in dict.fromkeys(find_runs(root)):
-            try:
-                found.append(RunData(root, folder).summary())
-            except (OSError, ValueError, NotFound, NotReady, BadFile, OutsideRoot):
+            known = summaries.get(folder)
+            if known is not None and unchanged(known[0]):
+                kept[folder] = known
+                found.append(known[1])
                 continue
-            except Exception as exc:   # one unreadable run does not hide the others
-                log.error("spibatch monitor: run %s skipped (%s: %s)", folder, type(exc).__name__, exc)
+            try:
+                data = RunData(root, folder)
+                summary = data.summary()
+            except (NotFound, NotReady, OutsideRoot, FileNotFoundError):   # gone or being written: next poll
+                continue
+            except Exception as exc:   # one unreadable run does not hide the others (said once per run)
+                if folder not in skipped:
+                    skipped.add(folder)
+                    log.error("spibatch monitor: run %s skipped (%s: %s)", folder, type(exc).__name__, exc)
+                continue
+            found.append(summary)
+            if data.lookup.cacheable:
+                kept[folder] = (data.lookup.deps, summary)
+        summaries.clear()              # runs gone are forgotten (concurrent requests: the last one's set stays)
+        summaries.update(kept)
         found.sort(key=lambda r: (r.get("started") or "", r.get("last_update") or 0), reverse=True)
         return JSONResponse({"root": str(root), "runs": found, "poll_ms": poll_ms}, headers=headers)
 

@@ -13,9 +13,13 @@ import numpy as np
 
 
 def clean(value):
-    """``value`` with numpy types turned into Python ones and non-finite floats into None (JSON-safe)."""
+    """``value`` with numpy types turned into Python ones, non-finite floats into None and lone surrogates in
+    strings into U+FFFD (JSON-safe, and encodable as UTF-8: a folder name or an argument that was not UTF-8
+    reaches Python as surrogates, and one made the whole run list answer 500)."""
+    if isinstance(value, str):
+        return utf8(value)
     if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
+        return {utf8(str(k)): clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
     if isinstance(value, np.ndarray):
@@ -30,6 +34,15 @@ def clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def utf8(value: str) -> str:
+    """``value`` with each lone surrogate (not encodable as UTF-8) replaced by U+FFFD."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
 
 
 def number(value) -> float | None:
