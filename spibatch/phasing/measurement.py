@@ -133,30 +133,73 @@ def check_intensity(intensity, *, source: str | None = None, field: str = "inten
     return arr
 
 
-def symmetry_centre(intensity: np.ndarray) -> tuple[float, ...]:
+def symmetry_centre(intensity: np.ndarray, reach: int = 2) -> tuple[float, ...]:
     """The index (half-integers allowed) about which each axis of a centrosymmetric intensity (N, N, N) is
-    symmetric: per axis the peak of the self-convolution of the projected amplitudes, which for a profile
-    symmetric about c peaks at 2c (Cauchy-Schwarz)."""
-    amplitude = np.sqrt(np.clip(intensity, 0.0, None))
+    symmetric, searched within ``reach`` half-voxels of N // 2: per axis, the centre whose point reflection
+    correlates best with the intensity's amplitudes over the voxels measured (> 0) on both sides -- so a volume
+    measured on one side only, or an even edge whose first plane has no mirror, does not pull it.  The other two
+    axes are reflected about N // 2 on every second plane (even planes map onto even planes), which quarters the
+    work: ~0.1 s at 128^3."""
+    n = intensity.shape[0]
+    amplitude = np.sqrt(np.clip(np.asarray(intensity, np.float64), 0.0, None)).astype(np.float32)
     lit = amplitude[amplitude > 0]
-    if lit.size:           # a few hot voxels (zingers) must not pull the profiles: capped at the 99.9th percentile
+    if lit.size:           # a few hot voxels (zingers) must not decide it: capped at the 99.9th percentile
         amplitude = np.minimum(amplitude, np.percentile(lit, 99.9))
-    centres = []
+    c = n // 2
+    found = []
     for axis in range(3):
-        profile = amplitude.sum(axis=tuple(a for a in range(3) if a != axis))
-        centres.append(float(np.argmax(np.convolve(profile, profile))) / 2)
-    return tuple(centres)
+        other = [slice(c % 2, None, 2)] * 3
+        other[axis] = slice(None)
+        a = np.moveaxis(amplitude[tuple(other)], axis, 0)              # (n, k, k): the axis searched first
+        k = a.shape[1]
+        # the other axes reflected about c: sub-index j -> (2c - j) (in the strided grid: j' -> 2c'-j')
+        twice_other = (2 * c - c % 2) // 2
+        b = np.roll(np.flip(a, (1, 2)), (twice_other - (k - 1), twice_other - (k - 1)), axis=(1, 2))
+        ok_other = (np.arange(k)[:, None] <= twice_other) & (np.arange(k)[None, :] <= twice_other) & \
+                   (np.arange(k)[:, None] >= twice_other - k + 1) & (np.arange(k)[None, :] >= twice_other - k + 1)
+        best, best_score = 0, -np.inf
+        for d in range(-reach, reach + 1):
+            twice = 2 * c + d                                          # this axis reflected about c + d / 2
+            r = np.roll(np.flip(b, 0), twice - (n - 1), axis=0)
+            i = np.arange(n)
+            ok = ((i <= twice) & (i >= twice - n + 1))[:, None, None] & ok_other[None] & (a > 0) & (r > 0)
+            x, y = a[ok].astype(np.float64), r[ok].astype(np.float64)
+            if x.size < 8:
+                continue
+            x, y = x - x.mean(), y - y.mean()
+            norm = np.sqrt((x * x).sum() * (y * y).sum())
+            score = float((x * y).sum() / norm) if norm > 0 else -np.inf
+            if score > best_score:
+                best, best_score = d, score
+        found.append(c + best / 2)
+    return tuple(found)
+
+
+def profile_centre(intensity: np.ndarray) -> tuple[float, ...]:
+    """The same question answered from the projected amplitudes: per axis the peak of the profile's
+    self-convolution (for a profile symmetric about c it is at 2c, by Cauchy-Schwarz).  Robust to noise and sparse
+    counts (zeros count as values), not to a volume measured on one side only: :func:`_check_centred` asks both."""
+    amplitude = np.sqrt(np.clip(np.asarray(intensity, np.float64), 0.0, None))
+    lit = amplitude[amplitude > 0]
+    if lit.size:
+        amplitude = np.minimum(amplitude, np.percentile(lit, 99.9))
+    return tuple(float(np.argmax(np.convolve(p, p))) / 2
+                 for p in (amplitude.sum(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)))
 
 
 def _check_centred(arr: np.ndarray, source, field: str) -> None:
     """InputError when the intensity's centre of symmetry is a voxel or more from N // 2 (phasing puts q = 0
-    there: an intensity centred elsewhere phases to a silently worse density); a warning at half a voxel (an even
-    edge centred at (N - 1) / 2)."""
+    there: an intensity centred elsewhere phases to a silently worse density); a warning when an even edge is
+    centred at (N - 1) / 2 on every axis.  An axis counts as off only when both :func:`symmetry_centre` (masked
+    reflections: one-sided data) and :func:`profile_centre` (projections: sparse, noisy counts) find it off, by
+    the smaller of their two offsets."""
     n = arr.shape[0]
-    found = symmetry_centre(arr)
+    masked, projected = symmetry_centre(arr), profile_centre(arr)
+    found = tuple(a if abs(a - n // 2) <= abs(b - n // 2) else b for a, b in zip(masked, projected))
+    found = tuple(c if (a - n // 2) * (b - n // 2) > 0 else float(n // 2) for c, a, b in zip(found, masked, projected))
     off = max(abs(c - n // 2) for c in found)
-    if off < 0.5:
-        return
+    if off < 1 and not (n % 2 == 0 and all(c == n // 2 - 0.5 for c in found)):
+        return             # (half a voxel off on some axes only: noise; on all three of an even edge: (N - 1) / 2)
     where = "(" + ", ".join(f"{c:g}" for c in found) + ")"
     problem = (f"the intensity is symmetric about index {where}, not about N // 2 = {n // 2} where phasing puts "
                "q = 0")
