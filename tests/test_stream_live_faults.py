@@ -281,3 +281,46 @@ def test_a_follower_that_failed_is_not_reported_as_no_train(tmp_path):
     message = str(info.value)
     assert "the follow stage failed before a single hit was committed: IndexError: index 0" in message
     assert "stages/jobs/follow.stderr" in message and "no train arrived" not in message
+
+
+def test_a_stop_reads_the_sequences_on_disk_past_a_missing_one(tmp_path):
+    """S00001 never comes (its correction job failed); `spibatch stop` after S00000: S00002, on disk, is still read
+    (the gap wait held it past the stop: 4 of 8 frames, nothing said -- the review)."""
+    fs, run = frames(6, seed=2), tmp_path / "r0001"
+    run.mkdir()
+    write_sequence(fs, range(0, 2), run, 0)
+    write_sequence(fs, range(4, 6), run, 2)
+    stop = tmp_path / "stop"
+    follower = Follower(RunFolderSource(run, SHAPE, "AGIPD1M", settle_s=1.0), MODULAR, tmp_path / "follow",
+                        FollowSettings(adu_per_photon=10.0, threshold=200, flush_s=0.0, idle_timeout_s=60.0),
+                        stop_file=stop)
+
+    def operator():
+        while follower.store.state.frames_seen < 4:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        stop.touch()
+
+    threading.Thread(target=operator, daemon=True).start()
+    summary = follower.run()
+    assert summary["end_reason"].startswith("stop file") and summary["frames_seen"] == 8
+
+
+def test_a_missing_sequence_waited_for_longer_than_the_idle_time_out(tmp_path):
+    """The gap wait (6 x settle_s = 6 s) outlasted the idle time-out (1.5 s): the follow ended with S00002 unread
+    and S00001 (3 s late) lost.  The wait keeps the source alive."""
+    fs, run = frames(6, seed=3), tmp_path / "r0001"
+    run.mkdir()
+    write_sequence(fs, range(0, 2), run, 0)
+    write_sequence(fs, range(4, 6), run, 2)
+
+    def late():
+        time.sleep(3.0)
+        write_sequence(fs, range(2, 4), run, 1)
+        close_run(run)
+
+    writer = threading.Thread(target=late)
+    writer.start()
+    summary = follow_run(run, tmp_path / "follow", settle_s=1.0)
+    writer.join()
+    assert summary["frames_seen"] == fs.num_frames and summary["bad_trains"] == {}

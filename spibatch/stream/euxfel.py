@@ -82,6 +82,10 @@ class RunFolderSource:
         self.ended: str | None = None
         self._current = None
         self._seen: dict[int, tuple] = {}       # sequence -> (files' sizes and times, when they last changed)
+        self._first: dict[int, float] = {}      # sequence -> when it was first seen
+        self.waiting = False     # files still settling, or a missing lower sequence waited for: the follower's idle
+                                 # clock does not run meanwhile
+        self.hurry = False       # a stop was asked: what is on disk is read now, no lower sequence waited for
 
     # ------------------------------------------------------------------ the source protocol
 
@@ -105,6 +109,10 @@ class RunFolderSource:
 
     def close(self) -> None:
         self._current = None
+
+    def draining(self) -> None:
+        """A stop was asked: read what is on disk without waiting for a missing sequence."""
+        self.hurry = True
 
     def check_shape(self, frame_shape: tuple[int, ...]) -> None:
         """InputError (before anything is written) when the run's module files do not hold frames of
@@ -160,7 +168,10 @@ class RunFolderSource:
     def _next_sequence(self):
         """(sequence, its files) once the next one is ready (module docstring), else None.  Sequences go in
         order: one missing below a later one is waited for (per-sequence correction jobs may write them out of
-        order) until the run is closed or the later one has settled for :data:`GAP_WAIT` x ``settle_s``."""
+        order) until the run is closed, a stop is asked, or the later one has settled for :data:`GAP_WAIT` x
+        ``settle_s``; a sequence that appears after a later one is read once its files have settled.  ``waiting``
+        while a sequence's files still change or a lower one is waited for: the follower's idle time-out does not
+        count that time."""
         files = self._scan()
         waiting = sorted(s for s in files if s not in self.done)
         if not waiting:
@@ -172,20 +183,27 @@ class RunFolderSource:
             stamp = tuple(sorted((n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in files[seq].items()))
         except OSError:        # a file removed (or replaced) since the scan: look again at the next poll
             return None
+        now = time.monotonic()
+        for s_ in waiting:
+            self._first.setdefault(s_, now)
         before = self._seen.get(seq)
         if before is None or before[0] != stamp:
-            self._seen[seq] = (stamp, time.monotonic())
-        quiet = time.monotonic() - self._seen[seq][1]
+            self._seen[seq] = (stamp, now)
+        quiet = now - self._seen[seq][1]
         settled = quiet >= self.settle_s
         complete = len(files[seq]) >= self.modules
         later = len(waiting) > 1 or any(s > seq for s in self.done)
-        # each module's file is finished once that module has begun a later sequence (modules write on their own)
-        finished = all(any(n in files[s] for s in waiting[1:]) for n in files[seq])
+        # each module's file is finished once that module has begun a later sequence (modules write on their own),
+        # unless this sequence appeared after a later one (written late: the later one says nothing about it)
+        late = any(self._first.get(s_, now) < self._first[seq] for s_ in waiting[1:])
+        finished = not late and all(any(n in files[s_] for s_ in waiting[1:]) for n in files[seq])
         closed = self._closed()
+        self.waiting = not settled      # files still being written: the source is alive
         if not ((complete and (finished or settled)) or (later and settled) or closed):
             return None
         expected = max(self.done) + 1 if self.done else seq
-        if seq > expected and not closed and quiet < GAP_WAIT * max(self.settle_s, 1.0):
+        if seq > expected and not (closed or self.hurry) and quiet < GAP_WAIT * max(self.settle_s, 1.0):
+            self.waiting = True
             return None         # a lower sequence may still come
         if seq > expected:
             log.warning("follow: %s: sequence %d missing: going on with sequence %d", self.run_dir, expected, seq)

@@ -147,14 +147,16 @@ class Follower:
                 if stopping is None and self.stop_file is not None and self.stop_file.exists():
                     stopping = time.monotonic()
                     log.info("follow: stop requested (%s): reading what has arrived", self.stop_file)
+                    if hasattr(self.source, "draining"):
+                        self.source.draining()
                 items = self.source.read()
                 for item in items:
                     if isinstance(item, Skipped):
                         self._skipped(item)
                     else:
                         self._block(item)
-                if items:     # any train, good or bad, shows the source is alive
-                    last_new = time.monotonic()
+                if items or getattr(self.source, "waiting", False):   # any train, good or bad, shows the source
+                    last_new = time.monotonic()                       # is alive; so does a wait for a sequence
                 self._maybe_commit()
                 if stopping is not None and getattr(self.source, "streams", False) \
                         and time.monotonic() - stopping > drain_s:
