@@ -183,3 +183,27 @@ def test_unreadable_pdb_raises_input_error_naming_the_file(tmp_path, content):
 def test_missing_pdb_raises_input_error(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_structure(tmp_path / "nothing.pdb")
+
+
+def test_md_waters_alternate_locations_and_empty_atoms(tmp_path, caplog):
+    """An audit's cases: a water named SOL (GROMACS) was kept with keep_waters false (22 electrons for 14); two
+    alternate locations of occupancy 1.00 each count twice (now said); an atom of zero occupancy 500 A away set
+    the particle's radius (498 A for 1.7)."""
+    import logging
+
+    from spibatch.sim.structure import read_structure
+
+    path = tmp_path / "alt.pdb"
+    path.write_text(
+        "ATOM      1  CA AGLY A   1       0.000   0.000   0.000  1.00 10.00           C\n"
+        "ATOM      2  CA BGLY A   1       0.500   0.000   0.000  1.00 10.00           C\n"
+        "ATOM      3  N   GLY A   1       1.500   0.000   0.000  1.00 10.00           N\n"
+        "HETATM    4  OW  SOL W   2       5.000   0.000   0.000  1.00 10.00           O\n"
+        "HETATM    5  C   LIG B   3     500.000   0.000   0.000  0.00 10.00           C\n"
+        "END\n")
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        atoms = read_structure(path)
+    assert atoms.electrons() == 19.0 and len(atoms.atomic_numbers) == 3
+    assert atoms.radius_m() < 2e-10
+    assert "alternate locations whose occupancies add up to more than 1 (chain A GLY 1 CA: 2.00)" in caplog.text
+    assert read_structure(path, keep_waters=True).electrons() == 27.0

@@ -8,8 +8,11 @@ What is read
   and what Dragonfly's simulator builds (its 4BED density holds ~10x the electrons of
   the deposited model, matching the 10 BIOMT operators).  ``assembly=False`` keeps the
   deposited coordinates.
-- Water (HOH, DOD, ...) is dropped by default: a particle in vacuum keeps no crystal
-  solvent.  ``keep_waters=True`` keeps it.
+- Water (HOH, DOD, ..., and the simulation packages' SOL, TIP3, T3P, SPC, ...) is dropped by default: a
+  particle in vacuum keeps no crystal solvent.  ``keep_waters=True`` keeps it.
+- Alternate locations: every location is kept, weighted by its occupancy (a warning when a group's
+  occupancies add up to more than 1: such a file counts those atoms twice).  Atoms of zero occupancy are
+  left out (they scatter nothing; they set the particle's size before).
 - Hydrogens are kept when the file lists them (they are real electrons); X-ray
   structures usually do not list them.
 - Positions are centred on the centre of electron mass (weights ``Z * occupancy``).
@@ -17,6 +20,7 @@ What is read
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +29,8 @@ import numpy as np
 
 from spibatch.errors import InputError
 from spibatch.io.files import require_file
+
+log = logging.getLogger("spibatch")
 
 ANGSTROM = 1e-10  # m
 
@@ -92,11 +98,15 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
     model = structure[0]
 
     xyz, z, occ, b, chain_of, subchain_of = [], [], [], [], [], []
+    alternates: dict[tuple, float] = {}
     for chain in model:
         for residue in chain:
-            if residue.is_water() and not keep_waters:
+            if (residue.is_water() or residue.name.upper() in MD_WATERS) and not keep_waters:
                 continue
             for atom in residue:
+                if atom.has_altloc():
+                    where = (chain.name, str(residue.seqid), residue.name, atom.name)
+                    alternates[where] = alternates.get(where, 0.0) + atom.occ
                 pos = atom.pos
                 xyz.append((pos.x, pos.y, pos.z))
                 z.append(atom.element.atomic_number)
@@ -106,6 +116,12 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
                 subchain_of.append(residue.subchain)
     if not xyz:
         raise InputError("no atoms left after dropping water", path=path, field="simulation.pdb", fix=fix)
+    over = {where: total for where, total in alternates.items() if total > 1.01}
+    if over:
+        (chain, seqid, name, atom), total = next(iter(over.items()))
+        log.warning("spibatch: warning: %s: %d atoms with alternate locations whose occupancies add up to more than 1 "
+                    "(chain %s %s %s %s: %.2f): each location is counted with its occupancy", path, len(over), chain,
+                    name, seqid, atom, total)
     xyz = np.asarray(xyz, np.float64)
     z = np.asarray(z, np.int32)
     occ = np.asarray(occ, np.float64)
@@ -138,9 +154,11 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
             xyz, z, occ, b = _expand_assembly(structure.assemblies[0], xyz, z, occ, b,
                                               np.asarray(chain_of), np.asarray(subchain_of))
 
-    weights = z * occ
-    if weights.sum() <= 0:
+    if not (occ > 0).any():
         raise InputError("all atoms have zero occupancy", path=path, field="occupancy", fix=fix)
+    present = occ > 0                    # a zero-occupancy atom scatters nothing: it must not set the size
+    xyz, z, occ, b = xyz[present], z[present], occ[present], b[present]
+    weights = z * occ
     centre = (xyz * weights[:, None]).sum(axis=0) / weights.sum()
     if not np.abs(xyz - centre).max() > 0:
         raise InputError(f"all {len(xyz)} atoms lie at one point: the particle has no extent", path=path,
@@ -149,6 +167,7 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
                  centre_m=centre * ANGSTROM)
 
 
+MD_WATERS = frozenset({"SOL", "TIP", "TIP3", "TIP4", "TIP5", "T3P", "T4P", "T5P", "SPC", "SPCE", "WAT", "H2O", "D2O"})
 MAX_MODELS = 10_000   # gemmi's readers take time quadratic in the models: 500 000 took 41 s (the first one is used)
 
 
