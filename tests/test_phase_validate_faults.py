@@ -153,3 +153,37 @@ def test_centred_intensities_measured_on_one_side_or_with_hard_edges_pass(caplog
         for volume in (quadrant, half, _intensity(ellipsoid), poisson):
             check_intensity(volume, source="centred.h5")
     assert "symmetric about" not in caplog.text
+
+
+@pytest.mark.parametrize("n", [32, 33])
+def test_an_intensity_in_fft_order_is_refused(n):
+    """q = 0 at index 0 (no fftshift): symmetric about N / 2 when read periodically, so the symmetry test alone
+    passed it (odd edges silently), and phasing put q = 0 at the Nyquist corner."""
+    with pytest.raises(InputError, match=r"brightest in its corners: q = 0 at index 0 \(FFT order\)"):
+        check_intensity(np.fft.ifftshift(_intensity(_blob(n, 5, seed=2))), source="i.h5")
+
+
+def test_sparse_counts_off_centre_are_still_caught():
+    """Poisson counts of ~1.6 photons a voxel (the peak at 300, corners beyond N / 2 unmeasured), q = 0 three voxels
+    off on one axis: the masked reflections alone are noise there; they now search as far as the projections point
+    (19 of 20 such passed silently -- the review)."""
+    from scipy.ndimage import gaussian_filter
+
+    n, rng = 65, np.random.default_rng(0)
+    points = rng.normal(size=(300, 3))                         # 300 atoms in a ball of radius N / 6
+    points *= (n / 6 * rng.random(300) ** (1 / 3) / np.linalg.norm(points, axis=1))[:, None]
+    rho = np.zeros((n,) * 3)
+    np.add.at(rho, tuple((np.round(points).astype(int) + n // 2).T), rng.integers(1, 9, 300))
+    full = _intensity(gaussian_filter(rho, 0.7))
+    r = np.sqrt(((np.indices(full.shape) - n // 2) ** 2).sum(0))
+    base = np.where((r > n // 2) | (r < 3), 0, full)
+    shifted = np.zeros_like(base)
+    shifted[3:] = base[:-3]
+    caught = 0
+    for _trial in range(5):
+        counts = rng.poisson(shifted / base.max() * 300).astype(float)
+        try:
+            check_intensity(counts, source="i.h5")
+        except InputError as exc:
+            caught += "symmetric about index" in str(exc)
+    assert caught == 5

@@ -324,3 +324,37 @@ def test_a_missing_sequence_waited_for_longer_than_the_idle_time_out(tmp_path):
     summary = follow_run(run, tmp_path / "follow", settle_s=1.0)
     writer.join()
     assert summary["frames_seen"] == fs.num_frames and summary["bad_trains"] == {}
+
+
+def test_a_stop_ends_the_follow_while_the_daq_still_writes(tmp_path):
+    """The DAQ keeps writing S00001 (its files change every 0.3 s); `spibatch stop` after S00000 ends the follow
+    within its drain time (the files still settling kept the source "alive": 23 s for a 20 s write -- the review)."""
+    import os
+
+    fs, run = frames(4, seed=2), tmp_path / "r0001"
+    run.mkdir()
+    write_sequence(fs, range(0, 2), run, 0)
+    write_sequence(fs, range(2, 4), run, 1)
+    writing, stop, halt = sorted(run.glob("*S00001.h5")), tmp_path / "stop", threading.Event()
+    follower = Follower(RunFolderSource(run, SHAPE, "AGIPD1M", settle_s=1.0), MODULAR, tmp_path / "follow",
+                        FollowSettings(adu_per_photon=10.0, threshold=200, flush_s=0.0, idle_timeout_s=60.0),
+                        stop_file=stop)
+
+    def daq():
+        began = time.monotonic()
+        while time.monotonic() - began < 15 and not halt.is_set():
+            for path in writing:
+                os.utime(path)
+            time.sleep(0.3)
+
+    def operator():
+        while follower.store.state.frames_seen < 4:
+            time.sleep(0.05)
+        stop.touch()
+
+    threading.Thread(target=daq, daemon=True).start()
+    threading.Thread(target=operator, daemon=True).start()
+    began = time.monotonic()
+    summary = follower.run()
+    halt.set()
+    assert summary["end_reason"].startswith("stop file") and time.monotonic() - began < 8

@@ -133,7 +133,7 @@ def check_intensity(intensity, *, source: str | None = None, field: str = "inten
     return arr
 
 
-def symmetry_centre(intensity: np.ndarray, reach: int = 2) -> tuple[float, ...]:
+def symmetry_centre(intensity: np.ndarray, reach: int = 2, scores: list | None = None) -> tuple[float, ...]:
     """The index (half-integers allowed) about which each axis of a centrosymmetric intensity (N, N, N) is
     symmetric, searched within ``reach`` half-voxels of N // 2: per axis, the centre whose point reflection
     correlates best with the intensity's amplitudes over the voxels measured (> 0) on both sides -- so a volume
@@ -172,6 +172,8 @@ def symmetry_centre(intensity: np.ndarray, reach: int = 2) -> tuple[float, ...]:
             if score > best_score:
                 best, best_score = d, score
         found.append(c + best / 2)
+        if scores is not None:
+            scores.append(best_score)
     return tuple(found)
 
 
@@ -194,7 +196,17 @@ def _check_centred(arr: np.ndarray, source, field: str) -> None:
     reflections: one-sided data) and :func:`profile_centre` (projections: sparse, noisy counts) find it off, by
     the smaller of their two offsets."""
     n = arr.shape[0]
-    masked, projected = symmetry_centre(arr), profile_centre(arr)
+    r = max(2, n // 8)            # an intensity in FFT order (q = 0 at index 0) is symmetric too, about N / 2 read
+    near = np.abs(np.arange(n) - n // 2) <= r    # periodically: its brightest part is in the corners, not the middle
+    corner = (np.arange(n) <= r) | (np.arange(n) >= n - r)
+    middle, corners = arr[np.ix_(near, near, near)], arr[np.ix_(corner, corner, corner)]
+    lit_middle, lit_corners = middle[middle > 0], corners[corners > 0]
+    if lit_corners.size and (not lit_middle.size or lit_corners.mean() > 10 * lit_middle.mean()):
+        raise InputError("the intensity is brightest in its corners: q = 0 at index 0 (FFT order), not at N // 2",
+                         path=source, field=field, fix="fftshift it (numpy.fft.fftshift) so that q = 0 sits at N // 2")
+    projected, scores = profile_centre(arr), []
+    reach = max(2, 2 * int(np.ceil(max(abs(c - n // 2) for c in projected))) + 2)   # as far as the projections say
+    masked = symmetry_centre(arr, reach, scores)
     found = tuple(a if abs(a - n // 2) <= abs(b - n // 2) else b for a, b in zip(masked, projected))
     found = tuple(c if (a - n // 2) * (b - n // 2) > 0 else float(n // 2) for c, a, b in zip(found, masked, projected))
     off = max(abs(c - n // 2) for c in found)
@@ -204,9 +216,11 @@ def _check_centred(arr: np.ndarray, source, field: str) -> None:
     problem = (f"the intensity is symmetric about index {where}, not about N // 2 = {n // 2} where phasing puts "
                "q = 0")
     fix = "shift it so that q = 0 sits at index N // 2 on every axis (numpy's fftshift convention)"
-    if off >= 1:
+    clear = min(score for score, c in zip(scores, found) if abs(c - n // 2) >= 0.5) >= 0.5
+    if off >= 1 and clear:       # (sparse or noisy counts correlate weakly with their reflection: said, not refused)
         raise InputError(problem, path=source, field=field, fix=fix)
-    log.warning("spibatch: warning: %s: %s: %s; %s", source or field, field, problem, fix)
+    log.warning("spibatch: warning: %s: %s: %s%s; %s", source or field, field, problem,
+                "" if clear else " (by weakly correlated, noisy data: check it)", fix)
 
 
 def prepare(intensity, *, real: bool = True, measured=None, voxel_size_per_m: float | None = None,

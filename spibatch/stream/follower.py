@@ -155,8 +155,10 @@ class Follower:
                         self._skipped(item)
                     else:
                         self._block(item)
-                if items or getattr(self.source, "waiting", False):   # any train, good or bad, shows the source
-                    last_new = time.monotonic()                       # is alive; so does a wait for a sequence
+                # any train, good or bad, shows the source is alive; so does a wait for a sequence (not after a stop:
+                # a DAQ still writing would keep the drain from ever ending)
+                if items or (stopping is None and getattr(self.source, "waiting", False)):
+                    last_new = time.monotonic()
                 self._maybe_commit()
                 if stopping is not None and getattr(self.source, "streams", False) \
                         and time.monotonic() - stopping > drain_s:
