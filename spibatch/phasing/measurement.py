@@ -196,12 +196,12 @@ def _check_centred(arr: np.ndarray, source, field: str) -> None:
     reflections: one-sided data) and :func:`profile_centre` (projections: sparse, noisy counts) find it off, by
     the smaller of their two offsets."""
     n = arr.shape[0]
-    r = max(2, n // 8)            # an intensity in FFT order (q = 0 at index 0) is symmetric too, about N / 2 read
-    near = np.abs(np.arange(n) - n // 2) <= r    # periodically: its brightest part is in the corners, not the middle
-    corner = (np.arange(n) <= r) | (np.arange(n) >= n - r)
-    middle, corners = arr[np.ix_(near, near, near)], arr[np.ix_(corner, corner, corner)]
-    lit_middle, lit_corners = middle[middle > 0], corners[corners > 0]
-    if lit_corners.size and (not lit_middle.size or lit_corners.mean() > 10 * lit_middle.mean()):
+    # an intensity in FFT order (q = 0 at index 0) is symmetric too, about N / 2 read periodically: its bright low q
+    # lie in the corners (beyond the inscribed sphere), a centred one's in the middle (within N / 4)
+    g = np.arange(n) - n // 2
+    radius = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)
+    middle, corners = arr[(radius < n / 4) & (arr > 0)], arr[(radius > n / 2) & (arr > 0)]
+    if middle.size and corners.size and corners.mean() > 10 * middle.mean():
         raise InputError("the intensity is brightest in its corners: q = 0 at index 0 (FFT order), not at N // 2",
                          path=source, field=field, fix="fftshift it (numpy.fft.fftshift) so that q = 0 sits at N // 2")
     projected, scores = profile_centre(arr), []
