@@ -46,7 +46,9 @@ DETECTOR_BYTES_PER_PIXEL = 56      # q (24) and corr (8) float64, mask, the slic
 PATTERN_BYTES = 48                 # per simulated pattern: quaternion, fluence, photon count (returned whole)
 PHOTONS_FILE_BYTES_PER_FRAME = 48  # three HDF5 variable-length row descriptors of 16 bytes
 ROTATION_BYTES = 112               # quaternion (32), matrix (72), weight (8), float64
-EMC_MODEL_BYTES_PER_VOXEL = 16     # the model (float64) and the merge sums (2 x float32)
+EMC_MODEL_BYTES_PER_VOXEL = 48     # the model (float64), the merge sums (2 x float32, reduced in float64), the
+                                   # new model and the written volume: 52 measured at 357^3 (an audit: 16 let
+                                   # 800^3-1160^3 models through on 23.5 GiB, then the kernel killed them)
 EMC_FRAME_BYTES = 24               # per frame: photon count, scale, beta (float64)
 EMC_SHARD_BYTES_PER_FRAME = 32 * 12    # likelihoods (float64) and probabilities (float32) of >= 32 rotations
 PHASING_BYTES_PER_VOXEL = 20       # the intensity read (float64), the iterate, its spectrum and the amplitudes

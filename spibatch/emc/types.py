@@ -105,7 +105,7 @@ class PixelSet:
     q (T, 3) float64 in voxels; ``num_used`` leading rows are mask 0;
     ``index_of`` (num_pix,) int32 maps a detector pixel to its row, -1 for excluded;
     ``corr`` (T,) float64: the expected photons of a pixel are ``scale x corr x model(R q)`` --
-    the detector's solid angle x polarization normalised to mean 1 over all its pixels (Dragonfly's
+    the detector's solid angle x polarization normalised to mean 1 over the pixels not excluded (Dragonfly's
     ``corr``), or ones (``detector_corr=False``);
     ``background`` (T,) float64 photons per frame of each row (a detector's known background), or None.
     """
@@ -131,8 +131,9 @@ class PixelSet:
         index_of = np.full(detector.num_pix, -1, np.int32)
         index_of[order] = np.arange(len(order), dtype=np.int32)
         corr = np.ones(len(order))
-        if detector_corr and detector.corr.mean() > 0:
-            corr = np.ascontiguousarray(detector.corr[order] / detector.corr.mean(), np.float64)
+        level = detector.corr[order].mean() if len(order) else 0.0   # over the pixels EMC reads: an excluded pixel's
+        if detector_corr and level > 0:                               # corr (unchecked, unused) must not set it
+            corr = np.ascontiguousarray(detector.corr[order] / level, np.float64)
         rows = None if background is None else np.ascontiguousarray(np.asarray(background, np.float64)[order])
         return cls(np.ascontiguousarray(detector.q_voxels[order], np.float64), len(used), index_of, corr, rows)
 

@@ -60,10 +60,34 @@ FIX_DETECTOR = "give a detector file written by Dragonfly (make_detector) or spi
 MAX_PIXELS = 100_000_000   # a detector file's pixels (AGIPD 1M: 10^6; the largest planned: ~10^7)
 
 
+def _refuse_text_detector(path) -> None:
+    """InputError when ``path`` is Dragonfly 1's text detector (``.dat``: a line ``num_pix [detd ewald_rad]``, then
+    ``qx qy qz corr mask`` per pixel): "not an HDF5 file ... give a detector written by Dragonfly" misled."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return                       # open_hdf5 names it
+    if head.startswith(b"\x89HDF") or not head:
+        return
+    lines = head.split(b"\n")
+    try:
+        first = [float(v) for v in lines[0].split()]
+        second = [float(v) for v in lines[1].split()] if len(lines) > 1 else []
+    except ValueError:
+        return
+    if first and float(first[0]).is_integer() and len(second) == 5:
+        raise InputError(f"a text detector (Dragonfly 1's format: {int(first[0]):,} pixels of qx qy qz corr mask); "
+                         "spibatch reads Dragonfly 2's HDF5 detector", path=path, field="emc.detector",
+                         fix="write it as HDF5 (datasets qx, qy, qz, corr, mask, detd, ewald_rad: Dragonfly's "
+                         "make_detector.py writes one when its output name ends in .h5)")
+
+
 def read_detector_arrays(path: str | os.PathLike) -> dict:
     """A Dragonfly detector file (layout in the module docstring), checked, as the keyword arguments of
     :class:`spibatch.detector.Detector` (use ``Detector.read(path)``)."""
     fix = FIX_DETECTOR
+    _refuse_text_detector(path)
     with open_hdf5(path, fix) as f:
         datasets = {}
         for name in DETECTOR_ARRAYS:
@@ -182,19 +206,26 @@ def photons_info(path: str | os.PathLike) -> tuple[int, int]:
         return source.num_frames, source.num_pix
 
 
-def check_photons(path: str | os.PathLike, chunk_frames: int = 4096) -> tuple[int, int]:
+def check_photons(path: str | os.PathLike, chunk_frames: int = 4096, used=None) -> tuple[int, int]:
     """Read every frame of a photons file once, in blocks of ``chunk_frames``, with every check the readers
     make (pixel indices in [0, num_pix), counts >= 2, each count_multi row as long as its place_multi row,
     the file readable to its last byte); ``(num_frames, num_pix)``, or InputError naming the file, the
-    dataset and the first bad frame.  A fraction of one EMC iteration's time (the medium set: ~0.1 s)."""
-    seen = False
+    dataset and the first bad frame.  ``used``: (num_pix,) bool, the pixels EMC reads (mask 0): photons on the
+    others alone are refused too.  A fraction of one EMC iteration's time (the medium set: ~0.1 s)."""
+    seen = seen_used = False
     with _photon_source(path) as source:
         for start in range(0, source.num_frames, chunk_frames):
             block = source.block(start, min(start + chunk_frames, source.num_frames))
             seen = seen or block.ones_index.size > 0 or block.multi_index.size > 0
+            if used is not None and not seen_used and len(used) == source.num_pix:
+                seen_used = bool(used[block.ones_index].any() or used[block.multi_index].any())
         if source.num_frames and not seen:   # EMC on it ran to an all-zero model, exit 0
             raise InputError(f"every one of its {source.num_frames:,} frames is empty (0 photons): nothing to "
                              "reconstruct", path=path, field="place_ones", fix=FIX_PHOTONS)
+        if used is not None and len(used) == source.num_pix and source.num_frames and not seen_used:
+            raise InputError(f"none of its {source.num_frames:,} frames has a photon on a pixel EMC uses (mask 0 "
+                             "in the detector): nothing to reconstruct", path=path, field="place_ones",
+                             fix="check the detector's mask (2 excludes a pixel, 1 keeps it out of the likelihood)")
         return source.num_frames, source.num_pix
 
 

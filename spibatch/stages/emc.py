@@ -78,7 +78,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
         check_halves(pipeline, found.num_frames, ranks, photons, config)
     comm = world()
     if comm is None or comm.Get_rank() == 0:
-        check_photons(photons)
+        check_photons(photons, used=found.detector.mask == 0)
     return found
 
 
