@@ -161,6 +161,16 @@ def check_shell_safe(path: Path, field: str) -> Path:
     return path
 
 
+def _writer_of(path: Path) -> str:
+    """`` (pid N on HOST writes into it now)`` when a live process holds the folder's lock, else ""."""
+    from spibatch.lock import lock_is_stale
+
+    owner = read_lock(path)
+    if not owner or owner.get("pid") is None or lock_is_stale(owner):
+        return ""
+    return f" (pid {owner.get('pid')} on {owner.get('host')} writes into it now, since {owner.get('started')})"
+
+
 def check_new_run_path(path: Path, field: str = "--out") -> Path:
     """``path`` may become a new run folder: InputError (nothing created) if it holds a run, lies inside one, is a
     file, or is a folder holding anything else."""
@@ -169,7 +179,7 @@ def check_new_run_path(path: Path, field: str = "--out") -> Path:
         raise InputError(f"lies inside the earlier run folder {inside}", path=path, field=field,
                          fix="choose a folder outside every run folder")
     if (path / layout.PROVENANCE).exists():
-        raise InputError("this directory already holds a run", path=path, field=field,
+        raise InputError(f"this directory already holds a run{_writer_of(path)}", path=path, field=field,
                          fix="choose a new --out directory, or leave --out out to get runs/<name>-<time>/")
     if path.exists() and not path.is_dir():
         raise InputError("exists and is not a directory", path=path, field=field, fix="choose a directory path")
@@ -316,7 +326,7 @@ def open_run(*, name: str = "spibatch", runs_dir: Path = Path("runs"), out: Path
 
     The body fills ``run.outputs``.  On the way out the status is written -- ``completed``, ``failed`` (the
     error's first line) or ``interrupted`` (Ctrl-C or SIGTERM; the KeyboardInterrupt carries how to resume,
-    ``resume_hint``, as ``resume_hint``) --, the report is written (a failure there never fails the run; not
+    ``resume_hint``, its ``{run}`` the folder made, as ``resume_hint``) --, the report is written (a failure there never fails the run; not
     on a full disk), and the lock is released.
     ``unchanged``: the inputs a resume must find unchanged (default: ``inputs``); ``check``: called after the
     lock is taken and before anything is written when resuming; ``stop_old``: called then too, when the lock
@@ -347,7 +357,7 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
         stop = None if isinstance(exc, SystemExit) else chained_interrupt(exc)
         if stop is not None:   # a signal (also one a library wrapped in its own error)
             how = f"interrupted ({stop.args[0]})" if stop.args else "interrupted (Ctrl-C)"
-            hint = resume_hint or f"spibatch resume {run.path}"
+            hint = (resume_hint or "spibatch resume {run}").replace("{run}", str(run.path))   # the folder made
             stop.resume_hint = hint   # the command's last line says it (spibatch.interrupts)
             if run._log_handler is not None:   # log.txt says it too (the terminal hears it once, from the command)
                 run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,

@@ -428,6 +428,38 @@ main()
     assert not list((run_dir / "emc").glob("output_*.h5")) and "Traceback" not in done.stderr
 
 
+def test_the_resume_line_names_the_folder_made_without_out(emc_config, tmp_path):
+    """Without --out the run folder is runs/<name>-<time>/: the interrupted command's last line named a literal
+    RUN_DIR (the docs check); it names the folder made."""
+    import re
+
+    config = emc_config(tmp_path, iterations=3)
+    script = tmp_path / "interrupted.py"
+    script.write_text(f"""
+import os, signal, sys
+from spibatch import interrupts
+interrupts.install()
+sys.argv = ["spibatch", "emc", {str(config)!r}]
+from spibatch.emc import driver
+original = driver.iterate
+def iterate(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return original(*args, **kwargs)
+driver.iterate = iterate
+from spibatch.cli import main
+main()
+""")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    found = re.fullmatch(rf"spibatch: interrupted \(SIGTERM\); continue with: spibatch emc {re.escape(str(config))} "
+                         r"--resume (\S+)", last)
+    assert found and "RUN_DIR" not in last, last
+    assert json.loads((Path(found.group(1)) / "provenance.json").read_text())["status"] == "interrupted"
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_emc_with_its_resume_line(name, emc_config, tmp_path):
     """SIGTERM (what Slurm and Kubernetes send) or SIGINT of `spibatch emc` at a random time during its run:

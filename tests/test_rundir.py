@@ -339,3 +339,19 @@ def test_an_unreadable_stage_marker_is_said_and_the_stage_counts_as_not_finished
         finally:
             logger.propagate = before
     assert any("marker" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_out_into_a_run_being_written_names_its_writer(tmp_path):
+    """A second `spibatch emc --out` into a folder whose run still runs: the line names the writer, as the README's
+    one-writer rule says (it said only "already holds a run")."""
+    import json
+    import os
+    import socket
+
+    from spibatch.rundir import check_new_run_path
+
+    (tmp_path / "provenance.json").write_text("{}")
+    (tmp_path / "lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                               "started": "2026-12-06T14:00:00Z", "command": ["spibatch"]}))
+    with pytest.raises(InputError, match=f"already holds a run \\(pid {os.getpid()} on "):
+        check_new_run_path(tmp_path)

@@ -36,6 +36,8 @@ def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_angstrom: 
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(volume.transpose(2, 1, 0)))
             mrc.voxel_size = float(voxel_size_angstrom or 0.0)
+            mrc.header.label[0] = b"spibatch".ljust(80)   # not mrcfile's "Created by ... <time>": the same inputs
+            mrc.header.nlabl = 1                            # give the same bytes
             if origin_angstrom is not None:
                 mrc.header.origin = tuple(float(v) for v in origin_angstrom)
 

@@ -98,5 +98,5 @@ def _run_all(names, layout: RunLayout, pipeline, device, comm, *, force: bool) -
 def _resume_hint(names, config, out, resume) -> str | None:
     if names != ["emc"]:
         return None
-    folder = resume or out or "RUN_DIR"
+    folder = resume or out or "{run}"          # {run}: the folder open_run makes (runs/<name>-<time>/)
     return f"spibatch emc {config} --resume {folder}"
