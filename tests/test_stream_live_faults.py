@@ -48,22 +48,28 @@ def follow_run(run, out, settle_s=0.2, settings=SETTINGS) -> dict:
 def test_sequences_written_out_of_order_are_all_taken(tmp_path, caplog):
     """S00000 and S00002 first, S00001 a second later (correction jobs per sequence): the follower waits for the
     missing one (it took S00002 first and dropped S00001's trains as "non-monotonic")."""
-    fs, run = frames(6, seed=1), tmp_path / "r0001"
+    fs, summary = _sequence_one_late(tmp_path, seed=1, delay_s=1.0)
+    assert summary["frames_seen"] == fs.num_frames and summary["bad_trains"] == {}
+    assert sorted(chunk_ids(tmp_path / "follow")) == sorted(hit_ids(fs))
+
+
+def _sequence_one_late(tmp_path, seed: int, delay_s: float, **follow) -> tuple:
+    """S00000 and S00002 written, S00001 ``delay_s`` later, then the run closed: (the frames, the summary)."""
+    fs, run = frames(6, seed=seed), tmp_path / "r0001"
     run.mkdir()
     write_sequence(fs, range(0, 2), run, 0)
     write_sequence(fs, range(4, 6), run, 2)
 
     def late():
-        time.sleep(1.0)
+        time.sleep(delay_s)
         write_sequence(fs, range(2, 4), run, 1)
         close_run(run)
 
     writer = threading.Thread(target=late)
     writer.start()
-    summary = follow_run(run, tmp_path / "follow")
+    summary = follow_run(run, tmp_path / "follow", **follow)
     writer.join()
-    assert summary["frames_seen"] == fs.num_frames and summary["bad_trains"] == {}
-    assert sorted(chunk_ids(tmp_path / "follow")) == sorted(hit_ids(fs))
+    return fs, summary
 
 
 def test_a_module_file_still_growing_is_not_read_when_another_module_rolls_over(tmp_path):
@@ -309,20 +315,7 @@ def test_a_stop_reads_the_sequences_on_disk_past_a_missing_one(tmp_path):
 def test_a_missing_sequence_waited_for_longer_than_the_idle_time_out(tmp_path):
     """The gap wait (6 x settle_s = 6 s) outlasted the idle time-out (1.5 s): the follow ended with S00002 unread
     and S00001 (3 s late) lost.  The wait keeps the source alive."""
-    fs, run = frames(6, seed=3), tmp_path / "r0001"
-    run.mkdir()
-    write_sequence(fs, range(0, 2), run, 0)
-    write_sequence(fs, range(4, 6), run, 2)
-
-    def late():
-        time.sleep(3.0)
-        write_sequence(fs, range(2, 4), run, 1)
-        close_run(run)
-
-    writer = threading.Thread(target=late)
-    writer.start()
-    summary = follow_run(run, tmp_path / "follow", settle_s=1.0)
-    writer.join()
+    fs, summary = _sequence_one_late(tmp_path, seed=3, delay_s=3.0, settle_s=1.0)
     assert summary["frames_seen"] == fs.num_frames and summary["bad_trains"] == {}
 
 
