@@ -284,3 +284,58 @@ def test_saturated_integer_pixels_are_said(tmp_path, caplog):
         assert "saturated" not in caplog.text
         check_frames(tmp_path / "sat.cxi")
     assert "sat.cxi: entry_1/data_1/data: unmasked pixels reach uint16's largest value (65535)" in caplog.text
+
+
+def test_a_detector_geometry_other_than_the_centred_default_is_refused(tmp_path):
+    """corner_position / basis_vectors were ignored (an audit): an off-centre beam gave |q| 6e7 /m where the
+    beam hits, a mirrored detector a mirror-image model.  The default axes, or those turned by 180 degrees, pass."""
+    from spibatch.io.cxi import UnsupportedLayout
+
+    n, p = 8, 0.512e-3
+    group = "/entry_1/instrument_1/detector_1"
+
+    def layout(basis, centre_px=(n / 2, n / 2)):
+        basis = np.asarray(basis, float)
+        corner = -(centre_px[0] * basis[0] + centre_px[1] * basis[1])
+        corner[2] = 0.3
+        return dict(GEOMETRY, **{f"{group}/basis_vectors": basis, f"{group}/corner_position": corner})
+
+    default = [[0, -p, 0], [-p, 0, 0]]
+    for name, geometry in (("default", layout(default)), ("turned", layout(-np.asarray(default)))):
+        make_cxi(tmp_path / f"{name}.cxi", frame_shape=(n, n), geometry=geometry)
+        assert Detector.from_cxi(tmp_path / f"{name}.cxi") is not None
+    for name, geometry in (("offcentre", layout(default, (2.5, 3.5))), ("mirror", layout([[0, -p, 0], [p, 0, 0]])),
+                           ("rot90", layout([[-p, 0, 0], [0, p, 0]]))):
+        make_cxi(tmp_path / f"{name}.cxi", frame_shape=(n, n), geometry=geometry)
+        with pytest.raises(UnsupportedLayout, match="puts the pixels elsewhere"):
+            Detector.from_cxi(tmp_path / f"{name}.cxi")
+
+
+def test_cxi_mask_bits_inverted_masks_and_the_second_detector(tmp_path):
+    """A CXI bit field (2048: artifact corrected, on every pixel) excluded every pixel it touched; a mask whose 1 marks
+    the good pixels (CrystFEL's mask_good) was applied inverted; frames of detector_2 took detector_1's geometry and
+    mask."""
+    from spibatch.io.cxi import bad_pixels
+
+    bits = np.full((6, 8), 2048, np.uint16)
+    bits[2, 3] |= 8                                                    # one dead pixel
+    make_cxi(tmp_path / "bits.cxi", mask=bits)
+    assert np.flatnonzero(bad_pixels(tmp_path / "bits.cxi")).tolist() == [2 * 8 + 3]
+    good = np.ones((6, 8), np.uint8)
+    good[0, 0] = 0
+    make_cxi(tmp_path / "good.cxi", mask=good)
+    with pytest.raises(InputError, match="marks 98% of the pixels bad: is 1 the good pixels' mark"):
+        bad_pixels(tmp_path / "good.cxi")
+    second = "/entry_1/instrument_1/detector_2"
+    geometry = dict(GEOMETRY, **{f"{second}/distance": 0.9, f"{second}/x_pixel_size": 0.512e-3,
+                                 f"{second}/y_pixel_size": 0.512e-3})
+    one = np.zeros((8, 8), np.uint8)
+    one[0, 0] = 1
+    with h5py.File(tmp_path / "two.cxi", "w") as f:
+        f[f"{second}/data"] = np.ones((3, 8, 8), np.float32)
+        f["/entry_1/instrument_1/detector_1/mask"] = one
+        for name, value in geometry.items():
+            f[name] = value
+    det = Detector.from_cxi(tmp_path / "two.cxi", data_path=f"{second}/data")
+    assert det.detd_pixels == pytest.approx(0.9 / 0.512e-3) and not (det.mask == 2).any()
+    assert bad_pixels(tmp_path / "two.cxi", data_path=f"{second}/data") is None

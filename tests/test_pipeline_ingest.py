@@ -85,6 +85,31 @@ def test_ingest_stage_builds_the_detector_from_the_cxi_geometry(tmp_path):
     assert inputs.photons_and_detector(run, pipeline) == (run.photons("ingest"), run.detector("ingest"))
 
 
+def test_the_cxi_mask_reaches_emc_with_a_given_detector(tmp_path):
+    """emc.detector given and a CXI mask: the masked pixels were 0 in the photons but in use (mask 0) in the detector
+    EMC read -- measured zeros, silently (an audit).  ingest/detector.h5 is the given one with them excluded."""
+    from spibatch.config import load_pipeline
+    from spibatch.detector import Detector
+    from spibatch.io.dragonfly import write_detector
+    from spibatch.kernels.device import CPU
+    from spibatch.layout import RunLayout
+    from spibatch.stages import ingest, inputs
+
+    bad = np.zeros((8, 8), np.uint8)
+    bad[2, 3] = bad[5, 0] = 1
+    make_cxi(tmp_path / "run.cxi", frame_shape=(8, 8), num_frames=9, adu=ADU, mask=bad, geometry=GEOMETRY)
+    given = Detector.from_cxi(tmp_path / "run.cxi")
+    given.mask[:] = 0
+    write_detector(tmp_path / "given.h5", given)
+    pipeline = load_pipeline(ingest_pipeline(tmp_path, tmp_path / "run.cxi", tmp_path / "given.h5"))
+    run = RunLayout(tmp_path / "run")
+    outputs = ingest.run(run, pipeline, CPU)
+    assert outputs["detector"] == run.detector("ingest")
+    used = Detector.read(inputs.photons_and_detector(run, pipeline)[1])
+    assert np.flatnonzero(used.mask == 2).tolist() == [2 * 8 + 3, 5 * 8 + 0]
+    np.testing.assert_array_equal(used.q_voxels, given.q_voxels)
+
+
 def test_cxi_without_geometry_or_detector_is_refused_with_one_line(tmp_path):
     make_cxi(tmp_path / "plain.cxi", frame_shape=(8, 8))
     other = tmp_path / "det64.h5"

@@ -11,6 +11,7 @@ convention: nonzero = bad pixel, which then counts no photons.
 from __future__ import annotations
 
 import os
+import re
 
 import h5py
 import numpy as np
@@ -23,6 +24,10 @@ from spibatch.photons import Photons
 
 DATA_PATH = "/entry_1/data_1/data"
 MASK_PATHS = ("/entry_1/data_1/mask", "/entry_1/instrument_1/detector_1/mask")
+# CXI pixel-mask bits that mean a pixel is bad (invalid, saturated, hot, dead, shadowed, in a peak mask, to be
+# ignored, bad, missing: what Cheetah and Hummingbird exclude); the others record what was done (2048 artifact
+# corrected, 16384 background corrected, ...) and leave the pixel good
+BAD_BITS = 1 | 2 | 4 | 8 | 16 | 32 | 64 | 128 | 512
 
 
 def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, chunk_frames: int = 256,
@@ -53,7 +58,7 @@ def cxi_to_photons(cxi_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         check_written(data, cxi_path, UNWRITTEN_FIX)   # before reading: frames never written read as fill values
         num_frames, frame_shape = data.shape[0], data.shape[1:]
         num_pix = int(np.prod(frame_shape))
-        bad = _read_mask(f, cxi_path, mask_path, frame_shape)
+        bad = _read_mask(f, cxi_path, mask_path, frame_shape, data_path)
         lit = 0   # pixels holding a photon, over all frames
         with PhotonsWriter(out_path, num_pix) as writer:
             for start in range(0, num_frames, chunk_frames):
@@ -92,10 +97,22 @@ def _stack(f: h5py.File, path: str | os.PathLike, data_path: str) -> h5py.Datase
     return data
 
 
+def detector_group(data_path: str) -> str:
+    """The CXI detector group whose geometry and mask go with the frames at ``data_path``: its own
+    (``/entry_1/instrument_1/detector_2/data`` -> ``.../detector_2``), else detector_1 (``/entry_1/data_1/data``
+    links to it)."""
+    match = re.fullmatch(r"(/entry_\d+/instrument_\d+/detector_\d+)/data", data_path or "")
+    return match.group(1) if match else "/entry_1/instrument_1/detector_1"
+
+
 def _read_mask(f: h5py.File, path: str | os.PathLike, mask_path: str | None,
-               frame_shape: tuple[int, ...]) -> np.ndarray | None:
-    """(num_pix,) bool, True for bad pixels; None when the file has no mask."""
-    for name in (mask_path,) if mask_path else MASK_PATHS:
+               frame_shape: tuple[int, ...], data_path: str = DATA_PATH) -> np.ndarray | None:
+    """(num_pix,) bool, True for bad pixels; None when the file has no mask.  Without ``mask_path`` the mask
+    beside the data, then its detector group's (detector_1's only for detector_1's frames)."""
+    group = detector_group(data_path)
+    candidates = MASK_PATHS if group.endswith("/detector_1") and data_path in (DATA_PATH, group + "/data") else \
+        tuple(dict.fromkeys([data_path.rsplit("/", 1)[0] + "/mask", group + "/mask"]))
+    for name in (mask_path,) if mask_path else candidates:
         if name not in f and not mask_path:
             continue
         fix = f"give one mask of shape {frame_shape} (nonzero = bad pixel), or name it with mask_path"
@@ -107,10 +124,17 @@ def _read_mask(f: h5py.File, path: str | os.PathLike, mask_path: str | None,
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise InputError(f"{int((~np.isfinite(values)).sum())} values are NaN or inf", path=path, field=name,
                              fix=fix)
-        bad = (values != 0).reshape(-1)
+        if values.dtype.kind in "iu" and (values.astype(np.int64) & ~BAD_BITS).any():
+            bad = ((values.astype(np.int64) & BAD_BITS) != 0).reshape(-1)   # a CXI bit field: some bits say only
+        else:                                                               # what was done (2048 corrected, ...)
+            bad = (values != 0).reshape(-1)
         if bad.all():
             raise InputError(f"marks every one of the {bad.size} pixels bad: nothing to ingest", path=path,
                              field=name, fix=fix)
+        if bad.mean() > 0.5:       # CrystFEL's mask_good = 1 and Condor mark the good pixels
+            raise InputError(f"marks {bad.mean():.0%} of the pixels bad: is 1 the good pixels' mark here (CrystFEL's "
+                             "mask_good)?", path=path, field=name, fix="in a CXI mask nonzero means bad: invert it "
+                             "(1 - mask), or name a mask of that convention with mask_path")
         return bad
     return None
 
@@ -164,19 +188,65 @@ def read_flat_geometry(cxi_path: str | os.PathLike, *, data_path: str = DATA_PAT
     detector from it.
     """
     fix = "give the CXI geometry (distance, x/y_pixel_size in m, source energy in J) or a Dragonfly detector file"
+    group = detector_group(data_path)
+    paths = {key: name.replace("/entry_1/instrument_1/detector_1", group) for key, name in GEOMETRY_PATHS.items()}
     with open_hdf5(cxi_path, fix) as f:
         data = _stack(f, cxi_path, data_path)
-        if data.ndim != 3 or any(name not in f for name in GEOMETRY_PATHS.values()):
+        if data.ndim != 3 or any(name not in f for name in paths.values()):
             return None
-        values = {key: _one_value(f, name, cxi_path, fix) for key, name in GEOMETRY_PATHS.items()}
-        bad = _read_mask(f, cxi_path, mask_path, data.shape[1:])
+        values = {key: _one_value(f, name, cxi_path, fix) for key, name in paths.items()}
+        bad = _read_mask(f, cxi_path, mask_path, data.shape[1:], data_path)
+        layout = {key: read_dataset(f[f"{group}/{key}"], (), cxi_path) for key in ("corner_position", "basis_vectors")
+                  if f"{group}/{key}" in f}
     n_y, n_x = data.shape[1:]
     if n_y != n_x or not np.isclose(values["x_pixel_size"], values["y_pixel_size"], rtol=1e-6):
         raise InputError(f"frames {n_y} x {n_x} with pixels {values['y_pixel_size']:g} x {values['x_pixel_size']:g} m "
                          "are not a square detector of square pixels", path=cxi_path, field=data_path,
                          fix="give a Dragonfly detector file for this geometry")
+    _check_centred_layout(layout, n_x, values["x_pixel_size"], values["distance"], cxi_path, group)
     return {"pixels": int(n_x), "pixel_size_m": values["x_pixel_size"], "distance_m": values["distance"],
             "wavelength_m": PLANCK_EV_M / (values["energy"] / JOULE_PER_EV), "bad": bad}
+
+
+class UnsupportedLayout(InputError):
+    """A CXI detector geometry spibatch does not build (an off-centre beam, a mirrored or turned detector)."""
+
+
+def _check_centred_layout(layout: dict, n: int, pixel_m: float, distance_m: float, path, group: str) -> None:
+    """InputError when the file's ``corner_position`` / ``basis_vectors`` place the pixels elsewhere than the
+    detector spibatch builds: the beam on the frame's centre, the CXI default axes (slow along -y, fast along -x)
+    or those turned by 180 degrees about the beam (EMC cannot tell them apart).  An off-centre beam, a mirrored
+    or a turned detector were ignored: wrong q, a mirror-image model, polarisation on the wrong axis."""
+    if not layout:
+        return
+    default = np.array([[0.0, -pixel_m, 0.0], [-pixel_m, 0.0, 0.0]])
+    basis = np.asarray(layout.get("basis_vectors", default), np.float64).reshape(-1)
+    corner = layout.get("corner_position")
+    centre = np.array([0.0, 0.0, distance_m])
+    grid = (np.arange(n) + 0.5)
+    for b in (default, -default):                       # the default, or turned by 180 degrees about the beam
+        start = centre - n / 2 * (b[0] + b[1]) if corner is None else np.asarray(corner, np.float64).reshape(-1)
+        if basis.shape != (6,) or start.shape != (3,):
+            break
+        given, want = basis.reshape(2, 3), b
+        ours = centre - n / 2 * (b[0] + b[1])
+        edge = [start + grid[0] * given[0] + grid[0] * given[1], start + grid[-1] * given[0] + grid[-1] * given[1],
+                start + grid[0] * given[0] + grid[-1] * given[1]]
+        mine = [ours + grid[0] * want[0] + grid[0] * want[1], ours + grid[-1] * want[0] + grid[-1] * want[1],
+                ours + grid[0] * want[0] + grid[-1] * want[1]]
+        if all(np.abs(a - c).max() <= 1e-3 * pixel_m for a, c in zip(edge, mine)):
+            return
+    raise UnsupportedLayout("its detector geometry (corner_position, basis_vectors) puts the pixels elsewhere than the "
+                     "centred flat detector spibatch builds (the beam on the frame's centre, CXI's default axes): "
+                     "an off-centre beam, a mirrored or a turned detector", path=path, field=f"{group}/basis_vectors",
+                     fix="give the detector as a Dragonfly file (emc.detector) built from this geometry")
+
+
+def bad_pixels(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mask_path: str | None = None):
+    """(num_pix,) bool of the pixels the file's mask marks bad (frame C order), or None without a mask."""
+    with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
+        data = _stack(f, cxi_path, data_path)
+        return _read_mask(f, cxi_path, mask_path, data.shape[1:], data_path)
 
 
 def stack_shape(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH,
@@ -190,7 +260,7 @@ def stack_info(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH,
     """(shape of the frame stack (frames first), bytes per value), its mask checked; headers only."""
     with open_hdf5(cxi_path, _stack_fix(data_path)) as f:
         data = _stack(f, cxi_path, data_path)
-        _read_mask(f, cxi_path, mask_path, data.shape[1:])
+        _read_mask(f, cxi_path, mask_path, data.shape[1:], data_path)
         return tuple(int(x) for x in data.shape), int(data.dtype.itemsize)
 
 
@@ -210,7 +280,7 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
         check_written(data, cxi_path, UNWRITTEN_FIX)   # before reading: frames never written read as fill values
         num_frames, frame_shape = data.shape[0], data.shape[1:]
         num_pix = int(np.prod(frame_shape))
-        bad = _read_mask(f, cxi_path, mask_path, frame_shape)
+        bad = _read_mask(f, cxi_path, mask_path, frame_shape, data_path)
         good = None if bad is None else ~bad
         highest = 0.0
         for start in range(0, num_frames, chunk_frames):
@@ -278,7 +348,7 @@ def _one_value(f: h5py.File, name: str, path: str | os.PathLike, fix: str) -> fl
     return float(values.mean())
 
 
-__all__ = ["cxi_to_photons", "read_flat_geometry", "stack_shape", "stack_info", "check_frames"]
+__all__ = ["cxi_to_photons", "read_flat_geometry", "bad_pixels", "stack_shape", "stack_info", "check_frames"]
 
 
 def _check_adu(adu_per_photon: float, path=None) -> None:

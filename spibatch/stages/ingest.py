@@ -24,7 +24,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
     negative value in the last frame stops it here, before anything is created).  Keys are named as the
     pipeline file spells them, or as `spibatch ingest`'s options when there is no pipeline file."""
     from spibatch import estimates
-    from spibatch.io.cxi import check_frames, read_flat_geometry, stack_info
+    from spibatch.io.cxi import UnsupportedLayout, check_frames, read_flat_geometry, stack_info
     from spibatch.io.dragonfly import check_match
 
     cfg = pipeline.ingest
@@ -50,11 +50,18 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
         detector = Detector.read(pipeline.emc.detector)
         check_match(detector, num_pix, pipeline.emc.detector, cfg.cxi)
     else:
-        geometry = read_flat_geometry(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
-        if geometry is not None:
-            _check_possible_geometry(geometry, cfg.cxi)
-        detector = Detector.from_cxi(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
-                                     beamstop_radius_pixels=cfg.beamstop_radius_pixels)
+        detector = None
+        try:
+            geometry = read_flat_geometry(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)
+        except UnsupportedLayout as exc:
+            if need_detector:
+                raise
+            log.warning("spibatch: warning: %s; detector.h5 is not written (the photons are)", exc)
+        else:
+            if geometry is not None:
+                _check_possible_geometry(geometry, cfg.cxi)
+            detector = Detector.from_cxi(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
+                                         beamstop_radius_pixels=cfg.beamstop_radius_pixels)
         if detector is None and need_detector:
             raise InputError("holds no flat square detector geometry (3-D frames with distance, pixel size and "
                              "photon energy)", path=cfg.cxi, field="/entry_1/instrument_1",
@@ -92,7 +99,10 @@ def _check_possible_geometry(geometry: dict, path) -> None:
 
 
 def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
-    from spibatch.io.cxi import cxi_to_photons
+    import dataclasses
+
+    from spibatch.detector import MASK_EXCLUDED
+    from spibatch.io.cxi import bad_pixels, cxi_to_photons
     from spibatch.io.dragonfly import write_detector
 
     cfg = pipeline.ingest
@@ -102,6 +112,16 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     if pipeline.emc.detector is None and detector is not None:
         write_detector(run.detector("ingest"), detector)
         outputs["detector"] = run.detector("ingest")
+    elif pipeline.emc.detector is not None:     # the CXI mask's bad pixels are 0 in the photons: EMC must not take
+        bad = bad_pixels(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)   # them for measured zeros
+        if bad is not None and bad.any():
+            given = Detector.read(pipeline.emc.detector)
+            mask = given.mask.copy()
+            mask[bad] = MASK_EXCLUDED
+            write_detector(run.detector("ingest"), dataclasses.replace(given, mask=mask))
+            outputs["detector"] = run.detector("ingest")
+            log.info("ingest: %s with the CXI mask's %d bad pixels excluded -> %s", pipeline.emc.detector,
+                     int(bad.sum()), run.detector("ingest"))
     elif detector is None:
         log.info("no flat square detector geometry in %s: no detector.h5 written", cfg.cxi)
     frames, pixels = cxi_to_photons(cfg.cxi, outputs["photons"], chunk_frames=cfg.chunk_frames,

@@ -32,7 +32,8 @@ def photons_and_detector(run: RunLayout | None, pipeline, config: Path | None = 
     if run is not None and stage == "simulate" and run.photons("simulate").exists():
         return run.photons("simulate"), run.detector("simulate")
     if run is not None and stage == "ingest" and run.photons("ingest").exists():
-        return run.photons("ingest"), emc.detector or run.detector("ingest")
+        made = run.detector("ingest")        # ingest's own, or emc.detector with the CXI mask's bad pixels excluded
+        return run.photons("ingest"), made if made.exists() or emc.detector is None else emc.detector
     missing = [key for key in ("photons", "detector") if getattr(emc, key) is None]
     if stage == "simulate":
         fix = (f"run `spibatch run {config or 'PIPELINE'}` (it simulates, then runs EMC), or set emc.photons and "
