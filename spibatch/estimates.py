@@ -46,9 +46,11 @@ DETECTOR_BYTES_PER_PIXEL = 56      # q (24) and corr (8) float64, mask, the slic
 PATTERN_BYTES = 48                 # per simulated pattern: quaternion, fluence, photon count (returned whole)
 PHOTONS_FILE_BYTES_PER_FRAME = 48  # three HDF5 variable-length row descriptors of 16 bytes
 ROTATION_BYTES = 112               # quaternion (32), matrix (72), weight (8), float64
-EMC_MODEL_BYTES_PER_VOXEL = 48     # the model (float64), the merge sums (2 x float32, reduced in float64), the
-                                   # new model and the written volume: 52 measured at 357^3 (an audit: 16 let
-                                   # 800^3-1160^3 models through on 23.5 GiB, then the kernel killed them)
+EMC_MODEL_BYTES_PER_VOXEL = 41     # the model (float64), the merge sums (2 x float32, reduced in float64), the
+                                   # new model and the written volume: the peak's growth from 301^3 to 451^3
+                                   # (16 let 800^3-1160^3 models through on 23.5 GiB: killed in iteration 1)
+EMC_RANK_BYTES_PER_VOXEL = 24      # more per MPI rank: the float64 (2, M^3) buffer of the Allreduce (54-62 B
+                                   # measured a rank at 201^3-301^3)
 EMC_FRAME_BYTES = 24               # per frame: photon count, scale, beta (float64)
 EMC_SHARD_BYTES_PER_FRAME = 32 * 12    # likelihoods (float64) and probabilities (float32) of >= 32 rotations
 PHASING_BYTES_PER_VOXEL = 20       # the intensity read (float64), the iterate, its spectrum and the amplitudes
@@ -340,16 +342,19 @@ def simulation(flat: FlatGeometry, num_patterns: int, mean_photons_per_frame: fl
 
 def emc(model_size: int, num_rotations: int, num_frames: int, frames_per_shard: int, used_pixels: int,
         iterations: int, *, model_field: str = "emc.model_size", frames_field: str = "emc.photons",
-        gpu: bool = False, parallel: int = 1, volumes: int = 1, rotations_field: str = "emc.num_div") -> Estimate:
-    """The emc stage, per process (every MPI rank and HTC task holds the model): the model and its merge
-    sums, the rotations, the per-frame numbers, one shard's likelihoods; time: every used pixel of every
+        gpu: bool = False, parallel: int = 1, volumes: int = 1, rotations_field: str = "emc.num_div",
+        ranks: int = 1) -> Estimate:
+    """The emc stage, per process (every MPI rank and HTC task holds the model; ``ranks`` > 1: the MPI ranks of
+    ``mpirun`` on this machine, each holding it and its Allreduce buffer): the model and its merge sums, the rotations, the per-frame numbers, one shard's likelihoods; time: every used pixel of every
     rotation in every iteration (the expand step alone).  With modes, ``volumes`` model volumes (num_modes +
     nonrot_modes) and ``num_rotations`` the orientations of all modes.  rotations_field: the key that sets
     them (``emc.refine.num_div`` for a coarse-to-fine search's fine grid, sized as a whole)."""
     m, shard = model_size, min(frames_per_shard, num_frames)
-    model = (Part(f"the {m}^3 model and merge sums", EMC_MODEL_BYTES_PER_VOXEL * m ** 3, model_field) if volumes == 1
-             else Part(f"{volumes} model volumes of {m}^3 and their merge sums",
-                       EMC_MODEL_BYTES_PER_VOXEL * volumes * m ** 3, "emc.num_modes"))
+    per_voxel = (EMC_MODEL_BYTES_PER_VOXEL + (EMC_RANK_BYTES_PER_VOXEL if ranks > 1 else 0)) * max(ranks, 1)
+    on = f" on each of {ranks} MPI ranks here" if ranks > 1 else ""
+    model = (Part(f"the {m}^3 model and merge sums{on}", per_voxel * m ** 3, model_field) if volumes == 1
+             else Part(f"{volumes} model volumes of {m}^3 and their merge sums{on}",
+                       per_voxel * volumes * m ** 3, "emc.num_modes"))
     parts = [model,
              Part(f"{num_rotations:,} rotations", ROTATION_BYTES * num_rotations, rotations_field),
              Part(f"{num_frames:,} frames' scales and counts", EMC_FRAME_BYTES * num_frames, frames_field),

@@ -161,12 +161,15 @@ def check_shell_safe(path: Path, field: str) -> Path:
     return path
 
 
+RUN_MADE = "\x00run\x00"   # in a resume hint: the run folder open_run makes (no path holds a NUL)
+
+
 def _writer_of(path: Path) -> str:
     """`` (pid N on HOST writes into it now)`` when a live process holds the folder's lock, else ""."""
     from spibatch.lock import lock_is_stale
 
     owner = read_lock(path)
-    if not owner or owner.get("pid") is None or lock_is_stale(owner):
+    if not isinstance(owner, dict) or owner.get("pid") is None or lock_is_stale(owner):
         return ""
     return f" (pid {owner.get('pid')} on {owner.get('host')} writes into it now, since {owner.get('started')})"
 
@@ -326,7 +329,7 @@ def open_run(*, name: str = "spibatch", runs_dir: Path = Path("runs"), out: Path
 
     The body fills ``run.outputs``.  On the way out the status is written -- ``completed``, ``failed`` (the
     error's first line) or ``interrupted`` (Ctrl-C or SIGTERM; the KeyboardInterrupt carries how to resume,
-    ``resume_hint``, its ``{run}`` the folder made, as ``resume_hint``) --, the report is written (a failure there never fails the run; not
+    ``resume_hint``, its :data:`RUN_MADE` the folder made, as ``resume_hint``) --, the report is written (a failure there never fails the run; not
     on a full disk), and the lock is released.
     ``unchanged``: the inputs a resume must find unchanged (default: ``inputs``); ``check``: called after the
     lock is taken and before anything is written when resuming; ``stop_old``: called then too, when the lock
@@ -357,7 +360,7 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
         stop = None if isinstance(exc, SystemExit) else chained_interrupt(exc)
         if stop is not None:   # a signal (also one a library wrapped in its own error)
             how = f"interrupted ({stop.args[0]})" if stop.args else "interrupted (Ctrl-C)"
-            hint = (resume_hint or "spibatch resume {run}").replace("{run}", str(run.path))   # the folder made
+            hint = (resume_hint or f"spibatch resume {RUN_MADE}").replace(RUN_MADE, str(run.path))   # the folder
             stop.resume_hint = hint   # the command's last line says it (spibatch.interrupts)
             if run._log_handler is not None:   # log.txt says it too (the terminal hears it once, from the command)
                 run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,

@@ -214,7 +214,7 @@ def test_real_workloads_pass(name, estimate):
 
 
 @pytest.mark.parametrize("estimate, words", [
-    (lambda: estimates.emc(5000, 3240, 1000, 4096, 2984, 30, parallel=2), ["emc.model_size", "5.46 TiB", "23 GiB"]),
+    (lambda: estimates.emc(5000, 3240, 1000, 4096, 2984, 30, parallel=2), ["emc.model_size", "4.66 TiB", "23 GiB"]),
     (lambda: estimates.emc(91, 50_000_010_000, 1000, 4096, 2984, 30, parallel=2), ["emc.num_div", "TiB"]),
     (lambda: estimates.emc(91, 3240, 1000, 4096, 2984, 10 ** 12, parallel=2), ["emc.iterations", "years"]),
     (lambda: estimates.simulation(estimates.flat_geometry(100_000, 0.5e-3, 0.15), 1000),

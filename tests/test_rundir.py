@@ -355,3 +355,17 @@ def test_out_into_a_run_being_written_names_its_writer(tmp_path):
                                                "started": "2026-12-06T14:00:00Z", "command": ["spibatch"]}))
     with pytest.raises(InputError, match=f"already holds a run \\(pid {os.getpid()} on "):
         check_new_run_path(tmp_path)
+
+
+def test_a_lock_that_is_not_a_record_and_a_config_path_holding_braces(tmp_path):
+    """The review: a lock holding the JSON 123 made `--out` into the run a traceback; a config path holding "{run}"
+    had it replaced in the resume line by the run folder."""
+    from spibatch.rundir import RUN_MADE, check_new_run_path
+    from spibatch.stages.standalone import _resume_hint
+
+    (tmp_path / "provenance.json").write_text("{}")
+    (tmp_path / "lock").write_text("123")
+    with pytest.raises(InputError, match="already holds a run;"):
+        check_new_run_path(tmp_path)
+    hint = _resume_hint(["emc"], "/data/x{run}y/c.yaml", None, None)
+    assert hint.replace(RUN_MADE, "/runs/r1") == "spibatch emc /data/x{run}y/c.yaml --resume /runs/r1"

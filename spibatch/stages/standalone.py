@@ -98,5 +98,7 @@ def _run_all(names, layout: RunLayout, pipeline, device, comm, *, force: bool) -
 def _resume_hint(names, config, out, resume) -> str | None:
     if names != ["emc"]:
         return None
-    folder = resume or out or "{run}"          # {run}: the folder open_run makes (runs/<name>-<time>/)
+    from spibatch.rundir import RUN_MADE
+
+    folder = resume or out or RUN_MADE          # the folder open_run makes (runs/<name>-<time>/)
     return f"spibatch emc {config} --resume {folder}"
