@@ -187,7 +187,8 @@ def check_new_run_path(path: Path, field: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise InputError("exists and is not a directory", path=path, field=field, fix="choose a directory path")
     if path.is_dir():
-        held = sorted(p.name for p in path.iterdir())
+        held = sorted(p.name for p in path.iterdir()     # (another writer's lock record on its way in: the lock
+                      if not (p.name.startswith(f".{layout.LOCK}.") and p.name.endswith(".new")))   # decides)
         started = layout.LOCK in held and all(n in STARTUP_FILES or (n.startswith(".") and n.endswith(".part"))
                                               for n in held)              # a new run killed at its start
         if layout.PROVENANCE in held:   # another process made its run here a moment ago

@@ -369,3 +369,12 @@ def test_a_lock_that_is_not_a_record_and_a_config_path_holding_braces(tmp_path):
         check_new_run_path(tmp_path)
     hint = _resume_hint(["emc"], "/data/x{run}y/c.yaml", None, None)
     assert hint.replace(RUN_MADE, "/runs/r1") == "spibatch emc /data/x{run}y/c.yaml --resume /runs/r1"
+
+
+def test_another_writers_lock_on_its_way_in_is_not_content(tmp_path):
+    """Two `spibatch emc --out SAME` at once: the loser saw the winner's lock record before it was linked under
+    its name and said "is not empty" (CI, once) instead of naming the owner; the lock decides now."""
+    from spibatch.rundir import check_new_run_path
+
+    (tmp_path / ".lock.4242.0123abcd.new").write_text("{}")
+    assert check_new_run_path(tmp_path) == tmp_path
