@@ -98,14 +98,14 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
     run = RunLayout(run_dir)
     report_stage.check(run=run)
     owner = lock.read_lock(run.path)
-    if owner is not None and lock.lock_is_stale(owner):      # its writer was killed: nobody writes into it
-        typer.echo(f"wrote {report_stage.run(run)['report']}")
-        return
-    lock.take_lock(run.path, ["spibatch", *sys.argv[1:]], "RUN_DIR")   # one writer: a live run's is refused
+    stale = owner is not None and lock.lock_is_stale(owner)     # its writer was killed: nobody writes into it
+    if not stale:
+        lock.take_lock(run.path, ["spibatch", *sys.argv[1:]], "RUN_DIR")   # one writer: a live run's is refused
     try:
         typer.echo(f"wrote {report_stage.run(run)['report']}")
     finally:
-        lock.release_lock(run.path)
+        if not stale:
+            lock.release_lock(run.path)
 
 
 def bench(bench_file: Path = typer.Argument(..., help="benchmark file (BENCH.yaml: the matrix of sites, modes, "

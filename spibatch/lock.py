@@ -52,7 +52,7 @@ def lock_is_stale(record: dict) -> bool:
     return record.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
 
 
-def _owner(record: dict) -> str:
+def describe_owner(record: dict) -> str:
     return f"pid {record.get('pid')} on {record.get('host')} since {record.get('started')}"
 
 
@@ -118,10 +118,10 @@ def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, ta
         if lock_is_stale(owner) and take_over_stale:
             return _take_over(Path(folder), owner, command, field_name)
         if lock_is_stale(owner):
-            raise InputError(f"locked by {_owner(owner)}, which no longer runs (a stale lock: that process was "
+            raise InputError(f"locked by {describe_owner(owner)}, which no longer runs (a stale lock: that process was "
                              "killed)", path=folder, field=field_name, fix=f"make sure nothing writes into it, then "
                              f"delete {path} and try again (or resume the run: that takes the lock over)") from None
-        raise InputError(f"another process writes into this run folder ({_owner(owner)})", path=folder,
+        raise InputError(f"another process writes into this run folder ({describe_owner(owner)})", path=folder,
                          field=field_name, fix="wait for it to finish, or stop it first") from None
     except OSError as exc:
         raise InputError(f"cannot create its lock ({exc.strerror})", path=folder, field=field_name,
@@ -137,7 +137,7 @@ def _take_over(folder: Path, owner: dict, command: list[str], field_name: str) -
             owner = current              # the lock changed hands to one that is gone too: take that one over
         elif current != owner:           # another resume took it over first, or its owner released it
             return take_lock(folder, command, field_name)   # (never back here: no second flock of our own)
-        log.warning("taking over the lock of %s, which no longer runs (it was killed)", _owner(owner))
+        log.warning("taking over the lock of %s, which no longer runs (it was killed)", describe_owner(owner))
         (folder / layout.LOCK).unlink(missing_ok=True)
         record = take_lock(folder, command, field_name)
     record["took_over"] = owner
@@ -149,13 +149,13 @@ def stop_left_running(folder: Path, owner: dict, field_name: str = "--resume") -
     Parsl's interchange and workers: :mod:`spibatch.owners`); InputError when some cannot be stopped."""
     token = owner.get("token")
     if token is not None and not owners.token_of(token, owner.get("pid")):
-        raise InputError(f"the lock's token {str(token)[:40]!r} is not one its owner ({_owner(owner)}) made: not "
+        raise InputError(f"the lock's token {str(token)[:40]!r} is not one its owner ({describe_owner(owner)}) made: not "
                          "stopping anything by it", path=folder, field=field_name,
                          fix=f"the lock file was changed: check {Path(folder) / layout.LOCK}, delete it if nothing "
                              "writes into the run, and try again")
-    left = owners.stop_tagged(token, f"that the killed owner ({_owner(owner)}) left running")
+    left = owners.stop_tagged(token, f"that the killed owner ({describe_owner(owner)}) left running")
     if left:
-        raise InputError(f"processes started by the killed owner ({_owner(owner)}) still run and could not be "
+        raise InputError(f"processes started by the killed owner ({describe_owner(owner)}) still run and could not be "
                          f"stopped: pids {' '.join(map(str, left))}", path=folder, field=field_name,
                          fix=f"stop them (kill -9 {' '.join(map(str, left))}), then try again")
 

@@ -166,12 +166,12 @@ RUN_MADE = "\x00run\x00"   # in a resume hint: the run folder open_run makes (no
 
 def _writer_of(path: Path) -> str:
     """`` (pid N on HOST writes into it now)`` when a live process holds the folder's lock, else ""."""
-    from spibatch.lock import lock_is_stale
+    from spibatch.lock import describe_owner, lock_is_stale
 
     owner = read_lock(path)
     if not isinstance(owner, dict) or owner.get("pid") is None or lock_is_stale(owner):
         return ""
-    return f" (pid {owner.get('pid')} on {owner.get('host')} writes into it now, since {owner.get('started')})"
+    return f" ({describe_owner(owner)} writes into it now)"
 
 
 def check_new_run_path(path: Path, field: str = "--out") -> Path:

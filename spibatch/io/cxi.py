@@ -220,26 +220,25 @@ def _check_centred_layout(layout: dict, n: int, pixel_m: float, distance_m: floa
     if not layout:
         return
     default = np.array([[0.0, -pixel_m, 0.0], [-pixel_m, 0.0, 0.0]])
-    basis = np.asarray(layout.get("basis_vectors", default), np.float64).reshape(-1)
+    basis = np.asarray(layout.get("basis_vectors", default), np.float64)
     corner = layout.get("corner_position")
     centre = np.array([0.0, 0.0, distance_m])
-    grid = (np.arange(n) + 0.5)
-    for b in (default, -default):                       # the default, or turned by 180 degrees about the beam
-        start = centre - n / 2 * (b[0] + b[1]) if corner is None else np.asarray(corner, np.float64).reshape(-1)
-        if basis.shape != (6,) or start.shape != (3,):
-            break
-        given, want = basis.reshape(2, 3), b
-        ours = centre - n / 2 * (b[0] + b[1])
-        edge = [start + grid[0] * given[0] + grid[0] * given[1], start + grid[-1] * given[0] + grid[-1] * given[1],
-                start + grid[0] * given[0] + grid[-1] * given[1]]
-        mine = [ours + grid[0] * want[0] + grid[0] * want[1], ours + grid[-1] * want[0] + grid[-1] * want[1],
-                ours + grid[0] * want[0] + grid[-1] * want[1]]
-        if all(np.abs(a - c).max() <= 1e-3 * pixel_m for a, c in zip(edge, mine)):
-            return
-    raise UnsupportedLayout("its detector geometry (corner_position, basis_vectors) puts the pixels elsewhere than the "
-                     "centred flat detector spibatch builds (the beam on the frame's centre, CXI's default axes): "
-                     "an off-centre beam, a mirrored or a turned detector", path=path, field=f"{group}/basis_vectors",
-                     fix="give the detector as a Dragonfly file (emc.detector) built from this geometry")
+    steps = np.array([[0.5, 0.5], [n - 0.5, n - 0.5], [0.5, n - 0.5]])      # three corner pixels' centres
+
+    def corners(start, axes):
+        return start + steps @ axes
+
+    if basis.shape == (2, 3) and (corner is None or np.shape(corner) in ((3,), (1, 3))):
+        for axes in (default, -default):                # the default, or turned by 180 degrees about the beam
+            ours = centre - n / 2 * axes.sum(axis=0)
+            given = ours if corner is None else np.asarray(corner, np.float64).reshape(3)
+            if np.abs(corners(given, basis) - corners(ours, axes)).max() <= 1e-3 * pixel_m:
+                return
+    raise UnsupportedLayout("its detector geometry (corner_position, basis_vectors) puts the pixels elsewhere than "
+                            "the centred flat detector spibatch builds (the beam on the frame's centre, CXI's default "
+                            "axes): an off-centre beam, a mirrored or a turned detector", path=path,
+                            field=f"{group}/basis_vectors",
+                            fix="give the detector as a Dragonfly file (emc.detector) built from this geometry")
 
 
 def bad_pixels(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mask_path: str | None = None):

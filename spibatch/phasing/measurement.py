@@ -136,18 +136,22 @@ def check_intensity(intensity, *, source: str | None = None, field: str = "inten
     return arr
 
 
-def symmetry_centre(intensity: np.ndarray, reach: int = 2, scores: list | None = None) -> tuple[float, ...]:
-    """The index (half-integers allowed) about which each axis of a centrosymmetric intensity (N, N, N) is
-    symmetric, searched within ``reach`` half-voxels of N // 2: per axis, the centre whose point reflection
-    correlates best with the intensity's amplitudes over the voxels measured (> 0) on both sides -- so a volume
-    measured on one side only, or an even edge whose first plane has no mirror, does not pull it.  The other two
-    axes are reflected about N // 2 on every second plane (even planes map onto even planes), which quarters the
-    work: ~0.1 s at 128^3."""
-    n = intensity.shape[0]
+def capped_amplitude(intensity: np.ndarray) -> np.ndarray:
+    """(N, N, N) float32 sqrt of the intensity, capped at the 99.9th percentile of its lit voxels: a few hot voxels
+    (zingers) must not decide where the centre is."""
     amplitude = np.sqrt(np.clip(np.asarray(intensity, np.float64), 0.0, None)).astype(np.float32)
     lit = amplitude[amplitude > 0]
-    if lit.size:           # a few hot voxels (zingers) must not decide it: capped at the 99.9th percentile
-        amplitude = np.minimum(amplitude, np.percentile(lit, 99.9))
+    return np.minimum(amplitude, np.percentile(lit, 99.9)) if lit.size else amplitude
+
+
+def symmetry_centre(amplitude: np.ndarray, reach: int = 2, scores: list | None = None) -> tuple[float, ...]:
+    """The index (half-integers allowed) about which each axis of a centrosymmetric intensity (N, N, N), given
+    as its :func:`capped_amplitude`, is symmetric, searched within ``reach`` half-voxels of N // 2: per axis, the
+    centre whose point reflection correlates best with the amplitudes over the voxels measured (> 0) on both sides
+    -- so a volume measured on one side only, or an even edge whose first plane has no mirror, does not pull it.
+    The other two axes are reflected about N // 2 on every second plane (even planes map onto even planes), which
+    quarters the work: ~0.1 s at 128^3.  ``scores``: each axis's best correlation is appended to it."""
+    n = amplitude.shape[0]
     c = n // 2
     found = []
     for axis in range(3):
@@ -180,14 +184,12 @@ def symmetry_centre(intensity: np.ndarray, reach: int = 2, scores: list | None =
     return tuple(found)
 
 
-def profile_centre(intensity: np.ndarray) -> tuple[float, ...]:
-    """The same question answered from the projected amplitudes: per axis the peak of the profile's
-    self-convolution (for a profile symmetric about c it is at 2c, by Cauchy-Schwarz).  Robust to noise and sparse
-    counts (zeros count as values), not to a volume measured on one side only: :func:`_check_centred` asks both."""
-    amplitude = np.sqrt(np.clip(np.asarray(intensity, np.float64), 0.0, None))
-    lit = amplitude[amplitude > 0]
-    if lit.size:
-        amplitude = np.minimum(amplitude, np.percentile(lit, 99.9))
+def profile_centre(amplitude: np.ndarray) -> tuple[float, ...]:
+    """The same question answered from the projected amplitudes (:func:`capped_amplitude`): per axis the peak of
+    the profile's self-convolution (for a profile symmetric about c it is at 2c, by Cauchy-Schwarz).  Robust to
+    noise and sparse counts (zeros count as values), not to a volume measured on one side only:
+    :func:`_check_centred` asks both."""
+    amplitude = amplitude.astype(np.float64)        # (the profiles summed in float64)
     return tuple(float(np.argmax(np.convolve(p, p))) / 2
                  for p in (amplitude.sum(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)))
 
@@ -198,18 +200,20 @@ def _check_centred(arr: np.ndarray, source, field: str) -> None:
     centred at (N - 1) / 2 on every axis.  An axis counts as off only when both :func:`symmetry_centre` (masked
     reflections: one-sided data) and :func:`profile_centre` (projections: sparse, noisy counts) find it off, by
     the smaller of their two offsets."""
+    from spibatch.validate import radial_index
+
     n = arr.shape[0]
     # an intensity in FFT order (q = 0 at index 0) is symmetric too, about N / 2 read periodically: its bright low q
     # lie in the corners (beyond the inscribed sphere), a centred one's in the middle (within N / 4)
-    g = np.arange(n) - n // 2
-    radius = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)
+    radius = radial_index(n)
     middle, corners = arr[(radius < n / 4) & (arr > 0)], arr[(radius > n / 2) & (arr > 0)]
     if middle.size and corners.size and corners.mean() > 10 * middle.mean():
         raise InputError("the intensity is brightest in its corners: q = 0 at index 0 (FFT order), not at N // 2",
                          path=source, field=field, fix="fftshift it (numpy.fft.fftshift) so that q = 0 sits at N // 2")
-    projected, scores = profile_centre(arr), []
+    amplitude, scores = capped_amplitude(arr), []
+    projected = profile_centre(amplitude)
     reach = max(2, 2 * int(np.ceil(max(abs(c - n // 2) for c in projected))) + 2)   # as far as the projections say
-    masked = symmetry_centre(arr, reach, scores)
+    masked = symmetry_centre(amplitude, reach, scores)
     found = tuple(a if abs(a - n // 2) <= abs(b - n // 2) else b for a, b in zip(masked, projected))
     found = tuple(c if (a - n // 2) * (b - n // 2) > 0 else float(n // 2) for c, a, b in zip(found, masked, projected))
     off = max(abs(c - n // 2) for c in found)

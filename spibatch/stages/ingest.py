@@ -114,11 +114,10 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
         outputs["detector"] = run.detector("ingest")
     elif pipeline.emc.detector is not None:     # the CXI mask's bad pixels are 0 in the photons: EMC must not take
         bad = bad_pixels(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path)   # them for measured zeros
-        if bad is not None and bad.any():
-            given = Detector.read(pipeline.emc.detector)
-            mask = given.mask.copy()
+        if bad is not None and bad.any():            # (``detector``: check's read of emc.detector)
+            mask = detector.mask.copy()
             mask[bad] = MASK_EXCLUDED
-            write_detector(run.detector("ingest"), dataclasses.replace(given, mask=mask))
+            write_detector(run.detector("ingest"), dataclasses.replace(detector, mask=mask))
             outputs["detector"] = run.detector("ingest")
             log.info("ingest: %s with the CXI mask's %d bad pixels excluded -> %s", pipeline.emc.detector,
                      int(bad.sum()), run.detector("ingest"))
