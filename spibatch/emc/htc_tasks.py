@@ -6,6 +6,7 @@ A worker keeps the geometry and its shards between tasks (``lru_cache``); a task
 
 from __future__ import annotations
 
+import threading
 import time
 from functools import lru_cache, partial
 from typing import Callable
@@ -60,6 +61,10 @@ def _shards(specs: tuple[ShardSpec, ...], recipe: GeometrySpec) -> Shard:
 
 
 _last_model: list = [None, None]     # (path, size, mtime) and the array this worker read last
+# Tasks of one worker may run as threads (the Tasks executor's pool): the cache above is shared, and numpy reads an
+# .npy header with ast.literal_eval, whose compile() run in two threads at once fails on CPython before 3.11.9
+# ("AST constructor recursion depth mismatch", seen once in CI): one load at a time
+_LOADING = threading.Lock()
 
 
 def _model(path: str) -> np.ndarray:
@@ -68,10 +73,11 @@ def _model(path: str) -> np.ndarray:
     once)."""
     stat = Path(path).stat()
     key = (path, stat.st_size, stat.st_mtime_ns)
-    if _last_model[0] != key:
-        _last_model[:] = [None, None]       # the old one goes before the new one is read
-        _last_model[:] = [key, np.load(path)]
-    return _last_model[1]
+    with _LOADING:
+        if _last_model[0] != key:
+            _last_model[:] = [None, None]       # the old one goes before the new one is read
+            _last_model[:] = [key, np.load(path)]
+        return _last_model[1]
 
 
 def _threads(threads: int) -> None:
@@ -107,7 +113,7 @@ def shard_task(spec: ShardSpec | tuple[ShardSpec, ...], recipe: GeometrySpec, mo
     shard = _shard(spec, recipe) if isinstance(spec, ShardSpec) else _shards(tuple(spec), recipe)
     kept = Path(model_path).parent / htc_expectation_name(state.iteration, task_first_frame(spec))
     if state.rotation_factor is not None and kept.exists():      # the per-rotation merge: weights_task's
-        with np.load(kept) as arrays:
+        with _LOADING, np.load(kept) as arrays:
             shard.__dict__["_expectation"] = expectation_from(arrays)
         kept.unlink()
     sums = step_function(device)(model, geometry.rotations, geometry.pixels, shard, state)
