@@ -6,6 +6,7 @@ Each is a run of the stage functions of :mod:`spibatch.stages` in a new run fold
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,8 +25,8 @@ def init(directory: Path = typer.Argument(..., help="folder to write pipeline.ya
 
     written = write_starter(directory, site)
     typer.echo("\n".join(f"wrote {path}" for path in written))
-    site_arg = f" --site {directory / 'site.yaml'}" if site else ""
-    typer.echo(f"next: spibatch run {directory / 'pipeline.yaml'}{site_arg}" + (" --dry-run" if site else ""))
+    site_arg = f" --site {shlex.quote(str(directory / 'site.yaml'))}" if site else ""
+    typer.echo(f"next: spibatch run {shlex.quote(str(directory / 'pipeline.yaml'))}{site_arg}" + (" --dry-run" if site else ""))
 
 
 def schema() -> None:

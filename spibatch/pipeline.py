@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shlex
 import shutil
 import sys
 import traceback
@@ -142,7 +143,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
 
 
 def _go_on(run: RunLayout) -> str:
-    return f"once its cause is fixed, continue with: spibatch resume {run.path} (--site FILE: with a fixed site)"
+    return f"once its cause is fixed, continue with: spibatch resume {shlex.quote(str(run.path))} (--site FILE: with a fixed site)"
 
 
 @contextmanager
@@ -291,7 +292,7 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     inputs = [config] + ([site.source] if site_path is not None else [])
     inputs += list(dict.fromkeys(p for name in stages.order(pipeline) for p in external_inputs(pipeline)[name]))
     with open_run(name=pipeline.name, runs_dir=pipeline.output.runs_dir, out=target, command=argv,
-                  config_text=dump_pipeline(pipeline), inputs=tuple(inputs), resume_hint=f"spibatch resume {target}",
+                  config_text=dump_pipeline(pipeline), inputs=tuple(inputs), resume_hint=f"spibatch resume {shlex.quote(str(target))}",
                   extra=dict(site=site.name, provider=site.provider, emc_mode=site.emc_mode,
                              workers=site.workers)) as run:
         from spibatch.io.atomic import write_text
@@ -334,6 +335,6 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
             log.info("site: %s (was %s), from %s", site.name, own.name, site_path)
 
     with open_run(resume=run.path, command=command, inputs=needed, check=check, field="RUN_DIR",
-                  stop_old=lambda: cancel_left_jobs(run, own), resume_hint=f"spibatch resume {run.path}") as opened:
+                  stop_old=lambda: cancel_left_jobs(run, own), resume_hint=f"spibatch resume {shlex.quote(str(run.path))}") as opened:
         opened.outputs.update(_outputs(execute(run, site, pipeline)))
     return opened.path, opened.outputs

@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -361,7 +362,7 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
         stop = None if isinstance(exc, SystemExit) else chained_interrupt(exc)
         if stop is not None:   # a signal (also one a library wrapped in its own error)
             how = f"interrupted ({stop.args[0]})" if stop.args else "interrupted (Ctrl-C)"
-            hint = (resume_hint or f"spibatch resume {RUN_MADE}").replace(RUN_MADE, str(run.path))   # the folder
+            hint = (resume_hint or f"spibatch resume {RUN_MADE}").replace(RUN_MADE, shlex.quote(str(run.path)))   # the folder
             stop.resume_hint = hint   # the command's last line says it (spibatch.interrupts)
             if run._log_handler is not None:   # log.txt says it too (the terminal hears it once, from the command)
                 run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,

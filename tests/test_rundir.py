@@ -368,7 +368,7 @@ def test_a_lock_that_is_not_a_record_and_a_config_path_holding_braces(tmp_path):
     with pytest.raises(InputError, match="already holds a run;"):
         check_new_run_path(tmp_path)
     hint = _resume_hint(["emc"], "/data/x{run}y/c.yaml", None, None)
-    assert hint.replace(RUN_MADE, "/runs/r1") == "spibatch emc /data/x{run}y/c.yaml --resume /runs/r1"
+    assert hint.replace(RUN_MADE, "/runs/r1") == "spibatch emc '/data/x{run}y/c.yaml' --resume /runs/r1"   # quoted: braces
 
 
 def test_another_writers_lock_on_its_way_in_is_not_content(tmp_path):
@@ -378,3 +378,25 @@ def test_another_writers_lock_on_its_way_in_is_not_content(tmp_path):
 
     (tmp_path / ".lock.4242.0123abcd.new").write_text("{}")
     assert check_new_run_path(tmp_path) == tmp_path
+
+
+def test_resume_hints_are_shell_quoted(tmp_path):
+    """A run folder or config with a space (or a quote) in its path: the printed resume line is one a shell runs as
+    is -- `shlex.split` gives the path back whole (it printed `spibatch resume /x/my run`: two arguments)."""
+    import shlex
+    from pathlib import Path
+
+    import pytest
+
+    from spibatch.rundir import open_run
+    from spibatch.stages.standalone import _resume_hint
+
+    folder = tmp_path / "beam time's runs"
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with open_run(runs_dir=folder, command=["spibatch", "emc"], report=False,
+                      resume_hint=_resume_hint(["emc"], tmp_path / "my config.yaml", None, None)):
+            raise KeyboardInterrupt("SIGTERM")
+    words = shlex.split(caught.value.resume_hint)
+    made = Path(words[-1])
+    assert words[:2] == ["spibatch", "emc"] and words[2] == str(tmp_path / "my config.yaml"), words
+    assert words[3] == "--resume" and made.parent == folder and made.is_dir(), words

@@ -9,6 +9,7 @@ shards, and an error on any rank stops all of them.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import traceback
 from contextlib import ExitStack
@@ -100,5 +101,5 @@ def _resume_hint(names, config, out, resume) -> str | None:
         return None
     from spibatch.rundir import RUN_MADE
 
-    folder = resume or out or RUN_MADE          # the folder open_run makes (runs/<name>-<time>/)
-    return f"spibatch emc {config} --resume {folder}"
+    folder = resume or out          # else the folder open_run makes (runs/<name>-<time>/), quoted there
+    return f"spibatch emc {shlex.quote(str(config))} --resume {shlex.quote(str(folder)) if folder else RUN_MADE}"

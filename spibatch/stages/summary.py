@@ -7,6 +7,7 @@ pipeline -- says the same things the same way.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from spibatch.layout import RunLayout
@@ -111,5 +112,5 @@ def next_lines(run_path: Path) -> list[str]:
     lines = []
     if run.report.exists():
         lines.append(f"report: {run.report}")
-    lines.append(f"watch it live: spibatch monitor {run.path}")
+    lines.append(f"watch it live: spibatch monitor {shlex.quote(str(run.path))}")
     return lines
