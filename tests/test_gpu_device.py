@@ -121,3 +121,22 @@ def test_mpi_ranks_on_the_gpu_path_give_the_cpu_model(emc_config, tmp_path):
     with h5py.File(tmp_path / "one" / "emc" / "checkpoint.h5") as a, h5py.File(tmp_path / "two" / "emc" / "checkpoint.h5") as b:
         cpu, gpu = a["model"][()], b["model"][()]
         assert np.abs(gpu - cpu).max() <= 1e-3 * np.abs(cpu).max()
+
+
+def test_a_worker_without_cupy_says_so_in_one_line(monkeypatch):
+    """The GPU audit: a task handed `device: gpu` by a driver that could not check its workers (`declared`) met a
+    worker without CuPy with a ModuleNotFoundError traceback from `Device.activate`; now the one-line InputError
+    that names what to install, as on the driver."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_cupy(name, *args, **kwargs):
+        if name == "cupy" or name.startswith("cupy."):
+            raise ImportError("No module named 'cupy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cupy)
+    monkeypatch.setattr("spibatch.kernels.xp._current", [])
+    with pytest.raises(InputError, match="CuPy is not installed.*device: cpu"):
+        declared("gpu", "cupy", env={}).activate()

@@ -161,3 +161,24 @@ def test_gpu_step_searches_each_frames_candidates_as_the_cpu_does(problem, xp, c
     assert np.mean(gpu.frames["top_rotations"][:, 0] == cpu.frames["top_rotations"][:, 0]) >= 0.99
     cpu.frames.pop("top_rotations"), gpu.frames.pop("top_rotations")
     assert_same_sums(cpu, gpu, kept_tolerance=0 if xp.name == "numpy" else 1)
+
+
+def test_a_frame_without_candidates_has_no_best_rotation_on_the_device(problem, xp):  # noqa: F811
+    """The GPU audit: a frame left with no candidates (what `Candidates.restricted` gives the frames outside an HTC
+    task's range) took rotation `searched[0]` as its best on the GPU path -- the argmax of a row of -inf -- where
+    the CPU step says -1; every other frame's best is one of its candidates on both."""
+    from spibatch.emc.refine import candidates
+    from spibatch.emc.types import Rotations
+
+    detector, pixels, rotations, truth, photons, true_rot = problem
+    coarse = Rotations.refined_600_cell(1)
+    top = np.random.default_rng(5).integers(0, len(coarse), (120, 2))
+    found = candidates(top, coarse.quaternions, rotations.quaternions, 1.0).restricted(0, 119)   # 119: none
+    shard = Shard.from_photons(photons, pixels)
+    state = StepState(1, np.full(120, 0.3), np.ones(120), candidates=found, top=2)
+    cpu = shard_step(truth, rotations, pixels, shard, state)
+    gpu = gpu_shard_step(truth, rotations, pixels, shard, state, device=device_of(xp))
+    assert cpu.frames["best_rotation"][119] == -1 and gpu.frames["best_rotation"][119] == -1
+    assert gpu.frames["best_probability"][119] == 0 and list(gpu.frames["top_rotations"][119]) == [-1, -1]
+    assert (gpu.frames["best_rotation"][:119] >= 0).all()
+    assert np.mean(gpu.frames["best_rotation"] == cpu.frames["best_rotation"]) >= 0.99

@@ -66,6 +66,22 @@ def test_complex_iterates_without_realness(xp):
         assert np.abs(result.density - cpu.density).max() <= 1e-4 * np.abs(cpu.density).max()
 
 
+def test_a_nan_voxel_leaves_the_device_threshold_as_the_cpus(xp):
+    """The GPU audit: the device's maximum took NaN (`volume.real.max()`), so a start with one NaN voxel got an
+    empty support from the shrink-wrap threshold where the CPU kernel (np.fmax: NaN left out) kept 285 voxels."""
+    from spibatch.kernels import phasing_cpu
+    from spibatch.phasing.gpu import DeviceKernels
+
+    volume = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    volume[1, 2, 3] = np.nan
+    device = DeviceKernels(_device(xp))
+    on_device = device.xp.asarray(volume)
+    cpu_support, gpu_support = np.zeros(volume.shape, bool), device.xp.zeros(volume.shape, bool)
+    kept_cpu, top_cpu = phasing_cpu.threshold_relative(volume, 0.5, cpu_support)
+    kept_gpu, top_gpu = device.threshold_relative(on_device, 0.5, gpu_support)
+    assert top_gpu == top_cpu == np.nanmax(volume) and kept_gpu == kept_cpu > 0
+
+
 def test_the_batch_holds_every_start_apart(measurement, xp):
     support = autocorrelation_support(measurement, 0.04)
     rec = Reconstruction(measurement, support, SEEDS, device=_device(xp))

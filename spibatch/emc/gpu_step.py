@@ -203,7 +203,7 @@ class _OnDevice:
         best = xp.empty(c, np.float64)
         norm = xp.empty(c, np.float64)
         self.kernels.normalize_probabilities(like, beta, PDIFF, PROB_MIN, prob, best, norm)
-        out = {"best_rotation": xp.argmax(like, axis=1).astype(np.int32),
+        out = {"best_rotation": xp.where(norm > 0, xp.argmax(like, axis=1), -1).astype(np.int32),   # -1: none
                "best_probability": xp.where(norm > 0, 1.0 / xp.where(norm > 0, norm, 1.0), 0.0)}
         if self.top > 0:               # each frame's most probable rotations, -1 past the ones it kept
             order = xp.argsort(-prob, axis=1)[:, :self.top]

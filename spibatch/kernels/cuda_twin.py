@@ -121,12 +121,12 @@ def normalize_probabilities(grid, block, like, nrot, beta, window, prob_min, pro
     if grid[1] != 1 or like.size != nframes * nrot:
         raise ValueError(f"normalize_probabilities: one block per frame, grid {grid} for {like.size // nrot} frames")
     rows = like.reshape(nframes, nrot).astype(np.float64)
-    best = rows.max(axis=1)
+    best = np.maximum(rows.max(axis=1), -1e300)   # the kernel's start: a row of -inf keeps nothing
     cut = best - float(window) / beta[:nframes]
     kept = rows > cut[:, None]
     weights = np.where(kept, np.exp(beta[:nframes, None] * (rows - best[:, None])), 0.0)
     norm = weights.sum(axis=1)
-    p = weights / norm[:, None]
+    p = np.divide(weights, norm[:, None], out=np.zeros_like(weights), where=norm[:, None] > 0)   # none kept: 0
     prob.reshape(nframes, nrot)[...] = np.where(p >= float(prob_min), p, 0.0).astype(np.float32)
     best_out[:nframes] = best
     norm_out[:nframes] = norm

@@ -75,7 +75,7 @@ class Device:
             return None
         from spibatch.kernels.xp import ensure_device
 
-        return ensure_device()
+        return ensure_device(self.runtime)
 
     def __str__(self) -> str:
         return "cpu" if not self.is_gpu else f"gpu ({self.runtime})"

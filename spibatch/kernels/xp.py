@@ -97,9 +97,12 @@ def use_device(env=None) -> int:
 _current: list[int] = []
 
 
-def ensure_device() -> int:
+def ensure_device(runtime: str = "cupy") -> int:
     """:func:`use_device` once per process (the GPU code calls it, so a Parsl task or an MPI rank that calls
-    a shard step or phasing start on the GPU directly gets its own GPU too); returns the ordinal."""
+    a shard step or phasing start on the GPU directly gets its own GPU too); returns the ordinal.  A worker
+    without CuPy or a GPU says so in one line (:func:`require_gpu`; the driver could not check it)."""
+    if not _current:
+        require_gpu(runtime)
     return _current[0] if _current else use_device()
 
 

@@ -96,7 +96,7 @@ class DeviceKernels:
         self.gpu.multiply_separable(spectrum, out, *(xp.asarray(np.asarray(g, np.float32)) for g in (g0, g1, g2)))
 
     def max_real(self, volume) -> float:
-        return float(volume.real.max())
+        return float(self.xp.nanmax(volume.real))   # NaN left out, as the CPU kernel's np.fmax
 
     def histogram_real(self, volume, top, bins) -> np.ndarray:
         xp = self.xp
