@@ -121,6 +121,8 @@ def test_the_plan_fits_the_memory_budget():
     assert block % 32 == 0 and block * (8 * 50_000 + 48 * chunk) <= 20 * 10 ** 9
     assert plan(500, 420, 1000, 10 ** 9) == (500, 420)              # small: everything at once
     assert plan(10, 10_000, 10 ** 6, 10 ** 6)[1] == 32               # at least a warp of rotations
+    sorted_chunk = plan(100_000, 50_000, 50_000, 40 * 10 ** 9, top=3)[0]   # the top rotations' sort: 12 B more
+    assert sorted_chunk * 50_000 * 20 <= 20 * 10 ** 9 < (sorted_chunk + 1) * 50_000 * 20 and sorted_chunk < chunk
 
 
 def test_emc_driver_on_the_device_matches_the_cpu_run(emc_small, tmp_path, xp):

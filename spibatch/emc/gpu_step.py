@@ -39,15 +39,16 @@ def _row_blocks(total: int) -> list[tuple[int, int]]:
     return [(a, min(a + MAX_ROWS, total)) for a in range(0, total, MAX_ROWS)]
 
 
-def plan(num_frames: int, num_rot: int, num_pix: int, budget: int) -> tuple[int, int]:
+def plan(num_frames: int, num_rot: int, num_pix: int, budget: int, top: int = 0) -> tuple[int, int]:
     """(frames per chunk, rotations per block) so that the working arrays fit in ``budget`` bytes.
 
-    Half the budget for the chunk's likelihood and probabilities (8 bytes per frame and rotation),
-    half for a block's views (4 B per pixel and rotation, twice) and its (frames, block) float64
-    temporaries of the per-frame sums (~48 B each); the block is a multiple of 32 rotations (a warp)
-    unless it holds them all.  A chunk has at most MAX_ROWS frames.
+    Half the budget for the chunk's likelihood and probabilities (8 bytes per frame and rotation; 12 more
+    with ``top`` > 0: the sort's negated copy and int64 order), half for a block's views (4 B per pixel and
+    rotation, twice) and its (frames, block) float64 temporaries of the per-frame sums (~48 B each); the block
+    is a multiple of 32 rotations (a warp) unless it holds them all.  A chunk has at most MAX_ROWS frames.
     """
-    chunk = int(max(1, min(num_frames, MAX_ROWS, (budget // 2) // (8 * num_rot))))
+    per_pair = 8 + (12 if top > 0 else 0)
+    chunk = int(max(1, min(num_frames, MAX_ROWS, (budget // 2) // (per_pair * num_rot))))
     block = int((budget // 2) // (8 * num_pix + 48 * chunk))
     if block >= num_rot:
         return chunk, num_rot
@@ -106,7 +107,7 @@ def gpu_shard_step(model: np.ndarray, rotations: Rotations, pixels: PixelSet, sh
         work.weights = xp.zeros(len(rotations), np.float64)
     if budget_bytes is None:
         budget_bytes = int(0.6 * free_bytes(xp, fallback=2 ** 28))
-    chunk, block = plan(shard.num_frames, len(rotations), len(pixels.q), budget_bytes)
+    chunk, block = plan(shard.num_frames, len(rotations), len(pixels.q), budget_bytes, state.top)
     work.allocate(frame_chunk or chunk, rotation_block or block)
     results = {k: [] for k in ("scale_denominator", "log_likelihood", "mutual_info", "num_kept", "best_rotation",
                                "best_probability") + (("mode_probabilities",) if rotations.num_volumes > 1 else ())
