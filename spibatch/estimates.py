@@ -152,6 +152,8 @@ class Budget:
     cores: int
     devices: int = 1
     where: str = "this machine"
+    per_node: int = 1          # worker processes (MPI ranks, HTC workers) that share that memory
+    hpc: bool = False          # they are MPI ranks (each also holds the Allreduce buffer)
 
     @classmethod
     def here(cls) -> "Budget":
@@ -161,6 +163,13 @@ class Budget:
     def parallel(self, gpu: bool) -> int:
         """Cores (CPU work) or devices (GPU work) the time estimate may divide by."""
         return self.devices if gpu else self.cores
+
+    def sharing(self, ranks: int = 1) -> dict:
+        """:func:`emc`'s ``ranks`` / ``workers``: ``ranks`` MPI ranks of this process's ``mpirun``, else the
+        site's processes that share one node's memory."""
+        if ranks > 1 or self.per_node <= 1:
+            return {"ranks": ranks}
+        return {"ranks": self.per_node} if self.hpc else {"workers": self.per_node}
 
 
 @dataclass(frozen=True)
@@ -343,15 +352,19 @@ def simulation(flat: FlatGeometry, num_patterns: int, mean_photons_per_frame: fl
 def emc(model_size: int, num_rotations: int, num_frames: int, frames_per_shard: int, used_pixels: int,
         iterations: int, *, model_field: str = "emc.model_size", frames_field: str = "emc.photons",
         gpu: bool = False, parallel: int = 1, volumes: int = 1, rotations_field: str = "emc.num_div",
-        ranks: int = 1) -> Estimate:
+        ranks: int = 1, workers: int = 1) -> Estimate:
     """The emc stage, per process (every MPI rank and HTC task holds the model; ``ranks`` > 1: the MPI ranks of
-    ``mpirun`` on this machine, each holding it and its Allreduce buffer): the model and its merge sums, the rotations, the per-frame numbers, one shard's likelihoods; time: every used pixel of every
+    ``mpirun`` on this machine or of one node of a site, each holding it and its Allreduce buffer; ``workers``
+    > 1: HTC workers sharing one node, each holding it): the model and its merge sums, the rotations, the
+    per-frame numbers, one shard's likelihoods; time: every used pixel of every
     rotation in every iteration (the expand step alone).  With modes, ``volumes`` model volumes (num_modes +
     nonrot_modes) and ``num_rotations`` the orientations of all modes.  rotations_field: the key that sets
     them (``emc.refine.num_div`` for a coarse-to-fine search's fine grid, sized as a whole)."""
     m, shard = model_size, min(frames_per_shard, num_frames)
     per_voxel = (EMC_MODEL_BYTES_PER_VOXEL + (EMC_RANK_BYTES_PER_VOXEL if ranks > 1 else 0)) * max(ranks, 1)
-    on = f" on each of {ranks} MPI ranks here" if ranks > 1 else ""
+    per_voxel *= max(workers, 1)
+    on = (f" on each of {ranks} MPI ranks" if ranks > 1 else f" in each of {workers} workers" if workers > 1
+          else "")
     model = (Part(f"the {m}^3 model and merge sums{on}", per_voxel * m ** 3, model_field) if volumes == 1
              else Part(f"{volumes} model volumes of {m}^3 and their merge sums{on}",
                        per_voxel * volumes * m ** 3, "emc.num_modes"))

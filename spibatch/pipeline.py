@@ -90,6 +90,8 @@ def check_pipeline(pipeline, config: Path, site: Site | None = None, folder: Pat
     from spibatch.stages.checks import budget_for
     from spibatch.stages.preflight import check_run
 
+    if site is not None:
+        provider_for(site).check_counts()   # the stages' memory is judged on the processes a node holds
     check_run(pipeline, config, site, folder)
     stages.module("validate").check(pipeline, config, budget=budget_for(site))   # on the site's workers
     if pipeline.device == "gpu" and (site is None or site.provider == "local"):   # the GPU is this machine's

@@ -277,6 +277,35 @@ def test_validate_memory_is_judged_on_the_sites_workers(emc_small, tmp_path):
     assert "validate stage" in message and "mem_per_node_gb" in message and "\n" not in message, message
 
 
+@pytest.mark.parametrize("site, refused", [
+    ("workers: 4\nemc_mode: hpc\nslurm: {mem_per_node_gb: 3, nodes: 1}", "on each of 4 MPI ranks"),
+    ("workers: 4\nemc_mode: htc\nslurm: {mem_per_node_gb: 3, nodes: 1}", "in each of 4 workers"),
+    ("workers: 4\nemc_mode: hpc\nslurm: {mem_per_node_gb: 3, nodes: 4}", None),
+    ("workers: 1\nemc_mode: hpc\nslurm: {mem_per_node_gb: 3}", None),
+])
+def test_emc_memory_counts_the_processes_sharing_a_node(emc_small, tmp_path, site, refused):
+    """A 301^3 model (41 B a voxel in one process: 1.1 GB) on Slurm nodes of 3 GB: one rank or worker a node fits;
+    four ranks (each also holding the Allreduce buffer) or four HTC workers on one node do not, and `spibatch run
+    --site` says so before anything is made (it judged one process against the node: four were OOM-killed)."""
+    from platform_helpers import write_pipeline
+    from spibatch.backends import load_site
+    from spibatch.config import load_pipeline
+    from spibatch.pipeline import check_pipeline
+
+    config = write_pipeline(tmp_path, emc_small)
+    config.write_text(config.read_text().replace("emc: {", "emc: {model_size: 301, ", 1))
+    assert "model_size: 301" in config.read_text()
+    (tmp_path / "slurm.yaml").write_text("provider: slurm\n" + site + "\n")
+    pipeline, site_ = load_pipeline(config), load_site(tmp_path / "slurm.yaml")
+    if refused is None:
+        check_pipeline(pipeline, config, site_)
+        return
+    with pytest.raises(InputError) as info:
+        check_pipeline(pipeline, config, site_)
+    message = str(info.value)
+    assert "emc stage" in message and refused in message and "mem_per_node_gb" in message, message
+
+
 @pytest.mark.parametrize("values, words", [
     ({"photon_energy_ev": 6.0}, ["photon_energy_ev", "1000-25000 eV", "did you mean 6000"]),
     ({"detector_distance_m": 300.0}, ["detector_distance_m", "did you mean 0.3"]),

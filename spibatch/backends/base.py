@@ -135,6 +135,10 @@ class Provider:
 
     # ---------------------------------------------------------------- checks
 
+    def check_counts(self) -> None:
+        """The site's numbers alone (workers against what the site has), before the stages are sized on them;
+        InputError (one line: site file, key).  Default: nothing."""
+
     def check_site(self, run_dir: Path) -> None:
         """What can be checked without the scheduler; InputError (one line: site file, key) otherwise."""
 

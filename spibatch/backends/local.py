@@ -116,15 +116,19 @@ class LocalProvider(Provider):
             files["emc-hpc.sh"] = "#!/bin/bash\n" + launch.command + "\n"
         return Rendered(files)
 
-    def check_site(self, run_dir: Path) -> None:
-        """Not more than WORKERS_PER_CORE workers a core; container runtime and image present; mpirun and mpi4py
-        when ``local.mpi: mpirun``."""
+    def check_counts(self) -> None:
+        """Not more than WORKERS_PER_CORE workers a core."""
         cores = self.node_cores()
         if self.site.workers > WORKERS_PER_CORE * cores:
             raise self.fail(f"{self.site.workers} on the local site, which starts that many worker processes at "
                             f"once on this machine's {cores} core(s)", "workers",
                             f"set workers to at most {WORKERS_PER_CORE * cores} ({WORKERS_PER_CORE} a core), or "
                             "local.cores to the cores the machine has")
+
+    def check_site(self, run_dir: Path) -> None:
+        """:meth:`check_counts`; container runtime and image present; mpirun and mpi4py when ``local.mpi:
+        mpirun``."""
+        self.check_counts()
         check_container(self.site.container, self.site.source, [run_dir])
         if self.options.mpi == "mpirun" and self.site.emc_mode == "hpc" and not _has_mpi():
             raise self.fail("local.mpi is mpirun, but mpirun or mpi4py is missing", "local.mpi",

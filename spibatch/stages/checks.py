@@ -11,14 +11,21 @@ from spibatch.io.files import require_file  # noqa: F401  (the stages import it 
 
 
 def budget_for(site=None) -> Budget:
-    """What one worker of ``site`` (None or local: this machine) may use: the memory a site file declares
-    per node or pod (``slurm.mem_per_node_gb``, ``kubernetes.memory_limit``), else this machine's; cores and
+    """What one node of ``site`` (None or local: this machine) may use: the memory a site file declares
+    per node or pod (``slurm.mem_per_node_gb``, ``kubernetes.memory_limit``), else this machine's, and the
+    worker processes that share it (the provider's ranks per node; MPI ranks in HPC mode); cores and
     devices: this machine's, or for a remote site ``workers`` nodes of up to 128 cores (an upper bound, so a
     time floor stays a floor)."""
     here = Budget.here()
+    if site is not None:
+        from spibatch.backends import provider_for
+
+        sharing = {"per_node": provider_for(site).ranks_per_node(), "hpc": site.emc_mode == "hpc"}
+    else:
+        sharing = {}
     if site is None or site.provider == "local":
         cores = getattr(getattr(site, "local", None), "cores", None) if site is not None else None
-        return Budget(here.memory, here.memory_source, cores or here.cores, 1)
+        return Budget(here.memory, here.memory_source, cores or here.cores, 1, **sharing)
     memory, source = here.memory, f"{here.memory_source}; the site does not declare its nodes' memory"
     options = site.options
     if site.provider == "slurm" and getattr(options, "mem_per_node_gb", None):
@@ -32,7 +39,7 @@ def budget_for(site=None) -> Budget:
         except ValueError:
             pass   # the provider's own checks name a bad quantity
     return Budget(memory, source, max(here.cores, 128 * site.workers), site.workers,
-                  where=f"a worker of site {site.name}")
+                  where=f"a node of site {site.name}", **sharing)
 
 
 @contextmanager
