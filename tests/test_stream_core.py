@@ -213,3 +213,47 @@ def test_a_crash_mid_commit_is_cleaned_up_on_resume(tmp_path, caplog):
     assert len(ids) == len(set(ids)) and set(ids) == hit_ids(frames)
     stats = read_frame_stats(out / layout.FOLLOW_FRAMES)
     assert summary["frames_seen"] == len(stats) == frames.num_frames and stats["train_id"].min() == frames.first_train
+
+
+@pytest.mark.parametrize("where", ["read", "process"])
+def test_an_interrupted_follow_commits_what_it_received_whole(tmp_path, where, monkeypatch):
+    """The live audit: SIGTERM of a Karabo-bridge follower lost the trains received since the last commit (up to
+    flush_s of them: a stream cannot send them again).  Now the interrupt commits every item processed whole (no
+    end line: a resume goes on), and an item it cut short is dropped with its trains, so a resume takes them."""
+    frames = FrameSet.synthetic(DET.shape, 8, 4, hit_fraction=0.5, photons_per_hit=300)
+    blocks = blocks_of(frames)
+    out = tmp_path / "follow"
+    settings = FollowSettings(threshold=100, flush_s=3600, chunk_frames=10 ** 6)   # nothing committed on its own
+
+    class Interrupted(ListSource):
+        calls = 0
+
+        def read(self):
+            Interrupted.calls += 1
+            if where == "read" and Interrupted.calls == 6:
+                raise KeyboardInterrupt("SIGTERM")
+            return super().read()
+
+    if where == "process":      # the signal lands inside the sixth block's processing, after its trains were taken
+        from spibatch.stream import follower as follower_module
+
+        real = follower_module.Follower._process
+        seen = []
+
+        def cut(self, block, keep):
+            seen.append(block)
+            if len(seen) == 6:
+                raise KeyboardInterrupt("SIGTERM")
+            return real(self, block, keep)
+
+        monkeypatch.setattr(follower_module.Follower, "_process", cut)
+    with pytest.raises(KeyboardInterrupt):
+        Follower(Interrupted(blocks), DET, out, settings).run()
+    index = [json.loads(line) for line in open(out / layout.FOLLOW_INDEX)]
+    assert not any("end" in line for line in index) and index[-1]["last_train"] == frames.first_train + 4
+    assert set(chunk_ids(out)) == hit_ids(frames, range(5))        # the five whole trains, kept
+    assert json.loads((out / layout.FOLLOW_STATUS).read_text())["state"] == "interrupted"
+    monkeypatch.undo()
+    summary = Follower(ListSource(blocks), DET, out, FollowSettings(threshold=100, flush_s=0)).run()   # resumed
+    ids = chunk_ids(out)
+    assert len(ids) == len(set(ids)) and set(ids) == hit_ids(frames) and summary["frames_seen"] == frames.num_frames

@@ -42,6 +42,18 @@ def read_result(run: RunLayout, name: str) -> dict | None:
         return None
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (the driver ending, ``spibatch resume`` stopping an orphan) raises KeyboardInterrupt, once: the
+    follower commits what it received before it ends (:meth:`spibatch.stream.follower.Follower.run`)."""
+    import signal
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)    # a second one does not cut that commit short
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     from spibatch.emc.mpi import world
 
@@ -61,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     comm = None
+    if name == "follow":
+        _interrupt_on_sigterm()
     try:
         comm = world()
         rank = 0 if comm is None else comm.Get_rank()
@@ -79,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             comm.Abort(InputError.exit_code)
         return InputError.exit_code
     except BaseException as exc:  # noqa: BLE001 - reported in the result file, then the job fails
+        if isinstance(exc, KeyboardInterrupt) and comm is None:   # asked to stop: said in one line
+            how = str(exc) or "SIGINT"
+            write_result(run, name, 143 if how == "SIGTERM" else 130, f"interrupted ({how})")
+            print(f"spibatch: {name}: interrupted ({how})", file=sys.stderr)
+            return 143 if how == "SIGTERM" else 130
         first = str(exc).splitlines()[0] if str(exc) else ""
         write_result(run, name, 1, f"{exc.__class__.__name__}: {first}")
         if comm is not None:

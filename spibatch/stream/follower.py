@@ -116,6 +116,8 @@ class Follower:
         self._files = 0                    # the source's finished files recorded in the index so far
         self._jumped: list[int] = []       # the trains just refused as a jump, in a row and in order
         self._old_source = ""
+        self._whole = None                 # (last train, pending list lengths and counts) after the last whole item
+        self._committing = False
 
     # ------------------------------------------------------------------ the loop
 
@@ -142,6 +144,7 @@ class Follower:
         stopping = None     # when the stop file was seen: what has arrived is still read (files until none is left;
                             # a stream for drain_s more), then the follow ends
         drain_s = getattr(self.source, "settle_s", 0.0) + 1.0    # a file still settling, a train in flight
+        self._mark_whole()
         try:
             while True:
                 if stopping is None and self.stop_file is not None and self.stop_file.exists():
@@ -155,6 +158,7 @@ class Follower:
                         self._skipped(item)
                     else:
                         self._block(item)
+                    self._mark_whole()
                 # any train, good or bad, shows the source is alive; so does a wait for a sequence (not after a stop:
                 # a DAQ still writing would keep the drain from ever ending)
                 if items or (stopping is None and getattr(self.source, "waiting", False)):
@@ -183,9 +187,32 @@ class Follower:
             self.store.end(reason)
             log.info("follow: ended (%s): %d frames, %d hits in %d chunks", reason, self.store.state.frames_seen,
                      self.store.state.hits, self.store.state.chunks)
+        except KeyboardInterrupt:     # SIGTERM or Ctrl-C: what was received is kept (a stream cannot send it again)
+            self._commit_whole()
+            raise
         finally:
             self.source.close()
         return self.summary()
+
+    def _mark_whole(self) -> None:
+        p = self.pending
+        self._whole = (self.last_train, len(p.stats), len(p.photons), p.hits, p.trains)
+
+    def _commit_whole(self) -> None:
+        """Commit the items processed whole before an interrupt (an item it cut short is dropped, and its trains
+        with it: a resume reads them again where the source can), without the end line: a resume goes on."""
+        if self._committing or self._whole is None or not self.started:
+            return          # (a commit cut short: the resumed follower's load decides what it made durable)
+        self.last_train, stats, photons, hits, trains = self._whole
+        p = self.pending
+        del p.stats[stats:], p.photons[photons:], p.hit_trains[photons:], p.hit_pulses[photons:]
+        p.hits, p.trains = hits, trains
+        if p.stats:
+            frames, hits = p.frames, p.hits
+            self._commit(files=False)   # a file whose last items were not taken is read again on a resume
+            log.info("follow: interrupted: the %d frames (%d hits) received since the last commit committed",
+                     frames, hits)
+        self.store.write_status("interrupted", None, 0, 0)   # not "following" (a resume says "following" again)
 
     def summary(self) -> dict:
         s = self.store.state
@@ -334,17 +361,20 @@ class Follower:
                                                    and time.monotonic() - p.since >= self.settings.flush_s):
             self._commit()
 
-    def _commit(self) -> None:
+    def _commit(self, files: bool = True) -> None:
         p = self.pending
         if not (p.stats or (self._bad_changed and self.started)):
             return
         hits = Photons.concatenate(p.photons) if p.photons else None
         ids = (np.concatenate(p.hit_trains), np.concatenate(p.hit_pulses)) if p.photons else (None, None)
         stats = np.concatenate(p.stats) if p.stats else np.zeros(0, FRAME_STATS)
+        self._committing = True
         self.store.commit(hits, *ids, stats, p.trains, self.last_train, self.store.state.bad, self.finder.threshold,
-                          self._finished_files())
+                          self._finished_files() if files else [])
         self.pending = _Pending()
         self._bad_changed = False
+        self._committing = False
+        self._mark_whole()
 
     def _finished_files(self) -> list[str]:
         """The source's files read to the end since the last commit (every item of theirs has been processed when
