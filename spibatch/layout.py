@@ -16,7 +16,8 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
     ingest/                photons.emc, detector.h5 (from a CXI stack)
     follow/                a live source's hits: detector.h5, chunks/chunk_NNNNNN.emc (photons + train/pulse
                            IDs, each written atomically), index.jsonl (one line per commit: the EMC side polls
-                           it), frames.bin (per-frame statistics), status.json (the monitor's summary)
+                           it), frames.bin (per-frame statistics), status.json (the monitor's summary),
+                           alive (touched every 2 s while the follower lives)
     stop                   `spibatch stop RUN_DIR` creates it: the follower ends at its next block
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
                            model_NNN.npy, each task's sums_NNN_FFFFFFFFF.npy, the reduced slabs
@@ -67,6 +68,7 @@ CHUNKS_DIR = "chunks"
 FOLLOW_INDEX = "index.jsonl"     # one JSON line per commit (chunk, frame range, counts), then an "end" line
 FOLLOW_FRAMES = "frames.bin"     # per-frame statistics: spibatch.stream.store.FRAME_STATS records, appended
 FOLLOW_STATUS = "status.json"    # hit rate, lit-pixel histogram, frames, hits, bad trains: rewritten per commit
+FOLLOW_ALIVE = "alive"           # touched every few seconds while a follower process lives (its heartbeat)
 CHUNK_RE = re.compile(r"^chunk_(\d{6,})\.emc\Z")
 
 # ---- EMC (emc/, or a bare EMC folder)
@@ -240,6 +242,10 @@ class RunLayout:
     @property
     def follow_status(self) -> Path:
         return self.follow / FOLLOW_STATUS
+
+    @property
+    def follow_alive(self) -> Path:
+        return self.follow / FOLLOW_ALIVE
 
     def chunk(self, index: int) -> Path:
         return self.follow / CHUNKS_DIR / chunk_name(index)

@@ -85,12 +85,130 @@ def test_anneal_until_holds_beta_after_the_batch_runs_last_iteration():
     assert np.allclose(held.beta_for(11, counts), free.beta_for(11, counts))
 
 
-def test_an_emc_that_started_on_data_all_in_runs_as_a_batch_run_would_unless_it_settled():
-    """EMC started late (the workers came up after the last frame): after_end does not cut it below
-    emc.iterations; a settled model still ends it."""
+def test_an_emc_that_started_on_data_all_in_runs_as_a_batch_run_would():
+    """EMC started late (the workers came up after the last frame): neither after_end nor a model that moves
+    little while beta still rises cuts it below emc.iterations (the live audit: it stopped at 14 of 20 as
+    "settled", cc 0.9632 against the batch run's 0.9651); at emc.iterations the rules apply again."""
     source = Source()
     source.ended = True
     stop = FollowStop(source, after_end=3, at_least=6)
     answers = [stop(record(i, 1.0 + 0.2 * i, -900.0 + 10 * i, change=0.04)) for i in range(1, 8)]
     assert answers == [False, False, False, False, False, True, True]
-    assert FollowStop(source, after_end=3, at_least=6)(record(1, 1.0, -900.0, change=0.005)), "settled at once"
+    settled = FollowStop(source, after_end=30, at_least=6)
+    answers = [settled(record(i, 1.0 + 0.2 * i, -900.0 + 10 * i, change=0.005)) for i in range(1, 8)]
+    assert answers == [False, False, False, False, False, True, True], "settled: only from emc.iterations on"
+
+
+def test_a_preview_names_the_arrival_of_its_own_newest_frame(tmp_path):
+    """The live audit: a preview of an iteration on 153 hits said its newest frame arrived when the 160th had
+    (the follow's last arrival when the preview started): its latency understated by a second.  Now the arrival
+    of the newest frame of the commits the iteration holds."""
+    import json
+
+    from spibatch import layout
+    from spibatch.layout import RunLayout
+    from spibatch.stages.live import Previews
+
+    run = RunLayout(tmp_path)
+    run.follow.mkdir(parents=True)
+    lines = [{"commit": 1, "chunk": layout.chunk_name(1), "first_frame": 0, "frames": 10, "hits": 10,
+              "last_received": 100.0},
+             {"commit": 2, "chunk": None, "first_frame": 10, "frames": 0, "hits": 10, "last_received": 150.0},
+             {"commit": 3, "chunk": layout.chunk_name(2), "first_frame": 10, "frames": 7, "hits": 17,
+              "last_received": 200.0}]
+    (run.follow / layout.FOLLOW_INDEX).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run.follow_status.write_text(json.dumps({"state": "following", "last_received": 300.0}))
+    asked = []
+    previews = Previews(run, lambda fn, *args: asked.append(args), every=1)
+    previews._launch({"iteration": 4, "num_frames": 10})
+    previews._launch({"iteration": 5, "num_frames": 17})
+    assert [a[2] for a in asked] == [100.0, 200.0] and [a[3] for a in asked] == [10, 17]
+
+
+def test_emc_stops_in_one_line_when_the_follower_is_gone(tmp_path):
+    """The live audit: a follower killed (SIGKILL, OOM) or crashed writes no end line, and EMC iterated on for
+    100 000 iterations, filling the disk; `spibatch stop` could not end it (the follower reads the stop file).
+    Now its heartbeat (follow/alive) unchanged for FOLLOWER_STALE_S, or its job's record of an end without the
+    stage's marker, stops EMC with the way on."""
+    import json
+    import os
+    import time
+
+    import pytest
+
+    from spibatch.errors import InputError
+    from spibatch.layout import RunLayout
+    from spibatch.stages.live import FollowerLife
+
+    run = RunLayout(tmp_path)
+    run.follow.mkdir(parents=True)
+    run.follow_alive.touch()
+    source = Source()
+    stop = FollowStop(source, after_end=3, life=FollowerLife(run, stale_s=0.3))
+    assert not stop(record(1, 1.0, -900.0))
+    for i in range(2, 6):                     # beating: EMC goes on waiting for the end
+        time.sleep(0.1)
+        os.utime(run.follow_alive, ns=(time.time_ns(), time.time_ns() + i * 10 ** 9))
+        assert not stop(record(i, 1.0, -900.0))
+    time.sleep(0.4)                           # no beat: gone
+    with pytest.raises(InputError, match=r"follower stopped without ending the follow \(no sign of it for .*"
+                                         r"EMC stopped after iteration 6 on 1000 hits.*spibatch resume"):
+        stop(record(6, 1.0, -900.0))
+    run.stage_result("follow").parent.mkdir(parents=True, exist_ok=True)
+    run.stage_result("follow").write_text(json.dumps({"status": "failed", "error": "interrupted (SIGTERM)"}))
+    with pytest.raises(InputError, match="follow stage failed without ending the follow: interrupted"):
+        FollowerLife(run, stale_s=3600).check("EMC stopped")
+    source.ended = True                       # an ended follow is never asked about
+    assert FollowStop(source, after_end=1, life=FollowerLife(run, stale_s=0))(record(7, 1.0, -900.0))
+
+
+def test_a_settled_emc_waits_for_new_frames_instead_of_iterating():
+    """The live audit: while the source paused, EMC iterated on the same hits and wrote an output file each
+    iteration (1331 files, 485 MB in 90 s at 45^3).  Once the model has settled on frames that did not change,
+    the rule waits (no iteration) until new hits are committed or the follow ends; an unsettled model goes on."""
+    import threading
+    import time
+
+    class Paused(Source):
+        def __init__(self):
+            super().__init__()
+            self.new = False
+            self.asked = 0
+
+        def has_new(self):
+            self.asked += 1
+            return self.new or self.ended
+
+    source = Paused()
+    stop = FollowStop(source, after_end=3)
+    assert not stop(record(1, 1.0, -900.0, frames=50, change=0.2))
+    assert not stop(record(2, 1.1, -890.0, frames=50, change=0.2)) and source.asked == 0   # moving: iterate on
+    timer = threading.Timer(0.8, lambda: setattr(source, "new", True))
+    timer.start()
+    began = time.monotonic()
+    assert not stop(record(3, 1.1, -890.0, frames=50, change=0.005))      # settled, nothing new: waits
+    assert time.monotonic() - began >= 0.7 and source.new
+    source.new = False
+    began = time.monotonic()
+    assert not stop(record(4, 1.1, -890.0, frames=60, change=0.005))      # new frames joined: no wait
+    assert time.monotonic() - began < 0.3
+
+
+def test_the_driver_says_how_the_follow_ended(tmp_path, caplog):
+    """The live audit: a pause longer than source.idle_timeout_s ended the follow for good with 88 of 160 hits
+    and the driver's terminal never said so (only stages/follow.log)."""
+    import json
+    import logging
+
+    from spibatch.layout import RunLayout
+    from spibatch.pipeline import _say_how_the_follow_ended
+
+    run = RunLayout(tmp_path)
+    run.follow.mkdir(parents=True)
+    run.follow_status.write_text(json.dumps({"end_reason": "no new train for 6 s", "frames_seen": 320, "hits": 88,
+                                             "trains": 32}))
+    with caplog.at_level(logging.INFO, logger="spibatch"):
+        _say_how_the_follow_ended(run)
+    [said] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "ended (no new train for 6 s): 320 frames, 88 hits" in said.getMessage()
+    assert "source.idle_timeout_s" in said.getMessage()

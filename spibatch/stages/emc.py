@@ -267,7 +267,7 @@ def run_emc_following(run: RunLayout, pipeline, device, workers=None) -> dict[st
     """The emc stage of a following pipeline (in this process, across MPI ranks, or HTC tasks)."""
     from spibatch.emc import hooks
     from spibatch.emc.driver import run_emc
-    from spibatch.stages.live import FollowStop, first_photons
+    from spibatch.stages.live import FollowerLife, FollowStop, first_photons
     from spibatch.stream.shards import ChunkShards
 
     src = pipeline.source
@@ -280,4 +280,5 @@ def run_emc_following(run: RunLayout, pipeline, device, workers=None) -> dict[st
     with hooks.standard(settings.iterations, display=executor.writes, bar=False) as on_iteration:
         return run_emc(settings, photons, run.detector("follow"), run.emc, executor=executor,
                        resume=run.checkpoint.exists(), source=source, on_iteration=on_iteration,
-                       until=FollowStop(source, src.iterations_after_end, pipeline.emc.iterations))
+                       until=FollowStop(source, src.iterations_after_end, pipeline.emc.iterations,
+                                        FollowerLife(run)))

@@ -86,10 +86,33 @@ def run(run: RunLayout, pipeline, device=None, workers=None) -> dict[str, Path]:
                          settle_s=src.settle_s, bridge_source=src.bridge_source, bridge_key=src.bridge_key)
     follower = Follower(source, detector, run.follow, settings_of(pipeline), stop_file=run.stop)
     watch_driver(follower.store, run)
+    heartbeat(run)
     summary = follower.run()
     log.info("follow: %s: %d frames, %d hits in %d chunks (%s)", src.target, summary["frames_seen"], summary["hits"],
              summary["chunks"], summary["end_reason"])
     return {"follow_index": run.follow_index, "follow_status": run.follow_status}
+
+
+HEARTBEAT_S = 2.0
+
+
+def heartbeat(run: RunLayout) -> None:
+    """A daemon thread touching ``follow/alive`` every :data:`HEARTBEAT_S` while this process lives: EMC, which
+    waits for the follow's end line, sees a follower that was killed or crashed without writing it
+    (:class:`spibatch.stages.live.FollowerLife`) -- a long read or commit does not stop the beat."""
+    import os
+    import threading
+
+    def beat() -> None:
+        while True:
+            try:
+                run.follow_alive.touch()
+                os.utime(run.follow_alive)
+            except OSError:
+                pass    # the folder is being made, or the disk is full: the next beat tries again
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="spibatch-follow-heartbeat", daemon=True).start()
 
 
 def watch_driver(store, run: RunLayout, period_s: float = 2.0) -> None:

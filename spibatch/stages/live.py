@@ -44,7 +44,7 @@ def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None)
     from spibatch.io.dragonfly import photons_info
     from spibatch.stream.shards import ChunkShards
 
-    shards, began = ChunkShards(run.follow), time.monotonic()
+    shards, began, life = ChunkShards(run.follow), time.monotonic(), FollowerLife(run)
     while True:
         first = shards.first_chunks(min_hits)
         if first:
@@ -68,6 +68,7 @@ def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None)
             continue
         if run.stop.exists() and shards.end is None and timeout_s is None:
             timeout_s = 60.0          # stopped: the follower commits what it has within its next block
+        life.check(f"EMC had not started ({shards.hits} of source.emc_start_hits = {min_hits} hits committed)")
         if timeout_s is not None and time.monotonic() - began > timeout_s:
             raise InputError(f"no hit committed within {timeout_s:.0f} s", path=run.follow, field="source",
                              fix="is the follower running? see stages/follow.log")
@@ -87,14 +88,15 @@ def _skipped_trains(run: RunLayout) -> str:
     return f"; {sum(bad.values())} train(s) arrived and were skipped ({reasons}; see stages/follow.log)"
 
 
-def _raise_if_follow_failed(run: RunLayout) -> None:
+def _raise_if_follow_failed(run: RunLayout, what: str = "follow stage failed before a single hit was committed"
+                            ) -> None:
     """InputError with the follow job's own error when it failed (a crash is not "no train arrived")."""
     from spibatch.stages.__main__ import read_result
 
     result = read_result(run, "follow")
     if result and result.get("status") == "failed":
         error = " ".join(str(result.get("error") or "no error recorded").split())[:300]
-        raise InputError(f"the follow stage failed before a single hit was committed: {error}", path=run.follow,
+        raise InputError(f"the {what}: {error}", path=run.follow,
                          field="source", fix=f"see {run.stage_stream('follow', 'stderr')} and stages/follow.log")
 
 
@@ -104,21 +106,56 @@ def follow_over(run: RunLayout) -> bool:
     return run.marker("follow").exists() or run.stage_result("follow").exists()
 
 
+FOLLOWER_STALE_S = 180.0     # a follower whose heartbeat has not changed this long (on the reader's clock) is gone
+                             # (3 x NFS's longest attribute cache, 60 s: a shared folder may show a beat late)
+
+
+class FollowerLife:
+    """Whether the follower process of ``run`` still lives: its heartbeat file (``follow/alive``, touched every
+    2 s by a thread of its own) changed within :data:`FOLLOWER_STALE_S` seconds of this process's clock (no
+    clock of another host compared), and no record of its end without an end line."""
+
+    def __init__(self, run: RunLayout, stale_s: float | None = None):
+        self.run, self.stale_s = run, FOLLOWER_STALE_S if stale_s is None else stale_s
+        self.seen: int | None = None
+        self.since = time.monotonic()
+
+    def check(self, where: str) -> None:
+        """InputError (one line, the way on) when the follower is gone; ``where``: what stops (EMC's state)."""
+        try:
+            beat = self.run.follow_alive.stat().st_mtime_ns
+        except FileNotFoundError:
+            beat = None
+        now = time.monotonic()
+        if beat != self.seen:
+            self.seen, self.since = beat, now
+        ended = self.run.stage_result("follow").exists() and not self.run.marker("follow").exists()
+        if not ended and now - self.since <= self.stale_s:
+            return
+        _raise_if_follow_failed(run=self.run, what="follow stage failed without ending the follow")
+        why = "its process ended" if ended else f"no sign of it for {now - self.since:.0f} s"
+        raise InputError(f"the follower stopped without ending the follow ({why}; see stages/follow.log): {where}",
+                         path=self.run.follow, field="source",
+                         fix=f"spibatch resume {self.run.path} starts a follower again and goes on from what was "
+                         "committed (spibatch stop first, if the data have ended)")
+
+
 class FollowStop:
     """EMC's stopping rule while following: never before the source ended and every chunk was taken; then at
     the first iteration with every frame in which the model moved by less than :data:`MODEL_LEVEL` of its
     rms (``rms_change / model_rms``), or whose mutual information and log-likelihood (both per frame) are
     level with the iteration before (relative change below :data:`PLATEAU`); at the latest ``after_end``
-    iterations after the end, but not before ``at_least`` iterations in all (``emc.iterations``: a follow
-    whose EMC started late, on data that had all arrived, is not cut short of what a batch run would do).
+    iterations after the end; by none of these rules before ``at_least`` iterations in all (``emc.iterations``:
+    the annealing schedule's end; a follow whose EMC started late, on data that had all arrived, is not cut
+    short of what a batch run would do: a model that moves little while beta still rises has not settled).
 
     The first iteration with every frame may be the last: by the end of a beamtime the model has been
     refined through many iterations on most of the frames, and the last chunks move it little; each
     further iteration costs the time a beamtime waits for its final density.  ``benchmarks/streaming.py``
     measures the CC with the truth this gives against a batch run on the same hits (BENCHMARKS.md)."""
 
-    def __init__(self, source, after_end: int, at_least: int = 1):
-        self.source, self.after_end, self.at_least = source, after_end, at_least
+    def __init__(self, source, after_end: int, at_least: int = 1, life: FollowerLife | None = None):
+        self.source, self.after_end, self.at_least, self.life = source, after_end, at_least, life
         self.ended_at: int | None = None
         self.previous: dict | None = None
 
@@ -126,19 +163,43 @@ class FollowStop:
         previous, self.previous = self.previous, record
         if self.ended_at is None:
             if not self.source.finished():
+                if self.life is not None:
+                    self.life.check(f"EMC stopped after iteration {record['iteration']} on {record['num_frames']} "
+                                    "hits")
+                if previous is not None and previous["num_frames"] == record["num_frames"] and (
+                        _settled(record) or level(previous, record)):
+                    self._wait_for_frames(record)
                 return False
             self.ended_at = record["iteration"]
             log.info("emc: the source has ended and every frame is in (%d): iterating to a plateau, at most %d more",
                      record["num_frames"], self.after_end)
+        if record["iteration"] < self.at_least:   # the batch run's annealing is not over yet
+            return False
         done = record["iteration"] - self.ended_at + 1
-        settled = record.get("model_rms", 0.0) > 0 and record["rms_change"] <= MODEL_LEVEL * record["model_rms"]
-        enough = done >= self.after_end and record["iteration"] >= self.at_least
-        return enough or settled or (previous is not None and level(previous, record))
+        return done >= self.after_end or _settled(record) or (previous is not None and level(previous, record))
+
+    def _wait_for_frames(self, record: dict) -> None:
+        """The model has settled on the frames it has and none came: wait (no iteration, no file) until new hits
+        are committed or the follow ends -- a paused beamtime wrote an output file an iteration, 485 MB in 90 s
+        at 45^3 (the live audit) --, asking after the follower meanwhile."""
+        has_new = getattr(self.source, "has_new", None)
+        if has_new is None or has_new():
+            return
+        log.info("emc: the model has settled on %d hits: waiting for new frames", record["num_frames"])
+        while not has_new():
+            if self.life is not None:
+                self.life.check(f"EMC waited after iteration {record['iteration']} on {record['num_frames']} hits")
+            time.sleep(POLL_S)
 
     @property
     def ended(self) -> bool:
         """The source has ended and every frame is in EMC."""
         return self.ended_at is not None
+
+
+def _settled(record: dict) -> bool:
+    """The model moved by less than :data:`MODEL_LEVEL` of its rms in the iteration of ``record``."""
+    return record.get("model_rms", 0.0) > 0 and record["rms_change"] <= MODEL_LEVEL * record["model_rms"]
 
 
 def level(before: dict, after: dict) -> bool:
@@ -181,7 +242,10 @@ class Previews:
     to themselves, and the quick final density comes sooner."""
 
     def __init__(self, run: RunLayout, submit, every: int):
+        from spibatch.stream.shards import ChunkShards
+
         self.run, self.submit, self.every = run, submit, every
+        self.shards = ChunkShards(run.follow)     # when the frames an iteration holds arrived
         self.done: set[int] = set()
         self.future = None
         self._stop = threading.Event()
@@ -211,7 +275,9 @@ class Previews:
     def _launch(self, record: dict, final: bool = False):
         iteration = record["iteration"]
         self.done.add(iteration)
-        newest = self._status().get("last_received")
+        newest = self.shards.received_by(record.get("num_frames", 0))   # its own newest frame, not the follow's
+        if newest is None:
+            newest = self._status().get("last_received")
         return self.submit(preview_task, str(self.run.path), iteration, newest, record.get("num_frames", 0), final)
 
     def _watch(self) -> None:

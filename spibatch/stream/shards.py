@@ -82,6 +82,20 @@ class ChunkShards:
         self._read()
         return self.end is not None and self.next_frame >= self.hits
 
+    def has_new(self) -> bool:
+        """Hits committed and not handed out yet, or the follower's end line: something for EMC to do."""
+        self._read()
+        return self.end is not None or self.hits > self.next_frame
+
+    def received_by(self, hits: int) -> float | None:
+        """When the newest frame of the commits holding the first ``hits`` hits arrived (s since the epoch; what
+        an EMC iteration on those hits accounts for), or None when they are not all committed."""
+        self._read()
+        for line in self.chunks:
+            if line["first_frame"] + line["frames"] >= hits:
+                return line.get("last_received")
+        return None
+
     @property
     def hits(self) -> int:
         """Hits committed so far (frames in the chunks)."""
