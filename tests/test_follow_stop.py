@@ -97,6 +97,11 @@ def test_an_emc_that_started_on_data_all_in_runs_as_a_batch_run_would():
     settled = FollowStop(source, after_end=30, at_least=6)
     answers = [settled(record(i, 1.0 + 0.2 * i, -900.0 + 10 * i, change=0.005)) for i in range(1, 8)]
     assert answers == [False, False, False, False, False, True, True], "settled: only from emc.iterations on"
+    live = Source()      # an EMC that iterated while the data arrived: the first settled iteration after the end
+    through = FollowStop(live, after_end=30, at_least=6)
+    assert not through(record(1, 1.0, -900.0, change=0.2))
+    live.ended = True
+    assert through(record(2, 1.0, -900.0, change=0.005))
 
 
 def test_a_preview_names_the_arrival_of_its_own_newest_frame(tmp_path):

@@ -145,9 +145,9 @@ class FollowStop:
     the first iteration with every frame in which the model moved by less than :data:`MODEL_LEVEL` of its
     rms (``rms_change / model_rms``), or whose mutual information and log-likelihood (both per frame) are
     level with the iteration before (relative change below :data:`PLATEAU`); at the latest ``after_end``
-    iterations after the end; by none of these rules before ``at_least`` iterations in all (``emc.iterations``:
-    the annealing schedule's end; a follow whose EMC started late, on data that had all arrived, is not cut
-    short of what a batch run would do: a model that moves little while beta still rises has not settled).
+    iterations after the end, but not before ``at_least`` iterations in all (``emc.iterations``); an EMC that
+    started late, on data that had all arrived, stops by none of these rules before ``at_least``: it is not cut
+    short of what a batch run would do (a model that moves little while beta still rises has not settled).
 
     The first iteration with every frame may be the last: by the end of a beamtime the model has been
     refined through many iterations on most of the frames, and the last chunks move it little; each
@@ -157,6 +157,7 @@ class FollowStop:
     def __init__(self, source, after_end: int, at_least: int = 1, life: FollowerLife | None = None):
         self.source, self.after_end, self.at_least, self.life = source, after_end, at_least, life
         self.ended_at: int | None = None
+        self.late = False
         self.previous: dict | None = None
 
     def __call__(self, record: dict) -> bool:
@@ -171,12 +172,14 @@ class FollowStop:
                     self._wait_for_frames(record)
                 return False
             self.ended_at = record["iteration"]
+            self.late = previous is None      # EMC began on data that had all arrived: a batch run's count
             log.info("emc: the source has ended and every frame is in (%d): iterating to a plateau, at most %d more",
                      record["num_frames"], self.after_end)
-        if record["iteration"] < self.at_least:   # the batch run's annealing is not over yet
+        if self.late and record["iteration"] < self.at_least:   # not cut short of the batch run's annealing
             return False
         done = record["iteration"] - self.ended_at + 1
-        return done >= self.after_end or _settled(record) or (previous is not None and level(previous, record))
+        enough = done >= self.after_end and record["iteration"] >= self.at_least
+        return enough or _settled(record) or (previous is not None and level(previous, record))
 
     def _wait_for_frames(self, record: dict) -> None:
         """The model has settled on the frames it has and none came: wait (no iteration, no file) until new hits
