@@ -280,6 +280,7 @@ def test_follow_shows_the_live_source_its_previews_and_the_latency(tmp_path):
     assert client.get("/api/fingerprint", params={"run": "live"}).json()["fingerprint"] != before
     summary = client.get("/api/run", params={"run": "live"}).json()
     assert summary["has"]["follow"] is True
+    assert summary["emc_iterations_planned"] is None    # emc.iterations ends the annealing: "134 of 20" before
     f = client.get("/api/follow", params={"run": "live"}).json()
     assert (f["state"], f["frames_seen"], f["hits"], f["chunks"]) == ("following", 300, 60, 2)
     assert f["hit_rate"] == pytest.approx(0.2) and f["last_batch_hit_rate"] == pytest.approx(0.25)

@@ -149,13 +149,15 @@ class RunData:
         metrics, result = self.phase_files()
         command = prov.get("command")
         command = " ".join(command) if isinstance(command, list) and all(isinstance(c, str) for c in command) else None
+        following = follow.has_follow(self)
         out = {"run": self.name, "title": self.folder.name, "status": text(prov.get("status")) or "unknown",
                "started": text(prov.get("started")), "finished": text(prov.get("finished")),
                "error": text(prov.get("error")) or problem, "command": command or None, "host": text(prov.get("host")),
                "last_update": max(mtimes) if mtimes else None,
                "has": {"emc": emc is not None, "phase": bool(metrics or result), "phase_result": result is not None,
-                       "fsc": self.fsc_file() is not None, "follow": follow.has_follow(self)},
-               "emc_iterations_done": done, "emc_iterations_planned": self.config_int("emc", "iterations") if emc else None}
+                       "fsc": self.fsc_file() is not None, "follow": following},
+               "emc_iterations_done": done,   # (a following EMC's emc.iterations ends its annealing, not its run)
+               "emc_iterations_planned": self.config_int("emc", "iterations") if emc and not following else None}
         out.update(progress.of(self, out))
         truth = self.read_json(self.run.emc_vs_truth)
         if isinstance(truth, dict) and number(truth.get("cc")) is not None:
