@@ -278,8 +278,9 @@ def test_follow_shows_the_live_source_its_previews_and_the_latency(tmp_path):
     before = client.get("/api/fingerprint", params={"run": "live"}).json()["fingerprint"]
     live.follow(200, 50, received=1010.0)
     assert client.get("/api/fingerprint", params={"run": "live"}).json()["fingerprint"] != before
+    live.emc(1)
     summary = client.get("/api/run", params={"run": "live"}).json()
-    assert summary["has"]["follow"] is True
+    assert summary["has"]["follow"] is True and summary["emc_iterations_done"] == 1
     assert summary["emc_iterations_planned"] is None    # emc.iterations ends the annealing: "134 of 20" before
     f = client.get("/api/follow", params={"run": "live"}).json()
     assert (f["state"], f["frames_seen"], f["hits"], f["chunks"]) == ("following", 300, 60, 2)
