@@ -129,7 +129,9 @@ class FollowerLife:
         now = time.monotonic()
         if beat != self.seen:
             self.seen, self.since = beat, now
-        ended = self.run.stage_result("follow").exists() and not self.run.marker("follow").exists()
+        if self.run.marker("follow").exists():
+            return                     # it ended well (its end line is in the index): no beat is owed
+        ended = self.run.stage_result("follow").exists()
         if not ended and now - self.since <= self.stale_s:
             return
         _raise_if_follow_failed(run=self.run, what="follow stage failed without ending the follow")
