@@ -164,12 +164,16 @@ class Budget:
         """Cores (CPU work) or devices (GPU work) the time estimate may divide by."""
         return self.devices if gpu else self.cores
 
-    def sharing(self, ranks: int = 1) -> dict:
+    def sharing(self, ranks: int = 1, shards: int | None = None, following: bool = False) -> dict:
         """:func:`emc`'s ``ranks`` / ``workers``: ``ranks`` MPI ranks of this process's ``mpirun``, else the
-        site's processes that share one node's memory."""
+        site's processes that share one node's memory -- no more than ``shards`` (one each at most), and in HPC
+        mode one fewer while following a source (a worker is kept for the previews): a lower bound."""
         if ranks > 1 or self.per_node <= 1:
             return {"ranks": ranks}
-        return {"ranks": self.per_node} if self.hpc else {"workers": self.per_node}
+        n = self.per_node if shards is None else min(self.per_node, max(1, shards))
+        if self.hpc and following:
+            n = max(1, n - 1)
+        return {"ranks": n} if self.hpc else {"workers": n}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 
 from spibatch import owners
 
@@ -34,6 +35,8 @@ _received: list[int] = []
 _raised: list[KeyboardInterrupt] = []   # the one raised, so its resume hint survives typer's Exit(130)
 _again: list[bool] = []                 # set when Python dropped it (see _unraisable): raise it once more
 _where: list[str] = []                  # file:line of the code the signal interrupted
+_holding: list[bool] = []               # inside held(): signals wait in _deferred
+_deferred: list[int] = []
 _previous_hook = sys.unraisablehook
 
 
@@ -65,7 +68,26 @@ def _unraisable(info) -> None:
     _previous_hook(info)
 
 
+@contextmanager
+def held():
+    """A stretch no signal may cut (the follower's commit: an interrupt inside it lost the batch): a SIGTERM or
+    SIGINT arriving inside is raised as it ends.  (Blocking the signal in the main thread would not do: the
+    kernel hands a process's signal to any thread that does not block it, and Python runs the handler anyway.)"""
+    _holding.append(True)
+    try:
+        yield
+    finally:
+        _holding.pop()
+        if not _holding and _deferred:
+            signum = _deferred[0]
+            _deferred.clear()
+            _handler(signum, None)
+
+
 def _handler(signum: int, frame) -> None:
+    if _holding:
+        _deferred.append(signum)
+        return
     if _again and _again[0]:              # the first one was dropped where it was raised: raise it here
         _again[0] = False
         raise _raised[0]

@@ -11,13 +11,12 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
     report.html            the self-contained report, with report_emc.png, report_phasing.png, report_fsc.png
     stages/<stage>.json    a finished stage's marker; stages/<stage>.log its log
     stages/jobs/           a stage run as a job of its own (the MPI EMC job): <stage>.json how it ended,
-                           <stage>.stdout, <stage>.stderr
+                           <stage>.stdout, <stage>.stderr; follow.alive (the follower's heartbeat)
     simulate/              photons.emc, detector.h5, truth.h5, density.mrc
     ingest/                photons.emc, detector.h5 (from a CXI stack)
     follow/                a live source's hits: detector.h5, chunks/chunk_NNNNNN.emc (photons + train/pulse
                            IDs, each written atomically), index.jsonl (one line per commit: the EMC side polls
-                           it), frames.bin (per-frame statistics), status.json (the monitor's summary),
-                           alive (touched every 2 s while the follower lives)
+                           it), frames.bin (per-frame statistics), status.json (the monitor's summary)
     stop                   `spibatch stop RUN_DIR` creates it: the follower ends at its next block
     emc/                   output_NNN.h5, EMC.log, metrics.jsonl, checkpoint.h5, htc/ (HTC mode's scratch:
                            model_NNN.npy, each task's sums_NNN_FFFFFFFFF.npy, the reduced slabs
@@ -68,7 +67,6 @@ CHUNKS_DIR = "chunks"
 FOLLOW_INDEX = "index.jsonl"     # one JSON line per commit (chunk, frame range, counts), then an "end" line
 FOLLOW_FRAMES = "frames.bin"     # per-frame statistics: spibatch.stream.store.FRAME_STATS records, appended
 FOLLOW_STATUS = "status.json"    # hit rate, lit-pixel histogram, frames, hits, bad trains: rewritten per commit
-FOLLOW_ALIVE = "alive"           # touched every few seconds while a follower process lives (its heartbeat)
 CHUNK_RE = re.compile(r"^chunk_(\d{6,})\.emc\Z")
 
 # ---- EMC (emc/, or a bare EMC folder)
@@ -245,7 +243,9 @@ class RunLayout:
 
     @property
     def follow_alive(self) -> Path:
-        return self.follow / FOLLOW_ALIVE
+        """``stages/jobs/follow.alive``: touched every 2 s while a follower process lives (its heartbeat; not in
+        ``follow/``, which the first good train makes)."""
+        return self.stage_stream("follow", "alive")
 
     def chunk(self, index: int) -> Path:
         return self.follow / CHUNKS_DIR / chunk_name(index)

@@ -282,6 +282,7 @@ def test_validate_memory_is_judged_on_the_sites_workers(emc_small, tmp_path):
     ("workers: 4\nemc_mode: htc\nslurm: {mem_per_node_gb: 3, nodes: 1}", "in each of 4 workers"),
     ("workers: 4\nemc_mode: hpc\nslurm: {mem_per_node_gb: 3, nodes: 4}", None),
     ("workers: 1\nemc_mode: hpc\nslurm: {mem_per_node_gb: 3}", None),
+    ("workers: 4\nemc_mode: hpc\nslurm: {mem_per_node_gb: 3, nodes: 1}\nemc: {frames_per_shard: 100000}", None),
 ])
 def test_emc_memory_counts_the_processes_sharing_a_node(emc_small, tmp_path, site, refused):
     """A 301^3 model (41 B a voxel in one process: 1.1 GB) on Slurm nodes of 3 GB: one rank or worker a node fits;
@@ -295,6 +296,9 @@ def test_emc_memory_counts_the_processes_sharing_a_node(emc_small, tmp_path, sit
     config = write_pipeline(tmp_path, emc_small)
     config.write_text(config.read_text().replace("emc: {", "emc: {model_size: 301, ", 1))
     assert "model_size: 301" in config.read_text()
+    if "frames_per_shard" in site:       # one shard: one rank holds the model, whatever the workers
+        site = site.split("\nemc:")[0]
+        config.write_text(config.read_text().replace("frames_per_shard: 60", "frames_per_shard: 100000", 1))
     (tmp_path / "slurm.yaml").write_text("provider: slurm\n" + site + "\n")
     pipeline, site_ = load_pipeline(config), load_site(tmp_path / "slurm.yaml")
     if refused is None:
@@ -393,3 +397,16 @@ def test_check_reference(tmp_path):
         refused(tmp_path / name, *words)
     builders.mrc_variant(builders.good_density(), voxel=(10.0, 10.0, 10.0))(tmp_path / "t.mrc", None)
     assert check_reference(tmp_path / "t.mrc")[1] == pytest.approx(1e-9)
+
+
+def test_a_local_hpc_site_without_mpi_is_judged_as_one_process(emc_small, tmp_path):
+    """The review: `local.mpi: off` runs HPC-mode EMC as one process, but the memory check counted the site's 8
+    workers as MPI ranks (a 371^3 model: 24.8 GiB asked on this 23.5 GiB box); with MPI it counts the ranks."""
+    from spibatch.backends import load_site
+    from spibatch.stages.checks import budget_for
+
+    (tmp_path / "off.yaml").write_text("provider: local\nworkers: 8\nemc_mode: hpc\nlocal: {mpi: 'off', cores: 8}\n")
+    (tmp_path / "htc.yaml").write_text("provider: local\nworkers: 8\nemc_mode: htc\nlocal: {cores: 8}\n")
+    off, htc = budget_for(load_site(tmp_path / "off.yaml")), budget_for(load_site(tmp_path / "htc.yaml"))
+    assert off.sharing() == {"ranks": 1} and htc.sharing() == {"workers": 8} and htc.sharing(shards=3) == {"workers": 3}
+    assert estimates.emc(371, 1000, 100, 100, 500, 10, **off.sharing()).bytes < 3 * 10 ** 9

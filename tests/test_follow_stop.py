@@ -146,7 +146,7 @@ def test_emc_stops_in_one_line_when_the_follower_is_gone(tmp_path):
     from spibatch.stages.live import FollowerLife
 
     run = RunLayout(tmp_path)
-    run.follow.mkdir(parents=True)
+    run.follow_alive.parent.mkdir(parents=True)       # (follow/ comes with the first train: not needed)
     run.follow_alive.touch()
     source = Source()
     stop = FollowStop(source, after_end=3, life=FollowerLife(run, stale_s=0.3))
@@ -197,6 +197,10 @@ def test_a_settled_emc_waits_for_new_frames_instead_of_iterating():
     began = time.monotonic()
     assert not stop(record(4, 1.1, -890.0, frames=60, change=0.005))      # new frames joined: no wait
     assert time.monotonic() - began < 0.3
+    annealing = FollowStop(Paused(), after_end=3, at_least=20)            # the review: beta still rises
+    annealing(record(1, 1.0, -900.0, frames=50, change=0.2))
+    began = time.monotonic()
+    assert not annealing(record(2, 1.0, -900.0, frames=50, change=0.005)) and time.monotonic() - began < 0.3
 
 
 def test_the_driver_says_how_the_follow_ended(tmp_path, caplog):
@@ -217,3 +221,25 @@ def test_the_driver_says_how_the_follow_ended(tmp_path, caplog):
     [said] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "ended (no new train for 6 s): 320 frames, 88 hits" in said.getMessage()
     assert "source.idle_timeout_s" in said.getMessage()
+
+
+def test_the_heartbeat_beats_before_the_first_train(tmp_path):
+    """The review: the heartbeat went into follow/, which the first good train makes: a follower alive and waiting
+    for the beam longer than FOLLOWER_STALE_S was taken for dead.  It beats in stages/jobs/ from the start."""
+    import time
+
+    from spibatch.layout import RunLayout
+    from spibatch.stages.follow import heartbeat
+    from spibatch.stages.live import FollowerLife
+
+    run = RunLayout(tmp_path)
+    done = heartbeat(run)
+    try:
+        for _ in range(50):
+            if run.follow_alive.exists():
+                break
+            time.sleep(0.02)
+        assert run.follow_alive.exists() and not run.follow.exists()
+        FollowerLife(run, stale_s=3600).check("EMC had not started")      # alive: no error
+    finally:
+        done.set()

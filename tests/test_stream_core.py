@@ -257,3 +257,51 @@ def test_an_interrupted_follow_commits_what_it_received_whole(tmp_path, where, m
     summary = Follower(ListSource(blocks), DET, out, FollowSettings(threshold=100, flush_s=0)).run()   # resumed
     ids = chunk_ids(out)
     assert len(ids) == len(set(ids)) and set(ids) == hit_ids(frames) and summary["frames_seen"] == frames.num_frames
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from spibatch import interrupts
+from spibatch.stream import store as store_mod
+from spibatch.stream.follower import Follower, FollowSettings
+from spibatch.stream.replay import FrameSet
+from spibatch.detector import Detector
+from stream_helpers import ListSource, blocks_of
+real = store_mod._fsync
+def slow(path):                       # a shared file system's fsync: the signals land inside the commit
+    print("fsync", flush=True)
+    time.sleep(0.6)
+    real(path)
+store_mod._fsync = slow
+det = Detector.flat(32, 1e-3, 0.1, 1e-9)
+frames = FrameSet.synthetic(det.shape, 40, 4, hit_fraction=0.5, photons_per_hit=300)
+interrupts.install()
+Follower(ListSource(blocks_of(frames)), det, Path(sys.argv[1]),
+         FollowSettings(threshold=100, flush_s=3600, chunk_frames=8)).run()
+"""
+
+
+def test_a_signal_during_a_commit_waits_for_it(tmp_path):
+    """The review: Ctrl-C (SIGINT to the driver's process group) then the driver's SIGTERM, landing while a commit
+    ran, lost that batch (its chunk removed as an orphan on the resume; a bridge cannot resend it).  The follow
+    job's signals are now raised once the commit is durable, and a second one does not cut the clean-up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "follow"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout.readline().strip() == "fsync"          # inside the first commit
+    time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=120)
+    assert child.returncode != 0
+    index = [json.loads(line) for line in open(out / layout.FOLLOW_INDEX)]
+    assert index and index[0]["hits"] >= 8 and not any("end" in line for line in index)
+    assert len(chunk_ids(out)) == index[-1]["hits"]

@@ -42,18 +42,6 @@ def read_result(run: RunLayout, name: str) -> dict | None:
         return None
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (the driver ending, ``spibatch resume`` stopping an orphan) raises KeyboardInterrupt, once: the
-    follower commits what it received before it ends (:meth:`spibatch.stream.follower.Follower.run`)."""
-    import signal
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)    # a second one does not cut that commit short
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     from spibatch.emc.mpi import world
 
@@ -73,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     comm = None
-    if name == "follow":
-        _interrupt_on_sigterm()
+    if name == "follow":   # SIGTERM (the driver ending, a resume stopping an orphan) or SIGINT: KeyboardInterrupt
+        from spibatch import interrupts    # once (later ones noted), so the follower commits what it received
+
+        interrupts.install()
     try:
         comm = world()
         rank = 0 if comm is None else comm.Get_rank()

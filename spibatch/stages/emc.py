@@ -67,7 +67,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
                   found.num_frames, settings.frames_per_shard, int((found.detector.mask == 0).sum()),
                   settings.iterations, model_field="emc.model_size" if settings.model_size else "emc.detector",
                   gpu=gpu, parallel=budget.parallel(gpu), volumes=settings.num_volumes,
-                  rotations_field="emc.num_div" if refine is None else "emc.refine.num_div", **budget.sharing(ranks),
+                  rotations_field="emc.num_div" if refine is None else "emc.refine.num_div",
+                  **budget.sharing(ranks, -(-found.num_frames // settings.frames_per_shard)),
                   ).check(config, budget, paths={"emc.photons": photons, "emc.detector": detector})
     with naming(config):     # after the estimate: 1e12 iterations are too many before they anneal too far
         check_values(settings)

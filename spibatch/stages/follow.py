@@ -96,23 +96,28 @@ def run(run: RunLayout, pipeline, device=None, workers=None) -> dict[str, Path]:
 HEARTBEAT_S = 2.0
 
 
-def heartbeat(run: RunLayout) -> None:
-    """A daemon thread touching ``follow/alive`` every :data:`HEARTBEAT_S` while this process lives: EMC, which
-    waits for the follow's end line, sees a follower that was killed or crashed without writing it
-    (:class:`spibatch.stages.live.FollowerLife`) -- a long read or commit does not stop the beat."""
+def heartbeat(run: RunLayout):
+    """A daemon thread touching ``stages/jobs/follow.alive`` every :data:`HEARTBEAT_S` while this process lives
+    (from before the first train): EMC, which waits for the follow's end line, sees a follower that was killed or
+    crashed without writing it (:class:`spibatch.stages.live.FollowerLife`) -- a long read or commit does not stop
+    the beat.  Returns the threading.Event that ends it."""
     import os
     import threading
 
+    done = threading.Event()
+
     def beat() -> None:
-        while True:
+        while not done.is_set():
             try:
+                run.follow_alive.parent.mkdir(parents=True, exist_ok=True)
                 run.follow_alive.touch()
                 os.utime(run.follow_alive)
             except OSError:
-                pass    # the folder is being made, or the disk is full: the next beat tries again
-            time.sleep(HEARTBEAT_S)
+                pass    # a full disk: the next beat tries again
+            done.wait(HEARTBEAT_S)
 
     threading.Thread(target=beat, name="spibatch-follow-heartbeat", daemon=True).start()
+    return done
 
 
 def watch_driver(store, run: RunLayout, period_s: float = 2.0) -> None:

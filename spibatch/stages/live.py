@@ -111,7 +111,7 @@ FOLLOWER_STALE_S = 180.0     # a follower whose heartbeat has not changed this l
 
 
 class FollowerLife:
-    """Whether the follower process of ``run`` still lives: its heartbeat file (``follow/alive``, touched every
+    """Whether the follower process of ``run`` still lives: its heartbeat file (``stages/jobs/follow.alive``, touched every
     2 s by a thread of its own) changed within :data:`FOLLOWER_STALE_S` seconds of this process's clock (no
     clock of another host compared), and no record of its end without an end line."""
 
@@ -169,8 +169,8 @@ class FollowStop:
                 if self.life is not None:
                     self.life.check(f"EMC stopped after iteration {record['iteration']} on {record['num_frames']} "
                                     "hits")
-                if previous is not None and previous["num_frames"] == record["num_frames"] and (
-                        _settled(record) or level(previous, record)):
+                if previous is not None and previous["num_frames"] == record["num_frames"] and \
+                        record["iteration"] >= self.at_least and (_settled(record) or level(previous, record)):
                     self._wait_for_frames(record)
                 return False
             self.ended_at = record["iteration"]
@@ -184,7 +184,8 @@ class FollowStop:
         return enough or _settled(record) or (previous is not None and level(previous, record))
 
     def _wait_for_frames(self, record: dict) -> None:
-        """The model has settled on the frames it has and none came: wait (no iteration, no file) until new hits
+        """The model has settled on the frames it has (its annealing over) and none came: wait (no iteration, no
+        file) until new hits
         are committed or the follow ends -- a paused beamtime wrote an output file an iteration, 485 MB in 90 s
         at 45^3 (the live audit) --, asking after the follower meanwhile."""
         has_new = getattr(self.source, "has_new", None)

@@ -89,7 +89,9 @@ def _emc(pipeline, config: Path, budget, smallest: int, frames: int, used: int, 
                   emc.frames_per_shard, used, emc.iterations,
                   model_field="emc.model_size" if emc.model_size else "geometry.detector_pixels",
                   frames_field=frames_field, gpu=gpu, parallel=budget.parallel(gpu),
-                  volumes=emc.num_modes + emc.nonrot_modes, **budget.sharing()).check(config, budget)
+                  volumes=emc.num_modes + emc.nonrot_modes,
+                  **budget.sharing(shards=-(-frames // emc.frames_per_shard),
+                                   following=getattr(pipeline, "source", None) is not None)).check(config, budget)
     with emc_stage.naming(config):
         check_values(emc_stage.settings_of(pipeline))
     if emc.start_model is not None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spibatch import interrupts
 from spibatch.detector import MASK_EXCLUDED, Detector
 from spibatch.errors import InputError
 from spibatch.photons import Photons
@@ -196,14 +197,19 @@ class Follower:
 
     def _mark_whole(self) -> None:
         p = self.pending
-        self._whole = (self.last_train, len(p.stats), len(p.photons), p.hits, p.trains)
+        self._whole = (self.last_train, len(p.stats), len(p.photons), p.hits, p.trains, dict(self.store.state.bad))
 
     def _commit_whole(self) -> None:
         """Commit the items processed whole before an interrupt (an item it cut short is dropped, and its trains
         with it: a resume reads them again where the source can), without the end line: a resume goes on."""
-        if self._committing or self._whole is None or not self.started:
+        if self._committing or self._whole is None:
             return          # (a commit cut short: the resumed follower's load decides what it made durable)
-        self.last_train, stats, photons, hits, trains = self._whole
+        if not self.started:
+            if self.store.folder.exists():    # a resumed follow that took no new train yet
+                self.store.write_status("interrupted", None, 0, 0)
+            return
+        self.last_train, stats, photons, hits, trains, bad = self._whole
+        self.store.state.bad = bad            # a cut item's skipped trains are counted again on the resume
         p = self.pending
         del p.stats[stats:], p.photons[photons:], p.hit_trains[photons:], p.hit_pulses[photons:]
         p.hits, p.trains = hits, trains
@@ -368,13 +374,14 @@ class Follower:
         hits = Photons.concatenate(p.photons) if p.photons else None
         ids = (np.concatenate(p.hit_trains), np.concatenate(p.hit_pulses)) if p.photons else (None, None)
         stats = np.concatenate(p.stats) if p.stats else np.zeros(0, FRAME_STATS)
-        self._committing = True
-        self.store.commit(hits, *ids, stats, p.trains, self.last_train, self.store.state.bad, self.finder.threshold,
-                          self._finished_files() if files else [])
-        self.pending = _Pending()
-        self._bad_changed = False
-        self._committing = False
-        self._mark_whole()
+        with interrupts.held():    # SIGTERM / SIGINT raised once the batch is durable and the state says so
+            self._committing = True
+            self.store.commit(hits, *ids, stats, p.trains, self.last_train, self.store.state.bad,
+                              self.finder.threshold, self._finished_files() if files else [])
+            self.pending = _Pending()
+            self._bad_changed = False
+            self._committing = False
+            self._mark_whole()
 
     def _finished_files(self) -> list[str]:
         """The source's files read to the end since the last commit (every item of theirs has been processed when
