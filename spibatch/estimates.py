@@ -166,13 +166,11 @@ class Budget:
 
     def sharing(self, ranks: int = 1, shards: int | None = None, following: bool = False) -> dict:
         """:func:`emc`'s ``ranks`` / ``workers``: ``ranks`` MPI ranks of this process's ``mpirun``, else the
-        site's processes that share one node's memory -- no more than ``shards`` (one each at most), and in HPC
-        mode one fewer while following a source (a worker is kept for the previews): a lower bound."""
+        site's processes sharing a node's memory, at most ``shards``, one fewer MPI rank while following a source
+        (a worker is kept for the previews): a lower bound."""
         if ranks > 1 or self.per_node <= 1:
             return {"ranks": ranks}
-        n = self.per_node if shards is None else min(self.per_node, max(1, shards))
-        if self.hpc and following:
-            n = max(1, n - 1)
+        n = max(1, min(self.per_node, max(1, shards or self.per_node)) - (self.hpc and following))
         return {"ranks": n} if self.hpc else {"workers": n}
 
 

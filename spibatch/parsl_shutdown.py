@@ -93,7 +93,8 @@ def _within(fn, seconds: float) -> bool:
     return not thread.is_alive()
 
 
-def _interchange_dead(executor) -> bool:
+def interchange_dead(executor) -> bool:
+    """Whether the HTEX interchange process of ``executor`` has ended."""
     proc = getattr(executor, "interchange_proc", None)
     return proc is not None and proc.poll() is not None
 
@@ -108,7 +109,7 @@ def shutdown(dfk, deadline_s: float = SHUTDOWN_S) -> None:
     executors = [e for e in dfk.executors.values() if not e.label.startswith("_parsl")]
 
     def dead() -> list[str]:   # an interchange that died leaves dfk.cleanup() waiting for it forever
-        return [e.label for e in executors if _interchange_dead(e)]
+        return [e.label for e in executors if interchange_dead(e)]
 
     if isinstance(sys.exc_info()[1], KeyboardInterrupt):   # a signal to the whole process group reached the
         _wait(dead, INTERCHANGE_S)                          # interchange too: give it a moment to show it

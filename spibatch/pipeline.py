@@ -21,7 +21,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from spibatch import interrupts, stages
+from spibatch import interrupts, parsl_wait, stages
 from spibatch.backends import TASKS_LABEL, Site, dump_site, load_site, provider_for
 from spibatch.errors import InputError, StageFailed
 from spibatch.io.atomic import disk_full
@@ -72,7 +72,9 @@ class ParslWorkers(stages.Workers):
         future = bash_app(_job, executors=[launch.executor])(line, parsl_resource_specification=launch.resources or None,
                                                              stdout=str(stdout), stderr=str(stderr))
         try:
-            future.result()
+            parsl_wait.results([future], f"{stage} jobs")
+        except parsl_wait.PlatformLost as exc:
+            raise StageFailed(f"the {stage} job's end cannot be known: {exc}; {_go_on(run)}") from None
         except Exception as exc:
             result = read_result(run, stage) or {}
             if result.get("exit_code") == InputError.exit_code:
@@ -136,7 +138,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
                     elif name in stages.ORCHESTRATING:
                         stages.run_stage(name, run, pipeline, device, workers)
                     else:
-                        workers.submit(stages.run_task, name, str(run.path)).result()
+                        parsl_wait.results([workers.submit(stages.run_task, name, str(run.path))], f"{name} tasks")
                 bar.advance(1)
                 bar.note(f"{name}: done")
     finally:

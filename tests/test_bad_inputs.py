@@ -410,3 +410,29 @@ def test_a_local_hpc_site_without_mpi_is_judged_as_one_process(emc_small, tmp_pa
     off, htc = budget_for(load_site(tmp_path / "off.yaml")), budget_for(load_site(tmp_path / "htc.yaml"))
     assert off.sharing() == {"ranks": 1} and htc.sharing() == {"workers": 8} and htc.sharing(shards=3) == {"workers": 3}
     assert estimates.emc(371, 1000, 100, 100, 500, 10, **off.sharing()).bytes < 3 * 10 ** 9
+
+
+def test_the_emc_disk_check_counts_the_checkpoint_and_the_htc_scratch(emc_small, tmp_path, monkeypatch):
+    """The fault audit: a 50 MB disk held the run's outputs by the check, and the HTC scratch of one iteration
+    (each shard's sums, the reduced totals, the model sent out) filled it in iteration 3.  The check counts
+    them now, and the checkpoint's two copies in every mode."""
+    from platform_helpers import write_pipeline
+    from spibatch.config import load_pipeline
+    from spibatch.detector import Detector
+    from spibatch.io.dragonfly import photons_info
+    from spibatch.layout import RunLayout
+    from spibatch.stages.emc import check_output_disk
+
+    config = write_pipeline(tmp_path, emc_small)
+    pipeline = load_pipeline(config)
+    run = RunLayout(tmp_path / "run")
+    run.emc.mkdir(parents=True)
+    m = Detector.read(emc_small["detector"]).model_size()
+    frames = photons_info(emc_small["photons"])[0]
+    shards = -(-frames // pipeline.emc.frames_per_shard)
+    outputs = pipeline.emc.iterations * (4 * m ** 3 + 68 * frames)
+    scratch = (shards * 8 + 24) * m ** 3
+    monkeypatch.setattr(estimates, "free_disk", lambda folder: outputs + 16 * m ** 3 + scratch // 2)
+    check_output_disk(run, pipeline, emc_small["photons"], emc_small["detector"])
+    with pytest.raises(InputError, match="checkpoint and an iteration of HTC scratch"):
+        check_output_disk(run, pipeline, emc_small["photons"], emc_small["detector"], htc=True)

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spibatch import parsl_wait
 from spibatch.emc import htc_sums, mpi
 from spibatch.emc.htc_tasks import (peak_count, prepare_task, shard_task, step_function, task_first_frame,
                                     weights_function, weights_task)
@@ -269,7 +270,7 @@ class Tasks(_OneProcess):
             if left:
                 log.info("HTC: removed %d file(s) an interrupted iteration left in %s", len(left), self.dir)
         futures = [self.submit(prepare_task, spec, geometry.spec, self.threads) for spec in specs]
-        results = [f.result() for f in futures]
+        results = parsl_wait.results(futures, "shard-reading tasks")
         for spec in specs:
             last = self.specs[-1] if self.specs else None
             if last is not None and last[-1].first_frame + last[-1].num_frames == spec.first_frame \
@@ -293,13 +294,13 @@ class Tasks(_OneProcess):
                 futures = [self.submit(weights_task, spec, geometry.spec, str(model_path), _task_state(state, spec),
                                        self.threads, self.device) for spec in self.specs]
                 weights = np.zeros(len(geometry.rotations))
-                for f in futures:
-                    weights += f.result()
+                for part in parsl_wait.results(futures, "rotation-weight tasks"):
+                    weights += part
                 state = dataclasses.replace(state, rotation_factor=rotation_factor(weights))
                 weighed = time.perf_counter() - weighed
             futures = [self.submit(shard_task, spec, geometry.spec, str(model_path), _task_state(state, spec),
                                    self.threads, self.device) for spec in self.specs]
-            parts = [f.result() for f in futures]
+            parts = parsl_wait.results(futures, "shard tasks")
             waited, arrived = time.perf_counter(), time.time()
             last_end = max(p.timings.pop("ended_at") for p in parts)
             slowest = max(p.timings.pop("task_s") for p in parts)

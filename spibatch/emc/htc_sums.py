@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spibatch import parsl_wait
 from spibatch.emc.types import ShardSums
 from spibatch.io.atomic import atomic_path
 from spibatch.layout import HTC_SCRATCH_RE, htc_sums_name, htc_total_name
@@ -178,7 +179,7 @@ def reduce_parts(parts: list[Part], submit=None, folder: str | os.PathLike | Non
     else:
         outs = [str(Path(folder) / htc_total_name(iteration, k)) for k in range(len(bounds))]
         futures = [submit(reduce_slab, paths, lo, hi, out) for (lo, hi), out in zip(bounds, outs)]
-        done = [f.result() for f in futures]
+        done = parsl_wait.results(futures, "reduce tasks")
         began = time.perf_counter()
         total = np.empty((VOLUMES, voxels), DTYPE)
         for (lo, hi), out in zip(bounds, outs):

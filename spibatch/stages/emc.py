@@ -83,12 +83,14 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     return found
 
 
-def check_output_disk(run: RunLayout, pipeline, photons, detector) -> None:
+def check_output_disk(run: RunLayout, pipeline, photons, detector, htc: bool = False) -> None:
     """EMC writes an output_NNN.h5 an iteration (the model as float32, gzip above 128^3, ~68 B a frame): the
     iterations still to run (a resume: after the last output there) must fit on the disk of ``run.emc``
     (``iterations: 1000000000`` wrote 70 MB/s until the disk was full).  At the stage's start, where the run
-    folder is known (``--out`` may be on another disk than ``output.runs_dir``).  A lower bound: halves write a
-    little more."""
+    folder is known (``--out`` may be on another disk than ``output.runs_dir``).  Beside them, at once: the
+    checkpoint (float64, twice while it is replaced) and with ``htc`` one iteration's scratch in ``emc/htc/``
+    (each shard's float32 sums, the reduced float64 totals, the model sent out; a 50 MB disk the outputs fitted
+    filled in iteration 3 before).  A lower bound: halves write a little more."""
     from spibatch import estimates
     from spibatch.detector import Detector
     from spibatch.io.dragonfly import photons_info
@@ -99,9 +101,14 @@ def check_output_disk(run: RunLayout, pipeline, photons, detector) -> None:
     done = max((int(p.stem[7:]) for p in run.emc.glob("output_*.h5") if p.stem[7:].isdigit()), default=0)
     left = max(settings.iterations - done, 0) * (1 + settings.halves)
     volumes = settings.num_volumes + (settings.num_volumes > 1)      # with modes: the first again as `intensity`
-    each = volumes * size ** 3 * 4 * (0.25 if size ** 3 >= GZIP_MIN_VOXELS else 1) + 68 * photons_info(photons)[0]
-    estimates.check_disk(each * left, run.emc, run.config, "emc.iterations",
-                         f"{left:,} more iterations' output_NNN.h5 ({estimates.human_bytes(each)} each)")
+    frames = photons_info(photons)[0]
+    each = volumes * size ** 3 * 4 * (0.25 if size ** 3 >= GZIP_MIN_VOXELS else 1) + 68 * frames
+    voxels = settings.num_volumes * size ** 3
+    held = 2 * 8 * voxels + (htc and (-(-frames // settings.frames_per_shard) * 2 * 4 + 2 * 8 + 8) * voxels)
+    estimates.check_disk(each * left + held, run.emc, run.config, "emc.iterations",
+                         f"{left:,} more iterations' output_NNN.h5 ({estimates.human_bytes(each)} each), with the "
+                         f"checkpoint{' and an iteration of HTC scratch' if htc else ''} "
+                         f"({estimates.human_bytes(held)})")
 
 
 def check_modes_frames(settings, frames: int, config: Path | None = None) -> None:
@@ -251,7 +258,7 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     settings = settings_of(pipeline)
     photons, detector = inputs.photons_and_detector(run, pipeline)
     run.emc.mkdir(parents=True, exist_ok=True)
-    check_output_disk(run, pipeline, photons, detector)
+    check_output_disk(run, pipeline, photons, detector, htc=workers is not None)
     executor = executor_for(run, device, workers)
     bar = workers is None and executor.size == 1
     with hooks.standard(settings.iterations, display=executor.writes, bar=bar) as on_iteration:

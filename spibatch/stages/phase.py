@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from spibatch import parsl_wait
 from spibatch.errors import InputError
 from spibatch.io.start_files import read_start, write_start
 from spibatch.layout import RunLayout
@@ -86,8 +87,8 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     if workers is None:
         return run_phasing(intensity, run.phase, settings, device=device, show_progress=sys.stdout.isatty())
     futures = [workers.submit(start_task, str(run.path), k, workers.threads()) for k in range(settings.num_starts)]
-    files = [f.result() for f in futures]
-    return workers.submit(merge_task, str(run.path), files).result()
+    files = parsl_wait.results(futures, "phasing starts")
+    return parsl_wait.results([workers.submit(merge_task, str(run.path), files)], "merge tasks")[0]
 
 
 def start_task(run_dir: str, index: int, threads: int) -> str:

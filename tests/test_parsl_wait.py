@@ -1,0 +1,52 @@
+"""Waiting for tasks' results (spibatch.parsl_wait): in order, a word when none ends for long, and one line when
+Parsl's interchange died -- the driver waited for ever before (the fault audit: > 10 minutes, nothing logged)."""
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from spibatch import parsl_wait
+
+
+def test_results_come_in_order_and_a_stall_is_said_once(caplog):
+    release = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(lambda: (release.wait(5), "slow")[1]), pool.submit(lambda: "fast")]
+        threading.Timer(0.6, release.set).start()
+        with caplog.at_level(logging.WARNING, logger="spibatch"):
+            assert parsl_wait.results(futures, "shard tasks", poll_s=0.1, stall_s=0.25) == ["slow", "fast"]
+    said = [r.getMessage() for r in caplog.records if "has ended for" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("no shard task has ended") and "1 of 2 running" in said[0]
+
+
+def _sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+
+
+def test_a_dead_interchange_ends_the_wait_in_one_line(tmp_path):
+    """The real local site: a task sleeping 60 s, its interchange killed -- the wait ends within seconds."""
+    pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
+    from parsl import python_app
+
+    from spibatch.backends import TASKS_LABEL, load_site, provider_for
+    from spibatch.parsl_shutdown import load, shutdown
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: t\nprovider: local\nworkers: 1\n")
+    (tmp_path / "run").mkdir()
+    dfk = load(provider_for(load_site(site)).parsl_config(tmp_path / "run"))
+    try:
+        future = python_app(_sleep, executors=[TASKS_LABEL])(60)
+        time.sleep(1.0)
+        dfk.executors[TASKS_LABEL].interchange_proc.kill()
+        began = time.monotonic()
+        with pytest.raises(parsl_wait.PlatformLost, match=r"interchange \(tasks\) died while 1 of 1 shard tasks"):
+            parsl_wait.results([future], "shard tasks", poll_s=0.5)
+        assert time.monotonic() - began < 20
+    finally:
+        shutdown(dfk)
