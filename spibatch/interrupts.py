@@ -70,24 +70,22 @@ def _unraisable(info) -> None:
 
 @contextmanager
 def held():
-    """A stretch no signal may cut (the follower's commit: an interrupt inside it lost the batch): a SIGTERM or
-    SIGINT arriving inside is raised as it ends.  (Blocking the signal in the main thread would not do: the
-    kernel hands a process's signal to any thread that does not block it, and Python runs the handler anyway.)"""
+    """A stretch of the main thread no signal may cut (the follower's commit: an interrupt inside it lost the
+    batch): the first SIGTERM or SIGINT arriving inside is received as usual (the watchdog starts) but raised as
+    the stretch ends.  Only with :func:`install`'s handler (else a signal acts as Python's default).  (Blocking
+    the signal in the main thread would not do: the kernel hands a process's signal to any thread that does not
+    block it, and Python runs the handler anyway.)"""
     _holding.append(True)
     try:
         yield
     finally:
         _holding.pop()
         if not _holding and _deferred:
-            signum = _deferred[0]
             _deferred.clear()
-            _handler(signum, None)
+            raise _raised[0]
 
 
 def _handler(signum: int, frame) -> None:
-    if _holding:
-        _deferred.append(signum)
-        return
     if _again and _again[0]:              # the first one was dropped where it was raised: raise it here
         _again[0] = False
         raise _raised[0]
@@ -99,6 +97,9 @@ def _handler(signum: int, frame) -> None:
     _where[:] = [f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"]
     threading.Thread(target=_watchdog, args=(128 + signum,), name="spibatch-watchdog", daemon=True).start()
     _raised.append(KeyboardInterrupt(signal.Signals(signum).name))
+    if _holding:                          # inside held(): raised as it ends
+        _deferred.append(signum)
+        return
     raise _raised[0]
 
 

@@ -26,33 +26,48 @@ class PlatformLost(RuntimeError):
 
 
 def results(futures, what: str = "tasks", *, poll_s: float | None = None, stall_s: float | None = None) -> list:
-    """``[f.result() for f in futures]``, in order; PlatformLost when an interchange of the running Parsl died
-    while any was pending."""
+    """``[f.result() for f in futures]``, in order (one future at a time: linear in their number); a task that
+    failed raises as soon as it is seen, whichever is waited for; PlatformLost when the interchange of an
+    executor that holds one of them died."""
     futures = list(futures)
     poll_s = POLL_S if poll_s is None else poll_s
     stall_s = STALL_S if stall_s is None else stall_s
-    pending, last, warned = set(futures), time.monotonic(), False
-    while pending:
-        done, pending = concurrent.futures.wait(pending, timeout=poll_s,
-                                                return_when=concurrent.futures.FIRST_COMPLETED)
-        if done:
-            last, warned = time.monotonic(), False
-            continue
-        dead = dead_interchanges()
-        if dead:
-            raise PlatformLost(f"Parsl's interchange ({', '.join(dead)}) died while {len(pending)} of "
-                               f"{len(futures)} {what} were running: their results cannot arrive")
-        if not warned and time.monotonic() - last > stall_s:
-            log.warning("no %s has ended for %.0f s (%d of %d running): if the workers are gone or stopped, "
-                        "Ctrl-C and `spibatch resume` (the finished iterations are kept)", what.rstrip("s"),
-                        time.monotonic() - last, len(pending), len(futures))
-            warned = True
-    return [f.result() for f in futures]
+    out, last, ended, warned = [], time.monotonic(), 0, False
+    for future in futures:
+        while True:
+            try:
+                out.append(future.result(timeout=poll_s))
+                break
+            except concurrent.futures.TimeoutError:
+                pass
+            now_ended = 0
+            for other in futures:       # every poll_s: a failure anywhere is said now, not after the rest
+                if other.done():
+                    now_ended += 1
+                    if not other.cancelled() and other.exception() is not None:
+                        other.result()
+            if now_ended > ended:
+                last, ended, warned = time.monotonic(), now_ended, False
+            pending = [f for f in futures if not f.done()]
+            dead = dead_interchanges(pending)
+            if dead:
+                raise PlatformLost(f"Parsl's interchange ({', '.join(dead)}) died while {len(pending)} of "
+                                   f"{len(futures)} {what} were running: their results cannot arrive")
+            if not warned and time.monotonic() - last > stall_s:
+                log.warning("no %s has ended for %.0f s (%d of %d running): if the workers are gone or stopped, "
+                            "Ctrl-C and `spibatch resume` (the finished iterations are kept)", what.rstrip("s"),
+                            time.monotonic() - last, len(pending), len(futures))
+                warned = True
+    return out
 
 
-def dead_interchanges() -> list[str]:
-    """The labels of the running Parsl's executors whose interchange process has ended ([] without Parsl)."""
+def dead_interchanges(futures=()) -> list[str]:
+    """The labels of the executors of the running Parsl that hold one of ``futures`` (Parsl's AppFutures name
+    theirs) and whose interchange process has ended ([] without Parsl, or for other futures)."""
     if "parsl" not in sys.modules:
+        return []
+    labels = {getattr(f, "task_record", {}).get("executor") for f in futures} - {None}
+    if not labels:
         return []
     import parsl
 
@@ -62,5 +77,4 @@ def dead_interchanges() -> list[str]:
         dfk = parsl.dfk()
     except Exception:  # noqa: BLE001 - NoDataFlowKernelError: no Parsl running
         return []
-    return [label for label, executor in dfk.executors.items()
-            if not label.startswith("_parsl") and interchange_dead(executor)]
+    return sorted(label for label, executor in dfk.executors.items() if label in labels and interchange_dead(executor))

@@ -431,8 +431,12 @@ def test_the_emc_disk_check_counts_the_checkpoint_and_the_htc_scratch(emc_small,
     frames = photons_info(emc_small["photons"])[0]
     shards = -(-frames // pipeline.emc.frames_per_shard)
     outputs = pipeline.emc.iterations * (4 * m ** 3 + 68 * frames)
-    scratch = (shards * 8 + 24) * m ** 3
-    monkeypatch.setattr(estimates, "free_disk", lambda folder: outputs + 16 * m ** 3 + scratch // 2)
+    scratch = (shards * 8 + 8) * m ** 3
+    assert scratch > 16 * m ** 3
+    monkeypatch.setattr(estimates, "free_disk", lambda folder: outputs + (16 * m ** 3 + scratch) // 2)
     check_output_disk(run, pipeline, emc_small["photons"], emc_small["detector"])
-    with pytest.raises(InputError, match="checkpoint and an iteration of HTC scratch"):
+    with pytest.raises(InputError, match="with the HTC scratch of an iteration"):
         check_output_disk(run, pipeline, emc_small["photons"], emc_small["detector"], htc=True)
+    monkeypatch.setattr(estimates, "free_disk", lambda folder: outputs + 15 * m ** 3)
+    with pytest.raises(InputError, match="with the checkpoint"):
+        check_output_disk(run, pipeline, emc_small["photons"], emc_small["detector"])

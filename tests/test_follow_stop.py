@@ -243,3 +243,32 @@ def test_the_heartbeat_beats_before_the_first_train(tmp_path):
         FollowerLife(run, stale_s=3600).check("EMC had not started")      # alive: no error
     finally:
         done.set()
+
+
+def test_a_signal_inside_held_starts_the_watchdog_and_is_raised_at_its_end(monkeypatch):
+    """The review: a signal inside `interrupts.held()` was only noted, so no watchdog started and a commit stuck
+    on a hung file system could never be stopped; now it is received (the watchdog starts), raised at the end."""
+    import os
+    import signal
+
+    import pytest
+
+    from spibatch import interrupts
+
+    started = []
+    monkeypatch.setattr(interrupts, "_watchdog", lambda code: started.append(code))
+    for name in ("_received", "_raised", "_deferred", "_where", "_holding"):
+        monkeypatch.setattr(interrupts, name, [])
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, interrupts._handler)
+    try:
+        reached = []
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            with interrupts.held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):          # the handler runs between bytecodes: it has by now
+                    pass
+                reached.append(True)
+        assert reached and started == [128 + signal.SIGTERM] and interrupts._received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -50,3 +50,22 @@ def test_a_dead_interchange_ends_the_wait_in_one_line(tmp_path):
         assert time.monotonic() - began < 20
     finally:
         shutdown(dfk)
+
+
+def test_a_failed_task_is_said_at_once_and_other_executors_do_not_count():
+    """The review: a task that failed beside a slow one was raised only when the slow one ended (the old
+    `[f.result() ...]` said it at once); and a dead interchange of another executor than the futures' own
+    (Slurm's idle `tasks` beside a running `mpi` job) ended the wait."""
+    release = threading.Event()
+
+    def fail():
+        raise ValueError("shard 7 failed")
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(lambda: (release.wait(10), "slow")[1]), pool.submit(fail)]
+        began = time.monotonic()
+        with pytest.raises(ValueError, match="shard 7 failed"):
+            parsl_wait.results(futures, poll_s=0.1)
+        assert time.monotonic() - began < 2
+        release.set()
+    assert parsl_wait.dead_interchanges(futures) == []          # not Parsl's: nothing to ask

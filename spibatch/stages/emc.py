@@ -83,14 +83,15 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     return found
 
 
-def check_output_disk(run: RunLayout, pipeline, photons, detector, htc: bool = False) -> None:
+def check_output_disk(run: RunLayout, pipeline, photons, detector, htc: bool = False, gpu: bool = False) -> None:
     """EMC writes an output_NNN.h5 an iteration (the model as float32, gzip above 128^3, ~68 B a frame): the
     iterations still to run (a resume: after the last output there) must fit on the disk of ``run.emc``
     (``iterations: 1000000000`` wrote 70 MB/s until the disk was full).  At the stage's start, where the run
-    folder is known (``--out`` may be on another disk than ``output.runs_dir``).  Beside them, at once: the
-    checkpoint (float64, twice while it is replaced) and with ``htc`` one iteration's scratch in ``emc/htc/``
-    (each shard's float32 sums, the reduced float64 totals, the model sent out; a 50 MB disk the outputs fitted
-    filled in iteration 3 before).  A lower bound: halves write a little more."""
+    folder is known (``--out`` may be on another disk than ``output.runs_dir``).  Beside them, the larger of the
+    checkpoint (float64, twice while it is replaced) and, with ``htc``, one iteration's scratch in ``emc/htc/``
+    (each shard's sums, float32 -- float64 from the ``gpu`` --, the model sent out; a 50 MB disk the outputs
+    fitted filled in iteration 3 before); they are not on disk at once.  A lower bound: halves write a little
+    more, the reduced totals' slabs too."""
     from spibatch import estimates
     from spibatch.detector import Detector
     from spibatch.io.dragonfly import photons_info
@@ -103,11 +104,14 @@ def check_output_disk(run: RunLayout, pipeline, photons, detector, htc: bool = F
     volumes = settings.num_volumes + (settings.num_volumes > 1)      # with modes: the first again as `intensity`
     frames = photons_info(photons)[0]
     each = volumes * size ** 3 * 4 * (0.25 if size ** 3 >= GZIP_MIN_VOXELS else 1) + 68 * frames
+    if left == 0:
+        return
     voxels = settings.num_volumes * size ** 3
-    held = 2 * 8 * voxels + (htc and (-(-frames // settings.frames_per_shard) * 2 * 4 + 2 * 8 + 8) * voxels)
+    scratch = (-(-frames // settings.frames_per_shard) * 2 * (8 if gpu else 4) + 8) * voxels if htc else 0
+    held = max(2 * 8 * voxels, scratch)
     estimates.check_disk(each * left + held, run.emc, run.config, "emc.iterations",
                          f"{left:,} more iterations' output_NNN.h5 ({estimates.human_bytes(each)} each), with the "
-                         f"checkpoint{' and an iteration of HTC scratch' if htc else ''} "
+                         f"{'HTC scratch of an iteration' if scratch > 2 * 8 * voxels else 'checkpoint'} "
                          f"({estimates.human_bytes(held)})")
 
 
@@ -258,7 +262,8 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     settings = settings_of(pipeline)
     photons, detector = inputs.photons_and_detector(run, pipeline)
     run.emc.mkdir(parents=True, exist_ok=True)
-    check_output_disk(run, pipeline, photons, detector, htc=workers is not None)
+    check_output_disk(run, pipeline, photons, detector, htc=workers is not None,
+                      gpu=getattr(device, "is_gpu", False))
     executor = executor_for(run, device, workers)
     bar = workers is None and executor.size == 1
     with hooks.standard(settings.iterations, display=executor.writes, bar=bar) as on_iteration:

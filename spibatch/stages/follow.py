@@ -86,8 +86,11 @@ def run(run: RunLayout, pipeline, device=None, workers=None) -> dict[str, Path]:
                          settle_s=src.settle_s, bridge_source=src.bridge_source, bridge_key=src.bridge_key)
     follower = Follower(source, detector, run.follow, settings_of(pipeline), stop_file=run.stop)
     watch_driver(follower.store, run)
-    heartbeat(run)
-    summary = follower.run()
+    beating = heartbeat(run)
+    try:
+        summary = follower.run()
+    finally:
+        beating.set()
     log.info("follow: %s: %d frames, %d hits in %d chunks (%s)", src.target, summary["frames_seen"], summary["hits"],
              summary["chunks"], summary["end_reason"])
     return {"follow_index": run.follow_index, "follow_status": run.follow_status}
@@ -105,12 +108,12 @@ def heartbeat(run: RunLayout):
     import threading
 
     done = threading.Event()
+    run.follow_alive.parent.mkdir(parents=True, exist_ok=True)
 
     def beat() -> None:
         while not done.is_set():
             try:
-                run.follow_alive.parent.mkdir(parents=True, exist_ok=True)
-                run.follow_alive.touch()
+                run.follow_alive.touch()    # (not the folders: a run folder deleted under an orphan stays so)
                 os.utime(run.follow_alive)
             except OSError:
                 pass    # a full disk: the next beat tries again
