@@ -111,9 +111,9 @@ FOLLOWER_STALE_S = 180.0     # a follower whose heartbeat has not changed this l
 
 
 class FollowerLife:
-    """Whether the follower process of ``run`` still lives: its heartbeat file (``stages/jobs/follow.alive``, touched every
-    2 s by a thread of its own) changed within :data:`FOLLOWER_STALE_S` seconds of this process's clock (no
-    clock of another host compared), and no record of its end without an end line."""
+    """Whether the follower process of ``run`` still lives: its heartbeat file (``stages/jobs/follow.alive``,
+    touched every 2 s by a thread of its own) changed within :data:`FOLLOWER_STALE_S` seconds of this process's
+    clock (no clock of another host compared), and no record of its end without an end line."""
 
     def __init__(self, run: RunLayout, stale_s: float | None = None):
         self.run, self.stale_s = run, FOLLOWER_STALE_S if stale_s is None else stale_s
@@ -185,9 +185,8 @@ class FollowStop:
 
     def _wait_for_frames(self, record: dict) -> None:
         """The model has settled on the frames it has (its annealing over) and none came: wait (no iteration, no
-        file) until new hits
-        are committed or the follow ends -- a paused beamtime wrote an output file an iteration, 485 MB in 90 s
-        at 45^3 (the live audit) --, asking after the follower meanwhile."""
+        file) until new hits are committed or the follow ends -- a paused beamtime wrote an output file an
+        iteration, 485 MB in 90 s at 45^3 (the live audit) --, asking after the follower meanwhile."""
         has_new = getattr(self.source, "has_new", None)
         if has_new is None or has_new():
             return
