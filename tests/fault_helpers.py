@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -164,6 +165,30 @@ def small_disk(where: Path, size: int):
                 if subprocess.run(["umount", str(folder)], capture_output=True).returncode == 0:
                     break
                 time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def filled_after(first: Path, disk: Path, leave: int, fsize: int | None = None):
+    """Another writer: once ``first`` exists, a file fills ``disk`` up to ``leave`` free bytes (a disk that others
+    fill while a run writes: the run's up-front check passed).  Nothing under a file-size limit (``fsize``)."""
+    stop = threading.Event()
+
+    def fill() -> None:
+        while not stop.is_set() and not first.exists():
+            time.sleep(0.02)
+        if not stop.is_set() and fsize is None:
+            with contextlib.suppress(OSError), open(disk / "filler", "wb") as f:   # (full already: filled)
+                while shutil.disk_usage(disk).free > leave + (1 << 20):
+                    f.write(b"\1" * (1 << 20))
+                    f.flush()
+
+    thread = threading.Thread(target=fill, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:

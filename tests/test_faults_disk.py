@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fault_helpers import error_lines, iterations_logged, run, small_disk
+from fault_helpers import error_lines, filled_after, iterations_logged, run, small_disk
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_END = b"IEND\xaeB`\x82"
@@ -64,12 +64,12 @@ def out_of_room(done, folder: Path) -> str:
 
 @pytest.mark.slow
 def test_emc_into_a_full_disk_stops_in_one_line_and_resumes_elsewhere(emc_config, tmp_path):
-    """EMC fills a 16 MB disk after a few iterations (each: a 3 MB output and a 6 MB checkpoint, written beside
-    the last one before it replaces it): one line, the iterations before intact, and the run, copied to a disk
-    with room, resumes to the end.  (5 iterations: their outputs alone, 14.5 MB, pass the stage's up-front
-    check; the checkpoints then fill the disk, as a disk filled by others would.)"""
+    """EMC on a 30 MB disk that another writer fills once the first output is there (5 iterations: their
+    outputs, 14.5 MB, and the checkpoint's two copies, 11.5 MB, pass the stage's up-front check): one line, the
+    iterations before intact, and the run, copied to a disk with room, resumes to the end."""
     config = emc_config(tmp_path, iterations=5)
-    with small_disk(tmp_path, 16 << 20) as (disk, fsize):
+    with small_disk(tmp_path, 30 << 20) as (disk, fsize), \
+            filled_after(disk / "run" / "emc" / "output_001.h5", disk, 3 << 20, fsize):
         done = run("emc", config, "--out", disk / "run", cwd=tmp_path, fsize=fsize)
         out_of_room(done, disk / "run")
         assert json.loads((disk / "run" / "provenance.json").read_text())["status"] in ("failed", "running")
@@ -184,11 +184,12 @@ def test_report_into_a_full_disk_stops_in_one_line_and_keeps_the_run(tmp_path):
 
 @pytest.mark.slow
 def test_run_into_a_full_disk_stops_in_one_line(emc_small, tmp_path):
-    """`spibatch run` (local site, EMC as an MPI job) with its run folder on a 14 MB disk: EMC's files and
-    Parsl's logs fill it; the driver ends with one line naming the file, exit 2."""
+    """`spibatch run` (local site, EMC as an MPI job) with its run folder on a 26 MB disk that another writer
+    fills once EMC's first output is there: the driver ends with one line naming the file, exit 2."""
     from platform_helpers import write_pipeline
 
-    pipeline = write_pipeline(tmp_path, emc_small, starts=1, iterations=4)   # outputs 11.6 MB: past the check
-    with small_disk(tmp_path, 14 << 20) as (disk, fsize):
+    pipeline = write_pipeline(tmp_path, emc_small, starts=1, iterations=4)   # 23.1 MB with the checkpoint
+    with small_disk(tmp_path, 26 << 20) as (disk, fsize), \
+            filled_after(disk / "run" / "emc" / "output_001.h5", disk, 3 << 20, fsize):
         done = run("run", pipeline, "--out", disk / "run", cwd=tmp_path, fsize=fsize)
         out_of_room(done, disk / "run")

@@ -22,10 +22,11 @@ def test_results_come_in_order_and_a_stall_is_said_once(caplog):
     assert len(said) == 1 and said[0].startswith("no shard task has ended") and "1 of 2 running" in said[0]
 
 
-def _sleep(seconds):
+SLEEP = """
+def sleep(seconds):
     import time
-
     time.sleep(seconds)
+"""
 
 
 def test_a_dead_interchange_ends_the_wait_in_one_line(tmp_path):
@@ -41,7 +42,9 @@ def test_a_dead_interchange_ends_the_wait_in_one_line(tmp_path):
     (tmp_path / "run").mkdir()
     dfk = load(provider_for(load_site(site)).parsl_config(tmp_path / "run"))
     try:
-        future = python_app(_sleep, executors=[TASKS_LABEL])(60)
+        namespace = {"__name__": "__main__"}     # sent by value: the workers cannot import this test module
+        exec(SLEEP, namespace)
+        future = python_app(namespace["sleep"], executors=[TASKS_LABEL])(60)
         time.sleep(1.0)
         dfk.executors[TASKS_LABEL].interchange_proc.kill()
         began = time.monotonic()
