@@ -108,7 +108,7 @@ def check_output_disk(run: RunLayout, pipeline, photons, detector, htc: bool = F
         return
     voxels = settings.num_volumes * size ** 3
     scratch = (-(-frames // settings.frames_per_shard) * 2 * (8 if gpu else 4) + 8) * voxels if htc else 0
-    held = max(2 * 8 * voxels, scratch)
+    held = max((1 if run.checkpoint.exists() else 2) * 8 * voxels, scratch)   # (a resume's is on the disk)
     estimates.check_disk(each * left + held, run.emc, run.config, "emc.iterations",
                          f"{left:,} more iterations' output_NNN.h5 ({estimates.human_bytes(each)} each), with the "
                          f"{'HTC scratch of an iteration' if scratch > 2 * 8 * voxels else 'checkpoint'} "
