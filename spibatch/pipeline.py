@@ -222,33 +222,14 @@ class Follower:
 
 def _follow_emc(run: RunLayout, pipeline, device, workers, follower: Follower) -> None:
     """EMC on a live source, with previews on a spare worker, then the quick final density."""
-    from spibatch.stages.live import Previews
+    from spibatch.stages.live import Previews, say_how_the_follow_ended
 
     with Previews(run, workers.submit, pipeline.source.preview_every_iterations) as previews:
         stages.run_stage("emc", run, pipeline, device, workers)
         follower.wait()
-        _say_how_the_follow_ended(run)
+        say_how_the_follow_ended(run)
         final = previews.final()
     log.info("the quick final density: %s", final)
-
-
-def _say_how_the_follow_ended(run: RunLayout) -> None:
-    """The follow's end on the driver's terminal (it was in stages/follow.log only): a pause longer than
-    ``source.idle_timeout_s`` ends a beamtime's follow for good, and the operator must hear it."""
-    import json
-
-    try:
-        status = json.loads(run.follow_status.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    reason = str(status.get("end_reason") or "")
-    line = (f"follow: ended ({reason}): {status.get('frames_seen', 0)} frames, {status.get('hits', 0)} hits in "
-            f"{status.get('trains', 0)} trains")
-    if reason.startswith("no new train"):
-        log.warning("%s; frames arriving from now on are not taken (source.idle_timeout_s ends a follow; a pause "
-                    "longer than it needs a new run, or a longer time-out)", line)
-    else:
-        log.info("%s", line)
 
 
 def external_inputs(pipeline) -> dict[str, list[Path]]:

@@ -210,14 +210,14 @@ def test_the_driver_says_how_the_follow_ended(tmp_path, caplog):
     import logging
 
     from spibatch.layout import RunLayout
-    from spibatch.pipeline import _say_how_the_follow_ended
+    from spibatch.stages.live import say_how_the_follow_ended
 
     run = RunLayout(tmp_path)
     run.follow.mkdir(parents=True)
     run.follow_status.write_text(json.dumps({"end_reason": "no new train for 6 s", "frames_seen": 320, "hits": 88,
                                              "trains": 32}))
     with caplog.at_level(logging.INFO, logger="spibatch"):
-        _say_how_the_follow_ended(run)
+        say_how_the_follow_ended(run)
     [said] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "ended (no new train for 6 s): 320 frames, 88 hits" in said.getMessage()
     assert "source.idle_timeout_s" in said.getMessage()

@@ -196,6 +196,10 @@ class Provider:
         """Workers (or MPI ranks) sharing one node (default: all the site's workers)."""
         return self.site.workers
 
+    def processes_per_node(self) -> int:
+        """Processes of EMC that share one node's memory (each holds the model): :meth:`ranks_per_node`."""
+        return self.ranks_per_node()
+
     def threads_per_worker(self, per_node: int | None = None) -> int:
         """Numba / FFT threads of one task when ``per_node`` tasks (default: :meth:`ranks_per_node`)
         share a node's :meth:`node_cores`; at least 1."""

@@ -72,6 +72,10 @@ class LocalProvider(Provider):
             return False
         return self.options.mpi == "mpirun" or (_has_mpi() and not self._root_refused())
 
+    def processes_per_node(self) -> int:
+        """HPC-mode EMC without MPI is one process; else the workers."""
+        return 1 if self.site.emc_mode == "hpc" and not self.uses_mpi() else self.ranks_per_node()
+
     def _root_refused(self) -> bool:
         """Open MPI would refuse root where the HPC job runs: bare on this machine (a container's image decides
         for itself), with the driver's environment plus what ``local.worker_init`` exports."""

@@ -103,7 +103,8 @@ def ensure_device(runtime: str = "cupy") -> int:
     without CuPy or a GPU says so in one line (:func:`require_gpu`; the driver could not check it)."""
     if not _current:
         require_gpu(runtime)
-    return _current[0] if _current else use_device()
+        use_device()
+    return _current[0]
 
 
 def module_of(array):

@@ -21,10 +21,7 @@ def budget_for(site=None) -> Budget:
     if site is not None:
         from spibatch.backends import provider_for
 
-        provider = provider_for(site)
-        sharing = {"per_node": provider.ranks_per_node(), "hpc": site.emc_mode == "hpc"}
-        if site.emc_mode == "hpc" and hasattr(provider, "uses_mpi") and not provider.uses_mpi():
-            sharing["per_node"] = 1   # a local site without MPI runs HPC-mode EMC as one process
+        sharing = {"per_node": provider_for(site).processes_per_node(), "hpc": site.emc_mode == "hpc"}
     if site is None or site.provider == "local":
         cores = getattr(getattr(site, "local", None), "cores", None) if site is not None else None
         return Budget(here.memory, here.memory_source, cores or here.cores, 1, **sharing)

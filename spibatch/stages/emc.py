@@ -98,21 +98,21 @@ def check_output_disk(run: RunLayout, pipeline, photons, detector, htc: bool = F
     from spibatch.io.results import GZIP_MIN_VOXELS
 
     settings = settings_of(pipeline)
-    size = settings.model_size or Detector.read(detector).model_size()
     done = max((int(p.stem[7:]) for p in run.emc.glob("output_*.h5") if p.stem[7:].isdigit()), default=0)
     left = max(settings.iterations - done, 0) * (1 + settings.halves)
+    if left == 0:
+        return
+    size = settings.model_size or Detector.read(detector).model_size()
     volumes = settings.num_volumes + (settings.num_volumes > 1)      # with modes: the first again as `intensity`
     frames = photons_info(photons)[0]
     each = volumes * size ** 3 * 4 * (0.25 if size ** 3 >= GZIP_MIN_VOXELS else 1) + 68 * frames
-    if left == 0:
-        return
     voxels = settings.num_volumes * size ** 3
     scratch = (-(-frames // settings.frames_per_shard) * 2 * (8 if gpu else 4) + 8) * voxels if htc else 0
-    held = max((1 if run.checkpoint.exists() else 2) * 8 * voxels, scratch)   # (a resume's is on the disk)
-    estimates.check_disk(each * left + held, run.emc, run.config, "emc.iterations",
+    checkpoint = (1 if run.checkpoint.exists() else 2) * 8 * voxels   # (a resume's is on the disk already)
+    estimates.check_disk(each * left + max(checkpoint, scratch), run.emc, run.config, "emc.iterations",
                          f"{left:,} more iterations' output_NNN.h5 ({estimates.human_bytes(each)} each), with the "
-                         f"{'HTC scratch of an iteration' if scratch > 2 * 8 * voxels else 'checkpoint'} "
-                         f"({estimates.human_bytes(held)})")
+                         f"{'HTC scratch of an iteration' if scratch > checkpoint else 'checkpoint'} "
+                         f"({estimates.human_bytes(max(checkpoint, scratch))})")
 
 
 def check_modes_frames(settings, frames: int, config: Path | None = None) -> None:

@@ -104,7 +104,6 @@ def heartbeat(run: RunLayout):
     (from before the first train): EMC, which waits for the follow's end line, sees a follower that was killed or
     crashed without writing it (:class:`spibatch.stages.live.FollowerLife`) -- a long read or commit does not stop
     the beat.  Returns the threading.Event that ends it."""
-    import os
     import threading
 
     done = threading.Event()
@@ -114,7 +113,6 @@ def heartbeat(run: RunLayout):
         while not done.is_set():
             try:
                 run.follow_alive.touch()    # (not the folders: a run folder deleted under an orphan stays so)
-                os.utime(run.follow_alive)
             except OSError:
                 pass    # a full disk: the next beat tries again
             done.wait(HEARTBEAT_S)

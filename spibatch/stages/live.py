@@ -75,11 +75,19 @@ def first_photons(run: RunLayout, min_hits: int, timeout_s: float | None = None)
         time.sleep(POLL_S)
 
 
+def follow_status(run: RunLayout) -> dict:
+    """``follow/status.json`` (:meth:`spibatch.stream.store.Store.write_status`), or {} while there is none."""
+    try:
+        status = json.loads(run.follow_status.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
 def _skipped_trains(run: RunLayout) -> str:
     """``"; N trains skipped (reason: count, ...; see stages/follow.log)"`` from the follow's status, or ""."""
-    try:
-        bad = json.loads(run.follow_status.read_text(encoding="utf-8")).get("bad_trains") or {}
-    except (OSError, ValueError, AttributeError):
+    bad = follow_status(run).get("bad_trains")
+    if not isinstance(bad, dict):
         return ""
     bad = {k: v for k, v in bad.items() if k != "already ingested" and isinstance(v, int)}
     if not bad:
@@ -98,6 +106,22 @@ def _raise_if_follow_failed(run: RunLayout, what: str = "follow stage failed bef
         error = " ".join(str(result.get("error") or "no error recorded").split())[:300]
         raise InputError(f"the {what}: {error}", path=run.follow,
                          field="source", fix=f"see {run.stage_stream('follow', 'stderr')} and stages/follow.log")
+
+
+def say_how_the_follow_ended(run: RunLayout) -> None:
+    """The follow's end on the driver's terminal (it was in stages/follow.log only): a pause longer than
+    ``source.idle_timeout_s`` ends a beamtime's follow for good, and the operator must hear it."""
+    status = follow_status(run)
+    if not status:
+        return
+    reason = str(status.get("end_reason") or "")
+    line = (f"follow: ended ({reason}): {status.get('frames_seen', 0)} frames, {status.get('hits', 0)} hits in "
+            f"{status.get('trains', 0)} trains")
+    if reason.startswith("no new train"):
+        log.warning("%s; frames arriving from now on are not taken (source.idle_timeout_s ends a follow; a pause "
+                    "longer than it needs a new run, or a longer time-out)", line)
+    else:
+        log.info("%s", line)
 
 
 def follow_over(run: RunLayout) -> bool:
@@ -271,18 +295,12 @@ class Previews:
         except (FileNotFoundError, ValueError, IndexError):
             return None
 
-    def _status(self) -> dict:
-        try:
-            return json.loads(self.run.follow_status.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return {}
-
     def _launch(self, record: dict, final: bool = False):
         iteration = record["iteration"]
         self.done.add(iteration)
         newest = self.shards.received_by(record.get("num_frames", 0))   # its own newest frame, not the follow's
         if newest is None:
-            newest = self._status().get("last_received")
+            newest = follow_status(self.run).get("last_received")
         return self.submit(preview_task, str(self.run.path), iteration, newest, record.get("num_frames", 0), final)
 
     def _watch(self) -> None:
@@ -290,7 +308,7 @@ class Previews:
             record = self._newest()
             busy = self.future is not None and not self.future.done()
             if record and not busy and record["iteration"] % self.every == 0 and record["iteration"] not in self.done \
-                    and self._status().get("state") != "ended":
+                    and follow_status(self.run).get("state") != "ended":
                 self.future = self._launch(record)
 
     def final(self) -> str | None:
