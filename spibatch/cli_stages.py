@@ -49,9 +49,11 @@ def emc(config: Path = typer.Argument(..., help="pipeline YAML file whose `emc` 
         resume: Optional[Path] = typer.Option(None, "--resume", help="continue the EMC run in this run "
                                               "directory from its last checkpoint")) -> None:
     """Reconstruct the 3-D intensity from sparse photons by EMC; under `mpirun -n N` across N ranks."""
+    from spibatch.io.frame_selection import input_files
+
     pipeline = load(config)
-    inputs = [config] + [p for p in (pipeline.emc.photons, pipeline.emc.detector, pipeline.emc.start_model,
-                                       pipeline.emc.background_file) if p]
+    inputs = [config] + input_files(pipeline.emc) + [p for p in (pipeline.emc.detector, pipeline.emc.start_model,
+                                                                 pipeline.emc.background_file) if p]
     one_stage_run(["emc"], config, pipeline, out=out, resume=resume, inputs=tuple(inputs))
 
 

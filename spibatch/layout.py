@@ -22,7 +22,9 @@ made it -- a one-stage run (``spibatch emc``, ``phase``, ...) or a whole pipelin
                            model_NNN.npy, each task's sums_NNN_FFFFFFFFF.npy, the reduced slabs
                            total_NNN_KKK.npy -- all removed once read --, timing.jsonl);
                            with emc.halves: half_1/, half_2/ (each an EMC folder of its own, with photons.h5:
-                           the even / odd frames) and halves.json (the split, the alignment, the half-set FSC)
+                           the even / odd frames) and halves.json (the split, the alignment, the half-set FSC);
+                           with several emc.photons files or a blacklist: photons.h5 (the frames EMC reads, and
+                           where each came from)
     phase/                 phasing.h5, phasing.cxi, density.mrc, phasing.png, metrics.jsonl, starts/start_NNN.npz,
                            previews/iteration_NNN/ (a following run's preview densities: phasing.h5,
                            density.mrc, preview.json: iteration, frames, time stamps, latency)
@@ -80,6 +82,7 @@ HTC_SCRATCH_RE = re.compile(r"^(?:(?:model_\d{3,}|sums_\d{3,}_\d{9,}|total_\d{3,
 OUTPUT_RE = re.compile(r"^output_(\d{3,})\.h5\Z")
 HALF_DIRS = ("half_1", "half_2")  # gold-standard half sets: frames 0, 2, 4, ... and 1, 3, 5, ...
 HALF_PHOTONS = "photons.h5"      # in each half's folder: its frames, a Dragonfly photons file
+GATHERED_PHOTONS = "photons.h5"  # in emc/: the kept frames of several files (spibatch.io.frame_selection)
 HALVES_JSON = "halves.json"      # the split, each half's result, their alignment and FSC
 
 # ---- phasing (phase/)
@@ -273,6 +276,11 @@ class RunLayout:
     @property
     def htc(self) -> Path:
         return self.emc / HTC_DIR
+
+    @property
+    def gathered_photons(self) -> Path:
+        """``emc/photons.h5``: the frames EMC reads when emc.photons are several files or some are left out."""
+        return self.emc / GATHERED_PHOTONS
 
     def half(self, index: int) -> Path:
         """``emc/half_1/`` or ``emc/half_2/`` (``index`` 0 or 1): one gold-standard half set's EMC folder."""

@@ -234,10 +234,13 @@ def _follow_emc(run: RunLayout, pipeline, device, workers, follower: Follower) -
 
 def external_inputs(pipeline) -> dict[str, list[Path]]:
     """The files each stage reads from outside the run folder (what provenance.json fingerprints)."""
+    from spibatch.io.frame_selection import input_files
+
     emc, validation, source = pipeline.emc, pipeline.validation, pipeline.source
     files = {"simulate": [pipeline.simulation and pipeline.simulation.pdb], "ingest": [pipeline.ingest and pipeline.ingest.cxi],
              "follow": [source and source.detector, source and source.geometry],   # not the live data: they grow
-             "emc": [emc.photons, emc.detector, emc.start_model, emc.background_file], "phase": [pipeline.phasing.intensity],
+             "emc": [*input_files(emc), emc.detector, emc.start_model, emc.background_file],
+             "phase": [pipeline.phasing.intensity],
              "validate": [validation.reference, validation.volume]}
     return {stage: [Path(p) for p in paths if p] for stage, paths in files.items()}
 

@@ -116,3 +116,39 @@ def test_dragonfly_reconstructs_from_our_simulation(dragonfly_emc, tmp_path):
     assert (num_frames, num_pix) == (200, 64 * 64)
     out_dir, log = _run_emc(dragonfly_emc, tmp_path / "sim", paths["photons"].name, paths["detector"].name)
     _check_output(out_dir, log, 2, num_frames, detector.num_pix)
+
+
+@pytest.mark.parametrize("selection", [None, "odd_only"])
+def test_dragonfly_leaves_out_the_frames_our_list_blacklist_and_selection_leave_out(dragonfly_emc, small_dataset,
+                                                                                    tmp_path, selection):
+    """Dragonfly's in_photons_list + blacklist_file (+ selection) on the same files as ours: the frames it
+    processes (an orientation other than -1) are the frames FrameSelection keeps, in the same numbering."""
+    from types import SimpleNamespace
+
+    from spibatch.detector import Detector
+    from spibatch.io.dragonfly import read_photons, write_detector, write_photons
+    from spibatch.io.frame_selection import FrameSelection
+
+    photons = read_photons(small_dataset / "photons.emc").select(0, 300)
+    write_detector(tmp_path / "detector.h5", Detector.read(small_dataset / "det_sim.h5"))
+    write_photons(tmp_path / "a.h5", photons.select(0, 120))
+    write_photons(tmp_path / "b.h5", photons.select(120, 300))
+    (tmp_path / "list.txt").write_text("a.h5\nb.h5\n")
+    left_out = np.random.default_rng(7).random(300) < 0.3
+    (tmp_path / "bl.txt").write_text("\n".join(str(int(x)) for x in left_out) + "\n")
+    (tmp_path / "config.ini").write_text(
+        "[emc]\nin_photons_list = list.txt\nin_detector_file = detector.h5\nblacklist_file = bl.txt\n"
+        + (f"selection = {selection}\n" if selection else "")
+        + "num_div = 2\noutput_folder = output/\nlog_file = EMC.log\nneed_scaling = 1\nbeta_schedule = 2.0 10\n"
+        "fixed_seed = 1\n")
+    (tmp_path / "output").mkdir()
+    proc = subprocess.run([str(dragonfly_emc), "-c", "config.ini", "-t", "2", "1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with h5py.File(tmp_path / "output" / "output_001.h5", "r") as f:
+        processed = np.flatnonzero(f["orientations"][()] != -1)
+    emc = SimpleNamespace(photons=None, photons_list=tmp_path / "list.txt", blacklist_file=tmp_path / "bl.txt",
+                          selection=selection)
+    ours = FrameSelection.of(emc)
+    assert ours.total == 300 and ours.kept == len(processed)
+    assert np.array_equal(ours.sources()[2], processed)

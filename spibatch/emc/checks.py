@@ -33,12 +33,14 @@ class Inputs:
     background: np.ndarray | None = None
 
 
-def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, values: bool = True) -> Inputs:
+def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, values: bool = True,
+                 frames: int | None = None) -> Inputs:
     """Read the detector, the photons file's header and the start model; InputError on anything wrong.
 
     Light (no frames are read): a command calls it before creating a run folder.
     ``ranks``: MPI ranks to share the shards (each needs at least one); ``values``: :func:`check_values` too (the
-    stage checks them after its memory and time estimate).
+    stage checks them after its memory and time estimate); ``frames``: the frames EMC will read when they are not
+    ``photons``' (the kept frames of several files, :mod:`spibatch.io.frame_selection`; ``photons`` is the first).
     """
     from spibatch.io.dragonfly import check_match, photons_info
 
@@ -51,6 +53,7 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, va
                              fix=f"set emc.{name} in the pipeline file (relative to it)")
     geometry = Detector.read(detector)
     num_frames, num_pix = photons_info(photons)
+    num_frames = num_frames if frames is None else frames
     check_match(geometry, num_pix, detector, photons)
     check_corr(geometry, settings.detector_corr, detector)
     if num_frames == 0:

@@ -16,7 +16,7 @@ import numpy as np
 RESUME_KEYS = ("num_div", "beta", "beta_factor", "beta_schedule", "need_scaling", "friedel_symmetry", "point_group",
                "seed", "frames_per_shard", "start_model", "detector_corr", "num_modes", "nonrot_modes", "refine",
                "merge")
-INPUT_KEYS = ("photons", "detector")   # in the config's section, not in the settings
+INPUT_KEYS = ("photons", "detector", "photons_list", "blacklist_file", "selection")   # in the config's section, not in the settings
 
 
 @dataclass(frozen=True)

@@ -374,6 +374,16 @@ class PhotonsWriter:
         self._file.flush()   # to the disk now: the next block's room is then measured against what is there
         self.num_frames += n
 
+    def add(self, name: str, data: np.ndarray, **attrs) -> None:
+        """A dataset ``name`` beside the frames (e.g. where each frame came from), with file attributes ``attrs``."""
+        if self._file is None:
+            raise RuntimeError("use PhotonsWriter in a with block: `with PhotonsWriter(path, num_pix) as w:`")
+        data = np.asarray(data)
+        self._check_room(data.nbytes)
+        self._file.create_dataset(name, data=data, track_times=False)
+        for key, value in attrs.items():
+            self._file.attrs[key] = value
+
     def _check_room(self, size: int) -> None:
         """DiskFull (one line, nothing written) unless ``size`` more bytes (rows of 4-byte values plus ~48 bytes of
         HDF5 bookkeeping per row; with a margin) fit on the disk and under the file-size limit.  HDF5 crashes

@@ -9,6 +9,7 @@ from ``emc/checkpoint.h5`` when a previous attempt left one.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from spibatch.errors import InputError
@@ -49,15 +50,22 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     from spibatch.emc.driver import check_inputs
     from spibatch.emc.mpi import world
     from spibatch.io.dragonfly import check_photons, photons_info
+    from spibatch.io.frame_selection import FrameSelection, gathers
 
-    photons, detector = inputs.photons_and_detector(run, pipeline, config)
-    require_file(photons, "emc.photons", fix="give a Dragonfly photons file (HDF5 or binary .emc)")
+    selection = FrameSelection.of(pipeline.emc, config) if gathers(pipeline.emc) else None
+    if selection is None:
+        photons, detector = inputs.photons_and_detector(run, pipeline, config)
+        require_file(photons, "emc.photons", fix="give a Dragonfly photons file (HDF5 or binary .emc)")
+    else:   # several files, or frames left out: the first file stands for them in the header checks
+        photons, detector = selection.files[0], pipeline.emc.detector
     require_file(detector, "emc.detector", fix="give the Dragonfly detector file of these photons")
     settings = settings_of(pipeline)
+    frames = None if selection is None else selection.kept
     if settings.num_volumes > 1 and getattr(pipeline, "source", None) is None:   # before the modes' memory
-        check_modes_frames(settings, photons_info(photons)[0], config)
+        check_modes_frames(settings, frames or photons_info(photons)[0], config)
     with naming(config):
-        found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks, values=False)
+        found = check_inputs(dataclasses.replace(settings, start_model=None), photons, detector, ranks, values=False,
+                             frames=frames)
     budget = budget or budget_for()
     gpu = pipeline.device == "gpu"
     refine = settings.refine
@@ -78,9 +86,34 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     if settings.halves:
         check_halves(pipeline, found.num_frames, ranks, photons, config)
     comm = world()
-    if comm is None or comm.Get_rank() == 0:
+    if comm is not None and comm.Get_rank() != 0:
+        return found
+    if selection is None:
         check_photons(photons, used=found.detector.mask == 0)
+    else:
+        selection.check_frames(used=found.detector.mask == 0)
     return found
+
+
+def gather_frames(run: RunLayout, pipeline) -> None:
+    """Several emc.photons files, or frames left out (:mod:`spibatch.io.frame_selection`): their kept frames into
+    ``emc/photons.h5``, which every rank and task reads, unless it holds them already; under MPI rank 0 writes
+    while the others wait."""
+    from spibatch.emc import mpi
+    from spibatch.io.frame_selection import FrameSelection, gathers
+
+    if not gathers(pipeline.emc):
+        return
+
+    def write() -> None:
+        selection = FrameSelection.of(pipeline.emc, run.config)
+        began = time.perf_counter()
+        if selection.write(run.gathered_photons):
+            log.info("emc: %s, gathered into %s in %.1f s", selection.describe(), run.gathered_photons,
+                     time.perf_counter() - began)
+
+    comm = mpi.world()
+    mpi.collective(comm, lambda: write() if comm is None or comm.Get_rank() == 0 else None)
 
 
 def check_output_disk(run: RunLayout, pipeline, photons, detector, htc: bool = False, gpu: bool = False) -> None:
@@ -194,6 +227,7 @@ def check_resume(run: RunLayout, pipeline, config: Path | None = None) -> None:
                              field="--resume", fix="give the run folder of an EMC run, or start a new one")
         return
     photons, detector = inputs.photons_and_detector(run, pipeline, config)
+    check_gathered(run, pipeline, config)
     available = None
     if getattr(pipeline, "source", None) is not None:    # the chunks joined while it ran: all committed hits count
         from spibatch.stream.shards import ChunkShards
@@ -203,6 +237,23 @@ def check_resume(run: RunLayout, pipeline, config: Path | None = None) -> None:
         available = shards.hits
     settings = settings_of(pipeline) if available is None else following_settings(pipeline)
     check_checkpoint(settings, photons, detector, run.emc, available)
+
+
+def check_gathered(run: RunLayout, pipeline, config: Path | None = None) -> None:
+    """A resumed run's checkpoint was computed from the frames gathered in ``emc/photons.h5``: emc.photons,
+    emc.blacklist_file or emc.selection now leaving out other frames is refused (one line) before anything is
+    written."""
+    from spibatch.io.frame_selection import FrameSelection, gathers
+
+    if not gathers(pipeline.emc):
+        return
+    if not run.gathered_photons.exists():
+        raise InputError("this run's EMC checkpoint is here but not the frames it was computed from",
+                         path=run.gathered_photons, field="--resume", fix="start a new run")
+    if not FrameSelection.of(pipeline.emc, config).matches(run.gathered_photons):
+        raise InputError("emc.photons, emc.blacklist_file or emc.selection now leave out other frames than this "
+                         "run's EMC read (its checkpoint is from those)", path=config, field="emc.blacklist_file",
+                         fix="put the files back as they were, or start a new run")
 
 
 def ranks_for(pipeline, run: RunLayout, workers) -> int:
@@ -254,6 +305,7 @@ def run(run: RunLayout, pipeline, device, workers=None) -> dict[str, Path]:
     from spibatch.emc import hooks
     from spibatch.emc.driver import run_emc
 
+    gather_frames(run, pipeline)     # before the HPC job: its ranks are counted from the gathered frames
     if workers is not None and workers.emc_mode == "hpc":
         workers.run_job("emc", run, ranks_for(pipeline, run, workers))
         return outputs(run, pipeline)

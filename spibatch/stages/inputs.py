@@ -1,7 +1,8 @@
 """What each stage reads: its inputs from the pipeline file, else from an earlier stage of the same run.
 
 Every stage finds its inputs here, so the path of, say, the photons walks one way only:
-``emc.photons`` in the pipeline file, else the ``simulate``/``ingest`` stage's ``photons.emc`` in the
+``emc.photons`` in the pipeline file (its files gathered into ``emc/photons.h5`` when they are several or
+frames are left out: :mod:`spibatch.io.frame_selection`), else the ``simulate``/``ingest`` stage's ``photons.emc`` in the
 run folder (:mod:`spibatch.layout`).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spibatch.errors import InputError
+from spibatch.io import frame_selection
 from spibatch.layout import RunLayout
 
 
@@ -24,8 +26,13 @@ def photons_and_detector(run: RunLayout | None, pipeline, config: Path | None = 
     """The photons file and detector file EMC reads; InputError when the pipeline gives neither them nor a
     stage (of ``run``, None: a run not made yet) that made them."""
     emc = pipeline.emc
+    if frame_selection.gathers(emc) and emc.detector is not None:
+        if run is None:
+            raise InputError("the frames are gathered into a run folder not made yet", path=config,
+                             field="emc.photons", fix="ask FrameSelection.of(pipeline.emc) for them")
+        return run.gathered_photons, emc.detector
     if emc.photons is not None and emc.detector is not None:
-        return emc.photons, emc.detector
+        return frame_selection.photons_files(emc)[0], emc.detector
     stage = data_stage(pipeline)
     if stage == "follow" and run is not None:      # the follower's chunks: the first one stands for them all
         return run.chunk(1), run.detector("follow")

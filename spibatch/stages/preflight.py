@@ -27,7 +27,8 @@ def check_run(pipeline, config: Path, site=None, folder: Path | None = None) -> 
     budget = budget_for(site)
     names = stages.order(pipeline)
     emc = pipeline.emc
-    given = [key for key in ("photons", "detector") if getattr(emc, key) is not None]
+    given = [key for key in ("photons", "detector") if getattr(emc, key) is not None
+             or (key == "photons" and emc.photons_list is not None)]
     if "follow" in names:
         from spibatch.stages import follow as follow_stage
 

@@ -1,0 +1,232 @@
+"""The frames EMC reads when they are not one photons file: several files and a frame blacklist.
+
+A Dragonfly user's ``in_photons_list`` (several photons files, their frames numbered on in the list's
+order), ``blacklist_file`` (one 0 or 1 per frame of all the files, 1 = left out; e.g. after a 2-D
+classification, :mod:`spibatch.classify`) and ``selection`` (``odd_only`` / ``even_only``: every other frame
+not blacklisted, the first one kept with ``odd_only``) are ``emc.photons`` (a list), ``emc.photons_list``,
+``emc.blacklist_file`` and ``emc.selection`` in a pipeline file, with Dragonfly's semantics.
+
+:class:`FrameSelection` reads only headers and the blacklist (a command checks it before making a run folder).
+The emc stage then gathers the kept frames, in order, into one photons file in the run (``emc/photons.h5``,
+:meth:`FrameSelection.write`) that every rank and task reads; frame ``d`` of EMC's per-frame outputs is row
+``d`` of that file, whose datasets ``source_file`` (an index into its attribute ``files``), ``source_frame``
+(the frame in that file) and ``source_index`` (the frame in the whole list, the blacklist's line) say where
+it came from.  Dragonfly keeps blacklisted frames in its per-frame outputs; spibatch's hold the kept ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spibatch.errors import InputError
+from spibatch.io.files import require_file
+
+SELECTIONS = ("odd_only", "even_only")
+FIX_LIST = "list one photons file per line (relative to the list's folder; blank lines and '#' lines are skipped)"
+FIX_BLACKLIST = ("give one 0 (keep) or 1 (leave out) per frame of all of emc.photons' files in order, "
+                 "whitespace-separated (Dragonfly's blacklist_file)")
+
+
+def gathers(emc) -> bool:
+    """Whether the pipeline's emc section reads more than one photons file as it is (a list, a blacklist or a
+    selection): then the emc stage gathers its frames (:meth:`FrameSelection.write`)."""
+    return (isinstance(emc.photons, list) and len(emc.photons) > 1) or emc.photons_list is not None \
+        or emc.blacklist_file is not None or emc.selection is not None
+
+
+def photons_files(emc) -> list[Path]:
+    """The photons files the emc section names (``emc.photons``, one or a list, or ``emc.photons_list``'s);
+    InputError (one line) for a list file that cannot be read."""
+    if emc.photons_list is not None:
+        return read_list(emc.photons_list)
+    if emc.photons is None:
+        return []
+    return [Path(p) for p in emc.photons] if isinstance(emc.photons, list) else [Path(emc.photons)]
+
+
+def input_files(emc) -> list[Path]:
+    """Every file the emc section's frames come from: the photons files, the list naming them, the blacklist."""
+    return photons_files(emc) + [p for p in (emc.photons_list, emc.blacklist_file) if p is not None]
+
+
+def read_list(path: str | os.PathLike) -> list[Path]:
+    """The photons files named in a text list (Dragonfly's ``in_photons_list``), relative ones to the list's
+    folder (Dragonfly: to its config.ini's folder, the same for a list beside it)."""
+    path = Path(path)
+    require_file(path, "emc.photons_list", FIX_LIST)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"unreadable as text ({exc.__class__.__name__})", path=path, field="emc.photons_list",
+                         fix=FIX_LIST) from None
+    files = [path.parent / line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not files:
+        raise InputError("names no photons file", path=path, field="emc.photons_list", fix=FIX_LIST)
+    return files
+
+
+def read_blacklist(path: str | os.PathLike, frames: int) -> np.ndarray:
+    """The blacklist (frames,) bool (True: left out) of a text file of one 0 or 1 per frame; InputError naming
+    the file and the first bad value or the count found."""
+    path = Path(path)
+    require_file(path, "emc.blacklist_file", FIX_BLACKLIST)
+    if path.stat().st_size > 64 * (frames + 1) + 4096:   # before reading: a 0/1 a line is 2 bytes
+        raise InputError(f"{path.stat().st_size:,} bytes for {frames:,} frames", path=path,
+                         field="emc.blacklist_file", fix=FIX_BLACKLIST)
+    try:
+        tokens = path.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"unreadable as text ({exc.__class__.__name__})", path=path, field="emc.blacklist_file",
+                         fix=FIX_BLACKLIST) from None
+    if len(tokens) != frames:
+        raise InputError(f"holds {len(tokens):,} values for {frames:,} frames", path=path,
+                         field="emc.blacklist_file", fix=FIX_BLACKLIST)
+    values = np.array(tokens)
+    bad = (values != "0") & (values != "1")
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise InputError(f"value {k + 1} (frame {k}) is {tokens[k][:20]!r}, not 0 or 1", path=path,
+                         field="emc.blacklist_file", fix=FIX_BLACKLIST)
+    return values == "1"
+
+
+def apply_selection(left_out: np.ndarray, selection: str | None) -> np.ndarray:
+    """Dragonfly's ``selection``: of the frames not left out, ``odd_only`` keeps the 1st, 3rd, ... and
+    ``even_only`` the 2nd, 4th, ...; the others are left out too.  (D,) bool, True: left out."""
+    if selection is None:
+        return left_out
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection {selection!r} is not one of {SELECTIONS}")
+    good = np.flatnonzero(~left_out)
+    out = left_out.copy()
+    out[good[1::2] if selection == "odd_only" else good[0::2]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class FrameSelection:
+    """Photons ``files`` (each ``counts[k]`` frames of ``num_pix`` pixels) and ``keep`` (sum(counts),) bool."""
+
+    files: tuple[Path, ...]
+    counts: tuple[int, ...]
+    num_pix: int
+    keep: np.ndarray
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def kept(self) -> int:
+        return int(self.keep.sum())
+
+    @classmethod
+    def of(cls, emc, config: str | os.PathLike | None = None) -> "FrameSelection":
+        """The selection of a pipeline's emc section: every file's header read (all of one ``num_pix``), the
+        blacklist and the selection applied; InputError (one line) on anything wrong or no frame left."""
+        from spibatch.io.dragonfly import photons_info
+
+        if emc.photons_list is not None and emc.photons is not None:
+            raise InputError("both emc.photons and emc.photons_list", path=config, field="emc.photons_list",
+                             fix="give the files in one of them (Dragonfly: in_photons_file or in_photons_list)")
+        files = photons_files(emc)
+        field = "emc.photons_list" if emc.photons_list is not None else "emc.photons"
+        if not files:
+            raise InputError("no photons file given", path=config, field=field, fix="set emc.photons")
+        counts, num_pix = [], None
+        for path in files:
+            require_file(path, field, "give Dragonfly photons files (HDF5 or binary .emc)")
+            frames, pixels = photons_info(path)
+            if num_pix is not None and pixels != num_pix:
+                raise InputError(f"{pixels} pixels a frame, but {files[0]} has {num_pix}", path=path, field=field,
+                                 fix="list photons files of one detector")
+            counts.append(frames)
+            num_pix = pixels
+        total = sum(counts)
+        left_out = np.zeros(total, bool) if emc.blacklist_file is None else read_blacklist(emc.blacklist_file, total)
+        keep = ~apply_selection(left_out, emc.selection)
+        if not keep.any():
+            what = f"{emc.selection} of the frames" if emc.selection and (~left_out).any() else "every frame"
+            raise InputError(f"{what} left out: no frame of the {total:,} to reconstruct from",
+                             path=emc.blacklist_file or config, field="emc.blacklist_file",
+                             fix="keep some frames (0 in the blacklist)")
+        return cls(tuple(files), tuple(counts), int(num_pix), keep)
+
+    def sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each kept frame comes from: its file's index (kept,) int32, its frame in that file (kept,) int64
+        and its frame in the whole list (kept,) int64."""
+        index = np.flatnonzero(self.keep).astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        file = (np.searchsorted(starts, index, side="right") - 1).astype(np.int32)
+        return file, index - starts[file], index
+
+    def check_frames(self, used: np.ndarray | None = None, chunk_frames: int = 4096) -> None:
+        """Every frame of every file read once with the readers' checks (as
+        :func:`spibatch.io.dragonfly.check_photons`); InputError when no kept frame holds a photon (on a pixel
+        in ``used``, (num_pix,) bool: those EMC reads)."""
+        from spibatch.io.dragonfly import iter_photons
+
+        seen = seen_used = False
+        first = 0
+        for path, count in zip(self.files, self.counts):
+            start = first
+            for block in iter_photons(path, chunk_frames):
+                rows = np.flatnonzero(self.keep[start:start + block.num_frames])
+                start += block.num_frames
+                block = block.take(rows)
+                seen = seen or block.ones_index.size > 0 or block.multi_index.size > 0
+                if used is not None and not seen_used:
+                    seen_used = bool(used[block.ones_index].any() or used[block.multi_index].any())
+            first += count
+        where = f"the {self.kept:,} kept frames of {len(self.files)} file(s)"
+        if not seen:
+            raise InputError(f"{where} hold no photon: nothing to reconstruct", path=self.files[0],
+                             field="emc.photons", fix="check the files and emc.blacklist_file")
+        if used is not None and not seen_used:
+            raise InputError(f"{where} hold no photon on a pixel EMC uses (mask 0 in the detector)",
+                             path=self.files[0], field="emc.photons", fix="check the detector's mask")
+
+    def matches(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` holds these frames, gathered by :meth:`write` from these files."""
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                return ([str(p) for p in f.attrs["files"]] == [str(p) for p in self.files]
+                        and np.array_equal(f["source_index"][()], self.sources()[2])
+                        and len(f["place_ones"]) == self.kept)
+        except (OSError, KeyError, ValueError):
+            return False
+
+    def write(self, path: str | os.PathLike, chunk_frames: int = 4096) -> bool:
+        """Gather the kept frames, in order, into the Dragonfly photons file ``path`` (atomic; with
+        ``source_file``, ``source_frame``, ``source_index`` and the attribute ``files``), unless it holds them
+        already (an interrupted or resumed run); whether it wrote."""
+        from spibatch.io.dragonfly import PhotonsWriter, iter_photons
+
+        if Path(path).exists() and self.matches(path):
+            return False
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with PhotonsWriter(path, self.num_pix) as writer:
+            first = 0
+            for source, count in zip(self.files, self.counts):
+                start = first
+                for block in iter_photons(source, chunk_frames):
+                    writer.append(block.take(np.flatnonzero(self.keep[start:start + block.num_frames])))
+                    start += block.num_frames
+                first += count
+            file, frame, index = self.sources()
+            writer.add("source_file", file, files=[str(p) for p in self.files])
+            writer.add("source_frame", frame)
+            writer.add("source_index", index)
+        return True
+
+    def describe(self) -> str:
+        """``3 photons files, 12,000 frames, 1,500 left out: 10,500 read``."""
+        files = f"{len(self.files)} photons file{'s' * (len(self.files) > 1)}"
+        left = self.total - self.kept
+        return f"{files}, {self.total:,} frames" + (f", {left:,} left out: {self.kept:,} read" if left else "")

@@ -1,0 +1,229 @@
+"""Several photons files, a frame blacklist and Dragonfly's selection (:mod:`spibatch.io.frame_selection`).
+
+The reference for every mode: EMC on one photons file holding just the kept frames, in order (written with
+``Photons.take``).  Gathering the frames must change nothing else: the model is the same bit for bit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from platform_helpers import LOCAL_HTC, env, markers, spibatch, write_site
+from spibatch.io.dragonfly import read_photons, write_photons
+from spibatch.io.frame_selection import apply_selection, read_blacklist, read_list
+
+SPLIT = 100       # frames of the first file; the second holds the other 140 of emc_small's 240
+
+
+def pipeline(folder: Path, detector: Path, **emc) -> Path:
+    settings = {"detector": detector, "num_div": 2, "iterations": 3, "frames_per_shard": 60, **emc}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pipeline.yaml"
+    path.write_text("\n".join(["name: frames", "emc:"] + [f"  {k}: {v}" for k, v in settings.items()]) + "\n")
+    return path
+
+
+def model(run: Path) -> np.ndarray:
+    with h5py.File(run / "emc" / "checkpoint.h5") as f:
+        return f["model"][()]
+
+
+@pytest.fixture(scope="module")
+def split_set(emc_small, tmp_path_factory) -> dict:
+    """emc_small's 240 frames as two files in a list, a blacklist leaving out a quarter of them, and the kept
+    frames in one file (the reference); a ``spibatch emc`` of the reference."""
+    folder = tmp_path_factory.mktemp("split")
+    whole = read_photons(emc_small["photons"])
+    (folder / "data").mkdir()
+    write_photons(folder / "data" / "a.h5", whole.select(0, SPLIT))
+    write_photons(folder / "data" / "b.h5", whole.select(SPLIT, whole.num_frames))
+    (folder / "data" / "files.txt").write_text("# two runs\na.h5\n\nb.h5\n")
+    left_out = np.random.default_rng(5).random(whole.num_frames) < 0.25
+    (folder / "blacklist.txt").write_text("\n".join(str(int(x)) for x in left_out) + "\n")
+    kept = np.flatnonzero(~left_out)
+    write_photons(folder / "kept.h5", whole.take(kept))
+    reference = folder / "reference"
+    done = spibatch("emc", pipeline(reference, emc_small["detector"], photons=folder / "kept.h5"), "--out",
+                    reference / "run", cwd=folder, NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"folder": folder, "kept": kept, "reference": reference / "run", "detector": emc_small["detector"],
+            "list": folder / "data" / "files.txt", "blacklist": folder / "blacklist.txt",
+            "files": [folder / "data" / "a.h5", folder / "data" / "b.h5"]}
+
+
+def listed(split_set, folder: Path, **emc) -> Path:
+    return pipeline(folder, split_set["detector"], photons_list=split_set["list"],
+                    blacklist_file=split_set["blacklist"], **emc)
+
+
+def test_a_list_and_a_blacklist_give_the_model_of_the_kept_frames_in_one_file(split_set, tmp_path):
+    done = spibatch("emc", listed(split_set, tmp_path), "--out", tmp_path / "run", cwd=tmp_path,
+                    NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert np.array_equal(model(tmp_path / "run"), model(split_set["reference"]))
+    kept = split_set["kept"]
+    with h5py.File(tmp_path / "run" / "emc" / "photons.h5") as f:   # where each of EMC's frames came from
+        assert [Path(p) for p in f.attrs["files"]] == split_set["files"]
+        assert np.array_equal(f["source_index"][()], kept)
+        assert np.array_equal(f["source_file"][()], (kept >= SPLIT).astype(int))
+        assert np.array_equal(f["source_frame"][()], np.where(kept >= SPLIT, kept - SPLIT, kept))
+    with h5py.File(tmp_path / "run" / "emc" / "output_003.h5") as f:
+        assert len(f["scale"]) == len(kept)
+    assert "2 photons files, 240 frames" in (tmp_path / "run" / "stages" / "emc.log").read_text()
+
+
+def test_a_list_of_files_in_the_yaml_is_one_data_set(split_set, emc_small, tmp_path):
+    files = "[" + ", ".join(str(p) for p in split_set["files"]) + "]"
+    done = spibatch("emc", pipeline(tmp_path, split_set["detector"], photons=files), "--out", tmp_path / "run",
+                    cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = tmp_path / "whole"
+    done = spibatch("emc", pipeline(whole, split_set["detector"], photons=emc_small["photons"]), "--out",
+                    whole / "run", cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert np.array_equal(model(tmp_path / "run"), model(whole / "run"))
+
+
+def test_one_file_in_a_list_is_read_where_it_is(split_set, tmp_path):
+    done = spibatch("emc", pipeline(tmp_path, split_set["detector"], photons=f"[{split_set['folder'] / 'kept.h5'}]"),
+                    "--out", tmp_path / "run", cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "run" / "emc" / "photons.h5").exists()
+    assert np.array_equal(model(tmp_path / "run"), model(split_set["reference"]))
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not found")
+def test_two_mpi_ranks_read_the_gathered_frames(split_set, tmp_path):
+    pytest.importorskip("mpi4py")
+    done = subprocess.run([shutil.which("mpirun"), "-n", "2", "--oversubscribe", sys.executable, "-m", "spibatch",
+                           "emc", str(listed(split_set, tmp_path)), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env=env(NUMBA_NUM_THREADS="1", OMPI_MCA_rmaps_base_oversubscribe="1"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    ours, reference = model(tmp_path / "run"), model(split_set["reference"])
+    assert np.abs(ours - reference).max() <= 1e-10 * np.abs(reference).max()
+
+
+def test_htc_tasks_read_the_gathered_frames(split_set, tmp_path):
+    pytest.importorskip("parsl")
+    site = write_site(tmp_path, "local-htc", LOCAL_HTC)
+    done = spibatch("run", listed(split_set, tmp_path), "--site", site, "--out", tmp_path / "run", cwd=tmp_path,
+                    NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert markers(tmp_path / "run")["emc"]["emc_mode"] == "htc"
+    assert np.array_equal(model(tmp_path / "run"), model(split_set["reference"]))
+
+
+def test_a_resume_with_another_blacklist_is_refused_and_keeps_the_run(split_set, tmp_path):
+    config = listed(split_set, tmp_path, iterations=2)
+    done = spibatch("emc", config, "--out", tmp_path / "run", cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    gathered = tmp_path / "run" / "emc" / "photons.h5"
+    before = {p.name: p.read_bytes() for p in (gathered, tmp_path / "run" / "emc" / "checkpoint.h5")}
+    changed = tmp_path / "other.txt"
+    values = split_set["blacklist"].read_text().split()
+    changed.write_text("\n".join(["1"] + values[1:]) + "\n")   # frame 0 was kept
+    assert values[0] == "0"
+    config.write_text(config.read_text().replace(str(split_set["blacklist"]), str(changed)))
+    done = spibatch("emc", config, "--resume", tmp_path / "run", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "leave out other frames" in done.stderr, done.stderr
+    assert {p.name: p.read_bytes() for p in (gathered, tmp_path / "run" / "emc" / "checkpoint.h5")} == before
+
+
+def test_a_resume_reuses_the_gathered_frames(split_set, tmp_path):
+    config = listed(split_set, tmp_path, iterations=2)
+    assert spibatch("emc", config, "--out", tmp_path / "run", cwd=tmp_path).returncode == 0
+    gathered = tmp_path / "run" / "emc" / "photons.h5"
+    stamp = gathered.stat().st_mtime_ns
+    config.write_text(config.read_text().replace("iterations: 2", "iterations: 3"))
+    done = spibatch("emc", config, "--resume", tmp_path / "run", cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert gathered.stat().st_mtime_ns == stamp
+    assert np.array_equal(model(tmp_path / "run"), model(split_set["reference"]))
+
+
+def test_selection_keeps_every_other_frame_not_blacklisted_as_dragonfly():
+    left_out = np.array([0, 1, 0, 0, 1, 0, 0], bool)      # good frames: 0, 2, 3, 5, 6
+    assert np.flatnonzero(~apply_selection(left_out, "odd_only")).tolist() == [0, 3, 6]
+    assert np.flatnonzero(~apply_selection(left_out, "even_only")).tolist() == [2, 5]
+    assert apply_selection(left_out, None) is left_out
+
+
+def test_the_list_is_read_relative_to_its_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "list.txt"
+    path.write_text("  r1.h5  \n# comment\n\n/abs/r2.h5\n")
+    assert read_list(path) == [tmp_path / "sub" / "r1.h5", Path("/abs/r2.h5")]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("0\n1\n", "holds 2 values for 3 frames"),
+    ("0\n2\n0\n", "value 2 (frame 1) is '2', not 0 or 1"),
+    ("0 1 x\n", "value 3 (frame 2) is 'x'"),
+])
+def test_a_bad_blacklist_is_one_line_naming_the_value(tmp_path, text, problem):
+    from spibatch.errors import InputError
+
+    path = tmp_path / "bl.txt"
+    path.write_text(text)
+    with pytest.raises(InputError, match="emc.blacklist_file") as caught:
+        read_blacklist(path, 3)
+    assert problem in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("case, field, problem", [
+    ("all_left_out", "emc.blacklist_file", "every frame left out"),
+    ("odd_of_one", "emc.blacklist_file", "even_only of the frames left out"),
+    ("missing_listed", "emc.photons_list", "file not found"),
+    ("empty_list", "emc.photons_list", "names no photons file"),
+    ("other_detector", "emc.photons_list", "16 pixels a frame, but"),
+    ("both", "emc.photons_list", "not both"),
+    ("empty_yaml_list", "emc.photons", "an empty list"),
+    ("blacklist_without_photons", "blacklist_file", "give emc.photons"),
+    ("short_blacklist", "emc.blacklist_file", "holds 239 values for 240 frames"),
+])
+def test_bad_frame_inputs_are_one_line_before_any_run_folder(split_set, tmp_path, case, field, problem):
+    folder = split_set["folder"]
+    values = split_set["blacklist"].read_text().split()
+    files = tmp_path / "files.txt"
+    emc = {"photons_list": files, "blacklist_file": split_set["blacklist"]}
+    files.write_text("\n".join(str(p) for p in split_set["files"]) + "\n")
+    if case == "all_left_out":
+        (tmp_path / "bl.txt").write_text("1\n" * 240)
+        emc["blacklist_file"] = tmp_path / "bl.txt"
+    elif case == "odd_of_one":
+        (tmp_path / "bl.txt").write_text("0\n" + "1\n" * 239)
+        emc.update(blacklist_file=tmp_path / "bl.txt", selection="even_only")
+    elif case == "missing_listed":
+        files.write_text(f"{split_set['files'][0]}\nnot_there.h5\n")
+    elif case == "empty_list":
+        files.write_text("# nothing\n")
+    elif case == "other_detector":
+        small = tmp_path / "small.h5"
+        from spibatch.photons import Photons
+
+        write_photons(small, Photons.from_dense(np.ones((2, 16), int)))
+        files.write_text(f"{split_set['files'][0]}\n{small}\n")
+    elif case == "both":
+        emc["photons"] = folder / "kept.h5"
+    elif case == "empty_yaml_list":
+        emc = {"photons": "[]"}
+    elif case == "blacklist_without_photons":
+        emc = {"blacklist_file": split_set["blacklist"]}
+    elif case == "short_blacklist":
+        (tmp_path / "bl.txt").write_text("\n".join(values[:-1]) + "\n")
+        emc["blacklist_file"] = tmp_path / "bl.txt"
+    done = spibatch("emc", pipeline(tmp_path / "cfg", split_set["detector"], **emc), "--out", tmp_path / "run",
+                    cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip()
+    assert "\n" not in line and field in line and problem in line, line
+    assert not (tmp_path / "run").exists()
