@@ -77,3 +77,44 @@ def test_more_ranks_than_shards_is_one_line_exit_2(mpirun, emc_config, tmp_path)
     errors = [line for line in done.stderr.splitlines() if line.startswith("spibatch: error")]
     assert len(errors) == 1 and "emc.frames_per_shard" in errors[0] and "at most 120" in errors[0]
     assert not (tmp_path / "runs").exists()                                 # stopped before any run dir
+
+
+PATIENT = """
+import resource, sys, time
+from mpi4py import MPI
+from spibatch.emc.executors import MPIRanks
+from spibatch.errors import InputError
+
+executor = MPIRanks(MPI.COMM_WORLD)
+def cpu():
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+def rule():                      # the writer waits for frames, as FollowStop does
+    time.sleep(2.0)
+    if sys.argv[1] == "fail":
+        raise InputError("the follower stopped")
+    return True
+began = cpu()
+try:
+    answer = executor.broadcast(executor.patient(lambda: rule() if executor.writes else None))
+except InputError as exc:
+    answer = str(exc)
+print(f"rank {executor.rank} answer {answer!r} cpu {cpu() - began:.3f}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["ok", "fail"])
+def test_ranks_wait_for_the_stopping_rule_without_spinning(mpirun, tmp_path, how):
+    """While following, rank 0's stopping rule may wait minutes for frames: the other ranks used to wait in a
+    blocking MPI call, whose progress loop spins (2.7 s of CPU in a 3-s wait); now a barrier tested between
+    sleeps.  An error on the writer still reaches every rank."""
+    script = tmp_path / "patient.py"
+    script.write_text(PATIENT)
+    done = subprocess.run([mpirun, "-n", "2", "--oversubscribe", sys.executable, str(script), how],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120, env=run_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("rank ")}
+    waiting = float(lines["1"].split("cpu ")[1])
+    expected = "True" if how == "ok" else "'the follower stopped'"
+    assert all(f"answer {expected}" in line for line in lines.values()), done.stdout
+    assert waiting < 0.5, done.stdout          # measured 0.01 s; a spinning wait: ~1.8 s of the 2 s

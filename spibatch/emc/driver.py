@@ -122,7 +122,7 @@ def run_emc(settings: EMCSettings, photons, detector, out_dir, *, executor, resu
 
 def _stop(until: Callable[[dict], bool], record: dict, executor) -> bool:
     """The stopping rule's answer on the writing process, the same on every rank."""
-    return bool(executor.broadcast(executor.collective(lambda: bool(until(record)) if executor.writes else None)))
+    return bool(executor.broadcast(executor.patient(lambda: bool(until(record)) if executor.writes else None)))
 
 
 def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, resume: bool, source=None) -> Run:

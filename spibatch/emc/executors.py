@@ -117,6 +117,10 @@ class _OneProcess:
     def collective(self, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
+    def patient(self, fn):
+        """:meth:`collective` for a call that may hold the writer long (the other ranks wait without spinning)."""
+        return fn()
+
     def broadcast(self, value):
         return value
 
@@ -185,6 +189,9 @@ class MPIRanks(InProcess):
 
     def collective(self, fn, *args, **kwargs):
         return mpi.collective(self.comm, fn, *args, **kwargs)
+
+    def patient(self, fn):
+        return mpi.patient_collective(self.comm, fn)
 
     def broadcast(self, value):
         return mpi.broadcast(self.comm, value)
