@@ -46,7 +46,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 COMMANDS = [cli_stages.init, cli_stages.schema, cli_platform.demo, cli_stages.simulate, cli_stages.ingest,
-            cli_stages.emc, cli_stages.background, cli_stages.phase, cli_stages.validate, cli_platform.run, cli_platform.resume,
+            cli_stages.emc, cli_stages.background, cli_stages.classify, cli_stages.phase, cli_stages.validate, cli_platform.run, cli_platform.resume,
             cli_platform.monitor, cli_platform.report, cli_platform.bench, cli_platform.replay, cli_platform.stop]
 for command in COMMANDS:
     app.command()(command)

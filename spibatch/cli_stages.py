@@ -1,6 +1,8 @@
-"""The one-stage commands: ``init``, ``schema``, ``simulate``, ``emc``, ``phase``, ``validate``, ``ingest``.
+"""The one-stage commands: ``init``, ``schema``, ``simulate``, ``emc``, ``phase``, ``validate``, ``ingest``; and the
+two that prepare EMC's inputs, ``background`` and ``classify``.
 
-Each is a run of the stage functions of :mod:`spibatch.stages` in a new run folder (``cli.py`` registers them).
+Each one-stage command is a run of the stage functions of :mod:`spibatch.stages` in a new run folder (``cli.py``
+registers them); ``background`` and ``classify`` write the files they name.
 """
 
 from __future__ import annotations
@@ -155,3 +157,35 @@ def background(photons: Path = typer.Argument(..., help="Dragonfly photons file 
                          fix="give the photons file of empty (non-hit) frames")
     write_background(out, values)
     typer.echo(f"{out}: {values.size} pixels, {values.sum():.4g} background photons per frame")
+
+
+def classify(photons: list[Path] = typer.Argument(..., help="Dragonfly photons files (HDF5 or .emc), their frames "
+                                                  "numbered on in order, as emc.photons' list"),
+             detector: Path = typer.Option(..., "--detector", help="the detector file of these photons"),
+             out: Path = typer.Option(..., "-o", "--out", help="a new folder for classes.txt, blacklist.txt, "
+                                      "classes.json and classes.png"),
+             classes: int = typer.Option(5, "--classes", min=2, max=20, help="classes to cluster the frames in"),
+             keep: Optional[str] = typer.Option(None, "--keep", help="the classes whose frames EMC reads, e.g. 0,2 "
+                                                "(default: the suggestion: the largest class and those like it)"),
+             seed: int = typer.Option(0, "--seed", min=0, help="seed of the clustering's random starts")) -> None:
+    """2-D classification of the frames before EMC: classes of frames alike, and the blacklist (emc.blacklist_file)
+    that leaves out the classes not kept."""
+    from spibatch.classify import classify as run_classify
+    from spibatch.classify_files import FILES, describe, open_frames, parse_keep, write_classes
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError("exists: nothing is overwritten", path=out, field="--out", fix="name a new folder")
+    check_writable_folder(out.absolute(), "--out")
+    kept = parse_keep(keep, classes)           # before the pass over the frames
+    geometry, blocks, frames = open_frames(photons, detector, classes)
+    found = run_classify(blocks, geometry, classes, seed)
+    if not found.features["counts"].any():
+        raise InputError(f"none of the {frames:,} frames has a photon on a pixel used", path=photons[0],
+                         field="photons", fix="check the photons files and the detector's mask")
+    kept = found.suggested if kept is None else kept
+    blacklist = write_classes(out, found, kept, photons, seed)
+    typer.echo("\n".join(describe(found, kept)))
+    left = int(sum(s["frames"] for c, s in enumerate(found.summaries) if c not in kept))
+    typer.echo(f"{out}: {', '.join(FILES)}; {left:,} of {frames:,} frames left out\n"
+               f"next: look at {out / 'classes.png'}, then set emc.blacklist_file: {blacklist} "
+               f"(or run again with --keep)")

@@ -1,0 +1,134 @@
+"""2-D classification before EMC (:mod:`spibatch.classify`, ``spibatch classify``).
+
+A mixture made here, not the benchmark's: the small set's intensity (A), the same particle 1.4x larger (B: its
+intensity at 1.4 q), weak hits of A (D) and frames of a radial background alone (E).  The suggestion must keep
+the hits of A and leave the others out, and EMC must read the blacklist it writes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from platform_helpers import spibatch
+from spibatch.detector import Detector
+from spibatch.io.dragonfly import write_photons
+from spibatch.photons import Photons
+
+SIZES = {"A": 700, "B": 160, "D": 90, "E": 80}
+
+
+class _Blocks(list):
+    def append(self, photons):   # simulate_patterns' writer
+        super().append(photons)
+
+
+def _hits(volume, detector, n, photons, seed) -> Photons:
+    from spibatch.sim.patterns import mean_photons_scale, simulate_patterns
+
+    out = _Blocks()
+    simulate_patterns(volume, detector, num_patterns=n, scale=mean_photons_scale(volume, detector, photons),
+                      fluence_jitter=0.2, seed=seed, chunk_frames=512, writer=out)
+    return Photons.concatenate(out)
+
+
+@pytest.fixture(scope="module")
+def mixture(small_dataset, tmp_path_factory) -> dict:
+    from scipy.ndimage import map_coordinates
+
+    from spibatch.sim.background import radial_background
+
+    detector = Detector.read(small_dataset / "det_sim.h5")
+    a = np.fromfile(small_dataset / "intensities.bin").reshape(91, 91, 91)
+    centre = (np.array(a.shape) - 1) / 2
+    grid = np.indices(a.shape).reshape(3, -1).astype(np.float64)
+    b = map_coordinates(a, (grid - centre[:, None]) * 1.4 + centre[:, None], order=1, cval=0.0).reshape(a.shape)
+    rng = np.random.default_rng(11)
+    background = radial_background(detector, 900.0, rise=2.0)
+    levels = rng.uniform(0.7, 1.3, SIZES["E"])
+    parts = [_hits(a, detector, SIZES["A"], 900.0, 1), _hits(b, detector, SIZES["B"], 900.0, 2),
+             _hits(a, detector, SIZES["D"], 60.0, 3),
+             Photons.from_dense(rng.poisson(np.outer(levels, background)))]
+    truth = np.repeat(np.arange(4), list(SIZES.values()))
+    order = rng.permutation(len(truth))
+    photons = Photons.concatenate(parts).take(order)
+    folder = tmp_path_factory.mktemp("classify")
+    write_photons(folder / "one.h5", photons.select(0, 500))
+    write_photons(folder / "two.h5", photons.select(500, photons.num_frames))
+    return {"files": [folder / "one.h5", folder / "two.h5"], "truth": truth[order], "detector": detector,
+            "detector_path": small_dataset / "det_sim.h5", "photons": photons, "folder": folder}
+
+
+def test_the_suggestion_keeps_the_hits_and_leaves_out_the_rest(mixture):
+    from spibatch.classify import classify
+
+    photons, truth = mixture["photons"], mixture["truth"]
+    blocks = [photons.select(a, min(a + 300, photons.num_frames)) for a in range(0, photons.num_frames, 300)]
+    found = classify(blocks, mixture["detector"], num_classes=5, seed=0)
+    kept = np.isin(found.labels, found.suggested)
+    recall = kept[truth == 0].mean()
+    others = {name: kept[truth == k].mean() for k, name in enumerate(SIZES) if k}
+    print(f"recall of A {recall:.3f}; kept of the others {others}; classes {[s['frames'] for s in found.summaries]}")
+    assert recall >= 0.9                                      # measured 0.999
+    assert all(share <= 0.05 for share in others.values())   # measured B 0.000, D 0.000, E 0.000
+    again = classify(iter(blocks), mixture["detector"], num_classes=5, seed=0)
+    assert np.array_equal(again.labels, found.labels)       # the same seed, the same classes
+
+
+def test_the_command_writes_the_blacklist_emc_reads(mixture, tmp_path):
+    out = tmp_path / "classes"
+    done = spibatch("classify", *mixture["files"], "--detector", mixture["detector_path"], "-o", out, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels = np.loadtxt(out / "classes.txt", dtype=int)
+    left_out = np.loadtxt(out / "blacklist.txt", dtype=int)
+    summary = json.loads((out / "classes.json").read_text())
+    assert len(labels) == len(left_out) == len(mixture["truth"]) == summary["frames"]
+    assert np.array_equal(left_out == 0, np.isin(labels, summary["kept"])) and summary["kept"] == summary["suggested"]
+    assert (out / "classes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "set emc.blacklist_file:" in done.stdout
+    chosen = tmp_path / "chosen"          # the user's own choice of classes
+    done = spibatch("classify", *mixture["files"], "--detector", mixture["detector_path"], "-o", chosen,
+                    "--keep", "0", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.array_equal(np.loadtxt(chosen / "blacklist.txt", dtype=int) == 0, labels == 0)
+
+    config = tmp_path / "pipeline.yaml"
+    files = ", ".join(str(p) for p in mixture["files"])
+    config.write_text(f"name: kept\nemc:\n  photons: [{files}]\n  detector: {mixture['detector_path']}\n"
+                      f"  blacklist_file: {out / 'blacklist.txt'}\n  num_div: 2\n  iterations: 2\n")
+    done = spibatch("emc", config, "--out", tmp_path / "run", cwd=tmp_path, NUMBA_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    import h5py
+
+    with h5py.File(tmp_path / "run" / "emc" / "output_002.h5") as f:
+        assert len(f["scale"]) == int((left_out == 0).sum())
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("keep_out_of_range", "--keep: '0,7' is not a list of classes among 0..4"),
+    ("out_not_empty", "--out: exists: nothing is overwritten"),
+    ("other_detector", "4096"),
+    ("too_few_frames", "--classes: 30 frames for 5 classes"),
+])
+def test_bad_classify_inputs_are_one_line_and_write_nothing(mixture, tmp_path, case, problem):
+    files, detector, out, extra = list(mixture["files"]), mixture["detector_path"], tmp_path / "out", []
+    if case == "keep_out_of_range":
+        extra = ["--keep", "0,7"]
+    elif case == "out_not_empty":
+        out.mkdir()
+        (out / "mine.txt").write_text("keep me")
+    elif case == "other_detector":
+        detector = tmp_path / "det.h5"
+        from spibatch.io.dragonfly import write_detector
+
+        write_detector(detector, Detector.flat(8, 1e-3, 0.1, 1e-9))
+    elif case == "too_few_frames":
+        files = [tmp_path / "few.h5"]
+        write_photons(files[0], mixture["photons"].select(0, 30))
+    done = spibatch("classify", *files, "--detector", detector, "-o", out, *extra, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip()
+    assert "\n" not in line and problem in line, line
+    assert not out.exists() or [p.name for p in out.iterdir()] == (["mine.txt"] if case == "out_not_empty" else [])
