@@ -305,3 +305,23 @@ def test_a_signal_during_a_commit_waits_for_it(tmp_path):
     index = [json.loads(line) for line in open(out / layout.FOLLOW_INDEX)]
     assert index and index[0]["hits"] >= 8 and not any("end" in line for line in index)
     assert len(chunk_ids(out)) == index[-1]["hits"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.float32, np.uint16])
+def test_counter_counts_float64_and_wide_integers_as_batch_ingest(dtype):
+    """Values within float32 rounding of a half photon: a float32 cast of float64 data turned 2.5000001 ADU into
+    2.5 (2 photons, batch ingest 3); wide integers above 2^24 lost their last bits."""
+    from spibatch.kernels.photons_cpu import sparse_counts
+
+    if np.dtype(dtype).kind == "f":
+        values = np.array([[2.5000001, 0.5000001, 1.4999999, 3.4999999, 0.0, 7.0, -2.0, 1.0]], dtype)
+    else:
+        top = np.iinfo(dtype).max
+        values = np.array([[min(2 ** 24 + 1, top), 3, 0, 1, 2, min(60000, top), 0, 5]], dtype)
+    counter = Counter(values.shape[1])
+    tally = counter.tally(values)
+    ours = counter.fill(values, np.array([0]), tally).to_dense()
+    arrays, flags = sparse_counts(values, None, 1.0, True)
+    batch = Photons(values.shape[1], *arrays).to_dense()
+    assert np.array_equal(ours, batch), (ours, batch)
+    assert tally["photons"][0] == batch.sum()

@@ -1,6 +1,7 @@
 """Streaming ADU -> photons with hit finding: one pass over every frame, a second over the hits only.
 
-The counting rule is today's CXI ingest's (:mod:`spibatch.kernels.photons_cpu`), per module:
+The counting rule is today's CXI ingest's (:mod:`spibatch.kernels.photons_cpu`), per module, on float32 data as
+float32 and on float64 data (and integers wider than 16 bits) as float64:
 a masked pixel counts 0; else ``rint(value / adu_per_photon[module])`` in float64 (halves to the
 even neighbour); a count below 0 becomes 0 (calibrated data has negative noise, so the stream
 clips: ``clip_negative`` is always on); a NaN or inf pixel counts 0 and flags its frame
@@ -134,9 +135,14 @@ class Counter:
             raise ValueError(f"bad-pixel mask has {self.bad.size} entries, frames {num_pix} pixels")
 
     def _block(self, block: np.ndarray) -> np.ndarray:
+        """The frames as a C-contiguous float32 or float64 (frames, num_pix) block: float64 data and integers wider
+        than 16 bits are counted in float64, as batch ingest does (a float32 cast moved 2.5000001 ADU to 2.5,
+        which rounds to 2 photons, not 3); the rest (EuXFEL's corrected float32, 16-bit raw) in float32."""
         block = block.reshape(len(block), self.num_pix)
-        if block.dtype != np.float32 or not block.flags.c_contiguous:
-            block = np.ascontiguousarray(block, np.float32)
+        wide = block.dtype == np.float64 or (block.dtype.kind in "iu" and block.dtype.itemsize > 2)
+        dtype = np.float64 if wide else np.float32
+        if block.dtype != dtype or not block.flags.c_contiguous:
+            block = np.ascontiguousarray(block, dtype)
         return block
 
     def tally(self, block: np.ndarray) -> dict[str, np.ndarray]:
