@@ -1,7 +1,7 @@
 """Streaming ADU -> photons with hit finding: one pass over every frame, a second over the hits only.
 
-The counting rule is today's CXI ingest's (:mod:`spibatch.kernels.photons_cpu`), per module, on float32 data as
-float32 and on float64 data (and integers wider than 16 bits) as float64:
+The counting rule is today's CXI ingest's (:mod:`spibatch.kernels.photons_cpu`), per module (frames are read as
+float64 when they are float64 or integers wider than 16 bits, else as float32, as exact either way):
 a masked pixel counts 0; else ``rint(value / adu_per_photon[module])`` in float64 (halves to the
 even neighbour); a count below 0 becomes 0 (calibrated data has negative noise, so the stream
 clips: ``clip_negative`` is always on); a NaN or inf pixel counts 0 and flags its frame
