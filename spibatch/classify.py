@@ -18,8 +18,8 @@ dense):
 The features are standardised, projected on their leading principal components and clustered by a Gaussian
 mixture (full covariances, k-means++ starts, a few restarts, EM on a random subset of at most ``max_fit`` frames,
 then every frame assigned).  Classes are numbered by size, 0 the largest.  The suggestion of which to keep: the
-largest class, and the classes whose mean profile and contrast lie within ``max_distance`` of its spread and whose
-median photons are 0.3 to 1.6 times its own.  It is a suggestion: look at the classes (``spibatch classify``'s
+largest class, and the classes whose mean profile and contrast lie within ``max_distance`` (2) of its spread and
+whose median photons are more than 0.3 times its own (not weak frames).  It is a suggestion: look at the classes (``spibatch classify``'s
 ``classes.png``) before EMC.  Two particles' double hits stay with the single hits (their profiles are alike).
 """
 
@@ -196,11 +196,12 @@ def classify(blocks: Iterable, detector, num_classes: int = 5, seed: int = 0, nu
 
 
 def summarise(labels: np.ndarray, features: dict, tables: PixelTables, num_classes: int,
-              max_distance: float = 1.7, ratios: tuple[float, float] = (0.3, 1.6)) -> list[dict]:
+              max_distance: float = 2.0, min_ratio: float = 0.3) -> list[dict]:
     """One dict a class: ``frames``, ``median_photons``, ``profile`` (S,) mean photons per unit corr in each shell
     over the frame's photons, ``contrast`` (B,), ``distance`` (rms over the square-rooted profile and the contrast
     of (its mean - the largest class's) / the largest class's spread) and ``suggested`` (kept by the rule of the
-    module docstring; its thresholds were set on simulated mixtures, BENCHMARKS.md)."""
+    module docstring; its thresholds were set on simulated mixtures and on the two shared sets, whose frames are all
+    one particle's and are all kept, BENCHMARKS.md)."""
     n = np.maximum(features["counts"], 1.0)
     shape = np.concatenate([np.sqrt(features["profile"] / n[:, None]), np.clip(features["contrast"], -1, 5)], axis=1)
     largest = labels == 0
@@ -216,5 +217,5 @@ def summarise(labels: np.ndarray, features: dict, tables: PixelTables, num_class
         out.append({"frames": int(mine.sum()), "median_photons": median, "distance": distance,
                     "profile": ((features["profile"][mine] / n[mine, None]).mean(0) / tables.weight).tolist(),
                     "contrast": features["contrast"][mine].mean(0).tolist(),
-                    "suggested": bool(distance < max_distance and ratios[0] * photons0 < median < ratios[1] * photons0)})
+                    "suggested": bool(distance < max_distance and median > min_ratio * photons0)})
     return out

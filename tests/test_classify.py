@@ -77,6 +77,17 @@ def test_the_suggestion_keeps_the_hits_and_leaves_out_the_rest(mixture):
     assert np.array_equal(again.labels, found.labels)       # the same seed, the same classes
 
 
+def test_hits_of_one_particle_are_all_kept(small_dataset):
+    """The shared small set: 1000 hits of one particle, fluence jitter spreading their photons: the mixture splits
+    them by photons and noise, and the suggestion keeps every class (an upper photon bound left out 10 % of the
+    medium set's hits before)."""
+    from spibatch.classify import classify
+    from spibatch.io.dragonfly import read_photons
+
+    found = classify([read_photons(small_dataset / "photons.emc")], Detector.read(small_dataset / "det_sim.h5"), 5)
+    assert found.suggested == [0, 1, 2, 3, 4], [(s["distance"], s["median_photons"]) for s in found.summaries]
+
+
 def test_the_command_writes_the_blacklist_emc_reads(mixture, tmp_path):
     out = tmp_path / "classes"
     done = spibatch("classify", *mixture["files"], "--detector", mixture["detector_path"], "-o", out, cwd=tmp_path)
