@@ -77,6 +77,7 @@ def test_a_list_and_a_blacklist_give_the_model_of_the_kept_frames_in_one_file(sp
     with h5py.File(tmp_path / "run" / "emc" / "output_003.h5") as f:
         assert len(f["scale"]) == len(kept)
     assert "2 photons files, 240 frames" in (tmp_path / "run" / "stages" / "emc.log").read_text()
+    assert f"({len(kept)} of 240 frames of 2 photons files: " in done.stdout     # the run's summary says so
 
 
 def test_a_list_of_files_in_the_yaml_is_one_data_set(split_set, emc_small, tmp_path):

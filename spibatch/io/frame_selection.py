@@ -220,7 +220,7 @@ class FrameSelection:
                     start += block.num_frames
                 first += count
             file, frame, index = self.sources()
-            writer.add("source_file", file, files=[str(p) for p in self.files])
+            writer.add("source_file", file, files=[str(p) for p in self.files], total_frames=self.total)
             writer.add("source_frame", frame)
             writer.add("source_index", index)
         return True

@@ -84,12 +84,30 @@ def _emc_line(run: RunLayout) -> str | None:
     seconds = max(stage, iterations) if isinstance(stage, (int, float)) else iterations
     shown = f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"     # ("in 0 s" for a 2-second run)
     line = f"EMC: {rows[-1]['iteration']} iterations on {rows[-1].get('mpi_ranks', 1)} rank(s) in {shown} s"
+    line += _gathered(run)
     truth = _json(run.emc_vs_truth)
     if truth is not None:
         twin = " (inversion twin)" if truth.get("inverted") else ""
         line += (f"; correlation of the reconstructed intensity with the truth at the best orientation{twin}, "
                  f"shells {truth['r_min']:g}-{truth['r_max']:g} voxels: cc = {truth['cc']:.4f}")
     return line
+
+
+def _gathered(run: RunLayout) -> str:
+    """`` (K of N frames of 3 photons files: emc/photons.h5)`` when EMC read frames gathered from several files or
+    with some left out (:mod:`spibatch.io.frame_selection`); else nothing."""
+    if not run.gathered_photons.exists():
+        return ""
+    import h5py
+
+    try:
+        with h5py.File(run.gathered_photons, "r") as f:
+            kept, files = len(f["source_index"]), len(f.attrs["files"])
+            total = int(f.attrs["total_frames"]) if "total_frames" in f.attrs else None
+    except (OSError, KeyError, ValueError):
+        return ""
+    of = f" of {total:,}" if total is not None else ""
+    return f" ({kept:,}{of} frames of {files} photons file{'s' * (files > 1)}: {run.gathered_photons})"
 
 
 def _phasing_line(run: RunLayout) -> str:
