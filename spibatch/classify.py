@@ -73,7 +73,7 @@ def frame_features(blocks: Iterable, tables: PixelTables) -> dict[str, np.ndarra
     photons on the pixels used, ``profile`` (D, S) photons per shell, ``contrast`` (D, B) speckle contrast per
     band, ``angular`` (D, B, H) angular power per band and harmonic."""
     num_shells, bands = len(tables.weight), int(tables.band.max()) + 1
-    out: dict[str, list] = {name: [] for name in FEATURES}
+    out: dict[str, list] = {name: [] for name in ("counts", "profile", "pairs", "smooth", "angular")}
     for block in blocks:
         n = block.num_frames
         frame = np.concatenate([np.repeat(np.arange(n), np.diff(block.ones_indptr)),
@@ -88,9 +88,8 @@ def frame_features(blocks: Iterable, tables: PixelTables) -> dict[str, np.ndarra
         shells = np.bincount(fs, weights=count, minlength=n * num_shells).reshape(n, num_shells)
         pairs = np.bincount(fs, weights=count * (count - 1) * w, minlength=n * num_shells).reshape(n, num_shells)
         smooth = shells * np.maximum(shells - 1, 0) / tables.weight        # n(n-1)/corr of a smooth pattern
-        pairs_b = np.stack([pairs[:, tables.band == b].sum(1) for b in range(bands)], axis=1)
-        smooth_b = np.stack([smooth[:, tables.band == b].sum(1) for b in range(bands)], axis=1)
-        prior = 0.05 * smooth_b.mean(0)                                    # weak bands shrink towards 0, not -1
+        out["pairs"].append(np.stack([pairs[:, tables.band == b].sum(1) for b in range(bands)], axis=1))
+        out["smooth"].append(np.stack([smooth[:, tables.band == b].sum(1) for b in range(bands)], axis=1))
         fb = frame * bands + tables.band[shell]
         wc = w * count
         total = np.bincount(fb, weights=wc, minlength=n * bands)
@@ -103,9 +102,13 @@ def frame_features(blocks: Iterable, tables: PixelTables) -> dict[str, np.ndarra
             angular[:, h] = (re ** 2 + im ** 2 - bias) / norm
         out["counts"].append(shells.sum(1))
         out["profile"].append(shells)
-        out["contrast"].append((pairs_b + prior) / (smooth_b + prior) - 1.0)
         out["angular"].append(angular.reshape(n, bands, -1))
-    return {name: np.concatenate(parts) for name, parts in out.items()}
+    found = {name: np.concatenate(parts) for name, parts in out.items()}
+    pairs, smooth = found.pop("pairs"), found.pop("smooth")
+    prior = 0.05 * smooth.mean(0)       # over every frame (not a block's): weak bands shrink towards 0, not -1
+    below = smooth + prior              # 0 in a band where no frame has two photons in one shell: contrast 0
+    found["contrast"] = np.divide(pairs + prior, below, out=np.ones_like(below), where=below > 0) - 1.0
+    return found
 
 
 def feature_matrix(features: dict[str, np.ndarray]) -> np.ndarray:
@@ -205,14 +208,16 @@ def summarise(labels: np.ndarray, features: dict, tables: PixelTables, num_class
     n = np.maximum(features["counts"], 1.0)
     shape = np.concatenate([np.sqrt(features["profile"] / n[:, None]), np.clip(features["contrast"], -1, 5)], axis=1)
     largest = labels == 0
-    mean0, spread0, photons0 = shape[largest].mean(0), shape[largest].std(0) + 1e-9, np.median(n[largest])
+    mean0, spread0, photons0 = shape[largest].mean(0), shape[largest].std(0), np.median(n[largest])
+    varies = spread0 > 1e-6 * (1 + np.abs(mean0))      # a feature constant over the largest class measures nothing
+    mean0, spread0, shape = mean0[varies], spread0[varies], shape[:, varies]
     out = []
     for c in range(num_classes):
         mine = labels == c
         if not mine.any():
             out.append({"frames": 0, "median_photons": 0.0, "distance": None, "suggested": False})
             continue
-        distance = float(np.sqrt((((shape[mine].mean(0) - mean0) / spread0) ** 2).mean()))
+        distance = float(np.sqrt((((shape[mine].mean(0) - mean0) / spread0) ** 2).mean())) if varies.any() else 0.0
         median = float(np.median(n[mine]))
         out.append({"frames": int(mine.sum()), "median_photons": median, "distance": distance,
                     "profile": ((features["profile"][mine] / n[mine, None]).mean(0) / tables.weight).tolist(),

@@ -88,6 +88,30 @@ def test_hits_of_one_particle_are_all_kept(small_dataset):
     assert found.suggested == [0, 1, 2, 3, 4], [(s["distance"], s["median_photons"]) for s in found.summaries]
 
 
+def test_sparse_and_empty_frames_and_small_files_classify(small_dataset):
+    """A band where no frame has two photons in one shell (a file of one empty frame; frames of 3 photons) made the
+    contrast 0/0 and the principal components failed (a traceback); a feature constant over the largest class made
+    every other class's distance ~1e7 (half of one population's frames left out).  The contrast's prior is now the
+    whole set's, so a frame's features do not depend on the blocks it was read in."""
+    from spibatch.classify import classify
+    from spibatch.io.dragonfly import read_photons
+
+    detector = Detector.read(small_dataset / "det_sim.h5")
+    frames = read_photons(small_dataset / "photons.emc", 0, 300)
+    empty = Photons.from_dense(np.zeros((1, frames.num_pix), int))
+    whole = classify([frames.select(0, 100), empty, frames.select(100, 300)], detector, 3)
+    assert np.isfinite(whole.features["contrast"]).all() and len(whole.labels) == 301
+    again = classify([Photons.concatenate([frames.select(0, 100), empty, frames.select(100, 300)])], detector, 3)
+    for name in ("counts", "profile", "contrast", "angular"):
+        assert np.allclose(whole.features[name], again.features[name], rtol=1e-12, atol=1e-12), name
+    rng = np.random.default_rng(0)
+    dense = np.zeros((200, frames.num_pix), int)
+    for row in dense:
+        row[rng.integers(0, frames.num_pix, 3)] = 1
+    sparse = classify([Photons.from_dense(dense)], detector, 5)
+    assert sparse.suggested == [0, 1, 2, 3, 4], [s["distance"] for s in sparse.summaries]
+
+
 def test_the_command_writes_the_blacklist_emc_reads(mixture, tmp_path):
     out = tmp_path / "classes"
     done = spibatch("classify", *mixture["files"], "--detector", mixture["detector_path"], "-o", out, cwd=tmp_path)
@@ -122,6 +146,7 @@ def test_the_command_writes_the_blacklist_emc_reads(mixture, tmp_path):
     ("out_not_empty", "--out: exists: nothing is overwritten"),
     ("other_detector", "4096"),
     ("too_few_frames", "--classes: 30 frames for 5 classes"),
+    ("all_empty", "photons: none of the 60 frames has a photon on a pixel used"),
 ])
 def test_bad_classify_inputs_are_one_line_and_write_nothing(mixture, tmp_path, case, problem):
     files, detector, out, extra = list(mixture["files"]), mixture["detector_path"], tmp_path / "out", []
@@ -135,6 +160,9 @@ def test_bad_classify_inputs_are_one_line_and_write_nothing(mixture, tmp_path, c
         from spibatch.io.dragonfly import write_detector
 
         write_detector(detector, Detector.flat(8, 1e-3, 0.1, 1e-9))
+    elif case == "all_empty":
+        files = [tmp_path / "empty.h5"]
+        write_photons(files[0], Photons.from_dense(np.zeros((60, mixture["photons"].num_pix), int)))
     elif case == "too_few_frames":
         files = [tmp_path / "few.h5"]
         write_photons(files[0], mixture["photons"].select(0, 30))

@@ -228,3 +228,19 @@ def test_bad_frame_inputs_are_one_line_before_any_run_folder(split_set, tmp_path
     line = done.stderr.strip()
     assert "\n" not in line and field in line and problem in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_gathering_that_cannot_fit_is_one_line_before_it_writes(split_set, tmp_path):
+    """The gathered copy (~0.5 MB here) on a 300 KB disk: one line naming the space, before any frame is written
+    (before, the writer's own room check stopped it mid-copy, after the run had begun)."""
+    from fault_helpers import small_disk
+
+    with small_disk(tmp_path, 300 << 10) as (disk, fsize):
+        if fsize is not None:
+            pytest.skip("mounting a small tmpfs is not allowed here: the check reads the real free space")
+        done = spibatch("emc", listed(split_set, tmp_path), "--out", disk / "run", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr[-2000:]
+        lines = [line for line in done.stderr.splitlines() if line.startswith("spibatch: error")]
+        assert len(lines) == 1 and "kept frames need about" in lines[0] and "free" in lines[0], done.stderr
+        assert not (disk / "run" / "emc" / "photons.h5").exists()
+        assert not list((disk / "run" / "emc").glob(".*photons*"))   # no temporary copy left either

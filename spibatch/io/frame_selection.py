@@ -164,6 +164,12 @@ class FrameSelection:
         file = (np.searchsorted(starts, index, side="right") - 1).astype(np.int32)
         return file, index - starts[file], index
 
+    def gathered_bytes(self) -> float:
+        """About the size of the gathered file: each file's size times the share of its frames kept."""
+        starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        return float(sum(path.stat().st_size * self.keep[a:b].mean() for path, a, b in
+                         zip(self.files, starts[:-1], starts[1:]) if b > a))
+
     def check_frames(self, used: np.ndarray | None = None, chunk_frames: int = 4096) -> None:
         """Every frame of every file read once with the readers' checks (as
         :func:`spibatch.io.dragonfly.check_photons`); InputError when no kept frame holds a photon (on a pixel

@@ -84,7 +84,7 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
         found.start_model = check_start_model(settings.start_model, found.size, settings.num_volumes)
         check_start_voxel(settings.start_model, found.detector.voxel_size_per_m)
     if settings.halves:
-        check_halves(pipeline, found.num_frames, ranks, photons, config)
+        check_halves(pipeline, found.num_frames, ranks, photons if selection is None else None, config)
     comm = world()
     if comm is not None and comm.Get_rank() != 0:
         return found
@@ -106,14 +106,22 @@ def gather_frames(run: RunLayout, pipeline) -> None:
         return
 
     def write() -> None:
+        from spibatch.estimates import free_disk, human_bytes
+
         selection = FrameSelection.of(pipeline.emc, run.config)
+        need, free = selection.gathered_bytes(), free_disk(run.emc)
+        if free is not None and need > free and not (run.gathered_photons.exists() and
+                                                     selection.matches(run.gathered_photons)):
+            raise InputError(f"the {selection.kept:,} kept frames need about {human_bytes(need)} gathered into "
+                             f"{run.gathered_photons} but {run.emc} has {human_bytes(free)} free",
+                             path=run.config, field="emc.photons", fix="free disk space or write the run elsewhere")
         began = time.perf_counter()
         if selection.write(run.gathered_photons):
             log.info("emc: %s, gathered into %s in %.1f s", selection.describe(), run.gathered_photons,
                      time.perf_counter() - began)
 
-    comm = mpi.world()
-    mpi.collective(comm, lambda: write() if comm is None or comm.Get_rank() == 0 else None)
+    comm = mpi.world()     # the other ranks wait without spinning while rank 0 reads and writes the files
+    mpi.patient_collective(comm, lambda: write() if comm is None or comm.Get_rank() == 0 else None)
 
 
 def check_output_disk(run: RunLayout, pipeline, photons, detector, htc: bool = False, gpu: bool = False) -> None:
