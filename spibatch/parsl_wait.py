@@ -3,9 +3,12 @@
 Parsl does not notice that its HTEX interchange died (killed, out of memory): the workers finish their tasks
 and nobody hears, and the driver waited on ``future.result()`` for ever with nothing in its log (an audit:
 more than 10 minutes, in HTC and HPC mode alike).  :func:`results` waits in steps of :data:`POLL_S` seconds,
-and between them stops with one line when an interchange of the running Parsl has died, and says once when
-no task has ended for :data:`STALL_S` seconds (a stalled worker pool that Parsl does not replace).  Futures
-that are not Parsl's (the in-process executors) are waited for the same way; the checks then find nothing.
+and between them stops with one line when an interchange of the running Parsl has died, or when no worker pool
+has been connected to it for :data:`LOST_S` seconds while none of its blocks is queued (a pool stopped past
+Parsl's heartbeat is dropped and, its block still "running" to the provider, never replaced: the driver waited
+for ever), and says once when no task has ended for :data:`STALL_S` seconds (a pool that is connected but takes
+no task).  Futures that are not Parsl's (the in-process executors) are waited for the same way; the checks then
+find nothing.
 """
 
 from __future__ import annotations
@@ -19,20 +22,25 @@ log = logging.getLogger("spibatch")
 
 POLL_S = 5.0
 STALL_S = 1800.0
+LOST_S = 120.0     # no worker pool connected, none queued: after the heartbeat's drop, twice a pool's start
+WAITING = {"PENDING", "HELD", "UNKNOWN"}   # a block that may still bring a pool (queued, held, not yet known)
 
 
 class PlatformLost(RuntimeError):
     """The platform can no longer deliver the results waited for (a stage's failure: the run says how to go on)."""
 
 
-def results(futures, what: str = "tasks", *, poll_s: float | None = None, stall_s: float | None = None) -> list:
+def results(futures, what: str = "tasks", *, poll_s: float | None = None, stall_s: float | None = None,
+            lost_s: float | None = None) -> list:
     """``[f.result() for f in futures]``, in order (one future at a time: linear in their number); a task that
     failed raises as soon as it is seen, whichever is waited for; PlatformLost when the interchange of an
-    executor that holds one of them died."""
+    executor that holds one of them died, or when none of its worker pools has been connected for ``lost_s``
+    seconds (default :data:`LOST_S`) while none of its blocks is queued."""
     futures = list(futures)
     poll_s = POLL_S if poll_s is None else poll_s
     stall_s = STALL_S if stall_s is None else stall_s
-    out, last, ended, warned = [], time.monotonic(), 0, False
+    lost_s = LOST_S if lost_s is None else lost_s
+    out, last, ended, warned, unmanned = [], time.monotonic(), 0, False, {}
     for future in futures:
         while True:
             try:
@@ -53,12 +61,54 @@ def results(futures, what: str = "tasks", *, poll_s: float | None = None, stall_
             if dead:
                 raise PlatformLost(f"Parsl's interchange ({', '.join(dead)}) died while {len(pending)} of "
                                    f"{len(futures)} {what} were running: their results cannot arrive")
+            now, alone = time.monotonic(), without_pools(pending)
+            unmanned = {label: unmanned.get(label, now) for label in alone}   # since when, continuously
+            gone = sorted(label for label, since in unmanned.items() if now - since >= lost_s)
+            if gone:
+                raise PlatformLost(f"no Parsl worker pool has been connected to the interchange ({', '.join(gone)}) "
+                                   f"for {now - unmanned[gone[0]]:.0f} s while {len(pending)} of {len(futures)} "
+                                   f"{what} wait, and none of its blocks is queued: the workers were stopped or lost")
             if not warned and time.monotonic() - last > stall_s:
                 log.warning("no %s has ended for %.0f s (%d of %d running): if the workers are gone or stopped, "
                             "Ctrl-C and `spibatch resume` (the finished iterations are kept)", what.rstrip("s"),
                             time.monotonic() - last, len(pending), len(futures))
                 warned = True
     return out
+
+
+def without_pools(futures=()) -> list[str]:
+    """The labels of the HTEX executors of the running Parsl that hold one of ``futures``, whose interchange lives,
+    to which no worker pool is connected and none of whose blocks is queued (:data:`WAITING`) -- what Parsl's
+    own strategy asks of it every period ([] without Parsl, or when it cannot be asked)."""
+    executors = _executors_of(futures)
+    gone = []
+    for label, executor in executors.items():
+        try:
+            managers = executor.connected_managers()
+            states = {status.state.name for status in executor.status_facade.values()}
+        except Exception:  # noqa: BLE001 - not an HTEX, or its command channel broken: nothing to say
+            continue
+        if not managers and not states & WAITING:
+            gone.append(label)
+    return gone
+
+
+def _executors_of(futures) -> dict:
+    """{label: executor} of the running Parsl's executors that hold one of ``futures`` and whose interchange lives."""
+    if "parsl" not in sys.modules:
+        return {}
+    labels = {getattr(f, "task_record", {}).get("executor") for f in futures} - {None}
+    if not labels:
+        return {}
+    import parsl
+
+    from spibatch.parsl_shutdown import interchange_dead
+
+    try:
+        dfk = parsl.dfk()
+    except Exception:  # noqa: BLE001 - NoDataFlowKernelError: no Parsl running
+        return {}
+    return {label: e for label, e in dfk.executors.items() if label in labels and not interchange_dead(e)}
 
 
 def dead_interchanges(futures=()) -> list[str]:

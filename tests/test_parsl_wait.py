@@ -1,6 +1,7 @@
 """Waiting for tasks' results (spibatch.parsl_wait): in order, a word when none ends for long, and one line when
 Parsl's interchange died -- the driver waited for ever before (the fault audit: > 10 minutes, nothing logged)."""
 
+import contextlib
 import logging
 import threading
 import time
@@ -72,3 +73,76 @@ def test_a_failed_task_is_said_at_once_and_other_executors_do_not_count():
         assert time.monotonic() - began < 2
         release.set()
     assert parsl_wait.dead_interchanges(futures) == []          # not Parsl's: nothing to ask
+
+
+def test_a_stopped_worker_pool_ends_the_wait_in_one_line(tmp_path):
+    """The real local site, its heartbeat shortened to 6 s: a task sleeping 60 s, its worker pool stopped
+    (SIGSTOP) -- Parsl drops the pool after the heartbeat and, its block still running to the provider, never
+    replaces it: the driver waited for ever (a warning after 30 min).  Now one line once no pool has been connected
+    for lost_s seconds."""
+    pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
+    import os
+    import signal
+
+    import psutil
+    from parsl import python_app
+
+    from spibatch.backends import TASKS_LABEL, load_site, provider_for
+    from spibatch.parsl_shutdown import load, shutdown
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: t\nprovider: local\nworkers: 1\n")
+    (tmp_path / "run").mkdir()
+    config = provider_for(load_site(site)).parsl_config(tmp_path / "run")
+    for executor in config.executors:
+        executor.heartbeat_period, executor.heartbeat_threshold = 1, 6
+    dfk = load(config)
+    stopped = []
+    try:
+        namespace = {"__name__": "__main__"}
+        exec(SLEEP, namespace)
+        future = python_app(namespace["sleep"], executors=[TASKS_LABEL])(60)
+        began = time.monotonic()
+        while not dfk.executors[TASKS_LABEL].connected_managers() and time.monotonic() - began < 60:
+            time.sleep(0.5)
+        time.sleep(1.0)                   # the task on its worker
+        pools = []                        # this test's pools only: their log folder is in its run folder
+        for process in psutil.process_iter(["cmdline"]):
+            line = " ".join(process.info["cmdline"] or [])
+            if "process_worker_pool" in line and str(tmp_path) in line:
+                pools.append(process)
+        assert pools, "no worker pool of this test's Parsl found"
+        for pool in pools:
+            stopped += [pool, *pool.children(recursive=True)]
+        for process in stopped:
+            os.kill(process.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(parsl_wait.PlatformLost, match=r"no Parsl worker pool has been connected to the "
+                           r"interchange \(tasks\) for \d+ s while 1 of 1 shard tasks wait"):
+            parsl_wait.results([future], "shard tasks", poll_s=0.5, lost_s=4)
+        assert time.monotonic() - began < 40      # the heartbeat (6 s) + lost_s (4 s) + polls
+    finally:
+        for process in stopped:
+            with contextlib.suppress(psutil.Error, OSError):
+                os.kill(process.pid, signal.SIGKILL)
+        shutdown(dfk)
+
+
+def test_a_pool_that_is_connected_or_queued_is_not_lost():
+    """A pending block (Slurm's queue) or a connected pool is waited for: only executors with neither count."""
+    from types import SimpleNamespace
+
+    class Executor:
+        def __init__(self, managers, states):
+            self._managers = managers
+            self.status_facade = {str(k): SimpleNamespace(state=SimpleNamespace(name=s)) for k, s in enumerate(states)}
+
+        def connected_managers(self):
+            return self._managers
+
+    cases = {"queued": Executor([], ["PENDING"]), "connected": Executor([{"active": True}], ["RUNNING"]),
+             "held": Executor([], ["HELD", "FAILED"]), "lost": Executor([], ["RUNNING"]), "none": Executor([], [])}
+    import unittest.mock
+
+    with unittest.mock.patch.object(parsl_wait, "_executors_of", return_value=cases):
+        assert parsl_wait.without_pools([object()]) == ["lost", "none"]
