@@ -74,7 +74,7 @@ def frame_features(blocks: Iterable, tables: PixelTables) -> dict[str, np.ndarra
     band, ``angular`` (D, B, H) angular power per band and harmonic."""
     num_shells, bands = len(tables.weight), int(tables.band.max()) + 1
     out: dict[str, list] = {name: [] for name in ("counts", "profile", "pairs", "smooth", "angular")}
-    for block in blocks:
+    for block in (piece for whole in blocks for piece in _pieces(whole)):
         n = block.num_frames
         frame = np.concatenate([np.repeat(np.arange(n), np.diff(block.ones_indptr)),
                                 np.repeat(np.arange(n), np.diff(block.multi_indptr))])
@@ -109,6 +109,15 @@ def frame_features(blocks: Iterable, tables: PixelTables) -> dict[str, np.ndarra
     below = smooth + prior              # 0 in a band where no frame has two photons in one shell: contrast 0
     found["contrast"] = np.divide(pairs + prior, below, out=np.ones_like(below), where=below > 0) - 1.0
     return found
+
+
+def _pieces(block, entries: int = 1 << 20):
+    """``block`` in pieces of whole frames holding about ``entries`` pixel entries each (at least one frame): the
+    features' temporaries, ~100 bytes an entry, stay near 100 MB whatever the frames' photons."""
+    per_frame = np.diff(block.ones_indptr) + np.diff(block.multi_indptr)
+    ends = np.searchsorted(np.cumsum(per_frame), np.arange(entries, per_frame.sum(), entries), side="right")
+    edges = np.unique(np.concatenate([[0], ends, [block.num_frames]]))
+    return [block.select(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a] or [block]
 
 
 def feature_matrix(features: dict[str, np.ndarray]) -> np.ndarray:

@@ -24,6 +24,8 @@ from spibatch.errors import InputError
 from spibatch.io.atomic import atomic_path, write_text
 
 FILES = ("classes.txt", "blacklist.txt", "classes.json", "classes.png")
+BASE_BYTES = 400 << 20      # the process and a piece's temporaries (spibatch.classify._pieces)
+BYTES_PER_FRAME = 3200      # features, their matrix and its components: 2.8 kB a frame measured (40k-80k frames)
 
 
 def write_classes(out: str | os.PathLike, classes: Classes, keep: list[int], files: list[Path], seed: int) -> Path:
@@ -57,6 +59,7 @@ def open_frames(photons: list[Path], detector: Path, num_classes: int, chunk_fra
     header read and matched against the detector first; InputError (one line) for a missing or mismatched file,
     or fewer than 10 frames a class."""
     from spibatch.detector import Detector
+    from spibatch.estimates import human_bytes, machine_memory
     from spibatch.io.dragonfly import check_match, iter_photons, photons_info
     from spibatch.io.files import require_file
 
@@ -71,6 +74,11 @@ def open_frames(photons: list[Path], detector: Path, num_classes: int, chunk_fra
     if frames < 10 * num_classes:
         raise InputError(f"{frames:,} frames for {num_classes} classes", path=photons[0], field="--classes",
                          fix=f"give at least {10 * num_classes} frames, or fewer classes")
+    need, (memory, source) = BASE_BYTES + BYTES_PER_FRAME * frames, machine_memory()
+    if need > memory:
+        raise InputError(f"{frames:,} frames need about {human_bytes(need)} to classify ({BYTES_PER_FRAME:,} bytes "
+                         f"a frame) but this machine has {human_bytes(memory)} ({source})", path=photons[0],
+                         field="photons", fix="classify the files in parts, or on a machine with more memory")
     return geometry, (block for path in photons for block in iter_photons(path, chunk_frames)), frames
 
 

@@ -171,3 +171,29 @@ def test_bad_classify_inputs_are_one_line_and_write_nothing(mixture, tmp_path, c
     line = done.stderr.strip()
     assert "\n" not in line and problem in line, line
     assert not out.exists() or [p.name for p in out.iterdir()] == (["mine.txt"] if case == "out_not_empty" else [])
+
+
+def test_frames_beyond_the_memory_are_one_line_before_the_pass(mixture, monkeypatch):
+    """Classifying holds ~2.8 kB a frame (measured at 40 000 and 80 000 frames): 10^7 frames ~30 GB, refused up
+    front on a machine without them."""
+    from spibatch import classify_files, estimates
+    from spibatch.errors import InputError
+
+    monkeypatch.setattr(estimates, "machine_memory", lambda: (300 << 20, "a test's limit"))
+    with pytest.raises(InputError, match=r"1,030 frames need about 403 MiB to classify .* this machine has 300 MiB"):
+        classify_files.open_frames(mixture["files"], mixture["detector_path"], 5)
+
+
+def test_features_do_not_depend_on_the_pieces_frames_are_read_in(small_dataset, monkeypatch):
+    from spibatch import classify as module
+    from spibatch.io.dragonfly import read_photons
+
+    frames = read_photons(small_dataset / "photons.emc", 0, 200)
+    tables = module.PixelTables.of(Detector.read(small_dataset / "det_sim.h5"))
+    whole = module.frame_features([frames], tables)
+    split = module._pieces
+    monkeypatch.setattr(module, "_pieces", lambda block: split(block, 5000))   # ~5 frames a piece
+    assert len(split(frames, 5000)) > 30
+    pieces = module.frame_features([frames], tables)
+    for name in whole:
+        assert np.allclose(whole[name], pieces[name], rtol=1e-12, atol=1e-12), name
