@@ -159,8 +159,11 @@ def background(photons: Path = typer.Argument(..., help="Dragonfly photons file 
     typer.echo(f"{out}: {values.size} pixels, {values.sum():.4g} background photons per frame")
 
 
-def classify(photons: list[Path] = typer.Argument(..., help="Dragonfly photons files (HDF5 or .emc), their frames "
-                                                  "numbered on in order, as emc.photons' list"),
+def classify(photons: Optional[list[Path]] = typer.Argument(None, help="Dragonfly photons files (HDF5 or .emc), their "
+                                                            "frames numbered on in order, as emc.photons' list"),
+             photons_list: Optional[Path] = typer.Option(None, "--photons-list", help="instead: a text file naming "
+                                                         "them one a line (emc.photons_list, Dragonfly's "
+                                                         "in_photons_list)"),
              detector: Path = typer.Option(..., "--detector", help="the detector file of these photons"),
              out: Path = typer.Option(..., "-o", "--out", help="a new folder for classes.txt, blacklist.txt, "
                                       "classes.json and classes.png"),
@@ -172,7 +175,12 @@ def classify(photons: list[Path] = typer.Argument(..., help="Dragonfly photons f
     that leaves out the classes not kept."""
     from spibatch.classify import classify as run_classify
     from spibatch.classify_files import FILES, describe, open_frames, parse_keep, write_classes
+    from spibatch.io.frame_selection import read_list
 
+    if bool(photons) == (photons_list is not None):
+        raise InputError("give the photons files, or --photons-list, not both or neither", field="photons",
+                         fix="spibatch classify run1.h5 run2.h5 --detector det.h5 -o DIR (or --photons-list files.txt)")
+    photons = photons or read_list(photons_list, "--photons-list")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError("exists: nothing is overwritten", path=out, field="--out", fix="name a new folder")
     check_writable_folder(out.absolute(), "--out")

@@ -123,6 +123,12 @@ def test_the_command_writes_the_blacklist_emc_reads(mixture, tmp_path):
     assert np.array_equal(left_out == 0, np.isin(labels, summary["kept"])) and summary["kept"] == summary["suggested"]
     assert (out / "classes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "set emc.blacklist_file:" in done.stdout
+    listed = tmp_path / "files.txt"       # Dragonfly's in_photons_list: the same frames, the same classes
+    listed.write_text("".join(f"{p}\n" for p in mixture["files"]))
+    done = spibatch("classify", "--photons-list", listed, "--detector", mixture["detector_path"], "-o",
+                    tmp_path / "listed", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "listed" / "classes.txt").read_bytes() == (out / "classes.txt").read_bytes()
     chosen = tmp_path / "chosen"          # the user's own choice of classes
     done = spibatch("classify", *mixture["files"], "--detector", mixture["detector_path"], "-o", chosen,
                     "--keep", "0", cwd=tmp_path)
@@ -147,6 +153,8 @@ def test_the_command_writes_the_blacklist_emc_reads(mixture, tmp_path):
     ("other_detector", "4096"),
     ("too_few_frames", "--classes: 30 frames for 5 classes"),
     ("all_empty", "photons: none of the 60 frames has a photon on a pixel used"),
+    ("files_and_list", "photons: give the photons files, or --photons-list, not both or neither"),
+    ("empty_list", "--photons-list: names no photons file"),
 ])
 def test_bad_classify_inputs_are_one_line_and_write_nothing(mixture, tmp_path, case, problem):
     files, detector, out, extra = list(mixture["files"]), mixture["detector_path"], tmp_path / "out", []
@@ -160,6 +168,10 @@ def test_bad_classify_inputs_are_one_line_and_write_nothing(mixture, tmp_path, c
         from spibatch.io.dragonfly import write_detector
 
         write_detector(detector, Detector.flat(8, 1e-3, 0.1, 1e-9))
+    elif case in ("files_and_list", "empty_list"):
+        (tmp_path / "files.txt").write_text("" if case == "empty_list" else f"{files[0]}\n")
+        extra = ["--photons-list", tmp_path / "files.txt"]
+        files = files if case == "files_and_list" else []
     elif case == "all_empty":
         files = [tmp_path / "empty.h5"]
         write_photons(files[0], Photons.from_dense(np.zeros((60, mixture["photons"].num_pix), int)))

@@ -53,19 +53,19 @@ def input_files(emc) -> list[Path]:
     return photons_files(emc) + [p for p in (emc.photons_list, emc.blacklist_file) if p is not None]
 
 
-def read_list(path: str | os.PathLike) -> list[Path]:
+def read_list(path: str | os.PathLike, field: str = "emc.photons_list") -> list[Path]:
     """The photons files named in a text list (Dragonfly's ``in_photons_list``), relative ones to the list's
-    folder (Dragonfly: to its config.ini's folder, the same for a list beside it)."""
+    folder (Dragonfly: to its config.ini's folder, the same for a list beside it); errors name ``field``."""
     path = Path(path)
-    require_file(path, "emc.photons_list", FIX_LIST)
+    require_file(path, field, FIX_LIST)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"unreadable as text ({exc.__class__.__name__})", path=path, field="emc.photons_list",
+        raise InputError(f"unreadable as text ({exc.__class__.__name__})", path=path, field=field,
                          fix=FIX_LIST) from None
     files = [path.parent / line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if not files:
-        raise InputError("names no photons file", path=path, field="emc.photons_list", fix=FIX_LIST)
+        raise InputError("names no photons file", path=path, field=field, fix=FIX_LIST)
     return files
 
 
