@@ -4,9 +4,10 @@ Parsl does not notice that its HTEX interchange died (killed, out of memory): th
 and nobody hears, and the driver waited on ``future.result()`` for ever with nothing in its log (an audit:
 more than 10 minutes, in HTC and HPC mode alike).  :func:`results` waits in steps of :data:`POLL_S` seconds,
 and between them stops with one line when an interchange of the running Parsl has died, or when no worker pool
-has been connected to it for :data:`LOST_S` seconds while none of its blocks is queued (a pool stopped past
-Parsl's heartbeat is dropped and, its block still "running" to the provider, never replaced: the driver waited
-for ever), and says once when no task has ended for :data:`STALL_S` seconds (a pool that is connected but takes
+has been connected to it for :data:`LOST_S` seconds while none of its blocks is queued or still starting its
+pool (a pool stopped past Parsl's heartbeat is dropped and, its block still "running" to the provider, never
+replaced: the driver waited for ever; a block whose pool never connected -- a container being pulled -- is
+waited for), and says once when no task has ended for :data:`STALL_S` seconds (a pool that is connected but takes
 no task).  Futures that are not Parsl's (the in-process executors) are waited for the same way; the checks then
 find nothing.
 """
@@ -78,18 +79,24 @@ def results(futures, what: str = "tasks", *, poll_s: float | None = None, stall_
 
 def without_pools(futures=()) -> list[str]:
     """The labels of the HTEX executors of the running Parsl that hold one of ``futures``, whose interchange lives,
-    to which no worker pool is connected and none of whose blocks is queued (:data:`WAITING`) -- what Parsl's
-    own strategy asks of it every period ([] without Parsl, or when it cannot be asked)."""
+    to which no worker pool is connected, none of whose blocks is queued (:data:`WAITING`) and none of whose
+    running blocks is still starting its pool (never connected) -- what Parsl's own strategy asks of it every
+    period ([] without Parsl, or when it cannot be asked)."""
     executors = _executors_of(futures)
     gone = []
     for label, executor in executors.items():
         try:
-            managers = executor.connected_managers()
-            states = {status.state.name for status in executor.status_facade.values()}
+            if executor.connected_managers():
+                continue
+            blocks = {block: status.state.name for block, status in list(executor.status_facade.items())}
+            if set(blocks.values()) & WAITING:
+                continue
+            ever = set(executor.connected_blocks())   # the blocks whose pool has registered, ever
         except Exception:  # noqa: BLE001 - not an HTEX, or its command channel broken: nothing to say
             continue
-        if not managers and not states & WAITING:
-            gone.append(label)
+        if any(state == "RUNNING" and block not in ever for block, state in blocks.items()):
+            continue   # a block still starting its pool (a container pulled, imports under load): not lost
+        gone.append(label)
     return gone
 
 

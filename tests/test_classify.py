@@ -191,8 +191,8 @@ def test_frames_beyond_the_memory_are_one_line_before_the_pass(mixture, monkeypa
     from spibatch import classify_files, estimates
     from spibatch.errors import InputError
 
-    monkeypatch.setattr(estimates, "machine_memory", lambda: (300 << 20, "a test's limit"))
-    with pytest.raises(InputError, match=r"1,030 frames need about 403 MiB to classify .* this machine has 300 MiB"):
+    monkeypatch.setattr(estimates, "machine_memory", lambda: (200 << 20, "a test's limit"))
+    with pytest.raises(InputError, match=r"1,030 frames need about 227 MiB to classify .* this machine has 200 MiB"):
         classify_files.open_frames(mixture["files"], mixture["detector_path"], 5)
 
 

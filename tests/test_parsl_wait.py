@@ -133,15 +133,20 @@ def test_a_pool_that_is_connected_or_queued_is_not_lost():
     from types import SimpleNamespace
 
     class Executor:
-        def __init__(self, managers, states):
+        def __init__(self, managers, states, ever=None):
             self._managers = managers
             self.status_facade = {str(k): SimpleNamespace(state=SimpleNamespace(name=s)) for k, s in enumerate(states)}
+            self._ever = [str(k) for k in range(len(states))] if ever is None else ever
 
         def connected_managers(self):
             return self._managers
 
+        def connected_blocks(self):
+            return self._ever
+
     cases = {"queued": Executor([], ["PENDING"]), "connected": Executor([{"active": True}], ["RUNNING"]),
-             "held": Executor([], ["HELD", "FAILED"]), "lost": Executor([], ["RUNNING"]), "none": Executor([], [])}
+             "held": Executor([], ["HELD", "FAILED"]), "lost": Executor([], ["RUNNING"]), "none": Executor([], []),
+             "starting": Executor([], ["SCALED_IN", "RUNNING"], ever=["0"])}     # block 1's pool not yet up
     import unittest.mock
 
     with unittest.mock.patch.object(parsl_wait, "_executors_of", return_value=cases):

@@ -307,7 +307,7 @@ def test_a_signal_during_a_commit_waits_for_it(tmp_path):
     assert len(chunk_ids(out)) == index[-1]["hits"]
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.float32, np.uint16])
+@pytest.mark.parametrize("dtype", [np.float64, ">f8", np.int32, np.float32, np.uint16])
 def test_counter_counts_float64_and_wide_integers_as_batch_ingest(dtype):
     """Values within float32 rounding of a half photon: a float32 cast of float64 data turned 2.5000001 ADU into
     2.5 (2 photons, batch ingest 3); wide integers above 2^24 lost their last bits."""

@@ -268,3 +268,25 @@ def test_a_file_whose_writer_stopped_early_gives_its_whole_frames(tmp_path):
                        FollowSettings(threshold=30, flush_s=0, idle_timeout_s=0.5)).run()
     assert summary["bad_trains"] == {"unreadable data": 1}
     assert set(chunk_ids(tmp_path / "follow")) == hit_ids(frames)
+
+
+def test_a_float64_cxi_file_is_counted_as_batch_ingest(tmp_path):
+    """The CXI folder read every file as float32: 2.5000001 ADU (adu_per_photon 1) became 2.5, 2 photons where batch
+    ingest counts 3 -- the Counter's float64 path was never reached from a CXI folder."""
+    from spibatch.kernels.photons_cpu import sparse_counts
+    from spibatch.stream.cxifolder import DATA
+    from spibatch.stream.kernel import Counter
+
+    folder = tmp_path / "cxi"
+    folder.mkdir()
+    values = np.full((2, 8, 8), 2.5000001)
+    with h5py.File(folder / "a.cxi", "w") as f:
+        f.create_dataset(DATA, data=values)
+    source = CxiFolderSource(folder, (8, 8), settle_s=0.0)
+    began, blocks = time.monotonic(), []
+    while not blocks and time.monotonic() - began < 10:
+        blocks = [item for item in source.read() if hasattr(item, "data")]
+        time.sleep(0.05)
+    photons = Counter(64).tally(blocks[0].data)["photons"]
+    arrays, _ = sparse_counts(values.reshape(2, 64), None, 1.0, True)
+    assert int(arrays[4].sum()) == 2 * 192 and photons.tolist() == [192, 192]    # 64 pixels of 3 photons

@@ -158,7 +158,7 @@ class CxiFolderSource:
                 pulse_ids = f[PULSE_IDS][:n].astype(np.uint64) if PULSE_IDS in f else np.arange(n)
             else:
                 train_ids, pulse_ids = np.full(n, ordinal, np.uint64), np.arange(n, dtype=np.uint64)
-            frame_bytes = 4 * int(np.prod(data.shape[1:]))
+            frame_bytes = max(4, data.dtype.itemsize) * int(np.prod(data.shape[1:]))   # as the Counter reads them
             ranges = list(_train_blocks(train_ids, self.frames_per_block))
             for start, stop in ranges:
                 if int(train_ids[stop - 1]) <= self.skip:
@@ -173,7 +173,7 @@ class CxiFolderSource:
                                    f"{TRAIN_IDS} so that it is read by train)", trains)]
                     continue
                 try:
-                    frames = np.asarray(data[start:stop], np.float32)
+                    frames = data[start:stop]   # as stored: float64 and wide integers are counted in float64
                 except OSError as error:     # a truncated file fails when the data are read
                     trains = tuple(int(t) for t in np.unique(train_ids[start:stop]))
                     self._end(path)

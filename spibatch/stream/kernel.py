@@ -139,7 +139,7 @@ class Counter:
         than 16 bits are counted in float64, as batch ingest does (a float32 cast moved 2.5000001 ADU to 2.5,
         which rounds to 2 photons, not 3); the rest (EuXFEL's corrected float32, 16-bit raw) in float32."""
         block = block.reshape(len(block), self.num_pix)
-        wide = block.dtype == np.float64 or (block.dtype.kind in "iu" and block.dtype.itemsize > 2)
+        wide = block.dtype.itemsize > (4 if block.dtype.kind == "f" else 2) and block.dtype.kind in "fiu"   # >f8 too
         dtype = np.float64 if wide else np.float32
         if block.dtype != dtype or not block.flags.c_contiguous:
             block = np.ascontiguousarray(block, dtype)
