@@ -60,17 +60,15 @@ def open_frames(photons: list[Path], detector: Path, num_classes: int, chunk_fra
     or fewer than 10 frames a class."""
     from spibatch.detector import Detector
     from spibatch.estimates import human_bytes, machine_memory
-    from spibatch.io.dragonfly import check_match, iter_photons, photons_info
+    from spibatch.io.dragonfly import check_match
     from spibatch.io.files import require_file
+    from spibatch.io.frame_selection import FrameSelection
 
     require_file(detector, "--detector", "give the detector file of these photons")
     geometry = Detector.read(detector)
-    frames = 0
-    for path in photons:
-        require_file(path, "photons", "give Dragonfly photons files (HDF5 or binary .emc)")
-        count, num_pix = photons_info(path)
-        check_match(geometry, num_pix, detector, path)
-        frames += count
+    every = FrameSelection.of_files(photons, "photons")      # all of one num_pix: the first stands for them
+    check_match(geometry, every.num_pix, detector, photons[0])
+    frames = every.total
     if frames < 10 * num_classes:
         raise InputError(f"{frames:,} frames for {num_classes} classes", path=photons[0], field="--classes",
                          fix=f"give at least {10 * num_classes} frames, or fewer classes")
@@ -79,7 +77,7 @@ def open_frames(photons: list[Path], detector: Path, num_classes: int, chunk_fra
         raise InputError(f"{frames:,} frames need about {human_bytes(need)} to classify ({BYTES_PER_FRAME:,} bytes "
                          f"a frame) but this machine has {human_bytes(memory)} ({source})", path=photons[0],
                          field="photons", fix="classify the files in parts, or on a machine with more memory")
-    return geometry, (block for path in photons for block in iter_photons(path, chunk_frames)), frames
+    return geometry, every.kept_blocks(chunk_frames), frames
 
 
 def describe(classes: Classes, keep: list[int]) -> list[str]:

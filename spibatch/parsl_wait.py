@@ -82,9 +82,12 @@ def without_pools(futures=()) -> list[str]:
     to which no worker pool is connected, none of whose blocks is queued (:data:`WAITING`) and none of whose
     running blocks is still starting its pool (never connected) -- what Parsl's own strategy asks of it every
     period ([] without Parsl, or when it cannot be asked)."""
-    executors = _executors_of(futures)
+    from spibatch.parsl_shutdown import interchange_dead
+
     gone = []
-    for label, executor in executors.items():
+    for label, executor in _executors_of(futures).items():
+        if interchange_dead(executor):
+            continue
         try:
             if executor.connected_managers():
                 continue
@@ -101,7 +104,8 @@ def without_pools(futures=()) -> list[str]:
 
 
 def _executors_of(futures) -> dict:
-    """{label: executor} of the running Parsl's executors that hold one of ``futures`` and whose interchange lives."""
+    """{label: executor} of the running Parsl's executors that hold one of ``futures`` (Parsl's AppFutures name
+    theirs; {} without Parsl, or for other futures)."""
     if "parsl" not in sys.modules:
         return {}
     labels = {getattr(f, "task_record", {}).get("executor") for f in futures} - {None}
@@ -109,29 +113,16 @@ def _executors_of(futures) -> dict:
         return {}
     import parsl
 
-    from spibatch.parsl_shutdown import interchange_dead
-
     try:
         dfk = parsl.dfk()
     except Exception:  # noqa: BLE001 - NoDataFlowKernelError: no Parsl running
         return {}
-    return {label: e for label, e in dfk.executors.items() if label in labels and not interchange_dead(e)}
+    return {label: e for label, e in dfk.executors.items() if label in labels}
 
 
 def dead_interchanges(futures=()) -> list[str]:
-    """The labels of the executors of the running Parsl that hold one of ``futures`` (Parsl's AppFutures name
-    theirs) and whose interchange process has ended ([] without Parsl, or for other futures)."""
-    if "parsl" not in sys.modules:
-        return []
-    labels = {getattr(f, "task_record", {}).get("executor") for f in futures} - {None}
-    if not labels:
-        return []
-    import parsl
-
+    """The labels of the executors of the running Parsl that hold one of ``futures`` and whose interchange process
+    has ended ([] without Parsl, or for other futures)."""
     from spibatch.parsl_shutdown import interchange_dead
 
-    try:
-        dfk = parsl.dfk()
-    except Exception:  # noqa: BLE001 - NoDataFlowKernelError: no Parsl running
-        return []
-    return sorted(label for label, executor in dfk.executors.items() if label in labels and interchange_dead(executor))
+    return sorted(label for label, executor in _executors_of(futures).items() if interchange_dead(executor))

@@ -212,13 +212,10 @@ def check_photons(path: str | os.PathLike, chunk_frames: int = 4096, used=None) 
     the file readable to its last byte); ``(num_frames, num_pix)``, or InputError naming the file, the
     dataset and the first bad frame.  ``used``: (num_pix,) bool, the pixels EMC reads (mask 0): photons on the
     others alone are refused too.  A fraction of one EMC iteration's time (the medium set: ~0.1 s)."""
-    seen = seen_used = False
     with _photon_source(path) as source:
-        for start in range(0, source.num_frames, chunk_frames):
-            block = source.block(start, min(start + chunk_frames, source.num_frames))
-            seen = seen or block.ones_index.size > 0 or block.multi_index.size > 0
-            if used is not None and not seen_used and len(used) == source.num_pix:
-                seen_used = bool(used[block.ones_index].any() or used[block.multi_index].any())
+        blocks = (source.block(start, min(start + chunk_frames, source.num_frames))
+                  for start in range(0, source.num_frames, chunk_frames))
+        seen, seen_used = photons_seen(blocks, used if used is not None and len(used) == source.num_pix else None)
         if source.num_frames and not seen:   # EMC on it ran to an all-zero model, exit 0
             raise InputError(f"every one of its {source.num_frames:,} frames is empty (0 photons): nothing to "
                              "reconstruct", path=path, field="place_ones", fix=FIX_PHOTONS)
@@ -227,6 +224,17 @@ def check_photons(path: str | os.PathLike, chunk_frames: int = 4096, used=None) 
                              "in the detector): nothing to reconstruct", path=path, field="place_ones",
                              fix="check the detector's mask (2 excludes a pixel, 1 keeps it out of the likelihood)")
         return source.num_frames, source.num_pix
+
+
+def photons_seen(blocks, used=None) -> tuple[bool, bool]:
+    """Whether any frame of ``blocks`` (Photons, all read) holds a photon, and one on a pixel of ``used`` (num_pix,)
+    bool (False without ``used``)."""
+    seen = seen_used = False
+    for block in blocks:
+        seen = seen or block.ones_index.size > 0 or block.multi_index.size > 0
+        if used is not None and not seen_used:
+            seen_used = bool(used[block.ones_index].any() or used[block.multi_index].any())
+    return seen, seen_used
 
 
 def read_photons(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Photons:

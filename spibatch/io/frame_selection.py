@@ -125,18 +125,11 @@ class FrameSelection:
         return int(self.keep.sum())
 
     @classmethod
-    def of(cls, emc, config: str | os.PathLike | None = None) -> "FrameSelection":
-        """The selection of a pipeline's emc section: every file's header read (all of one ``num_pix``), the
-        blacklist and the selection applied; InputError (one line) on anything wrong or no frame left."""
+    def of_files(cls, files: list[Path], field: str = "emc.photons") -> "FrameSelection":
+        """Every frame of ``files``: each one's header read, all of one ``num_pix``; InputError (one line, naming
+        ``field``) for a missing or unreadable file, or one of another detector."""
         from spibatch.io.dragonfly import photons_info
 
-        if emc.photons_list is not None and emc.photons is not None:
-            raise InputError("both emc.photons and emc.photons_list", path=config, field="emc.photons_list",
-                             fix="give the files in one of them (Dragonfly: in_photons_file or in_photons_list)")
-        files = photons_files(emc)
-        field = "emc.photons_list" if emc.photons_list is not None else "emc.photons"
-        if not files:
-            raise InputError("no photons file given", path=config, field=field, fix="set emc.photons")
         counts, num_pix = [], None
         for path in files:
             require_file(path, field, "give Dragonfly photons files (HDF5 or binary .emc)")
@@ -146,7 +139,18 @@ class FrameSelection:
                                  fix="list photons files of one detector")
             counts.append(frames)
             num_pix = pixels
-        total = sum(counts)
+        return cls(tuple(files), tuple(counts), int(num_pix), np.ones(sum(counts), bool))
+
+    @classmethod
+    def of(cls, emc, config: str | os.PathLike | None = None) -> "FrameSelection":
+        """The selection of a pipeline's emc section (:meth:`of_files`, the blacklist and the selection applied);
+        InputError (one line) on anything wrong or no frame left."""
+        files = photons_files(emc)
+        field = "emc.photons_list" if emc.photons_list is not None else "emc.photons"
+        if not files:
+            raise InputError("no photons file given", path=config, field=field, fix="set emc.photons")
+        every = cls.of_files(files, field)
+        total = every.total
         left_out = np.zeros(total, bool) if emc.blacklist_file is None else read_blacklist(emc.blacklist_file, total)
         keep = ~apply_selection(left_out, emc.selection)
         if not keep.any():
@@ -154,40 +158,42 @@ class FrameSelection:
             raise InputError(f"{what} left out: no frame of the {total:,} to reconstruct from",
                              path=emc.blacklist_file or config, field="emc.blacklist_file",
                              fix="keep some frames (0 in the blacklist)")
-        return cls(tuple(files), tuple(counts), int(num_pix), keep)
+        return cls(every.files, every.counts, every.num_pix, keep)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """(files + 1,) int64: the first frame of each file in the whole list, and the total."""
+        return np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
 
     def sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each kept frame comes from: its file's index (kept,) int32, its frame in that file (kept,) int64
         and its frame in the whole list (kept,) int64."""
-        index = np.flatnonzero(self.keep).astype(np.int64)
-        starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        index, starts = np.flatnonzero(self.keep).astype(np.int64), self.starts
         file = (np.searchsorted(starts, index, side="right") - 1).astype(np.int32)
         return file, index - starts[file], index
 
     def gathered_bytes(self) -> float:
         """About the size of the gathered file: each file's size times the share of its frames kept."""
-        starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        starts = self.starts
         return float(sum(path.stat().st_size * self.keep[a:b].mean() for path, a, b in
                          zip(self.files, starts[:-1], starts[1:]) if b > a))
+
+    def kept_blocks(self, chunk_frames: int = 4096):
+        """The kept frames, in order, as Photons blocks (each file read ``chunk_frames`` at a time, validated)."""
+        from spibatch.io.dragonfly import iter_photons
+
+        for path, start in zip(self.files, self.starts):
+            for block in iter_photons(path, chunk_frames):
+                yield block.take(np.flatnonzero(self.keep[start:start + block.num_frames]))
+                start += block.num_frames
 
     def check_frames(self, used: np.ndarray | None = None, chunk_frames: int = 4096) -> None:
         """Every frame of every file read once with the readers' checks (as
         :func:`spibatch.io.dragonfly.check_photons`); InputError when no kept frame holds a photon (on a pixel
         in ``used``, (num_pix,) bool: those EMC reads)."""
-        from spibatch.io.dragonfly import iter_photons
+        from spibatch.io.dragonfly import photons_seen
 
-        seen = seen_used = False
-        first = 0
-        for path, count in zip(self.files, self.counts):
-            start = first
-            for block in iter_photons(path, chunk_frames):
-                rows = np.flatnonzero(self.keep[start:start + block.num_frames])
-                start += block.num_frames
-                block = block.take(rows)
-                seen = seen or block.ones_index.size > 0 or block.multi_index.size > 0
-                if used is not None and not seen_used:
-                    seen_used = bool(used[block.ones_index].any() or used[block.multi_index].any())
-            first += count
+        seen, seen_used = photons_seen(self.kept_blocks(chunk_frames), used)
         where = f"the {self.kept:,} kept frames of {len(self.files)} file(s)"
         if not seen:
             raise InputError(f"{where} hold no photon: nothing to reconstruct", path=self.files[0],
@@ -197,7 +203,7 @@ class FrameSelection:
                              path=self.files[0], field="emc.photons", fix="check the detector's mask")
 
     def matches(self, path: str | os.PathLike) -> bool:
-        """Whether ``path`` holds these frames, gathered by :meth:`write` from these files."""
+        """Whether ``path`` holds these frames, gathered by :meth:`write` from these files (False: no file)."""
         import h5py
 
         try:
@@ -208,28 +214,19 @@ class FrameSelection:
         except (OSError, KeyError, ValueError):
             return False
 
-    def write(self, path: str | os.PathLike, chunk_frames: int = 4096) -> bool:
+    def write(self, path: str | os.PathLike, chunk_frames: int = 4096) -> None:
         """Gather the kept frames, in order, into the Dragonfly photons file ``path`` (atomic; with
-        ``source_file``, ``source_frame``, ``source_index`` and the attribute ``files``), unless it holds them
-        already (an interrupted or resumed run); whether it wrote."""
-        from spibatch.io.dragonfly import PhotonsWriter, iter_photons
+        ``source_file``, ``source_frame``, ``source_index`` and the attributes ``files`` and ``total_frames``)."""
+        from spibatch.io.dragonfly import PhotonsWriter
 
-        if Path(path).exists() and self.matches(path):
-            return False
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with PhotonsWriter(path, self.num_pix) as writer:
-            first = 0
-            for source, count in zip(self.files, self.counts):
-                start = first
-                for block in iter_photons(source, chunk_frames):
-                    writer.append(block.take(np.flatnonzero(self.keep[start:start + block.num_frames])))
-                    start += block.num_frames
-                first += count
+            for block in self.kept_blocks(chunk_frames):
+                writer.append(block)
             file, frame, index = self.sources()
             writer.add("source_file", file, files=[str(p) for p in self.files], total_frames=self.total)
             writer.add("source_frame", frame)
             writer.add("source_index", index)
-        return True
 
     def describe(self) -> str:
         """``3 photons files, 12,000 frames, 1,500 left out: 10,500 read``."""

@@ -109,16 +109,17 @@ def gather_frames(run: RunLayout, pipeline) -> None:
         from spibatch.estimates import free_disk, human_bytes
 
         selection = FrameSelection.of(pipeline.emc, run.config)
+        if selection.matches(run.gathered_photons):     # an interrupted or resumed run gathered them already
+            return
         need, free = selection.gathered_bytes(), free_disk(run.emc)
-        if free is not None and need > free and not (run.gathered_photons.exists() and
-                                                     selection.matches(run.gathered_photons)):
+        if free is not None and need > free:
             raise InputError(f"the {selection.kept:,} kept frames need about {human_bytes(need)} gathered into "
                              f"{run.gathered_photons} but {run.emc} has {human_bytes(free)} free",
                              path=run.config, field="emc.photons", fix="free disk space or write the run elsewhere")
         began = time.perf_counter()
-        if selection.write(run.gathered_photons):
-            log.info("emc: %s, gathered into %s in %.1f s", selection.describe(), run.gathered_photons,
-                     time.perf_counter() - began)
+        selection.write(run.gathered_photons)
+        log.info("emc: %s, gathered into %s in %.1f s", selection.describe(), run.gathered_photons,
+                 time.perf_counter() - began)
 
     comm = mpi.world()     # the other ranks wait without spinning while rank 0 reads and writes the files
     mpi.patient_collective(comm, lambda: write() if comm is None or comm.Get_rank() == 0 else None)
