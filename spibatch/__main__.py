@@ -8,8 +8,11 @@ def main() -> None:
     interrupts.install()
     try:
         from spibatch.cli import main as cli_main
-    except KeyboardInterrupt as exc:
-        interrupts.exit_interrupted(exc)
+    except BaseException as exc:   # a signal (also one a C extension's import turned into its ImportError)
+        stop = interrupts.chained_interrupt(exc)
+        if stop is None:
+            raise
+        interrupts.exit_interrupted(stop)
     cli_main()
 
 

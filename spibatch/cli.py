@@ -84,7 +84,7 @@ def main() -> None:
         if not interrupts.mpi_rank():
             typer.echo(f"spibatch: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, SystemExit) as exc:   # typer turns a KeyboardInterrupt into SystemExit(130)
+    except BaseException as exc:   # typer turns a KeyboardInterrupt into SystemExit(130); a library, into its error
         interrupted = interrupts.interrupt_in(exc)
         if interrupted is None:
             raise

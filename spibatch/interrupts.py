@@ -156,16 +156,19 @@ def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
 
 
 def chained_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt ``exc`` is, or was caused by / raised while handling, else None: a signal that
-    lands inside a compiled call (a Numba kernel) can surface as that library's error with our
-    KeyboardInterrupt as its cause ("SystemError: ... returned a result with an exception set")."""
+    """The KeyboardInterrupt ``exc`` is, or was caused by / raised while handling; else the one our handler
+    raised, when a signal has been received (any error then is the signal's: a C extension's import that it
+    landed in replaces it with an ImportError that names no cause -- "numba._devicearray failed to import",
+    seen in the fault loop); else None.  A signal that lands inside a compiled call (a Numba kernel) surfaces
+    as that library's error with our KeyboardInterrupt as its cause ("SystemError: ... returned a result with
+    an exception set")."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return None
+    return _raised[0] if _raised else None
 
 
 def exit_interrupted(exc: KeyboardInterrupt) -> None:

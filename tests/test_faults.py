@@ -460,6 +460,43 @@ main()
     assert json.loads((Path(found.group(1)) / "provenance.json").read_text())["status"] == "interrupted"
 
 
+def test_a_signal_a_c_extension_replaced_by_its_import_error_still_interrupts(emc_config, tmp_path):
+    """CI's fault loop: a SIGTERM landed while Numba's C extension loaded, which replaced our KeyboardInterrupt
+    by "ImportError: numba._devicearray failed to import" with no cause: the command printed a traceback,
+    marked the run failed and exited 1.  An error with no chain after a signal is the signal's: status
+    interrupted, the resume line last, exit 143, no traceback."""
+    config = emc_config(tmp_path, iterations=3)
+    run_dir = tmp_path / "run"
+    script = tmp_path / "replaced.py"
+    script.write_text(f"""
+import os, signal, sys, time
+from spibatch import interrupts
+interrupts.install()
+sys.argv = ["spibatch", "emc", {str(config)!r}, "--out", {str(run_dir)!r}]
+from spibatch.emc import driver
+def iterate(*args, **kwargs):   # what a C extension's module init does with an exception it did not expect
+    replaced = False
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+    except KeyboardInterrupt:
+        replaced = True
+    if replaced:
+        raise ImportError("numba._devicearray failed to import")
+driver.iterate = iterate
+from spibatch.cli import main
+main()
+""")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"spibatch: interrupted (SIGTERM); continue with: spibatch emc {config} --resume {run_dir}", last
+    assert json.loads((run_dir / "provenance.json").read_text())["status"] == "interrupted"
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_emc_with_its_resume_line(name, emc_config, tmp_path):
     """SIGTERM (what Slurm and Kubernetes send) or SIGINT of `spibatch emc` at a random time during its run:
