@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from spibatch.parsl_wait import interchange_dead, silent
+
 log = logging.getLogger("spibatch")
 
 SHUTDOWN_S = 30.0   # the most dfk.cleanup() may take before we stop Parsl's processes ourselves
@@ -93,12 +95,6 @@ def _within(fn, seconds: float) -> bool:
     return not thread.is_alive()
 
 
-def interchange_dead(executor) -> bool:
-    """Whether the HTEX interchange process of ``executor`` has ended."""
-    proc = getattr(executor, "interchange_proc", None)
-    return proc is not None and proc.poll() is not None
-
-
 def shutdown(dfk, deadline_s: float = SHUTDOWN_S) -> None:
     """Shut Parsl down within about ``deadline_s`` seconds, whatever state it is in; never raises."""
     import parsl
@@ -108,15 +104,15 @@ def shutdown(dfk, deadline_s: float = SHUTDOWN_S) -> None:
         return
     executors = [e for e in dfk.executors.values() if not e.label.startswith("_parsl")]
 
-    def dead() -> list[str]:   # an interchange that died leaves dfk.cleanup() waiting for it forever
-        return [e.label for e in executors if interchange_dead(e)]
+    def dead() -> list[str]:   # an interchange that died (or is stopped) leaves dfk.cleanup() waiting forever
+        return [e.label for e in executors if interchange_dead(e) or silent(e)]
 
     if isinstance(sys.exc_info()[1], KeyboardInterrupt):   # a signal to the whole process group reached the
         _wait(dead, INTERCHANGE_S)                          # interchange too: give it a moment to show it
     if not dead() and _within(dfk.cleanup, deadline_s):
         return
     gone = dead()
-    why = f"its interchange ({', '.join(gone)}) died" if gone else f"it did not shut down within {deadline_s:.0f} s"
+    why = f"its interchange ({', '.join(gone)}) died or stopped answering" if gone else f"it did not shut down within {deadline_s:.0f} s"
     log.warning("Parsl: %s; cancelling its workers and jobs", why)
     for executor in executors:
         provider = getattr(executor, "provider", None)

@@ -7,8 +7,9 @@ and between them stops with one line when an interchange of the running Parsl ha
 has been connected to it for :data:`LOST_S` seconds while none of its blocks is queued or still starting its
 pool (a pool stopped past Parsl's heartbeat is dropped and, its block still "running" to the provider, never
 replaced: the driver waited for ever; a block whose pool never connected -- a container being pulled -- is
-waited for), and says once when no task has ended for :data:`STALL_S` seconds (a pool that is connected but takes
-no task).  Futures that are not Parsl's (the in-process executors) are waited for the same way; the checks then
+waited for), or when its interchange has not answered a question for :data:`ASK_S` seconds (stopped or hung: Parsl's
+command channel waits for an answer without a timeout, and so did the driver, for ever), and says once when no
+task has ended for :data:`STALL_S` seconds (a pool that is connected but takes no task).  Futures that are not Parsl's (the in-process executors) are waited for the same way; the checks then
 find nothing.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import sys
+import threading
 import time
 
 log = logging.getLogger("spibatch")
@@ -24,6 +26,8 @@ log = logging.getLogger("spibatch")
 POLL_S = 5.0
 STALL_S = 1800.0
 LOST_S = 120.0     # no worker pool connected, none queued: after the heartbeat's drop, twice a pool's start
+ASK_S = 120.0      # an interchange that has not answered for this long is stopped or hung
+ANSWER_S = 2.0     # how long one poll waits for the interchange's answer (a live one answers in milliseconds)
 WAITING = {"PENDING", "HELD", "UNKNOWN"}   # a block that may still bring a pool (queued, held, not yet known)
 
 
@@ -32,15 +36,17 @@ class PlatformLost(RuntimeError):
 
 
 def results(futures, what: str = "tasks", *, poll_s: float | None = None, stall_s: float | None = None,
-            lost_s: float | None = None) -> list:
+            lost_s: float | None = None, ask_s: float | None = None) -> list:
     """``[f.result() for f in futures]``, in order (one future at a time: linear in their number); a task that
     failed raises as soon as it is seen, whichever is waited for; PlatformLost when the interchange of an
     executor that holds one of them died, or when none of its worker pools has been connected for ``lost_s``
-    seconds (default :data:`LOST_S`) while none of its blocks is queued."""
+    seconds (default :data:`LOST_S`) while none of its blocks is queued, or when its interchange has not answered
+    for ``ask_s`` seconds (default :data:`ASK_S`)."""
     futures = list(futures)
     poll_s = POLL_S if poll_s is None else poll_s
     stall_s = STALL_S if stall_s is None else stall_s
     lost_s = LOST_S if lost_s is None else lost_s
+    ask_s = ASK_S if ask_s is None else ask_s
     out, last, ended, warned, unmanned = [], time.monotonic(), 0, False, {}
     for future in futures:
         while True:
@@ -63,6 +69,11 @@ def results(futures, what: str = "tasks", *, poll_s: float | None = None, stall_
                 raise PlatformLost(f"Parsl's interchange ({', '.join(dead)}) died while {len(pending)} of "
                                    f"{len(futures)} {what} were running: their results cannot arrive")
             now, alone = time.monotonic(), without_pools(pending)
+            silent = sorted((age, label) for label, age in unanswered(pending).items() if age >= ask_s)
+            if silent:
+                raise PlatformLost(f"Parsl's interchange ({', '.join(label for _, label in silent)}) has not answered "
+                                   f"for {silent[-1][0]:.0f} s while {len(pending)} of {len(futures)} {what} wait: "
+                                   f"it is stopped or hung, and their results cannot arrive")
             unmanned = {label: unmanned.get(label, now) for label in alone}   # since when, continuously
             gone = sorted(label for label, since in unmanned.items() if now - since >= lost_s)
             if gone:
@@ -82,25 +93,80 @@ def without_pools(futures=()) -> list[str]:
     to which no worker pool is connected, none of whose blocks is queued (:data:`WAITING`) and none of whose
     running blocks is still starting its pool (never connected) -- what Parsl's own strategy asks of it every
     period ([] without Parsl, or when it cannot be asked)."""
-    from spibatch.parsl_shutdown import interchange_dead
-
     gone = []
     for label, executor in _executors_of(futures).items():
         if interchange_dead(executor):
             continue
+        answer = _asked(executor)
+        if answer is None:   # not answered yet (unanswered() says for how long), or it could not be asked
+            continue
+        managers, ever = answer   # ever: the blocks whose pool has registered
+        if managers:
+            continue
         try:
-            if executor.connected_managers():
-                continue
             blocks = {block: status.state.name for block, status in list(executor.status_facade.items())}
-            if set(blocks.values()) & WAITING:
-                continue
-            ever = set(executor.connected_blocks())   # the blocks whose pool has registered, ever
-        except Exception:  # noqa: BLE001 - not an HTEX, or its command channel broken: nothing to say
+        except Exception:  # noqa: BLE001 - not an HTEX: nothing to say
+            continue
+        if set(blocks.values()) & WAITING:
             continue
         if any(state == "RUNNING" and block not in ever for block, state in blocks.items()):
             continue   # a block still starting its pool (a container pulled, imports under load): not lost
         gone.append(label)
     return gone
+
+
+class _Question:
+    """One question to an executor's interchange -- its connected pools and the blocks that ever connected --, asked
+    in a daemon thread: Parsl's command channel waits for the answer without a timeout (a stopped interchange never
+    gives one), and the thread left waiting there holds nothing the driver needs."""
+
+    def __init__(self, executor):
+        self.executor, self.asked, self.answer = executor, time.monotonic(), None
+        self.thread = threading.Thread(target=self._ask, name="spibatch-interchange-question", daemon=True)
+        self.thread.start()
+
+    def _ask(self) -> None:
+        try:
+            self.answer = (self.executor.connected_managers(), set(self.executor.connected_blocks()))
+        except Exception:  # noqa: BLE001 - not an HTEX, or its command channel broken: no answer to use
+            pass
+
+
+_questions: dict[int, _Question] = {}   # id(executor) -> its open question
+
+
+def _asked(executor):
+    """(connected managers, blocks ever connected) from ``executor``'s interchange, waiting at most :data:`ANSWER_S`;
+    None while the question is still open (asked again only once it is answered) or when it could not be asked."""
+    question = _questions.get(id(executor))
+    if question is None or question.executor is not executor:
+        question = _questions[id(executor)] = _Question(executor)
+    question.thread.join(ANSWER_S)
+    if question.thread.is_alive():
+        return None
+    del _questions[id(executor)]
+    return question.answer
+
+
+def interchange_dead(executor) -> bool:
+    """Whether the HTEX interchange process of ``executor`` has ended."""
+    proc = getattr(executor, "interchange_proc", None)
+    return proc is not None and proc.poll() is not None
+
+
+def silent(executor) -> bool:
+    """Whether a question to ``executor``'s interchange has gone unanswered for :data:`ANSWER_S` or longer (then
+    Parsl's own clean-up, which asks it too, would wait for ever)."""
+    question = _questions.get(id(executor))
+    return question is not None and question.executor is executor and time.monotonic() - question.asked >= ANSWER_S
+
+
+def unanswered(futures=()) -> dict[str, float]:
+    """{label: seconds} of the executors holding one of ``futures`` whose interchange has an open question that old
+    (see :func:`without_pools`, which asks)."""
+    now = time.monotonic()
+    return {label: now - question.asked for label, executor in _executors_of(futures).items()
+            if (question := _questions.get(id(executor))) is not None and question.executor is executor}
 
 
 def _executors_of(futures) -> dict:
@@ -123,6 +189,4 @@ def _executors_of(futures) -> dict:
 def dead_interchanges(futures=()) -> list[str]:
     """The labels of the executors of the running Parsl that hold one of ``futures`` and whose interchange process
     has ended ([] without Parsl, or for other futures)."""
-    from spibatch.parsl_shutdown import interchange_dead
-
     return sorted(label for label, executor in _executors_of(futures).items() if interchange_dead(executor))

@@ -128,6 +128,47 @@ def test_a_stopped_worker_pool_ends_the_wait_in_one_line(tmp_path):
         shutdown(dfk)
 
 
+def test_a_stopped_interchange_ends_the_wait_and_the_shutdown_in_one_line(tmp_path):
+    """The real local site, a task sleeping 60 s, its interchange stopped (SIGSTOP: a frozen or hung process, not a
+    dead one): Parsl's command channel waits for its answer without a timeout, and the driver waited for ever
+    (measured: still waiting after 95 s with lost_s 4).  Now one line once a question has gone unanswered for
+    ask_s, and Parsl's shutdown does not wait its 30-s deadline for the clean-up that asks it too."""
+    pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
+    import os
+    import signal
+
+    from parsl import python_app
+
+    from spibatch.backends import TASKS_LABEL, load_site, provider_for
+    from spibatch.parsl_shutdown import load, shutdown
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: t\nprovider: local\nworkers: 1\n")
+    (tmp_path / "run").mkdir()
+    dfk = load(provider_for(load_site(site)).parsl_config(tmp_path / "run"))
+    interchange = dfk.executors[TASKS_LABEL].interchange_proc
+    try:
+        namespace = {"__name__": "__main__"}
+        exec(SLEEP, namespace)
+        future = python_app(namespace["sleep"], executors=[TASKS_LABEL])(60)
+        began = time.monotonic()
+        while not dfk.executors[TASKS_LABEL].connected_managers() and time.monotonic() - began < 60:
+            time.sleep(0.5)
+        os.kill(interchange.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(parsl_wait.PlatformLost, match=r"Parsl's interchange \(tasks\) has not answered for \d+ s "
+                           r"while 1 of 1 shard tasks wait: it is stopped or hung"):
+            parsl_wait.results([future], "shard tasks", poll_s=0.5, lost_s=4, ask_s=5)
+        assert time.monotonic() - began < 30
+        began = time.monotonic()
+        shutdown(dfk)
+        assert time.monotonic() - began < 15 and interchange.wait(timeout=10) is not None   # killed, not waited for
+    finally:
+        if interchange.poll() is None:
+            interchange.kill()
+            shutdown(dfk)
+
+
 def test_a_pool_that_is_connected_or_queued_is_not_lost():
     """A pending block (Slurm's queue) or a connected pool is waited for: only executors with neither count."""
     from types import SimpleNamespace
