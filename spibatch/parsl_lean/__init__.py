@@ -22,6 +22,8 @@ driver, the interchange, the worker pool, its multiprocessing manager and each w
   process's first ``import parsl``, through a finder on ``sys.meta_path``, for :data:`DRIVER_HIDE` only: one
   driver process (a test session, too) may use the Kubernetes provider, which needs Kubernetes' client.
 
+* the pool's task and result queues have locks the kernel frees when a worker holding one dies
+  (:mod:`spibatch.parsl_lean.pool_queues`): an idle worker killed no longer stops every worker for good;
 * ``requests`` and ``typeguard``, which Parsl imports unconditionally, are deferred in all these processes
   (:mod:`spibatch.parsl_lean.deferred`): a stand-in until Parsl has loaded, then the real package on first use.
 
@@ -144,11 +146,15 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, STAND_INS)
     sys.argv = [script] + argv[1:]
     if os.path.basename(script) == POOL_SCRIPT:
+        import multiprocessing
+
+        from spibatch.parsl_lean import pool_queues
+
         try:
             context = warm_forkserver()
         except (OSError, ValueError) as exc:   # no forkserver here (e.g. no room for its socket): Parsl's spawn
             print(f"spibatch.parsl_lean: no forkserver ({exc}); the pool spawns its processes", file=sys.stderr)
-        else:
-            import parsl.multiprocessing   # the pool takes its context from here: the forkserver's, not spawn
-            parsl.multiprocessing.SpawnContext = context
+            context = multiprocessing.get_context("spawn")
+        import parsl.multiprocessing   # the pool takes its context from here: the forkserver's, not spawn
+        parsl.multiprocessing.SpawnContext = pool_queues.context(context)   # queues a dead worker cannot block
     runpy.run_path(script, run_name="__main__")
