@@ -90,7 +90,7 @@ def cpu():
     use = resource.getrusage(resource.RUSAGE_SELF)
     return use.ru_utime + use.ru_stime
 def rule():                      # the writer waits for frames, as FollowStop does
-    time.sleep(2.0)
+    time.sleep(3.0)
     if sys.argv[1] == "fail":
         raise InputError("the follower stopped")
     return True
@@ -117,4 +117,6 @@ def test_ranks_wait_for_the_stopping_rule_without_spinning(mpirun, tmp_path, how
     waiting = float(lines["1"].split("cpu ")[1])
     expected = "True" if how == "ok" else "'the follower stopped'"
     assert all(f"answer {expected}" in line for line in lines.values()), done.stdout
-    assert waiting < 0.5, done.stdout          # measured 0.01 s; a spinning wait: ~1.8 s of the 2 s
+    # measured 0.01 s; a spinning wait: ~2.7 s of the 3 s.  The bound leaves room for the allgather and bcast after
+    # the barrier, which spin while a loaded machine has not yet scheduled rank 0 (0.5 s was exceeded under load)
+    assert waiting < 1.0, done.stdout
