@@ -155,20 +155,25 @@ def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
     return _raised[0] if _raised else chained_interrupt(exc)
 
 
+REPLACED = (ImportError, SystemError)   # what a C extension turns an exception it did not expect into
+
+
 def chained_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt ``exc`` is, or was caused by / raised while handling; else the one our handler
-    raised, when a signal has been received (any error then is the signal's: a C extension's import that it
-    landed in replaces it with an ImportError that names no cause -- "numba._devicearray failed to import",
-    seen in the fault loop); else None.  A signal that lands inside a compiled call (a Numba kernel) surfaces
-    as that library's error with our KeyboardInterrupt as its cause ("SystemError: ... returned a result with
-    an exception set")."""
-    seen = set()
+    """The KeyboardInterrupt ``exc`` is, or was caused by / raised while handling, else None: a signal that
+    lands inside a compiled call (a Numba kernel) can surface as that library's error with our
+    KeyboardInterrupt as its cause ("SystemError: ... returned a result with an exception set").  Also the one our
+    handler raised when ``exc`` is an ImportError or SystemError with no chain at all after a signal was received:
+    a C extension's import that the signal landed in replaces it so ("numba._devicearray failed to import", seen
+    in the fault loop).  Any other error stays itself (a real failure after a signal some code swallowed)."""
+    seen, first = set(), exc
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return _raised[0] if _raised else None
+    if _raised and isinstance(first, REPLACED) and first.__cause__ is None and first.__context__ is None:
+        return _raised[0]
+    return None
 
 
 def exit_interrupted(exc: KeyboardInterrupt) -> None:

@@ -28,6 +28,7 @@ STALL_S = 1800.0
 LOST_S = 120.0     # no worker pool connected, none queued: after the heartbeat's drop, twice a pool's start
 ASK_S = 120.0      # an interchange that has not answered for this long is stopped or hung
 ANSWER_S = 2.0     # how long one poll waits for the interchange's answer (a live one answers in milliseconds)
+SILENT_S = 10.0    # at shutdown: a question open this long means Parsl's clean-up would wait for ever
 WAITING = {"PENDING", "HELD", "UNKNOWN"}   # a block that may still bring a pool (queued, held, not yet known)
 
 
@@ -154,11 +155,22 @@ def interchange_dead(executor) -> bool:
     return proc is not None and proc.poll() is not None
 
 
-def silent(executor) -> bool:
-    """Whether a question to ``executor``'s interchange has gone unanswered for :data:`ANSWER_S` or longer (then
-    Parsl's own clean-up, which asks it too, would wait for ever)."""
+def _open_question(executor) -> _Question | None:
+    """``executor``'s question still waiting for its answer (one answered is forgotten here), else None."""
     question = _questions.get(id(executor))
-    return question is not None and question.executor is executor and time.monotonic() - question.asked >= ANSWER_S
+    if question is None or question.executor is not executor:
+        return None
+    if not question.thread.is_alive():
+        _questions.pop(id(executor), None)
+        return None
+    return question
+
+
+def silent(executor) -> bool:
+    """Whether a question to ``executor``'s interchange is still unanswered after :data:`SILENT_S` (then Parsl's own
+    clean-up, which asks it too, would wait for ever)."""
+    question = _open_question(executor)
+    return question is not None and time.monotonic() - question.asked >= SILENT_S
 
 
 def unanswered(futures=()) -> dict[str, float]:
@@ -166,7 +178,7 @@ def unanswered(futures=()) -> dict[str, float]:
     (see :func:`without_pools`, which asks)."""
     now = time.monotonic()
     return {label: now - question.asked for label, executor in _executors_of(futures).items()
-            if (question := _questions.get(id(executor))) is not None and question.executor is executor}
+            if (question := _open_question(executor)) is not None}
 
 
 def _executors_of(futures) -> dict:

@@ -367,10 +367,14 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
             if run._log_handler is not None:   # log.txt says it too (the terminal hears it once, from the command)
                 run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,
                                                        "%s; continue with: %s", (how, hint), None))
+            if stop is not exc and not _in_chain(exc, stop) \
+                    and run._log_handler is not None:   # the library's error does not hold the signal: keep it
+                run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0, "the signal surfaced "
+                                                       "as this error", (), (type(exc), exc, exc.__traceback__)))
             run.finish("interrupted", error=how)
             if stop is exc:
                 raise
-            raise stop from None   # (its chain already holds the library's error)
+            raise stop from None   # (its chain holds the library's error, or log.txt does)
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         run.finish("failed", error=f"{exc.__class__.__name__}: {first}")
         report_now = report and not isinstance(exc, DiskFull)   # no room for it: not another error line
@@ -380,6 +384,16 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
     finally:
         if report_now:
             write_report_quietly(run.path)
+
+
+def _in_chain(exc: BaseException, target: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if exc is target:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def write_report_quietly(run_path: Path) -> Path | None:

@@ -460,11 +460,14 @@ main()
     assert json.loads((Path(found.group(1)) / "provenance.json").read_text())["status"] == "interrupted"
 
 
-def test_a_signal_a_c_extension_replaced_by_its_import_error_still_interrupts(emc_config, tmp_path):
+@pytest.mark.parametrize("error", ["ImportError", "ValueError"])
+def test_a_signal_a_c_extension_replaced_by_its_import_error_still_interrupts(error, emc_config, tmp_path):
     """CI's fault loop: a SIGTERM landed while Numba's C extension loaded, which replaced our KeyboardInterrupt
     by "ImportError: numba._devicearray failed to import" with no cause: the command printed a traceback,
-    marked the run failed and exited 1.  An error with no chain after a signal is the signal's: status
-    interrupted, the resume line last, exit 143, no traceback."""
+    marked the run failed and exited 1.  Such an error (ImportError, SystemError, no chain) after a signal is
+    the signal's: status interrupted, the resume line last, exit 143, no traceback on the terminal, the error's
+    in log.txt.  Any other error after a signal that was swallowed is a real failure and says so (the review:
+    a first version made every error after a signal "interrupted" and dropped it)."""
     config = emc_config(tmp_path, iterations=3)
     run_dir = tmp_path / "run"
     script = tmp_path / "replaced.py"
@@ -482,7 +485,7 @@ def iterate(*args, **kwargs):   # what a C extension's module init does with an 
     except KeyboardInterrupt:
         replaced = True
     if replaced:
-        raise ImportError("numba._devicearray failed to import")
+        raise {error}("numba._devicearray failed to import")
 driver.iterate = iterate
 from spibatch.cli import main
 main()
@@ -490,11 +493,18 @@ main()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
                           cwd=tmp_path)
+    status = json.loads((run_dir / "provenance.json").read_text())["status"]
+    if error == "ValueError":
+        assert done.returncode == 1 and status == "failed", done.stderr[-3000:]
+        assert "ValueError: numba._devicearray failed to import" in done.stderr
+        return
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"spibatch: interrupted (SIGTERM); continue with: spibatch emc {config} --resume {run_dir}", last
-    assert json.loads((run_dir / "provenance.json").read_text())["status"] == "interrupted"
+    assert status == "interrupted"
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    logged = (run_dir / "log.txt").read_text()
+    assert "the signal surfaced as this error" in logged and "ImportError: numba._devicearray" in logged
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])

@@ -128,7 +128,7 @@ def test_a_stopped_worker_pool_ends_the_wait_in_one_line(tmp_path):
         shutdown(dfk)
 
 
-def test_a_stopped_interchange_ends_the_wait_and_the_shutdown_in_one_line(tmp_path):
+def test_a_stopped_interchange_ends_the_wait_and_the_shutdown_in_one_line(tmp_path, monkeypatch):
     """The real local site, a task sleeping 60 s, its interchange stopped (SIGSTOP: a frozen or hung process, not a
     dead one): Parsl's command channel waits for its answer without a timeout, and the driver waited for ever
     (measured: still waiting after 95 s with lost_s 4).  Now one line once a question has gone unanswered for
@@ -145,6 +145,7 @@ def test_a_stopped_interchange_ends_the_wait_and_the_shutdown_in_one_line(tmp_pa
     site = tmp_path / "site.yaml"
     site.write_text("name: t\nprovider: local\nworkers: 1\n")
     (tmp_path / "run").mkdir()
+    monkeypatch.setattr(parsl_wait, "SILENT_S", 4.0)      # production: 10 s, under ASK_S (120 s)
     dfk = load(provider_for(load_site(site)).parsl_config(tmp_path / "run"))
     interchange = dfk.executors[TASKS_LABEL].interchange_proc
     try:
@@ -167,6 +168,37 @@ def test_a_stopped_interchange_ends_the_wait_and_the_shutdown_in_one_line(tmp_pa
         if interchange.poll() is None:
             interchange.kill()
             shutdown(dfk)
+
+
+def test_a_slow_answer_that_came_is_not_silence(monkeypatch):
+    """The review: a question answered after more than ANSWER_S stayed on record, and the next shutdown took the
+    healthy interchange for a silent one (killed it, skipped Parsl's clean-up).  Only a question still open counts."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(parsl_wait, "SILENT_S", 0.2)
+    release = threading.Event()
+
+    class Executor:
+        status_facade = {}
+
+        def connected_managers(self):
+            release.wait(30)
+            return [{"active": True}]
+
+        def connected_blocks(self):
+            return ["0"]
+
+    executor = Executor()
+    future = SimpleNamespace(task_record={"executor": "slow"})
+    import unittest.mock
+
+    with unittest.mock.patch.object(parsl_wait, "_executors_of", return_value={"slow": executor}):
+        monkeypatch.setattr(parsl_wait, "ANSWER_S", 0.3)
+        assert parsl_wait.without_pools([future]) == []              # not answered within a poll: no verdict
+        assert parsl_wait.silent(executor) and "slow" in parsl_wait.unanswered([future])
+        release.set()
+        time.sleep(0.3)
+        assert not parsl_wait.silent(executor) and parsl_wait.unanswered([future]) == {}   # it answered
 
 
 def test_a_pool_that_is_connected_or_queued_is_not_lost():
