@@ -43,6 +43,106 @@ def test_a_lock_whose_holder_is_killed(kind, tmp_path):
             holder.kill()
 
 
+def _hold_and_fork(lock, ready, pid_file):
+    lock.acquire()
+    if os.fork() == 0:           # a helper the task left behind: it must not keep its parent's lock
+        with open(pid_file, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)
+        os._exit(0)
+    while not os.path.exists(pid_file):
+        time.sleep(0.01)
+    ready.set()
+    time.sleep(600)
+
+
+def test_a_child_forked_by_the_holder_does_not_keep_the_lock(tmp_path):
+    """The review: with flock the lock belonged to the open file, which a fork shares, so a worker's forked helper
+    kept it after the worker was killed (the hang again); a record lock (lockf) is the process's."""
+    context = multiprocessing.get_context("spawn")
+    lock = pool_queues.FileLock(str(tmp_path / "lock"))
+    ready, pid_file = context.Event(), tmp_path / "helper.pid"
+    holder = context.Process(target=_hold_and_fork, args=(lock, ready, str(pid_file)), daemon=True)
+    holder.start()
+    try:
+        assert ready.wait(60)
+        assert not lock.acquire(True, 0.1)
+        os.kill(holder.pid, signal.SIGKILL)
+        began = time.monotonic()
+        while holder.exitcode is None and time.monotonic() - began < 30:   # (join would wait for the helper too)
+            time.sleep(0.01)
+        helper = int(pid_file.read_text())
+        os.kill(helper, 0)                           # the helper still lives, with the lock's file open
+        assert lock.acquire(True, 2.0)
+        lock.release()
+    finally:
+        if holder.exitcode is None:
+            holder.kill()
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_threads_of_one_process_share_a_lock_without_losing_it(tmp_path):
+    """The review: two threads' first use of a fresh lock raced (each opened a file, 102 of 300 locks went wrong)."""
+    import threading
+
+    failures = []
+    for number in range(100):
+        lock = pool_queues.FileLock(str(tmp_path / f"lock-{number}"))
+        inside = []
+
+        def use(lock=lock, inside=inside):
+            for _ in range(20):
+                if not lock.acquire(True, 5.0):
+                    failures.append("timed out")
+                    return
+                inside.append(1)
+                if len(inside) > 1:
+                    failures.append("two threads inside")
+                inside.pop()
+                lock.release()
+
+        threads = [threading.Thread(target=use) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert failures == []
+
+
+def _pool_context_for_ever(parent, ready):
+    import tempfile
+
+    tempfile.tempdir = parent
+    pool_queues.context(multiprocessing.get_context("spawn"))
+    ready.set()
+    time.sleep(600)
+
+
+def test_the_sweep_removes_a_dead_pools_folder_and_keeps_a_live_ones(tmp_path):
+    """A pool killed leaves its lock folder (no atexit); the next pool on the node removes it -- judged by the lock
+    the pool holds on its ``alive`` file, not by its pid (the review: a pool in another PID namespace sharing /tmp
+    looked dead, its folder was removed, and its tasks were lost)."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    pool = context.Process(target=_pool_context_for_ever, args=(str(tmp_path), ready), daemon=True)
+    pool.start()
+    try:
+        assert ready.wait(60)
+        (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith(pool_queues.PREFIX)]
+        renamed = folder.with_name(f"{pool_queues.PREFIX}999999999-x")    # a pid that says "dead" here
+        folder.rename(renamed)
+        pool_queues._remove_stale(str(tmp_path))
+        assert renamed.is_dir()                                          # its pool holds the lock: kept
+        os.kill(pool.pid, signal.SIGKILL)
+        pool.join(30)
+        pool_queues._remove_stale(str(tmp_path))
+        assert not renamed.exists()
+    finally:
+        if pool.is_alive():
+            pool.kill()
+
+
 def test_a_pool_queue_carries_items_between_processes(tmp_path):
     context = pool_queues.context(multiprocessing.get_context("spawn"))
     queue = context.Queue()

@@ -7,9 +7,9 @@ a task again, the pool stays connected, and the run waited for ever (measured: 3
 two-worker pool SIGKILLed, then four 0.2-s tasks: none had run 60 s later).  A worker killed while putting its
 result holds the result queue's writer lock the same way.
 
-:class:`FileLock` is a lock on a file of its own (``flock``), which the kernel releases when the holder's last
-descriptor closes -- at its death too -- and :func:`context` gives the pool a multiprocessing context whose
-``Queue()`` uses two of them.  What it cannot mend: a worker killed in the middle of reading a task's bytes
+:class:`FileLock` is a POSIX record lock (``lockf``) on a file of its own, which the kernel releases when the
+process holding it dies -- and which, unlike ``flock``, a child forked by the holder (a task's helper process)
+does not keep -- and :func:`context` gives the pool a multiprocessing context whose ``Queue()`` uses two of them.  What it cannot mend: a worker killed in the middle of reading a task's bytes
 leaves a half message in the pipe (microseconds of each task's hand-over, against the whole idle wait before).
 """
 
@@ -22,8 +22,15 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 
-STEP_S = 0.002    # how often a waiting process tries the lock again (a task's hand-over waits at most this)
+FIRST_STEP_S = 0.0001   # a waiting process tries the lock again after this, then twice as long each time ...
+LAST_STEP_S = 0.002     # ... up to this (a hand-over waits at most this; an idle worker wakes 500 times a s: ~0.5 % of a core)
+PREFIX = "spibatch-pool-locks-"
+ALIVE = "alive"         # in each pool's folder, locked by the pool for its life: the folder is not stale
+
+_locks: weakref.WeakSet = weakref.WeakSet()
+_mine: set[str] = set()  # this process's folders (its own record lock would not exclude it: never judged stale)
 
 
 class FileLock:
@@ -32,9 +39,9 @@ class FileLock:
 
     def __init__(self, path: str):
         self.path = path
-        self._fd: int | None = None
-        self._pid = -1
-        self._threads = threading.Lock()   # flock excludes open files, not threads sharing one
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._threads = threading.Lock()   # a record lock is the process's: it does not exclude its threads
+        _locks.add(self)
 
     def __getstate__(self) -> dict:
         return {"path": self.path}
@@ -42,29 +49,28 @@ class FileLock:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"])
 
-    def _descriptor(self) -> int:
-        if self._pid != os.getpid():   # a fork shares the parent's open file, and with it the parent's lock
-            self._fd, self._pid = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
-            self._threads = threading.Lock()
-        return self._fd
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            os.close(self._fd)
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         deadline = None if not block or timeout is None else time.monotonic() + max(timeout, 0.0)
-        fd = self._descriptor()
         if not self._threads.acquire(block, -1 if deadline is None else max(timeout, 0.0)):
             return False
+        step = FIRST_STEP_S
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
-            except BlockingIOError:
+            except OSError:   # EAGAIN / EACCES: another process holds it
                 if not block or (deadline is not None and time.monotonic() >= deadline):
                     self._threads.release()
                     return False
-                time.sleep(STEP_S)
+                time.sleep(step if deadline is None else max(0.0, min(step, deadline - time.monotonic())))
+                step = min(2 * step, LAST_STEP_S)
 
     def release(self) -> None:
-        fcntl.flock(self._descriptor(), fcntl.LOCK_UN)
+        fcntl.lockf(self._fd, fcntl.LOCK_UN)
         self._threads.release()
 
     def __enter__(self) -> bool:
@@ -74,16 +80,26 @@ class FileLock:
         self.release()
 
 
-PREFIX = "spibatch-pool-locks-"
+def _after_fork_in_child() -> None:
+    """A forked child holds none of its parent's record locks; a thread lock taken by another thread of the parent
+    at the fork would stay taken in the child."""
+    for lock in list(_locks):
+        lock._threads = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def context(base):
     """A multiprocessing context like ``base`` (forkserver or spawn) whose ``Queue()`` has :class:`FileLock`
-    reader and writer locks.  Their files live in a node-local folder of this process (``flock`` on a network
-    filesystem would be a round trip a try), removed when it exits -- or, when it was killed, by the next pool
-    started on the node."""
+    reader and writer locks.  Their files live in a node-local folder of this process (a lock on a network
+    filesystem would be a round trip a try), removed when it exits -- or, once it is dead (its ``alive`` file no
+    longer locked: pids say nothing across containers that share /tmp), by the next pool started on the node."""
     _remove_stale(tempfile.gettempdir())
     folder = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
+    _mine.add(os.path.basename(folder))
+    alive = os.open(os.path.join(folder, ALIVE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.lockf(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held until this process ends
     atexit.register(_remove, folder)
     counter = iter(range(1 << 30))
 
@@ -95,11 +111,16 @@ def context(base):
             queue._wlock = FileLock(os.path.join(folder, f"queue-{number}.write"))
             return queue
 
-    return PoolContext()
+    context = PoolContext()
+    context._alive_fd = alive   # kept open (and locked) as long as the context lives
+    return context
 
 
 def _remove(folder: str) -> None:
-    for name in os.listdir(folder):
+    names = []
+    with contextlib.suppress(OSError):
+        names = os.listdir(folder)
+    for name in names:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(folder, name))
     with contextlib.suppress(OSError):
@@ -107,15 +128,28 @@ def _remove(folder: str) -> None:
 
 
 def _remove_stale(parent: str) -> None:
-    """Remove the lock folders of pools that no longer run (killed: no atexit)."""
-    with contextlib.suppress(OSError):
-        for name in os.listdir(parent):
-            pid = name[len(PREFIX):].partition("-")[0]
-            if not name.startswith(PREFIX) or not pid.isdigit():
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                _remove(os.path.join(parent, name))
-            except OSError:   # another user's pool: not ours to judge
-                pass
+    """Remove the lock folders of pools that no longer run (killed: no atexit): those whose ``alive`` file can be
+    locked (a live pool holds it) or, a minute after it was made, is missing (a pool killed before it made one)."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(PREFIX) and n not in _mine]
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(parent, name)
+        try:
+            fd = os.open(os.path.join(folder, ALIVE), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(folder).st_mtime > 60:   # not one being made right now
+                    _remove(folder)
+            continue
+        except OSError:   # another user's, or gone meanwhile: not ours to judge
+            continue
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue      # its pool lives
+        else:
+            _remove(folder)
+        finally:
+            os.close(fd)
