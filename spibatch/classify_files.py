@@ -13,8 +13,10 @@ In the output folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +50,48 @@ def parse_keep(text: str | None, num_classes: int) -> list[int] | None:
     if text is None:
         return None
     items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or not all(t.isdigit() and int(t) < num_classes for t in items):
-        raise InputError(f"{text!r} is not a list of classes among 0..{num_classes - 1}", field="--keep",
+    if not items or not all(re.fullmatch(r"[0-9]{1,3}", t) and int(t) < num_classes for t in items):   # ASCII only
+        shown = repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
+        raise InputError(f"{shown} is not a list of classes among 0..{num_classes - 1}", field="--keep",
                          fix="give the classes to keep, comma-separated, e.g. --keep 0,2")
     return sorted({int(t) for t in items})
 
 
-def open_frames(photons: list[Path], detector: Path, num_classes: int, chunk_frames: int = 8192):
+def check_keeps_frames(classes: Classes, keep: list[int]) -> None:
+    """InputError (one line, nothing written) when the classes kept hold no frame: EMC would refuse the blacklist."""
+    counts = [int(summary["frames"]) for summary in classes.summaries]
+    if not sum(counts[c] for c in keep):
+        raise InputError(f"class{'es' * (len(keep) > 1)} {','.join(map(str, keep))} hold no frame (frames per class: "
+                         f"{', '.join(f'{c}: {n:,}' for c, n in enumerate(counts))})", field="--keep",
+                         fix="keep a class that holds frames")
+
+
+@contextlib.contextmanager
+def claimed(out: Path):
+    """``out`` (a new or empty folder) claimed for this command alone while the body runs -- a second `spibatch
+    classify` into it is refused in one line, not left to overwrite the first's files --; on an error the claim,
+    and the folder when this command made it and it is still empty, are removed."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    claim = out / ".classify.claim"
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        raise InputError("another spibatch classify writes into it now", path=out, field="--out",
+                         fix="name another folder") from None
+    try:
+        yield out
+    except BaseException:
+        claim.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    claim.unlink(missing_ok=True)
+
+
+def open_frames(photons: list[Path], detector: Path, num_classes: int, chunk_frames: int = 8192,
+                field: str = "photons"):
     """(the detector, the frames of ``photons`` in order as an iterable of blocks, their number): every file's
     header read and matched against the detector first; InputError (one line) for a missing or mismatched file,
     or fewer than 10 frames a class."""
@@ -66,7 +103,7 @@ def open_frames(photons: list[Path], detector: Path, num_classes: int, chunk_fra
 
     require_file(detector, "--detector", "give the detector file of these photons")
     geometry = Detector.read(detector)
-    every = FrameSelection.of_files(photons, "photons")      # all of one num_pix: the first stands for them
+    every = FrameSelection.of_files(photons, field)          # all of one num_pix: the first stands for them
     check_match(geometry, every.num_pix, detector, photons[0])
     frames = every.total
     if frames < 10 * num_classes:
@@ -76,7 +113,7 @@ def open_frames(photons: list[Path], detector: Path, num_classes: int, chunk_fra
     if need > memory:
         raise InputError(f"{frames:,} frames need about {human_bytes(need)} to classify ({BYTES_PER_FRAME:,} bytes "
                          f"a frame) but this machine has {human_bytes(memory)} ({source})", path=photons[0],
-                         field="photons", fix="classify the files in parts, or on a machine with more memory")
+                         field=field, fix="classify the files in parts, or on a machine with more memory")
     return geometry, every.kept_blocks(chunk_frames), frames
 
 

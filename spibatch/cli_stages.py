@@ -174,7 +174,8 @@ def classify(photons: Optional[list[Path]] = typer.Argument(None, help="Dragonfl
     """2-D classification of the frames before EMC: classes of frames alike, and the blacklist (emc.blacklist_file)
     that leaves out the classes not kept."""
     from spibatch.classify import classify as run_classify
-    from spibatch.classify_files import FILES, describe, open_frames, parse_keep, write_classes
+    from spibatch.classify_files import FILES, check_keeps_frames, claimed, describe, open_frames, parse_keep, \
+        write_classes
     from spibatch.io.frame_selection import read_list
 
     if bool(photons) == (photons_list is not None):
@@ -185,13 +186,16 @@ def classify(photons: Optional[list[Path]] = typer.Argument(None, help="Dragonfl
         raise InputError("exists: nothing is overwritten", path=out, field="--out", fix="name a new folder")
     check_writable_folder(out.absolute(), "--out")
     kept = parse_keep(keep, classes)           # before the pass over the frames
-    geometry, blocks, frames = open_frames(photons, detector, classes)
-    found = run_classify(blocks, geometry, classes, seed)
-    if not found.features["counts"].any():
-        raise InputError(f"none of the {frames:,} frames has a photon on a pixel used", path=photons[0],
-                         field="photons", fix="check the photons files and the detector's mask")
-    kept = found.suggested if kept is None else kept
-    blacklist = write_classes(out, found, kept, photons, seed)
+    field = "--photons-list" if photons_list is not None else "photons"
+    geometry, blocks, frames = open_frames(photons, detector, classes, field=field)
+    with claimed(out):
+        found = run_classify(blocks, geometry, classes, seed)
+        if not found.features["counts"].any():
+            raise InputError(f"none of the {frames:,} frames has a photon on a pixel used", path=photons[0],
+                             field=field, fix="check the photons files and the detector's mask")
+        kept = found.suggested if kept is None else kept
+        check_keeps_frames(found, kept)
+        blacklist = write_classes(out, found, kept, photons, seed)
     typer.echo("\n".join(describe(found, kept)))
     left = int(sum(s["frames"] for c, s in enumerate(found.summaries) if c not in kept))
     typer.echo(f"{out}: {', '.join(FILES)}; {left:,} of {frames:,} frames left out\n"

@@ -209,13 +209,13 @@ def create_run_dir(name: str, runs_dir: Path, out: Path | None = None, *,
     ``out`` (from ``--out``) is used as it is; it may exist but must not hold an earlier run (a
     ``provenance.json``): nothing earlier is overwritten.
     """
-    path = check_new_run_path(Path(out) if out is not None else new_run_path(name, Path(runs_dir)),
-                              "--out" if out is not None else "output.runs_dir (--runs-dir)")
+    field = "--out" if out is not None else "output.runs_dir (--runs-dir)"
+    path = check_new_run_path(Path(out) if out is not None else new_run_path(name, Path(runs_dir)), field)
     command = list(command if command is not None else sys.argv)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot create the run directory ({exc.strerror})", path=path, field="--out",
+        raise InputError(f"cannot create the run directory ({exc.strerror})", path=path, field=field,
                          fix="choose a writable location") from None
     # a stale lock in a folder without provenance.json is a new run's owner killed in its first moments: taken over
     lock = take_lock(path, command, take_over_stale=not (path / layout.PROVENANCE).exists())

@@ -218,9 +218,13 @@ def error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: P
 
     reference: where the user reads about every key (ends each fix).
     """
-    err = exc.errors()[0]
-    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and (x.startswith("function-") or x in _UNION_TAGS
-                                                                      or x.startswith(("literal[", "constrained-")))))
+    def where_in(error) -> tuple:   # the error's place in the YAML (pydantic's names of union members left out)
+        return tuple(x for x in error["loc"] if not (isinstance(x, str) and (x.startswith(("function-", "constrained-"))
+                                                                             or x in _UNION_TAGS or "[" in x)))
+
+    first = where_in(exc.errors()[0])   # of a union's errors on that key, the deepest: `[a.h5, 5]`'s item 1
+    err = max((e for e in exc.errors() if where_in(e)[:len(first)] == first), key=lambda e: len(where_in(e)))
+    loc = where_in(err)
     key = ".".join(str(x) for x in loc) or "(top level)"
     line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
     where = f"line {line}: {key}" if line else key

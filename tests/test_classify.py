@@ -149,6 +149,10 @@ def test_the_command_writes_the_blacklist_emc_reads(mixture, tmp_path):
 
 @pytest.mark.parametrize("case, problem", [
     ("keep_out_of_range", "--keep: '0,7' is not a list of classes among 0..4"),
+    ("keep_superscript", "--keep: '\u00b2' is not a list of classes among 0..4"),    # isdigit() but not int()
+    ("keep_huge", "--keep: '9999999999999999999999999999999999999999'... is not a list of classes"),
+    ("keep_empty_classes", "--keep: classes 3,4 hold no frame (frames per class: 0: 60, "),
+    ("list_nul", "--photons-list: line 2 holds a NUL character: not a file name"),
     ("out_not_empty", "--out: exists: nothing is overwritten"),
     ("other_detector", "4096"),
     ("too_few_frames", "--classes: 30 frames for 5 classes"),
@@ -160,6 +164,18 @@ def test_bad_classify_inputs_are_one_line_and_write_nothing(mixture, tmp_path, c
     files, detector, out, extra = list(mixture["files"]), mixture["detector_path"], tmp_path / "out", []
     if case == "keep_out_of_range":
         extra = ["--keep", "0,7"]
+    elif case == "keep_superscript":
+        extra = ["--keep", "\u00b2"]
+    elif case == "keep_huge":
+        extra = ["--keep", "9" * 5000]
+    elif case == "keep_empty_classes":      # 60 frames alike: one class holds them all
+        files = [tmp_path / "alike.h5"]
+        dense = mixture["photons"].to_dense(0, 1).repeat(60, axis=0)
+        write_photons(files[0], Photons.from_dense(dense))
+        extra = ["--keep", "3,4"]
+    elif case == "list_nul":
+        (tmp_path / "files.txt").write_text(f"{files[0]}\nx\x00y.h5\n")
+        extra, files = ["--photons-list", tmp_path / "files.txt"], []
     elif case == "out_not_empty":
         out.mkdir()
         (out / "mine.txt").write_text("keep me")
@@ -183,6 +199,26 @@ def test_bad_classify_inputs_are_one_line_and_write_nothing(mixture, tmp_path, c
     line = done.stderr.strip()
     assert "\n" not in line and problem in line, line
     assert not out.exists() or [p.name for p in out.iterdir()] == (["mine.txt"] if case == "out_not_empty" else [])
+
+
+def test_a_folder_is_classified_into_by_one_command_at_a_time(tmp_path):
+    """The review: two `spibatch classify` into one new folder both passed its emptiness check and the second
+    overwrote the first's files; the folder is claimed now, and an error leaves it as it was."""
+    from spibatch.classify_files import claimed
+    from spibatch.errors import InputError
+
+    out = tmp_path / "new"
+    with claimed(out):
+        with pytest.raises(InputError, match="another spibatch classify writes into it now"):
+            with claimed(out):
+                pass
+        (out / "classes.txt").write_text("0\n")
+    assert [p.name for p in out.iterdir()] == ["classes.txt"]             # the claim is gone once done
+    other = tmp_path / "other"
+    with pytest.raises(RuntimeError):
+        with claimed(other):
+            raise RuntimeError("failed while classifying")
+    assert not other.exists()                                           # made by it, left as it was
 
 
 def test_frames_beyond_the_memory_are_one_line_before_the_pass(mixture, monkeypatch):

@@ -70,7 +70,7 @@ def test_a_list_and_a_blacklist_give_the_model_of_the_kept_frames_in_one_file(sp
     assert np.array_equal(model(tmp_path / "run"), model(split_set["reference"]))
     kept = split_set["kept"]
     with h5py.File(tmp_path / "run" / "emc" / "photons.h5") as f:   # where each of EMC's frames came from
-        assert [Path(p) for p in f.attrs["files"]] == split_set["files"]
+        assert [Path(p) for p in f["files"].asstr()[()]] == split_set["files"]
         assert np.array_equal(f["source_index"][()], kept)
         assert np.array_equal(f["source_file"][()], (kept >= SPLIT).astype(int))
         assert np.array_equal(f["source_frame"][()], np.where(kept >= SPLIT, kept - SPLIT, kept))
@@ -182,7 +182,8 @@ def test_a_bad_blacklist_is_one_line_naming_the_value(tmp_path, text, problem):
 
 @pytest.mark.parametrize("case, field, problem", [
     ("all_left_out", "emc.blacklist_file", "every frame left out"),
-    ("odd_of_one", "emc.blacklist_file", "even_only of the frames left out"),
+    ("odd_of_one", "emc.selection", "even_only leaves no frame of the 1 not blacklisted"),
+    ("no_frames", "emc.photons_list", "the 1 photons file(s) hold no frame"),
     ("missing_listed", "emc.photons_list", "file not found"),
     ("empty_list", "emc.photons_list", "names no photons file"),
     ("other_detector", "emc.photons_list", "16 pixels a frame, but"),
@@ -203,6 +204,11 @@ def test_bad_frame_inputs_are_one_line_before_any_run_folder(split_set, tmp_path
     elif case == "odd_of_one":
         (tmp_path / "bl.txt").write_text("0\n" + "1\n" * 239)
         emc.update(blacklist_file=tmp_path / "bl.txt", selection="even_only")
+    elif case == "no_frames":
+        empty = tmp_path / "empty.h5"
+        write_photons(empty, read_photons(split_set["files"][0]).select(0, 0))
+        files.write_text(f"{empty}\n")
+        emc.pop("blacklist_file")
     elif case == "missing_listed":
         files.write_text(f"{split_set['files'][0]}\nnot_there.h5\n")
     elif case == "empty_list":

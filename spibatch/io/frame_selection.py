@@ -9,7 +9,7 @@ not blacklisted, the first one kept with ``odd_only``) are ``emc.photons`` (a li
 :class:`FrameSelection` reads only headers and the blacklist (a command checks it before making a run folder).
 The emc stage then gathers the kept frames, in order, into one photons file in the run (``emc/photons.h5``,
 :meth:`FrameSelection.write`) that every rank and task reads; frame ``d`` of EMC's per-frame outputs is row
-``d`` of that file, whose datasets ``source_file`` (an index into its attribute ``files``), ``source_frame``
+``d`` of that file, whose datasets ``source_file`` (an index into its dataset ``files``), ``source_frame``
 (the frame in that file) and ``source_index`` (the frame in the whole list, the blacklist's line) say where
 it came from.  Dragonfly keeps blacklisted frames in its per-frame outputs; spibatch's hold the kept ones.
 """
@@ -63,7 +63,15 @@ def read_list(path: str | os.PathLike, field: str = "emc.photons_list") -> list[
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"unreadable as text ({exc.__class__.__name__})", path=path, field=field,
                          fix=FIX_LIST) from None
-    files = [path.parent / line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    files = []
+    for number, line in enumerate(lines, 1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if "\x00" in name or len(name) > 4096:   # (a path holds no NUL and is at most PATH_MAX long)
+            what = "a NUL character" if "\x00" in name else f"{len(name):,} characters"
+            raise InputError(f"line {number} holds {what}: not a file name", path=path, field=field, fix=FIX_LIST)
+        files.append(path.parent / name)
     if not files:
         raise InputError("names no photons file", path=path, field=field, fix=FIX_LIST)
     return files
@@ -153,9 +161,14 @@ class FrameSelection:
         total = every.total
         left_out = np.zeros(total, bool) if emc.blacklist_file is None else read_blacklist(emc.blacklist_file, total)
         keep = ~apply_selection(left_out, emc.selection)
+        if not total:
+            raise InputError(f"the {len(files)} photons file(s) hold no frame", path=files[0], field=field,
+                             fix="give photons files with frames")
+        if not keep.any() and emc.selection and (~left_out).any():   # one frame kept, and even_only
+            raise InputError(f"{emc.selection} leaves no frame of the {int((~left_out).sum()):,} not blacklisted",
+                             path=config, field="emc.selection", fix="remove emc.selection, or give more frames")
         if not keep.any():
-            what = f"{emc.selection} of the frames" if emc.selection and (~left_out).any() else "every frame"
-            raise InputError(f"{what} left out: no frame of the {total:,} to reconstruct from",
+            raise InputError(f"every frame left out: no frame of the {total:,} to reconstruct from",
                              path=emc.blacklist_file or config, field="emc.blacklist_file",
                              fix="keep some frames (0 in the blacklist)")
         return cls(every.files, every.counts, every.num_pix, keep)
@@ -208,7 +221,7 @@ class FrameSelection:
 
         try:
             with h5py.File(path, "r") as f:
-                return ([str(p) for p in f.attrs["files"]] == [str(p) for p in self.files]
+                return (list(f["files"].asstr()[()]) == [str(p) for p in self.files]
                         and np.array_equal(f["source_index"][()], self.sources()[2])
                         and len(f["place_ones"]) == self.kept)
         except (OSError, KeyError, ValueError):
@@ -216,7 +229,10 @@ class FrameSelection:
 
     def write(self, path: str | os.PathLike, chunk_frames: int = 4096) -> None:
         """Gather the kept frames, in order, into the Dragonfly photons file ``path`` (atomic; with
-        ``source_file``, ``source_frame``, ``source_index`` and the attributes ``files`` and ``total_frames``)."""
+        ``source_file``, ``source_frame``, ``source_index``, ``files`` (a dataset: thousands of paths exceed an
+        HDF5 attribute's 64 KiB) and the attribute ``total_frames``)."""
+        import h5py
+
         from spibatch.io.dragonfly import PhotonsWriter
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +240,8 @@ class FrameSelection:
             for block in self.kept_blocks(chunk_frames):
                 writer.append(block)
             file, frame, index = self.sources()
-            writer.add("source_file", file, files=[str(p) for p in self.files], total_frames=self.total)
+            writer.add("files", np.array([str(p) for p in self.files], dtype=h5py.string_dtype()))
+            writer.add("source_file", file, total_frames=self.total)
             writer.add("source_frame", frame)
             writer.add("source_index", index)
 

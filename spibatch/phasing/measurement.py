@@ -73,8 +73,11 @@ def fast_size(n: int, primes: tuple[int, ...] = (2, 3, 5, 7, 11, 13)) -> int:
     """The smallest m >= n of n's parity whose prime factors are all in ``primes`` (FFTW has codelets for them).
 
     EMC model edges are 2 ceil(q_max) + 1, often prime (211): an FFT of a prime length is several
-    times slower than of a 7-smooth one (225 = 3^2 5^2).
+    times slower than of a 7-smooth one (225 = 3^2 5^2).  An edge below 1 is returned as it is (an empty volume,
+    which the input checks refuse: the search never ended on 0).
     """
+    if n < 1:
+        return n
     m = n
     while True:
         r = m

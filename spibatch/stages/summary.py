@@ -102,7 +102,7 @@ def _gathered(run: RunLayout) -> str:
 
     try:
         with h5py.File(run.gathered_photons, "r") as f:
-            kept, files = len(f["source_index"]), len(f.attrs["files"])
+            kept, files = len(f["source_index"]), len(f["files"])
             total = int(f.attrs["total_frames"]) if "total_frames" in f.attrs else None
     except (OSError, KeyError, ValueError):
         return ""

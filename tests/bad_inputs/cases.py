@@ -120,6 +120,8 @@ CASES: list[Case] = [
     # ---------------------------------------------------------------- the pipeline file itself (paths, YAML)
     Case("yaml-missing", "paths", ["emc", "nope.yaml"], {}, ["nope.yaml", "file not found"]),
     Case("yaml-directory", "paths", ["emc", "p.yaml"], {"p.yaml": b.directory}, ["p.yaml", "is a directory"]),
+    pipe("paths", "runs-dir-a-file", "emc", EMC, ["output.runs_dir", "Not a directory"],     # named --out before
+         files={"afile": b.text("x")}, output__runs_dir="afile"),
     Case("run-out-with-space", "paths", ["run", "p.yaml", "--out", "my run"], {"p.yaml": b.yaml_file(SIM)},
          ["my run", "--out", "its path holds ' '"]),
     Case("run-out-with-dollar", "paths", ["run", "p.yaml", "--out", "o$(touch ran)"], {"p.yaml": b.yaml_file(SIM)},
@@ -566,6 +568,10 @@ CASES: list[Case] = [
     phase_file("intensity-external-fifo", b.external_on_fifo("intensity"), ["intensity", "external storage",
                                                                              "not a regular file"]),
     phase_file("intensity-2d", b.volume_variant("intensity", np.ones((9, 9))), ["intensity", "3-D"]),
+    phase_file("intensity-empty", b.volume_variant("intensity", np.zeros((0, 0, 0), np.float32)),   # hung in fast_size
+               ["intensity", "0^3", "at least 8^3"]),
+    phase_file("intensity-empty-slab", b.volume_variant("intensity", np.zeros((0, 9, 9), np.float32)),
+               ["intensity", "cubic"]),
     phase_file("intensity-nan", b.intensity_with((3, 4, 5), np.nan), ["intensity", "NaN"]),
     phase_file("intensity-negative", b.intensity_with((3, 4, 5), -2.0), ["intensity", "negative"]),
     phase_file("intensity-1e35", b.intensity_with((3, 4, 5), 1e35), ["intensity", "1e+35", "divide"]),
