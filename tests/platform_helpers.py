@@ -96,3 +96,31 @@ def write_live_source(folder: Path, hits: int = 120):
                                                preview_recipe=recipe))
     return frames, target, config
 
+
+
+def local_parsl(folder: Path, workers: int = 1, heartbeat: tuple[int, int] | None = None):
+    """Parsl started on the local site (``workers`` workers) with its run folder in ``folder``; the DataFlowKernel.
+    heartbeat: (period, threshold) in seconds instead of the site's.  Stop it with parsl_shutdown.shutdown."""
+    from spibatch.backends import load_site, provider_for
+    from spibatch.parsl_shutdown import load
+
+    site = folder / "site.yaml"
+    site.write_text(f"name: t\nprovider: local\nworkers: {workers}\n")
+    (folder / "run").mkdir()
+    config = provider_for(load_site(site)).parsl_config(folder / "run")
+    if heartbeat is not None:
+        for executor in config.executors:
+            executor.heartbeat_period, executor.heartbeat_threshold = heartbeat
+    return load(config)
+
+
+def app_by_value(source: str, name: str):
+    """A Parsl python app of function ``name`` defined in ``source``, on the tasks executor: sent by value (the
+    workers cannot import a test module)."""
+    from parsl import python_app
+
+    from spibatch.backends import TASKS_LABEL
+
+    namespace = {"__name__": "__main__"}
+    exec(source, namespace)
+    return python_app(namespace[name], executors=[TASKS_LABEL])

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from platform_helpers import app_by_value, local_parsl
 from spibatch import parsl_wait
 
 
@@ -33,19 +34,12 @@ def sleep(seconds):
 def test_a_dead_interchange_ends_the_wait_in_one_line(tmp_path):
     """The real local site: a task sleeping 60 s, its interchange killed -- the wait ends within seconds."""
     pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
-    from parsl import python_app
+    from spibatch.backends import TASKS_LABEL
+    from spibatch.parsl_shutdown import shutdown
 
-    from spibatch.backends import TASKS_LABEL, load_site, provider_for
-    from spibatch.parsl_shutdown import load, shutdown
-
-    site = tmp_path / "site.yaml"
-    site.write_text("name: t\nprovider: local\nworkers: 1\n")
-    (tmp_path / "run").mkdir()
-    dfk = load(provider_for(load_site(site)).parsl_config(tmp_path / "run"))
+    dfk = local_parsl(tmp_path)
     try:
-        namespace = {"__name__": "__main__"}     # sent by value: the workers cannot import this test module
-        exec(SLEEP, namespace)
-        future = python_app(namespace["sleep"], executors=[TASKS_LABEL])(60)
+        future = app_by_value(SLEEP, "sleep")(60)
         time.sleep(1.0)
         dfk.executors[TASKS_LABEL].interchange_proc.kill()
         began = time.monotonic()
@@ -85,23 +79,13 @@ def test_a_stopped_worker_pool_ends_the_wait_in_one_line(tmp_path):
     import signal
 
     import psutil
-    from parsl import python_app
+    from spibatch.backends import TASKS_LABEL
+    from spibatch.parsl_shutdown import shutdown
 
-    from spibatch.backends import TASKS_LABEL, load_site, provider_for
-    from spibatch.parsl_shutdown import load, shutdown
-
-    site = tmp_path / "site.yaml"
-    site.write_text("name: t\nprovider: local\nworkers: 1\n")
-    (tmp_path / "run").mkdir()
-    config = provider_for(load_site(site)).parsl_config(tmp_path / "run")
-    for executor in config.executors:
-        executor.heartbeat_period, executor.heartbeat_threshold = 1, 6
-    dfk = load(config)
+    dfk = local_parsl(tmp_path, heartbeat=(1, 6))
     stopped = []
     try:
-        namespace = {"__name__": "__main__"}
-        exec(SLEEP, namespace)
-        future = python_app(namespace["sleep"], executors=[TASKS_LABEL])(60)
+        future = app_by_value(SLEEP, "sleep")(60)
         began = time.monotonic()
         while not dfk.executors[TASKS_LABEL].connected_managers() and time.monotonic() - began < 60:
             time.sleep(0.5)
@@ -137,21 +121,14 @@ def test_a_stopped_interchange_ends_the_wait_and_the_shutdown_in_one_line(tmp_pa
     import os
     import signal
 
-    from parsl import python_app
+    from spibatch.backends import TASKS_LABEL
+    from spibatch.parsl_shutdown import shutdown
 
-    from spibatch.backends import TASKS_LABEL, load_site, provider_for
-    from spibatch.parsl_shutdown import load, shutdown
-
-    site = tmp_path / "site.yaml"
-    site.write_text("name: t\nprovider: local\nworkers: 1\n")
-    (tmp_path / "run").mkdir()
     monkeypatch.setattr(parsl_wait, "SILENT_S", 4.0)      # production: 10 s, under ASK_S (120 s)
-    dfk = load(provider_for(load_site(site)).parsl_config(tmp_path / "run"))
+    dfk = local_parsl(tmp_path)
     interchange = dfk.executors[TASKS_LABEL].interchange_proc
     try:
-        namespace = {"__name__": "__main__"}
-        exec(SLEEP, namespace)
-        future = python_app(namespace["sleep"], executors=[TASKS_LABEL])(60)
+        future = app_by_value(SLEEP, "sleep")(60)
         began = time.monotonic()
         while not dfk.executors[TASKS_LABEL].connected_managers() and time.monotonic() - began < 60:
             time.sleep(0.5)

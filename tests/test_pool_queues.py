@@ -164,19 +164,12 @@ def test_tasks_still_run_after_the_idle_workers_were_killed(tmp_path):
     """The real local site, two workers: both SIGKILLed while idle (one of them waiting for a task inside the
     queue's reader lock), then four tasks: the pool restarts its workers and they take the tasks."""
     pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
-    from parsl import python_app
+    from platform_helpers import app_by_value, local_parsl
+    from spibatch.parsl_shutdown import shutdown
 
-    from spibatch.backends import TASKS_LABEL, load_site, provider_for
-    from spibatch.parsl_shutdown import load, shutdown
-
-    site = tmp_path / "site.yaml"
-    site.write_text("name: t\nprovider: local\nworkers: 2\n")
-    (tmp_path / "run").mkdir()
-    dfk = load(provider_for(load_site(site)).parsl_config(tmp_path / "run"))
+    dfk = local_parsl(tmp_path, workers=2)
     try:
-        namespace = {"__name__": "__main__"}    # sent by value: the workers cannot import this test module
-        exec(TASK, namespace)
-        app = python_app(namespace["sleep"], executors=[TASKS_LABEL])
+        app = app_by_value(TASK, "sleep")
         workers = {future.result(timeout=120) for future in [app(1.0), app(1.0)]}
         assert len(workers) == 2
         time.sleep(2.0)                          # both idle now, in the task queue's get()
