@@ -14,6 +14,7 @@ In the output folder:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -66,28 +67,44 @@ def check_keeps_frames(classes: Classes, keep: list[int]) -> None:
                          fix="keep a class that holds frames")
 
 
+CLAIM = ".classify.claim"
+
+
+def unclaimed_entries(out: Path) -> list[str]:
+    """What ``out`` holds besides a classify's claim (a claim its SIGKILLed owner left is taken over)."""
+    return [p.name for p in out.iterdir() if p.name != CLAIM] if out.is_dir() else []
+
+
 @contextlib.contextmanager
 def claimed(out: Path):
-    """``out`` (a new or empty folder) claimed for this command alone while the body runs -- a second `spibatch
-    classify` into it is refused in one line, not left to overwrite the first's files --; on an error the claim,
-    and the folder when this command made it and it is still empty, are removed."""
+    """``out`` (a new or empty folder) claimed for this command alone while the body runs: a lock held on its claim
+    file -- a second `spibatch classify` into it is refused in one line, not left to overwrite the first's files
+    (nor to replace them once the first has finished: the folder must still be empty once claimed), and a claim
+    left by a killed command is taken over --; on an error the claim, and the folder when this command made it and
+    it is still empty, are removed."""
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    claim = out / ".classify.claim"
+    claim = out / CLAIM
+    fd = os.open(claim, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
     try:
-        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
         raise InputError("another spibatch classify writes into it now", path=out, field="--out",
                          fix="name another folder") from None
     try:
+        if unclaimed_entries(out):
+            raise InputError("exists: nothing is overwritten", path=out, field="--out", fix="name a new folder")
         yield out
     except BaseException:
         claim.unlink(missing_ok=True)
+        os.close(fd)
         if made:
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
     claim.unlink(missing_ok=True)
+    os.close(fd)
 
 
 def open_frames(photons: list[Path], detector: Path, num_classes: int, chunk_frames: int = 8192,

@@ -175,14 +175,14 @@ def classify(photons: Optional[list[Path]] = typer.Argument(None, help="Dragonfl
     that leaves out the classes not kept."""
     from spibatch.classify import classify as run_classify
     from spibatch.classify_files import FILES, check_keeps_frames, claimed, describe, open_frames, parse_keep, \
-        write_classes
+        unclaimed_entries, write_classes
     from spibatch.io.frame_selection import read_list
 
     if bool(photons) == (photons_list is not None):
         raise InputError("give the photons files, or --photons-list, not both or neither", field="photons",
                          fix="spibatch classify run1.h5 run2.h5 --detector det.h5 -o DIR (or --photons-list files.txt)")
     photons = photons or read_list(photons_list, "--photons-list")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or unclaimed_entries(out)):
         raise InputError("exists: nothing is overwritten", path=out, field="--out", fix="name a new folder")
     check_writable_folder(out.absolute(), "--out")
     kept = parse_keep(keep, classes)           # before the pass over the frames

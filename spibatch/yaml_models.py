@@ -218,9 +218,18 @@ def error_line(exc: ValidationError, data: Any, lines: dict[tuple, int], path: P
 
     reference: where the user reads about every key (ends each fix).
     """
-    def where_in(error) -> tuple:   # the error's place in the YAML (pydantic's names of union members left out)
-        return tuple(x for x in error["loc"] if not (isinstance(x, str) and (x.startswith(("function-", "constrained-"))
-                                                                             or x in _UNION_TAGS or "[" in x)))
+    def where_in(error) -> tuple:   # the error's place in the YAML: pydantic's names of union members left out,
+        out, node = [], data          # keys the YAML holds kept (a key of the user's may look like one: `a[0]`)
+        for x in error["loc"]:
+            if isinstance(node, dict) and x in node or isinstance(node, list) and isinstance(x, int) \
+                    and 0 <= x < len(node):
+                out.append(x)
+                node = node[x]
+            elif not (isinstance(x, str) and (x.startswith(("function-", "constrained-")) or x in _UNION_TAGS
+                                              or "[" in x)):
+                out.append(x)        # a key the YAML lacks (a missing one)
+                node = None
+        return tuple(out)
 
     first = where_in(exc.errors()[0])   # of a union's errors on that key, the deepest: `[a.h5, 5]`'s item 1
     err = max((e for e in exc.errors() if where_in(e)[:len(first)] == first), key=lambda e: len(where_in(e)))

@@ -8,6 +8,8 @@ the hits of A and leave the others out, and EMC must read the blacklist it write
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,24 +203,54 @@ def test_bad_classify_inputs_are_one_line_and_write_nothing(mixture, tmp_path, c
     assert not out.exists() or [p.name for p in out.iterdir()] == (["mine.txt"] if case == "out_not_empty" else [])
 
 
-def test_a_folder_is_classified_into_by_one_command_at_a_time(tmp_path):
-    """The review: two `spibatch classify` into one new folder both passed its emptiness check and the second
-    overwrote the first's files; the folder is claimed now, and an error leaves it as it was."""
+def _claim_for_ever(out, ready):
     from spibatch.classify_files import claimed
+
+    with claimed(Path(out)):
+        ready.set()
+        time.sleep(600)
+
+
+def test_a_folder_is_classified_into_by_one_command_at_a_time(tmp_path):
+    """The reviews: two `spibatch classify` into one new folder both passed its emptiness check and the second
+    overwrote the first's files; then (a claim file) one that claimed it after the first had finished replaced the
+    first's files, and a claim left by a SIGKILLed command refused the folder for ever.  Now a lock on the claim,
+    the folder checked again once claimed, and a dead command's claim taken over."""
+    import multiprocessing
+    import os
+    import signal
+
+    from spibatch.classify_files import CLAIM, claimed
     from spibatch.errors import InputError
 
     out = tmp_path / "new"
-    with claimed(out):
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    other = context.Process(target=_claim_for_ever, args=(str(out), ready), daemon=True)
+    other.start()
+    try:
+        assert ready.wait(60)
         with pytest.raises(InputError, match="another spibatch classify writes into it now"):
             with claimed(out):
                 pass
-        (out / "classes.txt").write_text("0\n")
-    assert [p.name for p in out.iterdir()] == ["classes.txt"]             # the claim is gone once done
-    other = tmp_path / "other"
+        os.kill(other.pid, signal.SIGKILL)                                # its claim stays behind
+        other.join(30)
+        assert [p.name for p in out.iterdir()] == [CLAIM]
+        with claimed(out):                                                # taken over
+            (out / "classes.txt").write_text("0\n")
+        assert [p.name for p in out.iterdir()] == ["classes.txt"]          # the claim is gone once done
+        with pytest.raises(InputError, match="exists: nothing is overwritten"):   # a later one: refused
+            with claimed(out):
+                pass
+        assert (out / "classes.txt").read_text() == "0\n"
+    finally:
+        if other.is_alive():
+            other.kill()
+    fresh = tmp_path / "other"
     with pytest.raises(RuntimeError):
-        with claimed(other):
+        with claimed(fresh):
             raise RuntimeError("failed while classifying")
-    assert not other.exists()                                           # made by it, left as it was
+    assert not fresh.exists()                                            # made by it, left as it was
 
 
 def test_frames_beyond_the_memory_are_one_line_before_the_pass(mixture, monkeypatch):

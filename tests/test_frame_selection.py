@@ -266,3 +266,18 @@ def test_thousands_of_listed_files_are_gathered(split_set, tmp_path):
     with h5py.File(tmp_path / "photons.h5") as f:
         assert len(f["files"]) == 1000 and len(f["place_ones"]) == 1000
         assert np.array_equal(f["source_file"][()], np.arange(1000))
+
+
+def test_a_run_gathered_when_the_file_list_was_an_attribute_still_matches(split_set, tmp_path):
+    """The review: runs gathered before the list became a dataset could not be resumed (refused as if the frames
+    had changed)."""
+    from spibatch.io.frame_selection import FrameSelection
+
+    selection = FrameSelection.of_files(split_set["files"])
+    selection.write(tmp_path / "photons.h5")
+    with h5py.File(tmp_path / "photons.h5", "a") as f:                  # as the earlier version wrote it
+        names = list(f["files"].asstr()[()])
+        del f["files"]
+        f.attrs["files"] = names
+    assert selection.matches(tmp_path / "photons.h5")
+    assert not FrameSelection.of_files(split_set["files"][::-1]).matches(tmp_path / "photons.h5")

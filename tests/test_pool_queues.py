@@ -182,3 +182,26 @@ def test_tasks_still_run_after_the_idle_workers_were_killed(tmp_path):
         assert len(done) == 4 and not set(done) & workers   # run by the restarted workers
     finally:
         shutdown(dfk)
+
+
+def test_a_lock_that_cannot_be_taken_for_another_reason_says_so(tmp_path):
+    """The review: every error of lockf was read as "held by another process", so a lock on a filesystem without
+    record locks (or a closed file) was waited for for ever; only EAGAIN / EACCES are that."""
+    import errno
+
+    lock = pool_queues.FileLock(str(tmp_path / "lock"))
+    os.close(lock._fd)
+    with pytest.raises(OSError) as caught:
+        lock.acquire(True, 5.0)
+    assert caught.value.errno == errno.EBADF
+    assert lock._threads.acquire(False)                 # the thread lock was given back
+
+
+def test_a_pools_folder_is_not_swept_while_it_is_being_made(tmp_path):
+    """The review: a sweep between making a pool's folder and locking its ``alive`` file removed the new folder;
+    it is made under a hidden name and renamed once locked."""
+    making = tmp_path / f".{pool_queues.PREFIX}123-abc"
+    making.mkdir()
+    (making / pool_queues.ALIVE).write_text("")
+    pool_queues._remove_stale(str(tmp_path))
+    assert making.is_dir()

@@ -115,6 +115,12 @@ def apply_selection(left_out: np.ndarray, selection: str | None) -> np.ndarray:
     return out
 
 
+def gathered_files(f) -> list[str]:
+    """The photons files a gathered ``emc/photons.h5`` (an open h5py File) was made from: its dataset ``files``, or
+    the attribute of runs gathered before it became one."""
+    return list(f["files"].asstr()[()]) if "files" in f else [str(p) for p in f.attrs["files"]]
+
+
 @dataclass(frozen=True)
 class FrameSelection:
     """Photons ``files`` (each ``counts[k]`` frames of ``num_pix`` pixels) and ``keep`` (sum(counts),) bool."""
@@ -221,7 +227,7 @@ class FrameSelection:
 
         try:
             with h5py.File(path, "r") as f:
-                return (list(f["files"].asstr()[()]) == [str(p) for p in self.files]
+                return (gathered_files(f) == [str(p) for p in self.files]
                         and np.array_equal(f["source_index"][()], self.sources()[2])
                         and len(f["place_ones"]) == self.kept)
         except (OSError, KeyError, ValueError):

@@ -156,5 +156,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"spibatch.parsl_lean: no forkserver ({exc}); the pool spawns its processes", file=sys.stderr)
             context = multiprocessing.get_context("spawn")
         import parsl.multiprocessing   # the pool takes its context from here: the forkserver's, not spawn
-        parsl.multiprocessing.SpawnContext = pool_queues.context(context)   # queues a dead worker cannot block
+        try:
+            context = pool_queues.context(context)     # queues a dead worker cannot block
+        except OSError as exc:   # no usable temporary folder, or no record locks on it: multiprocessing's queues
+            print(f"spibatch.parsl_lean: the pool's queues keep multiprocessing's locks ({exc}): a worker killed "
+                  "while idle can stop the pool", file=sys.stderr)
+        parsl.multiprocessing.SpawnContext = context
     runpy.run_path(script, run_name="__main__")

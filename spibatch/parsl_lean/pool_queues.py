@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import os
 import tempfile
@@ -62,7 +63,10 @@ class FileLock:
             try:
                 fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
-            except OSError:   # EAGAIN / EACCES: another process holds it
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):   # not "held elsewhere" (no locks on this
+                    self._threads.release()                          # filesystem, a closed file): say so
+                    raise
                 if not block or (deadline is not None and time.monotonic() >= deadline):
                     self._threads.release()
                     return False
@@ -95,11 +99,14 @@ def context(base):
     reader and writer locks.  Their files live in a node-local folder of this process (a lock on a network
     filesystem would be a round trip a try), removed when it exits -- or, once it is dead (its ``alive`` file no
     longer locked: pids say nothing across containers that share /tmp), by the next pool started on the node."""
-    _remove_stale(tempfile.gettempdir())
-    folder = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
-    _mine.add(os.path.basename(folder))
-    alive = os.open(os.path.join(folder, ALIVE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    parent = tempfile.gettempdir()
+    _remove_stale(parent)
+    making = tempfile.mkdtemp(prefix=f".{PREFIX}{os.getpid()}-")   # a name the sweep does not look at ...
+    alive = os.open(os.path.join(making, ALIVE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.lockf(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held until this process ends
+    folder = os.path.join(parent, os.path.basename(making)[1:])
+    os.rename(making, folder)                          # ... until its lock is held (the review: a sweep between
+    _mine.add(os.path.basename(folder))                # making and locking it removed a new pool's folder)
     atexit.register(_remove, folder)
     counter = iter(range(1 << 30))
 

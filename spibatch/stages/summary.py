@@ -100,9 +100,11 @@ def _gathered(run: RunLayout) -> str:
         return ""
     import h5py
 
+    from spibatch.io.frame_selection import gathered_files
+
     try:
         with h5py.File(run.gathered_photons, "r") as f:
-            kept, files = len(f["source_index"]), len(f["files"])
+            kept, files = len(f["source_index"]), len(gathered_files(f))
             total = int(f.attrs["total_frames"]) if "total_frames" in f.attrs else None
     except (OSError, KeyError, ValueError):
         return ""

@@ -120,6 +120,8 @@ CASES: list[Case] = [
     # ---------------------------------------------------------------- the pipeline file itself (paths, YAML)
     Case("yaml-missing", "paths", ["emc", "nope.yaml"], {}, ["nope.yaml", "file not found"]),
     Case("yaml-directory", "paths", ["emc", "p.yaml"], {"p.yaml": b.directory}, ["p.yaml", "is a directory"]),
+    Case("yaml-key-like-an-index", "paths", ["emc", "p.yaml"], {"p.yaml": b.text("name: t\nemc:\n  photons[0]: a.h5\n")},
+         ["p.yaml", "line 3", "emc.photons[0]: unknown key"]),
     pipe("paths", "runs-dir-a-file", "emc", EMC, ["output.runs_dir", "Not a directory"],     # named --out before
          files={"afile": b.text("x")}, output__runs_dir="afile"),
     Case("run-out-with-space", "paths", ["run", "p.yaml", "--out", "my run"], {"p.yaml": b.yaml_file(SIM)},
