@@ -9,8 +9,8 @@ pool (a pool stopped past Parsl's heartbeat is dropped and, its block still "run
 replaced: the driver waited for ever; a block whose pool never connected -- a container being pulled -- is
 waited for), or when its interchange has not answered a question for :data:`ASK_S` seconds (stopped or hung: Parsl's
 command channel waits for an answer without a timeout, and so did the driver, for ever), and says once when no
-task has ended for :data:`STALL_S` seconds (a pool that is connected but takes no task).  Futures that are not Parsl's (the in-process executors) are waited for the same way; the checks then
-find nothing.
+task has ended for :data:`STALL_S` seconds (a pool that is connected but takes no task).  Futures that are not
+Parsl's (the in-process executors) are waited for the same way; the checks then find nothing.
 """
 
 from __future__ import annotations
