@@ -113,10 +113,13 @@ def test_ranks_wait_for_the_stopping_rule_without_spinning(mpirun, tmp_path, how
     done = subprocess.run([mpirun, "-n", "2", "--oversubscribe", sys.executable, str(script), how],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120, env=run_env())
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("rank ")}
-    waiting = float(lines["1"].split("cpu ")[1])
+    import re   # (the ranks' lines may interleave in mpirun's output: read them as records, not lines)
+
+    said = {rank: (answer, float(cpu)) for rank, answer, cpu in
+            re.findall(r"rank (\d+) answer (.*?) cpu (\d+\.\d{3})", done.stdout)}
+    waiting = said["1"][1]
     expected = "True" if how == "ok" else "'the follower stopped'"
-    assert all(f"answer {expected}" in line for line in lines.values()), done.stdout
+    assert sorted(said) == ["0", "1"] and all(answer == expected for answer, _ in said.values()), done.stdout
     # measured 0.01 s; a spinning wait: ~2.7 s of the 3 s.  The bound leaves room for the allgather and bcast after
     # the barrier, which spin while a loaded machine has not yet scheduled rank 0 (0.5 s was exceeded under load)
     assert waiting < 1.0, done.stdout

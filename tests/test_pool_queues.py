@@ -191,6 +191,7 @@ def test_a_lock_that_cannot_be_taken_for_another_reason_says_so(tmp_path):
 
     lock = pool_queues.FileLock(str(tmp_path / "lock"))
     os.close(lock._fd)
+    lock._fd = 2 ** 20 - 1    # a number no file holds: the lock's own close at its end must not close another's
     with pytest.raises(OSError) as caught:
         lock.acquire(True, 5.0)
     assert caught.value.errno == errno.EBADF
