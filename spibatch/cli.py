@@ -84,13 +84,9 @@ def main() -> None:
         if not interrupts.mpi_rank():
             typer.echo(f"spibatch: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, SystemExit) as exc:   # typer turns a KeyboardInterrupt into SystemExit(130)
-        interrupted = interrupts.interrupt_in(exc)
-        if interrupted is None:
-            raise
-        interrupts.exit_interrupted(interrupted)
-    except Exception as exc:   # a signal a C extension replaced by its own error (interrupts.chained_interrupt)
-        interrupted = interrupts.chained_interrupt(exc)
+    except BaseException as exc:   # typer turns a KeyboardInterrupt into SystemExit(130); a C extension, into its error
+        interrupted = (interrupts.interrupt_in(exc) if isinstance(exc, (KeyboardInterrupt, SystemExit))
+                       else interrupts.chained_interrupt(exc))
         if interrupted is None:
             raise
         interrupts.exit_interrupted(interrupted)

@@ -171,9 +171,13 @@ def chained_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    if _raised and isinstance(first, REPLACED) and first.__cause__ is None and first.__context__ is None:
-        return _raised[0]
-    return None
+    return _raised[0] if replaced_interrupt(first) else None
+
+
+def replaced_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` stands for a signal received (see :func:`chained_interrupt`) without holding it: an
+    ImportError or SystemError with no chain, after our handler raised."""
+    return bool(_raised) and isinstance(exc, REPLACED) and exc.__cause__ is None and exc.__context__ is None
 
 
 def exit_interrupted(exc: KeyboardInterrupt) -> None:

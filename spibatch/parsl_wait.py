@@ -139,8 +139,8 @@ _questions: dict[int, _Question] = {}   # id(executor) -> its open question
 def _asked(executor):
     """(connected managers, blocks ever connected) from ``executor``'s interchange, waiting at most :data:`ANSWER_S`;
     None while the question is still open (asked again only once it is answered) or when it could not be asked."""
-    question = _questions.get(id(executor))
-    if question is None or question.executor is not executor:
+    question = _question_of(executor)
+    if question is None:
         question = _questions[id(executor)] = _Question(executor)
     question.thread.join(ANSWER_S)
     if question.thread.is_alive():
@@ -155,10 +155,16 @@ def interchange_dead(executor) -> bool:
     return proc is not None and proc.poll() is not None
 
 
+def _question_of(executor) -> _Question | None:
+    """The question on record for ``executor`` (answered or not), else None."""
+    question = _questions.get(id(executor))
+    return question if question is not None and question.executor is executor else None
+
+
 def _open_question(executor) -> _Question | None:
     """``executor``'s question still waiting for its answer (one answered is forgotten here), else None."""
-    question = _questions.get(id(executor))
-    if question is None or question.executor is not executor:
+    question = _question_of(executor)
+    if question is None:
         return None
     if not question.thread.is_alive():
         _questions.pop(id(executor), None)

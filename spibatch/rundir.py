@@ -27,7 +27,7 @@ from pathlib import Path
 
 from spibatch import __version__, layout, owners
 from spibatch.errors import InputError
-from spibatch.interrupts import chained_interrupt
+from spibatch.interrupts import chained_interrupt, replaced_interrupt
 from spibatch.io.atomic import DiskFull, remove_partial_files, write_text
 from spibatch.io.fingerprint import (ENDS_BYTES, FULL_HASH_LIMIT, input_fingerprint,  # noqa: F401  (re-exported)
                                      same_fingerprint, sha256_file)
@@ -367,8 +367,7 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
             if run._log_handler is not None:   # log.txt says it too (the terminal hears it once, from the command)
                 run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,
                                                        "%s; continue with: %s", (how, hint), None))
-            if stop is not exc and not _in_chain(exc, stop) \
-                    and run._log_handler is not None:   # the library's error does not hold the signal: keep it
+            if replaced_interrupt(exc) and run._log_handler is not None:   # the error does not hold the signal: keep it
                 run._log_handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0, "the signal surfaced "
                                                        "as this error", (), (type(exc), exc, exc.__traceback__)))
             run.finish("interrupted", error=how)
@@ -384,16 +383,6 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
     finally:
         if report_now:
             write_report_quietly(run.path)
-
-
-def _in_chain(exc: BaseException, target: BaseException) -> bool:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if exc is target:
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def write_report_quietly(run_path: Path) -> Path | None:

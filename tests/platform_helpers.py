@@ -124,3 +124,15 @@ def app_by_value(source: str, name: str):
     namespace = {"__name__": "__main__"}
     exec(source, namespace)
     return python_app(namespace[name], executors=[TASKS_LABEL])
+
+
+def spawned(target, *args):
+    """(a daemon process running ``target(*args, ready)``, started with multiprocessing's spawn, whether it set
+    ``ready`` within 60 s)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    process = context.Process(target=target, args=(*args, ready), daemon=True)
+    process.start()
+    return process, ready.wait(60)

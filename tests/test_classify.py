@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from platform_helpers import spibatch
+from platform_helpers import spawned, spibatch
 from spibatch.detector import Detector
 from spibatch.io.dragonfly import write_photons
 from spibatch.photons import Photons
@@ -216,7 +216,6 @@ def test_a_folder_is_classified_into_by_one_command_at_a_time(tmp_path):
     overwrote the first's files; then (a claim file) one that claimed it after the first had finished replaced the
     first's files, and a claim left by a SIGKILLed command refused the folder for ever.  Now a lock on the claim,
     the folder checked again once claimed, and a dead command's claim taken over."""
-    import multiprocessing
     import os
     import signal
 
@@ -224,12 +223,9 @@ def test_a_folder_is_classified_into_by_one_command_at_a_time(tmp_path):
     from spibatch.errors import InputError
 
     out = tmp_path / "new"
-    context = multiprocessing.get_context("spawn")
-    ready = context.Event()
-    other = context.Process(target=_claim_for_ever, args=(str(out), ready), daemon=True)
-    other.start()
+    other, ready = spawned(_claim_for_ever, str(out))
     try:
-        assert ready.wait(60)
+        assert ready
         with pytest.raises(InputError, match="another spibatch classify writes into it now"):
             with claimed(out):
                 pass

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from platform_helpers import spawned
 from spibatch.parsl_lean import pool_queues
 
 
@@ -23,11 +24,9 @@ def test_a_lock_whose_holder_is_killed(kind, tmp_path):
     is free again at once, and excludes a second process while held."""
     context = multiprocessing.get_context("spawn")
     lock = context.Lock() if kind == "multiprocessing" else pool_queues.FileLock(str(tmp_path / "lock"))
-    ready = context.Event()
-    holder = context.Process(target=_hold_for_ever, args=(lock, ready), daemon=True)
-    holder.start()
+    holder, ready = spawned(_hold_for_ever, lock)
     try:
-        assert ready.wait(60)
+        assert ready
         assert not lock.acquire(True, 0.2)       # held by the other process: excluded, the timeout honoured
         assert not lock.acquire(False)
         os.kill(holder.pid, signal.SIGKILL)
@@ -43,7 +42,7 @@ def test_a_lock_whose_holder_is_killed(kind, tmp_path):
             holder.kill()
 
 
-def _hold_and_fork(lock, ready, pid_file):
+def _hold_and_fork(lock, pid_file, ready):
     lock.acquire()
     if os.fork() == 0:           # a helper the task left behind: it must not keep its parent's lock
         with open(pid_file, "w") as f:
@@ -59,13 +58,10 @@ def _hold_and_fork(lock, ready, pid_file):
 def test_a_child_forked_by_the_holder_does_not_keep_the_lock(tmp_path):
     """The review: with flock the lock belonged to the open file, which a fork shares, so a worker's forked helper
     kept it after the worker was killed (the hang again); a record lock (lockf) is the process's."""
-    context = multiprocessing.get_context("spawn")
-    lock = pool_queues.FileLock(str(tmp_path / "lock"))
-    ready, pid_file = context.Event(), tmp_path / "helper.pid"
-    holder = context.Process(target=_hold_and_fork, args=(lock, ready, str(pid_file)), daemon=True)
-    holder.start()
+    lock, pid_file = pool_queues.FileLock(str(tmp_path / "lock")), tmp_path / "helper.pid"
+    holder, ready = spawned(_hold_and_fork, lock, str(pid_file))
     try:
-        assert ready.wait(60)
+        assert ready
         assert not lock.acquire(True, 0.1)
         os.kill(holder.pid, signal.SIGKILL)
         began = time.monotonic()
@@ -123,12 +119,9 @@ def test_the_sweep_removes_a_dead_pools_folder_and_keeps_a_live_ones(tmp_path):
     """A pool killed leaves its lock folder (no atexit); the next pool on the node removes it -- judged by the lock
     the pool holds on its ``alive`` file, not by its pid (the review: a pool in another PID namespace sharing /tmp
     looked dead, its folder was removed, and its tasks were lost)."""
-    context = multiprocessing.get_context("spawn")
-    ready = context.Event()
-    pool = context.Process(target=_pool_context_for_ever, args=(str(tmp_path), ready), daemon=True)
-    pool.start()
+    pool, ready = spawned(_pool_context_for_ever, str(tmp_path))
     try:
-        assert ready.wait(60)
+        assert ready
         (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith(pool_queues.PREFIX)]
         renamed = folder.with_name(f"{pool_queues.PREFIX}999999999-x")    # a pid that says "dead" here
         folder.rename(renamed)
