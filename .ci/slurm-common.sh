@@ -1,9 +1,10 @@
 # Sourced by .ci/slurm-up.sh and .ci/slurm-two-nodes.sh: what their clusters share.
 
-# slurm.conf settings both clusters use (each adds its names, ports, paths, nodes and MpiDefault)
+# slurm.conf settings both clusters use (each adds its names, ports, paths, nodes and MpiDefault);
+# $1: SlurmctldHost (default localhost)
 slurm_common_conf() {
+    echo "SlurmctldHost=${1:-localhost}"
     cat <<'CONF_EOF'
-SlurmctldHost=localhost
 SlurmUser=root
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc

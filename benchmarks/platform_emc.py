@@ -19,7 +19,8 @@ another Dragonfly data set (photons.emc, det_sim.h5), e.g. dragonfly-small with
 
 ``--provider local``: the same on the local site (mpirun for HPC mode, LocalProvider workers for HTC).
 ``--provider slurm-two-nodes``: on the two-node cluster of .ci/slurm-two-nodes.sh (one rank or worker per node;
-both slurmd on this host, so Open MPI's ranks still meet in shared memory: no network is crossed).
+each node a network namespace of its own on a bridge, so the MPI ranks talk over TCP and the worker pools reach
+the interchange over that network, as between machines; the filesystem is shared).
 ``--container IMAGE_DIR``: each mode twice, interleaved ``--repeats`` times: on the host and inside a real
 Charliecloud container (``ch-run --set-env IMAGE_DIR``; containers/charliecloud.sh builds one) -- the
 workers, or every MPI rank, run in it; the driver stays on the host -- and the ratio of the medians of
@@ -52,7 +53,7 @@ emc_mode: {mode}
 SECTIONS = {"slurm": 'slurm: {partition: debug, walltime: "01:00:00", cores_per_node: 2, max_idletime_s: 2, '
                      'strategy_period_s: 0.5}',
             "local": "local: {cores: 2, strategy_period_s: 0.5}",
-            # .ci/slurm-two-nodes.sh: two slurmd of this host, one CPU each; one block of both nodes
+            # .ci/slurm-two-nodes.sh: two slurmd, each in a network namespace, one CPU each; one block of both
             "slurm-two-nodes": 'slurm: {partition: two, nodes: 2, cores_per_node: 1, walltime: "01:00:00", '
                                'max_idletime_s: 2, strategy_period_s: 0.5}'}
 PROVIDER = {"slurm-two-nodes": "slurm"}

@@ -1,9 +1,11 @@
 """EMC in HTC mode on a REAL two-node Slurm cluster (.ci/slurm-two-nodes.sh: two slurmd daemons, n1 and n2, on
-this machine, beside the CI's single-node cluster): one batch job of two nodes, Parsl's worker pool started on
-each node by srun, the EMC tasks spread over both, and the model bit for bit the serial driver's.  EMC in HPC
-mode as one MPI job across the two nodes: the site's ``srun --mpi=pmix`` of two ranks, one on each node (each
-node's slurmd has a TmpFS of its own, where PMIx makes the step's directory).  And an MPI job started by mpirun
-in the allocation (its orted on each node through srun)."""
+this machine, beside the CI's single-node cluster, each node in a network and UTS namespace of its own: hosts
+of their own on a bridge, the filesystem shared): one batch job of two nodes, Parsl's worker pool started on
+each node by srun and connecting to the interchange over the network, the EMC tasks spread over both, and the
+model bit for bit the serial driver's.  EMC in HPC mode as one MPI job across the two nodes: the site's
+``srun --mpi=pmix`` of two ranks, one on each node (each node's slurmd has a TmpFS of its own, where PMIx makes
+the step's directory).  And an MPI job started by mpirun in the allocation (its orted on each node through
+srun), whose allreduce crosses the network between the nodes."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 CONF = "/etc/slurm-two-nodes/slurm.conf"
 LOGS = Path("/var/spool/slurm-two-nodes/log")   # each slurmd's log (the script's STATE/log)
+CONTROLLER = "10.213.77.1"                       # this host on the nodes' bridge (the script's NET.1)
 SITE = """name: two-nodes
 provider: slurm
 workers: 2
@@ -66,6 +69,12 @@ def test_htc_emc_on_two_nodes_equals_the_serial_driver(two_nodes, emc_small, emc
         assert f"launch task StepId={job}.0 request" in log, node
     managers = [p for p in run.glob("runinfo/workers/tasks/block-0/*") if p.is_dir()]
     assert len(managers) == 2, managers
+    # each pool ran on a host of its own and reached the interchange over the network (in a node, 127.0.0.1
+    # is the node's own loopback)
+    for manager in managers:
+        assert f"connected to interchange via URL: tcp://{CONTROLLER}:" in (manager / "manager.log").read_text()
+    registered = next(run.glob("runinfo/*/tasks/interchange.log")).read_text()
+    assert sorted(re.findall(r"Registration info for manager.*'hostname': '(n\d)'", registered)) == ["n1", "n2"]
     timing = [json.loads(line) for line in (run / "emc" / "htc" / "timing.jsonl").read_text().splitlines()]
     assert [t["tasks"] for t in timing] == [4, 4, 4]
 
@@ -109,13 +118,26 @@ def test_an_mpi_job_across_the_two_nodes(two_nodes, tmp_path):
     pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install '.[test]')")
     if shutil.which("mpirun") is None:
         pytest.skip("mpirun not installed (apt-get install openmpi-bin libopenmpi-dev; .ci/run does)")
-    code = ("from mpi4py import MPI; import os; c = MPI.COMM_WORLD; "
-            "print(c.Get_rank(), c.Get_size(), os.environ['SLURMD_NODENAME'], c.allreduce(c.Get_rank() + 1), "
-            "flush=True)")
+    payload = 8 << 20                                       # bytes each rank sends in the allreduce
+    code = ("from mpi4py import MPI; import os, socket; import numpy as np; c = MPI.COMM_WORLD; "
+            f"a = np.full({payload // 8}, c.Get_rank() + 1.0); b = np.empty_like(a); c.Allreduce(a, b); "
+            "print(c.Get_rank(), c.Get_size(), os.environ['SLURMD_NODENAME'], socket.gethostname(), "
+            "os.readlink('/proc/self/ns/net'), int(b.min()), int(b.max()), flush=True)")
     env = dict(os.environ, SLURM_CONF=two_nodes, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    before = _veth_bytes("n2")
     done = subprocess.run(["salloc", "-N", "2", "-n", "2", "mpirun", "-n", "2", "--map-by", "node",
                            shutil.which("python3") or "python3", "-c", code],
                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    crossed = _veth_bytes("n2") - before
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = sorted(re.findall(r"(\d) (\d) (n\d) (\d)", done.stdout))   # (ranks' lines may arrive unseparated)
-    assert rows == [("0", "2", "n1", "3"), ("1", "2", "n2", "3")], done.stdout
+    rows = sorted(re.findall(r"(\d) (\d) (n\d) (n\d) (net:\[\d+\]) (\d) (\d)", done.stdout))  # (lines may
+    assert [r[:4] + r[5:] for r in rows] == [("0", "2", "n1", "n1", "3", "3"),             # arrive unseparated)
+                                             ("1", "2", "n2", "n2", "3", "3")], done.stdout
+    assert rows[0][4] != rows[1][4] != os.readlink("/proc/self/ns/net")    # two network stacks, neither this one
+    assert crossed >= payload, crossed       # the allreduce went over the nodes' network, not shared memory
+
+
+def _veth_bytes(node: str) -> int:
+    """Bytes through the host end of ``node``'s veth so far (received + sent)."""
+    stats = Path(f"/sys/class/net/spibatch-{node}/statistics")
+    return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
