@@ -132,7 +132,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
             for name in driven:
                 interrupts.raise_if_swallowed()
                 bar.describe(f"stage {name}: running ({driven.index(name) + 1} of {len(driven)})")
-                with failures_as_one_line(run, name):
+                with failures_as_one_line(run, name, site):
                     if name == "emc" and pipeline.source is not None:
                         _follow_emc(run, pipeline, device, workers, follower)
                     elif name in stages.ORCHESTRATING:
@@ -151,10 +151,12 @@ def _go_on(run: RunLayout) -> str:
 
 
 @contextmanager
-def failures_as_one_line(run: RunLayout, stage: str):
+def failures_as_one_line(run: RunLayout, stage: str, site: Site | None = None):
     """A stage that raises anything but bad input, a StageFailed or a signal raises StageFailed instead: one line
-    with the cause and where its traceback was written (``stages/<stage>.traceback``), not a traceback."""
+    with the cause and where its traceback was written (``stages/<stage>.traceback``), not a traceback.  When
+    Parsl gave up on ``site``'s workers, the cause says why (:mod:`spibatch.worker_reach`)."""
     from spibatch.interrupts import chained_interrupt
+    from spibatch.worker_reach import explain
 
     try:
         yield
@@ -165,6 +167,8 @@ def failures_as_one_line(run: RunLayout, stage: str):
             raise
         first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
         cause = f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
+        key = provider_for(site).address_key if site is not None else ""
+        cause = explain(exc, run.path, key, site.source if site is not None else None) or cause
         path = run.stage_log(stage).with_suffix(".traceback")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,18 +8,24 @@ path as a list), so existing namespaces are declared as fixed answers; and it st
 created with ``?dryRun=All``, so the emulator here answers those without storing them.
 
 ``PodRunner`` stands in for the kubelet: it polls the pod list, starts each new pod's
-``command + args`` as a local process (its env, its workingDir; ``status.podIP`` is
-127.0.0.1), reports phase Running / Succeeded / Failed through the status subresource,
-and kills the process when the pod is deleted.  Every persistentVolumeClaim mount path
-must exist on this machine: the local filesystem plays the shared filesystem.  What a
-real kubelet does and this does not: pull images (the "image" is this Python
-environment), enforce resources or the security context, network namespaces.
+``command + args`` as a local process (its env, its workingDir), reports phase Running /
+Succeeded / Failed through the status subresource, and kills the process when the pod is
+deleted.  With a :class:`PodNetwork` (root and iproute2) each pod is a host of its own, as
+on a cluster's pod network: a network namespace with an address on a bridge
+(``status.podIP``; this machine, where the driver and its interchange run, is
+:data:`HOST_ADDRESS` there), so a pod reaches the driver only at an address the site gives
+it, never at 127.0.0.1 (its own loopback); without one every pod's address is 127.0.0.1.
+Every persistentVolumeClaim mount path must exist on this machine: the local filesystem
+plays the shared filesystem.  What a real kubelet does and this does not: pull images (the
+"image" is this Python environment), enforce resources or the security context, DNS and
+Services, NetworkPolicies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,12 +116,68 @@ class Cluster:
         return client.CoreV1Api(client.ApiClient(configuration))
 
 
-class PodRunner:
-    """Runs every pod created in ``namespace`` as local processes until the pod is deleted."""
+NET = "10.213.78"                 # the pod network's /24: this machine .1, pods from .2
+HOST_ADDRESS = f"{NET}.1"
+BRIDGE = "spibatch-pods"
 
-    def __init__(self, cluster: Cluster, namespace: str, base_env: dict[str, str], poll_s: float = 0.2):
+
+class PodNetwork:
+    """A pod network: a bridge with this machine at :data:`HOST_ADDRESS`, and for each pod a network namespace
+    with an address of its own on it (:meth:`add`), removed with the pod (:meth:`remove`) or at exit."""
+
+    def __init__(self):
+        self.pods: dict[str, tuple[str, str]] = {}     # pod name -> (namespace, address)
+        self._next = 2
+
+    @staticmethod
+    def available() -> str | None:
+        """None where pod networks can be made here, else why not."""
+        if os.geteuid() != 0:
+            return "network namespaces need root"
+        if not shutil.which("ip") or not shutil.which("nsenter"):
+            return "needs iproute2's ip and util-linux's nsenter (apt-get install iproute2; .ci/run does)"
+        return None
+
+    def __enter__(self) -> "PodNetwork":
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)     # one a killed run left
+        for args in (["link", "add", BRIDGE, "type", "bridge"], ["addr", "add", f"{HOST_ADDRESS}/24", "dev", BRIDGE],
+                     ["link", "set", BRIDGE, "up"]):
+            subprocess.run(["ip", *args], check=True, capture_output=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in list(self.pods):
+            self.remove(name)
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+
+    def add(self, name: str) -> tuple[str, list[str]]:
+        """The pod's address, and the prefix that runs a command in its network namespace."""
+        index, self._next = self._next, self._next + 1
+        netns, address = f"spibatch-pod{index}", f"{NET}.{index}"
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)     # one a killed run left
+        for args in (["netns", "add", netns], ["link", "add", netns, "type", "veth", "peer", "name", "eth0", "netns",
+                                                netns],
+                     ["link", "set", netns, "master", BRIDGE, "up"], ["-n", netns, "addr", "add", f"{address}/24", "dev",
+                                                                      "eth0"],
+                     ["-n", netns, "link", "set", "lo", "up"], ["-n", netns, "link", "set", "eth0", "up"]):
+            subprocess.run(["ip", *args], check=True, capture_output=True)
+        self.pods[name] = (netns, address)
+        return address, ["nsenter", f"--net=/run/netns/{netns}"]
+
+    def remove(self, name: str) -> None:
+        netns, _ = self.pods.pop(name)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)    # its veth goes with it
+
+
+class PodRunner:
+    """Runs every pod created in ``namespace`` as local processes until the pod is deleted (each in a network
+    namespace of its own with ``network``)."""
+
+    def __init__(self, cluster: Cluster, namespace: str, base_env: dict[str, str], poll_s: float = 0.2,
+                 network: PodNetwork | None = None):
         self.api = cluster.api()
-        self.namespace, self.base_env, self.poll_s = namespace, base_env, poll_s
+        self.namespace, self.base_env, self.poll_s, self.network = namespace, base_env, poll_s, network
+        self.addresses: dict[str, str] = {}  # pod name -> its address (status.podIP)
         self.processes: dict[str, subprocess.Popen] = {}
         self.started: list[dict] = []        # every pod manifest started, as the API returned it
         self.deleted: list[str] = []         # names of pods whose process was killed on deletion
@@ -144,13 +206,13 @@ class PodRunner:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
-    def _env(self, container: dict) -> dict[str, str]:
+    def _env(self, container: dict, address: str) -> dict[str, str]:
         env = dict(self.base_env)
         for item in container.get("env") or []:
             if "value" in item:
                 env[item["name"]] = str(item["value"])
             elif (item.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
-                env[item["name"]] = "127.0.0.1"
+                env[item["name"]] = address
         return env
 
     def _start(self, pod: dict) -> None:
@@ -164,9 +226,11 @@ class PodRunner:
                 self._phase(name, "Failed")
                 return
         log = Path(container.get("workingDir") or "/tmp") / f"pod-{name}.log"
-        with open(log, "ab") as out:
-            process = subprocess.Popen(list(container.get("command") or []) + list(container.get("args") or []),
-                                       env=self._env(container), cwd=container.get("workingDir") or None,
+        address, prefix = self.network.add(name) if self.network else ("127.0.0.1", [])
+        self.addresses[name] = address
+        with open(log, "ab") as out:   # nsenter execs the command: the process is the pod's, as without it
+            process = subprocess.Popen(prefix + list(container.get("command") or []) + list(container.get("args") or []),
+                                       env=self._env(container, address), cwd=container.get("workingDir") or None,
                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name] = process
         self.started.append(pod)
@@ -176,8 +240,8 @@ class PodRunner:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.api.patch_namespaced_pod_status(name, self.namespace,
-                                                 {"status": {"phase": phase, "podIP": "127.0.0.1"}})
+            self.api.patch_namespaced_pod_status(name, self.namespace, {"status": {
+                "phase": phase, "podIP": self.addresses.get(name, "127.0.0.1")}})
         except ApiException as exc:   # deleted meanwhile
             if exc.status != 404:
                 self.errors.append(f"{name}: status patch answered {exc.status}")
@@ -200,9 +264,11 @@ class PodRunner:
                     if name not in self.processes:
                         finished.add(name)
             for name, process in list(self.processes.items()):
-                if name not in pods:                      # deleted: stop its containers
+                if name not in pods:                      # deleted: stop its containers, free its address
                     self._kill(process)
                     del self.processes[name]
+                    if self.network:
+                        self.network.remove(name)
                     self.deleted.append(name)
                     finished.add(name)
                 elif process.poll() is not None and name not in finished:

@@ -2,16 +2,19 @@
 
 Parsl's real KubernetesProvider (our subclass only builds the pod) and the real ``kubernetes``
 client create, poll and delete pods on kmock; tests/k8s_emulator.py's PodRunner runs each pod's
-command as a local process.  See README "Running on a cluster" for what this does not test.
+command as a local process, each in a network namespace of its own on a pod network (where this machine
+allows it: root), which reaches the driver only at the site's ``interchange_address``.  See README
+"Running on a cluster" for what this does not test.
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
-from k8s_emulator import Cluster, PodRunner, host_env
+from k8s_emulator import HOST_ADDRESS, Cluster, PodNetwork, PodRunner, host_env
 
 pytest.importorskip("kmock", reason="kmock (the Kubernetes API emulator) is in the [test] extra")
 pytest.importorskip("parsl", reason="parsl is in the [platform] extra")
@@ -31,6 +34,24 @@ def write_site(tmp_path: Path, shared: Path, **kubernetes) -> Path:
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(site, sort_keys=False), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def pod_network():
+    """Each pod a host of its own on a pod network where this machine allows it (root and iproute2, as in CI),
+    else (said as a warning) the pods share this machine's network."""
+    why = PodNetwork.available()
+    if why:
+        warnings.warn(f"emulated pods share this machine's network: {why}", stacklevel=1)
+        yield None
+        return
+    with PodNetwork() as network:
+        yield network
+
+
+def driver_address(network: PodNetwork | None) -> str:
+    """Where the pods reach the driver's interchange: this machine on the pod network (127.0.0.1 without one)."""
+    return HOST_ADDRESS if network else "127.0.0.1"
 
 
 @pytest.fixture
@@ -77,7 +98,7 @@ def test_dry_run_asks_the_api_server_to_admit_the_pod(cluster, tmp_path):
     assert cluster.api().list_namespaced_pod("spibatch").items == []
 
 
-def test_parsl_tasks_run_in_emulated_pods(cluster, tmp_path):
+def test_parsl_tasks_run_in_emulated_pods(cluster, pod_network, tmp_path):
     import parsl
     from parsl import python_app
 
@@ -87,9 +108,9 @@ def test_parsl_tasks_run_in_emulated_pods(cluster, tmp_path):
     shared = tmp_path / "shared"
     run_dir = shared / "runs" / "r1"
     run_dir.mkdir(parents=True)
-    site = load_site(write_site(tmp_path, shared))
+    site = load_site(write_site(tmp_path, shared, interchange_address=driver_address(pod_network)))
     app = python_app(where_am_i, executors=["tasks"])
-    with PodRunner(cluster, "spibatch", host_env()) as runner:
+    with PodRunner(cluster, "spibatch", host_env(), network=pod_network) as runner:
         with parsl.load(provider_for(site).parsl_config(run_dir)):
             results = [app(str(run_dir), i).result(timeout=120) for i in range(4)]
         assert not runner.errors, runner.errors
@@ -99,6 +120,9 @@ def test_parsl_tasks_run_in_emulated_pods(cluster, tmp_path):
         assert {r["home"] for r in results} == {"/tmp"}
         assert {r["cwd"] for r in results} == {str(run_dir)}
         assert os.getpid() not in {r["pid"] for r in results}
+        if pod_network:                      # the tasks ran on the pods' own network stacks, not this machine's
+            assert os.readlink("/proc/self/ns/net") not in {r["net"] for r in results}
+            assert set(runner.addresses.values()) <= {f"{HOST_ADDRESS[:-2]}.{i}" for i in range(2, 255)}
         assert runner.started, "no pod was created"
         for _ in range(100):                                          # Parsl deletes its pods at cleanup
             if len(runner.deleted) == len(runner.started):
@@ -141,7 +165,7 @@ def spibatch_cli(*args, env, cwd):
 
 
 @pytest.mark.slow
-def test_pipeline_runs_in_emulated_pods(cluster, tmp_path):
+def test_pipeline_runs_in_emulated_pods(cluster, pod_network, tmp_path):
     """`spibatch run --dry-run`, then `spibatch run` of a small pipeline with the Kubernetes site:
     every stage and every HTC EMC shard task runs in a worker pod."""
     import shutil
@@ -150,7 +174,8 @@ def test_pipeline_runs_in_emulated_pods(cluster, tmp_path):
     shared.mkdir()
     shutil.copy(REPO / "spibatch" / "data" / "1EI7.pdb", shared / "1EI7.pdb")
     (shared / "tiny.yaml").write_text(TINY_PIPELINE)
-    site = write_site(tmp_path, shared, cpu_limit="1", max_idletime_s=30)
+    site = write_site(tmp_path, shared, cpu_limit="1", max_idletime_s=30,
+                      interchange_address=driver_address(pod_network))
     env = {**os.environ, "KUBECONFIG": os.environ["KUBECONFIG"]}
     out = shared / "runs" / "tiny"
 
@@ -163,7 +188,7 @@ def test_pipeline_runs_in_emulated_pods(cluster, tmp_path):
     pods = [o for o in yaml.safe_load_all(shown.stdout.split("==> worker-pod.yaml <==")[1].split("==>")[0]) if o]
     assert pods[0]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "shared"
 
-    with PodRunner(cluster, "spibatch", host_env()) as runner:
+    with PodRunner(cluster, "spibatch", host_env(), network=pod_network) as runner:
         done = spibatch_cli("run", "tiny.yaml", "--site", site, "--out", out, env=env, cwd=shared)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert not runner.errors, runner.errors
@@ -217,7 +242,7 @@ def test_real_cluster(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_live_source_followed_with_emc_tasks_in_emulated_pods(cluster, tmp_path):
+def test_a_live_source_followed_with_emc_tasks_in_emulated_pods(cluster, pod_network, tmp_path):
     """Near real time on the Kubernetes site (emulated: kmock and local pod processes): the follower beside the
     driver, EMC in HTC mode as shard tasks in the worker pods taking the chunks as they come, previews and the
     phasing as tasks too; a CXI folder on the shared volume is replayed into while it runs."""
@@ -227,9 +252,10 @@ def test_a_live_source_followed_with_emc_tasks_in_emulated_pods(cluster, tmp_pat
     shared = tmp_path / "shared"
     hits = 120
     frames, target, config = write_live_source(shared, hits)
-    site = write_site(tmp_path, shared, cpu_limit="1", max_idletime_s=30)
+    site = write_site(tmp_path, shared, cpu_limit="1", max_idletime_s=30,
+                      interchange_address=driver_address(pod_network))
     env = {**os.environ, "KUBECONFIG": os.environ["KUBECONFIG"]}
-    with PodRunner(cluster, "spibatch", host_env()) as runner:
+    with PodRunner(cluster, "spibatch", host_env(), network=pod_network) as runner:
         done = rehearsal.follow_replay(frames, "cxi-folder", str(target), config, shared / "live", rate_hz=40.0,
                                        env=env, site=site, log_dir=shared, timeout_s=900)
         assert not runner.errors, runner.errors
@@ -244,3 +270,27 @@ def test_a_live_source_followed_with_emc_tasks_in_emulated_pods(cluster, tmp_pat
     records = rehearsal.previews(run)
     assert records[-1]["final"] and records[-1]["frames"] == hits
     assert summary["emc_cc_with_truth"] > 0.8
+
+
+@pytest.mark.slow
+def test_pods_that_cannot_reach_the_interchange_end_the_run_in_one_line(cluster, pod_network, tmp_path):
+    """The commonest mistake on a real cluster: an interchange address the pods cannot reach (here 127.0.0.1,
+    each pod's own loopback).  The pools give up after probing it, Parsl marks the executor bad, and the run ends
+    with one line that names the address tried and the site key to set -- not Parsl's "Error 1:"."""
+    if pod_network is None:
+        pytest.skip("needs the pod network (root and iproute2; .ci/run has both): without it 127.0.0.1 reaches "
+                    "the driver")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "tiny.yaml").write_text(TINY_PIPELINE)
+    (shared / "1EI7.pdb").write_bytes((REPO / "spibatch" / "data" / "1EI7.pdb").read_bytes())
+    site = write_site(tmp_path, shared, interchange_address="127.0.0.1")
+    env = {**os.environ, "KUBECONFIG": os.environ["KUBECONFIG"]}
+    with PodRunner(cluster, "spibatch", host_env(), network=pod_network) as runner:
+        done = spibatch_cli("run", "tiny.yaml", "--site", site, "--out", shared / "runs" / "tiny", env=env, cwd=shared)
+        assert runner.started
+    assert done.returncode == 1, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("spibatch: error: the simulate stage failed: no worker pool could reach Parsl's "
+                           "interchange (they tried tcp://127.0.0.1:"), line
+    assert f"set kubernetes.interchange_address in {site}" in line and "Traceback" not in done.stderr

@@ -106,6 +106,8 @@ class Provider:
     default_emc_mode: ClassVar[str] = "htc"    # the site's emc_mode when the file does not say
     supports_hpc: ClassVar[bool] = False       # has an MPI launch (emc_launch): EMC can run in hpc mode
     rendered_check: ClassVar[str] = ""         # what check_rendered asks ("" = nothing), for a skipped line
+    address_key: ClassVar[str] = ""            # the site key that says where workers reach the driver ("" = none:
+                                               # Parsl offers them every address of this machine)
 
     def __init__(self, site: Site):
         self.site = site

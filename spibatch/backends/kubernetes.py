@@ -126,6 +126,7 @@ class KubernetesProvider(Provider):
     Options = KubernetesOptions
     default_emc_mode = "htc"
     rendered_check = "the API server admits worker-pod.yaml (dryRun=All)"
+    address_key = "kubernetes.interchange_address"
 
     def max_pods(self) -> int:
         """Pods at once: enough for the site's workers."""
