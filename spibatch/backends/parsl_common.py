@@ -127,38 +127,49 @@ def worker_logdir(run_dir: Path) -> str:
     return str(Path(run_dir) / "runinfo" / "workers")
 
 
-# How many times a task is sent again after the process or the worker block it ran in was lost (a worker
-# killed, a batch job cancelled by a scale-in at the moment it received the task, a node gone).  Every task
-# spibatch sends may run twice: a start, a shard's sums, a stage or an EMC job (which resumes from its
-# checkpoint) write their files whole, under names only they write.  A task that failed by itself is not
-# sent again.
-LOST_RETRIES = 1
+# How many times a task is sent again after the process or the worker block it ran in was lost.  Every task
+# spibatch sends may run more than once: a start, a shard's sums, a stage or an EMC job (which resumes from its
+# checkpoint) write their files whole, under names only they write.  A task that failed by itself is not sent
+# again.  A lost worker process (the OOM killer, a block cancelled at the moment it got the task) may be the
+# task's own doing: sent again once.  A lost worker pool (its node gone or cut off, its batch job requeued or
+# killed) is not the task's doing, and one loss can hide another: when a node drops off the network, Slurm
+# requeues the block's job, which kills the pool on the other node too, but the interchange hears of that only a
+# heartbeat threshold later -- and sends the retry there meanwhile (BENCHMARKS.md, "Nodes and pods on a network").
+# As Parsl's costs against its ``retries`` (LOST_BUDGET): a try lost with its pool costs 1, so up to
+# POOL_LOST_RETRIES of them; with its worker WORKER_LOST_COST, more than half the budget, so one (and one pool
+# loss beside it), never two.
+POOL_LOST_RETRIES = 3
+LOST_BUDGET = POOL_LOST_RETRIES
+WORKER_LOST_COST = 2.0
 
 
 def retry_lost(exception: BaseException, task_record: dict) -> float:
-    """Parsl's ``retry_handler``: a try lost with its worker or manager costs 1 (so it is tried again up to
-    :data:`LOST_RETRIES` times); any other failure costs more than every retry (not tried again)."""
+    """Parsl's ``retry_handler``: a try lost with its worker pool costs 1 (sent again up to
+    :data:`POOL_LOST_RETRIES` times), with its worker process :data:`WORKER_LOST_COST` (sent again once); any
+    other failure costs more than the budget (not sent again)."""
     from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
 
     if not isinstance(exception, (ManagerLost, WorkerLost)):
-        return LOST_RETRIES + 1.0
-    if task_record.get("fail_cost", 0) + 1 <= LOST_RETRIES:
+        return LOST_BUDGET + 1.0
+    cost = 1.0 if isinstance(exception, ManagerLost) else WORKER_LOST_COST
+    spent = task_record.get("fail_cost", 0) + cost
+    if spent <= LOST_BUDGET:
         logging.getLogger("spibatch").warning(
-            "task %s (%s) was lost with its %s; sending it again (try %d of %d)", task_record.get("id"),
-            task_record.get("func_name"), "worker" if isinstance(exception, WorkerLost) else "worker block",
-            task_record.get("fail_count", 0) + 1, LOST_RETRIES + 1)
-    return 1.0
+            "task %s (%s) was lost with its %s; sending it again (try %d)", task_record.get("id"),
+            task_record.get("func_name"), "worker" if isinstance(exception, WorkerLost) else "worker pool (its node "
+            "or batch job gone)", task_record.get("fail_count", 0) + 1)
+    return cost
 
 
 def config(executors: list, run_dir: Path, *, strategy_period: float, max_idletime: float):
     """``parsl.config.Config``: usage tracking off, runinfo inside the run directory, tasks lost with their
-    worker or block sent again once (:func:`retry_lost`)."""
+    worker or worker pool sent again (:func:`retry_lost`)."""
     from parsl.config import Config
 
     put_bin_on_path()
     return Config(executors=executors, run_dir=str(run_dir / "runinfo"), usage_tracking=0,
                   strategy_period=strategy_period, max_idletime=max_idletime, initialize_logging=True,
-                  retries=LOST_RETRIES, retry_handler=retry_lost)
+                  retries=LOST_BUDGET, retry_handler=retry_lost)
 
 
 def cert_dir(run_dir: Path, label: str) -> str:
