@@ -1,9 +1,10 @@
 # Sourced by .ci/slurm-up.sh and .ci/slurm-two-nodes.sh: what their clusters share.
 
 # slurm.conf settings both clusters use (each adds its names, ports, paths, nodes and MpiDefault);
-# $1: SlurmctldHost (default localhost)
+# $1: SlurmctldHost (default localhost), $2: SlurmdTimeout in s (default 30)
 slurm_common_conf() {
     echo "SlurmctldHost=${1:-localhost}"
+    echo "SlurmdTimeout=${2:-30}"
     cat <<'CONF_EOF'
 SlurmUser=root
 AuthType=auth/munge
@@ -15,7 +16,6 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
-SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
 CONF_EOF

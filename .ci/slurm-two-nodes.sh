@@ -23,14 +23,17 @@ export SLURM_CONF=$CONF
 netns() { echo "spibatch-$1"; }      # a node's network namespace, and the host end of its veth
 
 network_down() {
-    local node ns
+    local node ns pid
     for node in "${NODES[@]}"; do
         ns=$(netns "$node")
-        if ip netns list | grep -qw "$ns"; then
+        if [[ -e /run/netns/$ns ]]; then
             # what still runs in the node (a job's processes) goes with it: only this namespace's
             for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-            ip netns del "$ns"
         fi
+        # the veth first (both ends go): a namespace whose last process is still exiting outlives its name,
+        # and with it the host end, whose name the next `up` takes
+        ip link del "$ns" 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
         rm -rf "/etc/netns/$ns"
     done
     ip link del "$BRIDGE" 2>/dev/null || true
@@ -39,22 +42,18 @@ network_down() {
 network_up() {
     local i node ns controller
     controller=$(hostname -s)
-    ip link show "$BRIDGE" >/dev/null 2>&1 || {
-        ip link add "$BRIDGE" type bridge
-        ip addr add "$NET.1/24" dev "$BRIDGE"
-    }
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$NET.1/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
     for i in "${!NODES[@]}"; do
         node=${NODES[$i]}
         ns=$(netns "$node")
-        if ! ip netns list | grep -qw "$ns"; then
-            ip netns add "$ns"
-            ip link add "$ns" type veth peer name eth0 netns "$ns"
-            ip link set "$ns" master "$BRIDGE" up
-            ip -n "$ns" addr add "$NET.1$((i + 1))/24" dev eth0
-            ip -n "$ns" link set lo up
-            ip -n "$ns" link set eth0 up
-        fi
+        ip netns add "$ns"
+        ip link add "$ns" type veth peer name eth0 netns "$ns"
+        ip link set "$ns" master "$BRIDGE" up
+        ip -n "$ns" addr add "$NET.1$((i + 1))/24" dev eth0
+        ip -n "$ns" link set lo up
+        ip -n "$ns" link set eth0 up
         # the node's /etc/hosts (bound over /etc/hosts in its mount namespace, below): names, no DNS
         mkdir -p "/etc/netns/$ns"
         {
@@ -65,14 +64,22 @@ network_up() {
     done
 }
 
-if [[ ${1:-} == down ]]; then
+cluster_down() {
     stop_pidfiles "$STATE"/slurmd-n1.pid "$STATE"/slurmd-n2.pid "$STATE"/slurmctld.pid
     network_down
+}
+
+if [[ ${1:-} == down ]]; then
+    cluster_down
     exit 0
 fi
 [[ ${1:-} == up ]] || { echo "usage: $0 up|down" >&2; exit 2; }
 command -v ip >/dev/null || { echo "slurm-two-nodes: needs iproute2's ip (apt-get install iproute2)" >&2; exit 1; }
 
+# always from scratch: whatever an earlier (killed, failed, older) cluster left goes first, daemons included
+cluster_down
+trap 'echo "slurm-two-nodes: up failed; taking down what it made" >&2; cluster_down' ERR
+rm -rf "$STATE"/ctld      # no job of an earlier cluster recovered (a requeued one would hold the nodes)
 mkdir -p "$DIR" "$STATE"/ctld "$STATE"/n1 "$STATE"/n2 "$STATE"/log "$STATE"/tmp-n1 "$STATE"/tmp-n2
 network_up
 {
@@ -90,7 +97,8 @@ SlurmdLogFile=$STATE/log/slurmd-%n.log
 MpiDefault=none
 TmpFS=$STATE/tmp-%n
 CONF_EOF
-    slurm_common_conf "$(hostname -s)($NET.1)"
+    # a node cut off is found in 20-30 s (tests/test_slurm_two_nodes.py cuts one)
+    slurm_common_conf "$(hostname -s)($NET.1)" 20
     for i in "${!NODES[@]}"; do
         echo "NodeName=${NODES[$i]} NodeHostname=${NODES[$i]} NodeAddr=$NET.1$((i + 1)) Port=17001 CPUs=1"
     done
@@ -101,11 +109,11 @@ CONF_EOF
 
 start_munge
 
-alive "$STATE"/slurmctld.pid || /usr/sbin/slurmctld -f "$CONF"
+/usr/sbin/slurmctld -f "$CONF"
 for node in "${NODES[@]}"; do
     # slurmd forks into the background and stays in the node's namespaces, with every step it starts.  Not
     # `ip netns exec`: it mounts a fresh /sys, without the cgroup filesystem slurmd needs.
-    alive "$STATE/slurmd-$node.pid" || nsenter --net="/run/netns/$(netns "$node")" \
+    nsenter --net="/run/netns/$(netns "$node")" \
         unshare --uts --mount --propagation slave sh -c "hostname $node && mount --bind \
         /etc/netns/$(netns "$node")/hosts /etc/hosts && exec /usr/sbin/slurmd -f $CONF -N $node"
 done
@@ -119,4 +127,5 @@ for _ in $(seq 1 60); do
 done
 echo "slurm-two-nodes: the nodes did not become idle in 60 s; see $STATE/log/" >&2
 sinfo -R >&2 || true
+cluster_down
 exit 1

@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,8 +157,8 @@ def failures_as_one_line(run: RunLayout, stage: str, site: Site | None = None):
     with the cause and where its traceback was written (``stages/<stage>.traceback``), not a traceback.  When
     Parsl gave up on ``site``'s workers, the cause says why (:mod:`spibatch.worker_reach`)."""
     from spibatch.interrupts import chained_interrupt
-    from spibatch.worker_reach import explain
 
+    began = time.time()
     try:
         yield
     except (InputError, StageFailed):
@@ -167,8 +168,7 @@ def failures_as_one_line(run: RunLayout, stage: str, site: Site | None = None):
             raise
         first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
         cause = f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
-        key = provider_for(site).address_key if site is not None else ""
-        cause = explain(exc, run.path, key, site.source if site is not None else None) or cause
+        cause = _platform_cause(exc, run, site, began) or cause
         path = run.stage_log(stage).with_suffix(".traceback")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +178,23 @@ def failures_as_one_line(run: RunLayout, stage: str, site: Site | None = None):
             where = "its traceback could not be written"
         log.debug("stage %s failed", stage, exc_info=exc)
         raise StageFailed(f"the {stage} stage failed: {cause}; {where}; {_go_on(run)}") from exc
+
+
+def _platform_cause(exc: BaseException, run: RunLayout, site: Site | None, began: float) -> str | None:
+    """Why Parsl gave up on ``site``'s workers (:func:`spibatch.worker_reach.explain`), None otherwise or when that
+    cannot be told."""
+    from spibatch.worker_reach import explain
+
+    if site is None:
+        return None
+    source = Path(site.source) if site.source else None
+    inside = source is not None and run.path.resolve() in source.resolve().parents   # resumed: the run's own copy
+    try:
+        return explain(exc, run.path, provider_for(site).address_key, "" if inside or source is None else str(source),
+                       since=began)
+    except Exception:  # noqa: BLE001 - the stage's own failure line must still come
+        log.debug("could not read the worker pools' logs", exc_info=True)
+        return None
 
 
 class Follower:

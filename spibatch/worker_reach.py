@@ -3,52 +3,78 @@
 When the blocks of an executor fail before any of their worker pools registered (a pool that cannot reach the
 interchange exits after probing its addresses; a batch job or pod that dies at its start), Parsl marks the
 executor bad and fails every task with ``BadStateException: Executor tasks failed due to: Error 1:`` -- whose
-first line, all a stage's failure line shows, says nothing.  :func:`explain` reads the pools' own logs (written
-to the run folder, on the shared filesystem) for the addresses they tried in vain, and says which site key sets
-the address, or else gives Parsl's whole message on one line.
+first line, all a stage's failure line shows, says nothing.  :func:`explain` reads that executor's pools' own
+logs (written to the run folder, on the shared filesystem; only those written since the stage began: a resumed
+run keeps an earlier attempt's) for the addresses they tried in vain, and says which site key sets the address,
+or else gives Parsl's whole message on one line.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 # Parsl's pool, when no address it was given answers (the traceback's last line; not its source line, which the
 # traceback shows too)
 PROBE_FAILED = re.compile(r"ConnectionError: No viable ZMQ url from: (tcp://[^\s,]+(?:, tcp://[^\s,]+)*)")
-MAX_LOGS = 64               # pool logs read at most (one per block and node)
+MAX_LOGS = 64               # pool logs read at most, the newest first (one per block and node)
 TAIL_BYTES = 8192           # of each, the end: where the probe's failure is
+MAX_SHOWN = 6               # addresses named in the line
+CLOCK_SLACK_S = 60.0        # a shared filesystem's clock may lag this machine's by this much
 
 
-def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_source: str | None = None) -> str | None:
-    """The cause of a stage's failure when ``exc`` is Parsl's BadStateException, else None."""
+def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file: str = "",
+            since: float = 0.0) -> str | None:
+    """The cause of a stage's failure when ``exc`` is Parsl's BadStateException, else None.  ``since``: when the
+    stage began (s since the epoch): older pool logs are an earlier attempt's.  ``site_file``: where the user
+    sets ``address_key`` ("" for "the site file")."""
     if type(exc).__name__ != "BadStateException":
         return None
-    tried = unreachable(run_dir)
+    label = getattr(getattr(exc, "executor", None), "label", None)
+    tried = unreachable(run_dir, label, since)
     if tried:
+        shown = ", ".join(tried[:MAX_SHOWN]) + (f" and {len(tried) - MAX_SHOWN} more" if len(tried) > MAX_SHOWN else "")
         if address_key:
-            fix = (f"set {address_key} in {site_source or 'the site file'} to an address of this machine that "
-                   "the workers can reach")
+            fix = (f"set {address_key} in {site_file or 'the site file'} to an address of this machine that the "
+                   "workers can reach")
         else:
             fix = "the workers' hosts must reach this machine at one of them (a firewall or a network between?)"
-        return (f"no worker pool could reach Parsl's interchange (they tried {', '.join(sorted(tried))}): {fix}; "
-                f"the pools' logs are in {Path(run_dir) / 'runinfo' / 'workers'}")
-    said = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return f"Parsl stopped using its workers: {re.sub(r'Error [0-9]+:[ ]*', '', said).strip()}"
+        return (f"worker pools could not reach Parsl's interchange (they tried {shown}): {fix}; the pools' logs "
+                f"are in {Path(run_dir) / 'runinfo' / 'workers'}")
+    reason = getattr(exc, "reason", None) or str(exc)
+    said = " ".join(line.strip() for line in str(reason).splitlines() if line.strip())
+    said = re.sub(r"^Error [0-9]+:\s*", "", said)          # Parsl numbers the block failures it lists
+    return f"Parsl stopped using its workers{f' ({label})' if label else ''}: {said}"
 
 
-def unreachable(run_dir: Path) -> set[str]:
-    """The interchange addresses (``tcp://host:port``) that worker pools of this run tried in vain, from the ends
-    of their logs (``runinfo/workers/<executor>/block-<n>/<manager>/manager.log``)."""
-    tried: set[str] = set()
-    logs = sorted(Path(run_dir, "runinfo", "workers").glob("*/block-*/*/manager.log"))[:MAX_LOGS]
-    for log in logs:
+def unreachable(run_dir: Path, label: str | None = None, since: float = 0.0) -> list[str]:
+    """The interchange addresses (``tcp://host:port``) that worker pools of this run (of executor ``label``, all
+    when None) tried in vain, from the ends of their logs written since ``since``
+    (``runinfo/workers/<executor>/block-<n>/<manager>/manager.log``), sorted."""
+    root = Path(run_dir, "runinfo", "workers")
+    logs = []
+    for log in root.glob(f"{label or '*'}/block-*/*/manager.log"):
         try:
-            with open(log, "rb") as f:
-                f.seek(max(0, f.seek(0, 2) - TAIL_BYTES))
-                tail = f.read().decode("utf-8", "replace")
+            info = log.lstat()
         except OSError:
             continue
+        if stat.S_ISREG(info.st_mode) and info.st_mtime >= since - CLOCK_SLACK_S:      # not a link, a FIFO, a device
+            logs.append((info.st_mtime, log))
+    tried: set[str] = set()
+    for _, log in sorted(logs, reverse=True)[:MAX_LOGS]:
+        try:
+            fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            tail = os.pread(fd, TAIL_BYTES, max(0, size - TAIL_BYTES)).decode("utf-8", "replace")
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
         for found in PROBE_FAILED.finditer(tail):
             tried.update(url.strip() for url in found.group(1).split(","))
-    return tried
+    return sorted(tried)

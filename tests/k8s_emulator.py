@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -127,19 +128,24 @@ class PodNetwork:
 
     def __init__(self):
         self.pods: dict[str, tuple[str, str]] = {}     # pod name -> (namespace, address)
-        self._next = 2
 
     @staticmethod
     def available() -> str | None:
         """None where pod networks can be made here, else why not."""
         if os.geteuid() != 0:
             return "network namespaces need root"
-        if not shutil.which("ip") or not shutil.which("nsenter"):
+        if not shutil.which("ip") or not shutil.which("nsenter") or not shutil.which("unshare"):
             return "needs iproute2's ip and util-linux's nsenter (apt-get install iproute2; .ci/run does)"
+        if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+            return "this machine refuses new network namespaces (a container without CAP_SYS_ADMIN?)"
         return None
 
     def __enter__(self) -> "PodNetwork":
-        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)     # one a killed run left
+        left = "".join(subprocess.run(["ip", *args], capture_output=True, text=True).stdout
+                       for args in (["netns", "list"], ["-o", "link"]))
+        for netns in sorted(set(re.findall(r"spibatch-pod[0-9]+", left))):     # what a killed run left
+            self._delete(netns)
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
         for args in (["link", "add", BRIDGE, "type", "bridge"], ["addr", "add", f"{HOST_ADDRESS}/24", "dev", BRIDGE],
                      ["link", "set", BRIDGE, "up"]):
             subprocess.run(["ip", *args], check=True, capture_output=True)
@@ -152,21 +158,37 @@ class PodNetwork:
 
     def add(self, name: str) -> tuple[str, list[str]]:
         """The pod's address, and the prefix that runs a command in its network namespace."""
-        index, self._next = self._next, self._next + 1
+        used = {int(address.rsplit(".", 1)[1]) for _, address in self.pods.values()}
+        index = min(set(range(2, 255)) - used)               # addresses are reused once their pod is gone
         netns, address = f"spibatch-pod{index}", f"{NET}.{index}"
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)     # one a killed run left
+        self._delete(netns)
+        self.pods[name] = (netns, address)                   # before it exists: remove() cleans a half-made one
         for args in (["netns", "add", netns], ["link", "add", netns, "type", "veth", "peer", "name", "eth0", "netns",
                                                 netns],
                      ["link", "set", netns, "master", BRIDGE, "up"], ["-n", netns, "addr", "add", f"{address}/24", "dev",
                                                                       "eth0"],
                      ["-n", netns, "link", "set", "lo", "up"], ["-n", netns, "link", "set", "eth0", "up"]):
             subprocess.run(["ip", *args], check=True, capture_output=True)
-        self.pods[name] = (netns, address)
         return address, ["nsenter", f"--net=/run/netns/{netns}"]
 
     def remove(self, name: str) -> None:
-        netns, _ = self.pods.pop(name)
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)    # its veth goes with it
+        netns, _ = self.pods.pop(name, (None, None))
+        if netns:
+            self._delete(netns)
+
+    @staticmethod
+    def _delete(netns: str) -> None:
+        """The namespace's processes killed, its veth deleted (both ends: the host end would outlive a namespace
+        whose last process is still exiting, and block the name), the namespace's name removed."""
+        if Path("/run/netns", netns).exists():
+            pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+        subprocess.run(["ip", "link", "del", netns], capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
 
 
 class PodRunner:
@@ -226,12 +248,20 @@ class PodRunner:
                 self._phase(name, "Failed")
                 return
         log = Path(container.get("workingDir") or "/tmp") / f"pod-{name}.log"
-        address, prefix = self.network.add(name) if self.network else ("127.0.0.1", [])
-        self.addresses[name] = address
-        with open(log, "ab") as out:   # nsenter execs the command: the process is the pod's, as without it
-            process = subprocess.Popen(prefix + list(container.get("command") or []) + list(container.get("args") or []),
-                                       env=self._env(container, address), cwd=container.get("workingDir") or None,
-                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            address, prefix = self.network.add(name) if self.network else ("127.0.0.1", [])
+            self.addresses[name] = address
+            with open(log, "ab") as out:   # nsenter execs the command: the process is the pod's, as without it
+                process = subprocess.Popen(prefix + list(container.get("command") or []) +
+                                           list(container.get("args") or []), env=self._env(container, address),
+                                           cwd=container.get("workingDir") or None, stdout=out,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+        except (OSError, subprocess.CalledProcessError) as exc:     # said by the test, not lost with the thread
+            self.errors.append(f"{name}: could not start: {exc!r}")
+            if self.network:
+                self.network.remove(name)
+            self._phase(name, "Failed")
+            return
         self.processes[name] = process
         self.started.append(pod)
         self._phase(name, "Running")

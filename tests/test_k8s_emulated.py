@@ -291,6 +291,6 @@ def test_pods_that_cannot_reach_the_interchange_end_the_run_in_one_line(cluster,
         assert runner.started
     assert done.returncode == 1, done.stderr[-3000:]
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("spibatch: error: the simulate stage failed: no worker pool could reach Parsl's "
+    assert line.startswith("spibatch: error: the simulate stage failed: worker pools could not reach Parsl's "
                            "interchange (they tried tcp://127.0.0.1:"), line
     assert f"set kubernetes.interchange_address in {site}" in line and "Traceback" not in done.stderr

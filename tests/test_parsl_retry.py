@@ -79,3 +79,28 @@ def test_a_task_that_fails_by_itself_is_not_sent_again(local_dfk, tmp_path):
         future.result(timeout=90)
     time.sleep(1)
     assert len(lines(tries)) == 1
+
+
+def test_the_budget_a_pool_loss_three_times_a_worker_loss_once():
+    """retry_lost's costs against Parsl's retry budget, as Parsl adds them up (dflow: fail_count, then fail_cost
+    += cost; tried again while fail_cost <= retries): sequences of losses, and how many tries each gets."""
+    from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
+
+    from spibatch.backends.parsl_common import LOST_BUDGET, retry_lost
+
+    def tries(losses: str) -> int:
+        record = {"fail_count": 0, "fail_cost": 0.0, "id": 0, "func_name": "t"}
+        for n, kind in enumerate(losses, start=1):
+            record["fail_count"] += 1
+            record["fail_cost"] += retry_lost(ManagerLost(b"m", "n2") if kind == "M" else WorkerLost(1, "n1"), record)
+            if record["fail_cost"] > LOST_BUDGET:
+                return n                 # this try was the last
+        return len(losses) + 1           # another try follows the losses given
+
+    assert tries("MMMM") == 4            # a pool lost three times: a fourth try, then no more
+    assert tries("MMM") == 4
+    assert tries("WW") == 2              # a worker lost: tried again once
+    assert tries("W") == 2 and tries("WM") == 3 and tries("MW") == 3
+    assert tries("MMW") == 3             # after two pool losses a worker loss ends it
+    record = {"fail_count": 1, "fail_cost": 0.0}
+    assert retry_lost(ValueError("by itself"), record) > LOST_BUDGET     # its own failure: not tried again

@@ -136,8 +136,9 @@ def worker_logdir(run_dir: Path) -> str:
 # requeues the block's job, which kills the pool on the other node too, but the interchange hears of that only a
 # heartbeat threshold later -- and sends the retry there meanwhile (BENCHMARKS.md, "Nodes and pods on a network").
 # As Parsl's costs against its ``retries`` (LOST_BUDGET): a try lost with its pool costs 1, so up to
-# POOL_LOST_RETRIES of them; with its worker WORKER_LOST_COST, more than half the budget, so one (and one pool
-# loss beside it), never two.
+# POOL_LOST_RETRIES of them; with its worker WORKER_LOST_COST, more than half the budget, so never two worker
+# losses (and none after two pool losses).  A batch job ended by its walltime or its memory limit loses its pool
+# too: such a task is tried up to four times (an EMC job resumes from its checkpoint each time).
 POOL_LOST_RETRIES = 3
 LOST_BUDGET = POOL_LOST_RETRIES
 WORKER_LOST_COST = 2.0
