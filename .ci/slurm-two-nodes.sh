@@ -10,7 +10,7 @@
 # Each node's TmpFS is a folder of its own (TmpFS=...-%n), where its slurmstepd makes the step's PMIx
 # directory, as real nodes' own /tmp.
 #   .ci/slurm-two-nodes.sh up | down        (root; Debian's slurm-wlm + munge, iproute2)
-set -euo pipefail
+set -eEuo pipefail      # -E: the ERR trap below holds inside functions too
 source "$(dirname "$0")/slurm-common.sh"
 DIR=/etc/slurm-two-nodes
 CONF=$DIR/slurm.conf
@@ -78,7 +78,7 @@ command -v ip >/dev/null || { echo "slurm-two-nodes: needs iproute2's ip (apt-ge
 
 # always from scratch: whatever an earlier (killed, failed, older) cluster left goes first, daemons included
 cluster_down
-trap 'echo "slurm-two-nodes: up failed; taking down what it made" >&2; cluster_down' ERR
+trap 'trap - ERR; echo "slurm-two-nodes: up failed; taking down what it made" >&2; cluster_down' ERR
 rm -rf "$STATE"/ctld      # no job of an earlier cluster recovered (a requeued one would hold the nodes)
 mkdir -p "$DIR" "$STATE"/ctld "$STATE"/n1 "$STATE"/n2 "$STATE"/log "$STATE"/tmp-n1 "$STATE"/tmp-n2
 network_up

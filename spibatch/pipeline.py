@@ -17,7 +17,6 @@ import os
 import shlex
 import shutil
 import sys
-import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,7 +157,9 @@ def failures_as_one_line(run: RunLayout, stage: str, site: Site | None = None):
     Parsl gave up on ``site``'s workers, the cause says why (:mod:`spibatch.worker_reach`)."""
     from spibatch.interrupts import chained_interrupt
 
-    began = time.time()
+    from spibatch.worker_reach import snapshot
+
+    before = snapshot(run.path)      # pool logs of an earlier attempt: not this stage's
     try:
         yield
     except (InputError, StageFailed):
@@ -168,7 +169,7 @@ def failures_as_one_line(run: RunLayout, stage: str, site: Site | None = None):
             raise
         first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
         cause = f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
-        cause = _platform_cause(exc, run, site, began) or cause
+        cause = _platform_cause(exc, run, site, before) or cause
         path = run.stage_log(stage).with_suffix(".traceback")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,18 +181,18 @@ def failures_as_one_line(run: RunLayout, stage: str, site: Site | None = None):
         raise StageFailed(f"the {stage} stage failed: {cause}; {where}; {_go_on(run)}") from exc
 
 
-def _platform_cause(exc: BaseException, run: RunLayout, site: Site | None, began: float) -> str | None:
+def _platform_cause(exc: BaseException, run: RunLayout, site: Site | None, before: dict) -> str | None:
     """Why Parsl gave up on ``site``'s workers (:func:`spibatch.worker_reach.explain`), None otherwise or when that
     cannot be told."""
     from spibatch.worker_reach import explain
 
     if site is None:
         return None
-    source = Path(site.source) if site.source else None
-    inside = source is not None and run.path.resolve() in source.resolve().parents   # resumed: the run's own copy
     try:
+        source = Path(site.source) if site.source else None
+        inside = source is not None and run.path.resolve() in source.resolve().parents   # resumed: the run's copy
         return explain(exc, run.path, provider_for(site).address_key, "" if inside or source is None else str(source),
-                       since=began)
+                       before=before)
     except Exception:  # noqa: BLE001 - the stage's own failure line must still come
         log.debug("could not read the worker pools' logs", exc_info=True)
         return None

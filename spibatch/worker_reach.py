@@ -4,9 +4,9 @@ When the blocks of an executor fail before any of their worker pools registered 
 interchange exits after probing its addresses; a batch job or pod that dies at its start), Parsl marks the
 executor bad and fails every task with ``BadStateException: Executor tasks failed due to: Error 1:`` -- whose
 first line, all a stage's failure line shows, says nothing.  :func:`explain` reads that executor's pools' own
-logs (written to the run folder, on the shared filesystem; only those written since the stage began: a resumed
-run keeps an earlier attempt's) for the addresses they tried in vain, and says which site key sets the address,
-or else gives Parsl's whole message on one line.
+logs (written to the run folder, on the shared filesystem; only those new or changed since the stage began --
+:func:`snapshot` --: a resumed run keeps an earlier attempt's) for the addresses they tried in vain, and says
+which site key sets the address, or else gives Parsl's whole message on one line.
 """
 
 from __future__ import annotations
@@ -22,18 +22,30 @@ PROBE_FAILED = re.compile(r"ConnectionError: No viable ZMQ url from: (tcp://[^\s
 MAX_LOGS = 64               # pool logs read at most, the newest first (one per block and node)
 TAIL_BYTES = 8192           # of each, the end: where the probe's failure is
 MAX_SHOWN = 6               # addresses named in the line
-CLOCK_SLACK_S = 60.0        # a shared filesystem's clock may lag this machine's by this much
+MAX_SAID = 500              # characters of Parsl's own message (it may hold blocks' stdout and stderr)
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """The pool logs of the run folder now: {path: (inode, mtime ns, size)} -- what :func:`explain` leaves out."""
+    seen = {}
+    for log in Path(run_dir, "runinfo", "workers").glob("*/block-*/*/manager.log"):
+        try:
+            info = log.lstat()
+        except OSError:
+            continue
+        seen[str(log)] = (info.st_ino, info.st_mtime_ns, info.st_size)
+    return seen
 
 
 def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file: str = "",
-            since: float = 0.0) -> str | None:
-    """The cause of a stage's failure when ``exc`` is Parsl's BadStateException, else None.  ``since``: when the
-    stage began (s since the epoch): older pool logs are an earlier attempt's.  ``site_file``: where the user
-    sets ``address_key`` ("" for "the site file")."""
+            before: dict | None = None) -> str | None:
+    """The cause of a stage's failure when ``exc`` is Parsl's BadStateException, else None.  ``before``: the
+    :func:`snapshot` taken when the stage began (logs unchanged since are an earlier attempt's).  ``site_file``:
+    where the user sets ``address_key`` ("" for "the site file")."""
     if type(exc).__name__ != "BadStateException":
         return None
     label = getattr(getattr(exc, "executor", None), "label", None)
-    tried = unreachable(run_dir, label, since)
+    tried = unreachable(run_dir, label, before or {})
     if tried:
         shown = ", ".join(tried[:MAX_SHOWN]) + (f" and {len(tried) - MAX_SHOWN} more" if len(tried) > MAX_SHOWN else "")
         if address_key:
@@ -45,23 +57,25 @@ def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file:
                 f"are in {Path(run_dir) / 'runinfo' / 'workers'}")
     reason = getattr(exc, "reason", None) or str(exc)
     said = " ".join(line.strip() for line in str(reason).splitlines() if line.strip())
-    said = re.sub(r"^Error [0-9]+:\s*", "", said)          # Parsl numbers the block failures it lists
+    said = re.sub(r"(?<![A-Za-z])Error [0-9]+:\s*", "", said).strip()   # Parsl numbers the block failures it lists
+    if len(said) > MAX_SAID:
+        said = said[:MAX_SAID].rstrip() + " ..."
     return f"Parsl stopped using its workers{f' ({label})' if label else ''}: {said}"
 
 
-def unreachable(run_dir: Path, label: str | None = None, since: float = 0.0) -> list[str]:
+def unreachable(run_dir: Path, label: str | None = None, before: dict | None = None) -> list[str]:
     """The interchange addresses (``tcp://host:port``) that worker pools of this run (of executor ``label``, all
-    when None) tried in vain, from the ends of their logs written since ``since``
+    when None) tried in vain, from the ends of their logs that are not in ``before`` as they were
     (``runinfo/workers/<executor>/block-<n>/<manager>/manager.log``), sorted."""
-    root = Path(run_dir, "runinfo", "workers")
+    before = before or {}
     logs = []
-    for log in root.glob(f"{label or '*'}/block-*/*/manager.log"):
+    for log in Path(run_dir, "runinfo", "workers").glob(f"{label or '*'}/block-*/*/manager.log"):
         try:
             info = log.lstat()
         except OSError:
             continue
-        if stat.S_ISREG(info.st_mode) and info.st_mtime >= since - CLOCK_SLACK_S:      # not a link, a FIFO, a device
-            logs.append((info.st_mtime, log))
+        if stat.S_ISREG(info.st_mode) and before.get(str(log)) != (info.st_ino, info.st_mtime_ns, info.st_size):
+            logs.append((info.st_mtime, log))                          # new or changed; not a link, FIFO, device
     tried: set[str] = set()
     for _, log in sorted(logs, reverse=True)[:MAX_LOGS]:
         try:

@@ -159,7 +159,10 @@ class PodNetwork:
     def add(self, name: str) -> tuple[str, list[str]]:
         """The pod's address, and the prefix that runs a command in its network namespace."""
         used = {int(address.rsplit(".", 1)[1]) for _, address in self.pods.values()}
-        index = min(set(range(2, 255)) - used)               # addresses are reused once their pod is gone
+        free = set(range(2, 255)) - used                     # addresses are reused once their pod is gone
+        if not free:
+            raise OSError(f"the pod network {NET}.0/24 is full ({len(used)} pods)")
+        index = min(free)
         netns, address = f"spibatch-pod{index}", f"{NET}.{index}"
         self._delete(netns)
         self.pods[name] = (netns, address)                   # before it exists: remove() cleans a half-made one
@@ -256,8 +259,9 @@ class PodRunner:
                                            list(container.get("args") or []), env=self._env(container, address),
                                            cwd=container.get("workingDir") or None, stdout=out,
                                            stderr=subprocess.STDOUT, start_new_session=True)
-        except (OSError, subprocess.CalledProcessError) as exc:     # said by the test, not lost with the thread
+        except Exception as exc:  # noqa: BLE001 - said by the test, not lost with the kubelet's thread
             self.errors.append(f"{name}: could not start: {exc!r}")
+            self.addresses.pop(name, None)
             if self.network:
                 self.network.remove(name)
             self._phase(name, "Failed")

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from spibatch.worker_reach import explain, unreachable
+from spibatch.worker_reach import explain, snapshot, unreachable
 
 REASON = ("Error 1:\n\tJob is marked as MISSING since the workers failed to register to the executor. Check the "
           "stdout/stderr logs in the submit_scripts directory for more debug information")
@@ -48,14 +48,49 @@ def test_the_addresses_the_pools_tried_and_the_key_to_set(tmp_path):
 
 
 def test_only_this_attempt_s_logs_of_the_executor_that_failed(tmp_path):
-    _pool_log(tmp_path, "old", LOG_TAIL, age_s=86400)                   # yesterday's attempt of a resumed run
+    _pool_log(tmp_path, "old", LOG_TAIL, age_s=5)          # an earlier attempt's, seconds before this stage began
+    before = snapshot(tmp_path)
     _pool_log(tmp_path, "mpi1", LOG_TAIL, executor="mpi")               # another executor's pools
     _pool_log(tmp_path, "new", "a pool that registered and ended normally\n")
-    line = explain(BadStateException("tasks", REASON), tmp_path, "kubernetes.interchange_address", since=time.time())
+    line = explain(BadStateException("tasks", REASON), tmp_path, "kubernetes.interchange_address", before=before)
     assert line == ("Parsl stopped using its workers (tasks): Job is marked as MISSING since the workers failed to "
                     "register to the executor. Check the stdout/stderr logs in the submit_scripts directory for more "
                     "debug information")
-    assert "could not reach" in explain(BadStateException("mpi", REASON), tmp_path, since=time.time())
+    assert "could not reach" in explain(BadStateException("mpi", REASON), tmp_path, before=before)
+
+
+def test_several_block_failures_on_one_bounded_line(tmp_path):
+    reason = "".join(f"Error {i}:\n\tEXIT CODE: 1\n\tSTDOUT: {'o' * 300}\n" for i in range(1, 4))
+    line = explain(BadStateException("tasks", reason), tmp_path)
+    assert "Error 2:" not in line and line.startswith("Parsl stopped using its workers (tasks): EXIT CODE: 1")
+    assert len(line) < 600 and line.endswith(" ...") and "\n" not in line
+
+
+def test_a_stage_failure_line_names_the_site_file_or_not_on_resume(tmp_path):
+    """pipeline.failures_as_one_line: the pools' addresses from this stage's logs only, and on a resume (the site
+    the run's own copy) "the site file" instead of that copy."""
+    import pytest
+
+    from spibatch.backends import load_site
+    from spibatch.errors import StageFailed
+    from spibatch.layout import RunLayout
+    from spibatch.pipeline import failures_as_one_line
+
+    run = RunLayout(tmp_path / "run")
+    _pool_log(run.path, "old", LOG_TAIL.replace("10.0.0.5", "10.9.9.9"), age_s=5)      # the attempt before
+    mine = tmp_path / "k8s.yaml"
+    mine.write_text("name: k\nprovider: kubernetes\nkubernetes: {namespace: n, pvc: p, mount_path: /tmp}\n")
+    copy = run.path / "site.yaml"
+    copy.write_text(mine.read_text())
+    for source, named in ((mine, f"in {mine}"), (copy, "in the site file")):
+        site = load_site(source)
+        with pytest.raises(StageFailed) as failed:
+            with failures_as_one_line(run, "simulate", site):
+                _pool_log(run.path, f"new-{source.stem}", LOG_TAIL)                 # this attempt's pool
+                raise BadStateException("tasks", REASON)
+        line = str(failed.value)
+        assert f"set kubernetes.interchange_address {named} to" in line, line
+        assert "10.0.0.5" in line and "10.9.9.9" not in line, line
 
 
 def test_a_log_that_is_not_a_plain_file_is_not_read(tmp_path):
