@@ -156,10 +156,9 @@ def failures_as_one_line(run: RunLayout, stage: str, site: Site | None = None):
     with the cause and where its traceback was written (``stages/<stage>.traceback``), not a traceback.  When
     Parsl gave up on ``site``'s workers, the cause says why (:mod:`spibatch.worker_reach`)."""
     from spibatch.interrupts import chained_interrupt
-
     from spibatch.worker_reach import snapshot
 
-    before = snapshot(run.path)      # pool logs of an earlier attempt: not this stage's
+    before = snapshot(run.path) if site is not None else {}     # pool logs of an earlier attempt: not this stage's
     try:
         yield
     except (InputError, StageFailed):

@@ -25,16 +25,22 @@ MAX_SHOWN = 6               # addresses named in the line
 MAX_SAID = 500              # characters of Parsl's own message (it may hold blocks' stdout and stderr)
 
 
-def snapshot(run_dir: Path) -> dict[str, tuple[int, int, int]]:
-    """The pool logs of the run folder now: {path: (inode, mtime ns, size)} -- what :func:`explain` leaves out."""
-    seen = {}
-    for log in Path(run_dir, "runinfo", "workers").glob("*/block-*/*/manager.log"):
+def _pool_logs(run_dir: Path, label: str | None = None):
+    """(path, lstat) of each pool log of the run folder (of executor ``label``, all when None)."""
+    for log in Path(run_dir, "runinfo", "workers").glob(f"{label or '*'}/block-*/*/manager.log"):
         try:
-            info = log.lstat()
+            yield log, log.lstat()
         except OSError:
             continue
-        seen[str(log)] = (info.st_ino, info.st_mtime_ns, info.st_size)
-    return seen
+
+
+def _state(info: os.stat_result) -> tuple[int, int, int]:
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """The pool logs of the run folder now: {path: (inode, mtime ns, size)} -- what :func:`explain` leaves out."""
+    return {str(log): _state(info) for log, info in _pool_logs(run_dir)}
 
 
 def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file: str = "",
@@ -68,14 +74,8 @@ def unreachable(run_dir: Path, label: str | None = None, before: dict | None = N
     when None) tried in vain, from the ends of their logs that are not in ``before`` as they were
     (``runinfo/workers/<executor>/block-<n>/<manager>/manager.log``), sorted."""
     before = before or {}
-    logs = []
-    for log in Path(run_dir, "runinfo", "workers").glob(f"{label or '*'}/block-*/*/manager.log"):
-        try:
-            info = log.lstat()
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode) and before.get(str(log)) != (info.st_ino, info.st_mtime_ns, info.st_size):
-            logs.append((info.st_mtime, log))                          # new or changed; not a link, FIFO, device
+    logs = [(info.st_mtime, log) for log, info in _pool_logs(run_dir, label)       # new or changed; not a link,
+            if stat.S_ISREG(info.st_mode) and before.get(str(log)) != _state(info)]  # a FIFO, a device
     tried: set[str] = set()
     for _, log in sorted(logs, reverse=True)[:MAX_LOGS]:
         try:

@@ -136,17 +136,16 @@ def worker_logdir(run_dir: Path) -> str:
 # requeues the block's job, which kills the pool on the other node too, but the interchange hears of that only a
 # heartbeat threshold later -- and sends the retry there meanwhile (BENCHMARKS.md, "Nodes and pods on a network").
 # As Parsl's costs against its ``retries`` (LOST_BUDGET): a try lost with its pool costs 1, so up to
-# POOL_LOST_RETRIES of them; with its worker WORKER_LOST_COST, more than half the budget, so never two worker
+# LOST_BUDGET of them; with its worker WORKER_LOST_COST, more than half the budget, so never two worker
 # losses (and none after two pool losses).  A batch job ended by its walltime or its memory limit loses its pool
 # too: such a task is tried up to four times (an EMC job resumes from its checkpoint each time).
-POOL_LOST_RETRIES = 3
-LOST_BUDGET = POOL_LOST_RETRIES
+LOST_BUDGET = 3
 WORKER_LOST_COST = 2.0
 
 
 def retry_lost(exception: BaseException, task_record: dict) -> float:
     """Parsl's ``retry_handler``: a try lost with its worker pool costs 1 (sent again up to
-    :data:`POOL_LOST_RETRIES` times), with its worker process :data:`WORKER_LOST_COST` (sent again once); any
+    :data:`LOST_BUDGET` times), with its worker process :data:`WORKER_LOST_COST` (sent again once); any
     other failure costs more than the budget (not sent again)."""
     from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
 
