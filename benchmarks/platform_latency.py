@@ -1,11 +1,11 @@
 """Parsl on the local and the Slurm site: time to the first task result, where it goes, and dispatch overhead.
 
-    python3 benchmarks/platform_latency.py [--repeats 3] [--tasks 1000] [--sites local,slurm] [--repo DIR]
+    python3 benchmarks/platform_latency.py [--repeats 3] [--tasks 1000] [--sites local,slurm,slurm-salloc] [--repo DIR]
                                            [--strategy-period S]
 
 For each site, a fresh Python process (as `spibatch run` would be) loads the site's Parsl config and submits
 one empty python app: "first result" is the time from the process's start to that result (imports,
-interchange, worker start: on Slurm, sbatch, the job's start and srun).  Then ``--tasks`` empty apps are
+interchange, worker start: on Slurm, sbatch, the job's start and srun; ``slurm-salloc``: the same site with ``slurm.start: salloc``).  Then ``--tasks`` empty apps are
 submitted at once: "per task" is their wall time divided by their number (2 workers).  The Slurm site is the
 CI's single-node cluster (.ci/slurm-up.sh).  ``--strategy-period``: the sites' ``strategy_period_s`` (default:
 each site's own default); ``--repo``: the spibatch tree to measure (default: this one; another checkout
@@ -48,6 +48,8 @@ SITES = {
     "local": "name: bench-local\nprovider: local\nworkers: 2\nlocal: {{{period}}}\n",
     "slurm": "name: bench-slurm\nprovider: slurm\nworkers: 2\nemc_mode: htc\n"
              "slurm: {{partition: debug, walltime: '00:10:00', cores_per_node: 2{comma}{period}}}\n",
+    "slurm-salloc": "name: bench-slurm-salloc\nprovider: slurm\nworkers: 2\nemc_mode: htc\n"
+                    "slurm: {{partition: debug, walltime: '00:10:00', cores_per_node: 2, start: salloc{comma}{period}}}\n",
 }
 
 CHILD = r"""
@@ -180,7 +182,7 @@ def main() -> None:
             for k in range(args.repeats):
                 run_dir = Path(scratch) / f"{name}-{k}"
                 run_dir.mkdir()
-                if name == "slurm":
+                if name.startswith("slurm"):
                     idle_node()
                 load = os.getloadavg()[0]
                 began = time.time()

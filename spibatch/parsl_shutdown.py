@@ -127,18 +127,20 @@ def shutdown(dfk, deadline_s: float = SHUTDOWN_S) -> None:
 
 def cancel_left_jobs(run, site) -> None:
     """Cancel the batch jobs a killed driver of ``run`` left in the scheduler's queue (Slurm: the jobs whose
-    script lies in the run's ``runinfo/``: Parsl's worker blocks and the EMC job's block), with one log line."""
+    script lies in the run's ``runinfo/``: Parsl's worker blocks and the EMC job's block; allocations of
+    ``slurm.start: salloc`` name it in their comment), with one log line."""
     if site.provider != "slurm" or shutil.which("squeue") is None or shutil.which("scancel") is None:
         return
     try:
-        listed = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i %o"], capture_output=True,
+        listed = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i %o|%k"], capture_output=True,
                                 text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("could not ask Slurm for the jobs the killed driver left (%s); check squeue", exc)
         return
     prefix = str(run.runinfo) + "/"
-    jobs = [job for job, _, command in (line.strip().partition(" ") for line in listed.splitlines())
-            if command.startswith(prefix)]
+    jobs = [job for job, _, said in (line.strip().partition(" ") for line in listed.splitlines())
+            if any(part.startswith(prefix) for part in said.rsplit("|", 1))]   # the script (batch), or the comment
+                                                                               # (slurm.start: salloc)
     if jobs:
         log.warning("cancelling %d Slurm job(s) the killed driver left: %s", len(jobs), " ".join(jobs))
         subprocess.run(["scancel", *jobs], capture_output=True, timeout=60)

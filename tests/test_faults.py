@@ -309,24 +309,26 @@ slurm: {partition: debug, walltime: "00:15:00", cores_per_node: 2, max_idletime_
 
 def slurm_jobs_of(run_dir: Path) -> list[str]:
     """Slurm job ids whose batch script lies in the run's runinfo/ (Parsl's blocks)."""
-    listed = subprocess.run(["squeue", "-h", "-o", "%i %o"], capture_output=True, text=True, timeout=30).stdout
-    return [job for job, _, script in (line.strip().partition(" ") for line in listed.splitlines())
-            if script.startswith(f"{run_dir}/runinfo/")]
+    listed = subprocess.run(["squeue", "-h", "-o", "%i %o|%k"], capture_output=True, text=True, timeout=30).stdout
+    return [job for job, _, said in (line.strip().partition(" ") for line in listed.splitlines())
+            if any(part.startswith(f"{run_dir}/runinfo/") for part in said.split("|"))]   # salloc: the comment
 
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_resume_on_slurm_after_a_driver_kill_leaves_no_job_of_the_first_attempt(emc_small, tmp_path):
+@pytest.mark.parametrize("block_start", ["sbatch", "salloc"])
+def test_resume_on_slurm_after_a_driver_kill_leaves_no_job_of_the_first_attempt(emc_small, tmp_path, block_start):
     """The same on the real single-node Slurm: the killed driver's batch jobs (its worker block, the EMC job's
     block) are gone after the resume -- stopped where they run, or cancelled with scancel -- and every EMC
-    iteration is logged once."""
+    iteration is logged once.  Also with blocks started by salloc (slurm.start), whose salloc processes outlive
+    the driver on this host."""
     states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout \
         if shutil.which("sinfo") else ""
     if not any(state in states for state in ("idle", "mixed", "allocated")):
         pytest.skip("no Slurm cluster up here (.ci/slurm-up.sh starts one)")
     pipeline = write_pipeline(tmp_path, emc_small, starts=1, iterations=6)
     site = tmp_path / "slurm.yaml"
-    site.write_text(SLURM_HPC)
+    site.write_text(SLURM_HPC.replace("strategy_period_s: 0.5}", f"strategy_period_s: 0.5, start: {block_start}}}"))
     run_dir = tmp_path / "run"
     driver = start("run", pipeline, "--site", site, "--out", run_dir, cwd=tmp_path, log=tmp_path / "driver.log")
     wait_for(lambda: checkpoint_iteration(run_dir / "emc") >= 1, 600, driver, "EMC's first checkpoint")

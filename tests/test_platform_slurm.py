@@ -169,3 +169,44 @@ def test_a_live_source_followed_with_emc_as_an_mpi_job_on_slurm(slurm_cluster, t
     records = rehearsal.previews(run)
     assert records[-1]["final"] and records[-1]["frames"] == hits
     assert summary["emc_cc_with_truth"] > 0.8
+
+
+def test_blocks_started_by_salloc_give_the_batch_jobs_model_and_leave_nothing_behind(slurm_cluster, slurm_runs,
+                                                                                        emc_small, tmp_path):
+    """``slurm.start: salloc``: both executors' blocks are allocations granted at once, their scripts run here and
+    their pools and ranks on the node; the HPC run gives the batch jobs' model, and no salloc or job outlives it."""
+    pipeline = write_pipeline(tmp_path, emc_small, starts=2)
+    text = SITE.format(mode="hpc").replace("strategy_period_s: 0.5}", "strategy_period_s: 0.5, start: salloc}")
+    site = write_site(tmp_path, "site", text)
+    done = spibatch("run", pipeline, "--site", site, "--out", tmp_path / "run", cwd=tmp_path, timeout=900)
+    _check(done)
+    run = tmp_path / "run"
+    assert [m["mpi_ranks"] for m in metrics(run / "emc")] == [2, 2, 2]
+    logs = {p.name: p.read_text() for p in run.glob("runinfo/*/submit_scripts/parsl.*.block-*.stderr")}
+    for label in ("tasks", "mpi"):   # salloc said so in the block's error file: no batch job was queued
+        assert any(n.startswith(f"parsl.{label}.") and "salloc: Granted job allocation" in t for n, t in logs.items()), logs
+    batch, _, _ = slurm_runs["hpc"]
+    a, b = final_model(batch / "emc"), final_model(run / "emc")
+    assert np.max(np.abs(a - b)) <= TOLERANCE * np.max(np.abs(a))
+    left = subprocess.run(["pgrep", "-f", f"salloc .*{run}"], capture_output=True, text=True).stdout
+    assert left == ""
+    deadline = time.monotonic() + 30   # scancel'led allocations leave the queue as their steps end
+    while str(run) in (queued := subprocess.run(["squeue", "-h", "-o", "%o %j"], capture_output=True,
+                                                text=True).stdout) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert str(run) not in queued
+
+
+def test_salloc_dry_run_shows_the_allocation_it_would_ask_for(slurm_cluster, emc_small, tmp_path):
+    pipeline = write_pipeline(tmp_path, emc_small)
+    site = write_site(tmp_path, "site", SITE.format(mode="hpc").replace("max_idletime_s: 2", "max_idletime_s: 2, "
+                                                                        "start: salloc"))
+    done = spibatch("run", pipeline, "--site", site, "--dry-run", "--out", tmp_path / "run", cwd=tmp_path,
+                    timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout.split("==> salloc-tasks.txt <==\n")[1].split("==>")[0].splitlines()
+    assert shown[1].startswith("salloc '--job-name=parsl.tasks.block-0.<time>' --nodes=1 --time=15 ")
+    assert " --partition=debug --cpus-per-task=2 --kill-command=TERM '--comment=" in shown[1]   # no --output/--error
+    assert shown[1].endswith("/submit_scripts/parsl.tasks.block-0.<time>' bash sbatch-tasks.sh")
+    assert "==> salloc-mpi.txt <==" in done.stdout
+    assert "sbatch --test-only: sbatch-mpi.sh accepted" in done.stdout

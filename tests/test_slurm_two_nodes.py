@@ -81,9 +81,13 @@ def test_htc_emc_on_two_nodes_equals_the_serial_driver(two_nodes, emc_small, emc
     assert_the_serial_model(run / "emc", emc_config, tmp_path)
 
 
-def test_hpc_emc_is_one_mpi_job_across_the_two_nodes(two_nodes, emc_small, emc_config, tmp_path):
+@pytest.mark.parametrize("block_start", ["sbatch", "salloc"])
+def test_hpc_emc_is_one_mpi_job_across_the_two_nodes(two_nodes, emc_small, emc_config, tmp_path, block_start):
+    """Also with the blocks started by salloc (slurm.start): the MPI executor's pool then runs on this host, in
+    the allocation's environment, and its srun still puts one rank on each node."""
     pipeline = write_pipeline(tmp_path, emc_small, starts=1)
-    site = write_site(tmp_path, "two-nodes-hpc", SITE.replace("emc_mode: htc", "emc_mode: hpc"))
+    site = write_site(tmp_path, "two-nodes-hpc", SITE.replace("emc_mode: htc", "emc_mode: hpc").replace(
+        "strategy_period_s: 0.5}", f"strategy_period_s: 0.5, start: {block_start}}}"))
     run = tmp_path / "hpc"
     done = spibatch("run", pipeline, "--site", site, "--out", run, "--until", "emc", cwd=tmp_path,
                     SLURM_CONF=two_nodes)
@@ -96,6 +100,8 @@ def test_hpc_emc_is_one_mpi_job_across_the_two_nodes(two_nodes, emc_small, emc_c
     # the EMC job's srun (the block's first step: its worker pool runs in the batch script itself) put a rank
     # on each node: both slurmd launched a task of step <job>.0
     job = _job_of(script)
+    granted = f"salloc: Granted job allocation {job}" in Path(f"{script}.stderr").read_text()
+    assert granted == (block_start == "salloc")
     for node in ("n1", "n2"):
         assert f"launch task StepId={job}.0 request" in (LOGS / f"slurmd-{node}.log").read_text(), (node, job)
     serial = spibatch("emc", emc_config(tmp_path / "serial"), "--out", tmp_path / "serial" / "run", cwd=tmp_path)

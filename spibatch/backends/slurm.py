@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -51,6 +52,10 @@ class SlurmOptions(Section):
                              "your MPI was built for (Debian's OpenMPI: pmix; pmi2 needs an MPI built with Slurm's PMI-2)")
     max_idletime_s: float = Field(30.0, gt=0, description="an idle batch job is ended after this many seconds")
     strategy_period_s: float = Field(5.0, ge=0.05, le=3600, description="how often Parsl looks at the queue (s)")
+    start: Literal["sbatch", "salloc"] = Field(
+        "sbatch", description="how a worker block starts: sbatch (a batch job: Slurm starts it from its scheduling "
+        "pass, 0.3-3 s on idle nodes by default) or salloc (an allocation, granted at once when nodes are free; the "
+        "block's script runs on this login node, its workers on the nodes: spibatch.backends.slurm_salloc)")
 
     @field_validator("partition", "account", "qos")
     @classmethod
@@ -93,7 +98,7 @@ class SlurmOptions(Section):
         return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
-PROGRAMS = ("sbatch", "sinfo", "srun")   # what a Slurm login node has on PATH
+PROGRAMS = ("sbatch", "sinfo", "srun")   # what a Slurm login node has on PATH (and salloc, to start blocks by it)
 
 
 class SlurmProvider(Provider):
@@ -107,7 +112,10 @@ class SlurmProvider(Provider):
     rendered_check = "sbatch --test-only of each batch script"
 
     def _parsl_provider(self, launcher, *, init_blocks: int, cores: int | None):
-        from parsl.providers import SlurmProvider as ParslSlurmProvider
+        if self.options.start == "salloc":
+            from spibatch.backends.slurm_salloc import SallocSlurmProvider as ParslSlurmProvider
+        else:
+            from parsl.providers import SlurmProvider as ParslSlurmProvider
 
         opts = self.options
         return ParslSlurmProvider(partition=opts.partition, account=opts.account, qos=opts.qos,
@@ -168,8 +176,15 @@ class SlurmProvider(Provider):
         for executor in self.executors(run_dir):
             per_node = self.ranks_per_node() if executor.label == TASKS_LABEL else 1
             launch = common.format_launch(executor, per_node, run_dir)
-            files[f"sbatch-{executor.label}.sh"] = common.render_submit(executor.provider, launch, scripts,
-                                                                        f"parsl.{executor.label}.block-0")
+            text = common.render_submit(executor.provider, launch, scripts, f"parsl.{executor.label}.block-0")
+            files[f"sbatch-{executor.label}.sh"] = text
+            if self.options.start == "salloc":
+                from spibatch.backends.slurm_salloc import salloc_words
+
+                options = salloc_words(text, f"{scripts}/parsl.{executor.label}.block-0.<time>")[0]
+                files[f"salloc-{executor.label}.txt"] = (f"# started on this host (slurm.start: salloc), not "
+                                                         f"queued:\n{shlex.join(['salloc', *options, 'bash'])} "
+                                                         f"sbatch-{executor.label}.sh\n")
         if self.site.emc_mode == "hpc":
             launch = self.emc_launch(run_dir, common.emc_command(self.site, run_dir))
             ranks = launch.resources["num_ranks"]
@@ -181,7 +196,8 @@ class SlurmProvider(Provider):
     # ---------------------------------------------------------------- checks
 
     def _programs(self) -> list[str]:
-        missing = [p for p in PROGRAMS if shutil.which(p) is None]
+        wanted = PROGRAMS + (("salloc",) if self.options.start == "salloc" else ())
+        missing = [p for p in wanted if shutil.which(p) is None]
         if missing:
             raise self.fail(f"{missing[0]} is not on PATH", "provider",
                             "run on a Slurm login node (or load the Slurm module)", unreachable=True)
@@ -214,7 +230,8 @@ class SlurmProvider(Provider):
     def cluster_checks(self, run_dir: Path) -> list[Check]:
         """sbatch, sinfo and srun on PATH; the partition exists (sinfo); the container runtime and image."""
         part = self.options.partition
-        checks = [Check("sbatch, sinfo and srun on PATH", self._programs),
+        programs = "sbatch, sinfo, srun and salloc" if self.options.start == "salloc" else "sbatch, sinfo and srun"
+        checks = [Check(f"{programs} on PATH", self._programs),
                   Check(f"partition {part} exists (sinfo)" if part else "sinfo answers", self._partition)]
         if self.site.container.runtime != "none":
             checks.append(Check(f"{self.site.container.runtime} and the image present", self._container))

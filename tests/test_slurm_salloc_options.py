@@ -1,0 +1,59 @@
+"""``slurm.start: salloc``: a batch script's ``#SBATCH`` lines as salloc's options (no Slurm needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
+
+from spibatch.backends.slurm_salloc import GRANTED, salloc_words, sbatch_lines  # noqa: E402
+
+SCRIPT = """#!/bin/bash
+
+#SBATCH --job-name=parsl.tasks.block-0.17
+#SBATCH --output=/runs/r/submit_scripts/parsl.tasks.block-0.17.stdout
+#SBATCH --error=/runs/r/submit_scripts/parsl.tasks.block-0.17.stderr
+#SBATCH --nodes=2
+#SBATCH --time=15
+#SBATCH --ntasks-per-node=1
+#SBATCH --partition=debug
+#SBATCH --array=1-3 --open-mode=append
+#SBATCH -o "/other dir/x.out" --exclusive   # a comment
+#SBATCH --cpus-per-task=2
+
+export PATH=/env/bin:$PATH
+#SBATCH --mem=4g
+srun --ntasks 2 -l bash cmd
+"""
+
+
+def test_sbatch_lines_end_at_the_first_command_as_sbatch_reads_them():
+    words = sbatch_lines(SCRIPT)
+    assert words[0] == "--job-name=parsl.tasks.block-0.17" and words[-1] == "--cpus-per-task=2"
+    assert "--mem=4g" not in words and "--exclusive" in words and "#" not in " ".join(words)
+
+
+def test_salloc_gets_every_option_but_the_outputs_and_the_sbatch_only_ones():
+    options, outputs = salloc_words(SCRIPT, "/runs/r/submit_scripts/parsl.tasks.block-0.17")
+    assert options == ["--job-name=parsl.tasks.block-0.17", "--nodes=2", "--time=15", "--ntasks-per-node=1",
+                       "--partition=debug", "--exclusive", "--cpus-per-task=2", "--kill-command=TERM",
+                       "--comment=/runs/r/submit_scripts/parsl.tasks.block-0.17"]
+    assert outputs == {"stdout": "/other dir/x.out", "stderr": "/runs/r/submit_scripts/parsl.tasks.block-0.17.stderr"}
+
+
+def test_without_output_lines_the_script_output_goes_beside_it():
+    options, outputs = salloc_words("#!/bin/bash\n#SBATCH --nodes=1\nsrun x\n", "/s/job")
+    assert options == ["--nodes=1", "--kill-command=TERM", "--comment=/s/job"] and outputs == {"stdout": "/s/job.stdout", "stderr": "/s/job.stderr"}
+    assert salloc_words("#!/bin/bash\n#SBATCH -o /s/both.log\n", "/s/job")[1] == {"stdout": "/s/both.log",
+                                                                                 "stderr": "/s/both.log"}
+
+
+def test_the_job_id_is_read_whether_granted_or_pending():
+    assert GRANTED.search("salloc: Granted job allocation 4711\n").group(1) == "4711"
+    assert GRANTED.search("salloc: Pending job allocation 12\nsalloc: job 12 queued and waiting").group(1) == "12"
+    assert GRANTED.search("salloc: error: invalid partition specified: gpu") is None
+
+
+def test_a_kill_command_or_comment_of_the_users_own_is_kept():
+    options = salloc_words("#!/bin/bash\n#SBATCH --comment=mine -K\n", "/s/job")[0]
+    assert options == ["--comment=mine", "-K"]
