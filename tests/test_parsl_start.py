@@ -43,8 +43,9 @@ def test_a_stand_in_is_missing_while_parsl_imports_and_real_afterwards(name):
 
 
 DEFERRED_THEN_REAL = """
-import sys
+import inspect, sys
 import parsl.executors.high_throughput.interchange, parsl.addresses
+inspect.stack()                                # as Parsl's DataFlowKernel does: every module's __file__ asked
 print(*(type(sys.modules[n]).__name__ for n in ("requests", "typeguard")))
 import requests.adapters                       # a submodule: the real package under it
 from typeguard import typechecked, check_type, TypeCheckError
@@ -65,8 +66,8 @@ def test_requests_and_typeguard_wait_until_parsl_has_loaded_then_are_the_real_on
     code = DEFERRED_THEN_REAL if stand_ins else \
         "from spibatch import parsl_lean; parsl_lean.import_parsl()\n" + DEFERRED_THEN_REAL
     out = run(code, stand_ins=stand_ins).splitlines()
-    assert out[0] == "Deferred Deferred" or (not stand_ins and out[0] == "module Deferred"), out  # the driver's
-    assert out[1] == "checked", out                                       # kubernetes client imports requests
+    assert out[0] == "Deferred Deferred", out
+    assert out[1] == "checked", out
     get_module, kind, path = out[2].split()
     assert get_module == "requests.api" and kind == "module" and "site-packages" in path, out
 
@@ -78,13 +79,25 @@ def test_parsl_turns_the_left_out_features_off_and_still_works():
     assert out == "False False 42"
 
 
-def test_the_driver_leaves_out_only_what_it_never_needs():
+def test_the_driver_leaves_out_what_its_site_never_needs():
     if not installed("boto3") or not installed("kubernetes"):
         pytest.skip("boto3 or kubernetes is not installed")
     out = run("import sys; from spibatch import parsl_lean; parsl_lean.import_parsl(); "
               "print('boto3' in sys.modules, 'kubernetes' in sys.modules); import boto3; print(boto3.__name__)",
               stand_ins=False).splitlines()
-    assert out == ["False True", "boto3"]
+    assert out == ["False False", "boto3"]
+
+
+def test_a_kubernetes_site_in_a_driver_that_loaded_parsl_without_the_client_gets_it(tmp_path):
+    """One process: Parsl loaded lean (as for a local site: its Kubernetes module found no client), then a
+    Kubernetes site's provider built -- Parsl's module gets the real client (it raised OptionalModuleMissing)."""
+    if not installed("kubernetes"):
+        pytest.skip("kubernetes is not installed (pip install '.[k8s]')")
+    out = run("import sys; from pathlib import Path; from spibatch import parsl_lean; parsl_lean.import_parsl(); "
+              "import parsl.providers.kubernetes.kube as k; print(k._kubernetes_enabled); "
+              "from spibatch.backends.kubernetes import _parsl_provider_class; cls = _parsl_provider_class(); "
+              "print(k._kubernetes_enabled, k.client.__name__, k.config.__name__)", stand_ins=False).splitlines()
+    assert out == ["False", "True kubernetes.client kubernetes.config"]
 
 
 def test_the_launch_commands_start_parsl_scripts_through_parsl_lean(tmp_path):
@@ -205,3 +218,24 @@ def test_other_scripts_keep_parsls_spawn_context(tmp_path):
                           env=ENV, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_the_slurm_sites_executors_offer_this_hosts_addresses_and_ask_no_web_service(tmp_path, monkeypatch):
+    """Parsl, given no address, adds this host's public one from api.ipify.org (up to 30 s where outbound HTTPS
+    is dropped): the Slurm site's two executors offer the interfaces', hostname's and route's addresses only,
+    and their interchanges listen on every interface (address None), as Parsl's default."""
+    import parsl.addresses
+
+    from spibatch.backends import load_site, provider_for
+
+    asked = []
+    monkeypatch.setattr(parsl.addresses, "address_by_query", lambda *a, **k: asked.append(a) or "203.0.113.9")
+    site = tmp_path / "slurm.yaml"
+    site.write_text("name: s\nprovider: slurm\nworkers: 2\nemc_mode: hpc\nslurm: {partition: debug}\n")
+    executors = provider_for(load_site(site)).executors(tmp_path / "run")
+    assert [e.label for e in executors] == ["tasks", "mpi"]
+    for executor in executors:
+        assert executor.address is None and "127.0.0.1" in executor.all_addresses
+        assert "203.0.113.9" not in executor.all_addresses
+    assert asked == []
+    assert executors[0].all_addresses == parsl.addresses.get_all_addresses() - {"203.0.113.9"}

@@ -96,6 +96,8 @@ class KubernetesOptions(Section):
 def _parsl_provider_class():
     from parsl.providers import KubernetesProvider as ParslKubernetesProvider
 
+    _enable_parsl_kubernetes()
+
     class SpibatchKubernetesProvider(ParslKubernetesProvider):
         """Parsl's KubernetesProvider whose pods are :func:`worker_pod` (pod security, shared PVC, /tmp)."""
 
@@ -109,6 +111,20 @@ def _parsl_provider_class():
             self.kube_client.create_namespaced_pod(namespace=self.namespace, body=pod)
 
     return SpibatchKubernetesProvider
+
+
+def _enable_parsl_kubernetes() -> None:
+    """Parsl's Kubernetes module with the real client: a driver imports Parsl without it
+    (:data:`spibatch.parsl_lean.DRIVER_HIDE`, 0.15 s of every run's start), so the Kubernetes site imports
+    it here, where it is used, and gives it to Parsl's module (which found it missing, or a leftover)."""
+    from parsl.providers.kubernetes import kube
+
+    if not kube._kubernetes_enabled:
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            return   # Parsl's own error says the module is missing (our checks said it before)
+        kube.client, kube.config, kube._kubernetes_enabled = client, config, True
 
 
 def _client():

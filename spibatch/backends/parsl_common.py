@@ -106,21 +106,54 @@ def accelerators(gpus: int | None) -> list[str]:
 HEARTBEAT = {"heartbeat_period": 5, "heartbeat_threshold": 60}
 
 
+def driver_addresses() -> set[str]:
+    """This host's IPv4 addresses a worker pool may reach the interchange at: each interface's, the hostname's
+    and the default route's -- what Parsl's ``get_all_addresses`` offers the pools when an executor is given no
+    address, less its ``address_by_query``, which asks a web service (api.ipify.org) for this host's public
+    address: a login node whose outbound HTTPS is silently dropped waits for it up to 30 s per executor, a
+    facility may not want its login nodes calling out, and a public address behind NAT is not one a node reaches."""
+    import psutil
+    from parsl import addresses
+
+    found = set()
+    for name in psutil.net_if_addrs():
+        try:
+            found.add(addresses.address_by_interface(name))
+        except Exception:   # no IPv4 address on it (as Parsl: skipped)
+            pass
+    for finder in (addresses.address_by_hostname, addresses.address_by_route):
+        try:
+            found.add(finder())
+        except Exception:   # the hostname does not resolve, no default route (as Parsl: skipped)
+            pass
+    return found
+
+
+def any_address(executor):
+    """``executor`` (an HTEX built with a stand-in address: Parsl then looks for none) made as Parsl's "no
+    address" one: its interchange listens on every interface and offers the pools :func:`driver_addresses`."""
+    executor.address = None
+    executor.all_addresses = driver_addresses()
+    return executor
+
+
 def htex(site, provider, run_dir: Path, *, label: str = TASKS_LABEL, cores_per_worker: float = 1.0,
          address: str | None = None, gpus: int | None = None, workers: int | None = None,
          launch: str | None = None, worker_port: int | None = None):
     """The HighThroughputExecutor running stages and tasks: ``workers`` (default ``site.workers``) workers
     per block (with ``gpus`` a node: one GPU each, see :func:`accelerators`); ``launch``: the worker launch
     command (default: Parsl's behind the site's container prefix); ``worker_port``: the one port the
-    interchange takes workers on (default: one Parsl picks in 54000-55000).  Encrypted (see above)."""
+    interchange takes workers on (default: one Parsl picks in 54000-55000); no ``address``: the interchange
+    listens on every interface, the pools try :func:`driver_addresses`.  Encrypted (see above)."""
     from parsl.executors import HighThroughputExecutor
 
-    return HighThroughputExecutor(label=label, provider=provider, address=address, encrypted=True,
-                                  max_workers_per_node=site.workers if workers is None else workers,
-                                  available_accelerators=accelerators(gpus), cores_per_worker=cores_per_worker,
-                                  launch_cmd=launch_cmd(site, run_dir) if launch is None else launch,
-                                  interchange_launch_cmd=interchange_cmd(),
-                                  worker_logdir_root=worker_logdir(run_dir), worker_port=worker_port, **HEARTBEAT)
+    executor = HighThroughputExecutor(
+        label=label, provider=provider, address=address or "127.0.0.1", encrypted=True,
+        max_workers_per_node=site.workers if workers is None else workers, available_accelerators=accelerators(gpus),
+        cores_per_worker=cores_per_worker, launch_cmd=launch_cmd(site, run_dir) if launch is None else launch,
+        interchange_launch_cmd=interchange_cmd(), worker_logdir_root=worker_logdir(run_dir), worker_port=worker_port,
+        **HEARTBEAT)
+    return executor if address else any_address(executor)
 
 
 def worker_logdir(run_dir: Path) -> str:

@@ -148,11 +148,12 @@ class SlurmProvider(Provider):
         out = [tasks]
         if self.site.emc_mode == "hpc":
             mpi = MPIExecutor(label=MPI_LABEL, max_workers_per_block=1, mpi_launcher="srun", encrypted=True,
+                              address="127.0.0.1",   # a stand-in (common.any_address), so Parsl asks no web service
                               provider=self._parsl_provider(SimpleLauncher(), init_blocks=0,
                                                             cores=opts.cores_per_node or per_node),
                               worker_logdir_root=common.worker_logdir(run_dir), **common.HEARTBEAT)
             mpi.interchange_launch_cmd = common.interchange_cmd()   # MPIExecutor types it ``str`` (Parsl
-            out.append(mpi)                                          # passes it on to Popen as a list)
+            out.append(common.any_address(mpi))                     # passes it on to Popen as a list)
         return out
 
     def parsl_config(self, run_dir: Path):

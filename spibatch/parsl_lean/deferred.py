@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 import types
 
@@ -55,6 +56,11 @@ class Deferred(types.ModuleType):
         registered = sys.modules.get(self.__name__) is self    # not while the import system builds it
         if not registered or (attr.startswith("__") and attr not in PUBLIC_DUNDERS):
             raise AttributeError(attr)
+        if attr == "__file__" and self.__dict__.get("_origin") is not False:
+            origin = _origin(self.__name__)   # where the real package is, without running it: what
+            if origin is not None:            # inspect.getmodule asks of every module (Parsl's DataFlowKernel
+                return origin                 # walks inspect.stack() at load, 0.1 s of imports otherwise)
+            self.__dict__["_origin"] = False
         if attr == "__path__" and parsl_loading() and \
                 not sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
             raise AttributeError(attr)   # the probe of `from typeguard import typechecked` (made from C, in the
@@ -64,6 +70,15 @@ class Deferred(types.ModuleType):
 
 
 PUBLIC_DUNDERS = ("__path__", "__version__", "__all__", "__file__")
+
+
+def _origin(name: str) -> str | None:
+    """The file the real package ``name`` would be loaded from (found as :func:`import_real` finds it)."""
+    from spibatch.parsl_lean import STAND_INS
+
+    path = [p for p in sys.path if os.path.realpath(p or ".") != STAND_INS]
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    return spec.origin if spec is not None and spec.has_location else None
 
 
 def defer(name: str) -> None:
