@@ -62,6 +62,7 @@ class ParslWorkers(stages.Workers):
 
         from spibatch.backends.parsl_common import stage_command
         from spibatch.stages.__main__ import read_result
+        from spibatch.worker_reach import snapshot
 
         command = stage_command(self.site, stage, run.path)
         launch = self.provider.emc_launch(run.path, command, ranks)
@@ -69,6 +70,7 @@ class ParslWorkers(stages.Workers):
         run.stage_result(stage).unlink(missing_ok=True)
         run.stage_result(stage).parent.mkdir(parents=True, exist_ok=True)
         stdout, stderr = run.stage_stream(stage, "stdout"), run.stage_stream(stage, "stderr")
+        before = snapshot(run.path)
         future = bash_app(_job, executors=[launch.executor])(line, parsl_resource_specification=launch.resources or None,
                                                              stdout=str(stdout), stderr=str(stderr))
         try:
@@ -81,6 +83,9 @@ class ParslWorkers(stages.Workers):
                 raise InputError(result["error"], field=stage) from None
             if not result and shutil.disk_usage(run.path).free < FULL_BELOW:   # it could not even say why
                 raise disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), run.stage_result(stage)) from None
+            cause = None if result else _platform_cause(exc, run, self.site, before)
+            if cause:   # it never ran: its block was refused, or its pool never reached the driver
+                raise StageFailed(f"the {stage} job could not start: {cause}; {_go_on(run)}") from None
             said = f": {result['error'].rstrip('.')}" if result.get("error") else f" ({exc.__class__.__name__})"
             raise StageFailed(f"the {stage} job failed{said}; its output: {stderr}; {_go_on(run)}") from None
 
@@ -191,7 +196,7 @@ def _platform_cause(exc: BaseException, run: RunLayout, site: Site | None, befor
         source = Path(site.source) if site.source else None
         inside = source is not None and run.path.resolve() in source.resolve().parents   # resumed: the run's copy
         return explain(exc, run.path, provider_for(site).address_key, "" if inside or source is None else str(source),
-                       before=before)
+                       before=before, section=site.provider)
     except Exception:  # noqa: BLE001 - the stage's own failure line must still come
         log.debug("could not read the worker pools' logs", exc_info=True)
         return None

@@ -23,6 +23,10 @@ MAX_LOGS = 64               # pool logs read at most, the newest first (one per 
 TAIL_BYTES = 8192           # of each, the end: where the probe's failure is
 MAX_SHOWN = 6               # addresses named in the line
 MAX_SAID = 500              # characters of Parsl's own message (it may hold blocks' stdout and stderr)
+# Parsl's words for a block its provider could not submit (sbatch, salloc or the API server said no), and what the
+# scheduler said: the submit command's standard error
+REFUSED = re.compile(r"Failed to start block \d+: Cannot launch job [^:\s]+: .*?stderr=(.+?)\s*(?:Error \d+:|$)", re.S)
+FAILURE_NAMES = ("BadStateException", "TooManyJobFailuresError")   # a task of a bad executor; one sent after
 
 
 def _pool_logs(run_dir: Path, label: str | None = None):
@@ -44,13 +48,21 @@ def snapshot(run_dir: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file: str = "",
-            before: dict | None = None) -> str | None:
-    """The cause of a stage's failure when ``exc`` is Parsl's BadStateException, else None.  ``before``: the
-    :func:`snapshot` taken when the stage began (logs unchanged since are an earlier attempt's).  ``site_file``:
-    where the user sets ``address_key`` ("" for "the site file")."""
-    if type(exc).__name__ != "BadStateException":
+            before: dict | None = None, section: str = "") -> str | None:
+    """The cause of a stage's failure when ``exc`` is Parsl's BadStateException (or the TooManyJobFailuresError
+    it carries), else None.  ``before``: the :func:`snapshot` taken when the stage began (logs unchanged since
+    are an earlier attempt's).  ``site_file``: where the user sets ``address_key`` ("" for "the site file");
+    ``section``: the site's provider section, whose settings the scheduler judges (a refused block)."""
+    if type(exc).__name__ not in FAILURE_NAMES:
         return None
     label = getattr(getattr(exc, "executor", None), "label", None)
+    reason = str(getattr(exc, "reason", None) or exc)
+    refused = REFUSED.search(reason)
+    if refused:
+        said = " ".join(refused.group(1).split())
+        said = said[:MAX_SAID].rstrip() + " ..." if len(said) > MAX_SAID else said
+        where = f"the {section} section of {site_file or 'the site file'}" if section else (site_file or "the site")
+        return f"the scheduler refused to start a worker block: {said}; correct {where}"
     tried = unreachable(run_dir, label, before or {})
     if tried:
         shown = ", ".join(tried[:MAX_SHOWN]) + (f" and {len(tried) - MAX_SHOWN} more" if len(tried) > MAX_SHOWN else "")
@@ -61,8 +73,7 @@ def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file:
             fix = "the workers' hosts must reach this machine at one of them (a firewall or a network between?)"
         return (f"worker pools could not reach Parsl's interchange (they tried {shown}): {fix}; the pools' logs "
                 f"are in {Path(run_dir) / 'runinfo' / 'workers'}")
-    reason = getattr(exc, "reason", None) or str(exc)
-    said = " ".join(line.strip() for line in str(reason).splitlines() if line.strip())
+    said = " ".join(line.strip() for line in reason.splitlines() if line.strip())
     said = re.sub(r"(?<![A-Za-z])Error [0-9]+:\s*", "", said).strip()   # Parsl numbers the block failures it lists
     if len(said) > MAX_SAID:
         said = said[:MAX_SAID].rstrip() + " ..."

@@ -131,6 +131,24 @@ def test_missing_partition_is_one_line_before_anything(slurm_cluster, emc_small,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("mode, block_start", [("htc", "sbatch"), ("hpc", "salloc")])
+def test_a_block_the_scheduler_refuses_is_one_line_with_its_words(slurm_cluster, emc_small, tmp_path, mode,
+                                                                   block_start):
+    """A job Slurm refuses at submission (a feature no node has: sinfo's partition check cannot see it) ends the
+    run with Slurm's own words and the section to correct, not Parsl's "TooManyJobFailuresError: Error 1:"."""
+    pipeline = write_pipeline(tmp_path, emc_small)
+    text = SITE.format(mode=mode).replace("strategy_period_s: 0.5}", f"strategy_period_s: 0.5, start: {block_start}, "
+                                          "scheduler_options: '#SBATCH --constraint=no-such-feature'}")
+    site = write_site(tmp_path, "site", text)
+    done = spibatch("run", pipeline, "--site", site, "--out", tmp_path / "run", "--until", "emc", cwd=tmp_path,
+                    timeout=300)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"the scheduler refused to start a worker block: {block_start}: error: " in last, last
+    assert "Invalid feature specification" in last and f"correct the slurm section of {site};" in last, last
+    assert "Error 1" not in last
+
+
 def test_dry_run_is_checked_by_sbatch_and_submits_nothing(slurm_cluster, emc_small, tmp_path):
     pipeline = write_pipeline(tmp_path, emc_small)
     site = write_site(tmp_path, "site", SITE.format(mode="hpc"))

@@ -107,3 +107,21 @@ def test_a_log_that_is_not_a_plain_file_is_not_read(tmp_path):
 def test_other_failures_are_left_as_they_are(tmp_path):
     _pool_log(tmp_path, "a1", LOG_TAIL)
     assert explain(ValueError(REASON), tmp_path, "kubernetes.interchange_address") is None
+
+
+class TooManyJobFailuresError(Exception):
+    """Shaped as Parsl's: what a task sent to an executor already marked bad gets (its text is the block failures)."""
+
+
+REFUSED = ("Error 1:\n\tFailed to start block 0: Cannot launch job parsl.tasks.block-0.1796612477.63: Could not "
+           "read job ID from submit command standard output; recode=1, stdout=, stderr=sbatch: error: Batch job "
+           "submission failed: Invalid feature specification\n")
+
+
+def test_a_block_the_scheduler_refused_is_its_words_and_the_section_to_correct(tmp_path):
+    line = explain(TooManyJobFailuresError(REFUSED), tmp_path, "", "/sites/cluster.yaml", section="slurm")
+    assert line == ("the scheduler refused to start a worker block: sbatch: error: Batch job submission failed: "
+                    "Invalid feature specification; correct the slurm section of /sites/cluster.yaml")
+    two = REFUSED + REFUSED.replace("Error 1", "Error 2").replace("block 0", "block 1")
+    assert explain(BadStateException("mpi", two), tmp_path, section="slurm") == line.replace("/sites/cluster.yaml",
+                                                                                              "the site file")
