@@ -239,3 +239,15 @@ def test_the_slurm_sites_executors_offer_this_hosts_addresses_and_ask_no_web_ser
         assert "203.0.113.9" not in executor.all_addresses
     assert asked == []
     assert executors[0].all_addresses == parsl.addresses.get_all_addresses() - {"203.0.113.9"}
+
+
+def test_a_task_that_refers_to_a_deferred_package_is_serialized_as_the_real_one():
+    """In the driver requests stays a stand-in until used; a task's function that refers to it (or the module
+    itself) still goes through Parsl's serializer (dill) and is the real package where it is unpickled."""
+    out = run("from spibatch import parsl_lean; parsl_lean.import_parsl()\n"
+              "import sys, requests\n"
+              "from parsl.serialize import serialize, deserialize\n"
+              "print(type(sys.modules['requests']).__name__)\n"
+              "task = lambda module=requests: module.__name__ + ' ' + type(module.get).__name__\n"
+              "print(deserialize(serialize(task))(), deserialize(serialize(requests)).__name__)", stand_ins=False)
+    assert out.splitlines() == ["Deferred", "requests function requests"]

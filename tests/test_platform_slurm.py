@@ -85,7 +85,7 @@ def test_whole_pipeline_through_slurm_in_hpc_mode(slurm_runs):
     assert sorted(stages) == ["emc", "phase", "validate"] and (run / "report.html").is_file()
     assert stages["emc"]["emc_mode"] == "hpc"
     # the work went through Slurm: Parsl's batch scripts for both executors, and their jobs' output
-    scripts = [p for p in run.glob("runinfo/*/submit_scripts/parsl.*.block-*") if p.suffix not in (".stdout", ".stderr")]
+    scripts = [p for p in run.glob("runinfo/*/submit_scripts/parsl.*.block-*") if p.suffix not in (".stdout", ".stderr", ".salloc")]
     for label in ("tasks", "mpi"):
         ours = [p for p in scripts if p.name.startswith(f"parsl.{label}.block-")]
         assert ours, [p.name for p in scripts]
@@ -200,8 +200,8 @@ def test_blocks_started_by_salloc_give_the_batch_jobs_model_and_leave_nothing_be
     _check(done)
     run = tmp_path / "run"
     assert [m["mpi_ranks"] for m in metrics(run / "emc")] == [2, 2, 2]
-    logs = {p.name: p.read_text() for p in run.glob("runinfo/*/submit_scripts/parsl.*.block-*.stderr")}
-    for label in ("tasks", "mpi"):   # salloc said so in the block's error file: no batch job was queued
+    logs = {p.name: p.read_text() for p in run.glob("runinfo/*/submit_scripts/parsl.*.block-*.salloc")}
+    for label in ("tasks", "mpi"):   # salloc said so (its messages' own file): no batch job was queued
         assert any(n.startswith(f"parsl.{label}.") and "salloc: Granted job allocation" in t for n, t in logs.items()), logs
     batch, _, _ = slurm_runs["hpc"]
     a, b = final_model(batch / "emc"), final_model(run / "emc")
@@ -209,7 +209,7 @@ def test_blocks_started_by_salloc_give_the_batch_jobs_model_and_leave_nothing_be
     left = subprocess.run(["pgrep", "-f", f"salloc .*{run}"], capture_output=True, text=True).stdout
     assert left == ""
     deadline = time.monotonic() + 30   # scancel'led allocations leave the queue as their steps end
-    while str(run) in (queued := subprocess.run(["squeue", "-h", "-o", "%o %j"], capture_output=True,
+    while str(run) in (queued := subprocess.run(["squeue", "-h", "-o", "%o %k"], capture_output=True,
                                                 text=True).stdout) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert str(run) not in queued
@@ -228,3 +228,45 @@ def test_salloc_dry_run_shows_the_allocation_it_would_ask_for(slurm_cluster, emc
     assert shown[1].endswith("/submit_scripts/parsl.tasks.block-0.<time>' bash sbatch-tasks.sh")
     assert "==> salloc-mpi.txt <==" in done.stdout
     assert "sbatch --test-only: sbatch-mpi.sh accepted" in done.stdout
+
+
+def test_a_block_by_salloc_is_named_and_cancelled_whatever_its_output_options_say(slurm_cluster, tmp_path):
+    """The provider alone: a user's --quiet and --error=/dev/null cannot hide the job id from it (salloc's own
+    messages have a file of their own), %j in --output is the job's id, and scancel ends the block's script."""
+    from parsl.launchers import SimpleLauncher
+
+    from spibatch.backends.slurm_salloc import SallocSlurmProvider
+
+    provider = SallocSlurmProvider(partition=slurm_cluster, walltime="00:02:00", init_blocks=0, launcher=SimpleLauncher(),
+                                   scheduler_options=f"#SBATCH --quiet\n#SBATCH --error=/dev/null\n"
+                                                     f"#SBATCH --output={tmp_path}/out-%j.txt\n")
+    provider.script_dir = str(tmp_path)
+    job = provider.submit(f"echo started; touch {tmp_path}/started; sleep 120", 1, "salloc-test")
+    assert job.isdigit()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (tmp_path / f"out-{job}.txt").read_text().strip() == "started"
+    said = next(tmp_path.glob("salloc-test.*.salloc")).read_text()
+    assert f"Granted job allocation {job}" in said
+    assert provider.cancel([job]) == [True]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (subprocess.run(["pgrep", "-f", f"touch {tmp_path}/started"],
+                                                          capture_output=True).returncode == 0
+                                           or job in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
+                                                                    text=True).stdout.split()):
+        time.sleep(0.3)
+    assert subprocess.run(["pgrep", "-f", f"touch {tmp_path}/started"], capture_output=True).returncode == 1
+    assert job not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+
+
+def test_an_option_salloc_does_not_take_is_one_line_before_anything(slurm_cluster, emc_small, tmp_path):
+    pipeline = write_pipeline(tmp_path, emc_small)
+    site = write_site(tmp_path, "site", SITE.format(mode="htc").replace(
+        "strategy_period_s: 0.5}", "strategy_period_s: 0.5, start: salloc, scheduler_options: '#SBATCH --export=NONE'}"))
+    done = spibatch("run", pipeline, "--site", site, "--out", tmp_path / "run", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"spibatch: error: {site}: slurm.scheduler_options: salloc does not take "
+                                   "--export=NONE (slurm.start: salloc runs the block's script on this host, with "
+                                   "this environment); leave it out, or start the blocks by sbatch (slurm.start: sbatch)")
+    assert not (tmp_path / "run").exists()

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("parsl", reason="Parsl not installed (pip install '.[platform]')")
 
-from spibatch.backends.slurm_salloc import GRANTED, salloc_words, sbatch_lines  # noqa: E402
+from spibatch.backends.slurm_salloc import GRANTED, refused, salloc_env, salloc_words, sbatch_lines  # noqa: E402
 
 SCRIPT = """#!/bin/bash
 
@@ -17,8 +17,8 @@ SCRIPT = """#!/bin/bash
 #SBATCH --time=15
 #SBATCH --ntasks-per-node=1
 #SBATCH --partition=debug
-#SBATCH --array=1-3 --open-mode=append
-#SBATCH -o "/other dir/x.out" --exclusive   # a comment
+#SBATCH --array=1-3 --open-mode=append --export=ALL -Q
+#SBATCH -o "/other dir/x.out" --exclusive --chdir=/work   # a comment
 #SBATCH --cpus-per-task=2
 
 export PATH=/env/bin:$PATH
@@ -33,11 +33,12 @@ def test_sbatch_lines_end_at_the_first_command_as_sbatch_reads_them():
     assert "--mem=4g" not in words and "--exclusive" in words and "#" not in " ".join(words)
 
 
-def test_salloc_gets_every_option_but_the_outputs_and_the_sbatch_only_ones():
+def test_salloc_gets_every_option_but_the_outputs_export_all_and_quiet():
     options, outputs = salloc_words(SCRIPT, "/runs/r/submit_scripts/parsl.tasks.block-0.17")
     assert options == ["--job-name=parsl.tasks.block-0.17", "--nodes=2", "--time=15", "--ntasks-per-node=1",
-                       "--partition=debug", "--exclusive", "--cpus-per-task=2", "--kill-command=TERM",
-                       "--comment=/runs/r/submit_scripts/parsl.tasks.block-0.17"]
+                       "--partition=debug", "--array=1-3", "--exclusive", "--chdir=/work", "--cpus-per-task=2",
+                       "--kill-command=TERM", "--comment=/runs/r/submit_scripts/parsl.tasks.block-0.17"]
+    assert refused(options) == ["--array=1-3"]
     assert outputs == {"stdout": "/other dir/x.out", "stderr": "/runs/r/submit_scripts/parsl.tasks.block-0.17.stderr"}
 
 
@@ -57,3 +58,13 @@ def test_the_job_id_is_read_whether_granted_or_pending():
 def test_a_kill_command_or_comment_of_the_users_own_is_kept():
     options = salloc_words("#!/bin/bash\n#SBATCH --comment=mine -K\n", "/s/job")[0]
     assert options == ["--comment=mine", "-K"]
+
+
+def test_what_salloc_would_refuse_is_named():
+    assert refused(["--export=NONE", "--nodes=1", "-N", "2", "--signal=B:USR1@60", "--signal=USR1@60", "--wrap=x",
+                    "--requeue"]) == ["--export=NONE", "--signal=B:USR1@60", "--wrap=x", "--requeue"]
+
+
+def test_sbatch_input_variables_become_sallocs_unless_set():
+    env = salloc_env({"SBATCH_ACCOUNT": "p1", "SBATCH_PARTITION": "gpu", "SALLOC_PARTITION": "cpu", "PATH": "/b"})
+    assert (env["SALLOC_ACCOUNT"], env["SALLOC_PARTITION"], env["PATH"]) == ("p1", "cpu", "/b")

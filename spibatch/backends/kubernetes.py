@@ -122,7 +122,7 @@ def _enable_parsl_kubernetes() -> None:
     if not kube._kubernetes_enabled:
         try:
             from kubernetes import client, config
-        except ImportError:
+        except (ImportError, NameError, FileNotFoundError):   # as Parsl's own import of it
             return   # Parsl's own error says the module is missing (our checks said it before)
         kube.client, kube.config, kube._kubernetes_enabled = client, config, True
 

@@ -224,6 +224,18 @@ class SlurmProvider(Provider):
                             "slurm.partition", "use one that sinfo lists, or leave it out")
         return []
 
+    def _salloc_options(self, run_dir: Path) -> list[str]:
+        """Each block's ``#SBATCH`` options are ones salloc takes (``slurm.start: salloc``)."""
+        from spibatch.backends.slurm_salloc import refused, salloc_words
+
+        for name, text in self.render(run_dir, ["spibatch"]).files.items():
+            bad = refused(salloc_words(text, name)[0]) if name.startswith("sbatch-") else []
+            if bad:
+                raise self.fail(f"salloc does not take {bad[0]} (slurm.start: salloc runs the block's script on "
+                                "this host, with this environment)", "slurm.scheduler_options",
+                                "leave it out, or start the blocks by sbatch (slurm.start: sbatch)")
+        return []
+
     def _container(self) -> list[str]:
         check_container(self.site.container, self.site.source)
         return []
@@ -234,6 +246,8 @@ class SlurmProvider(Provider):
         programs = "sbatch, sinfo, srun and salloc" if self.options.start == "salloc" else "sbatch, sinfo and srun"
         checks = [Check(f"{programs} on PATH", self._programs),
                   Check(f"partition {part} exists (sinfo)" if part else "sinfo answers", self._partition)]
+        if self.options.start == "salloc":
+            checks.append(Check("the blocks' options are salloc's", lambda: self._salloc_options(run_dir)))
         if self.site.container.runtime != "none":
             checks.append(Check(f"{self.site.container.runtime} and the image present", self._container))
         return checks

@@ -5,24 +5,26 @@ Slurm starts a batch job from its scheduling pass, not when ``sbatch`` hands it 
 one.  An allocation asked by ``salloc`` is granted within the request when the nodes are free (8-12 ms on the
 CI's cluster, BENCHMARKS.md "A worker block by salloc").  So the block's script -- the very script Parsl
 writes for ``sbatch``, its ``#SBATCH`` lines given to ``salloc`` as options -- runs on this (the driver's)
-host with the allocation's ``SLURM_*`` environment, and its ``srun`` starts the worker pools on the allocated
-nodes.  Parsl's status (``squeue``/``sacct``) and cancel (``scancel``) see the allocation as any job; a revoked
+host with the allocation's environment, and its ``srun`` starts the worker pools on the allocated nodes.
+Parsl's status (``squeue``/``sacct``) and cancel (``scancel``) see the allocation as any job; a revoked
 allocation (``scancel``, the walltime) ends the script and what it started here (``--kill-command=TERM``); its
 ``--comment`` is the script's path, as a batch job's command is (a resume cancels a killed driver's blocks by it).
 
-Differences from a batch job, which the README states: the script and its ``worker_init`` run on the login
-node (the pools and every MPI rank still run on the allocation's nodes; the HPC-mode MPI pool, which only
-calls ``srun``, runs on the login node); its output goes to the files its ``--output``/``--error`` name; the
-``salloc`` process lives on the login node while the block does (it ends with the block, or with
-``scancel``).
+salloc's own messages go to ``SCRIPT.salloc`` (the job id is read there: a user's ``--error`` or ``--quiet``
+cannot hide it); the script's output to the files its ``--output``/``--error`` name (``%j``, ``%x``: the job's
+id and name).  ``SBATCH_*`` input variables are given to salloc as its ``SALLOC_*`` ones.  Options salloc does
+not take (``--export=NONE``, ``--array``, ``--signal=B:...``) are refused before a run (:func:`refused`);
+``--export=ALL`` is dropped (the script has this environment anyway).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -31,10 +33,13 @@ from parsl.providers import SlurmProvider
 logger = logging.getLogger(__name__)
 
 OUTPUT_OPTIONS = {"--output": "stdout", "-o": "stdout", "--error": "stderr", "-e": "stderr"}
-SBATCH_ONLY = ("--open-mode", "--parsable", "--wrap", "--array", "-a", "--export-file", "--requeue",
-               "--no-requeue", "--test-only", "--wait", "-W", "--chdir", "-D")   # salloc refuses or means else
+DROPPED = ("--open-mode", "--parsable", "--quiet", "-Q")   # sbatch's output handling; salloc's grant line is needed
 GRANTED = re.compile(r"salloc: (?:Granted|Pending) job allocation (\d+)")
-ID_WAIT_S = 60.0   # salloc names the job at once (granted or pending); longer means slurmctld does not answer
+ID_WAIT_S = 30.0   # salloc names the job at once (granted or pending); longer: slurmctld does not answer
+STOP_WAIT_S = 10.0
+# the command salloc runs: the script's output where its --output/--error say (%j, %x: the job's id and name)
+WRAPPER = ('o=${1//%j/$SLURM_JOB_ID}; o=${o//%x/$SLURM_JOB_NAME}; e=${2//%j/$SLURM_JOB_ID}; '
+           'e=${e//%x/$SLURM_JOB_NAME}; exec >>"$o" 2>>"$e"; exec bash "$3"')
 
 
 def sbatch_lines(script: str) -> list[str]:
@@ -51,11 +56,10 @@ def sbatch_lines(script: str) -> list[str]:
 
 
 def salloc_words(script: str, script_path: str) -> tuple[list[str], dict[str, str]]:
-    """``salloc`` options from a batch script's ``#SBATCH`` lines (without those only sbatch has) and where the
-    script's output goes: ``{"stdout": path, "stderr": path}`` (as sbatch: errors where the output goes unless
-    ``--error`` says; without either, ``SCRIPT.stdout`` / ``.stderr``).
-
-    An option salloc does not know is salloc's error, said when the block is started."""
+    """``salloc`` options from a batch script's ``#SBATCH`` lines and where the script's output goes:
+    ``{"stdout": path, "stderr": path}`` (as sbatch: errors where the output goes unless ``--error`` says;
+    without either, ``SCRIPT.stdout`` / ``.stderr``).  Left out: the output options, ``--export=ALL`` and
+    :data:`DROPPED`; added: ``--kill-command=TERM`` and ``--comment=SCRIPT`` unless given."""
     outputs: dict[str, str] = {}
     options: list[str] = []
     words = sbatch_lines(script)
@@ -70,8 +74,7 @@ def salloc_words(script: str, script_path: str) -> tuple[list[str], dict[str, st
                 outputs[OUTPUT_OPTIONS[name]] = path
             i += 2 if takes_next else 1
             continue
-        if name in SBATCH_ONLY:
-            logger.warning("salloc start: leaving out the sbatch-only option %s", word)
+        if name in DROPPED or (name == "--export" and value == "ALL"):
             i += 1
             continue
         options.append(word)
@@ -80,19 +83,42 @@ def salloc_words(script: str, script_path: str) -> tuple[list[str], dict[str, st
         options.append("--kill-command=TERM")   # a revoked allocation (scancel, walltime) ends the script's processes
     if not any(o.split("=")[0] == "--comment" for o in options):
         options.append(f"--comment={script_path}")   # what squeue's %o (the command) says of a batch job: a
-                                                     # resume finds the blocks a killed driver left by it
+    #                                                  resume finds the blocks a killed driver left by it
     if "stdout" not in outputs:
         return options, {"stdout": script_path + ".stdout", "stderr": outputs.get("stderr", script_path + ".stderr")}
-    return options, {"stdout": outputs["stdout"], "stderr": outputs.get("stderr", outputs["stdout"])}  # as sbatch
+    return options, {"stdout": outputs["stdout"], "stderr": outputs.get("stderr", outputs["stdout"])}
+
+
+# sbatch's options that salloc does not take (Slurm 22.05's sbatch and salloc manuals): a block by salloc
+# refuses them before any work (:func:`refused`)
+SBATCH_ONLY = ("--array", "-a", "--batch", "--export", "--export-file", "--ignore-pbs", "--input", "-i",
+               "--kill-on-invalid-dep", "--no-requeue", "--requeue", "--propagate", "--test-only", "--wait", "-W",
+               "--wrap")
+
+
+def refused(options: list[str]) -> list[str]:
+    """The options of :func:`salloc_words`' list salloc does not take: :data:`SBATCH_ONLY` (``--export=NONE``:
+    the script runs with this environment) and ``--signal=B:...`` (no batch shell to signal)."""
+    out = []
+    for option in options:
+        name, _, value = option.partition("=")
+        if name in SBATCH_ONLY or (name == "--signal" and value.upper().startswith("B")):
+            out.append(option)
+    return out
+
+
+def salloc_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with each ``SBATCH_X`` input variable also as ``SALLOC_X`` (salloc reads only its own)."""
+    out = dict(env)
+    for key, value in env.items():
+        if key.startswith("SBATCH_"):
+            out.setdefault("SALLOC_" + key[len("SBATCH_"):], value)
+    return out
 
 
 class SallocSlurmProvider(SlurmProvider):
     """Parsl's SlurmProvider whose ``sbatch SCRIPT`` is ``salloc OPTIONS bash SCRIPT`` started in the
     background; answers Parsl as sbatch would (``Submitted batch job N``) once salloc names the job."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._allocations: dict[str, subprocess.Popen] = {}
 
     def execute_wait(self, cmd: str, timeout=None):
         if not cmd.startswith("sbatch "):
@@ -102,31 +128,32 @@ class SallocSlurmProvider(SlurmProvider):
     def _salloc(self, script_path: str):
         script = Path(script_path).read_text(encoding="utf-8")
         options, outputs = salloc_words(script, script_path)
-        command = ["salloc", *options, "bash", script_path]
+        command = ["salloc", *options, "bash", "-c", WRAPPER, "spibatch-block", outputs["stdout"], outputs["stderr"],
+                   script_path]
+        said_path = script_path + ".salloc"
         logger.debug("Starting the block by %s", shlex.join(command))
-        with open(outputs["stdout"], "ab") as out, open(outputs["stderr"], "ab") as err:
-            start = err.tell()
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True)   # a Ctrl-C at the driver is the driver's to handle
+        with open(said_path, "ab") as said_file:
+            start = said_file.tell()
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=said_file, stderr=said_file,
+                                    env=salloc_env(dict(os.environ)), start_new_session=True)   # Ctrl-C: the
+        threading.Thread(target=proc.wait, daemon=True, name="salloc-reaper").start()   # driver's to handle
         deadline = time.monotonic() + ID_WAIT_S
         while True:
-            said = _read_from(outputs["stderr"], start)
+            ended = proc.poll() is not None
+            said = _read_from(said_path, start)     # read after the poll: a grant written just before the end
             found = GRANTED.search(said)
             if found:
-                self._allocations[found.group(1)] = proc
                 return 0, f"Submitted batch job {found.group(1)}\n", ""
-            if proc.poll() is not None:
-                return proc.returncode or 1, "", said.strip() or f"salloc ended with status {proc.returncode}"
+            if ended:
+                return proc.returncode or 1, "", " ".join(said.split()) or f"salloc ended with status {proc.returncode}"
             if time.monotonic() > deadline:
-                proc.kill()
-                return 1, "", f"salloc named no job in {ID_WAIT_S:.0f} s (does slurmctld answer?): {said.strip()}"
+                proc.terminate()   # not SIGKILL: salloc gives back an allocation it was granted meanwhile
+                try:
+                    proc.wait(STOP_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                return 1, "", f"salloc named no job in {ID_WAIT_S:.0f} s (does slurmctld answer?): {' '.join(said.split())}"
             time.sleep(0.005)
-
-    def _status(self):
-        for job_id, proc in list(self._allocations.items()):
-            if proc.poll() is not None:   # reaped: the block's script (or salloc) has ended
-                del self._allocations[job_id]
-        return super()._status()
 
 
 def _read_from(path: str, offset: int) -> str:

@@ -15,6 +15,7 @@ interchange, worker pool and its children) and by :func:`spibatch.parsl_lean.imp
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import os
@@ -47,7 +48,14 @@ def typechecked(func=None, **options):
 class Deferred(types.ModuleType):
     """Stands in for a package of :data:`DEFER` until an attribute of it is needed (see the module notes)."""
 
+    def __reduce__(self):
+        """Pickled (dill pickles the modules a task's function refers to) as the real package, imported where
+        it is unpickled -- a stand-in cannot be."""
+        return importlib.import_module, (self.__name__,)
+
     def __getattr__(self, attr: str):
+        if attr == "__file__" and self.__dict__.get("_origin"):
+            return self.__dict__["_origin"]
         real = self.__dict__.get("_real")
         if real is not None:          # loaded since: whoever still holds this stand-in gets the real attributes
             return getattr(real, attr)
@@ -58,9 +66,9 @@ class Deferred(types.ModuleType):
             raise AttributeError(attr)
         if attr == "__file__" and self.__dict__.get("_origin") is not False:
             origin = _origin(self.__name__)   # where the real package is, without running it: what
-            if origin is not None:            # inspect.getmodule asks of every module (Parsl's DataFlowKernel
-                return origin                 # walks inspect.stack() at load, 0.1 s of imports otherwise)
-            self.__dict__["_origin"] = False
+            self.__dict__["_origin"] = origin or False   # inspect.getmodule asks of every module (Parsl's
+            if origin:                        # DataFlowKernel walks inspect.stack() at load: 0.1 s of imports)
+                return origin
         if attr == "__path__" and parsl_loading() and \
                 not sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
             raise AttributeError(attr)   # the probe of `from typeguard import typechecked` (made from C, in the
