@@ -11,6 +11,7 @@ issue measured at exactly 0 on this data; 1e-10 leaves room for an MPI that sums
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import time
@@ -225,7 +226,8 @@ def test_salloc_dry_run_shows_the_allocation_it_would_ask_for(slurm_cluster, emc
     shown = done.stdout.split("==> salloc-tasks.txt <==\n")[1].split("==>")[0].splitlines()
     assert shown[1].startswith("salloc '--job-name=parsl.tasks.block-0.<time>' --nodes=1 --time=15 ")
     assert " --partition=debug --cpus-per-task=2 --kill-command=TERM '--comment=" in shown[1]   # no --output/--error
-    assert shown[1].endswith("/submit_scripts/parsl.tasks.block-0.<time>' bash sbatch-tasks.sh")
+    script = shown[1].split("'--comment=")[1].split("'")[0]
+    assert shown[1].endswith(" " + shlex.join(["spibatch-block", f"{script}.stdout", f"{script}.stderr", script]))
     assert "==> salloc-mpi.txt <==" in done.stdout
     assert "sbatch --test-only: sbatch-mpi.sh accepted" in done.stdout
 

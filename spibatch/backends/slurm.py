@@ -180,12 +180,12 @@ class SlurmProvider(Provider):
             text = common.render_submit(executor.provider, launch, scripts, f"parsl.{executor.label}.block-0")
             files[f"sbatch-{executor.label}.sh"] = text
             if self.options.start == "salloc":
-                from spibatch.backends.slurm_salloc import salloc_words
+                from spibatch.backends.slurm_salloc import salloc_command
 
-                options = salloc_words(text, f"{scripts}/parsl.{executor.label}.block-0.<time>")[0]
-                files[f"salloc-{executor.label}.txt"] = (f"# started on this host (slurm.start: salloc), not "
-                                                         f"queued:\n{shlex.join(['salloc', *options, 'bash'])} "
-                                                         f"sbatch-{executor.label}.sh\n")
+                path = f"{scripts}/parsl.{executor.label}.block-0.<time>"   # sbatch-<label>.sh, as Parsl names it
+                files[f"salloc-{executor.label}.txt"] = (f"# started on this host (slurm.start: salloc), not queued; "
+                                                         f"salloc's messages: {path}.salloc\n"
+                                                         f"{shlex.join(salloc_command(text, path))}\n")
         if self.site.emc_mode == "hpc":
             launch = self.emc_launch(run_dir, common.emc_command(self.site, run_dir))
             ranks = launch.resources["num_ranks"]

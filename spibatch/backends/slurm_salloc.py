@@ -89,6 +89,13 @@ def salloc_words(script: str, script_path: str) -> tuple[list[str], dict[str, st
     return options, {"stdout": outputs["stdout"], "stderr": outputs.get("stderr", outputs["stdout"])}
 
 
+def salloc_command(script: str, script_path: str) -> list[str]:
+    """The words that start the block of batch script ``script`` (at ``script_path``) by salloc."""
+    options, outputs = salloc_words(script, script_path)
+    return ["salloc", *options, "bash", "-c", WRAPPER, "spibatch-block", outputs["stdout"], outputs["stderr"],
+            script_path]
+
+
 # sbatch's options that salloc does not take (Slurm 22.05's sbatch and salloc manuals): a block by salloc
 # refuses them before any work (:func:`refused`)
 SBATCH_ONLY = ("--array", "-a", "--batch", "--export", "--export-file", "--ignore-pbs", "--input", "-i",
@@ -127,9 +134,7 @@ class SallocSlurmProvider(SlurmProvider):
 
     def _salloc(self, script_path: str):
         script = Path(script_path).read_text(encoding="utf-8")
-        options, outputs = salloc_words(script, script_path)
-        command = ["salloc", *options, "bash", "-c", WRAPPER, "spibatch-block", outputs["stdout"], outputs["stderr"],
-                   script_path]
+        command = salloc_command(script, script_path)
         said_path = script_path + ".salloc"
         logger.debug("Starting the block by %s", shlex.join(command))
         with open(said_path, "ab") as said_file:
