@@ -83,7 +83,7 @@ class ParslWorkers(stages.Workers):
                 raise InputError(result["error"], field=stage) from None
             if not result and shutil.disk_usage(run.path).free < FULL_BELOW:   # it could not even say why
                 raise disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), run.stage_result(stage)) from None
-            cause = None if result else _platform_cause(exc, run, self.site, before)
+            cause = None if result else _platform_cause(exc, run, self.site, before, start_only=True)
             if cause:   # it never ran: its block was refused, or its pool never reached the driver
                 raise StageFailed(f"the {stage} job could not start: {cause}; {_go_on(run)}") from None
             said = f": {result['error'].rstrip('.')}" if result.get("error") else f" ({exc.__class__.__name__})"
@@ -185,7 +185,8 @@ def failures_as_one_line(run: RunLayout, stage: str, site: Site | None = None):
         raise StageFailed(f"the {stage} stage failed: {cause}; {where}; {_go_on(run)}") from exc
 
 
-def _platform_cause(exc: BaseException, run: RunLayout, site: Site | None, before: dict) -> str | None:
+def _platform_cause(exc: BaseException, run: RunLayout, site: Site | None, before: dict,
+                    start_only: bool = False) -> str | None:
     """Why Parsl gave up on ``site``'s workers (:func:`spibatch.worker_reach.explain`), None otherwise or when that
     cannot be told."""
     from spibatch.worker_reach import explain
@@ -196,7 +197,7 @@ def _platform_cause(exc: BaseException, run: RunLayout, site: Site | None, befor
         source = Path(site.source) if site.source else None
         inside = source is not None and run.path.resolve() in source.resolve().parents   # resumed: the run's copy
         return explain(exc, run.path, provider_for(site).address_key, "" if inside or source is None else str(source),
-                       before=before, section=site.provider)
+                       before=before, section=site.provider, start_only=start_only)
     except Exception:  # noqa: BLE001 - the stage's own failure line must still come
         log.debug("could not read the worker pools' logs", exc_info=True)
         return None

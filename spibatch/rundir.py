@@ -147,18 +147,19 @@ def new_run_path(name: str, runs_dir: Path) -> Path:
 STARTUP_FILES = {layout.LOCK, layout.CONFIG, layout.LOG}
 
 
-SHELL_UNSAFE = re.compile(r"[\s$`\"'\\;|&<>()*?\[\]]")
+SHELL_UNSAFE = re.compile(r"[\s$`\"'\\;|&<>()*?\[\]#%]")   # '#': sbatch cuts #SBATCH lines there; '%': a pattern
 
 
 def check_shell_safe(path: Path, field: str) -> Path:
     """``path`` may hold a run that Parsl's workers and the sites' batch scripts run in: no whitespace or shell
     character (Parsl does not quote its submit scripts' paths: a space hung the run; a ``$(...)`` in a Slurm
-    script's heredoc would run)."""
+    script's heredoc would run; sbatch reads ``#SBATCH --output=/runs/r#1/...`` as ``/runs/r``, and fills in
+    ``%j``-like patterns)."""
     found = SHELL_UNSAFE.search(str(path))
     if found:
         raise InputError(f"its path holds {found.group()!r}, which Parsl's workers and batch scripts do not quote",
                          path=path, field=field, fix="choose a folder whose path has no spaces, quotes or shell "
-                         "characters ($ ` ; | & < > ( ) * ? [ ])")
+                         "characters ($ ` ; | & < > ( ) * ? [ ] # %)")
     return path
 
 

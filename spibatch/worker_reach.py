@@ -11,6 +11,7 @@ which site key sets the address, or else gives Parsl's whole message on one line
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -23,9 +24,12 @@ MAX_LOGS = 64               # pool logs read at most, the newest first (one per 
 TAIL_BYTES = 8192           # of each, the end: where the probe's failure is
 MAX_SHOWN = 6               # addresses named in the line
 MAX_SAID = 500              # characters of Parsl's own message (it may hold blocks' stdout and stderr)
-# Parsl's words for a block its provider could not submit (sbatch, salloc or the API server said no), and what the
-# scheduler said: the submit command's standard error
-REFUSED = re.compile(r"Failed to start block \d+: Cannot launch job [^:\s]+: .*?stderr=(.+?)\s*(?:Error \d+:|$)", re.S)
+# Parsl's words for a block its provider could not submit, with the submit command's exit code and standard error:
+# refused when the command failed and said why (sbatch/salloc exits 0 where Parsl could not read an id it printed)
+REFUSED = re.compile(r"Failed to start block \d+: Cannot launch job [^:\s]+: .*?; recode=(-?\d+|None), stdout=.*?, "
+                     r"stderr=(.+?)\s*(?=Error \d+:|$)", re.S)
+# the Kubernetes API server's refusal (a quota, an admission policy): the client's ApiException, its JSON body
+API_REFUSED = re.compile(r"Failed to start block \d+: .*?HTTP response body: (\{.*?\})\s*(?=Error \d+:|$)", re.S)
 FAILURE_NAMES = ("BadStateException", "TooManyJobFailuresError")   # a task of a bad executor; one sent after
 
 
@@ -48,21 +52,22 @@ def snapshot(run_dir: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file: str = "",
-            before: dict | None = None, section: str = "") -> str | None:
+            before: dict | None = None, section: str = "", start_only: bool = False) -> str | None:
     """The cause of a stage's failure when ``exc`` is Parsl's BadStateException (or the TooManyJobFailuresError
     it carries), else None.  ``before``: the :func:`snapshot` taken when the stage began (logs unchanged since
     are an earlier attempt's).  ``site_file``: where the user sets ``address_key`` ("" for "the site file");
-    ``section``: the site's provider section, whose settings the scheduler judges (a refused block)."""
+    ``section``: the site's provider section, whose settings the scheduler judges (a refused block);
+    ``start_only``: None unless the workers never started (refused, or their pools could not reach the driver)."""
     if type(exc).__name__ not in FAILURE_NAMES:
         return None
     label = getattr(getattr(exc, "executor", None), "label", None)
     reason = str(getattr(exc, "reason", None) or exc)
-    refused = REFUSED.search(reason)
-    if refused:
-        said = " ".join(refused.group(1).split())
+    said = _refused(reason)
+    if said:
         said = said[:MAX_SAID].rstrip() + " ..." if len(said) > MAX_SAID else said
         where = f"the {section} section of {site_file or 'the site file'}" if section else (site_file or "the site")
-        return f"the scheduler refused to start a worker block: {said}; correct {where}"
+        return f"the scheduler refused to start a worker block: {said} (what it judged: {where})"   # a setting to
+        #                                                      correct, or a limit to wait for: the words say which
     tried = unreachable(run_dir, label, before or {})
     if tried:
         shown = ", ".join(tried[:MAX_SHOWN]) + (f" and {len(tried) - MAX_SHOWN} more" if len(tried) > MAX_SHOWN else "")
@@ -73,11 +78,31 @@ def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file:
             fix = "the workers' hosts must reach this machine at one of them (a firewall or a network between?)"
         return (f"worker pools could not reach Parsl's interchange (they tried {shown}): {fix}; the pools' logs "
                 f"are in {Path(run_dir) / 'runinfo' / 'workers'}")
+    if start_only:
+        return None
     said = " ".join(line.strip() for line in reason.splitlines() if line.strip())
     said = re.sub(r"(?<![A-Za-z])Error [0-9]+:\s*", "", said).strip()   # Parsl numbers the block failures it lists
     if len(said) > MAX_SAID:
         said = said[:MAX_SAID].rstrip() + " ..."
     return f"Parsl stopped using its workers{f' ({label})' if label else ''}: {said}"
+
+
+def _refused(reason: str) -> str:
+    """What the scheduler said when it refused a block, on one line; "" when Parsl's ``reason`` holds no refusal."""
+    for found in REFUSED.finditer(reason):
+        code, said = found.group(1), " ".join(found.group(2).split())
+        if code not in ("0", "None") and said and said != "None":
+            return said
+    api = API_REFUSED.search(reason)
+    if api:
+        try:
+            body = json.loads(api.group(1))
+        except ValueError:
+            return ""
+        message = body.get("message") if isinstance(body, dict) else None
+        if isinstance(message, str) and message.strip():
+            return f"the Kubernetes API server said: {' '.join(message.split())}"
+    return ""
 
 
 def unreachable(run_dir: Path, label: str | None = None, before: dict | None = None) -> list[str]:

@@ -146,7 +146,7 @@ def test_a_block_the_scheduler_refuses_is_one_line_with_its_words(slurm_cluster,
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert f"the scheduler refused to start a worker block: {block_start}: error: " in last, last
-    assert "Invalid feature specification" in last and f"correct the slurm section of {site};" in last, last
+    assert f"Invalid feature specification (what it judged: the slurm section of {site});" in last, last
     assert "Error 1" not in last
 
 

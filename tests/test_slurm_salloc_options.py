@@ -38,7 +38,7 @@ def test_salloc_gets_every_option_but_the_outputs_export_all_and_quiet():
     assert options == ["--job-name=parsl.tasks.block-0.17", "--nodes=2", "--time=15", "--ntasks-per-node=1",
                        "--partition=debug", "--array=1-3", "--exclusive", "--chdir=/work", "--cpus-per-task=2",
                        "--kill-command=TERM", "--comment=/runs/r/submit_scripts/parsl.tasks.block-0.17"]
-    assert refused(options) == ["--array=1-3"]
+    assert refused(options, "/runs/r/submit_scripts/parsl.tasks.block-0.17") == ["--array=1-3"]
     assert outputs == {"stdout": "/other dir/x.out", "stderr": "/runs/r/submit_scripts/parsl.tasks.block-0.17.stderr"}
 
 
@@ -62,9 +62,13 @@ def test_a_kill_command_or_comment_of_the_users_own_is_kept():
 
 def test_what_salloc_would_refuse_is_named():
     assert refused(["--export=NONE", "--nodes=1", "-N", "2", "--signal=B:USR1@60", "--signal=USR1@60", "--wrap=x",
-                    "--requeue"]) == ["--export=NONE", "--signal=B:USR1@60", "--wrap=x", "--requeue"]
+                    "--requeue", "--signal", "B:USR2@30", "--comment=/s/job"], "/s/job") == [
+        "--export=NONE", "--signal=B:USR1@60", "--wrap=x", "--requeue", "--signal B:USR2@30"]
+    assert refused(salloc_words("#!/bin/bash\n#SBATCH --comment=mine\n", "/s/job")[0], "/s/job") == ["--comment=mine"]
 
 
-def test_sbatch_input_variables_become_sallocs_unless_set():
-    env = salloc_env({"SBATCH_ACCOUNT": "p1", "SBATCH_PARTITION": "gpu", "SALLOC_PARTITION": "cpu", "PATH": "/b"})
+def test_sbatch_input_variables_become_sallocs_unless_set_or_sbatch_only():
+    env = salloc_env({"SBATCH_ACCOUNT": "p1", "SBATCH_PARTITION": "gpu", "SALLOC_PARTITION": "cpu", "PATH": "/b",
+                      "SBATCH_SIGNAL": "B:USR1@60", "SBATCH_EXPORT": "NONE"})
     assert (env["SALLOC_ACCOUNT"], env["SALLOC_PARTITION"], env["PATH"]) == ("p1", "cpu", "/b")
+    assert "SALLOC_SIGNAL" not in env and "SALLOC_EXPORT" not in env

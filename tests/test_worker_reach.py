@@ -121,7 +121,42 @@ REFUSED = ("Error 1:\n\tFailed to start block 0: Cannot launch job parsl.tasks.b
 def test_a_block_the_scheduler_refused_is_its_words_and_the_section_to_correct(tmp_path):
     line = explain(TooManyJobFailuresError(REFUSED), tmp_path, "", "/sites/cluster.yaml", section="slurm")
     assert line == ("the scheduler refused to start a worker block: sbatch: error: Batch job submission failed: "
-                    "Invalid feature specification; correct the slurm section of /sites/cluster.yaml")
+                    "Invalid feature specification (what it judged: the slurm section of /sites/cluster.yaml)")
     two = REFUSED + REFUSED.replace("Error 1", "Error 2").replace("block 0", "block 1")
     assert explain(BadStateException("mpi", two), tmp_path, section="slurm") == line.replace("/sites/cluster.yaml",
                                                                                               "the site file")
+
+
+def test_a_submission_the_scheduler_accepted_or_that_said_nothing_is_not_called_refused(tmp_path):
+    """sbatch --parsable exits 0 with the id alone (Parsl cannot read it); the local provider fails without
+    stderr: neither is a refusal to report in the scheduler's words."""
+    accepted = REFUSED.replace("recode=1, stdout=, stderr=sbatch: error: Batch job submission failed: Invalid "
+                               "feature specification", "recode=0, stdout=336, stderr=")
+    silent = "Error 1:\n\tFailed to start block 0: Cannot launch job x: Channel failed; recode=None, stdout=None, " \
+             "stderr=None\n"
+    for reason in (accepted, silent):
+        line = explain(TooManyJobFailuresError(reason), tmp_path, section="slurm")
+        assert line.startswith("Parsl stopped using its workers") and "refused" not in line, line
+        assert explain(TooManyJobFailuresError(reason), tmp_path, section="slurm", start_only=True) is None
+
+
+def test_a_kubernetes_api_refusal_is_its_message_not_its_headers(tmp_path):
+    body = ('{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods \\"parsl-tasks-'
+            'block-0\\" is forbidden: exceeded quota: compute-quota, requested: limits.cpu=2, used: limits.cpu=8, '
+            'limited: limits.cpu=8","reason":"Forbidden","code":403}')
+    reason = ("Error 1:\n\tFailed to start block 0: (403)\nReason: Forbidden\nHTTP response headers: HTTPHeaderDict("
+              + "{'Audit-Id': '5b0c3f1e', " * 20 + "})\nHTTP response body: " + body + "\n")
+    line = explain(BadStateException("tasks", reason), tmp_path, "", "k8s.yaml", section="kubernetes")
+    assert line.startswith("the scheduler refused to start a worker block: the Kubernetes API server said: pods "
+                           '"parsl-tasks-block-0" is forbidden: exceeded quota: compute-quota, requested: '
+                           "limits.cpu=2, used: limits.cpu=8, limited: limits.cpu=8 (what it judged: the kubernetes "
+                           "section of k8s.yaml)"), line
+
+
+def test_only_a_start_that_never_happened_is_told_when_asked_for(tmp_path):
+    """The MPI job's block dying mid-run (its memory limit) is the job's failure, told with its output file: with
+    start_only, explain says nothing of it; a refused block it still tells."""
+    died = "Error 1:\n\tEXIT CODE: 137\n\tSTDERR: slurmstepd: error: Detected 1 oom_kill event\n"
+    assert explain(BadStateException("mpi", died), tmp_path, section="slurm", start_only=True) is None
+    assert explain(BadStateException("mpi", REFUSED), tmp_path, section="slurm", start_only=True).startswith(
+        "the scheduler refused to start a worker block: sbatch: error:")

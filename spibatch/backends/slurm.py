@@ -229,7 +229,7 @@ class SlurmProvider(Provider):
         from spibatch.backends.slurm_salloc import refused, salloc_words
 
         for name, text in self.render(run_dir, ["spibatch"]).files.items():
-            bad = refused(salloc_words(text, name)[0]) if name.startswith("sbatch-") else []
+            bad = refused(salloc_words(text, name)[0], name) if name.startswith("sbatch-") else []
             if bad:
                 raise self.fail(f"salloc does not take {bad[0]} (slurm.start: salloc runs the block's script on "
                                 "this host, with this environment)", "slurm.scheduler_options",

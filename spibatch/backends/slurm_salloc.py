@@ -13,7 +13,8 @@ allocation (``scancel``, the walltime) ends the script and what it started here 
 salloc's own messages go to ``SCRIPT.salloc`` (the job id is read there: a user's ``--error`` or ``--quiet``
 cannot hide it); the script's output to the files its ``--output``/``--error`` name (``%j``, ``%x``: the job's
 id and name).  ``SBATCH_*`` input variables are given to salloc as its ``SALLOC_*`` ones.  Options salloc does
-not take (``--export=NONE``, ``--array``, ``--signal=B:...``) are refused before a run (:func:`refused`);
+not take (``--export=NONE``, ``--array``, ``--signal=B:...``; and a ``--comment`` of the user's: spibatch's
+own finds the blocks) are refused before a run (:func:`refused`);
 ``--export=ALL`` is dropped (the script has this environment anyway).
 """
 
@@ -38,8 +39,9 @@ GRANTED = re.compile(r"salloc: (?:Granted|Pending) job allocation (\d+)")
 ID_WAIT_S = 30.0   # salloc names the job at once (granted or pending); longer: slurmctld does not answer
 STOP_WAIT_S = 10.0
 # the command salloc runs: the script's output where its --output/--error say (%j, %x: the job's id and name)
-WRAPPER = ('o=${1//%j/$SLURM_JOB_ID}; o=${o//%x/$SLURM_JOB_NAME}; e=${2//%j/$SLURM_JOB_ID}; '
-           'e=${e//%x/$SLURM_JOB_NAME}; exec >>"$o" 2>>"$e"; exec bash "$3"')
+WRAPPER = ('o=${1//%j/"$SLURM_JOB_ID"}; o=${o//%x/"$SLURM_JOB_NAME"}; e=${2//%j/"$SLURM_JOB_ID"}; '
+           'e=${e//%x/"$SLURM_JOB_NAME"}; exec >>"$o" 2>>"$e"; exec bash "$3"')   # quoted: an & in a job name
+#                                                                                   is an &, not the match
 
 
 def sbatch_lines(script: str) -> list[str]:
@@ -103,23 +105,36 @@ SBATCH_ONLY = ("--array", "-a", "--batch", "--export", "--export-file", "--ignor
                "--wrap")
 
 
-def refused(options: list[str]) -> list[str]:
+def refused(options: list[str], script_path: str) -> list[str]:
     """The options of :func:`salloc_words`' list salloc does not take: :data:`SBATCH_ONLY` (``--export=NONE``:
-    the script runs with this environment) and ``--signal=B:...`` (no batch shell to signal)."""
+    the script runs with this environment), ``--signal=B:...`` (no batch shell to signal); and ``--comment``,
+    which salloc takes but spibatch sets to ``script_path`` (a resume on another host finds the blocks by it)."""
     out = []
-    for option in options:
-        name, _, value = option.partition("=")
+    for i, option in enumerate(options):
+        name, eq, value = option.partition("=")
+        if not eq and name == "--signal" and i + 1 < len(options):
+            value = options[i + 1]          # --signal B:USR1@60
         if name in SBATCH_ONLY or (name == "--signal" and value.upper().startswith("B")):
+            out.append(option if eq or name != "--signal" else f"{option} {value}")
+        elif name == "--comment" and value != script_path:
             out.append(option)
     return out
 
 
+# sbatch's input variables that salloc has as SALLOC_* with the same meaning (Slurm 22.05's manuals)
+SHARED_INPUTS = ("ACCOUNT", "PARTITION", "QOS", "TIMELIMIT", "RESERVATION", "CONSTRAINT", "CLUSTER_CONSTRAINT",
+                 "CLUSTERS", "GRES", "GRES_FLAGS", "GPUS", "GPUS_PER_NODE", "GPUS_PER_TASK", "GPU_BIND", "GPU_FREQ",
+                 "CPUS_PER_GPU", "MEM_PER_GPU", "EXCLUSIVE", "WCKEY", "REQ_SWITCH", "WAIT4SWITCH", "PROFILE",
+                 "POWER", "DEBUG", "THREAD_SPEC", "CORE_SPEC")
+
+
 def salloc_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with each ``SBATCH_X`` input variable also as ``SALLOC_X`` (salloc reads only its own)."""
+    """``env`` with each ``SBATCH_X`` input variable of :data:`SHARED_INPUTS` also as ``SALLOC_X`` (salloc reads
+    only its own; ``SBATCH_EXPORT``, ``SBATCH_SIGNAL``, ... have no salloc twin or another form)."""
     out = dict(env)
-    for key, value in env.items():
-        if key.startswith("SBATCH_"):
-            out.setdefault("SALLOC_" + key[len("SBATCH_"):], value)
+    for name in SHARED_INPUTS:
+        if f"SBATCH_{name}" in env:
+            out.setdefault(f"SALLOC_{name}", env[f"SBATCH_{name}"])
     return out
 
 

@@ -128,6 +128,8 @@ CASES: list[Case] = [
          ["my run", "--out", "its path holds ' '"]),
     Case("run-out-with-dollar", "paths", ["run", "p.yaml", "--out", "o$(touch ran)"], {"p.yaml": b.yaml_file(SIM)},
          ["--out", "its path holds '$'"]),
+    Case("run-out-with-hash", "paths", ["run", "p.yaml", "--out", "r#1"], {"p.yaml": b.yaml_file(SIM)},
+         ["--out", "its path holds '#'"]),          # sbatch reads #SBATCH --output=.../r#1/... as .../r
     Case("site-image-command", "site files", ["run", "p.yaml", "--site", "site.yaml", "--dry-run"],
          {"p.yaml": b.yaml_file(SIM), "site.yaml": b.text("provider: local\ncontainer: {{runtime: docker, image: "
                                                            "'img:$(touch ran)x'}}\n")},
