@@ -139,8 +139,9 @@ def salloc_env(env: dict[str, str]) -> dict[str, str]:
 
 
 class SallocSlurmProvider(SlurmProvider):
-    """Parsl's SlurmProvider whose ``sbatch SCRIPT`` is ``salloc OPTIONS bash SCRIPT`` started in the
-    background; answers Parsl as sbatch would (``Submitted batch job N``) once salloc names the job."""
+    """Parsl's SlurmProvider whose ``sbatch SCRIPT`` is :func:`salloc_command` (``salloc OPTIONS bash -c
+    WRAPPER ... SCRIPT``) started in the background; answers Parsl as sbatch would (``Submitted batch job N``)
+    once salloc names the job in ``SCRIPT.salloc``."""
 
     def execute_wait(self, cmd: str, timeout=None):
         if not cmd.startswith("sbatch "):
