@@ -5,6 +5,7 @@ first block submitted as soon as the executors are up (spibatch.parsl_shutdown.l
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,55 @@ def test_a_task_that_refers_to_a_deferred_package_is_serialized_as_the_real_one(
               "task = lambda module=requests: module.__name__ + ' ' + type(module.get).__name__\n"
               "print(deserialize(serialize(task))(), deserialize(serialize(requests)).__name__)", stand_ins=False)
     assert out.splitlines() == ["Deferred", "requests function requests"]
+
+
+def test_a_pool_ended_by_sigterm_leaves_no_forkserver_folder_behind(tmp_path):
+    """The forkserver's socket was made in multiprocessing's own pymp-* folder, which only a normal exit removes;
+    a pool is usually ended by SIGTERM (its block cancelled, Parsl's shutdown): every pool left one on its node
+    (1036 in /tmp here after a day of runs).  Now it is made in the pool's own folder, which the next pool started
+    on the node removes once its owner is dead."""
+    fake = tmp_path / parsl_lean.POOL_SCRIPT
+    fake.write_text(
+        "import sys, time\n"
+        "from parsl.multiprocessing import SpawnContext\n\n"
+        "def child():\n"
+        "    pass\n\n"
+        "if __name__ == '__main__':\n"
+        "    p = SpawnContext.Process(target=child)\n"
+        "    p.start()\n"
+        "    p.join(60)\n"
+        "    open(sys.argv[1], 'w').close()\n"
+        "    time.sleep(120)\n")
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))   # short: a Unix socket's path is 107 bytes at most
+
+    def pool(name: str):
+        ready = tmp_path / name
+        proc = subprocess.Popen([sys.executable, "-m", "spibatch.parsl_lean", str(fake), str(ready)],
+                                env={**ENV, "TMPDIR": str(scratch)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        for _ in range(600):
+            if ready.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready.exists(), proc.communicate(timeout=10)
+        return proc
+
+    first = pool("first")
+    try:
+        made = sorted(p.name for p in scratch.iterdir())
+        assert len(made) == 1 and made[0].startswith("spibatch-pool-locks-"), made     # no pymp-* beside it
+        assert any(p.name.startswith("listener-") for p in (scratch / made[0]).iterdir())   # the socket is in it
+        first.terminate()
+        assert first.wait(30) == -15                                    # ended by the signal, as Parsl's are
+        second = pool("second")
+        try:
+            left = sorted(p.name for p in scratch.iterdir())
+            assert len(left) == 1 and left != made, (made, left)        # the dead pool's folder went with its socket
+        finally:
+            second.kill()
+    finally:
+        first.kill()
+        shutil.rmtree(scratch, ignore_errors=True)

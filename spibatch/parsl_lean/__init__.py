@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         from spibatch.parsl_lean import pool_queues
 
         try:
+            pool_queues.hold_temporary_files()   # the forkserver's socket in this pool's own folder (swept once dead)
+        except OSError as exc:   # no usable temporary folder: multiprocessing makes its own, as before
+            print(f"spibatch.parsl_lean: no folder of the pool's own ({exc})", file=sys.stderr)
+        try:
             context = warm_forkserver()
         except (OSError, ValueError) as exc:   # no forkserver here (e.g. no room for its socket): Parsl's spawn
             print(f"spibatch.parsl_lean: no forkserver ({exc}); the pool spawns its processes", file=sys.stderr)

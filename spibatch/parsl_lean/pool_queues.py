@@ -20,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -32,6 +33,10 @@ ALIVE = "alive"         # in each pool's folder, locked by the pool for its life
 
 _locks: weakref.WeakSet = weakref.WeakSet()
 _mine: set[str] = set()  # this process's folders (its own record lock would not exclude it: never judged stale)
+_folder: str | None = None
+SOCKET_PATH_BYTES = 107   # a Unix socket's path, at most (sun_path less its NUL)
+SOCKET_NAME_BYTES = 20    # "/listener-" and multiprocessing's 8 random characters, with room
+_alive_fds: list[int] = []   # the open (and locked) alive file of this process's folder
 
 
 class FileLock:
@@ -94,20 +99,45 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def context(base):
-    """A multiprocessing context like ``base`` (forkserver or spawn) whose ``Queue()`` has :class:`FileLock`
-    reader and writer locks.  Their files live in a node-local folder of this process (a lock on a network
-    filesystem would be a round trip a try), removed when it exits -- or, once it is dead (its ``alive`` file no
-    longer locked: pids say nothing across containers that share /tmp), by the next pool started on the node."""
+def own_folder() -> str:
+    """This process's node-local folder (made at the first call): the queues' lock files and multiprocessing's
+    temporary files (the forkserver's socket, :func:`hold_temporary_files`), removed when it exits -- or, once it
+    is dead (its ``alive`` file no longer locked: pids say nothing across containers that share /tmp), by the
+    next pool started on the node.  A pool is usually ended by SIGTERM (its block cancelled), which runs no
+    exit handler."""
+    global _folder
+    if _folder is not None:
+        return _folder
     parent = tempfile.gettempdir()
     _remove_stale(parent)
     making = tempfile.mkdtemp(prefix=f".{PREFIX}{os.getpid()}-")   # a name the sweep does not look at ...
     alive = os.open(os.path.join(making, ALIVE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.lockf(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held until this process ends
+    fcntl.lockf(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held until this process ends (the fd is never closed)
     folder = os.path.join(parent, os.path.basename(making)[1:])
     os.rename(making, folder)                          # ... until its lock is held (the review: a sweep between
     _mine.add(os.path.basename(folder))                # making and locking it removed a new pool's folder)
     atexit.register(_remove, folder)
+    _alive_fds.append(alive)
+    _folder = folder
+    return folder
+
+
+def hold_temporary_files() -> None:
+    """multiprocessing's temporary folder (where the forkserver's listening socket is made) is :func:`own_folder`:
+    its own ``pymp-*`` folder, removed only by a normal exit, was left on the node by every pool a SIGTERM ended
+    (1036 of them in /tmp here after a day of runs).  Call before the forkserver starts."""
+    from multiprocessing import process
+
+    folder = own_folder()
+    if len(os.fsencode(folder)) + SOCKET_NAME_BYTES <= SOCKET_PATH_BYTES:   # else the forkserver could not bind:
+        process.current_process()._config.setdefault("tempdir", folder)     # multiprocessing's own folder, as before
+
+
+def context(base):
+    """A multiprocessing context like ``base`` (forkserver or spawn) whose ``Queue()`` has :class:`FileLock`
+    reader and writer locks, their files in :func:`own_folder` (node-local: a lock on a network filesystem would
+    be a round trip a try)."""
+    folder = own_folder()
     counter = iter(range(1 << 30))
 
     class PoolContext(type(base)):
@@ -118,20 +148,11 @@ def context(base):
             queue._wlock = FileLock(os.path.join(folder, f"queue-{number}.write"))
             return queue
 
-    context = PoolContext()
-    context._alive_fd = alive   # kept open (and locked) as long as the context lives
-    return context
+    return PoolContext()
 
 
 def _remove(folder: str) -> None:
-    names = []
-    with contextlib.suppress(OSError):
-        names = os.listdir(folder)
-    for name in names:
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(folder, name))
-    with contextlib.suppress(OSError):
-        os.rmdir(folder)
+    shutil.rmtree(folder, ignore_errors=True)   # (multiprocessing may make folders of its own in it)
 
 
 def _remove_stale(parent: str) -> None:
