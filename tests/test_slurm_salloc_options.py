@@ -72,3 +72,22 @@ def test_sbatch_input_variables_become_sallocs_unless_set_or_sbatch_only():
                       "SBATCH_SIGNAL": "B:USR1@60", "SBATCH_EXPORT": "NONE"})
     assert (env["SALLOC_ACCOUNT"], env["SALLOC_PARTITION"], env["PATH"]) == ("p1", "cpu", "/b")
     assert "SALLOC_SIGNAL" not in env and "SALLOC_EXPORT" not in env
+
+
+@pytest.mark.parametrize("option, said", [
+    ("--export=NONE", "slurm.scheduler_options: salloc does not take --export=NONE (slurm.start: salloc runs the "
+                      "block's script on this host, with this environment); leave it out, or start the blocks by "
+                      "sbatch (slurm.start: sbatch)"),
+    ("--comment=mine", "slurm.scheduler_options: --comment=mine: slurm.start: salloc sets each block's --comment "
+                       "itself (a resume on another host finds the blocks by it); leave --comment out, or start the "
+                       "blocks by sbatch (slurm.start: sbatch)")])
+def test_the_site_check_names_the_option_salloc_cannot_have(tmp_path, option, said):
+    from spibatch.backends import load_site, provider_for
+    from spibatch.errors import InputError
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: s\nprovider: slurm\nworkers: 2\nemc_mode: hpc\nslurm: {partition: debug, start: salloc, "
+                    f"scheduler_options: '#SBATCH {option}'}}\n")
+    with pytest.raises(InputError) as raised:
+        provider_for(load_site(site))._salloc_options(tmp_path / "run")
+    assert str(raised.value) == f"{site}: {said}"

@@ -230,6 +230,10 @@ class SlurmProvider(Provider):
 
         for name, text in self.render(run_dir, ["spibatch"]).files.items():
             bad = refused(salloc_words(text, name)[0], name) if name.startswith("sbatch-") else []
+            if bad and bad[0].startswith("--comment"):
+                raise self.fail(f"{bad[0]}: slurm.start: salloc sets each block's --comment itself (a resume on "
+                                "another host finds the blocks by it)", "slurm.scheduler_options",
+                                "leave --comment out, or start the blocks by sbatch (slurm.start: sbatch)")
             if bad:
                 raise self.fail(f"salloc does not take {bad[0]} (slurm.start: salloc runs the block's script on "
                                 "this host, with this environment)", "slurm.scheduler_options",
