@@ -64,7 +64,7 @@ def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file:
     reason = str(getattr(exc, "reason", None) or exc)
     said = _refused(reason)
     if said:
-        said = said[:MAX_SAID].rstrip() + " ..." if len(said) > MAX_SAID else said
+        said = _bounded(said)
         where = f"the {section} section of {site_file or 'the site file'}" if section else (site_file or "the site")
         return f"the scheduler refused to start a worker block: {said} (what it judged: {where})"   # a setting to
         #                                                      correct, or a limit to wait for: the words say which
@@ -81,10 +81,12 @@ def explain(exc: BaseException, run_dir: Path, address_key: str = "", site_file:
     if start_only:
         return None
     said = " ".join(line.strip() for line in reason.splitlines() if line.strip())
-    said = re.sub(r"(?<![A-Za-z])Error [0-9]+:\s*", "", said).strip()   # Parsl numbers the block failures it lists
-    if len(said) > MAX_SAID:
-        said = said[:MAX_SAID].rstrip() + " ..."
+    said = _bounded(re.sub(r"(?<![A-Za-z])Error [0-9]+:\s*", "", said).strip())   # Parsl numbers the failures
     return f"Parsl stopped using its workers{f' ({label})' if label else ''}: {said}"
+
+
+def _bounded(said: str) -> str:
+    return said[:MAX_SAID].rstrip() + " ..." if len(said) > MAX_SAID else said
 
 
 def _refused(reason: str) -> str:

@@ -70,12 +70,17 @@ def stand_in(name: str) -> None:
     import_real(name)
 
 
-def import_real(name: str):
-    """The real package ``name`` (found on ``sys.path`` without the stand-ins), put in ``sys.modules`` in the
-    place of whatever stood in for it."""
-    sys.modules.pop(name, None)
+def real_spec(name: str):
+    """The spec of the real package ``name``: found on ``sys.path`` without the stand-ins (None: not installed)."""
     path = [p for p in sys.path if os.path.realpath(p or ".") != STAND_INS]
-    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    return importlib.machinery.PathFinder.find_spec(name, path)
+
+
+def import_real(name: str):
+    """The real package ``name`` (:func:`real_spec`), put in ``sys.modules`` in the place of whatever stood in
+    for it."""
+    sys.modules.pop(name, None)
+    spec = real_spec(name)
     if spec is None:
         raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     module = importlib.util.module_from_spec(spec)

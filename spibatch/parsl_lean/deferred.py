@@ -18,11 +18,10 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
-import os
 import sys
 import types
 
-from spibatch.parsl_lean import import_real
+from spibatch.parsl_lean import import_real, real_spec
 
 DEFER = ("requests", "typeguard")
 
@@ -54,8 +53,6 @@ class Deferred(types.ModuleType):
         return importlib.import_module, (self.__name__,)
 
     def __getattr__(self, attr: str):
-        if attr == "__file__" and self.__dict__.get("_origin"):
-            return self.__dict__["_origin"]
         real = self.__dict__.get("_real")
         if real is not None:          # loaded since: whoever still holds this stand-in gets the real attributes
             return getattr(real, attr)
@@ -64,11 +61,12 @@ class Deferred(types.ModuleType):
         registered = sys.modules.get(self.__name__) is self    # not while the import system builds it
         if not registered or (attr.startswith("__") and attr not in PUBLIC_DUNDERS):
             raise AttributeError(attr)
-        if attr == "__file__" and self.__dict__.get("_origin") is not False:
-            origin = _origin(self.__name__)   # where the real package is, without running it: what
-            self.__dict__["_origin"] = origin or False   # inspect.getmodule asks of every module (Parsl's
-            if origin:                        # DataFlowKernel walks inspect.stack() at load: 0.1 s of imports)
-                return origin
+        if attr == "__file__":   # where the real package is, without running it: what inspect.getmodule asks of
+            if "_origin" not in self.__dict__:   # every module (Parsl's DataFlowKernel walks inspect.stack() at
+                spec = real_spec(self.__name__)  # load: 0.1 s of imports)
+                self.__dict__["_origin"] = spec.origin if spec is not None and spec.has_location else None
+            if self.__dict__["_origin"]:
+                return self.__dict__["_origin"]
         if attr == "__path__" and parsl_loading() and \
                 not sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
             raise AttributeError(attr)   # the probe of `from typeguard import typechecked` (made from C, in the
@@ -78,15 +76,6 @@ class Deferred(types.ModuleType):
 
 
 PUBLIC_DUNDERS = ("__path__", "__version__", "__all__", "__file__")
-
-
-def _origin(name: str) -> str | None:
-    """The file the real package ``name`` would be loaded from (found as :func:`import_real` finds it)."""
-    from spibatch.parsl_lean import STAND_INS
-
-    path = [p for p in sys.path if os.path.realpath(p or ".") != STAND_INS]
-    spec = importlib.machinery.PathFinder.find_spec(name, path)
-    return spec.origin if spec is not None and spec.has_location else None
 
 
 def defer(name: str) -> None:

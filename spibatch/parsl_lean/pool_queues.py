@@ -32,8 +32,7 @@ PREFIX = "spibatch-pool-locks-"
 ALIVE = "alive"         # in each pool's folder, locked by the pool for its life: the folder is not stale
 
 _locks: weakref.WeakSet = weakref.WeakSet()
-_mine: set[str] = set()  # this process's folders (its own record lock would not exclude it: never judged stale)
-_folder: str | None = None
+_folder: str | None = None   # this process's folder (its own record lock would not exclude it: never judged stale)
 SOCKET_PATH_BYTES = 107   # a Unix socket's path, at most (sun_path less its NUL)
 SOCKET_NAME_BYTES = 20    # "/listener-" and multiprocessing's 8 random characters, with room
 _alive_fds: list[int] = []   # the open (and locked) alive file of this process's folder
@@ -115,7 +114,7 @@ def own_folder() -> str:
     fcntl.lockf(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held until this process ends (the fd is never closed)
     folder = os.path.join(parent, os.path.basename(making)[1:])
     os.rename(making, folder)                          # ... until its lock is held (the review: a sweep between
-    _mine.add(os.path.basename(folder))                # making and locking it removed a new pool's folder)
+    #                                                    making and locking it removed a new pool's folder)
     atexit.register(_remove, folder)
     _alive_fds.append(alive)
     _folder = folder
@@ -159,7 +158,7 @@ def _remove_stale(parent: str) -> None:
     """Remove the lock folders of pools that no longer run (killed: no atexit): those whose ``alive`` file can be
     locked (a live pool holds it) or, a minute after it was made, is missing (a pool killed before it made one)."""
     try:
-        names = [n for n in os.listdir(parent) if n.startswith(PREFIX) and n not in _mine]
+        names = [n for n in os.listdir(parent) if n.startswith(PREFIX) and n != os.path.basename(_folder or "")]
     except OSError:
         return
     for name in names:
