@@ -14,10 +14,11 @@ driver, the interchange, the worker pool, its multiprocessing manager and each w
   being imported (its ``__init__`` has not finished), the package is not found; at any other time (a task
   importing xraydb, hence SQLAlchemy) the real package is imported and replaces the stand-in in
   ``sys.modules``;
-* the worker pool's multiprocessing manager and workers are forked from a forkserver started before the pool
-  imports Parsl (:func:`warm_forkserver`), which imports the pool's module meanwhile, on another core: each of
-  them is then a fork of a process that has Parsl already, not a fresh interpreter importing it again (Parsl
-  uses the spawn context for them: no fork of the pool itself, which runs threads);
+* the worker pool's multiprocessing manager and workers are forked from a forkserver that is itself a fork of
+  the pool, made once the pool has imported Parsl (:func:`warm_forkserver`, :mod:`spibatch.parsl_lean.forked`):
+  each of them is then a fork of a process that has Parsl already, not a fresh interpreter importing it again,
+  and no process imports it twice (Parsl uses the spawn context for them: no fork of the pool itself, which
+  runs threads once started);
 * :func:`import_parsl` (the driver, from :func:`spibatch.backends.parsl_common.config`): the same during this
   process's first ``import parsl``, through a finder on ``sys.meta_path``, for :data:`DRIVER_HIDE`; the
   Kubernetes site, whose provider needs Kubernetes' client, gives it to Parsl when it builds the provider (in
@@ -130,14 +131,24 @@ POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
 
 
 def warm_forkserver():
-    """Start this process's multiprocessing forkserver now, preloading Parsl's worker pool module (it imports
-    it in its own process while this one goes on); the forkserver context, whose processes are forks of it."""
+    """This process's multiprocessing forkserver, started now with Parsl's worker pool module in it; the forkserver
+    context, whose processes are forks of it.  This process imports the module and forks the forkserver from
+    itself (:mod:`spibatch.parsl_lean.forked`: no second import of Parsl, no fresh interpreter); where it cannot,
+    multiprocessing starts one that imports the module in its own process."""
+    import importlib
     import multiprocessing
     from multiprocessing import forkserver
 
+    from spibatch.parsl_lean import forked
+
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([POOL_MODULE])
-    forkserver.ensure_running()
+    importlib.import_module(POOL_MODULE)
+    try:
+        forked.start_forkserver()
+    except forked.NotForked as exc:
+        print(f"spibatch.parsl_lean: the forkserver is started afresh ({exc})", file=sys.stderr)
+        forkserver.ensure_running()
     return context
 
 
