@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 
+from spibatch.parsl_lean import command, interchange_fork
 from spibatch.parsl_wait import interchange_dead, silent
 
 log = logging.getLogger("spibatch")
@@ -39,8 +40,9 @@ FIRST_BLOCKS_S = 10.0  # the most load() waits for them (LocalProvider: bash; Sl
 
 
 def load(config):
-    """``parsl.load(config)``, the processes it starts ignoring SIGINT (see the module docstring), the first
-    blocks submitted as soon as the executors are up (:func:`_first_blocks_now`)."""
+    """``parsl.load(config)``, the processes it starts ignoring SIGINT (see the module docstring), the interchanges
+    forks of this process (:mod:`spibatch.parsl_lean.interchange_fork`), the first blocks submitted as soon as the
+    executors are up (:func:`_first_blocks_now`)."""
     import parsl
 
     period = config.strategy_period
@@ -50,7 +52,13 @@ def load(config):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         config.strategy_period = min(period, FIRST_TICK_S)
-        dfk = parsl.load(config)
+        forked = interchange_fork.prepare(config.executors, command([sys.executable], "interchange.py"))
+        try:
+            dfk = parsl.load(config)
+        except BaseException:
+            if forked:
+                interchange_fork.release(config.executors)
+            raise
     finally:
         config.strategy_period = period
         if main:
