@@ -242,7 +242,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     """
     path = Path(path)
     pipeline = load_model(path, Pipeline, missing_fix="give the path of a pipeline YAML file (`spibatch init DIR` "
-                          "writes one)", top_fix="start the file with keys such as `name:` and `geometry:`")
+                          "writes one)", top_fix="start the file with keys such as `name:` and `geometry:`", pipe=False)
     return resolve_paths(pipeline, path.parent)
 
 

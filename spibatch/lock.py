@@ -42,7 +42,7 @@ def read_lock(folder: Path) -> dict | None:
         return json.loads((Path(folder) / layout.LOCK).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {"pid": None, "host": None, "started": None, "command": "(unreadable lock)"}
 
 

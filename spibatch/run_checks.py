@@ -37,7 +37,7 @@ def read_provenance(path: Path, field_name: str = "--resume", *, deep: bool = Tr
     except FileNotFoundError:
         raise InputError("no provenance.json here: not a run directory", path=path, field=field_name,
                          fix=PROVENANCE_FIX) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise InputError(f"provenance.json unreadable ({exc.__class__.__name__})", path=path, field=field_name,
                          fix=PROVENANCE_FIX) from None
     if not isinstance(record, dict):

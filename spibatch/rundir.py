@@ -354,7 +354,7 @@ def open_run(*, name: str = "spibatch", runs_dir: Path = Path("runs"), out: Path
 
 def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | None, report: bool):
     """open_run's body: record the inputs, yield the run, mark the status, write the report."""
-    report_now = report
+    report_now, completed = report, False
     try:
         run.extra.update(extra or {})
         run.add_inputs(*inputs)
@@ -381,19 +381,34 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
         raise
     else:
         run.finish("completed", outputs=run.outputs)
+        completed = True
     finally:
         if report_now:
-            write_report_quietly(run.path)
+            write_report_quietly(run.path, completed=completed)
 
 
-def write_report_quietly(run_path: Path) -> Path | None:
-    """report.html + PNGs into a run folder; a failure here is logged, never raised (the results are on disk)."""
+def write_report_quietly(run_path: Path, completed: bool = False) -> Path | None:
+    """report.html + PNGs into a run folder; a failure here is logged, never raised (the results are on disk).
+    A signal while a ``completed`` run's report is written: the command's last line says the results are whole
+    and how to write the report (``spibatch report RUN``), and so does log.txt."""
     try:
         from spibatch.monitor.report import write_report
 
         path = write_report(run_path)
         log.info("report: %s", path)
         return path
-    except Exception as exc:  # noqa: BLE001 - the report is a view of results already written
+    except BaseException as exc:  # noqa: BLE001 - the report is a view of results already written
+        stop = None if isinstance(exc, SystemExit) else chained_interrupt(exc)
+        if stop is not None:   # a signal (also one matplotlib wrapped): the results are whole, only their view is not
+            if completed and getattr(stop, "resume_hint", None) is None:
+                stop.resume_hint = f"spibatch report {shlex.quote(str(run_path))} (the results are complete; " \
+                                   "only the report was not written)"
+                log.warning("interrupted while the report was written; the results are complete: `spibatch report "
+                            "%s` writes it", run_path)
+            if stop is exc:
+                raise
+            raise stop from None
+        if not isinstance(exc, Exception):
+            raise
         log.warning("could not write the report into %s: %s: %s", run_path, exc.__class__.__name__, exc)
         return None

@@ -99,7 +99,7 @@ def _refused(reason: str) -> str:
     if api:
         try:
             body = json.loads(api.group(1))
-        except ValueError:
+        except (ValueError, RecursionError):
             return ""
         message = body.get("message") if isinstance(body, dict) else None
         if isinstance(message, str) and message.strip():

@@ -278,15 +278,20 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def read_yaml_mapping(path: Path, *, field: str | None = None, missing_fix: str, top_fix: str,
-                      holds: str = "sections") -> tuple[dict, dict[tuple, int]]:
+                      holds: str = "sections", pipe: bool = True) -> tuple[dict, dict[tuple, int]]:
     """A YAML file's top-level mapping and the line of every key path; InputError (one line) when the
-    file is missing or unreadable, not YAML, or not a mapping.  An empty file is an empty mapping."""
+    file is missing or unreadable, not YAML, or not a mapping.  An empty file is an empty mapping.  ``pipe``:
+    whether a pipe (``--site <(envsubst < t.yaml)``) may stand for the file (not where paths in it are relative
+    to its folder, or its fingerprint is recorded)."""
     try:
         if path.is_dir() or path.is_char_device() or path.is_block_device():   # /dev/zero: read until OOM
             raise InputError("is a directory" if path.is_dir() else "a device, not a file", path=path, field=field,
                              fix="give the pipeline or site YAML file")
-        with open(path, "rb") as fh:     # a pipe (`--site <(envsubst < t.yaml)`) is read too, never past the cap
-            raw = fh.read(MAX_YAML_BYTES + 1)
+        if not pipe and not path.is_file() and path.exists():
+            raise InputError("not a regular file (a pipe or socket): the paths in it are relative to its folder, and "
+                             "the run records its fingerprint", path=path, field=field,
+                             fix="write it to a file first and give that file")
+        raw = _read_capped(path, field)
         if len(raw) > MAX_YAML_BYTES:
             raise InputError(f"more than {MAX_YAML_BYTES:,} bytes; a settings file is at most that",
                              path=path, field=field, fix="give the pipeline or site YAML file, not a data file")
@@ -304,10 +309,43 @@ def read_yaml_mapping(path: Path, *, field: str | None = None, missing_fix: str,
     return data, lines
 
 
+def _read_capped(path: Path, field: str | None) -> bytes:
+    """At most MAX_YAML_BYTES + 1 bytes of ``path``; a pipe that nothing writes to (or closes) within
+    :data:`PIPE_WAIT_S` is one InputError, not a wait for ever (its reader is left behind, a daemon thread)."""
+    if path.is_file() or not path.exists():
+        with open(path, "rb") as fh:
+            return fh.read(MAX_YAML_BYTES + 1)
+    import threading
+
+    got: dict = {}
+
+    def read() -> None:
+        try:
+            with open(path, "rb") as fh:   # (blocks until a writer opens the pipe)
+                got["raw"] = fh.read(MAX_YAML_BYTES + 1)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            got["error"] = exc
+
+    reader = threading.Thread(target=read, name="spibatch-yaml-pipe", daemon=True)
+    reader.start()
+    reader.join(PIPE_WAIT_S)
+    if reader.is_alive():
+        raise InputError(f"a pipe that nothing wrote to and closed within {PIPE_WAIT_S:.0f} s", path=path,
+                         field=field, fix="give a YAML file, or a pipe whose writer runs (`--site <(cat t.yaml)`)")
+    if "error" in got:
+        raise got["error"]
+    return got["raw"]
+
+
+PIPE_WAIT_S = 10.0
+
+
 def load_model(path: Path, model: type[M], *, missing_fix: str, top_fix: str, field: str | None = None,
-               reference: str = "`spibatch schema` describes every key", holds: str = "sections") -> M:
+               reference: str = "`spibatch schema` describes every key", holds: str = "sections",
+               pipe: bool = True) -> M:
     """Read ``path`` and validate it as ``model``; InputError (one line) on any mistake."""
-    data, lines = read_yaml_mapping(path, field=field, missing_fix=missing_fix, top_fix=top_fix, holds=holds)
+    data, lines = read_yaml_mapping(path, field=field, missing_fix=missing_fix, top_fix=top_fix, holds=holds,
+                                    pipe=pipe)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

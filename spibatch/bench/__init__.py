@@ -63,7 +63,7 @@ def check_out(out: Path, name: str | None = None) -> None:
     if name is not None and (out / "bench.json").is_file():
         try:
             earlier = json.loads((out / "bench.json").read_text(encoding="utf-8")).get("name")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, RecursionError, AttributeError):
             earlier = None    # read and judged by the runner
         if earlier is not None and earlier != name:
             raise InputError(f"holds the bench '{earlier}', not '{name}' (its measured points would be dropped)",

@@ -107,7 +107,7 @@ def phasing_run(run_dir: Path, workers: int = 1) -> dict:
 def _marker(run: RunLayout, stage: str) -> dict:
     try:
         return json.loads(run.marker(stage).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 

@@ -159,7 +159,7 @@ def read_document(path: Path, field: str, *, rates_only: bool = False) -> dict:
                          field=field, fix=fix)
     try:
         document = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         raise InputError(f"not {what} ({' '.join(str(exc).split())[:120]})", path=path, field=field,
                          fix=fix) from None
     schema = bench_schema()

@@ -178,7 +178,8 @@ def load_bench(path: str | Path) -> Bench:
     """Read and validate BENCH.yaml; paths made absolute; data sets named resolved.  InputError (one line)."""
     path = Path(path)
     data, lines = read_yaml_mapping(path, field="BENCH.yaml", missing_fix="give the path of a bench YAML file",
-                                    top_fix="start the file with `name:`, `matrix:` and `workloads:`", holds="keys")
+                                    top_fix="start the file with `name:`, `matrix:` and `workloads:`", holds="keys",
+                                    pipe=False)
     try:
         bench = Bench.model_validate(data)
     except ValidationError as exc:

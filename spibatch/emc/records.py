@@ -169,7 +169,7 @@ def read_checkpoint(out_dir: Path) -> dict | None:
             iteration = int(f.attrs["iteration"])
             settings = json.loads(f.attrs["settings"])
             history = json.loads(f.attrs["history"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, RecursionError):
             raise InputError("attributes iteration, settings or history missing or unreadable", path=path,
                              fix=fix) from None
     return {"iteration": iteration, "model": model, "scales": scales, "background_scales": background_scales,

@@ -282,9 +282,9 @@ class _Hdf5Photons:
         self.rows = {}
         for name in PHOTON_ROWS:
             ds = require_dataset(f, name, path, FIX_PHOTONS)
-            base = h5py.check_vlen_dtype(ds.dtype)
-            if ds.ndim != 1 or base is None or base.kind not in "iu":
-                found = f"variable-length {base}" if base is not None else f"{ds.dtype}"
+            base = h5py.check_vlen_dtype(ds.dtype)   # a numpy dtype, or str / bytes for variable-length strings
+            if ds.ndim != 1 or not isinstance(base, np.dtype) or base.kind not in "iu":
+                found = f"variable-length {getattr(base, '__name__', base)}" if base is not None else f"{ds.dtype}"
                 raise InputError(f"expected a 1-D dataset of variable-length int32 rows, found shape {ds.shape} "
                                  f"of {found}", path=path, field=name, fix=FIX_PHOTONS)
             self.rows[name] = ds

@@ -92,7 +92,7 @@ def read_result(path: str | os.PathLike, *, attrs_only: bool = False) -> tuple[d
     if "provenance" in attrs:
         try:
             attrs["provenance"] = json.loads(attrs["provenance"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise InputError("not valid JSON", path=path, field="provenance", fix=fix) from None
     return datasets, attrs
 

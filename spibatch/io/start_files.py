@@ -42,5 +42,5 @@ def read_start(path: str | Path):
             meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
         meta["support_sizes"] = [tuple(pair) for pair in meta["support_sizes"]]
         return StartResult(**arrays, **meta)
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, ValueError, RecursionError, TypeError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a phasing start file ({exc.__class__.__name__}: {exc})") from None

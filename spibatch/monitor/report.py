@@ -113,6 +113,5 @@ def write_report(run_dir: Path) -> Path:
 
     run_dir = Path(run_dir)
     responses = collect(run_dir)
-    path = write_text(RunLayout(run_dir).report, render_html(responses, run_dir.resolve().name))
-    write_pngs(responses, run_dir)
-    return path
+    write_pngs(responses, run_dir)   # first: a report.html on disk is a whole report (an interrupted one has none)
+    return write_text(RunLayout(run_dir).report, render_html(responses, run_dir.resolve().name))

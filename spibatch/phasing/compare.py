@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spibatch.errors import InputError
 from spibatch.phasing.measurement import pad_centre
 
 
@@ -81,7 +82,7 @@ def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.nda
     from spibatch.phasing.alignment import align
     from spibatch.validate import fsc
 
-    truth = np.asarray(truth, np.float64)
+    truth, density = _unit_peak(truth, truth_path or "the truth"), _unit_peak(density, "the density")
     resampled = False
     if voxel_m and truth_voxel_m and abs(truth_voxel_m / voxel_m - 1) > 1e-3:
         truth = resample(truth, truth_voxel_m / voxel_m)
@@ -104,12 +105,36 @@ def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.nda
             "_result": result, "_aligned": aligned}
 
 
+def _unit_peak(volume, name: str) -> np.ndarray:
+    """``volume`` (float64) divided by its largest magnitude -- the FSC and the CC do not depend on the scale, and
+    a truth in huge units (1e300) overflowed the transforms' sums into an FSC of 0; InputError when it is zero
+    everywhere or not finite."""
+    volume = np.asarray(volume, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        peak = float(np.max(np.abs(volume))) if volume.size else 0.0
+    if not np.isfinite(peak) or peak == 0.0:
+        raise InputError("zero everywhere" if peak == 0.0 else "holds non-finite values", path=name,
+                         field="density", fix="give a density with finite values that are not all zero")
+    return volume / peak
+
+
+def _finite_or_none(value):
+    """``value`` with every non-finite float replaced by None (JSON has no Infinity or NaN)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def write_comparison(summary: dict, json_path: Path, png_path: Path, title: str) -> dict[str, Path]:
     """The summary as JSON at ``json_path`` (without the private ``_`` keys) and its FSC plot at ``png_path``."""
     from spibatch.io.atomic import write_text
     from spibatch.validate import plot_fsc
 
     plot_fsc(summary["_result"], png_path, title=title)
-    public = {k: v for k, v in summary.items() if not k.startswith("_")}
-    write_text(Path(json_path), json.dumps(public, indent=1) + "\n")
+    public = _finite_or_none({k: v for k, v in summary.items() if not k.startswith("_")})
+    write_text(Path(json_path), json.dumps(public, indent=1, allow_nan=False) + "\n")
     return {"fsc_vs_truth": Path(json_path), "fsc_plot": Path(png_path)}

@@ -89,7 +89,7 @@ def finished(run: RunLayout, name: str) -> dict | None:
         record = json.loads(run.marker(name).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         log.warning("stage %s: its marker %s is unreadable (%s): the stage counts as not finished and runs again",
                     name, run.marker(name), exc.__class__.__name__)
         return None

@@ -21,6 +21,7 @@ from spibatch.errors import InputError
 from spibatch.io.atomic import DiskFull, write_text
 from spibatch.layout import RunLayout
 from spibatch.rundir import utc_now
+from spibatch import stages
 from spibatch.stages import MODULES, load_run, run_stage
 
 
@@ -38,7 +39,7 @@ def read_result(run: RunLayout, name: str) -> dict | None:
     """How the last process-run of stage ``name`` ended (see the module docstring), or None."""
     try:
         return json.loads(run.stage_result(name).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, RecursionError):
         return None
 
 
@@ -61,16 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     comm = None
-    if name == "follow":   # SIGTERM (the driver ending, a resume stopping an orphan) or SIGINT: KeyboardInterrupt
-        from spibatch import interrupts    # once (later ones noted), so the follower commits what it received
+    from spibatch import interrupts
 
-        interrupts.install()
+    if name == "follow":   # SIGTERM (the driver ending, a resume stopping an orphan) or SIGINT: KeyboardInterrupt
+        interrupts.install()   # once (later ones noted), so the follower commits what it received
     try:
         comm = world()
         rank = 0 if comm is None else comm.Get_rank()
+        if comm is None and name != "follow":   # one process: a SIGTERM is recorded and said, as a Ctrl-C is
+            interrupts.install()
         if rank:
             handler.setLevel(logging.CRITICAL + 1)   # rank 0 speaks for all
         layout, pipeline, device = load_run(run.path)
+        if name not in stages.order(pipeline):   # (the driver never starts one): nothing to write, nothing written
+            print(f"spibatch: error: {args[1]}: RUN_DIR: this run has no {name} stage (its config.yaml has no "
+                  f"section for it); run one of: {', '.join(stages.order(pipeline))}", file=sys.stderr)
+            return 2
         run_stage(name, layout, pipeline, device, writer=rank == 0)
     except InputError as exc:
         if comm is None or comm.Get_rank() == 0:

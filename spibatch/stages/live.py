@@ -79,7 +79,7 @@ def follow_status(run: RunLayout) -> dict:
     """``follow/status.json`` (:meth:`spibatch.stream.store.Store.write_status`), or {} while there is none."""
     try:
         status = json.loads(run.follow_status.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return status if isinstance(status, dict) else {}
 
@@ -292,7 +292,7 @@ class Previews:
         try:
             lines = self.run.emc_metrics.read_text(encoding="utf-8").splitlines()
             return json.loads(lines[-1]) if lines else None
-        except (FileNotFoundError, ValueError, IndexError):
+        except (FileNotFoundError, ValueError, RecursionError, IndexError):
             return None
 
     def _launch(self, record: dict, final: bool = False):

@@ -28,7 +28,7 @@ def outputs_lines(run_path: Path, outputs: dict) -> list[str]:
 def _json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, RecursionError):
         return None
 
 
@@ -73,7 +73,7 @@ def _emc_line(run: RunLayout) -> str | None:
         for line in run.emc_metrics.read_text(encoding="utf-8").splitlines():
             try:
                 rows.append(json.loads(line))
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
     if not rows:
         return None

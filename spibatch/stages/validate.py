@@ -276,7 +276,7 @@ def _resolutions_vs_truth(run: RunLayout, intensity: Path, reference: Path, dete
                                                     voxel))
     try:
         halves = json.loads(run.halves_json.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, RecursionError):
         halves = None
     if isinstance(halves, dict):
         comparison["half_sets"] = {k: halves.get(k) for k in ("cc", "r_max", "frames") +

@@ -73,7 +73,7 @@ def read_index(path: str | os.PathLike) -> tuple[list[dict], int]:
             break
         try:
             lines.append(json.loads(raw))
-        except ValueError:
+        except (ValueError, RecursionError):
             break
         good += len(raw)
     return lines, good

@@ -389,6 +389,19 @@ def directory(path: Path, base: Base) -> None:
     path.mkdir()
 
 
+def fifo(path: Path, base: Base) -> None:
+    """A named pipe nothing writes to (opening it to read would wait for ever)."""
+    os.mkfifo(path)
+
+
+def photons_string_rows(path: Path, base: Base) -> None:
+    """A photons file whose three row datasets hold variable-length strings, not int32 rows."""
+    with h5py.File(path, "w") as f:
+        f["num_pix"] = np.array([NUM_PIX], np.int32)
+        for key in ("place_ones", "place_multi", "count_multi"):
+            f.create_dataset(key, data=np.array(["a"] * 20, dtype=object), dtype=h5py.string_dtype())
+
+
 # ---------------------------------------------------------------- CXI
 
 def cxi_frames(frames: int = CXI_FRAMES, edge: int = CXI_EDGE, adu: float = 1.0) -> np.ndarray:

@@ -389,6 +389,14 @@ CASES: list[Case] = [
 
     # ---------------------------------------------------------------- photons files (HDF5 and binary .emc)
     emc_file("photons-directory", "file: photons", "photons", b.directory, ["emc.photons", "directory"], name="dir.h5"),
+    emc_file("photons-string-rows", "file: photons", "photons", b.photons_string_rows,
+             ["place_ones", "variable-length str"]),
+    Case("pipeline-is-a-fifo", "config: files", ["emc", "p.yaml"], {"p.yaml": b.fifo},
+         ["p.yaml", "not a regular file (a pipe or socket)"]),
+    Case("site-is-a-fifo-nobody-writes", "site files", ["run", "p.yaml", "--site", "site.yaml", "--dry-run"],
+         {"p.yaml": b.yaml_file(SIM), "site.yaml": b.fifo}, ["site.yaml", "--site", "a pipe that nothing wrote to"]),
+    Case("bench-is-a-fifo", "config: files", ["bench", "b.yaml", "--dry-run"], {"b.yaml": b.fifo},
+         ["b.yaml", "BENCH.yaml", "not a regular file"]),
     emc_file("photons-garbage", "file: photons", "photons", NOT_A_PDB, ["neither an HDF5 file nor"], name="junk.emc"),
     emc_file("photons-no-place-multi", "file: photons", "photons", b.photons_variant(skip=("place_multi",)),
              ["place_multi", "dataset missing"]),

@@ -1,0 +1,67 @@
+"""``python -m spibatch.stages STAGE RUN`` run by hand: a stage the run does not have is one line and nothing
+written; a SIGTERM is recorded in ``stages/jobs/STAGE.json`` and said in one line, as a Ctrl-C is."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bad_inputs import builders
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def phase_run(tmp_path_factory) -> Path:
+    """A finished ``spibatch phase`` run folder (one start, 33^3)."""
+    folder = tmp_path_factory.mktemp("stage-process")
+    builders.write_volume(folder / "intensity.h5", "intensity", builders.good_intensity(), voxel_size_per_m=1.6e7)
+    (folder / "p.yaml").write_text("name: t\nphasing: {intensity: intensity.h5, num_starts: 1, keep_best: 1}\n")
+    done = subprocess.run([sys.executable, "-m", "spibatch", "phase", "p.yaml", "--out", "run"], cwd=folder, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return folder / "run"
+
+
+def stage(run: Path, name: str, **options):
+    return subprocess.Popen([sys.executable, "-m", "spibatch.stages", name, str(run)], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options)
+
+
+def test_a_stage_the_run_does_not_have_is_one_line_and_writes_nothing(phase_run):
+    before = sorted(p.relative_to(phase_run) for p in phase_run.rglob("*"))
+    proc = stage(phase_run, "follow")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"spibatch: error: {phase_run}: RUN_DIR: this run has no follow "
+                                                   "stage (its config.yaml has no section for it); run one of: ")
+    assert "phase" in lines[0].rsplit(":", 1)[1].split(", ")
+    assert sorted(p.relative_to(phase_run) for p in phase_run.rglob("*")) == before
+
+
+def test_a_sigterm_is_recorded_and_said_in_one_line(phase_run, tmp_path):
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(phase_run), str(run)], check=True)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("num_starts: 1", "num_starts: 200"))
+    for marker in (run / "stages").glob("phase.json"):
+        marker.unlink()
+    proc = stage(run, "phase")
+    log = run / "stages" / "phase.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and "200 starts" in log.read_text()):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "spibatch: phase: interrupted (SIGTERM)"
+    record = json.loads((run / "stages" / "jobs" / "phase.json").read_text())
+    assert (record["status"], record["exit_code"], record["error"]) == ("failed", 143, "interrupted (SIGTERM)")
