@@ -122,7 +122,11 @@ def bench(bench_file: Path = typer.Argument(..., help="benchmark file (BENCH.yam
     """Cross-platform scaling benchmark: every point of the matrix a real pipeline run; bench.json, a table,
     plots, report.html, and the performance model checked on points it was not calibrated on."""
     from spibatch.bench import bench_command, exit_status
+    from spibatch.errors import InputError
 
+    if rates is not None and no_rates:
+        raise InputError("given with --no-rates, which measures and uses no rates", path=rates, field="--rates",
+                         fix="give one of --rates FILE and --no-rates")
     folder, text = bench_command(bench_file, list(site), out=out, dry_run=dry_run,
                                  rates=False if no_rates else (rates or True))
     typer.echo(text, nl=not text.endswith("\n"))

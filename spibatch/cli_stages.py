@@ -24,9 +24,14 @@ def init(directory: Path = typer.Argument(..., help="folder to write pipeline.ya
                                             "local, slurm or kubernetes")) -> None:
     """Write a commented pipeline.yaml (and the example structure 1EI7.pdb) into DIRECTORY; --site adds a site file."""
     from spibatch.starter import init as write_starter
+    from spibatch.starter import same_as_example
 
     written = write_starter(directory, site)
     typer.echo("\n".join(f"wrote {path}" for path in written))
+    kept = directory / "1EI7.pdb"
+    if directory / "pipeline.yaml" in written and kept not in written and not same_as_example(kept):
+        typer.echo(f"kept {kept}, which was there and is not the example's 1EI7 (pipeline.yaml's simulation.pdb "
+                   "names it: check it is the structure you mean)")
     site_arg = f" --site {shlex.quote(str(directory / 'site.yaml'))}" if site else ""
     typer.echo(f"next: spibatch run {shlex.quote(str(directory / 'pipeline.yaml'))}{site_arg}" + (" --dry-run" if site else ""))
 

@@ -52,3 +52,11 @@ def init(directory: Path, site: str | None = None) -> list[Path]:
         raise InputError(f"cannot write here ({why})", path=directory, field="DIRECTORY",
                          fix="choose a folder you may create and write to") from None
     return written
+
+
+def same_as_example(path: Path) -> bool:
+    """Whether ``path`` holds the example structure's bytes (False when it cannot be read)."""
+    try:
+        return path.read_bytes() == data_file("1EI7.pdb").read_bytes()
+    except OSError:
+        return False

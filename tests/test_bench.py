@@ -5,6 +5,9 @@ schema), the model (fits synthetic data, reports its check errors) and the self-
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -491,6 +494,23 @@ def test_rates_taken_from_a_file_are_checked(tmp_path):
         runner.read_document(path, "--rates", rates_only=True)
     with pytest.raises(InputError, match="file not found"):
         runner.read_document(tmp_path / "gone.json", "--rates", rates_only=True)
+    os.mkfifo(tmp_path / "pipe.json")        # (it was "file not found")
+    with pytest.raises(InputError, match=r"pipe\.json: --rates: not a regular file \(a pipe"):
+        runner.read_document(tmp_path / "pipe.json", "--rates", rates_only=True)
+
+
+def test_rates_and_no_rates_together_are_one_line(tmp_path):
+    """--rates FILE with --no-rates was accepted silently (FILE ignored)."""
+    from spibatch.bench.__main__ import main
+
+    assert main(["b.yaml", "--rates", str(tmp_path / "r.json"), "--no-rates", "--dry-run"]) == 2
+    done = subprocess.run([sys.executable, "-m", "spibatch", "bench", "b.yaml", "--rates", "r.json", "--no-rates"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["spibatch: error: r.json: --rates: given with --no-rates, which "
+                                                "measures and uses no rates; give one of --rates FILE and --no-rates"]
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def test_a_bench_json_of_an_earlier_version_is_resumed(tmp_path):

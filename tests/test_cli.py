@@ -43,6 +43,18 @@ def test_init_writes_valid_pipeline_and_refuses_to_overwrite(tmp_path):
     assert pipeline.read_text().endswith("# my edit\n")
 
 
+def test_init_says_when_it_keeps_a_structure_file_that_is_not_the_example(tmp_path):
+    """A 1EI7.pdb already in the folder is kept (never overwritten), and said when it is not the example's: the new
+    pipeline.yaml names it as the structure to simulate."""
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "1EI7.pdb").write_text("mine\n")
+    done = spibatch_cli("init", str(tmp_path / "proj"))
+    assert done.returncode == 0, done.stderr
+    assert f"kept {tmp_path / 'proj' / '1EI7.pdb'}, which was there and is not the example's 1EI7" in done.stdout
+    assert (tmp_path / "proj" / "1EI7.pdb").read_text() == "mine\n"
+    assert "kept" not in spibatch_cli("init", str(tmp_path / "fresh")).stdout
+
+
 @pytest.mark.parametrize("kind", ["slurm", "kubernetes", "local"])
 def test_init_site_writes_a_site_file_the_installed_package_ships(tmp_path, kind):
     """`spibatch init DIR --site KIND`: the commented example site file, from the package itself (so a wheel

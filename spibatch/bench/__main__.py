@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:   # Parsl's own INFO lines (its kernel-rate probe) stay in its log
         handler.addFilter(_not_parsl_info)
     try:
+        if args.rates is not None and args.no_rates:
+            raise InputError("given with --no-rates, which measures and uses no rates", path=args.rates,
+                             field="--rates", fix="give one of --rates FILE and --no-rates")
         rates = False if args.no_rates else (args.rates or True)
         out, text = bench_command(args.bench, args.site, out=args.out, dry_run=args.dry_run, rates=rates)
     except InputError as exc:

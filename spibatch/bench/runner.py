@@ -155,8 +155,9 @@ def read_document(path: Path, field: str, *, rates_only: bool = False) -> dict:
         raise ValueError(f"{name} is not a number JSON allows")
 
     if not path.is_file():
-        raise InputError("is a directory, not a file" if path.is_dir() else "file not found", path=path,
-                         field=field, fix=fix)
+        raise InputError("is a directory, not a file" if path.is_dir() else
+                         "not a regular file (a pipe, socket or device)" if path.exists() else "file not found",
+                         path=path, field=field, fix=fix)
     try:
         document = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
