@@ -124,3 +124,89 @@ def test_a_zygote_that_is_never_started_ends_when_released():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1", "True", "True", "False"]
+
+
+def run_code(code: str, shell_prefix: str = "") -> subprocess.CompletedProcess:
+    """``code`` in a fresh Python (single-threaded, as a driver is when Parsl starts), through bash when
+    ``shell_prefix`` (e.g. ``exec 0<&-;``) is given."""
+    if shell_prefix:
+        args = ["bash", "-c", f'{shell_prefix} exec "$0" -c "$1"', sys.executable, code]
+    else:
+        args = [sys.executable, "-c", code]
+    return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=180)
+
+
+def test_the_interchanges_traceback_reaches_descriptor_2_whatever_the_drivers_sys_stderr_was():
+    """The zygote writes through descriptors 1 and 2 as interchange.py does, not through the driver's sys.stderr
+    object (here on a descriptor of its own, which the zygote points at /dev/null)."""
+    done = run_code(textwrap.dedent("""
+        import os, pickle, subprocess, sys
+        from types import SimpleNamespace
+        sys.stderr = os.fdopen(os.dup(2), "w")
+        from spibatch.parsl_lean import interchange_fork
+        import parsl
+        words = [sys.executable, "-m", "spibatch.parsl_lean", "interchange.py"]
+        executor = SimpleNamespace(interchange_launch_cmd=list(words))
+        assert interchange_fork.prepare([executor], words) == 1
+        from parsl.executors.high_throughput import executor as module
+        proc = module.subprocess.Popen(executor.interchange_launch_cmd, stdin=subprocess.PIPE)
+        proc.stdin.write(pickle.dumps({"no_such_setting": 1}))
+        proc.stdin.close()
+        print(type(proc).__name__, proc.wait(30))
+        """))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ForkedProcess", "1"]
+    assert "no_such_setting" in done.stderr
+
+
+def test_a_driver_started_with_stdin_closed_still_hands_the_interchange_its_config():
+    """os.pipe() gives descriptor 0 back to a driver started with stdin closed, which the zygote then pointed at
+    /dev/null: the config was lost (the zygote ended, or Parsl waited 120 s for an interchange that never ran)."""
+    done = run_code(textwrap.dedent("""
+        import os, pickle, subprocess, sys
+        from types import SimpleNamespace
+        from spibatch.parsl_lean import interchange_fork
+        import parsl
+        words = [sys.executable, "-m", "spibatch.parsl_lean", "interchange.py"]
+        executor = SimpleNamespace(interchange_launch_cmd=list(words))
+        assert interchange_fork.prepare([executor], words) == 1
+        import time
+        time.sleep(0.5)   # the zygote has read its pipe by now
+        from parsl.executors.high_throughput import executor as module
+        proc = module.subprocess.Popen(executor.interchange_launch_cmd, stdin=subprocess.PIPE)
+        proc.stdin.write(pickle.dumps({"no_such_setting": 1}))
+        proc.stdin.close()
+        print(type(proc).__name__, proc.wait(30))
+        """), shell_prefix="exec 0<&-;")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ForkedProcess", "1"]      # the config reached the fork: Parsl's error on it
+    assert "no_such_setting" in done.stderr
+
+
+def test_a_load_that_fails_after_one_interchange_started_stops_it(tmp_path):
+    """Parsl starts the executors one by one; when a later one fails, the interchange already forked has no owner
+    token (spibatch.owners) to be found by: load() stops it."""
+    done = run_code(textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        folder = Path({str(tmp_path)!r})
+        (folder / "run").mkdir()
+        (folder / "site.yaml").write_text("name: t\\nprovider: local\\nworkers: 1\\n")
+        from spibatch.backends import load_site, provider_for
+        from spibatch.parsl_shutdown import load
+        config = provider_for(load_site(folder / "site.yaml")).parsl_config(folder / "run")
+        from parsl.executors import HighThroughputExecutor
+        broken = HighThroughputExecutor(label="second", encrypted=False,
+                                        interchange_launch_cmd=list(config.executors[0].interchange_launch_cmd))
+        broken.cert_dir = "/nonexistent"     # its start fails (after the first executor's interchange runs)
+        config._executors = list(config.executors) + [broken]
+        try:
+            load(config)
+        except Exception as exc:
+            print("failed", type(exc).__name__)
+        first = config.executors[0].interchange_proc
+        print(type(first).__name__, first.poll() is not None)
+        """))
+    assert done.returncode == 0, done.stderr
+    assert "failed" in done.stdout
+    assert done.stdout.split()[-2:] == ["ForkedProcess", "True"]

@@ -115,3 +115,35 @@ def test_with_a_thread_running_nothing_is_forked_and_multiprocessing_starts_its_
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "True"]
     assert "the forkserver is started afresh (2 threads run" in done.stderr
+
+
+def test_a_worker_can_start_processes_of_its_own_with_the_forkserver_method(tmp_path):
+    """The pool forks its forkserver while holding multiprocessing's forkserver lock: unless the fork frees it, every
+    worker (a fork of the forkserver) inherits it taken, and a task that starts a process with the forkserver
+    method waited on it for ever."""
+    fake = tmp_path / parsl_lean.POOL_SCRIPT
+    fake.write_text(textwrap.dedent("""
+        import multiprocessing
+        from parsl.multiprocessing import SpawnContext
+
+        def grandchild(queue):
+            queue.put("grandchild")
+
+        def child(queue):
+            process = multiprocessing.get_context("forkserver").Process(target=grandchild, args=(queue,))
+            process.start()
+            process.join(30)
+            queue.put("child")
+
+        if __name__ == '__main__':
+            queue = SpawnContext.Queue()
+            p = SpawnContext.Process(target=child, args=(queue,))
+            p.start()
+            try:
+                print(queue.get(timeout=30), queue.get(timeout=30))
+            finally:
+                p.kill()
+                p.join()
+        """))
+    done = run_script(fake)
+    assert done.stdout.split() == ["grandchild", "child"]

@@ -96,6 +96,9 @@ def start_forkserver() -> int:
 
             def run():
                 os.close(alive_w)
+                server._lock = threading.Lock()   # held by this process's thread at the fork: free it in the
+                #                                   forkserver and the workers it forks (a task of theirs that starts
+                #                                   a forkserver process waited on it for ever: the review)
                 forkserver.main(listener.fileno(), alive_r, [])
 
             try:

@@ -15,8 +15,11 @@ A fork is not a fresh process; what the zygote gives up of the driver's right af
 * its open files: every descriptor but 1 and 2 is pointed at /dev/null (the numbers stay taken, so no object of
   the driver's that closes its own later closes one of the interchange's); a flock, a pipe's write end or a
   buffered file of the driver's is neither kept nor written by it;
-* its Python signal handlers (back to the default; SIGINT stays ignored, as :func:`load` has it) and its
-  logging handlers (the interchange opens its own log);
+* its Python signal handlers (back to the default; SIGINT stays ignored, as :func:`load` has it), its logging
+  handlers (the interchange opens its own log) and its ``sys.stdout`` / ``sys.stderr`` objects (descriptors 1
+  and 2 instead, as ``interchange.py`` has them);
+* its garbage: the objects alive at the fork are never collected in the zygote (``gc.freeze``: an unreachable
+  one's finalizer could delete the driver's temporary file, and a collection would copy every page);
 * its life: it is killed when the driver dies (``PR_SET_PDEATHSIG``), since a fork does not carry the run
   owner's token in ``/proc/<pid>/environ`` that :mod:`spibatch.owners` finds the exec'd interchange by.
 
@@ -38,7 +41,9 @@ import time
 
 log = logging.getLogger("spibatch")
 
-MAX_DRIVER_RSS = 1 << 30   # bytes: a larger driver's interchange is started afresh
+MAX_DRIVER_RSS = 256 << 20   # bytes: a larger driver's interchange is started afresh (a fork keeps, privately,
+#                              every page the driver later frees or changes: up to the driver's size, against the
+#                              20-34 MB of a fresh interchange; a spibatch driver holds 44-79 MB when Parsl starts)
 PR_SET_PDEATHSIG = 1
 
 
@@ -57,20 +62,22 @@ class ForkedProcess:
         self.args, self.pid, self.returncode = list(args), pid, None
         self.stdin = os.fdopen(stdin_fd, "wb")
         self.stdout = self.stderr = None
+        self._reaping = threading.Lock()   # the shutdown's thread and the main thread may both poll
 
     def __repr__(self) -> str:
         return f"<ForkedProcess: pid {self.pid}, returncode {self.returncode}>"
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:   # reaped elsewhere (as Popen: its status is lost)
-                self.returncode = 0
-            else:
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+        with self._reaping:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:   # reaped elsewhere (as Popen: its status is lost)
+                    self.returncode = 0
+                else:
+                    if pid:
+                        self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -81,6 +88,13 @@ class ForkedProcess:
             time.sleep(step)
             step = min(2 * step, 0.05)
         return self.returncode
+
+    def wait_quietly(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for it to end (reaped then); no error if it has not."""
+        try:
+            self.wait(seconds)
+        except subprocess.TimeoutExpired:
+            pass
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:   # not reaped: the pid is still this child's
@@ -97,8 +111,8 @@ class Zygote:
     """A fork of the driver waiting for one interchange's configuration (see the module)."""
 
     def __init__(self):
-        read, write = os.pipe()
-        parent = os.getpid()
+        read, write = (_above_stdio(fd) for fd in os.pipe())   # (a driver started with fd 0 closed got it back
+        parent = os.getpid()                                       # here, and then /dev/null over it in the fork)
         for stream in (sys.stdout, sys.stderr):   # nothing of the driver's in their buffers is printed twice
             try:
                 stream.flush()
@@ -133,15 +147,18 @@ class Zygote:
         return ForkedProcess(args, self.pid, self._write)
 
     def close(self) -> None:
-        """Let an unused zygote go (it ends when its pipe closes) and reap it if it has."""
+        """Let an unused zygote go (it ends when its pipe closes) and reap it (waiting 1 s at most)."""
         if not self.used:
             self.used = True
             os.close(self._write)
-            time.sleep(0.01)
-            try:
-                os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(self.pid, os.WNOHANG)[0]:
+                        return
+                except ChildProcessError:
+                    return
+                time.sleep(0.01)
 
 
 def _serve(read: int, parent: int) -> None:
@@ -152,6 +169,10 @@ def _serve(read: int, parent: int) -> None:
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
         os._exit(1)   # no way to die with the driver, or it is gone already
     _drop_inherited(keep=read)
+    # the interchange's prints and tracebacks go to descriptors 1 and 2, as interchange.py's do -- not through the
+    # driver's sys.stdout / sys.stderr objects (pytest's capture: a file now on /dev/null)
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
     with os.fdopen(read, "rb") as pipe:
         try:
             config = pickle.load(pipe)
@@ -164,7 +185,35 @@ def _serve(read: int, parent: int) -> None:
     Interchange(**config).start()
 
 
+def _above_stdio(fd: int) -> int:
+    """``fd``, or (closing it) a copy numbered 3 or more where it is 0, 1 or 2."""
+    if fd > 2:
+        return fd
+    import fcntl
+
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
 def _drop_inherited(keep: int) -> None:
+    """In the zygote: the objects alive at the fork are never collected here (an unreachable one's finalizer could
+    delete the driver's temporary file; and a collection would copy every page); the driver's descriptors point at
+    /dev/null, then its signal and logging handlers go (a handler freed then flushes into /dev/null)."""
+    import gc
+
+    gc.freeze()
+    devnull = _above_stdio(os.open(os.devnull, os.O_RDWR))
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in (1, 2, keep, devnull):
+            try:
+                os.dup2(devnull, fd, inheritable=False)
+            except OSError:   # the listing's own descriptor, closed meanwhile
+                pass
+    os.dup2(devnull, 0)
+    os.close(devnull)
     for sig in signal.valid_signals():
         try:
             if callable(signal.getsignal(sig)):
@@ -175,16 +224,6 @@ def _drop_inherited(keep: int) -> None:
     for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
         if isinstance(logger, logging.Logger):
             logger.handlers = []
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in (1, 2, keep, devnull):
-            try:
-                os.dup2(devnull, fd, inheritable=False)
-            except OSError:   # the listing's own descriptor, closed meanwhile
-                pass
-    os.dup2(devnull, 0)
-    os.close(devnull)
 
 
 def _why_not() -> str | None:
@@ -242,8 +281,13 @@ def prepare(executors, launch_words: list[str]) -> int:
 
 
 def release(executors) -> None:
-    """Let the zygotes of ``executors`` that were never started go (after ``parsl.load`` failed)."""
+    """After ``parsl.load`` failed: let the zygotes of ``executors`` that were never started go, and stop the
+    interchanges that were."""
     for each in executors:
         zygote = getattr(getattr(each, "interchange_launch_cmd", None), "zygote", None)
         if zygote is not None:
             zygote.close()
+        proc = getattr(each, "interchange_proc", None)
+        if isinstance(proc, ForkedProcess) and proc.poll() is None:   # started before load failed: no owner token
+            proc.kill()                                                # finds a fork (spibatch.owners): stopped here
+            proc.wait_quietly(10.0)
