@@ -10,8 +10,8 @@
   at two edges; seconds per N^3 log2(N^3) (FFT-bound), one thread and all cores.
 * Memory: ``a += b`` of float64 volumes (the HTC reduce), bytes per second; ``.npy`` write and read of a
   model (the HTC broadcast and each task's read).
-* Parsl: one local HighThroughputExecutor of 2 workers: time from ``parsl.load`` to the first empty task's
-  result, per-task latency of 50 empty tasks, and the bytes per second of 16 MB results through the
+* Parsl: one local HighThroughputExecutor of 2 workers: time from ``parsl.load`` (spibatch.parsl_shutdown.load,
+  as a run starts Parsl) to the first empty task's result, per-task latency of 50 empty tasks, and the bytes per second of 16 MB results through the
   interchange (the HTC return of the sums).
 
 Each rate is the median of ``repeats`` timings (the minimum is kept too): on a loaded machine the median is
@@ -181,6 +181,7 @@ def parsl_rates(tasks: int = 50, payload_bytes: int = 16 * 2 ** 20, payloads: in
     from parsl.providers import LocalProvider
 
     from spibatch.backends.parsl_common import interchange_cmd, lean_launch_cmd, put_bin_on_path
+    from spibatch.parsl_shutdown import load
 
     put_bin_on_path()
     with tempfile.TemporaryDirectory(prefix="spibatch-bench-parsl-") as scratch:
@@ -190,7 +191,7 @@ def parsl_rates(tasks: int = 50, payload_bytes: int = 16 * 2 ** 20, payloads: in
                                           interchange_launch_cmd=interchange_cmd())
         config = Config(executors=[executor],
                         run_dir=scratch, usage_tracking=0, strategy_period=0.5)
-        dfk = parsl.load(config)
+        dfk = load(config)   # as a run starts Parsl (its interchange a fork, its first block at once)
         try:
             empty, payload = python_app(_empty), python_app(_payload)
             empty().result()
