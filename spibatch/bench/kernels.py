@@ -11,8 +11,8 @@
 * Memory: ``a += b`` of float64 volumes (the HTC reduce), bytes per second; ``.npy`` write and read of a
   model (the HTC broadcast and each task's read).
 * Parsl: one local HighThroughputExecutor of 2 workers: time from ``parsl.load`` (spibatch.parsl_shutdown.load,
-  as a run starts Parsl) to the first empty task's result, per-task latency of 50 empty tasks, and the bytes per second of 16 MB results through the
-  interchange (the HTC return of the sums).
+  as a run starts Parsl) to the first empty task's result, per-task latency of 50 empty tasks, and the bytes
+  per second of 16 MB results through the interchange (the HTC return of the sums).
 
 Each rate is the median of ``repeats`` timings (the minimum is kept too): on a loaded machine the median is
 what a run meets, the minimum what the hardware can do.
