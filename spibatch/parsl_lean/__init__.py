@@ -27,7 +27,9 @@ driver, the interchange, the worker pool, its multiprocessing manager and each w
 * the pool's task and result queues have locks the kernel frees when a worker holding one dies
   (:mod:`spibatch.parsl_lean.pool_queues`): an idle worker killed no longer stops every worker for good;
 * ``requests`` and ``typeguard``, which Parsl imports unconditionally, are deferred in all these processes
-  (:mod:`spibatch.parsl_lean.deferred`): a stand-in until Parsl has loaded, then the real package on first use.
+  (:mod:`spibatch.parsl_lean.deferred`): a stand-in until Parsl has loaded, then the real package on first use;
+* the pool's registration message lists a few packages' versions, not every installed one
+  (:mod:`spibatch.parsl_lean.registration`: one METADATA read per package, on a shared filesystem too).
 
 What a Parsl process started this way loses: Parsl's KubernetesProvider, AWSProvider and its monitoring
 database, none of which spibatch uses inside the interchange or a worker; and the run-time type checks of
@@ -184,4 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"spibatch.parsl_lean: the pool's queues keep multiprocessing's locks ({exc}): a worker killed "
                   "while idle can stop the pool", file=sys.stderr)
         parsl.multiprocessing.SpawnContext = context
+        from spibatch.parsl_lean import registration
+
+        registration.install()   # (after the forkserver's fork: the workers keep importlib's own)
     runpy.run_path(script, run_name="__main__")
