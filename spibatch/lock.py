@@ -36,14 +36,21 @@ def _alive(pid: int) -> bool:
     return owners.alive(pid)
 
 
+UNREADABLE = "(unreadable lock)"
+
+
 def read_lock(folder: Path) -> dict | None:
-    """The lock's record (pid, host, started, command, token), or None when the folder is not locked."""
+    """The lock's record (pid, host, started, command, token), or None when the folder is not locked; a lock that
+    cannot be read or holds no such record (edited, a folder) reads as ``{"command": UNREADABLE, ...}``."""
     try:
-        return json.loads((Path(folder) / layout.LOCK).read_text(encoding="utf-8"))
+        record = json.loads((Path(folder) / layout.LOCK).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, RecursionError):
-        return {"pid": None, "host": None, "started": None, "command": "(unreadable lock)"}
+        record = None
+    if not isinstance(record, dict):
+        return {"pid": None, "host": None, "started": None, "command": UNREADABLE}
+    return record
 
 
 def lock_is_stale(record: dict) -> bool:
@@ -53,6 +60,8 @@ def lock_is_stale(record: dict) -> bool:
 
 
 def describe_owner(record: dict) -> str:
+    if record.get("command") == UNREADABLE:
+        return "a lock file that cannot be read: not spibatch's record"
     return f"pid {record.get('pid')} on {record.get('host')} since {record.get('started')}"
 
 
@@ -99,7 +108,8 @@ def _create_lock(path: Path, record: dict) -> None:
         fh.write(text)
 
 
-def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, take_over_stale: bool = False) -> dict:
+def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, take_over_stale: bool = False,
+              earlier: list[dict] | None = None) -> dict:
     """Make this process the folder's one writer: create ``lock`` atomically (O_EXCL); returns its record.
 
     InputError (one line, nothing written) when another process holds it, naming the owner.  A lock whose
@@ -111,6 +121,8 @@ def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, ta
     path = Path(folder) / layout.LOCK
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(), "command": list(command),
               "token": owners.new_token()}
+    if earlier:   # killed owners whose processes may still run: known to the next resume if this one is killed too
+        record["earlier"] = earlier
     try:
         _create_lock(path, record)
     except FileExistsError:
@@ -121,6 +133,10 @@ def take_lock(folder: Path, command: list[str], field_name: str = "--out", *, ta
             raise InputError(f"locked by {describe_owner(owner)}, which no longer runs (a stale lock: that process was "
                              "killed)", path=folder, field=field_name, fix=f"make sure nothing writes into it, then "
                              f"delete {path} and try again (or resume the run: that takes the lock over)") from None
+        if owner.get("command") == UNREADABLE:
+            raise InputError(f"its lock cannot be read ({describe_owner(owner)})", path=folder, field=field_name,
+                             fix=f"make sure no spibatch command writes into the run, then delete {path} and try "
+                                 "again") from None
         raise InputError(f"another process writes into this run folder ({describe_owner(owner)})", path=folder,
                          field=field_name, fix="wait for it to finish, or stop it first") from None
     except OSError as exc:
@@ -139,14 +155,31 @@ def _take_over(folder: Path, owner: dict, command: list[str], field_name: str) -
             return take_lock(folder, command, field_name)   # (never back here: no second flock of our own)
         log.warning("taking over the lock of %s, which no longer runs (it was killed)", describe_owner(owner))
         (folder / layout.LOCK).unlink(missing_ok=True)
-        record = take_lock(folder, command, field_name)
+        record = take_lock(folder, command, field_name, earlier=_owners_of(owner))
     record["took_over"] = owner
     return record
 
 
+MAX_EARLIER = 20   # killed owners a lock remembers (a resume killed right after its takeover, again and again)
+
+
+def _owners_of(owner: dict) -> list[dict]:
+    """``owner`` (pid, host, token) and the earlier killed owners its lock remembered, most recent first."""
+    earlier = [e for e in owner.get("earlier") or [] if isinstance(e, dict)] if isinstance(owner.get("earlier"),
+                                                                                             list) else []
+    return ([{k: owner.get(k) for k in ("pid", "host", "token")}] + earlier)[:MAX_EARLIER]
+
+
 def stop_left_running(folder: Path, owner: dict, field_name: str = "--resume") -> None:
-    """Stop what the killed ``owner`` of a stale lock started and left running on this host (its MPI job,
-    Parsl's interchange and workers: :mod:`spibatch.owners`); InputError when some cannot be stopped."""
+    """Stop what the killed ``owner`` of a stale lock -- and the killed owners before it that its lock remembers (a
+    resume killed before it had stopped them) -- started and left running on this host (MPI jobs, Parsl's
+    processes: :mod:`spibatch.owners`); InputError when some cannot be stopped."""
+    for each in _owners_of(owner):
+        if each.get("host") in (None, socket.gethostname()):
+            _stop_owner(folder, each, field_name)
+
+
+def _stop_owner(folder: Path, owner: dict, field_name: str) -> None:
     token = owner.get("token")
     if token is not None and not owners.token_of(token, owner.get("pid")):
         raise InputError(f"the lock's token {str(token)[:40]!r} is not one its owner ({describe_owner(owner)}) made: not "

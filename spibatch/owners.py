@@ -73,6 +73,32 @@ def tagged(token: str | None) -> list[int]:
     return sorted(found)
 
 
+def naming(folder: str | os.PathLike) -> list[int]:
+    """This host's processes (not this one) that some run owner started (``SPIBATCH_RUN_OWNER`` in their
+    environment, whatever its token) and whose command line names ``folder`` or a path inside it: an MPI job
+    (``... spibatch.stages emc FOLDER``), Parsl's pools (``--logdir=FOLDER/runinfo/...``), their scripts.  A
+    process the user started (an editor, ``tail -f``) carries no token and is never among them."""
+    root = os.fsencode(os.path.realpath(folder))
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path("/proc", entry, "environ").read_bytes()
+            words = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not any(v.startswith(f"{OWNER_ENV}=".encode()) for v in environ.split(b"\0")):
+            continue
+        if any(w == root or w.endswith(b"=" + root) or root + b"/" in w for w in words) and alive(int(entry)):
+            found.append(int(entry))
+    return sorted(found)
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie -- ended, its parent not told yet -- does not)."""
     try:
@@ -116,6 +142,16 @@ def stop_tagged(token: str | None, what: str, grace_s: float = GRACE_S) -> list[
     """Stop every process tagged with ``token``, saying so in one log line (``what``: whose they are);
     returns those that could not be stopped."""
     pids = tagged(token)
+    if not pids:
+        return []
+    log.warning("stopping %d process(es) %s (pids %s): SIGTERM, then SIGKILL after %.0f s",
+                len(pids), what, " ".join(map(str, pids)), grace_s)
+    return stop(pids, grace_s)
+
+
+def stop_naming(folder: str | os.PathLike, what: str, grace_s: float = GRACE_S) -> list[int]:
+    """Stop every process :func:`naming` finds, saying so in one log line; those that could not be stopped."""
+    pids = naming(folder)
     if not pids:
         return []
     log.warning("stopping %d process(es) %s (pids %s): SIGTERM, then SIGKILL after %.0f s",

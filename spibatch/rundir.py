@@ -295,8 +295,15 @@ def reopen_run_dir(path: str | os.PathLike, command: list[str] | None = None,
             check()
         if lock.get("took_over"):   # its owner was killed: stop what it left running before we write
             stop_left_running(path, lock["took_over"])
-            if stop_old is not None:
-                stop_old()
+        # what any earlier owner left naming the folder (its lock deleted by hand, or owners it forgot): this process
+        # holds the lock now, so no other owner's process may write here
+        left = owners.stop_naming(path, "that an earlier owner of the run left running")
+        if left:
+            raise InputError(f"processes an earlier owner started still run and could not be stopped: pids "
+                             f"{' '.join(map(str, left))}", path=path, field=field,
+                             fix=f"stop them (kill -9 {' '.join(map(str, left))}), then try again")
+        if lock.get("took_over") and stop_old is not None:
+            stop_old()
     except BaseException:
         release_lock(path, restore=lock.get("took_over"))
         raise

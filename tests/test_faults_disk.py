@@ -10,6 +10,7 @@ temporary file and no partial file under a final name, and keep what it had writ
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -193,3 +194,22 @@ def test_run_into_a_full_disk_stops_in_one_line(emc_small, tmp_path):
             filled_after(disk / "run" / "emc" / "output_001.h5", disk, 3 << 20, fsize):
         done = run("run", pipeline, "--out", disk / "run", cwd=tmp_path, fsize=fsize)
         out_of_room(done, disk / "run")
+
+
+@pytest.mark.parametrize("code", [13, 1, 30])   # EACCES, EPERM (chattr +i), EROFS
+def test_a_refused_write_is_one_line_naming_the_file(tmp_path, monkeypatch, code):
+    """The review: `spibatch emc` into a folder made immutable mid-run ended in a PermissionError traceback."""
+    import errno as _errno
+    import tempfile as _tempfile
+
+    from spibatch.errors import InputError
+    from spibatch.io.atomic import write_text
+
+    def refused(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(_tempfile, "mkstemp", refused)
+    with pytest.raises(InputError, match=r"x\.txt: cannot write it \(.*\); make its folder writable, then resume"):
+        write_text(tmp_path / "x.txt", "hi")
+    assert code in (_errno.EACCES, _errno.EPERM, _errno.EROFS)
+    assert not (tmp_path / "x.txt").exists()

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -400,3 +401,77 @@ def test_resume_hints_are_shell_quoted(tmp_path):
     made = Path(words[-1])
     assert words[:2] == ["spibatch", "emc"] and words[2] == str(tmp_path / "my config.yaml"), words
     assert words[3] == "--resume" and made.parent == folder and made.is_dir(), words
+
+
+def _sleeper(env_token: str | None, *words: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("SPIBATCH_RUN_OWNER", None)
+    if env_token:
+        env["SPIBATCH_RUN_OWNER"] = env_token
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *words], env=env)
+
+
+def test_a_resume_killed_after_its_takeover_leaves_the_first_owners_processes_to_the_next(tmp_path):
+    """The review: a resume killed right after it took a killed owner's lock over wrote a lock naming itself only,
+    and the next resume left the first owner's MPI job writing beside its own.  The lock now remembers the killed
+    owners whose processes may still run, and the next resume stops them."""
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
+        pass
+    first, second = _dead_pid(), _dead_pid()
+    first_token, second_token = f"{first}-0123456789abcdef", f"{second}-fedcba9876543210"
+    left = _sleeper(first_token)
+    try:
+        host = socket.gethostname()
+        (run.path / "lock").write_text(json.dumps({
+            "pid": second, "host": host, "started": "then", "command": ["resume"], "token": second_token,
+            "earlier": [{"pid": first, "host": host, "token": first_token}]}))
+        with open_run(resume=run.path, command=["b"], report=False):
+            assert left.wait(30) is not None                  # stopped before the body ran
+    finally:
+        left.kill()
+        left.wait()
+
+
+def test_a_lock_taken_over_names_the_killed_owners_it_replaced(tmp_path):
+    from spibatch.lock import take_lock
+
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
+        pass
+    dead = _dead_pid()
+    (run.path / "lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": "then",
+                                               "command": ["killed"], "token": f"{dead}-0123456789abcdef"}))
+    record = take_lock(run.path, ["resume"], take_over_stale=True)
+    assert read_lock(run.path)["earlier"] == [{"pid": dead, "host": socket.gethostname(),
+                                              "token": f"{dead}-0123456789abcdef"}]
+    assert record["took_over"]["pid"] == dead
+
+
+def test_a_resume_stops_what_an_earlier_owner_left_naming_the_run_even_without_its_lock(tmp_path):
+    """The review: with the killed owner's stale lock deleted by hand (as its error line once suggested), a resume
+    stopped nothing and two EMC jobs wrote into one run.  Processes that a run owner started (a token in their
+    environment) and that name the run folder are stopped; one the user started (no token) is left alone."""
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
+        pass
+    orphan = _sleeper("12345-0123456789abcdef", "--logdir=" + str(run.path / "runinfo" / "000"))
+    users = _sleeper(None, str(run.path / "log.txt"))
+    other_run = _sleeper("12345-0123456789abcdef", str(run.path) + "2/x")
+    try:
+        time.sleep(0.3)
+        with open_run(resume=run.path, command=["b"], report=False):
+            assert orphan.wait(30) is not None
+            assert users.poll() is None and other_run.poll() is None
+    finally:
+        for proc in (orphan, users, other_run):
+            proc.kill()
+            proc.wait()
+
+
+def test_an_unreadable_or_foreign_lock_says_to_delete_it(tmp_path):
+    """The review: a lock holding [1, 2] was a traceback in every command; an empty one said 'pid None on None'."""
+    from spibatch.lock import take_lock
+
+    for text in ("[1, 2]", "", "5"):
+        (tmp_path / "lock").write_text(text)
+        with pytest.raises(InputError, match=r"its lock cannot be read \(a lock file that cannot be read: not "
+                           r"spibatch's record\); make sure no spibatch command writes into the run, then delete"):
+            take_lock(tmp_path, ["x"], take_over_stale=True)

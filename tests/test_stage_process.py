@@ -65,3 +65,40 @@ def test_a_sigterm_is_recorded_and_said_in_one_line(phase_run, tmp_path):
     assert err.strip().splitlines()[-1] == "spibatch: phase: interrupted (SIGTERM)"
     record = json.loads((run / "stages" / "jobs" / "phase.json").read_text())
     assert (record["status"], record["exit_code"], record["error"]) == ("failed", 143, "interrupted (SIGTERM)")
+
+
+def test_a_stage_run_by_hand_takes_the_runs_lock(phase_run, tmp_path):
+    """By hand, on a run another process owns (here a live stand-in owner), one line and nothing written; on a run
+    nobody owns it holds the lock while it runs and lets it go; the run's owner (its token) needs no lock."""
+    from spibatch import owners
+    from spibatch.lock import read_lock, take_lock
+
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(phase_run), str(run)], check=True)
+    for marker in (run / "stages").glob("phase.json"):
+        marker.unlink()
+    record = take_lock(run, ["a", "live", "owner"])     # this test process: alive
+    try:
+        before = sorted(p.relative_to(run) for p in run.rglob("*"))
+        proc = stage(run, "phase")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err
+        assert err.strip().splitlines() == [f"spibatch: error: {run}: RUN_DIR: another process writes into this run "
+                                            f"folder (pid {os.getpid()} on {record['host']} since {record['started']}); "
+                                            "wait for it to finish, or stop it first"]
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+        owned = subprocess.run([sys.executable, "-m", "spibatch.stages", "phase", str(run)], capture_output=True,
+                               text=True, timeout=300, env={**ENV, owners.OWNER_ENV: record["token"]})
+        assert owned.returncode == 0, owned.stderr
+    finally:
+        (run / "lock").unlink()
+    (run / "stages" / "phase.json").unlink()
+    proc = stage(run, "phase")
+    deadline = time.monotonic() + 60
+    seen = None
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen = seen or read_lock(run)
+        time.sleep(0.02)
+    assert proc.wait(120) == 0
+    assert seen is not None and seen["command"][1:3] == ["-m", "spibatch.stages"]
+    assert read_lock(run) is None

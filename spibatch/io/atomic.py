@@ -56,6 +56,19 @@ def disk_full(exc: BaseException, path: str | os.PathLike, need: int | None = No
                         "earlier results are intact")
 
 
+UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted (an immutable folder?)",
+              errno.EROFS: "read-only file system"}
+
+
+def unwritable(exc: BaseException, path: str | os.PathLike) -> InputError | None:
+    """One line for a write refused by permissions or a read-only file system (``exc`` an OSError with such an
+    errno), else None."""
+    if not isinstance(exc, OSError) or exc.errno not in UNWRITABLE:
+        return None
+    return InputError(f"cannot write it ({UNWRITABLE[exc.errno]})", path=path,
+                      fix="make its folder writable, then resume (earlier results are intact)")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` on success.
@@ -73,7 +86,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
     except OSError as exc:
-        raise disk_full(exc, final) or exc from None
+        raise disk_full(exc, final) or unwritable(exc, final) or exc from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -83,7 +96,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        full = disk_full(exc, final)
+        full = disk_full(exc, final) or unwritable(exc, final)
         if full is not None and full is not exc:
             raise full from None
         raise

@@ -5,13 +5,15 @@ what anyone may run to (re)do a stage of a run folder.  It reads the run's own `
 the device on this node, runs the stage through :func:`spibatch.stages.run_stage`, and reports how it
 ended in ``stages/jobs/<NAME>.json``: ``{"stage", "status": "done" | "failed", "exit_code", "error",
 "host", "finished"}`` -- the caller reads that file, not the process's stderr.  Exit status: 0 done,
-2 bad input (the one-line error), 1 anything else.
+2 bad input (the one-line error), 1 anything else.  Run by hand (not by the run's owner, not by an MPI launcher)
+it takes the run's lock for its time, as every command that writes into a run does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 from spibatch.errors import InputError
 from spibatch.io.atomic import DiskFull, write_text
 from spibatch.layout import RunLayout
+from spibatch.lock import release_lock
 from spibatch.rundir import utc_now
 from spibatch import stages
 from spibatch.stages import MODULES, load_run, run_stage
@@ -44,8 +47,6 @@ def read_result(run: RunLayout, name: str) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spibatch.emc.mpi import world
-
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] not in MODULES:
         print(f"usage: python -m spibatch.stages {{{','.join(MODULES)}}} RUN_DIR", file=sys.stderr)
@@ -56,6 +57,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spibatch: error: {args[1]}: RUN_DIR: not a run folder (no {' and no '.join(missing)}); give the "
               "folder of a `spibatch run`", file=sys.stderr)
         return 2
+    try:
+        held = _lock_if_by_hand(run, args[1])
+    except InputError as exc:
+        print(f"spibatch: error: {exc}", file=sys.stderr)
+        return InputError.exit_code
+    try:
+        return _main(name, run, args)
+    finally:
+        if held:
+            release_lock(run.path)
+
+
+def _lock_if_by_hand(run: RunLayout, shown: str) -> bool:
+    """Started by the run's owner (its token in our environment: the follower, a stage process) or by an MPI
+    launcher (the owner's EMC job; its ranks cannot all hold one lock): nothing to take, False.  Started by hand:
+    the run's lock is taken as any command writing into the run takes it (another owner, live or killed, refuses
+    it in one line), True."""
+    from spibatch.emc.mpi import LAUNCHER_VARS
+    from spibatch.lock import read_lock, take_lock
+    from spibatch.owners import OWNER_ENV
+
+    if any(name in os.environ for name in LAUNCHER_VARS):
+        return False
+    lock = read_lock(run.path)
+    if lock is not None and os.environ.get(OWNER_ENV) and lock.get("token") == os.environ[OWNER_ENV]:
+        return False
+    try:
+        take_lock(run.path, [sys.executable, "-m", "spibatch.stages", *sys.argv[1:]], field_name="RUN_DIR")
+    except InputError as exc:
+        raise InputError(exc.problem, path=shown, field="RUN_DIR", fix=exc.fix) from None
+    return True
+
+
+def _main(name: str, run: RunLayout, args: list[str]) -> int:
+    from spibatch.emc.mpi import world
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("spibatch")
