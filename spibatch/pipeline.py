@@ -122,6 +122,12 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
     names = stages.order(pipeline)
     if until is not None:
         names = names[:names.index(until) + 1]
+    for name in names:   # a finished stage whose output was deleted or damaged since runs again
+        record = stages.finished(run, name)
+        damaged = stages.damaged_output(run, record) if record is not None else None
+        if damaged is not None:
+            log.warning("stage %s: its output %s; the stage runs again", name, damaged)
+            run.marker(name).unlink(missing_ok=True)
     todo = [n for n in names if stages.finished(run, n) is None]
     if not todo:
         log.info("every stage has finished already")

@@ -102,3 +102,37 @@ def test_a_stage_run_by_hand_takes_the_runs_lock(phase_run, tmp_path):
     assert proc.wait(120) == 0
     assert seen is not None and seen["command"][1:3] == ["-m", "spibatch.stages"]
     assert read_lock(run) is None
+
+
+PIPELINE = """name: t
+geometry: {{detector_pixels: 32, pixel_size_m: 1.0e-3, detector_distance_m: 0.15, photon_energy_ev: 6000}}
+simulation: {{pdb: {pdb}, num_patterns: 200, mean_photons_per_frame: 500, seed: 1}}
+emc: {{num_div: 2, iterations: 3, seed: 1}}
+phasing: {{recipe: "(HIO(beta=0.9) ** 20 * ShrinkWrap(sigma=2, threshold=0.1)) ** 2 * ER() ** 20", num_starts: 1,
+           keep_best: 1, seed: 1}}
+"""
+
+
+def test_a_resume_runs_a_finished_stage_again_when_its_output_was_deleted_or_damaged(tmp_path):
+    """The review: with phase/phasing.h5 deleted after the run, `spibatch resume` said every stage had finished and
+    marked the run completed without it (truncated: an error naming the wrong fix).  The stage runs again."""
+    (tmp_path / "p.yaml").write_text(PIPELINE.format(pdb=REPO / "spibatch" / "data" / "1EI7.pdb"))
+    done = subprocess.run([sys.executable, "-m", "spibatch", "run", "p.yaml", "--out", "run"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    phasing = tmp_path / "run" / "phase" / "phasing.h5"
+    for damage in ("delete", "truncate"):
+        if damage == "delete":
+            phasing.unlink()
+        else:
+            with open(phasing, "r+b") as fh:
+                fh.truncate(200)
+        again = subprocess.run([sys.executable, "-m", "spibatch", "resume", "run"], cwd=tmp_path, env=ENV,
+                               capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+        assert "stage phase: its output" in again.stderr and ("is missing" if damage == "delete" else
+                                                                "cannot be read") in again.stderr
+        import h5py
+
+        with h5py.File(phasing, "r") as f:
+            assert f["density"].ndim == 3
