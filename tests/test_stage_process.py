@@ -136,3 +136,17 @@ def test_a_resume_runs_a_finished_stage_again_when_its_output_was_deleted_or_dam
 
         with h5py.File(phasing, "r") as f:
             assert f["density"].ndim == 3
+    intensity = tmp_path / "run" / "emc" / "output_003.h5"     # EMC's last output: its checkpoint is past it
+    intensity.unlink()
+    refused = subprocess.run([sys.executable, "-m", "spibatch", "resume", "run"], cwd=tmp_path, env=ENV,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"spibatch: error: {intensity}: emc: is missing, and EMC's checkpoint is past the iteration that wrote it: it "
+        f"cannot be written again; delete {intensity.parent / 'checkpoint.h5'} to run EMC again from its first "
+        "iteration, then resume")
+    (intensity.parent / "checkpoint.h5").unlink()
+    again = subprocess.run([sys.executable, "-m", "spibatch", "resume", "run"], cwd=tmp_path, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert intensity.exists()

@@ -96,10 +96,10 @@ def finished(run: RunLayout, name: str) -> dict | None:
     return record if isinstance(record, dict) and record.get("status") == "done" else None
 
 
-def damaged_output(run: RunLayout, record: dict) -> str | None:
-    """What is wrong with the first output a finished stage's marker names that is missing, empty or (HDF5) cannot
-    be opened -- e.g. ``"/r/phase/phasing.h5 is missing"`` --, or None.  Outputs recorded outside the run folder
-    (a run folder moved since) are not judged."""
+def damaged_output(run: RunLayout, record: dict) -> tuple[Path, str] | None:
+    """The first output a finished stage's marker names that is missing, empty or (HDF5) cannot be opened, and
+    what is wrong with it (``(path, "is missing")``), or None.  Outputs recorded outside the run folder (a run folder
+    moved since) are not judged."""
     outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
     root = Path(run.path).resolve()
     for value in outputs.values():
@@ -107,9 +107,9 @@ def damaged_output(run: RunLayout, record: dict) -> str | None:
         if not path.is_absolute() or root not in path.parents:
             continue
         if not path.exists():
-            return f"{path} is missing"
+            return path, "is missing"
         if path.is_file() and path.stat().st_size == 0:
-            return f"{path} is empty"
+            return path, "is empty"
         if path.is_file() and path.suffix in (".h5", ".cxi", ".emc"):
             import h5py
 
@@ -117,7 +117,7 @@ def damaged_output(run: RunLayout, record: dict) -> str | None:
                 if h5py.is_hdf5(path):
                     h5py.File(path, "r").close()
             except OSError as exc:
-                return f"{path} cannot be read ({' '.join(str(exc).split())[:80]})"
+                return path, f"cannot be read ({' '.join(str(exc).split())[:80]})"
     return None
 
 
