@@ -150,3 +150,9 @@ def test_a_resume_runs_a_finished_stage_again_when_its_output_was_deleted_or_dam
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert intensity.exists()
+    alone = subprocess.run([sys.executable, "-m", "spibatch", "emc", "p.yaml", "--resume", "run"], cwd=tmp_path,
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 2      # (it marked the pipeline run completed with phase and validate never run)
+    assert alone.stderr.strip().splitlines() == ["spibatch: error: run: --resume: a pipeline run's folder (`spibatch "
+                                                 "run`): continuing one of its stages alone would mark the whole run "
+                                                 "completed; continue it with: spibatch resume run"]
