@@ -32,6 +32,9 @@ OWNER_ENV = "SPIBATCH_RUN_OWNER"
 # setproctitle (Parsl names its interchange "parsl: HTEX interchange" with it) overwrites the environment's memory,
 # and with it the token in /proc/<pid>/environ, unless this is set: the interchange of a killed driver went unseen
 KEEP_ENVIRON = "SPT_NOENV"
+# Apptainer (and Singularity) give a container ``NAME`` from the host's ``APPTAINERENV_NAME`` even with --cleanenv:
+# the token reaches a containerised MPI job or worker too (docker: `-e SPIBATCH_RUN_OWNER`, backends.containers)
+CONTAINER_ENV = ("APPTAINER", "SINGULARITY")
 GRACE_S = 10.0        # SIGTERM, then this long for the processes to end, then SIGKILL
 KILL_WAIT_S = 10.0    # after SIGKILL, this long for them to disappear
 SETTLE_S = 3.0        # an owner that ends waits this long for its children to end by themselves
@@ -166,19 +169,19 @@ def own_token() -> str | None:
 
 class Tagging:
     """While it is entered, this process's children inherit ``SPIBATCH_RUN_OWNER=<token>`` (and
-    ``SPT_NOENV=1``, which keeps it readable); on the way out what they left running is stopped
+    ``SPT_NOENV=1``, which keeps it readable, and the token for Apptainer containers, :data:`CONTAINER_ENV`); on
+    the way out what they left running is stopped
     (:func:`stop_tagged`) and the variables are restored."""
 
     def __init__(self, token: str):
         self.token = token
-        self._before: str | None = None
-        self._spt: str | None = None
+        self._before: dict[str, str | None] = {}
 
     def __enter__(self) -> "Tagging":
-        self._before = os.environ.get(OWNER_ENV)
-        self._spt = os.environ.get(KEEP_ENVIRON)
-        os.environ[OWNER_ENV] = self.token
-        os.environ[KEEP_ENVIRON] = "1"
+        values = {OWNER_ENV: self.token, KEEP_ENVIRON: "1"}
+        values.update({f"{runtime}ENV_{OWNER_ENV}": self.token for runtime in CONTAINER_ENV})
+        self._before = {name: os.environ.get(name) for name in values}
+        os.environ.update(values)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -186,7 +189,7 @@ class Tagging:
             _wait_gone(tagged(self.token), SETTLE_S)   # what was told to stop (Parsl's workers) may still be going
             stop_tagged(self.token, "this run started that still run")
         finally:
-            for name, value in ((OWNER_ENV, self._before), (KEEP_ENVIRON, self._spt)):
+            for name, value in self._before.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:

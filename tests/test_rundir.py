@@ -475,3 +475,22 @@ def test_an_unreadable_or_foreign_lock_says_to_delete_it(tmp_path):
         with pytest.raises(InputError, match=r"its lock cannot be read \(a lock file that cannot be read: not "
                            r"spibatch's record\); make sure no spibatch command writes into the run, then delete"):
             take_lock(tmp_path, ["x"], take_over_stale=True)
+
+
+def test_the_owner_token_reaches_containers_and_is_taken_back(monkeypatch):
+    """Apptainer with --cleanenv and docker pass no host variable: the token reaches an Apptainer container through
+    APPTAINERENV_/SINGULARITYENV_ and a docker one by `-e SPIBATCH_RUN_OWNER` (a containerised stage run by the
+    owner is then known as the owner's, and its processes are found by spibatch.owners)."""
+    from spibatch import owners
+    from spibatch.backends import Container
+    from spibatch.backends.containers import prefix
+
+    monkeypatch.setenv("APPTAINERENV_SPIBATCH_RUN_OWNER", "before")
+    monkeypatch.delenv("SINGULARITYENV_SPIBATCH_RUN_OWNER", raising=False)
+    with owners.Tagging("123-0123456789abcdef"):
+        assert os.environ["APPTAINERENV_SPIBATCH_RUN_OWNER"] == "123-0123456789abcdef"
+        assert os.environ["SINGULARITYENV_SPIBATCH_RUN_OWNER"] == "123-0123456789abcdef"
+    assert os.environ["APPTAINERENV_SPIBATCH_RUN_OWNER"] == "before"
+    assert "SINGULARITYENV_SPIBATCH_RUN_OWNER" not in os.environ
+    words = prefix(Container(runtime="docker", image="i"), ["/r"])
+    assert words[words.index("-e") + 1] == "SPIBATCH_RUN_OWNER"

@@ -45,6 +45,8 @@ def prefix(container, extra_binds: list[str | os.PathLike] = (), workdir: str | 
         return words + list(container.options) + [container.image]
     if container.runtime == "docker":
         words = ["docker", "run", "--rm", "--network=host", "--ipc=host"] + (["--gpus", "all"] if container.gpu else [])
+        words += ["-e", "SPIBATCH_RUN_OWNER"]   # the run owner's token, when set (spibatch.owners): docker passes
+        #                                          no other variable of the host's
         for source, target in pairs:
             words += ["-v", f"{source}:{target}"]
         if workdir is not None:
