@@ -53,27 +53,28 @@ def token_of(token: str, pid) -> bool:
     return re.fullmatch(rf"{pid}-[0-9a-f]{{16}}", token) is not None
 
 
+def _environments():
+    """(pid, environment entries) of this host's processes but this one that can be read (``/proc``)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            yield int(entry), Path("/proc", entry, "environ").read_bytes().split(b"\0")
+        except OSError:   # gone meanwhile, or not ours to read
+            continue
+
+
 def tagged(token: str | None) -> list[int]:
     """This host's processes (not this one) whose environment holds ``SPIBATCH_RUN_OWNER=<token>``; zombies
     (ended, not yet reaped) are left out.  [] without a token or without ``/proc``."""
     if not token:
         return []
     wanted = f"{OWNER_ENV}={token}".encode()
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path("/proc", entry, "environ").read_bytes()
-        except OSError:   # gone meanwhile, or not ours to read
-            continue
-        if wanted in environ.split(b"\0") and alive(int(entry)):
-            found.append(int(entry))
-    return sorted(found)
+    return sorted(pid for pid, environ in _environments() if wanted in environ and alive(pid))
 
 
 def naming(folder: str | os.PathLike) -> list[int]:
@@ -81,24 +82,17 @@ def naming(folder: str | os.PathLike) -> list[int]:
     environment, whatever its token) and whose command line names ``folder`` or a path inside it: an MPI job
     (``... spibatch.stages emc FOLDER``), Parsl's pools (``--logdir=FOLDER/runinfo/...``), their scripts.  A
     process the user started (an editor, ``tail -f``) carries no token and is never among them."""
-    root = os.fsencode(os.path.realpath(folder))
+    root, tag = os.fsencode(os.path.realpath(folder)), f"{OWNER_ENV}=".encode()
     found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == os.getpid():
+    for pid, environ in _environments():
+        if not any(v.startswith(tag) for v in environ):
             continue
         try:
-            environ = Path("/proc", entry, "environ").read_bytes()
-            words = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
+            words = Path("/proc", str(pid), "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if not any(v.startswith(f"{OWNER_ENV}=".encode()) for v in environ.split(b"\0")):
-            continue
-        if any(w == root or w.endswith(b"=" + root) or root + b"/" in w for w in words) and alive(int(entry)):
-            found.append(int(entry))
+        if any(w == root or w.endswith(b"=" + root) or root + b"/" in w for w in words) and alive(pid):
+            found.append(pid)
     return sorted(found)
 
 
@@ -144,17 +138,16 @@ def stop(pids: list[int], grace_s: float = GRACE_S) -> list[int]:
 def stop_tagged(token: str | None, what: str, grace_s: float = GRACE_S) -> list[int]:
     """Stop every process tagged with ``token``, saying so in one log line (``what``: whose they are);
     returns those that could not be stopped."""
-    pids = tagged(token)
-    if not pids:
-        return []
-    log.warning("stopping %d process(es) %s (pids %s): SIGTERM, then SIGKILL after %.0f s",
-                len(pids), what, " ".join(map(str, pids)), grace_s)
-    return stop(pids, grace_s)
+    return stop_said(tagged(token), what, grace_s)
 
 
 def stop_naming(folder: str | os.PathLike, what: str, grace_s: float = GRACE_S) -> list[int]:
     """Stop every process :func:`naming` finds, saying so in one log line; those that could not be stopped."""
-    pids = naming(folder)
+    return stop_said(naming(folder), what, grace_s)
+
+
+def stop_said(pids: list[int], what: str, grace_s: float = GRACE_S) -> list[int]:
+    """:func:`stop` with one log line naming ``pids`` and ``what`` they are (none: nothing said)."""
     if not pids:
         return []
     log.warning("stopping %d process(es) %s (pids %s): SIGTERM, then SIGKILL after %.0f s",
