@@ -156,3 +156,10 @@ def test_a_resume_runs_a_finished_stage_again_when_its_output_was_deleted_or_dam
     assert alone.stderr.strip().splitlines() == ["spibatch: error: run: --resume: a pipeline run's folder (`spibatch "
                                                  "run`): continuing one of its stages alone would mark the whole run "
                                                  "completed; continue it with: spibatch resume run"]
+    subprocess.run(["cp", "-a", str(tmp_path / "run"), str(tmp_path / "copy")], check=True)   # markers name run/...
+    (tmp_path / "copy" / "phase" / "phasing.h5").unlink()
+    copied = subprocess.run([sys.executable, "-m", "spibatch", "resume", "copy"], cwd=tmp_path, env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert copied.returncode == 0, copied.stderr
+    assert f"{tmp_path / 'copy' / 'phase' / 'phasing.h5'} is missing" in copied.stderr
+    assert (tmp_path / "copy" / "phase" / "phasing.h5").exists()

@@ -98,14 +98,19 @@ def finished(run: RunLayout, name: str) -> dict | None:
 
 def damaged_output(run: RunLayout, record: dict) -> tuple[Path, str] | None:
     """The first output a finished stage's marker names that is missing, empty or (HDF5) cannot be opened, and
-    what is wrong with it (``(path, "is missing")``), or None.  Outputs recorded outside the run folder (a run folder
-    moved since) are not judged."""
+    what is wrong with it (``(path, "is missing")``), or None.  A run folder moved or copied since: an output
+    recorded as ``OLD/<stage folder>/<file>`` is judged as ``RUN/<stage folder>/<file>``; other outputs recorded
+    outside the run folder (a live source's) are not judged."""
     outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
     root = Path(run.path).resolve()
     for value in outputs.values():
         path = Path(str(value))
-        if not path.is_absolute() or root not in path.parents:
+        if not path.is_absolute():
             continue
+        if root not in path.parents:
+            if len(path.parts) < 3 or not (root / path.parts[-2]).is_dir():
+                continue
+            path = root / path.parts[-2] / path.parts[-1]
         if not path.exists():
             return path, "is missing"
         if path.is_file() and path.stat().st_size == 0:
