@@ -122,18 +122,7 @@ def execute(run: RunLayout, site: Site, pipeline, until: str | None = None) -> d
     names = stages.order(pipeline)
     if until is not None:
         names = names[:names.index(until) + 1]
-    for name in names:   # a finished stage whose output was deleted or damaged since runs again
-        record = stages.finished(run, name)
-        damaged = stages.damaged_output(run, record) if record is not None else None
-        if damaged is None:
-            continue
-        checkpoint = Path(run.path) / "emc" / "checkpoint.h5"
-        if name == "emc" and damaged[0] != checkpoint and checkpoint.exists():   # EMC would resume past it
-            raise InputError(f"{damaged[1]}, and EMC's checkpoint is past the iteration that wrote it: it cannot be "
-                             "written again", path=damaged[0], field="emc", fix=f"delete {checkpoint} to run EMC "
-                             "again from its first iteration, then resume")
-        log.warning("stage %s: its output %s %s; the stage runs again", name, *damaged)
-        run.marker(name).unlink(missing_ok=True)
+    stages.forget_damaged(run, names)   # a finished stage whose output was deleted or damaged since runs again
     todo = [n for n in names if stages.finished(run, n) is None]
     if not todo:
         log.info("every stage has finished already")

@@ -41,8 +41,9 @@ def _check() -> None:
         raise NotForked("this Python's forkserver takes other arguments")
 
 
-def _fork(run) -> int:
-    """Fork a child that calls ``run()`` and ends with ``os._exit`` (no exit handler of this process runs there)."""
+def fork_running(run) -> int:
+    """Fork a child that calls ``run()`` and ends with ``os._exit`` (no exit handler of this process runs there; an
+    error's traceback on stderr, exit status 1, as a fresh Python's); the child's pid."""
     pid = os.fork()
     if pid == 0:   # pragma: no cover - the child (measured through what it serves)
         code = 1
@@ -51,6 +52,10 @@ def _fork(run) -> int:
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 0
+        except BaseException:   # noqa: BLE001 - said as Python would say it
+            import traceback
+
+            traceback.print_exc()
         finally:
             os._exit(code)
     return pid
@@ -69,7 +74,7 @@ def _fork_resource_tracker() -> None:
         resource_tracker.main(read)
 
     try:
-        pid = _fork(run)
+        pid = fork_running(run)
     finally:
         os.close(read)
     tracker._fd, tracker._pid = write, pid
@@ -102,7 +107,7 @@ def start_forkserver() -> int:
                 forkserver.main(listener.fileno(), alive_r, [])
 
             try:
-                pid = _fork(run)
+                pid = fork_running(run)
             except BaseException:
                 os.close(alive_w)
                 raise

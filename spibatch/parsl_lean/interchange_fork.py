@@ -39,6 +39,8 @@ import sys
 import threading
 import time
 
+from spibatch.parsl_lean import forked
+
 log = logging.getLogger("spibatch")
 
 MAX_DRIVER_RSS = 256 << 20   # bytes: a larger driver's interchange is started afresh (a fork keeps, privately,
@@ -118,21 +120,11 @@ class Zygote:
                 stream.flush()
             except (AttributeError, OSError, ValueError):
                 pass
-        pid = os.fork()
-        if pid == 0:   # pragma: no cover - the child (tested through the interchange it runs)
-            code = 1
-            try:
-                os.close(write)
-                _serve(read, parent)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 0
-            except BaseException:   # noqa: BLE001 - as interchange.py would: its traceback on stderr
-                import traceback
+        def serve() -> None:   # the child: the interchange, or nothing when the executor is never started
+            os.close(write)
+            _serve(read, parent)
 
-                traceback.print_exc()
-            finally:
-                os._exit(code)
+        pid = forked.fork_running(serve)
         os.close(read)
         self.pid, self._write, self.used = pid, write, False
 

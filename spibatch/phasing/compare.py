@@ -118,23 +118,14 @@ def _unit_peak(volume, name: str) -> np.ndarray:
     return volume / peak
 
 
-def _finite_or_none(value):
-    """``value`` with every non-finite float replaced by None (JSON has no Infinity or NaN)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
 def write_comparison(summary: dict, json_path: Path, png_path: Path, title: str) -> dict[str, Path]:
     """The summary as JSON at ``json_path`` (without the private ``_`` keys) and its FSC plot at ``png_path``."""
     from spibatch.io.atomic import write_text
     from spibatch.validate import plot_fsc
 
     plot_fsc(summary["_result"], png_path, title=title)
-    public = _finite_or_none({k: v for k, v in summary.items() if not k.startswith("_")})
+    from spibatch.monitor.values import clean   # (non-finite floats as None: JSON has no Infinity or NaN)
+
+    public = clean({k: v for k, v in summary.items() if not k.startswith("_")})
     write_text(Path(json_path), json.dumps(public, indent=1, allow_nan=False) + "\n")
     return {"fsc_vs_truth": Path(json_path), "fsc_plot": Path(png_path)}

@@ -126,6 +126,22 @@ def damaged_output(run: RunLayout, record: dict) -> tuple[Path, str] | None:
     return None
 
 
+def forget_damaged(run: RunLayout, names: list[str]) -> None:
+    """Of ``names``, the finished stages whose output is missing or damaged (:func:`damaged_output`) lose their
+    marker, with a warning: they run again.  A stage that cannot write it again says so first (its module's
+    ``check_rerun(run, path, problem)``: InputError)."""
+    for name in names:
+        record = finished(run, name)
+        damaged = damaged_output(run, record) if record is not None else None
+        if damaged is None:
+            continue
+        check_rerun = getattr(module(name), "check_rerun", None)
+        if check_rerun is not None:
+            check_rerun(run, *damaged)
+        log.warning("stage %s: its output %s %s; the stage runs again", name, *damaged)
+        run.marker(name).unlink(missing_ok=True)
+
+
 def mark_done(run: RunLayout, name: str, outputs: dict, seconds: float, **extra) -> dict:
     record = {"stage": name, "status": "done", "outputs": {k: str(v) for k, v in outputs.items()},
               "seconds": round(seconds, 3), "host": socket.gethostname(), "pid": os.getpid(),

@@ -248,6 +248,16 @@ def check_resume(run: RunLayout, pipeline, config: Path | None = None) -> None:
     check_checkpoint(settings, photons, detector, run.emc, available)
 
 
+def check_rerun(run: RunLayout, path: Path, problem: str) -> None:
+    """InputError when EMC, run again for its damaged output ``path``, could not write it: a resume continues from
+    the checkpoint, which is past the iteration that wrote it (stages.forget_damaged)."""
+    checkpoint = Path(run.path) / "emc" / "checkpoint.h5"
+    if path != checkpoint and checkpoint.exists():
+        raise InputError(f"{problem}, and EMC's checkpoint is past the iteration that wrote it: it cannot be written "
+                         "again", path=path, field="emc", fix=f"delete {checkpoint} to run EMC again from its first "
+                         "iteration, then resume")
+
+
 def check_gathered(run: RunLayout, pipeline, config: Path | None = None) -> None:
     """A resumed run's checkpoint was computed from the frames gathered in ``emc/photons.h5``: emc.photons,
     emc.blacklist_file or emc.selection now leaving out other frames is refused (one line) before anything is
