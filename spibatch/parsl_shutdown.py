@@ -41,8 +41,9 @@ FIRST_BLOCKS_S = 10.0  # the most load() waits for them (LocalProvider: bash; Sl
 
 def load(config):
     """``parsl.load(config)``, the processes it starts ignoring SIGINT (see the module docstring), the interchanges
-    forks of this process (:mod:`spibatch.parsl_lean.interchange_fork`), the first blocks submitted as soon as the
-    executors are up (:func:`_first_blocks_now`)."""
+    and the local worker pool forks of this process (:mod:`spibatch.parsl_lean.interchange_fork`,
+    :mod:`spibatch.parsl_lean.pool_fork`), the first blocks submitted as soon as the executors are up
+    (:func:`_first_blocks_now`)."""
     import parsl
 
     period = config.strategy_period
@@ -52,10 +53,14 @@ def load(config):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         config.strategy_period = min(period, FIRST_TICK_S)
+        from spibatch.parsl_lean import pool_fork   # (imports Parsl: not before it is imported the lean way)
+
         forked = interchange_fork.prepare(config.executors, command([sys.executable], "interchange.py"))
+        pool_fork.prepare(config.executors)
         try:
             dfk = parsl.load(config)
         except BaseException:
+            pool_fork.release(config.executors)
             if forked:
                 interchange_fork.release(config.executors)
             raise
@@ -118,6 +123,7 @@ def shutdown(dfk, deadline_s: float = SHUTDOWN_S) -> None:
     if isinstance(sys.exc_info()[1], KeyboardInterrupt):   # a signal to the whole process group reached the
         _wait(dead, INTERCHANGE_S)                          # interchange too: give it a moment to show it
     if not dead() and _within(dfk.cleanup, deadline_s):
+        _release_zygotes(executors)
         return
     gone = dead()
     why = f"its interchange ({', '.join(gone)}) died or stopped answering" if gone else f"it did not shut down within {deadline_s:.0f} s"
@@ -130,7 +136,15 @@ def shutdown(dfk, deadline_s: float = SHUTDOWN_S) -> None:
         proc = getattr(executor, "interchange_proc", None)
         if proc is not None and proc.poll() is None:
             proc.kill()
+    _release_zygotes(executors)
     parsl.clear()
+
+
+def _release_zygotes(executors) -> None:
+    """The local worker pools' zygotes that never got a block end (:mod:`spibatch.parsl_lean.pool_fork`)."""
+    from spibatch.parsl_lean import pool_fork
+
+    pool_fork.release(executors)
 
 
 def cancel_left_jobs(run, site) -> None:

@@ -264,32 +264,39 @@ local: {cores: 2, strategy_period_s: 0.5}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("whole_group", [False, True], ids=["driver", "process-group"])
-def test_resume_after_a_driver_kill_stops_the_orphaned_mpi_job(whole_group, emc_small, tmp_path):
+@pytest.mark.parametrize("how", ["driver", "process-group", "shell-block"])
+def test_resume_after_a_driver_kill_stops_the_orphaned_mpi_job(how, emc_small, tmp_path):
     """`spibatch run` on the local site, EMC in HPC mode (mpirun, 2 ranks): the driver (or its whole process
-    group, Parsl's interchange with it) is SIGKILLed after EMC's first checkpoint.  The MPI job and Parsl's worker
-    pool (a process group of their own) live on and write; `spibatch resume` stops every one of them (one log
-    line) before it writes, EMC continues from a checkpoint, and at the end no process of the first attempt is
-    left, EMC.log and metrics.jsonl hold every iteration once and the run is completed."""
+    group, Parsl's interchange with it) is SIGKILLed after EMC's first checkpoint.  A worker pool that is a fork
+    of the driver (spibatch.parsl_lean.pool_fork) ends with it, the MPI job with it; one that bash started (the
+    site has shell lines, ``local.worker_init``) and its MPI job live on and write, and `spibatch resume` stops
+    every one of them (one log line) before it writes.  Either way EMC continues from a checkpoint, and at the end
+    no process of the first attempt is left, EMC.log and metrics.jsonl hold every iteration once and the run is
+    completed."""
     pipeline = write_pipeline(tmp_path, emc_small, starts=1, iterations=8)
     site = tmp_path / "local-hpc.yaml"
-    site.write_text(LOCAL_HPC)
+    site.write_text(LOCAL_HPC if how != "shell-block" else
+                    LOCAL_HPC.replace("strategy_period_s: 0.5}", "strategy_period_s: 0.5, worker_init: 'export A=1'}"))
     run_dir = tmp_path / "run"
     driver = start("run", pipeline, "--site", site, "--out", run_dir, cwd=tmp_path, log=tmp_path / "driver.log")
     wait_for(lambda: checkpoint_iteration(run_dir / "emc") >= 1, 300, driver, "EMC's first checkpoint")
     token = lock_token(run_dir)
-    if whole_group:
+    if how == "process-group":
         kill_group(driver.pid)
     else:
         os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    orphans = left_behind(path=run_dir, cwd=tmp_path)
-    assert any("spibatch.stages emc" in line for line in orphans), orphans    # the MPI job outlived its driver
-    assert any("process_worker_pool" in line for line in orphans), orphans    # and so did Parsl's workers
+    if how == "shell-block":
+        orphans = left_behind(path=run_dir, cwd=tmp_path)
+        assert any("spibatch.stages emc" in line for line in orphans), orphans    # the MPI job outlived its driver
+        assert any("process_worker_pool" in line for line in orphans), orphans    # and so did Parsl's workers
+    else:   # the forked block stopped its process group (the pool, its workers, the MPI job) as the driver died
+        assert wait_left_behind(path=run_dir, cwd=tmp_path) == []
 
     done = run("resume", run_dir, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "that the killed owner" in done.stderr and "left running" in done.stderr, done.stderr[-3000:]
+    if how == "shell-block":
+        assert "that the killed owner" in done.stderr and "left running" in done.stderr, done.stderr[-3000:]
     assert wait_left_behind(token=token) == []
     assert left_behind(path=run_dir, cwd=tmp_path) == []   # not one process of either attempt (interchanges too)
     table, metrics = iterations_logged(run_dir / "emc")

@@ -85,10 +85,14 @@ class LocalProvider(Provider):
         return _root_refused({**os.environ, **exported})
 
     def _parsl_provider(self):
-        from parsl.providers import LocalProvider as ParslLocalProvider
+        """Parsl's LocalProvider, whose block may be a fork of the driver (:mod:`spibatch.parsl_lean.pool_fork`)
+        where its shell lines are only spibatch's own exports: bare on this machine, no ``local.worker_init``."""
+        from spibatch.parsl_lean.pool_fork import ForkedLocalProvider
 
-        return ParslLocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
-                                  worker_init=common.worker_init(self.site, self.options.worker_init))
+        bare = self.site.container.runtime == "none" and not self.options.worker_init.strip()
+        return ForkedLocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
+                                   env=common.bare_pool_env() if bare else None,
+                                   worker_init=common.worker_init(self.site, self.options.worker_init))
 
     def parsl_config(self, run_dir: Path):
         """One HTEX of ``workers`` workers on this machine, driver and workers on 127.0.0.1."""

@@ -74,6 +74,15 @@ def worker_init(site, extra: str = "") -> str:
     return "\n".join(lines)
 
 
+def bare_pool_env() -> dict[str, str]:
+    """The variables :func:`worker_init`'s lines export for a pool bare on this machine (a forked pool gets them
+    whole: :mod:`spibatch.parsl_lean.pool_fork`)."""
+    env = {"PATH": os.pathsep.join([env_bin(), os.environ.get("PATH", "")])}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 def lean_launch_cmd(python: list[str]) -> str:
     """Parsl's worker-pool command template, its ``process_worker_pool.py`` started by ``python`` through
     :mod:`spibatch.parsl_lean` (Parsl's processes without the optional packages they never use)."""

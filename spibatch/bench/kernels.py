@@ -178,20 +178,20 @@ def parsl_rates(tasks: int = 50, payload_bytes: int = 16 * 2 ** 20, payloads: in
     from parsl import python_app
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
-    from parsl.providers import LocalProvider
-
-    from spibatch.backends.parsl_common import interchange_cmd, lean_launch_cmd, put_bin_on_path
+    from spibatch.backends.parsl_common import bare_pool_env, interchange_cmd, lean_launch_cmd, put_bin_on_path
+    from spibatch.parsl_lean.pool_fork import ForkedLocalProvider
     from spibatch.parsl_shutdown import load
 
     put_bin_on_path()
     with tempfile.TemporaryDirectory(prefix="spibatch-bench-parsl-") as scratch:
         executor = HighThroughputExecutor(label="bench", max_workers_per_node=2, address="127.0.0.1", encrypted=True,
-                                          provider=LocalProvider(init_blocks=1, max_blocks=1),
+                                          provider=ForkedLocalProvider(init_blocks=1, max_blocks=1,
+                                                                       env=bare_pool_env()),
                                           launch_cmd=lean_launch_cmd([sys.executable]),
                                           interchange_launch_cmd=interchange_cmd())
         config = Config(executors=[executor],
                         run_dir=scratch, usage_tracking=0, strategy_period=0.5)
-        dfk = load(config)   # as a run starts Parsl (its interchange a fork, its first block at once)
+        dfk = load(config)   # as a run starts Parsl (its interchange and pool forks, its first block at once)
         try:
             empty, payload = python_app(_empty), python_app(_payload)
             empty().result()

@@ -29,7 +29,10 @@ driver, the interchange, the worker pool, its multiprocessing manager and each w
 * ``requests`` and ``typeguard``, which Parsl imports unconditionally, are deferred in all these processes
   (:mod:`spibatch.parsl_lean.deferred`): a stand-in until Parsl has loaded, then the real package on first use;
 * the pool's registration message lists a few packages' versions, not every installed one
-  (:mod:`spibatch.parsl_lean.registration`: one METADATA read per package, on a shared filesystem too).
+  (:mod:`spibatch.parsl_lean.registration`: one METADATA read per package, on a shared filesystem too);
+* the driver's interchanges and the local site's worker pool are forks of the driver made before Parsl starts
+  (:mod:`spibatch.parsl_lean.zygote`, :mod:`~spibatch.parsl_lean.interchange_fork`,
+  :mod:`~spibatch.parsl_lean.pool_fork`): the driver's one import of Parsl serves them too.
 
 What a Parsl process started this way loses: Parsl's KubernetesProvider, AWSProvider and its monitoring
 database, none of which spibatch uses inside the interchange or a worker; and the run-time type checks of
