@@ -78,6 +78,16 @@ class Simulation(Section):
         return self
 
 
+MAX_SEED = 2 ** 63 - 1
+
+
+def _named_dataset(v: str | None) -> str | None:
+    """A dataset name, or None; an empty one (or only slashes) refused: it is not "the default"."""
+    if v is not None and not v.strip().strip("/"):
+        raise ValueError(f"{v!r} names no dataset: leave the key out for the default, or name one")
+    return v
+
+
 class Phasing(Section):
     """Phase retrieval (``spibatch phase`` and the phase stage).
 
@@ -109,7 +119,7 @@ class Phasing(Section):
     realness: bool = Field(True, description="the density is real (real-to-complex FFTs, Friedel-averaged data)")
     initial_support_threshold: float = Field(DEFAULT_SUPPORT_THRESHOLD, gt=0, lt=1, description="first support: the smoothed "
                                              "autocorrelation above this fraction of its maximum")
-    threads: int | None = Field(None, ge=1, description="threads per start (FFT and kernels); default: all cores")
+    threads: int | None = Field(None, ge=1, le=4096, description="threads per start (FFT and kernels); default: all cores")
     fft: Literal["auto", "fftw", "scipy"] = Field("auto", description="FFT library: fftw (pyFFTW, the [fftw] "
                                                   "extra), scipy, or auto (fftw when installed and fft_planning is measure; "
                                                   "FFTW's estimated plans are erratic on odd edges)")
@@ -142,7 +152,15 @@ class Phasing(Section):
     def _keep(self) -> "Phasing":
         if self.keep_best > self.num_starts:
             raise ValueError(f"keep_best ({self.keep_best}) is more than num_starts ({self.num_starts})")
+        if self.seed + self.num_starts - 1 > MAX_SEED:
+            raise ValueError(f"seed {self.seed} with {self.num_starts} starts goes past {MAX_SEED} (2**63 - 1: the "
+                             "seeds are kept as 64-bit integers): give a smaller seed")
         return self
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str | None) -> str | None:
+        return _named_dataset(v)
 
 
 class Ingest(Section):
@@ -187,6 +205,11 @@ class Validation(Section):
     voxel_size_m: PositiveFloat | None = Field(None, description="real-space voxel in metres of both volumes, when "
                                                "their files do not say (two intensities: 1 / (N dq) of the first's "
                                                "edge N)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str | None) -> str | None:
+        return _named_dataset(v)
 
 
 class Output(Section):

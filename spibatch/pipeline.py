@@ -105,6 +105,8 @@ def check_pipeline(pipeline, config: Path, site: Site | None = None, folder: Pat
         from spibatch.kernels.device import resolve
 
         resolve(pipeline.device, pipeline.gpu_runtime, path=config)
+    elif pipeline.device == "gpu":
+        provider_for(site).check_gpus(f"the pipeline's device is gpu ({config.name})")
     if site is not None and site.emc_mode == "hpc" and not provider_for(site).supports_hpc:
         raise InputError(f"provider {site.provider} runs EMC in HTC mode only", path=site.source, field="emc_mode",
                          fix="set emc_mode: htc (or leave it out)")

@@ -70,6 +70,28 @@ def test_a_site_without_hpc_mode(tmp_path, emc_small):
     assert "site 'kube' (provider kubernetes) cannot run EMC in HPC mode" in _error(path)
 
 
+def test_hpc_points_on_a_site_that_runs_emc_as_one_process_are_refused(tmp_path, emc_small):
+    """local.mpi off (written unquoted: YAML's false): every HPC point of 1 and 2 workers ran the same
+    one-process command -- no scaling series; refused before anything runs.  HTC points there are fine."""
+    path = write_bench(tmp_path, emc_small)
+    (tmp_path / "here.yaml").write_text("name: here\nprovider: local\nworkers: 2\nlocal: {cores: 2, mpi: off}\n")
+    text = _error(path)
+    assert "site 'here' runs HPC-mode EMC as one process (local.mpi is off)" in text and "matrix.modes" in text
+    path = write_bench(tmp_path / "htc", emc_small, modes="htc")
+    (tmp_path / "htc" / "here.yaml").write_text("name: here\nprovider: local\nworkers: 2\nlocal: {cores: 2, mpi: off}\n")
+    bench_command(path, [], out=tmp_path / "htc" / "out", dry_run=True)
+    assert not (tmp_path / "htc" / "out").exists()
+
+
+def test_a_gpu_matrix_on_a_batch_site_that_asks_for_no_gpus_is_refused(tmp_path, emc_small):
+    path = write_bench(tmp_path, emc_small, sites="sl.yaml", modes="htc")
+    path.write_text(path.read_text().replace("  repeats:", "  device: gpu\n  repeats:"))
+    (tmp_path / "sl.yaml").write_text("name: sl\nprovider: slurm\nworkers: 2\nslurm: {partition: debug, "
+                                      "cores_per_node: 4}\n")
+    text = _error(path)
+    assert "sl.yaml" in text and "slurm.gpus_per_node" in text and "asks for no GPUs" in text
+
+
 def test_data_set_not_on_the_workers_filesystem(tmp_path, emc_small):
     path = write_bench(tmp_path, emc_small, sites="k8s.yaml", modes="htc")
     (tmp_path / "k8s.yaml").write_text("name: kube\nprovider: kubernetes\nworkers: 2\ncontainer: {runtime: docker, "

@@ -160,3 +160,12 @@ def test_modes_that_do_not_fit_memory_are_one_line_before_any_work(emc_small):
     with pytest.raises(InputError, match="num_modes 1000000"):        # on this machine's real memory
         driver.check_inputs(settings(num_modes=1_000_000), emc_small["photons"], emc_small["detector"])
     check_modes(settings(num_modes=3), 91, memory=2 ** 30)               # 3 x 91^3 x 80 B = 0.17 GiB: fits
+
+
+def test_half_sets_count_their_modes_twice():
+    """emc.halves runs both half sets side by side, each with every volume: 3 volumes of 91^3 (0.17 GiB) fit 0.3 GiB
+    once, not twice (the check counted one process, and the halves ran out of memory after the whole run)."""
+    check_modes(settings(num_modes=3), 91, memory=0.3 * 2 ** 30)
+    with pytest.raises(InputError, match=r"x 2 half sets run side by side \(emc.halves\) need ~0.3 GiB") as caught:
+        check_modes(settings(num_modes=3, halves=True), 91, memory=0.3 * 2 ** 30)
+    assert "emc.halves: false" in caught.value.fix

@@ -163,6 +163,14 @@ def test_an_intensity_in_fft_order_is_refused(n):
         check_intensity(np.fft.ifftshift(_intensity(_blob(n, 5, seed=2))), source="i.h5")
 
 
+def test_one_hot_voxel_in_a_corner_is_no_fft_order():
+    """One zinger of 1e29 in a corner of a centred intensity was read as "brightest in its corners" (FFT order): the
+    corners' mean is now taken of the capped amplitudes, as the centring's own."""
+    volume = _intensity(_blob(33, 5, seed=2))
+    volume[0, 4, 16] = 1e29
+    assert check_intensity(volume, source="i.h5").shape == (33, 33, 33)
+
+
 def test_sparse_counts_off_centre_are_still_caught():
     """Poisson counts of ~1.6 photons a voxel (the peak at 300, corners beyond N / 2 unmeasured), q = 0 three voxels
     off on one axis: the masked reflections alone are noise there; they now search as far as the projections point

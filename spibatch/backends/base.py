@@ -144,6 +144,16 @@ class Provider:
     def check_site(self, run_dir: Path) -> None:
         """What can be checked without the scheduler; InputError (one line: site file, key) otherwise."""
 
+    gpu_key: ClassVar[str] = ""   # the site key that asks the scheduler for GPUs ("" = the GPU is this machine's)
+
+    def check_gpus(self, what: str) -> None:
+        """``what`` (e.g. "device: gpu") runs on GPUs: InputError (one line, naming :attr:`gpu_key`) when this
+        batch site asks its scheduler for none (the work would fail on the node, after queueing)."""
+        if self.gpu_key and not getattr(self.options, self.gpu_key.split(".")[-1], None):
+            raise self.fail(f"{what}, but this {self.name} site asks for no GPUs", self.gpu_key,
+                            f"set {self.gpu_key} (GPUs a {'node' if self.name == 'slurm' else 'pod'}), or use "
+                            "device: cpu")
+
     def cluster_checks(self, run_dir: Path) -> list[Check]:
         """Questions to the scheduler or cluster before a run (default: none)."""
         return []

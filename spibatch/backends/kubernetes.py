@@ -140,6 +140,7 @@ class KubernetesProvider(Provider):
 
     name = "kubernetes"
     Options = KubernetesOptions
+    gpu_key = "kubernetes.gpus"
     default_emc_mode = "htc"
     rendered_check = "the API server admits worker-pod.yaml (dryRun=All)"
     address_key = "kubernetes.interchange_address"

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from spibatch import parsl_lean
 from spibatch.backends import launchers
@@ -39,6 +39,11 @@ class LocalOptions(Section):
         "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)")
     strategy_period_s: float = Field(1.0, ge=0.05, le=3600, description="how often Parsl looks at the queue (s)")
     worker_init: str = Field("", description="shell lines run before the workers start")
+
+    @field_validator("mpi", mode="before")
+    @classmethod
+    def _off(cls, v):
+        return "off" if v is False else v   # YAML reads an unquoted `off` as false
 
 
 def _has_mpi() -> bool:
@@ -71,6 +76,16 @@ class LocalProvider(Provider):
         if self.options.mpi == "off" or self.site.workers == 1:
             return False
         return self.options.mpi == "mpirun" or (_has_mpi() and not self._root_refused())
+
+    def why_no_mpi(self) -> str | None:
+        """Why HPC-mode EMC runs as one process on this site (None: under mpirun)."""
+        if self.uses_mpi():
+            return None
+        if self.options.mpi == "off":
+            return "local.mpi is off"
+        if self.site.workers == 1:
+            return "one worker"
+        return "mpirun or mpi4py is missing here" if not _has_mpi() else "this is root, and Open MPI refuses root"
 
     def processes_per_node(self) -> int:
         """HPC-mode EMC without MPI is one process; else the workers."""

@@ -108,6 +108,7 @@ class SlurmProvider(Provider):
     name = "slurm"
     Options = SlurmOptions
     default_emc_mode = "hpc"
+    gpu_key = "slurm.gpus_per_node"
     supports_hpc = True
     rendered_check = "sbatch --test-only of each batch script"
 

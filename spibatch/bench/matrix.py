@@ -91,6 +91,23 @@ def site_infos(paths: list[Path]) -> list[SiteInfo]:
     return out
 
 
+def _check_one_process_hpc(bench, info: SiteInfo, most: int) -> None:
+    """InputError (one line) for HPC-mode EMC points of 2+ workers on a local site that runs HPC-mode EMC as one
+    process (no mpirun): every such point would run the very same command, not a scaling series."""
+    if "hpc" not in bench.matrix.modes or most < 2 or info.provider != "local" \
+            or not any(bench.workloads[w].kind == "emc" for w in bench.matrix.workloads):
+        return
+    from spibatch.backends import provider_for
+
+    why = provider_for(info.site.model_copy(update={"workers": most})).why_no_mpi()
+    if why is not None:
+        raise InputError(f"site '{info.name}' runs HPC-mode EMC as one process ({why}): its HPC points of 1 to "
+                         f"{most} workers would all run the same command", path=bench.source, field="matrix.modes",
+                         fix="bench HPC mode where mpirun runs (local.mpi: auto with MPI and mpi4py installed; as "
+                         "root export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1), or set "
+                         "matrix.modes: [htc]")
+
+
 def capacity_of(site, provider) -> tuple[int | None, str]:
     """Workers the site offers: local, its cores; Slurm, nodes x cores per node (the site's, else sinfo's);
     Kubernetes, the site file's workers (pods at once).  None when nobody can say (no sinfo)."""
@@ -195,6 +212,7 @@ def build(bench: Bench, infos: list[SiteInfo]) -> list[Point]:
             raise InputError(f"site '{info.name}' (provider {info.provider}) cannot run EMC in HPC mode (no MPI "
                              "launch)", path=bench.source, field="matrix.modes",
                              fix="set matrix.modes: [htc] for this site, or bench it in a matrix of its own")
+        _check_one_process_hpc(bench, info, max(counts))
         for name in m.workloads:
             work = bench.workloads[name]
             _check_visible(bench, name, work, info)

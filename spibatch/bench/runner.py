@@ -91,6 +91,12 @@ def preflight(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Pat
         except InputError as exc:
             raise InputError(f"matrix.device gpu on a local site: {exc.problem}", path=bench.source,
                              field="matrix.device", fix=exc.fix) from None
+    if bench.matrix.device == "gpu":
+        from spibatch.backends import provider_for
+
+        for info in infos:
+            if info.provider != "local":
+                provider_for(info.site).check_gpus("the bench's matrix.device is gpu")
     by_name, seen = {i.name: i for i in infos}, set()
     with tempfile.TemporaryDirectory(prefix="spibatch-bench-check-") as scratch:
         for point in points:

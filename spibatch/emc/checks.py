@@ -77,6 +77,22 @@ def check_inputs(settings: EMCSettings, photons, detector, ranks: int = 1, *, va
     return Inputs(geometry, num_frames, size, start, background)
 
 
+MAX_BACKGROUND_SHARE = 2.0   # the background may predict at most this many times the frames' mean photons
+
+
+def check_background_level(background_sum: float, mean_counts: float, path=None,
+                           field: str = "emc.background_file") -> None:
+    """The background's photons a frame (``background_sum``, on the pixels in use) against the frames' mean
+    (``mean_counts``): a background that predicts more than :data:`MAX_BACKGROUND_SHARE` x what the frames hold in
+    all is in other units, or a sum over frames where a mean is meant -- EMC would find no signal (information
+    rate ~0) and say nothing."""
+    if mean_counts > 0 and background_sum > MAX_BACKGROUND_SHARE * mean_counts:
+        raise InputError(f"the background predicts {background_sum:,.4g} photons a frame, but the frames hold "
+                         f"{mean_counts:,.4g} on average, signal included", path=path, field=field,
+                         fix="give the mean photons per pixel a frame of empty frames (`spibatch background` "
+                         "writes it), not a sum over frames or another unit")
+
+
 def check_corr(detector: Detector, use: bool, path=None) -> None:
     """With ``emc.detector_corr`` the detector's ``corr`` scales the model's view of each pixel: a pixel in use
     whose corr is 0 (or below 1e-6 of the median) predicts no photon where frames have some -- EMC diverged and
@@ -161,17 +177,21 @@ def available_memory() -> int:
 
 
 def check_modes(settings: EMCSettings, size: int, memory: int | None = None) -> None:
-    """InputError when the modes' volumes (``BYTES_PER_VOXEL`` x M^3 each) do not fit in ``memory`` (default:
-    what the machine has available)."""
+    """InputError when the modes' volumes (``BYTES_PER_VOXEL`` x M^3 each; twice with ``halves``, whose two half
+    sets run side by side, each with every volume) do not fit in ``memory`` (default: what the machine has
+    available)."""
     memory = available_memory() if memory is None else memory
-    need = settings.num_volumes * size ** 3 * BYTES_PER_VOXEL
+    copies = 2 if getattr(settings, "halves", False) else 1
+    need = copies * settings.num_volumes * size ** 3 * BYTES_PER_VOXEL
     if need > 0.8 * memory:
-        raise InputError(f"num_modes {settings.num_modes} + nonrot_modes {settings.nonrot_modes} volumes of {size}^3 "
-                         f"need ~{need / 2 ** 30:.1f} GiB ({BYTES_PER_VOXEL} B a voxel each), but "
+        sides = " x 2 half sets run side by side (emc.halves)" if copies == 2 else ""
+        raise InputError(f"num_modes {settings.num_modes} + nonrot_modes {settings.nonrot_modes} volumes of {size}^3"
+                         f"{sides} need ~{need / 2 ** 30:.1f} GiB ({BYTES_PER_VOXEL} B a voxel each), but "
                          f"{memory / 2 ** 30:.1f} GiB are available",
                          field="emc.nonrot_modes" if settings.nonrot_modes > settings.num_modes else "emc.num_modes",
-                         fix=f"use at most {max(1, int(0.8 * memory // (size ** 3 * BYTES_PER_VOXEL)))} volumes, "
-                         "a smaller emc.model_size, or a machine with more memory")
+                         fix=f"use at most {max(1, int(0.8 * memory // (copies * size ** 3 * BYTES_PER_VOXEL)))} "
+                         f"volumes, a smaller emc.model_size{', emc.halves: false' if copies == 2 else ''}, or a "
+                         "machine with more memory")
 
 
 def read_start_model(path: Path, shape: int | tuple) -> np.ndarray:

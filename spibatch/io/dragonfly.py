@@ -206,16 +206,18 @@ def photons_info(path: str | os.PathLike) -> tuple[int, int]:
         return source.num_frames, source.num_pix
 
 
-def check_photons(path: str | os.PathLike, chunk_frames: int = 4096, used=None) -> tuple[int, int]:
+def check_photons(path: str | os.PathLike, chunk_frames: int = 4096, used=None, tally=None) -> tuple[int, int]:
     """Read every frame of a photons file once, in blocks of ``chunk_frames``, with every check the readers
     make (pixel indices in [0, num_pix), counts >= 2, each count_multi row as long as its place_multi row,
     the file readable to its last byte); ``(num_frames, num_pix)``, or InputError naming the file, the
     dataset and the first bad frame.  ``used``: (num_pix,) bool, the pixels EMC reads (mask 0): photons on the
-    others alone are refused too.  A fraction of one EMC iteration's time (the medium set: ~0.1 s)."""
+    others alone are refused too.  A fraction of one EMC iteration's time (the medium set: ~0.1 s).  ``tally``:
+    a list that gets the photons on ``used`` and the frames read (:func:`photons_seen`)."""
     with _photon_source(path) as source:
         blocks = (source.block(start, min(start + chunk_frames, source.num_frames))
                   for start in range(0, source.num_frames, chunk_frames))
-        seen, seen_used = photons_seen(blocks, used if used is not None and len(used) == source.num_pix else None)
+        seen, seen_used = photons_seen(blocks, used if used is not None and len(used) == source.num_pix else None,
+                                       tally)
         if source.num_frames and not seen:   # EMC on it ran to an all-zero model, exit 0
             raise InputError(f"every one of its {source.num_frames:,} frames is empty (0 photons): nothing to "
                              "reconstruct", path=path, field="place_ones", fix=FIX_PHOTONS)
@@ -226,14 +228,21 @@ def check_photons(path: str | os.PathLike, chunk_frames: int = 4096, used=None) 
         return source.num_frames, source.num_pix
 
 
-def photons_seen(blocks, used=None) -> tuple[bool, bool]:
+def photons_seen(blocks, used=None, tally=None) -> tuple[bool, bool]:
     """Whether any frame of ``blocks`` (Photons, all read) holds a photon, and one on a pixel of ``used`` (num_pix,)
-    bool (False without ``used``)."""
+    bool (False without ``used``).  ``tally`` (a list, with ``used``): ``[photons on used pixels, frames]`` of
+    them all is appended to it."""
     seen = seen_used = False
+    photons = frames = 0
     for block in blocks:
         seen = seen or block.ones_index.size > 0 or block.multi_index.size > 0
         if used is not None and not seen_used:
             seen_used = bool(used[block.ones_index].any() or used[block.multi_index].any())
+        if tally is not None and used is not None:
+            photons += int(used[block.ones_index].sum()) + int(block.multi_count[used[block.multi_index]].sum())
+            frames += block.num_frames
+    if tally is not None and used is not None:
+        tally.append((photons, frames))
     return seen, seen_used
 
 

@@ -144,9 +144,16 @@ class FrameSelection:
         ``field``) for a missing or unreadable file, or one of another detector."""
         from spibatch.io.dragonfly import photons_info
 
-        counts, num_pix = [], None
-        for path in files:
+        counts, num_pix, seen = [], None, {}
+        for k, path in enumerate(files):
             require_file(path, field, "give Dragonfly photons files (HDF5 or binary .emc)")
+            status = os.stat(path)
+            first = seen.setdefault((status.st_dev, status.st_ino), k)
+            if first != k:
+                raise InputError(f"listed twice: entry {k + 1} is the same file as entry {first + 1} "
+                                 f"({files[first]})", path=path, field=field,
+                                 fix="list each photons file once (its frames would count twice, and the gold-"
+                                 "standard half sets would share them)")
             frames, pixels = photons_info(path)
             if num_pix is not None and pixels != num_pix:
                 raise InputError(f"{pixels} pixels a frame, but {files[0]} has {num_pix}", path=path, field=field,
@@ -206,13 +213,13 @@ class FrameSelection:
                 yield block.take(np.flatnonzero(self.keep[start:start + block.num_frames]))
                 start += block.num_frames
 
-    def check_frames(self, used: np.ndarray | None = None, chunk_frames: int = 4096) -> None:
+    def check_frames(self, used: np.ndarray | None = None, chunk_frames: int = 4096, tally=None) -> None:
         """Every frame of every file read once with the readers' checks (as
         :func:`spibatch.io.dragonfly.check_photons`); InputError when no kept frame holds a photon (on a pixel
-        in ``used``, (num_pix,) bool: those EMC reads)."""
+        in ``used``, (num_pix,) bool: those EMC reads).  ``tally``: as photons_seen's."""
         from spibatch.io.dragonfly import photons_seen
 
-        seen, seen_used = photons_seen(self.kept_blocks(chunk_frames), used)
+        seen, seen_used = photons_seen(self.kept_blocks(chunk_frames), used, tally)
         where = f"the {self.kept:,} kept frames of {len(self.files)} file(s)"
         if not seen:
             raise InputError(f"{where} hold no photon: nothing to reconstruct", path=self.files[0],

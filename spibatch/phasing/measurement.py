@@ -103,6 +103,8 @@ def pad_centre(volume: np.ndarray, edge: int) -> np.ndarray:
 
 
 MAX_INTENSITY = 1e30     # sqrt: 1e15 per amplitude, and sums of N^3 of them stay far inside float32
+MIN_INTENSITY = 1e-20    # the largest voxel at least this: amplitudes >= 1e-10, their squares far above float32's
+#                          smallest normal number (1.2e-38; below, the errors and supports come out 0 or NaN)
 
 
 def check_intensity(intensity, *, source: str | None = None, field: str = "intensity",
@@ -134,6 +136,10 @@ def check_intensity(intensity, *, source: str | None = None, field: str = "inten
         raise InputError(f"the largest voxel is {arr[idx]:.3g} (at {idx}): above {MAX_INTENSITY:.0e}, past what the "
                          "float32 amplitudes and their transforms hold", path=source, field=field,
                          fix="divide the intensity by a constant (phasing uses only its ratios)")
+    if arr.max() < MIN_INTENSITY:
+        raise InputError(f"the largest voxel is {arr.max():.3g}: below {MIN_INTENSITY:.0e} the float32 amplitudes "
+                         "and their squares underflow", path=source, field=field,
+                         fix="multiply the intensity by a constant (phasing uses only its ratios)")
     if centring:
         _check_centred(arr, source, field)
     return arr
@@ -209,11 +215,12 @@ def _check_centred(arr: np.ndarray, source, field: str) -> None:
     # an intensity in FFT order (q = 0 at index 0) is symmetric too, about N / 2 read periodically: its bright low q
     # lie in the corners (beyond the inscribed sphere), a centred one's in the middle (within N / 4)
     radius = radial_index(n)
-    middle, corners = arr[(radius < n / 4) & (arr > 0)], arr[(radius > n / 2) & (arr > 0)]
+    amplitude, scores = capped_amplitude(arr), []   # (a few hot voxels -- zingers -- capped: they decide nothing)
+    lit = amplitude.astype(np.float64) ** 2
+    middle, corners = lit[(radius < n / 4) & (arr > 0)], lit[(radius > n / 2) & (arr > 0)]
     if middle.size and corners.size and corners.mean() > 10 * middle.mean():
         raise InputError("the intensity is brightest in its corners: q = 0 at index 0 (FFT order), not at N // 2",
                          path=source, field=field, fix="fftshift it (numpy.fft.fftshift) so that q = 0 sits at N // 2")
-    amplitude, scores = capped_amplitude(arr), []
     projected = profile_centre(amplitude)
     reach = max(2, 2 * int(np.ceil(max(abs(c - n // 2) for c in projected))) + 2)   # as far as the projections say
     masked = symmetry_centre(amplitude, reach, scores)

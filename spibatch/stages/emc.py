@@ -88,10 +88,17 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, ra
     comm = world()
     if comm is not None and comm.Get_rank() != 0:
         return found
+    tally = [] if found.background is not None else None
     if selection is None:
-        check_photons(photons, used=found.detector.mask == 0)
+        check_photons(photons, used=found.detector.mask == 0, tally=tally)
     else:
-        selection.check_frames(used=found.detector.mask == 0)
+        selection.check_frames(used=found.detector.mask == 0, tally=tally)
+    if tally:
+        from spibatch.emc.checks import check_background_level
+
+        (photons_used, frames_read), = tally
+        check_background_level(float(found.background[found.detector.mask == 0].sum()),
+                               photons_used / max(frames_read, 1), settings.background_file)
     return found
 
 
