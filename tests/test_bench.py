@@ -58,6 +58,17 @@ def test_unknown_data_set(tmp_path, emc_small):
     assert "unknown data set 'no-such-set'" in _error(path)
 
 
+def test_a_workload_with_the_other_kinds_settings_is_refused(tmp_path, emc_small, small_dataset):
+    """num_div on a phasing workload (or starts on an EMC one) was accepted and did nothing."""
+    path = write_bench(tmp_path, emc_small, workload="starts")
+    path.write_text(path.read_text() + f"  starts: {{kind: phasing, intensity: {small_dataset / 'intensities.bin'}, "
+                    "voxel_size_per_m: 2.0e+7, num_div: 99}\n")
+    assert "num_div is an EMC setting, which a phasing workload does not use" in _error(path)
+    path = write_bench(tmp_path, emc_small)
+    path.write_text(path.read_text().replace("frames: 120}", "frames: 120, starts: 8}"))
+    assert "starts is a phasing setting, which an EMC workload does not use" in _error(path)
+
+
 def test_more_workers_than_the_site_has(tmp_path, emc_small):
     path = write_bench(tmp_path, emc_small, workers="1, 4")
     assert "asks for 4 workers, but site 'here' offers 2" in _error(path)

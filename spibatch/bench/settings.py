@@ -51,6 +51,10 @@ class Simulate(Section):
     seed: int = Field(1, ge=0, description="simulation seed")
 
 
+EMC_ONLY = ("photons", "detector", "simulate", "frames", "num_div", "frames_per_shard", "model_size", "need_scaling")
+PHASING_ONLY = ("intensity", "voxel_size_per_m", "crop_to", "starts", "recipe")
+
+
 class Workload(Section):
     """One workload: EMC on a data set (shared, a folder, or simulated) or phasing (many starts)."""
 
@@ -83,6 +87,12 @@ class Workload(Section):
             raise ValueError("photons needs detector")
         if self.kind == "phasing" and self.intensity is None and self.dataset is None:
             raise ValueError("a phasing workload needs intensity or dataset (its true intensity)")
+        other = PHASING_ONLY if self.kind == "emc" else EMC_ONLY
+        unused = [k for k in other if k in self.model_fields_set]
+        if unused:
+            raise ValueError(f"{unused[0]} is {'a phasing' if self.kind == 'emc' else 'an EMC'} setting, which "
+                             f"{'an EMC' if self.kind == 'emc' else 'a phasing'} workload does not use: remove it, or set kind: "
+                             f"{'phasing' if self.kind == 'emc' else 'emc'}")
         return self
 
     @field_validator("recipe")
