@@ -174,13 +174,13 @@ def parsl_rates(tasks: int = 50, payload_bytes: int = 16 * 2 ** 20, payloads: in
     began = time.perf_counter()
     from spibatch import parsl_lean
 
-    parsl = parsl_lean.import_parsl()
+    parsl_lean.import_parsl()
     from parsl import python_app
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from spibatch.backends.parsl_common import bare_pool_env, interchange_cmd, lean_launch_cmd, put_bin_on_path
     from spibatch.parsl_lean.pool_fork import ForkedLocalProvider
-    from spibatch.parsl_shutdown import load
+    from spibatch.parsl_shutdown import load, shutdown
 
     put_bin_on_path()
     with tempfile.TemporaryDirectory(prefix="spibatch-bench-parsl-") as scratch:
@@ -205,8 +205,7 @@ def parsl_rates(tasks: int = 50, payload_bytes: int = 16 * 2 ** 20, payloads: in
                 future.result()
             moved = time.perf_counter() - t0
         finally:
-            dfk.cleanup()
-            parsl.clear()
+            shutdown(dfk)   # (Parsl's cleanup, then its forked block reaped)
     return {"first_result_s": first, "per_task_s": per_task, "workers": 2,
             "result_bytes_per_s": payloads * payload_bytes / moved, "payload_bytes": payload_bytes}
 

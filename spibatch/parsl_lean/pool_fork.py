@@ -12,7 +12,10 @@ for each such provider; :meth:`ForkedLocalProvider.submit` hands it the pool's w
 it runs the pool in itself, as :func:`spibatch.parsl_lean.main` runs it in a fresh Python.  What stays as Parsl's
 provider has it: the block's script is written (``runinfo/.../submit_scripts``, what the block runs), its output
 goes to ``SCRIPT.out`` / ``.err``, its exit code to ``SCRIPT.ec``, it leads a process group of its own that
-:meth:`cancel` signals, and its status comes from the same files.  One difference: the pool dies with the driver.
+:meth:`cancel` signals, and its status comes from the same files.  What differs: the block's processes are forks,
+which :mod:`spibatch.owners` cannot find (no owner token in ``/proc/<pid>/environ``, no run folder named), so the
+zygote stops the whole group itself -- when the pool ends, when the block is cancelled and when the driver dies --
+with SIGTERM, then SIGKILL after :data:`GRACE_S` (see :func:`_run_pool`).
 
 Only where the fork runs what the shell would have run: one node, one pool (Parsl's ``SingleNodeLauncher``, one
 task a node), the words ``sys.executable -m spibatch.parsl_lean process_worker_pool.py`` with nothing the shell
@@ -27,6 +30,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 
 from parsl.jobs.states import JobState, JobStatus
@@ -115,53 +119,90 @@ class ForkedLocalProvider(LocalProvider):
         return [True for _ in job_ids]
 
     def release(self) -> None:
-        """Let a zygote that never got a block go."""
+        """Let a zygote that never got a block go; reap the forked blocks once they end (their zombies would stay
+        in a process that starts Parsl again and again: a test session, `spibatch bench`)."""
         if self.zygote is not None:
             self.zygote.close()
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while not all(self._reap().values()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for job_id, ended in self._reap().items():
+            if not ended:   # still stopping its processes (up to GRACE_S): reaped by a thread when it ends
+                threading.Thread(target=_reap_when_ended, args=(int(job_id),), daemon=True,
+                                 name=f"spibatch-reap-{job_id}").start()
 
 
 def _run_pool(message: dict) -> None:
-    """In the zygote: what the block's script does.  Its output goes to ``SCRIPT.out`` / ``.err``; it runs the
-    worker pool as a child (a fork), waits for it and writes its exit code to ``SCRIPT.ec``, as the script's shell
-    does.  Unlike that shell it stays the driver's child: when the driver dies it stops its whole process group
-    (the pool, its forkserver, manager and workers, their tasks), whose processes neither name the run folder nor
-    carry the owner's token in ``/proc/<pid>/environ`` (forks: :mod:`spibatch.owners` could not find them)."""
+    """In the zygote: what the block's script does, and what its shell cannot.  Its output goes to ``SCRIPT.out`` /
+    ``.err``; it runs the worker pool as a child (a fork), waits for it and writes its exit code to ``SCRIPT.ec``,
+    as the script's shell does.  The block's processes are forks: they neither name the run folder nor carry the
+    owner's token in ``/proc/<pid>/environ``, so :mod:`spibatch.owners` could not find what they leave.  So the
+    zygote is their *subreaper* (a process the pool leaves is its child, not init's), and it stops its whole
+    process group -- the pool, its forkserver, resource tracker, manager and workers, their tasks -- when the pool
+    ends by itself, when it is cancelled (SIGTERM) and when the driver dies (``PR_SET_PDEATHSIG``):
+    :func:`_end_group`."""
     script = message["script"]
     for fd, suffix in ((1, ".out"), (2, ".err")):
         opened = os.open(script + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(opened, fd)
         os.close(opened)
-    signal.signal(signal.SIGTERM, _stop_group)
-    if _set_parent_death_signal(signal.SIGTERM) != 0 or os.getppid() != message["driver"]:
-        _stop_group()
+    signal.signal(signal.SIGTERM, _stopped)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if _prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != message["driver"]:
+        _stopped()
     pool = os.fork()
     if pool == 0:   # pragma: no cover - the pool (measured through what it serves)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _set_parent_death_signal(signal.SIGKILL)   # (its parent only ends by _stop_group, or after it)
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # as a pool the shell started has it
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)   # (its parent only ends by _stopped, or after it)
         _pool(message)
-    code = os.waitstatus_to_exitcode(os.waitpid(pool, 0)[1])
+    while True:   # (the pool's orphans are this process's children now: reaped as they end)
+        pid, status = os.waitpid(-1, 0)
+        if pid == pool:
+            break
+    code = os.waitstatus_to_exitcode(status)
     code = code if code >= 0 else 128 - code   # as the shell's $?
     try:
         with open(script + ".ec", "w") as ec:
             ec.write(f"{code}\n")
     except OSError:
         pass
+    _end_group()
     os._exit(code)
 
 
-def _stop_group(*_) -> None:
-    """SIGTERM to this process group (the block: see :func:`_run_pool`), then end."""
+GRACE_S = 10.0   # after SIGTERM, how long the block's processes have to end before SIGKILL
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _stopped(*_) -> None:
+    """SIGTERM (a cancel, or the driver's death): the block's processes stopped, then this one ends."""
+    _end_group()
+    os._exit(128 + signal.SIGTERM)
+
+
+def _end_group() -> None:
+    """SIGTERM to this process group but this process; its children (the pool's processes: this is their
+    subreaper) reaped as they end, for :data:`GRACE_S` at most; then SIGKILL to the group (this process too)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         os.killpg(0, signal.SIGTERM)
-    finally:
-        os._exit(128 + signal.SIGTERM)
+    except OSError:
+        pass
+    deadline = time.monotonic() + GRACE_S
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.02)
+        except ChildProcessError:   # none left
+            return
+    os.killpg(0, signal.SIGKILL)
 
 
-def _set_parent_death_signal(sig: int) -> int:
+def _prctl(option: int, value: int) -> int:
     import ctypes
 
-    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
 def _pool(message: dict) -> None:
@@ -194,7 +235,6 @@ def _pool(message: dict) -> None:
 def _forget_multiprocessing() -> None:
     """The driver's multiprocessing forkserver and resource tracker (if it had them) are not the pool's: their
     descriptors are /dev/null here.  The pool starts its own (:func:`spibatch.parsl_lean.warm_forkserver`)."""
-    import threading
     from multiprocessing import forkserver, resource_tracker
 
     server = getattr(forkserver, "_forkserver", None)
@@ -205,6 +245,16 @@ def _forget_multiprocessing() -> None:
     if tracker is not None and getattr(tracker, "_pid", None) is not None:
         tracker._fd = tracker._pid = None
         tracker._lock = threading.RLock() if isinstance(tracker._lock, type(threading.RLock())) else threading.Lock()
+
+
+RELEASE_WAIT_S = 2.0   # how long shutdown waits for a cancelled block to end before a thread reaps it
+
+
+def _reap_when_ended(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:   # reaped meanwhile (the provider's status)
+        pass
 
 
 def prepare(executors) -> int:

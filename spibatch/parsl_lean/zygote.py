@@ -163,6 +163,9 @@ def why_not() -> str | None:
         return "not Linux"
     if threading.active_count() != 1:
         return f"{threading.active_count()} threads run"
+    openmp = _openmp_running()
+    if openmp:
+        return f"{openmp}'s threads run (an OpenMP runtime is not safe to use after a fork: a task would hang)"
     try:
         with open("/proc/self/statm") as statm:
             rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -170,4 +173,26 @@ def why_not() -> str | None:
         rss = 0
     if rss > MAX_DRIVER_RSS:
         return f"the driver holds {rss / 2**30:.1f} GiB"
+    return None
+
+
+OPENMP_RUNTIMES = ("libgomp", "libiomp", "libomp", "libtbb")   # thread pools that do not survive a fork
+
+
+def _openmp_running() -> str | None:
+    """The OpenMP (or TBB) runtime whose thread pool runs in this process (None: none).  Such a runtime is mapped
+    and this process runs more native threads than Python's (numba's ``omp`` layer once a parallel kernel ran;
+    OpenBLAS's own pthreads, which numpy starts at import, are fork-safe and do not count alone)."""
+    try:
+        native = len(os.listdir("/proc/self/task"))
+        if native <= threading.active_count():
+            return None
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                name = line.rsplit("/", 1)[-1]
+                for runtime in OPENMP_RUNTIMES:
+                    if name.startswith(runtime):
+                        return runtime
+    except OSError:
+        return None
     return None
