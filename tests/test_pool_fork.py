@@ -25,14 +25,9 @@ DRIVER = textwrap.dedent("""
         threading.Thread(target=threading.Event().wait, args=(60,), daemon=True).start()
     if "omp" in sys.argv:                           # OpenMP's thread pool running in the driver before Parsl starts
         import numba
-        from numba import njit, prange
-        @njit(parallel=True)
-        def total(n):
-            s = 0.0
-            for i in prange(n):
-                s += i
-            return s
-        total(1000)
+        kernels = {}
+        exec(TASKS["parallel"], kernels)
+        kernels["parallel"]()
         print("layer", numba.threading_layer(), flush=True)
     held = open(folder / "held.txt", "w")          # a file of the driver's: not the pool's
     from platform_helpers import app_by_value
@@ -159,26 +154,36 @@ def test_a_block_that_needs_a_shell_or_a_driver_running_threads_is_started_by_pa
     assert said(done, "task")[1] == "True"
 
 
-def test_a_killed_driver_takes_the_whole_forked_block_with_it(tmp_path):
+def started(tmp_path: Path, how: str, until: str) -> tuple[subprocess.Popen, int | None]:
+    """The driver started with ``how``, read until its line ``until``; (the process, the block's group)."""
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), "kill-me"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), how], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=ENV, cwd=tmp_path)
+    group = None
+    for line in proc.stdout:
+        if line.startswith("task"):
+            group = int(line.split()[1])
+        if line.startswith(until):
+            break
+    return proc, group
+
+
+def running_member(group: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return group_alive(group)
+
+
+def test_a_killed_driver_takes_the_whole_forked_block_with_it(tmp_path):
+    proc, group = started(tmp_path, "kill-me", "files")
     try:
-        group = None
-        for line in proc.stdout:
-            if line.startswith("task"):
-                group = int(line.split()[1])
-            if line.startswith("files"):
-                break
         assert group is not None and len(group_alive(group)) >= 4   # the block, the pool, its forkserver, workers
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    deadline = time.monotonic() + 10
-    while group_alive(group) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert group_alive(group) == []
+    assert running_member(group, 10) == []
 
 
 def test_a_driver_running_openmp_threads_does_not_fork_its_pool(tmp_path):
@@ -193,27 +198,11 @@ def test_a_driver_running_openmp_threads_does_not_fork_its_pool(tmp_path):
     assert said(done, "parallel") == ["499500.0"]
 
 
-def running_member(group: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while group_alive(group) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return group_alive(group)
-
-
 def test_a_pool_that_dies_alone_leaves_no_process_of_its_block(tmp_path):
     """SIGKILL to the pool alone: its forkserver, resource tracker and manager lived on, untagged, after the driver
     and any resume (the review).  The zygote, their subreaper, stops the group once the pool ends."""
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), "kill-pool"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=ENV, cwd=tmp_path)
+    proc, group = started(tmp_path, "kill-pool", "killed-pool")
     try:
-        group = None
-        for line in proc.stdout:
-            if line.startswith("task"):
-                group = int(line.split()[1])
-            if line.startswith("killed-pool"):
-                break
         assert group is not None
         assert running_member(group, 15) == []
         ec = list((tmp_path / "run").rglob("*.sh.ec"))
