@@ -32,7 +32,7 @@ import numpy as np
 
 from spibatch import interrupts
 from spibatch.emc import records
-from spibatch.emc.checks import Inputs, check_background_level, check_inputs, check_shards, read_start_model  # noqa: F401,E501 (the stage's entry)
+from spibatch.emc.checks import Inputs, check_inputs, check_shards, read_start_model  # noqa: F401 (the stage's entry)
 from spibatch.emc.settings import EMCSettings
 from spibatch.emc.step import default_threads, leveled, random_model, warm_up
 from spibatch.emc.symmetry import symmetrize
@@ -170,10 +170,8 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
             if inputs.start_model is None else leveled(inputs.start_model, geometry, float(counts.mean()), executor.writes)
         scales, history = np.ones(inputs.num_frames), []
         background_scales = None
-    if geometry.pixels.background is not None:
-        check_background_level(geometry.pixels.background_sum, float(counts.mean()), settings.background_file)
-        if background_scales is None:
-            background_scales = np.ones(len(counts))   # the background file's level to start with
+    if geometry.pixels.background is not None and background_scales is None:
+        background_scales = np.ones(len(counts))   # the background file's level to start with
     header = records.log_header(_header_info(settings, photons, inputs, geometry, counts, threads, executor.size))
     recorder = records.Recorder(out_dir if executor.writes else None, header, recorded,
                                 geometry.rotations.quaternions, inputs.detector.voxel_size_per_m, history)
