@@ -165,8 +165,8 @@ MAX_EARLIER = 20   # killed owners a lock remembers (a resume killed right after
 
 def _owners_of(owner: dict) -> list[dict]:
     """``owner`` (pid, host, token) and the earlier killed owners its lock remembered, most recent first."""
-    earlier = [e for e in owner.get("earlier") or [] if isinstance(e, dict)] if isinstance(owner.get("earlier"),
-                                                                                             list) else []
+    earlier = owner.get("earlier")
+    earlier = [e for e in earlier if isinstance(e, dict)] if isinstance(earlier, list) else []
     return ([{k: owner.get(k) for k in ("pid", "host", "token")}] + earlier)[:MAX_EARLIER]
 
 

@@ -72,13 +72,9 @@ def _check_resume(names, pipeline, config, existing: RunLayout) -> None:
     """Under the lock, before a resume writes anything: the folder is not a pipeline run's (``spibatch run``: its
     later stages would be left unrun under a status "completed"), and what it would continue from was made with
     these settings from these data (EMC's checkpoint); InputError otherwise."""
-    import json
+    from spibatch.run_checks import read_provenance
 
-    try:
-        record = json.loads(existing.provenance.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        record = {}
-    if isinstance(record, dict) and "site" in record:
+    if "site" in read_provenance(existing.path, deep=False):
         raise InputError("a pipeline run's folder (`spibatch run`): continuing one of its stages alone would mark "
                          "the whole run completed", path=existing.path, field="--resume",
                          fix=f"continue it with: spibatch resume {shlex.quote(str(existing.path))}")
