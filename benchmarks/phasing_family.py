@@ -221,7 +221,7 @@ def make_case(spec: Spec, cache: Path | None = None, seed: int = 0) -> Case:
 def q_max(case: Case) -> int:
     """The largest shell with at least half its voxels measured, at most N // 2."""
     from spibatch.phasing.measurement import prepare
-    from spibatch.phasing.multistart import max_measured_shell
+    from spibatch.phasing.measurement import max_measured_shell
 
     m = prepare(case.intensity, measured=case.measured)
     return min(case.spec.n // 2, max_measured_shell(m))

@@ -11,7 +11,8 @@ from spibatch.phasing.alignment import align, roll_to_centre, shift_spectrum
 from spibatch.phasing.compare import compare_with_truth, resample
 from spibatch.phasing.measurement import check_intensity, pad_centre, prepare
 from spibatch.phasing.inputs import crop_centre
-from spibatch.phasing.multistart import INV_E, first_crossing, max_measured_shell, merge, prtf_shells
+from spibatch.phasing.measurement import max_measured_shell
+from spibatch.phasing.multistart import INV_E, first_crossing, merge, prtf_shells
 from spibatch.phasing.operators import parse_recipe
 from spibatch.phasing.settings import PhasingSettings
 from spibatch.phasing.starts import StartResult, run_starts

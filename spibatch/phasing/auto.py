@@ -20,6 +20,9 @@ What an expert does by hand with PyNX or cuphaser, done by the program:
   well, the more compact one -- the compactness prior phase retrieval rests on, needed because a
   density filled in by the beam stop's unmeasured modes predicts the free set (all outside the beam
   stop) as well as the true one.
+- **Sharpened starts** (:mod:`spibatch.phasing.sharpen`): the odd seeds phase the data with their radial
+  fall-off partly undone (``sharpen`` x the Wilson sigma), and are blurred back; the merge keeps the kind,
+  sharpened or not, whose best start predicts the free voxels of the measured amplitudes best.
 - **Shrink-wrap** every ``period`` iterations with a blur that decreases exponentially from
   ``sigma`` to ``sigma_end`` voxels over the RAAR iterations (PyNX's ``smooth_width`` schedule).
 - **RAAR** (beta 0.9; more robust than HIO to noise and to a loose support), then **ER**, whose
@@ -51,6 +54,7 @@ FREE_FRACTION = 0.05                 # measured voxels held out
 MIN_FREE_VOXELS = 200                # fewer and the free error is too noisy to rank by
 MAX_SUPPORT_FRACTION = 0.5           # a support above half the box constrains nothing: exploded
 TIGHT_FIRST_SUPPORT = 0.15           # odd (seed // 3) starts begin in the autocorrelation above this fraction
+SHARPEN = 0.7                        # odd seeds phase data sharpened by this x the Wilson sigma (phasing.sharpen)
 RUNAWAY_STRIKES = 3                  # support updates in a row that explode or collapse before a start stops
 BLUR_PROJECTION = False              # True: shrink-wrap on the blur of P_M x from the iteration's own spectrum
                                      # (0.6 iteration instead of 1; supports run away early: BENCHMARKS.md)
@@ -151,6 +155,11 @@ def check_data(recipe, measurement: Measurement, support: np.ndarray, source: st
             return
 
 
+def find_auto(recipe) -> Auto | None:
+    """The recipe's :class:`Auto` step (the first), None when it has none."""
+    return next((op for op in _walk(recipe) if isinstance(op, Auto)), None)
+
+
 def _walk(op):
     yield op
     for child in getattr(op, "terms", ()):
@@ -194,7 +203,8 @@ class Auto(Step):
     (blur ``sigma`` -> ``sigma_end``, threshold by seed), then ``polish`` ER iterations keeping the iterate of
     lowest free error."""
 
-    defaults = {"iterations": 600, "polish": 200, "period": 20, "beta": 0.9, "sigma": 2.0, "sigma_end": 1.5}
+    defaults = {"iterations": 600, "polish": 200, "period": 20, "beta": 0.9, "sigma": 2.0, "sigma_end": 1.5,
+                "sharpen": SHARPEN}
 
     def check(self):
         for key in ("iterations", "polish", "period"):
@@ -207,6 +217,9 @@ class Auto(Step):
         self._beta()
         if not 0 < self.params["sigma_end"] <= self.params["sigma"] <= 100:
             raise RecipeError("Auto: need 0 < sigma_end <= sigma <= 100 voxels")
+        sharpen = self.params["sharpen"]
+        if isinstance(sharpen, bool) or not isinstance(sharpen, (int, float)) or not 0 <= sharpen <= 1.5:
+            raise RecipeError(f"Auto: sharpen must be a number from 0 (no start sharpened) to 1.5, not {sharpen!r}")
 
     def __repr__(self) -> str:
         return "auto" if not self.given else super().__repr__()

@@ -18,7 +18,8 @@ from spibatch.errors import InputError
 from spibatch.kernels.device import CPU, Device
 from spibatch.phasing.algebra import RecipeError
 from spibatch.phasing.inputs import load_measurement
-from spibatch.phasing.multistart import max_measured_shell, merge
+from spibatch.phasing.measurement import max_measured_shell
+from spibatch.phasing.multistart import merge
 from spibatch.phasing.outputs import merge_record, output_paths, start_record, write_outputs
 from spibatch.phasing.settings import PhasingSettings
 from spibatch.phasing.starts import StartResult, iter_starts

@@ -331,3 +331,22 @@ def initial_support(measurement: Measurement, threshold: float, *, source: str |
                          fix="give an intensity measured over more of reciprocal space (a larger detector, more "
                          "frames), or raise phasing.initial_support_threshold for a smaller first support")
     return support
+
+
+def shell_radius(n: int) -> np.ndarray:
+    """(N, N, N) int: the rounded |k| in voxels of every FFT-ordered voxel."""
+    k = np.fft.fftfreq(n) * n
+    return np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)).astype(int)
+
+
+def max_measured_shell(measurement: Measurement, fraction: float = 0.5) -> int:
+    """The largest shell radius (voxels), at most N // 2, in which at least ``fraction`` of the voxels are
+    measured: the data's maximum resolution (the detector edge, not its corners; a box measured to its corners,
+    a truth's intensity, has whole shells to N // 2 only: it read "data reach shell 38" of a 45^3 box)."""
+    n = measurement.n
+    radius = shell_radius(n)
+    measured = measurement.measured_full()
+    total = np.bincount(radius.ravel(), minlength=n)
+    hit = np.bincount(radius.ravel(), measured.ravel(), minlength=n)
+    ok = np.flatnonzero((total > 0) & (hit >= fraction * np.maximum(total, 1)))
+    return min(int(ok.max()), n // 2) if ok.size else 0

@@ -14,7 +14,8 @@ import numpy as np
 
 from spibatch.phasing.algebra import RecipeError
 from spibatch.phasing.alignment import align, roll_to_centre
-from spibatch.phasing.measurement import Measurement
+from spibatch.phasing.measurement import Measurement, shell_radius
+from spibatch.phasing.sharpen import choose
 from spibatch.phasing.starts import StartResult
 
 INV_E = math.exp(-1.0)
@@ -106,18 +107,13 @@ def select(results: list[StartResult], keep: int, rank_factor: float | None = No
     of them."""
     if not all(r.free_error is not None and np.isfinite(r.free_error) for r in results):
         return sorted(results, key=lambda r: (r.final_error, r.seed))[:max(1, keep)]
+    results = choose(results)        # sharpened or plain starts: the kind that predicts the measured data best
     best = min(r.free_error for r in results)
     rank = {id(r): r.free_error * max(1, int(np.count_nonzero(r.support))) for r in results
             if r.free_error <= FREE_ERROR_FACTOR * best}
     near = sorted((r for r in results if id(r) in rank), key=lambda r: (rank[id(r)], r.seed))
     factor = RANK_FACTOR if rank_factor is None else rank_factor
     return [r for r in near if rank[id(r)] <= factor * rank[id(near[0])]][:max(1, keep)]
-
-
-def shell_radius(n: int) -> np.ndarray:
-    """(N, N, N) int: the rounded |k| in voxels of every FFT-ordered voxel."""
-    k = np.fft.fftfreq(n) * n
-    return np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)).astype(int)
 
 
 def prtf_shells(mean_spectrum: np.ndarray, measurement: Measurement) -> np.ndarray:
@@ -155,16 +151,3 @@ def first_crossing(curve: np.ndarray, level: float) -> float | None:
                 return float(s)
             return float(prev + (a - level) / (a - b) * (s - prev))
     return None
-
-
-def max_measured_shell(measurement: Measurement, fraction: float = 0.5) -> int:
-    """The largest shell radius (voxels), at most N // 2, in which at least ``fraction`` of the voxels are
-    measured: the data's maximum resolution (the detector edge, not its corners; a box measured to its corners,
-    a truth's intensity, has whole shells to N // 2 only: it read "data reach shell 38" of a 45^3 box)."""
-    n = measurement.n
-    radius = shell_radius(n)
-    measured = measurement.measured_full()
-    total = np.bincount(radius.ravel(), minlength=n)
-    hit = np.bincount(radius.ravel(), measured.ravel(), minlength=n)
-    ok = np.flatnonzero((total > 0) & (hit >= fraction * np.maximum(total, 1)))
-    return min(int(ok.max()), n // 2) if ok.size else 0

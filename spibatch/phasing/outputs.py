@@ -37,7 +37,9 @@ def output_paths(out_dir: Path) -> dict[str, Path]:
 def start_record(index: int, result: StartResult) -> dict:
     """The metrics.jsonl line of start ``index``."""
     return {"stage": "phase", "kind": "start", "start": index, "seed": result.seed,
-            "final_error": result.final_error, "free_error": _finite(result.free_error), "failure": result.failure, "seconds": round(result.seconds, 3),
+            "final_error": result.final_error, "free_error": _finite(result.free_error),
+            "sharpen_sigma": round(result.sharpen, 4), "measured_free_error": _finite(result.measured_free_error),
+            "failure": result.failure, "seconds": round(result.seconds, 3),
             "support_voxels": result.support_sizes[-1][1], "algorithms": runs(result.algorithms),
             "errors": [round(float(e), 6) for e in result.errors]}
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from spibatch.kernels.device import CPU, Device
 from spibatch.kernels.xp import to_host
-from spibatch.phasing.auto import check_data
+from spibatch.phasing import sharpen
+from spibatch.phasing.auto import check_data, find_auto
 from spibatch.phasing.gpu import batches
 from spibatch.phasing.measurement import Measurement, initial_support
 from spibatch.phasing.reconstruction import Reconstruction
@@ -35,7 +36,11 @@ class StartResult:
     seconds: its share of the run time; support_sizes: (iteration, voxels) after each shrink-wrap;
     free_error: the final density's error on the held-out voxels (recipe ``auto``; None otherwise): what
     starts are ranked by when every start has one; failure: why the start stopped early (its support
-    exploded or collapsed), None when it ran to the end: a failed start is not merged."""
+    exploded or collapsed), None when it ran to the end: a failed start is not merged; sharpen: the width
+    (voxels) of the Gaussian its data were sharpened by (recipe ``auto``'s odd seeds,
+    :mod:`~spibatch.phasing.sharpen`; its density is blurred back, its errors are those of the sharpened
+    data), 0 when not; measured_free_error: the free error of its density against the measured amplitudes
+    (recipe ``auto``): what the merge compares sharpened and plain starts by."""
 
     seed: int
     density: np.ndarray
@@ -48,6 +53,8 @@ class StartResult:
     fft_backend: str = ""
     free_error: float | None = None
     failure: str | None = None
+    sharpen: float = 0.0
+    measured_free_error: float | None = None
 
 
 def run_starts(seeds: list[int], measurement: Measurement, settings: PhasingSettings,
@@ -57,19 +64,50 @@ def run_starts(seeds: list[int], measurement: Measurement, settings: PhasingSett
     Raises InputError when the measurement cannot be phased (too few measured voxels for its first
     support) and RecipeError when the recipe fails on these data (a shrink-wrap empties the support).
     """
-    return list(iter_starts(seeds, measurement, settings, device))
+    order = {int(seed): i for i, seed in enumerate(seeds)}
+    return sorted(iter_starts(seeds, measurement, settings, device), key=lambda r: order[r.seed])
 
 
 def iter_starts(seeds: list[int], measurement: Measurement, settings: PhasingSettings,
                 device: Device = CPU) -> Iterator[StartResult]:
     """:func:`run_starts`, each result as soon as its batch (its own start, on the CPU) finishes."""
-    support = initial_support(measurement, settings.initial_support_threshold)
-    check_data(settings.recipe, measurement, support)
     seeds = [int(s) for s in seeds]
-    groups = batches(seeds, measurement.n, device) if device.is_gpu else [[s] for s in seeds]
+    step = find_auto(settings.recipe)
+    sigma = step.params["sharpen"] * sharpen.wilson_sigma(measurement) if step is not None else 0.0
+    sharp = [s for s in seeds if sigma >= sharpen.MIN_SIGMA and sharpen.is_sharpened(s)]
+    w = sharpen.gain(measurement, sigma) if sharp else None
+    free = None
+    if sharp:
+        from spibatch.phasing.auto import draw_free_set
+
+        free = draw_free_set(measurement)
     threads = settings.threads_here()
-    for group in groups:
-        yield from _run_group(group, measurement, support, settings, device, threads)
+    kinds = []                    # both kinds checked before any start runs
+    for chosen, gain in (([s for s in seeds if s not in sharp], None), (sharp, w)):
+        if chosen:
+            data = measurement if gain is None else sharpen.sharpened(measurement, gain)
+            support = initial_support(data, settings.initial_support_threshold)
+            check_data(settings.recipe, data, support)
+            kinds.append((chosen, data, support, gain))
+    for chosen, data, support, gain in kinds:
+        for group in batches(chosen, data.n, device) if device.is_gpu else [[s] for s in chosen]:
+            for result in _run_group(group, data, support, settings, device, threads):
+                if step is not None:
+                    _measured(result, gain, sigma, measurement, free)
+                yield result
+
+
+def _measured(result: StartResult, w: np.ndarray | None, sigma: float, measurement: Measurement,
+              free: np.ndarray | None) -> None:
+    """A start of recipe auto: its density blurred back when its data were sharpened (``w``), and its free
+    error against the measured amplitudes (on the ``free`` voxels)."""
+    if w is None:
+        result.measured_free_error = result.free_error
+        return
+    result.density = sharpen.blur_back(result.density, w, measurement.real)
+    result.sharpen = sigma
+    result.measured_free_error = (math.inf if result.failure is not None else
+                                  sharpen.measured_free_error(result.density, measurement, free))
 
 
 def _run_group(seeds: list[int], measurement: Measurement, support: np.ndarray, settings: PhasingSettings,
