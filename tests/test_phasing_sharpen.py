@@ -10,7 +10,7 @@ import pytest
 from test_phasing_operators import _blob, _intensity
 
 from spibatch.phasing.algebra import RecipeError
-from spibatch.phasing.auto import Auto
+from spibatch.phasing.auto import Auto, schedule
 from spibatch.phasing.measurement import prepare
 from spibatch.phasing.multistart import merge
 from spibatch.phasing.operators import parse_recipe
@@ -89,8 +89,8 @@ def test_the_merge_keeps_the_kind_whose_best_start_predicts_the_measured_data_be
     assert [r.seed for r in choose(starts)] == [1, 3]
     starts[1].measured_free_error = 0.01
     assert [r.seed for r in choose(starts)] == [2, 4]
-    starts[0].measured_free_error = None            # a start file written before the error was kept: all
-    assert [r.seed for r in choose(starts)] == [1, 2, 3, 4]
+    old = _result(6, 0.0, None)                     # a start file written before the error was kept: plain,
+    assert [r.seed for r in choose(starts + [old])] == [2, 4, 6]      # comparable with the plain ones only
     plain = [_result(2, 0.0, 0.5), _result(4, 0.0, 0.1)]
     assert choose(plain) == plain
 
@@ -138,3 +138,28 @@ def test_auto_refuses_a_sharpen_outside_0_to_1_5(value):
 def test_the_gain_is_capped():
     m = prepare(np.ones((32, 32, 32)))
     assert gain(m, 5.0).max() == pytest.approx(MAX_GAIN) and math.isfinite(float(gain(m, 50.0).max()))
+
+
+def test_each_kind_meets_every_support_schedule():
+    seeds = range(1, 13)
+    plain = {schedule(s, paired=True) for s in seeds if not is_sharpened(s)}
+    sharp = {schedule(s, paired=True) for s in seeds if is_sharpened(s)}
+    assert plain == sharp == set(range(6))
+    assert [schedule(s) for s in range(1, 7)] == [1, 2, 3, 4, 5, 0]       # nothing sharpened: as before
+
+
+def test_starts_come_back_in_the_order_given_even_a_repeated_seed():
+    m = prepare(_intensity(_blob(24, 4, seed=3)))
+    settings = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=3, keep_best=1, threads=1, fft_backend="scipy")
+    results = run_starts([2, 1, 2], m, settings)
+    assert [r.seed for r in results] == [2, 1, 2] and [r.sharpen > 0 for r in results] == [False, True, False]
+    assert np.array_equal(results[0].density, results[2].density)
+
+
+def test_the_wilson_fit_needs_five_shells():
+    rho = _gaussians(24, 1.0)
+    intensity = _intensity(rho)
+    g = np.indices(rho.shape) - 12
+    r = np.sqrt((g ** 2).sum(0))
+    assert wilson_sigma(prepare(np.where(r <= 5.4, intensity, 0))) > 0        # shells 1 .. 5
+    assert wilson_sigma(prepare(np.where(r <= 4.4, intensity, 0))) == 0.0      # shells 1 .. 4: too few

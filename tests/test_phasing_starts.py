@@ -121,7 +121,9 @@ def test_an_intensity_measured_at_too_few_voxels_is_refused_before_any_start():
     assert independent_amplitudes(good) > support.sum()
 
 
-def test_merging_starts_run_elsewhere_writes_what_a_run_of_its_own_writes(tmp_path):
+@pytest.mark.parametrize("recipe", ["(HIO() ** 8 * ShrinkWrap()) ** 2 * ER() ** 8",
+                                    "Auto(iterations=20, polish=10, period=10)"])
+def test_merging_starts_run_elsewhere_writes_what_a_run_of_its_own_writes(tmp_path, recipe):
     """The pipeline runs ``run_starts([seed], ...)`` per worker and pickles the results; run_phasing given them
     writes the arrays ``spibatch phase`` writes when it runs the starts itself."""
     from spibatch.io.results import read_result, write_result
@@ -130,8 +132,8 @@ def test_merging_starts_run_elsewhere_writes_what_a_run_of_its_own_writes(tmp_pa
 
     path = tmp_path / "intensity.h5"
     write_result(path, {"intensity": _intensity(_blob(24, 4, seed=3)).astype(np.float32)}, {"voxel_size_per_m": 1e8})
-    settings = PhasingSettings(recipe=parse_recipe("(HIO() ** 8 * ShrinkWrap()) ** 2 * ER() ** 8"), num_starts=3,
-                               keep_best=2, threads=1, fft_backend="scipy")
+    settings = PhasingSettings(recipe=parse_recipe(recipe), num_starts=3, keep_best=2, threads=1,
+                               fft_backend="scipy")
     here = run_phasing(path, tmp_path / "here", settings, show_progress=False)
     measurement = load_measurement(path, settings)
     shipped = [pickle.loads(pickle.dumps(run_starts([seed], measurement, pickle.loads(pickle.dumps(settings)))[0]))
@@ -141,7 +143,9 @@ def test_merging_starts_run_elsewhere_writes_what_a_run_of_its_own_writes(tmp_pa
     assert here["cxi"].name == "phasing.cxi" and here["cxi"].is_file()
     (a, attrs), (b, _) = read_result(here["phasing"]), read_result(merged["phasing"])
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
-    assert attrs["recipe"] == "(HIO() ** 8 * ShrinkWrap()) ** 2 * ER() ** 8"
+    assert attrs["recipe"] == recipe and list(a["seeds"]) == settings.seeds
+    if recipe.startswith("Auto"):                   # seed 1 and 3 sharpened, seed 2 not: said in phasing.h5
+        assert [s > 0 for s in a["sharpen_sigmas"]] == [True, False, True] and np.isfinite(a["measured_free_errors"]).all()
     assert here["phasing"].name == "phasing.h5" and here["density_mrc"].name == "density.mrc"
     with pytest.raises(ValueError, match="expected"):
         run_phasing(path, tmp_path / "wrong", settings, show_progress=False, results=shipped[::-1])

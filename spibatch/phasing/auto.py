@@ -8,13 +8,14 @@ What an expert does by hand with PyNX or cuphaser, done by the program:
   form of the Poisson log-likelihood (sqrt(I) of Poisson counts has a constant variance) on data
   the fit never saw -- says how well it predicts what it was not fitted to.  Starts are ranked by
   it and the best are averaged (:func:`spibatch.phasing.multistart.merge`).
-- **A few support schedules**: start ``k`` (seed ``s``) shrink-wraps with the threshold
-  ``THRESHOLDS[s % 3]`` (0.10, 0.05, 0.025 of the blurred maximum): tight supports suit objects
+- **A few support schedules**: the start of schedule ``k`` (:func:`schedule`) shrink-wraps with the threshold
+  ``THRESHOLDS[k % 3]`` (0.10, 0.05, 0.025 of the blurred maximum): tight supports suit objects
   with sharp edges and protein densities with their ringing, loose ones soft objects; and when
-  ``(s // 3)`` is odd it begins in a tight first support (the autocorrelation above
+  ``(k // 3)`` is odd it begins in a tight first support (the autocorrelation above
   ``TIGHT_FIRST_SUPPORT`` of its maximum, smaller than the object), from which the support grows
   instead of shrinking from twice the object: a hollow object stays hollow where a beam stop hides
-  the modes that could fill it.  Six schedules, by ``seed % 6``.
+  the modes that could fill it.  Six schedules, by ``seed % 6`` (``(seed // 2) % 6`` where sharpened
+  starts run, so that each kind meets all six).
 - **Ranking** (:func:`spibatch.phasing.multistart.select`): the starts within 2x of the lowest free
   error, by free error times support voxels: of two densities that predict the free set about as
   well, the more compact one -- the compactness prior phase retrieval rests on, needed because a
@@ -49,7 +50,7 @@ from spibatch.phasing.algebra import RecipeError, Step
 from spibatch.phasing.measurement import Measurement, full_spectrum, independent_amplitudes
 from spibatch.phasing.support import MIN_SUPPORT_VOXELS, gaussian_filter_1d, shrink_wrap, threshold_blurred
 
-THRESHOLDS = (0.10, 0.05, 0.025)     # shrink-wrap thresholds (fraction of the blurred maximum), by seed % 3
+THRESHOLDS = (0.10, 0.05, 0.025)     # shrink-wrap thresholds (fraction of the blurred maximum), by schedule
 FREE_FRACTION = 0.05                 # measured voxels held out
 MIN_FREE_VOXELS = 200                # fewer and the free error is too noisy to rank by
 MAX_SUPPORT_FRACTION = 0.5           # a support above half the box constrains nothing: exploded
@@ -192,6 +193,13 @@ def _tight_first_supports(rec, tight: list[bool]) -> None:
     rec.y_is_projection = False
 
 
+def schedule(seed: int, paired: bool = False) -> int:
+    """Start ``seed``'s support schedule, 0 .. 5: threshold ``THRESHOLDS[k % 3]``, a tight first support when
+    ``(k // 3) % 2``.  ``paired`` (sharpened starts run, on the odd seeds): ``seed // 2`` picks it, so that seeds
+    2j and 2j + 1, one plain and one sharpened, share it and each kind meets every schedule."""
+    return (seed // 2 if paired else seed) % (2 * len(THRESHOLDS))
+
+
 def sigma_at(iteration: int, main: int, sigma: float, sigma_end: float) -> float:
     """The blur after ``iteration`` of ``main`` RAAR iterations: sigma -> sigma_end exponentially, then held."""
     t = min(1.0, iteration / max(main, 1))
@@ -238,8 +246,9 @@ class Auto(Step):
     def apply(self, rec):
         p = self.params
         rec.hold_out(check_free_set(rec.measurement, int(rec.support_sizes[0][0][1])))
-        thresholds = [THRESHOLDS[seed % len(THRESHOLDS)] for seed in rec.seeds]
-        _tight_first_supports(rec, [(seed // len(THRESHOLDS)) % 2 == 1 for seed in rec.seeds])
+        schedules = [schedule(seed, getattr(rec, "paired_seeds", False)) for seed in rec.seeds]
+        thresholds = [THRESHOLDS[k % len(THRESHOLDS)] for k in schedules]
+        _tight_first_supports(rec, [(k // len(THRESHOLDS)) % 2 == 1 for k in schedules])
         beta = np.float32(p["beta"])
         main, polish, period = p["iterations"], p["polish"], p["period"]
         best = [math.inf] * rec.batch

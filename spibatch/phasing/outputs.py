@@ -99,6 +99,10 @@ def write_outputs(paths: dict[str, Path], merged: Merged, results: list[StartRes
                   "fft_backend": results[0].fft_backend}
     if any(r.free_error is not None for r in results):
         datasets["free_errors"] = np.array([np.nan if r.free_error is None else r.free_error for r in results])
+    if any(r.measured_free_error is not None for r in results):      # recipe auto: which starts were sharpened
+        datasets["measured_free_errors"] = np.array([np.nan if r.measured_free_error is None else
+                                                     r.measured_free_error for r in results])
+        datasets["sharpen_sigmas"] = np.array([r.sharpen for r in results])
     write_result(paths["phasing"], datasets, attrs, provenance=provenance)
     write_cxi(paths["cxi"], merged.density, merged.support, measurement.voxel_size_m, prtf=merged.prtf,
               prtf_frequency_per_m=merged.shell_frequency_per_m, configuration=provenance,

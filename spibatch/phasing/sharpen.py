@@ -8,11 +8,13 @@ amplitude times ``W(q) = exp(2 pi^2 sigma_b^2 |q|^2)`` is the transform of the s
 Gaussian of ``sigma_b`` voxels: sharper, as compact, with the same phases.  The start phases that, and its
 density is blurred back by the same Gaussian (which keeps it positive) before it is merged.
 
-Which starts: the odd seeds, with ``sigma_b = sharpen x`` the Wilson sigma fitted to the measured shells from
+Which starts: the odd seeds (each sharing its support schedule with the even seed before it,
+:func:`spibatch.phasing.auto.schedule`), with ``sigma_b = sharpen x`` the Wilson sigma fitted to the measured shells from
 q_max / 3 to q_max; the even seeds phase the data as measured.  Objects with sharp edges (a thin shell, boxes)
 ring when sharpened and are phased better as measured, soft ones the other way round; the merge
 (:func:`choose`) keeps the kind whose best start predicts the held-out (free) voxels of the *measured*
-amplitudes best, a comparison both kinds can be held to.
+amplitudes best, a comparison both kinds can be held to.  In a hand-written recipe that holds ``Auto`` with
+other steps, a sharpened start runs all of them on the sharpened data (the first ``Auto``'s ``sharpen`` counts).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from spibatch.phasing.measurement import Measurement, max_measured_shell, shell_radius
 
 MAX_GAIN = 1e8        # W is capped here (float32 error sums of amplitudes up to ~1e5 stay finite)
+MIN_SHELLS = 5       # shells the Wilson fit needs (fewer follow the object's shape, not its fall-off)
 MIN_SIGMA = 0.05      # voxels: below this a start is not worth sharpening (W < 1.01 everywhere)
 
 
@@ -36,7 +39,7 @@ def is_sharpened(seed: int) -> bool:
 def wilson_sigma(measurement: Measurement) -> float:
     """The width (voxels) of the Gaussian whose intensity envelope fits the measured shells' mean intensity
     from q_max / 3 to q_max (a least-squares line through log <I> against q^2); 0 when the data do not fall
-    off (or fewer than three shells hold counts)."""
+    off, or fewer than MIN_SHELLS shells of that range hold counts (data to shell 4 or less)."""
     n = measurement.n
     amplitude = measurement.amplitude_full().astype(np.float64)
     measured = amplitude >= 0
@@ -46,7 +49,7 @@ def wilson_sigma(measurement: Measurement) -> float:
     count = np.bincount(radius[measured], minlength=n)
     shells = np.arange(total.size)
     use = (shells >= max(1, top // 3)) & (shells <= top) & (count > 0) & (total > 0)
-    if np.count_nonzero(use) < 3:
+    if np.count_nonzero(use) < MIN_SHELLS:
         return 0.0
     slope = np.polyfit((shells[use] / n) ** 2, np.log(total[use] / count[use]), 1)[0]
     return float(math.sqrt(-slope / (4 * math.pi ** 2))) if slope < 0 else 0.0
@@ -99,10 +102,11 @@ def measured_free_error(density: np.ndarray, measurement: Measurement, free: np.
 
 def choose(results: list) -> list:
     """Of the starts (StartResult), those of the kind (sharpened or not) whose best start has the lowest
-    ``measured_free_error``; all of them when they are of one kind or any lacks that error."""
-    kinds = {r.sharpen > 0 for r in results}
-    if len(kinds) < 2 or any(r.measured_free_error is None or not np.isfinite(r.measured_free_error)
-                             for r in results):
+    ``measured_free_error``; all of them when they are of one kind; the plain ones when any lacks that error
+    (a start file written before it was kept: plain, and comparable only with the plain starts)."""
+    if len({r.sharpen > 0 for r in results}) < 2:
         return results
+    if any(r.measured_free_error is None for r in results):
+        return [r for r in results if r.sharpen == 0]
     best = min(results, key=lambda r: (r.measured_free_error, r.seed))
     return [r for r in results if (r.sharpen > 0) == (best.sharpen > 0)]

@@ -64,37 +64,47 @@ def run_starts(seeds: list[int], measurement: Measurement, settings: PhasingSett
     Raises InputError when the measurement cannot be phased (too few measured voxels for its first
     support) and RecipeError when the recipe fails on these data (a shrink-wrap empties the support).
     """
-    order = {int(seed): i for i, seed in enumerate(seeds)}
-    return sorted(iter_starts(seeds, measurement, settings, device), key=lambda r: order[r.seed])
+    return list(iter_starts(seeds, measurement, settings, device))
 
 
 def iter_starts(seeds: list[int], measurement: Measurement, settings: PhasingSettings,
                 device: Device = CPU) -> Iterator[StartResult]:
-    """:func:`run_starts`, each result as soon as its batch (its own start, on the CPU) finishes."""
+    """:func:`run_starts`, each result in the order of ``seeds``, as soon as its batch (its own start, on the
+    CPU) and those of the seeds before it have finished."""
     seeds = [int(s) for s in seeds]
     step = find_auto(settings.recipe)
     sigma = step.params["sharpen"] * sharpen.wilson_sigma(measurement) if step is not None else 0.0
-    sharp = [s for s in seeds if sigma >= sharpen.MIN_SIGMA and sharpen.is_sharpened(s)]
-    w = sharpen.gain(measurement, sigma) if sharp else None
-    free = None
-    if sharp:
-        from spibatch.phasing.auto import draw_free_set
-
-        free = draw_free_set(measurement)
-    threads = settings.threads_here()
-    kinds = []                    # both kinds checked before any start runs
-    for chosen, gain in (([s for s in seeds if s not in sharp], None), (sharp, w)):
-        if chosen:
+    paired = sigma >= sharpen.MIN_SIGMA            # plain and sharpened starts, by seed (sharpen.is_sharpened)
+    kinds = []                                     # (positions, data, support, gain); checked before any start
+    for flag in (False, True):
+        positions = [i for i, s in enumerate(seeds) if paired and sharpen.is_sharpened(s) == flag or
+                     not paired and not flag]
+        if positions:
+            gain = sharpen.gain(measurement, sigma) if flag else None
             data = measurement if gain is None else sharpen.sharpened(measurement, gain)
             support = initial_support(data, settings.initial_support_threshold)
             check_data(settings.recipe, data, support)
-            kinds.append((chosen, data, support, gain))
-    for chosen, data, support, gain in kinds:
-        for group in batches(chosen, data.n, device) if device.is_gpu else [[s] for s in chosen]:
-            for result in _run_group(group, data, support, settings, device, threads):
-                if step is not None:
-                    _measured(result, gain, sigma, measurement, free)
-                yield result
+            kinds.append((positions, data, support, gain))
+    free = None
+    if paired and any(gain is not None for *_, gain in kinds):
+        from spibatch.phasing.auto import draw_free_set
+
+        free = draw_free_set(measurement)
+    groups = []                                    # (positions of one batch, data, support, gain)
+    for positions, data, support, gain in kinds:
+        cut = batches(positions, data.n, device) if device.is_gpu else [[p] for p in positions]
+        groups += [(group, data, support, gain) for group in cut]
+    groups.sort(key=lambda g: g[0][0])             # the CPU's single starts in the order given
+    threads, ready, upto = settings.threads_here(), {}, 0
+    for group, data, support, gain in groups:
+        results = _run_group([seeds[p] for p in group], data, support, settings, device, threads, paired)
+        for position, result in zip(group, results):
+            if step is not None:
+                _measured(result, gain, sigma, measurement, free)
+            ready[position] = result
+        while upto in ready:
+            yield ready.pop(upto)
+            upto += 1
 
 
 def _measured(result: StartResult, w: np.ndarray | None, sigma: float, measurement: Measurement,
@@ -111,10 +121,11 @@ def _measured(result: StartResult, w: np.ndarray | None, sigma: float, measureme
 
 
 def _run_group(seeds: list[int], measurement: Measurement, support: np.ndarray, settings: PhasingSettings,
-               device: Device, threads: int) -> list[StartResult]:
+               device: Device, threads: int, paired: bool = False) -> list[StartResult]:
     began = time.perf_counter()
     rec = Reconstruction(measurement, support, seeds, positivity=settings.positivity, device=device,
                          threads=threads, fft_backend=settings.fft_backend, fft_planning=settings.fft_planning)
+    rec.paired_seeds = paired                  # auto: sharpened and plain starts share each support schedule
     settings.recipe(rec)
     density = rec.density()
     rec.fft.x[...] = density                   # rank the starts by the error of what they return
