@@ -111,6 +111,8 @@ def test_odd_seeds_run_sharpened_even_ones_plain_and_auto_sharpen_0_turns_it_off
         assert np.isfinite(r.density).all() and r.density.dtype == np.float32
     merged = merge(results, m, 2)
     assert {s % 2 for s in merged.kept_seeds} == {choose(results)[0].seed % 2}
+    few = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=3, keep_best=2, threads=1, fft_backend="scipy")
+    assert all(r.sharpen == 0 for r in run_starts(few.seeds, m, few))     # each kind would merge fewer than 2
     off = PhasingSettings(recipe=parse_recipe("Auto(iterations=40, polish=20, period=10, sharpen=0)"), num_starts=2,
                           keep_best=1, threads=1, fft_backend="scipy")
     assert all(r.sharpen == 0 for r in run_starts(off.seeds, m, off))
@@ -120,7 +122,7 @@ def test_odd_seeds_run_sharpened_even_ones_plain_and_auto_sharpen_0_turns_it_off
 
 def test_a_sharpened_start_is_the_same_start_whether_run_alone_or_with_others():
     m = prepare(_intensity(_blob(24, 4, seed=3)))
-    settings = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=2, keep_best=1, threads=1, fft_backend="scipy")
+    settings = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=4, keep_best=1, threads=1, fft_backend="scipy")
     together = run_starts([1, 2], m, settings)
     alone = run_starts([1], m, settings)[0]
     assert np.array_equal(together[0].density, alone.density) and together[0].sharpen == alone.sharpen > 0
@@ -150,7 +152,7 @@ def test_each_kind_meets_every_support_schedule():
 
 def test_starts_come_back_in_the_order_given_even_a_repeated_seed():
     m = prepare(_intensity(_blob(24, 4, seed=3)))
-    settings = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=3, keep_best=1, threads=1, fft_backend="scipy")
+    settings = PhasingSettings(recipe=parse_recipe(SHORT), num_starts=4, keep_best=1, threads=1, fft_backend="scipy")
     results = run_starts([2, 1, 2], m, settings)
     assert [r.seed for r in results] == [2, 1, 2] and [r.sharpen > 0 for r in results] == [False, True, False]
     assert np.array_equal(results[0].density, results[2].density)

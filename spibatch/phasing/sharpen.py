@@ -9,11 +9,11 @@ Gaussian of ``sigma_b`` voxels: sharper, as compact, with the same phases.  The 
 density is blurred back by the same Gaussian (which keeps it positive) before it is merged.
 
 Which starts: the odd seeds (each sharing its support schedule with the even seed before it,
-:func:`spibatch.phasing.auto.schedule`), with ``sigma_b = sharpen x`` the Wilson sigma fitted to the measured shells from
-q_max / 3 to q_max; the even seeds phase the data as measured.  Objects with sharp edges (a thin shell, boxes)
-ring when sharpened and are phased better as measured, soft ones the other way round; the merge
-(:func:`choose`) keeps the kind whose best start predicts the held-out (free) voxels of the *measured*
-amplitudes best, a comparison both kinds can be held to.  In a hand-written recipe that holds ``Auto`` with
+:func:`spibatch.phasing.auto.schedule`), with ``sigma_b = sharpen x`` the Wilson sigma fitted to the measured
+shells from q_max / 3 to q_max; the even seeds phase the data as measured, and so does every start of a run of
+fewer than MIN_STARTS.  Objects with sharp edges (a thin shell, boxes) ring when sharpened and are phased better
+as measured, soft ones the other way round; the merge (:func:`choose`) keeps the kind whose best start predicts
+the held-out (free) voxels of the *measured* amplitudes best, a comparison both kinds can be held to.  In a hand-written recipe that holds ``Auto`` with
 other steps, a sharpened start runs all of them on the sharpened data (the first ``Auto``'s ``sharpen`` counts).
 """
 
@@ -27,6 +27,7 @@ import numpy as np
 from spibatch.phasing.measurement import Measurement, max_measured_shell, shell_radius
 
 MAX_GAIN = 1e8        # W is capped here (float32 error sums of amplitudes up to ~1e5 stay finite)
+MIN_STARTS = 4       # fewer starts run plain only: each kind's merge needs two starts (a PRTF, an average)
 MIN_SHELLS = 5       # shells the Wilson fit needs (fewer follow the object's shape, not its fall-off)
 MIN_SIGMA = 0.05      # voxels: below this a start is not worth sharpening (W < 1.01 everywhere)
 

@@ -74,7 +74,8 @@ def iter_starts(seeds: list[int], measurement: Measurement, settings: PhasingSet
     seeds = [int(s) for s in seeds]
     step = find_auto(settings.recipe)
     sigma = step.params["sharpen"] * sharpen.wilson_sigma(measurement) if step is not None else 0.0
-    paired = sigma >= sharpen.MIN_SIGMA            # plain and sharpened starts, by seed (sharpen.is_sharpened)
+    # plain and sharpened starts, by seed (sharpen.is_sharpened), when each kind has two or more
+    paired = sigma >= sharpen.MIN_SIGMA and settings.num_starts >= sharpen.MIN_STARTS
     kinds = []                                     # (positions, data, support, gain); checked before any start
     for flag in (False, True):
         positions = [i for i, s in enumerate(seeds) if paired and sharpen.is_sharpened(s) == flag or
