@@ -17,11 +17,10 @@ from spibatch.errors import InputError
 from spibatch.phasing.algebra import RecipeError
 from spibatch.phasing.auto import MIN_FREE_VOXELS, Auto, check_free_set, draw_free_set
 from spibatch.phasing.measurement import full_spectrum, initial_support, prepare
-from spibatch.phasing.multistart import RANK_FACTOR, merge
+from spibatch.phasing.multistart import RANK_FACTOR, choose, merge
 from spibatch.phasing.operators import parse_recipe
 from spibatch.phasing.reconstruction import Reconstruction
 from spibatch.phasing.settings import PhasingSettings
-from spibatch.phasing.sharpen import choose
 from spibatch.phasing.starts import run_starts
 
 REPO = Path(__file__).resolve().parents[1]

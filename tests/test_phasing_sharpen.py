@@ -12,11 +12,11 @@ from test_phasing_operators import _blob, _intensity
 from spibatch.phasing.algebra import RecipeError
 from spibatch.phasing.auto import Auto, schedule
 from spibatch.phasing.measurement import prepare
-from spibatch.phasing.multistart import merge
+from spibatch.phasing.multistart import choose, merge
 from spibatch.phasing.operators import parse_recipe
 from spibatch.phasing.settings import PhasingSettings
-from spibatch.phasing.sharpen import (MAX_GAIN, blur_back, choose, gain, is_sharpened, measured_free_error,
-                                      sharpened, wilson_sigma)
+from spibatch.phasing.sharpen import (MAX_GAIN, blur_back, gain, is_sharpened, measured_free_error, sharpened,
+                                      wilson_sigma)
 from spibatch.phasing.starts import StartResult, run_starts
 
 SHORT = "Auto(iterations=40, polish=20, period=10)"
@@ -78,8 +78,10 @@ def test_the_free_error_against_the_measured_amplitudes_is_zero_for_the_truth():
     assert measured_free_error(2 * truth, m, free) == pytest.approx(1.0, rel=1e-4)
 
 
-def _result(seed, sharpen, error):
-    return StartResult(seed=seed, density=np.zeros((2, 2, 2), np.float32), support=np.ones((2, 2, 2), bool),
+def _result(seed, sharpen, error, voxels=8):
+    support = np.zeros((2, 2, 2), bool)
+    support.flat[:voxels] = True
+    return StartResult(seed=seed, density=np.zeros((2, 2, 2), np.float32), support=support,
                        errors=np.zeros(1), algorithms=["ER"], final_error=0.1, seconds=0.0, free_error=0.1,
                        sharpen=sharpen, measured_free_error=error)
 
@@ -93,6 +95,13 @@ def test_the_merge_keeps_the_kind_whose_best_start_predicts_the_measured_data_be
     assert [r.seed for r in choose(starts + [old])] == [2, 4, 6]      # comparable with the plain ones only
     plain = [_result(2, 0.0, 0.5), _result(4, 0.0, 0.1)]
     assert choose(plain) == plain
+    # 4BED at 128^3: a sharpened start that filled the capsid predicts the free voxels a little better than the
+    # plain one that found it hollow, at twice its support: the compact one's kind is kept
+    capsid = [_result(8, 0.0, 0.076, voxels=4), _result(11, 0.5, 0.068, voxels=8), _result(2, 0.0, 0.5, voxels=1)]
+    assert [r.seed for r in choose(capsid)] == [8, 2]
+    capsid[1].support[:] = False
+    capsid[1].support.flat[:3] = True           # as compact as the plain one: the better prediction wins
+    assert [r.seed for r in choose(capsid)] == [11]
 
 
 def test_odd_seeds_run_sharpened_even_ones_plain_and_auto_sharpen_0_turns_it_off():

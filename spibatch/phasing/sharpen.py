@@ -12,8 +12,9 @@ Which starts: the odd seeds (each sharing its support schedule with the even see
 :func:`spibatch.phasing.auto.schedule`), with ``sigma_b = sharpen x`` the Wilson sigma fitted to the measured
 shells from q_max / 3 to q_max; the even seeds phase the data as measured, and so does every start of a run of
 fewer than MIN_STARTS.  Objects with sharp edges (a thin shell, boxes) ring when sharpened and are phased better
-as measured, soft ones the other way round; the merge (:func:`choose`) keeps the kind whose best start predicts
-the held-out (free) voxels of the *measured* amplitudes best, a comparison both kinds can be held to.  In a hand-written recipe that holds ``Auto`` with
+as measured, soft ones the other way round; the merge keeps the kind whose best start predicts
+the held-out (free) voxels of the *measured* amplitudes best, a comparison both kinds can be held to
+(:func:`spibatch.phasing.multistart.choose`).  In a hand-written recipe that holds ``Auto`` with
 other steps, a sharpened start runs all of them on the sharpened data (the first ``Auto``'s ``sharpen`` counts).
 """
 
@@ -99,15 +100,3 @@ def measured_free_error(density: np.ndarray, measurement: Measurement, free: np.
     diff = np.where(use, spectrum - amplitude, 0.0)
     norm = float(np.sum(np.where(use, amplitude, 0.0) ** 2 * weight))
     return float(math.sqrt(np.sum(diff * diff * weight) / norm)) if norm > 0 else float("nan")
-
-
-def choose(results: list) -> list:
-    """Of the starts (StartResult), those of the kind (sharpened or not) whose best start has the lowest
-    ``measured_free_error``; all of them when they are of one kind; the plain ones when any lacks that error
-    (a start file written before it was kept: plain, and comparable only with the plain starts)."""
-    if len({r.sharpen > 0 for r in results}) < 2:
-        return results
-    if any(r.measured_free_error is None for r in results):
-        return [r for r in results if r.sharpen == 0]
-    best = min(results, key=lambda r: (r.measured_free_error, r.seed))
-    return [r for r in results if (r.sharpen > 0) == (best.sharpen > 0)]
