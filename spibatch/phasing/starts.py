@@ -38,8 +38,8 @@ class StartResult:
     starts are ranked by when every start has one; failure: why the start stopped early (its support
     exploded or collapsed), None when it ran to the end: a failed start is not merged; sharpen: the width
     (voxels) of the Gaussian its data were sharpened by (recipe ``auto``'s odd seeds,
-    :mod:`~spibatch.phasing.sharpen`; its density is blurred back, its errors are those of the sharpened
-    data), 0 when not; measured_free_error: the free error of its density against the measured amplitudes
+    :mod:`~spibatch.phasing.sharpen`; its density is blurred back, its support and errors are those of the
+    sharpened data), 0 when not; measured_free_error: the free error of its density against the measured amplitudes
     (recipe ``auto``): what the merge compares sharpened and plain starts by."""
 
     seed: int
