@@ -246,7 +246,7 @@ class Auto(Step):
     def apply(self, rec):
         p = self.params
         rec.hold_out(check_free_set(rec.measurement, int(rec.support_sizes[0][0][1])))
-        schedules = [schedule(seed, getattr(rec, "paired_seeds", False)) for seed in rec.seeds]
+        schedules = [schedule(seed, rec.paired_seeds) for seed in rec.seeds]
         thresholds = [THRESHOLDS[k % len(THRESHOLDS)] for k in schedules]
         _tight_first_supports(rec, [(k // len(THRESHOLDS)) % 2 == 1 for k in schedules])
         beta = np.float32(p["beta"])

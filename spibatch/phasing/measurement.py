@@ -350,3 +350,22 @@ def max_measured_shell(measurement: Measurement, fraction: float = 0.5) -> int:
     hit = np.bincount(radius.ravel(), measured.ravel(), minlength=n)
     ok = np.flatnonzero((total > 0) & (hit >= fraction * np.maximum(total, 1)))
     return min(int(ok.max()), n // 2) if ok.size else 0
+
+
+def spectrum_weights(n: int, k: int, real: bool) -> np.ndarray:
+    """(K,) float32 along the amplitude's last axis: how many voxels of the full spectrum each stands for -- 2
+    for voxels 1 .. K-2 (K-1 too for an odd N) of a half spectrum, whose mirror is not stored, else 1."""
+    weight = np.ones(k, np.float32)
+    if real:
+        weight[1:k - (1 if n % 2 == 0 else 0)] = 2
+    return weight
+
+
+def free_error(xp, magnitude, amplitude, free, weight) -> float:
+    """sqrt(sum_free w (|F| - A)^2 / sum_free w A^2) -- the relative error of the spectrum magnitudes
+    ``magnitude`` against the amplitudes ``amplitude`` on the ``free`` voxels (arrays of the amplitude's shape,
+    ``weight`` :func:`spectrum_weights`; numpy or the device's ``xp``); NaN when they hold no amplitude."""
+    diff = xp.where(free, magnitude - amplitude, 0) * weight
+    err = float(xp.sum(diff * xp.where(free, magnitude - amplitude, 0)))
+    norm = float(xp.sum(xp.where(free, amplitude, 0) ** 2 * weight))
+    return float(np.sqrt(err / norm)) if norm > 0 else float("nan")

@@ -17,7 +17,7 @@ from spibatch.kernels import phasing_cpu
 from spibatch.kernels.device import CPU, Device
 from spibatch.phasing.fft import FFTEngine
 from spibatch.phasing.gpu import DeviceFFT, DeviceKernels
-from spibatch.phasing.measurement import Measurement
+from spibatch.phasing.measurement import Measurement, free_error, spectrum_weights
 
 
 class Reconstruction:
@@ -67,6 +67,7 @@ class Reconstruction:
         self._scale = 1.0 / n ** 3
         self.failures: dict[int, str] = {}   # start index -> why it stopped (recipe auto's guards)
         self.free = None                 # held-out voxels (the amplitude's shape), see hold_out
+        self.paired_seeds = False        # recipe auto: plain and sharpened starts share schedules (auto.schedule)
         self._free_amplitude = None
         if initial is None:
             self._random_start()
@@ -157,11 +158,7 @@ class Reconstruction:
         self.free = free & (self.amplitude >= 0)
         self._free_amplitude = xp.where(self.free, self.amplitude, 0).astype(np.float32)
         self.amplitude = xp.where(self.free, np.float32(-1), self.amplitude).astype(np.float32)
-        n, k = self.n, self.amplitude.shape[-1]
-        weight = np.ones(k, np.float32)
-        if self.measurement.real:         # a half spectrum: voxels 1 .. K-2 of the last axis stand for two
-            weight[1:k - (1 if n % 2 == 0 else 0)] = 2
-        self._free_weight = xp.asarray(weight)
+        self._free_weight = xp.asarray(spectrum_weights(self.n, self.amplitude.shape[-1], self.measurement.real))
 
     def free_errors(self, volumes=None) -> list[float]:
         """Each start's relative Fourier error on the held-out voxels: sqrt(sum (|F| - A)^2 / sum A^2), F the
@@ -175,12 +172,8 @@ class Reconstruction:
             self.fft.y[...] = volumes
             spectrum = self.fft.forward(self.fft.y)
             self.y_is_projection = False
-        out = []
-        for b in range(self.batch):
-            diff = xp.where(self.free, xp.abs(spectrum[b]) - self._free_amplitude, 0) * self._free_weight
-            err = float(xp.sum(diff * (xp.abs(spectrum[b]) - self._free_amplitude)))
-            norm = float(xp.sum(self._free_amplitude ** 2 * self._free_weight))
-            out.append(_ratio(err, norm))
+        out = [free_error(xp, xp.abs(spectrum[b]), self._free_amplitude, self.free, self._free_weight)
+               for b in range(self.batch)]
         if volumes is not None:
             self._spectrum = None        # fftw: the forward above wrote into the cached spectrum's buffer
         return out

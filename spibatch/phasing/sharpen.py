@@ -25,11 +25,12 @@ import math
 
 import numpy as np
 
-from spibatch.phasing.measurement import Measurement, max_measured_shell, shell_radius
+from spibatch.phasing.measurement import (Measurement, free_error, max_measured_shell, shell_radius,
+                                         spectrum_weights)
 
 MAX_GAIN = 1e8        # W is capped here (float32 error sums of amplitudes up to ~1e5 stay finite)
-MIN_STARTS = 4       # fewer starts run plain only: each kind's merge needs two starts (a PRTF, an average)
-MIN_SHELLS = 5       # shells the Wilson fit needs (fewer follow the object's shape, not its fall-off)
+MIN_STARTS = 4        # fewer starts run plain only: each kind's merge needs two starts (a PRTF, an average)
+MIN_SHELLS = 5        # shells the Wilson fit needs (fewer follow the object's shape, not its fall-off)
 MIN_SIGMA = 0.05      # voxels: below this a start is not worth sharpening (W < 1.01 everywhere)
 
 
@@ -86,17 +87,11 @@ def blur_back(density: np.ndarray, w: np.ndarray, real: bool) -> np.ndarray:
 
 def measured_free_error(density: np.ndarray, measurement: Measurement, free: np.ndarray) -> float:
     """The free error of ``density`` (N, N, N, FFT order) against the measured amplitudes on the ``free``
-    voxels (the amplitude's layout): sqrt(sum (|F| - A)^2 / sum A^2), each half-spectrum voxel that stands for
-    two counted twice, as :meth:`~spibatch.phasing.reconstruction.Reconstruction.free_errors` does."""
+    voxels (the amplitude's layout), as :meth:`~spibatch.phasing.reconstruction.Reconstruction.free_errors`
+    computes it (:func:`~spibatch.phasing.measurement.free_error`)."""
     import scipy.fft
 
-    n = measurement.n
     spectrum = np.abs(scipy.fft.rfftn(density.real) if measurement.real else scipy.fft.fftn(density))
     amplitude = measurement.amplitude.astype(np.float64)
-    use = free & (amplitude >= 0)
-    weight = np.ones(amplitude.shape[-1])
-    if measurement.real:
-        weight[1:amplitude.shape[-1] - (1 if n % 2 == 0 else 0)] = 2
-    diff = np.where(use, spectrum - amplitude, 0.0)
-    norm = float(np.sum(np.where(use, amplitude, 0.0) ** 2 * weight))
-    return float(math.sqrt(np.sum(diff * diff * weight) / norm)) if norm > 0 else float("nan")
+    weight = spectrum_weights(measurement.n, amplitude.shape[-1], measurement.real)
+    return free_error(np, spectrum, amplitude, free & (amplitude >= 0), weight)

@@ -76,10 +76,10 @@ def iter_starts(seeds: list[int], measurement: Measurement, settings: PhasingSet
     sigma = step.params["sharpen"] * sharpen.wilson_sigma(measurement) if step is not None else 0.0
     # plain and sharpened starts, by seed (sharpen.is_sharpened), when each kind has two or more
     paired = sigma >= sharpen.MIN_SIGMA and settings.num_starts >= sharpen.MIN_STARTS
+    sharp = [paired and sharpen.is_sharpened(s) for s in seeds]
     kinds = []                                     # (positions, data, support, gain); checked before any start
     for flag in (False, True):
-        positions = [i for i, s in enumerate(seeds) if paired and sharpen.is_sharpened(s) == flag or
-                     not paired and not flag]
+        positions = [i for i, kind in enumerate(sharp) if kind == flag]
         if positions:
             gain = sharpen.gain(measurement, sigma) if flag else None
             data = measurement if gain is None else sharpen.sharpened(measurement, gain)
@@ -87,7 +87,7 @@ def iter_starts(seeds: list[int], measurement: Measurement, settings: PhasingSet
             check_data(settings.recipe, data, support)
             kinds.append((positions, data, support, gain))
     free = None
-    if paired and any(gain is not None for *_, gain in kinds):
+    if any(sharp):
         from spibatch.phasing.auto import draw_free_set
 
         free = draw_free_set(measurement)
