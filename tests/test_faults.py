@@ -533,6 +533,33 @@ def test_a_signal_stops_emc_with_its_resume_line(name, emc_config, tmp_path):
                             None, within=60)
 
 
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_phasing_run_with_the_command_to_run_it_again(name, tmp_path):
+    """SIGTERM or SIGINT of `spibatch phase` (recipe auto, sharpened starts among them) during its starts: status
+    interrupted, exit 143 / 130, and as its last line the command that runs it again -- not `spibatch resume`,
+    which continues only runs of `spibatch run` (it refused this folder: "no site.yaml here")."""
+    from spibatch.io.results import write_result
+
+    n = 40
+    g = np.indices((n,) * 3) - n // 2
+    rho = np.exp(-((g - np.array([3, -2, 1])[:, None, None, None]) ** 2).sum(0) / 8.0) + np.exp(-(g ** 2).sum(0) / 3.0)
+    write_result(tmp_path / "i.h5", {"intensity": np.abs(np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(rho)))) ** 2},
+                 {"voxel_size_per_m": 1e8})
+    config = tmp_path / "p.yaml"
+    config.write_text("name: t\nphasing:\n  intensity: i.h5\n  recipe: auto\n  num_starts: 64\n  keep_best: 8\n"
+                      "  threads: 1\n")
+    run_dir = tmp_path / "run"
+    log = tmp_path / "phase.log"
+    proc = start("phase", config, "--out", run_dir, cwd=tmp_path, log=log)
+    wait_for(lambda: "start 1 (seed 2)" in (run_dir / "log.txt").read_text() if (run_dir / "log.txt").exists()
+             else False, 300, proc, "the second start")
+    done = run("resume", run_dir, cwd=tmp_path)
+    assert done.returncode != 0 and "not a run of `spibatch run`" in done.stderr, done.stderr
+    os.kill(proc.pid, getattr(signal, name))
+    interrupted_as_promised(proc, log, name, f"spibatch phase {config} (the phase stage starts again, in a new run "
+                            "folder)", run_dir, None, within=60)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command,name,whole_group", [("run", "SIGINT", True), ("run", "SIGTERM", False),
                                                       ("demo", "SIGTERM", True)],

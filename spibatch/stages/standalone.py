@@ -51,7 +51,7 @@ def run_stages(names: list[str], pipeline, config: Path | None, *, out: Path | N
                    inputs=tuple(inputs), unchanged=tuple(p for p in inputs if p != config),
                    check=None if existing is None else lambda: _check_resume(names, pipeline, config, existing),
                    extra={"mpi_ranks": size} if "emc" in names else None,
-                   resume_hint=_resume_hint(names, config, out, resume))
+                   resume_hint=_resume_hint(names, config, out, resume, command))
     with ExitStack() as stack:
         run = mpi.collective(comm, lambda: stack.enter_context(open_run(**opening)) if rank == 0 else None)
         layout = RunLayout(mpi.broadcast(comm, None if run is None else run.path))
@@ -103,9 +103,15 @@ def _run_all(names, layout: RunLayout, pipeline, device, comm, *, force: bool) -
     return outputs
 
 
-def _resume_hint(names, config, out, resume) -> str | None:
+def _resume_hint(names, config, out, resume, command: list[str] | None = None) -> str:
+    """What the line of an interrupted run says to go on with: EMC continues from its checkpoint (``--resume``);
+    every other stage runs again, into a new folder (the command without its ``--out``): ``spibatch resume``
+    continues only runs of ``spibatch run``."""
     if names != ["emc"]:
-        return None
+        words = list(command if command is not None else sys.argv)[1:]
+        kept = [w for i, w in enumerate(words)
+                if not (w == "--out" or w.startswith("--out=") or (i and words[i - 1] == "--out"))]
+        return f"spibatch {shlex.join(kept)} (the {'/'.join(names)} stage starts again, in a new run folder)"
     from spibatch.rundir import RUN_MADE
 
     folder = resume or out          # else the folder open_run makes (runs/<name>-<time>/), quoted there
