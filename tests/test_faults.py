@@ -556,8 +556,7 @@ def test_a_signal_stops_a_phasing_run_with_the_command_to_run_it_again(name, tmp
     done = run("resume", run_dir, cwd=tmp_path)
     assert done.returncode != 0 and "not a run of `spibatch run`" in done.stderr, done.stderr
     os.kill(proc.pid, getattr(signal, name))
-    interrupted_as_promised(proc, log, name, f"spibatch phase {config} (the phase stage starts again, in a new run "
-                            "folder)", run_dir, None, within=60)
+    interrupted_as_promised(proc, log, name, f"spibatch phase {config} (it starts again, in a new run folder)", run_dir, None, within=60)
 
 
 @pytest.mark.slow

@@ -111,7 +111,7 @@ def _resume_hint(names, config, out, resume, command: list[str] | None = None) -
         words = list(command if command is not None else sys.argv)[1:]
         kept = [w for i, w in enumerate(words)
                 if not (w == "--out" or w.startswith("--out=") or (i and words[i - 1] == "--out"))]
-        return f"spibatch {shlex.join(kept)} (the {'/'.join(names)} stage starts again, in a new run folder)"
+        return f"spibatch {shlex.join(kept)} (it starts again, in a new run folder)"
     from spibatch.rundir import RUN_MADE
 
     folder = resume or out          # else the folder open_run makes (runs/<name>-<time>/), quoted there
