@@ -89,9 +89,12 @@ def monitor(path: Optional[Path] = typer.Argument(None, envvar="SPIBATCH_MONITOR
 
 def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
     """(Re)write RUN_DIR/report.html and its PNGs (every run writes them at its end)."""
+    import shlex
     import sys
 
     from spibatch import lock
+    from spibatch.errors import InputError
+    from spibatch.io.atomic import say_how_to_go_on
     from spibatch.layout import RunLayout
     from spibatch.stages import report as report_stage
 
@@ -103,6 +106,9 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
         lock.take_lock(run.path, ["spibatch", *sys.argv[1:]], "RUN_DIR")   # one writer: a live run's is refused
     try:
         typer.echo(f"wrote {report_stage.run(run)['report']}")
+    except InputError as exc:         # a full disk: the command to go on with is this one
+        say_how_to_go_on(exc, f"spibatch report {shlex.quote(str(run_dir))}")
+        raise
     finally:
         if not stale:
             lock.release_lock(run.path)

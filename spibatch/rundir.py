@@ -28,7 +28,7 @@ from pathlib import Path
 from spibatch import __version__, layout, owners
 from spibatch.errors import InputError
 from spibatch.interrupts import chained_interrupt, replaced_interrupt
-from spibatch.io.atomic import DiskFull, remove_partial_files, write_text
+from spibatch.io.atomic import DiskFull, remove_partial_files, say_how_to_go_on, write_text
 from spibatch.io.fingerprint import (ENDS_BYTES, FULL_HASH_LIMIT, input_fingerprint,  # noqa: F401  (re-exported)
                                      same_fingerprint, sha256_file)
 from spibatch.lock import read_lock, release_lock, stop_left_running, take_lock, utc_now  # noqa: F401
@@ -382,6 +382,8 @@ def _body(run: RunDir, inputs: tuple, extra: dict | None, resume_hint: str | Non
             if stop is exc:
                 raise
             raise stop from None   # (its chain holds the library's error, or log.txt does)
+        say_how_to_go_on(exc, (resume_hint or f"spibatch resume {RUN_MADE}").replace(RUN_MADE,
+                                                                                      shlex.quote(str(run.path))))
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         run.finish("failed", error=f"{exc.__class__.__name__}: {first}")
         report_now = report and not isinstance(exc, DiskFull)   # no room for it: not another error line

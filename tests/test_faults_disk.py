@@ -72,7 +72,8 @@ def test_emc_into_a_full_disk_stops_in_one_line_and_resumes_elsewhere(emc_config
     with small_disk(tmp_path, 30 << 20) as (disk, fsize), \
             filled_after(disk / "run" / "emc" / "output_001.h5", disk, 3 << 20, fsize):
         done = run("emc", config, "--out", disk / "run", cwd=tmp_path, fsize=fsize)
-        out_of_room(done, disk / "run")
+        line = out_of_room(done, disk / "run")
+        assert f"go on with: spibatch emc {config} --resume {disk / 'run'}" in line, line   # the command that does
         assert json.loads((disk / "run" / "provenance.json").read_text())["status"] in ("failed", "running")
         shutil.copytree(disk / "run", tmp_path / "moved")
     moved = tmp_path / "moved"
@@ -95,7 +96,11 @@ def test_phase_into_a_full_disk_stops_in_one_line(tmp_path, emc_small, emc_confi
     config.write_text(f"name: ph\nphasing: {{intensity: {intensity}, num_starts: 2, keep_best: 2, "
                       "recipe: \"(HIO() ** 10 * ShrinkWrap()) ** 2 * ER() ** 10\"}\n")
     with small_disk(tmp_path, 600 << 10) as (disk, fsize):
-        out_of_room(run("phase", config, "--out", disk / "run", cwd=tmp_path, fsize=fsize), disk / "run")
+        line = out_of_room(run("phase", config, "--out", disk / "run", cwd=tmp_path, fsize=fsize), disk / "run")
+    # a phasing run keeps no checkpoint: the line says the command again (a new folder), not `spibatch resume`,
+    # which refuses folders that are not `spibatch run`'s
+    assert f"go on with: spibatch phase {config} (it starts again, in a new run folder)" in line, line
+    assert "resume" not in line, line
 
 
 TINY_SIMULATION = """\
@@ -179,6 +184,7 @@ def test_report_into_a_full_disk_stops_in_one_line_and_keeps_the_run(tmp_path):
         before = {str(p.relative_to(disk / "run")): p.read_bytes() for p in (disk / "run").rglob("*") if p.is_file()}
         line = out_of_room(run("report", disk / "run", cwd=tmp_path, fsize=fsize), disk / "run")
         assert "report" in line
+        assert f"go on with: spibatch report {disk / 'run'};" in line, line
         after = {str(p.relative_to(disk / "run")): p.read_bytes() for p in (disk / "run").rglob("*") if p.is_file()}
         assert after == before
 
@@ -193,7 +199,8 @@ def test_run_into_a_full_disk_stops_in_one_line(emc_small, tmp_path):
     with small_disk(tmp_path, 26 << 20) as (disk, fsize), \
             filled_after(disk / "run" / "emc" / "output_001.h5", disk, 3 << 20, fsize):
         done = run("run", pipeline, "--out", disk / "run", cwd=tmp_path, fsize=fsize)
-        out_of_room(done, disk / "run")
+        line = out_of_room(done, disk / "run")
+        assert f"go on with: spibatch resume {disk / 'run'}" in line, line
 
 
 @pytest.mark.parametrize("code", [13, 1, 30])   # EACCES, EPERM (chattr +i), EROFS

@@ -26,6 +26,16 @@ from spibatch.errors import InputError
 # errno -> what the one line says
 FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
         errno.EFBIG: "file too large (the file-size limit, `ulimit -f`, or the file system's)"}
+# how a fix says to go on; a run folder's owner (spibatch.rundir) puts the command that does it in its place
+AGAIN = "resume or run again"
+
+
+def say_how_to_go_on(exc: BaseException, command: str) -> None:
+    """Put ``command`` (the one that goes on after a full disk or a refused write) in the place of :data:`AGAIN` in
+    ``exc``'s line, when it is an InputError that says it (also one relayed from a stage, in its problem)."""
+    if isinstance(exc, InputError) and AGAIN in str(exc):
+        exc.problem, exc.fix = (None if text is None else text.replace(AGAIN, f"go on with: {command}")
+                                for text in (exc.problem, exc.fix))
 
 
 class DiskFull(InputError):
@@ -47,13 +57,11 @@ def disk_full(exc: BaseException, path: str | os.PathLike, need: int | None = No
     free = f"needs about {need / 1e6:.1f} MB more" if need else ""
     if code == errno.EFBIG:
         return DiskFull(f"{FULL[code]} while writing it" + (f" ({free})" if free else ""), path=path,
-                        fix="raise the file-size limit (ulimit -f), then resume or run again; earlier results "
-                            "are intact")
+                        fix=f"raise the file-size limit (ulimit -f), then {AGAIN}; earlier results are intact")
     with contextlib.suppress(OSError):
         free += (", " if free else "") + f"{shutil.disk_usage(Path(path).parent).free / 1e6:.1f} MB free there"
     return DiskFull(f"{FULL[code]} while writing it" + (f" ({free})" if free else ""), path=path,
-                    fix="free some space (or choose another --out), then resume or run again; "
-                        "earlier results are intact")
+                    fix=f"free some space (or choose another --out), then {AGAIN}; earlier results are intact")
 
 
 UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted (an immutable folder?)",
@@ -66,7 +74,7 @@ def unwritable(exc: BaseException, path: str | os.PathLike) -> InputError | None
     if not isinstance(exc, OSError) or exc.errno not in UNWRITABLE:
         return None
     return InputError(f"cannot write it ({UNWRITABLE[exc.errno]})", path=path,
-                      fix="make its folder writable, then resume (earlier results are intact)")
+                      fix=f"make its folder writable, then {AGAIN} (earlier results are intact)")
 
 
 @contextlib.contextmanager
