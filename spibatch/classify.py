@@ -31,6 +31,7 @@ from typing import Iterable
 import numpy as np
 
 from spibatch.detector import MASK_EXCLUDED
+from spibatch.errors import InputError
 
 FEATURES = ("counts", "profile", "contrast", "angular")
 
@@ -58,14 +59,21 @@ class PixelTables:
         merged = used & (detector.mask == 0)
         if merged.any():     # the full circle only: the corners would weigh the outer shells by the frame's shape
             used &= r <= r[merged].max()
+        if not used.any():
+            raise InputError("no pixel is used: every pixel is excluded or has corr 0", field="corr",
+                             fix="give corr > 0 (the solid angle x polarisation) to the pixels that measure")
         edges = np.linspace(r[used].min(), r[used].max() + 1e-9, num_shells + 1)
         shell = np.where(used, np.clip(np.searchsorted(edges, r, side="right") - 1, 0, num_shells - 1), -1)
+        weight = np.bincount(shell[used], weights=detector.corr[used], minlength=num_shells)
+        if (weight <= 0).any():   # a shell of no pixel: its features would divide by 0 (NaN in classes.json)
+            raise InputError(f"its {int(used.sum())} pixel(s) used (not excluded, corr > 0) leave "
+                             f"{int((weight <= 0).sum())} of the {num_shells} shells of the classification empty",
+                             field="corr", fix="check the detector's corr and mask")
         phi = np.arctan2(q[:, 1], q[:, 0])
         m = 2 * np.arange(1, num_harmonics + 1)
         return cls(shell, np.arange(num_shells) * num_bands // num_shells,
                    np.where(used, 1.0 / np.where(used, detector.corr, 1.0), 0.0), np.cos(np.outer(phi, m)),
-                   np.sin(np.outer(phi, m)), np.bincount(shell[used], weights=detector.corr[used],
-                                                         minlength=num_shells), edges)
+                   np.sin(np.outer(phi, m)), weight, edges)
 
 
 def frame_features(blocks: Iterable, tables: PixelTables) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import gc
 import logging
+import re
 import sys
 
 import typer
@@ -71,14 +72,23 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except OSError as exc:       # a path too long, unwritable, or stdout on a full device or a closed pipe
         if exc.errno not in (errno.ENAMETOOLONG, errno.ENOSPC, errno.EPIPE, errno.EACCES, errno.EROFS,
-                             errno.ENOTDIR, errno.EEXIST):   # (the last two: a file where a folder goes)
+                             errno.ENOTDIR, errno.EEXIST, errno.ELOOP):   # ENOTDIR, EEXIST: a file where a folder goes
             raise
         where = exc.filename or ("standard output" if exc.errno in (errno.EPIPE, errno.ENOSPC) else None)
         if not interrupts.mpi_rank():
             with contextlib.suppress(OSError):
                 fix = ("give a shorter path" if exc.errno == errno.ENAMETOOLONG else
+                       "point the link at a real file or folder" if exc.errno == errno.ELOOP else
                        "give a writable path (or another output)")
                 print(f"spibatch: error: {where + ': ' if where else ''}{exc.strerror or exc}; {fix}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as exc:  # Path.resolve() on a link that leads back to itself (Python 3.11-3.12; 3.13: ELOOP)
+        loop = re.fullmatch(r"Symlink loop from '(.*)'", str(exc), re.S)
+        if loop is None:
+            raise
+        if not interrupts.mpi_rank():
+            typer.echo(f"spibatch: error: {ascii(loop.group(1))[1:-1]}: a symbolic link loop (it leads back to "
+                       "itself); point the link at a real file or folder", err=True)
         sys.exit(2)
     except StageFailed as exc:   # a job or task failed: the stage, the cause, where the traceback is, how to go on
         if not interrupts.mpi_rank():

@@ -49,7 +49,9 @@ def check_writable_folder(folder: Path, field: str) -> None:
     import tempfile
 
     from spibatch.errors import InputError
+    from spibatch.io.files import check_one_line
 
+    check_one_line(folder, field)
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

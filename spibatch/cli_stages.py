@@ -23,10 +23,11 @@ def init(directory: Path = typer.Argument(..., help="folder to write pipeline.ya
          site: Optional[str] = typer.Option(None, "--site", help="also write a commented site.yaml to start from: "
                                             "local, slurm or kubernetes")) -> None:
     """Write a commented pipeline.yaml (and the example structure 1EI7.pdb) into DIRECTORY; --site adds a site file."""
+    from spibatch.io.files import check_one_line
     from spibatch.starter import init as write_starter
     from spibatch.starter import same_as_example
 
-    written = write_starter(directory, site)
+    written = write_starter(check_one_line(directory, "DIRECTORY"), site)
     typer.echo("\n".join(f"wrote {path}" for path in written))
     kept = directory / "1EI7.pdb"
     if directory / "pipeline.yaml" in written and kept not in written and not same_as_example(kept):
@@ -147,9 +148,11 @@ def background(photons: Path = typer.Argument(..., help="Dragonfly photons file 
                ) -> None:
     """Mean photons per pixel per frame over empty frames: the background file emc.background_file names."""
     from spibatch.io.background import MAX_VALUE, background_from_photons, write_background
+    from spibatch.io.files import check_one_line
     from spibatch.stages.checks import require_file
 
     require_file(photons, "photons", fix="give a Dragonfly photons file of empty frames")
+    check_one_line(out, "--out")
     if out.exists() or out.is_symlink():
         what = ("is the photons file it would read" if out.resolve() == photons.resolve() else
                 "is a directory" if out.is_dir() else "exists: nothing is overwritten")
@@ -178,7 +181,7 @@ def classify(photons: Optional[list[Path]] = typer.Argument(None, help="Dragonfl
              seed: int = typer.Option(0, "--seed", min=0, help="seed of the clustering's random starts")) -> None:
     """2-D classification of the frames before EMC: classes of frames alike, and the blacklist (emc.blacklist_file)
     that leaves out the classes not kept."""
-    from spibatch.classify import classify as run_classify
+    from spibatch.classify import PixelTables, classify as run_classify
     from spibatch.classify_files import FILES, check_keeps_frames, claimed, describe, open_frames, parse_keep, \
         unclaimed_entries, write_classes
     from spibatch.io.frame_selection import read_list
@@ -193,6 +196,11 @@ def classify(photons: Optional[list[Path]] = typer.Argument(None, help="Dragonfl
     kept = parse_keep(keep, classes)           # before the pass over the frames
     field = "--photons-list" if photons_list is not None else "photons"
     geometry, blocks, frames = open_frames(photons, detector, classes, field=field)
+    try:
+        PixelTables.of(geometry)               # the detector leaves every shell of the features a pixel
+    except InputError as exc:
+        exc.path = str(detector)
+        raise
     with claimed(out):
         found = run_classify(blocks, geometry, classes, seed)
         if not found.features["counts"].any():

@@ -48,9 +48,16 @@ def read_lock(folder: Path) -> dict | None:
         return None
     except (OSError, ValueError, RecursionError):
         record = None
-    if not isinstance(record, dict):
+    if not isinstance(record, dict) or not _is_record(record):
         return {"pid": None, "host": None, "started": None, "command": UNREADABLE}
     return record
+
+
+def _is_record(record: dict) -> bool:
+    """Whether a lock's JSON is a record spibatch wrote: a whole-number pid and a host's name (an edited lock,
+    ``{"pid": "x"}``, read as a live owner, and the command said to wait for it forever)."""
+    pid, host = record.get("pid"), record.get("host")
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and isinstance(host, str) and bool(host)
 
 
 def lock_is_stale(record: dict) -> bool:

@@ -178,7 +178,10 @@ def _writer_of(path: Path) -> str:
 
 def check_new_run_path(path: Path, field: str = "--out") -> Path:
     """``path`` may become a new run folder: InputError (nothing created) if it holds a run, lies inside one, is a
-    file, or is a folder holding anything else."""
+    file, or is a folder holding anything else (or its name holds a line break)."""
+    from spibatch.io.files import check_one_line
+
+    check_one_line(path, field)
     inside = enclosing_run(path, itself=False)
     if inside is not None:   # a run inside a run: its outputs would be taken for the earlier run's (report, resume)
         raise InputError(f"lies inside the earlier run folder {inside}", path=path, field=field,

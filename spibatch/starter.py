@@ -37,6 +37,9 @@ def init(directory: Path, site: str | None = None) -> list[Path]:
     if pipeline in targets and pdb.is_symlink() and not pdb.exists():   # a copy would go where the link points
         raise InputError(f"is a dangling symbolic link (to {os.readlink(pdb)})", path=pdb,
                          fix="remove the link, or point it at an existing structure file")
+    if pipeline in targets and pdb.exists() and not pdb.is_file():   # kept, the pipeline would read a folder
+        raise InputError("exists and is not a file: the pipeline's structure file goes here", path=pdb,
+                         fix="move it away (or choose another directory)")
     written = []
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,18 @@ def write_background(path: str | os.PathLike, background: np.ndarray) -> None:
     write_hdf5(path, lambda f: f.create_dataset(DATASET, data=values, track_times=False))
 
 
+def check_fits(path, num_pix: int) -> None:
+    """One line when the sums over ``num_pix`` pixels (three float64 arrays) would take more than half of this
+    machine's memory: a photons file whose num_pix is corrupt (2^31 - 1 asked for 48 GiB and died of it)."""
+    from spibatch.estimates import human_bytes, machine_memory
+
+    need, (memory, source) = 3 * 8 * num_pix, machine_memory()
+    if need > memory // 2:
+        raise InputError(f"{num_pix:,} pixels would need {human_bytes(need)} of memory to average, and this machine "
+                         f"has {human_bytes(memory)} ({source})", path=path, field="num_pix",
+                         fix="check the photons file's num_pix (no detector has that many pixels)")
+
+
 def background_from_photons(path: str | os.PathLike, frames: np.ndarray | None = None,
                             chunk_frames: int = 4096) -> np.ndarray:
     """Mean photons per pixel per frame (num_pix,) float64 over the frames of a photons file (Dragonfly
@@ -119,6 +131,7 @@ def background_from_photons(path: str | os.PathLike, frames: np.ndarray | None =
     from spibatch.io.dragonfly import iter_photons, photons_info
 
     num_frames, num_pix = photons_info(path)
+    check_fits(path, num_pix)
     use = np.ones(num_frames, bool)
     if frames is not None:
         frames = np.asarray(frames)

@@ -13,6 +13,16 @@ from spibatch.errors import InputError
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"   # what str.splitlines() splits at
 
 
+def check_one_line(path, field: str | None = None) -> Path:
+    """An output's ``path`` as a Path, or one InputError when its name holds a line break: the lines that name it
+    (``next:``, the log, EMC.log's header) would split, and the commands given it next refuse it as an input."""
+    control = next((c for c in str(path) if c in LINE_BREAKS), None)
+    if control is not None:
+        raise InputError(f"the name holds the line break {control!r}", path=ascii(str(path)), field=field,
+                         fix="choose a name of one line (letters, digits, spaces and punctuation)")
+    return Path(path)
+
+
 def require_file(path, field: str | None = None, fix: str = "check the path") -> Path:
     """``path`` as a Path, or one InputError naming it and ``field``: a name that is not UTF-8 or holds a line break, missing (a dangling link, a link loop), a directory, not a regular file, or not readable."""
     path = Path(path)
