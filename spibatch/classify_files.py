@@ -62,7 +62,7 @@ def check_keeps_frames(classes: Classes, keep: list[int]) -> None:
     """InputError (one line, nothing written) when the classes kept hold no frame: EMC would refuse the blacklist."""
     counts = [int(summary["frames"]) for summary in classes.summaries]
     if not sum(counts[c] for c in keep):
-        raise InputError(f"class{'es' * (len(keep) > 1)} {','.join(map(str, keep))} hold no frame (frames per class: "
+        raise InputError(f"class{'es' * (len(keep) > 1)} {','.join(map(str, keep))} hold{'s' * (len(keep) == 1)} no frame (frames per class: "
                          f"{', '.join(f'{c}: {n:,}' for c, n in enumerate(counts))})", field="--keep",
                          fix="keep a class that holds frames")
 

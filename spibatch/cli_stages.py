@@ -33,8 +33,11 @@ def init(directory: Path = typer.Argument(..., help="folder to write pipeline.ya
     if directory / "pipeline.yaml" in written and kept not in written and not same_as_example(kept):
         typer.echo(f"kept {kept}, which was there and is not the example's 1EI7 (pipeline.yaml's simulation.pdb "
                    "names it: check it is the structure you mean)")
-    site_arg = f" --site {shlex.quote(str(directory / 'site.yaml'))}" if site else ""
-    typer.echo(f"next: spibatch run {shlex.quote(str(directory / 'pipeline.yaml'))}{site_arg}" + (" --dry-run" if site else ""))
+    def arg(path: Path) -> str:       # a folder named -x would be read as an option
+        return shlex.quote(f"./{path}" if str(path).startswith("-") else str(path))
+
+    site_arg = f" --site {arg(directory / 'site.yaml')}" if site else ""
+    typer.echo(f"next: spibatch run {arg(directory / 'pipeline.yaml')}{site_arg}" + (" --dry-run" if site else ""))
 
 
 def schema() -> None:

@@ -21,6 +21,11 @@ PROVENANCE_TYPES = {"status": str, "command": list, "inputs": dict, "resumed": l
                     "config_sha256": str}
 
 
+def _a(word: str) -> str:
+    """``word`` with its article: "an int", "a list"."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def config_digest(text: str) -> str:
     """The SHA-256 of a run's config.yaml text, as provenance.json's ``config_sha256`` records it."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -35,17 +40,17 @@ def read_provenance(path: Path, field_name: str = "--resume", *, deep: bool = Tr
     try:
         record = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError("no provenance.json here: not a run directory", path=path, field=field_name,
-                         fix=PROVENANCE_FIX) from None
+        raise InputError("not found" if not Path(path).exists() else "no provenance.json here: not a run directory",
+                         path=path, field=field_name, fix=PROVENANCE_FIX) from None
     except (OSError, ValueError, RecursionError) as exc:
         raise InputError(f"provenance.json unreadable ({exc.__class__.__name__})", path=path, field=field_name,
                          fix=PROVENANCE_FIX) from None
     if not isinstance(record, dict):
-        raise InputError(f"provenance.json holds a {type(record).__name__}, not a run's record", path=path,
+        raise InputError(f"provenance.json holds {_a(type(record).__name__)}, not a run's record", path=path,
                          field=field_name, fix=PROVENANCE_FIX + "; it was edited or overwritten")
     for key, kind in PROVENANCE_TYPES.items():
         if key in record and record[key] is not None and not isinstance(record[key], kind):
-            raise InputError(f"provenance.json: {key} holds a {type(record[key]).__name__}, not a {kind.__name__}",
+            raise InputError(f"provenance.json: {key} holds {_a(type(record[key]).__name__)}, not {_a(kind.__name__)}",
                              path=path, field=field_name, fix="the record was edited: put the original back")
     inputs = record.get("inputs") or {}
     if not all(isinstance(v, str) for v in inputs.values()) or not all(isinstance(r, dict)

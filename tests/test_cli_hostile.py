@@ -110,3 +110,14 @@ def test_background_refuses_a_num_pix_no_machine_can_hold(tmp_path):
         f["num_pix"] = np.int64(2 ** 31 - 1)
     refused(spibatch("background", "p.h5", "-o", "bg.h5", cwd=tmp_path), "p.h5", "num_pix", "2,147,483,647 pixels")
     assert not (tmp_path / "bg.h5").exists()
+
+
+def test_the_small_lines_read_right(tmp_path):
+    """A folder that is not there is 'not found' (it said 'no provenance.json here'); an edited record's type has
+    its article ('an int'); a folder named like an option gets a `next:` line that runs."""
+    refused(spibatch("stop", "nowhere", cwd=tmp_path), "nowhere", "not found")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "provenance.json").write_text('{"status": 3}')
+    refused(spibatch("stop", "run", cwd=tmp_path), "status holds an int, not a str")
+    done = spibatch("init", "--", "-weird", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "next: spibatch run ./-weird/pipeline.yaml", done

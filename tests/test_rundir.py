@@ -163,7 +163,7 @@ def test_a_resume_refuses_a_pipe_or_a_deep_link_in_the_run_folder(tmp_path, wher
     (lambda r: [], "provenance.json holds a list, not a run's record"),
     (lambda r: r | {"inputs": []}, "inputs holds a list, not a dict"),
     (lambda r: r | {"inputs": {"/x": 5}}, "inputs or resumed hold values of the wrong kind"),
-    (lambda r: r | {"resumed": 5}, "resumed holds a int, not a list")])
+    (lambda r: r | {"resumed": 5}, "resumed holds an int, not a list")])
 def test_an_edited_provenance_record_is_one_line(tmp_path, edit, words):
     """provenance.json of the wrong shape (valid JSON) gave AttributeError / TypeError tracebacks on a resume."""
     with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:

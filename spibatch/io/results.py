@@ -317,7 +317,7 @@ def check_reference(path: str | os.PathLike, voxel_size_m: float | None = None, 
     path = Path(path)
     if voxel_size_m is not None and not (isinstance(voxel_size_m, (int, float)) and not isinstance(voxel_size_m, bool)
                                          and np.isfinite(voxel_size_m) and voxel_size_m > 0):
-        raise InputError(f"expected a positive length in metres, found {voxel_size_m!r}", path=path,
+        raise InputError(f"expected a positive length in metres, found {voxel_size_m.item() if isinstance(voxel_size_m, np.generic) else voxel_size_m!r}", path=path,
                          field=voxel_field, fix="give the truth's voxel edge in metres (e.g. 1.756e-9)")
     shape = volume_shape(path, dataset if path.is_file() and is_hdf5(path) else None, field=field,
                          dataset_fix=REFERENCE_FIX + f" (its dataset: {dataset})")

@@ -137,7 +137,7 @@ def _kind(cfg) -> str:
     kinds = [volume_kind(path, cfg.dataset) for path in (cfg.volume, cfg.reference)]
     if None in kinds or kinds[0] != kinds[1]:
         unknown = [Path(p).name for p, k in zip((cfg.volume, cfg.reference), kinds) if k is None]
-        what = (f"{' and '.join(unknown)} does not say whether it holds an intensity or a density" if unknown else
+        what = (f"{' and '.join(unknown)} {'do' if len(unknown) > 1 else 'does'} not say whether it holds an intensity or a density" if unknown else
                 f"{Path(cfg.volume).name} holds {_a(kinds[0])}, {Path(cfg.reference).name} {_a(kinds[1])}")
         raise InputError(what, path=cfg.volume, field="validation.kind",
                          fix="say which they are: --kind intensity or --kind density (validation.kind), and "
