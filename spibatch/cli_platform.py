@@ -155,10 +155,10 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
     """Play a data set as a live source at a rate -- an EuXFEL run being written, a Karabo bridge or a folder
     of CXI files -- to rehearse a beamtime (spibatch run with a `source:` section follows it)."""
     import math
-    import re
 
     from spibatch.errors import InputError
     from spibatch.stream.replay import KINDS, frames_from
+    from spibatch.stream.sources import endpoint_problem
     from spibatch.stream.replay import replay as play
 
     if as_ not in KINDS:
@@ -184,12 +184,14 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
     if hits / hit_fraction > 10 ** 8:   # (a photons file's frames were made in memory: 37 GiB, a traceback)
         raise InputError(f"{hits:,} hits at a hit fraction of {hit_fraction:g} make more than 1e8 frames",
                          field="--hit-fraction", fix="play fewer hits, or a larger hit fraction")
-    if as_ == "karabo-bridge" and not re.fullmatch(r"(tcp://[^:/\s]+:\d+|ipc://\S+|inproc://\S+)", target):
-        raise InputError(f"not a ZeroMQ endpoint: {target!r}", field="--target",
-                         fix="e.g. --target tcp://127.0.0.1:4545")
+    problem = endpoint_problem(target, ("tcp", "ipc", "inproc")) if as_ == "karabo-bridge" else None
+    if problem is not None:
+        raise InputError(f"{target!r}: {problem}", field="--target", fix="e.g. --target tcp://127.0.0.1:4545")
     if as_ != "karabo-bridge":      # the folders it writes: one line now, not a traceback after the simulation
         check_replay_folder(Path(target), "--target", "its numbered files from the first")
         check_writable_folder(Path(target), "--target")
+        Path(target).mkdir(parents=True, exist_ok=True)   # now, not after the simulation: a run that follows it
+        # refused a folder not there yet ("source.target: no such folder")
     if source == "simulated":
         check_replay_folder(out, "--out", "photons.emc, detector.h5, truth.h5 and density.mrc", REPLAY_MARK)
         check_writable_folder(out, "--out")
@@ -244,9 +246,14 @@ def stop(run_dir: Path = typer.Argument(..., help="a run folder that follows a l
     run = RunLayout(run_dir)
     record = read_provenance(run.path, field_name="RUN_DIR", deep=False)   # a run folder (its top: a live run's
     # chunks may number thousands), or one line saying it is not
-    if record.get("status") == "completed":
+    status = record.get("status")
+    if status == "completed":
         raise InputError("this run has completed: there is nothing to stop", path=run.path, field="RUN_DIR",
                          fix="give the folder of a live run that is still following its source")
+    if status in ("failed", "interrupted"):   # a stop file left here would end its resumed follow at once
+        raise InputError(f"this run has {'failed' if status == 'failed' else 'been interrupted'}: it is not running, "
+                         "there is nothing to stop", path=run.path, field="RUN_DIR",
+                         fix=f"`spibatch resume {run.path}` continues it (then `spibatch stop` ends its follow)")
     if not run.follow.exists() and not _follows(run):    # (a follow makes its folder with its first train)
         raise InputError("this run does not follow a live source (no follow/ folder, no source in its "
                          "config.yaml)", path=run.path, field="RUN_DIR",

@@ -371,6 +371,12 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
 
             write_text(run.site, dump_site(site))
             log.info("site: %s (was %s), from %s", site.name, own.name, site_path)
+        if run.stop.exists() and stages.finished(run, "follow") is None:   # asked of the run that stopped, not
+            # of this one: left there, it ended the resumed follow at once, with 0 frames read
+            asked = run.stop.read_text(encoding="utf-8", errors="replace").strip()
+            run.stop.unlink()
+            log.warning("an earlier `spibatch stop` (%s) was for the run before this resume: cleared; the follow "
+                        "goes on until `spibatch stop` is given again", asked)
 
     with open_run(resume=run.path, command=command, inputs=needed, check=check, field="RUN_DIR",
                   stop_old=lambda: cancel_left_jobs(run, own), resume_hint=f"spibatch resume {shlex.quote(str(run.path))}") as opened:

@@ -121,3 +121,48 @@ def test_the_small_lines_read_right(tmp_path):
     refused(spibatch("stop", "run", cwd=tmp_path), "status holds an int, not a str")
     done = spibatch("init", "--", "-weird", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "next: spibatch run ./-weird/pipeline.yaml", done
+
+
+@pytest.mark.parametrize("port", [0, 70000])
+def test_a_bridge_port_outside_1_to_65535_is_refused(small_dataset, tmp_path, port):
+    """ZeroMQ bound 70000 as 4464 (its low 16 bits) and 0 as a random port nobody was told: both 'played', exit 0.
+    The pipeline file's source.target is held to the same rule (tests/test_follow_pipeline.py runs it live)."""
+    from spibatch.stream.sources import endpoint_problem
+
+    done = spibatch("replay", small_dataset / "photons.emc", "--detector", small_dataset / "det_sim.h5",
+                    "--num-hits", 3, "--rate", 1000, "--as", "karabo-bridge", "--target", f"tcp://127.0.0.1:{port}",
+                    cwd=tmp_path)
+    refused(done, "--target", f"port {port} is not one from 1 to 65535")
+    assert endpoint_problem(f"tcp://host:{port}") is not None and endpoint_problem("tcp://host:65535") is None
+    assert endpoint_problem("inproc://x") is not None and endpoint_problem("inproc://x", ("inproc",)) is None
+
+
+def test_replay_makes_its_folder_and_detector_before_it_simulates(tmp_path, monkeypatch):
+    """The README's recipe (replay &, then the run that follows it) was refused: 'source.target: no such folder'
+    -- replay made the folder, and wrote the detector, only after simulating every frame."""
+    from spibatch import sim
+    from spibatch.stream.replay import simulated
+
+    seen = {}
+
+    def simulate(*args, **kwargs):
+        seen["detector"] = (tmp_path / "out" / "detector.h5").is_file()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sim, "simulate", simulate)
+    with pytest.raises(KeyboardInterrupt):
+        simulated(tmp_path / "out", num_hits=2)
+    assert seen == {"detector": True}
+    from spibatch import cli_platform
+    from spibatch.stream import replay as replay_module
+
+    def frames_from(*args, **kwargs):
+        seen["target"] = (tmp_path / "cxi").is_dir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(replay_module, "frames_from", frames_from)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cli_platform.replay("simulated", rate=100.0, as_="cxi-folder", target="cxi", out=Path("sim"),
+                            detector=None, hit_fraction=0.2, num_hits=2)
+    assert seen == {"detector": True, "target": True}

@@ -200,6 +200,7 @@ def test_resume_after_the_driver_was_killed_continues_the_follow(tmp_path):
     before = json.loads(run.follow_status.read_text())
     assert 0 < before["hits"] < HITS and before["frames_seen"] <= half * frames.pulses_per_train
     logged = follow_log.read_text().count("resuming after train")
+    run.stop.write_text("stop requested then\n")   # asked of the killed run: it ended the resumed follow at once
     with open(tmp_path / "resume.stderr", "w") as err:
         resumed = subprocess.Popen([sys.executable, "-m", "spibatch", "resume", str(run_dir)], cwd=tmp_path,
                                    env=env(), stdout=subprocess.DEVNULL, stderr=err)
@@ -216,6 +217,8 @@ def test_resume_after_the_driver_was_killed_continues_the_follow(tmp_path):
     log = (tmp_path / "resume.stderr").read_text()
     print("\nresume:", log[-3000:])
     assert code == 0, log[-3000:]
+    assert "an earlier `spibatch stop` (stop requested then) was for the run before this resume: cleared" in \
+        log + (run_dir / "log.txt").read_text()
     status = json.loads(run.follow_status.read_text())
     assert (status["frames_seen"], status["hits"]) == (FRAMES, HITS)
     ids = []
@@ -295,3 +298,22 @@ def test_stop_reaches_a_live_run_before_its_first_train(tmp_path):
         done = subprocess.run([sys.executable, "-m", "spibatch", "stop", str(run.path)], capture_output=True,
                               text=True, env=env(), timeout=120)
         assert (done.returncode, run.stop.exists()) == ((0, True) if name == "live" else (2, False)), done.stderr
+
+
+@pytest.mark.parametrize("status", ["failed", "interrupted"])
+def test_stop_refuses_a_live_run_that_is_not_running(tmp_path, status):
+    """A stop file written into a failed or interrupted run was left there, and ended its resumed follow at once
+    with 0 frames read ("the source ended before a single hit was committed")."""
+    import subprocess
+    import sys
+
+    from spibatch import layout
+
+    run = RunLayout(tmp_path / "run")
+    run.path.mkdir()
+    (run.path / layout.PROVENANCE).write_text(json.dumps({"status": status}))
+    run.config.write_text("name: t\nsource: {kind: cxi-folder, target: frames}\n")
+    done = subprocess.run([sys.executable, "-m", "spibatch", "stop", str(run.path)], capture_output=True,
+                          text=True, env=env(), timeout=120)
+    assert done.returncode == 2 and not run.stop.exists(), done.stderr
+    assert "it is not running" in done.stderr and f"spibatch resume {run.path}" in done.stderr, done.stderr

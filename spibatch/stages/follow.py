@@ -16,6 +16,7 @@ from pathlib import Path
 from spibatch.config import PLANCK_EV_M
 from spibatch.errors import InputError
 from spibatch.layout import RunLayout
+from spibatch.stream.sources import endpoint_problem
 
 log = logging.getLogger("spibatch")
 
@@ -65,9 +66,10 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None) ->
     if src.detector is not None and not Path(src.detector).is_file():
         raise InputError("file not found", path=src.detector, field="source.detector",
                          fix="give the detector file of the frames (ours or Dragonfly's), or source.geometry")
-    if not src.is_path and not src.target.startswith(("tcp://", "ipc://")):
-        raise InputError(f"expected a ZeroMQ endpoint such as tcp://host:port; found {src.target!r}", path=config,
-                         field="source.target", fix="give the bridge's address, e.g. tcp://exflonc05:45000")
+    problem = None if src.is_path else endpoint_problem(src.target)
+    if problem is not None:
+        raise InputError(f"{src.target!r}: {problem}", path=config, field="source.target",
+                         fix="give the bridge's address, e.g. tcp://exflonc05:45000")
     try:
         detector_of(pipeline)
     except InputError as exc:   # the geometry reader names its own fields: say which section they are in

@@ -123,12 +123,14 @@ def simulated(out_dir: str | os.PathLike, *, num_hits: int = 200, hit_fraction: 
     ``num_hits`` hits among empty frames: ``simulate/`` files in ``out_dir`` (photons, detector, truth) and
     the FrameSet that replays them."""
     from spibatch.detector import Detector
+    from spibatch.io.dragonfly import write_detector
     from spibatch.sim import SimulationSettings, simulate
 
     wavelength = 1.239841984e-6 / 6000.0
     detector = Detector.flat(pixels, 0.5e-3 * 64 / pixels, 0.3, wavelength, beamstop_radius_pixels=3 * pixels / 64)
     sim = SimulationSettings(pdb=PDB, num_patterns=num_hits, mean_photons_per_frame=mean_photons, seed=seed)
-    paths = simulate(detector, sim, out_dir, show_progress=False)
+    write_detector(Path(out_dir) / "detector.h5", detector)   # first: a run that follows the replay reads it at
+    paths = simulate(detector, sim, out_dir, show_progress=False)   # its start, before the frames are simulated
     frames = FrameSet.from_photons(paths["photons"], (pixels, pixels), hit_fraction=hit_fraction,
                                    pulses_per_train=pulses_per_train, adu_per_photon=adu_per_photon,
                                    noise_adu=noise_adu, seed=seed)

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 from spibatch.errors import InputError
 
 KINDS = ("euxfel-run", "karabo-bridge", "cxi-folder")
+
+
+def endpoint_problem(target: str, schemes: tuple[str, ...] = ("tcp", "ipc")) -> str | None:
+    """Why ``target`` is not a ZeroMQ endpoint of ``schemes`` (``tcp://host:port`` with a port from 1 to 65535,
+    ``ipc://path``, ``inproc://name``), None when it is one.  A port of 70000 bound 4464 (ZeroMQ keeps its low 16
+    bits), and 0 a random port nobody was told."""
+    tcp = re.fullmatch(r"tcp://([^:/\s]+):(\d+)", target)
+    if tcp is not None and "tcp" in schemes:
+        port = int(tcp.group(2))
+        return None if 1 <= port <= 65535 else f"port {port} is not one from 1 to 65535"
+    scheme = re.fullmatch(r"(ipc|inproc)://\S+", target)
+    if scheme is not None and scheme.group(1) in schemes:
+        return None
+    return f"not a ZeroMQ endpoint ({' or '.join(s + '://' for s in schemes)}...)"
 
 
 def open_source(kind: str, target: str, frame_shape: tuple[int, ...], *, detector_name: str = "AGIPD1M",
