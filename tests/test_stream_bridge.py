@@ -159,3 +159,30 @@ def test_bad_trains_from_a_bridge(tmp_path, caplog):
     assert f"{SOURCE}: train {first + 6}: image.pulseId: 2 pulse IDs for 4 frames (train cut short" in text
     assert f"{SOURCE}: train {first + 7}: modulesPresent: modules [1] missing" in text
     assert set(chunk_ids(tmp_path / "follow")) == hit_ids(frames, [0, 1, 4, 5, 8, 9])
+
+
+def test_a_slow_client_gets_every_train_and_the_count_is_of_trains_sent(caplog):
+    """The replay stopped its server once the queue was empty: the train the serving thread had taken off it,
+    still waiting for a slow client's request, was lost and counted as played (a client taking 0.2 s a train got
+    4 of 5); with no client at all it said 'played 3 trains'."""
+    frames = FrameSet.synthetic(DET.shape, 5, 4, hit_fraction=0.5, photons_per_hit=100)
+    address, got = endpoint(), []
+
+    def slow_client():
+        client = karabo_bridge.Client(address, timeout=5)
+        try:
+            for _ in range(5):
+                got.append(client.next()[1][SOURCE]["timestamp.tid"])
+                time.sleep(0.2)
+        except Exception:   # a timeout: fewer than 5 arrived, which the assertion below says
+            pass
+
+    reader = threading.Thread(target=slow_client)
+    reader.start()
+    played = replay(frames, 2000, "karabo-bridge", address, linger_s=5.0)
+    reader.join()
+    assert played == 5 and len(got) == 5, (played, got)
+    few = FrameSet.synthetic(DET.shape, 3, 4, hit_fraction=0.5, photons_per_hit=100)    # the queue's 2 + the one
+    with caplog.at_level(logging.WARNING, logger="spibatch"):                            # the thread holds
+        assert replay(few, 2000, "karabo-bridge", endpoint(), linger_s=0.5) == 0     # nobody asked
+    assert "3 of the 3 trains served were never taken by a client" in caplog.text

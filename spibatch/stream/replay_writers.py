@@ -104,16 +104,33 @@ def write_cxi(frames, trains: range, folder: Path, number: int, **_) -> Path:
 
 def serve_bridge(frames, trains: range, endpoint: str, wait_until, linger_s: float, stop) -> int:
     """Serve each train as one Karabo bridge message (file order: (pulses, *frame_shape)) from a
-    ``karabo_bridge.ServerInThread`` (REP, queue of 2), then keep serving nothing for ``linger_s``."""
+    ``karabo_bridge.ServerInThread`` (REP, queue of 2), then wait up to ``linger_s`` for the client to take what
+    is left.  Returns the trains *sent* (a train the serving thread had taken off the queue still waited for a
+    request when the server stopped, and was counted as played; a warning says how many were never taken)."""
     from karabo_bridge import ServerInThread
 
     import zmq
 
     from spibatch.errors import InputError
 
-    played = 0
+    class Counting(ServerInThread):
+        """The library's server, counting the trains it sent and marking each queued one done once handled."""
+        sent = 0
+
+        def _run(self):
+            while True:
+                item = self.buffer.get()
+                try:
+                    done = self.send(*item)
+                finally:
+                    self.buffer.task_done()
+                if done:
+                    break
+                self.sent += 1
+
+    fed = 0
     try:
-        server = ServerInThread(endpoint, sock="REP", maxlen=2)     # binds here
+        server = Counting(endpoint, sock="REP", maxlen=2)     # binds here
     except zmq.error.ZMQError as exc:
         raise InputError(f"cannot serve a Karabo bridge at {endpoint!r}: {exc}", field="--target",
                          fix="give a free endpoint such as tcp://127.0.0.1:4545") from None
@@ -129,13 +146,16 @@ def serve_bridge(frames, trains: range, endpoint: str, wait_until, linger_s: flo
             while not stop.is_set():
                 try:
                     server.feed({BRIDGE_SOURCE: values}, meta, timeout=0.2)
+                    fed += 1
                     break
                 except Exception:   # queue.Full: the client is slower than the rate; keep trying
                     continue
-            played += 1
         deadline = time.monotonic() + linger_s
-        while server.buffer.qsize() and time.monotonic() < deadline and not stop.is_set():
-            time.sleep(0.05)
+        while server.buffer.unfinished_tasks and time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.05)        # the last trains: queued, or taken by the thread and waiting for a request
     finally:
         server.stop()
-    return played
+    if server.sent < fed:
+        log.warning("replay: %d of the %d trains served were never taken by a client within %.0f s of the last",
+                    fed - server.sent, fed, linger_s)
+    return server.sent
