@@ -190,13 +190,13 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
     if as_ != "karabo-bridge":      # the folders it writes: one line now, not a traceback after the simulation
         check_replay_folder(Path(target), "--target", "its numbered files from the first")
         check_writable_folder(Path(target), "--target")
-        Path(target).mkdir(parents=True, exist_ok=True)   # now, not after the simulation: a run that follows it
-        # refused a folder not there yet ("source.target: no such folder")
     if source == "simulated":
         check_replay_folder(out, "--out", "photons.emc, detector.h5, truth.h5 and density.mrc", REPLAY_MARK)
         check_writable_folder(out, "--out")
         out.mkdir(parents=True, exist_ok=True)   # the mark first: a replay stopped mid-simulation may be redone
         (out / REPLAY_MARK).write_text("written by spibatch replay: its simulated source's files may be replaced\n")
+        if as_ != "karabo-bridge":    # now, not after the simulation: a run that follows the replay refused a
+            Path(target).mkdir(parents=True, exist_ok=True)   # folder not there yet ("source.target: no such folder")
     frames, detector_path = frames_from(source, detector=detector, out_dir=out, hit_fraction=hit_fraction,
                                         num_hits=num_hits)
     typer.echo(f"replaying {frames.num_frames} frames ({frames.num_trains} trains) at {rate:g} frames/s as {as_} "

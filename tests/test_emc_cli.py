@@ -165,7 +165,7 @@ def test_resume_needs_a_run_dir_and_unchanged_inputs(emc_config, small_dataset, 
     write_photons(photons, read_photons(small_dataset / "photons.emc", 0, 240))
     config = emc_config(tmp_path, iterations=1, photons=photons)
     done = spibatch_emc(str(config), "--resume", str(tmp_path / "nowhere"), cwd=tmp_path)
-    assert done.returncode == 2 and "not a run directory" in done.stderr
+    assert done.returncode == 2 and "nowhere: --resume: not found" in done.stderr, done.stderr
     first = spibatch_emc(str(config), "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     provenance = (tmp_path / "run" / "provenance.json").read_text()
