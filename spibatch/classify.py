@@ -201,9 +201,10 @@ class Classes:
 
 
 def classify(blocks: Iterable, detector, num_classes: int = 5, seed: int = 0, num_components: int = 10,
-             restarts: int = 4, max_fit: int = 5000) -> Classes:
-    """Classify the frames of ``blocks`` (Photons in order, on ``detector``) into ``num_classes`` classes."""
-    tables = PixelTables.of(detector)
+             restarts: int = 4, max_fit: int = 5000, tables: PixelTables | None = None) -> Classes:
+    """Classify the frames of ``blocks`` (Photons in order, on ``detector``) into ``num_classes`` classes
+    (``tables``: the detector's :class:`PixelTables`, when the caller has already built them to check it)."""
+    tables = PixelTables.of(detector) if tables is None else tables
     features = frame_features(blocks, tables)
     x = principal_components(feature_matrix(features), num_components)
     rng = np.random.default_rng(seed)

@@ -200,12 +200,12 @@ def classify(photons: Optional[list[Path]] = typer.Argument(None, help="Dragonfl
     field = "--photons-list" if photons_list is not None else "photons"
     geometry, blocks, frames = open_frames(photons, detector, classes, field=field)
     try:
-        PixelTables.of(geometry)               # the detector leaves every shell of the features a pixel
+        tables = PixelTables.of(geometry)      # the detector leaves every shell of the features a pixel
     except InputError as exc:
         exc.path = str(detector)
         raise
     with claimed(out):
-        found = run_classify(blocks, geometry, classes, seed)
+        found = run_classify(blocks, geometry, classes, seed, tables=tables)
         if not found.features["counts"].any():
             raise InputError(f"none of the {frames:,} frames has a photon on a pixel used", path=photons[0],
                              field=field, fix="check the photons files and the detector's mask")

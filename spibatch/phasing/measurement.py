@@ -365,7 +365,7 @@ def free_error(xp, magnitude, amplitude, free, weight) -> float:
     """sqrt(sum_free w (|F| - A)^2 / sum_free w A^2) -- the relative error of the spectrum magnitudes
     ``magnitude`` against the amplitudes ``amplitude`` on the ``free`` voxels (arrays of the amplitude's shape,
     ``weight`` :func:`spectrum_weights`; numpy or the device's ``xp``); NaN when they hold no amplitude."""
-    diff = xp.where(free, magnitude - amplitude, 0) * weight
-    err = float(xp.sum(diff * xp.where(free, magnitude - amplitude, 0)))
+    diff = xp.where(free, magnitude - amplitude, 0)
+    err = float(xp.sum(diff * weight * diff))
     norm = float(xp.sum(xp.where(free, amplitude, 0) ** 2 * weight))
     return float(np.sqrt(err / norm)) if norm > 0 else float("nan")
