@@ -151,7 +151,8 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
            detector: Optional[Path] = typer.Option(None, "--detector", help="the photons file's detector file"),
            hit_fraction: float = typer.Option(0.2, help="hits among the frames played (the rest are empty)"),
            num_hits: Optional[int] = typer.Option(None, help="hits of a simulated source (default 200)"),
-           out: Path = typer.Option(Path("replay"), "--out", help="where a simulated source's files go")) -> None:
+           out: Optional[Path] = typer.Option(None, "--out", help="where a simulated source's files go "
+                                              "(default replay/)")) -> None:
     """Play a data set as a live source at a rate -- an EuXFEL run being written, a Karabo bridge or a folder
     of CXI files -- to rehearse a beamtime (spibatch run with a `source:` section follows it)."""
     import math
@@ -173,6 +174,13 @@ def replay(source: str = typer.Argument(..., help="'simulated' (a simulated part
         raise InputError(f"expected 1 to 10,000,000 hits, found {num_hits}", field="--num-hits",
                          fix="e.g. --num-hits 200")
     hits = num_hits or 200
+    if source == "simulated" and detector is not None:   # (ignored without a word before)
+        raise InputError("a simulated source writes its own detector file", field="--detector",
+                         fix="leave --detector out, or give a photons file as the source")
+    if source != "simulated" and out is not None:
+        raise InputError(f"only a simulated source writes files to --out; {source} is played as it is",
+                         field="--out", fix="leave --out out, or give 'simulated' as the source")
+    out = out if out is not None else Path("replay")
     if source != "simulated" and Path(source).is_file():   # every frame of the file is a hit
         from spibatch.io.dragonfly import photons_info
 
@@ -258,5 +266,9 @@ def stop(run_dir: Path = typer.Argument(..., help="a run folder that follows a l
         raise InputError("this run does not follow a live source (no follow/ folder, no source in its "
                          "config.yaml)", path=run.path, field="RUN_DIR",
                          fix="give the run folder of a `spibatch run` whose pipeline has a source")
+    if run.stop.is_file():     # a second stop rewrote the first one's time without a word
+        asked = run.stop.read_text(errors="replace").strip()[:80]
+        typer.echo(f"{run.path} was asked to stop already ({asked}): it is finishing what has arrived", err=True)
+        return
     write_text(run.stop, f"stop requested {utc_now()}\n")
     typer.echo(f"asked {run.path} to stop: it finishes what has arrived ({run.stop})")

@@ -8,6 +8,7 @@ registers them); ``background`` and ``classify`` write the files they name.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -146,8 +147,8 @@ def ingest(cxi: Path = typer.Argument(..., help="CXI file with a pattern stack")
 
 def background(photons: Path = typer.Argument(..., help="Dragonfly photons file (HDF5 or .emc) of empty (non-hit) "
                                               "frames"),
-               out: Path = typer.Option(..., "-o", "--out", help="background file to write (HDF5, dataset "
-                                        "'background': mean photons per pixel per frame, as Dragonfly reads it)"),
+               out: str = typer.Option(..., "-o", "--out", help="background file to write (HDF5, dataset "
+                                       "'background': mean photons per pixel per frame, as Dragonfly reads it)"),
                ) -> None:
     """Mean photons per pixel per frame over empty frames: the background file emc.background_file names."""
     from spibatch.io.background import MAX_VALUE, background_from_photons, write_background
@@ -155,6 +156,10 @@ def background(photons: Path = typer.Argument(..., help="Dragonfly photons file 
     from spibatch.stages.checks import require_file
 
     require_file(photons, "photons", fix="give a Dragonfly photons file of empty frames")
+    if out.endswith(("/", os.sep)):      # Path() drops the slash: 'dir/new/' wrote a file named 'new'
+        raise InputError("ends in a slash: it names a folder, and the background is a file", path=out, field="--out",
+                         fix=f"name the file, e.g. {out}background.h5")
+    out = Path(out)
     check_one_line(out, "--out")
     if out.exists() or out.is_symlink():
         what = ("is the photons file it would read" if out.resolve() == photons.resolve() else

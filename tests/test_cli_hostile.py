@@ -166,3 +166,28 @@ def test_replay_makes_its_folder_and_detector_before_it_simulates(tmp_path, monk
         cli_platform.replay("simulated", rate=100.0, as_="cxi-folder", target="cxi", out=Path("sim"),
                             detector=None, hit_fraction=0.2, num_hits=2)
     assert seen == {"detector": True, "target": True}
+
+
+def test_replay_refuses_options_its_source_does_not_use(small_dataset, tmp_path):
+    """`replay simulated --detector X` and a photons file's `--out D` were ignored without a word."""
+    done = spibatch("replay", "simulated", "--detector", small_dataset / "det_sim.h5", "--rate", 100, "--as",
+                    "cxi-folder", "--target", "cxi", cwd=tmp_path)
+    refused(done, "--detector", "a simulated source writes its own detector file")
+    done = spibatch("replay", small_dataset / "photons.emc", "--detector", small_dataset / "det_sim.h5", "--out",
+                    "sim", "--rate", 100, "--as", "cxi-folder", "--target", "cxi", cwd=tmp_path)
+    refused(done, "--out", "only a simulated source writes files")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_background_refuses_an_output_that_names_a_folder(tmp_path):
+    """`background -o dir/new/` wrote a file named `new` (the slash was gone by the time the option was read)."""
+    from spibatch.io.dragonfly import write_photons
+    from spibatch.photons import Photons
+
+    write_photons(tmp_path / "p.h5", Photons.from_dense(np.ones((3, 8), np.int32)))
+    (tmp_path / "dir").mkdir()
+    refused(spibatch("background", "p.h5", "-o", "dir/new/", cwd=tmp_path), "dir/new/", "ends in a slash",
+            "dir/new/background.h5")
+    assert list((tmp_path / "dir").iterdir()) == []
+    done = spibatch("background", "p.h5", "-o", "dir/bg.h5", cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "dir" / "bg.h5").is_file(), done.stderr

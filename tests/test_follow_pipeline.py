@@ -81,6 +81,24 @@ def test_the_follow_counts_every_frame_and_finds_every_hit(followed):
     frames = followed["frames"]
     p = frames.pulses_per_train
     assert ids == {(frames.first_train + i // p, i % p) for i in np.flatnonzero(frames.is_hit)}
+    closing = (followed["work"] / "run.stdout").read_text()     # the driver's closing lines say it too
+    assert f"Followed CXI folder {followed['work'] / 'cxi'}: {FRAMES:,} frames, {HITS:,} hits in" in closing, closing[-2000:]
+
+
+def test_the_closing_lines_say_what_the_follow_skipped(tmp_path):
+    """An unreadable CXI file in a followed folder was said only in stages/follow.log: the run ended with its
+    frames and hits counted, and no word of the file."""
+    from spibatch.stages.summary import result_lines
+
+    run = RunLayout(tmp_path / "run")
+    run.follow.mkdir(parents=True)
+    assert result_lines(run.path) == []                  # a run that followed nothing has no follow line
+    run.follow_status.write_text(json.dumps({"source": "cxi-folder /data/cxi", "frames_seen": 1200, "hits": 300,
+                                             "chunks": 4, "end_reason": "stop file",
+                                             "bad_trains": {"unreadable file": 2, "already ingested": 5}}))
+    assert result_lines(run.path) == ["Followed cxi-folder /data/cxi: 1,200 frames, 300 hits in 4 chunk(s) (stop "
+                                      "file); 2 train(s) arrived and were skipped (unreadable file: 2; see "
+                                      "stages/follow.log)"]
 
 
 def test_previews_with_their_time_stamps_then_the_final_density_and_validation(followed):
@@ -298,6 +316,11 @@ def test_stop_reaches_a_live_run_before_its_first_train(tmp_path):
         done = subprocess.run([sys.executable, "-m", "spibatch", "stop", str(run.path)], capture_output=True,
                               text=True, env=env(), timeout=120)
         assert (done.returncode, run.stop.exists()) == ((0, True) if name == "live" else (2, False)), done.stderr
+    first = (tmp_path / "live" / "stop").read_text()        # a second stop said nothing and rewrote the time
+    done = subprocess.run([sys.executable, "-m", "spibatch", "stop", str(tmp_path / "live")], capture_output=True,
+                          text=True, env=env(), timeout=120)
+    assert done.returncode == 0 and "was asked to stop already (stop requested" in done.stderr, done.stderr
+    assert (tmp_path / "live" / "stop").read_text() == first
 
 
 @pytest.mark.parametrize("status", ["failed", "interrupted"])

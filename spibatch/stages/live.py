@@ -84,9 +84,10 @@ def follow_status(run: RunLayout) -> dict:
     return status if isinstance(status, dict) else {}
 
 
-def _skipped_trains(run: RunLayout) -> str:
-    """``"; N trains skipped (reason: count, ...; see stages/follow.log)"`` from the follow's status, or ""."""
-    bad = follow_status(run).get("bad_trains")
+def _skipped_trains(run: RunLayout, status: dict | None = None) -> str:
+    """``"; N trains skipped (reason: count, ...; see stages/follow.log)"`` from the follow's status, or ""
+    (an unreadable file whose trains are unknown counts as one)."""
+    bad = (follow_status(run) if status is None else status).get("bad_trains")
     if not isinstance(bad, dict):
         return ""
     bad = {k: v for k, v in bad.items() if k != "already ingested" and isinstance(v, int)}
@@ -94,6 +95,21 @@ def _skipped_trains(run: RunLayout) -> str:
         return ""
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
     return f"; {sum(bad.values())} train(s) arrived and were skipped ({reasons}; see stages/follow.log)"
+
+
+def follow_line(run: RunLayout) -> str | None:
+    """``Followed SOURCE: F frames, H hits in C chunks (END)[; N trains skipped (...)]``, None for a run that
+    followed nothing.  The run's closing lines say what a follow skipped (said only in stages/follow.log
+    before)."""
+    status = follow_status(run)
+    if not status:
+        return None
+    numbers = {key: status.get(key) if isinstance(status.get(key), int) else 0
+               for key in ("frames_seen", "hits", "chunks")}
+    ended = status.get("end_reason")
+    return (f"Followed {status.get('source') or 'the source'}: {numbers['frames_seen']:,} frames, {numbers['hits']:,} "
+            f"hits in {numbers['chunks']} chunk(s)" + (f" ({ended})" if isinstance(ended, str) else "")
+            + _skipped_trains(run, status))
 
 
 def _raise_if_follow_failed(run: RunLayout, what: str = "follow stage failed before a single hit was committed"

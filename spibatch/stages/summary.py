@@ -40,8 +40,10 @@ def _angstrom(value, edge=None) -> str:
 
 def result_lines(run_path: Path) -> list[str]:
     """The EMC, phasing and validation numbers the run folder holds (whichever stages ran)."""
+    from spibatch.stages.live import follow_line
+
     run = RunLayout(run_path)
-    lines = []
+    lines = [line for line in [follow_line(run)] if line]
     emc_line = _emc_line(run)
     if emc_line:
         lines.append(emc_line)
