@@ -149,7 +149,8 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     counts, peak = executor.add_shards(specs, geometry)
     recorded = executor.broadcast(executor.collective(   # the writer reads the files' fingerprints
         lambda: resume_record(settings, inputs, photons, detector) if executor.writes else None))
-    checkpoint = executor.broadcast(executor.collective(_read_checkpoint, out_dir, resume and executor.writes))
+    checkpoint = executor.broadcast(executor.collective(_read_checkpoint, out_dir, resume and executor.writes,
+                                                        settings.num_volumes * inputs.size ** 3))
     if checkpoint is not None:
         if source is not None and len(checkpoint["scales"]) > len(counts):
             joined = _polled(source, len(counts), inputs, detector, executor)
@@ -213,11 +214,11 @@ def _next_candidates(run: Run, top: np.ndarray, info: np.ndarray, iteration: int
              len(run.fine.rotations), run.whole_grid, perf_counter() - began)
 
 
-def _read_checkpoint(out_dir: Path, wanted: bool) -> dict | None:
+def _read_checkpoint(out_dir: Path, wanted: bool, voxels: int) -> dict | None:
     if not (wanted and out_dir.exists()):
         return None
     remove_partial_files(out_dir)
-    return records.read_checkpoint(out_dir)
+    return records.read_checkpoint(out_dir, voxels=voxels)
 
 
 def resume_record(settings: EMCSettings, inputs: Inputs, photons, detector) -> dict:
@@ -278,10 +279,10 @@ def check_resume(settings: EMCSettings, photons, detector, out_dir: Path, availa
     ``available``: a run taking shards as they come has this many frames now (the photons file's and the
     shards'), at least as many as the checkpoint holds.  InputError otherwise (a corrupt checkpoint too).
     Reads only."""
-    checkpoint = records.read_checkpoint(Path(out_dir))
-    if checkpoint is None:
+    if not (Path(out_dir) / CHECKPOINT).exists():
         return None
     inputs = check_inputs(settings, photons, detector)
+    checkpoint = records.read_checkpoint(Path(out_dir), voxels=settings.num_volumes * inputs.size ** 3)
     check_checkpoint(checkpoint, resume_record(settings, inputs, photons, detector),
                      inputs.num_frames if available is None else available, Path(out_dir), photons, detector,
                      growing=available is not None, voxels=settings.num_volumes * inputs.size ** 3)

@@ -40,7 +40,7 @@ import numpy as np
 
 from spibatch.errors import InputError
 from spibatch.io.atomic import write_hdf5, write_text
-from spibatch.io.hdf5 import open_hdf5, read_dataset, require_dataset
+from spibatch.io.hdf5 import check_written, open_hdf5, read_dataset, require_dataset
 from spibatch.io.results import write_result
 from spibatch.layout import CHECKPOINT, EMC_LOG, METRICS, output_name
 
@@ -155,23 +155,47 @@ def write_checkpoint(out_dir: Path, iteration: int, model: np.ndarray, scales: n
     return write_hdf5(out_dir / CHECKPOINT, fill)   # in memory, then written by Python (a full disk: one line)
 
 
-def read_checkpoint(out_dir: Path) -> dict | None:
-    """``{iteration, model, scales, settings, history}`` from ``out_dir/checkpoint.h5``, or None when absent."""
+MAX_CHECKPOINT_VALUES = 2 ** 33    # 64 GiB of float64: larger is no checkpoint this program wrote
+
+
+def read_checkpoint(out_dir: Path, voxels: int | None = None) -> dict | None:
+    """``{iteration, model, scales, settings, history}`` from ``out_dir/checkpoint.h5``, or None when absent.
+    InputError (one line) for a checkpoint that is not one this run could have written: a model of other than
+    ``voxels`` values (checked before it is read: a few kB of fill-only chunks declared 1001^3 took 8 GB),
+    values never written, negative scales, an iteration its history does not hold."""
     path = out_dir / CHECKPOINT
     if not path.exists():
         return None
     fix = "delete it to start the EMC run again from iteration 1"
     with open_hdf5(path, fix) as f:
-        model = read_dataset(require_dataset(f, "model", path, fix), (), path)
-        scales = read_dataset(require_dataset(f, "scales", path, fix), (), path)
-        background_scales = (read_dataset(f["background_scales"], (), path) if "background_scales" in f else None)
+        datasets = {key: require_dataset(f, key, path, fix) for key in ("model", "scales")}
+        if "background_scales" in f:
+            datasets["background_scales"] = require_dataset(f, "background_scales", path, fix)
+        if voxels is not None and datasets["model"].size != voxels:
+            raise InputError(f"the checkpoint's model holds {datasets['model'].size} values, these settings' model "
+                             f"{voxels}", path=path, field="model", fix="delete it to start the EMC run again from "
+                             "iteration 1, or start a new run")
+        for ds in datasets.values():
+            if ds.ndim == 0 or ds.size > MAX_CHECKPOINT_VALUES:
+                raise InputError(f"{'a scalar' if ds.ndim == 0 else f'{ds.size:,} values'}: not a checkpoint's",
+                                 path=path, field=ds.name.lstrip("/"), fix=fix)
+            check_written(ds, path, fix)
+        model, scales = (read_dataset(datasets[key], (), path) for key in ("model", "scales"))
+        background_scales = (read_dataset(datasets["background_scales"], (), path)
+                             if "background_scales" in datasets else None)
         try:
             iteration = int(f.attrs["iteration"])
             settings = json.loads(f.attrs["settings"])
             history = json.loads(f.attrs["history"])
-        except (KeyError, TypeError, ValueError, RecursionError):
+        except (KeyError, TypeError, ValueError, RecursionError, OverflowError):
             raise InputError("attributes iteration, settings or history missing or unreadable", path=path,
                              fix=fix) from None
+    if not isinstance(history, list) or not 0 <= iteration <= len(history):
+        held = f"of {len(history)} records" if isinstance(history, list) else "(not a list)"
+        raise InputError(f"its iteration ({iteration}) is not one its history {held} holds", path=path,
+                         field="iteration", fix=fix)
+    if np.any(np.asarray(scales) < 0):      # (a positive log-likelihood, exit 0)
+        raise InputError("the checkpoint's scales hold negative values", path=path, field="scales", fix=fix)
     return {"iteration": iteration, "model": model, "scales": scales, "background_scales": background_scales,
             "settings": settings,
             "history": history[:iteration]}
