@@ -589,3 +589,19 @@ def test_a_workload_name_that_would_put_a_space_in_the_point_folders_is_refused(
     path.write_text(path.read_text().replace("  tiny:", "  'starts (49)':"))
     with pytest.raises(InputError, match="workload name 'starts \\(49\\)'"):
         bench_command(path, [], out=tmp_path / "out", dry_run=True)
+
+
+def test_a_checkout_installed_into_a_venv_finds_the_shared_data_sets_above_its_bench_file(tmp_path, monkeypatch):
+    """`pip install .` into a virtual environment, then the README's `spibatch bench benchmarks/bench/small.yaml`:
+    the shared sets were looked for beside the installed package (in the venv's lib/), never beside the checkout."""
+    from spibatch.bench import settings
+
+    monkeypatch.delenv("SPIBATCH_SHARED_DATASETS", raising=False)
+    monkeypatch.setattr(settings, "__file__", str(tmp_path / "venv/lib/python3.11/site-packages/spibatch/bench/x.py"))
+    (tmp_path / "shared/datasets/dragonfly-small").mkdir(parents=True)
+    (tmp_path / "shared/datasets/dragonfly-small/photons.emc").write_bytes(b"")
+    bench = tmp_path / "checkout/benchmarks/bench"
+    bench.mkdir(parents=True)
+    assert settings.resolve_dataset("dragonfly-small", bench) == tmp_path / "shared/datasets/dragonfly-small"
+    with pytest.raises(InputError, match="unknown data set 'dragonfly-tiny'.*shared sets \\(dragonfly-small\\)"):
+        settings.resolve_dataset("dragonfly-tiny", bench)

@@ -69,6 +69,22 @@ def test_emc_series_with_change_markers(client):
     assert series["outputs"] == [1, 2, 3, 4] and series["planned"] == 4
 
 
+def test_a_mean_beta_that_drifts_as_frames_join_is_no_change_marker(tmp_path, monkeypatch):
+    """A live run's frames join with betas of their own: the mean moved by < 1 % an iteration and every
+    iteration was marked "β ×1" (the labels piled up into unreadable text); a schedule's doubling still is."""
+    import monitor_runs
+
+    writer = RunWriter(tmp_path / "runs" / "live", iterations=4)
+    for iteration in (1, 2, 3, 4):
+        monkeypatch.setattr(monitor_runs, "BETA_DOUBLES_AT", 4)   # x 1.004 each iteration, then x 2 at 4
+        writer.emc(iteration)
+        writer.history[-1]["beta_mean"] *= 1.004 ** iteration
+        monitor_runs.records.write_logs(writer.emc_dir, "spibatch EMC test\n\n" + "\t".join(
+            monitor_runs.records.LOG_COLUMNS) + "\n", writer.history)
+    series = local_client(tmp_path / "runs").get("/api/emc", params={"run": "live"}).json()
+    assert [c["iteration"] for c in series["changes"]] == [4] and series["changes"][0]["label"] == "β ×2.01"
+
+
 def test_emc_frames_histogram_counts_every_frame(client):
     frames = client.get("/api/emc/frames", params={"run": "done", "iteration": 2}).json()
     assert frames["iteration"] == 2 and frames["num_frames"] == FRAMES

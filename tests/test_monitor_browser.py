@@ -276,8 +276,13 @@ def test_live_page_shows_a_following_runs_source_and_previews(browser, monitor, 
     wait_for(browser, "window.spibatchMonitor.rendered.preview", 2)
     wait_for(browser, "document.getElementById('plot-preview-0').data.length", 1)
     facts = browser.find_element("id", "follow-facts").text
-    assert "iteration 2, 60 frames" in facts and "newest frame → newest density\n19.8 s (preview)" in facts
+    assert "iteration 2, 60 frames" in facts and "newest frame → newest density\n19.8 s (preview, iteration 2)" in facts
     assert "iteration 2 (60 frames" in browser.find_element("id", "preview-note").text
+    for iteration in range(3, 8):     # a live run's EMC goes on past emc.iterations (5): "iteration 7 of 5" before
+        run.emc(iteration)
+    wait_for(browser, "window.spibatchMonitor.rendered.emcIterations", 7)
+    said = browser.find_element("id", "emc-progress").text
+    assert said.startswith("— iteration 7 (past emc.iterations = 5") and " of 5" not in said, said
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
     screenshot(browser, tmp_path, "monitor-live-source.png")

@@ -3,6 +3,7 @@ from the config, and data too thin to phase refused before any start."""
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def test_an_intensity_measured_at_too_few_voxels_is_refused_before_any_start():
 
 @pytest.mark.parametrize("recipe", ["(HIO() ** 8 * ShrinkWrap()) ** 2 * ER() ** 8",
                                     "Auto(iterations=20, polish=10, period=10)"])
-def test_merging_starts_run_elsewhere_writes_what_a_run_of_its_own_writes(tmp_path, recipe):
+def test_merging_starts_run_elsewhere_writes_what_a_run_of_its_own_writes(tmp_path, recipe, caplog):
     """The pipeline runs ``run_starts([seed], ...)`` per worker and pickles the results; run_phasing given them
     writes the arrays ``spibatch phase`` writes when it runs the starts itself."""
     from spibatch.io.results import read_result, write_result
@@ -134,7 +135,17 @@ def test_merging_starts_run_elsewhere_writes_what_a_run_of_its_own_writes(tmp_pa
     write_result(path, {"intensity": _intensity(_blob(24, 4, seed=3)).astype(np.float32)}, {"voxel_size_per_m": 1e8})
     settings = PhasingSettings(recipe=parse_recipe(recipe), num_starts=4, keep_best=2, threads=1,
                                fft_backend="scipy")
-    here = run_phasing(path, tmp_path / "here", settings, show_progress=False)
+    with caplog.at_level(logging.INFO, logger="spibatch"):
+        here = run_phasing(path, tmp_path / "here", settings, show_progress=False)
+    said = [r.getMessage() for r in caplog.records]
+    # each start says its kind and the error the kinds are compared by, and the merge why it kept what it kept
+    # (a new user read the kept starts as the worse ones: their free errors on the sharpened data were higher)
+    kept = next(line for line in said if line.startswith("kept seeds"))
+    if recipe.startswith("Auto"):
+        assert sum("data sharpened by" in line and "on the measured data)" in line for line in said) == 2, said
+        assert "ranked by free error x support voxels" in kept and "sharpened or plain" in kept, kept
+    else:
+        assert kept.endswith("(the lowest final errors)") and not any("sharpened" in line for line in said), said
     measurement = load_measurement(path, settings)
     shipped = [pickle.loads(pickle.dumps(run_starts([seed], measurement, pickle.loads(pickle.dumps(settings)))[0]))
                for seed in settings.seeds]

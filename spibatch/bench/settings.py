@@ -171,10 +171,16 @@ class Bench(Section):
         return self
 
 
-def shared_datasets() -> Path:
-    """Where shared data sets are found by name: $SPIBATCH_SHARED_DATASETS, else ../shared/datasets of the repo."""
+def shared_datasets(base: Path | None = None) -> Path:
+    """Where shared data sets are found by name: $SPIBATCH_SHARED_DATASETS; else ``shared/datasets`` beside the
+    source checkout spibatch runs from, or beside a folder above ``base`` (the bench file's: a checkout whose
+    package is installed into a virtual environment)."""
     env = os.environ.get("SPIBATCH_SHARED_DATASETS")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "datasets"
+    if env:
+        return Path(env)
+    beside_package = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+    above = [folder / "shared" / "datasets" for folder in Path(base).resolve().parents] if base else []
+    return next((p for p in [beside_package, *above] if p.is_dir()), beside_package)
 
 
 def _line_of(lines: dict, *keys) -> str:
@@ -226,11 +232,11 @@ def resolve_dataset(name: str, base: Path, path: Path | None = None, field: str 
     candidate = (base / name).resolve()
     if (candidate / "photons.emc").is_file():
         return candidate
-    shared = shared_datasets() / name
+    folder = shared_datasets(base)
+    shared = folder / name
     if (shared / "photons.emc").is_file():
         return shared.resolve()
-    known = sorted(p.name for p in shared_datasets().glob("*/photons.emc") for p in [p.parent]) \
-        if shared_datasets().is_dir() else []
+    known = sorted(p.parent.name for p in folder.glob("*/photons.emc")) if folder.is_dir() else []
     raise InputError(f"unknown data set '{name}': no photons.emc in {candidate} nor in {shared}", path=path,
                      field=field, fix=f"give a folder with photons.emc and det_sim.h5, or one of the shared sets "
                      f"({', '.join(known) or 'none found: set SPIBATCH_SHARED_DATASETS'})")

@@ -38,6 +38,9 @@ LOG_TAIL_LINES = 200
 HISTOGRAM_BINS = 25
 EMC_KEYS = ("log_likelihood", "mutual_info", "rms_change", "beta_mean", "mean_kept_rotations", "time_s")
 
+BETA_STEP = 0.02   # a change of the mean beta marked on the plots (a schedule doubles it; frames joining a live
+                   # run move the mean by < 1 % an iteration: "β ×1" on every iteration, piled up)
+
 
 class RunData:
     """One run folder under a monitored root (both already resolved by :func:`paths.resolve_run`).
@@ -236,7 +239,7 @@ class RunData:
             labels = []
             b0, b1 = prev["beta_mean"], row["beta_mean"]
             ratio = b1 / b0 if b0 and b1 is not None else None
-            if ratio is not None and math.isfinite(ratio) and abs(ratio - 1) > 1e-6:
+            if ratio is not None and math.isfinite(ratio) and abs(ratio - 1) > BETA_STEP:
                 labels.append(f"β ×{ratio:.3g}")
             if prev["num_rot"] != row["num_rot"]:
                 labels.append(f"rotations {prev['num_rot']} → {row['num_rot']}")

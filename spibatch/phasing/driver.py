@@ -80,9 +80,9 @@ def run_phasing(intensity_path: Path, out_dir: Path, settings: PhasingSettings, 
             done.append(result)
             lines.append(json.dumps(start_record(index, result)))
             write_text(paths["metrics"], "\n".join(lines) + "\n")
-            log.info("start %d (seed %d): final error %.4g%s, support %d voxels, %.1f s%s", index, result.seed,
-                     result.final_error, "" if result.free_error is None else f", free error {result.free_error:.4g}",
-                     result.support_sizes[-1][1], result.seconds,
+            log.info("start %d (seed %d%s): final error %.4g%s, support %d voxels, %.1f s%s", index, result.seed,
+                     f", data sharpened by {result.sharpen:.2f} voxels" if result.sharpen else "",
+                     result.final_error, _free(result), result.support_sizes[-1][1], result.seconds,
                      "" if result.failure is None else f"; stopped, not merged: {result.failure}")
             bar.advance(1)
     try:
@@ -93,10 +93,30 @@ def run_phasing(intensity_path: Path, out_dir: Path, settings: PhasingSettings, 
     lines.append(json.dumps(merge_record(merged, data_shell, time.perf_counter() - began)))
     write_outputs(paths, merged, done, measurement, settings, intensity_path, data_shell)
     write_text(paths["metrics"], "\n".join(lines) + "\n")
-    log.info("PRTF 1/e at shell %s of %d measured: %s", _fmt(merged.resolution_shell), data_shell,
-             f"{merged.resolution_m * 1e10:.3g} A" if merged.resolution_m else "not reached")
+    log.info("kept seeds %s of %d (%s)", merged.kept_seeds, len(done), _why_kept(done))
+    if merged.resolution_shell is None:
+        log.info("PRTF stays above 1/e to the edge of the data (shell %d)", data_shell)
+    else:
+        log.info("PRTF 1/e at shell %.2f of %d measured%s", merged.resolution_shell, data_shell,
+                 f": {merged.resolution_m * 1e10:.3g} A" if merged.resolution_m else "")
     return paths
 
 
-def _fmt(v) -> str:
-    return "none" if v is None else f"{v:.2f}"
+def _free(result) -> str:
+    """", free error E" (and the sharpened start's error on the measured data, which the kinds are compared
+    by), or "" without a free set."""
+    if result.free_error is None:
+        return ""
+    text = f", free error {result.free_error:.4g}"
+    if result.sharpen and result.measured_free_error is not None:
+        text += f" ({result.measured_free_error:.4g} on the measured data)"
+    return text
+
+
+def _why_kept(done) -> str:
+    """How the kept starts were chosen, in words (:func:`spibatch.phasing.multistart.select`)."""
+    if not all(r.free_error is not None for r in done):
+        return "the lowest final errors"
+    kinds = "" if len({r.sharpen > 0 for r in done}) < 2 else (
+        "of the kind, sharpened or plain, whose best start predicts the measured free voxels best; ")
+    return f"{kinds}ranked by free error x support voxels"

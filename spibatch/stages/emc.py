@@ -299,8 +299,8 @@ def ranks_for(pipeline, run: RunLayout, workers) -> int:
     if pipeline.emc.halves:   # two sub-communicators: each rank needs a shard of its half too
         shards = min(shards, 2 * len(shard_bounds(frames // 2, pipeline.emc.frames_per_shard)))
     if shards < most:
-        log.info("emc: %d shard(s) of %d frames: %d MPI rank(s), not %d", shards, pipeline.emc.frames_per_shard,
-                 shards, most)
+        log.info("emc: %d frames make %d shard(s) of at most emc.frames_per_shard = %d: %d MPI rank(s) (a rank "
+                 "needs a shard), not the %d workers", frames, shards, pipeline.emc.frames_per_shard, shards, most)
     return max(1, min(most, shards))
 
 

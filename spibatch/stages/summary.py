@@ -129,10 +129,15 @@ def _phasing_line(run: RunLayout) -> str:
 
 
 def next_lines(run_path: Path) -> list[str]:
-    """Where the report is, and how to watch the run live."""
+    """Where the report is, and how to browse the run in the monitor (and what to install for it, where its
+    web server is not installed: the line read as a command that then failed)."""
+    import importlib.util
+
     run = RunLayout(run_path)
     lines = []
     if run.report.exists():
         lines.append(f"report: {run.report}")
-    lines.append(f"watch it live: spibatch monitor {shlex.quote(str(run.path))}")
+    command = f"spibatch monitor {shlex.quote(str(run.path))}"
+    lines.append(f"browse it (live while a run runs): {command}" if importlib.util.find_spec("starlette") else
+                 f"browse it (live while a run runs): pip install 'spibatch[monitor]', then {command}")
     return lines

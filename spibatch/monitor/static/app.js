@@ -19,7 +19,10 @@ const CONFIG = { displaylogo: false, responsive: true, displayModeBar: false }; 
 function logAxis(title, values, extra) {
   const v = (values || []).flat().filter((x) => x > 0);
   const span = v.length ? Math.log10(Math.max(...v) / Math.min(...v)) : 0;
-  return Object.assign({ type: "log", title: { text: title }, exponentformat: "power" }, span > 1.5 ? { dtick: 1 } : span > 0.5 ? { dtick: "D2", tickformat: ".3~g" } : { tickformat: ".3~g" }, extra || {});
+  // under a quarter of a decade (a beta held constant), a range of half a decade round the values: Plotly's own
+  // ticks on a flat log axis all read alike ("0.0389" five times)
+  const flat = v.length && span < 0.25 ? { range: [Math.log10(Math.min(...v)) - 0.25, Math.log10(Math.max(...v)) + 0.25], tickformat: ".3~g" } : {};
+  return Object.assign({ type: "log", title: { text: title }, exponentformat: "power" }, span > 1.5 ? { dtick: 1 } : span > 0.5 ? { dtick: "D2", tickformat: ".3~g" } : { tickformat: ".3~g" }, flat, extra || {});
 }
 
 function key(path, params) {
@@ -105,7 +108,7 @@ function renderHeader(s) {
   if (s.last_update) facts.push(["last file change", `${new Date(s.last_update * 1000).toISOString().slice(0, 19)}Z`
     + (REPORT ? "" : ` (<span class="age" data-t="${s.last_update}"></span>)`)]);
   const heads = [];
-  if (s.has.emc) heads.push(["EMC iteration", `${s.emc_iterations_done}${s.emc_iterations_planned ? " / " + s.emc_iterations_planned : ""}`]);
+  if (s.has.emc) heads.push(["EMC iteration", `${s.emc_iterations_done}${s.emc_iterations_planned && s.emc_iterations_done <= s.emc_iterations_planned ? " / " + s.emc_iterations_planned : ""}`]);
   if (s.emc_cc_with_truth != null) heads.push(["intensity cc with truth", fmt(s.emc_cc_with_truth, 3)]);
   if (s.emc_halves) heads.push(["half-set FSC 0.143 (no truth)", halfCrossing(s.emc_halves, "0.143")],
     ["half-set FSC 0.5", halfCrossing(s.emc_halves, "0.5")]);
@@ -124,7 +127,7 @@ function renderStages(s) {
   const items = s.stages.map((st) => {
     const started = !["waiting", "not run"].includes(st.state);
     const bits = [esc(st.state)];
-    if (st.stage === "emc" && started && s.has.emc) bits.push(`iteration ${s.emc_iterations_done}${s.emc_iterations_planned ? " of " + s.emc_iterations_planned : ""}`);
+    if (st.stage === "emc" && started && s.has.emc) bits.push(`iteration ${s.emc_iterations_done}${s.emc_iterations_planned && s.emc_iterations_done <= s.emc_iterations_planned ? " of " + s.emc_iterations_planned : ""}`);
     if (st.stage === "phase" && started && s.phasing) bits.push(`${s.phasing.starts_done}${s.phasing.starts_planned ? " of " + s.phasing.starts_planned : ""} starts${s.phasing.merged ? ", merged" : ""}`);
     if (st.state === "done" && st.seconds != null) bits.push(seconds(st.seconds));
     if (st.state === "running" && st.last_log && !REPORT) bits.push(`log <span class="age" data-t="${st.last_log}"></span>`);
@@ -159,7 +162,9 @@ function renderEmc(series) {
   const last = it.length ? it[it.length - 1] : 0;
   const xr = [0.5, Math.max(series.planned || 0, last, 1) + 0.5];
   const mk = markers(series.changes);
-  $("emc-progress").textContent = it.length ? `— iteration ${last}${series.planned ? " of " + series.planned : ""}` : "— waiting for the first iteration";
+  const planned = !series.planned ? "" : last <= series.planned ? ` of ${series.planned}`
+    : ` (past emc.iterations = ${series.planned}: a live run goes on until its source ends and its model settles)`;
+  $("emc-progress").textContent = it.length ? `— iteration ${last}${planned}` : "— waiting for the first iteration";
   const line = (y, name, color, extra) => Object.assign({ x: it, y, name, mode: "lines+markers", marker: { size: 5 },
     line: { color, width: 2 } }, extra || {});
   const xaxis = { title: { text: "iteration" }, range: xr, dtick: xr[1] > 30 ? undefined : 2, zeroline: false };
@@ -238,6 +243,14 @@ async function renderIteration() {
 const clock = (t) => (t ? `${new Date(t * 1000).toISOString().slice(11, 19)}Z` : "–");
 const pct = (v) => (v == null ? "–" : `${(100 * v).toFixed(1)}%`);
 
+/* the latency said with its two end points: the preview the caption below names, or the full final density
+   (phase/phasing.h5, written when the phase stage ended) beside the quick final preview's own */
+function latencyText(d, p) {
+  if (d.kind !== "final") return `${seconds(d.latency_s)} (${d.kind}, iteration ${d.iteration})`;
+  const quick = p && p.final && p.latency_s != null ? `; the quick final preview: ${seconds(p.latency_s)}` : "";
+  return `${seconds(d.latency_s)} to the full final density (phase/phasing.h5)${quick}`;
+}
+
 function renderFollow(f) {
   const p = f.latest_preview, d = f.newest_density;
   $("follow-progress").textContent = `— ${f.state || "?"}${f.end_reason ? " (" + f.end_reason + ")" : ""}`;
@@ -247,7 +260,7 @@ function renderFollow(f) {
     ["hit threshold", f.threshold != null ? `${fmt(f.threshold, 3)} lit pixels${f.threshold_rule ? " (" + f.threshold_rule + ")" : ""}` : null],
     ["trains skipped", bad || "none"], ["newest frame", clock(f.last_received)],
     ["latest preview", p ? `iteration ${p.iteration}, ${p.frames} frames, written ${clock(p.written)}${p.final ? " (quick final)" : ""}` : "none yet"],
-    ["newest frame → newest density", d && d.latency_s != null ? `${seconds(d.latency_s)} (${d.kind})` : "–"]];
+    ["newest frame → newest density", d && d.latency_s != null ? latencyText(d, p) : "–"]];
   $("follow-facts").innerHTML = rows.filter(([, v]) => v !== null && v !== undefined)
     .map(([k, v]) => `<dt>${esc(k)}</dt><dd data-key="${esc(k)}">${esc(v)}</dd>`).join("");
   const h = f.history || { time: [] };
