@@ -45,3 +45,21 @@ def test_the_closing_line_names_the_monitor_only_where_it_can_run(tmp_path, monk
     line = next_lines(tmp_path)[-1]
     assert line.startswith("browse it (live while a run runs): ")
     assert ("pip install 'spibatch[monitor]'" in line) != installed and line.endswith(f"spibatch monitor {tmp_path}")
+
+
+def test_a_curve_that_never_falls_below_its_level_reads_the_same_everywhere(tmp_path):
+    """The closing line said '0.143 at beyond the data edge (27.6 A)', the monitor 'never below (beyond
+    Nyquist)', the report 'never below': one wording now, with the edge it is finer than."""
+    import json
+
+    from spibatch.layout import RunLayout
+    from spibatch.stages.summary import result_lines
+
+    run = RunLayout(tmp_path)
+    run.fsc_vs_truth.parent.mkdir(parents=True)
+    run.fsc_vs_truth.write_text(json.dumps({"voxel_size_m": 1.4e-9, "data_edge_resolution_m": 2.76e-9, "cc": 0.84,
+                                            "resolution_0.5_m": 2.84e-9, "resolution_0.143_m": None}))
+    assert result_lines(tmp_path) == ["FSC of the density with the true density: 0.5 at 28.4 A, 0.143 never below it "
+                                      "(finer than the data edge, 27.6 A) (cc 0.840)"]
+    app = (Path(__file__).resolve().parents[1] / "spibatch/monitor/static/app.js").read_text(encoding="utf-8")
+    assert "never below it (finer than" in app and "beyond Nyquist" not in app

@@ -152,7 +152,7 @@ def _fsc(plt, responses: dict, path: Path) -> bool:
     for t, color in ((0.5, "C1"), (0.143, "C2")):
         res = f.get(f"resolution_{t}_m")
         ax.axhline(t, color=color, ls="--", lw=1,
-                   label=f"{t}: {res * 1e9:.2f} nm" if res else f"{t}: never below")
+                   label=f"{t}: {res * 1e9:.2f} nm ({res * 1e10:.1f} Å)" if res else f"{t}: never below it")
     ax.set(title=f"FSC with the true density (cc {f['cc']:.3f})" if f.get("cc") is not None else "FSC",
            xlabel="spatial frequency (1/nm)" if per_nm else "spatial frequency (1/voxel)", ylabel="FSC",
            ylim=(-0.25, 1.05))

@@ -33,9 +33,11 @@ def _json(path: Path) -> dict | None:
 
 
 def _angstrom(value, edge=None) -> str:
+    """``at 28.4 A``, or where the curve never fell below the level: ``never below it (finer than the data
+    edge, 27.6 A)`` -- the words the monitor and the report use too."""
     if value is None:
-        return "beyond the data edge" + (f" ({edge * 1e10:.1f} A)" if edge else "")
-    return f"{value * 1e10:.1f} A"
+        return "never below it (finer than the data edge" + (f", {edge * 1e10:.1f} A)" if edge else ")")
+    return f"at {value * 1e10:.1f} A"
 
 
 def result_lines(run_path: Path) -> list[str]:
@@ -61,9 +63,9 @@ def result_lines(run_path: Path) -> list[str]:
         if fsc.get("voxel_size_m"):
             half, gold = _angstrom(fsc.get("resolution_0.5_m"), edge), _angstrom(fsc.get("resolution_0.143_m"), edge)
         else:
-            half, gold = (f"{fsc.get(k):.3g} voxels" if fsc.get(k) else "beyond Nyquist"
+            half, gold = (f"at {fsc.get(k):.3g} voxels" if fsc.get(k) else "never below it (finer than Nyquist)"
                           for k in ("fsc_0.5_radius", "fsc_0.143_radius"))
-        lines.append(f"FSC of the density with the true density: 0.5 at {half}, 0.143 at {gold} "
+        lines.append(f"FSC of the density with the true density: 0.5 {half}, 0.143 {gold} "
                      f"(cc {fsc['cc']:.3f}{', twin' if fsc.get('inverted') else ''})")
     return lines
 

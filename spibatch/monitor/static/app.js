@@ -49,6 +49,8 @@ const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
 const fmt = (v, digits = 4) => (v === null || v === undefined ? "–" : Math.abs(v) >= 1e5 || (Math.abs(v) < 1e-3 && v !== 0)
   ? v.toExponential(digits - 1) : Number(v.toPrecision(digits)).toString());
+/* a curve that never fell below its level, in the words the closing lines and the report use */
+const neverBelow = (f) => `never below it (finer than ${f.data_edge_resolution_m ? "the data edge, " + nm(f.data_edge_resolution_m) : "Nyquist"})`;
 const nm = (m) => (m ? `${(m * 1e9).toFixed(2)} nm (${(m * 1e10).toFixed(1)} Å)` : null);
 
 function ago(seconds) {
@@ -385,8 +387,8 @@ function renderFsc(f) {
     layout("Fourier shell correlation with the true density", perNm ? "spatial frequency (1/nm)" : "spatial frequency (1/voxel)", "FSC",
       { yaxis: { range: [-0.25, 1.05], title: { text: "FSC" } }, shapes, annotations }));
   const rows = [["real-space cc", fmt(f.cc, 3) + (f.inverted ? " (inversion twin)" : "")],
-    ["FSC = 0.5 at", nm(f["resolution_0.5_m"]) || "never below (beyond Nyquist)"],
-    ["FSC = 0.143 at", nm(f["resolution_0.143_m"]) || "never below (beyond Nyquist)"]];
+    ["FSC = 0.5 at", nm(f["resolution_0.5_m"]) || neverBelow(f)],
+    ["FSC = 0.143 at", nm(f["resolution_0.143_m"]) || neverBelow(f)]];
   if (f.data_edge_resolution_m) rows.push(["data edge", nm(f.data_edge_resolution_m)]);
   $("fsc-text").innerHTML = rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
   if (f["resolution_0.5_m"]) addHeadline("FSC 0.5 with truth", nm(f["resolution_0.5_m"]));
