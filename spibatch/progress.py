@@ -18,9 +18,9 @@ log = logging.getLogger("spibatch")
 
 
 def pace(done: int, seconds: float) -> str:
-    """How fast: "120/s" at one item a second or more, else "42.0 s each" (a slow count read as "0/s")."""
+    """How fast: "120/s" at one item a second or more, else "42.0 s each on average" (a slow count read as "0/s")."""
     if done > 0 and seconds >= done:
-        return f"{seconds / done:.1f} s each"
+        return f"{seconds / done:.1f} s each on average"
     return f"{done / max(seconds, 1e-9):.0f}/s"
 
 

@@ -306,6 +306,14 @@ def test_detector_lengths_differ(tmp_path, name):
     assert_input_error(excinfo, path, name)
 
 
+def test_a_detector_of_no_pixels_names_qx(tmp_path):
+    """qx of shape (0,) was blamed on qy ("has 6 entries but qx has 0")."""
+    path = make_detector_file(tmp_path / "det.h5", qx=np.zeros(0))
+    with pytest.raises(InputError, match="holds no pixel") as excinfo:
+        Detector.read(path)
+    assert_input_error(excinfo, path, "qx")
+
+
 @pytest.mark.parametrize("name, value", [("mask", np.zeros(6, np.float32)), ("qx", np.zeros(6, np.int32)),
                                          ("corr", np.ones((6, 1))), ("detd", np.ones(2))])
 def test_detector_wrong_dtype_or_shape(tmp_path, name, value):

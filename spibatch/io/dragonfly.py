@@ -98,6 +98,9 @@ def read_detector_arrays(path: str | os.PathLike) -> dict:
                                  path=path, field=name, fix=fix)
             datasets[name] = ds
         num_pix = datasets["qx"].shape[0]     # sizes from the declared shapes, before anything is read
+        if num_pix == 0:                      # (else "qy: has 1024 entries but qx has 0": qy blamed)
+            raise InputError("holds no pixel (shape (0,))", path=path, field="qx",
+                             fix="qx, qy, qz, corr and mask need one entry per detector pixel")
         if num_pix > MAX_PIXELS:
             raise InputError(f"declares {num_pix:,} pixels; detectors of up to {MAX_PIXELS:,} are read", path=path,
                              field="qx", fix="check the file: one entry per detector pixel")
