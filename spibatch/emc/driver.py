@@ -149,16 +149,15 @@ def setup(settings: EMCSettings, photons, detector, out_dir: Path, executor, res
     counts, peak = executor.add_shards(specs, geometry)
     recorded = executor.broadcast(executor.collective(   # the writer reads the files' fingerprints
         lambda: resume_record(settings, inputs, photons, detector) if executor.writes else None))
-    checkpoint = executor.broadcast(executor.collective(_read_checkpoint, out_dir, resume and executor.writes,
-                                                        settings.num_volumes * inputs.size ** 3))
+    voxels = settings.num_volumes * inputs.size ** 3      # the model's: a checkpoint's is compared before it is read
+    checkpoint = executor.broadcast(executor.collective(_read_checkpoint, out_dir, resume and executor.writes, voxels))
     if checkpoint is not None:
         if source is not None and len(checkpoint["scales"]) > len(counts):
             joined = _polled(source, len(counts), inputs, detector, executor)
             if joined:
                 more, more_peak = executor.add_shards(joined, geometry, join=settings.frames_per_shard)
                 counts, peak, specs = np.concatenate([counts, more]), max(peak, more_peak), specs + joined
-        check_checkpoint(checkpoint, recorded, len(counts), out_dir, photons, detector, growing=source is not None,
-                         voxels=settings.num_volumes * inputs.size ** 3)
+        check_checkpoint(checkpoint, recorded, len(counts), out_dir, photons, detector, growing=source is not None)
         log.info("resuming after iteration %d from %s (%d frames)", checkpoint["iteration"], out_dir / CHECKPOINT,
                  len(checkpoint["scales"]))
         model, history = checkpoint["model"], checkpoint["history"]
