@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -350,15 +351,21 @@ def test_block_check_agrees_with_the_dense_reference():
         assert _block_ok(block, None if bad is None else ~bad, adu, clip) == reference, trial
 
 
-def test_check_photons_reads_every_frame_fast(shared_datasets):
-    from spibatch.io.dragonfly import check_photons
+def test_check_photons_reads_every_frame_to_the_last_block(shared_datasets, tmp_path):
+    """check_photons reads every frame, in blocks: a bad pixel index in the medium set's very last frame (the
+    last of its blocks) is found and named.  (Its speed, ~0.1 s against a 16 s EMC iteration, is a benchmark's
+    number, not this test's.)"""
+    from spibatch.io.dragonfly import check_photons, read_photons, write_photons
 
     path = shared_datasets / "dragonfly-medium" / "photons.emc"
-    began = time.perf_counter()
     assert check_photons(path) == (4000, 22500)
-    seconds = time.perf_counter() - began
-    print(f"check_photons(dragonfly-medium): {seconds:.3f} s (one EMC iteration there: ~16 s)")
-    assert seconds < 2.0
+    photons = read_photons(path, 3990, 4000)
+    write_photons(tmp_path / "p.h5", photons)
+    with h5py.File(tmp_path / "p.h5", "r+") as f:
+        last = f["place_ones"][9]
+        f["place_ones"][9] = np.append(last, 22500).astype(last.dtype)       # one past num_pix, in frame 9 only
+    with pytest.raises(InputError, match="frame 9"):
+        check_photons(tmp_path / "p.h5", chunk_frames=4)
 
 
 def test_check_reference(tmp_path):

@@ -100,11 +100,8 @@ def test_dragonfly_reads_our_rewrite_of_the_small_set(dragonfly_emc, small_datas
 
 @pytest.mark.slow
 def test_dragonfly_reconstructs_from_our_simulation(dragonfly_emc, tmp_path):
-    try:
-        from spibatch.config import Geometry, Pipeline, Simulation
-        from spibatch.stages.simulate import simulate_to
-    except ImportError as err:  # the simulator is not in this tree yet
-        pytest.skip(f"spibatch.sim.simulate not available: {err}")
+    from spibatch.config import Geometry, Pipeline, Simulation
+    from spibatch.stages.simulate import simulate_to
     from spibatch.io.dragonfly import photons_info
     from spibatch.detector import Detector
     pdb = resources.files("spibatch") / "data" / "1EI7.pdb"

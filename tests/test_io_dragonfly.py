@@ -186,7 +186,7 @@ def test_writer_refuses_bad_photons(tmp_path):
         bad.multi_count[0] = 1
         with pytest.raises(ValueError, match="below 2"):
             writer.append(bad)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="use PhotonsWriter in a with block"):
         PhotonsWriter(tmp_path / "q.h5", 50).append(some_photons())
 
 

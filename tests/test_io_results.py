@@ -157,7 +157,7 @@ def test_mrc_bad_input(tmp_path):
     assert str(tmp_path / "bad.mrc") in str(excinfo.value)
     with pytest.raises(InputError, match="not found"):
         read_mrc(tmp_path / "none.mrc")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"volume must be 3-D \[x, y, z\], got shape \(3, 3\)"):
         write_mrc(tmp_path / "flat.mrc", np.zeros((3, 3)), 1.0)
     assert not (tmp_path / "flat.mrc").exists()
 

@@ -87,7 +87,8 @@ def test_slow_and_idle_clients_are_cut_off_while_others_are_served(server):
         seconds, sent = results[name]
         assert REQUEST_TIMEOUT_S - 1 <= seconds <= REQUEST_TIMEOUT_S + SLACK_S, (name, seconds)
         assert sent.startswith(b"HTTP/1.1 408 "), (name, sent[:80])
-    assert len(answered) >= 10 and max(answered) < 2.0, answered
+    # served meanwhile: a request held up behind the slow clients would wait for their time-out (10 s)
+    assert len(answered) >= 10 and max(answered) < REQUEST_TIMEOUT_S / 2, answered
 
 
 def test_an_idle_kept_alive_connection_is_closed(server):

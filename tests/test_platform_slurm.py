@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -34,31 +33,6 @@ workers: 2
 emc_mode: {mode}
 slurm: {{partition: debug, walltime: "00:15:00", cores_per_node: 2, max_idletime_s: 2, strategy_period_s: 0.5}}
 """
-
-
-def _idle() -> bool:
-    try:
-        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return any(s in states for s in ("idle", "mixed", "allocated"))
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    """A running single-node cluster: the one already up, or started here and stopped afterwards."""
-    if shutil.which("slurmctld") is None or shutil.which("munged") is None:
-        pytest.skip("Slurm is not installed (apt-get install slurm-wlm slurmctld slurmd slurm-client munge; "
-                    ".ci/run does)")
-    if _idle():
-        yield "debug"
-        return
-    up = subprocess.run(["bash", str(REPO / ".ci" / "slurm-up.sh")], capture_output=True, text=True, timeout=180)
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        yield "debug"
-    finally:
-        subprocess.run(["bash", str(REPO / ".ci" / "slurm-down.sh")], timeout=60)
 
 
 @pytest.fixture(scope="module")

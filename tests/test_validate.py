@@ -221,7 +221,7 @@ def test_shell_correlation_radial_average_and_mask():
     assert shell_correlation(holes, truth, 3, 15, mask="valid") == pytest.approx(1.0)
     keep = np.isfinite(holes) & (holes >= 0)
     assert shell_correlation(holes, truth, 3, 15, mask=keep) == pytest.approx(1.0)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="need 0 <= r_min < r_max, got r_min=15, r_max=3"):
         shell_correlation(truth, truth, 15, 3)
 
 
