@@ -605,3 +605,80 @@ def test_a_checkout_installed_into_a_venv_finds_the_shared_data_sets_above_its_b
     assert settings.resolve_dataset("dragonfly-small", bench) == tmp_path / "shared/datasets/dragonfly-small"
     with pytest.raises(InputError, match="unknown data set 'dragonfly-tiny'.*shared sets \\(dragonfly-small\\)"):
         settings.resolve_dataset("dragonfly-tiny", bench)
+
+
+def test_a_workload_changed_under_its_name_gets_data_of_its_own(tmp_path):
+    """data/<workload>-<frames>/ was keyed by the name and the frame count only: a simulation of 200 photons a
+    frame was measured again after the bench file said 2000, without a word."""
+    from spibatch.bench.settings import Workload
+    from spibatch.bench.workloads import data_digest
+
+    low, high = (Workload(simulate={"frames": 40, "pixels": 32, "photons": p}) for p in (200.0, 2000.0))
+    photons, detector = tmp_path / "p.emc", tmp_path / "d.h5"
+    assert data_digest(low, photons, detector) != data_digest(high, photons, detector)
+    assert data_digest(low, photons, detector) == data_digest(Workload(simulate={"frames": 40, "pixels": 32,
+                                                                                  "photons": 200.0}), photons, detector)
+    data = Workload(photons=photons, detector=detector)
+    assert data_digest(data, photons, detector) != data_digest(data, tmp_path / "q.emc", detector)
+
+
+@pytest.mark.parametrize("edit", ["median", "mode", "iteration"])
+def test_an_edited_point_is_named_never_resumed_over(tmp_path, edit):
+    """Three edits that passed the schema: a summary median (resumed over, then a matplotlib traceback), a
+    mode (efficiencies of 3.28), one raw iteration time (kept beside a summary it no longer gives)."""
+    document = dumped(synthetic_document({"k_compute": 1.0, "k_overhead": 1.0, "beta": 1.0}))
+    point = document["points"][0]
+    phases = {"compute": 0.1, "reduce": 0.0, "data_movement": 0.0, "dispatch": 0.0, "container": None}
+    point["repeat_runs"][0]["iterations"] = [{"iteration": 1, "time_s": point["summary"]["iteration_s"]["median"],
+                                              "kernels_s": {}, "phases_s": phases}]
+    (tmp_path / "bench.json").write_text(json.dumps(document))
+    assert runner.load_document(tmp_path)["points"][0]["key"] == point["key"]      # unedited: read
+    if edit == "median":
+        point["summary"]["iteration_s"]["median"] = 99.0
+    elif edit == "mode":
+        point["mode"] = "htc" if point["mode"] == "hpc" else "hpc"
+    else:
+        point["repeat_runs"][0]["iterations"][0]["time_s"] = 0.001
+    (tmp_path / "bench.json").write_text(json.dumps(document))
+    with pytest.raises(InputError, match=f"point {point['key']}: its record does not follow from its own runs"):
+        runner.load_document(tmp_path)
+
+
+def test_a_resume_says_what_it_drops_and_measures_again_and_a_loaded_machine_is_noted(caplog):
+    import logging
+
+    from spibatch.bench.matrix import Point
+
+    document = dumped(synthetic_document({"k_compute": 1.0, "k_overhead": 1.0, "beta": 1.0}))
+    keys = [p["key"] for p in document["points"]]
+    site, mode, _, workload, scaling = keys[1].split("/")
+    wanted = [Point(site, "local", mode, 1, workload, "emc", scaling, 500, 125, 3, 1, "cpu")]
+    assert wanted[0].key == keys[1]
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        runner.say_what_changed(document, wanted, kept={})
+    said = caplog.text
+    assert f"{len(keys) - 1} measured point(s) no longer in the matrix, dropped" in said and keys[0] in said
+    assert f"1 measured point(s) whose settings changed are measured again: {keys[1]}" in said
+    assert runner.loaded_note(document) is None                          # load 1 on 2 cores
+    document["points"][2]["load_end"] = [3.5, 2.0, 1.0]
+    note = runner.loaded_note(document)
+    assert note.startswith(f"1 of {len(keys)} point(s) measured at a 1-minute load above the 2 usable core(s) (up "
+                           f"to 3.5: {keys[2]})")
+    from spibatch.bench import report
+
+    document["loaded_machine_note"] = note
+    document["points"][0]["git_revision"], document["versions"]["git_revision"] = "aaaa111", "bbbb222"
+    text = report.markdown(document)
+    assert "Points measured at spibatch revision(s) aaaa111 (1 point(s)), None" in text and "**Loaded machine**" in text
+    assert "(1 repeat: no spread)" in text
+
+
+def test_a_dry_run_reads_an_earlier_bench_json_as_the_run_does(tmp_path, emc_small):
+    """--dry-run on a folder whose bench.json was damaged said 'nothing created or submitted', rc 0; the run then
+    refused it."""
+    path = write_bench(tmp_path, emc_small, workers="1")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench.json").write_text('{"name": "tiny", "points": [')
+    with pytest.raises(InputError, match="not a bench's document"):
+        bench_command(path, [], out=out, dry_run=True)

@@ -95,8 +95,9 @@ def bench_command(bench_yaml: Path, sites: list[Path], *, out: Path | None, dry_
     out = Path(out).resolve() if out is not None else default_out(bench)
     check_out(out, bench.name)
     runner.preflight(bench, infos, points, out)
-    if dry_run:
-        return out, runner.dry_run(bench, infos, points, out)
+    if dry_run:      # an earlier bench.json read and checked as the run would (it said "nothing submitted", rc 0)
+        kept = runner.kept_points(runner.load_document(out) if out.is_dir() else None, points)
+        return out, runner.dry_run(bench, infos, points, out, kept=set(kept))
     import sys
 
     from spibatch.lock import release_lock, take_lock

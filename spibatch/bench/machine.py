@@ -74,6 +74,8 @@ def versions() -> dict:
             pass
     repo = Path(__file__).resolve().parents[2]
     out["git_revision"] = _run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+    if out["git_revision"] and _run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"]):
+        out["git_revision"] += "+changes"        # a working tree with uncommitted changes measured
     out["slurm"] = _run(["sinfo", "--version"])
     mpi = _run(["mpirun", "--version"])
     out["mpirun"] = mpi.splitlines()[0] if mpi else None

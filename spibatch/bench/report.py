@@ -78,8 +78,9 @@ def table(document: dict) -> str:
         phases = s.get("phases_s") or {}
         m = model.get(p["key"])
         pred = f"{m['predicted_s']:.3g} ({100 * m['error']:+.0f}%, {m['role']})" if m else ""
+        spread = f"[{it['min']:.3g}-{it['max']:.3g}]" if len(p["repeat_runs"]) > 1 else "(1 repeat: no spread)"
         lines.append("| " + " | ".join([
-            p["key"], str(p.get("frames") or ""), f"{it['median']:.3g} [{it['min']:.3g}-{it['max']:.3g}]",
+            p["key"], str(p.get("frames") or ""), f"{it['median']:.3g} {spread}",
             _fmt(ratio.get(p["key"])), _fmt(eff.get(p["key"]))] + [_fmt(phases.get(ph)) for ph in PHASES] + [
             _fmt((s.get("startup_s") or {}).get("median"), 1),
             f"{p['load_start'][0]} -> {p['load_end'][0]}", pred]) + " |")
@@ -96,7 +97,7 @@ def markdown(document: dict) -> str:
              f"From {document['created']} to {document['updated']}.", "",
              "Time per iteration: `time_s` of `emc/metrics.jsonl` (phasing: a start's seconds / its iterations), "
              "median over the iterations of a run, then median [min-max] over the repeats.  Load: the 1-minute "
-             "load average when the point started and ended.", "", table(document)]
+             "load average when the point started and ended.", ""] + _provenance_lines(document) + [table(document)]
     model = document.get("model")
     if model:
         from spibatch.bench.model import summary_line
@@ -104,6 +105,21 @@ def markdown(document: dict) -> str:
         params = ", ".join(f"{k} = {v:.3g}" for k, v in model["parameters"].items())
         lines += ["", summary_line(model) + ".", "", f"Fitted: {params}."]
     return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(document: dict) -> list[str]:
+    """What the versions line cannot say: points measured at other spibatch revisions than this report's (a
+    resumed bench keeps its points across code changes), and the loaded-machine note."""
+    revisions: dict[str, int] = {}
+    for p in document["points"]:
+        revisions[str(p.get("git_revision"))] = revisions.get(str(p.get("git_revision")), 0) + 1
+    lines = []
+    if len(revisions) > 1 or (revisions and next(iter(revisions)) != str(document["versions"].get("git_revision"))):
+        lines += ["Points measured at spibatch revision(s) " + ", ".join(f"{r} ({n} point(s))" for r, n in
+                                                                          revisions.items()) + ".", ""]
+    if document.get("loaded_machine_note"):
+        lines += [f"**Loaded machine**: {document['loaded_machine_note']}.", ""]
+    return lines
 
 
 def _plt():
@@ -159,6 +175,7 @@ def plots(out: Path, document: dict) -> list[Path]:
             ax.plot([a for a, _ in xy], [b for _, b in xy], "o-", label=label)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set(xlabel="workers", ylabel="HTC / HPC time per iteration", title="HTC over HPC")
+        ax.set_xticks(sorted({a for xy in by_site.values() for a, _ in xy}))     # whole workers, not 1.2, 1.4
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         written.append(_save(fig, out / PNGS["ratio"]))
@@ -187,7 +204,8 @@ def plots(out: Path, document: dict) -> list[Path]:
         lo, hi = min(values) / 1.5, max(values) * 1.5
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, zorder=2)
         ax.fill_between([lo, hi], [lo * 0.75, hi * 0.75], [lo * 1.25, hi * 1.25], color="0.85", label="±25%", zorder=1)
-        ax.set(xscale="log", yscale="log", xlabel="measured s", ylabel="predicted s", title="model vs measurement")
+        ax.set(xscale="log", yscale="log", xlabel="measured s per iteration",
+               ylabel="predicted s per iteration", title="model vs measurement")
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(plt.matplotlib.ticker.FormatStrFormatter("%.3g"))
             axis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,15 +49,19 @@ def run_command(pipeline: Path, site: Path, run_dir: Path, stage: str) -> list[s
             "--until", stage]
 
 
-def dry_run(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Path) -> str:
+def dry_run(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Path, kept: set[str] = frozenset()) -> str:
     """What every point would submit (each site's ``Provider.dry_run``), its pipeline and site files; nothing is
-    created under ``out`` (the files are rendered in a temporary folder that is removed)."""
+    created under ``out`` (the files are rendered in a temporary folder that is removed).  ``kept``: the points an
+    earlier run measured with these settings, which a resume keeps (said, not rendered)."""
     from spibatch.backends import load_site, provider_for
 
     by_name = {i.name: i for i in infos}
     parts = [f"bench '{bench.name}': {len(points)} point(s) x {bench.matrix.repeats} repeat(s) -> {out}\n"]
     with tempfile.TemporaryDirectory(prefix="spibatch-bench-dry-") as scratch:
         for n, point in enumerate(points, 1):
+            if point.key in kept:
+                parts.append(f"=== point {n}/{len(points)}: {point.key}: measured already, kept ===\n")
+                continue
             info, work = by_name[point.site], bench.workloads[point.workload]
             photons, detector = workloads.data_for(point, work, out, create=False)
             folder = Path(scratch) / point.folder
@@ -137,9 +142,41 @@ SIMULATED_KEYS = {"geometry.detector_pixels": "simulate.pixels", "simulation.num
 
 
 def load_document(out: Path) -> dict | None:
-    """``out/bench.json`` (None when there is none), checked: see :func:`read_document`."""
+    """``out/bench.json`` (None when there is none), checked: see :func:`read_document` and
+    :func:`check_points`."""
     path = out / BENCH_JSON
-    return read_document(path, "--out") if path.is_file() else None
+    if not path.is_file():
+        return None
+    document = read_document(path, "--out")
+    check_points(document, path)
+    return document
+
+
+def check_points(document: dict, path: Path) -> None:
+    """InputError (one line, the file never overwritten) when a measured point's record does not follow from
+    itself: its key from its site, mode, workers, workload and scaling; its time per iteration from its runs (an
+    EMC run's iterations -> the run's median -> the median over the repeats).  A median edited by hand was resumed
+    over and drawn (a traceback in the plots), a mode edited gave efficiencies above 1."""
+    from spibatch.errors import InputError
+
+    for record in document.get("points", []):
+        if record.get("status") != "measured":
+            continue
+        key = "/".join([str(record.get("site")), str(record.get("mode")), f"w{record.get('workers')}",
+                        str(record.get("workload")), str(record.get("scaling"))])
+        try:
+            runs = record["repeat_runs"]
+            same = key == record["key"] and all(
+                statistics.median(i["time_s"] for i in r["iterations"]) == r["median_iteration_s"]
+                for r in runs if record["kind"] == "emc" and "iterations" in r) and \
+                statistics.median(r["median_iteration_s"] for r in runs) == record["summary"]["iteration_s"]["median"]
+        except (KeyError, TypeError, ValueError, statistics.StatisticsError):
+            same = False
+        if not same:
+            raise InputError(f"point {record.get('key')}: its record does not follow from its own runs (its key or "
+                             "summary edited by hand?)", path=path, field="--out",
+                             fix="restore bench.json, or delete that point from it (it is measured again)")
+
 
 
 def read_document(path: Path, field: str, *, rates_only: bool = False) -> dict:
@@ -217,6 +254,37 @@ def kept_points(previous: dict | None, points: list[Point]) -> dict[str, dict]:
             if r.get("status") == "measured" and wanted.get(r["key"]) == r.get("fingerprint")}
 
 
+def say_what_changed(previous: dict | None, points: list[Point], kept: dict[str, dict]) -> None:
+    """Warn of the earlier measured points this run drops (no longer in the matrix) and measures again (their
+    settings changed): both happened without a word."""
+    wanted = {p.key for p in points}
+    earlier = [r["key"] for r in (previous or {}).get("points", []) if r.get("status") == "measured"]
+    dropped = [k for k in earlier if k not in wanted]
+    again = [k for k in earlier if k in wanted and k not in kept]
+    if dropped:
+        log.warning("bench: %d measured point(s) no longer in the matrix, dropped from bench.json (their run "
+                    "folders stay under points/): %s", len(dropped), ", ".join(dropped))
+    if again:
+        log.warning("bench: %d measured point(s) whose settings changed are measured again: %s", len(again),
+                    ", ".join(again))
+
+
+def loaded_note(document: dict) -> str | None:
+    """A note when points were measured while the 1-minute load exceeded the usable cores (their times are not a
+    quiet machine's, and not comparable with points measured quiet), else None."""
+    cores = (document.get("machine") or {}).get("usable_cores") or 1
+    busy = {}
+    for record in document.get("points", []):
+        loads = [x[0] for x in (record.get("load_start"), record.get("load_end")) if x and x[0] is not None]
+        if loads and max(loads) > cores:
+            busy[record["key"]] = max(loads)
+    if not busy:
+        return None
+    return (f"{len(busy)} of {len(document['points'])} point(s) measured at a 1-minute load above the {cores} usable "
+            f"core(s) (up to {max(busy.values()):.1f}: {', '.join(busy)}): their times are a loaded machine's, not "
+            "comparable with the others'")
+
+
 def run_matrix(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Path, *,
                on_point=None) -> dict:
     """Measure every point not yet measured; returns the document (also in ``out/bench.json``).
@@ -226,6 +294,7 @@ def run_matrix(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Pa
     out.mkdir(parents=True, exist_ok=True)
     previous = load_document(out)
     kept = kept_points(previous, points)
+    say_what_changed(previous, points, kept)
     document = new_document(bench, infos)
     if previous:
         document["created"] = previous.get("created", document["created"])
@@ -251,6 +320,9 @@ def run_matrix(bench: Bench, infos: list[SiteInfo], points: list[Point], out: Pa
         document["interrupted"] = True
         log.warning("bench: interrupted; %d point(s) measured; the same command continues with the rest",
                     len(document["points"]))
+    document["loaded_machine_note"] = loaded_note(document)
+    if document["loaded_machine_note"]:
+        log.warning("bench: %s", document["loaded_machine_note"])
     save_document(out, document)
     return document
 

@@ -1,8 +1,8 @@
 """The files one point's runs need: its data (a subset of a data set, or a simulation, made once per size),
 its pipeline file and its site file (the site's own, with ``workers`` and ``emc_mode`` set to the point's).
 
-Everything goes under the bench folder: ``data/<workload>-<frames>/`` (photons and detector, shared by every
-point of that size) and ``points/<point>/`` (``pipeline.yaml``, ``site.yaml``, ``rep-N/`` run folders).
+Everything goes under the bench folder: ``data/<workload>-<frames>-<digest>/`` (photons and detector, shared by
+every point of that size; the digest of what the data are made from, :func:`data_digest`) and ``points/<point>/`` (``pipeline.yaml``, ``site.yaml``, ``rep-N/`` run folders).
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ def data_for(point: Point, work: Workload, root: Path, *, create: bool = True) -
     ``create=False`` nothing is written: the paths it would use (the dry run)."""
     photons, detector = data_files(work)
     frames = point.frames if point.kind == "emc" else PHASING_EMC_FRAMES
-    folder = Path(root) / "data" / f"{point.workload}-{frames}"
+    folder = Path(root) / "data" / f"{point.workload}-{frames}-{data_digest(work, photons, detector)}"
     if work.simulate is not None:
         made = folder / "simulate"
+        if create and (made / "photons.emc").is_file() and not _sound(made / "photons.emc"):
+            import shutil
+
+            shutil.rmtree(folder)                      # a damaged simulation: made again
         if create and not (made / "photons.emc").is_file():
             simulate(work, frames, folder)
         return made / "photons.emc", made / "detector.h5"
@@ -37,6 +41,8 @@ def data_for(point: Point, work: Workload, root: Path, *, create: bool = True) -
     if photons_info(photons)[0] == frames:
         return photons, detector
     subset = folder / "photons.h5"
+    if create and subset.is_file() and not _sound(subset):
+        subset.unlink()                                # a damaged subset: written again
     if create and not subset.is_file():
         from spibatch.io.atomic import atomic_path
         from spibatch.io.dragonfly import read_photons, write_photons
@@ -45,6 +51,34 @@ def data_for(point: Point, work: Workload, root: Path, *, create: bool = True) -
         with atomic_path(subset) as tmp:
             write_photons(tmp, read_photons(photons, 0, frames))
     return subset, detector
+
+
+def data_digest(work: Workload, photons: Path, detector: Path) -> str:
+    """8 hex digits of what a workload's data are made from (its data set's files, or its simulation's every
+    setting): part of the data folder's name, so that a workload changed under the same name is not measured on
+    the data made for the old one (a 200-photon simulation was reused for 2000 photons, without a word)."""
+    import hashlib
+    import json
+
+    spec = {"simulate": work.simulate.model_dump(mode="json")} if work.simulate is not None else \
+        {"data": [str(Path(photons).resolve()), str(Path(detector).resolve())]}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _sound(photons: Path) -> bool:
+    """Whether a photons file the bench made earlier reads to its end (a damaged one is made again, not handed to
+    every point's runs to fail there)."""
+    import logging
+
+    from spibatch.errors import InputError
+    from spibatch.io.dragonfly import check_photons
+
+    try:
+        check_photons(photons)
+        return True
+    except InputError as exc:
+        logging.getLogger("spibatch").warning("bench: %s is damaged (%s): made again", photons, exc.problem)
+        return False
 
 
 def simulate(work: Workload, frames: int, folder: Path) -> None:
