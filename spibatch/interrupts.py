@@ -1,6 +1,8 @@
 """How a ``spibatch`` command stops when it is asked to: SIGINT (Ctrl-C) and SIGTERM (what Slurm and
 Kubernetes send) alike, promptly, without a traceback, and leaving nothing running.
 
+* SIGHUP (the terminal or the ssh session closed) is taken as SIGTERM is, unless ignored (``nohup``): before, it
+  ended a command at once (exit 129, no line, its lock left).
 * The first SIGINT or SIGTERM raises KeyboardInterrupt in the main thread: the run folder is marked
   ``interrupted`` (:func:`spibatch.rundir.open_run`), Parsl is shut down with a deadline and what it
   started is stopped (:mod:`spibatch.pipeline`, :mod:`spibatch.owners`).  Later signals are noted, not
@@ -41,15 +43,17 @@ _previous_hook = sys.unraisablehook
 
 
 def install() -> None:
-    """SIGTERM and SIGINT stop the command as described above (an ignored SIGINT, as in a background job
-    of a script, stays ignored); SIGXFSZ is ignored; a log record that cannot be written (a full disk) is
+    """SIGTERM, SIGINT and SIGHUP stop the command as described above (an ignored SIGINT, as in a background job
+    of a script, or SIGHUP, under nohup, stays ignored); SIGXFSZ is ignored; a log record that cannot be written (a full disk) is
     dropped without logging's traceback.  Installing twice changes nothing."""
     if signal.getsignal(signal.SIGTERM) is _handler:
         return
     logging.raiseExceptions = False
     signal.signal(signal.SIGTERM, _handler)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, _handler)
+    for name in ("SIGINT", "SIGHUP"):      # SIGHUP: the terminal or ssh session closed (nohup ignores it: kept so)
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, _handler)
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     sys.unraisablehook = _unraisable

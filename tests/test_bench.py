@@ -682,3 +682,16 @@ def test_a_dry_run_reads_an_earlier_bench_json_as_the_run_does(tmp_path, emc_sma
     (out / "bench.json").write_text('{"name": "tiny", "points": [')
     with pytest.raises(InputError, match="not a bench's document"):
         bench_command(path, [], out=out, dry_run=True)
+
+
+def test_rates_of_another_cpu_are_said(tmp_path, caplog):
+    """A --rates file measured on another machine was taken without a word."""
+    import logging
+
+    from spibatch.bench import taken_rates
+
+    document = dumped(synthetic_document({"k_compute": 1.0, "k_overhead": 1.0, "beta": 1.0}))
+    (tmp_path / "bench.json").write_text(json.dumps(document))      # cpu_model "cpu"
+    with caplog.at_level(logging.WARNING, logger="spibatch"):
+        assert taken_rates(tmp_path / "bench.json") == document["rates"]
+    assert "were measured on 'cpu', this machine is" in caplog.text

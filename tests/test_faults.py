@@ -514,10 +514,11 @@ main()
     assert "the signal surfaced as this error" in logged and "ImportError: numba._devicearray" in logged
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT", "SIGHUP"])
 def test_a_signal_stops_emc_with_its_resume_line(name, emc_config, tmp_path):
-    """SIGTERM (what Slurm and Kubernetes send) or SIGINT of `spibatch emc` at a random time during its run:
-    status interrupted, the exact `spibatch emc CONFIG --resume RUN` line last, exit 143 / 130, no process left.
+    """SIGTERM (what Slurm and Kubernetes send), SIGINT or SIGHUP (an ssh session closed: exit 129 with no line
+    and its lock left, before) of `spibatch emc` at a random time during its run: status interrupted, the exact
+    `spibatch emc CONFIG --resume RUN` line last, exit 143 / 130 / 129, no process left.
     400 iterations: the signal waits up to 4 s, and 30 iterations of this set take less than that since the
     float32 splat (the test then saw a completed run); the signal ends the run long before the 400th."""
     config = emc_config(tmp_path, iterations=400)

@@ -133,10 +133,19 @@ def taken_rates(path: Path) -> dict:
     from spibatch.bench import runner
     from spibatch.errors import InputError
 
-    rates = runner.read_document(path, "--rates", rates_only=True)["rates"]
+    document = runner.read_document(path, "--rates", rates_only=True)
+    rates = document["rates"]
     if not rates:
         raise InputError("holds no kernel rates (its bench measured none)", path=path, field="--rates",
                          fix="name a bench.json whose bench measured them, or leave --rates out to measure them")
+    from spibatch.bench.machine import cpu_model
+
+    theirs = (document.get("machine") or {}).get("cpu_model") if isinstance(document.get("machine"), dict) else None
+    if theirs and theirs != cpu_model():      # taken without a word before: the model then fits another CPU's rates
+        import logging
+
+        logging.getLogger("spibatch").warning("bench: the rates of %s were measured on '%s', this machine is '%s': "
+                                              "the model's predictions are that machine's", path, theirs, cpu_model())
     return rates
 
 
