@@ -44,6 +44,6 @@ def test_off_a_terminal_each_stage_is_a_log_line(monkeypatch, caplog):
 
 
 def test_a_slow_count_says_seconds_each_not_zero_per_second():
-    assert pace(2, 90.0) == "45.0 s each"          # two stages in 90 s: not "0/s"
+    assert pace(2, 90.0) == "45.0 s each on average"   # two stages in 90 s: not "0/s"
     assert pace(3000, 1.5) == "2000/s"
     assert pace(0, 5.0) == "0/s"
