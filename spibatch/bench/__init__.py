@@ -140,7 +140,8 @@ def taken_rates(path: Path) -> dict:
                          fix="name a bench.json whose bench measured them, or leave --rates out to measure them")
     from spibatch.bench.machine import cpu_model
 
-    theirs = (document.get("machine") or {}).get("cpu_model") if isinstance(document.get("machine"), dict) else None
+    machine = document.get("machine")
+    theirs = machine.get("cpu_model") if isinstance(machine, dict) else None
     if theirs and theirs != cpu_model():      # taken without a word before: the model then fits another CPU's rates
         import logging
 

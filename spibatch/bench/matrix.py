@@ -40,6 +40,12 @@ class SiteInfo:
     text: str
 
 
+def point_key(site, mode, workers, workload, scaling) -> str:
+    """A point's name: ``site/mode/wN/workload/scaling`` (:attr:`Point.key`; a bench.json record's is checked
+    against its own fields with it)."""
+    return f"{site}/{mode}/w{workers}/{workload}/{scaling}"
+
+
 @dataclass
 class Point:
     """One cell of the matrix; ``frames`` are the frames of one run (weak: workers x per worker)."""
@@ -62,7 +68,7 @@ class Point:
     @property
     def key(self) -> str:
         """``site/mode/wN/workload/scaling``: the point's name in bench.json and its folder under points/."""
-        return f"{self.site}/{self.mode}/w{self.workers}/{self.workload}/{self.scaling}"
+        return point_key(self.site, self.mode, self.workers, self.workload, self.scaling)
 
     @property
     def folder(self) -> str:

@@ -110,9 +110,9 @@ def markdown(document: dict) -> str:
 def _provenance_lines(document: dict) -> list[str]:
     """What the versions line cannot say: points measured at other spibatch revisions than this report's (a
     resumed bench keeps its points across code changes), and the loaded-machine note."""
-    revisions: dict[str, int] = {}
-    for p in document["points"]:
-        revisions[str(p.get("git_revision"))] = revisions.get(str(p.get("git_revision")), 0) + 1
+    from collections import Counter
+
+    revisions = Counter(str(p.get("git_revision")) for p in document["points"])
     lines = []
     if len(revisions) > 1 or (revisions and next(iter(revisions)) != str(document["versions"].get("git_revision"))):
         lines += ["Points measured at spibatch revision(s) " + ", ".join(f"{r} ({n} point(s))" for r, n in

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from spibatch.bench import collect, machine, workloads
-from spibatch.bench.matrix import Point, SiteInfo
+from spibatch.bench.matrix import Point, SiteInfo, point_key
 from spibatch.bench.settings import Bench
 
 log = logging.getLogger("spibatch")
@@ -162,8 +162,7 @@ def check_points(document: dict, path: Path) -> None:
     for record in document.get("points", []):
         if record.get("status") != "measured":
             continue
-        key = "/".join([str(record.get("site")), str(record.get("mode")), f"w{record.get('workers')}",
-                        str(record.get("workload")), str(record.get("scaling"))])
+        key = point_key(*(record.get(k) for k in ("site", "mode", "workers", "workload", "scaling")))
         try:
             runs = record["repeat_runs"]
             same = key == record["key"] and all(
@@ -176,7 +175,6 @@ def check_points(document: dict, path: Path) -> None:
             raise InputError(f"point {record.get('key')}: its record does not follow from its own runs (its key or "
                              "summary edited by hand?)", path=path, field="--out",
                              fix="restore bench.json, or delete that point from it (it is measured again)")
-
 
 
 def read_document(path: Path, field: str, *, rates_only: bool = False) -> dict:

@@ -67,18 +67,24 @@ def data_digest(work: Workload, photons: Path, detector: Path) -> str:
 
 def _sound(photons: Path) -> bool:
     """Whether a photons file the bench made earlier reads to its end (a damaged one is made again, not handed to
-    every point's runs to fail there)."""
+    every point's runs to fail there); each file read once a process (every point of its size asks)."""
     import logging
 
     from spibatch.errors import InputError
     from spibatch.io.dragonfly import check_photons
 
+    if photons in _SOUND:
+        return True
     try:
         check_photons(photons)
-        return True
     except InputError as exc:
         logging.getLogger("spibatch").warning("bench: %s is damaged (%s): made again", photons, exc.problem)
         return False
+    _SOUND.add(photons)
+    return True
+
+
+_SOUND: set[Path] = set()     # the bench data files read whole and found sound in this process
 
 
 def simulate(work: Workload, frames: int, folder: Path) -> None:

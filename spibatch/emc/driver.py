@@ -236,11 +236,12 @@ PRE_MERGE = {"merge": "pooled"}   # what a checkpoint from before emc.merge was 
 
 
 def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir: Path, photons, detector, *,
-                     growing: bool = False, voxels: int | None = None) -> None:
+                     growing: bool = False) -> None:
     """InputError (one line) unless ``checkpoint`` (:func:`records.read_checkpoint`) was computed with the
     settings and from the data of ``recorded`` (:func:`resume_record`) for ``num_frames`` frames (``growing``:
     a run that takes shards as they come, e.g. a follow's chunks: for at most ``num_frames``, the frames there
-    are now).  A checkpoint written before the fingerprints were recorded is not asked for them."""
+    are now).  A checkpoint written before the fingerprints were recorded is not asked for them.  (The model's
+    size was compared as it was read: :func:`records.read_checkpoint`.)"""
     saved = {**PRE_MERGE, **checkpoint["settings"]}
     for key, name in DATA_KEYS.items():
         if key in saved and saved[key] != recorded.get(key):
@@ -255,10 +256,6 @@ def check_checkpoint(checkpoint: dict, recorded: dict, num_frames: int, out_dir:
                          path=out_dir / CHECKPOINT, field="emc",
                          fix="resume with the run's own config.yaml, or start a new run")
     model = np.asarray(checkpoint["model"])
-    if voxels is not None and model.size != voxels:
-        raise InputError(f"the checkpoint's model holds {model.size} values, these settings' model {voxels}",
-                         path=out_dir / CHECKPOINT, field="model", fix="delete it to start the EMC run again from "
-                         "iteration 1, or start a new run")
     if not np.all(np.isfinite(model)) or not np.all(np.isfinite(checkpoint["scales"])):
         raise InputError("the checkpoint's model or scales hold NaN or infinite values", path=out_dir / CHECKPOINT,
                          field="model", fix="delete it to start the EMC run again from iteration 1")
@@ -284,7 +281,7 @@ def check_resume(settings: EMCSettings, photons, detector, out_dir: Path, availa
     checkpoint = records.read_checkpoint(Path(out_dir), voxels=settings.num_volumes * inputs.size ** 3)
     check_checkpoint(checkpoint, resume_record(settings, inputs, photons, detector),
                      inputs.num_frames if available is None else available, Path(out_dir), photons, detector,
-                     growing=available is not None, voxels=settings.num_volumes * inputs.size ** 3)
+                     growing=available is not None)
     return checkpoint["iteration"]
 
 

@@ -173,8 +173,9 @@ def read_checkpoint(out_dir: Path, voxels: int | None = None) -> dict | None:
             datasets["background_scales"] = require_dataset(f, "background_scales", path, fix)
         if voxels is not None and datasets["model"].size != voxels:
             raise InputError(f"the checkpoint's model holds {datasets['model'].size} values, these settings' model "
-                             f"{voxels}", path=path, field="model", fix="delete it to start the EMC run again from "
-                             "iteration 1, or start a new run")
+                             f"{voxels} (another detector, model size or number of modes than the run's)", path=path,
+                             field="model", fix="delete it to start the EMC run again from iteration 1, or start a "
+                             "new run")
         for ds in datasets.values():
             if ds.ndim == 0 or ds.size > MAX_CHECKPOINT_VALUES:
                 raise InputError(f"{'a scalar' if ds.ndim == 0 else f'{ds.size:,} values'}: not a checkpoint's",
