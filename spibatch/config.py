@@ -9,6 +9,8 @@ directory of the YAML file.
 
 from __future__ import annotations
 
+import posixpath
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,6 +182,13 @@ class Ingest(Section):
     chunk_frames: int = Field(256, ge=1, description="frames read at a time (bounds memory)")
     beamstop_radius_pixels: float = Field(0.0, ge=0, description="with the CXI geometry: pixels within this radius "
                                           "of the centre are excluded")
+
+    @field_validator("data_path", "mask_path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        """``entry_1/...`` and ``//entry_1/...`` name what ``/entry_1/...`` names: spelt one way, so that the
+        frames' own detector group (its geometry, its mask) is found from the path."""
+        return None if value is None else posixpath.normpath("/" + value.lstrip("/"))
 
 
 class Validation(Section):

@@ -412,7 +412,9 @@ def ingest(num_frames: int, frame_pixels: int, itemsize: int, chunk_frames: int,
     block = min(chunk_frames, num_frames)
     return Estimate("ingest", [Part(f"a block of {block:,} frames of {frame_pixels:,} pixels",
                                     (itemsize + 4) * block * frame_pixels, chunk_field)],
-                    fixes={chunk_field: "read fewer frames at a time (the default is 256)"})
+                    fixes={chunk_field: "read fewer frames at a time (the default is 256)" if block > 1 else
+                           f"one frame of {frame_pixels:,} pixels alone is too large for this machine: bin or crop "
+                           "the frames first"})
 
 
 def validate(volumes: list[tuple[tuple[int, ...], str]]) -> Estimate:

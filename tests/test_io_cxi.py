@@ -111,7 +111,7 @@ def test_negative_counts_name_the_frame(tmp_path):
     with pytest.raises(InputError, match="frame 6: 1 pixels round to negative") as excinfo:
         cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5", adu_per_photon=25.0, chunk_frames=4)
     text = str(excinfo.value)
-    assert str(tmp_path / "run.cxi") in text and DATA in text and "clip_negative=True" in text
+    assert str(tmp_path / "run.cxi") in text and DATA in text and "--clip-negative" in text
     assert (tmp_path / "p.h5").read_bytes() == before  # the older output survives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.h5", "run.cxi"]
     cxi_to_photons(tmp_path / "run.cxi", tmp_path / "p.h5", adu_per_photon=25.0, clip_negative=True)

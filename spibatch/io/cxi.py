@@ -115,7 +115,7 @@ def _read_mask(f: h5py.File, path: str | os.PathLike, mask_path: str | None,
     for name in (mask_path,) if mask_path else candidates:
         if name not in f and not mask_path:
             continue
-        fix = f"give one mask of shape {frame_shape} (nonzero = bad pixel), or name it with mask_path"
+        fix = f"give one mask of shape {frame_shape} (nonzero = bad pixel), or name it (ingest.mask_path, --mask-path)"
         ds = require_dataset(f, name, path, fix)
         if ds.shape not in (frame_shape, (1,) + frame_shape) or ds.dtype.kind not in "biuf":
             raise InputError(f"expected a mask of shape {frame_shape}, found shape {ds.shape} dtype {ds.dtype}",
@@ -134,7 +134,7 @@ def _read_mask(f: h5py.File, path: str | os.PathLike, mask_path: str | None,
         if bad.mean() > 0.5:       # CrystFEL's mask_good = 1 and Condor mark the good pixels
             raise InputError(f"marks {bad.mean():.0%} of the pixels bad: is 1 the good pixels' mark here (CrystFEL's "
                              "mask_good)?", path=path, field=name, fix="in a CXI mask nonzero means bad: invert it "
-                             "(1 - mask), or name a mask of that convention with mask_path")
+                             "(1 - mask), or name a mask of that convention (ingest.mask_path, --mask-path)")
         return bad
     return None
 
@@ -152,7 +152,7 @@ def _to_counts(block: np.ndarray, first: int, bad: np.ndarray | None, adu_per_ph
     if nonfinite.any():
         row = int(np.argmax(nonfinite.any(axis=1)))
         raise InputError(f"frame {first + row}: {int(nonfinite[row].sum())} pixels are NaN or inf",
-                         path=path, field=field, fix="mask those pixels (a CXI mask, or mask_path=...)")
+                         path=path, field=field, fix="mask those pixels (a CXI mask, or ingest.mask_path / --mask-path)")
     negative = counts < 0
     if negative.any():
         if not clip_negative:
@@ -160,12 +160,14 @@ def _to_counts(block: np.ndarray, first: int, bad: np.ndarray | None, adu_per_ph
             raise InputError(f"frame {first + row}: {int(negative[row].sum())} pixels round to negative photon "
                              f"counts (lowest {counts[row].min():g} at adu_per_photon={adu_per_photon:g})",
                              path=path, field=field,
-                             fix="mask those pixels (a CXI mask, or mask_path) or count them as 0 with "
-                                 "clip_negative=True (ingest.clip_negative: true in a pipeline, --clip-negative)")
+                             fix="mask those pixels (a CXI mask, or ingest.mask_path / --mask-path) or count them as "
+                                 "0 (ingest.clip_negative: true in a pipeline, --clip-negative)")
         counts[negative] = 0
     if counts.size and counts.max() > INT32_MAX:
-        raise InputError(f"counts above {INT32_MAX} in frames {first}..{first + len(counts) - 1}", path=path,
-                         field=field, fix="check adu_per_photon")
+        row, pixel = np.unravel_index(int(np.argmax(counts > INT32_MAX)), counts.shape)
+        raise InputError(f"frame {first + int(row)}, pixel {int(pixel)}: {counts[row, pixel]:.6g} photons is above "
+                         f"{INT32_MAX} (a 32-bit count)", path=path, field=field,
+                         fix="check adu_per_photon (ingest.adu_per_photon, --adu-per-photon)")
     return counts.astype(np.int32)
 
 
@@ -220,7 +222,6 @@ def _check_centred_layout(layout: dict, n: int, pixel_m: float, distance_m: floa
     if not layout:
         return
     default = np.array([[0.0, -pixel_m, 0.0], [-pixel_m, 0.0, 0.0]])
-    basis = np.asarray(layout.get("basis_vectors", default), np.float64)
     corner = layout.get("corner_position")
     centre = np.array([0.0, 0.0, distance_m])
     steps = np.array([[0.5, 0.5], [n - 0.5, n - 0.5], [0.5, n - 0.5]])      # three corner pixels' centres
@@ -228,6 +229,20 @@ def _check_centred_layout(layout: dict, n: int, pixel_m: float, distance_m: floa
     def corners(start, axes):
         return start + steps @ axes
 
+    for name, shapes in (("basis_vectors", ((2, 3),)), ("corner_position", ((3,), (1, 3)))):
+        value = layout.get(name)
+        if value is None:
+            continue
+        try:
+            finite = bool(np.isfinite(np.asarray(value, np.float64)).all())
+        except (TypeError, ValueError):
+            finite = False
+        if np.shape(value) not in shapes or not finite:
+            what = "values that are not finite numbers" if np.shape(value) in shapes else \
+                f"shape {np.shape(value)}, not {' or '.join(map(str, shapes))}"
+            raise UnsupportedLayout(f"{name} holds {what}", path=path, field=f"{group}/{name}",
+                                    fix="correct the dataset, or give the detector as a Dragonfly file (emc.detector)")
+    basis = np.asarray(layout.get("basis_vectors", default), np.float64)
     if basis.shape == (2, 3) and (corner is None or np.shape(corner) in ((3,), (1, 3))):
         for axes in (default, -default):                # the default, or turned by 180 degrees about the beam
             ours = centre - n / 2 * axes.sum(axis=0)
@@ -237,7 +252,7 @@ def _check_centred_layout(layout: dict, n: int, pixel_m: float, distance_m: floa
     raise UnsupportedLayout("its detector geometry (corner_position, basis_vectors) puts the pixels elsewhere than "
                             "the centred flat detector spibatch builds (the beam on the frame's centre, CXI's default "
                             "axes): an off-centre beam, a mirrored or a turned detector", path=path,
-                            field=f"{group}/basis_vectors",
+                            field=f"{group}/{'basis_vectors' if 'basis_vectors' in layout else 'corner_position'}",
                             fix="give the detector as a Dragonfly file (emc.detector) built from this geometry")
 
 
@@ -288,6 +303,8 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
             high = _block_highest(block, good, adu_per_photon, clip_negative)
             if high is None:
                 _to_counts(block, start, bad, adu_per_photon, clip_negative, cxi_path, data_path)
+            elif start == 0 and data.dtype.kind == "f":
+                _warn_rounding(block if good is None else block[:, good], adu_per_photon, cxi_path, data_path)
             highest = max(highest, high or 0.0)
         if highest < 1:
             raise no_photons(num_frames, adu_per_photon, cxi_path)
@@ -299,6 +316,23 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
                 "per photon: saturated? mask them (a mask dataset, --mask-path) or check the calibration", cxi_path,
                 data_path.lstrip("/"), data.dtype, np.iinfo(data.dtype).max, int(highest), adu_per_photon)
         return tuple(int(x) for x in data.shape)
+
+
+ROUNDING_LOSS = 0.1   # the first block's photons changed by more than this fraction by rounding: a warning
+
+
+def _warn_rounding(block: np.ndarray, adu_per_photon: float, cxi_path, data_path: str) -> None:
+    """A warning when rounding the first block's values to whole photons changes their total by more than
+    :data:`ROUNDING_LOSS` (frames in ADU or keV read at 1 ADU per photon: 0.37 a photon rounds to 0)."""
+    values = np.maximum(block.astype(np.float64) / adu_per_photon, 0.0)
+    raw, rounded = float(values.sum()), float(np.rint(values).sum())
+    if raw > 100 and abs(rounded - raw) > ROUNDING_LOSS * raw:
+        import logging
+
+        logging.getLogger("spibatch").warning(
+            "spibatch: warning: %s: %s: rounding to whole photons at %g ADU per photon changes the first frames' "
+            "total by %+.0f%% (%.6g -> %.6g): are the frames in photons? check adu_per_photon (--adu-per-photon)",
+            cxi_path, data_path.lstrip("/"), adu_per_photon, 100 * (rounded - raw) / raw, raw, rounded)
 
 
 def no_photons(num_frames: int, adu_per_photon: float, cxi_path) -> InputError:

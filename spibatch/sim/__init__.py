@@ -43,7 +43,7 @@ class SimulationSettings:
 
 
 def simulate(detector, sim: SimulationSettings, out_dir: str | Path, *, show_progress: bool = True,
-             provenance: dict | None = None) -> dict[str, Path]:
+             provenance: dict | None = None, warn: bool = True) -> dict[str, Path]:
     """Simulate ``sim`` on ``detector`` (a :class:`~spibatch.detector.Detector` with a physical scale) into ``out_dir``.
 
     Writes ``detector.h5`` (Dragonfly detector file), ``photons.emc`` (Dragonfly HDF5
@@ -54,8 +54,10 @@ def simulate(detector, sim: SimulationSettings, out_dir: str | Path, *, show_pro
     ``density.mrc`` (Angstrom voxels).  Frames are drawn from the model-grid intensity by trilinear interpolation,
     as EMC models them (not |F| at each pixel's exact q: at an oversampling of ~3, 1EI7 at the ``init`` template's
     geometry, frame totals come out 3-6 % high and speckle contrast 4-6 % low; at the demo's ~6, within 0.2 %).
-    The model grid edge is ``detector.model_size()``.  ``provenance``: recorded in truth.h5.
-    Returns ``{name: path}``.
+    The model grid edge is ``detector.model_size()``.  ``provenance``: recorded in truth.h5.  ``warn`` False: the
+    structure's warnings are not said again (the stage's check said them).  Returns ``{name: path}``.
+    InputError (one line, before any pattern is drawn): B-factors so negative that the form factors overflow, an
+    absolute fluence whose photons would not fit this machine's memory.
     """
     import numpy as np
 
@@ -65,14 +67,16 @@ def simulate(detector, sim: SimulationSettings, out_dir: str | Path, *, show_pro
     from spibatch.progress import progress
     from spibatch.sim.geometry import resolution_m
     from spibatch.sim.patterns import fluence_scale, mean_photons_scale, simulate_patterns
-    from spibatch.sim.scattering import density, intensity, structure_factor
-    from spibatch.sim.structure import read_structure
+    from spibatch.sim.scattering import corner_s2, density, intensity, structure_factor
+    from spibatch.sim.structure import check_b_factors, read_structure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / file for name, file in OUTPUT_NAMES.items()}
 
-    atoms = read_structure(sim.pdb, assembly=sim.assembly, keep_waters=sim.keep_waters)
+    atoms = read_structure(sim.pdb, assembly=sim.assembly, keep_waters=sim.keep_waters, warn=warn)
+    if sim.use_b_factors:
+        check_b_factors(atoms, corner_s2(detector.model_size(), detector.voxel_size_per_m), sim.pdb, warn=warn)
     log.info("read %d atoms (%.0f electrons, radius %.1f A) from %s", atoms.num_atoms, atoms.electrons(),
              atoms.radius_m() * 1e10, sim.pdb)
     size = detector.model_size()
@@ -95,6 +99,7 @@ def simulate(detector, sim: SimulationSettings, out_dir: str | Path, *, show_pro
         scale = mean_photons_scale(volume, detector, sim.mean_photons_per_frame)
     else:
         scale = fluence_scale(sim.fluence_photons_per_m2)
+        _check_fluence(scale / mean_photons_scale(volume, detector, 1.0), sim, detector)
     log.info("photon scale %.6g photons per (sr x electron^2)", scale)
 
     write_detector(paths["detector"], detector)
@@ -105,6 +110,10 @@ def simulate(detector, sim: SimulationSettings, out_dir: str | Path, *, show_pro
                                    chunk_frames=sim.chunk_frames, writer=writer, progress=bar)
     log.info("%d patterns, %.1f photons per frame on average (requested %s)", sim.num_patterns,
              result["mean_photons"], sim.mean_photons_per_frame if sim.mean_photons_per_frame else "absolute fluence")
+    if result["mean_photons"] < FEW_PHOTONS:
+        log.warning("spibatch: warning: %s: %.3g photons per frame on average: too few for EMC to orient a frame "
+                    "(SPI data hold ~10^2-10^4); raise simulation.fluence_photons_per_m2 or give "
+                    "mean_photons_per_frame", sim.pdb, result["mean_photons"])
 
     write_result(paths["truth"],
                  {"intensity": volume.astype(np.float32), "density": truth_density.astype(np.float32),
@@ -119,3 +128,23 @@ def simulate(detector, sim: SimulationSettings, out_dir: str | Path, *, show_pro
     corner = (atoms.centre_m - (truth_density.shape[0] - 1) // 2 * density_voxel_m) * 1e10   # the PDB's frame:
     write_mrc(paths["density"], truth_density, density_voxel_m * 1e10, origin_angstrom=tuple(corner))  # overlays it
     return paths
+
+
+FEW_PHOTONS = 10.0   # photons per frame on average below which a simulation is said to be useless for EMC
+
+
+def _check_fluence(expected: float, sim: SimulationSettings, detector) -> None:
+    """One InputError when an absolute fluence's ``expected`` photons per frame would not fit in memory (the
+    estimate a mean photon count gets before the run)."""
+    from spibatch import estimates
+    from spibatch.errors import InputError
+
+    flat = estimates.FlatGeometry(int(detector.shape[0]) if detector.shape else 0, detector.model_size(),
+                                  detector.num_pix, int((detector.mask == 0).sum()), 0.0)
+    need = estimates.simulation(flat, sim.num_patterns, expected, sim.chunk_frames)
+    budget = estimates.Budget.here()
+    if not need.bytes <= budget.memory:
+        raise InputError(f"{sim.fluence_photons_per_m2:g} photons/m^2 gives {expected:.3g} photons per frame, whose "
+                         f"drawing needs {estimates.human_bytes(need.bytes)} of the {estimates.human_bytes(budget.memory)}"
+                         f" {budget.where} has", field="simulation.fluence_photons_per_m2",
+                         fix="give a fluence of ~1e20-1e24 photons/m^2 as XFELs deliver, or mean_photons_per_frame")

@@ -35,6 +35,12 @@ def q_magnitude_squared_index(model_size: int) -> np.ndarray:
     return k2[:, None, None] + k2[None, :, None] + k2[None, None, :]
 
 
+def corner_s2(model_size: int, voxel_size_per_m: float) -> float:
+    """s^2 = (q / 2)^2 at the corner of the (M, M, M) model grid, 1/Angstrom^2."""
+    half = (int(model_size) - 1) // 2
+    return 3 * half * half * (float(voxel_size_per_m) * ANGSTROM) ** 2 / 4.0
+
+
 def structure_factor(atoms: Atoms, model_size: int, voxel_size_per_m: float, *,
                      use_b_factors: bool = True, eps: float = 1e-9) -> np.ndarray:
     """F(q) on the (M, M, M) model grid, complex128, electrons (see the module notes).
@@ -57,7 +63,7 @@ def structure_factor(atoms: Atoms, model_size: int, voxel_size_per_m: float, *,
     dq = float(voxel_size_per_m)
     k2 = q_magnitude_squared_index(m)
     k2_max = int(k2.max())
-    s2_max = k2_max * (dq * ANGSTROM) ** 2 / 4.0       # s^2 at the cube corner, 1/Angstrom^2
+    s2_max = corner_s2(m, dq)                          # = k2_max (dq A)^2 / 4
     b_factor = atoms.b_factor_a2 if use_b_factors else np.zeros(atoms.num_atoms)
     coefficients, pair_of_atom = _chebyshev_coefficients(atoms.atomic_numbers, b_factor, s2_max, eps)
     terms = coefficients.shape[1]

@@ -21,6 +21,7 @@ What is read
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,9 +71,10 @@ class Atoms:
 
 
 def read_structure(path: str | os.PathLike, *, assembly: bool = True,
-                   keep_waters: bool = False, expand: bool = True) -> Atoms:
+                   keep_waters: bool = False, expand: bool = True, warn: bool = True) -> Atoms:
     """Read the atoms of ``path`` (PDB or mmCIF, optionally gzipped); see the module notes.  ``expand``
     False: the assembly's size is checked but the atoms are returned as the file holds them (a quick check).
+    ``warn`` False: no warnings (the stage's check said them already).
 
     Raises InputError (naming the file) when it is missing, unreadable, not a
     structure file, holds no atoms, or holds atoms of unknown element.
@@ -117,7 +119,7 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
     if not xyz:
         raise InputError("no atoms left after dropping water", path=path, field="simulation.pdb", fix=fix)
     over = {where: total for where, total in alternates.items() if total > 1.01}
-    if over:
+    if over and warn:
         (chain, seqid, name, atom), total = next(iter(over.items()))
         log.warning("spibatch: warning: %s: %d atoms with alternate locations whose occupancies add up to more than 1 "
                     "(chain %s %s %s %s: %.2f): each location is counted with its occupancy", path, len(over), chain,
@@ -167,6 +169,29 @@ def read_structure(path: str | os.PathLike, *, assembly: bool = True,
                  centre_m=centre * ANGSTROM)
 
 
+MAX_B_GROWTH = 10.0   # a negative B-factor multiplies an atom's scattering by exp(-B s^2); refused beyond this
+
+
+def check_b_factors(atoms: Atoms, s2_max: float, path, *, warn: bool = True) -> None:
+    """Negative B-factors make an atom's scattering grow with angle, by ``exp(-B s^2)`` (``s2_max``: s^2 at the
+    model's corner, 1/A^2): a warning while the growth stays below :data:`MAX_B_GROWTH`, one InputError beyond
+    it (where it overflows, the form factors' expansion fails)."""
+    b = atoms.b_factor_a2
+    if b.size == 0 or not b.min() < 0:
+        return
+    first = int(np.argmin(b))
+    growth = math.exp(min(-float(b[first]) * s2_max, 700.0))
+    if growth > MAX_B_GROWTH:
+        raise InputError(f"atom {first + 1} has B-factor {b[first]:g} A^2: its scattering would grow {growth:.3g}-fold "
+                         f"out to the model's corner (s^2 = {s2_max:.3g} 1/A^2); a B-factor below 0 is unphysical",
+                         path=path, field="B-factor",
+                         fix="correct the file's B-factors (columns 61-66), or set simulation.use_b_factors: false")
+    if warn:
+        log.warning("spibatch: warning: %s: %d atoms have negative B-factors (down to %g A^2): their scattering "
+                    "grows with angle, up to %.2fx at the model's corner", path, int((b < 0).sum()), float(b[first]),
+                    growth)
+
+
 MD_WATERS = frozenset({"SOL", "TIP", "TIP3", "TIP4", "TIP5", "T3P", "T4P", "T5P", "SPC", "SPCE", "WAT", "H2O", "D2O"})
 MAX_MODELS = 10_000   # gemmi's readers take time quadratic in the models: 500 000 took 41 s (the first one is used)
 
@@ -184,7 +209,11 @@ def _read_first_models(path: Path, head: bytes):
             head = fh.read(1 << 16)
     first = next((line.strip() for line in head.splitlines() if line.strip() and not line.startswith(b"#")), b"")
     if first[:5].lower() == b"data_":   # what gemmi's readers take for (mm)CIF, whatever the file's name
-        document = gemmi.cif.read(str(path))
+        if opener is gzip.open and not path.name.lower().endswith(".gz"):    # gemmi decides by the name
+            with gzip.open(path, "rb") as fh:
+                document = gemmi.cif.read_string(fh.read().decode("latin-1"))
+        else:
+            document = gemmi.cif.read(str(path))
         coordinates = [b.name for b in document if len(b.find_values("_atom_site.Cartn_x")) > 0]
         if len(coordinates) > 1:   # as gemmi.read_structure: which of them would be the particle?
             raise InputError(f"holds coordinates in {len(coordinates)} data blocks ({', '.join(coordinates[:3])}"
@@ -198,7 +227,35 @@ def _read_first_models(path: Path, head: bytes):
     with opener(path, "rb") as fh:
         data = fh.read()
     _check_models(data.count(b"\nMODEL") + data.startswith(b"MODEL"), path)
+    _check_pdb_numbers(data, path)
+    if opener is gzip.open and not path.name.lower().endswith(".gz"):   # gemmi decides by the name
+        return gemmi.read_pdb_string(data.decode("latin-1"))
     return gemmi.read_structure(str(path))
+
+
+PDB_NUMBERS = (("x", 30, 38), ("y", 38, 46), ("z", 46, 54), ("occupancy", 54, 60), ("B-factor", 60, 66))
+
+
+def _check_pdb_numbers(data: bytes, path: Path) -> None:
+    """One InputError for an ATOM/HETATM record of the first model whose x, y, z (columns 31-54) is not a number,
+    occupancy (55-60) or, when given, B-factor (61-66) is not: gemmi reads such a field as 0 or as the number it
+    begins with (``16.2x09`` as 16.2), which would move or drop the atom without a word."""
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if line.startswith(b"ENDMDL"):
+            return
+        if not line.startswith((b"ATOM", b"HETATM")) or len(line) < 54:
+            continue                      # (gemmi refuses a record too short for its coordinates)
+        for name, start, end in PDB_NUMBERS:
+            text = line[start:end].strip()
+            if not text and name == "B-factor":    # read as 0: no blur (a blank occupancy would drop the atom)
+                continue
+            try:
+                float(text)
+            except ValueError:
+                shown = text.decode("latin-1")
+                raise InputError(f"reads {shown!r}, not a number", path=path,
+                                 field=f"line {number}, {name} (columns {start + 1}-{end})",
+                                 fix="correct the record (PDB's fixed columns)") from None
 
 
 def _check_models(models: int, path: Path) -> None:

@@ -56,12 +56,15 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
         except UnsupportedLayout as exc:
             if need_detector:
                 raise
-            log.warning("spibatch: warning: %s; detector.h5 is not written (the photons are)", exc)
+            (log.warning if frames else log.debug)(   # said once, by the check before the run
+                "spibatch: warning: %s; detector.h5 is not written (the photons are)", exc)
         else:
             if geometry is not None:
                 _check_possible_geometry(geometry, cfg.cxi)
             detector = Detector.from_cxi(cfg.cxi, data_path=cfg.data_path, mask_path=cfg.mask_path,
                                          beamstop_radius_pixels=cfg.beamstop_radius_pixels)
+            if detector is not None and not (detector.mask == 0).any():
+                _no_pixel_left(detector, cfg, key, config)
         if detector is None and need_detector:
             raise InputError("holds no flat square detector geometry (3-D frames with distance, pixel size and "
                              "photon energy)", path=cfg.cxi, field="/entry_1/instrument_1",
@@ -74,6 +77,19 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
                                         geometry["pixel_size_m"], "wavelength_m": geometry["wavelength_m"]},
                                        cfg.cxi, key="CXI geometry")
     return detector
+
+
+def _no_pixel_left(detector: Detector, cfg, key, config: Path | None) -> None:
+    """InputError: the beam stop (or the CXI mask) leaves no pixel that orients frames (its detector.h5 would be
+    refused by every reader after the conversion)."""
+    inscribed = (min(detector.shape) - 1) / 2.0 if detector.shape else 0.0
+    if cfg.beamstop_radius_pixels > 0:
+        raise InputError(f"a beam stop of radius {cfg.beamstop_radius_pixels:g} pixels leaves no pixel that orients "
+                         f"frames (the detector's inscribed circle has radius {inscribed:g})",
+                         path=config or cfg.cxi, field=key("beamstop_radius_pixels"),
+                         fix=f"use a radius well below {inscribed:g} pixels")
+    raise InputError(f"its mask marks all {detector.num_pix} pixels bad: none is left to orient frames", path=cfg.cxi,
+                     field=cfg.mask_path or "mask", fix="give the mask of this detector (nonzero = bad pixel)")
 
 
 def _check_possible_geometry(geometry: dict, path) -> None:

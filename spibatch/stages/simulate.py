@@ -17,7 +17,8 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
     this machine), the photons file on the disk of ``folder`` (the run's ``--out``; default: ``run``'s folder,
     else ``output.runs_dir``).  Returns the :class:`~spibatch.estimates.FlatGeometry` (model grid, pixels)."""
     from spibatch import estimates
-    from spibatch.sim.structure import read_structure
+    from spibatch.sim.scattering import corner_s2
+    from spibatch.sim.structure import check_b_factors, read_structure
 
     sim = pipeline.simulation
     if sim is None:
@@ -29,7 +30,11 @@ def check(pipeline, config: Path | None = None, run: RunLayout | None = None, *,
     estimates.check_disk(estimates.PHOTONS_FILE_BYTES_PER_FRAME * sim.num_patterns, where,
                          config, "simulation.num_patterns", f"the photons file of {sim.num_patterns:,} patterns")
     require_file(sim.pdb, "simulation.pdb", fix="give a PDB or mmCIF file of the particle")
-    read_structure(sim.pdb, assembly=sim.assembly, keep_waters=sim.keep_waters, expand=False)
+    atoms = read_structure(sim.pdb, assembly=sim.assembly, keep_waters=sim.keep_waters, expand=False)
+    if sim.use_b_factors:
+        g = pipeline.geometry
+        check_b_factors(atoms, corner_s2(flat.model_size, g.pixel_size_m / (g.wavelength * g.detector_distance_m)),
+                        sim.pdb)
     estimates.warn_implausible(estimates.geometry_values(pipeline.geometry), config)   # after every refusal
     return flat
 
@@ -46,4 +51,4 @@ def simulate_to(pipeline, out_dir: Path, *, show_progress: bool = False) -> dict
     provenance = {"stage": "simulate", "simulation": sim.model_dump(mode="json"),
                   "geometry": pipeline.geometry.model_dump(mode="json")}
     return simulate(pipeline.geometry.detector(), SimulationSettings.from_dict(sim.model_dump()), Path(out_dir),
-                    show_progress=show_progress, provenance=provenance)
+                    show_progress=show_progress, provenance=provenance, warn=False)
