@@ -42,6 +42,8 @@ class Source(Section):
     bridge_source: str | None = Field(None, description="the bridge's data source to read (default: the one "
                                       "that carries image data)")
     bridge_key: str = Field("image.data", description="the bridge's key of the frames")
+    bridge_sock: Literal["REQ", "SUB", "PULL"] = Field("REQ", description="the socket that talks to the bridge: REQ "
+                                                    "(the bridge's REP, its default), SUB (a PUB bridge) or PULL (PUSH)")
     emc_start_hits: int = Field(500, ge=1, description="EMC starts once this many hits are in")
     iterations_after_end: int = Field(8, ge=1, description="after the source ends and every hit is in, EMC stops at "
                                       "the first iteration whose mutual information and log-likelihood per frame "

@@ -98,7 +98,7 @@ def test_bad_cxi_files_are_skipped(tmp_path, caplog):
         f["entry_1/data_1/data"] = np.zeros((2, 16, 16), np.float32)
         f[TRAIN_IDS] = np.array([b"a", b"b"])
     with caplog.at_level(logging.WARNING, logger="spibatch"):
-        summary = Follower(CxiFolderSource(folder, (16, 16), settle_s=0), detector, tmp_path / "follow",
+        summary = Follower(CxiFolderSource(folder, (16, 16), settle_s=0, retry_s=0), detector, tmp_path / "follow",
                            FollowSettings(threshold=30, flush_s=0, idle_timeout_s=0.5)).run()
     assert summary["bad_trains"] == {"unreadable file": 5, "repeated or non-monotonic train ID": 1,
                                      "unreadable data": 2}
@@ -194,11 +194,12 @@ def test_a_resume_numbers_files_as_before_when_the_folder_changed(tmp_path):
     for name in ("a.cxi", "c.cxi"):
         _numbered_by_place(folder, name)
     assert _follow_and_crash(folder, out)["frames_seen"] == 10
-    for name in ("b.cxi", "d.cxi"):                            # b.cxi out of name order: skipped, not a shift
+    for name in ("b.cxi", "d.cxi"):            # b.cxi out of name order: taken, numbered after c.cxi (not a shift)
         _numbered_by_place(folder, name)
     summary = _follow_and_crash(folder, out)
     ids = chunk_ids(out)
-    assert summary["frames_seen"] == 15 and len(ids) == len(set(ids)) == 15, (summary, ids)
+    assert summary["frames_seen"] == 20 and len(ids) == len(set(ids)) == 20, (summary, ids)
+    assert sorted({t for t, _ in ids}) == [1, 2, 3, 4]
 
     # files with train IDs, one of them ending in a bogus jump (refused): every file is still recorded as read
     folder, out = tmp_path / "cxi3", tmp_path / "follow3"

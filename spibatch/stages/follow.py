@@ -85,7 +85,8 @@ def run(run: RunLayout, pipeline, device=None, workers=None) -> dict[str, Path]:
     src = pipeline.source
     detector = detector_of(pipeline)
     source = open_source(src.kind, src.target, tuple(detector.shape), detector_name=src.detector_name,
-                         settle_s=src.settle_s, bridge_source=src.bridge_source, bridge_key=src.bridge_key)
+                         settle_s=src.settle_s, bridge_source=src.bridge_source, bridge_key=src.bridge_key,
+                         bridge_sock=src.bridge_sock)
     follower = Follower(source, detector, run.follow, settings_of(pipeline), stop_file=run.stop)
     watch_driver(follower.store, run)
     beating = heartbeat(run)

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     follow.add_argument("--flush-s", type=float, default=2.0)
     follow.add_argument("--idle-timeout-s", type=float, default=60.0)
     follow.add_argument("--settle-s", type=float, default=1.0)
+    follow.add_argument("--bridge-sock", default="REQ", choices=("REQ", "SUB", "PULL"))
     follow.add_argument("--stop-file", default=None)
     play = sub.add_parser("replay", help="play a photons file as a live source")
     play.add_argument("photons")
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                                       chunk_frames=args.chunk_frames, flush_s=args.flush_s,
                                       idle_timeout_s=args.idle_timeout_s)
             source = open_source(args.kind, args.target, shape, detector_name=args.detector_name,
-                                 settle_s=args.settle_s)
+                                 settle_s=args.settle_s, bridge_sock=args.bridge_sock)
             print(json.dumps(Follower(source, detector, args.out, settings, stop_file=args.stop_file).run()))
         else:
             from spibatch.stream.replay import frames_from, replay

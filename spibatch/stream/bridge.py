@@ -27,6 +27,9 @@ from spibatch.stream.blocks import Block, Skipped
 log = logging.getLogger("spibatch")
 
 
+DROPS_SAID = 3      # connections dropped before any train came: a bridge that pushes or publishes, said once
+
+
 class BridgeSource:
     """Follow a Karabo bridge at ``endpoint`` (e.g. ``tcp://host:4545``) for frames of ``frame_shape``.
 
@@ -43,6 +46,7 @@ class BridgeSource:
         self.endpoint, self.frame_shape, self.source, self.key = endpoint, tuple(frame_shape), source, key
         self.sock, self.timeout_s = sock, timeout_s
         self.client = self.monitor = None
+        self.drops = self.trains = 0
         self._connect()
         self.name = f"karabo bridge {endpoint}"
         self.streams = True     # it sends as long as the facility runs: a stop does not wait for it to fall silent
@@ -53,13 +57,14 @@ class BridgeSource:
         try:
             data, meta = self.client.next()
             self._lost_peer()          # a reply came: a drop before it is an old one
+            self.trains += 1
             return [self._train(data, meta, time.time())]
         except TimeoutError:
             if self._lost_peer():
                 self._connect()
             return []
         except Exception as exc:  # noqa: BLE001 - whatever a message holds, it costs one train, not the follow
-            text = " ".join(str(exc).split())[:160]
+            text = " ".join(str(exc).split())[:160] or "it cannot be decoded (not a Karabo bridge message?)"
             return [Skipped("malformed message", self.endpoint, "message", f"{exc.__class__.__name__}: {text}")]
 
     def close(self) -> None:
@@ -76,6 +81,11 @@ class BridgeSource:
         if self.client is not None:
             log.info("bridge %s: the connection was lost: connecting again", self.endpoint)
             self.client.__exit__(None, None, None)      # the monitor's socket with its context
+            self.drops += 1
+            if self.drops == DROPS_SAID and not self.trains:
+                log.warning("spibatch: warning: bridge %s dropped the connection %d times before any train came: a "
+                            "bridge that pushes or publishes (PUSH / PUB) drops a %s client; set source.bridge_sock "
+                            "(PULL for PUSH, SUB for PUB)", self.endpoint, self.drops, self.sock)
         self.client = Client(self.endpoint, sock=self.sock, timeout=self.timeout_s)
         self.monitor = (self.client._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED) if self.sock == "REQ"
                         else None)

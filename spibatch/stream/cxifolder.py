@@ -8,7 +8,13 @@ writes these); otherwise the file is one "train" numbered by its place in the na
 and the pulse ID is the frame within the file.  The follower records the names of the files whose
 trains it committed (:attr:`CxiFolderSource.finished`) and a restarted follower gives them back
 (:meth:`CxiFolderSource.restore`), so the numbers go on where they were even when files were moved
-away or arrived out of name order meanwhile.  A file that cannot be read is reported and skipped.
+away or arrived out of name order meanwhile.  A file that arrives after a later-named one was taken is
+taken too (numbered in the order taken).  A file that cannot be read is reported and skipped; one its
+writer still holds (an HDF5 lock, "open for write", a truncated end, permission denied) is tried again
+until it opens, for ``retry_s`` (:data:`RETRY_S`) at most, later files waiting behind it.  While a file is still changing the source is ``waiting``
+(the follow's idle time-out does not run out under a slow writer).  A file already taken that comes
+again under another name (renamed: the same inode, size and time) is skipped with one line; one that
+changes after it was read is said and counted once ("changed after reading": its new frames are not read).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ log = logging.getLogger("spibatch")
 DATA = "/entry_1/data_1/data"
 TRAIN_IDS, PULSE_IDS = "/entry_1/trainId", "/entry_1/pulseId"
 MAX_BLOCK_BYTES = 2 << 30   # frames read at once (as float32): a file without train IDs is one train
+RETRY_S = 30.0              # how long a file its writer still holds is tried again before it is skipped
+NOT_READY = ("unable to lock file", "already open for write", "truncated file", "permission denied",
+             "resource temporarily unavailable")   # h5py's open errors of a file still being written
 
 
 class CxiFolderSource:
@@ -34,15 +43,22 @@ class CxiFolderSource:
     at a time (whole trains)."""
 
     def __init__(self, folder: str | os.PathLike, frame_shape: tuple[int, ...], *, pattern: str = "*.cxi",
-                 data_path: str = DATA, settle_s: float = 1.0, frames_per_block: int = 256):
+                 data_path: str = DATA, settle_s: float = 1.0, frames_per_block: int = 256,
+                 retry_s: float = RETRY_S):
         self.folder, self.pattern, self.data_path = Path(folder), pattern, data_path
         self.frame_shape, self.settle_s, self.frames_per_block = tuple(frame_shape), settle_s, frames_per_block
+        self.retry_s = retry_s
         self.name = f"CXI folder {self.folder}"
         self.ended: str | None = None
         self.done: list[str] = []          # file names taken, in order
         self.finished: list[str] = []      # files read to the end (their last item handed out), in order
         self.skip = -1
+        self.waiting = False               # a file is still changing (or held by its writer): more will come
         self._seen: dict[str, tuple] = {}
+        self._taken: dict[tuple, str] = {}       # (device, inode, size, mtime) of each file taken -> its name
+        self._stamps: dict[str, tuple] = {}      # name -> (size, mtime) when taken (a change is said once)
+        self._retry: dict[str, float] = {}       # name -> when it first could not be opened (its writer holds it)
+        self._changed: list = []                 # Skipped items waiting to be handed out
         self._current = None
 
     def skip_through(self, train_id: int) -> None:
@@ -57,10 +73,12 @@ class CxiFolderSource:
 
     def read(self) -> list:
         while True:
+            if self._changed:
+                return [self._changed.pop(0)]
             if self._current is None:
                 path = self._next_file()
                 if path is None:
-                    return []
+                    return [self._changed.pop(0)] if self._changed else []
                 self._current = self._file(path, len(self.done))   # its place in the name order, from 1
             items = next(self._current, None)
             if items is not None:
@@ -69,31 +87,79 @@ class CxiFolderSource:
 
     def _next_file(self) -> Path | None:
         taken = set(self.done)
-        names = [name for name in sorted(p.name for p in self.folder.glob(self.pattern) if not p.name.startswith("."))
-                 if name not in taken]
+        present = sorted(p.name for p in self.folder.glob(self.pattern) if not p.name.startswith("."))
+        names = [name for name in present if name not in taken]
+        self._check_taken([name for name in present if name in self._stamps])
         now = time.monotonic()
+        stats = {}
         for name in names:   # every file settles from when it was first seen unchanged, all at once (not one per
             try:             # poll: a resumed follow walking many files already ingested would take settle_s each)
-                stat = (self.folder / name).stat()
+                stat = stats[name] = (self.folder / name).stat()
+                stamp = (stat.st_size, stat.st_mtime_ns)
             except FileNotFoundError:
                 continue
-            stamp = (stat.st_size, stat.st_mtime_ns)
+            except OSError as error:     # a symbolic link loop, a name too long: read (and reported) as it is
+                stamp = ("error", error.errno)
             if self._seen.get(name, (None,))[0] != stamp:
                 self._seen[name] = (stamp, now)
+        self.waiting = False
         for name in names:
             if name not in self._seen:
                 continue
-            if self.done and name < self.done[-1]:
+            if now - self._seen[name][1] < self.settle_s or now < self._retry.get(name, (0.0, 0.0))[1]:
+                self.waiting = True      # still being written (or held by its writer): the next poll looks again
+                return None
+            stat = stats.get(name)
+            key = None if stat is None else (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if key is not None and key in self._taken:     # a file taken before, renamed: its frames are in
                 self.done.append(name)
                 self.finished.append(name)
-                log.warning("follow: %s: %s appeared after %s, out of name order: skipped", self.name, name,
-                            self.done[-2])
+                log.warning("follow: %s: %s is %s, taken before, under another name: skipped", self.name, name,
+                            self._taken[key])
                 continue
-            if now - self._seen[name][1] < self.settle_s:
-                return None
+            if self.done and name < self.done[-1]:
+                log.info("follow: %s: %s appeared after %s, out of name order: taken now", self.name, name,
+                         self.done[-1])
             self.done.append(name)
+            if key is not None:
+                self._taken[key] = name
+                self._stamps[name] = key[2:]
             return self.folder / name
         return None
+
+    def _check_taken(self, names: list[str]) -> None:
+        """A file taken whose size or time changed since (a writer that went on appending after a pause longer
+        than ``settle_s``): said and counted once -- its new frames are not read."""
+        for name in names:
+            try:
+                stat = (self.folder / name).stat()
+            except OSError:
+                continue
+            if (stat.st_size, stat.st_mtime_ns) != self._stamps[name]:
+                del self._stamps[name]
+                self._changed.append(Skipped(
+                    "changed after reading", name, "file", f"changed after it was read (settle_s {self.settle_s:g} s "
+                    "passed with no change): frames written since are not read; write each file whole, or rename "
+                    "it into the folder when it is finished, or raise source.settle_s", (), 0))
+
+    def _not_ready(self, path: Path, error: OSError) -> bool:
+        """Whether ``path`` failed to open because its writer still holds it: then it is put back, to be tried
+        again after ``settle_s`` (True), until ``retry_s`` have passed since its first failure."""
+        text = str(error).lower()
+        if not (isinstance(error, PermissionError) or any(word in text for word in NOT_READY)):
+            return False
+        now = time.monotonic()
+        first = self._retry.get(path.name, (now, now))[0]
+        if now - first > self.retry_s or (now == first and self.retry_s <= 0):
+            return False
+        if now == first:
+            log.info("follow: %s: %s cannot be opened yet (%s): tried again for up to %g s", self.name, path.name,
+                     " ".join(str(error).split())[:120], self.retry_s)
+        self._retry[path.name] = (first, now + max(self.settle_s, 0.5))
+        self.done.remove(path.name)
+        self._taken = {k: v for k, v in self._taken.items() if v != path.name}
+        self._stamps.pop(path.name, None)
+        return True
 
     def _file(self, path: Path, ordinal: int):
         """The file's blocks; whatever is wrong with it (beyond what :meth:`_blocks` says itself) skips the rest of
@@ -124,9 +190,14 @@ class CxiFolderSource:
         try:
             f = h5py.File(path, "r")
         except OSError as error:
+            if self._not_ready(path, error):
+                self.waiting = True
+                self._ended = True           # not read to its end: put back, not finished
+                return
             self._end(path)
             yield [Skipped("unreadable file", path.name, "file", f"cannot be opened ({error})")]
             return
+        self._retry.pop(path.name, None)
         with f:
             from spibatch.errors import InputError
             from spibatch.io.hdf5 import check_other_files, written_frames

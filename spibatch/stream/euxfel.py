@@ -8,6 +8,11 @@ sequences in order, each once it is complete:
 * a later sequence has begun, or the run is closed, or its files have not changed for ``settle_s``
   (the DAQ writes a sequence file in place: one that still grows is not read).
 
+A sequence whose module file never comes is read, its trains reported "module missing", once a later sequence
+has settled, the run is closed, or the follow is ending (a stop, the idle time-out).  The last sequence taken
+that changes afterwards (the DAQ wrote on after a pause longer than ``settle_s``) is read again for its new
+trains.
+
 Each module file is opened with ``extra_data.H5File`` and read per train through its ``KeyData``
 (``select_trains(by_id[...])``), trains in order, the modules stacked into ``(frames, modules, ss,
 fs)`` -- never an assembled image.  A train that some module lacks (a file missing or unreadable,
@@ -85,7 +90,11 @@ class RunFolderSource:
         self._first: dict[int, float] = {}      # sequence -> when it was first seen
         self.waiting = False     # files still settling, or a missing lower sequence waited for: the follower's idle
                                  # clock does not run meanwhile
-        self.hurry = False       # a stop was asked: what is on disk is read now, no lower sequence waited for
+        self.hurry = False       # a stop was asked (or the follow fell idle): what is on disk is read now -- no lower
+                                 # sequence waited for, a settled sequence read even when a module's file is missing
+        self._taken: tuple | None = None   # (sequence, its files' stamp) of the last sequence taken
+        self._handed = -1        # the highest train handed out
+        self._again: int | None = None      # the sequence being read again
 
     # ------------------------------------------------------------------ the source protocol
 
@@ -173,6 +182,7 @@ class RunFolderSource:
         while a sequence's files still change or a lower one is waited for: the follower's idle time-out does not
         count that time."""
         files = self._scan()
+        self._check_taken(files)
         waiting = sorted(s for s in files if s not in self.done)
         if not waiting:
             if self._closed():
@@ -199,7 +209,7 @@ class RunFolderSource:
         finished = not late and all(any(n in files[s_] for s_ in waiting[1:]) for n in files[seq])
         closed = self._closed()
         self.waiting = not settled      # files still being written: the source is alive
-        if not ((complete and (finished or settled)) or (later and settled) or closed):
+        if not ((complete and (finished or settled)) or (later and settled) or closed or (self.hurry and settled)):
             return None
         expected = max(self.done) + 1 if self.done else seq
         if seq > expected and not (closed or self.hurry) and quiet < GAP_WAIT * max(self.settle_s, 1.0):
@@ -211,7 +221,29 @@ class RunFolderSource:
             log.warning("follow: %s: sequence %d came after sequence %d was read: its trains come too late (trains "
                         "are taken in order)", self.run_dir, seq, max(self.done))
         self.done.add(seq)
+        self._taken = (seq, stamp)
         return seq, files[seq]
+
+    def _check_taken(self, files: dict[int, dict[int, Path]]) -> None:
+        """The last sequence taken, changed since (the DAQ went on writing it after a pause longer than
+        ``settle_s``): it is read again, its trains not handed out yet only (one warning)."""
+        if self._taken is None or self._taken[0] not in files:
+            return
+        seq, stamp = self._taken
+        try:
+            now = tuple(sorted((n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in files[seq].items()))
+        except OSError:
+            return
+        if now != stamp:     # (said by _sequence when it finds new trains: a file closed late changes too)
+            from extra_data.file_access import file_access_registry
+
+            for path in files[seq].values():    # EXtra-data hands out a file's old reader while one lives on
+                file_access_registry.pop(os.path.abspath(path), None)
+            self._again = seq
+            self._taken = None
+            self.done.discard(seq)
+            self._seen.pop(seq, None)
+            self.skip = max(self.skip, self._handed)
 
     def _open(self, path: Path, pulses: bool = False):
         """(source name, KeyData of the image key) of one module file, with the KeyData of its pulse IDs
@@ -270,6 +302,9 @@ class RunFolderSource:
         counts = {i: dict(zip(np.asarray(kd.train_ids).tolist(), (kd.data_counts(labelled=False) * per).tolist()))
                   for i, (_, kd, per, _) in modules.items()}
         tids = sorted({t for c in counts.values() for t, n in c.items() if n > 0 and t > self.skip})
+        if seq == self._again and tids:
+            log.warning("follow: %s: sequence %d changed after it was read (written on after a pause longer than "
+                        "settle_s, %g s): its %d new trains are read now", self.run_dir, seq, self.settle_s, len(tids))
         if notes:
             if not modules:   # no module to learn the trains from: each note counts (trains unknown)
                 for note in notes:
@@ -281,9 +316,11 @@ class RunFolderSource:
             group.append(tid)
             frames += max(c.get(tid, 0) for c in counts.values())
             if frames >= self.frames_per_block:
+                self._handed = max(self._handed, group[-1])
                 yield self._read_trains(group, modules, counts, causes)
                 group, frames = [], 0
         if group:
+            self._handed = max(self._handed, group[-1])
             yield self._read_trains(group, modules, counts, causes)
 
     def _read_trains(self, tids: list[int], modules: dict, counts: dict, causes: dict) -> list:

@@ -18,9 +18,14 @@ the index: trains up to the last committed one are skipped as already ingested (
 bridge or a re-read run folder sends them again), so nothing is lost or doubled.
 
 Trains are taken in increasing train-ID order: a train ID not above the last one taken is a
-repeat (or went back) and is skipped and counted, as is every train a source reports bad.  A train ID
-far above the last one (:data:`MAX_TRAIN_JUMP`) is taken as bogus and skipped -- unless
-:data:`JUMP_ACCEPT` such trains come in a row, in order: then the last train taken was the bogus one.
+repeat (or went back) and is skipped and counted, as is every train a source reports bad; bogus IDs (far above,
+or a taken one that was bogus) are :mod:`spibatch.stream.train_order`'s.
+
+A source's first items whose frames have another shape than the detector's are skipped and counted (a stray file
+of a dark run); :data:`MISMATCH_REFUSE` in a row before any good one stop the follow with one line (the geometry
+is wrong).  Activity, for the idle time-out, is a train that is new (or already ingested, on a resume) or that a
+source reports bad; repeats of trains taken and messages that name no train are not.  Each skip reason is
+said :data:`SAY_EACH` times, then only counted.
 """
 
 from __future__ import annotations
@@ -41,11 +46,11 @@ from spibatch.stream.blocks import Block, Skipped, train_ranges
 from spibatch.stream.hits import HitFinder
 from spibatch.stream.kernel import FLAG_TOO_LARGE, Counter
 from spibatch.stream.store import ALREADY_INGESTED, FRAME_STATS, Store
+from spibatch.stream.train_order import JUMP_ACCEPT, MAX_TRAIN_JUMP, TrainGuard  # noqa: F401 (JUMP_ACCEPT: tests)
 
 log = logging.getLogger("spibatch")
-MAX_TRAIN_JUMP = 10 ** 8   # train IDs (10 a second at EuXFEL): 115 days; a bigger step up is a bogus ID
-MAX_TRAIN_ID = 2 ** 40     # 1.1e12 trains: 3 500 years at 10 a second; a bigger (or negative) ID is bogus, even the first
-JUMP_ACCEPT = 20           # this many trains in a row, in order, all a jump above the last train taken: the last one was bogus
+MISMATCH_REFUSE = 3        # items in a row of another frame shape before the first good one: the geometry is wrong
+SAY_EACH = 5               # warnings per skip reason; then counted only (the end line has the counts)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,12 @@ class Follower:
         self._bad_changed = False
         self._old: list[int] = []          # already-ingested trains not yet reported
         self._files = 0                    # the source's finished files recorded in the index so far
-        self._jumped: list[int] = []       # the trains just refused as a jump, in a row and in order
+        self.guard = TrainGuard()          # bogus train IDs (jumps, a taken one that was bogus)
+        self._prev_train = -1              # the train taken before the last one
+        self._mismatched = 0               # items of another frame shape in a row, before the first good one
+        self._mismatch = None              # (problem, source) of the last of them
+        self._said: dict[str, int] = {}    # warnings said per skip reason
+        self._fresh = False                # the item just handled brought a train (new, bad or already ingested)
         self._old_source = ""
         self._whole = None                 # (last train, pending list lengths and counts) after the last whole item
         self._committing = False
@@ -130,7 +140,7 @@ class Follower:
         if done.ended is not None:
             log.info("follow: %s ended before (%s): nothing to do", self.store.folder, done.ended)
             return self.summary()
-        self.resumed_through = self.last_train = done.last_train
+        self.resumed_through = self.last_train = self._prev_train = done.last_train
         if done.commits:
             self.finder.remember(self.store.recent_lit(self.settings.window))
             log.info("follow: resuming after train %d (%d frames, %d hits committed)", done.last_train,
@@ -143,51 +153,68 @@ class Follower:
             self.source.check_shape(self.frame_shape)
         last_new = time.monotonic()
         stopping = None     # when the stop file was seen: what has arrived is still read (files until none is left;
-                            # a stream for drain_s more), then the follow ends
+                            # a stream for drain_s more), then the follow ends.  The idle time-out does the same
+        stop_reason = ""    # for a source that can drain (a run folder's last sequence, short of a module file)
         drain_s = getattr(self.source, "settle_s", 0.0) + 1.0    # a file still settling, a train in flight
         self._mark_whole()
         try:
             while True:
                 if stopping is None and self.stop_file is not None and self.stop_file.exists():
-                    stopping = time.monotonic()
+                    stopping, stop_reason = time.monotonic(), f"stop file {self.stop_file}"
                     log.info("follow: stop requested (%s): reading what has arrived", self.stop_file)
                     if hasattr(self.source, "draining"):
                         self.source.draining()
                 items = self.source.read()
+                fresh = False
                 for item in items:
+                    self._fresh = False
                     if isinstance(item, Skipped):
                         self._skipped(item)
+                        self._fresh = bool(item.trains)     # the source's word on trains (bad ones count)
                     else:
                         self._block(item)
+                    fresh = fresh or self._fresh
                     self._mark_whole()
-                # any train, good or bad, shows the source is alive; so does a wait for a sequence (not after a stop:
-                # a DAQ still writing would keep the drain from ever ending)
-                if items or (stopping is None and getattr(self.source, "waiting", False)):
+                # a train, new or bad, shows the source is alive (repeats of trains taken and messages without a
+                # train do not); so does a wait for a file or sequence (not after a stop: a DAQ still writing would
+                # keep the drain from ever ending)
+                if fresh or (stopping is None and getattr(self.source, "waiting", False)):
                     last_new = time.monotonic()
                 self._maybe_commit()
                 if stopping is not None and getattr(self.source, "streams", False) \
                         and time.monotonic() - stopping > drain_s:
-                    reason = f"stop file {self.stop_file}"     # a stream never falls silent: what was in flight
+                    reason = stop_reason                       # a stream never falls silent: what was in flight
                     break                                      # at the stop has been read by now
-                if not items:
+                if not fresh:       # (items that bring no train -- garbage, repeats -- do not hold the follow open)
                     if stopping is not None and (self.source.ended or time.monotonic() - max(last_new, stopping) > drain_s):
-                        reason = f"stop file {self.stop_file}"
+                        reason = stop_reason
                         break
                     if self.source.ended:
                         reason = self.source.ended
                         break
                     if time.monotonic() - last_new > self.settings.idle_timeout_s:
                         reason = f"no new train for {self.settings.idle_timeout_s:g} s"   # (good or bad)
+                        if stopping is None and hasattr(self.source, "draining"):
+                            stopping, stop_reason = time.monotonic(), reason
+                            log.info("follow: %s: reading what is on disk once more (a sequence short of a module "
+                                     "file included)", reason)
+                            self.source.draining()
+                            continue
                         break
-                    time.sleep(self.settings.poll_s)
+                    if not items:
+                        time.sleep(self.settings.poll_s)
             self._report_old()
+            if not self.started and self._mismatch is not None:   # nothing but frames of another shape came
+                raise self._geometry_error("; no item of the detector's shape came")
             if not self.started and any(k != ALREADY_INGESTED for k in self.store.state.bad):
                 self.store.start(self.detector)     # every train was bad: the end line and its counts say so
                 self.started = True
             self._commit()
             self.store.end(reason)
-            log.info("follow: ended (%s): %d frames, %d hits in %d chunks", reason, self.store.state.frames_seen,
-                     self.store.state.hits, self.store.state.chunks)
+            bad = {k: v for k, v in self.store.state.bad.items() if k != ALREADY_INGESTED}
+            log.info("follow: ended (%s): %d frames, %d hits in %d chunks%s", reason, self.store.state.frames_seen,
+                     self.store.state.hits, self.store.state.chunks,
+                     "; trains skipped: " + ", ".join(f"{n} {k}" for k, n in bad.items()) if bad else "")
         except KeyboardInterrupt:     # SIGTERM or Ctrl-C: what was received is kept (a stream cannot send it again)
             self._commit_whole()
             raise
@@ -236,21 +263,18 @@ class Follower:
         if item.trains and max(item.trains) <= self.resumed_through:
             log.debug("follow: %s (before the resume point: not counted again)", item.describe())
             return
-        log.warning("follow: %s", item.describe())
+        said = self._said[item.reason] = self._said.get(item.reason, 0) + 1
+        if said <= SAY_EACH:
+            log.warning("follow: %s%s", item.describe(), "" if said < SAY_EACH else
+                        f" -- further '{item.reason}' items are counted, not said (the end line has the counts)")
+        else:
+            log.debug("follow: %s", item.describe())
         if not item.counted:
             return
         self._count_bad(item.reason, max(len(item.trains), 1))
         if item.trains and self.started:   # a train found bad is taken (once), like a good one
-            plausible = [t for t in item.trains if not self._jumps(t)]
+            plausible = [t for t in item.trains if not self.guard.jumps(t, self.last_train)]
             self.last_train = max([self.last_train, *plausible])
-
-    def _jumps(self, tid: int) -> bool:
-        """A train ID more than MAX_TRAIN_JUMP above the last one taken, or outside 0..MAX_TRAIN_ID (which guards
-        the first train too): a bogus one, which taken would make every real train after it look repeated (for
-        good: the last train is committed)."""
-        if tid < 0 or tid > MAX_TRAIN_ID:
-            return True
-        return self.last_train >= 0 and tid - self.last_train > MAX_TRAIN_JUMP
 
     def _block(self, block: Block) -> bool:
         """Process one block; True when it brought a new train (False: refused or already taken)."""
@@ -266,11 +290,13 @@ class Follower:
             trains = tuple(int(t) for t in np.unique(block.train_ids))
             problem = f"frames of shape {shape}, the detector's are {self.frame_shape}"
             if not self.started:
-                raise InputError(f"{problem} (train {trains[0] if trains else '?'}): the geometry does not match "
-                                 "the data; nothing was written", path=block.source, field="shape",
-                                 fix="give the geometry (or detector) of the detector these frames come from")
+                self._mismatched += 1
+                self._mismatch = (f"{problem} (train {trains[0] if trains else '?'})", block.source)
+                if self._mismatched >= MISMATCH_REFUSE:
+                    raise self._geometry_error(f"; {self._mismatched} items in a row")
             self._skipped(Skipped("wrong shape", block.source, "data", problem, trains, block.num_frames))
             return False
+        self._mismatched = 0
         keep = self._new_trains(block)
         if not keep.any():
             return False
@@ -288,18 +314,23 @@ class Follower:
         repeated, jumped = [], []
         for a, b in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(tids)]])):
             tid = int(tids[a])
-            if self._jumps(tid) and not self._jumped_for_good(tid):
+            if self.guard.jumps(tid, self.last_train) and not self.guard.jumped_for_good(tid, self.last_train):
                 jumped.append(tid)
-            elif tid > self.last_train:
+            elif tid > self.last_train or (self._prev_train < tid and tid > self.resumed_through
+                                           and self.guard.went_back_for_good(tid, self.last_train, self._prev_train)):
                 self._report_old()
-                self._jumped = []
+                self.guard.reset()
                 keep[a:b] = True
+                if tid > self.last_train:
+                    self._prev_train = self.last_train
                 self.last_train = tid
                 self.pending.trains += 1
+                self._fresh = True
             elif tid <= self.resumed_through:
                 self._old.append(tid)
                 self._old_source = block.source
                 self._count_bad(ALREADY_INGESTED, 1)
+                self._fresh = True
             else:
                 repeated.append(tid)
         if repeated:
@@ -311,22 +342,10 @@ class Follower:
                                   tuple(jumped)))
         return keep
 
-    def _jumped_for_good(self, tid: int) -> bool:
-        """Whether ``tid`` (a jump) makes :data:`JUMP_ACCEPT` jumps in a row, each above the one before by at most
-        MAX_TRAIN_JUMP: then the train taken last was the bogus one (a first train of ID 1, then the facility's
-        real IDs), and the jumps are taken from here on (with one warning); else the jump is refused."""
-        if not 0 <= tid <= MAX_TRAIN_ID:
-            return False
-        if self._jumped and not 0 < tid - self._jumped[-1] <= MAX_TRAIN_JUMP:
-            self._jumped = []
-        self._jumped.append(tid)
-        if len(self._jumped) < JUMP_ACCEPT:
-            return False
-        log.warning("follow: %d trains in a row jumped from train %d to %d..%d: taking them from now on (the "
-                    "train taken before them was bogus, or the train count was reset)", len(self._jumped),
-                    self.last_train, self._jumped[0], tid)
-        self._jumped = []
-        return True
+    def _geometry_error(self, which: str) -> InputError:
+        problem, source = self._mismatch
+        return InputError(f"{problem}{which}: the geometry does not match the data; nothing was written", path=source,
+                          field="shape", fix="give the geometry (or detector) of the detector these frames come from")
 
     def _report_old(self) -> None:
         """One log line for the run of already-ingested trains just passed."""
