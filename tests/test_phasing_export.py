@@ -21,13 +21,29 @@ def test_the_cxi_file_has_the_layout_pynx_writes(tmp_path):
         assert f["entry_1"].attrs["NX_class"] == "NXentry" and f["entry_1"].attrs["default"] == "data_1"
         image = f["entry_1/image_1"]
         assert image.attrs["NX_class"] == "NXdata" and image.attrs["signal"] == "data"
-        np.testing.assert_array_equal(image["data"][()], rho)
-        np.testing.assert_array_equal(image["support"][()], support)        # the soft link PyNX writes
+        # C order with x the last (fastest) axis, as density.mrc and CXI viewers: as-is, a viewer shows the mirror
+        np.testing.assert_array_equal(image["data"][()], rho.transpose(2, 1, 0))
+        np.testing.assert_array_equal(image["support"][()], support.transpose(2, 1, 0))  # the soft link PyNX writes
+        assert image["data"].attrs["axes_order"] == "z, y, x" and image["mask"].attrs["axes_order"] == "z, y, x"
+        assert "not CXI bad-pixel flags" in image["mask"].attrs["description"]
         assert f["entry_1/data_1/data"].shape == (16,) * 3
         assert image["data_type"][()].decode() == "electron density" and image["data_space"][()].decode() == "real"
         np.testing.assert_allclose(image["image_size"][()], [32e-9] * 3)
         assert '"recipe": "auto"' in image["process_1/configuration"][()].decode()
         assert image["prtf"].shape == (9,)
+
+
+def test_the_cxi_file_stores_the_density_as_density_mrc_does(tmp_path):
+    """Both files store the same C-order (z, y, x) array, so a CXI viewer and ChimeraX show the same hand."""
+    import mrcfile
+
+    from spibatch.io.mrc import write_mrc
+
+    rho = _blob(12, 4, seed=2).astype(np.float32)
+    write_cxi(tmp_path / "phasing.cxi", rho, rho > 0.1, 2e-9)
+    write_mrc(tmp_path / "density.mrc", rho, 20.0)
+    with h5py.File(tmp_path / "phasing.cxi") as f, mrcfile.open(tmp_path / "density.mrc") as mrc:
+        np.testing.assert_array_equal(f["entry_1/image_1/data"][()], mrc.data)
 
 
 def test_the_density_lands_on_the_truths_grid_in_its_frame(tmp_path):

@@ -5,8 +5,9 @@
 
     /cxi_version = 150                      (file attrs: creator, default = "entry_1")
     /entry_1                                NXentry; program_name, start_time, default = "data_1"
-    /entry_1/image_1/data                   (N, N, N) float32 density, centred, [x, y, z]
-    /entry_1/image_1/mask                   (N, N, N) float32 support (fraction of kept starts); "support" links it
+    /entry_1/image_1/data                   (N, N, N) float32 density, centred, stored (z, y, x): x fastest
+    /entry_1/image_1/mask                   (N, N, N) float32 support (fraction of kept starts), (z, y, x), not
+                                            CXI bad-pixel flags (its "description" says so); "support" links it
     /entry_1/image_1/data_type              "electron density";  data_space "real"
     /entry_1/image_1/image_size             (3,) box edges in m (when the voxel size is known)
     /entry_1/image_1/process_1              NXprocess: program, version, configuration (JSON), note
@@ -17,6 +18,11 @@
 it in another orientation), moved by the sub-voxel translation and inversion twin that best fit the
 truth, on the truth's grid, as an MRC with the truth's voxel size: opened beside the truth's MRC in
 ChimeraX, the two overlay.  The validate stage calls it (it knows the truth and the rotation).
+
+The arrays are spibatch's [x, y, z] volumes transposed to C order with x the last (fastest) axis, as
+``density.mrc`` stores them and as CXI / PyNX / silx viewers read them (stored as-is, a viewer shows the
+mirror image); ``data`` says so in its ``axes_order`` attribute (not NXdata's ``axes``, which names axis
+datasets that silx then looks for).  Read one back as [x, y, z] with ``a.transpose(2, 1, 0)``.
 """
 
 from __future__ import annotations
@@ -36,10 +42,16 @@ from spibatch.phasing.measurement import pad_centre
 CXI_VERSION = 150
 
 
+def _zyx(volume: np.ndarray) -> np.ndarray:
+    """A volume indexed [x, y, z] as the C-order (z, y, x) array CXI viewers read (x the last, fastest axis)."""
+    return np.ascontiguousarray(volume.transpose(2, 1, 0))
+
+
 def write_cxi(path: str | os.PathLike, density: np.ndarray, support: np.ndarray, voxel_size_m: float | None, *,
               prtf: np.ndarray | None = None, prtf_frequency_per_m: np.ndarray | None = None,
               configuration: dict | None = None, note: str = "") -> Path:
-    """Write the (N, N, N) density (and its support, PRTF, settings) as a CXI file at ``path`` (atomic)."""
+    """Write the (N, N, N) density [x, y, z] (and its support, PRTF, settings) as a CXI file at ``path`` (atomic),
+    the volumes stored (z, y, x), x fastest, as viewers read them."""
     import h5py
 
     from spibatch.io.atomic import atomic_path
@@ -59,8 +71,12 @@ def write_cxi(path: str | os.PathLike, density: np.ndarray, support: np.ndarray,
         image = entry.create_group("image_1")
         image.attrs.update({"NX_class": "NXdata", "signal": "data", "interpretation": "image"})
         kw = dict(chunks=True, shuffle=True, compression="gzip")
-        image.create_dataset("data", data=density.astype(np.complex64 if np.iscomplexobj(density) else np.float32), **kw)
-        image.create_dataset("mask", data=np.asarray(support, np.float32), **kw)
+        image.create_dataset("data", data=_zyx(density.astype(np.complex64 if np.iscomplexobj(density) else np.float32)),
+                             **kw)
+        image["data"].attrs.update({"axes_order": "z, y, x", "note": "(z, y, x): x fastest"})
+        image.create_dataset("mask", data=_zyx(np.asarray(support, np.float32)), **kw)
+        image["mask"].attrs.update({"axes_order": "z, y, x", "description": "the support (fraction of kept starts "
+                                    "holding each voxel, 0..1), not CXI bad-pixel flags"})
         image["support"] = h5py.SoftLink("/entry_1/image_1/mask")
         image.create_dataset("data_type", data="electron density")
         image.create_dataset("data_space", data="real")
