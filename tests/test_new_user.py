@@ -63,3 +63,19 @@ def test_a_curve_that_never_falls_below_its_level_reads_the_same_everywhere(tmp_
                                       "(finer than the data edge, 27.6 A) (cc 0.840)"]
     app = (Path(__file__).resolve().parents[1] / "spibatch/monitor/static/app.js").read_text(encoding="utf-8")
     assert "never below it (finer than" in app and "beyond Nyquist" not in app
+
+
+def test_a_never_below_line_without_the_data_edge_names_the_last_shell(tmp_path):
+    """An fsc_vs_truth.json with no data edge printed '(finer than the data edge)' with no value: the last shell
+    compared (1 / 4e8 per m = 25 A) is named instead."""
+    import json
+
+    from spibatch.layout import RunLayout
+    from spibatch.stages.summary import result_lines
+
+    run = RunLayout(tmp_path)
+    run.fsc_vs_truth.parent.mkdir(parents=True)
+    run.fsc_vs_truth.write_text(json.dumps({"voxel_size_m": 1.25e-9, "cc": 0.9, "resolution_0.5_m": 3e-9,
+                                            "resolution_0.143_m": None, "frequency": [0.0, 2e8, 4e8]}))
+    assert result_lines(tmp_path)[-1].endswith("0.143 never below it (finer than the last shell compared, 25.0 A) "
+                                               "(cc 0.900)")

@@ -63,6 +63,9 @@ def test_phase_writes_density_support_prtf_metrics_and_picture(case):
     assert (out / "phase" / "phasing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     truth = json.loads((out / "validate" / "fsc_vs_truth.json").read_text())
     assert truth["cc"] > 0.9
+    # the data edge as the pipeline's validate stage writes it (`phase --truth` left it out)
+    assert truth["data_edge_resolution_m"] == pytest.approx(N * attrs["voxel_size_m"] / attrs["max_measured_shell"])
+    assert "finer than the data edge)" not in done.stdout
     record = json.loads((out / "provenance.json").read_text())
     assert record["status"] == "completed" and str(case["dir"] / "intensity.h5") in record["inputs"]
 

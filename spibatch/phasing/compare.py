@@ -78,7 +78,9 @@ def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.nda
 
     The truth is resampled onto the reconstruction's voxel when both are known and differ, then both are put
     in the larger of their boxes (centred, zeros around) and the reconstruction is aligned onto the truth
-    (sub-voxel translation and the inversion twin)."""
+    (sub-voxel translation and the inversion twin).  The shells (``radius``, ``frequency``, ``fsc``: (S,) in
+    Fourier voxels of the larger box, 1/m, correlation) stop at the last shell both volumes sample:
+    ``shells_end_at_truth_nyquist`` is true where a coarser truth's Nyquist frequency ended them before the box's."""
     from spibatch.phasing.alignment import align
     from spibatch.validate import fsc
 
@@ -91,14 +93,17 @@ def compare_with_truth(density: np.ndarray, voxel_m: float | None, truth: np.nda
     reference = pad_centre(np.asarray(truth, np.float64), n)
     aligned, how = align(pad_centre(np.asarray(density, np.float64), n), reference)
     result = fsc(aligned, reference, voxel_size=voxel_m or truth_voxel_m)
-    if resampled and truth_voxel_m > voxel_m:    # a coarser truth says nothing beyond its own Nyquist frequency
-        from dataclasses import replace          # (interpolated onto the finer voxel it read 3.05 A against 4 A)
+    cut = bool(resampled and truth_voxel_m > voxel_m)
+    if cut:     # a coarser truth says nothing beyond its own Nyquist frequency (interpolated onto the finer voxel
+        from dataclasses import replace     # it read 3.05 A against 4 A): the shells stop at the last it samples
 
-        beyond = result.radius > n * voxel_m / (2 * truth_voxel_m) + 1e-9
-        result = replace(result, fsc=np.where(beyond, np.nan, result.fsc))
+        inside = result.radius <= n * voxel_m / (2 * truth_voxel_m) + 1e-9
+        result = replace(result, radius=result.radius[inside], frequency=result.frequency[inside],
+                         fsc=result.fsc[inside], num_voxels=result.num_voxels[inside])
     half = result.resolution(0.5)
     gold = result.resolution(0.143)
-    return {"cc": how.cc, "truth_resampled": resampled, "truth_voxel_size_m": truth_voxel_m, "inverted": how.inverted, "shift_voxels": [round(float(s), 3) for s in how.shift],
+    return {"cc": how.cc, "truth_resampled": resampled, "truth_voxel_size_m": truth_voxel_m, "inverted": how.inverted,
+            "shells_end_at_truth_nyquist": cut, "shift_voxels": [round(float(s), 3) for s in how.shift],
             "fsc_0.5_radius": result.crossing_radius(0.5), "fsc_0.143_radius": result.crossing_radius(0.143),
             "resolution_0.5_m": half, "resolution_0.143_m": gold, "voxel_size_m": result.voxel_size,
             "radius": result.radius.tolist(), "frequency": result.frequency.tolist(), "fsc": [None if not np.isfinite(v) else float(v) for v in result.fsc],

@@ -32,12 +32,22 @@ def _json(path: Path) -> dict | None:
         return None
 
 
-def _angstrom(value, edge=None) -> str:
+def _angstrom(value, edge=None, last=None) -> str:
     """``at 28.4 A``, or where the curve never fell below the level: ``never below it (finer than the data
-    edge, 27.6 A)`` -- the words the monitor and the report use too."""
+    edge, 27.6 A)`` -- the words the monitor and the report use too; without the data edge (m), the last shell
+    compared (``last``, m) is named instead."""
     if value is None:
-        return "never below it (finer than the data edge" + (f", {edge * 1e10:.1f} A)" if edge else ")")
+        if edge:
+            return f"never below it (finer than the data edge, {edge * 1e10:.1f} A)"
+        return "never below it (finer than the last shell compared" + (f", {last * 1e10:.1f} A)" if last else ")")
     return f"at {value * 1e10:.1f} A"
+
+
+def _last_shell_m(fsc: dict) -> float | None:
+    """1 / the last FSC shell's frequency (m) of an fsc_vs_truth.json, or None when it holds no such number."""
+    frequency = fsc.get("frequency")
+    last = frequency[-1] if isinstance(frequency, list) and frequency else None
+    return 1.0 / last if isinstance(last, (int, float)) and last > 0 else None
 
 
 def result_lines(run_path: Path) -> list[str]:
@@ -61,7 +71,7 @@ def result_lines(run_path: Path) -> list[str]:
     if fsc is not None:
         edge = fsc.get("data_edge_resolution_m")
         if fsc.get("voxel_size_m"):
-            half, gold = _angstrom(fsc.get("resolution_0.5_m"), edge), _angstrom(fsc.get("resolution_0.143_m"), edge)
+            half, gold = (_angstrom(fsc.get(f"resolution_{t}_m"), edge, _last_shell_m(fsc)) for t in ("0.5", "0.143"))
         else:
             half, gold = (f"at {fsc.get(k):.3g} voxels" if fsc.get(k) else "never below it (finer than Nyquist)"
                           for k in ("fsc_0.5_radius", "fsc_0.143_radius"))

@@ -301,10 +301,10 @@ def _density_vs_truth(run: RunLayout, pipeline, reference: Path, rotation, turne
         summary["turned_by_intensity"] = turned
     if rotation is not None:
         phase_done = finished(run, "phase") or {}
-        n = data["density"].shape[0]
         summary.update({"starts": pipeline.phasing.num_starts, "phasing_seconds": phase_done.get("seconds")})
-        if attrs.get("voxel_size_m") and attrs.get("max_measured_shell"):     # unknown without a Fourier voxel
-            summary["data_edge_resolution_m"] = n * attrs["voxel_size_m"] / attrs["max_measured_shell"]
+    if attrs.get("voxel_size_m") and attrs.get("max_measured_shell"):     # unknown without a Fourier voxel; any
+        n = data["density"].shape[0]                                       # run, `phase --truth` of a truth too
+        summary["data_edge_resolution_m"] = n * attrs["voxel_size_m"] / attrs["max_measured_shell"]
     written = write_comparison(summary, run.fsc_vs_truth, run.fsc_vs_truth_png, f"phased density vs {reference.name}")
     from spibatch.phasing.export import write_density_in_truth_frame
 
