@@ -63,7 +63,7 @@ class FSCResult:
         skipping empty (NaN) shells; linear interpolation between the last
         shell at or above the threshold and the first below it.  None when it
         never drops below within shells 1 .. N // 2 (the resolution is then at
-        least the Nyquist limit).
+        least the last shell's, N / (N // 2) voxels: Nyquist's 2 for even N).
         """
         shells = [i for i in range(len(self.fsc)) if np.isfinite(self.fsc[i])]
         for prev, i in zip([None] + shells, shells):
@@ -88,7 +88,7 @@ class FSCResult:
         """Resolution (m, or voxels without voxel size) = 1 / :meth:`frequency_at`.
 
         None when the curve never drops below ``threshold`` (the resolution is
-        then at least the Nyquist limit, 2 voxels).
+        then at least the last shell's: 2 voxels, Nyquist, for even N; N / (N // 2) for odd N).
         """
         f = self.frequency_at(threshold)
         if f is None:
@@ -191,7 +191,12 @@ def format_table(result: FSCResult) -> str:
     finite = result.radius[np.isfinite(result.fsc) & (result.radius > 0)]
     last = float(finite.max()) if finite.size else float(result.size // 2)
     edge = result.size * (result.voxel_size or 1.0) / last / scale     # the finest shell compared
-    limit = "the Nyquist limit" if last >= result.size // 2 else f"shell {int(last)}'s, the last compared"
+    if 2 * last == result.size:      # even N: shell N / 2 is the Nyquist frequency, 2 voxels
+        limit = "the Nyquist limit"
+    elif last >= result.size // 2:   # odd N: shell (N - 1) / 2 stops short of Nyquist (23^3: 2.09 voxels, not 2)
+        limit = f"shell {int(last)}'s, the last full shell"
+    else:
+        limit = f"shell {int(last)}'s, the last compared"
     for t in THRESHOLDS:
         res = result.resolution(t)
         text = f"never below {t} (at least {edge:.4g} {unit}, {limit})" if res is None else f"{res / scale:.4g} {unit}"

@@ -160,6 +160,16 @@ def test_fsc_table_and_plot(tmp_path):
     assert sorted(p.name for p in png.parent.iterdir()) == ["fsc.png"]  # no temporary left
 
 
+def test_a_curve_never_below_names_the_nyquist_limit_only_on_an_even_grid():
+    """A 23^3 grid's shell 11 (28.48 A at a 13.62 A voxel) was called "the Nyquist limit" (27.24 A): it is the
+    last full shell; a 24^3 grid's shell 12 is Nyquist (2 voxels)."""
+    signal = np.random.default_rng(8).normal(size=(23,) * 3)
+    odd = format_table(fsc(signal, signal, voxel_size=13.62e-10))
+    assert "at least 28.48 A, shell 11's, the last full shell)" in odd and "Nyquist" not in odd
+    even = format_table(fsc(signal[:-1, :-1, :-1].copy(), signal[:-1, :-1, :-1].copy(), voxel_size=13.62e-10))
+    assert "at least 27.24 A, the Nyquist limit)" in even
+
+
 @pytest.mark.parametrize("a, b, named, field", [
     (np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), "first.mrc", "shape"),
     (np.zeros((8, 8)), np.zeros((8, 8)), "first.mrc", "shape"),

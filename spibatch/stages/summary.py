@@ -73,7 +73,8 @@ def result_lines(run_path: Path) -> list[str]:
         if fsc.get("voxel_size_m"):
             half, gold = (_angstrom(fsc.get(f"resolution_{t}_m"), edge, _last_shell_m(fsc)) for t in ("0.5", "0.143"))
         else:
-            half, gold = (f"at {fsc.get(k):.3g} voxels" if fsc.get(k) else "never below it (finer than Nyquist)"
+            never = "never below it (finer than the last shell compared)"     # not Nyquist on an odd grid
+            half, gold = (f"at {fsc.get(k):.3g} voxels" if fsc.get(k) else never
                           for k in ("fsc_0.5_radius", "fsc_0.143_radius"))
         lines.append(f"FSC of the density with the true density: 0.5 {half}, 0.143 {gold} "
                      f"(cc {fsc['cc']:.3f}{', twin' if fsc.get('inverted') else ''})")
