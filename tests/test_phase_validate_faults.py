@@ -119,7 +119,7 @@ def test_no_voxel_anywhere_one_kept_start_and_the_mrc(tmp_path):
 
 
 def test_validate_voxel_option_gives_two_intensities_a_scale(tmp_path):
-    """--voxel-size-m was ignored for intensities: the table stayed in 1/voxel."""
+    """--voxel-size-m was ignored for intensities: the table stayed in 1/voxel.  fsc.h5 says its units."""
     rho = _blob(N, 5, seed=2)
     for name in ("a.bin", "b.bin"):
         _intensity(rho).astype("<f8").tofile(tmp_path / name)
@@ -127,6 +127,10 @@ def test_validate_voxel_option_gives_two_intensities_a_scale(tmp_path):
                cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert read_result(tmp_path / "v/validate/fsc.h5", attrs_only=True)[1]["voxel_size_m"] == pytest.approx(3e-10)
+    import h5py
+
+    with h5py.File(tmp_path / "v/validate/fsc.h5") as f:       # the units a reader of the table needs
+        assert f["frequency"].attrs["units"] == "1/m" and f["radius"].attrs["units"] == "Fourier voxels"
 
 
 def test_a_big_endian_raw_cube_is_named_as_such(tmp_path):

@@ -47,8 +47,9 @@ MRC_SUFFIXES = (".mrc", ".map", ".mrcs", ".rec")
 
 
 def write_result(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs: dict,
-                 provenance: dict | None = None) -> None:
-    """Write ``datasets`` and root ``attrs`` to ``path`` (atomic); ``provenance`` becomes a JSON attribute.
+                 provenance: dict | None = None, dataset_attrs: dict[str, dict] | None = None) -> None:
+    """Write ``datasets`` and root ``attrs`` to ``path`` (atomic); ``provenance`` becomes a JSON attribute;
+    ``dataset_attrs``: attributes of named datasets (e.g. ``{"frequency": {"units": "1/m"}}``).
 
     Names may contain ``/`` (groups are created).  ``attrs`` values are numbers,
     strings or arrays (None values are left out); a ``provenance`` key in ``attrs`` (as returned by
@@ -67,6 +68,7 @@ def write_result(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs
                 create_gzip_dataset(f, name, value, GZIP_LEVEL)
             else:
                 f.create_dataset(name, data=value, track_times=False)
+            f[name].attrs.update((dataset_attrs or {}).get(name, {}))
         for key, value in sorted(attrs.items()):
             if value is not None:  # None means "not known": the attribute is left out
                 f.attrs[key] = value

@@ -362,7 +362,8 @@ def _two_volumes(run: RunLayout, cfg) -> dict[str, Path]:
     plot_fsc(result, run.fsc_png, title=f"{first.name} vs {second.name} ({kind}, aligned)")
     arrays = {"radius": result.radius, "frequency": result.frequency, "fsc": result.fsc,
               "num_voxels": result.num_voxels}
-    write_result(run.fsc_table, arrays, {"voxel_size_m": result.voxel_size, "kind": kind}, None)
+    units = {"radius": {"units": "Fourier voxels"}, "frequency": {"units": "1/m" if result.voxel_size else "1/voxel"}}
+    write_result(run.fsc_table, arrays, {"voxel_size_m": result.voxel_size, "kind": kind}, None, units)
     write_text(run.fsc_text, how + "\n" + format_table(result) + "\n")
     public = {k: v for k, v in summary.items() if not k.startswith("_")}
     write_text(run.fsc_json, json.dumps(public, indent=1) + "\n")
