@@ -76,3 +76,21 @@ def test_weights_match_the_volume_each_point_stands_for():
 def test_num_div_below_one_refused():
     with pytest.raises(ValueError, match="num_div"):
         quaternions(0)
+
+
+def test_the_quaternion_convention_the_readme_states():
+    """Ours: the standard active matrix, R[0][1] = 2(xy - wz); Dragonfly's make_rot_quat builds its transpose,
+    which is our matrix of the conjugate: what the README tells a user comparing orientations."""
+    from pathlib import Path
+
+    from spibatch.sim.patterns import rotation_matrices as sim_matrices
+
+    w, x, y, z = q = np.array([0.8, 0.2, -0.4, 0.4]) / np.linalg.norm([0.8, 0.2, -0.4, 0.4])
+    ours = rotation_matrices(q[None])[0]
+    assert ours[0, 1] == pytest.approx(2 * (x * y - w * z)) and np.allclose(sim_matrices(q[None])[0], ours)
+    dragonfly = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)],   # make_rot_quat
+                          [2 * (x * y - w * z), 1 - 2 * (x * x + z * z), 2 * (w * x + y * z)],
+                          [2 * (w * y + x * z), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)]])
+    assert np.allclose(dragonfly, ours.T) and np.allclose(dragonfly, rotation_matrices((q * [1, -1, -1, -1])[None])[0])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "R[0][1] = 2(xy - wz)" in readme and "make_rot_quat" in readme and "(w, -x, -y, -z)" in readme
