@@ -146,23 +146,6 @@ def test_a_count_beyond_32_bits_names_its_frame_and_pixel(tmp_path):
         check_frames(write_frames(tmp_path / "big.cxi", frames))
 
 
-def test_frames_that_rounding_would_halve_are_said(tmp_path, caplog):
-    """Frames in units of 0.37 photon at 1 ADU per photon lost half their signal to rounding without a word."""
-    from spibatch.io.cxi import check_frames
-
-    counts = np.random.default_rng(2).poisson(1.0, (20, 16, 16)).astype(np.float32)
-    with caplog.at_level(logging.WARNING, logger="spibatch"):
-        check_frames(write_frames(tmp_path / "whole.cxi", counts))
-    assert "rounding" not in caplog.text
-    with caplog.at_level(logging.WARNING, logger="spibatch"):
-        check_frames(write_frames(tmp_path / "scaled.cxi", counts * 0.37))
-    assert "rounding to whole photons at 1 ADU per photon changes the first frames' total by -" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="spibatch"):
-        check_frames(tmp_path / "scaled.cxi", adu_per_photon=0.37)
-    assert "rounding" not in caplog.text
-
-
 @pytest.mark.parametrize("name, value, said", [
     ("corner_position", [np.nan, 0.0, 0.15], "corner_position holds values that are not finite numbers"),
     ("basis_vectors", np.zeros((3, 3)), "basis_vectors holds shape (3, 3), not (2, 3)")])

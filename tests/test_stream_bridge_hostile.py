@@ -34,9 +34,25 @@ def message_1_0(array_field) -> list[bytes]:
 def test_a_pickled_object_array_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "payload-ran"
     evil = {b"nd": True, b"kind": b"O", b"type": "|O", b"shape": [1], b"data": pickle.dumps(Payload(str(marker)))}
-    with pytest.raises(ValueError, match="pickled"):
+    with pytest.raises(ValueError, match="Python objects"):
         deserialize(message_1_0(evil))
     assert not marker.exists() and not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("evil", [
+    {b"nd": True, b"type": "|O", b"shape": (1,), b"data": b"A" * 64},                      # no kind: the guard missed it
+    {"nd": True, "kind": "O", "type": "|O", "shape": (1,), "data": b"A" * 64},              # text keys
+    {b"nd": True, b"kind": b"V", b"type": [["a", "|O"]], b"shape": (1,), b"data": b"A" * 64}])   # a field of objects
+def test_an_object_dtype_by_any_spelling_is_refused_not_built_over_the_senders_bytes(evil):
+    """msgpack_numpy built an object array over the message's bytes for each of these: the follower segfaulted
+    (rc 139) on the first touch of it."""
+    with pytest.raises(ValueError, match="Python objects"):
+        deserialize(message_1_0(evil))
+
+
+def test_an_array_whose_shape_needs_more_bytes_than_it_carries_is_refused():
+    with pytest.raises(ValueError, match="needs 4000 bytes, the message holds 16"):
+        deserialize(message_1_0({b"nd": True, b"type": "<f4", b"kind": b"", b"shape": (10, 100), b"data": b"x" * 16}))
 
 
 def test_numeric_arrays_of_both_protocols_decode_as_the_library_does():

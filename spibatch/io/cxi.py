@@ -303,8 +303,6 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
             high = _block_highest(block, good, adu_per_photon, clip_negative)
             if high is None:
                 _to_counts(block, start, bad, adu_per_photon, clip_negative, cxi_path, data_path)
-            elif start == 0 and data.dtype.kind == "f":
-                _warn_rounding(block if good is None else block[:, good], adu_per_photon, cxi_path, data_path)
             highest = max(highest, high or 0.0)
         if highest < 1:
             raise no_photons(num_frames, adu_per_photon, cxi_path)
@@ -316,23 +314,6 @@ def check_frames(cxi_path: str | os.PathLike, *, data_path: str = DATA_PATH, mas
                 "per photon: saturated? mask them (a mask dataset, --mask-path) or check the calibration", cxi_path,
                 data_path.lstrip("/"), data.dtype, np.iinfo(data.dtype).max, int(highest), adu_per_photon)
         return tuple(int(x) for x in data.shape)
-
-
-ROUNDING_LOSS = 0.1   # the first block's photons changed by more than this fraction by rounding: a warning
-
-
-def _warn_rounding(block: np.ndarray, adu_per_photon: float, cxi_path, data_path: str) -> None:
-    """A warning when rounding the first block's values to whole photons changes their total by more than
-    :data:`ROUNDING_LOSS` (frames in ADU or keV read at 1 ADU per photon: 0.37 a photon rounds to 0)."""
-    values = np.maximum(block.astype(np.float64) / adu_per_photon, 0.0)
-    raw, rounded = float(values.sum()), float(np.rint(values).sum())
-    if raw > 100 and abs(rounded - raw) > ROUNDING_LOSS * raw:
-        import logging
-
-        logging.getLogger("spibatch").warning(
-            "spibatch: warning: %s: %s: rounding to whole photons at %g ADU per photon changes the first frames' "
-            "total by %+.0f%% (%.6g -> %.6g): are the frames in photons? check adu_per_photon (--adu-per-photon)",
-            cxi_path, data_path.lstrip("/"), adu_per_photon, 100 * (rounded - raw) / raw, raw, rounded)
 
 
 def no_photons(num_frames: int, adu_per_photon: float, cxi_path) -> InputError:

@@ -170,24 +170,46 @@ class BridgeSource:
 
 
 def deserialize(msg):
-    """``karabo_bridge.serializer.deserialize`` without its one unsafe path: protocol 1.0 decodes arrays with
-    msgpack_numpy, which unpickles an array of kind ``O`` -- code from whoever sends to the endpoint.  Such an
-    array is refused (ValueError: the train is skipped); every other message is decoded as the library does."""
+    """``karabo_bridge.serializer.deserialize`` without its unsafe paths: protocol 1.0 decodes arrays with
+    msgpack_numpy, which unpickles an array of kind ``O`` and builds an array of any dtype the message names over
+    its bytes -- an object dtype makes Python objects of the sender's pointers (a crash, or worse).  Arrays are
+    decoded here (:func:`decode_array`): a dtype that holds objects is refused (ValueError: the train is skipped),
+    as is an array whose shape needs more bytes than it carries.  Protocol 2 (multipart) is the library's: it
+    reads arrays with ``np.frombuffer``, which refuses object dtypes."""
     import msgpack
-    import msgpack_numpy
     import zmq
     from karabo_bridge import serializer
 
     frames = [m if isinstance(m, zmq.Frame) else zmq.Frame(m) for m in msg]
     if len(frames) >= 2:
         return serializer.deserialize(frames)
-
-    def decode(obj):
-        if isinstance(obj, dict) and obj.get(b"nd") is not None and obj.get(b"kind") == b"O":
-            raise ValueError("an array of Python objects (pickled): refused")
-        return msgpack_numpy.decode(obj)
-
-    data = msgpack.loads(frames[-1].bytes, raw=False, max_bin_len=0x7FFFFFFF, object_hook=decode)
+    data = msgpack.loads(frames[-1].bytes, raw=False, max_bin_len=0x7FFFFFFF, object_hook=decode_array)
     if not isinstance(data, dict):
         raise ValueError(f"a message of {type(data).__name__}, not a mapping of sources")
     return data, {key: (value.get("metadata", {}) if isinstance(value, dict) else {}) for key, value in data.items()}
+
+
+def decode_array(obj):
+    """msgpack_numpy's encoding of an array (``nd``, ``type``, ``kind``, ``shape``, ``data``; keys as bytes or
+    text) or a complex number, decoded without trusting it; anything else is returned as it is."""
+    if not isinstance(obj, dict):
+        return obj
+    keys = {(k.decode("latin-1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    if "nd" not in keys:
+        return complex(str(keys["data"], "ascii") if isinstance(keys["data"], bytes) else keys["data"]) \
+            if "complex" in keys and "data" in keys else obj
+    data, descr = keys.get("data"), keys.get("type")
+    if not isinstance(data, (bytes, bytearray)):
+        raise ValueError("an array without its bytes")
+    if keys.get("kind") in (b"V", "V") and isinstance(descr, (list, tuple)):
+        descr = [tuple(t.decode("latin-1") if isinstance(t, bytes) else t for t in d) for d in descr]
+    dtype = np.dtype(descr.decode("latin-1") if isinstance(descr, bytes) else descr)
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise ValueError(f"an array of dtype {dtype} (Python objects or empty items): refused")
+    if keys["nd"] is not True:
+        return np.frombuffer(data, dtype=dtype, count=1)[0]
+    shape = tuple(int(n) for n in keys.get("shape", ()))
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if min(shape, default=1) < 0 or count * dtype.itemsize > len(data):
+        raise ValueError(f"shape {shape} of {dtype} needs {count * dtype.itemsize} bytes, the message holds {len(data)}")
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
