@@ -182,8 +182,14 @@ def stop_left_running(folder: Path, owner: dict, field_name: str = "--resume") -
     resume killed before it had stopped them) -- started and left running on this host (MPI jobs, Parsl's
     processes: :mod:`spibatch.owners`); InputError when some cannot be stopped."""
     for each in _owners_of(owner):
-        if each.get("host") in (None, socket.gethostname()):
-            _stop_owner(folder, each, field_name)
+        if each.get("host") not in (None, socket.gethostname()):
+            continue
+        pid = each.get("pid")
+        if not isinstance(pid, int) or _alive(pid):   # a killed owner's pid is gone: a lock naming a live (or no)
+            log.warning("not stopping by the token of %s, which a lock of %s names as a killed owner: that process "  # pid
+                        "runs (a lock file edited to name another run's token?)", describe_owner(each), folder)
+            continue
+        _stop_owner(folder, each, field_name)
 
 
 def _stop_owner(folder: Path, owner: dict, field_name: str) -> None:

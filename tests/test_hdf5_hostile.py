@@ -75,6 +75,27 @@ def test_external_storage_is_checked_in_the_working_folder(tmp_path):
     assert done.returncode == 0, done
 
 
+def test_external_storage_outside_the_files_folder_is_refused(tmp_path):
+    """A review: a CXI file whose frames were external storage over /etc/passwd ingested it as photons (its bytes
+    as counts, in results people share), without a word.  Raw storage is read from the file's own folder only."""
+    from spibatch.io.hdf5 import open_hdf5
+
+    (tmp_path / "data").mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"token=abc" * 16)
+    (tmp_path / "data" / "raw.bin").write_bytes(bytes(128))
+    for target, refused in ((str(secret), True), (str(tmp_path / "data" / "raw.bin"), False)):
+        path = detector_with(tmp_path / "data" / "det.h5", lambda f, t=target: f.create_dataset(
+            "qx", (16,), "f8", external=[(t, 0, 128)]))
+        if refused:
+            with pytest.raises(InputError, match=f"external storage in {secret}, outside the file's own folder"):
+                with open_hdf5(path, "fix"):
+                    pass
+        else:
+            with open_hdf5(path, "fix") as f:
+                assert f["qx"][()].sum() == 0
+
+
 def test_missing_external_storage_and_links_are_named(tmp_path):
     """A missing external-storage file read as 'file truncated or corrupt'; a link to a missing file or to a
     file that is not HDF5 as 'dataset missing'."""

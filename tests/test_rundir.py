@@ -432,6 +432,31 @@ def test_a_resume_killed_after_its_takeover_leaves_the_first_owners_processes_to
         left.wait()
 
 
+def test_a_lock_naming_a_live_runs_token_as_a_killed_owner_stops_nothing(tmp_path, caplog):
+    """A review: a lock file edited to list another live run's token among its 'earlier' killed owners made a resume
+    SIGTERM that run's processes.  A killed owner's pid is gone; one that runs is not stopped by."""
+    with open_run(runs_dir=tmp_path, out=tmp_path / "run", command=["a"], report=False) as run:
+        pass
+    driver = _sleeper(None)                                   # the other run's driver, alive
+    victim_token = f"{driver.pid}-0123456789abcdef"
+    victim = _sleeper(victim_token)                           # a process of that run (an MPI rank)
+    try:
+        dead = _dead_pid()
+        host = socket.gethostname()
+        (run.path / "lock").write_text(json.dumps({
+            "pid": dead, "host": host, "started": "then", "command": ["resume"], "token": f"{dead}-fedcba9876543210",
+            "earlier": [{"pid": driver.pid, "host": host, "token": victim_token}]}))
+        with caplog.at_level(logging.WARNING, logger="spibatch"):
+            with open_run(resume=run.path, command=["b"], report=False):
+                time.sleep(0.5)
+                assert victim.poll() is None and driver.poll() is None
+        assert f"not stopping by the token of pid {driver.pid}" in caplog.text
+    finally:
+        for each in (victim, driver):
+            each.kill()
+            each.wait()
+
+
 def test_a_lock_taken_over_names_the_killed_owners_it_replaced(tmp_path):
     from spibatch.lock import take_lock
 

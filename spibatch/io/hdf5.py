@@ -105,7 +105,8 @@ def check_other_files(f: h5py.File, path: str | os.PathLike, depth: int = 0) -> 
     """InputError when an object of ``f`` keeps its data in a file that is not a regular file (a FIFO or a
     device would hang or never end the read) in any place HDF5 may look for it (:func:`where_hdf5_looks`),
     also behind an external link to a regular HDF5 file (checked the same way, three links deep at most).
-    Data in other regular files (a virtual CXI file over a run's files) are read as HDF5 reads them; a virtual
+    Data in other regular HDF5 files (a virtual CXI file over a run's files) are read as HDF5 reads them; raw
+    external storage only from the file's own folder (any other file's bytes would be read as data); a virtual
     dataset's source or an external storage file that is missing everywhere is refused too (HDF5 reads a
     virtual dataset's frames as fill values: empty frames ingested as patterns); an external link's missing
     target is said when its object is asked for (:func:`require_dataset`)."""
@@ -132,6 +133,10 @@ def check_other_files(f: h5py.File, path: str | os.PathLike, depth: int = 0) -> 
                 where = f"it is {how} to" if how == "an external link" else f"its data are {how} in"
                 raise InputError(f"{where} {candidate}, which is not a regular file", path=path,
                                  field=name, fix="copy the data into a regular file (h5repack) and give that")
+            if how == "external storage" and not candidate.resolve().is_relative_to(base):
+                raise InputError(f"its data are {how} in {candidate}, outside the file's own folder: any file's bytes "
+                                 "read as data (a private file's contents in the results)", path=path, field=name,
+                                 fix="copy the data into the file (h5repack), or put the raw file in its folder")
         if how == "an external link" and present and is_hdf5(present[0]):
             if depth >= 3:
                 raise InputError(f"{how} to {present[0]} leads through more than 3 files", path=path,
