@@ -329,13 +329,16 @@ def start(config: Path, site_path: Path | None, out: Path | None, *, dry_run: bo
     provider.preflight(target)
     inputs = [config] + ([site.source] if site_path is not None else [])
     inputs += list(dict.fromkeys(p for name in stages.order(pipeline) for p in external_inputs(pipeline)[name]))
+    from spibatch.run_checks import config_digest
+
+    site_text = dump_site(site)
     with open_run(name=pipeline.name, runs_dir=pipeline.output.runs_dir, out=target, command=argv,
                   config_text=dump_pipeline(pipeline), inputs=tuple(inputs), resume_hint=f"spibatch resume {shlex.quote(str(target))}",
                   extra=dict(site=site.name, provider=site.provider, emc_mode=site.emc_mode,
-                             workers=site.workers)) as run:
+                             workers=site.workers, site_sha256=config_digest(site_text))) as run:
         from spibatch.io.atomic import write_text
 
-        write_text(run.layout.site, dump_site(site))
+        write_text(run.layout.site, site_text)
         run.outputs.update(_outputs(execute(run.layout, site, pipeline, until)))
     return run.path, run.outputs
 
@@ -346,7 +349,7 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
     from spibatch.config import load_pipeline
     from spibatch.parsl_shutdown import cancel_left_jobs
     from spibatch.rundir import check_shell_safe, open_run
-    from spibatch.run_checks import check_config_unchanged, read_provenance
+    from spibatch.run_checks import check_config_unchanged, check_site_unchanged, config_digest, read_provenance
 
     run = RunLayout(Path(run_dir).resolve())
     check_shell_safe(run.path, "RUN_DIR")
@@ -354,7 +357,10 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
         if not path.is_file():
             raise InputError(f"no {path.name} here: not a run of `spibatch run`", path=run.path, field="RUN_DIR",
                              fix="give the run directory `spibatch run` printed")
-    check_config_unchanged(read_provenance(run.path, "RUN_DIR", deep=False), run.config)   # (open_run looks deeper)
+    record = read_provenance(run.path, "RUN_DIR", deep=False)
+    check_config_unchanged(record, run.config)   # (open_run looks deeper)
+    if site_path is None:
+        check_site_unchanged(record, run.site)
     pipeline = load_pipeline(run.config)
     own = load_site(run.site)
     site = own if site_path is None else load_site(site_path)
@@ -379,6 +385,7 @@ def resume(run_dir: Path, command: list[str] | None = None, site_path: Path | No
                         "goes on until `spibatch stop` is given again", asked)
 
     with open_run(resume=run.path, command=command, inputs=needed, check=check, field="RUN_DIR",
-                  stop_old=lambda: cancel_left_jobs(run, own), resume_hint=f"spibatch resume {shlex.quote(str(run.path))}") as opened:
+                  stop_old=lambda: cancel_left_jobs(run, own), resume_hint=f"spibatch resume {shlex.quote(str(run.path))}",
+                  extra=None if site_path is None else {"site_sha256": config_digest(dump_site(site))}) as opened:
         opened.outputs.update(_outputs(execute(run, site, pipeline)))
     return opened.path, opened.outputs

@@ -18,7 +18,7 @@ from spibatch.io.fingerprint import same_fingerprint
 PROVENANCE_FIX = "give the run directory of an earlier run (it holds provenance.json)"
 # key -> the JSON types it may hold in provenance.json (a hand-edited record gave AttributeError tracebacks)
 PROVENANCE_TYPES = {"status": str, "command": list, "inputs": dict, "resumed": list, "outputs": dict,
-                    "config_sha256": str}
+                    "config_sha256": str, "site_sha256": str}
 
 
 def _a(word: str) -> str:
@@ -108,6 +108,25 @@ def check_unchanged(record: dict, paths: tuple[str | os.PathLike, ...], field: s
         if not same_fingerprint(name, before):
             raise InputError("changed since the run started (its SHA-256 differs from provenance.json's)",
                              path=name, field=field, fix="resume with the original file, or start a new run")
+
+
+def check_site_unchanged(record: dict, site: Path) -> None:
+    """The run's site.yaml is the one it started with (``site_sha256``; runs before it was recorded: not checked):
+    a resume runs the site's shell lines (``worker_init``, ``scheduler_options``), so an edited copy in a run folder
+    someone handed over would run their commands."""
+    before = record.get("site_sha256")
+    if before is None:
+        return
+    try:
+        now = config_digest(site.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"unreadable ({exc.__class__.__name__})", path=site, field="RUN_DIR",
+                         fix="put the run's original site.yaml back, or give a site file with --site") from None
+    if now != before:
+        raise InputError("changed since the run started (its SHA-256 differs from provenance.json's site_sha256); "
+                         "a site file's worker_init and scheduler_options are shell commands a resume would run",
+                         path=site, field="RUN_DIR", fix="read it; then give the site file to use with --site FILE, "
+                         "or put the original back")
 
 
 def check_config_unchanged(record: dict, config: Path) -> None:

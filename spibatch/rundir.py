@@ -147,7 +147,9 @@ def new_run_path(name: str, runs_dir: Path) -> Path:
 STARTUP_FILES = {layout.LOCK, layout.CONFIG, layout.LOG}
 
 
-SHELL_UNSAFE = re.compile(r"[\s$`\"'\\;|&<>()*?\[\]#%]")   # '#': sbatch cuts #SBATCH lines there; '%': a pattern
+SHELL_UNSAFE = re.compile(r"[\s$`\"'\\;|&<>()*?\[\]#%{},]")   # '#': sbatch cuts #SBATCH lines there; '%': a pattern;
+                                                            # '{' '}': Parsl's str.format of its launch lines, bash's
+                                                            # brace expansion (',')
 
 
 def check_shell_safe(path: Path, field: str) -> Path:
@@ -159,7 +161,7 @@ def check_shell_safe(path: Path, field: str) -> Path:
     if found:
         raise InputError(f"its path holds {found.group()!r}, which Parsl's workers and batch scripts do not quote",
                          path=path, field=field, fix="choose a folder whose path has no spaces, quotes or shell "
-                         "characters ($ ` ; | & < > ( ) * ? [ ] # %)")
+                         "characters ($ ` ; | & < > ( ) * ? [ ] # % { } ,)")
     return path
 
 

@@ -51,6 +51,16 @@ def test_local_site_end_to_end_then_resume_skips_finished_stages(emc_small, tmp_
     third = spibatch("resume", run, cwd=tmp_path)
     assert third.returncode == 0 and "every stage has finished already" in third.stderr
 
+    # a run folder handed over with its site.yaml edited: a resume would run the edit's shell lines (a review)
+    (run / "stages" / "validate.json").unlink()
+    site_copy = run / "site.yaml"
+    text = site_copy.read_text()
+    assert "  worker_init: ''\n" in text, text
+    site_copy.write_text(text.replace("  worker_init: ''\n", f"  worker_init: 'touch {tmp_path}/ran'\n"))
+    refused = spibatch("resume", run, cwd=tmp_path)
+    assert refused.returncode == 2 and not (tmp_path / "ran").exists(), refused.stderr[-2000:]
+    assert "site.yaml: RUN_DIR: changed since the run started" in refused.stderr.strip().splitlines()[-1]
+
 
 def test_htc_emc_through_parsl_equals_the_serial_driver(emc_small, emc_config, tmp_path):
     pipeline = write_pipeline(tmp_path, emc_small, starts=1)
@@ -121,3 +131,5 @@ local: {{cores: 2, strategy_period_s: 0.5, worker_init: "export NUMBA_THREADING_
     assert "nonexistent" not in (run / "site.yaml").read_text() and f"fixed-{mode}" in done.stderr
     record = json.loads((run / "provenance.json").read_text())
     assert record["status"] == "completed" and markers(run)["emc"]["emc_mode"] == mode
+    again = spibatch("resume", run, cwd=tmp_path)          # the new copy is the one the record names now
+    assert again.returncode == 0 and "every stage has finished already" in again.stderr, again.stderr[-2000:]

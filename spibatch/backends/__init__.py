@@ -64,11 +64,12 @@ class Container(Section):
     def _image(self) -> "Container":
         if self.runtime != "none" and not self.image:
             raise ValueError(f"runtime {self.runtime} needs an image")
-        if self.image and re.search(r"[\s$`\\\"';|&<>()]", self.image):    # written into workers' and batch scripts
+        if self.image and re.search(r"[\s$`\\\"';|&<>(){}]", self.image):    # written into workers' and batch scripts
             raise ValueError(f"image {self.image!r} holds a space or a shell character")
-        for value in [*self.binds, *self.options]:   # quoted, but a Slurm script's heredoc still expands $ and `
-            if re.search(r"[$`\\\n]", value):
-                raise ValueError(f"{value!r} holds $, ` , \\ or a newline, which the batch scripts would expand")
+        for value in [*self.binds, *self.options]:   # quoted, but a Slurm script's heredoc still expands $ and `,
+            if re.search(r"[$`\\\n{}]", value):    # and Parsl's str.format of its launch line fills in {...}
+                raise ValueError(f"{value!r} holds $, ` , \\, {{, }} or a newline, which the batch scripts or Parsl's "
+                                 "launch line would expand")
         return self
 
 

@@ -130,6 +130,12 @@ CASES: list[Case] = [
          ["--out", "its path holds '$'"]),
     Case("run-out-with-hash", "paths", ["run", "p.yaml", "--out", "r#1"], {"p.yaml": b.yaml_file(SIM)},
          ["--out", "its path holds '#'"]),          # sbatch reads #SBATCH --output=.../r#1/... as .../r
+    Case("run-out-with-braces", "paths", ["run", "p.yaml", "--out", "r{{a,b}}"], {"p.yaml": b.yaml_file(SIM)},
+         ["--out", "its path holds '{'"]),          # Parsl's str.format of its launch line: a KeyError traceback
+    Case("site-bind-with-braces", "site files", ["run", "p.yaml", "--site", "site.yaml", "--dry-run"],
+         {"p.yaml": b.yaml_file(SIM), "site.yaml": b.text("provider: local\ncontainer: {{runtime: docker, image: img, "
+                                                           "binds: ['/etc:/tmp/{{logdir}}']}}\n")},
+         ["site.yaml", "container", "Parsl's launch line would expand"]),
     Case("site-image-command", "site files", ["run", "p.yaml", "--site", "site.yaml", "--dry-run"],
          {"p.yaml": b.yaml_file(SIM), "site.yaml": b.text("provider: local\ncontainer: {{runtime: docker, image: "
                                                            "'img:$(touch ran)x'}}\n")},

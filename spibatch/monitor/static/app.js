@@ -321,7 +321,7 @@ function renderPhase(ph) {
   const total = runs.reduce((sum, [, n]) => sum + n, 0);
   const annotations = runs.map(([name, n]) => { const x = at + n / 2; at += n;
     if (at < total) shapes.push({ type: "line", xref: "x", yref: "paper", x0: at + 0.5, x1: at + 0.5, y0: 0, y1: 1, line: { color: "#aaa", width: 1, dash: "dot" } });
-    return { xref: "x", yref: "paper", x, y: 1, yanchor: "bottom", text: name, showarrow: false, font: { size: 10, color: "#687085" } }; });
+    return { xref: "x", yref: "paper", x, y: 1, yanchor: "bottom", text: esc(name), showarrow: false, font: { size: 10, color: "#687085" } }; });
   draw("plot-errors", traces, layout(`Fourier error per iteration, each start${merged ? " (grey: not kept)" : ""}`, "iteration",
     "relative Fourier error", { yaxis: logAxis("relative Fourier error", ph.starts.map((s) => s.errors)), shapes, annotations, showlegend: ph.starts.length <= 10,
       legend: { font: { size: 10 } } }));
