@@ -409,12 +409,10 @@ def phasing(edge: int, num_starts: int, iterations: int, *, edge_field: str = "p
 def ingest(num_frames: int, frame_pixels: int, itemsize: int, chunk_frames: int,
            chunk_field: str = "ingest.chunk_frames") -> Estimate:
     """The ingest stage: one block of dense frames as read, and its photon counts."""
-    block = min(chunk_frames, num_frames)
+    block, one = min(chunk_frames, num_frames), f"one frame of {frame_pixels:,} pixels alone is too large: bin them"
     return Estimate("ingest", [Part(f"a block of {block:,} frames of {frame_pixels:,} pixels",
                                     (itemsize + 4) * block * frame_pixels, chunk_field)],
-                    fixes={chunk_field: "read fewer frames at a time (the default is 256)" if block > 1 else
-                           f"one frame of {frame_pixels:,} pixels alone is too large for this machine: bin or crop "
-                           "the frames first"})
+                    fixes={chunk_field: "read fewer frames at a time (the default is 256)" if block > 1 else one})
 
 
 def validate(volumes: list[tuple[tuple[int, ...], str]]) -> Estimate:

@@ -114,34 +114,29 @@ def check_site_unchanged(record: dict, site: Path) -> None:
     """The run's site.yaml is the one it started with (``site_sha256``; runs before it was recorded: not checked):
     a resume runs the site's shell lines (``worker_init``, ``scheduler_options``), so an edited copy in a run folder
     someone handed over would run their commands."""
-    before = record.get("site_sha256")
-    if before is None:
-        return
-    try:
-        now = config_digest(site.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"unreadable ({exc.__class__.__name__})", path=site, field="RUN_DIR",
-                         fix="put the run's original site.yaml back, or give a site file with --site") from None
-    if now != before:
-        raise InputError("changed since the run started (its SHA-256 differs from provenance.json's site_sha256); "
-                         "a site file's worker_init and scheduler_options are shell commands a resume would run",
-                         path=site, field="RUN_DIR", fix="read it; then give the site file to use with --site FILE, "
-                         "or put the original back")
+    _check_digest(record, "site_sha256", site, "put the run's original site.yaml back, or give a site file with --site",
+                  "; a site file's worker_init and scheduler_options are shell commands a resume would run",
+                  "read it; then give the site file to use with --site FILE, or put the original back")
 
 
 def check_config_unchanged(record: dict, config: Path) -> None:
     """The run's config.yaml is the one it started with (``config_sha256``; runs before it was recorded: not
     checked): an edited one would run the remaining stages with other settings than the finished ones."""
-    before = record.get("config_sha256")
+    _check_digest(record, "config_sha256", config, "put the run's original config.yaml back", "",
+                  "put the original back; for other settings start a new run, giving it what this one made (e.g. "
+                  "spibatch phase NEW.yaml --intensity RUN/emc/output_NNN.h5)")
+
+
+def _check_digest(record: dict, key: str, path: Path, unreadable_fix: str, why: str, fix: str) -> None:
+    """``path``'s text has the SHA-256 ``record[key]`` holds (nothing to check without it), else one InputError."""
+    before = record.get(key)
     if before is None:
         return
     try:
-        now = config_digest(config.read_text(encoding="utf-8"))
+        now = config_digest(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"unreadable ({exc.__class__.__name__})", path=config, field="RUN_DIR",
-                         fix="put the run's original config.yaml back") from None
+        raise InputError(f"unreadable ({exc.__class__.__name__})", path=path, field="RUN_DIR",
+                         fix=unreadable_fix) from None
     if now != before:
-        raise InputError("changed since the run started (its SHA-256 differs from provenance.json's "
-                         "config_sha256)", path=config, field="RUN_DIR",
-                         fix="put the original back; for other settings start a new run, giving it what this one "
-                         "made (e.g. spibatch phase NEW.yaml --intensity RUN/emc/output_NNN.h5)")
+        raise InputError(f"changed since the run started (its SHA-256 differs from provenance.json's {key}){why}",
+                         path=path, field="RUN_DIR", fix=fix)

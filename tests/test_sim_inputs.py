@@ -167,5 +167,5 @@ def test_a_frame_too_large_alone_does_not_ask_for_fewer_frames():
 
     with pytest.raises(InputError) as err:
         estimates.ingest(2, 10 ** 10, 4, 1, "--chunk-frames").check(None)
-    assert "one frame of 10,000,000,000 pixels alone is too large" in str(err.value)
+    assert "one frame of 10,000,000,000 pixels alone is too large: bin them" in str(err.value)
     assert "fewer frames" not in str(err.value)

@@ -29,7 +29,8 @@ class TrainGuard:
 
     def reset(self) -> None:
         """A train was taken in order: the runs start again."""
-        self._jumped, self._back = [], []
+        self._jumped.clear()
+        self._back.clear()
 
     @staticmethod
     def jumps(tid: int, last_train: int) -> bool:
@@ -44,30 +45,31 @@ class TrainGuard:
         """Whether ``tid`` (a jump) makes :data:`JUMP_ACCEPT` jumps in a row, each above the one before by at most
         MAX_TRAIN_JUMP: then the train taken last was the bogus one, and the jumps are taken from here on (with
         one warning); else the jump is refused."""
-        if not 0 <= tid <= MAX_TRAIN_ID:
-            return False
-        if self._jumped and not 0 < tid - self._jumped[-1] <= MAX_TRAIN_JUMP:
-            self._jumped = []
-        self._jumped.append(tid)
-        if len(self._jumped) < JUMP_ACCEPT:
+        if not 0 <= tid <= MAX_TRAIN_ID or not _extend(self._jumped, tid):
             return False
         log.warning("follow: %d trains in a row jumped from train %d to %d..%d: taking them from now on (the "
                     "train taken before them was bogus, or the train count was reset)", len(self._jumped),
                     last_train, self._jumped[0], tid)
-        self._jumped = []
+        self._jumped.clear()
         return True
 
     def went_back_for_good(self, tid: int, last_train: int, before: int) -> bool:
         """Whether ``tid`` -- below ``last_train``, above ``before`` (the train taken before it), so never taken --
         makes :data:`JUMP_ACCEPT` such trains in a row, in order: then ``last_train`` was bogus, and these are taken
         from here on (with one warning)."""
-        if self._back and not 0 < tid - self._back[-1] <= MAX_TRAIN_JUMP:
-            self._back = []
-        self._back.append(tid)
-        if len(self._back) < JUMP_ACCEPT:
+        if not _extend(self._back, tid):
             return False
         log.warning("follow: %d trains in a row came below the last train taken (%d), %s and in order (%d..%d): "
                     "train %d was bogus; taking them from now on", len(self._back), last_train,
                     f"after train {before}" if before >= 0 else "which was the first", self._back[0], tid, last_train)
-        self._back = []
+        self._back.clear()
         return True
+
+
+def _extend(run: list[int], tid: int) -> bool:
+    """Add ``tid`` to ``run`` (trains in a row, each above the one before by at most MAX_TRAIN_JUMP; one out of that
+    order starts the run again); whether it is :data:`JUMP_ACCEPT` long now."""
+    if run and not 0 < tid - run[-1] <= MAX_TRAIN_JUMP:
+        run.clear()
+    run.append(tid)
+    return len(run) >= JUMP_ACCEPT
