@@ -50,7 +50,7 @@ const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<
 const fmt = (v, digits = 4) => (v === null || v === undefined ? "–" : Math.abs(v) >= 1e5 || (Math.abs(v) < 1e-3 && v !== 0)
   ? v.toExponential(digits - 1) : Number(v.toPrecision(digits)).toString());
 /* a curve that never fell below its level, in the words the closing lines and the report use */
-const neverBelow = (f) => `never below it (finer than ${f.data_edge_resolution_m ? "the data edge, " + nm(f.data_edge_resolution_m) : "Nyquist"})`;
+const neverBelow = (f) => `never below it (finer than ${f.data_edge_resolution_m ? "the data edge, " + nm(f.data_edge_resolution_m) : "the last shell compared"})`;
 const nm = (m) => (m ? `${(m * 1e9).toFixed(2)} nm (${(m * 1e10).toFixed(1)} Å)` : null);
 
 function ago(seconds) {
