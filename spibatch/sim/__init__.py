@@ -75,11 +75,11 @@ def simulate(detector, sim: SimulationSettings, out_dir: str | Path, *, show_pro
     paths = {name: out_dir / file for name, file in OUTPUT_NAMES.items()}
 
     atoms = read_structure(sim.pdb, assembly=sim.assembly, keep_waters=sim.keep_waters, warn=warn)
+    size = detector.model_size()
     if sim.use_b_factors:
-        check_b_factors(atoms, corner_s2(detector.model_size(), detector.voxel_size_per_m), sim.pdb, warn=warn)
+        check_b_factors(atoms, corner_s2(size, detector.voxel_size_per_m), sim.pdb, warn=warn)
     log.info("read %d atoms (%.0f electrons, radius %.1f A) from %s", atoms.num_atoms, atoms.electrons(),
              atoms.radius_m() * 1e10, sim.pdb)
-    size = detector.model_size()
     dq = float(detector.voxel_size_per_m)
     res = resolution_m(detector)
     log.info("model grid %d^3, voxel %.4g 1/m in q, %.3g A in real space; resolution %.2f A at the "

@@ -11,8 +11,8 @@ trains it committed (:attr:`CxiFolderSource.finished`) and a restarted follower 
 away or arrived out of name order meanwhile.  A file that arrives after a later-named one was taken is
 taken too (numbered in the order taken).  A file that cannot be read is reported and skipped; one its
 writer still holds (an HDF5 lock, "open for write", a truncated end, permission denied) is tried again
-until it opens, for ``retry_s`` (:data:`RETRY_S`) at most, later files waiting behind it.  While a file is still changing the source is ``waiting``
-(the follow's idle time-out does not run out under a slow writer).  A file already taken that comes
+until it opens, for ``retry_s`` (:data:`RETRY_S`) at most, later files waiting behind it.  While a file is
+still changing the source is ``waiting`` (the follow's idle time-out does not run out under a slow writer).  A file already taken that comes
 again under another name (renamed: the same inode, size and time) is skipped with one line; one that
 changes after it was read is said and counted once ("changed after reading": its new frames are not read).
 """
@@ -55,9 +55,8 @@ class CxiFolderSource:
         self.skip = -1
         self.waiting = False               # a file is still changing (or held by its writer): more will come
         self._seen: dict[str, tuple] = {}
-        self._taken: dict[tuple, str] = {}       # (device, inode, size, mtime) of each file taken -> its name
-        self._stamps: dict[str, tuple] = {}      # name -> (size, mtime) when taken (a change is said once)
-        self._retry: dict[str, float] = {}       # name -> when it first could not be opened (its writer holds it)
+        self._taken: dict[str, tuple] = {}       # name -> (device, inode, size, mtime) when taken (until it changes)
+        self._retry: dict[str, tuple] = {}       # name -> (first failed open, next try): its writer holds it
         self._changed: list = []                 # Skipped items waiting to be handed out
         self._current = None
 
@@ -89,7 +88,7 @@ class CxiFolderSource:
         taken = set(self.done)
         present = sorted(p.name for p in self.folder.glob(self.pattern) if not p.name.startswith("."))
         names = [name for name in present if name not in taken]
-        self._check_taken([name for name in present if name in self._stamps])
+        self._check_taken([name for name in present if name in self._taken])
         now = time.monotonic()
         stats = {}
         for name in names:   # every file settles from when it was first seen unchanged, all at once (not one per
@@ -111,19 +110,19 @@ class CxiFolderSource:
                 return None
             stat = stats.get(name)
             key = None if stat is None else (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if key is not None and key in self._taken:     # a file taken before, renamed: its frames are in
+            before = next((old for old, same in self._taken.items() if same == key), None) if key else None
+            if before is not None:     # a file taken before, renamed: its frames are in
                 self.done.append(name)
                 self.finished.append(name)
                 log.warning("follow: %s: %s is %s, taken before, under another name: skipped", self.name, name,
-                            self._taken[key])
+                            before)
                 continue
             if self.done and name < self.done[-1]:
                 log.info("follow: %s: %s appeared after %s, out of name order: taken now", self.name, name,
                          self.done[-1])
             self.done.append(name)
             if key is not None:
-                self._taken[key] = name
-                self._stamps[name] = key[2:]
+                self._taken[name] = key
             return self.folder / name
         return None
 
@@ -135,8 +134,8 @@ class CxiFolderSource:
                 stat = (self.folder / name).stat()
             except OSError:
                 continue
-            if (stat.st_size, stat.st_mtime_ns) != self._stamps[name]:
-                del self._stamps[name]
+            if (stat.st_size, stat.st_mtime_ns) != self._taken[name][2:]:
+                del self._taken[name]
                 self._changed.append(Skipped(
                     "changed after reading", name, "file", f"changed after it was read (settle_s {self.settle_s:g} s "
                     "passed with no change): frames written since are not read; write each file whole, or rename "
@@ -157,8 +156,7 @@ class CxiFolderSource:
                      " ".join(str(error).split())[:120], self.retry_s)
         self._retry[path.name] = (first, now + max(self.settle_s, 0.5))
         self.done.remove(path.name)
-        self._taken = {k: v for k, v in self._taken.items() if v != path.name}
-        self._stamps.pop(path.name, None)
+        self._taken.pop(path.name, None)
         return True
 
     def _file(self, path: Path, ordinal: int):

@@ -190,7 +190,7 @@ class RunFolderSource:
             return None
         seq = waiting[0]
         try:
-            stamp = tuple(sorted((n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in files[seq].items()))
+            stamp = _stamp(files[seq])
         except OSError:        # a file removed (or replaced) since the scan: look again at the next poll
             return None
         now = time.monotonic()
@@ -231,7 +231,7 @@ class RunFolderSource:
             return
         seq, stamp = self._taken
         try:
-            now = tuple(sorted((n, p.stat().st_size, p.stat().st_mtime_ns) for n, p in files[seq].items()))
+            now = _stamp(files[seq])
         except OSError:
             return
         if now != stamp:     # (said by _sequence when it finds new trains: a file closed late changes too)
@@ -374,6 +374,12 @@ class RunFolderSource:
             data, train_ids, pulses = data[order], train_ids[order], np.asarray(pulses)[order]
         items.append(Block(data, train_ids, pulses, self.name))
         return items
+
+
+def _stamp(files: dict[int, Path]) -> tuple:
+    """(module, size, modification time) of each of a sequence's files, in module order: what changes as they are
+    written."""
+    return tuple(sorted((n, st.st_size, st.st_mtime_ns) for n, st in ((n, p.stat()) for n, p in files.items())))
 
 
 def _index_and_data(keydata) -> tuple[int, int]:

@@ -125,7 +125,6 @@ class Follower:
         self._mismatched = 0               # items of another frame shape in a row, before the first good one
         self._mismatch = None              # (problem, source) of the last of them
         self._said: dict[str, int] = {}    # warnings said per skip reason
-        self._fresh = False                # the item just handled brought a train (new, bad or already ingested)
         self._old_source = ""
         self._whole = None                 # (last train, pending list lengths and counts) after the last whole item
         self._committing = False
@@ -167,13 +166,11 @@ class Follower:
                 items = self.source.read()
                 fresh = False
                 for item in items:
-                    self._fresh = False
                     if isinstance(item, Skipped):
                         self._skipped(item)
-                        self._fresh = bool(item.trains)     # the source's word on trains (bad ones count)
+                        fresh = fresh or bool(item.trains)     # the source's word on trains (bad ones count)
                     else:
-                        self._block(item)
-                    fresh = fresh or self._fresh
+                        fresh = self._block(item) or fresh
                     self._mark_whole()
                 # a train, new or bad, shows the source is alive (repeats of trains taken and messages without a
                 # train do not); so does a wait for a file or sequence (not after a stop: a DAQ still writing would
@@ -277,14 +274,15 @@ class Follower:
             self.last_train = max([self.last_train, *plausible])
 
     def _block(self, block: Block) -> bool:
-        """Process one block; True when it brought a new train (False: refused or already taken)."""
+        """Process one block; True when it brought a train that shows the source alive: new, found bad, or already
+        ingested on a resume (False: nothing but repeats of trains taken, or bogus IDs)."""
         if not block.num_frames:
             return False
         if block.data.dtype.kind not in "biuf":
             trains = tuple(int(t) for t in np.unique(block.train_ids))
             self._skipped(Skipped("not numbers", block.source, "data", f"frames of type {block.data.dtype}",
                                   trains, block.num_frames))
-            return False
+            return True
         shape = tuple(block.data.shape[1:])
         if shape != self.frame_shape:
             trains = tuple(int(t) for t in np.unique(block.train_ids))
@@ -295,19 +293,20 @@ class Follower:
                 if self._mismatched >= MISMATCH_REFUSE:
                     raise self._geometry_error(f"; {self._mismatched} items in a row")
             self._skipped(Skipped("wrong shape", block.source, "data", problem, trains, block.num_frames))
-            return False
+            return True
         self._mismatched = 0
-        keep = self._new_trains(block)
+        keep, fresh = self._new_trains(block)
         if not keep.any():
-            return False
+            return fresh
         if not self.started:
             self.store.start(self.detector)
             self.started = True
         self._process(block, keep)
         return True
 
-    def _new_trains(self, block: Block) -> np.ndarray:
-        """(n,) bool: the frames of trains above the last train taken (each train taken once, in order)."""
+    def _new_trains(self, block: Block) -> tuple[np.ndarray, bool]:
+        """((n,) bool: the frames of trains above the last train taken (each train taken once, in order), whether any
+        train was taken or found already ingested)."""
         tids = block.train_ids.astype(np.int64)
         keep = np.zeros(len(tids), bool)
         edges = np.flatnonzero(np.diff(tids)) + 1
@@ -325,12 +324,10 @@ class Follower:
                     self._prev_train = self.last_train
                 self.last_train = tid
                 self.pending.trains += 1
-                self._fresh = True
             elif tid <= self.resumed_through:
                 self._old.append(tid)
                 self._old_source = block.source
                 self._count_bad(ALREADY_INGESTED, 1)
-                self._fresh = True
             else:
                 repeated.append(tid)
         if repeated:
@@ -340,7 +337,7 @@ class Follower:
             self._skipped(Skipped("train ID jump", block.source, "train_id", f"more than {MAX_TRAIN_JUMP:,} above "
                                   f"the last train taken ({self.last_train}) or outside 0..2^40: not taken",
                                   tuple(jumped)))
-        return keep
+        return keep, len(repeated) + len(jumped) < len(edges) + 1
 
     def _geometry_error(self, which: str) -> InputError:
         problem, source = self._mismatch
